@@ -1,0 +1,27 @@
+"""nncomp: compress trained neural networks and measure what it does to speed, memory and accuracy.
+
+>>> import nncomp as nc
+>>> model = nc.load("data/lenet5.h5")
+>>> x, y = nc.data.mnist("test")
+>>> logits = model(x)
+"""
+from . import data
+from .compress.batchnorm import fold_batchnorm
+from .errors import (CompressionParameterError, CorruptModelFileError, InputError, ModelFileError,
+                     NncompError, UnsafeModelFileError, UnsupportedModelError)
+from .io import load, save
+from .layers import (Add, AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D,
+                     MaxPool2D, ReLU, Softmax, ZeroPad2D)
+from .matrices import DenseMatrix, Matrix
+from .model import Model, Node
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "load", "save", "data", "fold_batchnorm",
+    "Model", "Node", "Matrix", "DenseMatrix",
+    "Dense", "Conv2D", "BatchNorm", "ReLU", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "Flatten",
+    "ZeroPad2D", "Add", "Softmax", "Dropout",
+    "NncompError", "ModelFileError", "UnsafeModelFileError", "CorruptModelFileError",
+    "UnsupportedModelError", "InputError", "CompressionParameterError",
+]

@@ -1,0 +1,1 @@
+"""Compression methods: pure functions ``Model -> Model`` that never mutate their input."""

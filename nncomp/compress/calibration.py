@@ -1,0 +1,136 @@
+"""What every method shares: layer selection, calibration data, and layer-wise refitting.
+
+nncomp works post-training and forward-only. Where Deep Compression or Han et al. retrain, nncomp
+refits each compressed layer on a few hundred calibration inputs so that its outputs match the
+original layer's outputs (layer-wise reconstruction), feeding each layer the *compressed* model's
+own activations, so errors of earlier layers are compensated by later ones.
+"""
+import numpy as np
+
+from ..errors import CompressionParameterError
+from ..kernels import _jit
+from ..kernels.conv import im2col_nhwc, im2col_nhwc_parallel
+from ..layers import Conv2D, Dense
+from ..model import INPUT, Model
+
+# Rows of the layer-wise least-squares problems are subsampled to at most this many.
+MAX_ROWS = 16384
+
+
+def check_model(model, method):
+    if not isinstance(model, Model):
+        raise CompressionParameterError(f"{method}() needs an nncomp Model (from nc.load), got {type(model).__name__}")
+
+
+def check_calibration(calibration, model, method):
+    """None, or the calibration batch as float32 in the model's input layout."""
+    if calibration is None:
+        return None
+    try:
+        x = model._check_input(calibration)
+    except Exception as e:  # InputError with the expected shape
+        raise CompressionParameterError(f"{method}(): calibration data: {e}") from None
+    if x.shape[0] < 1:
+        raise CompressionParameterError(f"{method}(): calibration data is empty; pass at least one sample")
+    if not np.isfinite(x).all():
+        raise CompressionParameterError(f"{method}(): calibration data holds NaN or Inf")
+    return x
+
+
+def select_layers(model, layers, method, kinds=(Dense, Conv2D), accept=None):
+    """Names of the nodes a method works on.
+
+    ``layers`` is None (every node of ``kinds`` that ``accept(layer)`` allows), a list of names,
+    or a dict ``{name: value}`` (its keys). Unknown names or nodes of the wrong kind are errors.
+    """
+    ok = lambda layer: isinstance(layer, kinds) and (accept is None or accept(layer))  # noqa: E731
+    if layers is None:
+        return [n.name for n in model.nodes if ok(n.layer)]
+    if isinstance(layers, str):
+        layers = [layers]
+    names = list(layers)
+    by_name = {n.name: n for n in model.nodes}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        choices = [n.name for n in model.nodes if ok(n.layer)]
+        raise CompressionParameterError(f"{method}(): unknown layer names {unknown}; choose from {choices}")
+    wrong = [n for n in names if not ok(by_name[n].layer)]
+    if wrong:
+        raise CompressionParameterError(f"{method}(): layers {wrong} cannot be compressed this way "
+                                        f"(kinds: {[by_name[n].layer.kind for n in wrong]})")
+    order = {n.name: i for i, n in enumerate(model.nodes)}
+    return sorted(dict.fromkeys(names), key=order.get)
+
+
+def run_to(model, x, names):
+    """Internal-layout inputs of nodes ``names`` when ``model`` runs on ``x`` (model layout)."""
+    want = {model[n].inputs[0]: n for n in names}
+    if model.input_layout == "NCHW":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    values = {INPUT: x}
+    for node in model.nodes:
+        if all(src in values for src in want):
+            break
+        values[node.name] = node.layer.forward(*(values[s] for s in node.inputs))
+    return {n: values[model[n].inputs[0]] for n in names}
+
+
+def rows_of(layer, x, rows=None):
+    """The layer's input as the 2-D matrix its weight multiplies: ``(n_rows, n_in)``.
+
+    For a Conv2D these are image patches (one row per output pixel); ``rows`` picks a subset.
+    """
+    if isinstance(layer, Dense):
+        return x if rows is None else x[rows]
+    n, h, w, c = x.shape
+    oh, ow, _ = layer.output_shape((h, w, c))
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
+    t, _, l, _ = layer.padding
+    out = np.empty((n * oh * ow, kh * kw * c), np.float32)
+    kern = _jit.pick((im2col_nhwc, im2col_nhwc_parallel), out.size)
+    kern(np.ascontiguousarray(x), kh, kw, sh, sw, t, l, dh, dw, oh, ow, 0, n * oh, out)
+    return out if rows is None else out[rows]
+
+
+def sample_rows(n_rows, seed, max_rows=MAX_ROWS):
+    """A sorted, seeded subset of at most ``max_rows`` row indices (None: all rows)."""
+    if n_rows <= max_rows:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n_rows, max_rows, replace=False))
+
+
+def layerwise(reference, x, names, refit, *, seed=0, start=None):
+    """Refit layers one by one, each on the partially compressed model's own activations.
+
+    Parameters
+    ----------
+    reference : Model
+        The original model: targets are its layers' outputs (before bias) on its own activations.
+    x : ndarray
+        Calibration batch in the model's input layout.
+    names : list of str
+        Nodes to refit, in topological order.
+    refit : callable ``(name, layer, x_rows, y_rows) -> layer``
+        Returns the new layer given the compressed model's input rows ``x_rows`` ``(r, n_in)`` and the
+        reference layer's target outputs ``y_rows`` ``(r, n_out)`` (``x_ref @ W_ref.T``, no bias).
+    start : Model, optional
+        The compressed model to refit (default: ``reference``); layers in ``names`` are replaced in turn.
+
+    Returns
+    -------
+    Model
+    """
+    model = start if start is not None else reference
+    ref_in = run_to(reference, x, names)
+    for name in names:
+        ref_layer = reference[name].layer
+        x_ref = ref_in[name]
+        n_rows = x_ref.shape[0] if isinstance(ref_layer, Dense) else (
+            x_ref.shape[0] * np.prod(ref_layer.output_shape(x_ref.shape[1:])[:2]))
+        rows = sample_rows(int(n_rows), seed)
+        y_rows = ref_layer.weight.apply(rows_of(ref_layer, x_ref, rows))
+        x_cur = run_to(model, x, [name])[name]
+        layer = model[name].layer
+        new = refit(name, layer, rows_of(layer, x_cur, rows), y_rows)
+        model = model.replace_layers({name: new})
+    return model

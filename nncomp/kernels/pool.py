@@ -1,0 +1,78 @@
+"""Pooling kernels over NHWC float32 images, with PyTorch's window and divisor rules."""
+import numpy as np
+from numba import prange
+
+from ._jit import both
+
+
+def _maxpool(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
+    """Max over each window; padded positions never win (they are -inf).
+
+    IN  x (n, h, w, c) float32; kernel, stride, top/left padding, dilation.
+    OUT out (n, oh, ow, c) float32.
+    """
+    n, h, w, c = x.shape
+    _, oh_n, ow_n, _ = out.shape
+    for r in prange(n * oh_n):
+        b = r // oh_n
+        oh = r - b * oh_n
+        for ow in range(ow_n):
+            acc = out[b, oh, ow]
+            for k in range(c):
+                acc[k] = -np.inf
+            for i in range(kh):
+                ih = oh * sh - ph + i * dh
+                if ih < 0 or ih >= h:
+                    continue
+                for j in range(kw):
+                    iw = ow * sw - pw + j * dw
+                    if iw < 0 or iw >= w:
+                        continue
+                    src = x[b, ih, iw]
+                    for k in range(c):
+                        v = src[k]
+                        # NaN propagates as in PyTorch: a NaN in the window wins.
+                        if v > acc[k] or v != v:
+                            acc[k] = v
+
+
+maxpool_nhwc, maxpool_nhwc_parallel = both(_maxpool)
+
+
+def _avgpool(x, kh, kw, sh, sw, ph, pw, pb, pr, count_include_pad, out):
+    """Mean over each window, divided as PyTorch's AvgPool2d does.
+
+    The window is clipped to the padded image (bottom/right padding pb, pr) for the divisor when
+    ``count_include_pad``; otherwise the divisor counts only real pixels.
+    IN  x (n, h, w, c) float32; kernel, stride, top/left padding (ph, pw), bottom/right (pb, pr).
+    OUT out (n, oh, ow, c) float32.
+    """
+    n, h, w, c = x.shape
+    _, oh_n, ow_n, _ = out.shape
+    for r in prange(n * oh_n):
+        b = r // oh_n
+        oh = r - b * oh_n
+        h0 = oh * sh - ph
+        h1 = min(h0 + kh, h + pb)
+        for ow in range(ow_n):
+            w0 = ow * sw - pw
+            w1 = min(w0 + kw, w + pr)
+            size = (h1 - h0) * (w1 - w0)
+            hs, he = max(h0, 0), min(h1, h)
+            ws, we = max(w0, 0), min(w1, w)
+            if not count_include_pad:
+                size = (he - hs) * (we - ws)
+            acc = out[b, oh, ow]
+            for k in range(c):
+                acc[k] = 0.0
+            for ih in range(hs, he):
+                for iw in range(ws, we):
+                    src = x[b, ih, iw]
+                    for k in range(c):
+                        acc[k] += src[k]
+            div = np.float32(max(size, 1))
+            for k in range(c):
+                acc[k] = acc[k] / div
+
+
+avgpool_nhwc, avgpool_nhwc_parallel = both(_avgpool)

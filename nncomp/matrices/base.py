@@ -1,0 +1,77 @@
+"""The Matrix protocol shared by every weight format."""
+import numpy as np
+
+from ..errors import CorruptModelFileError, InputError
+
+FORMATS = {}
+
+
+def register_format(cls):
+    """Class decorator: make a Matrix format known to the native file reader by ``cls.format``."""
+    if cls.format in FORMATS and FORMATS[cls.format] is not cls:
+        raise RuntimeError(f"matrix format {cls.format!r} registered twice")
+    FORMATS[cls.format] = cls
+    return cls
+
+
+class Matrix:
+    """A weight matrix ``(n_out, n_in)`` in one storage format.
+
+    Subclasses are frozen dataclasses defining ``format`` (a short name), ``shape``,
+    ``_apply(x)`` (``x`` already validated: float32, C-contiguous, ``(n_samples, n_in)``),
+    ``to_dense()``, ``nbytes``, ``to_arrays()`` and ``from_arrays()``.
+    """
+
+    format = "abstract"
+
+    @property
+    def n_out(self):
+        return self.shape[0]
+
+    @property
+    def n_in(self):
+        return self.shape[1]
+
+    @property
+    def macs_per_row(self):
+        """Multiply-adds per input row (``n_out * n_in`` for dense; fewer for compressed formats)."""
+        return self.shape[0] * self.shape[1]
+
+    def apply(self, x):
+        """Return ``x @ W.T`` as float32 ``(n_samples, n_out)``.
+
+        Parameters
+        ----------
+        x : array_like, shape (n_samples, n_in)
+            Converted to C-contiguous float32.
+        """
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.shape[1]:
+            raise InputError(
+                f"{self.format} matrix {self.shape}: expected input (n_samples, {self.shape[1]}), "
+                f"got {x.shape}; reshape the input to 2-D with {self.shape[1]} features")
+        if x.shape[0] == 0:
+            return np.zeros((0, self.shape[0]), np.float32)
+        return self._apply(x)
+
+    def to_arrays(self):
+        """``(arrays, attrs)``: the numeric arrays and the small JSON-able attributes to store."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_arrays(cls, arrays, attrs, *, path=None, obj=None):
+        """Rebuild from :meth:`to_arrays` output, validating everything a kernel will trust."""
+        raise NotImplementedError
+
+    def describe(self):
+        """A short description for the model summary."""
+        return self.format
+
+    def __repr__(self):
+        return f"{type(self).__name__}(shape={self.shape}, nbytes={self.nbytes})"
+
+
+def expect(cond, path, obj, reason):
+    """Raise CorruptModelFileError(path, obj, reason) unless ``cond``: checks on stored arrays."""
+    if not cond:
+        raise CorruptModelFileError(path, obj, reason)

@@ -1,0 +1,46 @@
+"""Dense float32 weights, applied through BLAS."""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .base import Matrix, expect, register_format
+
+
+@register_format
+@dataclass(frozen=True, repr=False, eq=False)
+class DenseMatrix(Matrix):
+    """Plain float32 ``(n_out, n_in)`` weights; ``apply`` is one sgemm (NumPy's BLAS)."""
+
+    w: np.ndarray
+    format = "dense"
+
+    def __post_init__(self):
+        w = np.ascontiguousarray(self.w, dtype=np.float32)
+        if w.ndim != 2:
+            raise ValueError(f"DenseMatrix needs a 2-D weight, got shape {w.shape}")
+        w.setflags(write=False)
+        object.__setattr__(self, "w", w)
+
+    @property
+    def shape(self):
+        return self.w.shape
+
+    @property
+    def nbytes(self):
+        return self.w.nbytes
+
+    def _apply(self, x):
+        return x @ self.w.T
+
+    def to_dense(self):
+        return self.w
+
+    def to_arrays(self):
+        return {"w": self.w}, {}
+
+    @classmethod
+    def from_arrays(cls, arrays, attrs, *, path=None, obj=None):
+        w = arrays.get("w")
+        expect(w is not None and w.ndim == 2 and w.dtype == np.float32, path, obj,
+               "dense matrix needs a 2-D float32 array 'w'")
+        return cls(w)

@@ -1,0 +1,28 @@
+"""Test configuration: hypothesis profiles and the float32 tolerance rule, in one place."""
+import os
+
+import numpy as np
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("dev", deadline=None, max_examples=40,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("ci", deadline=None, max_examples=40, derandomize=True, database=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+U = 2.0 ** -24
+
+
+def assert_close_f32(y, y_ref, mag, k, c=2.0, atol=1e-30):
+    """Per element ``|y - y_ref| <= c * K * u * m + atol`` (shared/reliability.md tolerance rule).
+
+    ``y_ref`` is a float64 reference, ``mag`` the matching product of magnitudes (``|A| @ |B|``) and
+    ``k`` the reduction length.
+    """
+    y = np.asarray(y, np.float64)
+    assert y.shape == y_ref.shape, (y.shape, y_ref.shape)
+    bound = c * max(k, 1) * U * np.asarray(mag, np.float64) + atol
+    err = np.abs(y - y_ref)
+    bad = err > bound
+    assert not bad.any(), (f"{bad.sum()} of {bad.size} elements outside the bound; worst excess "
+                           f"{(err - bound).max():.3g}")

@@ -1,0 +1,81 @@
+"""Plain NumPy twins of every Numba kernel, named alike; float64 inside, written for clarity.
+
+A meta-test (tests/test_kernels_meta.py) fails if a kernel in nncomp.kernels has no twin here.
+Kernels that fill an ``out`` argument have twins that return the array instead.
+"""
+import numpy as np
+
+
+def _pad_nhwc(x, ph, pb, pw, pr, value=0.0):
+    return np.pad(x, ((0, 0), (ph, pb), (pw, pr), (0, 0)), constant_values=value)
+
+
+def im2col_nhwc(x, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, r0, r1):
+    """Patch rows (kh, kw, c) of output lines [r0, r1) of n*oh_n."""
+    n, h, w, c = x.shape
+    big = max(kh * dh + oh_n * sh, kw * dw + ow_n * sw) + 1
+    xp = _pad_nhwc(x.astype(np.float64), ph, big, pw, big)
+    rows = []
+    for r in range(r0, r1):
+        b, oh = divmod(r, oh_n)
+        for ow in range(ow_n):
+            patch = xp[b, oh * sh: oh * sh + dh * (kh - 1) + 1: dh, ow * sw: ow * sw + dw * (kw - 1) + 1: dw, :]
+            rows.append(patch.reshape(-1))
+    return np.array(rows).reshape(len(rows), kh * kw * c)
+
+
+def conv2d_nhwc(x, w, bias, stride, padding, dilation, groups):
+    """Direct convolution; w (c_out, c_in/groups, kh, kw) in PyTorch layout, padding (t, b, l, r)."""
+    n, h, wd, c = x.shape
+    co, cg, kh, kw = w.shape
+    (sh, sw), (dh, dw), (t, b, l, r) = stride, dilation, padding
+    xp = _pad_nhwc(x.astype(np.float64), t, b, l, r)
+    oh_n = (h + t + b - dh * (kh - 1) - 1) // sh + 1
+    ow_n = (wd + l + r - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((n, oh_n, ow_n, co))
+    og = co // groups
+    for o in range(co):
+        g = o // og
+        for i in range(kh):
+            for j in range(kw):
+                patch = xp[:, i * dh: i * dh + sh * (oh_n - 1) + 1: sh, j * dw: j * dw + sw * (ow_n - 1) + 1: sw,
+                           g * cg:(g + 1) * cg]
+                out[..., o] += patch @ w[o, :, i, j].astype(np.float64)
+    if bias is not None:
+        out += bias
+    return out
+
+
+def depthwise_conv_nhwc(x, wt, bias, mult, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):
+    """Depthwise convolution; wt (kh*kw, c*mult) tap-major; output channel o reads o // mult."""
+    c = x.shape[3]
+    w = wt.T.reshape(c * mult, 1, kh, kw)
+    big = kh * dh + oh_n * sh + kw * dw + ow_n * sw
+    full = conv2d_nhwc(x, w, bias, (sh, sw), (ph, big, pw, big), (dh, dw), c)
+    return full[:, :oh_n, :ow_n]
+
+
+def maxpool_nhwc(x, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):
+    big = kh * dh + oh_n * sh + kw * dw + ow_n * sw
+    xp = _pad_nhwc(x.astype(np.float64), ph, big, pw, big, -np.inf)
+    out = np.full((x.shape[0], oh_n, ow_n, x.shape[3]), -np.inf)
+    for i in range(kh):
+        for j in range(kw):
+            win = xp[:, i * dh: i * dh + sh * (oh_n - 1) + 1: sh, j * dw: j * dw + sw * (ow_n - 1) + 1: sw]
+            out = np.fmax(out, win) if not np.isnan(win).any() else np.where(np.isnan(win) | (win > out), win, out)
+    return out
+
+
+def avgpool_nhwc(x, kh, kw, sh, sw, ph, pw, pb, pr, count_include_pad, oh_n, ow_n):
+    n, h, w, c = x.shape
+    out = np.zeros((n, oh_n, ow_n, c))
+    for oh in range(oh_n):
+        h0 = oh * sh - ph
+        h1 = min(h0 + kh, h + pb)
+        for ow in range(ow_n):
+            w0 = ow * sw - pw
+            w1 = min(w0 + kw, w + pr)
+            hs, he, ws, we = max(h0, 0), min(h1, h), max(w0, 0), min(w1, w)
+            size = (h1 - h0) * (w1 - w0) if count_include_pad else (he - hs) * (we - ws)
+            out[:, oh, ow] = x[:, hs:he, ws:we].astype(np.float64).sum(axis=(1, 2)) / max(size, 1)
+    return out

@@ -1,0 +1,105 @@
+"""Layers against the NumPy reference: conv (im2col + BLAS, chunked, grouped, depthwise), pools, BN."""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import reference as ref
+from conftest import assert_close_f32
+import nncomp as nc
+from nncomp import layers as L
+
+
+def torch_to_matrix(w):
+    """(c_out, c_in/g, kh, kw) -> (c_out, kh*kw*c_in/g), nncomp's patch order."""
+    return np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1))
+
+
+@st.composite
+def conv_case(draw):
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    cg = draw(st.integers(1, 3))
+    og = draw(st.integers(1, 3))
+    c, co = cg * groups, og * groups
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    dil = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    pad = tuple(draw(st.integers(0, 2)) for _ in range(4))
+    h = draw(st.integers(dil[0] * (kh - 1) + 1, 10))
+    w = draw(st.integers(dil[1] * (kw - 1) + 1, 10))
+    n = draw(st.integers(0, 3))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    wt = rng.standard_normal((co, cg, kh, kw)).astype(np.float32)
+    bias = rng.standard_normal(co).astype(np.float32) if draw(st.booleans()) else None
+    return x, wt, bias, stride, pad, dil, groups
+
+
+@given(case=conv_case(), chunk=st.sampled_from([64, 1 << 20]))
+def test_conv2d_layer_matches_reference(case, chunk):
+    x, wt, bias, stride, pad, dil, groups = case
+    layer = nc.Conv2D(torch_to_matrix(wt), bias, in_channels=x.shape[3], kernel_size=wt.shape[2:],
+                      stride=stride, padding=pad, dilation=dil, groups=groups)
+    old = L.IM2COL_CHUNK_BYTES
+    L.IM2COL_CHUNK_BYTES = chunk       # small chunks exercise the chunked patch product
+    try:
+        y = layer.forward(x)
+    finally:
+        L.IM2COL_CHUNK_BYTES = old
+    expect = ref.conv2d_nhwc(x, wt, bias, stride, pad, dil, groups)
+    mag = ref.conv2d_nhwc(np.abs(x), np.abs(wt), None if bias is None else np.abs(bias), stride, pad, dil, groups)
+    assert y.shape == expect.shape == (x.shape[0],) + layer.output_shape(x.shape[1:])
+    assert_close_f32(y, expect, mag, wt[0].size + 1)
+
+
+def test_depthwise_layer_uses_multiplier():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 7, 6, 3)).astype(np.float32)
+    wt = rng.standard_normal((6, 1, 3, 3)).astype(np.float32)
+    layer = nc.Conv2D(torch_to_matrix(wt), None, in_channels=3, kernel_size=3, stride=2, padding=(0, 1, 0, 1), groups=3)
+    assert layer.depthwise
+    expect = ref.conv2d_nhwc(x, wt, None, (2, 2), (0, 1, 0, 1), (1, 1), 3)
+    assert_close_f32(layer.forward(x), expect, ref.conv2d_nhwc(np.abs(x), np.abs(wt), None, (2, 2), (0, 1, 0, 1), (1, 1), 3), 10)
+
+
+@pytest.mark.parametrize("ceil", [False, True])
+def test_pool_layers_follow_torch_output_sizes(ceil):
+    # PyTorch: MaxPool2d(3, 2, padding=1, ceil_mode=True) on 6x6 gives 4x4 (the last window starts
+    # inside the padded image), on 5x5 gives 3x3; floor mode gives 3x3 and 3x3.
+    for size, want in ((6, 4 if ceil else 3), (5, 3)):
+        layer = nc.MaxPool2D(3, 2, 1, ceil_mode=ceil)
+        assert layer.output_shape((size, size, 1)) == (want, want, 1)
+        assert nc.AvgPool2D(3, 2, 1, ceil_mode=ceil).output_shape((size, size, 1)) == (want, want, 1)
+
+
+def test_batchnorm_matches_formula():
+    rng = np.random.default_rng(2)
+    g, b, m, v = (rng.standard_normal(4).astype(np.float32) for _ in range(4))
+    v = np.abs(v)
+    x = rng.standard_normal((3, 5, 5, 4)).astype(np.float32)
+    y = nc.BatchNorm(g, b, m, v, eps=1e-3).forward(x)
+    expect = (x.astype(np.float64) - m) / np.sqrt(v.astype(np.float64) + 1e-3) * g + b
+    assert np.allclose(y, expect, rtol=1e-5, atol=1e-5)
+
+
+def test_flatten_orders():
+    x = np.arange(2 * 2 * 3 * 4, dtype=np.float32).reshape(2, 2, 3, 4)   # NHWC
+    assert np.array_equal(nc.Flatten("hwc").forward(x), x.reshape(2, -1))
+    assert np.array_equal(nc.Flatten("chw").forward(x), x.transpose(0, 3, 1, 2).reshape(2, -1))
+
+
+def test_relu6_and_softmax():
+    x = np.array([[-1.0, 3.0, 9.0]], np.float32)
+    assert np.array_equal(nc.ReLU(6.0).forward(x), [[0, 3, 6]])
+    s = nc.Softmax().forward(np.array([[1e30, -1e30, 0.0]], np.float32))
+    assert np.isfinite(s).all() and np.allclose(s.sum(), 1)
+
+
+def test_bad_layer_parameters_raise_nncomp_errors():
+    with pytest.raises(nc.NncompError):
+        nc.Conv2D(np.zeros((4, 10), np.float32), in_channels=3, kernel_size=3)
+    with pytest.raises(nc.NncompError):
+        nc.Conv2D(np.zeros((4, 27), np.float32), in_channels=3, kernel_size=3, groups=2)
+    with pytest.raises(nc.NncompError):
+        nc.MaxPool2D(kernel_size=0)
+    with pytest.raises(nc.NncompError):
+        nc.Dense(np.zeros((3, 4), np.float32), np.zeros(4, np.float32))
