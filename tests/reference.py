@@ -3,6 +3,9 @@
 A meta-test (tests/test_kernels_meta.py) fails if a kernel in nncomp.kernels has no twin here.
 Kernels that fill an ``out`` argument have twins that return the array instead.
 """
+import importlib
+import pathlib
+
 import numpy as np
 
 
@@ -79,3 +82,10 @@ def avgpool_nhwc(x, kh, kw, sh, sw, ph, pw, pb, pr, count_include_pad, oh_n, ow_
             size = (h1 - h0) * (w1 - w0) if count_include_pad else (he - hs) * (we - ws)
             out[:, oh, ow] = x[:, hs:he, ws:we].astype(np.float64).sum(axis=(1, 2)) / max(size, 1)
     return out
+
+
+# Twins of other kernel families live in tests/reference_<family>.py; they are gathered here so
+# that ``reference.<kernel name>`` finds every twin.
+for _path in sorted(pathlib.Path(__file__).parent.glob("reference_*.py")):
+    _mod = importlib.import_module(_path.stem)
+    globals().update({k: v for k, v in vars(_mod).items() if not k.startswith("_")})

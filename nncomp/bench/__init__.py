@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m nncomp.bench`` (see bench/README.md)."""
