@@ -457,7 +457,7 @@ class Flatten(Layer):
     def forward(self, x):
         if x.ndim == 4 and self.order == "chw":
             x = x.transpose(0, 3, 1, 2)
-        return np.ascontiguousarray(x).reshape(x.shape[0], -1)
+        return np.ascontiguousarray(x).reshape(x.shape[0], int(np.prod(x.shape[1:])))
 
 
 @_register

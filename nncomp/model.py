@@ -179,6 +179,9 @@ class Model:
         return np.concatenate(parts)
 
     def _forward(self, x):
+        if x.shape[0] == 0:
+            outs = tuple(self._to_source_layout(np.zeros((0,) + self.shapes[o], np.float32)) for o in self.outputs)
+            return outs[0] if len(outs) == 1 else outs
         if self.input_layout == "NCHW":
             x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         values = {INPUT: x}

@@ -1,0 +1,231 @@
+"""Model graph, forward-pass input checks, PyTorch fixtures, native save/load."""
+import json
+import os
+import threading
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import reference as ref
+import nncomp as nc
+from nncomp.model import Node
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+TORCH_MODELS = ["lenet300", "lenet5", "vgg_small", "resnet_small"]
+
+
+def available(name):
+    return (DATA / f"{name}.h5").is_file() and (DATA / f"{name}.logits.npy").is_file()
+
+
+@pytest.fixture(scope="module")
+def lenet5():
+    return nc.load(DATA / "lenet5.h5")
+
+
+# ----------------------------------------------------------------------------- PyTorch fixtures
+@pytest.mark.parametrize("name", TORCH_MODELS)
+def test_torch_fixture_matches_pytorch_logits(name):
+    if not available(name):
+        pytest.skip(f"data/{name}.h5 not generated yet")
+    model = nc.load(DATA / f"{name}.h5")
+    x, y = nc.data.for_model(model)
+    want = np.load(DATA / f"{name}.logits.npy")
+    got = model(x)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert np.array_equal(got.argmax(1), want.argmax(1))
+    assert np.abs(got - want).max() <= 1e-3
+    assert (got.argmax(1) == y).mean() > 0.9          # a real, trained model
+
+
+def test_torch_misc_fixture_covers_the_layer_zoo():
+    base = DATA / "fixtures" / "torch_misc"
+    if not Path(f"{base}.h5").is_file():
+        pytest.skip("data/fixtures/torch_misc.h5 not generated yet")
+    model = nc.load(f"{base}.h5")
+    x = np.load(f"{base}.input.npy")
+    want = np.load(f"{base}.logits.npy")
+    got = model(x)
+    assert np.abs(got - want).max() <= 1e-3 * max(1.0, np.abs(want).max())
+
+
+def test_model_equals_reference_graph(lenet5):
+    """The whole model against the same graph run through the NumPy references (float64)."""
+    x, _ = nc.data.mnist("test")
+    x = x[:16]
+    h = x.transpose(0, 2, 3, 1).astype(np.float64)
+    for node in lenet5.nodes:
+        layer = node.layer
+        if isinstance(layer, nc.Conv2D):
+            w = layer.weight.to_dense().reshape(layer.out_channels, *layer.kernel_size, -1).transpose(0, 3, 1, 2)
+            h = ref.conv2d_nhwc(h, w, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+        elif isinstance(layer, nc.MaxPool2D):
+            oh, ow, _ = layer.output_shape(h.shape[1:])
+            h = ref.maxpool_nhwc(h, *layer.kernel_size, *layer.stride, layer.padding[0], layer.padding[2],
+                                 *layer.dilation, oh, ow)
+        elif isinstance(layer, nc.Flatten):
+            h = h.transpose(0, 3, 1, 2).reshape(len(h), -1)
+        elif isinstance(layer, nc.Dense):
+            h = h @ layer.weight.to_dense().T.astype(np.float64) + layer.bias
+        elif isinstance(layer, nc.ReLU):
+            h = np.maximum(h, 0)
+        else:
+            raise AssertionError(f"unexpected layer {layer.kind}")
+    got = lenet5(x)
+    assert np.allclose(got, h, rtol=1e-4, atol=1e-5 * np.abs(h).max())
+
+
+# ----------------------------------------------------------------------------- input checks
+def test_wrong_shapes_and_dtypes_are_refused_before_any_kernel(lenet5):
+    x, _ = nc.data.mnist("test")
+    with pytest.raises(nc.InputError):
+        lenet5(x[0])                                      # I2: no batch axis
+    with pytest.raises(nc.InputError):
+        lenet5(x[:2, :, :27])                             # I1: wrong size
+    with pytest.raises(nc.InputError):
+        lenet5(x[:2].astype(bool))                        # I3: bool
+    with pytest.raises(nc.InputError):
+        lenet5(x[:2].astype(np.complex64))
+    with pytest.raises(nc.InputError):
+        lenet5(np.array([[1, 2], [3]], dtype=object))     # I4: ragged/object
+    with pytest.raises(nc.InputError):
+        lenet5(np.full((1, 1, 28, 28), 1e300))            # float64 beyond float32
+    with pytest.raises(nc.InputError):
+        lenet5(np.full((1, 1, 28, 28), np.nan, np.float32), check_finite=True)   # I9
+
+
+def test_conversions_and_views_give_identical_results(lenet5):
+    x, _ = nc.data.mnist("test")
+    x = x[:8]
+    base = lenet5(x)
+    assert np.array_equal(lenet5(x.astype(np.float64)), base)                     # I3
+    assert np.array_equal(lenet5(np.asfortranarray(x)), base)                      # I5
+    rev = np.ascontiguousarray(x[::-1])[::-1]
+    assert np.array_equal(lenet5(rev), base)
+    ro = x.copy()
+    ro.setflags(write=False)
+    assert np.array_equal(lenet5(ro), base)                                        # I6
+    assert np.array_equal(lenet5(x.tolist()), base)                                # nested lists
+    assert lenet5(x[:0]).shape == (0, 10)                                          # I7: empty batch
+    assert not np.shares_memory(lenet5(x), lenet5(x))
+
+
+def test_large_batches_are_split(lenet5, monkeypatch):
+    import nncomp.model as M
+    x, _ = nc.data.mnist("test")
+    x = x[:20]
+    full = lenet5(x)
+    monkeypatch.setattr(M, "MAX_ACTIVATION_BYTES", 1)    # one sample at a time
+    assert np.allclose(lenet5(x), full, rtol=1e-5, atol=1e-6)
+
+
+def test_two_threads_share_a_model(lenet5):
+    x, _ = nc.data.mnist("test")
+    want = lenet5(x[:64])
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(5):
+                results.append(np.array_equal(lenet5(x[:64]), want))
+        except Exception as e:   # noqa: BLE001
+            errors.append(e)
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and all(results) and len(results) == 10
+
+
+def test_graph_errors():
+    w = np.zeros((4, 3), np.float32)
+    with pytest.raises(nc.NncompError):
+        nc.Model([Node("a", nc.Dense(w), ("nope",))], input_shape=(3,), input_layout="NC")
+    with pytest.raises(nc.NncompError):
+        nc.Model([Node("a", nc.Dense(w)), Node("a", nc.ReLU(), ("a",))], input_shape=(3,), input_layout="NC")
+    with pytest.raises(nc.NncompError):
+        nc.Model([Node("a", nc.Dense(w))], input_shape=(5,), input_layout="NC")
+    with pytest.raises(nc.NncompError):
+        nc.Model([Node("a", nc.Dense(w))], input_shape=(3,), input_layout="NCHW")
+
+
+def test_summary_lists_every_node(lenet5):
+    text = str(lenet5)
+    for node in lenet5.nodes:
+        assert node.name in text
+    assert "MACs" in text and f"{lenet5.nbytes:,}" in text
+
+
+def test_residual_graph_and_fold_batchnorm():
+    if not available("resnet_small"):
+        pytest.skip("resnet fixture not generated yet")
+    model = nc.load(DATA / "resnet_small.h5")
+    assert any(isinstance(n.layer, nc.Add) for n in model.nodes)
+    folded = nc.fold_batchnorm(model)
+    assert not any(isinstance(n.layer, nc.BatchNorm) for n in folded.nodes)
+    x, _ = nc.data.for_model(model)
+    a, b = model(x[:100]), folded(x[:100])
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+
+
+# ----------------------------------------------------------------------------- native format
+def test_save_load_is_bit_identical(tmp_path, lenet5):
+    path = tmp_path / "m.h5"
+    nc.save(lenet5, path)
+    again = nc.load(path)
+    x, _ = nc.data.mnist("test")
+    assert np.array_equal(again(x[:50]), lenet5(x[:50]))
+    assert str(again) == str(lenet5)
+
+
+def test_save_is_atomic(tmp_path, lenet5, monkeypatch):
+    path = tmp_path / "m.h5"
+    nc.save(lenet5, path)
+    before = path.read_bytes()
+    import nncomp.io.native as native
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(native, "model_to_json", boom)
+    with pytest.raises(RuntimeError):
+        nc.save(lenet5, path)
+    assert path.read_bytes() == before                                  # T7: original untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["m.h5"]             # temp file removed
+
+
+def test_native_checksum_and_version_are_checked(tmp_path, lenet5):
+    path = tmp_path / "m.h5"
+    nc.save(lenet5, path)
+    with h5py.File(path, "r+") as f:
+        name = json.loads(f.attrs["model"])["nodes"][0]["tensors"]["weight"]["arrays"]["w"]["data"]
+        f[name][0, 0] += 1.0
+    with pytest.raises(nc.CorruptModelFileError):
+        nc.load(path)
+    nc.save(lenet5, path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["format_version"] = np.int64(99)
+    with pytest.raises(nc.UnsupportedModelError):
+        nc.load(path)
+
+
+def test_state_dict_with_separate_architecture(tmp_path):
+    if not available("lenet300"):
+        pytest.skip("fixture missing")
+    src = DATA / "lenet300.h5"
+    with h5py.File(src, "r") as f:
+        arch = f.attrs["architecture"]
+        arch = arch.decode() if isinstance(arch, bytes) else str(arch)
+        plain = tmp_path / "plain.h5"
+        with h5py.File(plain, "w") as g:
+            for k in f:
+                f.copy(k, g)
+    with pytest.raises(nc.UnsupportedModelError):
+        nc.load(plain)                                    # no architecture: clear error
+    model = nc.load(plain, architecture=arch)
+    x, _ = nc.data.for_model(model)
+    assert np.abs(model(x) - np.load(DATA / "lenet300.logits.npy")).max() <= 1e-3
+    with pytest.raises(nc.ModelFileError):
+        nc.load(plain, architecture=arch.replace('"version": 1', '"version": 7').replace('"version":1', '"version":7'))
