@@ -1,0 +1,210 @@
+"""CSR (compressed sparse row) kernels: ``y = x @ W.T`` with W stored as rows of (column, value).
+
+Storage (nncomp/matrices/csr.py): ``data`` float32 values, ``indices`` uint16 column indices when
+``n_in <= 65536`` (zero-extended to 32 bits: 16-lane gathers) else int32, ``indptr`` int32 (int64
+beyond 2**31 - 1 nonzeros); column indices sorted within rows. Nothing here validates anything.
+
+- batch 1 (``csr_matvec``): one gathered dot product per output row, rows spread over threads. Inner
+  loops run over slices so they start at 0 (a loop from a non-zero ``lo`` defeats LLVM's vectorizer)
+  and the reduction is compiled with ``fastmath`` (float sums vectorize only then). Memory-bound: it
+  reads each nonzero's 4 + 2 bytes once.
+- batch > 1 (``csr_matmul``): one pass over the sparse matrix for all samples. The input is
+  transposed (zero-padded to a multiple of 16 samples) so that a nonzero ``(o, c, v)`` adds
+  ``v * xt[c, s0:s0 + 16k]`` to k vector accumulators: a row's whole dot product for 16-64 samples
+  stays in registers. LLVM does not keep array accumulators in registers across a loop with a
+  runtime trip count (a plain-loop version went through memory on every nonzero and ran 2-4x slower),
+  so the tile is written in LLVM IR (``_tile``) with target-independent ``<16 x float>`` vectors and
+  ``llvm.fma``: LLVM lowers them to zmm, ymm or xmm instructions on any x86-64, no feature check needed.
+  Small batches (<= 64 samples) spread output rows over threads; large ones (convolution patches)
+  spread blocks of 64 samples, each transposed into a thread-local buffer that stays in L2.
+"""
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ._jit import both, jit
+
+LANES = 16           # floats per vector register (zmm)
+TILE = 4             # vectors per tile: 64 samples
+
+
+def _make_tile(nvec):
+    """Intrinsic ``tile(data, indices, xt, lo, hi, s0, acc, o)``: one output row for 16*nvec samples.
+
+    ``acc[o, s0 + i] = sum_{lo <= j < hi} data[j] * xt[indices[j], s0 + i]`` for ``i < 16*nvec``,
+    with two interleaved sets of accumulators (even and odd j) to hide the FMA latency.
+    """
+
+    @intrinsic
+    def tile(typingctx, data, indices, xt, lo, hi, s0, acc, o):
+        sig = types.void(data, indices, xt, lo, hi, s0, acc, o)
+        signed = indices.dtype.signed
+
+        def codegen(context, builder, signature, args):
+            d_arr = context.make_array(signature.args[0])(context, builder, args[0])
+            i_arr = context.make_array(signature.args[1])(context, builder, args[1])
+            x_arr = context.make_array(signature.args[2])(context, builder, args[2])
+            a_arr = context.make_array(signature.args[6])(context, builder, args[6])
+            intp = context.get_value_type(types.intp)
+            lo_, hi_, s0_, o_ = (context.cast(builder, args[k], signature.args[k], types.intp)
+                                 for k in (3, 4, 5, 7))
+            x_cols = cgutils.unpack_tuple(builder, x_arr.shape, 2)[1]
+            a_cols = cgutils.unpack_tuple(builder, a_arr.shape, 2)[1]
+            f32 = ir.FloatType()
+            vty = ir.VectorType(f32, LANES)
+            fma = builder.module.globals.get("llvm.fma.v16f32") or ir.Function(
+                builder.module, ir.FunctionType(vty, [vty, vty, vty]), "llvm.fma.v16f32")
+            zero = ir.Constant(vty, None)
+            mask0 = ir.Constant(ir.VectorType(ir.IntType(32), LANES), None)
+
+            def step(j, accs):
+                c = builder.load(builder.gep(i_arr.data, [j]))
+                c = builder.sext(c, intp) if signed else builder.zext(c, intp)
+                v = builder.load(builder.gep(d_arr.data, [j]))
+                vb = builder.shuffle_vector(builder.insert_element(ir.Constant(vty, ir.Undefined), v,
+                                                                  ir.IntType(32)(0)), ir.Constant(vty, ir.Undefined), mask0)
+                base = builder.gep(x_arr.data, [builder.add(builder.mul(c, x_cols), s0_)])
+                out = []
+                for k, a in enumerate(accs):
+                    p = builder.bitcast(builder.gep(base, [intp(LANES * k)]), vty.as_pointer())
+                    out.append(builder.call(fma, [vb, builder.load(p, align=4), a]))
+                return out
+
+            n_pairs = builder.sdiv(builder.sub(hi_, lo_), intp(2))
+            pre = builder.block
+            loop = builder.append_basic_block("tile_loop")
+            after = builder.append_basic_block("tile_after")
+            builder.cbranch(builder.icmp_signed(">", n_pairs, intp(0)), loop, after)
+            builder.position_at_end(loop)
+            idx = builder.phi(intp)
+            idx.add_incoming(intp(0), pre)
+            even = [builder.phi(vty) for _ in range(nvec)]
+            odd = [builder.phi(vty) for _ in range(nvec)]
+            for a in even + odd:
+                a.add_incoming(zero, pre)
+            j = builder.add(lo_, builder.mul(idx, intp(2)))
+            new_even = step(j, even)
+            new_odd = step(builder.add(j, intp(1)), odd)
+            nxt = builder.add(idx, intp(1))
+            end = builder.block
+            idx.add_incoming(nxt, end)
+            for a, v in zip(even + odd, new_even + new_odd):
+                a.add_incoming(v, end)
+            builder.cbranch(builder.icmp_signed("<", nxt, n_pairs), loop, after)
+
+            builder.position_at_end(after)
+            finals = []
+            for v in new_even + new_odd:        # every phi first: LLVM wants them at the block top
+                f = builder.phi(vty)
+                f.add_incoming(zero, pre)
+                f.add_incoming(v, end)
+                finals.append(f)
+            sums = [builder.fadd(finals[k], finals[nvec + k]) for k in range(nvec)]
+            last = builder.sub(hi_, intp(1))
+            is_odd = builder.icmp_signed("!=", builder.srem(builder.sub(hi_, lo_), intp(2)), intp(0))
+            with builder.if_then(is_odd):
+                tail = step(last, sums)
+                tail_block = builder.block
+            merged = []
+            for k in range(nvec):
+                m = builder.phi(vty)
+                m.add_incoming(sums[k], after)
+                m.add_incoming(tail[k], tail_block)
+                merged.append(m)
+            dst = builder.gep(a_arr.data, [builder.add(builder.mul(o_, a_cols), s0_)])
+            for k in range(nvec):
+                p = builder.bitcast(builder.gep(dst, [intp(LANES * k)]), vty.as_pointer())
+                builder.store(merged[k], p, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    tile.__name__ = f"_tile{nvec}"
+    return tile
+
+
+_tile1, _tile2, _tile3, _tile4 = (_make_tile(k) for k in (1, 2, 3, 4))
+
+
+def _matvec(data, indices, indptr, x, out):
+    """One sample: ``out[o] = sum_j data[j] * x[indices[j]]`` over row o's nonzeros.
+
+    IN  data (nnz,) float32; indices (nnz,) uint16 or int32, each < len(x); indptr (n_out + 1,)
+        int32/int64 non-decreasing from 0 to nnz; x (n_in,) float32.
+    OUT out (n_out,) float32; an empty row gives 0.
+    """
+    for o in prange(indptr.shape[0] - 1):
+        lo = indptr[o]
+        hi = indptr[o + 1]
+        d = data[lo:hi]
+        ix = indices[lo:hi]
+        s = np.float32(0.0)
+        for j in range(hi - lo):
+            s += d[j] * x[ix[j]]
+        out[o] = s
+
+
+csr_matvec, csr_matvec_parallel = both(_matvec, fastmath=True)
+
+
+@jit
+def _row_tiles(data, indices, indptr, xt, o, s0, nvec, acc):
+    """Row o for vectors s0/16 .. s0/16 + nvec of xt's samples, in tiles of at most TILE vectors."""
+    lo = indptr[o]
+    hi = indptr[o + 1]
+    while nvec > 0:
+        if nvec >= 4:
+            _tile4(data, indices, xt, lo, hi, s0, acc, o)
+        elif nvec == 3:
+            _tile3(data, indices, xt, lo, hi, s0, acc, o)
+        elif nvec == 2:
+            _tile2(data, indices, xt, lo, hi, s0, acc, o)
+        else:
+            _tile1(data, indices, xt, lo, hi, s0, acc, o)
+        s0 += 64
+        nvec -= 4
+
+
+def _matmul(data, indices, indptr, x, out):
+    """Many samples in one pass over the matrix: ``out = x @ W.T``.
+
+    IN  data, indices, indptr as in csr_matvec; x (n, n_in) float32 C-contiguous.
+    OUT out (n, n_out) float32.
+    """
+    n, n_in = x.shape
+    n_out = indptr.shape[0] - 1
+    w = TILE * LANES
+    if n <= w:                              # one sample tile: spread output rows over threads
+        nvec = (n + LANES - 1) // LANES
+        xt = np.zeros((n_in, nvec * LANES), np.float32)
+        for c in prange(n_in):
+            for i in range(n):
+                xt[c, i] = x[i, c]
+        acc = np.empty((n_out, nvec * LANES), np.float32)
+        for o in prange(n_out):
+            _row_tiles(data, indices, indptr, xt, o, 0, nvec, acc)
+        for i in prange(n):
+            for o in range(n_out):
+                out[i, o] = acc[o, i]
+        return
+    for b in prange((n + w - 1) // w):      # blocks of 64 samples, transposed in a local buffer
+        b0 = b * w
+        m = min(w, n - b0)
+        nvec = (m + LANES - 1) // LANES
+        xt = np.zeros((n_in, w), np.float32)
+        for i in range(m):
+            row = x[b0 + i]
+            for c in range(n_in):
+                xt[c, i] = row[c]
+        acc = np.empty((n_out, w), np.float32)
+        for o in range(n_out):
+            _row_tiles(data, indices, indptr, xt, o, 0, nvec, acc)
+        for i in range(m):
+            dst = out[b0 + i]
+            for o in range(n_out):
+                dst[o] = acc[o, i]
+
+
+csr_matmul, csr_matmul_parallel = both(_matmul, fastmath=True)
