@@ -1,0 +1,195 @@
+"""python -m nncomp.bench --quick (the CI smoke run), its outputs, and the pieces behind it.
+
+Speed is never asserted: these tests check that the benchmark runs, that every output holds every
+column, and that what it computes (accuracy, agreement, bytes, Pareto fronts, row status) is right.
+"""
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import nncomp as nc
+from nncomp.bench import compare as compare_mod
+from nncomp.bench import layers, plots, report, suite
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "data")
+LENET300 = os.path.join(DATA, "lenet300.h5")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    env = dict(os.environ, NNCOMP_KEEP_OPENBLAS_ENV="1")  # never re-exec with another BLAS setup in tests
+    r = subprocess.run([sys.executable, "-m", "nncomp.bench", "--quick", "--out", str(out), "--no-plots"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, r.stdout
+
+
+def test_quick_run_writes_json_csv_markdown_with_every_column(quick_run):
+    out, stdout = quick_run
+    res = json.loads((out / "result.json").read_text())
+    for key in ("machine", "seeds", "settings", "limits", "models", "layers", "wall_s", "columns", "peers"):
+        assert key in res
+    assert res["machine"]["cpu_flags"] is not None and res["machine"]["versions"]["numpy"] == np.__version__
+    assert res["settings"]["quick"] is True and res["settings"]["batches"] == [1, 64]
+    assert res["limits"]["bandwidth_GBps"] > 0 and res["limits"]["sgemm_GFLOPs"] > 0
+    assert res["models"] and res["layers"]
+    for row in res["models"]:
+        assert set(suite.COLUMNS) <= set(row)
+    for row in res["layers"]:
+        assert set(report.LAYER_COLUMNS) <= set(row)
+    assert set(res["columns"]["models"]) == set(suite.COLUMNS)
+    with open(out / "models.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == suite.COLUMNS and len(rows) == len(res["models"])
+    with open(out / "layers.csv") as fh:
+        lrows = list(csv.DictReader(fh))
+    assert list(lrows[0]) == report.LAYER_COLUMNS and len(lrows) == len(res["layers"])
+    md = (out / "report.md").read_text()
+    head, _ = report.model_table(res["models"])
+    lhead, _ = report.layer_table(res["layers"])
+    assert "| " + " | ".join(head[1:]) + " |" in md and "| " + " | ".join(lhead) + " |" in md
+    assert "wall time" in stdout and "lenet300" in stdout
+
+
+def test_quick_run_dense_row_is_the_exact_baseline(quick_run):
+    out, _ = quick_run
+    res = json.loads((out / "result.json").read_text())
+    dense = next(r for r in res["models"] if r["method"] == "dense")
+    model = nc.load(LENET300)
+    x, y = nc.data.mnist("test", layout="NC")
+    assert dense["status"] == "ok"
+    assert dense["accuracy"] == pytest.approx(float((model(x[:200]).argmax(1) == y[:200]).mean()))
+    assert dense["agreement"] == 1.0 and dense["max_logit_err"] == 0.0
+    assert dense["weight_bytes"] == model.nbytes == dense["payload_bytes"]
+    assert dense["macs"] == model.macs and dense["compression_ratio"] == 1.0
+    for r in res["models"]:
+        assert r["status"] == "ok" or r["status"] in ("not available", "not installed") \
+            or r["status"].startswith("error: "), r["status"]
+        if r["status"] == "ok":
+            assert 0 <= r["agreement"] <= 1 and r["latency_ms"] > 0 and r["throughput_sps"] > 0
+
+
+def test_missing_peers_are_marked_not_installed(quick_run):
+    out, _ = quick_run
+    res = json.loads((out / "result.json").read_text())
+    for peer, method in (("torch", "torch"), ("onnxruntime", "onnxruntime")):
+        rows = [r for r in res["models"] if r["method"] == method]
+        assert rows
+        if importlib.util.find_spec(peer) is None:
+            assert all(r["status"] == "not installed" for r in rows)
+            assert res["peers"][peer] == "not installed"
+
+
+def test_missing_methods_are_not_available_and_failing_ones_are_errors(monkeypatch):
+    monkeypatch.setitem(nc._LAZY, "fake_method", "nncomp.compress.no_such_module_here")
+    with pytest.raises(layers.NotAvailable):
+        layers.require(("fake_method",))
+    model = nc.load(LENET300)
+    x, y = nc.data.mnist("test", layout="NC")
+    ctx = suite.Context(model, x[:50], y[:50], x[:20], (1, 4), 2, 0.5, "lenet300")
+    row = suite.run_recipe(ctx, suite.Recipe("fake", "s", lambda m, c: m, needs=("fake_method",)))
+    assert row["status"] == "not available" and row["accuracy"] is None
+
+    def boom(m, c):
+        raise nc.CompressionParameterError("no\nway")
+    row = suite.run_recipe(ctx, suite.Recipe("boom", "s", boom))
+    assert row["status"] == "error: CompressionParameterError: no way"
+    row = suite.run_recipe(ctx, suite.Recipe("identity", "s", lambda m, c: m))
+    assert row["status"] == "ok" and row["agreement"] == 1.0 and row["max_logit_err"] == 0.0
+    assert row["compression_ratio"] == 1.0 and row["formats"] == "dense"
+
+
+def test_recipe_table_and_selection():
+    labels = [r.label for r in suite.RECIPES]
+    assert len(labels) == len(set(labels)), "every recipe row is distinct"
+    assert {"prune", "prune_filters", "quantize", "share", "factorize", "deep_compression", "prune + int8",
+            "low-rank + int8"} <= {r.method for r in suite.RECIPES}
+    quick = suite.selected(suite.RECIPES, None, True)
+    assert quick and all(r.quick for r in quick)
+    only = suite.selected(suite.RECIPES, ["share"], False)
+    assert only and {r.method for r in only} == {"share"} and any(r.calibrated for r in only)
+
+
+def test_verdict_words():
+    assert suite._verdict(4.0, 1.5, 0.9) == "smaller+faster"
+    assert suite._verdict(4.0, 1.0, 1.0) == "smaller"
+    assert suite._verdict(1.0, 1.0, 1.2) == "faster"
+    assert suite._verdict(1.0, 0.5, 0.8) == "neither, slower"
+
+
+def test_pareto_front():
+    pts = [(10, 90), (5, 80), (20, 95), (12, 85), (5, 70)]
+    assert plots.pareto(pts, smaller_x_better=True) == [1, 0, 2]
+    assert plots.pareto([(2.0, 90), (1.0, 95), (3.0, 80)], smaller_x_better=False) == [1, 0, 2]
+    assert plots.pareto([(2.0, 90), (1.0, 95), (3.0, 96)], smaller_x_better=False) == [2]
+
+
+def test_payload_bytes_count_the_stored_arrays(tmp_path):
+    model = nc.load(LENET300)
+    size, payload, loaded = suite.disk_size(model)
+    assert payload == model.nbytes < size
+    x = nc.data.mnist("test", layout="NC")[0][:10]
+    assert np.array_equal(loaded(x), model(x))
+
+
+def test_layer_models_and_numpy_baselines_agree_with_the_engine():
+    shapes = layers.QUICK_SHAPES
+    for name in shapes:
+        m = layers.layer_model(name, shapes=shapes)
+        x = layers.layer_input(m, 3)
+        w, b = m.nodes[0].layer.weight.w, m.nodes[0].layer.bias
+        if shapes[name][0] == "dense":
+            y = layers._numpy_dense(w, b)(x)
+        else:
+            y = layers._numpy_conv(w, b, shapes[name][4], shapes[name][5])(x)
+        np.testing.assert_allclose(y, m(x), rtol=1e-4, atol=1e-4)
+    assert layers.roofline_ms(1e9, 0, {"bandwidth_GBps": 10.0, "sgemm_GFLOPs": 100.0}) == pytest.approx(100.0)
+    assert layers.roofline_ms(0, 1e9, {"bandwidth_GBps": 10.0, "sgemm_GFLOPs": 100.0}) == pytest.approx(10.0)
+    w = np.arange(1, 21, dtype=np.float32).reshape(4, 5) * np.array([1, -1] * 10, np.float32).reshape(4, 5)
+    assert np.count_nonzero(layers._magnitude_prune(w, 0.9)) == 2
+
+
+def test_compare_positional_x_y_as_in_the_design():
+    model = nc.load(LENET300)
+    x, y = nc.data.mnist("test", layout="NC")
+    x, y = x[:64], y[:64]
+    half = model.replace_layers({"fc1": model["fc1"].layer.replace(weight=nc.DenseMatrix(
+        model["fc1"].layer.weight.w * np.float32(0.5)))})
+    res = nc.compare(model, half, x, y, repeat=2, huffman=False)
+    assert len(res) == 2 and res[0]["agreement"] == 1.0 and res[0]["max_logit_err"] == 0.0
+    assert res[1]["accuracy"] == pytest.approx(float((half(x).argmax(1) == y).mean()))
+    assert res[1]["agreement"] == pytest.approx(float((half(x).argmax(1) == model(x).argmax(1)).mean()))
+    assert res[1]["max_logit_err"] == pytest.approx(float(np.abs(half(x).astype(np.float64) - model(x)).max()))
+    assert set(res[0]["ms"]) == {1, 64} and res[0]["bytes"] == model.nbytes
+    text = repr(res)
+    for word in ("bytes", "Huffman bytes", "ms @1", "ms @64", "accuracy", "agreement", "max logit err",
+                 "lenet300 #1"):
+        assert word in text
+    res = nc.compare(model, x=x, batch_sizes=(2,), repeat=1, huffman=False, names=["d"])
+    assert res["d"]["accuracy"] is None and set(res["d"]["ms"]) == {2}
+
+
+@pytest.mark.parametrize("args, kwargs", [
+    ((), {}), ((np.zeros((2, 784), np.float32),), {"x": np.zeros((2, 784), np.float32)}),
+    (("not a model",), {"x": np.zeros((2, 784), np.float32)}),
+    ((), {"x": np.zeros((2, 784), np.float32), "repeat": 0}),
+    ((), {"x": np.zeros((2, 784), np.float32), "batch_sizes": (0,)}),
+    ((), {"x": np.zeros((2, 784), np.float32), "y": np.zeros(3)}),
+    ((), {"x": np.zeros((2, 784), np.float32), "names": ["a", "b"]}),
+])
+def test_compare_rejects_bad_arguments(args, kwargs):
+    model = nc.load(LENET300)
+    with pytest.raises(nc.NncompError):
+        compare_mod.compare(model, *args, **kwargs)
+
+
+def test_markdown_tables_escape_pipes():
+    md = report.md_table(["a", "b"], [["x|y", "1"]])
+    assert "x\\|y" in md and md.count("\n") == 2

@@ -1,0 +1,179 @@
+"""The command line: python -m nncomp info | compress | eval | bench, and its one-line errors (exit 2)."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import nncomp as nc
+from nncomp import cli
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "data")
+LENET300 = os.path.join(DATA, "lenet300.h5")
+LENET5 = os.path.join(DATA, "lenet5.h5")
+HAS_QUANTIZE = importlib.util.find_spec("nncomp.compress.quantization") is not None
+
+
+def run_main(argv, capsys):
+    """``(exit code, stdout, stderr)`` of cli.main(argv) in this process."""
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def assert_one_line_error(code, err):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("nncomp: error: ") or ": error: " in lines[0]
+
+
+def test_info_prints_the_summary(capsys):
+    code, out, err = run_main(["info", LENET5], capsys)
+    assert code == 0 and err == ""
+    assert "Model 'lenet5'" in out and "features.0" in out and "total: 1,724,320 bytes" in out
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["frobnicate"], ["info"], ["info", "a", "b"], ["compress", LENET300],  # no -o
+    ["compress", LENET300, "-o", "x.h5", "--prune", "abc"], ["compress", LENET300, "-o", "x.h5", "--share", "2.5"],
+    ["eval", LENET300, "--batch", "0"], ["eval", LENET300, "--batch", "x"], ["eval", LENET300, "--repeat", "0"],
+    ["compress", LENET300, "-o", "x.h5"],  # nothing to do
+    ["compress", LENET300, "-o", "x.h5", "--quantize", "int4"],
+    ["bench", "--batch", "0"], ["bench", "--methods", "nope"], ["bench", "--threads", "0"],
+    ["bench", "--data", "d.npz"], ["bench", "--model", "/no/such/model.h5"], ["bench", "--frob"],
+])
+def test_bad_arguments_exit_2_with_one_line(argv, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(argv, capsys)
+    assert_one_line_error(code, err)
+
+
+def test_unreadable_files_exit_2_with_one_line(capsys, tmp_path):
+    text = tmp_path / "notes.h5"
+    text.write_text("not a model\n" * 100)
+    truncated = tmp_path / "cut.h5"
+    truncated.write_bytes(open(LENET5, "rb").read()[:5000])
+    for argv in (["info", str(tmp_path / "missing.h5")], ["info", str(text)], ["info", str(tmp_path)],
+                 ["info", str(truncated)], ["eval", str(text)],
+                 ["compress", str(text), "-o", str(tmp_path / "o.h5"), "--quantize", "weights"]):
+        code, _, err = run_main(argv, capsys)
+        assert_one_line_error(code, err)
+
+
+@pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True, reason="root reads any file")
+def test_permission_denied_exits_2(capsys, tmp_path):
+    p = tmp_path / "locked.h5"
+    p.write_bytes(open(LENET300, "rb").read())
+    p.chmod(0)
+    code, _, err = run_main(["info", str(p)], capsys)
+    assert_one_line_error(code, err)
+
+
+def test_eval_reports_accuracy_and_speed(capsys, tmp_path):
+    code, out, _ = run_main(["eval", LENET300, "--repeat", "2", "--batch", "1,8"], capsys)
+    assert code == 0
+    assert "accuracy 96.70%" in out and "batch 1:" in out and "batch 8:" in out
+    x, y = nc.data.mnist("test", layout="NC")
+    np.savez(tmp_path / "d.npz", x=x[:50], y=y[:50])
+    code, out, _ = run_main(["eval", LENET300, "--data", str(tmp_path / "d.npz"), "--repeat", "1", "--batch", "1"],
+                            capsys)
+    model = nc.load(LENET300)
+    want = 100 * float((model(x[:50]).argmax(1) == y[:50]).mean())
+    assert code == 0 and f"accuracy {want:.2f}%" in out and "50 samples" in out
+
+
+def test_eval_bad_data_files_exit_2(capsys, tmp_path):
+    np.savez(tmp_path / "nox.npz", y=np.zeros(3))
+    np.savez(tmp_path / "shape.npz", x=np.zeros((3, 5), np.float32))
+    np.savez(tmp_path / "labels.npz", x=np.zeros((3, 784), np.float32), y=np.zeros(4))
+    (tmp_path / "junk.npz").write_text("junk")
+    for name in ("nox.npz", "shape.npz", "labels.npz", "junk.npz", "missing.npz"):
+        code, _, err = run_main(["eval", LENET300, "--data", str(tmp_path / name), "--batch", "1",
+                                 "--repeat", "1"], capsys)
+        assert_one_line_error(code, err)
+
+
+def test_eval_digits_that_do_not_fit_the_model_exit_2(capsys, tmp_path):
+    m = nc.Model([nc.Node("fc", nc.Dense(np.ones((2, 3), np.float32)))], input_shape=(3,), input_layout="NC")
+    nc.save(m, tmp_path / "tiny.h5")
+    code, _, err = run_main(["eval", str(tmp_path / "tiny.h5")], capsys)
+    assert_one_line_error(code, err)
+
+
+def _recipe_files(tmp_path, steps_json, steps_toml):
+    (tmp_path / "r.json").write_text(json.dumps({"calibration": 64, "steps": steps_json}))
+    (tmp_path / "r.toml").write_text("calibration = 64\n" + steps_toml)
+    return tmp_path / "r.json", tmp_path / "r.toml"
+
+
+@pytest.mark.skipif(not HAS_QUANTIZE, reason="quantization has not landed")
+def test_compress_with_options_and_recipes(capsys, tmp_path):
+    out = tmp_path / "q.h5"
+    code, text, _ = run_main(["compress", LENET300, "-o", str(out), "--quantize", "weights"], capsys)
+    assert code == 0 and "wrote" in text
+    q = nc.load(out)
+    dense = nc.load(LENET300)
+    x = nc.data.mnist("test", layout="NC")[0][:100]
+    assert q.nbytes < dense.nbytes / 3
+    assert np.array_equal(q(x), nc.quantize(dense, weights_only=True)(x))
+    rj, rt = _recipe_files(tmp_path, [{"method": "quantize", "weights_only": True}],
+                           '[[steps]]\nmethod = "quantize"\nweights_only = true\n')
+    calib = nc.data.mnist("train", layout="NC")[0][:64]
+    want = nc.quantize(dense, weights_only=True, calibration=calib)(x)
+    for recipe in (rj, rt):
+        code, _, err = run_main(["compress", LENET300, "-o", str(out), "--recipe", str(recipe)], capsys)
+        assert code == 0, err
+        assert np.array_equal(nc.load(out)(x), want)
+
+
+@pytest.mark.parametrize("content", [
+    "{not json", json.dumps({"steps": []}), json.dumps({"steps": [{"method": "explode"}]}),
+    json.dumps({"steps": [{"method": "quantize", "calibration": 5}]}), json.dumps({"steps": [], "x": 1}),
+    json.dumps({"steps": [{"method": "quantize"}], "calibration": -1}),
+    json.dumps({"steps": [{"method": "quantize"}], "huffman": "yes"}), json.dumps(["quantize"]),
+])
+def test_bad_recipes_exit_2(content, capsys, tmp_path):
+    (tmp_path / "r.json").write_text(content)
+    code, _, err = run_main(["compress", LENET300, "-o", str(tmp_path / "o.h5"), "--recipe",
+                             str(tmp_path / "r.json")], capsys)
+    assert_one_line_error(code, err)
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_bad_toml_recipe_and_options_with_recipe_exit_2(capsys, tmp_path):
+    (tmp_path / "r.toml").write_text("steps = [ broken")
+    out = str(tmp_path / "o.h5")
+    for argv in (["compress", LENET300, "-o", out, "--recipe", str(tmp_path / "r.toml")],
+                 ["compress", LENET300, "-o", out, "--recipe", str(tmp_path / "missing.toml")],
+                 ["compress", LENET300, "-o", out, "--recipe", str(tmp_path / "r.toml"), "--quantize", "weights"],
+                 ["compress", LENET300, "-o", str(tmp_path / "no" / "dir.h5"), "--quantize", "weights"]):
+        code, _, err = run_main(argv, capsys)
+        assert_one_line_error(code, err)
+
+
+@pytest.mark.skipif(not HAS_QUANTIZE, reason="quantization has not landed")
+def test_rejected_method_parameters_exit_2(capsys, tmp_path):
+    (tmp_path / "r.json").write_text(json.dumps({"steps": [{"method": "quantize", "bits": 4}]}))
+    (tmp_path / "k.json").write_text(json.dumps({"steps": [{"method": "quantize", "colour": "red"}]}))
+    for recipe in ("r.json", "k.json"):
+        code, _, err = run_main(["compress", LENET300, "-o", str(tmp_path / "o.h5"), "--recipe",
+                                 str(tmp_path / recipe)], capsys)
+        assert_one_line_error(code, err)
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    """The real entry point: a bad file gives exit code 2 and one line on stderr."""
+    env = dict(os.environ, NNCOMP_KEEP_OPENBLAS_ENV="1")
+    r = subprocess.run([sys.executable, "-m", "nncomp", "info", str(tmp_path / "none.h5")], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and r.stdout == ""
+    r = subprocess.run([sys.executable, "-m", "nncomp", "info", LENET300], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 0 and "lenet300" in r.stdout
