@@ -1,0 +1,156 @@
+"""Linear int8 quantization: symmetric int8 weights, int8/uint8 activations, int32 accumulation.
+
+After Vanhoucke et al. (2011) and the integer-only scheme of Jacob et al. (2018), post-training:
+weights get per-output-channel (or per-tensor) symmetric int8 codes; activations are quantized per
+tensor, either per call (``activations="dynamic"``) or with ranges calibrated on sample inputs
+(``"static"``: min-max, percentile or MSE-optimal clipping); products accumulate exactly in int32
+(AVX-512 VNNI ``vpdpbusd`` where the CPU has it). With calibration data the mean output error of each
+layer is folded into its bias (empirical bias correction, Nagel et al. 2019). The number format and
+its rounding rules are in nncomp/matrices/int8.py.
+"""
+import numpy as np
+
+from ..errors import CompressionParameterError
+from ..layers import Conv2D, Dense
+from ..matrices import DenseMatrix
+from ..matrices.int8 import ACT_DTYPES, Int8Matrix, activation_params
+from .calibration import check_calibration, check_model, layerwise, select_layers
+
+METHODS = ("minmax", "percentile", "mse")
+# Calibration statistics use at most this many activation values (a seeded subsample).
+MAX_VALUES = 1 << 20
+# Clipping fractions of the min-max range that the "mse" method tries.
+MSE_GRID = np.linspace(0.2, 1.0, 41)
+
+
+def _flag(v, name):
+    if type(v) is not bool and not isinstance(v, np.bool_):
+        raise CompressionParameterError(f"quantize() got {name}={v!r}; expected True or False")
+    return bool(v)
+
+
+def _choice(v, name, choices):
+    if not isinstance(v, str) or v not in choices:
+        raise CompressionParameterError(f"quantize() got {name}={v!r}; choose from {list(choices)}")
+    return v
+
+
+def _check_bits(bits):
+    if type(bits) is bool or not isinstance(bits, (int, np.integer)):
+        raise CompressionParameterError(f"quantize() got bits={bits!r}; expected the int 8")
+    if bits != 8:
+        raise CompressionParameterError(
+            f"quantize() got bits={int(bits)}; linear quantization supports bits=8 only "
+            "(for 1-8 bit weights use k-means weight sharing: nc.share(model, bits=...))")
+
+
+def calibrated_range(values, method, act_dtype="uint8", percentile=99.99, seed=0):
+    """The activation range ``(lo, hi)`` chosen from calibration ``values`` (any shape).
+
+    ``"minmax"``: the extremes. ``"percentile"``: the ``100 - percentile`` and ``percentile``
+    percentiles. ``"mse"``: the clipping ``(t * lo, t * hi)``, ``t`` on a grid in ``[0.2, 1]``, whose
+    quantize-dequantize round trip has the least mean squared error on the values.
+    Statistics use a seeded subsample of at most ``MAX_VALUES`` values.
+    """
+    v = np.asarray(values, np.float32).reshape(-1)
+    if v.size > MAX_VALUES:
+        v = v[np.random.default_rng(seed).choice(v.size, MAX_VALUES, replace=False)]
+    lo, hi = float(v.min()), float(v.max())
+    if method == "percentile":
+        lo, hi = (float(a) for a in np.percentile(v, [100.0 - percentile, percentile]))
+    elif method == "mse":
+        best = None
+        for t in MSE_GRID:
+            s, z = activation_params(t * lo, t * hi, act_dtype)
+            q = np.clip(np.rint(v / s) + np.float32(z), 0, 255)
+            err = float(np.mean(((q - z) * s - v).astype(np.float64) ** 2))
+            if best is None or err < best[0]:
+                best = (err, t * lo, t * hi)
+        lo, hi = best[1], best[2]
+    return lo, hi
+
+
+def quantize(model, *, bits=8, weights_only=False, per_channel=True, activations="dynamic",
+             calibration=None, method="minmax", bias_correction=True, layers=None,
+             activation_dtype="uint8", percentile=99.99, seed=0):
+    """Quantize the weights (and activations) of Dense and Conv2D layers to int8.
+
+    Parameters
+    ----------
+    model : Model
+    bits : int
+        Must be 8 (other widths: :func:`nncomp.share`).
+    weights_only : bool
+        Keep activations float32 (``y = scale * (x @ q.T)``): the memory-bound batch-1 win. Ignores
+        ``activations``, ``method`` and ``activation_dtype``.
+    per_channel : bool
+        One weight scale per output channel (default) or one per layer.
+    activations : {"dynamic", "static"}
+        Quantize each layer input per call from its own range, or with a range calibrated on
+        ``calibration`` (required). Inputs outside a static range saturate.
+    calibration : ndarray, optional
+        Sample inputs ``(n_samples, *input_shape)`` in the model's layout (a few hundred training
+        samples). Needed for static ranges and for bias correction.
+    method : {"minmax", "percentile", "mse"}
+        How static ranges are chosen (see :func:`calibrated_range`).
+    bias_correction : bool
+        With calibration data, add ``mean(W x) - mean(Wq xq)`` over the calibration rows to each bias,
+        layer by layer on the quantized model's own activations. Skipped without calibration data.
+    layers : None, str, list or dict
+        Which layers (default: every Dense and ungrouped Conv2D with dense weights).
+    activation_dtype : {"uint8", "int8"}
+        Asymmetric uint8 codes with a zero point (default), or symmetric int8.
+    percentile : float
+        For ``method="percentile"``: in (50, 100].
+    seed : int
+        Seeds the subsampling of calibration statistics.
+
+    Returns
+    -------
+    Model
+        A new model whose selected layers hold :class:`~nncomp.matrices.int8.Int8Matrix` weights.
+    """
+    check_model(model, "quantize")
+    _check_bits(bits)
+    weights_only = _flag(weights_only, "weights_only")
+    per_channel = _flag(per_channel, "per_channel")
+    bias_correction = _flag(bias_correction, "bias_correction")
+    activations = _choice(activations, "activations", ("dynamic", "static"))
+    method = _choice(method, "method", METHODS)
+    act_dtype = _choice(activation_dtype, "activation_dtype", ACT_DTYPES)
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float, np.integer, np.floating)) \
+            or not (50 < percentile <= 100):
+        raise CompressionParameterError(f"quantize() got percentile={percentile!r}; expected a number in (50, 100]")
+    if type(seed) is bool or not isinstance(seed, (int, np.integer)):
+        raise CompressionParameterError(f"quantize() got seed={seed!r}; expected an int")
+    mode = "float" if weights_only else activations
+    x = check_calibration(calibration, model, "quantize")
+    if mode == "static" and x is None:
+        raise CompressionParameterError(
+            "quantize(activations='static') needs calibration data to fix the activation ranges; pass "
+            "calibration=x_train[:512] or use activations='dynamic'")
+    accept = lambda layer: isinstance(layer.weight, DenseMatrix) and getattr(layer, "groups", 1) == 1  # noqa: E731
+    names = select_layers(model, layers, "quantize", kinds=(Dense, Conv2D), accept=accept)
+
+    def make(name, layer, x_rows=None):
+        act_range = None
+        if mode == "static":
+            act_range = calibrated_range(x_rows, method, act_dtype, percentile, seed)
+        try:
+            return Int8Matrix.from_float(layer.weight.w, per_channel=per_channel, activations=mode,
+                                         act_dtype=act_dtype, act_range=act_range)
+        except CompressionParameterError as e:
+            raise CompressionParameterError(f"quantize(): layer {name!r}: {e}") from None
+
+    if x is None or (mode != "static" and not bias_correction):
+        return model.replace_layers({n: model[n].layer.replace(weight=make(n, model[n].layer)) for n in names})
+
+    def refit(name, layer, x_rows, y_rows):
+        weight = make(name, layer, x_rows)
+        bias = layer.bias
+        if bias_correction:
+            delta = (y_rows.astype(np.float64) - weight.apply(x_rows)).mean(axis=0)
+            bias = (delta if bias is None else bias + delta).astype(np.float32)
+        return layer.replace(weight=weight, bias=bias)
+
+    return layerwise(model, x, names, refit, seed=seed)

@@ -1,0 +1,139 @@
+"""Portable int8 kernels: activation quantization, u8 x s8 products, dequantization, weight-only.
+
+Number formats (docs in nncomp/matrices/int8.py):
+
+- weights: int8 codes ``w`` (symmetric, ``-127..127`` from nncomp's quantizer), one float32 scale per
+  output row (or one for the tensor): ``W ~= w * scale[o]``;
+- activations: uint8 codes ``xu`` with a zero point ``z``: ``x ~= (xu - z) * sx``. Signed int8
+  activations ``q`` are stored as ``xu = q + 128`` with ``z = 128``, so one u8 x s8 product serves both
+  (the trick that lets AVX-512 VNNI ``vpdpbusd``, which multiplies unsigned by signed bytes, run them);
+- quantization rounds half to even and saturates: ``xu = clip(rint(x / sx) + z, qmin, qmax)``, with
+  ``x / sx`` an IEEE float32 division;
+- products accumulate exactly in int32: ``acc = sum(xu * w) - z * colsum(w)``; output
+  ``y = float32(acc) * float32(sx * scale[o])``.
+
+The plain loops here give results bit-identical to the VNNI kernel (kernels/vnni.py).
+"""
+import numpy as np
+from numba import prange
+
+from ._jit import both
+
+
+def _quantize(x, scale, zero, qmin, qmax, out):
+    """Quantize float32 activations to uint8 codes; returns the number of non-finite inputs.
+
+    IN  x (n, k) float32; scale float32 > 0; zero, qmin, qmax ints in 0..255 (qmin <= zero <= qmax).
+    OUT out (n, kp) uint8, kp >= k: ``clip(rint(x / scale) + zero, qmin, qmax)``; columns k.. get
+        ``zero``. Non-finite inputs are counted (the caller raises); their codes are meaningless.
+    """
+    n, k = x.shape
+    kp = out.shape[1]
+    s = np.float32(scale)
+    z = np.float32(zero)
+    lo = np.float32(qmin)
+    hi = np.float32(qmax)
+    bad = 0
+    for i in prange(n):
+        xr = x[i]
+        orow = out[i]
+        nb = 0
+        for j in range(k):
+            v = xr[j]
+            nb += not (abs(v) <= np.float32(3.4028235e38))
+            q = np.float32(np.rint(v / s)) + z
+            if not (q >= lo):   # also NaN: a defined code, never a poison conversion
+                q = lo
+            elif q > hi:
+                q = hi
+            orow[j] = np.uint8(q)
+        for j in range(k, kp):
+            orow[j] = np.uint8(zero)
+        bad += nb
+    return bad
+
+
+int8_quantize, int8_quantize_parallel = both(_quantize)
+
+
+def _matmul_u8s8(xu, w, k0, k1, out):
+    """u8 x s8 product, exact in int32: ``out[i, o] += sum_{k0 <= k < k1} xu[i, k] * w[o, k]``.
+
+    IN  xu (n, kx) uint8; w (n_out, kw) int8; 0 <= k0 <= k1 <= min(kx, kw), k1 - k0 <= 65536
+        (so no int32 sum can overflow: 255 * 128 * 65536 < 2**31).
+    OUT out (n, n_out) int32, added to.
+    """
+    n = xu.shape[0]
+    n_out = w.shape[0]
+    kk = k1 - k0
+    for o in prange(n_out):
+        wr = w[o, k0:k1]
+        for i in range(n):
+            xr = xu[i, k0:k1]
+            acc = np.int32(0)
+            for k in range(kk):
+                acc += np.int32(np.int32(xr[k]) * np.int32(wr[k]))
+            out[i, o] = np.int32(out[i, o] + acc)
+
+
+int8_matmul_u8s8, int8_matmul_u8s8_parallel = both(_matmul_u8s8)
+
+
+def _dequantize(acc, zero, colsum, xscale, scale, out):
+    """Integer accumulators to float32: ``out = float32(acc - zero * colsum[o]) * (xscale * scale[o])``.
+
+    IN  acc (n, n_out) int32 or int64 (raw sums of xu * w); zero int; colsum (n_out,) int64 (row sums
+        of w); xscale float32; scale (n_out,) or (1,) float32 (per row or per tensor).
+    OUT out (n, n_out) float32. The factor ``xscale * scale[o]`` is one float32 product.
+    """
+    n, n_out = acc.shape
+    sx = np.float32(xscale)
+    step = 0 if scale.shape[0] == 1 else 1   # per tensor: always scale[0]
+    for i in prange(n):
+        for o in range(n_out):
+            m = sx * scale[o * step]
+            a = acc[i, o] - np.int64(zero) * colsum[o]
+            out[i, o] = np.float32(a) * m
+
+
+int8_dequantize, int8_dequantize_parallel = both(_dequantize)
+
+
+def _matmul_float(x, w, scale, out):
+    """Weight-only int8: ``out[i, o] = scale[o] * sum_k x[i, k] * float32(w[o, k])``.
+
+    IN  x (n, k) float32, all finite (the caller checks: this build is fastmath); w (n_out, kw) int8,
+        kw >= k; scale (n_out,) or (1,) float32.
+    OUT out (n, n_out) float32.
+    """
+    n, k = x.shape
+    n_out = w.shape[0]
+    step = 0 if scale.shape[0] == 1 else 1   # per tensor: always scale[0]
+    for o in prange(n_out):
+        wr = w[o, :k]
+        s = scale[o * step]
+        i = 0
+        while i + 4 <= n:
+            x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for j in range(k):
+                wj = np.float32(wr[j])
+                a0 += x0[j] * wj
+                a1 += x1[j] * wj
+                a2 += x2[j] * wj
+                a3 += x3[j] * wj
+            out[i, o] = a0 * s
+            out[i + 1, o] = a1 * s
+            out[i + 2, o] = a2 * s
+            out[i + 3, o] = a3 * s
+            i += 4
+        while i < n:
+            xr = x[i]
+            a = np.float32(0.0)
+            for j in range(k):
+                a += xr[j] * np.float32(wr[j])
+            out[i, o] = a * s
+            i += 1
+
+
+int8_matmul_float, int8_matmul_float_parallel = both(_matmul_float, fastmath=True)

@@ -1,0 +1,251 @@
+"""Linear int8 weights (symmetric, per output row or per tensor), with int8 or float activations.
+
+Number format (the kernels in nncomp/kernels/quant.py and vnni.py implement it exactly):
+
+- **weights** ``W ~= q * scale[o]``: ``q`` int8 in ``-127..127``, ``scale`` float32 ``(n_out,)`` (per
+  output channel, default) or ``(1,)`` (per tensor). Quantization: ``scale = float32(amax / 127)``,
+  ``q = clip(rint(w / scale), -127, 127)`` (float32 division, round half to even), so
+  ``|q * scale - w| <= scale / 2``. A group whose ``amax`` is below float32's smallest normal number
+  (all zeros, subnormals) gets ``scale = 1`` and codes 0; a group holding one magnitude ``m`` (a constant
+  layer) gets ``scale = m`` and codes ``-1, 0, 1``: it dequantizes exactly. Scales are never 0, NaN or inf.
+- **activations** (``activations="dynamic"`` or ``"static"``): per tensor, ``x ~= (xu - z) * sx`` with
+  uint8 codes ``xu = clip(rint(x / sx) + z, 0, 255)`` (IEEE float32 division, round half to even,
+  saturating). ``act_dtype="uint8"``: asymmetric, the range ``[min(lo, 0), max(hi, 0)]`` maps onto
+  ``0..255`` with ``sx = (hi - lo) / 255`` and ``z = rint(-lo / sx)``; ``"int8"``: symmetric,
+  ``sx = max(|lo|, |hi|) / 127`` and codes ``-128..127`` stored as ``xu = q + 128`` (``z = 128``).
+  ``"dynamic"`` takes ``lo, hi`` from each call's input (for a convolution: each im2col chunk);
+  ``"static"`` uses the calibrated ``act_scale``, ``act_zero``: inputs outside the calibrated range
+  **saturate** to code 0 or 255. A range below float32's tiny (all-zero input) gets ``sx = 1``.
+- **products** are exact in int32: ``acc = sum_k xu * q - z * colsum[o]`` (``colsum`` = row sums of
+  ``q``); rows longer than 65536 are summed in blocks of 65536 into int64, so no length overflows.
+  The output is ``y = float32(acc) * float32(sx * scale[o])``; the layer adds the bias.
+  On AVX-512 VNNI CPUs the u8 x s8 products run ``vpdpbusd``; elsewhere plain loops give the same
+  integers.
+- **weight-only** (``activations="float"``): ``y = scale[o] * sum_k x * float32(q)`` in float32: the
+  batch-1 win is reading 1 byte per weight instead of 4.
+
+Any Int8Matrix refuses NaN/Inf inputs with InputError (never a silent code 0).
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import CompressionParameterError, InputError
+from ..kernels import _jit, quant, vnni
+from .base import Matrix, expect, register_format
+
+TINY = float(np.finfo(np.float32).tiny)
+ACTIVATIONS = ("float", "dynamic", "static")
+ACT_DTYPES = ("uint8", "int8")
+KBLOCK = 65536          # int32 sums of at most this many u8 x s8 products cannot overflow
+PAD = 64                # rows are zero-padded to a multiple of one 64-byte VNNI chunk
+
+
+def quantize_weights(w, per_channel=True):
+    """Symmetric int8 codes and float32 scales of a float weight ``(n_out, n_in)`` (rules above)."""
+    w = np.asarray(w, dtype=np.float32)
+    groups = w if per_channel else w.reshape(1, -1)
+    amax = np.abs(groups).max(axis=1)
+    nonzero = np.abs(groups)
+    nonzero = np.where(nonzero > 0, nonzero, amax[:, None])
+    one_magnitude = nonzero.min(axis=1) == amax
+    scale = (amax.astype(np.float64) / 127.0).astype(np.float32)
+    scale = np.where(one_magnitude, amax, scale)
+    scale = np.where(amax < TINY, np.float32(1.0), scale).astype(np.float32)
+    s = scale[:, None] if per_channel else scale[0]
+    q = np.clip(np.rint(w / s), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def activation_params(lo, hi, act_dtype):
+    """``(sx, z)``: float32 scale and uint8-domain zero point for activations in ``[lo, hi]``."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if act_dtype == "int8":
+        s = np.float32(max(-lo, hi) / 127.0)
+        return (np.float32(1.0) if not s >= TINY else s), 128
+    s = np.float32((hi - lo) / 255.0)
+    if not s >= TINY:
+        return np.float32(1.0), 0
+    return s, int(np.clip(np.rint(-lo / float(s)), 0, 255))
+
+
+def _problems(q, scale, activations, act_dtype, act_scale, act_zero):
+    """What is wrong with these fields (empty list: nothing)."""
+    bad = []
+    if not (isinstance(q, np.ndarray) and q.dtype == np.int8 and q.ndim == 2 and min(q.shape) >= 1):
+        return [f"codes must be a non-empty 2-D int8 array, got {getattr(q, 'dtype', type(q))} "
+                f"{getattr(q, 'shape', '')}"]
+    if not (isinstance(scale, np.ndarray) and scale.dtype == np.float32 and scale.ndim == 1
+            and scale.shape[0] in (1, q.shape[0])):
+        bad.append(f"scale must be float32 of shape ({q.shape[0]},) or (1,), got "
+                   f"{getattr(scale, 'dtype', type(scale))} {getattr(scale, 'shape', '')}")
+    elif not (np.isfinite(scale).all() and (scale > 0).all()):
+        bad.append("every scale must be finite and > 0")
+    if activations not in ACTIVATIONS:
+        bad.append(f"activations must be one of {ACTIVATIONS}, got {activations!r}")
+    if act_dtype not in ACT_DTYPES:
+        bad.append(f"act_dtype must be one of {ACT_DTYPES}, got {act_dtype!r}")
+    if activations == "static":
+        if act_scale is None or not (np.isfinite(act_scale) and act_scale > 0):
+            bad.append(f"static activations need a finite act_scale > 0, got {act_scale!r}")
+        ok_zero = (128,) if act_dtype == "int8" else range(256)
+        if act_zero is None or int(act_zero) != act_zero or int(act_zero) not in ok_zero:
+            bad.append(f"act_zero must be {'128' if act_dtype == 'int8' else 'an int in 0..255'} "
+                       f"for {act_dtype} activations, got {act_zero!r}")
+    elif act_scale is not None or act_zero is not None:
+        bad.append(f"act_scale/act_zero are for static activations only (activations={activations!r})")
+    return bad
+
+
+@register_format
+@dataclass(frozen=True, repr=False, eq=False)
+class Int8Matrix(Matrix):
+    """Symmetric int8 weights ``(n_out, n_in)`` with per-row (or per-tensor) float32 scales.
+
+    Parameters
+    ----------
+    q : ndarray of int8, shape (n_out, n_in)
+        Weight codes.
+    scale : ndarray of float32, shape (n_out,) or (1,)
+        Finite, > 0. ``W ~= q * scale[:, None]``.
+    activations : {"dynamic", "static", "float"}
+        How inputs are handled: quantized per call, quantized with calibrated parameters, or kept
+        float32 (weight-only).
+    act_dtype : {"uint8", "int8"}
+        Activation codes: asymmetric uint8 with a zero point, or symmetric int8.
+    act_scale, act_zero : float, int
+        Static activation parameters (``activations="static"`` only).
+
+    Use :meth:`from_float` to quantize a float weight. ``nbytes`` counts the codes (rows padded to a
+    multiple of 64 bytes), the scales and the row sums of the codes kept for the zero-point correction.
+    """
+
+    q: np.ndarray
+    scale: np.ndarray
+    activations: str = "dynamic"
+    act_dtype: str = "uint8"
+    act_scale: float = None
+    act_zero: int = None
+    _qp: np.ndarray = field(default=None, init=False, repr=False)
+    _colsum: np.ndarray = field(default=None, init=False, repr=False)
+    format = "int8"
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        bad = _problems(self.q, self.scale, self.activations, self.act_dtype, self.act_scale, self.act_zero)
+        if bad:
+            raise CompressionParameterError("Int8Matrix: " + "; ".join(bad))
+        if self.activations == "static":
+            set_("act_scale", np.float32(self.act_scale))
+            set_("act_zero", int(self.act_zero))
+        n_out, n_in = self.q.shape
+        qp = np.zeros((n_out, -(-n_in // PAD) * PAD), np.int8)
+        qp[:, :n_in] = self.q
+        qp.setflags(write=False)
+        colsum = qp.sum(axis=1, dtype=np.int64)
+        colsum.setflags(write=False)
+        scale = self.scale.copy()
+        scale.setflags(write=False)
+        set_("_qp", qp)
+        set_("_colsum", colsum)
+        set_("q", qp[:, :n_in])
+        set_("scale", scale)
+
+    @classmethod
+    def from_float(cls, w, *, per_channel=True, activations="dynamic", act_dtype="uint8", act_range=None):
+        """Quantize a finite float weight ``(n_out, n_in)``.
+
+        ``act_range=(lo, hi)`` gives the calibrated activation range for ``activations="static"``.
+        """
+        w = np.asarray(w, dtype=np.float32)
+        if w.ndim != 2 or w.size == 0 or not np.isfinite(w).all():
+            raise CompressionParameterError(
+                f"Int8Matrix.from_float needs a non-empty finite 2-D weight, got shape {w.shape}"
+                f"{'' if w.size == 0 or np.isfinite(w).all() else ' with NaN/Inf'}")
+        q, scale = quantize_weights(w, per_channel)
+        act_scale = act_zero = None
+        if activations == "static":
+            if act_range is None:
+                raise CompressionParameterError("static activations need act_range=(lo, hi) from calibration")
+            act_scale, act_zero = activation_params(*act_range, act_dtype)
+        return cls(q, scale, activations, act_dtype, act_scale, act_zero)
+
+    @property
+    def shape(self):
+        return self.q.shape
+
+    @property
+    def nbytes(self):
+        return self._qp.nbytes + self.scale.nbytes + self._colsum.nbytes + (8 if self.activations == "static" else 0)
+
+    def to_dense(self):
+        scale = self.scale[:, None] if self.scale.shape[0] > 1 else self.scale[0]
+        return (self.q.astype(np.float32) * scale).astype(np.float32)
+
+    def _act_params(self, x):
+        if self.activations == "static":
+            return self.act_scale, self.act_zero
+        lo, hi = x.min(), x.max()   # NaN propagates through NumPy's min/max
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise InputError(f"int8 layer {self.shape}: input holds NaN or Inf; quantized layers refuse them")
+        return activation_params(lo, hi, self.act_dtype)
+
+    def _apply(self, x):
+        n, k = x.shape
+        n_out, kp = self._qp.shape
+        out = np.empty((n, n_out), np.float32)
+        if self.activations == "float":
+            if not np.isfinite(x).all():
+                raise InputError(f"int8 layer {self.shape}: input holds NaN or Inf; quantized layers refuse them")
+            _jit.pick((quant.int8_matmul_float, quant.int8_matmul_float_parallel), n * n_out * k)(
+                x, self._qp, self.scale, out)
+            return out
+        sx, z = self._act_params(x)
+        xu = np.empty((n, kp), np.uint8)
+        bad = _jit.pick((quant.int8_quantize, quant.int8_quantize_parallel), n * kp)(
+            x, np.float32(sx), z, 0, 255, xu)
+        if bad:
+            raise InputError(f"int8 layer {self.shape}: input holds {bad} NaN or Inf value(s); "
+                             "quantized layers refuse them")
+        kernels = ((vnni.int8_matmul_u8s8_vnni, vnni.int8_matmul_u8s8_vnni_parallel) if vnni.HAVE_VNNI
+                   else (quant.int8_matmul_u8s8, quant.int8_matmul_u8s8_parallel))
+        matmul = _jit.pick(kernels, n * n_out * kp)
+        acc = np.zeros((n, n_out), np.int32)
+        if kp <= KBLOCK:
+            matmul(xu, self._qp, 0, kp, acc)
+        else:
+            total = np.zeros((n, n_out), np.int64)
+            for k0 in range(0, kp, KBLOCK):
+                acc[:] = 0
+                matmul(xu, self._qp, k0, min(k0 + KBLOCK, kp), acc)
+                total += acc
+            acc = total
+        _jit.pick((quant.int8_dequantize, quant.int8_dequantize_parallel), n * n_out)(
+            acc, z, self._colsum, np.float32(sx), self.scale, out)
+        return out
+
+    def describe(self):
+        act = {"float": "w8 float-act", "dynamic": f"w8a8 dynamic {self.act_dtype}",
+               "static": f"w8a8 static {self.act_dtype}"}[self.activations]
+        return f"int8 {act}{' per-tensor' if self.scale.shape[0] == 1 else ''}"
+
+    def to_arrays(self):
+        arrays = {"q": np.ascontiguousarray(self.q), "scale": self.scale}
+        if self.activations == "static":
+            arrays["act_scale"] = np.array([self.act_scale], np.float32)
+            arrays["act_zero"] = np.array([self.act_zero], np.int32)
+        return arrays, {"activations": self.activations, "act_dtype": self.act_dtype}
+
+    @classmethod
+    def from_arrays(cls, arrays, attrs, *, path=None, obj=None):
+        activations, act_dtype = attrs.get("activations"), attrs.get("act_dtype")
+        act_scale = act_zero = None
+        if activations == "static":
+            s, z = arrays.get("act_scale"), arrays.get("act_zero")
+            expect(isinstance(s, np.ndarray) and s.shape == (1,) and s.dtype == np.float32
+                   and isinstance(z, np.ndarray) and z.shape == (1,) and z.dtype.kind in "iu", path, obj,
+                   "static int8 matrix needs act_scale (1,) float32 and act_zero (1,) int")
+            act_scale, act_zero = float(s[0]), int(z[0])
+        bad = _problems(arrays.get("q"), arrays.get("scale"), activations, act_dtype, act_scale, act_zero)
+        expect(not bad, path, obj, "int8 matrix: " + "; ".join(bad))
+        return cls(arrays["q"], arrays["scale"], activations, act_dtype, act_scale, act_zero)

@@ -1,0 +1,44 @@
+"""NumPy twins of the int8 kernels (nncomp/kernels/quant.py, vnni.py).
+
+Integer products upcast to int64 before multiplying: NumPy's own ``int8 @ int8`` returns int8 and
+wraps. Float twins follow the specified float32 operation order exactly (they are compared with
+``np.array_equal``); the weight-only twin is float64 (tolerance rule).
+"""
+import numpy as np
+
+
+def int8_quantize(x, scale, zero, qmin, qmax, kp):
+    """uint8 codes ``clip(rint(x / scale) + zero, qmin, qmax)`` (float32 division), padded to kp
+    columns with ``zero``; and the number of non-finite inputs."""
+    x = np.asarray(x, np.float32)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        q = np.rint(x / np.float32(scale)) + np.float32(zero)
+        q = np.clip(np.nan_to_num(q, nan=qmin), qmin, qmax)
+    out = np.full((x.shape[0], kp), zero, np.uint8)
+    out[:, :x.shape[1]] = q.astype(np.uint8)
+    return out, int((~np.isfinite(x)).sum())
+
+
+def int8_matmul_u8s8(xu, w, k0, k1, out):
+    """``out + xu[:, k0:k1] @ w[:, k0:k1].T``, exact (int64 inside, int32 result)."""
+    acc = xu[:, k0:k1].astype(np.int64) @ w[:, k0:k1].astype(np.int64).T
+    total = out.astype(np.int64) + acc
+    assert np.abs(total).max(initial=0) < 2 ** 31
+    return total.astype(np.int32)
+
+
+int8_matmul_u8s8_vnni = int8_matmul_u8s8
+
+
+def int8_dequantize(acc, zero, colsum, xscale, scale):
+    """``float32(acc - zero * colsum) * float32(xscale * scale[o])``, float32 operations in that order."""
+    a = acc.astype(np.int64) - np.int64(zero) * colsum.astype(np.int64)
+    m = np.float32(xscale) * np.broadcast_to(scale.astype(np.float32), (acc.shape[1],))
+    return a.astype(np.float32) * m
+
+
+def int8_matmul_float(x, w, scale):
+    """Weight-only: ``(x @ w[:, :k].T) * scale`` in float64."""
+    k = x.shape[1]
+    y = x.astype(np.float64) @ w[:, :k].astype(np.float64).T
+    return y * np.broadcast_to(scale.astype(np.float64), (w.shape[0],))
