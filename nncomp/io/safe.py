@@ -1,17 +1,22 @@
 """The one safe HDF5 reader under every load path.
 
-Model files are untrusted input (see docs/format.md and the README's "Hostile files"). Before any
-data is read, the whole file is walked once and refused if it holds anything but hard links,
-plain numeric datasets without external or virtual storage, and allow-listed filters; declared
-sizes are capped per tensor and per file before any allocation. Every exception h5py raises is
-wrapped into a :class:`~nncomp.errors.ModelFileError` naming the file, the object, and why.
+Model files are untrusted input (see docs/sources.md and shared/reliability.md). Before any data is
+read, the whole file is walked once and refused if it holds anything but hard links, plain numeric
+datasets without external or virtual storage, and allow-listed filters; declared sizes are capped
+per tensor and per file before any allocation. Attributes are type- and size-checked before they
+are read, and only the attributes a loader asks for are read at all. While a file is open, HDF5's
+plugin search path is emptied, so no filter plugin can be loaded from disk. Every exception h5py
+raises is wrapped into a :class:`~nncomp.errors.ModelFileError` naming the file, the object, and why.
 """
 import contextlib
 import json
 import math
 import os
 import stat
+import threading
 
+import h5py
+import h5py.h5pl
 import numpy as np
 
 from ..errors import (CorruptModelFileError, ModelFileError, NncompError, UnsafeModelFileError,
@@ -25,13 +30,14 @@ MAX_FILE_BYTES = 16 << 30
 MAX_ATTR_BYTES = 16 << 20
 MAX_JSON_DEPTH = 64
 MAX_RANK = 8
+MAX_LINKS = 200_000
+# A dataset declaring more than BOMB_BYTES that expands more than BOMB_RATIO times its stored size
+# is a decompression bomb (Keras' own rule uses 4 GiB and 1000x).
+BOMB_BYTES = 1 << 30
+BOMB_RATIO = 1000
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-
-# Never let HDF5 load filter plugins from disk: nncomp only needs built-in filters.
-os.environ.setdefault("HDF5_PLUGIN_PATH", os.devnull)
-
-import h5py  # noqa: E402
+_VLEN_BYTES = 16  # hvl_t: what one variable-length element occupies in the attribute itself
 
 
 @contextlib.contextmanager
@@ -41,7 +47,7 @@ def guard(path, obj=None, what="cannot read"):
         yield
     except NncompError:
         raise
-    except (Exception, RecursionError) as e:  # noqa: BLE001 - h5py raises 8+ exception types
+    except Exception as e:  # noqa: BLE001 - h5py raises 8+ exception types (and SystemError, RecursionError)
         raise CorruptModelFileError(path, obj, f"{what} ({type(e).__name__}: {e})") from None
 
 
@@ -49,19 +55,57 @@ def check_path(path):
     """Refuse a path that is not a regular HDF5 file, before h5py touches it."""
     try:
         st = os.stat(path)
-    except OSError as e:
-        raise ModelFileError(path, None, f"cannot stat file ({e.strerror})") from None
+    except (OSError, ValueError, TypeError) as e:
+        raise ModelFileError(path, None, f"cannot stat file ({getattr(e, 'strerror', None) or e})") from None
     if not stat.S_ISREG(st.st_mode):
         raise ModelFileError(path, None, "not a regular file (directories, FIFOs and devices are refused)")
     with guard(path, None, "cannot read the file header"), open(path, "rb") as fh:
         head = fh.read(8)
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-        raise UnsupportedModelError(path, None, "zip/pickle files (.keras, .pt, .pth) are not supported: "
-                                    "they can execute code; export the weights to HDF5 (see the README)")
+        if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+            raise UnsupportedModelError(path, None, "zip/pickle files (.keras, .pt, .pth) are not supported: "
+                                        "they can execute code; export the weights to HDF5 (see the README)")
+        # HDF5 may also sit after a user block of 512 * 2^k bytes.
+        offset = 512
+        while head != _HDF5_MAGIC and offset + 8 <= st.st_size:
+            fh.seek(offset)
+            head = fh.read(8)
+            offset *= 2
     if head != _HDF5_MAGIC:
-        # HDF5 may also sit after a user block of 512 * 2^k bytes; h5py finds it.
-        if st.st_size < 512:
-            raise CorruptModelFileError(path, None, "not a readable HDF5 file (file signature not found)")
+        raise CorruptModelFileError(path, None, "not a readable HDF5 file (file signature not found)")
+
+
+def _check_cap(value, name):
+    if type(value) is bool or not isinstance(value, (int, np.integer)) or value < 0:
+        raise NncompError(f"{name} must be an int >= 0 (bytes), got {value!r}")
+    return int(value)
+
+
+# ---------------------------------------------------------------------- plugin search path
+_plugin_lock = threading.Lock()
+_plugin_state = {"users": 0, "saved": []}
+
+
+def _plugins_off():
+    """Empty HDF5's plugin search path (reference-counted across open SafeFiles)."""
+    with _plugin_lock:
+        if _plugin_state["users"] == 0:
+            saved = []
+            with contextlib.suppress(Exception):
+                while h5py.h5pl.size():
+                    saved.append(h5py.h5pl.get(0))
+                    h5py.h5pl.remove(0)
+            _plugin_state["saved"] = saved
+        _plugin_state["users"] += 1
+
+
+def _plugins_on():
+    with _plugin_lock:
+        _plugin_state["users"] -= 1
+        if _plugin_state["users"] == 0:
+            with contextlib.suppress(Exception):
+                for p in _plugin_state["saved"]:
+                    h5py.h5pl.append(p)
+            _plugin_state["saved"] = []
 
 
 class SafeFile:
@@ -71,29 +115,41 @@ class SafeFile:
     ----------
     path : str or path-like
     max_tensor_bytes, max_file_bytes : int
-        Caps on the declared size of one dataset and of all datasets together.
+        Caps on the declared size of one dataset and of all datasets together (each name counts).
     allow_nonfinite : bool
         Accept NaN/Inf in weights (refused by default).
+
+    Attributes
+    ----------
+    datasets : dict
+        HDF5 path -> h5py.Dataset of every dataset in the file, all checked.
     """
 
     def __init__(self, path, *, max_tensor_bytes=MAX_TENSOR_BYTES, max_file_bytes=MAX_FILE_BYTES,
                  allow_nonfinite=False):
         self.path = os.fspath(path)
-        self.max_tensor_bytes = int(max_tensor_bytes)
-        self.max_file_bytes = int(max_file_bytes)
-        self.allow_nonfinite = allow_nonfinite
+        self.max_tensor_bytes = _check_cap(max_tensor_bytes, "max_tensor_bytes")
+        self.max_file_bytes = _check_cap(max_file_bytes, "max_file_bytes")
+        self.allow_nonfinite = bool(allow_nonfinite)
+        self.file = None
         check_path(self.path)
-        with guard(self.path, None, "not a readable HDF5 file"):
-            self.file = h5py.File(self.path, "r")
+        _plugins_off()
+        self._plugins = True
         try:
+            with guard(self.path, None, "not a readable HDF5 file"):
+                self.file = h5py.File(self.path, "r")
             self.datasets = self._walk()
         except BaseException:
             self.close()
             raise
 
     def close(self):
-        with contextlib.suppress(Exception):
-            self.file.close()
+        if self.file is not None:
+            with contextlib.suppress(Exception):
+                self.file.close()
+        if getattr(self, "_plugins", False):
+            self._plugins = False
+            _plugins_on()
 
     def __enter__(self):
         return self
@@ -101,11 +157,21 @@ class SafeFile:
     def __exit__(self, *exc):
         self.close()
 
+    def __repr__(self):
+        return f"SafeFile({self.path!r}, datasets={len(getattr(self, 'datasets', ()))})"
+
     # ------------------------------------------------------------------ policy walk
     def _walk(self):
         links = []
+
+        def visit(name, link):
+            links.append((name, link))
+            return True if len(links) > MAX_LINKS else None
+
         with guard(self.path, None, "cannot list the file's links"):
-            self.file.visititems_links(lambda name, link: links.append((name, link)))
+            self.file.visititems_links(visit)
+        if len(links) > MAX_LINKS:
+            raise UnsafeModelFileError(self.path, None, f"file holds more than {MAX_LINKS} links")
         for name, link in links:
             if isinstance(link, h5py.ExternalLink):
                 raise UnsafeModelFileError(self.path, "/" + name,
@@ -114,7 +180,7 @@ class SafeFile:
                 raise UnsafeModelFileError(self.path, "/" + name, f"SoftLink to '{link.path}' is not allowed")
             if not isinstance(link, h5py.HardLink):
                 raise UnsafeModelFileError(self.path, "/" + name, f"link type {type(link).__name__} is not allowed")
-        datasets, seen, total = {}, set(), 0
+        datasets, seen, total = {}, {}, 0
         for name, _ in links:
             obj_name = "/" + name
             with guard(self.path, obj_name, "cannot open object"):
@@ -122,11 +188,12 @@ class SafeFile:
                 if not isinstance(obj, h5py.Dataset):
                     continue
                 addr = h5py.h5o.get_info(obj.id).addr
-            nbytes = self._check_dataset(obj_name, obj)
+            if addr in seen:
+                raise UnsafeModelFileError(self.path, obj_name, f"dataset is the same object as {seen[addr]} "
+                                           "(hard-linked aliases of one dataset are refused)")
+            seen[addr] = obj_name
+            total += self._check_dataset(obj_name, obj)
             datasets[obj_name] = obj
-            if addr not in seen:
-                seen.add(addr)
-                total += nbytes
             if total > self.max_file_bytes:
                 raise UnsafeModelFileError(self.path, None, f"file declares more than {self.max_file_bytes} "
                                            "bytes of tensors in total; raise max_file_bytes if it is trusted")
@@ -150,8 +217,11 @@ class SafeFile:
             if space.get_simple_extent_type() == h5py.h5s.NULL:
                 raise CorruptModelFileError(self.path, name, "dataset has a null dataspace")
             tclass = ds.id.get_type().get_class()
+            if tclass not in (h5py.h5t.INTEGER, h5py.h5t.FLOAT):
+                raise UnsupportedModelError(self.path, name, f"unsupported element type (HDF5 class {tclass}); "
+                                            "expected int/float")
             dt = ds.dtype
-            if tclass not in (h5py.h5t.INTEGER, h5py.h5t.FLOAT) or dt.kind not in "fiu" or dt.subdtype is not None:
+            if dt.kind not in "fiu" or dt.subdtype is not None:
                 raise UnsupportedModelError(self.path, name, f"unsupported element type {dt} (HDF5 class "
                                             f"{tclass}); expected int/float")
             shape = ds.shape
@@ -161,14 +231,18 @@ class SafeFile:
             if nbytes > self.max_tensor_bytes:
                 raise UnsafeModelFileError(self.path, name, f"declares {nbytes} bytes (shape {shape}, {dt}); "
                                            f"limit {self.max_tensor_bytes}: raise max_tensor_bytes if trusted")
+            if nbytes > BOMB_BYTES and nbytes > BOMB_RATIO * ds.id.get_storage_size():
+                raise UnsafeModelFileError(self.path, name, f"declares {nbytes} bytes stored in "
+                                           f"{ds.id.get_storage_size()}: refused as a decompression bomb")
         return nbytes
 
     # ------------------------------------------------------------------ reading
     def has(self, name):
+        """Whether dataset ``name`` exists (and passed the checks)."""
         return ("/" + name.lstrip("/")) in self.datasets
 
     def read(self, name, *, dtype=np.float32, ndim=None, finite=None):
-        """Read dataset ``name`` as a native-order array of ``dtype``, checked.
+        """Read dataset ``name`` as a native-order C-contiguous array of ``dtype``, checked.
 
         Floats are converted to ``dtype`` with a range check; NaN/Inf are refused unless the file was
         opened with ``allow_nonfinite`` (or ``finite=False``). ``ndim`` checks the rank.
@@ -178,99 +252,135 @@ class SafeFile:
         if ds is None:
             raise CorruptModelFileError(self.path, name, "dataset is missing")
         with guard(self.path, name, "cannot read data"):
-            arr = ds[()]
-            arr = np.asarray(arr)
+            arr = np.asarray(ds[()])
             if arr.shape != ds.shape:
                 raise CorruptModelFileError(self.path, name, f"read shape {arr.shape} differs from declared {ds.shape}")
-        if ndim is not None and arr.ndim != ndim:
-            raise CorruptModelFileError(self.path, name, f"expected a {ndim}-D array, got shape {arr.shape}")
-        dtype = np.dtype(dtype)
-        if dtype.kind == "f":
-            if arr.dtype.kind == "f" and arr.dtype.itemsize > dtype.itemsize and arr.size:
-                fin = arr[np.isfinite(arr)]
-                if fin.size and np.abs(fin).max() > np.finfo(dtype).max:
-                    raise CorruptModelFileError(self.path, name, f"value exceeds {dtype} range")
-            out = np.ascontiguousarray(arr, dtype=dtype)
-            check = (not self.allow_nonfinite) if finite is None else finite
-            if check and out.size:
-                bad = int(out.size - np.count_nonzero(np.isfinite(out)))
-                if bad:
-                    raise CorruptModelFileError(self.path, name, f"{bad} non-finite value(s) (NaN/Inf) in weights")
-            return out
-        if arr.dtype.kind not in "iu":
-            raise CorruptModelFileError(self.path, name, f"expected integers, got {arr.dtype}")
-        info = np.iinfo(dtype)
-        if arr.size and (int(arr.min()) < info.min or int(arr.max()) > info.max):
-            raise CorruptModelFileError(self.path, name, f"values outside the range of {dtype}")
-        return np.ascontiguousarray(arr, dtype=dtype)
+        check = (not self.allow_nonfinite) if finite is None else bool(finite)
+        return convert(arr, dtype, ndim=ndim, finite=check, path=self.path, obj=name)
 
     def attr(self, obj, key, *, kind="str", max_bytes=MAX_ATTR_BYTES, allow_vlen=False):
         """Read one attribute after checking its type and size; ``None`` when absent.
 
-        kind: ``"str"`` (a string), ``"int"`` (an integer scalar), ``"strs"`` (a 1-D array of strings).
-        Variable-length strings are read only with ``allow_vlen`` (Keras writes them): their heap is
-        where corrupted files crashed or hung HDF5.
+        kind: ``"str"`` (a string), ``"int"`` (an integer scalar), ``"strs"`` (a 1-D array of strings,
+        or an empty numeric array, which Keras writes for "no names"). Variable-length strings are read
+        only with ``allow_vlen`` (Keras writes them): their heap is where corrupted files crashed or hung
+        HDF5 (the fuzz test and ``load(..., isolate=True)`` exist for that).
         """
         where = obj if obj.startswith("/") else "/" + obj
-        with guard(self.path, f"{where}@{key}", "cannot read attribute"):
+        label = f"{where}@{key}"
+        if kind not in ("str", "int", "strs"):
+            raise NncompError(f"attr kind must be 'str', 'int' or 'strs', got {kind!r}")
+        with guard(self.path, label, "cannot read attribute"):
             target = self.file[where]
             if key not in target.attrs:
                 return None
             aid = target.attrs.get_id(key)
+            if aid.get_space().get_simple_extent_type() == h5py.h5s.NULL:
+                raise CorruptModelFileError(self.path, label, "attribute has a null dataspace")
+            shape = aid.shape
+            n = math.prod(shape)
             tid = aid.get_type()
-            size = aid.get_storage_size()
-            if size > max_bytes:
-                raise UnsafeModelFileError(self.path, f"{where}@{key}", f"attribute is {size} bytes; limit {max_bytes}")
             tclass = tid.get_class()
+            size = aid.get_storage_size()
+            if size > max_bytes or len(shape) > 1:
+                raise UnsafeModelFileError(self.path, label, f"attribute is {size} bytes of shape {shape}; "
+                                           f"limit {max_bytes} bytes, 1-D")
             if kind == "int":
-                if tclass != h5py.h5t.INTEGER or aid.shape not in ((), (1,)):
-                    raise CorruptModelFileError(self.path, f"{where}@{key}", "expected an integer scalar")
+                if tclass != h5py.h5t.INTEGER or n != 1:
+                    raise CorruptModelFileError(self.path, label, "expected an integer scalar")
                 return int(np.asarray(target.attrs[key]).reshape(-1)[0])
+            vlen = False
             if tclass == h5py.h5t.STRING:
-                if tid.is_variable_str() and not allow_vlen:
-                    raise UnsupportedModelError(self.path, f"{where}@{key}",
-                                                "variable-length string attributes are not read here")
-            elif not (tclass == h5py.h5t.FLOAT and kind == "strs" and aid.shape == (0,)):
-                raise CorruptModelFileError(self.path, f"{where}@{key}", f"expected a string attribute, got HDF5 class {tclass}")
+                vlen = bool(tid.is_variable_str())
+                if vlen and not allow_vlen:
+                    raise UnsupportedModelError(self.path, label, "variable-length string attributes are not "
+                                                "read here")
+                if kind == "str" and n != 1:
+                    raise CorruptModelFileError(self.path, label, f"expected one string, got shape {shape}")
+            elif not (kind == "strs" and n == 0 and tclass in (h5py.h5t.FLOAT, h5py.h5t.INTEGER)):
+                raise CorruptModelFileError(self.path, label, f"expected a string attribute, got HDF5 class {tclass}")
+            if vlen and n * _VLEN_BYTES > max_bytes:
+                raise UnsafeModelFileError(self.path, label, f"attribute holds {n} strings; limit {max_bytes} bytes")
             value = target.attrs[key]
-        if kind == "strs":
-            arr = np.asarray(value).reshape(-1)
-            return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in arr] if arr.size else []
-        if isinstance(value, np.ndarray):
-            if value.size != 1:
-                raise CorruptModelFileError(self.path, f"{where}@{key}", "expected one string")
-            value = value.reshape(-1)[0]
-        if isinstance(value, bytes):
-            with guard(self.path, f"{where}@{key}", "attribute is not UTF-8"):
-                value = value.decode("utf-8")
-        return str(value)
+            if isinstance(value, h5py.Empty):
+                raise CorruptModelFileError(self.path, label, "attribute is empty")
+            arr = np.asarray(value, dtype=object).reshape(-1) if n else np.empty(0, object)
+            out = [v.decode("utf-8") if isinstance(v, bytes) else v for v in arr]
+            if not all(isinstance(v, str) for v in out):
+                raise CorruptModelFileError(self.path, label, "attribute does not hold strings")
+            if sum(len(v) for v in out) > max_bytes:
+                raise UnsafeModelFileError(self.path, label, f"attribute text exceeds {max_bytes} bytes")
+        return out if kind == "strs" else out[0]
 
     def json_attr(self, obj, key, **kw):
         """Parse a JSON string attribute with size and nesting-depth limits."""
         text = self.attr(obj, key, **kw)
-        return None if text is None else parse_json(text, self.path, f"{obj}@{key}")
+        where = obj if obj.startswith("/") else "/" + obj
+        return None if text is None else parse_json(text, self.path, f"{where}@{key}")
 
 
-def parse_json(text, path=None, obj=None):
-    """``json.loads`` with a nesting-depth limit; errors become ModelFileError."""
-    depth = best = 0
-    in_str = esc = False
-    for ch in text:
-        if in_str:
-            if esc:
-                esc = False
-            elif ch == "\\":
-                esc = True
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch in "[{":
-            depth += 1
-            best = max(best, depth)
-        elif ch in "]}":
-            depth -= 1
-    if best > MAX_JSON_DEPTH:
-        raise UnsafeModelFileError(path, obj, f"JSON nests {best} levels deep; limit {MAX_JSON_DEPTH}")
+def convert(arr, dtype=np.float32, *, ndim=None, finite=True, path=None, obj=None):
+    """A numeric array as a C-contiguous native-order array of ``dtype``, range- and finiteness-checked.
+
+    Float targets: values beyond the target's range are refused (no silent ``inf``); NaN/Inf are
+    refused when ``finite``. Integer targets: the source must be integers within the target's range.
+    """
+    arr = np.asarray(arr)
+    if arr.dtype.kind not in "fiu" or arr.dtype.subdtype is not None:
+        raise UnsupportedModelError(path, obj, f"unsupported element type {arr.dtype}; expected int/float")
+    if ndim is not None and arr.ndim != ndim:
+        raise CorruptModelFileError(path, obj, f"expected a {ndim}-D array, got shape {arr.shape}")
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        if arr.dtype.kind == "f" and arr.dtype.itemsize > dtype.itemsize and arr.size:
+            fin = arr[np.isfinite(arr)]
+            if fin.size and np.abs(fin).max() > np.finfo(dtype).max:
+                raise CorruptModelFileError(path, obj, f"value exceeds {dtype} range")
+        out = np.ascontiguousarray(arr, dtype=dtype)
+        if finite and out.size:
+            bad = int(out.size - np.count_nonzero(np.isfinite(out)))
+            if bad:
+                raise CorruptModelFileError(path, obj, f"{bad} non-finite value(s) (NaN/Inf) in weights; "
+                                            "pass allow_nonfinite=True to accept them")
+        return out
+    if dtype.kind not in "iu" or arr.dtype.kind not in "iu":
+        raise CorruptModelFileError(path, obj, f"expected integers, got {arr.dtype}")
+    info = np.iinfo(dtype)
+    if arr.size and (int(arr.min()) < info.min or int(arr.max()) > info.max):
+        raise CorruptModelFileError(path, obj, f"values outside the range of {dtype}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _depth(value):
+    """Nesting depth of parsed JSON, without recursion."""
+    best, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            best = max(best, d)
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return best
+
+
+def parse_json(text, path=None, obj=None, *, max_chars=MAX_ATTR_BYTES):
+    """``json.loads`` with size and nesting-depth limits (NaN/Infinity refused); errors become ModelFileError.
+
+    CPython's JSON scanner turns runaway nesting into RecursionError (wrapped here); the depth of
+    what it returns is then capped, so that no later walk over the value can recurse deeply.
+    """
+    if isinstance(text, bytes):
+        with guard(path, obj, "JSON is not UTF-8"):
+            text = text.decode("utf-8")
+    if not isinstance(text, str):
+        raise CorruptModelFileError(path, obj, f"expected JSON text, got {type(text).__name__}")
+    if len(text) > max_chars:
+        raise UnsafeModelFileError(path, obj, f"JSON is {len(text)} characters; limit {max_chars}")
     with guard(path, obj, "invalid JSON"):
-        return json.loads(text)
+        value = json.loads(text, parse_constant=_no_constant)
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise UnsafeModelFileError(path, obj, f"JSON nests more than {MAX_JSON_DEPTH} levels deep")
+    return value

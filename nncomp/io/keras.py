@@ -1,0 +1,634 @@
+"""Keras HDF5 models: the legacy full model (``model.save("m.h5")``) and Keras 3 ``.weights.h5``.
+
+The architecture comes from a Keras ``model_config`` (the legacy file's root attribute, a JSON string
+or dict such as ``model.to_json()``, or the ``model_config`` of another legacy file), or from an
+nncomp :class:`~nncomp.model.Model` built in Python whose node names are the Keras layer names.
+Nothing in a file is ever executed: a layer class outside the supported list (``Lambda``, custom
+or registered classes, any ``module`` outside ``keras.layers``) is an ``UnsupportedModelError``.
+
+Weights are converted once, here, to nncomp's layout (docs/sources.md): Dense ``(in, out)`` ->
+``(out, in)``; Conv2D HWIO -> ``(out, kh*kw*in)`` with patch columns (kh, kw, c); DepthwiseConv2D
+``(kh, kw, C, m)`` -> ``(C*m, kh*kw)`` with output channel ``c*m + k``; ``padding="same"`` padded as
+TensorFlow/Keras do (the odd pixel at the bottom/right); Flatten in (h, w, c) order. The model takes
+NHWC (or NC) inputs and returns Keras's numbers.
+"""
+import json
+import math
+import os
+import re
+
+import numpy as np
+
+from ..errors import CorruptModelFileError, ModelFileError, NncompError, UnsupportedModelError
+from ..layers import (Add, AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D,
+                      MaxPool2D, ReLU, Softmax, ZeroPad2D)
+from ..matrices import DenseMatrix
+from ..model import INPUT, Model, Node
+from .safe import MAX_ATTR_BYTES, SafeFile, guard, parse_json
+
+__all__ = ["load_keras"]
+
+MODEL_CLASSES = ("Sequential", "Functional", "Model")
+IDENTITY = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianNoise", "GaussianDropout")
+ACTIVATIONS = {"linear": None, "relu": ReLU, "relu6": lambda: ReLU(6.0), "softmax": Softmax}
+FLOAT_POLICIES = ("float32", "float64", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16")
+
+
+def load_keras(f, architecture=None):
+    """Load a Keras legacy ``.h5`` or Keras 3 ``.weights.h5`` from an open SafeFile.
+
+    Parameters
+    ----------
+    f : SafeFile
+    architecture : dict, str, path-like or Model, optional
+        Required for a ``.weights.h5``; for a legacy ``.h5`` it replaces the stored ``model_config``.
+        A ``model_config`` dict or JSON string, a path to a legacy ``.h5`` or a ``.json`` file, or an
+        nncomp Model whose Dense/Conv2D/BatchNorm nodes are named like the Keras layers.
+    """
+    arch = _architecture(architecture, f)
+    try:
+        legacy = "model_weights" in f.file
+        src = _LegacyWeights(f) if legacy else _VarsWeights(f)
+        if isinstance(arch, Model):
+            model = _fill(arch, src, f.path)
+        else:
+            if arch is None:
+                if not legacy:
+                    raise UnsupportedModelError(f.path, None, "a Keras .weights.h5 holds no architecture: pass "
+                                                "architecture= (the legacy .h5, model.to_json(), or an nncomp Model)")
+                arch = f.json_attr("/", "model_config", allow_vlen=True)
+                if arch is None:
+                    raise CorruptModelFileError(f.path, "/@model_config", "Keras file without a model_config")
+            model = _Builder(f, src).build(arch)
+        src.finish()
+        return model
+    except ModelFileError:
+        raise
+    except NncompError as e:
+        raise CorruptModelFileError(f.path, None, str(e)) from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:
+        raise CorruptModelFileError(f.path, "model_config", f"malformed Keras model_config "
+                                    f"({type(e).__name__}: {e})") from None
+
+
+def _architecture(arch, f):
+    """The architecture argument as None, a Model, or a parsed model_config."""
+    if arch is None or isinstance(arch, Model):
+        return arch
+    if isinstance(arch, dict):
+        try:
+            text = json.dumps(arch)
+        except (TypeError, ValueError, RecursionError) as e:
+            raise NncompError(f"architecture dict is not JSON ({e}); pass model.to_json()") from None
+        return parse_json(text, None, "architecture")
+    if isinstance(arch, bytes):
+        arch = arch.decode("utf-8", "replace")
+    if isinstance(arch, str) and arch.lstrip().startswith("{"):
+        return parse_json(arch, None, "architecture")
+    if not isinstance(arch, (str, os.PathLike)):
+        raise NncompError("architecture must be a Keras model_config (dict or JSON string), the path of a Keras "
+                          f".h5 or .json file, or an nncomp Model; got {type(arch).__name__}")
+    path = os.fspath(arch)
+    if path.lower().endswith(".json"):
+        _check_text_file(path)
+        with guard(path, None, "cannot read"), open(path, "rb") as fh:
+            text = fh.read(MAX_ATTR_BYTES + 1)
+        return parse_json(text, path, None)
+    with SafeFile(path, max_tensor_bytes=f.max_tensor_bytes, max_file_bytes=f.max_file_bytes) as a:
+        cfg = a.json_attr("/", "model_config", allow_vlen=True)
+    if cfg is None:
+        raise UnsupportedModelError(path, "/@model_config", "the architecture file holds no Keras model_config")
+    return cfg
+
+
+def _check_text_file(path):
+    import stat
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError) as e:
+        raise ModelFileError(path, None, f"cannot stat file ({getattr(e, 'strerror', None) or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelFileError(path, None, "not a regular file (directories, FIFOs and devices are refused)")
+
+
+# ------------------------------------------------------------------------------------ weights
+class _LegacyWeights:
+    """``/model_weights/<layer>/.../<role>`` datasets of a legacy file, found by walking the file.
+
+    Only the file's own dataset list is used (no ``layer_names``/``weight_names`` attributes: fewer
+    variable-length strings read); roles come from the last path component (``kernel``, ``kernel:0``).
+    """
+
+    def __init__(self, f):
+        self.f, self.index, self.used = f, {}, set()
+        for key in f.datasets:
+            if not key.startswith("/model_weights/"):
+                continue  # optimizer state and anything else outside the model weights
+            parts = key[len("/model_weights/"):].split("/")
+            if len(parts) < 2:
+                raise CorruptModelFileError(f.path, key, "dataset directly under /model_weights belongs to no layer")
+            role = re.sub(r":\d+$", "", parts[-1])
+            layer = self.index.setdefault(parts[0], {})
+            if role in layer:
+                raise CorruptModelFileError(f.path, key, f"layer {parts[0]!r} holds two '{role}' weights "
+                                            f"({layer[role]} and {key})")
+            layer[role] = key
+
+    def bind(self, layers):
+        pass
+
+    def get(self, name, roles, optional=()):
+        have = dict(self.index.get(name, {}))
+        if "kernel" in roles and "kernel" not in have and "depthwise_kernel" in have:
+            have["kernel"] = have.pop("depthwise_kernel")  # Keras 2 DepthwiseConv2D
+        extra = sorted(set(have) - set(roles))
+        missing = [r for r in roles if r not in have and r not in optional]
+        if extra or missing:
+            raise CorruptModelFileError(self.f.path, f"/model_weights/{name}", f"layer {name!r} has weights "
+                                        f"{sorted(have)}; the architecture needs {list(roles)}")
+        self.used.add(name)
+        return {r: self.f.read(have[r]) for r in roles if r in have}
+
+    def finish(self):
+        extra = sorted(set(self.index) - self.used)
+        if extra:
+            raise CorruptModelFileError(self.f.path, "/model_weights", f"weights of layers {extra} that the "
+                                        "architecture does not have")
+
+
+def _snake(name):
+    """Keras' ``naming.to_snake_case``: the group name a layer class gets in a ``.weights.h5``."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+class _VarsWeights:
+    """``/layers/<group>/vars/0, 1, ...`` of a Keras 3 ``.weights.h5``, in ``layer.weights`` order.
+
+    Groups are named after the layer class (``conv2d_1``); the layer name is ``vars@name``. Without
+    ``@name`` the groups are matched as Keras itself does: class name in snake case, numbered in
+    model order.
+    """
+
+    def __init__(self, f):
+        self.f, self.used, groups = f, set(), {}
+        for key in f.datasets:
+            if not key.startswith("/layers/"):
+                continue  # /optimizer, /vars (the model's own), metrics
+            parts = key.split("/")
+            if len(parts) != 5 or parts[3] != "vars" or not parts[4].isdigit():
+                raise UnsupportedModelError(f.path, key, "unexpected weight layout (nested layers or models "
+                                            "are not supported)")
+            groups.setdefault(parts[2], {})[int(parts[4])] = key
+        for g, d in groups.items():
+            if sorted(d) != list(range(len(d))):
+                raise CorruptModelFileError(f.path, f"/layers/{g}/vars", f"vars are numbered {sorted(d)}, not 0..n-1")
+        self.groups = {g: [d[i] for i in range(len(d))] for g, d in groups.items()}
+
+    def bind(self, layers):
+        """Map layer names to groups; ``layers`` is [(name, class)] in ``model.layers`` order, or None."""
+        names, unnamed = {}, []
+        for g in sorted(self.groups):
+            n = self.f.attr(f"/layers/{g}/vars", "name", allow_vlen=True, max_bytes=4096)
+            if n is None:
+                unnamed.append(g)
+            elif names.setdefault(n, g) != g:
+                raise CorruptModelFileError(self.f.path, f"/layers/{g}/vars@name", f"two groups name layer {n!r}")
+        classes = dict(layers or ())
+        if unnamed:
+            if layers is None:
+                raise UnsupportedModelError(self.f.path, f"/layers/{unnamed[0]}/vars", "groups without a layer "
+                                            "@name can only be matched with a Keras model_config architecture")
+            names, count = {}, {}
+            for name, cls in layers:
+                g = _snake(cls)
+                count[g] = count.get(g, -1) + 1
+                names[name] = g if count[g] == 0 else f"{g}_{count[g]}"
+        for name, g in names.items():
+            if name in classes and g in self.groups and not re.fullmatch(rf"{re.escape(_snake(classes[name]))}(_\d+)?", g):
+                raise CorruptModelFileError(self.f.path, f"/layers/{g}", f"group {g!r} names layer {name!r}, "
+                                            f"which is a {classes[name]}")
+        self.by_name = names
+
+    def get(self, name, roles, optional=()):
+        g = self.by_name.get(name)
+        if g not in self.groups:
+            raise CorruptModelFileError(self.f.path, "/layers", f"no weights for layer {name!r}")
+        paths = self.groups[g]
+        if len(paths) != len(roles):
+            roles = [r for r in roles if r not in optional]
+            if not optional or len(paths) != len(roles):
+                raise CorruptModelFileError(self.f.path, f"/layers/{g}/vars", f"layer {name!r} has {len(paths)} "
+                                            f"weights; the architecture needs {list(roles)}")
+        self.used.add(g)
+        return {r: self.f.read(p) for r, p in zip(roles, paths)}
+
+    def finish(self):
+        extra = sorted(set(self.groups) - self.used)
+        if extra:
+            raise CorruptModelFileError(self.f.path, "/layers", f"weights in groups {extra} that the "
+                                        "architecture does not use")
+
+
+def _expect(arr, shape, path, name, role):
+    if arr is not None and arr.shape != tuple(shape):
+        raise CorruptModelFileError(path, name, f"layer {name}: {role} shape {arr.shape} does not match "
+                                    f"the architecture {tuple(shape)}")
+    return arr
+
+
+def _conv_matrix(kernel, depthwise):
+    """HWIO kernel -> (out, kh*kw*in); depthwise (kh, kw, C, m) -> (C*m, kh*kw), output c*m + k."""
+    if depthwise:
+        return np.ascontiguousarray(kernel.transpose(2, 3, 0, 1).reshape(-1, kernel.shape[0] * kernel.shape[1]))
+    return np.ascontiguousarray(kernel.transpose(3, 0, 1, 2).reshape(kernel.shape[3], -1))
+
+
+def _fill(model, src, path):
+    """Put the file's weights into an nncomp Model built in Python, matched by node name."""
+    src.bind(None)
+    new = {}
+    for node in model.nodes:
+        layer, name = node.layer, node.name
+        if isinstance(layer, (Dense, Conv2D)):
+            roles = ["kernel"] + (["bias"] if layer.bias is not None else [])
+            w = src.get(name, roles)
+            n_out, n_in = layer.weight.shape
+            if isinstance(layer, Dense):
+                mat = _expect(w["kernel"], (n_in, n_out), path, name, "kernel").T
+            else:
+                (kh, kw), cin, g = layer.kernel_size, layer.in_channels, layer.groups
+                shape = (kh, kw, cin, n_out // cin) if layer.depthwise else (kh, kw, cin // g, n_out)
+                mat = _conv_matrix(_expect(w["kernel"], shape, path, name, "kernel"), layer.depthwise)
+            bias = _expect(w.get("bias"), (n_out,), path, name, "bias")
+            new[name] = layer.replace(weight=DenseMatrix(np.ascontiguousarray(mat)), bias=bias)
+        elif isinstance(layer, BatchNorm):
+            n = layer.mean.shape[0]
+            w = src.get(name, ["gamma", "beta", "moving_mean", "moving_variance"], optional=("gamma", "beta"))
+            for k, v in w.items():
+                _expect(v, (n,), path, name, k)
+            new[name] = layer.replace(gamma=w.get("gamma", np.ones(n, np.float32)),
+                                      beta=w.get("beta", np.zeros(n, np.float32)),
+                                      mean=w["moving_mean"], var=w["moving_variance"])
+    try:
+        return model.replace_layers(new)
+    except NncompError as e:
+        raise CorruptModelFileError(path, None, str(e)) from None
+
+
+# ------------------------------------------------------------------------------------ architecture
+def _int(v, what, lo=0):
+    if type(v) is not int or not (lo <= v < 2 ** 31):
+        raise NncompError(f"{what} must be an int >= {lo}, got {v!r}")
+    return v
+
+
+def _pair(v, what, lo=1):
+    if isinstance(v, int) and type(v) is not bool:
+        v = [v, v]
+    if not isinstance(v, (list, tuple)) or len(v) != 2:
+        raise NncompError(f"{what} must be an int or a pair, got {v!r}")
+    return (_int(v[0], what, lo), _int(v[1], what, lo))
+
+
+def _is_ref(v):
+    return (isinstance(v, list) and len(v) in (3, 4) and isinstance(v[0], str)
+            and all(type(i) is int for i in v[1:3]))
+
+
+def _tensors(obj, out):
+    """Collect (layer name) of every Keras tensor reference in an inbound-node structure."""
+    if isinstance(obj, dict):
+        if obj.get("class_name") == "__keras_tensor__":
+            ref = (obj.get("config") or {}).get("keras_history")
+            if not _is_ref(ref):
+                raise NncompError(f"malformed keras_history {ref!r}")
+            out.append(ref)
+        else:
+            for v in obj.values():
+                _tensors(v, out)
+    elif isinstance(obj, list):
+        if _is_ref(obj):
+            out.append(obj)
+        else:
+            for v in obj:
+                _tensors(v, out)
+    return out
+
+
+class _Builder:
+    def __init__(self, f, src):
+        self.f, self.path, self.src = f, f.path, src
+        self.nodes, self.shapes = [], {}
+
+    # ----------------------------------------------------------------- graph
+    def build(self, cfg):
+        if not isinstance(cfg, dict):
+            raise CorruptModelFileError(self.path, "model_config", "model_config is not a JSON object")
+        cls, module = cfg.get("class_name"), cfg.get("module")
+        if cls not in MODEL_CLASSES or (module is not None and not str(module).startswith("keras")):
+            raise UnsupportedModelError(self.path, "model_config", f"model class {cls!r} (module {module!r}) is not "
+                                        "supported: only Sequential and Functional models (subclassed models "
+                                        "carry code, which nncomp never runs)")
+        inner = cfg.get("config")
+        if cls == "Sequential" and isinstance(inner, list):
+            inner = {"layers": inner}  # Keras < 2.2.3
+        layers = inner["layers"]
+        if not isinstance(layers, list) or not layers:
+            raise CorruptModelFileError(self.path, "model_config", "model_config has no layers")
+        entries = [self._entry(e) for e in layers]
+        if len({e[0] for e in entries}) != len(entries):
+            raise CorruptModelFileError(self.path, "model_config", "two layers share one name")
+        if cls == "Sequential":
+            outputs, shape = self._sequential(inner, entries)
+        else:
+            outputs, shape = self._functional(inner, entries)
+        layout = {3: "NHWC", 1: "NC"}[len(shape)]
+        try:
+            model = Model(self.nodes, input_shape=shape, input_layout=layout, outputs=outputs,
+                          name=str(inner.get("name", "keras")))
+        except NncompError as e:
+            raise CorruptModelFileError(self.path, "model_config", str(e)) from None
+        for name, s in model.shapes.items():
+            if math.prod(s) * 4 > self.f.max_tensor_bytes:
+                raise CorruptModelFileError(self.path, name, f"layer output {s} exceeds max_tensor_bytes per sample")
+        return model
+
+    def _entry(self, e):
+        if not isinstance(e, dict) or not isinstance(e.get("config"), dict):
+            raise CorruptModelFileError(self.path, "model_config", f"malformed layer entry {str(e)[:80]}")
+        cls, c = e.get("class_name"), e["config"]
+        name = e.get("name", c.get("name"))
+        if not isinstance(name, str) or not name or not isinstance(cls, str):
+            raise CorruptModelFileError(self.path, "model_config", f"layer entry without a name or class {str(e)[:80]}")
+        module, reg = e.get("module"), e.get("registered_name")
+        custom = (module is not None and not re.fullmatch(r"keras(\.src)?\.layers(\.[\w.]+)?", str(module))) \
+            or (reg is not None and reg != cls)
+        why = "nncomp never executes code from model files"
+        if custom:
+            raise UnsupportedModelError(self.path, name, f"layer {name!r} of class {cls!r} is a custom class "
+                                        f"(module {module!r}, registered_name {reg!r}): {why}")
+        if cls != "InputLayer" and not hasattr(self, "_" + cls) and cls not in IDENTITY:
+            kind = "a nested model" if cls in MODEL_CLASSES else "not supported"
+            raise UnsupportedModelError(self.path, name, f"layer {name!r} of class {cls!r} is {kind} ({why}); "
+                                        f"supported: {supported_layers()}")
+        dtype = c.get("dtype")
+        policy = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
+        if c.get("quantization_config") is not None or (dtype is not None and policy not in FLOAT_POLICIES):
+            raise UnsupportedModelError(self.path, name, f"layer {name!r}: dtype policy {policy!r} / quantized "
+                                        "Keras layers are not supported; save the float model")
+        return name, cls, c, e
+
+    def _input_shape(self, c):
+        shape = c.get("batch_shape", c.get("batch_input_shape"))
+        shape = shape[1:] if shape is not None else c.get("shape")
+        if not isinstance(shape, list) or len(shape) not in (1, 3) or any(type(d) is not int or d < 1 for d in shape):
+            raise UnsupportedModelError(self.path, "model_config", f"input shape {shape!r}: nncomp needs a fixed "
+                                        "(h, w, c) image or (features,) vector input")
+        self.shapes[INPUT] = tuple(shape)
+        return tuple(shape)
+
+    def _sequential(self, inner, entries):
+        if entries[0][1] == "InputLayer":
+            shape = self._input_shape(entries[0][2])
+            entries = entries[1:]
+        else:
+            first = entries[0][2]
+            shape = self._input_shape({"batch_shape": inner.get("build_input_shape") or
+                                       first.get("batch_input_shape", first.get("batch_shape"))})
+        self.src.bind([(n, cls) for n, cls, _, _ in entries])
+        prev = INPUT
+        for name, cls, c, _ in entries:
+            if cls == "InputLayer":
+                raise CorruptModelFileError(self.path, name, "InputLayer inside a Sequential model")
+            prev = self._layer(name, cls, c, [prev])
+        return [prev], shape
+
+    def _refs(self, v, what):
+        refs = [v] if _is_ref(v) else v
+        if not isinstance(refs, list) or not refs or not all(_is_ref(r) for r in refs):
+            raise CorruptModelFileError(self.path, "model_config", f"malformed {what} {v!r:.80}")
+        for r in refs:
+            if r[1] or r[2]:
+                raise UnsupportedModelError(self.path, r[0], "shared layers and multi-output layers are not supported")
+        return [r[0] for r in refs]
+
+    def _functional(self, inner, entries):
+        by_name = {n: (cls, c, e) for n, cls, c, e in entries}
+        inputs = self._refs(inner["input_layers"], "input_layers")
+        if len(inputs) != 1 or by_name.get(inputs[0], ("",))[0] != "InputLayer":
+            raise UnsupportedModelError(self.path, "model_config", f"inputs {inputs}: nncomp models take one input")
+        shape = self._input_shape(by_name[inputs[0]][1])
+        deps = {}
+        for name, cls, c, e in entries:
+            nodes = e.get("inbound_nodes") or []
+            if len(nodes) > 1:
+                raise UnsupportedModelError(self.path, name, f"layer {name!r} is called {len(nodes)} times "
+                                            "(shared layers are not supported)")
+            args = nodes[0].get("args", []) if nodes and isinstance(nodes[0], dict) else nodes
+            if nodes and isinstance(nodes[0], dict) and _tensors(nodes[0].get("kwargs", {}), []):
+                raise UnsupportedModelError(self.path, name, "tensors passed as keyword arguments are not supported")
+            deps[name] = self._refs(_tensors(args, []), "inbound_nodes") if args else []
+            if cls == "InputLayer" and name != inputs[0]:
+                raise UnsupportedModelError(self.path, name, "models with several inputs are not supported")
+            if cls != "InputLayer" and not deps[name]:
+                raise CorruptModelFileError(self.path, name, f"layer {name!r} has no inputs")
+            for d in deps[name]:
+                if d not in by_name:
+                    raise CorruptModelFileError(self.path, name, f"layer {name!r} reads unknown layer {d!r}")
+        self.src.bind([(n, cls) for n, cls, _, _ in entries])
+        out, todo = {inputs[0]: INPUT}, [n for n, *_ in entries if n != inputs[0]]
+        while todo:
+            ready = [n for n in todo if all(d in out for d in deps[n])]
+            if not ready:
+                raise CorruptModelFileError(self.path, "model_config", f"layers {todo[:5]} form a cycle")
+            for n in ready:
+                out[n] = self._layer(n, by_name[n][0], by_name[n][1], [out[d] for d in deps[n]])
+            todo = [n for n in todo if n not in out]
+        outputs = self._refs(inner["output_layers"], "output_layers")
+        if any(o not in out for o in outputs):
+            raise CorruptModelFileError(self.path, "model_config", f"outputs {outputs} are not layers")
+        return [out[o] for o in outputs], shape
+
+    # ----------------------------------------------------------------- layers
+    def _layer(self, name, cls, c, inputs):
+        if cls in IDENTITY:
+            return self.add(name, Dropout(), inputs)
+        if cls != "Add" and len(inputs) != 1:
+            raise CorruptModelFileError(self.path, name, f"layer {name!r} ({cls}) takes one input, got {len(inputs)}")
+        fmt = c.get("data_format")
+        if fmt not in (None, "channels_last"):
+            raise UnsupportedModelError(self.path, name, f"layer {name!r}: data_format {fmt!r}; only channels_last")
+        try:
+            return getattr(self, "_" + cls)(name, c, inputs)
+        except ModelFileError:
+            raise
+        except KeyError as e:
+            raise CorruptModelFileError(self.path, name, f"layer {name!r} ({cls}): config lacks {e}") from None
+        except NncompError as e:
+            raise CorruptModelFileError(self.path, name, f"layer {name!r} ({cls}): {e}") from None
+
+    def add(self, name, layer, inputs):
+        node = "input/layer" if name == INPUT else name
+        try:
+            self.shapes[node] = tuple(layer.output_shape(*(self.shapes[i] for i in inputs)))
+        except NncompError as e:
+            raise CorruptModelFileError(self.path, name, f"layer {name!r}: {e}") from None
+        self.nodes.append(Node(node, layer, tuple(inputs)))
+        return node
+
+    def act(self, name, c, node, own=False):
+        """The activation of ``c`` after ``node``: a node ``<name>/<activation>``, or ``<name>`` if ``own``."""
+        a = c.get("activation", "linear")
+        if isinstance(a, dict) and re.fullmatch(r"keras(\.src)?\.activations(\.\w+)?", str(a.get("module"))):
+            a = a.get("config")
+        if a is None or a == "linear":
+            return node
+        if a not in ACTIVATIONS:
+            raise UnsupportedModelError(self.path, name, f"layer {name!r}: activation {str(a)[:60]!r} is not "
+                                        f"supported; supported: {sorted(ACTIVATIONS)}")
+        return self.add(name if own else f"{name}/{a}", ACTIVATIONS[a](), [node])
+
+    def _image(self, node, name):
+        shape = self.shapes[node]
+        if len(shape) != 3:
+            raise UnsupportedModelError(self.path, name, f"layer {name!r} needs an (h, w, c) image, got {shape}")
+        return shape
+
+    def _pads(self, c, size, k, s, d, name):
+        mode = str(c.get("padding", "valid")).lower()
+        if mode == "valid":
+            return (0, 0, 0, 0)
+        if mode != "same":
+            raise UnsupportedModelError(self.path, name, f"layer {name!r}: padding {mode!r} is not supported")
+        out = []
+        for n, kk, ss, dd in zip(size, k, s, d):  # TensorFlow's rule: the odd pixel goes bottom/right
+            total = max((-(-n // ss) - 1) * ss + (kk - 1) * dd + 1 - n, 0)
+            out += [total // 2, total - total // 2]
+        return tuple(out)
+
+    def _Dense(self, name, c, inputs):
+        shape, units = self.shapes[inputs[0]], _int(c["units"], "units", 1)
+        if len(shape) != 1:
+            raise UnsupportedModelError(self.path, name, f"Dense {name!r} on a {shape} tensor: nncomp applies Dense "
+                                        "to flat features (add a Flatten)")
+        w = self.src.get(name, ["kernel"] + (["bias"] if c.get("use_bias", True) else []))
+        kernel = _expect(w["kernel"], (shape[0], units), self.path, name, "kernel")
+        bias = _expect(w.get("bias"), (units,), self.path, name, "bias")
+        return self.act(name, c, self.add(name, Dense(DenseMatrix(np.ascontiguousarray(kernel.T)), bias), inputs))
+
+    def _conv(self, name, c, inputs, kernel, bias, n_out, groups, depthwise, act=True):
+        h, w, cin = self._image(inputs[0], name)
+        k, s = _pair(c["kernel_size"], "kernel_size"), _pair(c.get("strides", 1), "strides")
+        d = _pair(c.get("dilation_rate", 1), "dilation_rate")
+        if cin % groups or n_out % groups:
+            raise CorruptModelFileError(self.path, name, f"groups={groups} does not divide {cin} and {n_out} channels")
+        shape = (*k, cin, n_out // cin) if depthwise else (*k, cin // groups, n_out)
+        mat = _conv_matrix(_expect(kernel, shape, self.path, name, "kernel"), depthwise)
+        layer = Conv2D(DenseMatrix(mat), _expect(bias, (n_out,), self.path, name, "bias"), in_channels=cin,
+                       kernel_size=k, stride=s, padding=self._pads(c, (h, w), k, s, d, name), dilation=d, groups=groups)
+        node = self.add(name, layer, inputs)
+        return self.act(name, c, node) if act else node
+
+    def _weights(self, name, c, *roles):
+        return self.src.get(name, list(roles) + (["bias"] if c.get("use_bias", True) else []))
+
+    def _Conv2D(self, name, c, inputs):
+        w = self._weights(name, c, "kernel")
+        return self._conv(name, c, inputs, w["kernel"], w.get("bias"), _int(c["filters"], "filters", 1),
+                          _int(c.get("groups", 1), "groups", 1), False)
+
+    def _DepthwiseConv2D(self, name, c, inputs):
+        cin = self._image(inputs[0], name)[2]
+        w = self._weights(name, c, "kernel")
+        mult = _int(c.get("depth_multiplier", 1), "depth_multiplier", 1)
+        return self._conv(name, c, inputs, w["kernel"], w.get("bias"), cin * mult, cin, True)
+
+    def _SeparableConv2D(self, name, c, inputs):
+        """Depthwise (node ``<name>/depthwise``, no bias) then a 1x1 pointwise conv (node ``<name>``)."""
+        cin = self._image(inputs[0], name)[2]
+        w = self._weights(name, c, "depthwise_kernel", "pointwise_kernel")
+        mult = _int(c.get("depth_multiplier", 1), "depth_multiplier", 1)
+        dw = self._conv(f"{name}/depthwise", c, inputs, w["depthwise_kernel"], None, cin * mult, cin, True, act=False)
+        pw = {"kernel_size": 1, "activation": c.get("activation", "linear")}
+        return self._conv(name, pw, [dw], w["pointwise_kernel"], w.get("bias"), _int(c["filters"], "filters", 1), 1, False)
+
+    def _BatchNormalization(self, name, c, inputs):
+        shape = self.shapes[inputs[0]]
+        axis = c.get("axis", -1)
+        axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
+        if axis not in (-1, len(shape)) or c.get("renorm") or c.get("virtual_batch_size"):
+            raise UnsupportedModelError(self.path, name, f"BatchNormalization {name!r}: axis {axis!r}, renorm or "
+                                        "virtual batches; only the channel (last) axis is supported")
+        eps = c.get("epsilon", 1e-3)
+        if type(eps) not in (int, float) or not (0 <= eps < 1e3):
+            raise CorruptModelFileError(self.path, name, f"BatchNormalization {name!r}: epsilon {eps!r}")
+        n = shape[-1]
+        roles = (["gamma"] if c.get("scale", True) else []) + (["beta"] if c.get("center", True) else [])
+        w = self.src.get(name, roles + ["moving_mean", "moving_variance"])
+        for k, v in w.items():
+            _expect(v, (n,), self.path, name, k)
+        layer = BatchNorm(w.get("gamma", np.ones(n, np.float32)), w.get("beta", np.zeros(n, np.float32)),
+                          w["moving_mean"], w["moving_variance"], eps=float(eps))
+        return self.add(name, layer, inputs)
+
+    def _Activation(self, name, c, inputs):
+        return self.act(name, c, inputs[0], own=True)
+
+    def _ReLU(self, name, c, inputs):
+        mx, slope, th = c.get("max_value"), c.get("negative_slope", 0.0), c.get("threshold", 0.0)
+        if slope != 0 or th != 0:
+            raise UnsupportedModelError(self.path, name, f"ReLU {name!r}: negative_slope={slope!r}, threshold={th!r}; "
+                                        "only 0 is supported")
+        if mx is not None and (type(mx) not in (int, float) or not (0 <= mx < math.inf)):
+            raise CorruptModelFileError(self.path, name, f"ReLU {name!r}: max_value {mx!r}")
+        return self.add(name, ReLU(None if mx is None else float(mx)), inputs)
+
+    def _Softmax(self, name, c, inputs):
+        axis = c.get("axis", -1)
+        if axis not in (-1, [-1], len(self.shapes[inputs[0]]), [len(self.shapes[inputs[0]])]):
+            raise UnsupportedModelError(self.path, name, f"Softmax {name!r} over axis {axis!r}; only the last axis")
+        return self.add(name, Softmax(), inputs)
+
+    def _pool(self, name, c, inputs, cls):
+        h, w, _ = self._image(inputs[0], name)
+        k = _pair(c.get("pool_size", 2), "pool_size")
+        s = _pair(c.get("strides") or list(k), "strides")
+        pads = self._pads(c, (h, w), k, s, (1, 1), name)
+        if cls is AvgPool2D:  # Keras/TF average only over the pixels inside the image
+            return self.add(name, AvgPool2D(k, s, pads, count_include_pad=False), inputs)
+        return self.add(name, MaxPool2D(k, s, pads), inputs)
+
+    def _MaxPooling2D(self, name, c, inputs):
+        return self._pool(name, c, inputs, MaxPool2D)
+
+    def _AveragePooling2D(self, name, c, inputs):
+        return self._pool(name, c, inputs, AvgPool2D)
+
+    def _GlobalAveragePooling2D(self, name, c, inputs):
+        self._image(inputs[0], name)
+        return self.add(name, GlobalAvgPool2D(bool(c.get("keepdims", False))), inputs)
+
+    def _Flatten(self, name, c, inputs):
+        return self.add(name, Flatten("hwc"), inputs)
+
+    def _ZeroPadding2D(self, name, c, inputs):
+        self._image(inputs[0], name)
+        p = c.get("padding", 1)
+        if isinstance(p, list) and len(p) == 2 and all(isinstance(v, list) for v in p):
+            pads = _pair(p[0], "padding", 0) + _pair(p[1], "padding", 0)
+        else:
+            (ph, pw) = _pair(p, "padding", 0)
+            pads = (ph, ph, pw, pw)
+        return self.add(name, ZeroPad2D(pads), inputs)
+
+    def _Add(self, name, c, inputs):
+        if len(inputs) < 2:
+            raise CorruptModelFileError(self.path, name, f"Add {name!r} needs at least two inputs")
+        return self.add(name, Add(), inputs)
+
+
+def supported_layers():
+    """The Keras layer classes nncomp reads."""
+    return sorted([k[1:] for k in vars(_Builder) if k[1:2].isupper()] + list(IDENTITY) + ["InputLayer"])
