@@ -219,3 +219,28 @@ def test_structured_calibration_and_bad_parameters():
                dict(ratio=0.5, layers=["missing"]), dict(ratio=0.99, layers=["features.0"])):
         with pytest.raises(CompressionParameterError):
             nc.prune_filters(m, **kw)
+
+
+# ----------------------------------------------------------------------------- sensitivity
+def test_sensitivity_table_and_budget():
+    m = nc.load("data/lenet300.h5")
+    x, y = nc.data.mnist("test", layout="NC")
+    x, y = x[:300], y[:300]
+    t = nc.sensitivity(m, x, y, sparsities=(0.5, 0.9, 0.99))
+    assert t.layers == ("fc1", "fc2", "fc3") and t.scores.shape == (3, 3) and t.metric == "accuracy"
+    assert t.baseline == float(np.mean(m(x).argmax(1) == y))
+    assert "fc1" in repr(t) and "99%" in repr(t)
+    assert t.scores[0, 0] >= t.scores[0, 2] - 0.02   # more pruning hurts (or at least not much better)
+    agree = nc.sensitivity(m, x, sparsities=[0.0], layers=["fc3"])
+    assert agree.metric == "agreement" and agree.scores[0, 0] == 1.0 == agree.baseline
+    budget = nc.sparsities_for_budget(m, x, y, max_drop=0.02, sparsities=(0.5, 0.9, 0.99), table=t)
+    assert set(budget) == {"fc1", "fc2", "fc3"}
+    got = np.mean(nc.prune(m, budget, storage="dense")(x).argmax(1) == y)
+    assert t.baseline - got <= 0.02 and max(budget.values()) >= 0.5
+    for kw in (dict(sparsities=(1.5,)), dict(sparsities="0.5"), dict(layers=["nope"]), dict(sparsities=())):
+        with pytest.raises(CompressionParameterError):
+            nc.sensitivity(m, x, y, **kw)
+    with pytest.raises(CompressionParameterError):
+        nc.sensitivity(m, x, y[:5])
+    with pytest.raises(CompressionParameterError):
+        nc.sparsities_for_budget(m, x, y, max_drop=float("nan"))
