@@ -139,25 +139,27 @@ def test_flatten_order_matters():
     assert (wrong(x).argmax(1) == y).mean() < 0.8 < (model(x).argmax(1) == y).mean()
 
 
-def test_weights_h5_groups_are_matched_by_name_or_by_keras_counter(tmp_path):
-    """Without vars@name the groups are matched as Keras does (class name in snake case, numbered)."""
-    src = fixture("mobilenet", "weights.h5")
+@pytest.mark.parametrize("name", ["mobilenet", "residual"])
+def test_weights_h5_groups_are_matched_as_keras_matches_them(tmp_path, name):
+    """With a Keras architecture, groups are matched by class name and order, as Keras does: no vars@name
+    is read (fewer variable-length strings). A Python-built model needs vars@name."""
+    src, arch = fixture(name, "weights.h5"), fixture(name, "h5")
     plain = tmp_path / "plain.weights.h5"
     shutil.copy(src, plain)
     with h5py.File(plain, "r+") as f:
         for g in f["layers"]:
             del f["layers"][g]["vars"].attrs["name"]
-    arch = fixture("mobilenet", "h5")
-    assert_matches_keras(nc.load(plain, architecture=arch), "mobilenet", n=200)
-    with pytest.raises(nc.UnsupportedModelError):                      # names needed for a Python model
+    assert_matches_keras(nc.load(plain, architecture=arch), name, n=200)
+    with pytest.raises(nc.UnsupportedModelError):
         nc.load(plain, architecture=nc.load(arch))
     swapped = tmp_path / "swapped.weights.h5"
     shutil.copy(src, swapped)
-    with h5py.File(swapped, "r+") as f:                                 # a BN group claims to be a conv
-        f["layers/batch_normalization/vars"].attrs["name"] = "pw1"
-        f["layers/conv2d_1/vars"].attrs["name"] = "bn_stem"
+    with h5py.File(swapped, "r+") as f:                                 # a BN and a conv trade names
+        a, b = "batch_normalization", "conv2d"
+        na, nb = f["layers"][a]["vars"].attrs["name"], f["layers"][b]["vars"].attrs["name"]
+        f["layers"][a]["vars"].attrs["name"], f["layers"][b]["vars"].attrs["name"] = nb, na
     with pytest.raises(nc.CorruptModelFileError):
-        nc.load(swapped, architecture=arch)
+        nc.load(swapped, architecture=nc.load(arch))
 
 
 def _keras2_config(cfg):

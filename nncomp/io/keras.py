@@ -166,9 +166,10 @@ def _snake(name):
 class _VarsWeights:
     """``/layers/<group>/vars/0, 1, ...`` of a Keras 3 ``.weights.h5``, in ``layer.weights`` order.
 
-    Groups are named after the layer class (``conv2d_1``); the layer name is ``vars@name``. Without
-    ``@name`` the groups are matched as Keras itself does: class name in snake case, numbered in
-    model order.
+    Groups are named after the layer class in snake case, numbered in model order (``conv2d_1``).
+    With a Keras architecture they are matched exactly as Keras matches them, from the class names
+    and the order, reading no attribute at all. With an nncomp Model (no Keras classes) the layer name
+    is read from ``vars@name`` (a variable-length string, size-checked).
     """
 
     def __init__(self, f):
@@ -188,27 +189,20 @@ class _VarsWeights:
 
     def bind(self, layers):
         """Map layer names to groups; ``layers`` is [(name, class)] in ``model.layers`` order, or None."""
-        names, unnamed = {}, []
-        for g in sorted(self.groups):
-            n = self.f.attr(f"/layers/{g}/vars", "name", allow_vlen=True, max_bytes=4096)
-            if n is None:
-                unnamed.append(g)
-            elif names.setdefault(n, g) != g:
-                raise CorruptModelFileError(self.f.path, f"/layers/{g}/vars@name", f"two groups name layer {n!r}")
-        classes = dict(layers or ())
-        if unnamed:
-            if layers is None:
-                raise UnsupportedModelError(self.f.path, f"/layers/{unnamed[0]}/vars", "groups without a layer "
-                                            "@name can only be matched with a Keras model_config architecture")
-            names, count = {}, {}
+        names, count = {}, {}
+        if layers is not None:
             for name, cls in layers:
                 g = _snake(cls)
                 count[g] = count.get(g, -1) + 1
                 names[name] = g if count[g] == 0 else f"{g}_{count[g]}"
-        for name, g in names.items():
-            if name in classes and g in self.groups and not re.fullmatch(rf"{re.escape(_snake(classes[name]))}(_\d+)?", g):
-                raise CorruptModelFileError(self.f.path, f"/layers/{g}", f"group {g!r} names layer {name!r}, "
-                                            f"which is a {classes[name]}")
+        else:
+            for g in sorted(self.groups):
+                n = self.f.attr(f"/layers/{g}/vars", "name", allow_vlen=True, max_bytes=4096)
+                if n is None:
+                    raise UnsupportedModelError(self.f.path, f"/layers/{g}/vars", "a group without a layer @name "
+                                                "can only be matched with a Keras model_config architecture")
+                if names.setdefault(n, g) != g:
+                    raise CorruptModelFileError(self.f.path, f"/layers/{g}/vars@name", f"two groups name layer {n!r}")
         self.by_name = names
 
     def get(self, name, roles, optional=()):
@@ -485,7 +479,7 @@ class _Builder:
             a = a.get("config")
         if a is None or a == "linear":
             return node
-        if a not in ACTIVATIONS:
+        if not isinstance(a, str) or a not in ACTIVATIONS:
             raise UnsupportedModelError(self.path, name, f"layer {name!r}: activation {str(a)[:60]!r} is not "
                                         f"supported; supported: {sorted(ACTIVATIONS)}")
         return self.add(name if own else f"{name}/{a}", ACTIVATIONS[a](), [node])
