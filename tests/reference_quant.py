@@ -19,8 +19,15 @@ def int8_quantize(x, scale, zero, qmin, qmax, kp):
     return out, int((~np.isfinite(x)).sum())
 
 
-def int8_matmul_u8s8(xu, w, k0, k1, out):
-    """``out + xu[:, k0:k1] @ w[:, k0:k1].T``, exact (int64 inside, int32 result)."""
+def unpack(wp):
+    """Panels ``(n_panels, n_groups, 4 * width)`` -> codes ``(n_panels * width, 4 * n_groups)``."""
+    n_p, n_g, pw4 = wp.shape
+    return wp.reshape(n_p, n_g, pw4 // 4, 4).transpose(0, 2, 1, 3).reshape(n_p * pw4 // 4, 4 * n_g)
+
+
+def int8_matmul_u8s8(xu, wp, k0, k1, out):
+    """``out + xu[:, k0:k1] @ w[:, k0:k1].T`` for panel-packed ``wp``, exact (int64 inside, int32 result)."""
+    w = unpack(wp)
     acc = xu[:, k0:k1].astype(np.int64) @ w[:, k0:k1].astype(np.int64).T
     total = out.astype(np.int64) + acc
     assert np.abs(total).max(initial=0) < 2 ** 31
@@ -30,15 +37,16 @@ def int8_matmul_u8s8(xu, w, k0, k1, out):
 int8_matmul_u8s8_vnni = int8_matmul_u8s8
 
 
-def int8_dequantize(acc, zero, colsum, xscale, scale):
-    """``float32(acc - zero * colsum) * float32(xscale * scale[o])``, float32 operations in that order."""
-    a = acc.astype(np.int64) - np.int64(zero) * colsum.astype(np.int64)
-    m = np.float32(xscale) * np.broadcast_to(scale.astype(np.float32), (acc.shape[1],))
+def int8_dequantize(acc, zero, colsum, xscale, scale, n_out=None):
+    """``float32(acc - zero * colsum) * float32(xscale * scale[o])`` over the first n_out columns,
+    float32 operations in that order."""
+    n_out = acc.shape[1] if n_out is None else n_out
+    a = acc[:, :n_out].astype(np.int64) - np.int64(zero) * colsum[:n_out].astype(np.int64)
+    m = np.float32(xscale) * np.broadcast_to(scale.astype(np.float32), (n_out,))
     return a.astype(np.float32) * m
 
 
 def int8_matmul_float(x, w, scale):
-    """Weight-only: ``(x @ w[:, :k].T) * scale`` in float64."""
-    k = x.shape[1]
-    y = x.astype(np.float64) @ w[:, :k].astype(np.float64).T
+    """Weight-only: ``(x @ w.T) * scale`` in float64."""
+    y = x.astype(np.float64) @ w.astype(np.float64).T
     return y * np.broadcast_to(scale.astype(np.float64), (w.shape[0],))

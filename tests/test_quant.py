@@ -9,7 +9,7 @@ import reference as ref
 from conftest import assert_close_f32
 from nncomp.errors import CompressionParameterError, CorruptModelFileError, InputError
 from nncomp.kernels import quant, vnni
-from nncomp.matrices.int8 import Int8Matrix, activation_params, quantize_weights
+from nncomp.matrices.int8 import Int8Matrix, activation_params, pack_panels, panel_width, quantize_weights
 from nncomp.compress.quantization import calibrated_range
 
 # Under NUMBA_DISABLE_JIT the kernels run as Python loops: skip the tests that multiply big matrices.
@@ -28,17 +28,21 @@ def _codes(rng, shape, dtype, extreme):
 
 
 # ----------------------------------------------------------------------------- kernels
+def _panels(rng, n_panels, width, k, extreme=False):
+    return pack_panels(_codes(rng, (n_panels * width, k), np.int8, extreme), width)
+
+
 @pytest.mark.parametrize("kernel", MATMULS)
-@given(n=st.integers(1, 9), n_out=st.integers(1, 9), chunks=st.integers(1, 3), seed=st.integers(0, 2**31),
-       extreme=st.booleans(), k0_chunks=st.integers(0, 1))
-@example(n=1, n_out=1, chunks=1, seed=0, extreme=True, k0_chunks=0)
-def test_int8_matmul_u8s8_matches_reference(kernel, n, n_out, chunks, seed, extreme, k0_chunks):
+@given(n=st.integers(1, 11), n_panels=st.integers(1, 3), width=st.sampled_from([16, 32, 48, 64]),
+       groups=st.integers(1, 40), seed=st.integers(0, 2**31), extreme=st.booleans(), k0_groups=st.integers(0, 3))
+@example(n=1, n_panels=1, width=16, groups=1, seed=0, extreme=True, k0_groups=0)
+def test_int8_matmul_u8s8_matches_reference(kernel, n, n_panels, width, groups, seed, extreme, k0_groups):
     rng = np.random.default_rng(seed)
-    k = 64 * (chunks + k0_chunks)
-    xu, w = _codes(rng, (n, k), np.uint8, extreme), _codes(rng, (n_out, k), np.int8, extreme)
-    out = rng.integers(-1000, 1000, size=(n, n_out)).astype(np.int32)
-    expect = ref.int8_matmul_u8s8(xu, w, 64 * k0_chunks, k, out)
-    kernel(xu, w, 64 * k0_chunks, k, out)
+    k = 4 * (groups + k0_groups)
+    xu, wp = _codes(rng, (n, k), np.uint8, extreme), _panels(rng, n_panels, width, k, extreme)
+    out = rng.integers(-1000, 1000, size=(n, n_panels * width)).astype(np.int32)
+    expect = ref.int8_matmul_u8s8(xu, wp, 4 * k0_groups, k, out)
+    kernel(xu, wp, 4 * k0_groups, k, out)
     assert np.array_equal(out, expect)
 
 
@@ -46,23 +50,24 @@ def test_int8_matmul_u8s8_matches_reference(kernel, n, n_out, chunks, seed, extr
 @pytest.mark.parametrize("kernel", MATMULS)
 def test_int8_matmul_u8s8_longest_block_is_exact(kernel):
     # 65536 products of 255 * -128: -2,139,095,040, just inside int32.
-    xu = np.full((2, 65536), 255, np.uint8)
-    w = np.full((3, 65536), -128, np.int8)
-    out = np.zeros((2, 3), np.int32)
-    kernel(xu, w, 0, 65536, out)
+    xu = np.full((5, 65536), 255, np.uint8)
+    wp = pack_panels(np.full((16, 65536), -128, np.int8), 16)
+    out = np.zeros((5, 16), np.int32)
+    kernel(xu, wp, 0, 65536, out)
     assert (out == -255 * 128 * 65536).all()
 
 
 @needs_vnni
-@given(n=st.integers(1, 11), n_out=st.integers(1, 11), chunks=st.integers(1, 70), seed=st.integers(0, 2**31))
-@example(n=32, n_out=9, chunks=130, seed=1)     # several 4096-byte k-blocks, every tail shape
-def test_vnni_is_bit_identical_to_the_portable_kernel(n, n_out, chunks, seed):
+@given(n=st.integers(1, 140), n_out=st.integers(1, 150), groups=st.integers(1, 300), seed=st.integers(0, 2**31))
+@example(n=70, n_out=130, groups=700, seed=1)     # several k-blocks and row tiles, every tail shape
+def test_vnni_is_bit_identical_to_the_portable_kernel(n, n_out, groups, seed):
     rng = np.random.default_rng(seed)
-    xu = _codes(rng, (n, 64 * chunks), np.uint8, False)
-    w = _codes(rng, (n_out, 64 * chunks), np.int8, False)
-    a, b = np.zeros((n, n_out), np.int32), np.zeros((n, n_out), np.int32)
-    quant.int8_matmul_u8s8(xu, w, 0, 64 * chunks, a)
-    vnni.int8_matmul_u8s8_vnni_parallel(xu, w, 0, 64 * chunks, b)
+    xu = _codes(rng, (n, 4 * groups), np.uint8, False)
+    wp = pack_panels(_codes(rng, (n_out, 4 * groups), np.int8, False), panel_width(n_out))
+    a = np.zeros((n, wp.shape[0] * wp.shape[2] // 4), np.int32)
+    b = a.copy()
+    quant.int8_matmul_u8s8_parallel(xu, wp, 0, 4 * groups, a)
+    vnni.int8_matmul_u8s8_vnni_parallel(xu, wp, 0, 4 * groups, b)
     assert np.array_equal(a, b)
 
 
@@ -98,15 +103,16 @@ def test_quantize_rounds_ties_to_even_and_saturates():
        wide=st.booleans(), zero=st.integers(0, 255))
 def test_int8_dequantize_matches_reference(kernel, n, n_out, seed, per_row, wide, zero):
     rng = np.random.default_rng(seed)
-    acc = rng.integers(-2**31, 2**31, size=(n, n_out)).astype(np.int64 if wide else np.int32)
+    pad = int(rng.integers(0, 20))     # padded accumulator columns are ignored
+    acc = rng.integers(-2**31, 2**31, size=(n, n_out + pad)).astype(np.int64 if wide else np.int32)
     if wide:
         acc *= 7
-    colsum = rng.integers(-10**6, 10**6, size=n_out).astype(np.int64)
+    colsum = rng.integers(-10**6, 10**6, size=n_out + pad).astype(np.int64)
     scale = rng.uniform(1e-4, 1, size=n_out if per_row else 1).astype(np.float32)
     xscale = np.float32(rng.uniform(1e-3, 1))
     out = np.empty((n, n_out), np.float32)
     kernel(acc, zero, colsum, xscale, scale, out)
-    assert np.array_equal(out, ref.int8_dequantize(acc, zero, colsum, xscale, scale))
+    assert np.array_equal(out, ref.int8_dequantize(acc, zero, colsum, xscale, scale, n_out))
 
 
 @pytest.mark.parametrize("kernel", [quant.int8_matmul_float, quant.int8_matmul_float_parallel])
@@ -114,7 +120,7 @@ def test_int8_dequantize_matches_reference(kernel, n, n_out, seed, per_row, wide
        integer=st.booleans(), per_row=st.booleans())
 def test_int8_matmul_float_matches_reference(kernel, n, n_out, k, seed, integer, per_row):
     rng = np.random.default_rng(seed)
-    w = rng.integers(-127, 128, size=(n_out, k + int(rng.integers(0, 64)))).astype(np.int8)
+    w = rng.integers(-127, 128, size=(n_out, k)).astype(np.int8)
     if integer:   # exact by construction
         x = rng.integers(-4, 5, size=(n, k)).astype(np.float32)
         scale = np.ones(n_out if per_row else 1, np.float32)
@@ -142,7 +148,7 @@ def test_weight_quantization_invariants(n_out, n_in, seed, per_channel, log_mag)
     assert scale.shape == ((n_out,) if per_channel else (1,))
     assert np.isfinite(scale).all() and (scale > 0).all()
     s = scale[:, None] if per_channel else scale[0]
-    deq = Int8Matrix(q, scale).to_dense()
+    deq = Int8Matrix.from_codes(q, scale).to_dense()
     assert (np.abs(deq.astype(np.float64) - w) <= s * (0.5 + 1e-5)).all()
     assert len(np.unique(q)) <= 255
 
@@ -160,18 +166,18 @@ def test_zero_constant_and_subnormal_layers(per_channel):
     for part in rows:
         q, scale = quantize_weights(part, per_channel)
         assert np.isfinite(scale).all() and (scale > 0).all()
-        m = Int8Matrix(q, scale)
+        m = Int8Matrix.from_codes(q, scale)
         x = np.ones((2, 4), np.float32)
         assert np.isfinite(m.apply(x)).all()
     q, scale = quantize_weights(w, per_channel)
     if per_channel:
         assert scale[0] == 1.0 and scale[3] == 1.0 and not q[[0, 3]].any()   # zero and subnormal rows
-        deq = Int8Matrix(q, scale).to_dense()
+        deq = Int8Matrix.from_codes(q, scale).to_dense()
         assert np.array_equal(deq[:3], w[:3])                                # constant magnitude: exact
         assert np.array_equal(deq[3], np.zeros(4, np.float32))               # subnormals flush to 0
     for p in (np.zeros((3, 5), np.float32), np.full((3, 5), -2.7, np.float32)):
         q, scale = quantize_weights(p, per_channel)
-        assert np.array_equal(Int8Matrix(q, scale).to_dense(), p)
+        assert np.array_equal(Int8Matrix.from_codes(q, scale).to_dense(), p)
 
 
 # ----------------------------------------------------------------------------- the matrix
@@ -208,7 +214,7 @@ def test_int8_matrix_apply_is_the_specified_arithmetic(n, n_out, n_in, seed, mod
 
 
 def test_static_inputs_outside_the_range_saturate():
-    m = Int8Matrix(np.array([[1, -1]], np.int8), np.ones(1, np.float32), "static", "uint8", 0.5, 10)
+    m = Int8Matrix.from_codes(np.array([[1, -1]], np.int8), np.ones(1, np.float32), "static", "uint8", 0.5, 10)
     x = np.array([[1000.0, -1000.0], [-1000.0, 1000.0], [4.0, 1.0]], np.float32)
     # codes: 255, 0 | 0, 255 | 18, 12 -> (u - 10) . (1, -1) * 0.5
     assert m.apply(x).tolist() == [[127.5], [-127.5], [3.0]]
@@ -226,7 +232,7 @@ def test_weight_only_matches_the_dequantized_weights():
 @heavy
 def test_rows_longer_than_a_block_accumulate_in_int64():
     k = 70000      # 70000 * 255 * 127 > 2**31: needs the int64 block sum
-    m = Int8Matrix(np.full((2, k), 127, np.int8), np.ones(2, np.float32), "static", "uint8", 1.0, 0)
+    m = Int8Matrix.from_codes(np.full((2, k), 127, np.int8), np.ones(2, np.float32), "static", "uint8", 1.0, 0)
     y = m.apply(np.full((1, k), 300.0, np.float32))      # saturates to code 255
     assert y.tolist() == [[float(np.float32(255 * 127 * k))] * 2]
 
@@ -261,11 +267,20 @@ def test_vnni_and_portable_paths_and_thread_counts_agree(monkeypatch):
     assert np.array_equal(y, y1) and np.array_equal(y, m.apply(x))
 
 
-def test_nbytes_and_padding():
-    m = Int8Matrix.from_float(np.ones((10, 100), np.float32))
-    assert m.shape == (10, 100) and m.q.shape == (10, 100)
-    assert m.nbytes == 10 * 128 + 10 * 4 + 10 * 8
-    assert Int8Matrix.from_float(np.ones((10, 128), np.float32), per_channel=False).nbytes == 1280 + 4 + 80
+def test_nbytes_packing_and_padding():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((10, 101)).astype(np.float32)
+    m = Int8Matrix.from_float(w)          # 10 rows -> one 16-channel panel; 101 inputs -> 26 groups of 4
+    assert m.shape == (10, 101) and m.packed.shape == (1, 26, 64)
+    assert np.array_equal(m.q, quantize_weights(w)[0])
+    assert m.nbytes == 16 * 104 + 10 * 4 + 16 * 8
+    f = Int8Matrix.from_float(w, activations="float", per_channel=False)
+    assert f.packed.shape == (10, 101) and f.nbytes == 1010 + 4
+    assert [panel_width(n) for n in (1, 16, 17, 40, 64, 100, 300, 1000, 4096)] == [16, 16, 32, 48, 64, 16, 64, 64, 64]
+    q = rng.integers(-127, 128, size=(70, 9)).astype(np.int8)
+    assert np.array_equal(ref.unpack(pack_panels(q, 48))[:70, :9], q)
+    with pytest.raises(CompressionParameterError):   # packed codes that do not fit the shape
+        Int8Matrix(m.packed, (10, 200), m.scale)
 
 
 def test_bad_fields_are_refused():
@@ -274,7 +289,7 @@ def test_bad_fields_are_refused():
                  (q, s, "sometimes"), (q, s, "dynamic", "int4"), (q, s, "static"), (q, s, "static", "int8", 1.0, 3),
                  (q, s, "static", "uint8", 1.0, 256), (q, s, "dynamic", "uint8", 1.0, 0), (q[:0], s)]:
         with pytest.raises(CompressionParameterError):
-            Int8Matrix(*args)
+            Int8Matrix.from_codes(*args)
     with pytest.raises(CompressionParameterError):
         Int8Matrix.from_float(np.array([[1.0, np.nan]], np.float32))
 

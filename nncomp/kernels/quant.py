@@ -10,14 +10,16 @@ Number formats (docs in nncomp/matrices/int8.py):
 - quantization rounds half to even and saturates: ``xu = clip(rint(x / sx) + z, qmin, qmax)``, with
   ``x / sx`` an IEEE float32 division;
 - products accumulate exactly in int32: ``acc = sum(xu * w) - z * colsum(w)``; output
-  ``y = float32(acc) * float32(sx * scale[o])``.
+  ``y = float32(acc) * float32(sx * scale[o])``;
+- the u8 x s8 kernels read weights packed in panels of ``width`` (16-64) output channels x 4 inputs:
+  ``wp[p, g, 4 * c + j] = w[p * width + c, 4 * g + j]`` (see kernels/vnni.py for why).
 
 The plain loops here give results bit-identical to the VNNI kernel (kernels/vnni.py).
 """
 import numpy as np
 from numba import prange
 
-from ._jit import both
+from ._jit import both, jit
 
 
 def _quantize(x, scale, zero, qmin, qmax, out):
@@ -56,24 +58,31 @@ def _quantize(x, scale, zero, qmin, qmax, out):
 int8_quantize, int8_quantize_parallel = both(_quantize)
 
 
-def _matmul_u8s8(xu, w, k0, k1, out):
-    """u8 x s8 product, exact in int32: ``out[i, o] += sum_{k0 <= k < k1} xu[i, k] * w[o, k]``.
+def _matmul_u8s8(xu, wp, k0, k1, out):
+    """u8 x s8 product over weight panels, exact in int32: ``out[i, o] += sum_{k0<=k<k1} xu[i, k] * w[o, k]``.
 
-    IN  xu (n, kx) uint8; w (n_out, kw) int8; 0 <= k0 <= k1 <= min(kx, kw), k1 - k0 <= 65536
-        (so no int32 sum can overflow: 255 * 128 * 65536 < 2**31).
-    OUT out (n, n_out) int32, added to.
+    IN  xu (n, kp) uint8; wp (n_panels, kp // 4, 4 * width) int8 panels with
+        ``wp[p, g, 4 * c + j] = w[p * width + c, 4 * g + j]``; k0 % 4 == k1 % 4 == 0,
+        0 <= k0 <= k1 <= kp, k1 - k0 <= 65536 (no int32 sum can overflow: 255 * 128 * 65536 < 2**31).
+    OUT out (n, n_panels * width) int32, added to.
     """
     n = xu.shape[0]
-    n_out = w.shape[0]
-    kk = k1 - k0
-    for o in prange(n_out):
-        wr = w[o, k0:k1]
-        for i in range(n):
-            xr = xu[i, k0:k1]
-            acc = np.int32(0)
-            for k in range(kk):
-                acc += np.int32(np.int32(xr[k]) * np.int32(wr[k]))
-            out[i, o] = np.int32(out[i, o] + acc)
+    n_panels, _, pw4 = wp.shape
+    width = pw4 // 4
+    for t in prange(n_panels * n):
+        p = t // n
+        i = t - p * n
+        xr = xu[i]
+        acc = out[i, p * width:(p + 1) * width]
+        for g in range(k0 // 4, k1 // 4):
+            x0 = np.int32(xr[4 * g])
+            x1 = np.int32(xr[4 * g + 1])
+            x2 = np.int32(xr[4 * g + 2])
+            x3 = np.int32(xr[4 * g + 3])
+            wg = wp[p, g]
+            for c in range(width):
+                acc[c] += np.int32(np.int32(x0 * np.int32(wg[4 * c])) + np.int32(x1 * np.int32(wg[4 * c + 1]))
+                                   + np.int32(x2 * np.int32(wg[4 * c + 2])) + np.int32(x3 * np.int32(wg[4 * c + 3])))
 
 
 int8_matmul_u8s8, int8_matmul_u8s8_parallel = both(_matmul_u8s8)
@@ -82,11 +91,11 @@ int8_matmul_u8s8, int8_matmul_u8s8_parallel = both(_matmul_u8s8)
 def _dequantize(acc, zero, colsum, xscale, scale, out):
     """Integer accumulators to float32: ``out = float32(acc - zero * colsum[o]) * (xscale * scale[o])``.
 
-    IN  acc (n, n_out) int32 or int64 (raw sums of xu * w); zero int; colsum (n_out,) int64 (row sums
-        of w); xscale float32; scale (n_out,) or (1,) float32 (per row or per tensor).
+    IN  acc (n, >= n_out) int32 or int64 (raw sums of xu * w; extra padded columns are ignored); zero
+        int; colsum (>= n_out,) int64 (row sums of w); xscale float32; scale (n_out,) or (1,) float32.
     OUT out (n, n_out) float32. The factor ``xscale * scale[o]`` is one float32 product.
     """
-    n, n_out = acc.shape
+    n, n_out = out.shape
     sx = np.float32(xscale)
     step = 0 if scale.shape[0] == 1 else 1   # per tensor: always scale[0]
     for i in prange(n):
@@ -99,41 +108,56 @@ def _dequantize(acc, zero, colsum, xscale, scale, out):
 int8_dequantize, int8_dequantize_parallel = both(_dequantize)
 
 
+@jit(fastmath=True)
+def _dot4(x0, x1, x2, x3, wr, k):
+    """Four dot products of one int8 row with four float32 rows (a helper of _matmul_float)."""
+    a0 = a1 = a2 = a3 = np.float32(0.0)
+    for j in range(k):
+        wj = np.float32(wr[j])
+        a0 += x0[j] * wj
+        a1 += x1[j] * wj
+        a2 += x2[j] * wj
+        a3 += x3[j] * wj
+    return a0, a1, a2, a3
+
+
 def _matmul_float(x, w, scale, out):
     """Weight-only int8: ``out[i, o] = scale[o] * sum_k x[i, k] * float32(w[o, k])``.
 
-    IN  x (n, k) float32, all finite (the caller checks: this build is fastmath); w (n_out, kw) int8,
-        kw >= k; scale (n_out,) or (1,) float32.
+    IN  x (n, k) float32, all finite (the caller checks: this build is fastmath); w (n_out, k) int8;
+        scale (n_out,) or (1,) float32.
     OUT out (n, n_out) float32.
     """
     n, k = x.shape
     n_out = w.shape[0]
     step = 0 if scale.shape[0] == 1 else 1   # per tensor: always scale[0]
-    for o in prange(n_out):
-        wr = w[o, :k]
-        s = scale[o * step]
-        i = 0
-        while i + 4 <= n:
-            x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
-            a0 = a1 = a2 = a3 = np.float32(0.0)
-            for j in range(k):
-                wj = np.float32(wr[j])
-                a0 += x0[j] * wj
-                a1 += x1[j] * wj
-                a2 += x2[j] * wj
-                a3 += x3[j] * wj
-            out[i, o] = a0 * s
-            out[i + 1, o] = a1 * s
-            out[i + 2, o] = a2 * s
-            out[i + 3, o] = a3 * s
-            i += 4
-        while i < n:
-            xr = x[i]
-            a = np.float32(0.0)
-            for j in range(k):
-                a += xr[j] * np.float32(wr[j])
-            out[i, o] = a * s
-            i += 1
+    for b in prange((n_out + 3) // 4):
+        o0 = 4 * b
+        if o0 + 4 <= n_out and n == 1:   # batch 1: four weight rows share each load of x
+            a0, a1, a2, a3 = _dot4(w[o0], w[o0 + 1], w[o0 + 2], w[o0 + 3], x[0], k)
+            out[0, o0] = a0 * scale[o0 * step]
+            out[0, o0 + 1] = a1 * scale[(o0 + 1) * step]
+            out[0, o0 + 2] = a2 * scale[(o0 + 2) * step]
+            out[0, o0 + 3] = a3 * scale[(o0 + 3) * step]
+            continue
+        for o in range(o0, min(o0 + 4, n_out)):
+            wr = w[o]
+            s = scale[o * step]
+            i = 0
+            while i + 4 <= n:
+                a0, a1, a2, a3 = _dot4(x[i], x[i + 1], x[i + 2], x[i + 3], wr, k)
+                out[i, o] = a0 * s
+                out[i + 1, o] = a1 * s
+                out[i + 2, o] = a2 * s
+                out[i + 3, o] = a3 * s
+                i += 4
+            while i < n:
+                xr = x[i]
+                a = np.float32(0.0)
+                for j in range(k):
+                    a += xr[j] * np.float32(wr[j])
+                out[i, o] = a * s
+                i += 1
 
 
 int8_matmul_float, int8_matmul_float_parallel = both(_matmul_float, fastmath=True)

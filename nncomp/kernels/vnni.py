@@ -1,36 +1,40 @@
 """AVX-512 VNNI fast path for u8 x s8 -> int32 matrix products (``vpdpbusd``).
 
 LLVM never emits ``vpdpbusd`` (64 unsigned-byte x signed-byte multiply-adds per instruction) from
-plain loops, so the micro-kernels here are written in LLVM IR through ``numba.extending.intrinsic``:
-a block of ``R`` weight rows x ``C`` activation rows is accumulated in ``R*C`` zmm registers over
-64-byte chunks, then each register is summed with ``llvm.vector.reduce.add.v16i32``.
+plain loops, so the micro-kernel here is written in LLVM IR through ``numba.extending.intrinsic``.
+It works on weights packed in **panels** (the layout of ``quant.int8_matmul_u8s8``):
 
-Contract (shared with the portable ``quant.int8_matmul_u8s8``, which gives bit-identical results):
-``out[i, o] += sum(int32(xu[i, k]) * int32(w[o, k]) for k in [k0, k1))`` in int32, where
-``(k1 - k0) % 64 == 0`` and ``k1 - k0 <= 65536`` (255 * 128 * 65536 < 2**31: no lane or sum can
-overflow, so integer results are exact and independent of the order of summation).
-Callers check :data:`HAVE_VNNI` first: on a CPU without ``avx512_vnni`` the intrinsic would not even
-compile. Signed activations use the zero-point trick: ``xu = x + 128`` (uint8) and the caller
-subtracts ``128 * colsum(w)``.
+    wp (n_panels, n_groups, 4 * width) int8, wp[p, g, 4 * c + j] = w[p * width + c, 4 * g + j]
+
+with ``width = 16 * nb`` output channels per panel (``nb`` in 1..4). One zmm register then holds 16
+output channels x 4 consecutive inputs, and ``vpdpbusd(acc, broadcast(x[i, 4g:4g+4]), wp[p, g, ...])``
+adds 64 products straight into the 16 output channels' int32 accumulators: no horizontal sums, and
+only 4 activation bytes per 64 products cross the cache hierarchy. A block of ``mr`` activation rows
+(up to 4) x ``nb`` registers of channels stays in up to 16 zmm accumulators over a 1 KiB k-block.
+
+Contract (shared with the portable kernel, which gives bit-identical results):
+``out[i, o] += sum(int32(xu[i, k]) * int32(w[o, k]) for k in [k0, k1))``, exact in int32 because
+``k1 - k0 <= 65536`` (255 * 128 * 65536 < 2**31). Callers check :data:`HAVE_VNNI` first: on a CPU
+without ``avx512_vnni`` the intrinsic would not compile. Signed activations use the zero-point trick
+(``xu = x + 128``; the caller subtracts ``128 * rowsum(w)``).
 """
 import llvmlite.binding as llvm
 import numba
 from llvmlite import ir
 from numba import prange, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._jit import both
 
-# k-block (bytes) per micro-kernel call: the R weight rows of a block (4 x 4 KiB) stay in L1 while
-# every activation row block streams past them.
-KBLOCK = 4096
+MR = 4          # activation rows per micro-kernel call
+KB = 1024       # k-block (inputs) per call: a 64 KiB panel slice stays in L2 across the row blocks
+ROWS = 64       # activation rows per parallel tile
 
 
 def _host_has_vnni():
     """True where the JIT targets this CPU and the CPU has AVX-512F and AVX-512 VNNI."""
     cfg = numba.core.config
-    if cfg.DISABLE_JIT or (cfg.CPU_NAME not in (None, "host")):
+    if cfg.DISABLE_JIT or cfg.CPU_NAME not in (None, "host"):
         return False
     try:
         feats = llvm.get_host_cpu_features()
@@ -47,68 +51,59 @@ def _declare(module, name, fnty):
     return fn if fn is not None else ir.Function(module, fnty, name)
 
 
-def _make_block(R, C):
-    """Intrinsic ``block(xu, w, i0, o0, k0, nchunks, out)``: add an R x C block of dot products.
+def _make_block(mr, nb):
+    """Intrinsic ``block(x, xoff, xstride, wp, woff, ngroups, out, ooff, ostride)``.
 
-    ``out[i0 + c, o0 + r] += sum_{k0 <= k < k0 + 64*nchunks} xu[i0 + c, k] * w[o0 + r, k]``.
+    Adds ``sum_{g < ngroups} x[row m, 4g:4g+4] . wp-group g`` for ``mr`` rows (flat offsets
+    ``xoff + m * xstride`` into ``x``) and ``16 * nb`` channels (flat offset ``woff`` into ``wp``,
+    ``64 * nb`` bytes per group) into ``out`` at flat ``ooff + m * ostride + channel``.
     """
 
     @intrinsic
-    def block(typingctx, xu, w, i0, o0, k0, nchunks, out):
-        sig = types.void(xu, w, i0, o0, k0, nchunks, out)
+    def block(typingctx, x, xoff, xstride, wp, woff, ngroups, out, ooff, ostride):
+        sig = types.void(x, xoff, xstride, wp, woff, ngroups, out, ooff, ostride)
 
         def codegen(context, builder, signature, args):
-            xa_t, wa_t, _, _, _, _, out_t = signature.args
-            xa = context.make_array(xa_t)(context, builder, args[0])
-            wa = context.make_array(wa_t)(context, builder, args[1])
-            oa = context.make_array(out_t)(context, builder, args[6])
+            arrays = [context.make_array(signature.args[k])(context, builder, args[k]) for k in (0, 3, 6)]
+            xdata, wdata, odata = (a.data for a in arrays)
             intp = context.get_value_type(types.intp)
-            i0_, o0_, k0_, n_ = (context.cast(builder, v, t, types.intp)
-                                 for v, t in zip(args[2:6], signature.args[2:6]))
-            x_cols = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
-            w_cols = cgutils.unpack_tuple(builder, wa.shape, 2)[1]
-            out_cols = cgutils.unpack_tuple(builder, oa.shape, 2)[1]
-            i32, i8 = ir.IntType(32), ir.IntType(8)
+            xoff_, xs_, woff_, n_, ooff_, os_ = (context.cast(builder, args[k], signature.args[k], types.intp)
+                                                 for k in (1, 2, 4, 5, 7, 8))
+            i32 = ir.IntType(32)
             v16 = ir.VectorType(i32, 16)
             vptr = v16.as_pointer()
             dpbusd = _declare(builder.module, "llvm.x86.avx512.vpdpbusd.512",
                               ir.FunctionType(v16, [v16, v16, v16]))
-            reduce = _declare(builder.module, "llvm.vector.reduce.add.v16i32", ir.FunctionType(i32, [v16]))
-
-            def row_ptr(data, cols, row):
-                return builder.gep(data, [builder.add(builder.mul(row, cols), k0_)])
-
-            xrows = [row_ptr(xa.data, x_cols, builder.add(i0_, intp(c))) for c in range(C)]
-            wrows = [row_ptr(wa.data, w_cols, builder.add(o0_, intp(r))) for r in range(R)]
+            xrows = [builder.gep(xdata, [builder.add(xoff_, builder.mul(xs_, intp(m)))]) for m in range(mr)]
+            wbase = builder.gep(wdata, [woff_])
             zero = ir.Constant(v16, None)
+            undef = ir.Constant(v16, ir.Undefined)
+            splat = ir.Constant(v16, [0] * 16)
             pre = builder.block
             loop = builder.append_basic_block("vnni_loop")
             done = builder.append_basic_block("vnni_done")
             builder.cbranch(builder.icmp_signed(">", n_, intp(0)), loop, done)
 
             builder.position_at_end(loop)
-            idx = builder.phi(intp)
-            idx.add_incoming(intp(0), pre)
+            g = builder.phi(intp)
+            g.add_incoming(intp(0), pre)
             accs = []
-            for _ in range(R * C):
+            for _ in range(mr * nb):
                 a = builder.phi(v16)
                 a.add_incoming(zero, pre)
                 accs.append(a)
-            off = builder.mul(idx, intp(64))
-
-            def load(base):
-                p = builder.bitcast(builder.gep(base, [off]), vptr)
-                return builder.load(p, align=1)
-
-            xv = [load(p) for p in xrows]
-            wv = [load(p) for p in wrows]
+            wo = builder.mul(g, intp(64 * nb))
+            wv = [builder.load(builder.bitcast(builder.gep(wbase, [builder.add(wo, intp(64 * r))]), vptr), align=1)
+                  for r in range(nb)]
+            xo = builder.mul(g, intp(4))
             new = []
-            for r in range(R):
-                for c in range(C):
-                    new.append(builder.call(dpbusd, [accs[r * C + c], xv[c], wv[r]]))
-            nxt = builder.add(idx, intp(1))
+            for m in range(mr):
+                word = builder.load(builder.bitcast(builder.gep(xrows[m], [xo]), i32.as_pointer()), align=1)
+                xb = builder.shuffle_vector(builder.insert_element(undef, word, i32(0)), undef, splat)
+                new.extend(builder.call(dpbusd, [accs[m * nb + r], xb, wv[r]]) for r in range(nb))
+            nxt = builder.add(g, intp(1))
             end = builder.block
-            idx.add_incoming(nxt, end)
+            g.add_incoming(nxt, end)
             for a, v in zip(accs, new):
                 a.add_incoming(v, end)
             builder.cbranch(builder.icmp_signed("<", nxt, n_), loop, done)
@@ -120,64 +115,84 @@ def _make_block(R, C):
                 fin.add_incoming(zero, pre)
                 fin.add_incoming(v, end)
                 fins.append(fin)
-            for r in range(R):
-                for c in range(C):
-                    total = builder.call(reduce, [fins[r * C + c]])
-                    pos = builder.add(builder.mul(builder.add(i0_, intp(c)), out_cols),
-                                      builder.add(o0_, intp(r)))
-                    ptr = builder.gep(oa.data, [pos])
-                    builder.store(builder.add(builder.load(ptr), total), ptr)
+            for m in range(mr):
+                for r in range(nb):
+                    pos = builder.add(ooff_, builder.add(builder.mul(os_, intp(m)), intp(16 * r)))
+                    ptr = builder.bitcast(builder.gep(odata, [pos]), vptr)
+                    builder.store(builder.add(builder.load(ptr, align=4), fins[m * nb + r]), ptr, align=4)
             return context.get_dummy_value()
 
         return sig, codegen
 
-    block.__name__ = f"_block_{R}x{C}"
     return block
 
 
-_b4x4, _b4x3, _b4x2, _b4x1 = (_make_block(4, c) for c in (4, 3, 2, 1))
-_b1x4, _b1x3, _b1x2, _b1x1 = (_make_block(1, c) for c in (4, 3, 2, 1))
+_B = {(mr, nb): _make_block(mr, nb) for mr in range(1, MR + 1) for nb in range(1, 5)}
+_b11, _b21, _b31, _b41 = (_B[m, 1] for m in range(1, 5))
+_b12, _b22, _b32, _b42 = (_B[m, 2] for m in range(1, 5))
+_b13, _b23, _b33, _b43 = (_B[m, 3] for m in range(1, 5))
+_b14, _b24, _b34, _b44 = (_B[m, 4] for m in range(1, 5))
 
 
-def _matmul_vnni(xu, w, k0, k1, out):
-    """VNNI u8 x s8 product: ``out[i, o] += sum_{k0 <= k < k1} xu[i, k] * w[o, k]`` (int32).
+def _matmul_vnni(xu, wp, k0, k1, out):
+    """VNNI u8 x s8 product over panels: ``out[i, o] += sum_{k0 <= k < k1} xu[i, k] * w[o, k]`` (int32).
 
-    IN  xu (n, kx) uint8 C-contiguous; w (n_out, kw) int8 C-contiguous; 0 <= k0 <= k1 <= min(kx, kw),
-        (k1 - k0) % 64 == 0, k1 - k0 <= 65536.
-    OUT out (n, n_out) int32, added to.
+    IN  xu (n, kp) uint8 C-contiguous; wp (n_panels, kp // 4, 4 * width) int8 panels (module doc),
+        width in (16, 32, 48, 64); k0 % 4 == k1 % 4 == 0, 0 <= k0 <= k1 <= kp, k1 - k0 <= 65536.
+    OUT out (n, n_panels * width) int32 C-contiguous, added to.
     """
-    n = xu.shape[0]
-    n_out = w.shape[0]
-    n_blocks = (n_out + 3) // 4
-    for b in prange(n_blocks):
-        o0 = b * 4
-        rows = min(4, n_out - o0)
-        for kb in range(k0, k1, KBLOCK):
-            nch = (min(kb + KBLOCK, k1) - kb) // 64
-            i = 0
-            while i + 4 <= n:
-                if rows == 4:
-                    _b4x4(xu, w, i, o0, kb, nch, out)
+    n, kp = xu.shape
+    n_panels, _, pw4 = wp.shape
+    width = pw4 // 4
+    nb = width // 16
+    n_cols = out.shape[1]
+    row_tiles = (n + ROWS - 1) // ROWS
+    for t in prange(n_panels * row_tiles):
+        p = t // row_tiles
+        r0 = (t - p * row_tiles) * ROWS
+        r1 = min(n, r0 + ROWS)
+        for kb in range(k0, k1, KB):
+            ng = (min(kb + KB, k1) - kb) // 4
+            woff = (p * (kp // 4) + kb // 4) * pw4
+            for i in range(r0, r1, MR):
+                mr = min(MR, r1 - i)
+                a = (xu, i * kp + kb, kp, wp, woff, ng, out, i * n_cols + p * width, n_cols)
+                if nb == 4:
+                    if mr == 4:
+                        _b44(*a)
+                    elif mr == 3:
+                        _b34(*a)
+                    elif mr == 2:
+                        _b24(*a)
+                    else:
+                        _b14(*a)
+                elif nb == 3:
+                    if mr == 4:
+                        _b43(*a)
+                    elif mr == 3:
+                        _b33(*a)
+                    elif mr == 2:
+                        _b23(*a)
+                    else:
+                        _b13(*a)
+                elif nb == 2:
+                    if mr == 4:
+                        _b42(*a)
+                    elif mr == 3:
+                        _b32(*a)
+                    elif mr == 2:
+                        _b22(*a)
+                    else:
+                        _b12(*a)
                 else:
-                    for o in range(o0, o0 + rows):
-                        _b1x4(xu, w, i, o, kb, nch, out)
-                i += 4
-            tail = n - i
-            if rows == 4:
-                if tail == 3:
-                    _b4x3(xu, w, i, o0, kb, nch, out)
-                elif tail == 2:
-                    _b4x2(xu, w, i, o0, kb, nch, out)
-                elif tail == 1:
-                    _b4x1(xu, w, i, o0, kb, nch, out)
-            else:
-                for o in range(o0, o0 + rows):
-                    if tail == 3:
-                        _b1x3(xu, w, i, o, kb, nch, out)
-                    elif tail == 2:
-                        _b1x2(xu, w, i, o, kb, nch, out)
-                    elif tail == 1:
-                        _b1x1(xu, w, i, o, kb, nch, out)
+                    if mr == 4:
+                        _b41(*a)
+                    elif mr == 3:
+                        _b31(*a)
+                    elif mr == 2:
+                        _b21(*a)
+                    else:
+                        _b11(*a)
 
 
 int8_matmul_u8s8_vnni, int8_matmul_u8s8_vnni_parallel = both(_matmul_vnni)

@@ -38,7 +38,6 @@ TINY = float(np.finfo(np.float32).tiny)
 ACTIVATIONS = ("float", "dynamic", "static")
 ACT_DTYPES = ("uint8", "int8")
 KBLOCK = 65536          # int32 sums of at most this many u8 x s8 products cannot overflow
-PAD = 64                # rows are zero-padded to a multiple of one 64-byte VNNI chunk
 
 
 def quantize_weights(w, per_channel=True):
@@ -69,15 +68,14 @@ def activation_params(lo, hi, act_dtype):
     return s, int(np.clip(np.rint(-lo / float(s)), 0, 255))
 
 
-def _problems(q, scale, activations, act_dtype, act_scale, act_zero):
+def _problems(shape, scale, activations, act_dtype, act_scale, act_zero):
     """What is wrong with these fields (empty list: nothing)."""
     bad = []
-    if not (isinstance(q, np.ndarray) and q.dtype == np.int8 and q.ndim == 2 and min(q.shape) >= 1):
-        return [f"codes must be a non-empty 2-D int8 array, got {getattr(q, 'dtype', type(q))} "
-                f"{getattr(q, 'shape', '')}"]
+    if len(shape) != 2 or min(shape) < 1:   # shape: (n_out, n_in)
+        return [f"shape must be (n_out >= 1, n_in >= 1), got {shape}"]
     if not (isinstance(scale, np.ndarray) and scale.dtype == np.float32 and scale.ndim == 1
-            and scale.shape[0] in (1, q.shape[0])):
-        bad.append(f"scale must be float32 of shape ({q.shape[0]},) or (1,), got "
+            and scale.shape[0] in (1, shape[0])):
+        bad.append(f"scale must be float32 of shape ({shape[0]},) or (1,), got "
                    f"{getattr(scale, 'dtype', type(scale))} {getattr(scale, 'shape', '')}")
     elif not (np.isfinite(scale).all() and (scale > 0).all()):
         bad.append("every scale must be finite and > 0")
@@ -86,10 +84,11 @@ def _problems(q, scale, activations, act_dtype, act_scale, act_zero):
     if act_dtype not in ACT_DTYPES:
         bad.append(f"act_dtype must be one of {ACT_DTYPES}, got {act_dtype!r}")
     if activations == "static":
-        if act_scale is None or not (np.isfinite(act_scale) and act_scale > 0):
+        if not (isinstance(act_scale, (float, int, np.floating, np.integer)) and np.isfinite(act_scale)
+                and act_scale > 0):
             bad.append(f"static activations need a finite act_scale > 0, got {act_scale!r}")
         ok_zero = (128,) if act_dtype == "int8" else range(256)
-        if act_zero is None or int(act_zero) != act_zero or int(act_zero) not in ok_zero:
+        if not isinstance(act_zero, (int, np.integer)) or isinstance(act_zero, bool) or act_zero not in ok_zero:
             bad.append(f"act_zero must be {'128' if act_dtype == 'int8' else 'an int in 0..255'} "
                        f"for {act_dtype} activations, got {act_zero!r}")
     elif act_scale is not None or act_zero is not None:
@@ -97,59 +96,115 @@ def _problems(q, scale, activations, act_dtype, act_scale, act_zero):
     return bad
 
 
+def panel_width(n_out):
+    """Output channels per weight panel (16, 32, 48 or 64): the widest whose padded rows exceed the
+    fewest possible by at most n_out / 8 (wide panels keep 16 accumulators busy; padding costs work)."""
+    padded = {w: -(-n_out // w) * w for w in (64, 48, 32, 16)}
+    least = min(padded.values())
+    return max(w for w, rows in padded.items() if rows <= least + n_out / 8)
+
+
+def pack_panels(q, width):
+    """Codes ``(n_out, n_in)`` -> panels ``(ceil(n_out / width), ceil(n_in / 4), 4 * width)``, zero-padded:
+    ``wp[p, g, 4 * c + j] = q[p * width + c, 4 * g + j]`` (the layout of the u8 x s8 kernels)."""
+    n_out, n_in = q.shape
+    n_p, n_g = -(-n_out // width), -(-n_in // 4)
+    full = np.zeros((n_p * width, n_g * 4), np.int8)
+    full[:n_out, :n_in] = q
+    return np.ascontiguousarray(full.reshape(n_p, width, n_g, 4).transpose(0, 2, 1, 3).reshape(n_p, n_g, 4 * width))
+
+
+def unpack_panels(wp, shape):
+    """Inverse of :func:`pack_panels`."""
+    n_p, n_g, pw4 = wp.shape
+    full = wp.reshape(n_p, n_g, pw4 // 4, 4).transpose(0, 2, 1, 3).reshape(n_p * pw4 // 4, n_g * 4)
+    return np.ascontiguousarray(full[:shape[0], :shape[1]])
+
+
 @register_format
 @dataclass(frozen=True, repr=False, eq=False)
 class Int8Matrix(Matrix):
     """Symmetric int8 weights ``(n_out, n_in)`` with per-row (or per-tensor) float32 scales.
 
+    Build one with :meth:`from_float` (quantize float weights) or :meth:`from_codes` (given codes).
+    The codes are held in the layout of their kernel, ``packed``: for quantized activations the
+    panels of :func:`pack_panels` (16-64 output channels x 4 inputs per 64-byte group, rows padded to
+    a panel and to a multiple of 4 inputs); for float activations plain rows ``(n_out, n_in)``.
+    ``q`` unpacks them. ``nbytes`` counts the packed codes, the scales and the row sums of the codes
+    kept for the zero-point correction.
+
     Parameters
     ----------
-    q : ndarray of int8, shape (n_out, n_in)
-        Weight codes.
+    packed : ndarray of int8
+        Codes in the kernel layout (see above).
+    shape : tuple (n_out, n_in)
     scale : ndarray of float32, shape (n_out,) or (1,)
         Finite, > 0. ``W ~= q * scale[:, None]``.
     activations : {"dynamic", "static", "float"}
-        How inputs are handled: quantized per call, quantized with calibrated parameters, or kept
-        float32 (weight-only).
+        Inputs are quantized per call, quantized with calibrated parameters, or kept float32.
     act_dtype : {"uint8", "int8"}
         Activation codes: asymmetric uint8 with a zero point, or symmetric int8.
     act_scale, act_zero : float, int
         Static activation parameters (``activations="static"`` only).
-
-    Use :meth:`from_float` to quantize a float weight. ``nbytes`` counts the codes (rows padded to a
-    multiple of 64 bytes), the scales and the row sums of the codes kept for the zero-point correction.
     """
 
-    q: np.ndarray
+    packed: np.ndarray
+    shape: tuple
     scale: np.ndarray
     activations: str = "dynamic"
     act_dtype: str = "uint8"
     act_scale: float = None
     act_zero: int = None
-    _qp: np.ndarray = field(default=None, init=False, repr=False)
     _colsum: np.ndarray = field(default=None, init=False, repr=False)
     format = "int8"
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
-        bad = _problems(self.q, self.scale, self.activations, self.act_dtype, self.act_scale, self.act_zero)
+        shape = tuple(int(d) for d in self.shape)
+        bad = _problems(shape, self.scale, self.activations, self.act_dtype, self.act_scale, self.act_zero)
+        if not bad:
+            want = self._layout(shape, self.activations)
+            if not (isinstance(self.packed, np.ndarray) and self.packed.dtype == np.int8
+                    and self.packed.shape == want):
+                bad.append(f"packed codes must be int8 of shape {want}, got "
+                           f"{getattr(self.packed, 'dtype', type(self.packed))} {getattr(self.packed, 'shape', '')}")
         if bad:
             raise CompressionParameterError("Int8Matrix: " + "; ".join(bad))
         if self.activations == "static":
             set_("act_scale", np.float32(self.act_scale))
             set_("act_zero", int(self.act_zero))
-        n_out, n_in = self.q.shape
-        qp = np.zeros((n_out, -(-n_in // PAD) * PAD), np.int8)
-        qp[:, :n_in] = self.q
-        qp.setflags(write=False)
-        colsum = qp.sum(axis=1, dtype=np.int64)
-        colsum.setflags(write=False)
-        scale = self.scale.copy()
+        packed = np.ascontiguousarray(self.packed)
+        packed.setflags(write=False)
+        scale = np.array(self.scale, np.float32)
         scale.setflags(write=False)
-        set_("_qp", qp)
-        set_("_colsum", colsum)
-        set_("q", qp[:, :n_in])
+        colsum = np.zeros(0, np.int64)
+        if self.activations != "float":
+            colsum = packed.reshape(packed.shape[0], packed.shape[1], -1, 4).sum(axis=(1, 3), dtype=np.int64).reshape(-1)
+        colsum.setflags(write=False)
+        set_("packed", packed)
+        set_("shape", shape)
         set_("scale", scale)
+        set_("_colsum", colsum)
+
+    @staticmethod
+    def _layout(shape, activations):
+        n_out, n_in = shape
+        if activations == "float":
+            return (n_out, n_in)
+        width = panel_width(n_out)
+        return (-(-n_out // width), -(-n_in // 4), 4 * width)
+
+    @classmethod
+    def from_codes(cls, q, scale, activations="dynamic", act_dtype="uint8", act_scale=None, act_zero=None):
+        """From int8 codes ``q`` ``(n_out, n_in)`` and float32 scales ``(n_out,)`` or ``(1,)``."""
+        if not (isinstance(q, np.ndarray) and q.dtype == np.int8 and q.ndim == 2 and min(q.shape) >= 1):
+            raise CompressionParameterError(f"Int8Matrix: codes must be a non-empty 2-D int8 array, got "
+                                            f"{getattr(q, 'dtype', type(q))} {getattr(q, 'shape', '')}")
+        bad = _problems(q.shape, scale, activations, act_dtype, act_scale, act_zero)
+        if bad:
+            raise CompressionParameterError("Int8Matrix: " + "; ".join(bad))
+        packed = q if activations == "float" else pack_panels(q, panel_width(q.shape[0]))
+        return cls(packed, q.shape, scale, activations, act_dtype, act_scale, act_zero)
 
     @classmethod
     def from_float(cls, w, *, per_channel=True, activations="dynamic", act_dtype="uint8", act_range=None):
@@ -168,15 +223,17 @@ class Int8Matrix(Matrix):
             if act_range is None:
                 raise CompressionParameterError("static activations need act_range=(lo, hi) from calibration")
             act_scale, act_zero = activation_params(*act_range, act_dtype)
-        return cls(q, scale, activations, act_dtype, act_scale, act_zero)
+        return cls.from_codes(q, scale, activations, act_dtype, act_scale, act_zero)
 
     @property
-    def shape(self):
-        return self.q.shape
+    def q(self):
+        """The int8 codes ``(n_out, n_in)`` (a copy, unpacked from the kernel layout)."""
+        return self.packed.copy() if self.activations == "float" else unpack_panels(self.packed, self.shape)
 
     @property
     def nbytes(self):
-        return self._qp.nbytes + self.scale.nbytes + self._colsum.nbytes + (8 if self.activations == "static" else 0)
+        return (self.packed.nbytes + self.scale.nbytes + self._colsum.nbytes
+                + (8 if self.activations == "static" else 0))
 
     def to_dense(self):
         scale = self.scale[:, None] if self.scale.shape[0] > 1 else self.scale[0]
@@ -192,14 +249,16 @@ class Int8Matrix(Matrix):
 
     def _apply(self, x):
         n, k = x.shape
-        n_out, kp = self._qp.shape
+        n_out = self.shape[0]
         out = np.empty((n, n_out), np.float32)
         if self.activations == "float":
             if not np.isfinite(x).all():
                 raise InputError(f"int8 layer {self.shape}: input holds NaN or Inf; quantized layers refuse them")
             _jit.pick((quant.int8_matmul_float, quant.int8_matmul_float_parallel), n * n_out * k)(
-                x, self._qp, self.scale, out)
+                x, self.packed, self.scale, out)
             return out
+        n_p, n_g, pw4 = self.packed.shape
+        kp = 4 * n_g
         sx, z = self._act_params(x)
         xu = np.empty((n, kp), np.uint8)
         bad = _jit.pick((quant.int8_quantize, quant.int8_quantize_parallel), n * kp)(
@@ -209,15 +268,15 @@ class Int8Matrix(Matrix):
                              "quantized layers refuse them")
         kernels = ((vnni.int8_matmul_u8s8_vnni, vnni.int8_matmul_u8s8_vnni_parallel) if vnni.HAVE_VNNI
                    else (quant.int8_matmul_u8s8, quant.int8_matmul_u8s8_parallel))
-        matmul = _jit.pick(kernels, n * n_out * kp)
-        acc = np.zeros((n, n_out), np.int32)
+        matmul = _jit.pick(kernels, n * n_p * pw4 * n_g)
+        acc = np.zeros((n, n_p * pw4 // 4), np.int32)
         if kp <= KBLOCK:
-            matmul(xu, self._qp, 0, kp, acc)
+            matmul(xu, self.packed, 0, kp, acc)
         else:
-            total = np.zeros((n, n_out), np.int64)
+            total = np.zeros(acc.shape, np.int64)
             for k0 in range(0, kp, KBLOCK):
                 acc[:] = 0
-                matmul(xu, self._qp, k0, min(k0 + KBLOCK, kp), acc)
+                matmul(xu, self.packed, k0, min(k0 + KBLOCK, kp), acc)
                 total += acc
             acc = total
         _jit.pick((quant.int8_dequantize, quant.int8_dequantize_parallel), n * n_out)(
@@ -230,7 +289,7 @@ class Int8Matrix(Matrix):
         return f"int8 {act}{' per-tensor' if self.scale.shape[0] == 1 else ''}"
 
     def to_arrays(self):
-        arrays = {"q": np.ascontiguousarray(self.q), "scale": self.scale}
+        arrays = {"q": self.q, "scale": self.scale}
         if self.activations == "static":
             arrays["act_scale"] = np.array([self.act_scale], np.float32)
             arrays["act_zero"] = np.array([self.act_zero], np.int32)
@@ -246,6 +305,9 @@ class Int8Matrix(Matrix):
                    and isinstance(z, np.ndarray) and z.shape == (1,) and z.dtype.kind in "iu", path, obj,
                    "static int8 matrix needs act_scale (1,) float32 and act_zero (1,) int")
             act_scale, act_zero = float(s[0]), int(z[0])
-        bad = _problems(arrays.get("q"), arrays.get("scale"), activations, act_dtype, act_scale, act_zero)
+        q = arrays.get("q")
+        expect(isinstance(q, np.ndarray) and q.dtype == np.int8 and q.ndim == 2 and min(q.shape) >= 1, path, obj,
+               "int8 matrix needs a non-empty 2-D int8 array 'q'")
+        bad = _problems(q.shape, arrays.get("scale"), activations, act_dtype, act_scale, act_zero)
         expect(not bad, path, obj, "int8 matrix: " + "; ".join(bad))
-        return cls(arrays["q"], arrays["scale"], activations, act_dtype, act_scale, act_zero)
+        return cls.from_codes(q, arrays["scale"], activations, act_dtype, act_scale, act_zero)

@@ -1,0 +1,219 @@
+"""Issue 5 (int8 half): linear int8 quantization against ONNX Runtime and PyTorch dynamic int8, and accuracy.
+
+Speed: VGG-16 fc6 (4096x25088, He-normal random weights, seed 0, no bias) at batch 1 and 32, every
+contender in this process, alternating (A B C ... A B C), after a warm-up; medians and p90s of whole
+calls. The int8 weights (103 MB) are 3x the L3, so every call reads them from DRAM (no flush needed).
+fc7 (4096x4096, 16.8 MB of int8: L3-resident, hot) is shown for information. Contenders:
+- NumPy float32 ``x @ W.T`` (OpenBLAS);
+- nncomp int8 weights + activations (dynamic uint8 activations per call, per-channel weights):
+  ``Int8Matrix.apply``, including the activation range, quantization and dequantization; with the
+  AVX-512 VNNI kernel, and with the portable fallback (same integers) for comparison;
+- nncomp int8 weight-only (activations float32);
+- ONNX Runtime dynamic quantized MatMul (``onnxruntime.quantization.quantize_dynamic`` on a one-node
+  MatMul model, QInt8 weights, via nncomp.bench.peers.ort_model, intra-op spinning off);
+- torch 2.13 dynamic int8 Linear (``torch.ao.quantization.quantize_dynamic``, qint8, x86 engine).
+Threads: 2 for every pool (Numba, BLAS, torch, ORT).
+
+Accuracy: every shipped model in data/ on the 1,000 test digits, float32 against int8 (static ranges
+calibrated on the first 512 training digits: min-max, percentile 99.99, MSE; dynamic; weight-only),
+with bias correction from the same 512 digits unless marked.
+
+    PYTHONPATH=. /work/venv-fw/bin/python bench/quant.py     # writes bench/results/quant.json and .md
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+MODELS = ("lenet300", "lenet5", "vgg_small", "resnet_small")
+RECIPES = {
+    "int8 static minmax": dict(activations="static", method="minmax"),
+    "int8 static percentile": dict(activations="static", method="percentile"),
+    "int8 static mse": dict(activations="static", method="mse"),
+    "int8 static minmax, no bias corr.": dict(activations="static", bias_correction=False),
+    "int8 dynamic": dict(activations="dynamic", bias_correction=False),
+    "int8 dynamic + bias corr.": dict(activations="dynamic"),
+    "int8 weight-only": dict(weights_only=True, bias_correction=False),
+}
+
+
+def speed(threads, repeat, batches, quick):
+    import numpy as np
+
+    import nncomp as nc
+    from nncomp.bench import peers
+    from nncomp.bench.timing import alternate
+    from nncomp.kernels import vnni
+    from nncomp.matrices.int8 import Int8Matrix
+
+    layers = [("fc7", 4096, 4096)] if quick else [("fc6", 4096, 25088), ("fc7", 4096, 4096)]
+    rows = []
+    for name, n_out, n_in in layers:
+        rng = np.random.default_rng(0)
+        w = (rng.standard_normal((n_out, n_in), dtype=np.float32) * np.sqrt(2.0 / n_in)).astype(np.float32)
+        model = nc.Model([nc.Node(name, nc.Dense(w))], input_shape=(n_in,), input_layout="NC")
+        w8a8 = Int8Matrix.from_float(w)
+        wonly = Int8Matrix.from_float(w, activations="float")
+        contenders = {"numpy float32": lambda x: x @ w.T, "nncomp int8 w8a8 (VNNI)": w8a8.apply,
+                      "nncomp int8 w8a8 (portable)": None, "nncomp int8 weight-only": wonly.apply}
+        for peer, build in (("onnxruntime dynamic int8", lambda: peers.ort_model(model, threads=threads, int8=True)),
+                            ("torch dynamic int8", lambda: peers.torch_model(model, int8=True))):
+            try:
+                contenders[peer] = build()
+            except peers.PeerUnavailable as e:
+                contenders[peer] = str(e)
+
+        def portable(x):
+            vnni.HAVE_VNNI = False
+            try:
+                return w8a8.apply(x)
+            finally:
+                vnni.HAVE_VNNI = have
+        have = vnni.HAVE_VNNI
+        contenders["nncomp int8 w8a8 (portable)"] = portable
+        if not have:
+            contenders["nncomp int8 w8a8 (VNNI)"] = "no avx512_vnni"
+        for bs in batches:
+            x = np.maximum(np.random.default_rng(1).standard_normal((bs, n_in), dtype=np.float32), 0)  # post-ReLU
+            calls = {k: (lambda f=f: f(x)) for k, f in contenders.items() if not isinstance(f, str)}
+            ref = x.astype(np.float64) @ w.T.astype(np.float64)
+            err = {k: float(np.abs(np.asarray(c(), np.float64) - ref).max() / np.abs(ref).max()) for k, c in calls.items()}
+            t = alternate(calls, repeat=repeat, warmup=2, max_seconds=30 if quick else 150)
+            row = {"layer": name, "shape": [n_out, n_in], "batch": bs,
+                   "weight_bytes": {"float32": int(w.nbytes), "int8 w8a8": int(w8a8.nbytes)}}
+            for k, f in contenders.items():
+                row[k] = f if isinstance(f, str) else {**t[k], "max_rel_err_vs_float64": err[k]}
+            peer_ms = [row[k]["median_ms"] for k in ("onnxruntime dynamic int8", "torch dynamic int8")
+                       if isinstance(row[k], dict)]
+            ours = row["nncomp int8 w8a8 (VNNI)"] if have else row["nncomp int8 w8a8 (portable)"]
+            if peer_ms:
+                row["w8a8_vs_best_peer"] = ours["median_ms"] / min(peer_ms)
+            row["numpy_vs_weight_only"] = row["numpy float32"]["median_ms"] / row["nncomp int8 weight-only"]["median_ms"]
+            row["numpy_vs_w8a8"] = row["numpy float32"]["median_ms"] / ours["median_ms"]
+            rows.append(row)
+            print(f"{name} batch {bs}: " + ", ".join(f"{k} {_ms(v)}" for k, v in row.items() if k in contenders)
+                  + f"; w8a8/best peer {row.get('w8a8_vs_best_peer', float('nan')):.2f}, "
+                  f"numpy/weight-only {row['numpy_vs_weight_only']:.2f}", flush=True)
+    return rows
+
+
+def accuracy(quick):
+    import numpy as np
+
+    import nncomp as nc
+
+    rows = []
+    for name in MODELS[:1] if quick else MODELS:
+        model = nc.load(REPO / "data" / f"{name}.h5")
+        x, y = nc.data.for_model(model, "test")
+        calib = nc.data.for_model(model, "train")[0][:512]
+        base = model(x)
+        row = {"model": name, "float32": {"accuracy": float((base.argmax(1) == y).mean() * 100),
+                                          "nbytes": int(model.nbytes)}}
+        for label, kw in RECIPES.items():
+            t0 = time.perf_counter()
+            q = nc.quantize(model, calibration=calib, **kw)
+            build = time.perf_counter() - t0
+            out = q(x)
+            acc = float((out.argmax(1) == y).mean() * 100)
+            row[label] = {"accuracy": acc, "drop_points": row["float32"]["accuracy"] - acc,
+                          "top1_agreement_with_float": float((out.argmax(1) == base.argmax(1)).mean() * 100),
+                          "nbytes": int(q.nbytes), "quantize_s": build}
+        rows.append(row)
+        print(f"{name}: float {row['float32']['accuracy']:.1f}; " + ", ".join(
+            f"{k} {v['accuracy']:.1f}" for k, v in row.items() if k in RECIPES), flush=True)
+    return rows
+
+
+def main(argv=None):
+    from nncomp.bench.timing import reexec_without_openblas_overrides
+    reexec_without_openblas_overrides()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=30)
+    p.add_argument("--batches", default="1,32")
+    p.add_argument("--quick", action="store_true", help="fc7 only, one model, few repeats (a smoke run)")
+    p.add_argument("--no-accuracy", action="store_true")
+    p.add_argument("--out", default=str(REPO / "bench" / "results"))
+    a = p.parse_args(argv)
+
+    from nncomp.bench import peers
+    from nncomp.bench.layers import machine_limits
+    from nncomp.bench.timing import machine_info, set_threads
+
+    threads = set_threads(a.threads)
+    peers.set_threads(threads)
+    load_before = os.getloadavg()
+    limits = machine_limits(quick=a.quick)
+    print(f"limits: {limits['bandwidth_GBps']:.1f} GB/s read, {limits['sgemm_GFLOPs']:.0f} GFLOP/s sgemm", flush=True)
+    rows = speed(threads, 3 if a.quick else a.repeat, [int(b) for b in a.batches.split(",")], a.quick)
+    acc = [] if a.no_accuracy else accuracy(a.quick)
+    result = {"machine": machine_info(), "threads": threads, "limits": limits, "loadavg_before": load_before,
+              "loadavg_after": os.getloadavg(), "speed": rows, "accuracy": acc,
+              "seeds": {"weights": 0, "inputs": 1, "calibration": "first 512 training digits"},
+              "protocol": __doc__}
+    out = Path(a.out)
+    if a.quick and a.out == str(REPO / "bench" / "results"):
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quant.json").write_text(json.dumps(result, indent=1))
+    (out / "quant.md").write_text(markdown(result))
+    print(f"wrote {out / 'quant.json'} and {out / 'quant.md'}")
+    return 0
+
+
+def _ms(v):
+    return v if isinstance(v, str) else f"{v['median_ms']:.3g} (p90 {v['p90_ms']:.3g})"
+
+
+SPEED_COLS = ("numpy float32", "nncomp int8 w8a8 (VNNI)", "nncomp int8 w8a8 (portable)", "nncomp int8 weight-only",
+              "onnxruntime dynamic int8", "torch dynamic int8")
+
+
+def markdown(res):
+    m, lim = res["machine"], res["limits"]
+    lines = ["# Linear int8 quantization (issue 5, int8 half)", "",
+             f"{m['date']} · {m['cpu']} · {m['cores']} cores · {res['threads']} threads for every contender · "
+             f"load average before/after {res['loadavg_before'][0]:.2f}/{res['loadavg_after'][0]:.2f}", "",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
+             f"Measured limits: DRAM read {lim['bandwidth_GBps']:.1f} GB/s, sgemm {lim['sgemm_GFLOPs']:.0f} GFLOP/s.", "",
+             "## Speed: median ms per call (p90)", "",
+             "Contenders alternate in one process after a warm-up (bench/quant.py docstring). "
+             "w8a8 = int8 weights and dynamic uint8 activations, int32 accumulation, float32 output. "
+             "Memory floor = int8 weight bytes / measured DRAM bandwidth (fc6; fc7 is L3-resident).", "",
+             "| layer | batch | " + " | ".join(SPEED_COLS) + " | w8a8 / best peer | NumPy / weight-only | "
+             "int8 memory floor (ms) |", "|---|---|" + "---|" * (len(SPEED_COLS) + 3)]
+    for r in res["speed"]:
+        floor = r["weight_bytes"]["int8 w8a8"] / (lim["bandwidth_GBps"] * 1e9) * 1e3
+        lines.append(f"| {r['layer']} {r['shape'][0]}x{r['shape'][1]} | {r['batch']} | "
+                     + " | ".join(_ms(r[c]) for c in SPEED_COLS)
+                     + f" | {r.get('w8a8_vs_best_peer', float('nan')):.2f} | {r['numpy_vs_weight_only']:.2f} | {floor:.2f} |")
+    lines += ["", "Max relative error against float64 (max |y - y64| / max |y64|), post-ReLU random inputs:", "",
+              "| layer | batch | " + " | ".join(SPEED_COLS) + " |", "|---|---|" + "---|" * len(SPEED_COLS)]
+    for r in res["speed"]:
+        lines.append(f"| {r['layer']} | {r['batch']} | " + " | ".join(
+            r[c] if isinstance(r[c], str) else f"{r[c]['max_rel_err_vs_float64']:.2e}" for c in SPEED_COLS) + " |")
+    if res["accuracy"]:
+        labels = list(RECIPES)
+        lines += ["", "## Accuracy on the 1,000 test digits (%; drop in points below float32)", "",
+                  "Calibration: the first 512 training digits (static ranges and bias correction).", "",
+                  "| model | float32 | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+        for r in res["accuracy"]:
+            lines.append(f"| {r['model']} | {r['float32']['accuracy']:.1f} | " + " | ".join(
+                f"{r[k]['accuracy']:.1f} ({-r[k]['drop_points']:+.1f})" for k in labels) + " |")
+        lines += ["", "Top-1 agreement with the float32 model (%) and bytes:", "",
+                  "| model | float32 bytes | int8 bytes | " + " | ".join(labels) + " |",
+                  "|---|---|---|" + "---|" * len(labels)]
+        for r in res["accuracy"]:
+            lines.append(f"| {r['model']} | {r['float32']['nbytes']:,} | {r[labels[0]]['nbytes']:,} | " + " | ".join(
+                f"{r[k]['top1_agreement_with_float']:.1f}" for k in labels) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
