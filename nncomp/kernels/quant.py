@@ -108,17 +108,74 @@ def _dequantize(acc, zero, colsum, xscale, scale, out):
 int8_dequantize, int8_dequantize_parallel = both(_dequantize)
 
 
+# Inputs per k-block of the weight-only kernel: 4 weight rows (16 KiB as int8) stay in L1 and a
+# 4096-float slice of every activation row stays in L2 while the row blocks stream past.
+KB_FLOAT = 4096
+
+
 @jit(fastmath=True)
-def _dot4(x0, x1, x2, x3, wr, k):
-    """Four dot products of one int8 row with four float32 rows (a helper of _matmul_float)."""
+def _dot4(x0, x1, x2, x3, wr):
+    """Four dot products of one row with four rows (a helper of _matmul_float; int8 -> float32)."""
     a0 = a1 = a2 = a3 = np.float32(0.0)
-    for j in range(k):
+    for j in range(wr.shape[0]):
         wj = np.float32(wr[j])
-        a0 += x0[j] * wj
-        a1 += x1[j] * wj
-        a2 += x2[j] * wj
-        a3 += x3[j] * wj
+        a0 += np.float32(x0[j]) * wj
+        a1 += np.float32(x1[j]) * wj
+        a2 += np.float32(x2[j]) * wj
+        a3 += np.float32(x3[j]) * wj
     return a0, a1, a2, a3
+
+
+@jit(fastmath=True)
+def _tile44(x, i, w, o, k0, k1, out):
+    """``out[i:i+4, o:o+4] += x[i:i+4, k0:k1] @ float32(w[o:o+4, k0:k1]).T`` (16 accumulators)."""
+    x0, x1, x2, x3 = x[i, k0:k1], x[i + 1, k0:k1], x[i + 2, k0:k1], x[i + 3, k0:k1]
+    w0, w1, w2, w3 = w[o, k0:k1], w[o + 1, k0:k1], w[o + 2, k0:k1], w[o + 3, k0:k1]
+    c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = np.float32(0.0)
+    c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = np.float32(0.0)
+    for j in range(k1 - k0):
+        v0, v1, v2, v3 = np.float32(w0[j]), np.float32(w1[j]), np.float32(w2[j]), np.float32(w3[j])
+        c00 += x0[j] * v0
+        c01 += x0[j] * v1
+        c02 += x0[j] * v2
+        c03 += x0[j] * v3
+        c10 += x1[j] * v0
+        c11 += x1[j] * v1
+        c12 += x1[j] * v2
+        c13 += x1[j] * v3
+        c20 += x2[j] * v0
+        c21 += x2[j] * v1
+        c22 += x2[j] * v2
+        c23 += x2[j] * v3
+        c30 += x3[j] * v0
+        c31 += x3[j] * v1
+        c32 += x3[j] * v2
+        c33 += x3[j] * v3
+    out[i, o] += c00
+    out[i, o + 1] += c01
+    out[i, o + 2] += c02
+    out[i, o + 3] += c03
+    out[i + 1, o] += c10
+    out[i + 1, o + 1] += c11
+    out[i + 1, o + 2] += c12
+    out[i + 1, o + 3] += c13
+    out[i + 2, o] += c20
+    out[i + 2, o + 1] += c21
+    out[i + 2, o + 2] += c22
+    out[i + 2, o + 3] += c23
+    out[i + 3, o] += c30
+    out[i + 3, o + 1] += c31
+    out[i + 3, o + 2] += c32
+    out[i + 3, o + 3] += c33
+
+
+@jit(fastmath=True)
+def _dot1(xr, wr):
+    """One dot product of a float32 row with an int8 row (a helper of _matmul_float)."""
+    a = np.float32(0.0)
+    for j in range(wr.shape[0]):
+        a += xr[j] * np.float32(wr[j])
+    return a
 
 
 def _matmul_float(x, w, scale, out):
@@ -133,31 +190,25 @@ def _matmul_float(x, w, scale, out):
     step = 0 if scale.shape[0] == 1 else 1   # per tensor: always scale[0]
     for b in prange((n_out + 3) // 4):
         o0 = 4 * b
-        if o0 + 4 <= n_out and n == 1:   # batch 1: four weight rows share each load of x
-            a0, a1, a2, a3 = _dot4(w[o0], w[o0 + 1], w[o0 + 2], w[o0 + 3], x[0], k)
-            out[0, o0] = a0 * scale[o0 * step]
-            out[0, o0 + 1] = a1 * scale[(o0 + 1) * step]
-            out[0, o0 + 2] = a2 * scale[(o0 + 2) * step]
-            out[0, o0 + 3] = a3 * scale[(o0 + 3) * step]
-            continue
-        for o in range(o0, min(o0 + 4, n_out)):
-            wr = w[o]
-            s = scale[o * step]
-            i = 0
-            while i + 4 <= n:
-                a0, a1, a2, a3 = _dot4(x[i], x[i + 1], x[i + 2], x[i + 3], wr, k)
-                out[i, o] = a0 * s
-                out[i + 1, o] = a1 * s
-                out[i + 2, o] = a2 * s
-                out[i + 3, o] = a3 * s
-                i += 4
-            while i < n:
-                xr = x[i]
-                a = np.float32(0.0)
-                for j in range(k):
-                    a += xr[j] * np.float32(wr[j])
-                out[i, o] = a * s
-                i += 1
+        o1 = min(o0 + 4, n_out)
+        if o1 - o0 == 4 and n == 1:      # batch 1: four weight rows share each load of x
+            a0, a1, a2, a3 = _dot4(w[o0], w[o0 + 1], w[o0 + 2], w[o0 + 3], x[0])
+            out[0, o0], out[0, o0 + 1], out[0, o0 + 2], out[0, o0 + 3] = a0, a1, a2, a3
+        else:
+            i4 = n - n % 4 if o1 - o0 == 4 else 0
+            for i in range(n):
+                for o in range(o0, o1):
+                    out[i, o] = 0.0
+            for k0 in range(0, k, KB_FLOAT):
+                k1 = min(k, k0 + KB_FLOAT)
+                for i in range(0, i4, 4):
+                    _tile44(x, i, w, o0, k0, k1, out)
+            for o in range(o0, o1):
+                for i in range(i4, n):
+                    out[i, o] = _dot1(x[i], w[o])
+        for i in range(n):
+            for o in range(o0, o1):
+                out[i, o] *= scale[o * step]
 
 
 int8_matmul_float, int8_matmul_float_parallel = both(_matmul_float, fastmath=True)
