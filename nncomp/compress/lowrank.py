@@ -1,0 +1,457 @@
+"""Low-rank factorization: truncated SVD for dense layers, Jaderberg's scheme 2 for convolutions.
+
+A factorized layer becomes two ordinary layers, so either can be pruned or quantized further:
+
+- ``Dense`` of rank r: node ``<name>/v`` = Dense(V ``(r, n_in)``, no bias), then node ``<name>`` =
+  Dense(U ``(n_out, r)``, bias). Consumers keep reading ``<name>``.
+- ``Conv2D`` k x k, scheme ``"jaderberg"`` (Jaderberg et al. 2014, scheme 2): ``<name>/v`` = a
+  ``(kh, 1)`` conv into K channels (the vertical stride, padding and dilation), then ``<name>`` = a
+  ``(1, kw)`` conv into the N outputs (the horizontal stride, padding and dilation, and the bias).
+- ``Conv2D``, scheme ``"channel"`` (or ``"svd"``): ``<name>/v`` = the same k x k conv into K channels,
+  then ``<name>`` = a 1 x 1 conv (the SVD of the weight matrix ``(N, kh*kw*C)``).
+
+Without calibration data the factors come from the closed-form filter reconstruction (truncated SVD,
+Eckart-Young optimal in the Frobenius norm). With calibration data each layer is fitted, in order, to
+the original layer's outputs on the partly factorized model's own activations: dense and channel
+factors by reduced-rank ridge regression (whiten by the input covariance, truncate, unwhiten, in
+closed form, bias corrected), scheme-2 filters as in :mod:`lowrank_conv`. Where a layer's only
+consumer is a BatchNorm, output channels are weighted by its scale (the error the next layer sees).
+"""
+import heapq
+import math
+import numbers
+
+import numpy as np
+
+from ..errors import CompressionParameterError
+from ..layers import BatchNorm, Conv2D, Dense
+from ..matrices import DenseMatrix
+from ..model import Node
+from . import lowrank_conv as lc
+from .calibration import check_calibration, check_model, run_to, rows_of, sample_rows, select_layers
+
+SCHEMES = ("auto", "svd", "jaderberg", "channel")
+ALLOCATIONS = ("global", "uniform")
+# Data reconstruction of a layer with more inputs than this would need a Gram matrix too large.
+MAX_DATA_INPUTS = 8192
+# Calibration rows (samples, or output pixels of a conv) used per layer.
+MAX_ROWS = 32768
+
+
+class _Plan:
+    """One layer to factorize: its scheme, cost model and spectrum."""
+
+    def __init__(self, model, name, scheme):
+        node = model[name]
+        self.name, self.layer, self.scheme = name, node.layer, scheme
+        self.shape = model.shapes[node.inputs[0]]
+        self.w = np.asarray(self.layer.weight.to_dense(), np.float64)
+        self.orig = self.layer.macs(self.shape)
+        n_out, n_in = self.w.shape
+        if isinstance(self.layer, Dense):
+            self.max_rank, self.unit = min(n_out, n_in), n_in + n_out
+        else:
+            h, w, c = self.shape
+            oh, ow, _ = self.layer.output_shape(self.shape)
+            kh, kw = self.layer.kernel_size
+            if scheme == "jaderberg":
+                self.max_rank, self.unit = min(kh * c, n_out * kw), oh * w * kh * c + oh * ow * kw * n_out
+            else:
+                self.max_rank, self.unit = min(n_out, n_in), oh * ow * (n_in + n_out)
+        self.gain = _bn_gain(model, name)
+        self.spectrum = None
+
+    def macs(self, rank):
+        return rank * self.unit
+
+
+def _bn_gain(model, name):
+    """|scale| of a BatchNorm that is the layer's only consumer (floored), or None."""
+    cons = model.consumers(name)
+    if len(cons) != 1 or not isinstance(model[cons[0]].layer, BatchNorm) or name in model.outputs:
+        return None
+    g = np.abs(model[cons[0]].layer.scale_shift[0].astype(np.float64))
+    top = g.max(initial=0.0)
+    return None if not top > 0 else np.maximum(g, 1e-3 * top)
+
+
+# ------------------------------------------------------------------ dense math
+def svd_factors(w, rank, gain=None):
+    """Truncated SVD ``w ~= u @ v`` with ``u (n_out, rank)``, ``v (rank, n_in)`` (gain-weighted rows)."""
+    a = w * gain[:, None] if gain is not None else w
+    u, s, vt = np.linalg.svd(a, full_matrices=False)
+    root = np.sqrt(s[:rank])
+    u, v = u[:, :rank] * root, root[:, None] * vt[:rank]
+    if gain is not None:
+        u = u / gain[:, None]
+    return lc._balance(u, v)
+
+
+def _rrr_parts(w, x, y, gain):
+    """Centered reduced-rank ridge regression of ``y`` on ``x`` anchored at ``w``: ``(b_ols, eig)``."""
+    x = np.asarray(x, np.float64)
+    x = x - x.mean(axis=0)
+    y = np.asarray(y, np.float64)
+    y = y - y.mean(axis=0)
+    s = x.T @ x
+    lam = lc.DAMP * max(np.trace(s) / s.shape[0], 1e-12)
+    s[np.diag_indices_from(s)] += lam
+    c = x.T @ y + lam * w.T
+    from scipy import linalg
+    b = linalg.solve(s, c, assume_a="pos")            # (n_in, n_out): the anchored least squares W^T
+    g = c.T @ b
+    if gain is not None:
+        g = g * gain[:, None] * gain[None, :]
+    evals, evecs = np.linalg.eigh((g + g.T) / 2)
+    order = np.argsort(evals)[::-1]
+    return b, np.maximum(evals[order], 0), evecs[:, order]
+
+
+def rrr_factors(w, b, x, y, rank, gain=None):
+    """Data reconstruction of a weight ``w (n_out, n_in)`` with bias ``b``: ``(u, v, bias)``.
+
+    Minimises ``||y - x @ (u v).T - bias||^2 + lam ||u v - w||^2`` over rank-``rank`` products
+    (gain-weighted outputs), so the data error is never above the truncated SVD's. ``x (rows, n_in)``
+    are the layer's inputs on calibration data, ``y (rows, n_out)`` the original outputs without bias.
+    """
+    b_ols, _, evecs = _rrr_parts(w, x, y, gain)
+    q = evecs[:, :rank]
+    gw = np.ones(w.shape[0]) if gain is None else gain
+    u, v = q / gw[:, None], q.T @ (gw[:, None] * b_ols.T)
+    u, v = lc._balance(u, v)
+    base = np.zeros(w.shape[0]) if b is None else np.asarray(b, np.float64)
+    bias = base + np.asarray(y, np.float64).mean(axis=0) - (np.asarray(x, np.float64).mean(axis=0) @ v.T) @ u.T
+    return u, v, bias
+
+
+# ------------------------------------------------------------------ validation
+def _check_rank(value, plan):
+    if type(value) is bool or not isinstance(value, numbers.Integral) or not (1 <= value <= plan.max_rank):
+        raise CompressionParameterError(
+            f"factorize(): layer {plan.name!r} ({plan.scheme}): rank must be an int in "
+            f"[1, {plan.max_rank}], got {value!r}; pick a rank in that range")
+    return int(value)
+
+
+def _check_speedup(value, where="speedup"):
+    if type(value) is bool or not isinstance(value, numbers.Real) or not (1 < float(value) < math.inf):
+        raise CompressionParameterError(
+            f"factorize(): {where} must be a finite number > 1 (the factor by which MACs shrink), "
+            f"got {value!r}")
+    return float(value)
+
+
+def _accept(scheme):
+    def ok(layer):
+        if isinstance(layer, Dense):
+            return True
+        kh, kw = layer.kernel_size
+        return layer.groups == 1 and (kh > 1 and kw > 1 if scheme == "jaderberg" else kh * kw > 1)
+    return ok
+
+
+def _check_named(model, names, scheme):
+    for name in names:
+        layer = model[name].layer
+        if isinstance(layer, Conv2D):
+            kh, kw = layer.kernel_size
+            if layer.groups != 1:
+                raise CompressionParameterError(
+                    f"factorize(): {name!r} is a grouped or depthwise convolution (groups={layer.groups}); "
+                    "its filters are already small: leave it out of layers=")
+            if scheme == "jaderberg" and (kh == 1 or kw == 1):
+                raise CompressionParameterError(
+                    f"factorize(): {name!r} has a {kh}x{kw} kernel; scheme 'jaderberg' needs kh, kw > 1. "
+                    "Use scheme='channel' for it, or leave it out of layers=")
+        if f"{name}/v" in model.shapes:
+            raise CompressionParameterError(f"factorize(): the model already has a node {name + '/v'!r}")
+
+
+# ------------------------------------------------------------------ ranks
+def _rel_tail(spectrum):
+    """Relative error left by each rank: ``tail[r] = sum(spectrum[r:]) / sum(spectrum)``."""
+    total = float(spectrum.sum())
+    tail = np.concatenate([np.cumsum(spectrum[::-1])[::-1], [0.0]])
+    return tail / total if total > 0 else np.zeros_like(tail)
+
+
+def _rank_for_speedup(plan, speedup):
+    return int(min(plan.max_rank, max(1, plan.orig // (speedup * plan.unit))))
+
+
+def _allocate(plans, speedup):
+    """Ranks for a whole-selection MAC budget: greedy on relative error removed per MAC.
+
+    A layer whose best rank would cost as much as the layer itself stays unfactorized (rank None).
+    """
+    budget = sum(p.orig for p in plans) / speedup
+    ranks = {p.name: 1 for p in plans}
+    spent = sum(p.macs(1) for p in plans)
+    if spent > budget:
+        raise CompressionParameterError(
+            f"factorize(): speedup={speedup:g} is out of reach: even rank 1 everywhere costs "
+            f"{spent:,} MACs against a budget of {budget:,.0f}; ask for a smaller speedup")
+    tails = {p.name: _rel_tail(p.spectrum) for p in plans}
+    heap = []
+
+    def push(p):
+        r = ranks[p.name]
+        if r is None:
+            return
+        if r + 1 <= p.max_rank and p.macs(r + 1) < p.orig:
+            gain, cost = tails[p.name][r] - tails[p.name][r + 1], p.unit
+        else:
+            gain, cost = tails[p.name][r], p.orig - p.macs(r)
+        if gain <= 0:
+            return
+        heapq.heappush(heap, (-gain / max(cost, 1), p.name, cost))
+
+    by_name = {p.name: p for p in plans}
+    for p in plans:
+        push(p)
+    while heap:
+        _, name, cost = heapq.heappop(heap)
+        if spent + cost > budget:
+            continue
+        p, r = by_name[name], ranks[name]
+        spent += cost
+        ranks[name] = r + 1 if (r + 1 <= p.max_rank and p.macs(r + 1) < p.orig) else None
+        push(p)
+    return ranks
+
+
+def _ranks(plans, rank, energy, speedup, allocation):
+    if rank is not None:
+        return {p.name: _check_rank(rank[p.name] if isinstance(rank, dict) else rank, p) for p in plans}
+    if energy is not None:
+        out = {}
+        for p in plans:
+            kept = 1.0 - _rel_tail(p.spectrum)[1:]
+            out[p.name] = int(min(p.max_rank, np.searchsorted(kept, energy - 1e-12) + 1))
+        return out
+    if isinstance(speedup, dict):
+        return {p.name: _rank_for_speedup(p, _check_speedup(speedup[p.name], f"speedup[{p.name!r}]"))
+                for p in plans}
+    if allocation == "uniform":
+        return {p.name: _rank_for_speedup(p, speedup) for p in plans}
+    return _allocate(plans, speedup)
+
+
+def _check_keys(value, names, what):
+    if isinstance(value, dict):
+        missing = [n for n in names if n not in value]
+        extra = [n for n in value if n not in names]
+        if missing or extra:
+            raise CompressionParameterError(
+                f"factorize(): {what} dict must name exactly the selected layers {names}; "
+                f"missing {missing}, not selected {extra}")
+
+
+# ------------------------------------------------------------------ data
+def _rows(layer, x, rows):
+    """The layer's input rows (samples, or conv patches) at sorted indices ``rows`` (None: all)."""
+    if isinstance(layer, Dense) or rows is None:
+        return np.asarray(rows_of(layer, x, rows), np.float32)
+    n = x.shape[0]
+    per = int(np.prod(layer.output_shape(x.shape[1:])[:2]))
+    step = max(1, (64 << 20) // max(1, per * layer.weight.n_in * 4))
+    parts = []
+    for i0 in range(0, n, step):
+        i1 = min(n, i0 + step)
+        lo, hi = np.searchsorted(rows, [i0 * per, i1 * per])
+        if hi > lo:
+            parts.append(rows_of(layer, x[i0:i1], rows[lo:hi] - i0 * per))
+    return np.concatenate(parts)
+
+
+def _n_rows(layer, x):
+    return x.shape[0] if isinstance(layer, Dense) else x.shape[0] * int(np.prod(layer.output_shape(x.shape[1:])[:2]))
+
+
+def _spectrum(plan, data):
+    """Squared singular values (filter) or captured output energies (data) of the plan's matrix."""
+    if plan.scheme == "jaderberg":
+        kh, kw = plan.layer.kernel_size
+        chol = None
+        if data is not None:
+            try:
+                chol = lc.PatchProblem(data[0], data[1], kh, kw, plan.shape[2], plan.gain).vertical_cholesky()
+            except np.linalg.LinAlgError:
+                chol = None
+        return lc.jaderberg_spectrum(plan.w, kh, kw, plan.shape[2], plan.gain, chol)[0]
+    if data is None:
+        a = plan.w * plan.gain[:, None] if plan.gain is not None else plan.w
+        return np.linalg.svd(a, compute_uv=False) ** 2
+    return _rrr_parts(plan.w, data[0], data[1], plan.gain)[1][:plan.max_rank]
+
+
+def _factors(plan, rank, data, iterations):
+    """``(first_weight, second_weight, bias)`` as float64 arrays."""
+    b = plan.layer.bias
+    if plan.scheme == "jaderberg":
+        kh, kw = plan.layer.kernel_size
+        c = plan.shape[2]
+        if data is None:
+            v, h = lc.jaderberg_filter(plan.w, rank, kh, kw, c, plan.gain)
+            return v, h, b
+        problem = lc.PatchProblem(data[0], data[1], kh, kw, c, plan.gain)
+        v, h, bias, _ = lc.jaderberg_data(plan.w, b, rank, problem, iterations=iterations)
+        return v, h, bias
+    if data is None:
+        u, v = svd_factors(plan.w, rank, plan.gain)
+        return v, u, b
+    u, v, bias = rrr_factors(plan.w, b, data[0], data[1], rank, plan.gain)
+    return v, u, bias
+
+
+def _pair(plan, first, second, bias):
+    """The two layers that replace the plan's layer."""
+    f32 = lambda a: DenseMatrix(np.ascontiguousarray(a, np.float32))  # noqa: E731
+    bias = None if bias is None else np.asarray(bias, np.float32)
+    layer, k = plan.layer, first.shape[0]
+    if isinstance(layer, Dense):
+        return Dense(f32(first)), Dense(f32(second), bias)
+    if plan.scheme == "channel":
+        return (layer.replace(weight=f32(first), bias=None),
+                Conv2D(f32(second), bias, in_channels=k, kernel_size=(1, 1)))
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
+    t, bo, le, ri = layer.padding
+    return (Conv2D(f32(first), None, in_channels=layer.in_channels, kernel_size=(kh, 1), stride=(sh, 1),
+                   padding=(t, bo, 0, 0), dilation=(dh, 1)),
+            Conv2D(f32(second), bias, in_channels=k, kernel_size=(1, kw), stride=(1, sw),
+                   padding=(0, 0, le, ri), dilation=(1, dw)))
+
+
+def _split(model, name, first, second):
+    nodes = []
+    for n in model.nodes:
+        if n.name == name:
+            nodes += [Node(f"{name}/v", first, n.inputs), Node(name, second, (f"{name}/v",))]
+        else:
+            nodes.append(n)
+    return model.with_nodes(nodes)
+
+
+# ------------------------------------------------------------------ public
+def factorize(model, *, rank=None, energy=None, speedup=None, layers=None, calibration=None,
+              scheme="auto", allocation="global", iterations=3, seed=0):
+    """Replace Dense and Conv2D layers by products of two thinner layers.
+
+    Give exactly one of ``rank``, ``energy`` or ``speedup``.
+
+    Parameters
+    ----------
+    model : Model
+    rank : int or dict {name: int}, optional
+        Rank of every selected layer, or per layer (a dict also selects the layers): the inner width
+        r of a dense pair, the number K of intermediate channels of a conv pair. In [1, min(m, n)] of
+        the factorized matrix: ``(n_out, n_in)``; ``(kh*C, N*kw)`` for scheme 2; ``(N, kh*kw*C)`` for
+        the channel scheme.
+    energy : float in (0, 1], optional
+        Per layer, the smallest rank keeping this fraction of the squared singular values (of the
+        data-whitened spectrum when ``calibration`` is given).
+    speedup : float > 1 or dict {name: float}, optional
+        Target factor by which multiply-adds shrink: for the whole selection (``allocation="global"``:
+        ranks go where they remove the most relative error per MAC, and a layer that would not get
+        cheaper stays as it is), for each layer alike (``allocation="uniform"``), or per layer (dict).
+    layers : str, list of str or dict, optional
+        Nodes to factorize. Default: every Dense layer and every non-grouped conv whose kernel is
+        larger than 1 x 1 (k x k for scheme 2). Grouped/depthwise convs are refused by name, and so
+        are 1 x k / k x 1 convs under scheme ``"jaderberg"``.
+    calibration : array_like, optional
+        Inputs in the model's layout. Given: data reconstruction (see the module notes) and
+        data-aware spectra; otherwise filter reconstruction.
+    scheme : {"auto", "svd", "jaderberg", "channel"}
+        How convolutions are split (dense layers always use the SVD): ``"jaderberg"`` k x 1 then 1 x k;
+        ``"channel"`` (``"svd"`` alike) k x k into K channels then 1 x 1; ``"auto"``: scheme 2 for k x k
+        convs, except that with ``speedup`` each conv takes the scheme whose spectrum loses less
+        relative energy at that speedup (1 x 1 convs named in ``layers`` use the channel scheme).
+    allocation : {"global", "uniform"}
+        How a scalar ``speedup`` is spread over the layers (see ``speedup``).
+    iterations : int >= 0
+        Alternating refits of scheme-2 filters in data reconstruction.
+    seed : int
+        Seeds the subsample of calibration rows (at most 32,768 per layer).
+
+    Returns
+    -------
+    Model
+        A new model; node ``<name>/v`` (first factor, no bias) feeds node ``<name>`` (second factor
+        and the bias), so consumers and outputs are unchanged.
+    """
+    check_model(model, "factorize")
+    if not isinstance(scheme, str) or scheme not in SCHEMES:
+        raise CompressionParameterError(f"factorize(): scheme must be one of {SCHEMES}, got {scheme!r}")
+    given = [k for k, v in (("rank", rank), ("energy", energy), ("speedup", speedup)) if v is not None]
+    if len(given) != 1:
+        raise CompressionParameterError(
+            f"factorize(): give exactly one of rank=, energy=, speedup=; got {given or 'none'}")
+    if not isinstance(allocation, str) or allocation not in ALLOCATIONS:
+        raise CompressionParameterError(f"factorize(): allocation must be one of {ALLOCATIONS}, got {allocation!r}")
+    if type(iterations) is bool or not isinstance(iterations, numbers.Integral) or iterations < 0:
+        raise CompressionParameterError(f"factorize(): iterations must be an int >= 0, got {iterations!r}")
+    if type(seed) is bool or not isinstance(seed, numbers.Integral):
+        raise CompressionParameterError(f"factorize(): seed must be an int, got {seed!r}")
+    if energy is not None and (type(energy) is bool or not isinstance(energy, numbers.Real)
+                               or not (0 < float(energy) <= 1)):
+        raise CompressionParameterError(f"factorize(): energy must be a number in (0, 1], got {energy!r}")
+    if speedup is not None and not isinstance(speedup, dict):
+        speedup = _check_speedup(speedup)
+    if not isinstance(rank, (dict, type(None))) and (type(rank) is bool or not isinstance(rank, numbers.Integral)):
+        raise CompressionParameterError(f"factorize(): rank must be an int or a dict {{name: int}}, got {rank!r}")
+    x = check_calibration(calibration, model, "factorize")
+    per_layer = rank if isinstance(rank, dict) else speedup if isinstance(speedup, dict) else None
+    if per_layer is not None and layers is None:
+        layers = list(per_layer)
+    names = select_layers(model, layers, "factorize", accept=_accept(scheme) if layers is None else None)
+    if not names:
+        raise CompressionParameterError("factorize(): no Dense or (non-grouped, k x k) Conv2D layer selected")
+    _check_named(model, names, scheme)
+    _check_keys(per_layer, names, "rank" if isinstance(rank, dict) else "speedup")
+
+    def conv_scheme(layer):
+        kh, kw = layer.kernel_size
+        return "jaderberg" if scheme in ("auto", "jaderberg") and kh > 1 and kw > 1 else "channel"
+
+    plans = [_Plan(model, n, "svd" if isinstance(model[n].layer, Dense) else conv_scheme(model[n].layer))
+             for n in names]
+    if x is not None:
+        for p in plans:
+            if p.scheme != "jaderberg" and p.w.shape[1] > MAX_DATA_INPUTS:
+                raise CompressionParameterError(
+                    f"factorize(): layer {p.name!r} has {p.w.shape[1]} inputs; data reconstruction is "
+                    f"limited to {MAX_DATA_INPUTS}. Factorize it without calibration (layers=)")
+    data, rows = {}, {}
+    if x is not None:
+        ref_in = run_to(model, x, names)
+        for p in plans:
+            rows[p.name] = sample_rows(_n_rows(p.layer, ref_in[p.name]), seed, MAX_ROWS)
+            patches = _rows(p.layer, ref_in[p.name], rows[p.name])
+            data[p.name] = (patches, p.layer.weight.apply(patches))
+        del ref_in
+    if scheme == "auto" and speedup is not None:
+        for i, p in enumerate(plans):
+            if p.scheme == "jaderberg":
+                alt = _Plan(model, p.name, "channel")
+                target = speedup[p.name] if isinstance(speedup, dict) else speedup
+                errs = []
+                for q in (p, alt):
+                    q.spectrum = _spectrum(q, data.get(q.name))
+                    errs.append(_rel_tail(q.spectrum)[_rank_for_speedup(q, target)])
+                plans[i] = p if errs[0] <= errs[1] else alt
+    for p in plans:
+        if p.spectrum is None and (energy is not None or (speedup is not None and not isinstance(speedup, dict))):
+            p.spectrum = _spectrum(p, data.get(p.name))
+    ranks = _ranks(plans, rank, energy, speedup, allocation)
+
+    out = model
+    for k, p in enumerate(plans):
+        if ranks[p.name] is None:
+            continue
+        d = None
+        if x is not None:
+            first = all(ranks[q.name] is None for q in plans[:k])
+            cur = data[p.name][0] if first else _rows(p.layer, run_to(out, x, [p.name])[p.name], rows[p.name])
+            d = (cur, data[p.name][1])
+        out = _split(out, p.name, *_pair(p, *_factors(p, ranks[p.name], d, iterations)))
+    return out
