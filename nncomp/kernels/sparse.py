@@ -18,6 +18,7 @@ beyond 2**31 - 1 nonzeros); column indices sorted within rows. Nothing here vali
   Small batches (<= 64 samples) spread output rows over threads; large ones (convolution patches)
   spread blocks of 64 samples, each transposed into a thread-local buffer that stays in L2.
 """
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
@@ -125,7 +126,16 @@ def _make_tile(nvec):
     return tile
 
 
-_tile1, _tile2, _tile3, _tile4 = (_make_tile(k) for k in (1, 2, 3, 4))
+def _plain_tile(nvec):
+    """The tile as plain Python, for NUMBA_DISABLE_JIT runs (an intrinsic needs the compiler)."""
+    def tile(data, indices, xt, lo, hi, s0, acc, o):
+        cols = indices[lo:hi].astype(np.int64)
+        acc[o, s0:s0 + LANES * nvec] = data[lo:hi] @ xt[cols, s0:s0 + LANES * nvec]
+    return tile
+
+
+_make = _plain_tile if numba.config.DISABLE_JIT else _make_tile
+_tile1, _tile2, _tile3, _tile4 = (_make(k) for k in (1, 2, 3, 4))
 
 
 def _matvec(data, indices, indptr, x, out):
