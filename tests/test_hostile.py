@@ -491,6 +491,24 @@ def test_F22_damaged_global_heap(keras_file, field):
         nc.load(keras_file)
 
 
+def test_F22_heap_object_size_that_hangs_hdf5_is_caught_in_process(keras_file):
+    """Found by tests/test_fuzz.py: one flipped bit in a heap object's size made HDF5 loop forever while
+    reading model_config (GIL held). nncomp checks the heap's structure first, in Python. The load runs in
+    a child here only so that a regression fails the test instead of hanging it."""
+    data = bytearray(keras_file.read_bytes())
+    g = data.index(b"GCOL")
+    p, end = g + 16, g + int.from_bytes(data[g + 8:g + 16], "little")
+    while int.from_bytes(data[p:p + 2], "little") not in (0, 52):
+        p += 16 + (int.from_bytes(data[p + 8:p + 16], "little") + 7) // 8 * 8
+    assert p < end and int.from_bytes(data[p:p + 2], "little") == 52
+    data[p + 9] |= 0x08                                      # size += 2048
+    keras_file.write_bytes(bytes(data))
+    code = (f"import nncomp as nc\ntry:\n    nc.load({str(keras_file)!r})\nexcept nc.CorruptModelFileError:\n"
+            f"    print('refused')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "refused", out.stderr[-500:]
+
+
 def test_F23_huge_fixed_length_attribute(tmp_path):
     path = tmp_path / "big.h5"
     with h5py.File(path, "w", libver="latest") as f:

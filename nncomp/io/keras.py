@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import stat
 
 import numpy as np
 
@@ -102,7 +103,6 @@ def _architecture(arch, f):
 
 
 def _check_text_file(path):
-    import stat
     try:
         st = os.stat(path)
     except (OSError, ValueError) as e:

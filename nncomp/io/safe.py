@@ -132,6 +132,7 @@ class SafeFile:
         self.max_file_bytes = _check_cap(max_file_bytes, "max_file_bytes")
         self.allow_nonfinite = bool(allow_nonfinite)
         self.file = None
+        self._heaps_checked = False
         check_path(self.path)
         _plugins_off()
         self._plugins = True
@@ -301,6 +302,9 @@ class SafeFile:
                 raise CorruptModelFileError(self.path, label, f"expected a string attribute, got HDF5 class {tclass}")
             if vlen and n * _VLEN_BYTES > max_bytes:
                 raise UnsafeModelFileError(self.path, label, f"attribute holds {n} strings; limit {max_bytes} bytes")
+            if vlen and not self._heaps_checked:
+                check_global_heaps(self.path)
+                self._heaps_checked = True
             value = target.attrs[key]
             if isinstance(value, h5py.Empty):
                 raise CorruptModelFileError(self.path, label, "attribute is empty")
@@ -317,6 +321,66 @@ class SafeFile:
         text = self.attr(obj, key, **kw)
         where = obj if obj.startswith("/") else "/" + obj
         return None if text is None else parse_json(text, self.path, f"{where}@{key}")
+
+
+_GCOL = b"GCOL\x01\x00\x00\x00"
+_GCOL_MIN = 4096  # HDF5 never writes a smaller global heap collection (H5HG_MINSIZE)
+
+
+def check_global_heaps(path):
+    """Refuse a file whose global heap collections (where variable-length strings live) are inconsistent.
+
+    HDF5 trusts the object sizes inside a collection: one flipped size bit made it loop forever while
+    holding the GIL (found by tests/test_fuzz.py). Every collection header in the file must be
+    followed by objects that tile it exactly (16-byte headers, sizes padded to 8, a final free-space
+    object); that is checked here, in Python, before HDF5 reads any variable-length data.
+    """
+    import mmap
+    with guard(path, None, "cannot scan the file's global heaps"), open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size < len(_GCOL):
+            return
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            size_of_file = len(data)
+            base = 0
+            while base + 16 <= size_of_file and data[base:base + 8] != _HDF5_MAGIC:
+                base = 512 if base == 0 else base * 2
+            if base + 16 > size_of_file:
+                return
+            version = data[base + 8]
+            lengths = data[base + 14] if version in (0, 1) else data[base + 10]
+            if lengths != 8:
+                return  # only the layout h5py writes (8-byte lengths) is checked
+            g = data.find(_GCOL)
+            while g >= 0:
+                _check_collection(data, g, size_of_file, path)
+                g = data.find(_GCOL, g + 1)
+
+
+def _check_collection(data, g, eof, path):
+    if g + 16 > eof:
+        return
+    size = int.from_bytes(data[g + 8:g + 16], "little")
+    if size < _GCOL_MIN:
+        return  # HDF5 refuses such a collection itself ("global heap size is too small")
+    end = g + size
+    if end > eof:
+        raise CorruptModelFileError(path, None, f"global heap collection at byte {g} runs past the end of the file")
+    p, seen = g + 16, set()
+    while p + 16 <= end:
+        index = int.from_bytes(data[p:p + 2], "little")
+        n = int.from_bytes(data[p + 8:p + 16], "little")
+        if index == 0:  # free space: the rest of the collection, header included
+            if p + n != end:
+                raise CorruptModelFileError(path, None, f"global heap collection at byte {g}: free space at byte {p} "
+                                            f"is {n} bytes, but {end - p} remain")
+            return
+        if index in seen or p + 16 + n > end:
+            raise CorruptModelFileError(path, None, f"global heap collection at byte {g}: object {index} at byte "
+                                        f"{p} ({n} bytes) is inconsistent with the collection")
+        seen.add(index)
+        p += 16 + (n + 7) // 8 * 8
+    if p != end:
+        raise CorruptModelFileError(path, None, f"global heap collection at byte {g}: objects do not fill it")
 
 
 def convert(arr, dtype=np.float32, *, ndim=None, finite=True, path=None, obj=None):
