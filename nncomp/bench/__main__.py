@@ -50,8 +50,8 @@ def build_parser(prog="python -m nncomp.bench"):
     p.add_argument("--layer-batch", default=None, metavar="LIST", help="layer suite batch sizes (default 1,32)")
     p.add_argument("--threads", type=int, default=None, help="threads for nncomp, BLAS and the peers "
                    "(default: all cores)")
-    p.add_argument("--repeat", type=int, default=None, help="timed rounds per measurement (default 20; "
-                   "quick 3)")
+    p.add_argument("--repeat", type=int, default=None, help="timed rounds per measurement (default 15; "
+                   "quick 3), each measurement capped at 1.5 s (layers: 12 s)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default bench/out)")
     p.add_argument("--suite", choices=("all", "models", "layers"), default="all")
     p.add_argument("--keras", action="store_true", help="also run the Keras models in data/keras")
@@ -75,7 +75,7 @@ def parse_args(argv):
         p.error(f"--threads must be >= 1, got {a.threads}")
     if a.repeat is not None and a.repeat < 1:
         p.error(f"--repeat must be >= 1, got {a.repeat}")
-    a.repeat = a.repeat or (3 if a.quick else 20)
+    a.repeat = a.repeat or (3 if a.quick else 15)
     a.method_list = None
     if a.methods:
         a.method_list = [m.strip() for m in a.methods.split(",") if m.strip()]
@@ -134,10 +134,13 @@ def run(args):
               "seeds": {"data_split": 20261128, "calibration": f"the first {suite.CALIBRATION_SAMPLES} training "
                         "digits", "methods": "each method's default seed (0)", "layer_weights": 0,
                         "layer_inputs": 1},
-              "models": [], "layers": [], "plots": {}}
+              "loadavg_start": list(os.getloadavg()), "models": [], "layers": [], "plots": {}}
     say(f"nncomp.bench: {threads} threads, peers: "
         + (", ".join(f"{k} {v}" for k, v in result["peers"].items()) if with_peers else "off")
         + f"; output {out}")
+    if os.getloadavg()[0] > threads:
+        say(f"warning: load average {os.getloadavg()[0]:.1f} > {threads} threads: other processes share the cores, "
+            "and multi-threaded timings will be noisy")
 
     if args.suite in ("all", "layers"):
         say("measuring the roofline limits (DRAM read, sgemm) ...")
@@ -152,7 +155,7 @@ def run(args):
             try:
                 rows = suite.run_model(path, recipes=recipes, batches=args.batches, repeat=args.repeat,
                                        threads=threads, with_peers=with_peers, data=args.data,
-                                       max_seconds=1.0 if args.quick else 4.0,
+                                       max_seconds=1.0 if args.quick else 1.5,
                                        max_samples=200 if args.quick else None, progress=say)
             except (NncompError, OSError, KeyError) as e:
                 fail(f"{path}: {e}")
@@ -169,6 +172,7 @@ def run(args):
             progress=say)
 
     result["wall_s"] = time.perf_counter() - start
+    result["loadavg_end"] = list(os.getloadavg())
     if not args.no_plots and result["models"]:
         result["plots"] = plots.plot_all(result["models"], out)
     report.write_all(result, out)

@@ -142,7 +142,7 @@ LAYER_RECIPES = [
     LayerRecipe("nncomp CSR 90%", lambda m: _nc().prune(m, sparsity=0.9), ("dense",), ("prune",)),
     LayerRecipe("nncomp CSR 95%", lambda m: _nc().prune(m, sparsity=0.95), ("dense",), ("prune",)),
     LayerRecipe("nncomp pruned 80%", lambda m: _nc().prune(m, sparsity=0.8), ("conv",), ("prune",)),
-    LayerRecipe("nncomp 50% filters removed", lambda m: _nc().prune_filters(m, fraction=0.5), ("conv",),
+    LayerRecipe("nncomp 50% filters removed", lambda m: _nc().prune_filters(m, ratio=0.5), ("conv",),
                 ("prune_filters",)),
     LayerRecipe("nncomp int8 weights", lambda m: _nc().quantize(m, weights_only=True), needs=("quantize",)),
     LayerRecipe("nncomp int8 dynamic", lambda m: _nc().quantize(m), needs=("quantize",)),

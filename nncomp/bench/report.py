@@ -171,7 +171,8 @@ def markdown(result):
     s = result["settings"]
     lines = ["# nncomp benchmark", "",
              f"{m['date']} · {m['cpu']} · {m['cores']} cores · threads {s['threads']} · "
-             f"wall time {result['wall_s']:.0f} s · `{result['command']}`", "",
+             f"wall time {result['wall_s']:.0f} s · load average {result['loadavg_start'][0]:.1f} at the start, "
+             f"{result['loadavg_end'][0]:.1f} at the end · `{result['command']}`", "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), ""]
     if lim:
         lines += [f"Roofline limits measured at the start: DRAM read {lim['bandwidth_GBps']:.1f} GB/s "
