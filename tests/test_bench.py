@@ -193,3 +193,21 @@ def test_compare_rejects_bad_arguments(args, kwargs):
 def test_markdown_tables_escape_pipes():
     md = report.md_table(["a", "b"], [["x|y", "1"]])
     assert "x\\|y" in md and md.count("\n") == 2
+
+
+def test_model_option_with_data_npz_in_process(tmp_path, capsys):
+    """--model PATH --data NPZ through ``python -m nncomp bench`` (the CLI forwards to the benchmark)."""
+    from nncomp import cli
+    model = nc.load(LENET300)
+    x, y = nc.data.mnist("test", layout="NC")
+    np.savez(tmp_path / "d.npz", x=x[:40], y=y[:40])
+    out = tmp_path / "out"
+    code = cli.main(["bench", "--model", LENET300, "--data", str(tmp_path / "d.npz"), "--suite", "models",
+                     "--methods", "dense,quantize", "--no-peers", "--no-plots", "--quick", "--batch", "1,4",
+                     "--out", str(out)])
+    assert code == 0
+    res = json.loads((out / "result.json").read_text())
+    assert {r["method"] for r in res["models"]} <= {"dense", "quantize"} and res["layers"] == []
+    dense = res["models"][0]
+    assert dense["accuracy"] == pytest.approx(float((model(x[:40]).argmax(1) == y[:40]).mean()))
+    assert res["settings"]["batches"] == [1, 4] and "lenet300" in capsys.readouterr().out
