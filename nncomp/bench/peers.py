@@ -375,7 +375,8 @@ def _quiet():
 
 
 def torch_bytes(model, int8=False):
-    """Weight bytes the torch peer holds: float32 everywhere, 1 byte per Linear weight with int8."""
+    """Weight bytes a peer holds: float32 everywhere; with int8, 1 byte per Dense weight (torch's
+    dynamic Linear, ORT's dynamic MatMul) plus a per-tensor scale and zero point."""
     total = 0
     for node in model.nodes:
         layer = node.layer

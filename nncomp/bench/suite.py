@@ -99,9 +99,9 @@ PEERS = [
     ("torch", "float32 eager", lambda m, t: peers.torch_model(m), lambda m: peers.torch_bytes(m)),
     ("torch", "dynamic int8 Linear", lambda m, t: peers.torch_model(m, int8=True),
      lambda m: peers.torch_bytes(m, int8=True)),
-    ("onnxruntime", "float32", lambda m, t: peers.ort_model(m, threads=t), lambda m: None),
+    ("onnxruntime", "float32", lambda m, t: peers.ort_model(m, threads=t), lambda m: peers.torch_bytes(m)),
     ("onnxruntime", "dynamic int8 MatMul", lambda m, t: peers.ort_model(m, threads=t, int8=True),
-     lambda m: None),
+     lambda m: peers.torch_bytes(m, int8=True)),
 ]
 
 METHOD_NAMES = sorted({r.method for r in RECIPES} | {"dense", "peers"})
