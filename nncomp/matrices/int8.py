@@ -38,6 +38,10 @@ TINY = float(np.finfo(np.float32).tiny)
 ACTIVATIONS = ("float", "dynamic", "static")
 ACT_DTYPES = ("uint8", "int8")
 KBLOCK = 65536          # int32 sums of at most this many u8 x s8 products cannot overflow
+# The element-wise steps (quantize, dequantize) are cheap next to the product: they run serially
+# below this many elements, so that a call launches one parallel region, not three (each launch
+# waits for every pool thread, which costs most on a busy machine).
+ELEMENTWISE_PARALLEL_MIN = 1 << 22
 
 
 def quantize_weights(w, per_channel=True):
@@ -94,6 +98,10 @@ def _problems(shape, scale, activations, act_dtype, act_scale, act_zero):
     elif act_scale is not None or act_zero is not None:
         bad.append(f"act_scale/act_zero are for static activations only (activations={activations!r})")
     return bad
+
+
+def _elementwise(kernels, n_elements):
+    return kernels[1] if n_elements >= ELEMENTWISE_PARALLEL_MIN and _jit.numba.get_num_threads() > 1 else kernels[0]
 
 
 def panel_width(n_out):
@@ -261,7 +269,7 @@ class Int8Matrix(Matrix):
         kp = 4 * n_g
         sx, z = self._act_params(x)
         xu = np.empty((n, kp), np.uint8)
-        bad = _jit.pick((quant.int8_quantize, quant.int8_quantize_parallel), n * kp)(
+        bad = _elementwise((quant.int8_quantize, quant.int8_quantize_parallel), n * kp)(
             x, np.float32(sx), z, 0, 255, xu)
         if bad:
             raise InputError(f"int8 layer {self.shape}: input holds {bad} NaN or Inf value(s); "
@@ -279,7 +287,7 @@ class Int8Matrix(Matrix):
                 matmul(xu, self.packed, k0, min(k0 + KBLOCK, kp), acc)
                 total += acc
             acc = total
-        _jit.pick((quant.int8_dequantize, quant.int8_dequantize_parallel), n * n_out)(
+        _elementwise((quant.int8_dequantize, quant.int8_dequantize_parallel), n * n_out)(
             acc, z, self._colsum, np.float32(sx), self.scale, out)
         return out
 
