@@ -21,9 +21,10 @@ from ..kernels import sparse as kernels
 from .base import Matrix, expect, register_format
 from .dense import DenseMatrix
 
-# Above this density (fraction of nonzeros) dense storage applied by BLAS is at least as fast as CSR
-# at batch 1, where CSR pays ~3x more per stored weight than dense (a 6-byte gather against a
-# streamed 4-byte load). bench/sparse.py measures the crossover ("density sweep").
+# Above this density (fraction of nonzeros) pruning keeps dense storage. At batch 1 CSR pays ~3-4x
+# more per stored weight than dense (a gathered 6-byte nonzero against a streamed 4-byte weight);
+# bench/sparse.py's density sweep on fc7 puts the crossover between 40% and 60% density on a loaded
+# 2-core machine (CSR/dense 0.66 at 30%); 30% keeps a margin for the noise and for small layers.
 DENSE_ABOVE_DENSITY = 0.30
 
 
