@@ -6,6 +6,9 @@ import numpy as np
 from .base import Matrix, expect, register_format
 
 
+SMALL_BATCH = 256
+
+
 @register_format
 @dataclass(frozen=True, repr=False, eq=False)
 class DenseMatrix(Matrix):
@@ -30,6 +33,10 @@ class DenseMatrix(Matrix):
         return self.w.nbytes
 
     def _apply(self, x):
+        # OpenBLAS splits its work over the rows of the left operand: with few samples, putting
+        # the weight on the left is 2-5x faster (fc6 at batch 32: 89 ms against 275 ms here).
+        if x.shape[0] < SMALL_BATCH:
+            return (self.w @ x.T).T
         return x @ self.w.T
 
     def to_dense(self):
