@@ -1,0 +1,74 @@
+"""The Deep Compression pipeline (Han et al., 2016): prune, share, Huffman-code, in one call.
+
+Recipe (what :func:`deep_compression` runs, step by step, so each stage can be inspected)::
+
+    import nncomp as nc
+    model = nc.load("data/lenet300.h5")
+    calib, _ = nc.data.mnist("train", layout="NC")       # training digits only
+    pruned = nc.prune(model, sparsity=0.92, calibration=calib, storage="csr")
+    shared = nc.share(pruned, bits=5, sparse=True)       # codebooks over the surviving weights
+    small = nncomp.compress.sharing.refit_model(model, shared, calib, names)   # optional
+    print(nc.size_report(small))                         # bytes per stage and layer
+    nc.save(small, "lenet300-dc.h5", huffman=True)       # Huffman-coded codes and relative indices
+
+Deep Compression retrains after pruning and fine-tunes the shared centroids; nncomp is
+forward-only and replaces both by least-squares refits on calibration data: pruning refits the
+surviving weights (nncomp.compress.pruning), sharing refits the centroids and biases so that each
+layer reproduces the *dense* model's layer outputs (nncomp.compress.sharing).
+"""
+import numpy as np
+
+from ..errors import CompressionParameterError
+from .calibration import check_calibration, check_model, select_layers
+from .sharing import INITS, _shareable, bits_for, refit_model, share
+
+DEFAULT_BITS = {"conv": 8, "dense": 5}
+
+
+def deep_compression(model, *, sparsity=0.92, bits=None, calibration=None, init="linear", layers=None,
+                     seed=0):
+    """Prune, then share the surviving weights through per-layer k-means codebooks.
+
+    Save the result with ``nc.save(result, path, huffman=True)`` to Huffman-code the codes and
+    relative indices; :func:`nncomp.size_report` shows the bytes after each stage.
+
+    Parameters
+    ----------
+    model : Model
+    sparsity : float or dict {layer: float}
+        Fraction of weights removed (``nc.prune``); a dict gives per-layer values (Deep Compression
+        pruned LeNet-300-100 to 8% / 9% / 26% of the weights of its three layers).
+    bits : int or dict, optional
+        Code width per layer, 1..8 (``nc.share``); default ``{"conv": 8, "dense": 5}`` as in the paper.
+    calibration : ndarray, optional
+        Inputs in the model's layout (training data): refits the pruned weights and then the
+        centroids and biases, layer by layer, to the dense model's outputs.
+    init : {"linear", "density", "random"}
+        k-means initialisation.
+    layers : list of str, optional
+        Layers to compress (default: every Dense and non-grouped Conv2D). Ignored for pruning when
+        ``sparsity`` is a dict (its keys choose the layers).
+    seed : int
+
+    Returns
+    -------
+    Model
+        Pruned layers become CSR codebook matrices (``CSRCodebookMatrix``), unpruned ones dense codebooks.
+    """
+    from .pruning import prune
+
+    check_model(model, "deep_compression")
+    if init not in INITS:
+        raise CompressionParameterError(f"deep_compression(): init must be one of {INITS}, got {init!r}")
+    if type(seed) is bool or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise CompressionParameterError(f"deep_compression(): seed must be an int >= 0, got {seed!r}")
+    x = check_calibration(calibration, model, "deep_compression")
+    names = list(sparsity) if isinstance(sparsity, dict) else select_layers(
+        model, layers, "deep_compression", accept=_shareable)
+    per_layer = bits_for(DEFAULT_BITS if bits is None else bits, model, names, "deep_compression")
+    pruned = prune(model, sparsity=sparsity, layers=None if isinstance(sparsity, dict) else names,
+                   calibration=x, storage="csr", seed=int(seed))
+    shared = share(pruned, per_layer, init=init, layers=names, seed=int(seed), sparse=True)
+    if x is not None:
+        shared = refit_model(model, shared, x, names, seed=int(seed))
+    return shared

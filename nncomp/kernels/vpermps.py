@@ -1,0 +1,217 @@
+"""AVX-512 fast path for 4-bit codebook products: the 16-entry codebook lives in one zmm register.
+
+A gather per weight (``cb[code]``) makes a codebook product slower than dense float32. Here the
+padded codebook ``cb16`` is loaded once into a ``<16 x float>`` register, and every 16 packed bytes
+(32 codes) become two weight vectors by zero-extension, a mask, a shift and two ``vpermps``
+(``llvm.x86.avx512.permvar.sf.512``), written in LLVM IR through ``numba.extending.intrinsic``.
+A block of ``R`` weight rows x ``C`` input rows keeps its ``R*C`` lane accumulators in registers.
+
+The arithmetic is the contract of kernels/codebook.py (sixteen lane accumulators, separate multiply
+and add, the fixed lane tree), so ``codebook_matmul4_vpermps`` gives results bit-identical to the
+portable ``codebook_matmul4``. Callers check :data:`HAVE_AVX512` first: on a CPU without AVX-512F
+the intrinsic would not compile.
+"""
+import llvmlite.binding as llvm
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ._jit import both
+from .codebook import _reduce16
+
+# Register blocks: ROWS1 weight rows for one input row; ROWS weight rows x COLS input rows for batches.
+ROWS1, ROWS, COLS = 8, 4, 4
+# Batches: SUPER weight rows run over one chunk of KCHUNK column blocks (of 32 columns) of every
+# input row before moving on, so that the chunk (at most 8 KiB per input row) stays in L2.
+SUPER, KCHUNK = 32, 64
+
+
+def _host_has_avx512():
+    """True where the JIT targets this CPU and the CPU has AVX-512F."""
+    cfg = numba.core.config
+    if cfg.DISABLE_JIT or (cfg.CPU_NAME not in (None, "host")):
+        return False
+    try:
+        feats = llvm.get_host_cpu_features()
+    except Exception:  # noqa: BLE001 - unknown host: use the portable kernel
+        return False
+    return bool(feats.get("avx512f"))
+
+
+HAVE_AVX512 = _host_has_avx512()
+
+
+def _declare(module, name, fnty):
+    fn = module.globals.get(name)
+    return fn if fn is not None else ir.Function(module, fnty, name)
+
+
+def _make_block(R, C, stride):
+    """Intrinsic ``block(codes, x, cb16, o0, i0, b0, nb, acc)``: run column blocks ``b0 .. b0+nb``.
+
+    Accumulator ``(r, c)`` (weight row ``o0 + r``, input row ``i0 + c``) is the 16 floats at
+    ``acc[(r*stride + c)*16:]``: loaded, advanced over the blocks in order, stored back.
+    """
+
+    @intrinsic
+    def block(typingctx, codes, x, cb16, o0, i0, b0, nb, acc):
+        sig = types.void(codes, x, cb16, o0, i0, b0, nb, acc)
+
+        def codegen(context, builder, signature, args):
+            ca = context.make_array(signature.args[0])(context, builder, args[0])
+            xa = context.make_array(signature.args[1])(context, builder, args[1])
+            cba = context.make_array(signature.args[2])(context, builder, args[2])
+            aa = context.make_array(signature.args[7])(context, builder, args[7])
+            intp = context.get_value_type(types.intp)
+            o0_, i0_, b0_, nb_ = (context.cast(builder, v, t, types.intp)
+                                  for v, t in zip(args[3:7], signature.args[3:7]))
+            c_cols = cgutils.unpack_tuple(builder, ca.shape, 2)[1]
+            x_cols = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
+            i8, i32, f32 = ir.IntType(8), ir.IntType(32), ir.FloatType()
+            v16b, v16i, v16f = ir.VectorType(i8, 16), ir.VectorType(i32, 16), ir.VectorType(f32, 16)
+            perm = _declare(builder.module, "llvm.x86.avx512.permvar.sf.512",
+                            ir.FunctionType(v16f, [v16f, v16i]))
+
+            def vload(ptr, vty):
+                return builder.load(builder.bitcast(ptr, vty.as_pointer()), align=1)
+
+            table = vload(cba.data, v16f)
+            crow = [builder.gep(ca.data, [builder.add(builder.mul(builder.add(o0_, intp(r)), c_cols),
+                                                      builder.mul(b0_, intp(16)))]) for r in range(R)]
+            xrow = [builder.gep(xa.data, [builder.add(builder.mul(builder.add(i0_, intp(c)), x_cols),
+                                                      builder.mul(b0_, intp(32)))]) for c in range(C)]
+            aptr = [builder.gep(aa.data, [intp(16 * (r * stride + c))]) for r in range(R) for c in range(C)]
+            init = [vload(p, v16f) for p in aptr]
+            mask = ir.Constant(v16i, [15] * 16)
+            four = ir.Constant(v16i, [4] * 16)
+
+            pre = builder.block
+            loop = builder.append_basic_block("cb4_loop")
+            done = builder.append_basic_block("cb4_done")
+            builder.cbranch(builder.icmp_signed(">", nb_, intp(0)), loop, done)
+
+            builder.position_at_end(loop)
+            idx = builder.phi(intp)
+            idx.add_incoming(intp(0), pre)
+            accs = []
+            for v in init:
+                a = builder.phi(v16f)
+                a.add_incoming(v, pre)
+                accs.append(a)
+            coff, xoff = builder.mul(idx, intp(16)), builder.mul(idx, intp(32))
+            wlo, whi = [], []
+            for r in range(R):
+                b = builder.zext(vload(builder.gep(crow[r], [coff]), v16b), v16i)
+                wlo.append(builder.call(perm, [table, builder.and_(b, mask)]))
+                whi.append(builder.call(perm, [table, builder.lshr(b, four)]))
+            xlo = [vload(builder.gep(p, [xoff]), v16f) for p in xrow]
+            xhi = [vload(builder.gep(p, [builder.add(xoff, intp(16))]), v16f) for p in xrow]
+            new = []
+            for r in range(R):
+                for c in range(C):
+                    a = builder.fadd(accs[r * C + c], builder.fmul(xlo[c], wlo[r]))
+                    new.append(builder.fadd(a, builder.fmul(xhi[c], whi[r])))
+            nxt = builder.add(idx, intp(1))
+            end = builder.block
+            idx.add_incoming(nxt, end)
+            for a, v in zip(accs, new):
+                a.add_incoming(v, end)
+            builder.cbranch(builder.icmp_signed("<", nxt, nb_), loop, done)
+
+            builder.position_at_end(done)
+            fins = []
+            for v0, v1 in zip(init, new):
+                fin = builder.phi(v16f)
+                fin.add_incoming(v0, pre)
+                fin.add_incoming(v1, end)
+                fins.append(fin)
+            for p, fin in zip(aptr, fins):
+                builder.store(fin, builder.bitcast(p, v16f.as_pointer()), align=1)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    block.__name__ = f"_block4_{R}x{C}_{stride}"
+    return block
+
+
+_B1 = {r: _make_block(r, 1, 1) for r in (1, ROWS1)}
+_B = {(r, c): _make_block(r, c, COLS) for r in (1, ROWS) for c in range(1, COLS + 1)}
+_b8x1, _b1x1s = _B1[ROWS1], _B1[1]
+_b4x4, _b4x3, _b4x2, _b4x1 = (_B[ROWS, c] for c in (4, 3, 2, 1))
+_b1x4, _b1x3, _b1x2, _b1x1 = (_B[1, c] for c in (4, 3, 2, 1))
+
+
+@njit(cache=True, nogil=True)
+def _block(codes, x, cb16, o0, i0, b0, m, rows, cols, acc):
+    """Dispatch one register block of ``rows`` (ROWS or 1) x ``cols`` (1..COLS) to its intrinsic."""
+    if rows == ROWS:
+        if cols == 4:
+            _b4x4(codes, x, cb16, o0, i0, b0, m, acc)
+        elif cols == 3:
+            _b4x3(codes, x, cb16, o0, i0, b0, m, acc)
+        elif cols == 2:
+            _b4x2(codes, x, cb16, o0, i0, b0, m, acc)
+        else:
+            _b4x1(codes, x, cb16, o0, i0, b0, m, acc)
+    elif cols == 4:
+        _b1x4(codes, x, cb16, o0, i0, b0, m, acc)
+    elif cols == 3:
+        _b1x3(codes, x, cb16, o0, i0, b0, m, acc)
+    elif cols == 2:
+        _b1x2(codes, x, cb16, o0, i0, b0, m, acc)
+    else:
+        _b1x1(codes, x, cb16, o0, i0, b0, m, acc)
+
+
+def _matmul4_vpermps(codes, x, cb16, out):
+    """``codebook_matmul4`` (same layout, same bits) with the codebook held in a zmm register.
+
+    IN  codes (n_out, nb*16) uint8 packed 4-bit codes; x (n, nb*32) float32; cb16 (16,) float32.
+    OUT out (n, n_out) float32, overwritten.
+    """
+    n = x.shape[0]
+    n_out, width = codes.shape
+    nb = width // 16
+    if n == 1:   # one input row: ROWS1 weight rows per block, the whole row length in registers
+        for ob in prange((n_out + ROWS1 - 1) // ROWS1):
+            o0 = ob * ROWS1
+            acc = np.zeros(ROWS1 * 16, np.float32)
+            if n_out - o0 >= ROWS1:
+                _b8x1(codes, x, cb16, o0, 0, 0, nb, acc)
+            else:
+                for r in range(n_out - o0):
+                    _b1x1s(codes, x, cb16, o0 + r, 0, 0, nb, acc[r * 16:r * 16 + 16])
+            for r in range(min(ROWS1, n_out - o0)):
+                out[0, o0 + r] = _reduce16(acc[r * 16:r * 16 + 16])
+        return
+    nib = (n + COLS - 1) // COLS
+    for sb in prange((n_out + SUPER - 1) // SUPER):   # SUPER rows share each chunk of the inputs
+        s0 = sb * SUPER
+        nrow = min(SUPER, n_out - s0)
+        accs = np.zeros(((nrow + ROWS - 1) // ROWS, nib, ROWS * COLS * 16), np.float32)
+        for b0 in range(0, nb, KCHUNK):
+            m = min(KCHUNK, nb - b0)
+            for j in range(accs.shape[0]):
+                o0 = s0 + j * ROWS
+                rows = min(ROWS, s0 + nrow - o0)
+                for ii in range(nib):
+                    cols = min(COLS, n - ii * COLS)
+                    if rows == ROWS:
+                        _block(codes, x, cb16, o0, ii * COLS, b0, m, ROWS, cols, accs[j, ii])
+                    else:
+                        for r in range(rows):
+                            _block(codes, x, cb16, o0 + r, ii * COLS, b0, m, 1, cols,
+                                   accs[j, ii, r * COLS * 16:])
+        for j in range(accs.shape[0]):
+            for r in range(min(ROWS, s0 + nrow - s0 - j * ROWS)):
+                for ii in range(nib):
+                    for c in range(min(COLS, n - ii * COLS)):
+                        k = (r * COLS + c) * 16
+                        out[ii * COLS + c, s0 + j * ROWS + r] = _reduce16(accs[j, ii, k:k + 16])
+
+
+codebook_matmul4_vpermps, codebook_matmul4_vpermps_parallel = both(_matmul4_vpermps)

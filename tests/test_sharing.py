@@ -1,0 +1,381 @@
+"""k-means weight sharing: kernels against their NumPy twins, codebook formats, share(), the pipeline."""
+import numpy as np
+import pytest
+from hypothesis import example, given, strategies as st
+
+import nncomp as nc
+import reference as ref
+from conftest import assert_close_f32
+from nncomp.compress.sharing import kmeans_codebook
+from nncomp.errors import CompressionParameterError, CorruptModelFileError
+from nncomp.kernels import codebook as K
+from nncomp.kernels import kmeans as KM
+from nncomp.kernels import vpermps as V
+from nncomp.matrices.codebook import CodebookMatrix, pack, unpack
+from nncomp.matrices.csr_codebook import CSRCodebookMatrix, gaps_of, positions_of
+
+needs_avx512 = pytest.mark.skipif(not V.HAVE_AVX512, reason="CPU without AVX-512F")
+seeds = st.integers(0, 2**31 - 1)
+
+
+def _packed4(rng, n_out, nb, k=16, integer=False):
+    codes = rng.integers(0, k, (n_out, nb * 32)).astype(np.uint8)
+    cb = np.zeros(16, np.float32)
+    cb[:k] = rng.integers(-8, 8, k) if integer else rng.standard_normal(k)
+    return pack(codes, 4), cb
+
+
+KERNELS4 = [K.codebook_matmul4, K.codebook_matmul4_parallel]
+FAST4 = [pytest.param(V.codebook_matmul4_vpermps, marks=needs_avx512),
+         pytest.param(V.codebook_matmul4_vpermps_parallel, marks=needs_avx512)]
+
+
+@pytest.mark.parametrize("kernel", KERNELS4 + FAST4)
+@given(n=st.integers(1, 9), n_out=st.integers(1, 11), nb=st.integers(1, 4), seed=seeds, integer=st.booleans())
+@example(n=1, n_out=9, nb=3, seed=0, integer=False)
+@example(n=5, n_out=4, nb=1, seed=1, integer=True)
+def test_codebook_matmul4_matches_reference(kernel, n, n_out, nb, seed, integer):
+    rng = np.random.default_rng(seed)
+    codes, cb = _packed4(rng, n_out, nb, integer=integer)
+    x = (rng.integers(-8, 8, (n, nb * 32)) if integer else rng.standard_normal((n, nb * 32))).astype(np.float32)
+    out = np.full((n, n_out), np.nan, np.float32)
+    kernel(codes, x, cb, out)
+    assert np.array_equal(out, ref.codebook_matmul4(codes, x, cb))    # the summation contract, bit for bit
+    w = ref.codebook_dense(codes, cb, 4)
+    assert_close_f32(out, x.astype(np.float64) @ w.T, np.abs(x) @ np.abs(w).T, nb * 32)
+
+
+@needs_avx512
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 37])
+def test_codebook_matmul4_vpermps_matches_reference(n):
+    """The register path equals the portable loops bit for bit, on every batch/row-tail shape."""
+    rng = np.random.default_rng(n)
+    codes, cb = _packed4(rng, 45, 70)      # 45 rows: tails of the 4- and 8-row blocks; 70 blocks > KCHUNK
+    x = rng.standard_normal((n, 70 * 32)).astype(np.float32)
+    outs = []
+    for kern in (K.codebook_matmul4, V.codebook_matmul4_vpermps, V.codebook_matmul4_vpermps_parallel):
+        out = np.empty((n, 45), np.float32)
+        kern(codes, x, cb, out)
+        outs.append(out)
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+    assert np.array_equal(outs[0], ref.codebook_matmul4_vpermps(codes, x, cb))
+
+
+@pytest.mark.parametrize("kernel", [K.codebook_matmul8, K.codebook_matmul8_parallel])
+@given(n=st.integers(1, 6), n_out=st.integers(1, 9), nb=st.integers(1, 4), k=st.integers(1, 256), seed=seeds)
+def test_codebook_matmul8_matches_reference(kernel, n, n_out, nb, k, seed):
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, k, (n_out, nb * 16)).astype(np.uint8)
+    cb = rng.standard_normal(k).astype(np.float32)
+    x = rng.standard_normal((n, nb * 16)).astype(np.float32)
+    out = np.empty((n, n_out), np.float32)
+    kernel(codes, x, cb, out)
+    assert np.array_equal(out, ref.codebook_matmul8(codes, x, cb))
+    w = cb.astype(np.float64)[codes]
+    assert_close_f32(out, x.astype(np.float64) @ w.T, np.abs(x) @ np.abs(w).T, nb * 16)
+
+
+@given(n_out=st.integers(1, 6), n_in=st.integers(1, 12), k=st.integers(1, 8), seed=seeds)
+def test_codebook_gram_matches_reference(n_out, n_in, k, seed):
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, k, (n_out, n_in)).astype(np.uint8)
+    a = rng.integers(-3, 4, (5, n_in)).astype(np.float64)
+    cov = a.T @ a                                             # small integers: exact
+    g = np.zeros((k, k))
+    K.codebook_gram(codes, cov, k, g)
+    assert np.array_equal(g, ref.codebook_gram(codes, cov, k))
+
+
+def _random_csr(rng, n_out, n_in, density, k):
+    mask = rng.random((n_out, n_in)) < density
+    pos = np.flatnonzero(mask)
+    return CSRCodebookMatrix.from_positions(pos, rng.integers(0, k, pos.size), rng.standard_normal(k), 8,
+                                            (n_out, n_in))
+
+
+@given(n_out=st.integers(1, 6), n_in=st.integers(1, 12), k=st.integers(1, 8), seed=seeds)
+def test_csr_codebook_gram_matches_reference(n_out, n_in, k, seed):
+    rng = np.random.default_rng(seed)
+    m = _random_csr(rng, n_out, n_in, 0.4, k)
+    a = rng.integers(-3, 4, (5, n_in)).astype(np.float64)
+    g = np.zeros((k, k))
+    K.csr_codebook_gram(m.codes, m.indices, m.indptr, a.T @ a, k, g)
+    assert np.array_equal(g, ref.csr_codebook_gram(m.codes, m.indices, m.indptr, a.T @ a, k))
+
+
+@pytest.mark.parametrize("kernel", [K.csr_codebook_matvec, K.csr_codebook_matvec_parallel])
+@given(n_out=st.integers(1, 9), n_in=st.integers(1, 40), density=st.floats(0, 1), seed=seeds)
+def test_csr_codebook_matvec_matches_reference(kernel, n_out, n_in, density, seed):
+    rng = np.random.default_rng(seed)
+    m = _random_csr(rng, n_out, n_in, density, 7)
+    x = rng.standard_normal(n_in).astype(np.float32)
+    out = np.full(n_out, np.nan, np.float32)
+    kernel(m.codes, m.indices, m.indptr, m.codebook, x, out)
+    mag = ref.csr_codebook_matvec(m.codes, m.indices, m.indptr, np.abs(m.codebook), np.abs(x))
+    assert_close_f32(out, ref.csr_codebook_matvec(m.codes, m.indices, m.indptr, m.codebook, x), mag, n_in)
+
+
+@pytest.mark.parametrize("kernel", [K.csr_codebook_matmul, K.csr_codebook_matmul_parallel])
+@given(n=st.integers(1, 7), n_out=st.integers(1, 9), n_in=st.integers(1, 40), density=st.floats(0, 1), seed=seeds)
+def test_csr_codebook_matmul_matches_reference(kernel, n, n_out, n_in, density, seed):
+    rng = np.random.default_rng(seed)
+    m = _random_csr(rng, n_out, n_in, density, 7)
+    xt = rng.integers(-4, 5, (n_in, n)).astype(np.float32)        # small integers: exact sums
+    out = np.full((n_out, n), np.nan, np.float32)
+    kernel(m.codes, m.indices, m.indptr, np.round(m.codebook * 4) / 4, xt, out)
+    assert np.array_equal(out, ref.csr_codebook_matmul(m.codes, m.indices, m.indptr,
+                                                       np.round(m.codebook * 4) / 4, xt))
+
+
+@given(n=st.integers(0, 50), k=st.integers(1, 20), seed=seeds)
+def test_kmeans_assign_matches_reference(n, k, seed):
+    rng = np.random.default_rng(seed)
+    cb = np.unique(rng.standard_normal(k).astype(np.float32))
+    w = np.concatenate([rng.standard_normal(n), cb, (cb[:-1] + cb[1:]) / 2]).astype(np.float32)   # ties too
+    out = np.empty(w.size, np.uint8)
+    KM.kmeans_assign(w, cb, out)
+    assert np.array_equal(out, ref.kmeans_assign(w, cb))
+
+
+@given(k=st.integers(1, 6), per=st.integers(2, 20), seed=seeds)
+def test_kmeans_lloyd_matches_reference(k, per, seed):
+    rng = np.random.default_rng(seed)
+    v = np.unique(np.concatenate([10.0 * j + rng.random(per) for j in range(k)]))   # k separated groups
+    c = rng.integers(1, 5, v.size).astype(np.float64)
+    s0, s1 = np.concatenate([[0], np.cumsum(c)]), np.concatenate([[0], np.cumsum(c * v)])
+    cent = np.sort(10.0 * np.arange(k) + rng.random(k))
+    want = ref.kmeans_lloyd(v, s0, s1, cent, 100)
+    KM.kmeans_lloyd(v, s0, s1, cent, 100)
+    np.testing.assert_allclose(cent, want, rtol=1e-12)
+
+
+def test_kmeans_empty_clusters_are_reseeded_never_nan():
+    v = np.array([0.0, 1.0, 2.0, 3.0, 100.0])
+    c = np.ones(5)
+    s0, s1 = np.concatenate([[0], np.cumsum(c)]), np.concatenate([[0], np.cumsum(c * v)])
+    cent = np.array([50.0, 50.0, 50.0, 200.0])          # duplicates and a centroid beyond every value
+    KM.kmeans_lloyd(v, s0, s1, cent, 100)
+    assert np.isfinite(cent).all() and np.unique(cent).size == 4 and np.all(np.diff(cent) > 0)
+
+
+# ----------------------------------------------------------------------------------- k-means rules
+@pytest.mark.parametrize("bits", [0, 9, 33, True, 8.5, "5", None])
+def test_bad_bits_are_refused(bits):
+    with pytest.raises(CompressionParameterError):
+        kmeans_codebook(np.ones(4, np.float32), bits)
+    with pytest.raises(CompressionParameterError):
+        nc.share(nc.load("data/lenet300.h5"), bits)
+
+
+@given(n=st.integers(1, 400), seed=seeds, init=st.sampled_from(["linear", "density", "random"]),
+       dist=st.sampled_from(["normal", "laplace", "uniform", "few"]))
+def test_kmeans_invariants(n, seed, init, dist):
+    rng = np.random.default_rng(seed)
+    w = {"normal": rng.standard_normal(n), "laplace": rng.laplace(size=n), "uniform": rng.random(n),
+         "few": rng.integers(-3, 3, n) * 0.5}[dist].astype(np.float32)
+    prev = np.inf
+    for bits in range(1, 9):
+        cb, codes = kmeans_codebook(w, bits, init=init, seed=seed)
+        assert cb.dtype == np.float32 and np.isfinite(cb).all() and 1 <= cb.size <= 2 ** bits
+        assert np.unique(cb[codes]).size <= 2 ** bits
+        err = float(((w.astype(np.float64) - cb[codes]) ** 2).sum())
+        assert err <= prev                       # error non-increasing in bits
+        prev = err
+        if np.unique(w).size <= 2 ** bits:
+            assert np.array_equal(cb[codes], w)  # few distinct values: exact
+    cb2, codes2 = kmeans_codebook(w, 3, init=init, seed=seed)
+    cb3, codes3 = kmeans_codebook(w, 3, init=init, seed=seed)
+    assert np.array_equal(cb2, cb3) and np.array_equal(codes2, codes3)     # seeded: reproducible
+
+
+def test_degenerate_layers_have_exact_documented_codebooks():
+    cb, codes = kmeans_codebook(np.zeros((3, 4), np.float32), 5)
+    assert np.array_equal(cb, [0.0]) and codes.shape == (3, 4) and not codes.any()
+    cb, codes = kmeans_codebook(np.full(7, -2.5, np.float32), 8)
+    assert np.array_equal(cb, [-2.5]) and not codes.any()
+    cb, codes = kmeans_codebook(np.array([1, 2, 3], np.float32), 8)          # more clusters than weights
+    assert np.array_equal(cb, [1, 2, 3]) and np.array_equal(codes, [0, 1, 2])
+    w = np.array([0, 0, 0, 1, 1.1, 5, 5.2, -3], np.float32)                  # exact zeros stay zero
+    cb, codes = kmeans_codebook(w, 2)
+    assert cb.size == 4 and 0.0 in cb and np.array_equal(cb[codes] == 0, w == 0)
+
+
+# ----------------------------------------------------------------------------------- formats
+@given(n_out=st.integers(1, 5), n_in=st.integers(1, 70), bits=st.integers(1, 8), seed=seeds)
+def test_codebook_matrix_apply_pack_and_files(n_out, n_in, bits, seed):
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(1, 2 ** bits + 1))
+    codes = rng.integers(0, k, (n_out, n_in))
+    cb = rng.standard_normal(k).astype(np.float32)
+    m = CodebookMatrix.from_codes(codes, cb, bits)
+    assert np.array_equal(unpack(m.codes, bits, n_in), codes) and np.array_equal(m.to_dense(), cb[codes])
+    assert m.nbytes >= m.codes.nbytes == n_out * (-(-n_in // 32) * 16 if bits <= 4 else -(-n_in // 16) * 16)
+    x = rng.standard_normal((3, n_in)).astype(np.float32)
+    w = m.to_dense().astype(np.float64)
+    assert_close_f32(m.apply(x), x @ w.T, np.abs(x) @ np.abs(w).T, n_in)
+    arrays, attrs = m.to_arrays()
+    back = CodebookMatrix.from_arrays(arrays, attrs)
+    assert np.array_equal(back.apply(x), m.apply(x))
+
+
+def test_codebook_matrix_fast_path_and_fallback_agree(monkeypatch):
+    rng = np.random.default_rng(0)
+    m = CodebookMatrix.from_codes(rng.integers(0, 16, (37, 300)), rng.standard_normal(16), 4)
+    x = rng.standard_normal((6, 300)).astype(np.float32)
+    fast = [m.apply(x), m.apply(x[:1])]
+    monkeypatch.setattr(V, "HAVE_AVX512", False)
+    assert np.array_equal(fast[0], m.apply(x)) and np.array_equal(fast[1], m.apply(x[:1]))
+
+
+@pytest.mark.parametrize("change, why", [
+    (lambda a, t: a.__setitem__("codes", a["codes"] | 0xF0), "out of range"),
+    (lambda a, t: a.__setitem__("codebook", a["codebook"].astype(np.float64)), "codebook"),
+    (lambda a, t: a.__setitem__("codebook", np.full(3, np.nan, np.float32)), "finite"),
+    (lambda a, t: t.__setitem__("bits", 9), "bits"),
+    (lambda a, t: t.__setitem__("bits", True), "bits"),
+    (lambda a, t: t.__setitem__("shape", [5, 64]), "shape"),
+])
+def test_codebook_from_arrays_refuses_corrupt_arrays(change, why):
+    m = CodebookMatrix.from_codes(np.arange(12).reshape(3, 4) % 3, [1, 2, 3], 2)
+    arrays, attrs = m.to_arrays()
+    arrays, attrs = dict(arrays), dict(attrs)
+    change(arrays, attrs)
+    with pytest.raises(CorruptModelFileError, match=why):
+        CodebookMatrix.from_arrays(arrays, attrs, path="f.h5", obj="fc/weight")
+
+
+@given(n_out=st.integers(1, 8), n_in=st.integers(1, 300), density=st.floats(0, 1), g=st.integers(1, 8), seed=seeds)
+def test_relative_indices_with_fillers_round_trip(n_out, n_in, density, g, seed):
+    rng = np.random.default_rng(seed)
+    pos = np.flatnonzero(rng.random(n_out * n_in) < density)
+    gaps = gaps_of(pos, g)
+    assert gaps.size == 0 or (gaps.max() < 2 ** g and gaps[-1] != 0)
+    assert np.array_equal(positions_of(gaps, g), pos)
+    m = CSRCodebookMatrix.from_positions(pos, rng.integers(0, 3, pos.size), [0.5, -1, 2], 2, (n_out, n_in), g)
+    arrays, attrs = m.to_arrays()
+    back = CSRCodebookMatrix.from_arrays(arrays, attrs)
+    assert np.array_equal(back.to_dense(), m.to_dense())
+    x = rng.standard_normal((2, n_in)).astype(np.float32)
+    w = m.to_dense().astype(np.float64)
+    assert_close_f32(m.apply(x), x @ w.T, np.abs(x) @ np.abs(w).T, n_in)
+    assert_close_f32(m.apply(x[:1]), x[:1] @ w.T, np.abs(x[:1]) @ np.abs(w).T, n_in)
+
+
+@pytest.mark.parametrize("change, why", [
+    (lambda a, t: a.__setitem__("gaps", np.append(a["gaps"], np.uint8(0))), "filler"),
+    (lambda a, t: a.__setitem__("gaps", np.append(a["gaps"], np.uint8(200))), "entries|2\\*\\*"),
+    (lambda a, t: a.__setitem__("codes", a["codes"][:-1]), "entries"),
+    (lambda a, t: a.__setitem__("codes", a["codes"] + 5), "out of range"),
+    (lambda a, t: t.__setitem__("nnz", t["nnz"] + 1), "entries"),
+    (lambda a, t: t.__setitem__("shape", [1, 3]), "past the end"),
+    (lambda a, t: t.__setitem__("index_bits", 0), "index_bits"),
+])
+def test_csr_codebook_from_arrays_refuses_corrupt_arrays(change, why):
+    m = CSRCodebookMatrix.from_positions([0, 3, 40, 41], [0, 1, 2, 1], [0.5, -1, 2], 2, (5, 10), 3)
+    arrays, attrs = m.to_arrays()
+    arrays, attrs = dict(arrays), dict(attrs)
+    change(arrays, attrs)
+    with pytest.raises(CorruptModelFileError, match=why):
+        CSRCodebookMatrix.from_arrays(arrays, attrs, path="f.h5", obj="fc/weight")
+
+
+# ----------------------------------------------------------------------------------- share()
+@pytest.fixture(scope="module")
+def lenet300():
+    return nc.load("data/lenet300.h5")
+
+
+@pytest.fixture(scope="module")
+def digits(lenet300):
+    x, y = nc.data.for_model(lenet300, "test")
+    cal, _ = nc.data.for_model(lenet300, "train")
+    return x, y, cal[:300]
+
+
+def test_share_dense_layers_accuracy_and_immutability(lenet300, digits):
+    x, y, _ = digits
+    before = lenet300["fc1"].layer.weight.w.copy()
+    s = nc.share(lenet300, 4)
+    assert np.array_equal(lenet300["fc1"].layer.weight.w, before)
+    for name in ("fc1", "fc2", "fc3"):
+        m = s[name].layer.weight
+        assert isinstance(m, CodebookMatrix) and m.bits == 4 and np.unique(m.to_dense()).size <= 16
+    acc = lambda mm: float((mm(x).argmax(1) == y).mean())  # noqa: E731
+    assert acc(s) >= acc(lenet300) - 0.02
+    only = nc.share(lenet300, {"fc1": 3, "dense": 6}, layers=["fc1", "fc3"])
+    assert only["fc1"].layer.weight.bits == 3 and only["fc3"].layer.weight.bits == 6
+    assert type(only["fc2"].layer.weight) is type(lenet300["fc2"].layer.weight)
+
+
+def test_share_bad_parameters(lenet300):
+    for kw in ({"init": "kmeans++"}, {"seed": -1}, {"seed": True}, {"layers": ["nope"]},
+               {"bits": {"conv": 5}}, {"bits": {"fc9": 5}}, {"calibration": np.zeros((0, 784), np.float32)},
+               {"sparse": "yes"}):
+        with pytest.raises(CompressionParameterError):
+            nc.share(lenet300, **{"bits": 5, **kw})
+    with pytest.raises(CompressionParameterError):    # already shared: not a dense or CSR layer
+        nc.share(nc.share(lenet300, 4), 4, layers=["fc1"])
+
+
+def test_calibration_refit_never_increases_the_layer_error(lenet300, digits):
+    from nncomp.compress.calibration import run_to
+    _, _, cal = digits
+    plain = nc.share(lenet300, 2)
+    fit = nc.share(lenet300, 2, calibration=cal)
+    for name in ("fc1", "fc2", "fc3"):
+        target = lenet300[name].layer.forward(run_to(lenet300, cal, [name])[name])
+        errs = []
+        for m in (plain, fit):
+            out = m[name].layer.forward(run_to(m, cal, [name])[name])
+            errs.append(float(((out - target) ** 2).sum()))
+        if name == "fc1":     # same inputs: the refit can only lower the error
+            assert errs[1] <= errs[0]
+        assert np.unique(fit[name].layer.weight.to_dense()).size <= 4
+
+
+def test_share_pruned_layers_keeps_only_the_survivors(lenet300):
+    pruned = nc.prune(lenet300, sparsity=0.9, storage="csr")
+    s = nc.share(pruned, 5)
+    for name in ("fc1", "fc2", "fc3"):
+        m, p = s[name].layer.weight, pruned[name].layer.weight
+        assert isinstance(m, CSRCodebookMatrix) and m.nnz == p.nnz
+        assert np.array_equal(m.to_dense() != 0, p.to_dense() != 0) or np.array_equal(m.indices, p.indices)
+        assert np.unique(m.codebook[m.codes]).size <= 32
+    dense_zeros = nc.prune(lenet300, sparsity=0.5, storage="dense")          # pruned but stored dense
+    s = nc.share(dense_zeros, 3)
+    w = s["fc1"].layer.weight.to_dense()
+    assert np.array_equal(w == 0, dense_zeros["fc1"].layer.weight.to_dense() == 0)
+    assert isinstance(nc.share(dense_zeros, 3, sparse=True)["fc1"].layer.weight, CSRCodebookMatrix)
+
+
+def test_share_conv_layers_and_refuses_nonfinite_weights():
+    m = nc.load("data/lenet5.h5")
+    s = nc.share(m, {"conv": 8, "dense": 4})
+    x, _ = nc.data.for_model(m, "test")
+    assert (s(x[:200]).argmax(1) == m(x[:200]).argmax(1)).mean() > 0.95
+    assert s["features.2"].layer.weight.bits == 8
+    w = m["classifier.2"].layer.weight.w.copy()
+    w[0, 0] = np.nan
+    bad = m.replace_layers({"classifier.2": m["classifier.2"].layer.replace(weight=nc.DenseMatrix(w))})
+    with pytest.raises(CompressionParameterError, match="NaN"):
+        nc.share(bad, 5)
+
+
+def test_deep_compression_pipeline(lenet300, digits, tmp_path):
+    x, y, cal = digits
+    dc = nc.deep_compression(lenet300, sparsity=0.9, calibration=cal)
+    for name in ("fc1", "fc2", "fc3"):
+        assert isinstance(dc[name].layer.weight, CSRCodebookMatrix) and dc[name].layer.weight.bits == 5
+    report = nc.size_report(dc)
+    assert report.total["dense"] == lenet300.nbytes
+    assert report.total["huffman"] < report.total["shared"] < report.total["pruned"] < report.total["dense"]
+    assert report.ratio > 25
+    assert float((dc(x).argmax(1) == y).mean()) > 0.9
+    path = tmp_path / "dc.h5"
+    nc.save(dc, path, huffman=True)
+    back = nc.load(path)
+    assert np.array_equal(back(x[:50]), dc(x[:50]))
+    with pytest.raises(CompressionParameterError):
+        nc.deep_compression(lenet300, sparsity=1.5)
+    with pytest.raises(CompressionParameterError):
+        nc.deep_compression(lenet300, bits=0)
