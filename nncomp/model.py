@@ -1,4 +1,5 @@
 """Model: a small graph of named nodes run in topological order."""
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +64,7 @@ class Model:
         for o in self.outputs:
             if o not in self.shapes or o == INPUT:
                 raise NncompError(f"output {o!r} is not a node of the model")
+        self._activation_bytes = max(1, 4 * sum(math.prod(s) for s in self.shapes.values()))
         self._last_use = {}
         for i, node in enumerate(self.nodes):
             for src in node.inputs:
@@ -169,8 +171,7 @@ class Model:
         x = self._check_input(x)
         if check_finite and not np.isfinite(x).all():
             raise InputError("input holds NaN or Inf values (check_finite=True)")
-        per_sample = 4 * sum(int(np.prod(s)) for s in self.shapes.values())
-        step = max(1, MAX_ACTIVATION_BYTES // max(per_sample, 1))
+        step = max(1, MAX_ACTIVATION_BYTES // self._activation_bytes)
         if x.shape[0] <= step:
             return self._forward(x)
         parts = [self._forward(x[i:i + step]) for i in range(0, x.shape[0], step)]
