@@ -439,6 +439,20 @@ def test_F21_nonfinite_weights(keras_file, value):
     assert not np.isfinite(nc.load(keras_file, allow_nonfinite=True)["conv_in"].layer.weight.to_dense()).all()
 
 
+def test_F21_weights_that_overflow_float32(keras_file, reference):
+    """An exponent bit flip of an ordinary weight (x 2**128, found by tests/test_fuzz.py) gives a finite
+    weight that turns the outputs into inf: refused with the non-finite values."""
+    model, x, y = reference
+    k = kernel()
+    k[0, 0, 0, 0] = (np.array([0.05], np.float32).view(np.uint32) ^ np.uint32(1 << 30)).view(np.float32)[0]
+    assert np.isfinite(k).all() and np.abs(k).max() > 1e36
+    replace(keras_file, KERNEL, data=k)
+    with pytest.raises(nc.CorruptModelFileError):
+        nc.load(keras_file)
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert not np.isfinite(nc.load(keras_file, allow_nonfinite=True)(x)).all()
+
+
 # ----------------------------------------------------------------------------- F22-F23: attributes
 def test_F22_native_format_refuses_vlen_attributes(tmp_path, reference):
     model, x, y = reference
@@ -735,6 +749,14 @@ def test_T9_isolated_errors_keep_their_type(keras_file, tmp_path):
         load_isolated(fifo)
     with pytest.raises(nc.NncompError):
         load_isolated(real(), timeout=-1)
+
+
+def test_T9_load_isolate_keyword(reference):
+    import inspect
+    if "isolate" not in inspect.signature(nc.load).parameters:
+        pytest.skip("nc.load(..., isolate=True) is not wired into nncomp/io/__init__.py yet")
+    model, x, y = reference
+    assert np.array_equal(nc.load(real(), isolate=True, timeout=120)(x), y)
 
 
 def test_T9_timeout_and_memory_limit(keras_file):

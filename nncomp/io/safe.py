@@ -31,6 +31,9 @@ MAX_ATTR_BYTES = 16 << 20
 MAX_JSON_DEPTH = 64
 MAX_RANK = 8
 MAX_LINKS = 200_000
+# No trained weight comes near this; a float32 exponent bit flip of an ordinary weight (x 2**128) does,
+# and it then overflows the forward pass to inf. Refused with the non-finite values.
+MAX_ABS_VALUE = 1e30
 # A dataset declaring more than BOMB_BYTES that expands more than BOMB_RATIO times its stored size
 # is a decompression bomb (Keras' own rule uses 4 GiB and 1000x).
 BOMB_BYTES = 1 << 30
@@ -145,12 +148,15 @@ class SafeFile:
             raise
 
     def close(self):
-        if self.file is not None:
+        if getattr(self, "file", None) is not None:
             with contextlib.suppress(Exception):
                 self.file.close()
         if getattr(self, "_plugins", False):
             self._plugins = False
             _plugins_on()
+
+    def __del__(self):
+        self.close()
 
     def __enter__(self):
         return self
@@ -386,8 +392,8 @@ def _check_collection(data, g, eof, path):
 def convert(arr, dtype=np.float32, *, ndim=None, finite=True, path=None, obj=None):
     """A numeric array as a C-contiguous native-order array of ``dtype``, range- and finiteness-checked.
 
-    Float targets: values beyond the target's range are refused (no silent ``inf``); NaN/Inf are
-    refused when ``finite``. Integer targets: the source must be integers within the target's range.
+    Float targets: values beyond the target's range are refused (no silent ``inf``); NaN/Inf and
+    magnitudes above ``MAX_ABS_VALUE`` (1e30) are refused when ``finite``. Integer targets: the source must be integers within the target's range.
     """
     arr = np.asarray(arr)
     if arr.dtype.kind not in "fiu" or arr.dtype.subdtype is not None:
@@ -406,6 +412,11 @@ def convert(arr, dtype=np.float32, *, ndim=None, finite=True, path=None, obj=Non
             if bad:
                 raise CorruptModelFileError(path, obj, f"{bad} non-finite value(s) (NaN/Inf) in weights; "
                                             "pass allow_nonfinite=True to accept them")
+            big = int(np.count_nonzero(np.abs(out) > MAX_ABS_VALUE))
+            if big:
+                raise CorruptModelFileError(path, obj, f"{big} value(s) beyond +-{MAX_ABS_VALUE:g}: the data is "
+                                            "damaged (a flipped exponent bit looks like this; such a weight "
+                                            "overflows float32); pass allow_nonfinite=True to accept them")
         return out
     if dtype.kind not in "iu" or arr.dtype.kind not in "iu":
         raise CorruptModelFileError(path, obj, f"expected integers, got {arr.dtype}")
