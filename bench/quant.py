@@ -12,7 +12,9 @@ fc7 (4096x4096, 16.8 MB of int8: L3-resident, hot) is shown for information. Con
 - ONNX Runtime dynamic quantized MatMul (``onnxruntime.quantization.quantize_dynamic`` on a one-node
   MatMul model, QInt8 weights, via nncomp.bench.peers.ort_model, intra-op spinning off);
 - torch 2.13 dynamic int8 Linear (``torch.ao.quantization.quantize_dynamic``, qint8, x86 engine).
-Threads: 2 for every pool (Numba, BLAS, torch, ORT).
+Threads: 2 for every pool (Numba, BLAS, torch, ORT), the target protocol; the table is repeated with
+1 thread, which a busy shared machine disturbs less (a 2-thread parallel region waits for both threads
+to be scheduled).
 
 Accuracy: every shipped model in data/ on the 1,000 test digits, float32 against int8 (static ranges
 calibrated on the first 512 training digits: min-max, percentile 99.99, MSE; dynamic; weight-only),
@@ -43,6 +45,7 @@ RECIPES = {
 
 
 def speed(threads, repeat, batches, quick):
+    """Alternating timings of every contender on fc6 and fc7 (a list of rows)."""
     import numpy as np
 
     import nncomp as nc
@@ -84,7 +87,7 @@ def speed(threads, repeat, batches, quick):
             ref = x.astype(np.float64) @ w.T.astype(np.float64)
             err = {k: float(np.abs(np.asarray(c(), np.float64) - ref).max() / np.abs(ref).max()) for k, c in calls.items()}
             t = alternate(calls, repeat=repeat, warmup=2, max_seconds=30 if quick else 150)
-            row = {"layer": name, "shape": [n_out, n_in], "batch": bs,
+            row = {"layer": name, "shape": [n_out, n_in], "batch": bs, "threads": threads,
                    "weight_bytes": {"float32": int(w.nbytes), "int8 w8a8": int(w8a8.nbytes)}}
             for k, f in contenders.items():
                 row[k] = f if isinstance(f, str) else {**t[k], "max_rel_err_vs_float64": err[k]}
@@ -96,7 +99,7 @@ def speed(threads, repeat, batches, quick):
             row["numpy_vs_weight_only"] = row["numpy float32"]["median_ms"] / row["nncomp int8 weight-only"]["median_ms"]
             row["numpy_vs_w8a8"] = row["numpy float32"]["median_ms"] / ours["median_ms"]
             rows.append(row)
-            print(f"{name} batch {bs}: " + ", ".join(f"{k} {_ms(v)}" for k, v in row.items() if k in contenders)
+            print(f"{name} batch {bs}, {threads} thread(s): " + ", ".join(f"{k} {_ms(v)}" for k, v in row.items() if k in contenders)
                   + f"; w8a8/best peer {row.get('w8a8_vs_best_peer', float('nan')):.2f}, "
                   f"numpy/weight-only {row['numpy_vs_weight_only']:.2f}", flush=True)
     return rows
@@ -134,7 +137,7 @@ def main(argv=None):
     from nncomp.bench.timing import reexec_without_openblas_overrides
     reexec_without_openblas_overrides()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", default="2,1", help="thread counts, each timed in turn")
     p.add_argument("--repeat", type=int, default=30)
     p.add_argument("--batches", default="1,32")
     p.add_argument("--quick", action="store_true", help="fc7 only, one model, few repeats (a smoke run)")
@@ -146,12 +149,17 @@ def main(argv=None):
     from nncomp.bench.layers import machine_limits
     from nncomp.bench.timing import machine_info, set_threads
 
-    threads = set_threads(a.threads)
+    counts = [int(t) for t in a.threads.split(",")]
+    threads = set_threads(counts[0])
     peers.set_threads(threads)
     load_before = os.getloadavg()
     limits = machine_limits(quick=a.quick)
     print(f"limits: {limits['bandwidth_GBps']:.1f} GB/s read, {limits['sgemm_GFLOPs']:.0f} GFLOP/s sgemm", flush=True)
-    rows = speed(threads, 3 if a.quick else a.repeat, [int(b) for b in a.batches.split(",")], a.quick)
+    rows = []
+    for t in counts:
+        peers.set_threads(set_threads(t))
+        rows += speed(t, 3 if a.quick else a.repeat, [int(b) for b in a.batches.split(",")], a.quick)
+    peers.set_threads(set_threads(threads))
     acc = [] if a.no_accuracy else accuracy(a.quick)
     result = {"machine": machine_info(), "threads": threads, "limits": limits, "loadavg_before": load_before,
               "loadavg_after": os.getloadavg(), "speed": rows, "accuracy": acc,
@@ -178,25 +186,26 @@ SPEED_COLS = ("numpy float32", "nncomp int8 w8a8 (VNNI)", "nncomp int8 w8a8 (por
 def markdown(res):
     m, lim = res["machine"], res["limits"]
     lines = ["# Linear int8 quantization (issue 5, int8 half)", "",
-             f"{m['date']} · {m['cpu']} · {m['cores']} cores · {res['threads']} threads for every contender · "
+             f"{m['date']} · {m['cpu']} · {m['cores']} cores · threads as in each row, the same for every contender · "
              f"load average before/after {res['loadavg_before'][0]:.2f}/{res['loadavg_after'][0]:.2f}", "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
-             f"Measured limits: DRAM read {lim['bandwidth_GBps']:.1f} GB/s, sgemm {lim['sgemm_GFLOPs']:.0f} GFLOP/s.", "",
+             f"Measured limits ({res['threads']} threads): DRAM read {lim['bandwidth_GBps']:.1f} GB/s, sgemm "
+             f"{lim['sgemm_GFLOPs']:.0f} GFLOP/s.", "",
              "## Speed: median ms per call (p90)", "",
              "Contenders alternate in one process after a warm-up (bench/quant.py docstring). "
              "w8a8 = int8 weights and dynamic uint8 activations, int32 accumulation, float32 output. "
              "Memory floor = int8 weight bytes / measured DRAM bandwidth (fc6; fc7 is L3-resident).", "",
-             "| layer | batch | " + " | ".join(SPEED_COLS) + " | w8a8 / best peer | NumPy / weight-only | "
-             "int8 memory floor (ms) |", "|---|---|" + "---|" * (len(SPEED_COLS) + 3)]
+             "| layer | batch | threads | " + " | ".join(SPEED_COLS) + " | w8a8 / best peer | NumPy / weight-only | "
+             "int8 memory floor (ms) |", "|---|---|---|" + "---|" * (len(SPEED_COLS) + 3)]
     for r in res["speed"]:
         floor = r["weight_bytes"]["int8 w8a8"] / (lim["bandwidth_GBps"] * 1e9) * 1e3
-        lines.append(f"| {r['layer']} {r['shape'][0]}x{r['shape'][1]} | {r['batch']} | "
+        lines.append(f"| {r['layer']} {r['shape'][0]}x{r['shape'][1]} | {r['batch']} | {r['threads']} | "
                      + " | ".join(_ms(r[c]) for c in SPEED_COLS)
                      + f" | {r.get('w8a8_vs_best_peer', float('nan')):.2f} | {r['numpy_vs_weight_only']:.2f} | {floor:.2f} |")
     lines += ["", "Max relative error against float64 (max |y - y64| / max |y64|), post-ReLU random inputs:", "",
-              "| layer | batch | " + " | ".join(SPEED_COLS) + " |", "|---|---|" + "---|" * len(SPEED_COLS)]
+              "| layer | batch | threads | " + " | ".join(SPEED_COLS) + " |", "|---|---|---|" + "---|" * len(SPEED_COLS)]
     for r in res["speed"]:
-        lines.append(f"| {r['layer']} | {r['batch']} | " + " | ".join(
+        lines.append(f"| {r['layer']} | {r['batch']} | {r['threads']} | " + " | ".join(
             r[c] if isinstance(r[c], str) else f"{r[c]['max_rel_err_vs_float64']:.2e}" for c in SPEED_COLS) + " |")
     if res["accuracy"]:
         labels = list(RECIPES)

@@ -265,6 +265,24 @@ def test_vnni_and_portable_paths_and_thread_counts_agree(monkeypatch):
         numba.set_num_threads(threads)
     monkeypatch.setattr(vnni, "HAVE_VNNI", False)
     assert np.array_equal(y, y1) and np.array_equal(y, m.apply(x))
+    f = Int8Matrix.from_float(rng.standard_normal((300, 1000)).astype(np.float32), activations="float")
+    y = f.apply(x)
+    try:
+        numba.set_num_threads(1)
+        assert np.array_equal(y, f.apply(x))     # same build, any thread count: same bits
+    finally:
+        numba.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("mode", ["float", "dynamic", "static"])
+def test_zero_inputs_and_zero_weights_give_the_bias_exactly(mode):
+    rng = np.random.default_rng(2)
+    bias = rng.standard_normal(5).astype(np.float32)
+    for w, x in ((rng.standard_normal((5, 33)), np.zeros((3, 33))), (np.zeros((5, 33)), rng.standard_normal((3, 33)))):
+        m = Int8Matrix.from_float(w.astype(np.float32), activations=mode,
+                                  act_range=(-4, 4) if mode == "static" else None)
+        layer = nc.Dense(m, bias)
+        assert np.array_equal(layer.forward(x.astype(np.float32)), np.broadcast_to(bias, (3, 5)))
 
 
 def test_nbytes_packing_and_padding():
