@@ -561,7 +561,8 @@ def _insert_after_conv_in(cfg, entry):
 
 
 @pytest.mark.parametrize("case", ["lambda", "custom-module", "registered", "vocabulary", "nested-model",
-                                  "subclassed-model", "activation", "activation-dict", "leaky", "quantized"])
+                                  "subclassed-model", "activation", "activation-dict", "leaky", "quantized",
+                                  "private-name", "dunder"])
 def test_F24_unsupported_content_is_named_not_run(keras_file, case):
     def change(cfg):
         if case == "lambda":
@@ -582,6 +583,8 @@ def test_F24_unsupported_content_is_named_not_run(keras_file, case):
         elif case == "activation-dict":
             layer_cfg(cfg, "conv_in")["config"]["activation"] = {"module": "my.acts", "class_name": "function",
                                                                  "config": "my_act", "registered_name": "my_act"}
+        elif case in ("private-name", "dunder"):           # never reaches a private helper by name
+            layer_cfg(cfg, "res_relu1")["class_name"] = "_layer" if case == "private-name" else "__init__"
         elif case == "leaky":
             layer_cfg(cfg, "res_relu1")["config"]["negative_slope"] = 0.1
         else:
@@ -615,6 +618,29 @@ def test_F25_weights_that_do_not_fit_the_config(keras_file, case):
                    .update(keras_history=["nowhere", 0, 0]))
     with pytest.raises(nc.CorruptModelFileError):
         nc.load(keras_file)
+
+
+def test_F23_large_graph_listed_backwards_loads_in_linear_time(keras_file, reference):
+    """20,000 identity layers in reverse order: sorted by their inputs (not quadratically)."""
+    model, x, y = reference
+
+    def chain(cfg):
+        layers = cfg["config"]["layers"]
+        i = next(k for k, layer in enumerate(layers) if layer["name"] == "gap")
+        ref = layers[i + 1]["inbound_nodes"][0]["args"][0]
+        prev, extra = "gap", []
+        for k in range(20_000):
+            t = json.loads(json.dumps(ref))
+            t["config"]["keras_history"] = [prev, 0, 0]
+            extra.append({"class_name": "Dropout", "name": f"d{k}", "config": {"name": f"d{k}", "rate": 0.5},
+                          "inbound_nodes": [{"args": [t], "kwargs": {}}]})
+            prev = f"d{k}"
+        layers[i + 1]["inbound_nodes"][0]["args"][0]["config"]["keras_history"] = [prev, 0, 0]
+        layers[i + 1:i + 1] = extra[::-1]
+    set_config(keras_file, chain)
+    loaded = nc.load(keras_file)
+    assert len(loaded.nodes) == len(model.nodes) + 20_000
+    assert np.array_equal(loaded(x), y)
 
 
 @pytest.mark.parametrize("case", ["missing-group", "extra-group", "var-count"])

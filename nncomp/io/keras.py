@@ -12,6 +12,7 @@ Weights are converted once, here, to nncomp's layout (docs/sources.md): Dense ``
 TensorFlow/Keras do (the odd pixel at the bottom/right); Flatten in (h, w, c) order. The model takes
 NHWC (or NC) inputs and returns Keras's numbers.
 """
+import heapq
 import json
 import math
 import os
@@ -311,6 +312,35 @@ def _tensors(obj, out):
     return out
 
 
+def _topological(names, deps, source, path):
+    """``names`` in dependency order, ties in config order (Kahn's algorithm, linear time)."""
+    order = {n: i for i, n in enumerate(names)}
+    waiting = {n: len(set(deps[n]) - {source}) for n in names}
+    users = {}
+    for n in names:
+        for d in set(deps[n]) - {source}:
+            users.setdefault(d, []).append(n)
+    ready = [order[n] for n in names if waiting[n] == 0]
+    heapq.heapify(ready)
+    done = []
+    while ready:
+        n = names[heapq.heappop(ready)]
+        done.append(n)
+        for u in users.get(n, ()):
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, order[u])
+    if len(done) != len(names):
+        stuck = [n for n in names if waiting[n]][:5]
+        raise CorruptModelFileError(path, "model_config", f"layers {stuck} form a cycle")
+    return done
+
+
+def _handler(builder, cls):
+    """The builder method for a Keras class name (CamelCase names only: never a private helper)."""
+    return getattr(builder, "_" + cls, None) if re.fullmatch(r"[A-Z][A-Za-z0-9]*", cls) else None
+
+
 class _Builder:
     def __init__(self, f, src):
         self.f, self.path, self.src = f, f.path, src
@@ -363,7 +393,7 @@ class _Builder:
         if custom:
             raise UnsupportedModelError(self.path, name, f"layer {name!r} of class {cls!r} is a custom class "
                                         f"(module {module!r}, registered_name {reg!r}): {why}")
-        if cls != "InputLayer" and not hasattr(self, "_" + cls) and cls not in IDENTITY:
+        if cls != "InputLayer" and _handler(self, cls) is None and cls not in IDENTITY:
             kind = "a nested model" if cls in MODEL_CLASSES else "not supported"
             raise UnsupportedModelError(self.path, name, f"layer {name!r} of class {cls!r} is {kind} ({why}); "
                                         f"supported: {supported_layers()}")
@@ -432,14 +462,9 @@ class _Builder:
                 if d not in by_name:
                     raise CorruptModelFileError(self.path, name, f"layer {name!r} reads unknown layer {d!r}")
         self.src.bind([(n, cls) for n, cls, _, _ in entries])
-        out, todo = {inputs[0]: INPUT}, [n for n, *_ in entries if n != inputs[0]]
-        while todo:
-            ready = [n for n in todo if all(d in out for d in deps[n])]
-            if not ready:
-                raise CorruptModelFileError(self.path, "model_config", f"layers {todo[:5]} form a cycle")
-            for n in ready:
-                out[n] = self._layer(n, by_name[n][0], by_name[n][1], [out[d] for d in deps[n]])
-            todo = [n for n in todo if n not in out]
+        out = {inputs[0]: INPUT}
+        for n in _topological([n for n, *_ in entries if n != inputs[0]], deps, inputs[0], self.path):
+            out[n] = self._layer(n, by_name[n][0], by_name[n][1], [out[d] for d in deps[n]])
         outputs = self._refs(inner["output_layers"], "output_layers")
         if any(o not in out for o in outputs):
             raise CorruptModelFileError(self.path, "model_config", f"outputs {outputs} are not layers")
@@ -455,7 +480,7 @@ class _Builder:
         if fmt not in (None, "channels_last"):
             raise UnsupportedModelError(self.path, name, f"layer {name!r}: data_format {fmt!r}; only channels_last")
         try:
-            return getattr(self, "_" + cls)(name, c, inputs)
+            return _handler(self, cls)(name, c, inputs)
         except ModelFileError:
             raise
         except KeyError as e:
