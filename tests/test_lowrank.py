@@ -243,6 +243,19 @@ def test_global_allocation_leaves_unprofitable_layers_alone():
             assert f[name].layer is m[name].layer
 
 
+@pytest.mark.parametrize("max_drop", [0.0, 0.1, 0.5])
+def test_max_drop_holds_on_the_held_out_quarter(max_drop):
+    rng = np.random.default_rng(13)
+    m = _small_cnn(rng)
+    x = rng.standard_normal((48, 3, 10, 10)).astype(np.float32)
+    f = nc.factorize(m, max_drop=max_drop, calibration=x)
+    held = x[36:]
+    agree = np.mean(f(held).argmax(1) == m(held).argmax(1))
+    assert agree >= 1 - max_drop
+    if max_drop == 0.5:
+        assert f.macs < m.macs
+
+
 def test_selects_kxk_convs_and_dense_by_default():
     rng = np.random.default_rng(8)
     layers = [nc.Node("a", conv_layer(rng.standard_normal((4, 2, 3, 3)).astype(np.float32), padding=1)),
@@ -294,6 +307,9 @@ def test_lowrank_then_int8_composes():
     dict(rank=2, calibration=np.zeros((3, 7), np.float32)),
     dict(rank=2, calibration=np.full((3, 9), np.nan, np.float32)),
     dict(rank=2, layers=["relu"]), dict(rank=2, layers=["missing"]),
+    dict(max_drop=0.01), dict(max_drop=1.5, calibration=np.zeros((9, 9), np.float32)),
+    dict(max_drop=True, calibration=np.zeros((9, 9), np.float32)),
+    dict(max_drop=0.01, calibration=np.zeros((7, 9), np.float32)), dict(max_drop=0.01, rank=2),
 ])
 def test_bad_parameters_raise(kwargs):
     w = np.random.default_rng(11).standard_normal((8, 9)).astype(np.float32)

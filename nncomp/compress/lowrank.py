@@ -45,7 +45,7 @@ class _Plan:
         node = model[name]
         self.name, self.layer, self.scheme = name, node.layer, scheme
         self.shape = model.shapes[node.inputs[0]]
-        self.w = np.asarray(self.layer.weight.to_dense(), np.float64)
+        self.w = np.asarray(self.layer.weight.to_dense(), np.float32)
         self.orig = self.layer.macs(self.shape)
         n_out, n_in = self.w.shape
         if isinstance(self.layer, Dense):
@@ -73,55 +73,6 @@ def _bn_gain(model, name):
     g = np.abs(model[cons[0]].layer.scale_shift[0].astype(np.float64))
     top = g.max(initial=0.0)
     return None if not top > 0 else np.maximum(g, 1e-3 * top)
-
-
-# ------------------------------------------------------------------ dense math
-def svd_factors(w, rank, gain=None):
-    """Truncated SVD ``w ~= u @ v`` with ``u (n_out, rank)``, ``v (rank, n_in)`` (gain-weighted rows)."""
-    a = w * gain[:, None] if gain is not None else w
-    u, s, vt = np.linalg.svd(a, full_matrices=False)
-    root = np.sqrt(s[:rank])
-    u, v = u[:, :rank] * root, root[:, None] * vt[:rank]
-    if gain is not None:
-        u = u / gain[:, None]
-    return lc._balance(u, v)
-
-
-def _rrr_parts(w, x, y, gain):
-    """Centered reduced-rank ridge regression of ``y`` on ``x`` anchored at ``w``: ``(b_ols, eig)``."""
-    x = np.asarray(x, np.float64)
-    x = x - x.mean(axis=0)
-    y = np.asarray(y, np.float64)
-    y = y - y.mean(axis=0)
-    s = x.T @ x
-    lam = lc.DAMP * max(np.trace(s) / s.shape[0], 1e-12)
-    s[np.diag_indices_from(s)] += lam
-    c = x.T @ y + lam * w.T
-    from scipy import linalg
-    b = linalg.solve(s, c, assume_a="pos")            # (n_in, n_out): the anchored least squares W^T
-    g = c.T @ b
-    if gain is not None:
-        g = g * gain[:, None] * gain[None, :]
-    evals, evecs = np.linalg.eigh((g + g.T) / 2)
-    order = np.argsort(evals)[::-1]
-    return b, np.maximum(evals[order], 0), evecs[:, order]
-
-
-def rrr_factors(w, b, x, y, rank, gain=None):
-    """Data reconstruction of a weight ``w (n_out, n_in)`` with bias ``b``: ``(u, v, bias)``.
-
-    Minimises ``||y - x @ (u v).T - bias||^2 + lam ||u v - w||^2`` over rank-``rank`` products
-    (gain-weighted outputs), so the data error is never above the truncated SVD's. ``x (rows, n_in)``
-    are the layer's inputs on calibration data, ``y (rows, n_out)`` the original outputs without bias.
-    """
-    b_ols, _, evecs = _rrr_parts(w, x, y, gain)
-    q = evecs[:, :rank]
-    gw = np.ones(w.shape[0]) if gain is None else gain
-    u, v = q / gw[:, None], q.T @ (gw[:, None] * b_ols.T)
-    u, v = lc._balance(u, v)
-    base = np.zeros(w.shape[0]) if b is None else np.asarray(b, np.float64)
-    bias = base + np.asarray(y, np.float64).mean(axis=0) - (np.asarray(x, np.float64).mean(axis=0) @ v.T) @ u.T
-    return u, v, bias
 
 
 # ------------------------------------------------------------------ validation
@@ -268,42 +219,6 @@ def _n_rows(layer, x):
     return x.shape[0] if isinstance(layer, Dense) else x.shape[0] * int(np.prod(layer.output_shape(x.shape[1:])[:2]))
 
 
-def _spectrum(plan, data):
-    """Squared singular values (filter) or captured output energies (data) of the plan's matrix."""
-    if plan.scheme == "jaderberg":
-        kh, kw = plan.layer.kernel_size
-        chol = None
-        if data is not None:
-            try:
-                chol = lc.PatchProblem(data[0], data[1], kh, kw, plan.shape[2], plan.gain).vertical_cholesky()
-            except np.linalg.LinAlgError:
-                chol = None
-        return lc.jaderberg_spectrum(plan.w, kh, kw, plan.shape[2], plan.gain, chol)[0]
-    if data is None:
-        a = plan.w * plan.gain[:, None] if plan.gain is not None else plan.w
-        return np.linalg.svd(a, compute_uv=False) ** 2
-    return _rrr_parts(plan.w, data[0], data[1], plan.gain)[1][:plan.max_rank]
-
-
-def _factors(plan, rank, data, iterations):
-    """``(first_weight, second_weight, bias)`` as float64 arrays."""
-    b = plan.layer.bias
-    if plan.scheme == "jaderberg":
-        kh, kw = plan.layer.kernel_size
-        c = plan.shape[2]
-        if data is None:
-            v, h = lc.jaderberg_filter(plan.w, rank, kh, kw, c, plan.gain)
-            return v, h, b
-        problem = lc.PatchProblem(data[0], data[1], kh, kw, c, plan.gain)
-        v, h, bias, _ = lc.jaderberg_data(plan.w, b, rank, problem, iterations=iterations)
-        return v, h, bias
-    if data is None:
-        u, v = svd_factors(plan.w, rank, plan.gain)
-        return v, u, b
-    u, v, bias = rrr_factors(plan.w, b, data[0], data[1], rank, plan.gain)
-    return v, u, bias
-
-
 def _pair(plan, first, second, bias):
     """The two layers that replace the plan's layer."""
     f32 = lambda a: DenseMatrix(np.ascontiguousarray(a, np.float32))  # noqa: E731
@@ -332,12 +247,61 @@ def _split(model, name, first, second):
     return model.with_nodes(nodes)
 
 
+def _build(model, plans, ranks, x, data, rows, iterations, seed):
+    """Factorize the plans' layers in order (data reconstruction on the model's own activations)."""
+    out = model
+    for k, p in enumerate(plans):
+        if ranks[p.name] is None:
+            continue
+        d = None
+        if x is not None:
+            first = all(ranks[q.name] is None for q in plans[:k])
+            cur = data[p.name][0] if first else _rows(p.layer, run_to(out, x, [p.name])[p.name], rows[p.name])
+            d = (cur, data[p.name][1])
+        out = _split(out, p.name, *_pair(p, *lc.plan_factors(p, ranks[p.name], d, iterations, seed)))
+    return out
+
+
+def _within_budget(model, plans, x, x_score, data, rows, max_drop, iterations, seed, steps=7):
+    """The cheapest global allocation whose top-1 agreement on ``x_score`` loses at most ``max_drop``.
+
+    Bisects the whole-selection speedup (geometrically) with cheap fits (no alternating refits),
+    then refits the chosen ranks fully; if that loses more, the cheap fit is returned.
+    """
+    first = lambda y: y[0] if isinstance(y, tuple) else y  # noqa: E731
+    ref = first(model(x_score))
+    if ref.ndim != 2 or ref.shape[1] < 2:
+        raise CompressionParameterError(
+            f"factorize(): max_drop needs a classifier (outputs (n, classes)); this model gives {ref.shape}")
+    top = ref.argmax(axis=1)
+    loss = lambda m: 1.0 - float(np.mean(first(m(x_score)).argmax(axis=1) == top))  # noqa: E731
+    lo, hi = 1.0, 0.999 * sum(p.orig for p in plans) / sum(p.macs(1) for p in plans)
+    best = None
+    for _ in range(steps):
+        if not hi > lo * 1.01:
+            break
+        mid = math.sqrt(lo * hi)
+        ranks = _allocate(plans, mid)
+        cand = _build(model, plans, ranks, x, data, rows, 0, seed)
+        if loss(cand) <= max_drop:
+            lo, best = mid, (ranks, cand)
+        else:
+            hi = mid
+    if best is None:
+        return model
+    if iterations and any(p.scheme == "jaderberg" for p in plans):
+        full = _build(model, plans, best[0], x, data, rows, iterations, seed)
+        if loss(full) <= max_drop:
+            return full
+    return best[1]
+
+
 # ------------------------------------------------------------------ public
-def factorize(model, *, rank=None, energy=None, speedup=None, layers=None, calibration=None,
+def factorize(model, *, rank=None, energy=None, speedup=None, max_drop=None, layers=None, calibration=None,
               scheme="auto", allocation="global", iterations=3, seed=0):
     """Replace Dense and Conv2D layers by products of two thinner layers.
 
-    Give exactly one of ``rank``, ``energy`` or ``speedup``.
+    Give exactly one of ``rank``, ``energy``, ``speedup`` or ``max_drop``.
 
     Parameters
     ----------
@@ -354,6 +318,11 @@ def factorize(model, *, rank=None, energy=None, speedup=None, layers=None, calib
         Target factor by which multiply-adds shrink: for the whole selection (``allocation="global"``:
         ranks go where they remove the most relative error per MAC, and a layer that would not get
         cheaper stays as it is), for each layer alike (``allocation="uniform"``), or per layer (dict).
+    max_drop : float in [0, 1], optional
+        Accuracy budget (needs ``calibration``): the largest whole-selection speedup, allocated as
+        above, whose top-1 agreement with the original model drops by at most this fraction
+        (0.01 = one point) on the last quarter of the calibration inputs, held out (the layers are
+        fitted on the first three quarters). Returns the model unchanged if no speedup fits.
     layers : str, list of str or dict, optional
         Nodes to factorize. Default: every Dense layer and every non-grouped conv whose kernel is
         larger than 1 x 1 (k x k for scheme 2). Grouped/depthwise convs are refused by name, and so
@@ -382,10 +351,16 @@ def factorize(model, *, rank=None, energy=None, speedup=None, layers=None, calib
     check_model(model, "factorize")
     if not isinstance(scheme, str) or scheme not in SCHEMES:
         raise CompressionParameterError(f"factorize(): scheme must be one of {SCHEMES}, got {scheme!r}")
-    given = [k for k, v in (("rank", rank), ("energy", energy), ("speedup", speedup)) if v is not None]
+    given = [k for k, v in (("rank", rank), ("energy", energy), ("speedup", speedup), ("max_drop", max_drop))
+             if v is not None]
     if len(given) != 1:
         raise CompressionParameterError(
-            f"factorize(): give exactly one of rank=, energy=, speedup=; got {given or 'none'}")
+            f"factorize(): give exactly one of rank=, energy=, speedup=, max_drop=; got {given or 'none'}")
+    if max_drop is not None and (type(max_drop) is bool or not isinstance(max_drop, numbers.Real)
+                                 or not (0 <= float(max_drop) <= 1)):
+        raise CompressionParameterError(f"factorize(): max_drop must be a number in [0, 1], got {max_drop!r}")
+    if max_drop is not None and calibration is None:
+        raise CompressionParameterError("factorize(): max_drop needs calibration= inputs to measure the drop on")
     if not isinstance(allocation, str) or allocation not in ALLOCATIONS:
         raise CompressionParameterError(f"factorize(): allocation must be one of {ALLOCATIONS}, got {allocation!r}")
     if type(iterations) is bool or not isinstance(iterations, numbers.Integral) or iterations < 0:
@@ -400,6 +375,12 @@ def factorize(model, *, rank=None, energy=None, speedup=None, layers=None, calib
     if not isinstance(rank, (dict, type(None))) and (type(rank) is bool or not isinstance(rank, numbers.Integral)):
         raise CompressionParameterError(f"factorize(): rank must be an int or a dict {{name: int}}, got {rank!r}")
     x = check_calibration(calibration, model, "factorize")
+    x_score = None
+    if max_drop is not None:
+        if x.shape[0] < 8:
+            raise CompressionParameterError(f"factorize(): max_drop needs at least 8 calibration samples "
+                                            f"(a quarter is held out to score), got {x.shape[0]}")
+        x, x_score = x[:x.shape[0] - x.shape[0] // 4], x[x.shape[0] - x.shape[0] // 4:]
     per_layer = rank if isinstance(rank, dict) else speedup if isinstance(speedup, dict) else None
     if per_layer is not None and layers is None:
         layers = list(per_layer)
@@ -429,29 +410,21 @@ def factorize(model, *, rank=None, energy=None, speedup=None, layers=None, calib
             patches = _rows(p.layer, ref_in[p.name], rows[p.name])
             data[p.name] = (patches, p.layer.weight.apply(patches))
         del ref_in
-    if scheme == "auto" and speedup is not None:
+    if scheme == "auto" and (speedup is not None or max_drop is not None):
         for i, p in enumerate(plans):
             if p.scheme == "jaderberg":
                 alt = _Plan(model, p.name, "channel")
-                target = speedup[p.name] if isinstance(speedup, dict) else speedup
+                target = 2.0 if speedup is None else speedup[p.name] if isinstance(speedup, dict) else speedup
                 errs = []
                 for q in (p, alt):
-                    q.spectrum = _spectrum(q, data.get(q.name))
+                    q.spectrum = lc.plan_spectrum(q, data.get(q.name))
                     errs.append(_rel_tail(q.spectrum)[_rank_for_speedup(q, target)])
                 plans[i] = p if errs[0] <= errs[1] else alt
     for p in plans:
-        if p.spectrum is None and (energy is not None or (speedup is not None and not isinstance(speedup, dict))):
-            p.spectrum = _spectrum(p, data.get(p.name))
-    ranks = _ranks(plans, rank, energy, speedup, allocation)
+        if p.spectrum is None and (energy is not None or max_drop is not None
+                                   or (speedup is not None and not isinstance(speedup, dict))):
+            p.spectrum = lc.plan_spectrum(p, data.get(p.name))
 
-    out = model
-    for k, p in enumerate(plans):
-        if ranks[p.name] is None:
-            continue
-        d = None
-        if x is not None:
-            first = all(ranks[q.name] is None for q in plans[:k])
-            cur = data[p.name][0] if first else _rows(p.layer, run_to(out, x, [p.name])[p.name], rows[p.name])
-            d = (cur, data[p.name][1])
-        out = _split(out, p.name, *_pair(p, *_factors(p, ranks[p.name], d, iterations)))
-    return out
+    if max_drop is not None:
+        return _within_budget(model, plans, x, x_score, data, rows, float(max_drop), iterations, seed)
+    return _build(model, plans, _ranks(plans, rank, energy, speedup, allocation), x, data, rows, iterations, seed)

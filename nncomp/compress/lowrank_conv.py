@@ -1,5 +1,12 @@
-"""Jaderberg's scheme 2 for a k x k convolution: a k x 1 convolution into K channels, then 1 x k.
+"""The linear algebra of low-rank factors: truncated SVD, reduced-rank regression, Jaderberg's scheme 2.
 
+Dense layers and the channel scheme factor a weight matrix ``(n_out, n_in)`` (a conv's is
+``(N, kh*kw*C)``): filter reconstruction is its truncated SVD; data reconstruction is reduced-rank
+ridge regression of the layer's outputs on its calibration inputs (whiten by the input covariance,
+truncate, unwhiten: closed form), anchored at the original weight so that its data error is never
+above the truncated SVD's.
+
+Scheme 2 replaces a k x k convolution by a k x 1 convolution into K channels, then 1 x k.
 Notation (nncomp's conv weight matrices, patch columns ordered (kh, kw, c)):
 
 - the original weight ``w`` is ``(N, kh*kw*C)``;
@@ -26,6 +33,136 @@ from scipy import linalg
 DAMP = 1e-6
 
 
+# ------------------------------------------------------------------ matrices (dense, channel scheme)
+# Matrices with at least this many entries get a randomized truncated SVD when the rank is small.
+RANDOMIZED_MIN_SIZE = 1 << 24
+
+
+def truncated_svd(a, rank, *, seed=0):
+    """``(u[:, :rank], s[:rank], vt[:rank])`` of a float matrix (float64 results).
+
+    Exact (LAPACK) unless ``a`` has at least RANDOMIZED_MIN_SIZE entries and ``rank`` is at most a
+    quarter of ``min(a.shape)``: then Halko et al.'s randomized range finder (oversampling by
+    ``max(10, rank // 10)``, three power iterations with re-orthonormalisation, seeded), whose
+    float32 products keep a VGG-16 fc6 factorization to seconds.
+    """
+    m, n = a.shape
+    if a.size < RANDOMIZED_MIN_SIZE or rank > min(m, n) // 4:
+        u, s, vt = np.linalg.svd(np.asarray(a, np.float64), full_matrices=False)
+        return u[:, :rank], s[:rank], vt[:rank]
+    a = np.asarray(a, np.float32)
+    k = min(min(m, n), rank + max(10, rank // 10))
+    rng = np.random.default_rng(seed)
+    q = np.linalg.qr((a @ rng.standard_normal((n, k), dtype=np.float32)).astype(np.float64))[0]
+    for _ in range(3):
+        z = np.linalg.qr((a.T @ q.astype(np.float32)).astype(np.float64))[0]
+        q = np.linalg.qr((a @ z.astype(np.float32)).astype(np.float64))[0]
+    b = (q.T.astype(np.float32) @ a).astype(np.float64)
+    ub, s, vt = np.linalg.svd(b, full_matrices=False)
+    return (q @ ub)[:, :rank], s[:rank], vt[:rank]
+
+
+def svd_factors(w, rank, gain=None, seed=0):
+    """Truncated SVD ``w ~= u @ v``: ``u (n_out, rank)``, ``v (rank, n_in)``, balanced.
+
+    ``gain (n_out,)`` weights the rows of the error (a following BatchNorm's scale).
+    """
+    a = np.asarray(w, np.float64) * gain[:, None] if gain is not None else w
+    u, s, vt = truncated_svd(a, rank, seed=seed)
+    root = np.sqrt(s)
+    u, v = u * root, root[:, None] * vt
+    if gain is not None:
+        u = u / gain[:, None]
+    return _balance(u, v)
+
+
+def rrr_parts(w, x, y, gain=None):
+    """Reduced-rank ridge regression of ``y`` on ``x`` anchored at ``w``, centered.
+
+    Returns ``(b, eig, vecs)``: ``b (n_in, n_out)`` solves ``min ||y - x b||^2 + lam ||b - w.T||^2``
+    (``lam = DAMP`` times the mean input variance); ``eig`` (descending) and ``vecs (n_out, n_out)``
+    diagonalise the (gain-weighted) covariance of the fitted outputs. The best rank-r weight is
+    ``diag(1/gain) V_r V_r.T diag(gain) b.T`` (Reinsel and Velu's reduced-rank regression).
+    """
+    w = np.asarray(w, np.float64)
+    x = np.asarray(x, np.float64)
+    x = x - x.mean(axis=0)
+    y = np.asarray(y, np.float64)
+    y = y - y.mean(axis=0)
+    s = x.T @ x
+    lam = DAMP * max(np.trace(s) / s.shape[0], 1e-12)
+    s[np.diag_indices_from(s)] += lam
+    c = x.T @ y + lam * w.T
+    b = linalg.solve(s, c, assume_a="pos")
+    g = c.T @ b
+    if gain is not None:
+        g = g * gain[:, None] * gain[None, :]
+    eig, vecs = np.linalg.eigh((g + g.T) / 2)
+    order = np.argsort(eig)[::-1]
+    return b, np.maximum(eig[order], 0), vecs[:, order]
+
+
+def rrr_factors(w, bias, x, y, rank, gain=None):
+    """Data reconstruction of ``w (n_out, n_in)`` with ``bias``: ``(u, v, new_bias)``.
+
+    Minimises ``||y + bias - x (u v).T - new_bias||^2 + lam ||u v - w||^2`` over rank-``rank``
+    products (gain-weighted outputs): the data error is never above the truncated SVD's.
+    ``x (rows, n_in)`` are the layer's inputs on calibration data (the partly compressed model's own
+    activations), ``y (rows, n_out)`` the original layer's outputs without bias.
+    """
+    b, _, vecs = rrr_parts(w, x, y, gain)
+    q = vecs[:, :rank]
+    g = np.ones(q.shape[0]) if gain is None else gain
+    u, v = _balance(q / g[:, None], q.T @ (g[:, None] * b.T))
+    base = np.zeros(q.shape[0]) if bias is None else np.asarray(bias, np.float64)
+    shift = np.asarray(y, np.float64).mean(axis=0) - (np.asarray(x, np.float64).mean(axis=0) @ v.T) @ u.T
+    return u, v, base + shift
+
+
+# ------------------------------------------------------------------ per layer
+# ``plan`` (lowrank._Plan) carries: scheme, w (float32 weight matrix), layer, shape (input h, w, c),
+# gain (output weights or None), max_rank. ``data`` is None or (input rows, target outputs).
+def plan_spectrum(plan, data):
+    """Squared singular values (filter) or captured output energies (data) of the plan's matrix."""
+    if plan.scheme == "jaderberg":
+        kh, kw = plan.layer.kernel_size
+        chol = None
+        if data is not None:
+            try:
+                chol = PatchProblem(data[0], data[1], kh, kw, plan.shape[2], plan.gain).vertical_cholesky()
+            except np.linalg.LinAlgError:
+                chol = None
+        return jaderberg_spectrum(plan.w, kh, kw, plan.shape[2], plan.gain, chol)[0]
+    if data is None:
+        a = plan.w * plan.gain[:, None].astype(np.float32) if plan.gain is not None else plan.w
+        if a.size < RANDOMIZED_MIN_SIZE:
+            return np.linalg.svd(a.astype(np.float64), compute_uv=False) ** 2
+        g = (a @ a.T if a.shape[0] <= a.shape[1] else a.T @ a).astype(np.float64)  # big: the Gram's eigenvalues
+        return np.maximum(np.linalg.eigvalsh(g)[::-1], 0)
+    return rrr_parts(plan.w, data[0], data[1], plan.gain)[1][:plan.max_rank]
+
+
+def plan_factors(plan, rank, data, iterations, seed):
+    """``(first_weight, second_weight, bias)`` as float64 arrays."""
+    b = plan.layer.bias
+    if plan.scheme == "jaderberg":
+        kh, kw = plan.layer.kernel_size
+        c = plan.shape[2]
+        if data is None:
+            v, h = jaderberg_filter(plan.w, rank, kh, kw, c, plan.gain)
+            return v, h, b
+        problem = PatchProblem(data[0], data[1], kh, kw, c, plan.gain)
+        v, h, bias, _ = jaderberg_data(plan.w, b, rank, problem, iterations=iterations)
+        return v, h, bias
+    if data is None:
+        u, v = svd_factors(plan.w, rank, plan.gain, seed)
+        return v, u, b
+    u, v, bias = rrr_factors(plan.w, b, data[0], data[1], rank, plan.gain)
+    return v, u, bias
+
+
+
+# ------------------------------------------------------------------ scheme 2
 def kernel_matrix(w, kh, kw, c):
     """``(N, kh*kw*C)`` conv weight -> ``(kh*C, N*kw)`` matrix ``M[(i, c), (n, j)]``."""
     n = w.shape[0]

@@ -1,0 +1,354 @@
+"""Low-rank benchmark (issue 6): Jaderberg scheme 2 on VGG-16 convs, SVD on fc6, accuracy on the digits.
+
+Run:  PYTHONPATH=/work/main /work/venv-fw/bin/python bench/lowrank.py [--quick] [--skip-speed] [--skip-accuracy]
+Writes bench/results/lowrank.json and bench/results/lowrank.md. Contenders of one row are timed in
+the same process, alternating (nncomp.bench.timing.alternate), 2 threads for every pool (Numba, BLAS,
+torch). Layer weights are random (speed does not depend on their values); the factorized layers come
+from ``nc.factorize`` itself.
+"""
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from nncomp.bench.timing import alternate, machine_info, reexec_without_openblas_overrides, set_threads
+
+THREADS = 2
+SEED = 0
+N_CALIB = 1000          # training digits given to data reconstruction
+FLOP_CUT = 2.5
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONVS = {"conv3_2": (256, 56, 256), "conv5_2": (512, 14, 512)}   # c_in, h = w, c_out; 3x3, pad 1
+
+
+def limits():
+    """Memory read bandwidth (1 GiB, Numba parallel sum) and sgemm throughput (4096^3)."""
+    import numba
+
+    @numba.njit(parallel=True, fastmath=True)
+    def total(a):
+        s = np.float32(0)
+        for i in numba.prange(a.shape[0]):
+            s += a[i]
+        return s
+
+    big = np.ones(1 << 28, np.float32)
+    total(big)
+    r = alternate({"read": lambda: total(big)}, repeat=5)["read"]["median_ms"]
+    del big
+    a = np.ones((4096, 4096), np.float32)
+    g = alternate({"sgemm": lambda: a @ a}, repeat=3)["sgemm"]["median_ms"]
+    return {"dram_read_GBps": (1 << 30) / r / 1e6, "sgemm_GFLOPs": 2 * 4096**3 / g / 1e6}
+
+
+def scheme2_rank(c, n, k=3, cut=FLOP_CUT, multiple=8):
+    """The largest multiple of ``multiple`` whose scheme-2 pair costs at most 1/cut of the k x k conv."""
+    r = int(k * k * c * n / (cut * k * (c + n)))
+    return r - r % multiple
+
+
+def conv_row(name, batch, repeat, lim):
+    import torch
+    import torch.nn.functional as F
+    import nncomp as nc
+
+    c, hw, n = CONVS[name]
+    rng = np.random.default_rng(SEED)
+    w4 = (rng.standard_normal((n, c, 3, 3)) * np.sqrt(2.0 / (9 * c))).astype(np.float32)
+    layer = nc.Conv2D(np.ascontiguousarray(w4.transpose(0, 2, 3, 1).reshape(n, -1)), np.zeros(n, np.float32),
+                      in_channels=c, kernel_size=3, padding=1)
+    dense = nc.Model([nc.Node(name, layer)], input_shape=(hw, hw, c), input_layout="NHWC")
+    k = scheme2_rank(c, n)
+    t0 = time.perf_counter()
+    pair = nc.factorize(dense, rank=k, scheme="jaderberg")
+    t_factor = time.perf_counter() - t0
+    x = rng.standard_normal((batch, hw, hw, c)).astype(np.float32)
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    xcl = xt.contiguous(memory_format=torch.channels_last)
+    wt = torch.from_numpy(w4)
+    wcl = wt.contiguous(memory_format=torch.channels_last)
+    v = pair[f"{name}/v"].layer.weight.w.reshape(k, 3, 1, c).transpose(0, 3, 1, 2)
+    h = pair[name].layer.weight.w.reshape(n, 1, 3, k).transpose(0, 3, 1, 2)
+    vt = torch.from_numpy(np.ascontiguousarray(v)).contiguous(memory_format=torch.channels_last)
+    ht = torch.from_numpy(np.ascontiguousarray(h)).contiguous(memory_format=torch.channels_last)
+    bt = torch.zeros(n)
+    # the two engines agree
+    y_pair = pair(x)
+    with torch.inference_mode():
+        y_tpair = F.conv2d(F.conv2d(xcl, vt, padding=(1, 0)), ht, bt, padding=(0, 1)).permute(0, 2, 3, 1).numpy()
+        y_tdense = F.conv2d(xt, wt, bt, padding=1).permute(0, 2, 3, 1).numpy()
+    check = {"pair_vs_torch_pair_max_rel": float(np.abs(y_pair - y_tpair).max() / np.abs(y_tpair).max()),
+             "dense_vs_torch_max_rel": float(np.abs(dense(x) - y_tdense).max() / np.abs(y_tdense).max()),
+             "pair_vs_dense_rel_fro": float(np.linalg.norm(y_pair - y_tdense) / np.linalg.norm(y_tdense))}
+    with torch.inference_mode():
+        contenders = {
+            "nncomp dense (im2col + BLAS)": lambda: dense(x),
+            "nncomp scheme 2": lambda: pair(x),
+            "torch dense NCHW": lambda: F.conv2d(xt, wt, bt, padding=1),
+            "torch dense channels-last": lambda: F.conv2d(xcl, wcl, bt, padding=1),
+            "torch scheme 2 channels-last": lambda: F.conv2d(F.conv2d(xcl, vt, padding=(1, 0)), ht, bt, padding=(0, 1)),
+        }
+        times = alternate(contenders, repeat=repeat, warmup=2, max_seconds=120)
+    macs_dense, macs_pair = dense.macs * batch, pair.macs * batch
+    base = times["nncomp dense (im2col + BLAS)"]["median_ms"]
+    for key, t in times.items():
+        macs = macs_pair if "scheme 2" in key else macs_dense
+        t["speedup_vs_nncomp_dense"] = base / t["median_ms"]
+        t["GFLOPs"] = 2 * macs / t["median_ms"] / 1e6
+        t["pct_of_sgemm_limit"] = 100 * t["GFLOPs"] / lim["sgemm_GFLOPs"]
+    best_torch = min(("torch dense NCHW", "torch dense channels-last"), key=lambda kk: times[kk]["median_ms"])
+    return {"layer": name, "batch": batch, "shape": f"{batch}x{c}x{hw}x{hw}, {n} 3x3 filters, pad 1", "rank": k,
+            "flop_cut": macs_dense / macs_pair, "factorize_s": t_factor, "times": times, "check": check,
+            "speedup": base / times["nncomp scheme 2"]["median_ms"],
+            "best_torch_dense": best_torch,
+            "pair_vs_best_torch_dense": times[best_torch]["median_ms"] / times["nncomp scheme 2"]["median_ms"]}
+
+
+def fc6_row(batch, repeat, lim):
+    import torch
+    import nncomp as nc
+
+    rng = np.random.default_rng(SEED)
+    w = (rng.standard_normal((4096, 25088), dtype=np.float32) * np.float32(np.sqrt(2.0 / 25088)))
+    b = np.zeros(4096, np.float32)
+    dense = nc.Model([nc.Node("fc6", nc.Dense(w, b))], input_shape=(25088,), input_layout="NC")
+    t0 = time.perf_counter()
+    low = nc.factorize(dense, rank=256)
+    t_factor = time.perf_counter() - t0
+    x = rng.standard_normal((batch, 25088), dtype=np.float32)
+    wt, xt = torch.from_numpy(w), torch.from_numpy(x)
+    contenders = {
+        "nncomp dense": lambda: dense(x),
+        "nncomp low rank r=256": lambda: low(x),
+        "numpy dense (W @ x.T).T": lambda: (w @ x.T).T,
+        "torch dense linear": lambda: torch.nn.functional.linear(xt, wt),
+    }
+    with torch.inference_mode():
+        times = alternate(contenders, repeat=repeat, warmup=2, flush=True, max_seconds=120)
+    base = times["nncomp dense"]["median_ms"]
+    best = min(times[k]["median_ms"] for k in contenders if "low rank" not in k)
+    nbytes = {"dense": dense.nbytes, "low": low.nbytes}
+    for key, t in times.items():
+        t["speedup_vs_nncomp_dense"] = base / t["median_ms"]
+        nb = nbytes["low"] if "low rank" in key else nbytes["dense"]
+        macs = (low.macs if "low rank" in key else dense.macs) * batch
+        t["pct_of_memory_limit"] = 100 * (nb / lim["dram_read_GBps"] / 1e6) / t["median_ms"]
+        t["pct_of_sgemm_limit"] = 100 * (2 * macs / lim["sgemm_GFLOPs"] / 1e6) / t["median_ms"]
+    flop_cut = dense.macs / low.macs
+    sp = base / times["nncomp low rank r=256"]["median_ms"]
+    return {"layer": "fc6", "batch": batch, "rank": 256, "flop_cut": flop_cut, "factorize_s": t_factor,
+            "times": times, "speedup": sp, "speedup_over_flop_cut": sp / flop_cut,
+            "speedup_vs_best_dense": best / times["nncomp low rank r=256"]["median_ms"],
+            "bytes_dense": nbytes["dense"], "bytes_low": nbytes["low"]}
+
+
+def _accuracy(m, x, y):
+    return float(np.mean(m(x).argmax(axis=1) == y))
+
+
+def accuracy_rows(quick):
+    import nncomp as nc
+
+    out = []
+    lenet = nc.load(os.path.join(HERE, "..", "data", "lenet300.h5"))
+    x, y = nc.data.for_model(lenet, "test")
+    cx, _ = nc.data.for_model(lenet, "train")
+    cx = cx[:N_CALIB]
+    base = _accuracy(lenet, x, y)
+    fc1 = lenet["fc1"].layer.weight.shape
+    r4 = int(fc1[0] * fc1[1] / (4 * (fc1[0] + fc1[1])))
+    for rank, label in ((r4, "4x fewer fc1 MACs"), (fc1[0] // 4, "4x lower rank")):
+        for cal in (None, cx):
+            t0 = time.perf_counter()
+            f = nc.factorize(lenet, rank={"fc1": rank}, calibration=cal)
+            acc = _accuracy(f, x, y)
+            out.append({"model": "lenet300", "setting": f"fc1 rank {rank} ({label})", "scheme": "svd",
+                        "allocation": "-", "reconstruction": "data" if cal is not None else "filter",
+                        "accuracy": acc, "baseline": base, "drop_points": 100 * (base - acc),
+                        "mac_cut": fc1[0] * fc1[1] / (rank * (fc1[0] + fc1[1])), "seconds": time.perf_counter() - t0})
+    variants = [("jaderberg", "global"), ("jaderberg", "uniform"), ("channel", "global"), ("auto", "global")]
+    if quick:
+        variants = variants[:1]
+    for name in ("vgg_small", "resnet_small"):
+        model = nc.load(os.path.join(HERE, "..", "data", f"{name}.h5"))
+        x, y = nc.data.for_model(model, "test")
+        cx, _ = nc.data.for_model(model, "train")
+        cx = cx[:N_CALIB]
+        base = _accuracy(model, x, y)
+        convs = [n.name for n in model.nodes if isinstance(n.layer, nc.Conv2D) and n.layer.kernel_size == (3, 3)]
+        macs = lambda m: sum(n.layer.macs(m.shapes[n.inputs[0]]) for n in m.nodes  # noqa: E731
+                             if n.name.split("/")[0] in convs)
+        for scheme, alloc in variants:
+            for cal in (None, cx):
+                t0 = time.perf_counter()
+                f = nc.factorize(model, speedup=2.0, layers=convs, calibration=cal, scheme=scheme,
+                                 allocation=alloc, seed=SEED)
+                secs = time.perf_counter() - t0
+                acc = _accuracy(f, x, y)
+                ranks = {c: (f[f"{c}/v"].layer.weight.shape[0], "jaderberg" if f[c].layer.kernel_size == (1, 3)
+                             else "channel") if f"{c}/v" in f.shapes else None for c in convs}
+                row = {"model": name, "setting": "3x3 convs, speedup=2", "scheme": scheme, "allocation": alloc,
+                       "reconstruction": "data" if cal is not None else "filter", "accuracy": acc,
+                       "baseline": base, "drop_points": 100 * (base - acc), "mac_cut": macs(model) / macs(f),
+                       "seconds": secs, "ranks": ranks}
+                out.append(row)
+                print(f"  {name} {scheme} {alloc} {row['reconstruction']}: {acc:.3f} ({secs:.1f} s)", flush=True)
+                if cal is not None and scheme == "jaderberg" and alloc == "global":
+                    try:
+                        from nncomp.compress.quantization import quantize
+                    except ImportError:
+                        continue
+                    q = quantize(f, calibration=cx[:512])
+                    acc_q = _accuracy(q, x, y)
+                    out.append({**row, "setting": "3x3 convs, speedup=2, then int8 (quantize, dynamic)",
+                                "accuracy": acc_q, "drop_points": 100 * (base - acc_q), "seconds": None})
+    return out
+
+
+def _f(v, d=2):
+    return "-" if v is None else f"{v:.{d}f}"
+
+
+def write_md(res, path):
+    m = res["machine"]
+    lim = res["limits"]
+    la = res["load_average"]
+    lines = ["# Low-rank layers (bench/lowrank.py)", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {res['threads']} threads for Numba, BLAS and torch; "
+             f"versions {m['versions']}; {m['date']}. Seed {SEED}. Limits measured at start: DRAM read "
+             f"{lim['dram_read_GBps']:.1f} GB/s, sgemm {lim['sgemm_GFLOPs']:.0f} GFLOP/s. Load average "
+             f"(1, 5, 15 min) at start {la['start']}, at end {la['end']} on {m['cores']} cores: the machine is "
+             "shared, so compare ratios within a table (alternating timing), not absolute times.", ""]
+    t = res.get("targets", [])
+    if t:
+        lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+        lines += [f"| {r['target']} | {r['measured']} | {'yes' if r['met'] else '**no**'} |" for r in t]
+        lines.append("")
+    convs = [r for r in res.get("speed", []) if r["layer"] != "fc6"]
+    if convs:
+        lines += ["## VGG-16 convolutions: Jaderberg scheme 2 against dense", "",
+                  "Random He-initialised 3x3 kernels, factorized by `nc.factorize(rank=K, scheme=\"jaderberg\")` "
+                  "(filter reconstruction); K is the largest multiple of 8 whose pair costs at most 1/2.5 of the "
+                  "dense MACs. nncomp layers run im2col + BLAS sgemm on NHWC; torch runs `F.conv2d` (oneDNN) on NCHW "
+                  "and on channels-last tensors. Caches not flushed (weights 2.4-9.4 MB, compute-bound). "
+                  "Medians over alternating rounds; % of limit = achieved GFLOP/s over the 4096^3 sgemm's.", ""]
+        for r in convs:
+            lines += [f"### {r['layer']} ({r['shape']}), batch {r['batch']}: K={r['rank']}, FLOP cut "
+                      f"{r['flop_cut']:.2f}x", "",
+                      "| contender | median ms | p90 ms | speedup vs nncomp dense | GFLOP/s | % of sgemm limit |",
+                      "|---|---|---|---|---|---|"]
+            for k, v in r["times"].items():
+                lines.append(f"| {k} | {v['median_ms']:.2f} | {v['p90_ms']:.2f} | {v['speedup_vs_nncomp_dense']:.2f}x "
+                             f"| {v['GFLOPs']:.0f} | {v['pct_of_sgemm_limit']:.0f}% |")
+            c = r["check"]
+            lines += ["", f"nncomp scheme 2 / best torch dense ({r['best_torch_dense']}): "
+                      f"{r['pair_vs_best_torch_dense']:.2f}x faster. Checks: nncomp pair vs torch pair max rel. diff "
+                      f"{c['pair_vs_torch_pair_max_rel']:.1e}, nncomp dense vs torch {c['dense_vs_torch_max_rel']:.1e}; "
+                      f"pair vs dense output (filter reconstruction of a random kernel) rel. Frobenius error "
+                      f"{c['pair_vs_dense_rel_fro']:.2f}. Factorize took {r['factorize_s']:.1f} s.", ""]
+    fcs = [r for r in res.get("speed", []) if r["layer"] == "fc6"]
+    if fcs:
+        lines += ["## VGG-16 fc6 (4096x25088), rank 256", "",
+                  "Random weights; `nc.factorize(rank=256)` (randomized truncated SVD for a matrix this large). "
+                  "Caches flushed before every call (dense 411 MB; low rank 30 MB would otherwise sit in the 32 MiB "
+                  "L3). % of limits: memory = weight bytes / DRAM bandwidth, sgemm = FLOPs / sgemm throughput, "
+                  "each over the measured time.", ""]
+        for r in fcs:
+            lines += [f"### batch {r['batch']}: FLOP cut {r['flop_cut']:.2f}x, measured speedup {r['speedup']:.2f}x "
+                      f"= {r['speedup_over_flop_cut']:.2f} of the FLOP cut ({r['speedup_vs_best_dense']:.2f}x against "
+                      "the fastest dense contender)", "",
+                      "| contender | median ms | p90 ms | speedup vs nncomp dense | % of memory limit | % of sgemm limit |",
+                      "|---|---|---|---|---|---|"]
+            for k, v in r["times"].items():
+                lines.append(f"| {k} | {v['median_ms']:.3f} | {v['p90_ms']:.3f} | {v['speedup_vs_nncomp_dense']:.2f}x "
+                             f"| {v['pct_of_memory_limit']:.0f}% | {v['pct_of_sgemm_limit']:.0f}% |")
+            lines.append("")
+    acc = res.get("accuracy", [])
+    if acc:
+        lines += ["## Accuracy on the 1,000 shipped test digits, no retraining: filter vs data reconstruction", "",
+                  f"Data reconstruction gets the first {N_CALIB} training digits (layer by layer on the partly "
+                  "factorized model's own activations). `mac cut` = MACs of the factorized layers before / after. "
+                  "`global`: one MAC budget for all selected layers, ranks where they remove the most relative "
+                  "error per MAC; `uniform`: every layer 2x. ",
+                  "", "| model | setting | scheme | allocation | reconstruction | accuracy | drop (points) | mac cut | seconds |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in acc:
+            lines.append(f"| {r['model']} | {r['setting']} | {r['scheme']} | {r['allocation']} | {r['reconstruction']} "
+                         f"| {100 * r['accuracy']:.1f}% | {r['drop_points']:+.1f} | {r['mac_cut']:.2f}x | {_f(r['seconds'], 1)} |")
+        lines.append("")
+        ranked = [r for r in acc if r.get("ranks") and r["reconstruction"] == "data"
+                  and r["scheme"] == "jaderberg" and r["allocation"] == "global" and "int8" not in r["setting"]]
+        for r in ranked:
+            lines.append(f"- {r['model']} (scheme 2, global, data) ranks: "
+                         + ", ".join(f"{k}: {'dense' if v is None else f'{v[0]} ({v[1]})'}" for k, v in r["ranks"].items()))
+        lines.append("")
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines))
+
+
+def targets(res):
+    out = []
+    for r in res.get("speed", []):
+        if r["layer"] == "fc6":
+            out.append({"target": f"fc6 rank 256, batch {r['batch']}: speedup >= 0.8 x FLOP cut ({r['flop_cut']:.2f}x)",
+                        "measured": f"{r['speedup']:.2f}x = {r['speedup_over_flop_cut']:.2f} of the cut",
+                        "met": r["speedup_over_flop_cut"] >= 0.8})
+        else:
+            out.append({"target": f"{r['layer']} batch {r['batch']}: scheme 2 ({r['flop_cut']:.2f}x fewer FLOPs) >= 2.2x "
+                        "faster than nncomp dense", "measured": f"{r['speedup']:.2f}x", "met": r["speedup"] >= 2.2})
+            out.append({"target": f"{r['layer']} batch {r['batch']}: nncomp scheme 2 faster than torch's dense conv "
+                        f"(best of NCHW / channels-last: {r['best_torch_dense']})",
+                        "measured": f"{r['pair_vs_best_torch_dense']:.2f}x", "met": r["pair_vs_best_torch_dense"] > 1})
+    for r in res.get("accuracy", []):
+        if r["reconstruction"] != "data" or "int8" in r["setting"]:
+            continue
+        if r["model"] == "lenet300" and "fewer" in r["setting"]:
+            out.append({"target": f"lenet300 {r['setting']}, data reconstruction: drop <= 0.5 point",
+                        "measured": f"{r['drop_points']:+.1f}", "met": r["drop_points"] <= 0.5})
+        if r["model"] != "lenet300" and r["scheme"] == "jaderberg" and r["allocation"] == "global":
+            out.append({"target": f"{r['model']} 3x3 convs 2x cheaper ({r['mac_cut']:.2f}x), scheme 2, data "
+                        "reconstruction: drop <= 1.0 point", "measured": f"{r['drop_points']:+.1f}",
+                        "met": r["drop_points"] <= 1.0})
+    return out
+
+
+def main():
+    reexec_without_openblas_overrides()
+    args = set(sys.argv[1:])
+    quick = "--quick" in args
+    import torch  # noqa: F401 - loaded before set_threads so that torch gets the same thread count
+    threads = set_threads(THREADS)
+    res = {"machine": machine_info(), "threads": threads, "seed": SEED, "n_calibration": N_CALIB,
+           "load_average": {"start": [round(v, 2) for v in os.getloadavg()]}}
+    res["limits"] = limits()
+    print("limits", res["limits"], flush=True)
+    if "--skip-speed" not in args:
+        res["speed"] = []
+        repeat = 3 if quick else 15
+        for name in CONVS:
+            for batch in (1, 32):
+                r = conv_row(name, batch, repeat if batch == 1 else max(3, repeat // 2), res["limits"])
+                res["speed"].append(r)
+                print(f"{name} B={batch}: speedup {r['speedup']:.2f}x, vs torch {r['pair_vs_best_torch_dense']:.2f}x",
+                      flush=True)
+        for batch in (1, 32):
+            r = fc6_row(batch, repeat, res["limits"])
+            res["speed"].append(r)
+            print(f"fc6 B={batch}: speedup {r['speedup']:.2f}x of {r['flop_cut']:.2f}x", flush=True)
+    if "--skip-accuracy" not in args:
+        res["accuracy"] = accuracy_rows(quick)
+    res["load_average"]["end"] = [round(v, 2) for v in os.getloadavg()]
+    res["targets"] = targets(res)
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    stem = os.path.join(HERE, "results", "lowrank" + ("_quick" if quick else ""))
+    with open(stem + ".json", "w") as fh:
+        json.dump(res, fh, indent=1, default=float)
+    write_md(res, stem + ".md")
+    for t in res["targets"]:
+        print(("MET  " if t["met"] else "MISS ") + t["target"] + ": " + t["measured"])
+
+
+if __name__ == "__main__":
+    main()
