@@ -7,7 +7,9 @@ variable-length strings) is counted instead of taking the suite down; the mutant
 hang a worker must then be refused cleanly by ``load(..., isolate=True)`` (T9).
 
 ``NNCOMP_FUZZ=N`` sets the number of mutants (default 150), ``NNCOMP_FUZZ_SEED`` the seed.
-Statistics are printed (``pytest -s``) and failing mutants are kept in the test's tmp folder.
+Statistics are printed (``pytest -s``), including per file how many mutants loaded with the same
+outputs as the pristine file ("loaded-same") or silently different ones ("loaded-changed": formats
+without checksums), and failing mutants are kept in the test's tmp folder.
 """
 import collections
 import json
@@ -32,7 +34,7 @@ TIMEOUT = 30.0            # per mutant; a sound load takes well under a second h
 WORKER_MEMORY = 2 << 30   # address space a worker may add after start-up
 
 WORKER = r"""
-import json, os, resource, sys, traceback
+import hashlib, json, os, resource, sys, traceback
 import numpy as np
 import nncomp as nc
 with open("/proc/self/statm") as fh:
@@ -56,7 +58,8 @@ for line in sys.stdin:
         try:
             ys = model(x)
             ys = ys if isinstance(ys, tuple) else (ys,)
-            out = {"status": "loaded" if all(np.isfinite(y).all() for y in ys) else "nonfinite"}
+            out = {"status": "loaded" if all(np.isfinite(y).all() for y in ys) else "nonfinite",
+                   "digest": hashlib.sha256(b"".join(np.ascontiguousarray(y).tobytes() for y in ys)).hexdigest()}
         except nc.NncompError as e:
             out = {"status": "refused-at-run", "type": type(e).__name__}
         except BaseException as e:
@@ -176,13 +179,15 @@ def test_mutated_files_raise_only_nncomp_errors(tmp_path):
     keep = tmp_path / "failures"
     keep.mkdir()
     worker = Worker(tmp_path / "worker.log")
-    stats, failures, by_kind = collections.Counter(), [], collections.Counter()
+    stats, failures, by_kind, by_file = collections.Counter(), [], collections.Counter(), collections.Counter()
+    pristine = {}
     try:
         for name, data, arch, _ in srcs:                     # the pristine files load: the harness works
             path = tmp_path / "pristine.h5"
             path.write_bytes(data)
             verdict = worker.ask(path, arch, timeout=300)
             assert verdict["status"] == "loaded", (name, verdict)
+            pristine[name] = verdict["digest"]
         for i in range(N_MUTANTS):
             rng = np.random.default_rng([SEED, i])
             name, data, arch, meta = srcs[int(rng.integers(len(srcs)))]
@@ -192,6 +197,8 @@ def test_mutated_files_raise_only_nncomp_errors(tmp_path):
             verdict = worker.ask(path, arch)
             stats[verdict["status"]] += 1
             by_kind[(what.split()[0], verdict["status"])] += 1
+            same = verdict.get("digest") == pristine[name]
+            by_file[(name, verdict["status"] + ("" if "digest" not in verdict else "-same" if same else "-changed"))] += 1
             if verdict["status"] in ("escape", "crash", "hang", "nonfinite"):
                 saved = keep / f"{i:05d}-{verdict['status']}-{name}"
                 shutil.copy(path, saved)
@@ -203,6 +210,7 @@ def test_mutated_files_raise_only_nncomp_errors(tmp_path):
         worker.close()
     print(f"\nfuzz: {N_MUTANTS} mutants (seed {SEED}) of {len(srcs)} files: {dict(stats)}")
     print("by kind:", dict(sorted(by_kind.items())))
+    print("by file:", dict(sorted(by_file.items())))
     for i, name, what, verdict, saved, arch in failures:
         print(f"  #{i} {name} {what}: {verdict}")
     escapes = [f for f in failures if f[3]["status"] in ("escape", "nonfinite")]
