@@ -5,7 +5,6 @@ Tests match exception types, never message text. Most cases start from a real Ke
 """
 import json
 import os
-import re
 import shutil
 import struct
 import subprocess

@@ -11,6 +11,7 @@ raises is wrapped into a :class:`~nncomp.errors.ModelFileError` naming the file,
 import contextlib
 import json
 import math
+import mmap
 import os
 import stat
 import threading
@@ -341,7 +342,6 @@ def check_global_heaps(path):
     followed by objects that tile it exactly (16-byte headers, sizes padded to 8, a final free-space
     object); that is checked here, in Python, before HDF5 reads any variable-length data.
     """
-    import mmap
     with guard(path, None, "cannot scan the file's global heaps"), open(path, "rb") as fh:
         if os.fstat(fh.fileno()).st_size < len(_GCOL):
             return
