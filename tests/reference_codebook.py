@@ -32,7 +32,9 @@ def codebook_matmul4(codes, x, cb16):
     return _lane_product(cb16[codebook_unpack4(codes)], np.asarray(x, np.float32))
 
 
-codebook_matmul4_vpermps = codebook_matmul4
+def codebook_matmul_vpermps(codes, x, cb, wide):
+    """``codebook_matmul8`` (wide: one code per byte) or ``codebook_matmul4`` (packed)."""
+    return codebook_matmul8(codes, x, cb) if wide else codebook_matmul4(codes, x, cb)
 
 
 def codebook_matmul8(codes, x, cb):

@@ -3,6 +3,7 @@ and streams (F27), save/load with huffman=True, and the size report."""
 import json
 
 import h5py
+import numba
 import numpy as np
 import pytest
 from hypothesis import example, given, strategies as st
@@ -15,6 +16,8 @@ from nncomp.io import native
 from nncomp.kernels import huffman as K
 
 seeds = st.integers(0, 2**31 - 1)
+# Under NUMBA_DISABLE_JIT the kernels run as Python loops: skip the tests that compress whole models.
+heavy = pytest.mark.skipif(numba.config.DISABLE_JIT, reason="pure-Python kernels (NUMBA_DISABLE_JIT): too slow")
 
 
 def _code(counts):
@@ -158,6 +161,7 @@ def _lenet300_shared():
     return nc.share(nc.prune(nc.load("data/lenet300.h5"), sparsity=0.9, storage="csr"), 5)
 
 
+@heavy
 def test_save_load_round_trip_with_huffman(tmp_path):
     model = _lenet300_shared()
     dense = nc.share(nc.load("data/lenet300.h5"), 4)
@@ -198,6 +202,7 @@ def _rewrite(path, edit):
         f.attrs["model"] = np.bytes_(json.dumps(meta).encode())
 
 
+@heavy
 @pytest.mark.parametrize("what, why", [("kraft", "Kraft"), ("short", "ended after"), ("code", "out of range")])
 def test_hostile_files_are_refused(tmp_path, what, why):
     model = _lenet300_shared()
@@ -222,6 +227,7 @@ def test_hostile_files_are_refused(tmp_path, what, why):
         nc.load(path)
 
 
+@heavy
 def test_size_report_stages():
     model = _lenet300_shared()
     report = nc.size_report(model)

@@ -1,4 +1,5 @@
 """k-means weight sharing: kernels against their NumPy twins, codebook formats, share(), the pipeline."""
+import numba
 import numpy as np
 import pytest
 from hypothesis import example, given, strategies as st
@@ -16,6 +17,8 @@ from nncomp.matrices.csr_codebook import CSRCodebookMatrix, gaps_of, positions_o
 
 needs_avx512 = pytest.mark.skipif(not V.HAVE_AVX512, reason="CPU without AVX-512F")
 seeds = st.integers(0, 2**31 - 1)
+# Under NUMBA_DISABLE_JIT the kernels run as Python loops: skip the tests that compress whole models.
+heavy = pytest.mark.skipif(numba.config.DISABLE_JIT, reason="pure-Python kernels (NUMBA_DISABLE_JIT): too slow")
 
 
 def _packed4(rng, n_out, nb, k=16, integer=False):
@@ -25,12 +28,7 @@ def _packed4(rng, n_out, nb, k=16, integer=False):
     return pack(codes, 4), cb
 
 
-KERNELS4 = [K.codebook_matmul4, K.codebook_matmul4_parallel]
-FAST4 = [pytest.param(V.codebook_matmul4_vpermps, marks=needs_avx512),
-         pytest.param(V.codebook_matmul4_vpermps_parallel, marks=needs_avx512)]
-
-
-@pytest.mark.parametrize("kernel", KERNELS4 + FAST4)
+@pytest.mark.parametrize("kernel", [K.codebook_matmul4, K.codebook_matmul4_parallel])
 @given(n=st.integers(1, 9), n_out=st.integers(1, 11), nb=st.integers(1, 4), seed=seeds, integer=st.booleans())
 @example(n=1, n_out=9, nb=3, seed=0, integer=False)
 @example(n=5, n_out=4, nb=1, seed=1, integer=True)
@@ -46,19 +44,42 @@ def test_codebook_matmul4_matches_reference(kernel, n, n_out, nb, seed, integer)
 
 
 @needs_avx512
+@pytest.mark.parametrize("kernel", [V.codebook_matmul_vpermps, V.codebook_matmul_vpermps_parallel])
+@given(n=st.integers(1, 9), n_out=st.integers(1, 11), nb=st.integers(1, 4), seed=seeds, wide=st.booleans())
+@example(n=1, n_out=9, nb=3, seed=0, wide=False)
+@example(n=1, n_out=9, nb=3, seed=0, wide=True)
+def test_codebook_matmul_vpermps_matches_reference(kernel, n, n_out, nb, seed, wide):
+    rng = np.random.default_rng(seed)
+    if wide:
+        codes = rng.integers(0, 32, (n_out, nb * 16)).astype(np.uint8)
+        cb = rng.standard_normal(32).astype(np.float32)
+    else:
+        codes, cb = _packed4(rng, n_out, nb)
+    x = rng.standard_normal((n, nb * (16 if wide else 32))).astype(np.float32)
+    out = np.full((n, n_out), np.nan, np.float32)
+    kernel(codes, x, cb, wide, out)
+    assert np.array_equal(out, ref.codebook_matmul_vpermps(codes, x, cb, wide))
+
+
+@needs_avx512
+@pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 37])
-def test_codebook_matmul4_vpermps_matches_reference(n):
-    """The register path equals the portable loops bit for bit, on every batch/row-tail shape."""
+def test_register_paths_are_bit_identical_to_the_portable_loops(n, wide):
+    """Every batch/row-tail shape: 45 rows (tails of the 4- and 8-row blocks), 70 blocks > KCHUNK."""
     rng = np.random.default_rng(n)
-    codes, cb = _packed4(rng, 45, 70)      # 45 rows: tails of the 4- and 8-row blocks; 70 blocks > KCHUNK
-    x = rng.standard_normal((n, 70 * 32)).astype(np.float32)
-    outs = []
-    for kern in (K.codebook_matmul4, V.codebook_matmul4_vpermps, V.codebook_matmul4_vpermps_parallel):
-        out = np.empty((n, 45), np.float32)
-        kern(codes, x, cb, out)
-        outs.append(out)
+    if wide:
+        codes = rng.integers(0, 32, (45, 70 * 16)).astype(np.uint8)
+        cb = rng.standard_normal(32).astype(np.float32)
+        portable = K.codebook_matmul8
+    else:
+        codes, cb = _packed4(rng, 45, 70)
+        portable = K.codebook_matmul4
+    x = rng.standard_normal((n, codes.shape[1] * (1 if wide else 2))).astype(np.float32)
+    outs = [np.empty((n, 45), np.float32) for _ in range(3)]
+    portable(codes, x, cb, outs[0])
+    V.codebook_matmul_vpermps(codes, x, cb, wide, outs[1])
+    V.codebook_matmul_vpermps_parallel(codes, x, cb, wide, outs[2])
     assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
-    assert np.array_equal(outs[0], ref.codebook_matmul4_vpermps(codes, x, cb))
 
 
 @pytest.mark.parametrize("kernel", [K.codebook_matmul8, K.codebook_matmul8_parallel])
@@ -159,6 +180,7 @@ def test_kmeans_empty_clusters_are_reseeded_never_nan():
 
 
 # ----------------------------------------------------------------------------------- k-means rules
+@heavy
 @pytest.mark.parametrize("bits", [0, 9, 33, True, 8.5, "5", None])
 def test_bad_bits_are_refused(bits):
     with pytest.raises(CompressionParameterError):
@@ -218,9 +240,10 @@ def test_codebook_matrix_apply_pack_and_files(n_out, n_in, bits, seed):
     assert np.array_equal(back.apply(x), m.apply(x))
 
 
-def test_codebook_matrix_fast_path_and_fallback_agree(monkeypatch):
-    rng = np.random.default_rng(0)
-    m = CodebookMatrix.from_codes(rng.integers(0, 16, (37, 300)), rng.standard_normal(16), 4)
+@pytest.mark.parametrize("bits", [3, 4, 5])
+def test_codebook_matrix_fast_path_and_fallback_agree(monkeypatch, bits):
+    rng = np.random.default_rng(bits)
+    m = CodebookMatrix.from_codes(rng.integers(0, 2 ** bits, (37, 300)), rng.standard_normal(2 ** bits), bits)
     x = rng.standard_normal((6, 300)).astype(np.float32)
     fast = [m.apply(x), m.apply(x[:1])]
     monkeypatch.setattr(V, "HAVE_AVX512", False)
@@ -292,6 +315,7 @@ def digits(lenet300):
     return x, y, cal[:300]
 
 
+@heavy
 def test_share_dense_layers_accuracy_and_immutability(lenet300, digits):
     x, y, _ = digits
     before = lenet300["fc1"].layer.weight.w.copy()
@@ -307,6 +331,7 @@ def test_share_dense_layers_accuracy_and_immutability(lenet300, digits):
     assert type(only["fc2"].layer.weight) is type(lenet300["fc2"].layer.weight)
 
 
+@heavy
 def test_share_bad_parameters(lenet300):
     for kw in ({"init": "kmeans++"}, {"seed": -1}, {"seed": True}, {"layers": ["nope"]},
                {"bits": {"conv": 5}}, {"bits": {"fc9": 5}}, {"calibration": np.zeros((0, 784), np.float32)},
@@ -317,6 +342,7 @@ def test_share_bad_parameters(lenet300):
         nc.share(nc.share(lenet300, 4), 4, layers=["fc1"])
 
 
+@heavy
 def test_calibration_refit_never_increases_the_layer_error(lenet300, digits):
     from nncomp.compress.calibration import run_to
     _, _, cal = digits
@@ -333,6 +359,7 @@ def test_calibration_refit_never_increases_the_layer_error(lenet300, digits):
         assert np.unique(fit[name].layer.weight.to_dense()).size <= 4
 
 
+@heavy
 def test_share_pruned_layers_keeps_only_the_survivors(lenet300):
     pruned = nc.prune(lenet300, sparsity=0.9, storage="csr")
     s = nc.share(pruned, 5)
@@ -348,6 +375,7 @@ def test_share_pruned_layers_keeps_only_the_survivors(lenet300):
     assert isinstance(nc.share(dense_zeros, 3, sparse=True)["fc1"].layer.weight, CSRCodebookMatrix)
 
 
+@heavy
 def test_share_conv_layers_and_refuses_nonfinite_weights():
     m = nc.load("data/lenet5.h5")
     s = nc.share(m, {"conv": 8, "dense": 4})
@@ -361,6 +389,7 @@ def test_share_conv_layers_and_refuses_nonfinite_weights():
         nc.share(bad, 5)
 
 
+@heavy
 def test_deep_compression_pipeline(lenet300, digits, tmp_path):
     x, y, cal = digits
     dc = nc.deep_compression(lenet300, sparsity=0.9, calibration=cal)

@@ -5,7 +5,7 @@ Recipe (what :func:`deep_compression` runs, step by step, so each stage can be i
     import nncomp as nc
     model = nc.load("data/lenet300.h5")
     calib, _ = nc.data.mnist("train", layout="NC")       # training digits only
-    pruned = nc.prune(model, sparsity=0.92, calibration=calib, storage="csr")
+    pruned = nc.prune(model, sparsity=0.92, scope="global", calibration=calib, storage="csr")
     shared = nc.share(pruned, bits=5, sparse=True)       # codebooks over the surviving weights
     small = nncomp.compress.sharing.refit_model(model, shared, calib, names)   # optional
     print(nc.size_report(small))                         # bytes per stage and layer
@@ -25,8 +25,8 @@ from .sharing import INITS, _shareable, bits_for, refit_model, share
 DEFAULT_BITS = {"conv": 8, "dense": 5}
 
 
-def deep_compression(model, *, sparsity=0.92, bits=None, calibration=None, init="linear", layers=None,
-                     seed=0):
+def deep_compression(model, *, sparsity=0.92, scope="global", bits=None, calibration=None, init="linear",
+                     layers=None, seed=0):
     """Prune, then share the surviving weights through per-layer k-means codebooks.
 
     Save the result with ``nc.save(result, path, huffman=True)`` to Huffman-code the codes and
@@ -38,6 +38,11 @@ def deep_compression(model, *, sparsity=0.92, bits=None, calibration=None, init=
     sparsity : float or dict {layer: float}
         Fraction of weights removed (``nc.prune``); a dict gives per-layer values (Deep Compression
         pruned LeNet-300-100 to 8% / 9% / 26% of the weights of its three layers).
+    scope : {"global", "layer"}
+        With a float ``sparsity``: one magnitude threshold over all selected layers (default; it
+        prunes large layers harder and small ones less, close to Deep Compression's per-layer
+        choices: LeNet-5 at 92% keeps 77% / 17% / 7% / 20% of its four layers' weights) or the same
+        fraction in every layer.
     bits : int or dict, optional
         Code width per layer, 1..8 (``nc.share``); default ``{"conv": 8, "dense": 5}`` as in the paper.
     calibration : ndarray, optional
@@ -67,7 +72,8 @@ def deep_compression(model, *, sparsity=0.92, bits=None, calibration=None, init=
         model, layers, "deep_compression", accept=_shareable)
     per_layer = bits_for(DEFAULT_BITS if bits is None else bits, model, names, "deep_compression")
     pruned = prune(model, sparsity=sparsity, layers=None if isinstance(sparsity, dict) else names,
-                   calibration=x, storage="csr", seed=int(seed))
+                   scope="layer" if isinstance(sparsity, dict) else scope, calibration=x, storage="csr",
+                   seed=int(seed))
     shared = share(pruned, per_layer, init=init, layers=names, seed=int(seed), sparse=True)
     if x is not None:
         shared = refit_model(model, shared, x, names, seed=int(seed))

@@ -38,19 +38,16 @@ def _matmul4(codes, x, cb16, out):
     n = x.shape[0]
     n_out, width = codes.shape
     for o in prange(n_out):
-        row = codes[o]
         acc = np.zeros((n, 16), np.float32)
         w = np.empty(32, np.float32)
         for b in range(width // 16):
-            cbytes = row[b * 16:b * 16 + 16]
             for l in range(16):
-                w[l] = cb16[cbytes[l] & 15]
-                w[16 + l] = cb16[cbytes[l] >> 4]
+                c = codes[o, b * 16 + l]
+                w[l] = cb16[c & 15]
+                w[16 + l] = cb16[c >> 4]
             for i in range(n):
-                xb = x[i, b * 32:b * 32 + 32]
-                a = acc[i]
                 for l in range(16):
-                    a[l] = (a[l] + xb[l] * w[l]) + xb[16 + l] * w[16 + l]
+                    acc[i, l] = (acc[i, l] + x[i, b * 32 + l] * w[l]) + x[i, b * 32 + 16 + l] * w[16 + l]
         for i in range(n):
             out[i, o] = _reduce16(acc[i])
 
@@ -67,18 +64,14 @@ def _matmul8(codes, x, cb, out):
     n = x.shape[0]
     n_out, width = codes.shape
     for o in prange(n_out):
-        row = codes[o]
         acc = np.zeros((n, 16), np.float32)
         w = np.empty(16, np.float32)
         for b in range(width // 16):
-            cbytes = row[b * 16:b * 16 + 16]
             for l in range(16):
-                w[l] = cb[cbytes[l]]
+                w[l] = cb[codes[o, b * 16 + l]]
             for i in range(n):
-                xb = x[i, b * 16:b * 16 + 16]
-                a = acc[i]
                 for l in range(16):
-                    a[l] = a[l] + xb[l] * w[l]
+                    acc[i, l] = acc[i, l] + x[i, b * 16 + l] * w[l]
         for i in range(n):
             out[i, o] = _reduce16(acc[i])
 

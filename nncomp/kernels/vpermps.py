@@ -1,14 +1,16 @@
-"""AVX-512 fast path for 4-bit codebook products: the 16-entry codebook lives in one zmm register.
+"""AVX-512 fast path for codebook products: a 16-entry codebook lives in one zmm register.
 
 A gather per weight (``cb[code]``) makes a codebook product slower than dense float32. Here the
 padded codebook ``cb16`` is loaded once into a ``<16 x float>`` register, and every 16 packed bytes
 (32 codes) become two weight vectors by zero-extension, a mask, a shift and two ``vpermps``
 (``llvm.x86.avx512.permvar.sf.512``), written in LLVM IR through ``numba.extending.intrinsic``.
+Codes of up to 5 bits stored one per byte use a 32-entry codebook in two registers and one
+``vpermi2ps`` (``llvm.x86.avx512.vpermi2var.ps.512``) per 16 weights.
 A block of ``R`` weight rows x ``C`` input rows keeps its ``R*C`` lane accumulators in registers.
 
 The arithmetic is the contract of kernels/codebook.py (sixteen lane accumulators, separate multiply
-and add, the fixed lane tree), so ``codebook_matmul4_vpermps`` gives results bit-identical to the
-portable ``codebook_matmul4``. Callers check :data:`HAVE_AVX512` first: on a CPU without AVX-512F
+and add, the fixed lane tree), so ``codebook_matmul_vpermps`` gives results bit-identical to the
+portable ``codebook_matmul4`` and ``codebook_matmul8``. Callers check :data:`HAVE_AVX512` first: on a CPU without AVX-512F
 the intrinsic would not compile.
 """
 import llvmlite.binding as llvm
@@ -49,12 +51,15 @@ def _declare(module, name, fnty):
     return fn if fn is not None else ir.Function(module, fnty, name)
 
 
-def _make_block(R, C, stride):
-    """Intrinsic ``block(codes, x, cb16, o0, i0, b0, nb, acc)``: run column blocks ``b0 .. b0+nb``.
+def _make_block(R, C, stride, wide=False):
+    """Intrinsic ``block(codes, x, cb, o0, i0, b0, nb, acc)``: run column blocks ``b0 .. b0+nb``.
 
+    Packed 4-bit codes (blocks of 32 columns in 16 bytes, ``cb`` 16 floats, ``vpermps``), or with
+    ``wide`` one code per byte (blocks of 16 columns, ``cb`` 32 floats in two registers, ``vpermi2ps``).
     Accumulator ``(r, c)`` (weight row ``o0 + r``, input row ``i0 + c``) is the 16 floats at
     ``acc[(r*stride + c)*16:]``: loaded, advanced over the blocks in order, stored back.
     """
+    cstep, xstep = (16, 16) if wide else (16, 32)
 
     @intrinsic
     def block(typingctx, codes, x, cb16, o0, i0, b0, nb, acc):
@@ -74,15 +79,18 @@ def _make_block(R, C, stride):
             v16b, v16i, v16f = ir.VectorType(i8, 16), ir.VectorType(i32, 16), ir.VectorType(f32, 16)
             perm = _declare(builder.module, "llvm.x86.avx512.permvar.sf.512",
                             ir.FunctionType(v16f, [v16f, v16i]))
+            perm2 = _declare(builder.module, "llvm.x86.avx512.vpermi2var.ps.512",
+                             ir.FunctionType(v16f, [v16f, v16i, v16f]))
 
             def vload(ptr, vty):
                 return builder.load(builder.bitcast(ptr, vty.as_pointer()), align=1)
 
             table = vload(cba.data, v16f)
+            table_hi = vload(builder.gep(cba.data, [intp(16)]), v16f) if wide else None
             crow = [builder.gep(ca.data, [builder.add(builder.mul(builder.add(o0_, intp(r)), c_cols),
-                                                      builder.mul(b0_, intp(16)))]) for r in range(R)]
+                                                      builder.mul(b0_, intp(cstep)))]) for r in range(R)]
             xrow = [builder.gep(xa.data, [builder.add(builder.mul(builder.add(i0_, intp(c)), x_cols),
-                                                      builder.mul(b0_, intp(32)))]) for c in range(C)]
+                                                      builder.mul(b0_, intp(xstep)))]) for c in range(C)]
             aptr = [builder.gep(aa.data, [intp(16 * (r * stride + c))]) for r in range(R) for c in range(C)]
             init = [vload(p, v16f) for p in aptr]
             mask = ir.Constant(v16i, [15] * 16)
@@ -101,19 +109,22 @@ def _make_block(R, C, stride):
                 a = builder.phi(v16f)
                 a.add_incoming(v, pre)
                 accs.append(a)
-            coff, xoff = builder.mul(idx, intp(16)), builder.mul(idx, intp(32))
+            coff, xoff = builder.mul(idx, intp(cstep)), builder.mul(idx, intp(xstep))
             wlo, whi = [], []
             for r in range(R):
                 b = builder.zext(vload(builder.gep(crow[r], [coff]), v16b), v16i)
-                wlo.append(builder.call(perm, [table, builder.and_(b, mask)]))
-                whi.append(builder.call(perm, [table, builder.lshr(b, four)]))
+                if wide:
+                    wlo.append(builder.call(perm2, [table, b, table_hi]))
+                else:
+                    wlo.append(builder.call(perm, [table, builder.and_(b, mask)]))
+                    whi.append(builder.call(perm, [table, builder.lshr(b, four)]))
             xlo = [vload(builder.gep(p, [xoff]), v16f) for p in xrow]
-            xhi = [vload(builder.gep(p, [builder.add(xoff, intp(16))]), v16f) for p in xrow]
+            xhi = [] if wide else [vload(builder.gep(p, [builder.add(xoff, intp(16))]), v16f) for p in xrow]
             new = []
             for r in range(R):
                 for c in range(C):
                     a = builder.fadd(accs[r * C + c], builder.fmul(xlo[c], wlo[r]))
-                    new.append(builder.fadd(a, builder.fmul(xhi[c], whi[r])))
+                    new.append(a if wide else builder.fadd(a, builder.fmul(xhi[c], whi[r])))
             nxt = builder.add(idx, intp(1))
             end = builder.block
             idx.add_incoming(nxt, end)
@@ -134,43 +145,79 @@ def _make_block(R, C, stride):
 
         return sig, codegen
 
-    block.__name__ = f"_block4_{R}x{C}_{stride}"
+    block.__name__ = f"_block{5 if wide else 4}_{R}x{C}_{stride}"
     return block
 
 
-_B1 = {r: _make_block(r, 1, 1) for r in (1, ROWS1)}
-_B = {(r, c): _make_block(r, c, COLS) for r in (1, ROWS) for c in range(1, COLS + 1)}
-_b8x1, _b1x1s = _B1[ROWS1], _B1[1]
-_b4x4, _b4x3, _b4x2, _b4x1 = (_B[ROWS, c] for c in (4, 3, 2, 1))
-_b1x4, _b1x3, _b1x2, _b1x1 = (_B[1, c] for c in (4, 3, 2, 1))
+_B1 = {(r, w): _make_block(r, 1, 1, w) for r in (1, ROWS1) for w in (False, True)}
+_B = {(r, c, w): _make_block(r, c, COLS, w) for r in (1, ROWS) for c in range(1, COLS + 1) for w in (False, True)}
+_b8x1, _b1x1s, _w8x1, _w1x1s = _B1[ROWS1, False], _B1[1, False], _B1[ROWS1, True], _B1[1, True]
+_b4x4, _b4x3, _b4x2, _b4x1 = (_B[ROWS, c, False] for c in (4, 3, 2, 1))
+_b1x4, _b1x3, _b1x2, _b1x1 = (_B[1, c, False] for c in (4, 3, 2, 1))
+_w4x4, _w4x3, _w4x2, _w4x1 = (_B[ROWS, c, True] for c in (4, 3, 2, 1))
+_w1x4, _w1x3, _w1x2, _w1x1 = (_B[1, c, True] for c in (4, 3, 2, 1))
 
 
 @njit(cache=True, nogil=True)
-def _block(codes, x, cb16, o0, i0, b0, m, rows, cols, acc):
-    """Dispatch one register block of ``rows`` (ROWS or 1) x ``cols`` (1..COLS) to its intrinsic."""
-    if rows == ROWS:
-        if cols == 4:
-            _b4x4(codes, x, cb16, o0, i0, b0, m, acc)
-        elif cols == 3:
-            _b4x3(codes, x, cb16, o0, i0, b0, m, acc)
-        elif cols == 2:
-            _b4x2(codes, x, cb16, o0, i0, b0, m, acc)
+def _block1(codes, x, cb, o0, nb, rows, wide, acc):
+    """One input row: ROWS1 (or 1) weight rows over every column block."""
+    if wide:
+        if rows == ROWS1:
+            _w8x1(codes, x, cb, o0, 0, 0, nb, acc)
         else:
-            _b4x1(codes, x, cb16, o0, i0, b0, m, acc)
-    elif cols == 4:
-        _b1x4(codes, x, cb16, o0, i0, b0, m, acc)
-    elif cols == 3:
-        _b1x3(codes, x, cb16, o0, i0, b0, m, acc)
-    elif cols == 2:
-        _b1x2(codes, x, cb16, o0, i0, b0, m, acc)
+            _w1x1s(codes, x, cb, o0, 0, 0, nb, acc)
+    elif rows == ROWS1:
+        _b8x1(codes, x, cb, o0, 0, 0, nb, acc)
     else:
-        _b1x1(codes, x, cb16, o0, i0, b0, m, acc)
+        _b1x1s(codes, x, cb, o0, 0, 0, nb, acc)
 
 
-def _matmul4_vpermps(codes, x, cb16, out):
-    """``codebook_matmul4`` (same layout, same bits) with the codebook held in a zmm register.
+@njit(cache=True, nogil=True)
+def _block(codes, x, cb, o0, i0, b0, m, rows, cols, wide, acc):
+    """Dispatch one register block of ``rows`` (ROWS or 1) x ``cols`` (1..COLS) to its intrinsic."""
+    if wide:
+        if rows == ROWS:
+            if cols == 4:
+                _w4x4(codes, x, cb, o0, i0, b0, m, acc)
+            elif cols == 3:
+                _w4x3(codes, x, cb, o0, i0, b0, m, acc)
+            elif cols == 2:
+                _w4x2(codes, x, cb, o0, i0, b0, m, acc)
+            else:
+                _w4x1(codes, x, cb, o0, i0, b0, m, acc)
+        elif cols == 4:
+            _w1x4(codes, x, cb, o0, i0, b0, m, acc)
+        elif cols == 3:
+            _w1x3(codes, x, cb, o0, i0, b0, m, acc)
+        elif cols == 2:
+            _w1x2(codes, x, cb, o0, i0, b0, m, acc)
+        else:
+            _w1x1(codes, x, cb, o0, i0, b0, m, acc)
+    elif rows == ROWS:
+        if cols == 4:
+            _b4x4(codes, x, cb, o0, i0, b0, m, acc)
+        elif cols == 3:
+            _b4x3(codes, x, cb, o0, i0, b0, m, acc)
+        elif cols == 2:
+            _b4x2(codes, x, cb, o0, i0, b0, m, acc)
+        else:
+            _b4x1(codes, x, cb, o0, i0, b0, m, acc)
+    elif cols == 4:
+        _b1x4(codes, x, cb, o0, i0, b0, m, acc)
+    elif cols == 3:
+        _b1x3(codes, x, cb, o0, i0, b0, m, acc)
+    elif cols == 2:
+        _b1x2(codes, x, cb, o0, i0, b0, m, acc)
+    else:
+        _b1x1(codes, x, cb, o0, i0, b0, m, acc)
 
-    IN  codes (n_out, nb*16) uint8 packed 4-bit codes; x (n, nb*32) float32; cb16 (16,) float32.
+
+def _matmul_vpermps(codes, x, cb, wide, out):
+    """``codebook_matmul4`` (``wide=False``) or ``codebook_matmul8`` (``wide=True``, codebooks of at
+    most 32 entries), same layouts, same bits, with the codebook held in registers.
+
+    IN  codes (n_out, nb*16) uint8: packed 4-bit codes, or one code per byte; x (n, nb*32) or
+        (n, nb*16) float32; cb (16,) float32 (packed) or (32,) float32 (wide), zero-padded.
     OUT out (n, n_out) float32, overwritten.
     """
     n = x.shape[0]
@@ -181,10 +228,10 @@ def _matmul4_vpermps(codes, x, cb16, out):
             o0 = ob * ROWS1
             acc = np.zeros(ROWS1 * 16, np.float32)
             if n_out - o0 >= ROWS1:
-                _b8x1(codes, x, cb16, o0, 0, 0, nb, acc)
+                _block1(codes, x, cb, o0, nb, ROWS1, wide, acc)
             else:
                 for r in range(n_out - o0):
-                    _b1x1s(codes, x, cb16, o0 + r, 0, 0, nb, acc[r * 16:r * 16 + 16])
+                    _block1(codes, x, cb, o0 + r, nb, 1, wide, acc[r * 16:r * 16 + 16])
             for r in range(min(ROWS1, n_out - o0)):
                 out[0, o0 + r] = _reduce16(acc[r * 16:r * 16 + 16])
         return
@@ -201,17 +248,17 @@ def _matmul4_vpermps(codes, x, cb16, out):
                 for ii in range(nib):
                     cols = min(COLS, n - ii * COLS)
                     if rows == ROWS:
-                        _block(codes, x, cb16, o0, ii * COLS, b0, m, ROWS, cols, accs[j, ii])
+                        _block(codes, x, cb, o0, ii * COLS, b0, m, ROWS, cols, wide, accs[j, ii])
                     else:
                         for r in range(rows):
-                            _block(codes, x, cb16, o0 + r, ii * COLS, b0, m, 1, cols,
+                            _block(codes, x, cb, o0 + r, ii * COLS, b0, m, 1, cols, wide,
                                    accs[j, ii, r * COLS * 16:])
         for j in range(accs.shape[0]):
-            for r in range(min(ROWS, s0 + nrow - s0 - j * ROWS)):
+            for r in range(min(ROWS, nrow - j * ROWS)):
                 for ii in range(nib):
                     for c in range(min(COLS, n - ii * COLS)):
                         k = (r * COLS + c) * 16
                         out[ii * COLS + c, s0 + j * ROWS + r] = _reduce16(accs[j, ii, k:k + 16])
 
 
-codebook_matmul4_vpermps, codebook_matmul4_vpermps_parallel = both(_matmul4_vpermps)
+codebook_matmul_vpermps, codebook_matmul_vpermps_parallel = both(_matmul_vpermps)

@@ -10,8 +10,9 @@ Layout (what the kernels of nncomp/kernels/codebook.py and vpermps.py read):
 
 The codebook holds ``k <= 2**bits`` finite float32 values (fewer when the layer has fewer distinct
 weights: a constant layer has a one-entry codebook). Products never rebuild the dense matrix: the
-AVX-512 kernel keeps a 16-entry codebook in one register (``vpermps``); other CPUs and larger
-codebooks run plain loops with bit-identical results (same summation order).
+AVX-512 kernels keep a 16-entry codebook in one register (``vpermps``) and a 32-entry one in two
+(``vpermi2ps``, bits 5); other CPUs and larger codebooks run plain loops, with bit-identical results
+(the same summation order).
 """
 from dataclasses import dataclass, field
 
@@ -107,7 +108,7 @@ class CodebookMatrix(Matrix):
     codebook: np.ndarray
     bits: int
     shape: tuple
-    _cb16: np.ndarray = field(default=None, init=False, repr=False)
+    _cb: np.ndarray = field(default=None, init=False, repr=False)
     format = "codebook"
     codable = ("codes",)
 
@@ -120,13 +121,13 @@ class CodebookMatrix(Matrix):
             raise CompressionParameterError("CodebookMatrix: " + "; ".join(bad))
         object.__setattr__(self, "bits", int(self.bits))
         codes, cb = self.codes.copy(), self.codebook.copy()
-        cb16 = np.zeros(16, np.float32)
-        cb16[:min(16, cb.size)] = cb[:16]
-        for a in (codes, cb, cb16):
+        padded = np.zeros(16 if self.bits <= 4 else 32, np.float32)   # the register copy, zero-padded
+        padded[:min(padded.size, cb.size)] = cb[:padded.size]
+        for a in (codes, cb, padded):
             a.setflags(write=False)
         object.__setattr__(self, "codes", codes)
         object.__setattr__(self, "codebook", cb)
-        object.__setattr__(self, "_cb16", cb16)
+        object.__setattr__(self, "_cb", padded)
 
     @classmethod
     def from_codes(cls, codes, codebook, bits):
@@ -142,7 +143,7 @@ class CodebookMatrix(Matrix):
 
     @property
     def nbytes(self):
-        return self.codes.nbytes + self.codebook.nbytes + (self._cb16.nbytes if self.bits <= 4 else 0)
+        return self.codes.nbytes + self.codebook.nbytes + self._cb.nbytes
 
     def unpacked_codes(self):
         """``(n_out, n_in)`` uint8 codes."""
@@ -161,13 +162,15 @@ class CodebookMatrix(Matrix):
             x = xp
         out = np.empty((n, self.shape[0]), np.float32)
         work = n * self.shape[0] * width
-        if self.bits > 4:
-            _jit.pick((K.codebook_matmul8, K.codebook_matmul8_parallel), work)(self.codes, x, self.codebook, out)
-        elif vpermps.HAVE_AVX512:
-            kern = (vpermps.codebook_matmul4_vpermps, vpermps.codebook_matmul4_vpermps_parallel)
-            _jit.pick(kern, work)(self.codes, x, self._cb16, out)
+        fast = (vpermps.codebook_matmul_vpermps, vpermps.codebook_matmul_vpermps_parallel)
+        if self.bits <= 4 and vpermps.HAVE_AVX512:
+            _jit.pick(fast, work)(self.codes, x, self._cb, False, out)
+        elif self.bits <= 4:
+            _jit.pick((K.codebook_matmul4, K.codebook_matmul4_parallel), work)(self.codes, x, self._cb, out)
+        elif self.codebook.size <= 32 and vpermps.HAVE_AVX512:
+            _jit.pick(fast, work)(self.codes, x, self._cb, True, out)
         else:
-            _jit.pick((K.codebook_matmul4, K.codebook_matmul4_parallel), work)(self.codes, x, self._cb16, out)
+            _jit.pick((K.codebook_matmul8, K.codebook_matmul8_parallel), work)(self.codes, x, self.codebook, out)
         return out
 
     def describe(self):

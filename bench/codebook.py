@@ -1,0 +1,248 @@
+"""Issue 5 (k-means / Huffman half): codebook kernels against dense float32 and the int8 peers, and the
+Deep Compression pipeline (prune, share, Huffman) on LeNet-300-100 and LeNet-5.
+
+Speed: VGG-16 fc6 (4096x25088, He-normal random weights, seed 0, no bias) and fc7 (4096x4096, for
+information; its 4-bit codes, 8 MB, are L3-resident) at batch 1 and 32, every contender in this
+process, alternating (A B C ... A B C), after a warm-up; medians and p90s of whole ``apply`` calls.
+fc6's codes (51 MB at 4 bits) exceed the 32 MiB L3, so every call reads them from DRAM. Contenders:
+- NumPy float32 ``x @ W.T`` (OpenBLAS);
+- nncomp 4-bit codebook (``CodebookMatrix``, k-means on the weights, 16 values, packed codes): the
+  AVX-512 register path (``vpermps``), and the portable plain-loop fallback (same bits) for comparison;
+- nncomp 5-bit codebook (one code per byte, 32 values in two registers, ``vpermi2ps``);
+- ONNX Runtime dynamic quantized MatMul and torch 2.13 dynamic int8 Linear (the int8 peers).
+Threads: 2 for every pool (Numba, BLAS, torch, ORT); the table is repeated with 1 thread, which a busy
+shared machine disturbs less.
+
+Accuracy and size: the shipped models on the 1,000 test digits; calibration on the 4,000 training digits
+only. The pipeline is ``nc.deep_compression(model, sparsity=0.92, scope="global", calibration=train)``
+(Deep Compression's 92% overall, one global magnitude threshold, bits {"conv": 8, "dense": 5} as in the
+paper, and a 4-bit variant); its stages are re-run one by one here to report the accuracy after each, and
+the final model is checked equal to the pipeline's. Bytes are ``nc.size_report`` (everything needed to
+run the model: codes, indices, codebooks, Huffman tables, biases; JSON headers aside), cross-checked
+against the file written by ``nc.save(..., huffman=True)`` and reloaded.
+
+    PYTHONPATH=. /work/venv-fw/bin/python bench/codebook.py   # writes bench/results/codebook.json and .md
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+COLS = ("numpy float32", "nncomp codebook 4-bit (vpermps)", "nncomp codebook 4-bit (portable)",
+        "nncomp codebook 5-bit (vpermi2ps)", "onnxruntime dynamic int8", "torch dynamic int8")
+
+
+def speed(threads, repeat, batches, quick):
+    import numpy as np
+
+    import nncomp as nc
+    from nncomp.bench import peers
+    from nncomp.bench.timing import alternate
+    from nncomp.compress.sharing import kmeans_codebook
+    from nncomp.kernels import vpermps
+    from nncomp.matrices.codebook import CodebookMatrix
+
+    layers = [("fc7", 4096, 4096)] if quick else [("fc6", 4096, 25088), ("fc7", 4096, 4096)]
+    rows = []
+    for name, n_out, n_in in layers:
+        rng = np.random.default_rng(0)
+        w = (rng.standard_normal((n_out, n_in), dtype=np.float32) * np.sqrt(2.0 / n_in)).astype(np.float32)
+        model = nc.Model([nc.Node(name, nc.Dense(w))], input_shape=(n_in,), input_layout="NC")
+        mats = {b: CodebookMatrix.from_codes(*kmeans_codebook(w, b)[::-1], b) for b in (4, 5)}
+        have = vpermps.HAVE_AVX512
+
+        def portable(x):
+            vpermps.HAVE_AVX512 = False
+            try:
+                return mats[4].apply(x)
+            finally:
+                vpermps.HAVE_AVX512 = have
+
+        contenders = {COLS[0]: lambda x: x @ w.T, COLS[1]: mats[4].apply if have else "no avx512f",
+                      COLS[2]: portable, COLS[3]: mats[5].apply if have else "no avx512f"}
+        for peer, build in ((COLS[4], lambda: peers.ort_model(model, threads=threads, int8=True)),
+                            (COLS[5], lambda: peers.torch_model(model, int8=True))):
+            try:
+                contenders[peer] = build()
+            except peers.PeerUnavailable as e:
+                contenders[peer] = str(e)
+        for bs in batches:
+            x = np.maximum(np.random.default_rng(1).standard_normal((bs, n_in), dtype=np.float32), 0)
+            calls = {k: (lambda f=f: f(x)) for k, f in contenders.items() if not isinstance(f, str)}
+            t = alternate(calls, repeat=repeat, warmup=2, max_seconds=30 if quick else 120)
+            row = {"layer": name, "shape": [n_out, n_in], "batch": bs, "threads": threads,
+                   "code_bytes": {"4-bit": int(mats[4].codes.nbytes), "5-bit": int(mats[5].codes.nbytes)},
+                   "float32_bytes": int(w.nbytes),
+                   "bit_identical_fast_vs_portable": bool(np.array_equal(mats[4].apply(x), portable(x)))}
+            dense64 = x.astype(np.float64) @ mats[4].to_dense().T.astype(np.float64)
+            row["max_rel_err_4bit_vs_float64"] = float(np.abs(mats[4].apply(x) - dense64).max() / np.abs(dense64).max())
+            for k, f in contenders.items():
+                row[k] = f if isinstance(f, str) else t[k]
+            base = row[COLS[0]]["median_ms"]
+            row["numpy_over"] = {k: base / row[k]["median_ms"] for k in COLS if isinstance(row[k], dict)}
+            rows.append(row)
+            print(f"{name} batch {bs}, {threads} thread(s): " + ", ".join(
+                f"{k} {_ms(row[k])}" for k in COLS) + " | numpy/x: " + ", ".join(
+                f"{k.split(' (')[0].replace('nncomp ', '')} {v:.2f}" for k, v in row["numpy_over"].items()), flush=True)
+    return rows
+
+
+def _stage(model, x, y, dense_logits):
+    out = model(x)
+    return {"accuracy": float((out.argmax(1) == y).mean() * 100),
+            "top1_agreement_with_dense": float((out.argmax(1) == dense_logits.argmax(1)).mean() * 100)}
+
+
+def accuracy(quick):
+    import numpy as np
+
+    import nncomp as nc
+    from nncomp.compress.sharing import refit_model
+
+    rows = []
+    for name in ("lenet300",) if quick else ("lenet300", "lenet5"):
+        model = nc.load(REPO / "data" / f"{name}.h5")
+        x, y = nc.data.for_model(model, "test")
+        calib = nc.data.for_model(model, "train")[0]
+        dense_logits = model(x)
+        for label, bits in (("paper bits {conv: 8, dense: 5}", None), ("4 bits", 4)):
+            t0 = time.perf_counter()
+            final = nc.deep_compression(model, sparsity=0.92, scope="global", bits=bits, calibration=calib)
+            seconds = time.perf_counter() - t0
+            names = [n.name for n in final.nodes if hasattr(final[n.name].layer.weight, "codebook")]
+            pruned = nc.prune(model, sparsity=0.92, scope="global", layers=names, calibration=calib, storage="csr")
+            per = bits if bits is not None else {"conv": 8, "dense": 5}
+            shared = nc.share(pruned, per, layers=names, sparse=True)
+            refit = refit_model(model, shared, calib, names)
+            same = bool(np.array_equal(refit(x), final(x)))
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "m.h5"
+                nc.save(final, path, huffman=True)
+                file_bytes = path.stat().st_size
+                back = nc.load(path)
+                reload_equal = bool(np.array_equal(back(x), final(x)))
+                nc.save(final, path)
+                plain_file_bytes = path.stat().st_size
+            report = nc.size_report(final)
+            row = {"model": name, "recipe": label, "pipeline_seconds": seconds, "stages_equal_pipeline": same,
+                   "reloaded_equal": reload_equal, "file_bytes_huffman": file_bytes,
+                   "file_bytes_plain": plain_file_bytes,
+                   "dense": {**_stage(model, x, y, dense_logits), "bytes": report.total["dense"]},
+                   "pruned": {**_stage(pruned, x, y, dense_logits), "bytes": report.total["pruned"]},
+                   "shared": {**_stage(shared, x, y, dense_logits), "bytes": report.total["shared"]},
+                   "shared + refit": {**_stage(final, x, y, dense_logits), "bytes": report.total["shared"]},
+                   "huffman": {**_stage(back, x, y, dense_logits), "bytes": report.total["huffman"]},
+                   "ratio": report.ratio, "layers": report.rows, "table": str(report)}
+            rows.append(row)
+            print(f"{name} [{label}]: " + ", ".join(
+                f"{k} {row[k]['accuracy']:.1f}% {row[k]['bytes']:,} B" for k in
+                ("dense", "pruned", "shared", "shared + refit", "huffman"))
+                + f" -> {report.ratio:.1f}x; file {file_bytes:,} B; stages == pipeline: {same}", flush=True)
+    return rows
+
+
+def main(argv=None):
+    from nncomp.bench.timing import reexec_without_openblas_overrides
+    reexec_without_openblas_overrides()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", default="2,1")
+    p.add_argument("--repeat", type=int, default=30)
+    p.add_argument("--batches", default="1,32")
+    p.add_argument("--quick", action="store_true", help="fc7 only, LeNet-300 only, few repeats (a smoke run)")
+    p.add_argument("--no-speed", action="store_true")
+    p.add_argument("--no-accuracy", action="store_true")
+    p.add_argument("--out", default=str(REPO / "bench" / "results"))
+    a = p.parse_args(argv)
+
+    from nncomp.bench import peers
+    from nncomp.bench.layers import machine_limits
+    from nncomp.bench.timing import machine_info, set_threads
+
+    counts = [int(t) for t in a.threads.split(",")]
+    threads = set_threads(counts[0])
+    peers.set_threads(threads)
+    load_before = os.getloadavg()
+    limits = machine_limits(quick=a.quick)
+    print(f"limits: {limits['bandwidth_GBps']:.1f} GB/s read, {limits['sgemm_GFLOPs']:.0f} GFLOP/s sgemm", flush=True)
+    rows = []
+    if not a.no_speed:
+        for t in counts:
+            peers.set_threads(set_threads(t))
+            rows += speed(t, 3 if a.quick else a.repeat, [int(b) for b in a.batches.split(",")], a.quick)
+    peers.set_threads(set_threads(threads))
+    acc = [] if a.no_accuracy else accuracy(a.quick)
+    result = {"machine": machine_info(), "threads": threads, "limits": limits, "loadavg_before": load_before,
+              "loadavg_after": os.getloadavg(), "speed": rows, "accuracy": acc,
+              "seeds": {"weights": 0, "inputs": 1, "k-means": 0, "calibration": "all 4,000 training digits"},
+              "protocol": __doc__}
+    if a.quick and a.out == str(REPO / "bench" / "results"):
+        return 0
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "codebook.json").write_text(json.dumps(result, indent=1))
+    (out / "codebook.md").write_text(markdown(result))
+    print(f"wrote {out / 'codebook.json'} and {out / 'codebook.md'}")
+    return 0
+
+
+def _ms(v):
+    return v if isinstance(v, str) else f"{v['median_ms']:.3g} ({v['p90_ms']:.3g})"
+
+
+def markdown(res):
+    m, lim = res["machine"], res["limits"]
+    lines = ["# k-means codebooks, Huffman coding, Deep Compression (issue 5, sharing half)", "",
+             f"{m['date']} · {m['cpu']} · {m['cores']} cores · load average before/after "
+             f"{res['loadavg_before'][0]:.2f}/{res['loadavg_after'][0]:.2f}", "",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
+             f"Measured limits ({res['threads']} threads): DRAM read {lim['bandwidth_GBps']:.1f} GB/s, sgemm "
+             f"{lim['sgemm_GFLOPs']:.0f} GFLOP/s. Protocol: the docstring of bench/codebook.py.", ""]
+    if res["speed"]:
+        lines += ["## Speed: median ms per call (p90)", "",
+                  "Memory floor = 4-bit code bytes / measured DRAM bandwidth (fc6; fc7's codes stay in L3). "
+                  "The last columns are NumPy's time over each contender's (higher is faster).", "",
+                  "| layer | batch | threads | " + " | ".join(COLS) + " | NumPy / 4-bit | NumPy / 5-bit | "
+                  "NumPy / best int8 peer | 4-bit floor (ms) |", "|---|---|---|" + "---|" * (len(COLS) + 4)]
+        for r in res["speed"]:
+            o = r["numpy_over"]
+            peer = max([o[k] for k in COLS[4:] if k in o], default=float("nan"))
+            floor = r["code_bytes"]["4-bit"] / (lim["bandwidth_GBps"] * 1e9) * 1e3
+            lines.append(f"| {r['layer']} {r['shape'][0]}x{r['shape'][1]} | {r['batch']} | {r['threads']} | "
+                         + " | ".join(_ms(r[c]) for c in COLS)
+                         + f" | {o.get(COLS[1], float('nan')):.2f} | {o.get(COLS[3], float('nan')):.2f} | {peer:.2f} | "
+                         f"{floor:.2f} |")
+        lines += ["", "Register path and portable fallback bit-identical in every row: "
+                  f"{all(r['bit_identical_fast_vs_portable'] for r in res['speed'])}; max relative error of the "
+                  "4-bit product against float64 of the same shared weights: "
+                  f"{max(r['max_rel_err_4bit_vs_float64'] for r in res['speed']):.1e}.", ""]
+    if res["accuracy"]:
+        stages = ("dense", "pruned", "shared", "shared + refit", "huffman")
+        lines += ["## Deep Compression pipeline: accuracy (%) and bytes after each stage", "",
+                  "1,000 test digits; calibration: the 4,000 training digits. pruned = 92% global magnitude "
+                  "pruning with least-squares refit (nc.prune); shared = k-means codebooks on the survivors; "
+                  "refit = centroids and biases refit to the dense model's layer outputs; Huffman = the saved "
+                  "file, reloaded. Bytes: nc.size_report (pruned stage counts float32 values + relative indices).",
+                  "", "| model | bits | " + " | ".join(stages) + " | compression | drop (points) | file (Huffman / plain) |",
+                  "|---|---|" + "---|" * (len(stages) + 3)]
+        for r in res["accuracy"]:
+            drop = r["dense"]["accuracy"] - r["huffman"]["accuracy"]
+            lines.append(f"| {r['model']} | {r['recipe']} | " + " | ".join(
+                f"{r[s]['accuracy']:.1f} ({r[s]['bytes']:,} B)" for s in stages)
+                + f" | **{r['ratio']:.1f}x** | {drop:.1f} | {r['file_bytes_huffman']:,} / {r['file_bytes_plain']:,} B |")
+        lines += ["", "Stages re-run one by one equal the pipeline's output: "
+                  f"{all(r['stages_equal_pipeline'] for r in res['accuracy'])}; reloaded files give identical "
+                  f"logits: {all(r['reloaded_equal'] for r in res['accuracy'])}.", ""]
+        for r in res["accuracy"]:
+            lines += [f"### {r['model']}, {r['recipe']}: per layer (the form of Deep Compression's Tables 2-3)", "",
+                      r["table"], ""]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
