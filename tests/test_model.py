@@ -205,6 +205,11 @@ def test_native_checksum_and_version_are_checked(tmp_path, lenet5):
     with pytest.raises(nc.CorruptModelFileError):
         nc.load(path)
     nc.save(lenet5, path)
+    with h5py.File(path, "r+") as f:                      # a flipped digit in the description
+        f.attrs["model"] = np.bytes_(bytes(f.attrs["model"]).replace(b'"stride":[1,1]', b'"stride":[2,1]', 1))
+    with pytest.raises(nc.CorruptModelFileError):
+        nc.load(path)
+    nc.save(lenet5, path)
     with h5py.File(path, "r+") as f:
         f.attrs["format_version"] = np.int64(99)
     with pytest.raises(nc.UnsupportedModelError):

@@ -9,7 +9,7 @@ __all__ = ["load", "save"]
 
 
 def load(path, *, architecture=None, max_tensor_bytes=MAX_TENSOR_BYTES, max_file_bytes=MAX_FILE_BYTES,
-         allow_nonfinite=False):
+         allow_nonfinite=False, isolate=False, timeout=60.0, max_memory=None):
     """Load a model from an HDF5 file: nncomp native, PyTorch state dict, or Keras.
 
     The format is recognised from the file's contents. Every file is treated as untrusted: links,
@@ -26,7 +26,12 @@ def load(path, *, architecture=None, max_tensor_bytes=MAX_TENSOR_BYTES, max_file
     max_tensor_bytes, max_file_bytes : int
         Caps on the declared size of one tensor and of all tensors in the file.
     allow_nonfinite : bool
-        Accept NaN/Inf weights (refused by default).
+        Accept NaN/Inf weights and magnitudes above 1e30 (refused by default).
+    isolate : bool
+        Parse the file in a child process, with a wall-clock ``timeout`` (seconds) and an address-space
+        limit ``max_memory`` (bytes the child may add; default ``2 * max_file_bytes + 2 GiB``): a hang,
+        crash or memory blow-up inside HDF5 on a hostile file becomes a ModelFileError. Recommended for
+        Keras files from untrusted sources (see docs/sources.md); costs an interpreter start-up.
 
     Returns
     -------
@@ -39,6 +44,11 @@ def load(path, *, architecture=None, max_tensor_bytes=MAX_TENSOR_BYTES, max_file
     """
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise NncompError(f"load() needs a file path, got {type(path).__name__}")
+    if isolate:
+        from .isolate import load_isolated
+        return load_isolated(path, architecture=architecture, timeout=timeout, max_memory=max_memory,
+                             max_tensor_bytes=max_tensor_bytes, max_file_bytes=max_file_bytes,
+                             allow_nonfinite=allow_nonfinite)
     with SafeFile(path, max_tensor_bytes=max_tensor_bytes, max_file_bytes=max_file_bytes,
                   allow_nonfinite=allow_nonfinite) as f:
         from . import native

@@ -110,13 +110,6 @@ class _Arrays:
     def __init__(self, path, meta, arrays, allow_nonfinite):
         self.path, self.meta, self.arrays, self.allow_nonfinite = path, meta, arrays, allow_nonfinite
 
-    def attr(self, obj, key, **kw):
-        from .native import FORMAT_NAME, FORMAT_VERSION
-        return {"format_version": FORMAT_VERSION, "nncomp_format": FORMAT_NAME}.get(key)
-
-    def json_attr(self, obj, key, **kw):
-        return self.meta
-
     def read(self, name, *, dtype=np.float32, ndim=None, finite=None):
         if name not in self.arrays:
             raise CorruptModelFileError(self.path, name, "array missing from the parser's output")
@@ -125,7 +118,7 @@ class _Arrays:
 
 
 def _read_model(out, path, max_file_bytes, allow_nonfinite):
-    from .native import load_native
+    from .native import build_native
     npz = os.path.join(out, "arrays.npz")
     try:
         with open(os.path.join(out, "model.json"), "rb") as fh:
@@ -140,7 +133,7 @@ def _read_model(out, path, max_file_bytes, allow_nonfinite):
         if isinstance(e, ModelFileError):
             raise
         raise CorruptModelFileError(path, None, f"unreadable parser output ({type(e).__name__}: {e})") from None
-    return load_native(_Arrays(path, meta, arrays, allow_nonfinite))
+    return build_native(_Arrays(path, meta, arrays, allow_nonfinite), meta)
 
 
 # ------------------------------------------------------------------------------------ the child

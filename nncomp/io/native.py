@@ -11,7 +11,7 @@ from ..errors import CorruptModelFileError, NncompError, UnsupportedModelError
 from ..layers import LAYERS
 from ..matrices import FORMATS, Matrix
 from ..model import Model, Node
-from .safe import guard, h5py
+from .safe import guard, h5py, parse_json
 
 FORMAT_NAME = "nncomp"
 FORMAT_VERSION = 1
@@ -90,7 +90,9 @@ def save(model, path, *, huffman=False):
             meta = model_to_json(model, _Writer(f, huffman))
             f.attrs["nncomp_format"] = np.bytes_(FORMAT_NAME)
             f.attrs["format_version"] = np.int64(FORMAT_VERSION)
-            f.attrs["model"] = np.bytes_(json.dumps(meta, separators=(",", ":")).encode())
+            text = json.dumps(meta, separators=(",", ":")).encode()
+            f.attrs["model"] = np.bytes_(text)
+            f.attrs["model_sha256"] = np.bytes_(hashlib.sha256(text).hexdigest().encode())
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -164,13 +166,27 @@ def _import_formats():
 
 def load_native(f):
     """Load a native file from an open SafeFile."""
+    return build_native(f, read_description(f))
+
+
+def read_description(f):
+    """The checked model JSON of a native file: version, SHA-256 and nesting depth verified."""
     version = f.attr("/", "format_version", kind="int")
     if version is None or version < 1:
         raise CorruptModelFileError(f.path, "/@format_version", "missing or invalid format version")
     if version > FORMAT_VERSION:
         raise UnsupportedModelError(f.path, "/@format_version", f"format version {version} is newer than "
                                     f"supported ({FORMAT_VERSION}); upgrade nncomp")
-    meta = f.json_attr("/", "model")
+    text = f.attr("/", "model")
+    if text is None:
+        raise CorruptModelFileError(f.path, "/@model", "the model description is missing")
+    if hashlib.sha256(text.encode()).hexdigest() != f.attr("/", "model_sha256"):
+        raise CorruptModelFileError(f.path, "/@model", "checksum mismatch (SHA-256): the model description is damaged")
+    return parse_json(text, f.path, "/@model")
+
+
+def build_native(f, meta):
+    """Build the Model from a native description and a source of its arrays (a SafeFile)."""
     r = _Reader(f)
     try:
         nodes = []
