@@ -248,7 +248,9 @@ class SizeReport:
     ``index_bits`` bits, fillers included), ``shared`` (codes at ``bits`` bits plus the same indices
     and the float32 codebook), ``huffman`` (what ``nc.save(model, path, huffman=True)`` stores: the
     Huffman streams and tables of the codable arrays and every other array, headers aside). Biases
-    and other parameters count in every stage.
+    and other parameters count in every stage's bytes. The bit columns are per stored (non-zero)
+    weight: weight bits include the codebook and its Huffman table, index bits the relative indices
+    (fillers included) and their table.
     """
 
     COLUMNS = ("layer", "weights", "density", "dense", "pruned", "shared", "huffman",

@@ -1,15 +1,19 @@
 """The Deep Compression pipeline (Han et al., 2016): prune, share, Huffman-code, in one call.
 
-Recipe (what :func:`deep_compression` runs, step by step, so each stage can be inspected)::
+Recipe (what :func:`deep_compression` runs, step by step, so that each stage can be inspected)::
 
     import nncomp as nc
+    from nncomp.compress.sharing import refit_model
     model = nc.load("data/lenet300.h5")
-    calib, _ = nc.data.mnist("train", layout="NC")       # training digits only
-    pruned = nc.prune(model, sparsity=0.92, scope="global", calibration=calib, storage="csr")
-    shared = nc.share(pruned, bits=5, sparse=True)       # codebooks over the surviving weights
-    small = nncomp.compress.sharing.refit_model(model, shared, calib, names)   # optional
-    print(nc.size_report(small))                         # bytes per stage and layer
-    nc.save(small, "lenet300-dc.h5", huffman=True)       # Huffman-coded codes and relative indices
+    calib, _ = nc.data.mnist("train", layout="NC")      # training digits only
+    names = ["fc1", "fc2", "fc3"]
+    pruned = nc.prune(model, sparsity=0.92, scope="global", layers=names, calibration=calib, storage="csr")
+    shared = nc.share(pruned, {"conv": 8, "dense": 5}, layers=names, sparse=True)   # survivors only
+    small = refit_model(model, shared, calib, names)    # centroids + biases -> the dense outputs
+    # small is nc.deep_compression(model, sparsity=0.92, calibration=calib)
+    print(nc.size_report(small))                        # bytes per stage and layer (40x here)
+    nc.save(small, "lenet300-dc.h5", huffman=True)      # Huffman-coded codes and relative indices
+    nc.load("lenet300-dc.h5")                           # decoded at load, identical logits
 
 Deep Compression retrains after pruning and fine-tunes the shared centroids; nncomp is
 forward-only and replaces both by least-squares refits on calibration data: pruning refits the

@@ -37,19 +37,33 @@ def _matmul4(codes, x, cb16, out):
     """
     n = x.shape[0]
     n_out, width = codes.shape
+    if n == 1:
+        for o in prange(n_out):
+            acc = np.zeros(16, np.float32)
+            for b in range(width // 16):
+                for l in range(16):
+                    c = codes[o, b * 16 + l]
+                    acc[l] = (acc[l] + x[0, b * 32 + l] * cb16[c & 15]) + x[0, b * 32 + 16 + l] * cb16[c >> 4]
+            out[0, o] = _reduce16(acc)
+        return
+    xt = np.ascontiguousarray(x.T)      # (columns, samples): the sample loop is innermost, contiguous
     for o in prange(n_out):
-        acc = np.zeros((n, 16), np.float32)
-        w = np.empty(32, np.float32)
+        acc = np.zeros((16, n), np.float32)
+        t = np.empty(16, np.float32)
         for b in range(width // 16):
             for l in range(16):
                 c = codes[o, b * 16 + l]
-                w[l] = cb16[c & 15]
-                w[16 + l] = cb16[c >> 4]
-            for i in range(n):
-                for l in range(16):
-                    acc[i, l] = (acc[i, l] + x[i, b * 32 + l] * w[l]) + x[i, b * 32 + 16 + l] * w[16 + l]
+                wlo = cb16[c & 15]
+                whi = cb16[c >> 4]
+                xlo = xt[b * 32 + l]
+                xhi = xt[b * 32 + 16 + l]
+                a = acc[l]
+                for i in range(n):
+                    a[i] = (a[i] + xlo[i] * wlo) + xhi[i] * whi
         for i in range(n):
-            out[i, o] = _reduce16(acc[i])
+            for l in range(16):
+                t[l] = acc[l, i]
+            out[i, o] = _reduce16(t)
 
 
 codebook_matmul4, codebook_matmul4_parallel = both(_matmul4)
@@ -63,17 +77,29 @@ def _matmul8(codes, x, cb, out):
     """
     n = x.shape[0]
     n_out, width = codes.shape
+    if n == 1:
+        for o in prange(n_out):
+            acc = np.zeros(16, np.float32)
+            for b in range(width // 16):
+                for l in range(16):
+                    acc[l] = acc[l] + x[0, b * 16 + l] * cb[codes[o, b * 16 + l]]
+            out[0, o] = _reduce16(acc)
+        return
+    xt = np.ascontiguousarray(x.T)      # (columns, samples): the sample loop is innermost, contiguous
     for o in prange(n_out):
-        acc = np.zeros((n, 16), np.float32)
-        w = np.empty(16, np.float32)
+        acc = np.zeros((16, n), np.float32)
+        t = np.empty(16, np.float32)
         for b in range(width // 16):
             for l in range(16):
-                w[l] = cb[codes[o, b * 16 + l]]
-            for i in range(n):
-                for l in range(16):
-                    acc[i, l] = acc[i, l] + x[i, b * 16 + l] * w[l]
+                w = cb[codes[o, b * 16 + l]]
+                xr = xt[b * 16 + l]
+                a = acc[l]
+                for i in range(n):
+                    a[i] = a[i] + xr[i] * w
         for i in range(n):
-            out[i, o] = _reduce16(acc[i])
+            for l in range(16):
+                t[l] = acc[l, i]
+            out[i, o] = _reduce16(t)
 
 
 codebook_matmul8, codebook_matmul8_parallel = both(_matmul8)
