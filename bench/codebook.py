@@ -103,6 +103,7 @@ def accuracy(quick):
     import numpy as np
 
     import nncomp as nc
+    from nncomp.bench.timing import alternate
     from nncomp.compress.sharing import refit_model
 
     rows = []
@@ -130,7 +131,13 @@ def accuracy(quick):
                 nc.save(final, path)
                 plain_file_bytes = path.stat().st_size
             report = nc.size_report(final)
-            row = {"model": name, "recipe": label, "pipeline_seconds": seconds, "stages_equal_pipeline": same,
+            timing = {}
+            for bs in (1, 64):
+                xb = x[:bs]
+                t = alternate({"dense": lambda: model(xb), "pruned": lambda: pruned(xb),
+                               "deep compression": lambda: final(xb)}, repeat=3 if quick else 100, warmup=3)
+                timing[str(bs)] = {k: v["median_ms"] for k, v in t.items()}
+            row = {"ms_whole_model": timing, "model": name, "recipe": label, "pipeline_seconds": seconds, "stages_equal_pipeline": same,
                    "reloaded_equal": reload_equal, "file_bytes_huffman": file_bytes,
                    "file_bytes_plain": plain_file_bytes,
                    "dense": {**_stage(model, x, y, dense_logits), "bytes": report.total["dense"]},
@@ -235,6 +242,12 @@ def markdown(res):
             lines.append(f"| {r['model']} | {r['recipe']} | " + " | ".join(
                 f"{r[s]['accuracy']:.1f} ({r[s]['bytes']:,} B)" for s in stages)
                 + f" | **{r['ratio']:.1f}x** | {drop:.1f} | {r['file_bytes_huffman']:,} / {r['file_bytes_plain']:,} B |")
+        lines += ["", "Whole-model forward pass, median ms (batch 1 / batch 64, threads as above):", "",
+                  "| model | bits | dense | pruned (CSR float32) | Deep Compression (CSR codebook) |", "|---|---|---|---|---|"]
+        for r in res["accuracy"]:
+            t = r["ms_whole_model"]
+            lines.append(f"| {r['model']} | {r['recipe']} | " + " | ".join(
+                f"{t['1'][k]:.3f} / {t['64'][k]:.3f}" for k in ("dense", "pruned", "deep compression")) + " |")
         lines += ["", "Stages re-run one by one equal the pipeline's output: "
                   f"{all(r['stages_equal_pipeline'] for r in res['accuracy'])}; reloaded files give identical "
                   f"logits: {all(r['reloaded_equal'] for r in res['accuracy'])}.", ""]
