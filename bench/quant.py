@@ -12,6 +12,9 @@ fc7 (4096x4096, 16.8 MB of int8: L3-resident, hot) is shown for information. Con
 - ONNX Runtime dynamic quantized MatMul (``onnxruntime.quantization.quantize_dynamic`` on a one-node
   MatMul model, QInt8 weights, via nncomp.bench.peers.ort_model, intra-op spinning off);
 - torch 2.13 dynamic int8 Linear (``torch.ao.quantization.quantize_dynamic``, qint8, x86 engine).
+Before each timed call the process sleeps SETTLE_S (untimed): NumPy's OpenBLAS threads keep spinning
+for up to ~2**28 cycles after a call and, measured here, made the next contender's 2-thread call ~2x
+slower; the pause keeps every contender out of the previous one's spin.
 Threads: 2 for every pool (Numba, BLAS, torch, ORT), the target protocol; the table is repeated with
 1 thread, which a busy shared machine disturbs less (a 2-thread parallel region waits for both threads
 to be scheduled).
@@ -33,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 MODELS = ("lenet300", "lenet5", "vgg_small", "resnet_small")
+SETTLE_S = 0.12
 RECIPES = {
     "int8 static minmax": dict(activations="static", method="minmax"),
     "int8 static percentile": dict(activations="static", method="percentile"),
@@ -44,13 +48,34 @@ RECIPES = {
 }
 
 
+def alternate_settled(contenders, *, repeat, warmup=2, max_seconds=150.0, settle=SETTLE_S):
+    """nncomp.bench.timing.alternate with an untimed pause before every timed call."""
+    import numpy as np
+
+    names = list(contenders)
+    for _ in range(warmup):
+        for n in names:
+            contenders[n]()
+    times = {n: [] for n in names}
+    start = time.perf_counter()
+    for _ in range(repeat):
+        for n in names:
+            time.sleep(settle)
+            t0 = time.perf_counter()
+            contenders[n]()
+            times[n].append(time.perf_counter() - t0)
+        if time.perf_counter() - start > max_seconds:
+            break
+    return {n: {"median_ms": float(np.median(t) * 1e3), "p90_ms": float(np.percentile(t, 90) * 1e3),
+                "n": len(t)} for n, t in times.items()}
+
+
 def speed(threads, repeat, batches, quick):
     """Alternating timings of every contender on fc6 and fc7 (a list of rows)."""
     import numpy as np
 
     import nncomp as nc
     from nncomp.bench import peers
-    from nncomp.bench.timing import alternate
     from nncomp.kernels import vnni
     from nncomp.matrices.int8 import Int8Matrix
 
@@ -86,7 +111,7 @@ def speed(threads, repeat, batches, quick):
             calls = {k: (lambda f=f: f(x)) for k, f in contenders.items() if not isinstance(f, str)}
             ref = x.astype(np.float64) @ w.T.astype(np.float64)
             err = {k: float(np.abs(np.asarray(c(), np.float64) - ref).max() / np.abs(ref).max()) for k, c in calls.items()}
-            t = alternate(calls, repeat=repeat, warmup=2, max_seconds=30 if quick else 150)
+            t = alternate_settled(calls, repeat=repeat, max_seconds=30 if quick else 240)
             row = {"layer": name, "shape": [n_out, n_in], "batch": bs, "threads": threads,
                    "weight_bytes": {"float32": int(w.nbytes), "int8 w8a8": int(w8a8.nbytes)}}
             for k, f in contenders.items():
@@ -192,7 +217,8 @@ def markdown(res):
              f"Measured limits ({res['threads']} threads): DRAM read {lim['bandwidth_GBps']:.1f} GB/s, sgemm "
              f"{lim['sgemm_GFLOPs']:.0f} GFLOP/s.", "",
              "## Speed: median ms per call (p90)", "",
-             "Contenders alternate in one process after a warm-up (bench/quant.py docstring). "
+             f"Contenders alternate in one process after a warm-up, with a {SETTLE_S} s untimed pause before "
+             "each call (bench/quant.py docstring). "
              "w8a8 = int8 weights and dynamic uint8 activations, int32 accumulation, float32 output. "
              "Memory floor = int8 weight bytes / measured DRAM bandwidth (fc6; fc7 is L3-resident).", "",
              "| layer | batch | threads | " + " | ".join(SPEED_COLS) + " | w8a8 / best peer | NumPy / weight-only | "
