@@ -5,7 +5,7 @@ Speed: VGG-16 fc6 (4096x25088, He-normal random weights, seed 0, no bias) and fc
 information; its 4-bit codes, 8 MB, are L3-resident) at batch 1 and 32, every contender in this
 process, alternating (A B C ... A B C), after a warm-up; medians and p90s of whole ``apply`` calls.
 fc6's codes (51 MB at 4 bits) exceed the 32 MiB L3, so every call reads them from DRAM. Contenders:
-- NumPy float32 ``x @ W.T`` (OpenBLAS);
+- NumPy float32 ``(W @ x.T).T`` and ``x @ W.T`` (OpenBLAS; ratios use the faster of the two);
 - nncomp 4-bit codebook (``CodebookMatrix``, k-means on the weights, 16 values, packed codes): the
   AVX-512 register path (``vpermps``), and the portable plain-loop fallback (same bits) for comparison;
 - nncomp 5-bit codebook (one code per byte, 32 values in two registers, ``vpermi2ps``);
@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-COLS = ("numpy float32", "nncomp codebook 4-bit (vpermps)", "nncomp codebook 4-bit (portable)",
+COLS = ("numpy float32", "numpy float32 x @ W.T", "nncomp codebook 4-bit (vpermps)", "nncomp codebook 4-bit (portable)",
         "nncomp codebook 5-bit (vpermi2ps)", "onnxruntime dynamic int8", "torch dynamic int8")
 
 
@@ -64,10 +64,11 @@ def speed(threads, repeat, batches, quick):
             finally:
                 vpermps.HAVE_AVX512 = have
 
-        contenders = {COLS[0]: lambda x: x @ w.T, COLS[1]: mats[4].apply if have else "no avx512f",
-                      COLS[2]: portable, COLS[3]: mats[5].apply if have else "no avx512f"}
-        for peer, build in ((COLS[4], lambda: peers.ort_model(model, threads=threads, int8=True)),
-                            (COLS[5], lambda: peers.torch_model(model, int8=True))):
+        contenders = {COLS[0]: lambda x: (w @ x.T).T, COLS[1]: lambda x: x @ w.T,
+                      COLS[2]: mats[4].apply if have else "no avx512f",
+                      COLS[3]: portable, COLS[4]: mats[5].apply if have else "no avx512f"}
+        for peer, build in ((COLS[5], lambda: peers.ort_model(model, threads=threads, int8=True)),
+                            (COLS[6], lambda: peers.torch_model(model, int8=True))):
             try:
                 contenders[peer] = build()
             except peers.PeerUnavailable as e:
@@ -84,7 +85,7 @@ def speed(threads, repeat, batches, quick):
             row["max_rel_err_4bit_vs_float64"] = float(np.abs(mats[4].apply(x) - dense64).max() / np.abs(dense64).max())
             for k, f in contenders.items():
                 row[k] = f if isinstance(f, str) else t[k]
-            base = row[COLS[0]]["median_ms"]
+            base = min(row[COLS[0]]["median_ms"], row[COLS[1]]["median_ms"])   # the faster NumPy form
             row["numpy_over"] = {k: base / row[k]["median_ms"] for k in COLS if isinstance(row[k], dict)}
             rows.append(row)
             print(f"{name} batch {bs}, {threads} thread(s): " + ", ".join(
@@ -213,16 +214,17 @@ def markdown(res):
     if res["speed"]:
         lines += ["## Speed: median ms per call (p90)", "",
                   "Memory floor = 4-bit code bytes / measured DRAM bandwidth (fc6; fc7's codes stay in L3). "
-                  "The last columns are NumPy's time over each contender's (higher is faster).", "",
+                  "The last columns are NumPy's time (the faster of `(W @ x.T).T` and `x @ W.T`: this OpenBLAS "
+                  "runs the latter several times slower at batch 32) over each contender's (higher is faster).", "",
                   "| layer | batch | threads | " + " | ".join(COLS) + " | NumPy / 4-bit | NumPy / 5-bit | "
                   "NumPy / best int8 peer | 4-bit floor (ms) |", "|---|---|---|" + "---|" * (len(COLS) + 4)]
         for r in res["speed"]:
             o = r["numpy_over"]
-            peer = max([o[k] for k in COLS[4:] if k in o], default=float("nan"))
+            peer = max([o[k] for k in COLS[5:] if k in o], default=float("nan"))
             floor = r["code_bytes"]["4-bit"] / (lim["bandwidth_GBps"] * 1e9) * 1e3
             lines.append(f"| {r['layer']} {r['shape'][0]}x{r['shape'][1]} | {r['batch']} | {r['threads']} | "
                          + " | ".join(_ms(r[c]) for c in COLS)
-                         + f" | {o.get(COLS[1], float('nan')):.2f} | {o.get(COLS[3], float('nan')):.2f} | {peer:.2f} | "
+                         + f" | {o.get(COLS[2], float('nan')):.2f} | {o.get(COLS[4], float('nan')):.2f} | {peer:.2f} | "
                          f"{floor:.2f} |")
         lines += ["", "Register path and portable fallback bit-identical in every row: "
                   f"{all(r['bit_identical_fast_vs_portable'] for r in res['speed'])}; max relative error of the "

@@ -16,12 +16,26 @@ def codebook_unpack4(codes, n_in=None):
     return out if n_in is None else out[:, :n_in]
 
 
+def fma32(a, b, c):
+    """Elementwise float32 ``a * b + c`` with one rounding: the exact product in float64, the sum
+    rounded to odd (TwoSum), then rounded to float32 (Boldo and Melquiond's emulation)."""
+    p = np.asarray(a, np.float64) * np.asarray(b, np.float64)
+    c = np.asarray(c, np.float64)
+    s = p + c
+    bp = s - p
+    err = (p - (s - bp)) + (c - bp)
+    even = (s.view(np.int64) & 1) == 0
+    s = np.where((err != 0) & even & np.isfinite(s), np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
+    return s.astype(np.float32)
+
+
 def _lane_product(w, x):
-    """The contract: float32 lane accumulators over columns k = l (mod 16), in increasing k, then the tree."""
+    """The contract: float32 lane accumulators over columns k = l (mod 16), in increasing k, one fused
+    multiply-add each, then the tree."""
     n, k = x.shape
     acc = np.zeros((n, w.shape[0], 16), np.float32)
     for b in range(k // 16):
-        acc = acc + x[:, None, b * 16:b * 16 + 16] * w[None, :, b * 16:b * 16 + 16]
+        acc = fma32(x[:, None, b * 16:b * 16 + 16], w[None, :, b * 16:b * 16 + 16], acc)
     t = acc[..., :8] + acc[..., 8:]
     u = t[..., :4] + t[..., 4:]
     return (u[..., 0] + u[..., 2]) + (u[..., 1] + u[..., 3])

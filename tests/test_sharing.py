@@ -96,6 +96,36 @@ def test_codebook_matmul8_matches_reference(kernel, n, n_out, nb, k, seed):
     assert_close_f32(out, x.astype(np.float64) @ w.T, np.abs(x) @ np.abs(w).T, nb * 16)
 
 
+@numba.njit
+def _fma_many(a, b, c, out):
+    for i in range(a.size):
+        out[i] = K.fma32(a[i], b[i], c[i])
+
+
+def _exact_fma32(a, b, c):
+    """float32 nearest to the exact a*b + c (ties to even), with fractions."""
+    from fractions import Fraction
+    exact = Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c))
+    f = np.float32(float(exact))
+    cands = [f, np.nextafter(f, np.float32(np.inf)), np.nextafter(f, np.float32(-np.inf))]
+    return min(cands, key=lambda v: (abs(Fraction(float(v)) - exact), int(np.array(v).view(np.int32)) & 1))
+
+
+def test_fma32_is_one_rounding_in_every_implementation():
+    rng = np.random.default_rng(0)
+    n = 3000
+    a = (rng.standard_normal(n) * 2.0 ** rng.integers(-20, 20, n)).astype(np.float32)
+    b = (rng.standard_normal(n) * 2.0 ** rng.integers(-20, 20, n)).astype(np.float32)
+    c = (-(a.astype(np.float64) * b) * (1 + rng.standard_normal(n) * 2.0 ** -rng.integers(1, 30, n))).astype(np.float32)
+    c[::3] = rng.standard_normal(n)[::3].astype(np.float32)         # cancellation and ordinary sums
+    want = np.array([_exact_fma32(*t) for t in zip(a, b, c)], np.float32)
+    out = np.empty(n, np.float32)
+    _fma_many(a, b, c, out)
+    assert np.array_equal(out, want)
+    assert np.array_equal(ref.fma32(a, b, c), want)
+    assert np.array_equal(np.array([K._fma32_py(*t) for t in zip(a, b, c)], np.float32), want)
+
+
 @given(n_out=st.integers(1, 6), n_in=st.integers(1, 12), k=st.integers(1, 8), seed=seeds)
 def test_codebook_gram_matches_reference(n_out, n_in, k, seed):
     rng = np.random.default_rng(seed)

@@ -9,14 +9,53 @@ Arithmetic contract, shared bit for bit with the AVX-512 kernels of kernels/vper
 - **byte codes** (``codebook_matmul8``): ``codes`` is ``(n_out, nb*16)`` uint8, one code per column,
   input ``(n, nb*16)``, codebook of up to 256 entries.
 - For every output ``(i, o)`` sixteen float32 lane accumulators start at +0; lane ``l`` adds the
-  products ``x[i, k] * cb[code(o, k)]`` of the columns ``k = l (mod 16)`` in increasing ``k`` (each
-  product rounded to float32, then added and rounded: no fused multiply-add); the lanes are then
-  summed by a fixed tree, ``(l, l+8)``, then ``(l, l+4)``, ``(l, l+2)``, ``(0, 1)`` (:func:`_reduce16`).
+  products ``x[i, k] * cb[code(o, k)]`` of the columns ``k = l (mod 16)`` in increasing ``k``, each
+  with one fused multiply-add (``acc = fma(x, w, acc)``: one rounding, as ``vfmadd`` does); the lanes
+  are then summed by a fixed tree, ``(l, l+8)``, then ``(l, l+4)``, ``(l, l+2)``, ``(0, 1)``
+  (:func:`_reduce16`).
+
+The plain loops call :func:`fma32`, LLVM's target-independent ``llvm.fma.f32`` (a ``vfmadd`` where the
+CPU has FMA, a correctly rounded ``fmaf`` call elsewhere), so they are portable and still match the
+register kernels bit for bit.
 """
+import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from ._jit import both, jit
+
+
+@intrinsic
+def _fma32_ir(typingctx, a, b, c):
+    if not all(t == types.float32 for t in (a, b, c)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        f32 = ir.FloatType()
+        fn = builder.module.globals.get("llvm.fma.f32") or ir.Function(
+            builder.module, ir.FunctionType(f32, [f32, f32, f32]), "llvm.fma.f32")
+        return builder.call(fn, list(args))
+
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
+def _fma32_py(a, b, c):
+    """float32 ``a * b + c`` with one rounding, in Python (NUMBA_DISABLE_JIT runs): the float64 sum
+    is rounded to odd (exact with TwoSum), then to float32, which is exactly the fused result."""
+    p = float(a) * float(b)             # exact: 24 + 24 bits fit a double
+    c = float(c)
+    s = p + c
+    if np.isfinite(s):
+        bp = s - p
+        err = (p - (s - bp)) + (c - bp)
+        if err != 0 and not (np.float64(s).view(np.int64) & 1):
+            s = float(np.nextafter(s, np.inf if err > 0 else -np.inf))
+    return np.float32(s)
+
+
+fma32 = _fma32_py if numba.config.DISABLE_JIT else _fma32_ir
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -43,7 +82,7 @@ def _matmul4(codes, x, cb16, out):
             for b in range(width // 16):
                 for l in range(16):
                     c = codes[o, b * 16 + l]
-                    acc[l] = (acc[l] + x[0, b * 32 + l] * cb16[c & 15]) + x[0, b * 32 + 16 + l] * cb16[c >> 4]
+                    acc[l] = fma32(x[0, b * 32 + 16 + l], cb16[c >> 4], fma32(x[0, b * 32 + l], cb16[c & 15], acc[l]))
             out[0, o] = _reduce16(acc)
         return
     xt = np.ascontiguousarray(x.T)      # (columns, samples): the sample loop is innermost, contiguous
@@ -59,7 +98,7 @@ def _matmul4(codes, x, cb16, out):
                 xhi = xt[b * 32 + 16 + l]
                 a = acc[l]
                 for i in range(n):
-                    a[i] = (a[i] + xlo[i] * wlo) + xhi[i] * whi
+                    a[i] = fma32(xhi[i], whi, fma32(xlo[i], wlo, a[i]))
         for i in range(n):
             for l in range(16):
                 t[l] = acc[l, i]
@@ -82,7 +121,7 @@ def _matmul8(codes, x, cb, out):
             acc = np.zeros(16, np.float32)
             for b in range(width // 16):
                 for l in range(16):
-                    acc[l] = acc[l] + x[0, b * 16 + l] * cb[codes[o, b * 16 + l]]
+                    acc[l] = fma32(x[0, b * 16 + l], cb[codes[o, b * 16 + l]], acc[l])
             out[0, o] = _reduce16(acc)
         return
     xt = np.ascontiguousarray(x.T)      # (columns, samples): the sample loop is innermost, contiguous
@@ -95,7 +134,7 @@ def _matmul8(codes, x, cb, out):
                 xr = xt[b * 16 + l]
                 a = acc[l]
                 for i in range(n):
-                    a[i] = a[i] + xr[i] * w
+                    a[i] = fma32(xr[i], w, a[i])
         for i in range(n):
             for l in range(16):
                 t[l] = acc[l, i]
