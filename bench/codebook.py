@@ -199,6 +199,29 @@ def main(argv=None):
     return 0
 
 
+def _targets(res):
+    """The issue's targets against this run."""
+    out = ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    for r in res["speed"]:
+        if r["layer"] != "fc6" or not isinstance(r[COLS[2]], dict):
+            continue
+        o = r["numpy_over"]
+        peers = [o[k] for k in COLS[5:] if k in o]
+        if r["batch"] == 1:
+            ok = o[COLS[2]] >= 4.5 and all(o[COLS[2]] > p for p in peers)
+            out.append(f"| fc6 4-bit, batch 1, {r['threads']} thread(s): >= 4.5x NumPy and faster than the int8 "
+                       f"peers | {o[COLS[2]]:.2f}x (peers {', '.join(f'{p:.2f}x' for p in peers)}) | {ok} |")
+        elif r["batch"] == 32:
+            out.append(f"| fc6 4-bit, batch 32, {r['threads']} thread(s): faster than NumPy dense | "
+                       f"{o[COLS[2]]:.2f}x | {o[COLS[2]] > 1} |")
+    for r in res["accuracy"]:
+        need = {"lenet300": 40, "lenet5": 35}[r["model"]]
+        drop = r["dense"]["accuracy"] - r["huffman"]["accuracy"]
+        out.append(f"| {r['model']} Deep Compression ({r['recipe']}): >= {need}x at <= 1.0 point | "
+                   f"{r['ratio']:.1f}x, {drop:.1f} points | {r['ratio'] >= need and drop <= 1.0} |")
+    return out + [""]
+
+
 def _ms(v):
     return v if isinstance(v, str) else f"{v['median_ms']:.3g} ({v['p90_ms']:.3g})"
 
@@ -210,7 +233,11 @@ def markdown(res):
              f"{res['loadavg_before'][0]:.2f}/{res['loadavg_after'][0]:.2f}", "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
              f"Measured limits ({res['threads']} threads): DRAM read {lim['bandwidth_GBps']:.1f} GB/s, sgemm "
-             f"{lim['sgemm_GFLOPs']:.0f} GFLOP/s. Protocol: the docstring of bench/codebook.py.", ""]
+             f"{lim['sgemm_GFLOPs']:.0f} GFLOP/s. Protocol: the docstring of bench/codebook.py.", "",
+             "The machine is shared with other engineers' jobs (see the load average): compare ratios within a "
+             "row (alternating timing), not absolute times; 1-thread rows are the least disturbed (a 2-thread "
+             "parallel region waits for both threads, and a busy core holds one of them back).", ""]
+    lines += _targets(res)
     if res["speed"]:
         lines += ["## Speed: median ms per call (p90)", "",
                   "Memory floor = 4-bit code bytes / measured DRAM bandwidth (fc6; fc7's codes stay in L3). "
