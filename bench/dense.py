@@ -3,7 +3,9 @@
 Cases: LeNet-5 end to end (data/lenet5.h5 on test digits), VGG-16 conv3_2 (1x256x56x56 input, 256 3x3
 filters, pad 1) and fc6 (4096x25088), random weights, at batch 1 and 32. All contenders get the same
 threads (Numba, BLAS via threadpoolctl, torch.set_num_threads, ORT intra_op_num_threads) and run in
-this process, alternating, after a warm-up; medians and p90s. Each runs in its native layout
+this process, alternating in blocks of 4 calls with a 0.1 s untimed pause before each block (NumPy's
+OpenBLAS threads spin ~0.1 s after a call; see nncomp.bench.layers.alternate_blocks), after a warm-up;
+medians and p90s. Each runs in its native layout
 (nncomp NHWC, the peers NCHW); layout conversions are not timed. NumPy (BLAS, and im2col for the conv)
 is shown for reference. Target: nncomp within 1.25x of the faster peer.
 
@@ -102,7 +104,8 @@ def main(argv=None):
 
     import numpy as np
     from nncomp.bench import peers
-    from nncomp.bench.timing import alternate, machine_info, set_threads
+    from nncomp.bench.layers import alternate_blocks
+    from nncomp.bench.timing import machine_info, set_threads
 
     threads = set_threads(a.threads)
     peers.set_threads(threads)
@@ -133,7 +136,7 @@ def main(argv=None):
                 if y.ndim == 4 and k in ("torch", "onnxruntime") and model.input_layout == "NHWC":
                     y = y.transpose(0, 2, 3, 1)
                 errs[k] = float(np.abs(y - ref).max())
-            t = alternate(calls, repeat=repeat, warmup=2, max_seconds=20 if a.quick else 120)
+            t = alternate_blocks(calls, repeat=repeat, warmup=2, max_seconds=20 if a.quick else 120)
             row = {"case": name, "batch": bs}
             for k, fn in contenders.items():
                 row[k] = fn if isinstance(fn, str) else {**t[k], "max_abs_diff_vs_nncomp": errs[k]}
@@ -183,7 +186,8 @@ def markdown(res):
              f"{m['date']} · {m['cpu']} · {m['cores']} cores · {res['threads']} threads for every contender · "
              f"load average before/after {res['loadavg_before'][0]:.2f}/{res['loadavg_after'][0]:.2f}", "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
-             "Median ms per call (p90 in brackets), contenders alternating in one process after a warm-up; "
+             "Median ms per call (p90 in brackets), contenders alternating in blocks of 4 calls (0.1 s untimed "
+             "pause before each block) in one process after a warm-up; "
              "nncomp runs NHWC, the peers NCHW. Ratio = nncomp median / the faster peer's median "
              "(target <= 1.25).", "",
              "| case | batch | nncomp | torch 2.13 | ONNX Runtime | NumPy | nncomp / best peer | within 1.25x |",

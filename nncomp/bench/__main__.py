@@ -50,13 +50,16 @@ def build_parser(prog="python -m nncomp.bench"):
     p.add_argument("--layer-batch", default=None, metavar="LIST", help="layer suite batch sizes (default 1,32)")
     p.add_argument("--threads", type=int, default=None, help="threads for nncomp, BLAS and the peers "
                    "(default: all cores)")
-    p.add_argument("--repeat", type=int, default=None, help="timed rounds per measurement (default 15; "
-                   "quick 3), each measurement capped at 1.5 s (layers: 12 s)")
+    p.add_argument("--repeat", type=int, default=None, help="timed calls per contender and measurement, "
+                   "in blocks of 4 (default 8; quick 4); each measurement stops after 1 s (layers: 8 s)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default bench/out)")
     p.add_argument("--suite", choices=("all", "models", "layers"), default="all")
     p.add_argument("--keras", action="store_true", help="also run the Keras models in data/keras")
     p.add_argument("--no-peers", action="store_true", help="skip torch and ONNX Runtime")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--settle", type=float, default=None, metavar="S", help="untimed pause before each block "
+                   "of calls, so that one contender's spinning BLAS threads do not slow the next (default 0.1; "
+                   "quick 0.01)")
     return p
 
 
@@ -73,9 +76,12 @@ def parse_args(argv):
         p.error(str(e))
     if a.threads is not None and a.threads < 1:
         p.error(f"--threads must be >= 1, got {a.threads}")
+    if a.settle is not None and not (0 <= a.settle <= 10):
+        p.error(f"--settle must be in [0, 10] seconds, got {a.settle}")
+    a.settle = a.settle if a.settle is not None else (0.01 if a.quick else 0.1)
     if a.repeat is not None and a.repeat < 1:
         p.error(f"--repeat must be >= 1, got {a.repeat}")
-    a.repeat = a.repeat or (3 if a.quick else 15)
+    a.repeat = a.repeat or (4 if a.quick else 8)
     a.method_list = None
     if a.methods:
         a.method_list = [m.strip() for m in a.methods.split(",") if m.strip()]
@@ -129,7 +135,8 @@ def run(args):
     result = {"command": " ".join(["python -m nncomp.bench"] + list(sys.argv[1:])),
               "machine": machine_info(), "peers": peers.versions() if not args.no_peers else {},
               "settings": {"quick": args.quick, "batches": list(args.batches), "layer_batches": list(args.layer_batches),
-                           "threads": threads, "repeat": args.repeat, "calibration_samples": suite.CALIBRATION_SAMPLES,
+                           "threads": threads, "repeat": args.repeat, "block": 4, "settle_s": args.settle,
+                           "calibration_samples": suite.CALIBRATION_SAMPLES,
                            "methods": args.method_list or "all", "peers": with_peers},
               "seeds": {"data_split": 20261128, "calibration": f"the first {suite.CALIBRATION_SAMPLES} training "
                         "digits", "methods": "each method's default seed (0)", "layer_weights": 0,
@@ -155,7 +162,7 @@ def run(args):
             try:
                 rows = suite.run_model(path, recipes=recipes, batches=args.batches, repeat=args.repeat,
                                        threads=threads, with_peers=with_peers, data=args.data,
-                                       max_seconds=1.0 if args.quick else 1.5,
+                                       max_seconds=1.0, settle=args.settle,
                                        max_samples=200 if args.quick else None, progress=say)
             except (NncompError, OSError, KeyError) as e:
                 fail(f"{path}: {e}")
@@ -168,7 +175,8 @@ def run(args):
             lrecipes = [r for r in lrecipes if not r.needs or set(r.needs) & set(args.method_list)]
         result["layers"] = layers.run_layer_suite(
             shapes=shapes, batches=args.layer_batches, threads=threads, repeat=args.repeat,
-            limits=result.get("limits"), recipes=lrecipes, max_seconds=1.0 if args.quick else 12.0,
+            limits=result.get("limits"), recipes=lrecipes, max_seconds=1.0 if args.quick else 8.0,
+            settle=args.settle,
             progress=say)
 
     result["wall_s"] = time.perf_counter() - start

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..errors import CompressionParameterError
 from ..model import Model
-from .timing import alternate
+from .layers import alternate_blocks
 
 __all__ = ["compare", "Comparison"]
 
@@ -180,7 +180,7 @@ def compare(model, *others, x=None, y=None, batch_sizes=(1, 64), repeat=20, name
     for b in batch_sizes:
         xb = np.ascontiguousarray(x[np.arange(b) % x.shape[0]])
         calls = {i: (lambda m=m: m(xb)) for i, m in enumerate(models)}
-        t = alternate(calls, repeat=int(repeat), warmup=2, max_seconds=30)
+        t = alternate_blocks(calls, repeat=int(repeat), warmup=2, max_seconds=30)
         for i, r in enumerate(rows):
             r["ms"][b], r["p90_ms"][b] = t[i]["median_ms"], t[i]["p90_ms"]
     return Comparison(rows, batch_sizes)

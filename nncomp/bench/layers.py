@@ -18,7 +18,7 @@ from ..kernels._jit import pjit
 from ..layers import Conv2D, Dense
 from ..model import Model, Node
 from . import peers
-from .timing import alternate
+from .timing import flush_caches
 
 # name: (kind, n_out, n_in) for dense layers; (kind, c_out, c_in, hw, k, pad) for convolutions.
 SHAPES = {
@@ -166,6 +166,44 @@ LAYER_RECIPES = [
     LayerRecipe("nncomp low rank 2.5x fewer FLOPs", lambda m: _nc().factorize(m, speedup=2.5), ("conv",),
                 ("factorize",)),
 ]
+
+
+SETTLE_S = 0.1
+
+
+def alternate_blocks(contenders, *, repeat=12, block=4, warmup=1, flush=False, max_seconds=60.0,
+                     settle=SETTLE_S):
+    """Time callables alternating in blocks, A A A A B B B B A A A A ...; ``{name: median_ms, p90_ms, min_ms, n}``.
+
+    Each call is timed on its own; the median is over all of them. Before each block the process sleeps
+    ``settle`` seconds (untimed): NumPy's OpenBLAS threads keep spinning for up to ~2**28 cycles (~0.1 s)
+    after a call and, on a 2-core machine, slow whatever runs next; the pause keeps every contender out of
+    the previous one's spin, and within a block a contender meets only its own threads, as it would in
+    use. ``repeat`` calls per contender, in rounds of one block each; after ``max_seconds`` the loop stops
+    at the end of a round. ``flush`` streams 64 MiB through the caches before every timed call.
+    """
+    names = list(contenders)
+    for _ in range(warmup):
+        for n in names:
+            contenders[n]()
+    times = {n: [] for n in names}
+    start = time.perf_counter()
+    rounds = -(-repeat // block)
+    for _ in range(rounds):
+        for n in names:
+            fn = contenders[n]
+            if settle:
+                time.sleep(settle)
+            for _ in range(block):
+                if flush:
+                    flush_caches()
+                t0 = time.perf_counter()
+                fn()
+                times[n].append(time.perf_counter() - t0)
+        if time.perf_counter() - start >= max_seconds:
+            break
+    return {n: {"median_ms": float(np.median(t) * 1e3), "p90_ms": float(np.percentile(t, 90) * 1e3),
+                "min_ms": float(np.min(t) * 1e3), "n": len(t)} for n, t in times.items()}
 
 
 # ------------------------------------------------------------------------------- baselines
@@ -324,8 +362,8 @@ def _rel_err(y, ref):
     return float(np.linalg.norm(y - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
-def run_layer_suite(*, shapes=SHAPES, batches=(1, 32), threads=2, repeat=10, limits=None, recipes=None,
-                    max_seconds=12.0, progress=print, seed=1):
+def run_layer_suite(*, shapes=SHAPES, batches=(1, 32), threads=2, repeat=8, limits=None, recipes=None,
+                    max_seconds=8.0, settle=SETTLE_S, progress=print, seed=1):
     """Time every contender on every layer shape and batch size; returns a list of row dicts."""
     rows = []
     for name in shapes:
@@ -350,8 +388,8 @@ def run_layer_suite(*, shapes=SHAPES, batches=(1, 32), threads=2, repeat=10, lim
                 except Exception as e:  # noqa: BLE001
                     c.status = f"error: {type(e).__name__}: {e}"
             calls = {k: v for k, v in calls.items() if k in errs}
-            timed = alternate(calls, repeat=repeat, warmup=1, flush=batch == 1, max_seconds=max_seconds) \
-                if calls else {}
+            timed = alternate_blocks(calls, repeat=repeat, warmup=1, flush=batch == 1,
+                                     max_seconds=max_seconds, settle=settle) if calls else {}
             base_ms = timed.get(base.name, {}).get("median_ms")
             for c in contenders:
                 row = {"layer": name, "shape": describe_shape(name, shapes), "batch": batch,

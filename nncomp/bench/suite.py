@@ -21,8 +21,7 @@ import numpy as np
 
 from ..data import DATA_DIR
 from . import peers
-from .layers import NotAvailable, formats_of, require
-from .timing import alternate
+from .layers import NotAvailable, alternate_blocks, formats_of, require
 
 MODELS = ("lenet300", "lenet5", "vgg_small", "resnet_small")
 QUICK_MODELS = ("lenet300",)
@@ -57,33 +56,43 @@ def both(method, settings, fn, needs, *, huffman=False, quick=False):
             Recipe(method, settings, fn, True, huffman, needs, False)]
 
 
+def free(method, settings, fn, needs, *, huffman=False, quick=False):
+    """A data-free row only (extra settings of a method; keeps the default run under 5 minutes)."""
+    return [Recipe(method, settings, fn, False, huffman, needs, quick)]
+
+
+def calibrated(method, settings, fn, needs, *, huffman=False):
+    """A calibrated row only (the method needs data)."""
+    return [Recipe(method, settings, fn, True, huffman, needs, False)]
+
+
 def _int8(m, c):
     return _nc().quantize(m, calibration=c)
 
 
-# The settings table: one line per row (``both`` makes the data-free and the calibrated row).
+# The settings table: one line per row. ``both`` makes the data-free and the calibrated row (the
+# headline setting of each method and every combination); ``free`` a data-free row (further settings).
 RECIPES = [
-    *both("prune", "sparsity=0.5", lambda m, c: _nc().prune(m, sparsity=0.5, calibration=c), ("prune",)),
-    *both("prune", "sparsity=0.8", lambda m, c: _nc().prune(m, sparsity=0.8, calibration=c), ("prune",)),
+    *free("prune", "sparsity=0.5", lambda m, c: _nc().prune(m, sparsity=0.5, calibration=c), ("prune",)),
+    *free("prune", "sparsity=0.8", lambda m, c: _nc().prune(m, sparsity=0.8, calibration=c), ("prune",)),
     *both("prune", "sparsity=0.9", lambda m, c: _nc().prune(m, sparsity=0.9, calibration=c), ("prune",),
           quick=True),
     *both("prune_filters", "ratio=0.25",
           lambda m, c: _nc().prune_filters(m, ratio=0.25, calibration=c), ("prune_filters",), quick=True),
-    *both("prune_filters", "ratio=0.5",
+    *free("prune_filters", "ratio=0.5",
           lambda m, c: _nc().prune_filters(m, ratio=0.5, calibration=c), ("prune_filters",)),
-    *both("quantize", "int8 weights only",
+    *free("quantize", "int8 weights only",
           lambda m, c: _nc().quantize(m, weights_only=True, calibration=c), ("quantize",), quick=True),
     *both("quantize", "int8 dynamic activations", _int8, ("quantize",)),
-    Recipe("quantize", "int8 static activations (mse)",
-           lambda m, c: _nc().quantize(m, activations="static", method="mse", calibration=c), True,
-           needs=("quantize",)),
-    *both("share", "bits=8", lambda m, c: _nc().share(m, bits=8, calibration=c), ("share",)),
+    *calibrated("quantize", "int8 static activations (mse)",
+                lambda m, c: _nc().quantize(m, activations="static", method="mse", calibration=c), ("quantize",)),
+    *free("share", "bits=8", lambda m, c: _nc().share(m, bits=8, calibration=c), ("share",)),
     *both("share", "bits=5", lambda m, c: _nc().share(m, bits=5, calibration=c), ("share",), huffman=True,
           quick=True),
-    *both("share", "bits=4", lambda m, c: _nc().share(m, bits=4, calibration=c), ("share",), huffman=True),
+    *free("share", "bits=4", lambda m, c: _nc().share(m, bits=4, calibration=c), ("share",), huffman=True),
     *both("factorize", "speedup=2", lambda m, c: _nc().factorize(m, speedup=2.0, calibration=c),
           ("factorize",), quick=True),
-    *both("factorize", "speedup=4", lambda m, c: _nc().factorize(m, speedup=4.0, calibration=c),
+    *free("factorize", "speedup=4", lambda m, c: _nc().factorize(m, speedup=4.0, calibration=c),
           ("factorize",)),
     *both("deep_compression", "defaults, Huffman",
           lambda m, c: _nc().deep_compression(m, calibration=c), ("deep_compression",), huffman=True,
@@ -161,9 +170,10 @@ def _verdict(ratio, speedup_latency, speedup_throughput, *, margin=1.10):
 class Context:
     """The dense model and the data a model's rows are measured against."""
 
-    def __init__(self, model, x, y, calibration, batches, repeat, max_seconds, name):
+    def __init__(self, model, x, y, calibration, batches, repeat, max_seconds, name, settle=0.1):
         self.model, self.x, self.y, self.calibration = model, x, y, calibration
         self.batches, self.repeat, self.max_seconds, self.name = batches, repeat, max_seconds, name
+        self.settle = settle
         self.logits = model(x)
         self.pred = self.logits.argmax(axis=1)
         self.accuracy = float((self.pred == y).mean()) if y is not None else None
@@ -176,8 +186,8 @@ def _time_against_dense(ctx, fn):
     out = {}
     for b in ctx.batches:
         xb = ctx.xb[b]
-        t = alternate({"dense": lambda: ctx.model(xb), "row": lambda: fn(xb)}, repeat=ctx.repeat, warmup=2,
-                      max_seconds=ctx.max_seconds)
+        t = alternate_blocks({"dense": lambda: ctx.model(xb), "row": lambda: fn(xb)}, repeat=ctx.repeat,
+                             warmup=2, max_seconds=ctx.max_seconds, settle=ctx.settle)
         out[b] = (t["dense"], t["row"])
     return out
 
@@ -295,8 +305,8 @@ def load_data(model, data=None):
     return x, y, calib
 
 
-def run_model(path, *, recipes, batches=(1, 64), repeat=20, threads=2, with_peers=True, data=None,
-              max_seconds=4.0, max_samples=None, progress=print):
+def run_model(path, *, recipes, batches=(1, 64), repeat=8, threads=2, with_peers=True, data=None,
+              max_seconds=1.0, max_samples=None, settle=0.1, progress=print):
     """Every row for one model file; returns a list of row dicts (dense first)."""
     nc = _nc()
     model = nc.load(path)
@@ -304,7 +314,7 @@ def run_model(path, *, recipes, batches=(1, 64), repeat=20, threads=2, with_peer
     x, y, calib = load_data(model, data)
     if max_samples:
         x, y = x[:max_samples], (None if y is None else y[:max_samples])
-    ctx = Context(model, x, y, calib, tuple(batches), repeat, max_seconds, name)
+    ctx = Context(model, x, y, calib, tuple(batches), repeat, max_seconds, name, settle)
     rows = [run_dense(ctx)]
     progress(_progress_line(rows[-1]))
     for r in recipes:
