@@ -319,6 +319,13 @@ def test_bad_parameters_raise(kwargs):
         nc.factorize(dense_model(w), **kwargs)
 
 
+def test_non_finite_weights_raise():
+    w = np.ones((4, 5), np.float32)
+    w[1, 2] = np.nan
+    with pytest.raises(CompressionParameterError):
+        nc.factorize(dense_model(w), rank=1, layers="fc")
+
+
 def test_bad_convolutions_raise():
     rng = np.random.default_rng(12)
     nodes = [nc.Node("dw", conv_layer(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), groups=4)),

@@ -46,6 +46,9 @@ class _Plan:
         self.name, self.layer, self.scheme = name, node.layer, scheme
         self.shape = model.shapes[node.inputs[0]]
         self.w = np.asarray(self.layer.weight.to_dense(), np.float32)
+        if not np.isfinite(self.w).all():
+            raise CompressionParameterError(f"factorize(): layer {name!r} has NaN or Inf weights; an SVD of "
+                                            "them is undefined. Repair or exclude the layer (layers=)")
         self.orig = self.layer.macs(self.shape)
         n_out, n_in = self.w.shape
         if isinstance(self.layer, Dense):
