@@ -160,11 +160,12 @@ def _data_error(model, f, x, name):
 
 
 @pytest.mark.parametrize("scheme", ["jaderberg", "channel"])
-def test_data_reconstruction_never_worse_than_filter_conv(scheme):
+@pytest.mark.parametrize("geometry", [dict(padding=1), dict(stride=(2, 1), dilation=(1, 2), padding=(0, 1, 2, 0))])
+def test_data_reconstruction_never_worse_than_filter_conv(scheme, geometry):
     rng = np.random.default_rng(3)
     c, n = 4, 6
     layer = conv_layer(rng.standard_normal((n, c, 3, 3)).astype(np.float32),
-                       rng.standard_normal(n).astype(np.float32), padding=1)
+                       rng.standard_normal(n).astype(np.float32), **geometry)
     m = conv_model(layer, 9, 9)
     # correlated, non-centered inputs: where data reconstruction has something to exploit
     x = (rng.standard_normal((40, 9, 9, 2)) @ rng.standard_normal((2, c)) + 0.5
