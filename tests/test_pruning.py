@@ -46,6 +46,12 @@ def test_exact_count_and_largest_magnitudes_kept(s, seed, ties):
     if ties:   # many equal magnitudes straddle the threshold
         w = np.sign(m["fc0"].layer.weight.w) * np.round(np.abs(m["fc0"].layer.weight.w))
         m = m.replace_layers({"fc0": m["fc0"].layer.replace(weight=w + (w == 0))})
+    n0 = m["fc0"].layer.weight.w.size
+    if s < 1 and int(np.floor(s * n0 + 0.5)) == n0:
+        # A fraction below 1 that rounds to every weight is refused: emptying a layer must be explicit.
+        with pytest.raises(nc.CompressionParameterError):
+            nc.prune(m, {"fc0": s}, storage="csr")
+        return
     p = nc.prune(m, {"fc0": s, "fc1": 1.0 if s == 1 else s / 2}, storage="csr")
     for name, frac in (("fc0", s), ("fc1", 1.0 if s == 1 else s / 2)):
         w0 = m[name].layer.weight.w
