@@ -60,7 +60,8 @@ def test_int8_matmul_u8s8_longest_block_is_exact(kernel):
 @needs_vnni
 @given(n=st.integers(1, 140), n_out=st.integers(1, 150), groups=st.integers(1, 300), seed=st.integers(0, 2**31))
 @example(n=70, n_out=130, groups=700, seed=1)     # several k-blocks and row tiles, every tail shape
-def test_vnni_is_bit_identical_to_the_portable_kernel(n, n_out, groups, seed):
+def test_int8_matmul_u8s8_vnni_matches_reference(n, n_out, groups, seed):
+    """Larger shapes than the shared test: several k-blocks and row tiles; VNNI == portable == twin."""
     rng = np.random.default_rng(seed)
     xu = _codes(rng, (n, 4 * groups), np.uint8, False)
     wp = pack_panels(_codes(rng, (n_out, 4 * groups), np.int8, False), panel_width(n_out))
@@ -68,7 +69,7 @@ def test_vnni_is_bit_identical_to_the_portable_kernel(n, n_out, groups, seed):
     b = a.copy()
     quant.int8_matmul_u8s8_parallel(xu, wp, 0, 4 * groups, a)
     vnni.int8_matmul_u8s8_vnni_parallel(xu, wp, 0, 4 * groups, b)
-    assert np.array_equal(a, b)
+    assert np.array_equal(a, b) and np.array_equal(b, ref.int8_matmul_u8s8(xu, wp, 0, 4 * groups, np.zeros_like(b)))
 
 
 @pytest.mark.parametrize("kernel", [quant.int8_quantize, quant.int8_quantize_parallel])
