@@ -104,7 +104,7 @@ def flush_caches(nbytes=64 << 20):
     _FLUSH.sum()
 
 
-def alternate(contenders, *, repeat=30, warmup=2, flush=False, min_seconds=0.0, max_seconds=60.0):
+def alternate(contenders, *, repeat=30, warmup=2, flush=False, settle=0.0, min_seconds=0.0, max_seconds=60.0):
     """Time callables in alternation; returns ``{name: {"median_ms", "p90_ms", "n"}}``.
 
     Parameters
@@ -116,6 +116,10 @@ def alternate(contenders, *, repeat=30, warmup=2, flush=False, min_seconds=0.0, 
         Untimed rounds first (compiles kernels, warms caches and thread pools).
     flush : bool
         Flush the caches before each timed call (memory-bound rows then read from DRAM).
+    settle : float
+        Untimed pause (seconds) before each timed call: OpenBLAS threads keep spinning for a while
+        after a call and slow down whatever runs next (a 2-thread int8 call: 39 ms right after a
+        NumPy sgemm, 16 ms after a 0.2 s pause).
     min_seconds, max_seconds : float
         Keep going past ``repeat`` until ``min_seconds``; stop early after ``max_seconds``.
     """
@@ -130,6 +134,8 @@ def alternate(contenders, *, repeat=30, warmup=2, flush=False, min_seconds=0.0, 
         for n in names:
             if flush:
                 flush_caches()
+            if settle:
+                time.sleep(settle)
             t0 = time.perf_counter()
             contenders[n]()
             times[n].append(time.perf_counter() - t0)
