@@ -141,7 +141,7 @@ def run(args):
               "seeds": {"data_split": 20261128, "calibration": f"the first {suite.CALIBRATION_SAMPLES} training "
                         "digits", "methods": "each method's default seed (0)", "layer_weights": 0,
                         "layer_inputs": 1},
-              "loadavg_start": list(os.getloadavg()), "models": [], "layers": [], "plots": {}}
+              "loadavg_start": list(os.getloadavg()), "phase_s": {}, "models": [], "layers": [], "plots": {}}
     say(f"nncomp.bench: {threads} threads, peers: "
         + (", ".join(f"{k} {v}" for k, v in result["peers"].items()) if with_peers else "off")
         + f"; output {out}")
@@ -151,7 +151,9 @@ def run(args):
 
     if args.suite in ("all", "layers"):
         say("measuring the roofline limits (DRAM read, sgemm) ...")
+        t0 = time.perf_counter()
         result["limits"] = layers.machine_limits(quick=args.quick)
+        result["phase_s"]["limits"] = time.perf_counter() - t0
         lim = result["limits"]
         say(f"  DRAM read {lim['bandwidth_GBps']:.1f} GB/s, sgemm {lim['sgemm_GFLOPs']:.0f} GFLOP/s")
 
@@ -159,6 +161,7 @@ def run(args):
         recipes = suite.selected(suite.RECIPES, args.method_list, args.quick)
         for path in paths:
             say(f"model {path} ...")
+            t0 = time.perf_counter()
             try:
                 rows = suite.run_model(path, recipes=recipes, batches=args.batches, repeat=args.repeat,
                                        threads=threads, with_peers=with_peers, data=args.data,
@@ -167,18 +170,22 @@ def run(args):
             except (NncompError, OSError, KeyError) as e:
                 fail(f"{path}: {e}")
             result["models"] += rows
+            result["phase_s"][f"model {rows[0]['model']}"] = time.perf_counter() - t0
 
     if args.suite in ("all", "layers"):
         shapes = layers.QUICK_SHAPES if args.quick else layers.SHAPES
         lrecipes = layers.LAYER_RECIPES
         if args.method_list:
             lrecipes = [r for r in lrecipes if not r.needs or set(r.needs) & set(args.method_list)]
+        t0 = time.perf_counter()
         result["layers"] = layers.run_layer_suite(
             shapes=shapes, batches=args.layer_batches, threads=threads, repeat=args.repeat,
             limits=result.get("limits"), recipes=lrecipes, max_seconds=1.0 if args.quick else 8.0,
             settle=args.settle,
             progress=say)
 
+    if result["layers"]:
+        result["phase_s"]["layers"] = time.perf_counter() - t0
     result["wall_s"] = time.perf_counter() - start
     result["loadavg_end"] = list(os.getloadavg())
     if not args.no_plots and result["models"]:

@@ -169,6 +169,7 @@ LAYER_RECIPES = [
 
 
 SETTLE_S = 0.1
+SLOW_CALL_S = 0.1   # contenders slower than this per call (in the warm-up) run blocks of 2 calls
 
 
 def alternate_blocks(contenders, *, repeat=12, block=4, warmup=1, flush=False, max_seconds=60.0,
@@ -179,13 +180,18 @@ def alternate_blocks(contenders, *, repeat=12, block=4, warmup=1, flush=False, m
     ``settle`` seconds (untimed): NumPy's OpenBLAS threads keep spinning for up to ~2**28 cycles (~0.1 s)
     after a call and, on a 2-core machine, slow whatever runs next; the pause keeps every contender out of
     the previous one's spin, and within a block a contender meets only its own threads, as it would in
-    use. ``repeat`` calls per contender, in rounds of one block each; after ``max_seconds`` the loop stops
+    use. Contenders slower than ``SLOW_CALL_S`` per call run blocks of 2 (their spin shadow is
+    relatively short). ``repeat`` calls per contender, in rounds of one block each; after ``max_seconds`` the loop stops
     at the end of a round. ``flush`` streams 64 MiB through the caches before every timed call.
     """
     names = list(contenders)
+    blocks = dict.fromkeys(names, block)
     for _ in range(warmup):
         for n in names:
+            t0 = time.perf_counter()
             contenders[n]()
+            if time.perf_counter() - t0 > SLOW_CALL_S:
+                blocks[n] = min(block, 2)
     times = {n: [] for n in names}
     start = time.perf_counter()
     rounds = -(-repeat // block)
@@ -194,7 +200,7 @@ def alternate_blocks(contenders, *, repeat=12, block=4, warmup=1, flush=False, m
             fn = contenders[n]
             if settle:
                 time.sleep(settle)
-            for _ in range(block):
+            for _ in range(blocks[n]):
                 if flush:
                     flush_caches()
                 t0 = time.perf_counter()

@@ -206,10 +206,12 @@ def torch_csr(w, bias=None):
     torch = _torch()
     import scipy.sparse as sp
     m = sp.csr_matrix(np.asarray(w, np.float32))
-    wt = torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(np.int32)),
-                                 torch.from_numpy(m.indices.astype(np.int32)),
-                                 torch.from_numpy(m.data.astype(np.float32)), size=m.shape)
-    b = None if bias is None else torch.from_numpy(np.asarray(bias, np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse invariant checks are implicitly disabled"
+        wt = torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(np.int32)),
+                                     torch.from_numpy(m.indices.astype(np.int32)),
+                                     torch.from_numpy(m.data.astype(np.float32)), size=m.shape)
+    b = None if bias is None else torch.from_numpy(np.array(bias, np.float32))
 
     def fn(x):
         y = torch.mm(wt, x.t().contiguous()).t()
