@@ -10,6 +10,8 @@ fc6's codes (51 MB at 4 bits) exceed the 32 MiB L3, so every call reads them fro
   AVX-512 register path (``vpermps``), and the portable plain-loop fallback (same bits) for comparison;
 - nncomp 5-bit codebook (one code per byte, 32 values in two registers, ``vpermi2ps``);
 - ONNX Runtime dynamic quantized MatMul and torch 2.13 dynamic int8 Linear (the int8 peers).
+Before each timed call the process sleeps SETTLE_S (untimed), as bench/quant.py does: NumPy's OpenBLAS
+threads keep spinning after a call and would slow the next contender's 2-thread call.
 Threads: 2 for every pool (Numba, BLAS, torch, ORT); the table is repeated with 1 thread, which a busy
 shared machine disturbs less.
 
@@ -34,8 +36,31 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+SETTLE_S = 0.12
 COLS = ("numpy float32", "numpy float32 x @ W.T", "nncomp codebook 4-bit (vpermps)", "nncomp codebook 4-bit (portable)",
         "nncomp codebook 5-bit (vpermi2ps)", "onnxruntime dynamic int8", "torch dynamic int8")
+
+
+def alternate_settled(contenders, *, repeat, warmup=2, max_seconds=150.0, settle=SETTLE_S):
+    """nncomp.bench.timing.alternate with an untimed pause before every timed call."""
+    import numpy as np
+
+    names = list(contenders)
+    for _ in range(warmup):
+        for n in names:
+            contenders[n]()
+    times = {n: [] for n in names}
+    start = time.perf_counter()
+    for _ in range(repeat):
+        for n in names:
+            time.sleep(settle)
+            t0 = time.perf_counter()
+            contenders[n]()
+            times[n].append(time.perf_counter() - t0)
+        if time.perf_counter() - start > max_seconds:
+            break
+    return {n: {"median_ms": float(np.median(t) * 1e3), "p90_ms": float(np.percentile(t, 90) * 1e3),
+                "n": len(t)} for n, t in times.items()}
 
 
 def speed(threads, repeat, batches, quick):
@@ -43,7 +68,6 @@ def speed(threads, repeat, batches, quick):
 
     import nncomp as nc
     from nncomp.bench import peers
-    from nncomp.bench.timing import alternate
     from nncomp.compress.sharing import kmeans_codebook
     from nncomp.kernels import vpermps
     from nncomp.matrices.codebook import CodebookMatrix
@@ -76,7 +100,7 @@ def speed(threads, repeat, batches, quick):
         for bs in batches:
             x = np.maximum(np.random.default_rng(1).standard_normal((bs, n_in), dtype=np.float32), 0)
             calls = {k: (lambda f=f: f(x)) for k, f in contenders.items() if not isinstance(f, str)}
-            t = alternate(calls, repeat=repeat, warmup=2, max_seconds=30 if quick else 120)
+            t = alternate_settled(calls, repeat=repeat, max_seconds=30 if quick else 240)
             row = {"layer": name, "shape": [n_out, n_in], "batch": bs, "threads": threads,
                    "code_bytes": {"4-bit": int(mats[4].codes.nbytes), "5-bit": int(mats[5].codes.nbytes)},
                    "float32_bytes": int(w.nbytes),
@@ -135,8 +159,9 @@ def accuracy(quick):
             timing = {}
             for bs in (1, 64):
                 xb = x[:bs]
-                t = alternate({"dense": lambda: model(xb), "pruned": lambda: pruned(xb),
-                               "deep compression": lambda: final(xb)}, repeat=3 if quick else 100, warmup=3)
+                t = alternate({"dense": lambda: model(xb), "pruned": lambda: pruned(xb),   # no pause: a pause lets
+                               "deep compression": lambda: final(xb)},       # the pools sleep (µs calls)
+                              repeat=3 if quick else 200, warmup=5)
                 timing[str(bs)] = {k: v["median_ms"] for k, v in t.items()}
             row = {"ms_whole_model": timing, "model": name, "recipe": label, "pipeline_seconds": seconds, "stages_equal_pipeline": same,
                    "reloaded_equal": reload_equal, "file_bytes_huffman": file_bytes,
