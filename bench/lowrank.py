@@ -44,16 +44,47 @@ def limits():
     return {"dram_read_GBps": (1 << 30) / r / 1e6, "sgemm_GFLOPs": 2 * 4096**3 / g / 1e6}
 
 
+def _cpu_snap():
+    """(idle jiffies, total jiffies) of the machine and this process's CPU jiffies."""
+    with open("/proc/stat") as fh:
+        v = [int(a) for a in fh.readline().split()[1:]]
+    t = os.times()
+    return v[3] + v[4], sum(v), (t.user + t.system) * os.sysconf("SC_CLK_TCK")
+
+
+def others_busy(a, b):
+    """Fraction of all CPU time between snapshots ``a`` and ``b`` used by other processes."""
+    total = max(1, b[1] - a[1])
+    return max(0.0, ((total - (b[0] - a[0])) - (b[2] - a[2])) / total)
+
+
 def busy_fraction(seconds=2.0):
-    """Fraction of the machine's CPU time used (by anyone) over ``seconds``, from /proc/stat."""
-    def snap():
-        with open("/proc/stat") as fh:
-            v = [int(a) for a in fh.readline().split()[1:]]
-        return v[3] + v[4], sum(v)
-    i0, t0 = snap()
+    """Fraction of the machine's CPU time used by other processes over ``seconds``."""
+    a = _cpu_snap()
     time.sleep(seconds)
-    i1, t1 = snap()
-    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+    return others_busy(a, _cpu_snap())
+
+
+def measured(row_fn, tries=3, clean=0.1):
+    """Run a speed row after a quiet gate, up to ``tries`` times while others used > ``clean`` of the CPUs.
+
+    Keeps the attempt that other processes disturbed least (never the one with the best ratio) and
+    records every attempt's contamination and speedup.
+    """
+    attempts = []
+    for _ in range(tries):
+        waited, busy = wait_quiet()
+        a = _cpu_snap()
+        row = row_fn()
+        row["quiet_gate"] = {"waited_s": waited, "busy_before": busy, "load_1min": os.getloadavg()[0],
+                             "others_busy_during": others_busy(a, _cpu_snap())}
+        attempts.append(row)
+        if row["quiet_gate"]["others_busy_during"] < clean:
+            break
+    best = min(attempts, key=lambda r: r["quiet_gate"]["others_busy_during"])
+    best["attempts"] = [{"others_busy_during": r["quiet_gate"]["others_busy_during"], "speedup": r["speedup"]}
+                        for r in attempts]
+    return best
 
 
 def wait_quiet(max_wait=600.0, threshold=0.15):
@@ -150,10 +181,18 @@ def fc6_row(batch, repeat, lim):
         "nncomp dense": lambda: dense(x),
         "nncomp low rank r=256": lambda: low(x),
         "numpy dense (W @ x.T).T": lambda: (w @ x.T).T,
-        "torch dense linear": lambda: torch.nn.functional.linear(xt, wt),
     }
+    times = alternate(contenders, repeat=repeat, warmup=2, flush=True, max_seconds=120)
+    # torch in a loop of its own against nncomp dense: in one loop with the others, its MKL/OpenMP
+    # threads slowed the next contender (low rank at batch 32: 4.4 ms alone, 11.7 ms after torch)
     with torch.inference_mode():
-        times = alternate(contenders, repeat=repeat, warmup=2, flush=True, max_seconds=120)
+        peer = alternate({"nncomp dense": lambda: dense(x), "torch": lambda: torch.nn.functional.linear(xt, wt)},
+                         repeat=max(3, repeat // 2), warmup=2, flush=True, max_seconds=60)
+    scale = times["nncomp dense"]["median_ms"] / peer["nncomp dense"]["median_ms"]
+    times["torch dense linear (own loop, scaled)"] = {
+        "median_ms": peer["torch"]["median_ms"] * scale, "p90_ms": peer["torch"]["p90_ms"] * scale,
+        "n": peer["torch"]["n"], "measured_median_ms": peer["torch"]["median_ms"],
+        "nncomp_dense_same_loop_ms": peer["nncomp dense"]["median_ms"]}
     base = times["nncomp dense"]["median_ms"]
     best = min(times[k]["median_ms"] for k in contenders if "low rank" not in k)
     nbytes = {"dense": dense.nbytes, "low": low.nbytes}
@@ -259,8 +298,11 @@ def _gate(r):
     g = r.get("quiet_gate")
     if not g:
         return ""
-    return (f"Started after waiting {g['waited_s']:.0f} s for a quiet machine: CPU busy {100 * g['busy_before']:.0f}% "
-            f"over the 2 s before, 1-min load {g['load_1min']:.2f} just after the row.")
+    tries = "; ".join(f"{100 * a['others_busy_during']:.0f}% busy, {a['speedup']:.2f}x" for a in r.get("attempts", []))
+    return (f"Started after waiting {g['waited_s']:.0f} s for a quiet machine (other processes used "
+            f"{100 * g['busy_before']:.0f}% of the CPUs in the 2 s before); during the row other processes used "
+            f"{100 * g.get('others_busy_during', float('nan')):.0f}% of the CPU time. Attempts (other processes' "
+            f"share, speedup): {tries}; the least disturbed is shown.")
 
 
 def write_md(res, path):
@@ -308,7 +350,9 @@ def write_md(res, path):
                   "Random weights; `nc.factorize(rank=256)` (randomized truncated SVD for a matrix this large). "
                   "Caches flushed before every call (dense 411 MB; low rank 30 MB would otherwise sit in the 32 MiB "
                   "L3). % of limits: memory = weight bytes / DRAM bandwidth, sgemm = FLOPs / sgemm throughput, "
-                  "each over the measured time.", ""]
+                  "each over the measured time. torch runs in an alternating loop of its own with nncomp dense (in "
+                  "the shared loop its threads slowed the next contender 2.7x); its row is scaled to this table's "
+                  "nncomp dense time.", ""]
         for r in fcs:
             lines += [f"### batch {r['batch']}: FLOP cut {r['flop_cut']:.2f}x, measured speedup {r['speedup']:.2f}x "
                       f"= {r['speedup_over_flop_cut']:.2f} of the FLOP cut ({r['speedup_vs_best_dense']:.2f}x against "
@@ -386,6 +430,8 @@ def main():
         res = {k: old[k] for k in ("speed", "speed_run", "accuracy", "accuracy_run") if k in old}
     res.update({"machine": machine_info(), "threads": threads, "seed": SEED, "n_calibration": N_CALIB,
                 "load_average": {"start": [round(v, 2) for v in os.getloadavg()]}})
+    if "--skip-speed" not in args:
+        wait_quiet()
     res["limits"] = limits()
     print("limits", res["limits"], flush=True)
     if "--skip-speed" not in args:
@@ -395,16 +441,13 @@ def main():
         repeat = 3 if quick else 15
         for name in CONVS:
             for batch in (1, 32):
-                waited, busy = wait_quiet()
-                r = conv_row(name, batch, 2 * repeat if batch == 1 else max(3, repeat // 2), res["limits"])
-                r["quiet_gate"] = {"waited_s": waited, "busy_before": busy, "load_1min": os.getloadavg()[0]}
+                r = measured(lambda: conv_row(name, batch, 2 * repeat if batch == 1 else max(3, repeat // 2),
+                                              res["limits"]))
                 res["speed"].append(r)
                 print(f"{name} B={batch}: speedup {r['speedup']:.2f}x, vs torch {r['pair_vs_best_torch_dense']:.2f}x",
                       flush=True)
         for batch in (1, 32):
-            waited, busy = wait_quiet()
-            r = fc6_row(batch, repeat, res["limits"])
-            r["quiet_gate"] = {"waited_s": waited, "busy_before": busy, "load_1min": os.getloadavg()[0]}
+            r = measured(lambda: fc6_row(batch, repeat, res["limits"]))
             res["speed"].append(r)
             print(f"fc6 B={batch}: speedup {r['speedup']:.2f}x of {r['flop_cut']:.2f}x", flush=True)
         res["speed_run"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
