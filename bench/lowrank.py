@@ -20,6 +20,7 @@ THREADS = 2
 SEED = 0
 N_CALIB = 1000          # training digits given to data reconstruction
 FLOP_CUT = 2.5
+SETTLE_S = 0.12         # untimed pause before each timed call: lets the previous contender's threads stop spinning
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONVS = {"conv3_2": (256, 56, 256), "conv5_2": (512, 14, 512)}   # c_in, h = w, c_out; 3x3, pad 1
 
@@ -148,7 +149,7 @@ def conv_row(name, batch, repeat, lim):
             "torch dense channels-last": lambda: F.conv2d(xcl, wcl, bt, padding=1),
             "torch scheme 2 channels-last": lambda: F.conv2d(F.conv2d(xcl, vt, padding=(1, 0)), ht, bt, padding=(0, 1)),
         }
-        times = alternate(contenders, repeat=repeat, warmup=2, max_seconds=120)
+        times = alternate(contenders, repeat=repeat, warmup=2, settle=SETTLE_S, max_seconds=150)
     macs_dense, macs_pair = dense.macs * batch, pair.macs * batch
     base = times["nncomp dense (im2col + BLAS)"]["median_ms"]
     for key, t in times.items():
@@ -182,12 +183,12 @@ def fc6_row(batch, repeat, lim):
         "nncomp low rank r=256": lambda: low(x),
         "numpy dense (W @ x.T).T": lambda: (w @ x.T).T,
     }
-    times = alternate(contenders, repeat=repeat, warmup=2, flush=True, max_seconds=120)
+    times = alternate(contenders, repeat=repeat, warmup=2, flush=True, settle=SETTLE_S, max_seconds=120)
     # torch in a loop of its own against nncomp dense: in one loop with the others, its MKL/OpenMP
     # threads slowed the next contender (low rank at batch 32: 4.4 ms alone, 11.7 ms after torch)
     with torch.inference_mode():
         peer = alternate({"nncomp dense": lambda: dense(x), "torch": lambda: torch.nn.functional.linear(xt, wt)},
-                         repeat=max(3, repeat // 2), warmup=2, flush=True, max_seconds=60)
+                         repeat=max(3, repeat // 2), warmup=2, flush=True, settle=SETTLE_S, max_seconds=60)
     scale = times["nncomp dense"]["median_ms"] / peer["nncomp dense"]["median_ms"]
     times["torch dense linear (own loop, scaled)"] = {
         "median_ms": peer["torch"]["median_ms"] * scale, "p90_ms": peer["torch"]["p90_ms"] * scale,
@@ -329,7 +330,8 @@ def write_md(res, path):
                   "(filter reconstruction); K is the largest multiple of 8 whose pair costs at most 1/2.5 of the "
                   "dense MACs. nncomp layers run im2col + BLAS sgemm on NHWC; torch runs `F.conv2d` (oneDNN) on NCHW "
                   "and on channels-last tensors. Caches not flushed (weights 2.4-9.4 MB, compute-bound). "
-                  "Medians over alternating rounds; % of limit = achieved GFLOP/s over the 4096^3 sgemm's.", ""]
+                  "Medians over alternating rounds with a 0.12 s untimed pause before each call (the previous "
+                  "contender's threads stop spinning); % of limit = achieved GFLOP/s over the 4096^3 sgemm's.", ""]
         for r in convs:
             lines += [f"### {r['layer']} ({r['shape']}), batch {r['batch']}: K={r['rank']}, FLOP cut "
                       f"{r['flop_cut']:.2f}x", "", _gate(r), "",
