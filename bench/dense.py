@@ -3,8 +3,8 @@
 Cases: LeNet-5 end to end (data/lenet5.h5 on test digits), VGG-16 conv3_2 (1x256x56x56 input, 256 3x3
 filters, pad 1) and fc6 (4096x25088), random weights, at batch 1 and 32. All contenders get the same
 threads (Numba, BLAS via threadpoolctl, torch.set_num_threads, ORT intra_op_num_threads) and run in
-this process, alternating in blocks of 4 calls with a 0.1 s untimed pause before each block (NumPy's
-OpenBLAS threads spin ~0.1 s after a call; see nncomp.bench.layers.alternate_blocks), after a warm-up;
+this process, alternating in blocks of 4 calls with a 0.02 s untimed pause before each block (NumPy's
+OpenBLAS threads spin after a call; see nncomp.bench.layers.alternate_blocks), after a warm-up;
 medians and p90s. Each runs in its native layout
 (nncomp NHWC, the peers NCHW); layout conversions are not timed. NumPy (BLAS, and im2col for the conv)
 is shown for reference. Target: nncomp within 1.25x of the faster peer.
@@ -186,7 +186,7 @@ def markdown(res):
              f"{m['date']} · {m['cpu']} · {m['cores']} cores · {res['threads']} threads for every contender · "
              f"load average before/after {res['loadavg_before'][0]:.2f}/{res['loadavg_after'][0]:.2f}", "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
-             "Median ms per call (p90 in brackets), contenders alternating in blocks of 4 calls (0.1 s untimed "
+             "Median ms per call (p90 in brackets), contenders alternating in blocks of 4 calls (0.02 s untimed "
              "pause before each block) in one process after a warm-up; "
              "nncomp runs NHWC, the peers NCHW. Ratio = nncomp median / the faster peer's median "
              "(target <= 1.25).", "",

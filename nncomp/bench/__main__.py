@@ -51,15 +51,14 @@ def build_parser(prog="python -m nncomp.bench"):
     p.add_argument("--threads", type=int, default=None, help="threads for nncomp, BLAS and the peers "
                    "(default: all cores)")
     p.add_argument("--repeat", type=int, default=None, help="timed calls per contender and measurement, "
-                   "in blocks of 4 (default 8; quick 4); each measurement stops after 1 s (layers: 8 s)")
+                   "in blocks of 4 (default 8; quick 4); each measurement stops after 1 s (layers: 6 s)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default bench/out)")
     p.add_argument("--suite", choices=("all", "models", "layers"), default="all")
     p.add_argument("--keras", action="store_true", help="also run the Keras models in data/keras")
     p.add_argument("--no-peers", action="store_true", help="skip torch and ONNX Runtime")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--settle", type=float, default=None, metavar="S", help="untimed pause before each block "
-                   "of calls, so that one contender's spinning BLAS threads do not slow the next (default 0.1; "
-                   "quick 0.01)")
+                   "of calls, so that one contender's spinning BLAS threads do not slow the next (default 0.02)")
     return p
 
 
@@ -78,7 +77,7 @@ def parse_args(argv):
         p.error(f"--threads must be >= 1, got {a.threads}")
     if a.settle is not None and not (0 <= a.settle <= 10):
         p.error(f"--settle must be in [0, 10] seconds, got {a.settle}")
-    a.settle = a.settle if a.settle is not None else (0.01 if a.quick else 0.1)
+    a.settle = a.settle if a.settle is not None else 0.02
     if a.repeat is not None and a.repeat < 1:
         p.error(f"--repeat must be >= 1, got {a.repeat}")
     a.repeat = a.repeat or (4 if a.quick else 8)
@@ -180,7 +179,7 @@ def run(args):
         t0 = time.perf_counter()
         result["layers"] = layers.run_layer_suite(
             shapes=shapes, batches=args.layer_batches, threads=threads, repeat=args.repeat,
-            limits=result.get("limits"), recipes=lrecipes, max_seconds=1.0 if args.quick else 8.0,
+            limits=result.get("limits"), recipes=lrecipes, max_seconds=1.0 if args.quick else 6.0,
             settle=args.settle,
             progress=say)
 

@@ -168,7 +168,7 @@ LAYER_RECIPES = [
 ]
 
 
-SETTLE_S = 0.1
+SETTLE_S = 0.02
 SLOW_CALL_S = 0.1   # contenders slower than this per call (in the warm-up) run blocks of 2 calls
 
 
@@ -177,10 +177,10 @@ def alternate_blocks(contenders, *, repeat=12, block=4, warmup=1, flush=False, m
     """Time callables alternating in blocks, A A A A B B B B A A A A ...; ``{name: median_ms, p90_ms, min_ms, n}``.
 
     Each call is timed on its own; the median is over all of them. Before each block the process sleeps
-    ``settle`` seconds (untimed): NumPy's OpenBLAS threads keep spinning for up to ~2**28 cycles (~0.1 s)
-    after a call and, on a 2-core machine, slow whatever runs next; the pause keeps every contender out of
-    the previous one's spin, and within a block a contender meets only its own threads, as it would in
-    use. Contenders slower than ``SLOW_CALL_S`` per call run blocks of 2 (their spin shadow is
+    ``settle`` seconds (untimed): NumPy's OpenBLAS threads keep spinning (yielding) for up to ~2**28 cycles
+    after a call; on a busy 2-core machine this was seen to slow the next contender. On a quiet machine a
+    Numba kernel right after a BLAS call measured the same as after 0.2 s, so the default pause is short.
+    Within a block a contender meets only its own threads, as it would in use. Contenders slower than ``SLOW_CALL_S`` per call run blocks of 2 (their spin shadow is
     relatively short). ``repeat`` calls per contender, in rounds of one block each; after ``max_seconds`` the loop stops
     at the end of a round. ``flush`` streams 64 MiB through the caches before every timed call.
     """
@@ -369,7 +369,7 @@ def _rel_err(y, ref):
 
 
 def run_layer_suite(*, shapes=SHAPES, batches=(1, 32), threads=2, repeat=8, limits=None, recipes=None,
-                    max_seconds=8.0, settle=SETTLE_S, progress=print, seed=1):
+                    max_seconds=6.0, settle=SETTLE_S, progress=print, seed=1):
     """Time every contender on every layer shape and batch size; returns a list of row dicts."""
     rows = []
     for name in shapes:

@@ -170,7 +170,7 @@ def _verdict(ratio, speedup_latency, speedup_throughput, *, margin=1.10):
 class Context:
     """The dense model and the data a model's rows are measured against."""
 
-    def __init__(self, model, x, y, calibration, batches, repeat, max_seconds, name, settle=0.1):
+    def __init__(self, model, x, y, calibration, batches, repeat, max_seconds, name, settle=0.02):
         self.model, self.x, self.y, self.calibration = model, x, y, calibration
         self.batches, self.repeat, self.max_seconds, self.name = batches, repeat, max_seconds, name
         self.settle = settle
@@ -306,7 +306,7 @@ def load_data(model, data=None):
 
 
 def run_model(path, *, recipes, batches=(1, 64), repeat=8, threads=2, with_peers=True, data=None,
-              max_seconds=1.0, max_samples=None, settle=0.1, progress=print):
+              max_seconds=1.0, max_samples=None, settle=0.02, progress=print):
     """Every row for one model file; returns a list of row dicts (dense first)."""
     nc = _nc()
     model = nc.load(path)
