@@ -6,6 +6,7 @@ versions, threads, BLAS), the measured roofline limits, the seeds and the option
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 from .suite import COLUMNS
@@ -63,6 +64,21 @@ def _num(v, digits=3):
     return str(v)
 
 
+def short_formats(text):
+    """A compact formats cell: per-layer percentages and notes in brackets dropped, repeats merged
+    (``"csr 93% + codebook 5-bit (32 values)+csr 84% + ..."`` -> ``"csr + codebook 5-bit"``)."""
+    if not text:
+        return ""
+    seen = []
+    for part in text.split("+"):
+        part = re.sub(r"\([^)]*\)", "", part)
+        part = re.sub(r"\d+(\.\d+)?%", "", part)
+        part = " ".join(part.split())
+        if part and part not in seen:
+            seen.append(part)
+    return " + ".join(seen)
+
+
 def human_bytes(n):
     if n is None:
         return ""
@@ -90,7 +106,7 @@ def model_table(rows):
             out.append([r["model"], r["method"], r["settings"], "yes" if r["calibrated"] else "", r["status"]]
                        + [""] * (len(head) - 5))
             continue
-        out.append([r["model"], r["method"], r["settings"], "yes" if r["calibrated"] else "", r["formats"] or "",
+        out.append([r["model"], r["method"], r["settings"], "yes" if r["calibrated"] else "", short_formats(r["formats"]),
                     _pct(r["accuracy"]), "" if r["accuracy_delta"] is None else f"{r['accuracy_delta']:+.1f}",
                     _pct(r["agreement"]), _num(r["max_logit_err"], 2), human_bytes(r["weight_bytes"]),
                     human_bytes(r["payload_bytes"]), _x(r["compression_ratio"]),
@@ -117,7 +133,7 @@ def layer_table(rows):
     lines = []
     for item in out:
         r = item["row"]
-        line = [r["layer"], r["contender"], r["format"] or "", human_bytes(r["weight_bytes"])]
+        line = [r["layer"], r["contender"], short_formats(r["format"]), human_bytes(r["weight_bytes"])]
         for b in batches:
             c = item["cells"].get(b)
             if c is None or c["status"] != "ok":
