@@ -365,6 +365,25 @@ def write_md(res, path):
                 lines.append(f"| {k} | {v['median_ms']:.3f} | {v['p90_ms']:.3f} | {v['speedup_vs_nncomp_dense']:.2f}x "
                              f"| {v['pct_of_memory_limit']:.0f}% | {v['pct_of_sgemm_limit']:.0f}% |")
             lines.append("")
+    hist = res.get("speed_history", [])
+    if len(hist) > 1:
+        rows = [r["row"] for r in hist[-1]["rows"]]
+        lines += ["## Every committed-script speed run (the tables above are the last)", "",
+                  "Speedup of the low-rank layer(s) over nncomp dense (conv: and over the best torch dense conv); "
+                  "in brackets the share of CPU time other processes used during the row.", "",
+                  "| run | sgemm GFLOP/s | " + " | ".join(rows) + " |", "|---|---|" + "---|" * len(rows)]
+        for h in hist:
+            by = {r["row"]: r for r in h["rows"]}
+            cells = []
+            for name in rows:
+                r = by.get(name)
+                if r is None:
+                    cells.append("-")
+                    continue
+                vs = "" if r["vs_torch"] is None else f" / {r['vs_torch']:.2f}x"
+                cells.append(f"{r['speedup']:.2f}x{vs} ({100 * r['others_busy']:.0f}%)")
+            lines.append(f"| {h['date']} | {h['sgemm_GFLOPs']:.0f} | " + " | ".join(cells) + " |")
+        lines.append("")
     acc = res.get("accuracy", [])
     if acc:
         lines += ["## Accuracy on the 1,000 shipped test digits, no retraining: filter vs data reconstruction", "",
@@ -429,7 +448,7 @@ def main():
     if os.path.exists(stem + ".json"):
         with open(stem + ".json") as fh:
             old = json.load(fh)
-        res = {k: old[k] for k in ("speed", "speed_run", "accuracy", "accuracy_run") if k in old}
+        res = {k: old[k] for k in ("speed", "speed_run", "speed_history", "accuracy", "accuracy_run") if k in old}
     res.update({"machine": machine_info(), "threads": threads, "seed": SEED, "n_calibration": N_CALIB,
                 "load_average": {"start": [round(v, 2) for v in os.getloadavg()]}})
     if "--skip-speed" not in args:
@@ -453,6 +472,11 @@ def main():
             res["speed"].append(r)
             print(f"fc6 B={batch}: speedup {r['speedup']:.2f}x of {r['flop_cut']:.2f}x", flush=True)
         res["speed_run"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+        res.setdefault("speed_history", []).append({
+            "date": res["speed_run"]["date"], "sgemm_GFLOPs": res["limits"]["sgemm_GFLOPs"],
+            "rows": [{"row": f"{r['layer']} B={r['batch']}", "speedup": r["speedup"],
+                      "vs_torch": r.get("pair_vs_best_torch_dense"), "flop_cut": r["flop_cut"],
+                      "others_busy": r["quiet_gate"]["others_busy_during"]} for r in res["speed"]]})
     if "--skip-accuracy" not in args:
         res["accuracy_run"] = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         res["accuracy"] = accuracy_rows(quick)

@@ -29,7 +29,8 @@ def conv_model(layer, h, w):
 
 
 def pair_weights(model, name="conv"):
-    return model[f"{name}/v"].layer.weight.to_dense().astype(np.float64), model[name].layer.weight.to_dense().astype(np.float64)
+    first, second = model[f"{name}/v"].layer, model[name].layer
+    return first.weight.to_dense().astype(np.float64), second.weight.to_dense().astype(np.float64)
 
 
 # ------------------------------------------------------------------ dense

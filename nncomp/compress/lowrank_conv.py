@@ -24,7 +24,8 @@ ridge problem anchored at the current filters or a CGLS run from them, so the da
 rises above that of the starting point, which is the better of the filter reconstruction and an
 input-whitened one.
 
-All arithmetic is float64; the caller converts the factors to float32 layers.
+Arithmetic is float64 (except the float32 products of the randomized SVD for very large matrices);
+the caller converts the factors to float32 layers.
 """
 import numpy as np
 from scipy import linalg
@@ -161,7 +162,6 @@ def plan_factors(plan, rank, data, iterations, seed):
     return v, u, bias
 
 
-
 # ------------------------------------------------------------------ scheme 2
 def kernel_matrix(w, kh, kw, c):
     """``(N, kh*kw*C)`` conv weight -> ``(kh*C, N*kw)`` matrix ``M[(i, c), (n, j)]``."""
@@ -187,7 +187,8 @@ def _from_matrix_factors(left, right, n, kw):
     """``left (kh*C, K)``, ``right (K, N*kw)`` -> ``(v (K, kh*C), h (N, kw*K))``."""
     k = left.shape[1]
     left, right = _balance(left, right)
-    return np.ascontiguousarray(left.T), np.ascontiguousarray(right.reshape(k, n, kw).transpose(1, 2, 0).reshape(n, kw * k))
+    h = right.reshape(k, n, kw).transpose(1, 2, 0).reshape(n, kw * k)
+    return np.ascontiguousarray(left.T), np.ascontiguousarray(h)
 
 
 def jaderberg_spectrum(w, kh, kw, c, gain=None, chol=None):
