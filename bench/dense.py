@@ -46,8 +46,9 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_call_s": t3 - t
 
 def first_call(cache_dir, threads):
     """Spawn a fresh interpreter; seconds from spawn to its first LeNet-5 inference, and its parts."""
+    path = [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), NUMBA_NUM_THREADS=str(threads),
-               PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+               PYTHONPATH=os.pathsep.join(path))
     spawn = time.time()
     out = subprocess.run([sys.executable, "-c", FIRST_CALL, str(REPO / "data" / "lenet5.h5")], env=env,
                          capture_output=True, text=True, timeout=600, check=True)
@@ -201,7 +202,8 @@ def markdown(res):
     if fc:
         c, w = fc["cold"], fc["warm"][1]
         lines += ["", "## First call (LeNet-5, one digit, a fresh process)", "",
-                  "| Numba cache | to first inference (s) | import (s) | load (s) | first call (s) | second call (ms) |",
+                  "| Numba cache | to first inference (s) | import (s) | load (s) | first call (s) "
+                  "| second call (ms) |",
                   "|---|---|---|---|---|---|",
                   f"| cold (empty NUMBA_CACHE_DIR) | {c['to_first_inference_s']:.2f} | {c['import_s']:.2f} | "
                   f"{c['load_s']:.2f} | {c['first_call_s']:.2f} | {c['second_call_ms']:.2f} |",

@@ -254,7 +254,8 @@ def build_parser():
     s.add_argument("file")
     s.add_argument("-o", "--output", required=True, help="output .h5 file")
     s.add_argument("--prune", type=float, metavar="SPARSITY", help="magnitude pruning, fraction removed")
-    s.add_argument("--prune-filters", type=float, metavar="RATIO", help="structured pruning: fraction of filters removed")
+    s.add_argument("--prune-filters", type=float, metavar="RATIO",
+                   help="structured pruning: fraction of filters removed")
     s.add_argument("--factorize", type=float, metavar="SPEEDUP", help="low rank with this FLOP reduction")
     s.add_argument("--share", type=int, metavar="BITS", help="k-means weight sharing, 1-8 bits")
     s.add_argument("--quantize", choices=("weights", "dynamic", "static"),

@@ -133,7 +133,8 @@ def run(args):
 
     result = {"command": " ".join(["python -m nncomp.bench"] + list(sys.argv[1:])),
               "machine": machine_info(), "peers": peers.versions() if not args.no_peers else {},
-              "settings": {"quick": args.quick, "batches": list(args.batches), "layer_batches": list(args.layer_batches),
+              "settings": {"quick": args.quick, "batches": list(args.batches),
+                           "layer_batches": list(args.layer_batches),
                            "threads": threads, "repeat": args.repeat, "block": 4, "settle_s": args.settle,
                            "calibration_samples": suite.CALIBRATION_SAMPLES,
                            "methods": args.method_list or "all", "peers": with_peers},

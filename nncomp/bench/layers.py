@@ -180,7 +180,8 @@ def alternate_blocks(contenders, *, repeat=12, block=4, warmup=1, flush=False, m
     ``settle`` seconds (untimed): NumPy's OpenBLAS threads keep spinning (yielding) for up to ~2**28 cycles
     after a call; on a busy 2-core machine this was seen to slow the next contender. On a quiet machine a
     Numba kernel right after a BLAS call measured the same as after 0.2 s, so the default pause is short.
-    Within a block a contender meets only its own threads, as it would in use. Contenders slower than ``SLOW_CALL_S`` per call run blocks of 2 (their spin shadow is
+    Within a block a contender meets only its own threads, as it would in use. Contenders slower than
+    ``SLOW_CALL_S`` per call run blocks of 2 (their spin shadow is
     relatively short). ``repeat`` calls per contender, in rounds of one block each; after ``max_seconds`` the loop stops
     at the end of a round. ``flush`` streams 64 MiB through the caches before every timed call.
     """

@@ -28,7 +28,8 @@ COLUMN_DOCS = {
     "agreement": "fraction of test digits whose top-1 class equals the dense model's",
     "max_logit_err": "largest |logit - dense logit| over all test digits and classes",
     "weight_bytes": "bytes of weights and parameters held in memory (Model.nbytes)",
-    "disk_bytes": "size of the file nc.save writes (HDF5 headers and metadata included); for ONNX Runtime the serialized graph",
+    "disk_bytes": "size of the file nc.save writes (HDF5 headers and metadata included); for ONNX Runtime "
+                  "the serialized graph",
     "payload_bytes": "bytes of the stored arrays only (headers aside); Huffman-coded where huffman is true",
     "huffman": "whether the file was saved with huffman=True",
     "compression_ratio": "dense weight bytes / payload bytes",
@@ -39,7 +40,8 @@ COLUMN_DOCS = {
     "speedup_latency": "dense median / this median at the latency batch, alternating in one loop (>1: faster)",
     "throughput_sps": "samples per second at the throughput batch (default 64)",
     "speedup_throughput": "dense median / this median at the throughput batch (>1: faster)",
-    "verdict": "smaller (ratio >= 1.1), faster (speedup >= 1.1 at either batch), both or neither; ', slower' when slower at both",
+    "verdict": "smaller (ratio >= 1.1), faster (speedup >= 1.1 at either batch), both or neither; "
+               "', slower' when slower at both",
     "compress_s": "seconds the method took (for peers: building the session)",
 }
 LAYER_COLUMN_DOCS = {
@@ -106,7 +108,8 @@ def model_table(rows):
             out.append([r["model"], r["method"], r["settings"], "yes" if r["calibrated"] else "", r["status"]]
                        + [""] * (len(head) - 5))
             continue
-        out.append([r["model"], r["method"], r["settings"], "yes" if r["calibrated"] else "", short_formats(r["formats"]),
+        out.append([r["model"], r["method"], r["settings"], "yes" if r["calibrated"] else "",
+                    short_formats(r["formats"]),
                     _pct(r["accuracy"]), "" if r["accuracy_delta"] is None else f"{r['accuracy_delta']:+.1f}",
                     _pct(r["agreement"]), _num(r["max_logit_err"], 2), human_bytes(r["weight_bytes"]),
                     human_bytes(r["payload_bytes"]), _x(r["compression_ratio"]),
