@@ -7,12 +7,18 @@ tensor, either per call (``activations="dynamic"``) or with ranges calibrated on
 (AVX-512 VNNI ``vpdpbusd`` where the CPU has it). With calibration data the mean output error of each
 layer is folded into its bias (empirical bias correction, Nagel et al. 2019). The number format and
 its rounding rules are in nncomp/matrices/int8.py.
+
+Pruned layers (CSRMatrix weights, from ``nc.prune``) are quantized too, into
+:class:`~nncomp.matrices.csr_int8.CSRInt8Matrix`: the same number format on the stored nonzeros only,
+the sparsity pattern kept exactly, so "prune + int8" stores 1 + 2 bytes per nonzero instead of 4 + 2.
 """
 import numpy as np
 
 from ..errors import CompressionParameterError
 from ..layers import Conv2D, Dense
 from ..matrices import DenseMatrix
+from ..matrices.csr import CSRMatrix
+from ..matrices.csr_int8 import CSRInt8Matrix
 from ..matrices.int8 import ACT_DTYPES, Int8Matrix, activation_params
 from .calibration import check_calibration, check_model, layerwise, select_layers
 
@@ -75,6 +81,13 @@ def quantize(model, *, bits=8, weights_only=False, per_channel=True, activations
              activation_dtype="uint8", percentile=99.99, seed=0):
     """Quantize the weights (and activations) of Dense and Conv2D layers to int8.
 
+    Dense weights become :class:`~nncomp.matrices.int8.Int8Matrix`; pruned weights stored as
+    :class:`~nncomp.matrices.csr.CSRMatrix` become :class:`~nncomp.matrices.csr_int8.CSRInt8Matrix`
+    (same sparsity pattern, int8 codes of the nonzeros). Every keyword applies to both formats alike:
+    weight-only, dynamic and static activations, uint8/int8 activation codes, per-channel or
+    per-tensor scales, calibration and bias correction. Other formats (codebook, low-rank) and
+    grouped convolutions are left alone.
+
     Parameters
     ----------
     model : Model
@@ -97,7 +110,7 @@ def quantize(model, *, bits=8, weights_only=False, per_channel=True, activations
         With calibration data, add ``mean(W x) - mean(Wq xq)`` over the calibration rows to each bias,
         layer by layer on the quantized model's own activations. Skipped without calibration data.
     layers : None, str, list or dict
-        Which layers (default: every Dense and ungrouped Conv2D with dense weights).
+        Which layers (default: every Dense and ungrouped Conv2D with dense or CSR weights).
     activation_dtype : {"uint8", "int8"}
         Asymmetric uint8 codes with a zero point (default), or symmetric int8.
     percentile : float
@@ -108,7 +121,7 @@ def quantize(model, *, bits=8, weights_only=False, per_channel=True, activations
     Returns
     -------
     Model
-        A new model whose selected layers hold :class:`~nncomp.matrices.int8.Int8Matrix` weights.
+        A new model whose selected layers hold Int8Matrix (dense) or CSRInt8Matrix (sparse) weights.
     """
     check_model(model, "quantize")
     _check_bits(bits)
@@ -129,7 +142,8 @@ def quantize(model, *, bits=8, weights_only=False, per_channel=True, activations
         raise CompressionParameterError(
             "quantize(activations='static') needs calibration data to fix the activation ranges; pass "
             "calibration=x_train[:512] or use activations='dynamic'")
-    accept = lambda layer: isinstance(layer.weight, DenseMatrix) and getattr(layer, "groups", 1) == 1  # noqa: E731
+    accept = lambda layer: (isinstance(layer.weight, (DenseMatrix, CSRMatrix))  # noqa: E731
+                            and getattr(layer, "groups", 1) == 1)
     names = select_layers(model, layers, "quantize", kinds=(Dense, Conv2D), accept=accept)
 
     def make(name, layer, x_rows=None):
@@ -137,6 +151,9 @@ def quantize(model, *, bits=8, weights_only=False, per_channel=True, activations
         if mode == "static":
             act_range = calibrated_range(x_rows, method, act_dtype, percentile, seed)
         try:
+            if isinstance(layer.weight, CSRMatrix):
+                return CSRInt8Matrix.from_csr(layer.weight, per_channel=per_channel, activations=mode,
+                                              act_dtype=act_dtype, act_range=act_range)
             return Int8Matrix.from_float(layer.weight.w, per_channel=per_channel, activations=mode,
                                          act_dtype=act_dtype, act_range=act_range)
         except CompressionParameterError as e:
