@@ -30,9 +30,11 @@ def csr_int8_matmul_float(codes, indices, indptr, scale, x):
     return (x.astype(np.float64) @ w.T) * _scales(scale, w.shape[0])
 
 
-def csr_int8_matvec_u8s8(codes, indices, indptr, xq):
-    """Exact ``W_codes @ xq`` (int64) for one sample of activation codes xq (n_in,)."""
-    return _codes_dense(codes, indices, indptr, xq.shape[0]) @ xq.astype(np.int64)
+def csr_int8_matvec_u8s8(codes, indices, indptr, xw, packed):
+    """Exact ``W_codes @ xu`` (int64) for one sample: xu are the int32 words xw, or (packed) their
+    little-endian bytes."""
+    xu = np.ascontiguousarray(xw).view(np.uint8) if packed else xw
+    return _codes_dense(codes, indices, indptr, xu.shape[0]) @ xu.astype(np.int64)
 
 
 def csr_int8_matmul_u8s8(codes, indices, indptr, xu):

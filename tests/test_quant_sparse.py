@@ -79,12 +79,19 @@ def test_csr_int8_matmul_float_matches_reference(kernel, p):
 
 
 @pytest.mark.parametrize("kernel", [K.csr_int8_matvec_u8s8, K.csr_int8_matvec_u8s8_parallel])
+@pytest.mark.parametrize("packed", [False, True])
 @given(p=problems(max_n=1))
-def test_csr_int8_matvec_u8s8_matches_reference(kernel, p):
+def test_csr_int8_matvec_u8s8_matches_reference(kernel, packed, p):
     codes, indices, indptr, _, _, xu, _ = p
     out = np.full(indptr.shape[0] - 1, -1, np.int64)
-    kernel(codes, indices, indptr, xu[0].astype(np.int32), out)
-    assert np.array_equal(out, ref.csr_int8_matvec_u8s8(codes, indices, indptr, xu[0]))
+    if packed:
+        xw = np.full(-(-xu.shape[1] // 4) * 4, 255, np.uint8)     # padding codes are never read
+        xw[:xu.shape[1]] = xu[0]
+        xw = xw.view(np.int32)
+    else:
+        xw = xu[0].astype(np.int32)
+    kernel(codes, indices, indptr, xw, packed, out)
+    assert np.array_equal(out, ref.csr_int8_matvec_u8s8(codes, indices, indptr, xw, packed))
 
 
 @pytest.mark.parametrize("kernel", [K.csr_int8_matmul_u8s8, K.csr_int8_matmul_u8s8_parallel])
@@ -333,3 +340,14 @@ def test_quantize_sparse_convolution_matches_the_dense_int8_path():
     q, qd = nc.quantize(model, activation_dtype="int8"), nc.quantize(dense, activation_dtype="int8")
     assert q["conv"].layer.weight.format == "csr_int8" and qd["conv"].layer.weight.format == "int8"
     assert np.array_equal(q(x), qd(x))
+
+
+@pytest.mark.parametrize("n_in", [8192, 8193, 9001])
+def test_wide_layers_gather_packed_codes(n_in):
+    """Beyond PACK_ABOVE inputs batch 1 reads codes packed four to a word: still Int8Matrix's bits."""
+    rng = np.random.default_rng(n_in)
+    w = random_sparse(rng, 5, n_in, 0.05)
+    w[1, -1] = 3.0                                   # the last column (a padded word) is read
+    x = rng.standard_normal((2, n_in)).astype(np.float32)
+    m, d = CSRInt8Matrix.from_csr(CSRMatrix.from_dense(w)), Int8Matrix.from_float(w)
+    assert np.array_equal(m.apply(x[:1]), d.apply(x[:1])) and np.array_equal(m.apply(x), d.apply(x))

@@ -15,8 +15,8 @@ Two arithmetics, each at batch 1 and batch > 1, serial and parallel (``both``):
   (255 * 127 * 65536 < 2**31), the blocks added in int64.
 
 Batch 1 is one gathered dot product per output row (inner loops over slices that start at 0, so LLVM
-vectorizes them with 16-lane gathers; the integer kernel gathers from an int32 copy of the activation
-codes because AVX-512 has no byte gather). Batch > 1 makes one pass over the matrix per block of up to
+vectorizes them with 16-lane gathers; the integer kernel gathers the activation
+codes from int32 words, packed four to a word for wide layers so that the table stays in L1). Batch > 1 makes one pass over the matrix per block of up to
 64 samples: the block is transposed (``xt[c, s]``, zero-padded to a multiple of 16 samples) and each
 nonzero adds ``code * xt[c, s0:s0 + 16k]`` to k vector accumulators kept in registers by an LLVM IR
 tile (``_make_tile``; target-independent ``<16 x float>`` / ``<16 x i32>`` vectors that LLVM lowers to
@@ -179,10 +179,14 @@ def _matvec_float(codes, indices, indptr, scale, x, out):
 csr_int8_matvec_float, csr_int8_matvec_float_parallel = both(_matvec_float, fastmath=True)
 
 
-def _matvec_u8s8(codes, indices, indptr, xq, out):
-    """Integer, one sample: ``out[o] = sum_j int32(codes[j]) * xq[indices[j]]``, exact.
+def _matvec_u8s8(codes, indices, indptr, xw, packed, out):
+    """Integer, one sample: ``out[o] = sum_j int32(codes[j]) * xu[indices[j]]``, exact.
 
-    IN  codes, indices, indptr as in csr_int8_matvec_float; xq (n_in,) int32 activation codes in 0..255.
+    IN  codes, indices, indptr as in csr_int8_matvec_float; xw int32: the uint8 activation codes
+        ``xu``, one per word (``packed`` False, ``(n_in,)``) or four per word, little-endian
+        (``packed`` True, ``(ceil(n_in / 4),)``: ``xu.view(np.int32)`` of a copy padded to a multiple
+        of 4). AVX-512 has no byte gather: packed, a dword gather plus a shift and a mask extracts each
+        code, from a table a quarter the size that stays in L1 for wide layers.
     OUT out (n_out,) int64; int32 partial sums over at most KBLOCK nonzeros, added in int64.
     """
     for o in prange(indptr.shape[0] - 1):
@@ -194,8 +198,13 @@ def _matvec_u8s8(codes, indices, indptr, xq, out):
             d = codes[b0:b1]
             ix = indices[b0:b1]
             s = np.int32(0)
-            for j in range(b1 - b0):
-                s += np.int32(np.int32(d[j]) * xq[ix[j]])
+            if packed:
+                for j in range(b1 - b0):
+                    c = np.int32(ix[j])
+                    s += np.int32(np.int32(d[j]) * ((xw[c >> 2] >> ((c & 3) << 3)) & 255))
+            else:
+                for j in range(b1 - b0):
+                    s += np.int32(np.int32(d[j]) * xw[ix[j]])
             total += s
         out[o] = total
 
