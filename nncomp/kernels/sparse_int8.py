@@ -65,46 +65,66 @@ def _make_tile(nvec, integer):
             zero = ir.Constant(vty, None)
             mask0 = ir.Constant(ir.VectorType(ir.IntType(32), LANES), None)
 
+            def step(j, accs):
+                c = builder.load(builder.gep(i_arr.data, [j]))
+                c = builder.sext(c, intp) if signed else builder.zext(c, intp)
+                q = builder.load(builder.gep(c_arr.data, [j]))
+                v = builder.sext(q, elem) if integer else builder.sitofp(q, elem)
+                vb = builder.shuffle_vector(builder.insert_element(ir.Constant(vty, ir.Undefined), v,
+                                                                  ir.IntType(32)(0)), ir.Constant(vty, ir.Undefined), mask0)
+                base = builder.gep(x_arr.data, [builder.mul(c, x_cols)])
+                out = []
+                for k, a in enumerate(accs):
+                    p = builder.bitcast(builder.gep(base, [intp(LANES * k)]), xty.as_pointer())
+                    xv = builder.load(p, align=1)
+                    out.append(builder.add(a, builder.mul(vb, builder.zext(xv, vty))) if integer
+                               else builder.call(fma, [vb, xv, a]))
+                return out
+
+            # pairs of nonzeros into two sets of accumulators (hides the FMA latency), then the odd one
+            n_pairs = builder.sdiv(builder.sub(hi_, lo_), intp(2))
             pre = builder.block
             loop = builder.append_basic_block("tile_loop")
             after = builder.append_basic_block("tile_after")
-            builder.cbranch(builder.icmp_signed("<", lo_, hi_), loop, after)
+            builder.cbranch(builder.icmp_signed(">", n_pairs, intp(0)), loop, after)
             builder.position_at_end(loop)
-            j = builder.phi(intp)
-            j.add_incoming(lo_, pre)
-            accs = [builder.phi(vty) for _ in range(nvec)]
-            for a in accs:
+            idx = builder.phi(intp)
+            idx.add_incoming(intp(0), pre)
+            even = [builder.phi(vty) for _ in range(nvec)]
+            odd = [builder.phi(vty) for _ in range(nvec)]
+            for a in even + odd:
                 a.add_incoming(zero, pre)
-            c = builder.load(builder.gep(i_arr.data, [j]))
-            c = builder.sext(c, intp) if signed else builder.zext(c, intp)
-            q = builder.load(builder.gep(c_arr.data, [j]))
-            v = builder.sext(q, elem) if integer else builder.sitofp(q, elem)
-            vb = builder.shuffle_vector(builder.insert_element(ir.Constant(vty, ir.Undefined), v, ir.IntType(32)(0)),
-                                        ir.Constant(vty, ir.Undefined), mask0)
-            base = builder.gep(x_arr.data, [builder.mul(c, x_cols)])
-            new = []
-            for k, a in enumerate(accs):
-                xv = builder.load(builder.bitcast(builder.gep(base, [intp(LANES * k)]), xty.as_pointer()), align=1)
-                if integer:
-                    new.append(builder.add(a, builder.mul(vb, builder.zext(xv, vty))))
-                else:
-                    new.append(builder.call(fma, [vb, xv, a]))
-            nxt = builder.add(j, intp(1))
+            j = builder.add(lo_, builder.mul(idx, intp(2)))
+            new_even = step(j, even)
+            new_odd = step(builder.add(j, intp(1)), odd)
+            nxt = builder.add(idx, intp(1))
             end = builder.block
-            j.add_incoming(nxt, end)
-            for a, nv in zip(accs, new):
-                a.add_incoming(nv, end)
-            builder.cbranch(builder.icmp_signed("<", nxt, hi_), loop, after)
+            idx.add_incoming(nxt, end)
+            for a, v in zip(even + odd, new_even + new_odd):
+                a.add_incoming(v, end)
+            builder.cbranch(builder.icmp_signed("<", nxt, n_pairs), loop, after)
 
             builder.position_at_end(after)
             finals = []
-            for k in range(nvec):          # every phi first: LLVM wants them at the block top
+            for v in new_even + new_odd:        # every phi first: LLVM wants them at the block top
                 f = builder.phi(vty)
                 f.add_incoming(zero, pre)
-                f.add_incoming(new[k], end)
+                f.add_incoming(v, end)
                 finals.append(f)
+            add = builder.add if integer else builder.fadd
+            sums = [add(finals[k], finals[nvec + k]) for k in range(nvec)]
+            is_odd = builder.icmp_signed("!=", builder.srem(builder.sub(hi_, lo_), intp(2)), intp(0))
+            with builder.if_then(is_odd):
+                tail = step(builder.sub(hi_, intp(1)), sums)
+                tail_block = builder.block
+            merged = []
+            for k in range(nvec):
+                m = builder.phi(vty)
+                m.add_incoming(sums[k], after)
+                m.add_incoming(tail[k], tail_block)
+                merged.append(m)
             dst = builder.gep(a_arr.data, [builder.mul(o_, a_cols)])
-            for k, f in enumerate(finals):
+            for k, f in enumerate(merged):
                 builder.store(f, builder.bitcast(builder.gep(dst, [intp(LANES * k)]), vty.as_pointer()), align=4)
             return context.get_dummy_value()
 
