@@ -6,11 +6,11 @@ nncomp :class:`~nncomp.model.Model` built in Python whose node names are the Ker
 Nothing in a file is ever executed: a layer class outside the supported list (``Lambda``, custom
 or registered classes, any ``module`` outside ``keras.layers``) is an ``UnsupportedModelError``.
 
-Weights are converted once, here, to nncomp's layout (docs/sources.md): Dense ``(in, out)`` ->
-``(out, in)``; Conv2D HWIO -> ``(out, kh*kw*in)`` with patch columns (kh, kw, c); DepthwiseConv2D
-``(kh, kw, C, m)`` -> ``(C*m, kh*kw)`` with output channel ``c*m + k``; ``padding="same"`` padded as
-TensorFlow/Keras do (the odd pixel at the bottom/right); Flatten in (h, w, c) order. The model takes
-NHWC (or NC) inputs and returns Keras's numbers.
+Here: the two file formats, the ``architecture=`` argument, matching weight groups to layers (read
+through the safe reader), filling an nncomp Model's weights, and the walk over a ``model_config``'s
+graph. Each layer config's translation, and the conversion of Keras weights to nncomp's layout
+(docs/sources.md), are in :mod:`nncomp.io.keras_config`. The model takes NHWC (or NC) inputs and
+returns Keras's numbers.
 """
 import heapq
 import json
@@ -22,18 +22,14 @@ import stat
 import numpy as np
 
 from ..errors import CorruptModelFileError, ModelFileError, NncompError, UnsupportedModelError
-from ..layers import (Add, AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D,
-                      MaxPool2D, ReLU, Softmax, ZeroPad2D)
+from ..layers import BatchNorm, Conv2D, Dense
 from ..matrices import DenseMatrix
-from ..model import INPUT, Model, Node
+from ..model import INPUT, Model
+from .keras_config import MODEL_CLASSES, _bn_arrays, _conv_weight, _expect, _Layers
+from .keras_config import supported_layers  # noqa: F401  (its import path before the split)
 from .safe import MAX_ATTR_BYTES, SafeFile, guard, parse_json
 
 __all__ = ["load_keras"]
-
-MODEL_CLASSES = ("Sequential", "Functional", "Model")
-IDENTITY = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianNoise", "GaussianDropout")
-ACTIVATIONS = {"linear": None, "relu": ReLU, "relu6": lambda: ReLU(6.0), "softmax": Softmax}
-FLOAT_POLICIES = ("float32", "float64", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16")
 
 
 def load_keras(f, architecture=None):
@@ -226,20 +222,6 @@ class _VarsWeights:
                                         "architecture does not use")
 
 
-def _expect(arr, shape, path, name, role):
-    if arr is not None and arr.shape != tuple(shape):
-        raise CorruptModelFileError(path, name, f"layer {name}: {role} shape {arr.shape} does not match "
-                                    f"the architecture {tuple(shape)}")
-    return arr
-
-
-def _conv_matrix(kernel, depthwise):
-    """HWIO kernel -> (out, kh*kw*in); depthwise (kh, kw, C, m) -> (C*m, kh*kw), output c*m + k."""
-    if depthwise:
-        return np.ascontiguousarray(kernel.transpose(2, 3, 0, 1).reshape(-1, kernel.shape[0] * kernel.shape[1]))
-    return np.ascontiguousarray(kernel.transpose(3, 0, 1, 2).reshape(kernel.shape[3], -1))
-
-
 def _fill(model, src, path):
     """Put the file's weights into an nncomp Model built in Python, matched by node name."""
     src.bind(None)
@@ -253,100 +235,25 @@ def _fill(model, src, path):
             if isinstance(layer, Dense):
                 mat = _expect(w["kernel"], (n_in, n_out), path, name, "kernel").T
             else:
-                (kh, kw), cin, g = layer.kernel_size, layer.in_channels, layer.groups
-                shape = (kh, kw, cin, n_out // cin) if layer.depthwise else (kh, kw, cin // g, n_out)
-                mat = _conv_matrix(_expect(w["kernel"], shape, path, name, "kernel"), layer.depthwise)
+                mat = _conv_weight(w["kernel"], layer.kernel_size, layer.in_channels, n_out, layer.groups,
+                                   layer.depthwise, path, name)
             bias = _expect(w.get("bias"), (n_out,), path, name, "bias")
             new[name] = layer.replace(weight=DenseMatrix(np.ascontiguousarray(mat)), bias=bias)
         elif isinstance(layer, BatchNorm):
-            n = layer.mean.shape[0]
             w = src.get(name, ["gamma", "beta", "moving_mean", "moving_variance"], optional=("gamma", "beta"))
-            for k, v in w.items():
-                _expect(v, (n,), path, name, k)
-            new[name] = layer.replace(gamma=w.get("gamma", np.ones(n, np.float32)),
-                                      beta=w.get("beta", np.zeros(n, np.float32)),
-                                      mean=w["moving_mean"], var=w["moving_variance"])
+            gamma, beta, mean, var = _bn_arrays(w, layer.mean.shape[0], path, name)
+            new[name] = layer.replace(gamma=gamma, beta=beta, mean=mean, var=var)
     try:
         return model.replace_layers(new)
     except NncompError as e:
         raise CorruptModelFileError(path, None, str(e)) from None
 
 
-# ------------------------------------------------------------------------------------ architecture
-def _int(v, what, lo=0):
-    if type(v) is not int or not (lo <= v < 2 ** 31):
-        raise NncompError(f"{what} must be an int >= {lo}, got {v!r}")
-    return v
+# ------------------------------------------------------------------------------------ graph
+class _Builder(_Layers):
+    """A Keras ``model_config`` -> Model: the Sequential or Functional wiring, in topological order, of
+    the nodes that :class:`~nncomp.io.keras_config._Layers` translates layer by layer."""
 
-
-def _pair(v, what, lo=1):
-    if isinstance(v, int) and type(v) is not bool:
-        v = [v, v]
-    if not isinstance(v, (list, tuple)) or len(v) != 2:
-        raise NncompError(f"{what} must be an int or a pair, got {v!r}")
-    return (_int(v[0], what, lo), _int(v[1], what, lo))
-
-
-def _is_ref(v):
-    return (isinstance(v, list) and len(v) in (3, 4) and isinstance(v[0], str)
-            and all(type(i) is int for i in v[1:3]))
-
-
-def _tensors(obj, out):
-    """Collect (layer name) of every Keras tensor reference in an inbound-node structure."""
-    if isinstance(obj, dict):
-        if obj.get("class_name") == "__keras_tensor__":
-            ref = (obj.get("config") or {}).get("keras_history")
-            if not _is_ref(ref):
-                raise NncompError(f"malformed keras_history {ref!r}")
-            out.append(ref)
-        else:
-            for v in obj.values():
-                _tensors(v, out)
-    elif isinstance(obj, list):
-        if _is_ref(obj):
-            out.append(obj)
-        else:
-            for v in obj:
-                _tensors(v, out)
-    return out
-
-
-def _topological(names, deps, source, path):
-    """``names`` in dependency order, ties in config order (Kahn's algorithm, linear time)."""
-    order = {n: i for i, n in enumerate(names)}
-    waiting = {n: len(set(deps[n]) - {source}) for n in names}
-    users = {}
-    for n in names:
-        for d in set(deps[n]) - {source}:
-            users.setdefault(d, []).append(n)
-    ready = [order[n] for n in names if waiting[n] == 0]
-    heapq.heapify(ready)
-    done = []
-    while ready:
-        n = names[heapq.heappop(ready)]
-        done.append(n)
-        for u in users.get(n, ()):
-            waiting[u] -= 1
-            if waiting[u] == 0:
-                heapq.heappush(ready, order[u])
-    if len(done) != len(names):
-        stuck = [n for n in names if waiting[n]][:5]
-        raise CorruptModelFileError(path, "model_config", f"layers {stuck} form a cycle")
-    return done
-
-
-def _handler(builder, cls):
-    """The builder method for a Keras class name (CamelCase names only: never a private helper)."""
-    return getattr(builder, "_" + cls, None) if re.fullmatch(r"[A-Z][A-Za-z0-9]*", cls) else None
-
-
-class _Builder:
-    def __init__(self, f, src):
-        self.f, self.path, self.src = f, f.path, src
-        self.nodes, self.shapes = [], {}
-
-    # ----------------------------------------------------------------- graph
     def build(self, cfg):
         if not isinstance(cfg, dict):
             raise CorruptModelFileError(self.path, "model_config", "model_config is not a JSON object")
@@ -378,40 +285,6 @@ class _Builder:
             if math.prod(s) * 4 > self.f.max_tensor_bytes:
                 raise CorruptModelFileError(self.path, name, f"layer output {s} exceeds max_tensor_bytes per sample")
         return model
-
-    def _entry(self, e):
-        if not isinstance(e, dict) or not isinstance(e.get("config"), dict):
-            raise CorruptModelFileError(self.path, "model_config", f"malformed layer entry {str(e)[:80]}")
-        cls, c = e.get("class_name"), e["config"]
-        name = e.get("name", c.get("name"))
-        if not isinstance(name, str) or not name or not isinstance(cls, str):
-            raise CorruptModelFileError(self.path, "model_config", f"layer entry without a name or class {str(e)[:80]}")
-        module, reg = e.get("module"), e.get("registered_name")
-        custom = (module is not None and not re.fullmatch(r"keras(\.src)?\.layers(\.[\w.]+)?", str(module))) \
-            or (reg is not None and reg != cls)
-        why = "nncomp never executes code from model files"
-        if custom:
-            raise UnsupportedModelError(self.path, name, f"layer {name!r} of class {cls!r} is a custom class "
-                                        f"(module {module!r}, registered_name {reg!r}): {why}")
-        if cls != "InputLayer" and _handler(self, cls) is None and cls not in IDENTITY:
-            kind = "a nested model" if cls in MODEL_CLASSES else "not supported"
-            raise UnsupportedModelError(self.path, name, f"layer {name!r} of class {cls!r} is {kind} ({why}); "
-                                        f"supported: {supported_layers()}")
-        dtype = c.get("dtype")
-        policy = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
-        if c.get("quantization_config") is not None or (dtype is not None and policy not in FLOAT_POLICIES):
-            raise UnsupportedModelError(self.path, name, f"layer {name!r}: dtype policy {policy!r} / quantized "
-                                        "Keras layers are not supported; save the float model")
-        return name, cls, c, e
-
-    def _input_shape(self, c):
-        shape = c.get("batch_shape", c.get("batch_input_shape"))
-        shape = shape[1:] if shape is not None else c.get("shape")
-        if not isinstance(shape, list) or len(shape) not in (1, 3) or any(type(d) is not int or d < 1 for d in shape):
-            raise UnsupportedModelError(self.path, "model_config", f"input shape {shape!r}: nncomp needs a fixed "
-                                        "(h, w, c) image or (features,) vector input")
-        self.shapes[INPUT] = tuple(shape)
-        return tuple(shape)
 
     def _sequential(self, inner, entries):
         if entries[0][1] == "InputLayer":
@@ -470,184 +343,50 @@ class _Builder:
             raise CorruptModelFileError(self.path, "model_config", f"outputs {outputs} are not layers")
         return [out[o] for o in outputs], shape
 
-    # ----------------------------------------------------------------- layers
-    def _layer(self, name, cls, c, inputs):
-        if cls in IDENTITY:
-            return self.add(name, Dropout(), inputs)
-        if cls != "Add" and len(inputs) != 1:
-            raise CorruptModelFileError(self.path, name, f"layer {name!r} ({cls}) takes one input, got {len(inputs)}")
-        fmt = c.get("data_format")
-        if fmt not in (None, "channels_last"):
-            raise UnsupportedModelError(self.path, name, f"layer {name!r}: data_format {fmt!r}; only channels_last")
-        try:
-            return _handler(self, cls)(name, c, inputs)
-        except ModelFileError:
-            raise
-        except KeyError as e:
-            raise CorruptModelFileError(self.path, name, f"layer {name!r} ({cls}): config lacks {e}") from None
-        except NncompError as e:
-            raise CorruptModelFileError(self.path, name, f"layer {name!r} ({cls}): {e}") from None
+def _is_ref(v):
+    return (isinstance(v, list) and len(v) in (3, 4) and isinstance(v[0], str)
+            and all(type(i) is int for i in v[1:3]))
 
-    def add(self, name, layer, inputs):
-        node = "input/layer" if name == INPUT else name
-        try:
-            self.shapes[node] = tuple(layer.output_shape(*(self.shapes[i] for i in inputs)))
-        except NncompError as e:
-            raise CorruptModelFileError(self.path, name, f"layer {name!r}: {e}") from None
-        self.nodes.append(Node(node, layer, tuple(inputs)))
-        return node
 
-    def act(self, name, c, node, own=False):
-        """The activation of ``c`` after ``node``: a node ``<name>/<activation>``, or ``<name>`` if ``own``."""
-        a = c.get("activation", "linear")
-        if isinstance(a, dict) and re.fullmatch(r"keras(\.src)?\.activations(\.\w+)?", str(a.get("module"))):
-            a = a.get("config")
-        if a is None or a == "linear":
-            return node
-        if not isinstance(a, str) or a not in ACTIVATIONS:
-            raise UnsupportedModelError(self.path, name, f"layer {name!r}: activation {str(a)[:60]!r} is not "
-                                        f"supported; supported: {sorted(ACTIVATIONS)}")
-        return self.add(name if own else f"{name}/{a}", ACTIVATIONS[a](), [node])
-
-    def _image(self, node, name):
-        shape = self.shapes[node]
-        if len(shape) != 3:
-            raise UnsupportedModelError(self.path, name, f"layer {name!r} needs an (h, w, c) image, got {shape}")
-        return shape
-
-    def _pads(self, c, size, k, s, d, name):
-        mode = str(c.get("padding", "valid")).lower()
-        if mode == "valid":
-            return (0, 0, 0, 0)
-        if mode != "same":
-            raise UnsupportedModelError(self.path, name, f"layer {name!r}: padding {mode!r} is not supported")
-        out = []
-        for n, kk, ss, dd in zip(size, k, s, d):  # TensorFlow's rule: the odd pixel goes bottom/right
-            total = max((-(-n // ss) - 1) * ss + (kk - 1) * dd + 1 - n, 0)
-            out += [total // 2, total - total // 2]
-        return tuple(out)
-
-    def _Dense(self, name, c, inputs):
-        shape, units = self.shapes[inputs[0]], _int(c["units"], "units", 1)
-        if len(shape) != 1:
-            raise UnsupportedModelError(self.path, name, f"Dense {name!r} on a {shape} tensor: nncomp applies Dense "
-                                        "to flat features (add a Flatten)")
-        w = self.src.get(name, ["kernel"] + (["bias"] if c.get("use_bias", True) else []))
-        kernel = _expect(w["kernel"], (shape[0], units), self.path, name, "kernel")
-        bias = _expect(w.get("bias"), (units,), self.path, name, "bias")
-        return self.act(name, c, self.add(name, Dense(DenseMatrix(np.ascontiguousarray(kernel.T)), bias), inputs))
-
-    def _conv(self, name, c, inputs, kernel, bias, n_out, groups, depthwise, act=True):
-        h, w, cin = self._image(inputs[0], name)
-        k, s = _pair(c["kernel_size"], "kernel_size"), _pair(c.get("strides", 1), "strides")
-        d = _pair(c.get("dilation_rate", 1), "dilation_rate")
-        if cin % groups or n_out % groups:
-            raise CorruptModelFileError(self.path, name, f"groups={groups} does not divide {cin} and {n_out} channels")
-        shape = (*k, cin, n_out // cin) if depthwise else (*k, cin // groups, n_out)
-        mat = _conv_matrix(_expect(kernel, shape, self.path, name, "kernel"), depthwise)
-        layer = Conv2D(DenseMatrix(mat), _expect(bias, (n_out,), self.path, name, "bias"), in_channels=cin,
-                       kernel_size=k, stride=s, padding=self._pads(c, (h, w), k, s, d, name), dilation=d, groups=groups)
-        node = self.add(name, layer, inputs)
-        return self.act(name, c, node) if act else node
-
-    def _weights(self, name, c, *roles):
-        return self.src.get(name, list(roles) + (["bias"] if c.get("use_bias", True) else []))
-
-    def _Conv2D(self, name, c, inputs):
-        w = self._weights(name, c, "kernel")
-        return self._conv(name, c, inputs, w["kernel"], w.get("bias"), _int(c["filters"], "filters", 1),
-                          _int(c.get("groups", 1), "groups", 1), False)
-
-    def _DepthwiseConv2D(self, name, c, inputs):
-        cin = self._image(inputs[0], name)[2]
-        w = self._weights(name, c, "kernel")
-        mult = _int(c.get("depth_multiplier", 1), "depth_multiplier", 1)
-        return self._conv(name, c, inputs, w["kernel"], w.get("bias"), cin * mult, cin, True)
-
-    def _SeparableConv2D(self, name, c, inputs):
-        """Depthwise (node ``<name>/depthwise``, no bias) then a 1x1 pointwise conv (node ``<name>``)."""
-        cin = self._image(inputs[0], name)[2]
-        w = self._weights(name, c, "depthwise_kernel", "pointwise_kernel")
-        mult = _int(c.get("depth_multiplier", 1), "depth_multiplier", 1)
-        dw = self._conv(f"{name}/depthwise", c, inputs, w["depthwise_kernel"], None, cin * mult, cin, True, act=False)
-        pw = {"kernel_size": 1, "activation": c.get("activation", "linear")}
-        return self._conv(name, pw, [dw], w["pointwise_kernel"], w.get("bias"), _int(c["filters"], "filters", 1), 1, False)
-
-    def _BatchNormalization(self, name, c, inputs):
-        shape = self.shapes[inputs[0]]
-        axis = c.get("axis", -1)
-        axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
-        if axis not in (-1, len(shape)) or c.get("renorm") or c.get("virtual_batch_size"):
-            raise UnsupportedModelError(self.path, name, f"BatchNormalization {name!r}: axis {axis!r}, renorm or "
-                                        "virtual batches; only the channel (last) axis is supported")
-        eps = c.get("epsilon", 1e-3)
-        if type(eps) not in (int, float) or not (0 <= eps < 1e3):
-            raise CorruptModelFileError(self.path, name, f"BatchNormalization {name!r}: epsilon {eps!r}")
-        n = shape[-1]
-        roles = (["gamma"] if c.get("scale", True) else []) + (["beta"] if c.get("center", True) else [])
-        w = self.src.get(name, roles + ["moving_mean", "moving_variance"])
-        for k, v in w.items():
-            _expect(v, (n,), self.path, name, k)
-        layer = BatchNorm(w.get("gamma", np.ones(n, np.float32)), w.get("beta", np.zeros(n, np.float32)),
-                          w["moving_mean"], w["moving_variance"], eps=float(eps))
-        return self.add(name, layer, inputs)
-
-    def _Activation(self, name, c, inputs):
-        return self.act(name, c, inputs[0], own=True)
-
-    def _ReLU(self, name, c, inputs):
-        mx, slope, th = c.get("max_value"), c.get("negative_slope", 0.0), c.get("threshold", 0.0)
-        if slope != 0 or th != 0:
-            raise UnsupportedModelError(self.path, name, f"ReLU {name!r}: negative_slope={slope!r}, threshold={th!r}; "
-                                        "only 0 is supported")
-        if mx is not None and (type(mx) not in (int, float) or not (0 <= mx < math.inf)):
-            raise CorruptModelFileError(self.path, name, f"ReLU {name!r}: max_value {mx!r}")
-        return self.add(name, ReLU(None if mx is None else float(mx)), inputs)
-
-    def _Softmax(self, name, c, inputs):
-        axis = c.get("axis", -1)
-        if axis not in (-1, [-1], len(self.shapes[inputs[0]]), [len(self.shapes[inputs[0]])]):
-            raise UnsupportedModelError(self.path, name, f"Softmax {name!r} over axis {axis!r}; only the last axis")
-        return self.add(name, Softmax(), inputs)
-
-    def _pool(self, name, c, inputs, cls):
-        h, w, _ = self._image(inputs[0], name)
-        k = _pair(c.get("pool_size", 2), "pool_size")
-        s = _pair(c.get("strides") or list(k), "strides")
-        pads = self._pads(c, (h, w), k, s, (1, 1), name)
-        if cls is AvgPool2D:  # Keras/TF average only over the pixels inside the image
-            return self.add(name, AvgPool2D(k, s, pads, count_include_pad=False), inputs)
-        return self.add(name, MaxPool2D(k, s, pads), inputs)
-
-    def _MaxPooling2D(self, name, c, inputs):
-        return self._pool(name, c, inputs, MaxPool2D)
-
-    def _AveragePooling2D(self, name, c, inputs):
-        return self._pool(name, c, inputs, AvgPool2D)
-
-    def _GlobalAveragePooling2D(self, name, c, inputs):
-        self._image(inputs[0], name)
-        return self.add(name, GlobalAvgPool2D(bool(c.get("keepdims", False))), inputs)
-
-    def _Flatten(self, name, c, inputs):
-        return self.add(name, Flatten("hwc"), inputs)
-
-    def _ZeroPadding2D(self, name, c, inputs):
-        self._image(inputs[0], name)
-        p = c.get("padding", 1)
-        if isinstance(p, list) and len(p) == 2 and all(isinstance(v, list) for v in p):
-            pads = _pair(p[0], "padding", 0) + _pair(p[1], "padding", 0)
+def _tensors(obj, out):
+    """Collect (layer name) of every Keras tensor reference in an inbound-node structure."""
+    if isinstance(obj, dict):
+        if obj.get("class_name") == "__keras_tensor__":
+            ref = (obj.get("config") or {}).get("keras_history")
+            if not _is_ref(ref):
+                raise NncompError(f"malformed keras_history {ref!r}")
+            out.append(ref)
         else:
-            (ph, pw) = _pair(p, "padding", 0)
-            pads = (ph, ph, pw, pw)
-        return self.add(name, ZeroPad2D(pads), inputs)
+            for v in obj.values():
+                _tensors(v, out)
+    elif isinstance(obj, list):
+        if _is_ref(obj):
+            out.append(obj)
+        else:
+            for v in obj:
+                _tensors(v, out)
+    return out
 
-    def _Add(self, name, c, inputs):
-        if len(inputs) < 2:
-            raise CorruptModelFileError(self.path, name, f"Add {name!r} needs at least two inputs")
-        return self.add(name, Add(), inputs)
 
-
-def supported_layers():
-    """The Keras layer classes nncomp reads."""
-    return sorted([k[1:] for k in vars(_Builder) if k[1:2].isupper()] + list(IDENTITY) + ["InputLayer"])
+def _topological(names, deps, source, path):
+    """``names`` in dependency order, ties in config order (Kahn's algorithm, linear time)."""
+    order = {n: i for i, n in enumerate(names)}
+    waiting = {n: len(set(deps[n]) - {source}) for n in names}
+    users = {}
+    for n in names:
+        for d in set(deps[n]) - {source}:
+            users.setdefault(d, []).append(n)
+    ready = [order[n] for n in names if waiting[n] == 0]
+    heapq.heapify(ready)
+    done = []
+    while ready:
+        n = names[heapq.heappop(ready)]
+        done.append(n)
+        for u in users.get(n, ()):
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, order[u])
+    if len(done) != len(names):
+        stuck = [n for n in names if waiting[n]][:5]
+        raise CorruptModelFileError(path, "model_config", f"layers {stuck} form a cycle")
+    return done
