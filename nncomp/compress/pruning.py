@@ -1,5 +1,6 @@
 """Pruning without retraining: unstructured magnitude pruning into sparse kernels, and structured
-filter pruning into a smaller dense model; optional layer-wise least-squares calibration.
+filter pruning into a smaller dense model (the channel-space graph analysis and the layer surgery
+are in :mod:`pruning_channels`); optional layer-wise least-squares calibration.
 
 Policies (tested in tests/test_pruning.py):
 
@@ -24,18 +25,16 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ..errors import CompressionParameterError
-from ..layers import (Add, AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D,
-                      MaxPool2D, ReLU, ZeroPad2D)
 from ..matrices import DenseMatrix
 from ..matrices.csr import DENSE_ABOVE_DENSITY, CSRMatrix, PrunedDenseMatrix
-from ..model import INPUT
 from .calibration import check_calibration, check_model, layerwise, select_layers
+from .pruning_channels import _prunable, channel_groups, remove_channels
 
 __all__ = ["prune", "prune_filters"]
 
 RIDGE = 1e-6           # relative ridge (times the mean diagonal of the Gram matrix) in refits
-MAX_REFIT_INPUTS = 8192
-STEPS = (0.5, 0.75, 0.9, 1.0)  # shares of the removed weights taken per refit round (calibration)  # the Gram matrix of wider layers (fc6: 25088 inputs, 5 GB) is not formed
+MAX_REFIT_INPUTS = 8192  # the Gram matrix of wider layers (fc6: 25088 inputs, 5 GB) is not formed
+STEPS = (0.5, 0.75, 0.9, 1.0)  # shares of the removed weights taken per refit round (calibration)
 
 
 def _fraction(v, name, method, top_open=False):
@@ -58,10 +57,6 @@ def _per_layer(value, layers, name, method, check):
 def _check_choice(v, name, choices, method):
     if not isinstance(v, str) or v not in choices:
         raise CompressionParameterError(f"{method}() got {name}={v!r}; choose one of {list(choices)}")
-
-
-def _prunable(layer):
-    return isinstance(layer, Dense) or (isinstance(layer, Conv2D) and layer.groups == 1)
 
 
 def prune(model, sparsity=None, *, quality=None, scope="layer", layers=None, calibration=None,
@@ -253,88 +248,6 @@ def _refit_rows(layer, mask, gram, bias_ref):
                          bias=(b_ref + w_new[:, -1]).astype(np.float32))
 
 
-# ------------------------------------------------------------------------------ structured pruning
-_FOLLOW = (BatchNorm, ReLU, MaxPool2D, AvgPool2D, GlobalAvgPool2D, ZeroPad2D, Dropout, Flatten)
-
-
-def _depthwise_follower(layer):
-    return (isinstance(layer, Conv2D) and layer.depthwise and layer.out_channels == layer.in_channels
-            and isinstance(layer.weight, DenseMatrix))
-
-
-def _channel_groups(model):
-    """Channel spaces: ``{root: {"producers", "followers", "consumers", "frozen"}}``.
-
-    A Dense or non-grouped Conv2D starts a space (its output channels); BatchNorm, activations, pools,
-    padding, dropout, flatten and depthwise convolutions carry it on; an Add merges the spaces it
-    adds (their channels are tied); the Dense/Conv2D layers reading a space consume it. A space that
-    reaches the model input or output, or any other layer, is frozen (it cannot be pruned).
-    """
-    parent = {}
-
-    def find(a):
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    space, info = {INPUT: INPUT}, {}
-    parent[INPUT] = INPUT
-    info[INPUT] = {"producers": [], "followers": [], "consumers": [], "frozen": "it is the model input"}
-    flat = {}
-    for node in model.nodes:
-        layer, src = node.layer, node.inputs[0]
-        if _prunable(layer):
-            info[find(space[src])]["consumers"].append(node.name)
-            parent[node.name] = node.name
-            space[node.name] = node.name
-            info[node.name] = {"producers": [node.name], "followers": [], "consumers": [], "frozen": None}
-            if not isinstance(layer.weight, DenseMatrix):
-                info[node.name]["frozen"] = f"{node.name!r} has {layer.weight.format} weights"
-            continue
-        root = find(space[src])
-        if isinstance(layer, Add):
-            for other in node.inputs[1:]:
-                r2 = find(space[other])
-                if r2 != root:
-                    parent[r2] = root
-                    for key in ("producers", "followers", "consumers"):
-                        info[root][key] += info[r2][key]
-                    info[root]["frozen"] = info[root]["frozen"] or info[r2]["frozen"]
-            info[root]["followers"].append(node.name)
-        elif isinstance(layer, _FOLLOW) or _depthwise_follower(layer):
-            if src in flat and not isinstance(layer, (ReLU, Dropout)):
-                info[root]["frozen"] = info[root]["frozen"] or f"{node.name!r} follows a flatten"
-            if isinstance(layer, Flatten) or src in flat:
-                shp = model.shapes[src]
-                flat[node.name] = flat.get(src) or ((1, 1) + shp if len(shp) == 1 else shp, layer.order)
-            info[root]["followers"].append(node.name)
-        else:
-            info[root]["frozen"] = info[root]["frozen"] or f"{node.name!r} ({layer.kind}) reads it"
-            parent[node.name] = node.name
-            info[node.name] = {"producers": [], "followers": [], "consumers": [], "frozen": "not a channel space"}
-        space[node.name] = root
-    for o in model.outputs:
-        r = find(space[o])
-        info[r]["frozen"] = info[r]["frozen"] or "it reaches a model output"
-    return {r: g for r, g in info.items() if find(r) == r and g["producers"]}, flat
-
-
-def _columns(model, consumer, keep, flat):
-    """Input columns of a consumer's weight that read the kept channels."""
-    layer, src = model[consumer].layer, model[consumer].inputs[0]
-    if isinstance(layer, Conv2D):
-        kh, kw = layer.kernel_size
-        c = layer.in_channels
-        return (np.arange(kh * kw)[:, None] * c + keep[None, :]).ravel()
-    if src in flat:
-        (h, w, c), order = flat[src]
-        pos = np.arange(h * w)
-        cols = keep[:, None] * (h * w) + pos[None, :] if order == "chw" else pos[:, None] * c + keep[None, :]
-        return np.sort(cols.ravel())
-    return keep
-
-
 def prune_filters(model, ratio=None, *, criterion="l1", layers=None, calibration=None, seed=0):
     """Remove whole filters (Conv2D) or neurons (Dense) and everything that reads only them.
 
@@ -372,7 +285,7 @@ def prune_filters(model, ratio=None, *, criterion="l1", layers=None, calibration
     if type(seed) is bool or not isinstance(seed, (int, np.integer)):
         raise CompressionParameterError(f"prune_filters() got seed={seed!r}; seed must be an int")
     layers, amount = _per_layer(ratio, layers, "ratio", method, lambda v, n: _fraction(v, n, method, True))
-    groups, flat = _channel_groups(model)
+    groups, flat = channel_groups(model)
     owner = {p: r for r, g in groups.items() for p in g["producers"]}
     explicit = layers is not None
     names = select_layers(model, layers, method, accept=_prunable)
@@ -389,7 +302,7 @@ def prune_filters(model, ratio=None, *, criterion="l1", layers=None, calibration
         if chosen.setdefault(owner[n], r) != r:
             raise CompressionParameterError(f"prune_filters(): layers {g['producers']} are tied by an Add "
                                             "and need one ratio")
-    new, keep_rows, keep_cols = {}, {}, {}
+    kept = {}
     for root, r in chosen.items():
         g = groups[root]
         c = model[g["producers"][0]].layer.weight.n_out
@@ -403,27 +316,8 @@ def prune_filters(model, ratio=None, *, criterion="l1", layers=None, calibration
         for p in g["producers"]:
             w = model[p].layer.weight.w.astype(np.float64)
             score += np.abs(w).sum(axis=1) if criterion == "l1" else np.sqrt((w * w).sum(axis=1))
-        keep = np.sort(np.argsort(score, kind="stable")[drop:])
-        for p in g["producers"]:
-            keep_rows[p] = keep
-        for f in g["followers"]:
-            layer = model[f].layer
-            if isinstance(layer, BatchNorm):
-                new[f] = layer.replace(**{k: getattr(layer, k)[keep] for k in ("gamma", "beta", "mean", "var")})
-            elif isinstance(layer, Conv2D):
-                new[f] = layer.replace(weight=DenseMatrix(layer.weight.w[keep]), in_channels=len(keep),
-                                       groups=len(keep), bias=None if layer.bias is None else layer.bias[keep])
-        for cons in g["consumers"]:
-            keep_cols[cons] = _columns(model, cons, keep, flat)
-    for n in set(keep_rows) | set(keep_cols):
-        layer = model[n].layer
-        w, b = layer.weight.w, layer.bias
-        rows = keep_rows.get(n, np.arange(w.shape[0]))
-        cols = keep_cols.get(n, np.arange(w.shape[1]))
-        changes = dict(weight=DenseMatrix(w[np.ix_(rows, cols)]), bias=None if b is None else b[rows])
-        if isinstance(layer, Conv2D) and n in keep_cols:
-            changes["in_channels"] = len(cols) // (layer.kernel_size[0] * layer.kernel_size[1])
-        new[n] = layer.replace(**changes)
+        kept[root] = np.sort(np.argsort(score, kind="stable")[drop:])
+    new, keep_rows, keep_cols = remove_channels(model, groups, kept, flat)
     pruned = model.replace_layers(new)
     if x is not None and keep_cols:
         order = [nd.name for nd in model.nodes if nd.name in keep_cols]
