@@ -16,8 +16,8 @@ the original layer's outputs on the partly factorized model's own activations: d
 factors by reduced-rank ridge regression (whiten by the input covariance, truncate, unwhiten, in
 closed form, bias corrected), scheme-2 filters as in :mod:`lowrank_conv`. Where a layer's only
 consumer is a BatchNorm, output channels are weighted by its scale (the error the next layer sees).
+How the ranks are chosen (rank, energy, speedup, global allocation) is in :mod:`lowrank_rank`.
 """
-import heapq
 import math
 import numbers
 
@@ -29,6 +29,7 @@ from ..matrices import DenseMatrix
 from ..model import Node
 from . import lowrank_conv as lc
 from .calibration import check_calibration, check_model, run_to, rows_of, sample_rows, select_layers
+from .lowrank_rank import _allocate, _check_keys, _check_speedup, _rank_for_speedup, _ranks, _rel_tail
 
 SCHEMES = ("auto", "svd", "jaderberg", "channel")
 ALLOCATIONS = ("global", "uniform")
@@ -79,22 +80,6 @@ def _bn_gain(model, name):
 
 
 # ------------------------------------------------------------------ validation
-def _check_rank(value, plan):
-    if type(value) is bool or not isinstance(value, numbers.Integral) or not (1 <= value <= plan.max_rank):
-        raise CompressionParameterError(
-            f"factorize(): layer {plan.name!r} ({plan.scheme}): rank must be an int in "
-            f"[1, {plan.max_rank}], got {value!r}; pick a rank in that range")
-    return int(value)
-
-
-def _check_speedup(value, where="speedup"):
-    if type(value) is bool or not isinstance(value, numbers.Real) or not (1 < float(value) < math.inf):
-        raise CompressionParameterError(
-            f"factorize(): {where} must be a finite number > 1 (the factor by which MACs shrink), "
-            f"got {value!r}")
-    return float(value)
-
-
 def _accept(scheme):
     def ok(layer):
         if isinstance(layer, Dense):
@@ -119,86 +104,6 @@ def _check_named(model, names, scheme):
                     "Use scheme='channel' for it, or leave it out of layers=")
         if f"{name}/v" in model.shapes:
             raise CompressionParameterError(f"factorize(): the model already has a node {name + '/v'!r}")
-
-
-# ------------------------------------------------------------------ ranks
-def _rel_tail(spectrum):
-    """Relative error left by each rank: ``tail[r] = sum(spectrum[r:]) / sum(spectrum)``."""
-    total = float(spectrum.sum())
-    tail = np.concatenate([np.cumsum(spectrum[::-1])[::-1], [0.0]])
-    return tail / total if total > 0 else np.zeros_like(tail)
-
-
-def _rank_for_speedup(plan, speedup):
-    return int(min(plan.max_rank, max(1, plan.orig // (speedup * plan.unit))))
-
-
-def _allocate(plans, speedup):
-    """Ranks for a whole-selection MAC budget: greedy on relative error removed per MAC.
-
-    A layer whose best rank would cost as much as the layer itself stays unfactorized (rank None).
-    """
-    budget = sum(p.orig for p in plans) / speedup
-    ranks = {p.name: 1 for p in plans}
-    spent = sum(p.macs(1) for p in plans)
-    if spent > budget:
-        raise CompressionParameterError(
-            f"factorize(): speedup={speedup:g} is out of reach: even rank 1 everywhere costs "
-            f"{spent:,} MACs against a budget of {budget:,.0f}; ask for a smaller speedup")
-    tails = {p.name: _rel_tail(p.spectrum) for p in plans}
-    heap = []
-
-    def push(p):
-        r = ranks[p.name]
-        if r is None:
-            return
-        if r + 1 <= p.max_rank and p.macs(r + 1) < p.orig:
-            gain, cost = tails[p.name][r] - tails[p.name][r + 1], p.unit
-        else:
-            gain, cost = tails[p.name][r], p.orig - p.macs(r)
-        if gain <= 0:
-            return
-        heapq.heappush(heap, (-gain / max(cost, 1), p.name, cost))
-
-    by_name = {p.name: p for p in plans}
-    for p in plans:
-        push(p)
-    while heap:
-        _, name, cost = heapq.heappop(heap)
-        if spent + cost > budget:
-            continue
-        p, r = by_name[name], ranks[name]
-        spent += cost
-        ranks[name] = r + 1 if (r + 1 <= p.max_rank and p.macs(r + 1) < p.orig) else None
-        push(p)
-    return ranks
-
-
-def _ranks(plans, rank, energy, speedup, allocation):
-    if rank is not None:
-        return {p.name: _check_rank(rank[p.name] if isinstance(rank, dict) else rank, p) for p in plans}
-    if energy is not None:
-        out = {}
-        for p in plans:
-            kept = 1.0 - _rel_tail(p.spectrum)[1:]
-            out[p.name] = int(min(p.max_rank, np.searchsorted(kept, energy - 1e-12) + 1))
-        return out
-    if isinstance(speedup, dict):
-        return {p.name: _rank_for_speedup(p, _check_speedup(speedup[p.name], f"speedup[{p.name!r}]"))
-                for p in plans}
-    if allocation == "uniform":
-        return {p.name: _rank_for_speedup(p, speedup) for p in plans}
-    return _allocate(plans, speedup)
-
-
-def _check_keys(value, names, what):
-    if isinstance(value, dict):
-        missing = [n for n in names if n not in value]
-        extra = [n for n in value if n not in names]
-        if missing or extra:
-            raise CompressionParameterError(
-                f"factorize(): {what} dict must name exactly the selected layers {names}; "
-                f"missing {missing}, not selected {extra}")
 
 
 # ------------------------------------------------------------------ data
