@@ -14,15 +14,11 @@ import numpy as np
 
 from .errors import NncompError
 from .kernels import _jit
-from .kernels.conv import (depthwise_conv_nhwc, depthwise_conv_nhwc_parallel, im2col_nhwc,
-                           im2col_nhwc_parallel)
 from .kernels.pool import avgpool_nhwc, avgpool_nhwc_parallel, maxpool_nhwc, maxpool_nhwc_parallel
+from . import convolution
 from .matrices import DenseMatrix, Matrix, as_matrix
 
 LAYERS = {}
-
-# im2col works in chunks of output lines whose patch buffer stays under this many bytes.
-IM2COL_CHUNK_BYTES = 8 << 20
 
 
 def _register(cls):
@@ -165,8 +161,10 @@ class Conv2D(Layer):
     """2-D convolution (cross-correlation, as in PyTorch and Keras) over NHWC images.
 
     ``weight`` is a Matrix ``(c_out, kh*kw*c_in/groups)`` with patch columns ordered (kh, kw, c);
-    ``padding`` is (top, bottom, left, right). Depthwise convolutions (``groups == in_channels``,
-    one input channel per group) run a direct kernel; other grouped convolutions need dense weights.
+    ``padding`` is (top, bottom, left, right). How it computes (im2col, shifted GEMM, direct,
+    depthwise) is chosen per shape by nncomp/convolution.py. Depthwise convolutions
+    (``groups == in_channels``, one input channel per group) run a direct kernel; other grouped
+    convolutions need dense weights.
     """
 
     weight: Matrix = field(default=None, metadata={"tensor": True, "config": False})
@@ -198,12 +196,11 @@ class Conv2D(Layer):
             raise NncompError(f"conv weight has {self.weight.n_in} columns; kernel {kh}x{kw} over "
                               f"{cin // g} channels per group needs {kh * kw * (cin // g)}")
         set_("bias", _vector(self.bias, c_out, "conv bias"))
-        if g > 1:
-            if not isinstance(self.weight, DenseMatrix):
-                raise NncompError(f"a grouped convolution (groups={g}) needs dense weights, got "
+        if g > 1 and not isinstance(self.weight, DenseMatrix):
+            raise NncompError(f"a grouped convolution (groups={g}) needs dense weights, got "
                                   f"{self.weight.format}; leave grouped layers out of compression")
-            if self.depthwise:
-                set_("_wt", np.ascontiguousarray(self.weight.w.T))
+        if self.depthwise or convolution.direct_eligible(self):
+            set_("_wt", np.ascontiguousarray(self.weight.w.T))
 
     @property
     def out_channels(self):
@@ -230,56 +227,7 @@ class Conv2D(Layer):
         return oh * ow * self.weight.macs_per_row
 
     def forward(self, x):
-        n, h, w, c = x.shape
-        oh, ow, co = self.output_shape((h, w, c))
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        t, _, l, _ = self.padding
-        geometry = (kh, kw, sh, sw, t, l, dh, dw)
-        if self.depthwise:
-            out = np.empty((n, oh, ow, co), np.float32)
-            bias = self.bias if self.bias is not None else np.zeros(co, np.float32)
-            kern = _jit.pick((depthwise_conv_nhwc, depthwise_conv_nhwc_parallel), out.size * kh * kw)
-            kern(x, self._wt, bias, co // c, *geometry, out)
-            return out
-        if self.groups == 1:
-            y = self._patch_product(x, geometry, oh, ow, self.weight.apply)
-        else:
-            cg, og, wd = c // self.groups, co // self.groups, self.weight.w
-            y = np.empty((n * oh * ow, co), np.float32)
-            for g in range(self.groups):
-                xg = np.ascontiguousarray(x[..., g * cg:(g + 1) * cg])
-                wg = wd[g * og:(g + 1) * og]
-                y[:, g * og:(g + 1) * og] = self._patch_product(xg, geometry, oh, ow, lambda p: p @ wg.T)
-        if self.bias is not None:
-            y += self.bias
-        return y.reshape(n, oh, ow, co)
-
-    @staticmethod
-    def _patch_product(x, geometry, oh, ow, apply):
-        """``patches(x) @ W.T`` with the patch matrix built chunk by chunk (bounded memory)."""
-        n, h, w, c = x.shape
-        kh, kw, sh, sw, t, l, dh, dw = geometry
-        if (kh, kw, sh, sw, t, l) == (1, 1, 1, 1, 0, 0) and (oh, ow) == (h, w):
-            return apply(x.reshape(n * h * w, c))
-        k = kh * kw * c
-        lines = n * oh
-        if lines == 0:
-            return apply(np.zeros((0, k), np.float32))
-        step = max(1, min(lines, IM2COL_CHUNK_BYTES // max(1, ow * k * 4)))
-        out = None
-        buf = np.empty((step * ow, k), np.float32)
-        kern = _jit.pick((im2col_nhwc, im2col_nhwc_parallel), step * ow * k)
-        for r0 in range(0, lines, step):
-            r1 = min(lines, r0 + step)
-            cols = buf[:(r1 - r0) * ow]
-            kern(x, *geometry, oh, ow, r0, r1, cols)
-            y = apply(cols)
-            if out is None:
-                if r1 == lines:
-                    return y
-                out = np.empty((lines * ow, y.shape[1]), np.float32)
-            out[r0 * ow:r1 * ow] = y
-        return out
+        return convolution.forward(self, x)
 
     def describe(self):
         return self.weight.describe()

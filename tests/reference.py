@@ -58,6 +58,48 @@ def depthwise_conv_nhwc(x, wt, bias, mult, kh, kw, sh, sw, ph, pw, dh, dw, oh_n,
     return full[:, :oh_n, :ow_n]
 
 
+def conv_direct_nhwc(x, wt, bias, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):
+    """Convolution from the transposed weight wt (kh*kw*c, co), rows ordered (kh, kw, c)."""
+    c = x.shape[3]
+    w = wt.T.reshape(wt.shape[1], kh, kw, c).transpose(0, 3, 1, 2)
+    big = kh * dh + oh_n * sh + kw * dw + ow_n * sw
+    return conv2d_nhwc(x, w, bias, (sh, sw), (ph, big, pw, big), (dh, dw), 1)[:, :oh_n, :ow_n]
+
+
+def conv_pad_nhwc(x, n0, t, l, out):
+    """Images n0.. of x zero-padded at (t, l) into a copy of out (images past n keep their values)."""
+    out = out.copy()
+    n, h, w, _ = x.shape
+    gn = min(out.shape[0], n - n0)
+    out[:gn] = 0.0
+    out[:gn, t:t + h, l:l + w] = x[n0:n0 + gn]
+    return out
+
+
+def conv_crop_bias_nhwc(grid, bias, n0, out):
+    """A copy of out whose images n0.. are grid's top-left (oh, ow) corner plus bias (float64)."""
+    out = out.astype(np.float64)
+    n, oh, ow, _ = out.shape
+    gn = min(grid.shape[0], n - n0)
+    out[n0:n0 + gn] = grid[:gn, :oh, :ow].astype(np.float64) + bias
+    return out
+
+
+def blas_gemm_rows(sgemm, x, w, out, beta, parts):
+    """x @ w.T + beta * out in float64 (the kernel cuts the rows into parts; the result is the same)."""
+    return x.astype(np.float64) @ w.T.astype(np.float64) + beta * out.astype(np.float64)
+
+
+def blas_gemm_t(sgemm, x, w, out_t, parts):
+    """w @ x.T in float64."""
+    return w.astype(np.float64) @ x.T.astype(np.float64)
+
+
+def blas_gemv(sgemv, w, x, out, parts):
+    """w @ x in float64."""
+    return w.astype(np.float64) @ x.astype(np.float64)
+
+
 def maxpool_nhwc(x, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):
     big = kh * dh + oh_n * sh + kw * dw + ow_n * sw
     xp = _pad_nhwc(x.astype(np.float64), ph, big, pw, big, -np.inf)

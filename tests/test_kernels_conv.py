@@ -5,7 +5,7 @@ from hypothesis import example, given, strategies as st
 
 import reference as ref
 from conftest import assert_close_f32
-from nncomp.kernels import conv, pool
+from nncomp.kernels import blas, conv, pool
 from nncomp.layers import _window_out
 
 
@@ -62,6 +62,54 @@ def test_depthwise_conv_nhwc_matches_reference(kernel, g, mult):
     assert_close_f32(out, expect, mag, kh * kw + 1)
 
 
+@pytest.mark.parametrize("kernel", [conv.conv_direct_nhwc, conv.conv_direct_nhwc_parallel])
+@given(g=geometry(), co=st.integers(1, 9))
+def test_conv_direct_nhwc_matches_reference(kernel, g, co):
+    x, (kh, kw, sh, sw, ph, pw, dh, dw), (oh, ow), rng, integer = g
+    wt = rng.standard_normal((kh * kw * x.shape[3], co)).astype(np.float32)
+    bias = rng.standard_normal(co).astype(np.float32)
+    if integer:
+        wt, bias = np.round(wt * 2), np.round(bias * 2)
+    out = np.full((x.shape[0], oh, ow, co), np.nan, np.float32)
+    kernel(x, wt, bias, kh, kw, sh, sw, ph, pw, dh, dw, out)
+    expect = ref.conv_direct_nhwc(x, wt, bias, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+    if integer:
+        assert np.array_equal(out, expect)
+    mag = ref.conv_direct_nhwc(np.abs(x), np.abs(wt), np.abs(bias), kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+    assert_close_f32(out, expect, mag, wt.shape[0] + 1)
+
+
+@pytest.mark.parametrize("kernel", [conv.conv_pad_nhwc, conv.conv_pad_nhwc_parallel])
+@given(g=geometry(), n0=st.integers(0, 1), g_n=st.integers(1, 3), extra=st.tuples(*[st.integers(0, 3)] * 4))
+def test_conv_pad_nhwc_matches_reference(kernel, g, n0, g_n, extra):
+    x = g[0]
+    n0 = min(n0, x.shape[0] - 1)
+    t, b, l, r = extra
+    out = np.full((g_n, x.shape[1] + t + b, x.shape[2] + l + r, x.shape[3]), np.nan, np.float32)
+    expect = ref.conv_pad_nhwc(x, n0, t, l, out)
+    kernel(x, n0, t, l, out)
+    assert np.array_equal(out, expect, equal_nan=True)
+
+
+@pytest.mark.parametrize("kernel", [conv.conv_crop_bias_nhwc, conv.conv_crop_bias_nhwc_parallel])
+@given(g=geometry(), n0=st.integers(0, 2), g_n=st.integers(1, 3), extra=st.tuples(st.integers(0, 2), st.integers(0, 2)))
+def test_conv_crop_bias_nhwc_matches_reference(kernel, g, n0, g_n, extra):
+    x, _, _, rng, integer = g
+    n, oh, ow, co = x.shape
+    n0 = min(n0, n - 1)
+    grid = rng.standard_normal((g_n, oh + extra[0], ow + extra[1], co)).astype(np.float32)
+    bias = rng.standard_normal(co).astype(np.float32)
+    if integer:
+        grid, bias = np.round(grid * 4), np.round(bias * 4)
+    out = x.copy()
+    expect = ref.conv_crop_bias_nhwc(grid, bias, n0, out)
+    kernel(grid, bias, n0, out)
+    mag = ref.conv_crop_bias_nhwc(np.abs(grid), np.abs(bias), n0, np.abs(out))
+    assert_close_f32(out, expect, mag, 1)   # one float32 addition per element
+    if integer:
+        assert np.array_equal(out, expect)
+
+
 @pytest.mark.parametrize("kernel", [pool.maxpool_nhwc, pool.maxpool_nhwc_parallel])
 @given(g=geometry())
 def test_maxpool_nhwc_matches_reference(kernel, g):
@@ -96,3 +144,100 @@ def test_avgpool_nhwc_matches_reference(kernel, g, include, ceil):
     expect = ref.avgpool_nhwc(x, kh, kw, sh, sw, ph, pw, ph, pw, include, oh, ow)
     mag = ref.avgpool_nhwc(np.abs(x), kh, kw, sh, sw, ph, pw, ph, pw, include, oh, ow)
     assert_close_f32(out, expect, mag, kh * kw + 1)
+
+
+def _strided(rng, rows, cols, pad):
+    """A float32 (rows, cols) column slice of a wider array: its row stride exceeds its width."""
+    return rng.standard_normal((rows, cols + pad)).astype(np.float32)[:, pad:]
+
+
+needs_one_pool = pytest.mark.skipif(not blas.ONE_POOL, reason="NumPy's BLAS has no 64-bit CBLAS symbols here")
+
+
+@needs_one_pool
+@given(m=st.integers(1, 12), n=st.integers(1, 12), k=st.integers(1, 12), pads=st.tuples(*[st.integers(0, 3)] * 3),
+       beta=st.sampled_from([0.0, 1.0]), parts=st.integers(1, 4), seed=st.integers(0, 2**31))
+def test_blas_gemm_rows_matches_reference(m, n, k, pads, beta, parts, seed):
+    rng = np.random.default_rng(seed)
+    x, w, out_full = _strided(rng, m, k, pads[0]), _strided(rng, n, k, pads[1]), _strided(rng, m, n + pads[2], 0)
+    out = out_full[:, pads[2]:]
+    before = out_full.copy()
+    expect = ref.blas_gemm_rows(0, x, w, out, beta, parts)
+    mag = ref.blas_gemm_rows(0, np.abs(x), np.abs(w), np.abs(out), beta, parts)
+    blas.blas_gemm_rows(blas._SGEMM_AT, x, w, out, beta, parts)
+    assert_close_f32(out, expect, mag, k + 1)
+    assert np.array_equal(out_full[:, :pads[2]], before[:, :pads[2]])
+
+
+@needs_one_pool
+@given(m=st.integers(1, 12), n=st.integers(1, 12), k=st.integers(1, 12), pads=st.tuples(*[st.integers(0, 3)] * 2),
+       parts=st.integers(1, 4), seed=st.integers(0, 2**31))
+def test_blas_gemm_t_matches_reference(m, n, k, pads, parts, seed):
+    rng = np.random.default_rng(seed)
+    x, w = _strided(rng, m, k, pads[0]), _strided(rng, n, k, pads[1])
+    out_t = np.full((n, m), np.nan, np.float32)
+    blas.blas_gemm_t(blas._SGEMM_AT, x, w, out_t, parts)
+    assert_close_f32(out_t, ref.blas_gemm_t(0, x, w, out_t, parts), ref.blas_gemm_t(0, np.abs(x), np.abs(w), out_t, parts), k)
+
+
+@needs_one_pool
+@given(n=st.integers(1, 12), k=st.integers(1, 12), pad=st.integers(0, 3), parts=st.integers(1, 4),
+       seed=st.integers(0, 2**31))
+def test_blas_gemv_matches_reference(n, k, pad, parts, seed):
+    rng = np.random.default_rng(seed)
+    w, x = _strided(rng, n, k, pad), rng.standard_normal(k).astype(np.float32)
+    out = np.full(n, np.nan, np.float32)
+    blas.blas_gemv(blas._SGEMV_AT, w, x, out, parts)
+    assert_close_f32(out, ref.blas_gemv(0, w, x, out, parts), ref.blas_gemv(0, np.abs(w), np.abs(x), out, parts), k)
+
+
+@pytest.mark.parametrize("m", [0, 1, 3, 300])
+def test_matmul_nt_every_path(m, monkeypatch):
+    """Serial and split products at every batch regime give x @ w.T, and OpenBLAS's thread
+    setting is restored after each call."""
+    rng = np.random.default_rng(m)
+    x, w = rng.standard_normal((m, 40)).astype(np.float32), rng.standard_normal((30, 40)).astype(np.float32)
+    expect = x.astype(np.float64) @ w.T.astype(np.float64)
+    mag = np.abs(x).astype(np.float64) @ np.abs(w).T
+    before = blas._get_threads() if blas.ONE_POOL else None
+    for split in (1 << 40, 1):          # never split, always split
+        monkeypatch.setattr(blas, "SPLIT_MIN_WORK", split)
+        assert_close_f32(blas.matmul_nt(x, w), expect, mag, 40)
+        out = np.zeros((m, 30), np.float32)
+        assert_close_f32(blas.gemm_nt(x, w, out), expect, mag, 40)
+    if blas.ONE_POOL:
+        assert blas._get_threads() == before
+
+
+@pytest.mark.parametrize("backend", ["default", "scipy"])
+@given(m=st.integers(0, 9), n=st.integers(1, 9), k=st.integers(0, 9), pads=st.tuples(*[st.integers(0, 3)] * 4),
+       beta=st.sampled_from([0.0, 1.0]), seed=st.integers(0, 2**31))
+def test_gemm_nt_strided_operands(backend, m, n, k, pads, beta, seed):
+    rng = np.random.default_rng(seed)
+    # operands are column slices of wider arrays: their BLAS leading dimension exceeds their width
+    x = rng.standard_normal((m, k + pads[0])).astype(np.float32)[:, pads[0]:]
+    w = rng.standard_normal((n, k + pads[1] + pads[2])).astype(np.float32)[:, pads[1]:pads[1] + k]
+    out_full = rng.standard_normal((m, n + pads[3])).astype(np.float32)
+    out = out_full[:, pads[3]:]
+    before = out_full.copy()
+    expect = x.astype(np.float64) @ w.T.astype(np.float64) + beta * out.astype(np.float64)
+    mag = np.abs(x).astype(np.float64) @ np.abs(w).T + beta * np.abs(out)
+    if backend == "scipy":
+        assert blas._scipy_gemm_nt(x, w, out, beta) is None
+    else:
+        assert blas.gemm_nt(x, w, out, beta) is out
+    assert_close_f32(out, expect, mag, k + 1)
+    assert np.array_equal(out_full[:, :pads[3]], before[:, :pads[3]])     # nothing outside out written
+
+
+def test_gemm_nt_refuses_bad_operands():
+    x, w = np.ones((4, 3), np.float32), np.ones((2, 3), np.float32)
+    with pytest.raises(TypeError, match="float32"):
+        blas.gemm_nt(x.astype(np.float64), w, np.empty((4, 2), np.float32))
+    with pytest.raises(ValueError, match="shapes"):
+        blas.gemm_nt(x, w, np.empty((4, 3), np.float32))
+    with pytest.raises(ValueError, match="unit column stride"):
+        blas.gemm_nt(np.ones((4, 6), np.float32)[:, ::2], w, np.empty((4, 2), np.float32))
+    with pytest.raises(ValueError, match="overlap"):
+        big = np.ones((4, 3), np.float32)
+        blas.gemm_nt(big, w, big[:, :2])

@@ -6,6 +6,7 @@ from hypothesis import given, strategies as st
 import reference as ref
 from conftest import assert_close_f32
 import nncomp as nc
+from nncomp import convolution
 from nncomp import layers as L
 
 
@@ -15,13 +16,13 @@ def torch_to_matrix(w):
 
 
 @st.composite
-def conv_case(draw):
-    groups = draw(st.sampled_from([1, 1, 2, 3]))
+def conv_case(draw, stride1=False):
+    groups = 1 if stride1 else draw(st.sampled_from([1, 1, 2, 3]))
     cg = draw(st.integers(1, 3))
     og = draw(st.integers(1, 3))
     c, co = cg * groups, og * groups
     kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    stride = (1, 1) if stride1 else (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
     dil = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
     pad = tuple(draw(st.integers(0, 2)) for _ in range(4))
     h = draw(st.integers(dil[0] * (kh - 1) + 1, 10))
@@ -34,21 +35,53 @@ def conv_case(draw):
     return x, wt, bias, stride, pad, dil, groups
 
 
-@given(case=conv_case(), chunk=st.sampled_from([64, 1 << 20]))
-def test_conv2d_layer_matches_reference(case, chunk):
+@given(case=conv_case(), chunk=st.sampled_from([64, 1 << 20]), algo=st.sampled_from(convolution.ALGORITHMS))
+def test_conv2d_layer_matches_reference(case, chunk, algo):
     x, wt, bias, stride, pad, dil, groups = case
     layer = nc.Conv2D(torch_to_matrix(wt), bias, in_channels=x.shape[3], kernel_size=wt.shape[2:],
                       stride=stride, padding=pad, dilation=dil, groups=groups)
-    old = L.IM2COL_CHUNK_BYTES
-    L.IM2COL_CHUNK_BYTES = chunk       # small chunks exercise the chunked patch product
+    if algo not in convolution.applicable(layer):
+        algo = None
+    old = convolution.IM2COL_CHUNK_BYTES, convolution.SHIFTED_CHUNK_BYTES
+    # small chunks exercise the chunked patch product and the shifted GEMM's image chunks
+    convolution.IM2COL_CHUNK_BYTES = convolution.SHIFTED_CHUNK_BYTES = chunk
     try:
-        y = layer.forward(x)
+        y = convolution.forward(layer, x, algo)
     finally:
-        L.IM2COL_CHUNK_BYTES = old
+        convolution.IM2COL_CHUNK_BYTES, convolution.SHIFTED_CHUNK_BYTES = old
     expect = ref.conv2d_nhwc(x, wt, bias, stride, pad, dil, groups)
     mag = ref.conv2d_nhwc(np.abs(x), np.abs(wt), None if bias is None else np.abs(bias), stride, pad, dil, groups)
     assert y.shape == expect.shape == (x.shape[0],) + layer.output_shape(x.shape[1:])
     assert_close_f32(y, expect, mag, wt[0].size + 1)
+
+
+@given(case=conv_case(stride1=True), chunk=st.sampled_from([64, 1 << 20]))
+def test_shifted_conv_matches_reference(case, chunk):
+    """The shifted GEMM on every padding, dilation and kernel shape, in chunks of 1 image or all."""
+    x, wt, bias, stride, pad, dil, groups = case
+    layer = nc.Conv2D(torch_to_matrix(wt), bias, in_channels=x.shape[3], kernel_size=wt.shape[2:],
+                      stride=stride, padding=pad, dilation=dil)
+    old = convolution.SHIFTED_CHUNK_BYTES
+    convolution.SHIFTED_CHUNK_BYTES = chunk
+    try:
+        y = convolution.forward(layer, x, "shifted")
+    finally:
+        convolution.SHIFTED_CHUNK_BYTES = old
+    expect = ref.conv2d_nhwc(x, wt, bias, stride, pad, dil, 1)
+    mag = ref.conv2d_nhwc(np.abs(x), np.abs(wt), None if bias is None else np.abs(bias), stride, pad, dil, 1)
+    assert_close_f32(y, expect, mag, wt[0].size + 1)
+
+
+def test_conv_algorithm_choice_and_refusal():
+    big = nc.Conv2D(np.zeros((256, 2304), np.float32), in_channels=256, kernel_size=3, padding=1)
+    assert convolution.choose(big, (56, 56, 256), 1) == "shifted"         # VGG-16 conv3_2
+    assert convolution.choose(big, (14, 14, 256), 1) == "im2col"          # padding is 31% of the grid
+    first = nc.Conv2D(np.zeros((20, 25), np.float32), in_channels=1, kernel_size=5)
+    assert convolution.choose(first, (28, 28, 1), 32) == "direct"         # LeNet-5 conv1
+    strided = nc.Conv2D(np.zeros((8, 144), np.float32), in_channels=16, kernel_size=3, stride=2)
+    assert convolution.applicable(strided) == ("im2col",)
+    with pytest.raises(ValueError, match="cannot run"):
+        convolution.forward(strided, np.zeros((1, 9, 9, 16), np.float32), "shifted")
 
 
 def test_depthwise_layer_uses_multiplier():

@@ -17,23 +17,35 @@ def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, r0, r1, out):
     OUT out ((r1-r0)*ow_n, kh*kw*c) float32; padded positions are zero.
     """
     n, h, w, c = x.shape
+    span = kw * c
+    flat = x.reshape(n, h, w * c)
     for rr in prange(r1 - r0):
         r = r0 + rr
         b = r // oh_n
         oh = r - b * oh_n
         for ow in range(ow_n):
             row = out[rr * ow_n + ow]
+            iw0 = ow * sw - pw
+            whole = dw == 1 and iw0 >= 0 and iw0 + kw <= w
             for i in range(kh):
                 ih = oh * sh - ph + i * dh
-                for j in range(kw):
-                    iw = ow * sw - pw + j * dw
-                    dst = row[(i * kw + j) * c:(i * kw + j + 1) * c]
-                    if ih < 0 or ih >= h or iw < 0 or iw >= w:
-                        dst[:] = 0.0
-                    else:
-                        src = x[b, ih, iw]
-                        for k in range(c):
-                            dst[k] = src[k]
+                dst = row[i * span:(i + 1) * span]
+                if ih < 0 or ih >= h:
+                    dst[:] = 0.0
+                elif whole:         # the kw taps of this line are kw*c contiguous input values
+                    src = flat[b, ih, iw0 * c:iw0 * c + span]
+                    for q in range(span):
+                        dst[q] = src[q]
+                else:
+                    for j in range(kw):
+                        iw = iw0 + j * dw
+                        part = dst[j * c:(j + 1) * c]
+                        if 0 <= iw < w:
+                            src = x[b, ih, iw]
+                            for k in range(c):
+                                part[k] = src[k]
+                        else:
+                            part[:] = 0.0
 
 
 im2col_nhwc, im2col_nhwc_parallel = both(_im2col)
@@ -70,3 +82,101 @@ def _depthwise(x, wt, bias, mult, kh, kw, sh, sw, ph, pw, dh, dw, out):
 
 
 depthwise_conv_nhwc, depthwise_conv_nhwc_parallel = both(_depthwise)
+
+
+def _direct(x, wt, bias, kh, kw, sh, sw, ph, pw, dh, dw, out):
+    """Direct convolution for few input channels, one output line at a time.
+
+    For every (tap, input channel) the line's input values are gathered into a contiguous vector
+    ``xs`` (zeros in the padding), and each output channel's accumulator line gets ``wt[tap, o] * xs``
+    in fixed blocks of 16 (one AVX-512 register; the line is padded to a multiple of 16), on a
+    ``(co, ow)`` block that stays in L1.
+
+    IN  x (n, h, w, c) float32; wt (kh*kw*c, co) float32, rows ordered (kh, kw, c) (the transposed
+        weight matrix); bias (co,) float32; kernel, stride, top/left padding, dilation as in im2col.
+    OUT out (n, oh, ow, co) float32.
+    """
+    n, h, w, c = x.shape
+    _, oh_n, ow_n, co = out.shape
+    owp = (ow_n + 15) // 16 * 16
+    for r in prange(n * oh_n):
+        b = r // oh_n
+        oh = r - b * oh_n
+        acc = np.empty((co, owp), np.float32)
+        xs = np.zeros(owp, np.float32)
+        for o in range(co):
+            acc[o, :] = bias[o]
+        for i in range(kh):
+            ih = oh * sh - ph + i * dh
+            if ih < 0 or ih >= h:
+                continue
+            line = x[b, ih]
+            for j in range(kw):
+                for k in range(c):
+                    for ow in range(ow_n):
+                        iw = ow * sw - pw + j * dw
+                        xs[ow] = line[iw, k] if 0 <= iw < w else 0.0
+                    wrow = wt[(i * kw + j) * c + k]
+                    for o in range(co):
+                        wv = wrow[o]
+                        a = acc[o]
+                        for q in range(owp):
+                            a[q] += wv * xs[q]
+        dst = out[b, oh]
+        for ow in range(ow_n):
+            for o in range(co):
+                dst[ow, o] = acc[o, ow]
+
+
+conv_direct_nhwc, conv_direct_nhwc_parallel = both(_direct)
+
+
+def _pad(x, n0, t, l, out):
+    """Zero-pad images ``n0 .. n0 + len(out)`` of ``x`` into ``out``, the image at offset (t, l).
+
+    IN  x (n, h, w, c) float32; n0 first image; t, l top and left padding.
+    OUT out (g, hp, wp, c) float32 with hp >= t + h, wp >= l + w; images past ``n`` are left as they are.
+    """
+    n, h, w, c = x.shape
+    g, hp, wp, _ = out.shape
+    gn = min(g, n - n0)
+    for r in prange(gn * hp):
+        b = r // hp
+        i = r - b * hp
+        dst = out[b, i]
+        ih = i - t
+        if ih < 0 or ih >= h:
+            dst[:, :] = 0.0
+            continue
+        dst[:l, :] = 0.0
+        dst[l + w:, :] = 0.0
+        src = x[n0 + b, ih]
+        for j in range(w):
+            for k in range(c):
+                dst[l + j, k] = src[j, k]
+
+
+conv_pad_nhwc, conv_pad_nhwc_parallel = both(_pad)
+
+
+def _crop_bias(grid, bias, n0, out):
+    """Crop the padded-width output grid of a shifted convolution and add the bias.
+
+    IN  grid (g, hp, wp, co) float32 (rows past the output are ignored); bias (co,) float32;
+        n0 first image of this chunk in ``out``.
+    OUT out[n0 + b, i, j] = grid[b, i, j] + bias for b < min(g, n - n0), i < oh, j < ow.
+    """
+    n, oh, ow, co = out.shape
+    g = grid.shape[0]
+    gn = min(g, n - n0)
+    for r in prange(gn * oh):
+        b = r // oh
+        i = r - b * oh
+        for j in range(ow):
+            src = grid[b, i, j]
+            dst = out[n0 + b, i, j]
+            for o in range(co):
+                dst[o] = src[o] + bias[o]
+
+
+conv_crop_bias_nhwc, conv_crop_bias_nhwc_parallel = both(_crop_bias)

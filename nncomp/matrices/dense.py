@@ -3,16 +3,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..kernels import blas
 from .base import Matrix, expect, register_format
-
-
-SMALL_BATCH = 256
 
 
 @register_format
 @dataclass(frozen=True, repr=False, eq=False)
 class DenseMatrix(Matrix):
-    """Plain float32 ``(n_out, n_in)`` weights; ``apply`` is one sgemm (NumPy's BLAS)."""
+    """Plain float32 ``(n_out, n_in)`` weights; ``apply`` is sgemm (NumPy's BLAS, in Numba's threads)."""
 
     w: np.ndarray
     format = "dense"
@@ -33,11 +31,9 @@ class DenseMatrix(Matrix):
         return self.w.nbytes
 
     def _apply(self, x):
-        # OpenBLAS splits its work over the rows of the left operand: with few samples, putting
-        # the weight on the left is 2-5x faster (fc6 at batch 32: 89 ms against 275 ms here).
-        if x.shape[0] < SMALL_BATCH:
-            return (self.w @ x.T).T
-        return x @ self.w.T
+        # In Numba's thread pool, with OpenBLAS at one thread per block (nncomp/kernels/blas.py);
+        # below blas.SMALL_BATCH samples the result is the transposed view of ``w @ x.T``.
+        return blas.matmul_nt(x, self.w)
 
     def to_dense(self):
         return self.w

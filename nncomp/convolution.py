@@ -1,0 +1,201 @@
+"""How a Conv2D computes: the algorithm chosen per layer shape, over NHWC float32 images.
+
+- **shifted GEMM** (stride 1, ungrouped, dense weights, enough channels): no patch matrix at all.
+  The input is zero-padded once into a flat ``(rows, c)`` buffer whose rows are the padded image's
+  pixels; for kernel tap ``(i, j)`` the input window of every output pixel is that buffer shifted
+  by ``i*dh*Wp + j*dw`` rows, a contiguous ``(m, c)`` slice, so the convolution is ``kh*kw`` BLAS
+  products accumulating into one output (``beta = 1``, nncomp/kernels/blas.py). The output is
+  computed on the padded width (``Wp`` columns per line, ``Wp - ow`` of them discarded) and cropped
+  while the bias is added. Against im2col it saves writing and reading a patch matrix ``kh*kw``
+  times the input's size.
+- **direct** (few input channels, e.g. a first layer over 1 or 3 channels): each output pixel sums
+  its taps' weight rows; im2col there feeds BLAS a product with ``k <= 75``, which it runs slowly.
+- **depthwise**: a direct kernel over one input channel per group.
+- **im2col** (everything else: strides, groups, compressed weights): the patch matrix, built in
+  bounded chunks of output lines, times the weight in whatever format it is stored.
+"""
+import numpy as np
+
+from .kernels import _jit
+from .kernels.blas import gemm_nt, matmul_nt
+from .kernels.conv import (conv_crop_bias_nhwc, conv_crop_bias_nhwc_parallel, conv_direct_nhwc,
+                           conv_direct_nhwc_parallel, conv_pad_nhwc, conv_pad_nhwc_parallel,
+                           depthwise_conv_nhwc, depthwise_conv_nhwc_parallel, im2col_nhwc,
+                           im2col_nhwc_parallel)
+from .matrices import DenseMatrix
+
+# im2col works in chunks of output lines whose patch buffer stays under this many bytes.
+IM2COL_CHUNK_BYTES = 8 << 20
+# The shifted GEMM works on chunks of whole images whose padded input and output buffers stay
+# under this many bytes (at least one image).
+SHIFTED_CHUNK_BYTES = 16 << 20
+# Which algorithm serves which shape: measured by bench/conv_algos.py (bench/results/conv_algos.md).
+# The shifted GEMM computes hp*wp / (oh*ow) times the useful output (the padding columns and
+# lines); it pays when that waste is small and the layer is big enough for kh*kw BLAS calls instead
+# of one to be amortized. The direct kernel beats im2col + BLAS when both k and c_out are small.
+SHIFTED_MIN_CHANNELS = 16
+SHIFTED_MAX_WASTE = 1.2
+SHIFTED_MIN_MACS = 1 << 25
+DIRECT_MAX_PATCH = 75
+DIRECT_MAX_OUT = 32
+DIRECT_SERIAL_FACTOR = 8    # the direct kernel goes parallel at 8x _jit.PARALLEL_MIN_WORK
+ALGORITHMS = ("im2col", "shifted", "direct", "depthwise")
+
+
+def geometry(layer):
+    """``(kh, kw, sh, sw, top, left, dh, dw)`` of a Conv2D, the argument order of the kernels."""
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
+    t, _, l, _ = layer.padding
+    return (kh, kw, sh, sw, t, l, dh, dw)
+
+
+def direct_eligible(layer):
+    """Whether ``layer`` may run the direct kernel (it then keeps its transposed weight)."""
+    kh, kw = layer.kernel_size
+    return (layer.groups == 1 and isinstance(layer.weight, DenseMatrix)
+            and kh * kw * layer.in_channels <= DIRECT_MAX_PATCH and layer.out_channels <= DIRECT_MAX_OUT)
+
+
+def applicable(layer):
+    """The algorithms that can compute ``layer``, the default one first."""
+    if layer.depthwise:
+        return ("depthwise",)
+    if layer.groups > 1:
+        return ("im2col",)
+    found = ["im2col"]
+    if layer.stride == (1, 1) and isinstance(layer.weight, DenseMatrix):
+        found.append("shifted")
+    if direct_eligible(layer):
+        found.insert(0, "direct")
+    return tuple(found)
+
+
+def choose(layer, shape, n):
+    """The algorithm Conv2D ``layer`` uses on ``n`` samples of per-sample input ``shape`` (h, w, c)."""
+    can = applicable(layer)
+    if "shifted" in can and can[0] == "im2col" and shape[2] >= SHIFTED_MIN_CHANNELS:
+        h, w, c = shape
+        oh, ow, co = layer.output_shape(shape)
+        t, b, l, r = layer.padding
+        waste = (h + t + b) * (w + l + r) / (oh * ow)
+        if (layer.kernel_size != (1, 1) and waste <= SHIFTED_MAX_WASTE
+                and n * oh * ow * co * layer.weight.n_in >= SHIFTED_MIN_MACS):
+            return "shifted"
+    return can[0]
+
+
+def forward(layer, x, algorithm=None):
+    """Run Conv2D ``layer`` on NHWC float32 ``x`` (n, h, w, c) -> (n, oh, ow, c_out).
+
+    ``algorithm`` (one of :data:`ALGORITHMS`; default :func:`choose`) is for tests and benchmarks
+    and must be one of ``applicable(layer)``.
+    """
+    n, h, w, c = x.shape
+    oh, ow, co = layer.output_shape((h, w, c))
+    algorithm = algorithm or choose(layer, (h, w, c), n)
+    if algorithm not in applicable(layer):
+        raise ValueError(f"conv algorithm {algorithm!r} cannot run this layer; it can run {applicable(layer)}")
+    if algorithm == "shifted":
+        return shifted(x, layer.weight.w, layer.bias, layer, oh, ow)
+    if algorithm == "direct":
+        return direct(x, layer._wt, layer.bias, layer, oh, ow)
+    if algorithm == "depthwise":
+        return depthwise(x, layer._wt, layer.bias, layer, oh, ow)
+    geo = geometry(layer)
+    if layer.groups == 1:
+        y = patch_product(x, geo, oh, ow, layer.weight.apply)
+    else:
+        cg, og, wd = c // layer.groups, co // layer.groups, layer.weight.w
+        y = np.empty((n * oh * ow, co), np.float32)
+        for g in range(layer.groups):
+            xg = np.ascontiguousarray(x[..., g * cg:(g + 1) * cg])
+            wg = wd[g * og:(g + 1) * og]
+            y[:, g * og:(g + 1) * og] = patch_product(xg, geo, oh, ow, lambda p: matmul_nt(p, wg))
+    if layer.bias is not None:
+        y += layer.bias
+    return y.reshape(n, oh, ow, co)
+
+
+def shifted(x, w, bias, layer, oh, ow):
+    """Stride-1 convolution as ``kh*kw`` accumulating BLAS products over shifted windows."""
+    n, h, wd, c = x.shape
+    co = w.shape[0]
+    kh, kw = layer.kernel_size
+    dh, dw = layer.dilation
+    t, b, l, r = layer.padding
+    hp, wp = h + t + b, wd + l + r
+    s = hp * wp                     # rows per padded image
+    m1 = (oh - 1) * wp + ow         # output rows per image, up to its last real pixel
+    g = max(1, min(n, SHIFTED_CHUNK_BYTES // (4 * s * (c + co))))
+    xp = np.empty((g * s, c), np.float32)
+    acc = np.empty((g * s, co), np.float32)
+    out = np.empty((n, oh, ow, co), np.float32)
+    if bias is None:
+        bias = np.zeros(co, np.float32)
+    pad = _jit.pick((conv_pad_nhwc, conv_pad_nhwc_parallel), xp.size)
+    crop = _jit.pick((conv_crop_bias_nhwc, conv_crop_bias_nhwc_parallel), min(n, g) * oh * ow * co)
+    for n0 in range(0, n, g):
+        gn = min(g, n - n0)
+        pad(x, n0, t, l, xp.reshape(g, hp, wp, c))
+        m = (gn - 1) * s + m1
+        for i in range(kh):
+            for j in range(kw):
+                tap = i * kw + j
+                shift = i * dh * wp + j * dw
+                gemm_nt(xp[shift:shift + m], w[:, tap * c:(tap + 1) * c], acc[:m], 0.0 if tap == 0 else 1.0)
+        crop(acc.reshape(g, hp, wp, co), bias, n0, out)
+    return out
+
+
+def direct(x, wt, bias, layer, oh, ow):
+    """Direct convolution over few input channels (``wt`` is the transposed weight, (k, co))."""
+    n = x.shape[0]
+    co = wt.shape[1]
+    out = np.empty((n, oh, ow, co), np.float32)
+    if bias is None:
+        bias = np.zeros(co, np.float32)
+    # one line of output per task: below a few images a parallel launch costs more than it saves
+    kern = _jit.pick((conv_direct_nhwc, conv_direct_nhwc_parallel), out.size * wt.shape[0] // DIRECT_SERIAL_FACTOR)
+    kern(x, wt, bias, *geometry(layer), out)
+    return out
+
+
+def depthwise(x, wt, bias, layer, oh, ow):
+    """Depthwise convolution (``wt`` is the tap-major weight, (kh*kw, co))."""
+    n, c = x.shape[0], x.shape[3]
+    co = wt.shape[1]
+    kh, kw = layer.kernel_size
+    out = np.empty((n, oh, ow, co), np.float32)
+    if bias is None:
+        bias = np.zeros(co, np.float32)
+    kern = _jit.pick((depthwise_conv_nhwc, depthwise_conv_nhwc_parallel), out.size * kh * kw)
+    kern(x, wt, bias, co // c, *geometry(layer), out)
+    return out
+
+
+def patch_product(x, geometry, oh, ow, apply):
+    """``patches(x) @ W.T`` with the patch matrix built chunk by chunk (bounded memory)."""
+    x = np.ascontiguousarray(x)
+    n, h, w, c = x.shape
+    kh, kw, sh, sw, t, l, dh, dw = geometry
+    if (kh, kw, sh, sw, t, l) == (1, 1, 1, 1, 0, 0) and (oh, ow) == (h, w):
+        return apply(x.reshape(n * h * w, c))
+    k = kh * kw * c
+    lines = n * oh
+    if lines == 0:
+        return apply(np.zeros((0, k), np.float32))
+    step = max(1, min(lines, IM2COL_CHUNK_BYTES // max(1, ow * k * 4)))
+    out = None
+    buf = np.empty((step * ow, k), np.float32)
+    kern = _jit.pick((im2col_nhwc, im2col_nhwc_parallel), step * ow * k)
+    for r0 in range(0, lines, step):
+        r1 = min(lines, r0 + step)
+        cols = buf[:(r1 - r0) * ow]
+        kern(x, *geometry, oh, ow, r0, r1, cols)
+        y = apply(cols)
+        if out is None:
+            if r1 == lines:
+                return y
+            out = np.empty((lines * ow, y.shape[1]), np.float32)
+        out[r0 * ow:r1 * ow] = y
+    return out
