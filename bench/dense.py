@@ -3,8 +3,10 @@
 Cases: LeNet-5 end to end (data/lenet5.h5 on test digits), VGG-16 conv3_2 (1x256x56x56 input, 256 3x3
 filters, pad 1) and fc6 (4096x25088), random weights, at batch 1 and 32. All contenders get the same
 threads (Numba, BLAS via threadpoolctl, torch.set_num_threads, ORT intra_op_num_threads) and run in
-this process, alternating in blocks of 4 calls with a 0.02 s untimed pause before each block (NumPy's
-OpenBLAS threads spin after a call; see nncomp.bench.layers.alternate_blocks), after a warm-up;
+this process, alternating in blocks of BLOCK calls with a SETTLE_S untimed pause before each block, after a
+warm-up: after the NumPy contender's calls OpenBLAS's worker threads spin for ~0.1 s, and nncomp, whose
+products run in Numba's threads with OpenBLAS at one thread (nncomp/kernels/blas.py), measured 2.2x
+slower during that time (a 64x4096x4096 product: 14.4 ms for the first 0.12 s, then 6.5 ms);
 medians and p90s. Each runs in its native layout
 (nncomp NHWC, the peers NCHW); layout conversions are not timed. NumPy (BLAS, and im2col for the conv)
 is shown for reference. Target: nncomp within 1.25x of the faster peer.
@@ -26,6 +28,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+# Untimed pause before each block: longer than OpenBLAS's spin after a NumPy call (~0.1 s here).
+SETTLE_S = 0.15
+# Calls per block: the first call after the pause runs with cold caches (LeNet-5 at batch 1: 0.56 ms,
+# then 0.15, then 0.12); blocks of 8 put the median on the steady state a serving loop sees.
+BLOCK = 8
 
 FIRST_CALL = r"""
 import json, sys, time
@@ -137,7 +145,8 @@ def main(argv=None):
                 if y.ndim == 4 and k in ("torch", "onnxruntime") and model.input_layout == "NHWC":
                     y = y.transpose(0, 2, 3, 1)
                 errs[k] = float(np.abs(y - ref).max())
-            t = alternate_blocks(calls, repeat=repeat, warmup=2, max_seconds=20 if a.quick else 120)
+            t = alternate_blocks(calls, repeat=repeat, block=BLOCK, warmup=2,
+                                 max_seconds=20 if a.quick else 120, settle=SETTLE_S)
             row = {"case": name, "batch": bs}
             for k, fn in contenders.items():
                 row[k] = fn if isinstance(fn, str) else {**t[k], "max_abs_diff_vs_nncomp": errs[k]}
@@ -187,8 +196,9 @@ def markdown(res):
              f"{m['date']} · {m['cpu']} · {m['cores']} cores · {res['threads']} threads for every contender · "
              f"load average before/after {res['loadavg_before'][0]:.2f}/{res['loadavg_after'][0]:.2f}", "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
-             "Median ms per call (p90 in brackets), contenders alternating in blocks of 4 calls (0.02 s untimed "
-             "pause before each block) in one process after a warm-up; "
+             f"Median ms per call (p90 in brackets), contenders alternating in blocks of {BLOCK} calls ({SETTLE_S} s untimed "
+             "pause before each block: NumPy's OpenBLAS threads spin ~0.1 s after its calls) in one process "
+             "after a warm-up; "
              "nncomp runs NHWC, the peers NCHW. Ratio = nncomp median / the faster peer's median "
              "(target <= 1.25).", "",
              "| case | batch | nncomp | torch 2.13 | ONNX Runtime | NumPy | nncomp / best peer | within 1.25x |",

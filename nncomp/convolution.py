@@ -14,6 +14,9 @@
 - **im2col** (everything else: strides, groups, compressed weights): the patch matrix, built in
   bounded chunks of output lines, times the weight in whatever format it is stored.
 """
+import math
+import threading
+
 import numpy as np
 
 from .kernels import _jit
@@ -38,8 +41,26 @@ SHIFTED_MAX_WASTE = 1.2
 SHIFTED_MIN_MACS = 1 << 25
 DIRECT_MAX_PATCH = 75
 DIRECT_MAX_OUT = 32
+DIRECT_MIN_MACS = 1 << 21   # below this (LeNet-5 conv1 at batch 1: 288k MACs) im2col + BLAS is faster
 DIRECT_SERIAL_FACTOR = 8    # the direct kernel goes parallel at 8x _jit.PARALLEL_MIN_WORK
 ALGORITHMS = ("im2col", "shifted", "direct", "depthwise")
+
+
+_WORKSPACE = threading.local()
+
+
+def scratch(name, shape):
+    """A float32 work array of ``shape``, reused across calls on this thread (not zeroed).
+
+    Fresh multi-megabyte arrays cost page faults on every call (conv3_2 at batch 1: 2.5 ms of
+    11.5 for the shifted GEMM's two work buffers); these are kept per thread and grown as needed.
+    """
+    size = math.prod(shape)
+    buffers = _WORKSPACE.__dict__
+    buf = buffers.get(name)
+    if buf is None or buf.size < size:
+        buf = buffers[name] = np.empty(size, np.float32)
+    return buf[:size].reshape(shape)
 
 
 def geometry(layer):
@@ -57,7 +78,13 @@ def direct_eligible(layer):
 
 
 def applicable(layer):
-    """The algorithms that can compute ``layer``, the default one first."""
+    """The algorithms that can compute ``layer``, the default one first (kept by Conv2D)."""
+    found = getattr(layer, "_algorithms", None)
+    return found if found is not None else algorithms_for(layer)
+
+
+def algorithms_for(layer):
+    """The algorithms that can compute ``layer``, the default one first (computed)."""
     if layer.depthwise:
         return ("depthwise",)
     if layer.groups > 1:
@@ -73,9 +100,12 @@ def applicable(layer):
 def choose(layer, shape, n):
     """The algorithm Conv2D ``layer`` uses on ``n`` samples of per-sample input ``shape`` (h, w, c)."""
     can = applicable(layer)
+    if can[0] == "direct":
+        oh, ow, co = layer.shape_of(shape)
+        return "direct" if n * oh * ow * co * layer.weight.n_in >= DIRECT_MIN_MACS else "im2col"
     if "shifted" in can and can[0] == "im2col" and shape[2] >= SHIFTED_MIN_CHANNELS:
         h, w, c = shape
-        oh, ow, co = layer.output_shape(shape)
+        oh, ow, co = layer.shape_of(shape)
         t, b, l, r = layer.padding
         waste = (h + t + b) * (w + l + r) / (oh * ow)
         if (layer.kernel_size != (1, 1) and waste <= SHIFTED_MAX_WASTE
@@ -91,7 +121,7 @@ def forward(layer, x, algorithm=None):
     and must be one of ``applicable(layer)``.
     """
     n, h, w, c = x.shape
-    oh, ow, co = layer.output_shape((h, w, c))
+    oh, ow, co = layer.shape_of((h, w, c))
     algorithm = algorithm or choose(layer, (h, w, c), n)
     if algorithm not in applicable(layer):
         raise ValueError(f"conv algorithm {algorithm!r} cannot run this layer; it can run {applicable(layer)}")
@@ -127,8 +157,8 @@ def shifted(x, w, bias, layer, oh, ow):
     s = hp * wp                     # rows per padded image
     m1 = (oh - 1) * wp + ow         # output rows per image, up to its last real pixel
     g = max(1, min(n, SHIFTED_CHUNK_BYTES // (4 * s * (c + co))))
-    xp = np.empty((g * s, c), np.float32)
-    acc = np.empty((g * s, co), np.float32)
+    xp = scratch("shifted_input", (g * s, c))
+    acc = scratch("shifted_output", (g * s, co))
     out = np.empty((n, oh, ow, co), np.float32)
     if bias is None:
         bias = np.zeros(co, np.float32)
@@ -186,7 +216,7 @@ def patch_product(x, geometry, oh, ow, apply):
         return apply(np.zeros((0, k), np.float32))
     step = max(1, min(lines, IM2COL_CHUNK_BYTES // max(1, ow * k * 4)))
     out = None
-    buf = np.empty((step * ow, k), np.float32)
+    buf = scratch("im2col", (step * ow, k))
     kern = _jit.pick((im2col_nhwc, im2col_nhwc_parallel), step * ow * k)
     for r0 in range(0, lines, step):
         r1 = min(lines, r0 + step)

@@ -8,6 +8,7 @@ build new layers with :func:`dataclasses.replace`, never mutate one.
 Each layer provides ``forward(*xs)``, ``output_shape(*shapes)`` (which validates), ``macs(*shapes)``
 (multiply-adds per sample), ``config()`` and ``tensors()`` (what the native file stores).
 """
+import math
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
@@ -74,6 +75,14 @@ class Layer:
 
     def output_shape(self, shape):
         return shape
+
+    def shape_of(self, shape):
+        """:meth:`output_shape` remembered per input shape (forward passes ask on every call)."""
+        memo = self.__dict__.setdefault("_shape_memo", {})
+        out = memo.get(shape)
+        if out is None:
+            out = memo[shape] = tuple(self.output_shape(shape))
+        return out
 
     def macs(self, *shapes):
         return 0
@@ -176,6 +185,7 @@ class Conv2D(Layer):
     dilation: tuple = (1, 1)
     groups: int = 1
     _wt: np.ndarray = field(default=None, init=False, repr=False, metadata={"config": False})
+    _algorithms: tuple = field(default=None, init=False, repr=False, metadata={"config": False})
     kind = "conv2d"
 
     def __post_init__(self):
@@ -201,6 +211,7 @@ class Conv2D(Layer):
                                   f"{self.weight.format}; leave grouped layers out of compression")
         if self.depthwise or convolution.direct_eligible(self):
             set_("_wt", np.ascontiguousarray(self.weight.w.T))
+        set_("_algorithms", convolution.algorithms_for(self))
 
     @property
     def out_channels(self):
@@ -309,7 +320,7 @@ class MaxPool2D(Layer):
 
     def forward(self, x):
         n = x.shape[0]
-        out = np.empty((n,) + self.output_shape(x.shape[1:]), np.float32)
+        out = np.empty((n,) + self.shape_of(x.shape[1:]), np.float32)
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
         kern = _jit.pick((maxpool_nhwc, maxpool_nhwc_parallel), out.size * kh * kw)
         kern(x, kh, kw, sh, sw, self.padding[0], self.padding[2], dh, dw, out)
@@ -340,7 +351,7 @@ class AvgPool2D(Layer):
 
     def forward(self, x):
         n = x.shape[0]
-        out = np.empty((n,) + self.output_shape(x.shape[1:]), np.float32)
+        out = np.empty((n,) + self.shape_of(x.shape[1:]), np.float32)
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         t, b, l, r = self.padding
         kern = _jit.pick((avgpool_nhwc, avgpool_nhwc_parallel), out.size * kh * kw)
@@ -405,7 +416,7 @@ class Flatten(Layer):
     def forward(self, x):
         if x.ndim == 4 and self.order == "chw":
             x = x.transpose(0, 3, 1, 2)
-        return np.ascontiguousarray(x).reshape(x.shape[0], int(np.prod(x.shape[1:])))
+        return np.ascontiguousarray(x).reshape(x.shape[0], math.prod(x.shape[1:]))
 
 
 @_register

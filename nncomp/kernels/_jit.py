@@ -4,18 +4,24 @@
 (``prange`` is a plain ``range`` in the serial build), so a kernel is written once and the caller
 picks serial for small work and parallel for large work.
 
-Threading: a forward pass mixes OpenBLAS calls with Numba ``prange`` kernels. GNU OpenMP's
-default active spin-wait then holds a core while OpenBLAS needs it (measured here: a 256x512x512
-sgemm followed by a 1024x1024 prange mat-vec took 8.0 ms instead of 0.57 ms). nncomp therefore
-asks, before Numba's OpenMP pool starts, for ``OMP_WAIT_POLICY=PASSIVE`` unless the user has set it,
-and for a thread-safe threading layer (``NUMBA_THREADING_LAYER=threadsafe``) unless the user has
-chosen one: the ``workqueue`` layer aborts the process when two Python threads call a parallel
-kernel at once.
+Threading: a forward pass runs in Numba's thread pool only; its BLAS products are cut into one
+block per Numba thread with OpenBLAS at one thread (nncomp/kernels/blas.py). Before Numba's OpenMP
+pool starts, nncomp asks, unless the user has set them:
+
+- ``OMP_WAIT_POLICY=PASSIVE`` with ``GOMP_SPINCOUNT=30000``: a worker spins ~2 ms after a parallel
+  region, then sleeps. GNU OpenMP's default spins far longer and holds a core that other libraries
+  need (a 256x512x512 NumPy sgemm after a 1024x1024 prange mat-vec took 8.0 ms instead of 0.57 ms);
+  pure PASSIVE (no spin) makes every region a futex wake-up, and after an idle spell the first
+  calls ran 1.8x slower (VGG-16 conv3_2, 9 regions per call: 18.9 ms against 10.5 ms) while the
+  scheduler spread the woken threads again.
+- a thread-safe threading layer (``NUMBA_THREADING_LAYER=threadsafe``): the ``workqueue`` layer
+  aborts the process when two Python threads call a parallel kernel at once.
 """
 import os
 import types
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("GOMP_SPINCOUNT", "30000")
 
 import numba  # noqa: E402
 

@@ -39,7 +39,7 @@ _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 # (only 64-bit integer builds: the kernels' calls are compiled for them; NumPy >= 2 wheels are)
 _FAMILIES = (("scipy_", "64_", ctypes.c_int64), ("", "64_", ctypes.c_int64))
 # Below this many multiply-adds a product runs as one BLAS call on the calling thread.
-SPLIT_MIN_WORK = 1 << 22
+SPLIT_MIN_WORK = 1 << 21
 # Below this many samples a (samples x features) product is computed transposed, ``W @ x.T``:
 # blocks of weight rows, each streaming its part of the weight once (fc6 at batch 32: 27 ms against
 # 39 ms for blocks of output columns).
@@ -208,8 +208,9 @@ def _leading(a, name, cols):
 
 
 def _parts(work):
-    threads = numba.get_num_threads()
-    return 1 if work < SPLIT_MIN_WORK or threads < 2 else threads
+    if work < SPLIT_MIN_WORK:
+        return 1
+    return max(1, numba.get_num_threads())
 
 
 class _OneThreadBLAS:
