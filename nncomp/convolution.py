@@ -141,6 +141,13 @@ def forward(layer, x, algorithm=None):
             xg = np.ascontiguousarray(x[..., g * cg:(g + 1) * cg])
             wg = wd[g * og:(g + 1) * og]
             y[:, g * og:(g + 1) * og] = patch_product(xg, geo, oh, ow, lambda p: matmul_nt(p, wg))
+    if not y.flags.c_contiguous:      # the transposed result of a small product: one pass
+        out = np.empty(y.shape, np.float32)
+        if layer.bias is None:
+            out[...] = y
+        else:
+            np.add(y, layer.bias, out=out)
+        return out.reshape(n, oh, ow, co)
     if layer.bias is not None:
         y += layer.bias
     return y.reshape(n, oh, ow, co)
