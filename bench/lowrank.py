@@ -20,7 +20,11 @@ THREADS = 2
 SEED = 0
 N_CALIB = 1000          # training digits given to data reconstruction
 FLOP_CUT = 2.5
-SETTLE_S = 0.12         # untimed pause before each timed call: lets the previous contender's threads stop spinning
+# Untimed pause before each timed call: lets the previous contender's threads stop spinning. NumPy's
+# OpenBLAS workers spin ~0.1-0.13 s after a call; nncomp's products run in Numba's threads with
+# OpenBLAS at one thread, and ran up to 5x slower inside that window (fc6 rank 256 at batch 1: 2.3 ms
+# against 0.42 ms), so the pause outlasts it.
+SETTLE_S = 0.3
 INNER_CALLS = 5         # batch-1 conv rows: each sample times 5 back-to-back calls (warm pools, as inside a network)
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONVS = {"conv3_2": (256, 56, 256), "conv5_2": (512, 14, 512)}   # c_in, h = w, c_out; 3x3, pad 1
@@ -156,7 +160,7 @@ def conv_row(name, batch, repeat, lim):
     # nncomp's contenders alternate in one loop, torch's in a second loop anchored by nncomp dense:
     # interleaved with torch calls, nncomp's pair ran 10-20% slower (conv3_2 batch 32: 2.16-2.21x
     # in separate loops, 1.82-2.03x in one loop, same process, quiet machine).
-    times = timed({"nncomp dense (im2col + BLAS)": lambda: dense(x), "nncomp scheme 2": lambda: pair(x)})
+    times = timed({"nncomp dense": lambda: dense(x), "nncomp scheme 2": lambda: pair(x)})
     with torch.inference_mode():
         peer = timed({
             "anchor": lambda: dense(x),
@@ -164,14 +168,14 @@ def conv_row(name, batch, repeat, lim):
             "torch dense channels-last": lambda: F.conv2d(xcl, wcl, bt, padding=1),
             "torch scheme 2 channels-last": lambda: F.conv2d(F.conv2d(xcl, vt, padding=(1, 0)), ht, bt, padding=(0, 1)),
         })
-    scale = times["nncomp dense (im2col + BLAS)"]["median_ms"] / peer["anchor"]["median_ms"]
+    scale = times["nncomp dense"]["median_ms"] / peer["anchor"]["median_ms"]
     for key, v in peer.items():
         if key != "anchor":
             times[key + " (own loop, scaled)"] = {**v, "median_ms": v["median_ms"] * scale, "p90_ms": v["p90_ms"] * scale,
                                                   "measured_median_ms": v["median_ms"],
                                                   "nncomp_dense_same_loop_ms": peer["anchor"]["median_ms"]}
     macs_dense, macs_pair = dense.macs * batch, pair.macs * batch
-    base = times["nncomp dense (im2col + BLAS)"]["median_ms"]
+    base = times["nncomp dense"]["median_ms"]
     for key, t in times.items():
         macs = macs_pair if "scheme 2" in key else macs_dense
         t["speedup_vs_nncomp_dense"] = base / t["median_ms"]
@@ -349,14 +353,15 @@ def write_md(res, path):
         lines += ["## VGG-16 convolutions: Jaderberg scheme 2 against dense", "",
                   "Random He-initialised 3x3 kernels, factorized by `nc.factorize(rank=K, scheme=\"jaderberg\")` "
                   "(filter reconstruction); K is the largest multiple of 8 whose pair costs at most 1/2.5 of the "
-                  "dense MACs. nncomp layers run im2col + BLAS sgemm on NHWC; torch runs `F.conv2d` (oneDNN) on NCHW "
+                  "dense MACs. nncomp layers run on NHWC by the algorithm nncomp/convolution.py picks (shifted GEMM or im2col + BLAS, "
+                  "bench/results/conv_algos.md); torch runs `F.conv2d` (oneDNN) on NCHW "
                   "and on channels-last tensors, in an alternating loop of its own anchored by nncomp dense (interleaved "
                   "with torch calls nncomp's pair ran 10-20% slower), its times scaled to this table's nncomp dense "
                   "time (measured ones in the JSON). Caches not flushed (weights 2.4-9.4 MB, compute-bound). "
-                  "Medians over alternating rounds with a 0.12 s untimed pause before each sample (the previous "
+                  f"Medians over alternating rounds with a {SETTLE_S} s untimed pause before each sample (the previous "
                   "contender's threads stop spinning); at batch 1 a sample is 5 back-to-back calls (times are per "
                   "call), so that thread pools are awake as they are inside a network: a lone call after a pause "
-                  "pays one pool wake-up per parallel region, 4 for the pair (2 im2col, 2 sgemm) against 2; % of limit = achieved GFLOP/s over the 4096^3 sgemm's.", ""]
+                  "pays one pool wake-up per parallel region; % of limit = achieved GFLOP/s over the 4096^3 sgemm's.", ""]
         for r in convs:
             lines += [f"### {r['layer']} ({r['shape']}), batch {r['batch']}: K={r['rank']}, FLOP cut "
                       f"{r['flop_cut']:.2f}x", "", _gate(r), "",

@@ -1,4 +1,5 @@
 """Conv and pool kernels against their NumPy twins (tests/reference.py), serial and parallel builds."""
+import numba
 import numpy as np
 import pytest
 from hypothesis import example, given, strategies as st
@@ -151,7 +152,8 @@ def _strided(rng, rows, cols, pad):
     return rng.standard_normal((rows, cols + pad)).astype(np.float32)[:, pad:]
 
 
-needs_one_pool = pytest.mark.skipif(not blas.ONE_POOL, reason="NumPy's BLAS has no 64-bit CBLAS symbols here")
+needs_one_pool = pytest.mark.skipif(not blas.ONE_POOL or numba.config.DISABLE_JIT,
+                                    reason="NumPy's BLAS has no 64-bit CBLAS symbols here, or no JIT")
 
 
 @needs_one_pool

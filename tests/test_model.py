@@ -236,3 +236,22 @@ def test_state_dict_with_separate_architecture(tmp_path):
     assert np.abs(model(x) - np.load(DATA / "lenet300.logits.npy")).max() <= 1e-3
     with pytest.raises(nc.ModelFileError):
         nc.load(plain, architecture=arch.replace('"version": 1', '"version": 7').replace('"version":1', '"version":7'))
+
+
+def test_forward_leaves_the_callers_cpu_set_alone(lenet5):
+    """GNU OpenMP binds a thread at its first parallel region; nncomp gives the CPU set back."""
+    import os
+    import threading
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no sched_getaffinity here")
+    x, _ = nc.data.mnist("test")
+    seen = {}
+
+    def work():
+        before = os.sched_getaffinity(0)
+        lenet5(x[:64])                       # large enough for parallel kernels
+        seen["before"], seen["after"] = before, os.sched_getaffinity(0)
+    t = threading.Thread(target=work)        # a fresh thread: its first parallel region is here
+    t.start()
+    t.join()
+    assert seen["after"] == seen["before"]

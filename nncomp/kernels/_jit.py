@@ -9,21 +9,34 @@ block per Numba thread with OpenBLAS at one thread (nncomp/kernels/blas.py). Bef
 pool starts, nncomp asks, unless the user has set them:
 
 - ``OMP_WAIT_POLICY=PASSIVE`` with ``GOMP_SPINCOUNT=30000``: a worker spins ~2 ms after a parallel
-  region, then sleeps. GNU OpenMP's default spins far longer and holds a core that other libraries
-  need (a 256x512x512 NumPy sgemm after a 1024x1024 prange mat-vec took 8.0 ms instead of 0.57 ms);
-  pure PASSIVE (no spin) makes every region a futex wake-up, and after an idle spell the first
-  calls ran 1.8x slower (VGG-16 conv3_2, 9 regions per call: 18.9 ms against 10.5 ms) while the
-  scheduler spread the woken threads again.
+  region, then sleeps (GNU OpenMP's default spins far longer and holds a core other libraries need:
+  a NumPy sgemm after a prange mat-vec took 8.0 ms instead of 0.57 ms). Without any spin every
+  region is a futex wake-up, and after an idle spell the first calls ran 1.8x slower (VGG-16 conv3_2,
+  9 regions per call: 15-16 ms against 8.3 ms).
+- worker threads pinned: :func:`pool_ready` pins each of Numba's worker threads (never the calling
+  thread) to its own CPU, taken from the end of the process's CPU set, the first time a thread runs
+  parallel kernels. Unpinned, the scheduler sometimes left a spinning worker on the caller's core,
+  and every region waited out the spin: LeNet-300 at batch 64 alternating with another model took
+  1.7 ms a call instead of 0.19 ms, LeNet-5 at batch 32 next to torch and ONNX Runtime 2.9 ms instead
+  of 1.1 ms. ``OMP_PROC_BIND=true`` pins the same way but also pins the caller (and, through the
+  environment, other libraries' OpenMP callers: torch then pinned the main thread and ONNX Runtime's
+  pool, created from it, ran on one core). Skipped if the user set OMP_PROC_BIND, OMP_PLACES,
+  GOMP_CPU_AFFINITY or NNCOMP_NO_PIN.
 - a thread-safe threading layer (``NUMBA_THREADING_LAYER=threadsafe``): the ``workqueue`` layer
   aborts the process when two Python threads call a parallel kernel at once.
 """
 import os
+import threading
 import types
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("GOMP_SPINCOUNT", "30000")
+# Pin Numba's worker threads (not the caller) unless the user chose a binding policy.
+_BIND = not any(k in os.environ for k in ("OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY",
+                                          "NNCOMP_NO_PIN"))
 
 import numba  # noqa: E402
+import numpy as np  # noqa: E402
 
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "threadsafe"
@@ -66,4 +79,53 @@ PARALLEL_MIN_WORK = 1 << 17
 def pick(kernels, work):
     """Choose the serial or the parallel build of a kernel by the amount of work."""
     serial, parallel = kernels
-    return parallel if work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1 else serial
+    if work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1:
+        pool_ready()
+        return parallel
+    return serial
+
+
+_started = threading.local()
+
+
+def _gettid_fn():
+    import ctypes
+    fn = getattr(ctypes.CDLL(None), "gettid", None)
+    if fn is not None:
+        fn.restype, fn.argtypes = ctypes.c_int, []
+    return fn
+
+
+_GETTID = _gettid_fn() if _BIND and hasattr(os, "sched_setaffinity") else None
+
+
+def _thread_ids(out):
+    for i in numba.prange(out.shape[0]):
+        out[i, 0] = numba.get_thread_id()
+        out[i, 1] = _GETTID()
+
+
+def pool_ready():
+    """Once per calling thread: pin Numba's worker threads to one CPU each (see the module notes).
+
+    Called before parallel kernels (``pick`` and nncomp/kernels/blas.py do). The caller's own CPU
+    set is never changed.
+    """
+    if getattr(_started, "done", False):
+        return
+    _started.done = True
+    if _GETTID is None:
+        return
+    threads = numba.get_num_threads()
+    cpus = sorted(os.sched_getaffinity(0))
+    if threads < 2 or len(cpus) < threads:
+        return
+    try:
+        ids = np.zeros((threads * 64, 2), np.int64)
+        numba.njit(parallel=True)(_thread_ids)(ids)     # not cached: calls a ctypes function
+        me = threading.get_native_id()
+        workers = sorted({int(t) for t in ids[:, 1] if t > 0 and t != me})
+        for tid, cpu in zip(workers, reversed(cpus)):
+            os.sched_setaffinity(tid, {cpu})
+    except Exception:  # pinning is an optimisation: never fail a forward pass over it  # noqa: BLE001
+        pass

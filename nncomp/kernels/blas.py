@@ -31,7 +31,7 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
-from ._jit import pjit
+from ._jit import pjit, pool_ready
 
 _F32 = np.dtype(np.float32)
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
@@ -208,9 +208,12 @@ def _leading(a, name, cols):
 
 
 def _parts(work):
-    if work < SPLIT_MIN_WORK:
+    if work < SPLIT_MIN_WORK or numba.config.DISABLE_JIT:   # the kernels' BLAS calls need compiling
         return 1
-    return max(1, numba.get_num_threads())
+    threads = numba.get_num_threads()
+    if threads > 1:
+        pool_ready()
+    return max(1, threads)
 
 
 class _OneThreadBLAS:
