@@ -25,6 +25,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._ir import paired_sum
 from ._jit import both, jit
 
 LANES = 16           # floats per vector register (zmm)
@@ -57,7 +58,6 @@ def _make_tile(nvec):
             vty = ir.VectorType(f32, LANES)
             fma = builder.module.globals.get("llvm.fma.v16f32") or ir.Function(
                 builder.module, ir.FunctionType(vty, [vty, vty, vty]), "llvm.fma.v16f32")
-            zero = ir.Constant(vty, None)
             mask0 = ir.Constant(ir.VectorType(ir.IntType(32), LANES), None)
 
             def step(j, accs):
@@ -73,47 +73,7 @@ def _make_tile(nvec):
                     out.append(builder.call(fma, [vb, builder.load(p, align=4), a]))
                 return out
 
-            n_pairs = builder.sdiv(builder.sub(hi_, lo_), intp(2))
-            pre = builder.block
-            loop = builder.append_basic_block("tile_loop")
-            after = builder.append_basic_block("tile_after")
-            builder.cbranch(builder.icmp_signed(">", n_pairs, intp(0)), loop, after)
-            builder.position_at_end(loop)
-            idx = builder.phi(intp)
-            idx.add_incoming(intp(0), pre)
-            even = [builder.phi(vty) for _ in range(nvec)]
-            odd = [builder.phi(vty) for _ in range(nvec)]
-            for a in even + odd:
-                a.add_incoming(zero, pre)
-            j = builder.add(lo_, builder.mul(idx, intp(2)))
-            new_even = step(j, even)
-            new_odd = step(builder.add(j, intp(1)), odd)
-            nxt = builder.add(idx, intp(1))
-            end = builder.block
-            idx.add_incoming(nxt, end)
-            for a, v in zip(even + odd, new_even + new_odd):
-                a.add_incoming(v, end)
-            builder.cbranch(builder.icmp_signed("<", nxt, n_pairs), loop, after)
-
-            builder.position_at_end(after)
-            finals = []
-            for v in new_even + new_odd:        # every phi first: LLVM wants them at the block top
-                f = builder.phi(vty)
-                f.add_incoming(zero, pre)
-                f.add_incoming(v, end)
-                finals.append(f)
-            sums = [builder.fadd(finals[k], finals[nvec + k]) for k in range(nvec)]
-            last = builder.sub(hi_, intp(1))
-            is_odd = builder.icmp_signed("!=", builder.srem(builder.sub(hi_, lo_), intp(2)), intp(0))
-            with builder.if_then(is_odd):
-                tail = step(last, sums)
-                tail_block = builder.block
-            merged = []
-            for k in range(nvec):
-                m = builder.phi(vty)
-                m.add_incoming(sums[k], after)
-                m.add_incoming(tail[k], tail_block)
-                merged.append(m)
+            merged = paired_sum(builder, intp, vty, lo_, hi_, nvec, step, builder.fadd)
             dst = builder.gep(a_arr.data, [builder.add(builder.mul(o_, a_cols), s0_)])
             for k in range(nvec):
                 p = builder.bitcast(builder.gep(dst, [intp(LANES * k)]), vty.as_pointer())

@@ -30,6 +30,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._ir import paired_sum
 from ._jit import both, jit
 
 LANES = 16          # 32-bit lanes per vector register (zmm)
@@ -62,7 +63,6 @@ def _make_tile(nvec, integer):
             if not integer:
                 fma = builder.module.globals.get("llvm.fma.v16f32") or ir.Function(
                     builder.module, ir.FunctionType(vty, [vty, vty, vty]), "llvm.fma.v16f32")
-            zero = ir.Constant(vty, None)
             mask0 = ir.Constant(ir.VectorType(ir.IntType(32), LANES), None)
 
             def step(j, accs):
@@ -81,48 +81,8 @@ def _make_tile(nvec, integer):
                                else builder.call(fma, [vb, xv, a]))
                 return out
 
-            # pairs of nonzeros into two sets of accumulators (hides the FMA latency), then the odd one
-            n_pairs = builder.sdiv(builder.sub(hi_, lo_), intp(2))
-            pre = builder.block
-            loop = builder.append_basic_block("tile_loop")
-            after = builder.append_basic_block("tile_after")
-            builder.cbranch(builder.icmp_signed(">", n_pairs, intp(0)), loop, after)
-            builder.position_at_end(loop)
-            idx = builder.phi(intp)
-            idx.add_incoming(intp(0), pre)
-            even = [builder.phi(vty) for _ in range(nvec)]
-            odd = [builder.phi(vty) for _ in range(nvec)]
-            for a in even + odd:
-                a.add_incoming(zero, pre)
-            j = builder.add(lo_, builder.mul(idx, intp(2)))
-            new_even = step(j, even)
-            new_odd = step(builder.add(j, intp(1)), odd)
-            nxt = builder.add(idx, intp(1))
-            end = builder.block
-            idx.add_incoming(nxt, end)
-            for a, v in zip(even + odd, new_even + new_odd):
-                a.add_incoming(v, end)
-            builder.cbranch(builder.icmp_signed("<", nxt, n_pairs), loop, after)
-
-            builder.position_at_end(after)
-            finals = []
-            for v in new_even + new_odd:        # every phi first: LLVM wants them at the block top
-                f = builder.phi(vty)
-                f.add_incoming(zero, pre)
-                f.add_incoming(v, end)
-                finals.append(f)
-            add = builder.add if integer else builder.fadd
-            sums = [add(finals[k], finals[nvec + k]) for k in range(nvec)]
-            is_odd = builder.icmp_signed("!=", builder.srem(builder.sub(hi_, lo_), intp(2)), intp(0))
-            with builder.if_then(is_odd):
-                tail = step(builder.sub(hi_, intp(1)), sums)
-                tail_block = builder.block
-            merged = []
-            for k in range(nvec):
-                m = builder.phi(vty)
-                m.add_incoming(sums[k], after)
-                m.add_incoming(tail[k], tail_block)
-                merged.append(m)
+            merged = paired_sum(builder, intp, vty, lo_, hi_, nvec, step,
+                                builder.add if integer else builder.fadd)
             dst = builder.gep(a_arr.data, [builder.mul(o_, a_cols)])
             for k, f in enumerate(merged):
                 builder.store(f, builder.bitcast(builder.gep(dst, [intp(LANES * k)]), vty.as_pointer()), align=4)

@@ -1,0 +1,54 @@
+"""LLVM IR shared by the hand-written sparse tiles (nncomp/kernels/sparse.py, sparse_int8.py)."""
+from llvmlite import ir
+
+
+def paired_sum(builder, intp, vty, lo, hi, nvec, step, add):
+    """Emit ``sum_{lo <= j < hi} step(j, .)`` into ``nvec`` vectors of type ``vty``; return them.
+
+    ``step(j, accs)`` emits one nonzero's contribution and returns the updated accumulators. Pairs
+    of nonzeros go into two interleaved accumulator sets (even and odd j: hides the FMA or add
+    latency), which ``add`` (``builder.fadd`` or ``builder.add``) then joins; an odd count ends with
+    one more step. ``lo`` and ``hi`` are ``intp`` values.
+    """
+    zero = ir.Constant(vty, None)
+    n_pairs = builder.sdiv(builder.sub(hi, lo), intp(2))
+    pre = builder.block
+    loop = builder.append_basic_block("tile_loop")
+    after = builder.append_basic_block("tile_after")
+    builder.cbranch(builder.icmp_signed(">", n_pairs, intp(0)), loop, after)
+    builder.position_at_end(loop)
+    idx = builder.phi(intp)
+    idx.add_incoming(intp(0), pre)
+    even = [builder.phi(vty) for _ in range(nvec)]
+    odd = [builder.phi(vty) for _ in range(nvec)]
+    for a in even + odd:
+        a.add_incoming(zero, pre)
+    j = builder.add(lo, builder.mul(idx, intp(2)))
+    new_even = step(j, even)
+    new_odd = step(builder.add(j, intp(1)), odd)
+    nxt = builder.add(idx, intp(1))
+    end = builder.block
+    idx.add_incoming(nxt, end)
+    for a, v in zip(even + odd, new_even + new_odd):
+        a.add_incoming(v, end)
+    builder.cbranch(builder.icmp_signed("<", nxt, n_pairs), loop, after)
+
+    builder.position_at_end(after)
+    finals = []
+    for v in new_even + new_odd:        # every phi first: LLVM wants them at the block top
+        f = builder.phi(vty)
+        f.add_incoming(zero, pre)
+        f.add_incoming(v, end)
+        finals.append(f)
+    sums = [add(finals[k], finals[nvec + k]) for k in range(nvec)]
+    is_odd = builder.icmp_signed("!=", builder.srem(builder.sub(hi, lo), intp(2)), intp(0))
+    with builder.if_then(is_odd):
+        tail = step(builder.sub(hi, intp(1)), sums)
+        tail_block = builder.block
+    merged = []
+    for k in range(nvec):
+        m = builder.phi(vty)
+        m.add_incoming(sums[k], after)
+        m.add_incoming(tail[k], tail_block)
+        merged.append(m)
+    return merged
