@@ -125,12 +125,14 @@ def forward(layer, x, algorithm=None):
     algorithm = algorithm or choose(layer, (h, w, c), n)
     if algorithm not in applicable(layer):
         raise ValueError(f"conv algorithm {algorithm!r} cannot run this layer; it can run {applicable(layer)}")
+    # the kernels add a bias vector: zeros stand in for none
+    bias = layer.bias if layer.bias is not None else np.zeros(co, np.float32)
     if algorithm == "shifted":
-        return shifted(x, layer.weight.w, layer.bias, layer, oh, ow)
+        return shifted(x, layer.weight.w, bias, layer, oh, ow)
     if algorithm == "direct":
-        return direct(x, layer._wt, layer.bias, layer, oh, ow)
+        return direct(x, layer._wt, bias, layer, oh, ow)
     if algorithm == "depthwise":
-        return depthwise(x, layer._wt, layer.bias, layer, oh, ow)
+        return depthwise(x, layer._wt, bias, layer, oh, ow)
     geo = geometry(layer)
     if layer.groups == 1:
         y = patch_product(x, geo, oh, ow, layer.weight.apply)
@@ -154,7 +156,8 @@ def forward(layer, x, algorithm=None):
 
 
 def shifted(x, w, bias, layer, oh, ow):
-    """Stride-1 convolution as ``kh*kw`` accumulating BLAS products over shifted windows."""
+    """Stride-1 convolution as ``kh*kw`` accumulating BLAS products over shifted windows (``bias``
+    a float32 (co,) vector, as for :func:`direct` and :func:`depthwise`)."""
     n, h, wd, c = x.shape
     co = w.shape[0]
     kh, kw = layer.kernel_size
@@ -167,8 +170,6 @@ def shifted(x, w, bias, layer, oh, ow):
     xp = scratch("shifted_input", (g * s, c))
     acc = scratch("shifted_output", (g * s, co))
     out = np.empty((n, oh, ow, co), np.float32)
-    if bias is None:
-        bias = np.zeros(co, np.float32)
     pad = _jit.pick((conv_pad_nhwc, conv_pad_nhwc_parallel), xp.size)
     crop = _jit.pick((conv_crop_bias_nhwc, conv_crop_bias_nhwc_parallel), min(n, g) * oh * ow * co)
     for n0 in range(0, n, g):
@@ -189,8 +190,6 @@ def direct(x, wt, bias, layer, oh, ow):
     n = x.shape[0]
     co = wt.shape[1]
     out = np.empty((n, oh, ow, co), np.float32)
-    if bias is None:
-        bias = np.zeros(co, np.float32)
     # one line of output per task: below a few images a parallel launch costs more than it saves
     kern = _jit.pick((conv_direct_nhwc, conv_direct_nhwc_parallel), out.size * wt.shape[0] // DIRECT_SERIAL_FACTOR)
     kern(x, wt, bias, *geometry(layer), out)
@@ -203,8 +202,6 @@ def depthwise(x, wt, bias, layer, oh, ow):
     co = wt.shape[1]
     kh, kw = layer.kernel_size
     out = np.empty((n, oh, ow, co), np.float32)
-    if bias is None:
-        bias = np.zeros(co, np.float32)
     kern = _jit.pick((depthwise_conv_nhwc, depthwise_conv_nhwc_parallel), out.size * kh * kw)
     kern(x, wt, bias, co // c, *geometry(layer), out)
     return out

@@ -105,6 +105,10 @@ def _thread_ids(out):
         out[i, 1] = _GETTID()
 
 
+# Not cached (it calls a ctypes function): compiled on its first call, once per process.
+_thread_ids_parallel = numba.njit(parallel=True)(_thread_ids)
+
+
 def pool_ready():
     """Once per calling thread: pin Numba's worker threads to one CPU each (see the module notes).
 
@@ -122,7 +126,7 @@ def pool_ready():
         return
     try:
         ids = np.zeros((threads * 64, 2), np.int64)
-        numba.njit(parallel=True)(_thread_ids)(ids)     # not cached: calls a ctypes function
+        _thread_ids_parallel(ids)
         me = threading.get_native_id()
         workers = sorted({int(t) for t in ids[:, 1] if t > 0 and t != me})
         for tid, cpu in zip(workers, reversed(cpus)):

@@ -36,8 +36,9 @@ from ._jit import pjit, pool_ready
 _F32 = np.dtype(np.float32)
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 # (prefix, suffix, integer type) of the symbol families an OpenBLAS may export
-# (only 64-bit integer builds: the kernels' calls are compiled for them; NumPy >= 2 wheels are)
-_FAMILIES = (("scipy_", "64_", ctypes.c_int64), ("", "64_", ctypes.c_int64))
+# (only 64-bit integer builds, "64_" symbols: the kernels' calls are compiled for them; NumPy >= 2
+# wheels are)
+_PREFIXES = ("scipy_", "")
 # Below this many multiply-adds a product runs as one BLAS call on the calling thread.
 SPLIT_MIN_WORK = 1 << 21
 # Below this many samples a (samples x features) product is computed transposed, ``W @ x.T``:
@@ -54,6 +55,8 @@ def _find():
         libs = threadpoolctl.threadpool_info()
     except Exception:  # pragma: no cover - an unusual NumPy build
         return None
+    if "64BITINT" not in config:
+        return None
     root = Path(np.__file__).resolve().parent.parent
     for lib in libs:
         path = Path(lib.get("filepath") or "/nonexistent").resolve()
@@ -61,11 +64,10 @@ def _find():
                 or not path.parent.name.startswith("numpy")):
             continue
         dll = ctypes.CDLL(str(path))
-        for prefix, suffix, c_int in _FAMILIES:
-            if "64BITINT" not in config:
-                continue
-            names = (f"{prefix}cblas_sgemm{suffix}", f"{prefix}cblas_sgemv{suffix}",
-                     f"{prefix}openblas_set_num_threads{suffix}", f"{prefix}openblas_get_num_threads{suffix}")
+        c_int = ctypes.c_int64
+        for prefix in _PREFIXES:
+            names = (f"{prefix}cblas_sgemm64_", f"{prefix}cblas_sgemv64_",
+                     f"{prefix}openblas_set_num_threads64_", f"{prefix}openblas_get_num_threads64_")
             fns = [getattr(dll, nm, None) for nm in names]
             if any(f is None for f in fns):
                 continue
@@ -255,7 +257,7 @@ def gemm_nt(x, w, out, beta=0.0):
     n = w.shape[0]
     if w.shape[1] != k or out.shape != (m, n):
         raise ValueError(f"gemm_nt shapes do not match: x {x.shape}, w {w.shape}, out {out.shape}")
-    _leading(x, "x", k), _leading(w, "w", k), _leading(out, "out", n)
+    ldx, ldw, ldo = _leading(x, "x", k), _leading(w, "w", k), _leading(out, "out", n)
     if not out.flags.writeable or np.may_share_memory(out, x) or np.may_share_memory(out, w):
         raise ValueError("gemm_nt needs a writeable out that does not overlap x or w")
     if m == 0 or n == 0:
@@ -269,8 +271,8 @@ def gemm_nt(x, w, out, beta=0.0):
     with _ONE_THREAD:
         parts = min(_parts(m * n * k), m)
         if parts == 1:
-            _sgemm(_ROW_MAJOR, _NO_TRANS, _TRANS, m, n, k, 1.0, x.ctypes.data, _leading(x, "x", k),
-                   w.ctypes.data, _leading(w, "w", k), float(beta), out.ctypes.data, _leading(out, "out", n))
+            _sgemm(_ROW_MAJOR, _NO_TRANS, _TRANS, m, n, k, 1.0, x.ctypes.data, ldx, w.ctypes.data, ldw,
+                   float(beta), out.ctypes.data, ldo)
         else:
             blas_gemm_rows(_SGEMM_AT, x, w, out, float(beta), parts)
     return out
@@ -285,13 +287,12 @@ def matmul_nt(x, w):
     """
     m, k = x.shape
     n = w.shape[0]
-    parts = _parts(m * n * k)
-    if not ONE_POOL or parts == 1 or k == 0:
-        if ONE_POOL:
-            with _ONE_THREAD:
-                return (w @ x.T).T if m < SMALL_BATCH else x @ w.T
+    if not ONE_POOL:
         return (w @ x.T).T if m < SMALL_BATCH else x @ w.T
+    parts = _parts(m * n * k) if k else 1
     with _ONE_THREAD:
+        if parts == 1:
+            return (w @ x.T).T if m < SMALL_BATCH else x @ w.T
         if m == 1:
             out = np.empty((1, n), np.float32)
             blas_gemv(_SGEMV_AT, w, x[0], out[0], parts)
