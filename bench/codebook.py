@@ -41,33 +41,12 @@ COLS = ("numpy float32", "numpy float32 x @ W.T", "nncomp codebook 4-bit (vpermp
         "nncomp codebook 5-bit (vpermi2ps)", "onnxruntime dynamic int8", "torch dynamic int8")
 
 
-def alternate_settled(contenders, *, repeat, warmup=2, max_seconds=150.0, settle=SETTLE_S):
-    """nncomp.bench.timing.alternate with an untimed pause before every timed call."""
-    import numpy as np
-
-    names = list(contenders)
-    for _ in range(warmup):
-        for n in names:
-            contenders[n]()
-    times = {n: [] for n in names}
-    start = time.perf_counter()
-    for _ in range(repeat):
-        for n in names:
-            time.sleep(settle)
-            t0 = time.perf_counter()
-            contenders[n]()
-            times[n].append(time.perf_counter() - t0)
-        if time.perf_counter() - start > max_seconds:
-            break
-    return {n: {"median_ms": float(np.median(t) * 1e3), "p90_ms": float(np.percentile(t, 90) * 1e3),
-                "n": len(t)} for n, t in times.items()}
-
-
 def speed(threads, repeat, batches, quick):
     import numpy as np
 
     import nncomp as nc
     from nncomp.bench import peers
+    from nncomp.bench.timing import alternate
     from nncomp.compress.sharing import kmeans_codebook
     from nncomp.kernels import vpermps
     from nncomp.matrices.codebook import CodebookMatrix
@@ -100,7 +79,7 @@ def speed(threads, repeat, batches, quick):
         for bs in batches:
             x = np.maximum(np.random.default_rng(1).standard_normal((bs, n_in), dtype=np.float32), 0)
             calls = {k: (lambda f=f: f(x)) for k, f in contenders.items() if not isinstance(f, str)}
-            t = alternate_settled(calls, repeat=repeat, max_seconds=30 if quick else 240)
+            t = alternate(calls, repeat=repeat, settle=SETTLE_S, max_seconds=30 if quick else 240)
             row = {"layer": name, "shape": [n_out, n_in], "batch": bs, "threads": threads,
                    "code_bytes": {"4-bit": int(mats[4].codes.nbytes), "5-bit": int(mats[5].codes.nbytes)},
                    "float32_bytes": int(w.nbytes),

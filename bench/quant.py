@@ -48,34 +48,13 @@ RECIPES = {
 }
 
 
-def alternate_settled(contenders, *, repeat, warmup=2, max_seconds=150.0, settle=SETTLE_S):
-    """nncomp.bench.timing.alternate with an untimed pause before every timed call."""
-    import numpy as np
-
-    names = list(contenders)
-    for _ in range(warmup):
-        for n in names:
-            contenders[n]()
-    times = {n: [] for n in names}
-    start = time.perf_counter()
-    for _ in range(repeat):
-        for n in names:
-            time.sleep(settle)
-            t0 = time.perf_counter()
-            contenders[n]()
-            times[n].append(time.perf_counter() - t0)
-        if time.perf_counter() - start > max_seconds:
-            break
-    return {n: {"median_ms": float(np.median(t) * 1e3), "p90_ms": float(np.percentile(t, 90) * 1e3),
-                "n": len(t)} for n, t in times.items()}
-
-
 def speed(threads, repeat, batches, quick):
     """Alternating timings of every contender on fc6 and fc7 (a list of rows)."""
     import numpy as np
 
     import nncomp as nc
     from nncomp.bench import peers
+    from nncomp.bench.timing import alternate
     from nncomp.kernels import vnni
     from nncomp.matrices.int8 import Int8Matrix
 
@@ -111,7 +90,7 @@ def speed(threads, repeat, batches, quick):
             calls = {k: (lambda f=f: f(x)) for k, f in contenders.items() if not isinstance(f, str)}
             ref = x.astype(np.float64) @ w.T.astype(np.float64)
             err = {k: float(np.abs(np.asarray(c(), np.float64) - ref).max() / np.abs(ref).max()) for k, c in calls.items()}
-            t = alternate_settled(calls, repeat=repeat, max_seconds=30 if quick else 240)
+            t = alternate(calls, repeat=repeat, settle=SETTLE_S, max_seconds=30 if quick else 240)
             row = {"layer": name, "shape": [n_out, n_in], "batch": bs, "threads": threads,
                    "weight_bytes": {"float32": int(w.nbytes), "int8 w8a8": int(w8a8.nbytes)}}
             for k, f in contenders.items():

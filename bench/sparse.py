@@ -19,23 +19,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def limits():
-    """Memory read bandwidth (1 GiB, Numba parallel sum) and sgemm throughput (4096^3)."""
-    import numba
-
-    @numba.njit(parallel=True, fastmath=True)
-    def total(a):
-        s = np.float32(0)
-        for i in numba.prange(a.shape[0]):
-            s += a[i]
-        return s
-
-    big = np.ones(1 << 28, np.float32)
-    total(big)
-    r = alternate({"read": lambda: total(big)}, repeat=5)["read"]["median_ms"]
-    del big
-    a = np.ones((4096, 4096), np.float32)
-    g = alternate({"sgemm": lambda: a @ a}, repeat=3)["sgemm"]["median_ms"]
-    return {"dram_read_GBps": (1 << 30) / r / 1e6, "sgemm_GFLOPs": 2 * 4096**3 / g / 1e6}
+    """The roofline limits of nncomp.bench.layers.machine_limits (1 GiB parallel read, 4096^3 sgemm)."""
+    from nncomp.bench.layers import machine_limits
+    m = machine_limits()
+    return {"dram_read_GBps": m["bandwidth_GBps"], "sgemm_GFLOPs": m["sgemm_GFLOPs"]}
 
 
 def one_layer(w, bias=None):
