@@ -19,6 +19,7 @@ import threading
 
 import numpy as np
 
+from .errors import NncompError
 from .kernels import _jit
 from .kernels.blas import gemm_nt, matmul_nt
 from .kernels.conv import (conv_crop_bias_nhwc, conv_crop_bias_nhwc_parallel, conv_direct_nhwc,
@@ -124,7 +125,8 @@ def forward(layer, x, algorithm=None):
     oh, ow, co = layer.shape_of((h, w, c))
     algorithm = algorithm or choose(layer, (h, w, c), n)
     if algorithm not in applicable(layer):
-        raise ValueError(f"conv algorithm {algorithm!r} cannot run this layer; it can run {applicable(layer)}")
+        raise NncompError(f"conv algorithm {algorithm!r} cannot run this layer; it can run "
+                          f"{applicable(layer)}: pass one of those, or None to let nncomp choose")
     # the kernels add a bias vector: zeros stand in for none
     bias = layer.bias if layer.bias is not None else np.zeros(co, np.float32)
     if algorithm == "shifted":
