@@ -73,6 +73,12 @@ class Layer:
     def forward(self, x):
         raise NotImplementedError
 
+    def prepare(self, n, *shapes):
+        """The step ``(*xs) -> y`` a model runs for batches of ``n`` samples of per-sample input
+        ``shapes``, with per-shape decisions (kernel, algorithm, threads) made once; layers without
+        any return :meth:`forward`."""
+        return self.forward
+
     def output_shape(self, shape):
         return shape
 
@@ -160,6 +166,17 @@ class Dense(Layer):
             y += self.bias
         return y
 
+    def prepare(self, n, shape):
+        mul, bias = self.weight.prepare(n), self.bias
+        if bias is None:
+            return mul
+
+        def step(x):
+            y = mul(x)
+            y += bias
+            return y
+        return step
+
     def describe(self):
         return self.weight.describe()
 
@@ -240,6 +257,9 @@ class Conv2D(Layer):
     def forward(self, x):
         return convolution.forward(self, x)
 
+    def prepare(self, n, shape):
+        return convolution.prepare(self, shape, n)
+
     def describe(self):
         return self.weight.describe()
 
@@ -285,6 +305,10 @@ class BatchNorm(Layer):
         scale, shift = self.scale_shift
         return x * scale + shift
 
+    def prepare(self, n, shape):
+        scale, shift = self.scale_shift
+        return lambda x: x * scale + shift
+
 
 @_register
 @dataclass(frozen=True, eq=False)
@@ -319,12 +343,12 @@ class MaxPool2D(Layer):
         return _pool_shape(self, shape)
 
     def forward(self, x):
-        n = x.shape[0]
-        out = np.empty((n,) + self.shape_of(x.shape[1:]), np.float32)
+        return self.prepare(x.shape[0], x.shape[1:])(x)
+
+    def prepare(self, n, shape):
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        kern = _jit.pick((maxpool_nhwc, maxpool_nhwc_parallel), out.size * kh * kw)
-        kern(x, kh, kw, sh, sw, self.padding[0], self.padding[2], dh, dw, out)
-        return out
+        args = (kh, kw, sh, sw, self.padding[0], self.padding[2], dh, dw)
+        return _pool_step((maxpool_nhwc, maxpool_nhwc_parallel), (n,) + self.shape_of(shape), args)
 
 
 @_register
@@ -350,13 +374,24 @@ class AvgPool2D(Layer):
         return _pool_shape(self, shape)
 
     def forward(self, x):
-        n = x.shape[0]
-        out = np.empty((n,) + self.shape_of(x.shape[1:]), np.float32)
+        return self.prepare(x.shape[0], x.shape[1:])(x)
+
+    def prepare(self, n, shape):
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         t, b, l, r = self.padding
-        kern = _jit.pick((avgpool_nhwc, avgpool_nhwc_parallel), out.size * kh * kw)
-        kern(x, kh, kw, sh, sw, t, l, b, r, bool(self.count_include_pad), out)
+        args = (kh, kw, sh, sw, t, l, b, r, bool(self.count_include_pad))
+        return _pool_step((avgpool_nhwc, avgpool_nhwc_parallel), (n,) + self.shape_of(shape), args)
+
+
+def _pool_step(kernels, out_shape, args):
+    """A pooling step: the serial or parallel kernel picked once for this output shape."""
+    kern = _jit.pick(kernels, math.prod(out_shape) * args[0] * args[1])
+
+    def step(x):
+        out = np.empty(out_shape, np.float32)
+        kern(x, *args, out)
         return out
+    return step
 
 
 def _pool_init(layer):

@@ -2,9 +2,11 @@
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from .errors import InputError, NncompError
+from .kernels import blas
 from .layers import Layer
 
 __all__ = ["Model", "Node", "INPUT"]
@@ -14,6 +16,8 @@ LAYOUTS = {"NCHW": 3, "NHWC": 3, "NC": 1}
 
 # Activations of one call are kept under this many bytes by splitting a large batch.
 MAX_ACTIVATION_BYTES = 2 << 30
+# Forward plans (one prepared step per node) are kept for this many (batch size, threads) pairs.
+PLANS_KEPT = 8
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class Model:
         for i, node in enumerate(self.nodes):
             for src in node.inputs:
                 self._last_use[src] = i
+        self._plans = {}
 
     # ----------------------------------------------------------------- structure
     @property
@@ -185,16 +190,35 @@ class Model:
             return outs[0] if len(outs) == 1 else outs
         if self.input_layout == "NCHW":
             x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        values = {INPUT: x}
-        keep = set(self.outputs)
-        for i, node in enumerate(self.nodes):
-            y = node.layer.forward(*(values[s] for s in node.inputs))
-            values[node.name] = y
-            for s in node.inputs:
-                if self._last_use[s] == i and s not in keep:
-                    del values[s]
-        outs = tuple(self._to_source_layout(values[o]) for o in self.outputs)
+        steps, outputs = self._plan(x.shape[0])
+        values = [x]
+        with blas.ONE_THREAD:
+            for step, ins, frees in steps:
+                values.append(step(*[values[i] for i in ins]))
+                for i in frees:
+                    values[i] = None
+        outs = tuple(self._to_source_layout(values[i]) for i in outputs)
         return outs[0] if len(outs) == 1 else outs
+
+    def _plan(self, n):
+        """The forward pass for batches of ``n``: each node's prepared step (``Layer.prepare``: kernels,
+        algorithms and thread splits chosen once, no per-call checks on the model's own activations),
+        the slots it reads and the slots it frees. Kept per batch size and thread count."""
+        key = (n, numba.get_num_threads())
+        plans = self._plans
+        plan = plans.get(key)
+        if plan is None:
+            # values hold the input, then each node's output in order: node i is slot i + 1
+            slot = {INPUT: 0, **{node.name: i + 1 for i, node in enumerate(self.nodes)}}
+            keep = set(self.outputs)
+            steps = tuple((node.layer.prepare(n, *(self.shapes[s] for s in node.inputs)),
+                           tuple(slot[s] for s in node.inputs),
+                           tuple(slot[s] for s in set(node.inputs) if self._last_use[s] == i and s not in keep))
+                          for i, node in enumerate(self.nodes))
+            if len(plans) >= PLANS_KEPT:
+                plans.pop(next(iter(plans)))
+            plan = plans[key] = (steps, tuple(slot[o] for o in self.outputs))
+        return plan
 
     def _to_source_layout(self, y):
         if y.ndim == 4 and self.input_layout == "NCHW":

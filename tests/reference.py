@@ -85,6 +85,13 @@ def conv_crop_bias_nhwc(grid, bias, n0, out):
     return out
 
 
+def im2col_gemm_nhwc(sgemm, x, w, bias, kh, kw, sh, sw, ph, pw, dh, dw, lines, cols, tmp, oh_n, ow_n):
+    """Convolution as the patch matrix times w.T plus bias, float64 (blocks and parts change nothing)."""
+    patches = im2col_nhwc(x, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, 0, x.shape[0] * oh_n)
+    y = patches @ w.T.astype(np.float64) + bias
+    return y.reshape(x.shape[0], oh_n, ow_n, w.shape[0])
+
+
 def blas_gemm_rows(sgemm, x, w, out, beta, parts):
     """x @ w.T + beta * out in float64 (the kernel cuts the rows into parts; the result is the same)."""
     return x.astype(np.float64) @ w.T.astype(np.float64) + beta * out.astype(np.float64)

@@ -6,7 +6,7 @@ from hypothesis import example, given, strategies as st
 
 import reference as ref
 from conftest import assert_close_f32
-from nncomp.kernels import blas, conv, pool
+from nncomp.kernels import blas, conv, conv_gemm, pool
 from nncomp.layers import _window_out
 
 
@@ -166,7 +166,7 @@ def test_blas_gemm_rows_matches_reference(m, n, k, pads, beta, parts, seed):
     before = out_full.copy()
     expect = ref.blas_gemm_rows(0, x, w, out, beta, parts)
     mag = ref.blas_gemm_rows(0, np.abs(x), np.abs(w), np.abs(out), beta, parts)
-    blas.blas_gemm_rows(blas._SGEMM_AT, x, w, out, beta, parts)
+    blas.blas_gemm_rows(blas.SGEMM_AT, x, w, out, beta, parts)
     assert_close_f32(out, expect, mag, k + 1)
     assert np.array_equal(out_full[:, :pads[2]], before[:, :pads[2]])
 
@@ -178,7 +178,7 @@ def test_blas_gemm_t_matches_reference(m, n, k, pads, parts, seed):
     rng = np.random.default_rng(seed)
     x, w = _strided(rng, m, k, pads[0]), _strided(rng, n, k, pads[1])
     out_t = np.full((n, m), np.nan, np.float32)
-    blas.blas_gemm_t(blas._SGEMM_AT, x, w, out_t, parts)
+    blas.blas_gemm_t(blas.SGEMM_AT, x, w, out_t, parts)
     assert_close_f32(out_t, ref.blas_gemm_t(0, x, w, out_t, parts), ref.blas_gemm_t(0, np.abs(x), np.abs(w), out_t, parts), k)
 
 
@@ -189,8 +189,29 @@ def test_blas_gemv_matches_reference(n, k, pad, parts, seed):
     rng = np.random.default_rng(seed)
     w, x = _strided(rng, n, k, pad), rng.standard_normal(k).astype(np.float32)
     out = np.full(n, np.nan, np.float32)
-    blas.blas_gemv(blas._SGEMV_AT, w, x, out, parts)
+    blas.blas_gemv(blas.SGEMV_AT, w, x, out, parts)
     assert_close_f32(out, ref.blas_gemv(0, w, x, out, parts), ref.blas_gemv(0, np.abs(w), np.abs(x), out, parts), k)
+
+
+@needs_one_pool
+@pytest.mark.parametrize("kernel", [conv_gemm.im2col_gemm_nhwc, conv_gemm.im2col_gemm_nhwc_parallel])
+@given(g=geometry(), co=st.integers(1, 40), lines=st.integers(1, 4), parts=st.integers(1, 3),
+       spare=st.integers(0, 5))
+def test_im2col_gemm_nhwc_matches_reference(kernel, g, co, lines, parts, spare):
+    """Every blocking, part count and product orientation (block rows above and below co), with
+    work buffers bigger than needed and full of NaN."""
+    x, (kh, kw, sh, sw, ph, pw, dh, dw), (oh, ow), rng, _ = g
+    k = kh * kw * x.shape[3]
+    w = rng.standard_normal((co, k)).astype(np.float32)
+    bias = rng.standard_normal(co).astype(np.float32)
+    cols = np.full((parts, lines * ow + spare, k), np.nan, np.float32)
+    tmp = np.full((parts, lines * ow * co + spare), np.nan, np.float32)
+    out = np.full((x.shape[0], oh, ow, co), np.nan, np.float32)
+    kernel(blas.SGEMM_AT, x, w, bias, kh, kw, sh, sw, ph, pw, dh, dw, lines, cols, tmp, out)
+    args = (kh, kw, sh, sw, ph, pw, dh, dw, lines, cols, tmp, oh, ow)
+    expect = ref.im2col_gemm_nhwc(0, x, w, bias, *args)
+    mag = ref.im2col_gemm_nhwc(0, np.abs(x), np.abs(w), np.abs(bias), *args)
+    assert_close_f32(out, expect, mag, k + 1)
 
 
 @pytest.mark.parametrize("m", [0, 1, 3, 300])

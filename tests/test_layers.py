@@ -35,20 +35,29 @@ def conv_case(draw, stride1=False):
     return x, wt, bias, stride, pad, dil, groups
 
 
-@given(case=conv_case(), chunk=st.sampled_from([64, 1 << 20]), algo=st.sampled_from(convolution.ALGORITHMS))
-def test_conv2d_layer_matches_reference(case, chunk, algo):
+@given(case=conv_case(), chunk=st.sampled_from([64, 1 << 20]), algo=st.sampled_from(convolution.ALGORITHMS),
+       fused=st.booleans())
+def test_conv2d_layer_matches_reference(case, chunk, algo, fused):
     x, wt, bias, stride, pad, dil, groups = case
     layer = nc.Conv2D(torch_to_matrix(wt), bias, in_channels=x.shape[3], kernel_size=wt.shape[2:],
                       stride=stride, padding=pad, dilation=dil, groups=groups)
     if algo not in convolution.applicable(layer):
         algo = None
-    old = convolution.IM2COL_CHUNK_BYTES, convolution.SHIFTED_CHUNK_BYTES
-    # small chunks exercise the chunked patch product and the shifted GEMM's image chunks
-    convolution.IM2COL_CHUNK_BYTES = convolution.SHIFTED_CHUNK_BYTES = chunk
+    names = ("IM2COL_CHUNK_BYTES", "SHIFTED_CHUNK_BYTES", "FUSED_BLOCK_BYTES", "FUSED_SPLIT_MIN_MACS", "_fusable")
+    old = {k: getattr(convolution, k) for k in names}
+    # small chunks exercise the chunked patch product, the shifted GEMM's image chunks, and the fused
+    # kernel's blocks of one line, split over the threads however small the layer
+    for k in names[:3]:
+        setattr(convolution, k, chunk)
+    if chunk == 64:
+        convolution.FUSED_SPLIT_MIN_MACS = 0
+    if not fused:       # the unfused im2col path (compressed weights; or no CBLAS, no JIT)
+        convolution._fusable = lambda *a: False
     try:
         y = convolution.forward(layer, x, algo)
     finally:
-        convolution.IM2COL_CHUNK_BYTES, convolution.SHIFTED_CHUNK_BYTES = old
+        for k, v in old.items():
+            setattr(convolution, k, v)
     expect = ref.conv2d_nhwc(x, wt, bias, stride, pad, dil, groups)
     mag = ref.conv2d_nhwc(np.abs(x), np.abs(wt), None if bias is None else np.abs(bias), stride, pad, dil, groups)
     assert y.shape == expect.shape == (x.shape[0],) + layer.output_shape(x.shape[1:])

@@ -123,6 +123,38 @@ def test_large_batches_are_split(lenet5, monkeypatch):
     assert np.allclose(lenet5(x), full, rtol=1e-5, atol=1e-6 * np.abs(full).max())
 
 
+def _node_by_node(model, x):
+    """The model run one ``layer.forward`` at a time (no plan), on internal NHWC activations."""
+    values = {"input": np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if model.input_layout == "NCHW" else x}
+    for node in model.nodes:
+        values[node.name] = node.layer.forward(*(values[s] for s in node.inputs))
+    return values[model.outputs[0]]
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet_small"])
+def test_forward_plans_match_layer_by_layer(name, monkeypatch):
+    """The model's prepared steps (per batch size and thread count) compute what the layers'
+    own forward computes, on a chain and on a graph with shortcuts; old plans are dropped."""
+    import numba
+
+    import nncomp.model as M
+    model = nc.load(DATA / f"{name}.h5")
+    x, _ = nc.data.mnist("test")
+    monkeypatch.setattr(M, "PLANS_KEPT", 3)
+    for n in (1, 3, 17, 1):
+        assert np.array_equal(model(x[:n]), _node_by_node(model, x[:n]))
+    assert len(model._plans) == 3
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        one = model(x[:17])
+    finally:
+        numba.set_num_threads(threads)
+    assert (17, 1) in model._plans
+    full = model(x[:17])
+    assert np.allclose(one, full, rtol=1e-5, atol=1e-6 * np.abs(full).max())
+
+
 def test_two_threads_share_a_model(lenet5):
     x, _ = nc.data.mnist("test")
     want = lenet5(x[:64])

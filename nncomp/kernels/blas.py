@@ -41,6 +41,9 @@ _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _PREFIXES = ("scipy_", "")
 # Below this many multiply-adds a product runs as one BLAS call on the calling thread.
 SPLIT_MIN_WORK = 1 << 21
+# A mat-vec (one sample) streams its weight once and is split from this many: LeNet-5's 500x800
+# layer took 17 us in one thread and 8.6 us in two, each thread's half then fitting its L2 cache.
+GEMV_SPLIT_MIN_WORK = 1 << 17
 # Below this many samples a (samples x features) product is computed transposed, ``W @ x.T``:
 # blocks of weight rows, each streaming its part of the weight once (fc6 at batch 32: 27 ms against
 # 39 ms for blocks of output columns).
@@ -189,8 +192,9 @@ def _gemv(sgemv, w, x, out, parts):
 blas_gemm_rows = pjit(_gemm_rows)
 blas_gemm_t = pjit(_gemm_t)
 blas_gemv = pjit(_gemv)
-_SGEMM_AT = ctypes.cast(_sgemm, ctypes.c_void_p).value if ONE_POOL else 0
-_SGEMV_AT = ctypes.cast(_sgemv, ctypes.c_void_p).value if ONE_POOL else 0
+# The CBLAS functions' addresses, for kernels that call BLAS (nncomp/kernels/conv_gemm.py too).
+SGEMM_AT = ctypes.cast(_sgemm, ctypes.c_void_p).value if ONE_POOL else 0
+SGEMV_AT = ctypes.cast(_sgemv, ctypes.c_void_p).value if ONE_POOL else 0
 
 
 # ---------------------------------------------------------------- checked entry points
@@ -209,8 +213,9 @@ def _leading(a, name, cols):
     return max(1, cols, s0 // 4 if rows > 1 else cols)
 
 
-def _parts(work):
-    if work < SPLIT_MIN_WORK or numba.config.DISABLE_JIT:   # the kernels' BLAS calls need compiling
+def _parts(work, split_min=None):
+    if work < (SPLIT_MIN_WORK if split_min is None else split_min) or numba.config.DISABLE_JIT:
+        # (the kernels' BLAS calls need compiling)
         return 1
     threads = numba.get_num_threads()
     if threads > 1:
@@ -228,6 +233,8 @@ class _OneThreadBLAS:
 
     def __enter__(self):
         cls = type(self)
+        if not ONE_POOL:
+            return
         with cls._lock:
             if cls._depth == 0:
                 cls._saved = _get_threads()
@@ -237,13 +244,15 @@ class _OneThreadBLAS:
 
     def __exit__(self, *exc):
         cls = type(self)
+        if not ONE_POOL:
+            return
         with cls._lock:
             cls._depth -= 1
             if cls._depth == 0 and cls._saved != 1:
                 _set_threads(cls._saved)
 
 
-_ONE_THREAD = _OneThreadBLAS()
+ONE_THREAD = _OneThreadBLAS()
 
 
 def gemm_nt(x, w, out, beta=0.0):
@@ -268,13 +277,13 @@ def gemm_nt(x, w, out, beta=0.0):
     if not ONE_POOL:
         _scipy_gemm_nt(x, w, out, beta)
         return out
-    with _ONE_THREAD:
+    with ONE_THREAD:
         parts = min(_parts(m * n * k), m)
         if parts == 1:
             _sgemm(_ROW_MAJOR, _NO_TRANS, _TRANS, m, n, k, 1.0, x.ctypes.data, ldx, w.ctypes.data, ldw,
                    float(beta), out.ctypes.data, ldo)
         else:
-            blas_gemm_rows(_SGEMM_AT, x, w, out, float(beta), parts)
+            blas_gemm_rows(SGEMM_AT, x, w, out, float(beta), parts)
     return out
 
 
@@ -282,28 +291,52 @@ def matmul_nt(x, w):
     """``x @ w.T`` as float32 ``(m, n)`` for C-contiguous float32 x (m, k) and w (n, k).
 
     Below :data:`SMALL_BATCH` samples the result may be the transposed view of ``w @ x.T``.
-    Products under :data:`SPLIT_MIN_WORK` run through NumPy's ``matmul`` (its call costs ~1 us,
-    a ctypes call ~4 us) with OpenBLAS at one thread.
+    Products under :data:`SPLIT_MIN_WORK` (mat-vecs under :data:`GEMV_SPLIT_MIN_WORK`) run through
+    NumPy's ``matmul`` (its call costs ~1 us, a ctypes call ~4 us) with OpenBLAS at one thread.
     """
-    m, k = x.shape
-    n = w.shape[0]
+    return plan_nt(x.shape[0], w)(x)
+
+
+def plan_nt(m, w):
+    """The function ``x -> x @ w.T`` of :func:`matmul_nt` for inputs of ``m`` rows, its path (mat-vec,
+    transposed or row blocks; how many parts) decided once."""
+    n, k = w.shape
     if not ONE_POOL:
-        return (w @ x.T).T if m < SMALL_BATCH else x @ w.T
-    parts = _parts(m * n * k) if k else 1
-    with _ONE_THREAD:
-        if parts == 1:
-            return (w @ x.T).T if m < SMALL_BATCH else x @ w.T
-        if m == 1:
-            out = np.empty((1, n), np.float32)
-            blas_gemv(_SGEMV_AT, w, x[0], out[0], parts)
-            return out
+        return (lambda x: (w @ x.T).T) if m < SMALL_BATCH else (lambda x: x @ w.T)
+    work = m * n * k
+    parts = _parts(work, GEMV_SPLIT_MIN_WORK if m == 1 else SPLIT_MIN_WORK) if k else 1
+    if parts == 1:
         if m < SMALL_BATCH:
+            def small(x):
+                with ONE_THREAD:
+                    return (w @ x.T).T
+            return small
+
+        def big(x):
+            with ONE_THREAD:
+                return x @ w.T
+        return big
+    if m == 1:
+        def gemv(x):
+            out = np.empty((1, n), np.float32)
+            with ONE_THREAD:
+                blas_gemv(SGEMV_AT, w, x[0], out[0], parts)
+            return out
+        return gemv
+    if m < SMALL_BATCH:
+        def transposed(x):
             out_t = np.empty((n, m), np.float32)
-            blas_gemm_t(_SGEMM_AT, x, w, out_t, parts)
+            with ONE_THREAD:
+                blas_gemm_t(SGEMM_AT, x, w, out_t, parts)
             return out_t.T
+        return transposed
+
+    def rows(x):
         out = np.empty((m, n), np.float32)
-        blas_gemm_rows(_SGEMM_AT, x, w, out, 0.0, parts)
+        with ONE_THREAD:
+            blas_gemm_rows(SGEMM_AT, x, w, out, 0.0, parts)
         return out
+    return rows
 
 
 _scipy = None

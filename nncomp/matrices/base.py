@@ -54,6 +54,12 @@ class Matrix:
             return np.zeros((0, self.shape[0]), np.float32)
         return self._apply(x)
 
+    def prepare(self, n):
+        """The function ``x -> x @ W.T`` for the model's own activations of ``n`` rows (float32,
+        shape checked when the model was built): no input checks, decisions made once. Formats whose
+        kernels decide by batch size override it; the default is :meth:`_apply` on a C-contiguous x."""
+        return lambda x: self._apply(np.ascontiguousarray(x))
+
     def to_arrays(self):
         """``(arrays, attrs)``: the numeric arrays and the small JSON-able attributes to store."""
         raise NotImplementedError

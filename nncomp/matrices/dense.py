@@ -35,6 +35,10 @@ class DenseMatrix(Matrix):
         # below blas.SMALL_BATCH samples the result is the transposed view of ``w @ x.T``.
         return blas.matmul_nt(x, self.w)
 
+    def prepare(self, n):
+        mul = blas.plan_nt(n, self.w)
+        return lambda x: mul(np.ascontiguousarray(x))
+
     def to_dense(self):
         return self.w
 

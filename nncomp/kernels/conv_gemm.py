@@ -1,0 +1,65 @@
+"""im2col and its BLAS product fused in one kernel, for convolutions with dense weights.
+
+Each thread takes blocks of output lines in turn: it copies their patches into its own buffer
+(which stays in its cache), multiplies them by the weight with one single-threaded BLAS call and
+writes the result plus the bias into the output. Against building the patch matrix, then running
+the product, then adding the bias as three Python steps, this saves the steps' calls (LeNet-5 at
+batch 1: conv1 24 -> 10 us, conv2 37 -> 18 us) and splits small products across threads with one
+launch (development measurements; bench/results/conv_algos.md has the committed ones).
+
+The product runs in the orientation OpenBLAS runs faster for small shapes: the longer of the
+block's rows and the output channels as BLAS's ``m`` (LeNet-5 conv2, 32 rows x 50 channels x 500:
+14 us as ``w @ patches.T`` against 19 us as ``patches @ w.T``).
+"""
+from numba import prange
+
+from ._jit import both
+from .blas import _call_sgemm
+from .conv import im2col_nhwc
+
+
+def _im2col_gemm(sgemm, x, w, bias, kh, kw, sh, sw, ph, pw, dh, dw, lines, cols, tmp, out):
+    """Convolution through per-thread im2col blocks of ``lines`` output lines and BLAS products.
+
+    IN  sgemm address of cblas_sgemm (64-bit integers); x (n, h, w, c) float32 C-contiguous;
+        w (co, kh*kw*c) float32 C-contiguous, columns ordered (kh, kw, c); bias (co,) float32;
+        kernel, stride, top/left padding, dilation as in im2col; lines >= 1 output lines per block.
+        Work buffers, one per part (their first axis is the number of parts): cols (parts,
+        >= lines*ow, kh*kw*c) float32 C-contiguous; tmp (parts, >= min(lines*ow, co-1)*co) float32
+        C-contiguous (for blocks of fewer rows than co, whose product is computed transposed).
+    OUT out (n, oh, ow, co) float32 C-contiguous.
+    """
+    _, oh_n, ow_n, co = out.shape
+    k = w.shape[1]
+    parts = cols.shape[0]
+    total = out.shape[0] * oh_n
+    blocks = (total + lines - 1) // lines
+    flat = out.reshape(total * ow_n, co)
+    wp = w.ctypes.data
+    for t in prange(parts):
+        buf = cols[t]
+        tt = tmp[t]
+        bp = buf.ctypes.data
+        tp = tt.ctypes.data
+        for blk in range(t, blocks, parts):
+            r0 = blk * lines
+            r1 = min(total, r0 + lines)
+            im2col_nhwc(x, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, r0, r1, buf)
+            rows = (r1 - r0) * ow_n
+            base = r0 * ow_n
+            if rows >= co:      # out rows = patches @ w.T, then the bias
+                _call_sgemm(sgemm, (101, 111, 112, rows, co, k, 1.0, bp, k, wp, k, 0.0,
+                                    flat.ctypes.data + 4 * base * co, co))
+                for r in range(base, base + rows):
+                    dst = flat[r]
+                    for o in range(co):
+                        dst[o] += bias[o]
+            else:               # tmp (co, rows) = w @ patches.T, written transposed with the bias
+                _call_sgemm(sgemm, (101, 111, 112, co, rows, k, 1.0, wp, k, bp, k, 0.0, tp, rows))
+                for r in range(rows):
+                    dst = flat[base + r]
+                    for o in range(co):
+                        dst[o] = tt[o * rows + r] + bias[o]
+
+
+im2col_gemm_nhwc, im2col_gemm_nhwc_parallel = both(_im2col_gemm)
