@@ -1,6 +1,7 @@
 """Which convolution algorithm serves which layer shape (backs the rules in nncomp/convolution.py).
 
-Every applicable algorithm (im2col + BLAS, shifted GEMM, direct) runs the same Conv2D on random
+Every applicable algorithm (im2col + BLAS, fused in one kernel for dense weights; shifted GEMM;
+direct) runs the same Conv2D, as the step a model prepares for the batch size, on random
 weights and inputs, alternating in one process (nncomp.bench.layers.alternate_blocks), for the
 shapes that decide the rules: LeNet-5's two convs, a VGG first layer over 3 channels, small 3x3
 layers of 16-64 channels, VGG-16's conv3_2 / conv4_2 / conv5_2, and the k x 1 / 1 x k pair of a
@@ -51,8 +52,9 @@ def main(argv=None):
             layer = Conv2D(rng.standard_normal((co, k[0] * k[1] * c), dtype=np.float32) * 0.05,
                            rng.standard_normal(co, dtype=np.float32), in_channels=c, kernel_size=k, padding=pad)
             x = rng.standard_normal((batch, h, h, c), dtype=np.float32)
-            calls = {algo: (lambda algo=algo: convolution.forward(layer, x, algo))
-                     for algo in layer._algorithms}
+            # each algorithm's prepared step, as a model runs it (decisions made once per batch size)
+            steps = {algo: convolution.prepare(layer, (h, h, c), batch, algo) for algo in layer._algorithms}
+            calls = {algo: (lambda step=step: step(x)) for algo, step in steps.items()}
             ref = calls["im2col"]()
             for algo, fn in calls.items():
                 assert np.allclose(fn(), ref, rtol=1e-4, atol=1e-3), (name, algo)
@@ -67,7 +69,7 @@ def main(argv=None):
     res = {"machine": machine_info(), "threads": threads, "load_before": load_before,
            "load_after": os.getloadavg(), "rows": rows,
            "rules": {k: getattr(convolution, k) for k in ("SHIFTED_MIN_CHANNELS", "SHIFTED_MAX_WASTE",
-                                                          "SHIFTED_MIN_MACS", "DIRECT_MAX_PATCH",
+                                                          "SHIFTED_MIN_MACS", "SHIFTED_MAX_MACS", "DIRECT_MAX_PATCH",
                                                           "DIRECT_MAX_OUT", "DIRECT_MIN_MACS")}}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

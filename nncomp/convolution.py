@@ -45,10 +45,14 @@ SHIFTED_CHUNK_BYTES = 16 << 20
 # Which algorithm serves which shape: measured by bench/conv_algos.py (bench/results/conv_algos.md).
 # The shifted GEMM computes hp*wp / (oh*ow) times the useful output (the padding columns and
 # lines); it pays when that waste is small and the layer is big enough for kh*kw BLAS calls instead
-# of one to be amortized. The direct kernel beats im2col + BLAS when both k and c_out are small.
+# of one to be amortized, and not so big that the fused im2col's cache-sized blocks win (above 2^33
+# multiply-adds, VGG-16's conv3_2-conv5_2 and factorized pairs at batch 32, im2col was faster in 4 of 5).
+# The direct kernel beats the unfused im2col + BLAS when both k and c_out are small; the fused
+# kernel beats it (LeNet-5 conv1: 18 us against 30 at batch 1, 0.26 ms against 0.52 at batch 32).
 SHIFTED_MIN_CHANNELS = 16
 SHIFTED_MAX_WASTE = 1.2
 SHIFTED_MIN_MACS = 1 << 25
+SHIFTED_MAX_MACS = 1 << 33
 DIRECT_MAX_PATCH = 75
 DIRECT_MAX_OUT = 32
 DIRECT_MIN_MACS = 1 << 21   # below this (LeNet-5 conv1 at batch 1: 288k MACs) im2col + BLAS is faster
@@ -112,14 +116,15 @@ def choose(layer, shape, n):
     can = applicable(layer)
     if can[0] == "direct":
         oh, ow, co = layer.shape_of(shape)
-        return "direct" if n * oh * ow * co * layer.weight.n_in >= DIRECT_MIN_MACS else "im2col"
+        big = n * oh * ow * co * layer.weight.n_in >= DIRECT_MIN_MACS
+        return "direct" if big and not fused_kernel() else "im2col"
     if "shifted" in can and can[0] == "im2col" and shape[2] >= SHIFTED_MIN_CHANNELS:
         h, w, c = shape
         oh, ow, co = layer.shape_of(shape)
         t, b, l, r = layer.padding
         waste = (h + t + b) * (w + l + r) / (oh * ow)
         if (layer.kernel_size != (1, 1) and waste <= SHIFTED_MAX_WASTE
-                and n * oh * ow * co * layer.weight.n_in >= SHIFTED_MIN_MACS):
+                and SHIFTED_MIN_MACS <= n * oh * ow * co * layer.weight.n_in < SHIFTED_MAX_MACS):
             return "shifted"
     return can[0]
 
@@ -182,13 +187,17 @@ def _im2col(layer, x, geo, oh, ow):
     return y.reshape(n, oh, ow, co)
 
 
+def fused_kernel():
+    """Whether the fused im2col + BLAS kernel can run here (NumPy's CBLAS found, kernels compiled)."""
+    return blas.ONE_POOL and not numba.config.DISABLE_JIT
+
+
 def _fusable(layer, geo, hw, ohw):
-    """Whether an ungrouped im2col convolution runs the fused kernel: dense weights, the kernels'
-    BLAS found, and a patch matrix that is not the input itself (a 1x1 stride-1 unpadded conv
+    """Whether an ungrouped im2col convolution runs the fused kernel: dense weights, the kernel
+    available, and a patch matrix that is not the input itself (a 1x1 stride-1 unpadded conv
     multiplies the input directly)."""
     pointwise = geo[:6] == (1, 1, 1, 1, 0, 0) and tuple(hw) == tuple(ohw)
-    return (isinstance(layer.weight, DenseMatrix) and blas.ONE_POOL and not numba.config.DISABLE_JIT
-            and not pointwise)
+    return isinstance(layer.weight, DenseMatrix) and fused_kernel() and not pointwise
 
 
 def _fused(w, bias, geo, n, oh, ow):
