@@ -58,7 +58,7 @@ def build_parser(prog="python -m nncomp.bench"):
     p.add_argument("--no-peers", action="store_true", help="skip torch and ONNX Runtime")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--settle", type=float, default=None, metavar="S", help="untimed pause before each block "
-                   "of calls, so that one contender's spinning BLAS threads do not slow the next (default 0.02)")
+                   "of calls, so that one contender's spinning BLAS threads do not slow the next (default 0.01)")
     return p
 
 
@@ -77,7 +77,7 @@ def parse_args(argv):
         p.error(f"--threads must be >= 1, got {a.threads}")
     if a.settle is not None and not (0 <= a.settle <= 10):
         p.error(f"--settle must be in [0, 10] seconds, got {a.settle}")
-    a.settle = a.settle if a.settle is not None else 0.02
+    a.settle = a.settle if a.settle is not None else 0.01
     if a.repeat is not None and a.repeat < 1:
         p.error(f"--repeat must be >= 1, got {a.repeat}")
     a.repeat = a.repeat or (4 if a.quick else 8)

@@ -43,7 +43,10 @@ _PREFIXES = ("scipy_", "")
 SPLIT_MIN_WORK = 1 << 21
 # A mat-vec (one sample) streams its weight once and is split from this many: LeNet-5's 500x800
 # layer took 17 us in one thread and 8.6 us in two, each thread's half then fitting its L2 cache.
-GEMV_SPLIT_MIN_WORK = 1 << 17
+# Smaller ones stay on the calling thread: a split saves at most ~5 us there and pays the worker's
+# wake-up when it sleeps (LeNet-300's 300x784 layer split read 1.5 ms a call for spells in the
+# default benchmark's alternating loop).
+GEMV_SPLIT_MIN_WORK = 1 << 18
 # Below this many samples a (samples x features) product is computed transposed, ``W @ x.T``:
 # blocks of weight rows, each streaming its part of the weight once (fc6 at batch 32: 27 ms against
 # 39 ms for blocks of output columns).
