@@ -200,15 +200,18 @@ def _fusable(layer, geo, hw, ohw):
     return isinstance(layer.weight, DenseMatrix) and fused_kernel() and not pointwise
 
 
-def _fused(w, bias, geo, n, oh, ow):
-    """The fused im2col + BLAS step for batches of ``n``: blocks of output lines over the threads."""
+def _fused(w, bias, geo, n, oh, ow, pool=1):
+    """The fused im2col + BLAS step for batches of ``n``: blocks of output lines over the threads
+    (whole pooling windows of ``pool`` lines when a max-pool is fused in)."""
     co, k = w.shape
     total = n * oh
     parts = min(numba.get_num_threads(), total) if total * ow * co * k >= FUSED_SPLIT_MIN_MACS else 1
     lines = max(1, min(-(-total // max(parts, 1)), FUSED_BLOCK_BYTES // (4 * ow * k)))
+    lines = -(-lines // pool) * pool
     parts = max(1, min(parts, -(-total // lines)))
     kernel = im2col_gemm_nhwc_parallel if parts > 1 else im2col_gemm_nhwc
-    shape = (n, oh, ow, co)
+    shape = (n, oh // pool, ow // pool, co)
+    spare = lines * ow * co if pool > 1 else max(1, min(lines * ow, co - 1) * co)
 
     def run(x):
         out = np.empty(shape, np.float32)
@@ -217,11 +220,27 @@ def _fused(w, bias, geo, n, oh, ow):
         if parts > 1:
             _jit.pool_ready()
         cols = scratch("fused_cols", (parts, lines * ow, k))
-        tmp = scratch("fused_tmp", (parts, max(1, min(lines * ow, co - 1) * co)))
+        tmp = scratch("fused_tmp", (parts, spare))
         with blas.ONE_THREAD:
-            kernel(blas.SGEMM_AT, np.ascontiguousarray(x), w, bias, *geo, lines, cols, tmp, out)
+            kernel(blas.SGEMM_AT, np.ascontiguousarray(x), w, bias, *geo, lines, pool, cols, tmp, out)
         return out
     return run
+
+
+def prepare_pooled(layer, shape, n, pool_layer):
+    """One step for Conv2D ``layer`` and the MaxPool2D ``pool_layer`` that reads only its output, or
+    None when they cannot run fused: the fused im2col kernel must be the conv's algorithm, and the
+    pool a plain p x p window with stride p, no padding, over an output of whole windows."""
+    p = pool_layer.kernel_size[0]
+    oh, ow, _ = layer.shape_of(shape)
+    plain = (pool_layer.kernel_size == pool_layer.stride == (p, p) and p > 1
+             and pool_layer.padding == (0, 0, 0, 0) and pool_layer.dilation == (1, 1))
+    geo = geometry(layer)
+    if not (plain and oh % p == 0 and ow % p == 0 and layer.groups == 1
+            and choose(layer, shape, n) == "im2col" and _fusable(layer, geo, shape[:2], (oh, ow))):
+        return None
+    bias = layer.bias if layer.bias is not None else np.zeros(layer.out_channels, np.float32)
+    return _fused(layer.weight.w, bias, geo, n, oh, ow, p)
 
 
 def shifted(x, w, bias, layer, oh, ow):

@@ -5,9 +5,10 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from . import convolution
 from .errors import InputError, NncompError
 from .kernels import blas
-from .layers import Layer
+from .layers import Conv2D, Layer, MaxPool2D
 
 __all__ = ["Model", "Node", "INPUT"]
 
@@ -18,6 +19,11 @@ LAYOUTS = {"NCHW": 3, "NHWC": 3, "NC": 1}
 MAX_ACTIVATION_BYTES = 2 << 30
 # Forward plans (one prepared step per node) are kept for this many (batch size, threads) pairs.
 PLANS_KEPT = 8
+
+
+def _passed_on(x):
+    """The step of a max-pool already computed inside its convolution's step."""
+    return x
 
 
 @dataclass(frozen=True)
@@ -211,7 +217,8 @@ class Model:
             # values hold the input, then each node's output in order: node i is slot i + 1
             slot = {INPUT: 0, **{node.name: i + 1 for i, node in enumerate(self.nodes)}}
             keep = set(self.outputs)
-            steps = tuple((node.layer.prepare(n, *(self.shapes[s] for s in node.inputs)),
+            prepared = self._fuse_pools(n, keep)
+            steps = tuple((prepared.get(i) or node.layer.prepare(n, *(self.shapes[s] for s in node.inputs)),
                            tuple(slot[s] for s in node.inputs),
                            tuple(slot[s] for s in set(node.inputs) if self._last_use[s] == i and s not in keep))
                           for i, node in enumerate(self.nodes))
@@ -219,6 +226,23 @@ class Model:
                 plans.pop(next(iter(plans)))
             plan = plans[key] = (steps, tuple(slot[o] for o in self.outputs))
         return plan
+
+    def _fuse_pools(self, n, keep):
+        """``{node index: step}`` for each convolution whose only reader is a max-pool that can run
+        inside its fused kernel (``convolution.prepare_pooled``): the conv's step then yields the
+        pooled output and the pool's step passes it on."""
+        found = {}
+        for i, node in enumerate(self.nodes):
+            if not isinstance(node.layer, Conv2D) or node.name in keep:
+                continue
+            readers = [j for j, other in enumerate(self.nodes) if node.name in other.inputs]
+            if len(readers) != 1 or not isinstance(self.nodes[readers[0]].layer, MaxPool2D):
+                continue
+            step = convolution.prepare_pooled(node.layer, self.shapes[node.inputs[0]], n,
+                                              self.nodes[readers[0]].layer)
+            if step is not None:
+                found[i], found[readers[0]] = step, _passed_on
+        return found
 
     def _to_source_layout(self, y):
         if y.ndim == 4 and self.input_layout == "NCHW":

@@ -85,11 +85,14 @@ def conv_crop_bias_nhwc(grid, bias, n0, out):
     return out
 
 
-def im2col_gemm_nhwc(sgemm, x, w, bias, kh, kw, sh, sw, ph, pw, dh, dw, lines, cols, tmp, oh_n, ow_n):
-    """Convolution as the patch matrix times w.T plus bias, float64 (blocks and parts change nothing)."""
+def im2col_gemm_nhwc(sgemm, x, w, bias, kh, kw, sh, sw, ph, pw, dh, dw, lines, pool, cols, tmp, oh_n, ow_n):
+    """Convolution as the patch matrix times w.T plus bias, float64, then (pool > 1) max-pooled with
+    window = stride = pool (blocks and parts change nothing); (oh_n, ow_n) is the conv's output size."""
     patches = im2col_nhwc(x, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, 0, x.shape[0] * oh_n)
-    y = patches @ w.T.astype(np.float64) + bias
-    return y.reshape(x.shape[0], oh_n, ow_n, w.shape[0])
+    y = (patches @ w.T.astype(np.float64) + bias).reshape(x.shape[0], oh_n, ow_n, w.shape[0])
+    if pool == 1:
+        return y
+    return maxpool_nhwc(y, pool, pool, pool, pool, 0, 0, 1, 1, oh_n // pool, ow_n // pool)
 
 
 def blas_gemm_rows(sgemm, x, w, out, beta, parts):
@@ -114,7 +117,8 @@ def maxpool_nhwc(x, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):
     for i in range(kh):
         for j in range(kw):
             win = xp[:, i * dh: i * dh + sh * (oh_n - 1) + 1: sh, j * dw: j * dw + sw * (ow_n - 1) + 1: sw]
-            out = np.fmax(out, win) if not np.isnan(win).any() else np.where(np.isnan(win) | (win > out), win, out)
+            # NaN wins, as in PyTorch: a NaN already taken stays (np.fmax would drop it)
+            out = np.where(np.isnan(out), out, np.where(np.isnan(win) | (win > out), win, out))
     return out
 
 

@@ -112,15 +112,18 @@ def test_conv_crop_bias_nhwc_matches_reference(kernel, g, n0, g_n, extra):
 
 
 @pytest.mark.parametrize("kernel", [pool.maxpool_nhwc, pool.maxpool_nhwc_parallel])
-@given(g=geometry())
-def test_maxpool_nhwc_matches_reference(kernel, g):
-    x, (kh, kw, sh, sw, ph, pw, dh, dw), _, _, _ = g
+@given(g=geometry(), nans=st.integers(0, 2))
+def test_maxpool_nhwc_matches_reference(kernel, g, nans):
+    """Including NaN inputs, which win their windows wherever they sit in them."""
+    x, (kh, kw, sh, sw, ph, pw, dh, dw), _, rng, _ = g
+    x = x.copy()
+    x.flat[rng.integers(x.size, size=nans)] = np.nan
     ph, pw = min(ph, kh // 2), min(pw, kw // 2)
     oh = _window_out(x.shape[1], kh, sh, ph, ph, dh, False)
     ow = _window_out(x.shape[2], kw, sw, pw, pw, dw, False)
     out = np.empty((x.shape[0], oh, ow, x.shape[3]), np.float32)
     kernel(x, kh, kw, sh, sw, ph, pw, dh, dw, out)
-    assert np.array_equal(out, ref.maxpool_nhwc(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow))
+    assert np.array_equal(out, ref.maxpool_nhwc(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow), equal_nan=True)
 
 
 def test_maxpool_propagates_nan():
@@ -196,22 +199,31 @@ def test_blas_gemv_matches_reference(n, k, pad, parts, seed):
 @needs_one_pool
 @pytest.mark.parametrize("kernel", [conv_gemm.im2col_gemm_nhwc, conv_gemm.im2col_gemm_nhwc_parallel])
 @given(g=geometry(), co=st.integers(1, 40), lines=st.integers(1, 4), parts=st.integers(1, 3),
-       spare=st.integers(0, 5))
-def test_im2col_gemm_nhwc_matches_reference(kernel, g, co, lines, parts, spare):
+       spare=st.integers(0, 5), pool=st.sampled_from([1, 1, 2, 3]), nan=st.booleans())
+def test_im2col_gemm_nhwc_matches_reference(kernel, g, co, lines, parts, spare, pool, nan):
     """Every blocking, part count and product orientation (block rows above and below co), with
-    work buffers bigger than needed and full of NaN."""
+    and without the max-pool, with work buffers bigger than needed and full of NaN, and a NaN input
+    (it must win its pooling windows)."""
     x, (kh, kw, sh, sw, ph, pw, dh, dw), (oh, ow), rng, _ = g
+    if oh % pool or ow % pool:      # the kernel's contract: a conv output of whole pooling windows
+        pool = 1
+    lines *= pool                   # and blocks of whole windows
+    if nan:
+        x = x.copy()
+        x.flat[rng.integers(x.size)] = np.nan
     k = kh * kw * x.shape[3]
     w = rng.standard_normal((co, k)).astype(np.float32)
     bias = rng.standard_normal(co).astype(np.float32)
     cols = np.full((parts, lines * ow + spare, k), np.nan, np.float32)
     tmp = np.full((parts, lines * ow * co + spare), np.nan, np.float32)
-    out = np.full((x.shape[0], oh, ow, co), np.nan, np.float32)
-    kernel(blas.SGEMM_AT, x, w, bias, kh, kw, sh, sw, ph, pw, dh, dw, lines, cols, tmp, out)
-    args = (kh, kw, sh, sw, ph, pw, dh, dw, lines, cols, tmp, oh, ow)
+    out = np.full((x.shape[0], oh // pool, ow // pool, co), np.nan, np.float32)
+    kernel(blas.SGEMM_AT, x, w, bias, kh, kw, sh, sw, ph, pw, dh, dw, lines, pool, cols, tmp, out)
+    args = (kh, kw, sh, sw, ph, pw, dh, dw, lines, pool, cols, tmp, oh, ow)
     expect = ref.im2col_gemm_nhwc(0, x, w, bias, *args)
+    assert np.array_equal(np.isnan(out), np.isnan(expect))
     mag = ref.im2col_gemm_nhwc(0, np.abs(x), np.abs(w), np.abs(bias), *args)
-    assert_close_f32(out, expect, mag, k + 1)
+    ok = ~np.isnan(expect)
+    assert_close_f32(out[ok], expect[ok], mag[ok], k + 1)
 
 
 @pytest.mark.parametrize("m", [0, 1, 3, 300])
