@@ -75,7 +75,8 @@ def cases(quick):
 
     lenet5 = nc.load(REPO / "data" / "lenet5.h5")
     digits = nc.data.mnist("test")[0]
-    yield "LeNet-5 (end to end)", lenet5, lenet5, None, lambda b: (digits[:b], digits[:b])
+    yield ("LeNet-5 (end to end)", lenet5, lenet5, None,
+           lambda b: (digits[:b], digits[:b], np.ascontiguousarray(digits[:b].transpose(0, 2, 3, 1))))
     shapes = layers.QUICK_SHAPES if quick else layers.SHAPES
     conv = "conv_small" if quick else "conv3_2"
     fc = "fc_small" if quick else "fc6"
@@ -86,14 +87,14 @@ def cases(quick):
 
     def conv_inputs(bs):
         x = layers.layer_input(m, bs)
-        return x, np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        return x, np.ascontiguousarray(x.transpose(0, 3, 1, 2)), x
     yield f"{conv} ({layers.describe_shape(conv, shapes)})", m, m_nchw, layers._numpy_conv(w, b, k, pad), conv_inputs
     m = layers.layer_model(fc, shapes=shapes)
     w, b = m.nodes[0].layer.weight.w, m.nodes[0].layer.bias
 
     def fc_inputs(bs):
         x = layers.layer_input(m, bs)
-        return x, x
+        return x, x, None
     yield f"{fc} ({layers.describe_shape(fc, shapes)})", m, m, layers._numpy_dense(w, b), fc_inputs
 
 
@@ -123,7 +124,8 @@ def main(argv=None):
     for name, model, peer_model, numpy_fn, inputs in cases(a.quick):
         contenders = {"nncomp": model}
         for peer, build in (("torch", lambda: peers.torch_model(peer_model)),
-                            ("onnxruntime", lambda: peers.ort_model(peer_model, threads=threads))):
+                            ("onnxruntime", lambda: peers.ort_model(peer_model, threads=threads)),
+                            ("torch_cl", lambda: peers.torch_model(peer_model, channels_last=True))):
             try:
                 contenders[peer] = build()
             except peers.PeerUnavailable as e:
@@ -131,30 +133,33 @@ def main(argv=None):
         if numpy_fn is not None:
             contenders["numpy"] = numpy_fn
         for bs in batches:
-            x, x_peer = inputs(bs)
+            x, x_peer, x_cl = inputs(bs)
             calls = {}
             for k, fn in contenders.items():
-                if isinstance(fn, str):
+                if isinstance(fn, str) or (k == "torch_cl" and x_cl is None):
                     continue
-                arg = x_peer if k in ("torch", "onnxruntime") else x
+                arg = {"torch": x_peer, "onnxruntime": x_peer, "torch_cl": x_cl}.get(k, x)
                 calls[k] = (lambda fn=fn, arg=arg: fn(arg))
             ref = np.asarray(calls["nncomp"](), np.float64)
             errs = {}
             for k, c in calls.items():
                 y = np.asarray(c(), np.float64)
-                if y.ndim == 4 and k in ("torch", "onnxruntime") and model.input_layout == "NHWC":
+                if y.ndim == 4 and k in ("torch", "onnxruntime", "torch_cl") and model.input_layout == "NHWC":
                     y = y.transpose(0, 2, 3, 1)
                 errs[k] = float(np.abs(y - ref).max())
             t = alternate_blocks(calls, repeat=repeat, block=BLOCK, warmup=2,
                                  max_seconds=20 if a.quick else 120, settle=SETTLE_S)
             row = {"case": name, "batch": bs}
             for k, fn in contenders.items():
-                row[k] = fn if isinstance(fn, str) else {**t[k], "max_abs_diff_vs_nncomp": errs[k]}
+                row[k] = (fn if isinstance(fn, str) else "images only" if k not in t
+                          else {**t[k], "max_abs_diff_vs_nncomp": errs[k]})
             peer_ms = [row[k]["median_ms"] for k in ("torch", "onnxruntime") if isinstance(row[k], dict)]
             if peer_ms:
                 row["best_peer_ms"] = min(peer_ms)
                 row["ratio_vs_best_peer"] = t["nncomp"]["median_ms"] / min(peer_ms)
                 row["within_1.25x"] = row["ratio_vs_best_peer"] <= 1.25
+            if isinstance(row["torch_cl"], dict):
+                row["ratio_vs_torch_cl"] = t["nncomp"]["median_ms"] / row["torch_cl"]["median_ms"]
             rows.append(row)
             print(_line(row), flush=True)
     result = {"machine": machine_info(), "threads": threads, "repeat": repeat, "quick": a.quick,
@@ -186,8 +191,10 @@ def _ms(v):
 
 def _line(r):
     ratio = f"{r['ratio_vs_best_peer']:.2f}x the best peer" if "ratio_vs_best_peer" in r else "no peer"
+    cl = r.get("torch_cl")
     return (f"{r['case']} batch {r['batch']}: nncomp {_ms(r['nncomp'])} ms, torch {_ms(r['torch'])}, "
-            f"ORT {_ms(r['onnxruntime'])}" + (f", NumPy {_ms(r['numpy'])}" if "numpy" in r else "") + f" -> {ratio}")
+            f"ORT {_ms(r['onnxruntime'])}" + (f", NumPy {_ms(r['numpy'])}" if "numpy" in r else "")
+            + (f", torch channels-last {_ms(cl)}" if isinstance(cl, dict) else "") + f" -> {ratio}")
 
 
 def markdown(res):
@@ -200,14 +207,19 @@ def markdown(res):
              "pause before each block: NumPy's OpenBLAS threads spin ~0.1 s after its calls) in one process "
              "after a warm-up; "
              "nncomp runs NHWC, the peers NCHW. Ratio = nncomp median / the faster peer's median "
-             "(target <= 1.25).", "",
-             "| case | batch | nncomp | torch 2.13 | ONNX Runtime | NumPy | nncomp / best peer | within 1.25x |",
-             "|---|---|---|---|---|---|---|---|"]
+             "(target <= 1.25). Also shown: torch with channels-last tensors and weights (`memory_format="
+             "torch.channels_last`, NHWC in memory like nncomp; an opt-in torch configuration, not part of "
+             "the target's peers) and nncomp's time over it.", "",
+             "| case | batch | nncomp | torch 2.13 | ONNX Runtime | NumPy | nncomp / best peer | within 1.25x "
+             "| torch channels-last | nncomp / it |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
+        cl = r.get("torch_cl", "")
         lines.append(f"| {r['case']} | {r['batch']} | {_ms(r['nncomp'])} | {_ms(r['torch'])} | "
                      f"{_ms(r['onnxruntime'])} | {_ms(r['numpy']) if 'numpy' in r else ''} | "
                      f"{r.get('ratio_vs_best_peer', float('nan')):.2f} | "
-                     f"{'yes' if r.get('within_1.25x') else 'no'} |")
+                     f"{'yes' if r.get('within_1.25x') else 'no'} | {_ms(cl) if isinstance(cl, dict) else ''} | "
+                     + (f"{r['ratio_vs_torch_cl']:.2f} |" if "ratio_vs_torch_cl" in r else " |"))
     fc = res.get("first_call")
     if fc:
         c, w = fc["cold"], fc["warm"][1]

@@ -39,6 +39,8 @@ IM2COL_CHUNK_BYTES = 8 << 20
 # conv1 at batch 1, 288k: 17.7 us in one thread, 10.3 in two).
 FUSED_BLOCK_BYTES = IM2COL_CHUNK_BYTES // 2
 FUSED_SPLIT_MIN_MACS = 1 << 17
+# With a max-pool fused in, each block's product (pooled from the thread's buffer) stays under this.
+FUSED_POOL_BYTES = 256 << 10
 # The shifted GEMM works on chunks of whole images whose padded input and output buffers stay
 # under this many bytes (at least one image).
 SHIFTED_CHUNK_BYTES = 16 << 20
@@ -207,7 +209,9 @@ def _fused(w, bias, geo, n, oh, ow, pool=1):
     total = n * oh
     parts = min(numba.get_num_threads(), total) if total * ow * co * k >= FUSED_SPLIT_MIN_MACS else 1
     lines = max(1, min(-(-total // max(parts, 1)), FUSED_BLOCK_BYTES // (4 * ow * k)))
-    lines = -(-lines // pool) * pool
+    if pool > 1:    # whole windows, and a block product that stays in cache while it is pooled
+        lines = min(lines, FUSED_POOL_BYTES // (4 * ow * co))
+        lines = max(pool, lines // pool * pool)
     parts = max(1, min(parts, -(-total // lines)))
     kernel = im2col_gemm_nhwc_parallel if parts > 1 else im2col_gemm_nhwc
     shape = (n, oh // pool, ow // pool, co)

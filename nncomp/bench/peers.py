@@ -82,8 +82,12 @@ def _rank(model, name):
 
 
 # --------------------------------------------------------------------------------- PyTorch
-def torch_model(model, *, int8=False):
+def torch_model(model, *, int8=False, channels_last=False):
     """The model as an eager ``torch.nn.Module`` in eval mode; returns ``fn(x: ndarray) -> ndarray``.
+
+    ``channels_last``: weights and activations in torch's channels-last memory format; ``fn`` then
+    takes NHWC arrays (viewed, not copied, as channels-last NCHW tensors) of a model whose input
+    layout is NCHW, and returns its images in channels-last strides.
 
     Raises PeerUnavailable when torch is missing or a layer has no torch equivalent here.
     """
@@ -190,13 +194,19 @@ def torch_model(model, *, int8=False):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             net = torch.ao.quantization.quantize_dynamic(net, {nn.Linear}, dtype=torch.qint8)
+    if channels_last:
+        if model.input_layout != "NCHW":
+            raise PeerUnavailable("channels-last torch needs a model with NCHW input")
+        net = net.to(memory_format=torch.channels_last)
+        return _torch_caller(torch, net, view=lambda t: t.permute(0, 3, 1, 2))
     return _torch_caller(torch, net)
 
 
-def _torch_caller(torch, fn):
+def _torch_caller(torch, fn, view=None):
     def call(x):
         with torch.inference_mode():
-            y = fn(torch.from_numpy(x))
+            t = torch.from_numpy(x)
+            y = fn(t if view is None else view(t))
         return y.numpy() if not isinstance(y, tuple) else tuple(v.numpy() for v in y)
     return call
 

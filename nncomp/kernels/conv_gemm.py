@@ -82,15 +82,23 @@ def _im2col_gemm(sgemm, x, w, bias, kh, kw, sh, sw, ph, pw, dh, dw, lines, pool,
                 dst_line = (g // oh_n) * h_out + (g % oh_n) // pool
                 for q in range(w_out):
                     dst = flat[dst_line * w_out + q]
+                    dst[:] = -np.inf
+                    for di in range(pool):
+                        for dj in range(pool):
+                            r = (pl * pool + di) * ow_n + q * pool + dj
+                            if across:      # the window's rows are contiguous channel vectors
+                                src = tt[r * co:(r + 1) * co]
+                                for o in range(co):
+                                    v = src[o]
+                                    if v > dst[o] or v != v:
+                                        dst[o] = v
+                            else:
+                                for o in range(co):
+                                    v = tt[o * rows + r]
+                                    if v > dst[o] or v != v:
+                                        dst[o] = v
                     for o in range(co):
-                        m = -np.inf
-                        for di in range(pool):
-                            for dj in range(pool):
-                                r = (pl * pool + di) * ow_n + q * pool + dj
-                                v = tt[r * co + o] if across else tt[o * rows + r]
-                                if v > m or v != v:
-                                    m = v
-                        dst[o] = m + bias[o]
+                        dst[o] += bias[o]
 
 
 im2col_gemm_nhwc, im2col_gemm_nhwc_parallel = both(_im2col_gemm)
