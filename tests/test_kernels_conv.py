@@ -237,6 +237,7 @@ def test_matmul_nt_every_path(m, monkeypatch):
     before = blas._get_threads() if blas.ONE_POOL else None
     for split in (1 << 40, 1):          # never split, always split
         monkeypatch.setattr(blas, "SPLIT_MIN_WORK", split)
+        monkeypatch.setattr(blas, "GEMV_SPLIT_MIN_WORK", split)
         assert_close_f32(blas.matmul_nt(x, w), expect, mag, 40)
         out = np.zeros((m, 30), np.float32)
         assert_close_f32(blas.gemm_nt(x, w, out), expect, mag, 40)
