@@ -223,9 +223,17 @@ class Model:
                            tuple(slot[s] for s in set(node.inputs) if self._last_use[s] == i and s not in keep))
                           for i, node in enumerate(self.nodes))
             if len(plans) >= PLANS_KEPT:
-                plans.pop(next(iter(plans)))
+                plans.pop(next(iter(plans), None), None)    # another thread may have dropped it
             plan = plans[key] = (steps, tuple(slot[o] for o in self.outputs))
         return plan
+
+    def __getstate__(self):
+        # plans hold closures over kernels and are rebuilt on the first call: not pickled
+        return {k: v for k, v in self.__dict__.items() if k != "_plans"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._plans = {}
 
     def _fuse_pools(self, n, keep):
         """``{node index: step}`` for each convolution whose only reader is a max-pool that can run

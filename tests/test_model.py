@@ -155,6 +155,15 @@ def test_forward_plans_match_layer_by_layer(name, monkeypatch):
     assert np.allclose(one, full, rtol=1e-5, atol=1e-6 * np.abs(full).max())
 
 
+def test_a_called_model_pickles(lenet5):
+    """Its forward plans are not pickled (closures); the copy rebuilds them and computes the same."""
+    import pickle
+    x, _ = nc.data.mnist("test")
+    want = lenet5(x[:3])
+    copy = pickle.loads(pickle.dumps(lenet5))
+    assert copy._plans == {} and np.array_equal(copy(x[:3]), want)
+
+
 def test_two_threads_share_a_model(lenet5):
     x, _ = nc.data.mnist("test")
     want = lenet5(x[:64])
