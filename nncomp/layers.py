@@ -6,136 +6,21 @@ shapes are ``(h, w, c)`` or ``(features,)``. A layer is a frozen dataclass: comp
 build new layers with :func:`dataclasses.replace`, never mutate one.
 
 Each layer provides ``forward(*xs)``, ``output_shape(*shapes)`` (which validates), ``macs(*shapes)``
-(multiply-adds per sample), ``config()`` and ``tensors()`` (what the native file stores).
+(multiply-adds per sample), ``prepare(n, *shapes)`` (the step a model runs for a batch size),
+``config()`` and ``tensors()`` (what the native file stores). The base class is in
+nncomp/layer_base.py and the pooling layers in nncomp/pooling.py; all are importable from here.
 """
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import NncompError
-from .kernels import _jit
-from .kernels.pool import avgpool_nhwc, avgpool_nhwc_parallel, maxpool_nhwc, maxpool_nhwc_parallel
 from . import convolution
+from .errors import NncompError
+from .layer_base import (LAYERS, Layer, _image, _pads, _pair, _register, _tensor, _vector,  # noqa: F401
+                         _window_out)
 from .matrices import DenseMatrix, Matrix, as_matrix
-
-LAYERS = {}
-
-
-def _register(cls):
-    LAYERS[cls.kind] = cls
-    return cls
-
-
-def _pair(v, name):
-    t = tuple(int(a) for a in (v if isinstance(v, (tuple, list)) else (v, v)))
-    if len(t) != 2 or min(t) < 1:
-        raise NncompError(f"{name} must be a positive int or a pair of them, got {v!r}")
-    return t
-
-
-def _pads(v):
-    """Padding as (top, bottom, left, right) from an int, a (h, w) pair or a 4-tuple."""
-    if isinstance(v, (int, np.integer)):
-        t = (int(v),) * 4
-    elif len(v) == 2:
-        t = (int(v[0]), int(v[0]), int(v[1]), int(v[1]))
-    elif len(v) == 4:
-        t = tuple(int(a) for a in v)
-    else:
-        t = ()
-    if len(t) != 4 or min(t) < 0:
-        raise NncompError(f"padding must be an int >= 0, (h, w) or (top, bottom, left, right), got {v!r}")
-    return t
-
-
-def _window_out(size, k, s, p0, p1, d, ceil_mode):
-    """Output length of a sliding window, PyTorch's rule (ceil mode drops a window starting in padding)."""
-    span = size + p0 + p1 - d * (k - 1) - 1
-    if span < 0:
-        return 0
-    n = (-(-span // s) if ceil_mode else span // s) + 1
-    if ceil_mode and (n - 1) * s >= size + p0:
-        n -= 1
-    return n
-
-
-def _image(shape, layer):
-    if len(shape) != 3:
-        raise NncompError(f"{layer} expects an image (h, w, c), got per-sample shape {shape}")
-    return shape
-
-
-class Layer:
-    kind = "layer"
-    n_inputs = 1
-
-    def forward(self, x):
-        raise NotImplementedError
-
-    def prepare(self, n, *shapes):
-        """The step ``(*xs) -> y`` a model runs for batches of ``n`` samples of per-sample input
-        ``shapes``, with per-shape decisions (kernel, algorithm, threads) made once; layers without
-        any return :meth:`forward`."""
-        return self.forward
-
-    def output_shape(self, shape):
-        return shape
-
-    def shape_of(self, shape):
-        """:meth:`output_shape` remembered per input shape (forward passes ask on every call)."""
-        memo = self.__dict__.setdefault("_shape_memo", {})
-        out = memo.get(shape)
-        if out is None:
-            out = memo[shape] = tuple(self.output_shape(shape))
-        return out
-
-    def macs(self, *shapes):
-        return 0
-
-    @property
-    def nbytes(self):
-        return sum(t.nbytes for t in self.tensors().values() if t is not None)
-
-    @property
-    def weight(self):
-        return None
-
-    def config(self):
-        out = {}
-        for f in fields(self):
-            if f.name.startswith("_") or not f.metadata.get("config", True):
-                continue
-            v = getattr(self, f.name)
-            out[f.name] = list(v) if isinstance(v, tuple) else v
-        return out
-
-    def tensors(self):
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("tensor")}
-
-    @classmethod
-    def from_config(cls, config, tensors):
-        return cls(**config, **tensors)
-
-    def replace(self, **changes):
-        return replace(self, **changes)
-
-    def describe(self):
-        return "-"
-
-
-def _tensor():
-    return field(default=None, metadata={"tensor": True, "config": False})
-
-
-def _vector(v, n, what):
-    if v is None:
-        return None
-    v = np.ascontiguousarray(v, dtype=np.float32)
-    if v.shape != (n,):
-        raise NncompError(f"{what} must have shape ({n},), got {v.shape}")
-    v.setflags(write=False)
-    return v
+from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D  # noqa: F401
 
 
 @_register
@@ -322,115 +207,6 @@ class ReLU(Layer):
         if self.max_value is None:
             return np.maximum(x, np.float32(0))
         return np.clip(x, np.float32(0), np.float32(self.max_value))
-
-
-@_register
-@dataclass(frozen=True, eq=False)
-class MaxPool2D(Layer):
-    """Max pooling; padding (top, bottom, left, right) never wins; ``ceil_mode`` as in PyTorch."""
-
-    kernel_size: tuple = (2, 2)
-    stride: tuple = None
-    padding: tuple = (0, 0, 0, 0)
-    dilation: tuple = (1, 1)
-    ceil_mode: bool = False
-    kind = "maxpool2d"
-
-    def __post_init__(self):
-        _pool_init(self)
-
-    def output_shape(self, shape):
-        return _pool_shape(self, shape)
-
-    def forward(self, x):
-        return self.prepare(x.shape[0], x.shape[1:])(x)
-
-    def prepare(self, n, shape):
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        args = (kh, kw, sh, sw, self.padding[0], self.padding[2], dh, dw)
-        return _pool_step((maxpool_nhwc, maxpool_nhwc_parallel), (n,) + self.shape_of(shape), args)
-
-
-@_register
-@dataclass(frozen=True, eq=False)
-class AvgPool2D(Layer):
-    """Average pooling with PyTorch's divisor rule (``count_include_pad``) and ``ceil_mode``."""
-
-    kernel_size: tuple = (2, 2)
-    stride: tuple = None
-    padding: tuple = (0, 0, 0, 0)
-    ceil_mode: bool = False
-    count_include_pad: bool = True
-    kind = "avgpool2d"
-
-    def __post_init__(self):
-        _pool_init(self)
-
-    @property
-    def dilation(self):
-        return (1, 1)
-
-    def output_shape(self, shape):
-        return _pool_shape(self, shape)
-
-    def forward(self, x):
-        return self.prepare(x.shape[0], x.shape[1:])(x)
-
-    def prepare(self, n, shape):
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        t, b, l, r = self.padding
-        args = (kh, kw, sh, sw, t, l, b, r, bool(self.count_include_pad))
-        return _pool_step((avgpool_nhwc, avgpool_nhwc_parallel), (n,) + self.shape_of(shape), args)
-
-
-def _pool_step(kernels, out_shape, args):
-    """A pooling step: the serial or parallel kernel picked once for this output shape."""
-    kern = _jit.pick(kernels, math.prod(out_shape) * args[0] * args[1])
-
-    def step(x):
-        out = np.empty(out_shape, np.float32)
-        kern(x, *args, out)
-        return out
-    return step
-
-
-def _pool_init(layer):
-    set_ = lambda k, v: object.__setattr__(layer, k, v)  # noqa: E731
-    set_("kernel_size", _pair(layer.kernel_size, "kernel_size"))
-    set_("stride", layer.kernel_size if layer.stride is None else _pair(layer.stride, "stride"))
-    set_("padding", _pads(layer.padding))
-    if hasattr(type(layer), "__dataclass_fields__") and "dilation" in type(layer).__dataclass_fields__:
-        set_("dilation", _pair(layer.dilation, "dilation"))
-    set_("ceil_mode", bool(layer.ceil_mode))
-
-
-def _pool_shape(layer, shape):
-    h, w, c = _image(shape, layer.kind)
-    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
-    t, b, l, r = layer.padding
-    if max(t, b) > kh // 2 or max(l, r) > kw // 2:
-        raise NncompError(f"{layer.kind}: padding {layer.padding} must be at most half the kernel {layer.kernel_size}")
-    oh = _window_out(h, kh, sh, t, b, dh, layer.ceil_mode)
-    ow = _window_out(w, kw, sw, l, r, dw, layer.ceil_mode)
-    if oh < 1 or ow < 1:
-        raise NncompError(f"{layer.kind} with kernel {layer.kernel_size} does not fit input {h}x{w}")
-    return (oh, ow, c)
-
-
-@_register
-@dataclass(frozen=True, eq=False)
-class GlobalAvgPool2D(Layer):
-    """Mean over height and width: (h, w, c) -> (c,), or (1, 1, c) with ``keepdims``."""
-
-    keepdims: bool = False
-    kind = "global_avgpool2d"
-
-    def output_shape(self, shape):
-        h, w, c = _image(shape, self.kind)
-        return (1, 1, c) if self.keepdims else (c,)
-
-    def forward(self, x):
-        return x.mean(axis=(1, 2), keepdims=self.keepdims, dtype=np.float32)
 
 
 @_register
