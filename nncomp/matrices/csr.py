@@ -33,8 +33,9 @@ def index_dtype(n_in):
     return np.dtype(np.uint16) if n_in <= 65536 else np.dtype(np.int32)
 
 
-def _problems(data, indices, indptr, shape):
-    """What is wrong with these CSR arrays (empty list: nothing). Checks everything a kernel trusts."""
+def _problems(data, indices, indptr, shape, values=np.float32):
+    """What is wrong with these CSR arrays (empty list: nothing). Checks everything a kernel trusts;
+    ``values`` is the stored values' dtype (float32 values must also be finite)."""
     if not (isinstance(shape, tuple) and len(shape) == 2 and all(type(s) is int and s >= 1 for s in shape)):
         return [f"shape must be two ints >= 1, got {shape!r}"]
     n_out, n_in = shape
@@ -43,9 +44,9 @@ def _problems(data, indices, indptr, shape):
         if not (isinstance(arr, np.ndarray) and arr.ndim == 1):
             return [f"{name} must be a 1-D array, got {type(arr).__name__} {getattr(arr, 'shape', '')}"]
     bad = []
-    if data.dtype != np.float32:
-        bad.append(f"data must be float32, got {data.dtype}")
-    elif not np.isfinite(data).all():
+    if data.dtype != values:
+        bad.append(f"data must be {np.dtype(values).name}, got {data.dtype}")
+    elif data.dtype.kind == "f" and not np.isfinite(data).all():
         bad.append(f"data holds {int((~np.isfinite(data)).sum())} non-finite value(s)")
     if indices.dtype not in (np.uint16, np.int32) or (indices.dtype == np.uint16 and n_in > 65536):
         bad.append(f"indices must be uint16 (n_in <= 65536) or int32, got {indices.dtype} for n_in={n_in}")

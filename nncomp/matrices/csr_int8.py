@@ -43,8 +43,7 @@ def _problems(codes, indices, indptr, shape, scale, activations, act_dtype, act_
     if not (isinstance(codes, np.ndarray) and codes.ndim == 1 and codes.dtype == np.int8):
         return [f"codes must be a 1-D int8 array, got {getattr(codes, 'dtype', type(codes))} "
                 f"{getattr(codes, 'shape', '')}"]
-    # csr.py checks float32 values; the structure checks see a placeholder of the codes' length.
-    bad = _csr_problems(np.broadcast_to(np.float32(0), codes.shape), indices, indptr, shape)
+    bad = _csr_problems(codes, indices, indptr, shape, values=np.int8)
     if bad:
         return bad
     if codes.size and int(codes.min()) < -127:
