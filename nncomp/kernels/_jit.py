@@ -9,8 +9,9 @@ block per Numba thread with OpenBLAS at one thread (nncomp/kernels/blas.py). Bef
 pool starts, nncomp asks, unless the user has set them:
 
 - ``OMP_WAIT_POLICY=PASSIVE`` with ``GOMP_SPINCOUNT=30000``: a worker spins 0.5-1 ms after a
-  parallel region (a split mat-vec after a 0.5 ms pause found it awake, after 1 ms asleep), then sleeps (GNU OpenMP's default spins far longer and holds a core other libraries need:
-  a NumPy sgemm after a prange mat-vec took 8.0 ms instead of 0.57 ms). Without any spin every
+  parallel region (a split mat-vec after a 0.5 ms pause found it awake, after 1 ms asleep), then
+  sleeps (GNU OpenMP's default spins far longer and holds a core other libraries need: a NumPy
+  sgemm after a prange mat-vec took 8.0 ms instead of 0.57 ms). Without any spin every
   region is a futex wake-up, and after an idle spell the first calls ran 1.8x slower (VGG-16 conv3_2,
   9 regions per call: 15-16 ms against 8.3 ms).
 - worker threads pinned: :func:`pool_ready` pins each of Numba's worker threads (never the calling
