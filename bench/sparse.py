@@ -13,6 +13,12 @@ import numpy as np
 
 from nncomp.bench.timing import alternate, machine_info, reexec_without_openblas_overrides, set_threads
 
+# Untimed pause before each timed call where NumPy, SciPy or torch contenders run: OpenBLAS's threads
+# spin ~0.1 s after a NumPy product and slow whatever runs next (nncomp's kernels ran up to 2.2x
+# slower in that window), as in bench/quant.py and bench/codebook.py. The LeNet rows (nncomp
+# against nncomp) need none.
+SETTLE_S = 0.15
+
 THREADS = 2
 SEED = 0
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -85,7 +91,7 @@ def fc6(results):
             assert np.allclose(m.apply(x), x @ masked.T, rtol=1e-3, atol=1e-3)
             assert np.allclose((peers[s][1] @ xt).T.numpy(), x @ masked.T, rtol=1e-3, atol=1e-3)
         del ref
-        t = alternate(c, repeat=20, warmup=2, flush=(batch == 1))
+        t = alternate(c, repeat=20, warmup=2, flush=(batch == 1), settle=SETTLE_S)
         base = t["numpy dense"]["median_ms"]
         for k, v in t.items():
             v["speedup_vs_numpy_dense"] = base / v["median_ms"]
@@ -108,7 +114,7 @@ def density_sweep(results):
         for dens in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5):
             m = CSRMatrix.from_dense(np.where(rng.random(w.shape) < dens, w, 0))
             c[f"csr density {dens:.0%}"] = (lambda m=m: m.apply(x))
-        t = alternate(c, repeat=15, flush=(batch == 1))
+        t = alternate(c, repeat=15, flush=(batch == 1), settle=SETTLE_S)
         out[f"batch {batch}"] = {k: t[k]["median_ms"] / t["dense"]["median_ms"] for k in t}
         print(f"sweep batch {batch}:", {k: round(v, 2) for k, v in out[f'batch {batch}'].items()}, flush=True)
     results["density_sweep_fc7"] = out
@@ -137,7 +143,7 @@ def conv3_2(results):
          "torch conv2d dense": lambda: torch.nn.functional.conv2d(xt, wt, bt, padding=1),
          "nncomp csr 80% unstructured": lambda: sparse.forward(x),
          "nncomp 50% filters removed (dense 128x2304)": lambda: half.forward(x)}
-    t = alternate(c, repeat=15)
+    t = alternate(c, repeat=15, settle=SETTLE_S)
     base = t["nncomp dense"]["median_ms"]
     for v in t.values():
         v["speedup_vs_nncomp_dense"] = base / v["median_ms"]
@@ -166,7 +172,7 @@ def lenets(results):
         t = alternate({"dense": lambda: m(x1), "pruned": lambda: cal(x1)}, repeat=300)
         t64 = alternate({"dense": lambda: m(x[:64]), "pruned": lambda: cal(x[:64])}, repeat=100)
         from threadpoolctl import threadpool_limits
-        with threadpool_limits(1):   # dense baseline without the BLAS/Numba pool contention
+        with threadpool_limits(1):   # the same with BLAS limited from outside (a check: should match)
             t1 = alternate({"dense": lambda: m(x1), "pruned": lambda: cal(x1)}, repeat=300)
         out[name] = {"sparsity": sp, "weights_removed": removed, "calibration_samples": 512,
                      "calibration_seconds": t_cal,
@@ -222,7 +228,8 @@ def report(results):
               f"calibration took {r['calibration_seconds']:.1f} s)",
               f"- batch 1 end to end: dense {r['batch1_ms']['dense']:.3f} ms, pruned {r['batch1_ms']['pruned']:.3f} ms "
               f"({r['batch1_ms']['dense'] / r['batch1_ms']['pruned']:.2f}x)",
-              f"- batch 1 with BLAS limited to 1 thread (no pool contention in the dense model): dense "
+              f"- batch 1 with threadpoolctl limiting BLAS to 1 thread (the engine already runs OpenBLAS at one "
+              f"thread inside a pass): dense "
               f"{r['batch1_ms_blas1']['dense']:.3f} ms, pruned {r['batch1_ms_blas1']['pruned']:.3f} ms "
               f"({r['batch1_ms_blas1']['dense'] / r['batch1_ms_blas1']['pruned']:.2f}x)",
               f"- batch 64: dense {r['batch64_ms']['dense']:.3f} ms, pruned {r['batch64_ms']['pruned']:.3f} ms "
@@ -261,19 +268,33 @@ def targets(results):
           "per core here (single-thread runs, x in L2), i.e. ~3-4x the cost of one streamed dense weight, "
           "so 90% sparsity (6.6x fewer bytes) buys ~1.5-2.5x, not 4x; on a loaded 2-core machine the "
           "second thread adds little.",
-          "- Dense baselines inside nncomp models suffer from the BLAS/Numba pool contention and from this "
-          "OpenBLAS's slow `x @ w.T` at small M (see the batch-64 LeNet rows): those ratios describe the "
-          "dense path's problem, not the pruned one's merit.",
-          "- LeNet-300 at batch 1: the forward pass is ~35 us for dense and pruned alike; measured apart "
-          "(loaded machine) the pruned model's call took 63 us, fc1's CSRMatrix.apply 13 us of which the "
-          "kernel 8.5 us (47 nonzeros per row: per-row overhead of the vectorized gather loop), the rest "
-          "is Model.__call__ and Matrix.apply bookkeeping shared with the dense model.",
-          "- DENSE_ABOVE_DENSITY = 30% is conservative: in this run CSR stays faster than dense up to 50% "
-          "density at batch 1 (0.66 at 30%, 0.84 at 50%), but an earlier, more loaded run measured "
-          "0.83 at 20-40%; the crossover lies between 40% and 60%.",
-          "- The structured conv does half the FLOPs of the dense one; its ratio reflects contention on "
-          "im2col + BLAS in this run."]
+          "- The LeNet rows compare the pruned model against nncomp's dense engine as it runs models: "
+          "products in one thread pool with OpenBLAS at one thread, fused im2col convolutions with their "
+          "max-pools, and a forward plan per batch size (README design notes).",
+          f"- LeNet-300 at batch 1 the whole pass takes {lt['lenet300']['batch1_ms']['dense'] * 1e3:.0f} us "
+          f"dense and {lt['lenet300']['batch1_ms']['pruned'] * 1e3:.0f} us pruned: at this size the fixed "
+          "costs of a call (input checks, per-node steps, the mat-vecs' launches) are a large share, so "
+          "removing 92% of the multiply-adds cannot give 3x.",
+          f"- DENSE_ABOVE_DENSITY (CSR kept only below {_dense_above():.0%} density): in this run's fc7 sweep "
+          f"CSR first ran slower than dense at {_crossover(results, 'batch 1')} at batch 1 and at "
+          f"{_crossover(results, 'batch 32')} at batch 32. Batch-1 sweep points are single calls after a "
+          "pause with the caches flushed, and they vary from run to run (an earlier run put the crossover "
+          "between 40% and 60%).",
+          "- The structured conv does half the FLOPs of the dense one and runs the same algorithm "
+          "(nncomp/convolution.py) on half the filters."]
     return L
+
+
+def _dense_above():
+    from nncomp.matrices.csr import DENSE_ABOVE_DENSITY
+    return DENSE_ABOVE_DENSITY
+
+
+def _crossover(results, batch):
+    """The lowest swept density at which CSR took at least the dense time, as text."""
+    ratios = results["density_sweep_fc7"][batch]
+    slower = [k.split()[-1] for k, v in ratios.items() if k != "dense" and v >= 1.0]
+    return f"{slower[0]} density" if slower else "no swept density (up to 50%)"
 
 
 def main():
