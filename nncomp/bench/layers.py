@@ -169,11 +169,12 @@ LAYER_RECIPES = [
 
 
 SETTLE_S = 0.02
+BLAS_SPIN_S = 0.15  # the pause after a contender that ran NumPy's BLAS (see alternate_blocks)
 SLOW_CALL_S = 0.1   # contenders slower than this per call (in the warm-up) run blocks of 2 calls
 
 
 def alternate_blocks(contenders, *, repeat=12, block=4, warmup=1, flush=False, max_seconds=60.0,
-                     settle=SETTLE_S):
+                     settle=SETTLE_S, spinners=()):
     """Time callables alternating in blocks, A A A A B B B B A A A A ...; ``{name: median_ms, p90_ms, min_ms, n}``.
 
     Each call is timed on its own; the median is over all of them. Before each block the process sleeps
@@ -184,6 +185,9 @@ def alternate_blocks(contenders, *, repeat=12, block=4, warmup=1, flush=False, m
     ``SLOW_CALL_S`` per call run blocks of 2 (their spin shadow is
     relatively short). ``repeat`` calls per contender, in rounds of one block each; after ``max_seconds`` the loop stops
     at the end of a round. ``flush`` streams 64 MiB through the caches before every timed call.
+    ``spinners``: contenders that run NumPy's BLAS with its own threads; the block after one of theirs
+    waits :data:`BLAS_SPIN_S` instead (those threads spin ~0.1 s, and a CSR product timed inside that
+    window read 1.04-1.30x NumPy's speed instead of 3.27x).
     """
     names = list(contenders)
     blocks = dict.fromkeys(names, block)
@@ -196,11 +200,14 @@ def alternate_blocks(contenders, *, repeat=12, block=4, warmup=1, flush=False, m
     times = {n: [] for n in names}
     start = time.perf_counter()
     rounds = -(-repeat // block)
+    previous = None
     for _ in range(rounds):
         for n in names:
             fn = contenders[n]
-            if settle:
-                time.sleep(settle)
+            pause = max(settle, BLAS_SPIN_S) if settle and previous in spinners else settle
+            if pause:
+                time.sleep(pause)
+            previous = n
             for _ in range(blocks[n]):
                 if flush:
                     flush_caches()
@@ -396,7 +403,8 @@ def run_layer_suite(*, shapes=SHAPES, batches=(1, 32), threads=2, repeat=8, limi
                     c.status = f"error: {type(e).__name__}: {e}"
             calls = {k: v for k, v in calls.items() if k in errs}
             timed = alternate_blocks(calls, repeat=repeat, warmup=1, flush=batch == 1,
-                                     max_seconds=max_seconds, settle=settle) if calls else {}
+                                     max_seconds=max_seconds, settle=settle,
+                                     spinners={k for k in calls if k.startswith("NumPy")}) if calls else {}
             base_ms = timed.get(base.name, {}).get("median_ms")
             for c in contenders:
                 row = {"layer": name, "shape": describe_shape(name, shapes), "batch": batch,
