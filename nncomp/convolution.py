@@ -145,13 +145,12 @@ def prepare(layer, shape, n, algorithm=None):
     """The step ``x -> y`` that runs Conv2D ``layer`` on batches of ``n`` NHWC images of per-sample
     ``shape``, with the algorithm and its blocking decided once (a model keeps its steps per batch
     size, see ``Model``)."""
-    oh, ow, co = layer.shape_of(shape)
+    oh, ow, _ = layer.shape_of(shape)
     algorithm = algorithm or choose(layer, shape, n)
     if algorithm not in applicable(layer):
         raise NncompError(f"conv algorithm {algorithm!r} cannot run this layer; it can run "
                           f"{applicable(layer)}: pass one of those, or None to let nncomp choose")
-    # the kernels add a bias vector: zeros stand in for none
-    bias = layer.bias if layer.bias is not None else np.zeros(co, np.float32)
+    bias = _bias(layer)
     if algorithm == "shifted":
         return lambda x: shifted(x, layer.weight.w, bias, layer, oh, ow)
     if algorithm == "direct":
@@ -159,9 +158,14 @@ def prepare(layer, shape, n, algorithm=None):
     if algorithm == "depthwise":
         return lambda x: depthwise(x, layer._wt, bias, layer, oh, ow)
     geo = geometry(layer)
-    if layer.groups == 1 and _fusable(layer, geo, shape[:2], (oh, ow)):
+    if _fusable(layer, shape, oh, ow):
         return _fused(layer.weight.w, bias, geo, n, oh, ow)
     return lambda x: _im2col(layer, x, geo, oh, ow)
+
+
+def _bias(layer):
+    """The bias vector the kernels add: zeros stand in for none."""
+    return layer.bias if layer.bias is not None else np.zeros(layer.out_channels, np.float32)
 
 
 def _im2col(layer, x, geo, oh, ow):
@@ -194,12 +198,17 @@ def fused_kernel():
     return blas.ONE_POOL and not numba.config.DISABLE_JIT
 
 
-def _fusable(layer, geo, hw, ohw):
-    """Whether an ungrouped im2col convolution runs the fused kernel: dense weights, the kernel
-    available, and a patch matrix that is not the input itself (a 1x1 stride-1 unpadded conv
-    multiplies the input directly)."""
-    pointwise = geo[:6] == (1, 1, 1, 1, 0, 0) and tuple(hw) == tuple(ohw)
-    return isinstance(layer.weight, DenseMatrix) and fused_kernel() and not pointwise
+def _fusable(layer, shape, oh, ow):
+    """Whether an im2col convolution of per-sample input ``shape`` runs the fused kernel: ungrouped,
+    dense weights, the kernel available, and a patch matrix that is not the input itself (a 1x1
+    stride-1 unpadded conv multiplies the input directly)."""
+    return (layer.groups == 1 and isinstance(layer.weight, DenseMatrix) and fused_kernel()
+            and not _pointwise(geometry(layer), shape[:2], (oh, ow)))
+
+
+def _pointwise(geo, hw, ohw):
+    """Whether the patch matrix of this geometry is the input itself (1x1, stride 1, no padding)."""
+    return geo[:6] == (1, 1, 1, 1, 0, 0) and tuple(hw) == tuple(ohw)
 
 
 def _fused(w, bias, geo, n, oh, ow, pool=1):
@@ -239,12 +248,10 @@ def prepare_pooled(layer, shape, n, pool_layer):
     oh, ow, _ = layer.shape_of(shape)
     plain = (pool_layer.kernel_size == pool_layer.stride == (p, p) and p > 1
              and pool_layer.padding == (0, 0, 0, 0) and pool_layer.dilation == (1, 1))
-    geo = geometry(layer)
-    if not (plain and oh % p == 0 and ow % p == 0 and layer.groups == 1
-            and choose(layer, shape, n) == "im2col" and _fusable(layer, geo, shape[:2], (oh, ow))):
+    if not (plain and oh % p == 0 and ow % p == 0 and choose(layer, shape, n) == "im2col"
+            and _fusable(layer, shape, oh, ow)):
         return None
-    bias = layer.bias if layer.bias is not None else np.zeros(layer.out_channels, np.float32)
-    return _fused(layer.weight.w, bias, geo, n, oh, ow, p)
+    return _fused(layer.weight.w, _bias(layer), geometry(layer), n, oh, ow, p)
 
 
 def shifted(x, w, bias, layer, oh, ow):
@@ -303,9 +310,9 @@ def patch_product(x, geometry, oh, ow, apply):
     """``patches(x) @ W.T`` with the patch matrix built chunk by chunk (bounded memory)."""
     x = np.ascontiguousarray(x)
     n, h, w, c = x.shape
-    kh, kw, sh, sw, t, l, dh, dw = geometry
-    if (kh, kw, sh, sw, t, l) == (1, 1, 1, 1, 0, 0) and (oh, ow) == (h, w):
+    if _pointwise(geometry, (h, w), (oh, ow)):
         return apply(x.reshape(n * h * w, c))
+    kh, kw = geometry[:2]
     k = kh * kw * c
     lines = n * oh
     if lines == 0:

@@ -241,10 +241,11 @@ class Model:
         inside its fused kernel (``convolution.prepare_pooled``): the conv's step then yields the
         pooled output and the pool's step passes it on."""
         found = {}
+        index = {node.name: i for i, node in enumerate(self.nodes)}
         for i, node in enumerate(self.nodes):
             if not isinstance(node.layer, Conv2D) or node.name in keep:
                 continue
-            readers = [j for j, other in enumerate(self.nodes) if node.name in other.inputs]
+            readers = [index[name] for name in self.consumers(node.name)]
             if len(readers) != 1 or not isinstance(self.nodes[readers[0]].layer, MaxPool2D):
                 continue
             step = convolution.prepare_pooled(node.layer, self.shapes[node.inputs[0]], n,

@@ -297,47 +297,36 @@ def matmul_nt(x, w):
     Products under :data:`SPLIT_MIN_WORK` (mat-vecs under :data:`GEMV_SPLIT_MIN_WORK`) run through
     NumPy's ``matmul`` (its call costs ~1 us, a ctypes call ~4 us) with OpenBLAS at one thread.
     """
-    return plan_nt(x.shape[0], w)(x)
+    with ONE_THREAD:
+        return plan_nt(x.shape[0], w)(x)
 
 
 def plan_nt(m, w):
     """The function ``x -> x @ w.T`` of :func:`matmul_nt` for inputs of ``m`` rows, its path (mat-vec,
-    transposed or row blocks; how many parts) decided once."""
+    transposed or row blocks; how many parts) decided once. Call it inside :data:`ONE_THREAD`, as
+    :func:`matmul_nt` and a model's forward pass do (otherwise OpenBLAS's own threads run too)."""
     n, k = w.shape
-    if not ONE_POOL:
-        return (lambda x: (w @ x.T).T) if m < SMALL_BATCH else (lambda x: x @ w.T)
-    work = m * n * k
-    parts = _parts(work, GEMV_SPLIT_MIN_WORK if m == 1 else SPLIT_MIN_WORK) if k else 1
+    parts = 1
+    if ONE_POOL and k:
+        parts = _parts(m * n * k, GEMV_SPLIT_MIN_WORK if m == 1 else SPLIT_MIN_WORK)
     if parts == 1:
-        if m < SMALL_BATCH:
-            def small(x):
-                with ONE_THREAD:
-                    return (w @ x.T).T
-            return small
-
-        def big(x):
-            with ONE_THREAD:
-                return x @ w.T
-        return big
+        return (lambda x: (w @ x.T).T) if m < SMALL_BATCH else (lambda x: x @ w.T)
     if m == 1:
         def gemv(x):
             out = np.empty((1, n), np.float32)
-            with ONE_THREAD:
-                blas_gemv(SGEMV_AT, w, x[0], out[0], parts)
+            blas_gemv(SGEMV_AT, w, x[0], out[0], parts)
             return out
         return gemv
     if m < SMALL_BATCH:
         def transposed(x):
             out_t = np.empty((n, m), np.float32)
-            with ONE_THREAD:
-                blas_gemm_t(SGEMM_AT, x, w, out_t, parts)
+            blas_gemm_t(SGEMM_AT, x, w, out_t, parts)
             return out_t.T
         return transposed
 
     def rows(x):
         out = np.empty((m, n), np.float32)
-        with ONE_THREAD:
-            blas_gemm_rows(SGEMM_AT, x, w, out, 0.0, parts)
+        blas_gemm_rows(SGEMM_AT, x, w, out, 0.0, parts)
         return out
     return rows
 

@@ -56,8 +56,9 @@ class Matrix:
 
     def prepare(self, n):
         """The function ``x -> x @ W.T`` for the model's own activations of ``n`` rows (float32,
-        shape checked when the model was built): no input checks, decisions made once. Formats whose
-        kernels decide by batch size override it; the default is :meth:`_apply` on a C-contiguous x."""
+        shape checked when the model was built), called inside the model's one-OpenBLAS-thread scope
+        (``blas.ONE_THREAD``): no input checks, decisions made once. Formats whose kernels decide by
+        batch size override it; the default is :meth:`_apply` on a C-contiguous x."""
         return lambda x: self._apply(np.ascontiguousarray(x))
 
     def to_arrays(self):
