@@ -11,13 +11,8 @@ import time
 
 import numpy as np
 
-from nncomp.bench.timing import alternate, machine_info, reexec_without_openblas_overrides, set_threads
-
-# Untimed pause before each timed call where NumPy, SciPy or torch contenders run: OpenBLAS's threads
-# spin ~0.1 s after a NumPy product and slow whatever runs next (nncomp's kernels ran up to 2.2x
-# slower in that window), as in bench/quant.py and bench/codebook.py. The LeNet rows (nncomp
-# against nncomp) need none.
-SETTLE_S = 0.15
+from nncomp.bench.timing import (BLAS_SPIN_S, alternate, machine_info, reexec_without_openblas_overrides,
+                                 set_threads)
 
 THREADS = 2
 SEED = 0
@@ -91,7 +86,7 @@ def fc6(results):
             assert np.allclose(m.apply(x), x @ masked.T, rtol=1e-3, atol=1e-3)
             assert np.allclose((peers[s][1] @ xt).T.numpy(), x @ masked.T, rtol=1e-3, atol=1e-3)
         del ref
-        t = alternate(c, repeat=20, warmup=2, flush=(batch == 1), settle=SETTLE_S)
+        t = alternate(c, repeat=20, warmup=2, flush=(batch == 1), settle=BLAS_SPIN_S)
         base = t["numpy dense"]["median_ms"]
         for k, v in t.items():
             v["speedup_vs_numpy_dense"] = base / v["median_ms"]
@@ -114,7 +109,7 @@ def density_sweep(results):
         for dens in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5):
             m = CSRMatrix.from_dense(np.where(rng.random(w.shape) < dens, w, 0))
             c[f"csr density {dens:.0%}"] = (lambda m=m: m.apply(x))
-        t = alternate(c, repeat=15, flush=(batch == 1), settle=SETTLE_S)
+        t = alternate(c, repeat=15, flush=(batch == 1), settle=BLAS_SPIN_S)
         out[f"batch {batch}"] = {k: t[k]["median_ms"] / t["dense"]["median_ms"] for k in t}
         print(f"sweep batch {batch}:", {k: round(v, 2) for k, v in out[f'batch {batch}'].items()}, flush=True)
     results["density_sweep_fc7"] = out
@@ -143,7 +138,7 @@ def conv3_2(results):
          "torch conv2d dense": lambda: torch.nn.functional.conv2d(xt, wt, bt, padding=1),
          "nncomp csr 80% unstructured": lambda: sparse.forward(x),
          "nncomp 50% filters removed (dense 128x2304)": lambda: half.forward(x)}
-    t = alternate(c, repeat=15, settle=SETTLE_S)
+    t = alternate(c, repeat=15, settle=BLAS_SPIN_S)
     base = t["nncomp dense"]["median_ms"]
     for v in t.values():
         v["speedup_vs_nncomp_dense"] = base / v["median_ms"]

@@ -11,11 +11,8 @@ import time
 
 import numpy as np
 
-from nncomp.bench.timing import alternate, machine_info, reexec_without_openblas_overrides, set_threads
-
-# Untimed pause before each timed fc6 call: OpenBLAS's threads spin ~0.1 s after the NumPy contender
-# and slow whatever runs next (the CSR contender, right after it, was timed inside that window).
-SETTLE_S = 0.15
+from nncomp.bench.timing import (BLAS_SPIN_S, alternate, machine_info, reexec_without_openblas_overrides,
+                                 set_threads)
 
 THREADS = 2
 SEED = 0
@@ -47,7 +44,7 @@ def fc6_rows(results):
                  "nncomp csr float32": lambda: csr.apply(x),
                  "nncomp csr_int8 weight-only": lambda: w8.apply(x),
                  "nncomp csr_int8 dynamic w8a8": lambda: w8a8.apply(x)}
-            t = alternate(c, repeat=20, warmup=2, flush=(batch == 1), settle=SETTLE_S)
+            t = alternate(c, repeat=20, warmup=2, flush=(batch == 1), settle=BLAS_SPIN_S)
             base, csr_ms = t["numpy dense float32 (BLAS)"]["median_ms"], t["nncomp csr float32"]["median_ms"]
             for v in t.values():
                 v["speedup_vs_dense"] = base / v["median_ms"]

@@ -63,7 +63,7 @@ def build_parser(prog="python -m nncomp.bench"):
 
 
 def parse_args(argv):
-    from .suite import METHOD_NAMES
+    from .suite import METHOD_NAMES, SETTLE_S
     p = build_parser()
     a = p.parse_args(argv)
     try:
@@ -77,7 +77,7 @@ def parse_args(argv):
         p.error(f"--threads must be >= 1, got {a.threads}")
     if a.settle is not None and not (0 <= a.settle <= 10):
         p.error(f"--settle must be in [0, 10] seconds, got {a.settle}")
-    a.settle = a.settle if a.settle is not None else 0.01
+    a.settle = a.settle if a.settle is not None else SETTLE_S
     if a.repeat is not None and a.repeat < 1:
         p.error(f"--repeat must be >= 1, got {a.repeat}")
     a.repeat = a.repeat or (4 if a.quick else 8)

@@ -18,7 +18,7 @@ from ..kernels._jit import pjit
 from ..layers import Conv2D, Dense
 from ..model import Model, Node
 from . import peers
-from .timing import flush_caches
+from .timing import BLAS_SPIN_S, flush_caches
 
 # name: (kind, n_out, n_in) for dense layers; (kind, c_out, c_in, hw, k, pad) for convolutions.
 SHAPES = {
@@ -169,7 +169,6 @@ LAYER_RECIPES = [
 
 
 SETTLE_S = 0.02
-BLAS_SPIN_S = 0.15  # the pause after a contender that ran NumPy's BLAS (see alternate_blocks)
 SLOW_CALL_S = 0.1   # contenders slower than this per call (in the warm-up) run blocks of 2 calls
 
 

@@ -31,6 +31,8 @@ CALIBRATION_SAMPLES = 512
 # thread of it is busy meanwhile), and with 8 calls (2 blocks) one such spell set a ratio of the
 # dense model against itself at 3-50x. 24 calls in 6 blocks keep the median out of it.
 BATCH1_REPEAT = 24
+# Default untimed pause before each block of calls in the model tables (``--settle``).
+SETTLE_S = 0.01
 
 
 def _nc():
@@ -175,7 +177,7 @@ def _verdict(ratio, speedup_latency, speedup_throughput, *, margin=1.10):
 class Context:
     """The dense model and the data a model's rows are measured against."""
 
-    def __init__(self, model, x, y, calibration, batches, repeat, max_seconds, name, settle=0.01):
+    def __init__(self, model, x, y, calibration, batches, repeat, max_seconds, name, settle=SETTLE_S):
         self.model, self.x, self.y, self.calibration = model, x, y, calibration
         self.batches, self.repeat, self.max_seconds, self.name = batches, repeat, max_seconds, name
         self.settle = settle
@@ -312,7 +314,7 @@ def load_data(model, data=None):
 
 
 def run_model(path, *, recipes, batches=(1, 64), repeat=8, threads=2, with_peers=True, data=None,
-              max_seconds=1.0, max_samples=None, settle=0.01, progress=print):
+              max_seconds=1.0, max_samples=None, settle=SETTLE_S, progress=print):
     """Every row for one model file; returns a list of row dicts (dense first)."""
     nc = _nc()
     model = nc.load(path)

@@ -12,6 +12,10 @@ import time
 import numpy as np
 
 OPENBLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+# Untimed pause that outlasts OpenBLAS's threads spinning (~0.1 s) after a NumPy product: whatever
+# is timed inside that window runs slower (nncomp's kernels up to 2.2-3x), so a contender timed
+# after a NumPy one waits this long first.
+BLAS_SPIN_S = 0.15
 
 
 def reexec_without_openblas_overrides():
