@@ -144,7 +144,9 @@ class Model:
         return sum(n.layer.macs(*(self.shapes[s] for s in n.inputs)) for n in self.nodes)
 
     # ----------------------------------------------------------------- forward
-    def _check_input(self, x):
+    def check_input(self, x):
+        """``x`` as a C-contiguous float32 batch in the model's input layout, or InputError saying
+        what shape, rank or dtype was expected and what came."""
         if isinstance(x, np.ndarray):
             arr = x
         else:
@@ -180,7 +182,7 @@ class Model:
         -------
         ndarray (float32), or a tuple of them for a model with several outputs.
         """
-        x = self._check_input(x)
+        x = self.check_input(x)
         if check_finite and not np.isfinite(x).all():
             raise InputError("input holds NaN or Inf values (check_finite=True)")
         step = max(1, MAX_ACTIVATION_BYTES // self._activation_bytes)

@@ -145,7 +145,7 @@ def compare(model, *others, x=None, y=None, batch_sizes=(1, 64), repeat=20, name
         raise CompressionParameterError(f"compare() got batch_sizes={batch_sizes!r}; expected ints >= 1") from None
     if not batch_sizes or min(batch_sizes) < 1:
         raise CompressionParameterError(f"compare() got batch_sizes={batch_sizes!r}; expected ints >= 1")
-    x = models[0]._check_input(x)
+    x = models[0].check_input(x)
     if x.shape[0] < 1:
         raise CompressionParameterError("compare() got an empty x; pass at least one sample")
     for m in models[1:]:

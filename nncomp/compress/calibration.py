@@ -27,7 +27,7 @@ def check_calibration(calibration, model, method):
     if calibration is None:
         return None
     try:
-        x = model._check_input(calibration)
+        x = model.check_input(calibration)
     except Exception as e:  # InputError with the expected shape
         raise CompressionParameterError(f"{method}(): calibration data: {e}") from None
     if x.shape[0] < 1:

@@ -54,7 +54,7 @@ class Sensitivity:
 def _setup(model, x, y, sparsities, layers, method):
     check_model(model, method)
     try:
-        x = model._check_input(x)
+        x = model.check_input(x)
     except Exception as e:  # InputError names the expected shape
         raise CompressionParameterError(f"{method}(): x: {e}") from None
     if x.shape[0] < 1:
