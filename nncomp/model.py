@@ -5,26 +5,20 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from . import convolution
 from .errors import InputError, NncompError
-from .kernels import blas
-from .layers import Conv2D, Layer, MaxPool2D
+from .layers import Layer
+from .plan import INPUT, Plan
 
 __all__ = ["Model", "Node", "INPUT"]
 
-INPUT = "input"
 LAYOUTS = {"NCHW": 3, "NHWC": 3, "NC": 1}
 
 # Activations of one call are kept under this many bytes by splitting a large batch.
 MAX_ACTIVATION_BYTES = 2 << 30
 # Forward plans (one prepared step per node; building one took 22 us for LeNet-5, 116 us for
-# ResNet-small) are kept for this many (batch size, threads) pairs.
+# ResNet-small) are kept for this many (input shape, batch size, threads, kept nodes) keys, and
+# the shapes of this many input sizes.
 PLANS_KEPT = 32
-
-
-def _passed_on(x):
-    """The step of a max-pool already computed inside its convolution's step."""
-    return x
 
 
 @dataclass(frozen=True)
@@ -71,42 +65,41 @@ class Model:
         if not self.nodes:
             raise NncompError("a model needs at least one node")
         self.outputs = tuple(outputs) if outputs else (self.nodes[-1].name,)
-        self.shapes = self._infer_shapes()
-        for o in self.outputs:
-            if o not in self.shapes or o == INPUT:
-                raise NncompError(f"output {o!r} is not a node of the model")
-        self._activation_bytes = max(1, 4 * sum(math.prod(s) for s in self.shapes.values()))
-        self._last_use = {}
-        for i, node in enumerate(self.nodes):
-            for src in node.inputs:
-                self._last_use[src] = i
-        self._plans = {}
+        self._check_graph()
+        self._shapes, self._plans = {}, {}
+        self.shapes = self.shapes_for(self.internal_input_shape)
 
     # ----------------------------------------------------------------- structure
     @property
     def internal_input_shape(self):
-        if self.input_layout == "NCHW":
-            c, h, w = self.input_shape
-            return (h, w, c)
-        return self.input_shape
+        """The per-sample input shape the model was loaded with, in the internal layout."""
+        return self.to_internal(self.input_shape)
 
-    def _infer_shapes(self):
-        shapes = {INPUT: self.internal_input_shape}
+    def _check_graph(self):
+        seen = {INPUT}
         for node in self.nodes:
             if not isinstance(node.layer, Layer):
                 raise NncompError(f"node {node.name!r} holds {type(node.layer).__name__}, not a Layer")
-            if node.name in shapes:
+            if node.name in seen:
                 raise NncompError(f"node name {node.name!r} is used twice (or is the reserved 'input')")
-            missing = [s for s in node.inputs if s not in shapes]
+            missing = [s for s in node.inputs if s not in seen]
             if missing:
                 raise NncompError(f"node {node.name!r} reads {missing}, which are not earlier nodes; "
                                   "nodes must be in topological order")
             if len(node.inputs) < node.layer.n_inputs or (node.layer.n_inputs == 1 and len(node.inputs) != 1):
                 raise NncompError(f"node {node.name!r} ({node.layer.kind}) got {len(node.inputs)} inputs")
+            seen.add(node.name)
+        for o in self.outputs:
+            if o not in seen or o == INPUT:
+                raise NncompError(f"output {o!r} is not a node of the model")
+
+    def _infer_shapes(self, shape):
+        shapes = {INPUT: shape}
+        for node in self.nodes:
             try:
-                shapes[node.name] = tuple(node.layer.output_shape(*(shapes[s] for s in node.inputs)))
+                shapes[node.name] = node.layer.shape_of(*(shapes[s] for s in node.inputs))
             except NncompError as e:
-                raise type(e)(f"node {node.name!r}: {e}") from None
+                raise type(e)(f"node {node.name!r} ({node.layer.kind}): {e}") from None
         return shapes
 
     def __getitem__(self, name):
@@ -144,9 +137,32 @@ class Model:
         return sum(n.layer.macs(*(self.shapes[s] for s in n.inputs)) for n in self.nodes)
 
     # ----------------------------------------------------------------- forward
+    def shapes_for(self, shape):
+        """Every node's per-sample output shape (internal layout) for per-sample internal input
+        ``shape``; NncompError naming the first node that cannot take it. Remembered per shape."""
+        shape = tuple(int(d) for d in shape)
+        found = self._shapes.get(shape)
+        if found is None:
+            found = self._infer_shapes(shape)
+            if len(self._shapes) >= PLANS_KEPT:
+                self._shapes.pop(next(iter(self._shapes), None), None)
+            self._shapes[shape] = found
+        return found
+
+    def to_internal(self, shape):
+        """A per-sample input shape in the model's layout, in the internal layout (NHWC)."""
+        if self.input_layout == "NCHW":
+            c, h, w = shape
+            return (h, w, c)
+        return tuple(shape)
+
     def check_input(self, x):
         """``x`` as a C-contiguous float32 batch in the model's input layout, or InputError saying
-        what shape, rank or dtype was expected and what came."""
+        what shape, rank or dtype was expected and what came.
+
+        Any per-sample size is accepted for which every node's shape rule holds (a convolutional
+        network ending in a global pool takes any image large enough; a dense layer after a flatten
+        fixes the size), as in the source framework."""
         if isinstance(x, np.ndarray):
             arr = x
         else:
@@ -157,11 +173,19 @@ class Model:
         if arr.dtype == object or arr.dtype.kind not in "fiu":
             raise InputError(f"input dtype {arr.dtype} is not supported; pass float32 "
                              "(other float and integer arrays are converted)")
-        want = (None,) + self.input_shape
-        if arr.ndim != len(want) or arr.shape[1:] != self.input_shape:
+        want = f"(batch, {', '.join(map(str, self.input_shape))}) in {self.input_layout} layout"
+        if arr.ndim != len(self.input_shape) + 1:
             hint = " (add a batch axis: x[None])" if arr.shape == self.input_shape else ""
-            raise InputError(f"expected input of shape (batch, {', '.join(map(str, self.input_shape))}) "
-                             f"in {self.input_layout} layout, got {arr.shape}{hint}")
+            raise InputError(f"expected input of shape {want}, got {arr.shape}{hint}")
+        if arr.shape[1:] != self.input_shape:
+            if min(arr.shape[1:]) < 1:
+                raise InputError(f"expected input of shape {want}, got {arr.shape}: every per-sample "
+                                 "dimension must be at least 1")
+            try:
+                self.shapes_for(self.to_internal(arr.shape[1:]))
+            except NncompError as e:
+                raise InputError(f"expected input of shape {want} (or another size every layer fits), "
+                                 f"got {arr.shape}: {e}") from None
         if arr.dtype.kind == "f" and arr.dtype.itemsize > 4 and arr.size:
             big = np.abs(arr[np.isfinite(arr)]).max(initial=0)
             if big > np.finfo(np.float32).max:
@@ -174,7 +198,8 @@ class Model:
         Parameters
         ----------
         x : array_like, shape (n_samples, *input_shape)
-            In the model's ``input_layout``; float32 (other real dtypes are converted).
+            In the model's ``input_layout``; float32 (other real dtypes are converted). Other
+            per-sample sizes work where every layer fits them (see :meth:`check_input`).
         check_finite : bool
             Refuse NaN/Inf inputs with InputError. Otherwise they propagate as IEEE arithmetic does.
 
@@ -185,49 +210,71 @@ class Model:
         x = self.check_input(x)
         if check_finite and not np.isfinite(x).all():
             raise InputError("input holds NaN or Inf values (check_finite=True)")
-        step = max(1, MAX_ACTIVATION_BYTES // self._activation_bytes)
-        if x.shape[0] <= step:
-            return self._forward(x)
-        parts = [self._forward(x[i:i + step]) for i in range(0, x.shape[0], step)]
-        if isinstance(parts[0], tuple):
-            return tuple(np.concatenate(p) for p in zip(*parts))
-        return np.concatenate(parts)
-
-    def _forward(self, x):
-        if x.shape[0] == 0:
-            outs = tuple(self._to_source_layout(np.zeros((0,) + self.shapes[o], np.float32)) for o in self.outputs)
-            return outs[0] if len(outs) == 1 else outs
-        if self.input_layout == "NCHW":
-            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        steps, outputs = self._plan(x.shape[0])
-        values = [x]
-        with blas.ONE_THREAD:
-            for step, ins, frees in steps:
-                values.append(step(*[values[i] for i in ins]))
-                for i in frees:
-                    values[i] = None
-        outs = tuple(self._to_source_layout(values[i]) for i in outputs)
+        outs = self._run(x, self.outputs, self._batch_step(x))
+        outs = tuple(self._to_source_layout(y) for y in outs)
         return outs[0] if len(outs) == 1 else outs
 
-    def _plan(self, n):
-        """The forward pass for batches of ``n``: each node's prepared step (``Layer.prepare``: kernels,
-        algorithms and thread splits chosen once, no per-call checks on the model's own activations),
-        the slots it reads and the slots it frees. Kept per batch size and thread count."""
-        key = (n, numba.get_num_threads())
+    def activations(self, x, names, *, batch_size=None):
+        """The outputs of nodes ``names`` (``"input"`` allowed) on batch ``x``, from one planned pass.
+
+        Parameters
+        ----------
+        x : array_like, shape (n_samples, *input_shape)
+            In the model's ``input_layout`` (checked as for a call).
+        names : sequence of str
+            Node names; their values are kept (never fused away or freed) during the pass.
+        batch_size : int, optional
+            Run the batch in parts of this many samples (bounded memory); default: as a call does.
+
+        Returns
+        -------
+        dict ``{name: ndarray}`` in the internal layout (images NHWC), float32.
+        """
+        names = tuple(dict.fromkeys([names] if isinstance(names, str) else names))
+        known = {INPUT, *(n.name for n in self.nodes)}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise NncompError(f"activations(): unknown node names {unknown}; nodes: {sorted(known - {INPUT})}")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                       or batch_size < 1):
+            raise NncompError(f"activations(): batch_size must be a positive int or None, got {batch_size!r}")
+        x = self.check_input(x)
+        values = self._run(x, names, batch_size or self._batch_step(x))
+        return dict(zip(names, values))
+
+    def _batch_step(self, x):
+        """Samples per part so that one part's activations stay under MAX_ACTIVATION_BYTES."""
+        shapes = self.shapes_for(self.to_internal(x.shape[1:]))
+        per_sample = max(1, 4 * sum(math.prod(s) for s in shapes.values()))
+        return max(1, MAX_ACTIVATION_BYTES // per_sample)
+
+    def _run(self, x, keep, step):
+        """Values of nodes ``keep`` (internal layout) on model-layout batch ``x``, ``step`` samples a pass."""
+        if x.shape[0] <= step:
+            return self._forward(x, keep)
+        parts = [self._forward(x[i:i + step], keep) for i in range(0, x.shape[0], step)]
+        return [np.concatenate(p) for p in zip(*parts)]
+
+    def _forward(self, x, keep):
+        shape = self.to_internal(x.shape[1:])
+        if x.shape[0] == 0:
+            shapes = self.shapes_for(shape)
+            return [np.zeros((0,) + shapes[k], np.float32) for k in keep]
+        if self.input_layout == "NCHW":
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        return self._plan(shape, x.shape[0], keep).run(x)
+
+    def _plan(self, shape, n, keep):
+        """The :class:`~nncomp.plan.Plan` for batches of ``n`` samples of internal per-sample
+        ``shape``, keeping nodes ``keep``; kept per (shape, batch size, thread count, keep)."""
+        key = (shape, n, numba.get_num_threads(), keep)
         plans = self._plans
         plan = plans.get(key)
         if plan is None:
-            # values hold the input, then each node's output in order: node i is slot i + 1
-            slot = {INPUT: 0, **{node.name: i + 1 for i, node in enumerate(self.nodes)}}
-            keep = set(self.outputs)
-            prepared = self._fuse_pools(n, keep)
-            steps = tuple((prepared.get(i) or node.layer.prepare(n, *(self.shapes[s] for s in node.inputs)),
-                           tuple(slot[s] for s in node.inputs),
-                           tuple(slot[s] for s in set(node.inputs) if self._last_use[s] == i and s not in keep))
-                          for i, node in enumerate(self.nodes))
+            plan = Plan(self.nodes, self.shapes_for(shape), n, keep)
             if len(plans) >= PLANS_KEPT:
                 plans.pop(next(iter(plans), None), None)    # another thread may have dropped it
-            plan = plans[key] = (steps, tuple(slot[o] for o in self.outputs))
+            plans[key] = plan
         return plan
 
     def __getstate__(self):
@@ -237,24 +284,6 @@ class Model:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._plans = {}
-
-    def _fuse_pools(self, n, keep):
-        """``{node index: step}`` for each convolution whose only reader is a max-pool that can run
-        inside its fused kernel (``convolution.prepare_pooled``): the conv's step then yields the
-        pooled output and the pool's step passes it on."""
-        found = {}
-        index = {node.name: i for i, node in enumerate(self.nodes)}
-        for i, node in enumerate(self.nodes):
-            if not isinstance(node.layer, Conv2D) or node.name in keep:
-                continue
-            readers = [index[name] for name in self.consumers(node.name)]
-            if len(readers) != 1 or not isinstance(self.nodes[readers[0]].layer, MaxPool2D):
-                continue
-            step = convolution.prepare_pooled(node.layer, self.shapes[node.inputs[0]], n,
-                                              self.nodes[readers[0]].layer)
-            if step is not None:
-                found[i], found[readers[0]] = step, _passed_on
-        return found
 
     def _to_source_layout(self, y):
         if y.ndim == 4 and self.input_layout == "NCHW":

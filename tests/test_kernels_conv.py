@@ -7,7 +7,7 @@ from hypothesis import example, given, strategies as st
 import reference as ref
 from conftest import assert_close_f32
 from nncomp.kernels import blas, conv, conv_gemm, pool
-from nncomp.layers import _window_out
+from nncomp.layers.base import window_out as _window_out
 
 
 @st.composite

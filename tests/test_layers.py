@@ -6,7 +6,7 @@ from hypothesis import given, strategies as st
 import reference as ref
 from conftest import assert_close_f32
 import nncomp as nc
-from nncomp import convolution
+from nncomp.layers import conv_algorithms as convolution
 from nncomp import layers as L
 
 
@@ -41,7 +41,7 @@ def test_conv2d_layer_matches_reference(case, chunk, algo, fused):
     x, wt, bias, stride, pad, dil, groups = case
     layer = nc.Conv2D(torch_to_matrix(wt), bias, in_channels=x.shape[3], kernel_size=wt.shape[2:],
                       stride=stride, padding=pad, dilation=dil, groups=groups)
-    if algo not in convolution.applicable(layer):
+    if algo not in layer.algorithms:
         algo = None
     names = ("IM2COL_CHUNK_BYTES", "SHIFTED_CHUNK_BYTES", "FUSED_BLOCK_BYTES", "FUSED_SPLIT_MIN_MACS", "_fusable")
     old = {k: getattr(convolution, k) for k in names}
@@ -89,7 +89,7 @@ def test_conv_algorithm_choice_and_refusal():
     # LeNet-5 conv1: the direct kernel beats im2col + BLAS unless they run fused
     assert convolution.choose(first, (28, 28, 1), 32) == ("im2col" if convolution.fused_kernel() else "direct")
     strided = nc.Conv2D(np.zeros((8, 144), np.float32), in_channels=16, kernel_size=3, stride=2)
-    assert convolution.applicable(strided) == ("im2col",)
+    assert strided.algorithms == ("im2col",)
     with pytest.raises(ValueError, match="cannot run"):
         convolution.forward(strided, np.zeros((1, 9, 9, 16), np.float32), "shifted")
 

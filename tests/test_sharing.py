@@ -374,15 +374,15 @@ def test_share_bad_parameters(lenet300):
 
 @heavy
 def test_calibration_refit_never_increases_the_layer_error(lenet300, digits):
-    from nncomp.compress.calibration import run_to
+    from nncomp.compress.calibration import inputs_of
     _, _, cal = digits
     plain = nc.share(lenet300, 2)
     fit = nc.share(lenet300, 2, calibration=cal)
     for name in ("fc1", "fc2", "fc3"):
-        target = lenet300[name].layer.forward(run_to(lenet300, cal, [name])[name])
+        target = lenet300[name].layer.forward(inputs_of(lenet300, cal, [name])[name])
         errs = []
         for m in (plain, fit):
-            out = m[name].layer.forward(run_to(m, cal, [name])[name])
+            out = m[name].layer.forward(inputs_of(m, cal, [name])[name])
             errs.append(float(((out - target) ** 2).sum()))
         if name == "fc1":     # same inputs: the refit can only lower the error
             assert errs[1] <= errs[0]

@@ -11,7 +11,7 @@ from ..errors import CompressionParameterError
 from ..kernels import _jit
 from ..kernels.conv import im2col_nhwc, im2col_nhwc_parallel
 from ..layers import Conv2D, Dense
-from ..model import INPUT, Model
+from ..model import Model
 
 # Rows of the layer-wise least-squares problems are subsampled to at most this many.
 MAX_ROWS = 16384
@@ -62,16 +62,10 @@ def select_layers(model, layers, method, kinds=(Dense, Conv2D), accept=None):
     return sorted(dict.fromkeys(names), key=order.get)
 
 
-def run_to(model, x, names):
-    """Internal-layout inputs of nodes ``names`` when ``model`` runs on ``x`` (model layout)."""
-    want = {model[n].inputs[0]: n for n in names}
-    if model.input_layout == "NCHW":
-        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    values = {INPUT: x}
-    for node in model.nodes:
-        if all(src in values for src in want):
-            break
-        values[node.name] = node.layer.forward(*(values[s] for s in node.inputs))
+def inputs_of(model, x, names):
+    """Internal-layout inputs of nodes ``names`` when ``model`` runs on ``x`` (model layout), from
+    one planned pass that stops after the last of them (:meth:`Model.activations`)."""
+    values = model.activations(x, [model[n].inputs[0] for n in names])
     return {n: values[model[n].inputs[0]] for n in names}
 
 
@@ -83,12 +77,10 @@ def rows_of(layer, x, rows=None):
     if isinstance(layer, Dense):
         return x if rows is None else x[rows]
     n, h, w, c = x.shape
-    oh, ow, _ = layer.output_shape((h, w, c))
-    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
-    t, _, l, _ = layer.padding
-    out = np.empty((n * oh * ow, kh * kw * c), np.float32)
+    oh, ow, _ = layer.shape_of((h, w, c))
+    out = np.empty((n * oh * ow, layer.window.patch * c), np.float32)
     kern = _jit.pick((im2col_nhwc, im2col_nhwc_parallel), out.size)
-    kern(np.ascontiguousarray(x), kh, kw, sh, sw, t, l, dh, dw, oh, ow, 0, n * oh, out)
+    kern(np.ascontiguousarray(x), *layer.window.args, oh, ow, 0, n * oh, out)
     return out if rows is None else out[rows]
 
 
@@ -121,7 +113,7 @@ def layerwise(reference, x, names, refit, *, seed=0, start=None):
     Model
     """
     model = start if start is not None else reference
-    ref_in = run_to(reference, x, names)
+    ref_in = inputs_of(reference, x, names)
     for name in names:
         ref_layer = reference[name].layer
         x_ref = ref_in[name]
@@ -129,7 +121,7 @@ def layerwise(reference, x, names, refit, *, seed=0, start=None):
             x_ref.shape[0] * np.prod(ref_layer.output_shape(x_ref.shape[1:])[:2]))
         rows = sample_rows(int(n_rows), seed)
         y_rows = ref_layer.weight.apply(rows_of(ref_layer, x_ref, rows))
-        x_cur = run_to(model, x, [name])[name]
+        x_cur = inputs_of(model, x, [name])[name]
         layer = model[name].layer
         new = refit(name, layer, rows_of(layer, x_cur, rows), y_rows)
         model = model.replace_layers({name: new})

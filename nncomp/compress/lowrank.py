@@ -28,7 +28,7 @@ from ..layers import BatchNorm, Conv2D, Dense
 from ..matrices import DenseMatrix
 from ..model import Node
 from . import lowrank_conv as lc
-from .calibration import check_calibration, check_model, run_to, rows_of, sample_rows, select_layers
+from .calibration import check_calibration, check_model, inputs_of, rows_of, sample_rows, select_layers
 from .lowrank_rank import _allocate, _check_keys, _check_speedup, _rank_for_speedup, _ranks, _rel_tail
 
 SCHEMES = ("auto", "svd", "jaderberg", "channel")
@@ -164,7 +164,7 @@ def _build(model, plans, ranks, x, data, rows, iterations, seed):
         d = None
         if x is not None:
             first = all(ranks[q.name] is None for q in plans[:k])
-            cur = data[p.name][0] if first else _rows(p.layer, run_to(out, x, [p.name])[p.name], rows[p.name])
+            cur = data[p.name][0] if first else _rows(p.layer, inputs_of(out, x, [p.name])[p.name], rows[p.name])
             d = (cur, data[p.name][1])
         out = _split(out, p.name, *_pair(p, *lc.plan_factors(p, ranks[p.name], d, iterations, seed)))
     return out
@@ -312,7 +312,7 @@ def factorize(model, *, rank=None, energy=None, speedup=None, max_drop=None, lay
                     f"limited to {MAX_DATA_INPUTS}. Factorize it without calibration (layers=)")
     data, rows = {}, {}
     if x is not None:
-        ref_in = run_to(model, x, names)
+        ref_in = inputs_of(model, x, names)
         for p in plans:
             rows[p.name] = sample_rows(_n_rows(p.layer, ref_in[p.name]), seed, MAX_ROWS)
             patches = _rows(p.layer, ref_in[p.name], rows[p.name])

@@ -11,7 +11,7 @@ in the same pool as every other kernel. For VGG-16's conv3_2 and fc6 this is as 
 OpenBLAS's own threading (measured in bench/results/dense.md).
 
 **Strided operands and accumulation**, which NumPy's ``matmul`` cannot express without copies:
-the stride-1 convolution of nncomp/convolution.py passes a column slice of the weight (leading
+the stride-1 convolution of nncomp/layers/conv_algorithms.py passes a column slice of the weight (leading
 dimension ``kh*kw*c``) and a row slice of the padded image, and accumulates its taps with
 ``beta = 1``.
 

@@ -22,15 +22,15 @@ import threading
 import numba
 import numpy as np
 
-from .errors import NncompError
-from .kernels import _jit, blas
-from .kernels.blas import gemm_nt, matmul_nt
-from .kernels.conv import (conv_crop_bias_nhwc, conv_crop_bias_nhwc_parallel, conv_direct_nhwc,
+from ..errors import NncompError
+from ..kernels import _jit, blas
+from ..kernels.blas import gemm_nt, matmul_nt
+from ..kernels.conv import (conv_crop_bias_nhwc, conv_crop_bias_nhwc_parallel, conv_direct_nhwc,
                            conv_direct_nhwc_parallel, conv_pad_nhwc, conv_pad_nhwc_parallel,
                            depthwise_conv_nhwc, depthwise_conv_nhwc_parallel, im2col_nhwc,
                            im2col_nhwc_parallel)
-from .kernels.conv_gemm import im2col_gemm_nhwc, im2col_gemm_nhwc_parallel
-from .matrices import DenseMatrix
+from ..kernels.conv_gemm import im2col_gemm_nhwc, im2col_gemm_nhwc_parallel
+from ..matrices import DenseMatrix
 
 # im2col works in chunks of output lines whose patch buffer stays under this many bytes.
 IM2COL_CHUNK_BYTES = 8 << 20
@@ -79,24 +79,11 @@ def scratch(name, shape):
     return buf[:size].reshape(shape)
 
 
-def geometry(layer):
-    """``(kh, kw, sh, sw, top, left, dh, dw)`` of a Conv2D, the argument order of the kernels."""
-    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
-    t, _, l, _ = layer.padding
-    return (kh, kw, sh, sw, t, l, dh, dw)
-
-
 def direct_eligible(layer):
     """Whether ``layer`` may run the direct kernel (it then keeps its transposed weight)."""
     kh, kw = layer.kernel_size
     return (layer.groups == 1 and isinstance(layer.weight, DenseMatrix)
             and kh * kw * layer.in_channels <= DIRECT_MAX_PATCH and layer.out_channels <= DIRECT_MAX_OUT)
-
-
-def applicable(layer):
-    """The algorithms that can compute ``layer``, the default one first (kept by Conv2D)."""
-    found = getattr(layer, "_algorithms", None)
-    return found if found is not None else algorithms_for(layer)
 
 
 def algorithms_for(layer):
@@ -115,7 +102,7 @@ def algorithms_for(layer):
 
 def choose(layer, shape, n):
     """The algorithm Conv2D ``layer`` uses on ``n`` samples of per-sample input ``shape`` (h, w, c)."""
-    can = applicable(layer)
+    can = layer.algorithms
     if can[0] == "direct":
         oh, ow, co = layer.shape_of(shape)
         big = n * oh * ow * co * layer.weight.n_in >= DIRECT_MIN_MACS
@@ -135,7 +122,7 @@ def forward(layer, x, algorithm=None):
     """Run Conv2D ``layer`` on NHWC float32 ``x`` (n, h, w, c) -> (n, oh, ow, c_out).
 
     ``algorithm`` (one of :data:`ALGORITHMS`; default :func:`choose`) is for tests and benchmarks
-    and must be one of ``applicable(layer)``.
+    and must be one of ``layer.algorithms``.
     """
     n, h, w, c = x.shape
     return prepare(layer, (h, w, c), n, algorithm)(x)
@@ -147,20 +134,19 @@ def prepare(layer, shape, n, algorithm=None):
     size, see ``Model``)."""
     oh, ow, _ = layer.shape_of(shape)
     algorithm = algorithm or choose(layer, shape, n)
-    if algorithm not in applicable(layer):
+    if algorithm not in layer.algorithms:
         raise NncompError(f"conv algorithm {algorithm!r} cannot run this layer; it can run "
-                          f"{applicable(layer)}: pass one of those, or None to let nncomp choose")
+                          f"{layer.algorithms}: pass one of those, or None to let nncomp choose")
     bias = _bias(layer)
     if algorithm == "shifted":
         return lambda x: shifted(x, layer.weight.w, bias, layer, oh, ow)
     if algorithm == "direct":
-        return lambda x: direct(x, layer._wt, bias, layer, oh, ow)
+        return lambda x: direct(x, layer.weight_t, bias, layer, oh, ow)
     if algorithm == "depthwise":
-        return lambda x: depthwise(x, layer._wt, bias, layer, oh, ow)
-    geo = geometry(layer)
+        return lambda x: depthwise(x, layer.weight_t, bias, layer, oh, ow)
     if _fusable(layer, shape, oh, ow):
-        return _fused(layer.weight.w, bias, geo, n, oh, ow)
-    return lambda x: _im2col(layer, x, geo, oh, ow)
+        return _fused(layer.weight.w, bias, layer.window.args, n, oh, ow)
+    return lambda x: _im2col(layer, x, layer.window, oh, ow)
 
 
 def _bias(layer):
@@ -168,19 +154,19 @@ def _bias(layer):
     return layer.bias if layer.bias is not None else np.zeros(layer.out_channels, np.float32)
 
 
-def _im2col(layer, x, geo, oh, ow):
+def _im2col(layer, x, window, oh, ow):
     """im2col in chunks, each chunk's patches times the weight in whatever format it is stored."""
     n, c = x.shape[0], x.shape[3]
     co = layer.out_channels
     if layer.groups == 1:
-        y = patch_product(x, geo, oh, ow, layer.weight.apply)
+        y = patch_product(x, window, oh, ow, layer.weight.apply)
     else:
         cg, og, wd = c // layer.groups, co // layer.groups, layer.weight.w
         y = np.empty((n * oh * ow, co), np.float32)
         for g in range(layer.groups):
             xg = np.ascontiguousarray(x[..., g * cg:(g + 1) * cg])
             wg = wd[g * og:(g + 1) * og]
-            y[:, g * og:(g + 1) * og] = patch_product(xg, geo, oh, ow, lambda p: matmul_nt(p, wg))
+            y[:, g * og:(g + 1) * og] = patch_product(xg, window, oh, ow, lambda p: matmul_nt(p, wg))
     if not y.flags.c_contiguous:      # the transposed result of a small product: one pass
         out = np.empty(y.shape, np.float32)
         if layer.bias is None:
@@ -203,12 +189,7 @@ def _fusable(layer, shape, oh, ow):
     dense weights, the kernel available, and a patch matrix that is not the input itself (a 1x1
     stride-1 unpadded conv multiplies the input directly)."""
     return (layer.groups == 1 and isinstance(layer.weight, DenseMatrix) and fused_kernel()
-            and not _pointwise(geometry(layer), shape[:2], (oh, ow)))
-
-
-def _pointwise(geo, hw, ohw):
-    """Whether the patch matrix of this geometry is the input itself (1x1, stride 1, no padding)."""
-    return geo[:6] == (1, 1, 1, 1, 0, 0) and tuple(hw) == tuple(ohw)
+            and not (layer.window.pointwise and tuple(shape[:2]) == (oh, ow)))
 
 
 def _fused(w, bias, geo, n, oh, ow, pool=1):
@@ -246,12 +227,10 @@ def prepare_pooled(layer, shape, n, pool_layer):
     pool a plain p x p window with stride p, no padding, over an output of whole windows."""
     p = pool_layer.kernel_size[0]
     oh, ow, _ = layer.shape_of(shape)
-    plain = (pool_layer.kernel_size == pool_layer.stride == (p, p) and p > 1
-             and pool_layer.padding == (0, 0, 0, 0) and pool_layer.dilation == (1, 1))
-    if not (plain and oh % p == 0 and ow % p == 0 and choose(layer, shape, n) == "im2col"
+    if not (pool_layer.plain and oh % p == 0 and ow % p == 0 and choose(layer, shape, n) == "im2col"
             and _fusable(layer, shape, oh, ow)):
         return None
-    return _fused(layer.weight.w, _bias(layer), geometry(layer), n, oh, ow, p)
+    return _fused(layer.weight.w, _bias(layer), layer.window.args, n, oh, ow, p)
 
 
 def shifted(x, w, bias, layer, oh, ow):
@@ -291,7 +270,7 @@ def direct(x, wt, bias, layer, oh, ow):
     out = np.empty((n, oh, ow, co), np.float32)
     # one line of output per task: below a few images a parallel launch costs more than it saves
     kern = _jit.pick((conv_direct_nhwc, conv_direct_nhwc_parallel), out.size * wt.shape[0] // DIRECT_SERIAL_FACTOR)
-    kern(x, wt, bias, *geometry(layer), out)
+    kern(x, wt, bias, *layer.window.args, out)
     return out
 
 
@@ -302,18 +281,18 @@ def depthwise(x, wt, bias, layer, oh, ow):
     kh, kw = layer.kernel_size
     out = np.empty((n, oh, ow, co), np.float32)
     kern = _jit.pick((depthwise_conv_nhwc, depthwise_conv_nhwc_parallel), out.size * kh * kw)
-    kern(x, wt, bias, co // c, *geometry(layer), out)
+    kern(x, wt, bias, co // c, *layer.window.args, out)
     return out
 
 
-def patch_product(x, geometry, oh, ow, apply):
-    """``patches(x) @ W.T`` with the patch matrix built chunk by chunk (bounded memory)."""
+def patch_product(x, window, oh, ow, apply):
+    """``patches(x) @ W.T`` for a :class:`~nncomp.layers.base.Window`, the patch matrix built chunk
+    by chunk (bounded memory)."""
     x = np.ascontiguousarray(x)
     n, h, w, c = x.shape
-    if _pointwise(geometry, (h, w), (oh, ow)):
+    if window.pointwise and (h, w) == (oh, ow):
         return apply(x.reshape(n * h * w, c))
-    kh, kw = geometry[:2]
-    k = kh * kw * c
+    k = window.patch * c
     lines = n * oh
     if lines == 0:
         return apply(np.zeros((0, k), np.float32))
@@ -324,7 +303,7 @@ def patch_product(x, geometry, oh, ow, apply):
     for r0 in range(0, lines, step):
         r1 = min(lines, r0 + step)
         cols = buf[:(r1 - r0) * ow]
-        kern(x, *geometry, oh, ow, r0, r1, cols)
+        kern(x, *window.args, oh, ow, r0, r1, cols)
         y = apply(cols)
         if out is None:
             if r1 == lines:

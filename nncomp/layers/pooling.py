@@ -1,21 +1,37 @@
 """Pooling layers (max, average, global average) with PyTorch's window and divisor rules.
 
-Re-exported by nncomp/layers.py; a max-pool that only reads a convolution may also run inside that
-convolution's fused kernel (see ``Model``).
+A max-pool that only reads a convolution may also run inside that convolution's fused kernel
+(``Conv2D.fuse``).
 """
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from .kernels import _jit
-from .kernels.pool import avgpool_nhwc, avgpool_nhwc_parallel, maxpool_nhwc, maxpool_nhwc_parallel
-from .layer_base import Layer, _image, _pads, _pair, _register, _window_out
+from ..errors import NncompError
+from ..kernels import _jit
+from ..kernels.pool import avgpool_nhwc, avgpool_nhwc_parallel, maxpool_nhwc, maxpool_nhwc_parallel
+from .base import Layer, Window, fit, image, pads, pair, register, set_fields
 
 
-@_register
+class _Window2D(Layer):
+    """What the windowed pools share: validated geometry, the Window value, the output shape."""
+
+    def __post_init__(self):
+        _pool_init(self)
+
+    @property
+    def window(self):
+        return Window(self.kernel_size, self.stride, self.padding, self.dilation)
+
+    def output_shape(self, shape):
+        oh, ow = fit(self.window, shape, self.kind, self.ceil_mode)
+        return (oh, ow, shape[2])
+
+
+@register
 @dataclass(frozen=True, eq=False)
-class MaxPool2D(Layer):
+class MaxPool2D(_Window2D):
     """Max pooling; padding (top, bottom, left, right) never wins; ``ceil_mode`` as in PyTorch."""
 
     kernel_size: tuple = (2, 2)
@@ -25,24 +41,21 @@ class MaxPool2D(Layer):
     ceil_mode: bool = False
     kind = "maxpool2d"
 
-    def __post_init__(self):
-        _pool_init(self)
-
-    def output_shape(self, shape):
-        return _pool_shape(self, shape)
-
-    def forward(self, x):
-        return self.prepare(x.shape[0], x.shape[1:])(x)
+    @property
+    def plain(self):
+        """Whether it is a p x p window with stride p, no padding and no dilation (p > 1)."""
+        p = self.kernel_size[0]
+        return (self.kernel_size == self.stride == (p, p) and p > 1 and self.padding == (0, 0, 0, 0)
+                and self.dilation == (1, 1))
 
     def prepare(self, n, shape):
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        args = (kh, kw, sh, sw, self.padding[0], self.padding[2], dh, dw)
+        args = self.window.args
         return _pool_step((maxpool_nhwc, maxpool_nhwc_parallel), (n,) + self.shape_of(shape), args)
 
 
-@_register
+@register
 @dataclass(frozen=True, eq=False)
-class AvgPool2D(Layer):
+class AvgPool2D(_Window2D):
     """Average pooling with PyTorch's divisor rule (``count_include_pad``) and ``ceil_mode``."""
 
     kernel_size: tuple = (2, 2)
@@ -52,18 +65,9 @@ class AvgPool2D(Layer):
     count_include_pad: bool = True
     kind = "avgpool2d"
 
-    def __post_init__(self):
-        _pool_init(self)
-
     @property
     def dilation(self):
         return (1, 1)
-
-    def output_shape(self, shape):
-        return _pool_shape(self, shape)
-
-    def forward(self, x):
-        return self.prepare(x.shape[0], x.shape[1:])(x)
 
     def prepare(self, n, shape):
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
@@ -84,29 +88,18 @@ def _pool_step(kernels, out_shape, args):
 
 
 def _pool_init(layer):
-    set_ = lambda k, v: object.__setattr__(layer, k, v)  # noqa: E731
-    set_("kernel_size", _pair(layer.kernel_size, "kernel_size"))
-    set_("stride", layer.kernel_size if layer.stride is None else _pair(layer.stride, "stride"))
-    set_("padding", _pads(layer.padding))
-    if hasattr(type(layer), "__dataclass_fields__") and "dilation" in type(layer).__dataclass_fields__:
-        set_("dilation", _pair(layer.dilation, "dilation"))
-    set_("ceil_mode", bool(layer.ceil_mode))
-
-
-def _pool_shape(layer, shape):
-    h, w, c = _image(shape, layer.kind)
-    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
-    t, b, l, r = layer.padding
+    kernel = pair(layer.kernel_size, "kernel_size")
+    set_fields(layer, kernel_size=kernel, stride=kernel if layer.stride is None else pair(layer.stride, "stride"),
+               padding=pads(layer.padding), ceil_mode=bool(layer.ceil_mode))
+    if "dilation" in type(layer).__dataclass_fields__:
+        set_fields(layer, dilation=pair(layer.dilation, "dilation"))
+    (kh, kw), (t, b, l, r) = layer.kernel_size, layer.padding
     if max(t, b) > kh // 2 or max(l, r) > kw // 2:
         raise NncompError(f"{layer.kind}: padding {layer.padding} must be at most half the kernel {layer.kernel_size}")
-    oh = _window_out(h, kh, sh, t, b, dh, layer.ceil_mode)
-    ow = _window_out(w, kw, sw, l, r, dw, layer.ceil_mode)
-    if oh < 1 or ow < 1:
-        raise NncompError(f"{layer.kind} with kernel {layer.kernel_size} does not fit input {h}x{w}")
-    return (oh, ow, c)
 
 
-@_register
+
+@register
 @dataclass(frozen=True, eq=False)
 class GlobalAvgPool2D(Layer):
     """Mean over height and width: (h, w, c) -> (c,), or (1, 1, c) with ``keepdims``."""
@@ -115,7 +108,7 @@ class GlobalAvgPool2D(Layer):
     kind = "global_avgpool2d"
 
     def output_shape(self, shape):
-        h, w, c = _image(shape, self.kind)
+        h, w, c = image(shape, self.kind)
         return (1, 1, c) if self.keepdims else (c,)
 
     def forward(self, x):

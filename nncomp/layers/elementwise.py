@@ -1,0 +1,76 @@
+"""Element-wise layers: activations, residual adds, softmax, and the identities of inference."""
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import NncompError
+from .base import Layer, register
+
+
+@register
+@dataclass(frozen=True, eq=False)
+class ReLU(Layer):
+    """``max(x, 0)``, capped at ``max_value`` when given (ReLU6: ``max_value=6``)."""
+
+    max_value: float = None
+    kind = "relu"
+    monotone = True
+
+    def forward(self, x):
+        if self.max_value is None:
+            return np.maximum(x, np.float32(0))
+        return np.clip(x, np.float32(0), np.float32(self.max_value))
+
+    def epilogue(self, n, shape):
+        zero = np.float32(0)
+        if self.max_value is None:
+            return lambda y: np.maximum(y, zero, out=y)
+        top = np.float32(self.max_value)
+        return lambda y: np.clip(y, zero, top, out=y)
+
+
+@register
+@dataclass(frozen=True, eq=False)
+class Add(Layer):
+    """Element-wise sum of its inputs (residual connections)."""
+
+    kind = "add"
+    n_inputs = 2
+    commutative = True      # a + b == b + a exactly; a sum of three or more is not fused
+
+    def output_shape(self, *shapes):
+        if len(set(shapes)) != 1:
+            raise NncompError(f"add needs inputs of one shape, got {shapes}")
+        return shapes[0]
+
+    def forward(self, *xs):
+        y = xs[0] + xs[1]
+        for x in xs[2:]:
+            y += x
+        return y
+
+    def epilogue(self, n, shape):
+        return lambda y, other: np.add(y, other, out=y)
+
+
+@register
+@dataclass(frozen=True, eq=False)
+class Softmax(Layer):
+    """Softmax over the last axis, with max subtraction (no NaN for finite inputs)."""
+
+    kind = "softmax"
+
+    def forward(self, x):
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+
+@register
+@dataclass(frozen=True, eq=False)
+class Dropout(Layer):
+    """Identity at inference."""
+
+    kind = "dropout"
+
+    def forward(self, x):
+        return x

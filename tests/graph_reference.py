@@ -1,0 +1,59 @@
+"""A whole model run through the NumPy references in float64, node by node (no plans, no fusion).
+
+The reference for the engine's planned, fused passes at any input size: each layer kind is computed
+from its definition (tests/reference.py for convolutions and pools).
+"""
+import numpy as np
+
+import reference as ref
+import nncomp as nc
+
+
+def layer_reference(layer, xs):
+    """One layer on float64 internal-layout inputs."""
+    x = xs[0]
+    if isinstance(layer, nc.Conv2D):
+        w = layer.weight.to_dense().reshape(layer.out_channels, *layer.kernel_size, -1).transpose(0, 3, 1, 2)
+        return ref.conv2d_nhwc(x, w, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+    if isinstance(layer, nc.MaxPool2D):
+        oh, ow, _ = layer.output_shape(x.shape[1:])
+        return ref.maxpool_nhwc(x, *layer.kernel_size, *layer.stride, layer.padding[0], layer.padding[2],
+                                *layer.dilation, oh, ow)
+    if isinstance(layer, nc.AvgPool2D):
+        oh, ow, _ = layer.output_shape(x.shape[1:])
+        t, b, l, r = layer.padding
+        return ref.avgpool_nhwc(x, *layer.kernel_size, *layer.stride, t, l, b, r, layer.count_include_pad, oh, ow)
+    if isinstance(layer, nc.GlobalAvgPool2D):
+        return x.mean(axis=(1, 2), keepdims=layer.keepdims)
+    if isinstance(layer, nc.BatchNorm):
+        return (x - layer.mean) / np.sqrt(layer.var.astype(np.float64) + layer.eps) * layer.gamma + layer.beta
+    if isinstance(layer, nc.ReLU):
+        y = np.maximum(x, 0)
+        return y if layer.max_value is None else np.minimum(y, layer.max_value)
+    if isinstance(layer, nc.Add):
+        return sum(xs)
+    if isinstance(layer, nc.Flatten):
+        if x.ndim == 4 and layer.order == "chw":
+            x = x.transpose(0, 3, 1, 2)
+        return x.reshape(len(x), -1)
+    if isinstance(layer, nc.Dense):
+        y = x @ layer.weight.to_dense().T.astype(np.float64)
+        return y if layer.bias is None else y + layer.bias
+    if isinstance(layer, nc.ZeroPad2D):
+        t, b, l, r = layer.padding
+        return np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
+    if isinstance(layer, nc.Dropout):
+        return x
+    if isinstance(layer, nc.Softmax):
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+    raise AssertionError(f"no reference for layer kind {layer.kind}")
+
+
+def graph_reference(model, x):
+    """Every node's float64 value (internal layout) for model-layout input ``x``."""
+    x = np.asarray(x, np.float64)
+    values = {"input": x.transpose(0, 2, 3, 1) if model.input_layout == "NCHW" else x}
+    for node in model.nodes:
+        values[node.name] = layer_reference(node.layer, [values[s] for s in node.inputs])
+    return values

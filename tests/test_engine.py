@@ -1,0 +1,168 @@
+"""The one forward engine: plans per input shape, fusion declared by layers, activations, any size."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import nncomp as nc
+from graph_reference import graph_reference
+from nncomp.layers import Fused
+from nncomp.model import Node
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "data" / "fixtures"
+
+
+def _node_by_node(model, x):
+    """Every node's value from its layer's own ``forward`` (no plan, no fusion), internal layout."""
+    x = model.check_input(x)
+    values = {"input": np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if model.input_layout == "NCHW" else x}
+    for node in model.nodes:
+        values[node.name] = node.layer.forward(*(values[s] for s in node.inputs))
+    return values
+
+
+# ----------------------------------------------------------------------------- random graphs
+@st.composite
+def cnn(draw):
+    """A small fully convolutional network (global pool at the end) with every fusable pattern:
+    conv -> bn -> relu, conv -> relu -> max-pool, a residual add, dense -> relu -> dense."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    c0, c1 = draw(st.integers(1, 3)), draw(st.integers(2, 6))
+    k = draw(st.sampled_from([1, 3]))
+    f32 = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+
+    def conv(cin, cout, kk, stride=1, pad=0):
+        return nc.Conv2D(f32(cout, kk * kk * cin), f32(cout) if draw(st.booleans()) else None,
+                         in_channels=cin, kernel_size=kk, stride=stride, padding=pad)
+
+    def bn(c):
+        return nc.BatchNorm(f32(c), f32(c), f32(c), np.abs(f32(c)) + 0.5)
+    nodes = [Node("c1", conv(c0, c1, k, pad=k // 2)), Node("b1", bn(c1), ("c1",)), Node("r1", nc.ReLU(), ("b1",))]
+    prev = "r1"
+    if draw(st.booleans()):
+        nodes += [Node("c2", conv(c1, c1, 3, pad=1), (prev,)), Node("b2", bn(c1), ("c2",)),
+                  Node("add", nc.Add(), ("b2", prev) if draw(st.booleans()) else (prev, "b2")),
+                  Node("r2", nc.ReLU(max_value=6.0 if draw(st.booleans()) else None), ("add",))]
+        prev = "r2"
+    if draw(st.booleans()):
+        nodes += [Node("c3", conv(c1, c1, 3, pad=1), (prev,)), Node("r3", nc.ReLU(), ("c3",)),
+                  Node("p3", nc.MaxPool2D(2), ("r3",))]
+        prev = "p3"
+    nodes += [Node("gap", nc.GlobalAvgPool2D(), (prev,)),
+              Node("fc1", nc.Dense(f32(8, c1), f32(8)), ("gap",)), Node("r4", nc.ReLU(), ("fc1",)),
+              Node("fc2", nc.Dense(f32(3, 8), None), ("r4",))]
+    model = nc.Model(nodes, input_shape=(c0, 8, 8), input_layout="NCHW")
+    h, w = draw(st.integers(4, 13)), draw(st.integers(4, 13))
+    x = rng.random((draw(st.integers(1, 3)), c0, h, w)).astype(np.float32)
+    return model, x
+
+
+@given(case=cnn())
+def test_any_input_size_matches_the_reference_graph(case):
+    """Other sizes than the one the model was built with run through plans made for them, fused,
+    and give the float64 NumPy reference graph's numbers."""
+    model, x = case
+    want = graph_reference(model, x)["fc2"]
+    got = model(x)
+    assert got.shape == want.shape
+    assert np.allclose(got, want, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(want).max()))
+
+
+@given(case=cnn())
+def test_fused_plans_equal_the_unfused_graph(case):
+    """Fusion (epilogues, conv + max-pool) changes no bit: every kept value equals the layers' own
+    forward, node by node."""
+    model, x = case
+    values = _node_by_node(model, x)
+    assert np.array_equal(model(x), values["fc2"])
+    names = [n.name for n in model.nodes]
+    got = model.activations(x, names)
+    for name in names:
+        assert np.array_equal(got[name], values[name]), name
+
+
+def test_plans_fuse_what_the_layers_declare():
+    model = nc.load(nc.data.DATA_DIR / "resnet_small.h5")
+    plan = model._plan((28, 28, 1), 2, model.outputs)
+    kinds = {name: layer.describe() for name, layer in plan.layers if isinstance(layer, Fused)}
+    assert kinds["relu"] == "conv2d+batchnorm+relu"
+    assert sum(k.endswith("+add+relu") for k in kinds.values()) == 3     # each residual add in an epilogue
+    assert len(plan.steps) < len(model.nodes) // 2
+    lenet5 = nc.load(nc.data.DATA_DIR / "lenet5.h5")
+    kinds = [layer.describe() for _, layer in lenet5._plan((28, 28, 1), 1, lenet5.outputs).layers]
+    assert any("maxpool2d" in k and k.startswith("conv2d+") for k in kinds), kinds
+    # a kept value is never fused away: asking for a conv's output keeps it
+    conv = next(n.name for n in model.nodes if n.layer.kind == "conv2d")
+    kept = model._plan((28, 28, 1), 2, (conv,))
+    assert conv in [name for name, _ in kept.layers] and len(kept.steps) == 1
+
+
+# ----------------------------------------------------------------------------- activations
+def test_activations_are_the_nodes_values_from_one_pass():
+    model = nc.load(nc.data.DATA_DIR / "lenet5.h5")
+    x = nc.data.mnist("test")[0][:20]
+    names = ["input"] + [n.name for n in model.nodes]
+    want = _node_by_node(model, x)
+    got = model.activations(x, names)
+    assert list(got) == names
+    for name in names:
+        assert got[name].dtype == np.float32 and np.array_equal(got[name], want[name]), name
+    parts = model.activations(x, names[1:4], batch_size=7)      # 7 + 7 + 6 samples
+    for name in names[1:4]:
+        assert np.allclose(parts[name], want[name], rtol=1e-5, atol=1e-6 * np.abs(want[name]).max())
+    with pytest.raises(nc.NncompError, match="unknown node names"):
+        model.activations(x, ["nope"])
+    with pytest.raises(nc.NncompError, match="batch_size"):
+        model.activations(x, names[1:2], batch_size=0)
+    with pytest.raises(nc.InputError):
+        model.activations(x[0], names[1:2])
+
+
+# ----------------------------------------------------------------------------- any size, real models
+def test_a_global_pool_cnn_gives_pytorchs_numbers_at_other_sizes():
+    """ResNet-small (trained at 28x28, global average pool) at 36x36 and 20x28, against PyTorch."""
+    model = nc.load(nc.data.DATA_DIR / "resnet_small.h5")
+    found = np.load(FIXTURES / "resnet_small.any_size.npz")
+    for size in ("36x36", "20x28"):
+        want = found[f"logits_{size}"]
+        got = model(found[f"x_{size}"])
+        assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max()), size
+        assert np.array_equal(got.argmax(1), want.argmax(1))
+
+
+def test_sizes_a_layer_cannot_take_are_refused_naming_the_constraint():
+    lenet5 = nc.load(nc.data.DATA_DIR / "lenet5.h5")
+    with pytest.raises(nc.InputError, match=r"(?s)1, 28, 28.*36, 36.*dense.*800"):
+        lenet5(np.zeros((1, 1, 36, 36), np.float32))          # a flatten before a dense fixes the size
+    resnet = nc.load(nc.data.DATA_DIR / "resnet_small.h5")
+    with pytest.raises(nc.InputError, match="every per-sample dimension"):
+        resnet(np.zeros((1, 1, 0, 5), np.float32))
+    with pytest.raises(nc.InputError, match="input channels"):
+        resnet(np.zeros((1, 3, 28, 28), np.float32))
+    model = nc.Model([Node("p", nc.MaxPool2D(4))], input_shape=(1, 8, 8), input_layout="NCHW")
+    with pytest.raises(nc.InputError, match="does not fit input 3x8"):
+        model(np.zeros((1, 1, 3, 8), np.float32))
+    assert model(np.zeros((2, 1, 4, 9), np.float32)).shape == (2, 1, 1, 2)
+
+
+# ----------------------------------------------------------------------------- calibration on the engine
+def test_calibrated_methods_reproduce_the_previous_engine():
+    """Every calibrated method, now run on the model's plans, gives what the layer-by-layer runner
+    of nncomp as of 24e0af4 gave (tools/make_engine_goldens.py); identical on the CPU that wrote
+    them, within rounding on another (other BLAS kernels)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from make_engine_goldens import compute
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    want = np.load(FIXTURES / "engine_goldens.npz")
+    got = compute(lambda stem: nc.data.DATA_DIR / f"{stem}.h5")
+    assert sorted(got) == sorted(want.files)
+    for name, y in got.items():
+        ref = want[name]
+        assert (y.argmax(1) == ref.argmax(1)).mean() >= 0.95, name
+        assert np.abs(y - ref).max() <= 0.05 * np.abs(ref).max(), name
+        assert np.median(np.abs(y - ref)) <= 1e-3 * np.abs(ref).max(), name
