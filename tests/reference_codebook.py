@@ -16,6 +16,15 @@ def codebook_unpack4(codes, n_in=None):
     return out if n_in is None else out[:, :n_in]
 
 
+def reduce16(a):
+    """The lane-summation tree of the codebook kernels' contract, in float32: lanes i and i + 8,
+    then i and i + 4 of those, then (0 + 2) + (1 + 3)."""
+    a = np.asarray(a, np.float32)
+    t = a[:8] + a[8:]
+    u = t[:4] + t[4:]
+    return (u[0] + u[2]) + (u[1] + u[3])
+
+
 def fma32(a, b, c):
     """Elementwise float32 ``a * b + c`` with one rounding: the exact product in float64, the sum
     rounded to odd (TwoSum), then rounded to float32 (Boldo and Melquiond's emulation)."""

@@ -111,6 +111,19 @@ def _exact_fma32(a, b, c):
     return min(cands, key=lambda v: (abs(Fraction(float(v)) - exact), int(np.array(v).view(np.int32)) & 1))
 
 
+@given(seed=seeds)
+def test_reduce16_matches_reference(seed):
+    """The 16-lane summation tree, bit for bit (float32 sums in one fixed order)."""
+    rng = np.random.default_rng(seed)
+    a = (rng.standard_normal(16) * 2.0 ** rng.integers(-30, 30, 16)).astype(np.float32)
+    assert _reduce_one(a) == ref.reduce16(a)
+
+
+@numba.njit
+def _reduce_one(a):
+    return K.reduce16(a)
+
+
 def test_fma32_is_one_rounding_in_every_implementation():
     rng = np.random.default_rng(0)
     n = 3000

@@ -18,18 +18,19 @@ closed form, bias corrected), scheme-2 filters as in :mod:`lowrank_conv`. Where 
 consumer is a BatchNorm, output channels are weighted by its scale (the error the next layer sees).
 How the ranks are chosen (rank, energy, speedup, global allocation) is in :mod:`lowrank_rank`.
 """
+
 import math
-import numbers
 
 import numpy as np
 
+from ..checks import check_choice, check_number, check_seed
 from ..errors import CompressionParameterError
 from ..layers import BatchNorm, Conv2D, Dense
 from ..matrices import DenseMatrix
 from ..model import Node
 from . import lowrank_conv as lc
 from .calibration import check_calibration, check_model, inputs_of, rows_of, sample_rows, select_layers
-from .lowrank_rank import _allocate, _check_keys, _check_speedup, _rank_for_speedup, _ranks, _rel_tail
+from .lowrank_rank import allocate, check_keys, check_speedup, rank_for_speedup, ranks, rel_tail
 
 SCHEMES = ("auto", "svd", "jaderberg", "channel")
 ALLOCATIONS = ("global", "uniform")
@@ -189,7 +190,7 @@ def _within_budget(model, plans, x, x_score, data, rows, max_drop, iterations, s
         if not hi > lo * 1.01:
             break
         mid = math.sqrt(lo * hi)
-        ranks = _allocate(plans, mid)
+        ranks = allocate(plans, mid)
         cand = _build(model, plans, ranks, x, data, rows, 0, seed)
         if loss(cand) <= max_drop:
             lo, best = mid, (ranks, cand)
@@ -264,24 +265,19 @@ def factorize(model, *, rank=None, energy=None, speedup=None, max_drop=None, lay
     if len(given) != 1:
         raise CompressionParameterError(
             f"factorize(): give exactly one of rank=, energy=, speedup=, max_drop=; got {given or 'none'}")
-    if max_drop is not None and (type(max_drop) is bool or not isinstance(max_drop, numbers.Real)
-                                 or not (0 <= float(max_drop) <= 1)):
-        raise CompressionParameterError(f"factorize(): max_drop must be a number in [0, 1], got {max_drop!r}")
+    if max_drop is not None:
+        max_drop = check_number(max_drop, "max_drop", low=0, high=1, method="factorize")
     if max_drop is not None and calibration is None:
         raise CompressionParameterError("factorize(): max_drop needs calibration= inputs to measure the drop on")
-    if not isinstance(allocation, str) or allocation not in ALLOCATIONS:
-        raise CompressionParameterError(f"factorize(): allocation must be one of {ALLOCATIONS}, got {allocation!r}")
-    if type(iterations) is bool or not isinstance(iterations, numbers.Integral) or iterations < 0:
-        raise CompressionParameterError(f"factorize(): iterations must be an int >= 0, got {iterations!r}")
-    if type(seed) is bool or not isinstance(seed, numbers.Integral):
-        raise CompressionParameterError(f"factorize(): seed must be an int, got {seed!r}")
-    if energy is not None and (type(energy) is bool or not isinstance(energy, numbers.Real)
-                               or not (0 < float(energy) <= 1)):
-        raise CompressionParameterError(f"factorize(): energy must be a number in (0, 1], got {energy!r}")
+    check_choice(allocation, "allocation", ALLOCATIONS, method="factorize")
+    iterations = check_number(iterations, "iterations", integer=True, low=0, method="factorize")
+    check_seed(seed, method="factorize")
+    if energy is not None:
+        energy = check_number(energy, "energy", low=0, high=1, low_open=True, method="factorize")
     if speedup is not None and not isinstance(speedup, dict):
-        speedup = _check_speedup(speedup)
-    if not isinstance(rank, (dict, type(None))) and (type(rank) is bool or not isinstance(rank, numbers.Integral)):
-        raise CompressionParameterError(f"factorize(): rank must be an int or a dict {{name: int}}, got {rank!r}")
+        speedup = check_speedup(speedup)
+    if not isinstance(rank, (dict, type(None))):
+        check_number(rank, "rank", integer=True, low=1, method="factorize", fix="or a dict {name: int}")
     x = check_calibration(calibration, model, "factorize")
     x_score = None
     if max_drop is not None:
@@ -296,7 +292,7 @@ def factorize(model, *, rank=None, energy=None, speedup=None, max_drop=None, lay
     if not names:
         raise CompressionParameterError("factorize(): no Dense or (non-grouped, k x k) Conv2D layer selected")
     _check_named(model, names, scheme)
-    _check_keys(per_layer, names, "rank" if isinstance(rank, dict) else "speedup")
+    check_keys(per_layer, names, "rank" if isinstance(rank, dict) else "speedup")
 
     def conv_scheme(layer):
         kh, kw = layer.kernel_size
@@ -326,7 +322,7 @@ def factorize(model, *, rank=None, energy=None, speedup=None, max_drop=None, lay
                 errs = []
                 for q in (p, alt):
                     q.spectrum = lc.plan_spectrum(q, data.get(q.name))
-                    errs.append(_rel_tail(q.spectrum)[_rank_for_speedup(q, target)])
+                    errs.append(rel_tail(q.spectrum)[rank_for_speedup(q, target)])
                 plans[i] = p if errs[0] <= errs[1] else alt
     for p in plans:
         if p.spectrum is None and (energy is not None or max_drop is not None
@@ -335,4 +331,4 @@ def factorize(model, *, rank=None, energy=None, speedup=None, max_drop=None, lay
 
     if max_drop is not None:
         return _within_budget(model, plans, x, x_score, data, rows, float(max_drop), iterations, seed)
-    return _build(model, plans, _ranks(plans, rank, energy, speedup, allocation), x, data, rows, iterations, seed)
+    return _build(model, plans, ranks(plans, rank, energy, speedup, allocation), x, data, rows, iterations, seed)

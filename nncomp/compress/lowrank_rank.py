@@ -7,42 +7,36 @@ remove the most relative error per MAC. Works on ``lowrank._Plan`` objects: ``na
 and ``spectrum`` (the energy each rank captures, from ``lowrank_conv.plan_spectrum``).
 """
 import heapq
-import math
-import numbers
 
 import numpy as np
 
+from ..checks import check_number
 from ..errors import CompressionParameterError
 
 
 def _check_rank(value, plan):
-    if type(value) is bool or not isinstance(value, numbers.Integral) or not (1 <= value <= plan.max_rank):
-        raise CompressionParameterError(
-            f"factorize(): layer {plan.name!r} ({plan.scheme}): rank must be an int in "
-            f"[1, {plan.max_rank}], got {value!r}; pick a rank in that range")
-    return int(value)
+    return check_number(value, f"rank[{plan.name!r}]", integer=True, low=1, high=plan.max_rank, method="factorize",
+                        fix=f"layer {plan.name!r} ({plan.scheme}) takes a rank in that range")
 
 
-def _check_speedup(value, where="speedup"):
-    if type(value) is bool or not isinstance(value, numbers.Real) or not (1 < float(value) < math.inf):
-        raise CompressionParameterError(
-            f"factorize(): {where} must be a finite number > 1 (the factor by which MACs shrink), "
-            f"got {value!r}")
-    return float(value)
+def check_speedup(value, where="speedup"):
+    """A finite number > 1: the factor by which a factorization cuts multiply-adds."""
+    return check_number(value, where, low=1, low_open=True, method="factorize",
+                        fix="the factor by which MACs shrink")
 
 
-def _rel_tail(spectrum):
+def rel_tail(spectrum):
     """Relative error left by each rank: ``tail[r] = sum(spectrum[r:]) / sum(spectrum)``."""
     total = float(spectrum.sum())
     tail = np.concatenate([np.cumsum(spectrum[::-1])[::-1], [0.0]])
     return tail / total if total > 0 else np.zeros_like(tail)
 
 
-def _rank_for_speedup(plan, speedup):
+def rank_for_speedup(plan, speedup):
     return int(min(plan.max_rank, max(1, plan.orig // (speedup * plan.unit))))
 
 
-def _allocate(plans, speedup):
+def allocate(plans, speedup):
     """Ranks for a whole-selection MAC budget: greedy on relative error removed per MAC.
 
     A layer whose best rank would cost as much as the layer itself stays unfactorized (rank None).
@@ -54,7 +48,7 @@ def _allocate(plans, speedup):
         raise CompressionParameterError(
             f"factorize(): speedup={speedup:g} is out of reach: even rank 1 everywhere costs "
             f"{spent:,} MACs against a budget of {budget:,.0f}; ask for a smaller speedup")
-    tails = {p.name: _rel_tail(p.spectrum) for p in plans}
+    tails = {p.name: rel_tail(p.spectrum) for p in plans}
     heap = []
 
     def push(p):
@@ -83,24 +77,24 @@ def _allocate(plans, speedup):
     return ranks
 
 
-def _ranks(plans, rank, energy, speedup, allocation):
+def ranks(plans, rank, energy, speedup, allocation):
     if rank is not None:
         return {p.name: _check_rank(rank[p.name] if isinstance(rank, dict) else rank, p) for p in plans}
     if energy is not None:
         out = {}
         for p in plans:
-            kept = 1.0 - _rel_tail(p.spectrum)[1:]
+            kept = 1.0 - rel_tail(p.spectrum)[1:]
             out[p.name] = int(min(p.max_rank, np.searchsorted(kept, energy - 1e-12) + 1))
         return out
     if isinstance(speedup, dict):
-        return {p.name: _rank_for_speedup(p, _check_speedup(speedup[p.name], f"speedup[{p.name!r}]"))
+        return {p.name: rank_for_speedup(p, check_speedup(speedup[p.name], f"speedup[{p.name!r}]"))
                 for p in plans}
     if allocation == "uniform":
-        return {p.name: _rank_for_speedup(p, speedup) for p in plans}
-    return _allocate(plans, speedup)
+        return {p.name: rank_for_speedup(p, speedup) for p in plans}
+    return allocate(plans, speedup)
 
 
-def _check_keys(value, names, what):
+def check_keys(value, names, what):
     if isinstance(value, dict):
         missing = [n for n in names if n not in value]
         extra = [n for n in value if n not in names]

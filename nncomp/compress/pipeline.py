@@ -20,11 +20,11 @@ forward-only and replaces both by least-squares refits on calibration data: prun
 surviving weights (nncomp.compress.pruning), sharing refits the centroids and biases so that each
 layer reproduces the *dense* model's layer outputs (nncomp.compress.sharing).
 """
-import numpy as np
 
+from ..checks import check_seed
 from ..errors import CompressionParameterError
 from .calibration import check_calibration, check_model, select_layers
-from .sharing import INITS, _shareable, bits_for, refit_model, share
+from .sharing import INITS, shareable, bits_for, refit_model, share
 
 DEFAULT_BITS = {"conv": 8, "dense": 5}
 
@@ -69,11 +69,10 @@ def deep_compression(model, *, sparsity=0.92, scope="global", bits=None, calibra
     check_model(model, "deep_compression")
     if init not in INITS:
         raise CompressionParameterError(f"deep_compression(): init must be one of {INITS}, got {init!r}")
-    if type(seed) is bool or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise CompressionParameterError(f"deep_compression(): seed must be an int >= 0, got {seed!r}")
+    check_seed(seed, method="deep_compression")
     x = check_calibration(calibration, model, "deep_compression")
     names = list(sparsity) if isinstance(sparsity, dict) else select_layers(
-        model, layers, "deep_compression", accept=_shareable)
+        model, layers, "deep_compression", accept=shareable)
     per_layer = bits_for(DEFAULT_BITS if bits is None else bits, model, names, "deep_compression")
     pruned = prune(model, sparsity=sparsity, layers=None if isinstance(sparsity, dict) else names,
                    scope="layer" if isinstance(sparsity, dict) else scope, calibration=x, storage="csr",

@@ -24,11 +24,12 @@ import warnings
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from ..checks import check_choice, check_number, check_seed
 from ..errors import CompressionParameterError
 from ..matrices import DenseMatrix
 from ..matrices.csr import DENSE_ABOVE_DENSITY, CSRMatrix, PrunedDenseMatrix
 from .calibration import check_calibration, check_model, layerwise, select_layers
-from .pruning_channels import _prunable, channel_groups, remove_channels
+from .pruning_channels import prunable, channel_groups, remove_channels
 
 __all__ = ["prune", "prune_filters"]
 
@@ -37,12 +38,9 @@ MAX_REFIT_INPUTS = 8192  # the Gram matrix of wider layers (fc6: 25088 inputs, 5
 STEPS = (0.5, 0.75, 0.9, 1.0)  # shares of the removed weights taken per refit round (calibration)
 
 
-def _fraction(v, name, method, top_open=False):
-    if type(v) is bool or not isinstance(v, (int, float, np.integer, np.floating)) or not (
-            0 <= v <= 1) or (top_open and v == 1):
-        rng = "[0, 1)" if top_open else "[0, 1]"
-        raise CompressionParameterError(f"{method}() got {name}={v!r}; {name} must be a number in {rng}")
-    return float(v)
+def fraction(v, name, method, top_open=False):
+    """A number in [0, 1] ([0, 1) with ``top_open``): a share of weights or filters."""
+    return check_number(v, name, low=0, high=1, high_open=top_open, method=method)
 
 
 def _per_layer(value, layers, name, method, check):
@@ -52,11 +50,6 @@ def _per_layer(value, layers, name, method, check):
             raise CompressionParameterError(f"{method}(): pass either layers= or a per-layer {name} dict, not both")
         return list(value), {k: check(v, f"{name}[{k!r}]") for k, v in value.items()}
     return layers, check(value, name)
-
-
-def _check_choice(v, name, choices, method):
-    if not isinstance(v, str) or v not in choices:
-        raise CompressionParameterError(f"{method}() got {name}={v!r}; choose one of {list(choices)}")
 
 
 def prune(model, sparsity=None, *, quality=None, scope="layer", layers=None, calibration=None,
@@ -93,24 +86,21 @@ def prune(model, sparsity=None, *, quality=None, scope="layer", layers=None, cal
     if (sparsity is None) == (quality is None):
         raise CompressionParameterError("prune() needs exactly one of sparsity= (fraction removed) "
                                         "or quality= (threshold = quality x std of the weights)")
-    _check_choice(scope, "scope", ("layer", "global"), method)
-    _check_choice(storage, "storage", ("auto", "csr", "dense"), method)
-    if type(seed) is bool or not isinstance(seed, (int, np.integer)):
-        raise CompressionParameterError(f"prune() got seed={seed!r}; seed must be an int")
+    check_choice(scope, "scope", ("layer", "global"), method=method)
+    check_choice(storage, "storage", ("auto", "csr", "dense"), method=method)
+    check_seed(seed, method="prune")
 
     def nonneg(v, name):
-        if type(v) is bool or not isinstance(v, (int, float, np.integer, np.floating)) or not (0 <= v < np.inf):
-            raise CompressionParameterError(f"prune() got {name}={v!r}; quality must be a finite number >= 0")
-        return float(v)
+        return check_number(v, name, low=0, method="prune")
 
     if sparsity is not None:
         layers, amount = _per_layer(sparsity, layers, "sparsity", method,
-                                    lambda v, n: _fraction(v, n, method))
+                                    lambda v, n: fraction(v, n, method))
     else:
         layers, amount = _per_layer(quality, layers, "quality", method, nonneg)
     if scope == "global" and (isinstance(amount, dict) or quality is not None):
         raise CompressionParameterError("prune(scope='global') takes one float sparsity for all selected layers")
-    names = select_layers(model, layers, method, accept=_prunable)
+    names = select_layers(model, layers, method, accept=prunable)
     x = check_calibration(calibration, model, method)
     weights = {n: model[n].layer.weight.to_dense() for n in names}
     masks = _masks(weights, amount, quality is not None, scope)
@@ -281,14 +271,13 @@ def prune_filters(model, ratio=None, *, criterion="l1", layers=None, calibration
     check_model(model, method)
     if ratio is None:
         raise CompressionParameterError("prune_filters() needs ratio= (fraction of filters to remove)")
-    _check_choice(criterion, "criterion", ("l1", "l2"), method)
-    if type(seed) is bool or not isinstance(seed, (int, np.integer)):
-        raise CompressionParameterError(f"prune_filters() got seed={seed!r}; seed must be an int")
-    layers, amount = _per_layer(ratio, layers, "ratio", method, lambda v, n: _fraction(v, n, method, True))
+    check_choice(criterion, "criterion", ("l1", "l2"), method=method)
+    check_seed(seed, method="prune_filters")
+    layers, amount = _per_layer(ratio, layers, "ratio", method, lambda v, n: fraction(v, n, method, True))
     groups, flat = channel_groups(model)
     owner = {p: r for r, g in groups.items() for p in g["producers"]}
     explicit = layers is not None
-    names = select_layers(model, layers, method, accept=_prunable)
+    names = select_layers(model, layers, method, accept=prunable)
     x = check_calibration(calibration, model, method)
     chosen = {}
     for n in names:

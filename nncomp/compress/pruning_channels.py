@@ -18,7 +18,7 @@ from ..model import INPUT
 _FOLLOW = (BatchNorm, ReLU, MaxPool2D, AvgPool2D, GlobalAvgPool2D, ZeroPad2D, Dropout, Flatten)
 
 
-def _prunable(layer):
+def prunable(layer):
     """A layer whose weights the pruning methods prune, and that starts a channel space."""
     return isinstance(layer, Dense) or (isinstance(layer, Conv2D) and layer.groups == 1)
 
@@ -50,7 +50,7 @@ def channel_groups(model):
     flat = {}
     for node in model.nodes:
         layer, src = node.layer, node.inputs[0]
-        if _prunable(layer):
+        if prunable(layer):
             info[find(space[src])]["consumers"].append(node.name)
             parent[node.name] = node.name
             space[node.name] = node.name

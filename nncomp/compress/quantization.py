@@ -14,6 +14,7 @@ the sparsity pattern kept exactly, so "prune + int8" stores 1 + 2 bytes per nonz
 """
 import numpy as np
 
+from ..checks import check_choice, check_flag, check_number, check_seed
 from ..errors import CompressionParameterError
 from ..layers import Conv2D, Dense
 from ..matrices import DenseMatrix
@@ -29,21 +30,8 @@ MAX_VALUES = 1 << 20
 MSE_GRID = np.linspace(0.2, 1.0, 41)
 
 
-def _flag(v, name):
-    if type(v) is not bool and not isinstance(v, np.bool_):
-        raise CompressionParameterError(f"quantize() got {name}={v!r}; expected True or False")
-    return bool(v)
-
-
-def _choice(v, name, choices):
-    if not isinstance(v, str) or v not in choices:
-        raise CompressionParameterError(f"quantize() got {name}={v!r}; choose from {list(choices)}")
-    return v
-
-
 def _check_bits(bits):
-    if type(bits) is bool or not isinstance(bits, (int, np.integer)):
-        raise CompressionParameterError(f"quantize() got bits={bits!r}; expected the int 8")
+    bits = check_number(bits, "bits", integer=True, method="quantize", fix="expected the int 8")
     if bits != 8:
         raise CompressionParameterError(
             f"quantize() got bits={int(bits)}; linear quantization supports bits=8 only "
@@ -125,17 +113,14 @@ def quantize(model, *, bits=8, weights_only=False, per_channel=True, activations
     """
     check_model(model, "quantize")
     _check_bits(bits)
-    weights_only = _flag(weights_only, "weights_only")
-    per_channel = _flag(per_channel, "per_channel")
-    bias_correction = _flag(bias_correction, "bias_correction")
-    activations = _choice(activations, "activations", ("dynamic", "static"))
-    method = _choice(method, "method", METHODS)
-    act_dtype = _choice(activation_dtype, "activation_dtype", ACT_DTYPES)
-    if isinstance(percentile, bool) or not isinstance(percentile, (int, float, np.integer, np.floating)) \
-            or not (50 < percentile <= 100):
-        raise CompressionParameterError(f"quantize() got percentile={percentile!r}; expected a number in (50, 100]")
-    if type(seed) is bool or not isinstance(seed, (int, np.integer)):
-        raise CompressionParameterError(f"quantize() got seed={seed!r}; expected an int")
+    weights_only = check_flag(weights_only, "weights_only", method="quantize")
+    per_channel = check_flag(per_channel, "per_channel", method="quantize")
+    bias_correction = check_flag(bias_correction, "bias_correction", method="quantize")
+    activations = check_choice(activations, "activations", ("dynamic", "static"), method="quantize")
+    method = check_choice(method, "method", METHODS, method="quantize")
+    act_dtype = check_choice(activation_dtype, "activation_dtype", ACT_DTYPES, method="quantize")
+    percentile = check_number(percentile, "percentile", low=50, high=100, low_open=True, method="quantize")
+    check_seed(seed, method="quantize")
     mode = "float" if weights_only else activations
     x = check_calibration(calibration, model, "quantize")
     if mode == "static" and x is None:

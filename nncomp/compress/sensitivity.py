@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import CompressionParameterError
 from .calibration import check_model, select_layers
-from .pruning import _fraction, _prunable, prune
+from .pruning import fraction, prunable, prune
 
 __all__ = ["Sensitivity", "sensitivity", "sparsities_for_budget"]
 
@@ -66,10 +66,10 @@ def _setup(model, x, y, sparsities, layers, method):
                                             f"{y.dtype} {y.shape}")
     if isinstance(sparsities, (str, bytes)) or not hasattr(sparsities, "__iter__"):
         raise CompressionParameterError(f"{method}(): sparsities must be a sequence of numbers in [0, 1]")
-    grid = tuple(sorted({_fraction(s, "sparsities", method) for s in sparsities}))
+    grid = tuple(sorted({fraction(s, "sparsities", method) for s in sparsities}))
     if not grid:
         raise CompressionParameterError(f"{method}(): sparsities is empty")
-    names = select_layers(model, layers, method, accept=_prunable)
+    names = select_layers(model, layers, method, accept=prunable)
     return x, y, grid, names
 
 
@@ -126,7 +126,7 @@ def sparsities_for_budget(model, x, y=None, *, max_drop=0.01, sparsities=(0.5, 0
     -------
     dict {layer name: sparsity}
     """
-    _fraction(max_drop, "max_drop", "sparsities_for_budget")
+    fraction(max_drop, "max_drop", "sparsities_for_budget")
     x, y, grid, names = _setup(model, x, y, sparsities, layers, "sparsities_for_budget")
     if table is None:
         table = sensitivity(model, x, y, sparsities=grid, layers=names)

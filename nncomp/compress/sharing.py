@@ -30,6 +30,7 @@ import dataclasses
 
 import numpy as np
 
+from ..checks import check_seed
 from ..errors import CompressionParameterError
 from ..kernels import codebook as CK
 from ..kernels import kmeans as KM
@@ -156,7 +157,8 @@ def share_matrix(m, bits, *, init="linear", seed=0, sparse=None):
     return CodebookMatrix.from_codes(codes, cb, bits)
 
 
-def _shareable(layer):
+def shareable(layer):
+    """A layer whose weights k-means sharing can code: dense or CSR, not grouped."""
     return isinstance(layer.weight, (DenseMatrix, CSRMatrix)) and not (isinstance(layer, Conv2D) and layer.groups != 1)
 
 
@@ -274,12 +276,11 @@ def share(model, bits=5, *, init="linear", layers=None, calibration=None, seed=0
     check_model(model, "share")
     if init not in INITS:
         raise CompressionParameterError(f"share(): init must be one of {INITS}, got {init!r}")
-    if type(seed) is bool or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise CompressionParameterError(f"share(): seed must be an int >= 0, got {seed!r}")
+    check_seed(seed, method="share")
     if sparse not in (None, True, False):
         raise CompressionParameterError(f"share(): sparse must be None, True or False, got {sparse!r}")
     x = check_calibration(calibration, model, "share")
-    names = select_layers(model, layers, "share", accept=_shareable)
+    names = select_layers(model, layers, "share", accept=shareable)
     per_layer = bits_for(bits, model, names)
     new = {}
     for i, name in enumerate(names):

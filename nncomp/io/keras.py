@@ -25,7 +25,7 @@ from ..errors import CorruptModelFileError, ModelFileError, NncompError, Unsuppo
 from ..layers import BatchNorm, Conv2D, Dense
 from ..matrices import DenseMatrix
 from ..model import INPUT, Model
-from .keras_config import MODEL_CLASSES, _bn_arrays, _conv_weight, _expect, _Layers
+from .keras_config import MODEL_CLASSES, bn_arrays, conv_weight, expect, LayerTranslator
 from .keras_config import supported_layers  # noqa: F401  (its import path before the split)
 from .safe import MAX_ATTR_BYTES, SafeFile, guard, parse_json
 
@@ -233,15 +233,15 @@ def _fill(model, src, path):
             w = src.get(name, roles)
             n_out, n_in = layer.weight.shape
             if isinstance(layer, Dense):
-                mat = _expect(w["kernel"], (n_in, n_out), path, name, "kernel").T
+                mat = expect(w["kernel"], (n_in, n_out), path, name, "kernel").T
             else:
-                mat = _conv_weight(w["kernel"], layer.kernel_size, layer.in_channels, n_out, layer.groups,
+                mat = conv_weight(w["kernel"], layer.kernel_size, layer.in_channels, n_out, layer.groups,
                                    layer.depthwise, path, name)
-            bias = _expect(w.get("bias"), (n_out,), path, name, "bias")
+            bias = expect(w.get("bias"), (n_out,), path, name, "bias")
             new[name] = layer.replace(weight=DenseMatrix(np.ascontiguousarray(mat)), bias=bias)
         elif isinstance(layer, BatchNorm):
             w = src.get(name, ["gamma", "beta", "moving_mean", "moving_variance"], optional=("gamma", "beta"))
-            gamma, beta, mean, var = _bn_arrays(w, layer.mean.shape[0], path, name)
+            gamma, beta, mean, var = bn_arrays(w, layer.mean.shape[0], path, name)
             new[name] = layer.replace(gamma=gamma, beta=beta, mean=mean, var=var)
     try:
         return model.replace_layers(new)
@@ -250,9 +250,9 @@ def _fill(model, src, path):
 
 
 # ------------------------------------------------------------------------------------ graph
-class _Builder(_Layers):
+class _Builder(LayerTranslator):
     """A Keras ``model_config`` -> Model: the Sequential or Functional wiring, in topological order, of
-    the nodes that :class:`~nncomp.io.keras_config._Layers` translates layer by layer."""
+    the nodes that :class:`~nncomp.io.keras_config.LayerTranslator` translates layer by layer."""
 
     def build(self, cfg):
         if not isinstance(cfg, dict):

@@ -1,6 +1,6 @@
 """Keras layer configs -> nncomp nodes: the layer-by-layer translation of a ``model_config``.
 
-:class:`_Layers` screens each layer entry (custom or registered classes, ``Lambda``, nested models and
+:class:`LayerTranslator` screens each layer entry (custom or registered classes, ``Lambda``, nested models and
 quantized dtype policies are refused: nothing in a file is ever executed), asks the weight source
 for the layer's arrays, converts them and appends the nncomp nodes, tracking each node's output
 shape. Walking a whole ``model_config`` (Sequential or Functional wiring, topological order) and the
@@ -29,27 +29,27 @@ FLOAT_POLICIES = ("float32", "float64", "float16", "bfloat16", "mixed_float16", 
 
 
 # ------------------------------------------------------------------------------------ weights
-def _expect(arr, shape, path, name, role):
+def expect(arr, shape, path, name, role):
     if arr is not None and arr.shape != tuple(shape):
         raise CorruptModelFileError(path, name, f"layer {name}: {role} shape {arr.shape} does not match "
                                     f"the architecture {tuple(shape)}")
     return arr
 
 
-def _conv_weight(kernel, k, cin, n_out, groups, depthwise, path, name):
+def conv_weight(kernel, k, cin, n_out, groups, depthwise, path, name):
     """A shape-checked Keras conv kernel as a weight matrix: HWIO ``(kh, kw, cin/groups, out)`` ->
     ``(out, kh*kw*cin/groups)``; depthwise ``(kh, kw, C, m)`` -> ``(C*m, kh*kw)``, output ``c*m + k``."""
     shape = (*k, cin, n_out // cin) if depthwise else (*k, cin // groups, n_out)
-    kernel = _expect(kernel, shape, path, name, "kernel")
+    kernel = expect(kernel, shape, path, name, "kernel")
     if depthwise:
         return np.ascontiguousarray(kernel.transpose(2, 3, 0, 1).reshape(-1, kernel.shape[0] * kernel.shape[1]))
     return np.ascontiguousarray(kernel.transpose(3, 0, 1, 2).reshape(kernel.shape[3], -1))
 
 
-def _bn_arrays(w, n, path, name):
+def bn_arrays(w, n, path, name):
     """``(gamma, beta, mean, var)`` of a BatchNormalization, shapes checked (gamma 1, beta 0 if absent)."""
     for k, v in w.items():
-        _expect(v, (n,), path, name, k)
+        expect(v, (n,), path, name, k)
     return (w.get("gamma", np.ones(n, np.float32)), w.get("beta", np.zeros(n, np.float32)),
             w["moving_mean"], w["moving_variance"])
 
@@ -74,7 +74,7 @@ def _handler(builder, cls):
     return getattr(builder, "_" + cls, None) if re.fullmatch(r"[A-Z][A-Za-z0-9]*", cls) else None
 
 
-class _Layers:
+class LayerTranslator:
     """Translates Keras layer entries into nncomp nodes (``self.nodes``, output shapes in ``self.shapes``).
 
     ``src`` is a weight source: ``bind([(name, class)])``, then ``get(name, roles)`` -> {role: array}.
@@ -183,8 +183,8 @@ class _Layers:
             raise UnsupportedModelError(self.path, name, f"Dense {name!r} on a {shape} tensor: nncomp applies Dense "
                                         "to flat features (add a Flatten)")
         w = self.src.get(name, ["kernel"] + (["bias"] if c.get("use_bias", True) else []))
-        kernel = _expect(w["kernel"], (shape[0], units), self.path, name, "kernel")
-        bias = _expect(w.get("bias"), (units,), self.path, name, "bias")
+        kernel = expect(w["kernel"], (shape[0], units), self.path, name, "kernel")
+        bias = expect(w.get("bias"), (units,), self.path, name, "bias")
         return self.act(name, c, self.add(name, Dense(DenseMatrix(np.ascontiguousarray(kernel.T)), bias), inputs))
 
     def _conv(self, name, c, inputs, kernel, bias, n_out, groups, depthwise, act=True):
@@ -193,8 +193,8 @@ class _Layers:
         d = _pair(c.get("dilation_rate", 1), "dilation_rate")
         if cin % groups or n_out % groups:
             raise CorruptModelFileError(self.path, name, f"groups={groups} does not divide {cin} and {n_out} channels")
-        mat = _conv_weight(kernel, k, cin, n_out, groups, depthwise, self.path, name)
-        layer = Conv2D(DenseMatrix(mat), _expect(bias, (n_out,), self.path, name, "bias"), in_channels=cin,
+        mat = conv_weight(kernel, k, cin, n_out, groups, depthwise, self.path, name)
+        layer = Conv2D(DenseMatrix(mat), expect(bias, (n_out,), self.path, name, "bias"), in_channels=cin,
                        kernel_size=k, stride=s, padding=self._pads(c, (h, w), k, s, d, name), dilation=d, groups=groups)
         node = self.add(name, layer, inputs)
         return self.act(name, c, node) if act else node
@@ -234,7 +234,7 @@ class _Layers:
             raise CorruptModelFileError(self.path, name, f"BatchNormalization {name!r}: epsilon {eps!r}")
         roles = (["gamma"] if c.get("scale", True) else []) + (["beta"] if c.get("center", True) else [])
         w = self.src.get(name, roles + ["moving_mean", "moving_variance"])
-        return self.add(name, BatchNorm(*_bn_arrays(w, shape[-1], self.path, name), eps=float(eps)), inputs)
+        return self.add(name, BatchNorm(*bn_arrays(w, shape[-1], self.path, name), eps=float(eps)), inputs)
 
     def _Activation(self, name, c, inputs):
         return self.act(name, c, inputs[0], own=True)
@@ -294,4 +294,4 @@ class _Layers:
 
 def supported_layers():
     """The Keras layer classes nncomp reads."""
-    return sorted([k[1:] for k in vars(_Layers) if k[1:2].isupper()] + list(IDENTITY) + ["InputLayer"])
+    return sorted([k[1:] for k in vars(LayerTranslator) if k[1:2].isupper()] + list(IDENTITY) + ["InputLayer"])

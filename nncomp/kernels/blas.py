@@ -132,7 +132,7 @@ def _make_call(kinds):
 
 
 # cblas_sgemm(order, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
-_call_sgemm = _make_call("eeeiiifpipifpi")
+call_sgemm = _make_call("eeeiiifpipifpi")
 # cblas_sgemv(order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy)
 _call_sgemv = _make_call("eeiifpipifpi")
 
@@ -152,7 +152,7 @@ def _gemm_rows(sgemm, x, w, out, beta, parts):
         r0 = m * t // parts
         r1 = m * (t + 1) // parts
         if r1 > r0:
-            _call_sgemm(sgemm, (101, 111, 112, r1 - r0, n, k, 1.0, xp + 4 * r0 * ldx, ldx, wp, ldw, beta,
+            call_sgemm(sgemm, (101, 111, 112, r1 - r0, n, k, 1.0, xp + 4 * r0 * ldx, ldx, wp, ldw, beta,
                                 op + 4 * r0 * ldo, ldo))
 
 
@@ -171,7 +171,7 @@ def _gemm_t(sgemm, x, w, out_t, parts):
         c0 = n * t // parts
         c1 = n * (t + 1) // parts
         if c1 > c0:
-            _call_sgemm(sgemm, (101, 111, 112, c1 - c0, m, k, 1.0, wp + 4 * c0 * ldw, ldw, xp, ldx, 0.0,
+            call_sgemm(sgemm, (101, 111, 112, c1 - c0, m, k, 1.0, wp + 4 * c0 * ldw, ldw, xp, ldx, 0.0,
                                 op + 4 * c0 * m, m))
 
 

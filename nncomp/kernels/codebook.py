@@ -12,7 +12,7 @@ Arithmetic contract, shared bit for bit with the AVX-512 kernels of kernels/vper
   products ``x[i, k] * cb[code(o, k)]`` of the columns ``k = l (mod 16)`` in increasing ``k``, each
   with one fused multiply-add (``acc = fma(x, w, acc)``: one rounding, as ``vfmadd`` does); the lanes
   are then summed by a fixed tree, ``(l, l+8)``, then ``(l, l+4)``, ``(l, l+2)``, ``(0, 1)``
-  (:func:`_reduce16`).
+  (:func:`reduce16`).
 
 The plain loops call :func:`fma32`, LLVM's target-independent ``llvm.fma.f32`` (a ``vfmadd`` where the
 CPU has FMA, a correctly rounded ``fmaf`` call elsewhere), so they are portable and still match the
@@ -59,7 +59,7 @@ fma32 = _fma32_py if numba.config.DISABLE_JIT else _fma32_ir
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _reduce16(a):
+def reduce16(a):
     """The fixed lane-summation tree of the contract: a (16,) float32 -> float32."""
     t0, t1, t2, t3 = a[0] + a[8], a[1] + a[9], a[2] + a[10], a[3] + a[11]
     t4, t5, t6, t7 = a[4] + a[12], a[5] + a[13], a[6] + a[14], a[7] + a[15]
@@ -83,7 +83,7 @@ def _matmul4(codes, x, cb16, out):
                 for l in range(16):
                     c = codes[o, b * 16 + l]
                     acc[l] = fma32(x[0, b * 32 + 16 + l], cb16[c >> 4], fma32(x[0, b * 32 + l], cb16[c & 15], acc[l]))
-            out[0, o] = _reduce16(acc)
+            out[0, o] = reduce16(acc)
         return
     xt = np.ascontiguousarray(x.T)      # (columns, samples): the sample loop is innermost, contiguous
     for o in prange(n_out):
@@ -102,7 +102,7 @@ def _matmul4(codes, x, cb16, out):
         for i in range(n):
             for l in range(16):
                 t[l] = acc[l, i]
-            out[i, o] = _reduce16(t)
+            out[i, o] = reduce16(t)
 
 
 codebook_matmul4, codebook_matmul4_parallel = both(_matmul4)
@@ -122,7 +122,7 @@ def _matmul8(codes, x, cb, out):
             for b in range(width // 16):
                 for l in range(16):
                     acc[l] = fma32(x[0, b * 16 + l], cb[codes[o, b * 16 + l]], acc[l])
-            out[0, o] = _reduce16(acc)
+            out[0, o] = reduce16(acc)
         return
     xt = np.ascontiguousarray(x.T)      # (columns, samples): the sample loop is innermost, contiguous
     for o in prange(n_out):
@@ -138,7 +138,7 @@ def _matmul8(codes, x, cb, out):
         for i in range(n):
             for l in range(16):
                 t[l] = acc[l, i]
-            out[i, o] = _reduce16(t)
+            out[i, o] = reduce16(t)
 
 
 codebook_matmul8, codebook_matmul8_parallel = both(_matmul8)

@@ -19,7 +19,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import both
-from .blas import _call_sgemm
+from .blas import call_sgemm
 from .conv import im2col_nhwc
 
 
@@ -58,7 +58,7 @@ def _im2col_gemm(sgemm, x, w, bias, kh, kw, sh, sw, ph, pw, dh, dw, lines, pool,
             rows = (r1 - r0) * ow_n
             base = r0 * ow_n
             if pool == 1 and rows >= co:    # out rows = patches @ w.T, then the bias
-                _call_sgemm(sgemm, (101, 111, 112, rows, co, k, 1.0, bp, k, wp, k, 0.0,
+                call_sgemm(sgemm, (101, 111, 112, rows, co, k, 1.0, bp, k, wp, k, 0.0,
                                     flat.ctypes.data + 4 * base * co, co))
                 for r in range(base, base + rows):
                     dst = flat[r]
@@ -68,9 +68,9 @@ def _im2col_gemm(sgemm, x, w, bias, kh, kw, sh, sw, ph, pw, dh, dw, lines, pool,
             # the block's product in tt: (rows, co) row-major, or (co, rows) when rows < co
             across = rows >= co
             if across:
-                _call_sgemm(sgemm, (101, 111, 112, rows, co, k, 1.0, bp, k, wp, k, 0.0, tp, co))
+                call_sgemm(sgemm, (101, 111, 112, rows, co, k, 1.0, bp, k, wp, k, 0.0, tp, co))
             else:
-                _call_sgemm(sgemm, (101, 111, 112, co, rows, k, 1.0, wp, k, bp, k, 0.0, tp, rows))
+                call_sgemm(sgemm, (101, 111, 112, co, rows, k, 1.0, wp, k, bp, k, 0.0, tp, rows))
             if pool == 1:
                 for r in range(rows):
                     dst = flat[base + r]

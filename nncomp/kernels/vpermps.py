@@ -22,7 +22,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._jit import both
-from .codebook import _reduce16
+from .codebook import reduce16
 
 # Register blocks: ROWS1 weight rows for one input row; ROWS weight rows x COLS input rows for batches.
 ROWS1, ROWS, COLS = 8, 8, 3   # 8x3: the fastest block measured on fc6 at batch 48 (24 accumulators)
@@ -226,7 +226,7 @@ def _matmul_vpermps(codes, x, cb, wide, out):
                 for r in range(n_out - o0):
                     _block1(codes, x, cb, o0 + r, nb, 1, wide, acc[r * 16:r * 16 + 16])
             for r in range(min(ROWS1, n_out - o0)):
-                out[0, o0 + r] = _reduce16(acc[r * 16:r * 16 + 16])
+                out[0, o0 + r] = reduce16(acc[r * 16:r * 16 + 16])
         return
     nib = (n + COLS - 1) // COLS
     for sb in prange((n_out + SUPER - 1) // SUPER):   # SUPER rows share each chunk of the inputs
@@ -251,7 +251,7 @@ def _matmul_vpermps(codes, x, cb, wide, out):
                 for ii in range(nib):
                     for c in range(min(COLS, n - ii * COLS)):
                         k = (r * COLS + c) * 16
-                        out[ii * COLS + c, s0 + j * ROWS + r] = _reduce16(accs[j, ii, k:k + 16])
+                        out[ii * COLS + c, s0 + j * ROWS + r] = reduce16(accs[j, ii, k:k + 16])
 
 
 codebook_matmul_vpermps, codebook_matmul_vpermps_parallel = both(_matmul_vpermps)

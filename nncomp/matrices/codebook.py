@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..checks import check_number
 from ..errors import CompressionParameterError
 from ..kernels import _jit
 from ..kernels import codebook as K
@@ -27,10 +28,8 @@ from .base import Matrix, expect, register_format
 
 def check_bits(bits, where="bits"):
     """An int in 1..8 (``True`` and ``8.5`` are refused), else CompressionParameterError."""
-    if type(bits) is bool or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 8:
-        raise CompressionParameterError(f"{where} must be an int in 1..8 (bits per shared weight), "
-                                        f"got {bits!r}; pass e.g. bits=5")
-    return int(bits)
+    return check_number(bits, where, integer=True, low=1, high=8,
+                        fix="bits per shared weight; pass e.g. bits=5")
 
 
 def padded_width(n_in, bits):
