@@ -30,6 +30,7 @@ import dataclasses
 
 import numpy as np
 
+from ..coding.index import choose_index_bits, index_dtype
 from ..errors import CompressionParameterError
 from ..kernels import codebook as CK
 from ..kernels import kmeans as KM
@@ -37,8 +38,7 @@ from ..layers import Conv2D
 from ..matrices import DenseMatrix
 from ..matrices.codebook import CodebookMatrix, check_bits
 from ..matrices.csr import CSRMatrix
-from ..matrices.csr_codebook import CSRCodebookMatrix, index_dtype
-from .huffman import choose_index_bits
+from ..matrices.csr_codebook import CSRCodebookMatrix
 from .calibration import check_calibration, check_model, layerwise, select_layers
 
 INITS = ("linear", "density", "random")
