@@ -1,5 +1,4 @@
 """Model graph, forward-pass input checks, PyTorch fixtures, native save/load."""
-import json
 import os
 import threading
 from pathlib import Path
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 
 import reference as ref
+from native_files import read_native
 import nncomp as nc
 from nncomp.model import Node
 
@@ -242,15 +242,18 @@ def test_save_is_atomic(tmp_path, lenet5, monkeypatch):
 def test_native_checksum_and_version_are_checked(tmp_path, lenet5):
     path = tmp_path / "m.h5"
     nc.save(lenet5, path)
-    with h5py.File(path, "r+") as f:
-        name = json.loads(f.attrs["model"])["nodes"][0]["tensors"]["weight"]["arrays"]["w"]["data"]
-        f[name][0, 0] += 1.0
-    with pytest.raises(nc.CorruptModelFileError):
+    meta, p0 = read_native(path)
+    w = meta["nodes"][0]["tensors"]["weight"]["arrays"]["w"]
+    with h5py.File(path, "r+") as f:                      # one weight changed in the pack
+        f["p0"][w["offset"]:w["offset"] + 4] = (np.frombuffer(p0, "<f4", 1, w["offset"]) + 1.0).view(np.uint8)
+    with pytest.raises(nc.CorruptModelFileError, match="checksum"):
         nc.load(path)
     nc.save(lenet5, path)
+    _, p0 = read_native(path)
+    at = p0.tobytes().rindex(b'"stride":[1,1]')
     with h5py.File(path, "r+") as f:                      # a flipped digit in the description
-        f.attrs["model"] = np.bytes_(bytes(f.attrs["model"]).replace(b'"stride":[1,1]', b'"stride":[2,1]', 1))
-    with pytest.raises(nc.CorruptModelFileError):
+        f["p0"][at + 10] = ord("2")
+    with pytest.raises(nc.CorruptModelFileError, match="description"):
         nc.load(path)
     nc.save(lenet5, path)
     with h5py.File(path, "r+") as f:

@@ -7,13 +7,14 @@ from hypothesis import example, given, strategies as st
 import nncomp as nc
 import reference as ref
 from conftest import assert_close_f32
+from nncomp.coding.index import gaps_of, positions_of
 from nncomp.compress.sharing import kmeans_codebook
 from nncomp.errors import CompressionParameterError, CorruptModelFileError
 from nncomp.kernels import codebook as K
 from nncomp.kernels import kmeans as KM
 from nncomp.kernels import vpermps as V
 from nncomp.matrices.codebook import CodebookMatrix, pack, unpack
-from nncomp.matrices.csr_codebook import CSRCodebookMatrix, gaps_of, positions_of
+from nncomp.matrices.csr_codebook import CSRCodebookMatrix
 
 needs_avx512 = pytest.mark.skipif(not V.HAVE_AVX512, reason="CPU without AVX-512F")
 seeds = st.integers(0, 2**31 - 1)

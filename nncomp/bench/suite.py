@@ -137,7 +137,11 @@ def model_paths(names=MODELS, keras=False):
 
 
 def payload_bytes(path):
-    """Bytes the datasets of an HDF5 file occupy on disk (the weights, headers and metadata aside)."""
+    """Bytes the datasets of an HDF5 file occupy on disk (the weights, headers and metadata aside).
+
+    A native file of format version 2 keeps its model description in its first dataset, after the
+    arrays (docs/format.md): those ``@model_nbytes`` bytes are metadata and not counted.
+    """
     import h5py
     total = [0]
 
@@ -146,7 +150,8 @@ def payload_bytes(path):
             total[0] += obj.id.get_storage_size()
     with h5py.File(path, "r") as f:
         f.visititems(visit)
-    return total[0]
+        described = int(f.attrs.get("model_nbytes", 0))
+    return total[0] - described
 
 
 def disk_size(model, huffman=False):

@@ -31,6 +31,7 @@ import dataclasses
 import numpy as np
 
 from ..checks import check_seed
+from ..coding.index import choose_index_bits, index_dtype
 from ..errors import CompressionParameterError
 from ..kernels import codebook as CK
 from ..kernels import kmeans as KM
@@ -38,8 +39,7 @@ from ..layers import Conv2D
 from ..matrices import DenseMatrix
 from ..matrices.codebook import CodebookMatrix, check_bits
 from ..matrices.csr import CSRMatrix
-from ..matrices.csr_codebook import CSRCodebookMatrix, index_dtype
-from .huffman import choose_index_bits
+from ..matrices.csr_codebook import CSRCodebookMatrix
 from .calibration import check_calibration, check_model, layerwise, select_layers
 
 INITS = ("linear", "density", "random")

@@ -1,24 +1,39 @@
-"""nncomp's own file format (docs/format.md): any Model, any weight format, checksummed, atomic saves."""
+"""nncomp's own file format (docs/format.md): any Model, any weight format, checksummed, packed, atomic saves.
+
+Version 2 (written): every array of a model, and at the end the model description (JSON), packed
+byte after byte into one uint8 dataset ``/p0`` (more, ``/p1`` ..., only beyond :data:`PACK_BYTES`);
+the description records each array's pack, offset, dtype, shape and SHA-256. Version 1 (read only):
+one dataset per array, the description in a root attribute.
+"""
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 
 import numpy as np
 
+from ..coding import huffman
 from ..errors import CorruptModelFileError, NncompError, UnsupportedModelError
 from ..layers import LAYERS
 from ..matrices import FORMATS, Matrix
 from ..model import Model, Node
-from .safe import guard, h5py, parse_json
+from .safe import MAX_ATTR_BYTES, MAX_RANK, convert, guard, h5py, parse_json
 
 FORMAT_NAME = "nncomp"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Arrays go, in order, into packs /p0, /p1, ... of at most this many bytes (an array larger than that
+# gets a pack of its own), so that no dataset outgrows the reader's cap on one dataset (4 GiB).
+PACK_BYTES = 1 << 30
+# HDF5 1.8 object formats (compact link and attribute storage, readable by HDF5 >= 1.8) and small
+# metadata blocks: about 750 bytes of container around the packs instead of 2 kB and more.
+LIBVER = ("v108", "v110")
+META_BLOCK_BYTES = 512
 
-# Entropy coders for integer arrays, by name: {"huffman": (encode, decode)}. ``encode(arr)`` returns
-# ``(arrays, attrs)``; ``decode(arrays, attrs, path, obj)`` validates and returns the array.
-ENCODINGS = {}
+# Entropy coders for integer arrays, by name: ``encode(arr)`` returns ``(parts, attrs)``;
+# ``decode(parts, attrs, shape, dtype, path, obj)`` validates and returns the array.
+ENCODINGS = {"huffman": (huffman.encode, huffman.decode)}
 
 
 def _sha256(arr):
@@ -26,6 +41,9 @@ def _sha256(arr):
 
 
 class _Writer:
+    """Describes a model's arrays, storing each as a numbered dataset ``t/0, t/1, ...`` of ``f``
+    (entries of format version 1; nncomp.io.isolate passes its arrays this way, in memory)."""
+
     def __init__(self, f, huffman):
         self.f, self.huffman, self.n = f, huffman, 0
 
@@ -39,10 +57,13 @@ class _Writer:
             return {"encoding": "huffman", "attrs": attrs,
                     "parts": {k: self.array(v) for k, v in parts.items()},
                     "dtype": arr.dtype.str, "shape": list(arr.shape)}
+        return {**self.store(arr), "dtype": arr.dtype.str, "shape": list(arr.shape), "sha256": _sha256(arr)}
+
+    def store(self, arr):
         name = f"t/{self.n}"
         self.n += 1
         self.f.create_dataset(name, data=arr)
-        return {"data": name, "dtype": arr.dtype.str, "shape": list(arr.shape), "sha256": _sha256(arr)}
+        return {"data": name}
 
     def tensor(self, value):
         if isinstance(value, Matrix):
@@ -51,6 +72,35 @@ class _Writer:
             return {"matrix": value.format, "attrs": attrs,
                     "arrays": {k: self.array(v, codable=k in codable) for k, v in arrays.items()}}
         return {"array": self.array(value)}
+
+
+class _PackWriter(_Writer):
+    """Packs the arrays' bytes, in order, into uint8 streams (format version 2); :meth:`write` stores them."""
+
+    def __init__(self, huffman):
+        super().__init__(None, huffman)
+        self.packs, self.sizes = [[]], [0]
+
+    def store(self, arr):
+        if self.sizes[-1] and self.sizes[-1] + arr.nbytes > PACK_BYTES:
+            self.packs.append([])
+            self.sizes.append(0)
+        entry = {"pack": len(self.packs) - 1, "offset": self.sizes[-1]}
+        self.packs[-1].append(arr)
+        self.sizes[-1] += arr.nbytes
+        return entry
+
+    def write(self, f, description):
+        """Write the packs as contiguous datasets ``/p0, /p1, ...``; ``/p0`` ends with ``description``."""
+        self.packs[0].append(np.frombuffer(description, np.uint8))
+        self.sizes[0] += len(description)
+        for k, (arrays, size) in enumerate(zip(self.packs, self.sizes)):
+            ds = f.create_dataset(f"p{k}", shape=(size,), dtype=np.uint8)
+            at = 0
+            for a in arrays:
+                if a.nbytes:
+                    ds[at:at + a.nbytes] = a.reshape(-1).view(np.uint8)
+                at += a.nbytes
 
 
 def model_to_json(model, writer):
@@ -79,19 +129,18 @@ def save(model, path, *, huffman=False):
     """
     if not isinstance(model, Model):
         raise NncompError(f"save() needs a Model, got {type(model).__name__}")
-    if huffman and "huffman" not in ENCODINGS:
-        from ..compress import huffman as _  # noqa: F401  registers the coder
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".nncomp-", suffix=".tmp", dir=folder)
     os.close(fd)
     try:
-        with h5py.File(tmp, "w") as f:
-            meta = model_to_json(model, _Writer(f, huffman))
+        with h5py.File(tmp, "w", libver=LIBVER, meta_block_size=META_BLOCK_BYTES) as f:
+            writer = _PackWriter(huffman)
+            text = json.dumps(model_to_json(model, writer), separators=(",", ":")).encode()
+            writer.write(f, text)
             f.attrs["nncomp_format"] = np.bytes_(FORMAT_NAME)
             f.attrs["format_version"] = np.int64(FORMAT_VERSION)
-            text = json.dumps(meta, separators=(",", ":")).encode()
-            f.attrs["model"] = np.bytes_(text)
+            f.attrs["model_nbytes"] = np.int64(len(text))
             f.attrs["model_sha256"] = np.bytes_(hashlib.sha256(text).hexdigest().encode())
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -113,9 +162,58 @@ def is_native(f):
     return f.attr("/", "nncomp_format") == FORMAT_NAME
 
 
-class _Reader:
+class _Packs:
+    """The packs ``/p0, /p1, ...`` of a version-2 file, each read once through the SafeFile, and the
+    byte ranges that the description and the arrays claim in them (which may not overlap)."""
+
     def __init__(self, f):
-        self.f, self.path = f, f.path
+        self.f, self.path, self.bufs, self.claims = f, f.path, {}, []
+
+    def get(self, k):
+        if k not in self.bufs:
+            self.bufs[k] = self.f.read(f"p{k}", dtype=np.uint8, ndim=1, finite=False)
+        return self.bufs[k]
+
+    def description(self):
+        """The model description's bytes: the last ``@model_nbytes`` bytes of ``/p0``."""
+        n = self.f.attr("/", "model_nbytes", kind="int")
+        buf = self.get(0)
+        if n is None or not 0 < n <= min(buf.size, MAX_ATTR_BYTES):
+            raise CorruptModelFileError(self.path, "/@model_nbytes", f"model description length {n!r} must be "
+                                        f"1..{min(buf.size, MAX_ATTR_BYTES)} (the bytes at the end of /p0)")
+        self.claims.append((buf.size - n, buf.size, 0, "the model description"))
+        return buf[buf.size - n:].tobytes()
+
+    def array(self, spec, dtype, obj):
+        """The bytes of one packed entry as an array of ``dtype``, bounds-checked (not yet hashed)."""
+        k, offset, shape = spec.get("pack"), spec.get("offset"), spec.get("shape")
+        if not (type(k) is int and k >= 0 and type(offset) is int and offset >= 0):
+            raise CorruptModelFileError(self.path, obj, f"packed array needs ints pack >= 0 and offset >= 0, "
+                                        f"got pack={k!r} offset={offset!r}")
+        if not (isinstance(shape, list) and len(shape) <= MAX_RANK and all(type(s) is int and s >= 0 for s in shape)):
+            raise CorruptModelFileError(self.path, obj, f"invalid shape {shape!r} (at most {MAX_RANK} ints >= 0)")
+        count = math.prod(shape)
+        buf = self.get(k)
+        end = offset + count * dtype.itemsize
+        if end > buf.size:
+            raise CorruptModelFileError(self.path, obj, f"bytes {offset}..{end} of /p{k} are out of range: the pack "
+                                        f"holds {buf.size} bytes (truncated, or a damaged offset or shape)")
+        if end > offset:
+            self.claims.append((offset, end, k, obj))
+        arr = np.frombuffer(buf, dtype, count, offset).copy() if count else np.empty(0, dtype)
+        finite = dtype.kind == "f" and not self.f.allow_nonfinite
+        return convert(arr.reshape(shape), dtype, finite=finite, path=self.path, obj=obj)
+
+    def check_overlaps(self):
+        claims = sorted(self.claims, key=lambda c: (c[2], c[0]))
+        for (_, end, k, a), (start, _, k2, b) in zip(claims, claims[1:]):
+            if k == k2 and start < end:
+                raise CorruptModelFileError(self.path, b, f"its bytes in /p{k} overlap those of {a} (from byte {start})")
+
+
+class _Reader:
+    def __init__(self, f, packs):
+        self.f, self.path, self.packs = f, f.path, packs
 
     def array(self, spec, obj):
         if not isinstance(spec, dict):
@@ -125,18 +223,19 @@ class _Reader:
             raise CorruptModelFileError(self.path, obj, f"array dtype {dtype} is not numeric")
         if spec.get("encoding") is not None:
             coder = ENCODINGS.get(spec["encoding"])
-            if coder is None and spec["encoding"] == "huffman":
-                from ..compress import huffman as _  # noqa: F401
-                coder = ENCODINGS.get("huffman")
             if coder is None:
                 raise UnsupportedModelError(self.path, obj, f"unknown encoding {spec['encoding']!r}")
             parts = {k: self.array(v, f"{obj}/{k}") for k, v in spec["parts"].items()}
             arr = coder[1](parts, spec.get("attrs", {}), spec["shape"], dtype, self.path, obj)
         else:
-            name = spec["data"]
-            arr = self.f.read(name, dtype=dtype, finite=dtype.kind == "f" and not self.f.allow_nonfinite)
+            if self.packs is None:          # version 1, and nncomp.io.isolate's exchange: one dataset each
+                where = "/" + spec["data"]
+                arr = self.f.read(spec["data"], dtype=dtype, finite=dtype.kind == "f" and not self.f.allow_nonfinite)
+            else:
+                where = obj
+                arr = self.packs.array(spec, dtype, obj)
             if _sha256(arr) != spec.get("sha256"):
-                raise CorruptModelFileError(self.path, "/" + name, "checksum mismatch (SHA-256): the data is damaged")
+                raise CorruptModelFileError(self.path, where, "checksum mismatch (SHA-256): the data is damaged")
         if list(arr.shape) != list(spec.get("shape", arr.shape)):
             raise CorruptModelFileError(self.path, obj, f"shape {arr.shape} differs from recorded {spec['shape']}")
         return arr
@@ -166,28 +265,39 @@ def _import_formats():
 
 def load_native(f):
     """Load a native file from an open SafeFile."""
-    return build_native(f, read_description(f))
+    packs = _Packs(f) if format_version(f) >= 2 else None
+    return build_native(f, read_description(f, packs), packs)
 
 
-def read_description(f):
-    """The checked model JSON of a native file: version, SHA-256 and nesting depth verified."""
+def format_version(f):
+    """The checked format version of a native file (1 or 2)."""
     version = f.attr("/", "format_version", kind="int")
     if version is None or version < 1:
         raise CorruptModelFileError(f.path, "/@format_version", "missing or invalid format version")
     if version > FORMAT_VERSION:
         raise UnsupportedModelError(f.path, "/@format_version", f"format version {version} is newer than "
                                     f"supported ({FORMAT_VERSION}); upgrade nncomp")
-    text = f.attr("/", "model")
-    if text is None:
-        raise CorruptModelFileError(f.path, "/@model", "the model description is missing")
-    if hashlib.sha256(text.encode()).hexdigest() != f.attr("/", "model_sha256"):
-        raise CorruptModelFileError(f.path, "/@model", "checksum mismatch (SHA-256): the model description is damaged")
-    return parse_json(text, f.path, "/@model")
+    return version
 
 
-def build_native(f, meta):
-    """Build the Model from a native description and a source of its arrays (a SafeFile)."""
-    r = _Reader(f)
+def read_description(f, packs=None):
+    """The checked model JSON of a native file: version, SHA-256 and nesting depth verified."""
+    if format_version(f) == 1:
+        where, text = "/@model", f.attr("/", "model")
+        if text is None:
+            raise CorruptModelFileError(f.path, where, "the model description is missing")
+        text = text.encode()
+    else:
+        where, text = "/p0", (packs or _Packs(f)).description()
+    if hashlib.sha256(text).hexdigest() != f.attr("/", "model_sha256"):
+        raise CorruptModelFileError(f.path, where, "checksum mismatch (SHA-256): the model description is damaged")
+    return parse_json(text, f.path, where)
+
+
+def build_native(f, meta, packs=None):
+    """Build the Model from a native description and a source of its arrays: a SafeFile and, for
+    format version 2, its packs (``None``: one dataset per array, as in version 1)."""
+    r = _Reader(f, packs)
     try:
         nodes = []
         for spec in meta["nodes"]:
@@ -198,6 +308,8 @@ def build_native(f, meta):
             with guard(f.path, spec["name"], "invalid layer"):
                 layer = cls.from_config(spec["config"], tensors)
             nodes.append(Node(spec["name"], layer, tuple(spec["inputs"])))
+        if packs is not None:
+            packs.check_overlaps()
         return Model(nodes, input_shape=meta["input"]["shape"], input_layout=meta["input"]["layout"],
                      outputs=meta["outputs"], name=meta.get("name", "model"))
     except NncompError as e:
@@ -205,4 +317,5 @@ def build_native(f, meta):
             raise
         raise CorruptModelFileError(f.path, None, str(e)) from None
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise CorruptModelFileError(f.path, "/@model", f"malformed model description ({type(e).__name__}: {e})") from None
+        where = "/@model" if packs is None else "/p0"
+        raise CorruptModelFileError(f.path, where, f"malformed model description ({type(e).__name__}: {e})") from None

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..coding.index import index_dtype
 from ..errors import CompressionParameterError
 from ..kernels import _jit
 from ..kernels import sparse as kernels
@@ -26,11 +27,6 @@ from .dense import DenseMatrix
 # bench/sparse.py's density sweep on fc7 puts the crossover between 40% and 60% density on a loaded
 # 2-core machine (CSR/dense 0.66 at 30%); 30% keeps a margin for the noise and for small layers.
 DENSE_ABOVE_DENSITY = 0.30
-
-
-def index_dtype(n_in):
-    """uint16 column indices where every column fits, else int32."""
-    return np.dtype(np.uint16) if n_in <= 65536 else np.dtype(np.int32)
 
 
 def _problems(data, indices, indptr, shape, values=np.float32):

@@ -3,63 +3,21 @@
 In memory (what the kernels read): ``codes`` uint8 ``(nnz,)``, ``indices`` column indices (uint16
 when ``n_in <= 65536``, else int32), ``indptr`` int64 ``(n_out + 1,)``, and the float32 codebook.
 
-In the file, as in Deep Compression, positions are stored as relative indices: the nonzeros are
-taken in row-major order over the flattened ``(n_out * n_in)`` matrix, starting from position -1,
-and each is written as its distance ``d >= 1`` from the previous one in ``index_bits`` bits. A
-distance larger than ``M = 2**index_bits - 1`` is preceded by filler entries: the symbol 0 means
-"advance M positions, no weight here" (a filler carries no code). ``gaps`` and ``codes`` are the
-two integer streams that ``nc.save(..., huffman=True)`` Huffman-codes. ``index_bits`` defaults to
-the width whose Huffman-coded stream is estimated smallest (table cost included).
+In the file, as in Deep Compression, positions are stored as relative indices (nncomp.coding.index:
+distances of ``index_bits`` bits in row-major order, filler entries 0 for longer jumps; a filler
+carries no code). ``gaps`` and ``codes`` are the two integer streams that
+``nc.save(..., huffman=True)`` Huffman-codes. ``index_bits`` defaults to the width whose
+Huffman-coded stream is smallest, table included (``choose_index_bits``, as ``share`` picks it).
 """
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..coding.index import choose_index_bits, gaps_of, index_dtype, positions_of
 from ..errors import CompressionParameterError, CorruptModelFileError
 from ..kernels import _jit
 from ..kernels import codebook as K
 from .base import Matrix, expect, register_format
-
-
-def index_dtype(n_in):
-    return np.dtype(np.uint16) if n_in <= 65536 else np.dtype(np.int32)
-
-
-def gaps_of(positions, index_bits):
-    """Relative-index stream (uint8) of strictly increasing flat ``positions`` with fillers."""
-    d = np.diff(np.asarray(positions, np.int64), prepend=-1)
-    m = (1 << index_bits) - 1
-    fill = (d - 1) // m
-    last = d - fill * m
-    out = np.zeros(int(fill.sum()) + d.size, np.uint8)
-    ends = np.cumsum(fill + 1) - 1
-    out[ends] = last
-    return out
-
-
-def positions_of(gaps, index_bits):
-    """Inverse of :func:`gaps_of`: the flat positions (int64) of the entries."""
-    g = np.asarray(gaps).astype(np.int64)
-    steps = np.where(g == 0, (1 << index_bits) - 1, g)
-    return (np.cumsum(steps) - 1)[g != 0]
-
-
-def best_index_bits(positions):
-    """The width 1..8 whose gap stream costs least, estimated as Huffman would code it: each symbol
-    ``max(1, -log2 p)`` bits, plus one table byte per symbol (nncomp.compress.huffman picks exactly)."""
-    d = np.diff(np.asarray(positions, np.int64), prepend=-1)
-    best, arg = np.inf, 8
-    for g in range(1, 9):
-        m = (1 << g) - 1
-        fill = (d - 1) // m
-        counts = np.bincount(d - fill * m, minlength=m + 1).astype(np.float64)
-        counts[0] = fill.sum()
-        c = counts[counts > 0]
-        bits = np.maximum(1.0, -np.log2(c / c.sum())) if c.size > 1 else np.zeros(1)
-        cost = float((c * bits).sum() / 8 + c.size)
-        if cost < best:
-            best, arg = cost, g
-    return arg
 
 
 def _problems(codes, indices, indptr, codebook, bits, shape):
@@ -139,7 +97,7 @@ class CSRCodebookMatrix(Matrix):
             arr.setflags(write=False)
             object.__setattr__(self, name, arr)
         if g is None:
-            g = best_index_bits(self.positions()) if self.nnz else 8
+            g = choose_index_bits(self.positions()) if self.nnz else 8
         object.__setattr__(self, "index_bits", int(g))
 
     @classmethod
