@@ -198,8 +198,6 @@ def test_summary_lists_every_node(lenet5):
 
 
 def test_residual_graph_and_fold_batchnorm():
-    if not available("resnet_small"):
-        pytest.skip("resnet fixture not generated yet")
     model = nc.load(DATA / "resnet_small.h5")
     assert any(isinstance(n.layer, nc.Add) for n in model.nodes)
     folded = nc.fold_batchnorm(model)
@@ -255,8 +253,6 @@ def test_native_checksum_and_version_are_checked(tmp_path, lenet5):
 
 
 def test_state_dict_with_separate_architecture(tmp_path):
-    if not available("lenet300"):
-        pytest.skip("fixture missing")
     src = DATA / "lenet300.h5"
     with h5py.File(src, "r") as f:
         arch = f.attrs["architecture"]
