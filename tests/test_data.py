@@ -16,6 +16,11 @@ def test_data_dir_is_the_package_folder():
     assert (nc.data.DATA_DIR / "lenet300.h5").is_file()
 
 
+def test_checkout_dir_is_this_repository():
+    """The tests run from a source checkout (an installed wheel has None: see .ci/run)."""
+    assert nc.data.CHECKOUT_DIR == ROOT
+
+
 @pytest.mark.parametrize("name", nc.data.MODELS)
 def test_model_path_names_a_shipped_model_with_its_logits(name):
     path = nc.data.model_path(name)

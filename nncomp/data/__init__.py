@@ -10,6 +10,8 @@ provenance and licences are in the repository's ``data/README.md``. They are rea
     golden = np.load(nc.data.model_path("lenet5").with_suffix(".logits.npy"))   # PyTorch's logits
 
 ``DATA_DIR`` is the folder holding them (a :class:`pathlib.Path`; ``DATA_DIR / "lenet300.h5"``).
+``CHECKOUT_DIR`` is the source checkout nncomp runs from (where ``data/keras/`` and ``bench/`` are), or
+``None`` for an installed package.
 """
 from importlib import resources
 from pathlib import Path
@@ -22,6 +24,14 @@ from ..errors import NncompError
 DATA_DIR = Path(str(resources.files(__name__)))
 LAYOUTS = ("NCHW", "NHWC", "NC")
 MODELS = ("lenet300", "lenet5", "vgg_small", "resnet_small")
+
+
+def _checkout():
+    root = DATA_DIR.parent.parent
+    return root if (root / "pyproject.toml").is_file() and (root / "data" / "README.md").is_file() else None
+
+
+CHECKOUT_DIR = _checkout()
 
 
 def _shipped(name):
