@@ -1,7 +1,7 @@
 """nncomp: compress trained neural networks and measure what it does to speed, memory and accuracy.
 
 >>> import nncomp as nc
->>> model = nc.load("data/lenet5.h5")
+>>> model = nc.load(nc.data.model_path("lenet5"))   # a shipped model, or any file path
 >>> x, y = nc.data.mnist("test")
 >>> logits = model(x)
 """

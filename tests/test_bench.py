@@ -17,8 +17,7 @@ import nncomp as nc
 from nncomp.bench import compare as compare_mod
 from nncomp.bench import layers, plots, report, suite
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "data")
-LENET300 = os.path.join(DATA, "lenet300.h5")
+LENET300 = str(nc.data.model_path("lenet300"))
 
 
 @pytest.fixture(scope="module")

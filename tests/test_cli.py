@@ -11,9 +11,8 @@ import pytest
 import nncomp as nc
 from nncomp import cli
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "data")
-LENET300 = os.path.join(DATA, "lenet300.h5")
-LENET5 = os.path.join(DATA, "lenet5.h5")
+LENET300 = str(nc.data.model_path("lenet300"))
+LENET5 = str(nc.data.model_path("lenet5"))
 HAS_QUANTIZE = importlib.util.find_spec("nncomp.compress.quantization") is not None
 
 

@@ -138,8 +138,7 @@ def sources(tmp_path):
         native = tmp_path / "mobilenet.native.h5"
         nc.save(nc.load(keras / "mobilenet.h5"), native)
         out.append((native.name, native, None))
-    if (ROOT / "data" / "lenet300.h5").is_file():            # a PyTorch state dict with nncomp-arch
-        out.append(("lenet300.h5", ROOT / "data" / "lenet300.h5", None))
+    out.append(("lenet300.h5", nc.data.model_path("lenet300"), None))   # a PyTorch state dict with nncomp-arch
     result = []
     for name, path, arch in out:
         data = path.read_bytes()

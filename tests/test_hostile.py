@@ -666,9 +666,7 @@ def test_F26_pytorch_layout_in_a_keras_file(keras_file):
 
 
 def test_F26_keras_layout_in_a_state_dict(tmp_path):
-    src = ROOT / "data" / "lenet300.h5"
-    if not src.is_file():
-        pytest.skip("data/lenet300.h5 missing")
+    src = nc.data.model_path("lenet300")
     path = tmp_path / "sd.h5"
     shutil.copy(src, path)
     with h5py.File(path, "r") as f:

@@ -155,13 +155,13 @@ def test_hostile_tables_and_streams_are_refused_before_decoding():
 
 
 def _lenet300_shared():
-    return nc.share(nc.prune(nc.load("data/lenet300.h5"), sparsity=0.9, storage="csr"), 5)
+    return nc.share(nc.prune(nc.load(nc.data.model_path("lenet300")), sparsity=0.9, storage="csr"), 5)
 
 
 @heavy
 def test_save_load_round_trip_with_huffman(tmp_path):
     model = _lenet300_shared()
-    dense = nc.share(nc.load("data/lenet300.h5"), 4)
+    dense = nc.share(nc.load(nc.data.model_path("lenet300")), 4)
     x, _ = nc.data.for_model(model, "test")
     for m in (model, dense):
         plain, coded = tmp_path / "plain.h5", tmp_path / "coded.h5"
@@ -227,8 +227,8 @@ def test_size_report_stages():
     assert fc1["layer"] == "fc1" and fc1["dense"] == 300 * 784 * 4 + 300 * 4
     assert fc1["huffman"] < fc1["shared"] < fc1["pruned"] < fc1["dense"]
     assert abs(fc1["density"] - 0.1) < 0.001
-    assert report.total["dense"] == nc.load("data/lenet300.h5").nbytes
+    assert report.total["dense"] == nc.load(nc.data.model_path("lenet300")).nbytes
     text = str(report)
     assert "weight bits (P+Q+H)" in text and "compression:" in text
-    dense = nc.size_report(nc.load("data/lenet300.h5"))
+    dense = nc.size_report(nc.load(nc.data.model_path("lenet300")))
     assert dense.total["dense"] == dense.total["pruned"] == dense.total["shared"] == dense.total["huffman"]

@@ -12,12 +12,9 @@ from native_files import read_native
 import nncomp as nc
 from nncomp.model import Node
 
-DATA = Path(__file__).resolve().parent.parent / "data"
+DATA = nc.data.DATA_DIR                                         # the shipped models, inside the package
+FIXTURES = Path(__file__).resolve().parent.parent / "data" / "fixtures"   # test-only, in the checkout
 TORCH_MODELS = ["lenet300", "lenet5", "vgg_small", "resnet_small"]
-
-
-def available(name):
-    return (DATA / f"{name}.h5").is_file() and (DATA / f"{name}.logits.npy").is_file()
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +25,7 @@ def lenet5():
 # ----------------------------------------------------------------------------- PyTorch fixtures
 @pytest.mark.parametrize("name", TORCH_MODELS)
 def test_torch_fixture_matches_pytorch_logits(name):
-    if not available(name):
-        pytest.skip(f"data/{name}.h5 not generated yet")
-    model = nc.load(DATA / f"{name}.h5")
+    model = nc.load(nc.data.model_path(name))
     x, y = nc.data.for_model(model)
     want = np.load(DATA / f"{name}.logits.npy")
     got = model(x)
@@ -41,7 +36,7 @@ def test_torch_fixture_matches_pytorch_logits(name):
 
 
 def test_torch_misc_fixture_covers_the_layer_zoo():
-    base = DATA / "fixtures" / "torch_misc"
+    base = FIXTURES / "torch_misc"
     if not Path(f"{base}.h5").is_file():
         pytest.skip("data/fixtures/torch_misc.h5 not generated yet")
     model = nc.load(f"{base}.h5")
@@ -203,8 +198,6 @@ def test_summary_lists_every_node(lenet5):
 
 
 def test_residual_graph_and_fold_batchnorm():
-    if not available("resnet_small"):
-        pytest.skip("resnet fixture not generated yet")
     model = nc.load(DATA / "resnet_small.h5")
     assert any(isinstance(n.layer, nc.Add) for n in model.nodes)
     folded = nc.fold_batchnorm(model)
@@ -263,8 +256,6 @@ def test_native_checksum_and_version_are_checked(tmp_path, lenet5):
 
 
 def test_state_dict_with_separate_architecture(tmp_path):
-    if not available("lenet300"):
-        pytest.skip("fixture missing")
     src = DATA / "lenet300.h5"
     with h5py.File(src, "r") as f:
         arch = f.attrs["architecture"]

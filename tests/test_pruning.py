@@ -148,7 +148,7 @@ def test_refit_never_increases_the_reconstruction_error(seed, density, bias):
 
 
 def test_calibration_recovers_accuracy_on_real_digits():
-    m = nc.load("data/lenet300.h5")
+    m = nc.load(nc.data.model_path("lenet300"))
     x, y = nc.data.mnist("test", layout="NC")
     xc, _ = nc.data.mnist("train", layout="NC")
     sp = {"fc1": 0.9, "fc2": 0.9, "fc3": 0.5}
@@ -200,7 +200,7 @@ def test_structured_flatten_columns_match_dropped_channels():
 
 
 def test_structured_add_groups_pruned_together_or_left_alone():
-    m = nc.load("data/resnet_small.h5")
+    m = nc.load(nc.data.model_path("resnet_small"))
     p = nc.prune_filters(m, 0.25)
     x, _ = nc.data.mnist("test")
     assert p(x[:4]).shape == (4, 10)
@@ -212,7 +212,7 @@ def test_structured_add_groups_pruned_together_or_left_alone():
 
 
 def test_structured_calibration_and_bad_parameters():
-    m = nc.load("data/lenet5.h5")
+    m = nc.load(nc.data.model_path("lenet5"))
     x, y = nc.data.mnist("test")
     xc, _ = nc.data.mnist("train")
     plain = nc.prune_filters(m, {"features.2": 0.5})
@@ -229,7 +229,7 @@ def test_structured_calibration_and_bad_parameters():
 
 # ----------------------------------------------------------------------------- sensitivity
 def test_sensitivity_table_and_budget():
-    m = nc.load("data/lenet300.h5")
+    m = nc.load(nc.data.model_path("lenet300"))
     x, y = nc.data.mnist("test", layout="NC")
     x, y = x[:300], y[:300]
     t = nc.sensitivity(m, x, y, sparsities=(0.5, 0.9, 0.99))

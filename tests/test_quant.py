@@ -333,7 +333,7 @@ def test_from_arrays_validates_and_round_trips():
 # ----------------------------------------------------------------------------- quantize()
 @pytest.fixture(scope="module")
 def lenet300():
-    model = nc.load("data/lenet300.h5")
+    model = nc.load(nc.data.model_path("lenet300"))
     calib, _ = nc.data.mnist("train", layout="NC")
     x, y = nc.data.mnist("test", layout="NC")
     return model, calib[:512], x, y

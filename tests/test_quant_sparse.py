@@ -279,7 +279,7 @@ def test_from_arrays_round_trips_and_rejects_hostile_arrays():
 # ----------------------------------------------------------------------------- quantize()
 @pytest.fixture(scope="module")
 def lenet300():
-    model = nc.load("data/lenet300.h5")
+    model = nc.load(nc.data.model_path("lenet300"))
     calib, _ = nc.data.mnist("train", layout="NC")
     x, y = nc.data.mnist("test", layout="NC")
     # calibrated pruning keeps LeNet-300 at ~94% (plain 90% magnitude pruning: ~37%, a weak check)

@@ -230,7 +230,7 @@ def test_bad_bits_are_refused(bits):
     with pytest.raises(CompressionParameterError):
         kmeans_codebook(np.ones(4, np.float32), bits)
     with pytest.raises(CompressionParameterError):
-        nc.share(nc.load("data/lenet300.h5"), bits)
+        nc.share(nc.load(nc.data.model_path("lenet300")), bits)
 
 
 @given(n=st.integers(1, 400), seed=seeds, init=st.sampled_from(["linear", "density", "random"]),
@@ -349,7 +349,7 @@ def test_csr_codebook_from_arrays_refuses_corrupt_arrays(change, why):
 # ----------------------------------------------------------------------------------- share()
 @pytest.fixture(scope="module")
 def lenet300():
-    return nc.load("data/lenet300.h5")
+    return nc.load(nc.data.model_path("lenet300"))
 
 
 @pytest.fixture(scope="module")
@@ -421,7 +421,7 @@ def test_share_pruned_layers_keeps_only_the_survivors(lenet300):
 
 @heavy
 def test_share_conv_layers_and_refuses_nonfinite_weights():
-    m = nc.load("data/lenet5.h5")
+    m = nc.load(nc.data.model_path("lenet5"))
     s = nc.share(m, {"conv": 8, "dense": 4})
     x, _ = nc.data.for_model(m, "test")
     assert (s(x[:200]).argmax(1) == m(x[:200]).argmax(1)).mean() > 0.95

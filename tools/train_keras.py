@@ -3,7 +3,7 @@
     pip install keras torch==2.13.0        # torch==2.13.0 is a CPU build from local disk
     KERAS_BACKEND=torch python tools/train_keras.py
 
-Four small seeded models are trained on the 4,000 training digits of data/mnist.npz and
+Four small seeded models are trained on the 4,000 training digits of nncomp/data/mnist.npz and
 evaluated on its 1,000 test digits. Input = x.astype(float32) / 255, NHWC (N, 28, 28, 1) for the
 CNNs and (N, 784) for the MLP. For each model <name> this writes, under data/keras/:
 
@@ -33,7 +33,7 @@ from keras import layers  # noqa: E402
 
 SEED = 20261128
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data" / "mnist.npz"
+DATA = ROOT / "nncomp" / "data" / "mnist.npz"
 OUT = ROOT / "data" / "keras"
 
 

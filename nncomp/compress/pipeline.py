@@ -4,7 +4,7 @@ Recipe (what :func:`deep_compression` runs, step by step, so that each stage can
 
     import nncomp as nc
     from nncomp.compress.sharing import refit_model
-    model = nc.load("data/lenet300.h5")
+    model = nc.load(nc.data.model_path("lenet300"))
     calib, _ = nc.data.mnist("train", layout="NC")      # training digits only
     names = ["fc1", "fc2", "fc3"]
     pruned = nc.prune(model, sparsity=0.92, scope="global", layers=names, calibration=calib, storage="csr")
