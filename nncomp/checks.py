@@ -30,6 +30,16 @@ def _interval(low, high, low_open, high_open):
     return ""
 
 
+def is_integer(value):
+    """Whether ``value`` is an integer (Python or NumPy), and not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def is_number(value):
+    """Whether ``value`` is a real number (Python or NumPy), and not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def check_number(value, name, *, integer=False, low=None, high=None, low_open=False, high_open=False,
                  method=None, fix=None, error=CompressionParameterError):
     """``value`` as an int (``integer=True``) or a finite float within the given bounds.
@@ -50,8 +60,7 @@ def check_number(value, name, *, integer=False, low=None, high=None, low_open=Fa
     error : type
         The NncompError subclass to raise.
     """
-    kind = numbers.Integral if integer else numbers.Real
-    ok = isinstance(value, kind) and not isinstance(value, (bool, np.bool_))
+    ok = is_integer(value) if integer else is_number(value)
     if ok:
         v = int(value) if integer else float(value)
         ok = (math.isfinite(v)

@@ -1,5 +1,6 @@
 """Model: a small graph of named nodes run in topological order."""
 import math
+from .checks import check_number
 from dataclasses import dataclass
 
 import numba
@@ -7,7 +8,7 @@ import numpy as np
 
 from .errors import InputError, NncompError
 from .layers import Layer
-from .plan import INPUT, Plan
+from .plan import INPUT, Plan, batch_parts, run_parts
 
 __all__ = ["Model", "Node", "INPUT"]
 
@@ -68,6 +69,8 @@ class Model:
         self._check_graph()
         self._shapes, self._plans = {}, {}
         self.shapes = self.shapes_for(self.internal_input_shape)
+        weights = sum(n.layer.weight.n_out * n.layer.weight.n_in for n in self.nodes if n.layer.weight is not None)
+        self._macs_per_weight = self.macs / max(1, weights)
 
     # ----------------------------------------------------------------- structure
     @property
@@ -235,9 +238,9 @@ class Model:
         unknown = [n for n in names if n not in known]
         if unknown:
             raise NncompError(f"activations(): unknown node names {unknown}; nodes: {sorted(known - {INPUT})}")
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-                                       or batch_size < 1):
-            raise NncompError(f"activations(): batch_size must be a positive int or None, got {batch_size!r}")
+        if batch_size is not None:
+            batch_size = check_number(batch_size, "batch_size", integer=True, low=1, method="activations",
+                                      error=InputError)
         x = self.check_input(x)
         values = self._run(x, names, batch_size or self._batch_step(x))
         return dict(zip(names, values))
@@ -251,6 +254,10 @@ class Model:
     def _run(self, x, keep, step):
         """Values of nodes ``keep`` (internal layout) on model-layout batch ``x``, ``step`` samples a pass."""
         if x.shape[0] <= step:
+            threads = numba.get_num_threads()
+            bounds = batch_parts(x.shape[0], threads, self._macs_per_weight)
+            if bounds is not None:
+                return run_parts(lambda part: self._forward(part, keep), x, bounds, threads)
             return self._forward(x, keep)
         parts = [self._forward(x[i:i + step], keep) for i in range(0, x.shape[0], step)]
         return [np.concatenate(p) for p in zip(*parts)]

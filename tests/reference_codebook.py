@@ -1,4 +1,4 @@
-"""NumPy twins of the codebook, k-means and Huffman kernels (nncomp/kernels/codebook.py, vpermps.py,
+"""NumPy twins of the codebook, k-means and Huffman kernels (nncomp/kernels/codebook.py, codebook_vpermps.py,
 kmeans.py, huffman.py).
 
 The dense codebook twins follow the float32 summation contract of kernels/codebook.py exactly

@@ -95,7 +95,7 @@ def test_arrays_beyond_pack_bytes_go_to_further_packs(tmp_path, monkeypatch):
 
 @heavy
 def test_container_overhead_of_a_deep_compressed_lenet300_is_under_5_percent(tmp_path):
-    model = nc.load(ROOT / "data" / "lenet300.h5")
+    model = nc.load(nc.data.model_path("lenet300"))
     calib, _ = nc.data.for_model(model, "train")
     dc = nc.deep_compression(model, calibration=calib)
     path = tmp_path / "dc.h5"

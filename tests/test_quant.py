@@ -8,7 +8,7 @@ import nncomp as nc
 import reference as ref
 from conftest import assert_close_f32
 from nncomp.errors import CompressionParameterError, CorruptModelFileError, InputError
-from nncomp.kernels import quant, vnni
+from nncomp.kernels import int8 as quant, int8_vnni as vnni
 from nncomp.matrices.int8 import Int8Matrix, activation_params, pack_panels, panel_width, quantize_weights
 from nncomp.compress.quantization import calibrated_range
 

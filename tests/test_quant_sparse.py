@@ -8,7 +8,7 @@ import nncomp as nc
 import reference as ref
 from conftest import assert_close_f32
 from nncomp.errors import CompressionParameterError, CorruptModelFileError, InputError
-from nncomp.kernels import sparse_int8 as K
+from nncomp.kernels import csr_int8 as K
 from nncomp.matrices.csr import CSRMatrix
 from nncomp.matrices.csr_int8 import CSRInt8Matrix, quantize_rows
 from nncomp.matrices.int8 import Int8Matrix, quantize_weights

@@ -12,7 +12,7 @@ from nncomp.compress.sharing import kmeans_codebook
 from nncomp.errors import CompressionParameterError, CorruptModelFileError
 from nncomp.kernels import codebook as K
 from nncomp.kernels import kmeans as KM
-from nncomp.kernels import vpermps as V
+from nncomp.kernels import codebook_vpermps as V
 from nncomp.matrices.codebook import CodebookMatrix, pack, unpack
 from nncomp.matrices.csr_codebook import CSRCodebookMatrix
 

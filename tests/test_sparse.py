@@ -7,7 +7,7 @@ import nncomp as nc
 import reference as ref
 from conftest import assert_close_f32
 from nncomp.errors import CompressionParameterError, CorruptModelFileError
-from nncomp.kernels import sparse as K
+from nncomp.kernels import csr as K
 from nncomp.matrices.csr import CSRMatrix, PrunedDenseMatrix, index_dtype
 
 

@@ -18,6 +18,7 @@ import zipfile
 
 import numpy as np
 
+from ..checks import check_number
 from .. import errors
 from ..errors import CorruptModelFileError, ModelFileError, NncompError, UnsafeModelFileError
 from .safe import MAX_ATTR_BYTES, MAX_FILE_BYTES, MAX_TENSOR_BYTES, check_path, convert, parse_json
@@ -49,12 +50,12 @@ def load_isolated(path, *, architecture=None, timeout=60.0, max_memory=None, max
         What the child raised (same class, path, object and reason), or "parsing timed out after
         N s", "the parser crashed (SIGSEGV)", "the parser ran out of memory".
     """
-    if type(timeout) is bool or not isinstance(timeout, (int, float)) or not (0 < timeout < float("inf")):
-        raise NncompError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    timeout = check_number(timeout, "timeout", low=0, low_open=True, method="load_isolated",
+                           fix="seconds", error=NncompError)
     if max_memory is None:
         max_memory = 2 * int(max_file_bytes) + (2 << 30)
-    if type(max_memory) is bool or not isinstance(max_memory, int) or max_memory < 1:
-        raise NncompError(f"max_memory must be a positive int (bytes), got {max_memory!r}")
+    max_memory = check_number(max_memory, "max_memory", integer=True, low=1, method="load_isolated",
+                              fix="bytes", error=NncompError)
     path = os.path.abspath(os.fspath(path))
     check_path(path)  # a FIFO would hang the child too: refuse it here
     kwargs = dict(architecture=architecture, max_tensor_bytes=max_tensor_bytes, max_file_bytes=max_file_bytes,
@@ -155,7 +156,7 @@ def _child():
     req = pickle.loads(sys.stdin.buffer.read())  # from our own parent: trusted
     out = req["out"]
     from . import load
-    from .native import _Writer, model_to_json
+    from .native import ArrayWriter, model_to_json
     try:
         _limit_memory(req["max_memory"])
     except (OSError, ValueError, ImportError):
@@ -163,7 +164,7 @@ def _child():
     try:
         model = load(req["path"], **req["kwargs"])
         arrays = _Collector()
-        meta = model_to_json(model, _Writer(arrays, False))
+        meta = model_to_json(model, ArrayWriter(arrays, False))
         with open(os.path.join(out, "model.json"), "w") as fh:
             json.dump(meta, fh)
         np.savez(os.path.join(out, "arrays.npz"), **arrays)

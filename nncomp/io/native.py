@@ -40,7 +40,7 @@ def _sha256(arr):
     return hashlib.sha256(np.ascontiguousarray(arr).view(np.uint8).reshape(-1).data).hexdigest()
 
 
-class _Writer:
+class ArrayWriter:
     """Describes a model's arrays, storing each as a numbered dataset ``t/0, t/1, ...`` of ``f``
     (entries of format version 1; nncomp.io.isolate passes its arrays this way, in memory)."""
 
@@ -74,7 +74,7 @@ class _Writer:
         return {"array": self.array(value)}
 
 
-class _PackWriter(_Writer):
+class _PackWriter(ArrayWriter):
     """Packs the arrays' bytes, in order, into uint8 streams (format version 2); :meth:`write` stores them."""
 
     def __init__(self, huffman):

@@ -21,6 +21,7 @@ import h5py
 import h5py.h5pl
 import numpy as np
 
+from ..checks import check_number
 from ..errors import CorruptModelFileError, NncompError, UnsafeModelFileError, UnsupportedModelError
 # The checks that need no open file live in untrusted.py; they are imported from here as well.
 from .untrusted import (MAX_ABS_VALUE, MAX_ATTR_BYTES, MAX_JSON_DEPTH, check_global_heaps,  # noqa: F401
@@ -42,9 +43,7 @@ _VLEN_BYTES = 16  # hvl_t: what one variable-length element occupies in the attr
 
 
 def _check_cap(value, name):
-    if type(value) is bool or not isinstance(value, (int, np.integer)) or value < 0:
-        raise NncompError(f"{name} must be an int >= 0 (bytes), got {value!r}")
-    return int(value)
+    return check_number(value, name, integer=True, low=0, fix="a size in bytes", error=NncompError)
 
 
 # ---------------------------------------------------------------------- plugin search path

@@ -1,4 +1,4 @@
-"""LLVM IR shared by the hand-written sparse tiles (nncomp/kernels/sparse.py, sparse_int8.py)."""
+"""LLVM IR shared by the hand-written sparse tiles (nncomp/kernels/csr.py, csr_int8.py)."""
 from llvmlite import ir
 
 

@@ -1,6 +1,6 @@
 """Portable codebook kernels: products with weights given as codes into a small float32 codebook.
 
-Arithmetic contract, shared bit for bit with the AVX-512 kernels of kernels/vpermps.py:
+Arithmetic contract, shared bit for bit with the AVX-512 kernels of kernels/codebook_vpermps.py:
 
 - **4-bit packed codes** (``codebook_matmul4``): ``codes`` is ``(n_out, nb*16)`` uint8 and the input
   ``(n, nb*32)``: columns come in blocks of 32, and byte ``j`` of block ``b`` holds the code of column

@@ -1,6 +1,6 @@
 """Shared weights: every weight is a code into a small per-layer float32 codebook (Deep Compression).
 
-Layout (what the kernels of nncomp/kernels/codebook.py and vpermps.py read):
+Layout (what the kernels of nncomp/kernels/codebook.py and codebook_vpermps.py read):
 
 - ``bits <= 4``: two codes per byte. Columns come in blocks of 32; byte ``j`` (0..15) of a block
   holds the code of column ``j`` in its low nibble and of column ``16 + j`` in its high nibble, so
@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..checks import check_number
+from ..checks import check_number, is_integer
 from ..errors import CompressionParameterError
 from ..kernels import _jit
 from ..kernels import codebook as K
-from ..kernels import vpermps
+from ..kernels import codebook_vpermps as vpermps
 from .base import Matrix, expect, register_format
 
 
@@ -64,7 +64,7 @@ def unpack(packed, bits, n_in):
 
 def _problems(codes, codebook, bits, shape):
     bad = []
-    if type(bits) is bool or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 8:
+    if not is_integer(bits) or not 1 <= bits <= 8:
         return [f"bits must be an int in 1..8, got {bits!r}"]
     if not (isinstance(shape, tuple) and len(shape) == 2 and all(isinstance(s, (int, np.integer)) and s >= 1
                                                                  for s in shape)):

@@ -3,7 +3,7 @@
 ``CSRMatrix`` holds the nonzeros of ``W (n_out, n_in)`` row by row: ``data`` float32 values,
 ``indices`` column indices (uint16 when ``n_in <= 65536``, so that one AVX-512 gather loads 16 of
 them; int32 otherwise), sorted and distinct within each row, and ``indptr`` (int32, or int64 beyond
-2**31 - 1 nonzeros). It applies itself with the kernels of nncomp/kernels/sparse.py: a gathered dot
+2**31 - 1 nonzeros). It applies itself with the kernels of nncomp/kernels/csr.py: a gathered dot
 product per output row at batch 1, one pass over the matrix for all samples at batch > 1; serial
 below ``_jit.PARALLEL_MIN_WORK`` multiply-adds, else spread over Numba's threads.
 
@@ -18,7 +18,7 @@ import numpy as np
 from ..coding.index import index_dtype
 from ..errors import CompressionParameterError
 from ..kernels import _jit
-from ..kernels import sparse as kernels
+from ..kernels import csr as kernels
 from .base import Matrix, expect, register_format
 from .dense import DenseMatrix
 
@@ -29,7 +29,7 @@ from .dense import DenseMatrix
 DENSE_ABOVE_DENSITY = 0.30
 
 
-def _problems(data, indices, indptr, shape, values=np.float32):
+def csr_problems(data, indices, indptr, shape, values=np.float32):
     """What is wrong with these CSR arrays (empty list: nothing). Checks everything a kernel trusts;
     ``values`` is the stored values' dtype (float32 values must also be finite)."""
     if not (isinstance(shape, tuple) and len(shape) == 2 and all(type(s) is int and s >= 1 for s in shape)):
@@ -101,7 +101,7 @@ class CSRMatrix(Matrix):
     def __post_init__(self):
         shape = tuple(int(s) if isinstance(s, (int, np.integer)) and type(s) is not bool else s
                       for s in self.shape) if isinstance(self.shape, (tuple, list)) else self.shape
-        bad = _problems(self.data, self.indices, self.indptr, shape)
+        bad = csr_problems(self.data, self.indices, self.indptr, shape)
         if bad:
             raise CompressionParameterError(f"CSRMatrix: {'; '.join(bad)}")
         object.__setattr__(self, "shape", shape)
@@ -169,7 +169,7 @@ class CSRMatrix(Matrix):
                path, obj, f"csr matrix needs attribute shape [n_out, n_in], got {shape!r}")
         expect(set(arrays) == {"data", "indices", "indptr"}, path, obj,
                f"csr matrix needs arrays data, indices, indptr; got {sorted(arrays)}")
-        bad = _problems(arrays["data"], arrays["indices"], arrays["indptr"], tuple(shape))
+        bad = csr_problems(arrays["data"], arrays["indices"], arrays["indptr"], tuple(shape))
         expect(not bad, path, obj, "; ".join(bad))
         return cls(arrays["data"], arrays["indices"], arrays["indptr"], tuple(shape))
 

@@ -9,6 +9,7 @@ carries no code). ``gaps`` and ``codes`` are the two integer streams that
 ``nc.save(..., huffman=True)`` Huffman-codes. ``index_bits`` defaults to the width whose
 Huffman-coded stream is smallest, table included (``choose_index_bits``, as ``share`` picks it).
 """
+from ..checks import is_integer
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,7 @@ from .base import Matrix, expect, register_format
 
 
 def _problems(codes, indices, indptr, codebook, bits, shape):
-    if type(bits) is bool or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 8:
+    if not is_integer(bits) or not 1 <= bits <= 8:
         return [f"bits must be an int in 1..8, got {bits!r}"]
     if not (isinstance(shape, tuple) and len(shape) == 2 and all(type(s) is int and s >= 1 for s in shape)):
         return [f"shape must be two ints >= 1, got {shape!r}"]
@@ -87,7 +88,7 @@ class CSRCodebookMatrix(Matrix):
         object.__setattr__(self, "shape", shape)
         bad = _problems(self.codes, self.indices, self.indptr, self.codebook, self.bits, shape)
         g = self.index_bits
-        if g is not None and (type(g) is bool or not isinstance(g, (int, np.integer)) or not 1 <= g <= 8):
+        if g is not None and (not is_integer(g) or not 1 <= g <= 8):
             bad.append(f"index_bits must be None or an int in 1..8, got {g!r}")
         if bad:
             raise CompressionParameterError("CSRCodebookMatrix: " + "; ".join(bad))

@@ -2,7 +2,7 @@
 
 ``CSRInt8Matrix`` holds the nonzeros of ``W (n_out, n_in)`` exactly as :class:`~.csr.CSRMatrix` does
 (``indices`` uint16 when ``n_in <= 65536`` else int32, strictly increasing within a row; ``indptr``
-int32, or int64 beyond 2**31 - 1 nonzeros; the same validation, csr.py's ``_problems``), but each value
+int32, or int64 beyond 2**31 - 1 nonzeros; the same validation, ``csr.csr_problems``), but each value
 is an int8 code: ``W[o, indices[j]] ~= codes[j] * scale[o]``. A nonzero costs 1 + 2 bytes instead of
 4 + 2. The number format is Int8Matrix's (nncomp/matrices/int8.py), applied to the stored values only:
 
@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import CompressionParameterError, InputError
-from ..kernels import _jit, quant
-from ..kernels import sparse_int8 as K
+from ..kernels import _jit
+from ..kernels import int8 as quant
+from ..kernels import csr_int8 as K
 from .base import Matrix, expect, register_format
-from .csr import CSRMatrix, _problems as _csr_problems
-from .int8 import _elementwise, _problems as _int8_problems, activation_params, quantize_weights
+from .csr import CSRMatrix, csr_problems
+from .int8 import activation_params, elementwise, int8_problems, quantize_weights
 
 # Batch-1 integer products gather activation codes from int32 words: one code per word up to this
 # many inputs (a 32 KB table, in L1), four per word beyond (a shift and a mask more per nonzero, but an
@@ -43,12 +44,12 @@ def _problems(codes, indices, indptr, shape, scale, activations, act_dtype, act_
     if not (isinstance(codes, np.ndarray) and codes.ndim == 1 and codes.dtype == np.int8):
         return [f"codes must be a 1-D int8 array, got {getattr(codes, 'dtype', type(codes))} "
                 f"{getattr(codes, 'shape', '')}"]
-    bad = _csr_problems(codes, indices, indptr, shape, values=np.int8)
+    bad = csr_problems(codes, indices, indptr, shape, values=np.int8)
     if bad:
         return bad
     if codes.size and int(codes.min()) < -127:
         return ["codes must lie in -127..127 (symmetric int8), got -128"]
-    return _int8_problems(shape, scale, activations, act_dtype, act_scale, act_zero)
+    return int8_problems(shape, scale, activations, act_dtype, act_scale, act_zero)
 
 
 def quantize_rows(data, indptr, per_channel=True):
@@ -215,7 +216,7 @@ class CSRInt8Matrix(Matrix):
                 self._refuse_nonfinite()
             sx, z = activation_params(lo, hi, self.act_dtype)
         xu = np.empty(x.shape, np.uint8)
-        bad = _elementwise((quant.int8_quantize, quant.int8_quantize_parallel), x.size)(
+        bad = elementwise((quant.int8_quantize, quant.int8_quantize_parallel), x.size)(
             x, np.float32(sx), z, 0, 255, xu)
         if bad:
             self._refuse_nonfinite(bad)
@@ -233,7 +234,7 @@ class CSRInt8Matrix(Matrix):
         else:
             kern = _jit.pick((K.csr_int8_matmul_u8s8, K.csr_int8_matmul_u8s8_parallel), work)
             kern(self.codes, self.indices, self.indptr, xu, acc)
-        _elementwise((quant.int8_dequantize, quant.int8_dequantize_parallel), n * n_out)(
+        elementwise((quant.int8_dequantize, quant.int8_dequantize_parallel), n * n_out)(
             acc, z, self._rowsum, np.float32(sx), self.scale, out)
         return out
 

@@ -1,6 +1,6 @@
 """Linear int8 weights (symmetric, per output row or per tensor), with int8 or float activations.
 
-Number format (the kernels in nncomp/kernels/quant.py and vnni.py implement it exactly):
+Number format (the kernels in nncomp/kernels/int8.py and int8_vnni.py implement it exactly):
 
 - **weights** ``W ~= q * scale[o]``: ``q`` int8 in ``-127..127``, ``scale`` float32 ``(n_out,)`` (per
   output channel, default) or ``(1,)`` (per tensor). Quantization: ``scale = float32(amax / 127)``,
@@ -26,12 +26,15 @@ Number format (the kernels in nncomp/kernels/quant.py and vnni.py implement it e
 
 Any Int8Matrix refuses NaN/Inf inputs with InputError (never a silent code 0).
 """
+from ..checks import is_integer
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import CompressionParameterError, InputError
-from ..kernels import _jit, quant, vnni
+from ..kernels import _jit
+from ..kernels import int8 as quant
+from ..kernels import int8_vnni as vnni
 from .base import Matrix, expect, register_format
 
 TINY = float(np.finfo(np.float32).tiny)
@@ -72,7 +75,7 @@ def activation_params(lo, hi, act_dtype):
     return s, int(np.clip(np.rint(-lo / float(s)), 0, 255))
 
 
-def _problems(shape, scale, activations, act_dtype, act_scale, act_zero):
+def int8_problems(shape, scale, activations, act_dtype, act_scale, act_zero):
     """What is wrong with these fields (empty list: nothing)."""
     bad = []
     if len(shape) != 2 or min(shape) < 1:   # shape: (n_out, n_in)
@@ -92,7 +95,7 @@ def _problems(shape, scale, activations, act_dtype, act_scale, act_zero):
                 and act_scale > 0):
             bad.append(f"static activations need a finite act_scale > 0, got {act_scale!r}")
         ok_zero = (128,) if act_dtype == "int8" else range(256)
-        if not isinstance(act_zero, (int, np.integer)) or isinstance(act_zero, bool) or act_zero not in ok_zero:
+        if not is_integer(act_zero) or act_zero not in ok_zero:
             bad.append(f"act_zero must be {'128' if act_dtype == 'int8' else 'an int in 0..255'} "
                        f"for {act_dtype} activations, got {act_zero!r}")
     elif act_scale is not None or act_zero is not None:
@@ -100,7 +103,8 @@ def _problems(shape, scale, activations, act_dtype, act_scale, act_zero):
     return bad
 
 
-def _elementwise(kernels, n_elements):
+def elementwise(kernels, n_elements):
+    """The serial or parallel one of an element-wise kernel pair, by size and threads."""
     return kernels[1] if n_elements >= ELEMENTWISE_PARALLEL_MIN and _jit.numba.get_num_threads() > 1 else kernels[0]
 
 
@@ -169,7 +173,7 @@ class Int8Matrix(Matrix):
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
         shape = tuple(int(d) for d in self.shape)
-        bad = _problems(shape, self.scale, self.activations, self.act_dtype, self.act_scale, self.act_zero)
+        bad = int8_problems(shape, self.scale, self.activations, self.act_dtype, self.act_scale, self.act_zero)
         if not bad:
             want = self._layout(shape, self.activations)
             if not (isinstance(self.packed, np.ndarray) and self.packed.dtype == np.int8
@@ -208,7 +212,7 @@ class Int8Matrix(Matrix):
         if not (isinstance(q, np.ndarray) and q.dtype == np.int8 and q.ndim == 2 and min(q.shape) >= 1):
             raise CompressionParameterError(f"Int8Matrix: codes must be a non-empty 2-D int8 array, got "
                                             f"{getattr(q, 'dtype', type(q))} {getattr(q, 'shape', '')}")
-        bad = _problems(q.shape, scale, activations, act_dtype, act_scale, act_zero)
+        bad = int8_problems(q.shape, scale, activations, act_dtype, act_scale, act_zero)
         if bad:
             raise CompressionParameterError("Int8Matrix: " + "; ".join(bad))
         packed = q if activations == "float" else pack_panels(q, panel_width(q.shape[0]))
@@ -269,7 +273,7 @@ class Int8Matrix(Matrix):
         kp = 4 * n_g
         sx, z = self._act_params(x)
         xu = np.empty((n, kp), np.uint8)
-        bad = _elementwise((quant.int8_quantize, quant.int8_quantize_parallel), n * kp)(
+        bad = elementwise((quant.int8_quantize, quant.int8_quantize_parallel), n * kp)(
             x, np.float32(sx), z, 0, 255, xu)
         if bad:
             raise InputError(f"int8 layer {self.shape}: input holds {bad} NaN or Inf value(s); "
@@ -287,7 +291,7 @@ class Int8Matrix(Matrix):
                 matmul(xu, self.packed, k0, min(k0 + KBLOCK, kp), acc)
                 total += acc
             acc = total
-        _elementwise((quant.int8_dequantize, quant.int8_dequantize_parallel), n * n_out)(
+        elementwise((quant.int8_dequantize, quant.int8_dequantize_parallel), n * n_out)(
             acc, z, self._colsum, np.float32(sx), self.scale, out)
         return out
 
@@ -316,6 +320,6 @@ class Int8Matrix(Matrix):
         q = arrays.get("q")
         expect(isinstance(q, np.ndarray) and q.dtype == np.int8 and q.ndim == 2 and min(q.shape) >= 1, path, obj,
                "int8 matrix needs a non-empty 2-D int8 array 'q'")
-        bad = _problems(q.shape, arrays.get("scale"), activations, act_dtype, act_scale, act_zero)
+        bad = int8_problems(q.shape, arrays.get("scale"), activations, act_dtype, act_scale, act_zero)
         expect(not bad, path, obj, "int8 matrix: " + "; ".join(bad))
         return cls.from_codes(q, arrays["scale"], activations, act_dtype, act_scale, act_zero)

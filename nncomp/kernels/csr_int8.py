@@ -10,7 +10,7 @@ Two arithmetics, each at batch 1 and batch > 1, serial and parallel (``both``):
 - **weight-only** (``*_float``): ``out[i, o] = scale[o] * sum_j x[i, c_j] * float32(codes[j])`` in
   float32 (``fastmath``: the caller refuses non-finite inputs first).
 - **integer** (``*_u8s8``): activation codes (uint8, with the zero point handled by the caller:
-  nncomp/kernels/quant.py's ``int8_dequantize``) times weight codes, summed exactly:
+  nncomp/kernels/int8.py's ``int8_dequantize``) times weight codes, summed exactly:
   ``acc[i, o] = sum_j xu[i, c_j] * codes[j]`` in int32 over blocks of at most ``KBLOCK`` nonzeros
   (255 * 127 * 65536 < 2**31), the blocks added in int64.
 

@@ -1,4 +1,4 @@
-"""NumPy twins of the int8 kernels (nncomp/kernels/quant.py, vnni.py).
+"""NumPy twins of the int8 kernels (nncomp/kernels/int8.py, vnni.py).
 
 Integer products upcast to int64 before multiplying: NumPy's own ``int8 @ int8`` returns int8 and
 wraps. Float twins follow the specified float32 operation order exactly (they are compared with

@@ -1,4 +1,4 @@
-"""NumPy twins of the sparse int8 kernels (nncomp/kernels/sparse_int8.py), written for clarity.
+"""NumPy twins of the sparse int8 kernels (nncomp/kernels/csr_int8.py), written for clarity.
 
 Integer twins are exact (int64 inside); float twins are float64 (compared by the tolerance rule).
 """

@@ -1,4 +1,4 @@
-"""NumPy twins of the CSR kernels (nncomp/kernels/sparse.py): float64, written for clarity."""
+"""NumPy twins of the CSR kernels (nncomp/kernels/csr.py): float64, written for clarity."""
 import numpy as np
 
 

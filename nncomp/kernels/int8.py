@@ -12,9 +12,9 @@ Number formats (docs in nncomp/matrices/int8.py):
 - products accumulate exactly in int32: ``acc = sum(xu * w) - z * colsum(w)``; output
   ``y = float32(acc) * float32(sx * scale[o])``;
 - the u8 x s8 kernels read weights packed in panels of ``width`` (16-64) output channels x 4 inputs:
-  ``wp[p, g, 4 * c + j] = w[p * width + c, 4 * g + j]`` (see kernels/vnni.py for why).
+  ``wp[p, g, 4 * c + j] = w[p * width + c, 4 * g + j]`` (see kernels/int8_vnni.py for why).
 
-The plain loops here give results bit-identical to the VNNI kernel (kernels/vnni.py).
+The plain loops here give results bit-identical to the VNNI kernel (kernels/int8_vnni.py).
 """
 import numpy as np
 from numba import prange
