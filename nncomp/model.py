@@ -8,7 +8,7 @@ import numpy as np
 
 from .errors import InputError, NncompError
 from .layers import Layer
-from .plan import INPUT, Plan, batch_parts, run_parts
+from .plan import SERIAL_BELOW_MACS, INPUT, Plan, batch_parts, run_parts, run_serial
 
 __all__ = ["Model", "Node", "INPUT"]
 
@@ -67,7 +67,7 @@ class Model:
             raise NncompError("a model needs at least one node")
         self.outputs = tuple(outputs) if outputs else (self.nodes[-1].name,)
         self._check_graph()
-        self._shapes, self._plans = {}, {}
+        self._shapes, self._plans, self._cost_memo = {}, {}, {}
         self.shapes = self.shapes_for(self.internal_input_shape)
         weights = sum(n.layer.weight.n_out * n.layer.weight.n_in for n in self.nodes if n.layer.weight is not None)
         self._macs_per_weight = self.macs / max(1, weights)
@@ -245,19 +245,29 @@ class Model:
         values = self._run(x, names, batch_size or self._batch_step(x))
         return dict(zip(names, values))
 
+    def _costs(self, shape):
+        """``(activation bytes, multiply-adds)`` per sample of internal per-sample input ``shape``."""
+        found = self._cost_memo.get(shape)
+        if found is None:
+            shapes = self.shapes_for(shape)
+            macs = sum(n.layer.macs(*(shapes[s] for s in n.inputs)) for n in self.nodes)
+            found = self._cost_memo[shape] = (max(1, 4 * sum(math.prod(s) for s in shapes.values())), macs)
+        return found
+
     def _batch_step(self, x):
         """Samples per part so that one part's activations stay under MAX_ACTIVATION_BYTES."""
-        shapes = self.shapes_for(self.to_internal(x.shape[1:]))
-        per_sample = max(1, 4 * sum(math.prod(s) for s in shapes.values()))
-        return max(1, MAX_ACTIVATION_BYTES // per_sample)
+        return max(1, MAX_ACTIVATION_BYTES // self._costs(self.to_internal(x.shape[1:]))[0])
 
     def _run(self, x, keep, step):
         """Values of nodes ``keep`` (internal layout) on model-layout batch ``x``, ``step`` samples a pass."""
         if x.shape[0] <= step:
             threads = numba.get_num_threads()
-            bounds = batch_parts(x.shape[0], threads, self._macs_per_weight)
-            if bounds is not None:
-                return run_parts(lambda part: self._forward(part, keep), x, bounds, threads)
+            if threads > 1:
+                bounds = batch_parts(x.shape[0], threads, self._macs_per_weight)
+                if bounds is not None:
+                    return run_parts(lambda part: self._forward(part, keep), x, bounds, threads)
+                if x.shape[0] * self._costs(self.to_internal(x.shape[1:]))[1] < SERIAL_BELOW_MACS:
+                    return run_serial(lambda: self._forward(x, keep))
             return self._forward(x, keep)
         parts = [self._forward(x[i:i + step], keep) for i in range(0, x.shape[0], step)]
         return [np.concatenate(p) for p in zip(*parts)]

@@ -118,6 +118,9 @@ PARTS_PER_THREAD = 2
 # a dense layer's product reads its weights once for the whole batch, and split it reads them once
 # per part (LeNet-300-100, 1 MAC per weight, ran 1.7x slower split; ResNet-small, 120, 2.2x faster).
 SPLIT_MIN_MACS_PER_WEIGHT = 16
+# A pass of fewer multiply-adds than this runs on the calling thread alone, with serial kernels:
+# no step waits for a worker's wake-up after a pause, or for a core another process keeps busy.
+SERIAL_BELOW_MACS = 1 << 23
 _POOL = None
 _POOL_LOCK = threading.Lock()
 
@@ -137,6 +140,16 @@ def batch_parts(n, threads, macs_per_weight):
         return None
     parts = min(threads * PARTS_PER_THREAD, n // SPLIT_MIN_PER_THREAD)
     return [n * i // parts for i in range(parts + 1)]
+
+
+def run_serial(forward):
+    """``forward()`` with one Numba thread on the calling thread (its plans are serial ones)."""
+    saved = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        return forward()
+    finally:
+        numba.set_num_threads(saved)
 
 
 def run_parts(forward, x, bounds, threads):

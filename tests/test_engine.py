@@ -48,8 +48,15 @@ def cnn(draw):
                   Node("r2", nc.ReLU(max_value=6.0 if draw(st.booleans()) else None), ("add",))]
         prev = "r2"
     if draw(st.booleans()):
-        nodes += [Node("c3", conv(c1, c1, 3, pad=1), (prev,)), Node("r3", nc.ReLU(), ("c3",)),
-                  Node("p3", nc.MaxPool2D(2), ("r3",))]
+        # a batch norm whose scales are all positive commutes with the pool: conv, bn, relu and
+        # max-pool then run as one fused kernel and its epilogues; a negative scale keeps them apart
+        nodes += [Node("c3", conv(c1, c1, 3, pad=1), (prev,))]
+        if draw(st.booleans()):
+            b = bn(c1)
+            if draw(st.booleans()):
+                b = b.replace(gamma=np.abs(b.gamma))
+            nodes += [Node("b3", b, ("c3",))]
+        nodes += [Node("r3", nc.ReLU(), (nodes[-1].name,)), Node("p3", nc.MaxPool2D(2), ("r3",))]
         prev = "p3"
     nodes += [Node("gap", nc.GlobalAvgPool2D(), (prev,)),
               Node("fc1", nc.Dense(f32(8, c1), f32(8)), ("gap",)), Node("r4", nc.ReLU(), ("fc1",)),
@@ -94,6 +101,9 @@ def test_plans_fuse_what_the_layers_declare():
     lenet5 = nc.load(nc.data.DATA_DIR / "lenet5.h5")
     kinds = [layer.describe() for _, layer in lenet5._plan((28, 28, 1), 1, lenet5.outputs).layers]
     assert any("maxpool2d" in k and k.startswith("conv2d+") for k in kinds), kinds
+    vgg = nc.load(nc.data.DATA_DIR / "vgg_small.h5")          # conv, bn (scales > 0), relu, max-pool
+    kinds = [layer.describe() for _, layer in vgg._plan((28, 28, 1), 1, vgg.outputs).layers]
+    assert kinds.count("conv2d+maxpool2d+batchnorm+relu") == 2, kinds
     # a kept value is never fused away: asking for a conv's output keeps it
     conv = next(n.name for n in model.nodes if n.layer.kind == "conv2d")
     kept = model._plan((28, 28, 1), 2, (conv,))

@@ -39,6 +39,12 @@ class BatchNorm(Layer):
         shift = self.beta.astype(np.float64) - self.mean * scale
         return scale.astype(np.float32), shift.astype(np.float32)
 
+    @property
+    def monotone(self):
+        """Non-decreasing when every channel's scale is >= 0 (gamma >= 0, as trained models almost
+        always have): then it commutes with a max-pool bit for bit (rounding is monotone too)."""
+        return self.memo("monotone", lambda: bool(np.all(self.scale_shift[0] >= 0)))
+
     def output_shape(self, shape):
         if shape[-1] != self.mean.shape[0]:
             raise NncompError(f"batchnorm over {self.mean.shape[0]} channels got per-sample shape {shape}")
