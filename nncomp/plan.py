@@ -120,7 +120,7 @@ PARTS_PER_THREAD = 2
 SPLIT_MIN_MACS_PER_WEIGHT = 16
 # A pass of fewer multiply-adds than this runs on the calling thread alone, with serial kernels:
 # no step waits for a worker's wake-up after a pause, or for a core another process keeps busy.
-SERIAL_BELOW_MACS = 1 << 23
+SERIAL_BELOW_MACS = 1 << 24
 _POOL = None
 _POOL_LOCK = threading.Lock()
 

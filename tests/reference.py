@@ -137,6 +137,17 @@ def avgpool_nhwc(x, kh, kw, sh, sw, ph, pw, pb, pr, count_include_pad, oh_n, ow_
     return out
 
 
+def epilogue_rows(y, scale, shift, res, lo, hi):
+    """The epilogue as the layers compute it one by one, in float32 NumPy (returns a new array)."""
+    y = np.array(y, np.float32)
+    if scale.shape[0]:
+        y = y * scale + shift
+    if res.shape[0]:
+        y = y + res
+    y = np.maximum(y, np.float32(lo))
+    return np.minimum(y, np.float32(hi))
+
+
 # Twins of other kernel families live in tests/reference_<family>.py; they are gathered here so
 # that ``reference.<kernel name>`` finds every twin.
 for _path in sorted(pathlib.Path(__file__).parent.glob("reference_*.py")):

@@ -146,3 +146,23 @@ def test_bad_layer_parameters_raise_nncomp_errors():
         nc.MaxPool2D(kernel_size=0)
     with pytest.raises(nc.NncompError):
         nc.Dense(np.zeros((3, 4), np.float32), np.zeros(4, np.float32))
+
+
+@given(m=st.integers(0, 9), c=st.integers(1, 20), affine=st.booleans(), add=st.booleans(),
+       clip=st.sampled_from([None, (0.0, np.inf), (0.0, 6.0)]), seed=st.integers(0, 2**31))
+def test_epilogue_rows_matches_reference(m, c, affine, add, clip, seed):
+    """Bit for bit the layers' own float32 sequence, NaN and -0.0 included, serial and parallel."""
+    from nncomp.kernels.epilogue import epilogue_rows, epilogue_rows_parallel
+    rng = np.random.default_rng(seed)
+    y = (rng.standard_normal((m, c)) * 8).astype(np.float32)
+    if y.size:
+        y.flat[rng.integers(0, y.size, 2)] = [np.nan, -0.0]
+    scale = rng.standard_normal(c).astype(np.float32) if affine else np.zeros(0, np.float32)
+    shift = rng.standard_normal(c).astype(np.float32) if affine else np.zeros(0, np.float32)
+    res = rng.standard_normal((m, c)).astype(np.float32) if add else np.zeros((0, c), np.float32)
+    lo, hi = (np.float32(v) for v in (clip or (-np.inf, np.inf)))
+    want = ref.epilogue_rows(y, scale, shift, res, lo, hi)
+    for kern in (epilogue_rows, epilogue_rows_parallel):
+        got = y.copy()
+        kern(got, scale, shift, res, lo, hi)
+        assert np.array_equal(got.view(np.int32), want.view(np.int32))

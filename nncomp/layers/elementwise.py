@@ -24,9 +24,12 @@ class ReLU(Layer):
     def epilogue(self, n, shape):
         zero = np.float32(0)
         if self.max_value is None:
-            return lambda y: np.maximum(y, zero, out=y)
-        top = np.float32(self.max_value)
-        return lambda y: np.clip(y, zero, top, out=y)
+            op = lambda y: np.maximum(y, zero, out=y)  # noqa: E731
+        else:
+            top = np.float32(self.max_value)
+            op = lambda y: np.clip(y, zero, top, out=y)  # noqa: E731
+        op.spec = ("clip", 0.0, np.inf if self.max_value is None else float(self.max_value))
+        return op
 
 
 @register
@@ -50,7 +53,9 @@ class Add(Layer):
         return y
 
     def epilogue(self, n, shape):
-        return lambda y, other: np.add(y, other, out=y)
+        op = lambda y, other: np.add(y, other, out=y)  # noqa: E731
+        op.spec = ("add",)
+        return op
 
 
 @register

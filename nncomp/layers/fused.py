@@ -8,7 +8,35 @@ temporary is allocated. A convolution also absorbs a max-pool into its kernel (s
 ``nncomp/layers/conv.py``); an epilogue that is monotone (ReLU) commutes with that pool, so
 ``conv -> relu -> maxpool`` still runs as one fused kernel. Fused layers never reach a file.
 """
+import math
+
+import numpy as np
+
+from ..kernels import _jit
+from ..kernels.epilogue import epilogue_rows, epilogue_rows_parallel
 from .base import Layer
+
+# The order the epilogue kernel applies its parts in; ops in another order run one by one.
+_ORDER = {"affine": 0, "add": 1, "clip": 2}
+_NONE = np.zeros(0, np.float32)
+
+
+def compiled_epilogue(ops, n, out_shape):
+    """One kernel call ``(y, *extra) -> None`` doing ``ops`` (affine map, residual add, clip, each
+    at most once and in that order) in one pass, or None when they do not fit that form."""
+    specs = [getattr(op, "spec", None) for op, _, _ in ops]
+    if not specs or None in specs or [_ORDER[s[0]] for s in specs] != sorted({_ORDER[s[0]] for s in specs}):
+        return None
+    parts = {s[0]: s for s in specs}
+    scale, shift = parts["affine"][1:] if "affine" in parts else (_NONE, _NONE)
+    lo, hi = (np.float32(v) for v in parts["clip"][1:]) if "clip" in parts else (np.float32(-np.inf), np.float32(np.inf))
+    c = out_shape[-1]
+    rows = n * math.prod(out_shape[:-1])
+    kern = _jit.pick((epilogue_rows, epilogue_rows_parallel), rows * c)
+    empty = np.zeros((0, c), np.float32)
+    if "add" in parts:
+        return lambda y, res: kern(y.reshape(rows, c), scale, shift, np.ascontiguousarray(res).reshape(rows, c), lo, hi)
+    return lambda y: kern(y.reshape(rows, c), scale, shift, empty, lo, hi)
 
 
 def absorb_epilogue(producer, successor, n, shapes, head=None):
@@ -54,6 +82,15 @@ class Fused(Layer):
         head, ops, k = self.head, self.ops, len(self.shapes)
         if not ops:
             return head
+        one_pass = compiled_epilogue(ops, n, self.out_shape)
+        if one_pass is not None:
+            def fused(*xs):
+                y = head(*xs[:k])
+                if not y.flags.c_contiguous:        # a transposed product: the kernel needs rows
+                    y = np.ascontiguousarray(y)
+                one_pass(y, *xs[k:])
+                return y
+            return fused
         if len(ops) == 1 and ops[0][1] == 0:
             op = ops[0][0]
 

@@ -63,4 +63,5 @@ class BatchNorm(Layer):
         def affine(y):
             y *= scale
             y += shift
+        affine.spec = ("affine", scale, shift)
         return affine

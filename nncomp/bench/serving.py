@@ -1,0 +1,73 @@
+"""How a model serves requests: lone calls after a pause, and calls while another process keeps a
+core busy (the issue's two serving conditions, beside the back-to-back loop of the other tables).
+
+- **Lone call**: each timed call follows an untimed pause (``pause`` seconds) long enough for every
+  runtime's worker threads to go to sleep (OpenMP's spin, ORT's spinning is off in the peers), as a
+  request to a server that was idle. Reported as a median over calls.
+- **Contention**: a second process spins on one core (a busy loop, started before and stopped
+  after the timed block); the model is timed in a loop with all its threads. The reference is the
+  same model with one thread on a quiet machine, so ``contended / single`` says how much a pass
+  collapses when one of its cores is taken (target: at most 1.2).
+"""
+import contextlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+SPIN_CODE = "import time\nend = time.perf_counter() + {seconds}\nwhile time.perf_counter() < end:\n    pass\n"
+
+
+@contextlib.contextmanager
+def busy_core(seconds=60.0):
+    """A child process spinning on one core for at most ``seconds`` (stopped on exit)."""
+    proc = subprocess.Popen([sys.executable, "-c", SPIN_CODE.format(seconds=float(seconds))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.2)          # let it start spinning
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def lone_calls(fn, *, calls=15, pause=0.05):
+    """Median and p90 (ms) of ``fn()`` calls, each after an untimed ``pause``."""
+    times = []
+    fn()
+    for _ in range(calls):
+        time.sleep(pause)
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"median_ms": float(np.median(times) * 1e3), "p90_ms": float(np.percentile(times, 90) * 1e3),
+            "n": len(times)}
+
+
+def loop_calls(fn, *, calls=40, max_seconds=5.0):
+    """Median and p90 (ms) of back-to-back ``fn()`` calls (after 3 untimed ones)."""
+    for _ in range(3):
+        fn()
+    times, start = [], time.perf_counter()
+    while len(times) < calls and time.perf_counter() - start < max_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"median_ms": float(np.median(times) * 1e3), "p90_ms": float(np.percentile(times, 90) * 1e3),
+            "n": len(times)}
+
+
+def contention(fn, threads, set_threads, *, calls=40):
+    """``fn`` in a loop with one thread on a quiet machine, and with ``threads`` while a second
+    process keeps one core busy; ``set_threads(n)`` sets the pools' threads. Returns both and
+    their ratio."""
+    set_threads(1)
+    try:
+        single = loop_calls(fn, calls=calls)
+    finally:
+        set_threads(threads)
+    with busy_core():
+        contended = loop_calls(fn, calls=calls)
+    return {"single_ms": single["median_ms"], "contended_ms": contended["median_ms"],
+            "ratio": contended["median_ms"] / single["median_ms"]}
