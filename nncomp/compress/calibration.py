@@ -77,6 +77,7 @@ def rows_of(layer, x, rows=None):
     if isinstance(layer, Dense):
         return x if rows is None else x[rows]
     n, h, w, c = x.shape
+    layer = layer.for_input((h, w, c))
     oh, ow, _ = layer.shape_of((h, w, c))
     out = np.empty((n * oh * ow, layer.window.patch * c), np.float32)
     kern = _jit.pick((im2col_nhwc, im2col_nhwc_parallel), out.size)

@@ -17,6 +17,7 @@ import re
 import numpy as np
 
 from ..errors import CorruptModelFileError, ModelFileError, NncompError, UnsupportedModelError
+from ..layers.base import same_pads
 from ..layers import (Add, AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D,
                       MaxPool2D, ReLU, Softmax, ZeroPad2D)
 from ..matrices import DenseMatrix
@@ -72,6 +73,11 @@ def _pair(v, what, lo=1):
 def _handler(builder, cls):
     """The builder method for a Keras class name (CamelCase names only: never a private helper)."""
     return getattr(builder, "_" + cls, None) if re.fullmatch(r"[A-Z][A-Za-z0-9]*", cls) else None
+
+
+def _size_dependent(c, stride):
+    """Whether a layer's "same" padding depends on the input size (a stride above 1)."""
+    return str(c.get("padding", "valid")).lower() == "same" and max(stride) > 1
 
 
 class LayerTranslator:
@@ -171,11 +177,7 @@ class LayerTranslator:
             return (0, 0, 0, 0)
         if mode != "same":
             raise UnsupportedModelError(self.path, name, f"layer {name!r}: padding {mode!r} is not supported")
-        out = []
-        for n, kk, ss, dd in zip(size, k, s, d):  # TensorFlow's rule: the odd pixel goes bottom/right
-            total = max((-(-n // ss) - 1) * ss + (kk - 1) * dd + 1 - n, 0)
-            out += [total // 2, total - total // 2]
-        return tuple(out)
+        return same_pads(size, k, s, d)     # TensorFlow's rule: the odd pixel goes bottom/right
 
     def _Dense(self, name, c, inputs):
         shape, units = self.shapes[inputs[0]], _int(c["units"], "units", 1)
@@ -195,7 +197,8 @@ class LayerTranslator:
             raise CorruptModelFileError(self.path, name, f"groups={groups} does not divide {cin} and {n_out} channels")
         mat = conv_weight(kernel, k, cin, n_out, groups, depthwise, self.path, name)
         layer = Conv2D(DenseMatrix(mat), expect(bias, (n_out,), self.path, name, "bias"), in_channels=cin,
-                       kernel_size=k, stride=s, padding=self._pads(c, (h, w), k, s, d, name), dilation=d, groups=groups)
+                       kernel_size=k, stride=s, padding=self._pads(c, (h, w), k, s, d, name), dilation=d, groups=groups,
+                       same=_size_dependent(c, s))
         node = self.add(name, layer, inputs)
         return self.act(name, c, node) if act else node
 
@@ -259,9 +262,10 @@ class LayerTranslator:
         k = _pair(c.get("pool_size", 2), "pool_size")
         s = _pair(c.get("strides") or list(k), "strides")
         pads = self._pads(c, (h, w), k, s, (1, 1), name)
+        same = _size_dependent(c, s)
         if cls is AvgPool2D:  # Keras/TF average only over the pixels inside the image
-            return self.add(name, AvgPool2D(k, s, pads, count_include_pad=False), inputs)
-        return self.add(name, MaxPool2D(k, s, pads), inputs)
+            return self.add(name, AvgPool2D(k, s, pads, count_include_pad=False, same=same), inputs)
+        return self.add(name, MaxPool2D(k, s, pads, same=same), inputs)
 
     def _MaxPooling2D(self, name, c, inputs):
         return self._pool(name, c, inputs, MaxPool2D)

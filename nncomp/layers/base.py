@@ -65,6 +65,16 @@ def window_out(size, k, s, p0, p1, d, ceil_mode):
     return n
 
 
+def same_pads(size, kernel, stride, dilation):
+    """TensorFlow's "same" padding (top, bottom, left, right) for an input of ``size`` (h, w): the
+    output has ``ceil(size / stride)`` pixels, and the odd padded pixel goes bottom/right."""
+    out = []
+    for n, k, s, d in zip(size, kernel, stride, dilation):
+        total = max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
+        out += [total // 2, total - total // 2]
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Window:
     """The geometry of a sliding 2-D window: ``kernel (kh, kw)``, ``stride``, ``padding`` (top,
@@ -143,6 +153,20 @@ def set_fields(obj, **values):
         object.__setattr__(obj, k, v)
 
 
+class SamePadding:
+    """For windowed layers with a ``same`` flag: the padding was TensorFlow's "same" for the size the
+    model was loaded at, and is recomputed for other sizes (it depends on the size modulo the stride),
+    so a Keras model gives Keras's numbers at every size it accepts."""
+
+    def for_input(self, shape, *others):
+        if not self.same or len(shape) != 3:
+            return self
+        found = same_pads(shape[:2], self.kernel_size, self.stride, self.dilation)
+        if found == self.padding:
+            return self
+        return self.memo(("padding", found), lambda: self.replace(padding=found))
+
+
 class Layer:
     kind = "layer"
     n_inputs = 1
@@ -179,6 +203,11 @@ class Layer:
 
     def output_shape(self, shape):
         return shape
+
+    def for_input(self, *shapes):
+        """This layer as it computes on per-sample inputs of ``shapes``: itself, except for a layer
+        whose parameters depend on the input size (TensorFlow's "same" padding with a stride)."""
+        return self
 
     def shape_of(self, *shapes):
         """:meth:`output_shape` remembered per input shape (forward passes ask on every call)."""

@@ -6,18 +6,19 @@ import numpy as np
 from ..errors import NncompError
 from ..matrices import DenseMatrix, Matrix, as_matrix
 from . import conv_algorithms as algos
-from .base import Layer, Window, fit, pads, pair, plan_field, register, set_fields, tensor_field, vector
+from .base import Layer, SamePadding, Window, fit, pads, pair, plan_field, register, set_fields, tensor_field, vector
 from .fused import Fused, absorb_epilogue
 from .pooling import MaxPool2D
 
 
 @register
 @dataclass(frozen=True, eq=False)
-class Conv2D(Layer):
+class Conv2D(SamePadding, Layer):
     """2-D convolution (cross-correlation, as in PyTorch and Keras) over NHWC images.
 
     ``weight`` is a Matrix ``(c_out, kh*kw*c_in/groups)`` with patch columns ordered (kh, kw, c);
-    ``padding`` is (top, bottom, left, right). How it computes (im2col, shifted GEMM, direct,
+    ``padding`` is (top, bottom, left, right); with ``same`` it is TensorFlow's "same" padding,
+    recomputed for each input size (Keras models with strided "same" convolutions). How it computes (im2col, shifted GEMM, direct,
     depthwise) is chosen per shape by nncomp/layers/conv_algorithms.py. Depthwise convolutions
     (``groups == in_channels``, one input channel per group) run a direct kernel; other grouped
     convolutions need dense weights.
@@ -31,6 +32,7 @@ class Conv2D(Layer):
     padding: tuple = (0, 0, 0, 0)
     dilation: tuple = (1, 1)
     groups: int = 1
+    same: bool = False
     window: Window = plan_field()
     weight_t: np.ndarray = plan_field()       # (k, c_out): the direct and depthwise kernels' layout
     algorithms: tuple = plan_field()          # what can compute it, the default first
@@ -39,7 +41,8 @@ class Conv2D(Layer):
     def __post_init__(self):
         set_fields(self, weight=as_matrix(self.weight), kernel_size=pair(self.kernel_size, "kernel_size"),
                    stride=pair(self.stride, "stride"), dilation=pair(self.dilation, "dilation"),
-                   padding=pads(self.padding), groups=int(self.groups), in_channels=int(self.in_channels))
+                   padding=pads(self.padding), groups=int(self.groups), in_channels=int(self.in_channels),
+                   same=bool(self.same))
         set_fields(self, window=Window(self.kernel_size, self.stride, self.padding, self.dilation))
         g, cin, c_out = self.groups, self.in_channels, self.weight.n_out
         if g < 1 or cin % g or c_out % g:
@@ -67,7 +70,7 @@ class Conv2D(Layer):
     def output_shape(self, shape):
         if len(shape) == 3 and shape[2] != self.in_channels:
             raise NncompError(f"conv2d expects {self.in_channels} input channels, got {shape[2]}")
-        oh, ow = fit(self.window, shape, "conv2d")
+        oh, ow = fit(self.for_input(shape).window, shape, "conv2d")
         return (oh, ow, self.out_channels)
 
     def macs(self, shape):
@@ -75,13 +78,16 @@ class Conv2D(Layer):
         return oh * ow * self.weight.macs_per_row
 
     def prepare(self, n, shape):
-        return algos.prepare(self, shape, n)
+        return algos.prepare(self.for_input(shape), shape, n)
 
     def fuse(self, successor, n, shape):
-        pooled = algos.prepare_pooled(self, shape, n, successor) if isinstance(successor, MaxPool2D) else None
-        if pooled is not None:
-            return Fused(self, (shape,), pooled, successor.shape_of(self.shape_of(shape)), pool=successor)
-        return absorb_epilogue(self, successor, n, (shape,))
+        conv = self.for_input(shape)
+        if isinstance(successor, MaxPool2D):
+            pool = successor.for_input(conv.shape_of(shape))
+            pooled = algos.prepare_pooled(conv, shape, n, pool)
+            if pooled is not None:
+                return Fused(conv, (shape,), pooled, pool.shape_of(conv.shape_of(shape)), pool=pool)
+        return absorb_epilogue(conv, successor, n, (shape,))
 
     def describe(self):
         return self.weight.describe()

@@ -11,11 +11,12 @@ import numpy as np
 from ..errors import NncompError
 from ..kernels import _jit
 from ..kernels.pool import avgpool_nhwc, avgpool_nhwc_parallel, maxpool_nhwc, maxpool_nhwc_parallel
-from .base import Layer, Window, fit, image, pads, pair, register, set_fields
+from .base import Layer, SamePadding, Window, fit, image, pads, pair, register, set_fields
 
 
-class _Window2D(Layer):
-    """What the windowed pools share: validated geometry, the Window value, the output shape."""
+class _Window2D(SamePadding, Layer):
+    """What the windowed pools share: validated geometry, the Window value, the output shape, and
+    TensorFlow's "same" padding recomputed per input size when ``same``."""
 
     def __post_init__(self):
         _pool_init(self)
@@ -25,7 +26,7 @@ class _Window2D(Layer):
         return Window(self.kernel_size, self.stride, self.padding, self.dilation)
 
     def output_shape(self, shape):
-        oh, ow = fit(self.window, shape, self.kind, self.ceil_mode)
+        oh, ow = fit(self.for_input(shape).window, shape, self.kind, self.ceil_mode)
         return (oh, ow, shape[2])
 
 
@@ -39,6 +40,7 @@ class MaxPool2D(_Window2D):
     padding: tuple = (0, 0, 0, 0)
     dilation: tuple = (1, 1)
     ceil_mode: bool = False
+    same: bool = False
     kind = "maxpool2d"
 
     @property
@@ -49,6 +51,8 @@ class MaxPool2D(_Window2D):
                 and self.dilation == (1, 1))
 
     def prepare(self, n, shape):
+        if self.for_input(shape) is not self:
+            return self.for_input(shape).prepare(n, shape)
         args = self.window.args
         return _pool_step((maxpool_nhwc, maxpool_nhwc_parallel), (n,) + self.shape_of(shape), args)
 
@@ -63,6 +67,7 @@ class AvgPool2D(_Window2D):
     padding: tuple = (0, 0, 0, 0)
     ceil_mode: bool = False
     count_include_pad: bool = True
+    same: bool = False
     kind = "avgpool2d"
 
     @property
@@ -70,6 +75,8 @@ class AvgPool2D(_Window2D):
         return (1, 1)
 
     def prepare(self, n, shape):
+        if self.for_input(shape) is not self:
+            return self.for_input(shape).prepare(n, shape)
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         t, b, l, r = self.padding
         args = (kh, kw, sh, sw, t, l, b, r, bool(self.count_include_pad))
@@ -90,7 +97,7 @@ def _pool_step(kernels, out_shape, args):
 def _pool_init(layer):
     kernel = pair(layer.kernel_size, "kernel_size")
     set_fields(layer, kernel_size=kernel, stride=kernel if layer.stride is None else pair(layer.stride, "stride"),
-               padding=pads(layer.padding), ceil_mode=bool(layer.ceil_mode))
+               padding=pads(layer.padding), ceil_mode=bool(layer.ceil_mode), same=bool(layer.same))
     if "dilation" in type(layer).__dataclass_fields__:
         set_fields(layer, dilation=pair(layer.dilation, "dilation"))
     (kh, kw), (t, b, l, r) = layer.kernel_size, layer.padding
