@@ -195,3 +195,25 @@ def test_keras_same_padding_is_recomputed_for_each_size(tmp_path):
         for m in (model, again):
             got = m(found[f"x_{size}"])
             assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max()), size
+
+
+def test_a_keras_input_with_free_size_loads_with_a_nominal_size():
+    """Keras's Input(shape=(None, None, 1)): nc.load asks for input_shape= (the size summaries and
+    compression use) and then serves every size with Keras's numbers."""
+    path = ROOT / "data" / "keras" / "strided_same_free.h5"
+    found = np.load(ROOT / "data" / "keras" / "strided_same.any_size.npz")
+    with pytest.raises(nc.UnsupportedModelError, match=r"input_shape=\(h, w, c\)"):
+        nc.load(path)
+    with pytest.raises(nc.UnsupportedModelError, match="does not fit"):
+        nc.load(path, input_shape=(28, 28, 3))
+    with pytest.raises(nc.NncompError, match="positive ints"):
+        nc.load(path, input_shape=(28, -1, 1))
+    model = nc.load(path, input_shape=(30, 30, 1))
+    assert model.input_shape == (30, 30, 1)
+    for size in [k[2:] for k in found.files if k.startswith("x_")]:
+        want = found[f"logits_{size}"]
+        assert np.abs(model(found[f"x_{size}"]) - want).max() <= 1e-5 * max(1.0, np.abs(want).max()), size
+    resnet = nc.load(nc.data.model_path("resnet_small"), input_shape=(1, 36, 36))   # any format: a new nominal
+    assert resnet.input_shape == (1, 36, 36) and resnet.shapes["fc"] == (10,)
+    with pytest.raises(nc.NncompError, match="cannot take"):
+        nc.load(nc.data.model_path("lenet5"), input_shape=(1, 36, 36))

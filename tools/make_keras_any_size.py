@@ -6,7 +6,7 @@ size modulo the stride), and nncomp must recompute it per size to give Keras's n
     KERAS_BACKEND=torch python tools/make_keras_any_size.py
 
 Writes data/keras/strided_same.h5 (legacy HDF5, Input 28x28x1, trained one epoch on the shipped
-training digits, seeded) and data/keras/strided_same.any_size.npz: ``x_<h>x<w>`` (16 real test digits
+training digits, seeded), data/keras/strided_same_free.h5 (the same weights, Input (None, None, 1)) and data/keras/strided_same.any_size.npz: ``x_<h>x<w>`` (16 real test digits
 on a zero canvas, NHWC) and ``logits_<h>x<w>`` from a twin model with a free-size Input holding the
 same weights, for 28x28, 29x29, 31x30 and 36x33.
 """
@@ -59,6 +59,7 @@ def main():
     assert np.allclose(out["logits_28x28"], model.predict(out["x_28x28"], verbose=0), atol=1e-5)
     OUT.mkdir(exist_ok=True)
     model.save(OUT / "strided_same.h5")
+    free.save(OUT / "strided_same_free.h5")        # Input(shape=(None, None, 1))
     np.savez_compressed(OUT / "strided_same.any_size.npz", **out)
     print(f"keras {keras.__version__}: wrote {OUT / 'strided_same.h5'} and the logits at {SIZES}")
 

@@ -1,6 +1,8 @@
 """Reading and writing model files: nncomp's native format, PyTorch state dicts, Keras HDF5."""
 import os
 
+import numpy as np
+
 from ..errors import NncompError, UnsupportedModelError
 from .native import save
 from .safe import MAX_FILE_BYTES, MAX_TENSOR_BYTES, SafeFile
@@ -8,8 +10,8 @@ from .safe import MAX_FILE_BYTES, MAX_TENSOR_BYTES, SafeFile
 __all__ = ["load", "save"]
 
 
-def load(path, *, architecture=None, max_tensor_bytes=MAX_TENSOR_BYTES, max_file_bytes=MAX_FILE_BYTES,
-         allow_nonfinite=False, isolate=False, timeout=60.0, max_memory=None):
+def load(path, *, architecture=None, input_shape=None, max_tensor_bytes=MAX_TENSOR_BYTES,
+         max_file_bytes=MAX_FILE_BYTES, allow_nonfinite=False, isolate=False, timeout=60.0, max_memory=None):
     """Load a model from an HDF5 file: nncomp native, PyTorch state dict, or Keras.
 
     The format is recognised from the file's contents. Every file is treated as untrusted: links,
@@ -23,6 +25,11 @@ def load(path, *, architecture=None, max_tensor_bytes=MAX_TENSOR_BYTES, max_file
     architecture : str, dict, or path-like, optional
         For files that carry no architecture: an ``nncomp-arch`` v1 JSON string or dict (PyTorch
         state dicts), or a Keras ``model_config`` JSON / legacy ``.h5`` path (Keras ``.weights.h5``).
+    input_shape : tuple of int, optional
+        The per-sample input size in the model's layout that summaries, MAC counts and compression
+        use (``model.input_shape``). Required for a Keras model whose input leaves height and width
+        free; for others it replaces the size stored in the file. Calls accept every size all
+        layers fit either way.
     max_tensor_bytes, max_file_bytes : int
         Caps on the declared size of one tensor and of all tensors in the file.
     allow_nonfinite : bool
@@ -46,20 +53,40 @@ def load(path, *, architecture=None, max_tensor_bytes=MAX_TENSOR_BYTES, max_file
         raise NncompError(f"load() needs a file path, got {type(path).__name__}")
     if isolate:
         from .isolate import load_isolated
-        return load_isolated(path, architecture=architecture, timeout=timeout, max_memory=max_memory,
-                             max_tensor_bytes=max_tensor_bytes, max_file_bytes=max_file_bytes,
-                             allow_nonfinite=allow_nonfinite)
+        return load_isolated(path, architecture=architecture, input_shape=input_shape, timeout=timeout,
+                             max_memory=max_memory, max_tensor_bytes=max_tensor_bytes,
+                             max_file_bytes=max_file_bytes, allow_nonfinite=allow_nonfinite)
+    if input_shape is not None:
+        input_shape = _check_shape(input_shape)
     with SafeFile(path, max_tensor_bytes=max_tensor_bytes, max_file_bytes=max_file_bytes,
                   allow_nonfinite=allow_nonfinite) as f:
         from . import native
         if native.is_native(f):
-            return native.load_native(f)
+            return _sized(native.load_native(f), input_shape)
         root = f.file
         if "model_weights" in root or "layers" in root and "vars" in root:
             from . import keras
-            return keras.load_keras(f, architecture=architecture)
+            return keras.load_keras(f, architecture=architecture, input_shape=input_shape)
         if "architecture" in root.attrs or architecture is not None:
             from . import torch
-            return torch.load_torch(f, architecture=architecture)
+            return _sized(torch.load_torch(f, architecture=architecture), input_shape)
         raise UnsupportedModelError(f.path, None, "unrecognised model file: not nncomp native, not Keras, and "
                                     "no nncomp-arch architecture (pass architecture= for a bare state dict)")
+
+
+def _check_shape(shape):
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") or not all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1 for d in shape):
+        raise NncompError(f"load() got input_shape={shape!r}; pass a tuple of positive ints in the model's "
+                          "layout, e.g. (3, 224, 224) for a PyTorch image model")
+    return tuple(int(d) for d in shape)
+
+
+def _sized(model, input_shape):
+    """``model`` with ``input_shape`` as its nominal per-sample size (checked against every layer)."""
+    if input_shape is None or input_shape == model.input_shape:
+        return model
+    try:
+        return model.with_nodes(model.nodes, input_shape=input_shape)
+    except NncompError as e:
+        raise NncompError(f"load() got input_shape={input_shape}, which this model cannot take: {e}") from None

@@ -28,8 +28,8 @@ __all__ = ["load_isolated"]
 _ERRORS = {name: getattr(errors, name) for name in errors.__all__}
 
 
-def load_isolated(path, *, architecture=None, timeout=60.0, max_memory=None, max_tensor_bytes=MAX_TENSOR_BYTES,
-                  max_file_bytes=MAX_FILE_BYTES, allow_nonfinite=False):
+def load_isolated(path, *, architecture=None, input_shape=None, timeout=60.0, max_memory=None,
+                  max_tensor_bytes=MAX_TENSOR_BYTES, max_file_bytes=MAX_FILE_BYTES, allow_nonfinite=False):
     """``nncomp.load`` in a child process with a timeout and a memory limit.
 
     Parameters
@@ -58,7 +58,7 @@ def load_isolated(path, *, architecture=None, timeout=60.0, max_memory=None, max
                               fix="bytes", error=NncompError)
     path = os.path.abspath(os.fspath(path))
     check_path(path)  # a FIFO would hang the child too: refuse it here
-    kwargs = dict(architecture=architecture, max_tensor_bytes=max_tensor_bytes, max_file_bytes=max_file_bytes,
+    kwargs = dict(architecture=architecture, input_shape=input_shape, max_tensor_bytes=max_tensor_bytes, max_file_bytes=max_file_bytes,
                   allow_nonfinite=allow_nonfinite)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))

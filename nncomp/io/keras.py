@@ -32,7 +32,7 @@ from .safe import MAX_ATTR_BYTES, SafeFile, guard, parse_json
 __all__ = ["load_keras"]
 
 
-def load_keras(f, architecture=None):
+def load_keras(f, architecture=None, input_shape=None):
     """Load a Keras legacy ``.h5`` or Keras 3 ``.weights.h5`` from an open SafeFile.
 
     Parameters
@@ -42,6 +42,8 @@ def load_keras(f, architecture=None):
         Required for a ``.weights.h5``; for a legacy ``.h5`` it replaces the stored ``model_config``.
         A ``model_config`` dict or JSON string, a path to a legacy ``.h5`` or a ``.json`` file, or an
         nncomp Model whose Dense/Conv2D/BatchNorm nodes are named like the Keras layers.
+    input_shape : tuple of int, optional
+        The per-sample size (h, w, c) for an input whose height and width Keras leaves free.
     """
     arch = _architecture(architecture, f)
     try:
@@ -57,7 +59,7 @@ def load_keras(f, architecture=None):
                 arch = f.json_attr("/", "model_config", allow_vlen=True)
                 if arch is None:
                     raise CorruptModelFileError(f.path, "/@model_config", "Keras file without a model_config")
-            model = _Builder(f, src).build(arch)
+            model = _Builder(f, src, input_shape).build(arch)
         src.finish()
         return model
     except ModelFileError:

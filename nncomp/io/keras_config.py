@@ -87,9 +87,10 @@ class LayerTranslator:
     A supported Keras class ``X`` has a method ``_X(name, config, inputs)`` returning its last node.
     """
 
-    def __init__(self, f, src):
+    def __init__(self, f, src, input_shape=None):
         self.f, self.path, self.src = f, f.path, src
         self.nodes, self.shapes = [], {}
+        self.given = input_shape      # the user's per-sample size for free (None) input dimensions
 
     def _entry(self, e):
         """``(name, class, config, entry)`` of a layer entry that nncomp can translate."""
@@ -120,6 +121,15 @@ class LayerTranslator:
     def _input_shape(self, c):
         shape = c.get("batch_shape", c.get("batch_input_shape"))
         shape = shape[1:] if shape is not None else c.get("shape")
+        if isinstance(shape, list) and None in shape and len(shape) == 3 and shape[2] is not None:
+            if self.given is None:
+                raise UnsupportedModelError(self.path, "model_config", f"input shape {shape!r} has free dimensions: "
+                                            "pass input_shape=(h, w, c) to nc.load for the size that summaries and "
+                                            "compression use (calls then accept every size the layers fit)")
+            if len(self.given) != 3 or any(d is not None and d != g for d, g in zip(shape, self.given)):
+                raise UnsupportedModelError(self.path, "model_config", f"input_shape={tuple(self.given)} does not fit "
+                                            f"the model's input {shape!r}")
+            shape = list(self.given)
         if not isinstance(shape, list) or len(shape) not in (1, 3) or any(type(d) is not int or d < 1 for d in shape):
             raise UnsupportedModelError(self.path, "model_config", f"input shape {shape!r}: nncomp needs a fixed "
                                         "(h, w, c) image or (features,) vector input")
