@@ -146,14 +146,14 @@ def test_layer_models_and_numpy_baselines_agree_with_the_engine():
         x = layers.layer_input(m, 3)
         w, b = m.nodes[0].layer.weight.w, m.nodes[0].layer.bias
         if shapes[name][0] == "dense":
-            y = layers._numpy_dense(w, b)(x)
+            y = layers.numpy_dense(w, b)(x)
         else:
-            y = layers._numpy_conv(w, b, shapes[name][4], shapes[name][5])(x)
+            y = layers.numpy_conv(w, b, shapes[name][4], shapes[name][5])(x)
         np.testing.assert_allclose(y, m(x), rtol=1e-4, atol=1e-4)
     assert layers.roofline_ms(1e9, 0, {"bandwidth_GBps": 10.0, "sgemm_GFLOPs": 100.0}) == pytest.approx(100.0)
     assert layers.roofline_ms(0, 1e9, {"bandwidth_GBps": 10.0, "sgemm_GFLOPs": 100.0}) == pytest.approx(10.0)
     w = np.arange(1, 21, dtype=np.float32).reshape(4, 5) * np.array([1, -1] * 10, np.float32).reshape(4, 5)
-    assert np.count_nonzero(layers._magnitude_prune(w, 0.9)) == 2
+    assert np.count_nonzero(layers.magnitude_prune(w, 0.9)) == 2
 
 
 def test_compare_positional_x_y_as_in_the_design():

@@ -61,15 +61,6 @@ def versions():
     return out
 
 
-def set_threads(n):
-    """Give torch ``n`` intra-op threads (ORT sessions take theirs at creation)."""
-    try:
-        torch = _torch()
-    except PeerUnavailable:
-        return
-    torch.set_num_threads(int(n))
-
-
 def _conv_weight(layer):
     """A Conv2D's weight as ``(c_out, c_in/groups, kh, kw)`` float32 (from its (kh, kw, c) columns)."""
     kh, kw = layer.kernel_size

@@ -11,8 +11,6 @@ with the dense model and the largest logit difference from it, weight bytes in m
 throughput at a large batch, each timed alternating with the dense model in the same loop, so that
 ``speedup`` is a ratio measured under the same machine conditions.
 """
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,9 @@ import numpy as np
 
 from ..data import DATA_DIR
 from . import peers
-from .layers import NotAvailable, alternate_blocks, formats_of, require
+from .layers import NotAvailable, formats_of, require
+from .sizes import saved_size
+from .timing import SETTLE_S, alternate
 
 MODELS = ("lenet300", "lenet5", "vgg_small", "resnet_small")
 QUICK_MODELS = ("lenet300",)
@@ -31,8 +31,6 @@ CALIBRATION_SAMPLES = 512
 # thread of it is busy meanwhile), and with 8 calls (2 blocks) one such spell set a ratio of the
 # dense model against itself at 3-50x. 24 calls in 6 blocks keep the median out of it.
 BATCH1_REPEAT = 24
-# Default untimed pause before each block of calls in the model tables (``--settle``).
-SETTLE_S = 0.01
 
 
 def _nc():
@@ -136,33 +134,6 @@ def model_paths(names=MODELS, keras=False):
     return paths
 
 
-def payload_bytes(path):
-    """Bytes the datasets of an HDF5 file occupy on disk (the weights, headers and metadata aside)."""
-    import h5py
-    total = [0]
-
-    def visit(_, obj):
-        if isinstance(obj, h5py.Dataset):
-            total[0] += obj.id.get_storage_size()
-    with h5py.File(path, "r") as f:
-        f.visititems(visit)
-    return total[0]
-
-
-def disk_size(model, huffman=False):
-    """``(file bytes, payload bytes, reload check)`` of ``nc.save(model, huffman=huffman)``.
-
-    The check reloads the file and compares outputs on a small batch: "ok" when bit-identical.
-    """
-    nc = _nc()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "m.h5")
-        nc.save(model, path, huffman=huffman)
-        size, payload = os.path.getsize(path), payload_bytes(path)
-        loaded = nc.load(path)
-    return size, payload, loaded
-
-
 def _verdict(ratio, speedup_latency, speedup_throughput, *, margin=1.10):
     """"smaller", "faster", "smaller+faster" or "neither" (10% margins; speed at either batch)."""
     smaller = ratio is not None and ratio >= margin
@@ -177,10 +148,11 @@ def _verdict(ratio, speedup_latency, speedup_throughput, *, margin=1.10):
 class Context:
     """The dense model and the data a model's rows are measured against."""
 
-    def __init__(self, model, x, y, calibration, batches, repeat, max_seconds, name, settle=SETTLE_S):
+    def __init__(self, model, x, y, calibration, batches, repeat, max_seconds, name, settle=SETTLE_S,
+                 spinners=()):
         self.model, self.x, self.y, self.calibration = model, x, y, calibration
         self.batches, self.repeat, self.max_seconds, self.name = batches, repeat, max_seconds, name
-        self.settle = settle
+        self.settle, self.spinners = settle, spinners
         self.logits = model(x)
         self.pred = self.logits.argmax(axis=1)
         self.accuracy = float((self.pred == y).mean()) if y is not None else None
@@ -188,14 +160,14 @@ class Context:
         self.xb = {b: np.ascontiguousarray(x[np.arange(b) % len(x)]) for b in batches}
 
 
-def _time_against_dense(ctx, fn):
+def _time_against_dense(ctx, fn, spinners):
     """``{batch: (dense timing, row timing)}``, alternating dense and the row."""
     out = {}
     for b in ctx.batches:
         xb = ctx.xb[b]
         repeat = max(ctx.repeat, BATCH1_REPEAT) if b == 1 else ctx.repeat
-        t = alternate_blocks({"dense": lambda: ctx.model(xb), "row": lambda: fn(xb)}, repeat=repeat,
-                             warmup=2, max_seconds=ctx.max_seconds, settle=ctx.settle)
+        t = alternate({"dense": lambda: ctx.model(xb), "row": lambda: fn(xb)}, repeat=repeat, block=4,
+                      warmup=2, max_seconds=ctx.max_seconds, settle=ctx.settle, spinners=spinners)
         out[b] = (t["dense"], t["row"])
     return out
 
@@ -206,8 +178,8 @@ def _row(ctx, method, settings, calibrated, status="ok"):
     return r
 
 
-def measure(ctx, fn, row, *, nbytes=None, macs=None, disk=None, huffman=False):
-    """Fill ``row`` for a callable ``fn(x) -> logits`` (a Model or a peer)."""
+def measure(ctx, fn, row, *, nbytes=None, macs=None, disk=None, huffman=False, spins=False):
+    """Fill ``row`` for a callable ``fn(x) -> logits`` (a Model or a peer whose threads ``spins``)."""
     logits = np.asarray(fn(ctx.x))
     pred = logits.argmax(axis=1)
     if ctx.y is not None:
@@ -223,7 +195,8 @@ def measure(ctx, fn, row, *, nbytes=None, macs=None, disk=None, huffman=False):
         row["compression_ratio"] = dense_bytes / row["payload_bytes"]
     if nbytes:
         row["memory_ratio"] = dense_bytes / nbytes
-    times = _time_against_dense(ctx, fn)
+    spinners = None if ctx.spinners is None else set(ctx.spinners) | ({"row"} if spins else set())
+    times = _time_against_dense(ctx, fn, spinners)
     small, large = ctx.batches[0], ctx.batches[-1]
     d, t = times[small]
     row["latency_ms"], row["latency_p90_ms"] = t["median_ms"], t["p90_ms"]
@@ -249,11 +222,12 @@ def run_recipe(ctx, recipe):
         small = recipe.fn(ctx.model, ctx.calibration if recipe.calibrated else None)
         row["compress_s"] = time.perf_counter() - t0
         row["formats"] = formats_of(small)
-        size, payload, loaded = disk_size(small, huffman=recipe.huffman)
+        saved = saved_size(small, huffman=recipe.huffman)
         probe = ctx.xb[ctx.batches[-1]]
-        if not np.array_equal(loaded(probe), small(probe)):
+        if not np.array_equal(saved.loaded(probe), small(probe)):
             row["status"] = "error: the saved file reloads with different outputs"
-        measure(ctx, small, row, nbytes=small.nbytes, macs=small.macs, disk=(size, payload),
+        measure(ctx, small, row, nbytes=small.nbytes, macs=small.macs,
+                disk=(saved.file_bytes, saved.payload_bytes),
                 huffman=recipe.huffman)
     except Exception as e:  # noqa: BLE001 - one failing method must not stop the suite
         row["status"] = f"error: {type(e).__name__}: {_one_line(e)}"
@@ -265,8 +239,9 @@ def run_recipe(ctx, recipe):
 def run_dense(ctx):
     row = _row(ctx, "dense", "float32 (nncomp engine)", False)
     row["formats"] = formats_of(ctx.model)
-    size, payload, _ = disk_size(ctx.model)
-    measure(ctx, ctx.model, row, nbytes=ctx.model.nbytes, macs=ctx.model.macs, disk=(size, payload))
+    saved = saved_size(ctx.model)
+    measure(ctx, ctx.model, row, nbytes=ctx.model.nbytes, macs=ctx.model.macs,
+            disk=(saved.file_bytes, saved.payload_bytes))
     return row
 
 
@@ -279,7 +254,7 @@ def run_peer(ctx, peer, threads):
         row["compress_s"] = time.perf_counter() - t0
         row["formats"] = "peer"
         disk = (fn.onnx_bytes, None) if hasattr(fn, "onnx_bytes") else None
-        measure(ctx, fn, row, nbytes=nbytes(ctx.model), macs=ctx.model.macs, disk=disk)
+        measure(ctx, fn, row, nbytes=nbytes(ctx.model), macs=ctx.model.macs, disk=disk, spins=method == "torch")
     except peers.PeerUnavailable as e:
         row["status"] = str(e)
     except Exception as e:  # noqa: BLE001
@@ -314,24 +289,37 @@ def load_data(model, data=None):
 
 
 def run_model(path, *, recipes, batches=(1, 64), repeat=8, threads=2, with_peers=True, data=None,
-              max_seconds=1.0, max_samples=None, settle=SETTLE_S, progress=print):
-    """Every row for one model file; returns a list of row dicts (dense first)."""
+              max_seconds=1.0, max_samples=None, settle=SETTLE_S, spinners=(), progress=print, phases=None):
+    """Every row for one model file; returns a list of row dicts (dense first).
+
+    ``settle`` seconds pass untimed after the block of a contender whose threads spin (torch), or
+    after every block with ``spinners=None``. ``phases``: a dict that receives the seconds spent in
+    loading, the dense row, the methods (compressing; saving and timing) and the peers.
+    """
     nc = _nc()
+    phases = {} if phases is None else phases
+    t0 = time.perf_counter()
     model = nc.load(path)
     name = Path(path).stem if Path(path).parent.name != "keras" else f"keras/{Path(path).stem}"
     x, y, calib = load_data(model, data)
     if max_samples:
         x, y = x[:max_samples], (None if y is None else y[:max_samples])
-    ctx = Context(model, x, y, calib, tuple(batches), repeat, max_seconds, name, settle)
+    ctx = Context(model, x, y, calib, tuple(batches), repeat, max_seconds, name, settle, spinners)
+    t1 = time.perf_counter()
     rows = [run_dense(ctx)]
     progress(_progress_line(rows[-1]))
+    t2 = time.perf_counter()
     for r in recipes:
         rows.append(run_recipe(ctx, r))
         progress(_progress_line(rows[-1]))
+    t3 = time.perf_counter()
     if with_peers:
         for p in PEERS:
             rows.append(run_peer(ctx, p, threads))
             progress(_progress_line(rows[-1]))
+    compress = sum(r["compress_s"] or 0 for r in rows[1:len(recipes) + 1])
+    phases.update({f"{name}: load": t1 - t0, f"{name}: dense": t2 - t1, f"{name}: methods compress": compress,
+                   f"{name}: methods save+measure": t3 - t2 - compress, f"{name}: peers": time.perf_counter() - t3})
     return rows
 
 
