@@ -15,10 +15,11 @@ import pytest
 
 import nncomp as nc
 from nncomp.bench import compare as compare_mod
-from nncomp.bench import layers, plots, report, suite
+from nncomp.bench import layers, plots, report, roofline, suite, suites, timing
+from nncomp.bench.sizes import saved_size
+from nncomp.data import DATA_DIR
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "data")
-LENET300 = os.path.join(DATA, "lenet300.h5")
+LENET300 = str(DATA_DIR / "lenet300.h5")
 
 
 @pytest.fixture(scope="module")
@@ -133,10 +134,12 @@ def test_pareto_front():
 
 def test_payload_bytes_count_the_stored_arrays(tmp_path):
     model = nc.load(LENET300)
-    size, payload, loaded = suite.disk_size(model)
-    assert payload == model.nbytes < size
+    saved = saved_size(model)
+    assert saved.payload_bytes == model.nbytes < saved.file_bytes
     x = nc.data.mnist("test", layout="NC")[0][:10]
-    assert np.array_equal(loaded(x), model(x))
+    assert np.array_equal(saved.loaded(x), model(x))
+    coded = saved_size(nc.share(model, bits=4), huffman=True)
+    assert coded.payload_bytes < model.nbytes / 5
 
 
 def test_layer_models_and_numpy_baselines_agree_with_the_engine():
@@ -211,3 +214,103 @@ def test_model_option_with_data_npz_in_process(tmp_path, capsys):
     dense = res["models"][0]
     assert dense["accuracy"] == pytest.approx(float((model(x[:40]).argmax(1) == y[:40]).mean()))
     assert res["settings"]["batches"] == [1, 4] and "lenet300" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ the method suites (--suite NAME)
+# What each suite's JSON holds besides the machine record, and a line its Markdown must contain.
+SUITE_KEYS = {
+    "dense": (["rows"], "| case | batch | nncomp |"),
+    "conv_algos": (["rows", "rules"], "| shape | batch | MACs | im2col | shifted | direct |"),
+    "quant": (["speed", "accuracy", "limits"], "## Accuracy on the 1,000 test digits"),
+    "codebook": (["speed", "accuracy", "limits"], "## Deep Compression pipeline"),
+    "sparse": (["fc6", "density_sweep_fc7", "conv3_2", "lenet", "limits"], "## Targets (issue #4) in this run"),
+    "sparse_int8": (["fc6", "lenet300"], "| contender | median ms | p90 ms | vs dense | vs csr float32 |"),
+    "lowrank": (["speed", "accuracy", "targets", "limits"], "## Accuracy on the 1,000 shipped test digits"),
+}
+
+
+@pytest.mark.parametrize("name", suites.SUITES)
+def test_every_suite_runs_quick_and_writes_its_tables(name, tmp_path, capsys):
+    from nncomp.bench.__main__ import main
+    assert set(SUITE_KEYS) == set(suites.SUITES)
+    torch_needed = name in ("sparse", "lowrank")
+    if torch_needed and importlib.util.find_spec("torch") is None:
+        pytest.skip("this suite times torch")
+    assert main(["--suite", name, "--quick", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / f"{name}.json").read_text())
+    keys, line = SUITE_KEYS[name]
+    for key in ["machine", "threads", "loadavg_before", "loadavg_after", "seconds", "protocol", "parts", *keys]:
+        assert key in res, key
+    assert res["quick"] is True and res["machine"]["versions"]["numpy"] == np.__version__
+    assert line in (tmp_path / f"{name}.md").read_text()
+    assert f"wrote {tmp_path / (name + '.json')}" in capsys.readouterr().out
+
+
+def test_suite_parts_are_checked_and_picked(tmp_path, capsys):
+    from nncomp.bench.__main__ import main
+    assert suites.parts_of("quant") == ("speed", "accuracy")
+    with pytest.raises(SystemExit):
+        main(["--suite", "quant", "--parts", "nope"])
+    with pytest.raises(SystemExit):
+        main(["--suite", "models", "--parts", "speed"])
+    assert "--parts" in capsys.readouterr().err
+    assert main(["--suite", "quant", "--quick", "--parts", "accuracy", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "quant.json").read_text())
+    assert res["speed"] == [] and res["accuracy"] and res["parts"] == ["accuracy"]
+
+
+# ------------------------------------------------------------------ the one timing module
+def test_alternate_counts_calls_and_pauses_only_after_spinners(monkeypatch):
+    order, sleeps = [], []
+    monkeypatch.setattr(timing.time, "sleep", sleeps.append)
+    t = timing.alternate({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeat=4, block=2,
+                         warmup=1, spinners={"a"}, settle=0.5)
+    assert order == ["a", "b"] + ["a", "a", "b", "b"] * 2
+    assert t["a"]["n"] == t["b"]["n"] == 4 and set(t["a"]) == {"median_ms", "p90_ms", "min_ms", "n"}
+    assert sleeps == [0.5, 0.5]                 # after each block of a (a spinner), never after b
+    sleeps.clear()
+    timing.alternate({"a": lambda: None, "b": lambda: None}, repeat=2, warmup=0)
+    assert sleeps == [timing.SETTLE_S] * 3      # spinners=None: before every block but the first
+
+
+def test_alternate_stops_early_when_medians_are_stable():
+    t = timing.alternate({"a": lambda: None}, repeat=400, warmup=0, settle=0, stable=10.0)
+    assert 200 <= t["a"]["n"] < 400
+    t = timing.alternate({"a": lambda: None}, repeat=40, warmup=0, settle=0)
+    assert t["a"]["n"] == 40
+
+
+def test_roofline_cap_never_leaves_a_cell_over_the_roof():
+    limits = {"bandwidth_GBps": 10.2, "sgemm_GFLOPs": 100.0}
+    # the Intel machine's case: NumPy's fc6 product read 411 MB in 19.5 ms
+    capped = roofline.cap(limits, [("NumPy on fc6", 411e6, 19.5), ("slow", 411e6, 80.0), ("no time", 1e6, None)])
+    assert capped["bandwidth_GBps"] == pytest.approx(411e6 / 19.5e-3 / 1e9)
+    assert capped["roof_source"] == "NumPy on fc6" and capped["probe_bandwidth_GBps"] == 10.2
+    assert 100 * roofline.roofline_ms(411e6, 0, capped) / 19.5 == pytest.approx(100.0)
+    assert "the probe read 10.2 GB/s" in roofline.roof_text(capped)
+    assert roofline.cap(limits, [])["roof_source"] == "probe" and roofline.roof_text(limits) == "DRAM read 10.2 GB/s"
+    assert roofline.probe_bytes() >= 4 * timing.l3_bytes() and timing.l3_bytes() > 0
+
+
+def test_layer_suite_roofline_stays_under_100_percent():
+    rows, limits = layers.run_layer_suite(shapes=layers.QUICK_SHAPES, batches=(1,), threads=1, repeat=2,
+                                          limits={"bandwidth_GBps": 1e-3, "sgemm_GFLOPs": 1e6},
+                                          recipes=layers.LAYER_RECIPES[:1], max_seconds=1.0, progress=lambda s: None)
+    pcts = [r["roofline_pct"] for r in rows if r["roofline_pct"] is not None]
+    assert pcts and max(pcts) <= 100.0 + 1e-9 and limits["roof_source"] != "probe"
+
+
+def test_bench_and_cli_share_the_parser_module_without_a_cycle():
+    import ast
+    import pathlib
+    import nncomp.bench.args as args_mod
+    from nncomp import cli
+    assert cli.OneLineParser is args_mod.OneLineParser and cli.fail is args_mod.fail
+    root = pathlib.Path(nc.__file__).parent / "bench"
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.endswith("cli"), f"{path} imports the CLI"
+    assert args_mod.positive_ints("1,64", "--batch") == (1, 64)
+    with pytest.raises(ValueError, match="--batch"):
+        args_mod.positive_ints("0", "--batch")

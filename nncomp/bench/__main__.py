@@ -40,7 +40,7 @@ def run(args):
     from ..errors import NncompError
     from . import layers, peers, plots, report, suite
     from .roofline import machine_limits
-    from .timing import SETTLE_S, machine_info, set_threads
+    from .timing import SETTLE_S, Budget, machine_info, set_threads
 
     start = time.perf_counter()
     threads = set_threads(args.threads or os.cpu_count() or 1, peers=not args.no_peers)
@@ -85,8 +85,14 @@ def run(args):
         lim = result["limits"]
         say(f"  DRAM read {lim['bandwidth_GBps']:.1f} GB/s, sgemm {lim['sgemm_GFLOPs']:.0f} GFLOP/s")
 
+    recipes = suite.selected(suite.RECIPES, args.method_list, args.quick)
+    shapes = layers.QUICK_SHAPES if args.quick else layers.SHAPES
+    layer_s = 1.0 if args.quick else 6.0
+    weights = (len(paths) * (1 + len(recipes) + 4 * with_peers) * len(args.batches) * (args.suite != "layers")
+               + len(shapes) * len(args.layer_batches) * layer_s * (args.suite != "models"))
+    budget = Budget(args.budget - (time.perf_counter() - start), weights) if args.budget else None
+    result["settings"]["budget_s"] = args.budget
     if args.suite in ("all", "models"):
-        recipes = suite.selected(suite.RECIPES, args.method_list, args.quick)
         for path in paths:
             say(f"model {path} ...")
             t0 = time.perf_counter()
@@ -95,22 +101,21 @@ def run(args):
                                        threads=threads, with_peers=with_peers, data=args.data,
                                        max_seconds=1.0, settle=settle, spinners=spinners,
                                        max_samples=200 if args.quick else None, progress=say,
-                                       phases=result["phase_s"])
+                                       phases=result["phase_s"], budget=budget)
             except (NncompError, OSError, KeyError) as e:
                 fail(f"{path}: {e}")
             result["models"] += rows
             result["phase_s"][f"model {rows[0]['model']}"] = time.perf_counter() - t0
 
     if args.suite in ("all", "layers"):
-        shapes = layers.QUICK_SHAPES if args.quick else layers.SHAPES
         lrecipes = layers.LAYER_RECIPES
         if args.method_list:
             lrecipes = [r for r in lrecipes if not r.needs or set(r.needs) & set(args.method_list)]
         t0 = time.perf_counter()
         result["layers"], capped = layers.run_layer_suite(
             shapes=shapes, batches=args.layer_batches, threads=threads, repeat=args.repeat,
-            limits=result.get("limits"), recipes=lrecipes, max_seconds=1.0 if args.quick else 6.0,
-            settle=settle, every_block=spinners is None, progress=say)
+            limits=result.get("limits"), recipes=lrecipes, max_seconds=layer_s,
+            settle=settle, every_block=spinners is None, progress=say, budget=budget)
         if capped:
             result["limits"] = capped
 

@@ -273,7 +273,7 @@ def _rel_err(y, ref):
 
 
 def run_layer_suite(*, shapes=SHAPES, batches=(1, 32), threads=2, repeat=8, limits=None, recipes=None,
-                    max_seconds=6.0, settle=SETTLE_S, every_block=False, progress=print, seed=1):
+                    max_seconds=6.0, settle=SETTLE_S, every_block=False, progress=print, seed=1, budget=None):
     """Time every contender on every layer shape and batch size; returns ``(rows, limits)``.
 
     ``limits`` come back with the bandwidth capped by :func:`~nncomp.bench.roofline.cap` at the best
@@ -306,7 +306,8 @@ def run_layer_suite(*, shapes=SHAPES, batches=(1, 32), threads=2, repeat=8, limi
             calls = {k: v for k, v in calls.items() if k in errs}
             spin = None if every_block else {k for k in calls if k.startswith(("NumPy", "torch"))}
             timed = alternate(calls, repeat=repeat, block=4, warmup=1, flush=batch == 1,
-                              max_seconds=max_seconds, settle=settle, spinners=spin) if calls else {}
+                              settle=settle, spinners=spin, max_seconds=budget.take(max_seconds, max_seconds)
+                              if budget else max_seconds) if calls else {}
             base_ms = timed.get(base.name, {}).get("median_ms")
             for c in contenders:
                 row = {"layer": name, "shape": describe_shape(name, shapes), "batch": batch,

@@ -40,7 +40,11 @@ def _nc():
 
 @dataclass(frozen=True)
 class Recipe:
-    """One row of the suite: ``fn(model, calibration or None) -> Model``."""
+    """One row of the suite: ``fn(model, calibration or None) -> Model``.
+
+    ``base``: ``(method, settings)`` of the recipe whose result ``fn`` starts from instead of the dense
+    model (a combination's first step); the run compresses each base once and shares it.
+    """
 
     method: str
     settings: str
@@ -49,16 +53,17 @@ class Recipe:
     huffman: bool = False
     needs: tuple = ()
     quick: bool = False
+    base: tuple = ()
 
     @property
     def label(self):
         return f"{self.method} {self.settings}" + (" +calib" if self.calibrated else "")
 
 
-def both(method, settings, fn, needs, *, huffman=False, quick=False):
+def both(method, settings, fn, needs, *, huffman=False, quick=False, base=()):
     """The recipe without and with calibration data (the methods accept ``calibration=None``)."""
-    return [Recipe(method, settings, fn, False, huffman, needs, quick),
-            Recipe(method, settings, fn, True, huffman, needs, False)]
+    return [Recipe(method, settings, fn, False, huffman, needs, quick, base),
+            Recipe(method, settings, fn, True, huffman, needs, False, base)]
 
 
 def free(method, settings, fn, needs, *, huffman=False, quick=False):
@@ -102,10 +107,9 @@ RECIPES = [
     *both("deep_compression", "defaults, Huffman",
           lambda m, c: _nc().deep_compression(m, calibration=c), ("deep_compression",), huffman=True,
           quick=True),
-    *both("prune + int8", "sparsity=0.9, int8 dynamic",
-          lambda m, c: _int8(_nc().prune(m, sparsity=0.9, calibration=c), c), ("prune", "quantize")),
-    *both("low-rank + int8", "speedup=2, int8 dynamic",
-          lambda m, c: _int8(_nc().factorize(m, speedup=2.0, calibration=c), c), ("factorize", "quantize")),
+    *both("prune + int8", "sparsity=0.9, int8 dynamic", _int8, ("prune", "quantize"), base=("prune", "sparsity=0.9")),
+    *both("low-rank + int8", "speedup=2, int8 dynamic", _int8, ("factorize", "quantize"),
+          base=("factorize", "speedup=2")),
 ]
 
 # Peers on the dense model: (method, settings, builder(model, threads) -> fn(x), bytes(model)).
@@ -153,6 +157,8 @@ class Context:
         self.model, self.x, self.y, self.calibration = model, x, y, calibration
         self.batches, self.repeat, self.max_seconds, self.name = batches, repeat, max_seconds, name
         self.settle, self.spinners = settle, spinners
+        self.budget = None      # a timing.Budget: each measurement's max_seconds adapts to the run's deadline
+        self.compressed = {}    # (method, settings, calibrated) -> (model, seconds): shared by combinations
         self.logits = model(x)
         self.pred = self.logits.argmax(axis=1)
         self.accuracy = float((self.pred == y).mean()) if y is not None else None
@@ -167,7 +173,8 @@ def _time_against_dense(ctx, fn, spinners):
         xb = ctx.xb[b]
         repeat = max(ctx.repeat, BATCH1_REPEAT) if b == 1 else ctx.repeat
         t = alternate({"dense": lambda: ctx.model(xb), "row": lambda: fn(xb)}, repeat=repeat, block=4,
-                      warmup=2, max_seconds=ctx.max_seconds, settle=ctx.settle, spinners=spinners)
+                      warmup=2, settle=ctx.settle, spinners=spinners,
+                      max_seconds=ctx.budget.take(1.0, ctx.max_seconds) if ctx.budget else ctx.max_seconds)
         out[b] = (t["dense"], t["row"])
     return out
 
@@ -219,8 +226,7 @@ def run_recipe(ctx, recipe):
         return row
     t0 = time.perf_counter()
     try:
-        small = recipe.fn(ctx.model, ctx.calibration if recipe.calibrated else None)
-        row["compress_s"] = time.perf_counter() - t0
+        small, row["compress_s"] = compressed(ctx, recipe)
         row["formats"] = formats_of(small)
         saved = saved_size(small, huffman=recipe.huffman)
         probe = ctx.xb[ctx.batches[-1]]
@@ -234,6 +240,20 @@ def run_recipe(ctx, recipe):
         if row["compress_s"] is None:
             row["compress_s"] = time.perf_counter() - t0
     return row
+
+
+def compressed(ctx, recipe):
+    """``(model, seconds)``: ``recipe`` applied to the dense model (to its base's result, compressed once)."""
+    key = (recipe.method, recipe.settings, recipe.calibrated)
+    if key not in ctx.compressed:
+        start, base_s = ctx.model, 0.0
+        if recipe.base:
+            base = next(r for r in RECIPES if (r.method, r.settings) == recipe.base)
+            start, base_s = compressed(ctx, Recipe(base.method, base.settings, base.fn, recipe.calibrated))
+        t0 = time.perf_counter()
+        small = recipe.fn(start, ctx.calibration if recipe.calibrated else None)
+        ctx.compressed[key] = (small, base_s + time.perf_counter() - t0)
+    return ctx.compressed[key]
 
 
 def run_dense(ctx):
@@ -289,12 +309,14 @@ def load_data(model, data=None):
 
 
 def run_model(path, *, recipes, batches=(1, 64), repeat=8, threads=2, with_peers=True, data=None,
-              max_seconds=1.0, max_samples=None, settle=SETTLE_S, spinners=(), progress=print, phases=None):
+              max_seconds=1.0, max_samples=None, settle=SETTLE_S, spinners=(), progress=print, phases=None,
+              budget=None):
     """Every row for one model file; returns a list of row dicts (dense first).
 
     ``settle`` seconds pass untimed after the block of a contender whose threads spin (torch), or
     after every block with ``spinners=None``. ``phases``: a dict that receives the seconds spent in
-    loading, the dense row, the methods (compressing; saving and timing) and the peers.
+    loading, the dense row, the methods (compressing; saving and timing) and the peers. ``budget``: a
+    :class:`~nncomp.bench.timing.Budget` that shortens each measurement when the run falls behind.
     """
     nc = _nc()
     phases = {} if phases is None else phases
@@ -305,6 +327,7 @@ def run_model(path, *, recipes, batches=(1, 64), repeat=8, threads=2, with_peers
     if max_samples:
         x, y = x[:max_samples], (None if y is None else y[:max_samples])
     ctx = Context(model, x, y, calib, tuple(batches), repeat, max_seconds, name, settle, spinners)
+    ctx.budget = budget
     t1 = time.perf_counter()
     rows = [run_dense(ctx)]
     progress(_progress_line(rows[-1]))

@@ -135,6 +135,25 @@ def flush_caches(nbytes=None):
     _FLUSH.sum()
 
 
+class Budget:
+    """Seconds each measurement may take so that a run ends near its deadline on any CPU.
+
+    ``take(weight, cap)`` gives the next measurement ``min(cap, weight * seconds left / weights left)``
+    (at least ``floor * weight``): on a machine fast enough every measurement keeps its ``cap`` (the
+    tables are unchanged); on a slower one, where compressing and timing eat more of the run, each
+    measurement stops sooner (at the end of a round of calls, so every contender gets at least one block).
+    """
+
+    def __init__(self, seconds, weights, floor=0.2):
+        self.deadline = time.perf_counter() + seconds
+        self.left, self.floor = float(weights), floor
+
+    def take(self, weight=1.0, cap=1.0):
+        share = weight * max(0.0, self.deadline - time.perf_counter()) / max(self.left, weight)
+        self.left = max(0.0, self.left - weight)
+        return min(cap, max(self.floor * weight, share))
+
+
 def _stats(t):
     return {"median_ms": float(np.median(t) * 1e3), "p90_ms": float(np.percentile(t, 90) * 1e3),
             "min_ms": float(np.min(t) * 1e3), "n": len(t)}
@@ -203,3 +222,61 @@ def alternate(contenders, *, repeat=30, block=1, warmup=2, flush=False, settle=S
                 break
             medians = now
     return {n: _stats(t) for n, t in times.items()}
+
+
+# --------------------------------------------------------------------------- the quiet gate
+def _cpu_snap():
+    """(idle jiffies, total jiffies) of the machine and this process's CPU jiffies."""
+    with open("/proc/stat") as fh:
+        v = [int(a) for a in fh.readline().split()[1:]]
+    t = os.times()
+    return v[3] + v[4], sum(v), (t.user + t.system) * os.sysconf("SC_CLK_TCK")
+
+
+def others_busy(a, b):
+    """Fraction of all CPU time between snapshots ``a`` and ``b`` used by other processes."""
+    total = max(1, b[1] - a[1])
+    return max(0.0, ((total - (b[0] - a[0])) - (b[2] - a[2])) / total)
+
+
+def busy_fraction(seconds=2.0):
+    """Fraction of the machine's CPU time used by other processes over ``seconds``."""
+    a = _cpu_snap()
+    time.sleep(seconds)
+    return others_busy(a, _cpu_snap())
+
+
+def quiet_row(row_fn, tries=3, clean=0.1, max_wait=600.0):
+    """Run a speed row after a quiet gate, up to ``tries`` times while others used > ``clean`` of the CPUs.
+
+    Keeps the attempt that other processes disturbed least (never the one with the best ratio) and
+    records every attempt's contamination and speedup.
+    """
+    attempts = []
+    for _ in range(tries):
+        waited, busy = wait_quiet(max_wait)
+        a = _cpu_snap()
+        row = row_fn()
+        row["quiet_gate"] = {"waited_s": waited, "busy_before": busy, "load_1min": os.getloadavg()[0],
+                             "others_busy_during": others_busy(a, _cpu_snap())}
+        attempts.append(row)
+        if row["quiet_gate"]["others_busy_during"] < clean:
+            break
+    best = min(attempts, key=lambda r: r["quiet_gate"]["others_busy_during"])
+    best["attempts"] = [{"others_busy_during": r["quiet_gate"]["others_busy_during"], "speedup": r["speedup"]}
+                        for r in attempts]
+    return best
+
+
+def wait_quiet(max_wait=600.0, threshold=0.15):
+    """Wait (up to ``max_wait`` s) until other processes use under ``threshold`` of the CPUs.
+
+    The machine is shared: a neighbour's job stalls 2-thread calls by whole scheduler slices. This
+    only schedules a row; it never discards a measurement. Returns (seconds waited, busy fraction).
+    """
+    start = time.perf_counter()
+    while True:
+        busy = busy_fraction()
+        waited = time.perf_counter() - start
+        if busy < threshold or waited > max_wait:
+            return waited, busy
