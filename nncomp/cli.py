@@ -222,7 +222,7 @@ def cmd_eval(a):
     batches = a.batches
     for b in batches:
         xb = np.ascontiguousarray(x[np.arange(b) % len(x)])
-        t = alternate({"m": lambda: model(xb)}, repeat=a.repeat, warmup=2, max_seconds=10)["m"]
+        t = alternate({"m": lambda: model(xb)}, repeat=a.repeat, warmup=2, max_seconds=10, spinners=())["m"]
         lines.append(f"batch {b}: median {t['median_ms']:.3f} ms (p90 {t['p90_ms']:.3f}), "
                      f"{b / t['median_ms'] * 1e3:,.0f} samples/s")
     print("\n".join(lines))

@@ -314,3 +314,28 @@ def test_bench_and_cli_share_the_parser_module_without_a_cycle():
     assert args_mod.positive_ints("1,64", "--batch") == (1, 64)
     with pytest.raises(ValueError, match="--batch"):
         args_mod.positive_ints("0", "--batch")
+
+
+def test_combinations_reuse_their_base_model_and_give_the_same_outputs():
+    model = nc.load(LENET300)
+    x, y = nc.data.mnist("test", layout="NC")
+    ctx = suite.Context(model, x[:50], y[:50], x[:64], (1, 4), 2, 0.5, "lenet300")
+    for calibrated in (False, True):
+        combo = next(r for r in suite.RECIPES if r.method == "prune + int8" and r.calibrated == calibrated)
+        small, seconds = suite.compressed(ctx, combo)
+        base, base_s = ctx.compressed[("prune", "sparsity=0.9", calibrated)]
+        c = x[:64] if calibrated else None
+        direct = nc.quantize(nc.prune(model, sparsity=0.9, calibration=c), calibration=c)
+        assert np.array_equal(small(x[:10]), direct(x[:10])) and seconds >= base_s
+        assert suite.compressed(ctx, combo)[0] is small
+    plain = next(r for r in suite.RECIPES if (r.method, r.settings, r.calibrated) == ("prune", "sparsity=0.9", False))
+    assert suite.compressed(ctx, plain)[0] is ctx.compressed[("prune", "sparsity=0.9", False)][0]
+
+
+def test_budget_shortens_measurements_only_when_the_run_is_behind():
+    b = timing.Budget(100.0, 10)
+    assert b.take(1.0, cap=1.0) == 1.0                  # 10 s per measurement available: the cap holds
+    late = timing.Budget(0.0, 10, floor=0.2)
+    assert late.take(1.0, cap=1.0) == pytest.approx(0.2) and late.take(6.0, cap=6.0) == pytest.approx(1.2)
+    tight = timing.Budget(5.0, 10)
+    assert 0.2 <= tight.take(1.0, cap=1.0) <= 0.5

@@ -1,10 +1,12 @@
 """``python -m nncomp.bench``: every method alone and combined on the shipped models, plus the layer suite.
 
-With no arguments: the four PyTorch models of ``data/`` on the 1,000 test digits (every recipe of
+With no arguments: the four PyTorch models shipped with nncomp (``nncomp.data.DATA_DIR``) on the 1,000 test digits (every recipe of
 :data:`nncomp.bench.suite.RECIPES`, the dense engine, and the peers when installed), then the VGG-16
 layer suite; a table on the terminal, and JSON, CSV, Markdown and (with matplotlib) PNG plots in
 ``bench/out/``. ``--quick`` runs a few rows on LeNet-300-100 and two small layers in seconds (CI).
-See bench/README.md for every column.
+``--suite NAME`` runs one method's tables instead (:mod:`nncomp.bench.suites`: dense, conv_algos,
+quant, codebook, sparse, sparse_int8, lowrank). The options are parsed in :mod:`nncomp.bench.args`
+(shared with the ``nncomp`` command). See bench/README.md for every column.
 """
 import os
 import sys

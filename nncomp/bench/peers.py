@@ -327,15 +327,15 @@ def onnx_model(model):
                              producer_name="nncomp.bench")
 
 
-def ort_model(model, *, threads, int8=False, spin=False):
+def ort_model(model, *, threads, int8=False, spin=False, serialized=None):
     """The model run by ONNX Runtime (CPU); returns ``fn(x: ndarray) -> ndarray``.
 
     ``int8=True`` applies ``onnxruntime.quantization.quantize_dynamic`` (int8 weights, MatMul only).
-    ``fn.onnx_bytes`` is the size of the serialized graph that ORT loaded.
+    ``fn.onnx_bytes`` is the size of the serialized graph that ORT loaded. ``serialized``: the
+    float32 graph of :func:`onnx_model` as bytes, when the caller exported it already (fc6: 411 MB).
     """
     ort = _ort()
-    proto = onnx_model(model)
-    data = proto.SerializeToString()
+    data = serialized if serialized is not None else onnx_model(model).SerializeToString()
     if int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
         with tempfile.TemporaryDirectory() as tmp:

@@ -254,7 +254,7 @@ def quiet_row(row_fn, tries=3, clean=0.1, max_wait=600.0):
     """
     attempts = []
     for _ in range(tries):
-        waited, busy = wait_quiet(max_wait)
+        waited, busy = wait_quiet(max_wait) if max_wait > 0 else (0.0, None)
         a = _cpu_snap()
         row = row_fn()
         row["quiet_gate"] = {"waited_s": waited, "busy_before": busy, "load_1min": os.getloadavg()[0],

@@ -192,13 +192,11 @@ def accuracy_rows(quick, say=print):
                         "accuracy": acc, "baseline": base, "drop_points": 100 * (base - acc),
                         "mac_cut": fc1[0] * fc1[1] / (rank * (fc1[0] + fc1[1])), "seconds": time.perf_counter() - t0})
     variants = [("jaderberg", "global"), ("jaderberg", "uniform"), ("channel", "global"), ("auto", "global")]
-    if quick:
-        variants = variants[:1]
-    for name in ("vgg_small",) if quick else ("vgg_small", "resnet_small"):
+    for name in () if quick else ("vgg_small", "resnet_small"):     # quick: LeNet-300 only (seconds)
         model = nc.load(DATA_DIR / f"{name}.h5")
         x, y = nc.data.for_model(model, "test")
         cx, _ = nc.data.for_model(model, "train")
-        cx = cx[:100 if quick else N_CALIB]
+        cx = cx[:N_CALIB]
         base = _accuracy(model, x, y)
         convs = [n.name for n in model.nodes if isinstance(n.layer, nc.Conv2D) and n.layer.kernel_size == (3, 3)]
         macs = lambda m: sum(n.layer.macs(m.shapes[n.inputs[0]]) for n in m.nodes  # noqa: E731

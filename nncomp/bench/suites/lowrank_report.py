@@ -11,8 +11,10 @@ def _gate(r):
     if not g:
         return ""
     tries = "; ".join(f"{100 * a['others_busy_during']:.0f}% busy, {a['speedup']:.2f}x" for a in r.get("attempts", []))
-    return (f"Started after waiting {g['waited_s']:.0f} s for a quiet machine (other processes used "
-            f"{100 * g['busy_before']:.0f}% of the CPUs in the 2 s before); during the row other processes used "
+    start = ("Started without the quiet gate" if g["busy_before"] is None else
+             f"Started after waiting {g['waited_s']:.0f} s for a quiet machine (other processes used "
+             f"{100 * g['busy_before']:.0f}% of the CPUs in the 2 s before)")
+    return (f"{start}; during the row other processes used "
             f"{100 * g.get('others_busy_during', float('nan')):.0f}% of the CPU time. Attempts (other processes' "
             f"share, speedup): {tries}; the least disturbed is shown.")
 

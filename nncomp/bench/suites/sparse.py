@@ -119,18 +119,18 @@ def conv3_2(results, opts):
     import nncomp as nc
     from ...matrices.csr import CSRMatrix
     rng = np.random.default_rng(SEED + 2)
-    c, hw = (QUICK if opts.quick else FULL)["conv"]
-    w = rng.standard_normal((c, 3 * 3 * c), dtype=np.float32) * 0.02
-    b = rng.standard_normal(c).astype(np.float32)
-    dense = nc.Conv2D(w, b, in_channels=c, kernel_size=3, padding=1)
+    ch, hw = (QUICK if opts.quick else FULL)["conv"]
+    w = rng.standard_normal((ch, 3 * 3 * ch), dtype=np.float32) * 0.02
+    b = rng.standard_normal(ch).astype(np.float32)
+    dense = nc.Conv2D(w, b, in_channels=ch, kernel_size=3, padding=1)
     mask = np.zeros(w.size, bool)
     mask[np.argpartition(np.abs(w).ravel(), int(0.8 * w.size))[int(0.8 * w.size):]] = True
     sparse = dense.replace(weight=CSRMatrix.from_dense(np.where(mask.reshape(w.shape), w, 0)))
-    keep = np.sort(np.argsort(np.abs(w).sum(axis=1))[c // 2:])
+    keep = np.sort(np.argsort(np.abs(w).sum(axis=1))[ch // 2:])
     half = dense.replace(weight=w[keep], bias=b[keep])
-    x = rng.standard_normal((1, hw, hw, c), dtype=np.float32)
+    x = rng.standard_normal((1, hw, hw, ch), dtype=np.float32)
     xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    wt = torch.from_numpy(np.ascontiguousarray(w.reshape(c, 3, 3, c).transpose(0, 3, 1, 2)))
+    wt = torch.from_numpy(np.ascontiguousarray(w.reshape(ch, 3, 3, ch).transpose(0, 3, 1, 2)))
     bt = torch.from_numpy(b.copy())
     y = torch.nn.functional.conv2d(xt, wt, bt, padding=1).numpy().transpose(0, 2, 3, 1)
     assert np.allclose(dense.forward(x), y, rtol=1e-3, atol=1e-3)
@@ -142,7 +142,7 @@ def conv3_2(results, opts):
     base = t["nncomp dense"]["median_ms"]
     for v in t.values():
         v["speedup_vs_nncomp_dense"] = base / v["median_ms"]
-    results["conv3_2"] = {"input": [1, c, hw, hw], "rows": t}
+    results["conv3_2"] = {"input": [1, ch, hw, hw], "rows": t}
     opts.say(f"conv3_2: {({k: round(v['median_ms'], 3) for k, v in t.items()})}")
 
 
@@ -151,7 +151,7 @@ def lenets(results, opts):
     out = {}
     splits = {"lenet300": {"fc1": 0.94, "fc2": 0.8, "fc3": 0.3},
               "lenet5": {"features.0": 0.34, "features.2": 0.88, "classifier.0": 0.92, "classifier.2": 0.81}}
-    for name, sp in list(splits.items())[:1 if opts.quick else 2]:
+    for name, sp in splits.items():
         m = nc.load(DATA_DIR / f"{name}.h5")
         layout = "NC" if m.input_layout == "NC" else "NCHW"
         x, y = nc.data.mnist("test", layout=layout)
