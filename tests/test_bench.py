@@ -293,11 +293,16 @@ def test_roofline_cap_never_leaves_a_cell_over_the_roof():
 
 
 def test_layer_suite_roofline_stays_under_100_percent():
-    rows, limits = layers.run_layer_suite(shapes=layers.QUICK_SHAPES, batches=(1,), threads=1, repeat=2,
-                                          limits={"bandwidth_GBps": 1e-3, "sgemm_GFLOPs": 1e6},
+    # probes that read far too low (as the Intel machine's did): the run's own rates set the roofs
+    rows, limits = layers.run_layer_suite(shapes=layers.QUICK_SHAPES, batches=(1, 2), threads=1, repeat=2,
+                                          limits={"bandwidth_GBps": 1e-3, "sgemm_GFLOPs": 1e-3},
                                           recipes=layers.LAYER_RECIPES[:1], max_seconds=1.0, progress=lambda s: None)
-    pcts = [r["roofline_pct"] for r in rows if r["roofline_pct"] is not None]
-    assert pcts and max(pcts) <= 100.0 + 1e-9 and limits["roof_source"] != "probe"
+    timed = [r for r in rows if r["median_ms"]]
+    assert timed and limits["roof_source"] != "probe" and limits["sgemm_source"] != "probe"
+    for r in timed:
+        assert r["weight_bytes"] / (limits["bandwidth_GBps"] * 1e9) * 1e3 <= r["median_ms"] * (1 + 1e-9)
+        if r["contender"] in layers.FLOAT32_DENSE:
+            assert r["roofline_pct"] <= 100.0 + 1e-9, r
 
 
 def test_bench_and_cli_share_the_parser_module_without_a_cycle():

@@ -6,8 +6,8 @@ scipy.sparse and, when installed, PyTorch CPU and ONNX Runtime. Each row carries
 its time relative to NumPy dense float32 in the same alternation, and its distance to its roofline:
 ``max(weight bytes / measured DRAM bandwidth, FLOPs / measured sgemm throughput)`` over the measured
 time (100 % = at the limit). Both limits are measured at the start of the run
-(:func:`nncomp.bench.roofline.machine_limits`); the bandwidth is raised to the best rate any batch-1
-contender achieved (:func:`nncomp.bench.roofline.cap`), so no cell exceeds 100 %.
+(:func:`nncomp.bench.roofline.machine_limits`), then raised to the best rates the contenders achieved
+(:func:`nncomp.bench.roofline.cap`), so no cell exceeds 100 % (int8 compute aside).
 Batch-1 rows flush the caches before each call (the weights come from DRAM, as in a real network).
 """
 import time
@@ -279,12 +279,18 @@ def _rel_err(y, ref):
     return float(np.linalg.norm(y - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
+# The contenders that run every multiply-add of the dense float32 layer: the sgemm roof's peers.
+FLOAT32_DENSE = ("NumPy dense float32", "NumPy im2col + BLAS", "torch dense float32", "torch conv2d float32",
+                 "ORT float32 MatMul", "ORT Conv float32", "nncomp dense float32")
+
+
 def run_layer_suite(*, shapes=SHAPES, batches=(1, 32), threads=2, repeat=8, limits=None, recipes=None,
                     max_seconds=6.0, settle=SETTLE_S, every_block=False, progress=print, seed=1, budget=None):
     """Time every contender on every layer shape and batch size; returns ``(rows, limits)``.
 
-    ``limits`` come back with the bandwidth capped by :func:`~nncomp.bench.roofline.cap` at the best
-    rate a batch-1 contender (caches flushed) achieved; every row's roofline uses them.
+    ``limits`` come back raised by :func:`~nncomp.bench.roofline.cap` to the best rates contenders
+    achieved (weight bytes / median of any row; float32 FLOPs of :data:`FLOAT32_DENSE`), so no cell's
+    roofline exceeds 100 % (but int8 compute, whose limit is higher); every row's roofline uses them.
     ``settle`` seconds pass untimed after the blocks of the contenders running NumPy's or torch's
     threads (which keep spinning), or after every block with ``every_block``.
     """
@@ -335,9 +341,11 @@ def run_layer_suite(*, shapes=SHAPES, batches=(1, 32), threads=2, repeat=8, limi
             best = min(done, key=lambda r: r["median_ms"]) if done else None
             progress(f"layers: {name} batch {batch}: {len(done)} timed"
                      + (f", fastest {best['contender']} {best['median_ms']:.3g} ms" if best else ""))
-    if limits:
-        limits = cap(limits, [(f"{r['contender']} on {r['layer']} at batch 1", r["weight_bytes"], r["median_ms"])
-                              for r in rows if r["batch"] == 1 and r["median_ms"]])
+    if limits:   # no cell above the best rates seen (float32 FLOPs: dense float32 contenders only)
+        label = "{contender} on {layer} at batch {batch}"
+        limits = cap(limits, [(label.format(**r), r["weight_bytes"], r["median_ms"]) for r in rows if r["median_ms"]],
+                     [(label.format(**r), r["gflop"] * 1e9, r["median_ms"]) for r in rows
+                      if r["median_ms"] and r["contender"] in FLOAT32_DENSE])
         for r in rows:
             if r["median_ms"]:
                 r["roofline_ms"] = roofline_ms(r["weight_bytes"], r["gflop"] * 1e9, limits)

@@ -91,12 +91,13 @@ def roofline_ms(weight_bytes, flops, limits):
     return max(weight_bytes / (limits["bandwidth_GBps"] * 1e9), flops / (limits["sgemm_GFLOPs"] * 1e9)) * 1e3
 
 
-def cap(limits, observed):
-    """``limits`` with the bandwidth raised to the best rate a contender achieved, if above the probe's.
+def cap(limits, observed, flops=()):
+    """``limits`` raised to the best rates contenders achieved, where above the probes'.
 
     ``observed``: ``(label, bytes read from DRAM, ms)`` triples, e.g. the weight bytes of a layer
-    whose weights exceed the caches (or were flushed from them) and its median time. The result
-    records the probe's own figure and which contender set the roof.
+    whose weights exceed the caches (or were flushed from them) and its median time; ``flops``:
+    ``(label, float32 FLOPs, ms)`` of dense float32 contenders (the sgemm probe's peers). The result
+    records the probes' own figures and which contender set each roof.
     """
     out = dict(limits)
     out["probe_bandwidth_GBps"] = limits.get("probe_bandwidth_GBps", limits["bandwidth_GBps"])
@@ -106,6 +107,12 @@ def cap(limits, observed):
             rate = nbytes / (ms * 1e-3) / 1e9
             if rate > out["bandwidth_GBps"]:
                 out["bandwidth_GBps"], out["roof_source"] = rate, label
+    if "sgemm_GFLOPs" in limits:
+        out["probe_sgemm_GFLOPs"] = limits.get("probe_sgemm_GFLOPs", limits["sgemm_GFLOPs"])
+        out["sgemm_source"] = limits.get("sgemm_source", "probe")
+        for label, n, ms in flops:
+            if n and ms and n / (ms * 1e-3) / 1e9 > out["sgemm_GFLOPs"]:
+                out["sgemm_GFLOPs"], out["sgemm_source"] = n / (ms * 1e-3) / 1e9, label
     return out
 
 
@@ -115,4 +122,7 @@ def roof_text(limits):
     if limits.get("roof_source", "probe") != "probe":
         text += (f" (the best rate observed in the run, by {limits['roof_source']}; the probe read "
                  f"{limits['probe_bandwidth_GBps']:.1f} GB/s)")
+    if limits.get("sgemm_source", "probe") != "probe":
+        text += (f", float32 compute {limits['sgemm_GFLOPs']:.0f} GFLOP/s (by {limits['sgemm_source']}; the sgemm "
+                 f"probe ran {limits['probe_sgemm_GFLOPs']:.0f})")
     return text

@@ -159,6 +159,7 @@ class Context:
         self.settle, self.spinners = settle, spinners
         self.budget = None      # a timing.Budget: each measurement's max_seconds adapts to the run's deadline
         self.compressed = {}    # (method, settings, calibrated) -> (model, seconds): shared by combinations
+        self.compress_wall = 0.0    # seconds spent compressing (a shared base counted once)
         self.logits = model(x)
         self.pred = self.logits.argmax(axis=1)
         self.accuracy = float((self.pred == y).mean()) if y is not None else None
@@ -252,6 +253,7 @@ def compressed(ctx, recipe):
             start, base_s = compressed(ctx, Recipe(base.method, base.settings, base.fn, recipe.calibrated))
         t0 = time.perf_counter()
         small = recipe.fn(start, ctx.calibration if recipe.calibrated else None)
+        ctx.compress_wall += time.perf_counter() - t0
         ctx.compressed[key] = (small, base_s + time.perf_counter() - t0)
     return ctx.compressed[key]
 
@@ -340,7 +342,7 @@ def run_model(path, *, recipes, batches=(1, 64), repeat=8, threads=2, with_peers
         for p in PEERS:
             rows.append(run_peer(ctx, p, threads))
             progress(_progress_line(rows[-1]))
-    compress = sum(r["compress_s"] or 0 for r in rows[1:len(recipes) + 1])
+    compress = ctx.compress_wall
     phases.update({f"{name}: load": t1 - t0, f"{name}: dense": t2 - t1, f"{name}: methods compress": compress,
                    f"{name}: methods save+measure": t3 - t2 - compress, f"{name}: peers": time.perf_counter() - t3})
     return rows
