@@ -66,7 +66,7 @@ def build_parser(prog="python -m nncomp.bench"):
     p.add_argument("--parts", metavar="LIST", help="a method's suite: the parts to run (default: all; "
                    "e.g. --suite lowrank --parts accuracy)")
     p.add_argument("--budget", type=float, default=None, metavar="S", help="seconds the default run aims "
-                   "for: each measurement stops sooner when compressing and timing run behind (default 240; "
+                   "for: each measurement stops sooner when compressing and timing run behind (default 200; "
                    "0: every measurement takes up to 1 s, layers 6 s)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default bench/out)")
     p.add_argument("--keras", action="store_true", help="also run the Keras models shipped with nncomp")
@@ -97,7 +97,7 @@ def parse_args(argv):
         p.error(f"--repeat must be >= 1, got {a.repeat}")
     if a.budget is not None and a.budget < 0:
         p.error(f"--budget must be >= 0 seconds, got {a.budget}")
-    a.budget = (0 if a.quick else 240.0) if a.budget is None else a.budget
+    a.budget = (0 if a.quick else 200.0) if a.budget is None else a.budget
     a.suite_repeat = a.repeat
     a.repeat = a.repeat or (4 if a.quick else 8)
     a.method_list = None
