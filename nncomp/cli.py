@@ -20,10 +20,11 @@ A recipe file lists steps run in order, each a method and its keyword arguments:
     method = "share"
     bits = 5
 """
-import argparse
 import json
 import os
 import sys
+
+from .bench.args import OneLineParser, fail, positive_ints
 
 METHODS = ("prune", "prune_filters", "factorize", "share", "quantize", "deep_compression")
 PROG = "nncomp"
@@ -31,23 +32,6 @@ PROG = "nncomp"
 
 class UsageError(Exception):
     """A bad argument or file: reported in one line, exit code 2."""
-
-
-def _one_line(text):
-    return " ".join(str(text).split())
-
-
-def fail(message, prog=PROG):
-    """Print ``prog: error: message`` on one line to stderr and exit with code 2."""
-    print(f"{prog}: error: {_one_line(message)}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line on stderr (no usage block), exit code 2."""
-
-    def error(self, message):
-        fail(message, self.prog)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -238,7 +222,7 @@ def cmd_eval(a):
     batches = a.batches
     for b in batches:
         xb = np.ascontiguousarray(x[np.arange(b) % len(x)])
-        t = alternate({"m": lambda: model(xb)}, repeat=a.repeat, warmup=2, max_seconds=10)["m"]
+        t = alternate({"m": lambda: model(xb)}, repeat=a.repeat, warmup=2, max_seconds=10, spinners=())["m"]
         lines.append(f"batch {b}: median {t['median_ms']:.3f} ms (p90 {t['p90_ms']:.3f}), "
                      f"{b / t['median_ms'] * 1e3:,.0f} samples/s")
     print("\n".join(lines))
@@ -281,7 +265,8 @@ def main(argv=None):
     from_shell = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
-        from .bench.__main__ import parse_args, run
+        from .bench.__main__ import run
+        from .bench.args import parse_args
         if from_shell:
             from .bench.timing import reexec_without_openblas_overrides
             reexec_without_openblas_overrides()
@@ -293,9 +278,8 @@ def main(argv=None):
     from .errors import NncompError
     try:
         if a.command == "eval":
-            from .bench.__main__ import _ints
             try:
-                a.batches = _ints(a.batch, "--batch")
+                a.batches = positive_ints(a.batch, "--batch")
             except ValueError as e:
                 raise UsageError(str(e)) from None
             if a.repeat < 1 or (a.threads is not None and a.threads < 1):

@@ -15,7 +15,9 @@ import pytest
 
 import nncomp as nc
 from nncomp.bench import compare as compare_mod
-from nncomp.bench import layers, plots, report, suite
+from nncomp.bench import layers, plots, report, roofline, suite, suites, timing
+from nncomp.bench.sizes import saved_size
+from nncomp.data import DATA_DIR
 
 LENET300 = str(nc.data.model_path("lenet300"))
 
@@ -132,10 +134,12 @@ def test_pareto_front():
 
 def test_payload_bytes_count_the_stored_arrays(tmp_path):
     model = nc.load(LENET300)
-    size, payload, loaded = suite.disk_size(model)
-    assert payload == model.nbytes < size
+    saved = saved_size(model)
+    assert saved.payload_bytes == model.nbytes < saved.file_bytes
     x = nc.data.mnist("test", layout="NC")[0][:10]
-    assert np.array_equal(loaded(x), model(x))
+    assert np.array_equal(saved.loaded(x), model(x))
+    coded = saved_size(nc.share(model, bits=4), huffman=True)
+    assert coded.payload_bytes < model.nbytes / 5
 
 
 def test_layer_models_and_numpy_baselines_agree_with_the_engine():
@@ -145,14 +149,14 @@ def test_layer_models_and_numpy_baselines_agree_with_the_engine():
         x = layers.layer_input(m, 3)
         w, b = m.nodes[0].layer.weight.w, m.nodes[0].layer.bias
         if shapes[name][0] == "dense":
-            y = layers._numpy_dense(w, b)(x)
+            y = layers.numpy_dense(w, b)(x)
         else:
-            y = layers._numpy_conv(w, b, shapes[name][4], shapes[name][5])(x)
+            y = layers.numpy_conv(w, b, shapes[name][4], shapes[name][5])(x)
         np.testing.assert_allclose(y, m(x), rtol=1e-4, atol=1e-4)
     assert layers.roofline_ms(1e9, 0, {"bandwidth_GBps": 10.0, "sgemm_GFLOPs": 100.0}) == pytest.approx(100.0)
     assert layers.roofline_ms(0, 1e9, {"bandwidth_GBps": 10.0, "sgemm_GFLOPs": 100.0}) == pytest.approx(10.0)
     w = np.arange(1, 21, dtype=np.float32).reshape(4, 5) * np.array([1, -1] * 10, np.float32).reshape(4, 5)
-    assert np.count_nonzero(layers._magnitude_prune(w, 0.9)) == 2
+    assert np.count_nonzero(layers.magnitude_prune(w, 0.9)) == 2
 
 
 def test_compare_positional_x_y_as_in_the_design():
@@ -210,3 +214,133 @@ def test_model_option_with_data_npz_in_process(tmp_path, capsys):
     dense = res["models"][0]
     assert dense["accuracy"] == pytest.approx(float((model(x[:40]).argmax(1) == y[:40]).mean()))
     assert res["settings"]["batches"] == [1, 4] and "lenet300" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ the method suites (--suite NAME)
+# What each suite's JSON holds besides the machine record, and a line its Markdown must contain.
+SUITE_KEYS = {
+    "dense": (["rows"], "| case | batch | nncomp |"),
+    "conv_algos": (["rows", "rules"], "| shape | batch | MACs | im2col | shifted | direct |"),
+    "quant": (["speed", "accuracy", "limits"], "## Accuracy on the 1,000 test digits"),
+    "codebook": (["speed", "accuracy", "limits"], "## Deep Compression pipeline"),
+    "sparse": (["fc6", "density_sweep_fc7", "conv3_2", "lenet", "limits"], "## Targets (issue #4) in this run"),
+    "sparse_int8": (["fc6", "lenet300"], "| contender | median ms | p90 ms | vs dense | vs csr float32 |"),
+    "lowrank": (["speed", "accuracy", "targets", "limits"], "## Accuracy on the 1,000 shipped test digits"),
+}
+
+
+@pytest.mark.parametrize("name", suites.SUITES)
+def test_every_suite_runs_quick_and_writes_its_tables(name, tmp_path, capsys):
+    from nncomp.bench.__main__ import main
+    assert set(SUITE_KEYS) == set(suites.SUITES)
+    torch_needed = name in ("sparse", "lowrank")
+    if torch_needed and importlib.util.find_spec("torch") is None:
+        pytest.skip("this suite times torch")
+    assert main(["--suite", name, "--quick", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / f"{name}.json").read_text())
+    keys, line = SUITE_KEYS[name]
+    for key in ["machine", "threads", "loadavg_before", "loadavg_after", "seconds", "protocol", "parts", *keys]:
+        assert key in res, key
+    assert res["quick"] is True and res["machine"]["versions"]["numpy"] == np.__version__
+    assert line in (tmp_path / f"{name}.md").read_text()
+    assert f"wrote {tmp_path / (name + '.json')}" in capsys.readouterr().out
+
+
+def test_suite_parts_are_checked_and_picked(tmp_path, capsys):
+    from nncomp.bench.__main__ import main
+    assert suites.parts_of("quant") == ("speed", "accuracy")
+    with pytest.raises(SystemExit):
+        main(["--suite", "quant", "--parts", "nope"])
+    with pytest.raises(SystemExit):
+        main(["--suite", "models", "--parts", "speed"])
+    assert "--parts" in capsys.readouterr().err
+    assert main(["--suite", "quant", "--quick", "--parts", "accuracy", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "quant.json").read_text())
+    assert res["speed"] == [] and res["accuracy"] and res["parts"] == ["accuracy"]
+
+
+# ------------------------------------------------------------------ the one timing module
+def test_alternate_counts_calls_and_pauses_only_after_spinners(monkeypatch):
+    order, sleeps = [], []
+    monkeypatch.setattr(timing.time, "sleep", sleeps.append)
+    t = timing.alternate({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeat=4, block=2,
+                         warmup=1, spinners={"a"}, settle=0.5)
+    assert order == ["a", "b"] + ["a", "a", "b", "b"] * 2
+    assert t["a"]["n"] == t["b"]["n"] == 4 and set(t["a"]) == {"median_ms", "p90_ms", "min_ms", "n"}
+    assert sleeps == [0.5, 0.5]                 # after each block of a (a spinner), never after b
+    sleeps.clear()
+    timing.alternate({"a": lambda: None, "b": lambda: None}, repeat=2, warmup=0)
+    assert sleeps == [timing.SETTLE_S] * 3      # spinners=None: before every block but the first
+
+
+def test_alternate_stops_early_when_medians_are_stable():
+    t = timing.alternate({"a": lambda: None}, repeat=400, warmup=0, settle=0, stable=10.0)
+    assert 200 <= t["a"]["n"] < 400
+    t = timing.alternate({"a": lambda: None}, repeat=40, warmup=0, settle=0)
+    assert t["a"]["n"] == 40
+
+
+def test_roofline_cap_never_leaves_a_cell_over_the_roof():
+    limits = {"bandwidth_GBps": 10.2, "sgemm_GFLOPs": 100.0}
+    # the Intel machine's case: NumPy's fc6 product read 411 MB in 19.5 ms
+    capped = roofline.cap(limits, [("NumPy on fc6", 411e6, 19.5), ("slow", 411e6, 80.0), ("no time", 1e6, None)])
+    assert capped["bandwidth_GBps"] == pytest.approx(411e6 / 19.5e-3 / 1e9)
+    assert capped["roof_source"] == "NumPy on fc6" and capped["probe_bandwidth_GBps"] == 10.2
+    assert 100 * roofline.roofline_ms(411e6, 0, capped) / 19.5 == pytest.approx(100.0)
+    assert "the probe read 10.2 GB/s" in roofline.roof_text(capped)
+    assert roofline.cap(limits, [])["roof_source"] == "probe" and roofline.roof_text(limits) == "DRAM read 10.2 GB/s"
+    assert roofline.probe_bytes() >= 4 * timing.l3_bytes() and timing.l3_bytes() > 0
+
+
+def test_layer_suite_roofline_stays_under_100_percent():
+    # probes that read far too low (as the Intel machine's did): the run's own rates set the roofs
+    rows, limits = layers.run_layer_suite(shapes=layers.QUICK_SHAPES, batches=(1, 2), threads=1, repeat=2,
+                                          limits={"bandwidth_GBps": 1e-3, "sgemm_GFLOPs": 1e-3},
+                                          recipes=layers.LAYER_RECIPES[:1], max_seconds=1.0, progress=lambda s: None)
+    timed = [r for r in rows if r["median_ms"]]
+    assert timed and limits["roof_source"] != "probe" and limits["sgemm_source"] != "probe"
+    for r in timed:
+        assert r["weight_bytes"] / (limits["bandwidth_GBps"] * 1e9) * 1e3 <= r["median_ms"] * (1 + 1e-9)
+        if r["contender"] in layers.FLOAT32_DENSE:
+            assert r["roofline_pct"] <= 100.0 + 1e-9, r
+
+
+def test_bench_and_cli_share_the_parser_module_without_a_cycle():
+    import ast
+    import pathlib
+    import nncomp.bench.args as args_mod
+    from nncomp import cli
+    assert cli.OneLineParser is args_mod.OneLineParser and cli.fail is args_mod.fail
+    root = pathlib.Path(nc.__file__).parent / "bench"
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.endswith("cli"), f"{path} imports the CLI"
+    assert args_mod.positive_ints("1,64", "--batch") == (1, 64)
+    with pytest.raises(ValueError, match="--batch"):
+        args_mod.positive_ints("0", "--batch")
+
+
+def test_combinations_reuse_their_base_model_and_give_the_same_outputs():
+    model = nc.load(LENET300)
+    x, y = nc.data.mnist("test", layout="NC")
+    ctx = suite.Context(model, x[:50], y[:50], x[:64], (1, 4), 2, 0.5, "lenet300")
+    for calibrated in (False, True):
+        combo = next(r for r in suite.RECIPES if r.method == "prune + int8" and r.calibrated == calibrated)
+        small, seconds = suite.compressed(ctx, combo)
+        base, base_s = ctx.compressed[("prune", "sparsity=0.9", calibrated)]
+        c = x[:64] if calibrated else None
+        direct = nc.quantize(nc.prune(model, sparsity=0.9, calibration=c), calibration=c)
+        assert np.array_equal(small(x[:10]), direct(x[:10])) and seconds >= base_s
+        assert suite.compressed(ctx, combo)[0] is small
+    plain = next(r for r in suite.RECIPES if (r.method, r.settings, r.calibrated) == ("prune", "sparsity=0.9", False))
+    assert suite.compressed(ctx, plain)[0] is ctx.compressed[("prune", "sparsity=0.9", False)][0]
+
+
+def test_budget_shortens_measurements_only_when_the_run_is_behind():
+    b = timing.Budget(100.0, 10)
+    assert b.take(1.0, cap=1.0) == 1.0                  # 10 s per measurement available: the cap holds
+    late = timing.Budget(0.0, 10, floor=0.2)
+    assert late.take(1.0, cap=1.0) == pytest.approx(0.2) and late.take(6.0, cap=6.0) == pytest.approx(1.2)
+    tight = timing.Budget(5.0, 10)
+    assert 0.2 <= tight.take(1.0, cap=1.0) <= 0.5

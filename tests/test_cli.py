@@ -47,6 +47,8 @@ def test_info_prints_the_summary(capsys):
     ["compress", LENET300, "-o", "x.h5", "--quantize", "int4"],
     ["bench", "--batch", "0"], ["bench", "--methods", "nope"], ["bench", "--threads", "0"],
     ["bench", "--data", "d.npz"], ["bench", "--model", "/no/such/model.h5"], ["bench", "--frob"],
+    ["bench", "--suite", "nope"], ["bench", "--suite", "sparse", "--parts", "nope"], ["bench", "--parts", "fc6"],
+    ["bench", "--budget", "-1"],
 ])
 def test_bad_arguments_exit_2_with_one_line(argv, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

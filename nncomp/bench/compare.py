@@ -1,12 +1,10 @@
 """``nc.compare(model, small, x, y)``: models side by side on the same data, timed alternating."""
-import os
-import tempfile
 
 import numpy as np
 
 from ..errors import CompressionParameterError
 from ..model import Model
-from .layers import alternate_blocks
+from .timing import alternate
 
 __all__ = ["compare", "Comparison"]
 
@@ -72,13 +70,9 @@ class Comparison:
 
 def _huffman_bytes(model):
     """Bytes of the stored arrays when saved with ``huffman=True``; None if Huffman coding is unavailable."""
-    from ..io import save
-    from .suite import payload_bytes
+    from .sizes import saved_size
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "m.h5")
-            save(model, path, huffman=True)
-            return payload_bytes(path)
+        return saved_size(model, huffman=True).payload_bytes
     except ImportError:
         return None
 
@@ -180,7 +174,7 @@ def compare(model, *others, x=None, y=None, batch_sizes=(1, 64), repeat=20, name
     for b in batch_sizes:
         xb = np.ascontiguousarray(x[np.arange(b) % x.shape[0]])
         calls = {i: (lambda m=m: m(xb)) for i, m in enumerate(models)}
-        t = alternate_blocks(calls, repeat=int(repeat), warmup=2, max_seconds=30)
+        t = alternate(calls, repeat=int(repeat), block=4, warmup=2, max_seconds=30, spinners=())
         for i, r in enumerate(rows):
             r["ms"][b], r["p90_ms"][b] = t[i]["median_ms"], t[i]["p90_ms"]
     return Comparison(rows, batch_sizes)

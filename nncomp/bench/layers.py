@@ -5,20 +5,21 @@ warm-up: nncomp's formats (each produced by the public method on a one-layer mod
 scipy.sparse and, when installed, PyTorch CPU and ONNX Runtime. Each row carries its median and p90,
 its time relative to NumPy dense float32 in the same alternation, and its distance to its roofline:
 ``max(weight bytes / measured DRAM bandwidth, FLOPs / measured sgemm throughput)`` over the measured
-time (100 % = at the limit). Both limits are measured at the start of the run (:func:`machine_limits`).
+time (100 % = at the limit). Both limits are measured at the start of the run
+(:func:`nncomp.bench.roofline.machine_limits`), then raised to the best rates the contenders achieved
+(:func:`nncomp.bench.roofline.cap`), so no cell exceeds 100 % (int8 compute aside).
 Batch-1 rows flush the caches before each call (the weights come from DRAM, as in a real network).
 """
 import time
 from dataclasses import dataclass
 
 import numpy as np
-from numba import prange
 
-from ..kernels._jit import pjit
 from ..layers import Conv2D, Dense
 from ..model import Model, Node
 from . import peers
-from .timing import BLAS_SPIN_S, flush_caches
+from .roofline import cap, roofline_ms
+from .timing import SETTLE_S, alternate
 
 # name: (kind, n_out, n_in) for dense layers; (kind, c_out, c_in, hw, k, pad) for convolutions.
 SHAPES = {
@@ -31,59 +32,6 @@ QUICK_SHAPES = {
     "fc_small": ("dense", 512, 2048),
     "conv_small": ("conv", 32, 32, 16, 3, 1),
 }
-
-
-def _read_sum(a, nchunks):
-    """Sum of ``a`` (float32, 1-D) in ``nchunks`` parallel chunks: one streaming read of every byte."""
-    n = a.size
-    step = (n + nchunks - 1) // nchunks
-    out = np.zeros(nchunks, np.float32)
-    for c in prange(nchunks):
-        lo = min(n, c * step)
-        seg = a[lo:min(n, lo + step)]
-        s = np.float32(0.0)
-        for i in range(seg.size):
-            s += seg[i]
-        out[c] = s
-    return out.sum()
-
-
-_read_sum_parallel = pjit(_read_sum, fastmath=True)
-
-
-def machine_limits(*, quick=False, repeat=5):
-    """Measure the two roofline limits: DRAM read bandwidth and float32 GEMM throughput.
-
-    Bandwidth: a Numba ``prange`` sum over a 1 GiB float32 array (256 MiB with ``quick``), median of
-    ``repeat`` reads. GEMM: NumPy's sgemm on 4096x4096 matrices (1024 with ``quick``), median.
-    """
-    nbytes = (256 << 20) if quick else (1 << 30)
-    a = np.ones(nbytes // 4, np.float32)
-    _read_sum_parallel(a[:1024], 64)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        _read_sum_parallel(a, 256)
-        times.append(time.perf_counter() - t0)
-    bw = nbytes / float(np.median(times))
-    del a
-    n = 1024 if quick else 4096
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, n), dtype=np.float32)
-    y = rng.standard_normal((n, n), dtype=np.float32)
-    x @ y
-    times = []
-    for _ in range(max(3, repeat // 2)):
-        t0 = time.perf_counter()
-        x @ y
-        times.append(time.perf_counter() - t0)
-    gflops = 2.0 * n ** 3 / float(np.median(times)) / 1e9
-    return {"bandwidth_GBps": bw / 1e9, "bandwidth_bytes": nbytes, "sgemm_GFLOPs": gflops, "sgemm_n": n}
-
-
-def roofline_ms(weight_bytes, flops, limits):
-    """The faster-than-possible time: ``max(bytes / bandwidth, flops / sgemm throughput)`` in ms."""
-    return max(weight_bytes / (limits["bandwidth_GBps"] * 1e9), flops / (limits["sgemm_GFLOPs"] * 1e9)) * 1e3
 
 
 def layer_model(name, *, layout=None, seed=0, shapes=SHAPES):
@@ -168,59 +116,8 @@ LAYER_RECIPES = [
 ]
 
 
-SETTLE_S = 0.02
-SLOW_CALL_S = 0.1   # contenders slower than this per call (in the warm-up) run blocks of 2 calls
-
-
-def alternate_blocks(contenders, *, repeat=12, block=4, warmup=1, flush=False, max_seconds=60.0,
-                     settle=SETTLE_S, spinners=()):
-    """Time callables alternating in blocks, A A A A B B B B A A A A ...; ``{name: median_ms, p90_ms, min_ms, n}``.
-
-    Each call is timed on its own; the median is over all of them. Before each block the process sleeps
-    ``settle`` seconds (untimed): NumPy's OpenBLAS threads keep spinning (yielding) for up to ~2**28 cycles
-    after a call; on a busy 2-core machine this was seen to slow the next contender. On a quiet machine a
-    Numba kernel right after a BLAS call measured the same as after 0.2 s, so the default pause is short.
-    Within a block a contender meets only its own threads, as it would in use. Contenders slower than
-    ``SLOW_CALL_S`` per call run blocks of 2 (their spin shadow is
-    relatively short). ``repeat`` calls per contender, in rounds of one block each; after ``max_seconds`` the loop stops
-    at the end of a round. ``flush`` streams 64 MiB through the caches before every timed call.
-    ``spinners``: contenders that run NumPy's BLAS with its own threads; the block after one of theirs
-    waits :data:`BLAS_SPIN_S` instead (those threads spin ~0.1 s, and a CSR product timed inside that
-    window read 1.04-1.30x NumPy's speed instead of 3.27x).
-    """
-    names = list(contenders)
-    blocks = dict.fromkeys(names, block)
-    for _ in range(warmup):
-        for n in names:
-            t0 = time.perf_counter()
-            contenders[n]()
-            if time.perf_counter() - t0 > SLOW_CALL_S:
-                blocks[n] = min(block, 2)
-    times = {n: [] for n in names}
-    start = time.perf_counter()
-    rounds = -(-repeat // block)
-    previous = None
-    for _ in range(rounds):
-        for n in names:
-            fn = contenders[n]
-            pause = max(settle, BLAS_SPIN_S) if settle and previous in spinners else settle
-            if pause:
-                time.sleep(pause)
-            previous = n
-            for _ in range(blocks[n]):
-                if flush:
-                    flush_caches()
-                t0 = time.perf_counter()
-                fn()
-                times[n].append(time.perf_counter() - t0)
-        if time.perf_counter() - start >= max_seconds:
-            break
-    return {n: {"median_ms": float(np.median(t) * 1e3), "p90_ms": float(np.percentile(t, 90) * 1e3),
-                "min_ms": float(np.min(t) * 1e3), "n": len(t)} for n, t in times.items()}
-
-
 # ------------------------------------------------------------------------------- baselines
-def _magnitude_prune(w, sparsity):
+def magnitude_prune(w, sparsity):
     """``w`` with its smallest-magnitude ``sparsity`` fraction set to zero (exact count)."""
     flat = np.abs(w).reshape(-1)
     k = int(round(sparsity * flat.size))
@@ -231,7 +128,7 @@ def _magnitude_prune(w, sparsity):
     return out
 
 
-def _numpy_dense(w, b):
+def numpy_dense(w, b):
     wt = w.T
 
     def fn(x):
@@ -241,7 +138,7 @@ def _numpy_dense(w, b):
     return fn
 
 
-def _numpy_conv(w, b, k, pad):
+def numpy_conv(w, b, k, pad):
     """NumPy im2col (sliding_window_view, one copy) + BLAS over NHWC input."""
     wt = np.ascontiguousarray(w.T)
 
@@ -323,8 +220,8 @@ def build_contenders(name, shapes, threads, recipes=None):
     out = []
     if kind == "dense":
         out.append(_try("NumPy dense float32", "baseline",
-                        lambda: (_numpy_dense(w, b), w.nbytes + b.nbytes, dense_macs, "dense")))
-        w90 = _magnitude_prune(w, 0.9)
+                        lambda: (numpy_dense(w, b), w.nbytes + b.nbytes, dense_macs, "dense")))
+        w90 = magnitude_prune(w, 0.9)
         nnz = int(np.count_nonzero(w90))
         csr_bytes = nnz * 8 + (w.shape[0] + 1) * 4 + b.nbytes
         out.append(_try("scipy.sparse CSR 90%", "peer",
@@ -335,17 +232,24 @@ def build_contenders(name, shapes, threads, recipes=None):
         out.append(_try("torch dynamic int8", "peer",
                         lambda: (peers.torch_model(model, int8=True), w.size + 8 + b.nbytes, dense_macs,
                                  "int8")))
+        exported = {}
+
+        def serialized():   # the float32 graph, exported once for both ORT contenders
+            if "graph" not in exported:
+                exported["graph"] = peers.onnx_model(model).SerializeToString()
+            return exported["graph"]
         out.append(_try("ORT float32 MatMul", "peer",
-                        lambda: (peers.ort_model(model, threads=threads), w.nbytes + b.nbytes, dense_macs,
-                                 "dense")))
+                        lambda: (peers.ort_model(model, threads=threads, serialized=serialized()),
+                                 w.nbytes + b.nbytes, dense_macs, "dense")))
         out.append(_try("ORT dynamic int8 MatMul", "peer",
-                        lambda: (peers.ort_model(model, threads=threads, int8=True), w.size + b.nbytes,
-                                 dense_macs, "int8")))
+                        lambda: (peers.ort_model(model, threads=threads, int8=True, serialized=serialized()),
+                                 w.size + b.nbytes, dense_macs, "int8")))
+        exported.clear()
     else:
         _, _, _, _, k, pad = shapes[name]
         nchw = layer_model(name, layout="NCHW", shapes=shapes)
         out.append(_try("NumPy im2col + BLAS", "baseline",
-                        lambda: (_numpy_conv(w, b, k, pad), w.nbytes + b.nbytes, dense_macs, "dense")))
+                        lambda: (numpy_conv(w, b, k, pad), w.nbytes + b.nbytes, dense_macs, "dense")))
         out.append(_try("torch conv2d float32", "peer",
                         lambda: (peers.torch_model(nchw), w.nbytes + b.nbytes, dense_macs, "dense"), "NCHW"))
         out.append(_try("ORT Conv float32", "peer",
@@ -375,9 +279,21 @@ def _rel_err(y, ref):
     return float(np.linalg.norm(y - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
+# The contenders that run every multiply-add of the dense float32 layer: the sgemm roof's peers.
+FLOAT32_DENSE = ("NumPy dense float32", "NumPy im2col + BLAS", "torch dense float32", "torch conv2d float32",
+                 "ORT float32 MatMul", "ORT Conv float32", "nncomp dense float32")
+
+
 def run_layer_suite(*, shapes=SHAPES, batches=(1, 32), threads=2, repeat=8, limits=None, recipes=None,
-                    max_seconds=6.0, settle=SETTLE_S, progress=print, seed=1):
-    """Time every contender on every layer shape and batch size; returns a list of row dicts."""
+                    max_seconds=6.0, settle=SETTLE_S, every_block=False, progress=print, seed=1, budget=None):
+    """Time every contender on every layer shape and batch size; returns ``(rows, limits)``.
+
+    ``limits`` come back raised by :func:`~nncomp.bench.roofline.cap` to the best rates contenders
+    achieved (weight bytes / median of any row; float32 FLOPs of :data:`FLOAT32_DENSE`), so no cell's
+    roofline exceeds 100 % (but int8 compute, whose limit is higher); every row's roofline uses them.
+    ``settle`` seconds pass untimed after the blocks of the contenders running NumPy's or torch's
+    threads (which keep spinning), or after every block with ``every_block``.
+    """
     rows = []
     for name in shapes:
         t0 = time.perf_counter()
@@ -401,9 +317,10 @@ def run_layer_suite(*, shapes=SHAPES, batches=(1, 32), threads=2, repeat=8, limi
                 except Exception as e:  # noqa: BLE001
                     c.status = f"error: {type(e).__name__}: {e}"
             calls = {k: v for k, v in calls.items() if k in errs}
-            timed = alternate_blocks(calls, repeat=repeat, warmup=1, flush=batch == 1,
-                                     max_seconds=max_seconds, settle=settle,
-                                     spinners={k for k in calls if k.startswith("NumPy")}) if calls else {}
+            spin = None if every_block else {k for k in calls if k.startswith(("NumPy", "torch"))}
+            timed = alternate(calls, repeat=repeat, block=4, warmup=1, flush=batch == 1,
+                              settle=settle, spinners=spin, max_seconds=budget.take(max_seconds, max_seconds)
+                              if budget else max_seconds) if calls else {}
             base_ms = timed.get(base.name, {}).get("median_ms")
             for c in contenders:
                 row = {"layer": name, "shape": describe_shape(name, shapes), "batch": batch,
@@ -414,18 +331,23 @@ def run_layer_suite(*, shapes=SHAPES, batches=(1, 32), threads=2, repeat=8, limi
                        "rel_err_vs_dense": errs.get(c.name), "build_s": round(c.build_s, 3)}
                 t = timed.get(c.name)
                 if t is not None:
-                    flops = 2.0 * c.macs * batch
-                    row.update(median_ms=t["median_ms"], p90_ms=t["p90_ms"], runs=t["n"], gflop=flops / 1e9)
+                    row.update(median_ms=t["median_ms"], p90_ms=t["p90_ms"], runs=t["n"],
+                               gflop=2.0 * c.macs * batch / 1e9)
                     if base_ms:
                         row["time_vs_numpy"] = t["median_ms"] / base_ms
                         row["speedup_vs_numpy"] = base_ms / t["median_ms"]
-                    if limits:
-                        roof = roofline_ms(c.weight_bytes, flops, limits)
-                        row["roofline_ms"] = roof
-                        row["roofline_pct"] = 100.0 * roof / t["median_ms"]
                 rows.append(row)
             done = [r for r in rows if r["layer"] == name and r["batch"] == batch and r["median_ms"]]
             best = min(done, key=lambda r: r["median_ms"]) if done else None
             progress(f"layers: {name} batch {batch}: {len(done)} timed"
                      + (f", fastest {best['contender']} {best['median_ms']:.3g} ms" if best else ""))
-    return rows
+    if limits:   # no cell above the best rates seen (float32 FLOPs: dense float32 contenders only)
+        label = "{contender} on {layer} at batch {batch}"
+        limits = cap(limits, [(label.format(**r), r["weight_bytes"], r["median_ms"]) for r in rows if r["median_ms"]],
+                     [(label.format(**r), r["gflop"] * 1e9, r["median_ms"]) for r in rows
+                      if r["median_ms"] and r["contender"] in FLOAT32_DENSE])
+        for r in rows:
+            if r["median_ms"]:
+                r["roofline_ms"] = roofline_ms(r["weight_bytes"], r["gflop"] * 1e9, limits)
+                r["roofline_pct"] = 100.0 * r["roofline_ms"] / r["median_ms"]
+    return rows, limits

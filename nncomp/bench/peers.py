@@ -41,7 +41,8 @@ def _torch():
     return torch
 
 
-def _ort():
+def require_ort():
+    """The onnxruntime module; PeerUnavailable when onnx or onnxruntime is not installed."""
     try:
         import onnx  # noqa: F401
         import onnxruntime
@@ -53,21 +54,12 @@ def _ort():
 def versions():
     """``{"torch": version or "not installed", "onnxruntime": ...}`` without importing more than needed."""
     out = {}
-    for name, get in (("torch", _torch), ("onnxruntime", _ort)):
+    for name, get in (("torch", _torch), ("onnxruntime", require_ort)):
         try:
             out[name] = get().__version__
         except PeerUnavailable:
             out[name] = NOT_INSTALLED
     return out
-
-
-def set_threads(n):
-    """Give torch ``n`` intra-op threads (ORT sessions take theirs at creation)."""
-    try:
-        torch = _torch()
-    except PeerUnavailable:
-        return
-    torch.set_num_threads(int(n))
 
 
 def _conv_weight(layer):
@@ -246,7 +238,7 @@ def scipy_csr(w, bias=None):
 # --------------------------------------------------------------------------------- ONNX
 def onnx_model(model):
     """The model as an ONNX ``ModelProto`` (opset 17; dynamic batch; NCHW inside)."""
-    _ort()
+    require_ort()
     from onnx import TensorProto, helper, numpy_helper
 
     nodes, inits = [], []
@@ -336,15 +328,15 @@ def onnx_model(model):
                              producer_name="nncomp.bench")
 
 
-def ort_model(model, *, threads, int8=False, spin=False):
+def ort_model(model, *, threads, int8=False, spin=False, serialized=None):
     """The model run by ONNX Runtime (CPU); returns ``fn(x: ndarray) -> ndarray``.
 
     ``int8=True`` applies ``onnxruntime.quantization.quantize_dynamic`` (int8 weights, MatMul only).
-    ``fn.onnx_bytes`` is the size of the serialized graph that ORT loaded.
+    ``fn.onnx_bytes`` is the size of the serialized graph that ORT loaded. ``serialized``: the
+    float32 graph of :func:`onnx_model` as bytes, when the caller exported it already (fc6: 411 MB).
     """
-    ort = _ort()
-    proto = onnx_model(model)
-    data = proto.SerializeToString()
+    ort = require_ort()
+    data = serialized if serialized is not None else onnx_model(model).SerializeToString()
     if int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
         with tempfile.TemporaryDirectory() as tmp:

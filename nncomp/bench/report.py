@@ -9,6 +9,7 @@ import math
 import re
 from pathlib import Path
 
+from .roofline import roof_text
 from .suite import COLUMNS
 
 LAYER_COLUMNS = ["layer", "shape", "batch", "contender", "kind", "format", "status", "median_ms", "p90_ms",
@@ -194,9 +195,9 @@ def markdown(result):
              f"{result['loadavg_end'][0]:.1f} at the end · `{result['command']}`", "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), ""]
     if lim:
-        lines += [f"Roofline limits measured at the start: DRAM read {lim['bandwidth_GBps']:.1f} GB/s "
-                  f"({human_bytes(lim['bandwidth_bytes'])} read), sgemm {lim['sgemm_GFLOPs']:.0f} GFLOP/s "
-                  f"({lim['sgemm_n']}^3).", ""]
+        lines += [f"Roofline limits: {roof_text(lim)} (the probe read {human_bytes(lim['bandwidth_bytes'])} "
+                  f"with every thread, best of its reads; no cell exceeds the best rate observed in the run), "
+                  f"sgemm {lim['sgemm_GFLOPs']:.0f} GFLOP/s ({lim['sgemm_n']}^3).", ""]
     if result.get("models"):
         lines += ["## Models", "",
                   f"Accuracy on the shipped test digits; latency at batch {s['batches'][0]} and throughput at "

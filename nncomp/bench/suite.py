@@ -11,8 +11,6 @@ with the dense model and the largest logit difference from it, weight bytes in m
 throughput at a large batch, each timed alternating with the dense model in the same loop, so that
 ``speedup`` is a ratio measured under the same machine conditions.
 """
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,9 @@ import numpy as np
 
 from ..data import DATA_DIR
 from . import peers
-from .layers import NotAvailable, alternate_blocks, formats_of, require
+from .layers import NotAvailable, formats_of, require
+from .sizes import saved_size
+from .timing import SETTLE_S, alternate
 
 MODELS = ("lenet300", "lenet5", "vgg_small", "resnet_small")
 QUICK_MODELS = ("lenet300",)
@@ -31,8 +31,6 @@ CALIBRATION_SAMPLES = 512
 # thread of it is busy meanwhile), and with 8 calls (2 blocks) one such spell set a ratio of the
 # dense model against itself at 3-50x. 24 calls in 6 blocks keep the median out of it.
 BATCH1_REPEAT = 24
-# Default untimed pause before each block of calls in the model tables (``--settle``).
-SETTLE_S = 0.01
 
 
 def _nc():
@@ -42,7 +40,11 @@ def _nc():
 
 @dataclass(frozen=True)
 class Recipe:
-    """One row of the suite: ``fn(model, calibration or None) -> Model``."""
+    """One row of the suite: ``fn(model, calibration or None) -> Model``.
+
+    ``base``: ``(method, settings)`` of the recipe whose result ``fn`` starts from instead of the dense
+    model (a combination's first step); the run compresses each base once and shares it.
+    """
 
     method: str
     settings: str
@@ -51,16 +53,17 @@ class Recipe:
     huffman: bool = False
     needs: tuple = ()
     quick: bool = False
+    base: tuple = ()
 
     @property
     def label(self):
         return f"{self.method} {self.settings}" + (" +calib" if self.calibrated else "")
 
 
-def both(method, settings, fn, needs, *, huffman=False, quick=False):
+def both(method, settings, fn, needs, *, huffman=False, quick=False, base=()):
     """The recipe without and with calibration data (the methods accept ``calibration=None``)."""
-    return [Recipe(method, settings, fn, False, huffman, needs, quick),
-            Recipe(method, settings, fn, True, huffman, needs, False)]
+    return [Recipe(method, settings, fn, False, huffman, needs, quick, base),
+            Recipe(method, settings, fn, True, huffman, needs, False, base)]
 
 
 def free(method, settings, fn, needs, *, huffman=False, quick=False):
@@ -104,10 +107,9 @@ RECIPES = [
     *both("deep_compression", "defaults, Huffman",
           lambda m, c: _nc().deep_compression(m, calibration=c), ("deep_compression",), huffman=True,
           quick=True),
-    *both("prune + int8", "sparsity=0.9, int8 dynamic",
-          lambda m, c: _int8(_nc().prune(m, sparsity=0.9, calibration=c), c), ("prune", "quantize")),
-    *both("low-rank + int8", "speedup=2, int8 dynamic",
-          lambda m, c: _int8(_nc().factorize(m, speedup=2.0, calibration=c), c), ("factorize", "quantize")),
+    *both("prune + int8", "sparsity=0.9, int8 dynamic", _int8, ("prune", "quantize"), base=("prune", "sparsity=0.9")),
+    *both("low-rank + int8", "speedup=2, int8 dynamic", _int8, ("factorize", "quantize"),
+          base=("factorize", "speedup=2")),
 ]
 
 # Peers on the dense model: (method, settings, builder(model, threads) -> fn(x), bytes(model)).
@@ -129,43 +131,17 @@ COLUMNS = ["model", "method", "settings", "calibrated", "status", "formats", "ac
 
 
 def model_paths(names=MODELS, keras=False):
-    """Paths of the shipped models (and of ``data/keras/*.h5`` with ``keras``)."""
+    """Paths of the shipped models (and of the checkout's ``data/keras/*.h5`` with ``keras``)."""
     paths = [DATA_DIR / f"{n}.h5" for n in names]
     if keras:
-        paths += sorted(p for p in (DATA_DIR / "keras").glob("*.h5") if not p.name.endswith(".weights.h5"))
+        from ..data import CHECKOUT_DIR
+        if CHECKOUT_DIR is None:
+            raise ValueError("--keras needs a source checkout: the Keras fixtures live in its data/keras/, "
+                             "which an installed nncomp does not ship")
+        keras_dir = CHECKOUT_DIR / "data" / "keras"
+        paths += sorted(p for p in keras_dir.glob("*.h5") if not p.name.endswith(".weights.h5")
+                        and not p.name.endswith("_free.h5"))    # a free-size input needs input_shape=
     return paths
-
-
-def payload_bytes(path):
-    """Bytes the datasets of an HDF5 file occupy on disk (the weights, headers and metadata aside).
-
-    A native file of format version 2 keeps its model description in its first dataset, after the
-    arrays (docs/format.md): those ``@model_nbytes`` bytes are metadata and not counted.
-    """
-    import h5py
-    total = [0]
-
-    def visit(_, obj):
-        if isinstance(obj, h5py.Dataset):
-            total[0] += obj.id.get_storage_size()
-    with h5py.File(path, "r") as f:
-        f.visititems(visit)
-        described = int(f.attrs.get("model_nbytes", 0))
-    return total[0] - described
-
-
-def disk_size(model, huffman=False):
-    """``(file bytes, payload bytes, reload check)`` of ``nc.save(model, huffman=huffman)``.
-
-    The check reloads the file and compares outputs on a small batch: "ok" when bit-identical.
-    """
-    nc = _nc()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "m.h5")
-        nc.save(model, path, huffman=huffman)
-        size, payload = os.path.getsize(path), payload_bytes(path)
-        loaded = nc.load(path)
-    return size, payload, loaded
 
 
 def _verdict(ratio, speedup_latency, speedup_throughput, *, margin=1.10):
@@ -182,10 +158,14 @@ def _verdict(ratio, speedup_latency, speedup_throughput, *, margin=1.10):
 class Context:
     """The dense model and the data a model's rows are measured against."""
 
-    def __init__(self, model, x, y, calibration, batches, repeat, max_seconds, name, settle=SETTLE_S):
+    def __init__(self, model, x, y, calibration, batches, repeat, max_seconds, name, settle=SETTLE_S,
+                 spinners=()):
         self.model, self.x, self.y, self.calibration = model, x, y, calibration
         self.batches, self.repeat, self.max_seconds, self.name = batches, repeat, max_seconds, name
-        self.settle = settle
+        self.settle, self.spinners = settle, spinners
+        self.budget = None      # a timing.Budget: each measurement's max_seconds adapts to the run's deadline
+        self.compressed = {}    # (method, settings, calibrated) -> (model, seconds): shared by combinations
+        self.compress_wall = 0.0    # seconds spent compressing (a shared base counted once)
         self.logits = model(x)
         self.pred = self.logits.argmax(axis=1)
         self.accuracy = float((self.pred == y).mean()) if y is not None else None
@@ -193,14 +173,15 @@ class Context:
         self.xb = {b: np.ascontiguousarray(x[np.arange(b) % len(x)]) for b in batches}
 
 
-def _time_against_dense(ctx, fn):
+def _time_against_dense(ctx, fn, spinners):
     """``{batch: (dense timing, row timing)}``, alternating dense and the row."""
     out = {}
     for b in ctx.batches:
         xb = ctx.xb[b]
         repeat = max(ctx.repeat, BATCH1_REPEAT) if b == 1 else ctx.repeat
-        t = alternate_blocks({"dense": lambda: ctx.model(xb), "row": lambda: fn(xb)}, repeat=repeat,
-                             warmup=2, max_seconds=ctx.max_seconds, settle=ctx.settle)
+        t = alternate({"dense": lambda: ctx.model(xb), "row": lambda: fn(xb)}, repeat=repeat, block=4,
+                      warmup=2, settle=ctx.settle, spinners=spinners,
+                      max_seconds=ctx.budget.take(1.0, ctx.max_seconds) if ctx.budget else ctx.max_seconds)
         out[b] = (t["dense"], t["row"])
     return out
 
@@ -211,8 +192,8 @@ def _row(ctx, method, settings, calibrated, status="ok"):
     return r
 
 
-def measure(ctx, fn, row, *, nbytes=None, macs=None, disk=None, huffman=False):
-    """Fill ``row`` for a callable ``fn(x) -> logits`` (a Model or a peer)."""
+def measure(ctx, fn, row, *, nbytes=None, macs=None, disk=None, huffman=False, spins=False):
+    """Fill ``row`` for a callable ``fn(x) -> logits`` (a Model or a peer whose threads ``spins``)."""
     logits = np.asarray(fn(ctx.x))
     pred = logits.argmax(axis=1)
     if ctx.y is not None:
@@ -228,7 +209,8 @@ def measure(ctx, fn, row, *, nbytes=None, macs=None, disk=None, huffman=False):
         row["compression_ratio"] = dense_bytes / row["payload_bytes"]
     if nbytes:
         row["memory_ratio"] = dense_bytes / nbytes
-    times = _time_against_dense(ctx, fn)
+    spinners = None if ctx.spinners is None else set(ctx.spinners) | ({"row"} if spins else set())
+    times = _time_against_dense(ctx, fn, spinners)
     small, large = ctx.batches[0], ctx.batches[-1]
     d, t = times[small]
     row["latency_ms"], row["latency_p90_ms"] = t["median_ms"], t["p90_ms"]
@@ -251,14 +233,14 @@ def run_recipe(ctx, recipe):
         return row
     t0 = time.perf_counter()
     try:
-        small = recipe.fn(ctx.model, ctx.calibration if recipe.calibrated else None)
-        row["compress_s"] = time.perf_counter() - t0
+        small, row["compress_s"] = compressed(ctx, recipe)
         row["formats"] = formats_of(small)
-        size, payload, loaded = disk_size(small, huffman=recipe.huffman)
+        saved = saved_size(small, huffman=recipe.huffman)
         probe = ctx.xb[ctx.batches[-1]]
-        if not np.array_equal(loaded(probe), small(probe)):
+        if not np.array_equal(saved.loaded(probe), small(probe)):
             row["status"] = "error: the saved file reloads with different outputs"
-        measure(ctx, small, row, nbytes=small.nbytes, macs=small.macs, disk=(size, payload),
+        measure(ctx, small, row, nbytes=small.nbytes, macs=small.macs,
+                disk=(saved.file_bytes, saved.payload_bytes),
                 huffman=recipe.huffman)
     except Exception as e:  # noqa: BLE001 - one failing method must not stop the suite
         row["status"] = f"error: {type(e).__name__}: {_one_line(e)}"
@@ -267,11 +249,27 @@ def run_recipe(ctx, recipe):
     return row
 
 
+def compressed(ctx, recipe):
+    """``(model, seconds)``: ``recipe`` applied to the dense model (to its base's result, compressed once)."""
+    key = (recipe.method, recipe.settings, recipe.calibrated)
+    if key not in ctx.compressed:
+        start, base_s = ctx.model, 0.0
+        if recipe.base:
+            base = next(r for r in RECIPES if (r.method, r.settings) == recipe.base)
+            start, base_s = compressed(ctx, Recipe(base.method, base.settings, base.fn, recipe.calibrated))
+        t0 = time.perf_counter()
+        small = recipe.fn(start, ctx.calibration if recipe.calibrated else None)
+        ctx.compress_wall += time.perf_counter() - t0
+        ctx.compressed[key] = (small, base_s + time.perf_counter() - t0)
+    return ctx.compressed[key]
+
+
 def run_dense(ctx):
     row = _row(ctx, "dense", "float32 (nncomp engine)", False)
     row["formats"] = formats_of(ctx.model)
-    size, payload, _ = disk_size(ctx.model)
-    measure(ctx, ctx.model, row, nbytes=ctx.model.nbytes, macs=ctx.model.macs, disk=(size, payload))
+    saved = saved_size(ctx.model)
+    measure(ctx, ctx.model, row, nbytes=ctx.model.nbytes, macs=ctx.model.macs,
+            disk=(saved.file_bytes, saved.payload_bytes))
     return row
 
 
@@ -284,7 +282,7 @@ def run_peer(ctx, peer, threads):
         row["compress_s"] = time.perf_counter() - t0
         row["formats"] = "peer"
         disk = (fn.onnx_bytes, None) if hasattr(fn, "onnx_bytes") else None
-        measure(ctx, fn, row, nbytes=nbytes(ctx.model), macs=ctx.model.macs, disk=disk)
+        measure(ctx, fn, row, nbytes=nbytes(ctx.model), macs=ctx.model.macs, disk=disk, spins=method == "torch")
     except peers.PeerUnavailable as e:
         row["status"] = str(e)
     except Exception as e:  # noqa: BLE001
@@ -319,24 +317,40 @@ def load_data(model, data=None):
 
 
 def run_model(path, *, recipes, batches=(1, 64), repeat=8, threads=2, with_peers=True, data=None,
-              max_seconds=1.0, max_samples=None, settle=SETTLE_S, progress=print):
-    """Every row for one model file; returns a list of row dicts (dense first)."""
+              max_seconds=1.0, max_samples=None, settle=SETTLE_S, spinners=(), progress=print, phases=None,
+              budget=None):
+    """Every row for one model file; returns a list of row dicts (dense first).
+
+    ``settle`` seconds pass untimed after the block of a contender whose threads spin (torch), or
+    after every block with ``spinners=None``. ``phases``: a dict that receives the seconds spent in
+    loading, the dense row, the methods (compressing; saving and timing) and the peers. ``budget``: a
+    :class:`~nncomp.bench.timing.Budget` that shortens each measurement when the run falls behind.
+    """
     nc = _nc()
+    phases = {} if phases is None else phases
+    t0 = time.perf_counter()
     model = nc.load(path)
     name = Path(path).stem if Path(path).parent.name != "keras" else f"keras/{Path(path).stem}"
     x, y, calib = load_data(model, data)
     if max_samples:
         x, y = x[:max_samples], (None if y is None else y[:max_samples])
-    ctx = Context(model, x, y, calib, tuple(batches), repeat, max_seconds, name, settle)
+    ctx = Context(model, x, y, calib, tuple(batches), repeat, max_seconds, name, settle, spinners)
+    ctx.budget = budget
+    t1 = time.perf_counter()
     rows = [run_dense(ctx)]
     progress(_progress_line(rows[-1]))
+    t2 = time.perf_counter()
     for r in recipes:
         rows.append(run_recipe(ctx, r))
         progress(_progress_line(rows[-1]))
+    t3 = time.perf_counter()
     if with_peers:
         for p in PEERS:
             rows.append(run_peer(ctx, p, threads))
             progress(_progress_line(rows[-1]))
+    compress = ctx.compress_wall
+    phases.update({f"{name}: load": t1 - t0, f"{name}: dense": t2 - t1, f"{name}: methods compress": compress,
+                   f"{name}: methods save+measure": t3 - t2 - compress, f"{name}: peers": time.perf_counter() - t3})
     return rows
 
 

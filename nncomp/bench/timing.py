@@ -12,10 +12,12 @@ import time
 import numpy as np
 
 OPENBLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-# Untimed pause that outlasts OpenBLAS's threads spinning (~0.1 s) after a NumPy product: whatever
-# is timed inside that window runs slower (nncomp's kernels up to 2.2-3x), so a contender timed
-# after a NumPy one waits this long first.
-BLAS_SPIN_S = 0.15
+# The one untimed pause of every benchmark: it outlasts OpenBLAS's threads spinning (~0.1-0.13 s)
+# after a threaded NumPy product (and torch's OpenMP workers after theirs). Whatever is timed inside
+# that window runs slower (nncomp's kernels up to 2.2-5x), so a block of calls that follows a
+# spinning contender waits this long first (``alternate(spinners=...)``).
+SETTLE_S = 0.15
+SLOW_CALL_S = 0.1   # contenders slower than this per call (in the warm-up) run blocks of at most 2 calls
 
 
 def reexec_without_openblas_overrides():
@@ -31,14 +33,23 @@ def reexec_without_openblas_overrides():
         os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)
 
 
-def set_threads(n):
-    """Give every pool the same thread count: Numba, BLAS (threadpoolctl), torch if loaded."""
+def set_threads(n, *, peers=False):
+    """Give every pool the same thread count: Numba, BLAS (threadpoolctl), torch; returns the count.
+
+    torch is set when it is loaded, or with ``peers=True`` when it can be imported (ONNX Runtime takes
+    its threads per session: ``peers.ort_model(threads=...)``).
+    """
     import numba
     from threadpoolctl import threadpool_limits
 
     n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
     threadpool_limits(n)
+    if peers and "torch" not in sys.modules:
+        try:
+            import torch  # noqa: F401
+        except Exception:  # noqa: BLE001 - torch is optional
+            pass
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)
     return n
@@ -96,56 +107,176 @@ def _threading_layer():
         return "not started"
 
 
+def l3_bytes():
+    """The last-level cache size in bytes (sysconf or sysfs; 32 MiB when neither says)."""
+    try:
+        n = os.sysconf("SC_LEVEL3_CACHE_SIZE")
+        if n and n > 0:
+            return int(n)
+    except (ValueError, OSError, AttributeError):
+        pass
+    try:
+        text = open("/sys/devices/system/cpu/cpu0/cache/index3/size").read().strip()
+        return int(text.rstrip("KkMm")) << (20 if text[-1] in "Mm" else 10)
+    except (OSError, ValueError, IndexError):
+        return 32 << 20
+
+
 _FLUSH = None
 
 
-def flush_caches(nbytes=64 << 20):
-    """Stream through a buffer larger than the L3 so the next call reads its weights from DRAM."""
+def flush_caches(nbytes=None):
+    """Stream through a buffer of twice the L3 (at least 64 MiB) so the next call reads its weights from DRAM."""
     global _FLUSH
-    if _FLUSH is None or _FLUSH.nbytes != nbytes:
+    nbytes = nbytes or max(64 << 20, 2 * l3_bytes())
+    if _FLUSH is None or _FLUSH.nbytes != nbytes // 8 * 8:
         _FLUSH = np.ones(nbytes // 8)
     # Read, not write: a write would leave dirty lines whose write-back lands in the timed call.
     _FLUSH.sum()
 
 
-def alternate(contenders, *, repeat=30, warmup=2, flush=False, settle=0.0, min_seconds=0.0, max_seconds=60.0):
-    """Time callables in alternation; returns ``{name: {"median_ms", "p90_ms", "n"}}``.
+class Budget:
+    """Seconds each measurement may take so that a run ends near its deadline on any CPU.
+
+    ``take(weight, cap)`` gives the next measurement ``min(cap, weight * seconds left / weights left)``
+    (at least ``floor * weight``): on a machine fast enough every measurement keeps its ``cap`` (the
+    tables are unchanged); on a slower one, where compressing and timing eat more of the run, each
+    measurement stops sooner (at the end of a round of calls, so every contender gets at least one block).
+    """
+
+    def __init__(self, seconds, weights, floor=0.2):
+        self.deadline = time.perf_counter() + seconds
+        self.left, self.floor = float(weights), floor
+
+    def take(self, weight=1.0, cap=1.0):
+        share = weight * max(0.0, self.deadline - time.perf_counter()) / max(self.left, weight)
+        self.left = max(0.0, self.left - weight)
+        return min(cap, max(self.floor * weight, share))
+
+
+def _stats(t):
+    return {"median_ms": float(np.median(t) * 1e3), "p90_ms": float(np.percentile(t, 90) * 1e3),
+            "min_ms": float(np.min(t) * 1e3), "n": len(t)}
+
+
+def alternate(contenders, *, repeat=30, block=1, warmup=2, flush=False, settle=SETTLE_S, spinners=None,
+              max_seconds=60.0, stable=None):
+    """Time callables alternating in blocks (A A B B C C A A ...); ``{name: {median_ms, p90_ms, min_ms, n}}``.
+
+    Every call is timed on its own; medians and p90s are over all of a contender's calls.
 
     Parameters
     ----------
     contenders : dict of name -> zero-argument callable
     repeat : int
-        Rounds; each round calls every contender once, in the same order.
+        Calls per contender, in rounds of one block each (``block=1``: A B C A B C ...).
+    block : int
+        Calls per block: within a block a contender meets only its own threads, as in use. Contenders
+        slower than :data:`SLOW_CALL_S` per call (in the warm-up) run blocks of at most 2.
     warmup : int
-        Untimed rounds first (compiles kernels, warms caches and thread pools).
+        Untimed rounds of one call each first (compiles kernels, warms caches and thread pools).
     flush : bool
-        Flush the caches before each timed call (memory-bound rows then read from DRAM).
+        Stream a buffer larger than the L3 through the caches before every timed call (weights then
+        come from DRAM, as in a real network).
     settle : float
-        Untimed pause (seconds) before each timed call: OpenBLAS threads keep spinning for a while
-        after a call and slow down whatever runs next (a 2-thread int8 call: 39 ms right after a
-        NumPy sgemm, 16 ms after a 0.2 s pause).
-    min_seconds, max_seconds : float
-        Keep going past ``repeat`` until ``min_seconds``; stop early after ``max_seconds``.
+        Untimed pause (seconds) before a block that follows a spinner's block (:data:`SETTLE_S`).
+    spinners : collection of names or None
+        Contenders whose threads keep spinning after a call (NumPy's threaded BLAS, torch); ``None``:
+        every contender counts as one (a pause before every block).
+    max_seconds : float
+        Stop at the end of the round in which this much time has passed.
+    stable : float or None
+        Stop early, after at least half of ``repeat`` calls, at the end of a round in which every
+        contender's running median moved by less than this fraction (e.g. 0.02) since the previous round.
     """
     names = list(contenders)
+    blocks = dict.fromkeys(names, block)
     for _ in range(warmup):
         for n in names:
-            contenders[n]()
-    times = {n: [] for n in names}
-    start = time.perf_counter()
-    rounds = 0
-    while True:
-        for n in names:
-            if flush:
-                flush_caches()
-            if settle:
-                time.sleep(settle)
             t0 = time.perf_counter()
             contenders[n]()
-            times[n].append(time.perf_counter() - t0)
-        rounds += 1
-        elapsed = time.perf_counter() - start
-        if (rounds >= repeat and elapsed >= min_seconds) or elapsed >= max_seconds:
+            if time.perf_counter() - t0 > SLOW_CALL_S:
+                blocks[n] = min(block, 2)
+    times = {n: [] for n in names}
+    start = time.perf_counter()
+    rounds = -(-repeat // block)
+    previous, medians = None, None
+    for done in range(1, rounds + 1):
+        for n in names:
+            fn = contenders[n]
+            if settle and previous is not None and (spinners is None or previous in spinners):
+                time.sleep(settle)
+            previous = n
+            for _ in range(blocks[n]):
+                if flush:
+                    flush_caches()
+                t0 = time.perf_counter()
+                fn()
+                times[n].append(time.perf_counter() - t0)
+        if time.perf_counter() - start >= max_seconds:
             break
-    return {n: {"median_ms": float(np.median(t) * 1e3), "p90_ms": float(np.percentile(t, 90) * 1e3),
-                "n": len(t)} for n, t in times.items()}
+        if stable:
+            now = {n: float(np.median(t)) for n, t in times.items()}
+            if (medians is not None and 2 * done >= rounds
+                    and all(abs(now[n] - medians[n]) <= stable * medians[n] for n in names)):
+                break
+            medians = now
+    return {n: _stats(t) for n, t in times.items()}
+
+
+# --------------------------------------------------------------------------- the quiet gate
+def _cpu_snap():
+    """(idle jiffies, total jiffies) of the machine and this process's CPU jiffies."""
+    with open("/proc/stat") as fh:
+        v = [int(a) for a in fh.readline().split()[1:]]
+    t = os.times()
+    return v[3] + v[4], sum(v), (t.user + t.system) * os.sysconf("SC_CLK_TCK")
+
+
+def others_busy(a, b):
+    """Fraction of all CPU time between snapshots ``a`` and ``b`` used by other processes."""
+    total = max(1, b[1] - a[1])
+    return max(0.0, ((total - (b[0] - a[0])) - (b[2] - a[2])) / total)
+
+
+def busy_fraction(seconds=2.0):
+    """Fraction of the machine's CPU time used by other processes over ``seconds``."""
+    a = _cpu_snap()
+    time.sleep(seconds)
+    return others_busy(a, _cpu_snap())
+
+
+def quiet_row(row_fn, tries=3, clean=0.1, max_wait=600.0):
+    """Run a speed row after a quiet gate, up to ``tries`` times while others used > ``clean`` of the CPUs.
+
+    Keeps the attempt that other processes disturbed least (never the one with the best ratio) and
+    records every attempt's contamination and speedup.
+    """
+    attempts = []
+    for _ in range(tries):
+        waited, busy = wait_quiet(max_wait) if max_wait > 0 else (0.0, None)
+        a = _cpu_snap()
+        row = row_fn()
+        row["quiet_gate"] = {"waited_s": waited, "busy_before": busy, "load_1min": os.getloadavg()[0],
+                             "others_busy_during": others_busy(a, _cpu_snap())}
+        attempts.append(row)
+        if row["quiet_gate"]["others_busy_during"] < clean:
+            break
+    best = min(attempts, key=lambda r: r["quiet_gate"]["others_busy_during"])
+    best["attempts"] = [{"others_busy_during": r["quiet_gate"]["others_busy_during"], "speedup": r["speedup"]}
+                        for r in attempts]
+    return best
+
+
+def wait_quiet(max_wait=600.0, threshold=0.15):
+    """Wait (up to ``max_wait`` s) until other processes use under ``threshold`` of the CPUs.
+
+    The machine is shared: a neighbour's job stalls 2-thread calls by whole scheduler slices. This
+    only schedules a row; it never discards a measurement. Returns (seconds waited, busy fraction).
+    """
+    start = time.perf_counter()
+    while True:
+        busy = busy_fraction()
+        waited = time.perf_counter() - start
+        if busy < threshold or waited > max_wait:
+            return waited, busy

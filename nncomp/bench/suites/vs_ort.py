@@ -47,7 +47,7 @@ def run(result, opts):
 
     from .. import peers, serving
     try:
-        peers._ort()   # PeerUnavailable when onnx or onnxruntime is missing
+        peers.require_ort()
     except Exception as e:  # noqa: BLE001 - ONNX Runtime is optional
         result["error"] = f"ONNX Runtime unavailable: {e}"
         return

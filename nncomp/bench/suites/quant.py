@@ -12,7 +12,7 @@ fc7 (4096x4096, 16.8 MB of int8: L3-resident, hot) is shown for information. Con
 - ONNX Runtime dynamic quantized MatMul (``onnxruntime.quantization.quantize_dynamic`` on a one-node
   MatMul model, QInt8 weights, via nncomp.bench.peers.ort_model, intra-op spinning off);
 - torch 2.13 dynamic int8 Linear (``torch.ao.quantization.quantize_dynamic``, qint8, x86 engine).
-Before each timed call the process sleeps SETTLE_S (untimed): NumPy's OpenBLAS threads keep spinning
+Before each timed call the process sleeps SETTLE_S (nncomp.bench.timing; untimed): NumPy's OpenBLAS threads keep spinning
 for up to ~2**28 cycles after a call and, measured here, made the next contender's 2-thread call ~2x
 slower; the pause keeps every contender out of the previous one's spin.
 Threads: 2 for every pool (Numba, BLAS, torch, ORT), the target protocol; the table is repeated with
@@ -23,20 +23,19 @@ Accuracy: every shipped model in data/ on the 1,000 test digits, float32 against
 calibrated on the first 512 training digits: min-max, percentile 99.99, MSE; dynamic; weight-only),
 with bias correction from the same 512 digits unless marked.
 
-    PYTHONPATH=. /work/venv-fw/bin/python bench/quant.py     # writes bench/results/quant.json and .md
+    python -m nncomp.bench --suite quant     # writes bench/out/quant.json and .md (--parts speed,accuracy)
 """
-import argparse
-import json
-import os
-import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from ...data import DATA_DIR
+from ..roofline import cap, machine_limits, roof_text
+from ..timing import SETTLE_S, alternate, l3_bytes, set_threads
 
 MODELS = ("lenet300", "lenet5", "vgg_small", "resnet_small")
-SETTLE_S = 0.12
+THREADS = 2
+THREAD_COUNTS = (2, 1)
+PARTS = ("speed", "accuracy")
+QUICK_PARTS = PARTS
 RECIPES = {
     "int8 static minmax": dict(activations="static", method="minmax"),
     "int8 static percentile": dict(activations="static", method="percentile"),
@@ -48,17 +47,16 @@ RECIPES = {
 }
 
 
-def speed(threads, repeat, batches, quick):
+def speed(threads, repeat, batches, quick, say=print):
     """Alternating timings of every contender on fc6 and fc7 (a list of rows)."""
     import numpy as np
 
     import nncomp as nc
-    from nncomp.bench import peers
-    from nncomp.bench.timing import alternate
-    from nncomp.kernels import vnni
-    from nncomp.matrices.int8 import Int8Matrix
+    from ...kernels import int8_vnni as vnni
+    from ...matrices.int8 import Int8Matrix
+    from .. import peers
 
-    layers = [("fc7", 4096, 4096)] if quick else [("fc6", 4096, 25088), ("fc7", 4096, 4096)]
+    layers = [("fc_small", 512, 2048)] if quick else [("fc6", 4096, 25088), ("fc7", 4096, 4096)]
     rows = []
     for name, n_out, n_in in layers:
         rng = np.random.default_rng(0)
@@ -90,7 +88,7 @@ def speed(threads, repeat, batches, quick):
             calls = {k: (lambda f=f: f(x)) for k, f in contenders.items() if not isinstance(f, str)}
             ref = x.astype(np.float64) @ w.T.astype(np.float64)
             err = {k: float(np.abs(np.asarray(c(), np.float64) - ref).max() / np.abs(ref).max()) for k, c in calls.items()}
-            t = alternate(calls, repeat=repeat, settle=SETTLE_S, max_seconds=30 if quick else 240)
+            t = alternate(calls, repeat=repeat, max_seconds=30 if quick else 240)
             row = {"layer": name, "shape": [n_out, n_in], "batch": bs, "threads": threads,
                    "weight_bytes": {"float32": int(w.nbytes), "int8 w8a8": int(w8a8.nbytes)}}
             for k, f in contenders.items():
@@ -103,20 +101,20 @@ def speed(threads, repeat, batches, quick):
             row["numpy_vs_weight_only"] = row["numpy float32"]["median_ms"] / row["nncomp int8 weight-only"]["median_ms"]
             row["numpy_vs_w8a8"] = row["numpy float32"]["median_ms"] / ours["median_ms"]
             rows.append(row)
-            print(f"{name} batch {bs}, {threads} thread(s): " + ", ".join(f"{k} {_ms(v)}" for k, v in row.items() if k in contenders)
-                  + f"; w8a8/best peer {row.get('w8a8_vs_best_peer', float('nan')):.2f}, "
-                  f"numpy/weight-only {row['numpy_vs_weight_only']:.2f}", flush=True)
+            say(f"{name} batch {bs}, {threads} thread(s): " + ", ".join(f"{k} {_ms(v)}" for k, v in row.items() if k in contenders)
+                + f"; w8a8/best peer {row.get('w8a8_vs_best_peer', float('nan')):.2f}, "
+                f"numpy/weight-only {row['numpy_vs_weight_only']:.2f}")
     return rows
 
 
-def accuracy(quick):
+def accuracy(quick, say=print):
     import numpy as np
 
     import nncomp as nc
 
     rows = []
     for name in MODELS[:1] if quick else MODELS:
-        model = nc.load(REPO / "data" / f"{name}.h5")
+        model = nc.load(DATA_DIR / f"{name}.h5")
         x, y = nc.data.for_model(model, "test")
         calib = nc.data.for_model(model, "train")[0][:512]
         base = model(x)
@@ -132,56 +130,31 @@ def accuracy(quick):
                           "top1_agreement_with_float": float((out.argmax(1) == base.argmax(1)).mean() * 100),
                           "nbytes": int(q.nbytes), "quantize_s": build}
         rows.append(row)
-        print(f"{name}: float {row['float32']['accuracy']:.1f}; " + ", ".join(
-            f"{k} {v['accuracy']:.1f}" for k, v in row.items() if k in RECIPES), flush=True)
+        say(f"{name}: float {row['float32']['accuracy']:.1f}; " + ", ".join(
+            f"{k} {v['accuracy']:.1f}" for k, v in row.items() if k in RECIPES))
     return rows
 
 
-def main(argv=None):
-    from nncomp.bench.timing import reexec_without_openblas_overrides
-    reexec_without_openblas_overrides()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", default="2,1", help="thread counts, each timed in turn")
-    p.add_argument("--repeat", type=int, default=30)
-    p.add_argument("--batches", default="1,32")
-    p.add_argument("--quick", action="store_true", help="fc7 only, one model, few repeats (a smoke run)")
-    p.add_argument("--no-accuracy", action="store_true")
-    p.add_argument("--out", default=str(REPO / "bench" / "results"))
-    p.add_argument("--markdown-only", action="store_true", help="rewrite quant.md from quant.json in --out")
-    a = p.parse_args(argv)
-    if a.markdown_only:
-        out = Path(a.out)
-        (out / "quant.md").write_text(markdown(json.loads((out / "quant.json").read_text())))
-        return 0
-
-    from nncomp.bench import peers
-    from nncomp.bench.layers import machine_limits
-    from nncomp.bench.timing import machine_info, set_threads
-
-    counts = [int(t) for t in a.threads.split(",")]
-    threads = set_threads(counts[0])
-    peers.set_threads(threads)
-    load_before = os.getloadavg()
-    limits = machine_limits(quick=a.quick)
-    print(f"limits: {limits['bandwidth_GBps']:.1f} GB/s read, {limits['sgemm_GFLOPs']:.0f} GFLOP/s sgemm", flush=True)
+def run(res, opts):
+    """fc6 and fc7 (``speed``) at each thread count, then every shipped model (``accuracy``)."""
+    threads = res["threads"]
+    limits = machine_limits(quick=opts.quick)
+    opts.say(f"limits: {limits['bandwidth_GBps']:.1f} GB/s read, {limits['sgemm_GFLOPs']:.0f} GFLOP/s sgemm")
     rows = []
-    for t in counts:
-        peers.set_threads(set_threads(t))
-        rows += speed(t, 3 if a.quick else a.repeat, [int(b) for b in a.batches.split(",")], a.quick)
-    peers.set_threads(set_threads(threads))
-    acc = [] if a.no_accuracy else accuracy(a.quick)
-    result = {"machine": machine_info(), "threads": threads, "limits": limits, "loadavg_before": load_before,
-              "loadavg_after": os.getloadavg(), "speed": rows, "accuracy": acc,
-              "seeds": {"weights": 0, "inputs": 1, "calibration": "first 512 training digits"},
-              "protocol": __doc__}
-    out = Path(a.out)
-    if a.quick and a.out == str(REPO / "bench" / "results"):
-        return 0
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "quant.json").write_text(json.dumps(result, indent=1))
-    (out / "quant.md").write_text(markdown(result))
-    print(f"wrote {out / 'quant.json'} and {out / 'quant.md'}")
-    return 0
+    if "speed" in opts.parts:
+        for t in res["thread_counts"]:
+            set_threads(t)
+            rows += speed(t, opts.repeats(30), (1, 32), opts.quick, opts.say)
+        set_threads(threads)
+    observed = []
+    for r in rows:
+        for k in SPEED_COLS:
+            nbytes = r["weight_bytes"]["float32" if "float32" in k else "int8 w8a8"]
+            if isinstance(r[k], dict) and nbytes > 2 * l3_bytes():   # weights that cannot stay in the caches
+                observed.append((f"{k} on {r['layer']} at batch {r['batch']}", nbytes, r[k]["median_ms"]))
+    res["limits"] = cap(limits, observed)
+    res.update(speed=rows, accuracy=accuracy(opts.quick, opts.say) if "accuracy" in opts.parts else [],
+               settle_s=SETTLE_S, seeds={"weights": 0, "inputs": 1, "calibration": "first 512 training digits"})
 
 
 def _ms(v):
@@ -220,14 +193,14 @@ def markdown(res):
              f"{m['date']} · {m['cpu']} · {m['cores']} cores · threads as in each row, the same for every contender · "
              f"load average before/after {res['loadavg_before'][0]:.2f}/{res['loadavg_after'][0]:.2f}", "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
-             f"Measured limits ({res['threads']} threads): DRAM read {lim['bandwidth_GBps']:.1f} GB/s, sgemm "
+             f"Measured limits ({res['threads']} threads): {roof_text(lim)}, sgemm "
              f"{lim['sgemm_GFLOPs']:.0f} GFLOP/s.", "",
              "A load average above 1 on this 2-core machine means other processes competed for the cores during "
              "the run (the machine is shared); 2-thread rows suffer most (a parallel region waits for both of "
              "its threads), so the 1-thread rows are the steadier comparison.", "",
              "## Targets", ""] + targets(res) + ["", "## Speed: median ms per call (p90)", "",
-             f"Contenders alternate in one process after a warm-up, with a {SETTLE_S} s untimed pause before "
-             "each call (bench/quant.py docstring). "
+             f"Contenders alternate in one process after a warm-up, with a {res['settle_s']} s untimed pause before "
+             "each call (the protocol in quant.json). "
              "w8a8 = int8 weights and dynamic uint8 activations, int32 accumulation, float32 output. "
              "Memory floor = int8 weight bytes / measured DRAM bandwidth (fc6; fc7 is L3-resident).", "",
              "| layer | batch | threads | " + " | ".join(SPEED_COLS) + " | w8a8 / best peer | NumPy / weight-only | "
@@ -258,7 +231,3 @@ def markdown(res):
             lines.append(f"| {r['model']} | {r['float32']['nbytes']:,} | {r[labels[0]]['nbytes']:,} | " + " | ".join(
                 f"{r[k]['top1_agreement_with_float']:.1f}" for k in labels) + " |")
     return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    sys.exit(main())

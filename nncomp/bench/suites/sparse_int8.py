@@ -1,40 +1,41 @@
 """Sparse int8 benchmark ("prune + int8"): CSRInt8Matrix against CSR float32 and dense BLAS.
 
-Run:  /work/venv/bin/python bench/sparse_int8.py
-Writes bench/results/sparse_int8.json and bench/results/sparse_int8.md. Contenders of one row are timed
-in the same process, alternating (nncomp.bench.timing.alternate); 2 threads (Numba and BLAS), then the
-batch-1 row again with 1 thread (no pool contention on the shared 2-core machine).
+Run:  python -m nncomp.bench --suite sparse_int8 [--parts fc6,lenet300]
+Writes bench/out/sparse_int8.json and bench/out/sparse_int8.md. Contenders of one row are timed in the
+same process, alternating (nncomp.bench.timing.alternate, with its SETTLE_S pause before each fc6 call);
+2 threads (Numba and BLAS), then the batch-1 row again with 1 thread (no pool contention on the shared
+2-core machine).
 """
 import json
-import os
-import time
 
 import numpy as np
 
-from nncomp.bench.timing import (BLAS_SPIN_S, alternate, machine_info, reexec_without_openblas_overrides,
-                                 set_threads)
+from ...data import DATA_DIR
+from ..timing import alternate, set_threads
 
 THREADS = 2
 SEED = 0
 SPARSITY = 0.9
-HERE = os.path.dirname(os.path.abspath(__file__))
+PARTS = ("fc6", "lenet300")
+QUICK_PARTS = PARTS
 
 
-def fc6_rows(results):
+def fc6_rows(results, opts):
     import nncomp as nc
-    from nncomp.matrices.csr_int8 import CSRInt8Matrix
+    from ...matrices.csr_int8 import CSRInt8Matrix
     rng = np.random.default_rng(SEED)
-    w = rng.standard_normal((4096, 25088), dtype=np.float32) * 0.01
-    layer = nc.Model([nc.Node("fc", nc.Dense(w))], input_shape=(25088,), input_layout="NC")
+    n_out, n_in = (512, 2048) if opts.quick else (4096, 25088)
+    w = rng.standard_normal((n_out, n_in), dtype=np.float32) * 0.01
+    layer = nc.Model([nc.Node("fc", nc.Dense(w))], input_shape=(n_in,), input_layout="NC")
     csr = nc.prune(layer, SPARSITY, storage="csr")["fc"].layer.weight
     w8 = CSRInt8Matrix.from_csr(csr, activations="float")
     w8a8 = CSRInt8Matrix.from_csr(csr, activations="dynamic")
     masked = csr.to_dense()
     rows = {}
-    for threads, batches in ((THREADS, (1, 32)), (1, (1,))):
+    for threads, batches in ((results["threads"], (1, 32)), (1, (1,))):
         set_threads(threads)
         for batch in batches:
-            x = rng.standard_normal((batch, 25088), dtype=np.float32)
+            x = rng.standard_normal((batch, n_in), dtype=np.float32)
             ref = x.astype(np.float64) @ masked.T.astype(np.float64)
             tol = 1e-3 * np.abs(ref).max()
             for m in (csr, w8, w8a8):     # correctness (and warm-up) before timing
@@ -44,24 +45,24 @@ def fc6_rows(results):
                  "nncomp csr float32": lambda: csr.apply(x),
                  "nncomp csr_int8 weight-only": lambda: w8.apply(x),
                  "nncomp csr_int8 dynamic w8a8": lambda: w8a8.apply(x)}
-            t = alternate(c, repeat=20, warmup=2, flush=(batch == 1), settle=BLAS_SPIN_S)
+            t = alternate(c, repeat=opts.repeats(20), warmup=2, flush=(batch == 1))
             base, csr_ms = t["numpy dense float32 (BLAS)"]["median_ms"], t["nncomp csr float32"]["median_ms"]
             for v in t.values():
                 v["speedup_vs_dense"] = base / v["median_ms"]
                 v["speedup_vs_csr_float32"] = csr_ms / v["median_ms"]
             key = f"batch {batch}, {threads} thread{'s' if threads > 1 else ''}"
             rows[key] = t
-            print(key, {k: round(v["median_ms"], 3) for k, v in t.items()}, flush=True)
-    set_threads(THREADS)
-    results["fc6"] = {"shape": [4096, 25088], "sparsity": SPARSITY, "nnz": csr.nnz, "flush_batch1": True,
+            opts.say(f"{key} {({k: round(v['median_ms'], 3) for k, v in t.items()})}")
+    set_threads(results["threads"])
+    results["fc6"] = {"shape": [n_out, n_in], "sparsity": SPARSITY, "nnz": csr.nnz, "flush_batch1": True,
                       "bytes": {"dense float32": w.nbytes, "csr float32": csr.nbytes,
                                 "csr_int8 weight-only": w8.nbytes, "csr_int8 dynamic": w8a8.nbytes},
                       "rows": rows}
 
 
-def lenet300(results):
+def lenet300(results, opts):
     import nncomp as nc
-    model = nc.load(os.path.join(HERE, "..", "data", "lenet300.h5"))
+    model = nc.load(DATA_DIR / "lenet300.h5")
     x, y = nc.data.mnist("test", layout="NC")
     calib, _ = nc.data.mnist("train", layout="NC")
     acc = lambda m: float(np.mean(m(x).argmax(1) == y))  # noqa: E731
@@ -75,23 +76,24 @@ def lenet300(results):
                "formats": sorted({m[n].layer.weight.format for n in ("fc1", "fc2", "fc3")})}
            for k, m in variants.items()}
     x1 = x[:1]
-    t = alternate({k: (lambda m=m: m(x1)) for k, m in variants.items()}, repeat=300)
+    t = alternate({k: (lambda m=m: m(x1)) for k, m in variants.items()}, repeat=opts.repeats(300), spinners=())
     for k in out:
         out[k]["batch1_ms"] = t[k]["median_ms"]
     results["lenet300"] = out
-    print("lenet300", json.dumps(out), flush=True)
+    opts.say("lenet300 " + json.dumps(out))
 
 
 def report(results):
     mi = results["machine"]
     f = results["fc6"]
-    la0, la1 = (tuple(round(v, 2) for v in results[k]) for k in ("load_average_start", "load_average_end"))
-    L = ["# Sparse int8 (prune + int8) kernels (bench/sparse_int8.py)", "",
+    la0, la1 = (tuple(round(v, 2) for v in results[k]) for k in ("loadavg_before", "loadavg_after"))
+    L = ["# Sparse int8 (prune + int8) kernels (python -m nncomp.bench --suite sparse_int8)", "",
          f"Machine: {mi['cpu']}, {mi['cores']} cores; versions {mi['versions']}; {mi['date']}. Seed {SEED}. "
          f"Load average (1, 5, 15 min) at start {la0}, at end {la1} on {mi['cores']} cores: the machine is "
          "shared with other engineers' benchmarks, so absolute times are contended; compare ratios within "
-         f"a table (alternating timing). Run took {results['seconds']:.0f} s.", "",
-         f"## VGG-16 fc6 (4096x25088), random weights, {SPARSITY:.0%} magnitude-pruned ({f['nnz']:,} nonzeros)", "",
+         f"a table (alternating timing). Run took {results.get('seconds', 0):.0f} s.", "",
+         f"## VGG-16 fc6 ({f['shape'][0]}x{f['shape'][1]}), random weights, {SPARSITY:.0%} magnitude-pruned "
+         f"({f['nnz']:,} nonzeros)", "",
          "Batch 1 with caches flushed before every call. Medians in ms (p90). NumPy dense is `(w @ x.T).T` "
          "(OpenBLAS sgemv/sgemm). csr_int8 stores 1 + 2 bytes per nonzero (int8 code + uint16 column) "
          "against CSR float32's 4 + 2.", ""]
@@ -119,21 +121,16 @@ def report(results):
     return "\n".join(L)
 
 
-def main():
-    reexec_without_openblas_overrides()
-    t0 = time.perf_counter()
-    set_threads(THREADS)
-    results = {"machine": machine_info(), "threads": THREADS, "seed": SEED, "load_average_start": os.getloadavg()}
-    fc6_rows(results)
-    lenet300(results)
-    results["load_average_end"] = os.getloadavg()
-    results["seconds"] = time.perf_counter() - t0
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "sparse_int8.json"), "w") as fh:
-        json.dump(results, fh, indent=1, default=float)
-    with open(os.path.join(HERE, "results", "sparse_int8.md"), "w") as fh:
-        fh.write(report(results) + "\n")
+def markdown(results):
+    if not all(k in results for k in PARTS):
+        return (f"# Sparse int8 kernels: a partial run ({', '.join(results['parts'])})\n\n"
+                "The tables need every part; this run's numbers are in sparse_int8.json.\n")
+    return report(results) + "\n"
 
 
-if __name__ == "__main__":
-    main()
+def run(results, opts):
+    """fc6 at 2 threads (batch 1, 32) and 1 thread (batch 1), then LeNet-300 pruned + int8."""
+    results["seed"] = SEED
+    for k, fn in (("fc6", fc6_rows), ("lenet300", lenet300)):
+        if k in opts.parts:
+            fn(results, opts)

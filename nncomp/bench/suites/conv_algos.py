@@ -1,23 +1,16 @@
-"""Which convolution algorithm serves which layer shape (backs the rules in nncomp/convolution.py).
+"""Which convolution algorithm serves which layer shape (backs the rules in nncomp/layers/conv_algorithms.py).
 
 Every applicable algorithm (im2col + BLAS, fused in one kernel for dense weights; shifted GEMM;
 direct) runs the same Conv2D, as the step a model prepares for the batch size, on random
-weights and inputs, alternating in one process (nncomp.bench.layers.alternate_blocks), for the
+weights and inputs, alternating in one process (nncomp.bench.timing.alternate), for the
 shapes that decide the rules: LeNet-5's two convs, a VGG first layer over 3 channels, small 3x3
 layers of 16-64 channels, VGG-16's conv3_2 / conv4_2 / conv5_2, and the k x 1 / 1 x k pair of a
 Jaderberg-factorized conv3_2; at batch 1 and 32, 2 threads. The table marks the algorithm
-``convolution.choose`` picks and the fastest measured one.
+``conv_algorithms.choose`` picks and the fastest measured one.
 
-    PYTHONPATH=. /work/venv/bin/python bench/conv_algos.py    # writes bench/results/conv_algos.{json,md}
+    python -m nncomp.bench --suite conv_algos    # writes bench/out/conv_algos.{json,md}
 """
-import argparse
-import json
-import os
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from ..timing import alternate
 
 # (name, h, c, c_out, kernel, padding)
 SHAPES = [("LeNet-5 conv1", 28, 1, 20, (5, 5), 0), ("LeNet-5 conv2", 12, 20, 50, (5, 5), 0),
@@ -29,63 +22,54 @@ SHAPES = [("LeNet-5 conv1", 28, 1, 20, (5, 5), 0), ("LeNet-5 conv2", 12, 20, 50,
           ("conv3_2 1x3 152->256", 56, 152, 256, (1, 3), (0, 0, 1, 1))]
 
 
-def main(argv=None):
-    from nncomp.bench.timing import reexec_without_openblas_overrides
-    reexec_without_openblas_overrides()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=str(REPO / "bench" / "results"))
-    a = p.parse_args(argv)
 
+QUICK_SHAPES = [SHAPES[0], SHAPES[3]]
+THREADS = 2
+PARTS = ("speed",)
+QUICK_PARTS = PARTS
+RULES = ("SHIFTED_MIN_CHANNELS", "SHIFTED_MAX_WASTE", "SHIFTED_MIN_MACS", "SHIFTED_MAX_MACS", "DIRECT_MAX_PATCH",
+         "DIRECT_MAX_OUT", "DIRECT_MIN_MACS")
+
+
+def run(res, opts):
     import numpy as np
-    from nncomp import convolution
-    from nncomp.bench.layers import alternate_blocks
-    from nncomp.bench.timing import machine_info, set_threads
-    from nncomp.layers import Conv2D
 
-    threads = set_threads(a.threads)
+    from ...layers import conv_algorithms as convolution
+    from ...layers import Conv2D
+
     rng = np.random.default_rng(0)
-    load_before = os.getloadavg()
     rows = []
-    for batch in (1, 32):
-        for name, h, c, co, k, pad in SHAPES:
+    for batch in (1,) if opts.quick else (1, 32):
+        for name, h, c, co, k, pad in QUICK_SHAPES if opts.quick else SHAPES:
             layer = Conv2D(rng.standard_normal((co, k[0] * k[1] * c), dtype=np.float32) * 0.05,
                            rng.standard_normal(co, dtype=np.float32), in_channels=c, kernel_size=k, padding=pad)
             x = rng.standard_normal((batch, h, h, c), dtype=np.float32)
             # each algorithm's prepared step, as a model runs it (decisions made once per batch size)
-            steps = {algo: convolution.prepare(layer, (h, h, c), batch, algo) for algo in layer._algorithms}
+            steps = {algo: convolution.prepare(layer, (h, h, c), batch, algo) for algo in layer.algorithms}
             calls = {algo: (lambda step=step: step(x)) for algo, step in steps.items()}
             ref = calls["im2col"]()
             for algo, fn in calls.items():
                 assert np.allclose(fn(), ref, rtol=1e-4, atol=1e-3), (name, algo)
             oh, ow, _ = layer.shape_of((h, h, c))
             macs = batch * oh * ow * co * layer.weight.n_in
-            repeat = int(min(200, max(6, 3e9 / max(macs, 1))))
-            t = alternate_blocks(calls, repeat=repeat, block=8, warmup=2, settle=0.02, max_seconds=30)
+            repeat = 3 if opts.quick else opts.repeat or int(min(200, max(6, 3e9 / max(macs, 1))))
+            # nncomp's kernels only: no spinning BLAS threads between the blocks, no pause needed
+            t = alternate(calls, repeat=repeat, block=8, warmup=2, spinners=(), max_seconds=30)
             ms = {algo: t[algo]["median_ms"] for algo in calls}
             rows.append({"shape": name, "batch": batch, "macs": macs, "median_ms": ms,
                          "chosen": convolution.choose(layer, (h, h, c), batch), "fastest": min(ms, key=ms.get)})
-            print(rows[-1], flush=True)
-    res = {"machine": machine_info(), "threads": threads, "load_before": load_before,
-           "load_after": os.getloadavg(), "rows": rows,
-           "rules": {k: getattr(convolution, k) for k in ("SHIFTED_MIN_CHANNELS", "SHIFTED_MAX_WASTE",
-                                                          "SHIFTED_MIN_MACS", "SHIFTED_MAX_MACS", "DIRECT_MAX_PATCH",
-                                                          "DIRECT_MAX_OUT", "DIRECT_MIN_MACS")}}
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "conv_algos.json").write_text(json.dumps(res, indent=1))
-    (out / "conv_algos.md").write_text(markdown(res))
-    print(f"wrote {out / 'conv_algos.json'} and {out / 'conv_algos.md'}")
+            opts.say(str(rows[-1]))
+    res.update(rows=rows, rules={k: getattr(convolution, k) for k in RULES})
 
 
 def markdown(res):
     m = res["machine"]
-    lines = ["# Convolution algorithms by layer shape (bench/conv_algos.py)", "",
+    lines = ["# Convolution algorithms by layer shape (python -m nncomp.bench --suite conv_algos)", "",
              f"{m.get('date', '')} · {m.get('cpu', '')} · {res['threads']} threads · load average before/after "
-             f"{res['load_before'][0]:.2f}/{res['load_after'][0]:.2f}", "",
+             f"{res['loadavg_before'][0]:.2f}/{res['loadavg_after'][0]:.2f}", "",
              f"Versions: {', '.join(f'{k} {v}' for k, v in m.get('versions', {}).items())}", "",
              "Median ms per call, algorithms alternating in blocks of 8 calls in one process (random weights "
-             "and inputs). **bold**: the algorithm `nncomp.convolution.choose` picks; chosen/fastest is its "
+             "and inputs). **bold**: the algorithm `nncomp.layers.conv_algorithms.choose` picks; chosen/fastest is its "
              f"time over the fastest one's. Rules: {res['rules']}.", "",
              "| shape | batch | MACs | im2col | shifted | direct | chosen / fastest |", "|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
@@ -101,7 +85,3 @@ def markdown(res):
     lines += ["", f"Worst choice: {worst['shape']} at batch {worst['batch']}, "
               f"{worst['median_ms'][worst['chosen']] / worst['median_ms'][worst['fastest']]:.2f}x the fastest."]
     return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    main()

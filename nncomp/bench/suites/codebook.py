@@ -10,7 +10,7 @@ fc6's codes (51 MB at 4 bits) exceed the 32 MiB L3, so every call reads them fro
   AVX-512 register path (``vpermps``), and the portable plain-loop fallback (same bits) for comparison;
 - nncomp 5-bit codebook (one code per byte, 32 values in two registers, ``vpermi2ps``);
 - ONNX Runtime dynamic quantized MatMul and torch 2.13 dynamic int8 Linear (the int8 peers).
-Before each timed call the process sleeps SETTLE_S (untimed), as bench/quant.py does: NumPy's OpenBLAS
+Before each timed call the process sleeps SETTLE_S (nncomp.bench.timing; untimed), as the quant suite does: NumPy's OpenBLAS
 threads keep spinning after a call and would slow the next contender's 2-thread call.
 Threads: 2 for every pool (Numba, BLAS, torch, ORT); the table is repeated with 1 thread, which a busy
 shared machine disturbs less.
@@ -21,37 +21,35 @@ only. The pipeline is ``nc.deep_compression(model, sparsity=0.92, scope="global"
 paper, and a 4-bit variant); its stages are re-run one by one here to report the accuracy after each, and
 the final model is checked equal to the pipeline's. Bytes are ``nc.size_report`` (everything needed to
 run the model: codes, indices, codebooks, Huffman tables, biases; JSON headers aside), cross-checked
-against the file written by ``nc.save(..., huffman=True)`` and reloaded.
+against the file written by ``nc.save(..., huffman=True)`` and reloaded (nncomp.bench.sizes.saved_size).
 
-    PYTHONPATH=. /work/venv-fw/bin/python bench/codebook.py   # writes bench/results/codebook.json and .md
+    python -m nncomp.bench --suite codebook   # writes bench/out/codebook.json and .md (--parts speed,accuracy)
 """
-import argparse
-import json
-import os
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from ...data import DATA_DIR
+from ..roofline import cap, machine_limits, roof_text
+from ..sizes import saved_size
+from ..timing import SETTLE_S, alternate, l3_bytes, set_threads
 
-SETTLE_S = 0.12
+THREADS = 2
+THREAD_COUNTS = (2, 1)
+PARTS = ("speed", "accuracy")
+QUICK_PARTS = PARTS
 COLS = ("numpy float32", "numpy float32 x @ W.T", "nncomp codebook 4-bit (vpermps)", "nncomp codebook 4-bit (portable)",
         "nncomp codebook 5-bit (vpermi2ps)", "onnxruntime dynamic int8", "torch dynamic int8")
 
 
-def speed(threads, repeat, batches, quick):
+def speed(threads, repeat, batches, quick, say=print):
     import numpy as np
 
     import nncomp as nc
-    from nncomp.bench import peers
-    from nncomp.bench.timing import alternate
-    from nncomp.compress.sharing import kmeans_codebook
-    from nncomp.kernels import vpermps
-    from nncomp.matrices.codebook import CodebookMatrix
+    from ...compress.sharing import kmeans_codebook
+    from ...kernels import codebook_vpermps as vpermps
+    from ...matrices.codebook import CodebookMatrix
+    from .. import peers
 
-    layers = [("fc7", 4096, 4096)] if quick else [("fc6", 4096, 25088), ("fc7", 4096, 4096)]
+    layers = [("fc_small", 512, 2048)] if quick else [("fc6", 4096, 25088), ("fc7", 4096, 4096)]
     rows = []
     for name, n_out, n_in in layers:
         rng = np.random.default_rng(0)
@@ -79,7 +77,7 @@ def speed(threads, repeat, batches, quick):
         for bs in batches:
             x = np.maximum(np.random.default_rng(1).standard_normal((bs, n_in), dtype=np.float32), 0)
             calls = {k: (lambda f=f: f(x)) for k, f in contenders.items() if not isinstance(f, str)}
-            t = alternate(calls, repeat=repeat, settle=SETTLE_S, max_seconds=30 if quick else 240)
+            t = alternate(calls, repeat=repeat, max_seconds=30 if quick else 240)
             row = {"layer": name, "shape": [n_out, n_in], "batch": bs, "threads": threads,
                    "code_bytes": {"4-bit": int(mats[4].codes.nbytes), "5-bit": int(mats[5].codes.nbytes)},
                    "float32_bytes": int(w.nbytes),
@@ -91,9 +89,9 @@ def speed(threads, repeat, batches, quick):
             base = min(row[COLS[0]]["median_ms"], row[COLS[1]]["median_ms"])   # the faster NumPy form
             row["numpy_over"] = {k: base / row[k]["median_ms"] for k in COLS if isinstance(row[k], dict)}
             rows.append(row)
-            print(f"{name} batch {bs}, {threads} thread(s): " + ", ".join(
+            say(f"{name} batch {bs}, {threads} thread(s): " + ", ".join(
                 f"{k} {_ms(row[k])}" for k in COLS) + " | numpy/x: " + ", ".join(
-                f"{k.split(' (')[0].replace('nncomp ', '')} {v:.2f}" for k, v in row["numpy_over"].items()), flush=True)
+                f"{k.split(' (')[0].replace('nncomp ', '')} {v:.2f}" for k, v in row["numpy_over"].items()))
     return rows
 
 
@@ -103,20 +101,19 @@ def _stage(model, x, y, dense_logits):
             "top1_agreement_with_dense": float((out.argmax(1) == dense_logits.argmax(1)).mean() * 100)}
 
 
-def accuracy(quick):
+def accuracy(quick, say=print):
     import numpy as np
 
     import nncomp as nc
-    from nncomp.bench.timing import alternate
-    from nncomp.compress.sharing import refit_model
+    from ...compress.sharing import refit_model
 
     rows = []
     for name in ("lenet300",) if quick else ("lenet300", "lenet5"):
-        model = nc.load(REPO / "data" / f"{name}.h5")
+        model = nc.load(DATA_DIR / f"{name}.h5")
         x, y = nc.data.for_model(model, "test")
-        calib = nc.data.for_model(model, "train")[0]
+        calib = nc.data.for_model(model, "train")[0][:512 if quick else None]
         dense_logits = model(x)
-        for label, bits in (("paper bits {conv: 8, dense: 5}", None), ("4 bits", 4)):
+        for label, bits in (("paper bits {conv: 8, dense: 5}", None), ("4 bits", 4))[:1 if quick else 2]:
             t0 = time.perf_counter()
             final = nc.deep_compression(model, sparsity=0.92, scope="global", bits=bits, calibration=calib)
             seconds = time.perf_counter() - t0
@@ -126,21 +123,17 @@ def accuracy(quick):
             shared = nc.share(pruned, per, layers=names, sparse=True)
             refit = refit_model(model, shared, calib, names)
             same = bool(np.array_equal(refit(x), final(x)))
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "m.h5"
-                nc.save(final, path, huffman=True)
-                file_bytes = path.stat().st_size
-                back = nc.load(path)
-                reload_equal = bool(np.array_equal(back(x), final(x)))
-                nc.save(final, path)
-                plain_file_bytes = path.stat().st_size
+            coded = saved_size(final, huffman=True)
+            file_bytes, back = coded.file_bytes, coded.loaded
+            reload_equal = bool(np.array_equal(back(x), final(x)))
+            plain_file_bytes = saved_size(final).file_bytes
             report = nc.size_report(final)
             timing = {}
             for bs in (1, 64):
                 xb = x[:bs]
                 t = alternate({"dense": lambda: model(xb), "pruned": lambda: pruned(xb),   # no pause: a pause lets
                                "deep compression": lambda: final(xb)},       # the pools sleep (µs calls)
-                              repeat=3 if quick else 200, warmup=5)
+                              repeat=3 if quick else 200, warmup=5, spinners=())
                 timing[str(bs)] = {k: v["median_ms"] for k, v in t.items()}
             row = {"ms_whole_model": timing, "model": name, "recipe": label, "pipeline_seconds": seconds, "stages_equal_pipeline": same,
                    "reloaded_equal": reload_equal, "file_bytes_huffman": file_bytes,
@@ -152,55 +145,32 @@ def accuracy(quick):
                    "huffman": {**_stage(back, x, y, dense_logits), "bytes": report.total["huffman"]},
                    "ratio": report.ratio, "layers": report.rows, "table": str(report)}
             rows.append(row)
-            print(f"{name} [{label}]: " + ", ".join(
+            say(f"{name} [{label}]: " + ", ".join(
                 f"{k} {row[k]['accuracy']:.1f}% {row[k]['bytes']:,} B" for k in
                 ("dense", "pruned", "shared", "shared + refit", "huffman"))
-                + f" -> {report.ratio:.1f}x; file {file_bytes:,} B; stages == pipeline: {same}", flush=True)
+                + f" -> {report.ratio:.1f}x; file {file_bytes:,} B; stages == pipeline: {same}")
     return rows
 
 
-def main(argv=None):
-    from nncomp.bench.timing import reexec_without_openblas_overrides
-    reexec_without_openblas_overrides()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", default="2,1")
-    p.add_argument("--repeat", type=int, default=30)
-    p.add_argument("--batches", default="1,32")
-    p.add_argument("--quick", action="store_true", help="fc7 only, LeNet-300 only, few repeats (a smoke run)")
-    p.add_argument("--no-speed", action="store_true")
-    p.add_argument("--no-accuracy", action="store_true")
-    p.add_argument("--out", default=str(REPO / "bench" / "results"))
-    a = p.parse_args(argv)
-
-    from nncomp.bench import peers
-    from nncomp.bench.layers import machine_limits
-    from nncomp.bench.timing import machine_info, set_threads
-
-    counts = [int(t) for t in a.threads.split(",")]
-    threads = set_threads(counts[0])
-    peers.set_threads(threads)
-    load_before = os.getloadavg()
-    limits = machine_limits(quick=a.quick)
-    print(f"limits: {limits['bandwidth_GBps']:.1f} GB/s read, {limits['sgemm_GFLOPs']:.0f} GFLOP/s sgemm", flush=True)
+def run(res, opts):
+    """fc6 and fc7 (``speed``) at each thread count, then Deep Compression on the LeNets (``accuracy``)."""
+    limits = machine_limits(quick=opts.quick)
+    opts.say(f"limits: {limits['bandwidth_GBps']:.1f} GB/s read, {limits['sgemm_GFLOPs']:.0f} GFLOP/s sgemm")
     rows = []
-    if not a.no_speed:
-        for t in counts:
-            peers.set_threads(set_threads(t))
-            rows += speed(t, 3 if a.quick else a.repeat, [int(b) for b in a.batches.split(",")], a.quick)
-    peers.set_threads(set_threads(threads))
-    acc = [] if a.no_accuracy else accuracy(a.quick)
-    result = {"machine": machine_info(), "threads": threads, "limits": limits, "loadavg_before": load_before,
-              "loadavg_after": os.getloadavg(), "speed": rows, "accuracy": acc,
-              "seeds": {"weights": 0, "inputs": 1, "k-means": 0, "calibration": "all 4,000 training digits"},
-              "protocol": __doc__}
-    if a.quick and a.out == str(REPO / "bench" / "results"):
-        return 0
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "codebook.json").write_text(json.dumps(result, indent=1))
-    (out / "codebook.md").write_text(markdown(result))
-    print(f"wrote {out / 'codebook.json'} and {out / 'codebook.md'}")
-    return 0
+    if "speed" in opts.parts:
+        for t in res["thread_counts"]:
+            set_threads(t)
+            rows += speed(t, opts.repeats(30), (1, 32), opts.quick, opts.say)
+        set_threads(res["threads"])
+    observed = []
+    for r in rows:
+        for k in COLS:
+            nbytes = r["float32_bytes"] if k.startswith("numpy") else r["code_bytes"]["5-bit" if "5-bit" in k else "4-bit"]
+            if isinstance(r[k], dict) and "int8" not in k and nbytes > 2 * l3_bytes():
+                observed.append((f"{k} on {r['layer']} at batch {r['batch']}", nbytes, r[k]["median_ms"]))
+    res.update(limits=cap(limits, observed), speed=rows, settle_s=SETTLE_S,
+               accuracy=accuracy(opts.quick, opts.say) if "accuracy" in opts.parts else [],
+               seeds={"weights": 0, "inputs": 1, "k-means": 0, "calibration": "all 4,000 training digits"})
 
 
 def _targets(res):
@@ -236,8 +206,8 @@ def markdown(res):
              f"{m['date']} · {m['cpu']} · {m['cores']} cores · load average before/after "
              f"{res['loadavg_before'][0]:.2f}/{res['loadavg_after'][0]:.2f}", "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
-             f"Measured limits ({res['threads']} threads): DRAM read {lim['bandwidth_GBps']:.1f} GB/s, sgemm "
-             f"{lim['sgemm_GFLOPs']:.0f} GFLOP/s. Protocol: the docstring of bench/codebook.py.", "",
+             f"Measured limits ({res['threads']} threads): {roof_text(lim)}, sgemm "
+             f"{lim['sgemm_GFLOPs']:.0f} GFLOP/s. Protocol: in codebook.json (nncomp/bench/suites/codebook.py).", "",
              "The machine is shared with other engineers' jobs (see the load average): compare ratios within a "
              "row (alternating timing), not absolute times; 1-thread rows are the least disturbed (a 2-thread "
              "parallel region waits for both threads, and a busy core holds one of them back).", ""]
@@ -288,7 +258,3 @@ def markdown(res):
             lines += [f"### {r['model']}, {r['recipe']}: per layer (the form of Deep Compression's Tables 2-3)", "",
                       r["table"], ""]
     return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,8 +3,8 @@
 Cases: LeNet-5 end to end (data/lenet5.h5 on test digits), VGG-16 conv3_2 (1x256x56x56 input, 256 3x3
 filters, pad 1) and fc6 (4096x25088), random weights, at batch 1 and 32. All contenders get the same
 threads (Numba, BLAS via threadpoolctl, torch.set_num_threads, ORT intra_op_num_threads) and run in
-this process, alternating in blocks of BLOCK calls with a SETTLE_S untimed pause before each block, after a
-warm-up: after the NumPy contender's calls OpenBLAS's worker threads spin for ~0.1 s, and nncomp, whose
+this process, alternating in blocks of BLOCK calls with a SETTLE_S (nncomp.bench.timing) untimed pause before
+each block, after a warm-up: after the NumPy contender's calls OpenBLAS's worker threads spin for ~0.1 s, and nncomp, whose
 products run in Numba's threads with OpenBLAS at one thread (nncomp/kernels/blas.py), measured 2.2x
 slower during that time (a 64x4096x4096 product: 14.4 ms for the first 0.12 s, then 6.5 ms);
 medians and p90s. Each runs in its native layout
@@ -15,9 +15,8 @@ Also the first-call time: a fresh process loads LeNet-5 and runs one digit, once
 cache (NUMBA_CACHE_DIR pointing at a new folder: every kernel compiles) and then warm (same folder);
 the warm process must reach its first inference in under 2 s (interpreter start included).
 
-    PYTHONPATH=. /work/venv-fw/bin/python bench/dense.py      # writes bench/results/dense.json, dense.md
+    python -m nncomp.bench --suite dense      # writes bench/out/dense.json, dense.md (--parts speed,first_call)
 """
-import argparse
 import json
 import os
 import subprocess
@@ -26,11 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from ...data import DATA_DIR
+from ..timing import SETTLE_S, alternate
 
-# Untimed pause before each block: longer than OpenBLAS's spin after a NumPy call (~0.1 s here).
-SETTLE_S = 0.15
+THREADS = os.cpu_count() or 1
+PARTS = ("speed", "first_call")
+QUICK_PARTS = ("speed",)
 # Calls per block: the first call after the pause runs with cold caches (LeNet-5 at batch 1: 0.56 ms,
 # then 0.15, then 0.12); blocks of 8 put the median on the steady state a serving loop sees.
 BLOCK = 8
@@ -54,11 +54,12 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_call_s": t3 - t
 
 def first_call(cache_dir, threads):
     """Spawn a fresh interpreter; seconds from spawn to its first LeNet-5 inference, and its parts."""
-    path = [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    root = str(Path(__file__).resolve().parents[3])   # the folder that holds this nncomp package
+    path = [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), NUMBA_NUM_THREADS=str(threads),
                PYTHONPATH=os.pathsep.join(path))
     spawn = time.time()
-    out = subprocess.run([sys.executable, "-c", FIRST_CALL, str(REPO / "data" / "lenet5.h5")], env=env,
+    out = subprocess.run([sys.executable, "-c", FIRST_CALL, str(DATA_DIR / "lenet5.h5")], env=env,
                          capture_output=True, text=True, timeout=600, check=True)
     done = time.time()
     r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -71,9 +72,9 @@ def cases(quick):
     import numpy as np
 
     import nncomp as nc
-    from nncomp.bench import layers
+    from .. import layers
 
-    lenet5 = nc.load(REPO / "data" / "lenet5.h5")
+    lenet5 = nc.load(DATA_DIR / "lenet5.h5")
     digits = nc.data.mnist("test")[0]
     yield ("LeNet-5 (end to end)", lenet5, lenet5, None,
            lambda b: (digits[:b], digits[:b], np.ascontiguousarray(digits[:b].transpose(0, 2, 3, 1))))
@@ -88,40 +89,26 @@ def cases(quick):
     def conv_inputs(bs):
         x = layers.layer_input(m, bs)
         return x, np.ascontiguousarray(x.transpose(0, 3, 1, 2)), x
-    yield f"{conv} ({layers.describe_shape(conv, shapes)})", m, m_nchw, layers._numpy_conv(w, b, k, pad), conv_inputs
+    yield f"{conv} ({layers.describe_shape(conv, shapes)})", m, m_nchw, layers.numpy_conv(w, b, k, pad), conv_inputs
     m = layers.layer_model(fc, shapes=shapes)
     w, b = m.nodes[0].layer.weight.w, m.nodes[0].layer.bias
 
     def fc_inputs(bs):
         x = layers.layer_input(m, bs)
         return x, x, None
-    yield f"{fc} ({layers.describe_shape(fc, shapes)})", m, m, layers._numpy_dense(w, b), fc_inputs
+    yield f"{fc} ({layers.describe_shape(fc, shapes)})", m, m, layers.numpy_dense(w, b), fc_inputs
 
 
-def main(argv=None):
-    from nncomp.bench.timing import reexec_without_openblas_overrides
-    reexec_without_openblas_overrides()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--repeat", type=int, default=30)
-    p.add_argument("--batches", default="1,32")
-    p.add_argument("--quick", action="store_true", help="small shapes, few repeats (a smoke run)")
-    p.add_argument("--out", default=str(REPO / "bench" / "results"))
-    p.add_argument("--no-first-call", action="store_true")
-    a = p.parse_args(argv)
-    batches = [int(v) for v in a.batches.split(",")]
-    repeat = 3 if a.quick else a.repeat
-
+def run(res, opts):
+    """Every case at batch 1 and 32 (``speed``), then the first call of fresh processes (``first_call``)."""
     import numpy as np
-    from nncomp.bench import peers
-    from nncomp.bench.layers import alternate_blocks
-    from nncomp.bench.timing import machine_info, set_threads
 
-    threads = set_threads(a.threads)
-    peers.set_threads(threads)
-    load_before = os.getloadavg()
+    from .. import peers
+
+    threads = res["threads"]
+    repeat = opts.repeats(30)
     rows = []
-    for name, model, peer_model, numpy_fn, inputs in cases(a.quick):
+    for name, model, peer_model, numpy_fn, inputs in (cases(opts.quick) if "speed" in opts.parts else ()):
         contenders = {"nncomp": model}
         for peer, build in (("torch", lambda: peers.torch_model(peer_model)),
                             ("onnxruntime", lambda: peers.ort_model(peer_model, threads=threads)),
@@ -132,7 +119,7 @@ def main(argv=None):
                 contenders[peer] = str(e)
         if numpy_fn is not None:
             contenders["numpy"] = numpy_fn
-        for bs in batches:
+        for bs in (1, 32):
             x, x_peer, x_cl = inputs(bs)
             calls = {}
             for k, fn in contenders.items():
@@ -147,8 +134,7 @@ def main(argv=None):
                 if y.ndim == 4 and k in ("torch", "onnxruntime", "torch_cl") and model.input_layout == "NHWC":
                     y = y.transpose(0, 2, 3, 1)
                 errs[k] = float(np.abs(y - ref).max())
-            t = alternate_blocks(calls, repeat=repeat, block=BLOCK, warmup=2,
-                                 max_seconds=20 if a.quick else 120, settle=SETTLE_S)
+            t = alternate(calls, repeat=repeat, block=BLOCK, warmup=2, max_seconds=20 if opts.quick else 120)
             row = {"case": name, "batch": bs}
             for k, fn in contenders.items():
                 row[k] = (fn if isinstance(fn, str) else "images only" if k not in t
@@ -161,28 +147,20 @@ def main(argv=None):
             if isinstance(row["torch_cl"], dict):
                 row["ratio_vs_torch_cl"] = t["nncomp"]["median_ms"] / row["torch_cl"]["median_ms"]
             rows.append(row)
-            print(_line(row), flush=True)
-    result = {"machine": machine_info(), "threads": threads, "repeat": repeat, "quick": a.quick,
-              "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "rows": rows,
-              "seeds": {"layer_weights": 0, "layer_inputs": 1}, "protocol": __doc__}
-    if not a.no_first_call:
+            opts.say(_line(row))
+    res.update(repeat=repeat, rows=rows, block=BLOCK, settle_s=SETTLE_S,
+               seeds={"layer_weights": 0, "layer_inputs": 1})
+    if "first_call" in opts.parts:
         with tempfile.TemporaryDirectory(prefix="nncomp-numba-cache-") as cache:
             cold = first_call(cache, threads)
-            print(f"first call, cold Numba cache: {cold['to_first_inference_s']:.2f} s to the first inference "
-                  f"(import {cold['import_s']:.2f}, load {cold['load_s']:.2f}, call {cold['first_call_s']:.2f})")
+            opts.say(f"first call, cold Numba cache: {cold['to_first_inference_s']:.2f} s to the first inference "
+                     f"(import {cold['import_s']:.2f}, load {cold['load_s']:.2f}, call {cold['first_call_s']:.2f})")
             warm = [first_call(cache, threads) for _ in range(3)]
         warm.sort(key=lambda r: r["to_first_inference_s"])
-        result["first_call"] = {"cold": cold, "warm": warm, "warm_median_s": warm[1]["to_first_inference_s"],
-                                "warm_under_2s": all(r["to_first_inference_s"] < 2.0 for r in warm)}
-        print(f"first call, warm Numba cache: {warm[1]['to_first_inference_s']:.2f} s (median of 3; "
-              f"max {warm[-1]['to_first_inference_s']:.2f} s)")
-    if not a.quick or a.out != str(REPO / "bench" / "results"):
-        out = Path(a.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "dense.json").write_text(json.dumps(result, indent=1))
-        (out / "dense.md").write_text(markdown(result))
-        print(f"wrote {out / 'dense.json'} and {out / 'dense.md'}")
-    return 0
+        res["first_call"] = {"cold": cold, "warm": warm, "warm_median_s": warm[1]["to_first_inference_s"],
+                             "warm_under_2s": all(r["to_first_inference_s"] < 2.0 for r in warm)}
+        opts.say(f"first call, warm Numba cache: {warm[1]['to_first_inference_s']:.2f} s (median of 3; "
+                 f"max {warm[-1]['to_first_inference_s']:.2f} s)")
 
 
 def _ms(v):
@@ -203,7 +181,8 @@ def markdown(res):
              f"{m['date']} · {m['cpu']} · {m['cores']} cores · {res['threads']} threads for every contender · "
              f"load average before/after {res['loadavg_before'][0]:.2f}/{res['loadavg_after'][0]:.2f}", "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
-             f"Median ms per call (p90 in brackets), contenders alternating in blocks of {BLOCK} calls ({SETTLE_S} s untimed "
+             f"Median ms per call (p90 in brackets), contenders alternating in blocks of {res['block']} calls "
+             f"({res['settle_s']} s untimed "
              "pause before each block: NumPy's OpenBLAS threads spin ~0.1 s after its calls) in one process "
              "after a warm-up; "
              "nncomp runs NHWC, the peers NCHW. Ratio = nncomp median / the faster peer's median "
@@ -234,7 +213,3 @@ def markdown(res):
                   f"Warm process under 2 s to its first inference: {'yes' if fc['warm_under_2s'] else 'no'} "
                   f"(all three runs; slowest {fc['warm'][-1]['to_first_inference_s']:.2f} s)."]
     return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,29 +1,26 @@
 """Pruning benchmark: sparse kernels against dense and peer CSR, conv pruning, LeNet accuracy.
 
-Run:  PYTHONPATH=/work/main /work/venv-fw/bin/python bench/sparse.py
-Writes bench/results/sparse.json and bench/results/sparse.md. Contenders of one row are timed in the
-same process, alternating (nncomp.bench.timing.alternate), 2 threads for every pool.
+Run:  python -m nncomp.bench --suite sparse [--parts fc6,sweep,conv,lenet]
+Writes bench/out/sparse.json and bench/out/sparse.md. Contenders of one row are timed in the
+same process, alternating (nncomp.bench.timing.alternate, with its SETTLE_S pause before each call where
+NumPy's BLAS takes part), 2 threads for every pool.
 """
 import json
-import os
-import sys
 import time
 
 import numpy as np
 
-from nncomp.bench.timing import (BLAS_SPIN_S, alternate, machine_info, reexec_without_openblas_overrides,
-                                 set_threads)
+from ...data import DATA_DIR
+from ..roofline import machine_limits, roof_text
+from ..timing import alternate
 
 THREADS = 2
 SEED = 0
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def limits():
-    """The roofline limits of nncomp.bench.layers.machine_limits (1 GiB parallel read, 4096^3 sgemm)."""
-    from nncomp.bench.layers import machine_limits
-    m = machine_limits()
-    return {"dram_read_GBps": m["bandwidth_GBps"], "sgemm_GFLOPs": m["sgemm_GFLOPs"]}
+PARTS = ("fc6", "sweep", "conv", "lenet")
+QUICK_PARTS = PARTS
+# (n_out, n_in) of the fully connected layer, of the sweep's square layer; (c, hw) of the conv
+FULL = {"fc": (4096, 25088), "sweep": 4096, "conv": (256, 56)}
+QUICK = {"fc": (512, 2048), "sweep": 512, "conv": (32, 16)}
 
 
 def one_layer(w, bias=None):
@@ -41,7 +38,7 @@ def peers_csr(csr):
     return s, t
 
 
-def ort_matmul(w):
+def ort_matmul(w, threads):
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
@@ -51,28 +48,29 @@ def ort_matmul(w):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", w.shape[0]])], [wt])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     so = ort.SessionOptions()
-    so.intra_op_num_threads = THREADS
+    so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return lambda x: sess.run(None, {"x": x})[0]
 
 
-def fc6(results):
+def fc6(results, opts):
     import torch
     import nncomp as nc
     rng = np.random.default_rng(SEED)
-    w = rng.standard_normal((4096, 25088), dtype=np.float32) * 0.01
+    n_out, n_in = (QUICK if opts.quick else FULL)["fc"]
+    w = rng.standard_normal((n_out, n_in), dtype=np.float32) * 0.01
     dense = one_layer(w)["fc"].layer.weight   # for its byte count
     csr = {s: nc.prune(one_layer(w), s, storage="csr")["fc"].layer.weight for s in (0.9, 0.95)}
     peers = {s: peers_csr(m) for s, m in csr.items()}
     rows = {}
     for batch in (1, 32):
-        x = rng.standard_normal((batch, 25088), dtype=np.float32)
+        x = rng.standard_normal((batch, n_in), dtype=np.float32)
         xt = torch.from_numpy(np.ascontiguousarray(x.T))
         # (w @ x.T).T: this OpenBLAS runs x @ w.T (M=32, transposed B) 5-10x slower (400-900 ms here)
         c = {"numpy dense": lambda: (w @ x.T).T}
         if batch == 32:
-            run = ort_matmul(w)
+            run = ort_matmul(w, results["threads"])
             c["onnxruntime dense MatMul"] = lambda: run(x)
         for s in (0.9, 0.95):
             sc, tc = peers[s]
@@ -86,51 +84,53 @@ def fc6(results):
             assert np.allclose(m.apply(x), x @ masked.T, rtol=1e-3, atol=1e-3)
             assert np.allclose((peers[s][1] @ xt).T.numpy(), x @ masked.T, rtol=1e-3, atol=1e-3)
         del ref
-        t = alternate(c, repeat=20, warmup=2, flush=(batch == 1), settle=BLAS_SPIN_S)
+        t = alternate(c, repeat=opts.repeats(20), warmup=2, flush=(batch == 1))
         base = t["numpy dense"]["median_ms"]
         for k, v in t.items():
             v["speedup_vs_numpy_dense"] = base / v["median_ms"]
         rows[f"batch {batch}"] = t
-        print(f"fc6 batch {batch}:", {k: round(v["median_ms"], 3) for k, v in t.items()}, flush=True)
-    results["fc6"] = {"shape": [4096, 25088], "nnz": {f"{s:.0%}": m.nnz for s, m in csr.items()},
+        opts.say(f"fc6 batch {batch}: {({k: round(v['median_ms'], 3) for k, v in t.items()})}")
+    results["fc6"] = {"shape": [n_out, n_in], "nnz": {f"{s:.0%}": m.nnz for s, m in csr.items()},
                       "bytes": {"dense": dense.nbytes, **{f"csr {s:.0%}": m.nbytes for s, m in csr.items()}},
                       "flush_batch1": True, "rows": rows}
 
 
-def density_sweep(results):
+def density_sweep(results, opts):
     """CSR / dense time on fc7 (4096x4096) by density: where dense storage wins (DENSE_ABOVE_DENSITY)."""
-    from nncomp.matrices.csr import CSRMatrix
+    from ...matrices.csr import CSRMatrix
     rng = np.random.default_rng(SEED + 1)
-    w = rng.standard_normal((4096, 4096), dtype=np.float32)
+    n = (QUICK if opts.quick else FULL)["sweep"]
+    w = rng.standard_normal((n, n), dtype=np.float32)
     out = {}
     for batch in (1, 32):
-        x = rng.standard_normal((batch, 4096), dtype=np.float32)
+        x = rng.standard_normal((batch, n), dtype=np.float32)
         c = {"dense": lambda: (w @ x.T).T}
         for dens in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5):
             m = CSRMatrix.from_dense(np.where(rng.random(w.shape) < dens, w, 0))
             c[f"csr density {dens:.0%}"] = (lambda m=m: m.apply(x))
-        t = alternate(c, repeat=15, flush=(batch == 1), settle=BLAS_SPIN_S)
+        t = alternate(c, repeat=opts.repeats(15), flush=(batch == 1))
         out[f"batch {batch}"] = {k: t[k]["median_ms"] / t["dense"]["median_ms"] for k in t}
-        print(f"sweep batch {batch}:", {k: round(v, 2) for k, v in out[f'batch {batch}'].items()}, flush=True)
+        opts.say(f"sweep batch {batch}: {({k: round(v, 2) for k, v in out[f'batch {batch}'].items()})}")
     results["density_sweep_fc7"] = out
 
 
-def conv3_2(results):
+def conv3_2(results, opts):
     import torch
     import nncomp as nc
-    from nncomp.matrices.csr import CSRMatrix
+    from ...matrices.csr import CSRMatrix
     rng = np.random.default_rng(SEED + 2)
-    w = rng.standard_normal((256, 3 * 3 * 256), dtype=np.float32) * 0.02
-    b = rng.standard_normal(256).astype(np.float32)
-    dense = nc.Conv2D(w, b, in_channels=256, kernel_size=3, padding=1)
+    ch, hw = (QUICK if opts.quick else FULL)["conv"]
+    w = rng.standard_normal((ch, 3 * 3 * ch), dtype=np.float32) * 0.02
+    b = rng.standard_normal(ch).astype(np.float32)
+    dense = nc.Conv2D(w, b, in_channels=ch, kernel_size=3, padding=1)
     mask = np.zeros(w.size, bool)
     mask[np.argpartition(np.abs(w).ravel(), int(0.8 * w.size))[int(0.8 * w.size):]] = True
     sparse = dense.replace(weight=CSRMatrix.from_dense(np.where(mask.reshape(w.shape), w, 0)))
-    keep = np.sort(np.argsort(np.abs(w).sum(axis=1))[128:])
+    keep = np.sort(np.argsort(np.abs(w).sum(axis=1))[ch // 2:])
     half = dense.replace(weight=w[keep], bias=b[keep])
-    x = rng.standard_normal((1, 56, 56, 256), dtype=np.float32)
+    x = rng.standard_normal((1, hw, hw, ch), dtype=np.float32)
     xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    wt = torch.from_numpy(np.ascontiguousarray(w.reshape(256, 3, 3, 256).transpose(0, 3, 1, 2)))
+    wt = torch.from_numpy(np.ascontiguousarray(w.reshape(ch, 3, 3, ch).transpose(0, 3, 1, 2)))
     bt = torch.from_numpy(b.copy())
     y = torch.nn.functional.conv2d(xt, wt, bt, padding=1).numpy().transpose(0, 2, 3, 1)
     assert np.allclose(dense.forward(x), y, rtol=1e-3, atol=1e-3)
@@ -138,21 +138,21 @@ def conv3_2(results):
          "torch conv2d dense": lambda: torch.nn.functional.conv2d(xt, wt, bt, padding=1),
          "nncomp csr 80% unstructured": lambda: sparse.forward(x),
          "nncomp 50% filters removed (dense 128x2304)": lambda: half.forward(x)}
-    t = alternate(c, repeat=15, settle=BLAS_SPIN_S)
+    t = alternate(c, repeat=opts.repeats(15))
     base = t["nncomp dense"]["median_ms"]
     for v in t.values():
         v["speedup_vs_nncomp_dense"] = base / v["median_ms"]
-    results["conv3_2"] = {"input": [1, 256, 56, 56], "rows": t}
-    print("conv3_2:", {k: round(v["median_ms"], 3) for k, v in t.items()}, flush=True)
+    results["conv3_2"] = {"input": [1, ch, hw, hw], "rows": t}
+    opts.say(f"conv3_2: {({k: round(v['median_ms'], 3) for k, v in t.items()})}")
 
 
-def lenets(results):
+def lenets(results, opts):
     import nncomp as nc
     out = {}
     splits = {"lenet300": {"fc1": 0.94, "fc2": 0.8, "fc3": 0.3},
               "lenet5": {"features.0": 0.34, "features.2": 0.88, "classifier.0": 0.92, "classifier.2": 0.81}}
     for name, sp in splits.items():
-        m = nc.load(os.path.join(HERE, "..", "data", f"{name}.h5"))
+        m = nc.load(DATA_DIR / f"{name}.h5")
         layout = "NC" if m.input_layout == "NC" else "NCHW"
         x, y = nc.data.mnist("test", layout=layout)
         xc, _ = nc.data.mnist("train", layout=layout)
@@ -164,11 +164,12 @@ def lenets(results):
         t_cal = time.perf_counter() - t0
         plain = nc.prune(m, sp)
         x1 = x[:1]
-        t = alternate({"dense": lambda: m(x1), "pruned": lambda: cal(x1)}, repeat=300)
-        t64 = alternate({"dense": lambda: m(x[:64]), "pruned": lambda: cal(x[:64])}, repeat=100)
+        t = alternate({"dense": lambda: m(x1), "pruned": lambda: cal(x1)}, repeat=opts.repeats(300), spinners=())
+        t64 = alternate({"dense": lambda: m(x[:64]), "pruned": lambda: cal(x[:64])}, repeat=opts.repeats(100),
+                        spinners=())
         from threadpoolctl import threadpool_limits
         with threadpool_limits(1):   # the same with BLAS limited from outside (a check: should match)
-            t1 = alternate({"dense": lambda: m(x1), "pruned": lambda: cal(x1)}, repeat=300)
+            t1 = alternate({"dense": lambda: m(x1), "pruned": lambda: cal(x1)}, repeat=opts.repeats(300), spinners=())
         out[name] = {"sparsity": sp, "weights_removed": removed, "calibration_samples": 512,
                      "calibration_seconds": t_cal,
                      "accuracy": {"dense": acc(m), "pruned, no calibration": acc(plain),
@@ -178,23 +179,23 @@ def lenets(results):
                      "batch64_ms": {k: v["median_ms"] for k, v in t64.items()},
                      "batch1_ms_blas1": {k: v["median_ms"] for k, v in t1.items()},
                      "summary": cal.summary()}
-        print(name, json.dumps({k: out[name][k] for k in ("accuracy", "batch1_ms", "batch64_ms")}), flush=True)
+        opts.say(name + " " + json.dumps({k: out[name][k] for k in ("accuracy", "batch1_ms", "batch64_ms")}))
     results["lenet"] = out
 
 
 def report(results):
-    L = ["# Pruning and sparse kernels (bench/sparse.py)", ""]
+    L = ["# Pruning and sparse kernels (python -m nncomp.bench --suite sparse)", ""]
     mi = results["machine"]
-    L += [f"Machine: {mi['cpu']}, {mi['cores']} cores, {THREADS} threads for Numba, BLAS, torch and ORT; "
+    L += [f"Machine: {mi['cpu']}, {mi['cores']} cores, {results['threads']} threads for Numba, BLAS, torch and ORT; "
           f"versions {mi['versions']}; {mi['date']}. Seed {SEED}. Limits measured at start: "
-          f"DRAM read {results['limits']['dram_read_GBps']:.1f} GB/s, sgemm "
+          f"{roof_text(results['limits'])}, sgemm "
           f"{results['limits']['sgemm_GFLOPs']:.0f} GFLOP/s (reference machine: ~35 GB/s, ~200 GFLOP/s). "
-          f"Load average (1, 5, 15 min) at start {tuple(round(v, 1) for v in results['load_average_start'])}, "
-          f"at end {tuple(round(v, 1) for v in results['load_average_end'])} on {mi['cores']} cores: the "
+          f"Load average (1, 5, 15 min) at start {tuple(round(v, 1) for v in results['loadavg_before'])}, "
+          f"at end {tuple(round(v, 1) for v in results['loadavg_after'])} on {mi['cores']} cores: the "
           "machine is shared with other engineers' jobs, so every number here is contended; compare "
           "ratios within a table (alternating timing), not absolute times.", ""]
     f = results["fc6"]
-    L += ["## VGG-16 fc6 (4096x25088), random weights, magnitude-pruned",
+    L += [f"## VGG-16 fc6 ({f['shape'][0]}x{f['shape'][1]}), random weights, magnitude-pruned",
           "Batch 1 with caches flushed before every call (the dense weight is 411 MB, CSR 90% 62 MB: "
           "both exceed the 32 MiB L3). Medians in ms (p90), speedup = NumPy dense / row. NumPy dense is "
           "`(w @ x.T).T`: this OpenBLAS runs `x @ w.T` (what DenseMatrix does) 5-10x slower at batch 32.", ""]
@@ -276,12 +277,12 @@ def targets(results):
           "pause with the caches flushed, and they vary from run to run (an earlier run put the crossover "
           "between 40% and 60%).",
           "- The structured conv does half the FLOPs of the dense one and runs the same algorithm "
-          "(nncomp/convolution.py) on half the filters."]
+          "(nncomp/layers/conv_algorithms.py) on half the filters."]
     return L
 
 
 def _dense_above():
-    from nncomp.matrices.csr import DENSE_ABOVE_DENSITY
+    from ...matrices.csr import DENSE_ABOVE_DENSITY
     return DENSE_ABOVE_DENSITY
 
 
@@ -292,25 +293,18 @@ def _crossover(results, batch):
     return f"{slower[0]} density" if slower else "no swept density (up to 50%)"
 
 
-def main():
-    reexec_without_openblas_overrides()
-    import torch  # noqa: F401  (so that set_threads reaches it)
-    set_threads(THREADS)
-    results = {"machine": machine_info(), "threads": THREADS, "seed": SEED,
-               "load_average_start": os.getloadavg(), "limits": limits()}
-    print(results["limits"], flush=True)
-    only = sys.argv[1:] or ["fc6", "sweep", "conv", "lenet"]
+def markdown(results):
+    missing = [k for k in ("fc6", "density_sweep_fc7", "conv3_2", "lenet") if k not in results]
+    if missing:
+        return (f"# Pruning and sparse kernels: a partial run ({', '.join(results['parts'])})\n\n"
+                f"The tables need every part; this run's numbers are in sparse.json.\n")
+    return report(results) + "\n"
+
+
+def run(results, opts):
+    """The parts in ``opts.parts``: fc6, the density sweep, conv3_2, the LeNets."""
+    results.update(seed=SEED, limits=machine_limits(quick=opts.quick))
+    opts.say(str(results["limits"]))
     steps = {"fc6": fc6, "sweep": density_sweep, "conv": conv3_2, "lenet": lenets}
-    for k in only:
-        steps[k](results)
-    results["load_average_end"] = os.getloadavg()
-    if only == ["fc6", "sweep", "conv", "lenet"]:
-        os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-        with open(os.path.join(HERE, "results", "sparse.json"), "w") as fh:
-            json.dump(results, fh, indent=1, default=float)
-        with open(os.path.join(HERE, "results", "sparse.md"), "w") as fh:
-            fh.write(report(results) + "\n")
-
-
-if __name__ == "__main__":
-    main()
+    for k in opts.parts:
+        steps[k](results, opts)
