@@ -70,7 +70,9 @@ class Model:
         self._shapes, self._plans, self._cost_memo = {}, {}, {}
         self.shapes = self.shapes_for(self.internal_input_shape)
         weights = sum(n.layer.weight.n_out * n.layer.weight.n_in for n in self.nodes if n.layer.weight is not None)
-        self._macs_per_weight = self.macs / max(1, weights)
+        # a model whose results depend on how the batch is cut (dynamic int8 activations) runs whole
+        dependent = any(n.layer.batch_dependent for n in self.nodes)
+        self._macs_per_weight = 0 if dependent else self.macs / max(1, weights)
 
     # ----------------------------------------------------------------- structure
     @property

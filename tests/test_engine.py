@@ -217,3 +217,23 @@ def test_a_keras_input_with_free_size_loads_with_a_nominal_size():
     assert resnet.input_shape == (1, 36, 36) and resnet.shapes["fc"] == (10,)
     with pytest.raises(nc.NncompError, match="cannot take"):
         nc.load(nc.data.model_path("lenet5"), input_shape=(1, 36, 36))
+
+
+def test_batches_are_split_only_where_results_do_not_depend_on_it():
+    """A convolutional model runs large batches as parts on each thread, giving the whole pass's
+    numbers (within float rounding); a model with dynamic int8 activations (a range per call) is
+    never split, so its results do not depend on the thread count."""
+    import numba
+    resnet = nc.load(nc.data.model_path("resnet_small"))
+    x = nc.data.mnist("test")[0][:32]
+    q = nc.quantize(resnet)                                  # dynamic int8 activations
+    assert any(n.layer.batch_dependent for n in q.nodes) and not any(n.layer.batch_dependent for n in resnet.nodes)
+    threads = numba.get_num_threads()
+    split, quant = resnet(x), q(x)
+    numba.set_num_threads(1)
+    try:
+        whole, quant_whole = resnet(x), q(x)
+    finally:
+        numba.set_num_threads(threads)
+    assert np.allclose(split, whole, rtol=1e-5, atol=1e-5 * np.abs(whole).max())
+    assert np.array_equal(quant, quant_whole)

@@ -235,6 +235,11 @@ class Layer:
     def weight(self):
         return None
 
+    @property
+    def batch_dependent(self):
+        """Whether a sample's output depends on the other samples of the batch (see Matrix)."""
+        return self.weight is not None and self.weight.batch_dependent
+
     def config(self):
         out = {}
         for f in fields(self):

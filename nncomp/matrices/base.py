@@ -74,6 +74,12 @@ class Matrix:
         """A short description for the model summary."""
         return self.format
 
+    @property
+    def batch_dependent(self):
+        """Whether a sample's result depends on the other samples of its batch (int8 activations
+        quantized with a range taken from each call's input): such a product is never split."""
+        return getattr(self, "activations", None) == "dynamic"
+
     def __repr__(self):
         return f"{type(self).__name__}(shape={self.shape}, nbytes={self.nbytes})"
 
