@@ -265,10 +265,11 @@ class Model:
         if x.shape[0] <= step:
             threads = numba.get_num_threads()
             if threads > 1:
-                bounds = batch_parts(x.shape[0], threads, self._macs_per_weight)
+                macs = self._costs(self.to_internal(x.shape[1:]))[1]
+                bounds = batch_parts(x.shape[0], threads, self._macs_per_weight, macs)
                 if bounds is not None:
                     return run_parts(lambda part: self._forward(part, keep), x, bounds, threads)
-                if x.shape[0] * self._costs(self.to_internal(x.shape[1:]))[1] < SERIAL_BELOW_MACS:
+                if x.shape[0] * macs < SERIAL_BELOW_MACS:
                     return run_serial(lambda: self._forward(x, keep))
             return self._forward(x, keep)
         parts = [self._forward(x[i:i + step], keep) for i in range(0, x.shape[0], step)]
