@@ -1,11 +1,11 @@
 """Model: a small graph of named nodes run in topological order."""
 import math
-from .checks import check_number
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 
+from .checks import check_number
 from .errors import InputError, NncompError
 from .layers import Layer
 from .plan import SERIAL_BELOW_MACS, INPUT, Plan, batch_parts, run_parts, run_serial
@@ -139,7 +139,7 @@ class Model:
     @property
     def macs(self):
         """Multiply-adds per sample."""
-        return sum(n.layer.macs(*(self.shapes[s] for s in n.inputs)) for n in self.nodes)
+        return self._costs(self.internal_input_shape)[1]
 
     # ----------------------------------------------------------------- forward
     def shapes_for(self, shape):

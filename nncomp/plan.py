@@ -47,22 +47,20 @@ def fuse_graph(nodes, shapes, n, keep):
     order = [node.name for node in nodes]
     gone = set()
     for name in order:
-        group = groups[name]
-        while name not in keep and len(readers.get(name, ())) == 1:
-            target = groups[readers[name][0]]
-            layer = target.layer
-            # the reader's inputs: exactly as many as its layer declares, this producer's once and
-            # first (an epilogue reads the others in order) unless the layer is commutative
-            if (len(target.inputs) != layer.n_inputs or list(target.inputs).count(name) != 1
-                    or (target.inputs[0] != name and not layer.commutative)):
-                break
-            fused = group.layer.fuse(layer, n, *(shapes[s] for s in group.inputs))
-            if fused is None:
-                break
+        if name in keep or len(readers.get(name, ())) != 1:
+            continue
+        group, target = groups[name], groups[readers[name][0]]
+        layer = target.layer
+        # the reader's inputs: exactly as many as its layer declares, this producer's once and
+        # first (an epilogue reads the others in order) unless the layer is commutative
+        if (len(target.inputs) != layer.n_inputs or list(target.inputs).count(name) != 1
+                or (target.inputs[0] != name and not layer.commutative)):
+            continue
+        fused = group.layer.fuse(layer, n, *(shapes[s] for s in group.inputs))
+        if fused is not None:
             others = tuple(s for s in target.inputs if s != name)
             groups[target.name] = _Group(target.name, fused, group.inputs + others)
             gone.add(name)
-            break
     return [groups[name] for name in order if name not in gone]
 
 

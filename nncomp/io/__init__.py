@@ -1,8 +1,7 @@
 """Reading and writing model files: nncomp's native format, PyTorch state dicts, Keras HDF5."""
 import os
 
-import numpy as np
-
+from ..checks import is_integer
 from ..errors import NncompError, UnsupportedModelError
 from .native import save
 from .safe import MAX_FILE_BYTES, MAX_TENSOR_BYTES, SafeFile
@@ -76,7 +75,7 @@ def load(path, *, architecture=None, input_shape=None, max_tensor_bytes=MAX_TENS
 
 def _check_shape(shape):
     if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") or not all(
-            isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1 for d in shape):
+            is_integer(d) and d >= 1 for d in shape):
         raise NncompError(f"load() got input_shape={shape!r}; pass a tuple of positive ints in the model's "
                           "layout, e.g. (3, 224, 224) for a PyTorch image model")
     return tuple(int(d) for d in shape)

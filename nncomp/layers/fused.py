@@ -39,16 +39,14 @@ def compiled_epilogue(ops, n, out_shape):
     return lambda y: kern(y.reshape(rows, c), scale, shift, empty, lo, hi)
 
 
-def absorb_epilogue(producer, successor, n, shapes, head=None):
+def absorb_epilogue(producer, successor, n, shapes):
     """``producer`` then ``successor`` as one :class:`Fused` layer, when ``successor`` has an
-    in-place epilogue for the producer's output; else None. ``head`` is the producer's prepared step
-    (default ``producer.prepare(n, *shapes)``)."""
+    in-place epilogue for the producer's output; else None."""
     out = producer.shape_of(*shapes)
     op = successor.epilogue(n, out)
     if op is None:
         return None
-    step = head if head is not None else producer.prepare(n, *shapes)
-    return Fused(producer, shapes, step, out, ((op, successor.n_inputs - 1, successor),))
+    return Fused(producer, shapes, producer.prepare(n, *shapes), out, ((op, successor.n_inputs - 1, successor),))
 
 
 class Fused(Layer):
@@ -91,16 +89,8 @@ class Fused(Layer):
                 one_pass(y, *xs[k:])
                 return y
             return fused
-        if len(ops) == 1 and ops[0][1] == 0:
-            op = ops[0][0]
 
-            def one(*xs):
-                y = head(*xs)
-                op(y)
-                return y
-            return one
-
-        def step(*xs):
+        def step(*xs):      # epilogues the kernel cannot take in its order: one by one
             y = head(*xs[:k])
             at = k
             for op, m, _ in ops:

@@ -29,6 +29,10 @@ class _Window2D(SamePadding, Layer):
         oh, ow = fit(self.for_input(shape).window, shape, self.kind, self.ceil_mode)
         return (oh, ow, shape[2])
 
+    def prepare(self, n, shape):
+        layer = self.for_input(shape)
+        return _pool_step(layer.KERNELS, (n,) + layer.shape_of(shape), layer.kernel_args())
+
 
 @register
 @dataclass(frozen=True, eq=False)
@@ -42,6 +46,7 @@ class MaxPool2D(_Window2D):
     ceil_mode: bool = False
     same: bool = False
     kind = "maxpool2d"
+    KERNELS = (maxpool_nhwc, maxpool_nhwc_parallel)
 
     @property
     def plain(self):
@@ -50,11 +55,8 @@ class MaxPool2D(_Window2D):
         return (self.kernel_size == self.stride == (p, p) and p > 1 and self.padding == (0, 0, 0, 0)
                 and self.dilation == (1, 1))
 
-    def prepare(self, n, shape):
-        if self.for_input(shape) is not self:
-            return self.for_input(shape).prepare(n, shape)
-        args = self.window.args
-        return _pool_step((maxpool_nhwc, maxpool_nhwc_parallel), (n,) + self.shape_of(shape), args)
+    def kernel_args(self):
+        return self.window.args
 
 
 @register
@@ -69,18 +71,16 @@ class AvgPool2D(_Window2D):
     count_include_pad: bool = True
     same: bool = False
     kind = "avgpool2d"
+    KERNELS = (avgpool_nhwc, avgpool_nhwc_parallel)
 
     @property
     def dilation(self):
         return (1, 1)
 
-    def prepare(self, n, shape):
-        if self.for_input(shape) is not self:
-            return self.for_input(shape).prepare(n, shape)
+    def kernel_args(self):
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         t, b, l, r = self.padding
-        args = (kh, kw, sh, sw, t, l, b, r, bool(self.count_include_pad))
-        return _pool_step((avgpool_nhwc, avgpool_nhwc_parallel), (n,) + self.shape_of(shape), args)
+        return (kh, kw, sh, sw, t, l, b, r, bool(self.count_include_pad))
 
 
 def _pool_step(kernels, out_shape, args):
