@@ -44,6 +44,19 @@ class Options:
         return quick if self.quick else (self.repeat or default)
 
 
+def fc_layers(quick):
+    """``(name, n_in, w, model)`` for VGG-16's fc6 and fc7 (a small layer with ``quick``): He-scaled
+    random float32 weights, seed 0, each as a one-node Dense model (the int8 and codebook suites)."""
+    import numpy as np
+
+    import nncomp as nc
+    shapes = [("fc_small", 512, 2048)] if quick else [("fc6", 4096, 25088), ("fc7", 4096, 4096)]
+    for name, n_out, n_in in shapes:
+        rng = np.random.default_rng(0)
+        w = (rng.standard_normal((n_out, n_in), dtype=np.float32) * np.sqrt(2.0 / n_in)).astype(np.float32)
+        yield name, n_in, w, nc.Model([nc.Node(name, nc.Dense(w))], input_shape=(n_in,), input_layout="NC")
+
+
 def write_text(path, text):
     """Write-then-rename, so that an interrupted run never leaves half a table."""
     tmp = path.with_name(path.name + ".tmp")

@@ -30,6 +30,7 @@ import time
 from ...data import DATA_DIR
 from ..roofline import cap, machine_limits, roof_text
 from ..sizes import saved_size
+from . import fc_layers
 from ..timing import SETTLE_S, alternate, l3_bytes, set_threads
 
 THREADS = 2
@@ -43,18 +44,13 @@ COLS = ("numpy float32", "numpy float32 x @ W.T", "nncomp codebook 4-bit (vpermp
 def speed(threads, repeat, batches, quick, say=print):
     import numpy as np
 
-    import nncomp as nc
     from ...compress.sharing import kmeans_codebook
     from ...kernels import codebook_vpermps as vpermps
     from ...matrices.codebook import CodebookMatrix
     from .. import peers
 
-    layers = [("fc_small", 512, 2048)] if quick else [("fc6", 4096, 25088), ("fc7", 4096, 4096)]
     rows = []
-    for name, n_out, n_in in layers:
-        rng = np.random.default_rng(0)
-        w = (rng.standard_normal((n_out, n_in), dtype=np.float32) * np.sqrt(2.0 / n_in)).astype(np.float32)
-        model = nc.Model([nc.Node(name, nc.Dense(w))], input_shape=(n_in,), input_layout="NC")
+    for name, n_in, w, model in fc_layers(quick):
         mats = {b: CodebookMatrix.from_codes(*kmeans_codebook(w, b)[::-1], b) for b in (4, 5)}
         have = vpermps.HAVE_AVX512
 
@@ -78,7 +74,7 @@ def speed(threads, repeat, batches, quick, say=print):
             x = np.maximum(np.random.default_rng(1).standard_normal((bs, n_in), dtype=np.float32), 0)
             calls = {k: (lambda f=f: f(x)) for k, f in contenders.items() if not isinstance(f, str)}
             t = alternate(calls, repeat=repeat, max_seconds=30 if quick else 240)
-            row = {"layer": name, "shape": [n_out, n_in], "batch": bs, "threads": threads,
+            row = {"layer": name, "shape": list(w.shape), "batch": bs, "threads": threads,
                    "code_bytes": {"4-bit": int(mats[4].codes.nbytes), "5-bit": int(mats[5].codes.nbytes)},
                    "float32_bytes": int(w.nbytes),
                    "bit_identical_fast_vs_portable": bool(np.array_equal(mats[4].apply(x), portable(x)))}

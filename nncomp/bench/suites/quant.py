@@ -29,6 +29,7 @@ import time
 
 from ...data import DATA_DIR
 from ..roofline import cap, machine_limits, roof_text
+from . import fc_layers
 from ..timing import SETTLE_S, alternate, l3_bytes, set_threads
 
 MODELS = ("lenet300", "lenet5", "vgg_small", "resnet_small")
@@ -51,17 +52,12 @@ def speed(threads, repeat, batches, quick, say=print):
     """Alternating timings of every contender on fc6 and fc7 (a list of rows)."""
     import numpy as np
 
-    import nncomp as nc
     from ...kernels import int8_vnni as vnni
     from ...matrices.int8 import Int8Matrix
     from .. import peers
 
-    layers = [("fc_small", 512, 2048)] if quick else [("fc6", 4096, 25088), ("fc7", 4096, 4096)]
     rows = []
-    for name, n_out, n_in in layers:
-        rng = np.random.default_rng(0)
-        w = (rng.standard_normal((n_out, n_in), dtype=np.float32) * np.sqrt(2.0 / n_in)).astype(np.float32)
-        model = nc.Model([nc.Node(name, nc.Dense(w))], input_shape=(n_in,), input_layout="NC")
+    for name, n_in, w, model in fc_layers(quick):
         w8a8 = Int8Matrix.from_float(w)
         wonly = Int8Matrix.from_float(w, activations="float")
         contenders = {"numpy float32": lambda x: x @ w.T, "nncomp int8 w8a8 (VNNI)": w8a8.apply,
@@ -89,7 +85,7 @@ def speed(threads, repeat, batches, quick, say=print):
             ref = x.astype(np.float64) @ w.T.astype(np.float64)
             err = {k: float(np.abs(np.asarray(c(), np.float64) - ref).max() / np.abs(ref).max()) for k, c in calls.items()}
             t = alternate(calls, repeat=repeat, max_seconds=30 if quick else 240)
-            row = {"layer": name, "shape": [n_out, n_in], "batch": bs, "threads": threads,
+            row = {"layer": name, "shape": list(w.shape), "batch": bs, "threads": threads,
                    "weight_bytes": {"float32": int(w.nbytes), "int8 w8a8": int(w8a8.nbytes)}}
             for k, f in contenders.items():
                 row[k] = f if isinstance(f, str) else {**t[k], "max_rel_err_vs_float64": err[k]}
@@ -108,8 +104,6 @@ def speed(threads, repeat, batches, quick, say=print):
 
 
 def accuracy(quick, say=print):
-    import numpy as np
-
     import nncomp as nc
 
     rows = []
