@@ -66,6 +66,12 @@ def conv_direct_nhwc(x, wt, bias, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):
     return conv2d_nhwc(x, w, bias, (sh, sw), (ph, big, pw, big), (dh, dw), 1)[:, :oh_n, :ow_n]
 
 
+def conv_blocked_nhwc(xp, w, bias, kh, kw, sh, sw, dh, dw, oh_n, ow_n, co):
+    """Register-blocked direct convolution of an already padded input; w (kh*kw*c, cop), rows
+    ordered (kh, kw, c), only its first co columns used (the rest is the kernel's padding)."""
+    return conv_direct_nhwc(xp, w[:, :co], bias[:co], kh, kw, sh, sw, 0, 0, dh, dw, oh_n, ow_n)
+
+
 def conv_pad_nhwc(x, n0, t, l, out):
     """Images n0.. of x zero-padded at (t, l) into a copy of out (images past n keep their values)."""
     out = out.copy()

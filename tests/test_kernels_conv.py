@@ -6,7 +6,7 @@ from hypothesis import example, given, strategies as st
 
 import reference as ref
 from conftest import assert_close_f32
-from nncomp.kernels import blas, conv, conv_gemm, pool
+from nncomp.kernels import blas, conv, conv_blocked, conv_gemm, pool
 from nncomp.layers.base import window_out as _window_out
 
 
@@ -78,6 +78,50 @@ def test_conv_direct_nhwc_matches_reference(kernel, g, co):
         assert np.array_equal(out, expect)
     mag = ref.conv_direct_nhwc(np.abs(x), np.abs(wt), np.abs(bias), kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
     assert_close_f32(out, expect, mag, wt.shape[0] + 1)
+
+
+@pytest.mark.parametrize("kernel", [conv_blocked.conv_blocked_nhwc, conv_blocked.conv_blocked_nhwc_parallel])
+@given(g=geometry(max_c=20), co=st.integers(1, 70), nvec=st.integers(1, 4), data=st.data())
+def test_conv_blocked_nhwc_matches_reference(kernel, g, co, nvec, data):
+    """Every tile width and vector count, masked channel tails (co not a multiple of 16), strides and
+    dilations (a call per tap instead of per kernel row), on a padded input as the layer passes it."""
+    x, (kh, kw, sh, sw, ph, pw, dh, dw), (oh, ow), rng, integer = g
+    xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    cop = -(-co // 16) * 16
+    w = np.zeros((kh * kw * x.shape[3], cop), np.float32)
+    w[:, :co] = rng.standard_normal((w.shape[0], co))
+    bias = np.zeros(cop, np.float32)
+    bias[:co] = rng.standard_normal(co)
+    if integer:
+        w, bias = np.round(w * 2), np.round(bias * 2)
+    pmax = data.draw(st.integers(1, conv_blocked.TILE_PIXELS[nvec]), label="pmax")
+    out = np.full((x.shape[0], oh, ow, co), np.nan, np.float32)
+    kernel(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, *_no_epilogue(cop, out), out)
+    expect = ref.conv_blocked_nhwc(xp, w, bias, kh, kw, sh, sw, dh, dw, oh, ow, co)
+    if integer:
+        assert np.array_equal(out, expect)
+    mag = ref.conv_blocked_nhwc(np.abs(xp), np.abs(w), np.abs(bias), kh, kw, sh, sw, dh, dw, oh, ow, co)
+    assert_close_f32(out, expect, mag, w.shape[0] + 1)
+    # the epilogue applied as tiles are stored equals the epilogue kernel's twin on that output
+    affine, add = data.draw(st.booleans(), label="affine"), data.draw(st.booleans(), label="add")
+    lo, hi = data.draw(st.sampled_from([(-np.inf, np.inf), (0.0, np.inf), (0.0, 6.0), (-1.0, 1.0)]), label="clip")
+    scale = np.zeros(cop, np.float32)
+    shift = np.zeros(cop, np.float32)
+    scale[:co], shift[:co] = rng.standard_normal(co), rng.standard_normal(co)
+    res = rng.standard_normal(out.shape).astype(np.float32)
+    fused = np.full_like(out, np.nan)
+    kernel(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res if add else fused,
+           add, lo, hi, fused)
+    expect = ref.epilogue_rows(out.reshape(-1, co), scale[:co] if affine else np.zeros(0, np.float32),
+                               shift[:co] if affine else np.zeros(0, np.float32),
+                               res.reshape(-1, co) if add else np.zeros((0, co), np.float32), lo, hi)
+    assert np.array_equal(fused.reshape(-1, co), expect, equal_nan=True)
+
+
+def _no_epilogue(cop, out):
+    """The blocked kernel's epilogue arguments that leave its output as it is."""
+    z = np.zeros(cop, np.float32)
+    return z, z, False, out, False, -np.inf, np.inf
 
 
 @pytest.mark.parametrize("kernel", [conv.conv_pad_nhwc, conv.conv_pad_nhwc_parallel])

@@ -86,10 +86,16 @@ def test_conv_algorithm_choice_and_refusal():
     assert convolution.choose(big, (56, 56, 256), 1) == "shifted"         # VGG-16 conv3_2
     assert convolution.choose(big, (14, 14, 256), 1) == "im2col"          # padding is 31% of the grid
     first = nc.Conv2D(np.zeros((20, 25), np.float32), in_channels=1, kernel_size=5)
-    # LeNet-5 conv1: the direct kernel beats im2col + BLAS unless they run fused
-    assert convolution.choose(first, (28, 28, 1), 32) == ("im2col" if convolution.fused_kernel() else "direct")
+    # LeNet-5 conv1: the blocked kernel beats the direct one and im2col + BLAS (bench/results)
+    assert first.algorithms == ("blocked", "direct", "im2col", "shifted")
+    assert convolution.choose(first, (28, 28, 1), 32) == "blocked"
+    assert "blocked" not in big.algorithms          # a 2.4 MB weight: BLAS reuses its blocks better
+    sparse = nc.Conv2D(nc.prune(nc.Model([nc.model.Node("c", first)], input_shape=(1, 28, 28),
+                                         input_layout="NCHW"), sparsity=0.5).nodes[0].layer.weight,
+                       in_channels=1, kernel_size=5)
+    assert sparse.algorithms == ("im2col",)         # compressed weights: their own product
     strided = nc.Conv2D(np.zeros((8, 144), np.float32), in_channels=16, kernel_size=3, stride=2)
-    assert strided.algorithms == ("im2col",)
+    assert strided.algorithms == ("blocked", "im2col")
     with pytest.raises(ValueError, match="cannot run"):
         convolution.forward(strided, np.zeros((1, 9, 9, 16), np.float32), "shifted")
 

@@ -1,5 +1,29 @@
-"""LLVM IR shared by the hand-written sparse tiles (nncomp/kernels/csr.py, csr_int8.py)."""
+"""LLVM IR shared by the hand-written tiles (nncomp/kernels/csr.py, csr_int8.py, conv_blocked.py)."""
 from llvmlite import ir
+
+
+def loop_phis(builder, intp, vty, inits, pre):
+    """At the top of a loop block entered from block ``pre``: a counter phi starting at 0 and one
+    ``vty`` phi per value of ``inits``; the caller adds their incoming values from the latch."""
+    i = builder.phi(intp)
+    i.add_incoming(intp(0), pre)
+    phis = []
+    for v in inits:
+        a = builder.phi(vty)
+        a.add_incoming(v, pre)
+        phis.append(a)
+    return i, phis
+
+
+def loop_latch(builder, intp, i, phis, values, count, repeat, leave):
+    """Close a loop in the current block: ``i + 1`` and ``values`` flow back into the phis of
+    :func:`loop_phis`; branch to ``repeat`` while ``i + 1 < count``, else to ``leave``."""
+    block = builder.block
+    nxt = builder.add(i, intp(1))
+    i.add_incoming(nxt, block)
+    for a, v in zip(phis, values):
+        a.add_incoming(v, block)
+    builder.cbranch(builder.icmp_signed("<", nxt, count), repeat, leave)
 
 
 def paired_sum(builder, intp, vty, lo, hi, nvec, step, add):

@@ -21,6 +21,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._ir import loop_phis
 from ._jit import both
 from .codebook import reduce16
 
@@ -103,13 +104,7 @@ def _make_block(R, C, stride, wide=False):
             builder.cbranch(builder.icmp_signed(">", nb_, intp(0)), loop, done)
 
             builder.position_at_end(loop)
-            idx = builder.phi(intp)
-            idx.add_incoming(intp(0), pre)
-            accs = []
-            for v in init:
-                a = builder.phi(v16f)
-                a.add_incoming(v, pre)
-                accs.append(a)
+            idx, accs = loop_phis(builder, intp, v16f, init, pre)
             coff, xoff = builder.mul(idx, intp(cstep)), builder.mul(idx, intp(xstep))
             wlo, whi = [], []
             for r in range(R):

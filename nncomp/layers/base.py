@@ -8,6 +8,8 @@ build new layers with :meth:`Layer.replace`, never mutate one. Each layer provid
   the constraint); ``shape_of`` memoizes it;
 - ``forward(*xs)``: one checked call; ``prepare(n, *shapes)``: the step ``(*xs) -> y`` a model's plan
   runs for batches of ``n`` samples, with per-shape decisions (kernel, algorithm, threads) made once;
+- ``prepare_epilogue(n, *shapes, epilogue=)``: that step with an epilogue applied in its own kernel,
+  or None;
 - ``fuse(successor, n, *shapes)``: a plan-only layer computing ``successor(self(x))`` in one step
   (a convolution absorbing its max-pool, an activation written by the producing kernel's epilogue),
   or None. The model asks every producer whose only reader is one node; it never inspects kinds;
@@ -188,6 +190,13 @@ class Layer:
         if type(self).forward is Layer.forward:
             raise NotImplementedError(f"{type(self).__name__} defines neither forward nor prepare")
         return self.forward
+
+    def prepare_epilogue(self, n, *shapes, epilogue):
+        """The step ``(*xs[, res]) -> y`` computing this layer and the in-place ``epilogue``
+        ``(scale, shift, add, lo, hi)`` (nncomp.layers.fused.epilogue_args) inside its own kernel,
+        as it stores the output; None when its kernel cannot (the plan then runs the epilogue
+        kernel after it). A layer whose :meth:`fuse` absorbs epilogues may offer it."""
+        return None
 
     def fuse(self, successor, n, *shapes):
         """A plan-only layer computing ``successor`` applied to this layer's output in one step, for

@@ -35,6 +35,7 @@ class Conv2D(SamePadding, Layer):
     same: bool = False
     window: Window = plan_field()
     weight_t: np.ndarray = plan_field()       # (k, c_out): the direct and depthwise kernels' layout
+    weight_b: tuple = plan_field()            # (w (k, cop), bias (cop,)): the blocked kernel's layout
     algorithms: tuple = plan_field()          # what can compute it, the default first
     kind = "conv2d"
 
@@ -57,6 +58,8 @@ class Conv2D(SamePadding, Layer):
                               f"{self.weight.format}; leave grouped layers out of compression")
         if self.depthwise or algos.direct_eligible(self):
             set_fields(self, weight_t=np.ascontiguousarray(self.weight.w.T))
+        if algos.blocked_eligible(self):
+            set_fields(self, weight_b=algos.blocked_weights(self))
         set_fields(self, algorithms=algos.algorithms_for(self))
 
     @property
@@ -79,6 +82,9 @@ class Conv2D(SamePadding, Layer):
 
     def prepare(self, n, shape):
         return algos.prepare(self.for_input(shape), shape, n)
+
+    def prepare_epilogue(self, n, shape, *, epilogue):
+        return algos.prepare_epilogue(self.for_input(shape), shape, n, epilogue)
 
     def fuse(self, successor, n, shape):
         conv = self.for_input(shape)

@@ -21,20 +21,30 @@ _ORDER = {"affine": 0, "add": 1, "clip": 2}
 _NONE = np.zeros(0, np.float32)
 
 
-def compiled_epilogue(ops, n, out_shape):
-    """One kernel call ``(y, *extra) -> None`` doing ``ops`` (affine map, residual add, clip, each
-    at most once and in that order) in one pass, or None when they do not fit that form."""
+def epilogue_args(ops):
+    """``(scale, shift, add, lo, hi)`` for ``ops`` (affine map, residual add, clip, each at most
+    once and in that order: what the epilogue kernel computes), or None when they do not fit it."""
     specs = [getattr(op, "spec", None) for op, _, _ in ops]
     if not specs or None in specs or [_ORDER[s[0]] for s in specs] != sorted({_ORDER[s[0]] for s in specs}):
         return None
     parts = {s[0]: s for s in specs}
     scale, shift = parts["affine"][1:] if "affine" in parts else (_NONE, _NONE)
     lo, hi = (np.float32(v) for v in parts["clip"][1:]) if "clip" in parts else (np.float32(-np.inf), np.float32(np.inf))
+    return scale, shift, "add" in parts, lo, hi
+
+
+def compiled_epilogue(ops, n, out_shape):
+    """One kernel call ``(y, *extra) -> None`` doing ``ops`` in one pass (see :func:`epilogue_args`),
+    or None when they do not fit that form."""
+    args = epilogue_args(ops)
+    if args is None:
+        return None
+    scale, shift, add, lo, hi = args
     c = out_shape[-1]
     rows = n * math.prod(out_shape[:-1])
     kern = _jit.pick((epilogue_rows, epilogue_rows_parallel), rows * c)
     empty = np.zeros((0, c), np.float32)
-    if "add" in parts:
+    if add:
         return lambda y, res: kern(y.reshape(rows, c), scale, shift, np.ascontiguousarray(res).reshape(rows, c), lo, hi)
     return lambda y: kern(y.reshape(rows, c), scale, shift, empty, lo, hi)
 
@@ -80,6 +90,10 @@ class Fused(Layer):
         head, ops, k = self.head, self.ops, len(self.shapes)
         if not ops:
             return head
+        args = epilogue_args(ops) if self.pool is None else None
+        in_kernel = args and self.base.prepare_epilogue(n, *self.shapes, epilogue=args)
+        if in_kernel:      # the producer's kernel applies the epilogue as it stores its output
+            return in_kernel
         one_pass = compiled_epilogue(ops, n, self.out_shape)
         if one_pass is not None:
             def fused(*xs):

@@ -1,7 +1,7 @@
 """Which convolution algorithm serves which layer shape (backs the rules in nncomp/layers/conv_algorithms.py).
 
-Every applicable algorithm (im2col + BLAS, fused in one kernel for dense weights; shifted GEMM;
-direct) runs the same Conv2D, as the step a model prepares for the batch size, on random
+Every applicable algorithm (register-blocked direct; im2col + BLAS, fused in one kernel for dense
+weights; shifted GEMM; direct) runs the same Conv2D, as the step a model prepares for the batch size, on random
 weights and inputs, alternating in one process (nncomp.bench.timing.alternate), for the
 shapes that decide the rules: LeNet-5's two convs, a VGG first layer over 3 channels, small 3x3
 layers of 16-64 channels, VGG-16's conv3_2 / conv4_2 / conv5_2, and the k x 1 / 1 x k pair of a
@@ -27,7 +27,7 @@ QUICK_SHAPES = [SHAPES[0], SHAPES[3]]
 THREADS = 2
 PARTS = ("speed",)
 QUICK_PARTS = PARTS
-RULES = ("SHIFTED_MIN_CHANNELS", "SHIFTED_MAX_WASTE", "SHIFTED_MIN_MACS", "SHIFTED_MAX_MACS", "DIRECT_MAX_PATCH",
+RULES = ("BLOCKED_MAX_WEIGHT_BYTES", "SHIFTED_MIN_CHANNELS", "SHIFTED_MAX_WASTE", "SHIFTED_MIN_MACS", "SHIFTED_MAX_MACS", "DIRECT_MAX_PATCH",
          "DIRECT_MAX_OUT", "DIRECT_MIN_MACS")
 
 
