@@ -82,14 +82,14 @@ def test_shifted_conv_matches_reference(case, chunk):
 
 
 def test_conv_algorithm_choice_and_refusal():
-    big = nc.Conv2D(np.zeros((256, 2304), np.float32), in_channels=256, kernel_size=3, padding=1)
-    assert convolution.choose(big, (56, 56, 256), 1) == "shifted"         # VGG-16 conv3_2
-    assert convolution.choose(big, (14, 14, 256), 1) == "im2col"          # padding is 31% of the grid
+    big = nc.Conv2D(np.zeros((512, 4608), np.float32), in_channels=512, kernel_size=3, padding=1)
+    assert convolution.choose(big, (28, 28, 512), 1) == "shifted"         # VGG-16 conv4_2
+    assert convolution.choose(big, (14, 14, 512), 1) == "im2col"          # padding is 31% of the grid
     first = nc.Conv2D(np.zeros((20, 25), np.float32), in_channels=1, kernel_size=5)
     # LeNet-5 conv1: the blocked kernel beats the direct one and im2col + BLAS (bench/results)
     assert first.algorithms == ("blocked", "direct", "im2col", "shifted")
     assert convolution.choose(first, (28, 28, 1), 32) == "blocked"
-    assert "blocked" not in big.algorithms          # a 2.4 MB weight: BLAS reuses its blocks better
+    assert "blocked" not in big.algorithms          # a 9.4 MB weight: BLAS as fast, and no copy of it
     sparse = nc.Conv2D(nc.prune(nc.Model([nc.model.Node("c", first)], input_shape=(1, 28, 28),
                                          input_layout="NCHW"), sparsity=0.5).nodes[0].layer.weight,
                        in_channels=1, kernel_size=5)

@@ -66,10 +66,11 @@ DIRECT_MAX_PATCH = 75
 DIRECT_MAX_OUT = 32
 DIRECT_MIN_MACS = 1 << 21   # below this (LeNet-5 conv1 at batch 1: 288k MACs) im2col + BLAS is faster
 DIRECT_SERIAL_FACTOR = 8    # the direct kernel goes parallel at 8x _jit.PARALLEL_MIN_WORK
-# The blocked kernel streams a tile's weight columns (kh*kw*c x 64 floats) once per tile, from L2:
-# it serves layers whose transposed weight stays under this (VGG-16's 3x3 convs over 256+ channels
-# stay with BLAS, whose packing reuses weight blocks across many pixels).
-BLOCKED_MAX_WEIGHT_BYTES = 1 << 20
+# The blocked kernel streams a tile's weight columns (kh*kw*c x 64 floats) once per tile, from L2
+# or L3. Measured at 2 threads (Zen 4): it beat im2col and the shifted GEMM up to VGG-16's conv3_2
+# (2.4 MB: 20.2 ms against 24.1 and 22.0 at batch 1) and tied them at 9.4 MB (conv4_2: 23.2
+# against 24.3 and 22.5; conv5_2 at batch 32: 177 against 172), so larger weights keep BLAS.
+BLOCKED_MAX_WEIGHT_BYTES = 4 << 20
 ALGORITHMS = ("im2col", "shifted", "direct", "depthwise", "blocked")
 
 
