@@ -118,6 +118,35 @@ def test_conv_blocked_nhwc_matches_reference(kernel, g, co, nvec, data):
     assert np.array_equal(fused.reshape(-1, co), expect, equal_nan=True)
 
 
+@pytest.mark.parametrize("kernel", [conv_blocked.depthwise_blocked_nhwc, conv_blocked.depthwise_blocked_nhwc_parallel])
+@given(g=geometry(max_c=40), nvec=st.integers(1, 4), data=st.data())
+def test_depthwise_blocked_nhwc_matches_reference(kernel, g, nvec, data):
+    """The depthwise tiles (vector loads of each channel's input, the last one masked) on every
+    channel count, stride, dilation and tile width, with and without the epilogue."""
+    x, (kh, kw, sh, sw, ph, pw, dh, dw), (oh, ow), rng, integer = g
+    c = x.shape[3]
+    xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    cop = -(-c // 16) * 16
+    w = np.zeros((kh * kw, cop), np.float32)
+    w[:, :c] = rng.standard_normal((kh * kw, c))
+    bias = np.zeros(cop, np.float32)
+    bias[:c] = rng.standard_normal(c)
+    if integer:
+        w, bias = np.round(w * 2), np.round(bias * 2)
+    pmax = data.draw(st.integers(1, conv_blocked.TILE_PIXELS[nvec]), label="pmax")
+    out = np.full((x.shape[0], oh, ow, c), np.nan, np.float32)
+    kernel(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, *_no_epilogue(cop, out), out)
+    expect = ref.depthwise_conv_nhwc(xp, w[:, :c], bias[:c], 1, kh, kw, sh, sw, 0, 0, dh, dw, oh, ow)
+    if integer:
+        assert np.array_equal(out, expect)
+    mag = ref.depthwise_conv_nhwc(np.abs(xp), np.abs(w[:, :c]), np.abs(bias[:c]), 1, kh, kw, sh, sw, 0, 0, dh, dw, oh, ow)
+    assert_close_f32(out, expect, mag, kh * kw + 1)
+    fused = np.full_like(out, np.nan)
+    kernel(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, w[0], bias, True, out, True, 0.0, 6.0, fused)
+    want = ref.epilogue_rows(out.reshape(-1, c), w[0, :c], bias[:c], out.reshape(-1, c), 0.0, 6.0)
+    assert np.array_equal(fused.reshape(-1, c), want, equal_nan=True)
+
+
 def _no_epilogue(cop, out):
     """The blocked kernel's epilogue arguments that leave its output as it is."""
     z = np.zeros(cop, np.float32)

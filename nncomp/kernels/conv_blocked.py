@@ -64,10 +64,10 @@ def _declare(module, name, fnty):
     return fn if fn is not None else ir.Function(module, fnty, name)
 
 
-def _emit_tile(context, builder, P, V, ptrs, ints, epi, after):
+def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after):
     """One tile of ``P`` pixels x ``V`` vectors; branches to ``after`` when done."""
     xd, wd, bd, od, scd, shd, rd = ptrs
-    xoff, pix, span, rows, xrow, wrs, woff, wrow, boff, first, ooff, opix, lanes, last, affine, add = ints
+    xoff, pix, span, rows, xrow, wrs, woff, wrow, boff, first, ooff, opix, lanes, last, affine, add, xstep = ints
     lo, hi = epi
     intp = xoff.type
     f32 = ir.FloatType()
@@ -126,9 +126,15 @@ def _emit_tile(context, builder, P, V, ptrs, ints, epi, after):
           for v in range(V)]
     new = []
     for p in range(P):
-        s = builder.load(builder.gep(xrows[p], [j]), align=4)
-        b = builder.shuffle_vector(builder.insert_element(undef, s, i32(0)), undef, splat)
-        new.extend(builder.call(fma, [b, wv[v], accs[p * V + v]]) for v in range(V))
+        if depthwise:       # each channel's own input: a vector load (the last one masked)
+            at = builder.mul(j, xstep)
+            xs = [builder.bitcast(builder.gep(xrows[p], [builder.add(at, intp(16 * v))]), vptr) for v in range(V)]
+            xv = [builder.call(mload, [xs[v], i32(4), mask, zero]) if v == V - 1 else builder.load(xs[v], align=4)
+                  for v in range(V)]
+        else:               # one input value for every output channel: a broadcast
+            s = builder.load(builder.gep(xrows[p], [j]), align=4)
+            xv = [builder.shuffle_vector(builder.insert_element(undef, s, i32(0)), undef, splat)] * V
+        new.extend(builder.call(fma, [xv[v], wv[v], accs[p * V + v]]) for v in range(V))
     loop_latch(builder, intp, j, accs, new, span, inner, latch)
 
     builder.position_at_end(latch)
@@ -168,29 +174,30 @@ def _emit_tile(context, builder, P, V, ptrs, ints, epi, after):
     builder.branch(after)
 
 
-def _make_tiles(V, pmax):
+def _make_tiles(V, pmax, depthwise=False):
     """Intrinsic ``tiles(P, x, xoff, pix, span, rows, xrow, wrs, w, woff, wrow, bias, boff, first, out,
-    ooff, opix, lanes, last, scale, shift, affine, res, add, lo, hi)``.
+    ooff, opix, lanes, last, scale, shift, affine, res, add, lo, hi, xstep)``.
 
     For ``P`` in 1..pmax output pixels (flat offsets ``xoff + p * pix`` into ``x``, ``ooff + p * opix``
     into ``out``) and ``V`` vectors of channels: ``tile = (bias[boff:] if first else tile) +
     sum_{r < rows, j < span} x[pixel + r * xrow + j] * w[woff + r * wrs + j * wrow:][:16 V]`` (rows,
-    span >= 1), the last vector masked to ``lanes``.
+    span >= 1), the last vector masked to ``lanes``. ``depthwise``: channel ``o`` of the tile reads
+    its own input, ``x[pixel + r * xrow + j * xstep + o]``, instead of one value for all.
     When ``last``: then ``tile * scale + shift`` (if ``affine``), ``+ res`` at the tile's own offsets
     (if ``add``), clipped to ``[lo, hi]``, before the store.
     """
 
     @intrinsic
     def tiles(typingctx, P, x, xoff, pix, span, rows, xrow, wrs, w, woff, wrow, bias, boff, first, out, ooff,
-              opix, lanes, last, scale, shift, affine, res, add, lo, hi):
+              opix, lanes, last, scale, shift, affine, res, add, lo, hi, xstep):
         sig = types.void(P, x, xoff, pix, span, rows, xrow, wrs, w, woff, wrow, bias, boff, first, out, ooff,
-                         opix, lanes, last, scale, shift, affine, res, add, lo, hi)
+                         opix, lanes, last, scale, shift, affine, res, add, lo, hi, xstep)
 
         def codegen(context, builder, signature, args):
             ptrs = [context.make_array(signature.args[k])(context, builder, args[k]).data
                     for k in (1, 8, 11, 14, 19, 20, 22)]
             ints = [context.cast(builder, args[k], signature.args[k], types.intp)
-                    for k in (2, 3, 4, 5, 6, 7, 9, 10, 12, 13, 15, 16, 17, 18, 21, 23)]
+                    for k in (2, 3, 4, 5, 6, 7, 9, 10, 12, 13, 15, 16, 17, 18, 21, 23, 26)]
             epi = [context.cast(builder, args[k], signature.args[k], types.float32) for k in (24, 25)]
             p_ = context.cast(builder, args[0], signature.args[0], types.intp)
             after = builder.append_basic_block("tiles_after")
@@ -199,7 +206,7 @@ def _make_tiles(V, pmax):
                 block = builder.append_basic_block(f"tiles_p{p}")
                 switch.add_case(p_.type(p), block)
                 builder.position_at_end(block)
-                _emit_tile(context, builder, p, V, ptrs, ints, epi, after)
+                _emit_tile(context, builder, p, V, depthwise, ptrs, ints, epi, after)
             builder.position_at_end(after)
             return context.get_dummy_value()
 
@@ -209,6 +216,7 @@ def _make_tiles(V, pmax):
 
 
 _tiles1, _tiles2, _tiles3, _tiles4 = (_make_tiles(v, TILE_PIXELS[v]) for v in range(1, VECTORS + 1))
+_dw1, _dw2, _dw3, _dw4 = (_make_tiles(v, TILE_PIXELS[v], depthwise=True) for v in range(1, VECTORS + 1))
 
 
 def _blocked(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, out):
@@ -250,7 +258,7 @@ def _blocked(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affi
                     xo = ((b * hp + i * sh) * wp + j0 * sw + q * dw) * c
                     a = (p, xp, xo, sw * c, span, kh, xrow, wrs, w, q * c * cop + co0, cop, bias, co0,
                          int(q == 0), out, oo, co, lanes, int(q == calls - 1), scale, shift, affine, res,
-                         add, lo32, hi32)
+                         add, lo32, hi32, 1)
                     if nv == 4:
                         _tiles4(*a)
                     elif nv == 3:
@@ -263,3 +271,45 @@ def _blocked(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affi
 
 
 conv_blocked_nhwc, conv_blocked_nhwc_parallel = both(_blocked)
+
+
+def _depthwise(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, out):
+    """Depthwise convolution (one input channel per output channel) of a padded NHWC batch with
+    register-blocked tiles: ``out[b, i, j, o] = bias[o] + sum_{r, q} xp[b, i*sh + r*dh, j*sw + q*dw, o]
+    * w[r*kw + q, o]``, then the epilogue as in :func:`_blocked`.
+
+    IN  xp (n, hp, wp, c) float32 C-contiguous, zero-padded; w (kh*kw, cop) float32 tap-major (cop =
+        c rounded up to 16, extra columns zero); bias, scale, shift (cop,); the rest as in _blocked.
+    OUT out (n, oh, ow, c) float32 C-contiguous, overwritten.
+    """
+    n, oh, ow, c = out.shape
+    hp, wp = xp.shape[1], xp.shape[2]
+    cop = w.shape[1]
+    width = 16 * nvec
+    blocks = (ow + pmax - 1) // pmax
+    p0 = (ow + blocks - 1) // blocks if blocks > 0 else 1
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+    for t in prange(n * oh):
+        b = t // oh
+        i = t - b * oh
+        for c0 in range(0, cop, width):
+            nv = min(nvec, (cop - c0) // 16)
+            lanes = min(16, c - c0 - 16 * (nv - 1))
+            j0 = 0
+            while j0 < ow:
+                p = min(p0, ow - j0)
+                a = (p, xp, ((b * hp + i * sh) * wp + j0 * sw) * c + c0, sw * c, kw, kh, dh * wp * c, kw * cop,
+                     w, c0, cop, bias, c0, 1, out, ((b * oh + i) * ow + j0) * c + c0, c, lanes, 1, scale, shift,
+                     affine, res, add, lo32, hi32, dw * c)
+                if nv == 4:
+                    _dw4(*a)
+                elif nv == 3:
+                    _dw3(*a)
+                elif nv == 2:
+                    _dw2(*a)
+                else:
+                    _dw1(*a)
+                j0 += p
+
+
+depthwise_blocked_nhwc, depthwise_blocked_nhwc_parallel = both(_depthwise)
