@@ -7,15 +7,17 @@ checks nncomp's NumPy rewrite of its preprocessing and DB post-processing agains
 
 The pinned wheel is fetched and verified by tools/fetch_real_models.py's WHEEL_SHA256 and imported
 from the zip itself (pure Python). Written with OpenCV 4.14.0 (opencv-python-headless 4.14.0.94).
-Keys:
-- ``cls_u8`` (16, 48, 192) uint8: ``TextClassifier.resize_norm_img`` of the first 16 lines of
-  ``text_lines(128, seed=0)``, channel 0, mapped back to grey levels (``x * 127.5 + 127.5``);
-  the zero padding reads 128.
-- ``cls_width`` (16,) int64: the resized width of each (the rest is padding).
-- ``det_rows_u8`` (96, 736) uint8: the first 96 rows of ``DetPreProcess`` (limit 736, "min") of page 0
-  of ``text_pages(6, seed=0)``, channel 0, as grey levels.
-- ``det_boxes`` (n, 5) float64: ``[page, x0, y0, x1, y1]``, the axis-aligned hull of each quadrilateral
-  that ``TextDetector`` (DetPreProcess, ONNX Runtime, DBPostProcess, filter_tag_det_res) finds.
+The inputs are stored too, so that the test checks the preprocessing on the very pixels rapidocr saw
+(another Pillow/FreeType may render the fonts a little differently). Keys:
+- ``line_0`` .. ``line_15`` (h, w) uint8: the first 16 lines of ``text_lines(128, seed=0)``, channel 0
+  (the three channels are equal); ``cls_u8`` (16, 48, 192) uint8: ``TextClassifier.resize_norm_img``
+  of each, channel 0, mapped back to grey levels (``x * 127.5 + 127.5``; the zero padding reads 128);
+  ``cls_width`` (16,) int64: the resized width of each (the rest is padding).
+- ``page`` (640, 640) uint8: page 0 of ``text_pages(6, seed=0)``, channel 0; ``page_truth`` its line
+  boxes; ``det_rows_u8`` (96, 736) uint8, the first 96 rows of
+  ``DetPreProcess`` (limit 736, "min") of it, channel 0, as grey levels; ``det_boxes`` (n, 4) float64
+  ``[x0, y0, x1, y1]``, the axis-aligned hull of each quadrilateral that ``TextDetector``
+  (DetPreProcess, ONNX Runtime, DBPostProcess, filter_tag_det_res) finds on it.
 """
 import math
 import subprocess
@@ -47,28 +49,25 @@ def main():
         from rapidocr_onnxruntime.ch_ppocr_det.text_detect import TextDetector
         from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess, DetPreProcess
 
-        lines, _ = ocr.text_lines(128, seed=0)
+        lines = [im[:, :, :1].repeat(3, axis=2) for im in ocr.text_lines(128, seed=0)[0][:16]]
         tc = TextClassifier.__new__(TextClassifier)      # only resize_norm_img: no session needed
         tc.cls_image_shape = list(ocr.CLS_IMAGE_SHAPE)
-        cls = np.stack([tc.resize_norm_img(im)[0] for im in lines[:16]])
-        widths = [min(192, int(math.ceil(48 * im.shape[1] / im.shape[0]))) for im in lines[:16]]
+        cls = np.stack([tc.resize_norm_img(im)[0] for im in lines])
+        widths = [min(192, int(math.ceil(48 * im.shape[1] / im.shape[0]))) for im in lines]
 
-        pre = DetPreProcess(736, "min", [0.5] * 3, [0.5] * 3)
+        page, truth = ocr.text_pages(1, seed=0)[0]
+        x = DetPreProcess(736, "min", [0.5] * 3, [0.5] * 3)(page)
         post = DBPostProcess(thresh=0.3, box_thresh=0.5, max_candidates=1000, unclip_ratio=1.6,
                              use_dilation=True, score_mode="fast")
         td = TextDetector.__new__(TextDetector)          # only filter_tag_det_res
         sess = ort.InferenceSession(str(real_model_path("ppocr_det")), providers=["CPUExecutionProvider"])
-        boxes, det_rows = [], None
-        for k, (page, _) in enumerate(ocr.text_pages(6, seed=0)):
-            x = pre(page)
-            if det_rows is None:
-                det_rows = x[0, 0, :96]
-            quads, _ = post(sess.run(None, {"x": x})[0], page.shape[:2])
-            for q in td.filter_tag_det_res(quads, page.shape[:2]):
-                boxes.append([k, q[:, 0].min(), q[:, 1].min(), q[:, 0].max(), q[:, 1].max()])
+        quads, _ = post(sess.run(None, {"x": x})[0], page.shape[:2])
+        boxes = [[q[:, 0].min(), q[:, 1].min(), q[:, 0].max(), q[:, 1].max()]
+                 for q in td.filter_tag_det_res(quads, page.shape[:2])]
     grey = lambda a: np.clip(np.rint(a * 127.5 + 127.5), 0, 255).astype(np.uint8)  # noqa: E731
-    np.savez_compressed(OUT, cls_u8=grey(cls), cls_width=np.array(widths, np.int64),
-                        det_rows_u8=grey(det_rows), det_boxes=np.array(boxes, np.float64))
+    np.savez_compressed(OUT, **{f"line_{i}": im[:, :, 0] for i, im in enumerate(lines)},
+                        cls_u8=grey(cls), cls_width=np.array(widths, np.int64), page=page[:, :, 0],
+                        page_truth=truth, det_rows_u8=grey(x[0, 0, :96]), det_boxes=np.array(boxes, np.float64))
     print(f"wrote {OUT} ({OUT.stat().st_size:,} bytes) with OpenCV {cv2.__version__}: {len(boxes)} boxes")
 
 
