@@ -6,7 +6,7 @@ Rendering is seeded (``numpy.random.default_rng(seed)``) and uses the DejaVu San
 Pillow/FreeType. Images are ``(h, w, 3)`` uint8 with equal channels (rapidocr's BGR order is therefore
 moot). Preprocessing follows the package's sources (``ch_ppocr_cls/text_cls.py``
 ``resize_norm_img``, ``ch_ppocr_det/utils.py`` ``DetPreProcess``) with ``cv2.resize``'s bilinear
-interpolation rewritten in NumPy (:func:`resize_linear`: 99.6 % of pixels equal, the rest one grey level apart).
+interpolation rewritten in NumPy (:func:`resize_linear`: 99.7 % of pixels equal, the rest one grey level apart).
 The DB post-processing (:func:`db_boxes`) follows ``DBPostProcess`` with scipy.ndimage connected
 components in place of ``cv2.findContours`` and axis-aligned boxes in place of ``cv2.minAreaRect``
 (the rendered text is axis-aligned); the unclip offset is the same ``area * ratio / perimeter``.
@@ -147,7 +147,7 @@ def resize_linear(img, width, height):
     """``cv2.resize(img, (width, height))`` (INTER_LINEAR) of an (h, w, c) uint8 image, in NumPy.
 
     Half-pixel centres, edges clamped, no antialiasing, and cv2's fixed-point arithmetic (11-bit
-    weights; the vertical pass as its SIMD code rounds it): 99.6 % of pixels equal to OpenCV 4.14's
+    weights; the vertical pass as its SIMD code rounds it): 99.7 % of pixels equal to OpenCV 4.14's
     on the rendered lines and pages, the rest one grey level apart.
     """
     x0, x1, ax0, ax1 = _linear_taps(img.shape[1], width)
