@@ -45,11 +45,13 @@ def _public(scores):
 def _nncomp(name, data, ort_scores):
     """nncomp's runner and metric, or ``(None, {"error": ...})`` when it cannot load or run the model."""
     from .. import real
+    path = real.model_path(name)
     try:
-        run = real.nncomp_runner(real.model_path(name))
+        run = real.nncomp_runner(path)
         return run, _public(_metric(name, run, data, ort_scores))
     except Exception as e:  # noqa: BLE001 - every failure becomes the row's "not loadable" cell
-        return None, {"error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
+        text = f"{type(e).__name__}: {e}".replace(str(path), path.name)     # no machine's folders in tables
+        return None, {"error": text.splitlines()[0][:300]}
 
 
 def run(result, opts):
