@@ -227,6 +227,7 @@ SUITE_KEYS = {
     "sparse_int8": (["fc6", "lenet300"], "| contender | median ms | p90 ms | vs dense | vs csr float32 |"),
     "lowrank": (["speed", "accuracy", "targets", "limits"], "## Accuracy on the 1,000 shipped test digits"),
     "vs_ort": (["rows"], "| model | loop_b1 | loop_b8 |"),
+    "real": (["rows"], "| model | input (batch 1) | runtime | median ms | metric |"),
 }
 
 
@@ -237,8 +238,10 @@ def test_every_suite_runs_quick_and_writes_its_tables(name, tmp_path, capsys):
     torch_needed = name in ("sparse", "lowrank")
     if torch_needed and importlib.util.find_spec("torch") is None:
         pytest.skip("this suite times torch")
-    if name == "vs_ort" and importlib.util.find_spec("onnxruntime") is None:
+    if name in ("vs_ort", "real") and importlib.util.find_spec("onnxruntime") is None:
         pytest.skip("this suite times ONNX Runtime")
+    if name == "real" and importlib.util.find_spec("PIL") is None:
+        pytest.skip("this suite renders its inputs with Pillow")
     assert main(["--suite", name, "--quick", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / f"{name}.json").read_text())
     keys, line = SUITE_KEYS[name]

@@ -2,11 +2,12 @@
 
 With no arguments: the four PyTorch models shipped with nncomp (``nncomp.data.DATA_DIR``) on the 1,000 test digits (every recipe of
 :data:`nncomp.bench.suite.RECIPES`, the dense engine, and the peers when installed), then the VGG-16
-layer suite; a table on the terminal, and JSON, CSV, Markdown and (with matplotlib) PNG plots in
-``bench/out/``. ``--quick`` runs a few rows on LeNet-300-100 and two small layers in seconds (CI).
+layer suite, then the real-world PP-OCR models (``--suite real``: real.json, real.md); a table on the
+terminal, and JSON, CSV, Markdown and (with matplotlib) PNG plots in ``bench/out/``. ``--quick`` runs a
+few rows on LeNet-300-100 and two small layers in seconds (CI; no real-world models).
 ``--suite NAME`` runs one method's tables instead (:mod:`nncomp.bench.suites`: dense, conv_algos,
-quant, codebook, sparse, sparse_int8, lowrank). The options are parsed in :mod:`nncomp.bench.args`
-(shared with the ``nncomp`` command). See bench/README.md for every column.
+quant, codebook, sparse, sparse_int8, lowrank, vs_ort, real). The options are parsed in
+:mod:`nncomp.bench.args` (shared with the ``nncomp`` command). See bench/README.md for every column.
 """
 import os
 import sys
@@ -123,6 +124,11 @@ def run(args):
 
     if result["layers"]:
         result["phase_s"]["layers"] = time.perf_counter() - t0
+    if args.suite == "all" and not (args.quick or args.model):     # ~10 s: the real-world models
+        from .suites import run_suite
+        t0 = time.perf_counter()
+        run_suite("real", args, out)
+        result["phase_s"]["real (real.md)"] = time.perf_counter() - t0
     result["wall_s"] = time.perf_counter() - start
     result["loadavg_end"] = list(os.getloadavg())
     if not args.no_plots and result["models"]:

@@ -335,7 +335,7 @@ def ort_model(model, *, threads, int8=False, spin=False, serialized=None):
     ``fn.onnx_bytes`` is the size of the serialized graph that ORT loaded. ``serialized``: the
     float32 graph of :func:`onnx_model` as bytes, when the caller exported it already (fc6: 411 MB).
     """
-    ort = require_ort()
+    require_ort()
     data = serialized if serialized is not None else onnx_model(model).SerializeToString()
     if int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -347,21 +347,24 @@ def ort_model(model, *, threads, int8=False, spin=False, serialized=None):
                 quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
             with open(dst, "rb") as fh:
                 data = fh.read()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads)
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    if not spin:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    n_out = len(model.outputs)
+    sess, n_out = ort_session(data, threads=threads, spin=spin), len(model.outputs)
 
     def fn(x):
         ys = sess.run(None, {"x": x})
         return ys[0] if n_out == 1 else tuple(ys)
     fn.onnx_bytes = len(data)
     return fn
+
+
+def ort_session(data, *, threads, spin=False):
+    """ORT CPU session of ``data`` (graph bytes or a path): ``threads`` threads, sequential, no spin unless ``spin``."""
+    ort = require_ort()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = int(threads), 1
+    opts.execution_mode, opts.log_severity_level = ort.ExecutionMode.ORT_SEQUENTIAL, 3
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 
 @contextlib.contextmanager

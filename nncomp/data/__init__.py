@@ -24,6 +24,8 @@ from ..errors import NncompError
 DATA_DIR = Path(str(resources.files(__name__)))
 LAYOUTS = ("NCHW", "NHWC", "NC")
 MODELS = ("lenet300", "lenet5", "vgg_small", "resnet_small")
+# Real-world ONNX models nobody here trained (rapidocr-onnxruntime 1.4.4; see data/real/README.md).
+REAL_MODELS = {"ppocr_cls": "ch_ppocr_mobile_v2.0_cls_infer.onnx", "ppocr_det": "ch_PP-OCRv4_det_infer.onnx"}
 
 
 def _checkout():
@@ -58,6 +60,28 @@ def model_path(name):
                           "(to load a file of your own, pass its path to nc.load)")
     _shipped(f"{name}.h5")
     return DATA_DIR / f"{name}.h5"
+
+
+def real_path(name):
+    """The path of a file under ``nncomp/data/real/`` (``"config.yaml"``, ``"fonts/DejaVuSans.ttf"``)."""
+    _shipped(f"real/{name}")
+    return DATA_DIR / "real" / name
+
+
+def real_model_path(name):
+    """The path of a shipped real-world ONNX model: ``"ppocr_cls"`` (PP-OCR text-direction classifier,
+    ``ch_ppocr_mobile_v2.0_cls_infer.onnx``) or ``"ppocr_det"`` (PP-OCRv4 text detector,
+    ``ch_PP-OCRv4_det_infer.onnx``), from rapidocr-onnxruntime 1.4.4 (Apache-2.0). Provenance, inputs,
+    outputs and preprocessing: the repository's data/real/README.md; inputs: :mod:`nncomp.bench.ocr`.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    if name not in REAL_MODELS:
+        raise NncompError(f"real_model_path() got {name!r}; the shipped real-world models are "
+                          f"{', '.join(REAL_MODELS)} (to load a file of your own, pass its path to nc.load)")
+    return real_path(REAL_MODELS[name])
 
 
 def mnist(split="test", *, layout="NCHW"):

@@ -1,0 +1,127 @@
+"""The real-world models (PP-OCR's text-direction classifier and PP-OCRv4 text detector, shipped in
+``nncomp/data/real/``) on real inputs, under a runner: ONNX Runtime (the reference) or nncomp.
+
+A *runner* is a callable ``run(x) -> y``: NCHW float32 batch in, the model's first output in ONNX's
+layout out (the classifier: ``(n, 2)`` probabilities; the detector: ``(n, 1, H, W)`` probabilities).
+:func:`ort_runner` and :func:`nncomp_runner` make one from a model path; :func:`classifier_scores`
+and :func:`detector_scores` measure a runner on the inputs of :func:`classifier_inputs` and
+:func:`detector_inputs` (rendered and preprocessed by :mod:`nncomp.bench.ocr`).
+
+    from nncomp.bench import real
+    x, labels = real.classifier_inputs()
+    real.classifier_scores(real.ort_runner(real.model_path("ppocr_cls")), x, labels)["accuracy"]
+"""
+import numpy as np
+
+from ..data import real_model_path as model_path
+from . import ocr
+
+MODELS = ("ppocr_cls", "ppocr_det")
+CLS_LINES, CLS_SEED = 128, 0         # 128 upright lines and their 180-degree copies
+DET_PAGES, DET_SEED = 6, 0
+TIMING_SIZE = 640                    # the detector is timed on a page at 640 x 640 (no resize)
+
+__all__ = ["MODELS", "model_path", "ort_runner", "nncomp_runner", "classifier_inputs", "detector_inputs",
+           "classifier_scores", "detector_scores", "map_iou", "timing_input"]
+
+
+def ort_runner(path, *, threads=None, spin=False):
+    """ONNX Runtime (CPU, float32) running the ONNX file ``path``: ``run(x) -> first output``.
+
+    ``threads``: intra-op threads (default: Numba's current count, as every peer table); sequential
+    execution and spinning off as in :func:`nncomp.bench.peers.ort_session`.
+    """
+    import numba
+
+    from .peers import ort_session
+    sess = ort_session(str(path), threads=threads or numba.get_num_threads(), spin=spin)
+    name = sess.get_inputs()[0].name
+
+    def run(x):
+        return sess.run(None, {name: np.ascontiguousarray(x, np.float32)})[0]
+    return run
+
+
+def nncomp_runner(path):
+    """nncomp running the ONNX file ``path``: ``nc.load(path)``, a Model callable on NCHW float32 batches
+    that returns the model's output in ONNX's layout. Raises what ``nc.load`` raises when it cannot
+    read the file (before the ONNX importer: "not a readable HDF5 file")."""
+    import nncomp as nc
+    model = nc.load(str(path))
+
+    def run(x):
+        y = model(np.ascontiguousarray(x, np.float32))
+        return y[0] if isinstance(y, (tuple, list)) else y
+    run.model = model
+    return run
+
+
+def classifier_inputs(n=CLS_LINES, *, seed=CLS_SEED):
+    """``(x, labels)``: ``2n`` rendered lines preprocessed as rapidocr does, ``(2n, 3, 48, 192)`` float32,
+    the ``n`` upright first; labels int64, 0 upright and 1 rotated by 180 degrees."""
+    lines, labels = ocr.text_lines(n, seed=seed)
+    return ocr.cls_preprocess(lines), labels
+
+
+def detector_inputs(n=DET_PAGES, *, seed=DET_SEED, limit_side_len=ocr.DET_LIMIT_SIDE_LEN):
+    """``n`` rendered 640 x 640 pages preprocessed as rapidocr's config says (resized to 736 x 736):
+    a list of ``(x (1, 3, H, W) float32, page (h, w), truth boxes (k, 4))``."""
+    return [(ocr.det_preprocess(page, limit_side_len=limit_side_len), page.shape[:2], boxes)
+            for page, boxes in ocr.text_pages(n, seed=seed)]
+
+
+def timing_input(name, *, seed=0):
+    """The batch-1 input a model is timed on: one preprocessed line ``(1, 3, 48, 192)`` for the classifier,
+    a page at ``TIMING_SIZE`` x ``TIMING_SIZE`` ``(1, 3, 640, 640)`` for the detector."""
+    if name == "ppocr_cls":
+        return classifier_inputs(1, seed=seed)[0][:1]
+    page, _ = ocr.render_page(np.random.default_rng(seed), size=TIMING_SIZE)
+    return ocr.det_preprocess(page, limit_side_len=TIMING_SIZE)
+
+
+def classifier_scores(run, x, labels, *, batch=16):
+    """The classifier's accuracy under ``run`` (labels decoded as rapidocr does: argmax of "0", "180").
+
+    Returns a dict: ``accuracy``, ``accuracy_upright``, ``accuracy_rotated``, ``mean_confidence``
+    (of the predicted label) and ``probs`` (n, 2) float32.
+    """
+    probs = np.concatenate([np.asarray(run(x[i:i + batch]), np.float32) for i in range(0, len(x), batch)])
+    pred, conf = ocr.cls_decode(probs)
+    ok = pred == labels
+    return {"accuracy": float(ok.mean()), "accuracy_upright": float(ok[labels == 0].mean()),
+            "accuracy_rotated": float(ok[labels == 1].mean()), "mean_confidence": float(conf.mean()),
+            "n": int(len(labels)), "probs": probs}
+
+
+def detector_scores(run, pages, *, reference=None, iou=0.5):
+    """The detector's box recall under ``run`` on ``pages`` (:func:`detector_inputs`).
+
+    Boxes come from :func:`nncomp.bench.ocr.db_boxes` (rapidocr's DB post-processing, unclip included);
+    a truth box counts as found when a box matches it one-to-one at IoU >= ``iou``. With ``reference``
+    (another call's result, e.g. ONNX Runtime's), also ``map_iou``: the IoU of the two binarized maps
+    (``prob > 0.3``) over all pages, and ``max_abs_diff`` of the probabilities.
+
+    Returns a dict: ``recall``, ``precision``, ``n_truth``, ``n_found``, ``n_matched``, ``maps`` (the
+    probability maps, for a later ``reference``) and, with ``reference``, ``map_iou``, ``max_abs_diff``.
+    """
+    maps, n_truth, n_found, n_matched = [], 0, 0, 0
+    for x, src_hw, truth in pages:
+        prob = np.asarray(run(x), np.float32)
+        found, _ = ocr.db_boxes(prob, src_hw)
+        maps.append(prob)
+        n_truth, n_found, n_matched = n_truth + len(truth), n_found + len(found), n_matched + ocr.matched(truth, found, iou=iou)
+    out = {"recall": n_matched / max(n_truth, 1), "precision": n_matched / max(n_found, 1), "n_truth": n_truth,
+           "n_found": n_found, "n_matched": n_matched, "maps": maps}
+    if reference is not None:
+        out["map_iou"] = map_iou(maps, reference["maps"])
+        out["max_abs_diff"] = max(float(np.abs(a - b).max()) for a, b in zip(maps, reference["maps"]))
+    return out
+
+
+def map_iou(maps, reference, *, thresh=ocr.DET_THRESH):
+    """IoU of the binarized maps (``prob > thresh``) of two runs, summed over all pages (1.0 when both are empty)."""
+    inter = union = 0
+    for a, b in zip(maps, reference):
+        a, b = ocr.binarize(a, thresh), ocr.binarize(b, thresh)
+        inter, union = inter + int((a & b).sum()), union + int((a | b).sum())
+    return inter / union if union else 1.0
