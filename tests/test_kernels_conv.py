@@ -86,14 +86,7 @@ def test_conv_blocked_nhwc_matches_reference(kernel, g, co, nvec, data):
     """Every tile width and vector count, masked channel tails (co not a multiple of 16), strides and
     dilations (a call per tap instead of per kernel row), on a padded input as the layer passes it."""
     x, (kh, kw, sh, sw, ph, pw, dh, dw), (oh, ow), rng, integer = g
-    xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-    cop = -(-co // 16) * 16
-    w = np.zeros((kh * kw * x.shape[3], cop), np.float32)
-    w[:, :co] = rng.standard_normal((w.shape[0], co))
-    bias = np.zeros(cop, np.float32)
-    bias[:co] = rng.standard_normal(co)
-    if integer:
-        w, bias = np.round(w * 2), np.round(bias * 2)
+    xp, w, bias, cop = _blocked_operands(g, kh * kw * x.shape[3], co)
     pmax = data.draw(st.integers(1, conv_blocked.TILE_PIXELS[nvec]), label="pmax")
     out = np.full((x.shape[0], oh, ow, co), np.nan, np.float32)
     kernel(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, *_no_epilogue(cop, out), out)
@@ -125,14 +118,7 @@ def test_depthwise_blocked_nhwc_matches_reference(kernel, g, nvec, data):
     channel count, stride, dilation and tile width, with and without the epilogue."""
     x, (kh, kw, sh, sw, ph, pw, dh, dw), (oh, ow), rng, integer = g
     c = x.shape[3]
-    xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-    cop = -(-c // 16) * 16
-    w = np.zeros((kh * kw, cop), np.float32)
-    w[:, :c] = rng.standard_normal((kh * kw, c))
-    bias = np.zeros(cop, np.float32)
-    bias[:c] = rng.standard_normal(c)
-    if integer:
-        w, bias = np.round(w * 2), np.round(bias * 2)
+    xp, w, bias, cop = _blocked_operands(g, kh * kw, c)
     pmax = data.draw(st.integers(1, conv_blocked.TILE_PIXELS[nvec]), label="pmax")
     out = np.full((x.shape[0], oh, ow, c), np.nan, np.float32)
     kernel(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, *_no_epilogue(cop, out), out)
@@ -145,6 +131,20 @@ def test_depthwise_blocked_nhwc_matches_reference(kernel, g, nvec, data):
     kernel(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, w[0], bias, True, out, True, 0.0, 6.0, fused)
     want = ref.epilogue_rows(out.reshape(-1, c), w[0, :c], bias[:c], out.reshape(-1, c), 0.0, 6.0)
     assert np.array_equal(fused.reshape(-1, c), want, equal_nan=True)
+
+
+def _blocked_operands(g, k, co):
+    """The padded input, weight (k, cop) and bias (cop,) of a blocked-kernel call, zero past co."""
+    x, (kh, kw, sh, sw, ph, pw, dh, dw), _, rng, integer = g
+    xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    cop = -(-co // 16) * 16
+    w = np.zeros((k, cop), np.float32)
+    w[:, :co] = rng.standard_normal((k, co))
+    bias = np.zeros(cop, np.float32)
+    bias[:co] = rng.standard_normal(co)
+    if integer:
+        w, bias = np.round(w * 2), np.round(bias * 2)
+    return xp, w, bias, cop
 
 
 def _no_epilogue(cop, out):
