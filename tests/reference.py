@@ -72,6 +72,12 @@ def conv_blocked_nhwc(xp, w, bias, kh, kw, sh, sw, dh, dw, oh_n, ow_n, co):
     return conv_direct_nhwc(xp, w[:, :co], bias[:co], kh, kw, sh, sw, 0, 0, dh, dw, oh_n, ow_n)
 
 
+def conv_blocked_pooled_nhwc(xp, w, bias, kh, kw, sh, sw, dh, dw, pool, oh_n, ow_n, co):
+    """The blocked convolution (output oh_n x ow_n) then a pool x pool max-pool, stride pool, floor."""
+    y = conv_blocked_nhwc(xp, w, bias, kh, kw, sh, sw, dh, dw, oh_n, ow_n, co)
+    return maxpool_nhwc(y, pool, pool, pool, pool, 0, 0, 1, 1, oh_n // pool, ow_n // pool)
+
+
 def conv_pad_nhwc(x, n0, t, l, out):
     """Images n0.. of x zero-padded at (t, l) into a copy of out (images past n keep their values)."""
     out = out.copy()

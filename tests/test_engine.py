@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 import nncomp as nc
 from graph_reference import graph_reference
 from nncomp.layers import Fused
-from nncomp.layers import conv_algorithms as algos
+from nncomp.layers import conv_algorithms as algos, conv_blocked
 from nncomp.model import Node
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +46,7 @@ def _blocked_kernel(allowed):
 @contextlib.contextmanager
 def _no_blocked():
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(algos, "BLOCKED_MAX_WEIGHT_BYTES", 0)
+        mp.setattr(conv_blocked, "BLOCKED_MAX_WEIGHT_BYTES", 0)
         yield
 
 

@@ -133,6 +133,29 @@ def test_depthwise_blocked_nhwc_matches_reference(kernel, g, nvec, data):
     assert np.array_equal(fused.reshape(-1, c), want, equal_nan=True)
 
 
+@pytest.mark.parametrize("kernel", [conv_blocked.conv_blocked_pooled_nhwc, conv_blocked.conv_blocked_pooled_nhwc_parallel])
+@given(g=geometry(max_c=20), co=st.integers(1, 40), nvec=st.integers(1, 3), pool=st.integers(2, 3), data=st.data())
+def test_conv_blocked_pooled_nhwc_matches_reference(kernel, g, co, nvec, pool, data):
+    """The blocked convolution with its max-pool: lines computed pool at a time into each thread's
+    buffer, pooled from there (floor mode: trailing lines and columns dropped)."""
+    x, (kh, kw, sh, sw, ph, pw, dh, dw), (oh, ow), rng, integer = g
+    if oh < pool or ow < pool:
+        return
+    xp, w, bias, cop = _blocked_operands(g, kh * kw * x.shape[3], co)
+    pmax = data.draw(st.integers(1, conv_blocked.TILE_PIXELS[nvec]), label="pmax")
+    lines = np.full((numba.get_num_threads(), pool, ow, co), np.nan, np.float32)
+    out = np.full((x.shape[0], oh // pool, ow // pool, co), np.nan, np.float32)
+    kernel(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, pool, lines, out)
+    expect = ref.conv_blocked_pooled_nhwc(xp, w, bias, kh, kw, sh, sw, dh, dw, pool, oh, ow, co)
+    if integer:
+        assert np.array_equal(out, expect)
+    # the same float32 values as the unpooled kernel's, pooled exactly
+    full = np.empty((x.shape[0], oh, ow, co), np.float32)
+    conv_blocked.conv_blocked_nhwc(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, *_no_epilogue(cop, full), full)
+    pooled = ref.maxpool_nhwc(full, pool, pool, pool, pool, 0, 0, 1, 1, oh // pool, ow // pool)
+    assert np.array_equal(out, pooled)
+
+
 def _blocked_operands(g, k, co):
     """The padded input, weight (k, cop) and bias (cop,) of a blocked-kernel call, zero past co."""
     x, (kh, kw, sh, sw, ph, pw, dh, dw), _, rng, integer = g

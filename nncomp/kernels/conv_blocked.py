@@ -219,6 +219,43 @@ _tiles1, _tiles2, _tiles3, _tiles4 = (_make_tiles(v, TILE_PIXELS[v]) for v in ra
 _dw1, _dw2, _dw3, _dw4 = (_make_tiles(v, TILE_PIXELS[v], depthwise=True) for v in range(1, VECTORS + 1))
 
 
+def _row(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, b, i, out, obase):
+    """Output line ``i`` of image ``b`` into flat ``out[obase:]`` (ow pixels x co channels; ``res``
+    read at the same offsets): the dense tiles of :func:`_blocked`."""
+    ow, co = out.shape[-2], out.shape[-1]
+    hp, wp, c = xp.shape[1], xp.shape[2], xp.shape[3]
+    cop = w.shape[1]
+    blocks = (ow + pmax - 1) // pmax
+    p0 = (ow + blocks - 1) // blocks if blocks > 0 else 1       # balanced tiles along the line
+    # one call over the kernel rows, each a contiguous kw * c run; one per kernel column when dilated
+    span = kw * c if dw == 1 else c
+    calls = 1 if dw == 1 else kw
+    for co0 in range(0, cop, 16 * nvec):
+        nv = min(nvec, (cop - co0) // 16)
+        lanes = min(16, co - co0 - 16 * (nv - 1))
+        j0 = 0
+        while j0 < ow:
+            p = min(p0, ow - j0)
+            oo = obase + j0 * co + co0
+            for q in range(calls):
+                xo = ((b * hp + i * sh) * wp + j0 * sw + q * dw) * c
+                a = (p, xp, xo, sw * c, span, kh, dh * wp * c, kw * c * cop, w, q * c * cop + co0, cop, bias,
+                     co0, int(q == 0), out, oo, co, lanes, int(q == calls - 1), scale, shift, affine, res, add,
+                     lo, hi, 1)
+                if nv == 4:
+                    _tiles4(*a)
+                elif nv == 3:
+                    _tiles3(*a)
+                elif nv == 2:
+                    _tiles2(*a)
+                else:
+                    _tiles1(*a)
+            j0 += p
+
+
+_row_inline = numba.njit(inline="always")(_row)
+
+
 def _blocked(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, out):
     """Direct convolution of a padded NHWC batch with register-blocked tiles (module doc), and the
     epilogue of nncomp/kernels/epilogue.py applied as each tile is stored.
@@ -232,42 +269,49 @@ def _blocked(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affi
     OUT out (n, oh, ow, co) float32 C-contiguous, overwritten.
     """
     n, oh, ow, co = out.shape
-    hp, wp, c = xp.shape[1], xp.shape[2], xp.shape[3]
-    cop = w.shape[1]
-    width = 16 * nvec
-    blocks = (ow + pmax - 1) // pmax
-    p0 = (ow + blocks - 1) // blocks if blocks > 0 else 1       # balanced tiles along the line
-    # one call over the kernel rows, each a contiguous kw * c run; one per kernel column when dilated
     lo32, hi32 = np.float32(lo), np.float32(hi)
-    per_row = dw == 1
-    span = kw * c if per_row else c
-    calls = kw if not per_row else 1
-    xrow = dh * wp * c
-    wrs = kw * c * cop
     for t in prange(n * oh):
         b = t // oh
         i = t - b * oh
-        for co0 in range(0, cop, width):
-            nv = min(nvec, (cop - co0) // 16)
-            lanes = min(16, co - co0 - 16 * (nv - 1))
-            j0 = 0
-            while j0 < ow:
-                p = min(p0, ow - j0)
-                oo = ((b * oh + i) * ow + j0) * co + co0
-                for q in range(calls):
-                    xo = ((b * hp + i * sh) * wp + j0 * sw + q * dw) * c
-                    a = (p, xp, xo, sw * c, span, kh, xrow, wrs, w, q * c * cop + co0, cop, bias, co0,
-                         int(q == 0), out, oo, co, lanes, int(q == calls - 1), scale, shift, affine, res,
-                         add, lo32, hi32, 1)
-                    if nv == 4:
-                        _tiles4(*a)
-                    elif nv == 3:
-                        _tiles3(*a)
-                    elif nv == 2:
-                        _tiles2(*a)
-                    else:
-                        _tiles1(*a)
-                j0 += p
+        _row_inline(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo32, hi32,
+                    b, i, out, (b * oh + i) * ow * co)
+
+
+def _blocked_pooled(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, pool, lines, out):
+    """:func:`_blocked` followed by a ``pool x pool`` max-pool with stride ``pool`` (floor mode), the
+    convolution's lines computed ``pool`` at a time into a per-thread buffer and pooled from there.
+
+    IN  as _blocked, without an epilogue; lines (threads, pool, ow, co) float32 C-contiguous work
+        buffer (ow the convolution's output width; one slab per Numba thread).
+    OUT out (n, oh // pool, ow // pool, co) float32: the max over each window, NaN winning, as
+        nncomp/kernels/pool.py computes it.
+    """
+    n, ph, pw, co = out.shape
+    ow = lines.shape[2]
+    z = np.zeros(w.shape[1], np.float32)
+    lo32, hi32 = np.float32(-np.inf), np.float32(np.inf)
+    for t in prange(n * ph):
+        b = t // ph
+        pi = t - b * ph
+        slab = numba.get_thread_id()
+        buf = lines[slab]
+        for r in range(pool):
+            _row_inline(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, z, z, False, lines, False, lo32, hi32,
+                        b, pi * pool + r, lines, (slab * pool + r) * ow * co)
+        dst = out[b, pi]
+        for pj in range(pw):
+            acc = dst[pj]
+            acc[:] = -np.inf
+            for r in range(pool):
+                for q in range(pool):
+                    src = buf[r, pj * pool + q]
+                    for o in range(co):
+                        v = src[o]
+                        if v > acc[o] or v != v:
+                            acc[o] = v
+
+
+conv_blocked_pooled_nhwc, conv_blocked_pooled_nhwc_parallel = both(_blocked_pooled)
 
 
 conv_blocked_nhwc, conv_blocked_nhwc_parallel = both(_blocked)

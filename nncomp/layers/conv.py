@@ -6,6 +6,7 @@ import numpy as np
 from ..errors import NncompError
 from ..matrices import DenseMatrix, Matrix, as_matrix
 from . import conv_algorithms as algos
+from . import conv_blocked as blocked
 from .base import Layer, SamePadding, Window, fit, pads, pair, plan_field, register, set_fields, tensor_field, vector
 from .fused import Fused, absorb_epilogue
 from .pooling import MaxPool2D
@@ -58,8 +59,8 @@ class Conv2D(SamePadding, Layer):
                               f"{self.weight.format}; leave grouped layers out of compression")
         if self.depthwise or algos.direct_eligible(self):
             set_fields(self, weight_t=np.ascontiguousarray(self.weight.w.T))
-        if algos.blocked_eligible(self):
-            set_fields(self, weight_b=algos.blocked_weights(self))
+        if blocked.blocked_eligible(self):
+            set_fields(self, weight_b=blocked.blocked_weights(self))
         set_fields(self, algorithms=algos.algorithms_for(self))
 
     @property

@@ -24,9 +24,6 @@
   weights the patches and the product run fused in one kernel (nncomp/kernels/conv_gemm.py): each
   thread builds a block of patches in its own buffer and multiplies it with one BLAS call.
 """
-import math
-import threading
-
 import numba
 import numpy as np
 
@@ -37,10 +34,10 @@ from ..kernels.conv import (conv_crop_bias_nhwc, conv_crop_bias_nhwc_parallel, c
                            conv_direct_nhwc_parallel, conv_pad_nhwc, conv_pad_nhwc_parallel,
                            depthwise_conv_nhwc, depthwise_conv_nhwc_parallel, im2col_nhwc,
                            im2col_nhwc_parallel)
-from ..kernels.conv_blocked import (conv_blocked_nhwc, conv_blocked_nhwc_parallel, depthwise_blocked_nhwc,
-                                    depthwise_blocked_nhwc_parallel, tile_pixels)
 from ..kernels.conv_gemm import im2col_gemm_nhwc, im2col_gemm_nhwc_parallel
 from ..matrices import DenseMatrix
+from .conv_blocked import blocked_eligible, blocked_pooled_step, blocked_step
+from .workspace import scratch
 
 # im2col works in chunks of output lines whose patch buffer stays under this many bytes.
 IM2COL_CHUNK_BYTES = 8 << 20
@@ -69,29 +66,7 @@ DIRECT_MAX_PATCH = 75
 DIRECT_MAX_OUT = 32
 DIRECT_MIN_MACS = 1 << 21   # below this (LeNet-5 conv1 at batch 1: 288k MACs) im2col + BLAS is faster
 DIRECT_SERIAL_FACTOR = 8    # the direct kernel goes parallel at 8x _jit.PARALLEL_MIN_WORK
-# The blocked kernel streams a tile's weight columns (kh*kw*c x 64 floats) once per tile, from L2
-# or L3. Measured at 2 threads (Zen 4): it beat im2col and the shifted GEMM up to VGG-16's conv3_2
-# (2.4 MB: 20.2 ms against 24.1 and 22.0 at batch 1) and tied them at 9.4 MB (conv4_2: 23.2
-# against 24.3 and 22.5; conv5_2 at batch 32: 177 against 172), so larger weights keep BLAS.
-BLOCKED_MAX_WEIGHT_BYTES = 4 << 20
 ALGORITHMS = ("im2col", "shifted", "direct", "depthwise", "blocked")
-
-
-_WORKSPACE = threading.local()
-
-
-def scratch(name, shape):
-    """A float32 work array of ``shape``, reused across calls on this thread (not zeroed).
-
-    Fresh multi-megabyte arrays cost page faults on every call (conv3_2 at batch 1: 2.5 ms of
-    11.5 for the shifted GEMM's two work buffers); these are kept per thread and grown as needed.
-    """
-    size = math.prod(shape)
-    buffers = _WORKSPACE.__dict__
-    buf = buffers.get(name)
-    if buf is None or buf.size < size:
-        buf = buffers[name] = np.empty(size, np.float32)
-    return buf[:size].reshape(shape)
 
 
 def direct_eligible(layer):
@@ -99,30 +74,6 @@ def direct_eligible(layer):
     kh, kw = layer.kernel_size
     return (layer.groups == 1 and isinstance(layer.weight, DenseMatrix)
             and kh * kw * layer.in_channels <= DIRECT_MAX_PATCH and layer.out_channels <= DIRECT_MAX_OUT)
-
-
-def blocked_eligible(layer):
-    """Whether ``layer`` may run the blocked kernels (it then keeps its padded transposed weight):
-    dense ungrouped weights up to :data:`BLOCKED_MAX_WEIGHT_BYTES`, or a depthwise layer without a
-    channel multiplier."""
-    cop = -(-layer.out_channels // 16) * 16
-    if layer.depthwise:
-        return layer.out_channels == layer.in_channels
-    return (layer.groups == 1 and isinstance(layer.weight, DenseMatrix)
-            and 4 * layer.weight.n_in * cop <= BLOCKED_MAX_WEIGHT_BYTES)
-
-
-def blocked_weights(layer):
-    """``(w, bias)`` in the blocked kernel's layout: ``(k, cop)`` and ``(cop,)``, zero-padded to
-    ``cop``, the output channels rounded up to 16."""
-    co, k = layer.out_channels, layer.weight.n_in
-    cop = -(-co // 16) * 16
-    w = np.zeros((k, cop), np.float32)
-    w[:, :co] = layer.weight.w.T
-    bias = np.zeros(cop, np.float32)
-    if layer.bias is not None:
-        bias[:co] = layer.bias
-    return w, bias
 
 
 def algorithms_for(layer):
@@ -177,7 +128,7 @@ def prepare_epilogue(layer, shape, n, epilogue):
     if choose(layer, shape, n) != "blocked":
         return None
     oh, ow, _ = layer.shape_of(shape)
-    return _blocked_step(layer, shape, n, oh, ow, epilogue)
+    return blocked_step(layer, shape, n, oh, ow, epilogue)
 
 
 def prepare(layer, shape, n, algorithm=None):
@@ -195,7 +146,7 @@ def prepare(layer, shape, n, algorithm=None):
     if algorithm == "direct":
         return lambda x: direct(x, layer.weight_t, bias, layer, oh, ow)
     if algorithm == "blocked":
-        return _blocked_step(layer, shape, n, oh, ow)
+        return blocked_step(layer, shape, n, oh, ow)
     if algorithm == "depthwise":
         return lambda x: depthwise(x, layer.weight_t, bias, layer, oh, ow)
     if _fusable(layer, shape, oh, ow):
@@ -277,12 +228,18 @@ def _fused(w, bias, geo, n, oh, ow, pool=1):
 
 def prepare_pooled(layer, shape, n, pool_layer):
     """One step for Conv2D ``layer`` and the MaxPool2D ``pool_layer`` that reads only its output, or
-    None when they cannot run fused: the fused im2col kernel must be the conv's algorithm, and the
-    pool a plain p x p window with stride p, no padding, over an output of whole windows."""
+    None when they cannot run fused: the pool a plain p x p window with stride p, no padding, and the
+    conv's algorithm the blocked kernel (lines pooled p at a time from a per-thread buffer; floor
+    mode drops trailing lines) or the fused im2col kernel (over an output of whole windows)."""
     p = pool_layer.kernel_size[0]
     oh, ow, _ = layer.shape_of(shape)
-    if not (pool_layer.plain and oh % p == 0 and ow % p == 0 and choose(layer, shape, n) == "im2col"
-            and _fusable(layer, shape, oh, ow)):
+    whole = oh % p == 0 and ow % p == 0
+    algorithm = choose(layer, shape, n)
+    if not pool_layer.plain or oh < p or ow < p:
+        return None
+    if algorithm == "blocked" and not layer.depthwise and (whole or not pool_layer.ceil_mode):
+        return blocked_pooled_step(layer, shape, n, oh, ow, p)
+    if not (whole and algorithm == "im2col" and _fusable(layer, shape, oh, ow)):
         return None
     return _fused(layer.weight.w, _bias(layer), layer.window.args, n, oh, ow, p)
 
@@ -326,47 +283,6 @@ def direct(x, wt, bias, layer, oh, ow):
     kern = _jit.pick((conv_direct_nhwc, conv_direct_nhwc_parallel), out.size * wt.shape[0] // DIRECT_SERIAL_FACTOR)
     kern(x, wt, bias, *layer.window.args, out)
     return out
-
-
-def _blocked_step(layer, shape, n, oh, ow, epilogue=None):
-    """The blocked-kernel step for batches of ``n``: the input zero-padded into a per-thread buffer
-    (none when the layer has no padding), tiles as wide as the CPU's registers allow. With an
-    ``epilogue`` ``(scale, shift, add, lo, hi)`` (nncomp.layers.fused.epilogue_args) the kernel
-    applies it as it stores each tile; the step then reads the residual as a second input."""
-    w, bias = layer.weight_b
-    h, wd, c = shape
-    co, cop = layer.out_channels, w.shape[1]
-    t, b, l, r = layer.padding
-    padded = (t, b, l, r) != (0, 0, 0, 0)
-    nvec = min(cop // 16, 4)
-    pmax = tile_pixels(nvec)
-    kh, kw = layer.kernel_size
-    sh, sw = layer.stride
-    dh, dw = layer.dilation
-    macs = n * oh * ow * co * layer.weight.n_in
-    kernels = ((depthwise_blocked_nhwc, depthwise_blocked_nhwc_parallel) if layer.depthwise
-               else (conv_blocked_nhwc, conv_blocked_nhwc_parallel))
-    kern = _jit.pick(kernels, macs // DIRECT_SERIAL_FACTOR)
-    pad = _jit.pick((conv_pad_nhwc, conv_pad_nhwc_parallel), n * (h + t + b) * (wd + l + r) * c)
-    scale, shift, add, lo, hi = epilogue or (None, None, False, -np.inf, np.inf)
-    affine = scale is not None and scale.shape[0] > 0
-    if affine:
-        scale, shift = (np.concatenate([a, np.zeros(cop - co, np.float32)]) for a in (scale, shift))
-    else:
-        scale = shift = np.zeros(cop, np.float32)
-    lo, hi = np.float32(lo), np.float32(hi)
-
-    def run(x, res=None):
-        out = np.empty((n, oh, ow, co), np.float32)
-        if padded:
-            xp = scratch("blocked_input", (n, h + t + b, wd + l + r, c))
-            pad(x, 0, t, l, xp)
-        else:
-            xp = np.ascontiguousarray(x)
-        res = out if res is None else np.ascontiguousarray(res)
-        kern(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, out)
-        return out
-    return run
 
 
 def depthwise(x, wt, bias, layer, oh, ow):

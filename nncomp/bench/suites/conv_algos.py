@@ -27,7 +27,7 @@ QUICK_SHAPES = [SHAPES[0], SHAPES[3]]
 THREADS = 2
 PARTS = ("speed",)
 QUICK_PARTS = PARTS
-RULES = ("BLOCKED_MAX_WEIGHT_BYTES", "SHIFTED_MIN_CHANNELS", "SHIFTED_MAX_WASTE", "SHIFTED_MIN_MACS", "SHIFTED_MAX_MACS", "DIRECT_MAX_PATCH",
+RULES = ("SHIFTED_MIN_CHANNELS", "SHIFTED_MAX_WASTE", "SHIFTED_MIN_MACS", "SHIFTED_MAX_MACS", "DIRECT_MAX_PATCH",
          "DIRECT_MAX_OUT", "DIRECT_MIN_MACS")
 
 
@@ -59,7 +59,9 @@ def run(res, opts):
             rows.append({"shape": name, "batch": batch, "macs": macs, "median_ms": ms,
                          "chosen": convolution.choose(layer, (h, h, c), batch), "fastest": min(ms, key=ms.get)})
             opts.say(str(rows[-1]))
-    res.update(rows=rows, rules={k: getattr(convolution, k) for k in RULES})
+    from ...layers import conv_blocked
+    res.update(rows=rows, rules={**{k: getattr(convolution, k) for k in RULES},
+                                 "BLOCKED_MAX_WEIGHT_BYTES": conv_blocked.BLOCKED_MAX_WEIGHT_BYTES})
 
 
 def markdown(res):

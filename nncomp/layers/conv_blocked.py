@@ -1,0 +1,104 @@
+"""The blocked convolution steps (nncomp/kernels/conv_blocked.py): which layers they serve, their
+weight layout, and the steps a plan runs (plain, with an epilogue, with a max-pool)."""
+import numba
+import numpy as np
+
+from ..kernels import _jit
+from ..kernels.conv import conv_pad_nhwc, conv_pad_nhwc_parallel
+from ..kernels.conv_blocked import (conv_blocked_nhwc, conv_blocked_nhwc_parallel, conv_blocked_pooled_nhwc,
+                                    conv_blocked_pooled_nhwc_parallel, depthwise_blocked_nhwc,
+                                    depthwise_blocked_nhwc_parallel, tile_pixels)
+from ..matrices import DenseMatrix
+from .workspace import scratch
+
+# The blocked kernel streams a tile's weight columns (kh*kw*c x 64 floats) once per tile, from L2
+# or L3. Measured at 2 threads (Zen 4): it beat im2col and the shifted GEMM up to VGG-16's conv3_2
+# (2.4 MB: 20.2 ms against 24.1 and 22.0 at batch 1) and tied them at 9.4 MB (conv4_2: 23.2
+# against 24.3 and 22.5; conv5_2 at batch 32: 177 against 172), so larger weights keep BLAS.
+BLOCKED_MAX_WEIGHT_BYTES = 4 << 20
+SERIAL_FACTOR = 8     # the kernels go parallel at 8x _jit.PARALLEL_MIN_WORK multiply-adds
+
+
+def blocked_eligible(layer):
+    """Whether ``layer`` may run the blocked kernels (it then keeps its padded transposed weight):
+    dense ungrouped weights up to :data:`BLOCKED_MAX_WEIGHT_BYTES`, or a depthwise layer without a
+    channel multiplier."""
+    cop = -(-layer.out_channels // 16) * 16
+    if layer.depthwise:
+        return layer.out_channels == layer.in_channels
+    return (layer.groups == 1 and isinstance(layer.weight, DenseMatrix)
+            and 4 * layer.weight.n_in * cop <= BLOCKED_MAX_WEIGHT_BYTES)
+
+
+def blocked_weights(layer):
+    """``(w, bias)`` in the blocked kernel's layout: ``(k, cop)`` and ``(cop,)``, zero-padded to
+    ``cop``, the output channels rounded up to 16."""
+    co, k = layer.out_channels, layer.weight.n_in
+    cop = -(-co // 16) * 16
+    w = np.zeros((k, cop), np.float32)
+    w[:, :co] = layer.weight.w.T
+    bias = np.zeros(cop, np.float32)
+    if layer.bias is not None:
+        bias[:co] = layer.bias
+    return w, bias
+
+
+def _blocked_setup(layer, shape, n, oh, ow, kernels):
+    """What both blocked steps need: ``(padded, kern, w, bias, nvec, pmax, geo)``. ``padded(x)``
+    is the input zero-padded into a per-thread buffer (``x`` itself when the layer has no padding);
+    ``kern`` the serial or parallel build of ``kernels``; tiles as wide as the CPU's registers
+    allow; ``geo`` the kernel size, stride and dilation."""
+    w, bias = layer.weight_b
+    h, wd, c = shape
+    t, b, l, r = layer.padding
+    nvec = min(w.shape[1] // 16, 4)
+    macs = n * oh * ow * layer.out_channels * layer.weight.n_in
+    kern = _jit.pick(kernels, macs // SERIAL_FACTOR)
+    pad = _jit.pick((conv_pad_nhwc, conv_pad_nhwc_parallel), n * (h + t + b) * (wd + l + r) * c)
+
+    def padded(x):
+        if (t, b, l, r) == (0, 0, 0, 0):
+            return np.ascontiguousarray(x)
+        xp = scratch("blocked_input", (n, h + t + b, wd + l + r, c))
+        pad(x, 0, t, l, xp)
+        return xp
+    return padded, kern, w, bias, nvec, tile_pixels(nvec), (*layer.kernel_size, *layer.stride, *layer.dilation)
+
+
+def blocked_step(layer, shape, n, oh, ow, epilogue=None):
+    """The blocked-kernel step for batches of ``n``. With an ``epilogue`` ``(scale, shift, add, lo,
+    hi)`` (nncomp.layers.fused.epilogue_args) the kernel applies it as it stores each tile; the step
+    then reads the residual as a second input."""
+    kernels = ((depthwise_blocked_nhwc, depthwise_blocked_nhwc_parallel) if layer.depthwise
+               else (conv_blocked_nhwc, conv_blocked_nhwc_parallel))
+    padded, kern, w, bias, nvec, pmax, geo = _blocked_setup(layer, shape, n, oh, ow, kernels)
+    co, cop = layer.out_channels, w.shape[1]
+    scale, shift, add, lo, hi = epilogue or (None, None, False, -np.inf, np.inf)
+    affine = scale is not None and scale.shape[0] > 0
+    if affine:
+        scale, shift = (np.concatenate([a, np.zeros(cop - co, np.float32)]) for a in (scale, shift))
+    else:
+        scale = shift = np.zeros(cop, np.float32)
+    lo, hi = np.float32(lo), np.float32(hi)
+
+    def run(x, res=None):
+        out = np.empty((n, oh, ow, co), np.float32)
+        res = out if res is None else np.ascontiguousarray(res)
+        kern(padded(x), w, bias, *geo, nvec, pmax, scale, shift, affine, res, add, lo, hi, out)
+        return out
+    return run
+
+
+def blocked_pooled_step(layer, shape, n, oh, ow, p):
+    """The blocked kernel and its p x p max-pool in one step for batches of ``n``."""
+    kernels = (conv_blocked_pooled_nhwc, conv_blocked_pooled_nhwc_parallel)
+    padded, kern, w, bias, nvec, pmax, geo = _blocked_setup(layer, shape, n, oh, ow, kernels)
+    co = layer.out_channels
+    threads = numba.get_num_threads()
+
+    def run(x):
+        out = np.empty((n, oh // p, ow // p, co), np.float32)
+        lines = scratch("blocked_lines", (threads, p, ow, co))
+        kern(padded(x), w, bias, *geo, nvec, pmax, p, lines, out)
+        return out
+    return run
