@@ -13,30 +13,35 @@ import math
 import numpy as np
 
 from ..kernels import _jit
-from ..kernels.epilogue import epilogue_rows, epilogue_rows_parallel
+from ..kernels.epilogue import ACT_NONE, epilogue_rows, epilogue_rows_parallel
 from .base import Layer
 
 # The order the epilogue kernel applies its parts in; ops in another order run one by one.
-_ORDER = {"affine": 0, "add": 1, "clip": 2}
+_ORDER = {"affine": 0, "add": 1, "clip": 2, "act": 3}
 _NONE = np.zeros(0, np.float32)
 
 
 def compiled_epilogue(ops, n, out_shape):
-    """One kernel call ``(y, *extra) -> None`` doing ``ops`` (affine map, residual add, clip, each
-    at most once and in that order) in one pass, or None when they do not fit that form."""
+    """One kernel call ``(y, *extra) -> None`` doing ``ops`` (affine map, residual add, clip,
+    activation, each at most once and in that order) in one pass, or None when they do not fit that
+    form. An op's ``spec`` names its part: ``("affine", scale, shift)``, ``("add",)``, ``("clip",
+    lo, hi)``, ``("act", code, alpha, beta)`` (code from nncomp/kernels/epilogue.py)."""
     specs = [getattr(op, "spec", None) for op, _, _ in ops]
     if not specs or None in specs or [_ORDER[s[0]] for s in specs] != sorted({_ORDER[s[0]] for s in specs}):
         return None
     parts = {s[0]: s for s in specs}
     scale, shift = parts["affine"][1:] if "affine" in parts else (_NONE, _NONE)
     lo, hi = (np.float32(v) for v in parts["clip"][1:]) if "clip" in parts else (np.float32(-np.inf), np.float32(np.inf))
+    act, alpha, beta = parts["act"][1:] if "act" in parts else (ACT_NONE, 0.0, 0.0)
+    act, alpha, beta = int(act), np.float32(alpha), np.float32(beta)
     c = out_shape[-1]
     rows = n * math.prod(out_shape[:-1])
     kern = _jit.pick((epilogue_rows, epilogue_rows_parallel), rows * c)
     empty = np.zeros((0, c), np.float32)
     if "add" in parts:
-        return lambda y, res: kern(y.reshape(rows, c), scale, shift, np.ascontiguousarray(res).reshape(rows, c), lo, hi)
-    return lambda y: kern(y.reshape(rows, c), scale, shift, empty, lo, hi)
+        return lambda y, res: kern(y.reshape(rows, c), scale, shift, np.ascontiguousarray(res).reshape(rows, c),
+                                   lo, hi, act, alpha, beta)
+    return lambda y: kern(y.reshape(rows, c), scale, shift, empty, lo, hi, act, alpha, beta)
 
 
 def absorb_epilogue(producer, successor, n, shapes):
