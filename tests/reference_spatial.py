@@ -1,4 +1,5 @@
-"""NumPy twins of the resize and col2im kernels (nncomp/kernels/resize.py, conv_transpose.py), float64 inside."""
+"""NumPy twins of the resize, col2im and channel-binary kernels (nncomp/kernels/resize.py,
+conv_transpose.py, binary.py)."""
 import numpy as np
 
 
@@ -28,3 +29,11 @@ def col2im_nhwc(cols, n, h, w, kh, kw, sh, sw, pt, pl, dh, dw, bias, oh, ow):
             canvas[:, i * dh: i * dh + (h - 1) * sh + 1: sh, j * dw: j * dw + (w - 1) * sw + 1: sw] += part
     out = canvas[:, pt:pt + oh, pl:pl + ow]
     return out + (bias if len(bias) else 0.0)
+
+
+def channel_binary_nhwc(x, s, op, reverse):
+    """NumPy's ufunc of each row of x and the sample's (or the one) channel vector of s."""
+    fn = [np.add, np.subtract, np.multiply, np.divide, np.maximum, np.minimum][op]
+    s = np.asarray(s)[:, None, :]
+    with np.errstate(all="ignore"):
+        return fn(s, x) if reverse else fn(x, s)

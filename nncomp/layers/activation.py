@@ -120,7 +120,10 @@ class LeakyReLU(EpilogueActivation):
 @register
 @dataclass(frozen=True, eq=False)
 class Clip(EpilogueActivation):
-    """``min(max(x, low), high)`` (ONNX Clip: where ``low > high`` every value becomes ``high``)."""
+    """``min(max(x, low), high)`` (ONNX Clip: where ``low > high`` every value becomes ``high``).
+
+    An infinite bound (the defaults: no bound) clips at the largest finite float32, as ONNX's
+    defaults ``numeric_limits<float>::lowest()`` and ``max()`` do: +-inf become +-3.4028235e38."""
 
     low: float = -math.inf
     high: float = math.inf
@@ -135,7 +138,8 @@ class Clip(EpilogueActivation):
 
     @property
     def spec(self):
-        return ("clip", self.low, self.high)
+        top = float(np.finfo(np.float32).max)
+        return ("clip", min(max(self.low, -top), top), min(max(self.high, -top), top))
 
 
 UNARY = {"sqrt": np.sqrt, "exp": np.exp, "log": np.log, "neg": np.negative, "abs": np.abs,

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import NncompError
+from ..kernels import _jit
+from ..kernels.binary import CHANNEL_OPS, channel_binary_nhwc, channel_binary_nhwc_parallel
 from .base import Layer, register, set_fields, tensor_field
 
 BINARY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "pow": np.power,
@@ -99,13 +101,44 @@ class Binary(Layer):
         return broadcast(f"binary {self.op}", *shapes)
 
     def prepare(self, n, *shapes):
-        fn, rank = BINARY[self.op], len(self.shape_of(*shapes))
+        out = self.shape_of(*shapes)
+        fn, rank = BINARY[self.op], len(out)
+        fast = self._channel_step(n, shapes, out)
+        if fast is not None:
+            return fast
         if self.constant is None:
             return lambda a, b: fn(lift(a, rank), lift(b, rank))
         c = self.constant
         if self.constant_first:
             return lambda x: fn(c, lift(x, rank))
         return lambda x: fn(lift(x, rank), c)
+
+    def _channel_step(self, n, shapes, out):
+        """The channel kernel's step when one operand has the output's shape and the other one
+        value per channel (or one in all), as a constant or per sample; else None."""
+        shapes = shapes + ((self.constant.shape,) if self.constant is not None else ())
+        if self.op not in CHANNEL_OPS or not out or len(shapes) != 2:
+            return None
+        big = [k for k, s in enumerate(shapes) if tuple(s) == out]
+        small = 1 - big[0] if big else None
+        if small is None or math.prod(shapes[small][:-1]) != 1 or (shapes[small] and shapes[small][-1] not in (1, out[-1])):
+            return None
+        c, m = out[-1], math.prod(out[:-1])
+        kern = _jit.pick((channel_binary_nhwc, channel_binary_nhwc_parallel), n * m * c)
+        code, reverse = CHANNEL_OPS[self.op], small == 0
+        if self.constant is not None:
+            reverse = self.constant_first
+            vec = np.ascontiguousarray(np.broadcast_to(self.constant.reshape(1, -1), (1, c)))
+            operand = lambda xs: vec  # noqa: E731
+        else:
+            operand = lambda xs: np.ascontiguousarray(np.broadcast_to(xs[small].reshape(n, -1), (n, c)))  # noqa: E731
+
+        def step(*xs):
+            x = np.ascontiguousarray(xs[1 - small if self.constant is None else 0]).reshape(n, m, c)
+            y = np.empty((n,) + out, np.float32)
+            kern(x, operand(xs), code, reverse, y.reshape(n, m, c))
+            return y
+        return step
 
     def forward(self, *xs):
         with np.errstate(all="ignore"):

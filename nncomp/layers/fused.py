@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from ..kernels import _jit
-from ..kernels.epilogue import ACT_NONE, epilogue_rows, epilogue_rows_parallel
+from ..kernels.epilogue import activation_rows, activation_rows_parallel, epilogue_rows, epilogue_rows_parallel
 from .base import Layer
 
 # The order the epilogue kernel applies its parts in; ops in another order run one by one.
@@ -22,26 +22,35 @@ _NONE = np.zeros(0, np.float32)
 
 
 def compiled_epilogue(ops, n, out_shape):
-    """One kernel call ``(y, *extra) -> None`` doing ``ops`` (affine map, residual add, clip,
-    activation, each at most once and in that order) in one pass, or None when they do not fit that
-    form. An op's ``spec`` names its part: ``("affine", scale, shift)``, ``("add",)``, ``("clip",
-    lo, hi)``, ``("act", code, alpha, beta)`` (code from nncomp/kernels/epilogue.py)."""
+    """One kernel call ``(y, *extra) -> None`` doing ``ops`` (affine map, residual add, clip, each
+    at most once and in that order) in one pass, then an activation in a second kernel, or None
+    when they do not fit that form. An op's ``spec`` names its part: ``("affine", scale, shift)``,
+    ``("add",)``, ``("clip", lo, hi)``, ``("act", code, alpha, beta)`` (codes of
+    nncomp/kernels/epilogue.py)."""
     specs = [getattr(op, "spec", None) for op, _, _ in ops]
     if not specs or None in specs or [_ORDER[s[0]] for s in specs] != sorted({_ORDER[s[0]] for s in specs}):
         return None
     parts = {s[0]: s for s in specs}
     scale, shift = parts["affine"][1:] if "affine" in parts else (_NONE, _NONE)
     lo, hi = (np.float32(v) for v in parts["clip"][1:]) if "clip" in parts else (np.float32(-np.inf), np.float32(np.inf))
-    act, alpha, beta = parts["act"][1:] if "act" in parts else (ACT_NONE, 0.0, 0.0)
-    act, alpha, beta = int(act), np.float32(alpha), np.float32(beta)
     c = out_shape[-1]
     rows = n * math.prod(out_shape[:-1])
     kern = _jit.pick((epilogue_rows, epilogue_rows_parallel), rows * c)
     empty = np.zeros((0, c), np.float32)
-    if "add" in parts:
-        return lambda y, res: kern(y.reshape(rows, c), scale, shift, np.ascontiguousarray(res).reshape(rows, c),
-                                   lo, hi, act, alpha, beta)
-    return lambda y: kern(y.reshape(rows, c), scale, shift, empty, lo, hi, act, alpha, beta)
+    if "act" in parts:
+        act_kern = _jit.pick((activation_rows, activation_rows_parallel), rows * c)
+        act = (int(parts["act"][1]), np.float32(parts["act"][2]), np.float32(parts["act"][3]))
+        if len(parts) == 1:
+            return lambda y: act_kern(y.reshape(rows, c), *act)
+    else:
+        act_kern, act = None, ()
+
+    def one_pass(y, res=None):
+        y2 = y.reshape(rows, c)
+        kern(y2, scale, shift, empty if res is None else np.ascontiguousarray(res).reshape(rows, c), lo, hi)
+        if act_kern is not None:
+            act_kern(y2, *act)
+    return one_pass
 
 
 def absorb_epilogue(producer, successor, n, shapes):

@@ -131,8 +131,8 @@ class GlobalAvgPool2D(_Global2D):
 @register
 @dataclass(frozen=True, eq=False)
 class GlobalMaxPool2D(_Global2D):
-    """Max over height and width (a NaN wins, as in ONNX Runtime and PyTorch): (h, w, c) -> (c,),
-    or (1, 1, c) with ``keepdims``."""
+    """Max over height and width (a NaN wins, as in PyTorch and MaxPool2D; ONNX Runtime skips
+    NaN): (h, w, c) -> (c,), or (1, 1, c) with ``keepdims`` (ONNX GlobalMaxPool)."""
 
     keepdims: bool = False
     kind = "global_maxpool2d"
