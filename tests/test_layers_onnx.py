@@ -203,3 +203,146 @@ def test_global_maxpool_matches_onnxruntime():
     want = run("GlobalMaxPool", [x])
     _same(L.GlobalMaxPool2D(keepdims=True).forward(nhwc(x)), nhwc(want))
     _same(L.GlobalMaxPool2D().forward(nhwc(x)), want[:, :, 0, 0])
+
+
+# ----------------------------------------------------------------------------- resize
+@st.composite
+def resize_case(draw):
+    mode = draw(st.sampled_from(["nearest", "linear"]))
+    coord = draw(st.sampled_from(list(L.resize.COORDINATE_MODES)))
+    nearest = draw(st.sampled_from(list(L.resize.NEAREST_MODES)))
+    h, w = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    if draw(st.booleans()):
+        size = (draw(st.integers(1, 20)), draw(st.integers(1, 20)))
+        scale = None
+    else:
+        size = None
+        scale = (draw(st.sampled_from([0.5, 1.0, 1.5, 2.0, 3.0, 0.7, 2.5])), draw(st.sampled_from([0.5, 1.0, 2.0, 4.0, 1.3])))
+        if min(math.floor(h * scale[0]), math.floor(w * scale[1])) < 1:
+            h, w = 4, 4
+    return mode, coord, nearest, (draw(st.integers(1, 2)), draw(st.integers(1, 3)), h, w), size, scale
+
+
+@given(case=resize_case(), seed=st.integers(0, 2**31))
+def test_resize_matches_onnxruntime(case, seed):
+    mode, coord, nearest, shape, size, scale = case
+    if mode == "linear" and coord == "tf_half_pixel_for_nn":
+        coord = "half_pixel"            # ONNX Runtime refuses it outside nearest mode
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    attrs = {"mode": mode, "coordinate_transformation_mode": coord, "nearest_mode": nearest}
+    if size is not None:
+        args = [x, None, None, ("const", np.array(shape[:2] + size, np.int64))]
+    else:
+        args = [x, None, ("const", np.array((1, 1) + scale, np.float32))]
+    want = nhwc(run("Resize", args, attrs, opset=13))
+    layer = L.Resize(size=size, scale=scale, mode=mode, coordinate_mode=coord, nearest_mode=nearest)
+    got = layer.forward(nhwc(x))
+    if mode == "nearest":
+        assert np.array_equal(got, want)
+    else:
+        _same(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, layer", [
+    ({"scale_factor": 2, "mode": "nearest"}, L.Resize(scale=(2, 2), coordinate_mode="asymmetric", nearest_mode="floor")),
+    ({"size": (7, 5), "mode": "nearest"}, L.Resize(size=(7, 5), coordinate_mode="asymmetric", nearest_mode="floor")),
+    ({"scale_factor": 2, "mode": "bilinear", "align_corners": False},
+     L.Resize(scale=(2, 2), mode="linear", coordinate_mode="pytorch_half_pixel")),
+    ({"size": (9, 4), "mode": "bilinear", "align_corners": False},
+     L.Resize(size=(9, 4), mode="linear", coordinate_mode="pytorch_half_pixel")),
+    ({"size": (9, 13), "mode": "bilinear", "align_corners": True},
+     L.Resize(size=(9, 13), mode="linear", coordinate_mode="align_corners")),
+])
+def test_resize_matches_pytorch_interpolate_as_exported(kwargs, layer):
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(14).standard_normal((2, 3, 6, 8)).astype(np.float32)
+    want = torch.nn.functional.interpolate(torch.from_numpy(x), **kwargs).numpy()
+    _same(layer.forward(nhwc(x)), nhwc(want), rtol=1e-5, atol=1e-6)
+
+
+@given(n=st.integers(0, 3), h=st.integers(1, 6), w=st.integers(1, 6), c=st.integers(1, 5),
+       oh=st.integers(1, 9), ow=st.integers(1, 9), seed=st.integers(0, 2**31))
+def test_resize_kernels_match_reference(n, h, w, c, oh, ow, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    iy, ix = rng.integers(0, h, oh), rng.integers(0, w, ow)
+    for kern in (resize_nearest_nhwc, resize_nearest_nhwc_parallel):
+        out = np.empty((n, oh, ow, c), np.float32)
+        kern(x, iy, ix, out)
+        assert np.array_equal(out, ref.resize_nearest_nhwc(x, iy, ix))
+    coords_y, coords_x = rng.uniform(-1, h, oh).astype(np.float32), rng.uniform(-1, w, ow).astype(np.float32)
+    args = L.resize.linear_taps(coords_y, h) + L.resize.linear_taps(coords_x, w)
+    for kern in (resize_linear_nhwc, resize_linear_nhwc_parallel):
+        out = np.empty((n, oh, ow, c), np.float32)
+        kern(x, *args, out)
+        want = ref.resize_linear_nhwc(x, *args)
+        np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6 * max(1.0, np.abs(x).max(initial=0)))
+
+
+# ----------------------------------------------------------------------------- transposed convolution
+@st.composite
+def conv_transpose_case(draw):
+    g = draw(st.sampled_from([1, 1, 2, 3]))
+    cin, cout = g * draw(st.integers(1, 3)), g * draw(st.integers(1, 3))
+    k = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    s = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    d = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    extra = tuple(draw(st.integers(0, s[i] - 1)) for i in range(2))        # ONNX Runtime: < stride
+    pads = tuple(draw(st.integers(0, k[i // 2] - 1)) for i in range(4))      # (top, bottom, left, right)
+    h, w = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    return g, cin, cout, k, s, d, extra, pads, (draw(st.integers(1, 3)), cin, h, w), draw(st.booleans())
+
+
+@given(case=conv_transpose_case(), seed=st.integers(0, 2**31))
+def test_conv_transpose_matches_onnxruntime(case, seed):
+    g, cin, cout, k, s, d, extra, pads, shape, has_bias = case
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((cin, cout // g) + k).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32) if has_bias else None
+    layer = L.ConvTranspose2D.from_onnx_weight(w, b, stride=s, padding=pads, output_padding=extra, dilation=d, groups=g)
+    x = rng.standard_normal(shape).astype(np.float32)
+    try:
+        out_shape = layer.output_shape(nhwc(x).shape[1:])
+    except nc.NncompError:
+        return                                  # padding larger than the output: refused
+    attrs = {"strides": list(s), "dilations": list(d), "group": g, "output_padding": list(extra),
+             "pads": [pads[0], pads[2], pads[1], pads[3]], "kernel_shape": list(k)}
+    want = nhwc(run("ConvTranspose", [x, ("const", w)] + ([("const", b)] if has_bias else []), attrs, opset=13))
+    got = layer.forward(nhwc(x))
+    assert got.shape[1:] == out_shape
+    _same(got, want, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(want).max(initial=0)))
+    # the same layer from the Matrix and its geometry, and from the array given to the constructor
+    again = L.ConvTranspose2D(layer.weight, b, stride=s, padding=pads, output_padding=extra, dilation=d,
+                              groups=g, kernel_size=k, out_channels=cout)
+    assert np.array_equal(again.forward(nhwc(x)), got)
+    assert np.array_equal(L.ConvTranspose2D(w, b, stride=s, padding=pads, output_padding=extra, dilation=d,
+                                            groups=g).forward(nhwc(x)), got)
+
+
+@given(groups=st.integers(1, 3), cg=st.integers(1, 3), n=st.integers(0, 2), h=st.integers(1, 5), w=st.integers(1, 5),
+       k=st.integers(1, 3), s=st.integers(1, 3), d=st.integers(1, 2), pad=st.integers(0, 2), extra=st.integers(0, 2),
+       bias=st.booleans(), seed=st.integers(0, 2**31))
+def test_col2im_nhwc_matches_reference(groups, cg, n, h, w, k, s, d, pad, extra, bias, seed):
+    rng = np.random.default_rng(seed)
+    oh, ow = (h - 1) * s + d * (k - 1) + 1 - pad + extra, (w - 1) * s + d * (k - 1) + 1 - pad + extra
+    if min(oh, ow) < 1:
+        return
+    cols = rng.standard_normal((groups, n * h * w, k * k * cg)).astype(np.float32)
+    b = rng.standard_normal(groups * cg).astype(np.float32) if bias else np.zeros(0, np.float32)
+    want = ref.col2im_nhwc(cols, n, h, w, k, k, s, s, pad, pad, d, d, b, oh, ow)
+    for kern in (col2im_nhwc, col2im_nhwc_parallel):
+        out = np.full((n, oh, ow, groups * cg), np.nan, np.float32)
+        kern(cols, n, h, w, k, k, s, s, pad, pad, d, d, b, out)
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("h, oh", [(6, 4), (3, 5), (5, 3), (7, 3), (4, 6), (6, 9), (5, 8)])
+def test_resize_nearest_rounds_exact_halves_as_onnxruntime(h, oh):
+    """Sizes whose source coordinates land on (or one float32 ulp off) a pixel or a half."""
+    x = np.arange(h * h, dtype=np.float32).reshape(1, 1, h, h)
+    for coord in L.resize.COORDINATE_MODES:
+        for nearest in L.resize.NEAREST_MODES:
+            attrs = {"mode": "nearest", "coordinate_transformation_mode": coord, "nearest_mode": nearest}
+            want = run("Resize", [x, None, None, ("const", np.array((1, 1, oh, oh), np.int64))], attrs, opset=13)
+            got = L.Resize(size=(oh, oh), coordinate_mode=coord, nearest_mode=nearest).forward(nhwc(x))
+            assert np.array_equal(got, nhwc(want)), (coord, nearest)

@@ -82,6 +82,10 @@ class ConvTranspose2D(Layer):
                    dilation=pair(self.dilation, "dilation"), padding=pads(self.padding),
                    output_padding=_extra(self.output_padding))
         (kh, kw), c_out = self.kernel_size, self.out_channels
+        if any(e >= max(s, d) for e, s, d in zip(self.output_padding, self.stride, self.dilation)):
+            raise NncompError(f"conv_transpose2d output_padding {self.output_padding} must be smaller than the "
+                              f"stride {self.stride} or the dilation {self.dilation} (PyTorch's rule; ONNX Runtime "
+                              "wants it below the stride); pass the output size's remainder instead")
         if c_out < 1 or c_out % g or self.weight.n_out != kh * kw * c_out:
             raise NncompError(f"conv_transpose2d weight has {self.weight.n_out} rows; kernel {kh}x{kw} over "
                               f"{c_out} output channels needs {kh * kw * c_out} (and groups={g} must divide them)")
