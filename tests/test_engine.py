@@ -28,7 +28,8 @@ def _node_by_node(model, x):
 @st.composite
 def cnn(draw):
     """A small fully convolutional network (global pool at the end) with every fusable pattern:
-    conv -> bn -> relu, conv -> relu -> max-pool, a residual add, dense -> relu -> dense."""
+    conv -> bn -> activation (ReLU, sigmoid, hard sigmoid, hard swish, leaky ReLU, clip), conv ->
+    activation -> max-pool, a residual add, dense -> relu -> dense."""
     rng = np.random.default_rng(draw(st.integers(0, 2**31)))
     c0, c1 = draw(st.integers(1, 3)), draw(st.integers(2, 6))
     k = draw(st.sampled_from([1, 3]))
@@ -40,7 +41,11 @@ def cnn(draw):
 
     def bn(c):
         return nc.BatchNorm(f32(c), f32(c), f32(c), np.abs(f32(c)) + 0.5)
-    nodes = [Node("c1", conv(c0, c1, k, pad=k // 2)), Node("b1", bn(c1), ("c1",)), Node("r1", nc.ReLU(), ("b1",))]
+    act = lambda kinds: draw(st.sampled_from(kinds))  # noqa: E731
+    monotone = [nc.ReLU(), nc.layers.Sigmoid(), nc.layers.HardSigmoid(0.2, 0.5), nc.layers.LeakyReLU(0.1),
+                nc.layers.Clip(-1.0, 2.0)]
+    nodes = [Node("c1", conv(c0, c1, k, pad=k // 2)), Node("b1", bn(c1), ("c1",)),
+             Node("r1", act(monotone + [nc.layers.HardSwish()]), ("b1",))]
     prev = "r1"
     if draw(st.booleans()):
         nodes += [Node("c2", conv(c1, c1, 3, pad=1), (prev,)), Node("b2", bn(c1), ("c2",)),
@@ -56,7 +61,9 @@ def cnn(draw):
             if draw(st.booleans()):
                 b = b.replace(gamma=np.abs(b.gamma))
             nodes += [Node("b3", b, ("c3",))]
-        nodes += [Node("r3", nc.ReLU(), (nodes[-1].name,)), Node("p3", nc.MaxPool2D(2), ("r3",))]
+        # a monotone activation commutes with the pool; hard swish keeps them apart
+        nodes += [Node("r3", act(monotone + [nc.layers.HardSwish()]), (nodes[-1].name,)),
+                  Node("p3", nc.MaxPool2D(2), ("r3",))]
         prev = "p3"
     nodes += [Node("gap", nc.GlobalAvgPool2D(), (prev,)),
               Node("fc1", nc.Dense(f32(8, c1), f32(8)), ("gap",)), Node("r4", nc.ReLU(), ("fc1",)),
