@@ -477,3 +477,42 @@ def test_grouped_conv_transpose_needs_dense_weights():
     layer = L.ConvTranspose2D(np.ones((4, 1, 2, 2), np.float32), groups=2)
     with pytest.raises(nc.NncompError, match="dense weights"):
         layer.replace(weight=CSRMatrix.from_dense(layer.weight.to_dense()))
+
+
+# ----------------------------------------------------------------------------- compression
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_compression_methods_treat_conv_transpose_as_an_ordinary_weight(calibrated):
+    model, _ = onnx_style_model(seed=3, size=12)
+    x = np.random.default_rng(16).standard_normal((16,) + model.input_shape).astype(np.float32)
+    calib = x if calibrated else None
+    pruned = nc.prune(model, sparsity=0.5, calibration=calib)
+    w = pruned["up"].layer.weight
+    assert w.format in ("csr", "pruned_dense") or "csr" in w.format, w.format
+    assert np.count_nonzero(w.to_dense()) <= 0.5 * w.shape[0] * w.shape[1] + 1
+    assert np.array_equal(pruned["up"].layer.bias, model["up"].layer.bias)
+    shared = nc.share(model, bits=3, calibration=calib)
+    assert shared["up"].layer.weight.format == "codebook"
+    assert np.unique(shared["up"].layer.weight.to_dense()).size <= 2 ** 3
+    q = nc.quantize(model, calibration=calib, activations="static" if calibrated else "dynamic")
+    assert q["up"].layer.weight.format == "int8"
+    for m in (pruned, shared, q):
+        y = m(x)
+        assert y.shape == model(x).shape and np.isfinite(y).all()
+    if calibrated:   # the refit keeps the layer's output close: error below the uncalibrated one's
+        ref = model.activations(x, ["up"])["up"]
+        raw = nc.prune(model, sparsity=0.5).activations(x, ["up"])["up"]
+        fit = pruned.activations(x, ["up"])["up"]
+        assert np.abs(fit - ref).mean() <= np.abs(raw - ref).mean() * 1.001
+    dc = nc.deep_compression(model, sparsity=0.5, bits=4, calibration=calib)
+    assert "codebook" in dc["up"].layer.weight.format
+
+
+def test_filter_pruning_leaves_spaces_read_by_other_layers_alone():
+    """The SE scale (a two-input mul, either input) reads channel spaces that filter pruning must not
+    cut; the new activations carry a space on (c2 -> clip -> c3 loses filters)."""
+    model, x = onnx_style_model(seed=4, size=12)
+    out = nc.prune_filters(model, ratio=0.5)
+    for name in ("c1", "se2"):
+        assert out[name].layer.out_channels == model[name].layer.out_channels, name
+    assert out["c2"].layer.out_channels == 2 and out["c3"].layer.in_channels == 2
+    assert out(x).shape == model(x).shape

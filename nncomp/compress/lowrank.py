@@ -288,7 +288,8 @@ def factorize(model, *, rank=None, energy=None, speedup=None, max_drop=None, lay
     per_layer = rank if isinstance(rank, dict) else speedup if isinstance(speedup, dict) else None
     if per_layer is not None and layers is None:
         layers = list(per_layer)
-    names = select_layers(model, layers, "factorize", accept=_accept(scheme) if layers is None else None)
+    names = select_layers(model, layers, "factorize", kinds=(Dense, Conv2D),
+                          accept=_accept(scheme) if layers is None else None)
     if not names:
         raise CompressionParameterError("factorize(): no Dense or (non-grouped, k x k) Conv2D layer selected")
     _check_named(model, names, scheme)
