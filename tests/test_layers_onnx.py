@@ -155,6 +155,24 @@ def test_se_scaling_allocates_only_its_output():
     assert np.array_equal(y, x * s, equal_nan=True) and peak < y.nbytes + 4096
 
 
+@given(n=st.integers(0, 3), m=st.integers(0, 7), c=st.integers(1, 9), op=st.integers(0, 5), reverse=st.booleans(),
+       per_sample=st.booleans(), seed=st.integers(0, 2**31))
+def test_channel_binary_nhwc_matches_reference(n, m, c, op, reverse, per_sample, seed):
+    """NumPy's ufuncs bit for bit (NaN, inf, signed zeros and division by zero included)."""
+    from nncomp.kernels.binary import channel_binary_nhwc, channel_binary_nhwc_parallel
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, m, c)) * 4).astype(np.float32)
+    x.flat[:min(x.size, SPECIAL.size)] = SPECIAL[:x.size]
+    s = rng.standard_normal((max(n, 1) if per_sample else 1, c)).astype(np.float32)
+    s.flat[:min(s.size, 3)] = np.array([0.0, -0.0, np.nan], np.float32)[:min(s.size, 3)]
+    want = ref.channel_binary_nhwc(x, s, op, reverse)
+    for kern in (channel_binary_nhwc, channel_binary_nhwc_parallel):
+        out = np.empty_like(x)
+        kern(x, s, op, reverse, out)
+        assert np.array_equal(out.view(np.int32), want.view(np.int32)) or np.array_equal(
+            np.where(np.isnan(out), 0, out).view(np.int32), np.where(np.isnan(want), 0, want).view(np.int32))
+
+
 @pytest.mark.parametrize("op", ["mean", "sum", "max", "min"])
 @pytest.mark.parametrize("axes, internal", [([2, 3], (0, 1)), ([1], (2,)), ([1, 2, 3], (0, 1, 2)), ([3], (-2,))])
 @pytest.mark.parametrize("keepdims", [0, 1])

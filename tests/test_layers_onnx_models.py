@@ -5,6 +5,7 @@ import pytest
 
 import nncomp as nc
 from nncomp import layers as L
+from nncomp.matrices import DenseMatrix
 from nncomp.model import Model, Node
 
 
@@ -159,9 +160,14 @@ def test_compression_methods_treat_conv_transpose_as_an_ordinary_weight(calibrat
     assert np.unique(shared["up"].layer.weight.to_dense()).size <= 2 ** 3
     q = nc.quantize(model, calibration=calib, activations="static" if calibrated else "dynamic")
     assert q["up"].layer.weight.format == "int8"
-    for m in (pruned, shared, q):
+    xin = model.activations(x, ["scale"])["scale"]
+    for m, tol in ((pruned, 1e-5), (shared, 1e-5), (q, 3e-2)):
         y = m(x)
         assert y.shape == model(x).shape and np.isfinite(y).all()
+        layer = m["up"].layer           # each format's product is the one its dense matrix gives
+        dense = layer.replace(weight=DenseMatrix(layer.weight.to_dense()))
+        want = dense.forward(xin)
+        np.testing.assert_allclose(layer.forward(xin), want, rtol=tol, atol=tol * np.abs(want).max())
     if calibrated:   # the refit keeps the layer's output close: error below the uncalibrated one's
         ref = model.activations(x, ["up"])["up"]
         raw = nc.prune(model, sparsity=0.5).activations(x, ["up"])["up"]
