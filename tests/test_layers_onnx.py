@@ -135,6 +135,14 @@ def test_binary_with_two_inputs_broadcasts_like_onnxruntime(op, bshape):
         assert layer.output_shape(nhwc(a).shape[1:], nhwc(b).shape[1:]) == got.shape[1:]
 
 
+@pytest.mark.parametrize("first", [False, True])
+def test_binary_with_a_constant_larger_than_its_input(first):
+    rng = np.random.default_rng(17)
+    c, x = rng.standard_normal((4, 5, 3)).astype(np.float32), rng.standard_normal((2, 1, 1, 3)).astype(np.float32)
+    got = L.Binary("sub", c, constant_first=first).forward(x)
+    assert np.array_equal(got, c - x if first else x - c)
+
+
 def test_binary_of_an_image_and_a_vector_right_aligns():
     x, s = _values(7), np.random.default_rng(7).standard_normal((2, 3)).astype(np.float32)
     got = L.Binary("mul").forward(nhwc(x), s)

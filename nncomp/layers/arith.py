@@ -121,7 +121,8 @@ class Binary(Layer):
             return None
         big = [k for k, s in enumerate(shapes) if tuple(s) == out]
         small = 1 - big[0] if big else None
-        if small is None or math.prod(shapes[small][:-1]) != 1 or (shapes[small] and shapes[small][-1] not in (1, out[-1])):
+        if (small is None or (self.constant is not None and small != 1) or math.prod(shapes[small][:-1]) != 1
+                or (shapes[small] and shapes[small][-1] not in (1, out[-1]))):
             return None
         c, m = out[-1], math.prod(out[:-1])
         kern = _jit.pick((channel_binary_nhwc, channel_binary_nhwc_parallel), n * m * c)
