@@ -12,9 +12,11 @@ import numpy as np
 
 from ..errors import NncompError
 from ..kernels import _jit
+from ..kernels.blas import gemm_nt
 from ..kernels.conv_transpose import col2im_nhwc, col2im_nhwc_parallel
 from ..matrices import DenseMatrix, Matrix, as_matrix
 from .base import Layer, image, pads, pair, plan_field, register, set_fields, tensor_field, vector
+from .conv_algorithms import scratch
 from .fused import absorb_epilogue
 
 _NO_BIAS = np.zeros(0, np.float32)
@@ -132,7 +134,14 @@ class ConvTranspose2D(Layer):
         h, w, c = shape
         oh, ow, c_out = self.shape_of(shape)
         rows, g = n * h * w, self.groups
-        if g == 1:
+        if g == 1 and isinstance(self.weight, DenseMatrix):     # into a reused buffer: no page faults
+            dense = self.weight.w
+
+            def product(x):
+                cols = scratch("conv_transpose_cols", (1, rows, dense.shape[0]))
+                gemm_nt(x.reshape(rows, c), dense, cols[0])
+                return cols
+        elif g == 1:
             mul = self.weight.prepare(rows)
             product = lambda x: mul(x.reshape(rows, c)).reshape(1, rows, -1)  # noqa: E731
         else:
