@@ -177,6 +177,24 @@ def test_compression_methods_treat_conv_transpose_as_an_ordinary_weight(calibrat
     assert "codebook" in dc["up"].layer.weight.format
 
 
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_factorize_splits_a_transposed_conv_into_a_1x1_conv_and_a_thinner_one(calibrated):
+    model, _ = onnx_style_model(seed=5, size=12)
+    x = np.random.default_rng(18).standard_normal((8,) + model.input_shape).astype(np.float32)
+    calib = x if calibrated else None
+    full = nc.factorize(model, rank={"up": 4}, calibration=calib)      # rank 4 = c_in: exact
+    assert full["up/v"].layer.kind == "conv2d" and full["up"].layer.kind == "conv_transpose2d"
+    assert full["up"].layer.in_channels == 4 and np.array_equal(full["up"].layer.bias, model["up"].layer.bias)
+    want = model.activations(x, ["up"])["up"]
+    np.testing.assert_allclose(full.activations(x, ["up"])["up"], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    thin = nc.factorize(model, rank={"up": 2}, calibration=calib)
+    assert thin["up"].layer.in_channels == 2 and thin(x).shape == model(x).shape
+    assert "up" in [n.name for n in nc.factorize(model, speedup=1.5).nodes]
+    grouped = model.replace_layers({"up": L.ConvTranspose2D(np.ones((4, 2, 2, 2), np.float32), stride=2, groups=2)})
+    with pytest.raises(nc.NncompError, match="grouped transposed"):
+        nc.factorize(grouped, rank={"up": 2})
+
+
 def test_filter_pruning_leaves_spaces_read_by_other_layers_alone():
     """The SE scale (a two-input mul, either input) reads channel spaces that filter pruning must not
     cut; the new activations carry a space on (c2 -> clip -> c3 loses filters)."""
