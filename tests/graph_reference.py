@@ -30,6 +30,20 @@ def layer_reference(layer, xs):
     if isinstance(layer, nc.ReLU):
         y = np.maximum(x, 0)
         return y if layer.max_value is None else np.minimum(y, layer.max_value)
+    activation = _activation(layer, x)
+    if activation is not None:
+        return activation
+    if isinstance(layer, nc.layers.Binary):
+        c = layer.constant
+        if c is None:       # per-sample shapes right-aligned: ones after the batch axis
+            rank = max(v.ndim for v in xs)
+            a, b = (v.reshape(v.shape[:1] + (1,) * (rank - v.ndim) + v.shape[1:]) for v in xs)
+        else:
+            a, b = (c, x) if layer.constant_first else (x, c)
+        return {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "pow": np.power,
+                "max": np.maximum, "min": np.minimum}[layer.op](a, b)
+    if isinstance(layer, nc.layers.GlobalMaxPool2D):
+        return x.max(axis=(1, 2), keepdims=layer.keepdims)
     if isinstance(layer, nc.Add):
         return sum(xs)
     if isinstance(layer, nc.Flatten):
@@ -48,6 +62,22 @@ def layer_reference(layer, xs):
         e = np.exp(x - x.max(axis=-1, keepdims=True))
         return e / e.sum(axis=-1, keepdims=True)
     raise AssertionError(f"no reference for layer kind {layer.kind}")
+
+
+def _activation(layer, x):
+    """The element-wise activations from their definitions (float64), or None for other layers."""
+    L = nc.layers
+    if isinstance(layer, L.Sigmoid):
+        return 1 / (1 + np.exp(-x))
+    if isinstance(layer, L.HardSigmoid):
+        return np.clip(layer.alpha * x + layer.beta, 0, 1)
+    if isinstance(layer, L.HardSwish):
+        return x * np.clip(x / 6 + 0.5, 0, 1)
+    if isinstance(layer, L.LeakyReLU):
+        return np.where(x >= 0, x, layer.alpha * x)
+    if isinstance(layer, L.Clip):
+        return np.minimum(np.maximum(x, layer.low), layer.high)
+    return None
 
 
 def graph_reference(model, x):

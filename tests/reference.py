@@ -160,6 +160,23 @@ def epilogue_rows(y, scale, shift, res, lo, hi):
     return np.minimum(y, np.float32(hi))
 
 
+def activation_rows(y, act, alpha, beta):
+    """``act`` 1 sigmoid (exact, float64), 2 hard sigmoid, 3 hard swish, 4 leaky ReLU (float32
+    NumPy, the kernel's sequence)."""
+    f = np.float32
+    y = np.array(y, f)
+    with np.errstate(all="ignore"):
+        if act == 1:
+            return (1 / (1 + np.exp(-y.astype(np.float64)))).astype(f)
+        if act in (2, 3):
+            t = y * f(alpha) + f(beta) if act == 2 else y * f(1 / 6) + f(0.5)
+            t = np.minimum(np.maximum(t, f(0)), f(1))
+            return t if act == 2 else y * t
+        if act == 4:
+            return np.where((y >= 0) | np.isnan(y), y, y * f(alpha))
+    return y
+
+
 # Twins of other kernel families live in tests/reference_<family>.py; they are gathered here so
 # that ``reference.<kernel name>`` finds every twin.
 for _path in sorted(pathlib.Path(__file__).parent.glob("reference_*.py")):

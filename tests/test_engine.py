@@ -30,9 +30,9 @@ def _node_by_node(model, x):
 @st.composite
 def cnn(draw):
     """A small fully convolutional network (global pool at the end) with every fusable pattern:
-    conv -> bn -> relu, conv -> relu -> max-pool, a residual add, dense -> relu -> dense. Its
-    convolutions run the blocked kernel (epilogues inside it) or, drawn, the im2col kernel (which
-    also absorbs the max-pool)."""
+    conv -> bn -> activation (ReLU, sigmoid, hard sigmoid, hard swish, leaky ReLU, clip), conv ->
+    activation -> max-pool, a residual add, dense -> relu -> dense. Its convolutions run the blocked
+    kernel (epilogues inside it) or, drawn, the im2col kernel (which also absorbs the max-pool)."""
     rng = np.random.default_rng(draw(st.integers(0, 2**31)))
     with _blocked_kernel(draw(st.booleans())):
         return _cnn(draw, rng)
@@ -61,7 +61,11 @@ def _cnn(draw, rng):
 
     def bn(c):
         return nc.BatchNorm(f32(c), f32(c), f32(c), np.abs(f32(c)) + 0.5)
-    nodes = [Node("c1", conv(c0, c1, k, pad=k // 2)), Node("b1", bn(c1), ("c1",)), Node("r1", nc.ReLU(), ("b1",))]
+    act = lambda kinds: draw(st.sampled_from(kinds))  # noqa: E731
+    monotone = [nc.ReLU(), nc.layers.Sigmoid(), nc.layers.HardSigmoid(0.2, 0.5), nc.layers.LeakyReLU(0.1),
+                nc.layers.Clip(-1.0, 2.0)]
+    nodes = [Node("c1", conv(c0, c1, k, pad=k // 2)), Node("b1", bn(c1), ("c1",)),
+             Node("r1", act(monotone + [nc.layers.HardSwish()]), ("b1",))]
     prev = "r1"
     if draw(st.booleans()):
         nodes += [Node("c2", conv(c1, c1, 3, pad=1), (prev,)), Node("b2", bn(c1), ("c2",)),
@@ -77,7 +81,9 @@ def _cnn(draw, rng):
             if draw(st.booleans()):
                 b = b.replace(gamma=np.abs(b.gamma))
             nodes += [Node("b3", b, ("c3",))]
-        nodes += [Node("r3", nc.ReLU(), (nodes[-1].name,)), Node("p3", nc.MaxPool2D(2), ("r3",))]
+        # a monotone activation commutes with the pool; hard swish keeps them apart
+        nodes += [Node("r3", act(monotone + [nc.layers.HardSwish()]), (nodes[-1].name,)),
+                  Node("p3", nc.MaxPool2D(2), ("r3",))]
         prev = "p3"
     nodes += [Node("gap", nc.GlobalAvgPool2D(), (prev,)),
               Node("fc1", nc.Dense(f32(8, c1), f32(8)), ("gap",)), Node("r4", nc.ReLU(), ("fc1",)),

@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import CompressionParameterError
 from ..kernels import _jit
 from ..kernels.conv import im2col_nhwc, im2col_nhwc_parallel
-from ..layers import Conv2D, Dense
+from ..layers import Conv2D, ConvTranspose2D, Dense
 from ..model import Model
 
 # Rows of the layer-wise least-squares problems are subsampled to at most this many.
@@ -37,7 +37,13 @@ def check_calibration(calibration, model, method):
     return x
 
 
-def select_layers(model, layers, method, kinds=(Dense, Conv2D), accept=None):
+# The layers whose weight is a compressible Matrix. A transposed convolution's weight rows are its
+# output taps (kh*kw*c_out, c_in) and its input rows the input pixels: it is compressed and refit as
+# a matrix like the others, but its bias is per output channel, not per weight row (row_bias).
+WEIGHTED = (Dense, Conv2D, ConvTranspose2D)
+
+
+def select_layers(model, layers, method, kinds=WEIGHTED, accept=None):
     """Names of the nodes a method works on.
 
     ``layers`` is None (every node of ``kinds`` that ``accept(layer)`` allows), a list of names,
@@ -72,9 +78,13 @@ def inputs_of(model, x, names):
 def rows_of(layer, x, rows=None):
     """The layer's input as the 2-D matrix its weight multiplies: ``(n_rows, n_in)``.
 
-    For a Conv2D these are image patches (one row per output pixel); ``rows`` picks a subset.
+    For a Conv2D these are image patches (one row per output pixel), for a ConvTranspose2D the
+    input pixels; ``rows`` picks a subset.
     """
     if isinstance(layer, Dense):
+        return x if rows is None else x[rows]
+    if isinstance(layer, ConvTranspose2D):
+        x = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
         return x if rows is None else x[rows]
     n, h, w, c = x.shape
     layer = layer.for_input((h, w, c))
@@ -83,6 +93,32 @@ def rows_of(layer, x, rows=None):
     kern = _jit.pick((im2col_nhwc, im2col_nhwc_parallel), out.size)
     kern(np.ascontiguousarray(x), *layer.window.args, oh, ow, 0, n * oh, out)
     return out if rows is None else out[rows]
+
+
+def n_rows_of(layer, x):
+    """How many rows :func:`rows_of` gives for the batch ``x`` (samples, output or input pixels)."""
+    if isinstance(layer, Dense):
+        return x.shape[0]
+    if isinstance(layer, ConvTranspose2D):
+        return x.shape[0] * int(np.prod(x.shape[1:-1]))
+    return x.shape[0] * int(np.prod(layer.output_shape(x.shape[1:])[:2]))
+
+
+def has_row_bias(layer):
+    """Whether the layer's bias is one value per weight row (not for a transposed convolution: one
+    per output channel, which many weight rows share), so that a refit may fit it."""
+    return not isinstance(layer, ConvTranspose2D)
+
+
+def row_bias(layer):
+    """The bias a refit may change per weight row: the layer's bias, or None (see has_row_bias)."""
+    return layer.bias if has_row_bias(layer) else None
+
+
+def row_layer(layer):
+    """The layer a refit sees: the layer itself, or for a transposed convolution a bias-free Dense
+    view of its weight (the refit's new weight goes back into the layer, its bias unchanged)."""
+    return Dense(layer.weight) if isinstance(layer, ConvTranspose2D) else layer
 
 
 def sample_rows(n_rows, seed, max_rows=MAX_ROWS):
@@ -104,7 +140,7 @@ def layerwise(reference, x, names, refit, *, seed=0, start=None):
     names : list of str
         Nodes to refit, in topological order.
     refit : callable ``(name, layer, x_rows, y_rows) -> layer``
-        Returns the new layer given the compressed model's input rows ``x_rows`` ``(r, n_in)`` and the
+        Returns the new layer (``layer`` is :func:`row_layer` of the node's layer) given the compressed model's input rows ``x_rows`` ``(r, n_in)`` and the
         reference layer's target outputs ``y_rows`` ``(r, n_out)`` (``x_ref @ W_ref.T``, no bias).
     start : Model, optional
         The compressed model to refit (default: ``reference``); layers in ``names`` are replaced in turn.
@@ -118,12 +154,12 @@ def layerwise(reference, x, names, refit, *, seed=0, start=None):
     for name in names:
         ref_layer = reference[name].layer
         x_ref = ref_in[name]
-        n_rows = x_ref.shape[0] if isinstance(ref_layer, Dense) else (
-            x_ref.shape[0] * np.prod(ref_layer.output_shape(x_ref.shape[1:])[:2]))
-        rows = sample_rows(int(n_rows), seed)
+        rows = sample_rows(n_rows_of(ref_layer, x_ref), seed)
         y_rows = ref_layer.weight.apply(rows_of(ref_layer, x_ref, rows))
         x_cur = inputs_of(model, x, [name])[name]
         layer = model[name].layer
-        new = refit(name, layer, rows_of(layer, x_cur, rows), y_rows)
+        new = refit(name, row_layer(layer), rows_of(layer, x_cur, rows), y_rows)
+        if new.kind != layer.kind:          # a transposed convolution refit through its Dense view
+            new = layer.replace(weight=new.weight)
         model = model.replace_layers({name: new})
     return model

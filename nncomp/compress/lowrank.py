@@ -9,6 +9,10 @@ A factorized layer becomes two ordinary layers, so either can be pruned or quant
   ``(1, kw)`` conv into the N outputs (the horizontal stride, padding and dilation, and the bias).
 - ``Conv2D``, scheme ``"channel"`` (or ``"svd"``): ``<name>/v`` = the same k x k conv into K channels,
   then ``<name>`` = a 1 x 1 conv (the SVD of the weight matrix ``(N, kh*kw*C)``).
+- ``ConvTranspose2D``: ``<name>/v`` = a 1 x 1 conv into K channels, then ``<name>`` = the same
+  transposed convolution over K input channels (the SVD of its matrix ``(kh*kw*N, C)``), by filter
+  reconstruction even with calibration data (its bias is per channel, not per weight row, so the
+  data fit's per-row intercept has no place to go).
 
 Without calibration data the factors come from the closed-form filter reconstruction (truncated SVD,
 Eckart-Young optimal in the Frobenius norm). With calibration data each layer is fitted, in order, to
@@ -25,11 +29,11 @@ import numpy as np
 
 from ..checks import check_choice, check_number, check_seed
 from ..errors import CompressionParameterError
-from ..layers import BatchNorm, Conv2D, Dense
+from ..layers import BatchNorm, Conv2D, ConvTranspose2D, Dense
 from ..matrices import DenseMatrix
 from ..model import Node
 from . import lowrank_conv as lc
-from .calibration import check_calibration, check_model, inputs_of, rows_of, sample_rows, select_layers
+from .calibration import check_calibration, check_model, inputs_of, n_rows_of, rows_of, sample_rows, select_layers
 from .lowrank_rank import allocate, check_keys, check_speedup, rank_for_speedup, ranks, rel_tail
 
 SCHEMES = ("auto", "svd", "jaderberg", "channel")
@@ -55,6 +59,8 @@ class _Plan:
         n_out, n_in = self.w.shape
         if isinstance(self.layer, Dense):
             self.max_rank, self.unit = min(n_out, n_in), n_in + n_out
+        elif isinstance(self.layer, ConvTranspose2D):        # one matrix row per input pixel
+            self.max_rank, self.unit = min(n_out, n_in), self.shape[0] * self.shape[1] * (n_in + n_out)
         else:
             h, w, c = self.shape
             oh, ow, _ = self.layer.output_shape(self.shape)
@@ -85,6 +91,8 @@ def _accept(scheme):
     def ok(layer):
         if isinstance(layer, Dense):
             return True
+        if isinstance(layer, ConvTranspose2D):
+            return layer.groups == 1 and scheme != "jaderberg"
         kh, kw = layer.kernel_size
         return layer.groups == 1 and (kh > 1 and kw > 1 if scheme == "jaderberg" else kh * kw > 1)
     return ok
@@ -93,6 +101,10 @@ def _accept(scheme):
 def _check_named(model, names, scheme):
     for name in names:
         layer = model[name].layer
+        if isinstance(layer, ConvTranspose2D) and layer.groups != 1:
+            raise CompressionParameterError(
+                f"factorize(): {name!r} is a grouped transposed convolution (groups={layer.groups}); "
+                "leave it out of layers=")
         if isinstance(layer, Conv2D):
             kh, kw = layer.kernel_size
             if layer.groups != 1:
@@ -124,9 +136,6 @@ def _rows(layer, x, rows):
     return np.concatenate(parts)
 
 
-def _n_rows(layer, x):
-    return x.shape[0] if isinstance(layer, Dense) else x.shape[0] * int(np.prod(layer.output_shape(x.shape[1:])[:2]))
-
 
 def _pair(plan, first, second, bias):
     """The two layers that replace the plan's layer."""
@@ -135,6 +144,8 @@ def _pair(plan, first, second, bias):
     layer, k = plan.layer, first.shape[0]
     if isinstance(layer, Dense):
         return Dense(f32(first)), Dense(f32(second), bias)
+    if isinstance(layer, ConvTranspose2D):
+        return Conv2D(f32(first), None, in_channels=layer.in_channels, kernel_size=(1, 1)), layer.replace(weight=f32(second))
     if plan.scheme == "channel":
         return (layer.replace(weight=f32(first), bias=None),
                 Conv2D(f32(second), bias, in_channels=k, kernel_size=(1, 1)))
@@ -163,7 +174,7 @@ def _build(model, plans, ranks, x, data, rows, iterations, seed):
         if ranks[p.name] is None:
             continue
         d = None
-        if x is not None:
+        if x is not None and p.name in data:
             first = all(ranks[q.name] is None for q in plans[:k])
             cur = data[p.name][0] if first else _rows(p.layer, inputs_of(out, x, [p.name])[p.name], rows[p.name])
             d = (cur, data[p.name][1])
@@ -208,7 +219,7 @@ def _within_budget(model, plans, x, x_score, data, rows, max_drop, iterations, s
 # ------------------------------------------------------------------ public
 def factorize(model, *, rank=None, energy=None, speedup=None, max_drop=None, layers=None, calibration=None,
               scheme="auto", allocation="global", iterations=3, seed=0):
-    """Replace Dense and Conv2D layers by products of two thinner layers.
+    """Replace Dense, Conv2D and ConvTranspose2D layers by products of two thinner layers.
 
     Give exactly one of ``rank``, ``energy``, ``speedup`` or ``max_drop``.
 
@@ -233,8 +244,9 @@ def factorize(model, *, rank=None, energy=None, speedup=None, max_drop=None, lay
         (0.01 = one point) on the last quarter of the calibration inputs, held out (the layers are
         fitted on the first three quarters). Returns the model unchanged if no speedup fits.
     layers : str, list of str or dict, optional
-        Nodes to factorize. Default: every Dense layer and every non-grouped conv whose kernel is
-        larger than 1 x 1 (k x k for scheme 2). Grouped/depthwise convs are refused by name, and so
+        Nodes to factorize. Default: every Dense layer, every non-grouped conv whose kernel is
+        larger than 1 x 1 (k x k for scheme 2) and every non-grouped transposed conv (not under
+        scheme ``"jaderberg"``). Grouped/depthwise convs are refused by name, and so
         are 1 x k / k x 1 convs under scheme ``"jaderberg"``.
     calibration : array_like, optional
         Inputs in the model's layout. Given: data reconstruction (see the module notes) and
@@ -290,7 +302,8 @@ def factorize(model, *, rank=None, energy=None, speedup=None, max_drop=None, lay
         layers = list(per_layer)
     names = select_layers(model, layers, "factorize", accept=_accept(scheme) if layers is None else None)
     if not names:
-        raise CompressionParameterError("factorize(): no Dense or (non-grouped, k x k) Conv2D layer selected")
+        raise CompressionParameterError("factorize(): no Dense, (non-grouped, k x k) Conv2D or ConvTranspose2D "
+                                        "layer selected")
     _check_named(model, names, scheme)
     check_keys(per_layer, names, "rank" if isinstance(rank, dict) else "speedup")
 
@@ -298,7 +311,7 @@ def factorize(model, *, rank=None, energy=None, speedup=None, max_drop=None, lay
         kh, kw = layer.kernel_size
         return "jaderberg" if scheme in ("auto", "jaderberg") and kh > 1 and kw > 1 else "channel"
 
-    plans = [_Plan(model, n, "svd" if isinstance(model[n].layer, Dense) else conv_scheme(model[n].layer))
+    plans = [_Plan(model, n, "svd" if isinstance(model[n].layer, (Dense, ConvTranspose2D)) else conv_scheme(model[n].layer))
              for n in names]
     if x is not None:
         for p in plans:
@@ -310,7 +323,9 @@ def factorize(model, *, rank=None, energy=None, speedup=None, max_drop=None, lay
     if x is not None:
         ref_in = inputs_of(model, x, names)
         for p in plans:
-            rows[p.name] = sample_rows(_n_rows(p.layer, ref_in[p.name]), seed, MAX_ROWS)
+            if isinstance(p.layer, ConvTranspose2D):        # filter reconstruction (module notes)
+                continue
+            rows[p.name] = sample_rows(n_rows_of(p.layer, ref_in[p.name]), seed, MAX_ROWS)
             patches = _rows(p.layer, ref_in[p.name], rows[p.name])
             data[p.name] = (patches, p.layer.weight.apply(patches))
         del ref_in

@@ -28,7 +28,8 @@ from ..checks import check_choice, check_number, check_seed
 from ..errors import CompressionParameterError
 from ..matrices import DenseMatrix
 from ..matrices.csr import DENSE_ABOVE_DENSITY, CSRMatrix, PrunedDenseMatrix
-from .calibration import check_calibration, check_model, layerwise, select_layers
+from ..layers import ConvTranspose2D
+from .calibration import check_calibration, check_model, has_row_bias, layerwise, row_bias, select_layers
 from .pruning_channels import prunable, channel_groups, remove_channels
 
 __all__ = ["prune", "prune_filters"]
@@ -54,7 +55,7 @@ def _per_layer(value, layers, name, method, check):
 
 def prune(model, sparsity=None, *, quality=None, scope="layer", layers=None, calibration=None,
           storage="auto", seed=0):
-    """Remove the smallest-magnitude weights of Dense and Conv2D layers (no retraining).
+    """Remove the smallest-magnitude weights of Dense, Conv2D and ConvTranspose2D layers (no retraining).
 
     Parameters
     ----------
@@ -67,7 +68,7 @@ def prune(model, sparsity=None, *, quality=None, scope="layer", layers=None, cal
         Instead of ``sparsity``: Han et al.'s rule, remove ``|w| < quality * std(w)`` per layer.
     scope : {"layer", "global"}
     layers : list of str, optional
-        Layers to prune (default: every Dense and non-grouped Conv2D).
+        Layers to prune (default: every Dense and non-grouped Conv2D or ConvTranspose2D).
     calibration : array (n_samples, *input_shape), optional
         Inputs in the model's layout (a few hundred suffice): refit the surviving weights and biases
         layer by layer by least squares so the outputs match the dense model's.
@@ -100,7 +101,7 @@ def prune(model, sparsity=None, *, quality=None, scope="layer", layers=None, cal
         layers, amount = _per_layer(quality, layers, "quality", method, nonneg)
     if scope == "global" and (isinstance(amount, dict) or quality is not None):
         raise CompressionParameterError("prune(scope='global') takes one float sparsity for all selected layers")
-    names = select_layers(model, layers, method, accept=prunable)
+    names = select_layers(model, layers, method, accept=weighted)
     x = check_calibration(calibration, model, method)
     weights = {n: model[n].layer.weight.to_dense() for n in names}
     masks = _masks(weights, amount, quality is not None, scope)
@@ -121,7 +122,8 @@ def prune(model, sparsity=None, *, quality=None, scope="layer", layers=None, cal
             for frac in STEPS:           # gradual: prune a share, refit, prune more (Han's iterative
                 k = int(round(target * frac))   # pruning, with least squares instead of retraining)
                 keep = _activation_mask(layer.weight.to_dense(), keep, xr, k)
-                layer = _refit_rows(layer, keep, gram, model[n].layer.bias)
+                layer = _refit_rows(layer, keep, gram, row_bias(model[n].layer),
+                                    intercept=has_row_bias(model[n].layer))
             masks[n] = keep
             return layer
 
@@ -194,21 +196,29 @@ def _gram(x_rows, y_rows):
     return xa.T @ xa, xa.T @ y, (y * y).sum(axis=0)
 
 
-def _solve_rows(g, b, yy, w_old, support):
-    """Per row o: ridge least squares on ``support[o]`` (+ the bias column); keep the better of old/new.
+def weighted(layer):
+    """A layer whose weights unstructured pruning prunes: Dense, or an ungrouped (transposed) convolution."""
+    return prunable(layer) or (isinstance(layer, ConvTranspose2D) and layer.groups == 1)
+
+
+def _solve_rows(g, b, yy, w_old, support, intercept=True):
+    """Per row o: ridge least squares on ``support[o]`` (+ the bias column with ``intercept``); keep
+    the better of old/new.
 
     ``w_old`` (n_out, k + 1) holds the current weights and bias offset (0). Returns the new array.
     """
     w_new = w_old.copy()
     k = g.shape[0] - 1
     with threadpool_limits(1):   # many small solves: BLAS threads only add wake-up latency
-        _solve_each(g, b, yy, w_old, w_new, support, k)
+        _solve_each(g, b, yy, w_old, w_new, support, k, intercept)
     return w_new
 
 
-def _solve_each(g, b, yy, w_old, w_new, support, k):
+def _solve_each(g, b, yy, w_old, w_new, support, k, intercept):
     for o in range(w_old.shape[0]):
-        s = np.append(np.flatnonzero(support[o]), k)
+        s = np.append(np.flatnonzero(support[o]), k) if intercept else np.flatnonzero(support[o])
+        if s.size == 0:
+            continue
         gs = g[np.ix_(s, s)]
         lam = RIDGE * max(float(np.trace(gs)) / len(s), 1e-30)
         try:
@@ -222,18 +232,18 @@ def _solve_each(g, b, yy, w_old, w_new, support, k):
             w_new[o, s] = sol
 
 
-def _refit_rows(layer, mask, gram, bias_ref):
+def _refit_rows(layer, mask, gram, bias_ref, intercept=True):
     """A layer whose kept weights and bias best reproduce ``y_rows + bias_ref`` from ``x_rows``.
 
     ``gram = _gram(x_rows, y_rows)``: ``y_rows`` are the original layer's outputs without bias,
-    ``bias_ref`` its bias (or None).
+    ``bias_ref`` its bias (or None). Without ``intercept`` the bias is not fit (it stays ``bias_ref``).
     """
     g, b, yy = gram
     w = np.where(mask, layer.weight.to_dense(), 0).astype(np.float64)
     b_ref = np.zeros(w.shape[0]) if bias_ref is None else bias_ref.astype(np.float64)
     b_cur = np.zeros(w.shape[0]) if layer.bias is None else layer.bias.astype(np.float64)
     w_old = np.concatenate([w, (b_cur - b_ref)[:, None]], axis=1)
-    w_new = _solve_rows(g, b, yy, w_old, mask)
+    w_new = _solve_rows(g, b, yy, w_old, mask, intercept)
     return layer.replace(weight=DenseMatrix(np.where(mask, w_new[:, :-1], 0).astype(np.float32)),
                          bias=(b_ref + w_new[:, -1]).astype(np.float32))
 

@@ -10,12 +10,14 @@ consumers' input columns (through flattening in either order).
 """
 import numpy as np
 
-from ..layers import (Add, AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D,
-                      MaxPool2D, ReLU, ZeroPad2D)
+from ..layers import (Add, AvgPool2D, BatchNorm, Clip, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D,
+                      GlobalMaxPool2D, HardSigmoid, HardSwish, LeakyReLU, MaxPool2D, ReLU, Sigmoid, ZeroPad2D)
 from ..matrices import DenseMatrix
 from ..model import INPUT
 
-_FOLLOW = (BatchNorm, ReLU, MaxPool2D, AvgPool2D, GlobalAvgPool2D, ZeroPad2D, Dropout, Flatten)
+_FOLLOW = (BatchNorm, ReLU, MaxPool2D, AvgPool2D, GlobalAvgPool2D, ZeroPad2D, Dropout, Flatten,
+           Sigmoid, HardSigmoid, HardSwish, LeakyReLU, Clip, GlobalMaxPool2D)
+_ELEMENTWISE = (ReLU, Dropout, Sigmoid, HardSigmoid, HardSwish, LeakyReLU, Clip)
 
 
 def prunable(layer):
@@ -69,13 +71,16 @@ def channel_groups(model):
                     info[root]["frozen"] = info[root]["frozen"] or info[r2]["frozen"]
             info[root]["followers"].append(node.name)
         elif isinstance(layer, _FOLLOW) or _depthwise_follower(layer):
-            if src in flat and not isinstance(layer, (ReLU, Dropout)):
+            if src in flat and not isinstance(layer, _ELEMENTWISE):
                 info[root]["frozen"] = info[root]["frozen"] or f"{node.name!r} follows a flatten"
             if isinstance(layer, Flatten) or src in flat:
                 shp = model.shapes[src]
                 flat[node.name] = flat.get(src) or ((1, 1) + shp if len(shp) == 1 else shp, layer.order)
             info[root]["followers"].append(node.name)
         else:
+            for other in node.inputs[1:]:      # every space a layer of another kind reads is frozen
+                r2 = find(space[other])
+                info[r2]["frozen"] = info[r2]["frozen"] or f"{node.name!r} ({layer.kind}) reads it"
             info[root]["frozen"] = info[root]["frozen"] or f"{node.name!r} ({layer.kind}) reads it"
             parent[node.name] = node.name
             info[node.name] = {"producers": [], "followers": [], "consumers": [], "frozen": "not a channel space"}

@@ -16,7 +16,6 @@ import numpy as np
 
 from ..checks import check_choice, check_flag, check_number, check_seed
 from ..errors import CompressionParameterError
-from ..layers import Conv2D, Dense
 from ..matrices import DenseMatrix
 from ..matrices.csr import CSRMatrix
 from ..matrices.csr_int8 import CSRInt8Matrix
@@ -67,7 +66,7 @@ def calibrated_range(values, method, act_dtype="uint8", percentile=99.99, seed=0
 def quantize(model, *, bits=8, weights_only=False, per_channel=True, activations="dynamic",
              calibration=None, method="minmax", bias_correction=True, layers=None,
              activation_dtype="uint8", percentile=99.99, seed=0):
-    """Quantize the weights (and activations) of Dense and Conv2D layers to int8.
+    """Quantize the weights (and activations) of Dense, Conv2D and ConvTranspose2D layers to int8.
 
     Dense weights become :class:`~nncomp.matrices.int8.Int8Matrix`; pruned weights stored as
     :class:`~nncomp.matrices.csr.CSRMatrix` become :class:`~nncomp.matrices.csr_int8.CSRInt8Matrix`
@@ -98,7 +97,8 @@ def quantize(model, *, bits=8, weights_only=False, per_channel=True, activations
         With calibration data, add ``mean(W x) - mean(Wq xq)`` over the calibration rows to each bias,
         layer by layer on the quantized model's own activations. Skipped without calibration data.
     layers : None, str, list or dict
-        Which layers (default: every Dense and ungrouped Conv2D with dense or CSR weights).
+        Which layers (default: every Dense and ungrouped Conv2D or ConvTranspose2D with dense or CSR
+        weights; a ConvTranspose2D's bias, one per output channel, gets no bias correction).
     activation_dtype : {"uint8", "int8"}
         Asymmetric uint8 codes with a zero point (default), or symmetric int8.
     percentile : float
@@ -129,7 +129,7 @@ def quantize(model, *, bits=8, weights_only=False, per_channel=True, activations
             "calibration=x_train[:512] or use activations='dynamic'")
     accept = lambda layer: (isinstance(layer.weight, (DenseMatrix, CSRMatrix))  # noqa: E731
                             and getattr(layer, "groups", 1) == 1)
-    names = select_layers(model, layers, "quantize", kinds=(Dense, Conv2D), accept=accept)
+    names = select_layers(model, layers, "quantize", accept=accept)
 
     def make(name, layer, x_rows=None):
         act_range = None

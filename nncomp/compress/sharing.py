@@ -35,12 +35,11 @@ from ..coding.index import choose_index_bits, index_dtype
 from ..errors import CompressionParameterError
 from ..kernels import codebook as CK
 from ..kernels import kmeans as KM
-from ..layers import Conv2D
 from ..matrices import DenseMatrix
 from ..matrices.codebook import CodebookMatrix, check_bits
 from ..matrices.csr import CSRMatrix
 from ..matrices.csr_codebook import CSRCodebookMatrix
-from .calibration import check_calibration, check_model, layerwise, select_layers
+from .calibration import check_calibration, check_model, layerwise, row_bias, select_layers
 
 INITS = ("linear", "density", "random")
 MAX_FIT = 1 << 22          # weights used to fit the centroids of one layer
@@ -159,7 +158,7 @@ def share_matrix(m, bits, *, init="linear", seed=0, sparse=None):
 
 def shareable(layer):
     """A layer whose weights k-means sharing can code: dense or CSR, not grouped."""
-    return isinstance(layer.weight, (DenseMatrix, CSRMatrix)) and not (isinstance(layer, Conv2D) and layer.groups != 1)
+    return isinstance(layer.weight, (DenseMatrix, CSRMatrix)) and getattr(layer, "groups", 1) == 1
 
 
 def bits_for(bits, model, names, method="share"):
@@ -167,7 +166,7 @@ def bits_for(bits, model, names, method="share"):
     if not isinstance(bits, dict):
         b = check_bits(bits, f"{method}(): bits")
         return {n: b for n in names}
-    kinds = {"dense": "dense", "conv2d": "conv", "conv": "conv"}
+    kinds = {"dense": "dense", "conv2d": "conv", "conv": "conv", "conv_transpose2d": "conv"}
     unknown = [k for k in bits if k not in ("dense", "conv") and k not in {n.name for n in model.nodes}]
     if unknown:
         raise CompressionParameterError(f"{method}(): bits keys {unknown} are neither layer names nor "
@@ -241,7 +240,7 @@ def refit_codebook(layer, x, y, ref_bias):
 def refit_model(reference, start, x, names, seed=0):
     """Refit the codebooks of ``names`` in ``start`` to the outputs of ``reference`` on ``x``."""
     def refit(name, layer, x_rows, y_rows):
-        return refit_codebook(layer, x_rows, y_rows, reference[name].layer.bias)
+        return refit_codebook(layer, x_rows, y_rows, row_bias(reference[name].layer))
     return layerwise(reference, x, names, refit, seed=seed, start=start)
 
 
@@ -257,7 +256,7 @@ def share(model, bits=5, *, init="linear", layers=None, calibration=None, seed=0
     init : {"linear", "density", "random"}
         Centroid initialisation (Deep Compression found linear best).
     layers : list of str, optional
-        Layers to share (default: every Dense and Conv2D layer with dense or CSR weights; grouped
+        Layers to share (default: every Dense, Conv2D and ConvTranspose2D layer with dense or CSR weights; grouped
         convolutions are left alone).
     calibration : ndarray, optional
         Inputs in the model's layout (training data, a few hundred samples): refit the centroids and

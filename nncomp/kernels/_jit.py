@@ -45,31 +45,32 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 _FLAGS = dict(cache=True, nogil=True)
 
 
-def jit(fn=None, *, fastmath=False):
-    """Serial kernel."""
+def jit(fn=None, *, fastmath=False, error_model="python"):
+    """Serial kernel. ``error_model="numpy"``: a float division by zero gives inf or NaN instead of
+    raising, which lets LLVM vectorize loops that divide (the zero check is a branch per value)."""
     if fn is None:
-        return lambda f: jit(f, fastmath=fastmath)
-    return numba.njit(fastmath=fastmath, **_FLAGS)(fn)
+        return lambda f: jit(f, fastmath=fastmath, error_model=error_model)
+    return numba.njit(fastmath=fastmath, error_model=error_model, **_FLAGS)(fn)
 
 
-def pjit(fn=None, *, fastmath=False):
+def pjit(fn=None, *, fastmath=False, error_model="python"):
     """Parallel kernel (``prange`` loops spread over Numba's thread pool)."""
     if fn is None:
-        return lambda f: pjit(f, fastmath=fastmath)
-    return numba.njit(parallel=True, fastmath=fastmath, **_FLAGS)(fn)
+        return lambda f: pjit(f, fastmath=fastmath, error_model=error_model)
+    return numba.njit(parallel=True, fastmath=fastmath, error_model=error_model, **_FLAGS)(fn)
 
 
-def both(fn=None, *, fastmath=False):
+def both(fn=None, *, fastmath=False, error_model="python"):
     """Compile one body twice: returns ``(serial, parallel)`` dispatchers."""
     if fn is None:
-        return lambda f: both(f, fastmath=fastmath)
+        return lambda f: both(f, fastmath=fastmath, error_model=error_model)
     # A distinct function object with its own qualified name, so that the on-disk caches of the
     # two builds (keyed by qualified name and line, not by the parallel flag) never collide.
     twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_parallel",
                               fn.__defaults__, fn.__closure__)
     twin.__qualname__ = fn.__qualname__ + "_parallel"
     twin.__doc__ = fn.__doc__
-    return jit(fn, fastmath=fastmath), pjit(twin, fastmath=fastmath)
+    return jit(fn, fastmath=fastmath, error_model=error_model), pjit(twin, fastmath=fastmath, error_model=error_model)
 
 
 # Below this many multiply-adds (or element visits) a prange launch (1-3 us, ~25 us with the

@@ -61,13 +61,26 @@ class Add(Layer):
 @register
 @dataclass(frozen=True, eq=False)
 class Softmax(Layer):
-    """Softmax over the last axis, with max subtraction (no NaN for finite inputs)."""
+    """Softmax over per-sample ``axis`` (default the last; negatives count from the end), with max
+    subtraction (no NaN for finite inputs)."""
 
+    axis: int = -1
     kind = "softmax"
 
+    def __post_init__(self):
+        object.__setattr__(self, "axis", int(self.axis))
+
+    def output_shape(self, shape):
+        if not -len(shape) <= self.axis < len(shape):
+            raise NncompError(f"softmax axis {self.axis} is not a per-sample axis of shape {shape} "
+                              f"(rank {len(shape)}, batch axis not counted); pass an axis in "
+                              f"[-{len(shape)}, {len(shape) - 1}]")
+        return shape
+
     def forward(self, x):
-        e = np.exp(x - x.max(axis=-1, keepdims=True))
-        return e / e.sum(axis=-1, keepdims=True)
+        axis = self.axis + 1 if self.axis >= 0 else self.axis
+        e = np.exp(x - x.max(axis=axis, keepdims=True))
+        return e / e.sum(axis=axis, keepdims=True)
 
 
 @register

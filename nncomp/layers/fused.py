@@ -13,40 +13,53 @@ import math
 import numpy as np
 
 from ..kernels import _jit
-from ..kernels.epilogue import epilogue_rows, epilogue_rows_parallel
+from ..kernels.epilogue import activation_rows, activation_rows_parallel, epilogue_rows, epilogue_rows_parallel
 from .base import Layer
 
 # The order the epilogue kernel applies its parts in; ops in another order run one by one.
-_ORDER = {"affine": 0, "add": 1, "clip": 2}
+_ORDER = {"affine": 0, "add": 1, "clip": 2, "act": 3}
 _NONE = np.zeros(0, np.float32)
 
 
 def epilogue_args(ops):
-    """``(scale, shift, add, lo, hi)`` for ``ops`` (affine map, residual add, clip, each at most
-    once and in that order: what the epilogue kernel computes), or None when they do not fit it."""
+    """``(scale, shift, add, lo, hi, act)`` for ``ops`` (affine map, residual add, clip, then an
+    activation, each at most once and in that order: what the epilogue kernels compute), or None
+    when they do not fit. An op's ``spec`` names its part: ``("affine", scale, shift)``, ``("add",)``,
+    ``("clip", lo, hi)``, ``("act", code, alpha, beta)`` (codes of nncomp/kernels/epilogue.py);
+    ``act`` is ``(code, alpha, beta)`` or None."""
     specs = [getattr(op, "spec", None) for op, _, _ in ops]
     if not specs or None in specs or [_ORDER[s[0]] for s in specs] != sorted({_ORDER[s[0]] for s in specs}):
         return None
     parts = {s[0]: s for s in specs}
     scale, shift = parts["affine"][1:] if "affine" in parts else (_NONE, _NONE)
     lo, hi = (np.float32(v) for v in parts["clip"][1:]) if "clip" in parts else (np.float32(-np.inf), np.float32(np.inf))
-    return scale, shift, "add" in parts, lo, hi
+    act = None
+    if "act" in parts:
+        act = (int(parts["act"][1]), np.float32(parts["act"][2]), np.float32(parts["act"][3]))
+    return scale, shift, "add" in parts, lo, hi, act
 
 
 def compiled_epilogue(ops, n, out_shape):
     """One kernel call ``(y, *extra) -> None`` doing ``ops`` in one pass (see :func:`epilogue_args`),
-    or None when they do not fit that form."""
+    then an activation in a second kernel, or None when they do not fit that form."""
     args = epilogue_args(ops)
     if args is None:
         return None
-    scale, shift, add, lo, hi = args
+    scale, shift, add, lo, hi, act = args
     c = out_shape[-1]
     rows = n * math.prod(out_shape[:-1])
     kern = _jit.pick((epilogue_rows, epilogue_rows_parallel), rows * c)
     empty = np.zeros((0, c), np.float32)
-    if add:
-        return lambda y, res: kern(y.reshape(rows, c), scale, shift, np.ascontiguousarray(res).reshape(rows, c), lo, hi)
-    return lambda y: kern(y.reshape(rows, c), scale, shift, empty, lo, hi)
+    act_kern = _jit.pick((activation_rows, activation_rows_parallel), rows * c) if act else None
+    if act and len(ops) == 1:
+        return lambda y: act_kern(y.reshape(rows, c), *act)
+
+    def one_pass(y, res=None):
+        y2 = y.reshape(rows, c)
+        kern(y2, scale, shift, empty if res is None else np.ascontiguousarray(res).reshape(rows, c), lo, hi)
+        if act_kern is not None:
+            act_kern(y2, *act)
+    return one_pass
 
 
 def absorb_epilogue(producer, successor, n, shapes):
@@ -91,7 +104,7 @@ class Fused(Layer):
         if not ops:
             return head
         args = epilogue_args(ops) if self.pool is None else None
-        in_kernel = args and self.base.prepare_epilogue(n, *self.shapes, epilogue=args)
+        in_kernel = args and args[5] is None and self.base.prepare_epilogue(n, *self.shapes, epilogue=args[:5])
         if in_kernel:      # the producer's kernel applies the epilogue as it stores its output
             return in_kernel
         one_pass = compiled_epilogue(ops, n, self.out_shape)

@@ -106,17 +106,37 @@ def _pool_init(layer):
 
 
 
+class _Global2D(Layer):
+    """What the global pools share: (h, w, c) -> (c,), or (1, 1, c) with ``keepdims``."""
+
+    def output_shape(self, shape):
+        h, w, c = image(shape, self.kind)
+        if h < 1 or w < 1:
+            raise NncompError(f"{self.kind} needs an image of at least 1x1 pixels, got {h}x{w}")
+        return (1, 1, c) if self.keepdims else (c,)
+
+
 @register
 @dataclass(frozen=True, eq=False)
-class GlobalAvgPool2D(Layer):
+class GlobalAvgPool2D(_Global2D):
     """Mean over height and width: (h, w, c) -> (c,), or (1, 1, c) with ``keepdims``."""
 
     keepdims: bool = False
     kind = "global_avgpool2d"
 
-    def output_shape(self, shape):
-        h, w, c = image(shape, self.kind)
-        return (1, 1, c) if self.keepdims else (c,)
-
     def forward(self, x):
         return x.mean(axis=(1, 2), keepdims=self.keepdims, dtype=np.float32)
+
+
+@register
+@dataclass(frozen=True, eq=False)
+class GlobalMaxPool2D(_Global2D):
+    """Max over height and width (a NaN wins, as in PyTorch and MaxPool2D; ONNX Runtime skips
+    NaN): (h, w, c) -> (c,), or (1, 1, c) with ``keepdims`` (ONNX GlobalMaxPool)."""
+
+    keepdims: bool = False
+    kind = "global_maxpool2d"
+    monotone = True
+
+    def forward(self, x):
+        return x.max(axis=(1, 2), keepdims=self.keepdims)
