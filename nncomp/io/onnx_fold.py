@@ -11,7 +11,11 @@ import numpy as np
 
 from ..errors import NncompError
 
-__all__ = ["Attrs", "Dim", "FOLDABLE", "fold", "has_dims", "resolve"]
+__all__ = ["Attrs", "Dim", "DIM_CARRIERS", "FOLDABLE", "fold", "has_dims", "resolve"]
+
+# Operators that move dims without computing with them (a Cast to an integer type keeps them too)
+DIM_CARRIERS = {"Identity", "Cast", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Reshape", "Flatten",
+                "Transpose", "Expand"}
 
 
 class Dim:

@@ -13,7 +13,7 @@ from .. import layers as L
 from ..errors import NncompError
 from ..layers.tensor import internal_shape
 from ..model import INPUT, Model, Node
-from .onnx_fold import FOLDABLE, Attrs, Dim, fold, has_dims, resolve
+from .onnx_fold import DIM_CARRIERS, FOLDABLE, Attrs, Dim, fold, has_dims, resolve
 from .onnx_nn import BINARY, REDUCE, UNARY, NeuralOps, internal_axis
 
 __all__ = ["Importer", "SUPPORTED"]
@@ -177,8 +177,14 @@ class Importer(NeuralOps):
             return [dims[start:end]]
         given = [n for n in ins if n]
         if op in FOLDABLE and not any(self.is_act(n) for n in given):
+            values = [self.const(n) if n else None for n in ins]
+            dims = [d for v in values if has_dims(v) for d in resolve(v)[1]]
+            if dims and (op not in DIM_CARRIERS or op == "Cast" and attrs.int("to", 1) in _FLOAT_TYPES):
+                if any(d.axis == 0 for d in dims):
+                    raise NncompError(f"node {node.name or op!r} ({op}) computes with the batch size")
+                self.bind_size(f"{op} of sizes computed from the input")
             try:
-                return fold(op, attrs, [self.const(n) if n else None for n in ins])
+                return fold(op, attrs, values)
             except (ValueError, IndexError, TypeError, OverflowError) as e:
                 raise NncompError(f"node {node.name or op!r} ({op}) on constants: {e}") from None
         handler = OPS[op][0]
