@@ -60,7 +60,8 @@ def load(path, *, architecture=None, input_shape=None, max_tensor_bytes=MAX_TENS
         from .isolate import load_isolated
         return load_isolated(path, architecture=architecture, input_shape=input_shape, timeout=timeout,
                              max_memory=max_memory, max_tensor_bytes=max_tensor_bytes,
-                             max_file_bytes=max_file_bytes, allow_nonfinite=allow_nonfinite)
+                             max_file_bytes=max_file_bytes, allow_nonfinite=allow_nonfinite,
+                             external_data=external_data)
     if input_shape is not None:
         input_shape = _check_shape(input_shape)
     from .onnx import is_onnx

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import CorruptModelFileError, ModelFileError, NncompError, UnsafeModelFileError, UnsupportedModelError
 from .untrusted import convert, guard
 
-__all__ = ["is_onnx", "load_onnx", "OPSETS"]
+__all__ = ["is_onnx", "load_onnx", "stat_regular", "OPSETS"]
 
 OPSETS = (11, 21)
 MAX_NODES = 100_000
@@ -63,7 +63,7 @@ def onnx_module(path=None):
     return onnx
 
 
-def _stat_regular(path, what="model file"):
+def stat_regular(path, what="model file"):
     try:
         st = os.stat(path)
     except (OSError, ValueError, TypeError) as e:
@@ -76,7 +76,7 @@ def _stat_regular(path, what="model file"):
 def read_model(path, max_file_bytes):
     """The parsed, opset-checked ModelProto at ``path``; ModelFileError for anything else."""
     onnx = onnx_module(path)
-    st = _stat_regular(path)
+    st = stat_regular(path)
     limit = min(int(max_file_bytes), (2 << 30) - 1)
     if st.st_size > limit:
         raise UnsafeModelFileError(path, None, f"file is {st.st_size} bytes; the limit is {limit} (protobuf's "
@@ -236,8 +236,8 @@ class TensorReader:
         except ValueError:
             raise CorruptModelFileError(self.path, obj, "external data offset/length are not integers") from None
         if offset < 0 or length != nbytes or offset + length > st.st_size:
-            raise CorruptModelFileError(self.path, obj, f"external data {loc!r}: offset {offset} + length {length} "
-                                        f"(needs {nbytes}) lies beyond its {st.st_size} bytes")
+            raise CorruptModelFileError(self.path, obj, f"external data {loc!r}: offset {offset}, length {length}; "
+                                        f"expected an offset >= 0 and a length of {nbytes} within its {st.st_size} bytes")
         flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
         with guard(self.path, obj, "cannot read external data"):
             fd = os.open(real, flags)
