@@ -18,6 +18,8 @@ UNARY = {"Sqrt": "sqrt", "Exp": "exp", "Log": "log", "Neg": "neg", "Abs": "abs",
          "Tanh": "tanh", "Erf": "erf"}
 BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow", "Max": "max", "Min": "min"}
 REDUCE = {"ReduceMean": "mean", "ReduceSum": "sum", "ReduceMax": "max", "ReduceMin": "min"}
+# a global pool over (H, W), whichever branch's layers are present
+_POOLS = {"mean": "GlobalAvgPool2D", "max": "GlobalMaxPool2D"}
 
 
 def internal_axis(a, rank, what="axis"):
@@ -141,7 +143,7 @@ class NeuralOps:
         return self.add(node, L.GlobalAvgPool2D(keepdims=True), [self._image(node, self.act(ins[0]))])
 
     def op_GlobalMaxPool(self, node, attrs, ins):
-        return self.add(node, _needs("GlobalMaxPool2D")(), [self._image(node, self.act(ins[0]))])
+        return self.add(node, _needs("GlobalMaxPool2D")(keepdims=True), [self._image(node, self.act(ins[0]))])
 
     # ------------------------------------------------------------------ dense
     def _dense(self, node, x, w, bias):
@@ -296,9 +298,8 @@ class NeuralOps:
         internal = [internal_axis(a, x.rank) for a in onnx_axes]
         op = REDUCE[node.op_type]
         if x.rank == 4 and onnx_axes == [2, 3] and op in ("mean", "max"):
-            layer = L.GlobalAvgPool2D(keepdims=keep) if op == "mean" else _needs("GlobalMaxPool2D")()
-            if op == "mean" or keep:
-                return self.add(node, layer, [x])
+            layer = _needs(_POOLS[op])(keepdims=keep)
+            return self.add(node, layer, [x])
         out = self.add(node, _needs("Reduce")(op, tuple(internal), keepdims=keep), [x])
         if x.rank == 4 and not keep:
             kept = [a for a in (1, 2, 3) if a not in onnx_axes]         # ONNX order of what is left
