@@ -281,6 +281,21 @@ def test_batchnorm_relu_clip_pools(tmp_path):
     assert relu6.max_value == 6.0
 
 
+@pytest.mark.parametrize("first", [False, True])
+def test_scale_and_shift_after_conv_and_gemm_fold_into_the_weights(tmp_path, first):
+    """conv -> Mul(constant) -> Add/Sub/Div(constant), one value or one per channel: no layer left."""
+    mul_in = ["s", "c"] if first else ["c", "s"]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", mul_in, ["m"]), helper.make_node("Add", ["m", "t"], ["a"]),
+             helper.make_node("Div", ["a", "two"], ["d"]), helper.make_node("Flatten", ["d"], ["f"]),
+             helper.make_node("Gemm", ["f", "g"], ["e"], transB=1), helper.make_node("Sub", ["e", "t2"], ["y"])]
+    inits = [init("w", rand((4, 3, 3, 3), 1)), init("b", rand(4, 2)), init("s", rand((4, 1, 1), 3)),
+             init("t", np.array(0.5)), init("two", np.array(2.0)), init("g", rand((5, 4 * 36), 4)),
+             init("t2", rand((1, 5), 5))]
+    m = check(graph_model(nodes, ["n", 3, 6, 6], inits=inits), rand((2, 3, 6, 6)), tmp_path, atol=1e-4)
+    assert [n.layer.kind for n in m.nodes] == ["conv2d", "fixed_shape", "flatten", "dense"]
+
+
 def test_residual_add_is_the_add_layer_and_fuses(tmp_path):
     w = rand((3, 3, 1, 1), 1)
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Add", ["c", "x"], ["y"])]

@@ -273,6 +273,9 @@ class NeuralOps:
         first = not self.is_act(a)
         x, c = (self.act(b), self.const(a)) if first else (self.act(a), self.const(b))
         c = np.asarray(resolve(c)[0], np.float32)
+        folded = self.fold_affine(node, x, op, c, first)
+        if folded is not None:
+            return folded
         sixth = not first and c.size == 1 and (op == "div" and c.item() == 6 or op == "mul" and abs(c.item() - 1 / 6) < 1e-7)
         made = self.origin.get(x.node, (None,))
         if sixth and made[0] == "mul":
@@ -285,6 +288,35 @@ class NeuralOps:
         elif sixth and made[0] == "relu6+3":
             self.origin[out[0].node] = ("hardsigmoid", made[1])
         return out
+
+    def fold_affine(self, node, x, op, c, first):
+        """``x op c`` folded into the convolution or dense layer that computes ``x`` (read by nothing
+        else), when ``c`` is one value or one per output channel: ``[Act]``, or None."""
+        if op not in ("add", "sub", "mul", "div") or (first and op in ("sub", "div")) or self.readers[x.tensor] != 1:
+            return None
+        i = next((k for k in range(len(self.nodes) - 1, -1, -1) if self.nodes[k].name == x.node), None)
+        layer = None if i is None else self.nodes[i].layer
+        if not isinstance(layer, (L.Conv2D, L.Dense)) or layer.weight.format != "dense" or getattr(layer, "same", 0):
+            return None
+        n = layer.weight.n_out
+        try:
+            k = np.broadcast_to(internal_constant(c, x.rank), self.shape(x))
+        except (NncompError, ValueError):
+            return None
+        per = k.reshape(-1, n)
+        if not (per == per[:1]).all():
+            return None
+        v = per[0].astype(np.float64)
+        w = layer.weight.w.astype(np.float64)
+        bias = np.zeros(n) if layer.bias is None else layer.bias.astype(np.float64)
+        if op in ("mul", "div"):
+            scale = v if op == "mul" else 1 / v
+            w, bias = w * scale[:, None], bias * scale
+        else:
+            bias = bias + v if op == "add" else bias - v
+        self.nodes[i] = self.nodes[i].__class__(x.node, layer.replace(weight=w.astype(np.float32),
+                                                                      bias=bias.astype(np.float32)), self.nodes[i].inputs)
+        return [type(x)(x.node, x.rank, node.output[0])]
 
     def op_Reduce(self, node, attrs, ins):
         x = self.act(ins[0])
