@@ -264,6 +264,15 @@ def test_matmul_constant_and_between_activations(tmp_path):
     assert [n.layer.kind for n in m.nodes].count("dense") == 1 and m.nodes[-1].layer.kind == "matmul"
 
 
+def test_matmul_of_a_sequence_with_a_constant(tmp_path):
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]), helper.make_node("Transpose", ["a"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["t", "v"], ["y"])]
+    inits = [init("w", rand((6, 4), 1)), init("v", rand((5, 3), 2))]
+    m = check(graph_model(nodes, ["n", 5, 6], inits=inits), rand((2, 5, 6)), tmp_path, atol=1e-5)
+    nc.save(m, tmp_path / "native.h5")
+    np.testing.assert_array_equal(nc.load(tmp_path / "native.h5")(rand((3, 5, 6))), m(rand((3, 5, 6))))
+
+
 def test_batchnorm_relu_clip_pools(tmp_path):
     c = 4
     nodes = [helper.make_node("BatchNormalization", ["x", "g", "b", "mu", "var"], ["bn"], epsilon=1e-3),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import NncompError
-from .base import Layer, register, set_fields
+from .base import Layer, register, set_fields, tensor_field
 
 
 def source_shape(shape):
@@ -330,26 +330,41 @@ class Cast(Layer):
 @register
 @dataclass(frozen=True, eq=False)
 class MatMul(Layer):
-    """``np.matmul`` of two inputs of one rank (source order; batch axes must agree or broadcast)."""
+    """``np.matmul`` in the source's order: of two inputs of one rank (batch axes broadcast), or of
+    one input and a constant ``constant`` (k, m) on its last axis (a dense layer over any rank)."""
 
+    constant: np.ndarray = tensor_field()
     kind = "matmul"
-    n_inputs = 2
 
-    def output_shape(self, a, b):
-        a, b = source_shape(a), source_shape(b)
-        if len(a) != len(b) or len(a) < 2 or a[-1] != b[-2]:
-            raise NncompError(f"matmul needs inputs of one rank >= 2 with a[-1] == b[-2], got {a} and {b}")
+    def __post_init__(self):
+        if self.constant is not None:
+            w = np.ascontiguousarray(self.constant, dtype=np.float32)
+            if w.ndim != 2:
+                raise NncompError(f"matmul constant must be 2-D (k, m), got shape {w.shape}")
+            w.setflags(write=False)
+            set_fields(self, constant=w)
+
+    @property
+    def n_inputs(self):
+        return 1 if self.constant is not None else 2
+
+    def output_shape(self, a, b=None):
+        a = source_shape(a)
+        b = self.constant.shape if b is None else source_shape(b)
+        if len(a) < (1 if self.constant is not None else 2) or a[-1] != b[-2] or (
+                self.constant is None and len(a) != len(b)):
+            raise NncompError(f"matmul needs inputs of one rank with a[-1] == b[-2], got {a} and {b}")
         try:
             lead = np.broadcast_shapes(a[:-2], b[:-2])
         except ValueError:
             raise NncompError(f"matmul batch axes {a[:-2]} and {b[:-2]} do not broadcast") from None
-        return internal_shape(tuple(lead) + (a[-2], b[-1]))
+        return internal_shape(tuple(lead) + a[-2:-1] + (b[-1],))
 
-    def macs(self, a, b):
-        return math.prod(source_shape(self.output_shape(a, b))) * source_shape(a)[-1]
+    def macs(self, *shapes):
+        return math.prod(source_shape(self.output_shape(*shapes))) * source_shape(shapes[0])[-1]
 
-    def forward(self, a, b):
-        return from_source(np.matmul(to_source(a), to_source(b)))
+    def forward(self, a, b=None):
+        return from_source(np.matmul(to_source(a), self.constant if b is None else to_source(b)))
 
 
 @register
