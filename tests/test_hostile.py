@@ -948,7 +948,12 @@ def _graph_case(case):
         nodes = [helper.make_node("Constant", [], ["y"], value_float=1.0)]
     elif case == "second_input":
         nodes = [relu("x", "y")]
-    model = onnx_graphs.graph_model(nodes, ["n", 3, 4, 4])
+    elif case == "huge_activation":
+        nodes = [helper.make_node("Pad", ["x", "p"], ["y"])]
+    elif case == "huge_fold":
+        nodes = [helper.make_node("ConstantOfShape", ["p"], ["c"]), helper.make_node("Add", ["x", "c"], ["y"])]
+    pads = onnx_graphs.init("p", np.array([0, 0, 1 << 20, 1 << 20, 0, 0, 1 << 20, 1 << 20]))
+    model = onnx_graphs.graph_model(nodes, ["n", 3, 4, 4], inits=[pads] if case.startswith("huge") else [])
     if case == "second_input":
         model.graph.input.append(helper.make_tensor_value_info("z", 1, ["n", 3]))
     return model
@@ -956,7 +961,7 @@ def _graph_case(case):
 
 @pytest.mark.parametrize("case", ["cycle", "undefined", "duplicate_output", "output_not_defined",
                                   "bad_attribute_type", "bad_attribute_value", "unknown_domain", "constant_output",
-                                  "second_input"])
+                                  "second_input", "huge_activation", "huge_fold"])
 def test_onnx_malformed_graphs(tmp_path, case):
     with pytest.raises(nc.ModelFileError):
         nc.load(onnx_graphs.save(_graph_case(case), tmp_path / "m.onnx"))

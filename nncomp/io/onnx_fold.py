@@ -159,18 +159,25 @@ def _squeeze(attrs, ins):
     return np.squeeze(ins[0], axis=tuple(a % ins[0].ndim for a in axes)) if axes else np.squeeze(ins[0])
 
 
+# Folded constants are shapes and small tables: a fold producing more elements than this is refused.
+MAX_FOLD = 1 << 24
+
+
+def _capped(shape):
+    if np.prod(shape, dtype=np.float64) > MAX_FOLD:
+        raise NncompError(f"folding a constant of shape {tuple(shape)}: more than {MAX_FOLD} elements")
+    return shape
+
+
 def _range(attrs, ins):
     start, limit, delta = (np.asarray(_num(v)).reshape(()) for v in ins[:3])
     n = max(int(np.ceil((limit - start) / delta)), 0)
-    if n > 1 << 24:
-        raise NncompError(f"Range of {n} elements is too long to fold")
+    _capped((n,))
     return (start + np.arange(n) * delta).astype(np.result_type(start, limit, delta))
 
 
 def _constant_of_shape(attrs, ins):
-    shape = _ints(ins[0])
-    if np.prod(shape, dtype=np.float64) > 1 << 24:
-        raise NncompError(f"ConstantOfShape {shape} is too large to fold")
+    shape = _capped(_ints(ins[0]))
     t = attrs.tensor("value")
     fill = 0.0 if t is None else float(np.frombuffer(t.raw_data, np.float32)[0]) if t.raw_data else (
         list(t.float_data) or list(t.int64_data) or [0])[0]
@@ -204,8 +211,8 @@ FOLDABLE = {
     "Ceil": lambda attrs, ins: np.ceil(_num(ins[0])),
     "Relu": lambda attrs, ins: np.maximum(_num(ins[0]), 0),
     "Where": lambda attrs, ins: np.where(np.asarray(_num(ins[0])) != 0, _num(ins[1]), _num(ins[2])),
-    "Expand": lambda attrs, ins: np.broadcast_to(ins[0], np.broadcast_shapes(np.shape(ins[0]),
-                                                                              tuple(_ints(ins[1])))).copy(),
+    "Expand": lambda attrs, ins: np.broadcast_to(ins[0], _capped(np.broadcast_shapes(np.shape(ins[0]),
+                                                                                      tuple(_ints(ins[1]))))).copy(),
     "Range": _range,
     "ConstantOfShape": _constant_of_shape,
     "Shape": lambda attrs, ins: np.array(np.shape(ins[0])[attrs.int("start", 0):attrs.int("end", None)], np.int64),

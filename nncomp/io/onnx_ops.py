@@ -5,12 +5,13 @@ rank) or a constant (an initializer, a ``Constant``, a folded computation, or a 
 :class:`~nncomp.io.onnx_fold.Dim`). Nodes whose inputs are all constants are folded; the others
 become layers, built and shape-checked at the nominal input size as they come.
 """
+import math
 import os
 
 import numpy as np
 
 from .. import layers as L
-from ..errors import NncompError
+from ..errors import NncompError, UnsafeModelFileError
 from ..layers.tensor import internal_shape
 from ..model import INPUT, Model, Node
 from .onnx_fold import DIM_CARRIERS, FOLDABLE, Attrs, Dim, fold, has_dims, resolve
@@ -120,6 +121,9 @@ class Importer(NeuralOps):
             shape = layer.shape_of(*(self.shapes[a.node] for a in inputs))
         except NncompError as e:
             raise NncompError(f"node {node.name or tensor!r} ({node.op_type}): {e}") from None
+        if math.prod(shape) * 4 > self.tensors.max_tensor:
+            raise UnsafeModelFileError(self.path, node.name or tensor, f"its output per sample, shape {shape}, "
+                                       f"needs more than max_tensor_bytes={self.tensors.max_tensor} bytes")
         self.nodes.append(Node(name, layer, tuple(a.node for a in inputs)))
         self.shapes[name] = shape
         rank = len(shape) + 1 if len(shape) != 3 else 4
