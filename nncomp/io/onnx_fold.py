@@ -10,6 +10,7 @@ their declared types checked (:class:`Attrs`).
 import numpy as np
 
 from ..errors import NncompError
+from ..layers.tensor import onnx_slices
 
 __all__ = ["Attrs", "Dim", "DIM_CARRIERS", "FOLDABLE", "fold", "has_dims", "resolve"]
 
@@ -102,17 +103,7 @@ def _slice(data, starts, ends, axes=None, steps=None):
     starts, ends = _ints(starts), _ints(ends)
     axes = _ints(axes) if axes is not None else list(range(len(starts)))
     steps = _ints(steps) if steps is not None else [1] * len(starts)
-    index = [slice(None)] * data.ndim
-    for s, e, a, k in zip(starts, ends, axes, steps):
-        a %= data.ndim
-        n = data.shape[a]
-        s, e = s + n if s < 0 else s, e + n if e < 0 else e
-        if k > 0:
-            s, e = min(max(s, 0), n), min(max(e, 0), n)
-        else:
-            s, e = min(max(s, 0), n - 1), min(max(e, -1), n - 1)
-        index[a] = slice(s, None if e < 0 else e, k)
-    return data[tuple(index)]
+    return data[onnx_slices(data.shape, starts, ends, axes, steps)]
 
 
 def _cast(x, to):

@@ -228,7 +228,7 @@ class Importer(NeuralOps):
             nodes = [Node(guard, L.FixedShape(self.shapes[INPUT]))] + [
                 Node(n.name, n.layer, tuple(guard if s == INPUT else s for s in n.inputs)) for n in nodes]
         layout = "NCHW" if rank == 4 else "NC" if rank == 2 and all(len(self.shapes[o]) != 3 for o in outputs) else "N*"
-        name = self.graph.name or os.path.splitext(os.path.basename(self.path))[0]
+        name = os.path.splitext(os.path.basename(self.path))[0]       # graph names are exporters' ("main_graph")
         return Model(nodes, input_shape=shape, input_layout=layout, outputs=outputs, name=name)
 
     # ------------------------------------------------------------------ structural operators

@@ -48,6 +48,22 @@ def _ints(v):
     return tuple(int(a) for a in v)
 
 
+def onnx_slices(shape, starts, ends, axes, steps):
+    """The Python slices (one per axis of ``shape``) of ONNX's Slice: negative starts and ends count
+    from the end, then both are clamped to the axis (to [-1, n-1] for a negative step)."""
+    out = [slice(None)] * len(shape)
+    for s, e, a, k in zip(starts, ends, axes, steps):
+        a = _axis(a, len(shape), "slice")
+        n = shape[a]
+        s, e = s + n if s < 0 else s, e + n if e < 0 else e
+        if k > 0:
+            s, e = min(max(s, 0), n), min(max(e, 0), n)
+        else:
+            s, e = min(max(s, 0), n - 1), min(max(e, -1), n - 1)
+        out[a] = slice(s, None if e < 0 else e, k)
+    return tuple(out)
+
+
 @register
 @dataclass(frozen=True, eq=False)
 class Concat(Layer):
@@ -257,17 +273,7 @@ class Slice(Layer):
             raise NncompError("slice needs starts, ends, axes and non-zero steps of one length")
 
     def slices(self, shape):
-        out = [slice(None)] * len(shape)
-        for s, e, a, k in zip(self.starts, self.ends, self.axes, self.steps):
-            a = _axis(a, len(shape), "slice")
-            n = shape[a]
-            s, e = s + n if s < 0 else s, e + n if e < 0 else e
-            if k > 0:
-                s, e = min(max(s, 0), n), min(max(e, 0), n)
-            else:
-                s, e = min(max(s, 0), n - 1), min(max(e, -1), n - 1)
-            out[a] = slice(s, None if e < 0 else e, k)
-        return tuple(out)
+        return onnx_slices(shape, self.starts, self.ends, self.axes, self.steps)
 
     def output_shape(self, shape):
         out = tuple(len(range(*sl.indices(n))) for sl, n in zip(self.slices(shape), shape))
