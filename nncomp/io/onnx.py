@@ -257,7 +257,9 @@ def load_onnx(path, *, input_shape=None, max_tensor_bytes, max_file_bytes, allow
     tensors = TensorReader(path, max_tensor_bytes, max_file_bytes, allow_nonfinite, external_data)
     try:
         return Importer(model, path, tensors, opset_of(model, path), input_shape).build()
-    except ModelFileError:
+    except ModelFileError as e:
+        if e.path is None:
+            raise type(e)(path, e.obj, e.reason) from None
         raise
     except NncompError as e:
         raise UnsupportedModelError(path, None, str(e)) from None

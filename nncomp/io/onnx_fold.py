@@ -9,7 +9,7 @@ their declared types checked (:class:`Attrs`).
 """
 import numpy as np
 
-from ..errors import NncompError
+from ..errors import CorruptModelFileError, NncompError
 from ..layers.tensor import onnx_slices
 
 __all__ = ["Attrs", "Dim", "DIM_CARRIERS", "FOLDABLE", "fold", "has_dims", "resolve"]
@@ -58,8 +58,8 @@ class Attrs:
         if a is None:
             return None
         if _TYPES.get(a.type) != want:
-            raise NncompError(f"node {self.node.name or self.node.op_type!r}: attribute {name!r} has type "
-                              f"{_TYPES.get(a.type, a.type)}; expected {want}")
+            raise CorruptModelFileError(None, self.node.name or self.node.op_type, f"attribute {name!r} has type "
+                                        f"{_TYPES.get(a.type, a.type)}; expected {want}")
         return getattr(a, want)
 
     def int(self, name, default=None):
