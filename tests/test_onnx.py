@@ -450,4 +450,5 @@ def test_layernorm_spelled_out(tmp_path):
              helper.make_node("Div", ["d", "sd"], ["n"]), helper.make_node("Mul", ["n", "g"], ["ng"]),
              helper.make_node("Add", ["ng", "b"], ["y"])]
     inits = [init("two", np.array(2.0)), init("eps", np.array(1e-5)), init("g", rand(8, 1)), init("b", rand(8, 2))]
-    check(graph_model(nodes, ["n", 5, 8], inits=inits), rand((2, 5, 8)), tmp_path, atol=1e-5)
+    m = check(graph_model(nodes, ["n", 5, 8], inits=inits), rand((2, 5, 8)), tmp_path, atol=1e-5)
+    assert [n.layer.kind for n in m.nodes] == ["layernorm"]     # scale and shift folded into it

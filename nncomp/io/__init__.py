@@ -1,4 +1,4 @@
-"""Reading and writing model files: nncomp's native format, PyTorch state dicts, Keras HDF5."""
+"""Reading and writing model files: nncomp's native format, PyTorch state dicts, Keras HDF5, ONNX."""
 import os
 
 from ..checks import is_integer

@@ -1,9 +1,9 @@
 """ONNX operators with arithmetic -> nncomp layers (convolutions, dense, pools, norms, activations,
 element-wise and reductions), as a mixin of :class:`nncomp.io.onnx_ops.Importer`.
 
-Layout rules (see nncomp/layers/tensor.py): a 4-D ONNX tensor is an NHWC image inside; every other
-rank keeps ONNX's axis order; the batch axis is never touched. Constant operands are moved to the
-internal layout here; axes are translated with :func:`internal_axis`.
+Layout rules (see nncomp/layers/tensor.py and onnx_patterns.py): a 4-D ONNX tensor is an NHWC image
+inside; every other rank keeps ONNX's axis order; the batch axis is never touched. Constant operands
+are moved to the internal layout with :func:`internal_constant`, axes with :func:`internal_axis`.
 """
 import numpy as np
 
@@ -11,41 +11,14 @@ from .. import layers as L
 from ..errors import NncompError
 from ..layers.base import same_pads
 from .onnx_fold import resolve
+from .onnx_patterns import TO_INTERNAL, Patterns, internal_axis, internal_constant, needs
 
-# ONNX per-sample axis of an image (c, h, w) -> internal (h, w, c) axis, and back
-_TO_INTERNAL = {0: 2, 1: 0, 2: 1}
 UNARY = {"Sqrt": "sqrt", "Exp": "exp", "Log": "log", "Neg": "neg", "Abs": "abs", "Reciprocal": "reciprocal",
          "Tanh": "tanh", "Erf": "erf"}
 BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow", "Max": "max", "Min": "min"}
 REDUCE = {"ReduceMean": "mean", "ReduceSum": "sum", "ReduceMax": "max", "ReduceMin": "min"}
 # a global pool over (H, W), whichever branch's layers are present
 _POOLS = {"mean": "GlobalAvgPool2D", "max": "GlobalMaxPool2D"}
-
-
-def internal_axis(a, rank, what="axis"):
-    """ONNX axis ``a`` of a rank-``rank`` activation as an internal per-sample axis (batch refused)."""
-    a = int(a)
-    if not -rank <= a < rank:
-        raise NncompError(f"{what} {a} is out of range for a rank-{rank} tensor")
-    a %= rank
-    if a == 0:
-        raise NncompError(f"{what} 0 is the batch axis; nncomp keeps the batch axis as it is")
-    return _TO_INTERNAL[a - 1] if rank == 4 else a - 1
-
-
-def internal_constant(c, rank):
-    """A constant operand broadcast against a rank-``rank`` activation, in the internal per-sample
-    layout (batch axis dropped; an image's (c, h, w) moved to (h, w, c))."""
-    c = np.asarray(c, np.float32)
-    if c.ndim > rank or (c.ndim == rank and c.shape[0] != 1):
-        raise NncompError(f"constant of shape {c.shape} broadcasts over the batch axis of a rank-{rank} tensor")
-    if c.ndim == 0:
-        return c
-    if c.ndim == rank:
-        c = c[0]
-    if rank == 4:
-        c = c.reshape((1,) * (3 - c.ndim) + c.shape).transpose(1, 2, 0)
-    return np.ascontiguousarray(c)
 
 
 def _two(v, default):
@@ -62,15 +35,7 @@ def _scalar(v, what):
     return float(v.reshape(-1)[0])
 
 
-def _needs(name):
-    """A layer class of nncomp.layers by name (some come with the layers2 branch)."""
-    cls = getattr(L, name, None)
-    if cls is None:
-        raise NncompError(f"this build of nncomp has no {name} layer")
-    return cls
-
-
-class NeuralOps:
+class NeuralOps(Patterns):
     """Handlers ``op_<OpType>(node, attrs, ins)`` returning the node's output values."""
 
     # ------------------------------------------------------------------ windows
@@ -116,7 +81,7 @@ class NeuralOps:
         if attrs.ints("output_shape") or attrs.str("auto_pad", "NOTSET") != "NOTSET" or w.ndim != 4:
             raise NncompError("ConvTranspose: only 2-D with explicit pads (no output_shape, no auto_pad)")
         p = attrs.ints("pads") or [0, 0, 0, 0]
-        layer = _needs("ConvTranspose2D").from_onnx_weight(
+        layer = needs("ConvTranspose2D").from_onnx_weight(
             w, bias=b, stride=_two(attrs.ints("strides"), 1), padding=(p[0], p[2], p[1], p[3]),
             output_padding=_two(attrs.ints("output_padding"), 0), dilation=_two(attrs.ints("dilations"), 1),
             groups=attrs.int("group", 1))
@@ -143,7 +108,7 @@ class NeuralOps:
         return self.add(node, L.GlobalAvgPool2D(keepdims=True), [self._image(node, self.act(ins[0]))])
 
     def op_GlobalMaxPool(self, node, attrs, ins):
-        return self.add(node, _needs("GlobalMaxPool2D")(keepdims=True), [self._image(node, self.act(ins[0]))])
+        return self.add(node, needs("GlobalMaxPool2D")(keepdims=True), [self._image(node, self.act(ins[0]))])
 
     # ------------------------------------------------------------------ dense
     def _dense(self, node, x, w, bias):
@@ -198,7 +163,7 @@ class NeuralOps:
             raise NncompError("LayerNormalization with mean / inv_std_dev outputs is not supported")
         scale, bias = (None if v is None else internal_constant(v, x.rank) for v in (self.const(ins, 1),
                                                                                       self.const(ins, 2)))
-        layer = _needs("LayerNorm")(internal_axis(axis, x.rank) if x.rank != 4 else 0, scale, bias,
+        layer = needs("LayerNorm")(internal_axis(axis, x.rank) if x.rank != 4 else 0, scale, bias,
                                     epsilon=attrs.float("epsilon", 1e-5))
         return self.add(node, layer, [x])
 
@@ -213,30 +178,30 @@ class NeuralOps:
         if lo == 0 and hi in (6.0, np.inf):
             layer = L.ReLU(None if hi == np.inf else 6.0)
         else:
-            layer = _needs("Clip")(lo, hi)
+            layer = needs("Clip")(lo, hi)
         x = self.act(ins[0])
         out = self.add(node, layer, [x])
         made = self.origin.get(x.node, (None,))
-        if (lo, hi) == (0, 6) and made[0] == "add3":
-            self.origin[out[0].node] = ("relu6+3", made[1].node)
+        if (lo, hi) == (0, 6) and made[0] == "add" and made[2] == 3:
+            self.origin[out[0].node] = ("relu6+3", made[1])
         return out
 
     def op_LeakyRelu(self, node, attrs, ins):
-        return self.add(node, _needs("LeakyReLU")(attrs.float("alpha", 0.01)), [self.act(ins[0])])
+        return self.add(node, needs("LeakyReLU")(attrs.float("alpha", 0.01)), [self.act(ins[0])])
 
     def op_Sigmoid(self, node, attrs, ins):
-        return self.add(node, _needs("Sigmoid")(), [self.act(ins[0])])
+        return self.add(node, needs("Sigmoid")(), [self.act(ins[0])])
 
     def op_HardSigmoid(self, node, attrs, ins):
         alpha, beta = attrs.float("alpha", 0.2), attrs.float("beta", 0.5)
         x = self.act(ins[0])
-        out = self.add(node, _needs("HardSigmoid")(alpha, beta), [x])
+        out = self.add(node, needs("HardSigmoid")(alpha, beta), [x])
         if abs(alpha - 1 / 6) < 1e-7 and beta == 0.5:
             self.origin[out[0].node] = ("hardsigmoid", x.node)
         return out
 
     def op_HardSwish(self, node, attrs, ins):
-        return self.add(node, _needs("HardSwish")(), [self.act(ins[0])])
+        return self.add(node, needs("HardSwish")(), [self.act(ins[0])])
 
     def op_Softmax(self, node, attrs, ins):
         x = self.act(ins[0])
@@ -253,7 +218,11 @@ class NeuralOps:
         return self.add(node, layer, [x])
 
     def op_Unary(self, node, attrs, ins):
-        return self.add(node, _needs("Unary")(UNARY[node.op_type]), [self.act(ins[0])])
+        x = self.act(ins[0])
+        out = self.add(node, needs("Unary")(UNARY[node.op_type]), [x])
+        if node.op_type == "Sqrt":
+            self.origin[out[0].node] = ("sqrt", x.node)
+        return out
 
     # ------------------------------------------------------------------ element-wise and reductions
     def op_Binary(self, node, attrs, ins):
@@ -267,61 +236,21 @@ class NeuralOps:
                 raise NncompError(f"{node.op_type} of activations of ranks {a.rank} and {b.rank}")
             if op == "add" and self.shape(a) == self.shape(b):
                 return self.add(node, L.Add(), [a, b])
-            if op == "mul":
-                for x, gate in ((a, b), (b, a)):
-                    if self.origin.get(gate.node) == ("hardsigmoid", x.node):
-                        return self.add(node, _needs("HardSwish")(), [x])
-            out = self.add(node, _needs("Binary")(op), [a, b])
-            if op == "mul":
-                self.origin[out[0].node] = ("mul", a, b)
+            found = self.binary_of_activations(node, op, a, b)
+            if found is not None:
+                return found
+            out = self.add(node, needs("Binary")(op), [a, b])
+            self.note_binary(out[0], op, (a, b))
             return out
         first = not self.is_act(a)
         x, c = (self.act(b), self.const(a)) if first else (self.act(a), self.const(b))
         c = np.asarray(resolve(c)[0], np.float32)
-        folded = self.fold_affine(node, x, op, c, first)
-        if folded is not None:
-            return folded
-        sixth = not first and c.size == 1 and (op == "div" and c.item() == 6 or op == "mul" and abs(c.item() - 1 / 6) < 1e-7)
-        made = self.origin.get(x.node, (None,))
-        if sixth and made[0] == "mul":
-            for u, r in ((made[1], made[2]), (made[2], made[1])):
-                if self.origin.get(r.node) == ("relu6+3", u.node):
-                    return self.add(node, _needs("HardSwish")(), [u])
-        out = self.add(node, _needs("Binary")(op, constant=internal_constant(c, x.rank), constant_first=first), [x])
-        if op == "add" and c.size == 1 and c.item() == 3:
-            self.origin[out[0].node] = ("add3", x)
-        elif sixth and made[0] == "relu6+3":
-            self.origin[out[0].node] = ("hardsigmoid", made[1])
+        found = self.binary_with_constant(node, op, x, c, first)
+        if found is not None:
+            return found
+        out = self.add(node, needs("Binary")(op, constant=internal_constant(c, x.rank), constant_first=first), [x])
+        self.note_binary(out[0], op, x, c, first)
         return out
-
-    def fold_affine(self, node, x, op, c, first):
-        """``x op c`` folded into the convolution or dense layer that computes ``x`` (read by nothing
-        else), when ``c`` is one value or one per output channel: ``[Act]``, or None."""
-        if op not in ("add", "sub", "mul", "div") or (first and op in ("sub", "div")) or self.readers[x.tensor] != 1:
-            return None
-        i = next((k for k in range(len(self.nodes) - 1, -1, -1) if self.nodes[k].name == x.node), None)
-        layer = None if i is None else self.nodes[i].layer
-        if not isinstance(layer, (L.Conv2D, L.Dense)) or layer.weight.format != "dense" or getattr(layer, "same", 0):
-            return None
-        n = layer.weight.n_out
-        try:
-            k = np.broadcast_to(internal_constant(c, x.rank), self.shape(x))
-        except (NncompError, ValueError):
-            return None
-        per = k.reshape(-1, n)
-        if not (per == per[:1]).all():
-            return None
-        v = per[0].astype(np.float64)
-        w = layer.weight.w.astype(np.float64)
-        bias = np.zeros(n) if layer.bias is None else layer.bias.astype(np.float64)
-        if op in ("mul", "div"):
-            scale = v if op == "mul" else 1 / v
-            w, bias = w * scale[:, None], bias * scale
-        else:
-            bias = bias + v if op == "add" else bias - v
-        self.nodes[i] = self.nodes[i].__class__(x.node, layer.replace(weight=w.astype(np.float32),
-                                                                      bias=bias.astype(np.float32)), self.nodes[i].inputs)
-        return [type(x)(x.node, x.rank, node.output[0])]
 
     def op_Reduce(self, node, attrs, ins):
         x = self.act(ins[0])
@@ -335,12 +264,14 @@ class NeuralOps:
         internal = [internal_axis(a, x.rank) for a in onnx_axes]
         op = REDUCE[node.op_type]
         if x.rank == 4 and onnx_axes == [2, 3] and op in ("mean", "max"):
-            layer = _needs(_POOLS[op])(keepdims=keep)
+            layer = needs(_POOLS[op])(keepdims=keep)
             return self.add(node, layer, [x])
-        out = self.add(node, _needs("Reduce")(op, tuple(internal), keepdims=keep), [x])
+        out = self.add(node, needs("Reduce")(op, tuple(internal), keepdims=keep), [x])
+        if op == "mean" and keep:
+            self.origin[out[0].node] = ("mean", x.node, tuple(sorted(internal)))
         if x.rank == 4 and not keep:
             kept = [a for a in (1, 2, 3) if a not in onnx_axes]         # ONNX order of what is left
-            inside = sorted(kept, key=lambda a: _TO_INTERNAL[a - 1])    # the order Reduce leaves them in
+            inside = sorted(kept, key=lambda a: TO_INTERNAL[a - 1])    # the order Reduce leaves them in
             perm = tuple(inside.index(a) for a in kept)
             if perm != tuple(range(len(perm))):
                 return self.add(node, L.Transpose(perm), out, suffix="order")
@@ -372,8 +303,8 @@ class NeuralOps:
             sizes = [int(v) for v in np.asarray(sizes).reshape(-1)]
             if len(sizes) != 4 or sizes[1] != c:
                 raise NncompError(f"Resize sizes {sizes}: expected (N, C, H, W) keeping N and C")
-            return self.add(node, _needs("Resize")(size=(sizes[2], sizes[3]), **kw), [x])
+            return self.add(node, needs("Resize")(size=(sizes[2], sizes[3]), **kw), [x])
         s = [float(v) for v in np.asarray(scales, np.float64).reshape(-1)]
         if len(s) != 4 or s[:2] != [1.0, 1.0]:
             raise NncompError(f"Resize scales {s}: expected (1, 1, sh, sw)")
-        return self.add(node, _needs("Resize")(scale=(s[2], s[3]), **kw), [x])
+        return self.add(node, needs("Resize")(scale=(s[2], s[3]), **kw), [x])

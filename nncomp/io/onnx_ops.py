@@ -15,7 +15,8 @@ from ..errors import NncompError, UnsafeModelFileError
 from ..layers.tensor import internal_shape
 from ..model import INPUT, Model, Node
 from .onnx_fold import DIM_CARRIERS, FOLDABLE, Attrs, Dim, fold, has_dims, resolve
-from .onnx_nn import BINARY, REDUCE, UNARY, NeuralOps, internal_axis
+from .onnx_nn import BINARY, REDUCE, UNARY, NeuralOps
+from .onnx_patterns import internal_axis
 
 __all__ = ["Importer", "SUPPORTED"]
 
@@ -58,7 +59,7 @@ class Importer(NeuralOps):
         self.graph, self.path, self.tensors, self.opset = model.graph, path, tensors, opset
         self.input_shape = input_shape
         self.values, self.nodes, self.shapes, self.names = {}, [], {}, {INPUT}
-        self.flattened, self.origin, self.bound = {}, {}, []
+        self.flattened, self.origin, self.bound, self.acts = {}, {}, [], {}
         self.readers = {}
         for node in self.graph.node:
             for name in node.input:
@@ -127,7 +128,8 @@ class Importer(NeuralOps):
         self.nodes.append(Node(name, layer, tuple(a.node for a in inputs)))
         self.shapes[name] = shape
         rank = len(shape) + 1 if len(shape) != 3 else 4
-        return [Act(name, rank, tensor)]
+        act = self.acts[name] = Act(name, rank, tensor)
+        return [act]
 
     # ------------------------------------------------------------------ the walk
     def _input(self):
@@ -155,7 +157,7 @@ class Importer(NeuralOps):
     def build(self):
         name, shape = self._input()
         rank = len(shape) + 1
-        self.values[name] = Act(INPUT, rank, name)
+        self.values[name] = self.acts[INPUT] = Act(INPUT, rank, name)
         self.shapes[INPUT] = internal_shape(shape) if rank == 4 else shape
         for t in self.graph.initializer:
             self.values[t.name] = t
