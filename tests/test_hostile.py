@@ -828,6 +828,16 @@ def _external(onnx_graphs, tmp_path, location, *, offset=0, length=None):
     return onnx_graphs.save(model, tmp_path / "model" / "m.onnx"), w
 
 
+def test_onnx_fifo_is_refused_without_opening_it(og, tmp_path):
+    fifo = tmp_path / "model.onnx"
+    os.mkfifo(fifo)
+    result = []
+    t = threading.Thread(target=lambda: result.append(pytest.raises(nc.ModelFileError, nc.load, fifo)), daemon=True)
+    t.start()
+    t.join(20)
+    assert result, "nc.load blocked on a FIFO"
+
+
 def test_onnx_truncated_and_random_bytes(og, tmp_path):
     data = ONNX_MODEL.read_bytes()
     for n in (0, 1, 7, 100, len(data) // 2, len(data) - 1):

@@ -34,8 +34,11 @@ DTYPES = {1: (np.float32, "float_data"), 2: (np.uint8, "int32_data"), 3: (np.int
 def is_onnx(path):
     """Whether the file at ``path`` should be read as ONNX: not HDF5 (no signature at 0 or at a user
     block offset), and either an ``ir_version`` field first (how every ONNX writer starts) or an
-    ``.onnx`` name. Unreadable paths answer False (the HDF5 reader then says why)."""
+    ``.onnx`` name. Unreadable paths and anything but a regular file (a FIFO would block the open)
+    answer False: the HDF5 reader then says why."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
         with open(path, "rb") as fh:
             head = fh.read(8)
             size = os.fstat(fh.fileno()).st_size
