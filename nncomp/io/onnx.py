@@ -52,7 +52,7 @@ def is_onnx(path):
         return False
     if head == _HDF5_MAGIC:
         return False
-    return head[:1] == b"\x08" or os.fspath(path).lower().endswith(".onnx")
+    return head[:1] == b"\x08" or os.fsdecode(path).lower().endswith(".onnx")
 
 
 def onnx_module(path=None):

@@ -165,44 +165,43 @@ class Reshape(Layer):
         return from_source(y)
 
 
+class _Reaxis(Layer):
+    """Squeeze and Unsqueeze: ``axes`` in the source's order, a reshape to ``target(source shape)``."""
+
+    def __post_init__(self):
+        set_fields(self, axes=_ints(self.axes))
+
+    def output_shape(self, shape):
+        return internal_shape(self.target(source_shape(shape)))
+
+    def forward(self, x):
+        src = to_source(x)
+        return from_source(src.reshape((x.shape[0],) + self.target(src.shape[1:])))
+
+
 @register
 @dataclass(frozen=True, eq=False)
-class Squeeze(Layer):
-    """Removal of the size-1 per-sample ``axes`` (source order)."""
+class Squeeze(_Reaxis):
+    """Removal of the size-1 per-sample ``axes`` (source order; none given: every size-1 axis)."""
 
     axes: tuple = ()
     kind = "squeeze"
 
-    def __post_init__(self):
-        set_fields(self, axes=_ints(self.axes))
-
-    def _axes(self, src):
+    def target(self, src):
         axes = {_axis(a, len(src), "squeeze") for a in self.axes} if self.axes else {
             i for i, d in enumerate(src) if d == 1}
         if any(src[a] != 1 for a in axes):
             raise NncompError(f"squeeze axes {self.axes} of per-sample shape {src}: a squeezed axis has size != 1")
-        return axes
-
-    def output_shape(self, shape):
-        src = source_shape(shape)
-        axes = self._axes(src)
-        return internal_shape(tuple(d for i, d in enumerate(src) if i not in axes))
-
-    def forward(self, x):
-        src = to_source(x)
-        return from_source(np.squeeze(src, axis=tuple(a + 1 for a in sorted(self._axes(src.shape[1:])))))
+        return tuple(d for i, d in enumerate(src) if i not in axes)
 
 
 @register
 @dataclass(frozen=True, eq=False)
-class Unsqueeze(Layer):
+class Unsqueeze(_Reaxis):
     """Insertion of size-1 per-sample ``axes`` (source order, axes of the output)."""
 
     axes: tuple = ()
     kind = "unsqueeze"
-
-    def __post_init__(self):
-        set_fields(self, axes=_ints(self.axes))
 
     def target(self, src):
         rank = len(src) + len(self.axes)
@@ -211,13 +210,6 @@ class Unsqueeze(Layer):
             raise NncompError(f"unsqueeze axes {self.axes} repeat an axis")
         it = iter(src)
         return tuple(1 if i in axes else next(it) for i in range(rank))
-
-    def output_shape(self, shape):
-        return internal_shape(self.target(source_shape(shape)))
-
-    def forward(self, x):
-        src = to_source(x)
-        return from_source(src.reshape((x.shape[0],) + self.target(src.shape[1:])))
 
 
 @register
