@@ -12,7 +12,9 @@ from .plan import SERIAL_BELOW_MACS, INPUT, Plan, batch_parts, run_parts, run_se
 
 __all__ = ["Model", "Node", "INPUT"]
 
-LAYOUTS = {"NCHW": 3, "NHWC": 3, "NC": 1}
+# Per-sample rank of each input layout; "N*" (ONNX models whose input is neither an image nor a
+# vector) takes any rank but 3 and keeps the source's axis order, except that 4-D values are images.
+LAYOUTS = {"NCHW": 3, "NHWC": 3, "NC": 1, "N*": None}
 
 # Activations of one call are kept under this many bytes by splitting a large batch.
 MAX_ACTIVATION_BYTES = 2 << 30
@@ -38,9 +40,9 @@ class Model:
     """A trained network: nodes in topological order, an input in its source framework's layout.
 
     Call it on a batch: ``model(x)`` takes ``(n_samples, *input_shape)`` in ``input_layout``
-    (``"NCHW"`` for PyTorch images, ``"NHWC"`` for Keras images, ``"NC"`` for vectors) and returns
-    float32 outputs in the same convention, so its numbers match the source framework's.
-    Internally images are NHWC. A Model is immutable: methods return new models.
+    (``"NCHW"`` for PyTorch and ONNX images, ``"NHWC"`` for Keras images, ``"NC"`` for vectors,
+    ``"N*"`` for other ranks of ONNX tensors) and returns float32 outputs in the same convention, so
+    its numbers match the source framework's. Internally images are NHWC. A Model is immutable: methods return new models.
 
     Parameters
     ----------
@@ -48,7 +50,7 @@ class Model:
         Topologically ordered; each node reads ``"input"`` or earlier nodes.
     input_shape : tuple of int
         Per-sample input shape in ``input_layout`` (``(c, h, w)``, ``(h, w, c)`` or ``(features,)``).
-    input_layout : {"NCHW", "NHWC", "NC"}
+    input_layout : {"NCHW", "NHWC", "NC", "N*"}
     outputs : sequence of str, optional
         Output node names (default: the last node).
     name : str
@@ -61,7 +63,9 @@ class Model:
             raise NncompError(f"input_layout must be one of {sorted(LAYOUTS)}, got {input_layout!r}")
         self.input_layout = input_layout
         self.input_shape = tuple(int(d) for d in input_shape)
-        if len(self.input_shape) != LAYOUTS[input_layout] or min(self.input_shape, default=0) < 1:
+        rank = LAYOUTS[input_layout]
+        if (len(self.input_shape) != rank if rank else len(self.input_shape) in (0, 3)) or min(
+                self.input_shape, default=0) < 1:
             raise NncompError(f"input_shape {input_shape} does not fit layout {input_layout}")
         if not self.nodes:
             raise NncompError("a model needs at least one node")
@@ -306,7 +310,7 @@ class Model:
         self._plans = {}
 
     def _to_source_layout(self, y):
-        if y.ndim == 4 and self.input_layout == "NCHW":
+        if y.ndim == 4 and self.input_layout in ("NCHW", "N*"):
             y = y.transpose(0, 3, 1, 2)
         return np.ascontiguousarray(y, dtype=np.float32)
 

@@ -783,3 +783,247 @@ def test_T9_timeout_and_memory_limit(keras_file):
         load_isolated(keras_file, timeout=0.01)
     with pytest.raises(nc.ModelFileError):                   # no memory to parse with
         load_isolated(keras_file, timeout=120, max_memory=1 << 20)
+
+
+# ------------------------------------------------------------------ ONNX files (issue 15)
+# Every case of shared/reliability.md that applies to ONNX, and the CVE patterns of ONNX loaders:
+# external data through ../, absolute paths, symbolic and hard links (CVE-2022-25882, CVE-2024-27318,
+# CVE-2026-27489, CVE-2026-34446), offset/length beyond the file (CVE-2024-27319).
+ONNX_MODEL = ROOT / "data" / "onnx" / "torch_misc.op13.onnx"
+
+
+@pytest.fixture
+def og():
+    """tests/onnx_graphs.py (its graph builders need the onnx package; these tests skip without it)."""
+    pytest.importorskip("onnx")
+    import onnx_graphs
+    return onnx_graphs
+
+
+def _onnx_weight_model(onnx_graphs, w, **tensor_fields):
+    """y = x @ w for x of shape (n, 4): one initializer ``w`` the cases below damage."""
+    from onnx import TensorProto, helper
+    t = helper.make_tensor("w", TensorProto.FLOAT, list(w.shape), w.reshape(-1).tolist())
+    for k, v in tensor_fields.items():
+        if k == "dims":
+            del t.dims[:]
+            t.dims.extend(v)
+        else:
+            setattr(t, k, v)
+    return onnx_graphs.graph_model([helper.make_node("MatMul", ["x", "w"], ["y"])], ["n", 4], inits=[t])
+
+
+def _external(onnx_graphs, tmp_path, location, *, offset=0, length=None):
+    """A model whose initializer ``w`` (4 x 3 float32) lives in external data at ``location``."""
+    from onnx import TensorProto, helper
+    w = np.arange(12, dtype=np.float32).reshape(4, 3)
+    t = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4, 3])
+    t.data_location = TensorProto.EXTERNAL
+    entries = {"location": location, "offset": str(offset), "length": str(48 if length is None else length)}
+    for k, v in entries.items():
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    model = onnx_graphs.graph_model([helper.make_node("MatMul", ["x", "w"], ["y"])], ["n", 4], inits=[t])
+    (tmp_path / "model").mkdir(exist_ok=True)
+    return onnx_graphs.save(model, tmp_path / "model" / "m.onnx"), w
+
+
+def test_onnx_fifo_is_refused_without_opening_it(og, tmp_path):
+    fifo = tmp_path / "model.onnx"
+    os.mkfifo(fifo)
+    result = []
+    t = threading.Thread(target=lambda: result.append(pytest.raises(nc.ModelFileError, nc.load, fifo)), daemon=True)
+    t.start()
+    t.join(20)
+    assert result, "nc.load blocked on a FIFO"
+
+
+def test_onnx_truncated_and_random_bytes(og, tmp_path):
+    data = ONNX_MODEL.read_bytes()
+    for n in (0, 1, 7, 100, len(data) // 2, len(data) - 1):
+        path = tmp_path / f"cut{n}.onnx"
+        path.write_bytes(data[:n])
+        with pytest.raises(nc.ModelFileError):
+            nc.load(path)
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        path = tmp_path / f"random{i}.onnx"
+        path.write_bytes((b"\x08" if i % 2 else b"") + rng.bytes(int(rng.integers(1, 5000))))
+        with pytest.raises(nc.ModelFileError):
+            nc.load(path)
+
+
+def test_onnx_declared_dims_are_capped_before_allocation(og, tmp_path):
+    import time
+    model = _onnx_weight_model(og, np.ones((4, 3), np.float32), dims=[1 << 20, 1 << 20])
+    path = og.save(model, tmp_path / "bomb.onnx")
+    t = time.perf_counter()
+    with pytest.raises(nc.UnsafeModelFileError):
+        nc.load(path)
+    assert time.perf_counter() - t < 1.0
+    with pytest.raises(nc.ModelFileError):
+        nc.load(og.save(_onnx_weight_model(og, np.ones((4, 3), np.float32), dims=[4, -3]), tmp_path / "neg.onnx"))
+    with pytest.raises(nc.UnsafeModelFileError):           # the per-tensor cap is a keyword
+        nc.load(og.save(_onnx_weight_model(og, np.ones((4, 3), np.float32)), tmp_path / "ok.onnx"),
+                max_tensor_bytes=16)
+    with pytest.raises(nc.UnsafeModelFileError):           # and so is the file cap (protobuf size first)
+        nc.load(ONNX_MODEL, max_file_bytes=1000)
+
+
+def test_onnx_data_of_the_wrong_length(og, tmp_path):
+    w = np.ones((4, 3), np.float32)
+    for fields in (dict(raw_data=b"\0" * 44), dict(raw_data=b"\0" * 52)):
+        bad = _onnx_weight_model(og, w)
+        bad.graph.initializer[0].ClearField("float_data")
+        bad.graph.initializer[0].raw_data = fields["raw_data"]
+        with pytest.raises(nc.CorruptModelFileError):
+            nc.load(og.save(bad, tmp_path / "raw.onnx"))
+    bad = _onnx_weight_model(og, w)
+    del bad.graph.initializer[0].float_data[-1]
+    with pytest.raises(nc.CorruptModelFileError):
+        nc.load(og.save(bad, tmp_path / "typed.onnx"))
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, 1e35])
+def test_onnx_nonfinite_weights(og, tmp_path, value):
+    w = np.ones((4, 3), np.float32)
+    w[1, 2] = value
+    path = og.save(_onnx_weight_model(og, w), tmp_path / "m.onnx")
+    with pytest.raises(nc.CorruptModelFileError):
+        nc.load(path)
+    assert nc.load(path, allow_nonfinite=True).nodes[0].layer.kind == "dense"
+
+
+def test_onnx_external_data_is_refused_by_default_and_read_inside_the_folder(og, tmp_path):
+    path, w = _external(og, tmp_path, "w.bin")
+    (tmp_path / "model" / "w.bin").write_bytes(w.tobytes())
+    with pytest.raises(nc.UnsafeModelFileError):
+        nc.load(path)
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_allclose(nc.load(path, external_data=True)(x), x @ w)
+
+
+@pytest.mark.parametrize("where", ["dotdot", "absolute", "symlink_out", "symlink_in", "hardlink", "fifo",
+                                   "beyond", "negative_offset", "short_length", "missing", "directory"])
+def test_onnx_external_data_attacks(og, tmp_path, where):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.full(12, 7, np.float32).tobytes())
+    path, w = _external(og, tmp_path, "w.bin")
+    folder = tmp_path / "model"
+    location, kw = "w.bin", {}
+    (folder / "w.bin").write_bytes(w.tobytes())
+    if where == "dotdot":
+        location = "../secret.bin"
+    elif where == "absolute":
+        location = str(secret)
+    elif where == "symlink_out":
+        location = "link.bin"
+        os.symlink(secret, folder / "link.bin")
+    elif where == "symlink_in":
+        location = "link.bin"
+        os.symlink(folder / "w.bin", folder / "link.bin")
+    elif where == "hardlink":
+        location = "hard.bin"
+        os.link(secret, folder / "hard.bin")
+    elif where == "fifo":
+        location = "fifo.bin"
+        os.mkfifo(folder / "fifo.bin")
+    elif where == "beyond":
+        kw = dict(offset=8)
+    elif where == "negative_offset":
+        kw = dict(offset=-4)
+    elif where == "short_length":
+        kw = dict(length=40)
+    elif where == "missing":
+        location = "nothing.bin"
+    elif where == "directory":
+        location = "sub"
+        (folder / "sub").mkdir()
+    path, _ = _external(og, tmp_path, location, **kw)
+    with pytest.raises(nc.ModelFileError):
+        nc.load(path, external_data=True)
+
+
+def _graph_case(onnx_graphs, case):
+    from onnx import helper
+    relu = lambda i, o, **kw: helper.make_node("Relu", [i], [o], **kw)  # noqa: E731
+    if case == "cycle":
+        nodes = [relu("b", "a"), relu("a", "b"), relu("b", "y")]
+    elif case == "undefined":
+        nodes = [relu("nowhere", "y")]
+    elif case == "duplicate_output":
+        nodes = [relu("x", "a"), relu("x", "a"), relu("a", "y")]
+    elif case == "output_not_defined":
+        nodes = [relu("x", "a")]
+    elif case == "bad_attribute_type":
+        nodes = [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2.0, 2.0])]
+    elif case == "bad_attribute_value":
+        nodes = [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], pads=[-1, 0, 0, 0])]
+    elif case == "unknown_domain":
+        nodes = [helper.make_node("Relu", ["x"], ["y"], domain="com.evil")]
+    elif case == "constant_output":
+        nodes = [helper.make_node("Constant", [], ["y"], value_float=1.0)]
+    elif case == "second_input":
+        nodes = [relu("x", "y")]
+    elif case == "huge_activation":
+        nodes = [helper.make_node("Pad", ["x", "p"], ["y"])]
+    elif case == "huge_fold":
+        nodes = [helper.make_node("ConstantOfShape", ["p"], ["c"]), helper.make_node("Add", ["x", "c"], ["y"])]
+    pads = onnx_graphs.init("p", np.array([0, 0, 1 << 20, 1 << 20, 0, 0, 1 << 20, 1 << 20]))
+    model = onnx_graphs.graph_model(nodes, ["n", 3, 4, 4], inits=[pads] if case.startswith("huge") else [])
+    if case == "second_input":
+        model.graph.input.append(helper.make_tensor_value_info("z", 1, ["n", 3]))
+    return model
+
+
+@pytest.mark.parametrize("case", ["cycle", "undefined", "duplicate_output", "output_not_defined",
+                                  "bad_attribute_type", "bad_attribute_value", "unknown_domain", "constant_output",
+                                  "second_input", "huge_activation", "huge_fold"])
+def test_onnx_malformed_graphs(og, tmp_path, case):
+    path = og.save(_graph_case(og, case), tmp_path / "m.onnx")
+    with pytest.raises(nc.ModelFileError) as e:
+        nc.load(path)
+    assert e.value.path == str(path)
+    if case in ("cycle", "undefined", "duplicate_output", "output_not_defined", "bad_attribute_type"):
+        assert isinstance(e.value, nc.CorruptModelFileError)
+
+
+def test_onnx_isolated_load(og, tmp_path):
+    m = nc.load(ONNX_MODEL, isolate=True, timeout=120)
+    x = np.random.default_rng(0).random((2, 3, 17, 19), dtype=np.float32)
+    np.testing.assert_array_equal(m(x), nc.load(ONNX_MODEL)(x))
+    with pytest.raises(nc.ModelFileError):
+        nc.load(og.save(_graph_case(og, "cycle"), tmp_path / "m.onnx"), isolate=True, timeout=120)
+
+
+@pytest.mark.parametrize("name", ["torch_misc.op13.onnx", "resnet_small.op18.onnx"])
+def test_onnx_mutation_fuzz_has_no_escapes(og, tmp_path, name):
+    """Random byte flips, insertions and cuts of real ONNX files: each either loads (and runs) or
+    raises a ModelFileError; nothing else escapes."""
+    data = (og.ONNX_DIR / name).read_bytes()
+    rng = np.random.default_rng(15)
+    x = np.random.default_rng(1).random((1, 3, 17, 19) if "misc" in name else (1, 1, 28, 28), dtype=np.float32)
+    loaded = 0
+    for i in range(150):
+        buf = bytearray(data)
+        for _ in range(int(rng.integers(1, 4))):
+            pos = int(rng.integers(0, len(buf)))
+            kind = rng.integers(0, 3)
+            if kind == 0:
+                buf[pos] ^= 1 << int(rng.integers(0, 8))
+            elif kind == 1:
+                buf[pos] = int(rng.integers(0, 256))
+            else:
+                buf[pos:pos + int(rng.integers(1, 16))] = b""
+        path = tmp_path / f"m{i}.onnx"
+        path.write_bytes(bytes(buf))
+        try:
+            m = nc.load(path)
+        except nc.ModelFileError:
+            continue
+        loaded += 1
+        try:
+            m(x)
+        except nc.InputError:
+            pass
+    assert loaded > 0                 # flips in weights load: the test exercised both paths

@@ -1,4 +1,4 @@
-"""Reading and writing model files: nncomp's native format, PyTorch state dicts, Keras HDF5."""
+"""Reading and writing model files: nncomp's native format, PyTorch state dicts, Keras HDF5, ONNX."""
 import os
 
 from ..checks import is_integer
@@ -10,10 +10,13 @@ __all__ = ["load", "save"]
 
 
 def load(path, *, architecture=None, input_shape=None, max_tensor_bytes=MAX_TENSOR_BYTES,
-         max_file_bytes=MAX_FILE_BYTES, allow_nonfinite=False, isolate=False, timeout=60.0, max_memory=None):
-    """Load a model from an HDF5 file: nncomp native, PyTorch state dict, or Keras.
+         max_file_bytes=MAX_FILE_BYTES, allow_nonfinite=False, isolate=False, timeout=60.0, max_memory=None,
+         external_data=False):
+    """Load a model from a file: nncomp native, PyTorch state dict or Keras (HDF5), or ONNX.
 
-    The format is recognised from the file's contents. Every file is treated as untrusted: links,
+    The format is recognised from the file's contents (ONNX: a protobuf ModelProto, read through the
+    optional ``onnx`` package, ``pip install nncomp[onnx]``; its model takes and returns ONNX's layout,
+    4-D tensors NCHW). Every file is treated as untrusted: links,
     external or virtual storage, unknown filters, non-numeric data and non-finite weights are
     refused, and declared sizes are capped before anything is allocated.
 
@@ -38,6 +41,9 @@ def load(path, *, architecture=None, input_shape=None, max_tensor_bytes=MAX_TENS
         limit ``max_memory`` (bytes the child may add; default ``2 * max_file_bytes + 2 GiB``): a hang,
         crash or memory blow-up inside HDF5 on a hostile file becomes a ModelFileError. Recommended for
         Keras files from untrusted sources (see docs/sources.md); costs an interpreter start-up.
+    external_data : bool
+        ONNX only: read tensors kept in external data files (refused by default); then only regular,
+        singly linked files inside the model's folder are read, within their length.
 
     Returns
     -------
@@ -54,9 +60,15 @@ def load(path, *, architecture=None, input_shape=None, max_tensor_bytes=MAX_TENS
         from .isolate import load_isolated
         return load_isolated(path, architecture=architecture, input_shape=input_shape, timeout=timeout,
                              max_memory=max_memory, max_tensor_bytes=max_tensor_bytes,
-                             max_file_bytes=max_file_bytes, allow_nonfinite=allow_nonfinite)
+                             max_file_bytes=max_file_bytes, allow_nonfinite=allow_nonfinite,
+                             external_data=external_data)
     if input_shape is not None:
         input_shape = _check_shape(input_shape)
+    from .onnx import is_onnx
+    if is_onnx(path):
+        from .onnx import load_onnx
+        return load_onnx(path, input_shape=input_shape, max_tensor_bytes=max_tensor_bytes,
+                         max_file_bytes=max_file_bytes, allow_nonfinite=allow_nonfinite, external_data=external_data)
     with SafeFile(path, max_tensor_bytes=max_tensor_bytes, max_file_bytes=max_file_bytes,
                   allow_nonfinite=allow_nonfinite) as f:
         from . import native

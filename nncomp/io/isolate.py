@@ -21,6 +21,7 @@ import numpy as np
 from ..checks import check_number
 from .. import errors
 from ..errors import CorruptModelFileError, ModelFileError, NncompError, UnsafeModelFileError
+from .onnx import is_onnx, stat_regular
 from .safe import MAX_ATTR_BYTES, MAX_FILE_BYTES, MAX_TENSOR_BYTES, check_path, convert, parse_json
 
 __all__ = ["load_isolated"]
@@ -29,7 +30,8 @@ _ERRORS = {name: getattr(errors, name) for name in errors.__all__}
 
 
 def load_isolated(path, *, architecture=None, input_shape=None, timeout=60.0, max_memory=None,
-                  max_tensor_bytes=MAX_TENSOR_BYTES, max_file_bytes=MAX_FILE_BYTES, allow_nonfinite=False):
+                  max_tensor_bytes=MAX_TENSOR_BYTES, max_file_bytes=MAX_FILE_BYTES, allow_nonfinite=False,
+                  external_data=False):
     """``nncomp.load`` in a child process with a timeout and a memory limit.
 
     Parameters
@@ -41,7 +43,7 @@ def load_isolated(path, *, architecture=None, input_shape=None, timeout=60.0, ma
     max_memory : int, optional
         Address space in bytes the child may add to what it holds after start-up; default
         ``2 * max_file_bytes + 2 GiB``.
-    max_tensor_bytes, max_file_bytes, allow_nonfinite
+    max_tensor_bytes, max_file_bytes, allow_nonfinite, external_data
         As for :func:`nncomp.load`.
 
     Raises
@@ -57,9 +59,12 @@ def load_isolated(path, *, architecture=None, input_shape=None, timeout=60.0, ma
     max_memory = check_number(max_memory, "max_memory", integer=True, low=1, method="load_isolated",
                               fix="bytes", error=NncompError)
     path = os.path.abspath(os.fspath(path))
-    check_path(path)  # a FIFO would hang the child too: refuse it here
+    if is_onnx(path):
+        stat_regular(path)  # a FIFO would hang the child too: refuse it here
+    else:
+        check_path(path)
     kwargs = dict(architecture=architecture, input_shape=input_shape, max_tensor_bytes=max_tensor_bytes, max_file_bytes=max_file_bytes,
-                  allow_nonfinite=allow_nonfinite)
+                  allow_nonfinite=allow_nonfinite, external_data=external_data)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
     with tempfile.TemporaryDirectory(prefix="nncomp-isolate-") as out:

@@ -3,7 +3,7 @@
 One module per family: ``base`` (Layer, registry, Window geometry, argument helpers), ``dense``,
 ``conv`` (Conv2D) with ``conv_algorithms`` (how it computes per shape), ``conv_transpose``,
 ``pooling``, ``resize``, ``normalization``, ``elementwise``, ``activation``, ``arith`` (broadcasting
-binary operators, reductions, layer norm), ``shape``; ``fused`` holds the plan-only layers a model's plan
+binary operators, reductions, layer norm), ``shape``, ``tensor`` (any-rank structural ops); ``fused`` holds the plan-only layers a model's plan
 builds when a producer absorbs its reader (epilogues, conv + max-pool). See ``base`` for the
 protocol every layer follows and docs/architecture.md for where a new kind goes.
 """
@@ -19,8 +19,11 @@ from .normalization import BatchNorm
 from .pooling import AvgPool2D, GlobalAvgPool2D, GlobalMaxPool2D, MaxPool2D
 from .resize import Resize
 from .shape import Flatten, ZeroPad2D
+from .tensor import Cast, Concat, FixedShape, Gather, MatMul, Pad, Reshape, Slice, Squeeze, Transpose, Unsqueeze
 
 __all__ = ["LAYERS", "Layer", "Window", "Fused", "Dense", "Conv2D", "BatchNorm", "ReLU", "Add", "Softmax",
            "Dropout", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "Flatten", "ZeroPad2D",
            "Sigmoid", "HardSigmoid", "HardSwish", "LeakyReLU", "Clip", "Unary", "Binary", "Reduce", "LayerNorm",
-           "Resize", "ConvTranspose2D", "GlobalMaxPool2D"]
+           "Resize", "ConvTranspose2D", "GlobalMaxPool2D",
+           "Cast", "Concat", "FixedShape", "Gather", "MatMul", "Pad", "Reshape", "Slice", "Squeeze", "Transpose",
+           "Unsqueeze"]
