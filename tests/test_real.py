@@ -176,7 +176,7 @@ def test_real_suite_reports_nncomp_or_why_not(loadable, monkeypatch, tmp_path, c
     a runner that loads (here ORT standing in) gets a time, the metric and the map IoU with ORT."""
     from nncomp.bench.__main__ import main
     if loadable:
-        monkeypatch.setattr(real, "nncomp_runner", lambda p: real.ort_runner(p, threads=1))
+        monkeypatch.setattr(real, "nncomp_runner", lambda p, **kw: real.ort_runner(p, threads=1))
     else:
         def refuse(path):
             raise nc.NncompError(f"{path}: not a readable HDF5 file")
@@ -193,3 +193,30 @@ def test_real_suite_reports_nncomp_or_why_not(loadable, monkeypatch, tmp_path, c
         assert "not loadable" not in md and "map IoU with ORT" in md
     else:
         assert "ppocr_det nncomp: not loadable: NncompError:" in out and "| nncomp | - | not loadable" in md
+
+
+# ----------------------------------------------------------------------------- nncomp on them
+@needs_ort
+def test_nncomp_runs_the_real_models_as_onnx_runtime_does():
+    """The imported PP-OCR models (MobileNetV3 classifier: depthwise convs, HardSwish, SE blocks;
+    DBNet detector: Resize, ConvTranspose, Concat) give ONNX Runtime's numbers on rendered text, at
+    their load size and at another one, and the same accuracy and boxes."""
+    pytest.importorskip("onnx", reason="the test extra installs onnx")
+    path = real.model_path("ppocr_cls")
+    ours = real.nncomp_runner(path, input_shape=real.INPUT_SHAPES["ppocr_cls"])
+    ort = real.ort_runner(path, threads=1)
+    x, labels = real.classifier_inputs(24)
+    assert np.abs(ours(x) - ort(x)).max() < 1e-4
+    wide = np.ascontiguousarray(np.concatenate([x[:2], x[:2]], axis=3))        # 48 x 384 lines
+    assert np.abs(ours(wide) - ort(wide)).max() < 1e-4
+    a, b = real.classifier_scores(ours, x, labels), real.classifier_scores(ort, x, labels)
+    assert a["accuracy"] == b["accuracy"] and a["accuracy"] >= 0.85
+
+    path = real.model_path("ppocr_det")
+    ours = real.nncomp_runner(path, input_shape=real.INPUT_SHAPES["ppocr_det"])
+    ort = real.ort_runner(path, threads=1)
+    pages = real.detector_inputs(1)
+    want = real.detector_scores(ort, pages)
+    got = real.detector_scores(ours, pages, reference=want)
+    assert got["map_iou"] >= 0.995 and got["max_abs_diff"] < 1e-3
+    assert got["recall"] == want["recall"]

@@ -20,6 +20,8 @@ MODELS = ("ppocr_cls", "ppocr_det")
 CLS_LINES, CLS_SEED = 128, 0         # 128 upright lines and their 180-degree copies
 DET_PAGES, DET_SEED = 6, 0
 TIMING_SIZE = 640                    # the detector is timed on a page at 640 x 640 (no resize)
+# the per-sample input shape each model is loaded with (ONNX order; both leave height and width free)
+INPUT_SHAPES = {"ppocr_cls": (3, 48, 192), "ppocr_det": (3, TIMING_SIZE, TIMING_SIZE)}
 
 __all__ = ["MODELS", "model_path", "ort_runner", "nncomp_runner", "classifier_inputs", "detector_inputs",
            "classifier_scores", "detector_scores", "map_iou", "timing_input"]
@@ -42,12 +44,13 @@ def ort_runner(path, *, threads=None, spin=False):
     return run
 
 
-def nncomp_runner(path):
-    """nncomp running the ONNX file ``path``: ``nc.load(path)``, a Model callable on NCHW float32 batches
-    that returns the model's output in ONNX's layout. Raises what ``nc.load`` raises when it cannot
-    read the file (before the ONNX importer: "not a readable HDF5 file")."""
+def nncomp_runner(path, *, input_shape=None):
+    """nncomp running the ONNX file ``path``: ``nc.load(path, input_shape=...)``, a Model callable on
+    NCHW float32 batches (other sizes than ``input_shape`` too: both models leave height and width
+    free) that returns the model's output in ONNX's layout. Raises what ``nc.load`` raises when it
+    cannot read the file."""
     import nncomp as nc
-    model = nc.load(str(path))
+    model = nc.load(str(path), input_shape=input_shape)
 
     def run(x):
         y = model(np.ascontiguousarray(x, np.float32))

@@ -47,7 +47,7 @@ def _nncomp(name, data, ort_scores):
     from .. import real
     path = real.model_path(name)
     try:
-        run = real.nncomp_runner(path)
+        run = real.nncomp_runner(path, input_shape=real.INPUT_SHAPES[name])
         return run, _public(_metric(name, run, data, ort_scores))
     except Exception as e:  # noqa: BLE001 - every failure becomes the row's "not loadable" cell
         text = f"{type(e).__name__}: {e}".replace(str(path), path.name)     # no machine's folders in tables
