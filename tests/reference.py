@@ -72,6 +72,11 @@ def conv_blocked_nhwc(xp, w, bias, kh, kw, sh, sw, dh, dw, oh_n, ow_n, co):
     return conv_direct_nhwc(xp, w[:, :co], bias[:co], kh, kw, sh, sw, 0, 0, dh, dw, oh_n, ow_n)
 
 
+def depthwise_blocked_nhwc(xp, w, bias, kh, kw, sh, sw, dh, dw, oh_n, ow_n, c):
+    """Depthwise convolution of an already padded input; w (kh*kw, cop) tap-major, its first c columns used."""
+    return depthwise_conv_nhwc(xp, w[:, :c], bias[:c], 1, kh, kw, sh, sw, 0, 0, dh, dw, oh_n, ow_n)
+
+
 def conv_blocked_pooled_nhwc(xp, w, bias, kh, kw, sh, sw, dh, dw, pool, oh_n, ow_n, co):
     """The blocked convolution (output oh_n x ow_n) then a pool x pool max-pool, stride pool, floor."""
     y = conv_blocked_nhwc(xp, w, bias, kh, kw, sh, sw, dh, dw, oh_n, ow_n, co)
@@ -132,6 +137,11 @@ def maxpool_nhwc(x, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):
             # NaN wins, as in PyTorch: a NaN already taken stays (np.fmax would drop it)
             out = np.where(np.isnan(out), out, np.where(np.isnan(win) | (win > out), win, out))
     return out
+
+
+def global_mean_nhwc(x):
+    """The mean over axis 1 of x (n, p, c), in float64, rounded to float32."""
+    return x.astype(np.float64).mean(axis=1).astype(np.float32)
 
 
 def avgpool_nhwc(x, kh, kw, sh, sw, ph, pw, pb, pr, count_include_pad, oh_n, ow_n):

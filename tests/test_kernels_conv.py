@@ -122,10 +122,10 @@ def test_depthwise_blocked_nhwc_matches_reference(kernel, g, nvec, data):
     pmax = data.draw(st.integers(1, conv_blocked.TILE_PIXELS[nvec]), label="pmax")
     out = np.full((x.shape[0], oh, ow, c), np.nan, np.float32)
     kernel(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, *_no_epilogue(cop, out), out)
-    expect = ref.depthwise_conv_nhwc(xp, w[:, :c], bias[:c], 1, kh, kw, sh, sw, 0, 0, dh, dw, oh, ow)
+    expect = ref.depthwise_blocked_nhwc(xp, w, bias, kh, kw, sh, sw, dh, dw, oh, ow, c)
     if integer:
         assert np.array_equal(out, expect)
-    mag = ref.depthwise_conv_nhwc(np.abs(xp), np.abs(w[:, :c]), np.abs(bias[:c]), 1, kh, kw, sh, sw, 0, 0, dh, dw, oh, ow)
+    mag = ref.depthwise_blocked_nhwc(np.abs(xp), np.abs(w), np.abs(bias), kh, kw, sh, sw, dh, dw, oh, ow, c)
     assert_close_f32(out, expect, mag, kh * kw + 1)
     fused = np.full_like(out, np.nan)
     kernel(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, w[0], bias, True, out, True, 0.0, 6.0, fused)
@@ -174,6 +174,18 @@ def _no_epilogue(cop, out):
     """The blocked kernel's epilogue arguments that leave its output as it is."""
     z = np.zeros(cop, np.float32)
     return z, z, False, out, False, -np.inf, np.inf
+
+
+@pytest.mark.parametrize("kernel", [pool.global_mean_nhwc, pool.global_mean_nhwc_parallel])
+@given(n=st.integers(1, 3), p=st.integers(1, 300), c=st.integers(1, 150), seed=st.integers(0, 2**31))
+def test_global_mean_nhwc_matches_reference(kernel, n, p, c, seed):
+    """The float64 sum makes it the float64 mean rounded, up to a last bit where the two sums'
+    orders differ."""
+    x = np.random.default_rng(seed).standard_normal((n, p, c)).astype(np.float32)
+    out = np.full((n, c), np.nan, np.float32)
+    kernel(x, out)
+    expect = ref.global_mean_nhwc(x)
+    assert np.allclose(out, expect, rtol=2e-7, atol=1e-7 * np.abs(x).max())
 
 
 @pytest.mark.parametrize("kernel", [conv.conv_pad_nhwc, conv.conv_pad_nhwc_parallel])

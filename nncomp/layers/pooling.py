@@ -10,7 +10,8 @@ import numpy as np
 
 from ..errors import NncompError
 from ..kernels import _jit
-from ..kernels.pool import avgpool_nhwc, avgpool_nhwc_parallel, maxpool_nhwc, maxpool_nhwc_parallel
+from ..kernels.pool import (avgpool_nhwc, avgpool_nhwc_parallel, global_mean_nhwc, global_mean_nhwc_parallel,
+                            maxpool_nhwc, maxpool_nhwc_parallel)
 from .base import Layer, SamePadding, Window, fit, image, pads, pair, register, set_fields
 
 
@@ -125,7 +126,18 @@ class GlobalAvgPool2D(_Global2D):
     kind = "global_avgpool2d"
 
     def forward(self, x):
-        return x.mean(axis=(1, 2), keepdims=self.keepdims, dtype=np.float32)
+        return self.prepare(x.shape[0], x.shape[1:])(x)
+
+    def prepare(self, n, shape):
+        h, w, c = shape
+        kern = _jit.pick((global_mean_nhwc, global_mean_nhwc_parallel), n * h * w * c) if n > 1 else global_mean_nhwc
+        out_shape = (n, 1, 1, c) if self.keepdims else (n, c)
+
+        def step(x):
+            out = np.empty((n, c), np.float32)
+            kern(np.ascontiguousarray(x).reshape(n, h * w, c), out)
+            return out.reshape(out_shape)
+        return step
 
 
 @register
