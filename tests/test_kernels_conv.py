@@ -7,6 +7,8 @@ from hypothesis import example, given, strategies as st
 import reference as ref
 from conftest import assert_close_f32
 from nncomp.kernels import blas, conv, conv_blocked, conv_gemm, pool
+from nncomp.kernels.epilogue import (ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_LEAKYRELU, ACT_SIGMOID,
+                                     activation_rows)
 from nncomp.layers.base import window_out as _window_out
 
 
@@ -103,11 +105,15 @@ def test_conv_blocked_nhwc_matches_reference(kernel, g, co, nvec, data):
     scale[:co], shift[:co] = rng.standard_normal(co), rng.standard_normal(co)
     res = rng.standard_normal(out.shape).astype(np.float32)
     fused = np.full_like(out, np.nan)
+    act = data.draw(st.sampled_from([0, ACT_SIGMOID, ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_LEAKYRELU]), label="act")
+    alpha, beta = np.float32(0.2), np.float32(0.5)
     kernel(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res if add else fused,
-           add, lo, hi, fused)
+           add, lo, hi, act, alpha, beta, fused)
     expect = ref.epilogue_rows(out.reshape(-1, co), scale[:co] if affine else np.zeros(0, np.float32),
                                shift[:co] if affine else np.zeros(0, np.float32),
                                res.reshape(-1, co) if add else np.zeros((0, co), np.float32), lo, hi)
+    if act:     # bit for bit what the activation kernel makes of the stored output
+        activation_rows(expect, act, alpha, beta)
     assert np.array_equal(fused.reshape(-1, co), expect, equal_nan=True)
 
 
@@ -128,8 +134,10 @@ def test_depthwise_blocked_nhwc_matches_reference(kernel, g, nvec, data):
     mag = ref.depthwise_blocked_nhwc(np.abs(xp), np.abs(w), np.abs(bias), kh, kw, sh, sw, dh, dw, oh, ow, c)
     assert_close_f32(out, expect, mag, kh * kw + 1)
     fused = np.full_like(out, np.nan)
-    kernel(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, w[0], bias, True, out, True, 0.0, 6.0, fused)
+    kernel(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, w[0], bias, True, out, True, 0.0, 6.0, ACT_HARDSWISH,
+           0.0, 0.0, fused)
     want = ref.epilogue_rows(out.reshape(-1, c), w[0, :c], bias[:c], out.reshape(-1, c), 0.0, 6.0)
+    activation_rows(want, ACT_HARDSWISH, np.float32(0), np.float32(0))
     assert np.array_equal(fused.reshape(-1, c), want, equal_nan=True)
 
 
@@ -173,7 +181,7 @@ def _blocked_operands(g, k, co):
 def _no_epilogue(cop, out):
     """The blocked kernel's epilogue arguments that leave its output as it is."""
     z = np.zeros(cop, np.float32)
-    return z, z, False, out, False, -np.inf, np.inf
+    return z, z, False, out, False, -np.inf, np.inf, 0, 0.0, 0.0
 
 
 @pytest.mark.parametrize("kernel", [pool.global_mean_nhwc, pool.global_mean_nhwc_parallel])

@@ -172,13 +172,14 @@ def test_ort_detector_recall_on_rendered_pages():
 @needs_ort
 @pytest.mark.parametrize("loadable", [False, True])
 def test_real_suite_reports_nncomp_or_why_not(loadable, monkeypatch, tmp_path, capsys):
-    """Until the ONNX importer is merged nc.load refuses the files: the row says so, nothing crashes;
-    a runner that loads (here ORT standing in) gets a time, the metric and the map IoU with ORT."""
+    """A runner that cannot load a file (a build without the ONNX importer) makes a row that says so,
+    nothing crashes; a runner that loads (here ORT standing in) gets a time, the metric and the map
+    IoU with ORT (nncomp itself: test_nncomp_runs_the_real_models_as_onnx_runtime_does)."""
     from nncomp.bench.__main__ import main
     if loadable:
         monkeypatch.setattr(real, "nncomp_runner", lambda p, **kw: real.ort_runner(p, threads=1))
     else:
-        def refuse(path):
+        def refuse(path, **kw):
             raise nc.NncompError(f"{path}: not a readable HDF5 file")
         monkeypatch.setattr(real, "nncomp_runner", refuse)
     assert main(["--suite", "real", "--quick", "--out", str(tmp_path)]) == 0

@@ -30,6 +30,7 @@ from numba.extending import intrinsic
 
 from ._ir import loop_latch, loop_phis
 from ._jit import both
+from .epilogue import activation_rows
 
 # Output pixels per micro-kernel tile, by the number of 16-channel vectors per tile (1..4).
 TILE_PIXELS = {1: 14, 2: 12, 3: 8, 4: 6}
@@ -219,7 +220,8 @@ _tiles1, _tiles2, _tiles3, _tiles4 = (_make_tiles(v, TILE_PIXELS[v]) for v in ra
 _dw1, _dw2, _dw3, _dw4 = (_make_tiles(v, TILE_PIXELS[v], depthwise=True) for v in range(1, VECTORS + 1))
 
 
-def _row(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, b, i, out, obase):
+def _row(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, act, alpha, beta,
+         b, i, out, obase):
     """Output line ``i`` of image ``b`` into flat ``out[obase:]`` (ow pixels x co channels; ``res``
     read at the same offsets): the dense tiles of :func:`_blocked`."""
     ow, co = out.shape[-2], out.shape[-1]
@@ -251,12 +253,15 @@ def _row(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, 
                 else:
                     _tiles1(*a)
             j0 += p
+    if act != 0:        # on the line just stored (in L1): the activation kernel's own code, so bit-identical
+        activation_rows(out.reshape(out.size // co, co)[obase // co:obase // co + ow], act, alpha, beta)
 
 
 _row_inline = numba.njit(inline="always")(_row)
 
 
-def _blocked(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, out):
+def _blocked(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, act, alpha, beta,
+             out):
     """Direct convolution of a padded NHWC batch with register-blocked tiles (module doc), and the
     epilogue of nncomp/kernels/epilogue.py applied as each tile is stored.
 
@@ -265,7 +270,9 @@ def _blocked(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affi
         dilations dh, dw; nvec (1..4) 16-channel vectors and at most pmax (<= TILE_PIXELS[nvec])
         pixels per tile; epilogue: scale, shift (cop,) float32 used if ``affine``; res (n, oh, ow, co)
         float32 C-contiguous added if ``add`` (else any array of out's shape: ``out`` itself);
-        ``lo``, ``hi`` float32 clip bounds (-inf, inf: none).
+        ``lo``, ``hi`` float32 clip bounds (-inf, inf: none); then activation ``act`` (an ACT_*
+        code of nncomp/kernels/epilogue.py, 0: none) with its ``alpha``, ``beta``, line by line as
+        each line is stored (in LLVM IR inside the tiles it cost 11 s more compile time per build).
     OUT out (n, oh, ow, co) float32 C-contiguous, overwritten.
     """
     n, oh, ow, co = out.shape
@@ -274,6 +281,7 @@ def _blocked(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affi
         b = t // oh
         i = t - b * oh
         _row_inline(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo32, hi32,
+                    act, np.float32(alpha), np.float32(beta),
                     b, i, out, (b * oh + i) * ow * co)
 
 
@@ -289,7 +297,7 @@ def _blocked_pooled(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, pool, lines
     n, ph, pw, co = out.shape
     ow = lines.shape[2]
     z = np.zeros(w.shape[1], np.float32)
-    lo32, hi32 = np.float32(-np.inf), np.float32(np.inf)
+    lo32, hi32, zero = np.float32(-np.inf), np.float32(np.inf), np.float32(0.0)
     for t in prange(n * ph):
         b = t // ph
         pi = t - b * ph
@@ -297,7 +305,7 @@ def _blocked_pooled(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, pool, lines
         buf = lines[slab]
         for r in range(pool):
             _row_inline(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, z, z, False, lines, False, lo32, hi32,
-                        b, pi * pool + r, lines, (slab * pool + r) * ow * co)
+                        0, zero, zero, b, pi * pool + r, lines, (slab * pool + r) * ow * co)
         dst = out[b, pi]
         for pj in range(pw):
             acc = dst[pj]
@@ -317,7 +325,8 @@ conv_blocked_pooled_nhwc, conv_blocked_pooled_nhwc_parallel = both(_blocked_pool
 conv_blocked_nhwc, conv_blocked_nhwc_parallel = both(_blocked)
 
 
-def _depthwise(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, out):
+def _depthwise(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, act, alpha,
+               beta, out):
     """Depthwise convolution (one input channel per output channel) of a padded NHWC batch with
     register-blocked tiles: ``out[b, i, j, o] = bias[o] + sum_{r, q} xp[b, i*sh + r*dh, j*sw + q*dw, o]
     * w[r*kw + q, o]``, then the epilogue as in :func:`_blocked`.
@@ -355,6 +364,9 @@ def _depthwise(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, af
                 else:
                     _dw1(*a)
                 j0 += p
+        if act != 0:
+            row = (b * oh + i) * ow
+            activation_rows(out.reshape(n * oh * ow, c)[row:row + ow], act, np.float32(alpha), np.float32(beta))
 
 
 depthwise_blocked_nhwc, depthwise_blocked_nhwc_parallel = both(_depthwise)

@@ -50,10 +50,10 @@ epilogue_rows, epilogue_rows_parallel = both(_epilogue)
 # clamped to [-18, 18], within 2.3e-7 of 1 / (1 + exp(-x)) everywhere; vectorizable, where libm's
 # expf per value ran 25x slower than the other activations here.
 _F = np.float32
-_P = (_F(4.37031012579801e-11), _F(1.15627324459942e-07), _F(6.08574864600143e-05),
-      _F(8.51377133304701e-03), _F(2.48287947061529e-01))
-_Q = (_F(6.10247389755681e-13), _F(5.76102136993427e-09), _F(6.29106785017040e-06),
-      _F(1.70198817374094e-03), _F(1.16817656904453e-01), _F(9.93151921023180e-01))
+SIGMOID_P = (_F(4.37031012579801e-11), _F(1.15627324459942e-07), _F(6.08574864600143e-05),
+             _F(8.51377133304701e-03), _F(2.48287947061529e-01))
+SIGMOID_Q = (_F(6.10247389755681e-13), _F(5.76102136993427e-09), _F(6.29106785017040e-06),
+             _F(1.70198817374094e-03), _F(1.16817656904453e-01), _F(9.93151921023180e-01))
 
 
 @jit(error_model="numpy")
@@ -64,8 +64,8 @@ def _logistic(v):
     if v > _F(18.0):
         v = _F(18.0)
     s = v * v
-    p = (((_P[0] * s + _P[1]) * s + _P[2]) * s + _P[3]) * s + _P[4]
-    q = ((((_Q[0] * s + _Q[1]) * s + _Q[2]) * s + _Q[3]) * s + _Q[4]) * s + _Q[5]
+    p = (((SIGMOID_P[0] * s + SIGMOID_P[1]) * s + SIGMOID_P[2]) * s + SIGMOID_P[3]) * s + SIGMOID_P[4]
+    q = ((((SIGMOID_Q[0] * s + SIGMOID_Q[1]) * s + SIGMOID_Q[2]) * s + SIGMOID_Q[3]) * s + SIGMOID_Q[4]) * s + SIGMOID_Q[5]
     r = p * v / q + _F(0.5)
     if r < _F(0.0):
         r = _F(0.0)

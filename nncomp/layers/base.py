@@ -193,7 +193,7 @@ class Layer:
 
     def prepare_epilogue(self, n, *shapes, epilogue):
         """The step ``(*xs[, res]) -> y`` computing this layer and the in-place ``epilogue``
-        ``(scale, shift, add, lo, hi)`` (nncomp.layers.fused.epilogue_args) inside its own kernel,
+        ``(scale, shift, add, lo, hi, act)`` (nncomp.layers.fused.epilogue_args) inside its own kernel,
         as it stores the output; None when its kernel cannot (the plan then runs the epilogue
         kernel after it). A layer whose :meth:`fuse` absorbs epilogues may offer it."""
         return None

@@ -124,7 +124,7 @@ def forward(layer, x, algorithm=None):
 
 def prepare_epilogue(layer, shape, n, epilogue):
     """The step ``(x[, res]) -> y`` computing Conv2D ``layer`` and the in-place ``epilogue``
-    ``(scale, shift, add, lo, hi)`` in its kernel, or None where the chosen algorithm cannot."""
+    ``(scale, shift, add, lo, hi, act)`` in its kernel, or None where the chosen algorithm cannot."""
     if choose(layer, shape, n) != "blocked":
         return None
     oh, ow, _ = layer.shape_of(shape)

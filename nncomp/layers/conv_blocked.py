@@ -67,13 +67,14 @@ def _blocked_setup(layer, shape, n, oh, ow, kernels):
 
 def blocked_step(layer, shape, n, oh, ow, epilogue=None):
     """The blocked-kernel step for batches of ``n``. With an ``epilogue`` ``(scale, shift, add, lo,
-    hi)`` (nncomp.layers.fused.epilogue_args) the kernel applies it as it stores each tile; the step
-    then reads the residual as a second input."""
+    hi, act)`` (nncomp.layers.fused.epilogue_args) the kernel applies it as it stores each tile; the
+    step then reads the residual as a second input."""
     kernels = ((depthwise_blocked_nhwc, depthwise_blocked_nhwc_parallel) if layer.depthwise
                else (conv_blocked_nhwc, conv_blocked_nhwc_parallel))
     padded, kern, w, bias, nvec, pmax, geo = _blocked_setup(layer, shape, n, oh, ow, kernels)
     co, cop = layer.out_channels, w.shape[1]
-    scale, shift, add, lo, hi = epilogue or (None, None, False, -np.inf, np.inf)
+    scale, shift, add, lo, hi, act = epilogue or (None, None, False, -np.inf, np.inf, None)
+    code, alpha, beta = act or (0, np.float32(0.0), np.float32(0.0))
     affine = scale is not None and scale.shape[0] > 0
     if affine:
         scale, shift = (np.concatenate([a, np.zeros(cop - co, np.float32)]) for a in (scale, shift))
@@ -84,7 +85,7 @@ def blocked_step(layer, shape, n, oh, ow, epilogue=None):
     def run(x, res=None):
         out = np.empty((n, oh, ow, co), np.float32)
         res = out if res is None else np.ascontiguousarray(res)
-        kern(padded(x), w, bias, *geo, nvec, pmax, scale, shift, affine, res, add, lo, hi, out)
+        kern(padded(x), w, bias, *geo, nvec, pmax, scale, shift, affine, res, add, lo, hi, code, alpha, beta, out)
         return out
     return run
 

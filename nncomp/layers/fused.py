@@ -104,7 +104,7 @@ class Fused(Layer):
         if not ops:
             return head
         args = epilogue_args(ops) if self.pool is None else None
-        in_kernel = args and args[5] is None and self.base.prepare_epilogue(n, *self.shapes, epilogue=args[:5])
+        in_kernel = args and self.base.prepare_epilogue(n, *self.shapes, epilogue=args)
         if in_kernel:      # the producer's kernel applies the epilogue as it stores its output
             return in_kernel
         one_pass = compiled_epilogue(ops, n, self.out_shape)
