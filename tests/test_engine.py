@@ -128,7 +128,7 @@ def test_plans_fuse_what_the_layers_declare():
     # the blocked convolutions apply their epilogues as they store the output
     conv = next(n.layer for n in model.nodes if n.layer.kind == "conv2d")
     assert conv.algorithms[0] == "blocked"
-    assert algos.prepare_epilogue(conv, (28, 28, 1), 2, (None, None, False, 0.0, np.inf)) is not None
+    assert algos.prepare_epilogue(conv, (28, 28, 1), 2, (None, None, False, 0.0, np.inf, None)) is not None
     with _no_blocked():     # the im2col kernel absorbs a max-pool
         lenet5 = nc.load(nc.data.DATA_DIR / "lenet5.h5")
         vgg = nc.load(nc.data.DATA_DIR / "vgg_small.h5")          # conv, bn (scales > 0), relu, max-pool
