@@ -261,7 +261,10 @@ class Planner:
             layers=layers, dense_ms=final["dense"], predicted_ms=predicted, measured_ms=final["chosen"],
             dense_bytes=int(dense_bytes), bytes=int(out_bytes), baseline_score=base_held,
             heldout_score=score(result, x_held, ref_held), search=used, reverted=tuple(reverted),
-            cpu=cpu_name(), planning_s=time.perf_counter() - start, notes=tuple(notes))
+            cpu=cpu_name(), planning_s=time.perf_counter() - start, notes=tuple(notes),
+            table=tuple((n, c.label, None if deltas is None else float(deltas[n][i]),
+                         None if sizes is None else int(sizes[n][i]), float(drop))
+                        for n in names for i, (c, _, drop) in enumerate(table[n])))
         return result
 
     @staticmethod

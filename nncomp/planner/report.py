@@ -70,6 +70,9 @@ class OptimizationPlan:
         Layers the repair loop (or the final measurement) set back to dense.
     cpu : str
     planning_s : float
+    table : tuple of (layer, candidate, delta_ms, delta_bytes, drop)
+        Every candidate built (refused ones are absent): its measured effect alone (None where the
+        objective did not measure it) and its score loss on the search data.
     """
 
     objective: str
@@ -89,6 +92,7 @@ class OptimizationPlan:
     cpu: str = ""
     planning_s: float = 0.0
     notes: tuple = field(default=())
+    table: tuple = field(default=())
 
     @property
     def speedup(self):
@@ -112,6 +116,7 @@ class OptimizationPlan:
         d = asdict(self)
         d["layers"] = [asdict(c) for c in self.layers]
         d["reverted"], d["notes"] = list(self.reverted), list(self.notes)
+        d["table"] = [list(r) for r in self.table]
         return d
 
     @classmethod
@@ -120,7 +125,16 @@ class OptimizationPlan:
         d = dict(d)
         d["layers"] = tuple(LayerChoice(**c) for c in d["layers"])
         d["reverted"], d["notes"] = tuple(d.get("reverted", ())), tuple(d.get("notes", ()))
+        d["table"] = tuple(tuple(r) for r in d.get("table", ()))
         return cls(**d)
+
+    def candidates(self):
+        """Every candidate's measured effect alone, one line each (the search's input)."""
+        lines = [f"{'layer':14} {'candidate':18} {'dms':>9} {'dbytes':>10} {'drop':>6}"]
+        for layer, label, ms, nbytes, drop in self.table:
+            lines.append(f"{layer:14} {label:18} {'-' if ms is None else f'{ms:+.4f}':>9} "
+                         f"{'-' if nbytes is None else f'{nbytes:+,}':>10} {drop:6.2f}")
+        return "\n".join(lines)
 
     def describe(self):
         """The plan as a table: one row per weighted layer, then the whole-model figures."""
