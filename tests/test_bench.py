@@ -227,6 +227,7 @@ SUITE_KEYS = {
     "sparse_int8": (["fc6", "lenet300"], "| contender | median ms | p90 ms | vs dense | vs csr float32 |"),
     "lowrank": (["speed", "accuracy", "targets", "limits"], "## Accuracy on the 1,000 shipped test digits"),
     "vs_ort": (["rows"], "| model | loop_b1 | loop_b8 |"),
+    "optimize": (["rows"], "| model | batch | chosen per layer |"),
 }
 
 

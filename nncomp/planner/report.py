@@ -61,7 +61,8 @@ class OptimizationPlan:
         (dense plus the chosen candidates' deltas; None for ``objective="size"``, which builds no
         latency table), and measured (median, alternating with dense).
     dense_bytes, bytes : int
-        Saved file sizes (Huffman-coded, as ``nc.save(..., huffman=True)`` writes them).
+        Saved file sizes (Huffman-coded, as ``nc.save(..., huffman=True)`` writes them), without the
+        plan itself (its JSON adds a few kB to a file saved with it; ``model.plan = None`` drops it).
     baseline_score, heldout_score : float
         Score of the original and of the returned model on the held-out part (fraction).
     search : str
