@@ -2,8 +2,9 @@
 
 A candidate's cost is measured, never estimated from FLOPs: the whole model with only that layer
 changed is called at the target batch through its own forward pass (fused, planned, threaded as a
-user's call is), alternating with the dense model and every other candidate in blocks
-(:func:`nncomp.bench.timing.alternate`); its table entry is the difference of the medians. A
+user's call is), alternating with the dense model and every other candidate in rounds (as
+:func:`nncomp.bench.timing.alternate` does); its table entry is the median over rounds of its
+difference from the dense model in the same round. A
 combination is predicted as the dense time plus its layers' differences and checked against a
 measured run (:attr:`OptimizationPlan.prediction_error`).
 
@@ -34,6 +35,7 @@ TARGET_S = 0.2
 MIN_CALLS = 12
 MAX_CALLS = 400
 BLOCK = 4
+SLOW_BLOCK_MS = 1.0    # calls slower than this run one per block
 
 
 def cache_dir():
@@ -117,10 +119,14 @@ class LatencyCache:
 
 
 class Timer:
-    """Times whole-model calls: ``measure({name: model}, x) -> {name: median ms}``.
+    """Times whole-model calls: ``measure({name: model}, x) -> {name: ms}``.
 
-    The planner's only source of time; tests replace it by a table. ``calls`` counts the models
-    measured (a cached plan measures none but the final check).
+    Every model is warmed up (compiled, planned), then the models are called in rounds, each once
+    per round in blocks of ``block`` back-to-back calls (1 for calls over ``SLOW_BLOCK_MS``); a
+    model's time is the first model's median plus the median over rounds of its difference from
+    the first model in the same round. Paired differences cancel the drift of a shared machine
+    (another process starting, a core slowing) that independent medians of few rounds keep.
+    The planner's only source of time; tests replace it by a table. ``calls`` counts models measured.
     """
 
     def __init__(self, target_s=None, min_calls=None, max_calls=None, block=None):
@@ -131,17 +137,24 @@ class Timer:
         self.calls = 0
 
     def measure(self, models, x):
-        from ..bench.timing import alternate
-        fns = {name: (lambda m=m: m(x)) for name, m in models.items()}
+        names = list(models)
+        fns = [(lambda m=models[n]: m(x)) for n in names]
         slowest = 0.0
-        for fn in fns.values():          # compile, plan, warm; the slowest call sets the repeat
+        for fn in fns:                   # compile, plan, warm; the slowest call sets the repeat
             fn()
             t0 = time.perf_counter()
             fn()
             slowest = max(slowest, time.perf_counter() - t0)
-        calls = int(np.clip(self.target_s / max(slowest, 1e-6), self.min_calls, self.max_calls))
-        block = max(1, min(self.block, calls))
-        res = alternate(fns, repeat=calls, block=block, warmup=1, settle=0.0,
-                        max_seconds=max(1.0, 4 * self.target_s * len(fns)))
+        block = self.block if slowest * 1e3 < SLOW_BLOCK_MS else 1
+        rounds = max(3, int(np.clip(self.target_s / max(slowest, 1e-6), self.min_calls, self.max_calls)) // block)
+        times = np.empty((rounds, len(fns)))
+        for r in range(rounds):
+            for j, fn in enumerate(fns):
+                t0 = time.perf_counter()
+                for _ in range(block):
+                    fn()
+                times[r, j] = (time.perf_counter() - t0) / block
+        times *= 1e3
+        first = float(np.median(times[:, 0]))
         self.calls += len(models)
-        return {name: r["median_ms"] for name, r in res.items()}
+        return {n: first + float(np.median(times[:, j] - times[:, 0])) if j else first for j, n in enumerate(names)}
