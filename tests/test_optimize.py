@@ -37,7 +37,7 @@ class TableTimer:
         self.candidate_ms, self.chosen_ms, self.dense_ms = candidate_ms, chosen_ms, dense_ms
         self.calls = 0
 
-    def measure(self, models, x):
+    def measure(self, models, x, effort=1):
         self.calls += len(models)
         return {k: self.dense_ms if k == "dense" else self.chosen_ms if k == "chosen" else self.candidate_ms
                 for k in models}
@@ -85,6 +85,23 @@ def test_never_slower_than_dense_the_final_measurement_decides(lenet300):
     out = fast.run(model, x, labels=y, budget=100.0, methods=["quantize"])
     assert all(c.candidate != "dense" for c in out.plan.layers)
     assert out.plan.predicted_ms == pytest.approx(1.0 - 3 * 0.5)    # dense + the three deltas
+
+
+class LuckyTableTimer(TableTimer):
+    """Candidates look faster in the table only: measured again (effort > 1) they gain nothing."""
+
+    def measure(self, models, x, effort=1):
+        out = super().measure(models, x, effort)
+        return {k: (self.dense_ms if effort > 1 and k != "chosen" else v) for k, v in out.items()}
+
+
+def test_chosen_entries_are_measured_again_before_the_final_choice(lenet300):
+    model, x, y = lenet300
+    planner = Planner(timer=LuckyTableTimer(candidate_ms=0.5, chosen_ms=0.6), cache=False)
+    out = planner.run(model, x, labels=y, budget=100.0, methods=["quantize"])
+    assert planner.reconfirmed >= 3          # the luckiest entries, then the next ones, ...
+    assert all(c.candidate == "dense" for c in out.plan.layers) and not out.plan.reverted
+    assert "measured again" in str(out.plan)
 
 
 def test_no_gain_means_dense(lenet300):
@@ -155,6 +172,7 @@ def test_latency_cache_is_reused(lenet300, tmp_path):
     first = Planner()
     a = first.run(model, x, labels=y, budget=0.5, methods=["quantize"])
     assert first.measured == 9 and (tmp_path / "cache" / latency.CACHE_FILE).exists()
+    assert first.reconfirmed >= sum(c.candidate != "dense" for c in a.plan.layers)
     second = Planner()
     b = second.run(model, x, labels=y, budget=0.5, methods=["quantize"])
     assert second.measured == 0

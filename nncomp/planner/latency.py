@@ -136,7 +136,8 @@ class Timer:
         self.block = BLOCK if block is None else block
         self.calls = 0
 
-    def measure(self, models, x):
+    def measure(self, models, x, effort=1):
+        """``{name: ms}`` for ``{name: Model}`` called on ``x``; ``effort`` multiplies the calls."""
         names = list(models)
         fns = [(lambda m=models[n]: m(x)) for n in names]
         slowest = 0.0
@@ -146,7 +147,8 @@ class Timer:
             fn()
             slowest = max(slowest, time.perf_counter() - t0)
         block = self.block if slowest * 1e3 < SLOW_BLOCK_MS else 1
-        rounds = max(3, int(np.clip(self.target_s / max(slowest, 1e-6), self.min_calls, self.max_calls)) // block)
+        calls = effort * np.clip(self.target_s / max(slowest, 1e-6), self.min_calls, self.max_calls)
+        rounds = max(3, int(calls) // block)
         times = np.empty((rounds, len(fns)))
         for r in range(rounds):
             for j, fn in enumerate(fns):

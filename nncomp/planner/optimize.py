@@ -34,6 +34,10 @@ MIN_SAMPLES = 12       # a quarter for the search and a quarter held out need at
 # A candidate must save at least this share of the dense model's time (as measured) to be worth an
 # accuracy risk; smaller measured savings are within the timing noise of a busy machine.
 MIN_GAIN = 0.02
+# Chosen entries are measured again with this many times the calls, and the search rerun, at most
+# CONFIRM_ROUNDS times (until the choice holds only confirmed entries).
+CONFIRM_EFFORT = 3
+CONFIRM_ROUNDS = 3
 
 
 def optimize(model, calibration, *, labels=None, budget=0.5, batch=1, objective="latency", methods=None,
@@ -172,7 +176,8 @@ class Planner:
     def __init__(self, *, timer=None, cache=None):
         self.timer = timer or Timer()
         self.cache = None if cache is False else (cache or LatencyCache())
-        self.measured = 0      # candidate models timed (cache misses), besides the final check
+        self.measured = 0      # candidate models timed for the table (cache misses)
+        self.reconfirmed = 0   # chosen entries timed again (the winner's curse), besides the final check
 
     def run(self, model, calibration, *, labels=None, budget=0.5, batch=1, objective="latency", methods=None,
             n_jobs=None, seed=0):
@@ -201,27 +206,8 @@ class Planner:
                     table[n].append((c, patch, 100.0 * (base_search - s)))
         xb = x[np.arange(batch) % x.shape[0]]
         dense_bytes, sizes = self._sizes(model, table) if objective == "size" else (None, None)
-        dense_ms, deltas = self._latencies(model, table, xb, batch) if objective == "latency" else (None, None)
-
-        options = {}
-        for n in names:
-            opts = []
-            for i, (c, patch, drop) in enumerate(table[n]):
-                cost = deltas[n][i] if objective == "latency" else sizes[n][i]
-                worth = i == 0 or (cost <= -MIN_GAIN * dense_ms if objective == "latency" else cost < 0)
-                opts.append((cost, max(drop, 0.0)) if worth else (float("inf"), float("inf")))
-            options[n] = [(c, d) if np.isfinite(c) else (0.0, budget + 1.0 + 1e9) for c, d in opts]
-        notes = []
-        choice = search.exact(options, budget)
-        greedy = search.greedy(options, budget)
-        used = "milp"
-        if choice is None:
-            choice, used = greedy, "greedy"
-        elif greedy != choice:
-            notes.append(f"greedy chose otherwise: predicted cost {search.total(options, greedy)[0]:.4g} against "
-                         f"{search.total(options, choice)[0]:.4g} for the exact choice")
-        else:
-            used = "milp (greedy agrees)"
+        dense_ms, deltas, keys, confirmed = (self._latencies(model, table, xb, batch) if objective == "latency"
+                                             else (None, None, {}, set()))
 
         def build(ch):
             return compose(model, {n: table[n][i][1] for n, i in ch.items() if i})
@@ -234,7 +220,21 @@ class Planner:
             back = {n: score(build({**ch, n: 0}), x_search, ref_search) for n in live}
             return sorted(live, key=lambda n: (-back[n], -options[n][ch[n]][1]))
 
-        choice, reverted = search.repair(choice, holds, harm)
+        for attempt in range(CONFIRM_ROUNDS + 1):
+            options = self._options(table, deltas, sizes, dense_ms, budget)
+            choice, used, notes = self._solve(options, budget)
+            choice, reverted = search.repair(choice, holds, harm)
+            if objective != "latency":
+                break
+            # the winner's curse: the chosen deltas are the luckiest draws of a noisy table; measure
+            # them again, longer, and search again until the choice rests on confirmed entries only
+            todo = [(n, i) for n, i in choice.items() if i and (n, i) not in confirmed]
+            if not todo or attempt == CONFIRM_ROUNDS:
+                break
+            self._confirm(model, table, todo, xb, keys, deltas, confirmed)
+        if self.reconfirmed:
+            notes.append(f"{self.reconfirmed} chosen table entries measured again ({CONFIRM_EFFORT}x the calls) "
+                         "before the final choice")
         chosen = build(choice)
         final = self.timer.measure({"dense": model, "chosen": chosen}, xb)
         if objective == "latency" and any(choice.values()) and final["chosen"] >= final["dense"]:
@@ -266,6 +266,44 @@ class Planner:
                          None if sizes is None else int(sizes[n][i]), float(drop))
                         for n in names for i, (c, _, drop) in enumerate(table[n])))
         return result
+
+    @staticmethod
+    def _options(table, deltas, sizes, dense_ms, budget):
+        """``{layer: [(cost, drop)]}`` for the search; options not worth an accuracy risk (a measured
+        saving under MIN_GAIN of the dense time, or no smaller file) get an impossible drop."""
+        options = {}
+        for n, entries in table.items():
+            options[n] = [(0.0, 0.0)]
+            for i, (_, _, drop) in enumerate(entries[1:], 1):
+                cost = deltas[n][i] if deltas is not None else sizes[n][i]
+                worth = cost <= -MIN_GAIN * dense_ms if deltas is not None else cost < 0
+                options[n].append((float(cost), max(float(drop), 0.0)) if worth else (0.0, budget + 1e9))
+        return options
+
+    @staticmethod
+    def _solve(options, budget):
+        """``(choice, search used, notes)``: the exact choice, the greedy one if the solver fails."""
+        choice, greedy = search.exact(options, budget), search.greedy(options, budget)
+        if choice is None:
+            return greedy, "greedy", []
+        if greedy != choice:
+            return choice, "milp", [f"greedy chose otherwise: predicted cost {search.total(options, greedy)[0]:.4g} "
+                                    f"against {search.total(options, choice)[0]:.4g} for the exact choice"]
+        return choice, "milp (greedy agrees)", []
+
+    def _confirm(self, model, table, todo, xb, keys, deltas, confirmed):
+        """Measure entries ``todo`` [(layer, option)] again with CONFIRM_EFFORT times the calls; the
+        new deltas replace the table's and the cache's, marked confirmed."""
+        models = {"dense": model, **{keys[n, i]: compose(model, {n: table[n][i][1]}) for n, i in todo}}
+        ms = self.timer.measure(models, xb, effort=CONFIRM_EFFORT)
+        self.reconfirmed += len(todo)
+        for n, i in todo:
+            deltas[n][i] = ms[keys[n, i]] - ms["dense"]
+            confirmed.add((n, i))
+            if self.cache is not None:
+                self.cache.put(keys[n, i], {"ms": ms[keys[n, i]], "dense_ms": ms["dense"], "confirmed": True})
+        if self.cache is not None:
+            self.cache.save()
 
     @staticmethod
     def _choice(name, entry, delta_ms, delta_bytes):
@@ -300,7 +338,8 @@ class Planner:
                 e = e or {"ms": ms[keys[n, i]], "dense_ms": ms["dense"]}
                 deltas[n].append(e["ms"] - e["dense_ms"])
         dense = ms.get("dense") or float(np.median([self.cache.get(k)["dense_ms"] for k in keys.values()]))
-        return dense, deltas
+        confirmed = {k for k, key in keys.items() if self.cache is not None and (self.cache.get(key) or {}).get("confirmed")}
+        return dense, deltas, keys, confirmed
 
     @staticmethod
     def _sizes(model, table):
