@@ -31,7 +31,8 @@ def lenet300():
 
 
 class TableTimer:
-    """Injected timing: candidates and the final check read fixed numbers, no clock."""
+    """Injected timing: candidates and the final check read fixed numbers, no clock (the chosen model
+    with one layer set back to dense, ``-name``, is a bit slower than the chosen one)."""
 
     def __init__(self, candidate_ms=0.5, chosen_ms=2.0, dense_ms=1.0):
         self.candidate_ms, self.chosen_ms, self.dense_ms = candidate_ms, chosen_ms, dense_ms
@@ -39,8 +40,8 @@ class TableTimer:
 
     def measure(self, models, x, effort=1):
         self.calls += len(models)
-        return {k: self.dense_ms if k == "dense" else self.chosen_ms if k == "chosen" else self.candidate_ms
-                for k in models}
+        return {k: self.dense_ms if k == "dense" else self.chosen_ms if k == "chosen" else
+                self.chosen_ms + 0.1 if k.startswith("-") else self.candidate_ms for k in models}
 
 
 def heldout_drop(original, result, x, y, seed=0):
@@ -77,7 +78,7 @@ def test_never_slower_than_dense_the_final_measurement_decides(lenet300):
     slow = Planner(timer=TableTimer(candidate_ms=0.5, chosen_ms=1.5), cache=False)
     out = slow.run(model, x, labels=y, budget=100.0, methods=["quantize"])
     assert all(c.candidate == "dense" for c in out.plan.layers)
-    assert out.plan.reverted and "returning the dense model" in str(out.plan)
+    assert sorted(out.plan.reverted) == ["fc1", "fc2", "fc3"] and "returning the dense model" in str(out.plan)
     assert out.plan.measured_ms == out.plan.dense_ms
     np.testing.assert_array_equal(out(x[:5]), model(x[:5]))
     # the same table with a faster final measurement keeps the choice
@@ -102,6 +103,27 @@ def test_chosen_entries_are_measured_again_before_the_final_choice(lenet300):
     assert planner.reconfirmed >= 3          # the luckiest entries, then the next ones, ...
     assert all(c.candidate == "dense" for c in out.plan.layers) and not out.plan.reverted
     assert "measured again" in str(out.plan)
+
+
+class InteractionTimer(TableTimer):
+    """The chosen three-layer model measures slower than dense, but without fc2 it is fastest."""
+
+    fixed = False
+
+    def measure(self, models, x, effort=1):
+        out = super().measure(models, x, effort)
+        if "-fc2" in models:
+            self.fixed = True
+            return {k: 0.4 if k == "-fc2" else 1.5 if k.startswith("-") else v for k, v in out.items()}
+        return {k: 0.4 if k == "chosen" and self.fixed else v for k, v in out.items()}
+
+
+def test_final_measurement_sets_back_the_layer_that_makes_the_whole_slower(lenet300):
+    model, x, y = lenet300
+    out = Planner(timer=InteractionTimer(candidate_ms=0.5, chosen_ms=1.5), cache=False).run(
+        model, x, labels=y, budget=100.0, methods=["quantize"])
+    assert [c.candidate == "dense" for c in out.plan.layers] == [False, True, False]
+    assert out.plan.reverted == ("fc2",) and "fc2 set back to dense" in str(out.plan)
 
 
 def test_no_gain_means_dense(lenet300):

@@ -235,13 +235,11 @@ class Planner:
         if self.reconfirmed:
             notes.append(f"{self.reconfirmed} chosen table entries measured again ({CONFIRM_EFFORT}x the calls) "
                          "before the final choice")
+        if objective == "latency":
+            choice, final = self._final(model, choice, build, xb, notes, reverted)
+        else:
+            final = self.timer.measure({"dense": model, "chosen": build(choice)}, xb)
         chosen = build(choice)
-        final = self.timer.measure({"dense": model, "chosen": chosen}, xb)
-        if objective == "latency" and any(choice.values()) and final["chosen"] >= final["dense"]:
-            notes.append(f"the chosen model measured {final['chosen']:.4f} ms against {final['dense']:.4f} ms for "
-                         "dense: returning the dense model")
-            reverted += [n for n, i in choice.items() if i]
-            choice = {n: 0 for n in names}
         from ..bench.sizes import saved_size
         out_bytes = saved_size(chosen, huffman=True).file_bytes if any(choice.values()) else None
         if dense_bytes is None:
@@ -304,6 +302,31 @@ class Planner:
                 self.cache.put(keys[n, i], {"ms": ms[keys[n, i]], "dense_ms": ms["dense"], "confirmed": True})
         if self.cache is not None:
             self.cache.save()
+
+    def _final(self, model, choice, build, xb, notes, reverted):
+        """The final measurement decides: the chosen model, dense, and the chosen model with each one
+        layer set back to dense, timed together; while one of the latter is fastest, it becomes the
+        choice (a table's additive prediction misses interactions: a pass that drops below the
+        serial-kernel threshold, a fusion one format breaks). Returns ``(choice, {"dense", "chosen"} ms)``."""
+        choice = dict(choice)
+        while True:
+            live = [n for n, i in choice.items() if i]
+            if not live:
+                ms = self.timer.measure({"dense": model}, xb)
+                return choice, {"dense": ms["dense"], "chosen": ms["dense"]}
+            variants = {"dense": model, "chosen": build(choice)}
+            if len(live) > 1:
+                variants.update({f"-{n}": build({**choice, n: 0}) for n in live})
+            ms = self.timer.measure(variants, xb, effort=CONFIRM_EFFORT)
+            best = min(ms, key=ms.get)
+            if best == "chosen":
+                return choice, ms
+            drop = live if best == "dense" else [best[1:]]
+            notes.append(f"final measurement: {ms['chosen']:.4f} ms chosen, {ms['dense']:.4f} ms dense, "
+                         f"{ms[best]:.4f} ms with {', '.join(drop)} set back to dense"
+                         + (": returning the dense model" if best == "dense" else ""))
+            reverted += drop
+            choice.update({n: 0 for n in drop})
 
     @staticmethod
     def _choice(name, entry, delta_ms, delta_bytes):
