@@ -306,7 +306,7 @@ class Planner:
     def _final(self, model, choice, build, xb, notes, reverted):
         """The final measurement decides: the chosen model, dense, and the chosen model with each one
         layer set back to dense, timed together; while one of the latter is fastest, it becomes the
-        choice (a table's additive prediction misses interactions: a pass that drops below the
+        choice, and unless one is MIN_GAIN faster than dense, dense is returned (a table's additive prediction misses interactions: a pass that drops below the
         serial-kernel threshold, a fusion one format breaks). Returns ``(choice, {"dense", "chosen"} ms)``."""
         choice = dict(choice)
         while True:
@@ -319,6 +319,8 @@ class Planner:
                 variants.update({f"-{n}": build({**choice, n: 0}) for n in live})
             ms = self.timer.measure(variants, xb, effort=CONFIRM_EFFORT)
             best = min(ms, key=ms.get)
+            if ms[best] > (1 - MIN_GAIN) * ms["dense"]:
+                best = "dense"       # not measurably faster: no accuracy is spent for nothing
             if best == "chosen":
                 return choice, ms
             drop = live if best == "dense" else [best[1:]]
