@@ -252,8 +252,14 @@ class Planner:
             chosen, out_bytes, final["chosen"] = model.with_nodes(model.nodes), dense_bytes, final["dense"]
         result = chosen if chosen is not model else model.with_nodes(model.nodes)
         predicted = None if deltas is None else final["dense"] + sum(deltas[n][i] for n, i in choice.items())
-        layers = tuple(self._choice(n, table[n][i], deltas[n][i] if deltas else 0.0,
-                                    sizes[n][i] if sizes else 0) for n, i in choice.items())
+        if sizes is None:      # the file bytes of the chosen layers alone (the size table was not built)
+            sizes = {n: {i: saved_size(compose(model, {n: table[n][i][1]}), huffman=True).file_bytes - dense_bytes}
+                     if i else {0: 0} for n, i in choice.items()}
+            size_table = None
+        else:
+            size_table = sizes
+        layers = tuple(self._choice(n, table[n][i], deltas[n][i] if deltas else 0.0, sizes[n][i])
+                       for n, i in choice.items())
         result.plan = OptimizationPlan(
             objective=objective, budget=budget, metric="accuracy" if y is not None else "agreement", batch=batch,
             layers=layers, dense_ms=final["dense"], predicted_ms=predicted, measured_ms=final["chosen"],
@@ -261,7 +267,7 @@ class Planner:
             heldout_score=score(result, x_held, ref_held), search=used, reverted=tuple(reverted),
             cpu=cpu_name(), planning_s=time.perf_counter() - start, notes=tuple(notes),
             table=tuple((n, c.label, None if deltas is None else float(deltas[n][i]),
-                         None if sizes is None else int(sizes[n][i]), float(drop))
+                         None if size_table is None else int(size_table[n][i]), float(drop))
                         for n in names for i, (c, _, drop) in enumerate(table[n])))
         return result
 
