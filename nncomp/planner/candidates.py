@@ -1,8 +1,10 @@
 """The planner's candidates: one weighted layer in one format, built by nncomp's own methods.
 
-Every candidate is the result of a public method (``prune``, ``quantize``, ``share``,
-``deep_compression``, ``factorize``) called on a one-layer selection (``layers=[name]``) with the
-fitting part of the calibration data, so it carries that method's calibration refit. What the model
+Every candidate is the result of a public method (``prune``, ``quantize``, ``share``, ``factorize``,
+and for CSR + codebook the steps of ``deep_compression``: prune, share the survivors, refit the
+centroids to the dense model with ``sharing.refit_model``) called on a one-layer selection
+(``layers=[name]`` or a one-key dict) with the fitting part of the calibration data, so it carries
+that method's calibration refit. What the model
 with that one layer changed holds in place of the layer (one node, or two for a factorized layer) is
 the candidate's *patch*; :func:`compose` puts the patches of several layers into one model.
 """
@@ -11,10 +13,12 @@ from dataclasses import dataclass, field
 from ..errors import CompressionParameterError
 from ..layers import Conv2D, Dense
 
-__all__ = ["METHODS", "GRID", "Candidate", "candidates_for", "build_patch", "compose", "weighted_layers"]
+__all__ = ["METHODS", "GRID", "Candidate", "candidates_for", "build_model", "build_patch", "compose",
+           "describe_patch", "weighted_layers"]
 
-# Method names ``optimize(methods=...)`` accepts, each with the settings tried (module constant: the
-# benchmark and the tests use the defaults or a subset via ``methods=``).
+# Method names ``optimize(methods=...)`` accepts, each with the settings tried (module constants: the
+# benchmark uses them as they are, the tests patch in a smaller grid). Not in the grid yet: filter
+# pruning (``prune_filters`` changes the next layer too, which the one-layer patches do not model).
 METHODS = ("prune", "prune_int8", "quantize", "share", "prune_share", "factorize")
 GRID = {
     "prune": (0.8, 0.9, 0.95),                 # sparsity, CSR storage
