@@ -29,6 +29,8 @@ _LAZY = {
     "size_report": "nncomp.compress.huffman",
     "factorize": "nncomp.compress.lowrank",
     "compare": "nncomp.bench.compare",
+    "optimize": "nncomp.planner",
+    "OptimizationPlan": "nncomp.planner",
 }
 
 

@@ -54,6 +54,12 @@ class Model:
     outputs : sequence of str, optional
         Output node names (default: the last node).
     name : str
+
+    Attributes
+    ----------
+    plan : nncomp.planner.OptimizationPlan or None
+        Set on the models :func:`nncomp.optimize` returns (``print(model.plan)``); saved and reloaded
+        with the model. Models derived with ``with_nodes`` or a compression method have none.
     """
 
     def __init__(self, nodes, *, input_shape, input_layout, outputs=None, name="model"):
@@ -72,6 +78,8 @@ class Model:
         self.outputs = tuple(outputs) if outputs else (self.nodes[-1].name,)
         self._check_graph()
         self._shapes, self._plans, self._cost_memo = {}, {}, {}
+        # what nc.optimize chose (an OptimizationPlan), saved with the model; a new model has none
+        self.plan = None
         self.shapes = self.shapes_for(self.internal_input_shape)
         weights = sum(n.layer.weight.n_out * n.layer.weight.n_in for n in self.nodes if n.layer.weight is not None)
         # a model whose results depend on how the batch is cut (dynamic int8 activations) runs whole

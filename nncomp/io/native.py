@@ -109,8 +109,11 @@ def model_to_json(model, writer):
         tensors = {k: writer.tensor(v) for k, v in n.layer.tensors().items() if v is not None}
         nodes.append({"name": n.name, "kind": n.layer.kind, "inputs": list(n.inputs),
                       "config": n.layer.config(), "tensors": tensors})
-    return {"name": model.name, "input": {"shape": list(model.input_shape), "layout": model.input_layout},
-            "outputs": list(model.outputs), "nodes": nodes}
+    out = {"name": model.name, "input": {"shape": list(model.input_shape), "layout": model.input_layout},
+           "outputs": list(model.outputs), "nodes": nodes}
+    if getattr(model, "plan", None) is not None:
+        out["plan"] = model.plan.to_json()     # what nc.optimize chose (nncomp.planner.report)
+    return out
 
 
 def save(model, path, *, huffman=False):
@@ -310,8 +313,13 @@ def build_native(f, meta, packs=None):
             nodes.append(Node(spec["name"], layer, tuple(spec["inputs"])))
         if packs is not None:
             packs.check_overlaps()
-        return Model(nodes, input_shape=meta["input"]["shape"], input_layout=meta["input"]["layout"],
-                     outputs=meta["outputs"], name=meta.get("name", "model"))
+        model = Model(nodes, input_shape=meta["input"]["shape"], input_layout=meta["input"]["layout"],
+                      outputs=meta["outputs"], name=meta.get("name", "model"))
+        if meta.get("plan") is not None:
+            from ..planner.report import OptimizationPlan
+            with guard(f.path, "/p0", "invalid optimization plan"):
+                model.plan = OptimizationPlan.from_json(meta["plan"])
+        return model
     except NncompError as e:
         if hasattr(e, "path"):
             raise

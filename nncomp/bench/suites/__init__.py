@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-SUITES = ("dense", "conv_algos", "quant", "codebook", "sparse", "sparse_int8", "lowrank", "vs_ort", "real")
+SUITES = ("dense", "conv_algos", "quant", "codebook", "sparse", "sparse_int8", "lowrank", "vs_ort", "real", "optimize")
 
 
 def module(name):

@@ -1,0 +1,174 @@
+"""What :func:`nncomp.optimize` chose, and why: the plan a returned model carries as ``model.plan``.
+
+The plan is plain data (JSON-able), saved with the model by ``nc.save`` (the ``"plan"`` entry of the
+native file's model description) and reloaded by ``nc.load``; ``print(model.plan)`` shows it.
+"""
+import json
+from dataclasses import asdict, dataclass, field
+
+__all__ = ["LayerChoice", "OptimizationPlan"]
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """One weighted layer's chosen candidate.
+
+    Attributes
+    ----------
+    layer : str
+        The node name in the original model.
+    candidate : str
+        Its label, e.g. ``"csr90+int8"``, ``"dense"``.
+    method : str
+        The nncomp method that built it (``"prune"``, ``"quantize"``, ...; ``"dense"``: unchanged).
+    settings : dict
+        The keywords that method was called with (besides ``layers=`` and ``calibration=``).
+    format : str
+        The weight format of the resulting node(s) (``Layer.describe()``).
+    delta_ms : float
+        Measured change of the whole model's time at the plan's batch when only this layer takes the
+        candidate (negative: faster), milliseconds.
+    delta_bytes : int
+        Change of the saved file's bytes when only this layer takes the candidate.
+    drop : float
+        Score lost (points) on the search part of the calibration data with only this layer changed.
+    """
+
+    layer: str
+    candidate: str
+    method: str
+    settings: dict
+    format: str
+    delta_ms: float
+    delta_bytes: int
+    drop: float
+
+
+@dataclass(frozen=True)
+class OptimizationPlan:
+    """The planner's decision for one model, objective, budget and batch.
+
+    Attributes
+    ----------
+    objective : {"latency", "size"}
+    budget : float
+        Allowed loss in points (top-1 accuracy, or agreement with the original model).
+    metric : {"accuracy", "agreement"}
+    batch : int
+    layers : tuple of LayerChoice
+    dense_ms, predicted_ms, measured_ms : float
+        Milliseconds per call at ``batch``: whole-model time of the original model, of the chosen one predicted from the latency table
+        (dense plus the chosen candidates' deltas; None for ``objective="size"``, which builds no
+        latency table), and measured (median, alternating with dense).
+    dense_bytes, bytes : int
+        Saved file sizes (Huffman-coded, as ``nc.save(..., huffman=True)`` writes them), without the
+        plan itself (its JSON adds a few kB to a file saved with it; ``model.plan = None`` drops it).
+    baseline_score, heldout_score : float
+        Score of the original and of the returned model on the held-out part (fraction).
+    search : str
+        Which search found the choice (``"milp"``, ``"greedy"``) and what the repair loop reverted.
+    reverted : tuple of str
+        Layers the repair loop (or the final measurement) set back to dense.
+    cpu : str
+    planning_s : float
+    table : tuple of (layer, candidate, delta_ms, delta_bytes, drop)
+        Every candidate built (refused ones are absent): its measured effect alone (None where the
+        objective did not measure it) and its score loss on the search data.
+    """
+
+    objective: str
+    budget: float
+    metric: str
+    batch: int
+    layers: tuple
+    dense_ms: float
+    predicted_ms: float
+    measured_ms: float
+    dense_bytes: int
+    bytes: int
+    baseline_score: float
+    heldout_score: float
+    search: str
+    reverted: tuple = ()
+    cpu: str = ""
+    planning_s: float = 0.0
+    notes: tuple = field(default=())
+    table: tuple = field(default=())
+
+    @property
+    def speedup(self):
+        """Measured dense time over the returned model's time."""
+        return self.dense_ms / self.measured_ms if self.measured_ms > 0 else float("nan")
+
+    @property
+    def prediction_error(self):
+        """(predicted - measured) / measured whole-model time."""
+        if self.predicted_ms is None or not self.measured_ms > 0:
+            return float("nan")
+        return (self.predicted_ms - self.measured_ms) / self.measured_ms
+
+    @property
+    def heldout_drop(self):
+        """Points lost on the held-out part of the calibration data."""
+        return 100.0 * (self.baseline_score - self.heldout_score)
+
+    def to_json(self):
+        """A JSON-able dict (what ``nc.save`` stores)."""
+        d = asdict(self)
+        d["layers"] = [asdict(c) for c in self.layers]
+        d["reverted"], d["notes"] = list(self.reverted), list(self.notes)
+        d["table"] = [list(r) for r in self.table]
+        return d
+
+    @classmethod
+    def from_json(cls, d):
+        """The plan from :meth:`to_json`'s dict (``KeyError``/``TypeError`` on a malformed one)."""
+        d = dict(d)
+        d["layers"] = tuple(LayerChoice(**c) for c in d["layers"])
+        d["reverted"], d["notes"] = tuple(d.get("reverted", ())), tuple(d.get("notes", ()))
+        d["table"] = tuple(tuple(r) for r in d.get("table", ()))
+        return cls(**d)
+
+    def candidates(self):
+        """Every candidate's measured effect alone, one line each (the search's input)."""
+        lines = [f"{'layer':14} {'candidate':18} {'dms':>9} {'dbytes':>10} {'drop':>6}"]
+        for layer, label, ms, nbytes, drop in self.table:
+            lines.append(f"{layer:14} {label:18} {'-' if ms is None else f'{ms:+.4f}':>9} "
+                         f"{'-' if nbytes is None else f'{nbytes:+,}':>10} {drop:6.2f}")
+        return "\n".join(lines)
+
+    def describe(self):
+        """The plan as a table: one row per weighted layer, then the whole-model figures."""
+        rows = [("layer", "chosen", "format", "dms", "dbytes", "drop")]
+        for c in self.layers:
+            rows.append((c.layer, c.candidate, c.format, f"{c.delta_ms:+.4f}", f"{c.delta_bytes:+,}",
+                         f"{c.drop:.2f}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = [f"Optimization plan: objective {self.objective}, budget {self.budget:g} points of "
+                 f"{self.metric}, batch {self.batch}, search {self.search}"
+                 + (f", on {self.cpu}" if self.cpu else "")]
+        for r in rows:
+            lines.append("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        predicted = ("not predicted (objective size)" if self.predicted_ms is None else
+                     f"predicted {self.predicted_ms:.4f} ms (error {100 * self.prediction_error:+.1f}%)")
+        lines.append(f"time at batch {self.batch}: dense {self.dense_ms:.4f} ms, {predicted}, measured "
+                     f"{self.measured_ms:.4f} ms (speedup {self.speedup:.2f}x)")
+        lines.append(f"file: dense {self.dense_bytes:,} bytes, chosen {self.bytes:,} bytes "
+                     f"({self.dense_bytes / max(1, self.bytes):.1f}x smaller)")
+        lines.append(f"held-out {self.metric}: original {self.baseline_score:.4f}, chosen {self.heldout_score:.4f} "
+                     f"(drop {self.heldout_drop:.2f} points, budget {self.budget:g})")
+        if self.reverted:
+            lines.append(f"reverted to dense: {', '.join(self.reverted)}")
+        lines.extend(self.notes)
+        lines.append(f"planning time {self.planning_s:.1f} s")
+        return "\n".join(lines)
+
+    def __str__(self):
+        return self.describe()
+
+    def __repr__(self):
+        return (f"OptimizationPlan(objective={self.objective!r}, batch={self.batch}, speedup={self.speedup:.2f}, "
+                f"bytes={self.bytes}, heldout_drop={self.heldout_drop:.2f})")
+
+    def dumps(self):
+        return json.dumps(self.to_json(), separators=(",", ":"))

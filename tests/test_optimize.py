@@ -1,0 +1,250 @@
+"""nc.optimize, the planner: budget on held-out data, never slower than dense, exact and greedy search,
+the plan saved with the model, the latency cache, argument errors. Real MNIST digits, shipped models;
+few candidates and short timings (module constants patched) so the file runs in about a minute."""
+import itertools
+
+import numpy as np
+import pytest
+
+import nncomp as nc
+from nncomp.planner import Planner, candidates, latency, search
+from nncomp.planner.optimize import split
+
+N_CALIB = 800
+
+
+@pytest.fixture(autouse=True)
+def quick(monkeypatch, tmp_path):
+    """Short timings and a cache in the test's own folder."""
+    monkeypatch.setenv(latency.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(latency, "TARGET_S", 0.01)
+    monkeypatch.setattr(latency, "MIN_CALLS", 4)
+    monkeypatch.setattr(candidates, "GRID", {**candidates.GRID, "prune": (0.9,), "prune_int8": (0.9,),
+                                             "share": (5,), "prune_share": ((0.9, 5),), "factorize": (4.0,)})
+
+
+@pytest.fixture(scope="module")
+def lenet300():
+    model = nc.load(nc.data.model_path("lenet300"))
+    x, y = nc.data.mnist("train", layout="NC")
+    return model, x[:N_CALIB], y[:N_CALIB]
+
+
+class TableTimer:
+    """Injected timing: candidates and the final check read fixed numbers, no clock (the chosen model
+    with one layer set back to dense, ``-name``, is a bit slower than the chosen one)."""
+
+    def __init__(self, candidate_ms=0.5, chosen_ms=2.0, dense_ms=1.0):
+        self.candidate_ms, self.chosen_ms, self.dense_ms = candidate_ms, chosen_ms, dense_ms
+        self.calls = 0
+
+    def measure(self, models, x, effort=1):
+        self.calls += len(models)
+        return {k: self.dense_ms if k == "dense" else self.chosen_ms if k == "chosen" else
+                self.chosen_ms + 0.1 if k.startswith("-") else self.candidate_ms for k in models}
+
+
+def heldout_drop(original, result, x, y, seed=0):
+    """Points lost on the held-out quarter, recomputed here from the split rule."""
+    held = split(x.shape[0], seed)[2]
+    ref = y[held] if y is not None else original(x[held]).argmax(axis=1)
+    return 100 * (np.mean(original(x[held]).argmax(1) == ref) - np.mean(result(x[held]).argmax(1) == ref))
+
+
+def test_budget_holds_on_heldout_part_lenet300(lenet300):
+    model, x, y = lenet300
+    out = nc.optimize(model, x, labels=y, budget=0.5, batch=1, methods=["prune", "quantize", "factorize"])
+    plan = out.plan
+    assert heldout_drop(model, out, x, y) <= 0.5 + 1e-9
+    assert plan.heldout_drop == pytest.approx(heldout_drop(model, out, x, y))
+    assert plan.metric == "accuracy" and plan.batch == 1
+    assert [c.layer for c in plan.layers] == ["fc1", "fc2", "fc3"]
+    assert plan.measured_ms <= plan.dense_ms        # the planner's own final measurement decided
+    assert out is not model and model.plan is None
+    assert {r[1] for r in plan.table} >= {"dense", "csr90", "int8-static", "lowrank/4"}
+
+
+def test_budget_as_agreement_without_labels_lenet5():
+    model = nc.load(nc.data.model_path("lenet5"))
+    x = nc.data.mnist("train")[0][:400]
+    out = nc.optimize(model, x, budget=1.0, batch=4, methods=["quantize"])
+    assert out.plan.metric == "agreement" and out.plan.baseline_score == 1.0
+    assert heldout_drop(model, out, x, None) <= 1.0 + 1e-9
+
+
+def test_never_slower_than_dense_the_final_measurement_decides(lenet300):
+    model, x, y = lenet300
+    # every candidate looks 2x faster alone, but the chosen model measures slower than dense
+    slow = Planner(timer=TableTimer(candidate_ms=0.5, chosen_ms=1.5), cache=False)
+    out = slow.run(model, x, labels=y, budget=100.0, methods=["quantize"])
+    assert all(c.candidate == "dense" for c in out.plan.layers)
+    assert sorted(out.plan.reverted) == ["fc1", "fc2", "fc3"] and "returning the dense model" in str(out.plan)
+    assert out.plan.measured_ms == out.plan.dense_ms
+    np.testing.assert_array_equal(out(x[:5]), model(x[:5]))
+    # the same table with a faster final measurement keeps the choice
+    fast = Planner(timer=TableTimer(candidate_ms=0.5, chosen_ms=0.6), cache=False)
+    out = fast.run(model, x, labels=y, budget=100.0, methods=["quantize"])
+    assert all(c.candidate != "dense" for c in out.plan.layers)
+    assert out.plan.predicted_ms == pytest.approx(1.0 - 3 * 0.5)    # dense + the three deltas
+
+
+class LuckyTableTimer(TableTimer):
+    """Candidates look faster in the table only: measured again (effort > 1) they gain nothing."""
+
+    def measure(self, models, x, effort=1):
+        out = super().measure(models, x, effort)
+        return {k: (self.dense_ms if effort > 1 and k != "chosen" else v) for k, v in out.items()}
+
+
+def test_chosen_entries_are_measured_again_before_the_final_choice(lenet300):
+    model, x, y = lenet300
+    planner = Planner(timer=LuckyTableTimer(candidate_ms=0.5, chosen_ms=0.6), cache=False)
+    out = planner.run(model, x, labels=y, budget=100.0, methods=["quantize"])
+    assert planner.reconfirmed >= 3          # the luckiest entries, then the next ones, ...
+    assert all(c.candidate == "dense" for c in out.plan.layers) and not out.plan.reverted
+    assert "measured again" in str(out.plan)
+
+
+class InteractionTimer(TableTimer):
+    """The chosen three-layer model measures slower than dense, but without fc2 it is fastest."""
+
+    fixed = False
+
+    def measure(self, models, x, effort=1):
+        out = super().measure(models, x, effort)
+        if "-fc2" in models:
+            self.fixed = True
+            return {k: 0.4 if k == "-fc2" else 1.5 if k.startswith("-") else v for k, v in out.items()}
+        return {k: 0.4 if k == "chosen" and self.fixed else v for k, v in out.items()}
+
+
+def test_final_measurement_sets_back_the_layer_that_makes_the_whole_slower(lenet300):
+    model, x, y = lenet300
+    out = Planner(timer=InteractionTimer(candidate_ms=0.5, chosen_ms=1.5), cache=False).run(
+        model, x, labels=y, budget=100.0, methods=["quantize"])
+    assert [c.candidate == "dense" for c in out.plan.layers] == [False, True, False]
+    assert out.plan.reverted == ("fc2",) and "fc2 set back to dense" in str(out.plan)
+
+
+def test_no_gain_means_dense(lenet300):
+    model, x, y = lenet300
+    out = Planner(timer=TableTimer(candidate_ms=1.0, chosen_ms=1.0), cache=False).run(
+        model, x, labels=y, budget=100.0, methods=["quantize"])
+    assert all(c.candidate == "dense" for c in out.plan.layers)
+
+
+def brute(options, budget):
+    layers = list(options)
+    best = None
+    for combo in itertools.product(*(range(len(options[l])) for l in layers)):
+        ch = dict(zip(layers, combo))
+        cost, drop = search.total(options, ch)
+        if drop <= budget + 1e-12 and (best is None or cost < best[0] - 1e-12):
+            best = (cost, ch)
+    return best
+
+
+def test_milp_and_greedy_agree_on_a_small_exact_case():
+    options = {"fc1": [(0, 0), (-3.0, 0.2), (-5.0, 0.6)], "fc2": [(0, 0), (-2.0, 0.1), (-2.5, 0.5)],
+               "fc3": [(0, 0), (0.5, 0.0)]}
+    exact = search.exact(options, 0.7)
+    assert exact == search.greedy(options, 0.7) == {"fc1": 2, "fc2": 1, "fc3": 0}
+    assert search.total(options, exact)[0] == brute(options, 0.7)[0]
+
+
+def test_milp_is_exact_and_greedy_never_better_on_random_cases():
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        options = {f"l{i}": [(0.0, 0.0)] + [(float(-rng.uniform(0, 5)), float(rng.uniform(0, 1)))
+                                           for _ in range(rng.integers(1, 4))] for i in range(3)}
+        budget = float(rng.uniform(0, 1.5))
+        exact, greedy = search.exact(options, budget), search.greedy(options, budget)
+        assert search.total(options, exact)[0] == pytest.approx(brute(options, budget)[0])
+        assert search.total(options, greedy)[1] <= budget + 1e-9
+        assert search.total(options, greedy)[0] >= search.total(options, exact)[0] - 1e-9
+
+
+def test_repair_reverts_most_harmful_first():
+    calls = []
+
+    def holds(ch):
+        calls.append(dict(ch))
+        return ch["b"] == 0
+    choice, reverted = search.repair({"a": 1, "b": 2, "c": 0}, holds, lambda ch: ["b", "a"])
+    assert choice == {"a": 1, "b": 0, "c": 0} and reverted == ["b"]
+
+
+def test_plan_round_trips_through_save_and_load(lenet300, tmp_path):
+    model, x, y = lenet300
+    out = Planner(timer=TableTimer(chosen_ms=0.6), cache=False).run(model, x, labels=y, budget=100.0,
+                                                                     methods=["quantize"])
+    path = tmp_path / "opt.h5"
+    nc.save(out, path)
+    back = nc.load(path)
+    assert back.plan == out.plan
+    text = str(back.plan)
+    assert "fc1" in text and "int8" in text and "speedup" in text
+    np.testing.assert_array_equal(back(x[:8]), out(x[:8]))
+    nc.save(model, tmp_path / "plain.h5")
+    assert nc.load(tmp_path / "plain.h5").plan is None
+
+
+def test_latency_cache_is_reused(lenet300, tmp_path):
+    model, x, y = lenet300
+    first = Planner()
+    a = first.run(model, x, labels=y, budget=0.5, methods=["quantize"])
+    assert first.measured == 9 and (tmp_path / "cache" / latency.CACHE_FILE).exists()
+    assert first.reconfirmed >= sum(c.candidate != "dense" for c in a.plan.layers)
+    second = Planner()
+    b = second.run(model, x, labels=y, budget=0.5, methods=["quantize"])
+    assert second.measured == 0
+    assert [r[2] for r in a.plan.table] == [r[2] for r in b.plan.table]
+
+
+def test_size_objective_makes_the_file_smaller_within_budget(lenet300):
+    model, x, y = lenet300
+    out = Planner(timer=TableTimer(), cache=False).run(model, x, labels=y, budget=0.5, objective="size",
+                                                       methods=["share", "prune_share"])
+    plan = out.plan
+    assert plan.bytes < plan.dense_bytes / 4 and plan.predicted_ms is None
+    assert heldout_drop(model, out, x, y) <= 0.5 + 1e-9
+    from nncomp.bench.sizes import saved_size
+    assert saved_size(out.with_nodes(out.nodes), huffman=True).file_bytes == plan.bytes   # without the plan
+
+
+def test_jobs_through_joblib_give_the_same_plan(lenet300):
+    joblib = pytest.importorskip("joblib")
+    model, x, y = lenet300
+    runs = []
+    for n_jobs in (None, 2):
+        with joblib.parallel_config(backend="threading"):
+            runs.append(Planner(timer=TableTimer(chosen_ms=0.6), cache=False).run(
+                model, x, labels=y, budget=0.5, methods=["quantize", "share"], n_jobs=n_jobs).plan)
+    assert runs[0].layers == runs[1].layers and runs[0].table == runs[1].table
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"budget": -0.5}, ["budget", "-0.5"]),
+    ({"objective": "speed"}, ["objective", "latency", "size"]),
+    ({"methods": ["prune", "magic"]}, ["magic", "prune_int8"]),
+    ({"batch": 0}, ["batch"]),
+    ({"labels": np.zeros(5, np.int64)}, ["labels", str(N_CALIB)]),
+    ({"labels": np.zeros(N_CALIB, np.float32)}, ["labels", "integer"]),
+    ({"n_jobs": 0}, ["n_jobs"]),
+])
+def test_bad_arguments_raise_nncomp_errors(lenet300, kw, words):
+    model, x, y = lenet300
+    with pytest.raises(nc.NncompError) as e:
+        nc.optimize(model, x, **kw)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_bad_calibration_raises(lenet300):
+    model, x, _ = lenet300
+    with pytest.raises(nc.NncompError, match="expected input of shape"):
+        nc.optimize(model, x.reshape(-1, 28, 28))
+    with pytest.raises(nc.NncompError, match="at least 12"):
+        nc.optimize(model, x[:5])
+    with pytest.raises(nc.NncompError, match="calibration"):
+        nc.optimize(model, None)
