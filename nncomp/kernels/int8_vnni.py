@@ -24,6 +24,7 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
+from ._ir import loop_latch, loop_phis
 from ._jit import both
 
 MR = 4          # activation rows per micro-kernel call
@@ -85,13 +86,7 @@ def _make_block(mr, nb):
             builder.cbranch(builder.icmp_signed(">", n_, intp(0)), loop, done)
 
             builder.position_at_end(loop)
-            g = builder.phi(intp)
-            g.add_incoming(intp(0), pre)
-            accs = []
-            for _ in range(mr * nb):
-                a = builder.phi(v16)
-                a.add_incoming(zero, pre)
-                accs.append(a)
+            g, accs = loop_phis(builder, intp, v16, [zero] * (mr * nb), pre)
             wo = builder.mul(g, intp(64 * nb))
             wv = [builder.load(builder.bitcast(builder.gep(wbase, [builder.add(wo, intp(64 * r))]), vptr), align=1)
                   for r in range(nb)]
@@ -101,12 +96,8 @@ def _make_block(mr, nb):
                 word = builder.load(builder.bitcast(builder.gep(xrows[m], [xo]), i32.as_pointer()), align=1)
                 xb = builder.shuffle_vector(builder.insert_element(undef, word, i32(0)), undef, splat)
                 new.extend(builder.call(dpbusd, [accs[m * nb + r], xb, wv[r]]) for r in range(nb))
-            nxt = builder.add(g, intp(1))
             end = builder.block
-            g.add_incoming(nxt, end)
-            for a, v in zip(accs, new):
-                a.add_incoming(v, end)
-            builder.cbranch(builder.icmp_signed("<", nxt, n_), loop, done)
+            loop_latch(builder, intp, g, accs, new, n_, loop, done)
 
             builder.position_at_end(done)
             fins = []
