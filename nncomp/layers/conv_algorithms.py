@@ -13,11 +13,12 @@
 - **blocked**: a register-blocked direct convolution (nncomp/kernels/conv_blocked.py): tiles of
   output pixels x 16-channel vectors accumulate in vector registers over each kernel row's
   contiguous NHWC run, on a zero-padded copy of the input. No patch matrix and no BLAS call; for
-  the small-map, small-channel convolutions of real CNNs it ran 1.3-2x faster than im2col + BLAS
-  and the shifted GEMM (bench/results/<cpu>/conv_algos.md). Dense ungrouped weights whose
+  the small-map, small-channel convolutions of real CNNs it ran 1.2-1.9x faster than im2col + BLAS
+  (bench/results/amd-epyc-zen4/conv_algos.md: LeNet-5 and 16-64-channel 3x3 layers, batch 1 and 32). Dense ungrouped weights whose
   transposed copy stays cache-sized (:data:`BLOCKED_MAX_WEIGHT_BYTES`).
   A depthwise layer (no channel multiplier) runs the same tiles with each channel's own input
-  loaded as a vector (3-10x faster than the scalar kernel below on MobileNet shapes).
+  loaded as a vector (3-10x faster than the scalar kernel below on MobileNet shapes in a
+  single-threaded development run; no committed table).
 - **depthwise**: a direct kernel over one input channel per group (any channel multiplier).
 - **im2col** (everything else: strides, groups, compressed weights): the patch matrix, built in
   bounded chunks of output lines, times the weight in whatever format it is stored. With dense

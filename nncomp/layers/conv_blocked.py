@@ -12,9 +12,10 @@ from ..matrices import DenseMatrix
 from .workspace import scratch
 
 # The blocked kernel streams a tile's weight columns (kh*kw*c x 64 floats) once per tile, from L2
-# or L3. Measured at 2 threads (Zen 4): it beat im2col and the shifted GEMM up to VGG-16's conv3_2
-# (2.4 MB: 20.2 ms against 24.1 and 22.0 at batch 1) and tied them at 9.4 MB (conv4_2: 23.2
-# against 24.3 and 22.5; conv5_2 at batch 32: 177 against 172), so larger weights keep BLAS.
+# or L3. Measured at 2 threads (Zen 4, bench/results/amd-epyc-zen4/conv_algos.md): at VGG-16's
+# conv3_2 (2.4 MB) it ran 725 ms against 732 for im2col at batch 32, and 1.05x the shifted GEMM's
+# time at batch 1; in a development run it only tied them at 9.4 MB (conv4_2: 23.2 against 24.3
+# and 22.5 ms at batch 1; conv5_2 at batch 32: 177 against 172), so larger weights keep BLAS.
 BLOCKED_MAX_WEIGHT_BYTES = 4 << 20
 SERIAL_FACTOR = 8     # the kernels go parallel at 8x _jit.PARALLEL_MIN_WORK multiply-adds
 
