@@ -2,11 +2,11 @@
 import math
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from .checks import check_number
 from .errors import InputError, NncompError
+from .kernels import _jit
 from .layers import Layer
 from .plan import SERIAL_BELOW_MACS, INPUT, Plan, batch_parts, run_parts, run_serial
 
@@ -22,6 +22,7 @@ MAX_ACTIVATION_BYTES = 2 << 30
 # ResNet-small) are kept for this many (input shape, batch size, threads, kept nodes) keys, and
 # the shapes of this many input sizes.
 PLANS_KEPT = 32
+_F32 = np.dtype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class Model:
             raise NncompError("a model needs at least one node")
         self.outputs = tuple(outputs) if outputs else (self.nodes[-1].name,)
         self._check_graph()
-        self._shapes, self._plans, self._cost_memo = {}, {}, {}
+        self._shapes, self._plans, self._cost_memo, self._runners = {}, {}, {}, {}
         # what nc.optimize chose (an OptimizationPlan), saved with the model; a new model has none
         self.plan = None
         self.shapes = self.shapes_for(self.internal_input_shape)
@@ -224,12 +225,31 @@ class Model:
         -------
         ndarray (float32), or a tuple of them for a model with several outputs.
         """
+        if type(x) is np.ndarray and not check_finite and x.dtype == _F32 and x.flags.c_contiguous:
+            found = self._runners.get(x.shape)      # a shape seen before: checked then
+            if found is not None and found[0] == _jit.num_threads():
+                return found[1](x)
         x = self.check_input(x)
         if check_finite and not np.isfinite(x).all():
             raise InputError("input holds NaN or Inf values (check_finite=True)")
-        outs = self._run(x, self.outputs, self._batch_step(x))
-        outs = tuple(self._to_source_layout(y) for y in outs)
-        return outs[0] if len(outs) == 1 else outs
+        return self._caller(x.shape)(x)
+
+    def _caller(self, shape):
+        """The call for checked model-layout batches of ``shape``: how it runs (whole, serial or in
+        batch parts) decided and its plan built once, then kept per shape and thread count, so a
+        call at a known shape costs a dictionary lookup on top of its steps."""
+        threads = _jit.num_threads()
+        run = self._run_function(shape, self.outputs, self._batch_step(shape), threads)
+        to_source = self._to_source_layout
+
+        def call(x):
+            outs = run(x)
+            return to_source(outs[0]) if len(outs) == 1 else tuple(to_source(y) for y in outs)
+        runners = self._runners
+        if len(runners) >= PLANS_KEPT:
+            runners.pop(next(iter(runners), None), None)
+        runners[shape] = (threads, call)
+        return call
 
     def activations(self, x, names, *, batch_size=None):
         """The outputs of nodes ``names`` (``"input"`` allowed) on batch ``x``, from one planned pass.
@@ -256,8 +276,8 @@ class Model:
             batch_size = check_number(batch_size, "batch_size", integer=True, low=1, method="activations",
                                       error=InputError)
         x = self.check_input(x)
-        values = self._run(x, names, batch_size or self._batch_step(x))
-        return dict(zip(names, values))
+        run = self._run_function(x.shape, names, batch_size or self._batch_step(x.shape), _jit.num_threads())
+        return dict(zip(names, run(x)))
 
     def _costs(self, shape):
         """``(activation bytes, multiply-adds)`` per sample of internal per-sample input ``shape``."""
@@ -268,38 +288,47 @@ class Model:
             found = self._cost_memo[shape] = (max(1, 4 * sum(math.prod(s) for s in shapes.values())), macs)
         return found
 
-    def _batch_step(self, x):
-        """Samples per part so that one part's activations stay under MAX_ACTIVATION_BYTES."""
-        return max(1, MAX_ACTIVATION_BYTES // self._costs(self.to_internal(x.shape[1:]))[0])
+    def _batch_step(self, shape):
+        """Samples per part of batches of model-layout ``shape`` so that one part's activations stay
+        under MAX_ACTIVATION_BYTES."""
+        return max(1, MAX_ACTIVATION_BYTES // self._costs(self.to_internal(shape[1:]))[0])
 
-    def _run(self, x, keep, step):
-        """Values of nodes ``keep`` (internal layout) on model-layout batch ``x``, ``step`` samples a pass."""
-        if x.shape[0] <= step:
-            threads = numba.get_num_threads()
-            if threads > 1:
-                macs = self._costs(self.to_internal(x.shape[1:]))[1]
-                bounds = batch_parts(x.shape[0], threads, self._macs_per_weight, macs)
-                if bounds is not None:
-                    return run_parts(lambda part: self._forward(part, keep), x, bounds, threads)
-                if x.shape[0] * macs < SERIAL_BELOW_MACS:
-                    return run_serial(lambda: self._forward(x, keep))
-            return self._forward(x, keep)
+    def _run_function(self, shape, keep, step, threads):
+        """``x -> values of nodes keep`` (internal layout) for checked model-layout batches of
+        ``shape``, ``step`` samples a pass, on ``threads`` threads: small passes serial on the
+        calling thread, large batches of convolutional models in parts (nncomp/plan.py)."""
+        n, inner = shape[0], self.to_internal(shape[1:])
+        if n == 0 or n > step:
+            return lambda x: self._forward_parts(x, keep, step)
+        if threads > 1:
+            macs = self._costs(inner)[1]
+            bounds = batch_parts(n, threads, self._macs_per_weight, macs)
+            if bounds is not None:
+                return lambda x: run_parts(lambda part: self._forward(part, keep), x, bounds, threads)
+            if n * macs < SERIAL_BELOW_MACS:
+                plan = run_serial(lambda: self._plan(inner, n, keep))       # serial kernels
+                return lambda x: run_serial(lambda: plan.run(self._internal(x)))
+        plan = self._plan(inner, n, keep)
+        return lambda x: plan.run(self._internal(x))
+
+    def _forward_parts(self, x, keep, step):
+        if x.shape[0] == 0:
+            shapes = self.shapes_for(self.to_internal(x.shape[1:]))
+            return [np.zeros((0,) + shapes[k], np.float32) for k in keep]
         parts = [self._forward(x[i:i + step], keep) for i in range(0, x.shape[0], step)]
         return [np.concatenate(p) for p in zip(*parts)]
 
+    def _internal(self, x):
+        """Model-layout batch ``x`` in the internal layout (images NHWC), C-contiguous."""
+        return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if self.input_layout == "NCHW" else x
+
     def _forward(self, x, keep):
-        shape = self.to_internal(x.shape[1:])
-        if x.shape[0] == 0:
-            shapes = self.shapes_for(shape)
-            return [np.zeros((0,) + shapes[k], np.float32) for k in keep]
-        if self.input_layout == "NCHW":
-            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        return self._plan(shape, x.shape[0], keep).run(x)
+        return self._plan(self.to_internal(x.shape[1:]), x.shape[0], keep).run(self._internal(x))
 
     def _plan(self, shape, n, keep):
         """The :class:`~nncomp.plan.Plan` for batches of ``n`` samples of internal per-sample
         ``shape``, keeping nodes ``keep``; kept per (shape, batch size, thread count, keep)."""
-        key = (shape, n, numba.get_num_threads(), keep)
+        key = (shape, n, _jit.num_threads(), keep)
         plans = self._plans
         plan = plans.get(key)
         if plan is None:
@@ -311,11 +340,11 @@ class Model:
 
     def __getstate__(self):
         # plans hold closures over kernels and are rebuilt on the first call: not pickled
-        return {k: v for k, v in self.__dict__.items() if k != "_plans"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_plans", "_runners")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._plans = {}
+        self._plans, self._runners = {}, {}
 
     def _to_source_layout(self, y):
         if y.ndim == 4 and self.input_layout in ("NCHW", "N*"):

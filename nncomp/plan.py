@@ -12,10 +12,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
-from .kernels import blas
+from .kernels import _jit, blas
 
 INPUT = "input"
 
@@ -146,12 +145,12 @@ def batch_parts(n, threads, macs_per_weight, macs_per_sample):
 
 def run_serial(forward):
     """``forward()`` with one Numba thread on the calling thread (its plans are serial ones)."""
-    saved = numba.get_num_threads()
-    numba.set_num_threads(1)
+    saved = _jit.num_threads()
+    _jit.set_num_threads(1)
     try:
         return forward()
     finally:
-        numba.set_num_threads(saved)
+        _jit.set_num_threads(saved)
 
 
 def run_parts(forward, x, bounds, threads):
@@ -164,8 +163,8 @@ def run_parts(forward, x, bounds, threads):
     lock = threading.Lock()
 
     def work():
-        saved = numba.get_num_threads()
-        numba.set_num_threads(1)
+        saved = _jit.num_threads()
+        _jit.set_num_threads(1)
         try:
             while True:
                 with lock:
@@ -175,7 +174,7 @@ def run_parts(forward, x, bounds, threads):
                 a, b = tasks[i]
                 results[i] = forward(x[a:b])
         finally:
-            numba.set_num_threads(saved)
+            _jit.set_num_threads(saved)
     helpers = [_pool(threads - 1).submit(work) for _ in range(threads - 1)]
     work()
     for h in helpers:

@@ -31,6 +31,7 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
+from . import _jit
 from ._jit import pjit, pool_ready
 
 _F32 = np.dtype(np.float32)
@@ -220,7 +221,7 @@ def _parts(work, split_min=None):
     if work < (SPLIT_MIN_WORK if split_min is None else split_min) or numba.config.DISABLE_JIT:
         # (the kernels' BLAS calls need compiling)
         return 1
-    threads = numba.get_num_threads()
+    threads = _jit.num_threads()
     if threads > 1:
         pool_ready()
     return max(1, threads)

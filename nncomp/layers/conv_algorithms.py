@@ -203,7 +203,7 @@ def _fused(w, bias, geo, n, oh, ow, pool=1):
     (whole pooling windows of ``pool`` lines when a max-pool is fused in)."""
     co, k = w.shape
     total = n * oh
-    parts = min(numba.get_num_threads(), total) if total * ow * co * k >= FUSED_SPLIT_MIN_MACS else 1
+    parts = min(_jit.num_threads(), total) if total * ow * co * k >= FUSED_SPLIT_MIN_MACS else 1
     lines = max(1, min(-(-total // max(parts, 1)), FUSED_BLOCK_BYTES // (4 * ow * k)))
     if pool > 1:    # whole windows, and a block product that stays in cache while it is pooled
         lines = min(lines, FUSED_POOL_BYTES // (4 * ow * co))

@@ -105,7 +105,7 @@ def int8_problems(shape, scale, activations, act_dtype, act_scale, act_zero):
 
 def elementwise(kernels, n_elements):
     """The serial or parallel one of an element-wise kernel pair, by size and threads."""
-    return kernels[1] if n_elements >= ELEMENTWISE_PARALLEL_MIN and _jit.numba.get_num_threads() > 1 else kernels[0]
+    return kernels[1] if n_elements >= ELEMENTWISE_PARALLEL_MIN and _jit.num_threads() > 1 else kernels[0]
 
 
 def panel_width(n_out):
