@@ -8,7 +8,7 @@ from .checks import check_number
 from .errors import InputError, NncompError
 from .kernels import _jit
 from .layers import Layer
-from .plan import SERIAL_BELOW_MACS, INPUT, Plan, batch_parts, run_parts, run_serial
+from .plan import CHOOSE_BELOW_MACS, SERIAL_BELOW_MACS, INPUT, MeasuredChoice, Plan, batch_parts, run_parts, run_serial
 
 __all__ = ["Model", "Node", "INPUT"]
 
@@ -305,9 +305,15 @@ class Model:
             bounds = batch_parts(n, threads, self._macs_per_weight, macs)
             if bounds is not None:
                 return lambda x: run_parts(lambda part: self._forward(part, keep), x, bounds, threads)
-            if n * macs < SERIAL_BELOW_MACS:
+            if n * macs < CHOOSE_BELOW_MACS:
                 plan = run_serial(lambda: self._plan(inner, n, keep))       # serial kernels
-                return lambda x: run_serial(lambda: plan.run(self._internal(x)))
+                serial = lambda x: run_serial(lambda: plan.run(self._internal(x)))  # noqa: E731
+                if n * macs < SERIAL_BELOW_MACS:
+                    return serial
+                parallel = self._plan(inner, n, keep)
+                return MeasuredChoice(serial, lambda x: _jit.apart_from_workers(parallel.run, self._internal(x)))
+            plan = self._plan(inner, n, keep)
+            return lambda x: _jit.apart_from_workers(plan.run, self._internal(x))
         plan = self._plan(inner, n, keep)
         return lambda x: plan.run(self._internal(x))
 

@@ -9,6 +9,7 @@ parallel kernels), and decides which values can be dropped as soon as their last
 A run then only calls the steps, inside one OpenBLAS-at-one-thread scope.
 """
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -120,7 +121,12 @@ SPLIT_MIN_MACS_PER_WEIGHT = 16
 SPLIT_MAX_MACS_PER_SAMPLE = 1 << 27
 # A pass of fewer multiply-adds than this runs on the calling thread alone, with serial kernels:
 # no step waits for a worker's wake-up after a pause, or for a core another process keeps busy.
-SERIAL_BELOW_MACS = 1 << 24
+SERIAL_BELOW_MACS = 1 << 19
+# Between the two, each call runs serial or parallel as measured (:class:`MeasuredChoice`): the
+# parallel kernels pay at batch 1 on a quiet machine (LeNet-5: 0.082 against 0.105 ms a call) but
+# wait on a busy core, or on a worker the scheduler left sharing the caller's core (development
+# runs saw 5 ms calls for stretches of hundreds).
+CHOOSE_BELOW_MACS = 1 << 27
 _POOL = None
 _POOL_LOCK = threading.Lock()
 
@@ -180,3 +186,51 @@ def run_parts(forward, x, bounds, threads):
     for h in helpers:
         h.result()
     return [np.concatenate(vals) for vals in zip(*results)]
+
+
+class MeasuredChoice:
+    """A forward pass run by whichever of ``forwards`` (serial, parallel) has the lower best time
+    of its last :data:`WINDOW` calls (the best, not the median: a call after a pause or a busy
+    moment is slow for either); the other runs every ``explore`` calls to keep its times
+    current, ``explore`` doubling (up to :data:`EXPLORE_MAX`) while it stays slower and reset when
+    it wins. Each forward's first call (plan building, caches) is not counted. The state is shared
+    by the threads calling one model: a race only mixes up which times a forward is judged by."""
+
+    WINDOW = 5
+    EXPLORE_MIN, EXPLORE_MAX = 8, 512
+
+    def __init__(self, *forwards, clock=time.perf_counter):
+        self.forwards, self.clock = forwards, clock
+        self.times = [[] for _ in forwards]
+        self.started = [False] * len(forwards)
+        self.best, self.calls, self.explore = 0, 0, self.EXPLORE_MIN
+
+    def _best(self, k):
+        return min(self.times[k], default=0.0)
+
+    def __call__(self, x):
+        self.calls += 1
+        k = self.best
+        short = [i for i, t in enumerate(self.times) if len(t) < 3]
+        if short:                       # warming up: every forward until each has a few times
+            k = short[self.calls % len(short)]
+        elif self.calls % self.explore == 0:
+            k = (self.best + 1) % len(self.forwards)
+        t0 = self.clock()
+        out = self.forwards[k](x)
+        dt = self.clock() - t0
+        if not self.started[k]:
+            self.started[k] = True
+            return out
+        window = self.times[k]
+        window.append(dt)
+        if len(window) > self.WINDOW:
+            del window[0]
+        if not short and k != self.best:
+            if self._best(k) < self._best(self.best):
+                self.best, self.explore = k, self.EXPLORE_MIN
+            else:
+                self.explore = min(2 * self.explore, self.EXPLORE_MAX)
+        elif short and not [i for i, t in enumerate(self.times) if len(t) < 3]:
+            self.best = min(range(len(self.times)), key=self._best)
+        return out

@@ -290,3 +290,30 @@ def test_forward_leaves_the_callers_cpu_set_alone(lenet5):
     t.start()
     t.join()
     assert seen["after"] == seen["before"]
+
+
+def test_measured_choice_runs_the_faster_forward_and_notices_a_change():
+    """Each forward's first call is not counted; after a warm-up the faster one runs, the other
+    is retried at growing intervals, and a forward that becomes the faster one takes over."""
+    from nncomp.plan import MeasuredChoice
+    now = [0.0]
+    cost = {"a": 1.0, "b": 2.0}
+    ran = []
+
+    def forward(name):
+        def run(x):
+            now[0] += cost[name]
+            ran.append(name)
+            return (name, x)
+        return run
+    choice = MeasuredChoice(forward("a"), forward("b"), clock=lambda: now[0])
+    assert choice(7) in (("a", 7), ("b", 7))
+    for _ in range(40):
+        choice(0)
+    assert ran[-40:].count("a") >= 34 and "b" in ran[-40:]       # explored, but rarely
+    gaps = [i for i, r in enumerate(ran) if r == "b"]
+    assert gaps[-1] - gaps[-2] > gaps[-2] - gaps[-3] >= 8        # exploring less and less often
+    cost["a"] = 3.0                                              # "a" gets slow (a busy core)
+    for _ in range(200):
+        choice(0)
+    assert ran[-20:].count("b") >= 19

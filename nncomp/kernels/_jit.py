@@ -157,7 +157,29 @@ def pool_ready():
         _thread_ids_parallel(ids)
         me = threading.get_native_id()
         workers = sorted({int(t) for t in ids[:, 1] if t > 0 and t != me})
+        pinned = set()
         for tid, cpu in zip(workers, reversed(cpus)):
             os.sched_setaffinity(tid, {cpu})
+            pinned.add(cpu)
+        _started.cpus = frozenset(pinned)
     except Exception:  # pinning is an optimisation: never fail a forward pass over it  # noqa: BLE001
         pass
+
+
+def apart_from_workers(fn, *args):
+    """``fn(*args)`` with the calling thread kept off the CPUs its Numba workers are pinned to
+    (its own CPU set restored after): a caller that the scheduler left on a worker's CPU made every
+    parallel region share one core while the other idled (LeNet-300 at batch 64 next to ONNX
+    Runtime: 2.2 ms a call instead of 0.40). Two system calls (~2 us) per call."""
+    pinned = getattr(_started, "cpus", None)
+    if not pinned:
+        return fn(*args)
+    saved = os.sched_getaffinity(0)
+    rest = saved - pinned
+    if not rest or rest == saved:
+        return fn(*args)
+    os.sched_setaffinity(0, rest)
+    try:
+        return fn(*args)
+    finally:
+        os.sched_setaffinity(0, saved)
