@@ -187,6 +187,23 @@ def activation_rows(y, act, alpha, beta):
     return y
 
 
+def chain_rows(y, kinds, params, vecs, res):
+    """The ops one after another as the layers run them: 0 affine, 1 residual add, 2 clip,
+    3 activation (returns a new array)."""
+    c = y.shape[1]
+    none, no_res = np.zeros(0, np.float32), np.zeros((0, c), np.float32)
+    for j, kind in enumerate(kinds):
+        if kind == 0:
+            y = epilogue_rows(y, vecs[j, 0], vecs[j, 1], no_res, -np.inf, np.inf)
+        elif kind == 1:
+            y = epilogue_rows(y, none, none, res, -np.inf, np.inf)
+        elif kind == 2:
+            y = epilogue_rows(y, none, none, no_res, params[j, 0], params[j, 1])
+        else:
+            y = activation_rows(y, int(params[j, 0]), params[j, 1], params[j, 2])
+    return y
+
+
 # Twins of other kernel families live in tests/reference_<family>.py; they are gathered here so
 # that ``reference.<kernel name>`` finds every twin.
 for _path in sorted(pathlib.Path(__file__).parent.glob("reference_*.py")):

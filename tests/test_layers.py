@@ -154,6 +154,33 @@ def test_bad_layer_parameters_raise_nncomp_errors():
         nc.Dense(np.zeros((3, 4), np.float32), np.zeros(4, np.float32))
 
 
+@given(m=st.integers(0, 70), c=st.integers(1, 20), kinds=st.lists(st.integers(0, 3), min_size=1, max_size=5),
+       act=st.sampled_from([1, 2, 3, 4]), seed=st.integers(0, 2**31))
+def test_chain_rows_matches_reference(m, c, kinds, act, seed):
+    """Ops in any order in one pass: bit for bit the layers' sequence (sigmoid: the kernel's
+    rational approximation, within 3e-7 of the exact twin), serial and parallel."""
+    from nncomp.kernels.epilogue import chain_rows, chain_rows_parallel
+    rng = np.random.default_rng(seed)
+    y = (rng.standard_normal((m, c)) * 8).astype(np.float32)
+    if y.size:
+        y.flat[rng.integers(0, y.size, 2)] = [np.nan, -0.0]
+    kinds = np.array(kinds, np.int64)
+    params = np.zeros((len(kinds), 3), np.float32)
+    params[kinds == 2] = (0.0, 6.0, 0.0)
+    params[kinds == 3] = (act, 0.1, 0.4)
+    vecs = rng.standard_normal((len(kinds), 2, c)).astype(np.float32)
+    res = rng.standard_normal((m, c)).astype(np.float32) if 1 in kinds else np.zeros((0, c), np.float32)
+    want = ref.chain_rows(y, kinds, params, vecs, res)
+    for kern in (chain_rows, chain_rows_parallel):
+        got = y.copy()
+        kern(got, kinds, params, vecs, res)
+        if act == 1 and 3 in kinds:
+            assert np.allclose(got, want, rtol=0, atol=3e-6 * max(1.0, np.nanmax(np.abs(want), initial=0)),
+                               equal_nan=True)
+        else:
+            assert np.array_equal(got.view(np.int32), want.view(np.int32))
+
+
 @given(m=st.integers(0, 9), c=st.integers(1, 20), affine=st.booleans(), add=st.booleans(),
        clip=st.sampled_from([None, (0.0, np.inf), (0.0, 6.0)]), seed=st.integers(0, 2**31))
 def test_epilogue_rows_matches_reference(m, c, affine, add, clip, seed):

@@ -79,6 +79,28 @@ def test_activations_after_a_producer_run_in_its_epilogue_bit_for_bit():
         assert np.array_equal(got[name], want[name], equal_nan=True), name
 
 
+def test_epilogues_out_of_the_kernels_order_run_in_one_pass_bit_for_bit():
+    """An activation followed by constant affine maps (PP-LCNet's learnable affine blocks), and a
+    residual add after a resize: fused into their producers, the same bits as one by one."""
+    rng = np.random.default_rng(3)
+    f32 = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    nodes = [Node("c", nc.Conv2D(f32(5, 9 * 2), f32(5), in_channels=2, kernel_size=3, padding=1)),
+             Node("hs", L.HardSwish(), ("c",)), Node("mul", L.Binary("mul", f32(1)), ("hs",)),
+             Node("add", L.Binary("add", f32(5)), ("mul",)), Node("relu", nc.ReLU(), ("add",)),
+             Node("d", nc.Conv2D(f32(5, 5), None, in_channels=5, stride=2), ("relu",)),
+             Node("up", L.Resize(scale=(2.0, 2.0), mode="nearest"), ("d",)),
+             Node("sum", nc.Add(), ("up", "relu")), Node("sig", L.Sigmoid(), ("sum",))]
+    model = Model(nodes, input_shape=(2, 8, 8), input_layout="NCHW")
+    x = rng.standard_normal((3, 2, 8, 8)).astype(np.float32)
+    kinds = [layer.describe() for _, layer in model._plan((8, 8, 2), 3, model.outputs).layers]
+    assert kinds[0] == "conv2d+hardswish+binary+binary+relu" and kinds[2] == "resize+add+sigmoid", kinds
+    want = _node_by_node(model, x)
+    got = model.activations(x, ["relu", "sig"])
+    for name in ("relu", "sig"):
+        assert np.array_equal(got[name], want[name]), name
+    assert np.array_equal(model(x), want["sig"].transpose(0, 3, 1, 2))
+
+
 @pytest.mark.parametrize("act", [L.Sigmoid(), L.HardSigmoid(0.2, 0.5), L.LeakyReLU(0.1), L.Clip(0.0, 6.0)])
 def test_monotone_activations_let_the_max_pool_into_the_conv_kernel(act):
     rng = np.random.default_rng(15)

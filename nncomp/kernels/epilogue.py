@@ -109,3 +109,42 @@ def _activation(y, act, alpha, beta):
 
 
 activation_rows, activation_rows_parallel = both(_activation, error_model="numpy")
+
+
+# Op codes of chain_rows.
+CHAIN_AFFINE, CHAIN_ADD, CHAIN_CLIP, CHAIN_ACT = 0, 1, 2, 3
+CHAIN_BLOCK = 32            # rows a chain applies all its ops to before the next rows (in L1)
+
+
+def _chain(y, kinds, params, vecs, res):
+    """Epilogue ops in any order, each as :func:`_epilogue` or :func:`_activation` computes it
+    (so bit-identical to them run one by one), all of them on a block of CHAIN_BLOCK rows before
+    the next block: one pass over ``y`` where the one-by-one ops made one each (an activation
+    followed by an affine map, as ONNX exports of PP-LCNet's learnable affine blocks have).
+
+    IN  y (m, c) float32 C-contiguous; kinds (k,) int64 CHAIN_* codes; params (k, 3) float32: a
+        clip's (lo, hi), an activation's (ACT_* code, alpha, beta); vecs (k, 2, c) float32: an
+        affine map's (scale, shift); res (m, c) float32 C-contiguous for a CHAIN_ADD (else (0, c)).
+    OUT y, overwritten.
+    """
+    m, c = y.shape
+    none = np.zeros(0, np.float32)
+    no_res = np.zeros((0, c), np.float32)
+    inf = np.float32(np.inf)
+    for blk in prange((m + CHAIN_BLOCK - 1) // CHAIN_BLOCK):
+        a = blk * CHAIN_BLOCK
+        b = min(m, a + CHAIN_BLOCK)
+        rows = y[a:b]
+        for j in range(kinds.shape[0]):
+            kind = kinds[j]
+            if kind == CHAIN_AFFINE:
+                epilogue_rows(rows, vecs[j, 0], vecs[j, 1], no_res, -inf, inf)
+            elif kind == CHAIN_ADD:
+                epilogue_rows(rows, none, none, res[a:b], -inf, inf)
+            elif kind == CHAIN_CLIP:
+                epilogue_rows(rows, none, none, no_res, params[j, 0], params[j, 1])
+            else:
+                activation_rows(rows, int(params[j, 0]), params[j, 1], params[j, 2])
+
+
+chain_rows, chain_rows_parallel = both(_chain, error_model="numpy")

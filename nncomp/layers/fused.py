@@ -13,7 +13,8 @@ import math
 import numpy as np
 
 from ..kernels import _jit
-from ..kernels.epilogue import activation_rows, activation_rows_parallel, epilogue_rows, epilogue_rows_parallel
+from ..kernels.epilogue import (CHAIN_ACT, CHAIN_ADD, CHAIN_AFFINE, CHAIN_CLIP, activation_rows, activation_rows_parallel,
+                                chain_rows, chain_rows_parallel, epilogue_rows, epilogue_rows_parallel)
 from .base import Layer
 
 # The order the epilogue kernel applies its parts in; ops in another order run one by one.
@@ -62,6 +63,32 @@ def compiled_epilogue(ops, n, out_shape):
     return one_pass
 
 
+def chained_epilogue(ops, n, out_shape):
+    """One kernel call ``(y[, res]) -> None`` doing ``ops`` in their own order (any order, at most
+    one residual add), each as the epilogue kernels compute it, in one pass over ``y``; None when
+    an op has no ``spec``."""
+    specs = [getattr(op, "spec", None) for op, _, _ in ops]
+    if not specs or None in specs or sum(s[0] == "add" for s in specs) > 1:
+        return None
+    c = out_shape[-1]
+    rows = n * math.prod(out_shape[:-1])
+    codes = {"affine": CHAIN_AFFINE, "add": CHAIN_ADD, "clip": CHAIN_CLIP, "act": CHAIN_ACT}
+    kinds = np.array([codes[sp[0]] for sp in specs], np.int64)
+    params = np.zeros((len(specs), 3), np.float32)
+    vecs = np.zeros((len(specs), 2, c), np.float32)
+    for j, sp in enumerate(specs):
+        if sp[0] == "affine":
+            vecs[j] = np.broadcast_to(sp[1], (c,)), np.broadcast_to(sp[2], (c,))
+        elif sp[0] in ("clip", "act"):
+            params[j, :len(sp) - 1] = sp[1:]
+    kern = _jit.pick((chain_rows, chain_rows_parallel), rows * c * len(specs))
+    empty = np.zeros((0, c), np.float32)
+
+    def one_pass(y, res=None):
+        kern(y.reshape(rows, c), kinds, params, vecs, empty if res is None else np.ascontiguousarray(res).reshape(rows, c))
+    return one_pass
+
+
 def absorb_epilogue(producer, successor, n, shapes):
     """``producer`` then ``successor`` as one :class:`Fused` layer, when ``successor`` has an
     in-place epilogue for the producer's output; else None."""
@@ -107,7 +134,7 @@ class Fused(Layer):
         in_kernel = args and self.base.prepare_epilogue(n, *self.shapes, epilogue=args)
         if in_kernel:      # the producer's kernel applies the epilogue as it stores its output
             return in_kernel
-        one_pass = compiled_epilogue(ops, n, self.out_shape)
+        one_pass = compiled_epilogue(ops, n, self.out_shape) or chained_epilogue(ops, n, self.out_shape)
         if one_pass is not None:
             def fused(*xs):
                 y = head(*xs[:k])

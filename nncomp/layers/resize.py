@@ -15,6 +15,7 @@ from ..kernels import _jit
 from ..kernels.resize import (resize_linear_nhwc, resize_linear_nhwc_parallel, resize_nearest_nhwc,
                               resize_nearest_nhwc_parallel)
 from .base import Layer, image, register, set_fields
+from .fused import absorb_epilogue
 
 MODES = ("nearest", "linear")
 COORDINATE_MODES = ("half_pixel", "pytorch_half_pixel", "asymmetric", "align_corners", "tf_half_pixel_for_nn")
@@ -151,6 +152,9 @@ class Resize(Layer):
             kern(np.ascontiguousarray(x), *args, out)
             return out
         return step
+
+    def fuse(self, successor, n, shape):
+        return absorb_epilogue(self, successor, n, (shape,))
 
     def macs(self, shape):
         oh, ow, c = self.output_shape(shape)
