@@ -99,6 +99,12 @@ def test_epilogues_out_of_the_kernels_order_run_in_one_pass_bit_for_bit():
     for name in ("relu", "sig"):
         assert np.array_equal(got[name], want[name]), name
     assert np.array_equal(model(x), want["sig"].transpose(0, 3, 1, 2))
+    # an SE block's scale then its residual (PP-OCR's RSE layers): x + x * s as one step
+    se = Model([nodes[0], Node("gap", nc.GlobalAvgPool2D(keepdims=True), ("c",)),
+                Node("hsig", L.HardSigmoid(1 / 6, 0.5), ("gap",)), Node("mul", L.Binary("mul"), ("c", "hsig")),
+                Node("res", nc.Add(), ("c", "mul"))], input_shape=(2, 8, 8), input_layout="NCHW")
+    assert "binary+add" in [la.describe() for _, la in se._plan((8, 8, 2), 3, se.outputs).layers]
+    assert np.array_equal(se.activations(x, ["res"])["res"], _node_by_node(se, x)["res"])
 
 
 @pytest.mark.parametrize("act", [L.Sigmoid(), L.HardSigmoid(0.2, 0.5), L.LeakyReLU(0.1), L.Clip(0.0, 6.0)])

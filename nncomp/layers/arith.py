@@ -15,6 +15,7 @@ from ..errors import NncompError
 from ..kernels import _jit
 from ..kernels.binary import CHANNEL_OPS, channel_binary_nhwc, channel_binary_nhwc_parallel
 from .base import Layer, register, set_fields, tensor_field
+from .fused import absorb_epilogue
 
 BINARY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "pow": np.power,
           "max": np.maximum, "min": np.minimum}
@@ -112,6 +113,13 @@ class Binary(Layer):
         if self.constant_first:
             return lambda x: fn(c, lift(x, rank))
         return lambda x: fn(lift(x, rank), c)
+
+    def fuse(self, successor, n, *shapes):
+        """A channel-kernel step (a fresh output) absorbs an in-place epilogue after it: an SE
+        block's ``x * s`` then its residual ``+ x`` in one step, no second array."""
+        if self._channel_step(n, shapes, self.shape_of(*shapes)) is None:
+            return None
+        return absorb_epilogue(self, successor, n, shapes)
 
     def _channel_step(self, n, shapes, out):
         """The channel kernel's step when one operand has the output's shape and the other one
