@@ -175,6 +175,28 @@ def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after):
     builder.branch(after)
 
 
+def _tile_function(context, module, P, V, depthwise, ptrs, ints, epi):
+    """The tile of ``P`` pixels x ``V`` vectors as a function of its own (defined once per module,
+    never inlined): emitted inline in the switch of every tile shape, LLVM allocated registers for
+    the whole switch at once and each tile paid ~150 ns of spills and reloads (a 3.9 KB stack frame)."""
+    name = f"nncomp_conv_tile_{'dw' if depthwise else 'dense'}_{P}x{V}"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    fnty = ir.FunctionType(ir.VoidType(), [v.type for v in (*ptrs, *ints, *epi)])
+    fn = ir.Function(module, fnty, name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    entry = fn.append_basic_block("entry")
+    done = fn.append_basic_block("done")
+    inner = ir.IRBuilder(entry)
+    k, m = len(ptrs), len(ints)
+    _emit_tile(context, inner, P, V, depthwise, list(fn.args[:k]), list(fn.args[k:k + m]), list(fn.args[k + m:]), done)
+    inner.position_at_end(done)
+    inner.ret_void()
+    return fn
+
+
 def _make_tiles(V, pmax, depthwise=False):
     """Intrinsic ``tiles(P, x, xoff, pix, span, rows, xrow, wrs, w, woff, wrow, bias, boff, first, out,
     ooff, opix, lanes, last, scale, shift, affine, res, add, lo, hi, xstep)``.
@@ -207,7 +229,9 @@ def _make_tiles(V, pmax, depthwise=False):
                 block = builder.append_basic_block(f"tiles_p{p}")
                 switch.add_case(p_.type(p), block)
                 builder.position_at_end(block)
-                _emit_tile(context, builder, p, V, depthwise, ptrs, ints, epi, after)
+                fn = _tile_function(context, builder.module, p, V, depthwise, ptrs, ints, epi)
+                builder.call(fn, [*ptrs, *ints, *epi])
+                builder.branch(after)
             builder.position_at_end(after)
             return context.get_dummy_value()
 
