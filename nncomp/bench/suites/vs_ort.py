@@ -2,7 +2,8 @@
 pick instead), in the three conditions a served model meets.
 
 - **loop**: back-to-back calls, the two runtimes alternating in blocks of BLOCK calls after a
-  SETTLE_S (nncomp.bench.timing) untimed pause, at batch 1 and 64; medians.
+  SETTLE_S (nncomp.bench.timing) untimed pause, at batch 1 and 64, after WARM_S of untimed calls
+  of each; medians.
 - **lone**: each call after an untimed 50 ms pause (every runtime's workers asleep, caches cooled by
   nothing else), batch 1; medians of 15 (nncomp.bench.serving.lone_calls).
 - **contention**: batch 1 in a loop while a second process keeps one core busy, over the same model
@@ -29,6 +30,7 @@ QUICK_PARTS = ("loop",)
 MODELS = ("lenet300", "lenet5", "vgg_small", "resnet_small")
 BATCHES = (1, 64)
 BLOCK = 8
+WARM_S = 0.5
 
 
 def _setup(name, threads):
@@ -61,6 +63,8 @@ def run(result, opts):
         if "loop" in opts.parts:
             for b in batches:
                 xb = np.ascontiguousarray(x[:b])
+                for fn in (lambda: model(xb), lambda: ort(xb)):
+                    _warm(fn)
                 r = alternate({"nncomp": lambda: model(xb), "ort": lambda: ort(xb)},
                               repeat=opts.repeats(6 if b > 8 else 12), block=BLOCK, settle=SETTLE_S)
                 row[f"loop_b{b}"] = {k: v["median_ms"] for k, v in r.items()}
@@ -75,6 +79,14 @@ def run(result, opts):
         rows.append(row)
         opts.say(_line(row))
     result["threads"] = threads
+
+
+def _warm(fn, seconds=WARM_S):
+    """Untimed calls for ``seconds`` (a served model is warm: its first few hundred calls after
+    loading ran up to 3x slower, LeNet-300 at batch 1 0.17 against 0.055 ms a call)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        fn()
 
 
 def _new_size(model, x1):
