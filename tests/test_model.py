@@ -317,3 +317,14 @@ def test_measured_choice_runs_the_faster_forward_and_notices_a_change():
     for _ in range(200):
         choice(0)
     assert ran[-20:].count("b") >= 19
+
+
+def test_glibc_is_asked_once_to_keep_freed_activation_memory(monkeypatch):
+    """On glibc the allocator keeps freed blocks for the next pass; NNCOMP_MALLOPT=0 opts out."""
+    import ctypes
+
+    import nncomp.plan as P
+    glibc = hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
+    assert P.MALLOPT == (glibc and os.environ.get("NNCOMP_MALLOPT", "1") != "0")
+    monkeypatch.setenv("NNCOMP_MALLOPT", "0")
+    assert P.keep_freed_memory() is False
