@@ -331,6 +331,20 @@ def _blocked_pooled(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, pool, lines
             _row_inline(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, z, z, False, lines, False, lo32, hi32,
                         0, zero, zero, b, pi * pool + r, lines, (slab * pool + r) * ow * co)
         dst = out[b, pi]
+        if pool == 2:       # the common window: four loads and one store per value, vectorizable
+            for pj in range(pw):
+                acc = dst[pj]
+                s00, s01 = buf[0, 2 * pj], buf[0, 2 * pj + 1]
+                s10, s11 = buf[1, 2 * pj], buf[1, 2 * pj + 1]
+                for o in range(co):
+                    m = s00[o]
+                    v = s01[o]
+                    m = v if v > m or v != v else m
+                    v = s10[o]
+                    m = v if v > m or v != v else m
+                    v = s11[o]
+                    acc[o] = v if v > m or v != v else m
+            continue
         for pj in range(pw):
             acc = dst[pj]
             acc[:] = -np.inf
