@@ -18,8 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .kernels import _jit, blas
+from .layers.conv_chain import merge_runs
 
 INPUT = "input"
+# Runs of blocked convolution steps run as one compiled call (nncomp/layers/conv_chain.py).
+CHAIN = True
 
 # glibc returns freed blocks above 128 KB to the system (unmapped, or trimmed off the heap's top),
 # so every pass at batch >= 8 wrote its activations to fresh pages: ResNet-small at batch 32 on
@@ -123,6 +126,8 @@ class Plan:
              tuple(slot[s] for s in set(g.inputs) if last[s] == i and s not in kept))
             for i, g in enumerate(groups))
         self.kept = tuple(slot[k] for k in keep)
+        if CHAIN:
+            self.steps = merge_runs(self.steps, self.kept)
         self.layers = tuple((g.name, g.layer) for g in groups)
 
     def run(self, x):

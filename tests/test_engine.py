@@ -118,6 +118,32 @@ def test_fused_plans_equal_the_unfused_graph(case):
         assert np.array_equal(got[name], values[name]), name
 
 
+@pytest.mark.parametrize("name", ["vgg_small", "resnet_small"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_runs_of_blocked_convolutions_compile_to_one_call_with_the_same_bits(name, threads, monkeypatch):
+    """The convolution steps of the shipped CNNs (pooled ones with their epilogue after the pool,
+    residual adds reading values from inside and before the run) run as one compiled call, and
+    every output bit is the steps' own."""
+    import numba
+
+    import nncomp.plan as P
+    x = nc.data.for_model(nc.load(nc.data.model_path(name)))[0][:3]
+    saved = numba.get_num_threads()
+    numba.set_num_threads(min(threads, saved))
+    try:
+        model = nc.load(nc.data.model_path(name))
+        plan = model._plan((28, 28, 1), 3, model.outputs)
+        chained = plan.run(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))[0]
+        assert sum(getattr(step, "__name__", "") == "_nothing" for step, _, _ in plan.steps) >= 4
+        monkeypatch.setattr(P, "CHAIN", False)
+        model = nc.load(nc.data.model_path(name))
+        plain = model._plan((28, 28, 1), 3, model.outputs)
+        assert not any(getattr(step, "__name__", "") == "_nothing" for step, _, _ in plain.steps)
+        assert np.array_equal(chained, plain.run(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))[0])
+    finally:
+        numba.set_num_threads(saved)
+
+
 def test_plans_fuse_what_the_layers_declare():
     model = nc.load(nc.data.DATA_DIR / "resnet_small.h5")
     plan = model._plan((28, 28, 1), 2, model.outputs)

@@ -1,5 +1,7 @@
 """The blocked convolution steps (nncomp/kernels/conv_blocked.py): which layers they serve, their
 weight layout, and the steps a plan runs (plain, with an epilogue, with a max-pool)."""
+from dataclasses import dataclass
+
 import numba
 import numpy as np
 
@@ -8,6 +10,7 @@ from ..kernels.conv import conv_pad_nhwc, conv_pad_nhwc_parallel
 from ..kernels.conv_blocked import (conv_blocked_nhwc, conv_blocked_nhwc_parallel, conv_blocked_pooled_nhwc,
                                     conv_blocked_pooled_nhwc_parallel, depthwise_blocked_nhwc,
                                     depthwise_blocked_nhwc_parallel, tile_pixels)
+from ..kernels import conv_chain as K
 from ..matrices import DenseMatrix
 from .workspace import scratch
 
@@ -18,6 +21,17 @@ from .workspace import scratch
 # and 22.5 ms at batch 1; conv5_2 at batch 32: 177 against 172), so larger weights keep BLAS.
 BLOCKED_MAX_WEIGHT_BYTES = 4 << 20
 SERIAL_FACTOR = 8     # the kernels go parallel at 8x _jit.PARALLEL_MIN_WORK multiply-adds
+_NONE = np.zeros(0, np.float32)
+
+
+@dataclass(frozen=True)
+class ChainStep:
+    """A blocked step as a row of a compiled run (see nncomp/layers/conv_chain.py)."""
+
+    weight: np.ndarray
+    vectors: tuple
+    ints: np.ndarray
+    floats: np.ndarray
 
 
 def blocked_eligible(layer):
@@ -63,7 +77,26 @@ def _blocked_setup(layer, shape, n, oh, ow, kernels):
         xp = scratch("blocked_input", (n, h + t + b, wd + l + r, c))
         pad(x, 0, t, l, xp)
         return xp
+    padded.parallel = pad is conv_pad_nhwc_parallel
     return padded, kern, w, bias, nvec, tile_pixels(nvec), (*layer.kernel_size, *layer.stride, *layer.dilation)
+
+
+def _chain_spec(layer, kern, parallel_kern, padded, w, vectors, nvec, pmax, geo, out_shape, **fields):
+    """The step's row of a compiled run (nncomp/kernels/conv_chain.py): its weight, vectors and
+    integer and float parameters; the run fills in the slots it reads."""
+    ints = np.zeros(K.N_INTS, np.int64)
+    floats = np.array([-np.inf, np.inf, 0, 0, -np.inf, np.inf, 0, 0], np.float32)
+    ints[[K.KH, K.KW, K.SH, K.SW, K.DH, K.DW]] = geo
+    ints[[K.T, K.B, K.L, K.R]] = layer.padding
+    ints[[K.OH, K.OW, K.CO]] = out_shape
+    ints[K.NVEC], ints[K.PMAX], ints[K.PARALLEL] = nvec, pmax, kern is parallel_kern
+    ints[K.PAD_PARALLEL] = padded.parallel
+    for name, value in fields.items():
+        if name.isupper():
+            ints[getattr(K, name)] = value
+        else:
+            floats[getattr(K, name.upper())] = value
+    return ChainStep(w, tuple(vectors), ints, floats)
 
 
 def blocked_step(layer, shape, n, oh, ow, epilogue=None):
@@ -88,6 +121,10 @@ def blocked_step(layer, shape, n, oh, ow, epilogue=None):
         res = out if res is None else np.ascontiguousarray(res)
         kern(padded(x), w, bias, *geo, nvec, pmax, scale, shift, affine, res, add, lo, hi, code, alpha, beta, out)
         return out
+    if not layer.depthwise:
+        run.chain = _chain_spec(layer, kern, conv_blocked_nhwc_parallel, padded, w, (bias, scale, shift, _NONE, _NONE),
+                                nvec, pmax, geo, (oh, ow, co), AFFINE=affine, ADD=add, ACT=code, lo=lo, hi=hi,
+                                alpha=alpha, beta=beta)
     return run
 
 
@@ -103,4 +140,6 @@ def blocked_pooled_step(layer, shape, n, oh, ow, p):
         lines = scratch("blocked_lines", (threads, p, ow, co))
         kern(padded(x), w, bias, *geo, nvec, pmax, p, lines, out)
         return out
+    run.chain = _chain_spec(layer, kern, conv_blocked_pooled_nhwc_parallel, padded, w, (bias, _NONE, _NONE, _NONE, _NONE),
+                            nvec, pmax, geo, (oh, ow, co), POOL=p, THREADS=threads)
     return run

@@ -16,6 +16,7 @@ from ..kernels import _jit
 from ..kernels.epilogue import (CHAIN_ACT, CHAIN_ADD, CHAIN_AFFINE, CHAIN_CLIP, activation_rows, activation_rows_parallel,
                                 chain_rows, chain_rows_parallel, epilogue_rows, epilogue_rows_parallel)
 from .base import Layer
+from .conv_chain import with_post
 
 # The order the epilogue kernel applies its parts in; ops in another order run one by one.
 _ORDER = {"affine": 0, "add": 1, "clip": 2, "act": 3}
@@ -53,13 +54,16 @@ def compiled_epilogue(ops, n, out_shape):
     empty = np.zeros((0, c), np.float32)
     act_kern = _jit.pick((activation_rows, activation_rows_parallel), rows * c) if act else None
     if act and len(ops) == 1:
-        return lambda y: act_kern(y.reshape(rows, c), *act)
+        only_act = lambda y: act_kern(y.reshape(rows, c), *act)  # noqa: E731
+        only_act.parallel = act_kern is activation_rows_parallel
+        return only_act
 
     def one_pass(y, res=None):
         y2 = y.reshape(rows, c)
         kern(y2, scale, shift, empty if res is None else np.ascontiguousarray(res).reshape(rows, c), lo, hi)
         if act_kern is not None:
             act_kern(y2, *act)
+    one_pass.parallel = kern is epilogue_rows_parallel
     return one_pass
 
 
@@ -142,6 +146,11 @@ class Fused(Layer):
                     y = np.ascontiguousarray(y)
                 one_pass(y, *xs[k:])
                 return y
+            chain = getattr(head, "chain", None)
+            if chain is not None and args is None and self.pool is not None:
+                args = epilogue_args(ops)
+                if args is not None:
+                    fused.chain = with_post(chain, args, getattr(one_pass, "parallel", False))
             return fused
 
         def step(*xs):      # epilogues the kernel cannot take in its order: one by one

@@ -1,0 +1,95 @@
+"""Runs of blocked convolution steps compiled into one call (nncomp/kernels/conv_chain.py).
+
+A prepared blocked step carries its row of the run (:class:`nncomp.layers.conv_blocked.ChainStep`
+as ``step.chain``); a pooled one with an epilogue after the pool gets that epilogue added by
+:func:`with_post`. :func:`merge_runs` replaces each run of consecutive such steps of a plan whose
+inner values nothing after the run reads by one call of the compiled driver.
+"""
+from dataclasses import replace
+
+import numpy as np
+from numba.typed import List
+
+from ..kernels import conv_chain as K
+
+# A run needs at least this many steps to pay for its Python call.
+MIN_RUN = 2
+
+
+def with_post(spec, epilogue, parallel):
+    """``spec`` (a pooled step's row) with ``epilogue`` ``(scale, shift, add, lo, hi, act)``
+    applied to the pooled output by the epilogue kernels (their ``parallel`` builds or not), or
+    None when the epilogue has a residual add."""
+    scale, shift, add, lo, hi, act = epilogue
+    if add:
+        return None
+    ints, floats = spec.ints.copy(), spec.floats.copy()
+    code, alpha, beta = act or (0, 0.0, 0.0)
+    ints[K.POST_ACT], ints[K.POST_PARALLEL] = code, parallel
+    floats[[K.POST_LO, K.POST_HI, K.POST_ALPHA, K.POST_BETA]] = lo, hi, alpha, beta
+    vectors = spec.vectors[:3] + (np.ascontiguousarray(scale, np.float32), np.ascontiguousarray(shift, np.float32))
+    return replace(spec, vectors=vectors, ints=ints, floats=floats)
+
+
+def _runs(steps, kept):
+    """``(first, last)`` index pairs of runs: consecutive chainable steps reading at most two
+    values from before the run, whose values other than the last nothing after the run reads."""
+    runs, i = [], 0
+    while i < len(steps):
+        j = i
+        outside = set()
+        while j < len(steps) and getattr(steps[j][0], "chain", None) is not None:
+            reads = {s for s in steps[j][1] if s <= i}          # slot s is step s - 1's value
+            if len(outside | reads) > 2:
+                break
+            outside |= reads
+            j += 1
+        # trim the run until no inner value is read after it or kept
+        while j - i >= MIN_RUN:
+            inner = set(range(i + 1, j))                        # slots of steps i .. j - 2
+            later = {s for st in steps[j:] for s in st[1]}
+            if not (inner & (later | kept)):
+                break
+            j -= 1
+        if j - i >= MIN_RUN:
+            runs.append((i, j - 1))
+            i = j
+        else:
+            i += 1
+    return runs
+
+
+def merge_runs(steps, kept):
+    """``steps`` (``(step, input slots, slots to free)`` per plan step; slot 0 the input, slot
+    k + 1 step k's value) with each run replaced by one compiled call in its last step's place
+    and placeholders (returning None) in the others, so the slots stay as they were."""
+    steps = list(steps)
+    for first, last in _runs(steps, set(kept)):
+        outside = sorted({s for st in steps[first:last + 1] for s in st[1] if s <= first})
+        slot = {s: k for k, s in enumerate(outside)}
+        for k in range(first, last + 1):
+            slot[k + 1] = k - first + 2
+        specs = [steps[k][0].chain for k in range(first, last + 1)]
+        ints = np.stack([sp.ints for sp in specs])
+        for row, k in zip(ints, range(first, last + 1)):
+            ins = steps[k][1]
+            row[K.IN] = slot[ins[0]]
+            row[K.RES] = slot[ins[1]] if len(ins) > 1 else 0
+        floats = np.stack([sp.floats for sp in specs])
+        weights, vectors = List([sp.weight for sp in specs]), List([v for sp in specs for v in sp.vectors])
+        frees = tuple(sorted({f for st in steps[first:last + 1] for f in st[2]} - set(range(first + 1, last + 1))))
+        steps[last] = (_call(weights, vectors, ints, floats, len(outside)), tuple(outside), frees)
+        for k in range(first, last):
+            steps[k] = (_nothing, (), ())
+    return tuple(steps)
+
+
+def _nothing():
+    return None
+
+
+def _call(weights, vectors, ints, floats, n_outside):
+    def run(x0, x1=None):
+        return K.run_chain(np.ascontiguousarray(x0), x0 if x1 is None else np.ascontiguousarray(x1),
+                           weights, vectors, ints, floats)
+    return run
