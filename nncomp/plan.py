@@ -224,14 +224,15 @@ def run_parts(forward, x, bounds, threads):
 
 class MeasuredChoice:
     """A forward pass run by whichever of ``forwards`` (serial, parallel) has the lower best time
-    of its last :data:`WINDOW` calls (the best, not the median: a call after a pause or a busy
+    of its last WINDOW calls (the best, not the median: a call after a pause or a busy
     moment is slow for either); the other runs every ``explore`` calls to keep its times
-    current, ``explore`` doubling (up to :data:`EXPLORE_MAX`) while it stays slower and reset when
-    it wins. Each forward's first call (plan building, caches) is not counted. The state is shared
+    current, ``explore`` doubling (up to EXPLORE_MAX) while it stays slower and reset when it wins
+    by MARGIN. Each forward's first call (plan building, caches) is not counted. The state is shared
     by the threads calling one model: a race only mixes up which times a forward is judged by."""
 
-    WINDOW = 5
-    EXPLORE_MIN, EXPLORE_MAX = 8, 512
+    WINDOW = 8
+    EXPLORE_MIN, EXPLORE_MAX = 8, 64
+    MARGIN = 0.97      # a challenger takes over when its best time is 3% below the incumbent's
 
     def __init__(self, *forwards, clock=time.perf_counter):
         self.forwards, self.clock = forwards, clock
@@ -261,7 +262,7 @@ class MeasuredChoice:
         if len(window) > self.WINDOW:
             del window[0]
         if not short and k != self.best:
-            if self._best(k) < self._best(self.best):
+            if self._best(k) < self.MARGIN * self._best(self.best):
                 self.best, self.explore = k, self.EXPLORE_MIN
             else:
                 self.explore = min(2 * self.explore, self.EXPLORE_MAX)
