@@ -133,8 +133,37 @@ def _thread_ids(out):
         out[i, 1] = _GETTID()
 
 
-# Not cached (it calls a ctypes function): compiled on its first call, once per process.
+# Not cached (it calls a ctypes function): compiled on its first call, once per process (1-5 s),
+# only when the pool's workers were already started before pool_ready could watch them start.
 _thread_ids_parallel = numba.njit(parallel=True)(_thread_ids)
+
+
+@numba.njit(parallel=True, cache=True)
+def _first_region(out):
+    """A parallel region that starts the calling thread's worker team (cached: no compile)."""
+    for i in numba.prange(out.shape[0]):
+        out[i] = i
+
+
+def _tasks():
+    try:
+        return {int(t) for t in os.listdir("/proc/self/task")}
+    except OSError:
+        return set()
+
+
+def _worker_ids(threads):
+    """OS thread ids of the calling thread's Numba workers: the threads its first parallel region
+    starts (seen in /proc), else asked inside a region (a kernel compiled for the purpose)."""
+    before = _tasks()
+    _first_region(np.zeros(threads * 64, np.int64))
+    new = _tasks() - before
+    if before and len(new) == threads - 1:
+        return sorted(new)
+    ids = np.zeros((threads * 64, 2), np.int64)
+    _thread_ids_parallel(ids)
+    me = threading.get_native_id()
+    return sorted({int(t) for t in ids[:, 1] if t > 0 and t != me})
 
 
 def pool_ready():
@@ -153,10 +182,7 @@ def pool_ready():
     if threads < 2 or len(cpus) < threads:
         return
     try:
-        ids = np.zeros((threads * 64, 2), np.int64)
-        _thread_ids_parallel(ids)
-        me = threading.get_native_id()
-        workers = sorted({int(t) for t in ids[:, 1] if t > 0 and t != me})
+        workers = _worker_ids(threads)
         pinned = set()
         for tid, cpu in zip(workers, reversed(cpus)):
             os.sched_setaffinity(tid, {cpu})

@@ -9,8 +9,10 @@ Python between the kernels: the steps' Python cost ~5 us each at batch 1.
 Each step computes exactly what its own prepared step computes: the same kernels with the same
 arguments (the serial or parallel build as that step picked it), so the results are identical.
 """
+import numba
 import numpy as np
 from numba import types
+from numba.extending import intrinsic
 from numba.typed import List
 
 from ._jit import jit
@@ -19,10 +21,12 @@ from .conv_blocked import (conv_blocked_nhwc, conv_blocked_nhwc_parallel, conv_b
                            conv_blocked_pooled_nhwc_parallel)
 from .epilogue import activation_rows, activation_rows_parallel, epilogue_rows, epilogue_rows_parallel
 
-# Columns of the integer table.
+# Columns of the integer table: the step's parameters, then the addresses and sizes of its weight
+# (rows x columns) and of its N_VECTORS vectors.
 (IN, RES, KH, KW, SH, SW, DH, DW, NVEC, PMAX, T, B, L, R, OH, OW, CO, POOL, AFFINE, ADD, ACT, POST_ACT,
- PARALLEL, PAD_PARALLEL, POST_PARALLEL, THREADS) = range(26)
-N_INTS = 26
+ PARALLEL, PAD_PARALLEL, POST_PARALLEL, THREADS, W_ADDR, W_ROWS, W_COLS) = range(29)
+V_ADDR = 29             # N_VECTORS addresses, then N_VECTORS lengths
+N_INTS = 29 + 2 * 5
 # Columns of the float table.
 LO, HI, ALPHA, BETA, POST_LO, POST_HI, POST_ALPHA, POST_BETA = range(8)
 N_FLOATS = 8
@@ -32,15 +36,31 @@ N_VECTORS = 5
 ARRAY4 = types.Array(types.float32, 4, "C")
 
 
+@intrinsic
+def _f32_pointer(typingctx, address):
+    """The float32 pointer at integer ``address`` (of an array the caller keeps alive)."""
+    sig = types.CPointer(types.float32)(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+    return sig, codegen
+
+
 @jit
-def run_chain(x0, x1, weights, vectors, ints, floats):
+def _vector(p, k):
+    return numba.carray(_f32_pointer(p[V_ADDR + k]), (p[V_ADDR + N_VECTORS + k],))
+
+
+@jit
+def run_chain(x0, x1, ints, floats):
     """The output of the last step of a run.
 
     IN  x0, x1 (n, h, w, c) float32 C-contiguous: the run's inputs (value slots 0 and 1; x1 any
-        array when unused); weights: typed List of each step's (k, cop) float32 weight; vectors:
-        typed List of N_VECTORS (cop,) or (co,) float32 arrays per step; ints (steps, N_INTS)
-        int64; floats (steps, N_FLOATS) float32. Step i reads slot ints[i, IN] (and ints[i, RES]
-        for a residual) and writes slot i + 2.
+        array when unused); ints (steps, N_INTS) int64, with the addresses of each step's (k, cop)
+        float32 weight and N_VECTORS float32 vectors (bias, scale, shift: cop; the pooled
+        output's scale and shift: co or 0), which the caller keeps alive; floats (steps, N_FLOATS)
+        float32. Step i reads slot ints[i, IN] (and ints[i, RES] for a residual) and writes slot
+        i + 2. (Arrays go by address: a typed List made in Python compiled for 3 s per process.)
     OUT a new (n, oh, ow, co) float32 array.
     """
     values = List.empty_list(ARRAY4)
@@ -59,37 +79,37 @@ def run_chain(x0, x1, weights, vectors, ints, floats):
                 conv_pad_nhwc_parallel(src, 0, t, l, xp)
             else:
                 conv_pad_nhwc(src, 0, t, l, xp)
-        w = weights[i]
-        v = N_VECTORS * i
+        w = numba.carray(_f32_pointer(p[W_ADDR]), (p[W_ROWS], p[W_COLS]))
+        bias, scale, shift, post, post_shift = (_vector(p, 0), _vector(p, 1), _vector(p, 2), _vector(p, 3),
+                                                _vector(p, 4))
         oh, ow, co, pool = p[OH], p[OW], p[CO], p[POOL]
         if pool == 0:
             out = np.empty((n, oh, ow, co), np.float32)
             res = values[p[RES]] if p[ADD] else out
             if p[PARALLEL]:
-                conv_blocked_nhwc_parallel(xp, w, vectors[v], p[KH], p[KW], p[SH], p[SW], p[DH], p[DW], p[NVEC],
-                                           p[PMAX], vectors[v + 1], vectors[v + 2], p[AFFINE] != 0, res, p[ADD] != 0,
+                conv_blocked_nhwc_parallel(xp, w, bias, p[KH], p[KW], p[SH], p[SW], p[DH], p[DW], p[NVEC],
+                                           p[PMAX], scale, shift, p[AFFINE] != 0, res, p[ADD] != 0,
                                            f[LO], f[HI], p[ACT], f[ALPHA], f[BETA], out)
             else:
-                conv_blocked_nhwc(xp, w, vectors[v], p[KH], p[KW], p[SH], p[SW], p[DH], p[DW], p[NVEC], p[PMAX],
-                                  vectors[v + 1], vectors[v + 2], p[AFFINE] != 0, res, p[ADD] != 0, f[LO], f[HI],
+                conv_blocked_nhwc(xp, w, bias, p[KH], p[KW], p[SH], p[SW], p[DH], p[DW], p[NVEC], p[PMAX],
+                                  scale, shift, p[AFFINE] != 0, res, p[ADD] != 0, f[LO], f[HI],
                                   p[ACT], f[ALPHA], f[BETA], out)
         else:
             out = np.empty((n, oh // pool, ow // pool, co), np.float32)
             lines = np.empty((p[THREADS], pool, ow, co), np.float32)
             if p[PARALLEL]:
-                conv_blocked_pooled_nhwc_parallel(xp, w, vectors[v], p[KH], p[KW], p[SH], p[SW], p[DH], p[DW],
+                conv_blocked_pooled_nhwc_parallel(xp, w, bias, p[KH], p[KW], p[SH], p[SW], p[DH], p[DW],
                                                   p[NVEC], p[PMAX], pool, lines, out)
             else:
-                conv_blocked_pooled_nhwc(xp, w, vectors[v], p[KH], p[KW], p[SH], p[SW], p[DH], p[DW], p[NVEC],
+                conv_blocked_pooled_nhwc(xp, w, bias, p[KH], p[KW], p[SH], p[SW], p[DH], p[DW], p[NVEC],
                                          p[PMAX], pool, lines, out)
             rows = out.reshape(out.size // co, co)
             no_res = np.zeros((0, co), np.float32)
-            post = vectors[v + 3]
             if post.shape[0] > 0 or f[POST_LO] > -np.inf or f[POST_HI] < np.inf:
                 if p[POST_PARALLEL]:
-                    epilogue_rows_parallel(rows, post, vectors[v + 4], no_res, f[POST_LO], f[POST_HI])
+                    epilogue_rows_parallel(rows, post, post_shift, no_res, f[POST_LO], f[POST_HI])
                 else:
-                    epilogue_rows(rows, post, vectors[v + 4], no_res, f[POST_LO], f[POST_HI])
+                    epilogue_rows(rows, post, post_shift, no_res, f[POST_LO], f[POST_HI])
             if p[POST_ACT] != 0:
                 if p[POST_PARALLEL]:
                     activation_rows_parallel(rows, p[POST_ACT], f[POST_ALPHA], f[POST_BETA])

@@ -8,7 +8,6 @@ inner values nothing after the run reads by one call of the compiled driver.
 from dataclasses import replace
 
 import numpy as np
-from numba.typed import List
 
 from ..kernels import conv_chain as K
 
@@ -75,10 +74,13 @@ def merge_runs(steps, kept):
             ins = steps[k][1]
             row[K.IN] = slot[ins[0]]
             row[K.RES] = slot[ins[1]] if len(ins) > 1 else 0
+        for row, sp in zip(ints, specs):
+            row[[K.W_ADDR, K.W_ROWS, K.W_COLS]] = sp.weight.ctypes.data, *sp.weight.shape
+            row[K.V_ADDR:K.V_ADDR + K.N_VECTORS] = [v.ctypes.data for v in sp.vectors]
+            row[K.V_ADDR + K.N_VECTORS:K.V_ADDR + 2 * K.N_VECTORS] = [v.shape[0] for v in sp.vectors]
         floats = np.stack([sp.floats for sp in specs])
-        weights, vectors = List([sp.weight for sp in specs]), List([v for sp in specs for v in sp.vectors])
         frees = tuple(sorted({f for st in steps[first:last + 1] for f in st[2]} - set(range(first + 1, last + 1))))
-        steps[last] = (_call(weights, vectors, ints, floats, len(outside)), tuple(outside), frees)
+        steps[last] = (_call(specs, ints, floats), tuple(outside), frees)
         for k in range(first, last):
             steps[k] = (_nothing, (), ())
     return tuple(steps)
@@ -88,8 +90,9 @@ def _nothing():
     return None
 
 
-def _call(weights, vectors, ints, floats, n_outside):
+def _call(specs, ints, floats):
+    """The run's step; it holds ``specs``, whose arrays the table points to."""
     def run(x0, x1=None):
-        return K.run_chain(np.ascontiguousarray(x0), x0 if x1 is None else np.ascontiguousarray(x1),
-                           weights, vectors, ints, floats)
+        return K.run_chain(np.ascontiguousarray(x0), x0 if x1 is None else np.ascontiguousarray(x1), ints, floats)
+    run.specs = specs
     return run
