@@ -37,6 +37,11 @@ class Node:
         object.__setattr__(self, "inputs", tuple(self.inputs))
 
 
+def _parallel_run(plan, x):
+    _jit.keep_apart()
+    return plan.run(x)
+
+
 class Model:
     """A trained network: nodes in topological order, an input in its source framework's layout.
 
@@ -311,9 +316,9 @@ class Model:
                 if n * macs < SERIAL_BELOW_MACS:
                     return serial
                 parallel = self._plan(inner, n, keep)
-                return MeasuredChoice(serial, lambda x: _jit.apart_from_workers(parallel.run, self._internal(x)))
+                return MeasuredChoice(serial, lambda x: _parallel_run(parallel, self._internal(x)))
             plan = self._plan(inner, n, keep)
-            return lambda x: _jit.apart_from_workers(plan.run, self._internal(x))
+            return lambda x: _parallel_run(plan, self._internal(x))
         plan = self._plan(inner, n, keep)
         return lambda x: plan.run(self._internal(x))
 

@@ -204,6 +204,44 @@ def chain_rows(y, kinds, params, vecs, res):
     return y
 
 
+def run_chain(x0, x1, ints, floats):
+    """A compiled run of blocked convolutions (nncomp/kernels/conv_chain.py) from its table, with
+    the twins above (float64 convolutions; returns the last value)."""
+    import ctypes
+
+    from nncomp.kernels import conv_chain as K
+
+    def array(address, shape):
+        size = int(np.prod(shape))
+        if not size:
+            return np.zeros(shape, np.float32)
+        return np.ctypeslib.as_array((ctypes.c_float * size).from_address(int(address))).reshape(shape)
+    values = [x0, x1]
+    for p, f in zip(ints, floats):
+        src = values[p[K.IN]]
+        xp = np.pad(src, ((0, 0), (p[K.T], p[K.B]), (p[K.L], p[K.R]), (0, 0)))
+        w = array(p[K.W_ADDR], (p[K.W_ROWS], p[K.W_COLS]))
+        bias, scale, shift, post, post_shift = (array(p[K.V_ADDR + k], (p[K.V_ADDR + K.N_VECTORS + k],))
+                                                for k in range(K.N_VECTORS))
+        geo = (p[K.KH], p[K.KW], p[K.SH], p[K.SW], p[K.DH], p[K.DW])
+        oh, ow, co, pool = p[K.OH], p[K.OW], p[K.CO], p[K.POOL]
+        if pool == 0:
+            y = conv_blocked_nhwc(xp, w, bias, *geo, oh, ow, co).astype(np.float32)
+            res = values[p[K.RES]] if p[K.ADD] else np.zeros((0, co), np.float32)
+            y = epilogue_rows(y.reshape(-1, co), scale[:co] if p[K.AFFINE] else np.zeros(0, np.float32),
+                              shift[:co], res.reshape(-1, co), f[K.LO], f[K.HI])
+            if p[K.ACT]:
+                y = activation_rows(y, p[K.ACT], f[K.ALPHA], f[K.BETA])
+        else:
+            y = conv_blocked_pooled_nhwc(xp, w, bias, *geo, pool, oh, ow, co).astype(np.float32).reshape(-1, co)
+            y = epilogue_rows(y, post, post_shift, np.zeros((0, co), np.float32), f[K.POST_LO], f[K.POST_HI])
+            if p[K.POST_ACT]:
+                y = activation_rows(y, p[K.POST_ACT], f[K.POST_ALPHA], f[K.POST_BETA])
+            oh, ow = oh // pool, ow // pool
+        values.append(y.reshape(src.shape[0], oh, ow, co).astype(np.float32))
+    return values[-1]
+
+
 # Twins of other kernel families live in tests/reference_<family>.py; they are gathered here so
 # that ``reference.<kernel name>`` finds every twin.
 for _path in sorted(pathlib.Path(__file__).parent.glob("reference_*.py")):

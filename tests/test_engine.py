@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import nncomp as nc
+import reference as ref
 from graph_reference import graph_reference
 from nncomp.layers import Fused
 from nncomp.layers import conv_algorithms as algos, conv_blocked
@@ -140,6 +141,12 @@ def test_runs_of_blocked_convolutions_compile_to_one_call_with_the_same_bits(nam
         plain = model._plan((28, 28, 1), 3, model.outputs)
         assert not any(getattr(step, "__name__", "") == "_nothing" for step, _, _ in plain.steps)
         assert np.array_equal(chained, plain.run(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))[0])
+        # the compiled run against its NumPy twin, from the same table
+        run = next(step for step, _, _ in plan.steps if hasattr(step, "specs"))
+        xi = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        got = run(xi)
+        want = ref.run_chain(xi, xi, run.ints, run.floats)
+        assert np.allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     finally:
         numba.set_num_threads(saved)
 

@@ -94,5 +94,5 @@ def _call(specs, ints, floats):
     """The run's step; it holds ``specs``, whose arrays the table points to."""
     def run(x0, x1=None):
         return K.run_chain(np.ascontiguousarray(x0), x0 if x1 is None else np.ascontiguousarray(x1), ints, floats)
-    run.specs = specs
+    run.specs, run.ints, run.floats = specs, ints, floats
     return run
