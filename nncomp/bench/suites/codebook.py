@@ -31,7 +31,7 @@ from ...data import DATA_DIR
 from ..roofline import cap, machine_limits, roof_text
 from ..sizes import saved_size
 from . import fc_layers
-from ..timing import SETTLE_S, alternate, l3_bytes, set_threads
+from ..timing import SETTLE_S, alternate, l3_bytes, machine_text, set_threads
 
 THREADS = 2
 THREAD_COUNTS = (2, 1)
@@ -199,7 +199,7 @@ def _ms(v):
 def markdown(res):
     m, lim = res["machine"], res["limits"]
     lines = ["# k-means codebooks, Huffman coding, Deep Compression (issue 5, sharing half)", "",
-             f"{m['date']} · {m['cpu']} · {m['cores']} cores · load average before/after "
+             f"{m['date']} · {machine_text(m)} · {m['cores']} cores · load average before/after "
              f"{res['loadavg_before'][0]:.2f}/{res['loadavg_after'][0]:.2f}", "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
              f"Measured limits ({res['threads']} threads): {roof_text(lim)}, sgemm "

@@ -30,7 +30,7 @@ import time
 from ...data import DATA_DIR
 from ..roofline import cap, machine_limits, roof_text
 from . import fc_layers
-from ..timing import SETTLE_S, alternate, l3_bytes, set_threads
+from ..timing import SETTLE_S, alternate, l3_bytes, machine_text, set_threads
 
 MODELS = ("lenet300", "lenet5", "vgg_small", "resnet_small")
 THREADS = 2
@@ -184,7 +184,7 @@ def targets(res):
 def markdown(res):
     m, lim = res["machine"], res["limits"]
     lines = ["# Linear int8 quantization (issue 5, int8 half)", "",
-             f"{m['date']} · {m['cpu']} · {m['cores']} cores · threads as in each row, the same for every contender · "
+             f"{m['date']} · {machine_text(m)} · {m['cores']} cores · threads as in each row, the same for every contender · "
              f"load average before/after {res['loadavg_before'][0]:.2f}/{res['loadavg_after'][0]:.2f}", "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
              f"Measured limits ({res['threads']} threads): {roof_text(lim)}, sgemm "

@@ -12,7 +12,7 @@ import numpy as np
 
 from ...data import DATA_DIR
 from ..roofline import machine_limits, roof_text
-from ..timing import alternate
+from ..timing import alternate, machine_text
 
 THREADS = 2
 SEED = 0
@@ -186,7 +186,7 @@ def lenets(results, opts):
 def report(results):
     L = ["# Pruning and sparse kernels (python -m nncomp.bench --suite sparse)", ""]
     mi = results["machine"]
-    L += [f"Machine: {mi['cpu']}, {mi['cores']} cores, {results['threads']} threads for Numba, BLAS, torch and ORT; "
+    L += [f"Machine: {machine_text(mi)}, {mi['cores']} cores, {results['threads']} threads for Numba, BLAS, torch and ORT; "
           f"versions {mi['versions']}; {mi['date']}. Seed {SEED}. Limits measured at start: "
           f"{roof_text(results['limits'])}, sgemm "
           f"{results['limits']['sgemm_GFLOPs']:.0f} GFLOP/s (reference machine: ~35 GB/s, ~200 GFLOP/s). "
