@@ -59,3 +59,11 @@ def test_machine_info_records_this_cpu_and_out_expands_cpu(tmp_path):
         assert rec["caches"].get("L1d", 0) > 0 and timing.l3_bytes() == rec["caches"].get("L3", 32 << 20)
     assert out_folder(f"{tmp_path}/{{cpu}}") == tmp_path / rec["results_folder"]
     assert out_folder(str(tmp_path)) == tmp_path
+
+
+def test_bandwidth_probe_reads_three_ways_and_keeps_the_fastest():
+    from nncomp.bench import roofline
+    lim = roofline.machine_limits(quick=True, repeat=1)
+    p = lim["bandwidth_probe"]
+    rates = [p["numba_sum_GBps"], p["numpy_sgemv_GBps"], p["numpy_sum_threads_GBps"]]
+    assert min(rates) > 0 and lim["bandwidth_GBps"] == max(rates) and p["threads"] >= 1
