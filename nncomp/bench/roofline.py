@@ -86,7 +86,7 @@ def machine_limits(*, quick=False, repeat=5):
         for k, fn in ways.items():
             best[k] = min(best[k], _best_seconds(fn, 1))
     t_numba, t_blas, t_sum = best["numba"], best["blas"], best["numpy_sum"]
-    del a, rows
+    a = rows = ways = None   # free the buffer before the sgemm probe
     n = 1024 if quick else 4096
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, n), dtype=np.float32)
