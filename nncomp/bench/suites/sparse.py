@@ -260,10 +260,14 @@ def targets(results):
     L = ["## Targets (issue #4) in this run", "", "| target | wanted | got |", "|---|---|---|"]
     L += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     L += ["", "Notes:",
-          "- Batch-1 CSR is bound by its gathers, not by bytes: the kernel costs ~0.55-0.6 ns per nonzero "
-          "per core here (single-thread runs, x in L2), i.e. ~3-4x the cost of one streamed dense weight, "
-          "so 90% sparsity (6.6x fewer bytes) buys ~1.5-2.5x, not 4x; on a loaded 2-core machine the "
-          "second thread adds little.",
+          "- Batch-1 CSR is bound by its gathers, not by bytes. Measured on the Zen 4 VM (2026-12-03, "
+          "one thread, alternating, medians): with the weights in cache the kernel costs 0.40-0.42 ns per "
+          "nonzero whatever the width of x (fc6's 98 KB or 8-16 KB); from DRAM, fc6 90% takes about that "
+          "compute time plus the time a plain read of its 61.7 MB takes (6.5-7.9 ms against 4.3 + 2.2-2.6), "
+          "while rows 4096 wide (x in L1) overlap the two fully. Software prefetch (L1 or L2 hint, 2-64 KB "
+          "or 1-4 rows ahead), column panels of 2048-8192 (4-640 rows per pass) and scalar loads instead "
+          "of vgatherdps did not lower the fc6 time, so the kernel is unchanged; 90% sparsity (6.6x fewer "
+          "bytes) buys ~3.4x at 2 threads. On a loaded 2-core machine the second thread adds little.",
           "- The LeNet rows compare the pruned model against nncomp's dense engine as it runs models: "
           "products in one thread pool with OpenBLAS at one thread, fused im2col convolutions with their "
           "max-pools, and a forward plan per batch size (README design notes).",
