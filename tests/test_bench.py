@@ -223,7 +223,7 @@ SUITE_KEYS = {
     "conv_algos": (["rows", "rules"], "| shape | batch | MACs | blocked | im2col | shifted | direct |"),
     "quant": (["speed", "accuracy", "limits"], "## Accuracy on the 1,000 test digits"),
     "codebook": (["speed", "accuracy", "limits"], "## Deep Compression pipeline"),
-    "sparse": (["fc6", "density_sweep_fc7", "conv3_2", "lenet", "limits"], "## Targets (issue #4) in this run"),
+    "sparse": (["fc6", "fc7", "density_sweep_fc7", "conv3_2", "lenet", "limits"], "## Targets (issues #4, #14) in this run"),
     "sparse_int8": (["fc6", "lenet300"], "| contender | median ms | p90 ms | vs dense | vs csr float32 |"),
     "lowrank": (["speed", "accuracy", "targets", "limits"], "## Accuracy on the 1,000 shipped test digits"),
     "vs_ort": (["rows"], "| model | loop_b1 | loop_b8 |"),

@@ -23,6 +23,14 @@ def default_out():
     return CHECKOUT_DIR / "bench" / "out" if CHECKOUT_DIR is not None else Path("bench") / "out"
 
 
+def out_folder(text):
+    """``--out`` as a path, ``{cpu}`` replaced by this CPU's results folder (``bench/results/{cpu}``)."""
+    if text and "{cpu}" in text:
+        from .cpu import cpu_record
+        text = text.replace("{cpu}", cpu_record()["results_folder"])
+    return Path(text) if text else default_out()
+
+
 def main(argv=None):
     """Entry point; ``argv=None`` reads sys.argv and first restarts without the OpenBLAS overrides."""
     if argv is None:
@@ -33,7 +41,7 @@ def main(argv=None):
 
 def run(args):
     """Run the suite ``args`` name (parsed by :func:`nncomp.bench.args.parse_args`); returns 0."""
-    out = Path(args.out) if args.out else default_out()
+    out = out_folder(args.out)
     if args.suite not in ("all", "models", "layers"):
         from .suites import run_suite
         run_suite(args.suite, args, out)

@@ -10,7 +10,8 @@ USAGE_EXAMPLES = """examples:
   python -m nncomp.bench                          # the default suite (< 5 minutes on 2 cores)
   python -m nncomp.bench --quick --out /tmp/b     # seconds
   python -m nncomp.bench --model m.h5 --data d.npz --methods prune,quantize
-  python -m nncomp.bench --suite sparse           # one method's tables (bench/results/sparse.md)
+  python -m nncomp.bench --suite sparse           # one method's tables into bench/out/sparse.md
+  python -m nncomp.bench --suite sparse --out 'bench/results/{cpu}'   # ... into this CPU's results folder
 """
 
 
@@ -68,7 +69,8 @@ def build_parser(prog="python -m nncomp.bench"):
     p.add_argument("--budget", type=float, default=None, metavar="S", help="seconds the default run aims "
                    "for: each measurement stops sooner when compressing and timing run behind (default 200; "
                    "0: every measurement takes up to 1 s, layers 6 s)")
-    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default bench/out)")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default bench/out); "
+                   "{cpu} in it becomes this CPU's folder name, e.g. bench/results/{cpu} -> bench/results/amd-epyc-zen4")
     p.add_argument("--keras", action="store_true", help="also run the Keras models shipped with nncomp")
     p.add_argument("--no-peers", action="store_true", help="skip torch and ONNX Runtime")
     p.add_argument("--no-plots", action="store_true")

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from .roofline import roof_text
+from .timing import machine_text
 from .suite import COLUMNS
 
 LAYER_COLUMNS = ["layer", "shape", "batch", "contender", "kind", "format", "status", "median_ms", "p90_ms",
@@ -190,7 +191,7 @@ def markdown(result):
     lim = result.get("limits") or {}
     s = result["settings"]
     lines = ["# nncomp benchmark", "",
-             f"{m['date']} · {m['cpu']} · {m['cores']} cores · threads {s['threads']} · "
+             f"{m['date']} · {machine_text(m)} · {m['cores']} cores · threads {s['threads']} · "
              f"wall time {result['wall_s']:.0f} s · load average {result['loadavg_start'][0]:.1f} at the start, "
              f"{result['loadavg_end'][0]:.1f} at the end · `{result['command']}`", "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), ""]

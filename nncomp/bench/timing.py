@@ -11,6 +11,8 @@ import time
 
 import numpy as np
 
+from .cpu import caches, cpu_record, cpuinfo, describe
+
 OPENBLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 # The one untimed pause of every benchmark: it outlasts OpenBLAS's threads spinning (~0.1-0.13 s)
 # after a threaded NumPy product (and torch's OpenMP workers after theirs). Whatever is timed inside
@@ -55,23 +57,6 @@ def set_threads(n, *, peers=False):
     return n
 
 
-def _cpu():
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name") and model in ("unknown", ""):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    return model, flags
-
-
 def machine_info():
     """Machine, CPU flags, versions and threads: recorded with every result."""
     import numba
@@ -79,7 +64,9 @@ def machine_info():
     import h5py
     from threadpoolctl import threadpool_info
 
-    model, flags = _cpu()
+    info = cpuinfo()
+    model, flags = info.get("model name") or platform.processor() or "unknown", set(info.get("flags", "").split())
+    record = cpu_record(info)
     versions = {"python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
                 "scipy": scipy.__version__, "h5py": h5py.__version__}
     for mod in ("torch", "onnxruntime"):
@@ -92,6 +79,7 @@ def machine_info():
     return {
         "cpu": model, "cores": os.cpu_count(), "machine": platform.machine(),
         "cpu_flags": sorted(f for f in flags if f.startswith(("avx", "fma", "f16c", "amx"))),
+        "cpu_record": record, "results_folder": record["results_folder"],
         "versions": versions, "numba_threads": numba.get_num_threads(),
         "numba_threading_layer": _threading_layer(), "blas": blas,
         "openblas_env_removed": os.environ.get("NNCOMP_OPENBLAS_ENV_REMOVED", ""),
@@ -108,18 +96,13 @@ def _threading_layer():
 
 
 def l3_bytes():
-    """The last-level cache size in bytes (sysconf or sysfs; 32 MiB when neither says)."""
-    try:
-        n = os.sysconf("SC_LEVEL3_CACHE_SIZE")
-        if n and n > 0:
-            return int(n)
-    except (ValueError, OSError, AttributeError):
-        pass
-    try:
-        text = open("/sys/devices/system/cpu/cpu0/cache/index3/size").read().strip()
-        return int(text.rstrip("KkMm")) << (20 if text[-1] in "Mm" else 10)
-    except (OSError, ValueError, IndexError):
-        return 32 << 20
+    """The last-level cache size in bytes (sysfs or sysconf; 32 MiB when neither says)."""
+    return caches().get("L3", 32 << 20)
+
+
+def machine_text(machine):
+    """The CPU of a recorded ``machine_info()`` as one line (its model name alone for older results)."""
+    return describe(machine["cpu_record"]) if "cpu_record" in machine else machine["cpu"]
 
 
 _FLUSH = None

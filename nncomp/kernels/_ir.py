@@ -2,6 +2,12 @@
 from llvmlite import ir
 
 
+def declare(module, name, fnty):
+    """The function ``name`` (an intrinsic) of the LLVM ``module``, declared on first use."""
+    fn = module.globals.get(name)
+    return fn if fn is not None else ir.Function(module, fnty, name)
+
+
 def loop_phis(builder, intp, vty, inits, pre):
     """At the top of a loop block entered from block ``pre``: a counter phi starting at 0 and one
     ``vty`` phi per value of ``inits``; the caller adds their incoming values from the latch."""

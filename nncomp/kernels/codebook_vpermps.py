@@ -13,15 +13,14 @@ multiply-add per product, the fixed lane tree), so ``codebook_matmul_vpermps`` g
 portable ``codebook_matmul4`` and ``codebook_matmul8``. Callers check :data:`HAVE_AVX512` first: on a CPU without AVX-512F
 the intrinsic would not compile.
 """
-import llvmlite.binding as llvm
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._ir import loop_phis
+from . import isa
+from ._ir import declare, loop_phis
 from ._jit import both
 from .codebook import reduce16
 
@@ -31,25 +30,7 @@ ROWS1, ROWS, COLS = 8, 8, 3   # 8x3: the fastest block measured on fc6 at batch 
 # input row before moving on, so that the chunk (at most 8 KiB per input row) stays in L2.
 SUPER, KCHUNK = 48, 64
 
-
-def _host_has_avx512():
-    """True where the JIT targets this CPU and the CPU has AVX-512F."""
-    cfg = numba.core.config
-    if cfg.DISABLE_JIT or (cfg.CPU_NAME not in (None, "host")):
-        return False
-    try:
-        feats = llvm.get_host_cpu_features()
-    except Exception:  # noqa: BLE001 - unknown host: use the portable kernel
-        return False
-    return bool(feats.get("avx512f"))
-
-
-HAVE_AVX512 = _host_has_avx512()
-
-
-def _declare(module, name, fnty):
-    fn = module.globals.get(name)
-    return fn if fn is not None else ir.Function(module, fnty, name)
+HAVE_AVX512 = isa.HAVE_AVX512   # matrices check it (tests monkeypatch it to run the portable kernel)
 
 
 def _make_block(R, C, stride, wide=False):
@@ -78,10 +59,10 @@ def _make_block(R, C, stride, wide=False):
             x_cols = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
             i8, i32, f32 = ir.IntType(8), ir.IntType(32), ir.FloatType()
             v16b, v16i, v16f = ir.VectorType(i8, 16), ir.VectorType(i32, 16), ir.VectorType(f32, 16)
-            perm = _declare(builder.module, "llvm.x86.avx512.permvar.sf.512",
+            perm = declare(builder.module, "llvm.x86.avx512.permvar.sf.512",
                             ir.FunctionType(v16f, [v16f, v16i]))
-            fma = _declare(builder.module, "llvm.fma.v16f32", ir.FunctionType(v16f, [v16f, v16f, v16f]))
-            perm2 = _declare(builder.module, "llvm.x86.avx512.vpermi2var.ps.512",
+            fma = declare(builder.module, "llvm.fma.v16f32", ir.FunctionType(v16f, [v16f, v16f, v16f]))
+            perm2 = declare(builder.module, "llvm.x86.avx512.vpermi2var.ps.512",
                              ir.FunctionType(v16f, [v16f, v16i, v16f]))
 
             def vload(ptr, vty):

@@ -18,38 +18,19 @@ Contract (shared with the portable kernel, which gives bit-identical results):
 without ``avx512_vnni`` the intrinsic would not compile. Signed activations use the zero-point trick
 (``xu = x + 128``; the caller subtracts ``128 * rowsum(w)``).
 """
-import llvmlite.binding as llvm
-import numba
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
-from ._ir import loop_latch, loop_phis
+from . import isa
+from ._ir import declare, loop_latch, loop_phis
 from ._jit import both
 
 MR = 4          # activation rows per micro-kernel call
 KB = 1024       # k-block (inputs) per call: a 64 KiB panel slice stays in L2 across the row blocks
 ROWS = 64       # activation rows per parallel tile
 
-
-def _host_has_vnni():
-    """True where the JIT targets this CPU and the CPU has AVX-512F and AVX-512 VNNI."""
-    cfg = numba.core.config
-    if cfg.DISABLE_JIT or cfg.CPU_NAME not in (None, "host"):
-        return False
-    try:
-        feats = llvm.get_host_cpu_features()
-    except Exception:  # noqa: BLE001 - unknown host: use the portable kernel
-        return False
-    return bool(feats.get("avx512f") and feats.get("avx512vnni"))
-
-
-HAVE_VNNI = _host_has_vnni()
-
-
-def _declare(module, name, fnty):
-    fn = module.globals.get(name)
-    return fn if fn is not None else ir.Function(module, fnty, name)
+HAVE_VNNI = isa.HAVE_VNNI   # matrices check it (tests monkeypatch it to run the portable kernel)
 
 
 def _make_block(mr, nb):
@@ -73,7 +54,7 @@ def _make_block(mr, nb):
             i32 = ir.IntType(32)
             v16 = ir.VectorType(i32, 16)
             vptr = v16.as_pointer()
-            dpbusd = _declare(builder.module, "llvm.x86.avx512.vpdpbusd.512",
+            dpbusd = declare(builder.module, "llvm.x86.avx512.vpdpbusd.512",
                               ir.FunctionType(v16, [v16, v16, v16]))
             xrows = [builder.gep(xdata, [builder.add(xoff_, builder.mul(xs_, intp(m)))]) for m in range(mr)]
             wbase = builder.gep(wdata, [woff_])

@@ -31,7 +31,7 @@ from ...data import DATA_DIR
 from ..roofline import cap, machine_limits, roof_text
 from ..sizes import saved_size
 from . import fc_layers
-from ..timing import SETTLE_S, alternate, l3_bytes, set_threads
+from ..timing import SETTLE_S, alternate, l3_bytes, machine_text, set_threads
 
 THREADS = 2
 THREAD_COUNTS = (2, 1)
@@ -173,16 +173,16 @@ def _targets(res):
     """The issue's targets against this run."""
     out = ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for r in res["speed"]:
-        if r["layer"] != "fc6" or not isinstance(r[COLS[2]], dict):
+        if r["layer"] not in ("fc6", "fc7") or not isinstance(r[COLS[2]], dict):
             continue
         o = r["numpy_over"]
         peers = [o[k] for k in COLS[5:] if k in o]
         if r["batch"] == 1:
             ok = o[COLS[2]] >= 4.5 and all(o[COLS[2]] > p for p in peers)
-            out.append(f"| fc6 4-bit, batch 1, {r['threads']} thread(s): >= 4.5x NumPy and faster than the int8 "
+            out.append(f"| {r['layer']} 4-bit, batch 1, {r['threads']} thread(s): >= 4.5x NumPy and faster than the int8 "
                        f"peers | {o[COLS[2]]:.2f}x (peers {', '.join(f'{p:.2f}x' for p in peers)}) | {ok} |")
         elif r["batch"] == 32:
-            out.append(f"| fc6 4-bit, batch 32, {r['threads']} thread(s): faster than NumPy dense | "
+            out.append(f"| {r['layer']} 4-bit, batch 32, {r['threads']} thread(s): faster than NumPy dense | "
                        f"{o[COLS[2]]:.2f}x | {o[COLS[2]] > 1} |")
     for r in res["accuracy"]:
         need = {"lenet300": 40, "lenet5": 35}[r["model"]]
@@ -199,7 +199,7 @@ def _ms(v):
 def markdown(res):
     m, lim = res["machine"], res["limits"]
     lines = ["# k-means codebooks, Huffman coding, Deep Compression (issue 5, sharing half)", "",
-             f"{m['date']} · {m['cpu']} · {m['cores']} cores · load average before/after "
+             f"{m['date']} · {machine_text(m)} · {m['cores']} cores · load average before/after "
              f"{res['loadavg_before'][0]:.2f}/{res['loadavg_after'][0]:.2f}", "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
              f"Measured limits ({res['threads']} threads): {roof_text(lim)}, sgemm "

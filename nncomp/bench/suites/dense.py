@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from ...data import DATA_DIR
-from ..timing import SETTLE_S, alternate
+from ..timing import SETTLE_S, alternate, machine_text
 
 THREADS = os.cpu_count() or 1
 PARTS = ("speed", "first_call")
@@ -178,7 +178,7 @@ def _line(r):
 def markdown(res):
     m = res["machine"]
     lines = ["# Dense float32 engine against PyTorch and ONNX Runtime (issue 2)", "",
-             f"{m['date']} · {m['cpu']} · {m['cores']} cores · {res['threads']} threads for every contender · "
+             f"{m['date']} · {machine_text(m)} · {m['cores']} cores · {res['threads']} threads for every contender · "
              f"load average before/after {res['loadavg_before'][0]:.2f}/{res['loadavg_after'][0]:.2f}", "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
              f"Median ms per call (p90 in brackets), contenders alternating in blocks of {res['block']} calls "

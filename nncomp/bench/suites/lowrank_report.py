@@ -1,5 +1,6 @@
 """The Markdown of the low-rank suite (nncomp/bench/suites/lowrank.py): targets, speed and accuracy tables."""
 from ..roofline import roof_text
+from ..timing import machine_text
 
 
 def _f(v, d=2):
@@ -26,7 +27,7 @@ def markdown(res):
     fc_lim = [r["limits"] for r in res.get("speed", []) if "limits" in r]
     lim = fc_lim[-1] if fc_lim else lim
     lines = ["# Low-rank layers (python -m nncomp.bench --suite lowrank)", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, {res['threads']} threads for Numba, BLAS and torch; "
+             f"Machine: {machine_text(m)}, {m['cores']} cores, {res['threads']} threads for Numba, BLAS and torch; "
              f"versions {m['versions']}. Seed {res['seed']}. Speed run {sr.get('date', '-')}: limits measured at its "
              f"start: {roof_text(lim)}, sgemm {lim['sgemm_GFLOPs']:.0f} GFLOP/s; load "
              f"average (1, 5, 15 min) at start {sr.get('load_average_start')}, at end {sr.get('load_average_end')} "

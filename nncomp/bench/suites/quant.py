@@ -30,7 +30,7 @@ import time
 from ...data import DATA_DIR
 from ..roofline import cap, machine_limits, roof_text
 from . import fc_layers
-from ..timing import SETTLE_S, alternate, l3_bytes, set_threads
+from ..timing import SETTLE_S, alternate, l3_bytes, machine_text, set_threads
 
 MODELS = ("lenet300", "lenet5", "vgg_small", "resnet_small")
 THREADS = 2
@@ -160,17 +160,17 @@ SPEED_COLS = ("numpy float32", "nncomp int8 w8a8 (VNNI)", "nncomp int8 w8a8 (por
 
 
 def targets(res):
-    """Lines checking issue 5's int8 targets against this run (fc6, 2 threads; accuracy)."""
+    """Lines checking the int8 targets (issues 5 and 14) against this run (fc6 and fc7; accuracy)."""
     out = []
-    fc6 = {(r["batch"], r["threads"]): r for r in res["speed"] if r["layer"] == "fc6"}
-    for (bs, th), r in sorted(fc6.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+    rows = {(r["layer"], r["batch"], r["threads"]): r for r in res["speed"] if r["layer"] in ("fc6", "fc7")}
+    for (layer, bs, th), r in sorted(rows.items(), key=lambda kv: (kv[0][0], -kv[0][2], kv[0][1])):
         if "w8a8_vs_best_peer" not in r:
             continue
         goal = 1.0 if bs == 1 else 1.1
         ok = r["w8a8_vs_best_peer"] < goal if bs == 1 else r["w8a8_vs_best_peer"] <= goal
-        out.append(f"- fc6 batch {bs}, {th} thread(s): int8 w8a8 / faster peer = {r['w8a8_vs_best_peer']:.2f} "
+        out.append(f"- {layer} batch {bs}, {th} thread(s): int8 w8a8 / faster peer = {r['w8a8_vs_best_peer']:.2f} "
                    f"(target {'< 1' if bs == 1 else '<= 1.1'}): {'met' if ok else 'missed'}")
-        if bs == 1:
+        if bs == 1 and layer == "fc6":
             v = r["numpy_vs_weight_only"]
             out.append(f"- fc6 batch 1, {th} thread(s): NumPy float32 / int8 weight-only = {v:.2f} (target >= 3): "
                        f"{'met' if v >= 3 else 'missed'}")
@@ -184,7 +184,7 @@ def targets(res):
 def markdown(res):
     m, lim = res["machine"], res["limits"]
     lines = ["# Linear int8 quantization (issue 5, int8 half)", "",
-             f"{m['date']} · {m['cpu']} · {m['cores']} cores · threads as in each row, the same for every contender · "
+             f"{m['date']} · {machine_text(m)} · {m['cores']} cores · threads as in each row, the same for every contender · "
              f"load average before/after {res['loadavg_before'][0]:.2f}/{res['loadavg_after'][0]:.2f}", "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
              f"Measured limits ({res['threads']} threads): {roof_text(lim)}, sgemm "

@@ -11,7 +11,7 @@ import json
 import numpy as np
 
 from ...data import DATA_DIR
-from ..timing import alternate, set_threads
+from ..timing import alternate, machine_text, set_threads
 
 THREADS = 2
 SEED = 0
@@ -88,7 +88,7 @@ def report(results):
     f = results["fc6"]
     la0, la1 = (tuple(round(v, 2) for v in results[k]) for k in ("loadavg_before", "loadavg_after"))
     L = ["# Sparse int8 (prune + int8) kernels (python -m nncomp.bench --suite sparse_int8)", "",
-         f"Machine: {mi['cpu']}, {mi['cores']} cores; versions {mi['versions']}; {mi['date']}. Seed {SEED}. "
+         f"Machine: {machine_text(mi)}, {mi['cores']} cores; versions {mi['versions']}; {mi['date']}. Seed {SEED}. "
          f"Load average (1, 5, 15 min) at start {la0}, at end {la1} on {mi['cores']} cores: the machine is "
          "shared with other engineers' benchmarks, so absolute times are contended; compare ratios within "
          f"a table (alternating timing). Run took {results.get('seconds', 0):.0f} s.", "",

@@ -1,0 +1,42 @@
+"""Which instruction-set paths the kernels take: the JIT target's features, probed once at import.
+
+Two kernels are written with x86 intrinsics that compile only for a CPU that has them:
+``int8_vnni`` (``vpdpbusd``: AVX-512F + AVX-512 VNNI, :data:`HAVE_VNNI`) and ``codebook_vpermps``
+(``vpermps`` / ``vpermi2ps``: AVX-512F, :data:`HAVE_AVX512`). Where a flag is False the matrices run
+the portable kernels instead (kernels/int8.py, kernels/codebook.py; bit-identical results). Every
+other kernel (the CSR and CSR-int8 tiles, blas.py, plain loops) uses target-independent LLVM vectors
+that lower to zmm, ymm or xmm on any x86-64 and needs no check. The blocked convolution
+(kernels/conv_blocked.py) sizes its tiles by the number of vector registers (32 with AVX-512, else 16).
+
+The switch is Numba's own ``NUMBA_CPU_FEATURES`` (with ``NUMBA_CPU_NAME``): Numba then compiles
+every kernel for that CPU and feature list, and this probe answers for the same list, not for the host.
+For example ``NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=+avx2,+fma`` runs the AVX2 paths on an AVX-512
+machine (tests/test_isa.py does, in a child process, and checks that no zmm register is used and the
+results are the AVX-512 build's bits). Numba compiles with the host's features whenever
+``NUMBA_CPU_FEATURES`` is unset, even with ``NUMBA_CPU_NAME`` set, and so does this probe; with a list,
+only the features it names with ``+`` count (a CPU name's own defaults are not known here: the portable
+kernels then run, correct but slower). ``NUMBA_DISABLE_JIT=1`` turns every fast path off.
+"""
+import llvmlite.binding as llvm
+import numba
+
+
+def target_features():
+    """The feature names (LLVM spelling: ``avx512f``, ``avx512vnni``) of the CPU Numba compiles for."""
+    cfg = numba.core.config
+    if cfg.DISABLE_JIT:
+        return frozenset()
+    if cfg.CPU_FEATURES is not None:      # what Numba passes to LLVM (config.CPU_FEATURES or the host's)
+        listed = [f.strip() for f in cfg.CPU_FEATURES.split(",")]
+        return frozenset(f[1:] for f in listed if f.startswith("+")) - {f[1:] for f in listed if f.startswith("-")}
+    try:
+        return frozenset(k for k, v in llvm.get_host_cpu_features().items() if v)
+    except Exception:  # noqa: BLE001 - unknown host: the portable kernels
+        return frozenset()
+
+
+FEATURES = target_features()
+HAVE_AVX512 = "avx512f" in FEATURES
+HAVE_VNNI = HAVE_AVX512 and "avx512vnni" in FEATURES
+VECTOR_REGISTERS = 32 if HAVE_AVX512 else 16
+
