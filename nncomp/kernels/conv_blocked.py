@@ -21,15 +21,15 @@ for ``o < co = out.shape[3]``, where ``xp`` is the zero-padded input and ``w`` t
 ``(kh*kw*c, cop)`` with ``cop`` the channel count rounded up to 16 (extra columns ignored). The
 order of the sum (fused multiply-adds over ``ci`` within a tap, taps in order) differs from BLAS.
 """
-import llvmlite.binding as llvm
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
-from ._ir import loop_latch, loop_phis
+from ._ir import declare, loop_latch, loop_phis
 from ._jit import both
+from .isa import VECTOR_REGISTERS
 from .epilogue import activation_rows
 
 # Output pixels per micro-kernel tile, by the number of 16-channel vectors per tile (1..4).
@@ -37,18 +37,6 @@ TILE_PIXELS = {1: 14, 2: 12, 3: 8, 4: 6}
 VECTORS = 4                 # at most 4 vectors (64 channels) per tile
 
 
-def _host_vector_registers():
-    """32 where the JIT targets this CPU and it has AVX-512F, else 16."""
-    cfg = numba.core.config
-    if cfg.DISABLE_JIT or cfg.CPU_NAME not in (None, "host"):
-        return 16
-    try:
-        return 32 if llvm.get_host_cpu_features().get("avx512f") else 16
-    except Exception:  # noqa: BLE001 - unknown host: the conservative tiles
-        return 16
-
-
-VECTOR_REGISTERS = _host_vector_registers()
 
 
 def tile_pixels(nvec, registers=None):
@@ -58,11 +46,6 @@ def tile_pixels(nvec, registers=None):
     registers = VECTOR_REGISTERS if registers is None else registers
     p = TILE_PIXELS[nvec]
     return p if registers >= 32 else max(1, p // 4)
-
-
-def _declare(module, name, fnty):
-    fn = module.globals.get(name)
-    return fn if fn is not None else ir.Function(module, fnty, name)
 
 
 def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after):
@@ -76,10 +59,10 @@ def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after):
     vptr = v16.as_pointer()
     i32 = ir.IntType(32)
     mask_t = ir.VectorType(ir.IntType(1), 16)
-    fma = _declare(builder.module, "llvm.fma.v16f32", ir.FunctionType(v16, [v16, v16, v16]))
-    mload = _declare(builder.module, "llvm.masked.load.v16f32.p0v16f32",
+    fma = declare(builder.module, "llvm.fma.v16f32", ir.FunctionType(v16, [v16, v16, v16]))
+    mload = declare(builder.module, "llvm.masked.load.v16f32.p0v16f32",
                      ir.FunctionType(v16, [vptr, i32, mask_t, v16]))
-    mstore = _declare(builder.module, "llvm.masked.store.v16f32.p0v16f32",
+    mstore = declare(builder.module, "llvm.masked.store.v16f32.p0v16f32",
                       ir.FunctionType(ir.VoidType(), [v16, vptr, i32, mask_t]))
     undef = ir.Constant(v16, ir.Undefined)
     zero = ir.Constant(v16, None)
