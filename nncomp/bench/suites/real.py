@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from ..timing import SETTLE_S, alternate
+from ..timing import SETTLE_S, alternate, warm
 
 THREADS = os.cpu_count() or 1
 PARTS = ("cls", "det")
@@ -80,6 +80,8 @@ def run(result, opts):
         contenders = {"ort": lambda: ort(x1)}
         if nc_run is not None:
             contenders["nncomp"] = lambda: nc_run(x1)
+        for fn in contenders.values():     # untimed calls first, as vs_ort does
+            warm(fn)
         t = alternate(contenders, repeat=opts.repeats(12 if part == "cls" else 8, quick=2), block=BLOCK,
                       settle=SETTLE_S)
         row = {"model": name, "file": real.model_path(name).name, "input": list(x1.shape),

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from ..timing import SETTLE_S, alternate
+from ..timing import SETTLE_S, alternate, warm
 
 THREADS = os.cpu_count() or 1
 PARTS = ("loop", "lone", "contention", "new_size")
@@ -64,7 +64,7 @@ def run(result, opts):
             for b in batches:
                 xb = np.ascontiguousarray(x[:b])
                 for fn in (lambda: model(xb), lambda: ort(xb)):
-                    _warm(fn)
+                    warm(fn, WARM_S)
                 r = alternate({"nncomp": lambda: model(xb), "ort": lambda: ort(xb)},
                               repeat=opts.repeats(6 if b > 8 else 12), block=BLOCK, settle=SETTLE_S)
                 row[f"loop_b{b}"] = {k: v["median_ms"] for k, v in r.items()}
@@ -79,14 +79,6 @@ def run(result, opts):
         rows.append(row)
         opts.say(_line(row))
     result["threads"] = threads
-
-
-def _warm(fn, seconds=WARM_S):
-    """Untimed calls for ``seconds`` (a served model is warm: its first few hundred calls after
-    loading ran up to 3x slower, LeNet-300 at batch 1 0.17 against 0.055 ms a call)."""
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        fn()
 
 
 def _new_size(model, x1):
