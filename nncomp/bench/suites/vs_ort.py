@@ -1,9 +1,10 @@
 """Whole shipped models: nncomp's dense engine against ONNX Runtime float32 (the runtime a user would
 pick instead), in the three conditions a served model meets.
 
-- **loop**: back-to-back calls, the two runtimes alternating in blocks of BLOCK calls after a
-  SETTLE_S (nncomp.bench.timing) untimed pause, at batch 1 and 64, after WARM_S of untimed calls
-  of each; medians.
+- **loop**: back-to-back calls, the two runtimes alternating in blocks of BLOCK calls (4 at batch
+  64) after a SETTLE_S (nncomp.bench.timing) untimed pause, 96 calls each at batch 1 and 32 at batch
+  64 (this VM's slow spells last seconds: 6 calls in one block, as before, let one spell decide a
+  cell), after WARM_S of untimed calls of each; medians.
 - **lone**: each call after an untimed 50 ms pause (every runtime's workers asleep, caches cooled by
   nothing else), batch 1; medians of 15 (nncomp.bench.serving.lone_calls).
 - **contention**: batch 1 in a loop while a second process keeps one core busy, over the same model
@@ -66,7 +67,8 @@ def run(result, opts):
                 for fn in (lambda: model(xb), lambda: ort(xb)):
                     warm(fn, WARM_S)
                 r = alternate({"nncomp": lambda: model(xb), "ort": lambda: ort(xb)},
-                              repeat=opts.repeats(6 if b > 8 else 12), block=BLOCK, settle=SETTLE_S)
+                              repeat=opts.repeats(32 if b > 8 else 96), block=BLOCK if b <= 8 else 4,
+                              settle=SETTLE_S)
                 row[f"loop_b{b}"] = {k: v["median_ms"] for k, v in r.items()}
         x1 = np.ascontiguousarray(x[:1])
         if "lone" in opts.parts:
