@@ -313,7 +313,7 @@ class Model:
             if n * macs < CHOOSE_BELOW_MACS:
                 plan = run_serial(lambda: self._plan(inner, n, keep))       # serial kernels
                 serial = lambda x: run_serial(lambda: plan.run(self._internal(x)))  # noqa: E731
-                if n * macs < SERIAL_BELOW_MACS:
+                if n * macs < SERIAL_BELOW_MACS or n == 1:
                     return serial
                 parallel = self._plan(inner, n, keep)
                 return MeasuredChoice(serial, lambda x: _parallel_run(parallel, self._internal(x)))

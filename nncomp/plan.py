@@ -156,11 +156,11 @@ SPLIT_MAX_MACS_PER_SAMPLE = 1 << 27
 # A pass of fewer multiply-adds than this runs on the calling thread alone, with serial kernels:
 # no step waits for a worker's wake-up after a pause, or for a core another process keeps busy.
 SERIAL_BELOW_MACS = 1 << 19
-# Between the two, each call runs serial or parallel as measured (:class:`MeasuredChoice`): the
-# parallel kernels can pay at batch 1 on a quiet machine (LeNet-5: 0.082 against 0.105 ms a call)
-# but wait on a busy core (ResNet-small at batch 1 next to a spinning process: 10.7 ms parallel,
-# 0.6 ms serial). Larger passes always run parallel: the measured choice, misled by the first
-# calls after pauses, kept LeNet-300 at batch 64 (17 M) serial at 0.54 ms against 0.41 parallel.
+# Up to CHOOSE_BELOW_MACS a single sample always does (every shipped CNN at batch 1: serial ran
+# as fast as 2 threads in a loop, 10% faster after a pause, and 15-50x faster next to a busy core),
+# and a batch runs serial or parallel as measured (:class:`MeasuredChoice`). Larger passes always
+# run parallel: the measured choice, misled by the first calls after pauses, kept LeNet-300 at
+# batch 64 (17 M) serial at 0.54 ms against 0.41 parallel.
 CHOOSE_BELOW_MACS = 1 << 24
 _POOL = None
 _POOL_LOCK = threading.Lock()
