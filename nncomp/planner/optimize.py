@@ -15,6 +15,7 @@ The steps (each in its own module):
    ``"size"``, larger) than the dense model, which is always a candidate.
 """
 import time
+from collections import Counter
 
 import numpy as np
 
@@ -133,14 +134,19 @@ class Planner:
         Default :class:`~nncomp.planner.latency.Timer` (whole calls, alternating, medians).
     cache : LatencyCache or None or False
         Default: the cache file in :func:`~nncomp.planner.latency.cache_dir`; False: no cache.
+    progress : callable ``(step, message)``, optional
+        Called as each of the STEPS steps starts (the command line prints them).
 
     One planner keeps the candidates it built (with their refits and search scores) per model,
     calibration data and seed: planning the same model for another batch size or objective builds
     nothing again.
     """
 
-    def __init__(self, *, timer=None, cache=None):
+    STEPS = 4
+
+    def __init__(self, *, timer=None, cache=None, progress=None):
         self.timer = timer or Timer()
+        self.progress = progress or (lambda step, message: None)
         self.cache = None if cache is False else (cache or LatencyCache())
         self.measured = 0      # candidate models timed for the table (cache misses)
         self.reconfirmed = 0   # chosen entries timed again (the winner's curse), besides the final check
@@ -165,7 +171,11 @@ class Planner:
         notes, lat, proxies, wanted = [], None, {}, None
         if objective == "latency":
             lat = LatencyTable(model, xb, self.timer, self.cache)
+            self.progress(1, f"timing {sum(len(c) - 1 for c in cands.values())} candidates of {len(names)} layers "
+                             f"at batch {batch} (the model runs {lat.mode})")
             proxies, wanted = self._screen(model, cands, x_fit, seed, lat, notes)
+        self.progress(2, f"building {'all' if wanted is None else len(wanted)} candidates with their refits "
+                         f"({len(fit)} samples) and scoring them ({len(found)} samples)")
         built = self._build(model, cands, wanted, (x, y, seed), x_fit, x_search, ref_search, n_jobs)
         table = {}     # {layer: [(candidate, patch, drop or None: not scored)]}, dense first
         for n in names:
@@ -189,6 +199,7 @@ class Planner:
             return sorted(live, key=lambda n: (-back[n], -options[n][ch[n]][1]))
 
         dense_ms = lat.dense_reference() if lat is not None else None
+        self.progress(3, f"searching, verifying on the {len(held)} held-out samples")
         again = 0
         for attempt in range(CONFIRM_ROUNDS + 1):
             options = self._options(table, deltas, sizes, dense_ms, budget)
@@ -209,6 +220,7 @@ class Planner:
         if again:
             notes.append(f"{again} chosen table entries measured again ({CONFIRM_EFFORT}x the calls) "
                          "before the final choice")
+        self.progress(4, "measuring the choice against the dense model")
         if objective == "latency":
             self.measured += lat.measured
             choice, final = self._final(model, choice, build, xb, notes, reverted)
@@ -265,9 +277,10 @@ class Planner:
         live = {k: p for k, p in proxies.items() if p is not None}
         same = {k: p for k, p in live.items() if lat.eligible(k[0], p)}
         if len(same) < len(live):
+            out = Counter(cands[n][j].label for n, j in live if (n, j) not in same)
             notes.append(f"{len(live) - len(same)} candidates would change how the model runs a batch of "
                          f"{lat.batch} (the dense model's mode: {lat.mode}); left out: "
-                         + ", ".join(f"{n}: {cands[n][j].label}" for n, j in live if (n, j) not in same))
+                         + ", ".join(f"{label} ({k} layers)" for label, k in out.items()))
         keys = {k: lat.key(k[0], cands[k[0]][k[1]].label, p) for k, p in same.items()}
         lat.measure({keys[k]: (k[0], p) for k, p in same.items()})
         wanted = {cands[n][j] for (n, j), key in keys.items() if lat.delta(key) <= -MIN_GAIN * lat.dense_reference()}
