@@ -288,8 +288,9 @@ def build_parser():
     s.add_argument("-o", "--output", required=True, help="output .h5 file (Huffman-coded, with the plan)")
     s.add_argument("--budget", type=float, default=0.5, help="points of accuracy allowed to be lost (default 0.5)")
     s.add_argument("--batch", type=int, default=1, help="the batch size the model will serve (default 1)")
-    s.add_argument("--objective", choices=("latency", "size"), default="latency",
-                   help="minimise the measured time per call (default) or the file's bytes")
+    s.add_argument("--objective", choices=("latency", "size", "energy"), default="latency",
+                   help="minimise the measured time per call (default), the file's bytes, or the estimated "
+                   "energy per inference (Horowitz 45 nm model, not measured)")
     s.add_argument("--calib", metavar="NPZ", help="calibration data: an .npz with x (and y, labels: without "
                    "them the budget is in points of agreement); default: the first --calibration training digits")
     s.add_argument("--calibration", type=int, metavar="N", default=2000,

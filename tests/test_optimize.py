@@ -248,3 +248,49 @@ def test_bad_calibration_raises(lenet300):
         nc.optimize(model, x[:5])
     with pytest.raises(nc.NncompError, match="calibration"):
         nc.optimize(model, None)
+
+
+def test_search_on_a_dask_cluster_gives_the_same_plan(lenet300):
+    """Candidates built and scored by two worker processes of a dask LocalCluster (joblib's dask
+    backend), latency measured here: the same plan as in-process."""
+    joblib = pytest.importorskip("joblib")
+    distributed = pytest.importorskip("dask.distributed")
+    model, x, y = lenet300
+    kw = dict(labels=y, budget=0.5, methods=["quantize"])
+    here = Planner(timer=TableTimer(chosen_ms=0.6), cache=False).run(model, x, **kw).plan
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client, distributed.get_task_stream(client) as tasks:
+        with joblib.parallel_config(backend="dask"):
+            there = Planner(timer=TableTimer(chosen_ms=0.6), cache=False).run(model, x, n_jobs=2, **kw).plan
+        assert len(client.scheduler_info()["workers"]) == 2
+    assert len({t["worker"] for t in tasks.data}) >= 1 and len(tasks.data) >= 3     # a job per layer, remote
+    assert there.layers == here.layers and there.table == here.table
+    assert there.heldout_score == here.heldout_score
+
+
+def test_energy_estimate_follows_the_documented_model(lenet300):
+    from nncomp.planner import energy
+    model, x, _ = lenet300
+    e = energy.energy(model, batch=1, llc_bytes=1 << 30)
+    macs = 784 * 300 + 300 * 100 + 100 * 10
+    assert e["compute_pj"] == pytest.approx(macs * (3.7 + 0.9))
+    assert e["memory_pj"] == pytest.approx(model.nbytes / 4 * 5.0) and not e["dram"]
+    assert energy.energy(model, batch=1, llc_bytes=1000)["memory_pj"] == pytest.approx(model.nbytes / 4 * 640.0)
+    assert energy.energy(model, batch=64, llc_bytes=1 << 30)["memory_pj"] == pytest.approx(e["memory_pj"] / 64)
+    q = nc.quantize(model, layers=["fc1"], activations="dynamic", calibration=x[:64])    # integer arithmetic
+    eq = energy.energy(q, batch=1, llc_bytes=1 << 30)
+    assert eq["compute_pj"] == pytest.approx((macs - 784 * 300) * 4.6 + 784 * 300 * 0.3)
+    w = nc.quantize(model, layers=["fc1"], weights_only=True)       # decoded to float arithmetic
+    assert energy.energy(w, batch=1, llc_bytes=1 << 30)["compute_pj"] == pytest.approx(e["compute_pj"])
+
+
+def test_energy_objective_lowers_the_estimate_within_budget(lenet300):
+    model, x, y = lenet300
+    out = Planner(timer=TableTimer(), cache=False).run(model, x, labels=y, budget=0.5, objective="energy",
+                                                       methods=["prune", "quantize"])
+    plan = out.plan
+    assert plan.objective == "energy" and plan.predicted_ms is None
+    assert plan.energy_pj < plan.dense_energy_pj and any(c.candidate != "dense" for c in plan.layers)
+    assert heldout_drop(model, out, x, y) <= 0.5 + 1e-9
+    assert "estimated (Horowitz 45 nm model, not measured)" in str(plan)
+    assert nc.OptimizationPlan.from_json(plan.to_json()) == plan

@@ -4,11 +4,14 @@ The steps (each in its own module):
 
 1. The calibration data is split, seeded: a *fitting* half for the methods' refits (at most
    ``MAX_FIT`` samples), a *search* quarter that scores each candidate, and a *held-out* quarter that
-   only the verification sees; the budget is checked there.
-2. Candidates per weighted layer (:mod:`.candidates`), each built by a public method on that one layer
-   with its calibration refit, evaluated as independent jobs (``n_jobs`` through joblib if installed).
-3. Costs: measured whole-model times with one layer changed at the target batch (:mod:`.latency`,
-   cached per CPU and versions), or saved file bytes (``objective="size"``).
+   only the verification sees; the budget is checked there (:mod:`.jobs`).
+2. Costs: for ``objective="latency"`` every candidate's formats are built without refits and timed
+   first (:mod:`.table`: whole-model times with one layer changed at the target batch, in the dense
+   model's run mode (:mod:`.modes`), cached per CPU and versions (:mod:`.latency`)); only candidates
+   at least MIN_GAIN faster than dense go on. For ``"size"``: saved file bytes of every candidate.
+3. Those candidates per weighted layer (:mod:`.candidates`), each built by a public method on that
+   one layer with its calibration refit and scored, as independent jobs (``n_jobs`` through joblib
+   if installed; a Dask cluster through joblib's dask backend).
 4. Search under an additive model: exact (``scipy.optimize.milp``) and greedy (:mod:`.search`);
    verification on the held-out part, and a repair loop reverting the most harmful layers.
 5. A final measurement against the dense model decides: the result is never slower (or, for
@@ -19,10 +22,11 @@ from collections import Counter
 
 import numpy as np
 
-from ..checks import check_choice, check_number, check_seed
 from ..errors import CompressionParameterError
 from . import search
-from .candidates import METHODS, build_proxy, candidates_for, compose, describe_patch, weighted_layers
+from .arguments import OBJECTIVES, check_arguments
+from .candidates import build_proxy, candidates_for, compose, describe_patch, weighted_layers
+from .energy import energy
 from .jobs import digest, evaluate, run_jobs, score, split
 from .latency import LatencyCache, Timer, cpu_name
 from .modes import run_mode
@@ -31,8 +35,6 @@ from .table import MIN_GAIN, PROXY_SAMPLES, LatencyTable
 
 __all__ = ["optimize", "Planner", "OBJECTIVES"]
 
-OBJECTIVES = ("latency", "size")
-MIN_SAMPLES = 12       # a quarter for the search and a quarter held out need at least 3 each
 # Chosen entries are measured again with this many times the calls, and the search rerun, at most
 # CONFIRM_ROUNDS times (until the choice holds only confirmed entries).
 CONFIRM_EFFORT = 3
@@ -65,8 +67,10 @@ def optimize(model, calibration, *, labels=None, budget=0.5, batch=1, objective=
         Points allowed to be lost on the held-out quarter (0.5 = half a point).
     batch : int >= 1
         The batch size the model will serve; every time is measured at it.
-    objective : {"latency", "size"}
-        Minimise the measured time per call, or the bytes of the file ``nc.save(..., huffman=True)`` writes.
+    objective : {"latency", "size", "energy"}
+        Minimise the measured time per call, the bytes of the file ``nc.save(..., huffman=True)`` writes,
+        or the *estimated* energy per inference (:mod:`nncomp.planner.energy`: a documented model, not
+        a measurement; this machine has no energy counters).
     methods : list of str, optional
         Candidate families, from ``"prune"``, ``"prune_int8"``, ``"quantize"``, ``"share"``,
         ``"prune_share"``, ``"factorize"`` (default: all). Dense is always a candidate.
@@ -84,45 +88,6 @@ def optimize(model, calibration, *, labels=None, budget=0.5, batch=1, objective=
     """
     return Planner().run(model, calibration, labels=labels, budget=budget, batch=batch, objective=objective,
                          methods=methods, n_jobs=n_jobs, seed=seed)
-
-
-def _check(model, calibration, labels, budget, batch, objective, methods, n_jobs, seed):
-    from ..compress.calibration import check_calibration, check_model
-    check_model(model, "optimize")
-    budget = check_number(budget, "budget", low=0, method="optimize",
-                          fix="budget is the points of accuracy you accept to lose, e.g. 0.5")
-    batch = check_number(batch, "batch", integer=True, low=1, method="optimize")
-    check_choice(objective, "objective", OBJECTIVES, method="optimize")
-    check_seed(seed, method="optimize")
-    if methods is None:
-        methods = METHODS
-    if isinstance(methods, str):
-        methods = [methods]
-    bad = [m for m in methods if not isinstance(m, str) or m not in METHODS]
-    if bad or not list(methods):
-        raise CompressionParameterError(f"optimize(): methods must be a non-empty list of names from "
-                                        f"{list(METHODS)}; got {methods!r}. Drop {bad}, or pass methods=None "
-                                        "for all")
-    if n_jobs is not None:
-        check_number(n_jobs, "n_jobs", integer=True, low=-64, method="optimize",
-                     fix="None (in turn), a number of jobs, or -1 for one per core")
-        if n_jobs == 0:
-            raise CompressionParameterError("optimize(): n_jobs=0 runs nothing; pass None, a positive number or -1")
-    if calibration is None:
-        raise CompressionParameterError("optimize() needs calibration inputs (a few thousand training samples in "
-                                        f"the model's layout, shape (n, {', '.join(map(str, model.input_shape))}))")
-    x = check_calibration(calibration, model, "optimize")
-    if x.shape[0] < MIN_SAMPLES:
-        raise CompressionParameterError(f"optimize(): calibration has {x.shape[0]} samples; expected at least "
-                                        f"{MIN_SAMPLES} (half fit, a quarter searched, a quarter held out); pass more")
-    if labels is not None:
-        y = np.asarray(labels)
-        if y.shape != (x.shape[0],) or y.dtype.kind not in "iu":
-            raise CompressionParameterError(f"optimize(): labels must be {x.shape[0]} integer class indices, one per "
-                                            f"calibration sample; got {y.dtype} {y.shape}. Pass labels=None to "
-                                            "score agreement with the original model")
-        labels = y
-    return x, labels, float(budget), int(batch), tuple(dict.fromkeys(methods))
 
 
 class Planner:
@@ -155,7 +120,7 @@ class Planner:
     def run(self, model, calibration, *, labels=None, budget=0.5, batch=1, objective="latency", methods=None,
             n_jobs=None, seed=0):
         start = time.perf_counter()
-        x, y, budget, batch, methods = _check(model, calibration, labels, budget, batch, objective, methods,
+        x, y, budget, batch, methods = check_arguments(model, calibration, labels, budget, batch, objective, methods,
                                               n_jobs, seed)
         names = weighted_layers(model)
         if not names:
@@ -185,6 +150,7 @@ class Planner:
                 if patch is not None:
                     table[n].append((c, patch, None if s is None else 100.0 * (base_search - s)))
         dense_bytes, sizes = self._sizes(model, table) if objective == "size" else (None, None)
+        energies = self._energies(model, table, batch) if objective == "energy" else None
         deltas, keys = self._deltas(table, lat) if lat is not None else (None, {})
 
         def build(ch):
@@ -202,7 +168,8 @@ class Planner:
         self.progress(3, f"searching, verifying on the {len(held)} held-out samples")
         again = 0
         for attempt in range(CONFIRM_ROUNDS + 1):
-            options = self._options(table, deltas, sizes, dense_ms, budget)
+            options = self._options(table, deltas if lat else sizes or energies,
+                                    -MIN_GAIN * dense_ms if lat else -1e-9, budget)
             choice, used, more = self._solve(options, budget)
             choice, reverted = search.repair(choice, holds, harm)
             if objective != "latency":
@@ -223,7 +190,8 @@ class Planner:
         self.progress(4, "measuring the choice against the dense model")
         if objective == "latency":
             self.measured += lat.measured
-            choice, final = self._final(model, choice, build, xb, notes, reverted)
+            searched, checks = dict(choice), []
+            choice, final = self._final(model, choice, build, xb, notes, reverted, checks)
         else:
             final = self.timer.measure({"dense": model, "chosen": build(choice)}, xb)
         chosen = build(choice)
@@ -231,19 +199,26 @@ class Planner:
         out_bytes = saved_size(chosen, huffman=True).file_bytes if any(choice.values()) else None
         if dense_bytes is None:
             dense_bytes = saved_size(model, huffman=True).file_bytes
-        if objective == "size" and out_bytes is not None and out_bytes >= dense_bytes:
-            notes.append("the chosen model's file is not smaller than dense: returning the dense model")
+        dense_pj, out_pj = energy(model, batch)["total_pj"], energy(chosen, batch)["total_pj"]
+        if any(choice.values()) and (objective == "size" and out_bytes >= dense_bytes
+                                     or objective == "energy" and out_pj >= dense_pj):
+            notes.append(f"the chosen model's {'file' if objective == 'size' else 'estimated energy'} is not "
+                         "smaller than dense: returning the dense model")
             reverted += [n for n, i in choice.items() if i]
             choice = {n: 0 for n in names}
         if not any(choice.values()):
             chosen, out_bytes, final["chosen"] = model.with_nodes(model.nodes), dense_bytes, final["dense"]
+            out_pj = dense_pj
         elif lat is not None and run_mode(chosen, batch) != lat.mode:
             notes.append(f"the chosen model runs in mode {run_mode(chosen, batch)!r}, its table entries were "
                          f"timed in the dense model's {lat.mode!r}: the prediction is less exact")
         result = chosen if chosen is not model else model.with_nodes(model.nodes)
-        predicted = None   # the table's sum, scaled to the final dense time (a neighbour's load moves both)
+        predicted = check = None   # the table's sum, scaled to the final dense time (a neighbour's load moves both)
         if deltas is not None:
             predicted = final["dense"] * (1.0 + sum(deltas[n][i] for n, i in choice.items()) / dense_ms)
+            if checks:      # the search's own choice, before the final measurement set layers back
+                check = (checks[0]["dense"] * (1.0 + sum(deltas[n][i] for n, i in searched.items()) / dense_ms),
+                         checks[0]["chosen"])
         if sizes is None:      # the file bytes of the chosen layers alone (the size table was not built)
             sizes = {n: {i: saved_size(compose(model, {n: table[n][i][1]}), huffman=True).file_bytes - dense_bytes}
                      if i else {0: 0} for n, i in choice.items()}
@@ -258,7 +233,9 @@ class Planner:
         result.plan = OptimizationPlan(
             objective=objective, budget=budget, metric="accuracy" if y is not None else "agreement", batch=batch,
             layers=layers, dense_ms=final["dense"], predicted_ms=predicted, measured_ms=final["chosen"],
-            dense_bytes=int(dense_bytes), bytes=int(out_bytes), baseline_score=base_held,
+            dense_bytes=int(dense_bytes), bytes=int(out_bytes), dense_energy_pj=dense_pj, energy_pj=out_pj,
+            search_check=check,
+            baseline_score=base_held,
             heldout_score=score(result, x_held, ref_held), search=used, reverted=tuple(reverted),
             cpu=cpu_name(), planning_s=time.perf_counter() - start, notes=tuple(notes),
             table=tuple((n, c.label, ms(n, i), None if size_table is None else int(size_table[n][i]),
@@ -312,17 +289,25 @@ class Planner:
         return {n: [0.0] + [lat.delta(keys[n, i]) for i in range(1, len(table[n]))] for n in table}, keys
 
     @staticmethod
-    def _options(table, deltas, sizes, dense_ms, budget):
-        """``{layer: [(cost, drop)]}`` for the search; options not worth an accuracy risk (a measured
-        saving under MIN_GAIN of the dense time, no smaller file, or not scored) get an impossible drop."""
+    def _options(table, costs, threshold, budget):
+        """``{layer: [(cost, drop)]}`` for the search; options not worth an accuracy risk (a cost above
+        ``threshold``: a measured saving under MIN_GAIN of the dense time, no smaller file or estimated
+        energy; or not scored) get an impossible drop."""
         options = {}
         for n, entries in table.items():
             options[n] = [(0.0, 0.0)]
             for i, (_, _, drop) in enumerate(entries[1:], 1):
-                cost = deltas[n][i] if deltas is not None else sizes[n][i]
-                worth = drop is not None and (cost <= -MIN_GAIN * dense_ms if deltas is not None else cost < 0)
+                cost = costs[n][i]
+                worth = drop is not None and cost <= threshold
                 options[n].append((float(cost), max(float(drop), 0.0)) if worth else (0.0, budget + 1e9))
         return options
+
+    @staticmethod
+    def _energies(model, table, batch):
+        """``{layer: [delta of the estimated energy per sample, pJ, per option]}`` (:mod:`.energy`)."""
+        dense = energy(model, batch)["total_pj"]
+        return {n: [0.0] + [energy(compose(model, {n: p}), batch)["total_pj"] - dense for _, p, _ in entries[1:]]
+                for n, entries in table.items()}
 
     @staticmethod
     def _solve(options, budget):
@@ -335,11 +320,12 @@ class Planner:
                                     f"against {search.total(options, choice)[0]:.4g} for the exact choice"]
         return choice, "milp (greedy agrees)", []
 
-    def _final(self, model, choice, build, xb, notes, reverted):
+    def _final(self, model, choice, build, xb, notes, reverted, checks):
         """The final measurement decides: the chosen model, dense, and the chosen model with each one
         layer set back to dense, timed together; while one of the latter is fastest, it becomes the
-        choice, and unless one is MIN_GAIN faster than dense, dense is returned (a table's additive prediction misses interactions: a pass that drops below the
-        serial-kernel threshold, a fusion one format breaks). Returns ``(choice, {"dense", "chosen"} ms)``."""
+        choice, and unless one is MIN_GAIN faster than dense, dense is returned (a table's additive
+        prediction misses interactions: a pass that changes its run mode, a fusion one format breaks).
+        Returns ``(choice, {"dense", "chosen"} ms)``; each round's times are appended to ``checks``."""
         choice = dict(choice)
         while True:
             live = [n for n, i in choice.items() if i]
@@ -350,6 +336,7 @@ class Planner:
             if len(live) > 1:
                 variants.update({f"-{n}": build({**choice, n: 0}) for n in live})
             ms = self.timer.measure(variants, xb, effort=CONFIRM_EFFORT)
+            checks.append(ms)
             best = min(ms, key=ms.get)
             if ms[best] > (1 - MIN_GAIN) * ms["dense"]:
                 best = "dense"       # not measurably faster: no accuracy is spent for nothing
