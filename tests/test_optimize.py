@@ -294,3 +294,28 @@ def test_energy_objective_lowers_the_estimate_within_budget(lenet300):
     assert heldout_drop(model, out, x, y) <= 0.5 + 1e-9
     assert "estimated (Horowitz 45 nm model, not measured)" in str(plan)
     assert nc.OptimizationPlan.from_json(plan.to_json()) == plan
+
+
+def test_run_modes_and_timing_in_the_dense_models_mode():
+    from nncomp.planner import modes
+    vgg = nc.load(nc.data.model_path("vgg_small"))
+    lenet300 = nc.load(nc.data.model_path("lenet300"))
+    assert modes.run_mode(lenet300, 1, threads=2) == "serial" and modes.run_mode(vgg, 1, threads=1) == "serial"
+    assert modes.run_mode(vgg, 64, threads=2) == "parts"           # a convolutional model's large batch
+    x = nc.data.for_model(vgg, "train")[0][:64]
+    dyn = nc.quantize(vgg, layers=["features.3"], activations="dynamic", calibration=x)
+    assert modes.run_mode(dyn, 64, threads=2) == "parallel"        # results depend on the cut: run whole
+    for mode in ("serial", "parts"):
+        np.testing.assert_allclose(modes.in_mode(vgg, mode, 64, threads=2)(x), vgg(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(__import__("numba").get_num_threads() < 2, reason="batch parts need two threads")
+def test_candidates_that_change_the_run_mode_are_left_out():
+    vgg = nc.load(nc.data.model_path("vgg_small"))
+    x, y = nc.data.for_model(vgg, "train")
+    out = Planner(timer=TableTimer(chosen_ms=0.6), cache=False).run(vgg, x[:200], labels=y[:200], budget=100.0,
+                                                                     batch=64, methods=["quantize"])
+    assert "would change how the model runs a batch of 64 (the dense model's mode: parts)" in str(out.plan)
+    assert all(c.candidate != "int8-dynamic" for c in out.plan.layers)
+    assert any(c.candidate != "dense" for c in out.plan.layers)
+    assert {r[2] for r in out.plan.table if r[1] == "int8-dynamic"} == {None}      # never timed

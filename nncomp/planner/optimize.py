@@ -261,7 +261,7 @@ class Planner:
         keys = {k: lat.key(k[0], cands[k[0]][k[1]].label, p) for k, p in same.items()}
         lat.measure({keys[k]: (k[0], p) for k, p in same.items()})
         wanted = {cands[n][j] for (n, j), key in keys.items() if lat.delta(key) <= -MIN_GAIN * lat.dense_reference()}
-        return {k: p for k, p in same.items()}, wanted
+        return live, wanted      # the left-out ones stay in the plan's table, never timed
 
     def _build(self, model, cands, wanted, data, x_fit, x_search, ref_search, n_jobs):
         """``{candidate: (patch or None, search score)}`` of the candidates in ``wanted`` (None: all),
