@@ -258,7 +258,8 @@ def test_search_on_a_dask_cluster_gives_the_same_plan(lenet300):
     model, x, y = lenet300
     kw = dict(labels=y, budget=0.5, methods=["quantize"])
     here = Planner(timer=TableTimer(chosen_ms=0.6), cache=False).run(model, x, **kw).plan
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client, distributed.get_task_stream(client) as tasks:
         with joblib.parallel_config(backend="dask"):
             there = Planner(timer=TableTimer(chosen_ms=0.6), cache=False).run(model, x, n_jobs=2, **kw).plan

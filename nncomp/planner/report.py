@@ -169,7 +169,8 @@ class OptimizationPlan:
                      f"predicted {self.predicted_ms:.4f} ms (error {100 * self.prediction_error:+.1f}%)")
         if self.search_check is not None and self.reverted:
             p, m = self.search_check
-            lines.append(f"the search's choice: predicted {p:.4f} ms, measured {m:.4f} ms (error {100 * (p - m) / m:+.1f}%)")
+            lines.append(f"the search's choice: predicted {p:.4f} ms, measured {m:.4f} ms "
+                         f"(error {100 * (p - m) / m:+.1f}%)")
         lines.append(f"time at batch {self.batch}: dense {self.dense_ms:.4f} ms, {predicted}, measured "
                      f"{self.measured_ms:.4f} ms (speedup {self.speedup:.2f}x)")
         lines.append(f"file: dense {self.dense_bytes:,} bytes, chosen {self.bytes:,} bytes "

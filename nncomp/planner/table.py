@@ -1,10 +1,11 @@
 """The latency table: each candidate's measured difference from the dense model, in the dense model's mode.
 
-Latency depends on a candidate's formats and shapes, not on its weights' values, so the planner times
-*proxies* first: each candidate built by its method without the calibration refit (data-free; static
-int8 takes its ranges from PROXY_SAMPLES samples). Only the candidates that measure at least MIN_GAIN faster than dense are then built
-with the full refit and scored; a full build whose formats and bytes match its proxy's (the usual
-case) reuses the proxy's entry, one that differs is timed itself.
+Latency depends on a candidate's formats and shapes, not on its weights' values, so the planner
+times *proxies* first: each candidate built by its method without the calibration refit (data-free;
+static int8 takes its ranges from PROXY_SAMPLES samples). Only the candidates that measure at least
+MIN_GAIN faster than dense are then built with the full refit and scored; a full build whose formats
+and bytes match its proxy's (the usual case) reuses the proxy's entry, one that differs is timed
+itself.
 
 Every entry is timed in the mode the dense model runs in (:mod:`.modes`; a one-layer change must
 not move the whole model from batch parts to parallel kernels between the table and the final

@@ -75,7 +75,7 @@ def run(result, opts):
         planner = Planner(cache=False)
         peers = _peers(model, serialized, threads)
         for b in batches:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = planner.run(model, x, labels=y, budget=BUDGET, batch=b, methods=methods)
             plan = out.plan
             row = {"model": name, "batch": b, "chosen": {c.layer: c.candidate for c in plan.layers},
@@ -85,7 +85,8 @@ def run(result, opts):
                    "energy_estimate_pj": [plan.dense_energy_pj, plan.energy_pj],
                    "reverted": list(plan.reverted), "search_check": plan.search_check,
                    "test_accuracy_dense": dense_acc, "test_accuracy": float(np.mean(out(xt).argmax(1) == yt)),
-                   "planning_s": time.perf_counter() - t0, "search": plan.search, "plan": plan.to_json()}
+                   "planning_s": time.perf_counter() - t0, "planning_cpu_s": time.process_time() - c0,
+                   "search": plan.search, "plan": plan.to_json()}
             row["test_drop_points"] = 100 * (row["test_accuracy_dense"] - row["test_accuracy"])
             if "error" in peers:
                 row["ort_error"] = peers["error"]
@@ -120,6 +121,10 @@ def _predicted(r):
     return f"{r['predicted_ms']:.4f} ({100 * r['prediction_error']:+.1f}%)"
 
 
+def _cpu(r):
+    return f"{r['planning_cpu_s']:.0f}" if "planning_cpu_s" in r else "-"
+
+
 def _energy(r):
     e = r.get("energy_estimate_pj")
     return f"{e[0] / 1e3:,.1f} -> {e[1] / 1e3:,.1f}" if e and None not in e else "-"
@@ -132,18 +137,22 @@ def markdown(result):
              + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()), "",
              (result.get("protocol") or "").split("\n\n")[0], "",
              "| model | batch | chosen (other layers dense) | dense ms | chosen ms | speedup | predicted (error) | "
-             "ORT f32 ms | ORT int8 ms | vs faster ORT | bytes | energy (estimate) nJ | test accuracy | planning s |",
+             "ORT f32 ms | ORT int8 ms | vs faster ORT | bytes | energy (estimate) nJ | test accuracy | "
+             "planning s (CPU s) |",
              "|---" * 14 + "|"]
     for r in result.get("rows", []):
         ort = (f"{r['ort_f32_ms']:.4f} | {r['ort_int8_ms']:.4f} | **{r['vs_ort']:.2f}x**" if "vs_ort" in r
                else "- | - | -")
         lines.append(f"| {r['model']} | {r['batch']} | {_chosen(r)} | {r['dense_ms']:.4f} | {r['measured_ms']:.4f} | "
                      f"**{r['speedup']:.2f}x** | {_predicted(r)} | "
-                     f"{ort} | {r['dense_bytes']:,} -> {r['bytes']:,} | {_energy(r)} | {r['test_accuracy_dense']:.3f} -> "
-                     f"{r['test_accuracy']:.3f} | {r['planning_s']:.0f} |")
+                     f"{ort} | {r['dense_bytes']:,} -> {r['bytes']:,} | {_energy(r)} | "
+                     f"{r['test_accuracy_dense']:.3f} -> "
+                     f"{r['test_accuracy']:.3f} | {r['planning_s']:.0f} ({_cpu(r)}) |")
     lines += ["", "vs faster ORT: the faster of ORT float32 and ORT int8 dynamic, over the chosen model's time, "
               "timed again alternating with it (above 1: nncomp faster). *: the search's choice predicted vs "
-              "measured in the final measurement's first round, which then set layers back to dense. The batch-64 row of each model reuses "
-              "the candidates built for batch 1 (planning s counts only what that row did). Energy: an estimate "
+              "measured in the final measurement's first round, which then set layers back to dense. The batch-64 "
+              "row of each model reuses the candidates built for batch 1 (planning s counts only what that row "
+              "did: wall time, and in brackets the process's CPU time on both cores, which a paused process "
+              "or a neighbour's load does not inflate). Energy: an estimate "
               "per inference from the Horowitz 45 nm model (nncomp/planner/energy.py), not a measurement."]
     return "\n".join(lines + [""])
