@@ -331,9 +331,7 @@ def onnx_model(model):
 def ort_model(model, *, threads, int8=False, spin=False, serialized=None, int8_ops=("MatMul",)):
     """The model run by ONNX Runtime (CPU); returns ``fn(x: ndarray) -> ndarray``.
 
-    ``int8=True`` applies ``onnxruntime.quantization.quantize_dynamic`` (int8 weights) to the ONNX
-    operators ``int8_ops`` (default MatMul only; ``("MatMul", "Conv")`` also makes convolutions
-    ConvInteger).
+    ``int8=True`` applies ``onnxruntime.quantization.quantize_dynamic`` (int8 weights) to ``int8_ops``.
     ``fn.onnx_bytes`` is the size of the serialized graph that ORT loaded. ``serialized``: the
     float32 graph of :func:`onnx_model` as bytes, when the caller exported it already (fc6: 411 MB).
     """
@@ -350,7 +348,6 @@ def ort_model(model, *, threads, int8=False, spin=False, serialized=None, int8_o
             with open(dst, "rb") as fh:
                 data = fh.read()
     sess, n_out = ort_session(data, threads=threads, spin=spin), len(model.outputs)
-
     name = sess.get_inputs()[0].name
 
     def fn(x):
