@@ -57,9 +57,11 @@ class LatencyTable:
             name, label, self.mode, [(p.name, p.layer.describe(), int(p.layer.nbytes)) for p in patch]])
 
     def eligible(self, name, patch):
-        """Whether the model with ``patch`` runs in the dense model's mode (always, if that mode is
-        ``"parallel"``, which cannot be imposed: such a candidate is timed in its own mode)."""
-        return self.mode == "parallel" or run_mode(compose(self.model, {name: patch}), self.batch) == self.mode
+        """Whether the model with ``patch`` runs in the dense model's mode. One that would not is
+        left out: its difference would hold the change of mode, which another layer's change can
+        bring about too (two such entries summed: LeNet-300 at batch 64, whose dense pass runs
+        parallel kernels and each sparser layer's a serial one, was predicted at a negative time)."""
+        return run_mode(compose(self.model, {name: patch}), self.batch) == self.mode
 
     def delta(self, key):
         """The entry's difference from dense in ms of the reference dense time (inf: not measured)."""
