@@ -3,6 +3,7 @@
     nncomp info FILE                       the model summary (layers, formats, bytes, MACs)
     nncomp compress FILE -o OUT [options]  apply methods (or a JSON/TOML recipe) and save
     nncomp eval FILE [--data X.npz]        accuracy on the shipped digits (or x, y of an .npz) and speed
+    nncomp optimize FILE -o OUT [options]  the fastest (or smallest) model within an accuracy budget
     nncomp bench [options]                 python -m nncomp.bench (see its --help)
 
 Bad arguments, unreadable or invalid files and rejected method parameters end with one line on
@@ -229,9 +230,35 @@ def cmd_eval(a):
     return 0
 
 
+def cmd_optimize(a):
+    import nncomp as nc
+    from .planner import Planner
+    model = _load(a.file)
+    if a.calib:
+        x, y = _npz(a.calib)
+    else:
+        x, y = _digits_for(model, "train")
+        x, y = x[:a.calibration], y[:a.calibration]
+    methods = None if a.methods is None else [m.strip() for m in a.methods.split(",") if m.strip()]
+    out_dir = os.path.dirname(os.path.abspath(a.output))
+    if not os.path.isdir(out_dir):
+        raise UsageError(f"cannot write {a.output}: folder {out_dir} does not exist")
+
+    def progress(step, message):
+        if not a.quiet:
+            print(f"[{step}/{Planner.STEPS}] {message}", file=sys.stderr, flush=True)
+    planner = Planner(progress=progress)
+    result = planner.run(model, x, labels=None if a.agreement else y, budget=a.budget, batch=a.batch,
+                         objective=a.objective, methods=methods, n_jobs=a.jobs, seed=a.seed)
+    nc.save(result, a.output, huffman=True)
+    print(result.plan)
+    print(f"wrote {a.output} ({os.path.getsize(a.output):,} bytes, the plan included)")
+    return 0
+
+
 def build_parser():
     p = OneLineParser(prog=PROG, description="Compress trained neural networks; measure speed, size, accuracy.")
-    sub = p.add_subparsers(dest="command", metavar="{info,compress,eval,bench}", parser_class=OneLineParser)
+    sub = p.add_subparsers(dest="command", metavar="{info,compress,eval,optimize,bench}", parser_class=OneLineParser)
     s = sub.add_parser("info", help="print the model summary")
     s.add_argument("file")
     s = sub.add_parser("compress", help="compress a model and save it in nncomp's format")
@@ -256,6 +283,25 @@ def build_parser():
     s.add_argument("--batch", default="1,64", help="batch sizes to time (default 1,64)")
     s.add_argument("--repeat", type=int, default=20)
     s.add_argument("--threads", type=int, default=None)
+    s = sub.add_parser("optimize", help="nc.optimize: the fastest (or smallest) model within an accuracy budget")
+    s.add_argument("file")
+    s.add_argument("-o", "--output", required=True, help="output .h5 file (Huffman-coded, with the plan)")
+    s.add_argument("--budget", type=float, default=0.5, help="points of accuracy allowed to be lost (default 0.5)")
+    s.add_argument("--batch", type=int, default=1, help="the batch size the model will serve (default 1)")
+    s.add_argument("--objective", choices=("latency", "size", "energy"), default="latency",
+                   help="minimise the measured time per call (default), the file's bytes, or the estimated "
+                   "energy per inference (Horowitz 45 nm model, not measured)")
+    s.add_argument("--calib", metavar="NPZ", help="calibration data: an .npz with x (and y, labels: without "
+                   "them the budget is in points of agreement); default: the first --calibration training digits")
+    s.add_argument("--calibration", type=int, metavar="N", default=2000,
+                   help="training digits used without --calib (default 2000)")
+    s.add_argument("--agreement", action="store_true",
+                   help="budget in points of agreement with the original model, even if labels are given")
+    s.add_argument("--methods", metavar="A,B", help="candidate families (default all): prune, prune_int8, "
+                   "quantize, share, prune_share, factorize")
+    s.add_argument("--jobs", type=int, default=None, help="build and score candidates as this many joblib jobs")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     sub.add_parser("bench", help="python -m nncomp.bench (pass its options after 'bench')", add_help=False)
     return p
 
@@ -274,7 +320,7 @@ def main(argv=None):
     p = build_parser()
     a = p.parse_args(argv)
     if a.command is None:
-        fail("choose a command: info, compress, eval or bench")
+        fail("choose a command: info, compress, eval, optimize or bench")
     from .errors import NncompError
     try:
         if a.command == "eval":
@@ -284,9 +330,9 @@ def main(argv=None):
                 raise UsageError(str(e)) from None
             if a.repeat < 1 or (a.threads is not None and a.threads < 1):
                 raise UsageError("--repeat and --threads must be >= 1")
-        if a.command == "compress" and a.calibration is not None and a.calibration < 1:
+        if a.command in ("compress", "optimize") and a.calibration is not None and a.calibration < 1:
             raise UsageError(f"--calibration must be >= 1 samples, got {a.calibration}")
-        return {"info": cmd_info, "compress": cmd_compress, "eval": cmd_eval}[a.command](a)
+        return {"info": cmd_info, "compress": cmd_compress, "eval": cmd_eval, "optimize": cmd_optimize}[a.command](a)
     except (UsageError, NncompError, OSError) as e:
         fail(e)
 

@@ -178,3 +178,46 @@ def test_python_dash_m_entry_point(tmp_path):
     r = subprocess.run([sys.executable, "-m", "nncomp", "info", LENET300], capture_output=True, text=True,
                        env=env, timeout=120)
     assert r.returncode == 0 and "lenet300" in r.stdout
+
+
+@pytest.fixture
+def calib_npz(tmp_path, monkeypatch):
+    """400 training digits of LeNet-300 (x, y) in an .npz; short timings, a cache of the test's own."""
+    from nncomp.planner import latency
+    monkeypatch.setenv(latency.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(latency, "TARGET_S", 0.01)
+    monkeypatch.setattr(latency, "MIN_CALLS", 4)
+    x, y = nc.data.mnist("train", layout="NC")
+    path = tmp_path / "calib.npz"
+    np.savez(path, x=x[:400], y=y[:400])
+    return path
+
+
+def test_optimize_saves_the_model_with_its_plan_and_prints_it(capsys, tmp_path, calib_npz):
+    out = tmp_path / "fast.h5"
+    code, stdout, err = run_main(["optimize", LENET300, "--budget", "1", "--batch", "1", "--calib", str(calib_npz),
+                                  "--methods", "quantize", "-o", str(out)], capsys)
+    assert code == 0, err
+    assert "Optimization plan: objective latency, budget 1 points of accuracy, batch 1" in stdout
+    assert "fc1" in stdout and f"wrote {out}" in stdout
+    assert "[1/4] timing 9 candidates of 3 layers at batch 1" in err and "[4/4]" in err
+    back = nc.load(out)
+    assert back.plan is not None and back.plan.budget == 1.0 and str(back.plan) in stdout
+
+
+@pytest.mark.parametrize("extra", [
+    ["--budget", "-0.5"], ["--methods", "quantize,magic"], ["--objective", "speed"], ["--batch", "0"],
+    ["--calibration", "0"], ["--calib", "WRONG"], ["--calib", "NOLABELS_SHORT"],
+])
+def test_optimize_bad_input_exits_2_with_one_line(extra, capsys, tmp_path, calib_npz):
+    x = np.load(calib_npz)["x"]
+    np.savez(tmp_path / "wrong.npz", x=x.reshape(-1, 28, 28), y=np.zeros(len(x), np.int64))   # not (n, 784)
+    np.savez(tmp_path / "short.npz", x=x[:5])
+    extra = [{"WRONG": str(tmp_path / "wrong.npz"), "NOLABELS_SHORT": str(tmp_path / "short.npz")}.get(e, e)
+             for e in extra]
+    argv = ["optimize", LENET300, "-o", str(tmp_path / "o.h5"), "--methods", "quantize"]
+    if "--calib" not in extra:
+        argv += ["--calib", str(calib_npz)]
+    code, _, err = run_main(argv + extra, capsys)
+    assert_one_line_error(code, err)
+    assert not (tmp_path / "o.h5").exists()

@@ -248,3 +248,75 @@ def test_bad_calibration_raises(lenet300):
         nc.optimize(model, x[:5])
     with pytest.raises(nc.NncompError, match="calibration"):
         nc.optimize(model, None)
+
+
+def test_search_on_a_dask_cluster_gives_the_same_plan(lenet300):
+    """Candidates built and scored by two worker processes of a dask LocalCluster (joblib's dask
+    backend), latency measured here: the same plan as in-process."""
+    joblib = pytest.importorskip("joblib")
+    distributed = pytest.importorskip("dask.distributed")
+    model, x, y = lenet300
+    kw = dict(labels=y, budget=0.5, methods=["quantize"])
+    here = Planner(timer=TableTimer(chosen_ms=0.6), cache=False).run(model, x, **kw).plan
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client, distributed.get_task_stream(client) as tasks:
+        with joblib.parallel_config(backend="dask"):
+            there = Planner(timer=TableTimer(chosen_ms=0.6), cache=False).run(model, x, n_jobs=2, **kw).plan
+        assert len(client.scheduler_info()["workers"]) == 2
+    assert len({t["worker"] for t in tasks.data}) >= 1 and len(tasks.data) >= 3     # a job per layer, remote
+    assert there.layers == here.layers and there.table == here.table
+    assert there.heldout_score == here.heldout_score
+
+
+def test_energy_estimate_follows_the_documented_model(lenet300):
+    from nncomp.planner import energy
+    model, x, _ = lenet300
+    e = energy.energy(model, batch=1, llc_bytes=1 << 30)
+    macs = 784 * 300 + 300 * 100 + 100 * 10
+    assert e["compute_pj"] == pytest.approx(macs * (3.7 + 0.9))
+    assert e["memory_pj"] == pytest.approx(model.nbytes / 4 * 5.0) and not e["dram"]
+    assert energy.energy(model, batch=1, llc_bytes=1000)["memory_pj"] == pytest.approx(model.nbytes / 4 * 640.0)
+    assert energy.energy(model, batch=64, llc_bytes=1 << 30)["memory_pj"] == pytest.approx(e["memory_pj"] / 64)
+    q = nc.quantize(model, layers=["fc1"], activations="dynamic", calibration=x[:64])    # integer arithmetic
+    eq = energy.energy(q, batch=1, llc_bytes=1 << 30)
+    assert eq["compute_pj"] == pytest.approx((macs - 784 * 300) * 4.6 + 784 * 300 * 0.3)
+    w = nc.quantize(model, layers=["fc1"], weights_only=True)       # decoded to float arithmetic
+    assert energy.energy(w, batch=1, llc_bytes=1 << 30)["compute_pj"] == pytest.approx(e["compute_pj"])
+
+
+def test_energy_objective_lowers_the_estimate_within_budget(lenet300):
+    model, x, y = lenet300
+    out = Planner(timer=TableTimer(), cache=False).run(model, x, labels=y, budget=0.5, objective="energy",
+                                                       methods=["prune", "quantize"])
+    plan = out.plan
+    assert plan.objective == "energy" and plan.predicted_ms is None
+    assert plan.energy_pj < plan.dense_energy_pj and any(c.candidate != "dense" for c in plan.layers)
+    assert heldout_drop(model, out, x, y) <= 0.5 + 1e-9
+    assert "estimated (Horowitz 45 nm model, not measured)" in str(plan)
+    assert nc.OptimizationPlan.from_json(plan.to_json()) == plan
+
+
+def test_run_modes_and_timing_in_the_dense_models_mode():
+    from nncomp.planner import modes
+    vgg = nc.load(nc.data.model_path("vgg_small"))
+    lenet300 = nc.load(nc.data.model_path("lenet300"))
+    assert modes.run_mode(lenet300, 1, threads=2) == "serial" and modes.run_mode(vgg, 1, threads=1) == "serial"
+    assert modes.run_mode(vgg, 64, threads=2) == "parts"           # a convolutional model's large batch
+    x = nc.data.for_model(vgg, "train")[0][:64]
+    dyn = nc.quantize(vgg, layers=["features.3"], activations="dynamic", calibration=x)
+    assert modes.run_mode(dyn, 64, threads=2) == "parallel"        # results depend on the cut: run whole
+    for mode in ("serial", "parts"):
+        np.testing.assert_allclose(modes.in_mode(vgg, mode, 64, threads=2)(x), vgg(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(__import__("numba").get_num_threads() < 2, reason="batch parts need two threads")
+def test_candidates_that_change_the_run_mode_are_left_out():
+    vgg = nc.load(nc.data.model_path("vgg_small"))
+    x, y = nc.data.for_model(vgg, "train")
+    out = Planner(timer=TableTimer(chosen_ms=0.6), cache=False).run(vgg, x[:200], labels=y[:200], budget=100.0,
+                                                                     batch=64, methods=["quantize"])
+    assert "would change how the model runs a batch of 64 (the dense model's mode: parts)" in str(out.plan)
+    assert all(c.candidate != "int8-dynamic" for c in out.plan.layers)
+    assert any(c.candidate != "dense" for c in out.plan.layers)
+    assert {r[2] for r in out.plan.table if r[1] == "int8-dynamic"} == {None}      # never timed

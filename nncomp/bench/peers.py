@@ -328,10 +328,10 @@ def onnx_model(model):
                              producer_name="nncomp.bench")
 
 
-def ort_model(model, *, threads, int8=False, spin=False, serialized=None):
+def ort_model(model, *, threads, int8=False, spin=False, serialized=None, int8_ops=("MatMul",)):
     """The model run by ONNX Runtime (CPU); returns ``fn(x: ndarray) -> ndarray``.
 
-    ``int8=True`` applies ``onnxruntime.quantization.quantize_dynamic`` (int8 weights, MatMul only).
+    ``int8=True`` applies ``onnxruntime.quantization.quantize_dynamic`` (int8 weights) to ``int8_ops``.
     ``fn.onnx_bytes`` is the size of the serialized graph that ORT loaded. ``serialized``: the
     float32 graph of :func:`onnx_model` as bytes, when the caller exported it already (fc6: 411 MB).
     """
@@ -344,13 +344,14 @@ def ort_model(model, *, threads, int8=False, spin=False, serialized=None):
             with open(src, "wb") as fh:
                 fh.write(data)
             with _quiet():
-                quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+                quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=list(int8_ops))
             with open(dst, "rb") as fh:
                 data = fh.read()
     sess, n_out = ort_session(data, threads=threads, spin=spin), len(model.outputs)
+    name = sess.get_inputs()[0].name
 
     def fn(x):
-        ys = sess.run(None, {"x": x})
+        ys = sess.run(None, {name: x})
         return ys[0] if n_out == 1 else tuple(ys)
     fn.onnx_bytes = len(data)
     return fn

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ..errors import CompressionParameterError
 from ..layers import Conv2D, Dense
 
-__all__ = ["METHODS", "GRID", "Candidate", "candidates_for", "build_model", "build_patch", "compose",
+__all__ = ["METHODS", "GRID", "Candidate", "candidates_for", "build_model", "build_patch", "build_proxy", "compose",
            "describe_patch", "weighted_layers"]
 
 # Method names ``optimize(methods=...)`` accepts, each with the settings tried (module constants: the
@@ -69,7 +69,8 @@ def candidates_for(name, methods):
 
 
 def build_model(model, cand, x_fit, seed=0, memo=None):
-    """``model`` with only ``cand.layer`` changed, by the candidate's method (with refits on ``x_fit``).
+    """``model`` with only ``cand.layer`` changed, by the candidate's method (with refits on ``x_fit``;
+    data-free if it is None).
 
     ``memo`` (a dict kept over one layer's candidates) shares the pruned models between the CSR,
     CSR + int8 and CSR + codebook candidates of the same sparsity.
@@ -101,11 +102,18 @@ def build_model(model, cand, x_fit, seed=0, memo=None):
         return share(model, s["bits"], layers=[name], calibration=x_fit, seed=seed)
     if cand.method == "prune_share":    # nc.deep_compression on one layer, its pruning shared (pipeline.py)
         shared = share(pruned(), s["bits"], layers=[name], seed=seed, sparse=True)
-        return refit_model(model, shared, x_fit, [name], seed=seed)
+        return shared if x_fit is None else refit_model(model, shared, x_fit, [name], seed=seed)
     if cand.method == "factorize":
         return factorize(model, speedup={name: s["speedup"]}, calibration=x_fit, seed=seed)
     raise CompressionParameterError(f"optimize(): unknown candidate method {cand.method!r}; "
                                     f"expected one of {METHODS}")
+
+
+def build_proxy(model, cand, x_fit, seed=0, memo=None, samples=32):
+    """The patch of ``cand`` in its formats, built without refits (data-free; static int8 takes its
+    activation ranges from ``samples`` samples of ``x_fit``): what its latency is measured on."""
+    static = cand.method == "quantize" and cand.settings["mode"] == "static"
+    return build_patch(model, cand, x_fit[:samples] if static else None, seed, memo)
 
 
 def build_patch(model, cand, x_fit, seed=0, memo=None):

@@ -4,36 +4,37 @@ The steps (each in its own module):
 
 1. The calibration data is split, seeded: a *fitting* half for the methods' refits (at most
    ``MAX_FIT`` samples), a *search* quarter that scores each candidate, and a *held-out* quarter that
-   only the verification sees; the budget is checked there.
-2. Candidates per weighted layer (:mod:`.candidates`), each built by a public method on that one layer
-   with its calibration refit, evaluated as independent jobs (``n_jobs`` through joblib if installed).
-3. Costs: measured whole-model times with one layer changed at the target batch (:mod:`.latency`,
-   cached per CPU and versions), or saved file bytes (``objective="size"``).
+   only the verification sees; the budget is checked there (:mod:`.jobs`).
+2. Costs: for ``objective="latency"`` every candidate's formats are built without refits and timed
+   first (:mod:`.table`: whole-model times with one layer changed at the target batch, in the dense
+   model's run mode (:mod:`.modes`), cached per CPU and versions (:mod:`.latency`)); only candidates
+   at least MIN_GAIN faster than dense go on. For ``"size"``: saved file bytes of every candidate.
+3. Those candidates per weighted layer (:mod:`.candidates`), each built by a public method on that
+   one layer with its calibration refit and scored, as independent jobs (``n_jobs`` through joblib
+   if installed; a Dask cluster through joblib's dask backend).
 4. Search under an additive model: exact (``scipy.optimize.milp``) and greedy (:mod:`.search`);
    verification on the held-out part, and a repair loop reverting the most harmful layers.
 5. A final measurement against the dense model decides: the result is never slower (or, for
    ``"size"``, larger) than the dense model, which is always a candidate.
 """
 import time
-import warnings
+from collections import Counter
 
 import numpy as np
 
-from ..checks import check_choice, check_number, check_seed
 from ..errors import CompressionParameterError
 from . import search
-from .candidates import METHODS, build_patch, candidates_for, compose, describe_patch, weighted_layers
-from .latency import LatencyCache, Timer, cpu_name, entry_key, machine_key, structure_key
+from .arguments import OBJECTIVES, check_arguments
+from .candidates import build_proxy, candidates_for, compose, describe_patch, weighted_layers
+from .energy import energy
+from .jobs import digest, evaluate, run_jobs, score, split
+from .latency import LatencyCache, Timer, cpu_name
+from .modes import run_mode
 from .report import LayerChoice, OptimizationPlan
+from .table import MIN_GAIN, PROXY_SAMPLES, LatencyTable
 
 __all__ = ["optimize", "Planner", "OBJECTIVES"]
 
-OBJECTIVES = ("latency", "size")
-MAX_FIT = 512          # calibration samples given to the methods' refits
-MIN_SAMPLES = 12       # a quarter for the search and a quarter held out need at least 3 each
-# A candidate must save at least this share of the dense model's time (as measured) to be worth an
-# accuracy risk; smaller measured savings are within the timing noise of a busy machine.
-MIN_GAIN = 0.02
 # Chosen entries are measured again with this many times the calls, and the search rerun, at most
 # CONFIRM_ROUNDS times (until the choice holds only confirmed entries).
 CONFIRM_EFFORT = 3
@@ -66,8 +67,10 @@ def optimize(model, calibration, *, labels=None, budget=0.5, batch=1, objective=
         Points allowed to be lost on the held-out quarter (0.5 = half a point).
     batch : int >= 1
         The batch size the model will serve; every time is measured at it.
-    objective : {"latency", "size"}
-        Minimise the measured time per call, or the bytes of the file ``nc.save(..., huffman=True)`` writes.
+    objective : {"latency", "size", "energy"}
+        Minimise the measured time per call, the bytes of the file ``nc.save(..., huffman=True)`` writes,
+        or the *estimated* energy per inference (:mod:`nncomp.planner.energy`: a documented model, not
+        a measurement; this machine has no energy counters).
     methods : list of str, optional
         Candidate families, from ``"prune"``, ``"prune_int8"``, ``"quantize"``, ``"share"``,
         ``"prune_share"``, ``"factorize"`` (default: all). Dense is always a candidate.
@@ -87,102 +90,37 @@ def optimize(model, calibration, *, labels=None, budget=0.5, batch=1, objective=
                          methods=methods, n_jobs=n_jobs, seed=seed)
 
 
-def _check(model, calibration, labels, budget, batch, objective, methods, n_jobs, seed):
-    from ..compress.calibration import check_calibration, check_model
-    check_model(model, "optimize")
-    budget = check_number(budget, "budget", low=0, method="optimize",
-                          fix="budget is the points of accuracy you accept to lose, e.g. 0.5")
-    batch = check_number(batch, "batch", integer=True, low=1, method="optimize")
-    check_choice(objective, "objective", OBJECTIVES, method="optimize")
-    check_seed(seed, method="optimize")
-    if methods is None:
-        methods = METHODS
-    if isinstance(methods, str):
-        methods = [methods]
-    bad = [m for m in methods if not isinstance(m, str) or m not in METHODS]
-    if bad or not list(methods):
-        raise CompressionParameterError(f"optimize(): methods must be a non-empty list of names from "
-                                        f"{list(METHODS)}; got {methods!r}. Drop {bad}, or pass methods=None "
-                                        "for all")
-    if n_jobs is not None:
-        check_number(n_jobs, "n_jobs", integer=True, low=-64, method="optimize",
-                     fix="None (in turn), a number of jobs, or -1 for one per core")
-        if n_jobs == 0:
-            raise CompressionParameterError("optimize(): n_jobs=0 runs nothing; pass None, a positive number or -1")
-    if calibration is None:
-        raise CompressionParameterError("optimize() needs calibration inputs (a few thousand training samples in "
-                                        f"the model's layout, shape (n, {', '.join(map(str, model.input_shape))}))")
-    x = check_calibration(calibration, model, "optimize")
-    if x.shape[0] < MIN_SAMPLES:
-        raise CompressionParameterError(f"optimize(): calibration has {x.shape[0]} samples; expected at least "
-                                        f"{MIN_SAMPLES} (half fit, a quarter searched, a quarter held out); pass more")
-    if labels is not None:
-        y = np.asarray(labels)
-        if y.shape != (x.shape[0],) or y.dtype.kind not in "iu":
-            raise CompressionParameterError(f"optimize(): labels must be {x.shape[0]} integer class indices, one per "
-                                            f"calibration sample; got {y.dtype} {y.shape}. Pass labels=None to "
-                                            "score agreement with the original model")
-        labels = y
-    return x, labels, float(budget), int(batch), tuple(dict.fromkeys(methods))
-
-
-def split(n, seed):
-    """Seeded ``(fit, search, held)`` index arrays: half (at most MAX_FIT), a quarter, a quarter."""
-    order = np.random.default_rng(seed).permutation(n)
-    q = n // 4
-    held, found, fit = order[n - q:], order[n - 2 * q:n - q], order[:n - 2 * q]
-    return np.sort(fit[:MAX_FIT]), np.sort(found), np.sort(held)
-
-
-def score(model, x, ref):
-    """Share of top-1 predictions of ``model`` on ``x`` equal to ``ref``."""
-    return float(np.mean(model(x).argmax(axis=1) == ref))
-
-
-def evaluate(model, cands, x_fit, x_search, ref_search, seed):
-    """One job, one layer: ``[(patch nodes or None, search score)]`` of its candidates ``cands``."""
-    memo, out = {}, []
-    for cand in cands:
-        patch = build_patch(model, cand, x_fit, seed, memo)
-        out.append((None, float("nan")) if patch is None else
-                   (patch, score(compose(model, {cand.layer: patch}), x_search, ref_search)))
-    return out
-
-
-def run_jobs(jobs, n_jobs):
-    """``[fn(*args) for fn, args in jobs]``, through joblib when ``n_jobs`` asks for it and it is installed."""
-    if n_jobs not in (None, 1):
-        try:
-            from joblib import Parallel, delayed
-        except ImportError:
-            warnings.warn("optimize(n_jobs=...): joblib is not installed; evaluating candidates in turn "
-                          "(pip install joblib)", stacklevel=3)
-        else:
-            return Parallel(n_jobs=n_jobs)(delayed(fn)(*args) for fn, args in jobs)
-    return [fn(*args) for fn, args in jobs]
-
-
 class Planner:
     """The planner behind :func:`optimize`, with its sources of time and its cache replaceable.
 
     Parameters
     ----------
-    timer : object with ``measure({name: Model}, x) -> {name: ms}``, optional
+    timer : object with ``measure({name: callable}, x, effort=1) -> {name: ms}``, optional
         Default :class:`~nncomp.planner.latency.Timer` (whole calls, alternating, medians).
     cache : LatencyCache or None or False
         Default: the cache file in :func:`~nncomp.planner.latency.cache_dir`; False: no cache.
+    progress : callable ``(step, message)``, optional
+        Called as each of the STEPS steps starts (the command line prints them).
+
+    One planner keeps the candidates it built (with their refits and search scores) per model,
+    calibration data and seed: planning the same model for another batch size or objective builds
+    nothing again.
     """
 
-    def __init__(self, *, timer=None, cache=None):
+    STEPS = 4
+
+    def __init__(self, *, timer=None, cache=None, progress=None):
         self.timer = timer or Timer()
+        self.progress = progress or (lambda step, message: None)
         self.cache = None if cache is False else (cache or LatencyCache())
         self.measured = 0      # candidate models timed for the table (cache misses)
         self.reconfirmed = 0   # chosen entries timed again (the winner's curse), besides the final check
+        self.built = {}        # {(id(model), data digest, seed): (model, {candidate: (patch, search score)})}
 
     def run(self, model, calibration, *, labels=None, budget=0.5, batch=1, objective="latency", methods=None,
             n_jobs=None, seed=0):
         start = time.perf_counter()
-        x, y, budget, batch, methods = _check(model, calibration, labels, budget, batch, objective, methods,
+        x, y, budget, batch, methods = check_arguments(model, calibration, labels, budget, batch, objective, methods,
                                               n_jobs, seed)
         names = weighted_layers(model)
         if not names:
@@ -193,21 +131,27 @@ class Planner:
         ref_search = y[found] if y is not None else model(x_search).argmax(axis=1)
         ref_held = y[held] if y is not None else model(x_held).argmax(axis=1)
         base_search, base_held = score(model, x_search, ref_search), score(model, x_held, ref_held)
-
         cands = {n: candidates_for(n, methods) for n in names}
-        jobs = [(evaluate, (model, cands[n][1:], x_fit, x_search, ref_search, seed)) for n in names]
-        results = iter([r for rows in run_jobs(jobs, n_jobs) for r in rows])
-        table = {}     # {layer: [(candidate, patch, drop)]}, dense first
+        xb = x[np.arange(batch) % x.shape[0]]
+        notes, lat, proxies, wanted = [], None, {}, None
+        if objective == "latency":
+            lat = LatencyTable(model, xb, self.timer, self.cache)
+            self.progress(1, f"timing {sum(len(c) - 1 for c in cands.values())} candidates of {len(names)} layers "
+                             f"at batch {batch} (the model runs {lat.mode})")
+            proxies, wanted = self._screen(model, cands, x_fit, seed, lat, notes)
+        self.progress(2, f"building {'all' if wanted is None else len(wanted)} candidates with their refits "
+                         f"({len(fit)} samples) and scoring them ({len(found)} samples)")
+        built = self._build(model, cands, wanted, (x, y, seed), x_fit, x_search, ref_search, n_jobs)
+        table = {}     # {layer: [(candidate, patch, drop or None: not scored)]}, dense first
         for n in names:
             table[n] = [(cands[n][0], None, 0.0)]
-            for c in cands[n][1:]:
-                patch, s = next(results)
+            for j, c in enumerate(cands[n][1:], 1):
+                patch, s = built.get(c, (proxies.get((n, j)), None))
                 if patch is not None:
-                    table[n].append((c, patch, 100.0 * (base_search - s)))
-        xb = x[np.arange(batch) % x.shape[0]]
+                    table[n].append((c, patch, None if s is None else 100.0 * (base_search - s)))
         dense_bytes, sizes = self._sizes(model, table) if objective == "size" else (None, None)
-        dense_ms, deltas, keys, confirmed = (self._latencies(model, table, xb, batch) if objective == "latency"
-                                             else (None, None, {}, set()))
+        energies = self._energies(model, table, batch) if objective == "energy" else None
+        deltas, keys = self._deltas(table, lat) if lat is not None else (None, {})
 
         def build(ch):
             return compose(model, {n: table[n][i][1] for n, i in ch.items() if i})
@@ -220,23 +164,34 @@ class Planner:
             back = {n: score(build({**ch, n: 0}), x_search, ref_search) for n in live}
             return sorted(live, key=lambda n: (-back[n], -options[n][ch[n]][1]))
 
+        dense_ms = lat.dense_reference() if lat is not None else None
+        self.progress(3, f"searching, verifying on the {len(held)} held-out samples")
+        again = 0
         for attempt in range(CONFIRM_ROUNDS + 1):
-            options = self._options(table, deltas, sizes, dense_ms, budget)
-            choice, used, notes = self._solve(options, budget)
+            options = self._options(table, deltas if lat else sizes or energies,
+                                    -MIN_GAIN * dense_ms if lat else -1e-9, budget)
+            choice, used, more = self._solve(options, budget)
             choice, reverted = search.repair(choice, holds, harm)
             if objective != "latency":
                 break
             # the winner's curse: the chosen deltas are the luckiest draws of a noisy table; measure
             # them again, longer, and search again until the choice rests on confirmed entries only
-            todo = [(n, i) for n, i in choice.items() if i and (n, i) not in confirmed]
+            todo = {keys[n, i]: (n, table[n][i][1]) for n, i in choice.items() if i and keys[n, i] not in lat.confirmed}
             if not todo or attempt == CONFIRM_ROUNDS:
                 break
-            self._confirm(model, table, todo, xb, keys, deltas, confirmed)
-        if self.reconfirmed:
-            notes.append(f"{self.reconfirmed} chosen table entries measured again ({CONFIRM_EFFORT}x the calls) "
+            lat.measure(todo, effort=CONFIRM_EFFORT, screen=False)
+            again += len(todo)
+            deltas = {n: [0.0] + [lat.delta(keys[n, i]) for i in range(1, len(table[n]))] for n in table}
+        notes += more
+        self.reconfirmed += again
+        if again:
+            notes.append(f"{again} chosen table entries measured again ({CONFIRM_EFFORT}x the calls) "
                          "before the final choice")
+        self.progress(4, "measuring the choice against the dense model")
         if objective == "latency":
-            choice, final = self._final(model, choice, build, xb, notes, reverted)
+            self.measured += lat.measured
+            searched, checks = dict(choice), []
+            choice, final = self._final(model, choice, build, xb, notes, reverted, checks)
         else:
             final = self.timer.measure({"dense": model, "chosen": build(choice)}, xb)
         chosen = build(choice)
@@ -244,45 +199,115 @@ class Planner:
         out_bytes = saved_size(chosen, huffman=True).file_bytes if any(choice.values()) else None
         if dense_bytes is None:
             dense_bytes = saved_size(model, huffman=True).file_bytes
-        if objective == "size" and out_bytes is not None and out_bytes >= dense_bytes:
-            notes.append("the chosen model's file is not smaller than dense: returning the dense model")
+        dense_pj, out_pj = energy(model, batch)["total_pj"], energy(chosen, batch)["total_pj"]
+        if any(choice.values()) and (objective == "size" and out_bytes >= dense_bytes
+                                     or objective == "energy" and out_pj >= dense_pj):
+            notes.append(f"the chosen model's {'file' if objective == 'size' else 'estimated energy'} is not "
+                         "smaller than dense: returning the dense model")
             reverted += [n for n, i in choice.items() if i]
             choice = {n: 0 for n in names}
         if not any(choice.values()):
             chosen, out_bytes, final["chosen"] = model.with_nodes(model.nodes), dense_bytes, final["dense"]
+            out_pj = dense_pj
+        elif lat is not None and run_mode(chosen, batch) != lat.mode:
+            notes.append(f"the chosen model runs in mode {run_mode(chosen, batch)!r}, its table entries were "
+                         f"timed in the dense model's {lat.mode!r}: the prediction is less exact")
         result = chosen if chosen is not model else model.with_nodes(model.nodes)
-        predicted = None if deltas is None else final["dense"] + sum(deltas[n][i] for n, i in choice.items())
+        predicted = check = None   # the table's sum, scaled to the final dense time (a neighbour's load moves both)
+        if deltas is not None:
+            predicted = final["dense"] * (1.0 + sum(deltas[n][i] for n, i in choice.items()) / dense_ms)
+            if checks:      # the search's own choice, before the final measurement set layers back
+                check = (checks[0]["dense"] * (1.0 + sum(deltas[n][i] for n, i in searched.items()) / dense_ms),
+                         checks[0]["chosen"])
         if sizes is None:      # the file bytes of the chosen layers alone (the size table was not built)
             sizes = {n: {i: saved_size(compose(model, {n: table[n][i][1]}), huffman=True).file_bytes - dense_bytes}
                      if i else {0: 0} for n, i in choice.items()}
             size_table = None
         else:
             size_table = sizes
-        layers = tuple(self._choice(n, table[n][i], deltas[n][i] if deltas else 0.0, sizes[n][i])
-                       for n, i in choice.items())
+
+        def ms(n, i):
+            return None if deltas is None or not np.isfinite(deltas[n][i]) else float(deltas[n][i])
+
+        layers = tuple(self._choice(n, table[n][i], ms(n, i) or 0.0, sizes[n][i]) for n, i in choice.items())
         result.plan = OptimizationPlan(
             objective=objective, budget=budget, metric="accuracy" if y is not None else "agreement", batch=batch,
             layers=layers, dense_ms=final["dense"], predicted_ms=predicted, measured_ms=final["chosen"],
-            dense_bytes=int(dense_bytes), bytes=int(out_bytes), baseline_score=base_held,
+            dense_bytes=int(dense_bytes), bytes=int(out_bytes), dense_energy_pj=dense_pj, energy_pj=out_pj,
+            search_check=check,
+            baseline_score=base_held,
             heldout_score=score(result, x_held, ref_held), search=used, reverted=tuple(reverted),
             cpu=cpu_name(), planning_s=time.perf_counter() - start, notes=tuple(notes),
-            table=tuple((n, c.label, None if deltas is None else float(deltas[n][i]),
-                         None if size_table is None else int(size_table[n][i]), float(drop))
+            table=tuple((n, c.label, ms(n, i), None if size_table is None else int(size_table[n][i]),
+                         None if drop is None else float(drop))
                         for n in names for i, (c, _, drop) in enumerate(table[n])))
         return result
 
+    def _screen(self, model, cands, x_fit, seed, lat, notes):
+        """Proxies ``{(layer, index): patch or None}`` (the candidates' formats without refits) timed
+        in the dense model's mode, and the candidates that measured at least MIN_GAIN faster than dense."""
+        proxies = {}
+        for n, cs in cands.items():
+            memo = {}
+            for j, c in enumerate(cs[1:], 1):
+                proxies[n, j] = build_proxy(model, c, x_fit, seed, memo, PROXY_SAMPLES)
+        live = {k: p for k, p in proxies.items() if p is not None}
+        same = {k: p for k, p in live.items() if lat.eligible(k[0], p)}
+        if len(same) < len(live):
+            out = Counter(cands[n][j].label for n, j in live if (n, j) not in same)
+            notes.append(f"{len(live) - len(same)} candidates would change how the model runs a batch of "
+                         f"{lat.batch} (the dense model's mode: {lat.mode}); left out: "
+                         + ", ".join(f"{label} ({k} layers)" for label, k in out.items()))
+        keys = {k: lat.key(k[0], cands[k[0]][k[1]].label, p) for k, p in same.items()}
+        lat.measure({keys[k]: (k[0], p) for k, p in same.items()})
+        wanted = {cands[n][j] for (n, j), key in keys.items() if lat.delta(key) <= -MIN_GAIN * lat.dense_reference()}
+        return live, wanted      # the left-out ones stay in the plan's table, never timed
+
+    def _build(self, model, cands, wanted, data, x_fit, x_search, ref_search, n_jobs):
+        """``{candidate: (patch or None, search score)}`` of the candidates in ``wanted`` (None: all),
+        with their full refits; kept per model, data and seed for the planner's later runs."""
+        key = (id(model), digest(*data[:2]), data[2])
+        if key not in self.built or self.built[key][0] is not model:
+            self.built[key] = (model, {})
+        done = self.built[key][1]
+        todo = {n: [c for c in cs[1:] if (wanted is None or c in wanted) and c not in done] for n, cs in cands.items()}
+        todo = {n: cs for n, cs in todo.items() if cs}
+        jobs = [(evaluate, (model, cs, x_fit, x_search, ref_search, data[2])) for cs in todo.values()]
+        for cs, rows in zip(todo.values(), run_jobs(jobs, n_jobs)):
+            done.update(zip(cs, rows))
+        return {c: done[c] for cs in cands.values() for c in cs[1:] if c in done and (wanted is None or c in wanted)}
+
+    def _deltas(self, table, lat):
+        """``({layer: [delta ms per option]}, {(layer, option): key})``; entries not timed yet (a full
+        build whose formats differ from its proxy's) are timed now, if they run in the dense mode."""
+        keys = {(n, i): lat.key(n, c.label, patch) for n, entries in table.items()
+                for i, (c, patch, _) in enumerate(entries[1:], 1)}
+        new = {keys[n, i]: (n, table[n][i][1]) for (n, i) in keys if keys[n, i] not in lat.rel
+               and table[n][i][2] is not None and lat.eligible(n, table[n][i][1])}
+        if new:
+            lat.measure(new)
+        return {n: [0.0] + [lat.delta(keys[n, i]) for i in range(1, len(table[n]))] for n in table}, keys
+
     @staticmethod
-    def _options(table, deltas, sizes, dense_ms, budget):
-        """``{layer: [(cost, drop)]}`` for the search; options not worth an accuracy risk (a measured
-        saving under MIN_GAIN of the dense time, or no smaller file) get an impossible drop."""
+    def _options(table, costs, threshold, budget):
+        """``{layer: [(cost, drop)]}`` for the search; options not worth an accuracy risk (a cost above
+        ``threshold``: a measured saving under MIN_GAIN of the dense time, no smaller file or estimated
+        energy; or not scored) get an impossible drop."""
         options = {}
         for n, entries in table.items():
             options[n] = [(0.0, 0.0)]
             for i, (_, _, drop) in enumerate(entries[1:], 1):
-                cost = deltas[n][i] if deltas is not None else sizes[n][i]
-                worth = cost <= -MIN_GAIN * dense_ms if deltas is not None else cost < 0
+                cost = costs[n][i]
+                worth = drop is not None and cost <= threshold
                 options[n].append((float(cost), max(float(drop), 0.0)) if worth else (0.0, budget + 1e9))
         return options
+
+    @staticmethod
+    def _energies(model, table, batch):
+        """``{layer: [delta of the estimated energy per sample, pJ, per option]}`` (:mod:`.energy`)."""
+        dense = energy(model, batch)["total_pj"]
+        return {n: [0.0] + [energy(compose(model, {n: p}), batch)["total_pj"] - dense for _, p, _ in entries[1:]]
+                for n, entries in table.items()}
 
     @staticmethod
     def _solve(options, budget):
@@ -295,25 +320,12 @@ class Planner:
                                     f"against {search.total(options, choice)[0]:.4g} for the exact choice"]
         return choice, "milp (greedy agrees)", []
 
-    def _confirm(self, model, table, todo, xb, keys, deltas, confirmed):
-        """Measure entries ``todo`` [(layer, option)] again with CONFIRM_EFFORT times the calls; the
-        new deltas replace the table's and the cache's, marked confirmed."""
-        models = {"dense": model, **{keys[n, i]: compose(model, {n: table[n][i][1]}) for n, i in todo}}
-        ms = self.timer.measure(models, xb, effort=CONFIRM_EFFORT)
-        self.reconfirmed += len(todo)
-        for n, i in todo:
-            deltas[n][i] = ms[keys[n, i]] - ms["dense"]
-            confirmed.add((n, i))
-            if self.cache is not None:
-                self.cache.put(keys[n, i], {"ms": ms[keys[n, i]], "dense_ms": ms["dense"], "confirmed": True})
-        if self.cache is not None:
-            self.cache.save()
-
-    def _final(self, model, choice, build, xb, notes, reverted):
+    def _final(self, model, choice, build, xb, notes, reverted, checks):
         """The final measurement decides: the chosen model, dense, and the chosen model with each one
         layer set back to dense, timed together; while one of the latter is fastest, it becomes the
-        choice, and unless one is MIN_GAIN faster than dense, dense is returned (a table's additive prediction misses interactions: a pass that drops below the
-        serial-kernel threshold, a fusion one format breaks). Returns ``(choice, {"dense", "chosen"} ms)``."""
+        choice, and unless one is MIN_GAIN faster than dense, dense is returned (a table's additive
+        prediction misses interactions: a pass that changes its run mode, a fusion one format breaks).
+        Returns ``(choice, {"dense", "chosen"} ms)``; each round's times are appended to ``checks``."""
         choice = dict(choice)
         while True:
             live = [n for n, i in choice.items() if i]
@@ -324,6 +336,7 @@ class Planner:
             if len(live) > 1:
                 variants.update({f"-{n}": build({**choice, n: 0}) for n in live})
             ms = self.timer.measure(variants, xb, effort=CONFIRM_EFFORT)
+            checks.append(ms)
             best = min(ms, key=ms.get)
             if ms[best] > (1 - MIN_GAIN) * ms["dense"]:
                 best = "dense"       # not measurably faster: no accuracy is spent for nothing
@@ -342,35 +355,6 @@ class Planner:
         return LayerChoice(layer=name, candidate=cand.label, method=cand.method, settings=dict(cand.settings),
                            format=describe_patch(patch) if patch else "dense", delta_ms=float(delta_ms),
                            delta_bytes=int(delta_bytes), drop=float(drop))
-
-    def _latencies(self, model, table, xb, batch):
-        """Dense time and ``{layer: [delta ms per option]}``, from the cache or measured together."""
-        machine, structure = machine_key(), structure_key(model)
-        keys, todo = {}, {"dense": model}
-        for n, entries in table.items():
-            for i, (c, patch, _) in enumerate(entries[1:], 1):
-                key = entry_key(machine, structure, batch, [n, c.label, [
-                    (p.name, p.layer.describe(), int(p.layer.nbytes)) for p in patch]])
-                keys[n, i] = key
-                if self.cache is None or self.cache.get(key) is None:
-                    todo[key] = compose(model, {n: patch})
-        ms = self.timer.measure(todo, xb) if len(todo) > 1 else {}
-        self.measured += max(0, len(ms) - 1)
-        for key, m in ms.items():
-            if key != "dense" and self.cache is not None:
-                self.cache.put(key, {"ms": m, "dense_ms": ms["dense"]})
-        if self.cache is not None:
-            self.cache.save()
-        deltas = {}
-        for n, entries in table.items():
-            deltas[n] = [0.0]
-            for i in range(1, len(entries)):
-                e = self.cache.get(keys[n, i]) if self.cache is not None else None
-                e = e or {"ms": ms[keys[n, i]], "dense_ms": ms["dense"]}
-                deltas[n].append(e["ms"] - e["dense_ms"])
-        dense = ms.get("dense") or float(np.median([self.cache.get(k)["dense_ms"] for k in keys.values()]))
-        confirmed = {k for k, key in keys.items() if self.cache is not None and (self.cache.get(key) or {}).get("confirmed")}
-        return dense, deltas, keys, confirmed
 
     @staticmethod
     def _sizes(model, table):

@@ -6,6 +6,8 @@ native file's model description) and reloaded by ``nc.load``; ``print(model.plan
 import json
 from dataclasses import asdict, dataclass, field
 
+from .energy import format_pj
+
 __all__ = ["LayerChoice", "OptimizationPlan"]
 
 
@@ -50,7 +52,7 @@ class OptimizationPlan:
 
     Attributes
     ----------
-    objective : {"latency", "size"}
+    objective : {"latency", "size", "energy"}
     budget : float
         Allowed loss in points (top-1 accuracy, or agreement with the original model).
     metric : {"accuracy", "agreement"}
@@ -60,6 +62,14 @@ class OptimizationPlan:
         Milliseconds per call at ``batch``: whole-model time of the original model, of the chosen one predicted from the latency table
         (dense plus the chosen candidates' deltas; None for ``objective="size"``, which builds no
         latency table), and measured (median, alternating with dense).
+    search_check : (float, float) or None
+        Predicted and measured ms of the search's own choice in the final measurement's first round,
+        before any layer was set back (``objective="latency"``, a choice that was not all dense): the
+        table's prediction error even when the final measurement reverted the choice.
+    dense_energy_pj, energy_pj : float
+        An *estimate*, not a measurement, of the energy per sample at ``batch`` of the original and
+        the returned model, picojoules (:mod:`nncomp.planner.energy`: Horowitz's 45 nm figures as Han
+        et al. use them); what ``objective="energy"`` minimises.
     dense_bytes, bytes : int
         Saved file sizes (Huffman-coded, as ``nc.save(..., huffman=True)`` writes them), without the
         plan itself (its JSON adds a few kB to a file saved with it; ``model.plan = None`` drops it).
@@ -94,6 +104,9 @@ class OptimizationPlan:
     planning_s: float = 0.0
     notes: tuple = field(default=())
     table: tuple = field(default=())
+    dense_energy_pj: float = None
+    energy_pj: float = None
+    search_check: tuple = None
 
     @property
     def speedup(self):
@@ -118,6 +131,7 @@ class OptimizationPlan:
         d["layers"] = [asdict(c) for c in self.layers]
         d["reverted"], d["notes"] = list(self.reverted), list(self.notes)
         d["table"] = [list(r) for r in self.table]
+        d["search_check"] = None if self.search_check is None else list(self.search_check)
         return d
 
     @classmethod
@@ -127,6 +141,8 @@ class OptimizationPlan:
         d["layers"] = tuple(LayerChoice(**c) for c in d["layers"])
         d["reverted"], d["notes"] = tuple(d.get("reverted", ())), tuple(d.get("notes", ()))
         d["table"] = tuple(tuple(r) for r in d.get("table", ()))
+        if d.get("search_check") is not None:
+            d["search_check"] = tuple(d["search_check"])
         return cls(**d)
 
     def candidates(self):
@@ -151,10 +167,17 @@ class OptimizationPlan:
             lines.append("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
         predicted = ("not predicted (objective size)" if self.predicted_ms is None else
                      f"predicted {self.predicted_ms:.4f} ms (error {100 * self.prediction_error:+.1f}%)")
+        if self.search_check is not None and self.reverted:
+            p, m = self.search_check
+            lines.append(f"the search's choice: predicted {p:.4f} ms, measured {m:.4f} ms "
+                         f"(error {100 * (p - m) / m:+.1f}%)")
         lines.append(f"time at batch {self.batch}: dense {self.dense_ms:.4f} ms, {predicted}, measured "
                      f"{self.measured_ms:.4f} ms (speedup {self.speedup:.2f}x)")
         lines.append(f"file: dense {self.dense_bytes:,} bytes, chosen {self.bytes:,} bytes "
                      f"({self.dense_bytes / max(1, self.bytes):.1f}x smaller)")
+        if self.energy_pj is not None:
+            lines.append(f"energy per inference, estimated (Horowitz 45 nm model, not measured): dense "
+                         f"{format_pj(self.dense_energy_pj)}, chosen {format_pj(self.energy_pj)}")
         lines.append(f"held-out {self.metric}: original {self.baseline_score:.4f}, chosen {self.heldout_score:.4f} "
                      f"(drop {self.heldout_drop:.2f} points, budget {self.budget:g})")
         if self.reverted:

@@ -1,0 +1,50 @@
+"""The arguments of ``nc.optimize``, checked once (errors say what was expected, what came and the fix)."""
+import numpy as np
+
+from ..checks import check_choice, check_number, check_seed
+from ..errors import CompressionParameterError
+from .candidates import METHODS
+
+__all__ = ["OBJECTIVES", "MIN_SAMPLES", "check_arguments"]
+
+OBJECTIVES = ("latency", "size", "energy")
+MIN_SAMPLES = 12       # a quarter for the search and a quarter held out need at least 3 each
+
+
+def check_arguments(model, calibration, labels, budget, batch, objective, methods, n_jobs, seed):
+    from ..compress.calibration import check_calibration, check_model
+    check_model(model, "optimize")
+    budget = check_number(budget, "budget", low=0, method="optimize",
+                          fix="budget is the points of accuracy you accept to lose, e.g. 0.5")
+    batch = check_number(batch, "batch", integer=True, low=1, method="optimize")
+    check_choice(objective, "objective", OBJECTIVES, method="optimize")
+    check_seed(seed, method="optimize")
+    if methods is None:
+        methods = METHODS
+    if isinstance(methods, str):
+        methods = [methods]
+    bad = [m for m in methods if not isinstance(m, str) or m not in METHODS]
+    if bad or not list(methods):
+        raise CompressionParameterError(f"optimize(): methods must be a non-empty list of names from "
+                                        f"{list(METHODS)}; got {methods!r}. Drop {bad}, or pass methods=None "
+                                        "for all")
+    if n_jobs is not None:
+        check_number(n_jobs, "n_jobs", integer=True, low=-64, method="optimize",
+                     fix="None (in turn), a number of jobs, or -1 for one per core")
+        if n_jobs == 0:
+            raise CompressionParameterError("optimize(): n_jobs=0 runs nothing; pass None, a positive number or -1")
+    if calibration is None:
+        raise CompressionParameterError("optimize() needs calibration inputs (a few thousand training samples in "
+                                        f"the model's layout, shape (n, {', '.join(map(str, model.input_shape))}))")
+    x = check_calibration(calibration, model, "optimize")
+    if x.shape[0] < MIN_SAMPLES:
+        raise CompressionParameterError(f"optimize(): calibration has {x.shape[0]} samples; expected at least "
+                                        f"{MIN_SAMPLES} (half fit, a quarter searched, a quarter held out); pass more")
+    if labels is not None:
+        y = np.asarray(labels)
+        if y.shape != (x.shape[0],) or y.dtype.kind not in "iu":
+            raise CompressionParameterError(f"optimize(): labels must be {x.shape[0]} integer class indices, one per "
+                                            f"calibration sample; got {y.dtype} {y.shape}. Pass labels=None to "
+                                            "score agreement with the original model")
+        labels = y
+    return x, labels, float(budget), int(batch), tuple(dict.fromkeys(methods))
