@@ -305,22 +305,40 @@ class Model:
         n, inner = shape[0], self.to_internal(shape[1:])
         if n == 0 or n > step:
             return lambda x: self._forward_parts(x, keep, step)
-        if threads > 1:
-            macs = self._costs(inner)[1]
-            bounds = batch_parts(n, threads, self._macs_per_weight, macs)
-            if bounds is not None:
-                return lambda x: run_parts(lambda part: self._forward(part, keep), x, bounds, threads)
-            if n * macs < CHOOSE_BELOW_MACS:
-                plan = run_serial(lambda: self._plan(inner, n, keep))       # serial kernels
-                serial = lambda x: run_serial(lambda: plan.run(self._internal(x)))  # noqa: E731
-                if n * macs < SERIAL_BELOW_MACS or n == 1:
-                    return serial
-                parallel = self._plan(inner, n, keep)
-                return MeasuredChoice(serial, lambda x: _parallel_run(parallel, self._internal(x)))
-            plan = self._plan(inner, n, keep)
-            return lambda x: _parallel_run(plan, self._internal(x))
+        mode = self._mode(n, inner, threads)
+        if mode == "parts":
+            bounds = batch_parts(n, threads, self._macs_per_weight, self._costs(inner)[1])
+            return lambda x: run_parts(lambda part: self._forward(part, keep), x, bounds, threads)
+        if mode in ("serial", "measured") and threads > 1:
+            plan = run_serial(lambda: self._plan(inner, n, keep))       # serial kernels
+            serial = lambda x: run_serial(lambda: plan.run(self._internal(x)))  # noqa: E731
+            if mode == "serial":
+                return serial
+            parallel = self._plan(inner, n, keep)
+            return MeasuredChoice(serial, lambda x: _parallel_run(parallel, self._internal(x)))
         plan = self._plan(inner, n, keep)
+        if threads > 1:
+            return lambda x: _parallel_run(plan, self._internal(x))
         return lambda x: plan.run(self._internal(x))
+
+    def run_mode(self, batch, threads=None):
+        """How a call of ``batch`` samples of the model's input size runs on ``threads`` Numba
+        threads (default: the current count): ``"serial"`` (the calling thread, serial kernels),
+        ``"parts"`` (the batch in parts, each a serial pass on one thread), ``"parallel"`` (the whole
+        batch, parallel kernels) or ``"measured"`` (serial or parallel, whichever its last calls
+        ran faster; see nncomp/plan.py)."""
+        threads = _jit.num_threads() if threads is None else int(threads)
+        return self._mode(int(batch), self.internal_input_shape, threads)
+
+    def _mode(self, n, inner, threads):
+        if threads < 2:
+            return "serial"
+        macs = self._costs(inner)[1]
+        if batch_parts(n, threads, self._macs_per_weight, macs) is not None:
+            return "parts"
+        if n * macs < CHOOSE_BELOW_MACS:
+            return "serial" if n * macs < SERIAL_BELOW_MACS or n == 1 else "measured"
+        return "parallel"
 
     def _forward_parts(self, x, keep, step):
         if x.shape[0] == 0:

@@ -10,44 +10,31 @@ model it is timed in, and a table of per-layer differences is additive only when
 the dense reference run in the same mode: the planner times every candidate in the dense model's
 mode (:func:`in_mode`) and keeps out of the search the candidates that would change it.
 
-:func:`run_mode` restates the model's decision from its public attributes (the engine decides
-privately, per call; nncomp.plan holds the thresholds).
+:func:`run_mode` is the model's own decision (:meth:`nncomp.Model.run_mode`). A model in the
+``"measured"`` mode runs serial or parallel as its last calls measured; it is timed as it runs.
 """
 import numba
 
-from ..plan import SERIAL_BELOW_MACS, batch_parts, run_parts, run_serial
+from ..plan import batch_parts, run_parts, run_serial
 
 __all__ = ["MODES", "run_mode", "in_mode"]
 
-MODES = ("serial", "parts", "parallel")
-
-
-def weights_count(model):
-    """Weights of the model's weighted layers, counted as the dense matrices they stand for."""
-    return sum(n.layer.weight.n_out * n.layer.weight.n_in for n in model.nodes
-               if getattr(n.layer, "weight", None) is not None)
+MODES = ("serial", "parts", "parallel", "measured")
 
 
 def run_mode(model, batch, threads=None):
     """The mode in which ``model`` runs batches of ``batch`` samples on ``threads`` Numba threads
-    (default: the current count): ``"serial"``, ``"parts"`` or ``"parallel"``."""
-    threads = numba.get_num_threads() if threads is None else threads
-    if threads < 2:
-        return "serial"
-    macs = model.macs
-    dependent = any(getattr(n.layer, "batch_dependent", False) for n in model.nodes)
-    per_weight = 0 if dependent else macs / max(1, weights_count(model))
-    if batch_parts(batch, threads, per_weight, macs) is not None:
-        return "parts"
-    return "serial" if batch * macs < SERIAL_BELOW_MACS else "parallel"
+    (default: the current count): ``"serial"``, ``"parts"``, ``"parallel"`` or ``"measured"``
+    (:meth:`nncomp.Model.run_mode`)."""
+    return model.run_mode(batch, threads)
 
 
 def in_mode(model, mode, batch, threads=None):
     """A callable ``x -> model(x)`` that runs batches of ``batch`` samples in ``mode``.
 
     ``"serial"`` and ``"parts"`` can be imposed on any model (one Numba thread; the batch parts of
-    nncomp.plan, each a one-thread call); ``"parallel"`` only on a model that runs so by itself
-    (NncompError-free: the model itself is returned, which runs in its own mode).
+    nncomp.plan, each a one-thread call); ``"parallel"`` and ``"measured"`` only on a model that
+    runs so by itself (NncompError-free: the model itself is returned, which runs in its own mode).
     """
     threads = numba.get_num_threads() if threads is None else threads
     if mode == "serial" and threads > 1:
