@@ -8,7 +8,8 @@ from .checks import check_number
 from .errors import InputError, NncompError
 from .kernels import _jit
 from .layers import Layer
-from .plan import CHOOSE_BELOW_MACS, SERIAL_BELOW_MACS, INPUT, MeasuredChoice, Plan, batch_parts, run_parts, run_serial
+from .plan import (CHOOSE_BELOW_MACS, INPUT, SERIAL_BELOW_MACS, MeasuredChoice, Plan, batch_parts, run_parallel,
+                   run_parts, run_serial)
 
 __all__ = ["Model", "Node", "INPUT"]
 
@@ -35,11 +36,6 @@ class Node:
 
     def __post_init__(self):
         object.__setattr__(self, "inputs", tuple(self.inputs))
-
-
-def _parallel_run(plan, x):
-    _jit.keep_apart()
-    return plan.run(x)
 
 
 class Model:
@@ -294,8 +290,7 @@ class Model:
         return found
 
     def _batch_step(self, shape):
-        """Samples per part of batches of model-layout ``shape`` so that one part's activations stay
-        under MAX_ACTIVATION_BYTES."""
+        """Samples per part of model-layout ``shape`` batches: activations under MAX_ACTIVATION_BYTES."""
         return max(1, MAX_ACTIVATION_BYTES // self._costs(self.to_internal(shape[1:]))[0])
 
     def _run_function(self, shape, keep, step, threads):
@@ -315,10 +310,10 @@ class Model:
             if mode == "serial":
                 return serial
             parallel = self._plan(inner, n, keep)
-            return MeasuredChoice(serial, lambda x: _parallel_run(parallel, self._internal(x)))
+            return MeasuredChoice(serial, lambda x: run_parallel(parallel, self._internal(x)))
         plan = self._plan(inner, n, keep)
         if threads > 1:
-            return lambda x: _parallel_run(plan, self._internal(x))
+            return lambda x: run_parallel(plan, self._internal(x))
         return lambda x: plan.run(self._internal(x))
 
     def run_mode(self, batch, threads=None):

@@ -184,6 +184,12 @@ def batch_parts(n, threads, macs_per_weight, macs_per_sample):
     return [n * i // parts for i in range(parts + 1)]
 
 
+def run_parallel(plan, x):
+    """``plan.run(x)`` (a plan of parallel kernels) with no pinned worker on the caller's CPU."""
+    _jit.keep_apart()
+    return plan.run(x)
+
+
 def run_serial(forward):
     """``forward()`` with one Numba thread on the calling thread (its plans are serial ones)."""
     saved = _jit.num_threads()
