@@ -105,6 +105,15 @@ def machine_text(machine):
     return describe(machine["cpu_record"]) if "cpu_record" in machine else machine["cpu"]
 
 
+def header(title, result):
+    """A suite's Markdown opening: ``title``, the machine (CPU as :func:`machine_text`, cores, date,
+    versions) and the first paragraph of its protocol, each followed by a blank line."""
+    m = result["machine"]
+    return [title, "", f"Machine: {machine_text(m)}, {m.get('cores', '?')} cores, {m.get('date', '')}; "
+            + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()), "",
+            (result.get("protocol") or "").split("\n\n")[0], ""]
+
+
 _FLUSH = None
 
 

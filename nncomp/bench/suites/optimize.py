@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 
+from ..timing import header
+
 THREADS = os.cpu_count() or 1
 PARTS = ("plan",)
 QUICK_PARTS = PARTS
@@ -131,11 +133,8 @@ def _energy(r):
 
 
 def markdown(result):
-    m = result["machine"]
-    lines = [f"# nc.optimize: the fastest model within {BUDGET} point ({result['threads']} threads)", "",
-             f"Machine: {m.get('cpu')}, {m.get('cores', '?')} cores, {m.get('date', '')}; "
-             + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()), "",
-             (result.get("protocol") or "").split("\n\n")[0], "",
+    lines = header(f"# nc.optimize: the fastest model within {BUDGET} point ({result['threads']} threads)",
+                   result) + [
              "| model | batch | chosen (other layers dense) | dense ms | chosen ms | speedup | predicted (error) | "
              "ORT f32 ms | ORT int8 ms | vs faster ORT | bytes | energy (estimate) nJ | test accuracy | "
              "planning s (CPU s) |",

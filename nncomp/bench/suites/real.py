@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from ..timing import SETTLE_S, alternate, warm
+from ..timing import SETTLE_S, alternate, header, warm
 
 THREADS = os.cpu_count() or 1
 PARTS = ("cls", "det")
@@ -114,11 +114,8 @@ def _line(row, who):
 
 
 def markdown(result):
-    m = result["machine"]
-    lines = [f"# Real-world models: PP-OCR under ONNX Runtime and nncomp ({result.get('threads', '?')} threads)", "",
-             f"Machine: {m.get('cpu')}, {m.get('cores', '?')} cores, {m.get('date', '')}; "
-             + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()), "",
-             (result.get("protocol") or "").split("\n\n")[0], ""]
+    lines = header(f"# Real-world models: PP-OCR under ONNX Runtime and nncomp ({result.get('threads', '?')} threads)",
+                   result)
     if "error" in result:
         return "\n".join(lines + [result["error"], ""])
     lines += ["| model | input (batch 1) | runtime | median ms | metric |", "|---|---|---|---:|---|"]

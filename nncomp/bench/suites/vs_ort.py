@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from ..timing import SETTLE_S, alternate, warm
+from ..timing import SETTLE_S, alternate, header, warm
 
 THREADS = os.cpu_count() or 1
 PARTS = ("loop", "lone", "contention", "new_size")
@@ -120,11 +120,8 @@ def _line(row):
 
 
 def markdown(result):
-    m = result["machine"]
-    lines = [f"# Whole models: nncomp dense against ONNX Runtime float32 ({result['threads']} threads)", "",
-             f"Machine: {m.get('cpu')}, {m.get('cores', '?')} cores, {m.get('date', '')}; "
-             + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()), "",
-             (result.get("protocol") or "").split("\n\n")[0], ""]
+    lines = header(f"# Whole models: nncomp dense against ONNX Runtime float32 ({result['threads']} threads)",
+                   result)
     if "error" in result:
         return "\n".join(lines + [result["error"], ""])
     rows = result.get("rows", [])
