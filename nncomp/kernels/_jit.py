@@ -109,7 +109,6 @@ def pick(kernels, work):
     serial, parallel = kernels
     if work >= PARALLEL_MIN_WORK and num_threads() > 1:
         pool_ready()
-        keep_apart()
         return parallel
     return serial
 
@@ -168,14 +167,19 @@ def _worker_ids(threads):
 
 
 def pool_ready():
-    """Once per calling thread: pin Numba's worker threads to one CPU each (see the module notes).
-
-    Called before parallel kernels (``pick`` and nncomp/kernels/blas.py do). The caller's own CPU
-    set is never changed.
+    """Before parallel kernels (``pick``, nncomp/kernels/blas.py and the conv steps call it): once
+    per calling thread, pin Numba's worker threads to one CPU each (see the module notes); every
+    time, move a pinned worker off the caller's CPU (:func:`keep_apart`). The caller's own CPU set
+    is never changed.
     """
-    if getattr(_started, "done", False):
-        return
-    _started.done = True
+    if not getattr(_started, "done", False):
+        _started.done = True
+        _pin_workers()
+    keep_apart()
+
+
+def _pin_workers():
+    """Pin each of the calling thread's Numba workers to its own CPU, from the end of its CPU set."""
     if _GETTID is None:
         return
     threads = numba.get_num_threads()
@@ -209,8 +213,8 @@ def keep_apart():
     the caller is not on. A caller that the scheduler left on a worker's CPU made every parallel
     region share one core while the other idled (a 14x14 32->32 conv at batch 1: 1.6 ms a call
     instead of 23 us; LeNet-300 at batch 64 next to ONNX Runtime: 2.2 ms instead of 0.40). One
-    ``sched_getcpu`` (~0.2 us) per parallel pass or parallel kernel picked; a system call only when
-    a worker moves. The caller's own CPU set is never changed."""
+    ``sched_getcpu`` (~0.2 us) per parallel pass (nncomp.plan.run_parallel) or :func:`pool_ready`
+    call; a system call only when a worker moves. The caller's own CPU set is never changed."""
     pins = getattr(_started, "pins", None)
     if not pins or _GETCPU is None:
         return
