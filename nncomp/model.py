@@ -317,13 +317,13 @@ class Model:
         return lambda x: plan.run(self._internal(x))
 
     def run_mode(self, batch, threads=None):
-        """How a call of ``batch`` samples of the model's input size runs on ``threads`` Numba
-        threads (default: the current count): ``"serial"`` (the calling thread, serial kernels),
-        ``"parts"`` (the batch in parts, each a serial pass on one thread), ``"parallel"`` (the whole
-        batch, parallel kernels) or ``"measured"`` (serial or parallel, whichever its last calls
-        ran faster; see nncomp/plan.py)."""
-        threads = _jit.num_threads() if threads is None else int(threads)
-        return self._mode(int(batch), self.internal_input_shape, threads)
+        """How ``batch`` samples run on ``threads`` Numba threads (default: the current count):
+        ``"serial"`` (calling thread), ``"parts"`` (batch parts, a serial pass each), ``"parallel"``
+        or ``"measured"`` (serial or parallel as its last calls ran faster; nncomp/plan.py)."""
+        batch = check_number(batch, "batch", integer=True, low=1, method="run_mode", error=InputError)
+        threads = _jit.num_threads() if threads is None else check_number(
+            threads, "threads", integer=True, low=1, method="run_mode", error=InputError)
+        return self._mode(batch, self.internal_input_shape, threads)
 
     def _mode(self, n, inner, threads):
         if threads < 2:
