@@ -247,3 +247,12 @@ def run_chain(x0, x1, ints, floats):
 for _path in sorted(pathlib.Path(__file__).parent.glob("reference_*.py")):
     _mod = importlib.import_module(_path.stem)
     globals().update({k: v for k, v in vars(_mod).items() if not k.startswith("_")})
+
+
+def gemv_epilogue(w, x, perm, bias, scale, shift, res, lo, hi, act, alpha, beta):
+    """``(1, co)``: ``w @ x[perm] + bias`` in float64 rounded to float32, then the epilogue and
+    activation (``perm`` empty: x as it is)."""
+    x = x[perm] if perm.shape[0] else x
+    y = ((w.astype(np.float64) @ x.astype(np.float64)).astype(np.float32) + bias)[None]
+    return activation_rows(epilogue_rows(y, scale, shift, res, lo, hi), act, alpha, beta) if act else \
+        epilogue_rows(y, scale, shift, res, lo, hi)

@@ -119,6 +119,33 @@ def test_fused_plans_equal_the_unfused_graph(case):
         assert np.array_equal(got[name], values[name]), name
 
 
+@pytest.mark.parametrize("order", ["chw", "hwc"])
+def test_dense_steps_equal_the_unfused_layers_at_every_batch(order):
+    """Dense layers at one sample (the compiled mat-vec, a flatten before it gathered in its
+    order) and at 2-256 samples (the blocked kernel over the samples as an image, batches its lines
+    do not divide padded) give the layers' own bits, epilogues fused or not, and the float64
+    reference graph's numbers."""
+    rng = np.random.default_rng(3)
+    f32 = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    nodes = [Node("c1", nc.Conv2D(f32(6, 9 * 3), f32(6), in_channels=3, kernel_size=3, padding=1)),
+             Node("r1", nc.ReLU(), ("c1",)), Node("flat", nc.Flatten(order), ("r1",)),
+             Node("fc1", nc.Dense(f32(40, 5 * 4 * 6), f32(40)), ("flat",)), Node("r2", nc.ReLU(6.0), ("fc1",)),
+             Node("fc2", nc.Dense(f32(20, 40), None), ("r2",)), Node("fc3", nc.Dense(f32(3, 20), f32(3)), ("fc2",))]
+    model = nc.Model(nodes, input_shape=(3, 5, 4), input_layout="NCHW")
+    for n in (1, 2, 5, 16, 17, 37):
+        x = rng.random((n, 3, 5, 4)).astype(np.float32)
+        got = model(x)
+        assert np.array_equal(got, _node_by_node(model, x)["fc3"]), n
+        want = graph_reference(model, x)["fc3"]
+        assert np.allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max()), n
+        steps = [getattr(s, "__qualname__", "") for s, _, _ in model._plan((5, 4, 3), n, model.outputs).steps]
+        kinds = [layer.describe() for _, layer in model._plan((5, 4, 3), n, model.outputs).layers]
+        if n == 1:
+            assert "flatten+dense+relu" in kinds and steps.count("Dense._single_sample.<locals>.step") == 3
+        else:
+            assert steps.count("Dense._blocked.<locals>.step") == 2, steps     # fc3 (3 outputs) keeps BLAS
+
+
 @pytest.mark.parametrize("name", ["vgg_small", "resnet_small"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_runs_of_blocked_convolutions_compile_to_one_call_with_the_same_bits(name, threads, monkeypatch):

@@ -199,3 +199,33 @@ def test_epilogue_rows_matches_reference(m, c, affine, add, clip, seed):
         got = y.copy()
         kern(got, scale, shift, res, lo, hi)
         assert np.array_equal(got.view(np.int32), want.view(np.int32))
+
+
+@given(co=st.integers(1, 70), k=st.integers(1, 300), affine=st.booleans(), add=st.booleans(),
+       clip=st.sampled_from([None, (0.0, np.inf), (0.0, 6.0)]), act=st.sampled_from([0, 2, 3, 4]),
+       seed=st.integers(0, 2**31))
+def test_gemv_epilogue_matches_reference(co, k, affine, add, clip, act, seed):
+    """The one-sample dense kernel (serial and parallel, gathering its input or not) against its
+    twin: the sums within float32 rounding of the reassociated order (bound from the sum of
+    |terms|), NaN inputs propagating."""
+    from nncomp.kernels.dense_small import gemv_epilogue, gemv_epilogue_parallel
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((co, k)).astype(np.float32)
+    x = rng.standard_normal(k).astype(np.float32)
+    bias = rng.standard_normal(co).astype(np.float32)
+    scale, shift = ((rng.standard_normal(co).astype(np.float32), rng.standard_normal(co).astype(np.float32))
+                    if affine else (np.zeros(0, np.float32),) * 2)
+    res = rng.standard_normal((1, co)).astype(np.float32) if add else np.zeros((0, co), np.float32)
+    lo, hi = (np.float32(v) for v in (clip or (-np.inf, np.inf)))
+    alpha, beta = np.float32(0.2), np.float32(0.5)
+    perm = rng.permutation(k) if seed % 2 else np.zeros(0, np.int64)
+    want = ref.gemv_epilogue(w, x, perm, bias, scale, shift, res, lo, hi, act, alpha, beta)
+    mag = (np.abs(w) @ np.abs(x) + np.abs(bias)) * (np.abs(scale) if affine else 1) + 1
+    for kern in (gemv_epilogue, gemv_epilogue_parallel):
+        got = np.full((1, co), np.nan, np.float32)
+        kern(w, x, perm, bias, scale, shift, res, lo, hi, act, alpha, beta, got)
+        assert np.all(np.abs(got - want) <= 4 * k * np.finfo(np.float32).eps * mag)
+    x[rng.integers(0, k)] = np.nan
+    got = np.zeros((1, co), np.float32)
+    gemv_epilogue(w, x, perm, bias, scale, shift, res, np.float32(-np.inf), np.float32(np.inf), 0, alpha, beta, got)
+    assert np.isnan(got).all()

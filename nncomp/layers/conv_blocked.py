@@ -125,6 +125,7 @@ def blocked_step(layer, shape, n, oh, ow, epilogue=None):
         run.chain = _chain_spec(layer, kern, conv_blocked_nhwc_parallel, padded, w, (bias, scale, shift, _NONE, _NONE),
                                 nvec, pmax, geo, (oh, ow, co), AFFINE=affine, ADD=add, ACT=code, lo=lo, hi=hi,
                                 alpha=alpha, beta=beta)
+    run.blas = False
     return run
 
 
@@ -142,4 +143,5 @@ def blocked_pooled_step(layer, shape, n, oh, ow, p):
         return out
     run.chain = _chain_spec(layer, kern, conv_blocked_pooled_nhwc_parallel, padded, w, (bias, _NONE, _NONE, _NONE, _NONE),
                             nvec, pmax, geo, (oh, ow, co), POOL=p, THREADS=threads)
+    run.blas = False
     return run

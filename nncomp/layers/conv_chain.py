@@ -90,9 +90,12 @@ def _nothing():
     return None
 
 
+_nothing.blas = False
+
+
 def _call(specs, ints, floats):
     """The run's step; it holds ``specs``, whose arrays the table points to."""
     def run(x0, x1=None):
         return K.run_chain(np.ascontiguousarray(x0), x0 if x1 is None else np.ascontiguousarray(x1), ints, floats)
-    run.specs, run.ints, run.floats = specs, ints, floats
+    run.specs, run.ints, run.floats, run.blas = specs, ints, floats, False
     return run

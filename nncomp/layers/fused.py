@@ -146,6 +146,7 @@ class Fused(Layer):
                     y = np.ascontiguousarray(y)
                 one_pass(y, *xs[k:])
                 return y
+            fused.blas = getattr(head, "blas", True)
             chain = getattr(head, "chain", None)
             if chain is not None and args is None and self.pool is not None:
                 args = epilogue_args(ops)

@@ -28,6 +28,11 @@ class Flatten(Layer):
             x = x.transpose(0, 3, 1, 2)
         return np.ascontiguousarray(x).reshape(x.shape[0], math.prod(x.shape[1:]))
 
+    def fuse(self, successor, n, shape):
+        # a dense reader takes the image itself, its weight's columns in the image's order
+        flattened = getattr(successor, "flattened", None)
+        return flattened(n, tuple(shape), self.order) if flattened is not None and len(shape) == 3 else None
+
 
 @register
 @dataclass(frozen=True, eq=False)
