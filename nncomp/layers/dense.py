@@ -18,15 +18,16 @@ SMALL_MAX_WEIGHT_BYTES = 4 << 20
 # ... on the thread pool from this many multiply-adds (as the BLAS mat-vec splits).
 GEMV_PARALLEL_MIN_WORK = 1 << 18
 # Batches of 2 .. BLOCKED_MAX_BATCH samples run as a 1x1 convolution over the samples laid out as
-# an image, with the blocked kernel and its epilogue (nncomp/kernels/conv_blocked.py), the weights
-# up to its size limit and at least BLOCKED_MIN_OUTPUTS outputs. Against OpenBLAS through NumPy at
-# one thread (Zen 4): LeNet-300's 300x784 at 8 samples 45 against 94 us, at 64 289 against 351;
-# 128x576 at 64: 93 against 121; a 10-output layer 4.1 against 2.9 (hence the minimum).
+# an image, with the blocked kernel and its epilogue (nncomp/kernels/conv_blocked.py), for weights
+# up to its size limit. Against OpenBLAS through NumPy at one thread (Zen 4): LeNet-300's 300x784
+# at 8 samples 45 against 94 us, at 64 289 against 351; 128x576 at 64: 93 against 121; a 10-output
+# layer's kernel 4.1 against 2.9, but as a step (bias, a transposed copy, the BLAS guard) 3 against
+# 5-10 us.
 BLOCKED_MAX_BATCH = 256
-BLOCKED_MIN_OUTPUTS = 16
 # samples per image line at most (a line's pixels are the tiles; lines are the parallel work items;
 # a batch that the lines do not divide is padded with zero samples)
 LINE_MAX = 16
+LINE_MIN = 4
 _NONE = np.zeros(0, np.float32)
 _NO_PERM = np.zeros(0, np.int64)
 _NO_EPILOGUE = (None, None, False, -np.inf, np.inf, None)
@@ -75,13 +76,13 @@ class Dense(Layer):
         """The step for ``n`` samples as a 1x1 convolution of the blocked kernel (with ``epilogue``
         inside; its residual read as a second input), or None where it does not serve."""
         w = self.weight
-        if not 2 <= n <= BLOCKED_MAX_BATCH or type(w) is not DenseMatrix or w.n_out < BLOCKED_MIN_OUTPUTS:
+        if not 2 <= n <= BLOCKED_MAX_BATCH or type(w) is not DenseMatrix:
             return None
         conv = self.memo("as_conv", lambda: Conv2D(weight=w, bias=self.bias, in_channels=w.n_in))
         if not blocked_eligible(conv):
             return None
         k, co = w.n_in, w.n_out
-        rows = -(-n // LINE_MAX)
+        rows = max(-(-n // LINE_MAX), min(_jit.num_threads(), n // LINE_MIN))     # a line per thread
         q = -(-n // rows)
         pad = rows * q - n
         run = blocked_step(conv, (rows, q, k), 1, rows, q, epilogue)
