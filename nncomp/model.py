@@ -296,30 +296,30 @@ class Model:
     def _run_function(self, shape, keep, step, threads):
         """``x -> values of nodes keep`` (internal layout) for checked model-layout batches of
         ``shape``, ``step`` samples a pass, on ``threads`` threads: small passes serial on the
-        calling thread, large batches of convolutional models in parts (nncomp/plan.py)."""
+        calling thread, large batches of convolutional models in parts or whole with parallel kernels,
+        as measured (nncomp/plan.py)."""
         n, inner = shape[0], self.to_internal(shape[1:])
         if n == 0 or n > step:
             return lambda x: self._forward_parts(x, keep, step)
-        mode = self._mode(n, inner, threads)
-        if mode == "parts":
-            bounds = batch_parts(n, threads, self._macs_per_weight, self._costs(inner)[1])
-            return lambda x: run_parts(lambda part: self._forward(part, keep), x, bounds, threads)
-        if mode in ("serial", "measured") and threads > 1:
-            plan = run_serial(lambda: self._plan(inner, n, keep))       # serial kernels
-            serial = lambda x: run_serial(lambda: plan.run(self._internal(x)))  # noqa: E731
+        mode, plan = self._mode(n, inner, threads), self._plan(inner, n, keep) if threads < 2 else None
+        if plan is not None:
+            return lambda x: plan.run(self._internal(x))
+        bounds = batch_parts(n, threads, self._macs_per_weight, self._costs(inner)[1])
+        if mode == "measured" and bounds is not None:      # batch parts against parallel kernels
+            first = lambda x: run_parts(lambda part: self._forward(part, keep), x, bounds, threads)  # noqa: E731
+        elif mode in ("serial", "measured"):               # serial kernels against parallel ones
+            one = run_serial(lambda: self._plan(inner, n, keep))
+            first = lambda x: run_serial(lambda: one.run(self._internal(x)))  # noqa: E731
             if mode == "serial":
-                return serial
-            parallel = self._plan(inner, n, keep)
-            return MeasuredChoice(serial, lambda x: run_parallel(parallel, self._internal(x)))
+                return first
         plan = self._plan(inner, n, keep)
-        if threads > 1:
-            return lambda x: run_parallel(plan, self._internal(x))
-        return lambda x: plan.run(self._internal(x))
+        parallel = lambda x: run_parallel(plan, self._internal(x))  # noqa: E731
+        return MeasuredChoice(first, parallel) if mode == "measured" else parallel
 
     def run_mode(self, batch, threads=None):
         """How ``batch`` samples run on ``threads`` Numba threads (default: the current count):
-        ``"serial"`` (calling thread), ``"parts"`` (batch parts, a serial pass each), ``"parallel"``
-        or ``"measured"`` (serial or parallel as its last calls ran faster; nncomp/plan.py)."""
+        ``"serial"`` (calling thread), ``"parallel"`` or ``"measured"``: serial kernels or batch
+        parts (a serial pass each) against parallel kernels, as its last calls ran (nncomp/plan.py)."""
         batch = check_number(batch, "batch", integer=True, low=1, method="run_mode", error=InputError)
         threads = _jit.num_threads() if threads is None else check_number(
             threads, "threads", integer=True, low=1, method="run_mode", error=InputError)
@@ -330,7 +330,7 @@ class Model:
             return "serial"
         macs = self._costs(inner)[1]
         if batch_parts(n, threads, self._macs_per_weight, macs) is not None:
-            return "parts"
+            return "measured"
         if n * macs < CHOOSE_BELOW_MACS:
             return "serial" if n * macs < SERIAL_BELOW_MACS or n == 1 else "measured"
         return "parallel"

@@ -302,7 +302,7 @@ def test_run_modes_and_timing_in_the_dense_models_mode():
     vgg = nc.load(nc.data.model_path("vgg_small"))
     lenet300 = nc.load(nc.data.model_path("lenet300"))
     assert modes.run_mode(lenet300, 1, threads=2) == "serial" and modes.run_mode(vgg, 1, threads=1) == "serial"
-    assert modes.run_mode(vgg, 64, threads=2) == "parts"           # a convolutional model's large batch
+    assert modes.run_mode(vgg, 64, threads=2) == "measured"        # parts or parallel kernels, as measured
     x = nc.data.for_model(vgg, "train")[0][:64]
     dyn = nc.quantize(vgg, layers=["features.3"], activations="dynamic", calibration=x)
     assert modes.run_mode(dyn, 64, threads=2) == "parallel"        # results depend on the cut: run whole
@@ -316,7 +316,7 @@ def test_candidates_that_change_the_run_mode_are_left_out():
     x, y = nc.data.for_model(vgg, "train")
     out = Planner(timer=TableTimer(chosen_ms=0.6), cache=False).run(vgg, x[:200], labels=y[:200], budget=100.0,
                                                                      batch=64, methods=["quantize"])
-    assert "would change how the model runs a batch of 64 (the dense model's mode: parts)" in str(out.plan)
+    assert "would change how the model runs a batch of 64 (the dense model's mode: measured)" in str(out.plan)
     assert all(c.candidate != "int8-dynamic" for c in out.plan.layers)
     assert any(c.candidate != "dense" for c in out.plan.layers)
     assert {r[2] for r in out.plan.table if r[1] == "int8-dynamic"} == {None}      # never timed

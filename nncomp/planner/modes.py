@@ -1,9 +1,10 @@
 """How a model runs a batch (its *mode*), and calls that run it in a given mode, for timing.
 
-A call runs in one of three modes (nncomp/model.py and nncomp/plan.py decide, per input shape and
-thread count): ``"serial"`` (one thread, serial kernels: small passes), ``"parts"`` (large batches
-of convolutional models, split into parts that whole passes run on, one thread each with serial
-kernels) or ``"parallel"`` (the whole batch, parallel kernels). The mode depends on the *whole*
+A call runs in one of these modes (nncomp/model.py and nncomp/plan.py decide, per input shape and
+thread count): ``"serial"`` (one thread, serial kernels: small passes), ``"parts"`` (batches split
+into parts that whole passes run on, one thread each with serial kernels; imposed by the planner
+only), ``"parallel"`` (the whole batch, parallel kernels) or ``"measured"`` (serial, or for a
+convolutional model's large batch parts, against parallel kernels, as its last calls ran). The mode depends on the *whole*
 model: its multiply-adds per sample and per weight, and whether a layer's results depend on how the
 batch is cut (dynamic int8 activations). A one-layer candidate can therefore change the mode of the
 model it is timed in, and a table of per-layer differences is additive only when every entry and
@@ -11,7 +12,7 @@ the dense reference run in the same mode: the planner times every candidate in t
 mode (:func:`in_mode`) and keeps out of the search the candidates that would change it.
 
 :func:`run_mode` is the model's own decision (:meth:`nncomp.Model.run_mode`). A model in the
-``"measured"`` mode runs serial or parallel as its last calls measured; it is timed as it runs.
+``"measured"`` mode runs as its last calls measured; it is timed as it runs.
 """
 import numba
 
