@@ -13,7 +13,9 @@ The steps (each in its own module):
    one layer with its calibration refit and scored, as independent jobs (``n_jobs`` through joblib
    if installed; a Dask cluster through joblib's dask backend).
 4. Search under an additive model: exact (``scipy.optimize.milp``) and greedy (:mod:`.search`);
-   verification on the held-out part, and a repair loop reverting the most harmful layers.
+   verification on the held-out part, and a repair loop reverting the most harmful layers. For
+   ``"size"`` also whole-model candidates, built jointly: Deep Compression's global allocations
+   (:mod:`.allocation`), smallest file first, verified on the held-out part.
 5. A final measurement against the dense model decides: the result is never slower (or, for
    ``"size"``, larger) than the dense model, which is always a candidate.
 """

@@ -235,7 +235,8 @@ def _size_markdown(rows):
                      f"**{r['ratio']:.1f}x** | {r['bytes_with_plan']:,} ({r['ratio_with_plan']:.1f}x) | "
                      f"{r['heldout_drop']:.2f} | {r['test_accuracy_dense']:.3f} -> {r['test_accuracy']:.3f} | "
                      f"{r['target']:.0f}x: {'met' if r['met'] else 'missed'} | {r['planning_s']:.0f} ({_cpu(r)}) |")
-    return lines + ["", f"Calibration: the first {rows[0]['calibration']:,} training digits (a quarter held out by the planner); "
+    return lines + ["", f"Calibration: the first {rows[0]['calibration']:,} training digits (a quarter held out by "
+                    "the planner); "
                     "file bytes as nc.save(..., huffman=True) writes them (plan.bytes: without the plan the model "
                     "carries; 'with the plan': the file the user gets from saving the returned model). Test "
                     "accuracy on the 1,000 shipped test digits, never seen by the planner."]
