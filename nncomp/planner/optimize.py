@@ -19,6 +19,7 @@ The steps (each in its own module):
 5. A final measurement against the dense model decides: the result is never slower (or, for
    ``"size"``, larger) than the dense model, which is always a candidate.
 """
+import dataclasses
 import time
 from collections import Counter
 
@@ -270,6 +271,7 @@ class Planner:
             below)
         if refused:
             notes.append(f"global allocations over the budget on the held-out part: {', '.join(refused)}")
+        self.allocations = [dataclasses.replace(a, model=None) for a in self.allocations]   # keep the figures
         return won
 
     def _screen(self, model, cands, x_fit, seed, lat, notes):
