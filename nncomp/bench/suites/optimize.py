@@ -199,13 +199,20 @@ def _energy(r):
 
 
 def markdown(result):
-    lines = header(f"# nc.optimize: the fastest model within {BUDGET} point ({result['threads']} threads)",
-                   result) + [
-             "| model | batch | chosen (other layers dense) | dense ms | chosen ms | speedup | predicted (error) | "
+    lines = header(f"# nc.optimize: the fastest model within {BUDGET} point ({result['threads']} threads)", result)
+    if result.get("rows") or not result.get("size_rows"):
+        lines += _latency_markdown(result.get("rows", []))
+    if result.get("size_rows"):
+        lines += _size_markdown(result["size_rows"])
+    return "\n".join(lines + [""])
+
+
+def _latency_markdown(rows):
+    lines = ["| model | batch | chosen (other layers dense) | dense ms | chosen ms | speedup | predicted (error) | "
              "ORT f32 ms | ORT int8 ms | vs faster ORT | bytes | energy (estimate) nJ | test accuracy | "
              "planning s (CPU s) |",
              "|---" * 14 + "|"]
-    for r in result.get("rows", []):
+    for r in rows:
         ort = (f"{r['ort_f32_ms']:.4f} | {r['ort_int8_ms']:.4f} | **{r['vs_ort']:.2f}x**" if "vs_ort" in r
                else "- | - | -")
         lines.append(f"| {r['model']} | {r['batch']} | {_chosen(r)} | {r['dense_ms']:.4f} | {r['measured_ms']:.4f} | "
@@ -220,9 +227,7 @@ def markdown(result):
               "did: wall time, and in brackets the process's CPU time on both cores, which a paused process "
               "or a neighbour's load does not inflate). Energy: an estimate "
               "per inference from the Horowitz 45 nm model (nncomp/planner/energy.py), not a measurement."]
-    if result.get("size_rows"):
-        lines += _size_markdown(result["size_rows"])
-    return "\n".join(lines + [""])
+    return lines
 
 
 def _size_markdown(rows):
