@@ -203,7 +203,7 @@ class Planner:
             final = self.timer.measure({"dense": model, "chosen": won.model if won else build(choice)}, xb)
         chosen = won.model if won else build(choice)
         from ..bench.sizes import saved_size
-        out_bytes = saved_size(chosen, huffman=True).file_bytes if any(choice.values()) else None
+        out_bytes = saved_size(chosen, huffman=True).file_bytes if any(choice.values()) and not won else None
         if won:     # the per-layer search's choice, if any, made a larger file
             choice, used = {n: 0 for n in names}, f"global allocation {won.label} (per-layer search: {used})"
             out_bytes = won.file_bytes
