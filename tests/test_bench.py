@@ -228,7 +228,7 @@ SUITE_KEYS = {
     "lowrank": (["speed", "accuracy", "targets", "limits"], "## Accuracy on the 1,000 shipped test digits"),
     "vs_ort": (["rows"], "| model | loop_b1 | loop_b8 |"),
     "real": (["rows"], "| model | input (batch 1) | runtime | median ms | metric |"),
-    "optimize": (["rows"], "| model | batch | chosen (other layers dense) |"),
+    "optimize": (["rows", "size_rows"], "| model | chosen plan | file bytes dense -> chosen | smaller |"),
 }
 
 

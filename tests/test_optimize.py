@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import nncomp as nc
-from nncomp.planner import Planner, candidates, latency, search
+from nncomp.planner import Planner, allocation, candidates, latency, search
 from nncomp.planner.optimize import split
 
 N_CALIB = 800
@@ -21,6 +21,8 @@ def quick(monkeypatch, tmp_path):
     monkeypatch.setattr(latency, "MIN_CALLS", 4)
     monkeypatch.setattr(candidates, "GRID", {**candidates.GRID, "prune": (0.9,), "prune_int8": (0.9,),
                                              "share": (5,), "prune_share": ((0.9, 5),), "factorize": (4.0,)})
+    monkeypatch.setattr(allocation, "SPARSITIES", (0.9,))     # objective "size": one global allocation
+    monkeypatch.setattr(allocation, "BITS", (4,))
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +212,51 @@ def test_size_objective_makes_the_file_smaller_within_budget(lenet300):
     assert heldout_drop(model, out, x, y) <= 0.5 + 1e-9
     from nncomp.bench.sizes import saved_size
     assert saved_size(out.with_nodes(out.nodes), huffman=True).file_bytes == plan.bytes   # without the plan
+
+
+def test_size_objective_takes_a_verified_global_allocation_and_saves_its_plan(lenet300, tmp_path):
+    """Deep Compression's global allocation, built jointly, beats the per-layer codebooks: the file as
+    nc.save writes it (plan included) is much smaller, the budget holds on the held-out quarter, and
+    the model and its plan come back from the file."""
+    model, x, y = lenet300
+    out = Planner(timer=TableTimer(), cache=False).run(model, x, labels=y, budget=2.0, objective="size",
+                                                       methods=["share"])
+    plan = out.plan
+    assert plan.search.startswith("global allocation global90+codebook4")
+    assert {c.method for c in plan.layers} == {"deep_compression"}
+    assert all("codebook 4-bit" in c.format for c in plan.layers) and plan.layers[0].candidate.startswith("csr9")
+    assert heldout_drop(model, out, x, y) <= 2.0 + 1e-9
+    assert plan.heldout_drop == pytest.approx(heldout_drop(model, out, x, y))
+    assert ("*", "global90+codebook4") in {r[:2] for r in plan.table}
+    from nncomp.bench.sizes import saved_size
+    assert saved_size(out.with_nodes(out.nodes), huffman=True).file_bytes == plan.bytes < plan.dense_bytes / 20
+    path = tmp_path / "small.h5"
+    nc.save(out, path, huffman=True)
+    assert path.stat().st_size < plan.dense_bytes / 15          # what the user gets: the plan included
+    back = nc.load(path)
+    assert back.plan == plan
+    np.testing.assert_array_equal(back(x[:16]), out(x[:16]))
+    # a budget no allocation holds on the search part: the per-layer codebooks (or dense) again
+    out0 = Planner(timer=TableTimer(), cache=False).run(model, x, labels=y, budget=0.0, objective="size",
+                                                        methods=["share"])
+    assert not out0.plan.search.startswith("global") and heldout_drop(model, out0, x, y) <= 1e-9
+
+
+def test_allocations_smallest_verified_file_first():
+    def alloc(s, nbytes, drop):
+        return allocation.Allocation(s, 4, nbytes, drop, model=s)
+    allocs = [alloc(0.8, 300, 0.1), alloc(0.9, 200, 0.3), alloc(0.95, 100, 0.9), alloc(0.92, 150, 0.4)]
+    verified = []
+
+    def holds(m):
+        verified.append(m)
+        return m != 0.92
+    won, refused = allocation.choose_allocation(allocs, 0.5, holds)
+    assert won.sparsity == 0.9 and refused == ["global92+codebook4"] and verified == [0.92, 0.9]
+    assert allocation.choose_allocation(allocs, 0.5, holds, below=150)[0] is None
+    assert allocation.choose_allocation(allocs, 0.05, holds) == (None, [])
+    won, refused = allocation.choose_allocation(allocs, 1.0, lambda m: False)
+    assert won is None and len(refused) == min(allocation.TRIES, 4)
 
 
 def test_jobs_through_joblib_give_the_same_plan(lenet300):

@@ -4,6 +4,7 @@
 - :mod:`.candidates`  one-layer candidates, built by nncomp's own methods with their refits
 - :mod:`.latency`     whole-model timing with one layer changed; the on-disk cache per CPU and versions
 - :mod:`.search`      exact (``scipy.optimize.milp``) and greedy searches, and the repair loop
+- :mod:`.allocation`  ``objective="size"``: Deep Compression's global allocations, built jointly, verified
 - :mod:`.optimize`    the public function: split, evaluate (joblib jobs), measure, search, verify
 - :mod:`.report`      the plan a returned model carries (``model.plan``), saved by ``nc.save``
 """

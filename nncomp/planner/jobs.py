@@ -16,12 +16,12 @@ __all__ = ["MAX_FIT", "split", "score", "evaluate", "run_jobs", "digest"]
 MAX_FIT = 512          # calibration samples given to the methods' refits
 
 
-def split(n, seed):
-    """Seeded ``(fit, search, held)`` index arrays: half (at most MAX_FIT), a quarter, a quarter."""
+def split(n, seed, max_fit=MAX_FIT):
+    """Seeded ``(fit, search, held)`` index arrays: half (at most ``max_fit``), a quarter, a quarter."""
     order = np.random.default_rng(seed).permutation(n)
     q = n // 4
     held, found, fit = order[n - q:], order[n - 2 * q:n - q], order[:n - 2 * q]
-    return np.sort(fit[:MAX_FIT]), np.sort(found), np.sort(held)
+    return np.sort(fit[:max_fit]), np.sort(found), np.sort(held)
 
 
 def score(model, x, ref):

@@ -13,17 +13,20 @@ The steps (each in its own module):
    one layer with its calibration refit and scored, as independent jobs (``n_jobs`` through joblib
    if installed; a Dask cluster through joblib's dask backend).
 4. Search under an additive model: exact (``scipy.optimize.milp``) and greedy (:mod:`.search`);
-   verification on the held-out part, and a repair loop reverting the most harmful layers.
+   verification on the held-out part, and a repair loop reverting the most harmful layers. For
+   ``"size"`` also whole-model candidates, built jointly: Deep Compression's global allocations
+   (:mod:`.allocation`), smallest file first, verified on the held-out part.
 5. A final measurement against the dense model decides: the result is never slower (or, for
    ``"size"``, larger) than the dense model, which is always a candidate.
 """
+import dataclasses
 import time
 from collections import Counter
 
 import numpy as np
 
 from ..errors import CompressionParameterError
-from . import search
+from . import allocation, search
 from .arguments import OBJECTIVES, check_arguments
 from .candidates import build_proxy, candidates_for, compose, describe_patch, weighted_layers
 from .energy import energy
@@ -120,6 +123,7 @@ class Planner:
     def run(self, model, calibration, *, labels=None, budget=0.5, batch=1, objective="latency", methods=None,
             n_jobs=None, seed=0):
         start = time.perf_counter()
+        self.allocations = ()    # objective "size": the whole-model candidates of this run (.allocation)
         x, y, budget, batch, methods = check_arguments(model, calibration, labels, budget, batch, objective, methods,
                                               n_jobs, seed)
         names = weighted_layers(model)
@@ -183,6 +187,9 @@ class Planner:
             again += len(todo)
             deltas = {n: [0.0] + [lat.delta(keys[n, i]) for i in range(1, len(table[n]))] for n in table}
         notes += more
+        won = self._allocate(model, names, x, seed, (x_search, ref_search, base_search), (x_held, ref_held, base_held),
+                             budget, n_jobs, build(choice) if any(choice.values()) else None, notes) \
+            if objective == "size" else None
         self.reconfirmed += again
         if again:
             notes.append(f"{again} chosen table entries measured again ({CONFIRM_EFFORT}x the calls) "
@@ -193,10 +200,13 @@ class Planner:
             searched, checks = dict(choice), []
             choice, final = self._final(model, choice, build, xb, notes, reverted, checks)
         else:
-            final = self.timer.measure({"dense": model, "chosen": build(choice)}, xb)
-        chosen = build(choice)
+            final = self.timer.measure({"dense": model, "chosen": won.model if won else build(choice)}, xb)
+        chosen = won.model if won else build(choice)
         from ..bench.sizes import saved_size
-        out_bytes = saved_size(chosen, huffman=True).file_bytes if any(choice.values()) else None
+        out_bytes = saved_size(chosen, huffman=True).file_bytes if any(choice.values()) and not won else None
+        if won:     # the per-layer search's choice, if any, made a larger file
+            choice, used = {n: 0 for n in names}, f"global allocation {won.label} (per-layer search: {used})"
+            out_bytes = won.file_bytes
         if dense_bytes is None:
             dense_bytes = saved_size(model, huffman=True).file_bytes
         dense_pj, out_pj = energy(model, batch)["total_pj"], energy(chosen, batch)["total_pj"]
@@ -206,7 +216,7 @@ class Planner:
                          "smaller than dense: returning the dense model")
             reverted += [n for n, i in choice.items() if i]
             choice = {n: 0 for n in names}
-        if not any(choice.values()):
+        if not any(choice.values()) and not won:
             chosen, out_bytes, final["chosen"] = model.with_nodes(model.nodes), dense_bytes, final["dense"]
             out_pj = dense_pj
         elif lat is not None and run_mode(chosen, batch) != lat.mode:
@@ -230,6 +240,8 @@ class Planner:
             return None if deltas is None or not np.isfinite(deltas[n][i]) else float(deltas[n][i])
 
         layers = tuple(self._choice(n, table[n][i], ms(n, i) or 0.0, sizes[n][i]) for n, i in choice.items())
+        if won:
+            layers = allocation.layer_choices(model, won, names, x_search, ref_search, base_search, dense_bytes)
         result.plan = OptimizationPlan(
             objective=objective, budget=budget, metric="accuracy" if y is not None else "agreement", batch=batch,
             layers=layers, dense_ms=final["dense"], predicted_ms=predicted, measured_ms=final["chosen"],
@@ -240,8 +252,27 @@ class Planner:
             cpu=cpu_name(), planning_s=time.perf_counter() - start, notes=tuple(notes),
             table=tuple((n, c.label, ms(n, i), None if size_table is None else int(size_table[n][i]),
                          None if drop is None else float(drop))
-                        for n in names for i, (c, _, drop) in enumerate(table[n])))
+                        for n in names for i, (c, _, drop) in enumerate(table[n]))
+            + tuple(("*", a.label, None, a.file_bytes - int(dense_bytes), a.drop) for a in self.allocations))
         return result
+
+    def _allocate(self, model, names, x, seed, searched, held, budget, n_jobs, per_layer, notes):
+        """Deep Compression's global allocations (:mod:`.allocation`) built and scored; the smallest one
+        verified on the held-out part if its file is smaller than the per-layer choice's (None: dense)."""
+        from ..bench.sizes import saved_size
+        self.progress(3, f"building {len(allocation.SPARSITIES) * len(allocation.BITS)} global allocations, "
+                         "verifying the smallest within the budget")
+        x_fit = x[split(x.shape[0], seed, allocation.FIT)[0]]
+        self.allocations = allocation.build_allocations(model, names, x_fit, *searched, seed, n_jobs)
+        below = saved_size(model if per_layer is None else per_layer, huffman=True).file_bytes
+        x_held, ref_held, base_held = held
+        won, refused = allocation.choose_allocation(
+            self.allocations, budget, lambda m: 100.0 * (base_held - score(m, x_held, ref_held)) <= budget + 1e-9,
+            below)
+        if refused:
+            notes.append(f"global allocations over the budget on the held-out part: {', '.join(refused)}")
+        self.allocations = [dataclasses.replace(a, model=None) for a in self.allocations]   # keep the figures
+        return won
 
     def _screen(self, model, cands, x_fit, seed, lat, notes):
         """Proxies ``{(layer, index): patch or None}`` (the candidates' formats without refits) timed

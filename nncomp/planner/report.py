@@ -83,7 +83,9 @@ class OptimizationPlan:
     planning_s : float
     table : tuple of (layer, candidate, delta_ms, delta_bytes, drop)
         Every candidate built (refused ones are absent): its measured effect alone (None where the
-        objective did not measure it) and its score loss on the search data.
+        objective did not measure it) and its score loss on the search data. Rows of layer ``"*"``
+        are whole-model candidates (``objective="size"``: the global allocations of
+        :mod:`nncomp.planner.allocation`, each built and scored as a whole).
     """
 
     objective: str
