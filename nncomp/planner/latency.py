@@ -10,11 +10,12 @@ measured run (:attr:`OptimizationPlan.prediction_error`).
 
 Entries are cached in ``$NNCOMP_CACHE_DIR/latency.json`` (default ``~/.cache/nncomp``; the
 directory is the one place the planner writes outside the caller's paths), keyed by the CPU model,
-Numba's thread count, the versions of Python, NumPy, Numba and nncomp, the batch, the model's
-structure and the candidate's formats: a second plan of the same model on the same machine measures
-nothing new.
+Numba's thread count, the versions of Python, NumPy, Numba and nncomp, a digest of the engine's
+source, the batch, the model's structure and the candidate's formats: a second plan of the same
+model on the same machine measures nothing new.
 """
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -62,12 +63,27 @@ def cpu_name():
 
 
 def machine_key():
-    """What a latency depends on besides the model: CPU, threads, library versions."""
+    """What a latency depends on besides the model: CPU, threads, library versions, and the engine's
+    own source (a development checkout changes kernels without changing its version)."""
     import numba
 
     from .. import __version__
     return {"cpu": cpu_name(), "threads": numba.get_num_threads(), "python": platform.python_version(),
-            "numpy": np.__version__, "numba": numba.__version__, "nncomp": __version__}
+            "numpy": np.__version__, "numba": numba.__version__, "nncomp": __version__,
+            "engine": engine_digest()}
+
+
+@functools.cache
+def engine_digest():
+    """SHA-256 (16 hex digits) of the source of the modules a forward pass runs: kernels, layers,
+    matrices, the plan and the model."""
+    root = Path(__file__).resolve().parent.parent
+    files = sorted([*root.glob("kernels/*.py"), *root.glob("layers/*.py"), *root.glob("matrices/*.py"),
+                    root / "plan.py", root / "model.py"])
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode() + f.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def structure_key(model):
