@@ -29,7 +29,7 @@ SHIPPED = ("lenet300", "lenet5", "vgg_small", "resnet_small")
 SPARSITIES = (0.8, 0.9, 0.92, 0.95)
 SCOPES = ("layer", "global")
 SPEEDUPS = (2.0, 4.0)
-ALLOCATIONS = ("global", "uniform", "sensitivity")
+ALLOCATIONS = ("global", "uniform")
 N_CALIB = 512
 
 
