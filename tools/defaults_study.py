@@ -17,6 +17,7 @@ import argparse
 import datetime
 import json
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -109,6 +110,16 @@ def table(cache, models, keys):
     return lines
 
 
+def train_command(stem):
+    """The tools/train_torch.py command that trains a variant named ``<model>_s<seed>_e<epochs>...``."""
+    m = re.fullmatch(r"(\w+?)_s(\d+)_e(\d+)(?:_w([\d.]+))?(_noshift)?", stem)
+    if not m:
+        return None
+    model, seed, epochs, width, noshift = m.groups()
+    return (f"python tools/train_torch.py {model} --seed {seed} --epochs {epochs}"
+            + (f" --width {width}" if width else "") + (" --no-shift" if noshift else "") + " --out /tmp/variants")
+
+
 def verdicts(cache, models):
     """One line per sparsity / speedup: the option with the least mean loss, and where it is not best."""
     names = [n for n in models if n in cache]
@@ -127,6 +138,21 @@ def verdicts(cache, models):
                    f"({mean[best]:.2f} points; {others}); another option lost less on "
                    f"{', '.join(beaten) if beaten else 'none'}.")
     return out
+
+
+NOTES = [
+    "Defaults chosen from this table: `nc.prune` prunes one float `sparsity` with one global magnitude "
+    "threshold (`scope=\"global\"`; a per-layer dict and `quality=` stay per layer, `scope=\"layer\"` "
+    "on request); `nc.factorize` keeps `allocation=\"global\"` (already its default). `\"layer\"` and "
+    "`\"uniform\"` cut every layer by the same fraction, likely why they lose more: small layers with "
+    "few redundant weights (LeNet-300-100's 10 x 100 classifier) are cut as hard as the large ones, "
+    "where one global threshold or the greedy error-per-MAC allocation spares them.",
+    "",
+    "Tried and not kept (measured with a prototype on 2026-12-03, not in this script): a "
+    "sensitivity-weighted `factorize` allocation (each layer's spectral error weighted by the model's "
+    "output error with that layer alone at the uniform 2x rank) lost 12.1 points on resnet_small "
+    "(global: -0.1), 0.4 on vgg_small (global: 0.0) and 0.4 on lenet300 (global: 0.1); equal elsewhere.",
+]
 
 
 def main(argv=None):
@@ -163,7 +189,9 @@ def main(argv=None):
           "Columns after the four shipped models are variants from `tools/train_torch.py --out`, named "
           "`<model>_s<seed>_e<epochs>[_w<width>][_noshift]`; the default epochs are 30 (lenet300) and 20 "
           "(the others), with random shifts. \"-\": not run (time), \"err\": the method refused.",
-          "", *table(cache, models, a.only), "", *verdicts(cache, models), ""]
+          "", "Variants, trained on this machine (seconds to minutes each):", "", "```",
+          *filter(None, (train_command(n) for n in models if n in cache)), "```",
+          "", *table(cache, models, a.only), "", *verdicts(cache, models), "", *NOTES, ""]
     text = "\n".join(md)
     print(text)
     if a.output:
