@@ -60,13 +60,13 @@ class Dense(Layer):
         if small is not None:
             return small
         mul, bias = self.weight.prepare(n), self.bias
-        if bias is None:
-            return mul
 
         def step(x):
             y = mul(x)
-            y += bias
+            if bias is not None:
+                y += bias
             return y
+        step.blas = self.weight.uses_blas        # the sparse, codebook and int8 kernels never call BLAS
         return step
 
     def prepare_epilogue(self, n, shape, *, epilogue):
@@ -76,7 +76,7 @@ class Dense(Layer):
         """The step for ``n`` samples as a 1x1 convolution of the blocked kernel (with ``epilogue``
         inside; its residual read as a second input), or None where it does not serve."""
         w = self.weight
-        if not 2 <= n <= BLOCKED_MAX_BATCH or type(w) is not DenseMatrix:
+        if not 2 <= n <= BLOCKED_MAX_BATCH or not isinstance(w, DenseMatrix):
             return None
         conv = self.memo("as_conv", lambda: Conv2D(weight=w, bias=self.bias, in_channels=w.n_in))
         if not blocked_eligible(conv):
@@ -99,7 +99,7 @@ class Dense(Layer):
 
     def _runs_gemv(self, n):
         w = self.weight
-        return n == 1 and type(w) is DenseMatrix
+        return n == 1 and isinstance(w, DenseMatrix)
 
     def _single_sample(self, n, epilogue, perm=None):
         """The compiled mat-vec step (with ``epilogue`` inside, its input gathered by ``perm``) for

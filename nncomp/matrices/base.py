@@ -23,6 +23,8 @@ class Matrix:
     """
 
     format = "abstract"
+    # whether prepare()'s product may call BLAS (the model then runs it with OpenBLAS at one thread)
+    uses_blas = False
 
     @property
     def n_out(self):

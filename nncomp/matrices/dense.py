@@ -14,6 +14,7 @@ class DenseMatrix(Matrix):
 
     w: np.ndarray
     format = "dense"
+    uses_blas = True
 
     def __post_init__(self):
         w = np.ascontiguousarray(self.w, dtype=np.float32)
