@@ -295,14 +295,14 @@ class Model:
 
     def _run_function(self, shape, keep, step, threads):
         """``x -> values of nodes keep`` (internal layout) for checked model-layout batches of
-        ``shape``, ``step`` samples a pass, on ``threads`` threads: small passes serial on the
-        calling thread, large batches of convolutional models in parts or whole with parallel kernels,
-        as measured (nncomp/plan.py)."""
+        ``shape``, ``step`` samples a pass, on ``threads`` threads, in the run mode of :meth:`run_mode`
+        (nncomp/plan.py)."""
         n, inner = shape[0], self.to_internal(shape[1:])
         if n == 0 or n > step:
             return lambda x: self._forward_parts(x, keep, step)
-        mode, plan = self._mode(n, inner, threads), self._plan(inner, n, keep) if threads < 2 else None
-        if plan is not None:
+        mode = self._mode(n, inner, threads)
+        if threads < 2:
+            plan = self._plan(inner, n, keep)
             return lambda x: plan.run(self._internal(x))
         bounds = batch_parts(n, threads, self._macs_per_weight, self._costs(inner)[1])
         if mode == "measured" and bounds is not None:      # batch parts against parallel kernels

@@ -13,10 +13,10 @@ from .conv_blocked import blocked_eligible, blocked_step
 from .fused import absorb_epilogue
 
 # A single sample through a float32 dense weight runs the compiled mat-vec with its epilogue
-# (nncomp/kernels/dense_small.py), on the thread pool from this many multiply-adds (as the BLAS
-# mat-vec split); VGG-16's fc6 (411 MB, 2 threads, alternating): 12.1 ms against 13.95 for
-# OpenBLAS's sgemv split over the threads.
-GEMV_PARALLEL_MIN_WORK = 1 << 18
+# (nncomp/kernels/dense_small.py), on the thread pool from GEMV_SERIAL_FACTOR x
+# _jit.PARALLEL_MIN_WORK multiply-adds (2^18, where the BLAS mat-vec split); VGG-16's fc6 (411 MB,
+# 2 threads, alternating): 12.1 ms against 13.95 for OpenBLAS's sgemv split over the threads.
+GEMV_SERIAL_FACTOR = 2
 # Batches of 2 .. BLOCKED_MAX_BATCH samples run as a 1x1 convolution over the samples laid out as
 # an image, with the blocked kernel and its epilogue (nncomp/kernels/conv_blocked.py), for weights
 # up to its size limit. Against OpenBLAS through NumPy at one thread (Zen 4): LeNet-300's 300x784
@@ -107,15 +107,14 @@ class Dense(Layer):
         if not self._runs_gemv(n):
             return None
         w = self.weight
-        co, wm, perm = w.n_out, np.ascontiguousarray(w.w), _NO_PERM if perm is None else perm
+        co, wm, perm = w.n_out, w.w, _NO_PERM if perm is None else perm        # w.w is C-contiguous
         bias = np.zeros(co, np.float32) if self.bias is None else self.bias
         scale, shift, add, lo, hi, act = epilogue
         scale, shift = (_NONE, _NONE) if scale is None or not scale.shape[0] else (
             np.ascontiguousarray(np.broadcast_to(scale, (co,))), np.ascontiguousarray(np.broadcast_to(shift, (co,))))
         code, alpha, beta = act or (0, np.float32(0.0), np.float32(0.0))
         lo, hi, no_res = np.float32(lo), np.float32(hi), np.zeros((0, co), np.float32)
-        kern = _jit.pick((gemv_epilogue, gemv_epilogue_parallel), co * w.n_in // GEMV_PARALLEL_MIN_WORK
-                         * _jit.PARALLEL_MIN_WORK)
+        kern = _jit.pick((gemv_epilogue, gemv_epilogue_parallel), co * w.n_in // GEMV_SERIAL_FACTOR)
 
         def step(x, res=None):
             out = np.empty((1, co), np.float32)

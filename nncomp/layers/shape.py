@@ -29,7 +29,7 @@ class Flatten(Layer):
         return np.ascontiguousarray(x).reshape(x.shape[0], math.prod(x.shape[1:]))
 
     def fuse(self, successor, n, shape):
-        # a dense reader takes the image itself, its weight's columns in the image's order
+        # a dense reader takes the image itself, its mat-vec gathering the features in this order
         flattened = getattr(successor, "flattened", None)
         return flattened(n, tuple(shape), self.order) if flattened is not None and len(shape) == 3 else None
 

@@ -4,9 +4,9 @@ A call runs in one of these modes (nncomp/model.py and nncomp/plan.py decide, pe
 thread count): ``"serial"`` (one thread, serial kernels: small passes), ``"parts"`` (batches split
 into parts that whole passes run on, one thread each with serial kernels; imposed by the planner
 only), ``"parallel"`` (the whole batch, parallel kernels) or ``"measured"`` (serial, or for a
-convolutional model's large batch parts, against parallel kernels, as its last calls ran). The mode depends on the *whole*
-model: its multiply-adds per sample and per weight, and whether a layer's results depend on how the
-batch is cut (dynamic int8 activations). A one-layer candidate can therefore change the mode of the
+convolutional model's large batch parts, against parallel kernels, as its last calls ran). The
+mode depends on the *whole* model: its multiply-adds per sample and per weight, and whether a
+layer's results depend on how the batch is cut (dynamic int8 activations). A one-layer candidate can therefore change the mode of the
 model it is timed in, and a table of per-layer differences is additive only when every entry and
 the dense reference run in the same mode: the planner times every candidate in the dense model's
 mode (:func:`in_mode`) and keeps out of the search the candidates that would change it.
