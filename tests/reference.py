@@ -225,15 +225,20 @@ def run_chain(x0, x1, ints, floats):
                                                 for k in range(K.N_VECTORS))
         geo = (p[K.KH], p[K.KW], p[K.SH], p[K.SW], p[K.DH], p[K.DW])
         oh, ow, co, pool = p[K.OH], p[K.OW], p[K.CO], p[K.POOL]
+        if p[K.WINOGRAD]:
+            conv = winograd_nhwc(xp, w.reshape(16, -1, w.shape[1]), bias, oh, ow, co)
+        else:
+            conv = conv_blocked_nhwc(xp, w, bias, *geo, oh, ow, co)
         if pool == 0:
-            y = conv_blocked_nhwc(xp, w, bias, *geo, oh, ow, co).astype(np.float32)
+            y = conv.astype(np.float32)
             res = values[p[K.RES]] if p[K.ADD] else np.zeros((0, co), np.float32)
             y = epilogue_rows(y.reshape(-1, co), scale[:co] if p[K.AFFINE] else np.zeros(0, np.float32),
                               shift[:co], res.reshape(-1, co), f[K.LO], f[K.HI])
             if p[K.ACT]:
                 y = activation_rows(y, p[K.ACT], f[K.ALPHA], f[K.BETA])
         else:
-            y = conv_blocked_pooled_nhwc(xp, w, bias, *geo, pool, oh, ow, co).astype(np.float32).reshape(-1, co)
+            y = maxpool_nhwc(conv, pool, pool, pool, pool, 0, 0, 1, 1, oh // pool, ow // pool)
+            y = y.astype(np.float32).reshape(-1, co)
             y = epilogue_rows(y, post, post_shift, np.zeros((0, co), np.float32), f[K.POST_LO], f[K.POST_HI])
             if p[K.POST_ACT]:
                 y = activation_rows(y, p[K.POST_ACT], f[K.POST_ALPHA], f[K.POST_BETA])

@@ -40,7 +40,7 @@ def cnn(draw):
 
 
 def _blocked_kernel(allowed):
-    """A context in which new convolution layers may (or may not) choose the blocked kernel."""
+    """A context in which new convolution layers may (or may not) choose the blocked or Winograd kernels."""
     return contextlib.nullcontext() if allowed else _no_blocked()
 
 
@@ -48,11 +48,13 @@ def _blocked_kernel(allowed):
 def _no_blocked():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(conv_blocked, "BLOCKED_MAX_WEIGHT_BYTES", 0)
+        mp.setattr(conv_blocked, "WINOGRAD_MAX_WEIGHT_BYTES", 0)
         yield
 
 
 def _cnn(draw, rng):
-    c0, c1 = draw(st.integers(1, 3)), draw(st.integers(2, 6))
+    # 16+ channels: the 3x3 layers after the first run Winograd (its epilogue, residual and pool)
+    c0, c1 = draw(st.integers(1, 3)), draw(st.one_of(st.integers(2, 6), st.integers(16, 18)))
     k = draw(st.sampled_from([1, 3]))
     f32 = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
 
@@ -170,6 +172,8 @@ def test_runs_of_blocked_convolutions_compile_to_one_call_with_the_same_bits(nam
         assert np.array_equal(chained, plain.run(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))[0])
         # the compiled run against its NumPy twin, from the same table
         run = next(step for step, _, _ in plan.steps if hasattr(step, "specs"))
+        from nncomp.kernels import conv_chain as K
+        assert run.ints[:, K.WINOGRAD].any() and not run.ints[:, K.WINOGRAD].all()   # both kernels chained
         xi = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         got = run(xi)
         want = ref.run_chain(xi, xi, run.ints, run.floats)

@@ -83,7 +83,16 @@ def test_shifted_conv_matches_reference(case, chunk):
 
 def test_conv_algorithm_choice_and_refusal():
     big = nc.Conv2D(np.zeros((512, 4608), np.float32), in_channels=512, kernel_size=3, padding=1)
-    assert convolution.choose(big, (28, 28, 512), 1) == "shifted"         # VGG-16 conv4_2
+    assert convolution.choose(big, (28, 28, 512), 1) == "winograd"        # VGG-16 conv4_2
+    # its 16.8 MB Winograd weight streams from memory: a 14x14 map at batch 1 keeps BLAS
+    assert convolution.choose(big, (14, 14, 512), 1) == "im2col"
+    assert convolution.choose(big, (14, 14, 512), 32) == "winograd"
+    saved = convolution.winograd_pays
+    convolution.winograd_pays = lambda *a: False
+    try:
+        assert convolution.choose(big, (28, 28, 512), 1) == "shifted"
+    finally:
+        convolution.winograd_pays = saved
     assert convolution.choose(big, (14, 14, 512), 1) == "im2col"          # padding is 31% of the grid
     first = nc.Conv2D(np.zeros((20, 25), np.float32), in_channels=1, kernel_size=5)
     # LeNet-5 conv1: the blocked kernel beats the direct one and im2col + BLAS (bench/results)
@@ -96,6 +105,12 @@ def test_conv_algorithm_choice_and_refusal():
     assert sparse.algorithms == ("im2col",)         # compressed weights: their own product
     strided = nc.Conv2D(np.zeros((8, 144), np.float32), in_channels=16, kernel_size=3, stride=2)
     assert strided.algorithms == ("blocked", "im2col")
+    # 3x3 stride 1 over 16+ channels: Winograd F(2x2, 3x3) first; fewer channels keep the blocked kernel
+    same = nc.Conv2D(np.zeros((8, 144), np.float32), in_channels=16, kernel_size=3, padding=1)
+    assert same.algorithms[:2] == ("winograd", "blocked")
+    assert convolution.choose(same, (14, 14, 16), 1) == "winograd"
+    narrow = nc.Conv2D(np.zeros((8, 72), np.float32), in_channels=8, kernel_size=3, padding=1)
+    assert narrow.algorithms[0] == "blocked"
     with pytest.raises(ValueError, match="cannot run"):
         convolution.forward(strided, np.zeros((1, 9, 9, 16), np.float32), "shifted")
 

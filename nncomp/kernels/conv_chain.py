@@ -1,8 +1,8 @@
 """A run of blocked convolution steps as one compiled call (nncomp/layers/conv_chain.py builds it).
 
 The steps of a run are rows of an integer and a float parameter table; :func:`run_chain` walks
-them in order, padding each input, calling the blocked kernels (plain with their in-kernel
-epilogue, or pooled then the epilogue and activation kernels on the pooled output) and keeping
+them in order, padding each input, calling the blocked or Winograd kernels (plain with their
+in-kernel epilogue, or pooled then the epilogue and activation kernels on the pooled output) and keeping
 every output for the steps after it. One Python call per run instead of one per step, and no
 Python between the kernels: the steps' Python cost ~5 us each at batch 1.
 
@@ -19,14 +19,15 @@ from ._jit import jit
 from .conv import conv_pad_nhwc, conv_pad_nhwc_parallel
 from .conv_blocked import (conv_blocked_nhwc, conv_blocked_nhwc_parallel, conv_blocked_pooled_nhwc,
                            conv_blocked_pooled_nhwc_parallel)
+from .conv_winograd import winograd_nhwc, winograd_nhwc_parallel
 from .epilogue import activation_rows, activation_rows_parallel, epilogue_rows, epilogue_rows_parallel
 
 # Columns of the integer table: the step's parameters, then the addresses and sizes of its weight
 # (rows x columns) and of its N_VECTORS vectors.
 (IN, RES, KH, KW, SH, SW, DH, DW, NVEC, PMAX, T, B, L, R, OH, OW, CO, POOL, AFFINE, ADD, ACT, POST_ACT,
- PARALLEL, PAD_PARALLEL, POST_PARALLEL, THREADS, W_ADDR, W_ROWS, W_COLS) = range(29)
-V_ADDR = 29             # N_VECTORS addresses, then N_VECTORS lengths
-N_INTS = 29 + 2 * 5
+ PARALLEL, PAD_PARALLEL, POST_PARALLEL, THREADS, WINOGRAD, CHUNK, W_ADDR, W_ROWS, W_COLS) = range(31)
+V_ADDR = 31             # N_VECTORS addresses, then N_VECTORS lengths
+N_INTS = 31 + 2 * 5
 # Columns of the float table.
 LO, HI, ALPHA, BETA, POST_LO, POST_HI, POST_ALPHA, POST_BETA = range(8)
 N_FLOATS = 8
@@ -83,7 +84,21 @@ def run_chain(x0, x1, ints, floats):
         bias, scale, shift, post, post_shift = (_vector(p, 0), _vector(p, 1), _vector(p, 2), _vector(p, 3),
                                                 _vector(p, 4))
         oh, ow, co, pool = p[OH], p[OW], p[CO], p[POOL]
-        if pool == 0:
+        if p[WINOGRAD]:
+            cp, cop = p[W_ROWS] // 16, p[W_COLS]
+            wt = numba.carray(_f32_pointer(p[W_ADDR]), (16, cp, cop))
+            tiles = p[CHUNK] * ((ow + 1) // 2)
+            ub = np.empty((p[THREADS], 16 * tiles * cp), np.float32)
+            mb = np.empty((p[THREADS], 16 * tiles * cop), np.float32)
+            out = np.empty((n, oh // pool, ow // pool, co) if pool else (n, oh, ow, co), np.float32)
+            res = values[p[RES]] if p[ADD] else out
+            if p[PARALLEL]:
+                winograd_nhwc_parallel(xp, wt, bias, scale, shift, p[AFFINE] != 0, res, p[ADD] != 0, f[LO], f[HI],
+                                       p[ACT], f[ALPHA], f[BETA], p[NVEC], p[PMAX], p[CHUNK], ub, mb, pool, out)
+            else:
+                winograd_nhwc(xp, wt, bias, scale, shift, p[AFFINE] != 0, res, p[ADD] != 0, f[LO], f[HI],
+                              p[ACT], f[ALPHA], f[BETA], p[NVEC], p[PMAX], p[CHUNK], ub, mb, pool, out)
+        elif pool == 0:
             out = np.empty((n, oh, ow, co), np.float32)
             res = values[p[RES]] if p[ADD] else out
             if p[PARALLEL]:
@@ -103,6 +118,7 @@ def run_chain(x0, x1, ints, floats):
             else:
                 conv_blocked_pooled_nhwc(xp, w, bias, p[KH], p[KW], p[SH], p[SW], p[DH], p[DW], p[NVEC],
                                          p[PMAX], pool, lines, out)
+        if pool != 0:       # the epilogue after the pool
             rows = out.reshape(out.size // co, co)
             no_res = np.zeros((0, co), np.float32)
             if post.shape[0] > 0 or f[POST_LO] > -np.inf or f[POST_HI] < np.inf:

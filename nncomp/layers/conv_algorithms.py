@@ -19,6 +19,11 @@
   A depthwise layer (no channel multiplier) runs the same tiles with each channel's own input
   loaded as a vector (3-10x faster than the scalar kernel below on MobileNet shapes in a
   single-threaded development run; no committed table).
+- **winograd**: Winograd F(2x2, 3x3) (nncomp/kernels/conv_winograd.py) for dense 3x3 stride-1
+  layers of at least 16 input channels: 16 multiplies per 2x2 outputs and channel pair instead of
+  36, the products run by tiles like the blocked kernel's; 1.0-2.7x the speed of the next best
+  algorithm from LeNet-sized layers to VGG-16's conv3_2 and conv4_2 at batch 1 and 32 (Zen 4;
+  bench/results/amd-epyc-zen4/conv_algos.md; the rule in nncomp/layers/conv_blocked.py).
 - **depthwise**: a direct kernel over one input channel per group (any channel multiplier).
 - **im2col** (everything else: strides, groups, compressed weights): the patch matrix, built in
   bounded chunks of output lines, times the weight in whatever format it is stored. With dense
@@ -37,7 +42,8 @@ from ..kernels.conv import (conv_crop_bias_nhwc, conv_crop_bias_nhwc_parallel, c
                            im2col_nhwc_parallel)
 from ..kernels.conv_gemm import im2col_gemm_nhwc, im2col_gemm_nhwc_parallel
 from ..matrices import DenseMatrix
-from .conv_blocked import blocked_eligible, blocked_pooled_step, blocked_step
+from .conv_blocked import (blocked_eligible, blocked_pooled_step, blocked_step, winograd_eligible, winograd_pays,
+                           winograd_step)
 from .workspace import scratch
 
 # im2col works in chunks of output lines whose patch buffer stays under this many bytes.
@@ -67,7 +73,7 @@ DIRECT_MAX_PATCH = 75
 DIRECT_MAX_OUT = 32
 DIRECT_MIN_MACS = 1 << 21   # below this (LeNet-5 conv1 at batch 1: 288k MACs) im2col + BLAS is faster
 DIRECT_SERIAL_FACTOR = 8    # the direct kernel goes parallel at 8x _jit.PARALLEL_MIN_WORK
-ALGORITHMS = ("im2col", "shifted", "direct", "depthwise", "blocked")
+ALGORITHMS = ("im2col", "shifted", "direct", "depthwise", "blocked", "winograd")
 
 
 def direct_eligible(layer):
@@ -90,12 +96,19 @@ def algorithms_for(layer):
         found.insert(0, "direct")
     if blocked_eligible(layer):
         found.insert(0, "blocked")
+    if winograd_eligible(layer):
+        found.insert(0, "winograd")
     return tuple(found)
 
 
 def choose(layer, shape, n):
     """The algorithm Conv2D ``layer`` uses on ``n`` samples of per-sample input ``shape`` (h, w, c)."""
     can = layer.algorithms
+    if can[0] == "winograd":
+        oh, ow, _ = layer.shape_of(shape)
+        if winograd_pays(layer, n, oh, ow):
+            return "winograd"
+        can = can[1:]
     if can[0] == "blocked":
         return "blocked"
     if can[0] == "direct":
@@ -126,10 +139,12 @@ def forward(layer, x, algorithm=None):
 def prepare_epilogue(layer, shape, n, epilogue):
     """The step ``(x[, res]) -> y`` computing Conv2D ``layer`` and the in-place ``epilogue``
     ``(scale, shift, add, lo, hi, act)`` in its kernel, or None where the chosen algorithm cannot."""
-    if choose(layer, shape, n) != "blocked":
+    algorithm = choose(layer, shape, n)
+    if algorithm not in ("winograd", "blocked"):
         return None
     oh, ow, _ = layer.shape_of(shape)
-    return blocked_step(layer, shape, n, oh, ow, epilogue)
+    step = winograd_step if algorithm == "winograd" else blocked_step
+    return step(layer, shape, n, oh, ow, epilogue)
 
 
 def prepare(layer, shape, n, algorithm=None):
@@ -148,6 +163,8 @@ def prepare(layer, shape, n, algorithm=None):
         return lambda x: direct(x, layer.weight_t, bias, layer, oh, ow)
     if algorithm == "blocked":
         return blocked_step(layer, shape, n, oh, ow)
+    if algorithm == "winograd":
+        return winograd_step(layer, shape, n, oh, ow)
     if algorithm == "depthwise":
         return lambda x: depthwise(x, layer.weight_t, bias, layer, oh, ow)
     if _fusable(layer, shape, oh, ow):
@@ -238,7 +255,10 @@ def prepare_pooled(layer, shape, n, pool_layer):
     algorithm = choose(layer, shape, n)
     if not pool_layer.plain or oh < p or ow < p:
         return None
-    if algorithm == "blocked" and not layer.depthwise and (whole or not pool_layer.ceil_mode):
+    if algorithm == "winograd" and p == 2 and (whole or not pool_layer.ceil_mode):
+        return winograd_step(layer, shape, n, oh, ow, pool=p)
+    if (algorithm in ("winograd", "blocked") and "blocked" in layer.algorithms and not layer.depthwise
+            and (whole or not pool_layer.ceil_mode)):
         return blocked_pooled_step(layer, shape, n, oh, ow, p)
     if not (whole and algorithm == "im2col" and _fusable(layer, shape, oh, ow)):
         return None

@@ -1,5 +1,6 @@
-"""The blocked convolution steps (nncomp/kernels/conv_blocked.py): which layers they serve, their
-weight layout, and the steps a plan runs (plain, with an epilogue, with a max-pool)."""
+"""The blocked convolution steps (nncomp/kernels/conv_blocked.py) and the Winograd ones
+(nncomp/kernels/conv_winograd.py): which layers they serve, their weight layouts, and the steps a
+plan runs (plain, with an epilogue, with a max-pool)."""
 from dataclasses import dataclass
 
 import numba
@@ -11,6 +12,7 @@ from ..kernels.conv_blocked import (conv_blocked_nhwc, conv_blocked_nhwc_paralle
                                     conv_blocked_pooled_nhwc_parallel, depthwise_blocked_nhwc,
                                     depthwise_blocked_nhwc_parallel, tile_pixels)
 from ..kernels import conv_chain as K
+from ..kernels.conv_winograd import chunk_rows, winograd_nhwc, winograd_nhwc_parallel, winograd_weight, work_sizes
 from ..matrices import DenseMatrix
 from .workspace import scratch
 
@@ -21,6 +23,17 @@ from .workspace import scratch
 # and 22.5 ms at batch 1; conv5_2 at batch 32: 177 against 172), so larger weights keep BLAS.
 BLOCKED_MAX_WEIGHT_BYTES = 4 << 20
 SERIAL_FACTOR = 8     # the kernels go parallel at 8x _jit.PARALLEL_MIN_WORK multiply-adds
+# Winograd F(2x2, 3x3) serves 3x3 stride-1 layers with at least this many input channels (fewer are
+# padded to 16 in its products: 9x9x5->20 ran 0.4-0.6x the blocked kernel's speed) and a transformed
+# weight (16/9 of the layer's) up to WINOGRAD_MAX_WEIGHT_BYTES. Measured at 2 threads (Zen 4, the
+# conv_algos suite): 16-64-channel layers of 7x7-28x28 1.0-2.7x the blocked kernel's speed at batch
+# 1 and 32, VGG-16's conv3_2 2.1-2.3x, conv4_2 1.4-1.7x (BLAS, blocked). A weight above
+# BLOCKED_MAX_WEIGHT_BYTES streams from L3 or DRAM on every call, 16/9 as many bytes as the other
+# algorithms read: there it needs WINOGRAD_MIN_PIXELS output pixels per call to pay (conv5_2, 14x14
+# at batch 1: 6.5 ms against 6.0 for im2col; at batch 32 94 against 174).
+WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MAX_WEIGHT_BYTES = 32 << 20
+WINOGRAD_MIN_PIXELS = 512
 _NONE = np.zeros(0, np.float32)
 
 
@@ -45,6 +58,33 @@ def blocked_eligible(layer):
             and 4 * layer.weight.n_in * cop <= BLOCKED_MAX_WEIGHT_BYTES)
 
 
+def winograd_eligible(layer):
+    """Whether ``layer`` can run Winograd F(2x2, 3x3): an ungrouped 3x3 convolution with dense
+    weights, stride 1, no dilation, at least :data:`WINOGRAD_MIN_CHANNELS` input channels and a
+    transformed weight up to :data:`WINOGRAD_MAX_WEIGHT_BYTES`."""
+    cp, cop = (-(-k // 16) * 16 for k in (layer.in_channels, layer.out_channels))
+    return (layer.groups == 1 and isinstance(layer.weight, DenseMatrix) and layer.kernel_size == (3, 3)
+            and layer.stride == (1, 1) and layer.dilation == (1, 1) and layer.in_channels >= WINOGRAD_MIN_CHANNELS
+            and 4 * 16 * cp * cop <= WINOGRAD_MAX_WEIGHT_BYTES)
+
+
+def winograd_pays(layer, n, oh, ow):
+    """Whether a Winograd-eligible ``layer`` runs Winograd on ``n`` samples of ``oh x ow`` outputs:
+    always with a cache-sized weight, else from :data:`WINOGRAD_MIN_PIXELS` output pixels a call."""
+    cp, cop = (-(-k // 16) * 16 for k in (layer.in_channels, layer.out_channels))
+    return 4 * 16 * cp * cop <= BLOCKED_MAX_WEIGHT_BYTES or n * oh * ow >= WINOGRAD_MIN_PIXELS
+
+
+def winograd_weights(layer):
+    """The Winograd kernel's weight, ``(16 * cp, cop)`` (nncomp.kernels.conv_winograd.winograd_weight
+    as rows, which the compiled runs take); computed on first use and kept by the layer."""
+    def make():
+        c, co = layer.in_channels, layer.out_channels
+        wt = winograd_weight(layer.weight.w.reshape(co, 3, 3, c).transpose(0, 3, 1, 2))
+        return wt.reshape(-1, wt.shape[2])
+    return layer.memo("winograd_weight", make)
+
+
 def blocked_weights(layer):
     """``(w, bias)`` in the blocked kernel's layout: ``(k, cop)`` and ``(cop,)``, zero-padded to
     ``cop``, the output channels rounded up to 16."""
@@ -59,14 +99,13 @@ def blocked_weights(layer):
 
 
 def _blocked_setup(layer, shape, n, oh, ow, kernels):
-    """What both blocked steps need: ``(padded, kern, w, bias, nvec, pmax, geo)``. ``padded(x)``
+    """What the blocked and Winograd steps need: ``(padded, kern, nvec, pmax, geo)``. ``padded(x)``
     is the input zero-padded into a per-thread buffer (``x`` itself when the layer has no padding);
     ``kern`` the serial or parallel build of ``kernels``; tiles as wide as the CPU's registers
     allow; ``geo`` the kernel size, stride and dilation."""
-    w, bias = layer.weight_b
     h, wd, c = shape
     t, b, l, r = layer.padding
-    nvec = min(w.shape[1] // 16, 4)
+    nvec = min(-(-layer.out_channels // 16), 4)
     macs = n * oh * ow * layer.out_channels * layer.weight.n_in
     kern = _jit.pick(kernels, macs // SERIAL_FACTOR)
     pad = _jit.pick((conv_pad_nhwc, conv_pad_nhwc_parallel), n * (h + t + b) * (wd + l + r) * c)
@@ -78,7 +117,7 @@ def _blocked_setup(layer, shape, n, oh, ow, kernels):
         pad(x, 0, t, l, xp)
         return xp
     padded.parallel = pad is conv_pad_nhwc_parallel
-    return padded, kern, w, bias, nvec, tile_pixels(nvec), (*layer.kernel_size, *layer.stride, *layer.dilation)
+    return padded, kern, nvec, tile_pixels(nvec), (*layer.kernel_size, *layer.stride, *layer.dilation)
 
 
 def _chain_spec(layer, kern, parallel_kern, padded, w, vectors, nvec, pmax, geo, out_shape, **fields):
@@ -99,14 +138,8 @@ def _chain_spec(layer, kern, parallel_kern, padded, w, vectors, nvec, pmax, geo,
     return ChainStep(w, tuple(vectors), ints, floats)
 
 
-def blocked_step(layer, shape, n, oh, ow, epilogue=None):
-    """The blocked-kernel step for batches of ``n``. With an ``epilogue`` ``(scale, shift, add, lo,
-    hi, act)`` (nncomp.layers.fused.epilogue_args) the kernel applies it as it stores each tile; the
-    step then reads the residual as a second input."""
-    kernels = ((depthwise_blocked_nhwc, depthwise_blocked_nhwc_parallel) if layer.depthwise
-               else (conv_blocked_nhwc, conv_blocked_nhwc_parallel))
-    padded, kern, w, bias, nvec, pmax, geo = _blocked_setup(layer, shape, n, oh, ow, kernels)
-    co, cop = layer.out_channels, w.shape[1]
+def _epilogue_vectors(epilogue, co, cop):
+    """``(scale, shift, affine, add, lo, hi, code, alpha, beta)`` of an ``epilogue`` for the kernels."""
     scale, shift, add, lo, hi, act = epilogue or (None, None, False, -np.inf, np.inf, None)
     code, alpha, beta = act or (0, np.float32(0.0), np.float32(0.0))
     affine = scale is not None and scale.shape[0] > 0
@@ -114,7 +147,48 @@ def blocked_step(layer, shape, n, oh, ow, epilogue=None):
         scale, shift = (np.concatenate([a, np.zeros(cop - co, np.float32)]) for a in (scale, shift))
     else:
         scale = shift = np.zeros(cop, np.float32)
-    lo, hi = np.float32(lo), np.float32(hi)
+    return scale, shift, affine, add, np.float32(lo), np.float32(hi), code, alpha, beta
+
+
+def winograd_step(layer, shape, n, oh, ow, epilogue=None, pool=0):
+    """The Winograd step for batches of ``n``, with an ``epilogue`` as :func:`blocked_step` takes, or
+    with a ``pool`` (2) x 2 max-pool instead."""
+    padded, kern, nvec, pmax, geo = _blocked_setup(layer, shape, n, oh, ow, (winograd_nhwc, winograd_nhwc_parallel))
+    wt = winograd_weights(layer)
+    co, cop, cp = layer.out_channels, wt.shape[1], wt.shape[0] // 16
+    bias = np.zeros(cop, np.float32)
+    if layer.bias is not None:
+        bias[:co] = layer.bias
+    wt3 = wt.reshape(16, cp, cop)
+    scale, shift, affine, add, lo, hi, code, alpha, beta = _epilogue_vectors(epilogue, co, cop)
+    threads = numba.get_num_threads()
+    rows = chunk_rows(oh, ow, n, threads if kern is winograd_nhwc_parallel else 1)
+    us, ms = work_sizes(oh, ow, cp, cop, rows)
+    shape_out = (n, oh // pool, ow // pool, co) if pool else (n, oh, ow, co)
+
+    def run(x, res=None):
+        out = np.empty(shape_out, np.float32)
+        res = out if res is None else np.ascontiguousarray(res)
+        kern(padded(x), wt3, bias, scale, shift, affine, res, add, lo, hi, code, alpha, beta, nvec, pmax, rows,
+             scratch("winograd_u", (threads, us)), scratch("winograd_m", (threads, ms)), pool, out)
+        return out
+    run.chain = _chain_spec(layer, kern, winograd_nhwc_parallel, padded, wt, (bias, scale, shift, _NONE, _NONE),
+                            nvec, pmax, geo, (oh, ow, co), AFFINE=affine, ADD=add, ACT=code, lo=lo, hi=hi,
+                            alpha=alpha, beta=beta, POOL=pool, THREADS=threads, WINOGRAD=1, CHUNK=rows)
+    run.blas = False
+    return run
+
+
+def blocked_step(layer, shape, n, oh, ow, epilogue=None):
+    """The blocked-kernel step for batches of ``n``. With an ``epilogue`` ``(scale, shift, add, lo,
+    hi, act)`` (nncomp.layers.fused.epilogue_args) the kernel applies it as it stores each tile; the
+    step then reads the residual as a second input."""
+    kernels = ((depthwise_blocked_nhwc, depthwise_blocked_nhwc_parallel) if layer.depthwise
+               else (conv_blocked_nhwc, conv_blocked_nhwc_parallel))
+    padded, kern, nvec, pmax, geo = _blocked_setup(layer, shape, n, oh, ow, kernels)
+    w, bias = layer.weight_b
+    co, cop = layer.out_channels, w.shape[1]
+    scale, shift, affine, add, lo, hi, code, alpha, beta = _epilogue_vectors(epilogue, co, cop)
 
     def run(x, res=None):
         out = np.empty((n, oh, ow, co), np.float32)
@@ -132,7 +206,8 @@ def blocked_step(layer, shape, n, oh, ow, epilogue=None):
 def blocked_pooled_step(layer, shape, n, oh, ow, p):
     """The blocked kernel and its p x p max-pool in one step for batches of ``n``."""
     kernels = (conv_blocked_pooled_nhwc, conv_blocked_pooled_nhwc_parallel)
-    padded, kern, w, bias, nvec, pmax, geo = _blocked_setup(layer, shape, n, oh, ow, kernels)
+    padded, kern, nvec, pmax, geo = _blocked_setup(layer, shape, n, oh, ow, kernels)
+    w, bias = layer.weight_b
     co = layer.out_channels
     threads = numba.get_num_threads()
 

@@ -1,0 +1,168 @@
+"""The Winograd F(2x2, 3x3) kernel (nncomp/kernels/conv_winograd.py) against its NumPy twin
+(tests/reference_winograd.py), and the twin against a float64 direct convolution."""
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import reference as ref
+import reference_winograd as refw
+from conftest import assert_close_f32
+from nncomp.kernels import conv_winograd as W
+from nncomp.kernels.conv_blocked import TILE_PIXELS
+from nncomp.kernels.epilogue import ACT_HARDSWISH, ACT_LEAKYRELU, ACT_SIGMOID, activation_rows
+
+
+@st.composite
+def problem(draw, max_c=40, max_co=70):
+    """A padded input (n, oh + 2, ow + 2, c) with zero borders of the drawn padding, a 3x3 weight,
+    bias; integer-valued data sometimes (exact in float32 through every pass but the 1/2s of G)."""
+    n = draw(st.integers(1, 3))
+    c, co = draw(st.integers(1, max_c)), draw(st.integers(1, max_co))
+    oh, ow = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    xp = np.zeros((n, oh + 2, ow + 2, c), np.float32)
+    t, l = draw(st.integers(0, 1)), draw(st.integers(0, 1))
+    xp[:, t:oh + 2 - draw(st.integers(0, 1)), l:ow + 2 - draw(st.integers(0, 1))] = 1.0
+    xp *= rng.standard_normal(xp.shape).astype(np.float32)
+    w = rng.standard_normal((co, c, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(co).astype(np.float32)
+    return xp, w, bias, (n, oh, ow, c, co), rng
+
+
+def _magnitude(xp, w, bias, oh, ow, co):
+    """|A^T| (sum_c |B^T d B| |G g G^T|) |A| + |bias|: what rounding errors of the passes scale with."""
+    wt = np.abs(np.einsum("ar,ocrs,bs->abco", np.abs(W.G), np.abs(w.astype(np.float64)), np.abs(W.G)))
+    saved = refw.BT, refw.AT
+    refw.BT, refw.AT = np.abs(saved[0]), np.abs(saved[1])
+    try:
+        return refw.winograd_nhwc(np.abs(xp), wt.reshape(16, *wt.shape[2:]), np.abs(bias), oh, ow, co)
+    finally:
+        refw.BT, refw.AT = saved
+
+
+def _direct(xp, w, bias):
+    """Float64 direct 3x3 convolution of the padded input."""
+    return ref.conv2d_nhwc(xp.astype(np.float64), w.astype(np.float64), bias, (1, 1), (0, 0, 0, 0), (1, 1), 1)
+
+
+@given(p=problem())
+def test_the_twin_is_a_convolution(p):
+    """F(2x2, 3x3) as the twin writes it (B, G, A; odd sizes with half tiles) is the direct sum."""
+    xp, w, bias, (n, oh, ow, c, co), _ = p
+    wt = np.einsum("ar,ocrs,bs->abco", W.G, w.astype(np.float64), W.G).reshape(16, c, co)
+    got = refw.winograd_nhwc(xp, wt, bias, oh, ow, co)
+    want = _direct(xp, w, bias)
+    assert np.allclose(got, want, rtol=1e-10, atol=1e-10 * max(1.0, np.abs(want).max()))
+    if oh < 2 or ow < 2:
+        return
+    pooled = refw.winograd_nhwc(xp, wt, bias, oh, ow, co, pool=2)
+    assert np.allclose(pooled, ref.maxpool_nhwc(want, 2, 2, 2, 2, 0, 0, 1, 1, oh // 2, ow // 2), rtol=1e-10,
+                       atol=1e-10 * max(1.0, np.abs(want).max()))
+
+
+def _call(kernel, xp, wt, bias, out, rows, nvec, pmax, epilogue=None, pool=0):
+    n, oh, ow = xp.shape[0], xp.shape[1] - 2, xp.shape[2] - 2
+    cp, cop = wt.shape[1], wt.shape[2]
+    us, ms = W.work_sizes(oh, ow, cp, cop, rows)
+    threads = numba.get_num_threads()
+    ub = np.full((threads, us), np.nan, np.float32)
+    mb = np.full((threads, ms), np.nan, np.float32)
+    z = np.zeros(cop, np.float32)
+    scale, shift, affine, res, add, lo, hi, act = epilogue or (z, z, False, out, False, -np.inf, np.inf, 0)
+    kernel(xp, wt, bias, scale, shift, affine, res, add, lo, hi, act, np.float32(0.2), np.float32(0.5), nvec, pmax,
+           rows, ub, mb, pool, out)
+
+
+@pytest.mark.parametrize("kernel", [W.winograd_nhwc, W.winograd_nhwc_parallel])
+@given(p=problem(), data=st.data())
+def test_winograd_nhwc_matches_reference(kernel, p, data):
+    """Every chunk size, vector count and product tile width, masked channel tails (c and co not
+    multiples of 16), odd output sizes; then the epilogue as the blocked kernel applies it, bit for
+    bit what the epilogue kernels make of the plain output, and the fused 2x2 max-pool."""
+    numba.get_num_threads()         # the pool is up (a cached kernel asking its thread id needs it)
+    xp, w, bias, (n, oh, ow, c, co), rng = p
+    wt = W.winograd_weight(w)
+    cop = wt.shape[2]
+    bias_p = np.zeros(cop, np.float32)
+    bias_p[:co] = bias
+    rows = data.draw(st.integers(1, (oh + 1) // 2), label="rows")
+    nvec = data.draw(st.integers(1, 4), label="nvec")
+    pmax = data.draw(st.integers(1, TILE_PIXELS[nvec]), label="pmax")
+    out = np.full((n, oh, ow, co), np.nan, np.float32)
+    _call(kernel, xp, wt, bias_p, out, rows, nvec, pmax)
+    want = refw.winograd_nhwc(xp, wt, bias_p, oh, ow, co)
+    assert_close_f32(out, want, _magnitude(xp, w, bias, oh, ow, co), 16 * c + 8)
+    assert_close_f32(out, _direct(xp, w, bias), _magnitude(xp, w, bias, oh, ow, co), 16 * c + 16)
+
+    affine, add = data.draw(st.booleans(), label="affine"), data.draw(st.booleans(), label="add")
+    lo, hi = data.draw(st.sampled_from([(-np.inf, np.inf), (0.0, np.inf), (0.0, 6.0)]), label="clip")
+    act = data.draw(st.sampled_from([0, ACT_SIGMOID, ACT_HARDSWISH, ACT_LEAKYRELU]), label="act")
+    scale, shift = np.zeros(cop, np.float32), np.zeros(cop, np.float32)
+    scale[:co], shift[:co] = rng.standard_normal(co), rng.standard_normal(co)
+    res = rng.standard_normal(out.shape).astype(np.float32)
+    fused = np.full_like(out, np.nan)
+    _call(kernel, xp, wt, bias_p, fused, rows, nvec, pmax,
+          (scale, shift, affine, res if add else fused, add, np.float32(lo), np.float32(hi), act))
+    expect = ref.epilogue_rows(out.reshape(-1, co), scale[:co] if affine else np.zeros(0, np.float32),
+                               shift[:co] if affine else np.zeros(0, np.float32),
+                               res.reshape(-1, co) if add else np.zeros((0, co), np.float32), lo, hi)
+    if act:
+        activation_rows(expect, act, np.float32(0.2), np.float32(0.5))
+    assert np.array_equal(fused.reshape(-1, co), expect, equal_nan=True)
+
+    if oh >= 2 and ow >= 2:
+        pooled = np.full((n, oh // 2, ow // 2, co), np.nan, np.float32)
+        _call(kernel, xp, wt, bias_p, pooled, rows, nvec, pmax, pool=2)
+        assert np.array_equal(pooled, ref.maxpool_nhwc(out, 2, 2, 2, 2, 0, 0, 1, 1, oh // 2, ow // 2))
+
+
+@pytest.mark.parametrize("kernel", [W.winograd_nhwc, W.winograd_nhwc_parallel])
+def test_winograd_nan_and_inf_reach_the_outputs_they_feed(kernel):
+    """A NaN or inf input reaches every output whose window holds it (through the transforms' sums),
+    and the max-pool lets NaN win as the pool kernel does."""
+    numba.get_num_threads()
+    xp = np.zeros((1, 8, 8, 16), np.float32)
+    xp[0, 3, 4, 5] = np.nan
+    w = np.ones((16, 16, 3, 3), np.float32)
+    wt = W.winograd_weight(w)
+    out = np.zeros((1, 6, 6, 16), np.float32)
+    _call(kernel, xp, wt, np.zeros(16, np.float32), out, 1, 1, 14)
+    hit = np.isnan(out[0, :, :, 0])
+    window = np.zeros((6, 6), bool)
+    window[1:4, 2:5] = True        # outputs i, j with i <= 3 <= i + 2 and j <= 4 <= j + 2
+    # a NaN input poisons its whole 4x4 tile's sums: at least its window, at most the tiles touching it
+    assert hit[window].all()
+    pooled = np.zeros((1, 3, 3, 16), np.float32)
+    _call(kernel, xp, wt, np.zeros(16, np.float32), pooled, 1, 1, 14, pool=2)
+    assert np.isnan(pooled[0, 0:2, 1:3, 0]).all()
+
+
+@given(c=st.integers(16, 40), co=st.integers(1, 40), n=st.integers(1, 3), h=st.integers(3, 11), w=st.integers(3, 11),
+       pad=st.tuples(*[st.integers(0, 2)] * 4), seed=st.integers(0, 2**31))
+def test_winograd_layer_steps_match_reference(c, co, n, h, w, pad, seed):
+    """A 3x3 stride-1 Conv2D of 16+ input channels runs Winograd (any padding, odd sizes): alone,
+    with a batch-norm + ReLU epilogue in the kernel, and with a 2x2 max-pool fused into it."""
+    import nncomp as nc
+    from nncomp.layers import conv_algorithms as convolution
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    wt = rng.standard_normal((co, c, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(co).astype(np.float32)
+    layer = nc.Conv2D(np.ascontiguousarray(wt.transpose(0, 2, 3, 1).reshape(co, -1)), bias, in_channels=c,
+                      kernel_size=3, padding=pad)
+    assert convolution.choose(layer, (h, w, c), n) == "winograd"
+    expect = ref.conv2d_nhwc(x, wt, bias, (1, 1), pad, (1, 1), 1)
+    mag = ref.conv2d_nhwc(np.abs(x), np.abs(wt), np.abs(bias), (1, 1), pad, (1, 1), 1)
+    got = convolution.forward(layer, x)
+    assert_close_f32(got, expect, 4 * mag, 16 * c + 16)
+    scale, shift = rng.standard_normal(co).astype(np.float32), rng.standard_normal(co).astype(np.float32)
+    step = convolution.prepare_epilogue(layer, (h, w, c), n, (scale, shift, False, 0.0, np.inf, None))
+    fused = step(x)
+    assert np.array_equal(fused, np.maximum(got * scale + shift, np.float32(0.0)))
+    oh, ow = expect.shape[1:3]
+    if oh >= 2 and ow >= 2:
+        pool = nc.MaxPool2D(kernel_size=2, stride=2)
+        pooled = convolution.prepare_pooled(layer, (h, w, c), n, pool.for_input((oh, ow, co)))(x)
+        assert np.array_equal(pooled, ref.maxpool_nhwc(got, 2, 2, 2, 2, 0, 0, 1, 1, oh // 2, ow // 2))
