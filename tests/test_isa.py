@@ -22,7 +22,7 @@ heavy = pytest.mark.skipif(numba.config.DISABLE_JIT, reason="pure-Python kernels
 CASES = r"""
 import json, sys
 import numpy as np
-from nncomp.kernels import codebook as K, codebook_vpermps, conv_blocked, csr as C, int8 as quant, int8_vnni, isa
+from nncomp.kernels import codebook as K, codebook_vpermps, conv_blocked, conv_winograd as W, csr as C, int8 as quant, int8_vnni, isa
 from nncomp.matrices.csr import CSRMatrix
 from nncomp.matrices.codebook import CodebookMatrix
 from nncomp.matrices.csr_int8 import CSRInt8Matrix
@@ -47,13 +47,22 @@ def cases():
         n_in = m.shape[1]
         for n in (1, 9):
             out[f"{name}/{n}"] = m.apply(np.ascontiguousarray(x[:n, :n_in]))
+    # Winograd: 16-float vectors in its IR (two ymm each under AVX2), product tiles sized by the registers
+    xp = rng.standard_normal((2, 9, 8, 20)).astype(np.float32)
+    wt = W.winograd_weight(rng.standard_normal((40, 20, 3, 3)))
+    z = np.zeros(48, np.float32)
+    y = np.empty((2, 7, 6, 40), np.float32)
+    us, ms = W.work_sizes(7, 6, 32, 48, 2)
+    W.winograd_nhwc(xp, wt, z, z, z, False, y, False, -np.inf, np.inf, 0, 0.0, 0.0, 3, W.product_pixels(3), 2,
+                    np.empty((1, us), np.float32), np.empty((1, ms), np.float32), 0, y)
+    out["winograd"] = y
     return out
 
 def asm_has_zmm():
     found = {}
     for d in (quant.int8_matmul_u8s8, quant.int8_matmul_u8s8_parallel, K.codebook_matmul4,
               K.codebook_matmul4_parallel, K.codebook_matmul8, K.codebook_matmul8_parallel, C.csr_matvec,
-              C.csr_matvec_parallel, C.csr_matmul, C.csr_matmul_parallel):
+              C.csr_matvec_parallel, C.csr_matmul, C.csr_matmul_parallel, W.winograd_nhwc):
         for sig in d.signatures:
             found[d.py_func.__name__] = found.get(d.py_func.__name__, False) or "zmm" in d.inspect_asm(sig)
     return found
@@ -70,7 +79,8 @@ def _host(name):
 def test_avx2_build_takes_the_portable_paths_and_matches_this_build_and_the_twins(tmp_path):
     script = CASES + f"""
 flags = dict(features=sorted(isa.FEATURES), avx512=isa.HAVE_AVX512, vnni=isa.HAVE_VNNI,
-             vpermps=codebook_vpermps.HAVE_AVX512, vnni_mod=int8_vnni.HAVE_VNNI, tile=conv_blocked.tile_pixels(1))
+             vpermps=codebook_vpermps.HAVE_AVX512, vnni_mod=int8_vnni.HAVE_VNNI, tile=conv_blocked.tile_pixels(1),
+             product=W.product_pixels(3))
 np.savez({str(tmp_path / "avx2.npz")!r}, **cases())
 flags["zmm"] = asm_has_zmm()
 print(json.dumps(flags))
@@ -81,14 +91,14 @@ print(json.dumps(flags))
     assert r.returncode == 0, r.stderr[-3000:]
     flags = json.loads(r.stdout.strip().splitlines()[-1])
     assert flags["features"] == ["avx2", "fma"] and not (flags["avx512"] or flags["vnni"] or flags["vpermps"] or flags["vnni_mod"])
-    assert flags["tile"] == 3                          # 16 vector registers: a quarter of AVX-512's 14 pixels
+    assert flags["tile"] == 3 and flags["product"] == 2     # 16 vector registers: a quarter of AVX-512's tiles
     assert flags["zmm"] and not any(flags["zmm"].values()), flags["zmm"]   # compiled for AVX2: no zmm anywhere
     avx2 = dict(np.load(tmp_path / "avx2.npz"))
     host = _host("cases")
     _, w, x = _host("inputs")
     assert set(avx2) == set(host)
     for key, y in host.items():
-        if key.startswith(("int8", "codebook")):      # the portable kernels' contract: the fast paths' bits
+        if key.startswith(("int8", "codebook", "winograd")):   # the portable kernels' contract: the fast paths' bits
             assert np.array_equal(avx2[key], y), key
         else:                                         # CSR: fastmath sums (vector width may reorder them)
             n = int(key.split("/")[1])

@@ -9,7 +9,6 @@ import reference as ref
 import reference_winograd as refw
 from conftest import assert_close_f32
 from nncomp.kernels import conv_winograd as W
-from nncomp.kernels.conv_blocked import TILE_PIXELS
 from nncomp.kernels.epilogue import ACT_HARDSWISH, ACT_LEAKYRELU, ACT_SIGMOID, activation_rows
 
 
@@ -88,7 +87,7 @@ def test_winograd_nhwc_matches_reference(kernel, p, data):
     bias_p[:co] = bias
     rows = data.draw(st.integers(1, (oh + 1) // 2), label="rows")
     nvec = data.draw(st.integers(1, 4), label="nvec")
-    pmax = data.draw(st.integers(1, TILE_PIXELS[nvec]), label="pmax")
+    pmax = data.draw(st.integers(1, W.PRODUCT_PIXELS[nvec]), label="pmax")
     out = np.full((n, oh, ow, co), np.nan, np.float32)
     _call(kernel, xp, wt, bias_p, out, rows, nvec, pmax)
     want = refw.winograd_nhwc(xp, wt, bias_p, oh, ow, co)

@@ -39,7 +39,7 @@ from numba.extending import intrinsic
 
 from ._ir import declare, loop_latch, loop_phis
 from ._jit import both
-from .conv_blocked import TILE_PIXELS
+from .isa import VECTOR_REGISTERS
 from .epilogue import activation_rows
 
 # F(2x2, 3x3): the filter transform (4x3); B^T and A^T are spelled out in the IR below.
@@ -137,7 +137,11 @@ def _make_products(V, pmax):
     return products
 
 
-_products1, _products2, _products3, _products4 = (_make_products(v, TILE_PIXELS[v]) for v in range(1, 5))
+# Product tiles: pixels per number of 16-channel vectors (the blocked kernel's, but 14 pixels for two
+# vectors: 12 ran 1.1-1.2x slower on 32-channel outputs; 28 for one vector and 7 for four did not
+# help, 7 ran VGG-16's conv3_2 1.25x slower; Zen 4, one process alternating).
+PRODUCT_PIXELS = {1: 14, 2: 14, 3: 8, 4: 6}
+_products1, _products2, _products3, _products4 = (_make_products(v, PRODUCT_PIXELS[v]) for v in range(1, 5))
 
 
 def _vec_types():
@@ -274,7 +278,7 @@ def _winograd(xp, wt, bias, scale, shift, affine, res, add, lo, hi, act, alpha, 
         :func:`winograd_weight`; bias, scale, shift (cop,) float32 (scale and shift used if
         ``affine``); res (n, oh, ow, co) float32 added if ``add`` (else any array of out's shape);
         lo, hi clip bounds; act, alpha, beta the activation (nncomp/kernels/epilogue.py); nvec (1..4)
-        16-channel vectors and pmax pixels per product tile (conv_blocked.TILE_PIXELS); rows tile
+        16-channel vectors and pmax pixels per product tile (at most PRODUCT_PIXELS[nvec]); rows tile
         lines per chunk; ubuf (threads, 16 * rows * ceil(ow/2) * cp), mbuf (threads, 16 * rows *
         ceil(ow/2) * cop) float32 work buffers, one slab per Numba thread; pool 0, or 2 for a 2x2
         max-pool with stride 2 (floor mode) of the convolution's output (then without an epilogue:
@@ -358,6 +362,14 @@ def chunk_rows(oh, ow, n=1, threads=1):
     rows = max(1, min(rows, n * th // (2 * threads)))
     # then the chunk size whose busiest thread has the fewest tile lines (the largest on ties)
     return min(range(rows, 0, -1), key=lambda r: -(-n * -(-th // r) // threads) * r)
+
+
+def product_pixels(nvec, registers=None):
+    """The widest product tile for ``nvec`` vectors with ``registers`` zmm-sized registers (default:
+    this CPU's; 16 registers, as with AVX2, take a quarter of the width)."""
+    registers = VECTOR_REGISTERS if registers is None else registers
+    p = PRODUCT_PIXELS[nvec]
+    return p if registers >= 32 else max(1, p // 4)
 
 
 def work_sizes(oh, ow, cp, cop, rows):

@@ -12,7 +12,8 @@ from ..kernels.conv_blocked import (conv_blocked_nhwc, conv_blocked_nhwc_paralle
                                     conv_blocked_pooled_nhwc_parallel, depthwise_blocked_nhwc,
                                     depthwise_blocked_nhwc_parallel, tile_pixels)
 from ..kernels import conv_chain as K
-from ..kernels.conv_winograd import chunk_rows, winograd_nhwc, winograd_nhwc_parallel, winograd_weight, work_sizes
+from ..kernels.conv_winograd import (chunk_rows, product_pixels, winograd_nhwc, winograd_nhwc_parallel, winograd_weight,
+                                     work_sizes)
 from ..matrices import DenseMatrix
 from .workspace import scratch
 
@@ -153,7 +154,8 @@ def _epilogue_vectors(epilogue, co, cop):
 def winograd_step(layer, shape, n, oh, ow, epilogue=None, pool=0):
     """The Winograd step for batches of ``n``, with an ``epilogue`` as :func:`blocked_step` takes, or
     with a ``pool`` (2) x 2 max-pool instead."""
-    padded, kern, nvec, pmax, geo = _blocked_setup(layer, shape, n, oh, ow, (winograd_nhwc, winograd_nhwc_parallel))
+    padded, kern, nvec, _, geo = _blocked_setup(layer, shape, n, oh, ow, (winograd_nhwc, winograd_nhwc_parallel))
+    pmax = product_pixels(nvec)
     wt = winograd_weights(layer)
     co, cop, cp = layer.out_channels, wt.shape[1], wt.shape[0] // 16
     bias = np.zeros(cop, np.float32)
