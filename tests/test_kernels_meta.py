@@ -26,3 +26,37 @@ def test_every_kernel_has_a_reference_twin():
     assert len(kernels) >= 4
     missing = sorted(k for k in kernels if not hasattr(reference, k))
     assert not missing, f"kernels without a NumPy twin in tests/reference.py: {missing}"
+
+
+def test_stale_numba_caches_go_when_a_kernel_source_changes(tmp_path, monkeypatch):
+    """Numba keys a cached function on its own file: a caller in another module would keep a changed
+    kernel's old code. Every cached function of the package goes when any kernel source changes,
+    once; nothing goes while the sources stay as they were, or when the user set NUMBA_CACHE_DIR."""
+    from nncomp.kernels import _jit
+
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    kernels = tmp_path / "pkg" / "kernels"
+    (kernels / "__pycache__").mkdir(parents=True)
+    (tmp_path / "pkg" / "layers" / "__pycache__").mkdir(parents=True)
+    (kernels / "a.py").write_text("x = 1\n")
+
+    def cached():
+        files = [kernels / "__pycache__" / "a.f-1.py311.nbi", tmp_path / "pkg" / "layers" / "__pycache__" / "b.g-2.py311.1.nbc"]
+        for f in files:
+            f.write_bytes(b"old")
+        return files
+    files = cached()
+    keep = tmp_path / "pkg" / "layers" / "__pycache__" / "b.cpython-311.pyc"
+    keep.write_bytes(b"pyc")
+    _jit.drop_stale_caches(kernels)
+    assert not any(f.exists() for f in files) and keep.exists()
+    files = cached()
+    _jit.drop_stale_caches(kernels)             # the same sources: the caches stay
+    assert all(f.exists() for f in files)
+    (kernels / "a.py").write_text("x = 2\n")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "user"))
+    _jit.drop_stale_caches(kernels)             # the user's cache location: left alone
+    assert all(f.exists() for f in files)
+    monkeypatch.delenv("NUMBA_CACHE_DIR")
+    _jit.drop_stale_caches(kernels)
+    assert not any(f.exists() for f in files)

@@ -26,7 +26,9 @@ pool starts, nncomp asks, unless the user has set them:
 - a thread-safe threading layer (``NUMBA_THREADING_LAYER=threadsafe``): the ``workqueue`` layer
   aborts the process when two Python threads call a parallel kernel at once.
 """
+import hashlib
 import os
+import pathlib
 import threading
 import types
 
@@ -43,6 +45,45 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "threadsafe"
 
 _FLAGS = dict(cache=True, nogil=True)
+
+
+def source_digest(files):
+    """SHA-256 (16 hex digits) of the names and contents of ``files`` (paths), in the order given."""
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode() + f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def drop_stale_caches(here=None):
+    """Numba keys a cached function on its own source file only: one that calls a kernel of another
+    module keeps that kernel's old machine code after the module changes (a compiled run of
+    convolutions kept the Winograd tiles of an earlier build, which skipped the new tile widths and
+    left work memory unset). So when any kernel source changes, every cached nncomp function in the
+    package's ``__pycache__`` folders goes (their first calls compile again), once per change, by
+    the first process to see it. Nothing is done where the package is read-only (Numba then caches
+    elsewhere) or NUMBA_CACHE_DIR is set (the user manages that cache). ``here``: the kernels folder
+    (default this one; its parent is the package)."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return
+    here = pathlib.Path(__file__).resolve().parent if here is None else pathlib.Path(here)
+    stamp = here / "__pycache__" / "nncomp-kernels.digest"
+    try:
+        digest = source_digest(sorted(here.glob("*.py")))
+        if stamp.is_file() and stamp.read_text() == digest:
+            return
+        for cache in here.parent.rglob("__pycache__"):
+            for f in [*cache.glob("*.nbi"), *cache.glob("*.nbc")]:
+                f.unlink(missing_ok=True)
+        stamp.parent.mkdir(exist_ok=True)
+        tmp = stamp.with_name(f"{stamp.name}.{os.getpid()}.tmp")
+        tmp.write_text(digest)
+        os.replace(tmp, stamp)
+    except OSError:
+        pass
+
+
+drop_stale_caches()
 
 
 def jit(fn=None, *, fastmath=False, error_model="python"):

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..kernels._jit import source_digest
+
 __all__ = ["LatencyCache", "Timer", "cache_dir", "machine_key", "structure_key"]
 
 CACHE_ENV = "NNCOMP_CACHE_DIR"
@@ -78,12 +80,8 @@ def engine_digest():
     """SHA-256 (16 hex digits) of the source of the modules a forward pass runs: kernels, layers,
     matrices, the plan and the model."""
     root = Path(__file__).resolve().parent.parent
-    files = sorted([*root.glob("kernels/*.py"), *root.glob("layers/*.py"), *root.glob("matrices/*.py"),
-                    root / "plan.py", root / "model.py"])
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(f.name.encode() + f.read_bytes())
-    return digest.hexdigest()[:16]
+    return source_digest(sorted([*root.glob("kernels/*.py"), *root.glob("layers/*.py"), *root.glob("matrices/*.py"),
+                                 root / "plan.py", root / "model.py"]))
 
 
 def structure_key(model):
