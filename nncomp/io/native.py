@@ -138,13 +138,7 @@ def save(model, path, *, huffman=False):
     os.close(fd)
     try:
         with h5py.File(tmp, "w", libver=LIBVER, meta_block_size=META_BLOCK_BYTES) as f:
-            writer = _PackWriter(huffman)
-            text = json.dumps(model_to_json(model, writer), separators=(",", ":")).encode()
-            writer.write(f, text)
-            f.attrs["nncomp_format"] = np.bytes_(FORMAT_NAME)
-            f.attrs["format_version"] = np.int64(FORMAT_VERSION)
-            f.attrs["model_nbytes"] = np.int64(len(text))
-            f.attrs["model_sha256"] = np.bytes_(hashlib.sha256(text).hexdigest().encode())
+            _write(f, model, huffman)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -159,6 +153,30 @@ def save(model, path, *, huffman=False):
         finally:
             os.close(dfd)
     return path
+
+
+def _write(f, model, huffman):
+    """The whole file's contents, written into the open, empty HDF5 file ``f``."""
+    writer = _PackWriter(huffman)
+    text = json.dumps(model_to_json(model, writer), separators=(",", ":")).encode()
+    writer.write(f, text)
+    f.attrs["nncomp_format"] = np.bytes_(FORMAT_NAME)
+    f.attrs["format_version"] = np.int64(FORMAT_VERSION)
+    f.attrs["model_nbytes"] = np.int64(len(text))
+    f.attrs["model_sha256"] = np.bytes_(hashlib.sha256(text).hexdigest().encode())
+
+
+def file_bytes(model, *, huffman=False):
+    """The bytes of the file ``save(model, path, huffman=huffman)`` writes, from the same file built in
+    memory (HDF5's core driver, nothing written to disk and nothing read back): what a planner that
+    measures many files needs (:func:`nncomp.bench.sizes.saved_size` writes, reloads and splits them)."""
+    if not isinstance(model, Model):
+        raise NncompError(f"file_bytes() needs a Model, got {type(model).__name__}")
+    with h5py.File(f"nncomp-size-{id(model)}.h5", "w", driver="core", backing_store=False, libver=LIBVER,
+                   meta_block_size=META_BLOCK_BYTES) as f:
+        _write(f, model, huffman)
+        f.flush()
+        return len(f.id.get_file_image())
 
 
 def is_native(f):
