@@ -80,7 +80,7 @@ class ArrayWriter:
 
 
 class _PackWriter(ArrayWriter):
-    """Packs the arrays' bytes, in order, into uint8 streams (format version 2); :meth:`write` stores them."""
+    """Packs the arrays' bytes, in order, into uint8 streams (format versions 2 and 3); :meth:`write` stores them."""
 
     def __init__(self, huffman):
         super().__init__(None, huffman)
@@ -343,7 +343,7 @@ def inflate(data, path=None, obj=None, limit=None):
 
 def build_native(f, meta, packs=None):
     """Build the Model from a native description and a source of its arrays: a SafeFile and, for
-    format version 2, its packs (``None``: one dataset per array, as in version 1)."""
+    format versions 2 and 3, its packs (``None``: one dataset per array, as in version 1)."""
     r = _Reader(f, packs)
     try:
         nodes = []
