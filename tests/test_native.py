@@ -96,6 +96,16 @@ def test_version_2_files_still_load(tmp_path):
     assert read_native(path)[0] == meta and path.stat().st_size < V2_FILE.stat().st_size
 
 
+@pytest.mark.parametrize("huffman", [False, True])
+def test_file_bytes_counts_the_file_save_writes(tmp_path, monkeypatch, huffman):
+    monkeypatch.chdir(tmp_path)
+    model = every_format_model()
+    path = tmp_path / "m.h5"
+    nc.save(model, path, huffman=huffman)
+    assert native.file_bytes(model, huffman=huffman) == path.stat().st_size
+    assert list(tmp_path.iterdir()) == [path]                  # nothing else written
+
+
 def test_arrays_beyond_pack_bytes_go_to_further_packs(tmp_path, monkeypatch):
     monkeypatch.setattr(native, "PACK_BYTES", 1000)
     model = every_format_model()
