@@ -28,9 +28,9 @@ from collections import Counter
 import numpy as np
 
 from ..errors import CompressionParameterError
+from ..io.native import file_bytes
 from . import allocation, search, sizing
 from .arguments import OBJECTIVES, check_arguments
-from ..io.native import file_bytes
 from .candidates import build_proxy, candidates_for, compose, describe_patch, size_delta, weighted_layers
 from .energy import energy
 from .jobs import digest, evaluate, run_jobs, score, split
