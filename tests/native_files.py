@@ -3,6 +3,7 @@ data/fixtures/native_v1.h5), and an editor that rewrites a saved file's descript
 import hashlib
 import json
 import math
+import zlib
 
 import h5py
 import numpy as np
@@ -60,15 +61,17 @@ def entries(meta):
 
 
 def read_native(path):
-    """``(meta, p0)``: the description of a version-2 file and its first pack."""
+    """``(meta, p0)``: the description of a version-2 or -3 file (inflated) and its first pack."""
     with h5py.File(path, "r") as f:
         p0 = f["p0"][()]
         n = int(f.attrs["model_nbytes"])
-    return json.loads(p0[p0.size - n:].tobytes()), p0
+        version = int(f.attrs["format_version"])
+    text = p0[p0.size - n:].tobytes()
+    return json.loads(zlib.decompress(text) if version >= 3 else text), p0
 
 
 def edit_native(path, change):
-    """Rewrite a version-2 file as a crafted one would be: ``change(meta, arrays)`` edits the
+    """Rewrite a version-2 or -3 file as a crafted one would be: ``change(meta, arrays)`` edits the
     description, in which every packed entry is named by a key ``"data"``, and ``arrays`` (name ->
     array). Named entries are then packed again in order, the description appended and its length
     and checksum recomputed; the arrays' own checksums are left to ``change``. Entries that ``change``
@@ -90,6 +93,9 @@ def edit_native(path, change):
             chunks.append(a.reshape(-1).view(np.uint8))
             at += a.nbytes
     text = json.dumps(meta).encode()
+    with h5py.File(path, "r") as f:
+        if int(f.attrs["format_version"]) >= 3:
+            text = zlib.compress(text)
     chunks.append(np.frombuffer(text, np.uint8))
     with h5py.File(path, "r+") as f:
         del f["p0"]

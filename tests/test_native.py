@@ -1,6 +1,9 @@
-"""nncomp's native file, format version 2 (docs/format.md): every weight format round-trips through
-one packed dataset, the container adds under 5% to a Deep-Compressed LeNet-300-100, hostile packs are
-refused, and files of format version 1 still load."""
+"""nncomp's native file, format version 3 (docs/format.md): every weight format round-trips through
+one packed dataset, the container adds under 5% to a Deep-Compressed LeNet-300-100, hostile packs and
+deflated descriptions are refused, and files of format versions 1 and 2 still load."""
+import hashlib
+import json
+import zlib
 from pathlib import Path
 
 import h5py
@@ -14,6 +17,7 @@ from nncomp.io import native
 
 ROOT = Path(__file__).resolve().parents[1]
 V1_FILE = ROOT / "data" / "fixtures" / "native_v1.h5"
+V2_FILE = ROOT / "data" / "fixtures" / "native_v2.h5"     # every_format_model(), huffman=True, by nncomp 1613134
 heavy = pytest.mark.skipif(numba.config.DISABLE_JIT, reason="pure-Python kernels (NUMBA_DISABLE_JIT): too slow")
 
 
@@ -60,7 +64,7 @@ def test_every_format_round_trips_through_one_packed_dataset(tmp_path, huffman):
                                                          "nncomp_format"]
         ds = f["p0"]
         assert ds.dtype == np.uint8 and ds.ndim == 1 and ds.chunks is None and ds.compression is None
-        assert int(f.attrs["format_version"]) == native.FORMAT_VERSION == 2
+        assert int(f.attrs["format_version"]) == native.FORMAT_VERSION == 3
     meta, p0 = read_native(path)
     stored = [np.prod(e["shape"], dtype=np.int64) * np.dtype(e["dtype"]).itemsize for e in entries(meta)]
     assert p0.size == sum(stored) + int(h5py.File(path, "r").attrs["model_nbytes"])   # packed, no padding
@@ -77,6 +81,29 @@ def test_version_1_files_still_load(tmp_path):
     nc.save(old, path, huffman=True)                          # and it converts by a save
     _assert_same(model, nc.load(path))
     assert path.stat().st_size < V1_FILE.stat().st_size
+
+
+def test_version_2_files_still_load(tmp_path):
+    meta, p0 = read_native(V2_FILE)
+    with h5py.File(V2_FILE, "r") as f:                        # the description in plain JSON
+        assert int(f.attrs["format_version"]) == 2 and p0[p0.size - int(f.attrs["model_nbytes"])] == ord("{")
+    model = every_format_model()
+    old = nc.load(V2_FILE)
+    _assert_same(model, old)
+    path = tmp_path / "v3.h5"
+    nc.save(old, path, huffman=True)                          # and it converts by a save, smaller
+    _assert_same(model, nc.load(path))
+    assert read_native(path)[0] == meta and path.stat().st_size < V2_FILE.stat().st_size
+
+
+@pytest.mark.parametrize("huffman", [False, True])
+def test_file_bytes_counts_the_file_save_writes(tmp_path, monkeypatch, huffman):
+    monkeypatch.chdir(tmp_path)
+    model = every_format_model()
+    path = tmp_path / "m.h5"
+    nc.save(model, path, huffman=huffman)
+    assert native.file_bytes(model, huffman=huffman) == path.stat().st_size
+    assert list(tmp_path.iterdir()) == [path]                  # nothing else written
 
 
 def test_arrays_beyond_pack_bytes_go_to_further_packs(tmp_path, monkeypatch):
@@ -178,4 +205,38 @@ def test_damaged_packs_and_descriptions_are_refused(tmp_path, case, why):
         else:                                         # one flipped bit in an array: its own checksum
             f["p0"][3] = p0[3] ^ 1
     with pytest.raises(nc.CorruptModelFileError, match=why):
+        nc.load(path)
+
+
+def _described(path, stored):
+    """Replace the stored description of a saved file with ``stored`` bytes, its checksum recomputed."""
+    with h5py.File(path, "r+") as f:
+        p0, n = f["p0"][()], int(f.attrs["model_nbytes"])
+        del f["p0"]
+        f["p0"] = np.concatenate([p0[:p0.size - n], np.frombuffer(stored, np.uint8)])
+        f.attrs["model_nbytes"] = np.int64(len(stored))
+        f.attrs["model_sha256"] = np.bytes_(hashlib.sha256(stored).hexdigest().encode())
+    return path
+
+
+@pytest.mark.parametrize("case, why", [("plain", "not a valid zlib stream"), ("truncated", "truncated"),
+                                       ("trailing", "stray bytes"), ("bomb", "inflates beyond")])
+def test_hostile_deflated_descriptions_are_refused(tmp_path, case, why):
+    path = _saved(tmp_path)
+    meta, p0 = read_native(path)
+    text = zlib.compress(json.dumps(meta).encode())
+    stored = {"plain": text[2:], "truncated": text[:-9], "trailing": text + b"\x00" * 4,
+              "bomb": zlib.compress(b" " * (64 << 20), 9)}[case]         # 64 MiB of blanks in 64 kB
+    assert len(stored) < 100_000
+    with pytest.raises(nc.CorruptModelFileError, match=why):
+        nc.load(_described(path, stored))
+
+
+def test_a_deflated_description_inflates_within_the_cap(tmp_path, monkeypatch):
+    path = _saved(tmp_path)
+    n = len(json.dumps(read_native(path)[0], separators=(",", ":")))
+    monkeypatch.setattr(native, "MAX_ATTR_BYTES", n)      # the cap is read at each load
+    _assert_same(every_format_model(), nc.load(path))
+    monkeypatch.setattr(native, "MAX_ATTR_BYTES", n - 1)
+    with pytest.raises(nc.CorruptModelFileError, match=f"inflates beyond {n - 1} bytes"):
         nc.load(path)

@@ -259,6 +259,55 @@ def test_allocations_smallest_verified_file_first():
     assert won is None and len(refused) == min(allocation.TRIES, 4)
 
 
+def test_allocation_search_goes_from_the_sparsest_and_stops_early(monkeypatch):
+    """One job per sparsity, the sparsest first; it stops at the first verified allocation, or when a
+    sparsity's files are all no smaller than ``below`` (lower ones only keep more weights)."""
+    levels = []
+
+    def level(model, names, s, x_fit, searched, seed):      # files shrink with sparsity; above 90% over budget
+        levels.append(s)
+        return [allocation.Allocation(s, b, int(1000 * (1 - s)) + b, 0.9 if s > 0.9 else 0.2, model=(s, b))
+                for b in (4, 5)]
+    monkeypatch.setattr(allocation, "build_level", level)
+    monkeypatch.setattr(allocation, "SPARSITIES", (0.8, 0.85, 0.9, 0.94))
+    verified = []
+
+    def holds(m):
+        verified.append(m)
+        return m != (0.9, 4)
+    won, built, refused = allocation.search(None, [], None, None, 0, None, 0.5, holds, below=10**6)
+    assert (won.sparsity, won.bits) == (0.9, 5) and levels == [0.94, 0.9] and len(built) == 4
+    assert refused == ["global90+codebook4"] and verified == [(0.9, 4), (0.9, 5)]
+    levels.clear()
+    won, built, refused = allocation.search(None, [], None, None, 0, None, 0.5, holds, below=60)
+    assert won is None and levels == [0.94] and refused == []          # 64 and 65 bytes: none can be < 60
+    levels.clear()
+    batches = []
+    monkeypatch.setattr(allocation, "run_jobs", lambda jobs, n_jobs: batches.append(len(jobs)) or
+                        [fn(*args) for fn, args in jobs])
+    won, _, _ = allocation.search(None, [], None, None, 0, 2, 0.5, holds, below=10**6)     # n_jobs: all at once
+    assert (won.sparsity, won.bits) == (0.9, 5) and levels == [0.94, 0.9, 0.85, 0.8] and batches == [4]
+
+
+def test_size_screen_builds_only_candidates_that_can_beat_the_bound(lenet300):
+    from nncomp.planner import sizing
+    from nncomp.io.native import file_bytes
+    model, x, _ = lenet300
+    cands = {n: candidates.candidates_for(n, ["share", "prune_share"]) for n in ("fc1", "fc2", "fc3")}
+    dense = file_bytes(model, huffman=True)
+    notes = []
+    proxies, wanted = sizing.screen(model, cands, x[:64], 0, dense, dense, notes)
+    assert len(proxies) == 6 and wanted == {c for cs in cands.values() for c in cs[1:]} and not notes
+    delta = {k: candidates.size_delta(model, {k[0]: p}, dense) for k, p in proxies.items()}
+    least = {n: min(d for k, d in delta.items() if k[0] == n) for n in cands}
+    bound = dense + sum(least.values()) + 1000            # only ~1 kB over the smallest combination
+    proxies, wanted = sizing.screen(model, cands, x[:64], 0, dense, bound, notes)
+    room = 1000 + sizing.SLACK * bound
+    assert wanted == {cands[n][j] for (n, j), d in delta.items() if d - least[n] < room}
+    assert cands["fc1"][1] not in wanted and cands["fc1"][2] in wanted      # fc1 codebook5 is 100 kB larger
+    assert notes and notes[0].startswith(f"{6 - len(wanted)} candidates not built")
+
+
 def test_jobs_through_joblib_give_the_same_plan(lenet300):
     joblib = pytest.importorskip("joblib")
     model, x, y = lenet300

@@ -18,7 +18,7 @@ def saved_size(model, *, huffman=False):
 
     ``payload_bytes`` counts the bytes the file's datasets occupy on disk (the weights; HDF5 headers
     and metadata aside), Huffman-coded where ``huffman``; ``file_bytes`` is the file's size. A native
-    file of format version 2 keeps its model description in its first dataset, after the arrays
+    file of format version 2 or 3 keeps its model description in its first dataset, after the arrays
     (docs/format.md): those ``@model_nbytes`` bytes are metadata and not counted.
     """
     import h5py

@@ -77,7 +77,14 @@ def deep_compression(model, *, sparsity=0.92, scope="global", bits=None, calibra
     pruned = prune(model, sparsity=sparsity, layers=None if isinstance(sparsity, dict) else names,
                    scope="layer" if isinstance(sparsity, dict) else scope, calibration=x, storage="csr",
                    seed=int(seed))
-    shared = share(pruned, per_layer, init=init, layers=names, seed=int(seed), sparse=True)
-    if x is not None:
-        shared = refit_model(model, shared, x, names, seed=int(seed))
-    return shared
+    return share_pruned(model, pruned, per_layer, names, calibration=x, init=init, seed=seed)
+
+
+def share_pruned(model, pruned, bits, names, *, calibration=None, init="linear", seed=0):
+    """Deep Compression's second stage: the layers ``names`` of ``pruned`` (``model`` pruned to CSR)
+    shared through k-means codebooks of ``bits`` (as ``nc.share`` takes it) on their survivors; with
+    ``calibration`` (checked inputs), the centroids and biases then refit layer by layer to ``model``'s
+    outputs. :func:`deep_compression` is ``prune`` then this; the planner shares one pruned model
+    between several code widths this way."""
+    shared = share(pruned, bits, init=init, layers=names, seed=int(seed), sparse=True)
+    return shared if calibration is None else refit_model(model, shared, calibration, names, seed=int(seed))

@@ -1,9 +1,10 @@
 """nncomp's own file format (docs/format.md): any Model, any weight format, checksummed, packed, atomic saves.
 
-Version 2 (written): every array of a model, and at the end the model description (JSON), packed
-byte after byte into one uint8 dataset ``/p0`` (more, ``/p1`` ..., only beyond :data:`PACK_BYTES`);
-the description records each array's pack, offset, dtype, shape and SHA-256. Version 1 (read only):
-one dataset per array, the description in a root attribute.
+Version 3 (written): every array of a model, and at the end the model description (JSON,
+zlib-compressed), packed byte after byte into one uint8 dataset ``/p0`` (more, ``/p1`` ..., only
+beyond :data:`PACK_BYTES`); the description records each array's pack, offset, dtype, shape and
+SHA-256. Version 2 (read): the same with the description as plain JSON. Version 1 (read): one dataset
+per array, the description in a root attribute.
 """
 import contextlib
 import hashlib
@@ -11,6 +12,7 @@ import json
 import math
 import os
 import tempfile
+import zlib
 
 import numpy as np
 
@@ -22,7 +24,10 @@ from ..model import Model, Node
 from .safe import MAX_ATTR_BYTES, MAX_RANK, convert, guard, h5py, parse_json
 
 FORMAT_NAME = "nncomp"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+# The description (names, configs, array entries, an optimization plan) is JSON text; deflated it
+# takes a third of its bytes (LeNet-300-100 Deep-Compressed: 4.0 kB -> 1.4 kB; with its plan 8.5 kB -> 2.5 kB).
+ZLIB_LEVEL = 9
 # Arrays go, in order, into packs /p0, /p1, ... of at most this many bytes (an array larger than that
 # gets a pack of its own), so that no dataset outgrows the reader's cap on one dataset (4 GiB).
 PACK_BYTES = 1 << 30
@@ -75,7 +80,7 @@ class ArrayWriter:
 
 
 class _PackWriter(ArrayWriter):
-    """Packs the arrays' bytes, in order, into uint8 streams (format version 2); :meth:`write` stores them."""
+    """Packs the arrays' bytes, in order, into uint8 streams (format versions 2 and 3); :meth:`write` stores them."""
 
     def __init__(self, huffman):
         super().__init__(None, huffman)
@@ -138,13 +143,7 @@ def save(model, path, *, huffman=False):
     os.close(fd)
     try:
         with h5py.File(tmp, "w", libver=LIBVER, meta_block_size=META_BLOCK_BYTES) as f:
-            writer = _PackWriter(huffman)
-            text = json.dumps(model_to_json(model, writer), separators=(",", ":")).encode()
-            writer.write(f, text)
-            f.attrs["nncomp_format"] = np.bytes_(FORMAT_NAME)
-            f.attrs["format_version"] = np.int64(FORMAT_VERSION)
-            f.attrs["model_nbytes"] = np.int64(len(text))
-            f.attrs["model_sha256"] = np.bytes_(hashlib.sha256(text).hexdigest().encode())
+            _write(f, model, huffman)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -159,6 +158,30 @@ def save(model, path, *, huffman=False):
         finally:
             os.close(dfd)
     return path
+
+
+def _write(f, model, huffman):
+    """The whole file's contents, written into the open, empty HDF5 file ``f``."""
+    writer = _PackWriter(huffman)
+    text = zlib.compress(json.dumps(model_to_json(model, writer), separators=(",", ":")).encode(), ZLIB_LEVEL)
+    writer.write(f, text)
+    f.attrs["nncomp_format"] = np.bytes_(FORMAT_NAME)
+    f.attrs["format_version"] = np.int64(FORMAT_VERSION)
+    f.attrs["model_nbytes"] = np.int64(len(text))
+    f.attrs["model_sha256"] = np.bytes_(hashlib.sha256(text).hexdigest().encode())
+
+
+def file_bytes(model, *, huffman=False):
+    """The bytes of the file ``save(model, path, huffman=huffman)`` writes, from the same file built in
+    memory (HDF5's core driver, nothing written to disk and nothing read back): what a planner that
+    measures many files needs (:func:`nncomp.bench.sizes.saved_size` writes, reloads and splits them)."""
+    if not isinstance(model, Model):
+        raise NncompError(f"file_bytes() needs a Model, got {type(model).__name__}")
+    with h5py.File(f"nncomp-size-{id(model)}.h5", "w", driver="core", backing_store=False, libver=LIBVER,
+                   meta_block_size=META_BLOCK_BYTES) as f:
+        _write(f, model, huffman)
+        f.flush()
+        return len(f.id.get_file_image())
 
 
 def is_native(f):
@@ -273,7 +296,7 @@ def load_native(f):
 
 
 def format_version(f):
-    """The checked format version of a native file (1 or 2)."""
+    """The checked format version of a native file (1, 2 or 3)."""
     version = f.attr("/", "format_version", kind="int")
     if version is None or version < 1:
         raise CorruptModelFileError(f.path, "/@format_version", "missing or invalid format version")
@@ -284,8 +307,10 @@ def format_version(f):
 
 
 def read_description(f, packs=None):
-    """The checked model JSON of a native file: version, SHA-256 and nesting depth verified."""
-    if format_version(f) == 1:
+    """The checked model JSON of a native file: version, SHA-256 (of the bytes stored), inflated size
+    (version 3) and nesting depth verified."""
+    version = format_version(f)
+    if version == 1:
         where, text = "/@model", f.attr("/", "model")
         if text is None:
             raise CorruptModelFileError(f.path, where, "the model description is missing")
@@ -294,12 +319,31 @@ def read_description(f, packs=None):
         where, text = "/p0", (packs or _Packs(f)).description()
     if hashlib.sha256(text).hexdigest() != f.attr("/", "model_sha256"):
         raise CorruptModelFileError(f.path, where, "checksum mismatch (SHA-256): the model description is damaged")
-    return parse_json(text, f.path, where)
+    return parse_json(inflate(text, f.path, where) if version >= 3 else text, f.path, where)
+
+
+def inflate(data, path=None, obj=None, limit=None):
+    """The zlib stream ``data`` decompressed, refused (CorruptModelFileError) unless it is one whole
+    stream, nothing after it, that inflates to at most ``limit`` bytes (default MAX_ATTR_BYTES, the
+    cap on any description; a decompression bomb stops at the limit: no more is ever allocated)."""
+    limit = MAX_ATTR_BYTES if limit is None else limit
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(data, limit + 1)
+    except zlib.error as e:
+        raise CorruptModelFileError(path, obj, f"the model description is not a valid zlib stream ({e})") from None
+    if len(out) > limit or d.unconsumed_tail:
+        raise CorruptModelFileError(path, obj, f"the model description inflates beyond {limit} bytes; expected a "
+                                    "description of at most that size")
+    if not d.eof or d.unused_data:
+        raise CorruptModelFileError(path, obj, "the model description's zlib stream is truncated or followed by "
+                                    f"{len(d.unused_data)} stray bytes; expected one whole stream")
+    return out
 
 
 def build_native(f, meta, packs=None):
     """Build the Model from a native description and a source of its arrays: a SafeFile and, for
-    format version 2, its packs (``None``: one dataset per array, as in version 1)."""
+    format versions 2 and 3, its packs (``None``: one dataset per array, as in version 1)."""
     r = _Reader(f, packs)
     try:
         nodes = []

@@ -8,19 +8,25 @@ layer by layer on the compressed model's own activations (:func:`nncomp.deep_com
 the size objective the planner therefore also builds these whole models: one
 ``deep_compression(model, sparsity=s, bits=b, calibration=...)`` per ``s`` in :data:`SPARSITIES`
 and ``b`` in :data:`BITS` (codebooks on the CSR survivors, Huffman-coded at save), each refit on up
-to :data:`FIT` samples of the fitting part, as independent jobs. Each is scored on the search part
-and its saved file (``nc.save(..., huffman=True)``) measured; then, smallest file first, the first
-allocation within the budget on the search part is verified on the held-out part, and the next one
-tried while it fails (at most :data:`TRIES`). The planner returns the smaller verified file of this
-and of the per-layer search.
+to :data:`FIT` samples of the fitting part; one pruning (the costly refit) serves every ``b`` of its
+``s``. Each is scored on the search part and its file's bytes counted (in memory,
+:func:`nncomp.io.native.file_bytes`).
+
+:func:`search` goes from the highest sparsity down, one sparsity (one job) at a time, or all at once
+as parallel jobs when ``n_jobs`` asks for them: within what is built, smallest file first, the first
+allocation within the budget on the search part is verified on the held-out part, the next one tried
+while it fails (at most :data:`TRIES`). It stops at the first verified one, or when a sparsity's files
+are all no smaller than ``below``: a lower sparsity keeps more weights, and its file is larger (in
+every allocation table measured, each step of the grid down added bytes at either code width, and a
+5-bit file at one step was smaller than the 4-bit file one step down).
 """
 from dataclasses import dataclass, field
 
-from .candidates import compose, describe_patch
+from .candidates import compose, describe_patch, size_delta
 from .jobs import run_jobs, score
 from .report import LayerChoice
 
-__all__ = ["SPARSITIES", "BITS", "FIT", "TRIES", "Allocation", "build_allocations", "choose_allocation",
+__all__ = ["SPARSITIES", "BITS", "FIT", "TRIES", "Allocation", "build_level", "search", "choose_allocation",
            "layer_choices"]
 
 SPARSITIES = (0.8, 0.85, 0.88, 0.9, 0.92, 0.94)   # global fraction of the weights removed
@@ -44,57 +50,79 @@ class Allocation:
         return f"global{round(100 * self.sparsity)}+codebook{self.bits}"
 
 
-def _build(model, names, sparsity, bits, x_fit, x_search, ref_search, base_search, seed):
-    """One job: the allocation built, its file measured, scored."""
-    from ..bench.sizes import saved_size
-    from ..compress.pipeline import deep_compression
+def build_level(model, names, sparsity, x_fit, searched, seed):
+    """One job: the allocations of one ``sparsity``, one per code width of :data:`BITS`, from one
+    pruning; each is what ``deep_compression(model, sparsity=sparsity, bits=b, calibration=x_fit,
+    layers=names, seed=seed)`` returns, its file bytes counted and scored on ``searched`` =
+    ``(x, reference labels, base score)``. A setting the methods refuse is left out."""
+    from ..compress.pipeline import share_pruned
+    from ..compress.pruning import prune
     from ..errors import CompressionParameterError
+    from ..io.native import file_bytes
+    x_search, ref_search, base_search = searched
     try:
-        out = deep_compression(model, sparsity=sparsity, bits=bits, calibration=x_fit, layers=names, seed=seed)
+        pruned = prune(model, sparsity=sparsity, scope="global", layers=names, calibration=x_fit, storage="csr",
+                       seed=int(seed))
     except CompressionParameterError:
-        return None      # e.g. a threshold that would empty a layer
-    return Allocation(sparsity, bits, saved_size(out, huffman=True).file_bytes,
-                      100.0 * (base_search - score(out, x_search, ref_search)), out)
+        return []        # e.g. a threshold that would empty a layer
+    out = []
+    for b in BITS:
+        try:
+            m = share_pruned(model, pruned, b, names, calibration=x_fit, seed=seed)
+        except CompressionParameterError:
+            continue
+        out.append(Allocation(sparsity, b, file_bytes(m, huffman=True),
+                              100.0 * (base_search - score(m, x_search, ref_search)), m))
+    return out
 
 
-def build_allocations(model, names, x_fit, x_search, ref_search, base_search, seed, n_jobs=None):
-    """Every allocation of :data:`SPARSITIES` x :data:`BITS` that the methods accept, built and scored."""
-    jobs = [(_build, (model, names, s, b, x_fit, x_search, ref_search, base_search, seed))
-            for s in SPARSITIES for b in BITS]
-    return [a for a in run_jobs(jobs, n_jobs) if a is not None]
+def search(model, names, x_fit, searched, seed, n_jobs, budget, holds, below):
+    """``(allocation or None, every allocation built, labels of those verified and refused)``: see
+    the module notes. ``holds(model)`` is the held-out check; only files under ``below`` bytes count."""
+    levels = sorted(SPARSITIES, reverse=True)
+    step = 1 if n_jobs in (None, 1) else len(levels)
+    built, refused = [], []
+    for k in range(0, len(levels), step):
+        jobs = [(build_level, (model, names, s, x_fit, searched, seed)) for s in levels[k:k + step]]
+        new = [a for level in run_jobs(jobs, n_jobs) for a in level]
+        built += new
+        won, more = choose_allocation(new, budget, holds, below, TRIES - len(refused))
+        refused += more
+        if won is not None or len(refused) >= TRIES or new and min(a.file_bytes for a in new) >= below:
+            return won, built, refused
+    return None, built, refused
 
 
-def choose_allocation(allocations, budget, holds, below=None):
+def choose_allocation(allocations, budget, holds, below=None, tries=TRIES):
     """``(allocation or None, labels of those verified and refused)``: smallest file first, the first
     within ``budget`` on the search part (and smaller than ``below`` bytes) for which ``holds(model)``
-    (the held-out check) is true; at most :data:`TRIES` verified."""
+    (the held-out check) is true; at most ``tries`` verified."""
     refused = []
     for a in sorted(allocations, key=lambda a: (a.file_bytes, a.drop)):
+        if len(refused) >= tries:
+            break
         if a.drop > budget + 1e-9 or (below is not None and a.file_bytes >= below):
             continue
         if holds(a.model):
             return a, refused
         refused.append(a.label)
-        if len(refused) == TRIES:
-            break
     return None, refused
 
 
 def layer_choices(model, alloc, names, x_search, ref_search, base_search, dense_bytes):
     """The ``LayerChoice`` of each layer of an allocation: its format as the joint build left it, and its
     effect alone (that layer's nodes in the original model: file bytes, points lost on the search part)."""
-    from ..bench.sizes import saved_size
     out = []
     for n in names:
         patch = (alloc.model[n],)
         alone = compose(model, {n: patch})
-        delta = saved_size(alone, huffman=True).file_bytes - dense_bytes
         w = patch[0].layer.weight
         kept = getattr(w, "nnz", None)
         label = (f"csr{round(100 * (1 - kept / (w.shape[0] * w.shape[1])))}+codebook{alloc.bits}" if kept is not None
                  else f"codebook{alloc.bits}")
         out.append(LayerChoice(layer=n, candidate=label, method="deep_compression",
                                settings={"sparsity": alloc.sparsity, "scope": "global", "bits": alloc.bits},
-                               format=describe_patch(patch), delta_ms=0.0, delta_bytes=int(delta),
+                               format=describe_patch(patch), delta_ms=0.0,
+                               delta_bytes=size_delta(model, {n: patch}, dense_bytes),
                                drop=float(100.0 * (base_search - score(alone, x_search, ref_search)))))
     return tuple(out)

@@ -14,7 +14,7 @@ from ..errors import CompressionParameterError
 from ..layers import Conv2D, Dense
 
 __all__ = ["METHODS", "GRID", "Candidate", "candidates_for", "build_model", "build_patch", "build_proxy", "compose",
-           "describe_patch", "weighted_layers"]
+           "describe_patch", "size_delta", "weighted_layers"]
 
 # Method names ``optimize(methods=...)`` accepts, each with the settings tried (module constants: the
 # benchmark uses them as they are, the tests patch in a smaller grid). Not in the grid yet: filter
@@ -78,7 +78,8 @@ def build_model(model, cand, x_fit, seed=0, memo=None):
     from ..compress.lowrank import factorize
     from ..compress.pruning import prune
     from ..compress.quantization import quantize
-    from ..compress.sharing import refit_model, share
+    from ..compress.pipeline import share_pruned
+    from ..compress.sharing import share
     name, s = cand.layer, cand.settings
     memo = {} if memo is None else memo
 
@@ -101,8 +102,7 @@ def build_model(model, cand, x_fit, seed=0, memo=None):
     if cand.method == "share":
         return share(model, s["bits"], layers=[name], calibration=x_fit, seed=seed)
     if cand.method == "prune_share":    # nc.deep_compression on one layer, its pruning shared (pipeline.py)
-        shared = share(pruned(), s["bits"], layers=[name], seed=seed, sparse=True)
-        return shared if x_fit is None else refit_model(model, shared, x_fit, [name], seed=seed)
+        return share_pruned(model, pruned(), s["bits"], [name], calibration=x_fit, seed=seed)
     if cand.method == "factorize":
         return factorize(model, speedup={name: s["speedup"]}, calibration=x_fit, seed=seed)
     raise CompressionParameterError(f"optimize(): unknown candidate method {cand.method!r}; "
@@ -133,6 +133,14 @@ def compose(model, patches):
         patch = patches.get(node.name)
         nodes.extend(patch if patch is not None else (node,))
     return model.with_nodes(nodes)
+
+
+def size_delta(model, patches, dense_bytes):
+    """Bytes the file ``nc.save(..., huffman=True)`` writes gains (negative: loses) when ``model``
+    takes ``patches`` (as :func:`compose`), against ``dense_bytes`` (``model``'s own file); counted in
+    memory (:func:`nncomp.io.native.file_bytes`)."""
+    from ..io.native import file_bytes
+    return file_bytes(compose(model, patches), huffman=True) - int(dense_bytes)
 
 
 def describe_patch(patch):

@@ -8,14 +8,16 @@ The steps (each in its own module):
 2. Costs: for ``objective="latency"`` every candidate's formats are built without refits and timed
    first (:mod:`.table`: whole-model times with one layer changed at the target batch, in the dense
    model's run mode (:mod:`.modes`), cached per CPU and versions (:mod:`.latency`)); only candidates
-   at least MIN_GAIN faster than dense go on. For ``"size"``: saved file bytes of every candidate.
+   at least MIN_GAIN faster than dense go on. For ``"size"``: Deep Compression's global allocations,
+   whole models built jointly (:mod:`.allocation`), the sparsest first, the smallest file within the
+   budget verified on the held-out part; it bounds the per-layer candidates worth building, whose
+   bytes (counted in memory) come from their formats without refits (:mod:`.sizing`).
 3. Those candidates per weighted layer (:mod:`.candidates`), each built by a public method on that
    one layer with its calibration refit and scored, as independent jobs (``n_jobs`` through joblib
    if installed; a Dask cluster through joblib's dask backend).
 4. Search under an additive model: exact (``scipy.optimize.milp``) and greedy (:mod:`.search`);
    verification on the held-out part, and a repair loop reverting the most harmful layers. For
-   ``"size"`` also whole-model candidates, built jointly: Deep Compression's global allocations
-   (:mod:`.allocation`), smallest file first, verified on the held-out part.
+   ``"size"`` the smaller verified file of this choice and of the global allocation is kept.
 5. A final measurement against the dense model decides: the result is never slower (or, for
    ``"size"``, larger) than the dense model, which is always a candidate.
 """
@@ -26,9 +28,10 @@ from collections import Counter
 import numpy as np
 
 from ..errors import CompressionParameterError
-from . import allocation, search
+from ..io.native import file_bytes
+from . import allocation, search, sizing
 from .arguments import OBJECTIVES, check_arguments
-from .candidates import build_proxy, candidates_for, compose, describe_patch, weighted_layers
+from .candidates import build_proxy, candidates_for, compose, describe_patch, size_delta, weighted_layers
 from .energy import energy
 from .jobs import digest, evaluate, run_jobs, score, split
 from .latency import LatencyCache, Timer, cpu_name
@@ -137,12 +140,18 @@ class Planner:
         base_search, base_held = score(model, x_search, ref_search), score(model, x_held, ref_held)
         cands = {n: candidates_for(n, methods) for n in names}
         xb = x[np.arange(batch) % x.shape[0]]
-        notes, lat, proxies, wanted = [], None, {}, None
+        notes, lat, proxies, wanted, won, dense_bytes = [], None, {}, None, None, None
         if objective == "latency":
             lat = LatencyTable(model, xb, self.timer, self.cache)
             self.progress(1, f"timing {sum(len(c) - 1 for c in cands.values())} candidates of {len(names)} layers "
                              f"at batch {batch} (the model runs {lat.mode})")
             proxies, wanted = self._screen(model, cands, x_fit, seed, lat, notes)
+        elif objective == "size":     # the best global allocation first: it bounds what a layer's candidate can do
+            dense_bytes = file_bytes(model, huffman=True)
+            won = self._allocate(model, names, x, seed, (x_search, ref_search, base_search),
+                                 (x_held, ref_held, base_held), budget, n_jobs, dense_bytes, notes)
+            proxies, wanted = sizing.screen(model, cands, x_fit, seed, dense_bytes,
+                                            won.file_bytes if won else dense_bytes, notes)
         self.progress(2, f"building {'all' if wanted is None else len(wanted)} candidates with their refits "
                          f"({len(fit)} samples) and scoring them ({len(found)} samples)")
         built = self._build(model, cands, wanted, (x, y, seed), x_fit, x_search, ref_search, n_jobs)
@@ -153,7 +162,7 @@ class Planner:
                 patch, s = built.get(c, (proxies.get((n, j)), None))
                 if patch is not None:
                     table[n].append((c, patch, None if s is None else 100.0 * (base_search - s)))
-        dense_bytes, sizes = self._sizes(model, table) if objective == "size" else (None, None)
+        sizes = sizing.sizes(model, table, dense_bytes) if objective == "size" else None
         energies = self._energies(model, table, batch) if objective == "energy" else None
         deltas, keys = self._deltas(table, lat) if lat is not None else (None, {})
 
@@ -187,9 +196,8 @@ class Planner:
             again += len(todo)
             deltas = {n: [0.0] + [lat.delta(keys[n, i]) for i in range(1, len(table[n]))] for n in table}
         notes += more
-        won = self._allocate(model, names, x, seed, (x_search, ref_search, base_search), (x_held, ref_held, base_held),
-                             budget, n_jobs, build(choice) if any(choice.values()) else None, notes) \
-            if objective == "size" else None
+        if won is not None and any(choice.values()) and file_bytes(build(choice), huffman=True) < won.file_bytes:
+            won = None        # the per-layer search's verified choice makes the smaller file
         self.reconfirmed += again
         if again:
             notes.append(f"{again} chosen table entries measured again ({CONFIRM_EFFORT}x the calls) "
@@ -202,13 +210,12 @@ class Planner:
         else:
             final = self.timer.measure({"dense": model, "chosen": won.model if won else build(choice)}, xb)
         chosen = won.model if won else build(choice)
-        from ..bench.sizes import saved_size
-        out_bytes = saved_size(chosen, huffman=True).file_bytes if any(choice.values()) and not won else None
+        out_bytes = file_bytes(chosen, huffman=True) if any(choice.values()) and not won else None
         if won:     # the per-layer search's choice, if any, made a larger file
             choice, used = {n: 0 for n in names}, f"global allocation {won.label} (per-layer search: {used})"
             out_bytes = won.file_bytes
         if dense_bytes is None:
-            dense_bytes = saved_size(model, huffman=True).file_bytes
+            dense_bytes = file_bytes(model, huffman=True)
         dense_pj, out_pj = energy(model, batch)["total_pj"], energy(chosen, batch)["total_pj"]
         if any(choice.values()) and (objective == "size" and out_bytes >= dense_bytes
                                      or objective == "energy" and out_pj >= dense_pj):
@@ -230,8 +237,8 @@ class Planner:
                 check = (checks[0]["dense"] * (1.0 + sum(deltas[n][i] for n, i in searched.items()) / dense_ms),
                          checks[0]["chosen"])
         if sizes is None:      # the file bytes of the chosen layers alone (the size table was not built)
-            sizes = {n: {i: saved_size(compose(model, {n: table[n][i][1]}), huffman=True).file_bytes - dense_bytes}
-                     if i else {0: 0} for n, i in choice.items()}
+            sizes = {n: {i: size_delta(model, {n: table[n][i][1]}, dense_bytes)} if i else {0: 0}
+                     for n, i in choice.items()}
             size_table = None
         else:
             size_table = sizes
@@ -256,22 +263,20 @@ class Planner:
             + tuple(("*", a.label, None, a.file_bytes - int(dense_bytes), a.drop) for a in self.allocations))
         return result
 
-    def _allocate(self, model, names, x, seed, searched, held, budget, n_jobs, per_layer, notes):
-        """Deep Compression's global allocations (:mod:`.allocation`) built and scored; the smallest one
-        verified on the held-out part if its file is smaller than the per-layer choice's (None: dense)."""
-        from ..bench.sizes import saved_size
-        self.progress(3, f"building {len(allocation.SPARSITIES) * len(allocation.BITS)} global allocations, "
-                         "verifying the smallest within the budget")
+    def _allocate(self, model, names, x, seed, searched, held, budget, n_jobs, dense_bytes, notes):
+        """Deep Compression's global allocations (:mod:`.allocation`), from the sparsest: the smallest
+        file within the budget, verified on the held-out part (None: none of them)."""
+        self.progress(1, f"building global allocations ({len(allocation.SPARSITIES)} sparsities x "
+                         f"{len(allocation.BITS)} code widths, the sparsest first), verifying the smallest within "
+                         "the budget")
         x_fit = x[split(x.shape[0], seed, allocation.FIT)[0]]
-        self.allocations = allocation.build_allocations(model, names, x_fit, *searched, seed, n_jobs)
-        below = saved_size(model if per_layer is None else per_layer, huffman=True).file_bytes
         x_held, ref_held, base_held = held
-        won, refused = allocation.choose_allocation(
-            self.allocations, budget, lambda m: 100.0 * (base_held - score(m, x_held, ref_held)) <= budget + 1e-9,
-            below)
+        won, built, refused = allocation.search(
+            model, names, x_fit, searched, seed, n_jobs, budget,
+            lambda m: 100.0 * (base_held - score(m, x_held, ref_held)) <= budget + 1e-9, dense_bytes)
         if refused:
             notes.append(f"global allocations over the budget on the held-out part: {', '.join(refused)}")
-        self.allocations = [dataclasses.replace(a, model=None) for a in self.allocations]   # keep the figures
+        self.allocations = [dataclasses.replace(a, model=None) for a in built]   # keep the figures
         return won
 
     def _screen(self, model, cands, x_fit, seed, lat, notes):
@@ -386,11 +391,3 @@ class Planner:
         return LayerChoice(layer=name, candidate=cand.label, method=cand.method, settings=dict(cand.settings),
                            format=describe_patch(patch) if patch else "dense", delta_ms=float(delta_ms),
                            delta_bytes=int(delta_bytes), drop=float(drop))
-
-    @staticmethod
-    def _sizes(model, table):
-        """Dense file bytes and ``{layer: [delta bytes per option]}`` (Huffman-coded native files)."""
-        from ..bench.sizes import saved_size
-        dense = saved_size(model, huffman=True).file_bytes
-        return dense, {n: [0] + [saved_size(compose(model, {n: p}), huffman=True).file_bytes - dense
-                                 for _, p, _ in entries[1:]] for n, entries in table.items()}
