@@ -18,6 +18,7 @@ from ..coding.index import choose_index_bits, gaps_of, index_dtype, positions_of
 from ..errors import CompressionParameterError, CorruptModelFileError
 from ..kernels import _jit
 from ..kernels import codebook as K
+from ..kernels import sparse_small
 from .base import Matrix, expect, register_format
 
 
@@ -150,6 +151,11 @@ class CSRCodebookMatrix(Matrix):
         kern = _jit.pick((K.csr_codebook_matmul, K.csr_codebook_matmul_parallel), work)
         kern(self.codes, self.indices, self.indptr, self.codebook, np.ascontiguousarray(x.T), out_t)
         return np.ascontiguousarray(out_t.T)
+
+    def single_sample_kernel(self):
+        return ((self.codes, self.indices, self.indptr, self.codebook),
+                (sparse_small.csr_codebook_gemv_epilogue, sparse_small.csr_codebook_gemv_epilogue_parallel),
+                self.nnz + self.shape[0])
 
     def describe(self):
         return f"csr {1 - self.density:.0%} + codebook {self.bits}-bit ({self.codebook.size} values)"
