@@ -64,9 +64,10 @@ def test_codebook_matmul_vpermps_matches_reference(kernel, n, n_out, nb, seed, w
 
 @needs_avx512
 @pytest.mark.parametrize("wide", [False, True])
-@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 37])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 37, 200])
 def test_register_paths_are_bit_identical_to_the_portable_loops(n, wide):
-    """Every batch/row-tail shape: 45 rows (tails of the 4- and 8-row blocks), 70 blocks > KCHUNK."""
+    """Every batch/row-tail shape: 45 rows (tails of the 4- and 8-row blocks), 70 blocks > KCHUNK,
+    200 inputs > NCHUNK (chunks of inputs, a short last one)."""
     rng = np.random.default_rng(n)
     if wide:
         codes = rng.integers(0, 32, (45, 70 * 16)).astype(np.uint8)

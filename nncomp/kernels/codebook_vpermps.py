@@ -29,6 +29,11 @@ ROWS1, ROWS, COLS = 8, 8, 3   # 8x3: the fastest block measured on fc6 at batch 
 # Batches: SUPER weight rows run over one chunk of KCHUNK column blocks (of 32 columns) of every
 # input row before moving on, so that the chunk (at most 8 KiB per input row) stays in L2.
 SUPER, KCHUNK = 48, 64
+# ... and NCHUNK input rows at a time (their accumulators: at most 48 rows x 96 inputs x 16 lanes,
+# 295 KB), the (row block, input chunk) pairs spread over the threads: a convolution's patches
+# (LeNet-5's first layer, 784 per sample, 6 outputs) ran one serial task holding accumulators for
+# every patch (400 KB per sample).
+NCHUNK = 96
 
 HAVE_AVX512 = isa.HAVE_AVX512   # matrices check it (tests monkeypatch it to run the portable kernel)
 
@@ -204,10 +209,15 @@ def _matmul_vpermps(codes, x, cb, wide, out):
             for r in range(min(ROWS1, n_out - o0)):
                 out[0, o0 + r] = reduce16(acc[r * 16:r * 16 + 16])
         return
-    nib = (n + COLS - 1) // COLS
-    for sb in prange((n_out + SUPER - 1) // SUPER):   # SUPER rows share each chunk of the inputs
+    nsb = (n_out + SUPER - 1) // SUPER
+    nchunk = (n + NCHUNK - 1) // NCHUNK
+    for t in prange(nsb * nchunk):    # SUPER rows x NCHUNK samples share each chunk of the inputs
+        sb = t // nchunk
         s0 = sb * SUPER
+        i0 = (t - sb * nchunk) * NCHUNK
         nrow = min(SUPER, n_out - s0)
+        m_i = min(NCHUNK, n - i0)
+        nib = (m_i + COLS - 1) // COLS
         accs = np.zeros(((nrow + ROWS - 1) // ROWS, nib, ROWS * COLS * 16), np.float32)
         for b0 in range(0, nb, KCHUNK):
             m = min(KCHUNK, nb - b0)
@@ -215,19 +225,19 @@ def _matmul_vpermps(codes, x, cb, wide, out):
                 o0 = s0 + j * ROWS
                 rows = min(ROWS, s0 + nrow - o0)
                 for ii in range(nib):
-                    cols = min(COLS, n - ii * COLS)
+                    cols = min(COLS, m_i - ii * COLS)
                     if rows == ROWS:
-                        _block(codes, x, cb, o0, ii * COLS, b0, m, ROWS, cols, wide, accs[j, ii])
+                        _block(codes, x, cb, o0, i0 + ii * COLS, b0, m, ROWS, cols, wide, accs[j, ii])
                     else:
                         for r in range(rows):
-                            _block(codes, x, cb, o0 + r, ii * COLS, b0, m, 1, cols, wide,
+                            _block(codes, x, cb, o0 + r, i0 + ii * COLS, b0, m, 1, cols, wide,
                                    accs[j, ii, r * COLS * 16:])
         for j in range(accs.shape[0]):
             for r in range(min(ROWS, nrow - j * ROWS)):
                 for ii in range(nib):
-                    for c in range(min(COLS, n - ii * COLS)):
+                    for c in range(min(COLS, m_i - ii * COLS)):
                         k = (r * COLS + c) * 16
-                        out[ii * COLS + c, s0 + j * ROWS + r] = reduce16(accs[j, ii, k:k + 16])
+                        out[i0 + ii * COLS + c, s0 + j * ROWS + r] = reduce16(accs[j, ii, k:k + 16])
 
 
 codebook_matmul_vpermps, codebook_matmul_vpermps_parallel = both(_matmul_vpermps)
