@@ -278,3 +278,13 @@ def bias_epilogue_rows(y, bias, scale, shift, res, lo, hi, act, alpha, beta):
     y = np.array(y, np.float32) + bias if bias.shape[0] else np.array(y, np.float32)
     y = epilogue_rows(y, scale, shift, res, lo, hi)
     return activation_rows(y, act, alpha, beta) if act else y
+
+
+def codebook_gemv_epilogue(codes, cb, wide, x, perm, bias, scale, shift, res, lo, hi, act, alpha, beta):
+    """``codebook_matmul_vpermps`` of ``x[perm]`` zero-padded to the codes' width (the contract's
+    bits), plus the bias, then the epilogue and activation."""
+    x = x[perm] if perm.shape[0] else x
+    xs = np.zeros((1, codes.shape[1] * (1 if wide else 2)), np.float32)
+    xs[0, :x.shape[0]] = x
+    y = codebook_matmul_vpermps(codes, xs, cb, wide) + bias
+    return bias_epilogue_rows(y, np.zeros(0, np.float32), scale, shift, res, lo, hi, act, alpha, beta)

@@ -8,7 +8,7 @@ from hypothesis import given, strategies as st
 import nncomp as nc
 import reference as ref
 from graph_reference import graph_reference
-from nncomp.kernels import sparse_small as K
+from nncomp.kernels import codebook_vpermps as V, sparse_small as K
 from nncomp.matrices.codebook import CodebookMatrix
 from nncomp.matrices.csr import CSRMatrix
 from nncomp.matrices.csr_codebook import CSRCodebookMatrix
@@ -65,6 +65,31 @@ def test_sparse_gemv_epilogue_matches_reference(co, k, density, codebook, affine
     kernels[0](*arrays, x, perm, bias, scale, shift, res, F32(-np.inf), F32(np.inf), 0, alpha, beta, got)
     reads = w[:, np.argsort(perm)[j] if perm.shape[0] else j] != 0
     assert np.isnan(got[0, reads]).all() and not np.isnan(got[0, ~reads]).any()
+
+
+@pytest.mark.skipif(not V.HAVE_AVX512, reason="the register codebook kernels need AVX-512")
+@given(co=st.integers(1, 30), k=st.integers(1, 100), wide=st.booleans(), affine=st.booleans(), add=st.booleans(),
+       clip=st.sampled_from([None, (0.0, np.inf), (0.0, 6.0)]), act=st.sampled_from([0, 2, 3, 4]),
+       seed=st.integers(0, 2**31))
+def test_codebook_gemv_epilogue_matches_reference(co, k, wide, affine, add, clip, act, seed):
+    """The one-sample codebook kernel (serial and parallel, its input gathered or not, padded to
+    the codes' width) gives its twin's bits: the codebook contract's sums, then the bias and the
+    layers' own epilogue."""
+    rng = np.random.default_rng(seed)
+    bits = 5 if wide else 4
+    cb = rng.standard_normal(2 ** bits).astype(F32)
+    m = CodebookMatrix.from_codes(rng.integers(0, 2 ** bits, (co, k)), cb, bits)
+    x = rng.standard_normal(k).astype(F32)
+    bias = rng.standard_normal(co).astype(F32)
+    scale, shift, res, lo, hi = _epilogue(rng, co, affine, add, clip)
+    perm = rng.permutation(k) if seed % 2 else np.zeros(0, np.int64)
+    arrays = m.single_sample_kernel()[0]            # codes, the codebook padded for the registers, wide
+    want = ref.codebook_gemv_epilogue(*arrays, x, perm, bias, scale, shift, res, lo, hi, act,
+                                      F32(0.2), F32(0.5))
+    for kern in (V.codebook_gemv_epilogue, V.codebook_gemv_epilogue_parallel):
+        got = np.full((1, co), np.nan, F32)
+        kern(*arrays, x, perm, bias, scale, shift, res, lo, hi, act, F32(0.2), F32(0.5), got)
+        assert np.array_equal(got.view(np.int32), want.view(np.int32))
 
 
 @given(m=st.integers(0, 9), c=st.integers(1, 20), with_bias=st.booleans(), affine=st.booleans(), add=st.booleans(),
@@ -125,7 +150,7 @@ def test_compressed_dense_steps_equal_the_unfused_layers_at_every_batch(fmt, ord
             assert np.allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max()), n
         kinds = [layer.describe() for _, layer in model._plan((5, 4, 3), n, model.outputs).layers]
         assert "dense+relu" in " ".join(kinds) or "flatten+dense+relu" in kinds, kinds
-        if n == 1 and fmt in ("csr", "csr_codebook"):
+        if n == 1 and (fmt in ("csr", "csr_codebook") or fmt == "codebook" and V.HAVE_AVX512):
             assert "flatten+dense+relu" in kinds
             steps = [getattr(s, "__qualname__", "") for s, _, _ in model._plan((5, 4, 3), n, model.outputs).steps]
             assert steps.count("Dense._single_sample.<locals>.step") == 3, steps

@@ -23,6 +23,7 @@ from . import isa
 from ._ir import declare, loop_phis
 from ._jit import both
 from .codebook import reduce16
+from .epilogue import activation_rows, epilogue_rows
 
 # Register blocks: ROWS1 weight rows for one input row; ROWS weight rows x COLS input rows for batches.
 ROWS1, ROWS, COLS = 8, 8, 3   # 8x3: the fastest block measured on fc6 at batch 48 (24 accumulators)
@@ -241,3 +242,41 @@ def _matmul_vpermps(codes, x, cb, wide, out):
 
 
 codebook_matmul_vpermps, codebook_matmul_vpermps_parallel = both(_matmul_vpermps)
+
+
+def _gemv(codes, cb, wide, x, perm, bias, scale, shift, res, lo, hi, act, alpha, beta, out):
+    """One sample as one call: ``codebook_matmul_vpermps`` of ``x[perm]`` (zero-padded to the
+    codes' width), plus ``bias``, then the epilogue and activation of nncomp/kernels/epilogue.py
+    (the contract of nncomp/kernels/dense_small.py's mat-vec; the product's bits are the codebook
+    contract's).
+
+    IN  codes, cb, wide as in codebook_matmul_vpermps; x (k0,) float32; perm (k,) int64 indices into
+        x or (0,) (x as it is, k = k0), k <= the codes' columns; bias (n_out,) float32; scale,
+        shift (n_out,) or (0,); res (1, n_out) or (0, n_out); lo, hi float32; act an ACT_* code.
+    OUT out (1, n_out) float32 C-contiguous, overwritten.
+    """
+    n_out, width = codes.shape
+    nb = width // 16
+    xs = np.zeros((1, width if wide else 2 * width), np.float32)
+    if perm.shape[0] > 0:
+        for i in range(perm.shape[0]):
+            xs[0, i] = x[perm[i]]
+    else:
+        xs[0, :x.shape[0]] = x
+    for ob in prange((n_out + ROWS1 - 1) // ROWS1):
+        o0 = ob * ROWS1
+        acc = np.zeros(ROWS1 * 16, np.float32)
+        if n_out - o0 >= ROWS1:
+            _block1(codes, xs, cb, o0, nb, ROWS1, wide, acc)
+        else:
+            for r in range(n_out - o0):
+                _block1(codes, xs, cb, o0 + r, nb, 1, wide, acc[r * 16:r * 16 + 16])
+        for r in range(min(ROWS1, n_out - o0)):
+            out[0, o0 + r] = reduce16(acc[r * 16:r * 16 + 16]) + bias[o0 + r]
+    if scale.shape[0] > 0 or res.shape[0] > 0 or lo > -np.inf or hi < np.inf:
+        epilogue_rows(out, scale, shift, res, lo, hi)
+    if act != 0:
+        activation_rows(out, act, alpha, beta)
+
+
+codebook_gemv_epilogue, codebook_gemv_epilogue_parallel = both(_gemv, error_model="numpy")
