@@ -260,16 +260,11 @@ def gemv_epilogue(w, x, perm, bias, scale, shift, res, lo, hi, act, alpha, beta)
 
 def csr_gemv_epilogue(data, indices, indptr, x, perm, bias, scale, shift, res, lo, hi, act, alpha, beta):
     """``(1, co)``: the CSR product (float64, rounded to float32) plus the bias, then the epilogue
-    and activation (``perm`` empty: x as it is)."""
+    and activation (``perm`` empty: x as it is; data the values, or ``(codes, cb)``)."""
     x = x[perm] if perm.shape[0] else x
+    data = data[1][data[0]] if isinstance(data, tuple) else data
     y = (csr_matvec(data, indices, indptr, x).astype(np.float32) + bias)[None]
     return bias_epilogue_rows(y, np.zeros(0, np.float32), scale, shift, res, lo, hi, act, alpha, beta)
-
-
-def csr_codebook_gemv_epilogue(codes, indices, indptr, cb, x, perm, bias, scale, shift, res, lo, hi, act, alpha,
-                               beta):
-    """``csr_gemv_epilogue`` with the values ``cb[codes]``."""
-    return csr_gemv_epilogue(cb[codes], indices, indptr, x, perm, bias, scale, shift, res, lo, hi, act, alpha, beta)
 
 
 def bias_epilogue_rows(y, bias, scale, shift, res, lo, hi, act, alpha, beta):

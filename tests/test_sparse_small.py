@@ -46,14 +46,13 @@ def test_sparse_gemv_epilogue_matches_reference(co, k, density, codebook, affine
         codes = rng.integers(0, 32, (co, k))
         w = np.where(w != 0, cb[codes], F32(0))
         m = CSRCodebookMatrix.from_positions(np.flatnonzero(w), codes.reshape(-1)[np.flatnonzero(w)], cb, 5, (co, k))
-        arrays = (m.codes, m.indices, m.indptr, m.codebook)
-        kernels, twin = (K.csr_codebook_gemv_epilogue, K.csr_codebook_gemv_epilogue_parallel), ref.csr_codebook_gemv_epilogue
+        arrays = ((m.codes, m.codebook), m.indices, m.indptr)
     else:
         m = CSRMatrix.from_dense(w) if w.any() else CSRMatrix.from_dense(np.eye(co, k, dtype=F32))
         w = m.to_dense()
         arrays = (m.data, m.indices, m.indptr)
-        kernels, twin = (K.csr_gemv_epilogue, K.csr_gemv_epilogue_parallel), ref.csr_gemv_epilogue
-    want = twin(*arrays, x, perm, bias, scale, shift, res, lo, hi, act, alpha, beta)
+    kernels = (K.csr_gemv_epilogue, K.csr_gemv_epilogue_parallel)
+    want = ref.csr_gemv_epilogue(*arrays, x, perm, bias, scale, shift, res, lo, hi, act, alpha, beta)
     mag = (np.abs(w) @ np.abs(x) + np.abs(bias)) * (np.abs(scale) if affine else 1) + 1
     for kern in kernels:
         got = np.full((1, co), np.nan, F32)

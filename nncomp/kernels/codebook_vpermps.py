@@ -155,6 +155,25 @@ def _block1(codes, x, cb, o0, nb, rows, wide, acc):
         _p1(codes, x, cb, o0, 0, 0, nb, acc)
 
 
+_NO_BIAS = np.zeros(0, np.float32)
+
+
+@njit(cache=True, nogil=True)
+def _row_block1(codes, x, cb, o0, nb, wide, bias, out):
+    """``out[0, o0:o0 + ROWS1]`` (fewer at the end) for the one input row x[0], plus ``bias`` unless
+    it is empty."""
+    n_out = codes.shape[0]
+    acc = np.zeros(ROWS1 * 16, np.float32)
+    if n_out - o0 >= ROWS1:
+        _block1(codes, x, cb, o0, nb, ROWS1, wide, acc)
+    else:
+        for r in range(n_out - o0):
+            _block1(codes, x, cb, o0 + r, nb, 1, wide, acc[r * 16:r * 16 + 16])
+    for r in range(min(ROWS1, n_out - o0)):
+        y = reduce16(acc[r * 16:r * 16 + 16])
+        out[0, o0 + r] = y + bias[o0 + r] if bias.shape[0] > 0 else y
+
+
 @njit(cache=True, nogil=True)
 def _block(codes, x, cb, o0, i0, b0, m, rows, cols, wide, acc):
     """Dispatch one register block of ``rows`` (ROWS or 1) x ``cols`` (1..COLS) to its intrinsic."""
@@ -200,15 +219,7 @@ def _matmul_vpermps(codes, x, cb, wide, out):
     nb = width // 16
     if n == 1:   # one input row: ROWS1 weight rows per block, the whole row length in registers
         for ob in prange((n_out + ROWS1 - 1) // ROWS1):
-            o0 = ob * ROWS1
-            acc = np.zeros(ROWS1 * 16, np.float32)
-            if n_out - o0 >= ROWS1:
-                _block1(codes, x, cb, o0, nb, ROWS1, wide, acc)
-            else:
-                for r in range(n_out - o0):
-                    _block1(codes, x, cb, o0 + r, nb, 1, wide, acc[r * 16:r * 16 + 16])
-            for r in range(min(ROWS1, n_out - o0)):
-                out[0, o0 + r] = reduce16(acc[r * 16:r * 16 + 16])
+            _row_block1(codes, x, cb, ob * ROWS1, nb, wide, _NO_BIAS, out)
         return
     nsb = (n_out + SUPER - 1) // SUPER
     nchunk = (n + NCHUNK - 1) // NCHUNK
@@ -264,15 +275,7 @@ def _gemv(codes, cb, wide, x, perm, bias, scale, shift, res, lo, hi, act, alpha,
     else:
         xs[0, :x.shape[0]] = x
     for ob in prange((n_out + ROWS1 - 1) // ROWS1):
-        o0 = ob * ROWS1
-        acc = np.zeros(ROWS1 * 16, np.float32)
-        if n_out - o0 >= ROWS1:
-            _block1(codes, xs, cb, o0, nb, ROWS1, wide, acc)
-        else:
-            for r in range(n_out - o0):
-                _block1(codes, xs, cb, o0 + r, nb, 1, wide, acc[r * 16:r * 16 + 16])
-        for r in range(min(ROWS1, n_out - o0)):
-            out[0, o0 + r] = reduce16(acc[r * 16:r * 16 + 16]) + bias[o0 + r]
+        _row_block1(codes, xs, cb, ob * ROWS1, nb, wide, bias, out)
     if scale.shape[0] > 0 or res.shape[0] > 0 or lo > -np.inf or hi < np.inf:
         epilogue_rows(out, scale, shift, res, lo, hi)
     if act != 0:

@@ -9,12 +9,14 @@ the dense mat-vec does). The sums are the gathered dot products of nncomp/kernel
 codebook.py (reassociated into vector lanes), so they differ from those kernels in the last bits
 only; a layer's unfused and fused steps both run these kernels, so fusion changes no bit.
 
-Contract (NumPy twins: tests/reference.py ``csr_gemv_epilogue``, ``csr_codebook_gemv_epilogue``):
+Contract (NumPy twin: tests/reference.py ``csr_gemv_epilogue``):
 ``out[0, o] = act(clip((sum_j w_j * x[perm][indices[j]] + bias[o]) * scale[o] + shift[o] + res[0, o],
-lo, hi))`` over row o's stored entries ``w_j`` (``data[j]``, or ``cb[codes[j]]``).
+lo, hi))`` over row o's stored entries ``w_j``: ``data[j]``, or ``cb[codes[j]]`` for data given as
+``(codes, cb)`` (as nncomp/kernels/csr.py's batch kernel takes them).
 """
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import overload
 
 from ._jit import both, jit
 from .epilogue import activation_rows, epilogue_rows
@@ -42,13 +44,39 @@ def _finish_row(out, scale, shift, res, lo, hi, act, alpha, beta):
         activation_rows(out, act, alpha, beta)
 
 
-def _csr(data, indices, indptr, x, perm, bias, scale, shift, res, lo, hi, act, alpha, beta, out):
-    """CSR float32 weights, one sample (module doc).
+def _entries(data, j0, j1):
+    """Entries j0..j1 of the stored values: ``data[j0:j1]``, or ``(codes[j0:j1], cb)`` for data
+    ``(codes, cb)``."""
+    return (data[0][j0:j1], data[1]) if isinstance(data, tuple) else data[j0:j1]
 
-    IN  data (nnz,) float32; indices (nnz,) uint16 or int32 < k; indptr (co + 1,) int32/int64
-        non-decreasing from 0 to nnz; x (k0,) float32; perm (k,) int64 indices into x, or (0,);
-        bias (co,) float32; scale, shift (co,) or (0,); res (1, co) or (0, co); lo, hi float32;
-        act an ACT_* code with alpha, beta.
+
+def _value(d, j):
+    """Value j of :func:`_entries`: ``d[j]``, or ``cb[codes[j]]``."""
+    return d[1][d[0][j]] if isinstance(d, tuple) else d[j]
+
+
+@overload(_entries, jit_options={"cache": True})
+def _entries_jit(data, j0, j1):
+    if isinstance(data, types.BaseTuple):
+        return lambda data, j0, j1: (data[0][j0:j1], data[1])
+    return lambda data, j0, j1: data[j0:j1]
+
+
+@overload(_value, jit_options={"cache": True})
+def _value_jit(d, j):
+    if isinstance(d, types.BaseTuple):
+        return lambda d, j: d[1][d[0][j]]
+    return lambda d, j: d[j]
+
+
+def _csr(data, indices, indptr, x, perm, bias, scale, shift, res, lo, hi, act, alpha, beta, out):
+    """CSR weights, one sample (module doc).
+
+    IN  data (nnz,) float32 values, or a tuple ``(codes, cb)``: uint8 codes (nnz,) into the float32
+        codebook cb (the values ``cb[codes]``); indices (nnz,) uint16 or int32 < k; indptr (co + 1,)
+        int32/int64 non-decreasing from 0 to nnz; x (k0,) float32; perm (k,) int64 indices into x,
+        or (0,); bias (co,) float32; scale, shift (co,) or (0,); res (1, co) or (0, co); lo, hi
+        float32; act an ACT_* code with alpha, beta.
     OUT out (1, co) float32 C-contiguous, overwritten.
     """
     x = _gathered(x, perm)
@@ -56,36 +84,16 @@ def _csr(data, indices, indptr, x, perm, bias, scale, shift, res, lo, hi, act, a
     for o in prange(indptr.shape[0] - 1):
         j0 = indptr[o]
         j1 = indptr[o + 1]
-        d = data[j0:j1]
+        d = _entries(data, j0, j1)
         ix = indices[j0:j1]
         s = np.float32(0.0)
         for j in range(j1 - j0):
-            s += d[j] * x[ix[j]]
+            s += _value(d, j) * x[ix[j]]
         y[o] = s + bias[o]
     _finish_row(out, scale, shift, res, lo, hi, act, alpha, beta)
 
 
 csr_gemv_epilogue, csr_gemv_epilogue_parallel = both(_csr, fastmath=_REASSOC)
-
-
-def _csr_codebook(codes, indices, indptr, cb, x, perm, bias, scale, shift, res, lo, hi, act, alpha, beta, out):
-    """CSR weights whose values are codes into the float32 codebook ``cb``, one sample (module
-    doc); the other arguments as in csr_gemv_epilogue (codes (nnz,) uint8 < len(cb))."""
-    x = _gathered(x, perm)
-    y = out[0]
-    for o in prange(indptr.shape[0] - 1):
-        j0 = indptr[o]
-        j1 = indptr[o + 1]
-        cd = codes[j0:j1]
-        ix = indices[j0:j1]
-        s = np.float32(0.0)
-        for j in range(j1 - j0):
-            s += cb[cd[j]] * x[ix[j]]
-        y[o] = s + bias[o]
-    _finish_row(out, scale, shift, res, lo, hi, act, alpha, beta)
-
-
-csr_codebook_gemv_epilogue, csr_codebook_gemv_epilogue_parallel = both(_csr_codebook, fastmath=_REASSOC)
 
 
 def _bias_epilogue(y, bias, scale, shift, res, lo, hi, act, alpha, beta):

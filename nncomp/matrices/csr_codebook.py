@@ -154,9 +154,8 @@ class CSRCodebookMatrix(Matrix):
         return out
 
     def single_sample_kernel(self):
-        return ((self.codes, self.indices, self.indptr, self.codebook),
-                (sparse_small.csr_codebook_gemv_epilogue, sparse_small.csr_codebook_gemv_epilogue_parallel),
-                self.nnz + self.shape[0])
+        return (((self.codes, self.codebook), self.indices, self.indptr),
+                (sparse_small.csr_gemv_epilogue, sparse_small.csr_gemv_epilogue_parallel), self.nnz + self.shape[0])
 
     def describe(self):
         return f"csr {1 - self.density:.0%} + codebook {self.bits}-bit ({self.codebook.size} values)"
