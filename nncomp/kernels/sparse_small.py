@@ -1,13 +1,15 @@
-"""A sparse dense-layer on one sample as one compiled call: the product, the bias and the epilogue.
+"""Compressed dense layers as one compiled call: the product, the bias and the epilogue.
 
 The float32 dense layers got this in nncomp/kernels/dense_small.py; the compressed formats ran
 their product kernel, then the bias (NumPy), then the epilogue and activation kernels, each a
 Python step: 4-8 us per layer, as much as a 90%-sparse LeNet-300-100's whole arithmetic. Here the
 CSR and CSR-codebook products at batch 1 write ``w @ x[perm] + bias`` and apply the epilogue of
 nncomp/kernels/epilogue.py in the same call (a flatten's feature order gathered by ``perm``, as
-the dense mat-vec does). The sums are the gathered dot products of nncomp/kernels/csr.py and
-codebook.py (reassociated into vector lanes), so they differ from those kernels in the last bits
-only; a layer's unfused and fused steps both run these kernels, so fusion changes no bit.
+the dense mat-vec does; the register codebook kernel has its own, nncomp/kernels/codebook_vpermps.py).
+The sums are the gathered dot products of nncomp/kernels/csr.py and codebook.py (reassociated into
+vector lanes), so they differ from those kernels in the last bits only; a layer's unfused and fused
+steps both run these kernels, so fusion changes no bit. Every other format and batch runs its
+product, then ``bias_epilogue_rows``: the bias, the epilogue and the activation in one call.
 
 Contract (NumPy twin: tests/reference.py ``csr_gemv_epilogue``):
 ``out[0, o] = act(clip((sum_j w_j * x[perm][indices[j]] + bias[o]) * scale[o] + shift[o] + res[0, o],

@@ -98,6 +98,8 @@ class Dense(Layer):
 
             def step(x, res=None):
                 y = mul(x)
+                if not y.flags.c_contiguous:        # a format whose product is a transposed view
+                    y = np.ascontiguousarray(y)
                 fin(y, bias, scale, shift, no_res if res is None else res.reshape(n, co), lo, hi, code, alpha, beta)
                 return y
         step.blas = False           # the sparse, codebook and int8 kernels never call BLAS
