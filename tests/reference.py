@@ -261,3 +261,30 @@ def gemv_epilogue(w, x, perm, bias, scale, shift, res, lo, hi, act, alpha, beta)
     y = ((w.astype(np.float64) @ x.astype(np.float64)).astype(np.float32) + bias)[None]
     return activation_rows(epilogue_rows(y, scale, shift, res, lo, hi), act, alpha, beta) if act else \
         epilogue_rows(y, scale, shift, res, lo, hi)
+
+
+def csr_gemv_epilogue(data, indices, indptr, x, perm, bias, scale, shift, res, lo, hi, act, alpha, beta):
+    """``(1, co)``: the CSR product (float64, rounded to float32) plus the bias, then the epilogue
+    and activation (``perm`` empty: x as it is; data the values, or ``(codes, cb)``)."""
+    x = x[perm] if perm.shape[0] else x
+    data = data[1][data[0]] if isinstance(data, tuple) else data
+    y = (csr_matvec(data, indices, indptr, x).astype(np.float32) + bias)[None]
+    return bias_epilogue_rows(y, np.zeros(0, np.float32), scale, shift, res, lo, hi, act, alpha, beta)
+
+
+def bias_epilogue_rows(y, bias, scale, shift, res, lo, hi, act, alpha, beta):
+    """``y + bias`` (float32; bias empty: none), then the epilogue and the activation, as the
+    layers run them one by one (returns a new array)."""
+    y = np.array(y, np.float32) + bias if bias.shape[0] else np.array(y, np.float32)
+    y = epilogue_rows(y, scale, shift, res, lo, hi)
+    return activation_rows(y, act, alpha, beta) if act else y
+
+
+def codebook_gemv_epilogue(codes, cb, wide, x, perm, bias, scale, shift, res, lo, hi, act, alpha, beta):
+    """``codebook_matmul_vpermps`` of ``x[perm]`` zero-padded to the codes' width (the contract's
+    bits), plus the bias, then the epilogue and activation."""
+    x = x[perm] if perm.shape[0] else x
+    xs = np.zeros((1, codes.shape[1] * (1 if wide else 2)), np.float32)
+    xs[0, :x.shape[0]] = x
+    y = codebook_matmul_vpermps(codes, xs, cb, wide) + bias
+    return bias_epilogue_rows(y, np.zeros(0, np.float32), scale, shift, res, lo, hi, act, alpha, beta)

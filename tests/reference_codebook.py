@@ -104,11 +104,6 @@ def csr_codebook_matvec(codes, indices, indptr, cb, x):
     return csr_codebook_dense(codes, indices, indptr, cb, x.shape[0]) @ x.astype(np.float64)
 
 
-def csr_codebook_matmul(codes, indices, indptr, cb, xt):
-    """float64 ``W @ xt`` (transposed output ``(n_out, n)``) of a CSR codebook matrix."""
-    return csr_codebook_dense(codes, indices, indptr, cb, xt.shape[0]) @ xt.astype(np.float64)
-
-
 def kmeans_assign(w, cb):
     """Lowest index of the nearest codebook entry (float64 distances)."""
     d = np.abs(w.astype(np.float64)[:, None] - cb.astype(np.float64)[None, :])

@@ -16,5 +16,7 @@ def csr_matvec(data, indices, indptr, x):
 
 
 def csr_matmul(data, indices, indptr, x):
-    """``x @ W.T`` for x (n, n_in)."""
+    """``x @ W.T`` for x (n, n_in); data the values, or ``(codes, cb)`` (values ``cb[codes]``)."""
+    if isinstance(data, tuple):
+        data = data[1][data[0]]
     return x.astype(np.float64) @ _dense(data, indices, indptr, x.shape[1]).T

@@ -11,6 +11,7 @@ from nncomp.coding.index import gaps_of, positions_of
 from nncomp.compress.sharing import kmeans_codebook
 from nncomp.errors import CompressionParameterError, CorruptModelFileError
 from nncomp.kernels import codebook as K
+from nncomp.kernels import csr as C
 from nncomp.kernels import kmeans as KM
 from nncomp.kernels import codebook_vpermps as V
 from nncomp.matrices.codebook import CodebookMatrix, pack, unpack
@@ -64,9 +65,10 @@ def test_codebook_matmul_vpermps_matches_reference(kernel, n, n_out, nb, seed, w
 
 @needs_avx512
 @pytest.mark.parametrize("wide", [False, True])
-@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 37])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 37, 200])
 def test_register_paths_are_bit_identical_to_the_portable_loops(n, wide):
-    """Every batch/row-tail shape: 45 rows (tails of the 4- and 8-row blocks), 70 blocks > KCHUNK."""
+    """Every batch/row-tail shape: 45 rows (tails of the 4- and 8-row blocks), 70 blocks > KCHUNK,
+    200 inputs > NCHUNK (chunks of inputs, a short last one)."""
     rng = np.random.default_rng(n)
     if wide:
         codes = rng.integers(0, 32, (45, 70 * 16)).astype(np.uint8)
@@ -180,16 +182,18 @@ def test_csr_codebook_matvec_matches_reference(kernel, n_out, n_in, density, see
     assert_close_f32(out, ref.csr_codebook_matvec(m.codes, m.indices, m.indptr, m.codebook, x), mag, n_in)
 
 
-@pytest.mark.parametrize("kernel", [K.csr_codebook_matmul, K.csr_codebook_matmul_parallel])
-@given(n=st.integers(1, 7), n_out=st.integers(1, 9), n_in=st.integers(1, 40), density=st.floats(0, 1), seed=seeds)
-def test_csr_codebook_matmul_matches_reference(kernel, n, n_out, n_in, density, seed):
+@pytest.mark.parametrize("kernel", [C.csr_matmul, C.csr_matmul_parallel])
+@given(n=st.integers(2, 70), n_out=st.integers(1, 9), n_in=st.integers(1, 40), density=st.floats(0, 1), seed=seeds)
+def test_csr_matmul_through_a_codebook_matches_reference(kernel, n, n_out, n_in, density, seed):
+    """The CSR batch kernel reading its values through a codebook (a sparse codebook layer's batch
+    product) against the twin: exact on sums of small integers times quarters."""
     rng = np.random.default_rng(seed)
     m = _random_csr(rng, n_out, n_in, density, 7)
-    xt = rng.integers(-4, 5, (n_in, n)).astype(np.float32)        # small integers: exact sums
-    out = np.full((n_out, n), np.nan, np.float32)
-    kernel(m.codes, m.indices, m.indptr, np.round(m.codebook * 4) / 4, xt, out)
-    assert np.array_equal(out, ref.csr_codebook_matmul(m.codes, m.indices, m.indptr,
-                                                       np.round(m.codebook * 4) / 4, xt))
+    x = rng.integers(-4, 5, (n, n_in)).astype(np.float32)
+    cb = np.round(m.codebook * 4) / 4
+    out = np.full((n, n_out), np.nan, np.float32)
+    kernel((m.codes, cb), m.indices, m.indptr, x, out)
+    assert np.array_equal(out, ref.csr_matmul((m.codes, cb), m.indices, m.indptr, x))
 
 
 @given(n=st.integers(0, 50), k=st.integers(1, 20), seed=seeds)

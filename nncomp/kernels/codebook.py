@@ -193,31 +193,6 @@ def _csr_matvec(codes, indices, indptr, cb, x, out):
 csr_codebook_matvec, csr_codebook_matvec_parallel = both(_csr_matvec, fastmath=True)
 
 
-def _csr_matmul(codes, indices, indptr, cb, xt, out):
-    """Sparse codebook product for a batch, one pass over the matrix: ``out = x @ W.T``.
-
-    IN  codes, indices, indptr, cb as in csr_codebook_matvec; xt (n_in, n) float32, the input
-        transposed so that one nonzero scales one contiguous row of samples.
-    OUT out (n_out, n) float32 (transposed output).
-    """
-    n = xt.shape[1]
-    for o in prange(indptr.shape[0] - 1):
-        lo = indptr[o]
-        hi = indptr[o + 1]
-        cd = codes[lo:hi]
-        ix = indices[lo:hi]
-        acc = out[o]
-        acc[:] = 0.0
-        for j in range(hi - lo):
-            w = cb[cd[j]]
-            xr = xt[ix[j]]
-            for i in range(n):
-                acc[i] += w * xr[i]
-
-
-csr_codebook_matmul, csr_codebook_matmul_parallel = both(_csr_matmul, fastmath=True)
-
-
 def _csr_gram(codes, indices, indptr, cov, k, out):
     """``codebook_gram`` for a sparse codebook layer: only the stored entries of each row count.
 

@@ -23,12 +23,18 @@ from . import isa
 from ._ir import declare, loop_phis
 from ._jit import both
 from .codebook import reduce16
+from .epilogue import activation_rows, epilogue_rows
 
 # Register blocks: ROWS1 weight rows for one input row; ROWS weight rows x COLS input rows for batches.
 ROWS1, ROWS, COLS = 8, 8, 3   # 8x3: the fastest block measured on fc6 at batch 48 (24 accumulators)
 # Batches: SUPER weight rows run over one chunk of KCHUNK column blocks (of 32 columns) of every
 # input row before moving on, so that the chunk (at most 8 KiB per input row) stays in L2.
 SUPER, KCHUNK = 48, 64
+# ... and NCHUNK input rows at a time (their accumulators: at most 48 rows x 96 inputs x 16 lanes,
+# 295 KB), the (row block, input chunk) pairs spread over the threads: a convolution's patches
+# (LeNet-5's first layer, 784 per sample, 6 outputs) ran one serial task holding accumulators for
+# every patch (400 KB per sample).
+NCHUNK = 96
 
 HAVE_AVX512 = isa.HAVE_AVX512   # matrices check it (tests monkeypatch it to run the portable kernel)
 
@@ -149,6 +155,25 @@ def _block1(codes, x, cb, o0, nb, rows, wide, acc):
         _p1(codes, x, cb, o0, 0, 0, nb, acc)
 
 
+_NO_BIAS = np.zeros(0, np.float32)
+
+
+@njit(cache=True, nogil=True)
+def _row_block1(codes, x, cb, o0, nb, wide, bias, out):
+    """``out[0, o0:o0 + ROWS1]`` (fewer at the end) for the one input row x[0], plus ``bias`` unless
+    it is empty."""
+    n_out = codes.shape[0]
+    acc = np.zeros(ROWS1 * 16, np.float32)
+    if n_out - o0 >= ROWS1:
+        _block1(codes, x, cb, o0, nb, ROWS1, wide, acc)
+    else:
+        for r in range(n_out - o0):
+            _block1(codes, x, cb, o0 + r, nb, 1, wide, acc[r * 16:r * 16 + 16])
+    for r in range(min(ROWS1, n_out - o0)):
+        y = reduce16(acc[r * 16:r * 16 + 16])
+        out[0, o0 + r] = y + bias[o0 + r] if bias.shape[0] > 0 else y
+
+
 @njit(cache=True, nogil=True)
 def _block(codes, x, cb, o0, i0, b0, m, rows, cols, wide, acc):
     """Dispatch one register block of ``rows`` (ROWS or 1) x ``cols`` (1..COLS) to its intrinsic."""
@@ -194,20 +219,17 @@ def _matmul_vpermps(codes, x, cb, wide, out):
     nb = width // 16
     if n == 1:   # one input row: ROWS1 weight rows per block, the whole row length in registers
         for ob in prange((n_out + ROWS1 - 1) // ROWS1):
-            o0 = ob * ROWS1
-            acc = np.zeros(ROWS1 * 16, np.float32)
-            if n_out - o0 >= ROWS1:
-                _block1(codes, x, cb, o0, nb, ROWS1, wide, acc)
-            else:
-                for r in range(n_out - o0):
-                    _block1(codes, x, cb, o0 + r, nb, 1, wide, acc[r * 16:r * 16 + 16])
-            for r in range(min(ROWS1, n_out - o0)):
-                out[0, o0 + r] = reduce16(acc[r * 16:r * 16 + 16])
+            _row_block1(codes, x, cb, ob * ROWS1, nb, wide, _NO_BIAS, out)
         return
-    nib = (n + COLS - 1) // COLS
-    for sb in prange((n_out + SUPER - 1) // SUPER):   # SUPER rows share each chunk of the inputs
+    nsb = (n_out + SUPER - 1) // SUPER
+    nchunk = (n + NCHUNK - 1) // NCHUNK
+    for t in prange(nsb * nchunk):    # SUPER rows x NCHUNK samples share each chunk of the inputs
+        sb = t // nchunk
         s0 = sb * SUPER
+        i0 = (t - sb * nchunk) * NCHUNK
         nrow = min(SUPER, n_out - s0)
+        m_i = min(NCHUNK, n - i0)
+        nib = (m_i + COLS - 1) // COLS
         accs = np.zeros(((nrow + ROWS - 1) // ROWS, nib, ROWS * COLS * 16), np.float32)
         for b0 in range(0, nb, KCHUNK):
             m = min(KCHUNK, nb - b0)
@@ -215,19 +237,49 @@ def _matmul_vpermps(codes, x, cb, wide, out):
                 o0 = s0 + j * ROWS
                 rows = min(ROWS, s0 + nrow - o0)
                 for ii in range(nib):
-                    cols = min(COLS, n - ii * COLS)
+                    cols = min(COLS, m_i - ii * COLS)
                     if rows == ROWS:
-                        _block(codes, x, cb, o0, ii * COLS, b0, m, ROWS, cols, wide, accs[j, ii])
+                        _block(codes, x, cb, o0, i0 + ii * COLS, b0, m, ROWS, cols, wide, accs[j, ii])
                     else:
                         for r in range(rows):
-                            _block(codes, x, cb, o0 + r, ii * COLS, b0, m, 1, cols, wide,
+                            _block(codes, x, cb, o0 + r, i0 + ii * COLS, b0, m, 1, cols, wide,
                                    accs[j, ii, r * COLS * 16:])
         for j in range(accs.shape[0]):
             for r in range(min(ROWS, nrow - j * ROWS)):
                 for ii in range(nib):
-                    for c in range(min(COLS, n - ii * COLS)):
+                    for c in range(min(COLS, m_i - ii * COLS)):
                         k = (r * COLS + c) * 16
-                        out[ii * COLS + c, s0 + j * ROWS + r] = reduce16(accs[j, ii, k:k + 16])
+                        out[i0 + ii * COLS + c, s0 + j * ROWS + r] = reduce16(accs[j, ii, k:k + 16])
 
 
 codebook_matmul_vpermps, codebook_matmul_vpermps_parallel = both(_matmul_vpermps)
+
+
+def _gemv(codes, cb, wide, x, perm, bias, scale, shift, res, lo, hi, act, alpha, beta, out):
+    """One sample as one call: ``codebook_matmul_vpermps`` of ``x[perm]`` (zero-padded to the
+    codes' width), plus ``bias``, then the epilogue and activation of nncomp/kernels/epilogue.py
+    (the contract of nncomp/kernels/dense_small.py's mat-vec; the product's bits are the codebook
+    contract's).
+
+    IN  codes, cb, wide as in codebook_matmul_vpermps; x (k0,) float32; perm (k,) int64 indices into
+        x or (0,) (x as it is, k = k0), k <= the codes' columns; bias (n_out,) float32; scale,
+        shift (n_out,) or (0,); res (1, n_out) or (0, n_out); lo, hi float32; act an ACT_* code.
+    OUT out (1, n_out) float32 C-contiguous, overwritten.
+    """
+    n_out, width = codes.shape
+    nb = width // 16
+    xs = np.zeros((1, width if wide else 2 * width), np.float32)
+    if perm.shape[0] > 0:
+        for i in range(perm.shape[0]):
+            xs[0, i] = x[perm[i]]
+    else:
+        xs[0, :x.shape[0]] = x
+    for ob in prange((n_out + ROWS1 - 1) // ROWS1):
+        _row_block1(codes, xs, cb, ob * ROWS1, nb, wide, bias, out)
+    if scale.shape[0] > 0 or res.shape[0] > 0 or lo > -np.inf or hi < np.inf:
+        epilogue_rows(out, scale, shift, res, lo, hi)
+    if act != 0:
+        activation_rows(out, act, alpha, beta)
+
+
+codebook_gemv_epilogue, codebook_gemv_epilogue_parallel = both(_gemv, error_model="numpy")

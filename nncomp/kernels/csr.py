@@ -36,16 +36,24 @@ def _make_tile(nvec):
     """Intrinsic ``tile(data, indices, xt, lo, hi, s0, acc, o)``: one output row for 16*nvec samples.
 
     ``acc[o, s0 + i] = sum_{lo <= j < hi} data[j] * xt[indices[j], s0 + i]`` for ``i < 16*nvec``,
-    with two interleaved sets of accumulators (even and odd j) to hide the FMA latency.
+    with two interleaved sets of accumulators (even and odd j) to hide the FMA latency. ``data`` is
+    the float32 values, or a tuple ``(codes, cb)`` of uint8 codes into a float32 codebook (the value
+    of entry j is ``cb[codes[j]]``: one more scalar load per nonzero).
     """
 
     @intrinsic
     def tile(typingctx, data, indices, xt, lo, hi, s0, acc, o):
         sig = types.void(data, indices, xt, lo, hi, s0, acc, o)
         signed = indices.dtype.signed
+        coded = isinstance(data, types.BaseTuple)
 
         def codegen(context, builder, signature, args):
-            d_arr = context.make_array(signature.args[0])(context, builder, args[0])
+            if coded:
+                c_ty, cb_ty = signature.args[0].types
+                c_arr = context.make_array(c_ty)(context, builder, builder.extract_value(args[0], 0))
+                cb_arr = context.make_array(cb_ty)(context, builder, builder.extract_value(args[0], 1))
+            else:
+                d_arr = context.make_array(signature.args[0])(context, builder, args[0])
             i_arr = context.make_array(signature.args[1])(context, builder, args[1])
             x_arr = context.make_array(signature.args[2])(context, builder, args[2])
             a_arr = context.make_array(signature.args[6])(context, builder, args[6])
@@ -63,7 +71,11 @@ def _make_tile(nvec):
             def step(j, accs):
                 c = builder.load(builder.gep(i_arr.data, [j]))
                 c = builder.sext(c, intp) if signed else builder.zext(c, intp)
-                v = builder.load(builder.gep(d_arr.data, [j]))
+                if coded:
+                    code = builder.zext(builder.load(builder.gep(c_arr.data, [j])), intp)
+                    v = builder.load(builder.gep(cb_arr.data, [code]))
+                else:
+                    v = builder.load(builder.gep(d_arr.data, [j]))
                 vb = builder.shuffle_vector(builder.insert_element(ir.Constant(vty, ir.Undefined), v,
                                                                   ir.IntType(32)(0)), ir.Constant(vty, ir.Undefined), mask0)
                 base = builder.gep(x_arr.data, [builder.add(builder.mul(c, x_cols), s0_)])
@@ -90,7 +102,8 @@ def _plain_tile(nvec):
     """The tile as plain Python, for NUMBA_DISABLE_JIT runs (an intrinsic needs the compiler)."""
     def tile(data, indices, xt, lo, hi, s0, acc, o):
         cols = indices[lo:hi].astype(np.int64)
-        acc[o, s0:s0 + LANES * nvec] = data[lo:hi] @ xt[cols, s0:s0 + LANES * nvec]
+        values = data[1][data[0][lo:hi]] if isinstance(data, tuple) else data[lo:hi]
+        acc[o, s0:s0 + LANES * nvec] = values @ xt[cols, s0:s0 + LANES * nvec]
     return tile
 
 
@@ -140,7 +153,9 @@ def _row_tiles(data, indices, indptr, xt, o, s0, nvec, acc):
 def _matmul(data, indices, indptr, x, out):
     """Many samples in one pass over the matrix: ``out = x @ W.T``.
 
-    IN  data, indices, indptr as in csr_matvec; x (n, n_in) float32 C-contiguous.
+    IN  data, indices, indptr as in csr_matvec, or data a tuple ``(codes, cb)``: uint8 codes (nnz,)
+        into the float32 codebook cb (the stored values ``cb[codes]``); x (n, n_in) float32
+        C-contiguous.
     OUT out (n, n_out) float32.
     """
     n, n_in = x.shape

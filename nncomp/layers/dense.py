@@ -5,18 +5,16 @@ import numpy as np
 
 from ..errors import NncompError
 from ..kernels import _jit
-from ..kernels.dense_small import gemv_epilogue, gemv_epilogue_parallel
+from ..kernels.sparse_small import bias_epilogue_rows, bias_epilogue_rows_parallel
 from ..matrices import DenseMatrix, Matrix, as_matrix
 from .base import Layer, register, set_fields, tensor_field, vector
 from .conv import Conv2D
 from .conv_blocked import blocked_eligible, blocked_step
 from .fused import absorb_epilogue
 
-# A single sample through a float32 dense weight runs the compiled mat-vec with its epilogue
-# (nncomp/kernels/dense_small.py), on the thread pool from GEMV_SERIAL_FACTOR x
-# _jit.PARALLEL_MIN_WORK multiply-adds (2^18, where the BLAS mat-vec split); VGG-16's fc6 (411 MB,
-# 2 threads, alternating): 12.1 ms against 13.95 for OpenBLAS's sgemv split over the threads.
-GEMV_SERIAL_FACTOR = 2
+# A single sample runs its weight format's compiled mat-vec with the bias and the epilogue inside
+# (Matrix.single_sample_kernel: float32 dense, CSR, CSR + codebook), serial or parallel as the
+# format's work says (nncomp/matrices/dense.py for the dense one).
 # Batches of 2 .. BLOCKED_MAX_BATCH samples run as a 1x1 convolution over the samples laid out as
 # an image, with the blocked kernel and its epilogue (nncomp/kernels/conv_blocked.py), for weights
 # up to its size limit. Against OpenBLAS through NumPy at one thread (Zen 4): LeNet-300's 300x784
@@ -31,6 +29,16 @@ LINE_MIN = 4
 _NONE = np.zeros(0, np.float32)
 _NO_PERM = np.zeros(0, np.int64)
 _NO_EPILOGUE = (None, None, False, -np.inf, np.inf, None)
+
+
+def epilogue_vectors(epilogue, co):
+    """``(scale, shift, lo, hi, act, alpha, beta)`` as the epilogue kernels take them, for an
+    ``epilogue`` of nncomp.layers.fused.epilogue_args and ``co`` outputs (empty vectors: none)."""
+    scale, shift, _, lo, hi, act = epilogue
+    scale, shift = (_NONE, _NONE) if scale is None or not scale.shape[0] else (
+        np.ascontiguousarray(np.broadcast_to(scale, (co,))), np.ascontiguousarray(np.broadcast_to(shift, (co,))))
+    code, alpha, beta = act or (0, np.float32(0.0), np.float32(0.0))
+    return scale, shift, np.float32(lo), np.float32(hi), code, alpha, beta
 
 
 @register
@@ -56,7 +64,7 @@ class Dense(Layer):
         return self.weight.macs_per_row
 
     def prepare(self, n, shape):
-        small = self._single_sample(n, _NO_EPILOGUE) or self._blocked(n, None)
+        small = self._single_sample(n, _NO_EPILOGUE) or self._blocked(n, None) or self._product(n, _NO_EPILOGUE)
         if small is not None:
             return small
         mul, bias = self.weight.prepare(n), self.bias
@@ -66,11 +74,36 @@ class Dense(Layer):
             if bias is not None:
                 y += bias
             return y
-        step.blas = self.weight.uses_blas        # the sparse, codebook and int8 kernels never call BLAS
+        step.blas = self.weight.uses_blas
         return step
 
     def prepare_epilogue(self, n, shape, *, epilogue):
-        return self._single_sample(n, epilogue) or self._blocked(n, epilogue)
+        return self._single_sample(n, epilogue) or self._blocked(n, epilogue) or self._product(n, epilogue)
+
+    def _product(self, n, epilogue):
+        """A compressed weight's step: its format's product, then the bias and ``epilogue`` in one
+        kernel call (nncomp/kernels/sparse_small.py), no Python between them; None for float32
+        dense weights (their BLAS product may be a transposed view)."""
+        w = self.weight
+        if isinstance(w, DenseMatrix):
+            return None
+        mul, co = w.prepare(n), w.n_out
+        bias = _NONE if self.bias is None else self.bias
+        scale, shift, lo, hi, code, alpha, beta = epilogue_vectors(epilogue, co)
+        if not bias.shape[0] and not scale.shape[0] and lo == -np.inf and hi == np.inf and not code and not epilogue[2]:
+            step = lambda x: mul(x)  # noqa: E731
+        else:
+            fin = _jit.pick((bias_epilogue_rows, bias_epilogue_rows_parallel), n * co)
+            no_res = np.zeros((0, co), np.float32)
+
+            def step(x, res=None):
+                y = mul(x)
+                if not y.flags.c_contiguous:        # a format whose product is a transposed view
+                    y = np.ascontiguousarray(y)
+                fin(y, bias, scale, shift, no_res if res is None else res.reshape(n, co), lo, hi, code, alpha, beta)
+                return y
+        step.blas = False           # the sparse, codebook and int8 kernels never call BLAS
+        return step
 
     def _blocked(self, n, epilogue):
         """The step for ``n`` samples as a 1x1 convolution of the blocked kernel (with ``epilogue``
@@ -98,27 +131,23 @@ class Dense(Layer):
         return step
 
     def _runs_gemv(self, n):
-        w = self.weight
-        return n == 1 and isinstance(w, DenseMatrix)
+        return n == 1 and self.weight.single_sample_kernel() is not None
 
     def _single_sample(self, n, epilogue, perm=None):
-        """The compiled mat-vec step (with ``epilogue`` inside, its input gathered by ``perm``) for
-        one sample, or None."""
+        """The compiled mat-vec step of the weight's format (with ``epilogue`` inside, its input
+        gathered by ``perm``) for one sample, or None."""
         if not self._runs_gemv(n):
             return None
-        w = self.weight
-        co, wm, perm = w.n_out, w.w, _NO_PERM if perm is None else perm        # w.w is C-contiguous
+        arrays, kernels, work = self.weight.single_sample_kernel()
+        co, perm = self.weight.n_out, _NO_PERM if perm is None else perm
         bias = np.zeros(co, np.float32) if self.bias is None else self.bias
-        scale, shift, add, lo, hi, act = epilogue
-        scale, shift = (_NONE, _NONE) if scale is None or not scale.shape[0] else (
-            np.ascontiguousarray(np.broadcast_to(scale, (co,))), np.ascontiguousarray(np.broadcast_to(shift, (co,))))
-        code, alpha, beta = act or (0, np.float32(0.0), np.float32(0.0))
-        lo, hi, no_res = np.float32(lo), np.float32(hi), np.zeros((0, co), np.float32)
-        kern = _jit.pick((gemv_epilogue, gemv_epilogue_parallel), co * w.n_in // GEMV_SERIAL_FACTOR)
+        scale, shift, lo, hi, code, alpha, beta = epilogue_vectors(epilogue, co)
+        no_res = np.zeros((0, co), np.float32)
+        kern = _jit.pick(kernels, work)
 
         def step(x, res=None):
             out = np.empty((1, co), np.float32)
-            kern(wm, x.reshape(-1), perm, bias, scale, shift, no_res if res is None else res.reshape(1, co), lo, hi,
+            kern(*arrays, x.reshape(-1), perm, bias, scale, shift, no_res if res is None else res.reshape(1, co), lo, hi,
                  code, alpha, beta, out)
             return out
         step.blas = False

@@ -63,6 +63,15 @@ class Matrix:
         batch size override it; the default is :meth:`_apply` on a C-contiguous x."""
         return lambda x: self._apply(np.ascontiguousarray(x))
 
+    def single_sample_kernel(self):
+        """``(arrays, kernels, work)`` of the compiled one-sample product of this format that adds
+        the bias and applies an epilogue in the same call (nncomp/kernels/sparse_small.py), called as
+        ``kernel(*arrays, x, perm, bias, scale, shift, res, lo, hi, act, alpha, beta, out)``;
+        ``kernels`` is its (serial, parallel) pair and ``work`` what picks between them. None where
+        the format has none (the layer then runs :meth:`prepare`'s product and the bias and epilogue
+        kernel)."""
+        return None
+
     def to_arrays(self):
         """``(arrays, attrs)``: the numeric arrays and the small JSON-able attributes to store."""
         raise NotImplementedError

@@ -172,6 +172,13 @@ class CodebookMatrix(Matrix):
             _jit.pick((K.codebook_matmul8, K.codebook_matmul8_parallel), work)(self.codes, x, self.codebook, out)
         return out
 
+    def single_sample_kernel(self):
+        if not vpermps.HAVE_AVX512 or (self.bits > 4 and self.codebook.size > 32):
+            return None
+        work = self.shape[0] * self.codes.shape[1] * (2 if self.bits <= 4 else 1)
+        return ((self.codes, self._cb, self.bits > 4),
+                (vpermps.codebook_gemv_epilogue, vpermps.codebook_gemv_epilogue_parallel), work)
+
     def describe(self):
         return f"codebook {self.bits}-bit ({self.codebook.size} values)"
 

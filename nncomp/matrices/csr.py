@@ -19,6 +19,7 @@ from ..coding.index import index_dtype
 from ..errors import CompressionParameterError
 from ..kernels import _jit
 from ..kernels import csr as kernels
+from ..kernels import sparse_small
 from .base import Matrix, expect, register_format
 from .dense import DenseMatrix
 
@@ -151,6 +152,10 @@ class CSRMatrix(Matrix):
         kern = _jit.pick((kernels.csr_matmul, kernels.csr_matmul_parallel), work)
         kern(self.data, self.indices, self.indptr, x, out)
         return out
+
+    def single_sample_kernel(self):
+        return ((self.data, self.indices, self.indptr),
+                (sparse_small.csr_gemv_epilogue, sparse_small.csr_gemv_epilogue_parallel), self.nnz + self.shape[0])
 
     def to_dense(self):
         w = np.zeros(self.shape, np.float32)

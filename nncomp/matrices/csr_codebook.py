@@ -18,6 +18,8 @@ from ..coding.index import choose_index_bits, gaps_of, index_dtype, positions_of
 from ..errors import CompressionParameterError, CorruptModelFileError
 from ..kernels import _jit
 from ..kernels import codebook as K
+from ..kernels import csr
+from ..kernels import sparse_small
 from .base import Matrix, expect, register_format
 
 
@@ -146,10 +148,14 @@ class CSRCodebookMatrix(Matrix):
             kern = _jit.pick((K.csr_codebook_matvec, K.csr_codebook_matvec_parallel), work)
             kern(self.codes, self.indices, self.indptr, self.codebook, x[0], out[0])
             return out
-        out_t = np.empty((self.shape[0], n), np.float32)
-        kern = _jit.pick((K.csr_codebook_matmul, K.csr_codebook_matmul_parallel), work)
-        kern(self.codes, self.indices, self.indptr, self.codebook, np.ascontiguousarray(x.T), out_t)
-        return np.ascontiguousarray(out_t.T)
+        out = np.empty((n, self.shape[0]), np.float32)       # the CSR kernel, values read through the codebook
+        kern = _jit.pick((csr.csr_matmul, csr.csr_matmul_parallel), work)
+        kern((self.codes, self.codebook), self.indices, self.indptr, x, out)
+        return out
+
+    def single_sample_kernel(self):
+        return (((self.codes, self.codebook), self.indices, self.indptr),
+                (sparse_small.csr_gemv_epilogue, sparse_small.csr_gemv_epilogue_parallel), self.nnz + self.shape[0])
 
     def describe(self):
         return f"csr {1 - self.density:.0%} + codebook {self.bits}-bit ({self.codebook.size} values)"
