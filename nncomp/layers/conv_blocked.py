@@ -28,13 +28,14 @@ SERIAL_FACTOR = 8     # the kernels go parallel at 8x _jit.PARALLEL_MIN_WORK mul
 # padded to 16 in its products: 9x9x5->20 ran 0.4-0.6x the blocked kernel's speed) and a transformed
 # weight (16/9 of the layer's) up to WINOGRAD_MAX_WEIGHT_BYTES. Measured at 2 threads (Zen 4, the
 # conv_algos suite): 16-64-channel layers of 7x7-28x28 1.0-2.7x the blocked kernel's speed at batch
-# 1 and 32, VGG-16's conv3_2 2.1-2.3x, conv4_2 1.4-1.7x (BLAS, blocked). A weight above
+# 1 and 32, VGG-16's conv3_2 2.1-2.4x, conv4_2 at batch 32 1.4-1.5x (BLAS). A weight above
 # BLOCKED_MAX_WEIGHT_BYTES streams from L3 or DRAM on every call, 16/9 as many bytes as the other
-# algorithms read: there it needs WINOGRAD_MIN_PIXELS output pixels per call to pay (conv5_2, 14x14
-# at batch 1: 6.5 ms against 6.0 for im2col; at batch 32 94 against 174).
+# algorithms read: there it needs WINOGRAD_MIN_PIXELS output pixels per call to pay (at batch 1
+# conv5_2, 14x14, ran 6.5-17 ms against 6.0-8.9 for im2col, conv4_2, 28x28, 13.4-33.2 against
+# 22.3-28.7 as the host's memory bandwidth varied; at batch 32 both 1.5-1.9x faster).
 WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MAX_WEIGHT_BYTES = 32 << 20
-WINOGRAD_MIN_PIXELS = 512
+WINOGRAD_MIN_PIXELS = 1024
 _NONE = np.zeros(0, np.float32)
 
 
