@@ -284,6 +284,9 @@ def _winograd(xp, wt, bias, scale, shift, affine, res, add, lo, hi, act, alpha, 
         max-pool with stride 2 (floor mode) of the convolution's output (then without an epilogue:
         affine, add and act off, lo and hi infinite).
     OUT out (n, oh, ow, co) float32 C-contiguous, overwritten; pooled (n, oh // 2, ow // 2, co).
+    Call it once Numba's thread pool is up (``numba.get_num_threads()`` starts it; every step does):
+    a serial build loaded from Numba's cache asks ``numba.get_thread_id()`` of a pool that was
+    never started, and crashes.
     """
     n, co = out.shape[0], out.shape[3]
     oh, ow = xp.shape[1] - 2, xp.shape[2] - 2
