@@ -64,17 +64,21 @@ def winograd_eligible(layer):
     """Whether ``layer`` can run Winograd F(2x2, 3x3): an ungrouped 3x3 convolution with dense
     weights, stride 1, no dilation, at least :data:`WINOGRAD_MIN_CHANNELS` input channels and a
     transformed weight up to :data:`WINOGRAD_MAX_WEIGHT_BYTES`."""
-    cp, cop = (-(-k // 16) * 16 for k in (layer.in_channels, layer.out_channels))
     return (layer.groups == 1 and isinstance(layer.weight, DenseMatrix) and layer.kernel_size == (3, 3)
             and layer.stride == (1, 1) and layer.dilation == (1, 1) and layer.in_channels >= WINOGRAD_MIN_CHANNELS
-            and 4 * 16 * cp * cop <= WINOGRAD_MAX_WEIGHT_BYTES)
+            and _winograd_bytes(layer) <= WINOGRAD_MAX_WEIGHT_BYTES)
+
+
+def _winograd_bytes(layer):
+    """Bytes of the transformed weight: 16 positions x in x out channels, each rounded up to 16."""
+    cp, cop = (-(-k // 16) * 16 for k in (layer.in_channels, layer.out_channels))
+    return 4 * 16 * cp * cop
 
 
 def winograd_pays(layer, n, oh, ow):
     """Whether a Winograd-eligible ``layer`` runs Winograd on ``n`` samples of ``oh x ow`` outputs:
     always with a cache-sized weight, else from :data:`WINOGRAD_MIN_PIXELS` output pixels a call."""
-    cp, cop = (-(-k // 16) * 16 for k in (layer.in_channels, layer.out_channels))
-    return 4 * 16 * cp * cop <= BLOCKED_MAX_WEIGHT_BYTES or n * oh * ow >= WINOGRAD_MIN_PIXELS
+    return _winograd_bytes(layer) <= BLOCKED_MAX_WEIGHT_BYTES or n * oh * ow >= WINOGRAD_MIN_PIXELS
 
 
 def winograd_weights(layer):
@@ -94,10 +98,15 @@ def blocked_weights(layer):
     cop = -(-co // 16) * 16
     w = np.zeros((k, cop), np.float32)
     w[:, :co] = layer.weight.w.T
+    return w, _padded_bias(layer, cop)
+
+
+def _padded_bias(layer, cop):
+    """The layer's bias (zeros for none) zero-padded to ``cop`` outputs."""
     bias = np.zeros(cop, np.float32)
     if layer.bias is not None:
-        bias[:co] = layer.bias
-    return w, bias
+        bias[:layer.out_channels] = layer.bias
+    return bias
 
 
 def _blocked_setup(layer, shape, n, oh, ow, kernels):
@@ -159,9 +168,7 @@ def winograd_step(layer, shape, n, oh, ow, epilogue=None, pool=0):
     pmax = product_pixels(nvec)
     wt = winograd_weights(layer)
     co, cop, cp = layer.out_channels, wt.shape[1], wt.shape[0] // 16
-    bias = np.zeros(cop, np.float32)
-    if layer.bias is not None:
-        bias[:co] = layer.bias
+    bias = _padded_bias(layer, cop)
     wt3 = wt.reshape(16, cp, cop)
     scale, shift, affine, add, lo, hi, code, alpha, beta = _epilogue_vectors(epilogue, co, cop)
     threads = numba.get_num_threads()
