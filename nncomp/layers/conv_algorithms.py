@@ -21,9 +21,10 @@
   single-threaded development run; no committed table).
 - **winograd**: Winograd F(2x2, 3x3) (nncomp/kernels/conv_winograd.py) for dense 3x3 stride-1
   layers of at least 16 input channels: 16 multiplies per 2x2 outputs and channel pair instead of
-  36, the products run by tiles like the blocked kernel's; 1.0-2.7x the speed of the next best
-  algorithm from LeNet-sized layers to VGG-16's conv3_2 and conv4_2 at batch 1 and 32 (Zen 4;
-  bench/results/amd-epyc-zen4/conv_algos.md; the rule in nncomp/layers/conv_blocked.py).
+  36, the products run by tiles like the blocked kernel's. In bench/results/amd-epyc-zen4/conv_algos.md
+  (Zen 4): 32-64-channel layers 1.1-2.4x the speed of the next best algorithm, VGG-16's conv3_2
+  2.1-2.4x, but 28x28 16->16 0.83-0.96x the blocked kernel's (transform-bound; still chosen: the
+  rule in nncomp/layers/conv_blocked.py).
 - **depthwise**: a direct kernel over one input channel per group (any channel multiplier).
 - **im2col** (everything else: strides, groups, compressed weights): the patch matrix, built in
   bounded chunks of output lines, times the weight in whatever format it is stored. With dense

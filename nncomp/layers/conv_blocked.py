@@ -27,8 +27,9 @@ SERIAL_FACTOR = 8     # the kernels go parallel at 8x _jit.PARALLEL_MIN_WORK mul
 # Winograd F(2x2, 3x3) serves 3x3 stride-1 layers with at least this many input channels (fewer are
 # padded to 16 in its products: 9x9x5->20 ran 0.4-0.6x the blocked kernel's speed) and a transformed
 # weight (16/9 of the layer's) up to WINOGRAD_MAX_WEIGHT_BYTES. Measured at 2 threads (Zen 4, the
-# conv_algos suite): 16-64-channel layers of 7x7-28x28 1.0-2.7x the blocked kernel's speed at batch
-# 1 and 32, VGG-16's conv3_2 2.1-2.4x, conv4_2 at batch 32 1.4-1.5x (BLAS). A weight above
+# conv_algos suite): 32-64-channel layers of 7x7-28x28 1.1-2.4x the blocked kernel's speed at batch
+# 1 and 32 (16->16 at 28x28 0.83-0.96x: transform-bound, kept for simplicity; whole shipped CNNs
+# gained in development A/Bs), VGG-16's conv3_2 2.1-2.4x, conv4_2 at batch 32 0.97-1.5x (BLAS). A weight above
 # BLOCKED_MAX_WEIGHT_BYTES streams from L3 or DRAM on every call, 16/9 as many bytes as the other
 # algorithms read: there it needs WINOGRAD_MIN_PIXELS output pixels per call to pay (at batch 1
 # conv5_2, 14x14, ran 6.5-17 ms against 6.0-8.9 for im2col, conv4_2, 28x28, 13.4-33.2 against
