@@ -250,7 +250,26 @@ def resize_case(draw):
 
 @given(case=resize_case(), seed=st.integers(0, 2**31))
 def test_resize_matches_onnxruntime(case, seed):
-    mode, coord, nearest, shape, size, scale = case
+    _check_resize(*case, seed)
+
+
+@pytest.mark.parametrize("case", [
+    ("nearest", "asymmetric", "round_prefer_ceil", (1, 2, 3, 7), (3, 2), None),      # 1 * 7 / 2 is 3.5
+    ("nearest", "asymmetric", "round_prefer_ceil", (1, 1, 7, 7), (16, 8), None),
+    ("nearest", "tf_half_pixel_for_nn", "round_prefer_floor", (1, 1, 2, 7), (2, 19), None),  # 9.5 * 7 / 19
+    ("nearest", "tf_half_pixel_for_nn", "round_prefer_ceil", (1, 1, 7, 7), (1, 1), None),
+    ("nearest", "half_pixel", "floor", (1, 2, 1, 2), None, (1.0, 1.3)),   # 1x2 stays 1x2: a copy
+    ("nearest", "tf_half_pixel_for_nn", "ceil", (2, 1, 3, 3), None, (1.0, 1.3)),
+    ("linear", "half_pixel", "floor", (1, 2, 6, 10), None, (1.1, 1.0)),
+    ("linear", "asymmetric", "floor", (1, 1, 2, 7), (2, 2), None),       # linear keeps the float32 scale
+])
+def test_resize_ties_and_copies_as_onnxruntime(case):
+    """Cases the float32 scale alone gets wrong: exact halves from given sizes (nearest) and an
+    output the size of its input (a copy, whatever the scale)."""
+    _check_resize(*case, seed=3)
+
+
+def _check_resize(mode, coord, nearest, shape, size, scale, seed):
     if mode == "linear" and coord == "tf_half_pixel_for_nn":
         coord = "half_pixel"            # ONNX Runtime refuses it outside nearest mode
     x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)

@@ -2,8 +2,9 @@
 
 The per-axis source coordinates are computed once per shape, in float32 and in the operation order
 of ONNX Runtime's CPU kernel (``(x + 0.5) / scale - 0.5`` and so on; the scale is ``out / in`` when
-sizes are given), so a coordinate that lands exactly between two pixels rounds as it does there.
-The kernels (nncomp/kernels/resize.py) then only gather through those tables.
+sizes are given), so a coordinate that lands exactly between two pixels rounds as it does there;
+two rules of that kernel beyond ONNX's formulas are kept too (an output the input's size is a copy;
+nearest asymmetric/tf_half_pixel_for_nn from given sizes rounds the exact coordinate). The kernels (nncomp/kernels/resize.py) then only gather through those tables.
 """
 import math
 from dataclasses import dataclass
@@ -37,6 +38,19 @@ def source_coordinates(n_out, n_in, scale, coordinate_mode):
     if n_out == 1:                                            # align_corners
         return np.zeros(1, _F)
     return xr * _F(n_in - 1) / _F(n_out - 1)
+
+
+def size_coordinates(n_out, n_in, coordinate_mode):
+    """Float32 source coordinates for a *given output size* in nearest mode, asymmetric or
+    tf_half_pixel_for_nn: the exact ``x * n_in / n_out`` (or ``(x + 0.5) * n_in / n_out``) rounded
+    once to float32, as ONNX Runtime's nearest kernel picks pixels (measured on 1.32 over all sizes
+    1-12 -> 1-29: a coordinate that is exactly a half rounds by ``nearest_mode``, where dividing by
+    the float32 scale ``n_out / n_in`` would land one ulp off). Other modes keep
+    :func:`source_coordinates`, which that kernel follows."""
+    num = np.arange(n_out, dtype=np.float64) * n_in          # exact integers
+    if coordinate_mode == "tf_half_pixel_for_nn":
+        num = num + 0.5 * n_in
+    return (num / n_out).astype(_F)
 
 
 def nearest_indices(coords, n_in, nearest_mode):
@@ -130,22 +144,37 @@ class Resize(Layer):
         return (oh, ow, c)
 
     def tables(self, h, w):
-        """The kernel's per-axis arguments for an ``h x w`` input."""
+        """The kernel's per-axis arguments for an ``h x w`` input.
+
+        An output the size of the input is the input itself, whatever the scales (ONNX Runtime
+        copies it; a 2 x 2 map by scale 1.3 stays 2 x 2 and is not resampled): the nearest
+        kernel's tables then gather every pixel in place, in either mode."""
+        (oh, ow), (sh, sw) = self._geometry(h, w)
+        if (oh, ow) == (h, w):
+            return np.arange(h, dtype=np.int64), np.arange(w, dtype=np.int64)
+        exact = self.mode == "nearest" and self.size is not None and \
+            self.coordinate_mode in ("asymmetric", "tf_half_pixel_for_nn")
+
         def axis(n_out, n_in, s):
-            coords = source_coordinates(n_out, n_in, s, self.coordinate_mode) if s != 1 else np.arange(n_out, dtype=_F)
+            if s == 1:
+                coords = np.arange(n_out, dtype=_F)
+            elif exact:
+                coords = size_coordinates(n_out, n_in, self.coordinate_mode)
+            else:
+                coords = source_coordinates(n_out, n_in, s, self.coordinate_mode)
             if self.mode == "nearest":
                 return (nearest_indices(coords, n_in, self.nearest_mode),)
             return linear_taps(coords, n_in)
-        (oh, ow), (sh, sw) = self._geometry(h, w)
         return axis(oh, h, sh) + axis(ow, w, sw)
 
     def prepare(self, n, shape):
         h, w, c = shape
         oh, ow, _ = self.shape_of(shape)
         args = self.tables(h, w)
-        kernels = ((resize_nearest_nhwc, resize_nearest_nhwc_parallel) if self.mode == "nearest"
+        gather = self.mode == "nearest" or (oh, ow) == (h, w)
+        kernels = ((resize_nearest_nhwc, resize_nearest_nhwc_parallel) if gather
                    else (resize_linear_nhwc, resize_linear_nhwc_parallel))
-        kern = _jit.pick(kernels, n * oh * ow * c * (1 if self.mode == "nearest" else 4))
+        kern = _jit.pick(kernels, n * oh * ow * c * (1 if gather else 4))
 
         def step(x):
             out = np.empty((x.shape[0], oh, ow, c), np.float32)
