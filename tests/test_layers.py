@@ -8,6 +8,7 @@ from conftest import assert_close_f32
 import nncomp as nc
 from nncomp.layers import conv_algorithms as convolution
 from nncomp import layers as L
+from nncomp.matrices.int8 import Int8Matrix
 
 
 def torch_to_matrix(w):
@@ -96,7 +97,9 @@ def test_conv_algorithm_choice_and_refusal():
     sparse = nc.Conv2D(nc.prune(nc.Model([nc.model.Node("c", first)], input_shape=(1, 28, 28),
                                          input_layout="NCHW"), sparsity=0.5).nodes[0].layer.weight,
                        in_channels=1, kernel_size=5)
-    assert sparse.algorithms == ("im2col",)         # compressed weights: their own product
+    assert sparse.algorithms == ("blocked", "im2col")    # compressed weights: decoded per call, or their product
+    quantized = nc.Conv2D(Int8Matrix.from_float(np.ones((20, 25), np.float32)), in_channels=1, kernel_size=5)
+    assert quantized.algorithms == ("im2col",)      # int8 activations: the integer product
     strided = nc.Conv2D(np.zeros((8, 144), np.float32), in_channels=16, kernel_size=3, stride=2)
     assert strided.algorithms == ("blocked", "im2col")
     # 3x3 stride 1 over 16+ channels: Winograd F(2x2, 3x3) first; fewer channels keep the blocked kernel

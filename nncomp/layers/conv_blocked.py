@@ -14,6 +14,7 @@ from ..kernels.conv_blocked import (conv_blocked_nhwc, conv_blocked_nhwc_paralle
 from ..kernels import conv_chain as K
 from ..kernels.conv_winograd import (chunk_rows, product_pixels, winograd_nhwc, winograd_nhwc_parallel, winograd_weight,
                                      work_sizes)
+from ..kernels.decode import decode_winograd_t, decode_winograd_t_parallel
 from ..matrices import DenseMatrix
 from .workspace import scratch
 
@@ -37,6 +38,11 @@ SERIAL_FACTOR = 8     # the kernels go parallel at 8x _jit.PARALLEL_MIN_WORK mul
 WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MAX_WEIGHT_BYTES = 32 << 20
 WINOGRAD_MIN_PIXELS = 1024
+# A compressed weight runs Winograd on maps of at least this many output pixels per sample: its
+# filter transform (~100 flops per channel pair, every call) then costs a few percent of the
+# products. Per sample, not per call, so that a model computes the same bits whichever way its run
+# mode splits the batch.
+WINOGRAD_DECODED_MIN_PIXELS = 400
 _NONE = np.zeros(0, np.float32)
 
 
@@ -51,23 +57,27 @@ class ChainStep:
 
 
 def blocked_eligible(layer):
-    """Whether ``layer`` may run the blocked kernels (it then keeps its padded transposed weight):
-    dense ungrouped weights up to :data:`BLOCKED_MAX_WEIGHT_BYTES`, or a depthwise layer without a
-    channel multiplier."""
+    """Whether ``layer`` may run the blocked kernels: ungrouped weights up to
+    :data:`BLOCKED_MAX_WEIGHT_BYTES` as float32, dense (the layer then keeps its padded transposed
+    weight) or in a format with a decoder (codebook, CSR, CSR + codebook, int8 with float
+    activations: decoded into a work buffer on every call, :func:`blocked_weight_source`), or a
+    depthwise layer without a channel multiplier."""
     cop = -(-layer.out_channels // 16) * 16
     if layer.depthwise:
         return layer.out_channels == layer.in_channels
-    return (layer.groups == 1 and isinstance(layer.weight, DenseMatrix)
+    return (layer.groups == 1 and (isinstance(layer.weight, DenseMatrix) or layer.weight.decoder() is not None)
             and 4 * layer.weight.n_in * cop <= BLOCKED_MAX_WEIGHT_BYTES)
 
 
 def winograd_eligible(layer):
-    """Whether ``layer`` can run Winograd F(2x2, 3x3): an ungrouped 3x3 convolution with dense
-    weights, stride 1, no dilation, at least :data:`WINOGRAD_MIN_CHANNELS` input channels and a
-    transformed weight up to :data:`WINOGRAD_MAX_WEIGHT_BYTES`."""
-    return (layer.groups == 1 and isinstance(layer.weight, DenseMatrix) and layer.kernel_size == (3, 3)
-            and layer.stride == (1, 1) and layer.dilation == (1, 1) and layer.in_channels >= WINOGRAD_MIN_CHANNELS
-            and _winograd_bytes(layer) <= WINOGRAD_MAX_WEIGHT_BYTES)
+    """Whether ``layer`` can run Winograd F(2x2, 3x3): an ungrouped 3x3 convolution, stride 1, no
+    dilation, at least :data:`WINOGRAD_MIN_CHANNELS` input channels and a transformed weight up to
+    :data:`WINOGRAD_MAX_WEIGHT_BYTES`, its weight dense or decodable as for the blocked kernel
+    (then decoded and transformed on every call: :func:`winograd_pays`)."""
+    dense = isinstance(layer.weight, DenseMatrix)
+    return (layer.groups == 1 and layer.kernel_size == (3, 3) and layer.stride == (1, 1) and layer.dilation == (1, 1)
+            and layer.in_channels >= WINOGRAD_MIN_CHANNELS and _winograd_bytes(layer) <= WINOGRAD_MAX_WEIGHT_BYTES
+            and (dense or blocked_eligible(layer)))
 
 
 def _winograd_bytes(layer):
@@ -78,13 +88,20 @@ def _winograd_bytes(layer):
 
 def winograd_pays(layer, n, oh, ow):
     """Whether a Winograd-eligible ``layer`` runs Winograd on ``n`` samples of ``oh x ow`` outputs:
-    always with a cache-sized weight, else from :data:`WINOGRAD_MIN_PIXELS` output pixels a call."""
+    always with a cache-sized dense weight, else from :data:`WINOGRAD_MIN_PIXELS` output pixels a
+    call; a compressed weight from :data:`WINOGRAD_DECODED_MIN_PIXELS` a sample."""
+    if not isinstance(layer.weight, DenseMatrix):
+        return oh * ow >= WINOGRAD_DECODED_MIN_PIXELS
     return _winograd_bytes(layer) <= BLOCKED_MAX_WEIGHT_BYTES or n * oh * ow >= WINOGRAD_MIN_PIXELS
 
 
 def winograd_weights(layer):
     """The Winograd kernel's weight, ``(16 * cp, cop)`` (nncomp.kernels.conv_winograd.winograd_weight
-    as rows, which the compiled runs take); computed on first use and kept by the layer."""
+    as rows, which the compiled runs take); computed on first use and kept by the layer (None for a
+    compressed weight: :func:`winograd_weight_source`)."""
+    if not isinstance(layer.weight, DenseMatrix):
+        return None
+
     def make():
         c, co = layer.in_channels, layer.out_channels
         wt = winograd_weight(layer.weight.w.reshape(co, 3, 3, c).transpose(0, 3, 1, 2))
@@ -92,14 +109,54 @@ def winograd_weights(layer):
     return layer.memo("winograd_weight", make)
 
 
+def winograd_weight_source(layer):
+    """``get()`` -> the Winograd kernel's ``(16, cp, cop)`` weight: the one the layer keeps, or its
+    compressed weight decoded and transformed (nncomp/kernels/decode.py) into work buffers, on
+    every call."""
+    wt = winograd_weights(layer)
+    cp, cop = (-(-k // 16) * 16 for k in (layer.in_channels, layer.out_channels))
+    if wt is not None:
+        wt3 = wt.reshape(16, cp, cop)
+        return lambda: wt3
+    decoded = blocked_weight_source(layer)
+    kern = _jit.pick((decode_winograd_t, decode_winograd_t_parallel), 16 * cp * cop // SERIAL_FACTOR)
+
+    def get():
+        out = scratch("winograd_decoded", (16, cp, cop))
+        kern(decoded(), layer.in_channels, out)
+        return out
+    return get
+
+
 def blocked_weights(layer):
     """``(w, bias)`` in the blocked kernel's layout: ``(k, cop)`` and ``(cop,)``, zero-padded to
-    ``cop``, the output channels rounded up to 16."""
+    ``cop``, the output channels rounded up to 16; ``w`` None for a compressed weight (decoded call
+    by call)."""
     co, k = layer.out_channels, layer.weight.n_in
     cop = -(-co // 16) * 16
+    if not isinstance(layer.weight, DenseMatrix):
+        return None, _padded_bias(layer, cop)
     w = np.zeros((k, cop), np.float32)
     w[:, :co] = layer.weight.w.T
     return w, _padded_bias(layer, cop)
+
+
+def blocked_weight_source(layer):
+    """``get()`` -> the blocked kernel's ``(k, cop)`` weight: the dense one the layer keeps, or its
+    compressed weight decoded (nncomp/kernels/decode.py) into a per-thread work buffer, on every
+    call: between calls the model holds only the compressed arrays."""
+    w, bias = layer.weight_b
+    if w is not None:
+        return lambda: w
+    (serial, parallel), args = layer.weight.decoder()
+    shape = (layer.weight.n_in, bias.shape[0])
+    kern = _jit.pick((serial, parallel), shape[0] * shape[1] // SERIAL_FACTOR)
+
+    def get():
+        out = scratch("decoded_weight", shape)
+        kern(*args, out)
+        return out
+    return get
 
 
 def _padded_bias(layer, cop):
@@ -168,9 +225,10 @@ def winograd_step(layer, shape, n, oh, ow, epilogue=None, pool=0):
     padded, kern, nvec, _, geo = _blocked_setup(layer, shape, n, oh, ow, (winograd_nhwc, winograd_nhwc_parallel))
     pmax = product_pixels(nvec)
     wt = winograd_weights(layer)
-    co, cop, cp = layer.out_channels, wt.shape[1], wt.shape[0] // 16
+    weight = winograd_weight_source(layer)
+    co = layer.out_channels
+    cp, cop = (-(-k // 16) * 16 for k in (layer.in_channels, co))
     bias = _padded_bias(layer, cop)
-    wt3 = wt.reshape(16, cp, cop)
     scale, shift, affine, add, lo, hi, code, alpha, beta = _epilogue_vectors(epilogue, co, cop)
     threads = numba.get_num_threads()
     rows = chunk_rows(oh, ow, n, threads if kern is winograd_nhwc_parallel else 1)
@@ -180,12 +238,13 @@ def winograd_step(layer, shape, n, oh, ow, epilogue=None, pool=0):
     def run(x, res=None):
         out = np.empty(shape_out, np.float32)
         res = out if res is None else np.ascontiguousarray(res)
-        kern(padded(x), wt3, bias, scale, shift, affine, res, add, lo, hi, code, alpha, beta, nvec, pmax, rows,
+        kern(padded(x), weight(), bias, scale, shift, affine, res, add, lo, hi, code, alpha, beta, nvec, pmax, rows,
              scratch("winograd_u", (threads, us)), scratch("winograd_m", (threads, ms)), pool, out)
         return out
-    run.chain = _chain_spec(layer, kern, winograd_nhwc_parallel, padded, wt, (bias, scale, shift, _NONE, _NONE),
-                            nvec, pmax, geo, (oh, ow, co), AFFINE=affine, ADD=add, ACT=code, lo=lo, hi=hi,
-                            alpha=alpha, beta=beta, POOL=pool, THREADS=threads, WINOGRAD=1, CHUNK=rows)
+    if wt is not None:
+        run.chain = _chain_spec(layer, kern, winograd_nhwc_parallel, padded, wt, (bias, scale, shift, _NONE, _NONE),
+                                nvec, pmax, geo, (oh, ow, co), AFFINE=affine, ADD=add, ACT=code, lo=lo, hi=hi,
+                                alpha=alpha, beta=beta, POOL=pool, THREADS=threads, WINOGRAD=1, CHUNK=rows)
     run.blas = False
     return run
 
@@ -198,15 +257,17 @@ def blocked_step(layer, shape, n, oh, ow, epilogue=None):
                else (conv_blocked_nhwc, conv_blocked_nhwc_parallel))
     padded, kern, nvec, pmax, geo = _blocked_setup(layer, shape, n, oh, ow, kernels)
     w, bias = layer.weight_b
-    co, cop = layer.out_channels, w.shape[1]
+    weight = blocked_weight_source(layer)
+    co, cop = layer.out_channels, bias.shape[0]
     scale, shift, affine, add, lo, hi, code, alpha, beta = _epilogue_vectors(epilogue, co, cop)
 
     def run(x, res=None):
         out = np.empty((n, oh, ow, co), np.float32)
         res = out if res is None else np.ascontiguousarray(res)
-        kern(padded(x), w, bias, *geo, nvec, pmax, scale, shift, affine, res, add, lo, hi, code, alpha, beta, out)
+        kern(padded(x), weight(), bias, *geo, nvec, pmax, scale, shift, affine, res, add, lo, hi, code, alpha, beta,
+             out)
         return out
-    if not layer.depthwise:
+    if not layer.depthwise and w is not None:       # compiled runs take fixed weights
         run.chain = _chain_spec(layer, kern, conv_blocked_nhwc_parallel, padded, w, (bias, scale, shift, _NONE, _NONE),
                                 nvec, pmax, geo, (oh, ow, co), AFFINE=affine, ADD=add, ACT=code, lo=lo, hi=hi,
                                 alpha=alpha, beta=beta)
@@ -219,15 +280,18 @@ def blocked_pooled_step(layer, shape, n, oh, ow, p):
     kernels = (conv_blocked_pooled_nhwc, conv_blocked_pooled_nhwc_parallel)
     padded, kern, nvec, pmax, geo = _blocked_setup(layer, shape, n, oh, ow, kernels)
     w, bias = layer.weight_b
+    weight = blocked_weight_source(layer)
     co = layer.out_channels
     threads = numba.get_num_threads()
 
     def run(x):
         out = np.empty((n, oh // p, ow // p, co), np.float32)
         lines = scratch("blocked_lines", (threads, p, ow, co))
-        kern(padded(x), w, bias, *geo, nvec, pmax, p, lines, out)
+        kern(padded(x), weight(), bias, *geo, nvec, pmax, p, lines, out)
         return out
-    run.chain = _chain_spec(layer, kern, conv_blocked_pooled_nhwc_parallel, padded, w, (bias, _NONE, _NONE, _NONE, _NONE),
-                            nvec, pmax, geo, (oh, ow, co), POOL=p, THREADS=threads)
+    if w is not None:
+        run.chain = _chain_spec(layer, kern, conv_blocked_pooled_nhwc_parallel, padded, w,
+                                (bias, _NONE, _NONE, _NONE, _NONE), nvec, pmax, geo, (oh, ow, co), POOL=p,
+                                THREADS=threads)
     run.blas = False
     return run

@@ -22,6 +22,14 @@ from .fused import absorb_epilogue
 # layer's kernel 4.1 against 2.9, but as a step (bias, a transposed copy, the BLAS guard) 3 against
 # 5-10 us.
 BLOCKED_MAX_BATCH = 256
+# A codebook weight without a register kernel (over 32 values, or no AVX-512: Matrix
+# single_sample_kernel None) runs the same blocked step at every batch it serves, decoded into a
+# work buffer on every call (Matrix.decoder): LeNet-300 8-bit at batch 4-64 (Zen 4, 2 threads, one
+# process, development runs) 0.09-0.26x -> 0.30-0.72x the dense model's speed. The register kernels
+# (4-5 bits) keep their own product: decoded they were slower below 32 samples (5-bit 0.51-0.66x ->
+# 0.21-0.31x), and the choice may not depend on the batch size, which the run mode splits: a sample's
+# result would change with it. Other formats keep their kernels (CSR computes fewer multiply-adds:
+# decoded it fell from 1.15x to 0.59x).
 # samples per image line at most (a line's pixels are the tiles; lines are the parallel work items;
 # a batch that the lines do not divide is padded with zero samples)
 LINE_MAX = 16
@@ -109,7 +117,8 @@ class Dense(Layer):
         """The step for ``n`` samples as a 1x1 convolution of the blocked kernel (with ``epilogue``
         inside; its residual read as a second input), or None where it does not serve."""
         w = self.weight
-        if not 2 <= n <= BLOCKED_MAX_BATCH or not isinstance(w, DenseMatrix):
+        decodes = w.format == "codebook" and w.single_sample_kernel() is None
+        if not 2 <= n <= BLOCKED_MAX_BATCH or not (isinstance(w, DenseMatrix) or decodes):
             return None
         conv = self.memo("as_conv", lambda: Conv2D(weight=w, bias=self.bias, in_channels=w.n_in))
         if not blocked_eligible(conv):

@@ -72,6 +72,14 @@ class Matrix:
         kernel)."""
         return None
 
+    def decoder(self):
+        """``(kernels, args)``: the compiled decoder (nncomp/kernels/decode.py) that writes this
+        matrix transposed, ``to_dense().T`` zero-padded to ``cop`` columns, into a ``(n_in, cop)``
+        float32 buffer as ``kernel(*args, out)``; ``kernels`` is its (serial, parallel) pair. The
+        blocked convolution decodes a compressed weight this way call by call. None where the
+        format's product is not a float32 product with ``to_dense()`` (int8 activations)."""
+        return None
+
     def to_arrays(self):
         """``(arrays, attrs)``: the numeric arrays and the small JSON-able attributes to store."""
         raise NotImplementedError

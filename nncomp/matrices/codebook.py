@@ -22,6 +22,7 @@ from ..checks import check_number, is_integer
 from ..errors import CompressionParameterError
 from ..kernels import _jit
 from ..kernels import codebook as K
+from ..kernels import decode
 from ..kernels import codebook_vpermps as vpermps
 from .base import Matrix, expect, register_format
 
@@ -178,6 +179,10 @@ class CodebookMatrix(Matrix):
         work = self.shape[0] * self.codes.shape[1] * (2 if self.bits <= 4 else 1)
         return ((self.codes, self._cb, self.bits > 4),
                 (vpermps.codebook_gemv_epilogue, vpermps.codebook_gemv_epilogue_parallel), work)
+
+    def decoder(self):
+        return (decode.decode_codebook_t, decode.decode_codebook_t_parallel), (self.codes, self.codebook, self.bits,
+                                                                             self.shape[0])
 
     def describe(self):
         return f"codebook {self.bits}-bit ({self.codebook.size} values)"

@@ -19,9 +19,12 @@ from ..coding.index import index_dtype
 from ..errors import CompressionParameterError
 from ..kernels import _jit
 from ..kernels import csr as kernels
+from ..kernels import decode
 from ..kernels import sparse_small
 from .base import Matrix, expect, register_format
 from .dense import DenseMatrix
+
+_NO_CODES = np.zeros(0, np.uint8)      # the sparse decoder's "values are the weights"
 
 # Above this density (fraction of nonzeros) pruning keeps dense storage. At batch 1 CSR pays ~3-4x
 # more per stored weight than dense (a gathered 6-byte nonzero against a streamed 4-byte weight);
@@ -177,6 +180,10 @@ class CSRMatrix(Matrix):
         bad = csr_problems(arrays["data"], arrays["indices"], arrays["indptr"], tuple(shape))
         expect(not bad, path, obj, "; ".join(bad))
         return cls(arrays["data"], arrays["indices"], arrays["indptr"], tuple(shape))
+
+    def decoder(self):
+        return ((decode.decode_sparse_t, decode.decode_sparse_t_parallel),
+                (self.data, _NO_CODES, self.indices, self.indptr))
 
     def describe(self):
         return f"csr {1 - self.density:.0%} ({self.indices.dtype.name})"

@@ -19,6 +19,7 @@ from ..errors import CompressionParameterError, CorruptModelFileError
 from ..kernels import _jit
 from ..kernels import codebook as K
 from ..kernels import csr
+from ..kernels import decode
 from ..kernels import sparse_small
 from .base import Matrix, expect, register_format
 
@@ -156,6 +157,10 @@ class CSRCodebookMatrix(Matrix):
     def single_sample_kernel(self):
         return (((self.codes, self.codebook), self.indices, self.indptr),
                 (sparse_small.csr_gemv_epilogue, sparse_small.csr_gemv_epilogue_parallel), self.nnz + self.shape[0])
+
+    def decoder(self):
+        return ((decode.decode_sparse_t, decode.decode_sparse_t_parallel),
+                (self.codebook, self.codes, self.indices, self.indptr))
 
     def describe(self):
         return f"csr {1 - self.density:.0%} + codebook {self.bits}-bit ({self.codebook.size} values)"

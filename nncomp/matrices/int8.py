@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import CompressionParameterError, InputError
 from ..kernels import _jit
+from ..kernels import decode
 from ..kernels import int8 as quant
 from ..kernels import int8_vnni as vnni
 from .base import Matrix, expect, register_format
@@ -294,6 +295,11 @@ class Int8Matrix(Matrix):
         elementwise((quant.int8_dequantize, quant.int8_dequantize_parallel), n * n_out)(
             acc, z, self._colsum, np.float32(sx), self.scale, out)
         return out
+
+    def decoder(self):
+        if self.activations != "float":
+            return None
+        return (decode.decode_int8_t, decode.decode_int8_t_parallel), (self.packed, self.scale)
 
     def describe(self):
         act = {"float": "w8 float-act", "dynamic": f"w8a8 dynamic {self.act_dtype}",
