@@ -27,6 +27,21 @@ def im2col_nhwc(x, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, r0, r1):
     return np.array(rows).reshape(len(rows), kh * kw * c)
 
 
+def im2col_u8_nhwc(x, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, r0, r1, fill, kp):
+    """``im2col_nhwc`` of uint8 codes padded with ``fill``, rows widened to ``kp`` with ``fill``
+    (``kp`` in place of the kernel's ``out``)."""
+    n, h, w, c = x.shape
+    big = max(kh * dh + oh_n * sh, kw * dw + ow_n * sw) + 1
+    xp = _pad_nhwc(x.astype(np.int64), ph, big, pw, big, value=fill)
+    rows = []
+    for r in range(r0, r1):
+        b, oh = divmod(r, oh_n)
+        for ow in range(ow_n):
+            patch = xp[b, oh * sh: oh * sh + dh * (kh - 1) + 1: dh, ow * sw: ow * sw + dw * (kw - 1) + 1: dw, :]
+            rows.append(np.concatenate([patch.reshape(-1), np.full(kp - kh * kw * c, fill)]))
+    return np.array(rows, np.int64).reshape(len(rows), kp).astype(np.uint8)
+
+
 def conv2d_nhwc(x, w, bias, stride, padding, dilation, groups):
     """Direct convolution; w (c_out, c_in/groups, kh, kw) in PyTorch layout, padding (t, b, l, r)."""
     n, h, wd, c = x.shape

@@ -47,6 +47,21 @@ def test_im2col_nhwc_matches_reference(kernel, g):
     assert np.array_equal(out, expect.astype(np.float32))
 
 
+@pytest.mark.parametrize("kernel", [conv.im2col_u8_nhwc, conv.im2col_u8_nhwc_parallel])
+@given(g=geometry(), fill=st.integers(0, 255), extra=st.integers(0, 5))
+def test_im2col_u8_nhwc_matches_reference(kernel, g, fill, extra):
+    """Codes, padding and the widened columns all ``fill``: every byte written."""
+    x, (kh, kw, sh, sw, ph, pw, dh, dw), (oh, ow), rng, _ = g
+    xu = rng.integers(0, 256, x.shape).astype(np.uint8)
+    lines = x.shape[0] * oh
+    r0 = int(rng.integers(0, lines))
+    r1 = int(rng.integers(r0 + 1, lines + 1))
+    kp = kh * kw * x.shape[3] + extra
+    out = np.full(((r1 - r0) * ow, kp), 255 - fill, np.uint8)
+    kernel(xu, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, r0, r1, fill, out)
+    assert np.array_equal(out, ref.im2col_u8_nhwc(xu, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, r0, r1, fill, kp))
+
+
 @pytest.mark.parametrize("kernel", [conv.depthwise_conv_nhwc, conv.depthwise_conv_nhwc_parallel])
 @given(g=geometry(), mult=st.integers(1, 3))
 def test_depthwise_conv_nhwc_matches_reference(kernel, g, mult):

@@ -2,7 +2,7 @@
 import numba
 import numpy as np
 import pytest
-from hypothesis import example, given, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import nncomp as nc
 import reference as ref
@@ -423,3 +423,23 @@ def test_calibrated_ranges():
     assert -1 <= lo < -0.99 and 0.99 < hi < 40
     lo, hi = calibrated_range(v, "mse")
     assert -1 <= lo and hi < 40      # clipping the lone outlier costs less than coarse steps
+
+
+@settings(max_examples=25, deadline=None)
+@given(c=st.integers(1, 12), co=st.integers(1, 20), k=st.sampled_from([1, 3]), stride=st.integers(1, 2),
+       pad=st.integers(0, 1), act_dtype=st.sampled_from(["uint8", "int8"]), seed=st.integers(0, 2 ** 31))
+def test_int8_convolutions_quantize_the_image_once_to_the_same_bits(c, co, k, stride, pad, act_dtype, seed):
+    """Static activations (dynamic ones keep float patches, whose range a strided window may not
+    span): patches of the quantized image are the quantized patches (the padding is the zero point), so
+    the int8 conv's product equals quantizing the float patch matrix, to the bit."""
+    from nncomp.layers import conv_algorithms as A
+    from nncomp.matrices.int8 import Int8Matrix
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 7, 6, c)).astype(np.float32)
+    w = Int8Matrix.from_float(rng.standard_normal((co, k * k * c)).astype(np.float32), act_dtype=act_dtype,
+                              activations="static", act_range=(-2.0, 3.0))
+    conv = nc.Conv2D(w, in_channels=c, kernel_size=k, stride=stride, padding=pad)
+    oh, ow, _ = conv.shape_of(x.shape[1:])
+    want = A.patch_product(x, conv.window, oh, ow, w.apply)
+    assert np.array_equal(A.int8_patch_product(x, conv.window, oh, ow, w), want)
+    assert np.array_equal(A.forward(conv, x).reshape(want.shape), want)

@@ -5,7 +5,43 @@ Patches are laid out ``(kh, kw, c)``: the column order of every conv weight matr
 import numpy as np
 from numba import prange
 
-from ._jit import both
+from ._jit import both, jit
+
+
+@jit
+def _patch_line(x, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, r, fill, out, row0):
+    """The patch rows of output line ``r`` (of n*oh_n) into rows ``row0..`` of ``out``: padded
+    positions and the columns past ``kh*kw*c`` get ``fill``. Generic over the dtype of ``x``/``out``."""
+    n, h, w, c = x.shape
+    span = kw * c
+    flat = x.reshape(n, h, w * c)
+    b = r // oh_n
+    oh = r - b * oh_n
+    for ow in range(ow_n):
+        row = out[row0 + ow]
+        iw0 = ow * sw - pw
+        whole = dw == 1 and iw0 >= 0 and iw0 + kw <= w
+        for i in range(kh):
+            ih = oh * sh - ph + i * dh
+            dst = row[i * span:(i + 1) * span]
+            if ih < 0 or ih >= h:
+                dst[:] = fill
+            elif whole:         # the kw taps of this line are kw*c contiguous input values
+                src = flat[b, ih, iw0 * c:iw0 * c + span]
+                for q in range(span):
+                    dst[q] = src[q]
+            else:
+                for j in range(kw):
+                    iw = iw0 + j * dw
+                    part = dst[j * c:(j + 1) * c]
+                    if 0 <= iw < w:
+                        src = x[b, ih, iw]
+                        for k in range(c):
+                            part[k] = src[k]
+                    else:
+                        part[:] = fill
+        for q in range(kh * span, row.shape[0]):
+            row[q] = fill
 
 
 def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, r0, r1, out):
@@ -16,39 +52,25 @@ def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, r0, r1, out):
         n*oh_n (image-major), so that a caller can fill a bounded buffer chunk by chunk.
     OUT out ((r1-r0)*ow_n, kh*kw*c) float32; padded positions are zero.
     """
-    n, h, w, c = x.shape
-    span = kw * c
-    flat = x.reshape(n, h, w * c)
     for rr in prange(r1 - r0):
-        r = r0 + rr
-        b = r // oh_n
-        oh = r - b * oh_n
-        for ow in range(ow_n):
-            row = out[rr * ow_n + ow]
-            iw0 = ow * sw - pw
-            whole = dw == 1 and iw0 >= 0 and iw0 + kw <= w
-            for i in range(kh):
-                ih = oh * sh - ph + i * dh
-                dst = row[i * span:(i + 1) * span]
-                if ih < 0 or ih >= h:
-                    dst[:] = 0.0
-                elif whole:         # the kw taps of this line are kw*c contiguous input values
-                    src = flat[b, ih, iw0 * c:iw0 * c + span]
-                    for q in range(span):
-                        dst[q] = src[q]
-                else:
-                    for j in range(kw):
-                        iw = iw0 + j * dw
-                        part = dst[j * c:(j + 1) * c]
-                        if 0 <= iw < w:
-                            src = x[b, ih, iw]
-                            for k in range(c):
-                                part[k] = src[k]
-                        else:
-                            part[:] = 0.0
+        _patch_line(x, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, r0 + rr, np.float32(0.0), out, rr * ow_n)
 
 
 im2col_nhwc, im2col_nhwc_parallel = both(_im2col)
+
+
+def _im2col_u8(x, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, r0, r1, fill, out):
+    """:func:`_im2col` over uint8 activation codes: padded positions and the columns past
+    ``kh*kw*c`` get ``fill`` (the zero point, the code of 0.0).
+
+    IN  x (n, h, w, c) uint8 C-contiguous; the geometry as ``_im2col``; fill 0..255.
+    OUT out ((r1-r0)*ow_n, kp) uint8, kp >= kh*kw*c.
+    """
+    for rr in prange(r1 - r0):
+        _patch_line(x, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, r0 + rr, np.uint8(fill), out, rr * ow_n)
+
+
+im2col_u8_nhwc, im2col_u8_nhwc_parallel = both(_im2col_u8)
 
 
 def _depthwise(x, wt, bias, mult, kh, kw, sh, sw, ph, pw, dh, dw, out):

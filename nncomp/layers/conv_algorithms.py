@@ -47,9 +47,10 @@ from ..kernels.blas import gemm_nt, matmul_nt
 from ..kernels.conv import (conv_crop_bias_nhwc, conv_crop_bias_nhwc_parallel, conv_direct_nhwc,
                            conv_direct_nhwc_parallel, conv_pad_nhwc, conv_pad_nhwc_parallel,
                            depthwise_conv_nhwc, depthwise_conv_nhwc_parallel, im2col_nhwc,
-                           im2col_nhwc_parallel)
+                           im2col_nhwc_parallel, im2col_u8_nhwc, im2col_u8_nhwc_parallel)
 from ..kernels.conv_gemm import im2col_gemm_nhwc, im2col_gemm_nhwc_parallel
 from ..matrices import DenseMatrix
+from ..matrices.int8 import Int8Matrix
 from .conv_blocked import (blocked_eligible, blocked_pooled_step, blocked_step, winograd_eligible, winograd_pays,
                            winograd_step)
 from .workspace import scratch
@@ -189,7 +190,9 @@ def _im2col(layer, x, window, oh, ow):
     """im2col in chunks, each chunk's patches times the weight in whatever format it is stored."""
     n, c = x.shape[0], x.shape[3]
     co = layer.out_channels
-    if layer.groups == 1:
+    if layer.groups == 1 and isinstance(layer.weight, Int8Matrix) and layer.weight.activations == "static":
+        y = int8_patch_product(x, window, oh, ow, layer.weight)
+    elif layer.groups == 1:
         y = patch_product(x, window, oh, ow, layer.weight.apply)
     else:
         cg, og, wd = c // layer.groups, co // layer.groups, layer.weight.w
@@ -322,6 +325,36 @@ def depthwise(x, wt, bias, layer, oh, ow):
     out = np.empty((n, oh, ow, co), np.float32)
     kern = _jit.pick((depthwise_conv_nhwc, depthwise_conv_nhwc_parallel), out.size * kh * kw)
     kern(x, wt, bias, co // c, *layer.window.args, out)
+    return out
+
+
+def int8_patch_product(x, window, oh, ow, weight):
+    """``patches(x) @ W.T`` for an Int8Matrix with static (calibrated) activations: the input image
+    quantized once (a patch's codes are its pixels' codes: the same scale and zero point, and the
+    padding the zero point, the code of 0.0, so the result is the quantized patch matrix's to the
+    bit), patches of codes built chunk by chunk (a quarter of the float patches' bytes), each chunk's
+    integer product dequantized. VGG-small's 28x28 16->16 conv at batch 64 (Zen 4, 2 threads,
+    development run): float patches then quantized 4.8 ms, this 2.6 ms; whole int8-static CNNs
+    1.0-1.3x faster. Dynamic activations keep float patches: their range is taken per chunk of
+    patches, and one range over the whole input (this path) tripled ResNet-small's median error
+    against float at batch 64 (0.06 -> 0.17); per-sample ranges would be the better fix."""
+    x = np.ascontiguousarray(x)
+    n, h, w, c = x.shape
+    kp = weight.code_width
+    if window.pointwise and (h, w) == (oh, ow):
+        return weight.product_codes(*weight.quantize_rows(x.reshape(n * h * w, c), kp))
+    xu, sx, z = weight.quantize_rows(x.reshape(n * h * w, c), c)
+    xu = xu.reshape(n, h, w, c)
+    lines = n * oh
+    step = max(1, min(lines, IM2COL_CHUNK_BYTES // max(1, ow * kp)))
+    out = np.empty((lines * ow, weight.n_out), np.float32)
+    buf = scratch("im2col_codes", (-(-step * ow * kp // 4),)).view(np.uint8)[:step * ow * kp].reshape(step * ow, kp)
+    kern = _jit.pick((im2col_u8_nhwc, im2col_u8_nhwc_parallel), step * ow * kp)
+    for r0 in range(0, lines, step):
+        r1 = min(lines, r0 + step)
+        cols = buf[:(r1 - r0) * ow]
+        kern(xu, *window.args, oh, ow, r0, r1, z, cols)
+        out[r0 * ow:r1 * ow] = weight.product_codes(cols, sx, z)
     return out
 
 

@@ -263,22 +263,44 @@ class Int8Matrix(Matrix):
     def _apply(self, x):
         n, k = x.shape
         n_out = self.shape[0]
-        out = np.empty((n, n_out), np.float32)
         if self.activations == "float":
+            out = np.empty((n, n_out), np.float32)
             if not np.isfinite(x).all():
                 raise InputError(f"int8 layer {self.shape}: input holds NaN or Inf; quantized layers refuse them")
             _jit.pick((quant.int8_matmul_float, quant.int8_matmul_float_parallel), n * n_out * k)(
                 x, self.packed, self.scale, out)
             return out
-        n_p, n_g, pw4 = self.packed.shape
-        kp = 4 * n_g
+        xu, sx, z = self.quantize_rows(x, self.code_width)
+        return self.product_codes(xu, sx, z)
+
+    @property
+    def code_width(self):
+        """Input codes per row the integer product reads (``n_in`` rounded up to 4)."""
+        return 4 * self.packed.shape[1]
+
+    def quantize_rows(self, x, width):
+        """``(xu, sx, z)``: float32 rows ``x`` (n, k) as uint8 activation codes ``(n, width)``
+        (columns from k on: the zero point), with the scale and zero point (static: calibrated;
+        dynamic: from ``x``'s range, which always includes 0). Raises InputError on NaN or Inf.
+        A convolution quantizes its input image once this way and builds patches of codes."""
+        n = x.shape[0]
         sx, z = self._act_params(x)
-        xu = np.empty((n, kp), np.uint8)
-        bad = elementwise((quant.int8_quantize, quant.int8_quantize_parallel), n * kp)(
+        xu = np.empty((n, width), np.uint8)
+        bad = elementwise((quant.int8_quantize, quant.int8_quantize_parallel), n * width)(
             x, np.float32(sx), z, 0, 255, xu)
         if bad:
             raise InputError(f"int8 layer {self.shape}: input holds {bad} NaN or Inf value(s); "
                              "quantized layers refuse them")
+        return xu, sx, z
+
+    def product_codes(self, xu, sx, z):
+        """``x @ W.T`` (n, n_out) float32 from activation codes ``xu`` (n, code_width) of scale
+        ``sx`` and zero point ``z``: the int32 product, then dequantized."""
+        n = xu.shape[0]
+        n_out = self.shape[0]
+        out = np.empty((n, n_out), np.float32)
+        n_p, n_g, pw4 = self.packed.shape
+        kp = 4 * n_g
         kernels = ((vnni.int8_matmul_u8s8_vnni, vnni.int8_matmul_u8s8_vnni_parallel) if vnni.HAVE_VNNI
                    else (quant.int8_matmul_u8s8, quant.int8_matmul_u8s8_parallel))
         matmul = _jit.pick(kernels, n * n_p * pw4 * n_g)
