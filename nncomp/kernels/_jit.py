@@ -86,12 +86,13 @@ def drop_stale_caches(here=None):
 drop_stale_caches()
 
 
-def jit(fn=None, *, fastmath=False, error_model="python"):
+def jit(fn=None, *, fastmath=False, error_model="python", inline="never"):
     """Serial kernel. ``error_model="numpy"``: a float division by zero gives inf or NaN instead of
-    raising, which lets LLVM vectorize loops that divide (the zero check is a branch per value)."""
+    raising, which lets LLVM vectorize loops that divide (the zero check is a branch per value).
+    ``inline="always"``: a helper inlined into its callers at Numba's level (no call per use)."""
     if fn is None:
-        return lambda f: jit(f, fastmath=fastmath, error_model=error_model)
-    return numba.njit(fastmath=fastmath, error_model=error_model, **_FLAGS)(fn)
+        return lambda f: jit(f, fastmath=fastmath, error_model=error_model, inline=inline)
+    return numba.njit(fastmath=fastmath, error_model=error_model, inline=inline, **_FLAGS)(fn)
 
 
 def pjit(fn=None, *, fastmath=False, error_model="python"):

@@ -8,13 +8,13 @@ from numba import prange
 from ._jit import both, jit
 
 
-@jit
-def _patch_line(x, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, r, fill, out, row0):
-    """The patch rows of output line ``r`` (of n*oh_n) into rows ``row0..`` of ``out``: padded
-    positions and the columns past ``kh*kw*c`` get ``fill``. Generic over the dtype of ``x``/``out``."""
+@jit(inline="always")
+def _patch_line(x, flat, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, r, fill, out, row0):
+    """The patch rows of output line ``r`` (of n*oh_n) into rows ``row0..`` of ``out`` (``flat``:
+    ``x`` as (n, h, w*c)): padded positions and the columns past ``kh*kw*c`` get ``fill``. Generic
+    over the dtype of ``x``/``out``; inlined (as a called function the float im2col ran 12% slower)."""
     n, h, w, c = x.shape
     span = kw * c
-    flat = x.reshape(n, h, w * c)
     b = r // oh_n
     oh = r - b * oh_n
     for ow in range(ow_n):
@@ -52,8 +52,10 @@ def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, r0, r1, out):
         n*oh_n (image-major), so that a caller can fill a bounded buffer chunk by chunk.
     OUT out ((r1-r0)*ow_n, kh*kw*c) float32; padded positions are zero.
     """
+    n, h, w, c = x.shape
+    flat = x.reshape(n, h, w * c)
     for rr in prange(r1 - r0):
-        _patch_line(x, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, r0 + rr, np.float32(0.0), out, rr * ow_n)
+        _patch_line(x, flat, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, r0 + rr, np.float32(0.0), out, rr * ow_n)
 
 
 im2col_nhwc, im2col_nhwc_parallel = both(_im2col)
@@ -66,8 +68,10 @@ def _im2col_u8(x, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, r0, r1, fill, out)
     IN  x (n, h, w, c) uint8 C-contiguous; the geometry as ``_im2col``; fill 0..255.
     OUT out ((r1-r0)*ow_n, kp) uint8, kp >= kh*kw*c.
     """
+    n, h, w, c = x.shape
+    flat = x.reshape(n, h, w * c)
     for rr in prange(r1 - r0):
-        _patch_line(x, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, r0 + rr, np.uint8(fill), out, rr * ow_n)
+        _patch_line(x, flat, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, r0 + rr, np.uint8(fill), out, rr * ow_n)
 
 
 im2col_u8_nhwc, im2col_u8_nhwc_parallel = both(_im2col_u8)
