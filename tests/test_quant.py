@@ -443,3 +443,21 @@ def test_int8_convolutions_quantize_the_image_once_to_the_same_bits(c, co, k, st
     want = A.patch_product(x, conv.window, oh, ow, w.apply)
     assert np.array_equal(A.int8_patch_product(x, conv.window, oh, ow, w), want)
     assert np.array_equal(A.forward(conv, x).reshape(want.shape), want)
+
+
+def test_activation_code_helpers_refuse_what_their_kernels_cannot_read():
+    rng = np.random.default_rng(3)
+    w = Int8Matrix.from_float(rng.standard_normal((8, 10)).astype(np.float32), activations="static",
+                              act_range=(-1.0, 1.0))
+    x = rng.standard_normal((3, 10)).astype(np.float32)
+    xu, sx, z = w.quantize_rows(x, w.code_width)
+    assert xu.shape == (3, 12) and np.array_equal(w.product_codes(xu, sx, z), w.apply(x))
+    for bad_x, width in ((x.astype(np.float64), 12), (x, 9), (x[:, ::2], 12), (x[0], 12)):
+        with pytest.raises(InputError, match="quantize_rows needs"):
+            w.quantize_rows(bad_x, width)
+    for bad in (xu[:, :10], xu.astype(np.int8), np.asfortranarray(xu), xu[0]):
+        with pytest.raises(InputError, match="product_codes needs"):
+            w.product_codes(bad, sx, z)
+    floaty = Int8Matrix.from_float(rng.standard_normal((8, 10)).astype(np.float32), activations="float")
+    with pytest.raises(InputError, match="float activations"):
+        floaty.quantize_rows(x, 12)

@@ -129,4 +129,5 @@ def _winograd_t(wt, c, out):
         else:
             _winograd_channel(wt, c, ci, out)
 
+
 decode_winograd_t, decode_winograd_t_parallel = both(_winograd_t)

@@ -27,7 +27,7 @@
   rule in nncomp/layers/conv_blocked.py).
 - **depthwise**: a direct kernel over one input channel per group (any channel multiplier).
 - **compressed weights** (codebook, CSR, CSR + codebook, int8 with float activations) run the
-  blocked kernel, or Winograd from WINOGRAD_MIN_PIXELS output pixels a call, on their weight
+  blocked kernel, or Winograd from WINOGRAD_DECODED_MIN_PIXELS output pixels a sample, on their weight
   decoded into a per-thread work buffer right before the kernel (nncomp/kernels/decode.py): the
   model keeps only the compressed arrays. Against im2col times the format's own product (Zen 4,
   2 threads, development A/Bs in one process): whole compressed CNNs at batch 64 went from

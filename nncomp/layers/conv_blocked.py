@@ -56,13 +56,18 @@ class ChainStep:
     floats: np.ndarray
 
 
+def _padded_channels(layer):
+    """``(cp, cop)``: the input and output channels rounded up to 16 (the kernels' vectors)."""
+    return tuple(-(-k // 16) * 16 for k in (layer.in_channels, layer.out_channels))
+
+
 def blocked_eligible(layer):
     """Whether ``layer`` may run the blocked kernels: ungrouped weights up to
     :data:`BLOCKED_MAX_WEIGHT_BYTES` as float32, dense (the layer then keeps its padded transposed
     weight) or in a format with a decoder (codebook, CSR, CSR + codebook, int8 with float
     activations: decoded into a work buffer on every call, :func:`blocked_weight_source`), or a
     depthwise layer without a channel multiplier."""
-    cop = -(-layer.out_channels // 16) * 16
+    cop = _padded_channels(layer)[1]
     if layer.depthwise:
         return layer.out_channels == layer.in_channels
     return (layer.groups == 1 and (isinstance(layer.weight, DenseMatrix) or layer.weight.decoder() is not None)
@@ -82,7 +87,7 @@ def winograd_eligible(layer):
 
 def _winograd_bytes(layer):
     """Bytes of the transformed weight: 16 positions x in x out channels, each rounded up to 16."""
-    cp, cop = (-(-k // 16) * 16 for k in (layer.in_channels, layer.out_channels))
+    cp, cop = _padded_channels(layer)
     return 4 * 16 * cp * cop
 
 
@@ -114,7 +119,7 @@ def winograd_weight_source(layer):
     compressed weight decoded and transformed (nncomp/kernels/decode.py) into work buffers, on
     every call."""
     wt = winograd_weights(layer)
-    cp, cop = (-(-k // 16) * 16 for k in (layer.in_channels, layer.out_channels))
+    cp, cop = _padded_channels(layer)
     if wt is not None:
         wt3 = wt.reshape(16, cp, cop)
         return lambda: wt3
@@ -133,7 +138,7 @@ def blocked_weights(layer):
     ``cop``, the output channels rounded up to 16; ``w`` None for a compressed weight (decoded call
     by call)."""
     co, k = layer.out_channels, layer.weight.n_in
-    cop = -(-co // 16) * 16
+    cop = _padded_channels(layer)[1]
     if not isinstance(layer.weight, DenseMatrix):
         return None, _padded_bias(layer, cop)
     w = np.zeros((k, cop), np.float32)
@@ -227,7 +232,7 @@ def winograd_step(layer, shape, n, oh, ow, epilogue=None, pool=0):
     wt = winograd_weights(layer)
     weight = winograd_weight_source(layer)
     co = layer.out_channels
-    cp, cop = (-(-k // 16) * 16 for k in (layer.in_channels, co))
+    cp, cop = _padded_channels(layer)
     bias = _padded_bias(layer, cop)
     scale, shift, affine, add, lo, hi, code, alpha, beta = _epilogue_vectors(epilogue, co, cop)
     threads = numba.get_num_threads()

@@ -4,7 +4,8 @@ The per-axis source coordinates are computed once per shape, in float32 and in t
 of ONNX Runtime's CPU kernel (``(x + 0.5) / scale - 0.5`` and so on; the scale is ``out / in`` when
 sizes are given), so a coordinate that lands exactly between two pixels rounds as it does there;
 two rules of that kernel beyond ONNX's formulas are kept too (an output the input's size is a copy;
-nearest asymmetric/tf_half_pixel_for_nn from given sizes rounds the exact coordinate). The kernels (nncomp/kernels/resize.py) then only gather through those tables.
+nearest asymmetric/tf_half_pixel_for_nn from given sizes rounds the exact coordinate). The kernels
+(nncomp/kernels/resize.py) then only gather through those tables.
 """
 import math
 from dataclasses import dataclass

@@ -22,8 +22,8 @@ from ..checks import check_number, is_integer
 from ..errors import CompressionParameterError
 from ..kernels import _jit
 from ..kernels import codebook as K
-from ..kernels import decode
 from ..kernels import codebook_vpermps as vpermps
+from ..kernels import decode
 from .base import Matrix, expect, register_format
 
 

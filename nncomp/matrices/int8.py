@@ -283,6 +283,12 @@ class Int8Matrix(Matrix):
         (columns from k on: the zero point), with the scale and zero point (static: calibrated;
         dynamic: from ``x``'s range, which always includes 0). Raises InputError on NaN or Inf.
         A convolution quantizes its input image once this way and builds patches of codes."""
+        self._codes_check()
+        if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim == 2 and x.flags.c_contiguous
+                and isinstance(width, (int, np.integer)) and x.shape[1] <= width):
+            raise InputError(f"int8 layer {self.shape}: quantize_rows needs C-contiguous float32 rows (n, k) and "
+                             f"a width >= k, got {getattr(x, 'dtype', type(x))} {getattr(x, 'shape', '')} and "
+                             f"width {width!r}; pass np.ascontiguousarray(x, np.float32)")
         n = x.shape[0]
         sx, z = self._act_params(x)
         xu = np.empty((n, width), np.uint8)
@@ -296,11 +302,17 @@ class Int8Matrix(Matrix):
     def product_codes(self, xu, sx, z):
         """``x @ W.T`` (n, n_out) float32 from activation codes ``xu`` (n, code_width) of scale
         ``sx`` and zero point ``z``: the int32 product, then dequantized."""
+        self._codes_check()
+        if not (isinstance(xu, np.ndarray) and xu.dtype == np.uint8 and xu.ndim == 2
+                and xu.shape[1] == self.code_width and xu.flags.c_contiguous):
+            raise InputError(f"int8 layer {self.shape}: product_codes needs C-contiguous uint8 codes "
+                             f"(n, {self.code_width}), got {getattr(xu, 'dtype', type(xu))} "
+                             f"{getattr(xu, 'shape', '')}; make them with quantize_rows(x, code_width)")
         n = xu.shape[0]
         n_out = self.shape[0]
         out = np.empty((n, n_out), np.float32)
         n_p, n_g, pw4 = self.packed.shape
-        kp = 4 * n_g
+        kp = self.code_width
         kernels = ((vnni.int8_matmul_u8s8_vnni, vnni.int8_matmul_u8s8_vnni_parallel) if vnni.HAVE_VNNI
                    else (quant.int8_matmul_u8s8, quant.int8_matmul_u8s8_parallel))
         matmul = _jit.pick(kernels, n * n_p * pw4 * n_g)
@@ -317,6 +329,11 @@ class Int8Matrix(Matrix):
         elementwise((quant.int8_dequantize, quant.int8_dequantize_parallel), n * n_out)(
             acc, z, self._colsum, np.float32(sx), self.scale, out)
         return out
+
+    def _codes_check(self):
+        if self.activations == "float":
+            raise InputError(f"int8 layer {self.shape} keeps float activations: it has no activation codes; "
+                             "call apply(x) instead")
 
     def decoder(self):
         if self.activations != "float":
