@@ -298,7 +298,7 @@ def build_parser():
     s.add_argument("--agreement", action="store_true",
                    help="budget in points of agreement with the original model, even if labels are given")
     s.add_argument("--methods", metavar="A,B", help="candidate families (default all): prune, prune_int8, "
-                   "quantize, share, prune_share, factorize")
+                   "quantize, share, prune_share, factorize, prune_filters")
     s.add_argument("--jobs", type=int, default=None, help="build and score candidates as this many joblib jobs")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")

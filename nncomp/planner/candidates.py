@@ -7,19 +7,29 @@ centroids to the dense model with ``sharing.refit_model``) called on a one-layer
 that method's calibration refit. What the model
 with that one layer changed holds in place of the layer (one node, or two for a factorized layer) is
 the candidate's *patch*; :func:`compose` puts the patches of several layers into one model.
+
+Filter pruning (``prune_filters``) is the one candidate that changes more than its layer: removing
+a producer's filters removes the matching input channels of every layer that reads them (and of the
+BatchNorm and depthwise layers between), and channels joined by an Add go together. Its candidates
+belong to a *channel group* (key ``"filters:<first producer>"``, :func:`group_candidates`), and its
+patch is every node whose layer it changed. A weighted layer in that patch cannot also take one of
+its own candidates (those were built on its original shape): :func:`exclusive` lists the pairs the
+search keeps apart. Two groups may both be pruned: the planner then builds them in one
+``prune_filters`` call (:func:`structured`), whose refit sees both.
 """
 from dataclasses import dataclass, field
 
 from ..errors import CompressionParameterError
 from ..layers import Conv2D, Dense
 
-__all__ = ["METHODS", "GRID", "Candidate", "candidates_for", "build_model", "build_patch", "build_proxy", "compose",
-           "describe_patch", "size_delta", "weighted_layers"]
+__all__ = ["METHODS", "GRID", "GROUP", "Candidate", "candidates_for", "group_candidates", "build_model",
+           "build_patch", "build_proxy", "compose", "exclusive", "structured", "describe_patch", "size_delta",
+           "weighted_layers"]
 
 # Method names ``optimize(methods=...)`` accepts, each with the settings tried (module constants: the
-# benchmark uses them as they are, the tests patch in a smaller grid). Not in the grid yet: filter
-# pruning (``prune_filters`` changes the next layer too, which the one-layer patches do not model).
-METHODS = ("prune", "prune_int8", "quantize", "share", "prune_share", "factorize")
+# benchmark uses them as they are, the tests patch in a smaller grid).
+METHODS = ("prune", "prune_int8", "quantize", "share", "prune_share", "factorize", "prune_filters")
+GROUP = "filters:"     # key prefix of a channel group's candidates
 GRID = {
     "prune": (0.8, 0.9, 0.95),                 # sparsity, CSR storage
     "prune_int8": (0.8, 0.9, 0.95),            # sparsity, then int8 (dynamic activations) on the CSR
@@ -27,6 +37,7 @@ GRID = {
     "share": (4, 5, 8),                        # codebook bits
     "prune_share": ((0.9, 5), (0.95, 4), (0.95, 5)),  # (sparsity, bits): Deep Compression on one layer
     "factorize": (2.0, 4.0),                   # multiply-add reduction of the layer (SVD / Jaderberg)
+    "prune_filters": (0.25, 0.5),              # fraction of a channel group's filters removed
 }
 
 
@@ -51,7 +62,7 @@ def candidates_for(name, methods):
     """Candidates for layer ``name`` from the method names ``methods`` (dense first, always)."""
     out = [Candidate(name, "dense", "dense")]
     for m in methods:
-        for s in GRID[m]:
+        for s in GRID[m] if m != "prune_filters" else ():
             if m == "prune":
                 out.append(Candidate(name, f"csr{round(100 * s)}", m, {"sparsity": s}))
             elif m == "prune_int8":
@@ -65,6 +76,46 @@ def candidates_for(name, methods):
                                      {"sparsity": s[0], "bits": s[1]}))
             else:
                 out.append(Candidate(name, f"lowrank/{s:g}", m, {"speedup": s}))
+    return out
+
+
+def group_candidates(model, methods):
+    """``{group key: [dense, filter-pruning candidates]}`` of the channel groups ``prune_filters`` can
+    prune (none unless ``methods`` names it); the key is ``GROUP`` + the group's first producer."""
+    from ..compress.pruning_channels import channel_groups
+    if "prune_filters" not in methods:
+        return {}
+    groups, _ = channel_groups(model)
+    names = {n.name for n in model.nodes}
+    out = {}
+    for g in groups.values():
+        key = GROUP + g["producers"][0]
+        if g["frozen"] or key in names:
+            continue
+        out[key] = [Candidate(key, "dense", "dense")] + [
+            Candidate(key, f"filters{round(100 * r)}", "prune_filters", {"ratio": r, "layer": g["producers"][0]})
+            for r in GRID["prune_filters"]]
+    return out
+
+
+def structured(model, cands, x_fit, seed=0):
+    """``model`` with the filter pruning of every candidate in ``cands`` applied in one ``prune_filters``
+    call (its refit on ``x_fit`` sees all of them; the model itself if ``cands`` is empty)."""
+    from ..compress.pruning import prune_filters
+    if not cands:
+        return model
+    return prune_filters(model, {c.settings["layer"]: c.settings["ratio"] for c in cands}, calibration=x_fit,
+                         seed=seed)
+
+
+def exclusive(model, table):
+    """Pairs ``(group key, layer)`` whose non-dense options cannot be combined: the layer is in one of
+    the group's patches (its shape changes). ``table`` is ``{key: [(candidate, patch, ...)]}``."""
+    out = []
+    for key, entries in table.items():
+        if key.startswith(GROUP):
+            touched = {p.name for _, patch, *_ in entries[1:] if patch for p in patch}
+            out += [(key, n) for n in table if n in touched]
     return out
 
 
@@ -105,6 +156,8 @@ def build_model(model, cand, x_fit, seed=0, memo=None):
         return share_pruned(model, pruned(), s["bits"], [name], calibration=x_fit, seed=seed)
     if cand.method == "factorize":
         return factorize(model, speedup={name: s["speedup"]}, calibration=x_fit, seed=seed)
+    if cand.method == "prune_filters":
+        return structured(model, [cand], x_fit, seed)
     raise CompressionParameterError(f"optimize(): unknown candidate method {cand.method!r}; "
                                     f"expected one of {METHODS}")
 
@@ -117,21 +170,33 @@ def build_proxy(model, cand, x_fit, seed=0, memo=None, samples=32):
 
 
 def build_patch(model, cand, x_fit, seed=0, memo=None):
-    """The nodes that replace ``cand.layer`` (``None`` if the method refuses this layer)."""
+    """The nodes that replace ``cand.layer`` (``None`` if the method refuses this layer); for a
+    channel group, every node whose layer filter pruning changed."""
     try:
         changed = build_model(model, cand, x_fit, seed, memo)
     except CompressionParameterError:
         return None        # e.g. a rank that cannot shrink a 10-output layer, a 1-channel conv pair
-    old = {n.name for n in model.nodes}
+    old = {n.name: n.layer for n in model.nodes}
+    if cand.method == "prune_filters":
+        return tuple(n for n in changed.nodes if old.get(n.name) is not n.layer) or None
     return tuple(n for n in changed.nodes if n.name == cand.layer or n.name not in old)
 
 
 def compose(model, patches):
-    """``model`` with each ``{layer name: patch nodes}`` in place of that layer (``None``: unchanged)."""
-    nodes = []
+    """``model`` with each ``{key: patch nodes}`` applied (``None``: unchanged). A key that names a
+    node is replaced by its patch (one node, or two for a factorized layer); a channel group's patch
+    replaces the nodes of the same names. Two patches may not change the same node."""
+    nodes, named, own = [], {}, {n.name for n in model.nodes}
+    for key, patch in patches.items():
+        if patch is not None and key not in own:
+            for p in patch:
+                if p.name in named or p.name in patches and patches[p.name] is not None:
+                    raise CompressionParameterError(f"optimize(): two candidates change node {p.name!r}; expected "
+                                                    "at most one per node (build filter pruning jointly)")
+                named[p.name] = p
     for node in model.nodes:
         patch = patches.get(node.name)
-        nodes.extend(patch if patch is not None else (node,))
+        nodes.extend(patch if patch is not None else (named.get(node.name, node),))
     return model.with_nodes(nodes)
 
 
@@ -143,6 +208,10 @@ def size_delta(model, patches, dense_bytes):
     return file_bytes(compose(model, patches), huffman=True) - int(dense_bytes)
 
 
-def describe_patch(patch):
-    """The weight format(s) of a patch's nodes, e.g. ``"csr(10.0%)"``, ``"dense -> dense"``."""
+def describe_patch(patch, group=False):
+    """The weight format(s) of a patch's nodes, e.g. ``"csr(10.0%)"``, ``"dense -> dense"``; of a
+    channel group's patch (``group``), the weighted layers' new shapes, e.g. ``"conv2 16x144, fc 10x16"``."""
+    if group:
+        return ", ".join(f"{n.name} {n.layer.weight.shape[0]}x{n.layer.weight.shape[1]}" for n in patch
+                         if getattr(n.layer, "weight", None) is not None)
     return " -> ".join(n.layer.describe() for n in patch)

@@ -15,8 +15,11 @@ The steps (each in its own module):
 3. Those candidates per weighted layer (:mod:`.candidates`), each built by a public method on that
    one layer with its calibration refit and scored, as independent jobs (``n_jobs`` through joblib
    if installed; a Dask cluster through joblib's dask backend).
-4. Search under an additive model: exact (``scipy.optimize.milp``) and greedy (:mod:`.search`);
-   verification on the held-out part, and a repair loop reverting the most harmful layers. For
+4. Search under an additive model: exact (``scipy.optimize.milp``) and greedy (:mod:`.search`),
+   a filter-pruned channel group and the layers it reshapes kept apart; verification on the
+   held-out part: an option it refuses is ruled out and the search run again (a few times), then a
+   repair loop reverts the most harmful layers. Several pruned groups are built in one
+   ``prune_filters`` call. For
    ``"size"`` the smaller verified file of this choice and of the global allocation is kept.
 5. A final measurement against the dense model decides: the result is never slower (or, for
    ``"size"``, larger) than the dense model, which is always a candidate.
@@ -31,7 +34,8 @@ from ..errors import CompressionParameterError
 from ..io.native import file_bytes
 from . import allocation, search, sizing
 from .arguments import OBJECTIVES, check_arguments
-from .candidates import build_proxy, candidates_for, compose, describe_patch, size_delta, weighted_layers
+from .candidates import (build_proxy, candidates_for, compose, describe_patch, exclusive, group_candidates, size_delta,
+                         structured, weighted_layers)
 from .energy import energy
 from .jobs import digest, evaluate, run_jobs, score, split
 from .latency import LatencyCache, Timer, cpu_name
@@ -52,12 +56,14 @@ def optimize(model, calibration, *, labels=None, budget=0.5, batch=1, objective=
     """The fastest (or smallest) version of ``model`` whose accuracy loss stays within ``budget``.
 
     Per Dense/Conv2D layer the planner tries dense, CSR at several sparsities, CSR + int8, int8
-    (weight-only, dynamic, static), k-means codebooks alone and on CSR, and low-rank pairs, each built
-    by nncomp's own method with its calibration refit; times each at ``batch`` inside the whole
-    model's forward pass on this machine; picks the combination with an exact integer program
-    (``scipy.optimize.milp``) and a NetAdapt-style greedy search; verifies it on held-out data and
-    reverts the most harmful layers until the budget holds; and returns the dense model unless the
-    chosen one measures faster (smaller). See :mod:`nncomp.planner`.
+    (weight-only, dynamic, static), k-means codebooks alone and on CSR, and low-rank pairs, and per
+    channel group filter pruning (``prune_filters``: fewer filters, and fewer input channels in the
+    layers that read them), each built by nncomp's own method with its calibration refit; times
+    each at ``batch`` inside the whole model's forward pass on this machine; picks the combination
+    with an exact integer program (``scipy.optimize.milp``) and a NetAdapt-style greedy search;
+    verifies it on held-out data (an option refused there is ruled out and the search run again,
+    then the most harmful layers are reverted until the budget holds); and returns the dense model
+    unless the chosen one measures faster (smaller). See :mod:`nncomp.planner`.
 
     Parameters
     ----------
@@ -79,7 +85,9 @@ def optimize(model, calibration, *, labels=None, budget=0.5, batch=1, objective=
         a measurement; this machine has no energy counters).
     methods : list of str, optional
         Candidate families, from ``"prune"``, ``"prune_int8"``, ``"quantize"``, ``"share"``,
-        ``"prune_share"``, ``"factorize"`` (default: all). Dense is always a candidate.
+        ``"prune_share"``, ``"factorize"``, ``"prune_filters"`` (default: all). Dense is always a
+        candidate. ``"prune_filters"`` is chosen per channel group (a producer's filters and the input
+        channels of every layer that reads them, refit), keyed ``"filters:<producer>"`` in the plan.
     n_jobs : int, optional
         Build and score candidates as this many joblib jobs (joblib is optional; without it they run in
         turn, with a warning). Latency is always measured in this process.
@@ -139,12 +147,14 @@ class Planner:
         ref_held = y[held] if y is not None else model(x_held).argmax(axis=1)
         base_search, base_held = score(model, x_search, ref_search), score(model, x_held, ref_held)
         cands = {n: candidates_for(n, methods) for n in names}
+        cands.update(group_candidates(model, methods))     # filter pruning, per channel group
         xb = x[np.arange(batch) % x.shape[0]]
         notes, lat, proxies, wanted, won, dense_bytes = [], None, {}, None, None, None
         if objective == "latency":
             lat = LatencyTable(model, xb, self.timer, self.cache)
-            self.progress(1, f"timing {sum(len(c) - 1 for c in cands.values())} candidates of {len(names)} layers "
-                             f"at batch {batch} (the model runs {lat.mode})")
+            groups = f" and {len(cands) - len(names)} channel groups" if len(cands) > len(names) else ""
+            self.progress(1, f"timing {sum(len(c) - 1 for c in cands.values())} candidates of {len(names)} layers"
+                             f"{groups} at batch {batch} (the model runs {lat.mode})")
             proxies, wanted = self._screen(model, cands, x_fit, seed, lat, notes)
         elif objective == "size":     # the best global allocation first: it bounds what a layer's candidate can do
             dense_bytes = file_bytes(model, huffman=True)
@@ -155,8 +165,8 @@ class Planner:
         self.progress(2, f"building {'all' if wanted is None else len(wanted)} candidates with their refits "
                          f"({len(fit)} samples) and scoring them ({len(found)} samples)")
         built = self._build(model, cands, wanted, (x, y, seed), x_fit, x_search, ref_search, n_jobs)
-        table = {}     # {layer: [(candidate, patch, drop or None: not scored)]}, dense first
-        for n in names:
+        table = {}     # {layer or group: [(candidate, patch, drop or None: not scored)]}, dense first
+        for n in cands:
             table[n] = [(cands[n][0], None, 0.0)]
             for j, c in enumerate(cands[n][1:], 1):
                 patch, s = built.get(c, (proxies.get((n, j)), None))
@@ -166,8 +176,17 @@ class Planner:
         energies = self._energies(model, table, batch) if objective == "energy" else None
         deltas, keys = self._deltas(table, lat) if lat is not None else (None, {})
 
+        joint = {}      # filter pruning of several channel groups, built in one call (its refit sees all)
+
         def build(ch):
-            return compose(model, {n: table[n][i][1] for n, i in ch.items() if i})
+            picked = tuple(sorted((table[n][i][0] for n, i in ch.items() if i and n not in names),
+                                  key=lambda c: c.layer))
+            patches = {n: table[n][i][1] for n, i in ch.items() if i and (n in names or len(picked) == 1)}
+            if len(picked) < 2:
+                return compose(model, patches)
+            if picked not in joint:
+                joint[picked] = structured(model, picked, x_fit, seed)
+            return compose(joint[picked], patches)
 
         def holds(ch):
             return 100.0 * (base_held - score(build(ch), x_held, ref_held)) <= budget + 1e-9
@@ -178,13 +197,13 @@ class Planner:
             return sorted(live, key=lambda n: (-back[n], -options[n][ch[n]][1]))
 
         dense_ms = lat.dense_reference() if lat is not None else None
+        apart = exclusive(model, table)
         self.progress(3, f"searching, verifying on the {len(held)} held-out samples")
-        again = 0
+        again, ruled = 0, set()
         for attempt in range(CONFIRM_ROUNDS + 1):
-            options = self._options(table, deltas if lat else sizes or energies,
+            options = search.options(table, deltas if lat else sizes or energies,
                                     -MIN_GAIN * dense_ms if lat else -1e-9, budget)
-            choice, used, more = self._solve(options, budget)
-            choice, reverted = search.repair(choice, holds, harm)
+            choice, used, more, reverted = search.settle(options, budget, apart, holds, harm, ruled)
             if objective != "latency":
                 break
             # the winner's curse: the chosen deltas are the luckiest draws of a noisy table; measure
@@ -196,6 +215,9 @@ class Planner:
             again += len(todo)
             deltas = {n: [0.0] + [lat.delta(keys[n, i]) for i in range(1, len(table[n]))] for n in table}
         notes += more
+        if ruled:
+            refused = ", ".join(f"{n} as {table[n][i][0].label}" for n, i in sorted(ruled))
+            notes.append(f"the held-out check refused {refused}; searched again without")
         if won is not None and any(choice.values()) and file_bytes(build(choice), huffman=True) < won.file_bytes:
             won = None        # the per-layer search's verified choice makes the smaller file
         self.reconfirmed += again
@@ -212,7 +234,7 @@ class Planner:
         chosen = won.model if won else build(choice)
         out_bytes = file_bytes(chosen, huffman=True) if any(choice.values()) and not won else None
         if won:     # the per-layer search's choice, if any, made a larger file
-            choice, used = {n: 0 for n in names}, f"global allocation {won.label} (per-layer search: {used})"
+            choice, used = {n: 0 for n in table}, f"global allocation {won.label} (per-layer search: {used})"
             out_bytes = won.file_bytes
         if dense_bytes is None:
             dense_bytes = file_bytes(model, huffman=True)
@@ -222,7 +244,7 @@ class Planner:
             notes.append(f"the chosen model's {'file' if objective == 'size' else 'estimated energy'} is not "
                          "smaller than dense: returning the dense model")
             reverted += [n for n, i in choice.items() if i]
-            choice = {n: 0 for n in names}
+            choice = {n: 0 for n in table}
         if not any(choice.values()) and not won:
             chosen, out_bytes, final["chosen"] = model.with_nodes(model.nodes), dense_bytes, final["dense"]
             out_pj = dense_pj
@@ -246,7 +268,8 @@ class Planner:
         def ms(n, i):
             return None if deltas is None or not np.isfinite(deltas[n][i]) else float(deltas[n][i])
 
-        layers = tuple(self._choice(n, table[n][i], ms(n, i) or 0.0, sizes[n][i]) for n, i in choice.items())
+        layers = tuple(self._choice(n, table[n][i], ms(n, i) or 0.0, sizes[n][i], n not in names)
+                       for n, i in choice.items())
         if won:
             layers = allocation.layer_choices(model, won, names, x_search, ref_search, base_search, dense_bytes)
         result.plan = OptimizationPlan(
@@ -259,7 +282,7 @@ class Planner:
             cpu=cpu_name(), planning_s=time.perf_counter() - start, notes=tuple(notes),
             table=tuple((n, c.label, ms(n, i), None if size_table is None else int(size_table[n][i]),
                          None if drop is None else float(drop))
-                        for n in names for i, (c, _, drop) in enumerate(table[n]))
+                        for n in table for i, (c, _, drop) in enumerate(table[n]))
             + tuple(("*", a.label, None, a.file_bytes - int(dense_bytes), a.drop) for a in self.allocations))
         return result
 
@@ -325,36 +348,11 @@ class Planner:
         return {n: [0.0] + [lat.delta(keys[n, i]) for i in range(1, len(table[n]))] for n in table}, keys
 
     @staticmethod
-    def _options(table, costs, threshold, budget):
-        """``{layer: [(cost, drop)]}`` for the search; options not worth an accuracy risk (a cost above
-        ``threshold``: a measured saving under MIN_GAIN of the dense time, no smaller file or estimated
-        energy; or not scored) get an impossible drop."""
-        options = {}
-        for n, entries in table.items():
-            options[n] = [(0.0, 0.0)]
-            for i, (_, _, drop) in enumerate(entries[1:], 1):
-                cost = costs[n][i]
-                worth = drop is not None and cost <= threshold
-                options[n].append((float(cost), max(float(drop), 0.0)) if worth else (0.0, budget + 1e9))
-        return options
-
-    @staticmethod
     def _energies(model, table, batch):
         """``{layer: [delta of the estimated energy per sample, pJ, per option]}`` (:mod:`.energy`)."""
         dense = energy(model, batch)["total_pj"]
         return {n: [0.0] + [energy(compose(model, {n: p}), batch)["total_pj"] - dense for _, p, _ in entries[1:]]
                 for n, entries in table.items()}
-
-    @staticmethod
-    def _solve(options, budget):
-        """``(choice, search used, notes)``: the exact choice, the greedy one if the solver fails."""
-        choice, greedy = search.exact(options, budget), search.greedy(options, budget)
-        if choice is None:
-            return greedy, "greedy", []
-        if greedy != choice:
-            return choice, "milp", [f"greedy chose otherwise: predicted cost {search.total(options, greedy)[0]:.4g} "
-                                    f"against {search.total(options, choice)[0]:.4g} for the exact choice"]
-        return choice, "milp (greedy agrees)", []
 
     def _final(self, model, choice, build, xb, notes, reverted, checks):
         """The final measurement decides: the chosen model, dense, and the chosen model with each one
@@ -386,8 +384,8 @@ class Planner:
             choice.update({n: 0 for n in drop})
 
     @staticmethod
-    def _choice(name, entry, delta_ms, delta_bytes):
+    def _choice(name, entry, delta_ms, delta_bytes, group=False):
         cand, patch, drop = entry
         return LayerChoice(layer=name, candidate=cand.label, method=cand.method, settings=dict(cand.settings),
-                           format=describe_patch(patch) if patch else "dense", delta_ms=float(delta_ms),
+                           format=describe_patch(patch, group) if patch else "dense", delta_ms=float(delta_ms),
                            delta_bytes=int(delta_bytes), drop=float(drop))

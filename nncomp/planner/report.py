@@ -18,7 +18,8 @@ class LayerChoice:
     Attributes
     ----------
     layer : str
-        The node name in the original model.
+        The node name in the original model, or ``"filters:<producer>"`` for a channel group's filter
+        pruning (the producers tied by an Add, and the layers reading them, change together).
     candidate : str
         Its label, e.g. ``"csr90+int8"``, ``"dense"``.
     method : str

@@ -10,11 +10,18 @@ Each layer ``l`` has options ``(cost, drop)``: cost is the measured change of th
 - :func:`exact`: the multiple-choice knapsack solved exactly as an integer program with
   ``scipy.optimize.milp`` (as HAWQ-V3 chooses bit widths): minimum summed cost, summed drop <= budget.
 
-:func:`repair` then reverts layers to dense, most harmful first, until a measured check holds.
+Both take ``exclusive`` pairs of layers that may not both leave dense (a channel group's filter
+pruning and a layer whose shape it changes). The additive model misses interactions (two pruned
+channel groups that share a layer lose more together), so :func:`settle` verifies the choice and,
+while it fails, rules out the most harmful layer's option and searches again (another option of
+that layer, or other layers, may spend the budget better than reverting it); after SETTLE_ROUNDS
+refusals, :func:`repair` reverts layers to dense, most harmful first, until the check holds.
 """
 import numpy as np
 
-__all__ = ["greedy", "exact", "repair", "total"]
+__all__ = ["SETTLE_ROUNDS", "options", "greedy", "exact", "repair", "settle", "solve", "total"]
+
+SETTLE_ROUNDS = 6     # verifications that may each rule out one option before the repair loop
 
 # Ratio denominator for moves that add no loss: such moves go first, largest saving first.
 FREE = 1e-9
@@ -27,7 +34,15 @@ def total(options, choice):
     return float(cost), float(drop)
 
 
-def greedy(options, budget):
+def _partners(exclusive):
+    out = {}
+    for a, b in exclusive:
+        out.setdefault(a, set()).add(b)
+        out.setdefault(b, set()).add(a)
+    return out
+
+
+def greedy(options, budget, exclusive=()):
     """NetAdapt-style greedy choice ``{layer: option index}`` (see the module notes).
 
     Parameters
@@ -36,12 +51,17 @@ def greedy(options, budget):
         Option 0 of every layer is the dense layer ``(0, 0)``.
     budget : float
         Summed drop allowed.
+    exclusive : iterable of (layer, layer)
+        Pairs that may not both take a non-dense option.
     """
     choice = {l: 0 for l in options}
+    partners = _partners(exclusive)
     spent = 0.0
     while True:
         best = None
         for l, opts in options.items():
+            if any(choice.get(o) for o in partners.get(l, ())):
+                continue
             c0, d0 = opts[choice[l]]
             for i, (c, d) in enumerate(opts):
                 if c >= c0 or spent - d0 + d > budget + 1e-12:
@@ -57,8 +77,9 @@ def greedy(options, budget):
         choice[l] = i
 
 
-def exact(options, budget):
-    """The minimum-cost choice with summed drop <= ``budget``, by ``scipy.optimize.milp``.
+def exact(options, budget, exclusive=()):
+    """The minimum-cost choice with summed drop <= ``budget``, by ``scipy.optimize.milp``, no two
+    layers of an ``exclusive`` pair both non-dense.
 
     Returns ``{layer: option index}``, or None when the solver reports no solution (it always has
     one: all dense).
@@ -71,8 +92,12 @@ def exact(options, budget):
     one = np.zeros((len(layers), len(flat)))
     for j, (l, *_rest) in enumerate(flat):
         one[layers.index(l), j] = 1.0
-    res = milp(cost, integrality=np.ones(len(flat)), bounds=Bounds(0, 1),
-               constraints=[LinearConstraint(one, 1, 1), LinearConstraint(drop[None, :], -np.inf, budget + 1e-9)])
+    constraints = [LinearConstraint(one, 1, 1), LinearConstraint(drop[None, :], -np.inf, budget + 1e-9)]
+    pairs = [(a, b) for a, b in exclusive if a in options and b in options]
+    if pairs:       # the non-dense options of both layers of a pair: at most one
+        apart = np.array([[1.0 if l in pair and i else 0.0 for l, i, _, _ in flat] for pair in pairs])
+        constraints.append(LinearConstraint(apart, -np.inf, 1))
+    res = milp(cost, integrality=np.ones(len(flat)), bounds=Bounds(0, 1), constraints=constraints)
     if res.x is None:
         return None
     picked = np.round(res.x).astype(bool)
@@ -103,3 +128,50 @@ def repair(choice, holds, harm):
         choice[order[0]] = 0
         reverted.append(order[0])
     return choice, reverted
+
+
+def solve(options, budget, exclusive=()):
+    """``(choice, search used, notes)``: the exact choice, the greedy one if the solver fails."""
+    choice, quick = exact(options, budget, exclusive), greedy(options, budget, exclusive)
+    if choice is None:
+        return quick, "greedy", []
+    if quick != choice:
+        return choice, "milp", [f"greedy chose otherwise: predicted cost {total(options, quick)[0]:.4g} "
+                                f"against {total(options, choice)[0]:.4g} for the exact choice"]
+    return choice, "milp (greedy agrees)", []
+
+
+def settle(options, budget, exclusive, holds, harm, ruled):
+    """``(choice, search used, notes, layers reverted by repair)``: :func:`solve`, verified by ``holds``; while it
+    fails (at most SETTLE_ROUNDS times) the first layer of ``harm(choice)`` loses its chosen option
+    (added to ``ruled``, a set of ``(layer, option index)`` kept by the caller) and the search runs
+    again; then :func:`repair`. Ruled-out options are given an impossible drop."""
+    def allowed():
+        return {l: [(c, d) if (l, i) not in ruled else (0.0, budget + 1e9) for i, (c, d) in enumerate(opts)]
+                for l, opts in options.items()}
+
+    for _ in range(SETTLE_ROUNDS):
+        choice, used, notes = solve(allowed(), budget, exclusive)
+        if holds(choice):
+            return choice, used, notes, []
+        live = [l for l in harm(choice) if choice[l]]
+        if not live:
+            break
+        ruled.add((live[0], choice[live[0]]))
+    choice, used, notes = solve(allowed(), budget, exclusive)
+    choice, reverted = repair(choice, holds, harm)
+    return choice, used, notes, reverted
+
+
+def options(table, costs, threshold, budget):
+    """``{layer: [(cost, drop)]}`` for the search; options not worth an accuracy risk (a cost above
+    ``threshold``: a measured saving under MIN_GAIN of the dense time, no smaller file or estimated
+    energy; or not scored) get an impossible drop."""
+    out = {}
+    for n, entries in table.items():
+        out[n] = [(0.0, 0.0)]
+        for i, (_, _, drop) in enumerate(entries[1:], 1):
+            cost = costs[n][i]
+            worth = drop is not None and cost <= threshold
+            out[n].append((float(cost), max(float(drop), 0.0)) if worth else (0.0, budget + 1e9))
+    return out

@@ -1,0 +1,158 @@
+"""The planner's filter-pruning candidates: channel-group patches, the search keeping a pruned group
+and the layers it reshapes apart, the held-out check ruling options out, and joint builds of several
+groups (real MNIST digits, shipped CNNs; injected timings, no clock)."""
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+
+import nncomp as nc
+from nncomp.errors import CompressionParameterError
+from nncomp.planner import Planner, candidates, latency, search
+from nncomp.planner.optimize import split
+
+from test_optimize import TableTimer, heldout_drop
+
+
+@pytest.fixture(autouse=True)
+def quick(monkeypatch, tmp_path):
+    monkeypatch.setenv(latency.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(latency, "TARGET_S", 0.01)
+    monkeypatch.setattr(latency, "MIN_CALLS", 4)
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    model = nc.load(nc.data.model_path("resnet_small"))
+    x, y = nc.data.mnist("train")
+    return model, x[:400], y[:400]
+
+
+def test_group_patches_are_prune_filters_on_one_group(resnet):
+    """Each group candidate's patch, composed into the model, is ``prune_filters`` on that group with
+    the same refit (bit for bit); it holds exactly the nodes whose layers changed, and the weighted
+    ones among them are kept apart from their own candidates."""
+    model, x, _ = resnet
+    groups = candidates.group_candidates(model, candidates.METHODS)
+    assert set(groups) == {candidates.GROUP + n for n in ("layer1.conv1", "layer1.conv2", "layer2.conv1",
+                                                         "layer2.conv2", "layer3.conv1", "layer3.conv2")}
+    assert candidates.group_candidates(model, ["prune"]) == {}
+    table = {n: [(None, None, 0.0)] for n in candidates.weighted_layers(model)}
+    fit = x[:64]
+    for key, cands in groups.items():
+        assert [c.label for c in cands] == ["dense", "filters25", "filters50"]
+        for c in cands[1:]:
+            patch = candidates.build_patch(model, c, fit)
+            direct = nc.prune_filters(model, {c.settings["layer"]: c.settings["ratio"]}, calibration=fit)
+            old = {n.name: n.layer for n in model.nodes}
+            assert {p.name for p in patch} == {n.name for n in direct.nodes if not _same(old[n.name], n.layer)}
+            np.testing.assert_array_equal(candidates.compose(model, {key: patch})(x[:16]), direct(x[:16]))
+        table[key] = [(cands[0], None, 0.0)] + [(c, candidates.build_patch(model, c, None), None) for c in cands[1:]]
+    pairs = set(candidates.exclusive(model, table))
+    assert (candidates.GROUP + "layer2.conv1", "layer2.conv2") in pairs          # its consumer
+    assert (candidates.GROUP + "layer3.conv2", "fc") in pairs                    # through the Add and the pool
+    assert (candidates.GROUP + "layer2.conv2", "layer2.downsample.0") in pairs   # tied by the Add
+    assert not any(a.startswith(candidates.GROUP) and b.startswith(candidates.GROUP) for a, b in pairs)
+    assert (candidates.GROUP + "layer2.conv1", "layer3.conv1") not in pairs
+
+
+def _same(a, b):
+    """Whether two layers are equal field by field (weights by value): an unchanged node."""
+    if type(a) is not type(b):
+        return False
+    for f in dataclasses.fields(a):
+        u, v = getattr(a, f.name), getattr(b, f.name)
+        if hasattr(u, "to_dense"):
+            u, v = u.to_dense(), v.to_dense()
+        if isinstance(u, np.ndarray) or isinstance(v, np.ndarray):
+            if not (isinstance(u, np.ndarray) and isinstance(v, np.ndarray) and u.shape == v.shape
+                    and np.array_equal(u, v)):
+                return False
+        elif u != v:
+            return False
+    return True
+
+
+def test_compose_refuses_two_patches_on_one_node(resnet):
+    model, _, _ = resnet
+    groups = candidates.group_candidates(model, candidates.METHODS)
+    a = candidates.build_patch(model, groups[candidates.GROUP + "layer2.conv1"][1], None)
+    b = candidates.build_patch(model, candidates.Candidate("layer2.conv2", "codebook5", "share", {"bits": 5}), None)
+    with pytest.raises(CompressionParameterError, match="layer2.conv2"):
+        candidates.compose(model, {candidates.GROUP + "layer2.conv1": a, "layer2.conv2": b})
+
+
+def brute(options, budget, exclusive):
+    best = None
+    layers = list(options)
+    for combo in itertools.product(*(range(len(options[l])) for l in layers)):
+        ch = dict(zip(layers, combo))
+        if any(ch[a] and ch[b] for a, b in exclusive):
+            continue
+        cost, drop = search.total(options, ch)
+        if drop <= budget + 1e-12 and (best is None or cost < best[0] - 1e-12):
+            best = (cost, ch)
+    return best
+
+
+def test_exact_and_greedy_keep_exclusive_pairs_apart():
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        options = {f"l{i}": [(0.0, 0.0)] + [(float(-rng.uniform(0, 5)), float(rng.uniform(0, 0.6)))
+                                           for _ in range(rng.integers(1, 3))] for i in range(4)}
+        pairs = [p for p in itertools.combinations(options, 2) if rng.uniform() < 0.4]
+        budget = float(rng.uniform(0, 2))
+        exact, greedy = search.exact(options, budget, pairs), search.greedy(options, budget, pairs)
+        for ch in (exact, greedy):
+            assert not any(ch[a] and ch[b] for a, b in pairs)
+            assert search.total(options, ch)[1] <= budget + 1e-9
+        assert search.total(options, exact)[0] == pytest.approx(brute(options, budget, pairs)[0])
+        assert search.total(options, greedy)[0] >= search.total(options, exact)[0] - 1e-9
+
+
+def test_settle_rules_out_a_refused_option_and_searches_again():
+    """The check refuses layer a's strongest option: settle takes its milder one (and b), where the
+    repair loop alone would have set a back to dense."""
+    options = {"a": [(0, 0), (-5.0, 0.2), (-3.0, 0.2)], "b": [(0, 0), (-2.0, 0.2)], "c": [(0, 0), (-4.5, 0.45)]}
+    pairs = [("a", "c")]
+    ruled, calls = set(), []
+
+    def holds(ch):
+        calls.append(dict(ch))
+        return ch["a"] != 1
+
+    choice, used, notes, reverted = search.settle(options, 0.5, pairs, holds, lambda ch: ["a", "b"], ruled)
+    assert choice == {"a": 2, "b": 1, "c": 0} and ruled == {("a", 1)} and reverted == []
+    assert calls == [{"a": 1, "b": 1, "c": 0}, {"a": 2, "b": 1, "c": 0}]
+    repaired, back = search.repair(calls[0], holds, lambda ch: ["a", "b"])
+    assert repaired == {"a": 0, "b": 1, "c": 0} and back == ["a"]
+
+
+def test_settle_falls_back_to_repair_after_its_rounds(monkeypatch):
+    monkeypatch.setattr(search, "SETTLE_ROUNDS", 1)
+    options = {"a": [(0, 0), (-5.0, 0.2), (-3.0, 0.2)], "b": [(0, 0), (-2.0, 0.2)]}
+    choice, _, _, reverted = search.settle(options, 0.5, (), lambda ch: ch["a"] == 0, lambda ch: ["a", "b"], set())
+    assert choice == {"a": 0, "b": 1} and reverted == ["a"]
+
+
+def test_optimize_prunes_filters_jointly_within_budget():
+    """With every candidate timed faster than dense (injected), the search takes filter pruning of
+    several groups; the returned model is ``prune_filters`` of those groups in one call with the
+    fitting part's refit, and the held-out budget holds."""
+    model = nc.load(nc.data.model_path("vgg_small"))
+    x, y = nc.data.mnist("train")
+    x, y = x[:600], y[:600]
+    out = Planner(timer=TableTimer(chosen_ms=0.6), cache=False).run(model, x, labels=y, budget=1.0,
+                                                                     methods=["prune_filters"])
+    picked = {c.settings["layer"]: c.settings["ratio"] for c in out.plan.layers if c.method == "prune_filters"}
+    assert len(picked) >= 2 and all(c.layer.startswith(candidates.GROUP) for c in out.plan.layers
+                                    if c.method == "prune_filters")
+    assert all(c.candidate == "dense" for c in out.plan.layers if not c.layer.startswith(candidates.GROUP))
+    fit = x[split(x.shape[0], 0)[0]]
+    joint = nc.prune_filters(model, picked, calibration=fit, seed=0)
+    np.testing.assert_array_equal(out(x[:32]), joint(x[:32]))
+    assert heldout_drop(model, out, x, y) <= 1.0 + 1e-9
+    assert out.plan.bytes < out.plan.dense_bytes
+    text = str(out.plan)
+    assert "filters:" in text and ("filters25" in text or "filters50" in text)
