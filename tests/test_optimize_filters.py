@@ -156,3 +156,82 @@ def test_optimize_prunes_filters_jointly_within_budget():
     assert out.plan.bytes < out.plan.dense_bytes
     text = str(out.plan)
     assert "filters:" in text and ("filters25" in text or "filters50" in text)
+
+
+def brute_pairs(options, budget, pairs):
+    best = None
+    layers = list(options)
+    for combo in itertools.product(*(range(len(options[l])) for l in layers)):
+        ch = dict(zip(layers, combo))
+        cost, drop = search.total(options, ch, pairs)
+        if drop <= budget + 1e-12 and (best is None or cost < best[0] - 1e-12):
+            best = (cost, ch)
+    return best
+
+
+def test_exact_search_counts_pair_interactions():
+    """Pair costs (a chain's shared layer saved once, not twice) make the additive optimum wrong; the
+    exact search with them is the brute-force optimum of the cost with them, greedy never better."""
+    options = {"a": [(0, 0), (-3.0, 0.1)], "b": [(0, 0), (-3.0, 0.1)], "c": [(0, 0), (-2.0, 0.1)]}
+    pairs = {(("a", 1), ("b", 1)): 2.5}
+    assert search.exact(options, 0.2) in ({"a": 1, "b": 1, "c": 0},)
+    assert search.exact(options, 0.2, pairs=pairs) in ({"a": 1, "b": 0, "c": 1}, {"a": 0, "b": 1, "c": 1})
+    assert search.total(options, {"a": 1, "b": 1, "c": 0}, pairs) == (-3.5, pytest.approx(0.2))
+    rng = np.random.default_rng(2)
+    for _ in range(40):
+        options = {f"l{i}": [(0.0, 0.0)] + [(float(-rng.uniform(0, 5)), float(rng.uniform(0, 0.6)))
+                                           for _ in range(rng.integers(1, 3))] for i in range(4)}
+        pairs = {((a, i), (b, j)): float(rng.uniform(-1, 3)) for a, b in itertools.combinations(options, 2)
+                 for i in range(1, len(options[a])) for j in range(1, len(options[b])) if rng.uniform() < 0.5}
+        budget = float(rng.uniform(0, 2))
+        exact, greedy = search.exact(options, budget, pairs=pairs), search.greedy(options, budget, pairs=pairs)
+        assert search.total(options, exact, pairs)[0] == pytest.approx(brute_pairs(options, budget, pairs)[0])
+        assert search.total(options, greedy, pairs)[1] <= budget + 1e-9
+        assert search.total(options, greedy, pairs)[0] >= search.total(options, exact, pairs)[0] - 1e-9
+
+
+class JointTimer:
+    """Injected timing by shapes: a model's time is the sum over its weighted layers of their weight
+    counts (a layer with half its inputs and half its outputs costs a quarter), so the joint entry of
+    two chained groups differs from the sum of theirs."""
+
+    def __init__(self):
+        self.timed = []
+
+    def measure(self, models, x, effort=1):
+        self.timed += list(models)
+        return {k: 1e-4 * sum(int(np.prod(n.layer.weight.shape)) for n in _model(m).nodes
+                              if getattr(n.layer, "weight", None) is not None) for k, m in models.items()}
+
+
+def _model(fn):
+    return fn if hasattr(fn, "nodes") else fn.__self__ if hasattr(fn, "__self__") else fn.model
+
+
+def test_chained_groups_are_timed_together_and_the_prediction_holds(monkeypatch):
+    """VGG-small's channel groups form a chain (each group's consumer produces the next group): their
+    joint entries are timed, and with a timer whose cost is each layer's inputs x outputs (where the
+    additive table alone is wrong) the prediction of a choice with chained groups is its measured time."""
+    from nncomp.planner import interactions
+    monkeypatch.setattr("nncomp.planner.table.in_mode", lambda model, mode, batch, threads=None: model)
+    measured = []
+    real = interactions.measure
+
+    def spy(*args, **kw):
+        measured.append(real(*args, **kw))
+        return measured[-1]
+    monkeypatch.setattr(interactions, "measure", spy)
+    model = nc.load(nc.data.model_path("vgg_small"))
+    x, y = nc.data.mnist("train")
+    out = Planner(timer=JointTimer(), cache=False).run(model, x[:600], labels=y[:600], budget=100.0,
+                                                       methods=["prune_filters"])
+    groups = candidates.group_candidates(model, ["prune_filters"])
+    built = {k: [(c, candidates.build_patch(model, c, None), 0.0) for c in cs] for k, cs in groups.items()}
+    pairs = interactions.overlapping(built, candidates.weighted_layers(model))
+    g = candidates.GROUP
+    assert (g + "features.3", g + "features.7") in pairs and (g + "features.0", g + "features.7") not in pairs
+    timed = {(a, b) for (a, _), (b, _) in measured[0]}     # pairs of options worth choosing (2% faster)
+    assert len(measured) == 1 and (g + "features.3", g + "features.7") in timed and timed <= set(pairs)
+    picked = [c.layer for c in out.plan.layers if c.method == "prune_filters"]
+    assert any((a in picked and b in picked) for a, b in pairs)
+    assert out.plan.predicted_ms == pytest.approx(out.plan.measured_ms, rel=1e-6)

@@ -328,23 +328,29 @@ def onnx_model(model):
                              producer_name="nncomp.bench")
 
 
-def ort_model(model, *, threads, int8=False, spin=False, serialized=None, int8_ops=("MatMul",)):
+def ort_model(model, *, threads, int8=False, spin=False, serialized=None, int8_ops=("MatMul",), calibration=None):
     """The model run by ONNX Runtime (CPU); returns ``fn(x: ndarray) -> ndarray``.
 
-    ``int8=True`` applies ``onnxruntime.quantization.quantize_dynamic`` (int8 weights) to ``int8_ops``.
+    ``int8=True`` (or ``"dynamic"``) applies ``onnxruntime.quantization.quantize_dynamic`` (int8
+    weights) to ``int8_ops``; ``int8="static"`` applies ``quantize_static`` in QDQ format (per-channel
+    int8 weights, uint8 activations: ORT's x86 default pairing) to ``int8_ops`` with activation
+    ranges from ``calibration`` (inputs in the model's layout, fed 32 at a time).
     ``fn.onnx_bytes`` is the size of the serialized graph that ORT loaded. ``serialized``: the
     float32 graph of :func:`onnx_model` as bytes, when the caller exported it already (fc6: 411 MB).
     """
     require_ort()
     data = serialized if serialized is not None else onnx_model(model).SerializeToString()
     if int8:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
         with tempfile.TemporaryDirectory() as tmp:
             src, dst = os.path.join(tmp, "f.onnx"), os.path.join(tmp, "q.onnx")
             with open(src, "wb") as fh:
                 fh.write(data)
             with _quiet():
-                quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=list(int8_ops))
+                if int8 == "static":
+                    _quantize_static(src, dst, calibration, int8_ops)
+                else:
+                    from onnxruntime.quantization import QuantType, quantize_dynamic
+                    quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=list(int8_ops))
             with open(dst, "rb") as fh:
                 data = fh.read()
     sess, n_out = ort_session(data, threads=threads, spin=spin), len(model.outputs)
@@ -355,6 +361,27 @@ def ort_model(model, *, threads, int8=False, spin=False, serialized=None, int8_o
         return ys[0] if n_out == 1 else tuple(ys)
     fn.onnx_bytes = len(data)
     return fn
+
+
+def _quantize_static(src, dst, calibration, ops):
+    """ORT's static QDQ quantization of the graph file ``src`` into ``dst`` (see :func:`ort_model`)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    if calibration is None or len(calibration) == 0:
+        raise ValueError("ORT static int8 needs calibration inputs")
+    name = onnx.load(src).graph.input[0].name
+    parts = [np.ascontiguousarray(calibration[i:i + 32], np.float32) for i in range(0, len(calibration), 32)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.left = iter(parts)
+
+        def get_next(self):
+            part = next(self.left, None)
+            return None if part is None else {name: part}
+
+    quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(ops),
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
 
 def ort_session(data, *, threads, spin=False):

@@ -27,9 +27,11 @@ SETTLE_ROUNDS = 6     # verifications that may each rule out one option before t
 FREE = 1e-9
 
 
-def total(options, choice):
-    """``(summed cost, summed drop)`` of ``choice`` ``{layer: option index}``."""
+def total(options, choice, pairs=None):
+    """``(summed cost, summed drop)`` of ``choice`` ``{layer: option index}``; ``pairs``
+    ``{((layer, option), (layer, option)): cost}`` adds the cost of every pair both chosen."""
     cost = sum(options[l][i][0] for l, i in choice.items())
+    cost += sum(c for ((a, i), (b, j)), c in (pairs or {}).items() if choice.get(a) == i and choice.get(b) == j)
     drop = sum(options[l][i][1] for l, i in choice.items())
     return float(cost), float(drop)
 
@@ -42,7 +44,7 @@ def _partners(exclusive):
     return out
 
 
-def greedy(options, budget, exclusive=()):
+def greedy(options, budget, exclusive=(), pairs=None):
     """NetAdapt-style greedy choice ``{layer: option index}`` (see the module notes).
 
     Parameters
@@ -53,17 +55,21 @@ def greedy(options, budget, exclusive=()):
         Summed drop allowed.
     exclusive : iterable of (layer, layer)
         Pairs that may not both take a non-dense option.
+    pairs : dict {((layer, option), (layer, option)): cost}, optional
+        Costs added when both options are chosen (measured interactions).
     """
     choice = {l: 0 for l in options}
     partners = _partners(exclusive)
     spent = 0.0
     while True:
         best = None
+        now = total(options, choice, pairs)[0]
         for l, opts in options.items():
             if any(choice.get(o) for o in partners.get(l, ())):
                 continue
-            c0, d0 = opts[choice[l]]
-            for i, (c, d) in enumerate(opts):
+            c0, d0 = now, opts[choice[l]][1]
+            for i, (_, d) in enumerate(opts):
+                c = total(options, {**choice, l: i}, pairs)[0] if i != choice[l] else c0
                 if c >= c0 or spent - d0 + d > budget + 1e-12:
                     continue
                 ratio = (c0 - c) / max(d - d0, FREE)
@@ -77,9 +83,10 @@ def greedy(options, budget, exclusive=()):
         choice[l] = i
 
 
-def exact(options, budget, exclusive=()):
+def exact(options, budget, exclusive=(), pairs=None):
     """The minimum-cost choice with summed drop <= ``budget``, by ``scipy.optimize.milp``, no two
-    layers of an ``exclusive`` pair both non-dense.
+    layers of an ``exclusive`` pair both non-dense, with the cost of ``pairs`` both chosen (as
+    :func:`total`; one more variable per pair, linearized: y = x_a x_b).
 
     Returns ``{layer: option index}``, or None when the solver reports no solution (it always has
     one: all dense).
@@ -87,20 +94,34 @@ def exact(options, budget, exclusive=()):
     from scipy.optimize import Bounds, LinearConstraint, milp
     layers = list(options)
     flat = [(l, i, c, d) for l in layers for i, (c, d) in enumerate(options[l])]
-    cost = np.array([c for _, _, c, _ in flat], float)
-    drop = np.array([d for _, _, _, d in flat], float)
-    one = np.zeros((len(layers), len(flat)))
+    index = {(l, i): j for j, (l, i, _, _) in enumerate(flat)}
+    terms = [(index[a], index[b], c) for (a, b), c in (pairs or {}).items() if a in index and b in index]
+    n = len(flat) + len(terms)
+    cost = np.array([c for _, _, c, _ in flat] + [c for _, _, c in terms], float)
+    drop = np.zeros(n)
+    drop[:len(flat)] = [d for _, _, _, d in flat]
+    one = np.zeros((len(layers), n))
     for j, (l, *_rest) in enumerate(flat):
         one[layers.index(l), j] = 1.0
     constraints = [LinearConstraint(one, 1, 1), LinearConstraint(drop[None, :], -np.inf, budget + 1e-9)]
-    pairs = [(a, b) for a, b in exclusive if a in options and b in options]
-    if pairs:       # the non-dense options of both layers of a pair: at most one
-        apart = np.array([[1.0 if l in pair and i else 0.0 for l, i, _, _ in flat] for pair in pairs])
-        constraints.append(LinearConstraint(apart, -np.inf, 1))
-    res = milp(cost, integrality=np.ones(len(flat)), bounds=Bounds(0, 1), constraints=constraints)
+    apart = [(a, b) for a, b in exclusive if a in options and b in options]
+    if apart:       # the non-dense options of both layers of a pair: at most one
+        rows = np.array([[1.0 if l in pair and i else 0.0 for l, i, _, _ in flat] + [0.0] * len(terms)
+                         for pair in apart])
+        constraints.append(LinearConstraint(rows, -np.inf, 1))
+    if terms:       # y = x_a x_b: y <= x_a, y <= x_b, y >= x_a + x_b - 1
+        rows = np.zeros((3 * len(terms), n))
+        for t, (a, b, _) in enumerate(terms):
+            y = len(flat) + t
+            rows[3 * t, [y, a]] = 1.0, -1.0
+            rows[3 * t + 1, [y, b]] = 1.0, -1.0
+            rows[3 * t + 2, [y, a, b]] = 1.0, -1.0, -1.0
+        constraints.append(LinearConstraint(rows, np.tile([-np.inf, -np.inf, -1.0], len(terms)),
+                                            np.tile([0.0, 0.0, np.inf], len(terms))))
+    res = milp(cost, integrality=np.ones(n), bounds=Bounds(0, 1), constraints=constraints)
     if res.x is None:
         return None
-    picked = np.round(res.x).astype(bool)
+    picked = np.round(res.x[:len(flat)]).astype(bool)
     return {l: i for (l, i, _, _), on in zip(flat, picked) if on}
 
 
@@ -130,18 +151,18 @@ def repair(choice, holds, harm):
     return choice, reverted
 
 
-def solve(options, budget, exclusive=()):
+def solve(options, budget, exclusive=(), pairs=None):
     """``(choice, search used, notes)``: the exact choice, the greedy one if the solver fails."""
-    choice, quick = exact(options, budget, exclusive), greedy(options, budget, exclusive)
+    choice, quick = exact(options, budget, exclusive, pairs), greedy(options, budget, exclusive, pairs)
     if choice is None:
         return quick, "greedy", []
     if quick != choice:
-        return choice, "milp", [f"greedy chose otherwise: predicted cost {total(options, quick)[0]:.4g} "
-                                f"against {total(options, choice)[0]:.4g} for the exact choice"]
+        return choice, "milp", [f"greedy chose otherwise: predicted cost {total(options, quick, pairs)[0]:.4g} "
+                                f"against {total(options, choice, pairs)[0]:.4g} for the exact choice"]
     return choice, "milp (greedy agrees)", []
 
 
-def settle(options, budget, exclusive, holds, harm, ruled):
+def settle(options, budget, exclusive, holds, harm, ruled, pairs=None):
     """``(choice, search used, notes, layers reverted by repair)``: :func:`solve`, verified by ``holds``; while it
     fails (at most SETTLE_ROUNDS times) the first layer of ``harm(choice)`` loses its chosen option
     (added to ``ruled``, a set of ``(layer, option index)`` kept by the caller) and the search runs
@@ -151,14 +172,14 @@ def settle(options, budget, exclusive, holds, harm, ruled):
                 for l, opts in options.items()}
 
     for _ in range(SETTLE_ROUNDS):
-        choice, used, notes = solve(allowed(), budget, exclusive)
+        choice, used, notes = solve(allowed(), budget, exclusive, pairs)
         if holds(choice):
             return choice, used, notes, []
         live = [l for l in harm(choice) if choice[l]]
         if not live:
             break
         ruled.add((live[0], choice[live[0]]))
-    choice, used, notes = solve(allowed(), budget, exclusive)
+    choice, used, notes = solve(allowed(), budget, exclusive, pairs)
     choice, reverted = repair(choice, holds, harm)
     return choice, used, notes, reverted
 

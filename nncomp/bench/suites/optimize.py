@@ -6,9 +6,10 @@ own final measurement against dense (alternating whole calls, medians, at that b
 prediction error, the file bytes, the accuracy change on the shipped test data (never seen by the
 planner) and the planning time (one planner per model: the batch-64 row reuses the candidates the
 batch-1 row built, and only measures). The chosen model is then timed again alternating with ONNX
-Runtime on the same graph, float32 and int8 dynamic (``quantize_dynamic`` of MatMul and Conv), at
-the same batch and threads: ``vs ORT`` is the faster ORT's time over the chosen model's (above 1:
-nncomp faster). The latency cache is off: every row measures afresh.
+Runtime on the same graph, float32, int8 dynamic (``quantize_dynamic`` of MatMul and Conv) and int8
+static (``quantize_static``, QDQ, per-channel weights, activation ranges from the planner's own
+calibration data), at the same batch and threads: ``vs ORT`` is the fastest ORT's time over the
+chosen model's (above 1: nncomp faster). The latency cache is off: every row measures afresh.
 
 The ``size`` part plans LeNet-300-100 and LeNet-5 with ``objective="size"`` (the same budget, all
 SIZE_CALIB shipped training digits as calibration) and reports the chosen plan, the file bytes as
@@ -59,15 +60,25 @@ def _data(name):
     return model, x[:CALIB], y[:CALIB], xt, yt, None
 
 
-def _peers(model, serialized, threads):
-    """``{name: fn}`` of ONNX Runtime float32 and int8 dynamic (None if ORT is missing)."""
+ORT = {"ort_f32": {}, "ort_int8": {"int8": "dynamic"}, "ort_int8s": {"int8": "static"}}
+
+
+def _peers(model, serialized, threads, calibration):
+    """``({name: fn}, {name: error})`` of ONNX Runtime float32, int8 dynamic and int8 static (QDQ,
+    ranges from ``calibration``); a peer that cannot run this graph (or ORT missing) is an error."""
     from .. import peers
+    fns, errors = {}, {}
     try:
         data = serialized if serialized is not None else peers.onnx_model(model).SerializeToString()
-        return {"ort_f32": peers.ort_model(model, threads=threads, serialized=data),
-                "ort_int8": peers.ort_model(model, threads=threads, serialized=data, int8=True, int8_ops=INT8_OPS)}
-    except Exception as e:  # noqa: BLE001 - a peer that cannot run this graph leaves its columns empty
-        return {"error": f"{type(e).__name__}: {e}"}
+    except Exception as e:  # noqa: BLE001 - no graph: every ORT column stays empty
+        return {}, {k: f"{type(e).__name__}: {e}" for k in ORT}
+    for k, kw in ORT.items():
+        try:
+            fns[k] = peers.ort_model(model, threads=threads, serialized=data, int8_ops=INT8_OPS,
+                                     calibration=calibration, **kw)
+        except Exception as e:  # noqa: BLE001 - a peer that cannot run this graph leaves its column empty
+            errors[k] = f"{type(e).__name__}: {e}"
+    return fns, errors
 
 
 def run(result, opts):
@@ -141,7 +152,7 @@ def run_plans(result, opts):
             x, y = x[:400], y[:400]
         dense_acc = float(np.mean(model(xt).argmax(1) == yt))
         planner = Planner(cache=False)
-        peers = _peers(model, serialized, threads)
+        peers, errors = _peers(model, serialized, threads, x)
         for b in batches:
             t0, c0 = time.perf_counter(), time.process_time()
             out = planner.run(model, x, labels=y, budget=BUDGET, batch=b, methods=methods)
@@ -156,20 +167,19 @@ def run_plans(result, opts):
                    "planning_s": time.perf_counter() - t0, "planning_cpu_s": time.process_time() - c0,
                    "search": plan.search, "plan": plan.to_json()}
             row["test_drop_points"] = 100 * (row["test_accuracy_dense"] - row["test_accuracy"])
-            if "error" in peers:
-                row["ort_error"] = peers["error"]
-            else:
+            if errors:
+                row["ort_errors"] = errors
+            if peers:
                 xb = np.ascontiguousarray(x[np.arange(b) % len(x)])
                 ms = Timer().measure({"chosen": out, **peers}, xb, effort=2)
-                row.update({"chosen_vs_ort_ms": ms["chosen"], "ort_f32_ms": ms["ort_f32"],
-                            "ort_int8_ms": ms["ort_int8"],
-                            "vs_ort": min(ms["ort_f32"], ms["ort_int8"]) / ms["chosen"]})
+                row.update({"chosen_vs_ort_ms": ms["chosen"], **{f"{k}_ms": ms[k] for k in peers},
+                            "vs_ort": min(ms[k] for k in peers) / ms["chosen"]})
             rows.append(row)
             opts.say(_line(row))
 
 
 def _line(r):
-    ort = f", {r['vs_ort']:.2f}x the faster ORT" if "vs_ort" in r else ""
+    ort = f", {r['vs_ort']:.2f}x the fastest ORT" if "vs_ort" in r else ""
     return (f"{r['model']} b{r['batch']}: {r['speedup']:.2f}x ({r['dense_ms']:.4f} -> {r['measured_ms']:.4f} ms, "
             f"predicted {r['predicted_ms']:.4f}){ort}, test accuracy {r['test_accuracy_dense']:.3f} -> "
             f"{r['test_accuracy']:.3f}, chosen {_chosen(r)}, planned in {r['planning_s']:.0f} s")
@@ -209,18 +219,19 @@ def markdown(result):
 
 def _latency_markdown(rows):
     lines = ["| model | batch | chosen (other layers dense) | dense ms | chosen ms | speedup | predicted (error) | "
-             "ORT f32 ms | ORT int8 ms | vs faster ORT | bytes | energy (estimate) nJ | test accuracy | "
-             "planning s (CPU s) |",
-             "|---" * 14 + "|"]
+             "ORT f32 ms | ORT int8 dyn. ms | ORT int8 static ms | vs fastest ORT | bytes | energy (estimate) nJ | "
+             "test accuracy | planning s (CPU s) |",
+             "|---" * 15 + "|"]
     for r in rows:
-        ort = (f"{r['ort_f32_ms']:.4f} | {r['ort_int8_ms']:.4f} | **{r['vs_ort']:.2f}x**" if "vs_ort" in r
-               else "- | - | -")
+        ort = " | ".join(f"{r[k + '_ms']:.4f}" if k + "_ms" in r else "-" for k in ORT)
+        ort += f" | **{r['vs_ort']:.2f}x**" if "vs_ort" in r else " | -"
         lines.append(f"| {r['model']} | {r['batch']} | {_chosen(r)} | {r['dense_ms']:.4f} | {r['measured_ms']:.4f} | "
                      f"**{r['speedup']:.2f}x** | {_predicted(r)} | "
                      f"{ort} | {r['dense_bytes']:,} -> {r['bytes']:,} | {_energy(r)} | "
                      f"{r['test_accuracy_dense']:.3f} -> "
                      f"{r['test_accuracy']:.3f} | {r['planning_s']:.0f} ({_cpu(r)}) |")
-    lines += ["", "vs faster ORT: the faster of ORT float32 and ORT int8 dynamic, over the chosen model's time, "
+    lines += ["", "vs fastest ORT: the fastest of ORT float32, int8 dynamic and int8 static (QDQ, the planner's "
+              "calibration data), over the chosen model's time, "
               "timed again alternating with it (above 1: nncomp faster). *: the search's choice predicted vs "
               "measured in the final measurement's first round, which then set layers back to dense. The batch-64 "
               "row of each model reuses the candidates built for batch 1 (planning s counts only what that row "
