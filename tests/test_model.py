@@ -319,6 +319,32 @@ def test_measured_choice_runs_the_faster_forward_and_notices_a_change():
     assert ran[-20:].count("b") >= 19
 
 
+def test_measured_choice_drops_an_incumbent_that_got_slower_without_waiting_to_explore():
+    """Once the incumbent's last WINDOW calls are all slower than the other's best (by MARGIN), the
+    other runs at the next call, even when the next exploration is far off."""
+    from nncomp.plan import MeasuredChoice
+    now = [0.0]
+    cost = {"a": 1.0, "b": 2.0}
+    ran = []
+
+    def forward(name):
+        def run(x):
+            now[0] += cost[name]
+            ran.append(name)
+            return name
+        return run
+    choice = MeasuredChoice(forward("a"), forward("b"), clock=lambda: now[0])
+    for _ in range(300):
+        choice(0)
+    assert choice.explore == MeasuredChoice.EXPLORE_MAX and ran[-30:].count("a") >= 29
+    cost["a"] = 3.0
+    start = len(ran)
+    for _ in range(MeasuredChoice.WINDOW + 4):
+        choice(0)
+    assert ran[start:start + MeasuredChoice.WINDOW] == ["a"] * MeasuredChoice.WINDOW
+    assert ran[start + MeasuredChoice.WINDOW] == "b" and ran[start + MeasuredChoice.WINDOW:].count("b") >= 3
+
+
 def test_glibc_is_asked_once_to_keep_freed_activation_memory(monkeypatch):
     """On glibc the allocator keeps freed blocks for the next pass; NNCOMP_MALLOPT=0 opts out."""
     import ctypes

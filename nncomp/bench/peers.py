@@ -15,10 +15,6 @@ Images run in the peers' native NCHW layout. ONNX Runtime runs sequentially with
 time when contenders alternate, ``session.intra_op.allow_spinning = 0`` (the same passive policy nncomp
 gives its own OpenMP pool); pass ``spin=True`` for ORT's default.
 """
-import contextlib
-import logging
-import os
-import tempfile
 import warnings
 
 import numpy as np
@@ -341,18 +337,8 @@ def ort_model(model, *, threads, int8=False, spin=False, serialized=None, int8_o
     require_ort()
     data = serialized if serialized is not None else onnx_model(model).SerializeToString()
     if int8:
-        with tempfile.TemporaryDirectory() as tmp:
-            src, dst = os.path.join(tmp, "f.onnx"), os.path.join(tmp, "q.onnx")
-            with open(src, "wb") as fh:
-                fh.write(data)
-            with _quiet():
-                if int8 == "static":
-                    _quantize_static(src, dst, calibration, int8_ops)
-                else:
-                    from onnxruntime.quantization import QuantType, quantize_dynamic
-                    quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=list(int8_ops))
-            with open(dst, "rb") as fh:
-                data = fh.read()
+        from .ort_quant import quantize_graph
+        data = quantize_graph(data, "static" if int8 == "static" else "dynamic", int8_ops, calibration)
     sess, n_out = ort_session(data, threads=threads, spin=spin), len(model.outputs)
     name = sess.get_inputs()[0].name
 
@@ -361,27 +347,6 @@ def ort_model(model, *, threads, int8=False, spin=False, serialized=None, int8_o
         return ys[0] if n_out == 1 else tuple(ys)
     fn.onnx_bytes = len(data)
     return fn
-
-
-def _quantize_static(src, dst, calibration, ops):
-    """ORT's static QDQ quantization of the graph file ``src`` into ``dst`` (see :func:`ort_model`)."""
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    if calibration is None or len(calibration) == 0:
-        raise ValueError("ORT static int8 needs calibration inputs")
-    name = onnx.load(src).graph.input[0].name
-    parts = [np.ascontiguousarray(calibration[i:i + 32], np.float32) for i in range(0, len(calibration), 32)]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.left = iter(parts)
-
-        def get_next(self):
-            part = next(self.left, None)
-            return None if part is None else {name: part}
-
-    quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(ops),
-                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
 
 def ort_session(data, *, threads, spin=False):
@@ -393,20 +358,6 @@ def ort_session(data, *, threads, spin=False):
     if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence the peers' advice printed through ``logging`` and ``warnings``."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)
 
 
 def torch_bytes(model, int8=False):
