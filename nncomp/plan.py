@@ -246,8 +246,9 @@ class MeasuredChoice:
     moment is slow for either); the other runs every ``explore`` calls to keep its times
     current, ``explore`` doubling (up to EXPLORE_MAX) while it stays slower and reset when it wins
     by MARGIN. After every call the incumbent's best is compared with the others' (the incumbent
-    loses by MARGIN when its own recent calls got slower, without waiting for an exploration). Each forward's first call (plan building, caches) is not counted. The state is shared
-    by the threads calling one model: a race only mixes up which times a forward is judged by."""
+    loses by MARGIN when its own recent calls got slower, without waiting for an exploration). Each
+    forward's first call (plan building, caches) is not counted. The state is shared by the threads
+    calling one model: a race only mixes up which times a forward is judged by."""
 
     WINDOW = 8
     EXPLORE_MIN, EXPLORE_MAX = 8, 64

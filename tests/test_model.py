@@ -292,13 +292,11 @@ def test_forward_leaves_the_callers_cpu_set_alone(lenet5):
     assert seen["after"] == seen["before"]
 
 
-def test_measured_choice_runs_the_faster_forward_and_notices_a_change():
-    """Each forward's first call is not counted; after a warm-up the faster one runs, the other
-    is retried at growing intervals, and a forward that becomes the faster one takes over."""
+def _timed_choice():
+    """A MeasuredChoice of forwards "a" (1 s a call) and "b" (2 s) on a fake clock: ``(choice, cost
+    {name: seconds}, names in the order they ran)``."""
     from nncomp.plan import MeasuredChoice
-    now = [0.0]
-    cost = {"a": 1.0, "b": 2.0}
-    ran = []
+    now, cost, ran = [0.0], {"a": 1.0, "b": 2.0}, []
 
     def forward(name):
         def run(x):
@@ -306,7 +304,13 @@ def test_measured_choice_runs_the_faster_forward_and_notices_a_change():
             ran.append(name)
             return (name, x)
         return run
-    choice = MeasuredChoice(forward("a"), forward("b"), clock=lambda: now[0])
+    return MeasuredChoice(forward("a"), forward("b"), clock=lambda: now[0]), cost, ran
+
+
+def test_measured_choice_runs_the_faster_forward_and_notices_a_change():
+    """Each forward's first call is not counted; after a warm-up the faster one runs, the other
+    is retried at growing intervals, and a forward that becomes the faster one takes over."""
+    choice, cost, ran = _timed_choice()
     assert choice(7) in (("a", 7), ("b", 7))
     for _ in range(40):
         choice(0)
@@ -323,17 +327,7 @@ def test_measured_choice_drops_an_incumbent_that_got_slower_without_waiting_to_e
     """Once the incumbent's last WINDOW calls are all slower than the other's best (by MARGIN), the
     other runs at the next call, even when the next exploration is far off."""
     from nncomp.plan import MeasuredChoice
-    now = [0.0]
-    cost = {"a": 1.0, "b": 2.0}
-    ran = []
-
-    def forward(name):
-        def run(x):
-            now[0] += cost[name]
-            ran.append(name)
-            return name
-        return run
-    choice = MeasuredChoice(forward("a"), forward("b"), clock=lambda: now[0])
+    choice, cost, ran = _timed_choice()
     for _ in range(300):
         choice(0)
     assert choice.explore == MeasuredChoice.EXPLORE_MAX and ran[-30:].count("a") >= 29
