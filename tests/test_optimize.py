@@ -9,6 +9,7 @@ import pytest
 import nncomp as nc
 from nncomp.planner import Planner, allocation, candidates, latency, search
 from nncomp.planner.optimize import split
+from nncomp.planner.table import LatencyTable
 
 N_CALIB = 800
 
@@ -402,8 +403,16 @@ def test_run_modes_and_timing_in_the_dense_models_mode():
     x = nc.data.for_model(vgg, "train")[0][:64]
     dyn = nc.quantize(vgg, layers=["features.3"], activations="dynamic", calibration=x)
     assert modes.run_mode(dyn, 64, threads=2) == "parallel"        # results depend on the cut: run whole
-    for mode in ("serial", "parts"):
+    for mode in ("serial", "parts", "parallel"):
         np.testing.assert_allclose(modes.in_mode(vgg, mode, 64, threads=2)(x), vgg(x), rtol=1e-4, atol=1e-4)
+
+    class Ways:         # injected: the dense model is fastest in batch parts
+        def measure(self, calls, x, effort=1):
+            return {k: {"serial": 3.0, "parts": 1.0, "parallel": 2.0}[k] for k in calls}
+    if __import__("numba").get_num_threads() >= 2:
+        assert modes.concrete_mode(vgg, x, Ways()) == "parts"
+        assert LatencyTable(vgg, x, Ways(), None).timing == "parts"
+    assert modes.concrete_mode(lenet300, x[:1].reshape(1, -1), Ways()) == "serial"     # its own mode
 
 
 @pytest.mark.skipif(__import__("numba").get_num_threads() < 2, reason="batch parts need two threads")

@@ -9,14 +9,15 @@ itself.
 
 Every entry is timed in the mode the dense model runs in (:mod:`.modes`; a one-layer change must
 not move the whole model from batch parts to parallel kernels between the table and the final
-call), first briefly (SCREEN_EFFORT of the calls): a candidate that is clearly slower (by MIN_GAIN)
+call; a dense model that measures its way each call is timed, with every entry, in the way it
+measured fastest when the table was made), first briefly (SCREEN_EFFORT of the calls): a candidate that is clearly slower (by MIN_GAIN)
 stops there, the others are timed in full. Differences are kept relative to the dense time of the
 same measurement and expressed against one reference dense time, so that a neighbour's load that
 slows every call between two measurements does not bias their sum.
 """
 from .candidates import compose
 from .latency import entry_key, machine_key, structure_key
-from .modes import in_mode, run_mode
+from .modes import concrete_mode, in_mode, run_mode
 
 __all__ = ["LatencyTable", "MIN_GAIN", "PROXY_SAMPLES", "SCREEN_EFFORT"]
 
@@ -45,6 +46,7 @@ class LatencyTable:
         self.model, self.xb, self.timer, self.cache = model, xb, timer, cache
         self.batch = xb.shape[0]
         self.mode = run_mode(model, self.batch)
+        self.timing = concrete_mode(model, xb, timer)   # "measured": the way the dense model ran fastest
         self.machine, self.structure = machine_key(), structure_key(model)
         self.rel, self.confirmed = {}, set()
         self.dense_ms = None       # the reference dense time (of the first measurement)
@@ -54,7 +56,7 @@ class LatencyTable:
     def key(self, name, label, patch):
         """The cache key of ``patch`` in place of layer ``name`` (its formats and bytes, not values)."""
         return entry_key(self.machine, self.structure, self.batch, [
-            name, label, self.mode, [(p.name, p.layer.describe(), int(p.layer.nbytes)) for p in patch]])
+            name, label, self.timing, [(p.name, p.layer.describe(), int(p.layer.nbytes)) for p in patch]])
 
     def eligible(self, name, patch):
         """Whether the model with ``patch`` runs in the dense model's mode. One that would not is
@@ -102,8 +104,8 @@ class LatencyTable:
 
     def _time(self, todo, effort):
         """``{key: relative difference}`` of ``todo``, timed together with dense in this mode."""
-        calls = {"dense": in_mode(self.model, self.mode, self.batch)}
-        calls.update({k: in_mode(compose(self.model, {n: p}), self.mode, self.batch) for k, (n, p) in todo.items()})
+        calls = {"dense": in_mode(self.model, self.timing, self.batch)}
+        calls.update({k: in_mode(compose(self.model, {n: p}), self.timing, self.batch) for k, (n, p) in todo.items()})
         ms = self.timer.measure(calls, self.xb, effort=effort)
         self.dense_ms = self.dense_ms or ms["dense"]
         self.last_dense = ms["dense"]
@@ -122,6 +124,6 @@ class LatencyTable:
     def dense_reference(self):
         """The reference dense time in ms (a measurement if none was made: all entries cached)."""
         if self.dense_ms is None:
-            ms = self.timer.measure({"dense": in_mode(self.model, self.mode, self.batch)}, self.xb)
+            ms = self.timer.measure({"dense": in_mode(self.model, self.timing, self.batch)}, self.xb)
             self.dense_ms = ms["dense"]
         return self.dense_ms
