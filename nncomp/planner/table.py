@@ -10,10 +10,11 @@ itself.
 Every entry is timed in the mode the dense model runs in (:mod:`.modes`; a one-layer change must
 not move the whole model from batch parts to parallel kernels between the table and the final
 call; a dense model that measures its way each call is timed, with every entry, in the way it
-measured fastest when the table was made), first briefly (SCREEN_EFFORT of the calls): a candidate that is clearly slower (by MIN_GAIN)
-stops there, the others are timed in full. Differences are kept relative to the dense time of the
-same measurement and expressed against one reference dense time, so that a neighbour's load that
-slows every call between two measurements does not bias their sum.
+measured fastest when the table was made), first briefly (SCREEN_EFFORT of the calls): a
+candidate that is clearly slower (by MIN_GAIN) stops there, the others are timed in full.
+Differences are kept relative to the dense time of the same measurement and expressed against one
+reference dense time, so that a neighbour's load that slows every call between two measurements
+does not bias their sum.
 """
 from .candidates import compose
 from .latency import entry_key, machine_key, structure_key
