@@ -168,7 +168,7 @@ class OptimizationPlan:
                  + (f", on {self.cpu}" if self.cpu else "")]
         for r in rows:
             lines.append("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
-        predicted = ("not predicted (objective size)" if self.predicted_ms is None else
+        predicted = (f"not predicted (objective {self.objective})" if self.predicted_ms is None else
                      f"predicted {self.predicted_ms:.4f} ms (error {100 * self.prediction_error:+.1f}%)")
         if self.search_check is not None and self.reverted:
             p, m = self.search_check
