@@ -235,3 +235,27 @@ def test_chained_groups_are_timed_together_and_the_prediction_holds(monkeypatch)
     picked = [c.layer for c in out.plan.layers if c.method == "prune_filters"]
     assert any((a in picked and b in picked) for a, b in pairs)
     assert out.plan.predicted_ms == pytest.approx(out.plan.measured_ms, rel=1e-6)
+
+
+def test_savings_within_the_timing_noise_are_not_spent_on():
+    """A saving less than SIGNIFICANCE standard errors below zero (as the timer reports them) costs
+    nothing in the search; the measured delta itself is kept for the plan's table."""
+    from nncomp.planner.latency import Timer
+    from nncomp.planner.table import LatencyTable
+
+    class Spread:
+        def measure(self, calls, x, effort=1):
+            self.spread = {"dense": 0.0, "noisy": 0.04, "clear": 0.01}
+            return {k: {"dense": 1.0, "noisy": 0.95, "clear": 0.90}[k] for k in calls}
+
+    model = nc.load(nc.data.model_path("lenet300"))
+    x = nc.data.mnist("train", layout="NC")[0][:1]
+    lat = LatencyTable(model, x, Spread(), None)
+    lat.measure({"noisy": ("fc1", (model["fc1"],)), "clear": ("fc2", (model["fc2"],))}, screen=False)
+    deltas = {"fc1": [0.0, lat.delta("noisy")], "fc2": [0.0, lat.delta("clear")]}
+    assert deltas["fc1"][1] == pytest.approx(-0.05) and deltas["fc2"][1] == pytest.approx(-0.10)
+    costs = lat.costs(deltas, {("fc1", 1): "noisy", ("fc2", 1): "clear"})
+    assert costs == {"fc1": [0.0, 0.0], "fc2": [0.0, pytest.approx(-0.10)]}
+    timer = Timer(target_s=0.001, min_calls=6)
+    timer.measure({"a": lambda v: v + 1, "b": lambda v: v * 2}, x)
+    assert timer.spread["a"] == 0.0 and timer.spread["b"] >= 0.0

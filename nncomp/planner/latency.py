@@ -142,7 +142,9 @@ class Timer:
     model's time is the first model's median plus the median over rounds of its difference from
     the first model in the same round. Paired differences cancel the drift of a shared machine
     (another process starting, a core slowing) that independent medians of few rounds keep.
-    The planner's only source of time; tests replace it by a table. ``calls`` counts models measured.
+    The planner's only source of time; tests replace it by a table. ``calls`` counts models measured;
+    ``spread`` holds, after each measurement, the standard error in ms of each model's difference
+    from the first (the first's own: 0).
     """
 
     def __init__(self, target_s=None, min_calls=None, max_calls=None, block=None):
@@ -176,4 +178,8 @@ class Timer:
         times *= 1e3
         first = float(np.median(times[:, 0]))
         self.calls += len(models)
+        # the standard error of each paired median difference (from the MAD: robust to a slow round)
+        diff = times - times[:, :1]
+        mad = np.median(np.abs(diff - np.median(diff, axis=0)), axis=0)
+        self.spread = {n: float(1.253 * 1.4826 * mad[j] / np.sqrt(rounds)) for j, n in enumerate(names)}
         return {n: first + float(np.median(times[:, j] - times[:, 0])) if j else first for j, n in enumerate(names)}

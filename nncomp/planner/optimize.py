@@ -205,7 +205,7 @@ class Planner:
         self.progress(3, f"searching, verifying on the {len(held)} held-out samples")
         again, ruled, joints, pairs = 0, set(), None, None
         for attempt in range(CONFIRM_ROUNDS + 1):
-            options = search.options(table, deltas if lat else sizes or energies,
+            options = search.options(table, lat.costs(deltas, keys) if lat else sizes or energies,
                                     -MIN_GAIN * dense_ms if lat else -1e-9, budget)
             if lat is not None:      # filter-pruned groups sharing a layer: their joint time, measured
                 if joints is None:

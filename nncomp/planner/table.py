@@ -20,11 +20,13 @@ from .candidates import compose
 from .latency import entry_key, machine_key, structure_key
 from .modes import concrete_mode, in_mode, run_mode
 
-__all__ = ["LatencyTable", "MIN_GAIN", "PROXY_SAMPLES", "SCREEN_EFFORT"]
+__all__ = ["LatencyTable", "MIN_GAIN", "SIGNIFICANCE", "PROXY_SAMPLES", "SCREEN_EFFORT"]
 
 # A candidate must save at least this share of the dense model's time (as measured) to be worth an
-# accuracy risk; smaller measured savings are within the timing noise of a busy machine.
+# accuracy risk; smaller measured savings are within the timing noise of a busy machine. And at least
+# SIGNIFICANCE standard errors of its paired difference from dense (when the timer reports them).
 MIN_GAIN = 0.02
+SIGNIFICANCE = 2.0
 PROXY_SAMPLES = 32     # calibration samples of a static int8 proxy's ranges
 SCREEN_EFFORT = 0.25   # share of the calls of the first, brief timing of every candidate
 
@@ -49,7 +51,7 @@ class LatencyTable:
         self.mode = run_mode(model, self.batch)
         self.timing = concrete_mode(model, xb, timer)   # "measured": the way the dense model ran fastest
         self.machine, self.structure = machine_key(), structure_key(model)
-        self.rel, self.confirmed = {}, set()
+        self.rel, self.confirmed, self.se = {}, set(), {}
         self.dense_ms = None       # the reference dense time (of the first measurement)
         self.last_dense = None     # the dense time of the latest measurement
         self.measured = 0          # entries timed (not found in the cache)
@@ -65,6 +67,14 @@ class LatencyTable:
         bring about too (two such entries summed: LeNet-300 at batch 64, whose dense pass runs
         parallel kernels and each sparser layer's a serial one, was predicted at a negative time)."""
         return run_mode(compose(self.model, {name: patch}), self.batch) == self.mode
+
+    def costs(self, deltas, keys):
+        """``deltas`` ``{layer: [ms per option]}`` with every saving that is not SIGNIFICANCE standard
+        errors below zero set to 0 (no saving the search may spend accuracy on); ``keys`` ``{(layer,
+        option): key}``. With many layers, the search would otherwise pick the luckiest draws of noise
+        (the winner's curse, summed)."""
+        return {n: [d if not i or d + SIGNIFICANCE * self.se.get(keys[n, i], 0.0) * (self.dense_ms or 1.0) < 0
+                    else 0.0 for i, d in enumerate(ds)] for n, ds in deltas.items()}
 
     def delta(self, key):
         """The entry's difference from dense in ms of the reference dense time (inf: not measured)."""
@@ -97,6 +107,7 @@ class LatencyTable:
             e = self.cache.get(k) if self.cache is not None else None
             if e is not None and e.get("dense_ms"):
                 self.rel[k] = e["ms"] / e["dense_ms"] - 1.0
+                self.se[k] = e.get("se", 0.0)
                 self.dense_ms = self.dense_ms or e["dense_ms"]
                 if e.get("confirmed"):
                     self.confirmed.add(k)
@@ -110,6 +121,8 @@ class LatencyTable:
         ms = self.timer.measure(calls, self.xb, effort=effort)
         self.dense_ms = self.dense_ms or ms["dense"]
         self.last_dense = ms["dense"]
+        spread = getattr(self.timer, "spread", None) or {}
+        self.se.update({k: spread.get(k, 0.0) / ms["dense"] for k in todo})
         return {k: ms[k] / ms["dense"] - 1.0 for k in todo}
 
     def _put(self, key, rel, screened=False, confirmed=False):
@@ -120,7 +133,7 @@ class LatencyTable:
         if self.cache is not None:
             dense = self.last_dense
             self.cache.put(key, {"ms": dense * (1.0 + rel), "dense_ms": dense, "confirmed": confirmed,
-                                 "screened": screened})
+                                 "screened": screened, "se": self.se.get(key, 0.0)})
 
     def dense_reference(self):
         """The reference dense time in ms (a measurement if none was made: all entries cached)."""
