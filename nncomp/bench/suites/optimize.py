@@ -35,7 +35,7 @@ MODELS = ("lenet300", "lenet5", "vgg_small", "resnet_small")
 # The PP-OCR classifier plans too (``_data("ppocr_cls")``) but is left out of the suite for now: 210 s at
 # batch 1 on this machine, and with 2 x 256 rendered lines its held-out quarter (128) cannot resolve 0.5 point.
 BATCHES = (1, 64)
-CALIB = 2000
+CALIB = 4000
 OCR_LINES = 256           # PP-OCR classifier: 2 x 256 rendered lines to plan on, 2 x 128 others to test
 BUDGET = 0.5
 INT8_OPS = ("MatMul", "Conv")
