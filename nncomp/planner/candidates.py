@@ -23,8 +23,8 @@ from ..errors import CompressionParameterError
 from ..layers import Conv2D, Dense
 
 __all__ = ["METHODS", "GRID", "GROUP", "Candidate", "candidates_for", "group_candidates", "build_model",
-           "build_patch", "build_proxy", "compose", "exclusive", "structured", "describe_patch", "size_delta",
-           "weighted_layers"]
+           "build_patch", "build_proxy", "changed_nodes", "compose", "exclusive", "structured", "touched",
+           "describe_patch", "size_delta", "weighted_layers"]
 
 # Method names ``optimize(methods=...)`` accepts, each with the settings tried (module constants: the
 # benchmark uses them as they are, the tests patch in a smaller grid).
@@ -100,22 +100,33 @@ def group_candidates(model, methods):
 
 def structured(model, cands, x_fit, seed=0):
     """``model`` with the filter pruning of every candidate in ``cands`` applied in one ``prune_filters``
-    call (its refit on ``x_fit`` sees all of them; the model itself if ``cands`` is empty)."""
+    call (its refit on ``x_fit`` sees all of them)."""
     from ..compress.pruning import prune_filters
-    if not cands:
-        return model
     return prune_filters(model, {c.settings["layer"]: c.settings["ratio"] for c in cands}, calibration=x_fit,
                          seed=seed)
 
 
+def touched(entries):
+    """Names of the nodes any option's patch changes; ``entries`` ``[(candidate, patch, ...)]``, dense first."""
+    return {p.name for _, patch, *_ in entries[1:] if patch for p in patch}
+
+
+def changed_nodes(model, changed):
+    """The nodes of ``changed`` (a model derived from ``model``) whose layer is not ``model``'s own."""
+    old = {n.name: n.layer for n in model.nodes}
+    return tuple(n for n in changed.nodes if old.get(n.name) is not n.layer)
+
+
 def exclusive(model, table):
     """Pairs ``(group key, layer)`` whose non-dense options cannot be combined: the layer is in one of
-    the group's patches (its shape changes). ``table`` is ``{key: [(candidate, patch, ...)]}``."""
+    the group's patches (its shape changes). ``table`` is ``{key: [(candidate, patch, ...)]}``; a key
+    that names no node of ``model`` is a channel group's."""
+    own = {n.name for n in model.nodes}
     out = []
     for key, entries in table.items():
-        if key.startswith(GROUP):
-            touched = {p.name for _, patch, *_ in entries[1:] if patch for p in patch}
-            out += [(key, n) for n in table if n in touched]
+        if key not in own:
+            changed = touched(entries)
+            out += [(key, n) for n in table if n in changed]
     return out
 
 
@@ -176,9 +187,9 @@ def build_patch(model, cand, x_fit, seed=0, memo=None):
         changed = build_model(model, cand, x_fit, seed, memo)
     except CompressionParameterError:
         return None        # e.g. a rank that cannot shrink a 10-output layer, a 1-channel conv pair
-    old = {n.name: n.layer for n in model.nodes}
     if cand.method == "prune_filters":
-        return tuple(n for n in changed.nodes if old.get(n.name) is not n.layer) or None
+        return changed_nodes(model, changed) or None
+    old = {n.name for n in model.nodes}
     return tuple(n for n in changed.nodes if n.name == cand.layer or n.name not in old)
 
 

@@ -10,7 +10,7 @@ the two groups are built together without refits (their shapes, as every table e
 the table; the pair's *interaction* is that delta minus the two single ones, a cost the search adds
 when both are chosen (:func:`nncomp.planner.search.exact` models it exactly).
 """
-from .candidates import structured
+from .candidates import changed_nodes, structured, touched
 
 __all__ = ["overlapping", "measure", "costs"]
 
@@ -18,10 +18,9 @@ __all__ = ["overlapping", "measure", "costs"]
 def overlapping(table, names):
     """Pairs ``(a, b)`` of channel-group keys of ``table`` (not in ``names``, the weighted layers)
     whose patches change a node in common."""
-    touched = {k: {p.name for _, patch, *_ in entries[1:] if patch for p in patch}
-               for k, entries in table.items() if k not in names}
-    keys = sorted(touched)
-    return [(a, b) for i, a in enumerate(keys) for b in keys[i + 1:] if touched[a] & touched[b]]
+    changed = {k: touched(entries) for k, entries in table.items() if k not in names}
+    keys = sorted(changed)
+    return [(a, b) for i, a in enumerate(keys) for b in keys[i + 1:] if changed[a] & changed[b]]
 
 
 def measure(lat, model, table, options, names, seed=0):
@@ -29,14 +28,12 @@ def measure(lat, model, table, options, names, seed=0):
     scored drop within reach in ``options``, as the search sees them); returns ``{((a, i), (b, j)):
     table key of the joint entry}`` of those that run in the table's mode."""
     worth = {k: [i for i in range(1, len(opts)) if opts[i][1] < 1e8] for k, opts in options.items()}
-    old = {n.name: n.layer for n in model.nodes}
     entries, joints = {}, {}
     for a, b in overlapping(table, names):
         for i in worth.get(a, ()):
             for j in worth.get(b, ()):
                 ca, cb = table[a][i][0], table[b][j][0]
-                joint = structured(model, [ca, cb], None, seed)
-                patch = tuple(n for n in joint.nodes if old.get(n.name) is not n.layer)
+                patch = changed_nodes(model, structured(model, [ca, cb], None, seed))
                 name = f"{a}+{b}"
                 if not lat.eligible(name, patch):
                     continue

@@ -180,6 +180,7 @@ class Timer:
         self.calls += len(models)
         # the standard error of each paired median difference (from the MAD: robust to a slow round)
         diff = times - times[:, :1]
-        mad = np.median(np.abs(diff - np.median(diff, axis=0)), axis=0)
+        mid = np.median(diff, axis=0)
+        mad = np.median(np.abs(diff - mid), axis=0)
         self.spread = {n: float(1.253 * 1.4826 * mad[j] / np.sqrt(rounds)) for j, n in enumerate(names)}
-        return {n: first + float(np.median(times[:, j] - times[:, 0])) if j else first for j, n in enumerate(names)}
+        return {n: first + float(mid[j]) if j else first for j, n in enumerate(names)}
