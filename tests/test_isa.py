@@ -22,7 +22,7 @@ heavy = pytest.mark.skipif(numba.config.DISABLE_JIT, reason="pure-Python kernels
 CASES = r"""
 import json, sys
 import numpy as np
-from nncomp.kernels import codebook as K, codebook_vpermps, conv_blocked, conv_winograd as W, csr as C, int8 as quant, int8_vnni, isa
+from nncomp.kernels import codebook as K, codebook_vpermps, conv_blocked, conv_winograd as W, csr as C, int8 as quant, int8_amx, int8_vnni, isa
 from nncomp.matrices.csr import CSRMatrix
 from nncomp.matrices.codebook import CodebookMatrix
 from nncomp.matrices.csr_int8 import CSRInt8Matrix
@@ -79,7 +79,7 @@ def _host(name):
 def test_avx2_build_takes_the_portable_paths_and_matches_this_build_and_the_twins(tmp_path):
     script = CASES + f"""
 flags = dict(features=sorted(isa.FEATURES), avx512=isa.HAVE_AVX512, vnni=isa.HAVE_VNNI,
-             vpermps=codebook_vpermps.HAVE_AVX512, vnni_mod=int8_vnni.HAVE_VNNI, tile=conv_blocked.tile_pixels(1),
+             vpermps=codebook_vpermps.HAVE_AVX512, vnni_mod=int8_vnni.HAVE_VNNI, amx=int8_amx.HAVE_AMX, tile=conv_blocked.tile_pixels(1),
              product=W.product_pixels(3))
 np.savez({str(tmp_path / "avx2.npz")!r}, **cases())
 flags["zmm"] = asm_has_zmm()
@@ -90,7 +90,8 @@ print(json.dumps(flags))
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     flags = json.loads(r.stdout.strip().splitlines()[-1])
-    assert flags["features"] == ["avx2", "fma"] and not (flags["avx512"] or flags["vnni"] or flags["vpermps"] or flags["vnni_mod"])
+    assert flags["features"] == ["avx2", "fma"] and not (flags["avx512"] or flags["vnni"] or flags["vpermps"] or flags["vnni_mod"]
+                                                       or flags["amx"])
     assert flags["tile"] == 3 and flags["product"] == 2     # 16 vector registers: a quarter of AVX-512's tiles
     assert flags["zmm"] and not any(flags["zmm"].values()), flags["zmm"]   # compiled for AVX2: no zmm anywhere
     avx2 = dict(np.load(tmp_path / "avx2.npz"))
@@ -130,3 +131,4 @@ def test_without_a_feature_list_the_probe_follows_numba_to_the_host(monkeypatch)
     host = {k for k, v in llvm.get_host_cpu_features().items() if v}
     assert isa.target_features() == host
     assert isa.HAVE_VNNI == ({"avx512f", "avx512vnni"} <= isa.FEATURES) and isa.HAVE_AVX512 == ("avx512f" in isa.FEATURES)
+    assert isa.HAVE_AMX_INT8 == ({"amx-tile", "amx-int8"} <= isa.FEATURES)

@@ -1,9 +1,11 @@
 """Which instruction-set paths the kernels take: the JIT target's features, probed once at import.
 
-Two kernels are written with x86 intrinsics that compile only for a CPU that has them:
-``int8_vnni`` (``vpdpbusd``: AVX-512F + AVX-512 VNNI, :data:`HAVE_VNNI`) and ``codebook_vpermps``
-(``vpermps`` / ``vpermi2ps``: AVX-512F, :data:`HAVE_AVX512`). Where a flag is False the matrices run
-the portable kernels instead (kernels/int8.py, kernels/codebook.py; bit-identical results). Every
+Three kernels are written with x86 intrinsics that compile only for a CPU that has them:
+``int8_vnni`` (``vpdpbusd``: AVX-512F + AVX-512 VNNI, :data:`HAVE_VNNI`), ``int8_amx`` (``tdpbusd`` on
+tiles: AMX-TILE + AMX-INT8, :data:`HAVE_AMX_INT8`, and the OS's tile state, which int8_amx requests)
+and ``codebook_vpermps`` (``vpermps`` / ``vpermi2ps``: AVX-512F, :data:`HAVE_AVX512`). Where a flag is
+False the matrices run the portable kernels instead (kernels/int8.py, kernels/codebook.py;
+bit-identical results). Every
 other kernel (the CSR and CSR-int8 tiles, blas.py, plain loops) uses target-independent LLVM vectors
 that lower to zmm, ymm or xmm on any x86-64 and needs no check. The blocked convolution
 (kernels/conv_blocked.py) sizes its tiles by the number of vector registers (32 with AVX-512, else 16).
@@ -38,5 +40,6 @@ def target_features():
 FEATURES = target_features()
 HAVE_AVX512 = "avx512f" in FEATURES
 HAVE_VNNI = HAVE_AVX512 and "avx512vnni" in FEATURES
+HAVE_AMX_INT8 = {"amx-tile", "amx-int8"} <= FEATURES   # int8_amx also needs the OS's tile state
 VECTOR_REGISTERS = 32 if HAVE_AVX512 else 16
 

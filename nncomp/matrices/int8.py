@@ -19,8 +19,9 @@ Number format (the kernels in nncomp/kernels/int8.py and int8_vnni.py implement 
 - **products** are exact in int32: ``acc = sum_k xu * q - z * colsum[o]`` (``colsum`` = row sums of
   ``q``); rows longer than 65536 are summed in blocks of 65536 into int64, so no length overflows.
   The output is ``y = float32(acc) * float32(sx * scale[o])``; the layer adds the bias.
-  On AVX-512 VNNI CPUs the u8 x s8 products run ``vpdpbusd``; elsewhere plain loops give the same
-  integers.
+  On AVX-512 VNNI CPUs the u8 x s8 products run ``vpdpbusd``; on CPUs with AMX-INT8 (and the OS's
+  tile state) products of 16 or more rows run ``tdpbusd`` on tiles; elsewhere plain loops give the
+  same integers.
 - **weight-only** (``activations="float"``): ``y = scale[o] * sum_k x * float32(q)`` in float32: the
   batch-1 win is reading 1 byte per weight instead of 4.
 
@@ -35,6 +36,7 @@ from ..errors import CompressionParameterError, InputError
 from ..kernels import _jit
 from ..kernels import decode
 from ..kernels import int8 as quant
+from ..kernels import int8_amx as amx
 from ..kernels import int8_vnni as vnni
 from .base import Matrix, expect, register_format
 
@@ -313,9 +315,12 @@ class Int8Matrix(Matrix):
         out = np.empty((n, n_out), np.float32)
         n_p, n_g, pw4 = self.packed.shape
         kp = self.code_width
-        kernels = ((vnni.int8_matmul_u8s8_vnni, vnni.int8_matmul_u8s8_vnni_parallel) if vnni.HAVE_VNNI
-                   else (quant.int8_matmul_u8s8, quant.int8_matmul_u8s8_parallel))
-        matmul = _jit.pick(kernels, n * n_p * pw4 * n_g)
+        if amx.HAVE_AMX and vnni.HAVE_VNNI and n >= amx.MIN_ROWS:   # AMX leaves remainders to VNNI
+            matmul = amx.matmul
+        else:
+            kernels = ((vnni.int8_matmul_u8s8_vnni, vnni.int8_matmul_u8s8_vnni_parallel) if vnni.HAVE_VNNI
+                       else (quant.int8_matmul_u8s8, quant.int8_matmul_u8s8_parallel))
+            matmul = _jit.pick(kernels, n * n_p * pw4 * n_g)
         acc = np.zeros((n, n_p * pw4 // 4), np.int32)
         if kp <= KBLOCK:
             matmul(xu, self.packed, 0, kp, acc)

@@ -48,10 +48,37 @@ RECIPES = {
 }
 
 
+W8A8 = "nncomp int8 w8a8"     # the path this CPU takes (int8_path): AMX tiles, VNNI or portable loops
+
+
+def int8_path():
+    """The u8 x s8 product the default path runs here: 'AMX' (tiles, from 16 rows; VNNI below),
+    'VNNI' or 'portable'."""
+    from ...kernels import int8_amx as amx
+    from ...kernels import int8_vnni as vnni
+    return "AMX" if amx.HAVE_AMX else "VNNI" if vnni.HAVE_VNNI else "portable"
+
+
+def forced(matrix, *, amx=True, vnni_=True):
+    """``matrix.apply`` with the AMX and/or VNNI paths switched off for the call (same integers)."""
+    from ...kernels import int8_amx
+    from ...kernels import int8_vnni
+
+    def call(x):
+        had = int8_amx.HAVE_AMX, int8_vnni.HAVE_VNNI
+        int8_amx.HAVE_AMX, int8_vnni.HAVE_VNNI = had[0] and amx, had[1] and vnni_
+        try:
+            return matrix.apply(x)
+        finally:
+            int8_amx.HAVE_AMX, int8_vnni.HAVE_VNNI = had
+    return call
+
+
 def speed(threads, repeat, batches, quick, say=print):
     """Alternating timings of every contender on fc6 and fc7 (a list of rows)."""
     import numpy as np
 
+    from ...kernels import int8_amx as amx
     from ...kernels import int8_vnni as vnni
     from ...matrices.int8 import Int8Matrix
     from .. import peers
@@ -60,7 +87,7 @@ def speed(threads, repeat, batches, quick, say=print):
     for name, n_in, w, model in fc_layers(quick):
         w8a8 = Int8Matrix.from_float(w)
         wonly = Int8Matrix.from_float(w, activations="float")
-        contenders = {"numpy float32": lambda x: x @ w.T, "nncomp int8 w8a8 (VNNI)": w8a8.apply,
+        contenders = {"numpy float32": lambda x: x @ w.T, W8A8: w8a8.apply, "nncomp int8 w8a8 (VNNI)": None,
                       "nncomp int8 w8a8 (portable)": None, "nncomp int8 weight-only": wonly.apply}
         for peer, build in (("onnxruntime dynamic int8", lambda: peers.ort_model(model, threads=threads, int8=True)),
                             ("torch dynamic int8", lambda: peers.torch_model(model, int8=True))):
@@ -68,17 +95,9 @@ def speed(threads, repeat, batches, quick, say=print):
                 contenders[peer] = build()
             except peers.PeerUnavailable as e:
                 contenders[peer] = str(e)
-
-        def portable(x):
-            vnni.HAVE_VNNI = False
-            try:
-                return w8a8.apply(x)
-            finally:
-                vnni.HAVE_VNNI = have
-        have = vnni.HAVE_VNNI
-        contenders["nncomp int8 w8a8 (portable)"] = portable
-        if not have:
-            contenders["nncomp int8 w8a8 (VNNI)"] = "no avx512_vnni"
+        contenders["nncomp int8 w8a8 (VNNI)"] = (forced(w8a8, amx=False) if amx.HAVE_AMX and vnni.HAVE_VNNI
+                                                 else "= nncomp int8 w8a8" if vnni.HAVE_VNNI else "no avx512_vnni")
+        contenders["nncomp int8 w8a8 (portable)"] = forced(w8a8, amx=False, vnni_=False)
         for bs in batches:
             x = np.maximum(np.random.default_rng(1).standard_normal((bs, n_in), dtype=np.float32), 0)  # post-ReLU
             calls = {k: (lambda f=f: f(x)) for k, f in contenders.items() if not isinstance(f, str)}
@@ -91,7 +110,8 @@ def speed(threads, repeat, batches, quick, say=print):
                 row[k] = f if isinstance(f, str) else {**t[k], "max_rel_err_vs_float64": err[k]}
             peer_ms = [row[k]["median_ms"] for k in ("onnxruntime dynamic int8", "torch dynamic int8")
                        if isinstance(row[k], dict)]
-            ours = row["nncomp int8 w8a8 (VNNI)"] if have else row["nncomp int8 w8a8 (portable)"]
+            row["int8_path"] = int8_path()
+            ours = row[W8A8]
             if peer_ms:
                 row["w8a8_vs_best_peer"] = ours["median_ms"] / min(peer_ms)
             row["numpy_vs_weight_only"] = row["numpy float32"]["median_ms"] / row["nncomp int8 weight-only"]["median_ms"]
@@ -155,7 +175,7 @@ def _ms(v):
     return v if isinstance(v, str) else f"{v['median_ms']:.3g} (p90 {v['p90_ms']:.3g})"
 
 
-SPEED_COLS = ("numpy float32", "nncomp int8 w8a8 (VNNI)", "nncomp int8 w8a8 (portable)", "nncomp int8 weight-only",
+SPEED_COLS = ("numpy float32", W8A8, "nncomp int8 w8a8 (VNNI)", "nncomp int8 w8a8 (portable)", "nncomp int8 weight-only",
               "onnxruntime dynamic int8", "torch dynamic int8")
 
 
@@ -196,6 +216,9 @@ def markdown(res):
              f"Contenders alternate in one process after a warm-up, with a {res['settle_s']} s untimed pause before "
              "each call (the protocol in quant.json). "
              "w8a8 = int8 weights and dynamic uint8 activations, int32 accumulation, float32 output. "
+             f"'{W8A8}' is the path this CPU takes ({res['speed'][0].get('int8_path', '?') if res['speed'] else '?'}"
+             "; AMX runs products of 16 rows or more on tiles, fewer on VNNI); the (VNNI) and (portable) columns force "
+             "those paths on the same matrix. "
              "Memory floor = int8 weight bytes / measured DRAM bandwidth (fc6; fc7 is L3-resident).", "",
              "| layer | batch | threads | " + " | ".join(SPEED_COLS) + " | w8a8 / best peer | NumPy / weight-only | "
              "int8 memory floor (ms) |", "|---|---|---|" + "---|" * (len(SPEED_COLS) + 3)]

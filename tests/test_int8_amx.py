@@ -1,0 +1,90 @@
+"""The AMX int8 path (nncomp/kernels/int8_amx.py): tile products against the portable kernel, the
+activation packing against its NumPy twin, and Int8Matrix results that do not depend on the path."""
+import numba
+import numpy as np
+import pytest
+from hypothesis import example, given, settings, strategies as st
+
+import nncomp as nc
+from nncomp.kernels import int8 as quant, int8_amx as amx, int8_vnni as vnni
+from nncomp.matrices.int8 import Int8Matrix, pack_panels
+
+needs_amx = pytest.mark.skipif(not amx.HAVE_AMX, reason="CPU, JIT target or OS without AMX-INT8 tiles")
+
+
+def pack_rows_twin(xu, k0, k1):
+    """NumPy twin of amx.pack_rows: whole 16-row tiles x whole 64-input steps, each tile contiguous."""
+    t, s = xu.shape[0] // 16, (k1 - k0) // 64
+    return np.ascontiguousarray(xu[:16 * t, k0:k0 + 64 * s].reshape(t, 16, s, 64).transpose(0, 2, 1, 3))
+
+
+@given(n=st.integers(0, 70), k=st.integers(0, 300), k0=st.integers(0, 80), seed=st.integers(0, 2**31))
+@example(n=16, k=64, k0=0, seed=0)
+def test_pack_rows_matches_its_numpy_twin(n, k, k0, seed):
+    xu = np.random.default_rng(seed).integers(0, 256, (n, k + k0), dtype=np.uint8)
+    got = amx.pack_rows(xu, k0, k0 + k)
+    want = pack_rows_twin(xu, k0, k0 + k)
+    assert got.shape == want.shape and np.array_equal(got, want)
+
+
+@needs_amx
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 100), n_panels=st.integers(1, 3), width=st.sampled_from([16, 32, 48, 64]),
+       groups=st.integers(1, 120), k0_groups=st.integers(0, 20), extreme=st.booleans(), seed=st.integers(0, 2**31))
+@example(n=16, n_panels=1, width=16, groups=16, k0_groups=0, extreme=True, seed=0)     # one tile exactly
+@example(n=96, n_panels=2, width=64, groups=1100, k0_groups=3, extreme=False, seed=1)  # k-blocks, row tiles
+def test_amx_matmul_is_bit_identical_to_the_portable_kernel(n, n_panels, width, groups, k0_groups, extreme, seed):
+    rng = np.random.default_rng(seed)
+    k = 4 * groups
+    if extreme:       # every product at its largest magnitude: int32 sums near their limit
+        q = np.full((n_panels * width, k), -128, np.int8)
+        xu = np.full((n, k), 255, np.uint8)
+    else:
+        q = rng.integers(-127, 128, (n_panels * width, k), dtype=np.int8)
+        xu = rng.integers(0, 256, (n, k), dtype=np.uint8)
+    wp = pack_panels(q, width)
+    k0 = min(4 * k0_groups, k)
+    k1 = int(rng.integers(k0 // 4, groups + 1)) * 4
+    start = rng.integers(-1000, 1000, (n, n_panels * width), dtype=np.int32)   # the kernels add to out
+    got, want = start.copy(), start.copy()
+    amx.matmul(xu, wp, k0, k1, got)
+    quant.int8_matmul_u8s8(xu, wp, k0, k1, want)
+    assert np.array_equal(got, want)
+
+
+@needs_amx
+@pytest.mark.parametrize("parallel", [False, True])
+def test_amx_kernel_covers_whole_tiles_only(parallel):
+    """The tile kernel alone adds rows < 16 T and inputs < k0 + 64 S, and nothing else."""
+    rng = np.random.default_rng(3)
+    xu = rng.integers(0, 256, (37, 200), dtype=np.uint8)
+    q = rng.integers(-127, 128, (48, 200), dtype=np.int8)
+    wp = pack_panels(q, 48)
+    out = np.zeros((37, 48), np.int32)
+    kernel = amx.int8_matmul_u8s8_amx_parallel if parallel else amx.int8_matmul_u8s8_amx
+    kernel(amx.pack_rows(xu, 4, 200), wp, 4, out, amx.TILE_CONFIG)    # 2 tiles of rows, 3 steps: inputs 4..196
+    want = np.zeros_like(out)
+    want[:32] = xu[:32, 4:196].astype(np.int64) @ q[:, 4:196].astype(np.int64).T
+    assert np.array_equal(out, want)
+
+
+@needs_amx
+def test_int8_matrix_and_conv_model_give_the_same_bits_with_and_without_amx(monkeypatch):
+    rng = np.random.default_rng(7)
+    m = Int8Matrix.from_float(rng.standard_normal((100, 700)).astype(np.float32))
+    x = rng.standard_normal((40, 700)).astype(np.float32)
+    model = nc.quantize(nc.load(nc.data.model_path("lenet5")), calibration=nc.data.mnist("train")[0][:64])
+    images = nc.data.mnist("test")[0][:24]
+    with_amx = m.apply(x), model(images)
+    monkeypatch.setattr(amx, "HAVE_AMX", False)
+    without = m.apply(x), model(images)
+    assert all(np.array_equal(a, b) for a, b in zip(with_amx, without))
+
+
+def test_amx_flag_needs_the_isa_and_the_tile_state():
+    from nncomp.kernels import isa
+    assert isinstance(amx.request_tile_state(), bool)
+    if amx.HAVE_AMX:
+        assert isa.HAVE_AMX_INT8 and vnni.HAVE_VNNI and amx.request_tile_state()
+    cfg = amx.TILE_CONFIG
+    assert cfg[0] == 1 and list(cfg[16:32].view("<u2")) == [64] * 8 and list(cfg[48:56]) == [16] * 8
