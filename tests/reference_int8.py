@@ -50,3 +50,9 @@ def int8_matmul_float(x, w, scale):
     """Weight-only: ``(x @ w.T) * scale`` in float64."""
     y = x.astype(np.float64) @ w.astype(np.float64).T
     return y * np.broadcast_to(scale.astype(np.float64), (w.shape[0],))
+
+
+def amx_pack_rows(xu, k0, k1):
+    """Twin of kernels.int8_amx.pack_rows: whole 16-row tiles x whole 64-input steps, each tile contiguous."""
+    t, s = xu.shape[0] // 16, (k1 - k0) // 64
+    return np.ascontiguousarray(xu[:16 * t, k0:k0 + 64 * s].reshape(t, 16, s, 64).transpose(0, 2, 1, 3))

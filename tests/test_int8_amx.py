@@ -6,16 +6,11 @@ import pytest
 from hypothesis import example, given, settings, strategies as st
 
 import nncomp as nc
+import reference as ref
 from nncomp.kernels import int8 as quant, int8_amx as amx, int8_vnni as vnni
 from nncomp.matrices.int8 import Int8Matrix, pack_panels
 
 needs_amx = pytest.mark.skipif(not amx.HAVE_AMX, reason="CPU, JIT target or OS without AMX-INT8 tiles")
-
-
-def pack_rows_twin(xu, k0, k1):
-    """NumPy twin of amx.pack_rows: whole 16-row tiles x whole 64-input steps, each tile contiguous."""
-    t, s = xu.shape[0] // 16, (k1 - k0) // 64
-    return np.ascontiguousarray(xu[:16 * t, k0:k0 + 64 * s].reshape(t, 16, s, 64).transpose(0, 2, 1, 3))
 
 
 @given(n=st.integers(0, 70), k=st.integers(0, 300), k0=st.integers(0, 80), seed=st.integers(0, 2**31))
@@ -23,7 +18,7 @@ def pack_rows_twin(xu, k0, k1):
 def test_pack_rows_matches_its_numpy_twin(n, k, k0, seed):
     xu = np.random.default_rng(seed).integers(0, 256, (n, k + k0), dtype=np.uint8)
     got = amx.pack_rows(xu, k0, k0 + k)
-    want = pack_rows_twin(xu, k0, k0 + k)
+    want = ref.amx_pack_rows(xu, k0, k0 + k)
     assert got.shape == want.shape and np.array_equal(got, want)
 
 

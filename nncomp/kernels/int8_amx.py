@@ -4,22 +4,25 @@ AMX (Sapphire Rapids and later Xeons) adds eight tile registers of up to 16 rows
 ``tdpbusd``: one instruction multiplies a 16 x 64 tile of unsigned activation bytes by a 16 x 64 tile
 of signed weight bytes in VNNI order (16 groups of 4 inputs x 16 output channels) and adds the
 16 x 16 int32 products into a third tile: 16,384 multiply-adds, 128 times one ``vpdpbusd``. The
-weight panels of the VNNI kernel (kernels/int8_vnni.py) are already in that order: a panel of
-``width = 16 * nt`` channels holds, per group of 4 inputs, ``4 * width`` bytes, so a weight tile is
-16 consecutive groups (64 inputs) x the 64 bytes of 16 channels, at a row stride of ``4 * width``.
+weight panels of the int8 matrices (matrices/int8.py: 16 output channels each) are already in that
+order and contiguous: 16 consecutive groups of a panel (64 inputs) are one 1 KiB weight tile. The
+kernel reads any panel width (a 16-channel column tile of a wider panel has a row stride of
+``4 * width``), but wide panels ran far slower (module doc of matrices/int8.py).
 
 Tiles (one fixed configuration: every tile 16 rows x 64 bytes): C (int32 results) in tiles
 ``2 m + n`` for a block of up to 2 x 2 tiles (32 rows x 32 channels), A (activations) in 4 and 5,
-B (weights) in 6 and 7. The C tiles are loaded from ``out``, accumulate a k-block, and are stored
-back: the kernel adds to ``out`` as the VNNI kernel does. Weights stream from memory once per block
-of up to ``ROWS`` activation rows; the first pass over a panel's k-step prefetches the whole panel
-row ``PREFETCH`` steps ahead into L2 (tile loads alone left the fc6 product at batch 32 latency
-bound: 7-14 ms against 5.6-6.4 ms with the prefetch, on a 2-core Xeon with AMX).
+B (weights) in 6 and 7; each load comes right before the first product that needs it (all loads
+first, then the products, ran 3.6x slower from L1). The C tiles are loaded from ``out``,
+accumulate a k-block of ``KB`` inputs and are stored back, so the kernel adds to ``out`` as the VNNI
+kernel does. The parallel units are pairs of column tiles x ``ROWS`` activation rows; each streams
+its two weight columns once per unit, prefetching ``PREFETCH`` steps ahead into L2, and the
+activations come packed (:func:`pack_rows`): tile rows read at the activations' own row stride fell
+in one L1 set for 4096 inputs.
 
 Contract: as :func:`nncomp.kernels.int8_vnni.int8_matmul_u8s8_vnni` (exact int32 sums, bit-identical
 to the portable kernel), for the part this kernel covers: rows ``[0, 16 * (n // 16))`` and inputs
-``[k0, k0 + 64 * ((k1 - k0) // 64))``, the activations packed into 1 KiB tiles first
-(:func:`pack_rows`); :func:`matmul` runs the rest with the VNNI kernel.
+``[k0, k0 + 64 * ((k1 - k0) // 64))``, the activations packed into 1 KiB tiles first;
+:func:`matmul` runs the rest with the VNNI kernel.
 
 The operating system must grant the process the tile state first (Linux 5.16+:
 ``arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)``); without it the first tile instruction
@@ -41,7 +44,7 @@ from ._jit import both, pick
 
 KB = 4096           # inputs per k-block: a 32-channel slice of it (128 KiB) stays in L2 across row blocks
 ROWS = 64           # activation rows per parallel tile
-PREFETCH = 8        # k-steps (64 inputs each) that the weight prefetch runs ahead
+PREFETCH = 16       # k-steps (64 inputs each) that the weight prefetch runs ahead
 MIN_ROWS = 16       # fewer rows than one tile: the VNNI kernel
 
 _SYS_ARCH_PRCTL = 158           # x86-64 syscall number
@@ -116,14 +119,14 @@ def _make_block(mt, nt, prefetch):
     """
 
     @intrinsic
-    def block(typingctx, x, xoff, xmstride, wp, woff, wstride, nsteps, out, ooff, ostride):
-        sig = types.void(x, xoff, xmstride, wp, woff, wstride, nsteps, out, ooff, ostride)
+    def block(typingctx, x, xoff, xmstride, wp, woff, wstride, wnstride, nsteps, out, ooff, ostride):
+        sig = types.void(x, xoff, xmstride, wp, woff, wstride, wnstride, nsteps, out, ooff, ostride)
 
         def codegen(context, builder, signature, args):
-            xd, wd, od = (context.make_array(signature.args[k])(context, builder, args[k]).data for k in (0, 3, 7))
+            xd, wd, od = (context.make_array(signature.args[k])(context, builder, args[k]).data for k in (0, 3, 8))
             intp = context.get_value_type(types.intp)
-            xoff_, xs_, woff_, ws_, n_, ooff_, os_ = (context.cast(builder, args[k], signature.args[k], types.intp)
-                                                      for k in (1, 2, 4, 5, 6, 8, 9))
+            xoff_, xs_, woff_, ws_, wn_, n_, ooff_, os_ = (
+                context.cast(builder, args[k], signature.args[k], types.intp) for k in (1, 2, 4, 5, 6, 7, 9, 10))
             io = [_I8, _PTR, _I64]
             obytes = builder.mul(os_, intp(4))
 
@@ -149,7 +152,7 @@ def _make_block(mt, nt, prefetch):
                 _call(builder, "llvm.x86.tileloadd64", [_I8(4 + m), builder.bitcast(builder.gep(xd, [at]), _PTR), _I64(64)], io)
 
             def load_b(n):
-                at = builder.add(wstep, intp(64 * n))
+                at = builder.add(wstep, builder.mul(wn_, intp(n)))
                 _call(builder, "llvm.x86.tileloadd64", [_I8(6 + n), builder.bitcast(builder.gep(wd, [at]), _PTR), ws_], io)
 
             def product(m, n):
@@ -160,7 +163,7 @@ def _make_block(mt, nt, prefetch):
                 for r in range(16):
                     row = builder.add(ahead, builder.mul(ws_, intp(r)))
                     for c in range(prefetch):
-                        p = builder.bitcast(builder.gep(wd, [builder.add(row, intp(64 * c))]), _PTR)
+                        p = builder.bitcast(builder.gep(wd, [builder.add(row, builder.mul(wn_, intp(c)))]), _PTR)
                         _call(builder, "llvm.prefetch.p0", [p, _I32(0), _I32(2), _I32(1)], [_PTR, _I32, _I32, _I32])
             # Each load right before the first product that needs it: loads then overlap the products
             # (all loads first, then all products, ran 3.6x slower from L1 on a Xeon with AMX).
@@ -188,12 +191,8 @@ def _make_block(mt, nt, prefetch):
     return block
 
 
-# Prefetching blocks (first column pass of a panel: the whole panel row, 1-4 columns of 64 bytes)
-# and plain ones (later passes find the weights in L2).
-_p22, _p12, _p21, _p11 = (_make_block(2, 2, 2), _make_block(1, 2, 2), _make_block(2, 1, 1), _make_block(1, 1, 1))
-_p22w, _p12w = _make_block(2, 2, 4), _make_block(1, 2, 4)
-_p22t, _p12t = _make_block(2, 2, 3), _make_block(1, 2, 3)
-_b22, _b12, _b21, _b11 = (_make_block(2, 2, 0), _make_block(1, 2, 0), _make_block(2, 1, 0), _make_block(1, 1, 0))
+# Every block prefetches its own weight columns PREFETCH steps ahead.
+_b22, _b12, _b21, _b11 = (_make_block(2, 2, 2), _make_block(1, 2, 2), _make_block(2, 1, 1), _make_block(1, 1, 1))
 
 
 def _pack_rows(xu, k0, xa):
@@ -204,14 +203,11 @@ def _pack_rows(xu, k0, xa):
     (a multiple of 4 KiB for 4096 inputs) all fell in one L1 set and ran 3x slower.
     """
     n_t, n_s = xa.shape[0], xa.shape[1]
-    for t in prange(n_t):
-        for s in range(n_s):
-            for r in range(16):
-                src = xu[16 * t + r]
-                dst = xa[t, s, r]
-                base = k0 + 64 * s
-                for j in range(64):
-                    dst[j] = src[base + j]
+    for u in prange(n_t * n_s):
+        t = u // n_s
+        base = k0 + 64 * (u - t * n_s)
+        for r in range(16):
+            xa[t, u - t * n_s, r, :] = xu[16 * t + r, base:base + 64]
 
 
 amx_pack_rows, amx_pack_rows_parallel = both(_pack_rows)
@@ -228,53 +224,34 @@ def _matmul_amx(xa, wp, k0, out, cfg):
     """
     n_t, n_s = xa.shape[0], xa.shape[1]
     n_panels, n_g, pw4 = wp.shape
-    width = pw4 // 4
-    nct = width // 16
+    nct = pw4 // 64                   # 16-channel column tiles per panel
     n_cols = out.shape[1]
     n16 = 16 * n_t
     row_tiles = (n16 + ROWS - 1) // ROWS
+    col_pairs = (n_panels * nct + 1) // 2
     tile_stride = n_s * 1024          # bytes from one 16-row activation tile to the next
-    for t in prange(n_panels * row_tiles):
+    for t in prange(col_pairs * row_tiles):
         _configure(cfg)
-        p = t // row_tiles
-        r0 = (t - p * row_tiles) * ROWS
+        j = 2 * (t // row_tiles)      # column tiles j and j + 1 (in one panel or in two)
+        r0 = (t - (j // 2) * row_tiles) * ROWS
         r1 = min(n16, r0 + ROWS)
+        w0 = (j // nct) * n_g * pw4 + 64 * (j % nct) + k0 // 4 * pw4
+        pair = j + 1 < n_panels * nct
+        wn = ((j + 1) // nct) * n_g * pw4 + 64 * ((j + 1) % nct) + k0 // 4 * pw4 - w0 if pair else 0
         for s0 in range(0, n_s, KB // 64):
             steps = min(KB // 64, n_s - s0)
-            wpanel = (p * n_g + k0 // 4 + 16 * s0) * pw4
             for i in range(r0, r1, 32):
-                two = r1 - i >= 32
-                for c in range(0, nct, 2):
-                    a = (xa, (i // 16) * tile_stride + 1024 * s0, tile_stride, wp, wpanel + 64 * c, pw4, steps,
-                         out, i * n_cols + p * width + 16 * c, n_cols)
-                    first = i == r0 and c == 0
-                    if c + 1 < nct:
-                        if two:
-                            if first and nct == 4:
-                                _p22w(*a)
-                            elif first and nct == 3:
-                                _p22t(*a)
-                            elif first:
-                                _p22(*a)
-                            else:
-                                _b22(*a)
-                        elif first and nct == 4:
-                            _p12w(*a)
-                        elif first and nct == 3:
-                            _p12t(*a)
-                        elif first:
-                            _p12(*a)
-                        else:
-                            _b12(*a)
-                    elif two:
-                        if first:
-                            _p21(*a)
-                        else:
-                            _b21(*a)
-                    elif first:
-                        _p11(*a)
+                a = (xa, (i // 16) * tile_stride + 1024 * s0, tile_stride, wp, w0 + 16 * s0 * pw4, pw4, wn, steps,
+                     out, i * n_cols + 16 * j, n_cols)
+                if r1 - i >= 32:
+                    if pair:
+                        _b22(*a)
                     else:
-                        _b11(*a)
+                        _b21(*a)
+                elif pair:
+                    _b12(*a)
+                else:
+                    _b11(*a)
         _release()
 
 

@@ -34,23 +34,24 @@ HAVE_VNNI = isa.HAVE_VNNI   # matrices check it (tests monkeypatch it to run the
 
 
 def _make_block(mr, nb):
-    """Intrinsic ``block(x, xoff, xstride, wp, woff, ngroups, out, ooff, ostride)``.
+    """Intrinsic ``block(x, xoff, xstride, wp, woff, gstride, rstride, ngroups, out, ooff, ostride)``.
 
     Adds ``sum_{g < ngroups} x[row m, 4g:4g+4] . wp-group g`` for ``mr`` rows (flat offsets
-    ``xoff + m * xstride`` into ``x``) and ``16 * nb`` channels (flat offset ``woff`` into ``wp``,
-    ``64 * nb`` bytes per group) into ``out`` at flat ``ooff + m * ostride + channel``.
+    ``xoff + m * xstride`` into ``x``) and ``16 * nb`` channels (channels ``16 r .. 16 r + 15`` of group
+    g: 64 bytes at flat offset ``woff + g * gstride + r * rstride`` into ``wp``) into ``out`` at flat
+    ``ooff + m * ostride + channel``.
     """
 
     @intrinsic
-    def block(typingctx, x, xoff, xstride, wp, woff, ngroups, out, ooff, ostride):
-        sig = types.void(x, xoff, xstride, wp, woff, ngroups, out, ooff, ostride)
+    def block(typingctx, x, xoff, xstride, wp, woff, gstride, rstride, ngroups, out, ooff, ostride):
+        sig = types.void(x, xoff, xstride, wp, woff, gstride, rstride, ngroups, out, ooff, ostride)
 
         def codegen(context, builder, signature, args):
-            arrays = [context.make_array(signature.args[k])(context, builder, args[k]) for k in (0, 3, 6)]
+            arrays = [context.make_array(signature.args[k])(context, builder, args[k]) for k in (0, 3, 8)]
             xdata, wdata, odata = (a.data for a in arrays)
             intp = context.get_value_type(types.intp)
-            xoff_, xs_, woff_, n_, ooff_, os_ = (context.cast(builder, args[k], signature.args[k], types.intp)
-                                                 for k in (1, 2, 4, 5, 7, 8))
+            xoff_, xs_, woff_, gs_, rs_, n_, ooff_, os_ = (
+                context.cast(builder, args[k], signature.args[k], types.intp) for k in (1, 2, 4, 5, 6, 7, 9, 10))
             i32 = ir.IntType(32)
             v16 = ir.VectorType(i32, 16)
             vptr = v16.as_pointer()
@@ -68,9 +69,9 @@ def _make_block(mr, nb):
 
             builder.position_at_end(loop)
             g, accs = loop_phis(builder, intp, v16, [zero] * (mr * nb), pre)
-            wo = builder.mul(g, intp(64 * nb))
-            wv = [builder.load(builder.bitcast(builder.gep(wbase, [builder.add(wo, intp(64 * r))]), vptr), align=1)
-                  for r in range(nb)]
+            wo = builder.mul(g, gs_)
+            wv = [builder.load(builder.bitcast(builder.gep(wbase, [builder.add(wo, builder.mul(rs_, intp(r)))]), vptr),
+                               align=1) for r in range(nb)]
             xo = builder.mul(g, intp(4))
             new = []
             for m in range(mr):
@@ -114,21 +115,28 @@ def _matmul_vnni(xu, wp, k0, k1, out):
     OUT out (n, n_panels * width) int32 C-contiguous, added to.
     """
     n, kp = xu.shape
-    n_panels, _, pw4 = wp.shape
+    n_panels, n_g, pw4 = wp.shape
     width = pw4 // 4
-    nb = width // 16
     n_cols = out.shape[1]
     row_tiles = (n + ROWS - 1) // ROWS
-    for t in prange(n_panels * row_tiles):
-        p = t // row_tiles
-        r0 = (t - p * row_tiles) * ROWS
+    # A unit: 16-64 channels read as up to 4 registers per group: one panel of 32-64, or 4 panels of 16
+    # (4 streams, each contiguous: the layout the AMX kernel wants).
+    per = 4 if width == 16 else 1
+    units = (n_panels + per - 1) // per
+    gs = 64 if width == 16 else pw4
+    rs = n_g * 64 if width == 16 else 64
+    for t in prange(units * row_tiles):
+        u = t // row_tiles
+        r0 = (t - u * row_tiles) * ROWS
         r1 = min(n, r0 + ROWS)
+        nb = min(4, n_panels - 4 * u) if width == 16 else width // 16
+        col0 = 16 * per * u if width == 16 else u * width
         for kb in range(k0, k1, KB):
             ng = (min(kb + KB, k1) - kb) // 4
-            woff = (p * (kp // 4) + kb // 4) * pw4
+            woff = per * u * n_g * pw4 + kb // 4 * gs
             for i in range(r0, r1, MR):
                 mr = min(MR, r1 - i)
-                a = (xu, i * kp + kb, kp, wp, woff, ng, out, i * n_cols + p * width, n_cols)
+                a = (xu, i * kp + kb, kp, wp, woff, gs, rs, ng, out, i * n_cols + col0, n_cols)
                 if nb == 4:
                     if mr == 4:
                         _b44(*a)
