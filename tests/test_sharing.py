@@ -183,8 +183,9 @@ def test_csr_codebook_matvec_matches_reference(kernel, n_out, n_in, density, see
 
 
 @pytest.mark.parametrize("kernel", [C.csr_matmul, C.csr_matmul_parallel])
-@given(n=st.integers(2, 70), n_out=st.integers(1, 9), n_in=st.integers(1, 40), density=st.floats(0, 1), seed=seeds)
-def test_csr_matmul_through_a_codebook_matches_reference(kernel, n, n_out, n_in, density, seed):
+@given(n=st.integers(2, 70), n_out=st.integers(1, 9), n_in=st.integers(1, 40), density=st.floats(0, 1), seed=seeds,
+       panel=st.sampled_from([0, 1, 4, 7]))
+def test_csr_matmul_through_a_codebook_matches_reference(kernel, n, n_out, n_in, density, seed, panel):
     """The CSR batch kernel reading its values through a codebook (a sparse codebook layer's batch
     product) against the twin: exact on sums of small integers times quarters."""
     rng = np.random.default_rng(seed)
@@ -192,7 +193,7 @@ def test_csr_matmul_through_a_codebook_matches_reference(kernel, n, n_out, n_in,
     x = rng.integers(-4, 5, (n, n_in)).astype(np.float32)
     cb = np.round(m.codebook * 4) / 4
     out = np.full((n, n_out), np.nan, np.float32)
-    kernel((m.codes, cb), m.indices, m.indptr, x, out)
+    kernel((m.codes, cb), m.indices, m.indptr, x, out, panel)
     assert np.array_equal(out, ref.csr_matmul((m.codes, cb), m.indices, m.indptr, x))
 
 

@@ -55,13 +55,14 @@ def test_csr_matvec_matches_reference(kernel, p):
 
 
 @pytest.mark.parametrize("kernel", [K.csr_matmul, K.csr_matmul_parallel])
-@given(p=problems())
+@given(p=problems(), panel=st.sampled_from([0, 1, 2, 3, 5, 8, 1000]))
 @example(p=(CSRMatrix.from_dense(np.eye(3, dtype=np.float32)), np.eye(3, dtype=np.float32),
-            np.arange(3 * 130, dtype=np.float32).reshape(130, 3), True))
-def test_csr_matmul_matches_reference(kernel, p):
+            np.arange(3 * 130, dtype=np.float32).reshape(130, 3), True), panel=0)
+def test_csr_matmul_matches_reference(kernel, p, panel):
+    """Any column panel width (columns per pass for up to 64 samples) gives the twin's product."""
     m, w, x, integer = p
     out = np.full((x.shape[0], w.shape[0]), np.nan, np.float32)
-    kernel(m.data, m.indices, m.indptr, x, out)
+    kernel(m.data, m.indices, m.indptr, x, out, panel)
     expect = ref.csr_matmul(m.data, m.indices, m.indptr, x)
     mag = ref.csr_matmul(np.abs(m.data), m.indices, m.indptr, np.abs(x))
     check(out, expect, mag, m, integer)
@@ -162,3 +163,13 @@ def test_pruned_dense_round_trip_and_summary(tmp_path):
     nc.save(model, tmp_path / "p.h5")
     back = nc.load(tmp_path / "p.h5")["fc"].layer.weight
     assert type(back) is PrunedDenseMatrix and np.array_equal(back.w, w)
+
+
+def test_column_panels_fill_half_the_l2_only_when_the_inputs_do_not():
+    assert K.column_panel(4096, 32, l2=2 << 20) == 0              # 0.5 MB of transposed inputs: one pass
+    assert K.column_panel(25088, 32, l2=2 << 20) == 8192          # 3.2 MB: passes of 1 MB
+    assert K.column_panel(16000, 1, l2=2 << 20) == 0              # 64 bytes a column: 1 MB fits
+    assert K.column_panel(25088, 16, l2=2 << 20) == 16384         # 1.6 MB does not
+    assert K.column_panel(25088, 64, l2=1 << 20) == 2048
+    assert K.column_panel(10 ** 6, 64, l2=1 << 10) == 256         # never narrower than 256 columns
+    assert K.column_panel(25088, 65, l2=1 << 10) == 0             # blocks of 64 samples: their own buffers

@@ -25,17 +25,20 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import isa
 from ._ir import paired_sum
 from ._jit import both, jit
 
 LANES = 16           # floats per vector register (zmm)
 TILE = 4             # vectors per tile: 64 samples
+PANEL_CHUNKS = 32    # row chunks (parallel units) of a column-panel product
 
 
-def _make_tile(nvec):
+def _make_tile(nvec, add=False):
     """Intrinsic ``tile(data, indices, xt, lo, hi, s0, acc, o)``: one output row for 16*nvec samples.
 
-    ``acc[o, s0 + i] = sum_{lo <= j < hi} data[j] * xt[indices[j], s0 + i]`` for ``i < 16*nvec``,
+    ``acc[o, s0 + i] = sum_{lo <= j < hi} data[j] * xt[indices[j], s0 + i]`` for ``i < 16*nvec``
+    (``add``: ``+=``, for a row summed over column panels),
     with two interleaved sets of accumulators (even and odd j) to hide the FMA latency. ``data`` is
     the float32 values, or a tuple ``(codes, cb)`` of uint8 codes into a float32 codebook (the value
     of entry j is ``cb[codes[j]]``: one more scalar load per nonzero).
@@ -89,26 +92,29 @@ def _make_tile(nvec):
             dst = builder.gep(a_arr.data, [builder.add(builder.mul(o_, a_cols), s0_)])
             for k in range(nvec):
                 p = builder.bitcast(builder.gep(dst, [intp(LANES * k)]), vty.as_pointer())
-                builder.store(merged[k], p, align=4)
+                v = builder.fadd(builder.load(p, align=4), merged[k]) if add else merged[k]
+                builder.store(v, p, align=4)
             return context.get_dummy_value()
 
         return sig, codegen
 
-    tile.__name__ = f"_tile{nvec}"
+    tile.__name__ = f"_tile{nvec}{'_add' if add else ''}"
     return tile
 
 
-def _plain_tile(nvec):
+def _plain_tile(nvec, add=False):
     """The tile as plain Python, for NUMBA_DISABLE_JIT runs (an intrinsic needs the compiler)."""
     def tile(data, indices, xt, lo, hi, s0, acc, o):
         cols = indices[lo:hi].astype(np.int64)
         values = data[1][data[0][lo:hi]] if isinstance(data, tuple) else data[lo:hi]
-        acc[o, s0:s0 + LANES * nvec] = values @ xt[cols, s0:s0 + LANES * nvec]
+        part = values @ xt[cols, s0:s0 + LANES * nvec]
+        acc[o, s0:s0 + LANES * nvec] = acc[o, s0:s0 + LANES * nvec] + part if add else part
     return tile
 
 
 _make = _plain_tile if numba.config.DISABLE_JIT else _make_tile
 _tile1, _tile2, _tile3, _tile4 = (_make(k) for k in (1, 2, 3, 4))
+_add1, _add2, _add3, _add4 = (_make(k, True) for k in (1, 2, 3, 4))
 
 
 def _matvec(data, indices, indptr, x, out):
@@ -150,12 +156,37 @@ def _row_tiles(data, indices, indptr, xt, o, s0, nvec, acc):
         nvec -= 4
 
 
-def _matmul(data, indices, indptr, x, out):
+@jit
+def _lower_bound(indices, lo, hi, c):
+    """The first j in [lo, hi) with indices[j] >= c (hi if none): indices sorted within [lo, hi)."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if indices[mid] < c:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@jit
+def _row_part(data, indices, xt, lo, hi, nvec, acc, o):
+    """Adds nonzeros [lo, hi) of row o into acc[o, :16 nvec] (nvec <= TILE)."""
+    if nvec == 4:
+        _add4(data, indices, xt, lo, hi, 0, acc, o)
+    elif nvec == 3:
+        _add3(data, indices, xt, lo, hi, 0, acc, o)
+    elif nvec == 2:
+        _add2(data, indices, xt, lo, hi, 0, acc, o)
+    else:
+        _add1(data, indices, xt, lo, hi, 0, acc, o)
+
+
+def _matmul(data, indices, indptr, x, out, panel):
     """Many samples in one pass over the matrix: ``out = x @ W.T``.
 
     IN  data, indices, indptr as in csr_matvec, or data a tuple ``(codes, cb)``: uint8 codes (nnz,)
         into the float32 codebook cb (the stored values ``cb[codes]``); x (n, n_in) float32
-        C-contiguous.
+        C-contiguous; panel: input columns per pass for up to 64 samples (0: all in one pass).
     OUT out (n, n_out) float32.
     """
     n, n_in = x.shape
@@ -167,9 +198,24 @@ def _matmul(data, indices, indptr, x, out):
         for c in prange(n_in):
             for i in range(n):
                 xt[c, i] = x[i, c]
-        acc = np.empty((n_out, nvec * LANES), np.float32)
-        for o in prange(n_out):
-            _row_tiles(data, indices, indptr, xt, o, 0, nvec, acc)
+        if 0 < panel < n_in and n > 0:      # column panels: each thread sweeps its rows panel by panel,
+            acc = np.zeros((n_out, nvec * LANES), np.float32)   # so the gathered xt rows stay in L2
+            chunks = min(n_out, PANEL_CHUNKS)
+            for t in prange(chunks):
+                r0 = t * n_out // chunks
+                r1 = (t + 1) * n_out // chunks
+                pos = indptr[r0:r1 + 1].astype(np.int64)
+                for c1 in range(panel, n_in + panel, panel):
+                    for o in range(r0, r1):
+                        lo = pos[o - r0]
+                        end = np.int64(indptr[o + 1])
+                        hi = _lower_bound(indices, lo, end, c1) if c1 < n_in else end
+                        _row_part(data, indices, xt, lo, hi, nvec, acc, o)
+                        pos[o - r0] = hi
+        else:
+            acc = np.empty((n_out, nvec * LANES), np.float32)
+            for o in prange(n_out):
+                _row_tiles(data, indices, indptr, xt, o, 0, nvec, acc)
         for i in prange(n):
             for o in range(n_out):
                 out[i, o] = acc[o, i]
@@ -193,3 +239,17 @@ def _matmul(data, indices, indptr, x, out):
 
 
 csr_matmul, csr_matmul_parallel = both(_matmul, fastmath=True)
+
+L2_SHARE = 0.5      # of the L2: the transposed inputs of one column panel
+
+
+def column_panel(n_in, n, l2=None):
+    """Input columns per pass of :func:`csr_matmul` for ``n`` samples (0: one pass): the widest panel
+    whose transposed inputs (16-64 floats a column) fill half of the L2. fc6 (25088 inputs) at 32
+    samples: 3.2 MB of inputs, gathered from L3 on a Xeon with a 2 MB L2, took twice fc7's time per
+    nonzero (fc7's 0.5 MB stay in L2)."""
+    if n > TILE * LANES:
+        return 0
+    width = 4 * LANES * ((n + LANES - 1) // LANES)     # bytes per column of xt
+    cols = int(L2_SHARE * (isa.l2_bytes() if l2 is None else l2)) // width
+    return 0 if n_in <= cols else max(cols, 256)

@@ -43,3 +43,16 @@ HAVE_VNNI = HAVE_AVX512 and "avx512vnni" in FEATURES
 HAVE_AMX_INT8 = {"amx-tile", "amx-int8"} <= FEATURES   # int8_amx also needs the OS's tile state
 VECTOR_REGISTERS = 32 if HAVE_AVX512 else 16
 
+
+
+def l2_bytes(default=1 << 20):
+    """This core's L2 cache in bytes (Linux sysfs), else ``default``."""
+    import glob
+    for d in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
+        try:
+            if open(f"{d}/level").read().strip() == "2":
+                text = open(f"{d}/size").read().strip().upper()
+                return int(text[:-1]) << {"K": 10, "M": 20}[text[-1]] if text[-1] in "KM" else int(text)
+        except (OSError, ValueError, KeyError):
+            continue
+    return default

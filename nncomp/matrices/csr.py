@@ -153,7 +153,7 @@ class CSRMatrix(Matrix):
             return out
         out = np.empty((n, self.shape[0]), np.float32)
         kern = _jit.pick((kernels.csr_matmul, kernels.csr_matmul_parallel), work)
-        kern(self.data, self.indices, self.indptr, x, out)
+        kern(self.data, self.indices, self.indptr, x, out, kernels.column_panel(self.shape[1], n))
         return out
 
     def single_sample_kernel(self):

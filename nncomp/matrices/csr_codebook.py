@@ -151,7 +151,7 @@ class CSRCodebookMatrix(Matrix):
             return out
         out = np.empty((n, self.shape[0]), np.float32)       # the CSR kernel, values read through the codebook
         kern = _jit.pick((csr.csr_matmul, csr.csr_matmul_parallel), work)
-        kern((self.codes, self.codebook), self.indices, self.indptr, x, out)
+        kern((self.codes, self.codebook), self.indices, self.indptr, x, out, csr.column_panel(self.shape[1], n))
         return out
 
     def single_sample_kernel(self):
