@@ -19,6 +19,9 @@ results are the AVX-512 build's bits). Numba compiles with the host's features w
 only the features it names with ``+`` count (a CPU name's own defaults are not known here: the portable
 kernels then run, correct but slower). ``NUMBA_DISABLE_JIT=1`` turns every fast path off.
 """
+import functools
+import glob
+
 import llvmlite.binding as llvm
 import numba
 
@@ -45,9 +48,9 @@ VECTOR_REGISTERS = 32 if HAVE_AVX512 else 16
 
 
 
+@functools.cache
 def l2_bytes(default=1 << 20):
-    """This core's L2 cache in bytes (Linux sysfs), else ``default``."""
-    import glob
+    """This core's L2 cache in bytes (Linux sysfs, read once), else ``default``."""
     for d in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
         try:
             if open(f"{d}/level").read().strip() == "2":
