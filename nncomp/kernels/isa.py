@@ -20,7 +20,7 @@ only the features it names with ``+`` count (a CPU name's own defaults are not k
 kernels then run, correct but slower). ``NUMBA_DISABLE_JIT=1`` turns every fast path off.
 """
 import functools
-import glob
+import os
 
 import llvmlite.binding as llvm
 import numba
@@ -47,14 +47,20 @@ HAVE_AMX_INT8 = {"amx-tile", "amx-int8"} <= FEATURES   # int8_amx also needs the
 VECTOR_REGISTERS = 32 if HAVE_AVX512 else 16
 
 
-
 @functools.cache
 def l2_bytes(default=1 << 20):
     """This core's L2 cache in bytes (Linux sysfs, read once), else ``default``."""
-    for d in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        names = sorted(n for n in os.listdir(root) if n.startswith("index"))
+    except OSError:
+        names = []
+    for d in (f"{root}/{n}" for n in names):
         try:
-            if open(f"{d}/level").read().strip() == "2":
-                text = open(f"{d}/size").read().strip().upper()
+            with open(f"{d}/level") as level, open(f"{d}/size") as size:
+                if level.read().strip() != "2":
+                    continue
+                text = size.read().strip().upper()
                 return int(text[:-1]) << {"K": 10, "M": 20}[text[-1]] if text[-1] in "KM" else int(text)
         except (OSError, ValueError, KeyError):
             continue
