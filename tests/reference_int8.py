@@ -37,6 +37,17 @@ def int8_matmul_u8s8(xu, wp, k0, k1, out):
 int8_matmul_u8s8_vnni = int8_matmul_u8s8
 
 
+def int8_matmul_u8s8_amx(xa, wp, k0, out):
+    """Twin of the AMX tile kernel: ``out`` plus the product of the packed activation tiles ``xa``
+    (T, S, 16, 64) (rows 0..16T, inputs k0..k0 + 64S) with the panel-packed weights; other rows as given."""
+    t, s = xa.shape[:2]
+    xu = xa.transpose(0, 2, 1, 3).reshape(16 * t, 64 * s).astype(np.int64)
+    total = out.astype(np.int64)
+    total[:16 * t] += xu @ unpack(wp)[:, k0:k0 + 64 * s].astype(np.int64).T
+    assert np.abs(total).max(initial=0) < 2 ** 31
+    return total.astype(np.int32)
+
+
 def int8_dequantize(acc, zero, colsum, xscale, scale, n_out=None):
     """``float32(acc - zero * colsum) * float32(xscale * scale[o])`` over the first n_out columns,
     float32 operations in that order."""

@@ -49,17 +49,21 @@ def test_amx_matmul_is_bit_identical_to_the_portable_kernel(n, n_panels, width, 
 
 @needs_amx
 @pytest.mark.parametrize("parallel", [False, True])
-def test_amx_kernel_covers_whole_tiles_only(parallel):
-    """The tile kernel alone adds rows < 16 T and inputs < k0 + 64 S, and nothing else."""
-    rng = np.random.default_rng(3)
-    xu = rng.integers(0, 256, (37, 200), dtype=np.uint8)
-    q = rng.integers(-127, 128, (48, 200), dtype=np.int8)
-    wp = pack_panels(q, 48)
-    out = np.zeros((37, 48), np.int32)
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(16, 90), n_panels=st.integers(1, 5), groups=st.integers(16, 200), k0_groups=st.integers(0, 9),
+       seed=st.integers(0, 2**31))
+@example(n=37, n_panels=3, groups=50, k0_groups=1, seed=3)
+def test_amx_tile_kernel_matches_its_twin_on_whole_tiles_only(parallel, n, n_panels, groups, k0_groups, seed):
+    """The tile kernel alone adds rows < 16 T and inputs k0 .. k0 + 64 S, and nothing else."""
+    rng = np.random.default_rng(seed)
+    xu = rng.integers(0, 256, (n, 4 * groups), dtype=np.uint8)
+    wp = pack_panels(rng.integers(-127, 128, (16 * n_panels, 4 * groups), dtype=np.int8), 16)
+    k0 = min(4 * k0_groups, 4 * groups - 64)
+    xa = amx.pack_rows(xu, k0, 4 * groups)
+    out = rng.integers(-1000, 1000, (n, 16 * n_panels), dtype=np.int32)
+    want = ref.int8_matmul_u8s8_amx(xa, wp, k0, out)
     kernel = amx.int8_matmul_u8s8_amx_parallel if parallel else amx.int8_matmul_u8s8_amx
-    kernel(amx.pack_rows(xu, 4, 200), wp, 4, out, amx.TILE_CONFIG)    # 2 tiles of rows, 3 steps: inputs 4..196
-    want = np.zeros_like(out)
-    want[:32] = xu[:32, 4:196].astype(np.int64) @ q[:, 4:196].astype(np.int64).T
+    kernel(xa, wp, k0, out, amx.TILE_CONFIG)
     assert np.array_equal(out, want)
 
 
