@@ -1,11 +1,9 @@
 """The AMX int8 path (nncomp/kernels/int8_amx.py): tile products against the portable kernel, the
 activation packing against its NumPy twin, and Int8Matrix results that do not depend on the path."""
-import numba
 import numpy as np
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-import nncomp as nc
 import reference as ref
 from nncomp.kernels import int8 as quant, int8_amx as amx, int8_vnni as vnni
 from nncomp.matrices.int8 import Int8Matrix, pack_panels
@@ -68,16 +66,21 @@ def test_amx_tile_kernel_matches_its_twin_on_whole_tiles_only(parallel, n, n_pan
 
 
 @needs_amx
-def test_int8_matrix_and_conv_model_give_the_same_bits_with_and_without_amx(monkeypatch):
+def test_int8_matrix_gives_the_same_bits_with_and_without_amx(monkeypatch):
     rng = np.random.default_rng(7)
-    m = Int8Matrix.from_float(rng.standard_normal((100, 700)).astype(np.float32))
-    x = rng.standard_normal((40, 700)).astype(np.float32)
-    model = nc.quantize(nc.load(nc.data.model_path("lenet5")), calibration=nc.data.mnist("train")[0][:64])
-    images = nc.data.mnist("test")[0][:24]
-    with_amx = m.apply(x), model(images)
+    m = Int8Matrix.from_float(rng.standard_normal((300, 1100)).astype(np.float32))
+    x = rng.standard_normal((40, 1100)).astype(np.float32)    # 2 tiles + 8 rows; 17 steps + 12 inputs
+    assert amx.worth(40, m.code_width, 300)
+    with_amx = m.apply(x)
     monkeypatch.setattr(amx, "HAVE_AMX", False)
-    without = m.apply(x), model(images)
-    assert all(np.array_equal(a, b) for a, b in zip(with_amx, without))
+    assert np.array_equal(with_amx, m.apply(x))
+
+
+def test_tiles_only_for_products_where_they_paid():
+    assert amx.worth(16, 4096, 4096) and amx.worth(64, 1024, 256)
+    assert not amx.worth(15, 4096, 4096)             # less than one tile of rows
+    assert not amx.worth(64, 784, 300)               # LeNet-300's first layer: VNNI was faster
+    assert not amx.worth(3136, 576, 64)              # convolution patches: VNNI was faster
 
 
 def test_amx_flag_needs_the_isa_and_the_tile_state():

@@ -46,6 +46,8 @@ KB = 4096           # inputs per k-block: a 32-channel slice of it (128 KiB) sta
 ROWS = 64           # activation rows per parallel tile
 PREFETCH = 16       # k-steps (64 inputs each) that the weight prefetch runs ahead
 MIN_ROWS = 16       # fewer rows than one tile: the VNNI kernel
+MIN_INPUTS = 1024   # and the VNNI kernel for short or narrow products (worth)
+MIN_OUTPUTS = 256
 
 _SYS_ARCH_PRCTL = 158           # x86-64 syscall number
 _ARCH_GET_XCOMP_PERM = 0x1022
@@ -256,6 +258,16 @@ def _matmul_amx(xa, wp, k0, out, cfg):
 
 
 int8_matmul_u8s8_amx, int8_matmul_u8s8_amx_parallel = both(_matmul_amx)
+
+
+def worth(n, n_in, n_out):
+    """Whether the tiles pay for a product of ``n`` rows x ``n_in`` inputs x ``n_out`` outputs: packing
+    the activations, loading and storing the result tiles per k-block and the VNNI call on the
+    remainders cost more than the tiles save on short or narrow products. Time over the VNNI
+    kernel's (Int8Matrix.apply, 2 threads, Xeon with AMX): 64x784x300 1.28, 64x300x100 1.23,
+    256x144x32 1.24, 1024x288x64 1.22, 3136x576x64 (convolution patches) 1.29; 64x1024x1024
+    0.87, 64x4096x1024 0.58, 16x4096x4096 0.63, 32x4096x4096 0.53."""
+    return n >= MIN_ROWS and n_in >= MIN_INPUTS and n_out >= MIN_OUTPUTS
 
 
 def pack_rows(xu, k0, k1):

@@ -20,7 +20,8 @@ Number format (the kernels in nncomp/kernels/int8.py and int8_vnni.py implement 
   ``q``); rows longer than 65536 are summed in blocks of 65536 into int64, so no length overflows.
   The output is ``y = float32(acc) * float32(sx * scale[o])``; the layer adds the bias.
   On AVX-512 VNNI CPUs the u8 x s8 products run ``vpdpbusd``; on CPUs with AMX-INT8 (and the OS's
-  tile state) products of 16 or more rows run ``tdpbusd`` on tiles; elsewhere plain loops give the
+  tile state) products of 16 or more rows, 1024 or more inputs and 256 or more outputs run
+  ``tdpbusd`` on tiles; elsewhere plain loops give the
   same integers.
 - **weight-only** (``activations="float"``): ``y = scale[o] * sum_k x * float32(q)`` in float32: the
   batch-1 win is reading 1 byte per weight instead of 4.
@@ -322,7 +323,7 @@ class Int8Matrix(Matrix):
         out = np.empty((n, n_out), np.float32)
         n_p, n_g, pw4 = self.packed.shape
         kp = self.code_width
-        if amx.HAVE_AMX and vnni.HAVE_VNNI and n >= amx.MIN_ROWS:   # AMX leaves remainders to VNNI
+        if amx.HAVE_AMX and vnni.HAVE_VNNI and amx.worth(n, kp, n_out):   # AMX leaves remainders to VNNI
             matmul = amx.matmul
         else:
             kernels = ((vnni.int8_matmul_u8s8_vnni, vnni.int8_matmul_u8s8_vnni_parallel) if vnni.HAVE_VNNI

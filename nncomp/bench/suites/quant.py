@@ -217,7 +217,7 @@ def markdown(res):
              "each call (the protocol in quant.json). "
              "w8a8 = int8 weights and dynamic uint8 activations, int32 accumulation, float32 output. "
              f"'{W8A8}' is the path this CPU takes ({res['speed'][0].get('int8_path', '?') if res['speed'] else '?'}"
-             "; AMX runs products of 16 rows or more on tiles, fewer on VNNI); the (VNNI) and (portable) columns force "
+             "; AMX runs products of 16 rows or more, 1024 inputs or more and 256 outputs or more on tiles, the others on VNNI); the (VNNI) and (portable) columns force "
              "those paths on the same matrix. "
              "Memory floor = int8 weight bytes / measured DRAM bandwidth (fc6; fc7 is L3-resident).", "",
              "| layer | batch | threads | " + " | ".join(SPEED_COLS) + " | w8a8 / best peer | NumPy / weight-only | "
