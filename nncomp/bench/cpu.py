@@ -10,10 +10,11 @@ import os
 import platform
 import re
 
+from ..kernels.isa import CACHE_DIR, caches  # noqa: F401 - one reader of the cache sizes, the kernels' own
+
 # The flags that pick a kernel or explain a result (Linux /proc/cpuinfo spelling).
 FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
          "amx_tile", "amx_int8", "amx_bf16")
-CACHE_DIR = "/sys/devices/system/cpu/cpu0/cache"
 
 # AMD: (family, first model, last model) -> core; Intel family 6: model -> codename.
 _AMD = ((23, 0x00, 0x2F, "zen"), (23, 0x30, 0xFF, "zen2"), (25, 0x00, 0x0F, "zen3"), (25, 0x10, 0x1F, "zen4"),
@@ -47,52 +48,6 @@ def _int(text, default=None):
         return int(str(text), 0)
     except (TypeError, ValueError):
         return default
-
-
-def _size_bytes(text):
-    """``"32K"`` / ``"1024K"`` / ``"32768K"`` / ``"32M"`` -> bytes (None if unreadable)."""
-    m = re.fullmatch(r"\s*(\d+)\s*([KMG]?)i?B?\s*", str(text), re.IGNORECASE)
-    if not m:
-        return None
-    return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2).upper()]
-
-
-def caches(root=CACHE_DIR):
-    """``{"L1d": bytes, "L1i": ..., "L2": ..., "L3": ..., "<level>_shared_by": cpus}`` of one core (sysfs,
-    else ``os.sysconf``); a level that neither says is missing."""
-    out = {}
-    try:
-        names = sorted(n for n in os.listdir(root) if n.startswith("index"))
-    except OSError:
-        names = []
-    for name in names:
-        d = os.path.join(root, name)
-        try:
-            level = open(os.path.join(d, "level")).read().strip()
-            kind = open(os.path.join(d, "type")).read().strip()
-            size = _size_bytes(open(os.path.join(d, "size")).read())
-        except OSError:
-            continue
-        label = f"L{level}" + {"Data": "d", "Instruction": "i"}.get(kind, "")
-        if size:
-            out[label] = size
-            try:
-                shared = open(os.path.join(d, "shared_cpu_list")).read().strip()
-                out[f"{label}_shared_by"] = sum(
-                    (int(b) - int(a) + 1) if "-" in p else 1
-                    for p in shared.split(",") for a, _, b in [p.partition("-")] if p)
-            except (OSError, ValueError):
-                pass
-    for label, key in (("L1d", "SC_LEVEL1_DCACHE_SIZE"), ("L2", "SC_LEVEL2_CACHE_SIZE"),
-                       ("L3", "SC_LEVEL3_CACHE_SIZE")):
-        if label not in out:
-            try:
-                n = os.sysconf(key)
-                if n and n > 0:
-                    out[label] = int(n)
-            except (ValueError, OSError, AttributeError):
-                pass
-    return out
 
 
 def clock_mhz(info=None):

@@ -237,9 +237,10 @@ def _matmul_amx(xa, wp, k0, out, cfg):
         j = 2 * (t // row_tiles)      # column tiles j and j + 1 (in one panel or in two)
         r0 = (t - (j // 2) * row_tiles) * ROWS
         r1 = min(n16, r0 + ROWS)
-        w0 = (j // nct) * n_g * pw4 + 64 * (j % nct) + k0 // 4 * pw4
         pair = j + 1 < n_panels * nct
-        wn = ((j + 1) // nct) * n_g * pw4 + 64 * ((j + 1) % nct) + k0 // 4 * pw4 - w0 if pair else 0
+        w0 = (j // nct) * n_g * pw4 + 64 * (j % nct)                              # column tile j
+        wn = ((j + 1) // nct) * n_g * pw4 + 64 * ((j + 1) % nct) - w0 if pair else 0  # to tile j + 1
+        w0 += k0 // 4 * pw4
         for s0 in range(0, n_s, KB // 64):
             steps = min(KB // 64, n_s - s0)
             for i in range(r0, r1, 32):

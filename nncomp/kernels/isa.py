@@ -47,21 +47,61 @@ HAVE_AMX_INT8 = {"amx-tile", "amx-int8"} <= FEATURES   # int8_amx also needs the
 VECTOR_REGISTERS = 32 if HAVE_AVX512 else 16
 
 
-@functools.cache
-def l2_bytes(default=1 << 20):
-    """This core's L2 cache in bytes (Linux sysfs, read once), else ``default``."""
-    root = "/sys/devices/system/cpu/cpu0/cache"
+CACHE_DIR = "/sys/devices/system/cpu/cpu0/cache"
+
+
+def _size_bytes(text):
+    """``"32K"`` / ``"2048K"`` / ``"32M"`` / ``"32 KiB"`` -> bytes (None if unreadable)."""
+    t = str(text).strip().upper().removesuffix("B").removesuffix("I").strip()
+    unit = t[-1:] if t[-1:] in ("K", "M", "G") else ""
+    digits = t[:len(t) - len(unit)].strip()
+    return int(digits) << {"": 0, "K": 10, "M": 20, "G": 30}[unit] if digits.isdigit() else None
+
+
+def caches(root=CACHE_DIR):
+    """``{"L1d": bytes, "L1i": ..., "L2": ..., "L3": ..., "<level>_shared_by": cpus}`` of one core (sysfs,
+    else ``os.sysconf``); a level that neither says is missing. The benchmark records them
+    (nncomp/bench/cpu.py); the CSR kernels size their column panels by the L2 (:func:`l2_bytes`)."""
+    out = {}
     try:
         names = sorted(n for n in os.listdir(root) if n.startswith("index"))
     except OSError:
         names = []
-    for d in (f"{root}/{n}" for n in names):
+    for name in names:
+        d = os.path.join(root, name)
         try:
-            with open(f"{d}/level") as level, open(f"{d}/size") as size:
-                if level.read().strip() != "2":
-                    continue
-                text = size.read().strip().upper()
-                return int(text[:-1]) << {"K": 10, "M": 20}[text[-1]] if text[-1] in "KM" else int(text)
-        except (OSError, ValueError, KeyError):
+            with open(os.path.join(d, "level")) as f:
+                level = f.read().strip()
+            with open(os.path.join(d, "type")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(d, "size")) as f:
+                size = _size_bytes(f.read())
+        except OSError:
             continue
-    return default
+        label = f"L{level}" + {"Data": "d", "Instruction": "i"}.get(kind, "")
+        if size:
+            out[label] = size
+            try:
+                with open(os.path.join(d, "shared_cpu_list")) as f:
+                    shared = f.read().strip()
+                out[f"{label}_shared_by"] = sum(
+                    (int(b) - int(a) + 1) if "-" in p else 1
+                    for p in shared.split(",") for a, _, b in [p.partition("-")] if p)
+            except (OSError, ValueError):
+                pass
+    for label, key in (("L1d", "SC_LEVEL1_DCACHE_SIZE"), ("L2", "SC_LEVEL2_CACHE_SIZE"),
+                       ("L3", "SC_LEVEL3_CACHE_SIZE")):
+        if label not in out:
+            try:
+                n = os.sysconf(key)
+                if n and n > 0:
+                    out[label] = int(n)
+            except (ValueError, OSError, AttributeError):
+                pass
+    return out
+
+
+@functools.cache
+def l2_bytes(default=1 << 20):
+    """This core's L2 cache in bytes (:func:`caches`, read once), else ``default``."""
+    return caches().get("L2", default)

@@ -52,8 +52,8 @@ W8A8 = "nncomp int8 w8a8"     # the path this CPU takes (int8_path): AMX tiles, 
 
 
 def int8_path():
-    """The u8 x s8 product the default path runs here: 'AMX' (tiles, from 16 rows; VNNI below),
-    'VNNI' or 'portable'."""
+    """The u8 x s8 product the default path runs here: 'AMX' (tiles where int8_amx.worth says they
+    pay, VNNI elsewhere), 'VNNI' or 'portable'."""
     from ...kernels import int8_amx as amx
     from ...kernels import int8_vnni as vnni
     return "AMX" if amx.HAVE_AMX else "VNNI" if vnni.HAVE_VNNI else "portable"
