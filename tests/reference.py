@@ -295,6 +295,11 @@ def bias_epilogue_rows(y, bias, scale, shift, res, lo, hi, act, alpha, beta):
     return activation_rows(y, act, alpha, beta) if act else y
 
 
+def finish_row(y, scale, shift, res, lo, hi, act, alpha, beta):
+    """Twin of kernels.sparse_small.finish_row: the epilogue and activation of rows ``y``."""
+    return bias_epilogue_rows(y, np.zeros(0, np.float32), scale, shift, res, lo, hi, act, alpha, beta)
+
+
 def codebook_gemv_epilogue(codes, cb, wide, x, perm, bias, scale, shift, res, lo, hi, act, alpha, beta):
     """``codebook_matmul_vpermps`` of ``x[perm]`` zero-padded to the codes' width (the contract's
     bits), plus the bias, then the epilogue and activation."""

@@ -67,3 +67,32 @@ def amx_pack_rows(xu, k0, k1):
     """Twin of kernels.int8_amx.pack_rows: whole 16-row tiles x whole 64-input steps, each tile contiguous."""
     t, s = xu.shape[0] // 16, (k1 - k0) // 64
     return np.ascontiguousarray(xu[:16 * t, k0:k0 + 64 * s].reshape(t, 16, s, 64).transpose(0, 2, 1, 3))
+
+
+def int8_quantize_pad(x, scale, zero, top, left, hp, wp, cp):
+    """Twin of kernels.int8_conv.int8_quantize_pad: ``(codes (n, hp, wp, cp), bad)``, the codes of
+    int8_quantize at ``[b, top + i, left + j, k]`` and ``zero`` elsewhere."""
+    n, h, w, c = x.shape
+    codes, bad = int8_quantize(x.reshape(-1, c), scale, zero, 0, 255, c)
+    out = np.full((n, hp, wp, cp), zero, np.uint8)
+    out[:, top:top + h, left:left + w, :c] = codes.reshape(n, h, w, c)
+    return out, bad
+
+
+def int8_conv_nhwc(xp, kh, kw, sh, sw, dh, dw, oh_n, ow_n, wp, zc, mul, bias, escale, eshift, res, lo, hi, act,
+                   alpha, beta, lines=1):
+    """Twin of kernels.int8_conv.int8_conv_nhwc: the patches of the padded codes times the unpacked
+    weight in int64, ``float32(acc - zc) * mul + bias`` (float32, in that order), then the epilogue
+    and activation as the layers run them. Returns (n * oh_n * ow_n, co) float32."""
+    from reference import activation_rows, epilogue_rows
+    n, _, _, cp = xp.shape
+    co = mul.shape[0]
+    w = unpack(wp)[:co].astype(np.int64)
+    taps = [xp[:, i * dh:i * dh + (oh_n - 1) * sh + 1:sh, j * dw:j * dw + (ow_n - 1) * sw + 1:sw, :]
+            for i in range(kh) for j in range(kw)]
+    patches = np.concatenate(taps, axis=3).reshape(n * oh_n * ow_n, kh * kw * cp).astype(np.int64)
+    acc = patches @ w[:, :kh * kw * cp].T
+    assert np.abs(acc).max(initial=0) < 2 ** 31
+    y = (acc - zc[:co].astype(np.int64)).astype(np.float32) * mul + bias
+    y = epilogue_rows(y, escale, eshift, res, lo, hi)
+    return activation_rows(y, act, alpha, beta) if act else y

@@ -38,8 +38,8 @@ def _gathered(x, perm):
 
 
 @jit
-def _finish_row(out, scale, shift, res, lo, hi, act, alpha, beta):
-    """The epilogue and activation of one output row (1, co), in place, as the layers run them."""
+def finish_row(out, scale, shift, res, lo, hi, act, alpha, beta):
+    """The epilogue and activation of output rows (m, co), in place, as the layers run them."""
     if scale.shape[0] > 0 or res.shape[0] > 0 or lo > -np.inf or hi < np.inf:
         epilogue_rows(out, scale, shift, res, lo, hi)
     if act != 0:
@@ -92,7 +92,7 @@ def _csr(data, indices, indptr, x, perm, bias, scale, shift, res, lo, hi, act, a
         for j in range(j1 - j0):
             s += _value(d, j) * x[ix[j]]
         y[o] = s + bias[o]
-    _finish_row(out, scale, shift, res, lo, hi, act, alpha, beta)
+    finish_row(out, scale, shift, res, lo, hi, act, alpha, beta)
 
 
 csr_gemv_epilogue, csr_gemv_epilogue_parallel = both(_csr, fastmath=_REASSOC)
@@ -113,7 +113,7 @@ def _bias_epilogue(y, bias, scale, shift, res, lo, hi, act, alpha, beta):
             row = y[i]
             for k in range(c):
                 row[k] = row[k] + bias[k]
-        _finish_row(y[i:i + 1], scale, shift, res[i:i + 1], lo, hi, act, alpha, beta)
+        finish_row(y[i:i + 1], scale, shift, res[i:i + 1], lo, hi, act, alpha, beta)
 
 
 bias_epilogue_rows, bias_epilogue_rows_parallel = both(_bias_epilogue, error_model="numpy")

@@ -32,7 +32,8 @@
   model keeps only the compressed arrays. Against im2col times the format's own product (Zen 4,
   2 threads, development A/Bs in one process): whole compressed CNNs at batch 64 went from
   0.07-0.55x to 0.73-1.04x the dense engine's speed, at batch 1 from 0.15-0.78x to 0.34-1.14x.
-  int8 with quantized activations keeps im2col and its integer product.
+  int8 with static activations runs patches of codes, the VNNI product and the epilogue in one
+  kernel (nncomp/layers/conv_int8.py); dynamic activations keep im2col and the integer product.
 - **im2col** (everything else: strides, groups, int8 activations): the patch matrix, built in
   bounded chunks of output lines, times the weight in whatever format it is stored. With dense
   weights the patches and the product run fused in one kernel (nncomp/kernels/conv_gemm.py): each
@@ -51,6 +52,7 @@ from ..kernels.conv import (conv_crop_bias_nhwc, conv_crop_bias_nhwc_parallel, c
 from ..kernels.conv_gemm import im2col_gemm_nhwc, im2col_gemm_nhwc_parallel
 from ..matrices import DenseMatrix
 from ..matrices.int8 import Int8Matrix
+from .conv_int8 import fused_int8, int8_step
 from .conv_blocked import (blocked_eligible, blocked_pooled_step, blocked_step, winograd_eligible, winograd_pays,
                            winograd_step)
 from .workspace import scratch
@@ -149,9 +151,11 @@ def prepare_epilogue(layer, shape, n, epilogue):
     """The step ``(x[, res]) -> y`` computing Conv2D ``layer`` and the in-place ``epilogue``
     ``(scale, shift, add, lo, hi, act)`` in its kernel, or None where the chosen algorithm cannot."""
     algorithm = choose(layer, shape, n)
+    oh, ow, _ = layer.shape_of(shape)
+    if algorithm == "im2col":
+        return int8_step(layer, shape, n, oh, ow, epilogue)
     if algorithm not in ("winograd", "blocked"):
         return None
-    oh, ow, _ = layer.shape_of(shape)
     step = winograd_step if algorithm == "winograd" else blocked_step
     return step(layer, shape, n, oh, ow, epilogue)
 
@@ -176,6 +180,8 @@ def prepare(layer, shape, n, algorithm=None):
         return winograd_step(layer, shape, n, oh, ow)
     if algorithm == "depthwise":
         return lambda x: depthwise(x, layer.weight_t, bias, layer, oh, ow)
+    if algorithm == "im2col" and fused_int8(layer, shape, n, oh, ow):
+        return int8_step(layer, shape, n, oh, ow)
     if _fusable(layer, shape, oh, ow):
         return _fused(layer.weight.w, bias, layer.window.args, n, oh, ow)
     return lambda x: _im2col(layer, x, layer.window, oh, ow)

@@ -1,0 +1,274 @@
+"""int8 convolution with static activations as an implicit GEMM: no patch matrix at all.
+
+The input image is quantized once into a zero-point-padded copy ``xp`` (n, hp, wp, cp) of uint8
+codes (borders and the channels past ``c`` hold the zero point, the code of 0.0). Output pixels
+``p, p+1, ...`` of one output line read, for kernel row ``i``, ``kw * cp`` consecutive codes that
+start ``sw * cp`` bytes apart: exactly the rows the VNNI block (kernels/int8_vnni.py) reads, with
+``xstride = sw * cp``. So each kernel row (each tap when dilated across columns) is one block
+product over the weight panels' matching k-groups, accumulating in a per-line int32 buffer that
+stays in L1; the line is then dequantized, the bias and the fused epilogue applied, and stored once.
+The unfused path (conv_algorithms.int8_patch_product) writes and reads a patch matrix kh*kw times
+the input's size, an int32 array and a float32 result, then runs the epilogue: five passes over
+arrays that outgrow the caches at batch 64.
+
+Number formats as in kernels/int8.py. Weights are packed over the patch layout ``(kh, kw, cp)``
+(channels padded to a multiple of 4 with zero weights). The float32 operations are the unfused
+path's, in its order (``float32(acc - z * colsum[o]) * (sx * scale[o])``, ``+ bias``, then
+epilogue_rows and activation_rows): bit-identical to it. Callers check ``int8_vnni.HAVE_VNNI``.
+"""
+import numpy as np
+from numba import prange
+
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from ._ir import declare, loop_latch, loop_phis
+from ._jit import both, jit
+from .sparse_small import finish_row
+
+
+def _make_block(mr, nb):
+    """Intrinsic ``block(x, xoff, xstride, xseg, wp, woff, rstride, wseg, ngroups, nseg, out, ooff, ostride)``.
+
+    Adds ``sum_{s < nseg} sum_{g < ngroups} x[row m, seg s, 4g:4g+4] . wp[seg s, group g]`` for
+    ``mr`` rows and ``16 * nb`` channels into ``out`` at flat ``ooff + m * ostride + channel``: row m
+    of segment s starts at flat ``xoff + s * xseg + m * xstride`` into ``x``; channels ``16 r .. 16 r
+    + 15`` of group g of segment s are the 64 bytes at flat ``woff + s * wseg + 64 g + r * rstride``
+    into ``wp``. The accumulators stay in registers across all segments (one load and store of
+    ``out`` per call), the kernels/int8_vnni.py block with an outer loop over kernel rows.
+    """
+
+    @intrinsic
+    def block(typingctx, x, xoff, xstride, xseg, wp, woff, rstride, wseg, ngroups, nseg, out, ooff, ostride):
+        sig = types.void(x, xoff, xstride, xseg, wp, woff, rstride, wseg, ngroups, nseg, out, ooff, ostride)
+
+        def codegen(context, builder, signature, args):
+            xdata, wdata, odata = (context.make_array(signature.args[k])(context, builder, args[k]).data
+                                   for k in (0, 4, 10))
+            intp = context.get_value_type(types.intp)
+            xoff_, xs_, xseg_, woff_, rs_, wseg_, ng_, ns_, ooff_, os_ = (
+                context.cast(builder, args[k], signature.args[k], types.intp) for k in (1, 2, 3, 5, 6, 7, 8, 9, 11, 12))
+            i32 = ir.IntType(32)
+            v16 = ir.VectorType(i32, 16)
+            vptr = v16.as_pointer()
+            dpbusd = declare(builder.module, "llvm.x86.avx512.vpdpbusd.512", ir.FunctionType(v16, [v16, v16, v16]))
+            zero = ir.Constant(v16, None)
+            undef = ir.Constant(v16, ir.Undefined)
+            splat = ir.Constant(v16, [0] * 16)
+            pre = builder.block
+            outer = builder.append_basic_block("seg_loop")
+            inner = builder.append_basic_block("group_loop")
+            latch = builder.append_basic_block("seg_latch")
+            done = builder.append_basic_block("conv_done")
+            go = builder.and_(builder.icmp_signed(">", ns_, intp(0)), builder.icmp_signed(">", ng_, intp(0)))
+            builder.cbranch(go, outer, done)
+
+            builder.position_at_end(outer)
+            s, seg_accs = loop_phis(builder, intp, v16, [zero] * (mr * nb), pre)
+            xbase = builder.gep(xdata, [builder.add(xoff_, builder.mul(s, xseg_))])
+            wbase = builder.gep(wdata, [builder.add(woff_, builder.mul(s, wseg_))])
+            xrows = [builder.gep(xbase, [builder.mul(xs_, intp(m))]) for m in range(mr)]
+            builder.branch(inner)
+
+            builder.position_at_end(inner)
+            g, accs = loop_phis(builder, intp, v16, seg_accs, outer)
+            wo = builder.mul(g, intp(64))
+            wv = [builder.load(builder.bitcast(builder.gep(wbase, [builder.add(wo, builder.mul(rs_, intp(r)))]), vptr),
+                               align=1) for r in range(nb)]
+            xo = builder.mul(g, intp(4))
+            new = []
+            for m in range(mr):
+                word = builder.load(builder.bitcast(builder.gep(xrows[m], [xo]), i32.as_pointer()), align=1)
+                xb = builder.shuffle_vector(builder.insert_element(undef, word, i32(0)), undef, splat)
+                new.extend(builder.call(dpbusd, [accs[m * nb + r], xb, wv[r]]) for r in range(nb))
+            loop_latch(builder, intp, g, accs, new, ng_, inner, latch)
+
+            builder.position_at_end(latch)
+            loop_latch(builder, intp, s, seg_accs, new, ns_, outer, done)
+
+            builder.position_at_end(done)
+            fins = []
+            for v in new:
+                fin = builder.phi(v16)
+                fin.add_incoming(zero, pre)
+                fin.add_incoming(v, latch)
+                fins.append(fin)
+            for k, fin in enumerate(fins):
+                m, r = divmod(k, nb)
+                pos = builder.add(ooff_, builder.add(builder.mul(os_, intp(m)), intp(16 * r)))
+                ptr = builder.bitcast(builder.gep(odata, [pos]), vptr)
+                builder.store(builder.add(builder.load(ptr, align=4), fin), ptr, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return block
+
+
+# Rows per full block by registers of channels: 12-16 accumulators hide vpdpbusd's latency.
+FULL_ROWS = (0, 12, 8, 4, 4)
+_B = {(m, nb): _make_block(m, nb) for nb in range(1, 5) for m in (*range(1, 5), FULL_ROWS[nb]) if m}
+_b11, _b21, _b31, _b41, _bc1 = (_B[m, 1] for m in (1, 2, 3, 4, 12))
+_b12, _b22, _b32, _b42, _b82 = (_B[m, 2] for m in (1, 2, 3, 4, 8))
+_b13, _b23, _b33, _b43 = (_B[m, 3] for m in range(1, 5))
+_b14, _b24, _b34, _b44 = (_B[m, 4] for m in range(1, 5))
+
+
+@jit
+def _block(mr, nb, *a):
+    """The block of ``mr`` rows (1-4, or FULL_ROWS[nb]) x ``nb`` 16-channel registers."""
+    if nb == 1:
+        if mr == 12:
+            _bc1(*a)
+        elif mr == 4:
+            _b41(*a)
+        elif mr == 3:
+            _b31(*a)
+        elif mr == 2:
+            _b21(*a)
+        else:
+            _b11(*a)
+    elif nb == 2:
+        if mr == 8:
+            _b82(*a)
+        elif mr == 4:
+            _b42(*a)
+        elif mr == 3:
+            _b32(*a)
+        elif mr == 2:
+            _b22(*a)
+        else:
+            _b12(*a)
+    elif nb == 3:
+        if mr == 4:
+            _b43(*a)
+        elif mr == 3:
+            _b33(*a)
+        elif mr == 2:
+            _b23(*a)
+        else:
+            _b13(*a)
+    elif mr == 4:
+        _b44(*a)
+    elif mr == 3:
+        _b34(*a)
+    elif mr == 2:
+        _b24(*a)
+    else:
+        _b14(*a)
+
+
+@jit(inline="always")
+def _codes(src, dst, s, z):
+    """``dst[k] = clip(rint(src[k] / s) + z, 0, 255)`` (kernels/int8._quantize's arithmetic) over
+    1-D runs; returns the number of non-finite values."""
+    bad = 0
+    for k in range(src.shape[0]):
+        v = src[k]
+        bad += not (abs(v) <= np.float32(3.4028235e38))
+        q = np.float32(np.rint(v / s)) + z
+        if not (q >= np.float32(0.0)):      # also NaN: a defined code
+            q = np.float32(0.0)
+        elif q > np.float32(255.0):
+            q = np.float32(255.0)
+        dst[k] = np.uint8(q)
+    return bad
+
+
+def _quantize_pad(x, scale, zero, top, left, out):
+    """Quantize float32 NHWC activations into a zero-point-padded copy; returns the number of
+    non-finite inputs (the caller raises; their codes are meaningless).
+
+    IN  x (n, h, w, c) float32 C-contiguous; scale float32 > 0; zero 0..255; top, left >= 0.
+    OUT out (n, hp, wp, cp) uint8 C-contiguous, hp >= top + h, wp >= left + w, cp >= c:
+        ``x[b, i, j, k]`` as ``clip(rint(x / scale) + zero, 0, 255)`` at ``[b, top + i, left + j, k]``,
+        ``zero`` everywhere else.
+    """
+    n, h, w, c = x.shape
+    _, hp, wp, cp = out.shape
+    s = np.float32(scale)
+    z = np.float32(zero)
+    fill = np.uint8(zero)
+    bad = 0
+    for r in prange(n * hp):
+        b = r // hp
+        i = r - b * hp - top
+        line = out[b, r - b * hp].reshape(wp * cp)
+        if i < 0 or i >= h:
+            line[:] = fill
+            continue
+        line[:left * cp] = fill
+        line[(left + w) * cp:] = fill
+        if cp == c:             # one contiguous run of w * c values
+            bad += _codes(x[b, i].reshape(w * c), line[left * cp:(left + w) * cp], s, z)
+        else:
+            for j in range(w):
+                px = line[(left + j) * cp:(left + j + 1) * cp]
+                bad += _codes(x[b, i, j], px[:c], s, z)
+                px[c:] = fill
+    return bad
+
+
+int8_quantize_pad, int8_quantize_pad_parallel = both(_quantize_pad)
+
+
+def _conv(xp, kh, kw, sh, sw, dh, dw, oh_n, ow_n, wp, zc, mul, bias, escale, eshift, res, lo, hi, act, alpha,
+          beta, lines, out):
+    """Static-int8 convolution of padded activation codes, ``lines`` output lines per task.
+
+    IN  xp (n, hp, wp, cp) uint8 (:func:`_quantize_pad`), cp % 4 == 0; kernel (kh, kw), stride
+        (sh, sw), dilation (dh, dw) (padding is in ``xp``: output pixel (i, j) reads rows
+        ``i * sh + a * dh``, columns ``j * sw + b * dw``); output size (oh_n, ow_n); wp (n_panels,
+        kh * kw * cp // 4, 64) int8 panels of 16 channels over patches laid out (kh, kw, cp),
+        kh * kw * cp <= 65536; zc (>= co,) int32 ``zero * rowsum(w)`` (exact: 255 * 128 * 65536 < 2**31,
+        as is ``acc - zc``); mul (co,) float32
+        ``sx * scale[o]``; bias (co,) float32; escale, eshift (co,) or (0,) (the epilogue's affine
+        map); res (n * oh_n * ow_n, co) float32 or (0, co); lo, hi the clip; act, alpha, beta an
+        activation code of kernels/epilogue.py (0: none); lines >= 1.
+    OUT out (n * oh_n * ow_n, co) float32 C-contiguous.
+    """
+    n, hp, wpx, cp = xp.shape
+    n_p, n_g, _ = wp.shape
+    co = out.shape[1]
+    ncols = 16 * n_p
+    total = n * oh_n
+    units = (n_p + 3) // 4
+    whole = dw == 1             # a kernel row's taps are kw * cp consecutive codes: one segment
+    segs = kh if whole else kh * kw
+    seg_g = kw * cp // 4 if whole else cp // 4
+    add = res.shape[0] > 0
+    for t in prange((total + lines - 1) // lines):
+        acc = np.empty((ow_n, ncols), np.int32)
+        for r in range(t * lines, min(total, (t + 1) * lines)):
+            b = r // oh_n
+            oh = r - b * oh_n
+            acc[:] = 0
+            for u in range(units):
+                nb = min(4, n_p - 4 * u)
+                full = FULL_ROWS[nb]
+                p0 = 0
+                while p0 < ow_n:
+                    mr = full if ow_n - p0 >= full else min(4, ow_n - p0)
+                    woff = 4 * u * n_g * 64
+                    if whole:
+                        xoff = ((b * hp + oh * sh) * wpx + p0 * sw) * cp
+                        _block(mr, nb, xp, xoff, sw * cp, dh * wpx * cp, wp, woff, n_g * 64, kw * cp * 16, seg_g, kh,
+                               acc, p0 * ncols + 64 * u, ncols)
+                    else:
+                        for i in range(kh):
+                            xoff = ((b * hp + oh * sh + i * dh) * wpx + p0 * sw) * cp
+                            _block(mr, nb, xp, xoff, sw * cp, dw * cp, wp, woff + i * kw * cp * 16, n_g * 64, cp * 16,
+                                   seg_g, kw, acc, p0 * ncols + 64 * u, ncols)
+                    p0 += mr
+            row0 = r * ow_n
+            for p in range(ow_n):
+                dst = out[row0 + p]
+                a_row = acc[p]
+                for o in range(co):
+                    dst[o] = np.float32(a_row[o] - zc[o]) * mul[o] + bias[o]
+            finish_row(out[row0:row0 + ow_n], escale, eshift, res[row0:row0 + ow_n] if add else res[0:0], lo, hi,
+                        act, alpha, beta)
+
+
+int8_conv_nhwc, int8_conv_nhwc_parallel = both(_conv, error_model="numpy")

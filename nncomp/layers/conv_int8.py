@@ -1,0 +1,100 @@
+"""Conv2D with int8 weights and static (calibrated) activations as an implicit GEMM.
+
+The input image is quantized once into a zero-point-padded copy of codes, then
+nncomp/kernels/int8_conv.py runs the VNNI product straight from it (one block product per kernel
+row, no patch matrix), dequantizes each output line in L1 and applies the bias and the fused
+epilogue as it stores. Where it does not apply (no VNNI, products the AMX tiles run faster) the
+caller keeps the chunked im2col path (conv_algorithms.int8_patch_product); both give the same bits.
+"""
+import numpy as np
+
+from ..errors import InputError
+from ..kernels import _jit, int8_amx as amx, int8_vnni as vnni
+from ..kernels.int8_conv import int8_conv_nhwc, int8_conv_nhwc_parallel, int8_quantize_pad, int8_quantize_pad_parallel
+from ..matrices.int8 import KBLOCK, PANEL, Int8Matrix, elementwise, pack_panels
+from .workspace import scratch
+
+# Output lines per task: at least TASKS_PER_THREAD tasks a thread when there are that many lines
+# (two threads stay balanced), at most MAX_LINES (a task's weight panels stay in L1/L2 anyway).
+TASKS_PER_THREAD = 2
+MAX_LINES = 64
+_NONE = np.zeros(0, np.float32)
+
+
+def fused_int8(layer, shape, n, oh, ow):
+    """Whether Conv2D ``layer`` on ``n`` images of ``shape`` runs the implicit int8 kernel."""
+    w = layer.weight
+    if not (layer.groups == 1 and isinstance(w, Int8Matrix) and w.activations == "static" and vnni.HAVE_VNNI):
+        return False
+    kh, kw = layer.kernel_size
+    kp = kh * kw * (-(-layer.in_channels // 4) * 4)
+    amx_pays = amx.HAVE_AMX and amx.worth(n * oh * ow, w.code_width, w.n_out)
+    return kp <= KBLOCK and not amx_pays
+
+
+def implicit_weights(layer):
+    """``(wp, zc_unit)``: the weight codes packed over patches laid out (kh, kw, cp), channels padded
+    to a multiple of 4 with zero weights; and the codes' row sums (int64)."""
+    def make():
+        w = layer.weight
+        kh, kw = layer.kernel_size
+        c = layer.in_channels
+        cp = -(-c // 4) * 4
+        q = np.zeros((w.n_out, kh, kw, cp), np.int8)
+        q[..., :c] = w.q.reshape(w.n_out, kh, kw, c)
+        return pack_panels(q.reshape(w.n_out, -1), PANEL), w.q.sum(axis=1, dtype=np.int64)
+    return layer.memo(("int8_implicit",), make)
+
+
+def lines_per_task(total, threads):
+    """Output lines per task (see :data:`TASKS_PER_THREAD`)."""
+    return max(1, min(MAX_LINES, -(-total // (TASKS_PER_THREAD * max(1, threads)))))
+
+
+def int8_step(layer, shape, n, oh, ow, epilogue=None):
+    """The fused step ``(x[, res]) -> y`` for batches of ``n``, applying ``epilogue`` ``(scale, shift,
+    add, lo, hi, act)`` (nncomp.layers.fused.epilogue_args) as it stores; None where
+    :func:`fused_int8` says no."""
+    if not fused_int8(layer, shape, n, oh, ow):
+        return None
+    w = layer.weight
+    h, wd, c = shape
+    co = w.n_out
+    kh, kw = layer.kernel_size
+    sh, sw = layer.stride
+    dh, dw = layer.dilation
+    t, b, l, r = layer.padding
+    cp = -(-c // 4) * 4
+    hp, wp_ = h + t + b, wd + l + r
+    wp, colsum = implicit_weights(layer)
+    sx, z = np.float32(w.act_scale), int(w.act_zero)
+    zc = (np.int64(z) * colsum).astype(np.int32)     # |z * colsum| <= 255 * 128 * 65536 < 2**31
+    mul = np.ascontiguousarray(np.broadcast_to(sx * w.scale, (co,)), np.float32)
+    bias = layer.bias if layer.bias is not None else np.zeros(co, np.float32)
+    scale, shift, _, lo, hi, act = epilogue or (_NONE, _NONE, False, -np.inf, np.inf, None)
+    code, alpha, beta = act or (0, 0.0, 0.0)
+    geo = (kh, kw, sh, sw, dh, dw, oh, ow)
+    tail = (np.float32(lo), np.float32(hi), code, np.float32(alpha), np.float32(beta))
+    empty = np.zeros((0, co), np.float32)
+    parallel = n * oh * ow * co * kh * kw * cp >= _jit.PARALLEL_MIN_WORK and _jit.num_threads() > 1
+    kern = int8_conv_nhwc_parallel if parallel else int8_conv_nhwc
+    lines = lines_per_task(n * oh, _jit.num_threads() if parallel else 1)
+    pad = elementwise((int8_quantize_pad, int8_quantize_pad_parallel), n * hp * wp_ * cp)
+
+    def run(x, res=None):
+        x = np.ascontiguousarray(x)
+        size = n * hp * wp_ * cp
+        xp = scratch("int8_padded", (-(-size // 4),)).view(np.uint8)[:size].reshape(n, hp, wp_, cp)
+        out = np.empty((n * oh * ow, co), np.float32)
+        if parallel:
+            _jit.pool_ready()
+        bad = pad(x, sx, z, t, l, xp)
+        if bad:
+            raise InputError(f"int8 layer {w.shape}: input holds {bad} NaN or Inf value(s); "
+                             "quantized layers refuse them")
+        if out.size:
+            res2 = empty if res is None else np.ascontiguousarray(res, np.float32).reshape(n * oh * ow, co)
+            kern(xp, *geo, wp, zc, mul, bias, scale, shift, res2, *tail, lines, out)
+        return out.reshape(n, oh, ow, co)
+    run.blas = False
+    return run

@@ -1,0 +1,173 @@
+"""The implicit-GEMM int8 convolution (nncomp/kernels/int8_conv.py, nncomp/layers/conv_int8.py):
+kernels against their NumPy twins, and Conv2D layers and whole quantized models that give the same
+bits with the fused kernel as with the chunked im2col path it replaces."""
+import numpy as np
+import pytest
+from hypothesis import example, given, settings, strategies as st
+
+import reference as ref
+from nncomp.errors import InputError
+from nncomp.kernels import int8_conv as kc, int8_vnni as vnni
+from nncomp.layers import conv_algorithms as algos, conv_int8
+from nncomp.layers.conv import Conv2D
+from nncomp.matrices.int8 import Int8Matrix, pack_panels
+
+needs_vnni = pytest.mark.skipif(not vnni.HAVE_VNNI, reason="CPU (or JIT target) lacks AVX-512 VNNI")
+F = np.float32
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(0, 3), h=st.integers(1, 9), w=st.integers(1, 9), c=st.integers(1, 21),
+       pads=st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 3), st.integers(0, 3)),
+       extra=st.integers(0, 5), scale=st.floats(1e-3, 10.0), zero=st.integers(0, 255), special=st.booleans(),
+       seed=st.integers(0, 2**31))
+@example(n=1, h=2, w=3, c=4, pads=(1, 1, 1, 1), extra=0, scale=0.5, zero=0, special=True, seed=0)
+def test_quantize_pad_matches_its_twin(parallel, n, h, w, c, pads, extra, scale, zero, special, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, h, w, c)) * 4).astype(F)
+    if special and x.size:       # NaN, infinities, values far outside the code range, exact ties
+        flat = x.reshape(-1)
+        flat[rng.integers(0, flat.size, 4)] = [np.nan, np.inf, -np.inf, 1e30]
+        flat[0] = F(scale) * F(2.5)
+    t, b, l, r = pads
+    cp = -(-c // 4) * 4 + 4 * (extra % 2)
+    out = np.full((n, h + t + b, w + l + r, cp), 7, np.uint8)
+    kern = kc.int8_quantize_pad_parallel if parallel else kc.int8_quantize_pad
+    bad = kern(x, F(scale), zero, t, l, out)
+    want, want_bad = ref.int8_quantize_pad(x, F(scale), zero, t, l, h + t + b, w + l + r, cp)
+    assert bad == want_bad and np.array_equal(out, want)
+
+
+@st.composite
+def _geometry(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    oh, ow = draw(st.integers(1, 6)), draw(st.integers(1, 30))
+    return kh, kw, sh, sw, dh, dw, oh, ow
+
+
+@needs_vnni
+@pytest.mark.parametrize("parallel", [False, True])
+@settings(max_examples=50, deadline=None)
+@given(geo=_geometry(), n=st.integers(1, 3), c4=st.integers(1, 12), co=st.integers(1, 90), lines=st.integers(1, 5),
+       epilogue=st.sampled_from(["none", "affine", "res", "clip", "act", "all"]), extreme=st.booleans(),
+       seed=st.integers(0, 2**31))
+@example(geo=(3, 3, 1, 1, 1, 1, 5, 28), n=2, c4=4, co=16, lines=2, epilogue="all", extreme=False,
+         seed=0)
+@example(geo=(3, 3, 1, 1, 1, 1, 2, 13), n=1, c4=8, co=70, lines=1, epilogue="none", extreme=True,
+         seed=1)
+def test_int8_conv_kernel_matches_its_twin(parallel, geo, n, c4, co, lines, epilogue, extreme, seed):
+    """Rows of 12/8/4 and remainders, 1-4 panels per unit and several units, dilated taps (one
+    segment per tap) and whole kernel rows, every part of the epilogue."""
+    rng = np.random.default_rng(seed)
+    kh, kw, sh, sw, dh, dw, oh, ow = geo
+    cp = 4 * c4
+    hp, wp_ = (oh - 1) * sh + (kh - 1) * dh + 1 + int(rng.integers(0, 2)), (ow - 1) * sw + (kw - 1) * dw + 1
+    if extreme:     # every product at its largest magnitude
+        xp = np.full((n, hp, wp_, cp), 255, np.uint8)
+        q = np.full((co, kh * kw * cp), -128, np.int8)
+    else:
+        xp = rng.integers(0, 256, (n, hp, wp_, cp), dtype=np.uint8)
+        q = rng.integers(-127, 128, (co, kh * kw * cp), dtype=np.int8)
+    wp = pack_panels(q, 16)
+    zero = int(rng.integers(0, 256))
+    zc = (np.int64(zero) * q.sum(1, dtype=np.int64)).astype(np.int32)
+    mul = (F(0.01) * rng.random(co).astype(F)).astype(F)
+    bias = rng.standard_normal(co).astype(F)
+    none, rows = np.zeros(0, F), n * oh * ow
+    escale = rng.random(co).astype(F) if epilogue in ("affine", "all") else none
+    eshift = rng.standard_normal(co).astype(F) if epilogue in ("affine", "all") else none
+    res = rng.standard_normal((rows, co)).astype(F) if epilogue in ("res", "all") else np.zeros((0, co), F)
+    lo, hi = (F(0), F(6)) if epilogue in ("clip", "all") else (F(-np.inf), F(np.inf))
+    act, alpha, beta = (4, F(0.1), F(0)) if epilogue in ("act", "all") else (0, F(0), F(0))
+    out = np.full((rows, co), np.nan, F)
+    kern = kc.int8_conv_nhwc_parallel if parallel else kc.int8_conv_nhwc
+    args = (xp, kh, kw, sh, sw, dh, dw, oh, ow, wp, zc, mul, bias, escale, eshift, res, lo, hi, act, alpha, beta)
+    kern(*args, lines, out)
+    assert np.array_equal(out, ref.int8_conv_nhwc(*args))
+
+
+def _int8_conv(rng, c, co, kernel, stride, padding, dilation, same=False):
+    w = rng.standard_normal((co, kernel[0] * kernel[1] * c)).astype(F)
+    weight = Int8Matrix.from_float(w, activations="static", act_range=(-1.5, 2.5))
+    return Conv2D(weight=weight, bias=rng.standard_normal(co).astype(F), in_channels=c, kernel_size=kernel,
+                  stride=stride, padding=padding, dilation=dilation, same=same)
+
+
+def _unfused(monkeypatch):
+    monkeypatch.setattr(algos, "fused_int8", lambda *a: False)
+
+
+@needs_vnni
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 3), hw=st.tuples(st.integers(3, 12), st.integers(3, 12)), c=st.integers(1, 20),
+       co=st.integers(1, 40), kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       stride=st.tuples(st.integers(1, 2), st.integers(1, 2)), padding=st.tuples(*[st.integers(0, 2)] * 4),
+       dilation=st.sampled_from([(1, 1), (2, 1), (1, 2)]), same=st.booleans(), seed=st.integers(0, 2**31))
+def test_conv_layer_gives_the_bits_of_the_im2col_path(n, hw, c, co, kernel, stride, padding, dilation, same, seed):
+    rng = np.random.default_rng(seed)
+    conv = _int8_conv(rng, c, co, kernel, stride, padding, dilation, same)
+    shape = (*hw, c)
+    try:
+        oh, ow, _ = conv.for_input(shape).shape_of(shape)
+    except Exception:
+        return                       # the window does not fit this input
+    x = (rng.standard_normal((n, *shape)) * 1.2).astype(F)
+    assert conv_int8.fused_int8(conv.for_input(shape), shape, n, oh, ow)
+    got = conv.prepare(n, shape)(x)
+    with pytest.MonkeyPatch.context() as mp:
+        _unfused(mp)
+        want = conv.prepare(n, shape)(x)
+    assert np.array_equal(got, want)
+
+
+@needs_vnni
+def test_quantized_models_give_the_same_bits_fused_and_unfused(monkeypatch):
+    """Whole static-int8 CNNs (batch norm, ReLU and residual adds fused into the conv's store)."""
+    import nncomp as nc
+    from nncomp.data import for_model, model_path
+
+    for name in ("lenet5", "vgg_small", "resnet_small"):
+        model = nc.load(model_path(name))
+        xs = for_model(model)[0][:80]
+        got = nc.quantize(model, activations="static", calibration=xs[:64])(xs[64:])
+        with monkeypatch.context() as mp:
+            _unfused(mp)
+            want = nc.quantize(model, activations="static", calibration=xs[:64])(xs[64:])
+        assert np.array_equal(got, want), name
+
+
+@needs_vnni
+def test_nan_input_is_refused():
+    conv = _int8_conv(np.random.default_rng(0), 8, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
+    x = np.zeros((1, 5, 5, 8), F)
+    x[0, 2, 2, 3] = np.nan
+    with pytest.raises(InputError, match="NaN or Inf"):
+        conv.prepare(1, (5, 5, 8))(x)
+
+
+def test_lines_per_task_balances_the_threads():
+    assert conv_int8.lines_per_task(1792, 2) == conv_int8.MAX_LINES
+    assert conv_int8.lines_per_task(28, 2) == 7          # 4 tasks for 2 threads
+    assert conv_int8.lines_per_task(1, 2) == 1
+    assert conv_int8.lines_per_task(30, 1) == 15
+
+
+@settings(max_examples=30, deadline=None)
+@given(m=st.integers(0, 5), co=st.integers(1, 40), affine=st.booleans(), add=st.booleans(), clip=st.booleans(),
+       act=st.sampled_from([0, 2, 3, 4]), seed=st.integers(0, 2**31))
+def test_finish_row_matches_its_twin(m, co, affine, add, clip, act, seed):
+    """The epilogue the int8 convolution (and the small sparse kernels) apply to stored rows."""
+    from nncomp.kernels.sparse_small import finish_row
+
+    rng = np.random.default_rng(seed)
+    y = (rng.standard_normal((m, co)) * 3).astype(F)
+    none = np.zeros(0, F)
+    scale, shift = (rng.random(co).astype(F), rng.standard_normal(co).astype(F)) if affine else (none, none)
+    res = rng.standard_normal((m, co)).astype(F) if add else np.zeros((0, co), F)
+    lo, hi = (F(-1), F(2)) if clip else (F(-np.inf), F(np.inf))
+    want = ref.finish_row(y, scale, shift, res, lo, hi, act, F(0.2), F(0.5))
+    finish_row(y, scale, shift, res, lo, hi, act, F(0.2), F(0.5))
+    assert np.array_equal(y, want)
