@@ -19,6 +19,20 @@ def int8_quantize(x, scale, zero, qmin, qmax, kp):
     return out, int((~np.isfinite(x)).sum())
 
 
+def quantize_value(v, s, z, lo, hi):
+    """Twin of kernels.int8.quantize_value: one code."""
+    return quantize_run(np.array([v], np.float32), None, s, z, lo, hi)[0][0]
+
+
+def quantize_run(src, dst, s, z, lo, hi):
+    """Twin of kernels.int8.quantize_run: ``(codes, bad)``, ``clip(rint(src / s) + z, lo, hi)`` with
+    NaN to ``lo``, and the number of NaN or infinite values."""
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        q = np.rint(np.asarray(src, np.float32) / np.float32(s)) + np.float32(z)
+        q = np.clip(np.nan_to_num(q, nan=lo, posinf=hi, neginf=lo), lo, hi)
+    return q.astype(np.uint8), int((~np.isfinite(src)).sum())
+
+
 def unpack(wp):
     """Panels ``(n_panels, n_groups, 4 * width)`` -> codes ``(n_panels * width, 4 * n_groups)``."""
     n_p, n_g, pw4 = wp.shape

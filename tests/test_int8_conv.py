@@ -171,3 +171,34 @@ def test_finish_row_matches_its_twin(m, co, affine, add, clip, act, seed):
     want = ref.finish_row(y, scale, shift, res, lo, hi, act, F(0.2), F(0.5))
     finish_row(y, scale, shift, res, lo, hi, act, F(0.2), F(0.5))
     assert np.array_equal(y, want)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 70), log2_scale=st.integers(-8, 8), odd_scale=st.booleans(), zero=st.integers(0, 255),
+       qmax=st.integers(0, 255), special=st.booleans(), seed=st.integers(0, 2**31))
+def test_quantize_run_matches_its_twin(n, log2_scale, odd_scale, zero, qmax, special, seed):
+    """The 16-lane quantization (and its scalar tail) against NumPy's float32 division: exact ties
+    (half-integer multiples of a power-of-two scale), saturation, NaN and infinities."""
+    from nncomp.kernels.int8 import quantize_run
+
+    rng = np.random.default_rng(seed)
+    s = F(2.0 ** log2_scale * (1.37 if odd_scale else 1.0))
+    x = (rng.integers(-600, 600, n) / 2 * s).astype(F)
+    x[rng.random(n) < 0.3] = rng.standard_normal() * 300 * s
+    if special and n >= 3:
+        x[rng.choice(n, 3, replace=False)] = [np.nan, np.inf, -np.inf]
+    lo = F(min(zero, qmax))
+    out = np.empty(n, np.uint8)
+    bad = quantize_run(x, out, s, F(zero), lo, F(qmax))
+    want, want_bad = ref.quantize_run(x, out, s, F(zero), lo, F(qmax))
+    assert bad == want_bad and np.array_equal(out, want)
+
+
+@given(v=st.floats(width=32, allow_nan=True, allow_infinity=True), log2_scale=st.integers(-20, 20),
+       zero=st.integers(0, 255), qmax=st.integers(0, 255))
+def test_quantize_value_matches_its_twin(v, log2_scale, zero, qmax):
+    from nncomp.kernels.int8 import quantize_value
+
+    s, lo = F(2.0 ** log2_scale * 1.37), F(min(zero, qmax))
+    with np.errstate(all="ignore"):
+        assert quantize_value(F(v), s, F(zero), lo, F(qmax)) == ref.quantize_value(F(v), s, F(zero), lo, F(qmax))

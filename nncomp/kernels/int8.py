@@ -17,9 +17,92 @@ Number formats (docs in nncomp/matrices/int8.py):
 The plain loops here give results bit-identical to the VNNI kernel (kernels/int8_vnni.py).
 """
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic
 
+from ._ir import declare, loop_latch, loop_phis
 from ._jit import both, jit
+
+_BIG = np.float32(3.4028235e38)
+
+
+@intrinsic
+def _quantize16(typingctx, src, soff, dst, doff, nvec, scale, zero, lo, hi):
+    """``nvec`` vectors of 16: ``dst[doff + j] = clip(rint(src[soff + j] / scale) + zero, lo, hi)``
+    (uint8, NaN to ``lo``), the arithmetic of :func:`quantize_run` lane by lane (IEEE division and
+    rounding, the same compares); returns how many of the values are NaN or infinite. LLVM's
+    vector types are portable (two ymm registers on AVX2); Numba's own loop vectorizer kept to 8
+    lanes on an AVX-512 Xeon (its tuning prefers 256-bit vectors), 1.3x slower."""
+    sig = types.int64(src, soff, dst, doff, nvec, scale, zero, lo, hi)
+
+    def codegen(context, builder, signature, args):
+        sdata, ddata = (context.make_array(signature.args[k])(context, builder, args[k]).data for k in (0, 2))
+        intp = context.get_value_type(types.intp)
+        soff_, doff_, n_ = (context.cast(builder, args[k], signature.args[k], types.intp) for k in (1, 3, 4))
+        f32 = ir.FloatType()
+        s_, z_, lo_, hi_ = (context.cast(builder, args[k], signature.args[k], types.float32) for k in (5, 6, 7, 8))
+        vf, vi, vb = ir.VectorType(f32, 16), ir.VectorType(ir.IntType(32), 16), ir.VectorType(ir.IntType(8), 16)
+        undef = ir.Constant(vf, ir.Undefined)
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16)
+
+        def splat(v):
+            return builder.shuffle_vector(builder.insert_element(undef, v, ir.IntType(32)(0)), undef, mask)
+        vs, vz, vlo, vhi = splat(s_), splat(z_), splat(lo_), splat(hi_)
+        big = ir.Constant(vf, [float(_BIG)] * 16)
+        rint = declare(builder.module, "llvm.rint.v16f32", ir.FunctionType(vf, [vf]))
+        fabs = declare(builder.module, "llvm.fabs.v16f32", ir.FunctionType(vf, [vf]))
+        pre = builder.block
+        loop = builder.append_basic_block("q16_loop")
+        done = builder.append_basic_block("q16_done")
+        builder.cbranch(builder.icmp_signed(">", n_, intp(0)), loop, done)
+
+        builder.position_at_end(loop)
+        i, (cnt,) = loop_phis(builder, intp, vi, [ir.Constant(vi, None)], pre)
+        off = builder.mul(i, intp(16))
+        v = builder.load(builder.bitcast(builder.gep(sdata, [builder.add(soff_, off)]), vf.as_pointer()), align=4)
+        q = builder.fadd(builder.call(rint, [builder.fdiv(v, vs)]), vz)
+        q = builder.select(builder.fcmp_ordered(">=", q, vlo), q, vlo)       # NaN fails: lo
+        q = builder.select(builder.fcmp_ordered(">", q, vhi), vhi, q)
+        builder.store(builder.fptoui(q, vb), builder.bitcast(builder.gep(ddata, [builder.add(doff_, off)]),
+                                                             vb.as_pointer()), align=1)
+        bad = builder.fcmp_unordered(">", builder.call(fabs, [v]), big)     # NaN or beyond the largest float
+        new = builder.add(cnt, builder.zext(bad, vi))
+        loop_latch(builder, intp, i, [cnt], [new], n_, loop, done)
+
+        builder.position_at_end(done)
+        fin = builder.phi(vi)
+        fin.add_incoming(ir.Constant(vi, None), pre)
+        fin.add_incoming(new, loop)
+        add = declare(builder.module, "llvm.vector.reduce.add.v16i32", ir.FunctionType(ir.IntType(32), [vi]))
+        return builder.sext(builder.call(add, [fin]), ir.IntType(64))
+
+    return sig, codegen
+
+
+@jit(inline="always")
+def quantize_value(v, s, z, lo, hi):
+    """One code ``clip(rint(v / s) + z, lo, hi)`` as uint8 (NaN gives ``lo``)."""
+    q = np.float32(np.rint(v / s)) + z
+    if not (q >= lo):   # also NaN: a defined code, never a poison conversion
+        q = lo
+    elif q > hi:
+        q = hi
+    return np.uint8(q)
+
+
+@jit(inline="always")
+def quantize_run(src, dst, s, z, lo, hi):
+    """``dst[k] = quantize_value(src[k], ...)`` over 1-D contiguous runs, 16 values at a time in
+    :func:`_quantize16`; returns the number of NaN or infinite values."""
+    n = src.shape[0]
+    m = n // 16
+    bad = _quantize16(src, 0, dst, 0, m, s, z, lo, hi) if m > 0 else 0
+    for k in range(16 * m, n):
+        v = src[k]
+        bad += not (abs(v) <= _BIG)
+        dst[k] = quantize_value(v, s, z, lo, hi)
+    return bad
 
 
 def _quantize(x, scale, zero, qmin, qmax, out):
@@ -37,21 +120,10 @@ def _quantize(x, scale, zero, qmin, qmax, out):
     hi = np.float32(qmax)
     bad = 0
     for i in prange(n):
-        xr = x[i]
         orow = out[i]
-        nb = 0
-        for j in range(k):
-            v = xr[j]
-            nb += not (abs(v) <= np.float32(3.4028235e38))
-            q = np.float32(np.rint(v / s)) + z
-            if not (q >= lo):   # also NaN: a defined code, never a poison conversion
-                q = lo
-            elif q > hi:
-                q = hi
-            orow[j] = np.uint8(q)
+        bad += quantize_run(x[i], orow[:k], s, z, lo, hi)
         for j in range(k, kp):
             orow[j] = np.uint8(zero)
-        bad += nb
     return bad
 
 

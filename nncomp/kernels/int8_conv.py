@@ -25,6 +25,7 @@ from numba.extending import intrinsic
 
 from ._ir import declare, loop_latch, loop_phis
 from ._jit import both, jit
+from .int8 import quantize_run, quantize_value
 from .sparse_small import finish_row
 
 
@@ -159,23 +160,6 @@ def _block(mr, nb, *a):
         _b14(*a)
 
 
-@jit(inline="always")
-def _codes(src, dst, s, z):
-    """``dst[k] = clip(rint(src[k] / s) + z, 0, 255)`` (kernels/int8._quantize's arithmetic) over
-    1-D runs; returns the number of non-finite values."""
-    bad = 0
-    for k in range(src.shape[0]):
-        v = src[k]
-        bad += not (abs(v) <= np.float32(3.4028235e38))
-        q = np.float32(np.rint(v / s)) + z
-        if not (q >= np.float32(0.0)):      # also NaN: a defined code
-            q = np.float32(0.0)
-        elif q > np.float32(255.0):
-            q = np.float32(255.0)
-        dst[k] = np.uint8(q)
-    return bad
-
-
 def _quantize_pad(x, scale, zero, top, left, out):
     """Quantize float32 NHWC activations into a zero-point-padded copy; returns the number of
     non-finite inputs (the caller raises; their codes are meaningless).
@@ -189,6 +173,7 @@ def _quantize_pad(x, scale, zero, top, left, out):
     _, hp, wp, cp = out.shape
     s = np.float32(scale)
     z = np.float32(zero)
+    lo, hi = np.float32(0.0), np.float32(255.0)
     fill = np.uint8(zero)
     bad = 0
     for r in prange(n * hp):
@@ -201,12 +186,17 @@ def _quantize_pad(x, scale, zero, top, left, out):
         line[:left * cp] = fill
         line[(left + w) * cp:] = fill
         if cp == c:             # one contiguous run of w * c values
-            bad += _codes(x[b, i].reshape(w * c), line[left * cp:(left + w) * cp], s, z)
-        else:
+            bad += quantize_run(x[b, i].reshape(w * c), line[left * cp:(left + w) * cp], s, z, lo, hi)
+        else:                   # few channels (a first layer): value by value
+            src = x[b, i].reshape(w * c)
             for j in range(w):
-                px = line[(left + j) * cp:(left + j + 1) * cp]
-                bad += _codes(x[b, i, j], px[:c], s, z)
-                px[c:] = fill
+                o = (left + j) * cp
+                for k in range(c):
+                    v = src[j * c + k]
+                    bad += not (abs(v) <= np.float32(3.4028235e38))
+                    line[o + k] = quantize_value(v, s, z, lo, hi)
+                for k in range(c, cp):
+                    line[o + k] = fill
     return bad
 
 
