@@ -83,9 +83,9 @@ def amx_pack_rows(xu, k0, k1):
     return np.ascontiguousarray(xu[:16 * t, k0:k0 + 64 * s].reshape(t, 16, s, 64).transpose(0, 2, 1, 3))
 
 
-def int8_quantize_pad(x, scale, zero, top, left, hp, wp, cp):
-    """Twin of kernels.int8_conv.int8_quantize_pad: ``(codes (n, hp, wp, cp), bad)``, the codes of
-    int8_quantize at ``[b, top + i, left + j, k]`` and ``zero`` elsewhere."""
+def _quantize_pad(x, scale, zero, top, left, hp, wp, cp):
+    """``(codes (n, hp, wp, cp), bad)``: the codes of int8_quantize at ``[b, top + i, left + j, k]``
+    and ``zero`` elsewhere."""
     n, h, w, c = x.shape
     codes, bad = int8_quantize(x.reshape(-1, c), scale, zero, 0, 255, c)
     out = np.full((n, hp, wp, cp), zero, np.uint8)
@@ -93,12 +93,14 @@ def int8_quantize_pad(x, scale, zero, top, left, hp, wp, cp):
     return out, bad
 
 
-def int8_conv_nhwc(xp, kh, kw, sh, sw, dh, dw, oh_n, ow_n, wp, zc, mul, bias, escale, eshift, res, lo, hi, act,
-                   alpha, beta, lines=1):
-    """Twin of kernels.int8_conv.int8_conv_nhwc: the patches of the padded codes times the unpacked
-    weight in int64, ``float32(acc - zc) * mul + bias`` (float32, in that order), then the epilogue
-    and activation as the layers run them. Returns (n * oh_n * ow_n, co) float32."""
+def int8_conv_nhwc(x, scale, zero, top, left, xp_shape, kh, kw, sh, sw, dh, dw, oh_n, ow_n, wp, zc, mul, bias,
+                   escale, eshift, res, lo, hi, act, alpha, beta, lines=1):
+    """Twin of kernels.int8_conv.int8_conv_nhwc: ``(bad, xp, out)``, the padded codes of ``x``
+    (n, hp, wp, cp = ``xp_shape``), and their patches times the unpacked weight in int64,
+    ``float32(acc - zc) * mul + bias`` (float32, in that order), then the epilogue and activation
+    as the layers run them, (n * oh_n * ow_n, co) float32."""
     from reference import activation_rows, epilogue_rows
+    xp, bad = _quantize_pad(x, scale, zero, top, left, *xp_shape[1:])
     n, _, _, cp = xp.shape
     co = mul.shape[0]
     w = unpack(wp)[:co].astype(np.int64)
@@ -109,4 +111,4 @@ def int8_conv_nhwc(xp, kh, kw, sh, sw, dh, dw, oh_n, ow_n, wp, zc, mul, bias, es
     assert np.abs(acc).max(initial=0) < 2 ** 31
     y = (acc - zc[:co].astype(np.int64)).astype(np.float32) * mul + bias
     y = epilogue_rows(y, escale, eshift, res, lo, hi)
-    return activation_rows(y, act, alpha, beta) if act else y
+    return bad, xp, activation_rows(y, act, alpha, beta) if act else y

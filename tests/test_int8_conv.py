@@ -16,29 +16,6 @@ needs_vnni = pytest.mark.skipif(not vnni.HAVE_VNNI, reason="CPU (or JIT target) 
 F = np.float32
 
 
-@pytest.mark.parametrize("parallel", [False, True])
-@settings(max_examples=40, deadline=None)
-@given(n=st.integers(0, 3), h=st.integers(1, 9), w=st.integers(1, 9), c=st.integers(1, 21),
-       pads=st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 3), st.integers(0, 3)),
-       extra=st.integers(0, 5), scale=st.floats(1e-3, 10.0), zero=st.integers(0, 255), special=st.booleans(),
-       seed=st.integers(0, 2**31))
-@example(n=1, h=2, w=3, c=4, pads=(1, 1, 1, 1), extra=0, scale=0.5, zero=0, special=True, seed=0)
-def test_quantize_pad_matches_its_twin(parallel, n, h, w, c, pads, extra, scale, zero, special, seed):
-    rng = np.random.default_rng(seed)
-    x = (rng.standard_normal((n, h, w, c)) * 4).astype(F)
-    if special and x.size:       # NaN, infinities, values far outside the code range, exact ties
-        flat = x.reshape(-1)
-        flat[rng.integers(0, flat.size, 4)] = [np.nan, np.inf, -np.inf, 1e30]
-        flat[0] = F(scale) * F(2.5)
-    t, b, l, r = pads
-    cp = -(-c // 4) * 4 + 4 * (extra % 2)
-    out = np.full((n, h + t + b, w + l + r, cp), 7, np.uint8)
-    kern = kc.int8_quantize_pad_parallel if parallel else kc.int8_quantize_pad
-    bad = kern(x, F(scale), zero, t, l, out)
-    want, want_bad = ref.int8_quantize_pad(x, F(scale), zero, t, l, h + t + b, w + l + r, cp)
-    assert bad == want_bad and np.array_equal(out, want)
-
-
 @st.composite
 def _geometry(draw):
     kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
@@ -51,30 +28,36 @@ def _geometry(draw):
 @needs_vnni
 @pytest.mark.parametrize("parallel", [False, True])
 @settings(max_examples=50, deadline=None)
-@given(geo=_geometry(), n=st.integers(1, 3), c4=st.integers(1, 12), co=st.integers(1, 90), lines=st.integers(1, 5),
-       epilogue=st.sampled_from(["none", "affine", "res", "clip", "act", "all"]), extreme=st.booleans(),
+@given(geo=_geometry(), n=st.integers(1, 3), c=st.integers(1, 48), co=st.integers(1, 90), lines=st.integers(1, 5),
+       epilogue=st.sampled_from(["none", "affine", "res", "clip", "act", "all", "nan"]), extreme=st.booleans(),
        seed=st.integers(0, 2**31))
-@example(geo=(3, 3, 1, 1, 1, 1, 5, 28), n=2, c4=4, co=16, lines=2, epilogue="all", extreme=False,
-         seed=0)
-@example(geo=(3, 3, 1, 1, 1, 1, 2, 13), n=1, c4=8, co=70, lines=1, epilogue="none", extreme=True,
-         seed=1)
-def test_int8_conv_kernel_matches_its_twin(parallel, geo, n, c4, co, lines, epilogue, extreme, seed):
-    """Rows of 12/8/4 and remainders, 1-4 panels per unit and several units, dilated taps (one
-    segment per tap) and whole kernel rows, every part of the epilogue."""
+@example(geo=(3, 3, 1, 1, 1, 1, 5, 28), n=2, c=16, co=16, lines=2, epilogue="all", extreme=False, seed=0)
+@example(geo=(3, 3, 1, 1, 1, 1, 2, 13), n=1, c=32, co=70, lines=1, epilogue="none", extreme=True, seed=1)
+def test_int8_conv_kernel_matches_its_twin(parallel, geo, n, c, co, lines, epilogue, extreme, seed):
+    """The padded codes (borders, channel padding, NaN and infinities counted), then the product:
+    rows of 12/8/4 and remainders, 1-4 panels per unit and several units, dilated taps (one segment
+    per tap) and whole kernel rows, every part of the epilogue."""
     rng = np.random.default_rng(seed)
     kh, kw, sh, sw, dh, dw, oh, ow = geo
-    cp = 4 * c4
+    cp = -(-c // 4) * 4 + 4 * int(rng.integers(0, 2))
     hp, wp_ = (oh - 1) * sh + (kh - 1) * dh + 1 + int(rng.integers(0, 2)), (ow - 1) * sw + (kw - 1) * dw + 1
-    if extreme:     # every product at its largest magnitude
-        xp = np.full((n, hp, wp_, cp), 255, np.uint8)
+    top, left = int(rng.integers(0, min(3, hp))), int(rng.integers(0, min(3, wp_)))
+    h, w = max(1, hp - top - int(rng.integers(0, 3))), max(1, wp_ - left - int(rng.integers(0, 3)))
+    h, w = min(h, hp - top), min(w, wp_ - left)
+    scale, zero = F(rng.uniform(0.01, 0.1)), int(rng.integers(0, 256))
+    if extreme:     # every product at its largest magnitude: codes 255 (inputs far above the range)
+        x = np.full((n, h, w, c), 1e6, F)
         q = np.full((co, kh * kw * cp), -128, np.int8)
+        zero = 0
     else:
-        xp = rng.integers(0, 256, (n, hp, wp_, cp), dtype=np.uint8)
+        x = (rng.standard_normal((n, h, w, c)) * 3).astype(F)
         q = rng.integers(-127, 128, (co, kh * kw * cp), dtype=np.int8)
+    if epilogue == "nan":
+        x.flat[rng.integers(0, x.size)] = rng.choice([np.nan, np.inf, -np.inf])
+    q.reshape(co, kh * kw, cp)[:, :, c:] = 0        # the channel padding has zero weights
     wp = pack_panels(q, 16)
-    zero = int(rng.integers(0, 256))
     zc = (np.int64(zero) * q.sum(1, dtype=np.int64)).astype(np.int32)
-    mul = (F(0.01) * rng.random(co).astype(F)).astype(F)
+    mul = (scale * rng.random(co).astype(F)).astype(F)
     bias = rng.standard_normal(co).astype(F)
     none, rows = np.zeros(0, F), n * oh * ow
     escale = rng.random(co).astype(F) if epilogue in ("affine", "all") else none
@@ -82,11 +65,15 @@ def test_int8_conv_kernel_matches_its_twin(parallel, geo, n, c4, co, lines, epil
     res = rng.standard_normal((rows, co)).astype(F) if epilogue in ("res", "all") else np.zeros((0, co), F)
     lo, hi = (F(0), F(6)) if epilogue in ("clip", "all") else (F(-np.inf), F(np.inf))
     act, alpha, beta = (4, F(0.1), F(0)) if epilogue in ("act", "all") else (0, F(0), F(0))
+    xp = np.full((n, hp, wp_, cp), 7, np.uint8)
     out = np.full((rows, co), np.nan, F)
     kern = kc.int8_conv_nhwc_parallel if parallel else kc.int8_conv_nhwc
-    args = (xp, kh, kw, sh, sw, dh, dw, oh, ow, wp, zc, mul, bias, escale, eshift, res, lo, hi, act, alpha, beta)
-    kern(*args, lines, out)
-    assert np.array_equal(out, ref.int8_conv_nhwc(*args))
+    tail = (kh, kw, sh, sw, dh, dw, oh, ow, wp, zc, mul, bias, escale, eshift, res, lo, hi, act, alpha, beta)
+    bad = kern(x, scale, zero, top, left, xp, *tail, lines, out)
+    want_bad, want_xp, want = ref.int8_conv_nhwc(x, scale, zero, top, left, xp.shape, *tail)
+    assert (bad > 0) == (want_bad > 0) and np.array_equal(xp, want_xp)
+    if not bad:
+        assert np.array_equal(out, want)
 
 
 def _int8_conv(rng, c, co, kernel, stride, padding, dilation, same=False):

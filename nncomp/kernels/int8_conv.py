@@ -1,7 +1,7 @@
 """int8 convolution with static activations as an implicit GEMM: no patch matrix at all.
 
-The input image is quantized once into a zero-point-padded copy ``xp`` (n, hp, wp, cp) of uint8
-codes (borders and the channels past ``c`` hold the zero point, the code of 0.0). Output pixels
+The input image is quantized once, in the same call, into a zero-point-padded copy ``xp`` (n, hp,
+wp, cp) of uint8 codes (borders and the channels past ``c`` hold the zero point, the code of 0.0). Output pixels
 ``p, p+1, ...`` of one output line read, for kernel row ``i``, ``kw * cp`` consecutive codes that
 start ``sw * cp`` bytes apart: exactly the rows the VNNI block (kernels/int8_vnni.py) reads, with
 ``xstride = sw * cp``. So each kernel row (each tap when dilated across columns) is one block
@@ -160,64 +160,64 @@ def _block(mr, nb, *a):
         _b14(*a)
 
 
-def _quantize_pad(x, scale, zero, top, left, out):
-    """Quantize float32 NHWC activations into a zero-point-padded copy; returns the number of
-    non-finite inputs (the caller raises; their codes are meaningless).
-
-    IN  x (n, h, w, c) float32 C-contiguous; scale float32 > 0; zero 0..255; top, left >= 0.
-    OUT out (n, hp, wp, cp) uint8 C-contiguous, hp >= top + h, wp >= left + w, cp >= c:
-        ``x[b, i, j, k]`` as ``clip(rint(x / scale) + zero, 0, 255)`` at ``[b, top + i, left + j, k]``,
-        ``zero`` everywhere else.
-    """
+@jit(inline="always")
+def _pad_row(x, r, s, z, top, left, out):
+    """Row ``r`` (of n * hp) of the zero-point-padded codes ``out`` (n, hp, wp, cp) of float32 NHWC
+    ``x``: ``x[b, i, j, k]`` as ``clip(rint(x / s) + z, 0, 255)`` (kernels/int8.quantize_value) at
+    ``[b, top + i, left + j, k]``, the zero point elsewhere; returns the number of NaN or infinite
+    values read."""
     n, h, w, c = x.shape
     _, hp, wp, cp = out.shape
-    s = np.float32(scale)
-    z = np.float32(zero)
     lo, hi = np.float32(0.0), np.float32(255.0)
-    fill = np.uint8(zero)
-    bad = 0
-    for r in prange(n * hp):
-        b = r // hp
-        i = r - b * hp - top
-        line = out[b, r - b * hp].reshape(wp * cp)
-        if i < 0 or i >= h:
-            line[:] = fill
-            continue
-        line[:left * cp] = fill
-        line[(left + w) * cp:] = fill
-        if cp == c:             # one contiguous run of w * c values
-            bad += quantize_run(x[b, i].reshape(w * c), line[left * cp:(left + w) * cp], s, z, lo, hi)
-        else:                   # few channels (a first layer): value by value
-            src = x[b, i].reshape(w * c)
-            for j in range(w):
-                o = (left + j) * cp
-                for k in range(c):
-                    v = src[j * c + k]
-                    bad += not (abs(v) <= np.float32(3.4028235e38))
-                    line[o + k] = quantize_value(v, s, z, lo, hi)
-                for k in range(c, cp):
-                    line[o + k] = fill
+    fill = np.uint8(z)
+    b = r // hp
+    i = r - b * hp - top
+    line = out[b, r - b * hp].reshape(wp * cp)
+    if i < 0 or i >= h:
+        line[:] = fill
+        return 0
+    line[:left * cp] = fill
+    line[(left + w) * cp:] = fill
+    if cp == c:             # one contiguous run of w * c values
+        return quantize_run(x[b, i].reshape(w * c), line[left * cp:(left + w) * cp], s, z, lo, hi)
+    bad = 0                 # few channels (a first layer): value by value
+    src = x[b, i].reshape(w * c)
+    for j in range(w):
+        o = (left + j) * cp
+        for k in range(c):
+            v = src[j * c + k]
+            bad += not (abs(v) <= np.float32(3.4028235e38))
+            line[o + k] = quantize_value(v, s, z, lo, hi)
+        for k in range(c, cp):
+            line[o + k] = fill
     return bad
 
 
-int8_quantize_pad, int8_quantize_pad_parallel = both(_quantize_pad)
+def _conv(x, scale, zero, top, left, xp, kh, kw, sh, sw, dh, dw, oh_n, ow_n, wp, zc, mul, bias, escale, eshift,
+          res, lo, hi, act, alpha, beta, lines, out):
+    """Static-int8 convolution of float32 NHWC ``x``: quantized into the padded codes ``xp``, then
+    the implicit GEMM, ``lines`` output lines per task; returns the number of NaN or infinite
+    inputs (the caller raises: their codes are meaningless).
 
-
-def _conv(xp, kh, kw, sh, sw, dh, dw, oh_n, ow_n, wp, zc, mul, bias, escale, eshift, res, lo, hi, act, alpha,
-          beta, lines, out):
-    """Static-int8 convolution of padded activation codes, ``lines`` output lines per task.
-
-    IN  xp (n, hp, wp, cp) uint8 (:func:`_quantize_pad`), cp % 4 == 0; kernel (kh, kw), stride
-        (sh, sw), dilation (dh, dw) (padding is in ``xp``: output pixel (i, j) reads rows
-        ``i * sh + a * dh``, columns ``j * sw + b * dw``); output size (oh_n, ow_n); wp (n_panels,
-        kh * kw * cp // 4, 64) int8 panels of 16 channels over patches laid out (kh, kw, cp),
-        kh * kw * cp <= 65536; zc (>= co,) int32 ``zero * rowsum(w)`` (exact: 255 * 128 * 65536 < 2**31,
-        as is ``acc - zc``); mul (co,) float32
-        ``sx * scale[o]``; bias (co,) float32; escale, eshift (co,) or (0,) (the epilogue's affine
-        map); res (n * oh_n * ow_n, co) float32 or (0, co); lo, hi the clip; act, alpha, beta an
-        activation code of kernels/epilogue.py (0: none); lines >= 1.
-    OUT out (n * oh_n * ow_n, co) float32 C-contiguous.
+    IN  x (n, h, w, c) float32 C-contiguous; scale float32 > 0 and zero 0..255, its activation
+        quantization; top, left the padding before the first row and column; kernel (kh, kw), stride
+        (sh, sw), dilation (dh, dw) (output pixel (i, j) reads padded rows ``i * sh + a * dh``,
+        columns ``j * sw + b * dw``); output size (oh_n, ow_n); wp (n_panels, kh * kw * cp // 4, 64)
+        int8 panels of 16 channels over patches laid out (kh, kw, cp), kh * kw * cp <= 65536; zc
+        (>= co,) int32 ``zero * rowsum(w)`` (exact: 255 * 128 * 65536 < 2**31, as is ``acc - zc``);
+        mul (co,) float32 ``scale * wscale[o]``; bias (co,) float32; escale, eshift (co,) or (0,)
+        (the epilogue's affine map); res (n * oh_n * ow_n, co) float32 or (0, co); lo, hi the clip;
+        act, alpha, beta an activation code of kernels/epilogue.py (0: none); lines >= 1.
+    OUT xp (n, hp, wp, cp) uint8 C-contiguous, cp % 4 == 0, cp >= c, hp >= top + h, wp >= left + w:
+        the codes, the zero point in the padding; out (n * oh_n * ow_n, co) float32 C-contiguous.
     """
+    s = np.float32(scale)
+    z = np.float32(zero)
+    bad = 0
+    for r in prange(xp.shape[0] * xp.shape[1]):
+        bad += _pad_row(x, r, s, z, top, left, xp)
+    if bad:
+        return bad
     n, hp, wpx, cp = xp.shape
     n_p, n_g, _ = wp.shape
     co = out.shape[1]
@@ -259,6 +259,7 @@ def _conv(xp, kh, kw, sh, sw, dh, dw, oh_n, ow_n, wp, zc, mul, bias, escale, esh
                     dst[o] = np.float32(a_row[o] - zc[o]) * mul[o] + bias[o]
             finish_row(out[row0:row0 + ow_n], escale, eshift, res[row0:row0 + ow_n] if add else res[0:0], lo, hi,
                         act, alpha, beta)
+    return 0
 
 
 int8_conv_nhwc, int8_conv_nhwc_parallel = both(_conv, error_model="numpy")

@@ -1,7 +1,7 @@
 """Conv2D with int8 weights and static (calibrated) activations as an implicit GEMM.
 
-The input image is quantized once into a zero-point-padded copy of codes, then
-nncomp/kernels/int8_conv.py runs the VNNI product straight from it (one block product per kernel
+The input image is quantized once into a zero-point-padded copy of codes, then (in the same
+kernel call) nncomp/kernels/int8_conv.py runs the VNNI product straight from it (one block product per kernel
 row, no patch matrix), dequantizes each output line in L1 and applies the bias and the fused
 epilogue as it stores. Where it does not apply (no VNNI, products the AMX tiles run faster) the
 caller keeps the chunked im2col path (conv_algorithms.int8_patch_product); both give the same bits.
@@ -10,8 +10,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..kernels import _jit, int8_amx as amx, int8_vnni as vnni
-from ..kernels.int8_conv import int8_conv_nhwc, int8_conv_nhwc_parallel, int8_quantize_pad, int8_quantize_pad_parallel
-from ..matrices.int8 import KBLOCK, PANEL, Int8Matrix, elementwise, pack_panels
+from ..kernels.int8_conv import int8_conv_nhwc, int8_conv_nhwc_parallel
+from ..matrices.int8 import KBLOCK, PANEL, Int8Matrix, pack_panels
 from .workspace import scratch
 
 # Output lines per task: at least TASKS_PER_THREAD tasks a thread when there are that many lines
@@ -79,7 +79,6 @@ def int8_step(layer, shape, n, oh, ow, epilogue=None):
     parallel = n * oh * ow * co * kh * kw * cp >= _jit.PARALLEL_MIN_WORK and _jit.num_threads() > 1
     kern = int8_conv_nhwc_parallel if parallel else int8_conv_nhwc
     lines = lines_per_task(n * oh, _jit.num_threads() if parallel else 1)
-    pad = elementwise((int8_quantize_pad, int8_quantize_pad_parallel), n * hp * wp_ * cp)
 
     def run(x, res=None):
         x = np.ascontiguousarray(x)
@@ -88,13 +87,11 @@ def int8_step(layer, shape, n, oh, ow, epilogue=None):
         out = np.empty((n * oh * ow, co), np.float32)
         if parallel:
             _jit.pool_ready()
-        bad = pad(x, sx, z, t, l, xp)
-        if bad:
-            raise InputError(f"int8 layer {w.shape}: input holds {bad} NaN or Inf value(s); "
+        res2 = empty if res is None else np.ascontiguousarray(res, np.float32).reshape(n * oh * ow, co)
+        if kern(x, sx, z, t, l, xp, *geo, wp, zc, mul, bias, scale, shift, res2, *tail, lines, out):
+            count = np.count_nonzero(~np.isfinite(x))
+            raise InputError(f"int8 layer {w.shape}: input holds {count} NaN or Inf value(s); "
                              "quantized layers refuse them")
-        if out.size:
-            res2 = empty if res is None else np.ascontiguousarray(res, np.float32).reshape(n * oh * ow, co)
-            kern(xp, *geo, wp, zc, mul, bias, scale, shift, res2, *tail, lines, out)
         return out.reshape(n, oh, ow, co)
     run.blas = False
     return run
