@@ -107,6 +107,39 @@ def _make_block(mr, nb):
     return block
 
 
+@intrinsic
+def _dequant16(typingctx, acc, aoff, zc, mul, bias, dst, doff, nvec):
+    """``dst[doff + j] = float32(acc[aoff + j] - zc[j]) * mul[j] + bias[j]`` for ``j < 16 * nvec``,
+    16 lanes at a time (an int32 difference, exact here; a multiply, then an add: no fused
+    multiply-add, the unfused path's float32 operations)."""
+    sig = types.void(acc, aoff, zc, mul, bias, dst, doff, nvec)
+
+    def codegen(context, builder, signature, args):
+        adata, zdata, mdata, bdata, ddata = (context.make_array(signature.args[k])(context, builder, args[k]).data
+                                             for k in (0, 2, 3, 4, 5))
+        intp = context.get_value_type(types.intp)
+        aoff_, doff_, n_ = (context.cast(builder, args[k], signature.args[k], types.intp) for k in (1, 6, 7))
+        vi, vf = ir.VectorType(ir.IntType(32), 16), ir.VectorType(ir.FloatType(), 16)
+        pre = builder.block
+        loop = builder.append_basic_block("deq_loop")
+        done = builder.append_basic_block("deq_done")
+        builder.cbranch(builder.icmp_signed(">", n_, intp(0)), loop, done)
+        builder.position_at_end(loop)
+        i, _ = loop_phis(builder, intp, vi, [], pre)
+        off = builder.mul(i, intp(16))
+
+        def load(data, base, ty):
+            return builder.load(builder.bitcast(builder.gep(data, [builder.add(base, off)]), ty.as_pointer()), align=4)
+        a = builder.sub(load(adata, aoff_, vi), load(zdata, intp(0), vi))
+        y = builder.fadd(builder.fmul(builder.sitofp(a, vf), load(mdata, intp(0), vf)), load(bdata, intp(0), vf))
+        builder.store(y, builder.bitcast(builder.gep(ddata, [builder.add(doff_, off)]), vf.as_pointer()), align=4)
+        loop_latch(builder, intp, i, [], [], n_, loop, done)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 # Rows per full block by registers of channels: 12-16 accumulators hide vpdpbusd's latency.
 FULL_ROWS = (0, 12, 8, 4, 4)
 _B = {(m, nb): _make_block(m, nb) for nb in range(1, 5) for m in (*range(1, 5), FULL_ROWS[nb]) if m}
@@ -252,10 +285,12 @@ def _conv(x, scale, zero, top, left, xp, kh, kw, sh, sw, dh, dw, oh_n, ow_n, wp,
                                    seg_g, kw, acc, p0 * ncols + 64 * u, ncols)
                     p0 += mr
             row0 = r * ow_n
+            vec = co // 16
             for p in range(ow_n):
+                _dequant16(acc, p * ncols, zc, mul, bias, out, (row0 + p) * co, vec)
                 dst = out[row0 + p]
                 a_row = acc[p]
-                for o in range(co):
+                for o in range(16 * vec, co):
                     dst[o] = np.float32(a_row[o] - zc[o]) * mul[o] + bias[o]
             finish_row(out[row0:row0 + ow_n], escale, eshift, res[row0:row0 + ow_n] if add else res[0:0], lo, hi,
                         act, alpha, beta)
