@@ -94,11 +94,11 @@ def _quantize_pad(x, scale, zero, top, left, hp, wp, cp):
 
 
 def int8_conv_nhwc(x, scale, zero, top, left, xp_shape, kh, kw, sh, sw, dh, dw, oh_n, ow_n, wp, zc, mul, bias,
-                   escale, eshift, res, lo, hi, act, alpha, beta, lines=1):
+                   escale, eshift, res, lo, hi, act, alpha, beta, pool=0, lines=1):
     """Twin of kernels.int8_conv.int8_conv_nhwc: ``(bad, xp, out)``, the padded codes of ``x``
     (n, hp, wp, cp = ``xp_shape``), and their patches times the unpacked weight in int64,
     ``float32(acc - zc) * mul + bias`` (float32, in that order), then the epilogue and activation
-    as the layers run them, (n * oh_n * ow_n, co) float32."""
+    as the layers run them, (n * oh_n * ow_n, co) float32; with ``pool`` >= 2 max-pooled (floor mode)."""
     from reference import activation_rows, epilogue_rows
     xp, bad = _quantize_pad(x, scale, zero, top, left, *xp_shape[1:])
     n, _, _, cp = xp.shape
@@ -111,4 +111,9 @@ def int8_conv_nhwc(x, scale, zero, top, left, xp_shape, kh, kw, sh, sw, dh, dw, 
     assert np.abs(acc).max(initial=0) < 2 ** 31
     y = (acc - zc[:co].astype(np.int64)).astype(np.float32) * mul + bias
     y = epilogue_rows(y, escale, eshift, res, lo, hi)
-    return bad, xp, activation_rows(y, act, alpha, beta) if act else y
+    y = activation_rows(y, act, alpha, beta) if act else y
+    if pool > 1:
+        q, oq, wq = pool, oh_n // pool, ow_n // pool
+        y = y.reshape(n, oh_n, ow_n, co)[:, :oq * q, :wq * q].reshape(n, oq, q, wq, q, co).max(axis=(2, 4))
+        y = y.reshape(n * oq * wq, co)
+    return bad, xp, y

@@ -30,15 +30,21 @@ def _geometry(draw):
 @settings(max_examples=50, deadline=None)
 @given(geo=_geometry(), n=st.integers(1, 3), c=st.integers(1, 48), co=st.integers(1, 90), lines=st.integers(1, 5),
        epilogue=st.sampled_from(["none", "affine", "res", "clip", "act", "all", "nan"]), extreme=st.booleans(),
-       seed=st.integers(0, 2**31))
-@example(geo=(3, 3, 1, 1, 1, 1, 5, 28), n=2, c=16, co=16, lines=2, epilogue="all", extreme=False, seed=0)
-@example(geo=(3, 3, 1, 1, 1, 1, 2, 13), n=1, c=32, co=70, lines=1, epilogue="none", extreme=True, seed=1)
-def test_int8_conv_kernel_matches_its_twin(parallel, geo, n, c, co, lines, epilogue, extreme, seed):
+       pool=st.sampled_from([0, 0, 2, 3]), seed=st.integers(0, 2**31))
+@example(geo=(3, 3, 1, 1, 1, 1, 5, 28), n=2, c=16, co=16, lines=2, epilogue="all", extreme=False, pool=0, seed=0)
+@example(geo=(3, 3, 1, 1, 1, 1, 2, 13), n=1, c=32, co=70, lines=1, epilogue="none", extreme=True, pool=0, seed=1)
+@example(geo=(3, 3, 1, 1, 1, 1, 6, 28), n=2, c=16, co=32, lines=2, epilogue="clip", extreme=False, pool=2, seed=2)
+def test_int8_conv_kernel_matches_its_twin(parallel, geo, n, c, co, lines, epilogue, extreme, pool, seed):
     """The padded codes (borders, channel padding, NaN and infinities counted), then the product:
     rows of 12/8/4 and remainders, 1-4 panels per unit and several units, dilated taps (one segment
-    per tap) and whole kernel rows, every part of the epilogue."""
+    per tap) and whole kernel rows, every part of the epilogue (no residual with a pool), a max-pool
+    over blocks of lines (trailing lines and columns dropped)."""
     rng = np.random.default_rng(seed)
     kh, kw, sh, sw, dh, dw, oh, ow = geo
+    if pool and (oh < pool or ow < pool):
+        pool = 0
+    if pool and epilogue in ("res", "all"):
+        epilogue = "clip"
     cp = -(-c // 4) * 4 + 4 * int(rng.integers(0, 2))
     hp, wp_ = (oh - 1) * sh + (kh - 1) * dh + 1 + int(rng.integers(0, 2)), (ow - 1) * sw + (kw - 1) * dw + 1
     top, left = int(rng.integers(0, min(3, hp))), int(rng.integers(0, min(3, wp_)))
@@ -66,11 +72,12 @@ def test_int8_conv_kernel_matches_its_twin(parallel, geo, n, c, co, lines, epilo
     lo, hi = (F(0), F(6)) if epilogue in ("clip", "all") else (F(-np.inf), F(np.inf))
     act, alpha, beta = (4, F(0.1), F(0)) if epilogue in ("act", "all") else (0, F(0), F(0))
     xp = np.full((n, hp, wp_, cp), 7, np.uint8)
-    out = np.full((rows, co), np.nan, F)
+    rows_out = n * (oh // pool) * (ow // pool) if pool else rows
+    out = np.full((rows_out, co), np.nan, F)
     kern = kc.int8_conv_nhwc_parallel if parallel else kc.int8_conv_nhwc
     tail = (kh, kw, sh, sw, dh, dw, oh, ow, wp, zc, mul, bias, escale, eshift, res, lo, hi, act, alpha, beta)
-    bad = kern(x, scale, zero, top, left, xp, *tail, lines, out)
-    want_bad, want_xp, want = ref.int8_conv_nhwc(x, scale, zero, top, left, xp.shape, *tail)
+    bad = kern(x, scale, zero, top, left, xp, *tail, pool, lines, out)
+    want_bad, want_xp, want = ref.int8_conv_nhwc(x, scale, zero, top, left, xp.shape, *tail, pool)
     assert (bad > 0) == (want_bad > 0) and np.array_equal(xp, want_xp)
     if not bad:
         assert np.array_equal(out, want)

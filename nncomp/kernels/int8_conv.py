@@ -226,23 +226,61 @@ def _pad_row(x, r, s, z, top, left, out):
     return bad
 
 
+@jit(inline="always")
+def _line(xp, b, oh, kh, kw, sh, sw, dh, dw, wp, zc, mul, bias, acc, dst, off):
+    """Output line ``oh`` of image ``b`` into ``dst[off:off + ow_n * co]`` (flat): the VNNI product
+    into ``acc`` (ow_n, ncols), then dequantized with the bias."""
+    _, hp, wpx, cp = xp.shape
+    n_p, n_g, _ = wp.shape
+    ow_n, ncols = acc.shape
+    co = mul.shape[0]
+    whole = dw == 1             # a kernel row's taps are kw * cp consecutive codes: one segment
+    seg_g = kw * cp // 4 if whole else cp // 4
+    acc[:] = 0
+    for u in range((n_p + 3) // 4):
+        nb = min(4, n_p - 4 * u)
+        full = FULL_ROWS[nb]
+        p0 = 0
+        while p0 < ow_n:
+            mr = full if ow_n - p0 >= full else min(4, ow_n - p0)
+            woff = 4 * u * n_g * 64
+            if whole:
+                xoff = ((b * hp + oh * sh) * wpx + p0 * sw) * cp
+                _block(mr, nb, xp, xoff, sw * cp, dh * wpx * cp, wp, woff, n_g * 64, kw * cp * 16, seg_g, kh,
+                       acc, p0 * ncols + 64 * u, ncols)
+            else:
+                for i in range(kh):
+                    xoff = ((b * hp + oh * sh + i * dh) * wpx + p0 * sw) * cp
+                    _block(mr, nb, xp, xoff, sw * cp, dw * cp, wp, woff + i * kw * cp * 16, n_g * 64, cp * 16,
+                           seg_g, kw, acc, p0 * ncols + 64 * u, ncols)
+            p0 += mr
+    vec = co // 16
+    for p in range(ow_n):
+        _dequant16(acc, p * ncols, zc, mul, bias, dst, off + p * co, vec)
+        for o in range(16 * vec, co):
+            dst[off + p * co + o] = np.float32(acc[p, o] - zc[o]) * mul[o] + bias[o]
+
+
 def _conv(x, scale, zero, top, left, xp, kh, kw, sh, sw, dh, dw, oh_n, ow_n, wp, zc, mul, bias, escale, eshift,
-          res, lo, hi, act, alpha, beta, lines, out):
+          res, lo, hi, act, alpha, beta, pool, lines, out):
     """Static-int8 convolution of float32 NHWC ``x``: quantized into the padded codes ``xp``, then
-    the implicit GEMM, ``lines`` output lines per task; returns the number of NaN or infinite
-    inputs (the caller raises: their codes are meaningless).
+    the implicit GEMM, ``lines`` output lines (or pooled lines) per task, and with ``pool`` >= 2 a
+    ``pool`` x ``pool`` max-pool of stride ``pool`` (floor mode) over each block of lines; returns
+    the number of NaN or infinite inputs (the caller raises: their codes are meaningless).
 
     IN  x (n, h, w, c) float32 C-contiguous; scale float32 > 0 and zero 0..255, its activation
         quantization; top, left the padding before the first row and column; kernel (kh, kw), stride
         (sh, sw), dilation (dh, dw) (output pixel (i, j) reads padded rows ``i * sh + a * dh``,
-        columns ``j * sw + b * dw``); output size (oh_n, ow_n); wp (n_panels, kh * kw * cp // 4, 64)
-        int8 panels of 16 channels over patches laid out (kh, kw, cp), kh * kw * cp <= 65536; zc
-        (>= co,) int32 ``zero * rowsum(w)`` (exact: 255 * 128 * 65536 < 2**31, as is ``acc - zc``);
-        mul (co,) float32 ``scale * wscale[o]``; bias (co,) float32; escale, eshift (co,) or (0,)
-        (the epilogue's affine map); res (n * oh_n * ow_n, co) float32 or (0, co); lo, hi the clip;
-        act, alpha, beta an activation code of kernels/epilogue.py (0: none); lines >= 1.
+        columns ``j * sw + b * dw``); output size (oh_n, ow_n) before pooling; wp (n_panels, kh * kw
+        * cp // 4, 64) int8 panels of 16 channels over patches laid out (kh, kw, cp), kh * kw * cp <=
+        65536; zc (>= co,) int32 ``zero * rowsum(w)`` (exact: 255 * 128 * 65536 < 2**31, as is ``acc
+        - zc``); mul (co,) float32 ``scale * wscale[o]``; bias (co,) float32; escale, eshift (co,) or
+        (0,) (the epilogue's affine map, applied before the pool); res (n * oh_n * ow_n, co) float32 or
+        (0, co) (none with a pool); lo, hi the clip; act, alpha, beta an activation code of
+        kernels/epilogue.py (0: none); pool 0 or 1 (none) or >= 2; lines >= 1.
     OUT xp (n, hp, wp, cp) uint8 C-contiguous, cp % 4 == 0, cp >= c, hp >= top + h, wp >= left + w:
-        the codes, the zero point in the padding; out (n * oh_n * ow_n, co) float32 C-contiguous.
+        the codes, the zero point in the padding; out (n * oh_q * ow_q, co) float32 C-contiguous, oh_q =
+        oh_n // pool and ow_q = ow_n // pool with a pool (kernels/pool.maxpool_nhwc's max), else oh_n, ow_n.
     """
     s = np.float32(scale)
     z = np.float32(zero)
@@ -251,49 +289,38 @@ def _conv(x, scale, zero, top, left, xp, kh, kw, sh, sw, dh, dw, oh_n, ow_n, wp,
         bad += _pad_row(x, r, s, z, top, left, xp)
     if bad:
         return bad
-    n, hp, wpx, cp = xp.shape
-    n_p, n_g, _ = wp.shape
+    n = xp.shape[0]
     co = out.shape[1]
-    ncols = 16 * n_p
-    total = n * oh_n
-    units = (n_p + 3) // 4
-    whole = dw == 1             # a kernel row's taps are kw * cp consecutive codes: one segment
-    segs = kh if whole else kh * kw
-    seg_g = kw * cp // 4 if whole else cp // 4
+    q = pool if pool > 1 else 1
+    oh_q, ow_q = oh_n // q, ow_n // q
+    total = n * oh_q
+    flat = out.reshape(out.size)
     add = res.shape[0] > 0
     for t in prange((total + lines - 1) // lines):
-        acc = np.empty((ow_n, ncols), np.int32)
+        acc = np.empty((ow_n, 16 * wp.shape[0]), np.int32)
+        buf = np.empty(q * ow_n * co if q > 1 else 0, np.float32)
         for r in range(t * lines, min(total, (t + 1) * lines)):
-            b = r // oh_n
-            oh = r - b * oh_n
-            acc[:] = 0
-            for u in range(units):
-                nb = min(4, n_p - 4 * u)
-                full = FULL_ROWS[nb]
-                p0 = 0
-                while p0 < ow_n:
-                    mr = full if ow_n - p0 >= full else min(4, ow_n - p0)
-                    woff = 4 * u * n_g * 64
-                    if whole:
-                        xoff = ((b * hp + oh * sh) * wpx + p0 * sw) * cp
-                        _block(mr, nb, xp, xoff, sw * cp, dh * wpx * cp, wp, woff, n_g * 64, kw * cp * 16, seg_g, kh,
-                               acc, p0 * ncols + 64 * u, ncols)
-                    else:
-                        for i in range(kh):
-                            xoff = ((b * hp + oh * sh + i * dh) * wpx + p0 * sw) * cp
-                            _block(mr, nb, xp, xoff, sw * cp, dw * cp, wp, woff + i * kw * cp * 16, n_g * 64, cp * 16,
-                                   seg_g, kw, acc, p0 * ncols + 64 * u, ncols)
-                    p0 += mr
-            row0 = r * ow_n
-            vec = co // 16
-            for p in range(ow_n):
-                _dequant16(acc, p * ncols, zc, mul, bias, out, (row0 + p) * co, vec)
-                dst = out[row0 + p]
-                a_row = acc[p]
-                for o in range(16 * vec, co):
-                    dst[o] = np.float32(a_row[o] - zc[o]) * mul[o] + bias[o]
-            finish_row(out[row0:row0 + ow_n], escale, eshift, res[row0:row0 + ow_n] if add else res[0:0], lo, hi,
-                        act, alpha, beta)
+            b = r // oh_q
+            if q == 1:
+                _line(xp, b, r - b * oh_q, kh, kw, sh, sw, dh, dw, wp, zc, mul, bias, acc, flat, r * ow_n * co)
+                finish_row(out[r * ow_n:(r + 1) * ow_n], escale, eshift, res[r * ow_n:(r + 1) * ow_n] if add
+                           else res[0:0], lo, hi, act, alpha, beta)
+                continue
+            for dr in range(q):
+                _line(xp, b, (r - b * oh_q) * q + dr, kh, kw, sh, sw, dh, dw, wp, zc, mul, bias, acc, buf,
+                      dr * ow_n * co)
+            lines_q = buf.reshape(q * ow_n, co)
+            finish_row(lines_q, escale, eshift, res[0:0], lo, hi, act, alpha, beta)
+            for j in range(ow_q):
+                dst = out[r * ow_q + j]
+                dst[:] = -np.inf
+                for i in range(q):
+                    for jj in range(q):
+                        src = lines_q[i * ow_n + j * q + jj]
+                        for k in range(co):
+                            v = src[k]
+                            if v > dst[k] or v != v:     # kernels/pool.maxpool_nhwc's order and NaN rule
+                                dst[k] = v
     return 0
 
 

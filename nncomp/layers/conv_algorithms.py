@@ -265,13 +265,16 @@ def prepare_pooled(layer, shape, n, pool_layer):
     """One step for Conv2D ``layer`` and the MaxPool2D ``pool_layer`` that reads only its output, or
     None when they cannot run fused: the pool a plain p x p window with stride p, no padding, and the
     conv's algorithm the blocked kernel (lines pooled p at a time from a per-thread buffer; floor
-    mode drops trailing lines) or the fused im2col kernel (over an output of whole windows)."""
+    mode drops trailing lines), the int8 implicit GEMM (the same way) or the fused im2col kernel
+    (over an output of whole windows)."""
     p = pool_layer.kernel_size[0]
     oh, ow, _ = layer.shape_of(shape)
     whole = oh % p == 0 and ow % p == 0
     algorithm = choose(layer, shape, n)
     if not pool_layer.plain or oh < p or ow < p:
         return None
+    if algorithm == "im2col" and fused_int8(layer, shape, n, oh, ow) and (whole or not pool_layer.ceil_mode):
+        return int8_step(layer, shape, n, oh, ow, pool=p)
     if algorithm == "winograd" and p == 2 and (whole or not pool_layer.ceil_mode):
         return winograd_step(layer, shape, n, oh, ow, pool=p)
     if (algorithm in ("winograd", "blocked") and "blocked" in layer.algorithms and not layer.depthwise

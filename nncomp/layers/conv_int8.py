@@ -51,10 +51,10 @@ def lines_per_task(total, threads):
     return max(1, min(MAX_LINES, -(-total // (TASKS_PER_THREAD * max(1, threads)))))
 
 
-def int8_step(layer, shape, n, oh, ow, epilogue=None):
+def int8_step(layer, shape, n, oh, ow, epilogue=None, pool=1):
     """The fused step ``(x[, res]) -> y`` for batches of ``n``, applying ``epilogue`` ``(scale, shift,
-    add, lo, hi, act)`` (nncomp.layers.fused.epilogue_args) as it stores; None where
-    :func:`fused_int8` says no."""
+    add, lo, hi, act)`` (nncomp.layers.fused.epilogue_args) as it stores, or a ``pool`` x ``pool``
+    max-pool of stride ``pool`` (floor mode); None where :func:`fused_int8` says no."""
     if not fused_int8(layer, shape, n, oh, ow):
         return None
     w = layer.weight
@@ -78,20 +78,21 @@ def int8_step(layer, shape, n, oh, ow, epilogue=None):
     empty = np.zeros((0, co), np.float32)
     parallel = n * oh * ow * co * kh * kw * cp >= _jit.PARALLEL_MIN_WORK and _jit.num_threads() > 1
     kern = int8_conv_nhwc_parallel if parallel else int8_conv_nhwc
-    lines = lines_per_task(n * oh, _jit.num_threads() if parallel else 1)
+    oh_q, ow_q = (oh // pool, ow // pool) if pool > 1 else (oh, ow)
+    lines = lines_per_task(n * oh_q, _jit.num_threads() if parallel else 1)
 
     def run(x, res=None):
         x = np.ascontiguousarray(x)
         size = n * hp * wp_ * cp
         xp = scratch("int8_padded", (-(-size // 4),)).view(np.uint8)[:size].reshape(n, hp, wp_, cp)
-        out = np.empty((n * oh * ow, co), np.float32)
+        out = np.empty((n * oh_q * ow_q, co), np.float32)
         if parallel:
             _jit.pool_ready()
         res2 = empty if res is None else np.ascontiguousarray(res, np.float32).reshape(n * oh * ow, co)
-        if kern(x, sx, z, t, l, xp, *geo, wp, zc, mul, bias, scale, shift, res2, *tail, lines, out):
+        if kern(x, sx, z, t, l, xp, *geo, wp, zc, mul, bias, scale, shift, res2, *tail, pool, lines, out):
             count = np.count_nonzero(~np.isfinite(x))
             raise InputError(f"int8 layer {w.shape}: input holds {count} NaN or Inf value(s); "
                              "quantized layers refuse them")
-        return out.reshape(n, oh, ow, co)
+        return out.reshape(n, oh_q, ow_q, co)
     run.blas = False
     return run
