@@ -148,7 +148,7 @@ def test_dense_steps_equal_the_unfused_layers_at_every_batch(order):
         if n == 1:
             assert "flatten+dense+relu" in kinds and steps.count("Dense._single_sample.<locals>.step") == 3
         else:
-            assert steps.count("Dense._blocked.<locals>.step") == 3, steps
+            assert steps.count("_image_step.<locals>.step") == 3, steps
 
 
 @pytest.mark.parametrize("name", ["vgg_small", "resnet_small"])

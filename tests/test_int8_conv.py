@@ -196,3 +196,24 @@ def test_quantize_value_matches_its_twin(v, log2_scale, zero, qmax):
     s, lo = F(2.0 ** log2_scale * 1.37), F(min(zero, qmax))
     with np.errstate(all="ignore"):
         assert quantize_value(F(v), s, F(zero), lo, F(qmax)) == ref.quantize_value(F(v), s, F(zero), lo, F(qmax))
+
+
+@needs_vnni
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_static_int8_dense_layers_give_the_bits_of_the_matrix_product(batch, monkeypatch):
+    """Dense layers with static-int8 weights run as 1x1 convolutions of the int8 kernel (quantize,
+    product, bias and ReLU in one call): the same bits as the int8 matrix product and the bias
+    epilogue, at any batch (a sample's result may not depend on how the batch is split)."""
+    import nncomp as nc
+    from nncomp.data import for_model, model_path
+    from nncomp.layers.dense import Dense
+
+    model = nc.load(model_path("lenet300"))
+    x = for_model(model)[0]
+    q = nc.quantize(model, activations="static", calibration=x[:256])
+    got = q(x[300:300 + batch])
+    assert np.array_equal(got[:1], q(x[300:301]))
+    with monkeypatch.context() as mp:
+        mp.setattr(Dense, "_int8", lambda self, n, epilogue: None)
+        want = nc.quantize(model, activations="static", calibration=x[:256])(x[300:300 + batch])
+    assert np.array_equal(got, want)

@@ -76,9 +76,10 @@ def int8_step(layer, shape, n, oh, ow, epilogue=None, pool=1):
     geo = (kh, kw, sh, sw, dh, dw, oh, ow)
     tail = (np.float32(lo), np.float32(hi), code, np.float32(alpha), np.float32(beta))
     empty = np.zeros((0, co), np.float32)
-    parallel = n * oh * ow * co * kh * kw * cp >= _jit.PARALLEL_MIN_WORK and _jit.num_threads() > 1
-    kern = int8_conv_nhwc_parallel if parallel else int8_conv_nhwc
     oh_q, ow_q = (oh // pool, ow // pool) if pool > 1 else (oh, ow)
+    parallel = (n * oh * ow * co * kh * kw * cp >= _jit.PARALLEL_MIN_WORK and n * oh_q > 1   # lines: the tasks
+                and _jit.num_threads() > 1)
+    kern = int8_conv_nhwc_parallel if parallel else int8_conv_nhwc
     lines = lines_per_task(n * oh_q, _jit.num_threads() if parallel else 1)
 
     def run(x, res=None):

@@ -7,9 +7,11 @@ from ..errors import NncompError
 from ..kernels import _jit
 from ..kernels.sparse_small import bias_epilogue_rows, bias_epilogue_rows_parallel
 from ..matrices import DenseMatrix, Matrix, as_matrix
+from ..matrices.int8 import Int8Matrix
 from .base import Layer, register, set_fields, tensor_field, vector
 from .conv import Conv2D
 from .conv_blocked import blocked_eligible, blocked_step
+from .conv_int8 import int8_step
 from .fused import absorb_epilogue
 
 # A single sample runs its weight format's compiled mat-vec with the bias and the epilogue inside
@@ -34,6 +36,10 @@ BLOCKED_MAX_BATCH = 256
 # a batch that the lines do not divide is padded with zero samples)
 LINE_MAX = 16
 LINE_MIN = 4
+# Static-int8 weights up to this size run as a 1x1 convolution of the implicit-GEMM int8 kernel
+# (every line of samples reads the whole weight, so it must stay in L2); larger ones keep the
+# int8 matrix product, which splits the weight's rows over the threads (and runs AMX tiles).
+INT8_IMAGE_MAX_BYTES = 1 << 20
 _NONE = np.zeros(0, np.float32)
 _NO_PERM = np.zeros(0, np.int64)
 _NO_EPILOGUE = (None, None, False, -np.inf, np.inf, None)
@@ -72,7 +78,8 @@ class Dense(Layer):
         return self.weight.macs_per_row
 
     def prepare(self, n, shape):
-        small = self._single_sample(n, _NO_EPILOGUE) or self._blocked(n, None) or self._product(n, _NO_EPILOGUE)
+        small = (self._single_sample(n, _NO_EPILOGUE) or self._int8(n, None) or self._blocked(n, None)
+                 or self._product(n, _NO_EPILOGUE))
         if small is not None:
             return small
         mul, bias = self.weight.prepare(n), self.bias
@@ -86,7 +93,8 @@ class Dense(Layer):
         return step
 
     def prepare_epilogue(self, n, shape, *, epilogue):
-        return self._single_sample(n, epilogue) or self._blocked(n, epilogue) or self._product(n, epilogue)
+        return (self._single_sample(n, epilogue) or self._int8(n, epilogue) or self._blocked(n, epilogue)
+                or self._product(n, epilogue))
 
     def _product(self, n, epilogue):
         """A compressed weight's step: its format's product, then the bias and ``epilogue`` in one
@@ -123,21 +131,22 @@ class Dense(Layer):
         conv = self.memo("as_conv", lambda: Conv2D(weight=w, bias=self.bias, in_channels=w.n_in))
         if not blocked_eligible(conv):
             return None
-        k, co = w.n_in, w.n_out
         rows = max(-(-n // LINE_MAX), min(_jit.num_threads(), n // LINE_MIN))     # a line per thread
         q = -(-n // rows)
-        pad = rows * q - n
-        run = blocked_step(conv, (rows, q, k), 1, rows, q, epilogue)
+        return _image_step(blocked_step(conv, (rows, q, w.n_in), 1, rows, q, epilogue), n, w.n_in, w.n_out, rows, q)
 
-        def step(x, res=None):
-            if pad:
-                x = np.concatenate([x.reshape(n, k), np.zeros((pad, k), np.float32)])
-                res = None if res is None else np.concatenate([res.reshape(n, co), np.zeros((pad, co), np.float32)])
-            image = x.reshape(1, rows, q, k)
-            y = run(image) if res is None else run(image, res.reshape(1, rows, q, co))
-            return y.reshape(rows * q, co)[:n] if pad else y.reshape(n, co)
-        step.blas = False
-        return step
+    def _int8(self, n, epilogue):
+        """The step for ``n`` samples through static-int8 weights as a 1x1 convolution of the
+        implicit-GEMM int8 kernel (nncomp/layers/conv_int8.py: the quantization, the VNNI product,
+        the bias and ``epilogue`` in one call), or None where that kernel does not serve."""
+        w = self.weight
+        if not (isinstance(w, Int8Matrix) and w.activations == "static" and w.packed.nbytes <= INT8_IMAGE_MAX_BYTES):
+            return None
+        conv = self.memo("as_conv", lambda: Conv2D(weight=w, bias=self.bias, in_channels=w.n_in))
+        rows = max(1, min(2 * _jit.num_threads(), n // LINE_MIN))     # lines for 2 tasks a thread
+        q = -(-n // rows)
+        run = int8_step(conv, (rows, q, w.n_in), 1, rows, q, epilogue)
+        return None if run is None else _image_step(run, n, w.n_in, w.n_out, rows, q)
 
     def _runs_gemv(self, n):
         return n == 1 and self.weight.single_sample_kernel() is not None
@@ -203,3 +212,19 @@ class FlatDense(Dense):
 
     def prepare_epilogue(self, n, shape, *, epilogue):
         return self._single_sample(n, epilogue, self.perm)
+
+
+def _image_step(run, n, k, co, rows, q):
+    """``run`` (a conv step over one (rows, q, k) image) as the step of ``n`` samples (n, k) -> (n, co):
+    the samples laid out as the image's pixels, zero rows padding the last line (and the residual)."""
+    pad = rows * q - n
+
+    def step(x, res=None):
+        if pad:
+            x = np.concatenate([x.reshape(n, k), np.zeros((pad, k), np.float32)])
+            res = None if res is None else np.concatenate([res.reshape(n, co), np.zeros((pad, co), np.float32)])
+        image = x.reshape(1, rows, q, k)
+        y = run(image) if res is None else run(image, res.reshape(1, rows, q, co))
+        return y.reshape(rows * q, co)[:n] if pad else y.reshape(n, co)
+    step.blas = False
+    return step
