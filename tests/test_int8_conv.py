@@ -217,3 +217,17 @@ def test_static_int8_dense_layers_give_the_bits_of_the_matrix_product(batch, mon
         mp.setattr(Dense, "_int8", lambda self, n, epilogue: None)
         want = nc.quantize(model, activations="static", calibration=x[:256])(x[300:300 + batch])
     assert np.array_equal(got, want)
+
+
+def test_big_weights_on_short_lines_keep_the_im2col_path(monkeypatch):
+    """The rule, not the speed: a weight over REREAD_MAX_BYTES with lines under REREAD_MIN_PIXELS
+    pixels (each line would stream it) keeps the im2col path; smaller weights or longer lines do not."""
+    monkeypatch.setattr(vnni, "HAVE_VNNI", True)
+    monkeypatch.setattr(conv_int8.amx, "HAVE_AMX", False)
+    rng = np.random.default_rng(0)
+    big = _int8_conv(rng, 512, 512, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
+    small = _int8_conv(rng, 128, 128, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
+    assert big.weight.packed.nbytes > conv_int8.REREAD_MAX_BYTES >= small.weight.packed.nbytes
+    assert not conv_int8.fused_int8(big, (14, 14, 512), 4, 14, 14)
+    assert conv_int8.fused_int8(big, (28, 28, 512), 1, 28, 28)
+    assert conv_int8.fused_int8(small, (14, 14, 128), 4, 14, 14)
