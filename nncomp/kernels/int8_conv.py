@@ -1,26 +1,27 @@
 """int8 convolution with static activations as an implicit GEMM: no patch matrix at all.
 
 The input image is quantized once, in the same call, into a zero-point-padded copy ``xp`` (n, hp,
-wp, cp) of uint8 codes (borders and the channels past ``c`` hold the zero point, the code of 0.0). Output pixels
-``p, p+1, ...`` of one output line read, for kernel row ``i``, ``kw * cp`` consecutive codes that
-start ``sw * cp`` bytes apart: exactly the rows the VNNI block (kernels/int8_vnni.py) reads, with
-``xstride = sw * cp``. So each kernel row (each tap when dilated across columns) is one block
-product over the weight panels' matching k-groups, accumulating in a per-line int32 buffer that
-stays in L1; the line is then dequantized, the bias and the fused epilogue applied, and stored once.
-The unfused path (conv_algorithms.int8_patch_product) writes and reads a patch matrix kh*kw times
-the input's size, an int32 array and a float32 result, then runs the epilogue: five passes over
-arrays that outgrow the caches at batch 64.
+wp, cp) of uint8 codes (borders and the channels past ``c`` hold the zero point, the code of 0.0).
+Output pixels ``p, p+1, ...`` of one output line read, for kernel row ``i``, ``kw * cp``
+consecutive codes that start ``sw * cp`` bytes apart: exactly the rows a VNNI ``vpdpbusd`` block
+reads, with ``xstride = sw * cp``. So each kernel row (each tap when dilated across columns) is one
+segment of a block product over the weight panels' matching k-groups; the block here loops over
+the segments with its accumulators in registers (12 pixels x 16 channels, 8 x 32, 4 x 48 or 64),
+into a per-line int32 buffer that stays in L1. The line is then dequantized 16 channels at a time,
+the bias and the fused epilogue applied (or, with a max-pool, the pool over blocks of lines), and
+stored once. The unfused path (conv_algorithms.int8_patch_product) writes and reads a patch matrix
+kh*kw times the input's size, an int32 array and a float32 result, then runs the epilogue: five
+passes over arrays that outgrow the caches at batch 64.
 
 Number formats as in kernels/int8.py. Weights are packed over the patch layout ``(kh, kw, cp)``
 (channels padded to a multiple of 4 with zero weights). The float32 operations are the unfused
 path's, in its order (``float32(acc - z * colsum[o]) * (sx * scale[o])``, ``+ bias``, then
-epilogue_rows and activation_rows): bit-identical to it. Callers check ``int8_vnni.HAVE_VNNI``.
+epilogue_rows and activation_rows, the pool kernel's max): bit-identical to it. Callers check
+``int8_vnni.HAVE_VNNI``.
 """
 import numpy as np
-from numba import prange
-
 from llvmlite import ir
-from numba import types
+from numba import prange, types
 from numba.extending import intrinsic
 
 from ._ir import declare, loop_latch, loop_phis
