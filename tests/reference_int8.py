@@ -51,6 +51,26 @@ def int8_matmul_u8s8(xu, wp, k0, k1, out):
 int8_matmul_u8s8_vnni = int8_matmul_u8s8
 
 
+def vnni_block(mr, nb, x, xoff, xstride, xseg, wp, woff, gstride, rstride, wseg, ngroups, nseg, out, ooff, ostride):
+    """Twin of kernels.int8_vnni.vnni_block: ``out`` (a copy) plus, for rows m < mr and channels
+    16 r + c (r < nb), the sums over segments s and groups g of the 4 codes at flat ``xoff + s * xseg
+    + m * xstride + 4 g`` of ``x`` times the 4 weights at flat ``woff + s * wseg + g * gstride + r *
+    rstride + 4 c`` of ``wp``, at flat ``ooff + m * ostride + 16 r + c``."""
+    xf, wf = x.reshape(-1).astype(np.int64), wp.reshape(-1).astype(np.int64)
+    res = out.reshape(-1).astype(np.int64)
+    for m in range(mr):
+        for r in range(nb):
+            total = np.zeros(16, np.int64)
+            for s in range(nseg):
+                for g in range(ngroups):
+                    xa = xoff + s * xseg + m * xstride + 4 * g
+                    wa = woff + s * wseg + g * gstride + r * rstride
+                    total += wf[wa:wa + 64].reshape(16, 4) @ xf[xa:xa + 4]
+            res[ooff + m * ostride + 16 * r:ooff + m * ostride + 16 * r + 16] += total
+    assert np.abs(res).max(initial=0) < 2 ** 31
+    return res.astype(np.int32).reshape(out.shape)
+
+
 def int8_matmul_u8s8_amx(xa, wp, k0, out):
     """Twin of the AMX tile kernel: ``out`` plus the product of the packed activation tiles ``xa``
     (T, S, 16, 64) (rows 0..16T, inputs k0..k0 + 64S) with the panel-packed weights; other rows as given."""

@@ -231,3 +231,29 @@ def test_big_weights_on_short_lines_keep_the_im2col_path(monkeypatch):
     assert not conv_int8.fused_int8(big, (14, 14, 512), 4, 14, 14)
     assert conv_int8.fused_int8(big, (28, 28, 512), 1, 28, 28)
     assert conv_int8.fused_int8(small, (14, 14, 128), 4, 14, 14)
+
+
+@needs_vnni
+@settings(max_examples=60, deadline=None)
+@given(block=st.sampled_from([(m, nb) for nb in range(1, 5) for m in range(1, 5)] + [(12, 1), (8, 2)]),
+       ngroups=st.integers(0, 20), nseg=st.integers(0, 4), contiguous=st.booleans(), seed=st.integers(0, 2**31))
+def test_vnni_block_matches_its_twin(block, ngroups, nseg, contiguous, seed):
+    """The block the matrix product (one segment) and the convolution (segments: kernel rows) share,
+    at the offsets and strides each uses: panels read as 4 streams (gstride 64) or one wide panel."""
+    from nncomp.kernels.int8_vnni import vnni_block
+
+    rng = np.random.default_rng(seed)
+    mr, nb = block
+    gstride, rstride = (64, 64 * ngroups) if contiguous else (64 * nb, 64)
+    wseg, xseg = (64 * ngroups * (nb if contiguous else 1), int(rng.integers(4 * ngroups, 4 * ngroups + 9)))
+    xstride = int(rng.integers(1, 9)) * 4
+    xoff, woff, ooff = (int(v) for v in rng.integers(0, 17, 3))
+    x = rng.integers(0, 256, xoff + max(nseg, 1) * xseg + mr * xstride + 4 * ngroups + 4, dtype=np.uint8)
+    wp = rng.integers(-128, 128, woff + max(nseg, 1) * wseg + 64 * nb * max(ngroups, 1) + 64 * nb * ngroups,
+                      dtype=np.int8)
+    ostride = 16 * nb + int(rng.integers(0, 5))
+    out = rng.integers(-1000, 1000, ooff + mr * ostride + 16 * nb, dtype=np.int32)
+    args = (x, xoff, xstride, xseg, wp, woff, gstride, rstride, wseg, ngroups, nseg)
+    want = ref.vnni_block(mr, nb, *args, out, ooff, ostride)
+    vnni_block(mr, nb, *args, out, ooff, ostride)
+    assert np.array_equal(out, want)

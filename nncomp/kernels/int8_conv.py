@@ -5,9 +5,9 @@ wp, cp) of uint8 codes (borders and the channels past ``c`` hold the zero point,
 Output pixels ``p, p+1, ...`` of one output line read, for kernel row ``i``, ``kw * cp``
 consecutive codes that start ``sw * cp`` bytes apart: exactly the rows a VNNI ``vpdpbusd`` block
 reads, with ``xstride = sw * cp``. So each kernel row (each tap when dilated across columns) is one
-segment of a block product over the weight panels' matching k-groups; the block here loops over
-the segments with its accumulators in registers (12 pixels x 16 channels, 8 x 32, 4 x 48 or 64),
-into a per-line int32 buffer that stays in L1. The line is then dequantized 16 channels at a time,
+segment of a block product over the weight panels' matching k-groups; the block
+(kernels/int8_vnni.vnni_block) loops over the segments with its accumulators in registers (12
+pixels x 16 channels, 8 x 32, 4 x 48 or 64), into a per-line int32 buffer that stays in L1. The line is then dequantized 16 channels at a time,
 the bias and the fused epilogue applied (or, with a max-pool, the pool over blocks of lines), and
 stored once. The unfused path (conv_algorithms.int8_patch_product) writes and reads a patch matrix
 kh*kw times the input's size, an int32 array and a float32 result, then runs the epilogue: five
@@ -24,88 +24,11 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
-from ._ir import declare, loop_latch, loop_phis
+from ._ir import loop_latch, loop_phis
 from ._jit import both, jit
 from .int8 import quantize_run, quantize_value
+from .int8_vnni import FULL_ROWS, vnni_block
 from .sparse_small import finish_row
-
-
-def _make_block(mr, nb):
-    """Intrinsic ``block(x, xoff, xstride, xseg, wp, woff, rstride, wseg, ngroups, nseg, out, ooff, ostride)``.
-
-    Adds ``sum_{s < nseg} sum_{g < ngroups} x[row m, seg s, 4g:4g+4] . wp[seg s, group g]`` for
-    ``mr`` rows and ``16 * nb`` channels into ``out`` at flat ``ooff + m * ostride + channel``: row m
-    of segment s starts at flat ``xoff + s * xseg + m * xstride`` into ``x``; channels ``16 r .. 16 r
-    + 15`` of group g of segment s are the 64 bytes at flat ``woff + s * wseg + 64 g + r * rstride``
-    into ``wp``. The accumulators stay in registers across all segments (one load and store of
-    ``out`` per call), the kernels/int8_vnni.py block with an outer loop over kernel rows.
-    """
-
-    @intrinsic
-    def block(typingctx, x, xoff, xstride, xseg, wp, woff, rstride, wseg, ngroups, nseg, out, ooff, ostride):
-        sig = types.void(x, xoff, xstride, xseg, wp, woff, rstride, wseg, ngroups, nseg, out, ooff, ostride)
-
-        def codegen(context, builder, signature, args):
-            xdata, wdata, odata = (context.make_array(signature.args[k])(context, builder, args[k]).data
-                                   for k in (0, 4, 10))
-            intp = context.get_value_type(types.intp)
-            xoff_, xs_, xseg_, woff_, rs_, wseg_, ng_, ns_, ooff_, os_ = (
-                context.cast(builder, args[k], signature.args[k], types.intp) for k in (1, 2, 3, 5, 6, 7, 8, 9, 11, 12))
-            i32 = ir.IntType(32)
-            v16 = ir.VectorType(i32, 16)
-            vptr = v16.as_pointer()
-            dpbusd = declare(builder.module, "llvm.x86.avx512.vpdpbusd.512", ir.FunctionType(v16, [v16, v16, v16]))
-            zero = ir.Constant(v16, None)
-            undef = ir.Constant(v16, ir.Undefined)
-            splat = ir.Constant(v16, [0] * 16)
-            pre = builder.block
-            outer = builder.append_basic_block("seg_loop")
-            inner = builder.append_basic_block("group_loop")
-            latch = builder.append_basic_block("seg_latch")
-            done = builder.append_basic_block("conv_done")
-            go = builder.and_(builder.icmp_signed(">", ns_, intp(0)), builder.icmp_signed(">", ng_, intp(0)))
-            builder.cbranch(go, outer, done)
-
-            builder.position_at_end(outer)
-            s, seg_accs = loop_phis(builder, intp, v16, [zero] * (mr * nb), pre)
-            xbase = builder.gep(xdata, [builder.add(xoff_, builder.mul(s, xseg_))])
-            wbase = builder.gep(wdata, [builder.add(woff_, builder.mul(s, wseg_))])
-            xrows = [builder.gep(xbase, [builder.mul(xs_, intp(m))]) for m in range(mr)]
-            builder.branch(inner)
-
-            builder.position_at_end(inner)
-            g, accs = loop_phis(builder, intp, v16, seg_accs, outer)
-            wo = builder.mul(g, intp(64))
-            wv = [builder.load(builder.bitcast(builder.gep(wbase, [builder.add(wo, builder.mul(rs_, intp(r)))]), vptr),
-                               align=1) for r in range(nb)]
-            xo = builder.mul(g, intp(4))
-            new = []
-            for m in range(mr):
-                word = builder.load(builder.bitcast(builder.gep(xrows[m], [xo]), i32.as_pointer()), align=1)
-                xb = builder.shuffle_vector(builder.insert_element(undef, word, i32(0)), undef, splat)
-                new.extend(builder.call(dpbusd, [accs[m * nb + r], xb, wv[r]]) for r in range(nb))
-            loop_latch(builder, intp, g, accs, new, ng_, inner, latch)
-
-            builder.position_at_end(latch)
-            loop_latch(builder, intp, s, seg_accs, new, ns_, outer, done)
-
-            builder.position_at_end(done)
-            fins = []
-            for v in new:
-                fin = builder.phi(v16)
-                fin.add_incoming(zero, pre)
-                fin.add_incoming(v, latch)
-                fins.append(fin)
-            for k, fin in enumerate(fins):
-                m, r = divmod(k, nb)
-                pos = builder.add(ooff_, builder.add(builder.mul(os_, intp(m)), intp(16 * r)))
-                ptr = builder.bitcast(builder.gep(odata, [pos]), vptr)
-                builder.store(builder.add(builder.load(ptr, align=4), fin), ptr, align=4)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return block
 
 
 @intrinsic
@@ -139,59 +62,6 @@ def _dequant16(typingctx, acc, aoff, zc, mul, bias, dst, doff, nvec):
         return context.get_dummy_value()
 
     return sig, codegen
-
-
-# Rows per full block by registers of channels: 12-16 accumulators hide vpdpbusd's latency.
-FULL_ROWS = (0, 12, 8, 4, 4)
-_B = {(m, nb): _make_block(m, nb) for nb in range(1, 5) for m in (*range(1, 5), FULL_ROWS[nb]) if m}
-_b11, _b21, _b31, _b41, _bc1 = (_B[m, 1] for m in (1, 2, 3, 4, 12))
-_b12, _b22, _b32, _b42, _b82 = (_B[m, 2] for m in (1, 2, 3, 4, 8))
-_b13, _b23, _b33, _b43 = (_B[m, 3] for m in range(1, 5))
-_b14, _b24, _b34, _b44 = (_B[m, 4] for m in range(1, 5))
-
-
-@jit
-def _block(mr, nb, *a):
-    """The block of ``mr`` rows (1-4, or FULL_ROWS[nb]) x ``nb`` 16-channel registers."""
-    if nb == 1:
-        if mr == 12:
-            _bc1(*a)
-        elif mr == 4:
-            _b41(*a)
-        elif mr == 3:
-            _b31(*a)
-        elif mr == 2:
-            _b21(*a)
-        else:
-            _b11(*a)
-    elif nb == 2:
-        if mr == 8:
-            _b82(*a)
-        elif mr == 4:
-            _b42(*a)
-        elif mr == 3:
-            _b32(*a)
-        elif mr == 2:
-            _b22(*a)
-        else:
-            _b12(*a)
-    elif nb == 3:
-        if mr == 4:
-            _b43(*a)
-        elif mr == 3:
-            _b33(*a)
-        elif mr == 2:
-            _b23(*a)
-        else:
-            _b13(*a)
-    elif mr == 4:
-        _b44(*a)
-    elif mr == 3:
-        _b34(*a)
-    elif mr == 2:
-        _b24(*a)
-    else:
-        _b14(*a)
 
 
 @jit(inline="always")
@@ -247,13 +117,13 @@ def _line(xp, b, oh, kh, kw, sh, sw, dh, dw, wp, zc, mul, bias, acc, dst, off):
             woff = 4 * u * n_g * 64
             if whole:
                 xoff = ((b * hp + oh * sh) * wpx + p0 * sw) * cp
-                _block(mr, nb, xp, xoff, sw * cp, dh * wpx * cp, wp, woff, n_g * 64, kw * cp * 16, seg_g, kh,
-                       acc, p0 * ncols + 64 * u, ncols)
+                vnni_block(mr, nb, xp, xoff, sw * cp, dh * wpx * cp, wp, woff, 64, n_g * 64, kw * cp * 16, seg_g,
+                           kh, acc, p0 * ncols + 64 * u, ncols)
             else:
                 for i in range(kh):
                     xoff = ((b * hp + oh * sh + i * dh) * wpx + p0 * sw) * cp
-                    _block(mr, nb, xp, xoff, sw * cp, dw * cp, wp, woff + i * kw * cp * 16, n_g * 64, cp * 16,
-                           seg_g, kw, acc, p0 * ncols + 64 * u, ncols)
+                    vnni_block(mr, nb, xp, xoff, sw * cp, dw * cp, wp, woff + i * kw * cp * 16, 64, n_g * 64,
+                               cp * 16, seg_g, kw, acc, p0 * ncols + 64 * u, ncols)
             p0 += mr
     vec = co // 16
     for p in range(ow_n):

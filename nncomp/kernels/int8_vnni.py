@@ -10,7 +10,8 @@ with ``width = 16 * nb`` output channels per panel (``nb`` in 1..4). One zmm reg
 output channels x 4 consecutive inputs, and ``vpdpbusd(acc, broadcast(x[i, 4g:4g+4]), wp[p, g, ...])``
 adds 64 products straight into the 16 output channels' int32 accumulators: no horizontal sums, and
 only 4 activation bytes per 64 products cross the cache hierarchy. A block of ``mr`` activation rows
-(up to 4) x ``nb`` registers of channels stays in up to 16 zmm accumulators over a 1 KiB k-block.
+(up to 4 here, 8-12 in the convolution kernel) x ``nb`` registers of channels stays in up to 16 zmm
+accumulators over a 1 KiB k-block (:func:`vnni_block`; its segments serve kernels/int8_conv.py).
 
 Contract (shared with the portable kernel, which gives bit-identical results):
 ``out[i, o] += sum(int32(xu[i, k]) * int32(w[o, k]) for k in [k0, k1))``, exact in int32 because
@@ -24,7 +25,7 @@ from numba.extending import intrinsic
 
 from . import isa
 from ._ir import declare, loop_latch, loop_phis
-from ._jit import both
+from ._jit import both, jit
 
 MR = 4          # activation rows per micro-kernel call
 KB = 1024       # k-block (inputs) per call: a 64 KiB panel slice stays in L2 across the row blocks
@@ -34,41 +35,54 @@ HAVE_VNNI = isa.HAVE_VNNI   # matrices check it (tests monkeypatch it to run the
 
 
 def _make_block(mr, nb):
-    """Intrinsic ``block(x, xoff, xstride, wp, woff, gstride, rstride, ngroups, out, ooff, ostride)``.
+    """Intrinsic ``block(x, xoff, xstride, xseg, wp, woff, gstride, rstride, wseg, ngroups, nseg, out,
+    ooff, ostride)``.
 
-    Adds ``sum_{g < ngroups} x[row m, 4g:4g+4] . wp-group g`` for ``mr`` rows (flat offsets
-    ``xoff + m * xstride`` into ``x``) and ``16 * nb`` channels (channels ``16 r .. 16 r + 15`` of group
-    g: 64 bytes at flat offset ``woff + g * gstride + r * rstride`` into ``wp``) into ``out`` at flat
-    ``ooff + m * ostride + channel``.
+    Adds ``sum_{s < nseg} sum_{g < ngroups} x[row m, seg s, 4g:4g+4] . wp[seg s, group g]`` for ``mr``
+    rows and ``16 * nb`` channels into ``out`` at flat ``ooff + m * ostride + channel``: row m of
+    segment s starts at flat ``xoff + s * xseg + m * xstride`` into ``x``; channels ``16 r .. 16 r +
+    15`` of group g of segment s are the 64 bytes at flat ``woff + s * wseg + g * gstride + r *
+    rstride`` into ``wp``. The accumulators stay in registers across all segments (one load and
+    store of ``out`` per call). A matrix product is one segment; a convolution's kernel rows are
+    segments (kernels/int8_conv.py).
     """
 
     @intrinsic
-    def block(typingctx, x, xoff, xstride, wp, woff, gstride, rstride, ngroups, out, ooff, ostride):
-        sig = types.void(x, xoff, xstride, wp, woff, gstride, rstride, ngroups, out, ooff, ostride)
+    def block(typingctx, x, xoff, xstride, xseg, wp, woff, gstride, rstride, wseg, ngroups, nseg, out, ooff,
+              ostride):
+        sig = types.void(x, xoff, xstride, xseg, wp, woff, gstride, rstride, wseg, ngroups, nseg, out, ooff, ostride)
 
         def codegen(context, builder, signature, args):
-            arrays = [context.make_array(signature.args[k])(context, builder, args[k]) for k in (0, 3, 8)]
-            xdata, wdata, odata = (a.data for a in arrays)
+            xdata, wdata, odata = (context.make_array(signature.args[k])(context, builder, args[k]).data
+                                   for k in (0, 4, 11))
             intp = context.get_value_type(types.intp)
-            xoff_, xs_, woff_, gs_, rs_, n_, ooff_, os_ = (
-                context.cast(builder, args[k], signature.args[k], types.intp) for k in (1, 2, 4, 5, 6, 7, 9, 10))
+            xoff_, xs_, xseg_, woff_, gs_, rs_, wseg_, ng_, ns_, ooff_, os_ = (
+                context.cast(builder, args[k], signature.args[k], types.intp)
+                for k in (1, 2, 3, 5, 6, 7, 8, 9, 10, 12, 13))
             i32 = ir.IntType(32)
             v16 = ir.VectorType(i32, 16)
             vptr = v16.as_pointer()
-            dpbusd = declare(builder.module, "llvm.x86.avx512.vpdpbusd.512",
-                              ir.FunctionType(v16, [v16, v16, v16]))
-            xrows = [builder.gep(xdata, [builder.add(xoff_, builder.mul(xs_, intp(m)))]) for m in range(mr)]
-            wbase = builder.gep(wdata, [woff_])
+            dpbusd = declare(builder.module, "llvm.x86.avx512.vpdpbusd.512", ir.FunctionType(v16, [v16, v16, v16]))
             zero = ir.Constant(v16, None)
             undef = ir.Constant(v16, ir.Undefined)
             splat = ir.Constant(v16, [0] * 16)
             pre = builder.block
-            loop = builder.append_basic_block("vnni_loop")
+            outer = builder.append_basic_block("seg_loop")
+            inner = builder.append_basic_block("group_loop")
+            latch = builder.append_basic_block("seg_latch")
             done = builder.append_basic_block("vnni_done")
-            builder.cbranch(builder.icmp_signed(">", n_, intp(0)), loop, done)
+            go = builder.and_(builder.icmp_signed(">", ns_, intp(0)), builder.icmp_signed(">", ng_, intp(0)))
+            builder.cbranch(go, outer, done)
 
-            builder.position_at_end(loop)
-            g, accs = loop_phis(builder, intp, v16, [zero] * (mr * nb), pre)
+            builder.position_at_end(outer)
+            s, seg_accs = loop_phis(builder, intp, v16, [zero] * (mr * nb), pre)
+            xbase = builder.gep(xdata, [builder.add(xoff_, builder.mul(s, xseg_))])
+            wbase = builder.gep(wdata, [builder.add(woff_, builder.mul(s, wseg_))])
+            xrows = [builder.gep(xbase, [builder.mul(xs_, intp(m))]) for m in range(mr)]
+            builder.branch(inner)
+
+            builder.position_at_end(inner)
+            g, accs = loop_phis(builder, intp, v16, seg_accs, outer)
             wo = builder.mul(g, gs_)
             wv = [builder.load(builder.bitcast(builder.gep(wbase, [builder.add(wo, builder.mul(rs_, intp(r)))]), vptr),
                                align=1) for r in range(nb)]
@@ -78,21 +92,23 @@ def _make_block(mr, nb):
                 word = builder.load(builder.bitcast(builder.gep(xrows[m], [xo]), i32.as_pointer()), align=1)
                 xb = builder.shuffle_vector(builder.insert_element(undef, word, i32(0)), undef, splat)
                 new.extend(builder.call(dpbusd, [accs[m * nb + r], xb, wv[r]]) for r in range(nb))
-            end = builder.block
-            loop_latch(builder, intp, g, accs, new, n_, loop, done)
+            loop_latch(builder, intp, g, accs, new, ng_, inner, latch)
+
+            builder.position_at_end(latch)
+            loop_latch(builder, intp, s, seg_accs, new, ns_, outer, done)
 
             builder.position_at_end(done)
             fins = []
             for v in new:
                 fin = builder.phi(v16)
                 fin.add_incoming(zero, pre)
-                fin.add_incoming(v, end)
+                fin.add_incoming(v, latch)
                 fins.append(fin)
-            for m in range(mr):
-                for r in range(nb):
-                    pos = builder.add(ooff_, builder.add(builder.mul(os_, intp(m)), intp(16 * r)))
-                    ptr = builder.bitcast(builder.gep(odata, [pos]), vptr)
-                    builder.store(builder.add(builder.load(ptr, align=4), fins[m * nb + r]), ptr, align=4)
+            for k, fin in enumerate(fins):
+                m, r = divmod(k, nb)
+                pos = builder.add(ooff_, builder.add(builder.mul(os_, intp(m)), intp(16 * r)))
+                ptr = builder.bitcast(builder.gep(odata, [pos]), vptr)
+                builder.store(builder.add(builder.load(ptr, align=4), fin), ptr, align=4)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -100,11 +116,59 @@ def _make_block(mr, nb):
     return block
 
 
-_B = {(mr, nb): _make_block(mr, nb) for mr in range(1, MR + 1) for nb in range(1, 5)}
-_b11, _b21, _b31, _b41 = (_B[m, 1] for m in range(1, 5))
-_b12, _b22, _b32, _b42 = (_B[m, 2] for m in range(1, 5))
+# Rows per full block by registers of channels: 12-16 accumulators hide vpdpbusd's latency (the
+# convolution kernel's blocks; the matrix product keeps MR rows).
+FULL_ROWS = (0, 12, 8, 4, 4)
+_B = {(m, nb): _make_block(m, nb) for nb in range(1, 5) for m in (*range(1, MR + 1), FULL_ROWS[nb])}
+_b11, _b21, _b31, _b41, _bc1 = (_B[m, 1] for m in (1, 2, 3, 4, 12))
+_b12, _b22, _b32, _b42, _b82 = (_B[m, 2] for m in (1, 2, 3, 4, 8))
 _b13, _b23, _b33, _b43 = (_B[m, 3] for m in range(1, 5))
 _b14, _b24, _b34, _b44 = (_B[m, 4] for m in range(1, 5))
+
+
+@jit
+def vnni_block(mr, nb, *a):
+    """The block intrinsic (:func:`_make_block`) of ``mr`` rows (1-4, or FULL_ROWS[nb]) x ``nb``
+    16-channel registers, on its arguments ``a``."""
+    if nb == 1:
+        if mr == 12:
+            _bc1(*a)
+        elif mr == 4:
+            _b41(*a)
+        elif mr == 3:
+            _b31(*a)
+        elif mr == 2:
+            _b21(*a)
+        else:
+            _b11(*a)
+    elif nb == 2:
+        if mr == 8:
+            _b82(*a)
+        elif mr == 4:
+            _b42(*a)
+        elif mr == 3:
+            _b32(*a)
+        elif mr == 2:
+            _b22(*a)
+        else:
+            _b12(*a)
+    elif nb == 3:
+        if mr == 4:
+            _b43(*a)
+        elif mr == 3:
+            _b33(*a)
+        elif mr == 2:
+            _b23(*a)
+        else:
+            _b13(*a)
+    elif mr == 4:
+        _b44(*a)
+    elif mr == 3:
+        _b34(*a)
+    elif mr == 2:
+        _b24(*a)
+    else:
+        _b14(*a)
 
 
 def _matmul_vnni(xu, wp, k0, k1, out):
@@ -135,44 +199,8 @@ def _matmul_vnni(xu, wp, k0, k1, out):
             ng = (min(kb + KB, k1) - kb) // 4
             woff = per * u * n_g * pw4 + kb // 4 * gs
             for i in range(r0, r1, MR):
-                mr = min(MR, r1 - i)
-                a = (xu, i * kp + kb, kp, wp, woff, gs, rs, ng, out, i * n_cols + col0, n_cols)
-                if nb == 4:
-                    if mr == 4:
-                        _b44(*a)
-                    elif mr == 3:
-                        _b34(*a)
-                    elif mr == 2:
-                        _b24(*a)
-                    else:
-                        _b14(*a)
-                elif nb == 3:
-                    if mr == 4:
-                        _b43(*a)
-                    elif mr == 3:
-                        _b33(*a)
-                    elif mr == 2:
-                        _b23(*a)
-                    else:
-                        _b13(*a)
-                elif nb == 2:
-                    if mr == 4:
-                        _b42(*a)
-                    elif mr == 3:
-                        _b32(*a)
-                    elif mr == 2:
-                        _b22(*a)
-                    else:
-                        _b12(*a)
-                else:
-                    if mr == 4:
-                        _b41(*a)
-                    elif mr == 3:
-                        _b31(*a)
-                    elif mr == 2:
-                        _b21(*a)
-                    else:
-                        _b11(*a)
+                vnni_block(min(MR, r1 - i), nb, xu, i * kp + kb, kp, 0, wp, woff, gs, rs, 0, ng, 1, out,
+                           i * n_cols + col0, n_cols)
 
 
 int8_matmul_u8s8_vnni, int8_matmul_u8s8_vnni_parallel = both(_matmul_vnni)
