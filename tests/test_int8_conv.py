@@ -8,7 +8,7 @@ from hypothesis import example, given, settings, strategies as st
 import reference as ref
 from nncomp.errors import InputError
 from nncomp.kernels import int8_conv as kc, int8_vnni as vnni
-from nncomp.layers import conv_algorithms as algos, conv_int8
+from nncomp.layers import conv_int8
 from nncomp.layers.conv import Conv2D
 from nncomp.matrices.int8 import Int8Matrix, pack_panels
 
@@ -91,7 +91,7 @@ def _int8_conv(rng, c, co, kernel, stride, padding, dilation, same=False):
 
 
 def _unfused(monkeypatch):
-    monkeypatch.setattr(algos, "fused_int8", lambda *a: False)
+    monkeypatch.setattr(conv_int8, "fused_int8", lambda *a: False)
 
 
 @needs_vnni

@@ -7,9 +7,9 @@ consecutive codes that start ``sw * cp`` bytes apart: exactly the rows a VNNI ``
 reads, with ``xstride = sw * cp``. So each kernel row (each tap when dilated across columns) is one
 segment of a block product over the weight panels' matching k-groups; the block
 (kernels/int8_vnni.vnni_block) loops over the segments with its accumulators in registers (12
-pixels x 16 channels, 8 x 32, 4 x 48 or 64), into a per-line int32 buffer that stays in L1. The line is then dequantized 16 channels at a time,
-the bias and the fused epilogue applied (or, with a max-pool, the pool over blocks of lines), and
-stored once. The unfused path (conv_algorithms.int8_patch_product) writes and reads a patch matrix
+pixels x 16 channels, 8 x 32, 4 x 48 or 64), into a per-line int32 buffer that stays in L1. The
+line is then dequantized 16 channels at a time, the bias and the fused epilogue applied (or, with a
+max-pool, the pool over blocks of lines), and stored once. The unfused path (conv_algorithms.int8_patch_product) writes and reads a patch matrix
 kh*kw times the input's size, an int32 array and a float32 result, then runs the epilogue: five
 passes over arrays that outgrow the caches at batch 64.
 

@@ -32,8 +32,9 @@
   model keeps only the compressed arrays. Against im2col times the format's own product (Zen 4,
   2 threads, development A/Bs in one process): whole compressed CNNs at batch 64 went from
   0.07-0.55x to 0.73-1.04x the dense engine's speed, at batch 1 from 0.15-0.78x to 0.34-1.14x.
-  int8 with static activations runs patches of codes, the VNNI product and the epilogue in one
-  kernel (nncomp/layers/conv_int8.py); dynamic activations keep im2col and the integer product.
+  int8 with static activations runs as an implicit GEMM over its quantized input, the epilogue or
+  max-pool in the same kernel (nncomp/layers/conv_int8.py); dynamic activations keep im2col and the
+  integer product.
 - **im2col** (everything else: strides, groups, int8 activations): the patch matrix, built in
   bounded chunks of output lines, times the weight in whatever format it is stored. With dense
   weights the patches and the product run fused in one kernel (nncomp/kernels/conv_gemm.py): each
@@ -52,7 +53,7 @@ from ..kernels.conv import (conv_crop_bias_nhwc, conv_crop_bias_nhwc_parallel, c
 from ..kernels.conv_gemm import im2col_gemm_nhwc, im2col_gemm_nhwc_parallel
 from ..matrices import DenseMatrix
 from ..matrices.int8 import Int8Matrix
-from .conv_int8 import fused_int8, int8_step
+from .conv_int8 import int8_step
 from .conv_blocked import (blocked_eligible, blocked_pooled_step, blocked_step, winograd_eligible, winograd_pays,
                            winograd_step)
 from .workspace import scratch
@@ -180,8 +181,9 @@ def prepare(layer, shape, n, algorithm=None):
         return winograd_step(layer, shape, n, oh, ow)
     if algorithm == "depthwise":
         return lambda x: depthwise(x, layer.weight_t, bias, layer, oh, ow)
-    if algorithm == "im2col" and fused_int8(layer, shape, n, oh, ow):
-        return int8_step(layer, shape, n, oh, ow)
+    step = int8_step(layer, shape, n, oh, ow) if algorithm == "im2col" else None
+    if step is not None:
+        return step
     if _fusable(layer, shape, oh, ow):
         return _fused(layer.weight.w, bias, layer.window.args, n, oh, ow)
     return lambda x: _im2col(layer, x, layer.window, oh, ow)
@@ -273,12 +275,13 @@ def prepare_pooled(layer, shape, n, pool_layer):
     algorithm = choose(layer, shape, n)
     if not pool_layer.plain or oh < p or ow < p:
         return None
-    if algorithm == "im2col" and fused_int8(layer, shape, n, oh, ow) and (whole or not pool_layer.ceil_mode):
-        return int8_step(layer, shape, n, oh, ow, pool=p)
-    if algorithm == "winograd" and p == 2 and (whole or not pool_layer.ceil_mode):
+    floor_ok = whole or not pool_layer.ceil_mode       # the kernels pool in floor mode
+    step = int8_step(layer, shape, n, oh, ow, pool=p) if algorithm == "im2col" and floor_ok else None
+    if step is not None:
+        return step
+    if algorithm == "winograd" and p == 2 and floor_ok:
         return winograd_step(layer, shape, n, oh, ow, pool=p)
-    if (algorithm in ("winograd", "blocked") and "blocked" in layer.algorithms and not layer.depthwise
-            and (whole or not pool_layer.ceil_mode)):
+    if algorithm in ("winograd", "blocked") and "blocked" in layer.algorithms and not layer.depthwise and floor_ok:
         return blocked_pooled_step(layer, shape, n, oh, ow, p)
     if not (whole and algorithm == "im2col" and _fusable(layer, shape, oh, ow)):
         return None
@@ -357,7 +360,7 @@ def int8_patch_product(x, window, oh, ow, weight):
     lines = n * oh
     step = max(1, min(lines, IM2COL_CHUNK_BYTES // max(1, ow * kp)))
     out = np.empty((lines * ow, weight.n_out), np.float32)
-    buf = scratch("im2col_codes", (-(-step * ow * kp // 4),)).view(np.uint8)[:step * ow * kp].reshape(step * ow, kp)
+    buf = scratch("im2col_codes", (step * ow, kp), np.uint8)
     kern = _jit.pick((im2col_u8_nhwc, im2col_u8_nhwc_parallel), step * ow * kp)
     for r0 in range(0, lines, step):
         r1 = min(lines, r0 + step)

@@ -92,8 +92,7 @@ def int8_step(layer, shape, n, oh, ow, epilogue=None, pool=1):
 
     def run(x, res=None):
         x = np.ascontiguousarray(x)
-        size = n * hp * wp_ * cp
-        xp = scratch("int8_padded", (-(-size // 4),)).view(np.uint8)[:size].reshape(n, hp, wp_, cp)
+        xp = scratch("int8_padded", (n, hp, wp_, cp), np.uint8)
         out = np.empty((n * oh_q * ow_q, co), np.float32)
         if parallel:
             _jit.pool_ready()

@@ -128,12 +128,16 @@ class Dense(Layer):
         decodes = w.format == "codebook" and w.single_sample_kernel() is None
         if not 2 <= n <= BLOCKED_MAX_BATCH or not (isinstance(w, DenseMatrix) or decodes):
             return None
-        conv = self.memo("as_conv", lambda: Conv2D(weight=w, bias=self.bias, in_channels=w.n_in))
+        conv = self._as_conv()
         if not blocked_eligible(conv):
             return None
         rows = max(-(-n // LINE_MAX), min(_jit.num_threads(), n // LINE_MIN))     # a line per thread
         q = -(-n // rows)
         return _image_step(blocked_step(conv, (rows, q, w.n_in), 1, rows, q, epilogue), n, w.n_in, w.n_out, rows, q)
+
+    def _as_conv(self):
+        """This layer as a 1x1 Conv2D over samples laid out as an image's pixels (built once)."""
+        return self.memo("as_conv", lambda: Conv2D(weight=self.weight, bias=self.bias, in_channels=self.weight.n_in))
 
     def _int8(self, n, epilogue):
         """The step for ``n`` samples through static-int8 weights as a 1x1 convolution of the
@@ -142,7 +146,7 @@ class Dense(Layer):
         w = self.weight
         if not (isinstance(w, Int8Matrix) and w.activations == "static" and w.packed.nbytes <= INT8_IMAGE_MAX_BYTES):
             return None
-        conv = self.memo("as_conv", lambda: Conv2D(weight=w, bias=self.bias, in_channels=w.n_in))
+        conv = self._as_conv()
         rows = max(1, min(2 * _jit.num_threads(), n // LINE_MIN))     # lines for 2 tasks a thread
         q = -(-n // rows)
         run = int8_step(conv, (rows, q, w.n_in), 1, rows, q, epilogue)
