@@ -3,8 +3,9 @@
 The input image is quantized once into a zero-point-padded copy of codes, then (in the same
 kernel call) nncomp/kernels/int8_conv.py runs the VNNI product straight from it (one block product per kernel
 row, no patch matrix), dequantizes each output line in L1 and applies the bias and the fused
-epilogue as it stores. Where it does not apply (no VNNI, products the AMX tiles run faster) the
-caller keeps the chunked im2col path (conv_algorithms.int8_patch_product); both give the same bits.
+epilogue as it stores. Where it does not apply (no VNNI, products the AMX tiles run faster, big
+weights on short lines: :func:`fused_int8`) the caller keeps the chunked im2col path
+(conv_algorithms.int8_patch_product); both give the same bits.
 """
 import numpy as np
 
