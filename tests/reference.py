@@ -295,6 +295,11 @@ def bias_epilogue_rows(y, bias, scale, shift, res, lo, hi, act, alpha, beta):
     return activation_rows(y, act, alpha, beta) if act else y
 
 
+def gathered(x, perm):
+    """Twin of kernels.sparse_small.gathered: ``x[perm]``, or x itself for an empty ``perm``."""
+    return x[perm] if perm.shape[0] else x
+
+
 def finish_row(y, scale, shift, res, lo, hi, act, alpha, beta):
     """Twin of kernels.sparse_small.finish_row: the epilogue and activation of rows ``y``."""
     return bias_epilogue_rows(y, np.zeros(0, np.float32), scale, shift, res, lo, hi, act, alpha, beta)

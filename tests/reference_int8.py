@@ -137,3 +137,25 @@ def int8_conv_nhwc(x, scale, zero, top, left, xp_shape, kh, kw, sh, sw, dh, dw, 
         y = y.reshape(n, oh_n, ow_n, co)[:, :oq * q, :wq * q].reshape(n, oq, q, wq, q, co).max(axis=(2, 4))
         y = y.reshape(n * oq * wq, co)
     return bad, xp, y
+
+
+def int8_gemv_epilogue(wp, colsum, wscale, sx, z, mode, x, perm, bias, scale, shift, res, lo, hi, act, alpha,
+                       beta):
+    """Twin of kernels.int8_gemv.int8_gemv_epilogue: ``(bad, out (1, co))``. The activation codes of
+    ``x[perm]`` with the calibrated ``(sx, z)`` (mode 0) or matrices/int8.activation_params of the
+    sample's range (1: uint8, 2: int8), the exact product in int64, ``float32(acc - z * colsum) *
+    float32(sx * wscale) + bias``, then the epilogue and activation as the layers run them."""
+    from reference import finish_row
+
+    from nncomp.matrices.int8 import activation_params
+    xs = np.asarray(x[perm] if perm.shape[0] else x, np.float32)
+    if mode:
+        finite = xs[np.isfinite(xs)]      # with NaN or Inf only the count is specified
+        lo_x, hi_x = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+        sx, z = activation_params(lo_x, hi_x, "int8" if mode == 2 else "uint8")
+    codes, bad = quantize_run(xs, None, sx, z, 0.0, 255.0)
+    co = wscale.shape[0]
+    w = unpack(wp)[:co, :xs.shape[0]].astype(np.int64)
+    acc = w @ codes.astype(np.int64)
+    y = (acc - np.int64(z) * colsum[:co]).astype(np.float32) * (np.float32(sx) * wscale) + bias
+    return bad, finish_row(y[None], scale, shift, res, lo, hi, act, alpha, beta)

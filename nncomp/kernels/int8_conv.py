@@ -32,7 +32,7 @@ from .sparse_small import finish_row
 
 
 @intrinsic
-def _dequant16(typingctx, acc, aoff, zc, mul, bias, dst, doff, nvec):
+def dequant16(typingctx, acc, aoff, zc, mul, bias, dst, doff, nvec):
     """``dst[doff + j] = float32(acc[aoff + j] - zc[j]) * mul[j] + bias[j]`` for ``j < 16 * nvec``,
     16 lanes at a time (an int32 difference, exact here; a multiply, then an add: no fused
     multiply-add, the unfused path's float32 operations)."""
@@ -127,7 +127,7 @@ def _line(xp, b, oh, kh, kw, sh, sw, dh, dw, wp, zc, mul, bias, acc, dst, off):
             p0 += mr
     vec = co // 16
     for p in range(ow_n):
-        _dequant16(acc, p * ncols, zc, mul, bias, dst, off + p * co, vec)
+        dequant16(acc, p * ncols, zc, mul, bias, dst, off + p * co, vec)
         for o in range(16 * vec, co):
             dst[off + p * co + o] = np.float32(acc[p, o] - zc[o]) * mul[o] + bias[o]
 

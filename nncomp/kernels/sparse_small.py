@@ -27,7 +27,7 @@ _REASSOC = {"reassoc", "contract", "nsz"}     # vector lanes, but NaN and inf ke
 
 
 @jit
-def _gathered(x, perm):
+def gathered(x, perm):
     """``x[perm]`` (a new array), or x itself when ``perm`` is empty."""
     if perm.shape[0] == 0:
         return x
@@ -81,7 +81,7 @@ def _csr(data, indices, indptr, x, perm, bias, scale, shift, res, lo, hi, act, a
         float32; act an ACT_* code with alpha, beta.
     OUT out (1, co) float32 C-contiguous, overwritten.
     """
-    x = _gathered(x, perm)
+    x = gathered(x, perm)
     y = out[0]
     for o in prange(indptr.shape[0] - 1):
         j0 = indptr[o]

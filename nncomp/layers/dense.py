@@ -3,7 +3,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import NncompError
+from ..errors import InputError, NncompError
 from ..kernels import _jit
 from ..kernels.sparse_small import bias_epilogue_rows, bias_epilogue_rows_parallel
 from ..matrices import DenseMatrix, Matrix, as_matrix
@@ -169,8 +169,10 @@ class Dense(Layer):
 
         def step(x, res=None):
             out = np.empty((1, co), np.float32)
-            kern(*arrays, x.reshape(-1), perm, bias, scale, shift, no_res if res is None else res.reshape(1, co), lo, hi,
-                 code, alpha, beta, out)
+            if kern(*arrays, x.reshape(-1), perm, bias, scale, shift, no_res if res is None else res.reshape(1, co),
+                    lo, hi, code, alpha, beta, out):      # an int8 kernel's count of NaN or Inf inputs
+                raise InputError(f"{self.weight.describe()} layer {self.weight.shape}: input holds NaN or Inf "
+                                 "values; quantized layers refuse them")
             return out
         step.blas = False
         return step

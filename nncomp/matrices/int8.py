@@ -38,12 +38,15 @@ from ..kernels import _jit
 from ..kernels import decode
 from ..kernels import int8 as quant
 from ..kernels import int8_amx as amx
+from ..kernels import int8_gemv as gemv8
 from ..kernels import int8_vnni as vnni
 from .base import Matrix, expect, register_format
 
 TINY = float(np.finfo(np.float32).tiny)
 ACTIVATIONS = ("float", "dynamic", "static")
 ACT_DTYPES = ("uint8", "int8")
+# One sample's int8 mat-vec runs parallel from this many x PARALLEL_MIN_WORK weight bytes (2^20).
+GEMV_SERIAL_FACTOR = 8
 KBLOCK = 65536          # int32 sums of at most this many u8 x s8 products cannot overflow
 # The element-wise steps (quantize, dequantize) are cheap next to the product: they run serially
 # below this many elements, so that a call launches one parallel region, not three (each launch
@@ -342,6 +345,20 @@ class Int8Matrix(Matrix):
         elementwise((quant.int8_dequantize, quant.int8_dequantize_parallel), n * n_out)(
             acc, z, self._colsum, np.float32(sx), self.scale, out)
         return out
+
+    def single_sample_kernel(self):
+        """int8 activations on a VNNI CPU, inputs up to KBLOCK: the one-call kernel of
+        nncomp/kernels/int8_gemv.py (the same bits as the batch paths); otherwise None."""
+        if self.activations == "float" or not vnni.HAVE_VNNI or self.code_width > KBLOCK:
+            return None
+        n_out = self.shape[0]
+        if self.activations == "static":
+            mode, sx, z = gemv8.STATIC, np.float32(self.act_scale), int(self.act_zero)
+        else:
+            mode, sx, z = (gemv8.DYNAMIC_INT8 if self.act_dtype == "int8" else gemv8.DYNAMIC_UINT8), np.float32(1.0), 0
+        wscale = np.ascontiguousarray(np.broadcast_to(self.scale, (n_out,)), np.float32)
+        return ((self.packed, self._colsum, wscale, sx, z, mode),
+                (gemv8.int8_gemv_epilogue, gemv8.int8_gemv_epilogue_parallel), n_out * self.code_width // GEMV_SERIAL_FACTOR)
 
     def _codes_check(self):
         if self.activations == "float":
