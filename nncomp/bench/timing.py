@@ -19,6 +19,15 @@ OPENBLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 # that window runs slower (nncomp's kernels up to 2.2-5x), so a block of calls that follows a
 # spinning contender waits this long first (``alternate(spinners=...)``).
 SETTLE_S = 0.15
+# Calls per block of a whole-model loop (in_loop): at batch <= 8, and above.
+LOOP_BLOCK, LOOP_BLOCK_LARGE = 8, 4
+# Untimed calls at the start of each block of a whole-model loop, after its pause. On this project's
+# 2-vCPU KVM guests the first ~50 ms of calls after a pause that followed another burst of work ran
+# slow for a runtime that wakes its workers per node: ORT float32 on ResNet-small at batch 64 took
+# 8-10 ms a call for its first 3-6 calls, then 5.0-5.2 (ORT alone after one pause: 5.1-5.4 from the
+# first call; a sleeping contender between the pauses did the same as nncomp or ORT itself). Waking a
+# halted vCPU costs more after long idle spells (the host's adaptive halt polling, most likely).
+LEAD_S = 0.05
 SLOW_CALL_S = 0.1   # contenders slower than this per call (in the warm-up) run blocks of at most 2 calls
 
 
@@ -160,7 +169,7 @@ def warm(fn, seconds=0.5):
 
 
 def alternate(contenders, *, repeat=30, block=1, warmup=2, flush=False, settle=SETTLE_S, spinners=None,
-              max_seconds=60.0, stable=None):
+              max_seconds=60.0, stable=None, lead_s=0.0):
     """Time callables alternating in blocks (A A B B C C A A ...); ``{name: {median_ms, p90_ms, min_ms, n}}``.
 
     Every call is timed on its own; medians and p90s are over all of a contender's calls.
@@ -188,6 +197,9 @@ def alternate(contenders, *, repeat=30, block=1, warmup=2, flush=False, settle=S
     stable : float or None
         Stop early, after at least half of ``repeat`` calls, at the end of a round in which every
         contender's running median moved by less than this fraction (e.g. 0.02) since the previous round.
+    lead_s : float
+        Untimed calls (at least one when > 0) for this long at the start of every block, after the
+        pause: the block then times the contender's steady state (see :data:`LEAD_S`).
     """
     names = list(contenders)
     blocks = dict.fromkeys(names, block)
@@ -207,6 +219,11 @@ def alternate(contenders, *, repeat=30, block=1, warmup=2, flush=False, settle=S
             if settle and previous is not None and (spinners is None or previous in spinners):
                 time.sleep(settle)
             previous = n
+            if lead_s > 0:
+                end = time.perf_counter() + lead_s
+                fn()
+                while time.perf_counter() < end:
+                    fn()
             for _ in range(blocks[n]):
                 if flush:
                     flush_caches()
@@ -222,6 +239,19 @@ def alternate(contenders, *, repeat=30, block=1, warmup=2, flush=False, settle=S
                 break
             medians = now
     return {n: _stats(t) for n, t in times.items()}
+
+
+def in_loop(contenders, batch, repeat, *, warm_s=0.5):
+    """``{name: median ms}`` of whole-model calls back to back, the protocol of every whole-model
+    comparison (vs_ort, optimize): each zero-argument contender warmed ``warm_s`` of untimed calls,
+    then alternating blocks of LOOP_BLOCK calls (LOOP_BLOCK_LARGE above batch 8), each after an
+    untimed SETTLE_S pause (no contender meets another's spinning threads) and LEAD_S of untimed
+    calls (the contender back in its steady state), ``repeat`` calls each."""
+    for fn in contenders.values():
+        warm(fn, warm_s)
+    r = alternate(contenders, repeat=repeat, block=LOOP_BLOCK if batch <= 8 else LOOP_BLOCK_LARGE, settle=SETTLE_S,
+                  lead_s=LEAD_S)
+    return {k: v["median_ms"] for k, v in r.items()}
 
 
 # --------------------------------------------------------------------------- the quiet gate

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 
 from ..errors import CompressionParameterError
 from ..layers import Conv2D, Dense
+from .report import LayerChoice
 
 __all__ = ["METHODS", "GRID", "GROUP", "Candidate", "candidates_for", "group_candidates", "build_model",
            "build_patch", "build_proxy", "changed_nodes", "compose", "exclusive", "structured", "touched",
-           "describe_patch", "size_delta", "weighted_layers"]
+           "describe_patch", "layer_choice", "size_delta", "weighted_layers"]
 
 # Method names ``optimize(methods=...)`` accepts, each with the settings tried (module constants: the
 # benchmark uses them as they are, the tests patch in a smaller grid).
@@ -226,3 +227,11 @@ def describe_patch(patch, group=False):
         return ", ".join(f"{n.name} {n.layer.weight.shape[0]}x{n.layer.weight.shape[1]}" for n in patch
                          if getattr(n.layer, "weight", None) is not None)
     return " -> ".join(n.layer.describe() for n in patch)
+
+
+def layer_choice(name, entry, delta_ms, delta_bytes, group=False):
+    """The plan's :class:`~nncomp.planner.report.LayerChoice` of a table ``entry`` (candidate, patch, drop)."""
+    cand, patch, drop = entry
+    return LayerChoice(layer=name, candidate=cand.label, method=cand.method, settings=dict(cand.settings),
+                       format=describe_patch(patch, group) if patch else "dense", delta_ms=float(delta_ms),
+                       delta_bytes=int(delta_bytes), drop=float(drop))

@@ -36,13 +36,14 @@ from ..errors import CompressionParameterError
 from ..io.native import file_bytes
 from . import allocation, interactions, search, sizing
 from .arguments import OBJECTIVES, check_arguments
-from .candidates import (build_proxy, candidates_for, compose, describe_patch, exclusive, group_candidates, size_delta,
+from .candidates import (build_proxy, candidates_for, compose, exclusive, group_candidates, layer_choice, size_delta,
                          structured, weighted_layers)
 from .energy import energy
 from .jobs import digest, evaluate, run_jobs, score, split
 from .latency import LatencyCache, Timer, cpu_name
 from .modes import run_mode
-from .report import LayerChoice, OptimizationPlan
+from .report import OptimizationPlan
+from .stacking import second_pass
 from .table import MIN_GAIN, PROXY_SAMPLES, LatencyTable
 
 __all__ = ["optimize", "Planner", "OBJECTIVES"]
@@ -135,6 +136,17 @@ class Planner:
 
     def run(self, model, calibration, *, labels=None, budget=0.5, batch=1, objective="latency", methods=None,
             n_jobs=None, seed=0):
+        out = self.run_once(model, calibration, labels=labels, budget=budget, batch=batch, objective=objective,
+                            methods=methods, n_jobs=n_jobs, seed=seed)
+        if objective != "latency":
+            return out
+        x, y, budget, batch, methods = check_arguments(model, calibration, labels, budget, batch, objective, methods,
+                                                       n_jobs, seed)
+        return second_pass(self, model, out, x, y, budget, batch, methods, n_jobs, seed)
+
+    def run_once(self, model, calibration, *, labels=None, budget=0.5, batch=1, objective="latency", methods=None,
+                 n_jobs=None, seed=0):
+        """One pass of the planner (:meth:`run` adds the second, :mod:`.stacking`)."""
         start = time.perf_counter()
         self.allocations = ()    # objective "size": the whole-model candidates of this run (.allocation)
         x, y, budget, batch, methods = check_arguments(model, calibration, labels, budget, batch, objective, methods,
@@ -177,7 +189,7 @@ class Planner:
                 if patch is not None:
                     table[n].append((c, patch, None if s is None else 100.0 * (base_search - s)))
         sizes = sizing.sizes(model, table, dense_bytes) if objective == "size" else None
-        energies = self._energies(model, table, batch) if objective == "energy" else None
+        energies = sizing.energies(model, table, batch) if objective == "energy" else None
         deltas, keys = self._deltas(table, lat) if lat is not None else (None, {})
 
         joint = {}      # filter pruning of several channel groups, built in one call (its refit sees all)
@@ -277,7 +289,7 @@ class Planner:
         def ms(n, i):
             return None if deltas is None or not np.isfinite(deltas[n][i]) else float(deltas[n][i])
 
-        layers = tuple(self._choice(n, table[n][i], ms(n, i) or 0.0, sizes[n][i], n not in names)
+        layers = tuple(layer_choice(n, table[n][i], ms(n, i) or 0.0, sizes[n][i], n not in names)
                        for n, i in choice.items())
         if won:
             layers = allocation.layer_choices(model, won, names, x_search, ref_search, base_search, dense_bytes)
@@ -356,13 +368,6 @@ class Planner:
             lat.measure(new)
         return {n: [0.0] + [lat.delta(keys[n, i]) for i in range(1, len(table[n]))] for n in table}, keys
 
-    @staticmethod
-    def _energies(model, table, batch):
-        """``{layer: [delta of the estimated energy per sample, pJ, per option]}`` (:mod:`.energy`)."""
-        dense = energy(model, batch)["total_pj"]
-        return {n: [0.0] + [energy(compose(model, {n: p}), batch)["total_pj"] - dense for _, p, _ in entries[1:]]
-                for n, entries in table.items()}
-
     def _final(self, model, choice, build, xb, notes, reverted, checks):
         """The final measurement decides: the chosen model, dense, and the chosen model with each one
         layer set back to dense, timed together; while one of the latter is fastest, it becomes the
@@ -391,10 +396,3 @@ class Planner:
                          + (": returning the dense model" if best == "dense" else ""))
             reverted += drop
             choice.update({n: 0 for n in drop})
-
-    @staticmethod
-    def _choice(name, entry, delta_ms, delta_bytes, group=False):
-        cand, patch, drop = entry
-        return LayerChoice(layer=name, candidate=cand.label, method=cand.method, settings=dict(cand.settings),
-                           format=describe_patch(patch, group) if patch else "dense", delta_ms=float(delta_ms),
-                           delta_bytes=int(delta_bytes), drop=float(drop))

@@ -13,10 +13,11 @@ candidate whose bytes, with the smallest proxy of every other layer, do not come
 ``bound`` cannot be part of a smaller file, and is not built and refit (it stays in the plan's table,
 unscored).
 """
-from .candidates import build_proxy, size_delta
+from .candidates import build_proxy, compose, size_delta
+from .energy import energy
 from .table import PROXY_SAMPLES
 
-__all__ = ["SLACK", "screen", "sizes"]
+__all__ = ["SLACK", "screen", "sizes", "energies"]
 
 SLACK = 0.02     # share of the bound that a proxy's bytes may miss its refit build's by
 
@@ -43,4 +44,12 @@ def screen(model, cands, x_fit, seed, dense_bytes, bound, notes):
 def sizes(model, table, dense_bytes):
     """``{layer: [delta bytes per option]}`` of the planner's table (option 0: dense)."""
     return {n: [0] + [size_delta(model, {n: p}, dense_bytes) for _, p, _ in entries[1:]]
+            for n, entries in table.items()}
+
+
+def energies(model, table, batch):
+    """``{layer: [delta of the estimated energy per sample, pJ, per option]}`` (:mod:`.energy`), for
+    ``objective="energy"``."""
+    dense = energy(model, batch)["total_pj"]
+    return {n: [0.0] + [energy(compose(model, {n: p}), batch)["total_pj"] - dense for _, p, _ in entries[1:]]
             for n, entries in table.items()}

@@ -8,8 +8,10 @@ planner) and the planning time (one planner per model: the batch-64 row reuses t
 batch-1 row built, and only measures). The chosen model is then timed again alternating with ONNX
 Runtime on the same graph, float32, int8 dynamic (``quantize_dynamic`` of MatMul and Conv) and int8
 static (``quantize_static``, QDQ, per-channel weights, activation ranges from the planner's own
-calibration data), at the same batch and threads: ``vs ORT`` is the fastest ORT's time over the
-chosen model's (above 1: nncomp faster). The latency cache is off: every row measures afresh.
+calibration data), at the same batch and threads, as the vs_ort suite times whole models
+(nncomp.bench.timing.in_loop: blocks of calls after an untimed pause, so that no contender meets
+another's spinning threads; the planner's own timer alternates without pauses, fair only among
+nncomp's models): ``vs ORT`` is the fastest ORT's time over the chosen model's (above 1: nncomp faster). The latency cache is off: every row measures afresh.
 
 The ``size`` part plans LeNet-300-100 and LeNet-5 with ``objective="size"`` (the same budget, all
 SIZE_CALIB shipped training digits as calibration) and reports the chosen plan, the file bytes as
@@ -26,7 +28,7 @@ import time
 
 import numpy as np
 
-from ..timing import header
+from ..timing import header, in_loop
 
 THREADS = os.cpu_count() or 1
 PARTS = ("plan", "size")
@@ -141,7 +143,6 @@ def run_plans(result, opts):
     import numba
 
     from ...planner import Planner
-    from ...planner.latency import Timer
     names, batches = (MODELS[:1], (1,)) if opts.quick else (MODELS, BATCHES)
     methods = ["quantize"] if opts.quick else None
     rows = result.setdefault("rows", [])
@@ -171,7 +172,8 @@ def run_plans(result, opts):
                 row["ort_errors"] = errors
             if peers:
                 xb = np.ascontiguousarray(x[np.arange(b) % len(x)])
-                ms = Timer().measure({"chosen": out, **peers}, xb, effort=2)
+                ms = in_loop({k: (lambda f=f: f(xb)) for k, f in {"chosen": out, **peers}.items()}, b,
+                             opts.repeats(32 if b > 8 else 96))
                 row.update({"chosen_vs_ort_ms": ms["chosen"], **{f"{k}_ms": ms[k] for k in peers},
                             "vs_ort": min(ms[k] for k in peers) / ms["chosen"]})
             rows.append(row)
@@ -219,11 +221,11 @@ def markdown(result):
 
 def _latency_markdown(rows):
     lines = ["| model | batch | chosen (other layers dense) | dense ms | chosen ms | speedup | predicted (error) | "
-             "ORT f32 ms | ORT int8 dyn. ms | ORT int8 static ms | vs fastest ORT | bytes | energy (estimate) nJ | "
+             "chosen ms beside ORT | ORT f32 ms | ORT int8 dyn. ms | ORT int8 static ms | vs fastest ORT | bytes | energy (estimate) nJ | "
              "test accuracy | planning s (CPU s) |",
-             "|---" * 15 + "|"]
+             "|---" * 16 + "|"]
     for r in rows:
-        ort = " | ".join(f"{r[k + '_ms']:.4f}" if k + "_ms" in r else "-" for k in ORT)
+        ort = " | ".join(f"{r[k + '_ms']:.4f}" if k + "_ms" in r else "-" for k in ("chosen_vs_ort", *ORT))
         ort += f" | **{r['vs_ort']:.2f}x**" if "vs_ort" in r else " | -"
         lines.append(f"| {r['model']} | {r['batch']} | {_chosen(r)} | {r['dense_ms']:.4f} | {r['measured_ms']:.4f} | "
                      f"**{r['speedup']:.2f}x** | {_predicted(r)} | "
@@ -232,7 +234,9 @@ def _latency_markdown(rows):
                      f"{r['test_accuracy']:.3f} | {r['planning_s']:.0f} ({_cpu(r)}) |")
     lines += ["", "vs fastest ORT: the fastest of ORT float32, int8 dynamic and int8 static (QDQ, the planner's "
               "calibration data), over the chosen model's time, "
-              "timed again alternating with it (above 1: nncomp faster). *: the search's choice predicted vs "
+              "timed again alternating with them in blocks of calls, each after an untimed 0.15 s pause "
+              "(nncomp.bench.timing.in_loop; 'chosen ms beside ORT'), above 1: nncomp faster. The 'chosen ms' "
+              "column is the planner's own final measurement (alternating with dense, no pauses). *: the search's choice predicted vs "
               "measured in the final measurement's first round, which then set layers back to dense. The batch-64 "
               "row of each model reuses the candidates built for batch 1 (planning s counts only what that row "
               "did: wall time, and in brackets the process's CPU time on both cores, which a paused process "

@@ -1,8 +1,8 @@
 """Whole shipped models: nncomp's dense engine against ONNX Runtime float32 (the runtime a user would
 pick instead), in the three conditions a served model meets.
 
-- **loop**: back-to-back calls, the two runtimes alternating in blocks of BLOCK calls (4 at batch
-  64) after a SETTLE_S (nncomp.bench.timing) untimed pause, 96 calls each at batch 1 and 32 at batch
+- **loop**: back-to-back calls, the two runtimes alternating in blocks of 8 calls (4 at batch
+  64) after a SETTLE_S untimed pause (nncomp.bench.timing.in_loop), 96 calls each at batch 1 and 32 at batch
   64 (this VM's slow spells last seconds: 6 calls in one block, as before, let one spell decide a
   cell), after WARM_S of untimed calls of each; medians.
 - **lone**: each call after an untimed 50 ms pause (every runtime's workers asleep, caches cooled by
@@ -23,14 +23,13 @@ import time
 
 import numpy as np
 
-from ..timing import SETTLE_S, alternate, header, warm
+from ..timing import header, in_loop
 
 THREADS = os.cpu_count() or 1
 PARTS = ("loop", "lone", "contention", "new_size")
 QUICK_PARTS = ("loop",)
 MODELS = ("lenet300", "lenet5", "vgg_small", "resnet_small")
 BATCHES = (1, 64)
-BLOCK = 8
 WARM_S = 0.5
 
 
@@ -64,12 +63,8 @@ def run(result, opts):
         if "loop" in opts.parts:
             for b in batches:
                 xb = np.ascontiguousarray(x[:b])
-                for fn in (lambda: model(xb), lambda: ort(xb)):
-                    warm(fn, WARM_S)
-                r = alternate({"nncomp": lambda: model(xb), "ort": lambda: ort(xb)},
-                              repeat=opts.repeats(32 if b > 8 else 96), block=BLOCK if b <= 8 else 4,
-                              settle=SETTLE_S)
-                row[f"loop_b{b}"] = {k: v["median_ms"] for k, v in r.items()}
+                row[f"loop_b{b}"] = in_loop({"nncomp": lambda: model(xb), "ort": lambda: ort(xb)}, b,
+                                            opts.repeats(32 if b > 8 else 96), warm_s=WARM_S)
         x1 = np.ascontiguousarray(x[:1])
         if "lone" in opts.parts:
             row["lone_b1"] = {"nncomp": serving.lone_calls(lambda: model(x1))["median_ms"],
