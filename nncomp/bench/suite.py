@@ -21,7 +21,7 @@ from ..data import DATA_DIR
 from . import peers
 from .layers import NotAvailable, formats_of, require
 from .sizes import saved_size
-from .timing import SETTLE_S, alternate
+from .timing import LEAD_S, SETTLE_S, alternate
 
 MODELS = ("lenet300", "lenet5", "vgg_small", "resnet_small")
 QUICK_MODELS = ("lenet300",)
@@ -173,14 +173,16 @@ class Context:
         self.xb = {b: np.ascontiguousarray(x[np.arange(b) % len(x)]) for b in batches}
 
 
-def _time_against_dense(ctx, fn, spinners):
-    """``{batch: (dense timing, row timing)}``, alternating dense and the row."""
+def _time_against_dense(ctx, fn, spinners, lead=False):
+    """``{batch: (dense timing, row timing)}``, alternating dense and the row (with ``lead``, a peer
+    runtime's row: each block first runs LEAD_S of untimed calls, so that neither times its slow
+    first calls after the other's block or a pause: nncomp.bench.timing)."""
     out = {}
     for b in ctx.batches:
         xb = ctx.xb[b]
         repeat = max(ctx.repeat, BATCH1_REPEAT) if b == 1 else ctx.repeat
         t = alternate({"dense": lambda: ctx.model(xb), "row": lambda: fn(xb)}, repeat=repeat, block=4,
-                      warmup=2, settle=ctx.settle, spinners=spinners,
+                      warmup=2, settle=ctx.settle, spinners=spinners, lead_s=LEAD_S if lead else 0.0,
                       max_seconds=ctx.budget.take(1.0, ctx.max_seconds) if ctx.budget else ctx.max_seconds)
         out[b] = (t["dense"], t["row"])
     return out
@@ -192,8 +194,8 @@ def _row(ctx, method, settings, calibrated, status="ok"):
     return r
 
 
-def measure(ctx, fn, row, *, nbytes=None, macs=None, disk=None, huffman=False, spins=False):
-    """Fill ``row`` for a callable ``fn(x) -> logits`` (a Model or a peer whose threads ``spins``)."""
+def measure(ctx, fn, row, *, nbytes=None, macs=None, disk=None, huffman=False, spins=False, peer=False):
+    """Fill ``row`` for a callable ``fn(x) -> logits`` (a Model, or a ``peer`` runtime whose threads may ``spins``)."""
     logits = np.asarray(fn(ctx.x))
     pred = logits.argmax(axis=1)
     if ctx.y is not None:
@@ -210,7 +212,7 @@ def measure(ctx, fn, row, *, nbytes=None, macs=None, disk=None, huffman=False, s
     if nbytes:
         row["memory_ratio"] = dense_bytes / nbytes
     spinners = None if ctx.spinners is None else set(ctx.spinners) | ({"row"} if spins else set())
-    times = _time_against_dense(ctx, fn, spinners)
+    times = _time_against_dense(ctx, fn, spinners, lead=peer)
     small, large = ctx.batches[0], ctx.batches[-1]
     d, t = times[small]
     row["latency_ms"], row["latency_p90_ms"] = t["median_ms"], t["p90_ms"]
@@ -282,7 +284,8 @@ def run_peer(ctx, peer, threads):
         row["compress_s"] = time.perf_counter() - t0
         row["formats"] = "peer"
         disk = (fn.onnx_bytes, None) if hasattr(fn, "onnx_bytes") else None
-        measure(ctx, fn, row, nbytes=nbytes(ctx.model), macs=ctx.model.macs, disk=disk, spins=method == "torch")
+        measure(ctx, fn, row, nbytes=nbytes(ctx.model), macs=ctx.model.macs, disk=disk, spins=method == "torch",
+                peer=True)
     except peers.PeerUnavailable as e:
         row["status"] = str(e)
     except Exception as e:  # noqa: BLE001
