@@ -96,7 +96,10 @@ def test_one_sample_has_the_batch_paths_bits(activations, act_dtype, per_channel
     if activations == "static":
         want = layer.prepare(7, (k,))(x)
     else:
-        want = np.concatenate([layer.weight.apply(x[i:i + 1]) + layer.bias for i in range(7)])
+        w = layer.weight        # the quantize / product / dequantize kernels on each sample
+        want = np.concatenate([w.product_codes(*w.quantize_rows(x[i:i + 1], w.code_width)) + layer.bias
+                               for i in range(7)])
+        np.testing.assert_array_equal(np.concatenate([w.apply(x[i:i + 1]) for i in range(7)]) + layer.bias, want)
     np.testing.assert_array_equal(got, want)
 
 
@@ -137,6 +140,8 @@ def test_quantized_lenet300_one_sample_at_a_time(activations):
             h = xs[i:i + 1]
             for node in q.nodes:
                 layer = node.layer
-                h = layer.weight.apply(h) + layer.bias if getattr(layer, "weight", None) is not None else np.maximum(h, 0)
+                w = getattr(layer, "weight", None)
+                h = (w.product_codes(*w.quantize_rows(h, w.code_width)) + layer.bias if w is not None
+                     else np.maximum(h, 0))
             want.append(h)
         np.testing.assert_array_equal(alone, np.concatenate(want))

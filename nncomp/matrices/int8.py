@@ -41,6 +41,7 @@ from ..kernels import int8_amx as amx
 from ..kernels import int8_gemv as gemv8
 from ..kernels import int8_vnni as vnni
 from .base import Matrix, expect, register_format
+from .int8_panels import PANEL, pack_panels, panel_width, unpack_panels  # noqa: F401 - the kernels' layout
 
 TINY = float(np.finfo(np.float32).tiny)
 ACTIVATIONS = ("float", "dynamic", "static")
@@ -113,36 +114,6 @@ def int8_problems(shape, scale, activations, act_dtype, act_scale, act_zero):
 def elementwise(kernels, n_elements):
     """The serial or parallel one of an element-wise kernel pair, by size and threads."""
     return kernels[1] if n_elements >= ELEMENTWISE_PARALLEL_MIN and _jit.num_threads() > 1 else kernels[0]
-
-
-PANEL = 16    # output channels per weight panel
-
-
-def panel_width(n_out):
-    """Output channels per weight panel: 16 for every layer. The VNNI kernel reads four panels at a
-    time (four contiguous streams, 64 channels in 4 registers), the AMX kernel one 1 KiB weight tile
-    of each (16 groups of 4 inputs x 16 channels, contiguous). Measured on a 2-core Xeon with AMX,
-    fc6 (4096 x 25088) from DRAM: panels of 64 channels (one stream; AMX tiles then rows 256 bytes
-    apart) took 3.6-3.9 / 4.2-4.6 / 7.1-7.3 / 7.8 ms at 1 / 2 / 16 / 32 rows, panels of 16 3.3 / 3.5 /
-    4.2-4.5 / 4.8 ms. Padding is at most 15 rows."""
-    return PANEL
-
-
-def pack_panels(q, width):
-    """Codes ``(n_out, n_in)`` -> panels ``(ceil(n_out / width), ceil(n_in / 4), 4 * width)``, zero-padded:
-    ``wp[p, g, 4 * c + j] = q[p * width + c, 4 * g + j]`` (the layout of the u8 x s8 kernels)."""
-    n_out, n_in = q.shape
-    n_p, n_g = -(-n_out // width), -(-n_in // 4)
-    full = np.zeros((n_p * width, n_g * 4), np.int8)
-    full[:n_out, :n_in] = q
-    return np.ascontiguousarray(full.reshape(n_p, width, n_g, 4).transpose(0, 2, 1, 3).reshape(n_p, n_g, 4 * width))
-
-
-def unpack_panels(wp, shape):
-    """Inverse of :func:`pack_panels`."""
-    n_p, n_g, pw4 = wp.shape
-    full = wp.reshape(n_p, n_g, pw4 // 4, 4).transpose(0, 2, 1, 3).reshape(n_p * pw4 // 4, n_g * 4)
-    return np.ascontiguousarray(full[:shape[0], :shape[1]])
 
 
 @register_format
@@ -283,8 +254,20 @@ class Int8Matrix(Matrix):
             _jit.pick((quant.int8_matmul_float, quant.int8_matmul_float_parallel), n * n_out * k)(
                 x, self.packed, self.scale, out)
             return out
+        if n == 1 and self.single_sample_kernel() is not None:     # one call (the same bits)
+            return self._one_row(x)
         xu, sx, z = self.quantize_rows(x, self.code_width)
         return self.product_codes(xu, sx, z)
+
+    def _one_row(self, x):
+        arrays, kernels, work = self.single_sample_kernel()
+        n_out = self.shape[0]
+        out, none = np.empty((1, n_out), np.float32), np.zeros(0, np.float32)
+        if _jit.pick(kernels, work)(*arrays, x.reshape(-1), np.zeros(0, np.int64), np.zeros(n_out, np.float32), none,
+                                    none, np.zeros((0, n_out), np.float32), np.float32(-np.inf), np.float32(np.inf),
+                                    0, np.float32(0), np.float32(0), out):
+            raise InputError(f"int8 layer {self.shape}: input holds NaN or Inf; quantized layers refuse them")
+        return out
 
     @property
     def code_width(self):
