@@ -1,6 +1,7 @@
 """nc.optimize on models trained elsewhere (variants from tools/train_torch.py), as the optimize suite
 plans the shipped ones: budget 0.5 on the first 2,000 training digits, batch 1 and 64, the chosen model
-timed alternating with ONNX Runtime float32 on the same graph; test accuracy on the 1,000 test digits.
+timed alternating with ONNX Runtime float32 on the same graph (nncomp.bench.timing.in_loop, as the
+optimize suite); test accuracy on the 1,000 test digits.
 
     for s in 1 2; do python tools/train_torch.py resnet_small vgg_small --seed $s --epochs 6 --out /tmp/variants; done
     python tools/plan_variants.py /tmp/variants resnet_small_s1_e6 vgg_small_s1_e6
@@ -16,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import nncomp as nc  # noqa: E402
 from nncomp.bench import peers  # noqa: E402
 from nncomp.planner import Planner  # noqa: E402
-from nncomp.planner.latency import Timer  # noqa: E402
+from nncomp.bench.timing import in_loop  # noqa: E402
 
 
 def main(folder, names):
@@ -30,7 +31,7 @@ def main(folder, names):
             t = time.time()
             r = planner.run(m, x, labels=y, budget=0.5, batch=b)
             xb = np.ascontiguousarray(x[np.arange(b) % len(x)])
-            ms = Timer().measure({"chosen": r, "ort": ort}, xb, effort=2)
+            ms = in_loop({"chosen": lambda: r(xb), "ort": lambda: ort(xb)}, b, 96 if b <= 8 else 32)
             acc = float(np.mean(r(xt).argmax(1) == yt))
             chosen = {c.layer: c.candidate for c in r.plan.layers if c.candidate != "dense"}
             print(f"{name} b{b}: {r.plan.speedup:.2f}x dense, {ms['ort'] / ms['chosen']:.2f}x ORT f32, pred err "
