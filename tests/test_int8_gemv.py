@@ -145,3 +145,16 @@ def test_quantized_lenet300_one_sample_at_a_time(activations):
                      else np.maximum(h, 0))
             want.append(h)
         np.testing.assert_array_equal(alone, np.concatenate(want))
+
+
+@needs_vnni
+def test_quantized_cnn_classifier_after_a_flatten_one_sample_at_a_time():
+    """VGG-small, static int8: its first dense layer reads the flattened NHWC image through the
+    mat-vec's gather (a flatten's channel-first order) at batch 1; each sample alone gives the bits
+    of the batch of 8 (the implicit int8 kernels, no gather)."""
+    model = nc.load(nc.data.model_path("vgg_small"))
+    x, _ = nc.data.for_model(model, "train")
+    q = nc.quantize(model, calibration=x[:128], activations="static")
+    xs = np.ascontiguousarray(x[128:136])
+    alone = np.concatenate([q(xs[i:i + 1]) for i in range(8)])
+    np.testing.assert_array_equal(alone, q(xs))
