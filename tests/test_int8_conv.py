@@ -83,6 +83,31 @@ def test_int8_conv_kernel_matches_its_twin(parallel, geo, n, c, co, lines, epilo
         assert np.array_equal(out, want)
 
 
+@needs_vnni
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("lines", [9, 40])
+def test_int8_conv_epilogue_over_several_lines_matches_its_twin(parallel, lines):
+    """A task's lines get their epilogue in chunks of up to FINISH_VALUES values (here 40 lines of
+    30 x 96 values: cut after 23 lines), with the residual rows cut alike."""
+    rng = np.random.default_rng(lines)
+    n, h, w, c, co = 1, 40, 30, 16, 96
+    assert lines * w * co > kc.FINISH_VALUES or lines < 10
+    x = (rng.standard_normal((n, h, w, c)) * 2).astype(F)
+    q = rng.integers(-127, 128, (co, 9 * c), dtype=np.int8)
+    wp, zero, scale = pack_panels(q, 16), 5, F(0.03)
+    zc = (np.int64(zero) * q.sum(1, dtype=np.int64)).astype(np.int32)
+    mul, bias = (scale * rng.random(co)).astype(F), rng.standard_normal(co).astype(F)
+    escale, eshift = rng.random(co).astype(F), rng.standard_normal(co).astype(F)
+    res = rng.standard_normal((n * h * w, co)).astype(F)
+    tail = (3, 3, 1, 1, 1, 1, h, w, wp, zc, mul, bias, escale, eshift, res, F(-1), F(6), 4, F(0.1), F(0))
+    xp = np.empty((n, h + 2, w + 2, c), np.uint8)
+    out = np.full((n * h * w, co), np.nan, F)
+    kern = kc.int8_conv_nhwc_parallel if parallel else kc.int8_conv_nhwc
+    assert kern(x, scale, zero, 1, 1, xp, *tail, 1, lines, out) == 0
+    _, _, want = ref.int8_conv_nhwc(x, scale, zero, 1, 1, xp.shape, *tail)
+    assert np.array_equal(out, want)
+
+
 def _int8_conv(rng, c, co, kernel, stride, padding, dilation, same=False):
     w = rng.standard_normal((co, kernel[0] * kernel[1] * c)).astype(F)
     weight = Int8Matrix.from_float(w, activations="static", act_range=(-1.5, 2.5))
