@@ -284,8 +284,10 @@ def test_second_pass_quantizes_the_layers_filter_pruning_reshaped(labelled, monk
     x, y = nc.data.mnist("train", layout="NC")
     x, y = x[:800], y[:800]
     labels = y if labelled else None
-    out = Planner(timer=ContentTimer(), cache=False).run(model, x, labels=labels, budget=2.0,
-                                                        methods=["prune_filters", "quantize"])
+    said = []
+    out = Planner(timer=ContentTimer(), cache=False, progress=lambda step, m: said.append(m)).run(
+        model, x, labels=labels, budget=2.0, methods=["prune_filters", "quantize"])
+    assert sum(m.startswith("second pass") for m in said) == Planner.STEPS
     plan = out.plan
     chosen = {c.layer: c for c in plan.layers if c.candidate != "dense"}
     assert chosen["filters:fc1"].method == "prune_filters"

@@ -33,8 +33,13 @@ def second_pass(planner, model, first, x, labels, budget, batch, methods, n_jobs
         return first
     # without labels the budget is agreement with the original model: its predictions are the labels
     ref = labels if labels is not None else model(x).argmax(axis=1)
-    second = planner.run_once(first, x, labels=ref, budget=left, batch=batch, objective="latency",
-                              methods=list(todo), n_jobs=n_jobs, seed=seed)
+    shown = planner.progress        # the second pass's steps say so (the command line prints them)
+    planner.progress = lambda step, message: shown(step, f"second pass, int8 on the reshaped layers: {message}")
+    try:
+        second = planner.run_once(first, x, labels=ref, budget=left, batch=batch, objective="latency",
+                                  methods=list(todo), n_jobs=n_jobs, seed=seed)
+    finally:
+        planner.progress = shown
     again = second.plan
     if not any(c.candidate != "dense" for c in again.layers):
         return first
