@@ -254,13 +254,13 @@ class Int8Matrix(Matrix):
             _jit.pick((quant.int8_matmul_float, quant.int8_matmul_float_parallel), n * n_out * k)(
                 x, self.packed, self.scale, out)
             return out
-        if n == 1 and self.single_sample_kernel() is not None:     # one call (the same bits)
-            return self._one_row(x)
+        found = self.single_sample_kernel() if n == 1 else None
+        if found is not None:       # one row: the mat-vec in one call (the same bits)
+            return self._one_row(x, *found)
         xu, sx, z = self.quantize_rows(x, self.code_width)
         return self.product_codes(xu, sx, z)
 
-    def _one_row(self, x):
-        arrays, kernels, work = self.single_sample_kernel()
+    def _one_row(self, x, arrays, kernels, work):
         n_out = self.shape[0]
         out, none = np.empty((1, n_out), np.float32), np.zeros(0, np.float32)
         if _jit.pick(kernels, work)(*arrays, x.reshape(-1), np.zeros(0, np.int64), np.zeros(n_out, np.float32), none,
