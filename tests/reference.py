@@ -287,6 +287,14 @@ def csr_gemv_epilogue(data, indices, indptr, x, perm, bias, scale, shift, res, l
     return bias_epilogue_rows(y, np.zeros(0, np.float32), scale, shift, res, lo, hi, act, alpha, beta)
 
 
+def stream_gemm(w, x, bias, scale, shift, res, lo, hi, act, alpha, beta):
+    """``(n, co)``: ``x @ w.T`` in float64 rounded to float32, then the bias, the epilogue and the
+    activation as bias_epilogue_rows runs them (the kernel's block size, parts and work arrays
+    change nothing)."""
+    y = (x.astype(np.float64) @ w.T.astype(np.float64)).astype(np.float32)
+    return bias_epilogue_rows(y, bias, scale, shift, res, lo, hi, act, alpha, beta)
+
+
 def bias_epilogue_rows(y, bias, scale, shift, res, lo, hi, act, alpha, beta):
     """``y + bias`` (float32; bias empty: none), then the epilogue and the activation, as the
     layers run them one by one (returns a new array)."""

@@ -180,7 +180,7 @@ def _tile_function(context, module, P, V, depthwise, ptrs, ints, epi):
     return fn
 
 
-def _make_tiles(V, pmax, depthwise=False):
+def make_tiles(V, pmax, depthwise=False):
     """Intrinsic ``tiles(P, x, xoff, pix, span, rows, xrow, wrs, w, woff, wrow, bias, boff, first, out,
     ooff, opix, lanes, last, scale, shift, affine, res, add, lo, hi, xstep)``.
 
@@ -223,8 +223,8 @@ def _make_tiles(V, pmax, depthwise=False):
     return tiles
 
 
-_tiles1, _tiles2, _tiles3, _tiles4 = (_make_tiles(v, TILE_PIXELS[v]) for v in range(1, VECTORS + 1))
-_dw1, _dw2, _dw3, _dw4 = (_make_tiles(v, TILE_PIXELS[v], depthwise=True) for v in range(1, VECTORS + 1))
+_tiles1, _tiles2, _tiles3, _tiles4 = (make_tiles(v, TILE_PIXELS[v]) for v in range(1, VECTORS + 1))
+_dw1, _dw2, _dw3, _dw4 = (make_tiles(v, TILE_PIXELS[v], depthwise=True) for v in range(1, VECTORS + 1))
 
 
 def _row(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, act, alpha, beta,

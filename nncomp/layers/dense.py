@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError, NncompError
-from ..kernels import _jit
+from ..kernels import _jit, dense_stream
 from ..kernels.sparse_small import bias_epilogue_rows, bias_epilogue_rows_parallel
 from ..matrices import DenseMatrix, Matrix, as_matrix
 from ..matrices.int8 import Int8Matrix
@@ -13,6 +13,7 @@ from .conv import Conv2D
 from .conv_blocked import blocked_eligible, blocked_step
 from .conv_int8 import int8_step
 from .fused import absorb_epilogue
+from .workspace import scratch
 
 # A single sample runs its weight format's compiled mat-vec with the bias and the epilogue inside
 # (Matrix.single_sample_kernel: float32 dense, CSR, CSR + codebook), serial or parallel as the
@@ -24,6 +25,13 @@ from .fused import absorb_epilogue
 # layer's kernel 4.1 against 2.9, but as a step (bias, a transposed copy, the BLAS guard) 3 against
 # 5-10 us.
 BLOCKED_MAX_BATCH = 256
+# Larger float32 dense weights (VGG-16's fc6 and fc7) at 2 .. STREAM_MAX_BATCH samples read the
+# weight once, in its own layout, with the samples as the vectors (nncomp/kernels/dense_stream.py).
+# Against OpenBLAS split over the threads (Xeon with AMX, 2 threads, alternating, development
+# runs): fc6 at 2-128 samples 0.44-0.78x its time (32: 26 against 50 ms; ONNX Runtime 32), fc7
+# 0.49-0.93x, 1000x4096 0.41-0.87x; at 256 samples 1.7-2x slower (each 64 samples read the
+# weight again), so BLAS keeps those.
+STREAM_MAX_BATCH = 128
 # A codebook weight without a register kernel (over 32 values, or no AVX-512: Matrix
 # single_sample_kernel None) runs the same blocked step at every batch it serves, decoded into a
 # work buffer on every call (Matrix.decoder): LeNet-300 8-bit at batch 4-64 (Zen 4, 2 threads, one
@@ -79,7 +87,7 @@ class Dense(Layer):
 
     def prepare(self, n, shape):
         small = (self._single_sample(n, _NO_EPILOGUE) or self._int8(n, None) or self._blocked(n, None)
-                 or self._product(n, _NO_EPILOGUE))
+                 or self._streamed(n, _NO_EPILOGUE) or self._product(n, _NO_EPILOGUE))
         if small is not None:
             return small
         mul, bias = self.weight.prepare(n), self.bias
@@ -94,7 +102,7 @@ class Dense(Layer):
 
     def prepare_epilogue(self, n, shape, *, epilogue):
         return (self._single_sample(n, epilogue) or self._int8(n, epilogue) or self._blocked(n, epilogue)
-                or self._product(n, epilogue))
+                or self._streamed(n, epilogue) or self._product(n, epilogue))
 
     def _product(self, n, epilogue):
         """A compressed weight's step: its format's product, then the bias and ``epilogue`` in one
@@ -134,6 +142,31 @@ class Dense(Layer):
         rows = max(-(-n // LINE_MAX), min(_jit.num_threads(), n // LINE_MIN))     # a line per thread
         q = -(-n // rows)
         return _image_step(blocked_step(conv, (rows, q, w.n_in), 1, rows, q, epilogue), n, w.n_in, w.n_out, rows, q)
+
+    def _streamed(self, n, epilogue):
+        """The step for 2 .. STREAM_MAX_BATCH samples through a float32 dense weight that the
+        blocked kernel does not take: the weight-streaming product with the bias and ``epilogue``
+        inside (nncomp/kernels/dense_stream.py), or None."""
+        w = self.weight
+        if not (isinstance(w, DenseMatrix) and 2 <= n <= STREAM_MAX_BATCH):
+            return None
+        (co, k), arr = w.shape, w.w
+        bias = _NONE if self.bias is None else self.bias
+        scale, shift, lo, hi, code, alpha, beta = epilogue_vectors(epilogue, co)
+        kern = _jit.pick((dense_stream.stream_gemm, dense_stream.stream_gemm_parallel), n * co * k)
+        parts = _jit.num_threads() if kern is dense_stream.stream_gemm_parallel else 1
+        kc = dense_stream.block_features(n, k)
+        x_shape, out_shape = dense_stream.work_shapes(n, k, co)
+        no_res = np.zeros((0, co), np.float32)
+
+        def step(x, res=None):
+            out = np.empty((n, co), np.float32)
+            kern(arr, np.ascontiguousarray(x.reshape(n, k)), bias, scale, shift,
+                 no_res if res is None else res.reshape(n, co), lo, hi, code, alpha, beta, kc, parts,
+                 scratch("stream_inputs", x_shape), scratch("stream_outputs", out_shape), out)
+            return out
+        step.blas = False
+        return step
 
     def _as_conv(self):
         """This layer as a 1x1 Conv2D over samples laid out as an image's pixels (built once)."""
