@@ -6,7 +6,7 @@ from hypothesis import example, given, strategies as st
 
 import reference as ref
 from conftest import assert_close_f32
-from nncomp.kernels import blas, conv, conv_blocked, conv_gemm, pool
+from nncomp.kernels import blas, conv, conv_blocked, conv_depthwise, conv_gemm, pool
 from nncomp.kernels.epilogue import (ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_LEAKYRELU, ACT_SIGMOID,
                                      activation_rows)
 from nncomp.layers.base import window_out as _window_out
@@ -132,7 +132,39 @@ def test_conv_blocked_nhwc_matches_reference(kernel, g, co, nvec, data):
     assert np.array_equal(fused.reshape(-1, co), expect, equal_nan=True)
 
 
-@pytest.mark.parametrize("kernel", [conv_blocked.depthwise_blocked_nhwc, conv_blocked.depthwise_blocked_nhwc_parallel])
+@given(n=st.integers(2, 14), hw=st.integers(1, 8), c=st.integers(1, 20), co=st.integers(1, 70), k=st.integers(1, 3),
+       s=st.integers(1, 2), act=st.sampled_from([0, ACT_HARDSWISH]), add=st.booleans(), parallel=st.booleans(),
+       seed=st.integers(0, 2**31))
+def test_blocked_tiles_across_images_give_each_images_own_bits(n, hw, c, co, k, s, act, add, parallel, seed):
+    """Where output lines are short the blocked kernel's tiles run across images (one pixel of up to
+    pmax images): a batch gives, bit for bit, each image run alone (tiles along its lines), with the
+    epilogue, and the reference's numbers."""
+    rng = np.random.default_rng(seed)
+    kernel = conv_blocked.conv_blocked_nhwc_parallel if parallel else conv_blocked.conv_blocked_nhwc
+    h = max(hw, k)
+    xp = rng.standard_normal((n, h, h, c)).astype(np.float32)
+    cop, nvec = -(-co // 16) * 16, min(4, -(-co // 16))
+    w = np.zeros((k * k * c, cop), np.float32)
+    w[:, :co] = rng.standard_normal((k * k * c, co))
+    bias = rng.standard_normal(cop).astype(np.float32)
+    oh = (h - k) // s + 1
+    res = rng.standard_normal((n, oh, oh, co)).astype(np.float32)
+    scale = shift = np.zeros(cop, np.float32)
+
+    def run(xs, r):
+        out = np.full((xs.shape[0], oh, oh, co), np.nan, np.float32)
+        kernel(xs, w, bias, k, k, s, s, 1, 1, nvec, conv_blocked.tile_pixels(nvec), scale, shift, False,
+               r if add else out, add, 0.0, np.inf, act, np.float32(0.2), np.float32(0.5), out)
+        return out
+    whole = run(xp, res)
+    alone = np.concatenate([run(xp[b:b + 1], res[b:b + 1]) for b in range(n)])
+    assert np.array_equal(whole, alone, equal_nan=True)
+    if not act:
+        expect = ref.conv_blocked_nhwc(xp, w, bias, k, k, s, s, 1, 1, oh, oh, co) + (res if add else 0)
+        assert np.allclose(whole, np.maximum(expect, 0), rtol=1e-4, atol=1e-4 * (1 + np.abs(expect).max()))
+
+
+@pytest.mark.parametrize("kernel", [conv_depthwise.depthwise_blocked_nhwc, conv_depthwise.depthwise_blocked_nhwc_parallel])
 @given(g=geometry(max_c=40), nvec=st.integers(1, 4), data=st.data())
 def test_depthwise_blocked_nhwc_matches_reference(kernel, g, nvec, data):
     """The depthwise tiles (vector loads of each channel's input, the last one masked) on every

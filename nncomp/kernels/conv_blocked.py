@@ -1,7 +1,7 @@
 """Register-blocked direct convolution over NHWC float32 images (the ``blocked`` conv algorithm).
 
-A micro-kernel computes a tile of ``P`` output pixels along one output line x ``V`` vectors of 16
-output channels. Its ``P * V`` accumulators stay in vector registers while it walks the reduction:
+A micro-kernel computes a tile of ``P`` output pixels along one output line (where lines are short,
+one pixel of ``P`` images) x ``V`` vectors of 16 output channels. Its ``P * V`` accumulators stay in vector registers while it walks the reduction:
 for each input value it broadcasts the pixel's input scalar and multiply-adds it with ``V`` weight
 vectors (one fused multiply-add per accumulator, no patch matrix, no horizontal sums). Because the
 input is NHWC, the taps of one kernel row are one contiguous run of ``kw * c`` floats (undilated),
@@ -15,7 +15,7 @@ the CPU has it (one zmm per vector), split by LLVM into narrower registers elsew
 widths per ``V`` (:data:`TILE_PIXELS`) keep ``P * V`` accumulators within 28 of AVX-512's 32
 registers; :func:`tile_pixels` halves them where the CPU has only 16 vector registers.
 
-Contract (the NumPy twin is tests/reference_conv_blocked.py):
+Contract (NumPy twin: tests/reference.py ``conv_blocked_nhwc``):
 ``out[b, i, j, o] = bias[o] + sum_{r, q, ci} xp[b, i*sh + r*dh, j*sw + q*dw, ci] * w[(r*kw + q)*c + ci, o]``
 for ``o < co = out.shape[3]``, where ``xp`` is the zero-padded input and ``w`` the weight as
 ``(kh*kw*c, cop)`` with ``cop`` the channel count rounded up to 16 (extra columns ignored). The
@@ -28,7 +28,7 @@ from numba import prange, types
 from numba.extending import intrinsic
 
 from ._ir import declare, loop_latch, loop_phis
-from ._jit import both
+from ._jit import both, jit
 from .isa import VECTOR_REGISTERS
 from .epilogue import activation_rows
 
@@ -224,7 +224,19 @@ def make_tiles(V, pmax, depthwise=False):
 
 
 _tiles1, _tiles2, _tiles3, _tiles4 = (make_tiles(v, TILE_PIXELS[v]) for v in range(1, VECTORS + 1))
-_dw1, _dw2, _dw3, _dw4 = (make_tiles(v, TILE_PIXELS[v], depthwise=True) for v in range(1, VECTORS + 1))
+
+
+@jit(inline="always")
+def _tile(nv, a):
+    """The dense tiles of ``nv`` vectors on the arguments ``a`` (``tiles`` of :func:`make_tiles`)."""
+    if nv == 4:
+        _tiles4(*a)
+    elif nv == 3:
+        _tiles3(*a)
+    elif nv == 2:
+        _tiles2(*a)
+    else:
+        _tiles1(*a)
 
 
 def _row(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, act, alpha, beta,
@@ -251,14 +263,7 @@ def _row(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, 
                 a = (p, xp, xo, sw * c, span, kh, dh * wp * c, kw * c * cop, w, q * c * cop + co0, cop, bias,
                      co0, int(q == 0), out, oo, co, lanes, int(q == calls - 1), scale, shift, affine, res, add,
                      lo, hi, 1)
-                if nv == 4:
-                    _tiles4(*a)
-                elif nv == 3:
-                    _tiles3(*a)
-                elif nv == 2:
-                    _tiles2(*a)
-                else:
-                    _tiles1(*a)
+                _tile(nv, a)
             j0 += p
     if act != 0:        # on the line just stored (in L1): the activation kernel's own code, so bit-identical
         activation_rows(out.reshape(out.size // co, co)[obase // co:obase // co + ow], act, alpha, beta)
@@ -267,9 +272,49 @@ def _row(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, 
 _row_inline = numba.njit(inline="always")(_row)
 
 
+@jit(inline="always")
+def _image_tiles(n, ow, nvec, pmax):
+    """Whether ``n`` images of output lines ``ow`` pixels wide run tiles across images (:func:`_images`):
+    where a line's balanced tiles would hold at most 16 accumulators and the images' 1.5x as many.
+    Against tiles along lines (Xeon with AMX, 2 threads, 64 images, development A/B): 32->64 3x3
+    stride 2 to 7x7 0.80x the time, 64->64 at 7x7 0.78x, 16->32 1x1 to 7x7 0.96x, 32->32 at 14x14
+    1.00x; not taken: 64->64 at 14x14 (0.92x) and 5x5 (0.95x), 16->16 at 14x14 (1.07x)."""
+    blocks = (ow + pmax - 1) // pmax
+    line = (ow + blocks - 1) // blocks * nvec
+    return line <= 16 and 2 * min(n, pmax) * nvec >= 3 * line
+
+
+def _images(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, act, alpha,
+            beta, b0, nb, i, out):
+    """Output line ``i`` of images ``b0 .. b0 + nb - 1`` (nb <= pmax), a tile the same pixel of each."""
+    n, oh, ow, co = out.shape
+    hp, wp, c = xp.shape[1], xp.shape[2], xp.shape[3]
+    cop = w.shape[1]
+    span = kw * c if dw == 1 else c
+    calls = 1 if dw == 1 else kw
+    for j in range(ow):
+        for co0 in range(0, cop, 16 * nvec):
+            nv = min(nvec, (cop - co0) // 16)
+            lanes = min(16, co - co0 - 16 * (nv - 1))
+            oo = ((b0 * oh + i) * ow + j) * co + co0
+            for q in range(calls):
+                xo = ((b0 * hp + i * sh) * wp + j * sw + q * dw) * c
+                a = (nb, xp, xo, hp * wp * c, span, kh, dh * wp * c, kw * c * cop, w, q * c * cop + co0, cop, bias,
+                     co0, int(q == 0), out, oo, oh * ow * co, lanes, int(q == calls - 1), scale, shift, affine, res,
+                     add, lo, hi, 1)
+                _tile(nv, a)
+    if act != 0:
+        for b in range(b0, b0 + nb):
+            activation_rows(out[b, i], act, alpha, beta)
+
+
+_images_inline = numba.njit(inline="always")(_images)
+
+
 def _blocked(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, act, alpha, beta,
              out):
-    """Direct convolution of a padded NHWC batch with register-blocked tiles (module doc), and the
+    """Direct convolution of a padded NHWC batch with register-blocked tiles (module doc) along output
+    lines, or across images where lines are short (:func:`_image_tiles`: the same bits), and the
     epilogue of nncomp/kernels/epilogue.py applied as each tile is stored.
 
     IN  xp (n, hp, wp, c) float32 C-contiguous, zero-padded; w (kh*kw*c, cop) float32 C-contiguous
@@ -284,6 +329,15 @@ def _blocked(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affi
     """
     n, oh, ow, co = out.shape
     lo32, hi32 = np.float32(lo), np.float32(hi)
+    if _image_tiles(n, ow, nvec, pmax):
+        groups = (n + pmax - 1) // pmax
+        for t in prange(groups * oh):
+            g = t // oh
+            i = t - g * oh
+            b0 = g * n // groups
+            _images_inline(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo32,
+                           hi32, act, np.float32(alpha), np.float32(beta), b0, (g + 1) * n // groups - b0, i, out)
+        return
     for t in prange(n * oh):
         b = t // oh
         i = t - b * oh
@@ -344,50 +398,3 @@ conv_blocked_pooled_nhwc, conv_blocked_pooled_nhwc_parallel = both(_blocked_pool
 
 
 conv_blocked_nhwc, conv_blocked_nhwc_parallel = both(_blocked)
-
-
-def _depthwise(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, act, alpha,
-               beta, out):
-    """Depthwise convolution (one input channel per output channel) of a padded NHWC batch with
-    register-blocked tiles: ``out[b, i, j, o] = bias[o] + sum_{r, q} xp[b, i*sh + r*dh, j*sw + q*dw, o]
-    * w[r*kw + q, o]``, then the epilogue as in :func:`_blocked`.
-
-    IN  xp (n, hp, wp, c) float32 C-contiguous, zero-padded; w (kh*kw, cop) float32 tap-major (cop =
-        c rounded up to 16, extra columns zero); bias, scale, shift (cop,); the rest as in _blocked.
-    OUT out (n, oh, ow, c) float32 C-contiguous, overwritten.
-    """
-    n, oh, ow, c = out.shape
-    hp, wp = xp.shape[1], xp.shape[2]
-    cop = w.shape[1]
-    width = 16 * nvec
-    blocks = (ow + pmax - 1) // pmax
-    p0 = (ow + blocks - 1) // blocks if blocks > 0 else 1
-    lo32, hi32 = np.float32(lo), np.float32(hi)
-    # a driver of its own: one shared with _blocked (a flag and both dispatch chains) ran 1.7-2x slower
-    for t in prange(n * oh):
-        b = t // oh
-        i = t - b * oh
-        for c0 in range(0, cop, width):
-            nv = min(nvec, (cop - c0) // 16)
-            lanes = min(16, c - c0 - 16 * (nv - 1))
-            j0 = 0
-            while j0 < ow:
-                p = min(p0, ow - j0)
-                a = (p, xp, ((b * hp + i * sh) * wp + j0 * sw) * c + c0, sw * c, kw, kh, dh * wp * c, kw * cop,
-                     w, c0, cop, bias, c0, 1, out, ((b * oh + i) * ow + j0) * c + c0, c, lanes, 1, scale, shift,
-                     affine, res, add, lo32, hi32, dw * c)
-                if nv == 4:
-                    _dw4(*a)
-                elif nv == 3:
-                    _dw3(*a)
-                elif nv == 2:
-                    _dw2(*a)
-                else:
-                    _dw1(*a)
-                j0 += p
-        if act != 0:
-            row = (b * oh + i) * ow
-            activation_rows(out.reshape(n * oh * ow, c)[row:row + ow], act, np.float32(alpha), np.float32(beta))
-
-
-depthwise_blocked_nhwc, depthwise_blocked_nhwc_parallel = both(_depthwise)

@@ -9,8 +9,8 @@ import numpy as np
 from ..kernels import _jit
 from ..kernels.conv import conv_pad_nhwc, conv_pad_nhwc_parallel
 from ..kernels.conv_blocked import (conv_blocked_nhwc, conv_blocked_nhwc_parallel, conv_blocked_pooled_nhwc,
-                                    conv_blocked_pooled_nhwc_parallel, depthwise_blocked_nhwc,
-                                    depthwise_blocked_nhwc_parallel, tile_pixels)
+                                    conv_blocked_pooled_nhwc_parallel, tile_pixels)
+from ..kernels.conv_depthwise import depthwise_blocked_nhwc, depthwise_blocked_nhwc_parallel
 from ..kernels import conv_chain as K
 from ..kernels.conv_winograd import (chunk_rows, product_pixels, winograd_nhwc, winograd_nhwc_parallel, winograd_weight,
                                      work_sizes)
