@@ -53,7 +53,7 @@ def cases():
     z = np.zeros(48, np.float32)
     y = np.empty((2, 7, 6, 40), np.float32)
     us, ms = W.work_sizes(7, 6, 32, 48, 2)
-    W.winograd_nhwc(xp, wt, z, z, z, False, y, False, -np.inf, np.inf, 0, 0.0, 0.0, 3, W.product_pixels(3), 2,
+    W.winograd_nhwc(xp, 0, 0, 0, 0, wt, z, z, z, False, y, False, -np.inf, np.inf, 0, 0.0, 0.0, 3, W.product_pixels(3), 2,
                     np.empty((1, us), np.float32), np.empty((1, ms), np.float32), 0, y)
     out["winograd"] = y
     return out

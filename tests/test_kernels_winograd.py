@@ -3,7 +3,7 @@
 import numba
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import assume, given, strategies as st
 
 import reference as ref
 import reference_winograd as refw
@@ -60,8 +60,8 @@ def test_the_twin_is_a_convolution(p):
                        atol=1e-10 * max(1.0, np.abs(want).max()))
 
 
-def _call(kernel, xp, wt, bias, out, rows, nvec, pmax, epilogue=None, pool=0):
-    n, oh, ow = xp.shape[0], xp.shape[1] - 2, xp.shape[2] - 2
+def _call(kernel, xp, wt, bias, out, rows, nvec, pmax, epilogue=None, pool=0, pads=(0, 0, 0, 0)):
+    n, oh, ow = xp.shape[0], xp.shape[1] + pads[0] + pads[1] - 2, xp.shape[2] + pads[2] + pads[3] - 2
     cp, cop = wt.shape[1], wt.shape[2]
     us, ms = W.work_sizes(oh, ow, cp, cop, rows)
     threads = numba.get_num_threads()
@@ -69,8 +69,8 @@ def _call(kernel, xp, wt, bias, out, rows, nvec, pmax, epilogue=None, pool=0):
     mb = np.full((threads, ms), np.nan, np.float32)
     z = np.zeros(cop, np.float32)
     scale, shift, affine, res, add, lo, hi, act = epilogue or (z, z, False, out, False, -np.inf, np.inf, 0)
-    kernel(xp, wt, bias, scale, shift, affine, res, add, lo, hi, act, np.float32(0.2), np.float32(0.5), nvec, pmax,
-           rows, ub, mb, pool, out)
+    kernel(xp, *pads, wt, bias, scale, shift, affine, res, add, lo, hi, act, np.float32(0.2), np.float32(0.5),
+           nvec, pmax, rows, ub, mb, pool, out)
 
 
 @pytest.mark.parametrize("kernel", [W.winograd_nhwc, W.winograd_nhwc_parallel])
@@ -114,6 +114,37 @@ def test_winograd_nhwc_matches_reference(kernel, p, data):
         pooled = np.full((n, oh // 2, ow // 2, co), np.nan, np.float32)
         _call(kernel, xp, wt, bias_p, pooled, rows, nvec, pmax, pool=2)
         assert np.array_equal(pooled, ref.maxpool_nhwc(out, 2, 2, 2, 2, 0, 0, 1, 1, oh // 2, ow // 2))
+
+
+@given(n=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9), c=st.integers(1, 20), co=st.integers(1, 20),
+       pads=st.tuples(*[st.integers(0, 2)] * 4), epilogue=st.booleans(), parallel=st.booleans(),
+       seed=st.integers(0, 2**31))
+def test_winograd_reads_the_padding_as_zeros(n, h, w, c, co, pads, epilogue, parallel, seed):
+    """The kernel on the unpadded input and the layer's padding (nothing read outside the input)
+    gives, bit for bit, what it gives on the zero-padded copy: plain, with an epilogue, pooled."""
+    numba.get_num_threads()
+    t, b, l, r = pads
+    oh, ow = h + t + b - 2, w + l + r - 2
+    assume(oh >= 1 and ow >= 1)
+    rng = np.random.default_rng(seed)
+    kernel = W.winograd_nhwc_parallel if parallel else W.winograd_nhwc
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    wt = W.winograd_weight(rng.standard_normal((co, c, 3, 3)))
+    cop = wt.shape[2]
+    bias = rng.standard_normal(cop).astype(np.float32)
+    epi = None
+    if epilogue:
+        res = rng.standard_normal((n, oh, ow, co)).astype(np.float32)
+        epi = (rng.standard_normal(cop).astype(np.float32), rng.standard_normal(cop).astype(np.float32), True, res,
+               True, np.float32(0.0), np.float32(6.0), ACT_HARDSWISH)
+    rows = int(rng.integers(1, (oh + 1) // 2 + 1))
+    for pool in ((0, 2) if oh >= 2 and ow >= 2 and not epilogue else (0,)):
+        shape = (n, oh // 2, ow // 2, co) if pool else (n, oh, ow, co)
+        got, want = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
+        _call(kernel, x, wt, bias, got, rows, 2, W.PRODUCT_PIXELS[2], epi, pool, pads)
+        _call(kernel, np.pad(x, ((0, 0), (t, b), (l, r), (0, 0))), wt, bias, want, rows, 2, W.PRODUCT_PIXELS[2], epi,
+              pool)
+        assert np.array_equal(got, want, equal_nan=True)
 
 
 @pytest.mark.parametrize("kernel", [W.winograd_nhwc, W.winograd_nhwc_parallel])

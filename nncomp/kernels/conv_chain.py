@@ -74,7 +74,7 @@ def run_chain(x0, x1, ints, floats):
         n, h, wd, c = src.shape
         t, b, l, r = p[T], p[B], p[L], p[R]
         xp = src
-        if t + b + l + r > 0:
+        if t + b + l + r > 0 and not p[WINOGRAD]:       # the Winograd kernel reads the padding as zeros
             xp = np.empty((n, h + t + b, wd + l + r, c), np.float32)
             if p[PAD_PARALLEL]:
                 conv_pad_nhwc_parallel(src, 0, t, l, xp)
@@ -93,10 +93,11 @@ def run_chain(x0, x1, ints, floats):
             out = np.empty((n, oh // pool, ow // pool, co) if pool else (n, oh, ow, co), np.float32)
             res = values[p[RES]] if p[ADD] else out
             if p[PARALLEL]:
-                winograd_nhwc_parallel(xp, wt, bias, scale, shift, p[AFFINE] != 0, res, p[ADD] != 0, f[LO], f[HI],
-                                       p[ACT], f[ALPHA], f[BETA], p[NVEC], p[PMAX], p[CHUNK], ub, mb, pool, out)
+                winograd_nhwc_parallel(src, t, b, l, r, wt, bias, scale, shift, p[AFFINE] != 0, res, p[ADD] != 0,
+                                       f[LO], f[HI], p[ACT], f[ALPHA], f[BETA], p[NVEC], p[PMAX], p[CHUNK], ub, mb,
+                                       pool, out)
             else:
-                winograd_nhwc(xp, wt, bias, scale, shift, p[AFFINE] != 0, res, p[ADD] != 0, f[LO], f[HI],
+                winograd_nhwc(src, t, b, l, r, wt, bias, scale, shift, p[AFFINE] != 0, res, p[ADD] != 0, f[LO], f[HI],
                               p[ACT], f[ALPHA], f[BETA], p[NVEC], p[PMAX], p[CHUNK], ub, mb, pool, out)
         elif pool == 0:
             out = np.empty((n, oh, ow, co), np.float32)

@@ -240,11 +240,14 @@ def winograd_step(layer, shape, n, oh, ow, epilogue=None, pool=0):
     us, ms = work_sizes(oh, ow, cp, cop, rows)
     shape_out = (n, oh // pool, ow // pool, co) if pool else (n, oh, ow, co)
 
+    pads = layer.padding        # read as zeros by the kernel: no padded copy
+
     def run(x, res=None):
         out = np.empty(shape_out, np.float32)
         res = out if res is None else np.ascontiguousarray(res)
-        kern(padded(x), weight(), bias, scale, shift, affine, res, add, lo, hi, code, alpha, beta, nvec, pmax, rows,
-             scratch("winograd_u", (threads, us)), scratch("winograd_m", (threads, ms)), pool, out)
+        kern(np.ascontiguousarray(x), *pads, weight(), bias, scale, shift, affine, res, add, lo, hi, code, alpha,
+             beta, nvec, pmax, rows, scratch("winograd_u", (threads, us)), scratch("winograd_m", (threads, ms)), pool,
+             out)
         return out
     if wt is not None:
         run.chain = _chain_spec(layer, kern, winograd_nhwc_parallel, padded, wt, (bias, scale, shift, _NONE, _NONE),
