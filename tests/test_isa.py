@@ -22,7 +22,7 @@ heavy = pytest.mark.skipif(numba.config.DISABLE_JIT, reason="pure-Python kernels
 CASES = r"""
 import json, sys
 import numpy as np
-from nncomp.kernels import codebook as K, codebook_vpermps, conv_blocked, conv_winograd as W, csr as C, int8 as quant, int8_amx, int8_vnni, isa
+from nncomp.kernels import codebook as K, codebook_vpermps, conv_blocked, conv_winograd as W, csr as C, dense_stream, int8 as quant, int8_amx, int8_vnni, isa
 from nncomp.matrices.csr import CSRMatrix
 from nncomp.matrices.codebook import CodebookMatrix
 from nncomp.matrices.csr_int8 import CSRInt8Matrix
@@ -56,6 +56,13 @@ def cases():
     W.winograd_nhwc(xp, 0, 0, 0, 0, wt, z, z, z, False, y, False, -np.inf, np.inf, 0, 0.0, 0.0, 3, W.product_pixels(3), 2,
                     np.empty((1, us), np.float32), np.empty((1, ms), np.float32), 0, y)
     out["winograd"] = y
+    # the weight-streaming dense product: one fused multiply-add per feature whatever the tile shape
+    wd = rng.standard_normal((70, 1000)).astype(np.float32)
+    e, xs, ys = np.zeros(0, np.float32), *dense_stream.work_shapes(20, 1000, 70)
+    y = np.empty((20, 70), np.float32)
+    dense_stream.stream_gemm_parallel(wd, x, e, e, e, np.zeros((0, 70), np.float32), -np.inf, np.inf, 0, 0.0, 0.0, 300, 2,
+                                      np.empty(xs, np.float32), np.empty(ys, np.float32), y)
+    out["stream"] = y
     return out
 
 def asm_has_zmm():
@@ -99,7 +106,7 @@ print(json.dumps(flags))
     _, w, x = _host("inputs")
     assert set(avx2) == set(host)
     for key, y in host.items():
-        if key.startswith(("int8", "codebook", "winograd")):   # the portable kernels' contract: the fast paths' bits
+        if key.startswith(("int8", "codebook", "winograd", "stream")):   # the portable kernels' contract: the fast paths' bits
             assert np.array_equal(avx2[key], y), key
         else:                                         # CSR: fastmath sums (vector width may reorder them)
             n = int(key.split("/")[1])
