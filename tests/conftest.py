@@ -4,6 +4,10 @@ import os
 import numpy as np
 from hypothesis import HealthCheck, settings
 
+# Plans take the built-in kernel choices, not ones measured at first use (nncomp/tuning.py): the
+# same plan on every machine and run; tests/test_tuning.py turns probing on where it tests it.
+os.environ.setdefault("NNCOMP_TUNING", "off")
+
 settings.register_profile("dev", deadline=None, max_examples=40,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("ci", deadline=None, max_examples=40, derandomize=True, database=None,

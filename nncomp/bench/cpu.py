@@ -11,6 +11,7 @@ import platform
 import re
 
 from ..kernels.isa import CACHE_DIR, caches  # noqa: F401 - one reader of the cache sizes, the kernels' own
+from ..tuning import cpuinfo  # noqa: F401 - the one reader of /proc/cpuinfo (bench.timing imports it from here)
 
 # The flags that pick a kernel or explain a result (Linux /proc/cpuinfo spelling).
 FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
@@ -24,23 +25,6 @@ _INTEL = {0x3F: "haswell", 0x4F: "broadwell", 0x56: "broadwell", 0x55: "skylake"
           0xAE: "granite-rapids", 0xAF: "sierra-forest", 0x8C: "tiger-lake", 0x8D: "tiger-lake",
           0x7D: "ice-lake", 0x7E: "ice-lake", 0x97: "alder-lake", 0x9A: "alder-lake", 0xB7: "raptor-lake",
           0xBA: "raptor-lake", 0xBF: "raptor-lake", 0x9E: "coffee-lake", 0x8E: "kaby-lake", 0xAA: "meteor-lake"}
-
-
-def cpuinfo():
-    """The first processor's fields of /proc/cpuinfo (``{}`` where there is none)."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if not line.strip():
-                    if fields:
-                        break
-                    continue
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    return fields
 
 
 def _int(text, default=None):

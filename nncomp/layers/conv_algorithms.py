@@ -12,19 +12,14 @@
   its taps' weight rows; im2col there feeds BLAS a product with ``k <= 75``, which it runs slowly.
 - **blocked**: a register-blocked direct convolution (nncomp/kernels/conv_blocked.py): tiles of
   output pixels x 16-channel vectors accumulate in vector registers over each kernel row's
-  contiguous NHWC run, on a zero-padded copy of the input. No patch matrix and no BLAS call; for
-  the small-map, small-channel convolutions of real CNNs it ran 1.2-1.9x faster than im2col + BLAS
-  (bench/results/amd-epyc-zen4/conv_algos.md: LeNet-5 and 16-64-channel 3x3 layers, batch 1 and 32). Dense ungrouped weights whose
-  transposed copy stays cache-sized (:data:`BLOCKED_MAX_WEIGHT_BYTES`).
-  A depthwise layer (no channel multiplier) runs the same tiles with each channel's own input
-  loaded as a vector (3-10x faster than the scalar kernel below on MobileNet shapes in a
-  single-threaded development run; no committed table).
-- **winograd**: Winograd F(2x2, 3x3) (nncomp/kernels/conv_winograd.py) for dense 3x3 stride-1
-  layers of at least 16 input channels: 16 multiplies per 2x2 outputs and channel pair instead of
-  36, the products run by tiles like the blocked kernel's. In bench/results/amd-epyc-zen4/conv_algos.md
-  (Zen 4): 32-64-channel layers 1.1-2.4x the speed of the next best algorithm, VGG-16's conv3_2
-  2.1-2.4x, but 28x28 16->16 0.83-0.96x the blocked kernel's (transform-bound; still chosen: the
-  rule in nncomp/layers/conv_blocked.py).
+  contiguous NHWC run, on a zero-padded copy of the input: 1.2-1.9x faster than im2col + BLAS on
+  LeNet-5 and 16-64-channel 3x3 layers (Zen 4, conv_algos.md), for weights up to 4 MB.
+  A depthwise layer runs the same tiles with each channel's own input loaded as a vector (3-10x
+  faster than the scalar kernel below on MobileNet shapes, development run).
+- **winograd**: Winograd F(2x2, 3x3) (nncomp/kernels/conv_winograd.py) for 3x3 stride-1 layers of
+  16+ input channels: 16 multiplies per 2x2 outputs and channel pair instead of 36. On Zen 4
+  (conv_algos.md): 32-64-channel layers 1.1-2.4x the next best algorithm's speed, VGG-16's conv3_2
+  2.1-2.4x, 28x28 16->16 0.83-0.96x the blocked kernel's; between the two, measured per CPU.
 - **depthwise**: a direct kernel over one input channel per group (any channel multiplier).
 - **compressed weights** (codebook, CSR, CSR + codebook, int8 with float activations) run the
   blocked kernel, or Winograd from WINOGRAD_DECODED_MIN_PIXELS output pixels a sample, on their weight
@@ -54,6 +49,7 @@ from ..kernels.conv_gemm import im2col_gemm_nhwc, im2col_gemm_nhwc_parallel
 from ..matrices import DenseMatrix
 from ..matrices.int8 import Int8Matrix
 from .conv_int8 import int8_step
+from .conv_tuning import measured_choice
 from .conv_blocked import (blocked_eligible, blocked_pooled_step, blocked_step, winograd_eligible, winograd_pays,
                            winograd_step)
 from .workspace import scratch
@@ -114,7 +110,13 @@ def algorithms_for(layer):
 
 
 def choose(layer, shape, n):
-    """The algorithm Conv2D ``layer`` uses on ``n`` samples of per-sample input ``shape`` (h, w, c)."""
+    """The algorithm Conv2D ``layer`` uses on ``n`` samples of ``shape`` (h, w, c): :func:`rule`'s, or
+    where that is Winograd or blocked, the faster of them on this CPU (nncomp/layers/conv_tuning.py)."""
+    return measured_choice(layer, shape, n, rule(layer, shape, n), prepare)
+
+
+def rule(layer, shape, n):
+    """The built-in choice of algorithm for Conv2D ``layer`` on ``n`` samples of ``shape`` (h, w, c)."""
     can = layer.algorithms
     if can[0] == "winograd":
         oh, ow, _ = layer.shape_of(shape)

@@ -3,6 +3,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import tuning
 from ..errors import InputError, NncompError
 from ..kernels import _jit, dense_stream
 from ..kernels.sparse_small import bias_epilogue_rows, bias_epilogue_rows_parallel
@@ -25,13 +26,15 @@ from .workspace import scratch
 # layer's kernel 4.1 against 2.9, but as a step (bias, a transposed copy, the BLAS guard) 3 against
 # 5-10 us.
 BLOCKED_MAX_BATCH = 256
-# Larger float32 dense weights (VGG-16's fc6 and fc7) at 2 .. STREAM_MAX_BATCH samples read the
+# Larger float32 dense weights (VGG-16's fc6 and fc7) at 2 .. STREAM_MAX_BATCH samples may read the
 # weight once, in its own layout, with the samples as the vectors (nncomp/kernels/dense_stream.py).
 # Against OpenBLAS split over the threads (Xeon with AMX, 2 threads, alternating, development
 # runs): fc6 at 2-128 samples 0.44-0.78x its time (32: 26 against 50 ms; ONNX Runtime 32), fc7
 # 0.49-0.93x, 1000x4096 0.41-0.87x; at 256 samples 1.7-2x slower (each 64 samples read the
-# weight again), so BLAS keeps those.
-STREAM_MAX_BATCH = 128
+# weight again). Which one runs is measured per CPU and shape (nncomp/tuning.py); without probes,
+# the streaming product up to STREAM_DEFAULT_BATCH samples.
+STREAM_MAX_BATCH = 256
+STREAM_DEFAULT_BATCH = 128
 # A codebook weight without a register kernel (over 32 values, or no AVX-512: Matrix
 # single_sample_kernel None) runs the same blocked step at every batch it serves, decoded into a
 # work buffer on every call (Matrix.decoder): LeNet-300 8-bit at batch 4-64 (Zen 4, 2 threads, one
@@ -166,7 +169,13 @@ class Dense(Layer):
                  scratch("stream_inputs", x_shape), scratch("stream_outputs", out_shape), out)
             return out
         step.blas = False
-        return step
+        default = "stream" if n <= STREAM_DEFAULT_BATCH else "blas"
+
+        def make():
+            x, mul = np.random.default_rng(0).standard_normal((n, k), dtype=np.float32), w.prepare(n)
+            return {"stream": lambda: step(x), "blas": lambda: mul(x)}
+        chosen = tuning.choose("dense-stream", (co, k, n, parts), ("stream", "blas"), default, make)
+        return step if chosen == "stream" else None
 
     def _as_conv(self):
         """This layer as a 1x1 Conv2D over samples laid out as an image's pixels (built once)."""

@@ -1,0 +1,150 @@
+"""Kernel choices measured on this CPU: a short probe at first use, kept per CPU model and versions.
+
+Where two kernels compute the same layer and which is faster depends on the CPU (its caches, its
+BLAS, its vector units), a constant tuned on one machine is wrong on the next: the weight-streaming
+dense product beat OpenBLAS 1.3-2x up to 128 samples on a Xeon with AMX and lost 1.7-2x at 256,
+and where the line falls on another CPU is a guess. :func:`choose` times the candidates on the
+layer's own shape (alternating, the median of a few calls each, after a warm-up call), keeps the
+winner for the process, and writes it to a JSON file per CPU: the model name, family, model and
+flags from /proc/cpuinfo and the numpy, numba and nncomp versions name the file, so another CPU or an
+upgrade probes again. The first plan for a shape pays the probe (fc6 at 128 samples: about 1 s);
+later processes read the file.
+
+``NNCOMP_TUNING=off`` turns probing off (every decision takes its default, the choice of the
+built-in rule: reproducible plans, no timing at first use; the test suite runs so); any other value
+is the folder of the files (default ``$XDG_CACHE_HOME/nncomp`` or ``~/.cache/nncomp``). The files are
+read as untrusted: anything but a mapping of decision keys to candidate names is ignored (and
+replaced at the next write), and a name that is not a candidate of the decision is never used. A
+file is written whole and renamed into place, so a crash or two processes writing at once leave
+either version, never a torn file.
+"""
+import hashlib
+import json
+import os
+import platform
+import threading
+import time
+from pathlib import Path
+
+__all__ = ["ENV", "enabled", "cpuinfo", "cache_file", "choose", "forget"]
+
+ENV = "NNCOMP_TUNING"
+CALLS = 3           # timed calls per candidate (after one untimed warm-up call each)
+MARGIN = 0.95       # a candidate replaces the default only when its median is at least 5% lower
+_MEMO = {}
+_LOCK = threading.Lock()
+
+
+def enabled():
+    """Whether decisions are measured (``NNCOMP_TUNING`` is not ``off``)."""
+    return os.environ.get(ENV, "").strip().lower() not in ("off", "0", "no", "false")
+
+
+def cpuinfo():
+    """The first processor's fields of /proc/cpuinfo (``{}`` where there is none)."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if not line.strip():
+                    if fields:
+                        break
+                    continue
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
+def _cpu_text():
+    fields = cpuinfo()
+    keep = [fields.get(k, "") for k in ("vendor_id", "model name", "cpu family", "model", "flags")]
+    return "|".join(keep) if any(keep) else platform.processor() or platform.machine()
+
+
+def cache_file():
+    """This CPU's file of measured choices (its name hashes the CPU and the library versions)."""
+    import numba
+    import numpy as np
+
+    from . import __version__
+    folder = os.environ.get(ENV, "").strip()
+    if not folder or not enabled():
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        folder = str(Path(base) / "nncomp")
+    key = "|".join([_cpu_text(), np.__version__, numba.__version__, __version__])
+    return Path(folder) / f"tuning-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def _read(path):
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def _write(path, key, name):
+    """Add ``key: name`` to the file at ``path`` (read, merged, written to a temporary file, renamed);
+    a folder that cannot be written leaves the choice in memory only."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = _read(path)
+        data[key] = name
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def choose(decision, shape, names, default, make, *, clock=time.perf_counter):
+    """The fastest of the candidates ``names`` for ``decision`` (a string) on ``shape`` (a tuple of
+    ints naming the case), measured once per CPU (module doc): ``make()`` returns ``{name:
+    zero-argument call}``, called only when the choice is measured; ``default`` (one of ``names``)
+    when probing is off or no candidate beats it by :data:`MARGIN`."""
+    names = tuple(names)
+    if default not in names:
+        raise ValueError(f"default {default!r} is not a candidate of {sorted(names)}")
+    if not enabled() or len(names) < 2:
+        return default
+    key = f"{decision}:{','.join(str(int(s)) for s in shape)}"
+    with _LOCK:
+        found = _MEMO.get(key)
+    if found in names:
+        return found
+    path = cache_file()
+    found = _read(path).get(key)
+    if found not in names:
+        candidates = make()
+        if set(candidates) != set(names):
+            raise ValueError(f"{decision}: make() gave {sorted(candidates)}, expected {sorted(names)}")
+        found = _measure(candidates, default, clock)
+        _write(path, key, found)
+    with _LOCK:
+        _MEMO[key] = found
+    return found
+
+
+def _measure(candidates, default, clock):
+    names = list(candidates)
+    for name in names:
+        candidates[name]()                      # compiles, fills caches: not timed
+    times = {name: [] for name in names}
+    for _ in range(CALLS):                      # alternating: a slow moment hits every candidate
+        for name in names:
+            t0 = clock()
+            candidates[name]()
+            times[name].append(clock() - t0)
+    med = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    best = min(names, key=lambda k: med[k])
+    return best if med[best] < MARGIN * med[default] else default
+
+
+def forget():
+    """Drop the choices this process keeps (the files stay)."""
+    with _LOCK:
+        _MEMO.clear()

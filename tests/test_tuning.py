@@ -1,0 +1,170 @@
+"""Kernel choices measured per CPU (nncomp/tuning.py): the probe, its file, and the dense layers' use."""
+import json
+
+import numpy as np
+import pytest
+
+import nncomp as nc
+from nncomp import tuning
+from nncomp.model import Node
+
+
+@pytest.fixture
+def probing(tmp_path, monkeypatch):
+    """Probing on, its files in a fresh folder, nothing remembered from other tests."""
+    monkeypatch.setenv(tuning.ENV, str(tmp_path))
+    tuning.forget()
+    yield tmp_path
+    tuning.forget()
+
+
+def _timed(durations, calls):
+    """Candidates that take ``durations[name]`` seconds of a fake clock, counting their calls."""
+    now = [0.0]
+
+    def make(name):
+        def run():
+            calls[name] = calls.get(name, 0) + 1
+            now[0] += durations[name]
+        return run
+    return {k: make(k) for k in durations}, (lambda: now[0])
+
+
+def test_the_fastest_candidate_is_chosen_once_and_kept_in_this_cpus_file(probing):
+    calls = {}
+    cands, clock = _timed({"a": 2.0, "b": 1.0, "c": 1.5}, calls)
+    assert tuning.choose("demo", (3, 4), "abc", "a", lambda: cands, clock=clock) == "b"
+    assert calls == {k: 1 + tuning.CALLS for k in "abc"}      # a warm-up call, then the timed ones
+    path = tuning.cache_file()
+    assert path.parent == probing and json.loads(path.read_text()) == {"demo:3,4": "b"}
+    assert tuning.choose("demo", (3, 4), "abc", "a", lambda: cands, clock=clock) == "b" and calls["a"] == 1 + tuning.CALLS
+    tuning.forget()                 # a new process: the file answers, nothing runs
+    assert tuning.choose("demo", (3, 4), "abc", "a", lambda: cands, clock=clock) == "b" and calls["b"] == 1 + tuning.CALLS
+    cands2, clock2 = _timed({"a": 1.0, "b": 2.0}, calls)
+    assert tuning.choose("demo", (5,), "ab", "b", lambda: cands2, clock=clock2) == "a"       # another shape: its own entry
+    assert json.loads(path.read_text()) == {"demo:3,4": "b", "demo:5": "a"}
+
+
+def test_the_default_stays_unless_beaten_by_the_margin(probing):
+    cands, clock = _timed({"a": 1.0, "b": 0.97}, {})
+    assert tuning.choose("demo", (1,), "ab", "a", lambda: cands, clock=clock) == "a"
+    cands, clock = _timed({"a": 1.0, "b": 0.9}, {})
+    assert tuning.choose("demo", (2,), "ab", "a", lambda: cands, clock=clock) == "b"
+    with pytest.raises(ValueError, match="not a candidate"):
+        tuning.choose("demo", (3,), "ab", "z", lambda: cands, clock=clock)
+
+
+def test_probing_off_takes_the_default_and_runs_nothing(monkeypatch):
+    monkeypatch.setenv(tuning.ENV, "off")
+    calls = {}
+    cands, clock = _timed({"a": 2.0, "b": 1.0}, calls)
+    assert not tuning.enabled() and tuning.choose("demo", (1,), "ab", "a", lambda: cands, clock=clock) == "a" and calls == {}
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"demo:7": "evil"}', '{"demo:7": 3}'])
+def test_a_bad_file_is_ignored_and_replaced(probing, content):
+    """The file is untrusted: unreadable, the wrong type, or naming a non-candidate: measured again."""
+    path = tuning.cache_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+    calls = {}
+    cands, clock = _timed({"a": 2.0, "b": 1.0}, calls)
+    assert tuning.choose("demo", (7,), "ab", "a", lambda: cands, clock=clock) == "b" and calls["a"] == 1 + tuning.CALLS
+    assert json.loads(path.read_text())["demo:7"] == "b"
+    assert not list(probing.glob("*.tmp"))
+
+
+def test_an_unwritable_folder_keeps_the_choice_in_memory(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv(tuning.ENV, str(blocker / "sub"))      # a folder under a file: cannot exist
+    tuning.forget()
+    cands, clock = _timed({"a": 2.0, "b": 1.0}, {})
+    assert tuning.choose("demo", (1,), "ab", "a", lambda: cands, clock=clock) == "b"
+    tuning.forget()
+
+
+def _model(rng):
+    w, b = rng.standard_normal((40, 30)).astype(np.float32), rng.standard_normal(40).astype(np.float32)
+    return nc.Model([Node("fc", nc.Dense(w, b), ("input",)), Node("r", nc.ReLU(), ("fc",))],
+                    input_shape=(30,), input_layout="NC"), w, b
+
+
+def _steps(model, n):
+    return [getattr(s, "__qualname__", "") for s, _, _ in model._plan((30,), n, model.outputs).steps]
+
+
+@pytest.mark.parametrize("winner", ["stream", "blas"])
+def test_dense_layers_run_the_product_their_probe_chose(probing, monkeypatch, winner):
+    """A large dense weight (the blocked kernel's limit set to nothing) at a small batch: the probe
+    times the streaming product against BLAS on the layer's shape and the plan runs the winner,
+    with the same numbers either way."""
+    monkeypatch.setattr("nncomp.layers.conv_blocked.BLOCKED_MAX_WEIGHT_BYTES", 0)
+    seen = []
+
+    def fake(decision, shape, names, default, make, **kw):
+        candidates = make()
+        assert decision == "dense-stream" and set(candidates) == set(names) == {"stream", "blas"} and default == "stream"
+        for run in candidates.values():
+            run()                           # both candidates run on the layer's shape
+        seen.append(shape)
+        return winner
+    monkeypatch.setattr(tuning, "choose", fake)
+    model, w, b = _model(np.random.default_rng(1))
+    x = np.random.default_rng(2).standard_normal((9, 30)).astype(np.float32)
+    got = model(x)
+    assert seen and seen[0][:3] == (40, 30, 9)
+    assert ("Dense._streamed.<locals>.step" in _steps(model, 9)) == (winner == "stream")
+    assert np.allclose(got, np.maximum(x.astype(np.float64) @ w.T + b, 0), rtol=1e-5, atol=1e-5)
+
+
+def test_a_real_probe_writes_its_choice_and_the_model_is_right(probing, monkeypatch):
+    monkeypatch.setattr("nncomp.layers.conv_blocked.BLOCKED_MAX_WEIGHT_BYTES", 0)
+    model, w, b = _model(np.random.default_rng(3))
+    x = np.random.default_rng(4).standard_normal((5, 30)).astype(np.float32)
+    assert np.allclose(model(x), np.maximum(x.astype(np.float64) @ w.T + b, 0), rtol=1e-5, atol=1e-5)
+    entries = json.loads(tuning.cache_file().read_text())
+    assert [k for k in entries if k.startswith("dense-stream:40,30,5,")] and set(entries.values()) <= {"stream", "blas"}
+
+
+@pytest.mark.parametrize("winner", ["winograd", "blocked"])
+def test_convolutions_run_the_algorithm_their_probe_chose(probing, monkeypatch, winner):
+    """A 3x3 layer both Winograd and the blocked kernel can run: the probe builds and runs both on
+    the layer's shape, and the plan (with a fused ReLU) runs the winner, with the same numbers."""
+    from nncomp.layers import conv_algorithms as convolution
+    rng = np.random.default_rng(5)
+    w, b = rng.standard_normal((16, 9 * 16)).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    layer = nc.Conv2D(w, b, in_channels=16, kernel_size=3, padding=1)
+    assert convolution.rule(layer, (6, 6, 16), 3) == "winograd"
+    seen = []
+
+    def fake(decision, shape, names, default, make, **kw):
+        candidates = make()
+        assert decision == "conv-winograd-blocked" and set(candidates) == set(names) == {"winograd", "blocked"}
+        for run in candidates.values():
+            run()
+        seen.append(shape)
+        return winner
+    monkeypatch.setattr(tuning, "choose", fake)
+    model = nc.Model([Node("c", layer, ("input",)), Node("r", nc.ReLU(), ("c",))], input_shape=(16, 6, 6),
+                     input_layout="NCHW")
+    x = rng.standard_normal((3, 16, 6, 6)).astype(np.float32)
+    got = model(x)
+    assert seen and seen[0][:4] == (6, 6, 16, 16)
+    steps = [getattr(s, "__qualname__", "") for s, _, _ in model._plan((6, 6, 16), 3, model.outputs).steps]
+    assert steps == [f"{winner}_step.<locals>.run"], steps
+    import reference as ref
+    want = np.maximum(ref.conv2d_nhwc(x.transpose(0, 2, 3, 1), w.reshape(16, 3, 3, 16).transpose(0, 3, 1, 2), b,
+                                      (1, 1), (1, 1, 1, 1), (1, 1), 1), 0).transpose(0, 3, 1, 2)
+    assert np.allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_real_convolution_probe_writes_its_choice(probing):
+    rng = np.random.default_rng(6)
+    layer = nc.Conv2D(rng.standard_normal((16, 9 * 16)).astype(np.float32), None, in_channels=16, kernel_size=3,
+                      padding=1)
+    model = nc.Model([Node("c", layer, ("input",))], input_shape=(16, 8, 8), input_layout="NCHW")
+    model(rng.standard_normal((2, 16, 8, 8)).astype(np.float32))
+    entries = json.loads(tuning.cache_file().read_text())
+    keys = [k for k in entries if k.startswith("conv-winograd-blocked:8,8,16,16,3,3,1,1,1,1,1,1,1,1,2,")]
+    assert keys and entries[keys[0]] in ("winograd", "blocked")
