@@ -2,7 +2,7 @@
 import numba
 import numpy as np
 import pytest
-from hypothesis import example, given, strategies as st
+from hypothesis import assume, example, given, strategies as st
 
 import reference as ref
 from conftest import assert_close_f32
@@ -106,7 +106,7 @@ def test_conv_blocked_nhwc_matches_reference(kernel, g, co, nvec, data):
     xp, w, bias, cop = _blocked_operands(g, kh * kw * x.shape[3], co)
     pmax = data.draw(st.integers(1, conv_blocked.TILE_PIXELS[nvec]), label="pmax")
     out = np.full((x.shape[0], oh, ow, co), np.nan, np.float32)
-    kernel(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, *_no_epilogue(cop, out), out)
+    kernel(xp, 0, 0, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, *_no_epilogue(cop, out), out)
     expect = ref.conv_blocked_nhwc(xp, w, bias, kh, kw, sh, sw, dh, dw, oh, ow, co)
     if integer:
         assert np.array_equal(out, expect)
@@ -122,7 +122,7 @@ def test_conv_blocked_nhwc_matches_reference(kernel, g, co, nvec, data):
     fused = np.full_like(out, np.nan)
     act = data.draw(st.sampled_from([0, ACT_SIGMOID, ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_LEAKYRELU]), label="act")
     alpha, beta = np.float32(0.2), np.float32(0.5)
-    kernel(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res if add else fused,
+    kernel(xp, 0, 0, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res if add else fused,
            add, lo, hi, act, alpha, beta, fused)
     expect = ref.epilogue_rows(out.reshape(-1, co), scale[:co] if affine else np.zeros(0, np.float32),
                                shift[:co] if affine else np.zeros(0, np.float32),
@@ -153,7 +153,7 @@ def test_blocked_tiles_across_images_give_each_images_own_bits(n, hw, c, co, k, 
 
     def run(xs, r):
         out = np.full((xs.shape[0], oh, oh, co), np.nan, np.float32)
-        kernel(xs, w, bias, k, k, s, s, 1, 1, nvec, conv_blocked.tile_pixels(nvec), scale, shift, False,
+        kernel(xs, 0, 0, w, bias, k, k, s, s, 1, 1, nvec, conv_blocked.tile_pixels(nvec), scale, shift, False,
                r if add else out, add, 0.0, np.inf, act, np.float32(0.2), np.float32(0.5), out)
         return out
     whole = run(xp, res)
@@ -162,6 +162,37 @@ def test_blocked_tiles_across_images_give_each_images_own_bits(n, hw, c, co, k, 
     if not act:
         expect = ref.conv_blocked_nhwc(xp, w, bias, k, k, s, s, 1, 1, oh, oh, co) + (res if add else 0)
         assert np.allclose(whole, np.maximum(expect, 0), rtol=1e-4, atol=1e-4 * (1 + np.abs(expect).max()))
+
+
+@given(n=st.integers(1, 14), h=st.integers(1, 9), wd=st.integers(1, 9), c=st.integers(1, 20), co=st.integers(1, 70),
+       k=st.integers(1, 3), s=st.integers(1, 2), pads=st.tuples(*[st.integers(0, 2)] * 4), act=st.sampled_from([0, ACT_HARDSWISH]),
+       add=st.booleans(), parallel=st.booleans(), seed=st.integers(0, 2**31))
+def test_blocked_kernel_reads_the_padding_as_zeros(n, h, wd, c, co, k, s, pads, act, add, parallel, seed):
+    """On the unpadded input and the layer's padding (each under the kernel's size), tiles along lines
+    (windows at a line's ends one pixel a tile) and across images give what the kernel gives on the
+    zero-padded copy, with the epilogue."""
+    t, b, l, r = (min(p, k - 1) for p in pads)
+    oh, ow = (h + t + b - k) // s + 1, (wd + l + r - k) // s + 1
+    assume(oh >= 1 and ow >= 1)
+    rng = np.random.default_rng(seed)
+    kernel = conv_blocked.conv_blocked_nhwc_parallel if parallel else conv_blocked.conv_blocked_nhwc
+    x = rng.standard_normal((n, h, wd, c)).astype(np.float32)
+    cop, nvec = -(-co // 16) * 16, min(4, -(-co // 16))
+    w = np.zeros((k * k * c, cop), np.float32)
+    w[:, :co] = rng.standard_normal((k * k * c, co))
+    bias = rng.standard_normal(cop).astype(np.float32)
+    res = rng.standard_normal((n, oh, ow, co)).astype(np.float32)
+    scale, shift = rng.standard_normal(cop).astype(np.float32), rng.standard_normal(cop).astype(np.float32)
+
+    def run(xs, pt, pl, rs):
+        out = np.full((xs.shape[0], oh, ow, co), np.nan, np.float32)
+        kernel(xs, pt, pl, w, bias, k, k, s, s, 1, 1, nvec, conv_blocked.tile_pixels(nvec), scale, shift, True,
+               rs if add else out, add, -1.0, 6.0, act, np.float32(0.2), np.float32(0.5), out)
+        return out
+    xp = np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
+    assert np.array_equal(run(x, t, l, res), run(xp, 0, 0, res))
+    one = int(rng.integers(0, n))       # one image alone: tiles along its lines
+    assert np.array_equal(run(x[one:one + 1], t, l, res[one:one + 1]), run(xp[one:one + 1], 0, 0, res[one:one + 1]))
 
 
 @pytest.mark.parametrize("kernel", [conv_depthwise.depthwise_blocked_nhwc, conv_depthwise.depthwise_blocked_nhwc_parallel])
@@ -206,7 +237,7 @@ def test_conv_blocked_pooled_nhwc_matches_reference(kernel, g, co, nvec, pool, d
         assert np.array_equal(out, expect)
     # the same float32 values as the unpooled kernel's, pooled exactly
     full = np.empty((x.shape[0], oh, ow, co), np.float32)
-    conv_blocked.conv_blocked_nhwc(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, *_no_epilogue(cop, full), full)
+    conv_blocked.conv_blocked_nhwc(xp, 0, 0, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, *_no_epilogue(cop, full), full)
     pooled = ref.maxpool_nhwc(full, pool, pool, pool, pool, 0, 0, 1, 1, oh // pool, ow // pool)
     assert np.array_equal(out, pooled)
 

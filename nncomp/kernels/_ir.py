@@ -8,6 +8,16 @@ def declare(module, name, fnty):
     return fn if fn is not None else ir.Function(module, fnty, name)
 
 
+def masked_v16(module):
+    """``(mload, mstore)``: LLVM's masked load and store of ``<16 x float>`` (``mload(ptr, i32 4,
+    mask, passthru)``, ``mstore(value, ptr, i32 4, mask)``), declared in ``module`` on first use."""
+    v16 = ir.VectorType(ir.FloatType(), 16)
+    vptr, i32, mask_t = v16.as_pointer(), ir.IntType(32), ir.VectorType(ir.IntType(1), 16)
+    return (declare(module, "llvm.masked.load.v16f32.p0v16f32", ir.FunctionType(v16, [vptr, i32, mask_t, v16])),
+            declare(module, "llvm.masked.store.v16f32.p0v16f32",
+                    ir.FunctionType(ir.VoidType(), [v16, vptr, i32, mask_t])))
+
+
 def loop_phis(builder, intp, vty, inits, pre):
     """At the top of a loop block entered from block ``pre``: a counter phi starting at 0 and one
     ``vty`` phi per value of ``inits``; the caller adds their incoming values from the latch."""

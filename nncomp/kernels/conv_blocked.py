@@ -8,12 +8,7 @@ input is NHWC, the taps of one kernel row are one contiguous run of ``kw * c`` f
 so a tile's reduction is ``kh`` contiguous runs, all in one micro-kernel call (with a dilation
 along the width, one call per kernel column, adding into the tile it stored the call before).
 
-LLVM does not keep an array of accumulators in registers from a plain Numba loop (the tile would
-live in memory: two loads and a store per multiply-add), so the micro-kernel is written in LLVM IR
-through ``numba.extending.intrinsic`` with ``<16 x float>`` vectors and ``llvm.fma``: AVX-512 where
-the CPU has it (one zmm per vector), split by LLVM into narrower registers elsewhere. The tile
-widths per ``V`` (:data:`TILE_PIXELS`) keep ``P * V`` accumulators within 28 of AVX-512's 32
-registers; :func:`tile_pixels` halves them where the CPU has only 16 vector registers.
+The tiles are the micro-kernel of nncomp/kernels/conv_tiles.py.
 
 Contract (NumPy twin: tests/reference.py ``conv_blocked_nhwc``):
 ``out[b, i, j, o] = bias[o] + sum_{r, q, ci} xp[b, i*sh + r*dh, j*sw + q*dw, ci] * w[(r*kw + q)*c + ci, o]``
@@ -23,247 +18,85 @@ order of the sum (fused multiply-adds over ``ci`` within a tap, taps in order) d
 """
 import numba
 import numpy as np
-from llvmlite import ir
-from numba import prange, types
-from numba.extending import intrinsic
+from numba import prange
 
-from ._ir import declare, loop_latch, loop_phis
 from ._jit import both, jit
-from .isa import VECTOR_REGISTERS
+from .conv_tiles import TILE_PIXELS, tile_pixels, tiles1, tiles2, tiles3, tiles4  # noqa: F401 - TILE_PIXELS, tile_pixels: the layers ask here
 from .epilogue import activation_rows
-
-# Output pixels per micro-kernel tile, by the number of 16-channel vectors per tile (1..4).
-TILE_PIXELS = {1: 14, 2: 12, 3: 8, 4: 6}
-VECTORS = 4                 # at most 4 vectors (64 channels) per tile
-
-
-
-
-def tile_pixels(nvec, registers=None):
-    """The widest tile (output pixels) for ``nvec`` vectors of channels with ``registers`` zmm-sized
-    registers (default: this CPU's): AVX-512's 32 take :data:`TILE_PIXELS`; 16 (AVX2, where each
-    16-float vector takes two registers) take a quarter of it."""
-    registers = VECTOR_REGISTERS if registers is None else registers
-    p = TILE_PIXELS[nvec]
-    return p if registers >= 32 else max(1, p // 4)
-
-
-def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after):
-    """One tile of ``P`` pixels x ``V`` vectors; branches to ``after`` when done."""
-    xd, wd, bd, od, scd, shd, rd = ptrs
-    xoff, pix, span, rows, xrow, wrs, woff, wrow, boff, first, ooff, opix, lanes, last, affine, add, xstep = ints
-    lo, hi = epi
-    intp = xoff.type
-    f32 = ir.FloatType()
-    v16 = ir.VectorType(f32, 16)
-    vptr = v16.as_pointer()
-    i32 = ir.IntType(32)
-    mask_t = ir.VectorType(ir.IntType(1), 16)
-    fma = declare(builder.module, "llvm.fma.v16f32", ir.FunctionType(v16, [v16, v16, v16]))
-    mload = declare(builder.module, "llvm.masked.load.v16f32.p0v16f32",
-                     ir.FunctionType(v16, [vptr, i32, mask_t, v16]))
-    mstore = declare(builder.module, "llvm.masked.store.v16f32.p0v16f32",
-                      ir.FunctionType(ir.VoidType(), [v16, vptr, i32, mask_t]))
-    undef = ir.Constant(v16, ir.Undefined)
-    zero = ir.Constant(v16, None)
-    splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
-    # lanes of the last vector that are real output channels
-    lanes_v = builder.shuffle_vector(builder.insert_element(ir.Constant(ir.VectorType(i32, 16), ir.Undefined),
-                                                            builder.trunc(lanes, i32), i32(0)),
-                                     ir.Constant(ir.VectorType(i32, 16), ir.Undefined), splat)
-    mask = builder.icmp_signed("<", ir.Constant(ir.VectorType(i32, 16), list(range(16))), lanes_v)
-
-    optrs = [[builder.bitcast(builder.gep(od, [builder.add(ooff, builder.add(builder.mul(opix, intp(p)),
-                                                                            intp(16 * v)))]), vptr)
-              for v in range(V)] for p in range(P)]
-    bias = [builder.load(builder.bitcast(builder.gep(bd, [builder.add(boff, intp(16 * v))]), vptr), align=4)
-            for v in range(V)]
-    is_first = builder.icmp_signed("!=", first, intp(0))
-    init = []
-    for p in range(P):
-        for v in range(V):
-            if v == V - 1:
-                old = builder.call(mload, [optrs[p][v], i32(4), mask, zero])
-            else:
-                old = builder.load(optrs[p][v], align=4)
-            init.append(builder.select(is_first, bias[v], old))
-    # rows x span multiply-adds per accumulator: kernel rows r (x at + r * xrow, w at + r * wrs),
-    # each a contiguous run j < span (rows >= 1 and span >= 1: the loops run at least once)
-    pre = builder.block
-    outer = builder.append_basic_block(f"tile{P}x{V}_row")
-    inner = builder.append_basic_block(f"tile{P}x{V}_run")
-    latch = builder.append_basic_block(f"tile{P}x{V}_next_row")
-    done = builder.append_basic_block(f"tile{P}x{V}_done")
-    builder.branch(outer)
-
-    builder.position_at_end(outer)
-    r, acc_r = loop_phis(builder, intp, v16, init, pre)
-    xrows = [builder.gep(xd, [builder.add(builder.add(xoff, builder.mul(r, xrow)), builder.mul(pix, intp(p)))])
-             for p in range(P)]
-    wbase = builder.gep(wd, [builder.add(woff, builder.mul(r, wrs))])
-    builder.branch(inner)
-
-    builder.position_at_end(inner)
-    j, accs = loop_phis(builder, intp, v16, acc_r, outer)
-    wrow_j = builder.mul(j, wrow)
-    wv = [builder.load(builder.bitcast(builder.gep(wbase, [builder.add(wrow_j, intp(16 * v))]), vptr), align=4)
-          for v in range(V)]
-    new = []
-    for p in range(P):
-        if depthwise:       # each channel's own input: a vector load (the last one masked)
-            at = builder.mul(j, xstep)
-            xs = [builder.bitcast(builder.gep(xrows[p], [builder.add(at, intp(16 * v))]), vptr) for v in range(V)]
-            xv = [builder.call(mload, [xs[v], i32(4), mask, zero]) if v == V - 1 else builder.load(xs[v], align=4)
-                  for v in range(V)]
-        else:               # one input value for every output channel: a broadcast
-            s = builder.load(builder.gep(xrows[p], [j]), align=4)
-            xv = [builder.shuffle_vector(builder.insert_element(undef, s, i32(0)), undef, splat)] * V
-        new.extend(builder.call(fma, [xv[v], wv[v], accs[p * V + v]]) for v in range(V))
-    loop_latch(builder, intp, j, accs, new, span, inner, latch)
-
-    builder.position_at_end(latch)
-    loop_latch(builder, intp, r, acc_r, new, rows, outer, done)
-
-    builder.position_at_end(done)
-    fins = list(new)
-    # after the last call of the tile: the epilogue, as the epilogue kernel computes it (no fused
-    # multiply-add: bit-identical to batch norm, residual add and clip run one by one)
-    is_last = builder.icmp_signed("!=", last, intp(0))
-    do_affine = builder.and_(is_last, builder.icmp_signed("!=", affine, intp(0)))
-    do_add = builder.and_(is_last, builder.icmp_signed("!=", add, intp(0)))
-    bcast = lambda s_: builder.shuffle_vector(builder.insert_element(undef, s_, i32(0)), undef, splat)  # noqa: E731
-    lo_v, hi_v = bcast(lo), bcast(hi)
-    scale = [builder.load(builder.bitcast(builder.gep(scd, [builder.add(boff, intp(16 * v))]), vptr), align=4)
-             for v in range(V)]
-    shift = [builder.load(builder.bitcast(builder.gep(shd, [builder.add(boff, intp(16 * v))]), vptr), align=4)
-             for v in range(V)]
-    for p in range(P):
-        for v in range(V):
-            val = fins[p * V + v]
-            val = builder.select(do_affine, builder.fadd(builder.fmul(val, scale[v]), shift[v]), val)
-            rptr = builder.bitcast(builder.gep(rd, [builder.add(ooff, builder.add(builder.mul(opix, intp(p)),
-                                                                                intp(16 * v)))]), vptr)
-            res = builder.call(mload, [rptr, i32(4), mask, zero]) if v == V - 1 else builder.load(rptr, align=4)
-            val = builder.select(do_add, builder.fadd(val, res), val)
-            # NumPy's maximum / minimum: keep v if it wins strictly or is NaN
-            clipped = builder.select(builder.fcmp_unordered(">", val, lo_v), val, lo_v)
-            clipped = builder.select(builder.fcmp_unordered("<", clipped, hi_v), clipped, hi_v)
-            fins[p * V + v] = builder.select(is_last, clipped, val)
-    for p in range(P):
-        for v in range(V):
-            if v == V - 1:
-                builder.call(mstore, [fins[p * V + v], optrs[p][v], i32(4), mask])
-            else:
-                builder.store(fins[p * V + v], optrs[p][v], align=4)
-    builder.branch(after)
-
-
-def _tile_function(context, module, P, V, depthwise, ptrs, ints, epi):
-    """The tile of ``P`` pixels x ``V`` vectors as a function of its own (defined once per module,
-    never inlined): emitted inline in the switch of every tile shape, LLVM allocated registers for
-    the whole switch at once and each tile paid ~150 ns of spills and reloads (a 3.9 KB stack frame)."""
-    name = f"nncomp_conv_tile_{'dw' if depthwise else 'dense'}_{P}x{V}"
-    fn = module.globals.get(name)
-    if fn is not None:
-        return fn
-    fnty = ir.FunctionType(ir.VoidType(), [v.type for v in (*ptrs, *ints, *epi)])
-    fn = ir.Function(module, fnty, name)
-    fn.linkage = "internal"
-    fn.attributes.add("noinline")
-    entry = fn.append_basic_block("entry")
-    done = fn.append_basic_block("done")
-    inner = ir.IRBuilder(entry)
-    k, m = len(ptrs), len(ints)
-    _emit_tile(context, inner, P, V, depthwise, list(fn.args[:k]), list(fn.args[k:k + m]), list(fn.args[k + m:]), done)
-    inner.position_at_end(done)
-    inner.ret_void()
-    return fn
-
-
-def make_tiles(V, pmax, depthwise=False):
-    """Intrinsic ``tiles(P, x, xoff, pix, span, rows, xrow, wrs, w, woff, wrow, bias, boff, first, out,
-    ooff, opix, lanes, last, scale, shift, affine, res, add, lo, hi, xstep)``.
-
-    For ``P`` in 1..pmax output pixels (flat offsets ``xoff + p * pix`` into ``x``, ``ooff + p * opix``
-    into ``out``) and ``V`` vectors of channels: ``tile = (bias[boff:] if first else tile) +
-    sum_{r < rows, j < span} x[pixel + r * xrow + j] * w[woff + r * wrs + j * wrow:][:16 V]`` (rows,
-    span >= 1), the last vector masked to ``lanes``. ``depthwise``: channel ``o`` of the tile reads
-    its own input, ``x[pixel + r * xrow + j * xstep + o]``, instead of one value for all.
-    When ``last``: then ``tile * scale + shift`` (if ``affine``), ``+ res`` at the tile's own offsets
-    (if ``add``), clipped to ``[lo, hi]``, before the store.
-    """
-
-    @intrinsic
-    def tiles(typingctx, P, x, xoff, pix, span, rows, xrow, wrs, w, woff, wrow, bias, boff, first, out, ooff,
-              opix, lanes, last, scale, shift, affine, res, add, lo, hi, xstep):
-        sig = types.void(P, x, xoff, pix, span, rows, xrow, wrs, w, woff, wrow, bias, boff, first, out, ooff,
-                         opix, lanes, last, scale, shift, affine, res, add, lo, hi, xstep)
-
-        def codegen(context, builder, signature, args):
-            ptrs = [context.make_array(signature.args[k])(context, builder, args[k]).data
-                    for k in (1, 8, 11, 14, 19, 20, 22)]
-            ints = [context.cast(builder, args[k], signature.args[k], types.intp)
-                    for k in (2, 3, 4, 5, 6, 7, 9, 10, 12, 13, 15, 16, 17, 18, 21, 23, 26)]
-            epi = [context.cast(builder, args[k], signature.args[k], types.float32) for k in (24, 25)]
-            p_ = context.cast(builder, args[0], signature.args[0], types.intp)
-            after = builder.append_basic_block("tiles_after")
-            switch = builder.switch(p_, after)
-            for p in range(1, pmax + 1):
-                block = builder.append_basic_block(f"tiles_p{p}")
-                switch.add_case(p_.type(p), block)
-                builder.position_at_end(block)
-                fn = _tile_function(context, builder.module, p, V, depthwise, ptrs, ints, epi)
-                builder.call(fn, [*ptrs, *ints, *epi])
-                builder.branch(after)
-            builder.position_at_end(after)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return tiles
-
-
-_tiles1, _tiles2, _tiles3, _tiles4 = (make_tiles(v, TILE_PIXELS[v]) for v in range(1, VECTORS + 1))
 
 
 @jit(inline="always")
 def _tile(nv, a):
     """The dense tiles of ``nv`` vectors on the arguments ``a`` (``tiles`` of :func:`make_tiles`)."""
     if nv == 4:
-        _tiles4(*a)
+        tiles4(*a)
     elif nv == 3:
-        _tiles3(*a)
+        tiles3(*a)
     elif nv == 2:
-        _tiles2(*a)
+        tiles2(*a)
     else:
-        _tiles1(*a)
+        tiles1(*a)
 
 
-def _row(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, act, alpha, beta,
-         b, i, out, obase):
-    """Output line ``i`` of image ``b`` into flat ``out[obase:]`` (ow pixels x co channels; ``res``
-    read at the same offsets): the dense tiles of :func:`_blocked`."""
-    ow, co = out.shape[-2], out.shape[-1]
-    hp, wp, c = xp.shape[1], xp.shape[2], xp.shape[3]
+@jit(inline="always")
+def _taps(start, k, d, size):
+    """``(lo, hi)``: the taps ``lo <= t < hi`` of a window of ``k`` taps ``d`` apart from ``start``
+    that fall inside ``[0, size)`` (the others read the padding: zeros, skipped)."""
+    lo = 0
+    while lo < k and start + lo * d < 0:
+        lo += 1
+    hi = k
+    while hi > lo and start + (hi - 1) * d >= size:
+        hi -= 1
+    return lo, hi
+
+
+@jit
+def _pixels(p, x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, pix, b, i, j, qlo, qhi, co0, nv, lanes, scale, shift,
+            affine, res, add, lo, hi, out, oo, opix):
+    """One tile: ``p`` pixels ``pix`` values apart in ``x`` (unpadded; first pixel: image ``b``,
+    output line ``i``, column ``j``), taps ``qlo <= q < qhi`` of each kernel row, stored at ``out[oo:]``
+    (pixels ``opix`` apart); the kernel rows inside the input only."""
+    h, wd, c = x.shape[1], x.shape[2], x.shape[3]
     cop = w.shape[1]
-    blocks = (ow + pmax - 1) // pmax
-    p0 = (ow + blocks - 1) // blocks if blocks > 0 else 1       # balanced tiles along the line
-    # one call over the kernel rows, each a contiguous kw * c run; one per kernel column when dilated
-    span = kw * c if dw == 1 else c
-    calls = 1 if dw == 1 else kw
+    r0 = i * sh - pt
+    rlo, rhi = _taps(r0, kh, dh, h)
+    col = j * sw - pl
+    xrow = ((b * h + r0 + rlo * dh) * wd + col) * c
+    wrow = rlo * kw * c * cop + co0
+    if dw == 1:         # one call: each kernel row's taps are one contiguous run
+        a = (p, x, xrow + qlo * c, pix, (qhi - qlo) * c, rhi - rlo, dh * wd * c, kw * c * cop, w, wrow + qlo * c * cop,
+             cop, bias, co0, 1, out, oo, opix, lanes, 1, scale, shift, affine, res, add, lo, hi, 1)
+        _tile(nv, a)
+        return
+    for q in range(qlo, qhi):       # dilated: a call per kernel column, adding into the tile
+        a = (p, x, xrow + q * dw * c, pix, c, rhi - rlo, dh * wd * c, kw * c * cop, w, wrow + q * c * cop, cop, bias,
+             co0, int(q == qlo), out, oo, opix, lanes, int(q == qhi - 1), scale, shift, affine, res, add, lo, hi, 1)
+        _tile(nv, a)
+
+
+def _row(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, act, alpha,
+         beta, b, i, out, obase):
+    """Output line ``i`` of image ``b`` into flat ``out[obase:]`` (ow pixels x co channels; ``res``
+    read at the same offsets): the dense tiles of :func:`_blocked`, balanced along the pixels whose
+    windows lie inside the input's columns, one pixel a tile where a window reaches the padding."""
+    ow, co = out.shape[-2], out.shape[-1]
+    wd, c = x.shape[2], x.shape[3]
+    cop = w.shape[1]
+    jl = min(ow, (pl + sw - 1) // sw)                   # pixels jl <= j < jr: every tap inside
+    reach = wd - 1 + pl - (kw - 1) * dw
+    jr = max(jl, min(ow, reach // sw + 1 if reach >= 0 else 0))
+    blocks = (jr - jl + pmax - 1) // pmax
+    p0 = (jr - jl + blocks - 1) // blocks if blocks > 0 else 1       # balanced tiles along the line
     for co0 in range(0, cop, 16 * nvec):
         nv = min(nvec, (cop - co0) // 16)
         lanes = min(16, co - co0 - 16 * (nv - 1))
         j0 = 0
         while j0 < ow:
-            p = min(p0, ow - j0)
-            oo = obase + j0 * co + co0
-            for q in range(calls):
-                xo = ((b * hp + i * sh) * wp + j0 * sw + q * dw) * c
-                a = (p, xp, xo, sw * c, span, kh, dh * wp * c, kw * c * cop, w, q * c * cop + co0, cop, bias,
-                     co0, int(q == 0), out, oo, co, lanes, int(q == calls - 1), scale, shift, affine, res, add,
-                     lo, hi, 1)
-                _tile(nv, a)
+            p = 1 if j0 < jl or j0 >= jr else min(p0, jr - j0)
+            qlo, qhi = _taps(j0 * sw - pl, kw, dw, wd)
+            _pixels(p, x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, sw * c, b, i, j0, qlo, qhi, co0, nv, lanes, scale,
+                    shift, affine, res, add, lo, hi, out, obase + j0 * co + co0, co)
             j0 += p
     if act != 0:        # on the line just stored (in L1): the activation kernel's own code, so bit-identical
         activation_rows(out.reshape(out.size // co, co)[obase // co:obase // co + ow], act, alpha, beta)
@@ -284,25 +117,23 @@ def _image_tiles(n, ow, nvec, pmax):
     return line <= 16 and 2 * min(n, pmax) * nvec >= 3 * line
 
 
-def _images(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, act, alpha,
-            beta, b0, nb, i, out):
+# the rule in Python (callers pass an unpadded input with its padding where images are tiled)
+image_tiles = _image_tiles.py_func
+
+
+def _images(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, act,
+            alpha, beta, b0, nb, i, out):
     """Output line ``i`` of images ``b0 .. b0 + nb - 1`` (nb <= pmax), a tile the same pixel of each."""
     n, oh, ow, co = out.shape
-    hp, wp, c = xp.shape[1], xp.shape[2], xp.shape[3]
+    h, wd, c = x.shape[1], x.shape[2], x.shape[3]
     cop = w.shape[1]
-    span = kw * c if dw == 1 else c
-    calls = 1 if dw == 1 else kw
     for j in range(ow):
+        qlo, qhi = _taps(j * sw - pl, kw, dw, wd)
         for co0 in range(0, cop, 16 * nvec):
             nv = min(nvec, (cop - co0) // 16)
             lanes = min(16, co - co0 - 16 * (nv - 1))
-            oo = ((b0 * oh + i) * ow + j) * co + co0
-            for q in range(calls):
-                xo = ((b0 * hp + i * sh) * wp + j * sw + q * dw) * c
-                a = (nb, xp, xo, hp * wp * c, span, kh, dh * wp * c, kw * c * cop, w, q * c * cop + co0, cop, bias,
-                     co0, int(q == 0), out, oo, oh * ow * co, lanes, int(q == calls - 1), scale, shift, affine, res,
-                     add, lo, hi, 1)
-                _tile(nv, a)
+            _pixels(nb, x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, h * wd * c, b0, i, j, qlo, qhi, co0, nv, lanes,
+                    scale, shift, affine, res, add, lo, hi, out, ((b0 * oh + i) * ow + j) * co + co0, oh * ow * co)
     if act != 0:
         for b in range(b0, b0 + nb):
             activation_rows(out[b, i], act, alpha, beta)
@@ -311,13 +142,17 @@ def _images(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affin
 _images_inline = numba.njit(inline="always")(_images)
 
 
-def _blocked(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, act, alpha, beta,
-             out):
+def _blocked(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, act, alpha,
+             beta, out):
     """Direct convolution of a padded NHWC batch with register-blocked tiles (module doc) along output
     lines, or across images where lines are short (:func:`_image_tiles`: the same bits), and the
     epilogue of nncomp/kernels/epilogue.py applied as each tile is stored.
 
-    IN  xp (n, hp, wp, c) float32 C-contiguous, zero-padded; w (kh*kw*c, cop) float32 C-contiguous
+    IN  x (n, h, w, c) float32 C-contiguous, read as zero-padded by pt lines above and pl columns
+        left (and as many below and right as out's shape needs), each window reaching at least one
+        input line and column (pt, pl, and the padding below and right, under the kernel's extent;
+        0, 0 for an input padded already): padding taps are skipped, not multiplied by zero;
+        w (kh*kw*c, cop) float32 C-contiguous
         (cop = co rounded up to 16, extra columns zero); bias (cop,) float32; strides sh, sw;
         dilations dh, dw; nvec (1..4) 16-channel vectors and at most pmax (<= TILE_PIXELS[nvec])
         pixels per tile; epilogue: scale, shift (cop,) float32 used if ``affine``; res (n, oh, ow, co)
@@ -335,13 +170,13 @@ def _blocked(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affi
             g = t // oh
             i = t - g * oh
             b0 = g * n // groups
-            _images_inline(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo32,
-                           hi32, act, np.float32(alpha), np.float32(beta), b0, (g + 1) * n // groups - b0, i, out)
+            _images_inline(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add,
+                           lo32, hi32, act, np.float32(alpha), np.float32(beta), b0, (g + 1) * n // groups - b0, i, out)
         return
     for t in prange(n * oh):
         b = t // oh
         i = t - b * oh
-        _row_inline(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo32, hi32,
+        _row_inline(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo32, hi32,
                     act, np.float32(alpha), np.float32(beta),
                     b, i, out, (b * oh + i) * ow * co)
 
@@ -365,7 +200,7 @@ def _blocked_pooled(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, pool, lines
         slab = numba.get_thread_id()
         buf = lines[slab]
         for r in range(pool):
-            _row_inline(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, z, z, False, lines, False, lo32, hi32,
+            _row_inline(xp, 0, 0, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, z, z, False, lines, False, lo32, hi32,
                         0, zero, zero, b, pi * pool + r, lines, (slab * pool + r) * ow * co)
         dst = out[b, pi]
         if pool == 2:       # the common window: four loads and one store per value, vectorizable

@@ -25,9 +25,9 @@ from .epilogue import activation_rows, activation_rows_parallel, epilogue_rows, 
 # Columns of the integer table: the step's parameters, then the addresses and sizes of its weight
 # (rows x columns) and of its N_VECTORS vectors.
 (IN, RES, KH, KW, SH, SW, DH, DW, NVEC, PMAX, T, B, L, R, OH, OW, CO, POOL, AFFINE, ADD, ACT, POST_ACT,
- PARALLEL, PAD_PARALLEL, POST_PARALLEL, THREADS, WINOGRAD, CHUNK, W_ADDR, W_ROWS, W_COLS) = range(31)
-V_ADDR = 31             # N_VECTORS addresses, then N_VECTORS lengths
-N_INTS = 31 + 2 * 5
+ PARALLEL, PAD_PARALLEL, POST_PARALLEL, THREADS, WINOGRAD, CHUNK, W_ADDR, W_ROWS, W_COLS, UNPADDED) = range(32)
+V_ADDR = 32             # N_VECTORS addresses, then N_VECTORS lengths
+N_INTS = 32 + 2 * 5
 # Columns of the float table.
 LO, HI, ALPHA, BETA, POST_LO, POST_HI, POST_ALPHA, POST_BETA = range(8)
 N_FLOATS = 8
@@ -74,7 +74,8 @@ def run_chain(x0, x1, ints, floats):
         n, h, wd, c = src.shape
         t, b, l, r = p[T], p[B], p[L], p[R]
         xp = src
-        if t + b + l + r > 0 and not p[WINOGRAD]:       # the Winograd kernel reads the padding as zeros
+        # Winograd, and the blocked kernel where it tiles across images (UNPADDED), read the padding as zeros
+        if t + b + l + r > 0 and not p[WINOGRAD] and not p[UNPADDED]:
             xp = np.empty((n, h + t + b, wd + l + r, c), np.float32)
             if p[PAD_PARALLEL]:
                 conv_pad_nhwc_parallel(src, 0, t, l, xp)
@@ -100,14 +101,15 @@ def run_chain(x0, x1, ints, floats):
                 winograd_nhwc(src, t, b, l, r, wt, bias, scale, shift, p[AFFINE] != 0, res, p[ADD] != 0, f[LO], f[HI],
                               p[ACT], f[ALPHA], f[BETA], p[NVEC], p[PMAX], p[CHUNK], ub, mb, pool, out)
         elif pool == 0:
+            pt, pl = (t, l) if p[UNPADDED] else (0, 0)
             out = np.empty((n, oh, ow, co), np.float32)
             res = values[p[RES]] if p[ADD] else out
             if p[PARALLEL]:
-                conv_blocked_nhwc_parallel(xp, w, bias, p[KH], p[KW], p[SH], p[SW], p[DH], p[DW], p[NVEC],
+                conv_blocked_nhwc_parallel(xp, pt, pl, w, bias, p[KH], p[KW], p[SH], p[SW], p[DH], p[DW], p[NVEC],
                                            p[PMAX], scale, shift, p[AFFINE] != 0, res, p[ADD] != 0,
                                            f[LO], f[HI], p[ACT], f[ALPHA], f[BETA], out)
             else:
-                conv_blocked_nhwc(xp, w, bias, p[KH], p[KW], p[SH], p[SW], p[DH], p[DW], p[NVEC], p[PMAX],
+                conv_blocked_nhwc(xp, pt, pl, w, bias, p[KH], p[KW], p[SH], p[SW], p[DH], p[DW], p[NVEC], p[PMAX],
                                   scale, shift, p[AFFINE] != 0, res, p[ADD] != 0, f[LO], f[HI],
                                   p[ACT], f[ALPHA], f[BETA], out)
         else:

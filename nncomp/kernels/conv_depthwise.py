@@ -5,7 +5,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import both
-from .conv_blocked import TILE_PIXELS, VECTORS, make_tiles
+from .conv_tiles import TILE_PIXELS, VECTORS, make_tiles
 from .epilogue import activation_rows
 
 _dw1, _dw2, _dw3, _dw4 = (make_tiles(v, TILE_PIXELS[v], depthwise=True) for v in range(1, VECTORS + 1))

@@ -38,7 +38,7 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
-from ._ir import declare, loop_latch, loop_phis
+from ._ir import declare, loop_latch, loop_phis, masked_v16
 from ._jit import both
 from .isa import VECTOR_REGISTERS
 from .epilogue import activation_rows
@@ -174,8 +174,7 @@ def _input_tile(typingctx, x, xoff, xrow, xpix, rvalid, cvalid, u, uoff, ustride
         xoff, xrow, xpix, rv, cv, uoff, ustride, lanes = (
             context.cast(builder, args[k], signature.args[k], types.intp) for k in (1, 2, 3, 4, 5, 7, 8, 9))
         intp = xoff.type
-        mload = declare(builder.module, "llvm.masked.load.v16f32.p0v16f32",
-                        ir.FunctionType(v16, [vptr, i32, mask_t, v16]))
+        mload = masked_v16(builder.module)[0]
         mask = _lane_mask(builder, lanes, i32)
         none = ir.Constant(mask_t, [0] * 16)
         zero = ir.Constant(v16, None)
@@ -225,10 +224,7 @@ def _output_tile(typingctx, m, moff, mstride, bias, scale, shift, boff, affine, 
             for k in (1, 2, 6, 7, 9, 11, 12, 13, 14, 15, 16, 19))
         lo, hi = (context.cast(builder, args[k], signature.args[k], types.float32) for k in (17, 18))
         intp = moff.type
-        mload = declare(builder.module, "llvm.masked.load.v16f32.p0v16f32",
-                        ir.FunctionType(v16, [vptr, i32, mask_t, v16]))
-        mstore = declare(builder.module, "llvm.masked.store.v16f32.p0v16f32",
-                         ir.FunctionType(ir.VoidType(), [v16, vptr, i32, mask_t]))
+        mload, mstore = masked_v16(builder.module)
         undef = ir.Constant(v16, ir.Undefined)
         zero = ir.Constant(v16, None)
         splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)

@@ -27,7 +27,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import both
-from .conv_blocked import TILE_PIXELS, make_tiles, tile_pixels
+from .conv_tiles import TILE_PIXELS, make_tiles, tile_pixels
 from .sparse_small import finish_row
 
 SAMPLE_VECTORS = 4          # samples per tile: up to 4 vectors of 16 (one pass over the weight)

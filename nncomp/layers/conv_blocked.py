@@ -9,7 +9,7 @@ import numpy as np
 from ..kernels import _jit
 from ..kernels.conv import conv_pad_nhwc, conv_pad_nhwc_parallel
 from ..kernels.conv_blocked import (conv_blocked_nhwc, conv_blocked_nhwc_parallel, conv_blocked_pooled_nhwc,
-                                    conv_blocked_pooled_nhwc_parallel, tile_pixels)
+                                    conv_blocked_pooled_nhwc_parallel, image_tiles, tile_pixels)
 from ..kernels.conv_depthwise import depthwise_blocked_nhwc, depthwise_blocked_nhwc_parallel
 from ..kernels import conv_chain as K
 from ..kernels.conv_winograd import (chunk_rows, product_pixels, winograd_nhwc, winograd_nhwc_parallel, winograd_weight,
@@ -269,18 +269,35 @@ def blocked_step(layer, shape, n, oh, ow, epilogue=None):
     co, cop = layer.out_channels, bias.shape[0]
     scale, shift, affine, add, lo, hi, code, alpha, beta = _epilogue_vectors(epilogue, co, cop)
 
+    pads = layer.padding
+    unpadded = not layer.depthwise and reads_padding(layer, n, ow, nvec, pmax)
+
     def run(x, res=None):
         out = np.empty((n, oh, ow, co), np.float32)
         res = out if res is None else np.ascontiguousarray(res)
-        kern(padded(x), weight(), bias, *geo, nvec, pmax, scale, shift, affine, res, add, lo, hi, code, alpha, beta,
-             out)
+        if layer.depthwise:
+            kern(padded(x), weight(), bias, *geo, nvec, pmax, scale, shift, affine, res, add, lo, hi, code, alpha,
+                 beta, out)
+        else:
+            xp, pt, pl = (np.ascontiguousarray(x), pads[0], pads[2]) if unpadded else (padded(x), 0, 0)
+            kern(xp, pt, pl, weight(), bias, *geo, nvec, pmax, scale, shift, affine, res, add, lo, hi, code, alpha,
+                 beta, out)
         return out
     if not layer.depthwise and w is not None:       # compiled runs take fixed weights
         run.chain = _chain_spec(layer, kern, conv_blocked_nhwc_parallel, padded, w, (bias, scale, shift, _NONE, _NONE),
                                 nvec, pmax, geo, (oh, ow, co), AFFINE=affine, ADD=add, ACT=code, lo=lo, hi=hi,
-                                alpha=alpha, beta=beta)
+                                alpha=alpha, beta=beta, UNPADDED=unpadded)
     run.blas = False
     return run
+
+
+def reads_padding(layer, n, ow, nvec, pmax):
+    """Whether the blocked kernel reads ``layer``'s padding as zeros (no padded copy of its input):
+    where it tiles across images (conv_blocked.image_tiles: the windows at a line's ends then cost
+    nothing extra) and every window reaches the input (each padding under the kernel's size)."""
+    (kh, kw), (t, b, l, r) = layer.kernel_size, layer.padding
+    return (t + b + l + r > 0 and image_tiles(n, ow, nvec, pmax) and layer.dilation == (1, 1)
+            and max(t, b) < kh and max(l, r) < kw)
 
 
 def blocked_pooled_step(layer, shape, n, oh, ow, p):

@@ -1,0 +1,213 @@
+"""The register-blocked micro-kernel of the float32 convolutions and dense products: LLVM IR tiles.
+
+A tile of ``P`` pixels (any stride between them: output pixels along a line, the same pixel of
+``P`` images, or ``P`` weight rows) x ``V`` vectors of 16 channels keeps its ``P * V`` accumulators
+in vector registers while it walks a reduction of ``rows`` runs of ``span`` values: for each value it
+broadcasts the pixel's scalar and multiply-adds it with ``V`` vectors (one fused multiply-add per
+accumulator). LLVM does not keep an array of accumulators in registers from a plain Numba loop (the
+tile would live in memory: two loads and a store per multiply-add), so the tile is written in LLVM
+IR through ``numba.extending.intrinsic`` with ``<16 x float>`` vectors and ``llvm.fma``: AVX-512
+where the CPU has it (one zmm per vector), split by LLVM into narrower registers elsewhere. The tile
+widths per ``V`` (:data:`TILE_PIXELS`) keep ``P * V`` accumulators within 28 of AVX-512's 32
+registers; :func:`tile_pixels` quarters them where the CPU has only 16 vector registers.
+
+Users: nncomp/kernels/conv_blocked.py (direct convolution), conv_depthwise.py (each channel its own
+input: a vector load instead of a broadcast), dense_stream.py (weight rows broadcast, samples as the
+vectors), conv_winograd.py's products follow the same design.
+"""
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from ._ir import declare, loop_latch, loop_phis, masked_v16
+from .isa import VECTOR_REGISTERS
+
+# Output pixels per micro-kernel tile, by the number of 16-channel vectors per tile (1..4).
+TILE_PIXELS = {1: 14, 2: 12, 3: 8, 4: 6}
+VECTORS = 4                 # at most 4 vectors (64 channels) per tile
+
+
+
+
+def tile_pixels(nvec, registers=None):
+    """The widest tile (output pixels) for ``nvec`` vectors of channels with ``registers`` zmm-sized
+    registers (default: this CPU's): AVX-512's 32 take :data:`TILE_PIXELS`; 16 (AVX2, where each
+    16-float vector takes two registers) take a quarter of it."""
+    registers = VECTOR_REGISTERS if registers is None else registers
+    p = TILE_PIXELS[nvec]
+    return p if registers >= 32 else max(1, p // 4)
+
+
+def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after):
+    """One tile of ``P`` pixels x ``V`` vectors; branches to ``after`` when done."""
+    xd, wd, bd, od, scd, shd, rd = ptrs
+    xoff, pix, span, rows, xrow, wrs, woff, wrow, boff, first, ooff, opix, lanes, last, affine, add, xstep = ints
+    lo, hi = epi
+    intp = xoff.type
+    f32 = ir.FloatType()
+    v16 = ir.VectorType(f32, 16)
+    vptr = v16.as_pointer()
+    i32 = ir.IntType(32)
+    mask_t = ir.VectorType(ir.IntType(1), 16)
+    fma = declare(builder.module, "llvm.fma.v16f32", ir.FunctionType(v16, [v16, v16, v16]))
+    mload, mstore = masked_v16(builder.module)
+    undef = ir.Constant(v16, ir.Undefined)
+    zero = ir.Constant(v16, None)
+    splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
+    # lanes of the last vector that are real output channels
+    lanes_v = builder.shuffle_vector(builder.insert_element(ir.Constant(ir.VectorType(i32, 16), ir.Undefined),
+                                                            builder.trunc(lanes, i32), i32(0)),
+                                     ir.Constant(ir.VectorType(i32, 16), ir.Undefined), splat)
+    mask = builder.icmp_signed("<", ir.Constant(ir.VectorType(i32, 16), list(range(16))), lanes_v)
+
+    optrs = [[builder.bitcast(builder.gep(od, [builder.add(ooff, builder.add(builder.mul(opix, intp(p)),
+                                                                            intp(16 * v)))]), vptr)
+              for v in range(V)] for p in range(P)]
+    bias = [builder.load(builder.bitcast(builder.gep(bd, [builder.add(boff, intp(16 * v))]), vptr), align=4)
+            for v in range(V)]
+    is_first = builder.icmp_signed("!=", first, intp(0))
+    init = []
+    for p in range(P):
+        for v in range(V):
+            if v == V - 1:
+                old = builder.call(mload, [optrs[p][v], i32(4), mask, zero])
+            else:
+                old = builder.load(optrs[p][v], align=4)
+            init.append(builder.select(is_first, bias[v], old))
+    # rows x span multiply-adds per accumulator: kernel rows r (x at + r * xrow, w at + r * wrs),
+    # each a contiguous run j < span (rows >= 1 and span >= 1: the loops run at least once)
+    pre = builder.block
+    outer = builder.append_basic_block(f"tile{P}x{V}_row")
+    inner = builder.append_basic_block(f"tile{P}x{V}_run")
+    latch = builder.append_basic_block(f"tile{P}x{V}_next_row")
+    done = builder.append_basic_block(f"tile{P}x{V}_done")
+    builder.branch(outer)
+
+    builder.position_at_end(outer)
+    r, acc_r = loop_phis(builder, intp, v16, init, pre)
+    xrows = [builder.gep(xd, [builder.add(builder.add(xoff, builder.mul(r, xrow)), builder.mul(pix, intp(p)))])
+             for p in range(P)]
+    wbase = builder.gep(wd, [builder.add(woff, builder.mul(r, wrs))])
+    builder.branch(inner)
+
+    builder.position_at_end(inner)
+    j, accs = loop_phis(builder, intp, v16, acc_r, outer)
+    wrow_j = builder.mul(j, wrow)
+    wv = [builder.load(builder.bitcast(builder.gep(wbase, [builder.add(wrow_j, intp(16 * v))]), vptr), align=4)
+          for v in range(V)]
+    new = []
+    for p in range(P):
+        if depthwise:       # each channel's own input: a vector load (the last one masked)
+            at = builder.mul(j, xstep)
+            xs = [builder.bitcast(builder.gep(xrows[p], [builder.add(at, intp(16 * v))]), vptr) for v in range(V)]
+            xv = [builder.call(mload, [xs[v], i32(4), mask, zero]) if v == V - 1 else builder.load(xs[v], align=4)
+                  for v in range(V)]
+        else:               # one input value for every output channel: a broadcast
+            s = builder.load(builder.gep(xrows[p], [j]), align=4)
+            xv = [builder.shuffle_vector(builder.insert_element(undef, s, i32(0)), undef, splat)] * V
+        new.extend(builder.call(fma, [xv[v], wv[v], accs[p * V + v]]) for v in range(V))
+    loop_latch(builder, intp, j, accs, new, span, inner, latch)
+
+    builder.position_at_end(latch)
+    loop_latch(builder, intp, r, acc_r, new, rows, outer, done)
+
+    builder.position_at_end(done)
+    fins = list(new)
+    # after the last call of the tile: the epilogue, as the epilogue kernel computes it (no fused
+    # multiply-add: bit-identical to batch norm, residual add and clip run one by one)
+    is_last = builder.icmp_signed("!=", last, intp(0))
+    do_affine = builder.and_(is_last, builder.icmp_signed("!=", affine, intp(0)))
+    do_add = builder.and_(is_last, builder.icmp_signed("!=", add, intp(0)))
+    bcast = lambda s_: builder.shuffle_vector(builder.insert_element(undef, s_, i32(0)), undef, splat)  # noqa: E731
+    lo_v, hi_v = bcast(lo), bcast(hi)
+    scale = [builder.load(builder.bitcast(builder.gep(scd, [builder.add(boff, intp(16 * v))]), vptr), align=4)
+             for v in range(V)]
+    shift = [builder.load(builder.bitcast(builder.gep(shd, [builder.add(boff, intp(16 * v))]), vptr), align=4)
+             for v in range(V)]
+    for p in range(P):
+        for v in range(V):
+            val = fins[p * V + v]
+            val = builder.select(do_affine, builder.fadd(builder.fmul(val, scale[v]), shift[v]), val)
+            rptr = builder.bitcast(builder.gep(rd, [builder.add(ooff, builder.add(builder.mul(opix, intp(p)),
+                                                                                intp(16 * v)))]), vptr)
+            res = builder.call(mload, [rptr, i32(4), mask, zero]) if v == V - 1 else builder.load(rptr, align=4)
+            val = builder.select(do_add, builder.fadd(val, res), val)
+            # NumPy's maximum / minimum: keep v if it wins strictly or is NaN
+            clipped = builder.select(builder.fcmp_unordered(">", val, lo_v), val, lo_v)
+            clipped = builder.select(builder.fcmp_unordered("<", clipped, hi_v), clipped, hi_v)
+            fins[p * V + v] = builder.select(is_last, clipped, val)
+    for p in range(P):
+        for v in range(V):
+            if v == V - 1:
+                builder.call(mstore, [fins[p * V + v], optrs[p][v], i32(4), mask])
+            else:
+                builder.store(fins[p * V + v], optrs[p][v], align=4)
+    builder.branch(after)
+
+
+def _tile_function(context, module, P, V, depthwise, ptrs, ints, epi):
+    """The tile of ``P`` pixels x ``V`` vectors as a function of its own (defined once per module,
+    never inlined): emitted inline in the switch of every tile shape, LLVM allocated registers for
+    the whole switch at once and each tile paid ~150 ns of spills and reloads (a 3.9 KB stack frame)."""
+    name = f"nncomp_conv_tile_{'dw' if depthwise else 'dense'}_{P}x{V}"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    fnty = ir.FunctionType(ir.VoidType(), [v.type for v in (*ptrs, *ints, *epi)])
+    fn = ir.Function(module, fnty, name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    entry = fn.append_basic_block("entry")
+    done = fn.append_basic_block("done")
+    inner = ir.IRBuilder(entry)
+    k, m = len(ptrs), len(ints)
+    _emit_tile(context, inner, P, V, depthwise, list(fn.args[:k]), list(fn.args[k:k + m]), list(fn.args[k + m:]), done)
+    inner.position_at_end(done)
+    inner.ret_void()
+    return fn
+
+
+def make_tiles(V, pmax, depthwise=False):
+    """Intrinsic ``tiles(P, x, xoff, pix, span, rows, xrow, wrs, w, woff, wrow, bias, boff, first, out,
+    ooff, opix, lanes, last, scale, shift, affine, res, add, lo, hi, xstep)``.
+
+    For ``P`` in 1..pmax output pixels (flat offsets ``xoff + p * pix`` into ``x``, ``ooff + p * opix``
+    into ``out``) and ``V`` vectors of channels: ``tile = (bias[boff:] if first else tile) +
+    sum_{r < rows, j < span} x[pixel + r * xrow + j] * w[woff + r * wrs + j * wrow:][:16 V]`` (rows,
+    span >= 1), the last vector masked to ``lanes``. ``depthwise``: channel ``o`` of the tile reads
+    its own input, ``x[pixel + r * xrow + j * xstep + o]``, instead of one value for all.
+    When ``last``: then ``tile * scale + shift`` (if ``affine``), ``+ res`` at the tile's own offsets
+    (if ``add``), clipped to ``[lo, hi]``, before the store.
+    """
+
+    @intrinsic
+    def tiles(typingctx, P, x, xoff, pix, span, rows, xrow, wrs, w, woff, wrow, bias, boff, first, out, ooff,
+              opix, lanes, last, scale, shift, affine, res, add, lo, hi, xstep):
+        sig = types.void(P, x, xoff, pix, span, rows, xrow, wrs, w, woff, wrow, bias, boff, first, out, ooff,
+                         opix, lanes, last, scale, shift, affine, res, add, lo, hi, xstep)
+
+        def codegen(context, builder, signature, args):
+            ptrs = [context.make_array(signature.args[k])(context, builder, args[k]).data
+                    for k in (1, 8, 11, 14, 19, 20, 22)]
+            ints = [context.cast(builder, args[k], signature.args[k], types.intp)
+                    for k in (2, 3, 4, 5, 6, 7, 9, 10, 12, 13, 15, 16, 17, 18, 21, 23, 26)]
+            epi = [context.cast(builder, args[k], signature.args[k], types.float32) for k in (24, 25)]
+            p_ = context.cast(builder, args[0], signature.args[0], types.intp)
+            after = builder.append_basic_block("tiles_after")
+            switch = builder.switch(p_, after)
+            for p in range(1, pmax + 1):
+                block = builder.append_basic_block(f"tiles_p{p}")
+                switch.add_case(p_.type(p), block)
+                builder.position_at_end(block)
+                fn = _tile_function(context, builder.module, p, V, depthwise, ptrs, ints, epi)
+                builder.call(fn, [*ptrs, *ints, *epi])
+                builder.branch(after)
+            builder.position_at_end(after)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tiles
+
+
+tiles1, tiles2, tiles3, tiles4 = (make_tiles(v, TILE_PIXELS[v]) for v in range(1, VECTORS + 1))
