@@ -6,18 +6,19 @@ dense product beat OpenBLAS 1.3-2x up to 128 samples on a Xeon with AMX and lost
 and where the line falls on another CPU is a guess. :func:`choose` times the candidates on the
 layer's own shape (alternating, the median of a few calls each, after a warm-up call), keeps the
 winner for the process, and writes it to a JSON file per CPU: the model name, family, model and
-flags from /proc/cpuinfo and the numpy, numba and nncomp versions name the file, so another CPU or an
-upgrade probes again. The first plan for a shape pays the probe (fc6 at 128 samples: about 1 s);
-later processes read the file.
+flags from /proc/cpuinfo, the numpy, numba and nncomp versions and a digest of the engine's source
+name the file, so another CPU, an upgrade or a changed kernel probes again. The first plan for a
+shape pays the probe (fc6 at 128 samples: about 1 s); later processes read the file.
 
 ``NNCOMP_TUNING=off`` turns probing off (every decision takes its default, the choice of the
-built-in rule: reproducible plans, no timing at first use; the test suite runs so); any other value
-is the folder of the files (default ``$XDG_CACHE_HOME/nncomp`` or ``~/.cache/nncomp``). The files are
+built-in rule: reproducible plans, no timing at first use; the test suite runs so). The files live in
+:func:`cache_dir` (``NNCOMP_CACHE_DIR``, as the planner's latency cache). The files are
 read as untrusted: anything but a mapping of decision keys to candidate names is ignored (and
 replaced at the next write), and a name that is not a candidate of the decision is never used. A
 file is written whole and renamed into place, so a crash or two processes writing at once leave
 either version, never a torn file.
 """
+import functools
 import hashlib
 import json
 import os
@@ -26,9 +27,10 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["ENV", "enabled", "cpuinfo", "cache_file", "choose", "forget"]
+__all__ = ["ENV", "CACHE_ENV", "enabled", "cpuinfo", "cache_dir", "engine_digest", "cache_file", "choose", "forget"]
 
-ENV = "NNCOMP_TUNING"
+ENV = "NNCOMP_TUNING"          # "off": the built-in rules, no probes
+CACHE_ENV = "NNCOMP_CACHE_DIR"  # the folder of the files (shared with the planner's latency cache)
 CALLS = 3           # timed calls per candidate (after one untimed warm-up call each)
 MARGIN = 0.95       # a candidate replaces the default only when its median is at least 5% lower
 _MEMO = {}
@@ -63,18 +65,35 @@ def _cpu_text():
     return "|".join(keep) if any(keep) else platform.processor() or platform.machine()
 
 
+def cache_dir():
+    """nncomp's cache folder (measured choices, the planner's latency table): ``$NNCOMP_CACHE_DIR``,
+    else ``$XDG_CACHE_HOME/nncomp``, else ``~/.cache/nncomp``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "nncomp"
+
+
+@functools.lru_cache(maxsize=None)
+def engine_digest():
+    """SHA-256 (16 hex digits) of the source of the modules a forward pass runs: kernels, layers,
+    matrices, the plan and the model (a development checkout changes kernels without changing its
+    version: what was measured on the old ones is measured again)."""
+    from .kernels._jit import source_digest
+    root = Path(__file__).resolve().parent
+    return source_digest(sorted([*root.glob("kernels/*.py"), *root.glob("layers/*.py"), *root.glob("matrices/*.py"),
+                                 root / "plan.py", root / "model.py"]))
+
+
 def cache_file():
-    """This CPU's file of measured choices (its name hashes the CPU and the library versions)."""
+    """This CPU's file of measured choices in :func:`cache_dir`, its name a hash of the CPU, the
+    library versions and :func:`engine_digest`."""
     import numba
     import numpy as np
 
     from . import __version__
-    folder = os.environ.get(ENV, "").strip()
-    if not folder or not enabled():
-        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        folder = str(Path(base) / "nncomp")
-    key = "|".join([_cpu_text(), np.__version__, numba.__version__, __version__])
-    return Path(folder) / f"tuning-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    key = "|".join([_cpu_text(), np.__version__, numba.__version__, __version__, engine_digest()])
+    return cache_dir() / f"tuning-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
 def _read(path):

@@ -12,7 +12,8 @@ from nncomp.model import Node
 @pytest.fixture
 def probing(tmp_path, monkeypatch):
     """Probing on, its files in a fresh folder, nothing remembered from other tests."""
-    monkeypatch.setenv(tuning.ENV, str(tmp_path))
+    monkeypatch.setenv(tuning.ENV, "on")
+    monkeypatch.setenv(tuning.CACHE_ENV, str(tmp_path))
     tuning.forget()
     yield tmp_path
     tuning.forget()
@@ -77,7 +78,8 @@ def test_a_bad_file_is_ignored_and_replaced(probing, content):
 def test_an_unwritable_folder_keeps_the_choice_in_memory(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    monkeypatch.setenv(tuning.ENV, str(blocker / "sub"))      # a folder under a file: cannot exist
+    monkeypatch.setenv(tuning.ENV, "on")
+    monkeypatch.setenv(tuning.CACHE_ENV, str(blocker / "sub"))      # a folder under a file: cannot exist
     tuning.forget()
     cands, clock = _timed({"a": 2.0, "b": 1.0}, {})
     assert tuning.choose("demo", (1,), "ab", "a", lambda: cands, clock=clock) == "b"

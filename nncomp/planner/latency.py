@@ -26,11 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..kernels._jit import source_digest
+from ..tuning import CACHE_ENV, cache_dir, engine_digest  # noqa: F401 - shared with the measured choices
 
 __all__ = ["LatencyCache", "Timer", "cache_dir", "machine_key", "structure_key"]
 
-CACHE_ENV = "NNCOMP_CACHE_DIR"
 CACHE_FILE = "latency.json"
 # Each contender gets about TARGET_S of timed calls (between MIN_CALLS and MAX_CALLS calls), in blocks
 # of BLOCK back-to-back calls (warm caches, as a serving loop has them), all contenders alternating.
@@ -41,15 +40,6 @@ BLOCK = 4
 SLOW_BLOCK_MS = 1.0    # calls slower than this run one per block
 BLOCK_MS = 0.5         # faster calls run in blocks of at least BLOCK and about this long (at most 32 calls):
                        # warm caches, as in a serving loop, whatever ran in between
-
-
-def cache_dir():
-    """Where the latency cache lives: ``$NNCOMP_CACHE_DIR``, else ``$XDG_CACHE_HOME/nncomp``, else
-    ``~/.cache/nncomp``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "nncomp"
 
 
 def cpu_name():
@@ -76,14 +66,6 @@ def machine_key():
 
 
 @functools.cache
-def engine_digest():
-    """SHA-256 (16 hex digits) of the source of the modules a forward pass runs: kernels, layers,
-    matrices, the plan and the model."""
-    root = Path(__file__).resolve().parent.parent
-    return source_digest(sorted([*root.glob("kernels/*.py"), *root.glob("layers/*.py"), *root.glob("matrices/*.py"),
-                                 root / "plan.py", root / "model.py"]))
-
-
 def structure_key(model):
     """The model's structure without its weights' values: nodes, kinds, configs, formats, shapes."""
     def config(layer):
