@@ -6,7 +6,7 @@ OpenBLAS's sgemm packs the weight on every call (fc6 at 32 samples: 46 ms throug
 threaded BLAS split against 33 ms for ONNX Runtime's MLAS, which packs it once at load). Here the
 roles of the register tiles are swapped: the *weight* is the broadcast operand and the *samples*
 are the vectors. A tile of ``P`` weight rows x ``V`` vectors of 16 samples (the register-blocked
-micro-kernel of nncomp/kernels/conv_blocked.py, ``P * V`` accumulators in registers) broadcasts
+micro-kernel of nncomp/kernels/conv_tiles.py, ``P * V`` accumulators in registers) broadcasts
 each weight value once, straight from its row (no packing, no copy of the weight), and multiplies
 it with the transposed inputs of a block of ``kc`` features, which stay in L2 for all the weight
 rows of a thread: the weight is read exactly once a call (for up to 64 samples; every 64 more read
@@ -27,7 +27,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import both
-from .conv_tiles import TILE_PIXELS, make_tiles, tile_pixels
+from .conv_tiles import tile_pixels, tiles1, tiles2, tiles3, tiles4
 from .sparse_small import finish_row
 
 SAMPLE_VECTORS = 4          # samples per tile: up to 4 vectors of 16 (one pass over the weight)
@@ -37,7 +37,6 @@ GROUP = 16 * SAMPLE_VECTORS
 # 26-28 ms for 1024-4096 features a block (Xeon with AMX).
 BLOCK_BYTES = 1 << 19
 
-_t1, _t2, _t3, _t4 = (make_tiles(v, TILE_PIXELS[v]) for v in range(1, SAMPLE_VECTORS + 1))
 # weight rows per tile, by vectors of samples (fewer where the CPU has 16 vector registers)
 _R1, _R2, _R3, _R4 = (tile_pixels(v) for v in range(1, SAMPLE_VECTORS + 1))
 
@@ -94,13 +93,13 @@ def _stream(w, x, bias, scale, shift, res, lo, hi, act, alpha, beta, kc, parts, 
                     a = (min(p_max, co - r0), w, r0 * k + k0, k, span, 1, 0, 0, xt, k0 * nw + g0, nw, zero, 0,
                          int(k0 == 0), outt, r0 * nw + g0, nw, lanes, 0, zero, zero, False, outt, False, -inf, inf, 1)
                     if nv == 4:
-                        _t4(*a)
+                        tiles4(*a)
                     elif nv == 3:
-                        _t3(*a)
+                        tiles3(*a)
                     elif nv == 2:
-                        _t2(*a)
+                        tiles2(*a)
                     else:
-                        _t1(*a)
+                        tiles1(*a)
     # 3. back to samples x outputs, with the bias and the epilogue
     for b in prange(n):
         y = out[b]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..tuning import CACHE_ENV, cache_dir, engine_digest  # noqa: F401 - shared with the measured choices
+from ..tuning import CACHE_ENV, cache_dir, cpuinfo, engine_digest  # noqa: F401 - shared with the measured choices
 
 __all__ = ["LatencyCache", "Timer", "cache_dir", "machine_key", "structure_key"]
 
@@ -44,14 +44,7 @@ BLOCK_MS = 0.5         # faster calls run in blocks of at least BLOCK and about 
 
 def cpu_name():
     """The CPU model string (``/proc/cpuinfo``'s model name, else the platform's)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
+    return cpuinfo().get("model name") or platform.processor() or platform.machine() or "unknown"
 
 
 def machine_key():
