@@ -27,6 +27,8 @@ import threading
 import time
 from pathlib import Path
 
+from .errors import NncompError
+
 __all__ = ["ENV", "CACHE_ENV", "enabled", "cpuinfo", "cache_dir", "engine_digest", "cache_file", "choose", "forget"]
 
 ENV = "NNCOMP_TUNING"          # "off": the built-in rules, no probes
@@ -127,7 +129,7 @@ def choose(decision, shape, names, default, make, *, clock=time.perf_counter):
     when probing is off or no candidate beats it by :data:`MARGIN`."""
     names = tuple(names)
     if default not in names:
-        raise ValueError(f"default {default!r} is not a candidate of {sorted(names)}")
+        raise NncompError(f"tuning.choose: default {default!r} is not a candidate of {sorted(names)}; pass one of them")
     if not enabled() or len(names) < 2:
         return default
     key = f"{decision}:{','.join(str(int(s)) for s in shape)}"
@@ -140,7 +142,7 @@ def choose(decision, shape, names, default, make, *, clock=time.perf_counter):
     if found not in names:
         candidates = make()
         if set(candidates) != set(names):
-            raise ValueError(f"{decision}: make() gave {sorted(candidates)}, expected {sorted(names)}")
+            raise NncompError(f"{decision}: make() gave candidates {sorted(candidates)}, expected {sorted(names)}")
         found = _measure(candidates, default, clock)
         _write(path, key, found)
     with _LOCK:
