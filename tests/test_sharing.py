@@ -85,6 +85,21 @@ def test_register_paths_are_bit_identical_to_the_portable_loops(n, wide):
     assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
 
 
+@needs_avx512
+@pytest.mark.parametrize("nb", [V.AHEAD_ROW_BYTES // 16, V.AHEAD_ROW_BYTES // 16 + 1])
+def test_one_row_with_and_without_prefetch_is_bit_identical(nb):
+    """Batch 1 on rows at and just over AHEAD_ROW_BYTES: the blocks that prefetch the next rows
+    and those that do not give the portable loops' bits (17 rows: two 8-row blocks and a tail)."""
+    rng = np.random.default_rng(nb)
+    codes, cb = _packed4(rng, 17, nb)
+    x = rng.standard_normal((1, nb * 32)).astype(np.float32)
+    outs = [np.empty((1, 17), np.float32) for _ in range(3)]
+    K.codebook_matmul4(codes, x, cb, outs[0])
+    V.codebook_matmul_vpermps(codes, x, cb, False, outs[1])
+    V.codebook_matmul_vpermps_parallel(codes, x, cb, False, outs[2])
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+
+
 @pytest.mark.parametrize("kernel", [K.codebook_matmul8, K.codebook_matmul8_parallel])
 @given(n=st.integers(1, 6), n_out=st.integers(1, 9), nb=st.integers(1, 4), k=st.integers(1, 256), seed=seeds)
 def test_codebook_matmul8_matches_reference(kernel, n, n_out, nb, k, seed):

@@ -1,5 +1,8 @@
 """LLVM IR shared by the hand-written tiles (nncomp/kernels/csr.py, csr_int8.py, conv_blocked.py)."""
+import numba
 from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 
 def declare(module, name, fnty):
@@ -16,6 +19,35 @@ def masked_v16(module):
     return (declare(module, "llvm.masked.load.v16f32.p0v16f32", ir.FunctionType(v16, [vptr, i32, mask_t, v16])),
             declare(module, "llvm.masked.store.v16f32.p0v16f32",
                     ir.FunctionType(ir.VoidType(), [v16, vptr, i32, mask_t])))
+
+
+def prefetch(builder, ptr, locality=2):
+    """Emit a read prefetch of the line at ``ptr`` (any pointer type) into the caches
+    (``locality`` 3: L1, 2: L2, 1: L3). A prefetch never faults: an address past an array's end
+    is only wasted bandwidth."""
+    i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+    fn = declare(builder.module, "llvm.prefetch.p0", ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
+    builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(locality), i32(1)])
+
+
+def _prefetch_at(typingctx, arr, i):
+    """``prefetch_at(arr, i)`` in Numba code: prefetch the line holding ``arr[i]`` (a 1-D array)
+    into L2; any ``i`` is allowed (past the end nothing faults)."""
+    sig = types.void(arr, i)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0])
+        at = context.cast(builder, args[1], signature.args[1], types.intp)
+        prefetch(builder, builder.gep(data.data, [at]))
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+def _no_prefetch(arr, i):
+    """NUMBA_DISABLE_JIT runs: a prefetch changes no value."""
+
+
+prefetch_at = _no_prefetch if numba.config.DISABLE_JIT else intrinsic(_prefetch_at)
 
 
 def loop_phis(builder, intp, vty, inits, pre):

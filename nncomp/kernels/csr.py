@@ -26,12 +26,15 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import isa
-from ._ir import paired_sum
+from ._ir import paired_sum, prefetch_at
 from ._jit import both, jit
 
 LANES = 16           # floats per vector register (zmm)
 TILE = 4             # vectors per tile: 64 samples
 PANEL_CHUNKS = 32    # row chunks (parallel units) of a column-panel product
+# Nonzeros between a chunk and the lines its prefetch brings (4 KB of values): a row that starts
+# each call cold from DRAM (weights evicted by the rest of a network, or a flushed benchmark).
+AHEAD_NNZ = 1024
 
 
 def _make_tile(nvec, add=False):
@@ -127,11 +130,16 @@ def _matvec(data, indices, indptr, x, out):
     for o in prange(indptr.shape[0] - 1):
         lo = indptr[o]
         hi = indptr[o + 1]
-        d = data[lo:hi]
-        ix = indices[lo:hi]
         s = np.float32(0.0)
-        for j in range(hi - lo):
-            s += d[j] * x[ix[j]]
+        for j0 in range(lo, hi, 32):            # chunks of 32 nonzeros (one line of uint16 indices),
+            j1 = min(j0 + 32, hi)               # each prefetching the lines read AHEAD_NNZ later
+            prefetch_at(indices, j0 + AHEAD_NNZ)
+            prefetch_at(data, j0 + AHEAD_NNZ)
+            prefetch_at(data, j0 + AHEAD_NNZ + 16)
+            d = data[j0:j1]
+            ix = indices[j0:j1]
+            for j in range(j1 - j0):
+                s += d[j] * x[ix[j]]
         out[o] = s
 
 
