@@ -295,6 +295,12 @@ def stream_gemm(w, x, bias, scale, shift, res, lo, hi, act, alpha, beta):
     return bias_epilogue_rows(y, bias, scale, shift, res, lo, hi, act, alpha, beta)
 
 
+def few_gemm(w, x, bias, scale, shift, res, lo, hi, act, alpha, beta):
+    """Twin of kernels.dense_few.few_gemm: the contract of :func:`stream_gemm` (the kernel's tile
+    shapes and threads change nothing)."""
+    return stream_gemm(w, x, bias, scale, shift, res, lo, hi, act, alpha, beta)
+
+
 def bias_epilogue_rows(y, bias, scale, shift, res, lo, hi, act, alpha, beta):
     """``y + bias`` (float32; bias empty: none), then the epilogue and the activation, as the
     layers run them one by one (returns a new array)."""

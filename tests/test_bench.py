@@ -351,3 +351,13 @@ def test_budget_shortens_measurements_only_when_the_run_is_behind():
     assert late.take(1.0, cap=1.0) == pytest.approx(0.2) and late.take(6.0, cap=6.0) == pytest.approx(1.2)
     tight = timing.Budget(5.0, 10)
     assert 0.2 <= tight.take(1.0, cap=1.0) <= 0.5
+
+
+def test_lone_calls_alternate_the_contenders_each_after_a_pause(monkeypatch):
+    """serving.lone_calls: one untimed call each, then A B A B ..., a pause before every timed call."""
+    from nncomp.bench import serving
+    order, pauses = [], []
+    monkeypatch.setattr(serving.time, "sleep", lambda s: pauses.append(s))
+    got = serving.lone_calls({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, calls=3, pause=0.01)
+    assert order == ["a", "b"] * 4 and pauses == [0.01] * 6
+    assert set(got) == {"a", "b"} and all(v["n"] == 3 and v["median_ms"] >= 0 for v in got.values())

@@ -22,7 +22,7 @@ heavy = pytest.mark.skipif(numba.config.DISABLE_JIT, reason="pure-Python kernels
 CASES = r"""
 import json, sys
 import numpy as np
-from nncomp.kernels import codebook as K, codebook_vpermps, conv_blocked, conv_winograd as W, csr as C, dense_stream, int8 as quant, int8_amx, int8_vnni, isa
+from nncomp.kernels import codebook as K, codebook_vpermps, conv_blocked, conv_winograd as W, csr as C, dense_few, dense_stream, int8 as quant, int8_amx, int8_vnni, isa
 from nncomp.matrices.csr import CSRMatrix
 from nncomp.matrices.codebook import CodebookMatrix
 from nncomp.matrices.csr_int8 import CSRInt8Matrix
@@ -63,6 +63,9 @@ def cases():
     dense_stream.stream_gemm_parallel(wd, x, e, e, e, np.zeros((0, 70), np.float32), -np.inf, np.inf, 0, 0.0, 0.0, 300, 2,
                                       np.empty(xs, np.float32), np.empty(ys, np.float32), y)
     out["stream"] = y
+    y = np.empty((7, 70), np.float32)
+    dense_few.few_gemm_parallel(wd, x[:7], e, e, e, np.zeros((0, 70), np.float32), -np.inf, np.inf, 0, 0.0, 0.0, y)
+    out["few"] = y
     return out
 
 def asm_has_zmm():
@@ -106,7 +109,7 @@ print(json.dumps(flags))
     _, w, x = _host("inputs")
     assert set(avx2) == set(host)
     for key, y in host.items():
-        if key.startswith(("int8", "codebook", "winograd", "stream")):   # the portable kernels' contract: the fast paths' bits
+        if key.startswith(("int8", "codebook", "winograd", "stream", "few")):   # the portable kernels' contract: the fast paths' bits
             assert np.array_equal(avx2[key], y), key
         else:                                         # CSR: fastmath sums (vector width may reorder them)
             n = int(key.split("/")[1])

@@ -425,3 +425,31 @@ def test_candidates_that_change_the_run_mode_are_left_out():
     assert all(c.candidate != "int8-dynamic" for c in out.plan.layers)
     assert any(c.candidate != "dense" for c in out.plan.layers)
     assert {r[2] for r in out.plan.table if r[1] == "int8-dynamic"} == {None}      # never timed
+
+
+def test_cached_entries_give_the_same_milliseconds_when_their_dense_times_differ(lenet300, tmp_path):
+    """Each cached entry keeps the dense time of its own measurement (a confirmed entry: of its
+    confirmation); a later table reads them all against the first run's reference dense time, so
+    the same cache gives the same milliseconds whatever entry it happens to read first."""
+    from nncomp.planner.latency import LatencyCache
+    from nncomp.planner.table import LatencyTable
+    model, x, _ = lenet300
+
+    class Drifting:          # every measurement's dense time 1 ms later; a candidate 0.8x dense
+        def __init__(self):
+            self.t = 1.0
+
+        def measure(self, models, xb, effort=1):
+            self.t += 1.0
+            return {k: self.t * (1.0 if k == "dense" else 0.8) for k in models}
+
+    patches = {f"k{i}": ("fc1", (model["fc1"],)) for i in range(3)}
+    cache = LatencyCache(tmp_path)
+    first = LatencyTable(model, x[:1], Drifting(), cache)
+    first.measure({k: patches[k] for k in ("k0", "k1")})
+    first.measure({"k0": patches["k0"]}, effort=3)          # confirmed later, at another dense time
+    first.measure({"k2": patches["k2"]})
+    want = {k: first.delta(k) for k in patches}
+    second = LatencyTable(model, x[:1], Drifting(), cache)
+    second.measure(dict(patches))
+    assert second.measured == 0 and {k: second.delta(k) for k in patches} == pytest.approx(want)

@@ -96,27 +96,31 @@ def _steps(model, n):
     return [getattr(s, "__qualname__", "") for s, _, _ in model._plan((30,), n, model.outputs).steps]
 
 
-@pytest.mark.parametrize("winner", ["stream", "blas"])
-def test_dense_layers_run_the_product_their_probe_chose(probing, monkeypatch, winner):
+@pytest.mark.parametrize("n, winner", [(9, "stream"), (9, "blas"), (3, "few"), (3, "stream"), (3, "blas")])
+def test_dense_layers_run_the_product_their_probe_chose(probing, monkeypatch, n, winner):
     """A large dense weight (the blocked kernel's limit set to nothing) at a small batch: the probe
-    times the streaming product against BLAS on the layer's shape and the plan runs the winner,
-    with the same numbers either way."""
+    times the streaming product (and at up to dense_few.MAX_BATCH samples the few-sample mat-vecs)
+    against BLAS on the layer's shape and the plan runs the winner, with the same numbers either way."""
     monkeypatch.setattr("nncomp.layers.conv_blocked.BLOCKED_MAX_WEIGHT_BYTES", 0)
     seen = []
+    names = {"stream", "blas"} | ({"few"} if n <= 8 else set())
 
-    def fake(decision, shape, names, default, make, **kw):
+    def fake(decision, shape, candidate_names, default, make, **kw):
         candidates = make()
-        assert decision == "dense-stream" and set(candidates) == set(names) == {"stream", "blas"} and default == "stream"
+        assert decision == "dense-stream" and set(candidates) == set(candidate_names) == names
+        assert default == ("few" if n <= 4 else "stream")
         for run in candidates.values():
-            run()                           # both candidates run on the layer's shape
+            run()                           # every candidate runs on the layer's shape
         seen.append(shape)
         return winner
     monkeypatch.setattr(tuning, "choose", fake)
     model, w, b = _model(np.random.default_rng(1))
-    x = np.random.default_rng(2).standard_normal((9, 30)).astype(np.float32)
+    x = np.random.default_rng(2).standard_normal((n, 30)).astype(np.float32)
     got = model(x)
-    assert seen and seen[0][:3] == (40, 30, 9)
-    assert ("Dense._streamed.<locals>.step" in _steps(model, 9)) == (winner == "stream")
+    assert seen and seen[0][:3] == (40, 30, n)
+    steps = _steps(model, n)
+    assert ("Dense._streamed.<locals>.step" in steps) == (winner == "stream")
+    assert ("Dense._streamed.<locals>.few_step" in steps) == (winner == "few")
     assert np.allclose(got, np.maximum(x.astype(np.float64) @ w.T + b, 0), rtol=1e-5, atol=1e-5)
 
 
@@ -126,7 +130,7 @@ def test_a_real_probe_writes_its_choice_and_the_model_is_right(probing, monkeypa
     x = np.random.default_rng(4).standard_normal((5, 30)).astype(np.float32)
     assert np.allclose(model(x), np.maximum(x.astype(np.float64) @ w.T + b, 0), rtol=1e-5, atol=1e-5)
     entries = json.loads(tuning.cache_file().read_text())
-    assert [k for k in entries if k.startswith("dense-stream:40,30,5,")] and set(entries.values()) <= {"stream", "blas"}
+    assert [k for k in entries if k.startswith("dense-stream:40,30,5,")] and set(entries.values()) <= {"few", "stream", "blas"}
 
 
 @pytest.mark.parametrize("winner", ["winograd", "blocked"])

@@ -3,7 +3,8 @@ core busy (the issue's two serving conditions, beside the back-to-back loop of t
 
 - **Lone call**: each timed call follows an untimed pause (``pause`` seconds) long enough for every
   runtime's worker threads to go to sleep (OpenMP's spin, ORT's spinning is off in the peers), as a
-  request to a server that was idle. Reported as a median over calls.
+  request to a server that was idle; the contenders alternate call by call. Reported as a median
+  over calls.
 - **Contention**: a second process spins on one core (a busy loop, started before and stopped
   after the timed block); the model is timed in a loop with all its threads. The reference is the
   same model with one thread on a quiet machine, so ``contended / single`` says how much a pass
@@ -32,17 +33,24 @@ def busy_core(seconds=60.0):
         proc.wait()
 
 
-def lone_calls(fn, *, calls=15, pause=0.05):
-    """Median and p90 (ms) of ``fn()`` calls, each after an untimed ``pause``."""
-    times = []
-    fn()
-    for _ in range(calls):
-        time.sleep(pause)
-        t0 = time.perf_counter()
+def lone_calls(contenders, *, calls=31, pause=0.05):
+    """``{name: {median_ms, p90_ms, n}}`` of calls of each zero-argument callable in ``contenders``,
+    each call after an untimed ``pause``, the contenders alternating (A B A B ...): a lone call's
+    time is mostly the machine refilling caches and waking a core after the pause (on a KVM guest a
+    call of ``np.add`` on 3 KB took 78 us after 50 ms asleep, 3 in a loop), which drifts over
+    seconds; one contender's calls after the other's let that drift decide the ratio (VGG-small
+    read 1.17x and 0.85x in two runs)."""
+    times = {name: [] for name in contenders}
+    for fn in contenders.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return {"median_ms": float(np.median(times) * 1e3), "p90_ms": float(np.percentile(times, 90) * 1e3),
-            "n": len(times)}
+    for _ in range(calls):
+        for name, fn in contenders.items():
+            time.sleep(pause)
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: {"median_ms": float(np.median(t) * 1e3), "p90_ms": float(np.percentile(t, 90) * 1e3),
+                   "n": len(t)} for name, t in times.items()}
 
 
 def loop_calls(fn, *, calls=40, max_seconds=5.0, min_seconds=0.0):

@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import tuning
 from ..errors import InputError, NncompError
-from ..kernels import _jit, dense_stream
+from ..kernels import _jit, dense_few, dense_stream
 from ..kernels.sparse_small import bias_epilogue_rows, bias_epilogue_rows_parallel
 from ..matrices import DenseMatrix, Matrix, as_matrix
 from ..matrices.int8 import Int8Matrix
@@ -35,6 +35,12 @@ BLOCKED_MAX_BATCH = 256
 # the streaming product up to STREAM_DEFAULT_BATCH samples.
 STREAM_MAX_BATCH = 256
 STREAM_DEFAULT_BATCH = 128
+# ... and at 2 .. dense_few.MAX_BATCH samples also as several mat-vecs sharing each weight load
+# (nncomp/kernels/dense_few.py), the rule without probes up to FEW_DEFAULT_BATCH (one pass over the
+# weight). Xeon with AMX, 2 threads, in a loop: fc7 at 2-4 samples 1.18-1.22 ms against 2.34-2.42
+# for the streaming product (ONNX Runtime 1.34-1.41), at 5 and 8 1.66 and 2.05 against 2.45 and
+# 2.48; fc6 at 2-4 12.7-12.9 against 14.3-15.4, at 5 and 8 16.0 and 18.7 against 15.4 and 14.3.
+FEW_DEFAULT_BATCH = dense_few.SAMPLES
 # A codebook weight without a register kernel (over 32 values, or no AVX-512: Matrix
 # single_sample_kernel None) runs the same blocked step at every batch it serves, decoded into a
 # work buffer on every call (Matrix.decoder): LeNet-300 8-bit at batch 4-64 (Zen 4, 2 threads, one
@@ -148,8 +154,9 @@ class Dense(Layer):
 
     def _streamed(self, n, epilogue):
         """The step for 2 .. STREAM_MAX_BATCH samples through a float32 dense weight that the
-        blocked kernel does not take: the weight-streaming product with the bias and ``epilogue``
-        inside (nncomp/kernels/dense_stream.py), or None."""
+        blocked kernel does not take: the weight-streaming product or (up to dense_few.MAX_BATCH
+        samples) the few-sample mat-vecs, with the bias and ``epilogue`` inside, as measured
+        (nncomp/kernels/dense_stream.py, dense_few.py), or None."""
         w = self.weight
         if not (isinstance(w, DenseMatrix) and 2 <= n <= STREAM_MAX_BATCH):
             return None
@@ -168,14 +175,22 @@ class Dense(Layer):
                  no_res if res is None else res.reshape(n, co), lo, hi, code, alpha, beta, kc, parts,
                  scratch("stream_inputs", x_shape), scratch("stream_outputs", out_shape), out)
             return out
-        step.blas = False
-        default = "stream" if n <= STREAM_DEFAULT_BATCH else "blas"
+        few = _jit.pick((dense_few.few_gemm, dense_few.few_gemm_parallel), n * co * k)
+
+        def few_step(x, res=None):
+            out = np.empty((n, co), np.float32)
+            few(arr, np.ascontiguousarray(x.reshape(n, k)), bias, scale, shift,
+                no_res if res is None else res.reshape(n, co), lo, hi, code, alpha, beta, out)
+            return out
+        step.blas = few_step.blas = False
+        steps = {"few": few_step, "stream": step} if n <= dense_few.MAX_BATCH else {"stream": step}
+        default = ("few" if n <= FEW_DEFAULT_BATCH else "stream") if n <= STREAM_DEFAULT_BATCH else "blas"
 
         def make():
             x, mul = np.random.default_rng(0).standard_normal((n, k), dtype=np.float32), w.prepare(n)
-            return {"stream": lambda: step(x), "blas": lambda: mul(x)}
-        chosen = tuning.choose("dense-stream", (co, k, n, parts), ("stream", "blas"), default, make)
-        return step if chosen == "stream" else None
+            return {**{name: (lambda s=s: s(x)) for name, s in steps.items()}, "blas": lambda: mul(x)}
+        chosen = tuning.choose("dense-stream", (co, k, n, parts), (*steps, "blas"), default, make)
+        return steps.get(chosen)
 
     def _as_conv(self):
         """This layer as a 1x1 Conv2D over samples laid out as an image's pixels (built once)."""

@@ -98,7 +98,24 @@ class LatencyTable:
         if self.cache is not None:
             self.cache.save()
 
+    def _reference(self, ms=None):
+        """The reference dense time: set to ``ms`` (and remembered in the cache) if there is none yet;
+        with the cache, the one of the run that first measured this table, so that the entries
+        found there give the same milliseconds in every later run (each entry stores its own
+        dense time, and a confirmed entry the one of its confirmation)."""
+        key = entry_key(self.machine, self.structure, self.batch, ["dense reference", self.timing])
+        if self.dense_ms is None and self.cache is not None:
+            e = self.cache.get(key)
+            if e is not None and e.get("dense_ms"):
+                self.dense_ms = float(e["dense_ms"])
+        if self.dense_ms is None and ms is not None:
+            self.dense_ms = float(ms)
+            if self.cache is not None:
+                self.cache.put(key, {"ms": self.dense_ms, "dense_ms": self.dense_ms})
+        return self.dense_ms
+
     def _from_cache(self, entries):
+        self._reference()
         found = set()
         for k in entries:
             if k in self.rel:
@@ -108,7 +125,7 @@ class LatencyTable:
             if e is not None and e.get("dense_ms"):
                 self.rel[k] = e["ms"] / e["dense_ms"] - 1.0
                 self.se[k] = e.get("se", 0.0)
-                self.dense_ms = self.dense_ms or e["dense_ms"]
+                self._reference(e["dense_ms"])
                 if e.get("confirmed"):
                     self.confirmed.add(k)
                 found.add(k)
@@ -119,7 +136,7 @@ class LatencyTable:
         calls = {"dense": in_mode(self.model, self.timing, self.batch)}
         calls.update({k: in_mode(compose(self.model, {n: p}), self.timing, self.batch) for k, (n, p) in todo.items()})
         ms = self.timer.measure(calls, self.xb, effort=effort)
-        self.dense_ms = self.dense_ms or ms["dense"]
+        self._reference(ms["dense"])
         self.last_dense = ms["dense"]
         spread = getattr(self.timer, "spread", None) or {}
         self.se.update({k: spread.get(k, 0.0) / ms["dense"] for k in todo})
@@ -137,7 +154,6 @@ class LatencyTable:
 
     def dense_reference(self):
         """The reference dense time in ms (a measurement if none was made: all entries cached)."""
-        if self.dense_ms is None:
-            ms = self.timer.measure({"dense": in_mode(self.model, self.timing, self.batch)}, self.xb)
-            self.dense_ms = ms["dense"]
+        if self._reference() is None:
+            self._reference(self.timer.measure({"dense": in_mode(self.model, self.timing, self.batch)}, self.xb)["dense"])
         return self.dense_ms

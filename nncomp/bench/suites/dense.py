@@ -1,7 +1,7 @@
 """Issue 2's dense speed table: nncomp's dense float32 engine against PyTorch 2.13 CPU and ONNX Runtime.
 
 Cases: LeNet-5 end to end (data/lenet5.h5 on test digits), VGG-16 conv3_2 (1x256x56x56 input, 256 3x3
-filters, pad 1) and fc6 (4096x25088), random weights, at batch 1 and 32. All contenders get the same
+filters, pad 1) and fc6 (4096x25088), random weights, at batch 1, 4 and 32. All contenders get the same
 threads (Numba, BLAS via threadpoolctl, torch.set_num_threads, ORT intra_op_num_threads) and run in
 this process, alternating in blocks of BLOCK calls with a SETTLE_S (nncomp.bench.timing) untimed pause before
 each block, after a warm-up: after the NumPy contender's calls OpenBLAS's worker threads spin for ~0.1 s, and nncomp, whose
@@ -34,6 +34,9 @@ QUICK_PARTS = ("speed",)
 # Calls per block: the first call after the pause runs with cold caches (LeNet-5 at batch 1: 0.56 ms,
 # then 0.15, then 0.12); blocks of 8 put the median on the steady state a serving loop sees.
 BLOCK = 8
+# Batch 4: a few samples, where the register tiles of a matrix product waste their vectors (fc6 ran
+# 28 ms against ONNX Runtime's 16 before nncomp/kernels/dense_few.py)
+BATCHES = (1, 4, 32)
 
 FIRST_CALL = r"""
 import json, sys, time
@@ -100,7 +103,7 @@ def cases(quick):
 
 
 def run(res, opts):
-    """Every case at batch 1 and 32 (``speed``), then the first call of fresh processes (``first_call``)."""
+    """Every case at each of BATCHES (``speed``), then the first call of fresh processes (``first_call``)."""
     import numpy as np
 
     from .. import peers
@@ -119,7 +122,7 @@ def run(res, opts):
                 contenders[peer] = str(e)
         if numpy_fn is not None:
             contenders["numpy"] = numpy_fn
-        for bs in (1, 32):
+        for bs in BATCHES:
             x, x_peer, x_cl = inputs(bs)
             calls = {}
             for k, fn in contenders.items():

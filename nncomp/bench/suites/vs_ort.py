@@ -6,7 +6,8 @@ pick instead), in the three conditions a served model meets.
   64 (this VM's slow spells last seconds: 6 calls in one block, as before, let one spell decide a
   cell), after WARM_S of untimed calls of each; medians.
 - **lone**: each call after an untimed 50 ms pause (every runtime's workers asleep, caches cooled by
-  nothing else), batch 1; medians of 15 (nncomp.bench.serving.lone_calls).
+  nothing else), batch 1, the two runtimes alternating call by call; medians of 31
+  (nncomp.bench.serving.lone_calls).
 - **contention**: batch 1 in a loop while a second process keeps one core busy, over the same model
   in a loop with one thread on the quiet machine (target: at most 1.2x; serving.contention).
 
@@ -67,8 +68,8 @@ def run(result, opts):
                                             opts.repeats(32 if b > 8 else 96), warm_s=WARM_S)
         x1 = np.ascontiguousarray(x[:1])
         if "lone" in opts.parts:
-            row["lone_b1"] = {"nncomp": serving.lone_calls(lambda: model(x1))["median_ms"],
-                              "ort": serving.lone_calls(lambda: ort(x1))["median_ms"]}
+            lone = serving.lone_calls({"nncomp": lambda: model(x1), "ort": lambda: ort(x1)})
+            row["lone_b1"] = {k: v["median_ms"] for k, v in lone.items()}
         if "contention" in opts.parts:
             row["contention_b1"] = serving.contention(lambda: model(x1), threads, numba.set_num_threads)
         if "new_size" in opts.parts and model.input_layout != "NC":
