@@ -30,3 +30,14 @@ def assert_close_f32(y, y_ref, mag, k, c=2.0, atol=1e-30):
     bad = err > bound
     assert not bad.any(), (f"{bad.sum()} of {bad.size} elements outside the bound; worst excess "
                            f"{(err - bound).max():.3g}")
+
+
+def random_epilogue(rng, n, co, affine, add, clip, act):
+    """The epilogue arguments of the dense kernels' contract (``scale, shift, res, lo, hi, act``) for
+    ``n`` samples x ``co`` outputs: random affine map and residual where asked, else empty ones."""
+    f32 = np.float32
+    scale, shift = ((rng.standard_normal(co).astype(f32), rng.standard_normal(co).astype(f32))
+                    if affine else (np.zeros(0, f32),) * 2)
+    res = rng.standard_normal((n, co)).astype(f32) if add else np.zeros((0, co), f32)
+    lo, hi = (f32(v) for v in (clip or (-np.inf, np.inf)))
+    return scale, shift, res, lo, hi, act

@@ -3,6 +3,7 @@ import numpy as np
 from hypothesis import example, given, strategies as st
 
 import reference as ref
+from conftest import random_epilogue
 from nncomp.kernels import dense_few as F
 
 F32 = np.float32
@@ -17,14 +18,6 @@ def _run(w, x, bias, epi, parallel=True):
     return out
 
 
-def _epilogue(rng, n, co, affine, add, clip, act):
-    scale, shift = ((rng.standard_normal(co).astype(F32), rng.standard_normal(co).astype(F32))
-                    if affine else (np.zeros(0, F32),) * 2)
-    res = rng.standard_normal((n, co)).astype(F32) if add else np.zeros((0, co), F32)
-    lo, hi = (F32(v) for v in (clip or (-np.inf, np.inf)))
-    return scale, shift, res, lo, hi, act
-
-
 @given(co=st.integers(1, 140), k=st.integers(1, 100), n=st.integers(1, 12), with_bias=st.booleans(),
        affine=st.booleans(), add=st.booleans(), clip=st.sampled_from([None, (0.0, np.inf), (0.0, 6.0)]),
        act=st.sampled_from([0, 2, 3, 4]), parallel=st.booleans(), seed=st.integers(0, 2**31))
@@ -37,7 +30,7 @@ def test_few_gemm_matches_reference(co, k, n, with_bias, affine, add, clip, act,
     w = rng.standard_normal((co, k)).astype(F32)
     x = rng.standard_normal((n, k)).astype(F32)
     bias = rng.standard_normal(co).astype(F32) if with_bias else np.zeros(0, F32)
-    epi = _epilogue(rng, n, co, affine, add, clip, act)
+    epi = random_epilogue(rng, n, co, affine, add, clip, act)
     want = ref.few_gemm(w, x, bias, *epi[:5], act, F32(0.2), F32(0.5))
     got = _run(w, x, bias, epi, parallel)
     mag = (np.abs(x) @ np.abs(w).T + (np.abs(bias) if with_bias else 0)) * (np.abs(epi[0]) if affine else 1) + 1
@@ -57,8 +50,8 @@ def test_a_samples_bits_do_not_depend_on_its_batch(n, k, seed):
     w = rng.standard_normal((67, k)).astype(F32)
     x = rng.standard_normal((n, k)).astype(F32)
     bias = rng.standard_normal(67).astype(F32)
-    epi = _epilogue(rng, n, 67, False, False, None, 0)
+    epi = random_epilogue(rng, n, 67, False, False, None, 0)
     batch = _run(w, x, bias, epi)
     for b in range(n):
-        alone = _run(w, x[b:b + 1], bias, _epilogue(rng, 1, 67, False, False, None, 0), parallel=False)
+        alone = _run(w, x[b:b + 1], bias, random_epilogue(rng, 1, 67, False, False, None, 0), parallel=False)
         assert np.array_equal(alone[0], batch[b])

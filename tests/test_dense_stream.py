@@ -6,6 +6,7 @@ from hypothesis import given, strategies as st
 
 import nncomp as nc
 import reference as ref
+from conftest import random_epilogue
 from graph_reference import graph_reference
 from nncomp.kernels import dense_stream as S
 from nncomp.model import Node
@@ -30,14 +31,6 @@ def _run(w, x, bias, epi, kc, parts, parallel=True):
     return out
 
 
-def _epilogue(rng, n, co, affine, add, clip, act):
-    scale, shift = ((rng.standard_normal(co).astype(F32), rng.standard_normal(co).astype(F32))
-                    if affine else (np.zeros(0, F32),) * 2)
-    res = rng.standard_normal((n, co)).astype(F32) if add else np.zeros((0, co), F32)
-    lo, hi = (F32(v) for v in (clip or (-np.inf, np.inf)))
-    return scale, shift, res, lo, hi, act
-
-
 @given(co=st.integers(1, 70), k=st.integers(1, 300), n=st.integers(2, 140), kc=st.integers(1, 320),
        parts=st.integers(1, 3), with_bias=st.booleans(), affine=st.booleans(), add=st.booleans(),
        clip=st.sampled_from([None, (0.0, np.inf), (0.0, 6.0)]), act=st.sampled_from([0, 2, 3, 4]),
@@ -50,7 +43,7 @@ def test_stream_gemm_matches_reference(co, k, n, kc, parts, with_bias, affine, a
     w = rng.standard_normal((co, k)).astype(F32)
     x = rng.standard_normal((n, k)).astype(F32)
     bias = rng.standard_normal(co).astype(F32) if with_bias else np.zeros(0, F32)
-    epi = _epilogue(rng, n, co, affine, add, clip, act)
+    epi = random_epilogue(rng, n, co, affine, add, clip, act)
     want = ref.stream_gemm(w, x, bias, *epi[:5], act, F32(0.2), F32(0.5))
     got = _run(w, x, bias, epi, kc, parts, parallel)
     mag = (np.abs(x) @ np.abs(w).T + (np.abs(bias) if with_bias else 0)) * (np.abs(epi[0]) if affine else 1) + 1
@@ -69,7 +62,7 @@ def test_a_samples_result_does_not_depend_on_its_batch(co, k, n, seed):
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((co, k)).astype(F32)
     x = rng.standard_normal((n, k)).astype(F32)
-    epi = _epilogue(rng, 0, co, False, False, None, 0)
+    epi = random_epilogue(rng, 0, co, False, False, None, 0)
     bias = rng.standard_normal(co).astype(F32)
     whole = _run(w, x, bias, epi, k, 2)
     order = rng.permutation(n)
