@@ -49,6 +49,22 @@ def _no_prefetch(arr, i):
 
 prefetch_at = _no_prefetch if numba.config.DISABLE_JIT else intrinsic(_prefetch_at)
 
+# Sparse rows run in chunks of CHUNK_NNZ nonzeros, each prefetching the lines of its values and
+# column indices AHEAD_NNZ nonzeros later (4 KB of float32 values): a row that starts cold from DRAM
+# (a weight evicted by the rest of a network) finds them arriving (nncomp/kernels/csr.py).
+CHUNK_NNZ = 32
+AHEAD_NNZ = 1024
+
+
+@numba.njit(inline="always", cache=True)
+def prefetch_chunk(values, indices, j):
+    """Prefetch the lines holding nonzeros ``j + AHEAD_NNZ .. + CHUNK_NNZ`` of ``values`` and ``indices``."""
+    j += AHEAD_NNZ
+    for q in range(0, CHUNK_NNZ * indices.itemsize, 64):
+        prefetch_at(indices, j + q // indices.itemsize)
+    for q in range(0, CHUNK_NNZ * values.itemsize, 64):
+        prefetch_at(values, j + q // values.itemsize)
+
 
 def loop_phis(builder, intp, vty, inits, pre):
     """At the top of a loop block entered from block ``pre``: a counter phi starting at 0 and one

@@ -24,6 +24,8 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from . import _ir
+from ._ir import CHUNK_NNZ
 from ._jit import both, jit
 
 
@@ -182,11 +184,14 @@ def _csr_matvec(codes, indices, indptr, cb, x, out):
     for o in prange(indptr.shape[0] - 1):
         lo = indptr[o]
         hi = indptr[o + 1]
-        cd = codes[lo:hi]
-        ix = indices[lo:hi]
         s = np.float32(0.0)
-        for j in range(hi - lo):
-            s += cb[cd[j]] * x[ix[j]]
+        for j0 in range(lo, hi, CHUNK_NNZ):        # chunks prefetching ahead, as csr_matvec's
+            j1 = min(j0 + CHUNK_NNZ, hi)
+            _ir.prefetch_chunk(codes, indices, j0)
+            cd = codes[j0:j1]
+            ix = indices[j0:j1]
+            for j in range(j1 - j0):
+                s += cb[cd[j]] * x[ix[j]]
         out[o] = s
 
 

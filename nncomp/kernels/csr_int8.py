@@ -30,7 +30,8 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._ir import paired_sum
+from . import _ir
+from ._ir import CHUNK_NNZ, paired_sum
 from ._jit import both, jit
 
 LANES = 16          # 32-bit lanes per vector register (zmm)
@@ -148,11 +149,14 @@ def _matvec_float(codes, indices, indptr, scale, x, out):
     for o in prange(indptr.shape[0] - 1):
         lo = indptr[o]
         hi = indptr[o + 1]
-        d = codes[lo:hi]
-        ix = indices[lo:hi]
         s = np.float32(0.0)
-        for j in range(hi - lo):
-            s += np.float32(d[j]) * x[ix[j]]
+        for j0 in range(lo, hi, CHUNK_NNZ):        # chunks prefetching ahead, as csr_matvec's
+            j1 = min(j0 + CHUNK_NNZ, hi)
+            _ir.prefetch_chunk(codes, indices, j0)
+            d = codes[j0:j1]
+            ix = indices[j0:j1]
+            for j in range(j1 - j0):
+                s += np.float32(d[j]) * x[ix[j]]
         out[o] = s * scale[o * step]
 
 
