@@ -40,7 +40,7 @@ STREAM_DEFAULT_BATCH = 128
 # weight). Xeon with AMX, 2 threads, in a loop: fc7 at 2-4 samples 1.18-1.22 ms against 2.34-2.42
 # for the streaming product (ONNX Runtime 1.34-1.41), at 5 and 8 1.66 and 2.05 against 2.45 and
 # 2.48; fc6 at 2-4 12.7-12.9 against 14.3-15.4, at 5 and 8 16.0 and 18.7 against 15.4 and 14.3.
-FEW_DEFAULT_BATCH = dense_few.SAMPLES
+FEW_DEFAULT_BATCH = 4
 # A codebook weight without a register kernel (over 32 values, or no AVX-512: Matrix
 # single_sample_kernel None) runs the same blocked step at every batch it serves, decoded into a
 # work buffer on every call (Matrix.decoder): LeNet-300 8-bit at batch 4-64 (Zen 4, 2 threads, one
