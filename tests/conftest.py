@@ -41,3 +41,25 @@ def random_epilogue(rng, n, co, affine, add, clip, act):
     res = rng.standard_normal((n, co)).astype(f32) if add else np.zeros((0, co), f32)
     lo, hi = (f32(v) for v in (clip or (-np.inf, np.inf)))
     return scale, shift, res, lo, hi, act
+
+
+def check_dense_product(run, twin, rng, co, k, n, with_bias, affine, add, clip, act):
+    """A dense kernel of the layers' contract against its NumPy twin on random ``co x k`` weights and
+    ``n`` samples (``run(w, x, bias, epi)`` and ``twin(w, x, bias, scale, shift, res, lo, hi, act,
+    alpha, beta)``, alpha 0.2, beta 0.5): the sums within float32 rounding of one fused multiply-add
+    per feature (bound from the sum of |terms|), the epilogue's own float32 steps after them; without
+    activation and clip, a NaN input poisons its own sample's row only."""
+    f32 = np.float32
+    w = rng.standard_normal((co, k)).astype(f32)
+    x = rng.standard_normal((n, k)).astype(f32)
+    bias = rng.standard_normal(co).astype(f32) if with_bias else np.zeros(0, f32)
+    epi = random_epilogue(rng, n, co, affine, add, clip, act)
+    want = twin(w, x, bias, *epi[:5], act, f32(0.2), f32(0.5))
+    got = run(w, x, bias, epi)
+    mag = (np.abs(x) @ np.abs(w).T + (np.abs(bias) if with_bias else 0)) * (np.abs(epi[0]) if affine else 1) + 1
+    assert np.all(np.abs(got - want) <= 2 * k * np.finfo(f32).eps * mag)
+    if act == 0 and clip is None:
+        b = rng.integers(0, n)
+        x[b, rng.integers(0, k)] = np.nan
+        got = run(w, x, bias, epi)
+        assert np.isnan(got[b]).all() and not np.isnan(np.delete(got, b, axis=0)).any()

@@ -3,7 +3,7 @@ import numpy as np
 from hypothesis import example, given, strategies as st
 
 import reference as ref
-from conftest import random_epilogue
+from conftest import check_dense_product, random_epilogue
 from nncomp.kernels import dense_few as F
 
 F32 = np.float32
@@ -26,20 +26,8 @@ def test_few_gemm_matches_reference(co, k, n, with_bias, affine, add, clip, act,
     """Every tile shape (rows in 4s and a tail of 1-3, samples in 4s and a tail, several 64-row
     blocks, features in 16s and a tail) against the twin: the sums within float32 rounding (bound
     from the sum of |terms|), the epilogue's own float32 steps after them."""
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal((co, k)).astype(F32)
-    x = rng.standard_normal((n, k)).astype(F32)
-    bias = rng.standard_normal(co).astype(F32) if with_bias else np.zeros(0, F32)
-    epi = random_epilogue(rng, n, co, affine, add, clip, act)
-    want = ref.few_gemm(w, x, bias, *epi[:5], act, F32(0.2), F32(0.5))
-    got = _run(w, x, bias, epi, parallel)
-    mag = (np.abs(x) @ np.abs(w).T + (np.abs(bias) if with_bias else 0)) * (np.abs(epi[0]) if affine else 1) + 1
-    assert np.all(np.abs(got - want) <= 2 * k * np.finfo(F32).eps * mag)
-    if act == 0 and clip is None:        # a NaN input poisons its own sample's row only
-        b = rng.integers(0, n)
-        x[b, rng.integers(0, k)] = np.nan
-        got = _run(w, x, bias, epi, parallel)
-        assert np.isnan(got[b]).all() and not np.isnan(np.delete(got, b, axis=0)).any()
+    check_dense_product(lambda w, x, bias, epi: _run(w, x, bias, epi, parallel), ref.few_gemm,
+                        np.random.default_rng(seed), co, k, n, with_bias, affine, add, clip, act)
 
 
 @given(n=st.integers(2, 11), k=st.sampled_from([15, 16, 47, 64]), seed=st.integers(0, 2**31))

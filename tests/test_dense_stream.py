@@ -6,7 +6,7 @@ from hypothesis import given, strategies as st
 
 import nncomp as nc
 import reference as ref
-from conftest import random_epilogue
+from conftest import check_dense_product, random_epilogue
 from graph_reference import graph_reference
 from nncomp.kernels import dense_stream as S
 from nncomp.model import Node
@@ -39,20 +39,8 @@ def test_stream_gemm_matches_reference(co, k, n, kc, parts, with_bias, affine, a
     """Every batch (one to three groups of 64 samples, the last one partial), block size and split
     against the twin: the sums within float32 rounding of the kernel's fused multiply-adds (bound
     from the sum of |terms|), the epilogue's own float32 steps after them."""
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal((co, k)).astype(F32)
-    x = rng.standard_normal((n, k)).astype(F32)
-    bias = rng.standard_normal(co).astype(F32) if with_bias else np.zeros(0, F32)
-    epi = random_epilogue(rng, n, co, affine, add, clip, act)
-    want = ref.stream_gemm(w, x, bias, *epi[:5], act, F32(0.2), F32(0.5))
-    got = _run(w, x, bias, epi, kc, parts, parallel)
-    mag = (np.abs(x) @ np.abs(w).T + (np.abs(bias) if with_bias else 0)) * (np.abs(epi[0]) if affine else 1) + 1
-    assert np.all(np.abs(got - want) <= 2 * k * np.finfo(F32).eps * mag)
-    if act == 0 and clip is None:        # a NaN input poisons its own sample's row only
-        b = rng.integers(0, n)
-        x[b, rng.integers(0, k)] = np.nan
-        got = _run(w, x, bias, epi, kc, parts, parallel)
-        assert np.isnan(got[b]).all() and not np.isnan(np.delete(got, b, axis=0)).any()
+    check_dense_product(lambda w, x, bias, epi: _run(w, x, bias, epi, kc, parts, parallel), ref.stream_gemm,
+                        np.random.default_rng(seed), co, k, n, with_bias, affine, add, clip, act)
 
 
 @given(co=st.integers(1, 40), k=st.integers(1, 200), n=st.integers(2, 130), seed=st.integers(0, 2**31))

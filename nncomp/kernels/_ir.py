@@ -1,4 +1,5 @@
-"""LLVM IR shared by the hand-written tiles (nncomp/kernels/csr.py, csr_int8.py, conv_blocked.py)."""
+"""LLVM IR shared by the hand-written tiles (nncomp/kernels/csr.py, csr_int8.py, conv_blocked.py),
+and the prefetch helpers the sparse mat-vecs call from Numba code."""
 import numba
 from llvmlite import ir
 from numba import types

@@ -54,7 +54,7 @@ def _make_block(R, C, stride, wide=False, ahead=False):
     ``acc[(r*stride + c)*16:]``: loaded, advanced over the blocks in order, stored back.
     With ``ahead`` (one input row, whole weight rows: ``b0 = 0``), every step also prefetches two
     lines of the next ``R`` rows' codes into L2, so that their ``R * nb * 16`` bytes have arrived
-    when this block ends (see :data:`AHEAD`).
+    when this block ends (see :data:`AHEAD_ROW_BYTES`).
     """
     cstep, xstep = (16, 16) if wide else (16, 32)
 
