@@ -220,8 +220,9 @@ def chain_rows(y, kinds, params, vecs, res):
 
 
 def run_chain(x0, x1, ints, floats):
-    """A compiled run of blocked convolutions (nncomp/kernels/conv_chain.py) from its table, with
-    the twins above (float64 convolutions; returns the last value)."""
+    """A compiled run of blocked and depthwise convolutions, global means and channel ops
+    (nncomp/kernels/conv_chain.py) from its table, with the twins above and in reference_spatial
+    (float64 convolutions; returns the last value)."""
     import ctypes
 
     from nncomp.kernels import conv_chain as K
@@ -234,6 +235,15 @@ def run_chain(x0, x1, ints, floats):
     values = [x0, x1]
     for p, f in zip(ints, floats):
         src = values[p[K.IN]]
+        n, h, wd, c = src.shape
+        if p[K.KIND] == K.MEAN:
+            values.append(global_mean_nhwc(src.reshape(n, h * wd, c)).reshape(n, 1, 1, c))
+            continue
+        if p[K.KIND] == K.CHANNEL:
+            vec = values[p[K.RES]].reshape(n, c)
+            y = channel_binary_nhwc(src.reshape(n, h * wd, c), vec, p[K.OP], p[K.REVERSE])
+            values.append(np.asarray(y, np.float32).reshape(src.shape))
+            continue
         xp = np.pad(src, ((0, 0), (p[K.T], p[K.B]), (p[K.L], p[K.R]), (0, 0)))
         w = array(p[K.W_ADDR], (p[K.W_ROWS], p[K.W_COLS]))
         bias, scale, shift, post, post_shift = (array(p[K.V_ADDR + k], (p[K.V_ADDR + K.N_VECTORS + k],))
@@ -242,6 +252,8 @@ def run_chain(x0, x1, ints, floats):
         oh, ow, co, pool = p[K.OH], p[K.OW], p[K.CO], p[K.POOL]
         if p[K.WINOGRAD]:
             conv = winograd_nhwc(xp, w.reshape(16, -1, w.shape[1]), bias, oh, ow, co)
+        elif p[K.KIND] == K.DEPTHWISE:
+            conv = depthwise_blocked_nhwc(xp, w, bias, *geo, oh, ow, co)
         else:
             conv = conv_blocked_nhwc(xp, w, bias, *geo, oh, ow, co)
         if pool == 0:

@@ -185,6 +185,68 @@ def test_runs_of_blocked_convolutions_compile_to_one_call_with_the_same_bits(nam
         numba.set_num_threads(saved)
 
 
+def _mobile_blocks(seed):
+    """Two MobileNetV3 blocks (depthwise conv, an SE block whose channel mul reads its inputs in
+    either order, a projection and a residual add) after a strided stem, then a classifier."""
+    from nncomp import layers as L
+    rng = np.random.default_rng(seed)
+    f32 = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    c = 24
+    bn = lambda: nc.BatchNorm(f32(c), f32(c), f32(c), np.abs(f32(c)) + 0.5)  # noqa: E731
+    nodes = [Node("stem", nc.Conv2D(f32(c, 27), f32(c), in_channels=3, kernel_size=3, stride=2, padding=1)),
+             Node("hs", L.HardSwish(), ("stem",))]
+    prev = "hs"
+    for k in range(2):
+        b = f"b{k}_"
+        nodes += [Node(b + "dw", nc.Conv2D(f32(c, 9), None, in_channels=c, kernel_size=3, padding=1, groups=c),
+                       (prev,)),
+                  Node(b + "bn", bn(), (b + "dw",)), Node(b + "relu", nc.ReLU(), (b + "bn",)),
+                  Node(b + "gap", nc.GlobalAvgPool2D(keepdims=True), (b + "relu",)),
+                  Node(b + "se1", nc.Conv2D(f32(8, c), f32(8), in_channels=c), (b + "gap",)),
+                  Node(b + "se_r", nc.ReLU(), (b + "se1",)),
+                  Node(b + "se2", nc.Conv2D(f32(c, 8), f32(c), in_channels=8), (b + "se_r",)),
+                  Node(b + "hsig", L.HardSigmoid(1 / 6, 0.5), (b + "se2",)),
+                  Node(b + "mul", L.Binary("mul"), (b + "relu", b + "hsig")[::1 - 2 * k]),
+                  Node(b + "proj", nc.Conv2D(f32(c, c), f32(c), in_channels=c), (b + "mul",)),
+                  Node(b + "add", nc.Add(), (b + "proj", prev))]
+        prev = b + "add"
+    nodes += [Node("gap", nc.GlobalAvgPool2D(), (prev,)), Node("fc", nc.Dense(f32(5, c), f32(5)), ("gap",))]
+    return nc.Model(nodes, input_shape=(3, 12, 20), input_layout="NCHW")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n", [1, 3])
+def test_depthwise_and_squeeze_excitation_steps_join_the_compiled_run(threads, n, monkeypatch):
+    """MobileNetV3's blocks (depthwise convolutions, the SE block's global mean and channel scaling,
+    the vector first or second) run in one compiled call with the steps' own bits, and the call's
+    table gives its NumPy twin's numbers."""
+    import numba
+
+    import nncomp.plan as P
+    from nncomp.kernels import conv_chain as K
+    x = np.random.default_rng(n).standard_normal((n, 3, 12, 20)).astype(np.float32)
+    xi = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    saved = numba.get_num_threads()
+    numba.set_num_threads(min(threads, saved))
+    try:
+        plan = _mobile_blocks(4)._plan((12, 20, 3), n, ("fc",))
+        runs = [step for step, _, _ in plan.steps if hasattr(step, "specs")]
+        assert len(runs) == 1 and sum(getattr(s, "__name__", "") != "_nothing" for s, _, _ in plan.steps) <= 3
+        kinds = runs[0].ints[:, K.KIND]
+        assert {K.CONV, K.DEPTHWISE, K.MEAN, K.CHANNEL} <= set(kinds.tolist())
+        assert set(runs[0].ints[kinds == K.CHANNEL, K.REVERSE].tolist()) == {0, 1}
+        chained = plan.run(xi)[0]
+        monkeypatch.setattr(P, "CHAIN", False)
+        plain = _mobile_blocks(4)._plan((12, 20, 3), n, ("fc",))
+        assert np.array_equal(chained, plain.run(xi)[0])
+        assert np.array_equal(chained, _node_by_node(_mobile_blocks(4), x)["fc"])
+        want = ref.run_chain(xi, xi, runs[0].ints, runs[0].floats)
+        got = runs[0](xi)
+        assert np.allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    finally:
+        numba.set_num_threads(saved)
+
+
 def test_plans_fuse_what_the_layers_declare():
     model = nc.load(nc.data.DATA_DIR / "resnet_small.h5")
     plan = model._plan((28, 28, 1), 2, model.outputs)

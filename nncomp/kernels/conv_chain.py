@@ -1,9 +1,10 @@
-"""A run of blocked convolution steps as one compiled call (nncomp/layers/conv_chain.py builds it).
+"""A run of convolution steps as one compiled call (nncomp/layers/conv_chain.py builds it).
 
 The steps of a run are rows of an integer and a float parameter table; :func:`run_chain` walks
-them in order, padding each input, calling the blocked or Winograd kernels (plain with their
-in-kernel epilogue, or pooled then the epilogue and activation kernels on the pooled output) and keeping
-every output for the steps after it. One Python call per run instead of one per step, and no
+them in order, padding each input, calling the blocked, depthwise or Winograd kernels (plain with
+their in-kernel epilogue, or pooled then the epilogue and activation kernels on the pooled output),
+and the two steps a squeeze-and-excitation block adds between them (a global mean over the pixels,
+and a per-sample channel vector applied to a map), keeping every output for the steps after it. One Python call per run instead of one per step, and no
 Python between the kernels: the steps' Python cost ~5 us each at batch 1.
 
 Each step computes exactly what its own prepared step computes: the same kernels with the same
@@ -19,15 +20,23 @@ from ._jit import jit
 from .conv import conv_pad_nhwc, conv_pad_nhwc_parallel
 from .conv_blocked import (conv_blocked_nhwc, conv_blocked_nhwc_parallel, conv_blocked_pooled_nhwc,
                            conv_blocked_pooled_nhwc_parallel)
+from .binary import channel_binary_nhwc, channel_binary_nhwc_parallel
+from .conv_depthwise import depthwise_blocked_nhwc, depthwise_blocked_nhwc_parallel
 from .conv_winograd import winograd_nhwc, winograd_nhwc_parallel
 from .epilogue import activation_rows, activation_rows_parallel, epilogue_rows, epilogue_rows_parallel
+from .pool import global_mean_nhwc, global_mean_nhwc_parallel
 
 # Columns of the integer table: the step's parameters, then the addresses and sizes of its weight
 # (rows x columns) and of its N_VECTORS vectors.
 (IN, RES, KH, KW, SH, SW, DH, DW, NVEC, PMAX, T, B, L, R, OH, OW, CO, POOL, AFFINE, ADD, ACT, POST_ACT,
- PARALLEL, PAD_PARALLEL, POST_PARALLEL, THREADS, WINOGRAD, CHUNK, W_ADDR, W_ROWS, W_COLS, UNPADDED) = range(32)
-V_ADDR = 32             # N_VECTORS addresses, then N_VECTORS lengths
-N_INTS = 32 + 2 * 5
+ PARALLEL, PAD_PARALLEL, POST_PARALLEL, THREADS, WINOGRAD, CHUNK, W_ADDR, W_ROWS, W_COLS, UNPADDED, KIND, OP,
+ REVERSE) = range(35)
+V_ADDR = 35             # N_VECTORS addresses, then N_VECTORS lengths
+N_INTS = 35 + 2 * 5
+# Kinds of step (column KIND): a dense or Winograd convolution (as WINOGRAD says), a depthwise one,
+# the mean of each image's pixels ((n, 1, 1, c)), and slot IN's map op slot RES's (n, 1, 1, c)
+# channel vector (``vector op map`` with REVERSE; OP a code of kernels.binary.CHANNEL_OPS).
+CONV, DEPTHWISE, MEAN, CHANNEL = range(4)
 # Columns of the float table.
 LO, HI, ALPHA, BETA, POST_LO, POST_HI, POST_ALPHA, POST_BETA = range(8)
 N_FLOATS = 8
@@ -72,6 +81,9 @@ def run_chain(x0, x1, ints, floats):
         f = floats[i]
         src = values[p[IN]]
         n, h, wd, c = src.shape
+        if p[KIND] == MEAN or p[KIND] == CHANNEL:
+            values.append(_squeeze_step(p, src, values[p[RES]]))
+            continue
         t, b, l, r = p[T], p[B], p[L], p[R]
         xp = src
         # Winograd, and the blocked kernel where it tiles across images (UNPADDED), read the padding as zeros
@@ -104,7 +116,9 @@ def run_chain(x0, x1, ints, floats):
             pt, pl = (t, l) if p[UNPADDED] else (0, 0)
             out = np.empty((n, oh, ow, co), np.float32)
             res = values[p[RES]] if p[ADD] else out
-            if p[PARALLEL]:
+            if p[KIND] == DEPTHWISE:
+                _depthwise_step(p, f, xp, w, bias, scale, shift, res, out)
+            elif p[PARALLEL]:
                 conv_blocked_nhwc_parallel(xp, pt, pl, w, bias, p[KH], p[KW], p[SH], p[SW], p[DH], p[DW], p[NVEC],
                                            p[PMAX], scale, shift, p[AFFINE] != 0, res, p[ADD] != 0,
                                            f[LO], f[HI], p[ACT], f[ALPHA], f[BETA], out)
@@ -136,3 +150,37 @@ def run_chain(x0, x1, ints, floats):
                     activation_rows(rows, p[POST_ACT], f[POST_ALPHA], f[POST_BETA])
         values.append(out)
     return values[len(values) - 1]
+
+
+@jit
+def _depthwise_step(p, f, xp, w, bias, scale, shift, res, out):
+    """A depthwise convolution step of :func:`run_chain` into ``out`` (``xp`` padded)."""
+    if p[PARALLEL]:
+        depthwise_blocked_nhwc_parallel(xp, w, bias, p[KH], p[KW], p[SH], p[SW], p[DH], p[DW], p[NVEC], p[PMAX],
+                                        scale, shift, p[AFFINE] != 0, res, p[ADD] != 0, f[LO], f[HI], p[ACT],
+                                        f[ALPHA], f[BETA], out)
+    else:
+        depthwise_blocked_nhwc(xp, w, bias, p[KH], p[KW], p[SH], p[SW], p[DH], p[DW], p[NVEC], p[PMAX], scale,
+                               shift, p[AFFINE] != 0, res, p[ADD] != 0, f[LO], f[HI], p[ACT], f[ALPHA], f[BETA], out)
+
+
+@jit
+def _squeeze_step(p, src, vec):
+    """A MEAN or CHANNEL step of :func:`run_chain`: a new (n, 1, 1, c) mean of ``src``'s pixels, or
+    a new map ``src op vec`` (``vec`` (n, 1, 1, c))."""
+    n, h, wd, c = src.shape
+    if p[KIND] == MEAN:
+        out = np.empty((n, 1, 1, c), np.float32)
+        if p[PARALLEL]:
+            global_mean_nhwc_parallel(src.reshape(n, h * wd, c), out.reshape(n, c))
+        else:
+            global_mean_nhwc(src.reshape(n, h * wd, c), out.reshape(n, c))
+        return out
+    out = np.empty((n, h, wd, c), np.float32)
+    if p[PARALLEL]:
+        channel_binary_nhwc_parallel(src.reshape(n, h * wd, c), vec.reshape(n, c), p[OP], p[REVERSE] != 0,
+                                     out.reshape(n, h * wd, c))
+    else:
+        channel_binary_nhwc(src.reshape(n, h * wd, c), vec.reshape(n, c), p[OP], p[REVERSE] != 0,
+                            out.reshape(n, h * wd, c))
+    return out

@@ -13,8 +13,10 @@ import numpy as np
 
 from ..errors import NncompError
 from ..kernels import _jit
+from ..kernels import conv_chain as K
 from ..kernels.binary import CHANNEL_OPS, channel_binary_nhwc, channel_binary_nhwc_parallel
 from .base import Layer, register, set_fields, tensor_field
+from .conv_chain import squeeze_row
 from .fused import absorb_epilogue
 
 BINARY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "pow": np.power,
@@ -147,6 +149,9 @@ class Binary(Layer):
             y = np.empty((n,) + out, np.float32)
             kern(x, operand(xs), code, reverse, y.reshape(n, m, c))
             return y
+        step.blas = False
+        if self.constant is None and len(out) == 3 and tuple(shapes[small]) == (1, 1, c):
+            step.chain = squeeze_row(K.CHANNEL, kern is channel_binary_nhwc_parallel, code, reverse)  # an SE block's scaling
         return step
 
     def forward(self, *xs):

@@ -283,10 +283,10 @@ def blocked_step(layer, shape, n, oh, ow, epilogue=None):
             kern(xp, pt, pl, weight(), bias, *geo, nvec, pmax, scale, shift, affine, res, add, lo, hi, code, alpha,
                  beta, out)
         return out
-    if not layer.depthwise and w is not None:       # compiled runs take fixed weights
-        run.chain = _chain_spec(layer, kern, conv_blocked_nhwc_parallel, padded, w, (bias, scale, shift, _NONE, _NONE),
+    if w is not None:       # compiled runs take fixed weights
+        run.chain = _chain_spec(layer, kern, kernels[1], padded, w, (bias, scale, shift, _NONE, _NONE),
                                 nvec, pmax, geo, (oh, ow, co), AFFINE=affine, ADD=add, ACT=code, lo=lo, hi=hi,
-                                alpha=alpha, beta=beta, UNPADDED=unpadded)
+                                alpha=alpha, beta=beta, UNPADDED=unpadded, KIND=K.DEPTHWISE if layer.depthwise else K.CONV)
     run.blas = False
     return run
 

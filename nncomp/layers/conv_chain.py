@@ -1,8 +1,10 @@
-"""Runs of blocked convolution steps compiled into one call (nncomp/kernels/conv_chain.py).
+"""Runs of convolution steps compiled into one call (nncomp/kernels/conv_chain.py).
 
-A prepared blocked step carries its row of the run (:class:`nncomp.layers.conv_blocked.ChainStep`
-as ``step.chain``); a pooled one with an epilogue after the pool gets that epilogue added by
-:func:`with_post`. :func:`merge_runs` replaces each run of consecutive such steps of a plan whose
+A prepared blocked (dense or depthwise) step carries its row of the run
+(:class:`nncomp.layers.conv_blocked.ChainStep` as ``step.chain``); a pooled one with an epilogue
+after the pool gets that epilogue added by :func:`with_post`. A global mean that keeps its (1, 1)
+pixel and a per-sample channel vector applied to a map (the squeeze-and-excitation block of
+MobileNetV3 and EfficientNet between its convolutions) carry one from :func:`squeeze_row`. :func:`merge_runs` replaces each run of consecutive such steps of a plan whose
 inner values nothing after the run reads by one call of the compiled driver.
 """
 from dataclasses import replace
@@ -10,6 +12,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..kernels import conv_chain as K
+from .conv_blocked import ChainStep
 
 # A run needs at least this many steps to pay for its Python call.
 MIN_RUN = 2
@@ -28,6 +31,19 @@ def with_post(spec, epilogue, parallel):
     floats[[K.POST_LO, K.POST_HI, K.POST_ALPHA, K.POST_BETA]] = lo, hi, alpha, beta
     vectors = spec.vectors[:3] + (np.ascontiguousarray(scale, np.float32), np.ascontiguousarray(shift, np.float32))
     return replace(spec, vectors=vectors, ints=ints, floats=floats)
+
+
+_NO_WEIGHT = np.zeros((1, 1), np.float32)
+_NO_VECTOR = np.zeros(0, np.float32)
+
+
+def squeeze_row(kind, parallel, op=0, reverse=False):
+    """The row of a K.MEAN step, or of a K.CHANNEL step with channel op code ``op`` (the vector
+    first with ``reverse``; the row's IN slot is the map's, RES the vector's), running the
+    ``parallel`` build of its kernel or the serial one."""
+    ints = np.zeros(K.N_INTS, np.int64)
+    ints[K.KIND], ints[K.PARALLEL], ints[K.OP], ints[K.REVERSE] = kind, parallel, op, reverse
+    return ChainStep(_NO_WEIGHT, (_NO_VECTOR,) * K.N_VECTORS, ints, np.zeros(K.N_FLOATS, np.float32))
 
 
 def _runs(steps, kept):
@@ -72,6 +88,8 @@ def merge_runs(steps, kept):
         ints = np.stack([sp.ints for sp in specs])
         for row, k in zip(ints, range(first, last + 1)):
             ins = steps[k][1]
+            if row[K.KIND] == K.CHANNEL and row[K.REVERSE]:
+                ins = ins[::-1]                                 # the map is IN, the vector RES
             row[K.IN] = slot[ins[0]]
             row[K.RES] = slot[ins[1]] if len(ins) > 1 else 0
         for row, sp in zip(ints, specs):

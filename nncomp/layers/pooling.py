@@ -10,9 +10,11 @@ import numpy as np
 
 from ..errors import NncompError
 from ..kernels import _jit
+from ..kernels import conv_chain as K
 from ..kernels.pool import (avgpool_nhwc, avgpool_nhwc_parallel, global_mean_nhwc, global_mean_nhwc_parallel,
                             maxpool_nhwc, maxpool_nhwc_parallel)
 from .base import Layer, SamePadding, Window, fit, image, pads, pair, register, set_fields
+from .conv_chain import squeeze_row
 
 
 class _Window2D(SamePadding, Layer):
@@ -138,6 +140,8 @@ class GlobalAvgPool2D(_Global2D):
             kern(np.ascontiguousarray(x).reshape(n, h * w, c), out)
             return out.reshape(out_shape)
         step.blas = False
+        if self.keepdims:       # an (n, 1, 1, c) value: a compiled run may take it
+            step.chain = squeeze_row(K.MEAN, kern is global_mean_nhwc_parallel)
         return step
 
 
