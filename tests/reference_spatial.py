@@ -16,6 +16,11 @@ def resize_linear_nhwc(x, y1, y2, dy1, dy2, x1, x2, dx1, dx2):
             + dx2 * dy1 * bottom[:, :, x1] + dx1 * dy1 * bottom[:, :, x2])
 
 
+def col2im_tiles_nhwc(cols, n, h, w, kh, kw, bias):
+    """The col2im of a kernel as large as its stride (no padding, dilation or groups)."""
+    return col2im_nhwc(cols, n, h, w, kh, kw, kh, kw, 0, 0, 1, 1, bias, h * kh, w * kw)
+
+
 def col2im_nhwc(cols, n, h, w, kh, kw, sh, sw, pt, pl, dh, dw, bias, oh, ow):
     """Scatter-add of every input pixel's taps into a padded canvas, then the crop (float64)."""
     groups, _, width = cols.shape

@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st
 import nncomp as nc
 import reference as ref
 from nncomp import layers as L
-from nncomp.kernels.conv_transpose import col2im_nhwc, col2im_nhwc_parallel
+from nncomp.kernels.conv_transpose import col2im_nhwc, col2im_nhwc_parallel, col2im_tiles_nhwc, col2im_tiles_nhwc_parallel
 from nncomp.kernels.resize import (resize_linear_nhwc, resize_linear_nhwc_parallel, resize_nearest_nhwc,
                                    resize_nearest_nhwc_parallel)
 
@@ -378,6 +378,35 @@ def test_col2im_nhwc_matches_reference(groups, cg, n, h, w, k, s, d, pad, extra,
         out = np.full((n, oh, ow, groups * cg), np.nan, np.float32)
         kern(cols, n, h, w, k, k, s, s, pad, pad, d, d, b, out)
         np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+@given(c=st.integers(1, 20), n=st.integers(0, 2), h=st.integers(1, 5), w=st.integers(1, 5), kh=st.integers(1, 3),
+       kw=st.integers(1, 3), bias=st.booleans(), zeros=st.booleans(), seed=st.integers(0, 2**31))
+def test_col2im_of_tiling_taps_is_the_general_col2im_bit_for_bit(c, n, h, w, kh, kw, bias, zeros, seed):
+    """Kernel = stride (DBNet's 2 x 2 upsampling): the block copy gives the general kernel's bits
+    (a -0.0 tap without a bias included) and its twin's numbers."""
+    rng = np.random.default_rng(seed)
+    cols = rng.standard_normal((1, n * h * w, kh * kw * c)).astype(np.float32)
+    if zeros:
+        cols[:, ::2] = -0.0
+    b = rng.standard_normal(c).astype(np.float32) if bias else np.zeros(0, np.float32)
+    general = np.empty((n, h * kh, w * kw, c), np.float32)
+    col2im_nhwc(cols, n, h, w, kh, kw, kh, kw, 0, 0, 1, 1, b, general)
+    want = ref.col2im_tiles_nhwc(cols, n, h, w, kh, kw, b)
+    for kern in (col2im_tiles_nhwc, col2im_tiles_nhwc_parallel):
+        out = np.full((n, h * kh, w * kw, c), np.nan, np.float32)
+        kern(cols, h, w, b, out)
+        assert np.array_equal(out.view(np.int32), general.view(np.int32))
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_only_tiling_transposed_convolutions_take_the_block_copy():
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((4, 3, 2, 2)).astype(np.float32)
+    assert L.ConvTranspose2D.from_onnx_weight(w, None, stride=2).tiles_output((5, 6, 4))
+    for kw in ({"stride": 1}, {"stride": 2, "padding": 1}, {"stride": 2, "output_padding": 1},
+               {"stride": 2, "dilation": 2}):
+        assert not L.ConvTranspose2D.from_onnx_weight(w, None, **kw).tiles_output((5, 6, 4)), kw
 
 
 @pytest.mark.parametrize("h, oh", [(6, 4), (3, 5), (5, 3), (7, 3), (4, 6), (6, 9), (5, 8)])

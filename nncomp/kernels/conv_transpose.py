@@ -3,8 +3,12 @@
 A transposed convolution is one matrix product ``cols = x(n*h*w, c_in) @ W.T`` giving each input
 pixel's contribution to its ``kh x kw`` output taps, then this kernel summing those contributions
 into the output. It gathers per output line (each line reads the input lines whose taps reach it),
-so threads never write the same value and the sum order is fixed.
+so threads never write the same value and the sum order is fixed. A kernel as large as its stride,
+with no padding or dilation and one group (the 2 x 2 / stride-2 upsampling of U-Nets and DBNet
+heads), writes every output value from exactly one tap: :func:`col2im_tiles_nhwc` copies each input
+pixel's ``kh x kw`` block into place instead.
 """
+import numpy as np
 from numba import prange
 
 from ._jit import both
@@ -48,3 +52,34 @@ def _col2im(cols, n, h, w, kh, kw, sh, sw, pt, pl, dh, dw, bias, out):
 
 
 col2im_nhwc, col2im_nhwc_parallel = both(_col2im)
+
+
+def _col2im_tiles(cols, h, w, bias, out):
+    """The col2im of taps that tile the output: kernel = stride (``kh x kw``), no padding, no
+    dilation, one group; ``out[b, iy*kh + i, ix*kw + j, o] = cols[0, (b*h + iy)*w + ix, (i*kw + j)*c + o]
+    + bias[o]`` (+ 0.0 without a bias: the sum :func:`col2im_nhwc` computes, bit for bit).
+
+    IN  cols (1, n*h*w, kh*kw*c) float32 C-contiguous; input size (h, w); bias (c,) or (0,).
+    OUT out (n, h*kh, w*kw, c) float32.
+    """
+    n, oh, ow, c = out.shape
+    kh, kw = oh // h, ow // w
+    span, width = kw * c, kh * kw * c          # one input pixel's values for one output line; all of them
+    shift = np.zeros(span, np.float32)          # the bias under each of those values
+    if bias.shape[0] > 0:
+        for q in range(span):
+            shift[q] = bias[q % c]
+    src, dst = cols.reshape(cols.size), out.reshape(out.size)
+    for r in prange(n * oh):
+        b = r // oh
+        y = r - b * oh
+        iy = y // kh
+        s0 = (b * h + iy) * w * width + (y - iy * kh) * span
+        d0 = r * ow * c
+        for ix in range(w):
+            s1, d1 = s0 + ix * width, d0 + ix * span
+            for q in range(span):
+                dst[d1 + q] = shift[q] + src[s1 + q]
+
+
+col2im_tiles_nhwc, col2im_tiles_nhwc_parallel = both(_col2im_tiles)

@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import NncompError
 from ..kernels import _jit
 from ..kernels.blas import gemm_nt
-from ..kernels.conv_transpose import col2im_nhwc, col2im_nhwc_parallel
+from ..kernels.conv_transpose import col2im_nhwc, col2im_nhwc_parallel, col2im_tiles_nhwc, col2im_tiles_nhwc_parallel
 from ..matrices import DenseMatrix, Matrix, as_matrix
 from .base import Layer, image, pads, pair, plan_field, register, set_fields, tensor_field, vector
 from .conv_algorithms import scratch
@@ -147,9 +147,13 @@ class ConvTranspose2D(Layer):
         else:
             gw = self.group_weights
             product = lambda x: np.ascontiguousarray(np.matmul(x.reshape(rows, g, -1).transpose(1, 0, 2), gw))  # noqa: E731
-        kern = _jit.pick((col2im_nhwc, col2im_nhwc_parallel), n * oh * ow * c_out)
         bias = _NO_BIAS if self.bias is None else self.bias
-        args = (n, h, w, *self.kernel_size, *self.stride, self.padding[0], self.padding[2], *self.dilation, bias)
+        if self.tiles_output(shape):       # each output value from one tap: a block copy
+            kern = _jit.pick((col2im_tiles_nhwc, col2im_tiles_nhwc_parallel), n * oh * ow * c_out)
+            args = (h, w, bias)
+        else:
+            kern = _jit.pick((col2im_nhwc, col2im_nhwc_parallel), n * oh * ow * c_out)
+            args = (n, h, w, *self.kernel_size, *self.stride, self.padding[0], self.padding[2], *self.dilation, bias)
 
         def step(x):
             cols = np.ascontiguousarray(product(np.ascontiguousarray(x)))
@@ -157,6 +161,13 @@ class ConvTranspose2D(Layer):
             kern(cols, *args, out)
             return out
         return step
+
+    def tiles_output(self, shape):
+        """Whether the taps tile the output (kernel = stride, no padding, output padding or
+        dilation, one group): then every output value is one tap's product plus the bias."""
+        return (self.groups == 1 and self.kernel_size == self.stride and self.dilation == (1, 1)
+                and not any(self.padding) and self.shape_of(shape)[:2] == (shape[0] * self.stride[0],
+                                                                           shape[1] * self.stride[1]))
 
     def forward(self, x):
         x = np.ascontiguousarray(x, dtype=np.float32)
