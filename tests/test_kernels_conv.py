@@ -195,6 +195,35 @@ def test_blocked_kernel_reads_the_padding_as_zeros(n, h, wd, c, co, k, s, pads, 
     assert np.array_equal(run(x[one:one + 1], t, l, res[one:one + 1]), run(xp[one:one + 1], 0, 0, res[one:one + 1]))
 
 
+@given(n=st.integers(1, 3), h=st.integers(1, 9), wd=st.integers(1, 12), c=st.integers(1, 40), k=st.integers(1, 5),
+       s=st.integers(1, 2), pads=st.tuples(*[st.integers(0, 4)] * 4), nvec=st.integers(1, 4), pmax=st.integers(1, 14),
+       act=st.sampled_from([0, ACT_HARDSWISH]), add=st.booleans(), parallel=st.booleans(), seed=st.integers(0, 2**31))
+def test_depthwise_kernel_reads_the_padding_as_zeros(n, h, wd, c, k, s, pads, nvec, pmax, act, add, parallel, seed):
+    """On the unpadded input and the layer's padding (each under the kernel's size), the pixels at a
+    line's ends as one-pixel tiles of the taps inside and the rows at the top and bottom with their
+    taps inside give what the kernel gives on the zero-padded copy, with the epilogue."""
+    t, b, l, r = (min(p, k - 1) for p in pads)
+    oh, ow = (h + t + b - k) // s + 1, (wd + l + r - k) // s + 1
+    assume(oh >= 1 and ow >= 1)
+    pmax = min(pmax, conv_blocked.TILE_PIXELS[nvec])
+    rng = np.random.default_rng(seed)
+    kernel = conv_depthwise.depthwise_blocked_nhwc_parallel if parallel else conv_depthwise.depthwise_blocked_nhwc
+    x = rng.standard_normal((n, h, wd, c)).astype(np.float32)
+    cop = -(-c // 16) * 16
+    w = np.zeros((k * k, cop), np.float32)
+    w[:, :c] = rng.standard_normal((k * k, c))
+    bias, scale, shift = (rng.standard_normal(cop).astype(np.float32) for _ in range(3))
+    res = rng.standard_normal((n, oh, ow, c)).astype(np.float32)
+
+    def run(xs, pt, pl):
+        out = np.full((n, oh, ow, c), np.nan, np.float32)
+        kernel(xs, pt, pl, w, bias, k, k, s, s, 1, 1, nvec, pmax, scale, shift, True, res if add else out, add,
+               -1.0, 6.0, act, np.float32(0.2), np.float32(0.5), out)
+        return out
+    xp = np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
+    assert np.array_equal(run(x, t, l), run(xp, 0, 0))
+
+
 @pytest.mark.parametrize("kernel", [conv_depthwise.depthwise_blocked_nhwc, conv_depthwise.depthwise_blocked_nhwc_parallel])
 @given(g=geometry(max_c=40), nvec=st.integers(1, 4), data=st.data())
 def test_depthwise_blocked_nhwc_matches_reference(kernel, g, nvec, data):
@@ -205,15 +234,15 @@ def test_depthwise_blocked_nhwc_matches_reference(kernel, g, nvec, data):
     xp, w, bias, cop = _blocked_operands(g, kh * kw, c)
     pmax = data.draw(st.integers(1, conv_blocked.TILE_PIXELS[nvec]), label="pmax")
     out = np.full((x.shape[0], oh, ow, c), np.nan, np.float32)
-    kernel(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, *_no_epilogue(cop, out), out)
+    kernel(xp, 0, 0, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, *_no_epilogue(cop, out), out)
     expect = ref.depthwise_blocked_nhwc(xp, w, bias, kh, kw, sh, sw, dh, dw, oh, ow, c)
     if integer:
         assert np.array_equal(out, expect)
     mag = ref.depthwise_blocked_nhwc(np.abs(xp), np.abs(w), np.abs(bias), kh, kw, sh, sw, dh, dw, oh, ow, c)
     assert_close_f32(out, expect, mag, kh * kw + 1)
     fused = np.full_like(out, np.nan)
-    kernel(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, w[0], bias, True, out, True, 0.0, 6.0, ACT_HARDSWISH,
-           0.0, 0.0, fused)
+    kernel(xp, 0, 0, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, w[0], bias, True, out, True, 0.0, 6.0,
+           ACT_HARDSWISH, 0.0, 0.0, fused)
     want = ref.epilogue_rows(out.reshape(-1, c), w[0, :c], bias[:c], out.reshape(-1, c), 0.0, 6.0)
     activation_rows(want, ACT_HARDSWISH, np.float32(0), np.float32(0))
     assert np.array_equal(fused.reshape(-1, c), want, equal_nan=True)

@@ -117,7 +117,7 @@ def run_chain(x0, x1, ints, floats):
             out = np.empty((n, oh, ow, co), np.float32)
             res = values[p[RES]] if p[ADD] else out
             if p[KIND] == DEPTHWISE:
-                _depthwise_step(p, f, xp, w, bias, scale, shift, res, out)
+                _depthwise_step(p, f, xp, pt, pl, w, bias, scale, shift, res, out)
             elif p[PARALLEL]:
                 conv_blocked_nhwc_parallel(xp, pt, pl, w, bias, p[KH], p[KW], p[SH], p[SW], p[DH], p[DW], p[NVEC],
                                            p[PMAX], scale, shift, p[AFFINE] != 0, res, p[ADD] != 0,
@@ -153,14 +153,15 @@ def run_chain(x0, x1, ints, floats):
 
 
 @jit
-def _depthwise_step(p, f, xp, w, bias, scale, shift, res, out):
-    """A depthwise convolution step of :func:`run_chain` into ``out`` (``xp`` padded)."""
+def _depthwise_step(p, f, xp, pt, pl, w, bias, scale, shift, res, out):
+    """A depthwise convolution step of :func:`run_chain` into ``out`` (``xp`` padded, or read with
+    its padding ``pt``, ``pl`` as zeros)."""
     if p[PARALLEL]:
-        depthwise_blocked_nhwc_parallel(xp, w, bias, p[KH], p[KW], p[SH], p[SW], p[DH], p[DW], p[NVEC], p[PMAX],
+        depthwise_blocked_nhwc_parallel(xp, pt, pl, w, bias, p[KH], p[KW], p[SH], p[SW], p[DH], p[DW], p[NVEC], p[PMAX],
                                         scale, shift, p[AFFINE] != 0, res, p[ADD] != 0, f[LO], f[HI], p[ACT],
                                         f[ALPHA], f[BETA], out)
     else:
-        depthwise_blocked_nhwc(xp, w, bias, p[KH], p[KW], p[SH], p[SW], p[DH], p[DW], p[NVEC], p[PMAX], scale,
+        depthwise_blocked_nhwc(xp, pt, pl, w, bias, p[KH], p[KW], p[SH], p[SW], p[DH], p[DW], p[NVEC], p[PMAX], scale,
                                shift, p[AFFINE] != 0, res, p[ADD] != 0, f[LO], f[HI], p[ACT], f[ALPHA], f[BETA], out)
 
 

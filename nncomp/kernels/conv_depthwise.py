@@ -11,36 +11,55 @@ from .epilogue import activation_rows
 _dw1, _dw2, _dw3, _dw4 = (make_tiles(v, TILE_PIXELS[v], depthwise=True) for v in range(1, VECTORS + 1))
 
 
-def _depthwise(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, act, alpha,
-               beta, out):
-    """Depthwise convolution (one input channel per output channel) of a padded NHWC batch with
+def _depthwise(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, act,
+               alpha, beta, out):
+    """Depthwise convolution (one input channel per output channel) of an NHWC batch with
     register-blocked tiles: ``out[b, i, j, o] = bias[o] + sum_{r, q} xp[b, i*sh + r*dh, j*sw + q*dw, o]
-    * w[r*kw + q, o]``, then the epilogue as in :func:`_blocked`.
+    * w[r*kw + q, o]``, ``xp`` being ``x`` zero-padded by ``pt`` rows on top and ``pl`` columns on the
+    left (and as many at the bottom and right as the output's size needs), then the epilogue as in
+    :func:`_blocked`. The padding is not copied: a window reaching it leaves those taps out (a pixel
+    at a line's ends is a one-pixel tile of the taps inside), which adds nothing but zeros'
+    products. Needs every window to reach the input: with ``pt`` or ``pl`` > 0, each padding under
+    the kernel's size and no dilation.
 
-    IN  xp (n, hp, wp, c) float32 C-contiguous, zero-padded; w (kh*kw, cop) float32 tap-major (cop =
+    IN  x (n, h, wd, c) float32 C-contiguous; pt, pl >= 0; w (kh*kw, cop) float32 tap-major (cop =
         c rounded up to 16, extra columns zero); bias, scale, shift (cop,); the rest as in _blocked.
     OUT out (n, oh, ow, c) float32 C-contiguous, overwritten.
     """
     n, oh, ow, c = out.shape
-    hp, wp = xp.shape[1], xp.shape[2]
+    hp, wp = x.shape[1], x.shape[2]
     cop = w.shape[1]
     width = 16 * nvec
-    blocks = (ow + pmax - 1) // pmax
-    p0 = (ow + blocks - 1) // blocks if blocks > 0 else 1
+    # interior output columns: every tap inside the input
+    jl = (pl + sw - 1) // sw
+    jr = min(ow - 1, (wp - 1 - (kw - 1) * dw + pl) // sw) if wp - 1 - (kw - 1) * dw + pl >= 0 else -1
+    inner = max(0, jr - jl + 1)
+    blocks = (inner + pmax - 1) // pmax
+    p0 = (inner + blocks - 1) // blocks if blocks > 0 else 1
     lo32, hi32 = np.float32(lo), np.float32(hi)
     # a driver of its own: one shared with _blocked (a flag and both dispatch chains) ran 1.7-2x slower
     for t in prange(n * oh):
         b = t // oh
         i = t - b * oh
+        y0 = i * sh - pt                    # input row of the window's first tap row
+        r0 = 0 if y0 >= 0 else (dh - 1 - y0) // dh
+        r1 = min(kh, (hp - 1 - y0) // dh + 1)
+        row = (b * hp + y0 + r0 * dh) * wp
         for c0 in range(0, cop, width):
             nv = min(nvec, (cop - c0) // 16)
             lanes = min(16, c - c0 - 16 * (nv - 1))
-            j0 = 0
-            while j0 < ow:
-                p = min(p0, ow - j0)
-                a = (p, xp, ((b * hp + i * sh) * wp + j0 * sw) * c + c0, sw * c, kw, kh, dh * wp * c, kw * cop,
-                     w, c0, cop, bias, c0, 1, out, ((b * oh + i) * ow + j0) * c + c0, c, lanes, 1, scale, shift,
-                     affine, res, add, lo32, hi32, dw * c)
+            j = 0
+            while j < ow:
+                x0 = j * sw - pl
+                if jl <= j <= jr:           # interior: tiles of up to p0 pixels, every column tap
+                    p, q0, q1 = min(p0, jr + 1 - j), 0, kw
+                else:                       # a pixel at a line's end: the column taps inside
+                    p = 1
+                    q0 = 0 if x0 >= 0 else (dw - 1 - x0) // dw
+                    q1 = min(kw, (wp - 1 - x0) // dw + 1)
+                a = (p, x, (row + x0 + q0 * dw) * c + c0, sw * c, q1 - q0, r1 - r0, dh * wp * c, kw * cop,
+                     w, c0 + (r0 * kw + q0) * cop, cop, bias, c0, 1, out, ((b * oh + i) * ow + j) * c + c0, c, lanes, 1,
+                     scale, shift, affine, res, add, lo32, hi32, dw * c)
                 if nv == 4:
                     _dw4(*a)
                 elif nv == 3:
@@ -49,10 +68,10 @@ def _depthwise(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, af
                     _dw2(*a)
                 else:
                     _dw1(*a)
-                j0 += p
+                j += p
         if act != 0:
-            row = (b * oh + i) * ow
-            activation_rows(out.reshape(n * oh * ow, c)[row:row + ow], act, np.float32(alpha), np.float32(beta))
+            r = (b * oh + i) * ow
+            activation_rows(out.reshape(n * oh * ow, c)[r:r + ow], act, np.float32(alpha), np.float32(beta))
 
 
 depthwise_blocked_nhwc, depthwise_blocked_nhwc_parallel = both(_depthwise)

@@ -270,18 +270,14 @@ def blocked_step(layer, shape, n, oh, ow, epilogue=None):
     scale, shift, affine, add, lo, hi, code, alpha, beta = _epilogue_vectors(epilogue, co, cop)
 
     pads = layer.padding
-    unpadded = not layer.depthwise and reads_padding(layer, n, ow, nvec, pmax)
+    unpadded = reads_padding(layer, n, ow, nvec, pmax)
 
     def run(x, res=None):
         out = np.empty((n, oh, ow, co), np.float32)
         res = out if res is None else np.ascontiguousarray(res)
-        if layer.depthwise:
-            kern(padded(x), weight(), bias, *geo, nvec, pmax, scale, shift, affine, res, add, lo, hi, code, alpha,
-                 beta, out)
-        else:
-            xp, pt, pl = (np.ascontiguousarray(x), pads[0], pads[2]) if unpadded else (padded(x), 0, 0)
-            kern(xp, pt, pl, weight(), bias, *geo, nvec, pmax, scale, shift, affine, res, add, lo, hi, code, alpha,
-                 beta, out)
+        xp, pt, pl = (np.ascontiguousarray(x), pads[0], pads[2]) if unpadded else (padded(x), 0, 0)
+        kern(xp, pt, pl, weight(), bias, *geo, nvec, pmax, scale, shift, affine, res, add, lo, hi, code, alpha,
+             beta, out)
         return out
     if w is not None:       # compiled runs take fixed weights
         run.chain = _chain_spec(layer, kern, kernels[1], padded, w, (bias, scale, shift, _NONE, _NONE),
@@ -293,10 +289,13 @@ def blocked_step(layer, shape, n, oh, ow, epilogue=None):
 
 def reads_padding(layer, n, ow, nvec, pmax):
     """Whether the blocked kernel reads ``layer``'s padding as zeros (no padded copy of its input):
-    where it tiles across images (conv_blocked.image_tiles: the windows at a line's ends then cost
-    nothing extra) and every window reaches the input (each padding under the kernel's size)."""
+    where every window reaches the input (each padding under the kernel's size, no dilation), and
+    for a dense kernel where it tiles across images (conv_blocked.image_tiles: the windows at a
+    line's ends then cost nothing extra; the depthwise kernel computes those pixels as tiles of
+    their own, and its padded copy cost as much as its arithmetic: 30 against 24 us on a
+    112 x 112 x 16 input, Intel Xeon)."""
     (kh, kw), (t, b, l, r) = layer.kernel_size, layer.padding
-    return (t + b + l + r > 0 and image_tiles(n, ow, nvec, pmax) and layer.dilation == (1, 1)
+    return (t + b + l + r > 0 and (layer.depthwise or image_tiles(n, ow, nvec, pmax)) and layer.dilation == (1, 1)
             and max(t, b) < kh and max(l, r) < kw)
 
 
