@@ -54,9 +54,10 @@ def _taps(start, k, d, size):
 @jit
 def _pixels(p, x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, pix, b, i, j, qlo, qhi, co0, nv, lanes, scale, shift,
             affine, res, add, lo, hi, out, oo, opix):
-    """One tile: ``p`` pixels ``pix`` values apart in ``x`` (unpadded; first pixel: image ``b``,
-    output line ``i``, column ``j``), taps ``qlo <= q < qhi`` of each kernel row, stored at ``out[oo:]``
-    (pixels ``opix`` apart); the kernel rows inside the input only."""
+    """One tile of a dilated kernel (``dw`` > 1; undilated rows call the tiles themselves, a
+    contiguous run of taps per kernel row): ``p`` pixels ``pix`` values apart in ``x`` (unpadded;
+    first pixel: image ``b``, output line ``i``, column ``j``), taps ``qlo <= q < qhi`` of each kernel
+    row, stored at ``out[oo:]`` (pixels ``opix`` apart); the kernel rows inside the input only."""
     h, wd, c = x.shape[1], x.shape[2], x.shape[3]
     cop = w.shape[1]
     r0 = i * sh - pt
@@ -64,12 +65,7 @@ def _pixels(p, x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, pix, b, i, j, qlo, qh
     col = j * sw - pl
     xrow = ((b * h + r0 + rlo * dh) * wd + col) * c
     wrow = rlo * kw * c * cop + co0
-    if dw == 1:         # one call: each kernel row's taps are one contiguous run
-        a = (p, x, xrow + qlo * c, pix, (qhi - qlo) * c, rhi - rlo, dh * wd * c, kw * c * cop, w, wrow + qlo * c * cop,
-             cop, bias, co0, 1, out, oo, opix, lanes, 1, scale, shift, affine, res, add, lo, hi, 1)
-        _tile(nv, a)
-        return
-    for q in range(qlo, qhi):       # dilated: a call per kernel column, adding into the tile
+    for q in range(qlo, qhi):       # a call per kernel column, adding into the tile
         a = (p, x, xrow + q * dw * c, pix, c, rhi - rlo, dh * wd * c, kw * c * cop, w, wrow + q * c * cop, cop, bias,
              co0, int(q == qlo), out, oo, opix, lanes, int(q == qhi - 1), scale, shift, affine, res, add, lo, hi, 1)
         _tile(nv, a)
@@ -81,13 +77,15 @@ def _row(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, a
     read at the same offsets): the dense tiles of :func:`_blocked`, balanced along the pixels whose
     windows lie inside the input's columns, one pixel a tile where a window reaches the padding."""
     ow, co = out.shape[-2], out.shape[-1]
-    wd, c = x.shape[2], x.shape[3]
+    h, wd, c = x.shape[1], x.shape[2], x.shape[3]
     cop = w.shape[1]
     jl = min(ow, (pl + sw - 1) // sw)                   # pixels jl <= j < jr: every tap inside
     reach = wd - 1 + pl - (kw - 1) * dw
     jr = max(jl, min(ow, reach // sw + 1 if reach >= 0 else 0))
     blocks = (jr - jl + pmax - 1) // pmax
     p0 = (jr - jl + blocks - 1) // blocks if blocks > 0 else 1       # balanced tiles along the line
+    rlo, rhi = _taps(i * sh - pt, kh, dh, h)            # the kernel rows inside the input
+    xrow = (b * h + i * sh - pt + rlo * dh) * wd * c
     for co0 in range(0, cop, 16 * nvec):
         nv = min(nvec, (cop - co0) // 16)
         lanes = min(16, co - co0 - 16 * (nv - 1))
@@ -95,8 +93,14 @@ def _row(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, a
         while j0 < ow:
             p = 1 if j0 < jl or j0 >= jr else min(p0, jr - j0)
             qlo, qhi = _taps(j0 * sw - pl, kw, dw, wd)
-            _pixels(p, x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, sw * c, b, i, j0, qlo, qhi, co0, nv, lanes, scale,
-                    shift, affine, res, add, lo, hi, out, obase + j0 * co + co0, co)
+            if dw == 1:     # the tiles called here: through _pixels, passing its arrays cost as much as a
+                # 1 x 1 tile over 16 channels (16 -> 72 at 56 x 56: 243 us a line-by-line pass against 87)
+                _tile(nv, (p, x, xrow + (j0 * sw - pl + qlo) * c, sw * c, (qhi - qlo) * c, rhi - rlo, dh * wd * c,
+                           kw * c * cop, w, (rlo * kw + qlo) * c * cop + co0, cop, bias, co0, 1, out,
+                           obase + j0 * co + co0, co, lanes, 1, scale, shift, affine, res, add, lo, hi, 1))
+            else:
+                _pixels(p, x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, sw * c, b, i, j0, qlo, qhi, co0, nv, lanes,
+                        scale, shift, affine, res, add, lo, hi, out, obase + j0 * co + co0, co)
             j0 += p
     if act != 0:        # on the line just stored (in L1): the activation kernel's own code, so bit-identical
         activation_rows(out.reshape(out.size // co, co)[obase // co:obase // co + ow], act, alpha, beta)
@@ -127,13 +131,21 @@ def _images(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift
     n, oh, ow, co = out.shape
     h, wd, c = x.shape[1], x.shape[2], x.shape[3]
     cop = w.shape[1]
+    rlo, rhi = _taps(i * sh - pt, kh, dh, h)
+    xrow = (b0 * h + i * sh - pt + rlo * dh) * wd * c
     for j in range(ow):
         qlo, qhi = _taps(j * sw - pl, kw, dw, wd)
         for co0 in range(0, cop, 16 * nvec):
             nv = min(nvec, (cop - co0) // 16)
             lanes = min(16, co - co0 - 16 * (nv - 1))
-            _pixels(nb, x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, h * wd * c, b0, i, j, qlo, qhi, co0, nv, lanes,
-                    scale, shift, affine, res, add, lo, hi, out, ((b0 * oh + i) * ow + j) * co + co0, oh * ow * co)
+            oo = ((b0 * oh + i) * ow + j) * co + co0
+            if dw == 1:     # called here, as in _row
+                _tile(nv, (nb, x, xrow + (j * sw - pl + qlo) * c, h * wd * c, (qhi - qlo) * c, rhi - rlo, dh * wd * c,
+                           kw * c * cop, w, (rlo * kw + qlo) * c * cop + co0, cop, bias, co0, 1, out, oo,
+                           oh * ow * co, lanes, 1, scale, shift, affine, res, add, lo, hi, 1))
+            else:
+                _pixels(nb, x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, h * wd * c, b0, i, j, qlo, qhi, co0, nv,
+                        lanes, scale, shift, affine, res, add, lo, hi, out, oo, oh * ow * co)
     if act != 0:
         for b in range(b0, b0 + nb):
             activation_rows(out[b, i], act, alpha, beta)
