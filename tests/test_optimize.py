@@ -453,3 +453,55 @@ def test_cached_entries_give_the_same_milliseconds_when_their_dense_times_differ
     second = LatencyTable(model, x[:1], Drifting(), cache)
     second.measure(dict(patches))
     assert second.measured == 0 and {k: second.delta(k) for k in patches} == pytest.approx(want)
+
+
+def top1_agreement(outputs, reference):
+    """A user's metric that is the planner's own agreement score, written out."""
+    return float(np.mean(outputs.argmax(axis=1) == reference.argmax(axis=1)))
+
+
+def map_iou(outputs, reference):
+    """A detector-style score: IoU of the maps binarized at 0.5 (DBNet's post-processing thresholds its map)."""
+    a, b = outputs > 0.5, reference > 0.5
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def test_a_metric_that_is_agreement_gives_the_agreement_plan(lenet300):
+    model, x, _ = lenet300
+    kw = dict(budget=0.5, batch=1, methods=["quantize", "prune"])
+    plain = Planner(timer=TableTimer(chosen_ms=0.6), cache=False).run(model, x, **kw).plan
+    out = Planner(timer=TableTimer(chosen_ms=0.6), cache=False).run(model, x, metric=top1_agreement, **kw)
+    assert out.plan.metric == "top1_agreement" and plain.metric == "agreement"
+    assert [(c.layer, c.candidate) for c in out.plan.layers] == [(c.layer, c.candidate) for c in plain.layers]
+    assert out.plan.heldout_drop == pytest.approx(plain.heldout_drop)
+
+
+def test_a_model_that_is_not_a_classifier_plans_within_its_metric():
+    """A map-producing network (a detector's head: convolutions to one sigmoid channel) has no top-1;
+    with a metric the planner scores candidates by it, and the held-out quarter keeps the budget."""
+    from nncomp import layers as L
+    from nncomp.model import Node
+    rng = np.random.default_rng(5)
+    f32 = lambda *s: (rng.standard_normal(s) / np.sqrt(s[-1])).astype(np.float32)  # noqa: E731
+    nodes = [Node("c1", nc.Conv2D(f32(16, 9), np.zeros(16, np.float32), in_channels=1, kernel_size=3, padding=1)),
+             Node("r1", nc.ReLU(), ("c1",)),
+             Node("c2", nc.Conv2D(f32(16, 9 * 16), np.zeros(16, np.float32), in_channels=16, kernel_size=3, padding=1),
+                  ("r1",)),
+             Node("r2", nc.ReLU(), ("c2",)),
+             Node("head", nc.Conv2D(f32(1, 16), np.zeros(1, np.float32), in_channels=16), ("r2",)),
+             Node("prob", L.Sigmoid(), ("head",))]
+    model = nc.Model(nodes, input_shape=(1, 16, 16), input_layout="NCHW")
+    x = nc.data.mnist("train")[0][:200, :, 6:22, 6:22]
+    budget = 2.0
+    out = Planner(timer=TableTimer(chosen_ms=0.6), cache=False).run(model, np.ascontiguousarray(x), budget=budget,
+                                                                    metric=map_iou, methods=["quantize", "prune"])
+    assert out.plan.metric == "map_iou" and out(x[:2]).shape == model(x[:2]).shape
+    held = split(x.shape[0], 0)[2]
+    drop = 100 * (map_iou(model(x[held]), model(x[held])) - map_iou(out(x[held]), model(x[held])))
+    assert drop <= budget + 1e-9 and out.plan.heldout_drop == pytest.approx(drop)
+    assert any(c.candidate != "dense" for c in out.plan.layers)      # something was chosen, not only dense
+    with pytest.raises(nc.NncompError, match="metric must be a function"):
+        nc.optimize(model, x, metric="iou")
+    with pytest.raises(nc.NncompError, match="reference values"):
+        nc.optimize(model, x, metric=map_iou, labels=np.zeros((7, 1, 16, 16), np.float32))

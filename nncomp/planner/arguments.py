@@ -5,13 +5,13 @@ from ..checks import check_choice, check_number, check_seed
 from ..errors import CompressionParameterError
 from .candidates import METHODS
 
-__all__ = ["OBJECTIVES", "MIN_SAMPLES", "check_arguments"]
+__all__ = ["OBJECTIVES", "MIN_SAMPLES", "check_arguments", "metric_name"]
 
 OBJECTIVES = ("latency", "size", "energy")
 MIN_SAMPLES = 12       # a quarter for the search and a quarter held out need at least 3 each
 
 
-def check_arguments(model, calibration, labels, budget, batch, objective, methods, n_jobs, seed):
+def check_arguments(model, calibration, labels, budget, batch, objective, methods, n_jobs, seed, metric=None):
     from ..compress.calibration import check_calibration, check_model
     check_model(model, "optimize")
     budget = check_number(budget, "budget", low=0, method="optimize",
@@ -40,7 +40,18 @@ def check_arguments(model, calibration, labels, budget, batch, objective, method
     if x.shape[0] < MIN_SAMPLES:
         raise CompressionParameterError(f"optimize(): calibration has {x.shape[0]} samples; expected at least "
                                         f"{MIN_SAMPLES} (half fit, a quarter searched, a quarter held out); pass more")
-    if labels is not None:
+    if metric is not None and not callable(metric):
+        raise CompressionParameterError(f"optimize(): metric must be a function (outputs, reference) -> score, "
+                                        f"higher is better; got {type(metric).__name__}. Pass metric=None to "
+                                        "score top-1 accuracy or agreement")
+    if labels is not None and metric is not None:
+        y = np.asarray(labels)
+        if y.ndim < 1 or y.shape[0] != x.shape[0]:
+            raise CompressionParameterError(f"optimize(): with a metric, labels are its reference values, one per "
+                                            f"calibration sample: {x.shape[0]} along the first axis; got shape "
+                                            f"{y.shape}. Pass labels=None to compare with the original model's outputs")
+        labels = y
+    elif labels is not None:
         y = np.asarray(labels)
         if y.shape != (x.shape[0],) or y.dtype.kind not in "iu":
             raise CompressionParameterError(f"optimize(): labels must be {x.shape[0]} integer class indices, one per "
@@ -48,3 +59,11 @@ def check_arguments(model, calibration, labels, budget, batch, objective, method
                                             "score agreement with the original model")
         labels = y
     return x, labels, float(budget), int(batch), tuple(dict.fromkeys(methods))
+
+
+def metric_name(metric, labels):
+    """The plan's name of what the budget counts: a metric's function name, else top-1 accuracy
+    (labels) or agreement with the original model."""
+    if metric is not None:
+        return getattr(metric, "__name__", type(metric).__name__)
+    return "accuracy" if labels is not None else "agreement"

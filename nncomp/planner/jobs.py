@@ -6,12 +6,13 @@ cluster. Jobs only build and score (accuracy); latency is always measured in the
 """
 import hashlib
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
 from .candidates import build_patch, compose
 
-__all__ = ["MAX_FIT", "split", "score", "evaluate", "run_jobs", "digest"]
+__all__ = ["MAX_FIT", "Target", "split", "references", "score", "evaluate", "run_jobs", "digest"]
 
 MAX_FIT = 512          # calibration samples given to the methods' refits
 
@@ -24,8 +25,32 @@ def split(n, seed, max_fit=MAX_FIT):
     return np.sort(fit[:max_fit]), np.sort(found), np.sort(held)
 
 
+@dataclass(frozen=True, eq=False)
+class Target:
+    """What a user's ``metric`` compares outputs with: ``metric(outputs, values)`` (higher is better)."""
+
+    values: np.ndarray
+    metric: object
+
+
+def references(model, x, labels, parts, metric=None):
+    """What each of ``parts`` (index arrays) is scored against: its labels, else the original
+    model's top-1 predictions; with a ``metric``, a :class:`Target` of the labels or of the
+    original model's outputs."""
+    out = []
+    for part in parts:
+        if metric is None:
+            out.append(labels[part] if labels is not None else model(x[part]).argmax(axis=1))
+        else:
+            out.append(Target(labels[part] if labels is not None else model(x[part]), metric))
+    return out
+
+
 def score(model, x, ref):
-    """Share of top-1 predictions of ``model`` on ``x`` equal to ``ref``."""
+    """Share of top-1 predictions of ``model`` on ``x`` equal to ``ref``; for a :class:`Target`, its
+    metric of the outputs."""
+    if isinstance(ref, Target):
+        return float(ref.metric(model(x), ref.values))
     return float(np.mean(model(x).argmax(axis=1) == ref))
 
 

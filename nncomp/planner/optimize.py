@@ -35,11 +35,11 @@ import numpy as np
 from ..errors import CompressionParameterError
 from ..io.native import file_bytes
 from . import allocation, interactions, search, sizing
-from .arguments import OBJECTIVES, check_arguments
+from .arguments import OBJECTIVES, check_arguments, metric_name
 from .candidates import (build_proxy, candidates_for, compose, exclusive, group_candidates, layer_choice, size_delta,
                          structured, weighted_layers)
 from .energy import energy
-from .jobs import digest, evaluate, run_jobs, score, split
+from .jobs import digest, evaluate, references, run_jobs, score, split
 from .latency import LatencyCache, Timer, cpu_name
 from .modes import run_mode
 from .report import OptimizationPlan
@@ -55,7 +55,7 @@ CONFIRM_ROUNDS = 3
 
 
 def optimize(model, calibration, *, labels=None, budget=0.5, batch=1, objective="latency", methods=None,
-             n_jobs=None, seed=0):
+             n_jobs=None, seed=0, metric=None):
     """The fastest (or smallest) version of ``model`` whose accuracy loss stays within ``budget``.
 
     Per Dense/Conv2D layer the planner tries dense, CSR at several sparsities, CSR + int8, int8
@@ -71,7 +71,7 @@ def optimize(model, calibration, *, labels=None, budget=0.5, batch=1, objective=
     Parameters
     ----------
     model : Model
-        A classifier (top-1 of its output is the prediction).
+        A classifier (top-1 of its output is the prediction), or any model with a ``metric``.
     calibration : array (n_samples, *input_shape)
         Inputs in the model's layout, at least 12 (a few thousand give the budget a resolution of a
         fraction of a point): half fits the refits, a quarter scores the search, a quarter is held out.
@@ -96,6 +96,9 @@ def optimize(model, calibration, *, labels=None, budget=0.5, batch=1, objective=
         turn, with a warning). Latency is always measured in this process.
     seed : int
         Seeds the split of the calibration data and every method's randomness.
+    metric : callable ``(outputs, reference) -> float``, optional
+        The score instead of top-1 (a detector's map IoU), higher is better, ``budget`` in points of 100
+        x it; ``reference``: the part's ``labels`` (a row per sample) or the original model's outputs.
 
     Returns
     -------
@@ -104,7 +107,7 @@ def optimize(model, calibration, *, labels=None, budget=0.5, batch=1, objective=
         measured and predicted, and ``nc.save`` stores it with the model.
     """
     return Planner().run(model, calibration, labels=labels, budget=budget, batch=batch, objective=objective,
-                         methods=methods, n_jobs=n_jobs, seed=seed)
+                         methods=methods, n_jobs=n_jobs, seed=seed, metric=metric)
 
 
 class Planner:
@@ -135,22 +138,22 @@ class Planner:
         self.built = {}        # {(id(model), data digest, seed): (model, {candidate: (patch, search score)})}
 
     def run(self, model, calibration, *, labels=None, budget=0.5, batch=1, objective="latency", methods=None,
-            n_jobs=None, seed=0):
+            n_jobs=None, seed=0, metric=None):
         out = self.run_once(model, calibration, labels=labels, budget=budget, batch=batch, objective=objective,
-                            methods=methods, n_jobs=n_jobs, seed=seed)
+                            methods=methods, n_jobs=n_jobs, seed=seed, metric=metric)
         if objective != "latency":
             return out
         x, y, budget, batch, methods = check_arguments(model, calibration, labels, budget, batch, objective, methods,
-                                                       n_jobs, seed)
-        return second_pass(self, model, out, x, y, budget, batch, methods, n_jobs, seed)
+                                                       n_jobs, seed, metric)
+        return second_pass(self, model, out, x, y, budget, batch, methods, n_jobs, seed, metric)
 
     def run_once(self, model, calibration, *, labels=None, budget=0.5, batch=1, objective="latency", methods=None,
-                 n_jobs=None, seed=0):
+                 n_jobs=None, seed=0, metric=None):
         """One pass of the planner (:meth:`run` adds the second, :mod:`.stacking`)."""
         start = time.perf_counter()
         self.allocations = ()    # objective "size": the whole-model candidates of this run (.allocation)
         x, y, budget, batch, methods = check_arguments(model, calibration, labels, budget, batch, objective, methods,
-                                              n_jobs, seed)
+                                                       n_jobs, seed, metric)
         names = weighted_layers(model)
         if not names:
             raise CompressionParameterError("optimize(): the model has no Dense or ungrouped Conv2D layer with dense "
@@ -158,8 +161,7 @@ class Planner:
         fit, found, held = split(x.shape[0], seed)
         x_fit, x_search, x_held = x[fit], x[found], x[held]
         x_wide = x[split(x.shape[0], seed, x.shape[0])[0]]   # the whole fitting half: filter pruning's refit
-        ref_search = y[found] if y is not None else model(x_search).argmax(axis=1)
-        ref_held = y[held] if y is not None else model(x_held).argmax(axis=1)
+        ref_search, ref_held = references(model, x, y, (found, held), metric)
         base_search, base_held = score(model, x_search, ref_search), score(model, x_held, ref_held)
         cands = {n: candidates_for(n, methods) for n in names}
         cands.update(group_candidates(model, methods))     # filter pruning, per channel group
@@ -294,7 +296,7 @@ class Planner:
         if won:
             layers = allocation.layer_choices(model, won, names, x_search, ref_search, base_search, dense_bytes)
         result.plan = OptimizationPlan(
-            objective=objective, budget=budget, metric="accuracy" if y is not None else "agreement", batch=batch,
+            objective=objective, budget=budget, metric=metric_name(metric, y), batch=batch,
             layers=layers, dense_ms=final["dense"], predicted_ms=predicted, measured_ms=final["chosen"],
             dense_bytes=int(dense_bytes), bytes=int(out_bytes), dense_energy_pj=dense_pj, energy_pj=out_pj,
             search_check=check,

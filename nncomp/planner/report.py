@@ -56,7 +56,8 @@ class OptimizationPlan:
     objective : {"latency", "size", "energy"}
     budget : float
         Allowed loss in points (top-1 accuracy, or agreement with the original model).
-    metric : {"accuracy", "agreement"}
+    metric : str
+        "accuracy", "agreement", or the name of the user's ``metric`` function.
     batch : int
     layers : tuple of LayerChoice
     dense_ms, predicted_ms, measured_ms : float

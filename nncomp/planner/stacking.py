@@ -23,7 +23,7 @@ METHODS = ("quantize",)
 EFFORT = 3          # the final measurement of the original against the result: this many times the calls
 
 
-def second_pass(planner, model, first, x, labels, budget, batch, methods, n_jobs, seed):
+def second_pass(planner, model, first, x, labels, budget, batch, methods, n_jobs, seed, metric=None):
     """``first`` (the first pass's model, carrying its plan) with int8 added by a second pass where
     it measures faster within the rest of the budget; ``first`` itself otherwise."""
     plan = first.plan
@@ -31,13 +31,14 @@ def second_pass(planner, model, first, x, labels, budget, batch, methods, n_jobs
     todo = tuple(m for m in METHODS if m in methods)
     if not todo or left < 0 or not any(c.method in STRUCTURAL for c in plan.layers):
         return first
-    # without labels the budget is agreement with the original model: its predictions are the labels
-    ref = labels if labels is not None else model(x).argmax(axis=1)
+    # without labels the budget is agreement with the original model: its predictions (its outputs,
+    # for a metric) are the labels
+    ref = labels if labels is not None else model(x) if metric is not None else model(x).argmax(axis=1)
     shown = planner.progress        # the second pass's steps say so (the command line prints them)
     planner.progress = lambda step, message: shown(step, f"second pass, int8 on the reshaped layers: {message}")
     try:
         second = planner.run_once(first, x, labels=ref, budget=left, batch=batch, objective="latency",
-                                  methods=list(todo), n_jobs=n_jobs, seed=seed)
+                                  methods=list(todo), n_jobs=n_jobs, seed=seed, metric=metric)
     finally:
         planner.progress = shown
     again = second.plan
