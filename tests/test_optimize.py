@@ -505,3 +505,5 @@ def test_a_model_that_is_not_a_classifier_plans_within_its_metric():
         nc.optimize(model, x, metric="iou")
     with pytest.raises(nc.NncompError, match="reference values"):
         nc.optimize(model, x, metric=map_iou, labels=np.zeros((7, 1, 16, 16), np.float32))
+    with pytest.raises(nc.NncompError, match="one finite number"):
+        nc.optimize(model, x, metric=lambda out, ref: out.mean(axis=(1, 2, 3)))     # a score per sample

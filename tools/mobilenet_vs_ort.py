@@ -3,12 +3,13 @@ Runtime side by side: a depthwise-separable CNN with squeeze-and-excitation bloc
 trained, for the speed of its layer shapes (random weights are fine for speed; outputs are compared).
 
     pip install torch==2.13.0 onnx onnxruntime
-    python tools/mobilenet_vs_ort.py [--size 224] [--batches 1 8]
+    python tools/mobilenet_vs_ort.py [--size 224] [--batches 1 8] [--out FILE.md]
 
 The blocks follow Howard et al. 2019, table 2 (MobileNetV3-Small: kernel, expansion, output channels,
 SE, activation, stride); the SE block is torchvision's (global average, 1x1 conv, ReLU, 1x1 conv,
 hard sigmoid, scale). Timing: 2 threads each, alternating, a 50 ms pause before each block of calls,
-medians of 15 blocks, in a loop and as lone calls (one call after each pause).
+medians of 15 blocks, in a loop and as lone calls (one call after each pause). ``--out`` writes the
+lines under the machine, versions and threads (nncomp.bench.timing.machine_info).
 """
 import argparse
 import sys
@@ -101,6 +102,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--out", type=Path, help="also write the results as Markdown with the machine")
     args = ap.parse_args(argv)
     import numba
     import onnxruntime as ort
@@ -108,6 +110,7 @@ def main(argv=None):
     import nncomp as nc
     numba.set_num_threads(2)
     torch.set_num_threads(2)
+    lines = []
     net = model()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "mobilenet_v3_small.onnx"
@@ -134,6 +137,15 @@ def main(argv=None):
                 t = timed(fns, mode)
                 line.append(f"{mode} nncomp {t['nncomp']:.3f} ms, ORT {t['ort']:.3f} ms ({t['nncomp'] / t['ort']:.2f}x)")
             print("; ".join(line), flush=True)
+            lines.append("- " + "; ".join(line))
+    if args.out is not None:
+        from nncomp.bench.timing import header, machine_info
+        opening = header(f"# MobileNetV3-Small ({args.size} x {args.size}, random weights): nncomp against ONNX Runtime",
+                         {"machine": machine_info(), "protocol": __doc__.split("\n\n")[-1].strip()})
+        text = "\n".join(opening + ["2 Numba, 2 ORT intra-op and 2 torch threads.", ""] + lines) + "\n"
+        tmp = args.out.with_name(args.out.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(args.out)          # write, then rename
 
 
 if __name__ == "__main__":

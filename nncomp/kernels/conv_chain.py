@@ -4,8 +4,9 @@ The steps of a run are rows of an integer and a float parameter table; :func:`ru
 them in order, padding each input, calling the blocked, depthwise or Winograd kernels (plain with
 their in-kernel epilogue, or pooled then the epilogue and activation kernels on the pooled output),
 and the two steps a squeeze-and-excitation block adds between them (a global mean over the pixels,
-and a per-sample channel vector applied to a map), keeping every output for the steps after it. One Python call per run instead of one per step, and no
-Python between the kernels: the steps' Python cost ~5 us each at batch 1.
+and a per-sample channel vector applied to a map), keeping every output for the steps after it.
+One Python call per run instead of one per step, and no Python between the kernels: the steps'
+Python cost ~5 us each at batch 1.
 
 Each step computes exactly what its own prepared step computes: the same kernels with the same
 arguments (the serial or parallel build as that step picked it), so the results are identical.

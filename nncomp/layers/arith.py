@@ -150,8 +150,8 @@ class Binary(Layer):
             kern(x, operand(xs), code, reverse, y.reshape(n, m, c))
             return y
         step.blas = False
-        if self.constant is None and len(out) == 3 and tuple(shapes[small]) == (1, 1, c):
-            step.chain = squeeze_row(K.CHANNEL, kern is channel_binary_nhwc_parallel, code, reverse)  # an SE block's scaling
+        if self.constant is None and len(out) == 3 and tuple(shapes[small]) == (1, 1, c):   # an SE block's scaling
+            step.chain = squeeze_row(K.CHANNEL, kern is channel_binary_nhwc_parallel, code, reverse)
         return step
 
     def forward(self, *xs):

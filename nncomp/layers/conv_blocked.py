@@ -282,7 +282,8 @@ def blocked_step(layer, shape, n, oh, ow, epilogue=None):
     if w is not None:       # compiled runs take fixed weights
         run.chain = _chain_spec(layer, kern, kernels[1], padded, w, (bias, scale, shift, _NONE, _NONE),
                                 nvec, pmax, geo, (oh, ow, co), AFFINE=affine, ADD=add, ACT=code, lo=lo, hi=hi,
-                                alpha=alpha, beta=beta, UNPADDED=unpadded, KIND=K.DEPTHWISE if layer.depthwise else K.CONV)
+                                alpha=alpha, beta=beta, UNPADDED=unpadded,
+                                KIND=K.DEPTHWISE if layer.depthwise else K.CONV)
     run.blas = False
     return run
 

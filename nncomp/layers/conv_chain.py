@@ -4,8 +4,9 @@ A prepared blocked (dense or depthwise) step carries its row of the run
 (:class:`nncomp.layers.conv_blocked.ChainStep` as ``step.chain``); a pooled one with an epilogue
 after the pool gets that epilogue added by :func:`with_post`. A global mean that keeps its (1, 1)
 pixel and a per-sample channel vector applied to a map (the squeeze-and-excitation block of
-MobileNetV3 and EfficientNet between its convolutions) carry one from :func:`squeeze_row`. :func:`merge_runs` replaces each run of consecutive such steps of a plan whose
-inner values nothing after the run reads by one call of the compiled driver.
+MobileNetV3 and EfficientNet between its convolutions) carry one from :func:`squeeze_row`.
+:func:`merge_runs` replaces each run of consecutive such steps of a plan whose inner values nothing
+after the run reads by one call of the compiled driver.
 """
 from dataclasses import replace
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import CompressionParameterError
 from .candidates import build_patch, compose
 
 __all__ = ["MAX_FIT", "Target", "split", "references", "score", "evaluate", "run_jobs", "digest"]
@@ -50,7 +51,12 @@ def score(model, x, ref):
     """Share of top-1 predictions of ``model`` on ``x`` equal to ``ref``; for a :class:`Target`, its
     metric of the outputs."""
     if isinstance(ref, Target):
-        return float(ref.metric(model(x), ref.values))
+        value = ref.metric(model(x), ref.values)
+        if np.ndim(value) != 0 or not np.isfinite(value):
+            raise CompressionParameterError(f"optimize(): metric {getattr(ref.metric, '__name__', ref.metric)!r} "
+                                            f"must return one finite number (higher is better); got {value!r}. "
+                                            "Return a float, e.g. a mean over the samples")
+        return float(value)
     return float(np.mean(model(x).argmax(axis=1) == ref))
 
 
