@@ -3,6 +3,7 @@
 
 - :mod:`.candidates`  one-layer candidates and channel groups' filter pruning, built by nncomp's methods, refit
 - :mod:`.latency`     whole-model timing with one layer changed; the on-disk cache per CPU and versions
+- :mod:`.screen`      which candidates are timed and built: proxies, a large model's layers timed alone first
 - :mod:`.search`      exact (``scipy.optimize.milp``) and greedy searches, the verified re-search and the repair loop
 - :mod:`.allocation`  ``objective="size"``: Deep Compression's global allocations, built jointly, verified
 - :mod:`.optimize`    the public function: split, evaluate (joblib jobs), measure, search, verify

@@ -22,7 +22,7 @@ import numba
 
 from ..plan import batch_parts, run_parallel, run_parts, run_serial
 
-__all__ = ["MODES", "run_mode", "in_mode", "concrete_mode"]
+__all__ = ["MODES", "run_mode", "in_mode", "layer_call", "concrete_mode"]
 
 MODES = ("serial", "parts", "parallel", "measured")
 
@@ -51,6 +51,15 @@ def in_mode(model, mode, batch, threads=None):
     if mode == "parallel" and threads > 1 and run_mode(model, batch, threads) == "measured":
         return lambda x: _parallel(model, x)
     return model
+
+
+def layer_call(model, mode, batch, threads=None):
+    """As :func:`in_mode`, for a model of one layer taken out of a larger one: ``"parallel"`` runs its
+    parallel kernels whatever its own mode (the layer alone is smaller than the pass it runs in)."""
+    threads = numba.get_num_threads() if threads is None else threads
+    if mode == "parallel" and threads > 1:
+        return lambda x: _parallel(model, x)
+    return in_mode(model, mode, batch, threads)
 
 
 def _parallel(model, x):

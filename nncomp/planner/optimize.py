@@ -9,8 +9,8 @@ The steps (each in its own module):
    quarter that only the verification sees; the budget is checked there (:mod:`.jobs`).
 2. Costs: for ``objective="latency"`` every candidate's formats are built without refits and timed
    first (:mod:`.table`: whole-model times with one layer changed at the target batch, in the dense
-   model's run mode (:mod:`.modes`), cached per CPU and versions (:mod:`.latency`)); only candidates
-   at least MIN_GAIN faster than dense go on. For ``"size"``: Deep Compression's global allocations,
+   model's run mode (:mod:`.modes`), cached per CPU and versions (:mod:`.latency`); a large model's
+   layers timed alone first, :mod:`.screen`); only candidates at least MIN_GAIN faster than dense go on. For ``"size"``: Deep Compression's global allocations,
    whole models built jointly (:mod:`.allocation`), the sparsest first, the smallest file within the
    budget verified on the held-out part; it bounds the per-layer candidates worth building, whose
    bytes (counted in memory) come from their formats without refits (:mod:`.sizing`).
@@ -28,15 +28,14 @@ The steps (each in its own module):
 """
 import dataclasses
 import time
-from collections import Counter
 
 import numpy as np
 
 from ..errors import CompressionParameterError
 from ..io.native import file_bytes
-from . import allocation, interactions, search, sizing
+from . import allocation, interactions, screen, search, sizing
 from .arguments import OBJECTIVES, check_arguments, metric_name
-from .candidates import (build_proxy, candidates_for, compose, exclusive, group_candidates, layer_choice, size_delta,
+from .candidates import (candidates_for, compose, exclusive, group_candidates, layer_choice, size_delta,
                          structured, weighted_layers)
 from .energy import energy
 from .jobs import digest, evaluate, references, run_jobs, score, split
@@ -44,7 +43,7 @@ from .latency import LatencyCache, Timer, cpu_name
 from .modes import run_mode
 from .report import OptimizationPlan
 from .stacking import second_pass
-from .table import MIN_GAIN, PROXY_SAMPLES, LatencyTable
+from .table import MIN_GAIN, LatencyTable
 
 __all__ = ["optimize", "Planner", "OBJECTIVES"]
 
@@ -172,7 +171,7 @@ class Planner:
             groups = f" and {len(cands) - len(names)} channel groups" if len(cands) > len(names) else ""
             self.progress(1, f"timing {sum(len(c) - 1 for c in cands.values())} candidates of {len(names)} layers"
                              f"{groups} at batch {batch} (the model runs {lat.mode})")
-            proxies, wanted = self._screen(model, cands, x_fit, seed, lat, notes)
+            proxies, wanted = screen.timed(model, cands, x_fit, seed, lat, notes)
         elif objective == "size":     # the best global allocation first: it bounds what a layer's candidate can do
             dense_bytes = file_bytes(model, huffman=True)
             won = self._allocate(model, names, x, seed, (x_search, ref_search, base_search),
@@ -324,26 +323,6 @@ class Planner:
             notes.append(f"global allocations over the budget on the held-out part: {', '.join(refused)}")
         self.allocations = [dataclasses.replace(a, model=None) for a in built]   # keep the figures
         return won
-
-    def _screen(self, model, cands, x_fit, seed, lat, notes):
-        """Proxies ``{(layer, index): patch or None}`` (the candidates' formats without refits) timed
-        in the dense model's mode, and the candidates that measured at least MIN_GAIN faster than dense."""
-        proxies = {}
-        for n, cs in cands.items():
-            memo = {}
-            for j, c in enumerate(cs[1:], 1):
-                proxies[n, j] = build_proxy(model, c, x_fit, seed, memo, PROXY_SAMPLES)
-        live = {k: p for k, p in proxies.items() if p is not None}
-        same = {k: p for k, p in live.items() if lat.eligible(k[0], p)}
-        if len(same) < len(live):
-            out = Counter(cands[n][j].label for n, j in live if (n, j) not in same)
-            notes.append(f"{len(live) - len(same)} candidates would change how the model runs a batch of "
-                         f"{lat.batch} (the dense model's mode: {lat.mode}); left out: "
-                         + ", ".join(f"{label} ({k} layers)" for label, k in out.items()))
-        keys = {k: lat.key(k[0], cands[k[0]][k[1]].label, p) for k, p in same.items()}
-        lat.measure({keys[k]: (k[0], p) for k, p in same.items()})
-        wanted = {cands[n][j] for (n, j), key in keys.items() if lat.delta(key) <= -MIN_GAIN * lat.dense_reference()}
-        return live, wanted      # the left-out ones stay in the plan's table, never timed
 
     def _build(self, model, cands, wanted, data, fits, x_search, ref_search, n_jobs):
         """``{candidate: (patch or None, search score)}`` of the candidates in ``wanted`` (None: all),

@@ -11,7 +11,8 @@ Every entry is timed in the mode the dense model runs in (:mod:`.modes`; a one-l
 not move the whole model from batch parts to parallel kernels between the table and the final
 call; a dense model that measures its way each call is timed, with every entry, in the way it
 measured fastest when the table was made), first briefly (SCREEN_EFFORT of the calls): a
-candidate that is clearly slower (by MIN_GAIN) stops there, the others are timed in full.
+candidate that is clearly slower (by MIN_GAIN) stops there, the others are timed in full. (A large
+model's candidates are first timed by their layer alone: :mod:`.screen`.)
 Differences are kept relative to the dense time of the same measurement and expressed against one
 reference dense time, so that a neighbour's load that slows every call between two measurements
 does not bias their sum.
@@ -97,6 +98,20 @@ class LatencyTable:
                 self._put(k, r, confirmed=effort > 1)
         if self.cache is not None:
             self.cache.save()
+
+    def lookup(self, keys):
+        """The keys of ``keys`` whose entries are known: measured in this run or found in the cache."""
+        return self._from_cache(keys)
+
+    def estimate(self, key, ms, se_ms=0.0):
+        """An entry not timed in the whole pass: ``ms``, its layer's difference from dense timed alone
+        (:mod:`.screen`), taken for the whole model's; cached as screened."""
+        dense = self.dense_reference()
+        self.rel[key], self.se[key] = float(ms) / dense, float(se_ms) / dense
+        self.measured += 1
+        if self.cache is not None:
+            self.cache.put(key, {"ms": dense + float(ms), "dense_ms": dense, "confirmed": False, "screened": True,
+                                 "alone": True, "se": self.se[key]})
 
     def _reference(self, ms=None):
         """The reference dense time: set to ``ms`` (and remembered in the cache) if there is none yet;

@@ -1,0 +1,92 @@
+"""The planner's layer screen for large models (nncomp/planner/screen.py): a layer alone computes what
+it computes inside the model, in every format; when whole-pass timing would take too long, only the
+candidates whose layer alone saves enough are timed in the whole pass, and the rest never reach the
+build. Real MNIST digits, shipped models; injected timers (no clock in the assertions)."""
+import numpy as np
+import pytest
+
+import nncomp as nc
+from nncomp.planner import Planner, candidates, latency, screen
+from nncomp.planner.modes import layer_call
+
+
+@pytest.fixture(autouse=True)
+def quick(monkeypatch, tmp_path):
+    monkeypatch.setenv(latency.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(latency, "TARGET_S", 0.01)
+    monkeypatch.setattr(latency, "MIN_CALLS", 4)
+    monkeypatch.setattr(candidates, "GRID", {**candidates.GRID, "prune": (0.9,), "factorize": (4.0,)})
+
+
+@pytest.fixture(scope="module")
+def lenet300():
+    model = nc.load(nc.data.model_path("lenet300"))
+    x, y = nc.data.mnist("train", layout="NC")
+    return model, x[:800], y[:800]
+
+
+@pytest.mark.parametrize("name, methods", [("lenet5", ["prune", "quantize", "factorize"]),
+                                           ("resnet_small", ["factorize", "quantize"])])
+def test_a_layer_alone_computes_what_it_computes_in_the_model(name, methods):
+    model = nc.load(nc.data.model_path(name))
+    x = nc.data.for_model(model, "train")[0][:3]
+    names = candidates.weighted_layers(model)[:3]
+    values = model.activations(x, names + [model[n].inputs[0] for n in names])
+    for n in names:
+        src = values[model[n].inputs[0]]
+        for c in candidates.candidates_for(n, methods):
+            patch = (model[n],) if c.method == "dense" else candidates.build_proxy(model, c, x, 0, {}, 3)
+            if patch is None:
+                continue
+            whole = candidates.compose(model, {n: patch}).activations(x, [n])[n]
+            for mode in ("serial", "parallel"):
+                got = layer_call(screen.one_layer(patch, src.shape[1:]), mode, 3)(src)
+                np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-5, err_msg=f"{n} {c.label} {mode}")
+
+
+class AloneTimer:
+    """Layers timed alone (calls named ``layer/index``): only ``fast``'s candidates save time there.
+    Whole passes: every candidate 0.5 ms against dense 1.0, the chosen model 0.6."""
+
+    def __init__(self, fast):
+        self.fast, self.whole = fast, []
+
+    def measure(self, calls, x, effort=1):
+        if any("/" in k for k in calls):
+            return {k: 0.2 if k.split("/")[0] == self.fast else 1.0 for k in calls}
+        self.whole += [k for k in calls if k not in ("dense", "chosen") and not k.startswith("-")]
+        return {k: 1.0 if k == "dense" else 0.6 if k == "chosen" else 0.7 if k.startswith("-") else 0.5
+                for k in calls}
+
+
+def test_large_models_time_in_the_whole_pass_only_what_their_layer_alone_saves(lenet300, monkeypatch):
+    model, x, y = lenet300
+    monkeypatch.setattr(screen, "LAYER_SCREEN_S", 0.0)      # as if a pass took seconds
+    timer = AloneTimer("fc2")
+    out = Planner(timer=timer, cache=False).run(model, x, labels=y, budget=100.0, methods=["quantize", "prune"])
+    plan = out.plan
+    fc2 = [r for r in plan.table if r[0] == "fc2" and r[1] != "dense"]
+    assert 0 < len(set(timer.whole)) <= len(fc2)          # fc2's candidates (briefly, in full, confirmed)
+    assert [c.layer for c in plan.layers if c.candidate != "dense"] == ["fc2"]
+    assert "timed by their layer alone first" in str(plan)
+    assert all(r[4] is None for r in plan.table if r[0] != "fc2" and r[1] != "dense")    # never built
+    timer.whole.clear()                                   # small models: every candidate in the whole pass
+    monkeypatch.setattr(screen, "LAYER_SCREEN_S", 1e9)
+    plan = Planner(timer=timer, cache=False).run(model, x, labels=y, budget=100.0, methods=["quantize", "prune"]).plan
+    assert len(timer.whole) >= len([r for r in plan.table if r[1] != "dense" and r[2] is not None])
+    assert "alone" not in str(plan)
+
+
+def test_layer_screen_entries_are_cached_and_reused(lenet300, monkeypatch, tmp_path):
+    model, x, y = lenet300
+    monkeypatch.setattr(screen, "LAYER_SCREEN_S", 0.0)
+    first = AloneTimer("fc1")
+    Planner(timer=first, cache=latency.LatencyCache(tmp_path)).run(model, x, labels=y, budget=100.0,
+                                                                    methods=["quantize"])
+    again = AloneTimer("fc1")
+    calls = []
+    layer_deltas = screen.layer_deltas
+    monkeypatch.setattr(screen, "layer_deltas", lambda *a, **k: calls.append(1) or layer_deltas(*a, **k))
+    Planner(timer=again, cache=latency.LatencyCache(tmp_path)).run(model, x, labels=y, budget=100.0,
+                                                                    methods=["quantize"])
+    assert not calls        # every entry came from the cache: nothing timed alone again
