@@ -2,7 +2,7 @@
 import numba
 import numpy as np
 import pytest
-from hypothesis import assume, example, given, strategies as st
+from hypothesis import assume, example, given, settings, strategies as st
 
 import reference as ref
 from conftest import assert_close_f32
@@ -206,14 +206,8 @@ def test_depthwise_kernel_reads_the_padding_as_zeros(n, h, wd, c, k, s, pads, nv
     oh, ow = (h + t + b - k) // s + 1, (wd + l + r - k) // s + 1
     assume(oh >= 1 and ow >= 1)
     pmax = min(pmax, conv_blocked.TILE_PIXELS[nvec])
-    rng = np.random.default_rng(seed)
     kernel = conv_depthwise.depthwise_blocked_nhwc_parallel if parallel else conv_depthwise.depthwise_blocked_nhwc
-    x = rng.standard_normal((n, h, wd, c)).astype(np.float32)
-    cop = -(-c // 16) * 16
-    w = np.zeros((k * k, cop), np.float32)
-    w[:, :c] = rng.standard_normal((k * k, c))
-    bias, scale, shift = (rng.standard_normal(cop).astype(np.float32) for _ in range(3))
-    res = rng.standard_normal((n, oh, ow, c)).astype(np.float32)
+    x, w, bias, scale, shift, res = _depthwise_operands(seed, (n, h, wd, c), k, (oh, ow))
 
     def run(xs, pt, pl):
         out = np.full((n, oh, ow, c), np.nan, np.float32)
@@ -222,6 +216,42 @@ def test_depthwise_kernel_reads_the_padding_as_zeros(n, h, wd, c, k, s, pads, nv
         return out
     xp = np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
     assert np.array_equal(run(x, t, l), run(xp, 0, 0))
+
+
+def _depthwise_operands(seed, shape, k, out_hw):
+    """Seeded ``(x, w, bias, scale, shift, res)`` of a depthwise kernel call on ``shape`` (n, h, w, c)
+    with a k x k kernel and an output of ``out_hw``; weight columns past c zero."""
+    rng = np.random.default_rng(seed)
+    n, _, _, c = shape
+    x = rng.standard_normal(shape).astype(np.float32)
+    cop = -(-c // 16) * 16
+    w = np.zeros((k * k, cop), np.float32)
+    w[:, :c] = rng.standard_normal((k * k, c))
+    bias, scale, shift = (rng.standard_normal(cop).astype(np.float32) for _ in range(3))
+    return x, w, bias, scale, shift, rng.standard_normal((n, *out_hw, c)).astype(np.float32)
+
+
+@settings(max_examples=60)
+@given(n=st.integers(1, 2), h=st.integers(1, 6), wd=st.integers(1, 70), c=st.integers(1, 64), k=st.sampled_from([3, 5]),
+       s=st.integers(1, 2), pad=st.booleans(), nvec=st.integers(1, 4), act=st.sampled_from([0, ACT_HARDSWISH]),
+       add=st.booleans(), parallel=st.booleans(), seed=st.integers(0, 2**31))
+def test_depthwise_sliding_tiles_give_the_general_tiles_bits(n, h, wd, c, k, s, pad, nvec, act, add, parallel, seed):
+    """Lines whose taps step as their pixels do (stride = dilation: 1 and 1, or 2 and 2) run the
+    sliding tiles (each input vector loaded once per kernel row) for 3- and 5-tap rows: the same
+    bits as one-pixel tiles of the general kernel (pmax 1), epilogue included."""
+    t = k // 2 * s if pad else 0
+    oh, ow = (h + 2 * t - s * (k - 1) - 1) // s + 1, (wd + 2 * t - s * (k - 1) - 1) // s + 1
+    assume(oh >= 1 and ow >= 1)
+    kernel = conv_depthwise.depthwise_blocked_nhwc_parallel if parallel else conv_depthwise.depthwise_blocked_nhwc
+    x, w, bias, scale, shift, res = _depthwise_operands(seed, (n, h, wd, c), k, (oh, ow))
+
+    def run(pmax):
+        out = np.full((n, oh, ow, c), np.nan, np.float32)
+        xs = np.pad(x, ((0, 0), (t, t), (t, t), (0, 0))) if s > 1 else x     # dilated: no padding read
+        kernel(xs, 0 if s > 1 else t, 0 if s > 1 else t, w, bias, k, k, s, s, s, s, nvec, pmax, scale, shift, True,
+               res if add else out, add, -1.0, 6.0, act, np.float32(0.2), np.float32(0.5), out)
+        return out
+    assert np.array_equal(run(conv_blocked.TILE_PIXELS[nvec]), run(1))
 
 
 @pytest.mark.parametrize("kernel", [conv_depthwise.depthwise_blocked_nhwc, conv_depthwise.depthwise_blocked_nhwc_parallel])

@@ -90,3 +90,29 @@ def test_layer_screen_entries_are_cached_and_reused(lenet300, monkeypatch, tmp_p
     Planner(timer=again, cache=latency.LatencyCache(tmp_path)).run(model, x, labels=y, budget=100.0,
                                                                     methods=["quantize"])
     assert not calls        # every entry came from the cache: nothing timed alone again
+
+
+class ManySlowTimer:
+    """Every candidate saves time in the table, but in the final measurement setting fc1 or fc2
+    back to dense makes the chosen model faster (fc1 most); once both are dense it beats dense."""
+
+    def __init__(self):
+        self.rounds = 0
+
+    def measure(self, calls, x, effort=1):
+        if "-fc1" in calls:
+            self.rounds += 1
+            return {k: {"dense": 1.0, "chosen": 1.5, "-fc1": 0.7, "-fc2": 0.72}.get(k, 1.5) for k in calls}
+        if "chosen" in calls:
+            self.rounds += 1
+            return {k: 1.0 if k == "dense" else 0.6 for k in calls}
+        return {k: 1.0 if k == "dense" else 0.5 for k in calls}
+
+
+def test_final_measurement_sets_back_every_layer_that_measured_slower_in_one_round(lenet300):
+    model, x, y = lenet300
+    timer = ManySlowTimer()
+    plan = Planner(timer=timer, cache=False).run(model, x, labels=y, budget=100.0, methods=["quantize"]).plan
+    assert [c.layer for c in plan.layers if c.candidate != "dense"] == ["fc3"]
+    assert sorted(plan.reverted) == ["fc1", "fc2"] and timer.rounds == 2
+    assert "fc1, fc2 set back to dense" in str(plan)

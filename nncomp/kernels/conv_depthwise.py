@@ -7,8 +7,25 @@ from numba import prange
 from ._jit import both
 from .conv_tiles import TILE_PIXELS, VECTORS, make_tiles
 from .epilogue import activation_rows
+from .isa import VECTOR_REGISTERS
 
 _dw1, _dw2, _dw3, _dw4 = (make_tiles(v, TILE_PIXELS[v], depthwise=True) for v in range(1, VECTORS + 1))
+
+# Stride-1 lines of 3- and 5-tap rows run sliding tiles (each input vector loaded once per kernel
+# row, not once per tap): at most this many pixels by vectors, so that the P * V accumulators, the
+# S * V taps and a loaded vector fit AVX-512's 32 registers; none where the CPU has 16.
+SLIDE = VECTOR_REGISTERS >= 32
+# Measured on one thread (Intel Xeon, AVX-512, A/B in one process, same bits): stride-1 3 x 3 lines
+# 0.70-0.87x the general tiles' time (112 x 112 x 16 to 28 x 28 x 88), 5 x 5 of 1-2 vectors
+# 0.75-0.98x. 5-tap rows of 3 vectors leave room for 4 pixels a tile (the general tile: 8): slower on
+# lines of 7-14 pixels (MobileNetV3's last stages), 0.75-0.84x on wide ones, so they slide from
+# SLIDE_WIDE pixels; of 4 vectors, 2 pixels: 0.88-1.11x, never.
+SLIDE_WIDE = 32
+SLIDE_PIXELS = {3: (14, 11, 6, 3), 5: (14, 9, 4, 0)}
+_s3_1, _s3_2, _s3_3, _s3_4 = (make_tiles(v, SLIDE_PIXELS[3][v - 1], depthwise=True, slide=3)
+                              for v in range(1, VECTORS + 1))
+_s5_1, _s5_2, _s5_3 = (make_tiles(v, SLIDE_PIXELS[5][v - 1], depthwise=True, slide=5) for v in range(1, 4))
+_SP3, _SP5 = SLIDE_PIXELS[3], SLIDE_PIXELS[5]
 
 
 def _depthwise(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, act,
@@ -34,8 +51,7 @@ def _depthwise(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, sh
     jl = (pl + sw - 1) // sw
     jr = min(ow - 1, (wp - 1 - (kw - 1) * dw + pl) // sw) if wp - 1 - (kw - 1) * dw + pl >= 0 else -1
     inner = max(0, jr - jl + 1)
-    blocks = (inner + pmax - 1) // pmax
-    p0 = (inner + blocks - 1) // blocks if blocks > 0 else 1
+    slide = SLIDE and sw == dw and (kw == 3 or kw == 5)
     lo32, hi32 = np.float32(lo), np.float32(hi)
     # a driver of its own: one shared with _blocked (a flag and both dispatch chains) ran 1.7-2x slower
     for t in prange(n * oh):
@@ -48,6 +64,11 @@ def _depthwise(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, sh
         for c0 in range(0, cop, width):
             nv = min(nvec, (cop - c0) // 16)
             lanes = min(16, c - c0 - 16 * (nv - 1))
+            pm = min(pmax, (_SP3[nv - 1] if kw == 3 else _SP5[nv - 1])) if slide else pmax
+            sl = slide and pm >= 2 and (kw == 3 or nv <= 2 or ow >= SLIDE_WIDE)
+            pm = pm if sl else pmax
+            blocks = (inner + pm - 1) // pm
+            p0 = (inner + blocks - 1) // blocks if blocks > 0 else 1
             j = 0
             while j < ow:
                 x0 = j * sw - pl
@@ -60,7 +81,23 @@ def _depthwise(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, sh
                 a = (p, x, (row + x0 + q0 * dw) * c + c0, sw * c, q1 - q0, r1 - r0, dh * wp * c, kw * cop,
                      w, c0 + (r0 * kw + q0) * cop, cop, bias, c0, 1, out, ((b * oh + i) * ow + j) * c + c0, c, lanes, 1,
                      scale, shift, affine, res, add, lo32, hi32, dw * c)
-                if nv == 4:
+                if sl and p > 1 and kw == 3:
+                    if nv == 4:
+                        _s3_4(*a)
+                    elif nv == 3:
+                        _s3_3(*a)
+                    elif nv == 2:
+                        _s3_2(*a)
+                    else:
+                        _s3_1(*a)
+                elif sl and p > 1:      # 5 taps: never 4 vectors
+                    if nv == 3:
+                        _s5_3(*a)
+                    elif nv == 2:
+                        _s5_2(*a)
+                    else:
+                        _s5_1(*a)
+                elif nv == 4:
                     _dw4(*a)
                 elif nv == 3:
                     _dw3(*a)

@@ -38,8 +38,11 @@ def tile_pixels(nvec, registers=None):
     return p if registers >= 32 else max(1, p // 4)
 
 
-def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after):
-    """One tile of ``P`` pixels x ``V`` vectors; branches to ``after`` when done."""
+def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=0):
+    """One tile of ``P`` pixels x ``V`` vectors; branches to ``after`` when done. ``slide`` (depthwise
+    only): the runs are ``slide`` taps long and a pixel's next tap is the next pixel's first
+    (``xstep == pix``, stride 1): each input vector is loaded once per row and serves every pixel
+    whose window holds it (:func:`_slide_rows`)."""
     xd, wd, bd, od, scd, shd, rd = ptrs
     xoff, pix, span, rows, xrow, wrs, woff, wrow, boff, first, ooff, opix, lanes, last, affine, add, xstep = ints
     lo, hi = epi
@@ -48,9 +51,8 @@ def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after):
     v16 = ir.VectorType(f32, 16)
     vptr = v16.as_pointer()
     i32 = ir.IntType(32)
-    mask_t = ir.VectorType(ir.IntType(1), 16)
     fma = declare(builder.module, "llvm.fma.v16f32", ir.FunctionType(v16, [v16, v16, v16]))
-    mload, mstore = masked_v16(builder.module)
+    mload, _ = masked_v16(builder.module)
     undef = ir.Constant(v16, ir.Undefined)
     zero = ir.Constant(v16, None)
     splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
@@ -74,6 +76,12 @@ def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after):
             else:
                 old = builder.load(optrs[p][v], align=4)
             init.append(builder.select(is_first, bias[v], old))
+    if slide:
+        new = _slide_rows(builder, P, V, slide, init, (xd, wd), (xoff, pix, rows, xrow, wrs, woff, wrow), mask)
+        _epilogue(builder, P, V, new, (od, scd, shd, rd, bd), (boff, ooff, opix, last, affine, add), (lo, hi),
+                  mask, optrs)
+        builder.branch(after)
+        return
     # rows x span multiply-adds per accumulator: kernel rows r (x at + r * xrow, w at + r * wrs),
     # each a contiguous run j < span (rows >= 1 and span >= 1: the loops run at least once)
     pre = builder.block
@@ -112,9 +120,65 @@ def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after):
     loop_latch(builder, intp, r, acc_r, new, rows, outer, done)
 
     builder.position_at_end(done)
+    _epilogue(builder, P, V, new, (od, scd, shd, rd, bd), (boff, ooff, opix, last, affine, add), (lo, hi), mask,
+              optrs)
+    builder.branch(after)
+
+
+def _slide_rows(builder, P, V, S, init, arrays, ints, mask):
+    """The accumulators of a depthwise tile whose runs are ``S`` taps, a tap's step equal to the
+    pixels' (stride 1): per kernel row, the ``P + S - 1`` input vectors of the row are loaded once
+    each and multiply-added into every pixel whose window holds them (pixel ``p``, tap ``j`` reads
+    input ``p + j``), in the order of the general tile (per pixel: taps in increasing order), so
+    the bits are the same; a load serves up to ``S`` multiply-adds instead of one."""
+    xd, wd = arrays
+    xoff, pix, rows, xrow, wrs, woff, wrow = ints
+    intp = xoff.type
+    v16 = ir.VectorType(ir.FloatType(), 16)
+    vptr, i32 = v16.as_pointer(), ir.IntType(32)
+    fma = declare(builder.module, "llvm.fma.v16f32", ir.FunctionType(v16, [v16, v16, v16]))
+    mload, _ = masked_v16(builder.module)
+    zero = ir.Constant(v16, None)
+    pre = builder.block
+    row = builder.append_basic_block(f"slide{P}x{V}x{S}_row")
+    done = builder.append_basic_block(f"slide{P}x{V}x{S}_done")
+    builder.branch(row)
+    builder.position_at_end(row)
+    r, accs = loop_phis(builder, intp, v16, init, pre)
+    xbase = builder.gep(xd, [builder.add(xoff, builder.mul(r, xrow))])
+    wbase = builder.gep(wd, [builder.add(woff, builder.mul(r, wrs))])
+    wv = [[builder.load(builder.bitcast(builder.gep(wbase, [builder.add(builder.mul(intp(j), wrow), intp(16 * v))]),
+                                        vptr), align=4) for v in range(V)] for j in range(S)]
+    new = list(accs)
+    for t in range(P + S - 1):
+        at = builder.mul(intp(t), pix)
+        xs = [builder.bitcast(builder.gep(xbase, [builder.add(at, intp(16 * v))]), vptr) for v in range(V)]
+        xv = [builder.call(mload, [xs[v], i32(4), mask, zero]) if v == V - 1 else builder.load(xs[v], align=4)
+              for v in range(V)]
+        for j in range(S):
+            p = t - j
+            if 0 <= p < P:
+                for v in range(V):
+                    new[p * V + v] = builder.call(fma, [xv[v], wv[j][v], new[p * V + v]])
+    loop_latch(builder, intp, r, accs, new, rows, row, done)
+    builder.position_at_end(done)
+    return new
+
+
+def _epilogue(builder, P, V, new, arrays, ints, epi, mask, optrs):
+    """Store the tile's accumulators ``new``; after the last call of the tile first the epilogue, as
+    the epilogue kernel computes it (no fused multiply-add: bit-identical to batch norm, residual add
+    and clip run one by one)."""
+    od, scd, shd, rd, bd = arrays
+    boff, ooff, opix, last, affine, add = ints
+    lo, hi = epi
+    intp = boff.type
+    v16 = ir.VectorType(ir.FloatType(), 16)
+    vptr, i32 = v16.as_pointer(), ir.IntType(32)
+    mload, mstore = masked_v16(builder.module)
+    undef, zero = ir.Constant(v16, ir.Undefined), ir.Constant(v16, None)
+    splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
     fins = list(new)
-    # after the last call of the tile: the epilogue, as the epilogue kernel computes it (no fused
-    # multiply-add: bit-identical to batch norm, residual add and clip run one by one)
     is_last = builder.icmp_signed("!=", last, intp(0))
     do_affine = builder.and_(is_last, builder.icmp_signed("!=", affine, intp(0)))
     do_add = builder.and_(is_last, builder.icmp_signed("!=", add, intp(0)))
@@ -142,14 +206,13 @@ def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after):
                 builder.call(mstore, [fins[p * V + v], optrs[p][v], i32(4), mask])
             else:
                 builder.store(fins[p * V + v], optrs[p][v], align=4)
-    builder.branch(after)
 
 
-def _tile_function(context, module, P, V, depthwise, ptrs, ints, epi):
+def _tile_function(context, module, P, V, depthwise, ptrs, ints, epi, slide=0):
     """The tile of ``P`` pixels x ``V`` vectors as a function of its own (defined once per module,
     never inlined): emitted inline in the switch of every tile shape, LLVM allocated registers for
     the whole switch at once and each tile paid ~150 ns of spills and reloads (a 3.9 KB stack frame)."""
-    name = f"nncomp_conv_tile_{'dw' if depthwise else 'dense'}_{P}x{V}"
+    name = f"nncomp_conv_tile_{'dw' if depthwise else 'dense'}_{P}x{V}" + (f"_slide{slide}" if slide else "")
     fn = module.globals.get(name)
     if fn is not None:
         return fn
@@ -161,13 +224,14 @@ def _tile_function(context, module, P, V, depthwise, ptrs, ints, epi):
     done = fn.append_basic_block("done")
     inner = ir.IRBuilder(entry)
     k, m = len(ptrs), len(ints)
-    _emit_tile(context, inner, P, V, depthwise, list(fn.args[:k]), list(fn.args[k:k + m]), list(fn.args[k + m:]), done)
+    _emit_tile(context, inner, P, V, depthwise, list(fn.args[:k]), list(fn.args[k:k + m]), list(fn.args[k + m:]), done,
+               slide)
     inner.position_at_end(done)
     inner.ret_void()
     return fn
 
 
-def make_tiles(V, pmax, depthwise=False):
+def make_tiles(V, pmax, depthwise=False, slide=0):
     """Intrinsic ``tiles(P, x, xoff, pix, span, rows, xrow, wrs, w, woff, wrow, bias, boff, first, out,
     ooff, opix, lanes, last, scale, shift, affine, res, add, lo, hi, xstep)``.
 
@@ -177,7 +241,8 @@ def make_tiles(V, pmax, depthwise=False):
     span >= 1), the last vector masked to ``lanes``. ``depthwise``: channel ``o`` of the tile reads
     its own input, ``x[pixel + r * xrow + j * xstep + o]``, instead of one value for all.
     When ``last``: then ``tile * scale + shift`` (if ``affine``), ``+ res`` at the tile's own offsets
-    (if ``add``), clipped to ``[lo, hi]``, before the store.
+    (if ``add``), clipped to ``[lo, hi]``, before the store. ``slide`` (depthwise): the same for runs
+    of exactly ``span == slide`` taps with ``xstep == pix`` only, each input loaded once per row.
     """
 
     @intrinsic
@@ -199,7 +264,7 @@ def make_tiles(V, pmax, depthwise=False):
                 block = builder.append_basic_block(f"tiles_p{p}")
                 switch.add_case(p_.type(p), block)
                 builder.position_at_end(block)
-                fn = _tile_function(context, builder.module, p, V, depthwise, ptrs, ints, epi)
+                fn = _tile_function(context, builder.module, p, V, depthwise, ptrs, ints, epi, slide)
                 builder.call(fn, [*ptrs, *ints, *epi])
                 builder.branch(after)
             builder.position_at_end(after)

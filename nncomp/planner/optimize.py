@@ -352,7 +352,9 @@ class Planner:
     def _final(self, model, choice, build, xb, notes, reverted, checks):
         """The final measurement decides: the chosen model, dense, and the chosen model with each one
         layer set back to dense, timed together; while one of the latter is fastest, it becomes the
-        choice, and unless one is MIN_GAIN faster than dense, dense is returned (a table's additive
+        choice (with every other layer whose setting back alone also measured MIN_GAIN faster than
+        the chosen model: a choice of dozens of layers then takes a few rounds, not one per layer),
+        and unless one is MIN_GAIN faster than dense, dense is returned (a table's additive
         prediction misses interactions: a pass that changes its run mode, a fusion one format breaks).
         Returns ``(choice, {"dense", "chosen"} ms)``; each round's times are appended to ``checks``."""
         choice = dict(choice)
@@ -371,7 +373,8 @@ class Planner:
                 best = "dense"       # not measurably faster: no accuracy is spent for nothing
             if best == "chosen":
                 return choice, ms
-            drop = live if best == "dense" else [best[1:]]
+            drop = live if best == "dense" else [best[1:]] + [
+                n for n in live if f"-{n}" != best and ms[f"-{n}"] <= (1 - MIN_GAIN) * ms["chosen"]]
             notes.append(f"final measurement: {ms['chosen']:.4f} ms chosen, {ms['dense']:.4f} ms dense, "
                          f"{ms[best]:.4f} ms with {', '.join(drop)} set back to dense"
                          + (": returning the dense model" if best == "dense" else ""))

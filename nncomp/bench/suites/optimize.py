@@ -1,4 +1,5 @@
-"""The planner (issue 16): ``nc.optimize`` on the shipped models at batch 1 and 64, against ONNX Runtime.
+"""The planner (issue 16): ``nc.optimize`` on the shipped models at batch 1 and 64 and on the PP-OCR
+classifier (batch 1 and 64) and detector (batch 1, budget in points of its map's IoU), against ONNX Runtime.
 
 Each row plans one model at one batch with a 0.5-point budget on labelled calibration data (the first
 CALIB training samples; a quarter of them held out by the planner), then reports what it chose, its
@@ -23,6 +24,7 @@ and 35x smaller files within 0.5 point on the test digits.
     python -m nncomp.bench --suite optimize --parts size
 """
 import contextlib
+import dataclasses
 import os
 import time
 
@@ -33,33 +35,57 @@ from ..timing import header, in_loop
 THREADS = os.cpu_count() or 1
 PARTS = ("plan", "size")
 QUICK_PARTS = PARTS
-MODELS = ("lenet300", "lenet5", "vgg_small", "resnet_small")
-# The PP-OCR classifier plans too (``_data("ppocr_cls")``) but is left out of the suite for now: 210 s at
-# batch 1 on this machine, and with 2 x 256 rendered lines its held-out quarter (128) cannot resolve 0.5 point.
+MODELS = ("lenet300", "lenet5", "vgg_small", "resnet_small", "ppocr_cls", "ppocr_det")
 BATCHES = (1, 64)
+# The PP-OCR detector plans at batch 1 only: a batch of 64 pages at 640 x 640 is 3 s a pass and
+# several GB of activations, not a serving shape for it.
+MODEL_BATCHES = {"ppocr_det": (1,)}
 CALIB = 4000
-OCR_LINES = 256           # PP-OCR classifier: 2 x 256 rendered lines to plan on, 2 x 128 others to test
+OCR_LINES = 1024          # PP-OCR classifier: 2 x 1024 rendered lines to plan on (512 held out), 2 x 256 to test
+DET_PAGES = 32            # PP-OCR detector: 32 rendered 640 x 640 pages to plan on (8 held out), 8 to test
 BUDGET = 0.5
 INT8_OPS = ("MatMul", "Conv")
 SIZE_MODELS = {"lenet300": 40.0, "lenet5": 35.0}     # model: target, times smaller on disk
 SIZE_CALIB = 4000
 
 
+@dataclasses.dataclass
+class Case:
+    """A model to plan: calibration ``x`` (``y`` its labels, or None), the ``metric`` the planner's
+    budget is in (None: top-1), ``test(fn)`` the score of a call on the test data never planned on,
+    named ``test_name``, and the ONNX file's bytes (None: the graph nncomp exports)."""
+
+    model: object
+    x: np.ndarray
+    y: object
+    test: object
+    test_name: str = "test accuracy"
+    metric: object = None
+    serialized: bytes = None
+
+
 def _data(name):
-    """``(model, x calib, y calib, x test, y test, ONNX bytes or None)``."""
+    """The :class:`Case` of model ``name``."""
     import nncomp as nc
     if name.startswith("ppocr"):
         from .. import real
         path = real.model_path(name)
         model = nc.load(str(path), input_shape=real.INPUT_SHAPES[name])
-        x, y = real.classifier_inputs(OCR_LINES, seed=0)
-        xt, yt = real.classifier_inputs(128, seed=1)
         with open(path, "rb") as fh:
-            return model, x, y, xt, yt, fh.read()
+            serialized = fh.read()
+        if name == "ppocr_cls":
+            x, y = real.classifier_inputs(OCR_LINES, seed=0)
+            xt, yt = real.classifier_inputs(OCR_LINES // 4, seed=1)
+            return Case(model, x, y, lambda fn: float(np.mean(fn(xt).argmax(1) == yt)), serialized=serialized)
+        size = real.TIMING_SIZE
+        x = np.concatenate([p[0] for p in real.detector_inputs(DET_PAGES, seed=0, limit_side_len=size)])
+        pages = real.detector_inputs(DET_PAGES // 4, seed=1, limit_side_len=size)
+        return Case(model, x, None, lambda fn: real.detector_scores(fn, pages)["recall"], "test box recall",
+                    real.map_iou, serialized)
     model = nc.load(nc.data.model_path(name))
     x, y = nc.data.for_model(model, "train")
     xt, yt = nc.data.for_model(model, "test")
-    return model, x[:CALIB], y[:CALIB], xt, yt, None
+    return Case(model, x[:CALIB], y[:CALIB], lambda fn: float(np.mean(fn(xt).argmax(1) == yt)))
 
 
 ORT = {"ort_f32": {}, "ort_int8": {"int8": "dynamic"}, "ort_int8s": {"int8": "static"}}
@@ -148,25 +174,26 @@ def run_plans(result, opts):
     rows = result.setdefault("rows", [])
     threads = numba.get_num_threads()
     for name in names:
-        model, x, y, xt, yt, serialized = _data(name)
+        case = _data(name)
+        model, x, y = case.model, case.x, case.y
         if opts.quick:
-            x, y = x[:400], y[:400]
-        dense_acc = float(np.mean(model(xt).argmax(1) == yt))
+            x, y = x[:400], y if y is None else y[:400]
+        dense_acc = case.test(model)
         planner = Planner(cache=False)
-        peers, errors = _peers(model, serialized, threads, x)
-        for b in batches:
+        peers, errors = _peers(model, case.serialized, threads, x)
+        for b in batches if opts.quick else MODEL_BATCHES.get(name, batches):
             t0, c0 = time.perf_counter(), time.process_time()
-            out = planner.run(model, x, labels=y, budget=BUDGET, batch=b, methods=methods)
+            out = planner.run(model, x, labels=y, budget=BUDGET, batch=b, methods=methods, metric=case.metric)
             plan = out.plan
             row = {"model": name, "batch": b, "chosen": {c.layer: c.candidate for c in plan.layers},
                    "dense_ms": plan.dense_ms, "measured_ms": plan.measured_ms, "predicted_ms": plan.predicted_ms,
                    "speedup": plan.speedup, "prediction_error": plan.prediction_error,
                    "dense_bytes": plan.dense_bytes, "bytes": plan.bytes, "heldout_drop": plan.heldout_drop,
-                   "energy_estimate_pj": [plan.dense_energy_pj, plan.energy_pj],
+                   "metric": plan.metric, "energy_estimate_pj": [plan.dense_energy_pj, plan.energy_pj],
                    "reverted": list(plan.reverted), "search_check": plan.search_check,
-                   "test_accuracy_dense": dense_acc, "test_accuracy": float(np.mean(out(xt).argmax(1) == yt)),
+                   "test_name": case.test_name, "test_accuracy_dense": dense_acc, "test_accuracy": case.test(out),
                    "planning_s": time.perf_counter() - t0, "planning_cpu_s": time.process_time() - c0,
-                   "search": plan.search, "plan": plan.to_json()}
+                   "search": plan.search, "notes": list(plan.notes), "plan": plan.to_json()}
             row["test_drop_points"] = 100 * (row["test_accuracy_dense"] - row["test_accuracy"])
             if errors:
                 row["ort_errors"] = errors
@@ -230,8 +257,8 @@ def _latency_markdown(rows):
         lines.append(f"| {r['model']} | {r['batch']} | {_chosen(r)} | {r['dense_ms']:.4f} | {r['measured_ms']:.4f} | "
                      f"**{r['speedup']:.2f}x** | {_predicted(r)} | "
                      f"{ort} | {r['dense_bytes']:,} -> {r['bytes']:,} | {_energy(r)} | "
-                     f"{r['test_accuracy_dense']:.3f} -> "
-                     f"{r['test_accuracy']:.3f} | {r['planning_s']:.0f} ({_cpu(r)}) |")
+                     f"{r['test_accuracy_dense']:.3f} -> {r['test_accuracy']:.3f}{_test_name(r)} | "
+                     f"{r['planning_s']:.0f} ({_cpu(r)}) |")
     lines += ["", "vs fastest ORT: the fastest of ORT float32, int8 dynamic and int8 static (QDQ, the planner's "
               "calibration data), over the chosen model's time, "
               "timed again alternating with them in blocks of calls, each after an untimed 0.15 s pause "
@@ -241,8 +268,21 @@ def _latency_markdown(rows):
               "row of each model reuses the candidates built for batch 1 (planning s counts only what that row "
               "did: wall time, and in brackets the process's CPU time on both cores, which a paused process "
               "or a neighbour's load does not inflate). Energy: an estimate "
-              "per inference from the Horowitz 45 nm model (nncomp/planner/energy.py), not a measurement."]
+              "per inference from the Horowitz 45 nm model (nncomp/planner/energy.py), not a measurement.",
+              "", f"PP-OCR rows: the classifier plans on 2 x {OCR_LINES:,} rendered text lines (labels: upright "
+              f"or rotated), tested on 2 x {OCR_LINES // 4:,} others; the detector on {DET_PAGES} rendered 640 x 640 "
+              "pages with the budget in points of the binarized probability map's IoU with the original model's "
+              "(``metric=``; no labels), tested by box recall on "
+              f"{DET_PAGES // 4} other pages, at batch 1 only."]
+    screened = [f"{r['model']} b{r['batch']}: {n}" for r in rows for n in r.get("notes", ()) if "layer alone" in n]
+    if screened:
+        lines += ["", "Layer screen (nncomp/planner/screen.py): " + "; ".join(screened) + "."]
     return lines
+
+
+def _test_name(r):
+    name = r.get("test_name", "test accuracy")
+    return "" if name == "test accuracy" else f" ({name[5:]})"
 
 
 def _size_markdown(rows):
