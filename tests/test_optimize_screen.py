@@ -39,7 +39,7 @@ def test_a_layer_alone_computes_what_it_computes_in_the_model(name, methods):
             if patch is None:
                 continue
             whole = candidates.compose(model, {n: patch}).activations(x, [n])[n]
-            for mode in ("serial", "parallel"):
+            for mode in ("serial", "parts", "parallel"):
                 got = layer_call(screen.one_layer(patch, src.shape[1:]), mode, 3)(src)
                 np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-5, err_msg=f"{n} {c.label} {mode}")
 
@@ -116,3 +116,14 @@ def test_final_measurement_sets_back_every_layer_that_measured_slower_in_one_rou
     assert [c.layer for c in plan.layers if c.candidate != "dense"] == ["fc3"]
     assert sorted(plan.reverted) == ["fc1", "fc2"] and timer.rounds == 2
     assert "fc1, fc2 set back to dense" in str(plan)
+
+
+def test_the_layer_screen_runs_with_the_real_timer(monkeypatch):
+    """Not injected: the layers alone are timed by the planner's own Timer, in the dense model's mode."""
+    model = nc.load(nc.data.model_path("lenet5"))
+    x, y = nc.data.for_model(model, "train")
+    monkeypatch.setattr(screen, "LAYER_SCREEN_S", 0.0)
+    out = Planner(cache=False).run(model, x[:400], labels=y[:400], budget=0.5, methods=["quantize", "factorize"])
+    note = next(n for n in out.plan.notes if "timed by their layer alone first" in n)
+    assert f"the {sum(r[1] != 'dense' for r in out.plan.table)} candidates of single layers" in note
+    assert out.plan.measured_ms <= out.plan.dense_ms
