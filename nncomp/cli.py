@@ -36,13 +36,22 @@ class UsageError(Exception):
 
 
 # ----------------------------------------------------------------------------- helpers
-def _load(path):
+def _load(path, input_shape=None, data=None):
+    """The model in ``path``; its per-sample input size from ``--input-shape``, else from the data
+    given for it (``data``: the .npz's x), else the file's (an ONNX file with free dimensions needs one)."""
     import nncomp as nc
     if not os.path.exists(path):
         raise UsageError(f"cannot read {path}: no such file")
     if os.path.isfile(path) and not os.access(path, os.R_OK):
         raise UsageError(f"cannot read {path}: permission denied")
-    return nc.load(path)
+    if input_shape is None and data is not None and data.ndim >= 2:
+        input_shape = tuple(int(d) for d in data.shape[1:])
+    try:
+        return nc.load(path, input_shape=input_shape)
+    except nc.NncompError as e:
+        if input_shape is None and "input_shape" in str(e):
+            raise UsageError(f"{e}; on the command line: --input-shape D,D,.. (or data of that size)") from None
+        raise
 
 
 def _npz(path, need_y=False):
@@ -152,7 +161,7 @@ def apply_steps(model, steps, calibration):
 
 # ----------------------------------------------------------------------------- commands
 def cmd_info(a):
-    model = _load(a.file)
+    model = _load(a.file, a.input_shape)
     print(model.summary())
     print(f"file: {a.file}, {os.path.getsize(a.file):,} bytes on disk")
     return 0
@@ -169,10 +178,9 @@ def cmd_compress(a):
         huffman = huffman or huffman_file
     if not steps:
         raise UsageError("nothing to do: give a method option (--prune, --share, --quantize, ...) or --recipe")
-    model = _load(a.file)
-    calibration = None
+    calibration = _npz(a.calibration_data)[0] if a.calibration_data else None
+    model = _load(a.file, a.input_shape, calibration)
     if a.calibration_data:
-        calibration = _npz(a.calibration_data)[0]
         if calib_n:
             calibration = calibration[:calib_n]
     elif calib_n:
@@ -206,10 +214,9 @@ def cmd_eval(a):
     import numpy as np
     from .bench.timing import alternate, set_threads
     set_threads(a.threads or os.cpu_count() or 1)
-    model = _load(a.file)
-    if a.data:
-        x, y = _npz(a.data)
-    else:
+    x, y = _npz(a.data) if a.data else (None, None)
+    model = _load(a.file, a.input_shape, x)
+    if not a.data:
         x, y = _digits_for(model, "test")
     from .errors import InputError
     try:
@@ -233,10 +240,9 @@ def cmd_eval(a):
 def cmd_optimize(a):
     import nncomp as nc
     from .planner import Planner
-    model = _load(a.file)
-    if a.calib:
-        x, y = _npz(a.calib)
-    else:
+    x, y = _npz(a.calib) if a.calib else (None, None)
+    model = _load(a.file, a.input_shape, x)
+    if not a.calib:
         x, y = _digits_for(model, "train")
         x, y = x[:a.calibration], y[:a.calibration]
     methods = None if a.methods is None else [m.strip() for m in a.methods.split(",") if m.strip()]
@@ -261,8 +267,12 @@ def build_parser():
     sub = p.add_subparsers(dest="command", metavar="{info,compress,eval,optimize,bench}", parser_class=OneLineParser)
     s = sub.add_parser("info", help="print the model summary")
     s.add_argument("file")
+    s.add_argument("--input-shape", metavar="D,D,..", help="per-sample input size in the file's order, e.g. 3,48,192 "
+                   "(default: the data's, else the file's; an ONNX file with free dimensions needs one)")
     s = sub.add_parser("compress", help="compress a model and save it in nncomp's format")
     s.add_argument("file")
+    s.add_argument("--input-shape", metavar="D,D,..", help="per-sample input size in the file's order, e.g. 3,48,192 "
+                   "(default: the data's, else the file's; an ONNX file with free dimensions needs one)")
     s.add_argument("-o", "--output", required=True, help="output .h5 file")
     s.add_argument("--prune", type=float, metavar="SPARSITY", help="magnitude pruning, fraction removed")
     s.add_argument("--prune-filters", type=float, metavar="RATIO",
@@ -279,12 +289,16 @@ def build_parser():
     s.add_argument("--huffman", action="store_true", help="Huffman-code codes and indices on disk")
     s = sub.add_parser("eval", help="accuracy and speed on the shipped digits or an .npz")
     s.add_argument("file")
+    s.add_argument("--input-shape", metavar="D,D,..", help="per-sample input size in the file's order, e.g. 3,48,192 "
+                   "(default: the data's, else the file's; an ONNX file with free dimensions needs one)")
     s.add_argument("--data", metavar="NPZ", help="an .npz with x (and y for accuracy)")
     s.add_argument("--batch", default="1,64", help="batch sizes to time (default 1,64)")
     s.add_argument("--repeat", type=int, default=20)
     s.add_argument("--threads", type=int, default=None)
     s = sub.add_parser("optimize", help="nc.optimize: the fastest (or smallest) model within an accuracy budget")
     s.add_argument("file")
+    s.add_argument("--input-shape", metavar="D,D,..", help="per-sample input size in the file's order, e.g. 3,48,192 "
+                   "(default: the data's, else the file's; an ONNX file with free dimensions needs one)")
     s.add_argument("-o", "--output", required=True, help="output .h5 file (Huffman-coded, with the plan)")
     s.add_argument("--budget", type=float, default=0.5, help="points of accuracy allowed to be lost (default 0.5)")
     s.add_argument("--batch", type=int, default=1, help="the batch size the model will serve (default 1)")
@@ -323,6 +337,11 @@ def main(argv=None):
         fail("choose a command: info, compress, eval, optimize or bench")
     from .errors import NncompError
     try:
+        if a.input_shape is not None:
+            try:
+                a.input_shape = positive_ints(a.input_shape, "--input-shape")
+            except ValueError as e:
+                raise UsageError(str(e)) from None
         if a.command == "eval":
             try:
                 a.batches = positive_ints(a.batch, "--batch")

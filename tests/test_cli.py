@@ -221,3 +221,26 @@ def test_optimize_bad_input_exits_2_with_one_line(extra, capsys, tmp_path, calib
     code, _, err = run_main(argv + extra, capsys)
     assert_one_line_error(code, err)
     assert not (tmp_path / "o.h5").exists()
+
+
+def test_a_file_with_free_input_dims_takes_the_input_shape_or_its_data(capsys, tmp_path):
+    """A real ONNX file whose input leaves height and width free (the PP-OCR classifier): the size
+    comes from --input-shape or from the data given; without either, one line naming the option."""
+    path = str(nc.data.real_model_path("ppocr_cls"))
+    code, out, err = run_main(["info", path], capsys)
+    assert_one_line_error(code, err)
+    assert "--input-shape" in err
+    code, out, err = run_main(["info", path, "--input-shape", "3,48,192"], capsys)
+    assert code == 0 and "MACs per sample" in out
+    for bad in ("3,x", "3,0,192", ""):
+        code, out, err = run_main(["info", path, "--input-shape", bad], capsys)
+        assert_one_line_error(code, err)
+    code, out, err = run_main(["info", path, "--input-shape", "3,48"], capsys)     # wrong rank for the model
+    assert_one_line_error(code, err)
+    x = np.random.default_rng(0).random((4, 3, 48, 96), dtype=np.float32)
+    np.savez(tmp_path / "lines.npz", x=x)
+    code, out, err = run_main(["eval", path, "--data", str(tmp_path / "lines.npz"), "--batch", "1", "--repeat", "2"],
+                              capsys)
+    assert code == 0 and "4 samples" in out
+    want = nc.load(path, input_shape=(3, 48, 96))
+    assert f"{want.macs:,} MACs per sample" in out
