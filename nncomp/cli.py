@@ -54,7 +54,9 @@ def _load(path, input_shape=None, data=None):
         raise
 
 
-def _npz(path, need_y=False):
+def _npz(path, need_y=False, any_y=False):
+    """``(x, y or None)`` of the .npz at ``path``; ``y`` one label per row of x (``any_y``: any array
+    with a row per sample, a metric's reference values)."""
     import numpy as np
     if not os.path.isfile(path):
         raise UsageError(f"cannot read {path}: no such file")
@@ -70,8 +72,9 @@ def _npz(path, need_y=False):
         raise UsageError(f"cannot read {path}: {type(e).__name__}: {e}") from None
     if need_y and y is None:
         raise UsageError(f"{path}: the .npz needs an array 'y' of labels")
-    if y is not None and (y.ndim != 1 or y.shape[0] != x.shape[0]):
-        raise UsageError(f"{path}: 'y' must be 1-D with one label per row of 'x', got {y.shape} for x {x.shape}")
+    if y is not None and (y.ndim < 1 or y.shape[0] != x.shape[0] or (y.ndim != 1 and not any_y)):
+        raise UsageError(f"{path}: 'y' must be {'an array with' if any_y else '1-D with'} one label per row of 'x', "
+                         f"got {y.shape} for x {x.shape}")
     return x, y
 
 
@@ -239,12 +242,15 @@ def cmd_eval(a):
 
 def cmd_optimize(a):
     import nncomp as nc
-    from .planner import Planner
-    x, y = _npz(a.calib) if a.calib else (None, None)
+    from .planner import Planner, metrics
+    metric = metrics.named(a.metric)
+    x, y = _npz(a.calib, any_y=metric is not None) if a.calib else (None, None)
     model = _load(a.file, a.input_shape, x)
     if not a.calib:
         x, y = _digits_for(model, "train")
         x, y = x[:a.calibration], y[:a.calibration]
+    if metric is not None and y is not None and y.ndim == 1 and y.dtype.kind in "iu":
+        y = None          # class labels are no metric's reference: compare with the original model's outputs
     methods = None if a.methods is None else [m.strip() for m in a.methods.split(",") if m.strip()]
     out_dir = os.path.dirname(os.path.abspath(a.output))
     if not os.path.isdir(out_dir):
@@ -255,7 +261,7 @@ def cmd_optimize(a):
             print(f"[{step}/{Planner.STEPS}] {message}", file=sys.stderr, flush=True)
     planner = Planner(progress=progress)
     result = planner.run(model, x, labels=None if a.agreement else y, budget=a.budget, batch=a.batch,
-                         objective=a.objective, methods=methods, n_jobs=a.jobs, seed=a.seed)
+                         objective=a.objective, methods=methods, n_jobs=a.jobs, seed=a.seed, metric=metric)
     nc.save(result, a.output, huffman=True)
     print(result.plan)
     print(f"wrote {a.output} ({os.path.getsize(a.output):,} bytes, the plan included)")
@@ -311,6 +317,11 @@ def build_parser():
                    help="training digits used without --calib (default 2000)")
     s.add_argument("--agreement", action="store_true",
                    help="budget in points of agreement with the original model, even if labels are given")
+    s.add_argument("--metric", default="top1", metavar="NAME",
+                   help="what the budget counts: top1 (default: accuracy, or agreement without labels), "
+                   "map-iou[:THRESH] (a probability map's binarized IoU, default 0.3) or cosine (outputs' cosine "
+                   "similarity), against the original model's outputs, or y when it holds reference values (not "
+                   "class labels)")
     s.add_argument("--methods", metavar="A,B", help="candidate families (default all): prune, prune_int8, "
                    "quantize, share, prune_share, factorize, prune_filters")
     s.add_argument("--jobs", type=int, default=None, help="build and score candidates as this many joblib jobs")

@@ -207,7 +207,8 @@ def test_optimize_saves_the_model_with_its_plan_and_prints_it(capsys, tmp_path, 
 
 @pytest.mark.parametrize("extra", [
     ["--budget", "-0.5"], ["--methods", "quantize,magic"], ["--objective", "speed"], ["--batch", "0"],
-    ["--calibration", "0"], ["--calib", "WRONG"], ["--calib", "NOLABELS_SHORT"],
+    ["--calibration", "0"], ["--calib", "WRONG"], ["--calib", "NOLABELS_SHORT"], ["--metric", "nope"],
+    ["--metric", "map-iou:x"],
 ])
 def test_optimize_bad_input_exits_2_with_one_line(extra, capsys, tmp_path, calib_npz):
     x = np.load(calib_npz)["x"]
@@ -244,3 +245,15 @@ def test_a_file_with_free_input_dims_takes_the_input_shape_or_its_data(capsys, t
     assert code == 0 and "4 samples" in out
     want = nc.load(path, input_shape=(3, 48, 96))
     assert f"{want.macs:,} MACs per sample" in out
+
+
+def test_optimize_with_a_named_metric(capsys, tmp_path, calib_npz):
+    """--metric cosine: the budget counts the outputs' cosine similarity with the original model's
+    (the labels in the .npz are class labels, not its reference), and the plan names it."""
+    out = tmp_path / "fast.h5"
+    code, stdout, err = run_main(["optimize", LENET300, "--budget", "1", "--calib", str(calib_npz), "--metric",
+                                  "cosine", "--methods", "quantize", "-o", str(out)], capsys)
+    assert code == 0, err
+    assert "budget 1 points of cosine" in stdout
+    plan = nc.load(out).plan
+    assert plan.metric == "cosine" and plan.heldout_drop <= 1 + 1e-9

@@ -127,3 +127,21 @@ def test_the_layer_screen_runs_with_the_real_timer(monkeypatch):
     note = next(n for n in out.plan.notes if "timed by their layer alone first" in n)
     assert f"the {sum(r[1] != 'dense' for r in out.plan.table)} candidates of single layers" in note
     assert out.plan.measured_ms <= out.plan.dense_ms
+
+
+def test_named_metrics():
+    from nncomp.planner import metrics
+    a = np.array([[[0.9, 0.1], [0.5, 0.2]]])
+    b = np.array([[[0.8, 0.4], [0.1, 0.2]]])
+    assert metrics.map_iou(0.3)(a, b) == pytest.approx(1 / 3)      # {0,0} and {0,1},{1,0}: 1 of 3 pixels
+    assert metrics.map_iou(0.95)(a, b) == 1.0                     # both empty
+    assert metrics.named("map-iou:0.95")(a, b) == 1.0 and metrics.named("map-iou").__name__ == "map_iou@0.3"
+    assert metrics.named("top1") is None
+    x = np.random.default_rng(0).standard_normal((5, 7))
+    assert metrics.cosine(x, 3 * x) == pytest.approx(1.0) and metrics.cosine(x, -x) == pytest.approx(-1.0)
+    assert metrics.cosine(np.zeros((2, 3)), np.zeros((2, 3))) == 1.0
+    for bad in ("nope", "map-iou:x", "map-iou:nan"):
+        with pytest.raises(nc.CompressionParameterError):
+            metrics.named(bad)
+    with pytest.raises(nc.CompressionParameterError):
+        metrics.cosine(x, x[:, :3])

@@ -8,6 +8,7 @@
 - :mod:`.allocation`  ``objective="size"``: Deep Compression's global allocations, built jointly, verified
 - :mod:`.optimize`    the public function: split, evaluate (joblib jobs), measure, search, verify
 - :mod:`.report`      the plan a returned model carries (``model.plan``), saved by ``nc.save``
+- :mod:`.metrics`     named scores for ``metric=`` (a map's IoU, outputs' cosine similarity) and the CLI's --metric
 """
 from .optimize import Planner, optimize
 from .report import LayerChoice, OptimizationPlan
