@@ -268,17 +268,20 @@ def cmd_optimize(a):
     return 0
 
 
+def _file_arguments(s):
+    """The model file and its input size (every command that loads one)."""
+    s.add_argument("file")
+    s.add_argument("--input-shape", metavar="D,D,..", help="per-sample input size in the file's order, e.g. 3,48,192 "
+                   "(default: the data's, else the file's; an ONNX file with free dimensions needs one)")
+
+
 def build_parser():
     p = OneLineParser(prog=PROG, description="Compress trained neural networks; measure speed, size, accuracy.")
     sub = p.add_subparsers(dest="command", metavar="{info,compress,eval,optimize,bench}", parser_class=OneLineParser)
     s = sub.add_parser("info", help="print the model summary")
-    s.add_argument("file")
-    s.add_argument("--input-shape", metavar="D,D,..", help="per-sample input size in the file's order, e.g. 3,48,192 "
-                   "(default: the data's, else the file's; an ONNX file with free dimensions needs one)")
+    _file_arguments(s)
     s = sub.add_parser("compress", help="compress a model and save it in nncomp's format")
-    s.add_argument("file")
-    s.add_argument("--input-shape", metavar="D,D,..", help="per-sample input size in the file's order, e.g. 3,48,192 "
-                   "(default: the data's, else the file's; an ONNX file with free dimensions needs one)")
+    _file_arguments(s)
     s.add_argument("-o", "--output", required=True, help="output .h5 file")
     s.add_argument("--prune", type=float, metavar="SPARSITY", help="magnitude pruning, fraction removed")
     s.add_argument("--prune-filters", type=float, metavar="RATIO",
@@ -294,17 +297,13 @@ def build_parser():
     s.add_argument("--calibration-data", metavar="NPZ", help="calibration inputs: an .npz with x")
     s.add_argument("--huffman", action="store_true", help="Huffman-code codes and indices on disk")
     s = sub.add_parser("eval", help="accuracy and speed on the shipped digits or an .npz")
-    s.add_argument("file")
-    s.add_argument("--input-shape", metavar="D,D,..", help="per-sample input size in the file's order, e.g. 3,48,192 "
-                   "(default: the data's, else the file's; an ONNX file with free dimensions needs one)")
+    _file_arguments(s)
     s.add_argument("--data", metavar="NPZ", help="an .npz with x (and y for accuracy)")
     s.add_argument("--batch", default="1,64", help="batch sizes to time (default 1,64)")
     s.add_argument("--repeat", type=int, default=20)
     s.add_argument("--threads", type=int, default=None)
     s = sub.add_parser("optimize", help="nc.optimize: the fastest (or smallest) model within an accuracy budget")
-    s.add_argument("file")
-    s.add_argument("--input-shape", metavar="D,D,..", help="per-sample input size in the file's order, e.g. 3,48,192 "
-                   "(default: the data's, else the file's; an ONNX file with free dimensions needs one)")
+    _file_arguments(s)
     s.add_argument("-o", "--output", required=True, help="output .h5 file (Huffman-coded, with the plan)")
     s.add_argument("--budget", type=float, default=0.5, help="points of accuracy allowed to be lost (default 0.5)")
     s.add_argument("--batch", type=int, default=1, help="the batch size the model will serve (default 1)")

@@ -122,9 +122,10 @@ def detector_scores(run, pages, *, reference=None, iou=0.5):
 
 
 def map_iou(maps, reference, *, thresh=ocr.DET_THRESH):
-    """IoU of the binarized maps (``prob > thresh``) of two runs, summed over all pages (1.0 when both are empty)."""
-    inter = union = 0
-    for a, b in zip(maps, reference):
-        a, b = ocr.binarize(a, thresh), ocr.binarize(b, thresh)
-        inter, union = inter + int((a & b).sum()), union + int((a | b).sum())
-    return inter / union if union else 1.0
+    """IoU of the binarized maps (``prob > thresh``) of two runs, summed over all pages (1.0 when both are
+    empty): the planner's :func:`nncomp.planner.metrics.map_iou` over the pages' pixels pooled."""
+    from ..planner.metrics import map_iou as pooled
+    pairs = list(zip(maps, reference))
+    if not pairs:
+        return 1.0
+    return pooled(thresh)(*(np.concatenate([np.ravel(m[k]) for m in pairs]) for k in (0, 1)))

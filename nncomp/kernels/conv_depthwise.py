@@ -64,9 +64,10 @@ def _depthwise(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, sh
         for c0 in range(0, cop, width):
             nv = min(nvec, (cop - c0) // 16)
             lanes = min(16, c - c0 - 16 * (nv - 1))
-            pm = min(pmax, (_SP3[nv - 1] if kw == 3 else _SP5[nv - 1])) if slide else pmax
+            pm = min(pmax, _SP3[nv - 1] if kw == 3 else _SP5[nv - 1])     # a sliding tile's pixels
             sl = slide and pm >= 2 and (kw == 3 or nv <= 2 or ow >= SLIDE_WIDE)
-            pm = pm if sl else pmax
+            if not sl:
+                pm = pmax
             blocks = (inner + pm - 1) // pm
             p0 = (inner + blocks - 1) // blocks if blocks > 0 else 1
             j = 0

@@ -78,7 +78,7 @@ def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=
             init.append(builder.select(is_first, bias[v], old))
     if slide:
         new = _slide_rows(builder, P, V, slide, init, (xd, wd), (xoff, pix, rows, xrow, wrs, woff, wrow), mask)
-        _epilogue(builder, P, V, new, (od, scd, shd, rd, bd), (boff, ooff, opix, last, affine, add), (lo, hi),
+        _epilogue(builder, P, V, new, (od, scd, shd, rd), (boff, ooff, opix, last, affine, add), (lo, hi),
                   mask, optrs)
         builder.branch(after)
         return
@@ -120,7 +120,7 @@ def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=
     loop_latch(builder, intp, r, acc_r, new, rows, outer, done)
 
     builder.position_at_end(done)
-    _epilogue(builder, P, V, new, (od, scd, shd, rd, bd), (boff, ooff, opix, last, affine, add), (lo, hi), mask,
+    _epilogue(builder, P, V, new, (od, scd, shd, rd), (boff, ooff, opix, last, affine, add), (lo, hi), mask,
               optrs)
     builder.branch(after)
 
@@ -169,7 +169,7 @@ def _epilogue(builder, P, V, new, arrays, ints, epi, mask, optrs):
     """Store the tile's accumulators ``new``; after the last call of the tile first the epilogue, as
     the epilogue kernel computes it (no fused multiply-add: bit-identical to batch norm, residual add
     and clip run one by one)."""
-    od, scd, shd, rd, bd = arrays
+    od, scd, shd, rd = arrays
     boff, ooff, opix, last, affine, add = ints
     lo, hi = epi
     intp = boff.type

@@ -85,7 +85,7 @@ def layer_deltas(model, patches, xb, timer, mode, effort=LAYER_EFFORT):
     batch, out = xb.shape[0], {}
     for n in layers:
         x = values[sources[n]]
-        mine = {f"{n}/{j}": (k, p) for k, p in patches.items() if k[0] == n for j in [k[1]]}
+        mine = {f"{n}/{k[1]}": (k, p) for k, p in patches.items() if k[0] == n}
         calls = {"dense": layer_call(one_layer((model[n],), x.shape[1:]), mode, batch)}
         calls.update({name: layer_call(one_layer(p, x.shape[1:]), mode, batch) for name, (_, p) in mine.items()})
         ms = timer.measure(calls, x, effort=effort)

@@ -53,13 +53,14 @@ SIZE_CALIB = 4000
 class Case:
     """A model to plan: calibration ``x`` (``y`` its labels, or None), the ``metric`` the planner's
     budget is in (None: top-1), ``test(fn)`` the score of a call on the test data never planned on,
-    named ``test_name``, and the ONNX file's bytes (None: the graph nncomp exports)."""
+    named ``test_name`` (the table's test column says so unless it is accuracy), and the ONNX
+    file's bytes (None: the graph nncomp exports)."""
 
     model: object
     x: np.ndarray
     y: object
     test: object
-    test_name: str = "test accuracy"
+    test_name: str = "accuracy"
     metric: object = None
     serialized: bytes = None
 
@@ -80,7 +81,7 @@ def _data(name):
         size = real.TIMING_SIZE
         x = np.concatenate([p[0] for p in real.detector_inputs(DET_PAGES, seed=0, limit_side_len=size)])
         pages = real.detector_inputs(DET_PAGES // 4, seed=1, limit_side_len=size)
-        return Case(model, x, None, lambda fn: real.detector_scores(fn, pages)["recall"], "test box recall",
+        return Case(model, x, None, lambda fn: real.detector_scores(fn, pages)["recall"], "box recall",
                     real.map_iou, serialized)
     model = nc.load(nc.data.model_path(name))
     x, y = nc.data.for_model(model, "train")
@@ -281,8 +282,8 @@ def _latency_markdown(rows):
 
 
 def _test_name(r):
-    name = r.get("test_name", "test accuracy")
-    return "" if name == "test accuracy" else f" ({name[5:]})"
+    name = r.get("test_name", "accuracy")
+    return "" if name == "accuracy" else f" ({name})"
 
 
 def _size_markdown(rows):
