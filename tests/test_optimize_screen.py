@@ -145,3 +145,6 @@ def test_named_metrics():
             metrics.named(bad)
     with pytest.raises(nc.CompressionParameterError):
         metrics.cosine(x, x[:, :3])
+    for bad in ("0.3", float("nan"), None):
+        with pytest.raises(nc.CompressionParameterError):
+            metrics.map_iou(bad)

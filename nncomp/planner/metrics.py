@@ -16,6 +16,7 @@ agreement), ``map-iou`` or ``map-iou:0.5``, ``cosine``.
 """
 import numpy as np
 
+from ..checks import check_number
 from ..errors import CompressionParameterError
 
 __all__ = ["NAMES", "map_iou", "cosine", "named"]
@@ -25,7 +26,7 @@ NAMES = ("top1", "map-iou[:THRESH]", "cosine")
 
 def map_iou(thresh=0.3):
     """A metric: the IoU of ``outputs > thresh`` and ``reference > thresh`` (all samples pooled)."""
-    thresh = float(thresh)
+    thresh = check_number(thresh, "thresh", method="map_iou", fix="pass a finite number, e.g. 0.3")
 
     def score(outputs, reference):
         a, b = np.asarray(outputs) > thresh, np.asarray(reference) > thresh
@@ -65,7 +66,7 @@ def named(spec):
         except ValueError:
             thresh = float("nan")
         if not np.isfinite(thresh):
-            raise CompressionParameterError(f"metric {spec!r}: the threshold after 'map-iou:' must be a number, "
-                                            "e.g. map-iou:0.3")
+            raise CompressionParameterError(f"metric {spec!r}: the threshold after 'map-iou:' must be a finite "
+                                            "number, e.g. map-iou:0.3")
         return map_iou(thresh)
     raise CompressionParameterError(f"unknown metric {spec!r}; expected one of {', '.join(NAMES)}")
