@@ -87,6 +87,26 @@ def test_activation_rows_matches_reference(m, c, act, alpha, beta, seed):
             assert np.array_equal(got.view(np.int32), want.view(np.int32))
 
 
+@pytest.mark.parametrize("act", [1, 2, 3, 4])
+def test_activation_rows_over_several_tasks_matches_reference(act):
+    """Several ACT_CHUNK tasks and a tail that is not a whole vector (2 x 16,384 + 9,732 values),
+    specials spread over the tasks' edges."""
+    from nncomp.kernels.epilogue import ACT_CHUNK, activation_rows, activation_rows_parallel
+    rng = np.random.default_rng(act)
+    y = (rng.standard_normal((2500, 17)) * 8).astype(np.float32)
+    for at in (0, ACT_CHUNK - 1, ACT_CHUNK, 2 * ACT_CHUNK + 5, y.size - 1):
+        y.flat[at:at + SPECIAL.size] = SPECIAL[:y.size - at]
+    a, b = np.float32(0.2), np.float32(0.5)
+    want = ref.activation_rows(y, act, a, b)
+    for kern in (activation_rows, activation_rows_parallel):
+        got = y.copy()
+        kern(got, act, a, b)
+        if act == 1:
+            np.testing.assert_allclose(got, want, rtol=0, atol=2.5e-7)
+        else:
+            assert np.array_equal(got.view(np.int32), want.view(np.int32))
+
+
 def test_activation_layers_are_monotone_as_declared():
     assert L.Sigmoid().monotone and L.Clip(0, 1).monotone and L.LeakyReLU(0.1).monotone
     assert L.HardSigmoid(0.2).monotone
