@@ -6,7 +6,7 @@ import numpy as np
 
 from .checks import check_number
 from .errors import InputError, NncompError
-from .kernels import _jit
+from .kernels import _jit, layout
 from .layers import Layer
 from .plan import (CHOOSE_BELOW_MACS, INPUT, SERIAL_BELOW_MACS, MeasuredChoice, Plan, batch_parts, run_parallel,
                    run_parts, run_serial)
@@ -344,7 +344,7 @@ class Model:
 
     def _internal(self, x):
         """Model-layout batch ``x`` in the internal layout (images NHWC), C-contiguous."""
-        return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if self.input_layout == "NCHW" else x
+        return layout.nhwc(x) if self.input_layout == "NCHW" else x
 
     def _forward(self, x, keep):
         return self._plan(self.to_internal(x.shape[1:]), x.shape[0], keep).run(self._internal(x))

@@ -98,6 +98,11 @@ def conv_blocked_pooled_nhwc(xp, w, bias, kh, kw, sh, sw, dh, dw, pool, oh_n, ow
     return maxpool_nhwc(y, pool, pool, pool, pool, 0, 0, 1, 1, oh_n // pool, ow_n // pool)
 
 
+def to_nhwc(x, out):
+    """A batch of planar images in NHWC order (nncomp/kernels/layout.py)."""
+    out[...] = x.transpose(0, 2, 3, 1)
+
+
 def conv_pad_nhwc(x, n0, t, l, out):
     """Images n0.. of x zero-padded at (t, l) into a copy of out (images past n keep their values)."""
     out = out.copy()

@@ -6,7 +6,7 @@ from hypothesis import assume, example, given, settings, strategies as st
 
 import reference as ref
 from conftest import assert_close_f32
-from nncomp.kernels import blas, conv, conv_blocked, conv_depthwise, conv_gemm, pool
+from nncomp.kernels import blas, conv, conv_blocked, conv_depthwise, conv_gemm, layout, pool
 from nncomp.kernels.epilogue import (ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_LEAKYRELU, ACT_SIGMOID,
                                      activation_rows)
 from nncomp.layers.base import window_out as _window_out
@@ -530,3 +530,14 @@ def test_gemm_nt_refuses_bad_operands():
     with pytest.raises(ValueError, match="overlap"):
         big = np.ones((4, 3), np.float32)
         blas.gemm_nt(big, w, big[:, :2])
+
+
+@given(n=st.integers(1, 3), c=st.integers(1, 9), h=st.integers(1, 7), w=st.integers(1, 40),
+       parallel=st.booleans(), seed=st.integers(0, 2**31))
+def test_to_nhwc_matches_reference(n, c, h, w, parallel, seed):
+    x = np.random.default_rng(seed).standard_normal((n, c, h, w)).astype(np.float32)
+    got = np.full((n, h, w, c), np.nan, np.float32)
+    want = np.empty_like(got)
+    (layout.to_nhwc_parallel if parallel else layout.to_nhwc)(x, got)
+    ref.to_nhwc(x, want)
+    assert np.array_equal(got, want)
