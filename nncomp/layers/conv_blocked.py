@@ -25,6 +25,12 @@ from .workspace import scratch
 # and 22.5 ms at batch 1; conv5_2 at batch 32: 177 against 172), so larger weights keep BLAS.
 BLOCKED_MAX_WEIGHT_BYTES = 4 << 20
 SERIAL_FACTOR = 8     # the kernels go parallel at 8x _jit.PARALLEL_MIN_WORK multiply-adds
+# ... but the blocked convolution at 2x (262k). Batch 1, one process, pool awake (a model's pass runs
+# its steps back to back), Intel Xeon, parallel over serial time: dense 0.55-0.80x at 0.45-1.4 M
+# multiply-adds (1 x 1 and 3 x 3, 7 x 7 to 28 x 28, 16-288 channels), 0.74-0.97x at 0.2-0.4 M, 1.0-1.3x
+# at 75-100k; depthwise 0.75-0.78x at 314-452k (56 x 56 x 16 3 x 3, 7 x 7 x 288 5 x 5), 0.91-0.99x at
+# 169-226k, 1.4-1.7x at 28-56k. MobileNetV3-Small at batch 1: 1.29x -> 1.11x ONNX Runtime's time.
+BLOCKED_SERIAL_FACTOR = 2
 # Winograd F(2x2, 3x3) serves 3x3 stride-1 layers with at least this many input channels (fewer are
 # padded to 16 in its products: 9x9x5->20 ran 0.4-0.6x the blocked kernel's speed) and a transformed
 # weight (16/9 of the layer's) up to WINOGRAD_MAX_WEIGHT_BYTES. Measured at 2 threads (Zen 4, the
@@ -172,16 +178,17 @@ def _padded_bias(layer, cop):
     return bias
 
 
-def _blocked_setup(layer, shape, n, oh, ow, kernels):
+def _blocked_setup(layer, shape, n, oh, ow, kernels, factor=SERIAL_FACTOR):
     """What the blocked and Winograd steps need: ``(padded, kern, nvec, pmax, geo)``. ``padded(x)``
     is the input zero-padded into a per-thread buffer (``x`` itself when the layer has no padding);
-    ``kern`` the serial or parallel build of ``kernels``; tiles as wide as the CPU's registers
-    allow; ``geo`` the kernel size, stride and dilation."""
+    ``kern`` the serial or parallel build of ``kernels`` (parallel from ``factor`` x
+    _jit.PARALLEL_MIN_WORK multiply-adds); tiles as wide as the CPU's registers allow; ``geo`` the
+    kernel size, stride and dilation."""
     h, wd, c = shape
     t, b, l, r = layer.padding
     nvec = min(-(-layer.out_channels // 16), 4)
     macs = n * oh * ow * layer.out_channels * layer.weight.n_in
-    kern = _jit.pick(kernels, macs // SERIAL_FACTOR)
+    kern = _jit.pick(kernels, macs // factor)
     pad = _jit.pick((conv_pad_nhwc, conv_pad_nhwc_parallel), n * (h + t + b) * (wd + l + r) * c)
 
     def padded(x):
@@ -263,7 +270,7 @@ def blocked_step(layer, shape, n, oh, ow, epilogue=None):
     step then reads the residual as a second input."""
     kernels = ((depthwise_blocked_nhwc, depthwise_blocked_nhwc_parallel) if layer.depthwise
                else (conv_blocked_nhwc, conv_blocked_nhwc_parallel))
-    padded, kern, nvec, pmax, geo = _blocked_setup(layer, shape, n, oh, ow, kernels)
+    padded, kern, nvec, pmax, geo = _blocked_setup(layer, shape, n, oh, ow, kernels, BLOCKED_SERIAL_FACTOR)
     w, bias = layer.weight_b
     weight = blocked_weight_source(layer)
     co, cop = layer.out_channels, bias.shape[0]
