@@ -121,6 +121,9 @@ def _image_tiles(n, ow, nvec, pmax):
     return line <= 16 and 2 * min(n, pmax) * nvec >= 3 * line
 
 
+image_tiles = _image_tiles.py_func     # the rule in Python (the layers choose tile widths by it)
+
+
 def _images(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, act,
             alpha, beta, b0, nb, i, out):
     """Output line ``i`` of images ``b0 .. b0 + nb - 1`` (nb <= pmax), a tile the same pixel of each."""
