@@ -309,14 +309,18 @@ def _timed_choice():
 
 def test_measured_choice_runs_the_faster_forward_and_notices_a_change():
     """Each forward's first call is not counted; after a warm-up the faster one runs, the other
-    is retried at growing intervals, and a forward that becomes the faster one takes over."""
+    is retried at growing intervals, BURST calls in a row, and a forward that becomes the faster one
+    takes over."""
+    from nncomp.plan import MeasuredChoice
     choice, cost, ran = _timed_choice()
     assert choice(7) in (("a", 7), ("b", 7))
-    for _ in range(40):
+    for _ in range(100):
         choice(0)
-    assert ran[-40:].count("a") >= 34 and "b" in ran[-40:]       # explored, but rarely
-    gaps = [i for i, r in enumerate(ran) if r == "b"]
-    assert gaps[-1] - gaps[-2] > gaps[-2] - gaps[-3] >= 8        # exploring less and less often
+    burst = MeasuredChoice.BURST
+    assert ran[-40:].count("a") >= 40 - 2 * burst and "b" in ran[-40:]     # explored, but rarely
+    starts = [i for i in range(8, len(ran)) if ran[i] == "b" and ran[i - 1] == "a"]   # after the warm-up
+    assert len(starts) >= 3 and starts[-1] - starts[-2] > starts[-2] - starts[-3] >= 8   # less and less often
+    assert all(ran[i:i + burst] == ["b"] * burst for i in starts)     # in bursts: its threads awake
     cost["a"] = 3.0                                              # "a" gets slow (a busy core)
     for _ in range(200):
         choice(0)
@@ -356,3 +360,26 @@ def test_run_mode_names_the_engines_choice_and_refuses_bad_arguments(lenet5):
     for bad in [dict(batch="x"), dict(batch=0), dict(batch=2, threads=0), dict(batch=1.5)]:
         with pytest.raises(nc.NncompError, match="run_mode"):
             lenet5.run_mode(**bad)
+
+
+def test_measured_choice_does_not_count_the_first_call_of_an_exploration():
+    """An exploration's first call can find the other forward's threads asleep: a slow first call
+    of "b" (10 s) does not keep the faster "b" (0.5 s a call after it) from taking over."""
+    from nncomp.plan import MeasuredChoice
+    choice, cost, ran = _timed_choice()
+    for _ in range(60):
+        choice(0)
+    assert ran[-10:].count("a") >= 9
+    now, last = [0.0], [None]
+
+    def timed(name):
+        def run(x):
+            slow = name == "b" and last[0] != "b"        # b's first call after a's: its threads slept
+            now[0] += 10.0 if slow else (0.5 if name == "b" else 1.0)
+            last[0] = name
+            return name, x
+        return run
+    choice.forwards, choice.clock = (timed("a"), timed("b")), lambda: now[0]
+    for _ in range(3 * MeasuredChoice.EXPLORE_MAX):
+        choice(0)
+    assert choice.best == 1 and [f(0)[0] for f in choice.forwards] == ["a", "b"]
