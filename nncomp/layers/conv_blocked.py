@@ -305,7 +305,7 @@ def tile_vectors(co, n, ow):
     the widest on a tie. Always 4 (where co allows) left short lines in small tiles: 96 channels on
     7-pixel lines as 4 + 3 pixels x 4 + 2 vectors (12 accumulators on average) where 3 vectors make
     7 x 3 + 7 x 3 (21). One thread, Intel Xeon, 1 x 1 convolutions: 7 x 7 x 576 -> 96 71 against 50-51
-    GMAC/s, 96 -> 576 67-71 against 53-59, 14 x 14 40 -> 240 59 against 57, 28 x 28 (4 again) 50."""
+    GMAC/s, 96 -> 576 67-71 against 53-59, 14 x 14 40 -> 240 59 against 57, 28 x 28 24 -> 88 50 both."""
     vectors = -(-co // 16)
     best, score = 1, -1.0
     for nvec in range(min(vectors, 4), 0, -1):
