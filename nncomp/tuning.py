@@ -4,7 +4,8 @@ Where two kernels compute the same layer and which is faster depends on the CPU 
 BLAS, its vector units), a constant tuned on one machine is wrong on the next: the weight-streaming
 dense product beat OpenBLAS 1.3-2x up to 128 samples on a Xeon with AMX and lost 1.7-2x at 256,
 and where the line falls on another CPU is a guess. :func:`choose` times the candidates on the
-layer's own shape (alternating, the median of a few calls each, after a warm-up call), keeps the
+layer's own shape (alternating, the median of a few calls each, after a warm-up call; OpenBLAS at
+one thread, as in a model's pass), keeps the
 winner for the process, and writes it to a JSON file per CPU: the model name, family, model and
 flags from /proc/cpuinfo, the numpy, numba and nncomp versions and a digest of the engine's source
 name the file, so another CPU, an upgrade or a changed kernel probes again. The first plan for a
@@ -151,6 +152,16 @@ def choose(decision, shape, names, default, make, *, clock=time.perf_counter):
 
 
 def _measure(candidates, default, clock):
+    """The winner of the candidates' calls, each run as a model's pass runs its steps: inside the
+    one-OpenBLAS-thread scope (nncomp/kernels/blas.py). A BLAS candidate at OpenBLAS's own thread
+    count left its threads spinning after each call, slowing the candidate timed next: fc6 at 32
+    samples chose BLAS (45 ms a pass) over the streamed product (23 ms)."""
+    from .kernels import blas
+    with blas.ONE_THREAD:
+        return _alternating(candidates, default, clock)
+
+
+def _alternating(candidates, default, clock):
     names = list(candidates)
     for name in names:
         candidates[name]()                      # compiles, fills caches: not timed

@@ -105,32 +105,3 @@ def test_large_dense_weights_stream_at_small_batches():
         steps = [getattr(s, "__qualname__", "") for s, _, _ in model._plan((1024,), n, model.outputs).steps]
         assert steps == [f"Dense._streamed.<locals>.{kind}"], steps
 
-
-
-def test_the_streaming_probe_times_blas_as_a_model_runs_it(monkeypatch):
-    """The measured choice between the streamed product and BLAS (nncomp.tuning) calls BLAS inside
-    the one-OpenBLAS-thread scope, as a model's pass does: at its own thread count OpenBLAS's threads
-    spun after each call and slowed the next candidate (fc6 at 32 samples chose BLAS, 45 ms a pass,
-    over the streamed 23 ms)."""
-    from nncomp import tuning
-    from nncomp.kernels import blas
-    scopes, real = [], blas.plan_nt
-
-    def plan(m, w):
-        mul = real(m, w)
-
-        def spied(x):
-            scopes.append(type(blas.ONE_THREAD)._depth)
-            return mul(x)
-        return spied
-
-    def probe(decision, shape, names, default, make, **kw):
-        make()["blas"]()
-        return default
-    monkeypatch.setattr(blas, "plan_nt", plan)
-    monkeypatch.setattr(tuning, "choose", probe)
-    rng = np.random.default_rng(5)
-    w = rng.standard_normal((1030, 1024)).astype(F32)
-    model = nc.Model([Node("fc", nc.Dense(w), ("input",))], input_shape=(1024,), input_layout="NC")
-    model(rng.standard_normal((100, 1024)).astype(F32))
-    assert scopes == [1]

@@ -174,3 +174,25 @@ def test_a_real_convolution_probe_writes_its_choice(probing):
     entries = json.loads(tuning.cache_file().read_text())
     keys = [k for k in entries if k.startswith("conv-winograd-blocked:8,8,16,16,3,3,1,1,1,1,1,1,1,1,2,")]
     assert keys and entries[keys[0]] in ("winograd", "blocked")
+
+
+def test_a_probe_runs_its_candidates_as_a_pass_runs_its_steps(probing, monkeypatch):
+    """The probe calls every candidate inside the one-OpenBLAS-thread scope, as a model's pass does:
+    at OpenBLAS's own thread count its threads spun after each BLAS call and slowed the candidate
+    timed next (fc6 at 32 samples chose BLAS, 45 ms a pass, over the streamed product's 23 ms)."""
+    from nncomp.kernels import blas
+    scopes, real = [], blas.plan_nt
+
+    def plan(m, w):
+        mul = real(m, w)
+
+        def spied(x):
+            scopes.append(type(blas.ONE_THREAD)._depth)
+            return mul(x)
+        return spied
+    monkeypatch.setattr(blas, "plan_nt", plan)
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((1030, 1024)).astype(np.float32)      # over the blocked kernel's 4.2 MB
+    model = nc.Model([Node("fc", nc.Dense(w), ("input",))], input_shape=(1024,), input_layout="NC")
+    model(rng.standard_normal((100, 1024)).astype(np.float32))
+    assert len(scopes) >= 1 + tuning.CALLS and set(scopes) == {1}

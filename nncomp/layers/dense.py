@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import tuning
 from ..errors import InputError, NncompError
-from ..kernels import _jit, blas, dense_few, dense_stream
+from ..kernels import _jit, dense_few, dense_stream
 from ..kernels.sparse_small import bias_epilogue_rows, bias_epilogue_rows_parallel
 from ..matrices import DenseMatrix, Matrix, as_matrix
 from ..matrices.int8 import Int8Matrix
@@ -186,15 +186,9 @@ class Dense(Layer):
         steps = {"few": few_step, "stream": step} if n <= dense_few.MAX_BATCH else {"stream": step}
         default = ("few" if n <= FEW_DEFAULT_BATCH else "stream") if n <= STREAM_DEFAULT_BATCH else "blas"
 
-        def make():     # the product as a model runs it: OpenBLAS at one thread (blas.ONE_THREAD). Probed
-            # at its own thread count, OpenBLAS's threads spun after each call and slowed the next
-            # candidate's (fc6 at 32 samples chose BLAS, 45 ms a pass, over the streamed 23 ms)
+        def make():
             x, mul = np.random.default_rng(0).standard_normal((n, k), dtype=np.float32), w.prepare(n)
-
-            def product():
-                with blas.ONE_THREAD:
-                    return mul(x)
-            return {**{name: (lambda s=s: s(x)) for name, s in steps.items()}, "blas": product}
+            return {**{name: (lambda s=s: s(x)) for name, s in steps.items()}, "blas": lambda: mul(x)}
         chosen = tuning.choose("dense-stream", (co, k, n, parts), (*steps, "blas"), default, make)
         return steps.get(chosen)
 
