@@ -115,13 +115,16 @@ def test_conv_algorithm_choice_and_refusal():
 def test_blocked_tile_width_fills_short_lines():
     """The dense blocked kernel's vectors per tile: 3 where 4 would leave 7-pixel lines in tiles of 4
     and 3 pixels and 96 channels as 4 + 2 vectors; 4 where images tile (64 channels, 64 images of 7 x
-    7); never more vectors than the channels fill, never more than 4."""
+    7) with AVX-512's 32 registers, 1 with AVX2's 16 (6 images a tile: 12 ymm accumulators, where 4
+    vectors fit one pixel: 8); never more vectors than the channels fill, never more than 4."""
     from nncomp.layers.conv_blocked import tile_vectors
-    assert tile_vectors(96, 1, 7) == 3 and tile_vectors(576, 8, 7) == 3
-    assert tile_vectors(64, 64, 7) == 4 and tile_vectors(16, 1, 112) == 1 and tile_vectors(32, 64, 14) == 2
+    assert tile_vectors(96, 1, 7, 32) == 3 and tile_vectors(576, 8, 7, 32) == 3
+    assert tile_vectors(64, 64, 7, 32) == 4 and tile_vectors(16, 1, 112, 32) == 1
+    assert tile_vectors(32, 64, 14, 32) == 2 and tile_vectors(64, 64, 7, 16) == 1
     for co in range(1, 300, 7):
         for n, ow in ((1, 7), (1, 56), (8, 14), (64, 7)):
-            assert 1 <= tile_vectors(co, n, ow) <= min(4, -(-co // 16))
+            for registers in (None, 16, 32):
+                assert 1 <= tile_vectors(co, n, ow, registers) <= min(4, -(-co // 16))
 
 
 def test_depthwise_layer_uses_multiplier():

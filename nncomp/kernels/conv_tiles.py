@@ -9,7 +9,7 @@ tile would live in memory: two loads and a store per multiply-add), so the tile 
 IR through ``numba.extending.intrinsic`` with ``<16 x float>`` vectors and ``llvm.fma``: AVX-512
 where the CPU has it (one zmm per vector), split by LLVM into narrower registers elsewhere. The tile
 widths per ``V`` (:data:`TILE_PIXELS`) keep ``P * V`` accumulators within 28 of AVX-512's 32
-registers; :func:`tile_pixels` quarters them where the CPU has only 16 vector registers.
+registers; :func:`tile_pixels` narrows them where the CPU has only 16 vector registers (AVX2).
 
 Users: nncomp/kernels/conv_blocked.py (direct convolution), conv_depthwise.py (each channel its own
 input: a vector load instead of a broadcast), dense_stream.py (weight rows broadcast, samples as the
@@ -29,13 +29,25 @@ VECTORS = 4                 # at most 4 vectors (64 channels) per tile
 
 
 
-def tile_pixels(nvec, registers=None):
+# Output pixels per tile where the CPU has 16 vector registers (AVX2: each 16-float vector takes two
+# ymm, so a tile of P pixels x V vectors holds 2 P V accumulators). One thread, AMD EPYC Zen 3, GMAC/s
+# against the quartered AVX-512 widths (3, 3, 2, 1) used before: dense tiles 28 x 28 x 16 -> 16
+# 3 x 3 33.8 against 28.0 (1 x 6), 64 images of 7 x 7 x 64 -> 64 43.3 against ~31 (1 x 6 across
+# images), 12 x 12 x 20 -> 50 5 x 5 28.4 against 24.3 (2 x 2); depthwise 56 x 56 x 16 1.20x the
+# time's inverse at 6 pixels, 2 vectors and more 1.06-1.09x at 2 pixels (16 accumulators: LLVM spills
+# a few, still faster than 1 pixel).
+AVX2_PIXELS = {1: 6, 2: 2, 3: 1, 4: 1}
+AVX2_DEPTHWISE_PIXELS = {1: 6, 2: 2, 3: 2, 4: 2}
+
+
+def tile_pixels(nvec, registers=None, depthwise=False):
     """The widest tile (output pixels) for ``nvec`` vectors of channels with ``registers`` zmm-sized
     registers (default: this CPU's): AVX-512's 32 take :data:`TILE_PIXELS`; 16 (AVX2, where each
-    16-float vector takes two registers) take a quarter of it."""
+    16-float vector takes two registers) :data:`AVX2_PIXELS` (``depthwise``: :data:`AVX2_DEPTHWISE_PIXELS`)."""
     registers = VECTOR_REGISTERS if registers is None else registers
-    p = TILE_PIXELS[nvec]
-    return p if registers >= 32 else max(1, p // 4)
+    if registers >= 32:
+        return TILE_PIXELS[nvec]
+    return (AVX2_DEPTHWISE_PIXELS if depthwise else AVX2_PIXELS)[nvec]
 
 
 def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=0):

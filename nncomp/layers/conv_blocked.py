@@ -198,7 +198,8 @@ def _blocked_setup(layer, shape, n, oh, ow, kernels, factor=SERIAL_FACTOR):
         pad(x, 0, t, l, xp)
         return xp
     padded.parallel = pad is conv_pad_nhwc_parallel
-    return padded, kern, nvec, tile_pixels(nvec), (*layer.kernel_size, *layer.stride, *layer.dilation)
+    return padded, kern, nvec, tile_pixels(nvec, depthwise=layer.depthwise), (*layer.kernel_size, *layer.stride,
+                                                                              *layer.dilation)
 
 
 def _chain_spec(layer, kern, parallel_kern, padded, w, vectors, nvec, pmax, geo, out_shape, **fields):
@@ -298,18 +299,19 @@ def blocked_step(layer, shape, n, oh, ow, epilogue=None):
     return run
 
 
-def tile_vectors(co, n, ow):
+def tile_vectors(co, n, ow, registers=None):
     """The vectors of 16 output channels (1-4) of the dense blocked kernel's tiles for ``co`` channels
     and ``n`` images of ``ow``-pixel lines: the width whose tiles (along lines, or across images where
     the kernel takes those) hold the most accumulators on average, each tile weighted by its outputs;
     the widest on a tie. Always 4 (where co allows) left short lines in small tiles: 96 channels on
     7-pixel lines as 4 + 3 pixels x 4 + 2 vectors (12 accumulators on average) where 3 vectors make
     7 x 3 + 7 x 3 (21). One thread, Intel Xeon, 1 x 1 convolutions: 7 x 7 x 576 -> 96 71 against 50-51
-    GMAC/s, 96 -> 576 67-71 against 53-59, 14 x 14 40 -> 240 59 against 57, 28 x 28 24 -> 88 50 both."""
+    GMAC/s, 96 -> 576 67-71 against 53-59, 14 x 14 40 -> 240 59 against 57, 28 x 28 24 -> 88 50 both.
+    ``registers``: as :func:`~nncomp.kernels.conv_tiles.tile_pixels` (default: this CPU's)."""
     vectors = -(-co // 16)
     best, score = 1, -1.0
     for nvec in range(min(vectors, 4), 0, -1):
-        pmax = tile_pixels(nvec)
+        pmax = tile_pixels(nvec, registers)
         if image_tiles(n, ow, nvec, pmax):
             groups = -(-n // pmax)
             pixels = [n * (g + 1) // groups - n * g // groups for g in range(groups)]
