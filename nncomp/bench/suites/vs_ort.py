@@ -115,6 +115,12 @@ def _line(row):
     return "  ".join(parts)
 
 
+def _cell(entry):
+    """``ratio (nncomp / ORT ms)``, the ratio in bold where nncomp is at least as fast."""
+    ratio = f"{_ratio(entry):.2f}x"
+    return f"{f'**{ratio}**' if _ratio(entry) <= 1.0 else ratio} ({entry['nncomp']:.3f} / {entry['ort']:.3f})"
+
+
 def markdown(result):
     lines = header(f"# Whole models: nncomp dense against ONNX Runtime float32 ({result['threads']} threads)",
                    result)
@@ -122,11 +128,11 @@ def markdown(result):
         return "\n".join(lines + [result["error"], ""])
     rows = result.get("rows", [])
     cols = [k for k in (rows[0] if rows else {}) if k.startswith(("loop_", "lone_"))]
-    lines += ["nncomp's time over ORT's (below 1: nncomp faster); times in ms (nncomp / ORT).", "",
+    lines += ["nncomp's time over ORT's (below 1: nncomp faster; bold: at most 1); times in ms (nncomp / ORT).", "",
               "| model | " + " | ".join(cols) + " | contention (b1, x single-thread) | new size: first / again ms |",
               "|---" * (len(cols) + 3) + "|"]
     for r in rows:
-        cells = [f"**{_ratio(r[c]):.2f}x** ({r[c]['nncomp']:.3f} / {r[c]['ort']:.3f})" for c in cols]
+        cells = [_cell(r[c]) for c in cols]
         cont = r.get("contention_b1")
         cont = f"{cont['ratio']:.2f}x ({cont['contended_ms']:.3f} / {cont['single_ms']:.3f})" if cont else "-"
         ns = r.get("new_size", {})
