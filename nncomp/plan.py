@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .kernels import _jit, blas
+from .kernels.isa import VECTOR_REGISTERS
 from .layers.conv_chain import merge_runs
 
 INPUT = "input"
@@ -173,6 +174,12 @@ SERIAL_BELOW_MACS = 1 << 19
 # run parallel: the measured choice, misled by the first calls after pauses, kept LeNet-300 at
 # batch 64 (17 M) serial at 0.54 ms against 0.41 parallel.
 CHOOSE_BELOW_MACS = 1 << 24
+# ... with AVX-512 (32 vector registers). With AVX2 a single sample runs serial or parallel as
+# measured too: one core does half the multiply-adds per cycle, and the second paid in a loop (AMD
+# EPYC Zen 3, in_loop protocol: LeNet-5 0.126-0.130 ms parallel against 0.159-0.162 serial,
+# ResNet-small 0.29-0.34 against 0.31-0.44, VGG-small either); next to a busy core the measured choice
+# falls back to serial (contention 0.99-1.16x single-threaded).
+SERIAL_SINGLE = VECTOR_REGISTERS >= 32
 _POOL = None
 _POOL_LOCK = threading.Lock()
 

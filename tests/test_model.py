@@ -354,8 +354,13 @@ def test_glibc_is_asked_once_to_keep_freed_activation_memory(monkeypatch):
     assert P.keep_freed_memory() is False
 
 
-def test_run_mode_names_the_engines_choice_and_refuses_bad_arguments(lenet5):
-    assert lenet5.run_mode(1, threads=1) == "serial" and lenet5.run_mode(1, threads=2) == "serial"
+def test_run_mode_names_the_engines_choice_and_refuses_bad_arguments(lenet5, monkeypatch):
+    import nncomp.plan as P
+    single = "serial" if P.SERIAL_SINGLE else "measured"      # AVX2: one sample serial or parallel as measured
+    assert lenet5.run_mode(1, threads=1) == "serial" and lenet5.run_mode(1, threads=2) == single
+    import nncomp.model as M
+    monkeypatch.setattr(M, "SERIAL_SINGLE", True)          # AVX-512: one sample always serial
+    assert lenet5.run_mode(1, threads=2) == "serial"
     assert lenet5.run_mode(64, threads=2) == "parallel"          # 5 MACs per weight: never split
     for bad in [dict(batch="x"), dict(batch=0), dict(batch=2, threads=0), dict(batch=1.5)]:
         with pytest.raises(nc.NncompError, match="run_mode"):

@@ -15,6 +15,7 @@ from ..kernels import conv_chain as K
 from ..kernels.conv_winograd import (chunk_rows, product_pixels, winograd_nhwc, winograd_nhwc_parallel, winograd_weight,
                                      work_sizes)
 from ..kernels.decode import decode_winograd_t, decode_winograd_t_parallel
+from ..kernels.isa import VECTOR_REGISTERS
 from ..matrices import DenseMatrix
 from .workspace import scratch
 
@@ -307,7 +308,14 @@ def tile_vectors(co, n, ow, registers=None):
     7-pixel lines as 4 + 3 pixels x 4 + 2 vectors (12 accumulators on average) where 3 vectors make
     7 x 3 + 7 x 3 (21). One thread, Intel Xeon, 1 x 1 convolutions: 7 x 7 x 576 -> 96 71 against 50-51
     GMAC/s, 96 -> 576 67-71 against 53-59, 14 x 14 40 -> 240 59 against 57, 28 x 28 24 -> 88 50 both.
-    ``registers``: as :func:`~nncomp.kernels.conv_tiles.tile_pixels` (default: this CPU's)."""
+    ``registers``: as :func:`~nncomp.kernels.conv_tiles.tile_pixels` (default: this CPU's). With 16
+    (AVX2), always 1 vector of 6 pixels (12 ymm accumulators): one thread, AMD EPYC Zen 3, round-robin
+    A/B, it was the fastest or within 5% on 3 x 3 and 5 x 5 convolutions of 16-64 channels on 7-28
+    pixel lines (7 x 7 64 -> 64, 16 images: 30.4 GMAC/s against 22.7 for 2 x 2 and 21.7 for 4 x 1),
+    except a 1-channel input (6.8 against 8.4)."""
+    registers = VECTOR_REGISTERS if registers is None else registers
+    if registers < 32:
+        return 1
     vectors = -(-co // 16)
     best, score = 1, -1.0
     for nvec in range(min(vectors, 4), 0, -1):
@@ -341,6 +349,9 @@ def blocked_pooled_step(layer, shape, n, oh, ow, p):
     """The blocked kernel and its p x p max-pool in one step for batches of ``n``."""
     kernels = (conv_blocked_pooled_nhwc, conv_blocked_pooled_nhwc_parallel)
     padded, kern, nvec, pmax, geo = _blocked_setup(layer, shape, n, oh, ow, kernels)
+    if VECTOR_REGISTERS < 32:       # AVX2: the tiles of tile_vectors (AVX-512 keeps its measured widest)
+        nvec = tile_vectors(layer.out_channels, 1, ow)
+        pmax = tile_pixels(nvec)
     w, bias = layer.weight_b
     weight = blocked_weight_source(layer)
     co = layer.out_channels
