@@ -22,6 +22,23 @@ def masked_v16(module):
                     ir.FunctionType(ir.VoidType(), [v16, vptr, i32, mask_t])))
 
 
+def store_v16(builder, value, ptr, mask, whole, some=None):
+    """Store ``<16 x float>`` ``value`` at ``ptr``: a plain store where ``whole`` (an i1: every lane
+    is kept), else, where ``some`` (default: always), LLVM's masked store under ``mask``. AMD Zen 3
+    runs ``vmaskmovps`` to memory as microcode (two of them per 16 lanes with AVX2): a register
+    tile of full channel vectors stores plainly, only a partial last vector pays for the mask."""
+    mstore = masked_v16(builder.module)[1]
+    with builder.if_else(whole) as (plain, masked):
+        with plain:
+            builder.store(value, ptr, align=4)
+        with masked:
+            if some is None:
+                builder.call(mstore, [value, ptr, ir.IntType(32)(4), mask])
+            else:
+                with builder.if_then(some):
+                    builder.call(mstore, [value, ptr, ir.IntType(32)(4), mask])
+
+
 def prefetch(builder, ptr, locality=2):
     """Emit a read prefetch of the line at ``ptr`` (any pointer type) into the caches
     (``locality`` 3: L1, 2: L2, 1: L3). A prefetch never faults: an address past an array's end

@@ -19,7 +19,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ._ir import declare, loop_latch, loop_phis, masked_v16
+from ._ir import declare, loop_latch, loop_phis, masked_v16, store_v16
 from .isa import VECTOR_REGISTERS
 
 # Output pixels per micro-kernel tile, by the number of 16-channel vectors per tile (1..4).
@@ -73,6 +73,7 @@ def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=
                                                             builder.trunc(lanes, i32), i32(0)),
                                      ir.Constant(ir.VectorType(i32, 16), ir.Undefined), splat)
     mask = builder.icmp_signed("<", ir.Constant(ir.VectorType(i32, 16), list(range(16))), lanes_v)
+    full = builder.icmp_signed(">=", lanes, lanes.type(16))
 
     optrs = [[builder.bitcast(builder.gep(od, [builder.add(ooff, builder.add(builder.mul(opix, intp(p)),
                                                                             intp(16 * v)))]), vptr)
@@ -91,7 +92,7 @@ def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=
     if slide:
         new = _slide_rows(builder, P, V, slide, init, (xd, wd), (xoff, pix, rows, xrow, wrs, woff, wrow), mask)
         _epilogue(builder, P, V, new, (od, scd, shd, rd), (boff, ooff, opix, last, affine, add), (lo, hi),
-                  mask, optrs)
+                  mask, optrs, full)
         builder.branch(after)
         return
     # rows x span multiply-adds per accumulator: kernel rows r (x at + r * xrow, w at + r * wrs),
@@ -133,7 +134,7 @@ def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=
 
     builder.position_at_end(done)
     _epilogue(builder, P, V, new, (od, scd, shd, rd), (boff, ooff, opix, last, affine, add), (lo, hi), mask,
-              optrs)
+              optrs, full)
     builder.branch(after)
 
 
@@ -177,17 +178,17 @@ def _slide_rows(builder, P, V, S, init, arrays, ints, mask):
     return new
 
 
-def _epilogue(builder, P, V, new, arrays, ints, epi, mask, optrs):
+def _epilogue(builder, P, V, new, arrays, ints, epi, mask, optrs, full):
     """Store the tile's accumulators ``new``; after the last call of the tile first the epilogue, as
     the epilogue kernel computes it (no fused multiply-add: bit-identical to batch norm, residual add
-    and clip run one by one)."""
+    and clip run one by one). ``full``: the last vector's 16 lanes are all output channels."""
     od, scd, shd, rd = arrays
     boff, ooff, opix, last, affine, add = ints
     lo, hi = epi
     intp = boff.type
     v16 = ir.VectorType(ir.FloatType(), 16)
     vptr, i32 = v16.as_pointer(), ir.IntType(32)
-    mload, mstore = masked_v16(builder.module)
+    mload, _ = masked_v16(builder.module)
     undef, zero = ir.Constant(v16, ir.Undefined), ir.Constant(v16, None)
     splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
     fins = list(new)
@@ -214,8 +215,8 @@ def _epilogue(builder, P, V, new, arrays, ints, epi, mask, optrs):
             fins[p * V + v] = builder.select(is_last, clipped, val)
     for p in range(P):
         for v in range(V):
-            if v == V - 1:
-                builder.call(mstore, [fins[p * V + v], optrs[p][v], i32(4), mask])
+            if v == V - 1:      # a full last vector stores unmasked (_ir.store_v16)
+                store_v16(builder, fins[p * V + v], optrs[p][v], mask, full)
             else:
                 builder.store(fins[p * V + v], optrs[p][v], align=4)
 

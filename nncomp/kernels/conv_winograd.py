@@ -38,7 +38,7 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
-from ._ir import declare, loop_latch, loop_phis, masked_v16
+from ._ir import declare, loop_latch, loop_phis, masked_v16, store_v16
 from ._jit import both
 from .isa import VECTOR_REGISTERS
 from .epilogue import activation_rows
@@ -228,7 +228,7 @@ def _output_tile(typingctx, m, moff, mstride, bias, scale, shift, boff, affine, 
             for k in (1, 2, 6, 7, 9, 11, 12, 13, 14, 15, 16, 19))
         lo, hi = (context.cast(builder, args[k], signature.args[k], types.float32) for k in (17, 18))
         intp = moff.type
-        mload, mstore = masked_v16(builder.module)
+        mload = masked_v16(builder.module)[0]
         undef = ir.Constant(v16, ir.Undefined)
         zero = ir.Constant(v16, None)
         splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
@@ -244,6 +244,7 @@ def _output_tile(typingctx, m, moff, mstride, bias, scale, shift, boff, affine, 
         bias = vload(bd, boff)
         scale, shift = vload(scd, boff), vload(shd, boff)
         lanes_mask = _lane_mask(builder, lanes, i32)
+        full = builder.icmp_signed(">=", lanes, intp(16))
         none = ir.Constant(mask_t, [0] * 16)
         do_affine = builder.icmp_signed("!=", affine, intp(0))
         do_add = builder.icmp_signed("!=", add_, intp(0))
@@ -263,14 +264,16 @@ def _output_tile(typingctx, m, moff, mstride, bias, scale, shift, boff, affine, 
                 val = builder.select(do_add, fadd(val, r_), val)
                 val = builder.select(builder.fcmp_unordered(">", val, lo_v), val, lo_v)
                 val = builder.select(builder.fcmp_unordered("<", val, hi_v), val, hi_v)
-                builder.call(mstore, [val, builder.bitcast(builder.gep(od, [o]), vptr), i32(4), mask])
+                store_v16(builder, val, builder.bitcast(builder.gep(od, [o]), vptr), mask, builder.and_(keep, full),
+                          keep)
                 if best is None:
                     best = val
                 else:       # the pool kernel's ``v if v > m or v != v else m``
                     wins = builder.or_(builder.fcmp_ordered(">", val, best), builder.fcmp_unordered("uno", val, val))
                     best = builder.select(wins, val, best)
         pmask = builder.select(pooling, lanes_mask, none)
-        builder.call(mstore, [best, builder.bitcast(builder.gep(od, [ooff]), vptr), i32(4), pmask])
+        store_v16(builder, best, builder.bitcast(builder.gep(od, [ooff]), vptr), pmask, builder.and_(pooling, full),
+                  pooling)
         return context.get_dummy_value()
 
     return sig, codegen
