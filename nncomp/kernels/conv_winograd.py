@@ -142,10 +142,11 @@ def _make_products(V, pmax):
 # vectors: 12 ran 1.1-1.2x slower on 32-channel outputs; 28 for one vector and 7 for four did not
 # help, 7 ran VGG-16's conv3_2 1.25x slower; Zen 4, one process alternating).
 PRODUCT_PIXELS = {1: 14, 2: 14, 3: 8, 4: 6}
-# With 16 vector registers (AVX2): one thread, AMD EPYC Zen 3, against the quartered widths (3, 3, 2,
-# 1) used before: 28 x 28 16 -> 16 1.08-1.10x faster at 4-6 pixels, 14 x 14 32 -> 32 1.44x at 2 (also
-# 8 images), 28 x 28 64 -> 64 2.1x and 7 x 7 1.33x at 1.
-AVX2_PRODUCT_PIXELS = {1: 5, 2: 2, 3: 1, 4: 1}
+# With 16 vector registers (AVX2) the layers run products of one vector (nncomp/layers/conv_blocked.py
+# winograd_step) of 6 pixels; one thread, AMD EPYC Zen 3, round-robin: 56 x 56 256 -> 256 (VGG-16's
+# conv3_2) 25.3 ms against 60.0 for 4 vectors x 1 pixel, 28 x 28 64 -> 64 0.43 against 0.69, 14 x 14
+# 32 -> 32 0.035 against 0.052 (2 x 2: 0.037). The widths for more vectors serve callers that ask.
+AVX2_PRODUCT_PIXELS = {1: 6, 2: 2, 3: 1, 4: 1}
 _products1, _products2, _products3, _products4 = (_make_products(v, PRODUCT_PIXELS[v]) for v in range(1, 5))
 
 

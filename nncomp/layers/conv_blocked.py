@@ -237,6 +237,8 @@ def winograd_step(layer, shape, n, oh, ow, epilogue=None, pool=0):
     """The Winograd step for batches of ``n``, with an ``epilogue`` as :func:`blocked_step` takes, or
     with a ``pool`` (2) x 2 max-pool instead."""
     padded, kern, nvec, _, geo = _blocked_setup(layer, shape, n, oh, ow, (winograd_nhwc, winograd_nhwc_parallel))
+    if VECTOR_REGISTERS < 32:       # AVX2: one vector a product (kernels/conv_winograd.AVX2_PRODUCT_PIXELS)
+        nvec = 1
     pmax = product_pixels(nvec)
     wt = winograd_weights(layer)
     weight = winograd_weight_source(layer)
