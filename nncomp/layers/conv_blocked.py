@@ -187,7 +187,9 @@ def _blocked_setup(layer, shape, n, oh, ow, kernels, factor=SERIAL_FACTOR):
     kernel size, stride and dilation."""
     h, wd, c = shape
     t, b, l, r = layer.padding
-    nvec = min(-(-layer.out_channels // 16), 4)
+    # AVX2 (16 registers): dense tiles and Winograd products of one vector (tile_vectors,
+    # kernels/conv_winograd.AVX2_PRODUCT_PIXELS); depthwise tiles keep the widest
+    nvec = min(-(-layer.out_channels // 16), 4) if VECTOR_REGISTERS >= 32 or layer.depthwise else 1
     macs = n * oh * ow * layer.out_channels * layer.weight.n_in
     kern = _jit.pick(kernels, macs // factor)
     pad = _jit.pick((conv_pad_nhwc, conv_pad_nhwc_parallel), n * (h + t + b) * (wd + l + r) * c)
@@ -237,8 +239,6 @@ def winograd_step(layer, shape, n, oh, ow, epilogue=None, pool=0):
     """The Winograd step for batches of ``n``, with an ``epilogue`` as :func:`blocked_step` takes, or
     with a ``pool`` (2) x 2 max-pool instead."""
     padded, kern, nvec, _, geo = _blocked_setup(layer, shape, n, oh, ow, (winograd_nhwc, winograd_nhwc_parallel))
-    if VECTOR_REGISTERS < 32:       # AVX2: one vector a product (kernels/conv_winograd.AVX2_PRODUCT_PIXELS)
-        nvec = 1
     pmax = product_pixels(nvec)
     wt = winograd_weights(layer)
     weight = winograd_weight_source(layer)
@@ -351,9 +351,6 @@ def blocked_pooled_step(layer, shape, n, oh, ow, p):
     """The blocked kernel and its p x p max-pool in one step for batches of ``n``."""
     kernels = (conv_blocked_pooled_nhwc, conv_blocked_pooled_nhwc_parallel)
     padded, kern, nvec, pmax, geo = _blocked_setup(layer, shape, n, oh, ow, kernels)
-    if VECTOR_REGISTERS < 32:       # AVX2: the tiles of tile_vectors (AVX-512 keeps its measured widest)
-        nvec = tile_vectors(layer.out_channels, 1, ow)
-        pmax = tile_pixels(nvec)
     w, bias = layer.weight_b
     weight = blocked_weight_source(layer)
     co = layer.out_channels
