@@ -52,7 +52,7 @@ int8_matmul_u8s8_vnni = int8_matmul_u8s8
 
 
 def vnni_block(mr, nb, x, xoff, xstride, xseg, wp, woff, gstride, rstride, wseg, ngroups, nseg, out, ooff, ostride):
-    """Twin of kernels.int8_vnni.vnni_block: ``out`` (a copy) plus, for rows m < mr and channels
+    """Twin of kernels.int8_vnni.vnni_block and kernels.int8_avx2.avx2_block: ``out`` (a copy) plus, for rows m < mr and channels
     16 r + c (r < nb), the sums over segments s and groups g of the 4 codes at flat ``xoff + s * xseg
     + m * xstride + 4 g`` of ``x`` times the 4 weights at flat ``woff + s * wseg + g * gstride + r *
     rstride + 4 c`` of ``wp``, at flat ``ooff + m * ostride + 16 r + c``."""

@@ -7,12 +7,12 @@ from hypothesis import example, given, settings, strategies as st
 
 import reference as ref
 from nncomp.errors import InputError
-from nncomp.kernels import int8_conv as kc, int8_vnni as vnni
+from nncomp.kernels import int8_conv as kc, int8_vnni as vnni, isa
 from nncomp.layers import conv_int8
 from nncomp.layers.conv import Conv2D
 from nncomp.matrices.int8 import Int8Matrix, pack_panels
 
-needs_vnni = pytest.mark.skipif(not vnni.HAVE_VNNI, reason="CPU (or JIT target) lacks AVX-512 VNNI")
+needs_vnni = pytest.mark.skipif(not vnni.HAVE_BLOCK, reason="CPU (or JIT target) lacks AVX-512 VNNI and AVX2")
 F = np.float32
 
 
@@ -71,7 +71,7 @@ def test_int8_conv_kernel_matches_its_twin(parallel, geo, n, c, co, lines, epilo
     res = rng.standard_normal((rows, co)).astype(F) if epilogue in ("res", "all") else np.zeros((0, co), F)
     lo, hi = (F(0), F(6)) if epilogue in ("clip", "all") else (F(-np.inf), F(np.inf))
     act, alpha, beta = (4, F(0.1), F(0)) if epilogue in ("act", "all") else (0, F(0), F(0))
-    xp = np.full((n, hp, wp_, cp), 7, np.uint8)
+    xp = np.full((n, hp, wp_, cp), 7, vnni.CODE)
     rows_out = n * (oh // pool) * (ow // pool) if pool else rows
     out = np.full((rows_out, co), np.nan, F)
     kern = kc.int8_conv_nhwc_parallel if parallel else kc.int8_conv_nhwc
@@ -100,7 +100,7 @@ def test_int8_conv_epilogue_over_several_lines_matches_its_twin(parallel, lines)
     escale, eshift = rng.random(co).astype(F), rng.standard_normal(co).astype(F)
     res = rng.standard_normal((n * h * w, co)).astype(F)
     tail = (3, 3, 1, 1, 1, 1, h, w, wp, zc, mul, bias, escale, eshift, res, F(-1), F(6), 4, F(0.1), F(0))
-    xp = np.empty((n, h + 2, w + 2, c), np.uint8)
+    xp = np.empty((n, h + 2, w + 2, c), vnni.CODE)
     out = np.full((n * h * w, co), np.nan, F)
     kern = kc.int8_conv_nhwc_parallel if parallel else kc.int8_conv_nhwc
     assert kern(x, scale, zero, 1, 1, xp, *tail, 1, lines, out) == 0
@@ -247,7 +247,7 @@ def test_static_int8_dense_layers_give_the_bits_of_the_matrix_product(batch, mon
 def test_big_weights_on_short_lines_keep_the_im2col_path(monkeypatch):
     """The rule, not the speed: a weight over REREAD_MAX_BYTES with lines under REREAD_MIN_PIXELS
     pixels (each line would stream it) keeps the im2col path; smaller weights or longer lines do not."""
-    monkeypatch.setattr(vnni, "HAVE_VNNI", True)
+    monkeypatch.setattr(vnni, "HAVE_BLOCK", True)
     monkeypatch.setattr(conv_int8.amx, "HAVE_AMX", False)
     rng = np.random.default_rng(0)
     big = _int8_conv(rng, 512, 512, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
@@ -258,14 +258,18 @@ def test_big_weights_on_short_lines_keep_the_im2col_path(monkeypatch):
     assert conv_int8.fused_int8(small, (14, 14, 128), 4, 14, 14)
 
 
-@needs_vnni
+@pytest.mark.parametrize("kind", [pytest.param("vnni", marks=pytest.mark.skipif(not vnni.HAVE_VNNI, reason="no AVX-512 VNNI")),
+                                  pytest.param("avx2", marks=pytest.mark.skipif(not isa.HAVE_AVX2, reason="no AVX2"))])
 @settings(max_examples=60, deadline=None)
 @given(block=st.sampled_from([(m, nb) for nb in range(1, 5) for m in range(1, 5)] + [(12, 1), (8, 2)]),
        ngroups=st.integers(0, 20), nseg=st.integers(0, 4), contiguous=st.booleans(), seed=st.integers(0, 2**31))
-def test_vnni_block_matches_its_twin(block, ngroups, nseg, contiguous, seed):
+def test_int8_blocks_match_their_twin(kind, block, ngroups, nseg, contiguous, seed):
     """The block the matrix product (one segment) and the convolution (segments: kernel rows) share,
-    at the offsets and strides each uses: panels read as 4 streams (gstride 64) or one wide panel."""
+    at the offsets and strides each uses: panels read as 4 streams (gstride 64) or one wide panel;
+    VNNI's and AVX2's (each where the CPU has it) give the same sums."""
+    from nncomp.kernels.int8_avx2 import avx2_block
     from nncomp.kernels.int8_vnni import vnni_block
+    kernel = vnni_block if kind == "vnni" else avx2_block
 
     rng = np.random.default_rng(seed)
     mr, nb = block
@@ -280,5 +284,5 @@ def test_vnni_block_matches_its_twin(block, ngroups, nseg, contiguous, seed):
     out = rng.integers(-1000, 1000, ooff + mr * ostride + 16 * nb, dtype=np.int32)
     args = (x, xoff, xstride, xseg, wp, woff, gstride, rstride, wseg, ngroups, nseg)
     want = ref.vnni_block(mr, nb, *args, out, ooff, ostride)
-    vnni_block(mr, nb, *args, out, ooff, ostride)
+    kernel(mr, nb, *((x if kind == "vnni" else x.astype(np.int16)),) + args[1:], out, ooff, ostride)
     assert np.array_equal(out, want)

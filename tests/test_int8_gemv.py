@@ -12,7 +12,7 @@ from nncomp.kernels import int8_gemv as kg, int8_vnni as vnni, sparse_small
 from nncomp.layers.dense import Dense
 from nncomp.matrices.int8 import Int8Matrix, pack_panels
 
-needs_vnni = pytest.mark.skipif(not vnni.HAVE_VNNI, reason="CPU (or JIT target) lacks AVX-512 VNNI")
+needs_vnni = pytest.mark.skipif(not vnni.HAVE_BLOCK, reason="CPU (or JIT target) lacks AVX-512 VNNI and AVX2")
 F = np.float32
 MODES = (kg.STATIC, kg.DYNAMIC_UINT8, kg.DYNAMIC_INT8)
 

@@ -86,10 +86,10 @@ def _host(name):
 
 
 @heavy
-def test_avx2_build_takes_the_portable_paths_and_matches_this_build_and_the_twins(tmp_path):
+def test_avx2_build_takes_its_own_paths_and_matches_this_build_and_the_twins(tmp_path):
     script = CASES + f"""
 flags = dict(features=sorted(isa.FEATURES), avx512=isa.HAVE_AVX512, vnni=isa.HAVE_VNNI,
-             vpermps=codebook_vpermps.HAVE_AVX512, vnni_mod=int8_vnni.HAVE_VNNI, amx=int8_amx.HAVE_AMX, tile=conv_blocked.tile_pixels(1),
+             vpermps=codebook_vpermps.HAVE_AVX512, vnni_mod=int8_vnni.HAVE_VNNI, block=int8_vnni.HAVE_BLOCK, amx=int8_amx.HAVE_AMX, tile=conv_blocked.tile_pixels(1),
              product=W.product_pixels(3))
 np.savez({str(tmp_path / "avx2.npz")!r}, **cases())
 flags["zmm"] = asm_has_zmm()
@@ -102,6 +102,7 @@ print(json.dumps(flags))
     flags = json.loads(r.stdout.strip().splitlines()[-1])
     assert flags["features"] == ["avx2", "fma"] and not (flags["avx512"] or flags["vnni"] or flags["vpermps"] or flags["vnni_mod"]
                                                        or flags["amx"])
+    assert flags["block"]          # the AVX2 int8 block (kernels/int8_avx2.py): its bits are checked below
     assert flags["tile"] == 6 and flags["product"] == 1     # 16 vector registers: AVX2's own tile widths
     assert flags["zmm"] and not any(flags["zmm"].values()), flags["zmm"]   # compiled for AVX2: no zmm anywhere
     avx2 = dict(np.load(tmp_path / "avx2.npz"))

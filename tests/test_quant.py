@@ -14,7 +14,7 @@ from nncomp.compress.quantization import calibrated_range
 
 # Under NUMBA_DISABLE_JIT the kernels run as Python loops: skip the tests that multiply big matrices.
 heavy = pytest.mark.skipif(numba.config.DISABLE_JIT, reason="pure-Python kernels (NUMBA_DISABLE_JIT): too slow")
-needs_vnni = pytest.mark.skipif(not vnni.HAVE_VNNI, reason="CPU (or JIT target) lacks AVX-512 VNNI")
+needs_vnni = pytest.mark.skipif(not vnni.HAVE_BLOCK, reason="CPU (or JIT target) lacks AVX-512 VNNI and AVX2")
 MATMULS = [quant.int8_matmul_u8s8, quant.int8_matmul_u8s8_parallel,
            pytest.param(vnni.int8_matmul_u8s8_vnni, marks=needs_vnni),
            pytest.param(vnni.int8_matmul_u8s8_vnni_parallel, marks=needs_vnni)]
@@ -264,7 +264,7 @@ def test_vnni_and_portable_paths_and_thread_counts_agree(monkeypatch):
         y1 = m.apply(x)
     finally:
         numba.set_num_threads(threads)
-    monkeypatch.setattr(vnni, "HAVE_VNNI", False)
+    monkeypatch.setattr(vnni, "HAVE_BLOCK", False)
     assert np.array_equal(y, y1) and np.array_equal(y, m.apply(x))
     f = Int8Matrix.from_float(rng.standard_normal((300, 1000)).astype(np.float32), activations="float")
     y = f.apply(x)

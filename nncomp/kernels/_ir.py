@@ -158,3 +158,51 @@ def paired_sum(builder, intp, vty, lo, hi, nvec, step, add):
         m.add_incoming(tail[k], tail_block)
         merged.append(m)
     return merged
+
+
+def segment_loops(builder, intp, vty, n_acc, nseg, ngroups, x, w, group):
+    """Emit the loops of an int8 block (kernels/int8_vnni.py, int8_avx2.py): for segments ``s <
+    nseg`` and groups ``g < ngroups``, ``accs = group((wbase, xrows), g, accs)`` over ``n_acc``
+    accumulators of type ``vty`` that start at zero and stay in registers across both loops.
+    ``x = (data, off, seg, stride, rows)``: row m of segment s starts at element ``off + s * seg + m
+    * stride`` of ``data`` (``xrows[m]``, a pointer); ``w = (data, off, seg)``: segment s's weights
+    at ``wbase = data + off + s * seg``. Returns the accumulators' final values (zero when either
+    count is 0). Counts and offsets are ``intp`` values."""
+    xdata, xoff, xseg, xstride, rows = x
+    wdata, woff, wseg = w
+
+    def segment(s):
+        xbase = builder.gep(xdata, [builder.add(xoff, builder.mul(s, xseg))])
+        wbase = builder.gep(wdata, [builder.add(woff, builder.mul(s, wseg))])
+        return wbase, [builder.gep(xbase, [builder.mul(xstride, intp(m))]) for m in range(rows)]
+
+    zero = ir.Constant(vty, None)
+    pre = builder.block
+    outer = builder.append_basic_block("seg_loop")
+    inner = builder.append_basic_block("group_loop")
+    latch = builder.append_basic_block("seg_latch")
+    done = builder.append_basic_block("block_done")
+    go = builder.and_(builder.icmp_signed(">", nseg, intp(0)), builder.icmp_signed(">", ngroups, intp(0)))
+    builder.cbranch(go, outer, done)
+
+    builder.position_at_end(outer)
+    s, seg_accs = loop_phis(builder, intp, vty, [zero] * n_acc, pre)
+    ctx = segment(s)
+    builder.branch(inner)
+
+    builder.position_at_end(inner)
+    g, accs = loop_phis(builder, intp, vty, seg_accs, outer)
+    new = group(ctx, g, accs)
+    loop_latch(builder, intp, g, accs, new, ngroups, inner, latch)
+
+    builder.position_at_end(latch)
+    loop_latch(builder, intp, s, seg_accs, new, nseg, outer, done)
+
+    builder.position_at_end(done)
+    fins = []
+    for v in new:
+        fin = builder.phi(vty)
+        fin.add_incoming(zero, pre)
+        fin.add_incoming(v, latch)
+        fins.append(fin)
+    return fins

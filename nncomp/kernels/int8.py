@@ -30,7 +30,7 @@ _BIG = np.float32(3.4028235e38)
 @intrinsic
 def _quantize16(typingctx, src, soff, dst, doff, nvec, scale, zero, lo, hi):
     """``nvec`` vectors of 16: ``dst[doff + j] = clip(rint(src[soff + j] / scale) + zero, lo, hi)``
-    (uint8, NaN to ``lo``), the arithmetic of :func:`quantize_run` lane by lane (IEEE division and
+    (uint8 or int16 ``dst``, NaN to ``lo``), the arithmetic of :func:`quantize_run` lane by lane (IEEE division and
     rounding, the same compares); returns how many of the values are NaN or infinite. LLVM's
     vector types are portable (two ymm registers on AVX2); Numba's own loop vectorizer kept to 8
     lanes on an AVX-512 Xeon (its tuning prefers 256-bit vectors), 1.3x slower."""
@@ -42,7 +42,8 @@ def _quantize16(typingctx, src, soff, dst, doff, nvec, scale, zero, lo, hi):
         soff_, doff_, n_ = (context.cast(builder, args[k], signature.args[k], types.intp) for k in (1, 3, 4))
         f32 = ir.FloatType()
         s_, z_, lo_, hi_ = (context.cast(builder, args[k], signature.args[k], types.float32) for k in (5, 6, 7, 8))
-        vf, vi, vb = ir.VectorType(f32, 16), ir.VectorType(ir.IntType(32), 16), ir.VectorType(ir.IntType(8), 16)
+        code = context.get_data_type(signature.args[2].dtype)    # uint8, or int16 (kernels/int8_avx2.CODE)
+        vf, vi, vb = ir.VectorType(f32, 16), ir.VectorType(ir.IntType(32), 16), ir.VectorType(code, 16)
         undef = ir.Constant(vf, ir.Undefined)
         mask = ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16)
 

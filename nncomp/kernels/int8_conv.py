@@ -6,7 +6,7 @@ Output pixels ``p, p+1, ...`` of one output line read, for kernel row ``i``, ``k
 consecutive codes that start ``sw * cp`` bytes apart: exactly the rows a VNNI ``vpdpbusd`` block
 reads, with ``xstride = sw * cp``. So each kernel row (each tap when dilated across columns) is one
 segment of a block product over the weight panels' matching k-groups; the block
-(kernels/int8_vnni.vnni_block) loops over the segments with its accumulators in registers (12
+(kernels/int8_vnni.int8_block) loops over the segments with its accumulators in registers (12
 pixels x 16 channels, 8 x 32, 4 x 48 or 64), into a per-line int32 buffer that stays in L1. The
 line is then dequantized 16 channels at a time, the bias and the fused epilogue applied (or, with a
 max-pool, the pool over blocks of lines), and stored once. The unfused path (conv_algorithms.int8_patch_product) writes and reads a patch matrix
@@ -18,7 +18,7 @@ Number formats as in kernels/int8.py. Weights are packed over the patch layout `
 path's, in its order (``float32(acc - z * colsum[o]) * (sx * scale[o])``, ``+ bias``, then
 epilogue_rows and activation_rows, element by element over several lines at once, the pool
 kernel's max): bit-identical to it. Callers check
-``int8_vnni.HAVE_VNNI``.
+``int8_vnni.HAVE_BLOCK`` (the VNNI block, or the AVX2 one of kernels/int8_avx2.py reading int16 codes).
 """
 import numpy as np
 from llvmlite import ir
@@ -28,7 +28,7 @@ from numba.extending import intrinsic
 from ._ir import loop_latch, loop_phis
 from ._jit import both, jit
 from .int8 import quantize_run, quantize_value
-from .int8_vnni import FULL_ROWS, vnni_block
+from .int8_vnni import FULL_ROWS, int8_block
 from .sparse_small import finish_row
 
 
@@ -118,12 +118,12 @@ def _line(xp, b, oh, kh, kw, sh, sw, dh, dw, wp, zc, mul, bias, acc, dst, off):
             woff = 4 * u * n_g * 64
             if whole:
                 xoff = ((b * hp + oh * sh) * wpx + p0 * sw) * cp
-                vnni_block(mr, nb, xp, xoff, sw * cp, dh * wpx * cp, wp, woff, 64, n_g * 64, kw * cp * 16, seg_g,
+                int8_block(mr, nb, xp, xoff, sw * cp, dh * wpx * cp, wp, woff, 64, n_g * 64, kw * cp * 16, seg_g,
                            kh, acc, p0 * ncols + 64 * u, ncols)
             else:
                 for i in range(kh):
                     xoff = ((b * hp + oh * sh + i * dh) * wpx + p0 * sw) * cp
-                    vnni_block(mr, nb, xp, xoff, sw * cp, dw * cp, wp, woff + i * kw * cp * 16, 64, n_g * 64,
+                    int8_block(mr, nb, xp, xoff, sw * cp, dw * cp, wp, woff + i * kw * cp * 16, 64, n_g * 64,
                                cp * 16, seg_g, kw, acc, p0 * ncols + 64 * u, ncols)
             p0 += mr
     vec = co // 16
@@ -157,7 +157,7 @@ def _conv(x, scale, zero, top, left, xp, kh, kw, sh, sw, dh, dw, oh_n, ow_n, wp,
         (0,) (the epilogue's affine map, applied before the pool); res (n * oh_n * ow_n, co) float32 or
         (0, co) (none with a pool); lo, hi the clip; act, alpha, beta an activation code of
         kernels/epilogue.py (0: none); pool 0 or 1 (none) or >= 2; lines >= 1.
-    OUT xp (n, hp, wp, cp) uint8 C-contiguous, cp % 4 == 0, cp >= c, hp >= top + h, wp >= left + w:
+    OUT xp (n, hp, wp, cp) uint8 C-contiguous (int16 for the AVX2 block: int8_vnni.CODE), cp % 4 == 0, cp >= c, hp >= top + h, wp >= left + w:
         the codes, the zero point in the padding; out (n * oh_q * ow_q, co) float32 C-contiguous, oh_q =
         oh_n // pool and ow_q = ow_n // pool with a pool (kernels/pool.maxpool_nhwc's max), else oh_n, ow_n.
     """

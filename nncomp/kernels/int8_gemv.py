@@ -5,7 +5,7 @@ A sample at batch 1 went through the int8 convolution kernel as a one-pixel imag
 quantize / product / dequantize / bias-epilogue kernels): 4.8-7.8 us per LeNet-300-100 layer on a
 2.6 GHz Xeon, most of it calls and buffers, against 1.8-11 us for the float32 mat-vec, so int8
 weights never paid at batch 1. Here one call quantizes the (gathered) input into a zero-point-padded
-code vector, runs the VNNI product over the weight panels (kernels/int8_vnni: one row, 16-64 channels
+code vector, runs the int8 block over the weight panels (kernels/int8_vnni: VNNI, or AVX2; one row, 16-64 channels
 a block; the units of 64 channels are the parallel tasks), dequantizes with the bias 16 channels at a
 time (kernels/int8_conv.dequant16) and applies the epilogue (sparse_small.finish_row).
 
@@ -25,7 +25,7 @@ from numba import prange
 from ._jit import both, jit
 from .int8 import quantize_run
 from .int8_conv import dequant16
-from .int8_vnni import vnni_block
+from .int8_vnni import block_codes, int8_block
 from .sparse_small import finish_row, gathered
 
 
@@ -80,8 +80,9 @@ def _gemv(wp, colsum, wscale, sx, z, mode, x, perm, bias, scale, shift, res, lo,
     xu[k:] = np.uint8(zero)
     co = out.shape[1]
     acc = np.zeros(16 * n_p, np.int32)
+    xc = block_codes(xu)
     for u in prange((n_p + 3) // 4):
-        vnni_block(1, min(4, n_p - 4 * u), xu, 0, kp, 0, wp, 4 * u * n_g * 64, 64, n_g * 64, 0, n_g, 1, acc,
+        int8_block(1, min(4, n_p - 4 * u), xc, 0, kp, 0, wp, 4 * u * n_g * 64, 64, n_g * 64, 0, n_g, 1, acc,
                    64 * u, 0)
     zc = np.empty(co, np.int32)       # |z * colsum| <= 255 * 127 * 65536 < 2**31
     mul = np.empty(co, np.float32)

@@ -15,23 +15,29 @@ accumulators over a 1 KiB k-block (:func:`vnni_block`; its segments serve kernel
 
 Contract (shared with the portable kernel, which gives bit-identical results):
 ``out[i, o] += sum(int32(xu[i, k]) * int32(w[o, k]) for k in [k0, k1))``, exact in int32 because
-``k1 - k0 <= 65536`` (255 * 128 * 65536 < 2**31). Callers check :data:`HAVE_VNNI` first: on a CPU
-without ``avx512_vnni`` the intrinsic would not compile. Signed activations use the zero-point trick
+``k1 - k0 <= 65536`` (255 * 128 * 65536 < 2**31). On a CPU without ``avx512_vnni`` the intrinsic
+would not compile: :data:`int8_block` is then the AVX2 block (kernels/int8_avx2.py, int16 codes:
+:func:`block_codes`), and callers check :data:`HAVE_BLOCK` (either). Signed activations use the zero-point trick
 (``xu = x + 128``; the caller subtracts ``128 * rowsum(w)``).
 """
+import numpy as np
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
 from . import isa
-from ._ir import declare, loop_latch, loop_phis
+from ._ir import declare, segment_loops
 from ._jit import both, jit
+from .int8_avx2 import CODE as CODE_AVX2, ROWS as ROWS_AVX2, avx2_block
 
-MR = 4          # activation rows per micro-kernel call
+HAVE_VNNI = isa.HAVE_VNNI
+# Whether an int8 block runs here: VNNI's, else the AVX2 one (kernels/int8_avx2.py, the same
+# sums). The matrices and layers check it (tests monkeypatch it to run the portable kernels).
+HAVE_BLOCK = HAVE_VNNI or isa.HAVE_AVX2
+
+MR = 4 if HAVE_VNNI else ROWS_AVX2   # activation rows per micro-kernel call (VNNI blocks: up to 4)
 KB = 1024       # k-block (inputs) per call: a 64 KiB panel slice stays in L2 across the row blocks
-ROWS = 64       # activation rows per parallel tile
-
-HAVE_VNNI = isa.HAVE_VNNI   # matrices check it (tests monkeypatch it to run the portable kernel)
+ROWS = 16 * MR  # activation rows per parallel tile
 
 
 def _make_block(mr, nb):
@@ -63,47 +69,24 @@ def _make_block(mr, nb):
             v16 = ir.VectorType(i32, 16)
             vptr = v16.as_pointer()
             dpbusd = declare(builder.module, "llvm.x86.avx512.vpdpbusd.512", ir.FunctionType(v16, [v16, v16, v16]))
-            zero = ir.Constant(v16, None)
             undef = ir.Constant(v16, ir.Undefined)
             splat = ir.Constant(v16, [0] * 16)
-            pre = builder.block
-            outer = builder.append_basic_block("seg_loop")
-            inner = builder.append_basic_block("group_loop")
-            latch = builder.append_basic_block("seg_latch")
-            done = builder.append_basic_block("vnni_done")
-            go = builder.and_(builder.icmp_signed(">", ns_, intp(0)), builder.icmp_signed(">", ng_, intp(0)))
-            builder.cbranch(go, outer, done)
 
-            builder.position_at_end(outer)
-            s, seg_accs = loop_phis(builder, intp, v16, [zero] * (mr * nb), pre)
-            xbase = builder.gep(xdata, [builder.add(xoff_, builder.mul(s, xseg_))])
-            wbase = builder.gep(wdata, [builder.add(woff_, builder.mul(s, wseg_))])
-            xrows = [builder.gep(xbase, [builder.mul(xs_, intp(m))]) for m in range(mr)]
-            builder.branch(inner)
+            def group(ctx, g, accs):
+                wbase, xrows = ctx
+                wo = builder.mul(g, gs_)
+                wv = [builder.load(builder.bitcast(builder.gep(wbase, [builder.add(wo, builder.mul(rs_, intp(r)))]),
+                                                   vptr), align=1) for r in range(nb)]
+                xo = builder.mul(g, intp(4))
+                new = []
+                for m in range(mr):
+                    word = builder.load(builder.bitcast(builder.gep(xrows[m], [xo]), i32.as_pointer()), align=1)
+                    xb = builder.shuffle_vector(builder.insert_element(undef, word, i32(0)), undef, splat)
+                    new.extend(builder.call(dpbusd, [accs[m * nb + r], xb, wv[r]]) for r in range(nb))
+                return new
 
-            builder.position_at_end(inner)
-            g, accs = loop_phis(builder, intp, v16, seg_accs, outer)
-            wo = builder.mul(g, gs_)
-            wv = [builder.load(builder.bitcast(builder.gep(wbase, [builder.add(wo, builder.mul(rs_, intp(r)))]), vptr),
-                               align=1) for r in range(nb)]
-            xo = builder.mul(g, intp(4))
-            new = []
-            for m in range(mr):
-                word = builder.load(builder.bitcast(builder.gep(xrows[m], [xo]), i32.as_pointer()), align=1)
-                xb = builder.shuffle_vector(builder.insert_element(undef, word, i32(0)), undef, splat)
-                new.extend(builder.call(dpbusd, [accs[m * nb + r], xb, wv[r]]) for r in range(nb))
-            loop_latch(builder, intp, g, accs, new, ng_, inner, latch)
-
-            builder.position_at_end(latch)
-            loop_latch(builder, intp, s, seg_accs, new, ns_, outer, done)
-
-            builder.position_at_end(done)
-            fins = []
-            for v in new:
-                fin = builder.phi(v16)
-                fin.add_incoming(zero, pre)
-                fin.add_incoming(v, latch)
-                fins.append(fin)
+            fins = segment_loops(builder, intp, v16, mr * nb, ns_, ng_, (xdata, xoff_, xseg_, xs_, mr),
+                                 (wdata, woff_, wseg_), group)
             for k, fin in enumerate(fins):
                 m, r = divmod(k, nb)
                 pos = builder.add(ooff_, builder.add(builder.mul(os_, intp(m)), intp(16 * r)))
@@ -119,7 +102,7 @@ def _make_block(mr, nb):
 # Rows per full block by registers of channels: 12-16 accumulators hide vpdpbusd's latency (the
 # convolution kernel's blocks; the matrix product keeps MR rows).
 FULL_ROWS = (0, 12, 8, 4, 4)
-_B = {(m, nb): _make_block(m, nb) for nb in range(1, 5) for m in (*range(1, MR + 1), FULL_ROWS[nb])}
+_B = {(m, nb): _make_block(m, nb) for nb in range(1, 5) for m in (1, 2, 3, 4, FULL_ROWS[nb])}
 _b11, _b21, _b31, _b41, _bc1 = (_B[m, 1] for m in (1, 2, 3, 4, 12))
 _b12, _b22, _b32, _b42, _b82 = (_B[m, 2] for m in (1, 2, 3, 4, 8))
 _b13, _b23, _b33, _b43 = (_B[m, 3] for m in range(1, 5))
@@ -171,6 +154,31 @@ def vnni_block(mr, nb, *a):
         _b14(*a)
 
 
+int8_block = vnni_block if HAVE_VNNI else avx2_block
+"""The int8 block of this CPU: :func:`vnni_block`, else the AVX2 one (only where :data:`HAVE_BLOCK`)."""
+CODE = np.uint8 if HAVE_VNNI else CODE_AVX2
+"""The type of the activation codes :data:`int8_block` reads (their values are the uint8 codes)."""
+
+
+@jit
+def _same(xu):
+    return xu
+
+
+@jit
+def _widened(xu):
+    out = np.empty(xu.shape, CODE_AVX2)
+    flat, src = out.reshape(xu.size), xu.reshape(xu.size)
+    for i in range(src.shape[0]):
+        flat[i] = src[i]
+    return out
+
+
+block_codes = _same if HAVE_VNNI else _widened
+"""``block_codes(xu)``: the uint8 codes ``xu`` (C-contiguous) as :data:`int8_block` reads them
+(itself with VNNI; an int16 copy for the AVX2 block, which then needs no widening in its loop)."""
+
+
 def _matmul_vnni(xu, wp, k0, k1, out):
     """VNNI u8 x s8 product over panels: ``out[i, o] += sum_{k0 <= k < k1} xu[i, k] * w[o, k]`` (int32).
 
@@ -182,6 +190,7 @@ def _matmul_vnni(xu, wp, k0, k1, out):
     n_panels, n_g, pw4 = wp.shape
     width = pw4 // 4
     n_cols = out.shape[1]
+    xc = block_codes(xu)
     row_tiles = (n + ROWS - 1) // ROWS
     # A unit: 16-64 channels read as up to 4 registers per group: one panel of 32-64, or 4 panels of 16
     # (4 streams, each contiguous: the layout the AMX kernel wants).
@@ -199,7 +208,7 @@ def _matmul_vnni(xu, wp, k0, k1, out):
             ng = (min(kb + KB, k1) - kb) // 4
             woff = per * u * n_g * pw4 + kb // 4 * gs
             for i in range(r0, r1, MR):
-                vnni_block(min(MR, r1 - i), nb, xu, i * kp + kb, kp, 0, wp, woff, gs, rs, 0, ng, 1, out,
+                int8_block(min(MR, r1 - i), nb, xc, i * kp + kb, kp, 0, wp, woff, gs, rs, 0, ng, 1, out,
                            i * n_cols + col0, n_cols)
 
 

@@ -1,7 +1,8 @@
 """Which instruction-set paths the kernels take: the JIT target's features, probed once at import.
 
-Three kernels are written with x86 intrinsics that compile only for a CPU that has them:
-``int8_vnni`` (``vpdpbusd``: AVX-512F + AVX-512 VNNI, :data:`HAVE_VNNI`), ``int8_amx`` (``tdpbusd`` on
+Four kernels are written with x86 intrinsics that compile only for a CPU that has them:
+``int8_vnni`` (``vpdpbusd``: AVX-512F + AVX-512 VNNI, :data:`HAVE_VNNI`), ``int8_avx2`` (``vpmaddwd``,
+the int8 block where VNNI is missing: :data:`HAVE_AVX2`), ``int8_amx (``tdpbusd`` on
 tiles: AMX-TILE + AMX-INT8, :data:`HAVE_AMX_INT8`, and the OS's tile state, which int8_amx requests)
 and ``codebook_vpermps`` (``vpermps`` / ``vpermi2ps``: AVX-512F, :data:`HAVE_AVX512`). Where a flag is
 False the matrices run the portable kernels instead (kernels/int8.py, kernels/codebook.py;
@@ -43,6 +44,7 @@ def target_features():
 FEATURES = target_features()
 HAVE_AVX512 = "avx512f" in FEATURES
 HAVE_VNNI = HAVE_AVX512 and "avx512vnni" in FEATURES
+HAVE_AVX2 = "avx2" in FEATURES
 HAVE_AMX_INT8 = {"amx-tile", "amx-int8"} <= FEATURES   # int8_amx also needs the OS's tile state
 VECTOR_REGISTERS = 32 if HAVE_AVX512 else 16
 

@@ -32,7 +32,7 @@ _NONE = np.zeros(0, np.float32)
 def fused_int8(layer, shape, n, oh, ow):
     """Whether Conv2D ``layer`` on ``n`` images of ``shape`` runs the implicit int8 kernel."""
     w = layer.weight
-    if not (layer.groups == 1 and isinstance(w, Int8Matrix) and w.activations == "static" and vnni.HAVE_VNNI):
+    if not (layer.groups == 1 and isinstance(w, Int8Matrix) and w.activations == "static" and vnni.HAVE_BLOCK):
         return False
     kh, kw = layer.kernel_size
     kp = kh * kw * (-(-layer.in_channels // 4) * 4)
@@ -93,7 +93,7 @@ def int8_step(layer, shape, n, oh, ow, epilogue=None, pool=1):
 
     def run(x, res=None):
         x = np.ascontiguousarray(x)
-        xp = scratch("int8_padded", (n, hp, wp_, cp), np.uint8)
+        xp = scratch("int8_padded", (n, hp, wp_, cp), vnni.CODE)
         out = np.empty((n * oh_q * ow_q, co), np.float32)
         if parallel:
             _jit.pool_ready()

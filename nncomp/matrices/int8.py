@@ -312,7 +312,7 @@ class Int8Matrix(Matrix):
         if amx.HAVE_AMX and vnni.HAVE_VNNI and amx.worth(n, kp, n_out):   # AMX leaves remainders to VNNI
             matmul = amx.matmul
         else:
-            kernels = ((vnni.int8_matmul_u8s8_vnni, vnni.int8_matmul_u8s8_vnni_parallel) if vnni.HAVE_VNNI
+            kernels = ((vnni.int8_matmul_u8s8_vnni, vnni.int8_matmul_u8s8_vnni_parallel) if vnni.HAVE_BLOCK
                        else (quant.int8_matmul_u8s8, quant.int8_matmul_u8s8_parallel))
             matmul = _jit.pick(kernels, n * n_p * pw4 * n_g)
         acc = np.zeros((n, n_p * pw4 // 4), np.int32)
@@ -332,7 +332,7 @@ class Int8Matrix(Matrix):
     def single_sample_kernel(self):
         """int8 activations on a VNNI CPU, inputs up to KBLOCK: the one-call kernel of
         nncomp/kernels/int8_gemv.py (the same bits as the batch paths); otherwise None."""
-        if self.activations == "float" or not vnni.HAVE_VNNI or self.code_width > KBLOCK:
+        if self.activations == "float" or not vnni.HAVE_BLOCK or self.code_width > KBLOCK:
             return None
         n_out = self.shape[0]
         if self.activations == "static":

@@ -7,7 +7,8 @@ fc7 (4096x4096, 16.8 MB of int8: L3-resident, hot) is shown for information. Con
 - NumPy float32 ``x @ W.T`` (OpenBLAS);
 - nncomp int8 weights + activations (dynamic uint8 activations per call, per-channel weights):
   ``Int8Matrix.apply``, including the activation range, quantization and dequantization; with the
-  AVX-512 VNNI kernel, and with the portable fallback (same integers) for comparison;
+  AVX-512 VNNI kernel (the AVX2 ``vpmaddwd`` block on a CPU without VNNI), and with the portable
+  fallback (same integers) for comparison;
 - nncomp int8 weight-only (activations float32);
 - ONNX Runtime dynamic quantized MatMul (``onnxruntime.quantization.quantize_dynamic`` on a one-node
   MatMul model, QInt8 weights, via nncomp.bench.peers.ort_model, intra-op spinning off);
@@ -48,29 +49,31 @@ RECIPES = {
 }
 
 
-W8A8 = "nncomp int8 w8a8"     # the path this CPU takes (int8_path): AMX tiles, VNNI or portable loops
+W8A8 = "nncomp int8 w8a8"     # the path this CPU takes (int8_path): AMX tiles, VNNI, AVX2 or portable loops
+BLOCK = "nncomp int8 w8a8 (VNNI or AVX2)"   # the block kernels, AMX off
 
 
 def int8_path():
     """The u8 x s8 product the default path runs here: 'AMX' (tiles where int8_amx.worth says they
-    pay, VNNI elsewhere), 'VNNI' or 'portable'."""
+    pay, VNNI elsewhere), 'VNNI', 'AVX2' (kernels/int8_avx2.py) or 'portable'."""
     from ...kernels import int8_amx as amx
     from ...kernels import int8_vnni as vnni
-    return "AMX" if amx.HAVE_AMX else "VNNI" if vnni.HAVE_VNNI else "portable"
+    return "AMX" if amx.HAVE_AMX else "VNNI" if vnni.HAVE_VNNI else "AVX2" if vnni.HAVE_BLOCK else "portable"
 
 
-def forced(matrix, *, amx=True, vnni_=True):
-    """``matrix.apply`` with the AMX and/or VNNI paths switched off for the call (same integers)."""
+def forced(matrix, *, amx=True, block=True):
+    """``matrix.apply`` with the AMX and/or the block (VNNI or AVX2) paths switched off for the call
+    (same integers)."""
     from ...kernels import int8_amx
     from ...kernels import int8_vnni
 
     def call(x):
-        had = int8_amx.HAVE_AMX, int8_vnni.HAVE_VNNI
-        int8_amx.HAVE_AMX, int8_vnni.HAVE_VNNI = had[0] and amx, had[1] and vnni_
+        had = int8_amx.HAVE_AMX, int8_vnni.HAVE_BLOCK
+        int8_amx.HAVE_AMX, int8_vnni.HAVE_BLOCK = had[0] and amx, had[1] and block
         try:
             return matrix.apply(x)
         finally:
-            int8_amx.HAVE_AMX, int8_vnni.HAVE_VNNI = had
+            int8_amx.HAVE_AMX, int8_vnni.HAVE_BLOCK = had
     return call
 
 
@@ -87,7 +90,7 @@ def speed(threads, repeat, batches, quick, say=print):
     for name, n_in, w, model in fc_layers(quick):
         w8a8 = Int8Matrix.from_float(w)
         wonly = Int8Matrix.from_float(w, activations="float")
-        contenders = {"numpy float32": lambda x: x @ w.T, W8A8: w8a8.apply, "nncomp int8 w8a8 (VNNI)": None,
+        contenders = {"numpy float32": lambda x: x @ w.T, W8A8: w8a8.apply, BLOCK: None,
                       "nncomp int8 w8a8 (portable)": None, "nncomp int8 weight-only": wonly.apply}
         for peer, build in (("onnxruntime dynamic int8", lambda: peers.ort_model(model, threads=threads, int8=True)),
                             ("torch dynamic int8", lambda: peers.torch_model(model, int8=True))):
@@ -95,9 +98,9 @@ def speed(threads, repeat, batches, quick, say=print):
                 contenders[peer] = build()
             except peers.PeerUnavailable as e:
                 contenders[peer] = str(e)
-        contenders["nncomp int8 w8a8 (VNNI)"] = (forced(w8a8, amx=False) if amx.HAVE_AMX and vnni.HAVE_VNNI
-                                                 else "= nncomp int8 w8a8" if vnni.HAVE_VNNI else "no avx512_vnni")
-        contenders["nncomp int8 w8a8 (portable)"] = forced(w8a8, amx=False, vnni_=False)
+        contenders[BLOCK] = (forced(w8a8, amx=False) if amx.HAVE_AMX
+                             else "= nncomp int8 w8a8" if vnni.HAVE_BLOCK else "no avx512_vnni or avx2")
+        contenders["nncomp int8 w8a8 (portable)"] = forced(w8a8, amx=False, block=False)
         for bs in batches:
             x = np.maximum(np.random.default_rng(1).standard_normal((bs, n_in), dtype=np.float32), 0)  # post-ReLU
             calls = {k: (lambda f=f: f(x)) for k, f in contenders.items() if not isinstance(f, str)}
@@ -175,7 +178,7 @@ def _ms(v):
     return v if isinstance(v, str) else f"{v['median_ms']:.3g} (p90 {v['p90_ms']:.3g})"
 
 
-SPEED_COLS = ("numpy float32", W8A8, "nncomp int8 w8a8 (VNNI)", "nncomp int8 w8a8 (portable)", "nncomp int8 weight-only",
+SPEED_COLS = ("numpy float32", W8A8, BLOCK, "nncomp int8 w8a8 (portable)", "nncomp int8 weight-only",
               "onnxruntime dynamic int8", "torch dynamic int8")
 
 
@@ -217,7 +220,8 @@ def markdown(res):
              "each call (the protocol in quant.json). "
              "w8a8 = int8 weights and dynamic uint8 activations, int32 accumulation, float32 output. "
              f"'{W8A8}' is the path this CPU takes ({res['speed'][0].get('int8_path', '?') if res['speed'] else '?'}"
-             "; AMX runs products of 16 rows or more, 1024 inputs or more and 256 outputs or more on tiles, the others on VNNI); the (VNNI) and (portable) columns force "
+             "; AMX runs products of 16 rows or more, 1024 inputs or more and 256 outputs or more on tiles, the others "
+             "on the VNNI block, or the AVX2 block on a CPU without VNNI); the (VNNI or AVX2) and (portable) columns force "
              "those paths on the same matrix. "
              "Memory floor = int8 weight bytes / measured DRAM bandwidth (fc6; fc7 is L3-resident).", "",
              "| layer | batch | threads | " + " | ".join(SPEED_COLS) + " | w8a8 / best peer | NumPy / weight-only | "
