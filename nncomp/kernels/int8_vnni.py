@@ -207,9 +207,15 @@ def _matmul_vnni(xu, wp, k0, k1, out):
         for kb in range(k0, k1, KB):
             ng = (min(kb + KB, k1) - kb) // 4
             woff = per * u * n_g * pw4 + kb // 4 * gs
-            for i in range(r0, r1, MR):
-                int8_block(min(MR, r1 - i), nb, xc, i * kp + kb, kp, 0, wp, woff, gs, rs, 0, ng, 1, out,
-                           i * n_cols + col0, n_cols)
+            if HAVE_VNNI:           # the rows' codes broadcast once for the unit's nb registers
+                for i in range(r0, r1, MR):
+                    int8_block(min(MR, r1 - i), nb, xc, i * kp + kb, kp, 0, wp, woff, gs, rs, 0, ng, 1, out,
+                               i * n_cols + col0, n_cols)
+            else:                   # AVX2: one register of channels at a time, its weights kept in L1
+                for r in range(nb):
+                    for i in range(r0, r1, MR):
+                        int8_block(min(MR, r1 - i), 1, xc, i * kp + kb, kp, 0, wp, woff + r * rs, gs, rs, 0, ng, 1,
+                                   out, i * n_cols + col0 + 16 * r, n_cols)
 
 
 int8_matmul_u8s8_vnni, int8_matmul_u8s8_vnni_parallel = both(_matmul_vnni)
