@@ -71,6 +71,17 @@ def vnni_block(mr, nb, x, xoff, xstride, xseg, wp, woff, gstride, rstride, wseg,
     return res.astype(np.int32).reshape(out.shape)
 
 
+avx2_block = vnni_block       # the same contract; the AVX2 block reads the codes as int16
+int8_block = vnni_block       # kernels.int8_vnni.int8_block: whichever block the CPU runs
+
+
+def block_codes(xu):
+    """Twin of kernels.int8_vnni.block_codes: the codes as the CPU's int8 block reads them (uint8 with
+    VNNI, int16 for the AVX2 block), the same values."""
+    from nncomp.kernels.int8_vnni import CODE
+    return xu.astype(CODE)
+
+
 def int8_matmul_u8s8_amx(xa, wp, k0, out):
     """Twin of the AMX tile kernel: ``out`` plus the product of the packed activation tiles ``xa``
     (T, S, 16, 64) (rows 0..16T, inputs k0..k0 + 64S) with the panel-packed weights; other rows as given."""

@@ -158,3 +158,12 @@ def test_quantized_cnn_classifier_after_a_flatten_one_sample_at_a_time():
     xs = np.ascontiguousarray(x[128:136])
     alone = np.concatenate([q(xs[i:i + 1]) for i in range(8)])
     np.testing.assert_array_equal(alone, q(xs))
+
+
+@given(n=st.integers(1, 9), k=st.integers(1, 70), seed=st.integers(0, 2**31))
+@settings(max_examples=25, deadline=None)
+def test_block_codes_match_their_twin(n, k, seed):
+    """The codes the CPU's int8 block reads: the same values, in the block's type (int16 for AVX2)."""
+    xu = np.random.default_rng(seed).integers(0, 256, (n, k), dtype=np.uint8)
+    got, want = vnni.block_codes(xu), ref.block_codes(xu)
+    assert got.dtype == want.dtype == vnni.CODE and np.array_equal(got, want) and np.array_equal(got, xu)
