@@ -128,10 +128,11 @@ def test_the_layer_screen_runs_with_the_real_timer(monkeypatch):
     out = Planner(cache=False).run(model, x[:400], labels=y[:400], budget=0.5, methods=["quantize", "factorize"])
     note = next(n for n in out.plan.notes if "timed by their layer alone first" in n)
     screened = int(re.search(r"the (\d+) candidates of single layers", note).group(1))
-    # every screened candidate is a table row; the table may hold more (entries measured before the
-    # screen, rows of a second round), so the count is a bound, not an equality (a CI run on AVX2 read
-    # 16 screened against 34 rows)
-    assert 1 <= screened <= sum(r[1] != 'dense' for r in out.plan.table)
+    # every screened candidate is a row of the first pass; the table also holds a second pass's rows
+    # when one ran ("(2nd pass)": a CI run on AVX2, where int8 candidates now win, read 16 screened
+    # against 34 rows) and candidates left out of the timing, so the count is a bound
+    first = [r for r in out.plan.table if r[1] != "dense" and not r[0].endswith("(2nd pass)")]
+    assert 1 <= screened <= len(first)
     assert out.plan.measured_ms <= out.plan.dense_ms
 
 
