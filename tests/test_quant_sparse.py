@@ -118,6 +118,7 @@ def test_rows_longer_than_an_int32_block_are_exact(n):
 # ----------------------------------------------------------------------------- the format
 @given(n_out=st.integers(1, 12), n_in=st.integers(1, 300), density=st.sampled_from([0.0, 0.02, 0.1, 0.5, 1.0]),
        per_channel=st.booleans(), log_mag=st.integers(-30, 30), seed=st.integers(0, 2**31))
+@example(n_out=9, n_in=207, density=1.0, per_channel=True, log_mag=3, seed=126313)   # a rounding tie
 def test_quantized_rows_keep_the_pattern_and_the_int8_rules(n_out, n_in, density, per_channel, log_mag, seed):
     rng = np.random.default_rng(seed)
     w = random_sparse(rng, n_out, n_in, density) * np.float32(10.0 ** (log_mag / 3))
@@ -133,7 +134,10 @@ def test_quantized_rows_keep_the_pattern_and_the_int8_rules(n_out, n_in, density
     rows = np.repeat(np.arange(n_out), np.diff(m.indptr))
     s = m.scale[rows] if per_channel else m.scale[0]
     deq = m.to_dense()[np.nonzero(w)]
-    assert (np.abs(deq.astype(np.float64) - csr.data) <= s.astype(np.float64) * (0.5 + 1e-6)).all()
+    # half a step, plus the float32 rounding of the dequantized value (a tie such as -57.5 steps
+    # rounds to -58 and lands a hair past half a step: found by hypothesis in a CI run)
+    assert (np.abs(deq.astype(np.float64) - csr.data)
+            <= s.astype(np.float64) * (0.5 + 1e-6) + np.abs(deq.astype(np.float64)) * 2.0 ** -23).all()
     assert np.array_equal(np.nonzero(m.to_dense())[0].size <= csr.nnz, True)
     for o in range(n_out):
         assert len(np.unique(m.codes[m.indptr[o]:m.indptr[o + 1]])) <= 255
