@@ -25,7 +25,7 @@ from numba import prange
 from ._jit import both, jit
 from .int8 import quantize_run
 from .int8_conv import dequant16
-from .int8_vnni import block_codes, int8_block
+from .int8_vnni import CODE, int8_block
 from .sparse_small import finish_row, gathered
 
 
@@ -73,16 +73,15 @@ def _gemv(wp, colsum, wscale, sx, z, mode, x, perm, bias, scale, shift, res, lo,
     kp = 4 * n_g
     k = xs.shape[0]
     s, zero = _params(xs, mode, sx, z)
-    xu = np.empty(kp, np.uint8)
+    xu = np.empty(kp, CODE)         # the codes as the block reads them (int16 for AVX2): no widening copy
     bad = quantize_run(xs, xu[:k], s, np.float32(zero), np.float32(0.0), np.float32(255.0))
     if bad:
         return bad
     xu[k:] = np.uint8(zero)
     co = out.shape[1]
     acc = np.zeros(16 * n_p, np.int32)
-    xc = block_codes(xu)
     for u in prange((n_p + 3) // 4):
-        int8_block(1, min(4, n_p - 4 * u), xc, 0, kp, 0, wp, 4 * u * n_g * 64, 64, n_g * 64, 0, n_g, 1, acc,
+        int8_block(1, min(4, n_p - 4 * u), xu, 0, kp, 0, wp, 4 * u * n_g * 64, 64, n_g * 64, 0, n_g, 1, acc,
                    64 * u, 0)
     zc = np.empty(co, np.int32)       # |z * colsum| <= 255 * 127 * 65536 < 2**31
     mul = np.empty(co, np.float32)

@@ -167,11 +167,7 @@ def _same(xu):
 
 @jit
 def _widened(xu):
-    out = np.empty(xu.shape, CODE_AVX2)
-    flat, src = out.reshape(xu.size), xu.reshape(xu.size)
-    for i in range(src.shape[0]):
-        flat[i] = src[i]
-    return out
+    return xu.astype(CODE_AVX2)
 
 
 block_codes = _same if HAVE_VNNI else _widened

@@ -2,7 +2,7 @@
 
 Four kernels are written with x86 intrinsics that compile only for a CPU that has them:
 ``int8_vnni`` (``vpdpbusd``: AVX-512F + AVX-512 VNNI, :data:`HAVE_VNNI`), ``int8_avx2`` (``vpmaddwd``,
-the int8 block where VNNI is missing: :data:`HAVE_AVX2`), ``int8_amx (``tdpbusd`` on
+the int8 block where VNNI is missing: :data:`HAVE_AVX2`), ``int8_amx`` (``tdpbusd`` on
 tiles: AMX-TILE + AMX-INT8, :data:`HAVE_AMX_INT8`, and the OS's tile state, which int8_amx requests)
 and ``codebook_vpermps`` (``vpermps`` / ``vpermi2ps``: AVX-512F, :data:`HAVE_AVX512`). Where a flag is
 False the matrices run the portable kernels instead (kernels/int8.py, kernels/codebook.py;
