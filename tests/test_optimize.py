@@ -225,10 +225,13 @@ def test_size_objective_takes_a_verified_global_allocation_and_saves_its_plan(le
     plan = out.plan
     assert plan.search.startswith("global allocation global90+codebook4")
     assert {c.method for c in plan.layers} == {"deep_compression"}
-    assert all("codebook 4-bit" in c.format for c in plan.layers) and plan.layers[0].candidate.startswith("csr9")
+    # the grid's allocation with every layer at 4 bits, or with fc1 (79% of the kept weights) at 3
+    lower = {"fc1"} if plan.search.startswith("global allocation global90+codebook4 (fc1 at 3)") else set()
+    assert all(f"codebook {3 if c.layer in lower else 4}-bit" in c.format for c in plan.layers)
+    assert plan.layers[0].candidate.startswith("csr9")
     assert heldout_drop(model, out, x, y) <= 2.0 + 1e-9
     assert plan.heldout_drop == pytest.approx(heldout_drop(model, out, x, y))
-    assert ("*", "global90+codebook4") in {r[:2] for r in plan.table}
+    assert {("*", "global90+codebook4"), ("*", "global90+codebook4 (fc1 at 3)")} <= {r[:2] for r in plan.table}
     from nncomp.bench.sizes import saved_size
     assert saved_size(out.with_nodes(out.nodes), huffman=True).file_bytes == plan.bytes < plan.dense_bytes / 20
     path = tmp_path / "small.h5"
@@ -277,8 +280,9 @@ def test_allocation_search_goes_from_the_sparsest_and_stops_early(monkeypatch):
         verified.append(m)
         return m != (0.9, 4)
     won, built, refused = allocation.search(None, [], None, None, 0, None, 0.5, holds, below=10**6)
-    assert (won.sparsity, won.bits) == (0.9, 5) and levels == [0.94, 0.9] and len(built) == 4
-    assert refused == ["global90+codebook4"] and verified == [(0.9, 4), (0.9, 5)]
+    # (0.9, 4) fails the held-out check: its sibling (0.9, 5) is not verified, the next sparsity is
+    assert (won.sparsity, won.bits) == (0.85, 4) and levels == [0.94, 0.9, 0.85] and len(built) == 6
+    assert refused == ["global90+codebook4"] and verified == [(0.9, 4), (0.85, 4)]
     levels.clear()
     won, built, refused = allocation.search(None, [], None, None, 0, None, 0.5, holds, below=60)
     assert won is None and levels == [0.94] and refused == []          # 64 and 65 bytes: none can be < 60
@@ -287,7 +291,7 @@ def test_allocation_search_goes_from_the_sparsest_and_stops_early(monkeypatch):
     monkeypatch.setattr(allocation, "run_jobs", lambda jobs, n_jobs: batches.append(len(jobs)) or
                         [fn(*args) for fn, args in jobs])
     won, _, _ = allocation.search(None, [], None, None, 0, 2, 0.5, holds, below=10**6)     # n_jobs: all at once
-    assert (won.sparsity, won.bits) == (0.9, 5) and levels == [0.94, 0.9, 0.85, 0.8] and batches == [4]
+    assert (won.sparsity, won.bits) == (0.85, 4) and levels == [0.94, 0.9, 0.85, 0.8] and batches == [4]
 
 
 def test_size_screen_builds_only_candidates_that_can_beat_the_bound(lenet300):
@@ -507,3 +511,14 @@ def test_a_model_that_is_not_a_classifier_plans_within_its_metric():
         nc.optimize(model, x, metric=map_iou, labels=np.zeros((7, 1, 16, 16), np.float32))
     with pytest.raises(nc.NncompError, match="one finite number"):
         nc.optimize(model, x, metric=lambda out, ref: out.mean(axis=(1, 2, 3)))     # a score per sample
+
+
+def test_big_layers_hold_at_least_half_of_the_kept_weights(lenet300):
+    model, x, _ = lenet300
+    pruned = nc.prune(model, sparsity=0.9, storage="csr")
+    names = ["fc1", "fc2", "fc3"]
+    assert allocation.big_layers(pruned, names) == ("fc1",)          # 79% of the survivors
+    even = nc.prune(model, sparsity={"fc1": 0.99, "fc2": 0.9, "fc3": 0.1}, storage="csr")   # 2,352 / 3,000 / 900
+    assert allocation.big_layers(even, names) == ("fc1", "fc2")
+    a = allocation.Allocation(0.9, 4, 100, 0.1, model=None, lower=("fc1",))
+    assert a.label == "global90+codebook4 (fc1 at 3)" and a.bits_of("fc1") == 3 and a.bits_of("fc2") == 4

@@ -87,4 +87,5 @@ def share_pruned(model, pruned, bits, names, *, calibration=None, init="linear",
     outputs. :func:`deep_compression` is ``prune`` then this; the planner shares one pruned model
     between several code widths this way."""
     shared = share(pruned, bits, init=init, layers=names, seed=int(seed), sparse=True)
-    return shared if calibration is None else refit_model(model, shared, calibration, names, seed=int(seed))
+    return shared if calibration is None else refit_model(model, shared, calibration, names, seed=int(seed),
+                                                         weights=pruned)
