@@ -25,6 +25,14 @@ With ``calibration`` data, the centroids are refit by least squares on the layer
 output is linear in its centroids), together with a bias correction, layer by layer on the compressed
 model's own activations (nncomp's forward-only stand-in for Deep Compression's centroid fine-tuning).
 Entries equal to 0.0 stay 0.0. A refit is kept only if it lowers the layer's error on that data.
+Each layer also tries its codes chosen anew from its float weights (least squares on the same data
+first), one input at a time with every rounding error spread over the weights not yet rounded
+(:func:`assign_codes`, GPTQ's rule on the k-means grid), then the same centroid refit, and keeps the
+version with the smaller error. k-means alone places the codes by the weights' values, blind to
+which inputs move together; on PP-OCR's direction classifier at 3 bits (256 calibration lines) the
+shared model kept 91.0% of the float model's predictions with the centroid refit alone and 97.5%
+with the codes re-chosen (tests/test_real.py); on LeNet-300-100 pruned to 10%, 2-bit codes on fc1
+then lost no more test accuracy than 3-bit ones (nncomp/planner/allocation.py).
 """
 import dataclasses
 
