@@ -165,7 +165,7 @@ def test_refit_never_increases_the_reconstruction_error(seed, density, bias):
     y = x @ w_ref.T
     mask = rng.random((o, k)) < density
     layer = nc.Dense(np.where(mask, w_ref, 0), b_ref)
-    new = pruning._refit_rows(layer, mask, pruning._gram(x, y), b_ref)
+    new = pruning.refit_rows(layer, mask, pruning.gram_of(x, y), b_ref)
     w1 = new.weight.to_dense()
     assert not (w1[~mask]).any()                                         # support kept
     target = y.astype(np.float64) + (0 if b_ref is None else b_ref)

@@ -226,7 +226,7 @@ def test_nncomp_runs_the_real_models_as_onnx_runtime_does():
 def test_three_bit_sharing_of_the_classifier_keeps_its_predictions():
     """k-means sharing at 3 bits with calibration on a real network (PP-OCR's direction classifier,
     an ONNX export with depthwise and pointwise convolutions): the codes chosen with their rounding
-    errors spread over the other weights (sharing.assign_codes) keep over 95% of its predictions on
+    errors spread over the other weights (codes.assign_codes) keep over 95% of its predictions on
     512 unseen lines (97.5% on 256 calibration lines, 98.8% on 512); the centroids refit alone keep
     91.0% and 91.8% (Zen 3)."""
     m = nc.load(str(real.model_path("ppocr_cls")), input_shape=real.INPUT_SHAPES["ppocr_cls"])

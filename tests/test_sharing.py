@@ -425,7 +425,7 @@ def test_calibration_refit_never_increases_the_layer_error(lenet300, digits):
 
 def _rounding_problem(rng, n_out, n_in, k, correlated=True):
     """Weights, a mask, calibration inputs (correlated columns) and a k-entry codebook."""
-    from nncomp.compress.pruning import _gram
+    from nncomp.compress.pruning import gram_of
     z = rng.standard_normal((400, max(1, n_in // 2)))
     x = z @ rng.standard_normal((z.shape[1], n_in)) + 0.3 * rng.standard_normal((400, n_in)) if correlated \
         else rng.standard_normal((400, n_in))
@@ -433,7 +433,7 @@ def _rounding_problem(rng, n_out, n_in, k, correlated=True):
     mask = rng.random((n_out, n_in)) < 0.6
     w = np.where(mask, w, 0.0)
     cb = np.sort(rng.standard_normal(k))
-    return x, w, mask, cb, _gram(x.astype(np.float32), (x @ w.T).astype(np.float32))
+    return x, w, mask, cb, gram_of(x.astype(np.float32), (x @ w.T).astype(np.float32))
 
 
 @given(n_out=st.integers(1, 6), n_in=st.integers(1, 40), k=st.integers(1, 8), seed=seeds,
@@ -441,7 +441,7 @@ def _rounding_problem(rng, n_out, n_in, k, correlated=True):
 def test_assign_codes_rounds_to_the_codebook_on_the_mask(n_out, n_in, k, seed, intercept, block):
     """Every kept weight becomes a codebook value, every other one 0.0; the bias column (with
     ``intercept``) takes its share of the errors; the block size does not change the result."""
-    from nncomp.compress.sharing import assign_codes
+    from nncomp.compress.codes import assign_codes
     rng = np.random.default_rng(seed)
     x, w, mask, cb, gram = _rounding_problem(rng, n_out, n_in, k)
     wb = np.concatenate([w, rng.standard_normal((n_out, 1))], axis=1) if intercept else w
@@ -454,7 +454,7 @@ def test_assign_codes_rounds_to_the_codebook_on_the_mask(n_out, n_in, k, seed, i
 
 
 def test_assign_codes_is_exact_when_the_codebook_holds_every_weight():
-    from nncomp.compress.sharing import assign_codes
+    from nncomp.compress.codes import assign_codes
     rng = np.random.default_rng(3)
     x, w, mask, _, gram = _rounding_problem(rng, 5, 30, 4)
     cb = np.unique(w[mask])
@@ -466,7 +466,7 @@ def test_assign_codes_is_exact_when_the_codebook_holds_every_weight():
 def test_assign_codes_beats_nearest_rounding_on_correlated_inputs(seed):
     """Spreading each rounding error over the weights not yet rounded (GPTQ) leaves a smaller output
     error than rounding every weight to its nearest value of a k-means codebook, when inputs are correlated."""
-    from nncomp.compress.sharing import assign_codes
+    from nncomp.compress.codes import assign_codes
     rng = np.random.default_rng(seed)
     x, w, mask, _, gram = _rounding_problem(rng, 16, 48, 8)
     cb = kmeans_codebook(w[mask], 3)[0].astype(np.float64)
@@ -484,14 +484,14 @@ def test_assign_codes_beats_nearest_rounding_on_correlated_inputs(seed):
 def test_code_assignment_lowers_the_layer_error_of_deep_compression(lenet300, digits, monkeypatch, bits):
     """share_pruned's refit keeps, per layer, the better of the centroid refit alone and the codes
     re-chosen by assign_codes; at 2-3 bits the latter wins on fc1 (same inputs: the dense ones)."""
-    from nncomp.compress import sharing
+    from nncomp.compress import codes
     from nncomp.compress.calibration import inputs_of
     from nncomp.compress.pipeline import share_pruned
     _, _, cal = digits
     pruned = nc.prune(lenet300, sparsity=0.9, calibration=cal, storage="csr")
     names = ["fc1", "fc2", "fc3"]
     with_codes = share_pruned(lenet300, pruned, bits, names, calibration=cal)
-    monkeypatch.setattr(sharing, "_assigned", lambda *a: None)
+    monkeypatch.setattr(codes, "assigned", lambda *a: None)
     without = share_pruned(lenet300, pruned, bits, names, calibration=cal)
     x = inputs_of(lenet300, cal, ["fc1"])["fc1"]
     target = lenet300["fc1"].layer.forward(x)

@@ -127,11 +127,11 @@ def prune(model, sparsity=None, *, quality=None, scope=None, layers=None, calibr
             layer = layer.replace(weight=DenseMatrix(weights[n]))
             target = int(masks[n].size - np.count_nonzero(masks[n]))
             keep = np.ones(masks[n].shape, bool)
-            gram = _gram(xr, yr)
+            gram = gram_of(xr, yr)
             for frac in STEPS:           # gradual: prune a share, refit, prune more (Han's iterative
                 k = int(round(target * frac))   # pruning, with least squares instead of retraining)
                 keep = _activation_mask(layer.weight.to_dense(), keep, xr, k)
-                layer = _refit_rows(layer, keep, gram, row_bias(model[n].layer),
+                layer = refit_rows(layer, keep, gram, row_bias(model[n].layer),
                                     intercept=has_row_bias(model[n].layer))
             masks[n] = keep
             return layer
@@ -196,7 +196,7 @@ def _store(layer, mask, storage):
     return layer.replace(weight=PrunedDenseMatrix(w))
 
 
-def _gram(x_rows, y_rows):
+def gram_of(x_rows, y_rows):
     """float64 ``G = Xa^T Xa``, ``B = Xa^T Y``, ``yy = sum Y**2`` per column, with ``Xa = [X, 1]``."""
     xa = np.empty((x_rows.shape[0], x_rows.shape[1] + 1))
     xa[:, :-1] = x_rows
@@ -241,10 +241,10 @@ def _solve_each(g, b, yy, w_old, w_new, support, k, intercept):
             w_new[o, s] = sol
 
 
-def _refit_rows(layer, mask, gram, bias_ref, intercept=True):
+def refit_rows(layer, mask, gram, bias_ref, intercept=True):
     """A layer whose kept weights and bias best reproduce ``y_rows + bias_ref`` from ``x_rows``.
 
-    ``gram = _gram(x_rows, y_rows)``: ``y_rows`` are the original layer's outputs without bias,
+    ``gram = gram_of(x_rows, y_rows)``: ``y_rows`` are the original layer's outputs without bias,
     ``bias_ref`` its bias (or None). Without ``intercept`` the bias is not fit (it stays ``bias_ref``).
     """
     g, b, yy = gram
@@ -333,7 +333,7 @@ def prune_filters(model, ratio=None, *, criterion="l1", layers=None, calibration
             yr = yr[:, keep_rows[n]] if n in keep_rows else yr
             ref_bias = model[n].layer.bias
             ref_bias = ref_bias[keep_rows[n]] if n in keep_rows and ref_bias is not None else ref_bias
-            return _refit_rows(layer, np.ones(layer.weight.shape, bool), _gram(xr, yr), ref_bias)
+            return refit_rows(layer, np.ones(layer.weight.shape, bool), gram_of(xr, yr), ref_bias)
 
         pruned = layerwise(model, x, order, full, seed=int(seed), start=pruned)
     return pruned

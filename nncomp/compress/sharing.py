@@ -27,8 +27,8 @@ model's own activations (nncomp's forward-only stand-in for Deep Compression's c
 Entries equal to 0.0 stay 0.0. A refit is kept only if it lowers the layer's error on that data.
 Each layer also tries its codes chosen anew from its float weights (least squares on the same data
 first), one input at a time with every rounding error spread over the weights not yet rounded
-(:func:`assign_codes`, GPTQ's rule on the k-means grid), then the same centroid refit, and keeps the
-version with the smaller error. k-means alone places the codes by the weights' values, blind to
+(:func:`nncomp.compress.codes.assign_codes`, GPTQ's rule on the k-means grid), then the same
+centroid refit, and keeps the version with the smaller error. k-means alone places the codes by the weights' values, blind to
 which inputs move together; on PP-OCR's direction classifier at 3 bits (256 calibration lines) the
 shared model kept 91.0% of the float model's predictions with the centroid refit alone and 97.5%
 with the codes re-chosen (tests/test_real.py); on LeNet-300-100 pruned to 10%, 2-bit codes on fc1
@@ -48,14 +48,12 @@ from ..matrices.codebook import CodebookMatrix, check_bits
 from ..matrices.csr import CSRMatrix
 from ..matrices.csr_codebook import CSRCodebookMatrix
 from .calibration import check_calibration, check_model, layerwise, row_bias, select_layers
-from .pruning import _gram, _refit_rows
+from . import codes as assignment
 
 INITS = ("linear", "density", "random")
 MAX_FIT = 1 << 22          # weights used to fit the centroids of one layer
 MAX_ITER = 1000            # Lloyd iterations per run (each costs k binary searches)
 MAX_REFIT_IN = 8192        # calibration refit needs an (n_in, n_in) covariance: larger layers skip it
-DAMP = 0.01                # assign_codes: ridge, times the mean diagonal of the inputs' Gram matrix
-BLOCK = 128                # assign_codes: inputs whose rounding errors are spread before the rest's update
 
 
 def _init(init, v, c, k, rng):
@@ -248,96 +246,6 @@ def refit_codebook(layer, x, y, ref_bias):
     return layer
 
 
-def _support(m, w):
-    """Which weights of the shared matrix ``m`` may be non-zero: its CSR structure, or (dense codebook)
-    the non-zeros of the float weights ``w`` it was shared from (pruned entries stay 0.0)."""
-    if isinstance(m, CSRCodebookMatrix):
-        mask = np.zeros(m.shape, bool)
-        mask[np.repeat(np.arange(m.shape[0]), np.diff(m.indptr)), m.indices.astype(np.int64)] = True
-        return mask
-    return w != 0 if (w == 0).any() and (w != 0).any() else np.ones(m.shape, bool)
-
-
-def assign_codes(w, mask, gram, codebook, *, intercept=True, damp=DAMP, block=BLOCK):
-    """Codebook values for the weights ``w`` ``(n_out, n_in)`` on ``mask`` chosen one input at a time,
-    each rounding error spread over the inputs not yet rounded (GPTQ, Frantar et al. 2023, with a
-    codebook for the grid); entries off ``mask`` become 0.0.
-
-    ``gram = (G, B, yy)`` of the layer's calibration inputs with a column of ones (:func:`_gram` of
-    pruning), ``w`` holding the weights and, with ``intercept``, a last column of bias offsets that
-    takes its share of the errors but is not rounded. Minimises, greedily, ``||[X, 1] (w - q)^T||^2``:
-    inputs in order of decreasing ``G_jj`` (the most active first), the inverse of ``G + damp *
-    mean(diag G) I`` through its upper Cholesky factor, errors spread lazily in blocks of ``block``
-    inputs. Returns ``q`` like ``w`` (float64), its first ``n_in`` columns codebook values or 0.0.
-    """
-    n = mask.shape[1]
-    size = n + bool(intercept)
-    h = np.array(gram[0][:size, :size], np.float64)     # gram[0]'s last row and column: the ones
-    d = np.diag(h).copy()
-    dead = np.flatnonzero(d[:n] <= 0)
-    h[dead, dead] = 1.0                          # an input that is always 0: any rounding costs nothing
-    h[np.diag_indices(size)] += damp * max(float(np.mean(np.diag(h))), 1e-30)
-    order = np.argsort(-d[:n], kind="stable")
-    perm = np.append(order, n) if intercept else order
-    try:
-        hinv = np.linalg.inv(h[np.ix_(perm, perm)])
-        u = np.linalg.cholesky((hinv + hinv.T) / 2).T          # hinv = u.T @ u, u upper
-    except np.linalg.LinAlgError:
-        return None
-    q = np.array(w, np.float64)[:, perm]
-    on = mask[:, order]
-    grid = np.sort(np.asarray(codebook, np.float64))
-    nz = grid[grid != 0] if (grid != 0).any() else grid
-    mids = (nz[1:] + nz[:-1]) / 2
-    for a in range(0, n, block):
-        b = min(a + block, n)
-        err = np.zeros((q.shape[0], b - a))
-        for i in range(a, b):
-            col = q[:, i]
-            r = np.where(on[:, i], nz[np.searchsorted(mids, col)], 0.0)
-            e = (col - r) / u[i, i]
-            q[:, i:b] -= e[:, None] * u[i, i:b][None, :]
-            q[:, i] = r
-            err[:, i - a] = e
-        q[:, b:] -= err @ u[a:b, b:]
-    out = np.empty_like(q)
-    out[:, perm] = q
-    return out
-
-
-def _assigned(layer, w, x, y, ref_bias):
-    """``layer`` (a shared layer) with its codes chosen by :func:`assign_codes` from the float
-    weights ``w`` refit by least squares on its support first, then its centroids and bias refit
-    (:func:`refit_codebook`); None where the problem is too wide or singular."""
-    m = layer.weight
-    if m.shape[1] > MAX_REFIT_IN:
-        return None
-    mask = _support(m, w)
-    intercept = layer.bias is not None
-    gram = _gram(x, y)
-    start = layer.replace(weight=DenseMatrix(np.where(mask, w, 0).astype(np.float32)))
-    fit = _refit_rows(start, mask, gram, ref_bias, intercept=intercept)
-    wb = fit.weight.to_dense().astype(np.float64)
-    if intercept:
-        off = fit.bias.astype(np.float64) - (0.0 if ref_bias is None else ref_bias.astype(np.float64))
-        wb = np.concatenate([wb, off[:, None]], axis=1)
-    q = assign_codes(wb, mask, gram, m.codebook, intercept=intercept)
-    if q is None or not np.isfinite(q).all():
-        return None
-    cb = np.sort(m.codebook)
-    values = q[:, :m.shape[1]].astype(np.float32)
-    if isinstance(m, CSRCodebookMatrix):
-        rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
-        codes = np.searchsorted(cb, values[rows, m.indices.astype(np.int64)]).astype(np.uint8)
-        new_m = dataclasses.replace(m, codes=codes, codebook=cb)
-    else:
-        new_m = CodebookMatrix.from_codes(np.searchsorted(cb, values).astype(np.uint8), cb, m.bits)
-    bias = None
-    if intercept:
-        bias = ((0.0 if ref_bias is None else ref_bias.astype(np.float64)) + q[:, -1]).astype(np.float32)
-    return refit_codebook(layer.replace(weight=new_m, bias=bias), x, y, ref_bias)
-
-
 def _error(layer, x, target):
     out = layer.weight.apply(x).astype(np.float64)
     if layer.bias is not None:
@@ -351,7 +259,7 @@ def refit_model(reference, start, x, names, seed=0, weights=None):
     Each layer takes the better (smaller output error on its calibration rows) of its centroids and
     bias refit alone (:func:`refit_codebook`) and, with the float weights it was shared from (the
     layers of ``weights``, default ``reference``), its codes re-chosen with the rounding errors spread
-    over the other weights (:func:`assign_codes`) and then refit the same way.
+    over the other weights (:func:`nncomp.compress.codes.assign_codes`) and then refit the same way.
     """
     weights = reference if weights is None else weights
 
@@ -359,8 +267,9 @@ def refit_model(reference, start, x, names, seed=0, weights=None):
         ref_bias = row_bias(reference[name].layer)
         best = refit_codebook(layer, x_rows, y_rows, ref_bias)
         w = weights[name].layer.weight
-        if w.shape == layer.weight.shape:
-            other = _assigned(layer, w.to_dense().astype(np.float64), x_rows, y_rows, ref_bias)
+        if w.shape == layer.weight.shape and w.shape[1] <= MAX_REFIT_IN:
+            other = assignment.assigned(layer, w.to_dense().astype(np.float64), x_rows, y_rows, ref_bias)
+            other = None if other is None else refit_codebook(other, x_rows, y_rows, ref_bias)
             target = y_rows.astype(np.float64) + (0.0 if ref_bias is None else ref_bias)
             if other is not None and _error(other, x_rows, target) < _error(best, x_rows, target):
                 best = other

@@ -10,7 +10,7 @@ the size objective the planner therefore also builds these whole models: one
 and ``b`` in :data:`BITS` (codebooks on the CSR survivors, Huffman-coded at save), and the same with
 the layers that hold most of the kept weights (:func:`big_layers`) one bit lower, since their codes
 are most of the file (LeNet-300-100 at 90%: fc1 holds 79% of the survivors; with the rounding errors
-spread over the other weights, :func:`nncomp.compress.sharing.assign_codes`, fc1 at 2 bits and the
+spread over the other weights, :func:`nncomp.compress.codes.assign_codes`, fc1 at 2 bits and the
 others at 4 made a 42x file at 0.964 test accuracy, 3 bits everywhere 40x at 0.965); each refit on up to :data:`FIT` samples of
 the fitting part; one pruning (the costly refit) serves every code width of its ``s``. Each is scored on the search part and its file's bytes counted (in memory,
 :func:`nncomp.io.native.file_bytes`).
