@@ -26,9 +26,9 @@ def support(m, w):
     """Which weights of the shared matrix ``m`` may be non-zero: its CSR structure, or (dense codebook)
     the non-zeros of the float weights ``w`` it was shared from (pruned entries stay 0.0)."""
     if isinstance(m, CSRCodebookMatrix):
-        mask = np.zeros(m.shape, bool)
-        mask[np.repeat(np.arange(m.shape[0]), np.diff(m.indptr)), m.indices.astype(np.int64)] = True
-        return mask
+        mask = np.zeros(m.shape[0] * m.shape[1], bool)
+        mask[m.positions()] = True
+        return mask.reshape(m.shape)
     return w != 0 if (w == 0).any() and (w != 0).any() else np.ones(m.shape, bool)
 
 
@@ -39,10 +39,10 @@ def assign_codes(w, mask, gram, codebook, *, intercept=True, damp=DAMP, block=BL
 
     ``gram = (G, B, yy)`` of the layer's calibration inputs with a column of ones
     (:func:`nncomp.compress.pruning.gram_of`), ``w`` holding the weights and, with ``intercept``, a
-    last column of bias offsets that takes its share of the errors but is not rounded. Minimises, greedily, ``||[X, 1] (w - q)^T||^2``:
-    inputs in order of decreasing ``G_jj`` (the most active first), the inverse of ``G + damp *
-    mean(diag G) I`` through its upper Cholesky factor, errors spread lazily in blocks of ``block``
-    inputs. Returns ``q`` like ``w`` (float64), its first ``n_in`` columns codebook values or 0.0.
+    last column of bias offsets that takes its share of the errors but is not rounded. Minimises,
+    greedily, ``||[X, 1] (w - q)^T||^2``: inputs in order of decreasing ``G_jj`` (the most active
+    first), the inverse of ``G + damp * mean(diag G) I`` through its upper Cholesky factor, errors
+    spread lazily in blocks of ``block`` inputs. Returns ``q`` like ``w`` (float64), its first ``n_in`` columns codebook values or 0.0.
     """
     n = mask.shape[1]
     size = n + bool(intercept)
@@ -100,8 +100,7 @@ def assigned(layer, w, x, y, ref_bias):
     cb = np.sort(m.codebook)
     values = q[:, :m.shape[1]].astype(np.float32)
     if isinstance(m, CSRCodebookMatrix):
-        rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
-        codes = np.searchsorted(cb, values[rows, m.indices.astype(np.int64)]).astype(np.uint8)
+        codes = np.searchsorted(cb, values.reshape(-1)[m.positions()]).astype(np.uint8)
         new_m = dataclasses.replace(m, codes=codes, codebook=cb)
     else:
         new_m = CodebookMatrix.from_codes(np.searchsorted(cb, values).astype(np.uint8), cb, m.bits)

@@ -28,8 +28,8 @@ Entries equal to 0.0 stay 0.0. A refit is kept only if it lowers the layer's err
 Each layer also tries its codes chosen anew from its float weights (least squares on the same data
 first), one input at a time with every rounding error spread over the weights not yet rounded
 (:func:`nncomp.compress.codes.assign_codes`, GPTQ's rule on the k-means grid), then the same
-centroid refit, and keeps the version with the smaller error. k-means alone places the codes by the weights' values, blind to
-which inputs move together; on PP-OCR's direction classifier at 3 bits (256 calibration lines) the
+centroid refit, and keeps the version with the smaller error. k-means alone places the codes by
+the weights' values, blind to which inputs move together; on PP-OCR's direction classifier at 3 bits (256 calibration lines) the
 shared model kept 91.0% of the float model's predictions with the centroid refit alone and 97.5%
 with the codes re-chosen (tests/test_real.py); on LeNet-300-100 pruned to 10%, 2-bit codes on fc1
 then lost no more test accuracy than 3-bit ones (nncomp/planner/allocation.py).
@@ -194,21 +194,35 @@ def _codes_of(m):
     return m.unpacked_codes() if isinstance(m, CodebookMatrix) else m.codes
 
 
-def refit_codebook(layer, x, y, ref_bias):
+def _moments(x, y, centred):
+    """``(xm, ym, cov, p)``: float64 means of a layer's calibration inputs ``x`` and target outputs
+    ``y`` (zeros unless ``centred``: a layer with a bias), ``cov = xc^T xc`` and ``p = xc^T yc`` of
+    the rows less those means."""
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    xm, ym = (x64.mean(0), y64.mean(0)) if centred else (np.zeros(x.shape[1]), np.zeros(y.shape[1]))
+    xc, yc = x64 - xm, y64 - ym
+    return xm, ym, xc.T @ xc, xc.T @ yc
+
+
+def _sq_error(mat, bias, x, target):
+    """Squared error of ``x @ mat.T + bias`` (float64) against ``target``."""
+    out = mat.apply(x).astype(np.float64) + (bias if bias is not None else 0.0)
+    return float(((out - target) ** 2).sum())
+
+
+def refit_codebook(layer, x, y, ref_bias, moments=None):
     """Least-squares centroids (and bias) so that ``layer(x) ~= y + ref_bias``; the better of old/new.
 
     ``x`` ``(r, n_in)`` float32 are the layer's inputs in the compressed model, ``y`` ``(r, n_out)`` the
-    reference layer's outputs before bias.
+    reference layer's outputs before bias; ``moments``: :func:`_moments` of them, when the caller
+    refits several layers on the same rows.
     """
     m = layer.weight
     n_out, n_in = m.shape
     if n_in > MAX_REFIT_IN:
         return layer
-    x64, y64 = x.astype(np.float64), y.astype(np.float64)
     has_bias = layer.bias is not None
-    xm, ym = (x64.mean(0), y64.mean(0)) if has_bias else (np.zeros(n_in), np.zeros(n_out))
-    xc, yc = x64 - xm, y64 - ym
-    cov, p = xc.T @ xc, xc.T @ yc
+    xm, ym, cov, p = _moments(x, y, has_bias) if moments is None else moments
     k = m.codebook.size
     g = np.zeros((k, k))
     codes = _codes_of(m)
@@ -230,27 +244,15 @@ def refit_codebook(layer, x, y, ref_bias):
     if not np.isfinite(cb).all() or np.abs(cb).max() > np.finfo(np.float32).max:
         return layer
     new_m = dataclasses.replace(m, codebook=cb.astype(np.float32))
-    target = y64 + (ref_bias if ref_bias is not None else 0.0)
+    target = y.astype(np.float64) + (ref_bias if ref_bias is not None else 0.0)
     new_b = None
     if has_bias:
         new_b = (ref_bias if ref_bias is not None else layer.bias).astype(np.float64) + ym - \
             new_m.apply(xm[None].astype(np.float32))[0]
         new_b = new_b.astype(np.float32)
-
-    def err(mat, bias):
-        out = mat.apply(x).astype(np.float64) + (bias if bias is not None else 0.0)
-        return float(((out - target) ** 2).sum())
-
-    if err(new_m, new_b) <= err(m, layer.bias):
+    if _sq_error(new_m, new_b, x, target) <= _sq_error(m, layer.bias, x, target):
         return layer.replace(weight=new_m, bias=new_b) if has_bias else layer.replace(weight=new_m)
     return layer
-
-
-def _error(layer, x, target):
-    out = layer.weight.apply(x).astype(np.float64)
-    if layer.bias is not None:
-        out += layer.bias
-    return float(((out - target) ** 2).sum())
 
 
 def refit_model(reference, start, x, names, seed=0, weights=None):
@@ -265,13 +267,17 @@ def refit_model(reference, start, x, names, seed=0, weights=None):
 
     def refit(name, layer, x_rows, y_rows):
         ref_bias = row_bias(reference[name].layer)
-        best = refit_codebook(layer, x_rows, y_rows, ref_bias)
+        if layer.weight.shape[1] > MAX_REFIT_IN:
+            return layer
+        moments = _moments(x_rows, y_rows, layer.bias is not None)      # the same rows for both refits
+        best = refit_codebook(layer, x_rows, y_rows, ref_bias, moments)
         w = weights[name].layer.weight
-        if w.shape == layer.weight.shape and w.shape[1] <= MAX_REFIT_IN:
+        if w.shape == layer.weight.shape:
             other = assignment.assigned(layer, w.to_dense().astype(np.float64), x_rows, y_rows, ref_bias)
-            other = None if other is None else refit_codebook(other, x_rows, y_rows, ref_bias)
+            other = None if other is None else refit_codebook(other, x_rows, y_rows, ref_bias, moments)
             target = y_rows.astype(np.float64) + (0.0 if ref_bias is None else ref_bias)
-            if other is not None and _error(other, x_rows, target) < _error(best, x_rows, target):
+            if other is not None and (_sq_error(other.weight, other.bias, x_rows, target)
+                                      < _sq_error(best.weight, best.bias, x_rows, target)):
                 best = other
         return best
     return layerwise(reference, x, names, refit, seed=seed, start=start)

@@ -11,14 +11,16 @@ and ``b`` in :data:`BITS` (codebooks on the CSR survivors, Huffman-coded at save
 the layers that hold most of the kept weights (:func:`big_layers`) one bit lower, since their codes
 are most of the file (LeNet-300-100 at 90%: fc1 holds 79% of the survivors; with the rounding errors
 spread over the other weights, :func:`nncomp.compress.codes.assign_codes`, fc1 at 2 bits and the
-others at 4 made a 42x file at 0.964 test accuracy, 3 bits everywhere 40x at 0.965); each refit on up to :data:`FIT` samples of
-the fitting part; one pruning (the costly refit) serves every code width of its ``s``. Each is scored on the search part and its file's bytes counted (in memory,
+others at 4 made a 42x file at 0.964 test accuracy, 3 bits everywhere 40x at 0.965); each refit on
+up to :data:`FIT` samples of the fitting part; one pruning (the costly refit) serves every code width
+of its ``s``. Each is scored on the search part and its file's bytes counted (in memory,
 :func:`nncomp.io.native.file_bytes`).
 
 :func:`search` goes from the highest sparsity down, one sparsity (one job) at a time, or all at once
 as parallel jobs when ``n_jobs`` asks for them: within what is built, smallest file first, the first
 allocation within the budget on the search part is verified on the held-out part, the next one of
-another sparsity tried while it fails (at most :data:`TRIES`; :func:`choose_allocation`). It stops at the first verified one, or when a sparsity's files
+another sparsity tried while it fails (at most :data:`TRIES`; :func:`choose_allocation`). It stops at
+the first verified one, or when a sparsity's files
 are all no smaller than ``below``: a lower sparsity keeps more weights, and its file is larger (in
 every allocation table measured, each step of the grid down added bytes at either code width, and a
 5-bit file at one step was smaller than the 4-bit file one step down).

@@ -312,8 +312,8 @@ class Planner:
         """Deep Compression's global allocations (:mod:`.allocation`), from the sparsest: the smallest
         file within the budget, verified on the held-out part (None: none of them)."""
         self.progress(1, f"building global allocations ({len(allocation.SPARSITIES)} sparsities x "
-                         f"{len(allocation.BITS)} code widths, the largest layers also one bit lower, the sparsest first), verifying the smallest within "
-                         "the budget")
+                         f"{len(allocation.BITS)} code widths, the largest layers also one bit lower, the sparsest "
+                         "first), verifying the smallest within the budget")
         x_fit = x[split(x.shape[0], seed, allocation.FIT)[0]]
         x_held, ref_held, base_held = held
         won, built, refused = allocation.search(
