@@ -483,23 +483,28 @@ def test_assign_codes_beats_nearest_rounding_on_correlated_inputs(seed):
 @pytest.mark.parametrize("bits", [2, 3])
 def test_code_assignment_lowers_the_layer_error_of_deep_compression(lenet300, digits, monkeypatch, bits):
     """share_pruned's refit keeps, per layer, the better of the centroid refit alone and the codes
-    re-chosen by assign_codes; at 2-3 bits the latter wins on fc1 (same inputs: the dense ones)."""
+    re-chosen by assign_codes, judged on held-out rows where the layer has more inputs than a
+    quarter of the rows (all three here, 300 rows): on digits neither saw, fc3's outputs are nearer
+    the float model's and no layer's are further (fc1, 784 inputs, keeps its centroid refit)."""
     from nncomp.compress import codes
     from nncomp.compress.calibration import inputs_of
     from nncomp.compress.pipeline import share_pruned
-    _, _, cal = digits
+    x, _, cal = digits
     pruned = nc.prune(lenet300, sparsity=0.9, calibration=cal, storage="csr")
     names = ["fc1", "fc2", "fc3"]
     with_codes = share_pruned(lenet300, pruned, bits, names, calibration=cal)
     monkeypatch.setattr(codes, "assigned", lambda *a: None)
     without = share_pruned(lenet300, pruned, bits, names, calibration=cal)
-    x = inputs_of(lenet300, cal, ["fc1"])["fc1"]
-    target = lenet300["fc1"].layer.forward(x)
-    errs = [float(((m["fc1"].layer.forward(x) - target) ** 2).sum()) for m in (with_codes, without)]
-    assert errs[0] < 0.97 * errs[1]
-    m = with_codes["fc1"].layer.weight
-    assert isinstance(m, CSRCodebookMatrix) and m.nnz == pruned["fc1"].layer.weight.nnz
-    assert np.array_equal(m.indices, pruned["fc1"].layer.weight.indices) and m.codebook.size <= 2 ** bits
+
+    def error(m, name):
+        target = lenet300[name].layer.forward(inputs_of(lenet300, x, [name])[name])
+        return float(((m[name].layer.forward(inputs_of(m, x, [name])[name]) - target) ** 2).sum())
+    errs = {name: (error(with_codes, name), error(without, name)) for name in names}
+    assert all(a <= 1.0001 * b for a, b in errs.values()), errs
+    assert errs["fc3"][0] < 0.9 * errs["fc3"][1], errs      # 0.65x at 2 bits, 0.80x at 3
+    m = with_codes["fc3"].layer.weight
+    assert isinstance(m, CSRCodebookMatrix) and m.nnz == pruned["fc3"].layer.weight.nnz
+    assert np.array_equal(m.indices, pruned["fc3"].layer.weight.indices) and m.codebook.size <= 2 ** bits
 
 
 @heavy

@@ -54,6 +54,7 @@ INITS = ("linear", "density", "random")
 MAX_FIT = 1 << 22          # weights used to fit the centroids of one layer
 MAX_ITER = 1000            # Lloyd iterations per run (each costs k binary searches)
 MAX_REFIT_IN = 8192        # calibration refit needs an (n_in, n_in) covariance: larger layers skip it
+FEW_ROWS = 4               # fewer calibration rows per input: refit_model judges on held-out rows
 
 
 def _init(init, v, c, k, rng):
@@ -258,28 +259,45 @@ def refit_codebook(layer, x, y, ref_bias, moments=None):
 def refit_model(reference, start, x, names, seed=0, weights=None):
     """Refit the codebooks of ``names`` in ``start`` to the outputs of ``reference`` on ``x``.
 
-    Each layer takes the better (smaller output error on its calibration rows) of its centroids and
-    bias refit alone (:func:`refit_codebook`) and, with the float weights it was shared from (the
-    layers of ``weights``, default ``reference``), its codes re-chosen with the rounding errors spread
-    over the other weights (:func:`nncomp.compress.codes.assign_codes`) and then refit the same way.
+    Each layer takes the better of its centroids and bias refit alone (:func:`refit_codebook`) and,
+    with the float weights it was shared from (the layers of ``weights``, default ``reference``), its
+    codes re-chosen with the rounding errors spread over the other weights
+    (:func:`nncomp.compress.codes.assign_codes`) and then refit the same way. Better means a smaller
+    output error on the layer's calibration rows; where there are fewer than ``FEW_ROWS`` rows per
+    input, the two are fit on 3/4 of the rows and judged on the other quarter (the assignment can
+    overfit rows it has too few of), and the winner is then fit on all of them.
     """
     weights = reference if weights is None else weights
+
+    def candidates(layer, w, x_rows, y_rows, ref_bias):
+        moments = _moments(x_rows, y_rows, layer.bias is not None)      # the same rows for both refits
+        alone = refit_codebook(layer, x_rows, y_rows, ref_bias, moments)
+        other = None if w is None else assignment.assigned(layer, w, x_rows, y_rows, ref_bias)
+        return alone, None if other is None else refit_codebook(other, x_rows, y_rows, ref_bias, moments)
 
     def refit(name, layer, x_rows, y_rows):
         ref_bias = row_bias(reference[name].layer)
         if layer.weight.shape[1] > MAX_REFIT_IN:
             return layer
-        moments = _moments(x_rows, y_rows, layer.bias is not None)      # the same rows for both refits
-        best = refit_codebook(layer, x_rows, y_rows, ref_bias, moments)
         w = weights[name].layer.weight
-        if w.shape == layer.weight.shape:
-            other = assignment.assigned(layer, w.to_dense().astype(np.float64), x_rows, y_rows, ref_bias)
-            other = None if other is None else refit_codebook(other, x_rows, y_rows, ref_bias, moments)
-            target = y_rows.astype(np.float64) + (0.0 if ref_bias is None else ref_bias)
-            if other is not None and (_sq_error(other.weight, other.bias, x_rows, target)
-                                      < _sq_error(best.weight, best.bias, x_rows, target)):
-                best = other
-        return best
+        w = w.to_dense().astype(np.float64) if w.shape == layer.weight.shape else None
+        target = y_rows.astype(np.float64) + (0.0 if ref_bias is None else ref_bias)
+
+        def better(alone, other, rows):
+            if other is None or (_sq_error(other.weight, other.bias, x_rows[rows], target[rows])
+                                 >= _sq_error(alone.weight, alone.bias, x_rows[rows], target[rows])):
+                return alone
+            return other
+        r, n_in = x_rows.shape
+        if w is None or r >= FEW_ROWS * (n_in + 1):
+            return better(*candidates(layer, w, x_rows, y_rows, ref_bias), slice(None))
+        order = np.random.default_rng([int(seed), r, n_in]).permutation(r)
+        judge, fit = order[:r // 4], order[r // 4:]
+        alone, other = candidates(layer, w, x_rows[fit], y_rows[fit], ref_bias)
+        if better(alone, other, judge) is alone:
+            return refit_codebook(layer, x_rows, y_rows, ref_bias)
+        alone, other = candidates(layer, w, x_rows, y_rows, ref_bias)      # the winner, fit on every row
+        return alone if other is None else other
     return layerwise(reference, x, names, refit, seed=seed, start=start)
 
 

@@ -59,10 +59,14 @@ class EpilogueActivation(Layer):
 @register
 @dataclass(frozen=True, eq=False)
 class Sigmoid(EpilogueActivation):
-    """``1 / (1 + exp(-x))`` in float32."""
+    """``1 / (1 + exp(-x))`` in float32.
+
+    Not ``monotone`` for the engine: its rational approximation (ONNX Runtime's) dips by an ulp here
+    and there (0.4% of neighbouring float32 pairs in [-20, 20]), so it does not commute with a
+    max-pool bit for bit and runs before it."""
 
     kind = "sigmoid"
-    monotone = True
+    monotone = False
     spec = ("act", ACT_SIGMOID, 0.0, 0.0)
 
 
