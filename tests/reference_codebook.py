@@ -104,6 +104,10 @@ def csr_codebook_matvec(codes, indices, indptr, cb, x):
     return csr_codebook_dense(codes, indices, indptr, cb, x.shape[0]) @ x.astype(np.float64)
 
 
+# its two loop structures (nncomp/kernels/codebook.py): one contract
+csr_codebook_matvec_chunked = csr_codebook_matvec_rows = csr_codebook_matvec
+
+
 def kmeans_assign(w, cb):
     """Lowest index of the nearest codebook entry (float64 distances)."""
     d = np.abs(w.astype(np.float64)[:, None] - cb.astype(np.float64)[None, :])

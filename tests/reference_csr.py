@@ -15,6 +15,10 @@ def csr_matvec(data, indices, indptr, x):
     return _dense(data, indices, indptr, x.shape[0]) @ x.astype(np.float64)
 
 
+# the batch-1 kernel's two loop structures (nncomp/kernels/csr.py): one contract
+csr_matvec_chunked = csr_matvec_rows = csr_matvec
+
+
 def csr_matmul(data, indices, indptr, x):
     """``x @ W.T`` for x (n, n_in); data the values, or ``(codes, cb)`` (values ``cb[codes]``)."""
     if isinstance(data, tuple):

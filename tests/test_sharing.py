@@ -185,7 +185,8 @@ def test_csr_codebook_gram_matches_reference(n_out, n_in, k, seed):
     assert np.array_equal(g, ref.csr_codebook_gram(m.codes, m.indices, m.indptr, a.T @ a, k))
 
 
-@pytest.mark.parametrize("kernel", [K.csr_codebook_matvec, K.csr_codebook_matvec_parallel])
+@pytest.mark.parametrize("kernel", [K.csr_codebook_matvec_chunked, K.csr_codebook_matvec_chunked_parallel,
+                                    K.csr_codebook_matvec_rows, K.csr_codebook_matvec_rows_parallel])
 @given(n_out=st.integers(1, 9), n_in=st.integers(1, 40), density=st.floats(0, 1), seed=seeds)
 def test_csr_codebook_matvec_matches_reference(kernel, n_out, n_in, density, seed):
     rng = np.random.default_rng(seed)

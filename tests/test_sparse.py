@@ -42,9 +42,11 @@ def check(y, expect, mag, m, integer):
     assert_close_f32(y, expect, mag, max(1, np.diff(m.indptr).max(initial=1)))
 
 
-@pytest.mark.parametrize("kernel", [K.csr_matvec, K.csr_matvec_parallel])
+@pytest.mark.parametrize("kernel", [K.csr_matvec_chunked, K.csr_matvec_chunked_parallel, K.csr_matvec_rows,
+                                    K.csr_matvec_rows_parallel])
 @given(p=problems(max_n=1))
 def test_csr_matvec_matches_reference(kernel, p):
+    """Both loop structures of the batch-1 kernel (csr_matvec is one of them, by CPU)."""
     m, w, x, integer = p
     x = x[0] if len(x) else np.zeros(w.shape[1], np.float32)
     out = np.full(w.shape[0], np.nan, np.float32)

@@ -24,7 +24,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from . import _ir
+from . import _ir, isa
 from ._ir import CHUNK_NNZ
 from ._jit import both, jit
 
@@ -195,7 +195,25 @@ def _csr_matvec(codes, indices, indptr, cb, x, out):
         out[o] = s
 
 
-csr_codebook_matvec, csr_codebook_matvec_parallel = both(_csr_matvec, fastmath=True)
+def _csr_matvec_rows(codes, indices, indptr, cb, x, out):
+    """:func:`_csr_matvec` with each row's sum one loop (no chunks, no prefetch): nncomp/kernels/csr.py's
+    ``csr_matvec_rows``, for CPUs without AVX-512."""
+    for o in prange(indptr.shape[0] - 1):
+        lo = indptr[o]
+        hi = indptr[o + 1]
+        cd = codes[lo:hi]
+        ix = indices[lo:hi]
+        s = np.float32(0.0)
+        for j in range(hi - lo):
+            s += cb[cd[j]] * x[ix[j]]
+        out[o] = s
+
+
+csr_codebook_matvec_chunked, csr_codebook_matvec_chunked_parallel = both(_csr_matvec, fastmath=True)
+csr_codebook_matvec_rows, csr_codebook_matvec_rows_parallel = both(_csr_matvec_rows, fastmath=True)
+csr_codebook_matvec, csr_codebook_matvec_parallel = (
+    (csr_codebook_matvec_chunked, csr_codebook_matvec_chunked_parallel) if isa.HAVE_AVX512
+    else (csr_codebook_matvec_rows, csr_codebook_matvec_rows_parallel))
 
 
 def _csr_gram(codes, indices, indptr, cov, k, out):

@@ -4,7 +4,8 @@ Storage (nncomp/matrices/csr.py): ``data`` float32 values, ``indices`` uint16 co
 ``n_in <= 65536`` (zero-extended to 32 bits: 16-lane gathers) else int32, ``indptr`` int32 (int64
 beyond 2**31 - 1 nonzeros); column indices sorted within rows. Nothing here validates anything.
 
-- batch 1 (``csr_matvec``): one gathered dot product per output row, rows spread over threads. Inner
+- batch 1 (``csr_matvec``): one gathered dot product per output row, rows spread over threads; on
+  CPUs without AVX-512, one loop per row (``csr_matvec_rows``: measured faster there, below). Inner
   loops run over slices so they start at 0 (a loop from a non-zero ``lo`` defeats LLVM's vectorizer)
   and the reduction is compiled with ``fastmath`` (float sums vectorize only then). Memory-bound: it
   reads each nonzero's 4 + 2 bytes once, a row in chunks of CHUNK_NNZ nonzeros that each prefetch
@@ -140,7 +141,28 @@ def _matvec(data, indices, indptr, x, out):
         out[o] = s
 
 
-csr_matvec, csr_matvec_parallel = both(_matvec, fastmath=True)
+def _matvec_rows(data, indices, indptr, x, out):
+    """:func:`_matvec` with each row's sum one loop over all its nonzeros (no chunks, no prefetch)."""
+    for o in prange(indptr.shape[0] - 1):
+        lo = indptr[o]
+        hi = indptr[o + 1]
+        d = data[lo:hi]
+        ix = indices[lo:hi]
+        s = np.float32(0.0)
+        for j in range(hi - lo):
+            s += d[j] * x[ix[j]]
+        out[o] = s
+
+
+csr_matvec_chunked, csr_matvec_chunked_parallel = both(_matvec, fastmath=True)
+csr_matvec_rows, csr_matvec_rows_parallel = both(_matvec_rows, fastmath=True)
+# Prefetching chunks paid on a Xeon (AVX-512; fc7 from DRAM 0.66 -> 0.62 ms). Without AVX-512 the
+# vectorised loop emulates its gathers with scalar loads, and a chunk's horizontal sum, loop tail and
+# prefetches cost more than they save: on a Zen 3 guest (2 threads, alternating medians, random rows)
+# one loop per row ran 0.33-0.49 ns a nonzero against 0.61-1.16 in chunks for 8-409 nonzeros a row,
+# fc7 0.26 against 0.59 warm and 0.43 against 0.68 flushed, fc6 flushed 0.32 against 0.38 (per nonzero).
+csr_matvec, csr_matvec_parallel = ((csr_matvec_chunked, csr_matvec_chunked_parallel) if isa.HAVE_AVX512
+                                   else (csr_matvec_rows, csr_matvec_rows_parallel))
 
 
 @jit
