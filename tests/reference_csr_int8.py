@@ -24,6 +24,10 @@ def csr_int8_matvec_float(codes, indices, indptr, scale, x):
     return (w @ x.astype(np.float64)) * _scales(scale, w.shape[0])
 
 
+# its two loop structures (nncomp/kernels/csr_int8.py): one contract
+csr_int8_matvec_float_chunked = csr_int8_matvec_float_rows = csr_int8_matvec_float
+
+
 def csr_int8_matmul_float(codes, indices, indptr, scale, x):
     """``(x @ W_codes.T) * scale`` for x (n, n_in), float64."""
     w = _codes_dense(codes, indices, indptr, x.shape[1]).astype(np.float64)

@@ -58,7 +58,8 @@ def check_float(out, codes, indices, indptr, scale, x, twin, integer):
 
 
 # ----------------------------------------------------------------------------- kernels
-@pytest.mark.parametrize("kernel", [K.csr_int8_matvec_float, K.csr_int8_matvec_float_parallel])
+@pytest.mark.parametrize("kernel", [K.csr_int8_matvec_float_chunked, K.csr_int8_matvec_float_chunked_parallel,
+                                    K.csr_int8_matvec_float_rows, K.csr_int8_matvec_float_rows_parallel])
 @given(p=problems(max_n=1))
 def test_csr_int8_matvec_float_matches_reference(kernel, p):
     codes, indices, indptr, scale, x, _, integer = p

@@ -30,7 +30,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from . import _ir
+from . import _ir, isa
 from ._ir import CHUNK_NNZ, paired_sum
 from ._jit import both, jit
 
@@ -160,7 +160,26 @@ def _matvec_float(codes, indices, indptr, scale, x, out):
         out[o] = s * scale[o * step]
 
 
-csr_int8_matvec_float, csr_int8_matvec_float_parallel = both(_matvec_float, fastmath=True)
+def _matvec_float_rows(codes, indices, indptr, scale, x, out):
+    """:func:`_matvec_float` with each row's sum one loop (no chunks, no prefetch): as
+    nncomp/kernels/csr.py's ``csr_matvec_rows``, for CPUs without AVX-512."""
+    step = 0 if scale.shape[0] == 1 else 1
+    for o in prange(indptr.shape[0] - 1):
+        lo = indptr[o]
+        hi = indptr[o + 1]
+        d = codes[lo:hi]
+        ix = indices[lo:hi]
+        s = np.float32(0.0)
+        for j in range(hi - lo):
+            s += np.float32(d[j]) * x[ix[j]]
+        out[o] = s * scale[o * step]
+
+
+csr_int8_matvec_float_chunked, csr_int8_matvec_float_chunked_parallel = both(_matvec_float, fastmath=True)
+csr_int8_matvec_float_rows, csr_int8_matvec_float_rows_parallel = both(_matvec_float_rows, fastmath=True)
+csr_int8_matvec_float, csr_int8_matvec_float_parallel = (
+    (csr_int8_matvec_float_chunked, csr_int8_matvec_float_chunked_parallel) if isa.HAVE_AVX512
+    else (csr_int8_matvec_float_rows, csr_int8_matvec_float_rows_parallel))
 
 
 def _matvec_u8s8(codes, indices, indptr, xw, packed, out):
