@@ -55,6 +55,10 @@ def codebook_matmul4(codes, x, cb16):
     return _lane_product(cb16[codebook_unpack4(codes)], np.asarray(x, np.float32))
 
 
+# its batch-1 AVX2 build (nncomp/kernels/codebook_avx2.py): the same contract, the same bits
+codebook_matvec4_avx2 = codebook_matmul4
+
+
 def codebook_matmul_vpermps(codes, x, cb, wide):
     """``codebook_matmul8`` (wide: one code per byte) or ``codebook_matmul4`` (packed)."""
     return codebook_matmul8(codes, x, cb) if wide else codebook_matmul4(codes, x, cb)

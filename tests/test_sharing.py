@@ -13,11 +13,14 @@ from nncomp.errors import CompressionParameterError, CorruptModelFileError
 from nncomp.kernels import codebook as K
 from nncomp.kernels import csr as C
 from nncomp.kernels import kmeans as KM
+from nncomp.kernels import codebook_avx2 as A
 from nncomp.kernels import codebook_vpermps as V
+from nncomp.kernels import isa
 from nncomp.matrices.codebook import CodebookMatrix, pack, unpack
 from nncomp.matrices.csr_codebook import CSRCodebookMatrix
 
 needs_avx512 = pytest.mark.skipif(not V.HAVE_AVX512, reason="CPU without AVX-512F")
+needs_avx2 = pytest.mark.skipif(not isa.HAVE_AVX2, reason="CPU without AVX2")
 seeds = st.integers(0, 2**31 - 1)
 # Under NUMBA_DISABLE_JIT the kernels run as Python loops: skip the tests that compress whole models.
 heavy = pytest.mark.skipif(numba.config.DISABLE_JIT, reason="pure-Python kernels (NUMBA_DISABLE_JIT): too slow")
@@ -557,3 +560,21 @@ def test_deep_compression_pipeline(lenet300, digits, tmp_path):
         nc.deep_compression(lenet300, sparsity=1.5)
     with pytest.raises(CompressionParameterError):
         nc.deep_compression(lenet300, bits=0)
+
+
+@needs_avx2
+@pytest.mark.parametrize("kernel", [A.codebook_matvec4_avx2, A.codebook_matvec4_avx2_parallel])
+@given(n_out=st.integers(1, 9), blocks=st.integers(0, 6), seed=seeds)
+def test_avx2_codebook_matvec_gives_the_portable_kernels_bits(kernel, n_out, blocks, seed):
+    """The batch-1 4-bit product with AVX2's vpermps (two 8-value halves of the codebook and a blend)
+    gives codebook_matmul4's bits (the contract's lane order), and the twin's values."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 256, (n_out, 16 * blocks)).astype(np.uint8)
+    cb = rng.standard_normal(16).astype(np.float32)
+    x = rng.standard_normal((1, 32 * blocks)).astype(np.float32)
+    want, got = np.full((1, n_out), np.nan, np.float32), np.full((1, n_out), np.nan, np.float32)
+    K.codebook_matmul4(codes, x, cb, want)
+    kernel(codes, x, cb, got)
+    assert np.array_equal(got, want)
+    mag = ref.codebook_matmul4(codes, np.abs(x), np.abs(cb))
+    assert_close_f32(got, ref.codebook_matvec4_avx2(codes, x, cb), mag, max(1, 32 * blocks))

@@ -22,6 +22,7 @@ from ..checks import check_number, is_integer
 from ..errors import CompressionParameterError
 from ..kernels import _jit
 from ..kernels import codebook as K
+from ..kernels import codebook_avx2
 from ..kernels import codebook_vpermps as vpermps
 from ..kernels import decode
 from .base import Matrix, expect, register_format
@@ -165,6 +166,9 @@ class CodebookMatrix(Matrix):
         fast = (vpermps.codebook_matmul_vpermps, vpermps.codebook_matmul_vpermps_parallel)
         if self.bits <= 4 and vpermps.HAVE_AVX512:
             _jit.pick(fast, work)(self.codes, x, self._cb, False, out)
+        elif self.bits <= 4 and n == 1 and codebook_avx2.HAVE:      # AVX2's 8-value vpermps, the same bits
+            _jit.pick((codebook_avx2.codebook_matvec4_avx2, codebook_avx2.codebook_matvec4_avx2_parallel), work)(
+                self.codes, x, self._cb, out)
         elif self.bits <= 4:
             _jit.pick((K.codebook_matmul4, K.codebook_matmul4_parallel), work)(self.codes, x, self._cb, out)
         elif self.codebook.size <= 32 and vpermps.HAVE_AVX512:
