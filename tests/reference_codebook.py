@@ -59,6 +59,16 @@ def codebook_matmul4(codes, x, cb16):
 codebook_matvec4_avx2 = codebook_matmul4
 
 
+def lane_sums4(codes, o, x, cb16):
+    """The contract's 16 float32 lane sums of row ``o`` for one sample ``x``, before the tree."""
+    w = cb16[codebook_unpack4(codes[o:o + 1])][0]
+    x = np.asarray(x, np.float32)
+    acc = np.zeros(16, np.float32)
+    for b in range(x.shape[0] // 16):
+        acc = fma32(x[b * 16:b * 16 + 16], w[b * 16:b * 16 + 16], acc)
+    return acc
+
+
 def codebook_matmul_vpermps(codes, x, cb, wide):
     """``codebook_matmul8`` (wide: one code per byte) or ``codebook_matmul4`` (packed)."""
     return codebook_matmul8(codes, x, cb) if wide else codebook_matmul4(codes, x, cb)

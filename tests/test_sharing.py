@@ -578,3 +578,17 @@ def test_avx2_codebook_matvec_gives_the_portable_kernels_bits(kernel, n_out, blo
     assert np.array_equal(got, want)
     mag = ref.codebook_matmul4(codes, np.abs(x), np.abs(cb))
     assert_close_f32(got, ref.codebook_matvec4_avx2(codes, x, cb), mag, max(1, 32 * blocks))
+
+
+@given(n_out=st.integers(1, 5), blocks=st.integers(0, 4), seed=seeds)
+def test_lane_sums_are_the_contracts(n_out, blocks, seed):
+    """The 16 lane sums of a 4-bit row (codebook_matmul4's batch-1 loop; codebook_matvec4_avx2 is
+    checked against that kernel above) equal the twin's float32 lane sums bit for bit."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 256, (n_out, 16 * blocks)).astype(np.uint8)
+    cb = rng.standard_normal(16).astype(np.float32)
+    x = rng.standard_normal(32 * blocks).astype(np.float32)
+    o = int(rng.integers(0, n_out))
+    acc = np.full(16, np.nan, np.float32)
+    K.lane_sums4(codes, o, x, cb, acc)
+    assert np.array_equal(acc, ref.lane_sums4(codes, o, x, cb))

@@ -29,8 +29,8 @@ Each layer also tries its codes chosen anew from its float weights (least square
 first), one input at a time with every rounding error spread over the weights not yet rounded
 (:func:`nncomp.compress.codes.assign_codes`, GPTQ's rule on the k-means grid), then the same
 centroid refit, and keeps the version with the smaller error. k-means alone places the codes by
-the weights' values, blind to which inputs move together; on PP-OCR's direction classifier at 3 bits (256 calibration lines) the
-shared model kept 91.0% of the float model's predictions with the centroid refit alone and 97.5%
+the weights' values, blind to which inputs move together; on PP-OCR's direction classifier at 3
+bits (256 calibration lines) the shared model kept 91.0% of the float model's predictions with the centroid refit alone and 97.5%
 with the codes re-chosen (tests/test_real.py); on LeNet-300-100 pruned to 10%, 2-bit codes on fc1
 then lost no more test accuracy than 3-bit ones (nncomp/planner/allocation.py).
 """
@@ -269,11 +269,15 @@ def refit_model(reference, start, x, names, seed=0, weights=None):
     """
     weights = reference if weights is None else weights
 
+    def coded(layer, w, x_rows, y_rows, ref_bias, moments):
+        """The codes re-chosen by the assignment, then the centroid refit (None: no assignment)."""
+        other = None if w is None else assignment.assigned(layer, w, x_rows, y_rows, ref_bias)
+        return None if other is None else refit_codebook(other, x_rows, y_rows, ref_bias, moments)
+
     def candidates(layer, w, x_rows, y_rows, ref_bias):
         moments = _moments(x_rows, y_rows, layer.bias is not None)      # the same rows for both refits
-        alone = refit_codebook(layer, x_rows, y_rows, ref_bias, moments)
-        other = None if w is None else assignment.assigned(layer, w, x_rows, y_rows, ref_bias)
-        return alone, None if other is None else refit_codebook(other, x_rows, y_rows, ref_bias, moments)
+        return (refit_codebook(layer, x_rows, y_rows, ref_bias, moments),
+                coded(layer, w, x_rows, y_rows, ref_bias, moments))
 
     def refit(name, layer, x_rows, y_rows):
         ref_bias = row_bias(reference[name].layer)
@@ -296,8 +300,9 @@ def refit_model(reference, start, x, names, seed=0, weights=None):
         alone, other = candidates(layer, w, x_rows[fit], y_rows[fit], ref_bias)
         if better(alone, other, judge) is alone:
             return refit_codebook(layer, x_rows, y_rows, ref_bias)
-        alone, other = candidates(layer, w, x_rows, y_rows, ref_bias)      # the winner, fit on every row
-        return alone if other is None else other
+        # the winner, the assignment, fit on every row (the centroid refit alone should it fail there)
+        other = coded(layer, w, x_rows, y_rows, ref_bias, _moments(x_rows, y_rows, layer.bias is not None))
+        return refit_codebook(layer, x_rows, y_rows, ref_bias) if other is None else other
     return layerwise(reference, x, names, refit, seed=seed, start=start)
 
 

@@ -69,6 +69,16 @@ def reduce16(a):
     return (u0 + u2) + (u1 + u3)
 
 
+@jit(inline="always")
+def lane_sums4(codes, o, x, cb16, acc):
+    """The contract's 16 lane sums of row ``o`` for one sample ``x`` (nb*32,) into ``acc`` (16,)."""
+    acc[:] = 0
+    for b in range(codes.shape[1] // 16):
+        for l in range(16):
+            c = codes[o, b * 16 + l]
+            acc[l] = fma32(x[b * 32 + 16 + l], cb16[c >> 4], fma32(x[b * 32 + l], cb16[c & 15], acc[l]))
+
+
 def _matmul4(codes, x, cb16, out):
     """Codebook product with packed 4-bit codes: ``out[i, o] = sum_k x[i, k] * cb16[code(o, k)]``.
 
@@ -80,11 +90,8 @@ def _matmul4(codes, x, cb16, out):
     n_out, width = codes.shape
     if n == 1:
         for o in prange(n_out):
-            acc = np.zeros(16, np.float32)
-            for b in range(width // 16):
-                for l in range(16):
-                    c = codes[o, b * 16 + l]
-                    acc[l] = fma32(x[0, b * 32 + 16 + l], cb16[c >> 4], fma32(x[0, b * 32 + l], cb16[c & 15], acc[l]))
+            acc = np.empty(16, np.float32)
+            lane_sums4(codes, o, x[0], cb16, acc)
             out[0, o] = reduce16(acc)
         return
     xt = np.ascontiguousarray(x.T)      # (columns, samples): the sample loop is innermost, contiguous

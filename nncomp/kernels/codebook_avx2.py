@@ -21,18 +21,15 @@ from numba.extending import intrinsic
 from . import isa
 from ._ir import declare
 from ._jit import both
-from .codebook import fma32, reduce16
+from .codebook import lane_sums4, reduce16
 
 HAVE = isa.HAVE_AVX2 and not isa.HAVE_AVX512     # AVX-512 CPUs run the register path instead
 
 
-ROWS = 1     # rows a call (each lane's sum is one chain of dependent multiply-adds); 2 and 4 rows side
-             # by side measured no faster on fc6 on a Zen 3 guest (noisy: 11-17 ms a call either way)
-
-
 def _row_ir(typingctx, codes, o, x, cb16, acc):
-    """``row(codes, o, x, cb16, acc)``: the 16 lane sums of rows ``o .. o + ROWS - 1`` into ``acc``
-    (ROWS * 16,) float32, row after row."""
+    """``row(codes, o, x, cb16, acc)``: :func:`nncomp.kernels.codebook.lane_sums4` with AVX2's
+    ``vpermps`` (the module doc). One row a call: two or four rows side by side (more independent
+    chains of multiply-adds) measured no faster on fc6 on a Zen 3 guest (noisy: 11-17 ms a call)."""
     sig = types.void(codes, o, x, cb16, acc)
 
     def codegen(context, builder, signature, args):
@@ -45,7 +42,7 @@ def _row_ir(typingctx, codes, o, x, cb16, acc):
         row = context.cast(builder, args[1], signature.args[1], types.int64)
         width = builder.extract_value(c_arr.shape, 1)
         stride = builder.extract_value(c_arr.strides, 0)             # bytes: one per code byte
-        bases = [builder.gep(c_arr.data, [builder.mul(builder.add(row, i64(r)), stride)]) for r in range(ROWS)]
+        base = builder.gep(c_arr.data, [builder.mul(row, stride)])
 
         def vec(ptr, at, ty):
             return builder.load(builder.bitcast(builder.gep(ptr, [at]), ty.as_pointer()), align=1)
@@ -60,23 +57,19 @@ def _row_ir(typingctx, codes, o, x, cb16, acc):
         builder.branch(head)
         builder.position_at_end(head)
         b = builder.phi(i64)
-        accs = [builder.phi(v8f) for _ in range(2 * ROWS)]       # row r, half h: accs[2 * r + h]
+        accs = [builder.phi(v8f) for _ in range(2)]       # lanes 0-7 and 8-15
         b.add_incoming(i64(0), pre)
         for a in accs:
             a.add_incoming(ir.Constant(v8f, [0.0] * 8), pre)
         builder.cbranch(builder.icmp_signed("<", builder.mul(b, i64(16)), width), body, done)
         builder.position_at_end(body)
-        xs = []
-        for half in range(2):
-            xo = builder.add(builder.mul(b, i64(32)), i64(8 * half))
-            xs.append((vec(x_arr.data, xo, v8f), vec(x_arr.data, builder.add(xo, i64(16)), v8f)))
         new = []
-        for r in range(ROWS):
-            for half in range(2):
-                at = builder.add(builder.mul(b, i64(16)), i64(8 * half))
-                c = builder.zext(vec(bases[r], at, ir.VectorType(i8, 8)), v8i)
-                a = builder.call(fma, [xs[half][0], lookup(builder.and_(c, splat(15))), accs[2 * r + half]])
-                new.append(builder.call(fma, [xs[half][1], lookup(builder.lshr(c, splat(4))), a]))
+        for half, a in enumerate(accs):
+            xo = builder.add(builder.mul(b, i64(32)), i64(8 * half))
+            c = builder.zext(vec(base, builder.add(builder.mul(b, i64(16)), i64(8 * half)), ir.VectorType(i8, 8)), v8i)
+            a = builder.call(fma, [vec(x_arr.data, xo, v8f), lookup(builder.and_(c, splat(15))), a])
+            new.append(builder.call(fma, [vec(x_arr.data, builder.add(xo, i64(16)), v8f),
+                                          lookup(builder.lshr(c, splat(4))), a]))
         b.add_incoming(builder.add(b, i64(1)), builder.block)
         for p, a in zip(accs, new):
             p.add_incoming(a, builder.block)
@@ -88,36 +81,14 @@ def _row_ir(typingctx, codes, o, x, cb16, acc):
     return sig, codegen
 
 
-def _row_py(codes, o, x, cb16, acc):
-    """NUMBA_DISABLE_JIT runs: the contract's lane sums."""
-    acc[:] = 0
-    for r in range(ROWS):
-        for b in range(codes.shape[1] // 16):
-            for lane in range(16):
-                c = codes[o + r, b * 16 + lane]
-                acc[16 * r + lane] = fma32(x[b * 32 + 16 + lane], cb16[c >> 4],
-                                           fma32(x[b * 32 + lane], cb16[c & 15], acc[16 * r + lane]))
-
-
-row4 = _row_py if numba.config.DISABLE_JIT else intrinsic(_row_ir)
+row4 = lane_sums4 if numba.config.DISABLE_JIT else intrinsic(_row_ir)
 
 
 def _matvec4(codes, x, cb16, out):
-    """``codebook_matmul4(codes, x, cb16, out)`` for ``x`` (1, nb*32) (nncomp/kernels/codebook.py):
-    rows ROWS at a time, an odd last row through the contract's loop."""
-    n_out = codes.shape[0]
-    for t in prange(n_out // ROWS):
-        acc = np.empty(16 * ROWS, np.float32)
-        row4(codes, t * ROWS, x[0], cb16, acc)
-        for r in range(ROWS):
-            out[0, t * ROWS + r] = reduce16(acc[16 * r:16 * r + 16])
-    for o in range(n_out - n_out % ROWS, n_out):
-        acc = np.zeros(16, np.float32)
-        for b in range(codes.shape[1] // 16):
-            for lane in range(16):
-                c = codes[o, b * 16 + lane]
-                acc[lane] = fma32(x[0, b * 32 + 16 + lane], cb16[c >> 4], fma32(x[0, b * 32 + lane], cb16[c & 15],
-                                                                              acc[lane]))
+    """``codebook_matmul4(codes, x, cb16, out)`` for ``x`` (1, nb*32) (nncomp/kernels/codebook.py)."""
+    for o in prange(codes.shape[0]):
+        acc = np.empty(16, np.float32)
+        row4(codes, o, x[0], cb16, acc)
         out[0, o] = reduce16(acc)
 
 
