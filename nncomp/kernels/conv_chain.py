@@ -63,6 +63,16 @@ def _vector(p, k):
 
 
 @jit
+def _empty4(n, h, w, c):
+    """An uninitialised (n, h, w, c) float32 array whose data starts on a 64-byte boundary (Numba's
+    own start 32 bytes past one half the time: nncomp/kernels/aligned.py)."""
+    size = n * h * w * c
+    raw = np.empty(size + 16, np.float32)
+    start = (64 - raw.ctypes.data % 64) % 64 // 4
+    return raw[start:start + size].reshape((n, h, w, c))
+
+
+@jit
 def run_chain(x0, x1, ints, floats):
     """The output of the last step of a run.
 
@@ -89,7 +99,7 @@ def run_chain(x0, x1, ints, floats):
         xp = src
         # Winograd, and the blocked kernel where it tiles across images (UNPADDED), read the padding as zeros
         if t + b + l + r > 0 and not p[WINOGRAD] and not p[UNPADDED]:
-            xp = np.empty((n, h + t + b, wd + l + r, c), np.float32)
+            xp = _empty4(n, h + t + b, wd + l + r, c)
             if p[PAD_PARALLEL]:
                 conv_pad_nhwc_parallel(src, 0, t, l, xp)
             else:
@@ -102,9 +112,9 @@ def run_chain(x0, x1, ints, floats):
             cp, cop = p[W_ROWS] // 16, p[W_COLS]
             wt = numba.carray(_f32_pointer(p[W_ADDR]), (16, cp, cop))
             tiles = p[CHUNK] * ((ow + 1) // 2)
-            ub = np.empty((p[THREADS], 16 * tiles * cp), np.float32)
-            mb = np.empty((p[THREADS], 16 * tiles * cop), np.float32)
-            out = np.empty((n, oh // pool, ow // pool, co) if pool else (n, oh, ow, co), np.float32)
+            ub = _empty4(p[THREADS], 1, 16 * tiles, cp).reshape((p[THREADS], 16 * tiles * cp))
+            mb = _empty4(p[THREADS], 1, 16 * tiles, cop).reshape((p[THREADS], 16 * tiles * cop))
+            out = _empty4(n, oh // pool, ow // pool, co) if pool else _empty4(n, oh, ow, co)
             res = values[p[RES]] if p[ADD] else out
             if p[PARALLEL]:
                 winograd_nhwc_parallel(src, t, b, l, r, wt, bias, scale, shift, p[AFFINE] != 0, res, p[ADD] != 0,
@@ -115,7 +125,7 @@ def run_chain(x0, x1, ints, floats):
                               p[ACT], f[ALPHA], f[BETA], p[NVEC], p[PMAX], p[CHUNK], ub, mb, pool, out)
         elif pool == 0:
             pt, pl = (t, l) if p[UNPADDED] else (0, 0)
-            out = np.empty((n, oh, ow, co), np.float32)
+            out = _empty4(n, oh, ow, co)
             res = values[p[RES]] if p[ADD] else out
             if p[KIND] == DEPTHWISE:
                 _depthwise_step(p, f, xp, pt, pl, w, bias, scale, shift, res, out)
@@ -128,8 +138,8 @@ def run_chain(x0, x1, ints, floats):
                                   scale, shift, p[AFFINE] != 0, res, p[ADD] != 0, f[LO], f[HI],
                                   p[ACT], f[ALPHA], f[BETA], out)
         else:
-            out = np.empty((n, oh // pool, ow // pool, co), np.float32)
-            lines = np.empty((p[THREADS], pool, ow, co), np.float32)
+            out = _empty4(n, oh // pool, ow // pool, co)
+            lines = _empty4(p[THREADS], pool, ow, co)
             if p[PARALLEL]:
                 conv_blocked_pooled_nhwc_parallel(xp, w, bias, p[KH], p[KW], p[SH], p[SW], p[DH], p[DW],
                                                   p[NVEC], p[PMAX], pool, lines, out)
@@ -178,7 +188,7 @@ def _squeeze_step(p, src, vec):
         else:
             global_mean_nhwc(src.reshape(n, h * wd, c), out.reshape(n, c))
         return out
-    out = np.empty((n, h, wd, c), np.float32)
+    out = _empty4(n, h, wd, c)
     if p[PARALLEL]:
         channel_binary_nhwc_parallel(src.reshape(n, h * wd, c), vec.reshape(n, c), p[OP], p[REVERSE] != 0,
                                      out.reshape(n, h * wd, c))

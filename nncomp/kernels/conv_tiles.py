@@ -178,41 +178,71 @@ def _slide_rows(builder, P, V, S, init, arrays, ints, mask):
     return new
 
 
+def _when(builder, cond, values, fn):
+    """``fn(values)`` where the i1 ``cond`` holds, else ``values``: a branch (the flags are the same
+    for every tile of a call, so it is always predicted) instead of computing both and selecting."""
+    before = builder.block
+    with builder.if_then(cond):
+        changed = fn(values)
+        then_end = builder.block
+    out = []
+    for v, c in zip(values, changed):
+        phi = builder.phi(v.type)
+        phi.add_incoming(v, before)
+        phi.add_incoming(c, then_end)
+        out.append(phi)
+    return out
+
+
 def _epilogue(builder, P, V, new, arrays, ints, epi, mask, optrs, full):
     """Store the tile's accumulators ``new``; after the last call of the tile first the epilogue, as
     the epilogue kernel computes it (no fused multiply-add: bit-identical to batch norm, residual add
-    and clip run one by one). ``full``: the last vector's 16 lanes are all output channels."""
+    and clip run one by one). ``full``: the last vector's 16 lanes are all output channels. Each
+    part runs only where its flag asks for it (at 16 input channels, computing all of them and
+    selecting cost 10-15% of the 1 x 1 tile's time)."""
     od, scd, shd, rd = arrays
     boff, ooff, opix, last, affine, add = ints
     lo, hi = epi
     intp = boff.type
-    v16 = ir.VectorType(ir.FloatType(), 16)
+    f32 = ir.FloatType()
+    v16 = ir.VectorType(f32, 16)
     vptr, i32 = v16.as_pointer(), ir.IntType(32)
     mload, _ = masked_v16(builder.module)
     undef, zero = ir.Constant(v16, ir.Undefined), ir.Constant(v16, None)
     splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
-    fins = list(new)
     is_last = builder.icmp_signed("!=", last, intp(0))
-    do_affine = builder.and_(is_last, builder.icmp_signed("!=", affine, intp(0)))
-    do_add = builder.and_(is_last, builder.icmp_signed("!=", add, intp(0)))
     bcast = lambda s_: builder.shuffle_vector(builder.insert_element(undef, s_, i32(0)), undef, splat)  # noqa: E731
-    lo_v, hi_v = bcast(lo), bcast(hi)
-    scale = [builder.load(builder.bitcast(builder.gep(scd, [builder.add(boff, intp(16 * v))]), vptr), align=4)
-             for v in range(V)]
-    shift = [builder.load(builder.bitcast(builder.gep(shd, [builder.add(boff, intp(16 * v))]), vptr), align=4)
-             for v in range(V)]
-    for p in range(P):
-        for v in range(V):
-            val = fins[p * V + v]
-            val = builder.select(do_affine, builder.fadd(builder.fmul(val, scale[v]), shift[v]), val)
-            rptr = builder.bitcast(builder.gep(rd, [builder.add(ooff, builder.add(builder.mul(opix, intp(p)),
-                                                                                intp(16 * v)))]), vptr)
-            res = builder.call(mload, [rptr, i32(4), mask, zero]) if v == V - 1 else builder.load(rptr, align=4)
-            val = builder.select(do_add, builder.fadd(val, res), val)
-            # NumPy's maximum / minimum: keep v if it wins strictly or is NaN
-            clipped = builder.select(builder.fcmp_unordered(">", val, lo_v), val, lo_v)
-            clipped = builder.select(builder.fcmp_unordered("<", clipped, hi_v), clipped, hi_v)
-            fins[p * V + v] = builder.select(is_last, clipped, val)
+    at = [[builder.add(ooff, builder.add(builder.mul(opix, intp(p)), intp(16 * v))) for v in range(V)]
+          for p in range(P)]
+
+    def affine_map(vals):
+        scale = [builder.load(builder.bitcast(builder.gep(scd, [builder.add(boff, intp(16 * v))]), vptr), align=4)
+                 for v in range(V)]
+        shift = [builder.load(builder.bitcast(builder.gep(shd, [builder.add(boff, intp(16 * v))]), vptr), align=4)
+                 for v in range(V)]
+        return [builder.fadd(builder.fmul(vals[k], scale[k % V]), shift[k % V]) for k in range(P * V)]
+
+    def residual(vals):
+        out = []
+        for p in range(P):
+            for v in range(V):
+                rptr = builder.bitcast(builder.gep(rd, [at[p][v]]), vptr)
+                res = builder.call(mload, [rptr, i32(4), mask, zero]) if v == V - 1 else builder.load(rptr, align=4)
+                out.append(builder.fadd(vals[p * V + v], res))
+        return out
+
+    def clip(vals, bound, pred):
+        # NumPy's maximum / minimum: keep v if it wins strictly or is NaN
+        b = bcast(bound)
+        return [builder.select(builder.fcmp_unordered(pred, val, b), val, b) for val in vals]
+
+    def finish(vals):
+        vals = _when(builder, builder.icmp_signed("!=", affine, intp(0)), vals, affine_map)
+        vals = _when(builder, builder.icmp_signed("!=", add, intp(0)), vals, residual)
+        vals = _when(builder, builder.fcmp_ordered("!=", lo, f32(float("-inf"))), vals, lambda v: clip(v, lo, ">"))
+        return _when(builder, builder.fcmp_ordered("!=", hi, f32(float("inf"))), vals, lambda v: clip(v, hi, "<"))
+
+    fins = _when(builder, is_last, list(new), finish)
     for p in range(P):
         for v in range(V):
             if v == V - 1:      # a full last vector stores unmasked (_ir.store_v16)

@@ -2,13 +2,12 @@
 
 A 3x3 stride-1 convolution computes each 2x2 block of output pixels from a 4x4 block of input
 with 16 multiplies per input and output channel instead of 36 (Lavin and Gray, "Fast Algorithms
-for Convolutional Neural Networks", 2016): with the input tile ``d`` (4x4), the filter ``g`` (3x3)
-and the constant matrices ``B``, ``G``, ``A`` of F(2, 3),
+for Convolutional Neural Networks", 2016): with the input tile ``d`` (4x4), the filter ``g`` (3x3) and the
+constant matrices ``B``, ``G``, ``A`` of F(2, 3),
 
     Y = A^T [ (G g G^T) * (B^T d B) ] A        (``*`` elementwise over the 16 positions)
 
-summed over input channels. So the convolution becomes three passes over a chunk of tiles (a few
-tile rows of one image, sized to stay in the core's L2):
+summed over input channels: three passes over a chunk of tiles (a few tile rows of one image, in L2):
 
 1. input transform: ``B^T d B`` for every tile and 16-channel vector (16 loads, 32 adds, 16
    stores), into ``U[16, tiles, cp]``;
@@ -23,14 +22,14 @@ The filter transform ``G g G^T`` is done once, in float64, when the layer is pre
 differs from the direct sum by rounding only (the NumPy twin is tests/reference_conv_winograd.py,
 which computes the same three passes; the property test checks both against a float64 direct
 convolution). The transforms are LLVM IR over ``<16 x float>`` vectors, as the blocked tiles are:
-plain Numba loops over the channels of 16 input and 16 output streams did not vectorize (LLVM
-could not rule out aliasing) and ran the transforms 4x slower than the products.
+plain Numba loops over 16 input and 16 output streams did not vectorize (LLVM could not rule out
+aliasing; 4x slower than the products).
 
-Shapes: the kernel reads the unpadded input and the layer's padding (no padded copy: for a 64x28x28x16
-batch the copy took 0.12 ms, a tenth of the convolution); ``out`` has ``oh = h + pt + pb - 2`` lines
-and ``ow = w + pl + pr - 2`` columns. Input tiles read zero for padding pixels without loading
-them (masked loads); an odd ``oh`` or ``ow`` ends with half tiles, whose missing input line or
-column reads zero too (it only feeds the output that is not stored).
+Shapes: the kernel reads the unpadded input and the layer's padding (no padded copy: 0.12 ms, a
+tenth of the convolution, at 64x28x28x16); ``out`` has ``oh = h + pt + pb - 2`` lines and ``ow =
+w + pl + pr - 2`` columns. Input tiles read zero for padding pixels without loading them (masked
+loads); an odd ``oh`` or ``ow`` ends with half tiles, whose missing input line or column reads zero
+too (it only feeds the output that is not stored).
 """
 import numba
 import numpy as np
@@ -39,6 +38,7 @@ from numba import prange, types
 from numba.extending import intrinsic
 
 from ._ir import declare, loop_latch, loop_phis, masked_v16, store_v16
+from . import aligned
 from ._jit import both
 from .isa import VECTOR_REGISTERS
 from .epilogue import activation_rows
@@ -57,7 +57,7 @@ def winograd_weight(w):
     co, c = w.shape[:2]
     cp, cop = -(-c // 16) * 16, -(-co // 16) * 16
     u = np.einsum("ar,ocrs,bs->abco", G, w, G)
-    out = np.zeros((16, cp, cop), np.float32)
+    out = aligned.zeros((16, cp, cop))
     out[:, :c, :co] = u.reshape(16, c, co)
     return out
 

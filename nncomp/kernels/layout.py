@@ -8,6 +8,7 @@ value of the output line took 39 us and 0.38 ms (one thread). Twin: tests/refere
 import numpy as np
 from numba import prange
 
+from . import aligned
 from ._jit import both, pick
 
 # Planar batches of 2 to this many channels go through the kernel (16 channels: NumPy's copy was faster).
@@ -40,7 +41,7 @@ def nhwc(x):
     order in memory), NumPy's copy otherwise."""
     n, c, h, w = x.shape
     if 1 < c <= KERNEL_CHANNELS and x.dtype == np.float32 and x.flags.c_contiguous:
-        out = np.empty((n, h, w, c), np.float32)
+        out = aligned.empty((n, h, w, c))
         pick((to_nhwc, to_nhwc_parallel), x.size)(x, out)
         return out
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1))

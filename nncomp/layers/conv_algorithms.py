@@ -39,7 +39,7 @@ import numba
 import numpy as np
 
 from ..errors import NncompError
-from ..kernels import _jit, blas
+from ..kernels import _jit, aligned, blas
 from ..kernels.blas import gemm_nt, matmul_nt
 from ..kernels.conv import (conv_crop_bias_nhwc, conv_crop_bias_nhwc_parallel, conv_direct_nhwc,
                            conv_direct_nhwc_parallel, conv_pad_nhwc, conv_pad_nhwc_parallel,
@@ -212,7 +212,7 @@ def _im2col(layer, x, window, oh, ow):
             wg = wd[g * og:(g + 1) * og]
             y[:, g * og:(g + 1) * og] = patch_product(xg, window, oh, ow, lambda p: matmul_nt(p, wg))
     if not y.flags.c_contiguous:      # the transposed result of a small product: one pass
-        out = np.empty(y.shape, np.float32)
+        out = aligned.empty(y.shape)
         if layer.bias is None:
             out[...] = y
         else:
@@ -252,7 +252,7 @@ def _fused(w, bias, geo, n, oh, ow, pool=1):
     spare = lines * ow * co if pool > 1 else max(1, min(lines * ow, co - 1) * co)
 
     def run(x):
-        out = np.empty(shape, np.float32)
+        out = aligned.empty(shape)
         if total == 0:
             return out
         if parts > 1:
@@ -304,7 +304,7 @@ def shifted(x, w, bias, layer, oh, ow):
     g = max(1, min(n, SHIFTED_CHUNK_BYTES // (4 * s * (c + co))))
     xp = scratch("shifted_input", (g * s, c))
     acc = scratch("shifted_output", (g * s, co))
-    out = np.empty((n, oh, ow, co), np.float32)
+    out = aligned.empty((n, oh, ow, co))
     pad = _jit.pick((conv_pad_nhwc, conv_pad_nhwc_parallel), xp.size)
     crop = _jit.pick((conv_crop_bias_nhwc, conv_crop_bias_nhwc_parallel), min(n, g) * oh * ow * co)
     for n0 in range(0, n, g):
@@ -324,7 +324,7 @@ def direct(x, wt, bias, layer, oh, ow):
     """Direct convolution over few input channels (``wt`` is the transposed weight, (k, co))."""
     n = x.shape[0]
     co = wt.shape[1]
-    out = np.empty((n, oh, ow, co), np.float32)
+    out = aligned.empty((n, oh, ow, co))
     # one line of output per task: below a few images a parallel launch costs more than it saves
     kern = _jit.pick((conv_direct_nhwc, conv_direct_nhwc_parallel), out.size * wt.shape[0] // DIRECT_SERIAL_FACTOR)
     kern(x, wt, bias, *layer.window.args, out)
@@ -336,7 +336,7 @@ def depthwise(x, wt, bias, layer, oh, ow):
     n, c = x.shape[0], x.shape[3]
     co = wt.shape[1]
     kh, kw = layer.kernel_size
-    out = np.empty((n, oh, ow, co), np.float32)
+    out = aligned.empty((n, oh, ow, co))
     kern = _jit.pick((depthwise_conv_nhwc, depthwise_conv_nhwc_parallel), out.size * kh * kw)
     kern(x, wt, bias, co // c, *layer.window.args, out)
     return out
@@ -361,7 +361,7 @@ def int8_patch_product(x, window, oh, ow, weight):
     xu = xu.reshape(n, h, w, c)
     lines = n * oh
     step = max(1, min(lines, IM2COL_CHUNK_BYTES // max(1, ow * kp)))
-    out = np.empty((lines * ow, weight.n_out), np.float32)
+    out = aligned.empty((lines * ow, weight.n_out))
     buf = scratch("im2col_codes", (step * ow, kp), np.uint8)
     kern = _jit.pick((im2col_u8_nhwc, im2col_u8_nhwc_parallel), step * ow * kp)
     for r0 in range(0, lines, step):
@@ -395,6 +395,6 @@ def patch_product(x, window, oh, ow, apply):
         if out is None:
             if r1 == lines:
                 return y
-            out = np.empty((lines * ow, y.shape[1]), np.float32)
+            out = aligned.empty((lines * ow, y.shape[1]))
         out[r0 * ow:r1 * ow] = y
     return out

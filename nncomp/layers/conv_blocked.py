@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from ..kernels import _jit
+from ..kernels import _jit, aligned
 from ..kernels.conv import conv_pad_nhwc, conv_pad_nhwc_parallel
 from ..kernels.conv_blocked import (conv_blocked_nhwc, conv_blocked_nhwc_parallel, conv_blocked_pooled_nhwc,
                                     conv_blocked_pooled_nhwc_parallel, image_tiles, tile_pixels)
@@ -148,7 +148,7 @@ def blocked_weights(layer):
     cop = _padded_channels(layer)[1]
     if not isinstance(layer.weight, DenseMatrix):
         return None, _padded_bias(layer, cop)
-    w = np.zeros((k, cop), np.float32)
+    w = aligned.zeros((k, cop))
     w[:, :co] = layer.weight.w.T
     return w, _padded_bias(layer, cop)
 
@@ -254,7 +254,7 @@ def winograd_step(layer, shape, n, oh, ow, epilogue=None, pool=0):
     pads = layer.padding        # read as zeros by the kernel: no padded copy
 
     def run(x, res=None):
-        out = np.empty(shape_out, np.float32)
+        out = aligned.empty(shape_out)
         res = out if res is None else np.ascontiguousarray(res)
         kern(np.ascontiguousarray(x), *pads, weight(), bias, scale, shift, affine, res, add, lo, hi, code, alpha,
              beta, nvec, pmax, rows, scratch("winograd_u", (threads, us)), scratch("winograd_m", (threads, ms)), pool,
@@ -287,7 +287,7 @@ def blocked_step(layer, shape, n, oh, ow, epilogue=None):
     unpadded = reads_padding(layer)
 
     def run(x, res=None):
-        out = np.empty((n, oh, ow, co), np.float32)
+        out = aligned.empty((n, oh, ow, co))
         res = out if res is None else np.ascontiguousarray(res)
         xp, pt, pl = (np.ascontiguousarray(x), pads[0], pads[2]) if unpadded else (padded(x), 0, 0)
         kern(xp, pt, pl, weight(), bias, *geo, nvec, pmax, scale, shift, affine, res, add, lo, hi, code, alpha,
@@ -357,7 +357,7 @@ def blocked_pooled_step(layer, shape, n, oh, ow, p):
     threads = numba.get_num_threads()
 
     def run(x):
-        out = np.empty((n, oh // p, ow // p, co), np.float32)
+        out = aligned.empty((n, oh // p, ow // p, co))
         lines = scratch("blocked_lines", (threads, p, ow, co))
         kern(padded(x), weight(), bias, *geo, nvec, pmax, p, lines, out)
         return out

@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import tuning
 from ..errors import InputError, NncompError
-from ..kernels import _jit, dense_few, dense_stream
+from ..kernels import _jit, aligned, dense_few, dense_stream
 from ..kernels.sparse_small import bias_epilogue_rows, bias_epilogue_rows_parallel
 from ..matrices import DenseMatrix, Matrix, as_matrix
 from ..matrices.int8 import Int8Matrix
@@ -170,7 +170,7 @@ class Dense(Layer):
         no_res = np.zeros((0, co), np.float32)
 
         def step(x, res=None):
-            out = np.empty((n, co), np.float32)
+            out = aligned.empty((n, co))
             kern(arr, np.ascontiguousarray(x.reshape(n, k)), bias, scale, shift,
                  no_res if res is None else res.reshape(n, co), lo, hi, code, alpha, beta, kc, parts,
                  scratch("stream_inputs", x_shape), scratch("stream_outputs", out_shape), out)
@@ -178,7 +178,7 @@ class Dense(Layer):
         few = _jit.pick((dense_few.few_gemm, dense_few.few_gemm_parallel), n * co * k)
 
         def few_step(x, res=None):
-            out = np.empty((n, co), np.float32)
+            out = aligned.empty((n, co))
             few(arr, np.ascontiguousarray(x.reshape(n, k)), bias, scale, shift,
                 no_res if res is None else res.reshape(n, co), lo, hi, code, alpha, beta, out)
             return out

@@ -4,6 +4,8 @@ import threading
 
 import numpy as np
 
+from ..kernels import aligned
+
 _WORKSPACE = threading.local()
 
 
@@ -19,7 +21,7 @@ def scratch(name, shape, dtype=np.float32):
     buffers = _WORKSPACE.__dict__
     buf = buffers.get(name)
     if buf is None or buf.size < words:
-        buf = buffers[name] = np.empty(words, np.float32)
+        buf = buffers[name] = aligned.empty(words)
     if dtype is np.float32:
         return buf[:size].reshape(shape)
     return buf[:words].view(dtype)[:size].reshape(shape)

@@ -3,7 +3,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..kernels import blas
+from ..kernels import aligned, blas
 from ..kernels.dense_small import gemv_epilogue, gemv_epilogue_parallel
 from .base import Matrix, expect, register_format
 
@@ -24,7 +24,7 @@ class DenseMatrix(Matrix):
     uses_blas = True
 
     def __post_init__(self):
-        w = np.ascontiguousarray(self.w, dtype=np.float32)
+        w = aligned.aligned(self.w, np.float32)     # the kernels read its rows as vectors
         if w.ndim != 2:
             raise ValueError(f"DenseMatrix needs a 2-D weight, got shape {w.shape}")
         w.setflags(write=False)

@@ -2,6 +2,8 @@
 (nncomp/matrices/int8.py keeps its codes so; kernels/int8_vnni.py, int8_amx.py and int8.py read them)."""
 import numpy as np
 
+from ..kernels import aligned
+
 __all__ = ["PANEL", "panel_width", "pack_panels", "unpack_panels"]
 
 PANEL = 16    # output channels per weight panel
@@ -24,7 +26,7 @@ def pack_panels(q, width):
     n_p, n_g = -(-n_out // width), -(-n_in // 4)
     full = np.zeros((n_p * width, n_g * 4), np.int8)
     full[:n_out, :n_in] = q
-    return np.ascontiguousarray(full.reshape(n_p, width, n_g, 4).transpose(0, 2, 1, 3).reshape(n_p, n_g, 4 * width))
+    return aligned.aligned(full.reshape(n_p, width, n_g, 4).transpose(0, 2, 1, 3).reshape(n_p, n_g, 4 * width))
 
 
 def unpack_panels(wp, shape):
