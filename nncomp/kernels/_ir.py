@@ -5,6 +5,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from .isa import VECTOR_REGISTERS
+
 
 def declare(module, name, fnty):
     """The function ``name`` (an intrinsic) of the LLVM ``module``, declared on first use."""
@@ -24,19 +26,55 @@ def masked_v16(module):
 
 def store_v16(builder, value, ptr, mask, whole, some=None):
     """Store ``<16 x float>`` ``value`` at ``ptr``: a plain store where ``whole`` (an i1: every lane
-    is kept), else, where ``some`` (default: always), LLVM's masked store under ``mask``. AMD Zen 3
-    runs ``vmaskmovps`` to memory as microcode (two of them per 16 lanes with AVX2): a register
-    tile of full channel vectors stores plainly, only a partial last vector pays for the mask."""
+    is kept), else, where ``some`` (default: always), the lanes of ``mask`` (a prefix: lanes below
+    some count). AMD Zen 3 runs ``vmaskmovps`` to memory as microcode: a register tile of full
+    channel vectors stores plainly, only a partial last vector pays for a mask. With AVX2 (16
+    registers: :func:`_store_halves`) each 8-lane half is stored plainly, masked or not at all."""
     mstore = masked_v16(builder.module)[1]
     with builder.if_else(whole) as (plain, masked):
         with plain:
             builder.store(value, ptr, align=4)
         with masked:
-            if some is None:
-                builder.call(mstore, [value, ptr, ir.IntType(32)(4), mask])
-            else:
+            if some is not None:
                 with builder.if_then(some):
-                    builder.call(mstore, [value, ptr, ir.IntType(32)(4), mask])
+                    _store_partial(builder, value, ptr, mask, mstore)
+            else:
+                _store_partial(builder, value, ptr, mask, mstore)
+
+
+def _store_partial(builder, value, ptr, mask, mstore):
+    if VECTOR_REGISTERS >= 32:      # AVX-512: one masked vmovups
+        builder.call(mstore, [value, ptr, ir.IntType(32)(4), mask])
+    else:
+        _store_halves(builder, value, ptr, mask)
+
+
+def _store_halves(builder, value, ptr, mask):
+    """The lanes of the prefix ``mask`` of ``<16 x float>`` ``value`` stored at ``ptr`` as two 8-lane
+    halves: the low one plainly when all its lanes are kept, the high one not at all when none of
+    its lanes are, masked otherwise. LLVM stores a masked 16-lane vector with two ``vmaskmovps``
+    whatever the mask; a channel count of 8 mod 16 (24, 40, 72, 88, 120: most of a MobileNet's) then
+    needs none (Zen 3, one thread, 16 -> 72 channels at 56 x 56 in the blocked kernel: see the
+    session notes of issue 13 for the A/B)."""
+    f32, i32 = ir.FloatType(), ir.IntType(32)
+    v8 = ir.VectorType(f32, 8)
+    m8 = ir.VectorType(ir.IntType(1), 8)
+    mstore8 = declare(builder.module, "llvm.masked.store.v8f32.p0v8f32",
+                      ir.FunctionType(ir.VoidType(), [v8, v8.as_pointer(), i32, m8]))
+    undef_m = ir.Constant(ir.VectorType(ir.IntType(1), 16), ir.Undefined)
+    base = builder.bitcast(ptr, v8.as_pointer())
+    for h in range(2):
+        half = builder.shuffle_vector(value, value, ir.Constant(ir.VectorType(i32, 8), list(range(8 * h, 8 * h + 8))))
+        hmask = builder.shuffle_vector(mask, undef_m, ir.Constant(ir.VectorType(i32, 8), list(range(8 * h, 8 * h + 8))))
+        at = builder.gep(base, [i32(h)])
+        full = builder.extract_element(mask, i32(8 * h + 7))
+        first = builder.extract_element(mask, i32(8 * h))
+        with builder.if_else(full) as (plain, partial):
+            with plain:
+                builder.store(half, at, align=4)
+            with partial:
+                with builder.if_then(first):
+                    builder.call(mstore8, [half, at, i32(4), hmask])
 
 
 def prefetch(builder, ptr, locality=2):

@@ -80,15 +80,10 @@ def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=
               for v in range(V)] for p in range(P)]
     bias = [builder.load(builder.bitcast(builder.gep(bd, [builder.add(boff, intp(16 * v))]), vptr), align=4)
             for v in range(V)]
-    is_first = builder.icmp_signed("!=", first, intp(0))
-    init = []
-    for p in range(P):
-        for v in range(V):
-            if v == V - 1:
-                old = builder.call(mload, [optrs[p][v], i32(4), mask, zero])
-            else:
-                old = builder.load(optrs[p][v], align=4)
-            init.append(builder.select(is_first, bias[v], old))
+    # the first call of a tile starts from the bias, later ones from what the tile stored
+    init = _when(builder, builder.icmp_signed("==", first, intp(0)), [bias[v] for p in range(P) for v in range(V)],
+                 lambda _: [builder.call(mload, [optrs[p][v], i32(4), mask, zero]) if v == V - 1
+                            else builder.load(optrs[p][v], align=4) for p in range(P) for v in range(V)])
     if slide:
         new = _slide_rows(builder, P, V, slide, init, (xd, wd), (xoff, pix, rows, xrow, wrs, woff, wrow), mask)
         _epilogue(builder, P, V, new, (od, scd, shd, rd), (boff, ooff, opix, last, affine, add), (lo, hi),
