@@ -227,7 +227,8 @@ def chain_rows(y, kinds, params, vecs, res):
 def run_chain(x0, x1, ints, floats):
     """A compiled run of blocked and depthwise convolutions, global means and channel ops
     (nncomp/kernels/conv_chain.py) from its table, with the twins above and in reference_spatial
-    (float64 convolutions; returns the last value)."""
+    (float64 convolutions; returns the last value). Slots a row drops (DROP0, DROP1) become None
+    after it, so a row that reads a dropped value fails here."""
     import ctypes
 
     from nncomp.kernels import conv_chain as K
@@ -243,11 +244,13 @@ def run_chain(x0, x1, ints, floats):
         n, h, wd, c = src.shape
         if p[K.KIND] == K.MEAN:
             values.append(global_mean_nhwc(src.reshape(n, h * wd, c)).reshape(n, 1, 1, c))
+            _drop(values, p)
             continue
         if p[K.KIND] == K.CHANNEL:
             vec = values[p[K.RES]].reshape(n, c)
             y = channel_binary_nhwc(src.reshape(n, h * wd, c), vec, p[K.OP], p[K.REVERSE])
             values.append(np.asarray(y, np.float32).reshape(src.shape))
+            _drop(values, p)
             continue
         xp = np.pad(src, ((0, 0), (p[K.T], p[K.B]), (p[K.L], p[K.R]), (0, 0)))
         w = array(p[K.W_ADDR], (p[K.W_ROWS], p[K.W_COLS]))
@@ -276,7 +279,15 @@ def run_chain(x0, x1, ints, floats):
                 y = activation_rows(y, p[K.POST_ACT], f[K.POST_ALPHA], f[K.POST_BETA])
             oh, ow = oh // pool, ow // pool
         values.append(y.reshape(src.shape[0], oh, ow, co).astype(np.float32))
+        _drop(values, p)
     return values[-1]
+
+
+def _drop(values, p):
+    from nncomp.kernels import conv_chain as K
+    for d in (p[K.DROP0], p[K.DROP1]):
+        if d >= 2:
+            values[d] = None
 
 
 # Twins of other kernel families live in tests/reference_<family>.py; they are gathered here so

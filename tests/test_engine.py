@@ -179,6 +179,7 @@ def test_runs_of_blocked_convolutions_compile_to_one_call_with_the_same_bits(nam
         run = next(step for step, _, _ in plan.steps if hasattr(step, "specs"))
         from nncomp.kernels import conv_chain as K
         assert run.ints[:, K.WINOGRAD].any() and not run.ints[:, K.WINOGRAD].all()   # both kernels chained
+        _assert_drops_after_last_reader(run.ints)
         xi = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         got = run(xi)
         want = ref.run_chain(xi, xi, run.ints, run.floats)
@@ -216,6 +217,26 @@ def _mobile_blocks(seed):
     return nc.Model(nodes, input_shape=(3, 12, 20), input_layout="NCHW")
 
 
+def _assert_drops_after_last_reader(ints):
+    """Each value a run makes, but its last, is let go once, by the last row that reads it (the
+    run's inputs, slots 0 and 1, never): the run's memory stays a few maps, not all of them."""
+    from nncomp.kernels import conv_chain as K
+    rows = len(ints)
+    last = {}
+    for r in range(rows):
+        last[int(ints[r, K.IN])] = r
+        if ints[r, K.ADD] or ints[r, K.KIND] == K.CHANNEL:
+            last[int(ints[r, K.RES])] = r
+    dropped = {}
+    for r in range(rows):
+        for d in (int(ints[r, K.DROP0]), int(ints[r, K.DROP1])):
+            if d:
+                assert d >= 2 and d not in dropped
+                dropped[d] = r
+    assert dropped == {s: r for s, r in last.items() if s >= 2}
+    assert set(dropped) == set(range(2, rows + 1))          # every value but the run's own
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("n", [1, 3])
 def test_depthwise_and_squeeze_excitation_steps_join_the_compiled_run(threads, n, monkeypatch):
@@ -237,6 +258,7 @@ def test_depthwise_and_squeeze_excitation_steps_join_the_compiled_run(threads, n
         kinds = runs[0].ints[:, K.KIND]
         assert {K.CONV, K.DEPTHWISE, K.MEAN, K.CHANNEL} <= set(kinds.tolist())
         assert set(runs[0].ints[kinds == K.CHANNEL, K.REVERSE].tolist()) == {0, 1}
+        _assert_drops_after_last_reader(runs[0].ints)
         chained = plan.run(xi)[0]
         monkeypatch.setattr(P, "CHAIN", False)
         plain = _mobile_blocks(4)._plan((12, 20, 3), n, ("fc",))

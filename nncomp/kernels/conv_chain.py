@@ -27,13 +27,14 @@ from .conv_winograd import winograd_nhwc, winograd_nhwc_parallel
 from .epilogue import activation_rows, activation_rows_parallel, epilogue_rows, epilogue_rows_parallel
 from .pool import global_mean_nhwc, global_mean_nhwc_parallel
 
-# Columns of the integer table: the step's parameters, then the addresses and sizes of its weight
-# (rows x columns) and of its N_VECTORS vectors.
+# Columns of the integer table: the step's parameters, the slots whose last reader the step is
+# (DROP0, DROP1; 0 for none), then the addresses and sizes of its weight (rows x columns) and of
+# its N_VECTORS vectors.
 (IN, RES, KH, KW, SH, SW, DH, DW, NVEC, PMAX, T, B, L, R, OH, OW, CO, POOL, AFFINE, ADD, ACT, POST_ACT,
  PARALLEL, PAD_PARALLEL, POST_PARALLEL, THREADS, WINOGRAD, CHUNK, W_ADDR, W_ROWS, W_COLS, UNPADDED, KIND, OP,
- REVERSE) = range(35)
-V_ADDR = 35             # N_VECTORS addresses, then N_VECTORS lengths
-N_INTS = 35 + 2 * 5
+ REVERSE, DROP0, DROP1) = range(37)
+V_ADDR = 37             # N_VECTORS addresses, then N_VECTORS lengths
+N_INTS = 37 + 2 * 5
 # Kinds of step (column KIND): a dense or Winograd convolution (as WINOGRAD says), a depthwise one,
 # the mean of each image's pixels ((n, 1, 1, c)), and slot IN's map op slot RES's (n, 1, 1, c)
 # channel vector (``vector op map`` with REVERSE; OP a code of kernels.binary.CHANNEL_OPS).
@@ -81,12 +82,16 @@ def run_chain(x0, x1, ints, floats):
         float32 weight and N_VECTORS float32 vectors (bias, scale, shift: cop; the pooled
         output's scale and shift: co or 0), which the caller keeps alive; floats (steps, N_FLOATS)
         float32. Step i reads slot ints[i, IN] (and ints[i, RES] for a residual) and writes slot
-        i + 2. (Arrays go by address: a typed List made in Python compiled for 3 s per process.)
+        i + 2. (Arrays go by address: a typed List made in Python compiled for 3 s per process.) After
+        step i, slots ints[i, DROP0] and ints[i, DROP1] (from 2; 0: none) are let go: their memory
+        goes back to the allocator for the steps after, still in cache, instead of every value of
+        the run staying alive to its end (MobileNetV3-Small at batch 8: ~40 MB, L3 overflowed).
     OUT a new (n, oh, ow, co) float32 array.
     """
     values = List.empty_list(ARRAY4)
     values.append(x0)
     values.append(x1)
+    gone = np.empty((0, 0, 0, 0), np.float32)
     for i in range(ints.shape[0]):
         p = ints[i]
         f = floats[i]
@@ -94,6 +99,7 @@ def run_chain(x0, x1, ints, floats):
         n, h, wd, c = src.shape
         if p[KIND] == MEAN or p[KIND] == CHANNEL:
             values.append(_squeeze_step(p, src, values[p[RES]]))
+            _drop(values, p, gone)
             continue
         t, b, l, r = p[T], p[B], p[L], p[R]
         xp = src
@@ -160,7 +166,17 @@ def run_chain(x0, x1, ints, floats):
                 else:
                     activation_rows(rows, p[POST_ACT], f[POST_ALPHA], f[POST_BETA])
         values.append(out)
+        _drop(values, p, gone)
     return values[len(values) - 1]
+
+
+@jit
+def _drop(values, p, gone):
+    """Let go of the values in slots p[DROP0] and p[DROP1] (from 2: the run's inputs are its caller's)."""
+    if p[DROP0] >= 2:
+        values[p[DROP0]] = gone
+    if p[DROP1] >= 2:
+        values[p[DROP1]] = gone
 
 
 @jit
