@@ -50,12 +50,11 @@ def tile_pixels(nvec, registers=None, depthwise=False):
     return (AVX2_DEPTHWISE_PIXELS if depthwise else AVX2_PIXELS)[nvec]
 
 
-def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=0, plain=False):
+def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=0):
     """One tile of ``P`` pixels x ``V`` vectors; branches to ``after`` when done. ``slide`` (depthwise
     only): the runs are ``slide`` taps long and a pixel's next tap is the next pixel's first
     (``xstep == pix``, stride 1): each input vector is loaded once per row and serves every pixel
-    whose window holds it (:func:`_slide_rows`). ``plain`` (depthwise, for tiles whose last vector
-    is whole): the inputs are loaded without a mask."""
+    whose window holds it (:func:`_slide_rows`)."""
     xd, wd, bd, od, scd, shd, rd = ptrs
     xoff, pix, span, rows, xrow, wrs, woff, wrow, boff, first, ooff, opix, lanes, last, affine, add, xstep = ints
     lo, hi = epi
@@ -86,7 +85,7 @@ def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=
                  lambda _: [builder.call(mload, [optrs[p][v], i32(4), mask, zero]) if v == V - 1
                             else builder.load(optrs[p][v], align=4) for p in range(P) for v in range(V)])
     if slide:
-        new = _slide_rows(builder, P, V, slide, init, (xd, wd), (xoff, pix, rows, xrow, wrs, woff, wrow), mask, plain)
+        new = _slide_rows(builder, P, V, slide, init, (xd, wd), (xoff, pix, rows, xrow, wrs, woff, wrow), mask)
         _epilogue(builder, P, V, new, (od, scd, shd, rd), (boff, ooff, opix, last, affine, add), (lo, hi),
                   mask, optrs, full)
         builder.branch(after)
@@ -117,8 +116,8 @@ def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=
         if depthwise:       # each channel's own input: a vector load (the last one masked)
             at = builder.mul(j, xstep)
             xs = [builder.bitcast(builder.gep(xrows[p], [builder.add(at, intp(16 * v))]), vptr) for v in range(V)]
-            xv = [builder.call(mload, [xs[v], i32(4), mask, zero]) if v == V - 1 and not plain
-                  else builder.load(xs[v], align=4) for v in range(V)]
+            xv = [builder.call(mload, [xs[v], i32(4), mask, zero]) if v == V - 1 else builder.load(xs[v], align=4)
+                  for v in range(V)]
         else:               # one input value for every output channel: a broadcast
             s = builder.load(builder.gep(xrows[p], [j]), align=4)
             xv = [builder.shuffle_vector(builder.insert_element(undef, s, i32(0)), undef, splat)] * V
@@ -134,7 +133,7 @@ def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=
     builder.branch(after)
 
 
-def _slide_rows(builder, P, V, S, init, arrays, ints, mask, plain=False):
+def _slide_rows(builder, P, V, S, init, arrays, ints, mask):
     """The accumulators of a depthwise tile whose runs are ``S`` taps, a tap's step equal to the
     pixels' (stride 1): per kernel row, the ``P + S - 1`` input vectors of the row are loaded once
     each and multiply-added into every pixel whose window holds them (pixel ``p``, tap ``j`` reads
@@ -162,8 +161,8 @@ def _slide_rows(builder, P, V, S, init, arrays, ints, mask, plain=False):
     for t in range(P + S - 1):
         at = builder.mul(intp(t), pix)
         xs = [builder.bitcast(builder.gep(xbase, [builder.add(at, intp(16 * v))]), vptr) for v in range(V)]
-        xv = [builder.call(mload, [xs[v], i32(4), mask, zero]) if v == V - 1 and not plain
-              else builder.load(xs[v], align=4) for v in range(V)]
+        xv = [builder.call(mload, [xs[v], i32(4), mask, zero]) if v == V - 1 else builder.load(xs[v], align=4)
+              for v in range(V)]
         for j in range(S):
             p = t - j
             if 0 <= p < P:
@@ -263,18 +262,8 @@ def _tile_function(context, module, P, V, depthwise, ptrs, ints, epi, slide=0):
     done = fn.append_basic_block("done")
     inner = ir.IRBuilder(entry)
     k, m = len(ptrs), len(ints)
-    f_ptrs, f_ints, f_epi = list(fn.args[:k]), list(fn.args[k:k + m]), list(fn.args[k + m:])
-    if depthwise and VECTOR_REGISTERS < 32:
-        # AVX2: LLVM loads a masked vector with vmaskmovps whatever the mask, 7-14% of a depthwise
-        # tile's time on Zen 3 (one thread, batch 8, A/B against plain loads: 3x3 and 5x5, 16-240
-        # channels); a tile whose last vector is whole (lanes == 16) runs a copy that loads plainly
-        whole = inner.icmp_signed(">=", f_ints[12], f_ints[12].type(16))
-        plain_block, masked_block = fn.append_basic_block("plain"), fn.append_basic_block("masked")
-        inner.cbranch(whole, plain_block, masked_block)
-        inner.position_at_end(plain_block)
-        _emit_tile(context, inner, P, V, depthwise, f_ptrs, f_ints, f_epi, done, slide, plain=True)
-        inner.position_at_end(masked_block)
-    _emit_tile(context, inner, P, V, depthwise, f_ptrs, f_ints, f_epi, done, slide)
+    _emit_tile(context, inner, P, V, depthwise, list(fn.args[:k]), list(fn.args[k:k + m]), list(fn.args[k + m:]), done,
+               slide)
     inner.position_at_end(done)
     inner.ret_void()
     return fn
