@@ -18,6 +18,7 @@ from numba.extending import intrinsic
 from numba.typed import List
 
 from ._jit import jit
+from .aligned import ALIGN
 from .conv import conv_pad_nhwc, conv_pad_nhwc_parallel
 from .conv_blocked import (conv_blocked_nhwc, conv_blocked_nhwc_parallel, conv_blocked_pooled_nhwc,
                            conv_blocked_pooled_nhwc_parallel)
@@ -65,11 +66,12 @@ def _vector(p, k):
 
 @jit
 def _empty4(n, h, w, c):
-    """An uninitialised (n, h, w, c) float32 array whose data starts on a 64-byte boundary (Numba's
-    own start 32 bytes past one half the time: nncomp/kernels/aligned.py)."""
+    """An uninitialised (n, h, w, c) float32 array whose data starts on an ALIGN-byte boundary: the
+    compiled twin of nncomp/kernels/aligned.py's ``empty`` (Numba's own start 32 bytes past one
+    half the time)."""
     size = n * h * w * c
-    raw = np.empty(size + 16, np.float32)
-    start = (64 - raw.ctypes.data % 64) % 64 // 4
+    raw = np.empty(size + ALIGN // 4, np.float32)
+    start = (ALIGN - raw.ctypes.data % ALIGN) % ALIGN // 4
     return raw[start:start + size].reshape((n, h, w, c))
 
 

@@ -80,34 +80,31 @@ def merge_runs(steps, kept):
     k + 1 step k's value) with each run replaced by one compiled call in its last step's place
     and placeholders (returning None) in the others, so the slots stay as they were."""
     steps = list(steps)
-    for first, end in _runs(steps, set(kept)):
-        outside = sorted({s for st in steps[first:end + 1] for s in st[1] if s <= first})
+    for first, last in _runs(steps, set(kept)):
+        outside = sorted({s for st in steps[first:last + 1] for s in st[1] if s <= first})
         slot = {s: k for k, s in enumerate(outside)}
-        for k in range(first, end + 1):
+        for k in range(first, last + 1):
             slot[k + 1] = k - first + 2
-        specs = [steps[k][0].chain for k in range(first, end + 1)]
+        specs = [steps[k][0].chain for k in range(first, last + 1)]
         ints = np.stack([sp.ints for sp in specs])
-        for row, k in zip(ints, range(first, end + 1)):
+        for row, k in zip(ints, range(first, last + 1)):
             ins = steps[k][1]
             if row[K.KIND] == K.CHANNEL and row[K.REVERSE]:
                 ins = ins[::-1]                                 # the map is IN, the vector RES
             row[K.IN] = slot[ins[0]]
             row[K.RES] = slot[ins[1]] if len(ins) > 1 else 0
-        reader = {}                                             # slot -> the last row reading it
-        for r, k in enumerate(range(first, end + 1)):
-            for s in steps[k][1]:
-                reader[slot[s]] = r
-        for s, r in reader.items():
-            if s >= 2:                                          # not the run's inputs (the caller's)
-                ints[r, K.DROP1 if ints[r, K.DROP0] else K.DROP0] = s
+            # the values of the run this step reads last (the plan's own frees; not the run's
+            # inputs, slots 0 and 1, which are the caller's)
+            for col, d in zip((K.DROP0, K.DROP1), [slot[f] for f in steps[k][2] if slot[f] >= 2]):
+                row[col] = d
         for row, sp in zip(ints, specs):
             row[[K.W_ADDR, K.W_ROWS, K.W_COLS]] = sp.weight.ctypes.data, *sp.weight.shape
             row[K.V_ADDR:K.V_ADDR + K.N_VECTORS] = [v.ctypes.data for v in sp.vectors]
             row[K.V_ADDR + K.N_VECTORS:K.V_ADDR + 2 * K.N_VECTORS] = [v.shape[0] for v in sp.vectors]
         floats = np.stack([sp.floats for sp in specs])
-        frees = tuple(sorted({f for st in steps[first:end + 1] for f in st[2]} - set(range(first + 1, end + 1))))
-        steps[end] = (_call(specs, ints, floats), tuple(outside), frees)
-        for k in range(first, end):
+        frees = tuple(sorted({f for st in steps[first:last + 1] for f in st[2]} - set(range(first + 1, last + 1))))
+        steps[last] = (_call(specs, ints, floats), tuple(outside), frees)
+        for k in range(first, last):
             steps[k] = (_nothing, (), ())
     return tuple(steps)
 
