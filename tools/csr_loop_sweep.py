@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nncomp.bench.timing import flush_caches, header, machine_info
+from nncomp.bench.suites import write_tool_report
+from nncomp.bench.timing import flush_caches
 from nncomp.kernels import codebook as CB, csr as C, csr_int8 as I8
 
 
@@ -87,9 +88,8 @@ def main(argv=None):
             print(rows[-1], flush=True)
     numba.set_num_threads(threads)
     if args.out:
-        opening = header("# Batch-1 sparse kernels: one loop per row against prefetching chunks",
-                         {"machine": machine_info(), "protocol": __doc__.split("\n\n")[-1].strip()})
-        args.out.write_text("\n".join(opening + rows) + "\n")
+        write_tool_report(args.out, "# Batch-1 sparse kernels: one loop per row against prefetching chunks", __doc__,
+                          rows)
 
 
 if __name__ == "__main__":

@@ -139,13 +139,9 @@ def main(argv=None):
             print("; ".join(line), flush=True)
             lines.append("- " + "; ".join(line))
     if args.out is not None:
-        from nncomp.bench.timing import header, machine_info
-        opening = header(f"# MobileNetV3-Small ({args.size} x {args.size}, random weights): nncomp against ONNX Runtime",
-                         {"machine": machine_info(), "protocol": __doc__.split("\n\n")[-1].strip()})
-        text = "\n".join(opening + ["2 Numba, 2 ORT intra-op and 2 torch threads.", ""] + lines) + "\n"
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(args.out)          # write, then rename
+        from nncomp.bench.suites import write_tool_report
+        write_tool_report(args.out, f"# MobileNetV3-Small ({args.size} x {args.size}, random weights): nncomp against "
+                          "ONNX Runtime", __doc__, ["2 Numba, 2 ORT intra-op and 2 torch threads.", ""] + lines)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,7 @@ def main(argv=None):
     import nncomp as nc
     from nncomp import plan as plan_module
     from nncomp.bench.timing import machine_info
+    from nncomp.kernels import layout
     numba.set_num_threads(args.threads)
     tmp = tempfile.TemporaryDirectory()
     path = mobilenet_file(tmp.name, args.size) if args.mobilenet else args.model
@@ -130,7 +131,7 @@ def main(argv=None):
     m._plans.clear()            # the plan again, its steps unchained
     try:
         plan = m._plan(m.to_internal(x.shape[1:]), args.batch, tuple(m.outputs))
-        xi = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if x.ndim == 4 and m.input_layout == "NCHW" else x
+        xi = layout.nhwc(x) if x.ndim == 4 and m.input_layout == "NCHW" else x
         times, counts, work = defaultdict(float), defaultdict(int), defaultdict(int)
         for rep in range(args.reps + 2):
             values = [xi]

@@ -69,10 +69,9 @@ def main(argv=None):
             rows.append(f"| {label} | {np.mean(ref == y):.3f} | {bits} | {got[0]} | {got[1]} |")
             print(rows[-1], flush=True)
     if args.out:
-        from nncomp.bench.timing import header, machine_info
-        opening = header("# Sharing with calibration: the code assignment on models trained elsewhere",
-                         {"machine": machine_info(), "protocol": __doc__.split("\n\n")[-1].strip()})
-        args.out.write_text("\n".join(opening + rows) + "\n")
+        from nncomp.bench.suites import write_tool_report
+        write_tool_report(args.out, "# Sharing with calibration: the code assignment on models trained elsewhere",
+                          __doc__, rows)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,14 @@ def write_text(path, text):
     os.replace(tmp, path)
 
 
+def write_tool_report(path, title, doc, lines):
+    """A ``tools/`` script's result as Markdown at ``path``: the suites' opening (this machine; the
+    protocol: the last paragraph of the script's ``doc``), then ``lines``; written, then renamed."""
+    from ..timing import header, machine_info
+    opening = header(title, {"machine": machine_info(), "protocol": doc.split("\n\n")[-1].strip()})
+    write_text(Path(path), "\n".join(opening + list(lines)) + "\n")
+
+
 def run_suite(name, args, out):
     """Run suite ``name`` with the parsed options ``args``; writes ``out/NAME.json`` and ``out/NAME.md``."""
     from ..timing import machine_info, set_threads
