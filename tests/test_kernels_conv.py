@@ -164,6 +164,52 @@ def test_blocked_tiles_across_images_give_each_images_own_bits(n, hw, c, co, k, 
         assert np.allclose(whole, np.maximum(expect, 0), rtol=1e-4, atol=1e-4 * (1 + np.abs(expect).max()))
 
 
+@given(n=st.integers(1, 9), h=st.integers(1, 24), wd=st.integers(1, 24), c=st.integers(1, 40), co=st.integers(1, 70))
+def test_flat_lines_of_a_1x1_convolution_divide_its_pixels(n, h, wd, c, co):
+    """A 1 x 1 convolution's pixels run as equal lines: a divisor of the pixel count, longer than the
+    image's lines, within the bounds, in a count the threads share evenly; else the image's lines."""
+    m = n * h * wd
+    line = conv_blocked.flat_line(m, wd, c, co)
+    if line == wd:
+        return
+    lines = m // line
+    assert line > wd and lines * line == m and line <= conv_blocked.FLAT_PIXELS and lines >= conv_blocked.FLAT_LINES
+    assert 4 * line * (c + co) <= conv_blocked.FLAT_BYTES
+    assert lines % 4 == 0 or lines >= 16
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@given(n=st.integers(1, 6), h=st.integers(2, 20), wd=st.integers(1, 20), c=st.integers(1, 40), co=st.integers(1, 70),
+       act=st.sampled_from([0, ACT_HARDSWISH]), add=st.booleans(), seed=st.integers(0, 2**31))
+def test_1x1_convolution_as_long_lines_gives_the_references_numbers(parallel, n, h, wd, c, co, act, add, seed):
+    """The blocked kernel runs a 1 x 1 convolution's batch as lines longer than its images' (above):
+    integer-valued operands give the reference's numbers exactly, with the residual add and the
+    activation per pixel as the epilogue kernels compute them."""
+    rng = np.random.default_rng(seed)
+    kernel = conv_blocked.conv_blocked_nhwc_parallel if parallel else conv_blocked.conv_blocked_nhwc
+    x = rng.integers(-3, 4, (n, h, wd, c)).astype(np.float32)
+    cop = -(-co // 16) * 16
+    w = np.zeros((c, cop), np.float32)
+    w[:, :co] = rng.integers(-3, 4, (c, co))
+    bias = rng.integers(-3, 4, cop).astype(np.float32)
+    res = rng.integers(-3, 4, (n, h, wd, co)).astype(np.float32)
+    out = np.full((n, h, wd, co), np.nan, np.float32)
+    zero = np.zeros(cop, np.float32)
+    kernel(x, 0, 0, w, bias, 1, 1, 1, 1, 1, 1, 1, conv_blocked.tile_pixels(1), zero, zero, False, res if add else out,
+           add, -np.inf, np.inf, act, np.float32(0.2), np.float32(0.5), out)
+    expect = (ref.conv_blocked_nhwc(x, w, bias, 1, 1, 1, 1, 1, 1, h, wd, co) + (res if add else 0)).astype(np.float32)
+    if act:
+        activation_rows(expect.reshape(-1, co), act, 0.2, 0.5)
+    assert np.array_equal(out, expect)
+
+
+def test_1x1_convolution_lines_are_flattened_at_mobilenet_shapes():
+    """The shapes the flattening is for take it (the property tests above draw both kinds)."""
+    assert conv_blocked.flat_line(8 * 56 * 56, 56, 16, 72) > 56
+    assert conv_blocked.flat_line(8 * 7 * 7, 7, 96, 576) == 49
+    assert conv_blocked.flat_line(1 * 7 * 7, 7, 96, 576) == 7
+
+
 @given(n=st.integers(1, 14), h=st.integers(1, 9), wd=st.integers(1, 9), c=st.integers(1, 20), co=st.integers(1, 70),
        k=st.integers(1, 3), s=st.integers(1, 2), pads=st.tuples(*[st.integers(0, 2)] * 4), act=st.sampled_from([0, ACT_HARDSWISH]),
        add=st.booleans(), parallel=st.booleans(), seed=st.integers(0, 2**31))

@@ -70,18 +70,26 @@ def _depthwise(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, sh
                 pm = pmax
             blocks = (inner + pm - 1) // pm
             p0 = (inner + blocks - 1) // blocks if blocks > 0 else 1
+            big = inner - blocks * (p0 - 1)     # tiles of p0 pixels, the others of p0 - 1
             j = 0
             while j < ow:
                 x0 = j * sw - pl
-                if jl <= j <= jr:           # interior: tiles of up to p0 pixels, every column tap
-                    p, q0, q1 = min(p0, jr + 1 - j), 0, kw
+                count = 1
+                if jl <= j <= jr:           # interior: a run of tiles of p0 pixels, one of p0 - 1, every column tap
+                    q0, q1 = 0, kw
+                    if j < jl + big * p0:
+                        p = p0
+                        count = (jl + big * p0 - j) // p0
+                    else:
+                        p = p0 - 1
+                        count = (jr + 1 - j) // p
                 else:                       # a pixel at a line's end: the column taps inside
                     p = 1
                     q0 = 0 if x0 >= 0 else (dw - 1 - x0) // dw
                     q1 = min(kw, (wp - 1 - x0) // dw + 1)
                 a = (p, x, (row + x0 + q0 * dw) * c + c0, sw * c, q1 - q0, r1 - r0, dh * wp * c, kw * cop,
                      w, c0 + (r0 * kw + q0) * cop, cop, bias, c0, 1, out, ((b * oh + i) * ow + j) * c + c0, c, lanes, 1,
-                     scale, shift, affine, res, add, lo32, hi32, dw * c)
+                     scale, shift, affine, res, add, lo32, hi32, dw * c, count, p * sw * c, p * c)
                 if sl and p > 1 and kw == 3:
                     if nv == 4:
                         _s3_4(*a)
@@ -106,7 +114,7 @@ def _depthwise(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, sh
                     _dw2(*a)
                 else:
                     _dw1(*a)
-                j += p
+                j += p * count
         if act != 0:
             r = (b * oh + i) * ow
             activation_rows(out.reshape(n * oh * ow, c)[r:r + ow], act, np.float32(alpha), np.float32(beta))

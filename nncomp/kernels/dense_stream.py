@@ -91,10 +91,15 @@ def _stream(w, x, bias, scale, shift, res, lo, hi, act, alpha, beta, kc, parts, 
             t1 = (part + 1) * tiles // parts
             for k0 in range(0, k, kc):
                 span = min(kc, k - k0)
-                for t in range(t0, t1):
+                t = t0
+                while t < t1:       # the full tiles of the range as one run, then the last one if short
                     r0 = t * p_max
-                    a = (min(p_max, co - r0), w, r0 * k + k0, k, span, 1, 0, 0, xt, k0 * nw + g0, nw, zero, 0,
-                         int(k0 == 0), outt, r0 * nw + g0, nw, lanes, 0, zero, zero, False, outt, False, -inf, inf, 1)
+                    p = min(p_max, co - r0)
+                    count = 1 if p < p_max else min(t1, co // p_max) - t
+                    a = (p, w, r0 * k + k0, k, span, 1, 0, 0, xt, k0 * nw + g0, nw, zero, 0, int(k0 == 0), outt,
+                         r0 * nw + g0, nw, lanes, 0, zero, zero, False, outt, False, -inf, inf, 1, count, p_max * k,
+                         p_max * nw)
+                    t += count
                     if nv == 4:
                         tiles4(*a)
                     elif nv == 3:
