@@ -8,10 +8,51 @@ multiply-add; maximum and minimum with NumPy's NaN and signed-zero rules), so re
 """
 from numba import prange
 
-from ._jit import both
+from ._jit import both, jit
 
 # Operator codes of the kernel's ``op`` argument.
 CHANNEL_OPS = {"add": 0, "sub": 1, "mul": 2, "div": 3, "max": 4, "min": 5}
+
+
+# Rows of a map a parallel task takes (a sample's rows in chunks: one division per task, not per row).
+ROWS_PER_TASK = 64
+
+
+def _rows(xs, sv, os, r0, r1, op, reverse):
+    """Rows ``r0 <= r < r1`` of ``xs`` (m, c) op ``sv`` into ``os``: the operator chosen once for the
+    rows (a branch per value kept the loop scalar), each row a view indexed from 0 (an offset of
+    unknown sign makes Numba check every index for wraparound: no vector loop, 3.5x the time)."""
+    c = xs.shape[1]
+    for r in range(r0, r1):
+        xr, o = xs[r], os[r]
+        if op == 0:
+            for k in range(c):
+                o[k] = xr[k] + sv[k]
+        elif op == 1 and reverse:
+            for k in range(c):
+                o[k] = sv[k] - xr[k]
+        elif op == 1:
+            for k in range(c):
+                o[k] = xr[k] - sv[k]
+        elif op == 2:
+            for k in range(c):
+                o[k] = xr[k] * sv[k]
+        elif op == 3 and reverse:
+            for k in range(c):
+                o[k] = sv[k] / xr[k]
+        elif op == 3:
+            for k in range(c):
+                o[k] = xr[k] / sv[k]
+        else:           # maximum / minimum with NumPy's NaN rule
+            for k in range(c):
+                a, v = (sv[k], xr[k]) if reverse else (xr[k], sv[k])
+                if op == 4:
+                    o[k] = a if a > v or a != a else v
+                else:
+                    o[k] = a if a < v or a != a else v
+
+
+_rows_jit = jit(_rows, error_model="numpy")
 
 
 def _channel_binary(x, s, op, reverse, out):
@@ -23,28 +64,11 @@ def _channel_binary(x, s, op, reverse, out):
     """
     n, m, c = x.shape
     per_sample = s.shape[0] > 1
-    for r in prange(n * m):
-        b = r // m
-        i = r - b * m
-        sv = s[b if per_sample else 0]
-        xr = x[b, i]
-        o = out[b, i]
-        for k in range(c):
-            a, v = xr[k], sv[k]
-            if reverse:
-                a, v = v, a
-            if op == 0:
-                o[k] = a + v
-            elif op == 1:
-                o[k] = a - v
-            elif op == 2:
-                o[k] = a * v
-            elif op == 3:
-                o[k] = a / v
-            elif op == 4:
-                o[k] = a if a > v or a != a else v
-            else:
-                o[k] = a if a < v or a != a else v
+    chunks = (m + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    for t in prange(n * chunks):
+        b = t // chunks
+        r0 = (t - b * chunks) * ROWS_PER_TASK
+        _rows_jit(x[b], s[b if per_sample else 0], out[b], r0, min(m, r0 + ROWS_PER_TASK), op, reverse)
 
 
 channel_binary_nhwc, channel_binary_nhwc_parallel = both(_channel_binary, error_model="numpy")
