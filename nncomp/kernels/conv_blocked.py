@@ -142,7 +142,10 @@ image_tiles = _image_tiles.py_func     # the rule in Python (the layers choose t
 # image lines are shorter: fewer, longer runs of full tiles than lines of the images. One thread,
 # AMD EPYC Zen 3, batch 8, A/B against image lines: 16 -> 72 at 56 x 56 0.74-0.77x the time, 24 -> 88
 # at 28 x 28 0.78x, 14 x 14 40 -> 240 and 48 -> 144 0.84-0.88x, 7 x 7 96 -> 576 0.64-0.67x, 576 -> 96 0.88x
-# (batch 1: 0.52-0.89x from 14 x 14 up; 7 x 7 keeps its lines).
+# (batch 1: 0.52-0.89x from 14 x 14 up; 7 x 7 keeps its lines). The bounds, same A/B over ten
+# MobileNet 1x1 layers (HardSwish where the model has it): 32 KB 1.09x the time, 96 KB 1.03x, 512 KB
+# and 1 MB / 1024 pixels 0.99x (noise): longer lines pay even where the activation's pass then
+# reads them from L2.
 FLAT_PIXELS = 512
 FLAT_BYTES = 256 << 10
 FLAT_LINES = 4
