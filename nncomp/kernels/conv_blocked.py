@@ -21,7 +21,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import both, jit
-from .conv_tiles import TILE_PIXELS, tile_pixels, tiles1, tiles2, tiles3, tiles4  # noqa: F401 - TILE_PIXELS, tile_pixels: the layers ask here
+from .conv_tiles import COMPILED_PIXELS, TILE_PIXELS, tile_pixels, tiles1, tiles2, tiles3, tiles4  # noqa: F401 - TILE_PIXELS, tile_pixels: the layers ask here
 from .epilogue import activation_rows
 
 
@@ -208,8 +208,8 @@ def _blocked(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shif
         0, 0 for an input padded already): padding taps are skipped, not multiplied by zero;
         w (kh*kw*c, cop) float32 C-contiguous
         (cop = co rounded up to 16, extra columns zero); bias (cop,) float32; strides sh, sw;
-        dilations dh, dw; nvec (1..4) 16-channel vectors and at most pmax (<= TILE_PIXELS[nvec])
-        pixels per tile; epilogue: scale, shift (cop,) float32 used if ``affine``; res (n, oh, ow, co)
+        dilations dh, dw; nvec (1..4) 16-channel vectors and at most pmax (>= 1; at most the
+        compiled conv_tiles.COMPILED_PIXELS[nvec] are used) pixels per tile; epilogue: scale, shift (cop,) float32 used if ``affine``; res (n, oh, ow, co)
         float32 C-contiguous added if ``add`` (else any array of out's shape: ``out`` itself);
         ``lo``, ``hi`` float32 clip bounds (-inf, inf: none); then activation ``act`` (an ACT_*
         code of nncomp/kernels/epilogue.py, 0: none) with its ``alpha``, ``beta``, line by line as
@@ -219,6 +219,7 @@ def _blocked(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shif
     n, oh, ow, co = out.shape
     lo32, hi32 = np.float32(lo), np.float32(hi)
     c = x.shape[3]
+    pmax = min(pmax, COMPILED_PIXELS[nvec])       # the widths compiled for this CPU
     if kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 and x.shape[1] == oh and x.shape[2] == ow:
         line = _flat_line(n * oh * ow, ow, c, co)
         if line > ow:       # a 1 x 1 convolution is a product of (pixels, c) by (c, co) rows: longer lines
@@ -227,21 +228,20 @@ def _blocked(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shif
             res = res.reshape((1, lines, line, co))
             out = out.reshape((1, lines, line, co))
             n, oh, ow = 1, lines, line
-    if _image_tiles(n, ow, nvec, pmax):
-        groups = (n + pmax - 1) // pmax
-        for t in prange(groups * oh):
-            g = t // oh
-            i = t - g * oh
+    across = _image_tiles(n, ow, nvec, pmax)
+    groups = (n + pmax - 1) // pmax if across else n
+    # one parallel loop for both ways (each prange loop is compiled with its own copy of the tiles:
+    # two loops took twice the compile time)
+    for t in prange(groups * oh):
+        g = t // oh
+        i = t - g * oh
+        if across:
             b0 = g * n // groups
             _images_inline(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add,
                            lo32, hi32, act, np.float32(alpha), np.float32(beta), b0, (g + 1) * n // groups - b0, i, out)
-        return
-    for t in prange(n * oh):
-        b = t // oh
-        i = t - b * oh
-        _row_inline(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo32, hi32,
-                    act, np.float32(alpha), np.float32(beta),
-                    b, i, out, (b * oh + i) * ow * co)
+        else:
+            _row_inline(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo32,
+                        hi32, act, np.float32(alpha), np.float32(beta), g, i, out, (g * oh + i) * ow * co)
 
 
 def _blocked_pooled(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, pool, lines, out):
@@ -255,6 +255,7 @@ def _blocked_pooled(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, pool, lines
     """
     n, ph, pw, co = out.shape
     ow = lines.shape[2]
+    pmax = min(pmax, COMPILED_PIXELS[nvec])
     z = np.zeros(w.shape[1], np.float32)
     lo32, hi32, zero = np.float32(-np.inf), np.float32(np.inf), np.float32(0.0)
     for t in prange(n * ph):

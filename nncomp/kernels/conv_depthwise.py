@@ -5,11 +5,11 @@ import numpy as np
 from numba import prange
 
 from ._jit import both
-from .conv_tiles import TILE_PIXELS, VECTORS, make_tiles
+from .conv_tiles import COMPILED_DEPTHWISE_PIXELS, VECTORS, make_tiles
 from .epilogue import activation_rows
 from .isa import VECTOR_REGISTERS
 
-_dw1, _dw2, _dw3, _dw4 = (make_tiles(v, TILE_PIXELS[v], depthwise=True) for v in range(1, VECTORS + 1))
+_dw1, _dw2, _dw3, _dw4 = (make_tiles(v, COMPILED_DEPTHWISE_PIXELS[v], depthwise=True) for v in range(1, VECTORS + 1))
 
 # Stride-1 lines of 3- and 5-tap rows run sliding tiles (each input vector loaded once per kernel
 # row, not once per tap): at most this many pixels by vectors, so that the P * V accumulators, the
@@ -22,9 +22,11 @@ SLIDE = VECTOR_REGISTERS >= 32
 # SLIDE_WIDE pixels; of 4 vectors, 2 pixels: 0.88-1.11x, never.
 SLIDE_WIDE = 32
 SLIDE_PIXELS = {3: (14, 11, 6, 3), 5: (14, 9, 4, 0)}
-_s3_1, _s3_2, _s3_3, _s3_4 = (make_tiles(v, SLIDE_PIXELS[3][v - 1], depthwise=True, slide=3)
+# (Where the CPU has 16 registers the sliding tiles are compiled empty: never called.)
+_s3_1, _s3_2, _s3_3, _s3_4 = (make_tiles(v, SLIDE_PIXELS[3][v - 1] if SLIDE else 0, depthwise=True, slide=3)
                               for v in range(1, VECTORS + 1))
-_s5_1, _s5_2, _s5_3 = (make_tiles(v, SLIDE_PIXELS[5][v - 1], depthwise=True, slide=5) for v in range(1, 4))
+_s5_1, _s5_2, _s5_3 = (make_tiles(v, SLIDE_PIXELS[5][v - 1] if SLIDE else 0, depthwise=True, slide=5)
+                       for v in range(1, 4))
 _SP3, _SP5 = SLIDE_PIXELS[3], SLIDE_PIXELS[5]
 
 
@@ -47,6 +49,7 @@ def _depthwise(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, sh
     hp, wp = x.shape[1], x.shape[2]
     cop = w.shape[1]
     width = 16 * nvec
+    pmax = min(pmax, COMPILED_DEPTHWISE_PIXELS[nvec])     # the widths compiled for this CPU
     # interior output columns: every tap inside the input
     jl = (pl + sw - 1) // sw
     jr = min(ow - 1, (wp - 1 - (kw - 1) * dw + pl) // sw) if wp - 1 - (kw - 1) * dw + pl >= 0 else -1

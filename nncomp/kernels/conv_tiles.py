@@ -50,11 +50,12 @@ def tile_pixels(nvec, registers=None, depthwise=False):
     return (AVX2_DEPTHWISE_PIXELS if depthwise else AVX2_PIXELS)[nvec]
 
 
-def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=0):
+def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=0, plain=False):
     """One tile of ``P`` pixels x ``V`` vectors; branches to ``after`` when done. ``slide`` (depthwise
     only): the runs are ``slide`` taps long and a pixel's next tap is the next pixel's first
     (``xstep == pix``, stride 1): each input vector is loaded once per row and serves every pixel
-    whose window holds it (:func:`_slide_rows`)."""
+    whose window holds it (:func:`_slide_rows`). ``plain`` (depthwise, for tiles whose last vector
+    is whole): the inputs are loaded without a mask."""
     xd, wd, bd, od, scd, shd, rd = ptrs
     xoff, pix, span, rows, xrow, wrs, woff, wrow, boff, first, ooff, opix, lanes, last, affine, add, xstep = ints
     lo, hi = epi
@@ -85,7 +86,7 @@ def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=
                  lambda _: [builder.call(mload, [optrs[p][v], i32(4), mask, zero]) if v == V - 1
                             else builder.load(optrs[p][v], align=4) for p in range(P) for v in range(V)])
     if slide:
-        new = _slide_rows(builder, P, V, slide, init, (xd, wd), (xoff, pix, rows, xrow, wrs, woff, wrow), mask)
+        new = _slide_rows(builder, P, V, slide, init, (xd, wd), (xoff, pix, rows, xrow, wrs, woff, wrow), mask, plain)
         _epilogue(builder, P, V, new, (od, scd, shd, rd), (boff, ooff, opix, last, affine, add), (lo, hi),
                   mask, optrs, full)
         builder.branch(after)
@@ -116,8 +117,8 @@ def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=
         if depthwise:       # each channel's own input: a vector load (the last one masked)
             at = builder.mul(j, xstep)
             xs = [builder.bitcast(builder.gep(xrows[p], [builder.add(at, intp(16 * v))]), vptr) for v in range(V)]
-            xv = [builder.call(mload, [xs[v], i32(4), mask, zero]) if v == V - 1 else builder.load(xs[v], align=4)
-                  for v in range(V)]
+            xv = [builder.call(mload, [xs[v], i32(4), mask, zero]) if v == V - 1 and not plain
+                  else builder.load(xs[v], align=4) for v in range(V)]
         else:               # one input value for every output channel: a broadcast
             s = builder.load(builder.gep(xrows[p], [j]), align=4)
             xv = [builder.shuffle_vector(builder.insert_element(undef, s, i32(0)), undef, splat)] * V
@@ -133,7 +134,7 @@ def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=
     builder.branch(after)
 
 
-def _slide_rows(builder, P, V, S, init, arrays, ints, mask):
+def _slide_rows(builder, P, V, S, init, arrays, ints, mask, plain=False):
     """The accumulators of a depthwise tile whose runs are ``S`` taps, a tap's step equal to the
     pixels' (stride 1): per kernel row, the ``P + S - 1`` input vectors of the row are loaded once
     each and multiply-added into every pixel whose window holds them (pixel ``p``, tap ``j`` reads
@@ -161,8 +162,8 @@ def _slide_rows(builder, P, V, S, init, arrays, ints, mask):
     for t in range(P + S - 1):
         at = builder.mul(intp(t), pix)
         xs = [builder.bitcast(builder.gep(xbase, [builder.add(at, intp(16 * v))]), vptr) for v in range(V)]
-        xv = [builder.call(mload, [xs[v], i32(4), mask, zero]) if v == V - 1 else builder.load(xs[v], align=4)
-              for v in range(V)]
+        xv = [builder.call(mload, [xs[v], i32(4), mask, zero]) if v == V - 1 and not plain
+              else builder.load(xs[v], align=4) for v in range(V)]
         for j in range(S):
             p = t - j
             if 0 <= p < P:
@@ -280,7 +281,17 @@ def _tile_function(context, module, P, V, depthwise, ptrs, ints, epi, slide=0):
     tints = list(args[k:k + m])
     tints[0] = b.add(tints[0], b.mul(t, xadv))      # xoff
     tints[10] = b.add(tints[10], b.mul(t, oadv))    # ooff
-    _emit_tile(context, b, P, V, depthwise, list(args[:k]), tints, list(args[k + m:k + m + 2]), latch, slide)
+    tptrs, tepi = list(args[:k]), list(args[k + m:k + m + 2])
+    if depthwise and VECTOR_REGISTERS < 32:
+        # AVX2: LLVM loads a masked vector with vmaskmovps whatever the mask, 7-14% of a depthwise
+        # tile's time on Zen 3 (one thread, batch 8, A/B against plain loads: 3x3 and 5x5, 16-240
+        # channels); a tile whose last vector is whole (lanes == 16) runs a copy that loads plainly
+        plain, masked = fn.append_basic_block("plain"), fn.append_basic_block("masked")
+        b.cbranch(b.icmp_signed(">=", tints[12], tints[12].type(16)), plain, masked)
+        b.position_at_end(plain)
+        _emit_tile(context, b, P, V, depthwise, tptrs, tints, tepi, latch, slide, plain=True)
+        b.position_at_end(masked)
+    _emit_tile(context, b, P, V, depthwise, tptrs, tints, tepi, latch, slide)
     b.position_at_end(latch)
     nxt = b.add(t, intp(1))
     t.add_incoming(nxt, latch)
@@ -336,4 +347,8 @@ def make_tiles(V, pmax, depthwise=False, slide=0):
     return tiles
 
 
-tiles1, tiles2, tiles3, tiles4 = (make_tiles(v, TILE_PIXELS[v]) for v in range(1, VECTORS + 1))
+# The tiles compiled: this CPU's widths only (AVX2: 10 tile functions instead of AVX-512's 40, each
+# copied into every kernel that calls them); the kernels clamp a wider ``pmax`` to them (same bits).
+COMPILED_PIXELS = (0, *(tile_pixels(v) for v in range(1, VECTORS + 1)))
+COMPILED_DEPTHWISE_PIXELS = (0, *(tile_pixels(v, depthwise=True) for v in range(1, VECTORS + 1)))
+tiles1, tiles2, tiles3, tiles4 = (make_tiles(v, COMPILED_PIXELS[v]) for v in range(1, VECTORS + 1))
