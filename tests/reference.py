@@ -83,8 +83,20 @@ def conv_direct_nhwc(x, wt, bias, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):
 
 def conv_blocked_nhwc(xp, w, bias, kh, kw, sh, sw, dh, dw, oh_n, ow_n, co):
     """Register-blocked direct convolution of an already padded input; w (kh*kw*c, cop), rows
-    ordered (kh, kw, c), only its first co columns used (the rest is the kernel's padding)."""
+    ordered (kh, kw, c), only its first co columns used (the rest is the kernel's padding); or
+    (n*kh*kw*c, cop), a weight per image."""
+    k = kh * kw * xp.shape[3]
+    if w.shape[0] > k:
+        return np.concatenate([conv_blocked_nhwc(xp[b:b + 1], w[b * k:(b + 1) * k], bias, kh, kw, sh, sw, dh, dw,
+                                                 oh_n, ow_n, co) for b in range(xp.shape[0])])
     return conv_direct_nhwc(xp, w[:, :co], bias[:co], kh, kw, sh, sw, 0, 0, dh, dw, oh_n, ow_n)
+
+
+def per_image_weight(w, s):
+    """(n * k, cop): w's rows (tap-major, c channels each) scaled by each image's channel values s (n, c)."""
+    n, c = s.shape
+    k = w.shape[0]
+    return (w.reshape(k // c, c, -1)[None] * s[:, None, :, None]).reshape(n * k, -1)
 
 
 def depthwise_blocked_nhwc(xp, w, bias, kh, kw, sh, sw, dh, dw, oh_n, ow_n, c):
@@ -254,6 +266,8 @@ def run_chain(x0, x1, ints, floats):
             continue
         xp = np.pad(src, ((0, 0), (p[K.T], p[K.B]), (p[K.L], p[K.R]), (0, 0)))
         w = array(p[K.W_ADDR], (p[K.W_ROWS], p[K.W_COLS]))
+        if p[K.SCALED]:
+            w = per_image_weight(w, values[p[K.SCALE]].reshape(n, c))
         bias, scale, shift, post, post_shift = (array(p[K.V_ADDR + k], (p[K.V_ADDR + K.N_VECTORS + k],))
                                                 for k in range(K.N_VECTORS))
         geo = (p[K.KH], p[K.KW], p[K.SH], p[K.SW], p[K.DH], p[K.DW])
@@ -285,7 +299,7 @@ def run_chain(x0, x1, ints, floats):
 
 def _drop(values, p):
     from nncomp.kernels import conv_chain as K
-    for d in (p[K.DROP0], p[K.DROP1]):
+    for d in (p[K.DROP0], p[K.DROP1], p[K.DROP2]):
         if d >= 2:
             values[d] = None
 

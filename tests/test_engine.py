@@ -188,9 +188,10 @@ def test_runs_of_blocked_convolutions_compile_to_one_call_with_the_same_bits(nam
         numba.set_num_threads(saved)
 
 
-def _mobile_blocks(seed):
+def _mobile_blocks(seed, proj=1):
     """Two MobileNetV3 blocks (depthwise conv, an SE block whose channel mul reads its inputs in
-    either order, a projection and a residual add) after a strided stem, then a classifier."""
+    either order, a ``proj`` x ``proj`` projection and a residual add) after a strided stem, then a
+    classifier."""
     from nncomp import layers as L
     rng = np.random.default_rng(seed)
     f32 = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
@@ -210,7 +211,8 @@ def _mobile_blocks(seed):
                   Node(b + "se2", nc.Conv2D(f32(c, 8), f32(c), in_channels=8), (b + "se_r",)),
                   Node(b + "hsig", L.HardSigmoid(1 / 6, 0.5), (b + "se2",)),
                   Node(b + "mul", L.Binary("mul"), (b + "relu", b + "hsig")[::1 - 2 * k]),
-                  Node(b + "proj", nc.Conv2D(f32(c, c), f32(c), in_channels=c), (b + "mul",)),
+                  Node(b + "proj", nc.Conv2D(f32(c, proj * proj * c), f32(c), in_channels=c, kernel_size=proj,
+                                             padding=proj // 2), (b + "mul",)),
                   Node(b + "add", nc.Add(), (b + "proj", prev))]
         prev = b + "add"
     nodes += [Node("gap", nc.GlobalAvgPool2D(), (prev,)), Node("fc", nc.Dense(f32(5, c), f32(5)), ("gap",))]
@@ -227,9 +229,11 @@ def _assert_drops_after_last_reader(ints):
         last[int(ints[r, K.IN])] = r
         if ints[r, K.ADD] or ints[r, K.KIND] == K.CHANNEL:
             last[int(ints[r, K.RES])] = r
+        if ints[r, K.SCALED]:
+            last[int(ints[r, K.SCALE])] = r
     dropped = {}
     for r in range(rows):
-        for d in (int(ints[r, K.DROP0]), int(ints[r, K.DROP1])):
+        for d in (int(ints[r, K.DROP0]), int(ints[r, K.DROP1]), int(ints[r, K.DROP2])):
             if d:
                 assert d >= 2 and d not in dropped
                 dropped[d] = r
@@ -238,11 +242,13 @@ def _assert_drops_after_last_reader(ints):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("n", [1, 3])
-def test_depthwise_and_squeeze_excitation_steps_join_the_compiled_run(threads, n, monkeypatch):
+@pytest.mark.parametrize("n, proj", [(1, 1), (3, 1), (3, 3)])
+def test_depthwise_and_squeeze_excitation_steps_join_the_compiled_run(threads, n, proj, monkeypatch):
     """MobileNetV3's blocks (depthwise convolutions, the SE block's global mean and channel scaling,
     the vector first or second) run in one compiled call with the steps' own bits, and the call's
-    table gives its NumPy twin's numbers."""
+    table gives its NumPy twin's numbers. Before a 1 x 1 projection the channel scaling is folded
+    into the projection's weight, per sample (layers/scaled.py): no CHANNEL step, the node-by-node
+    values within rounding; before a 3 x 3 one (a weight larger than the map) it stays a step."""
     import numba
 
     import nncomp.plan as P
@@ -252,18 +258,27 @@ def test_depthwise_and_squeeze_excitation_steps_join_the_compiled_run(threads, n
     saved = numba.get_num_threads()
     numba.set_num_threads(min(threads, saved))
     try:
-        plan = _mobile_blocks(4)._plan((12, 20, 3), n, ("fc",))
+        plan = _mobile_blocks(4, proj)._plan((12, 20, 3), n, ("fc",))
         runs = [step for step, _, _ in plan.steps if hasattr(step, "specs")]
         assert len(runs) == 1 and sum(getattr(s, "__name__", "") != "_nothing" for s, _, _ in plan.steps) <= 3
         kinds = runs[0].ints[:, K.KIND]
-        assert {K.CONV, K.DEPTHWISE, K.MEAN, K.CHANNEL} <= set(kinds.tolist())
-        assert set(runs[0].ints[kinds == K.CHANNEL, K.REVERSE].tolist()) == {0, 1}
+        folded = runs[0].ints[:, K.SCALED] != 0
+        assert {K.CONV, K.DEPTHWISE, K.MEAN} <= set(kinds.tolist())
+        assert (K.CHANNEL in kinds) == (proj == 3) and folded.sum() == (2 if proj == 1 else 0)
+        assert set(runs[0].ints[(kinds == K.CHANNEL) | folded, K.REVERSE].tolist()) == {0, 1}
+        if proj == 1:
+            assert sum("binary+conv2d" in layer.describe() for _, layer in plan.layers) == 2
+            assert all((runs[0].ints[folded][:, [K.SCALE, K.IN, K.RES]] > 0).all(axis=0))
         _assert_drops_after_last_reader(runs[0].ints)
         chained = plan.run(xi)[0]
         monkeypatch.setattr(P, "CHAIN", False)
-        plain = _mobile_blocks(4)._plan((12, 20, 3), n, ("fc",))
+        plain = _mobile_blocks(4, proj)._plan((12, 20, 3), n, ("fc",))
         assert np.array_equal(chained, plain.run(xi)[0])
-        assert np.array_equal(chained, _node_by_node(_mobile_blocks(4), x)["fc"])
+        alone = _node_by_node(_mobile_blocks(4, proj), x)["fc"]
+        if proj == 1:       # x * (w * s) against (x * s) * w: an extra rounding per product
+            assert np.allclose(chained, alone, rtol=1e-5, atol=1e-5 * np.abs(alone).max())
+        else:
+            assert np.array_equal(chained, alone)
         want = ref.run_chain(xi, xi, runs[0].ints, runs[0].floats)
         got = runs[0](xi)
         assert np.allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

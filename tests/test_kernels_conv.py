@@ -203,6 +203,41 @@ def test_1x1_convolution_as_long_lines_gives_the_references_numbers(parallel, n,
     assert np.array_equal(out, expect)
 
 
+@pytest.mark.parametrize("parallel", [False, True])
+@given(n=st.integers(1, 5), h=st.integers(1, 12), wd=st.integers(1, 12), c=st.integers(1, 20), co=st.integers(1, 40),
+       k=st.sampled_from([1, 3]), add=st.booleans(), seed=st.integers(0, 2**31))
+def test_a_weight_per_image_gives_each_image_its_own_convolution(parallel, n, h, wd, c, co, k, add, seed):
+    """A weight of n times the rows (an SE block's channel scale folded in per sample:
+    per_image_weight) convolves image b with rows b*k*k*c onwards, whether its lines run flattened
+    (1 x 1) or not: each image's bits as its own call with its own weight, and the reference's
+    numbers on integer-valued operands. per_image_weight against its twin, bit for bit."""
+    rng = np.random.default_rng(seed)
+    kernel = conv_blocked.conv_blocked_nhwc_parallel if parallel else conv_blocked.conv_blocked_nhwc
+    x = rng.integers(-3, 4, (n, h + k - 1, wd + k - 1, c)).astype(np.float32)
+    cop = -(-co // 16) * 16
+    w = np.zeros((k * k * c, cop), np.float32)
+    w[:, :co] = rng.integers(-3, 4, (k * k * c, co))
+    s = rng.integers(-2, 3, (n, c)).astype(np.float32)
+    ws = np.full((n * k * k * c, cop), np.nan, np.float32)
+    conv_blocked.per_image_weight(w, s, ws)
+    assert np.array_equal(ws, ref.per_image_weight(w, s))
+    bias = rng.integers(-3, 4, cop).astype(np.float32)
+    res = rng.integers(-3, 4, (n, h, wd, co)).astype(np.float32)
+    zero = np.zeros(cop, np.float32)
+
+    def run(xs, wb, rs):
+        out = np.full(xs.shape[:1] + (h, wd, co), np.nan, np.float32)
+        kernel(xs, 0, 0, wb, bias, k, k, 1, 1, 1, 1, 1, conv_blocked.tile_pixels(1), zero, zero, False,
+               rs if add else out, add, -np.inf, np.inf, 0, np.float32(0.2), np.float32(0.5), out)
+        return out
+    out = run(x, ws, res)
+    rows = k * k * c
+    for b in range(n):
+        assert np.array_equal(out[b:b + 1], run(x[b:b + 1], ws[b * rows:(b + 1) * rows], res[b:b + 1]))
+    expect = ref.conv_blocked_nhwc(x * s[:, None, None, :], w, bias, k, k, 1, 1, 1, 1, h, wd, co) + (res if add else 0)
+    assert np.array_equal(out, expect.astype(np.float32))
+
+
 def test_1x1_convolution_lines_are_flattened_at_mobilenet_shapes():
     """The shapes the flattening is for take it (the property tests above draw both kinds)."""
     assert conv_blocked.flat_line(8 * 56 * 56, 56, 16, 72) > 56

@@ -39,6 +39,14 @@ def _tile(nv, a):
 
 
 @jit(inline="always")
+def _weight_rows(w, kh, kw, c, b):
+    """The first row of image ``b``'s weight: 0 for one weight of ``kh * kw * c`` rows for all
+    images, ``b * kh * kw * c`` for a weight per image (as many times the rows)."""
+    k = kh * kw * c
+    return b * k if w.shape[0] > k else 0
+
+
+@jit(inline="always")
 def _taps(start, k, d, size):
     """``(lo, hi)``: the taps ``lo <= t < hi`` of a window of ``k`` taps ``d`` apart from ``start``
     that fall inside ``[0, size)`` (the others read the padding: zeros, skipped)."""
@@ -64,7 +72,7 @@ def _pixels(p, x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, pix, b, i, j, qlo, qh
     rlo, rhi = _taps(r0, kh, dh, h)
     col = j * sw - pl
     xrow = ((b * h + r0 + rlo * dh) * wd + col) * c
-    wrow = rlo * kw * c * cop + co0
+    wrow = (_weight_rows(w, kh, kw, c, b) + rlo * kw * c) * cop + co0
     for q in range(qlo, qhi):       # a call per kernel column, adding into the tile
         a = (p, x, xrow + q * dw * c, pix, c, rhi - rlo, dh * wd * c, kw * c * cop, w, wrow + q * c * cop, cop, bias,
              co0, int(q == qlo), out, oo, opix, lanes, int(q == qhi - 1), scale, shift, affine, res, add, lo, hi, 1, 1, 0, 0)
@@ -88,6 +96,7 @@ def _row(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, a
     big = jr - jl - blocks * (p0 - 1)       # tiles of p0 pixels, the others of p0 - 1
     rlo, rhi = _taps(i * sh - pt, kh, dh, h)            # the kernel rows inside the input
     xrow = (b * h + i * sh - pt + rlo * dh) * wd * c
+    wimg = _weight_rows(w, kh, kw, c, b) * cop          # image b's weight (per-image weights)
     for co0 in range(0, cop, 16 * nvec):
         nv = min(nvec, (cop - co0) // 16)
         lanes = min(16, co - co0 - 16 * (nv - 1))
@@ -108,7 +117,7 @@ def _row(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, a
             if dw == 1:     # the tiles called here: through _pixels, passing its arrays cost as much as a
                 # 1 x 1 tile over 16 channels (16 -> 72 at 56 x 56: 243 us a line-by-line pass against 87)
                 _tile(nv, (p, x, xrow + (j0 * sw - pl + qlo) * c, sw * c, (qhi - qlo) * c, rhi - rlo, dh * wd * c,
-                           kw * c * cop, w, (rlo * kw + qlo) * c * cop + co0, cop, bias, co0, 1, out,
+                           kw * c * cop, w, wimg + (rlo * kw + qlo) * c * cop + co0, cop, bias, co0, 1, out,
                            obase + j0 * co + co0, co, lanes, 1, scale, shift, affine, res, add, lo, hi, 1,
                            count, p * sw * c, p * co))
                 p *= count
@@ -206,8 +215,9 @@ def _blocked(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shif
         left (and as many below and right as out's shape needs), each window reaching at least one
         input line and column (pt, pl, and the padding below and right, under the kernel's extent;
         0, 0 for an input padded already): padding taps are skipped, not multiplied by zero;
-        w (kh*kw*c, cop) float32 C-contiguous
-        (cop = co rounded up to 16, extra columns zero); bias (cop,) float32; strides sh, sw;
+        w (kh*kw*c, cop) float32 C-contiguous (cop = co rounded up to 16, extra columns zero), or
+        (n*kh*kw*c, cop): a weight per image, image b's rows b*kh*kw*c onwards (an SE block's
+        per-sample channel scale folded into the weight: nncomp/layers/scaled.py); bias (cop,) float32; strides sh, sw;
         dilations dh, dw; nvec (1..4) 16-channel vectors and at most pmax (>= 1; at most the
         compiled conv_tiles.COMPILED_PIXELS[nvec] are used) pixels per tile; epilogue: scale, shift (cop,) float32 used if ``affine``; res (n, oh, ow, co)
         float32 C-contiguous added if ``add`` (else any array of out's shape: ``out`` itself);
@@ -220,15 +230,17 @@ def _blocked(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shif
     lo32, hi32 = np.float32(lo), np.float32(hi)
     c = x.shape[3]
     pmax = min(pmax, COMPILED_PIXELS[nvec])       # the widths compiled for this CPU
+    per_image = w.shape[0] > kh * kw * c        # a weight per image: lines and tiles within images
     if kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 and x.shape[1] == oh and x.shape[2] == ow:
-        line = _flat_line(n * oh * ow, ow, c, co)
+        images = n if per_image else 1
+        line = _flat_line(n * oh * ow // images, ow, c, co)
         if line > ow:       # a 1 x 1 convolution is a product of (pixels, c) by (c, co) rows: longer lines
-            lines = n * oh * ow // line
-            x = x.reshape((1, lines, line, c))
-            res = res.reshape((1, lines, line, co))
-            out = out.reshape((1, lines, line, co))
-            n, oh, ow = 1, lines, line
-    across = _image_tiles(n, ow, nvec, pmax)
+            lines = n * oh * ow // (images * line)
+            x = x.reshape((images, lines, line, c))
+            res = res.reshape((images, lines, line, co))
+            out = out.reshape((images, lines, line, co))
+            n, oh, ow = images, lines, line
+    across = not per_image and _image_tiles(n, ow, nvec, pmax)
     groups = (n + pmax - 1) // pmax if across else n
     # one parallel loop for both ways (each prange loop is compiled with its own copy of the tiles:
     # two loops took twice the compile time)
@@ -294,6 +306,25 @@ def _blocked_pooled(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, pool, lines
 
 
 conv_blocked_pooled_nhwc, conv_blocked_pooled_nhwc_parallel = both(_blocked_pooled)
+
+
+@jit
+def per_image_weight(w, s, out):
+    """A weight per image for :func:`_blocked`: ``out[b * k + r] = w[r] * s[b, r % c]``, each row
+    ``r`` (tap ``r // c``, input channel ``r % c``) of ``w`` scaled by image ``b``'s channel value.
+
+    IN  w (k, cop) float32 C-contiguous, k = taps * c; s (n, c) float32 C-contiguous.
+    OUT out (n * k, cop) float32 C-contiguous, overwritten. Twin: tests/reference.py.
+    """
+    n, c = s.shape
+    k, cop = w.shape
+    for b in range(n):
+        for r in range(k):
+            v = s[b, r % c]
+            row = w[r]
+            dst = out[b * k + r]
+            for o in range(cop):
+                dst[o] = row[o] * v
 
 
 conv_blocked_nhwc, conv_blocked_nhwc_parallel = both(_blocked)

@@ -21,7 +21,7 @@ from ._jit import jit
 from .aligned import ALIGN
 from .conv import conv_pad_nhwc, conv_pad_nhwc_parallel
 from .conv_blocked import (conv_blocked_nhwc, conv_blocked_nhwc_parallel, conv_blocked_pooled_nhwc,
-                           conv_blocked_pooled_nhwc_parallel)
+                           conv_blocked_pooled_nhwc_parallel, per_image_weight)
 from .binary import channel_binary_nhwc, channel_binary_nhwc_parallel
 from .conv_depthwise import depthwise_blocked_nhwc, depthwise_blocked_nhwc_parallel
 from .conv_winograd import winograd_nhwc, winograd_nhwc_parallel
@@ -29,16 +29,18 @@ from .epilogue import activation_rows, activation_rows_parallel, epilogue_rows, 
 from .pool import global_mean_nhwc, global_mean_nhwc_parallel
 
 # Columns of the integer table: the step's parameters, the slots whose last reader the step is
-# (DROP0, DROP1; 0 for none), then the addresses and sizes of its weight (rows x columns) and of
+# (DROP0, DROP1, DROP2; 0 for none), then the addresses and sizes of its weight (rows x columns) and of
 # its N_VECTORS vectors.
 (IN, RES, KH, KW, SH, SW, DH, DW, NVEC, PMAX, T, B, L, R, OH, OW, CO, POOL, AFFINE, ADD, ACT, POST_ACT,
  PARALLEL, PAD_PARALLEL, POST_PARALLEL, THREADS, WINOGRAD, CHUNK, W_ADDR, W_ROWS, W_COLS, UNPADDED, KIND, OP,
- REVERSE, DROP0, DROP1) = range(37)
-V_ADDR = 37             # N_VECTORS addresses, then N_VECTORS lengths
-N_INTS = 37 + 2 * 5
+ REVERSE, DROP0, DROP1, SCALED, SCALE, DROP2) = range(40)
+V_ADDR = 40             # N_VECTORS addresses, then N_VECTORS lengths
+N_INTS = 40 + 2 * 5
 # Kinds of step (column KIND): a dense or Winograd convolution (as WINOGRAD says), a depthwise one,
 # the mean of each image's pixels ((n, 1, 1, c)), and slot IN's map op slot RES's (n, 1, 1, c)
-# channel vector (``vector op map`` with REVERSE; OP a code of kernels.binary.CHANNEL_OPS).
+# channel vector (``vector op map`` with REVERSE; OP a code of kernels.binary.CHANNEL_OPS). A dense
+# convolution with SCALED reads its input map times slot SCALE's (n, 1, 1, c) channel vector, as a
+# weight per image (conv_blocked.per_image_weight).
 CONV, DEPTHWISE, MEAN, CHANNEL = range(4)
 # Columns of the float table.
 LO, HI, ALPHA, BETA, POST_LO, POST_HI, POST_ALPHA, POST_BETA = range(8)
@@ -85,7 +87,7 @@ def run_chain(x0, x1, ints, floats):
         output's scale and shift: co or 0), which the caller keeps alive; floats (steps, N_FLOATS)
         float32. Step i reads slot ints[i, IN] (and ints[i, RES] for a residual) and writes slot
         i + 2. (Arrays go by address: a typed List made in Python compiled for 3 s per process.) After
-        step i, slots ints[i, DROP0] and ints[i, DROP1] (from 2; 0: none) are let go: their memory
+        step i, slots ints[i, DROP0], ints[i, DROP1] and ints[i, DROP2] (from 2; 0: none) are let go: their memory
         goes back to the allocator for the steps after, still in cache, instead of every value of
         the run staying alive to its end (MobileNetV3-Small at batch 8: ~40 MB, L3 overflowed).
     OUT a new (n, oh, ow, co) float32 array.
@@ -135,6 +137,10 @@ def run_chain(x0, x1, ints, floats):
             pt, pl = (t, l) if p[UNPADDED] else (0, 0)
             out = _empty4(n, oh, ow, co)
             res = values[p[RES]] if p[ADD] else out
+            if p[SCALED]:
+                ws = _empty4(n, 1, p[W_ROWS], p[W_COLS]).reshape((n * p[W_ROWS], p[W_COLS]))
+                per_image_weight(w, values[p[SCALE]].reshape((n, c)), ws)
+                w = ws
             if p[KIND] == DEPTHWISE:
                 _depthwise_step(p, f, xp, pt, pl, w, bias, scale, shift, res, out)
             elif p[PARALLEL]:
@@ -174,11 +180,14 @@ def run_chain(x0, x1, ints, floats):
 
 @jit
 def _drop(values, p, gone):
-    """Let go of the values in slots p[DROP0] and p[DROP1] (from 2: the run's inputs are its caller's)."""
+    """Let go of the values in slots p[DROP0], p[DROP1] and p[DROP2] (from 2: the run's inputs are its
+    caller's)."""
     if p[DROP0] >= 2:
         values[p[DROP0]] = gone
     if p[DROP1] >= 2:
         values[p[DROP1]] = gone
+    if p[DROP2] >= 2:
+        values[p[DROP2]] = gone
 
 
 @jit

@@ -17,6 +17,7 @@ from ..kernels import conv_chain as K
 from ..kernels.binary import CHANNEL_OPS, channel_binary_nhwc, channel_binary_nhwc_parallel
 from .base import Layer, register, set_fields, tensor_field
 from .conv_chain import squeeze_row
+from .scaled import scaled_conv
 from .fused import absorb_epilogue
 
 BINARY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "pow": np.power,
@@ -117,8 +118,13 @@ class Binary(Layer):
         return lambda x: fn(lift(x, rank), c)
 
     def fuse(self, successor, n, *shapes):
-        """A channel-kernel step (a fresh output) absorbs an in-place epilogue after it: an SE
-        block's ``x * s`` then its residual ``+ x`` in one step, no second array."""
+        """An SE block's ``x * s`` read only by a convolution: the convolution with its weight
+        scaled per sample (nncomp/layers/scaled.py). A channel-kernel step (a fresh output) absorbs
+        an in-place epilogue after it: an SE block's ``x * s`` then its residual ``+ x`` in one
+        step, no second array."""
+        folded = scaled_conv(self, successor, n, shapes)
+        if folded is not None:
+            return folded
         if self._channel_step(n, shapes, self.shape_of(*shapes)) is None:
             return None
         return absorb_epilogue(self, successor, n, shapes)

@@ -9,7 +9,7 @@ import numpy as np
 from ..kernels import _jit, aligned
 from ..kernels.conv import conv_pad_nhwc, conv_pad_nhwc_parallel
 from ..kernels.conv_blocked import (conv_blocked_nhwc, conv_blocked_nhwc_parallel, conv_blocked_pooled_nhwc,
-                                    conv_blocked_pooled_nhwc_parallel, image_tiles, tile_pixels)
+                                    conv_blocked_pooled_nhwc_parallel, image_tiles, per_image_weight, tile_pixels)
 from ..kernels.conv_depthwise import depthwise_blocked_nhwc, depthwise_blocked_nhwc_parallel
 from ..kernels import conv_chain as K
 from ..kernels.conv_winograd import (chunk_rows, product_pixels, winograd_nhwc, winograd_nhwc_parallel, winograd_weight,
@@ -268,10 +268,14 @@ def winograd_step(layer, shape, n, oh, ow, epilogue=None, pool=0):
     return run
 
 
-def blocked_step(layer, shape, n, oh, ow, epilogue=None):
+def blocked_step(layer, shape, n, oh, ow, epilogue=None, scaled=None):
     """The blocked-kernel step for batches of ``n``. With an ``epilogue`` ``(scale, shift, add, lo,
     hi, act)`` (nncomp.layers.fused.epilogue_args) the kernel applies it as it stores each tile; the
-    step then reads the residual as a second input."""
+    step then reads the residual as a second input. ``scaled`` (a dense weight, not depthwise): the
+    step ``(map, s[, res])`` (``(s, map[, res])`` when ``scaled == "vector first"``) convolves
+    ``map * s``, ``s`` one value per sample and input channel ``(n, 1, 1, c)``, as the map with
+    each sample's weight rows scaled (kernels/conv_blocked.per_image_weight): no scaled map is
+    written."""
     kernels = ((depthwise_blocked_nhwc, depthwise_blocked_nhwc_parallel) if layer.depthwise
                else (conv_blocked_nhwc, conv_blocked_nhwc_parallel))
     padded, kern, nvec, pmax, geo = _blocked_setup(layer, shape, n, oh, ow, kernels, BLOCKED_SERIAL_FACTOR)
@@ -286,18 +290,29 @@ def blocked_step(layer, shape, n, oh, ow, epilogue=None):
     pads = layer.padding
     unpadded = reads_padding(layer)
 
-    def run(x, res=None):
+    def conv(x, wb, res):
         out = aligned.empty((n, oh, ow, co))
         res = out if res is None else np.ascontiguousarray(res)
         xp, pt, pl = (np.ascontiguousarray(x), pads[0], pads[2]) if unpadded else (padded(x), 0, 0)
-        kern(xp, pt, pl, weight(), bias, *geo, nvec, pmax, scale, shift, affine, res, add, lo, hi, code, alpha,
-             beta, out)
+        kern(xp, pt, pl, wb, bias, *geo, nvec, pmax, scale, shift, affine, res, add, lo, hi, code, alpha, beta, out)
         return out
+    if scaled is None:
+        def run(x, res=None):
+            return conv(x, weight(), res)
+    else:
+        rows, first = w.shape[0], scaled != "vector first"
+
+        def run(a, b, res=None):
+            x, vec = (a, b) if first else (b, a)
+            ws = scratch("scaled_weight", (n * rows, cop))
+            per_image_weight(w, np.ascontiguousarray(vec).reshape(n, -1), ws)
+            return conv(x, ws, res)
     if w is not None:       # compiled runs take fixed weights
         run.chain = _chain_spec(layer, kern, kernels[1], padded, w, (bias, scale, shift, _NONE, _NONE),
                                 nvec, pmax, geo, (oh, ow, co), AFFINE=affine, ADD=add, ACT=code, lo=lo, hi=hi,
                                 alpha=alpha, beta=beta, UNPADDED=unpadded,
-                                KIND=K.DEPTHWISE if layer.depthwise else K.CONV)
+                                KIND=K.DEPTHWISE if layer.depthwise else K.CONV, SCALED=scaled is not None,
+                                REVERSE=scaled == "vector first")
     run.blas = False
     return run
 

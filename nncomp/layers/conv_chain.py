@@ -91,11 +91,14 @@ def merge_runs(steps, kept):
             ins = steps[k][1]
             if row[K.KIND] == K.CHANNEL and row[K.REVERSE]:
                 ins = ins[::-1]                                 # the map is IN, the vector RES
+            if row[K.SCALED]:                                   # map, channel vector[, residual]
+                vec, ins = (ins[0], ins[1:]) if row[K.REVERSE] else (ins[1], ins[:1] + ins[2:])
+                row[K.SCALE] = slot[vec]
             row[K.IN] = slot[ins[0]]
             row[K.RES] = slot[ins[1]] if len(ins) > 1 else 0
             # the values of the run this step reads last (the plan's own frees; not the run's
             # inputs, slots 0 and 1, which are the caller's)
-            for col, d in zip((K.DROP0, K.DROP1), [slot[f] for f in steps[k][2] if slot[f] >= 2]):
+            for col, d in zip((K.DROP0, K.DROP1, K.DROP2), [slot[f] for f in steps[k][2] if slot[f] >= 2]):
                 row[col] = d
         for row, sp in zip(ints, specs):
             row[[K.W_ADDR, K.W_ROWS, K.W_COLS]] = sp.weight.ctypes.data, *sp.weight.shape
