@@ -167,9 +167,14 @@ def test_blocked_tiles_across_images_give_each_images_own_bits(n, hw, c, co, k, 
 @given(n=st.integers(1, 9), h=st.integers(1, 24), wd=st.integers(1, 24), c=st.integers(1, 40), co=st.integers(1, 70))
 def test_flat_lines_of_a_1x1_convolution_divide_its_pixels(n, h, wd, c, co):
     """A 1 x 1 convolution's pixels run as equal lines: a divisor of the pixel count, longer than the
-    image's lines, within the bounds, in a count the threads share evenly; else the image's lines."""
+    image's lines, within the bounds, in a count the threads share evenly; else, where the image's
+    lines would not split evenly, one line in FLAT_LINES parts; else the image's lines."""
     m = n * h * wd
-    line = conv_blocked.flat_line(m, wd, c, co)
+    line, parts = conv_blocked.flat_line(m, wd, c, co)
+    if parts > 1:
+        assert line == m and parts == conv_blocked.FLAT_LINES and (n * h) % parts and n * h < 16
+        assert 8 * parts <= m <= parts * conv_blocked.FLAT_PIXELS
+        return
     if line == wd:
         return
     lines = m // line
@@ -240,9 +245,10 @@ def test_a_weight_per_image_gives_each_image_its_own_convolution(parallel, n, h,
 
 def test_1x1_convolution_lines_are_flattened_at_mobilenet_shapes():
     """The shapes the flattening is for take it (the property tests above draw both kinds)."""
-    assert conv_blocked.flat_line(8 * 56 * 56, 56, 16, 72) > 56
-    assert conv_blocked.flat_line(8 * 7 * 7, 7, 96, 576) == 49
-    assert conv_blocked.flat_line(1 * 7 * 7, 7, 96, 576) == 7
+    assert conv_blocked.flat_line(8 * 56 * 56, 56, 16, 72)[0] > 56
+    assert conv_blocked.flat_line(8 * 7 * 7, 7, 96, 576) == (49, 1)
+    assert conv_blocked.flat_line(1 * 7 * 7, 7, 96, 576) == (49, 4)          # one line of 49, 4 parts
+    assert conv_blocked.flat_line(1 * 14 * 14, 14, 40, 240) == (49, 1)
 
 
 @given(n=st.integers(1, 14), h=st.integers(1, 9), wd=st.integers(1, 9), c=st.integers(1, 20), co=st.integers(1, 70),

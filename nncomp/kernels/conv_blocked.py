@@ -80,17 +80,18 @@ def _pixels(p, x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, pix, b, i, j, qlo, qh
 
 
 def _row(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, act, alpha,
-         beta, b, i, out, obase):
-    """Output line ``i`` of image ``b`` into flat ``out[obase:]`` (ow pixels x co channels; ``res``
-    read at the same offsets): the dense tiles of :func:`_blocked`, balanced along the pixels whose
-    windows lie inside the input's columns (undilated: a run of tiles of ``p0`` pixels then one of
-    ``p0 - 1``, each run one call), one pixel a tile where a window reaches the padding."""
-    ow, co = out.shape[-2], out.shape[-1]
+         beta, b, i, out, obase, js, je):
+    """Pixels ``js <= j < je`` of output line ``i`` of image ``b`` into flat ``out[obase:]`` (ow
+    pixels x co channels; ``res`` read at the same offsets): the dense tiles of :func:`_blocked`,
+    balanced along the pixels whose windows lie inside the input's columns (undilated: a run of
+    tiles of ``p0`` pixels then one of ``p0 - 1``, each run one call), one pixel a tile where a
+    window reaches the padding."""
+    co = out.shape[-1]
     h, wd, c = x.shape[1], x.shape[2], x.shape[3]
     cop = w.shape[1]
-    jl = min(ow, (pl + sw - 1) // sw)                   # pixels jl <= j < jr: every tap inside
+    jl = max(js, min(je, (pl + sw - 1) // sw))          # pixels jl <= j < jr: every tap inside
     reach = wd - 1 + pl - (kw - 1) * dw
-    jr = max(jl, min(ow, reach // sw + 1 if reach >= 0 else 0))
+    jr = max(jl, min(je, reach // sw + 1 if reach >= 0 else 0))
     blocks = (jr - jl + pmax - 1) // pmax
     p0 = (jr - jl + blocks - 1) // blocks if blocks > 0 else 1       # balanced tiles along the line
     big = jr - jl - blocks * (p0 - 1)       # tiles of p0 pixels, the others of p0 - 1
@@ -100,8 +101,8 @@ def _row(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, a
     for co0 in range(0, cop, 16 * nvec):
         nv = min(nvec, (cop - co0) // 16)
         lanes = min(16, co - co0 - 16 * (nv - 1))
-        j0 = 0
-        while j0 < ow:
+        j0 = js
+        while j0 < je:
             count = 1
             if j0 < jl or j0 >= jr:
                 p = 1
@@ -126,7 +127,7 @@ def _row(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, a
                         scale, shift, affine, res, add, lo, hi, out, obase + j0 * co + co0, co)
             j0 += p
     if act != 0:        # on the line just stored (in L1): the activation kernel's own code, so bit-identical
-        activation_rows(out.reshape(out.size // co, co)[obase // co:obase // co + ow], act, alpha, beta)
+        activation_rows(out.reshape(out.size // co, co)[obase // co + js:obase // co + je], act, alpha, beta)
 
 
 _row_inline = numba.njit(inline="always")(_row)
@@ -162,15 +163,22 @@ FLAT_LINES = 4
 
 @jit(inline="always")
 def _flat_line(m, ow, c, co):
-    """The pixels of a line when a 1 x 1 convolution's ``m`` pixels (lines of ``ow``) run as equal
-    lines: the largest divisor of ``m`` within the bounds above whose lines split evenly over 1, 2
-    or 4 threads (a multiple of 4 lines, or 16 and more), else ``ow`` (the image's lines). (The
-    thread count read in compiled code would keep Numba from caching the kernel.)"""
+    """``(line, parts)``: the pixels of a line when a 1 x 1 convolution's ``m`` pixels (``m // ow``
+    lines of ``ow``) run as equal lines: the largest divisor of ``m`` within the bounds above whose
+    lines split evenly over 1, 2 or 4 threads (a multiple of 4 lines, or 16 and more), one part a
+    line. Where none is and the image lines would not split evenly either (fewer than 16, not a
+    multiple of 4: a 7 x 7 map at batch 1), all ``m`` pixels as one line cut in FLAT_LINES
+    near-equal parts (one thread, AMD EPYC Zen 3, batch 1, 7 x 7 96 -> 576 and 576 -> 96: 0.75x and
+    0.87x the time of 7-pixel lines, two threads 0.75x and 0.81x). Else ``(ow, 1)``: the image's
+    lines. (The thread count read in compiled code would keep Numba from caching the kernel.)"""
     cap = min(FLAT_PIXELS, FLAT_BYTES // (4 * (c + co)), m // FLAT_LINES)
     for d in range(cap, ow, -1):
         if m % d == 0 and ((m // d) % 4 == 0 or m // d >= 16):
-            return d
-    return ow
+            return d, 1
+    lines = m // ow
+    if lines % FLAT_LINES != 0 and lines < 16 and 8 * FLAT_LINES <= m <= FLAT_LINES * FLAT_PIXELS:
+        return m, FLAT_LINES
+    return ow, 1
 
 
 flat_line = _flat_line.py_func
@@ -231,29 +239,33 @@ def _blocked(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shif
     c = x.shape[3]
     pmax = min(pmax, COMPILED_PIXELS[nvec])       # the widths compiled for this CPU
     per_image = w.shape[0] > kh * kw * c        # a weight per image: lines and tiles within images
+    parts = 1                                   # work items per line
     if kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 and x.shape[1] == oh and x.shape[2] == ow:
         images = n if per_image else 1
-        line = _flat_line(n * oh * ow // images, ow, c, co)
+        m = n * oh * ow // images
+        line, parts = _flat_line(m, ow, c, co)
         if line > ow:       # a 1 x 1 convolution is a product of (pixels, c) by (c, co) rows: longer lines
-            lines = n * oh * ow // (images * line)
+            lines = m // line
             x = x.reshape((images, lines, line, c))
             res = res.reshape((images, lines, line, co))
             out = out.reshape((images, lines, line, co))
             n, oh, ow = images, lines, line
-    across = not per_image and _image_tiles(n, ow, nvec, pmax)
+    across = not per_image and parts == 1 and _image_tiles(n, ow, nvec, pmax)
     groups = (n + pmax - 1) // pmax if across else n
     # one parallel loop for both ways (each prange loop is compiled with its own copy of the tiles:
     # two loops took twice the compile time)
-    for t in prange(groups * oh):
-        g = t // oh
-        i = t - g * oh
+    for t in prange(groups * oh * parts):
+        g = t // (oh * parts)
+        i = t // parts - g * oh
+        k = t - (g * oh + i) * parts
         if across:
             b0 = g * n // groups
             _images_inline(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add,
                            lo32, hi32, act, np.float32(alpha), np.float32(beta), b0, (g + 1) * n // groups - b0, i, out)
         else:
             _row_inline(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo32,
-                        hi32, act, np.float32(alpha), np.float32(beta), g, i, out, (g * oh + i) * ow * co)
+                        hi32, act, np.float32(alpha), np.float32(beta), g, i, out, (g * oh + i) * ow * co,
+                        k * ow // parts, (k + 1) * ow // parts)
 
 
 def _blocked_pooled(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, pool, lines, out):
@@ -277,7 +289,7 @@ def _blocked_pooled(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, pool, lines
         buf = lines[slab]
         for r in range(pool):
             _row_inline(xp, 0, 0, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, z, z, False, lines, False, lo32, hi32,
-                        0, zero, zero, b, pi * pool + r, lines, (slab * pool + r) * ow * co)
+                        0, zero, zero, b, pi * pool + r, lines, (slab * pool + r) * ow * co, 0, ow)
         dst = out[b, pi]
         if pool == 2:       # the common window: four loads and one store per value, vectorizable
             for pj in range(pw):
