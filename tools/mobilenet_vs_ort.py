@@ -7,8 +7,9 @@ trained, for the speed of its layer shapes (random weights are fine for speed; o
 
 The blocks follow Howard et al. 2019, table 2 (MobileNetV3-Small: kernel, expansion, output channels,
 SE, activation, stride); the SE block is torchvision's (global average, 1x1 conv, ReLU, 1x1 conv,
-hard sigmoid, scale). Timing: 2 threads each, alternating, a 50 ms pause before each block of calls,
-medians of 15 blocks, in a loop and as lone calls (one call after each pause). ``--out`` writes the
+hard sigmoid, scale). Timing: 2 threads each, alternating (the order reversed every other round), a
+50 ms pause before each block of calls,
+medians of 21 blocks, in a loop and as lone calls (one call after each pause). ``--out`` writes the
 lines under the machine, versions and threads (nncomp.bench.timing.machine_info).
 """
 import argparse
@@ -85,10 +86,12 @@ def model(seed=0):
     return m.eval()
 
 
-def timed(fns, mode, rounds=15, reps=10):
+def timed(fns, mode, rounds=21, reps=10):
+    """Medians over ``rounds`` of each contender's block (``reps`` calls in a loop, one lone call),
+    a 50 ms pause before each block, the contenders' order reversed every other round."""
     out = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
+    for r in range(rounds):
+        for k, fn in (list(fns.items()) if r % 2 else list(fns.items())[::-1]):
             time.sleep(0.05)
             n = reps if mode == "loop" else 1
             t = time.perf_counter()
