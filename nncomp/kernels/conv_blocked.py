@@ -225,9 +225,10 @@ def _blocked(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shif
         0, 0 for an input padded already): padding taps are skipped, not multiplied by zero;
         w (kh*kw*c, cop) float32 C-contiguous (cop = co rounded up to 16, extra columns zero), or
         (n*kh*kw*c, cop): a weight per image, image b's rows b*kh*kw*c onwards (an SE block's
-        per-sample channel scale folded into the weight: nncomp/layers/scaled.py); bias (cop,) float32; strides sh, sw;
-        dilations dh, dw; nvec (1..4) 16-channel vectors and at most pmax (>= 1; at most the
-        compiled conv_tiles.COMPILED_PIXELS[nvec] are used) pixels per tile; epilogue: scale, shift (cop,) float32 used if ``affine``; res (n, oh, ow, co)
+        per-sample channel scale folded into the weight: nncomp/layers/scaled.py); bias (cop,)
+        float32; strides sh, sw; dilations dh, dw; nvec (1..4) 16-channel vectors and at most pmax
+        (>= 1; at most the compiled conv_tiles.COMPILED_PIXELS[nvec] are used) pixels per tile;
+        epilogue: scale, shift (cop,) float32 used if ``affine``; res (n, oh, ow, co)
         float32 C-contiguous added if ``add`` (else any array of out's shape: ``out`` itself);
         ``lo``, ``hi`` float32 clip bounds (-inf, inf: none); then activation ``act`` (an ACT_*
         code of nncomp/kernels/epilogue.py, 0: none) with its ``alpha``, ``beta``, line by line as
