@@ -92,6 +92,15 @@ def conv_blocked_nhwc(xp, w, bias, kh, kw, sh, sw, dh, dw, oh_n, ow_n, co):
     return conv_direct_nhwc(xp, w[:, :co], bias[:co], kh, kw, sh, sw, 0, 0, dh, dw, oh_n, ow_n)
 
 
+def tile_activation(act, alpha, beta, dw=1):
+    """``(act, alpha, beta)`` the register tiles apply as they store (hard sigmoid 2, hard swish 3 with
+    1/6 and 1/2, leaky ReLU 4; undilated rows only), else ``(0, 0, 0)``: the activation kernel's pass."""
+    from nncomp.kernels.epilogue import IN_TILES      # where the tiles carry it (16 vector registers)
+    if IN_TILES and act >= 2 and dw == 1:
+        return (3, np.float32(1 / 6), np.float32(0.5)) if act == 3 else (act, np.float32(alpha), np.float32(beta))
+    return 0, np.float32(0.0), np.float32(0.0)
+
+
 def per_image_weight(w, s):
     """(n * k, cop): w's rows (tap-major, c channels each) scaled by each image's channel values s (n, c)."""
     n, c = s.shape

@@ -243,6 +243,17 @@ def test_a_weight_per_image_gives_each_image_its_own_convolution(parallel, n, h,
     assert np.array_equal(out, expect.astype(np.float32))
 
 
+def test_tiles_take_the_activations_their_epilogue_computes():
+    """The activations the tiles apply as they store (hard sigmoid, hard swish with its fixed 1/6 and
+    1/2, leaky ReLU; undilated), with the parameters the activation kernel's vector code uses, and
+    none (the kernel's pass) for sigmoid or dilated rows: against the twin, every code."""
+    from nncomp.kernels.epilogue import tile_activation
+    for act in range(5):
+        for dw in (1, 2):
+            got, want = tile_activation(act, 0.25, 0.75, dw), ref.tile_activation(act, 0.25, 0.75, dw)
+            assert got[0] == want[0] and np.float32(got[1]) == want[1] and np.float32(got[2]) == want[2]
+
+
 def test_1x1_convolution_lines_are_flattened_at_mobilenet_shapes():
     """The shapes the flattening is for take it (the property tests above draw both kinds)."""
     assert conv_blocked.flat_line(8 * 56 * 56, 56, 16, 72)[0] > 56

@@ -22,7 +22,7 @@ from numba import prange
 
 from ._jit import both, jit
 from .conv_tiles import COMPILED_PIXELS, TILE_PIXELS, tile_pixels, tiles1, tiles2, tiles3, tiles4  # noqa: F401 - TILE_PIXELS, tile_pixels: the layers ask here
-from .epilogue import activation_rows
+from .epilogue import activation_rows, tile_activation
 
 
 @jit(inline="always")
@@ -75,7 +75,8 @@ def _pixels(p, x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, pix, b, i, j, qlo, qh
     wrow = (_weight_rows(w, kh, kw, c, b) + rlo * kw * c) * cop + co0
     for q in range(qlo, qhi):       # a call per kernel column, adding into the tile
         a = (p, x, xrow + q * dw * c, pix, c, rhi - rlo, dh * wd * c, kw * c * cop, w, wrow + q * c * cop, cop, bias,
-             co0, int(q == qlo), out, oo, opix, lanes, int(q == qhi - 1), scale, shift, affine, res, add, lo, hi, 1, 1, 0, 0)
+             co0, int(q == qlo), out, oo, opix, lanes, int(q == qhi - 1), scale, shift, affine, res, add, lo, hi, 1, 1, 0, 0,
+             0, lo, lo)
         _tile(nv, a)
 
 
@@ -98,6 +99,7 @@ def _row(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, a
     rlo, rhi = _taps(i * sh - pt, kh, dh, h)            # the kernel rows inside the input
     xrow = (b * h + i * sh - pt + rlo * dh) * wd * c
     wimg = _weight_rows(w, kh, kw, c, b) * cop          # image b's weight (per-image weights)
+    tact, ta, tb = tile_activation(act, alpha, beta, dw)
     for co0 in range(0, cop, 16 * nvec):
         nv = min(nvec, (cop - co0) // 16)
         lanes = min(16, co - co0 - 16 * (nv - 1))
@@ -120,13 +122,13 @@ def _row(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, a
                 _tile(nv, (p, x, xrow + (j0 * sw - pl + qlo) * c, sw * c, (qhi - qlo) * c, rhi - rlo, dh * wd * c,
                            kw * c * cop, w, wimg + (rlo * kw + qlo) * c * cop + co0, cop, bias, co0, 1, out,
                            obase + j0 * co + co0, co, lanes, 1, scale, shift, affine, res, add, lo, hi, 1,
-                           count, p * sw * c, p * co))
+                           count, p * sw * c, p * co, tact, ta, tb))
                 p *= count
             else:
                 _pixels(p, x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, sw * c, b, i, j0, qlo, qhi, co0, nv, lanes,
                         scale, shift, affine, res, add, lo, hi, out, obase + j0 * co + co0, co)
             j0 += p
-    if act != 0:        # on the line just stored (in L1): the activation kernel's own code, so bit-identical
+    if act != 0 and tact == 0:      # on the line just stored: the activation kernel's own code, so bit-identical
         activation_rows(out.reshape(out.size // co, co)[obase // co + js:obase // co + je], act, alpha, beta)
 
 
@@ -201,7 +203,7 @@ def _images(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift
             if dw == 1:     # called here, as in _row
                 _tile(nv, (nb, x, xrow + (j * sw - pl + qlo) * c, h * wd * c, (qhi - qlo) * c, rhi - rlo, dh * wd * c,
                            kw * c * cop, w, (rlo * kw + qlo) * c * cop + co0, cop, bias, co0, 1, out, oo,
-                           oh * ow * co, lanes, 1, scale, shift, affine, res, add, lo, hi, 1, 1, 0, 0))
+                           oh * ow * co, lanes, 1, scale, shift, affine, res, add, lo, hi, 1, 1, 0, 0, 0, lo, lo))
             else:
                 _pixels(nb, x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, h * wd * c, b0, i, j, qlo, qhi, co0, nv,
                         lanes, scale, shift, affine, res, add, lo, hi, out, oo, oh * ow * co)

@@ -20,6 +20,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from ._ir import declare, loop_latch, loop_phis, masked_v16, store_v16
+from .epilogue import ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_LEAKYRELU, IN_TILES
 from .isa import VECTOR_REGISTERS
 
 # Output pixels per micro-kernel tile, by the number of 16-channel vectors per tile (1..4).
@@ -58,7 +59,6 @@ def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=
     is whole): the inputs are loaded without a mask."""
     xd, wd, bd, od, scd, shd, rd = ptrs
     xoff, pix, span, rows, xrow, wrs, woff, wrow, boff, first, ooff, opix, lanes, last, affine, add, xstep = ints
-    lo, hi = epi
     intp = xoff.type
     f32 = ir.FloatType()
     v16 = ir.VectorType(f32, 16)
@@ -87,8 +87,8 @@ def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=
                             else builder.load(optrs[p][v], align=4) for p in range(P) for v in range(V)])
     if slide:
         new = _slide_rows(builder, P, V, slide, init, (xd, wd), (xoff, pix, rows, xrow, wrs, woff, wrow), mask, plain)
-        _epilogue(builder, P, V, new, (od, scd, shd, rd), (boff, ooff, opix, last, affine, add), (lo, hi),
-                  mask, optrs, full)
+        _epilogue(builder, P, V, new, (od, scd, shd, rd), (boff, ooff, opix, last, affine, add), epi,
+                  mask, optrs, full, IN_TILES and not depthwise)
         builder.branch(after)
         return
     # rows x span multiply-adds per accumulator: kernel rows r (x at + r * xrow, w at + r * wrs),
@@ -129,8 +129,8 @@ def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=
     loop_latch(builder, intp, r, acc_r, new, rows, outer, done)
 
     builder.position_at_end(done)
-    _epilogue(builder, P, V, new, (od, scd, shd, rd), (boff, ooff, opix, last, affine, add), (lo, hi), mask,
-              optrs, full)
+    _epilogue(builder, P, V, new, (od, scd, shd, rd), (boff, ooff, opix, last, affine, add), epi, mask,
+              optrs, full, IN_TILES and not depthwise)
     builder.branch(after)
 
 
@@ -190,15 +190,17 @@ def _when(builder, cond, values, fn):
     return out
 
 
-def _epilogue(builder, P, V, new, arrays, ints, epi, mask, optrs, full):
+def _epilogue(builder, P, V, new, arrays, ints, epi, mask, optrs, full, acts):
     """Store the tile's accumulators ``new``; after the last call of the tile first the epilogue, as
     the epilogue kernel computes it (no fused multiply-add: bit-identical to batch norm, residual add
     and clip run one by one). ``full``: the last vector's 16 lanes are all output channels. Each
     part runs only where its flag asks for it (at 16 input channels, computing all of them and
-    selecting cost 10-15% of the 1 x 1 tile's time)."""
+    selecting cost 10-15% of the 1 x 1 tile's time). ``acts`` (dense tiles where
+    epilogue.IN_TILES): then the activation ``act`` (hard sigmoid, hard swish, leaky ReLU), one
+    branch each."""
     od, scd, shd, rd = arrays
     boff, ooff, opix, last, affine, add = ints
-    lo, hi = epi
+    lo, hi, act, alpha, beta = epi
     intp = boff.type
     f32 = ir.FloatType()
     v16 = ir.VectorType(f32, 16)
@@ -232,11 +234,36 @@ def _epilogue(builder, P, V, new, arrays, ints, epi, mask, optrs, full):
         b = bcast(bound)
         return [builder.select(builder.fcmp_unordered(pred, val, b), val, b) for val in vals]
 
+    def hard(vals, swish):
+        # the activation kernel's vector code (epilogue._act16), op for op: the same bits; one
+        # branch per activation (computing all of them and selecting cost 1/3 more arithmetic)
+        va, vb = bcast(alpha), bcast(beta)
+        one = ir.Constant(v16, [1.0] * 16)
+        out = []
+        for v in vals:
+            t = builder.fadd(builder.fmul(v, va), vb)
+            t = builder.select(builder.fcmp_unordered(">", t, zero), t, zero)
+            t = builder.select(builder.fcmp_unordered("<", t, one), t, one)
+            out.append(builder.fmul(v, t) if swish else t)
+        return out
+
+    def leaky(vals):
+        va = bcast(alpha)
+        return [builder.select(builder.fcmp_unordered(">=", v, zero), v, builder.fmul(v, va)) for v in vals]
+
+    def activate(vals):
+        vals = _when(builder, builder.icmp_signed("==", act, intp(ACT_HARDSWISH)), vals, lambda v: hard(v, True))
+        vals = _when(builder, builder.icmp_signed("==", act, intp(ACT_HARDSIGMOID)), vals, lambda v: hard(v, False))
+        return _when(builder, builder.icmp_signed("==", act, intp(ACT_LEAKYRELU)), vals, leaky)
+
     def finish(vals):
         vals = _when(builder, builder.icmp_signed("!=", affine, intp(0)), vals, affine_map)
         vals = _when(builder, builder.icmp_signed("!=", add, intp(0)), vals, residual)
         vals = _when(builder, builder.fcmp_ordered("!=", lo, f32(float("-inf"))), vals, lambda v: clip(v, lo, ">"))
-        return _when(builder, builder.fcmp_ordered("!=", hi, f32(float("inf"))), vals, lambda v: clip(v, hi, "<"))
+        vals = _when(builder, builder.fcmp_ordered("!=", hi, f32(float("inf"))), vals, lambda v: clip(v, hi, "<"))
+        if not acts:
+            return vals
+        return _when(builder, builder.icmp_signed("!=", act, intp(0)), vals, activate)
 
     fins = _when(builder, is_last, list(new), finish)
     for p in range(P):
@@ -281,7 +308,7 @@ def _tile_function(context, module, P, V, depthwise, ptrs, ints, epi, slide=0):
     tints = list(args[k:k + m])
     tints[0] = b.add(tints[0], b.mul(t, xadv))      # xoff
     tints[10] = b.add(tints[10], b.mul(t, oadv))    # ooff
-    tptrs, tepi = list(args[:k]), list(args[k + m:k + m + 2])
+    tptrs, tepi = list(args[:k]), list(args[k + m:k + m + 5])
     if depthwise and VECTOR_REGISTERS < 32:
         # AVX2: LLVM loads a masked vector with vmaskmovps whatever the mask, 7-14% of a depthwise
         # tile's time on Zen 3 (one thread, batch 8, A/B against plain loads: 3x3 and 5x5, 16-240
@@ -303,7 +330,8 @@ def _tile_function(context, module, P, V, depthwise, ptrs, ints, epi, slide=0):
 
 def make_tiles(V, pmax, depthwise=False, slide=0):
     """Intrinsic ``tiles(P, x, xoff, pix, span, rows, xrow, wrs, w, woff, wrow, bias, boff, first, out,
-    ooff, opix, lanes, last, scale, shift, affine, res, add, lo, hi, xstep, count, xadv, oadv)``.
+    ooff, opix, lanes, last, scale, shift, affine, res, add, lo, hi, xstep, count, xadv, oadv, act,
+    alpha, beta)``.
 
     For ``P`` in 1..pmax output pixels (flat offsets ``xoff + p * pix`` into ``x``, ``ooff + p * opix``
     into ``out``) and ``V`` vectors of channels: ``tile = (bias[boff:] if first else tile) +
@@ -311,16 +339,19 @@ def make_tiles(V, pmax, depthwise=False, slide=0):
     span >= 1), the last vector masked to ``lanes``. ``depthwise``: channel ``o`` of the tile reads
     its own input, ``x[pixel + r * xrow + j * xstep + o]``, instead of one value for all.
     When ``last``: then ``tile * scale + shift`` (if ``affine``), ``+ res`` at the tile's own offsets
-    (if ``add``), clipped to ``[lo, hi]``, before the store. ``slide`` (depthwise): the same for runs
+    (if ``add``), clipped to ``[lo, hi]``, then activation ``act`` (0: none; hard sigmoid, hard swish
+    or leaky ReLU with ``alpha``, ``beta`` as epilogue._activation passes them to its vector code:
+    1/6 and 1/2 for hard swish) before the store. ``slide`` (depthwise): the same for runs
     of exactly ``span == slide`` taps with ``xstep == pix`` only, each input loaded once per row.
     All that ``count`` (>= 1) times: the k-th tile at ``xoff + k * xadv`` and ``ooff + k * oadv``.
     """
 
     @intrinsic
     def tiles(typingctx, P, x, xoff, pix, span, rows, xrow, wrs, w, woff, wrow, bias, boff, first, out, ooff,
-              opix, lanes, last, scale, shift, affine, res, add, lo, hi, xstep, count, xadv, oadv):
+              opix, lanes, last, scale, shift, affine, res, add, lo, hi, xstep, count, xadv, oadv, act, alpha, beta):
         sig = types.void(P, x, xoff, pix, span, rows, xrow, wrs, w, woff, wrow, bias, boff, first, out, ooff,
-                         opix, lanes, last, scale, shift, affine, res, add, lo, hi, xstep, count, xadv, oadv)
+                         opix, lanes, last, scale, shift, affine, res, add, lo, hi, xstep, count, xadv, oadv, act,
+                         alpha, beta)
 
         def codegen(context, builder, signature, args):
             ptrs = [context.make_array(signature.args[k])(context, builder, args[k]).data
@@ -328,6 +359,8 @@ def make_tiles(V, pmax, depthwise=False, slide=0):
             ints = [context.cast(builder, args[k], signature.args[k], types.intp)
                     for k in (2, 3, 4, 5, 6, 7, 9, 10, 12, 13, 15, 16, 17, 18, 21, 23, 26)]
             epi = [context.cast(builder, args[k], signature.args[k], types.float32) for k in (24, 25)]
+            epi += [context.cast(builder, args[30], signature.args[30], types.intp),
+                    *(context.cast(builder, args[k], signature.args[k], types.float32) for k in (31, 32))]
             p_ = context.cast(builder, args[0], signature.args[0], types.intp)
             run = [context.cast(builder, args[k], signature.args[k], types.intp) for k in (27, 28, 29)]
             after = builder.append_basic_block("tiles_after")

@@ -98,7 +98,7 @@ def _stream(w, x, bias, scale, shift, res, lo, hi, act, alpha, beta, kc, parts, 
                     count = 1 if p < p_max else min(t1, co // p_max) - t
                     a = (p, w, r0 * k + k0, k, span, 1, 0, 0, xt, k0 * nw + g0, nw, zero, 0, int(k0 == 0), outt,
                          r0 * nw + g0, nw, lanes, 0, zero, zero, False, outt, False, -inf, inf, 1, count, p_max * k,
-                         p_max * nw)
+                         p_max * nw, 0, inf, inf)
                     t += count
                     if nv == 4:
                         tiles4(*a)
