@@ -234,7 +234,8 @@ def _blocked(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shif
         float32 C-contiguous added if ``add`` (else any array of out's shape: ``out`` itself);
         ``lo``, ``hi`` float32 clip bounds (-inf, inf: none); then activation ``act`` (an ACT_*
         code of nncomp/kernels/epilogue.py, 0: none) with its ``alpha``, ``beta``, line by line as
-        each line is stored (in LLVM IR inside the tiles it cost 11 s more compile time per build).
+        each line is stored, or (hard sigmoid, hard swish, leaky ReLU where epilogue.IN_TILES) by
+        the tiles as they store (epilogue.tile_activation).
     OUT out (n, oh, ow, co) float32 C-contiguous, overwritten.
     """
     n, oh, ow, co = out.shape
