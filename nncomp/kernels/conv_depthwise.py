@@ -56,9 +56,6 @@ def _depthwise(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, sh
     inner = max(0, jr - jl + 1)
     slide = SLIDE and sw == dw and (kw == 3 or kw == 5)
     lo32, hi32 = np.float32(lo), np.float32(hi)
-    # the activation as a pass per line: in the tiles' epilogue (tile_activation) 14 x 14 x 240 5 x 5
-    # hard swish ran 1.04-1.07x slower (one thread, Zen 3: the 2-pixel, 4-vector tile's registers)
-    tact, ta, tb = 0, np.float32(0.0), np.float32(0.0)
     # a driver of its own: one shared with _blocked (a flag and both dispatch chains) ran 1.7-2x slower
     for t in prange(n * oh):
         b = t // oh
@@ -95,7 +92,7 @@ def _depthwise(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, sh
                     q1 = min(kw, (wp - 1 - x0) // dw + 1)
                 a = (p, x, (row + x0 + q0 * dw) * c + c0, sw * c, q1 - q0, r1 - r0, dh * wp * c, kw * cop,
                      w, c0 + (r0 * kw + q0) * cop, cop, bias, c0, 1, out, ((b * oh + i) * ow + j) * c + c0, c, lanes, 1,
-                     scale, shift, affine, res, add, lo32, hi32, dw * c, count, p * sw * c, p * c, tact, ta, tb)
+                     scale, shift, affine, res, add, lo32, hi32, dw * c, count, p * sw * c, p * c, 0, lo32, lo32)
                 if sl and p > 1 and kw == 3:
                     if nv == 4:
                         _s3_4(*a)
@@ -121,7 +118,8 @@ def _depthwise(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, sh
                 else:
                     _dw1(*a)
                 j += p * count
-        if act != 0 and tact == 0:
+        if act != 0:    # a pass per line: in the tiles' epilogue (epilogue.tile_activation) 14 x 14 x 240
+            # 5 x 5 hard swish ran 1.04-1.07x slower (one thread, Zen 3: the 2-pixel, 4-vector tile's registers)
             r = (b * oh + i) * ow
             activation_rows(out.reshape(n * oh * ow, c)[r:r + ow], act, np.float32(alpha), np.float32(beta))
 

@@ -20,7 +20,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from ._ir import declare, loop_latch, loop_phis, masked_v16, store_v16
-from .epilogue import ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_LEAKYRELU, IN_TILES
+from .epilogue import ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_LEAKYRELU, IN_TILES, hard_ir, leaky_ir
 from .isa import VECTOR_REGISTERS
 
 # Output pixels per micro-kernel tile, by the number of 16-channel vectors per tile (1..4).
@@ -235,21 +235,14 @@ def _epilogue(builder, P, V, new, arrays, ints, epi, mask, optrs, full, acts):
         return [builder.select(builder.fcmp_unordered(pred, val, b), val, b) for val in vals]
 
     def hard(vals, swish):
-        # the activation kernel's vector code (epilogue._act16), op for op: the same bits; one
+        # the activation kernel's vector operations (epilogue.hard_ir, leaky_ir): the same bits; one
         # branch per activation (computing all of them and selecting cost 1/3 more arithmetic)
         va, vb = bcast(alpha), bcast(beta)
-        one = ir.Constant(v16, [1.0] * 16)
-        out = []
-        for v in vals:
-            t = builder.fadd(builder.fmul(v, va), vb)
-            t = builder.select(builder.fcmp_unordered(">", t, zero), t, zero)
-            t = builder.select(builder.fcmp_unordered("<", t, one), t, one)
-            out.append(builder.fmul(v, t) if swish else t)
-        return out
+        return [builder.fmul(v, hard_ir(builder, v, va, vb)) if swish else hard_ir(builder, v, va, vb) for v in vals]
 
     def leaky(vals):
         va = bcast(alpha)
-        return [builder.select(builder.fcmp_unordered(">=", v, zero), v, builder.fmul(v, va)) for v in vals]
+        return [leaky_ir(builder, v, va) for v in vals]
 
     def activate(vals):
         vals = _when(builder, builder.icmp_signed("==", act, intp(ACT_HARDSWISH)), vals, lambda v: hard(v, True))

@@ -78,6 +78,23 @@ def _logistic(v):
     return r
 
 
+def hard_ir(builder, v, va, vb):
+    """LLVM IR of ``clip(v * a + b, 0, 1)`` on float vector ``v`` (``va``, ``vb`` splats): a multiply,
+    then an add (no fused multiply-add), the clip's NumPy rules (NaN passes). Hard sigmoid is this,
+    hard swish ``v`` times it. The one copy of these operations for :func:`_act16` and the register
+    tiles' epilogue (nncomp/kernels/conv_tiles.py), so both give the same bits."""
+    zero, one = ir.Constant(v.type, None), ir.Constant(v.type, [1.0] * v.type.count)
+    t = builder.fadd(builder.fmul(v, va), vb)
+    t = builder.select(builder.fcmp_unordered(">", t, zero), t, zero)      # not (t > 0 or NaN): 0
+    return builder.select(builder.fcmp_unordered("<", t, one), t, one)     # not (t < 1 or NaN): 1
+
+
+def leaky_ir(builder, v, va):
+    """LLVM IR of leaky ReLU on float vector ``v``: ``v`` where ``v >= 0`` or NaN, else ``v * a``."""
+    zero = ir.Constant(v.type, None)
+    return builder.select(builder.fcmp_unordered(">=", v, zero), v, builder.fmul(v, va))
+
+
 @intrinsic
 def _act16(typingctx, y, off, nvec, act, alpha, beta):
     """``nvec`` vectors of 16 values of flat ``y`` from ``off``, in place: hard sigmoid
@@ -100,7 +117,6 @@ def _act16(typingctx, y, off, nvec, act, alpha, beta):
         def splat(v):
             return builder.shuffle_vector(builder.insert_element(undef, v, ir.IntType(32)(0)), undef, mask)
         va, vb = splat(a_), splat(b_)
-        zero, one = ir.Constant(vf, [0.0] * 16), ir.Constant(vf, [1.0] * 16)
         leaky = builder.icmp_signed("==", act_, intp(ACT_LEAKYRELU))
         swish = builder.icmp_signed("==", act_, intp(ACT_HARDSWISH))
         pre = builder.block
@@ -111,12 +127,9 @@ def _act16(typingctx, y, off, nvec, act, alpha, beta):
         i, _ = loop_phis(builder, intp, vf, [], pre)
         ptr = builder.bitcast(builder.gep(ydata, [builder.add(off_, builder.mul(i, intp(16)))]), vf.as_pointer())
         v = builder.load(ptr, align=4)
-        t = builder.fadd(builder.fmul(v, va), vb)
-        t = builder.select(builder.fcmp_unordered(">", t, zero), t, zero)      # not (t > 0 or NaN): 0
-        t = builder.select(builder.fcmp_unordered("<", t, one), t, one)        # not (t < 1 or NaN): 1
+        t = hard_ir(builder, v, va, vb)
         hard = builder.select(swish, builder.fmul(v, t), t)
-        lk = builder.select(builder.fcmp_unordered(">=", v, zero), v, builder.fmul(v, va))
-        builder.store(builder.select(leaky, lk, hard), ptr, align=4)
+        builder.store(builder.select(leaky, leaky_ir(builder, v, va), hard), ptr, align=4)
         loop_latch(builder, intp, i, [], [], n_, loop, done)
         builder.position_at_end(done)
         return context.get_dummy_value()
@@ -140,10 +153,17 @@ def tile_activation(act, alpha, beta, dw=1):
     own over the stored lines) where :data:`IN_TILES`; ``(0, 0, 0)`` for sigmoid, for dilated rows
     (``dw`` > 1: several tile calls per output) and elsewhere, which keep the activation kernel."""
     if IN_TILES and act >= ACT_HARDSIGMOID and dw == 1:
-        if act == ACT_HARDSWISH:
-            return act, np.float32(1.0 / 6.0), np.float32(0.5)
-        return act, np.float32(alpha), np.float32(beta)
+        a, b = _act_params(act, alpha, beta)
+        return act, a, b
     return 0, np.float32(0.0), np.float32(0.0)
+
+
+@jit(inline="always")
+def _act_params(act, alpha, beta):
+    """The ``(alpha, beta)`` the vector code runs ``act`` with: hard swish its fixed 1/6 and 1/2."""
+    if act == ACT_HARDSWISH:
+        return np.float32(1.0 / 6.0), np.float32(0.5)
+    return np.float32(alpha), np.float32(beta)
 
 
 # Values per parallel task of the activation kernel (64 KiB: in L2, several tasks per thread).
@@ -165,7 +185,7 @@ def _activation(y, act, alpha, beta):
     flat = y.reshape(y.size)
     total = flat.shape[0]
     zero, one = np.float32(0.0), np.float32(1.0)
-    a, b = (np.float32(1.0 / 6.0), np.float32(0.5)) if act == ACT_HARDSWISH else (np.float32(alpha), np.float32(beta))
+    a, b = _act_params(act, alpha, beta)
     for t in prange((total + ACT_CHUNK - 1) // ACT_CHUNK):
         lo = t * ACT_CHUNK
         hi = min(total, lo + ACT_CHUNK)
