@@ -378,3 +378,8 @@ def codebook_gemv_epilogue(codes, cb, wide, x, perm, bias, scale, shift, res, lo
     xs[0, :x.shape[0]] = x
     y = codebook_matmul_vpermps(codes, xs, cb, wide) + bias
     return bias_epilogue_rows(y, np.zeros(0, np.float32), scale, shift, res, lo, hi, act, alpha, beta)
+
+
+def address(a):
+    """The address of ``a``'s data (nncomp/kernels/aligned.py)."""
+    return a.ctypes.data

@@ -22,6 +22,23 @@ def test_empty_and_zeros_are_aligned_contiguous_and_the_right_size(shape, dtype)
     assert not aligned.zeros(shape, dtype).any()
 
 
+@given(size=st.integers(0, 5000), start=st.integers(0, 40), step=st.integers(1, 3),
+       dtype=st.sampled_from([np.float32, np.int8, np.uint8, np.int64]))
+def test_address_is_the_data_pointer_of_any_array_and_view(size, start, step, dtype):
+    import reference
+    base = np.zeros(size + 64, dtype)
+    for a in (base, base[start:start + size:step], base[start:start + size].reshape(-1, 1)):
+        assert aligned.address(a) == reference.address(a) == a.__array_interface__["data"][0]
+
+
+def test_empty_keeps_its_memory_alive_and_writable():
+    a = aligned.empty((3, 5000))
+    a[...] = 7.0
+    b = aligned.empty((3, 5000))           # a fresh block: a's must not be reused while a lives
+    b[...] = 1.0
+    assert (a == 7.0).all() and a.base is not None and aligned.is_aligned(a)
+
+
 @given(rows=st.integers(1, 300), cols=st.integers(1, 300), offset=st.integers(0, 15), seed=st.integers(0, 2**31))
 def test_aligned_copies_only_what_is_not_aligned_and_keeps_the_values(rows, cols, offset, seed):
     rng = np.random.default_rng(seed)

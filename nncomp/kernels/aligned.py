@@ -11,10 +11,20 @@ import math
 
 import numpy as np
 
+from ._jit import jit
+
 ALIGN = 64
 # Arrays below this many bytes come from NumPy as they are: aligning them costs a microsecond a call
 # (at batch 1 a small model's pass is 20-60 us) and saves nothing measurable.
 SMALL = 4096
+
+
+@jit
+def address(a):
+    """The address of ``a``'s data, ``a.ctypes.data``: ~0.2 us a call from Python where
+    ``a.ctypes`` builds an object (1.4 us, AMD EPYC Zen 3 guest; 3 of them a BLAS call, and
+    :func:`empty` took 3.8 us against NumPy's 0.34 for a 50 kB array)."""
+    return a.ctypes.data
 
 
 def empty(shape, dtype=np.float32):
@@ -26,8 +36,7 @@ def empty(shape, dtype=np.float32):
     if size < SMALL:
         return np.empty(shape, dtype)
     raw = np.empty(size + ALIGN, np.uint8)
-    start = -raw.ctypes.data % ALIGN
-    return raw[start:start + size].view(dtype).reshape(shape)
+    return np.ndarray(shape, dtype, raw, -address(raw) % ALIGN)
 
 
 def zeros(shape, dtype=np.float32):
@@ -39,7 +48,7 @@ def zeros(shape, dtype=np.float32):
 
 def is_aligned(a):
     """Whether ``a``'s data starts on an :data:`ALIGN`-byte boundary, or ``a`` is below :data:`SMALL` bytes."""
-    return a.nbytes < SMALL or a.ctypes.data % ALIGN == 0
+    return a.nbytes < SMALL or address(a) % ALIGN == 0
 
 
 def aligned(a, dtype=None):

@@ -33,6 +33,7 @@ from numba.extending import intrinsic
 
 from . import _jit
 from ._jit import pjit, pool_ready
+from .aligned import address
 
 _F32 = np.dtype(np.float32)
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
@@ -284,8 +285,8 @@ def gemm_nt(x, w, out, beta=0.0):
     with ONE_THREAD:
         parts = min(_parts(m * n * k), m)
         if parts == 1:
-            _sgemm(_ROW_MAJOR, _NO_TRANS, _TRANS, m, n, k, 1.0, x.ctypes.data, ldx, w.ctypes.data, ldw,
-                   float(beta), out.ctypes.data, ldo)
+            _sgemm(_ROW_MAJOR, _NO_TRANS, _TRANS, m, n, k, 1.0, address(x), ldx, address(w), ldw, float(beta),
+                   address(out), ldo)
         else:
             blas_gemm_rows(SGEMM_AT, x, w, out, float(beta), parts)
     return out
@@ -347,6 +348,6 @@ def _scipy_gemm_nt(x, w, out, beta):
     ref, c_int, c_float = ctypes.byref, ctypes.c_int, ctypes.c_float
     # column-major: out.T (n x m) = (w read transposed) (n x k) @ x.T (k x m)
     _scipy(ref(ctypes.c_char(b"T")), ref(ctypes.c_char(b"N")), ref(c_int(n)), ref(c_int(m)), ref(c_int(k)),
-           ref(c_float(1.0)), w.ctypes.data, ref(c_int(_leading(w, "w", k))), x.ctypes.data,
-           ref(c_int(_leading(x, "x", k))), ref(c_float(beta)), out.ctypes.data,
+           ref(c_float(1.0)), address(w), ref(c_int(_leading(w, "w", k))), address(x),
+           ref(c_int(_leading(x, "x", k))), ref(c_float(beta)), address(out),
            ref(c_int(_leading(out, "out", n))))
