@@ -37,7 +37,7 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
-from ._ir import declare, loop_latch, loop_phis, masked_v16, store_v16
+from ._ir import declare, loop_latch, loop_phis, masked_v16, prefetch, store_v16
 from . import aligned
 from ._jit import both
 from .isa import VECTOR_REGISTERS
@@ -251,6 +251,13 @@ def _output_tile(typingctx, m, moff, mstride, bias, scale, shift, boff, affine, 
         do_add = builder.icmp_signed("!=", add_, intp(0))
         lo_v, hi_v = bcast(lo), bcast(hi)
         pooling = builder.icmp_signed("!=", pool, intp(0))
+        # the next tile's residual lines (two pixels on): from L3 where the residual is a block input
+        # two steps back (as the blocked tiles do, nncomp/kernels/conv_tiles.py; without a residual
+        # ``res`` is ``out``: the lines that tile stores)
+        for i in range(2):
+            for j in (2, 3):
+                prefetch(builder, builder.gep(rd, [builder.add(ooff, builder.add(builder.mul(orow, intp(i)),
+                                                                                builder.mul(opix, intp(j))))]), 3)
         best = None
         for i in range(2):
             for j in range(2):
