@@ -121,10 +121,14 @@ def test_blocked_tile_width_fills_short_lines():
     assert tile_vectors(96, 1, 7, 32) == 3 and tile_vectors(576, 8, 7, 32) == 3
     assert tile_vectors(64, 64, 7, 32) == 4 and tile_vectors(16, 1, 112, 32) == 1
     assert tile_vectors(32, 64, 14, 32) == 2 and tile_vectors(64, 64, 7, 16) == 1
+    # AVX2, a 1 x 1 convolution with a stride over at most 32 channels: every vector of co in a tile
+    assert tile_vectors(32, 32, 14, 16, strided_1x1=16) == 2 and tile_vectors(64, 32, 7, 16, strided_1x1=32) == 4
+    assert tile_vectors(128, 8, 14, 16, strided_1x1=64) == 1 and tile_vectors(64, 32, 7, 16, strided_1x1=0) == 1
     for co in range(1, 300, 7):
         for n, ow in ((1, 7), (1, 56), (8, 14), (64, 7)):
             for registers in (None, 16, 32):
-                assert 1 <= tile_vectors(co, n, ow, registers) <= min(4, -(-co // 16))
+                for strided in (0, 16, 64):
+                    assert 1 <= tile_vectors(co, n, ow, registers, strided) <= min(4, -(-co // 16))
 
 
 def test_depthwise_layer_uses_multiplier():

@@ -280,7 +280,8 @@ def blocked_step(layer, shape, n, oh, ow, epilogue=None, scaled=None):
                else (conv_blocked_nhwc, conv_blocked_nhwc_parallel))
     padded, kern, nvec, pmax, geo = _blocked_setup(layer, shape, n, oh, ow, kernels, BLOCKED_SERIAL_FACTOR)
     if not layer.depthwise:
-        nvec = tile_vectors(layer.out_channels, n, ow)
+        strided_1x1 = layer.in_channels if layer.kernel_size == (1, 1) and layer.stride != (1, 1) else 0
+        nvec = tile_vectors(layer.out_channels, n, ow, strided_1x1=strided_1x1)
         pmax = tile_pixels(nvec)
     w, bias = layer.weight_b
     weight = blocked_weight_source(layer)
@@ -317,7 +318,7 @@ def blocked_step(layer, shape, n, oh, ow, epilogue=None, scaled=None):
     return run
 
 
-def tile_vectors(co, n, ow, registers=None):
+def tile_vectors(co, n, ow, registers=None, strided_1x1=0):
     """The vectors of 16 output channels (1-4) of the dense blocked kernel's tiles for ``co`` channels
     and ``n`` images of ``ow``-pixel lines: the width whose tiles (along lines, or across images where
     the kernel takes those) hold the most accumulators on average, each tile weighted by its outputs;
@@ -329,10 +330,15 @@ def tile_vectors(co, n, ow, registers=None):
     (AVX2), always 1 vector of 6 pixels (12 ymm accumulators): one thread, AMD EPYC Zen 3, round-robin
     A/B, it was the fastest or within 5% on 3 x 3 and 5 x 5 convolutions of 16-64 channels on 7-28
     pixel lines (7 x 7 64 -> 64, 16 images: 30.4 GMAC/s against 22.7 for 2 x 2 and 21.7 for 4 x 1),
-    except a 1-channel input (6.8 against 8.4)."""
+    except a 1-channel input (6.8 against 8.4). ``strided_1x1``: the input channels of a 1 x 1
+    convolution with a stride (0: another kernel): with 16 registers and at most 32 input channels
+    every vector of ``co`` in one tile (up to 4), the input value a tile broadcasts serving all
+    of them (one thread, Zen 3, 1 x 1 stride 2, 31 alternating rounds: 32 images 28 x 28 16 -> 32
+    0.87x the time of 1 vector, 14 x 14 32 -> 64 0.79x, 8 images 56 x 56 24 -> 48 0.90x; from 64
+    channels up 1 vector stays fastest: 64 -> 128 0.99x, 128 -> 256 1.10x with 2)."""
     registers = VECTOR_REGISTERS if registers is None else registers
     if registers < 32:
-        return 1
+        return min(4, -(-co // 16)) if 0 < strided_1x1 <= 32 else 1
     vectors = -(-co // 16)
     best, score = 1, -1.0
     for nvec in range(min(vectors, 4), 0, -1):
