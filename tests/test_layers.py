@@ -124,6 +124,7 @@ def test_blocked_tile_width_fills_short_lines():
     # AVX2, a 1 x 1 convolution with a stride over at most 32 channels: every vector of co in a tile
     assert tile_vectors(32, 32, 14, 16, strided_1x1=16) == 2 and tile_vectors(64, 32, 7, 16, strided_1x1=32) == 4
     assert tile_vectors(128, 8, 14, 16, strided_1x1=64) == 1 and tile_vectors(64, 32, 7, 16, strided_1x1=0) == 1
+    assert tile_vectors(576, 1, 1, 16, pixels=1) == 4 and tile_vectors(144, 8, 1, 16, pixels=8) == 1
     for co in range(1, 300, 7):
         for n, ow in ((1, 7), (1, 56), (8, 14), (64, 7)):
             for registers in (None, 16, 32):

@@ -281,7 +281,7 @@ def blocked_step(layer, shape, n, oh, ow, epilogue=None, scaled=None):
     padded, kern, nvec, pmax, geo = _blocked_setup(layer, shape, n, oh, ow, kernels, BLOCKED_SERIAL_FACTOR)
     if not layer.depthwise:
         strided_1x1 = layer.in_channels if layer.kernel_size == (1, 1) and layer.stride != (1, 1) else 0
-        nvec = tile_vectors(layer.out_channels, n, ow, strided_1x1=strided_1x1)
+        nvec = tile_vectors(layer.out_channels, n, ow, strided_1x1=strided_1x1, pixels=n * oh * ow)
         pmax = tile_pixels(nvec)
     w, bias = layer.weight_b
     weight = blocked_weight_source(layer)
@@ -318,7 +318,7 @@ def blocked_step(layer, shape, n, oh, ow, epilogue=None, scaled=None):
     return run
 
 
-def tile_vectors(co, n, ow, registers=None, strided_1x1=0):
+def tile_vectors(co, n, ow, registers=None, strided_1x1=0, pixels=None):
     """The vectors of 16 output channels (1-4) of the dense blocked kernel's tiles for ``co`` channels
     and ``n`` images of ``ow``-pixel lines: the width whose tiles (along lines, or across images where
     the kernel takes those) hold the most accumulators on average, each tile weighted by its outputs;
@@ -335,10 +335,15 @@ def tile_vectors(co, n, ow, registers=None, strided_1x1=0):
     every vector of ``co`` in one tile (up to 4), the input value a tile broadcasts serving all
     of them (one thread, Zen 3, 1 x 1 stride 2, 31 alternating rounds: 32 images 28 x 28 16 -> 32
     0.87x the time of 1 vector, 14 x 14 32 -> 64 0.79x, 8 images 56 x 56 24 -> 48 0.90x; from 64
-    channels up 1 vector stays fastest: 64 -> 128 0.99x, 128 -> 256 1.10x with 2)."""
+    channels up 1 vector stays fastest: 64 -> 128 0.99x, 128 -> 256 1.10x with 2). ``pixels``: the
+    output's pixels over all images; with 16 registers one pixel (an SE block's 1 x 1 convolutions
+    at batch 1, a mat-vec) takes every vector of ``co`` too, 1 vector's 2 accumulators waiting on
+    each multiply-add's latency (one thread, Zen 3, 31 rounds: 144 -> 576 0.79x the time, 576 -> 144
+    0.86x, 64 -> 240 0.73x, 240 -> 64 0.81x, 24 -> 96 0.93x; at 8 pixels 576 -> 144 3-4 vectors
+    were slower, 1.31-1.36x)."""
     registers = VECTOR_REGISTERS if registers is None else registers
     if registers < 32:
-        return min(4, -(-co // 16)) if 0 < strided_1x1 <= 32 else 1
+        return min(4, -(-co // 16)) if 0 < strided_1x1 <= 32 or pixels == 1 else 1
     vectors = -(-co // 16)
     best, score = 1, -1.0
     for nvec in range(min(vectors, 4), 0, -1):
