@@ -61,7 +61,12 @@ def test_budget_holds_on_heldout_part_lenet300(lenet300):
     assert heldout_drop(model, out, x, y) <= 0.5 + 1e-9
     assert plan.heldout_drop == pytest.approx(heldout_drop(model, out, x, y))
     assert plan.metric == "accuracy" and plan.batch == 1
-    assert [c.layer for c in plan.layers] == ["fc1", "fc2", "fc3"]
+    # one choice per layer of the original; the second pass (nncomp/planner/stacking.py) may add int8
+    # to the two factors of a layer the first pass factorized ("fc1/v" and "fc1"), as timings decide
+    names = [c.layer for c in plan.layers]
+    assert names[:3] == ["fc1", "fc2", "fc3"]
+    lowrank = {c.layer for c in plan.layers[:3] if c.candidate.startswith("lowrank")}
+    assert all(n in lowrank or (n.endswith("/v") and n[:-2] in lowrank) for n in names[3:]), plan.layers
     assert plan.measured_ms <= plan.dense_ms        # the planner's own final measurement decided
     assert out is not model and model.plan is None
     assert {r[1] for r in plan.table} >= {"dense", "csr90", "int8-static", "lowrank/4"}

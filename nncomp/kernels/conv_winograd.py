@@ -1,35 +1,32 @@
 """Winograd F(2x2, 3x3) convolution over NHWC float32 images (the ``winograd`` conv algorithm).
 
-A 3x3 stride-1 convolution computes each 2x2 block of output pixels from a 4x4 block of input
-with 16 multiplies per input and output channel instead of 36 (Lavin and Gray, "Fast Algorithms
-for Convolutional Neural Networks", 2016): with the input tile ``d`` (4x4), the filter ``g`` (3x3) and the
-constant matrices ``B``, ``G``, ``A`` of F(2, 3),
+A 3x3 stride-1 convolution computes each 2x2 block of output pixels from a 4x4 block of input with 16 multiplies
+per input and output channel instead of 36 (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks",
+2016): with the input tile ``d`` (4x4), the filter ``g`` (3x3) and the constant matrices ``B``, ``G``, ``A`` of F(2, 3),
 
     Y = A^T [ (G g G^T) * (B^T d B) ] A        (``*`` elementwise over the 16 positions)
 
 summed over input channels: three passes over a chunk of tiles (a few tile rows of one image, in L2):
 
-1. input transform: ``B^T d B`` for every tile and 16-channel vector (16 loads, 32 adds, 16
-   stores), into ``U[16, tiles, cp]``;
-2. 16 independent products ``M[xi] = U[xi] @ W[xi]`` (tiles x cp times cp x cop), run by the
-   register-blocked tiles of nncomp/kernels/conv_blocked.py as 1x1 convolutions;
-3. output transform ``A^T m A`` (16 loads, 24 adds, up to four stores), with the bias and the
-   epilogue of the blocked kernel (affine map, residual add, clip) applied before the store, then
-   the activation kernel on the chunk's output lines.
+1. input transform: ``B^T d B`` for every tile and 16-channel vector (16 loads, 32 adds, 16 stores), into
+   ``U[16, tiles, cp]``;
+2. 16 independent products ``M[xi] = U[xi] @ W[xi]`` (tiles x cp times cp x cop), run by the register-blocked
+   tiles of nncomp/kernels/conv_blocked.py as 1x1 convolutions;
+3. output transform ``A^T m A`` (16 loads, 24 adds, up to four stores), with the bias and the epilogue of the
+   blocked kernel (affine map, residual add, clip) applied before the store, then the activation kernel on the
+   chunk's output lines.
 
-The filter transform ``G g G^T`` is done once, in float64, when the layer is prepared
-(:func:`winograd_weight`). The transforms' coefficients are 0, +-1 and +-1/2, so the result
-differs from the direct sum by rounding only (the NumPy twin is tests/reference_conv_winograd.py,
-which computes the same three passes; the property test checks both against a float64 direct
-convolution). The transforms are LLVM IR over ``<16 x float>`` vectors, as the blocked tiles are:
-plain Numba loops over 16 input and 16 output streams did not vectorize (LLVM could not rule out
-aliasing; 4x slower than the products).
+The filter transform ``G g G^T`` is done once, in float64, when the layer is prepared (:func:`winograd_weight`).
+The transforms' coefficients are 0, +-1 and +-1/2, so the result differs from the direct sum by rounding only (the
+NumPy twin is tests/reference_conv_winograd.py, which computes the same three passes; the property test checks
+both against a float64 direct convolution). The transforms are LLVM IR over ``<16 x float>`` vectors, as the
+blocked tiles are: plain Numba loops over 16 input and 16 output streams did not vectorize (LLVM could not rule
+out aliasing; 4x slower than the products).
 
-Shapes: the kernel reads the unpadded input and the layer's padding (no padded copy: 0.12 ms, a
-tenth of the convolution, at 64x28x28x16); ``out`` has ``oh = h + pt + pb - 2`` lines and ``ow =
-w + pl + pr - 2`` columns. Input tiles read zero for padding pixels without loading them (masked
-loads); an odd ``oh`` or ``ow`` ends with half tiles, whose missing input line or column reads zero
-too (it only feeds the output that is not stored).
+Shapes: the kernel reads the unpadded input and the layer's padding (no padded copy: 0.12 ms, a tenth of the
+convolution, at 64x28x28x16); ``out`` has ``oh = h + pt + pb - 2`` lines and ``ow = w + pl + pr - 2`` columns.
+Input tiles read zero for padding pixels without loading them (masked loads); an odd ``oh`` or ``ow`` ends with
+half tiles, whose missing input line or column reads zero too (it only feeds the output that is not stored).
 """
 import numba
 import numpy as np
@@ -71,11 +68,9 @@ def _product_function(module, P, V):
     fn = module.globals.get(name)
     if fn is not None:
         return fn
-    f32 = ir.FloatType()
+    f32, intp, i32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
     v16 = ir.VectorType(f32, 16)
     vptr, fptr = v16.as_pointer(), f32.as_pointer()
-    intp = ir.IntType(64)
-    i32 = ir.IntType(32)
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [fptr, intp, intp, intp, fptr, intp, intp, fptr, intp,
                                                              intp]), name)
     fn.linkage = "internal"
@@ -251,13 +246,11 @@ def _output_tile(typingctx, m, moff, mstride, bias, scale, shift, boff, affine, 
         do_add = builder.icmp_signed("!=", add_, intp(0))
         lo_v, hi_v = bcast(lo), bcast(hi)
         pooling = builder.icmp_signed("!=", pool, intp(0))
-        # the next tile's residual lines (two pixels on): from L3 where the residual is a block input
-        # two steps back (as the blocked tiles do, nncomp/kernels/conv_tiles.py; without a residual
-        # ``res`` is ``out``: the lines that tile stores)
-        for i in range(2):
-            for j in (2, 3):
-                prefetch(builder, builder.gep(rd, [builder.add(ooff, builder.add(builder.mul(orow, intp(i)),
-                                                                                builder.mul(opix, intp(j))))]), 3)
+        # the next tile's residual lines (two pixels on; without a residual ``res`` is ``out``): from L3
+        # where the residual is a block input two steps back, as in nncomp/kernels/conv_tiles.py
+        for i, j in ((0, 2), (0, 3), (1, 2), (1, 3)):
+            prefetch(builder, builder.gep(rd, [builder.add(ooff, builder.add(builder.mul(orow, intp(i)),
+                                                                            builder.mul(opix, intp(j))))]), 3)
         best = None
         for i in range(2):
             for j in range(2):
