@@ -221,14 +221,14 @@ def _epilogue(builder, P, V, new, arrays, ints, epi, mask, optrs, full, acts):
         return [builder.fadd(builder.fmul(vals[k], scale[k % V]), shift[k % V]) for k in range(P * V)]
 
     def residual(vals):
-        # the next tile's residual (the run's next P pixels), asked for now: a block input two steps
-        # back comes from L3 (ResNet-small's shortcut at batch 32: 800 kB), and loaded here cold it
-        # cost 1 x 1 convolutions 1.1-1.5x their time without the add (AMD EPYC Zen 3, one thread).
-        # Here, under the add's branch: in every tile (``res`` is ``out`` without an add) the
-        # prefetches cost short-reduction 1 x 1 tiles without a residual 3-4%
+        # prefetch the next tile's residual (the run's next P pixels): a block input two steps back
+        # comes from L3 (ResNet-small's shortcut at batch 32: 800 kB), and loaded cold here it cost
+        # 1 x 1 convolutions 1.1-1.5x their time without the add (AMD EPYC Zen 3, one thread). Only
+        # on the add's branch: prefetching in every tile cost 1 x 1 tiles without an add 3-4%
+        ahead = builder.mul(opix, intp(P))
         for p in range(P):
             for v in range(V):
-                prefetch(builder, builder.gep(rd, [builder.add(at[p][v], builder.mul(opix, intp(P)))]), 3)
+                prefetch(builder, builder.gep(rd, [builder.add(at[p][v], ahead)]), 3)
         out = []
         for p in range(P):
             for v in range(V):
