@@ -220,7 +220,7 @@ def test_model_option_with_data_npz_in_process(tmp_path, capsys):
 # What each suite's JSON holds besides the machine record, and a line its Markdown must contain.
 SUITE_KEYS = {
     "dense": (["rows"], "| case | batch | nncomp |"),
-    "conv_algos": (["rows", "rules"], "| shape | batch | MACs | winograd | blocked | im2col | shifted | direct |"),
+    "conv_algos": (["rows", "rules"], "| shape | batch | MACs | winograd4 | winograd | blocked | im2col | shifted | direct |"),
     "quant": (["speed", "accuracy", "limits"], "## Accuracy on the 1,000 test digits"),
     "codebook": (["speed", "accuracy", "limits"], "## Deep Compression pipeline"),
     "sparse": (["fc6", "fc7", "density_sweep_fc7", "conv3_2", "lenet", "limits"], "## Targets (issues #4, #14) in this run"),

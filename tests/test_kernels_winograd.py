@@ -1,5 +1,5 @@
-"""The Winograd F(2x2, 3x3) kernel (nncomp/kernels/conv_winograd.py) against its NumPy twin
-(tests/reference_winograd.py), and the twin against a float64 direct convolution."""
+"""The Winograd F(2x2, 3x3) and F(4x4, 3x3) kernel (nncomp/kernels/conv_winograd.py, winograd_tiles.py)
+against its NumPy twin (tests/reference_winograd.py), and the twin against a float64 direct convolution."""
 import numba
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ from hypothesis import assume, given, strategies as st
 import reference as ref
 import reference_winograd as refw
 from conftest import assert_close_f32
-from nncomp.kernels import conv_winograd as W
+from nncomp.kernels import conv_winograd as W, winograd_tiles as W4
 from nncomp.kernels.epilogue import ACT_HARDSWISH, ACT_LEAKYRELU, ACT_SIGMOID, activation_rows
 
 
@@ -29,15 +29,23 @@ def problem(draw, max_c=40, max_co=70):
     return xp, w, bias, (n, oh, ow, c, co), rng
 
 
-def _magnitude(xp, w, bias, oh, ow, co):
+def _weight(w, m):
+    return W.winograd_weight(w) if m == 2 else W4.winograd4_weight(w)
+
+
+def _magnitude(xp, w, bias, oh, ow, co, m=2):
     """|A^T| (sum_c |B^T d B| |G g G^T|) |A| + |bias|: what rounding errors of the passes scale with."""
-    wt = np.abs(np.einsum("ar,ocrs,bs->abco", np.abs(W.G), np.abs(w.astype(np.float64)), np.abs(W.G)))
-    saved = refw.BT, refw.AT
-    refw.BT, refw.AT = np.abs(saved[0]), np.abs(saved[1])
+    g = np.abs(W.G if m == 2 else W4.G4)
+    wt = np.abs(np.einsum("ar,ocrs,bs->abco", g, np.abs(w.astype(np.float64)), g))
+    names = ("BT", "AT") if m == 2 else ("BT4", "AT4")
+    saved = [getattr(refw, k) for k in names]
+    for k, v in zip(names, saved):
+        setattr(refw, k, np.abs(v))
     try:
-        return refw.winograd_nhwc(np.abs(xp), wt.reshape(16, *wt.shape[2:]), np.abs(bias), oh, ow, co)
+        return refw.winograd_nhwc(np.abs(xp), wt.reshape((m + 2) ** 2, *wt.shape[2:]), np.abs(bias), oh, ow, co, m=m)
     finally:
-        refw.BT, refw.AT = saved
+        for k, v in zip(names, saved):
+            setattr(refw, k, v)
 
 
 def _direct(xp, w, bias):
@@ -47,52 +55,58 @@ def _direct(xp, w, bias):
 
 @given(p=problem())
 def test_the_twin_is_a_convolution(p):
-    """F(2x2, 3x3) as the twin writes it (B, G, A; odd sizes with half tiles) is the direct sum."""
+    """F(2x2, 3x3) and F(4x4, 3x3) as the twin writes them (B, G, A; odd sizes with partial tiles) are
+    the direct sum."""
     xp, w, bias, (n, oh, ow, c, co), _ = p
-    wt = np.einsum("ar,ocrs,bs->abco", W.G, w.astype(np.float64), W.G).reshape(16, c, co)
-    got = refw.winograd_nhwc(xp, wt, bias, oh, ow, co)
     want = _direct(xp, w, bias)
-    assert np.allclose(got, want, rtol=1e-10, atol=1e-10 * max(1.0, np.abs(want).max()))
+    for m, g in ((2, W.G), (4, W4.G4)):
+        wt = np.einsum("ar,ocrs,bs->abco", g, w.astype(np.float64), g).reshape((m + 2) ** 2, c, co)
+        got = refw.winograd_nhwc(xp, wt, bias, oh, ow, co, m=m)
+        assert np.allclose(got, want, rtol=1e-10, atol=1e-10 * max(1.0, np.abs(want).max()))
     if oh < 2 or ow < 2:
         return
+    wt = np.einsum("ar,ocrs,bs->abco", W.G, w.astype(np.float64), W.G).reshape(16, c, co)
     pooled = refw.winograd_nhwc(xp, wt, bias, oh, ow, co, pool=2)
     assert np.allclose(pooled, ref.maxpool_nhwc(want, 2, 2, 2, 2, 0, 0, 1, 1, oh // 2, ow // 2), rtol=1e-10,
                        atol=1e-10 * max(1.0, np.abs(want).max()))
 
 
-def _call(kernel, xp, wt, bias, out, rows, nvec, pmax, epilogue=None, pool=0, pads=(0, 0, 0, 0)):
+def _call(kernel, xp, wt, bias, out, rows, nvec, pmax, epilogue=None, pool=0, pads=(0, 0, 0, 0), m=2):
     n, oh, ow = xp.shape[0], xp.shape[1] + pads[0] + pads[1] - 2, xp.shape[2] + pads[2] + pads[3] - 2
     cp, cop = wt.shape[1], wt.shape[2]
-    us, ms = W.work_sizes(oh, ow, cp, cop, rows)
+    us, ms = W.work_sizes(oh, ow, cp, cop, rows, m)
     threads = numba.get_num_threads()
     ub = np.full((threads, us), np.nan, np.float32)
     mb = np.full((threads, ms), np.nan, np.float32)
     z = np.zeros(cop, np.float32)
     scale, shift, affine, res, add, lo, hi, act = epilogue or (z, z, False, out, False, -np.inf, np.inf, 0)
     kernel(xp, *pads, wt, bias, scale, shift, affine, res, add, lo, hi, act, np.float32(0.2), np.float32(0.5),
-           nvec, pmax, rows, ub, mb, pool, out)
+           nvec, pmax, rows, ub, mb, pool, out, m)
 
 
 @pytest.mark.parametrize("kernel", [W.winograd_nhwc, W.winograd_nhwc_parallel])
 @given(p=problem(), data=st.data())
 def test_winograd_nhwc_matches_reference(kernel, p, data):
-    """Every chunk size, vector count and product tile width, masked channel tails (c and co not
-    multiples of 16), odd output sizes; then the epilogue as the blocked kernel applies it, bit for
-    bit what the epilogue kernels make of the plain output, and the fused 2x2 max-pool."""
+    """F(2x2, 3x3) and F(4x4, 3x3): every chunk size, vector count and product tile width, masked
+    channel tails (c and co not multiples of 16), output sizes not multiples of the tile; then the
+    epilogue as the blocked kernel applies it, bit for bit what the epilogue kernels make of the plain
+    output, and the fused 2x2 max-pool."""
     numba.get_num_threads()         # the pool is up (a cached kernel asking its thread id needs it)
     xp, w, bias, (n, oh, ow, c, co), rng = p
-    wt = W.winograd_weight(w)
+    m = data.draw(st.sampled_from([2, 4]), label="m")
+    wt = _weight(w, m)
     cop = wt.shape[2]
     bias_p = np.zeros(cop, np.float32)
     bias_p[:co] = bias
-    rows = data.draw(st.integers(1, (oh + 1) // 2), label="rows")
+    rows = data.draw(st.integers(1, -(-oh // m)), label="rows")
     nvec = data.draw(st.integers(1, 4), label="nvec")
     pmax = data.draw(st.integers(1, W.PRODUCT_PIXELS[nvec]), label="pmax")
     out = np.full((n, oh, ow, co), np.nan, np.float32)
-    _call(kernel, xp, wt, bias_p, out, rows, nvec, pmax)
-    want = refw.winograd_nhwc(xp, wt, bias_p, oh, ow, co)
-    assert_close_f32(out, want, _magnitude(xp, w, bias, oh, ow, co), 16 * c + 8)
-    assert_close_f32(out, _direct(xp, w, bias), _magnitude(xp, w, bias, oh, ow, co), 16 * c + 16)
+    _call(kernel, xp, wt, bias_p, out, rows, nvec, pmax, m=m)
+    want = refw.winograd_nhwc(xp, wt, bias_p, oh, ow, co, m=m)
+    mag, k = _magnitude(xp, w, bias, oh, ow, co, m), (m + 2) ** 2 * c
+    assert_close_f32(out, want, mag, k + 8)
+    assert_close_f32(out, _direct(xp, w, bias), mag, k + 16)
 
     affine, add = data.draw(st.booleans(), label="affine"), data.draw(st.booleans(), label="add")
     lo, hi = data.draw(st.sampled_from([(-np.inf, np.inf), (0.0, np.inf), (0.0, 6.0)]), label="clip")
@@ -102,7 +116,7 @@ def test_winograd_nhwc_matches_reference(kernel, p, data):
     res = rng.standard_normal(out.shape).astype(np.float32)
     fused = np.full_like(out, np.nan)
     _call(kernel, xp, wt, bias_p, fused, rows, nvec, pmax,
-          (scale, shift, affine, res if add else fused, add, np.float32(lo), np.float32(hi), act))
+          (scale, shift, affine, res if add else fused, add, np.float32(lo), np.float32(hi), act), m=m)
     expect = ref.epilogue_rows(out.reshape(-1, co), scale[:co] if affine else np.zeros(0, np.float32),
                                shift[:co] if affine else np.zeros(0, np.float32),
                                res.reshape(-1, co) if add else np.zeros((0, co), np.float32), lo, hi)
@@ -112,16 +126,17 @@ def test_winograd_nhwc_matches_reference(kernel, p, data):
 
     if oh >= 2 and ow >= 2:
         pooled = np.full((n, oh // 2, ow // 2, co), np.nan, np.float32)
-        _call(kernel, xp, wt, bias_p, pooled, rows, nvec, pmax, pool=2)
+        _call(kernel, xp, wt, bias_p, pooled, rows, nvec, pmax, pool=2, m=m)
         assert np.array_equal(pooled, ref.maxpool_nhwc(out, 2, 2, 2, 2, 0, 0, 1, 1, oh // 2, ow // 2))
 
 
 @given(n=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9), c=st.integers(1, 20), co=st.integers(1, 20),
        pads=st.tuples(*[st.integers(0, 2)] * 4), epilogue=st.booleans(), parallel=st.booleans(),
-       seed=st.integers(0, 2**31))
-def test_winograd_reads_the_padding_as_zeros(n, h, w, c, co, pads, epilogue, parallel, seed):
-    """The kernel on the unpadded input and the layer's padding (nothing read outside the input)
-    gives, bit for bit, what it gives on the zero-padded copy: plain, with an epilogue, pooled."""
+       seed=st.integers(0, 2**31), m=st.sampled_from([2, 4]))
+def test_winograd_reads_the_padding_as_zeros(n, h, w, c, co, pads, epilogue, parallel, seed, m):
+    """The kernel (F(2x2, 3x3) and F(4x4, 3x3)) on the unpadded input and the layer's padding (nothing
+    read outside the input) gives, bit for bit, what it gives on the zero-padded copy: plain, with an
+    epilogue, pooled."""
     numba.get_num_threads()
     t, b, l, r = pads
     oh, ow = h + t + b - 2, w + l + r - 2
@@ -129,7 +144,7 @@ def test_winograd_reads_the_padding_as_zeros(n, h, w, c, co, pads, epilogue, par
     rng = np.random.default_rng(seed)
     kernel = W.winograd_nhwc_parallel if parallel else W.winograd_nhwc
     x = rng.standard_normal((n, h, w, c)).astype(np.float32)
-    wt = W.winograd_weight(rng.standard_normal((co, c, 3, 3)))
+    wt = _weight(rng.standard_normal((co, c, 3, 3)), m)
     cop = wt.shape[2]
     bias = rng.standard_normal(cop).astype(np.float32)
     epi = None
@@ -137,13 +152,13 @@ def test_winograd_reads_the_padding_as_zeros(n, h, w, c, co, pads, epilogue, par
         res = rng.standard_normal((n, oh, ow, co)).astype(np.float32)
         epi = (rng.standard_normal(cop).astype(np.float32), rng.standard_normal(cop).astype(np.float32), True, res,
                True, np.float32(0.0), np.float32(6.0), ACT_HARDSWISH)
-    rows = int(rng.integers(1, (oh + 1) // 2 + 1))
+    rows = int(rng.integers(1, -(-oh // m) + 1))
     for pool in ((0, 2) if oh >= 2 and ow >= 2 and not epilogue else (0,)):
         shape = (n, oh // 2, ow // 2, co) if pool else (n, oh, ow, co)
         got, want = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
-        _call(kernel, x, wt, bias, got, rows, 2, W.PRODUCT_PIXELS[2], epi, pool, pads)
+        _call(kernel, x, wt, bias, got, rows, 2, W.PRODUCT_PIXELS[2], epi, pool, pads, m)
         _call(kernel, np.pad(x, ((0, 0), (t, b), (l, r), (0, 0))), wt, bias, want, rows, 2, W.PRODUCT_PIXELS[2], epi,
-              pool)
+              pool, m=m)
         assert np.array_equal(got, want, equal_nan=True)
 
 
@@ -182,11 +197,13 @@ def test_winograd_layer_steps_match_reference(c, co, n, h, w, pad, seed):
     bias = rng.standard_normal(co).astype(np.float32)
     layer = nc.Conv2D(np.ascontiguousarray(wt.transpose(0, 2, 3, 1).reshape(co, -1)), bias, in_channels=c,
                       kernel_size=3, padding=pad)
-    assert convolution.choose(layer, (h, w, c), n) == "winograd"
+    algo = convolution.choose(layer, (h, w, c), n)
+    assert convolution.rule(layer, (h, w, c), n) == "winograd4" and algo in ("winograd4", "winograd", "blocked")
     expect = ref.conv2d_nhwc(x, wt, bias, (1, 1), pad, (1, 1), 1)
     mag = ref.conv2d_nhwc(np.abs(x), np.abs(wt), np.abs(bias), (1, 1), pad, (1, 1), 1)
-    got = convolution.forward(layer, x)
-    assert_close_f32(got, expect, 4 * mag, 16 * c + 16)
+    for a, gain in (("winograd", 4), ("winograd4", 64)):   # the coefficients' magnitudes (|A|, |B|, |G|)
+        assert_close_f32(convolution.forward(layer, x, a), expect, gain * mag, 36 * c + 16)
+    got = convolution.forward(layer, x, algo)
     scale, shift = rng.standard_normal(co).astype(np.float32), rng.standard_normal(co).astype(np.float32)
     step = convolution.prepare_epilogue(layer, (h, w, c), n, (scale, shift, False, 0.0, np.inf, None))
     fused = step(x)

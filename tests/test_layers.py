@@ -102,10 +102,11 @@ def test_conv_algorithm_choice_and_refusal():
     assert quantized.algorithms == ("im2col",)      # int8 activations: the integer product
     strided = nc.Conv2D(np.zeros((8, 144), np.float32), in_channels=16, kernel_size=3, stride=2)
     assert strided.algorithms == ("blocked", "im2col")
-    # 3x3 stride 1 over 16+ channels: Winograd F(2x2, 3x3) first; fewer channels keep the blocked kernel
+    # 3x3 stride 1 over 16+ channels: Winograd F(2x2, 3x3), F(4x4, 3x3) (dense weights; the rule's
+    # choice) first; fewer channels keep the blocked kernel
     same = nc.Conv2D(np.zeros((8, 144), np.float32), in_channels=16, kernel_size=3, padding=1)
-    assert same.algorithms[:2] == ("winograd", "blocked")
-    assert convolution.choose(same, (14, 14, 16), 1) == "winograd"
+    assert same.algorithms[:3] == ("winograd", "winograd4", "blocked")
+    assert convolution.choose(same, (14, 14, 16), 1) == "winograd4"
     narrow = nc.Conv2D(np.zeros((8, 72), np.float32), in_channels=8, kernel_size=3, padding=1)
     assert narrow.algorithms[0] == "blocked"
     with pytest.raises(ValueError, match="cannot run"):

@@ -502,7 +502,9 @@ def test_a_model_that_is_not_a_classifier_plans_within_its_metric():
              Node("prob", L.Sigmoid(), ("head",))]
     model = nc.Model(nodes, input_shape=(1, 16, 16), input_layout="NCHW")
     x = nc.data.mnist("train")[0][:200, :, 6:22, 6:22]
-    budget = 2.0
+    # random weights put the map near 0.5, where rounding flips pixels: int8 weights on the head lost
+    # 1.9 points with F(2x2, 3x3) in c2 and 2.2 with F(4x4, 3x3)
+    budget = 3.0
     out = Planner(timer=TableTimer(chosen_ms=0.6), cache=False).run(model, np.ascontiguousarray(x), budget=budget,
                                                                     metric=map_iou, methods=["quantize", "prune"])
     assert out.plan.metric == "map_iou" and out(x[:2]).shape == model(x[:2]).shape

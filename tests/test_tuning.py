@@ -133,20 +133,21 @@ def test_a_real_probe_writes_its_choice_and_the_model_is_right(probing, monkeypa
     assert [k for k in entries if k.startswith("dense-stream:40,30,5,")] and set(entries.values()) <= {"few", "stream", "blas"}
 
 
-@pytest.mark.parametrize("winner", ["winograd", "blocked"])
+@pytest.mark.parametrize("winner", ["winograd4", "winograd", "blocked"])
 def test_convolutions_run_the_algorithm_their_probe_chose(probing, monkeypatch, winner):
-    """A 3x3 layer both Winograd and the blocked kernel can run: the probe builds and runs both on
-    the layer's shape, and the plan (with a fused ReLU) runs the winner, with the same numbers."""
+    """A 3x3 layer Winograd (F(2x2, 3x3), F(4x4, 3x3)) and the blocked kernel can run: the probe
+    builds and runs the three on the layer's shape, and the plan (with a fused ReLU) runs the winner,
+    with the same numbers."""
     from nncomp.layers import conv_algorithms as convolution
     rng = np.random.default_rng(5)
     w, b = rng.standard_normal((16, 9 * 16)).astype(np.float32), rng.standard_normal(16).astype(np.float32)
     layer = nc.Conv2D(w, b, in_channels=16, kernel_size=3, padding=1)
-    assert convolution.rule(layer, (6, 6, 16), 3) == "winograd"
+    assert convolution.rule(layer, (6, 6, 16), 3) == "winograd4"
     seen = []
 
     def fake(decision, shape, names, default, make, **kw):
         candidates = make()
-        assert decision == "conv-winograd-blocked" and set(candidates) == set(names) == {"winograd", "blocked"}
+        assert decision == "conv-3x3-algorithm" and set(candidates) == set(names) == {"winograd4", "winograd", "blocked"}
         for run in candidates.values():
             run()
         seen.append(shape)
@@ -158,7 +159,7 @@ def test_convolutions_run_the_algorithm_their_probe_chose(probing, monkeypatch, 
     got = model(x)
     assert seen and seen[0][:4] == (6, 6, 16, 16)
     steps = [getattr(s, "__qualname__", "") for s, _, _ in model._plan((6, 6, 16), 3, model.outputs).steps]
-    assert steps == [f"{winner}_step.<locals>.run"], steps
+    assert steps == [f"{winner.rstrip('4')}_step.<locals>.run"], steps
     import reference as ref
     want = np.maximum(ref.conv2d_nhwc(x.transpose(0, 2, 3, 1), w.reshape(16, 3, 3, 16).transpose(0, 3, 1, 2), b,
                                       (1, 1), (1, 1, 1, 1), (1, 1), 1), 0).transpose(0, 3, 1, 2)
@@ -172,8 +173,8 @@ def test_a_real_convolution_probe_writes_its_choice(probing):
     model = nc.Model([Node("c", layer, ("input",))], input_shape=(16, 8, 8), input_layout="NCHW")
     model(rng.standard_normal((2, 16, 8, 8)).astype(np.float32))
     entries = json.loads(tuning.cache_file().read_text())
-    keys = [k for k in entries if k.startswith("conv-winograd-blocked:8,8,16,16,3,3,1,1,1,1,1,1,1,1,2,")]
-    assert keys and entries[keys[0]] in ("winograd", "blocked")
+    keys = [k for k in entries if k.startswith("conv-3x3-algorithm:8,8,16,16,3,3,1,1,1,1,1,1,1,1,2,")]
+    assert keys and entries[keys[0]] in ("winograd4", "winograd", "blocked")
 
 
 def test_a_probe_runs_its_candidates_as_a_pass_runs_its_steps(probing, monkeypatch):

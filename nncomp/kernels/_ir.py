@@ -24,6 +24,21 @@ def masked_v16(module):
                     ir.FunctionType(ir.VoidType(), [v16, vptr, i32, mask_t])))
 
 
+def vec_types():
+    """``(float, <16 x float>, its pointer, i32, <16 x i1>)`` LLVM types."""
+    f32 = ir.FloatType()
+    v16 = ir.VectorType(f32, 16)
+    return f32, v16, v16.as_pointer(), ir.IntType(32), ir.VectorType(ir.IntType(1), 16)
+
+
+def lane_mask(builder, lanes, i32):
+    """``<16 x i1>``: lane < lanes."""
+    splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
+    undef = ir.Constant(ir.VectorType(i32, 16), ir.Undefined)
+    v = builder.shuffle_vector(builder.insert_element(undef, builder.trunc(lanes, i32), i32(0)), undef, splat)
+    return builder.icmp_signed("<", ir.Constant(ir.VectorType(i32, 16), list(range(16))), v)
+
+
 def store_v16(builder, value, ptr, mask, whole, some=None):
     """Store ``<16 x float>`` ``value`` at ``ptr``: a plain store where ``whole`` (an i1: every lane
     is kept), else, where ``some`` (default: always), the lanes of ``mask`` (a prefix: lanes below

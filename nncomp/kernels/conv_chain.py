@@ -118,21 +118,22 @@ def run_chain(x0, x1, ints, floats):
         bias, scale, shift, post, post_shift = (_vector(p, 0), _vector(p, 1), _vector(p, 2), _vector(p, 3),
                                                 _vector(p, 4))
         oh, ow, co, pool = p[OH], p[OW], p[CO], p[POOL]
-        if p[WINOGRAD]:
-            cp, cop = p[W_ROWS] // 16, p[W_COLS]
-            wt = numba.carray(_f32_pointer(p[W_ADDR]), (16, cp, cop))
-            tiles = p[CHUNK] * ((ow + 1) // 2)
-            ub = _empty4(p[THREADS], 1, 16 * tiles, cp).reshape((p[THREADS], 16 * tiles * cp))
-            mb = _empty4(p[THREADS], 1, 16 * tiles, cop).reshape((p[THREADS], 16 * tiles * cop))
+        if p[WINOGRAD]:         # F(m x m, 3x3) with m = p[WINOGRAD]: (m + 2)**2 positions
+            m, span = p[WINOGRAD], (p[WINOGRAD] + 2) ** 2
+            cp, cop = p[W_ROWS] // span, p[W_COLS]
+            wt = numba.carray(_f32_pointer(p[W_ADDR]), (span, cp, cop))
+            tiles = p[CHUNK] * ((ow + m - 1) // m) * span
+            ub = _empty4(p[THREADS], 1, tiles, cp).reshape((p[THREADS], tiles * cp))
+            mb = _empty4(p[THREADS], 1, tiles, cop).reshape((p[THREADS], tiles * cop))
             out = _empty4(n, oh // pool, ow // pool, co) if pool else _empty4(n, oh, ow, co)
             res = values[p[RES]] if p[ADD] else out
             if p[PARALLEL]:
                 winograd_nhwc_parallel(src, t, b, l, r, wt, bias, scale, shift, p[AFFINE] != 0, res, p[ADD] != 0,
                                        f[LO], f[HI], p[ACT], f[ALPHA], f[BETA], p[NVEC], p[PMAX], p[CHUNK], ub, mb,
-                                       pool, out)
+                                       pool, out, m)
             else:
                 winograd_nhwc(src, t, b, l, r, wt, bias, scale, shift, p[AFFINE] != 0, res, p[ADD] != 0, f[LO], f[HI],
-                              p[ACT], f[ALPHA], f[BETA], p[NVEC], p[PMAX], p[CHUNK], ub, mb, pool, out)
+                              p[ACT], f[ALPHA], f[BETA], p[NVEC], p[PMAX], p[CHUNK], ub, mb, pool, out, m)
         elif pool == 0:
             pt, pl = (t, l) if p[UNPADDED] else (0, 0)
             out = _empty4(n, oh, ow, co)

@@ -1,4 +1,5 @@
-"""Winograd F(2x2, 3x3) convolution over NHWC float32 images (the ``winograd`` conv algorithm).
+"""Winograd F(2x2, 3x3) convolution over NHWC float32 images (the ``winograd`` conv algorithm); the
+same kernel runs F(4x4, 3x3) (``winograd4``); the tiles of both are built in nncomp/kernels/winograd_tiles.py.
 
 A 3x3 stride-1 convolution computes each 2x2 block of output pixels from a 4x4 block of input with 16 multiplies
 per input and output channel instead of 36 (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks",
@@ -34,7 +35,8 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
-from ._ir import declare, loop_latch, loop_phis, masked_v16, prefetch, store_v16
+from ._ir import declare, loop_latch, loop_phis
+from .winograd_tiles import at4, bt4, input_tile, output_tile
 from . import aligned
 from ._jit import both
 from .isa import VECTOR_REGISTERS
@@ -145,155 +147,35 @@ AVX2_PRODUCT_PIXELS = {1: 6, 2: 2, 3: 1, 4: 1}
 _products1, _products2, _products3, _products4 = (_make_products(v, PRODUCT_PIXELS[v]) for v in range(1, 5))
 
 
-def _vec_types():
-    f32 = ir.FloatType()
-    v16 = ir.VectorType(f32, 16)
-    return f32, v16, v16.as_pointer(), ir.IntType(32), ir.VectorType(ir.IntType(1), 16)
+def _bt(builder, v):
+    """B^T of F(2x2, 3x3) applied to four vectors."""
+    sub, add = builder.fsub, builder.fadd
+    return [sub(v[0], v[2]), add(v[1], v[2]), sub(v[2], v[1]), sub(v[1], v[3])]
 
 
-def _lane_mask(builder, lanes, i32):
-    """``<16 x i1>``: lane < lanes."""
-    splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
-    undef = ir.Constant(ir.VectorType(i32, 16), ir.Undefined)
-    v = builder.shuffle_vector(builder.insert_element(undef, builder.trunc(lanes, i32), i32(0)), undef, splat)
-    return builder.icmp_signed("<", ir.Constant(ir.VectorType(i32, 16), list(range(16))), v)
+def _at(builder, v):
+    """A^T of F(2x2, 3x3) applied to four vectors: two."""
+    sub, add = builder.fsub, builder.fadd
+    return [add(add(v[0], v[1]), v[2]), sub(sub(v[1], v[2]), v[3])]
 
 
-@intrinsic
-def _input_tile(typingctx, x, xoff, xrow, xpix, rvalid, cvalid, u, uoff, ustride, lanes):
-    """``U[uoff + xi * ustride:][:16] = (B^T d B)[xi]`` for the 4x4 input tile ``d`` whose pixel
-    (r, s) is the 16 floats at ``x[xoff + r * xrow + s * xpix:]`` (masked to ``lanes``, the rest
-    zero) where bit r of ``rvalid`` and bit s of ``cvalid`` are set, and zero (nothing read) where
-    not: the padding, and the line or column past a half tile's end."""
-    sig = types.void(x, xoff, xrow, xpix, rvalid, cvalid, u, uoff, ustride, lanes)
-
-    def codegen(context, builder, signature, args):
-        f32, v16, vptr, i32, mask_t = _vec_types()
-        xd = context.make_array(signature.args[0])(context, builder, args[0]).data
-        ud = context.make_array(signature.args[6])(context, builder, args[6]).data
-        xoff, xrow, xpix, rv, cv, uoff, ustride, lanes = (
-            context.cast(builder, args[k], signature.args[k], types.intp) for k in (1, 2, 3, 4, 5, 7, 8, 9))
-        intp = xoff.type
-        mload = masked_v16(builder.module)[0]
-        mask = _lane_mask(builder, lanes, i32)
-        none = ir.Constant(mask_t, [0] * 16)
-        zero = ir.Constant(v16, None)
-        rows = [builder.mul(xrow, intp(r)) for r in range(4)]
-        cols = [builder.mul(xpix, intp(s)) for s in range(4)]
-
-        def bit(v, k):
-            return builder.icmp_signed("!=", builder.and_(v, intp(1 << k)), intp(0))
-        # a masked-off load reads nothing: the address of a padding pixel may lie outside x
-        d = [[builder.call(mload, [builder.bitcast(builder.gep(xd, [builder.add(xoff, builder.add(rows[r], cols[s]))]),
-                                                   vptr), i32(4),
-                                   builder.select(builder.and_(bit(rv, r), bit(cv, s)), mask, none), zero])
-              for s in range(4)] for r in range(4)]
-        sub, add = builder.fsub, builder.fadd
-
-        def bt(v):      # B^T applied to four values
-            return [sub(v[0], v[2]), add(v[1], v[2]), sub(v[2], v[1]), sub(v[1], v[3])]
-        t = [bt([d[r][s] for r in range(4)]) for s in range(4)]          # t[s][r']: columns first
-        for r in range(4):
-            row = bt([t[s][r] for s in range(4)])
-            for s in range(4):
-                at = builder.add(uoff, builder.mul(intp(4 * r + s), ustride))
-                builder.store(row[s], builder.bitcast(builder.gep(ud, [at]), vptr), align=4)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
-def _output_tile(typingctx, m, moff, mstride, bias, scale, shift, boff, affine, res, add, out, ooff, orow, opix,
-                 ny, nx, lanes, lo, hi, pool):
-    """The 2x2 outputs ``A^T m A`` of the 16 vectors ``m[moff + xi * mstride:][:16]``, plus
-    ``bias[boff:]``, then ``* scale + shift`` (if ``affine``), ``+ res`` at the output's own offsets
-    (if ``add``), clipped to [lo, hi], stored at ``out[ooff + i * orow + j * opix:]`` for i < ny,
-    j < nx (1 or 2), masked to ``lanes``: the blocked kernel's epilogue, in its order. ``pool``:
-    instead, the maximum of the four (NaN winning, in the pool kernel's order) stored at
-    ``out[ooff:]`` (the caller passes only whole tiles)."""
-    sig = types.void(m, moff, mstride, bias, scale, shift, boff, affine, res, add, out, ooff, orow, opix, ny, nx,
-                     lanes, lo, hi, pool)
-
-    def codegen(context, builder, signature, args):
-        f32, v16, vptr, i32, mask_t = _vec_types()
-        arr = lambda k: context.make_array(signature.args[k])(context, builder, args[k]).data  # noqa: E731
-        md, bd, scd, shd, rd, od = (arr(k) for k in (0, 3, 4, 5, 8, 10))
-        moff, mstride, boff, affine, add_, ooff, orow, opix, ny, nx, lanes, pool = (
-            context.cast(builder, args[k], signature.args[k], types.intp)
-            for k in (1, 2, 6, 7, 9, 11, 12, 13, 14, 15, 16, 19))
-        lo, hi = (context.cast(builder, args[k], signature.args[k], types.float32) for k in (17, 18))
-        intp = moff.type
-        mload = masked_v16(builder.module)[0]
-        undef = ir.Constant(v16, ir.Undefined)
-        zero = ir.Constant(v16, None)
-        splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
-        bcast = lambda s_: builder.shuffle_vector(builder.insert_element(undef, s_, i32(0)), undef, splat)  # noqa: E731
-        vload = lambda base, at: builder.load(builder.bitcast(builder.gep(base, [at]), vptr), align=4)  # noqa: E731
-        mv = [vload(md, builder.add(moff, builder.mul(intp(k), mstride))) for k in range(16)]
-        sub, fadd = builder.fsub, builder.fadd
-
-        def at(v):      # A^T applied to four values: two
-            return [fadd(fadd(v[0], v[1]), v[2]), sub(sub(v[1], v[2]), v[3])]
-        cols = [at([mv[4 * r + s] for r in range(4)]) for s in range(4)]   # cols[s][i]
-        y = [at([cols[s][i] for s in range(4)]) for i in range(2)]          # y[i][j]
-        bias = vload(bd, boff)
-        scale, shift = vload(scd, boff), vload(shd, boff)
-        lanes_mask = _lane_mask(builder, lanes, i32)
-        full = builder.icmp_signed(">=", lanes, intp(16))
-        none = ir.Constant(mask_t, [0] * 16)
-        do_affine = builder.icmp_signed("!=", affine, intp(0))
-        do_add = builder.icmp_signed("!=", add_, intp(0))
-        lo_v, hi_v = bcast(lo), bcast(hi)
-        pooling = builder.icmp_signed("!=", pool, intp(0))
-        # the next tile's residual lines (two pixels on; without a residual ``res`` is ``out``): from L3
-        # where the residual is a block input two steps back, as in nncomp/kernels/conv_tiles.py
-        for i, j in ((0, 2), (0, 3), (1, 2), (1, 3)):
-            prefetch(builder, builder.gep(rd, [builder.add(ooff, builder.add(builder.mul(orow, intp(i)),
-                                                                            builder.mul(opix, intp(j))))]), 3)
-        best = None
-        for i in range(2):
-            for j in range(2):
-                keep = builder.and_(builder.icmp_signed(">", ny, intp(i)), builder.icmp_signed(">", nx, intp(j)))
-                keep = builder.and_(keep, builder.not_(pooling))
-                mask = builder.select(keep, lanes_mask, none)
-                o = builder.add(ooff, builder.add(builder.mul(orow, intp(i)), builder.mul(opix, intp(j))))
-                val = fadd(y[i][j], bias)
-                val = builder.select(do_affine, fadd(builder.fmul(val, scale), shift), val)
-                rmask = builder.select(do_add, mask, none)
-                r_ = builder.call(mload, [builder.bitcast(builder.gep(rd, [o]), vptr), i32(4), rmask, zero])
-                val = builder.select(do_add, fadd(val, r_), val)
-                val = builder.select(builder.fcmp_unordered(">", val, lo_v), val, lo_v)
-                val = builder.select(builder.fcmp_unordered("<", val, hi_v), val, hi_v)
-                store_v16(builder, val, builder.bitcast(builder.gep(od, [o]), vptr), mask, builder.and_(keep, full),
-                          keep)
-                if best is None:
-                    best = val
-                else:       # the pool kernel's ``v if v > m or v != v else m``
-                    wins = builder.or_(builder.fcmp_ordered(">", val, best), builder.fcmp_unordered("uno", val, val))
-                    best = builder.select(wins, val, best)
-        pmask = builder.select(pooling, lanes_mask, none)
-        store_v16(builder, best, builder.bitcast(builder.gep(od, [ooff]), vptr), pmask, builder.and_(pooling, full),
-                  pooling)
-        return context.get_dummy_value()
-
-    return sig, codegen
+_input_tile, _output_tile = input_tile(4, _bt), output_tile(2, _at)
+_input_tile4, _output_tile4 = input_tile(6, bt4), output_tile(4, at4)
 
 
 def _winograd(x, pt, pb, pl, pr, wt, bias, scale, shift, affine, res, add, lo, hi, act, alpha, beta, nvec, pmax, rows,
-              ubuf, mbuf, pool, out):
-    """3x3 stride-1 convolution of an NHWC batch by Winograd F(2x2, 3x3) (module doc), with the
-    blocked kernel's epilogue.
+              ubuf, mbuf, pool, out, m=2):
+    """3x3 stride-1 convolution of an NHWC batch by Winograd F(m x m, 3x3), m 2 (module doc) or 4
+    (nncomp/kernels/winograd_tiles.py), with the blocked kernel's epilogue.
 
     IN  x (n, h, w, c) float32 C-contiguous, read as zero-padded by pt, pb lines above and below and
-        pl, pr columns left and right (each >= 0; oh = h + pt + pb - 2, ow = w + pl + pr - 2); wt (16, cp, cop) float32 from
-        :func:`winograd_weight`; bias, scale, shift (cop,) float32 (scale and shift used if
+        pl, pr columns left and right (each >= 0; oh = h + pt + pb - 2, ow = w + pl + pr - 2); wt ((m + 2)**2, cp, cop)
+        float32 from :func:`winograd_weight` (m 2) or ``winograd4_weight`` (m 4); bias, scale, shift (cop,) float32 (scale and shift used if
         ``affine``); res (n, oh, ow, co) float32 added if ``add`` (else any array of out's shape);
         lo, hi clip bounds; act, alpha, beta the activation (nncomp/kernels/epilogue.py); nvec (1..4)
         16-channel vectors and pmax pixels per product tile (at most PRODUCT_PIXELS[nvec]); rows tile
-        lines per chunk; ubuf (threads, 16 * rows * ceil(ow/2) * cp), mbuf (threads, 16 * rows *
-        ceil(ow/2) * cop) float32 work buffers, one slab per Numba thread; pool 0, or 2 for a 2x2
-        max-pool with stride 2 (floor mode) of the convolution's output (then without an epilogue:
+        lines per chunk; ubuf, mbuf (threads, :func:`work_sizes`) float32 work buffers, one slab per
+        Numba thread; pool 0, or 2 for a 2x2 max-pool with stride 2 (floor mode) of the convolution's output (then without an epilogue:
         affine, add and act off, lo and hi infinite).
     OUT out (n, oh, ow, co) float32 C-contiguous, overwritten; pooled (n, oh // 2, ow // 2, co).
     Call it once Numba's thread pool is up (``numba.get_num_threads()`` starts it; every step does):
@@ -304,7 +186,8 @@ def _winograd(x, pt, pb, pl, pr, wt, bias, scale, shift, affine, res, add, lo, h
     co = out.shape[3]
     oh, ow = h + pt + pb - 2, wd + pl + pr - 2
     cp, cop = wt.shape[1], wt.shape[2]
-    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    th, tw = (oh + m - 1) // m, (ow + m - 1) // m
+    span = m + 2                # input lines and columns of a tile
     groups = (th + rows - 1) // rows
     tmax = rows * tw
     us, ms = tmax * cp, tmax * cop
@@ -315,32 +198,35 @@ def _winograd(x, pt, pb, pl, pr, wt, bias, scale, shift, affine, res, add, lo, h
         ti1 = min(th, ti0 + rows)
         ntiles = (ti1 - ti0) * tw
         slab = numba.get_thread_id()
-        u, m = ubuf[slab], mbuf[slab]
+        u, m_ = ubuf[slab], mbuf[slab]
         for ti in range(ti0, ti1):
-            r0 = 2 * ti - pt        # the tile's first input line (negative: in the padding)
+            r0 = m * ti - pt        # the tile's first input line (negative: in the padding)
             rvalid = 0
-            for r in range(4):
+            for r in range(span):
                 if 0 <= r0 + r < h:
                     rvalid |= 1 << r
             for tj in range(tw):
                 t = (ti - ti0) * tw + tj
-                s0 = 2 * tj - pl
+                s0 = m * tj - pl
                 cvalid = 0
-                for q in range(4):
+                for q in range(span):
                     if 0 <= s0 + q < wd:
                         cvalid |= 1 << q
                 xo = ((b * h + r0) * wd + s0) * c
                 for c0 in range(0, cp, 16):
-                    _input_tile(x, xo + c0, wd * c, c, rvalid, cvalid, u, t * cp + c0, us, min(16, c - c0))
+                    if m == 4:
+                        _input_tile4(x, xo + c0, wd * c, c, rvalid, cvalid, u, t * cp + c0, us, min(16, c - c0))
+                    else:
+                        _input_tile(x, xo + c0, wd * c, c, rvalid, cvalid, u, t * cp + c0, us, min(16, c - c0))
         blocks = (ntiles + pmax - 1) // pmax
         p0 = (ntiles + blocks - 1) // blocks
-        for xi in range(16):
+        for xi in range(span * span):
             for co0 in range(0, cop, 16 * nvec):
                 nv = min(nvec, (cop - co0) // 16)
                 j0 = 0
                 while j0 < ntiles:
                     p = min(p0, ntiles - j0)
-                    a = (p, u, xi * us + j0 * cp, cp, cp, wt, xi * cp * cop + co0, cop, m, xi * ms + j0 * cop + co0,
+                    a = (p, u, xi * us + j0 * cp, cp, cp, wt, xi * cp * cop + co0, cop, m_, xi * ms + j0 * cop + co0,
                          cop)
                     if nv == 4:
                         _products4(*a)
@@ -352,34 +238,42 @@ def _winograd(x, pt, pb, pl, pr, wt, bias, scale, shift, affine, res, add, lo, h
                         _products1(*a)
                     j0 += p
         for ti in range(ti0, ti1):
-            ny = min(2, oh - 2 * ti)
+            ny = min(m, oh - m * ti)
             for tj in range(tw):
                 t = (ti - ti0) * tw + tj
-                nx = min(2, ow - 2 * tj)
+                nx = min(m, ow - m * tj)
+                orow, sy, sx = ow * co, ny, nx
                 if pool != 0:
-                    if ny < 2 or nx < 2:        # floor mode: a half window is dropped
+                    sy, sx = ny // 2, nx // 2   # the tile's whole 2x2 windows (floor mode drops a half one)
+                    if sy == 0 or sx == 0:
                         continue
-                    oo = ((b * (oh // 2) + ti) * (ow // 2) + tj) * co
+                    oo = ((b * (oh // 2) + ti * m // 2) * (ow // 2) + tj * m // 2) * co
+                    orow = ow // 2 * co
                 else:
-                    oo = ((b * oh + 2 * ti) * ow + 2 * tj) * co
+                    oo = ((b * oh + m * ti) * ow + m * tj) * co
                 for k0 in range(0, cop, 16):
-                    _output_tile(m, t * cop + k0, ms, bias, scale, shift, k0, affine, res, add, out, oo + k0,
-                                 ow * co, co, ny, nx, min(16, co - k0), lo32, hi32, pool)
+                    if m == 4:
+                        _output_tile4(m_, t * cop + k0, ms, bias, scale, shift, k0, affine, res, add, out, oo + k0,
+                                      orow, co, sy, sx, min(16, co - k0), lo32, hi32, pool)
+                    else:
+                        _output_tile(m_, t * cop + k0, ms, bias, scale, shift, k0, affine, res, add, out, oo + k0,
+                                     orow, co, sy, sx, min(16, co - k0), lo32, hi32, pool)
         if act != 0:
-            first = (b * oh + 2 * ti0) * ow
-            last = (b * oh + min(oh, 2 * ti1)) * ow
+            first = (b * oh + m * ti0) * ow
+            last = (b * oh + min(oh, m * ti1)) * ow
             activation_rows(out.reshape(n * oh * ow, co)[first:last], act, np.float32(alpha), np.float32(beta))
 
 
 winograd_nhwc, winograd_nhwc_parallel = both(_winograd)
 
 
-def chunk_rows(oh, ow, n=1, threads=1):
-    """Tile lines per chunk: about :data:`CHUNK_TILES` tiles, at least one line; for ``threads`` > 1
+def chunk_rows(oh, ow, n=1, threads=1, m=2):
+    """Tile lines per chunk of F(m x m, 3x3): about :data:`CHUNK_TILES` tiles of F(2x2, 3x3)'s work
+    buffers (16 / (m + 2)**2 as many of larger tiles), at least one line; for ``threads`` > 1
     (the parallel build) small enough that ``n`` images make two chunks per thread where they can
     (a 7x7 map at batch 1 is a single chunk otherwise, and ran 1.3x slower than the blocked kernel)."""
-    th, tw = (oh + 1) // 2, (ow + 1) // 2
-    rows = max(1, min(th, CHUNK_TILES // tw))
+    th, tw = (oh + m - 1) // m, (ow + m - 1) // m
+    rows = max(1, min(th, CHUNK_TILES * 16 // (m + 2) ** 2 // tw))
     if threads < 2:
         return rows
     rows = max(1, min(rows, n * th // (2 * threads)))
@@ -394,7 +288,7 @@ def product_pixels(nvec, registers=None):
     return PRODUCT_PIXELS[nvec] if registers >= 32 else AVX2_PRODUCT_PIXELS[nvec]
 
 
-def work_sizes(oh, ow, cp, cop, rows):
-    """Floats per thread of the ``ubuf`` and ``mbuf`` work buffers."""
-    tiles = rows * ((ow + 1) // 2)
-    return 16 * tiles * cp, 16 * tiles * cop
+def work_sizes(oh, ow, cp, cop, rows, m=2):
+    """Floats per thread of the ``ubuf`` and ``mbuf`` work buffers of F(m x m, 3x3)."""
+    tiles = rows * ((ow + m - 1) // m) * (m + 2) ** 2
+    return tiles * cp, tiles * cop

@@ -16,17 +16,16 @@
   LeNet-5 and 16-64-channel 3x3 layers (Zen 4, conv_algos.md), for weights up to 4 MB.
   A depthwise layer runs the same tiles with each channel's own input loaded as a vector (3-10x
   faster than the scalar kernel below on MobileNet shapes, development run).
-- **winograd**: Winograd F(2x2, 3x3) (nncomp/kernels/conv_winograd.py) for 3x3 stride-1 layers of
-  16+ input channels: 16 multiplies per 2x2 outputs and channel pair instead of 36. On Zen 4
-  (conv_algos.md): 32-64-channel layers 1.1-2.4x the next best algorithm's speed, VGG-16's conv3_2
-  2.1-2.4x, 28x28 16->16 0.83-0.96x the blocked kernel's; between the two, measured per CPU.
+- **winograd**, **winograd4**: Winograd F(2x2, 3x3) and F(4x4, 3x3) (nncomp/kernels/conv_winograd.py,
+  winograd_tiles.py; the latter with dense weights) for 3x3 stride-1 layers of 16+ input channels: 16
+  and 36 multiplies per 4 and 16 outputs and channel pair instead of 36 and 144. F(2x2) on Zen 4:
+  32-64 channels 1.1-2.4x the next best's speed (conv_algos.md); the three measured per CPU.
 - **depthwise**: a direct kernel over one input channel per group (any channel multiplier).
 - **compressed weights** (codebook, CSR, CSR + codebook, int8 with float activations) run the
   blocked kernel, or Winograd from WINOGRAD_DECODED_MIN_PIXELS output pixels a sample, on their weight
   decoded into a per-thread work buffer right before the kernel (nncomp/kernels/decode.py): the
-  model keeps only the compressed arrays. Against im2col times the format's own product (Zen 4,
-  2 threads, development A/Bs in one process): whole compressed CNNs at batch 64 went from
-  0.07-0.55x to 0.73-1.04x the dense engine's speed, at batch 1 from 0.15-0.78x to 0.34-1.14x.
+  model keeps only the compressed arrays (whole compressed CNNs 0.73-1.04x the dense engine's speed
+  at batch 64, 0.34-1.14x at batch 1, against 0.07-0.78x with im2col; Zen 4, 2 threads).
   int8 with static activations runs as an implicit GEMM over its quantized input, the epilogue or
   max-pool in the same kernel (nncomp/layers/conv_int8.py); dynamic activations keep im2col and the
   integer product.
@@ -50,8 +49,8 @@ from ..matrices import DenseMatrix
 from ..matrices.int8 import Int8Matrix
 from .conv_int8 import int8_step
 from .conv_tuning import measured_choice
-from .conv_blocked import (blocked_eligible, blocked_pooled_step, blocked_step, winograd_eligible, winograd_pays,
-                           winograd_step)
+from .conv_blocked import (blocked_eligible, blocked_pooled_step, blocked_step, winograd4_eligible, winograd_eligible,
+                           winograd_pays, winograd_step)
 from .workspace import scratch
 
 # im2col works in chunks of output lines whose patch buffer stays under this many bytes.
@@ -81,7 +80,7 @@ DIRECT_MAX_PATCH = 75
 DIRECT_MAX_OUT = 32
 DIRECT_MIN_MACS = 1 << 21   # below this (LeNet-5 conv1 at batch 1: 288k MACs) im2col + BLAS is faster
 DIRECT_SERIAL_FACTOR = 8    # the direct kernel goes parallel at 8x _jit.PARALLEL_MIN_WORK
-ALGORITHMS = ("im2col", "shifted", "direct", "depthwise", "blocked", "winograd")
+ALGORITHMS = ("im2col", "shifted", "direct", "depthwise", "blocked", "winograd", "winograd4")
 
 
 def direct_eligible(layer):
@@ -105,7 +104,7 @@ def algorithms_for(layer):
     if blocked_eligible(layer):
         found.insert(0, "blocked")
     if winograd_eligible(layer):
-        found.insert(0, "winograd")
+        found[:0] = ["winograd", "winograd4"] if winograd4_eligible(layer) else ["winograd"]
     return tuple(found)
 
 
@@ -121,8 +120,8 @@ def rule(layer, shape, n):
     if can[0] == "winograd":
         oh, ow, _ = layer.shape_of(shape)
         if winograd_pays(layer, n, oh, ow):
-            return "winograd"
-        can = can[1:]
+            return can[1] if can[1] == "winograd4" else "winograd"
+        can = tuple(a for a in can[1:] if a != "winograd4")
     if can[0] == "blocked":
         return "blocked"
     if can[0] == "direct":
@@ -157,10 +156,11 @@ def prepare_epilogue(layer, shape, n, epilogue):
     oh, ow, _ = layer.shape_of(shape)
     if algorithm == "im2col":
         return int8_step(layer, shape, n, oh, ow, epilogue)
+    if algorithm == "winograd4":
+        return winograd_step(layer, shape, n, oh, ow, epilogue, m=4)
     if algorithm not in ("winograd", "blocked"):
         return None
-    step = winograd_step if algorithm == "winograd" else blocked_step
-    return step(layer, shape, n, oh, ow, epilogue)
+    return (winograd_step if algorithm == "winograd" else blocked_step)(layer, shape, n, oh, ow, epilogue)
 
 
 def prepare(layer, shape, n, algorithm=None):
@@ -179,8 +179,8 @@ def prepare(layer, shape, n, algorithm=None):
         return lambda x: direct(x, layer.weight_t, bias, layer, oh, ow)
     if algorithm == "blocked":
         return blocked_step(layer, shape, n, oh, ow)
-    if algorithm == "winograd":
-        return winograd_step(layer, shape, n, oh, ow)
+    if algorithm in ("winograd", "winograd4"):
+        return winograd_step(layer, shape, n, oh, ow, m=4 if algorithm == "winograd4" else 2)
     if algorithm == "depthwise":
         return lambda x: depthwise(x, layer.weight_t, bias, layer, oh, ow)
     step = int8_step(layer, shape, n, oh, ow) if algorithm == "im2col" else None
@@ -281,9 +281,9 @@ def prepare_pooled(layer, shape, n, pool_layer):
     step = int8_step(layer, shape, n, oh, ow, pool=p) if algorithm == "im2col" and floor_ok else None
     if step is not None:
         return step
-    if algorithm == "winograd" and p == 2 and floor_ok:
-        return winograd_step(layer, shape, n, oh, ow, pool=p)
-    if algorithm in ("winograd", "blocked") and "blocked" in layer.algorithms and not layer.depthwise and floor_ok:
+    if algorithm in ("winograd", "winograd4") and p == 2 and floor_ok:
+        return winograd_step(layer, shape, n, oh, ow, pool=p, m=4 if algorithm == "winograd4" else 2)
+    if algorithm in ("winograd", "winograd4", "blocked") and "blocked" in layer.algorithms and not layer.depthwise and floor_ok:
         return blocked_pooled_step(layer, shape, n, oh, ow, p)
     if not (whole and algorithm == "im2col" and _fusable(layer, shape, oh, ow)):
         return None

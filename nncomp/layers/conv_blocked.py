@@ -1,6 +1,5 @@
-"""The blocked convolution steps (nncomp/kernels/conv_blocked.py) and the Winograd ones
-(nncomp/kernels/conv_winograd.py): which layers they serve, their weight layouts, and the steps a
-plan runs (plain, with an epilogue, with a max-pool)."""
+"""The blocked convolution steps (nncomp/kernels/conv_blocked.py) and the Winograd ones (conv_winograd.py):
+which layers they serve, their weight layouts, and the steps a plan runs (plain, with an epilogue, pooled)."""
 from dataclasses import dataclass
 
 import numba
@@ -14,6 +13,7 @@ from ..kernels.conv_depthwise import depthwise_blocked_nhwc, depthwise_blocked_n
 from ..kernels import conv_chain as K
 from ..kernels.conv_winograd import (chunk_rows, product_pixels, winograd_nhwc, winograd_nhwc_parallel, winograd_weight,
                                      work_sizes)
+from ..kernels.winograd_tiles import winograd4_weight
 from ..kernels.decode import decode_winograd_t, decode_winograd_t_parallel
 from ..kernels.isa import VECTOR_REGISTERS
 from ..matrices import DenseMatrix
@@ -32,12 +32,11 @@ SERIAL_FACTOR = 8     # the kernels go parallel at 8x _jit.PARALLEL_MIN_WORK mul
 # at 75-100k; depthwise 0.75-0.78x at 314-452k (56 x 56 x 16 3 x 3, 7 x 7 x 288 5 x 5), 0.91-0.99x at
 # 169-226k, 1.4-1.7x at 28-56k. MobileNetV3-Small at batch 1: 1.29x -> 1.11x ONNX Runtime's time.
 BLOCKED_SERIAL_FACTOR = 2
-# Winograd F(2x2, 3x3) serves 3x3 stride-1 layers with at least this many input channels (fewer are
-# padded to 16 in its products: 9x9x5->20 ran 0.4-0.6x the blocked kernel's speed) and a transformed
-# weight (16/9 of the layer's) up to WINOGRAD_MAX_WEIGHT_BYTES. Measured at 2 threads (Zen 4, the
-# conv_algos suite): 32-64-channel layers of 7x7-28x28 1.1-2.4x the blocked kernel's speed at batch
-# 1 and 32 (16->16 at 28x28 0.83-0.96x: transform-bound, kept for simplicity; whole shipped CNNs
-# gained in development A/Bs), VGG-16's conv3_2 2.1-2.4x, conv4_2 at batch 32 0.97-1.5x (BLAS). A weight above
+# Winograd serves 3x3 stride-1 layers with at least this many input channels (fewer are padded to 16
+# in its products: 9x9x5->20 ran 0.4-0.6x the blocked kernel's speed) and a transformed weight (16/9,
+# F(4x4, 3x3) 4x, the layer's) up to WINOGRAD_MAX_WEIGHT_BYTES. F(2x2, 3x3) at 2 threads (Zen 4,
+# conv_algos): 32-64 channels at 7x7-28x28 1.1-2.4x the blocked kernel's speed at batch 1 and 32 (16->16
+# at 28x28 0.83-0.96x), VGG-16's conv3_2 2.1-2.4x, conv4_2 at batch 32 0.97-1.5x (BLAS). A weight above
 # BLOCKED_MAX_WEIGHT_BYTES streams from L3 or DRAM on every call, 16/9 as many bytes as the other
 # algorithms read: there it needs WINOGRAD_MIN_PIXELS output pixels per call to pay (at batch 1
 # conv5_2, 14x14, ran 6.5-17 ms against 6.0-8.9 for im2col, conv4_2, 28x28, 13.4-33.2 against
@@ -92,10 +91,16 @@ def winograd_eligible(layer):
             and (dense or blocked_eligible(layer)))
 
 
-def _winograd_bytes(layer):
-    """Bytes of the transformed weight: 16 positions x in x out channels, each rounded up to 16."""
+def winograd4_eligible(layer):
+    """Whether ``layer`` can run Winograd F(4x4, 3x3) too: as F(2x2, 3x3), with a dense weight."""
+    return winograd_eligible(layer) and isinstance(layer.weight, DenseMatrix) and _winograd_bytes(layer, 4) <= (
+        WINOGRAD_MAX_WEIGHT_BYTES)
+
+
+def _winograd_bytes(layer, m=2):
+    """Bytes of the F(m x m, 3x3) weight: (m + 2)**2 positions x in x out channels, each rounded up to 16."""
     cp, cop = _padded_channels(layer)
-    return 4 * 16 * cp * cop
+    return 4 * (m + 2) ** 2 * cp * cop
 
 
 def winograd_pays(layer, n, oh, ow):
@@ -107,28 +112,28 @@ def winograd_pays(layer, n, oh, ow):
     return _winograd_bytes(layer) <= BLOCKED_MAX_WEIGHT_BYTES or n * oh * ow >= WINOGRAD_MIN_PIXELS
 
 
-def winograd_weights(layer):
-    """The Winograd kernel's weight, ``(16 * cp, cop)`` (nncomp.kernels.conv_winograd.winograd_weight
-    as rows, which the compiled runs take); computed on first use and kept by the layer (None for a
-    compressed weight: :func:`winograd_weight_source`)."""
+def winograd_weights(layer, m=2):
+    """The F(m x m, 3x3) kernel's weight, ``((m + 2)**2 * cp, cop)`` (nncomp.kernels.conv_winograd.
+    winograd_weight or winograd_tiles.winograd4_weight as rows, which the compiled runs take); computed
+    on first use and kept by the layer (None for a compressed weight: :func:`winograd_weight_source`)."""
     if not isinstance(layer.weight, DenseMatrix):
         return None
 
     def make():
         c, co = layer.in_channels, layer.out_channels
-        wt = winograd_weight(layer.weight.w.reshape(co, 3, 3, c).transpose(0, 3, 1, 2))
+        wt = (winograd4_weight if m == 4 else winograd_weight)(layer.weight.w.reshape(co, 3, 3, c).transpose(0, 3, 1, 2))
         return wt.reshape(-1, wt.shape[2])
-    return layer.memo("winograd_weight", make)
+    return layer.memo("winograd4_weight" if m == 4 else "winograd_weight", make)
 
 
-def winograd_weight_source(layer):
-    """``get()`` -> the Winograd kernel's ``(16, cp, cop)`` weight: the one the layer keeps, or its
-    compressed weight decoded and transformed (nncomp/kernels/decode.py) into work buffers, on
-    every call."""
-    wt = winograd_weights(layer)
+def winograd_weight_source(layer, m=2):
+    """``get()`` -> the F(m x m, 3x3) kernel's ``((m + 2)**2, cp, cop)`` weight: the one the layer
+    keeps, or (m 2) its compressed weight decoded and transformed (nncomp/kernels/decode.py) into
+    work buffers, on every call."""
+    wt = winograd_weights(layer, m)
     cp, cop = _padded_channels(layer)
     if wt is not None:
-        wt3 = wt.reshape(16, cp, cop)
+        wt3 = wt.reshape((m + 2) ** 2, cp, cop)
         return lambda: wt3
     decoded = blocked_weight_source(layer)
     kern = _jit.pick((decode_winograd_t, decode_winograd_t_parallel), 16 * cp * cop // SERIAL_FACTOR)
@@ -235,20 +240,20 @@ def _epilogue_vectors(epilogue, co, cop):
     return scale, shift, affine, add, np.float32(lo), np.float32(hi), code, alpha, beta
 
 
-def winograd_step(layer, shape, n, oh, ow, epilogue=None, pool=0):
-    """The Winograd step for batches of ``n``, with an ``epilogue`` as :func:`blocked_step` takes, or
-    with a ``pool`` (2) x 2 max-pool instead."""
+def winograd_step(layer, shape, n, oh, ow, epilogue=None, pool=0, m=2):
+    """The Winograd F(m x m, 3x3) step for batches of ``n``, with an ``epilogue`` as
+    :func:`blocked_step` takes, or with a ``pool`` (2) x 2 max-pool instead."""
     padded, kern, nvec, _, geo = _blocked_setup(layer, shape, n, oh, ow, (winograd_nhwc, winograd_nhwc_parallel))
     pmax = product_pixels(nvec)
-    wt = winograd_weights(layer)
-    weight = winograd_weight_source(layer)
+    wt = winograd_weights(layer, m)
+    weight = winograd_weight_source(layer, m)
     co = layer.out_channels
     cp, cop = _padded_channels(layer)
     bias = _padded_bias(layer, cop)
     scale, shift, affine, add, lo, hi, code, alpha, beta = _epilogue_vectors(epilogue, co, cop)
     threads = numba.get_num_threads()
-    rows = chunk_rows(oh, ow, n, threads if kern is winograd_nhwc_parallel else 1)
-    us, ms = work_sizes(oh, ow, cp, cop, rows)
+    rows = chunk_rows(oh, ow, n, threads if kern is winograd_nhwc_parallel else 1, m)
+    us, ms = work_sizes(oh, ow, cp, cop, rows, m)
     shape_out = (n, oh // pool, ow // pool, co) if pool else (n, oh, ow, co)
 
     pads = layer.padding        # read as zeros by the kernel: no padded copy
@@ -258,12 +263,12 @@ def winograd_step(layer, shape, n, oh, ow, epilogue=None, pool=0):
         res = out if res is None else np.ascontiguousarray(res)
         kern(np.ascontiguousarray(x), *pads, weight(), bias, scale, shift, affine, res, add, lo, hi, code, alpha,
              beta, nvec, pmax, rows, scratch("winograd_u", (threads, us)), scratch("winograd_m", (threads, ms)), pool,
-             out)
+             out, m)
         return out
     if wt is not None:
         run.chain = _chain_spec(layer, kern, winograd_nhwc_parallel, padded, wt, (bias, scale, shift, _NONE, _NONE),
                                 nvec, pmax, geo, (oh, ow, co), AFFINE=affine, ADD=add, ACT=code, lo=lo, hi=hi,
-                                alpha=alpha, beta=beta, POOL=pool, THREADS=threads, WINOGRAD=1, CHUNK=rows)
+                                alpha=alpha, beta=beta, POOL=pool, THREADS=threads, WINOGRAD=m, CHUNK=rows)
     run.blas = False
     return run
 

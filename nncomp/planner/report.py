@@ -154,7 +154,7 @@ class OptimizationPlan:
         lines = [f"{'layer':14} {'candidate':18} {'dms':>9} {'dbytes':>10} {'drop':>6}"]
         for layer, label, ms, nbytes, drop in self.table:
             lines.append(f"{layer:14} {label:18} {'-' if ms is None else f'{ms:+.4f}':>9} "
-                         f"{'-' if nbytes is None else f'{nbytes:+,}':>10} {drop:6.2f}")
+                         f"{'-' if nbytes is None else f'{nbytes:+,}':>10} {'-' if drop is None else f'{drop:.2f}':>6}")
         return "\n".join(lines)
 
     def describe(self):

@@ -74,12 +74,12 @@ def markdown(res):
              "Median ms per call, algorithms alternating in blocks of 8 calls in one process (random weights "
              "and inputs). **bold**: the algorithm `nncomp.layers.conv_algorithms.choose` picks; chosen/fastest is its "
              f"time over the fastest one's. Rules: {res['rules']}.", "",
-             "| shape | batch | MACs | winograd | blocked | im2col | shifted | direct | chosen / fastest |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| shape | batch | MACs | winograd4 | winograd | blocked | im2col | shifted | direct | chosen / fastest |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         ms = r["median_ms"]
         cells = []
-        for algo in ("winograd", "blocked", "im2col", "shifted", "direct"):
+        for algo in ("winograd4", "winograd", "blocked", "im2col", "shifted", "direct"):
             v = ms.get(algo)
             cell = "" if v is None else f"{v:.3g}"
             cells.append(f"**{cell}**" if algo == r["chosen"] and cell else cell)
