@@ -32,12 +32,12 @@ def decode_sparse_t(values, codes, indices, indptr, shape):
     return _padded(w.T, shape)
 
 
-def decode_winograd_t(wt, c, shape):
-    """``shape`` (16, cp, cop) in place of ``out``: G g G^T of every channel pair, float64."""
-    G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+def decode_winograd_t(wt, c, g_mat, shape):
+    """``shape`` ((m + 2)**2, cp, cop) in place of ``out``: G g G^T of every channel pair, float64
+    (``g_mat`` G, (m + 2) x 3)."""
     cop = wt.shape[1]
     g = wt.astype(np.float64).reshape(3, 3, c, cop)
-    u = np.einsum("ar,rsco,bs->abco", G, g, G).reshape(16, c, cop)
+    u = np.einsum("ar,rsco,bs->abco", g_mat, g, g_mat).reshape(shape[0], c, cop)
     out = np.zeros(shape, np.float32)
     out[:, :c] = u
     return out

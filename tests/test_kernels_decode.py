@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 import reference as ref
 from nncomp import layers as L
-from nncomp.kernels import decode as K
+from nncomp.kernels import conv_winograd as W, decode as K, winograd_tiles as WT
 from nncomp.layers import conv_algorithms as algos
 from nncomp.matrices.codebook import CodebookMatrix
 from nncomp.matrices.csr import CSRMatrix
@@ -124,14 +124,17 @@ def test_codebook_dense_layers_give_each_sample_the_same_bits_at_any_batch(bits,
         assert np.array_equal(layer.prepare(n, (90,))(x[:n]), full[:n])
 
 
-@given(c=st.integers(1, 40), cop=st.sampled_from([16, 32, 48]), seed=st.integers(0, 2 ** 31), parallel=st.booleans())
-def test_winograd_transform_of_a_decoded_weight_matches_its_twin(c, cop, seed, parallel):
+@given(c=st.integers(1, 40), cop=st.sampled_from([16, 32, 48]), seed=st.integers(0, 2 ** 31), parallel=st.booleans(),
+       m=st.sampled_from([2, 4]))
+def test_winograd_transform_of_a_decoded_weight_matches_its_twin(c, cop, seed, parallel, m):
+    """F(2x2, 3x3) and F(4x4, 3x3)."""
     rng = np.random.default_rng(seed)
     wt = rng.standard_normal((9 * c, cop)).astype(np.float32)
     cp = -(-c // 16) * 16
-    out = np.full((16, cp, cop), np.nan, np.float32)
-    (K.decode_winograd_t_parallel if parallel else K.decode_winograd_t)(wt, c, out)
-    np.testing.assert_allclose(out, ref.decode_winograd_t(wt, c, out.shape), rtol=1e-6, atol=1e-6)
+    g_mat = W.G if m == 2 else WT.G4
+    out = np.full(((m + 2) ** 2, cp, cop), np.nan, np.float32)
+    (K.decode_winograd_t_parallel if parallel else K.decode_winograd_t)(wt, c, g_mat, out)
+    np.testing.assert_allclose(out, ref.decode_winograd_t(wt, c, g_mat, out.shape), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -147,8 +150,10 @@ def test_compressed_convolutions_run_winograd_on_large_maps(fmt):
     dense = L.Conv2D(weight=w.to_dense(), bias=np.ones(20, np.float32), in_channels=17, kernel_size=(3, 3),
                      padding=(1, 1, 1, 1))
     x = rng.standard_normal((2, 24, 23, 17)).astype(np.float32)
-    assert algos.choose(conv, x.shape[1:], 2) == algos.choose(conv, x.shape[1:], 1) == "winograd"
+    assert algos.choose(conv, x.shape[1:], 2) == algos.choose(conv, x.shape[1:], 1) == "winograd4"
     assert algos.choose(conv, (14, 14, 17), 64) == "blocked"     # 196 pixels a sample: the transform would not pay
-    np.testing.assert_allclose(algos.forward(conv, x), algos.forward(dense, x, "winograd"), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(CB.winograd_weight_source(conv)(), CB.winograd_weight_source(dense)(), rtol=1e-6,
-                               atol=1e-7)
+    for algo, m in (("winograd4", 4), ("winograd", 2)):
+        want = algos.forward(dense, x, algo)     # F(4x4, 3x3)'s coefficients scale a weight's last-bit difference
+        np.testing.assert_allclose(algos.forward(conv, x, algo), want, rtol=1e-5, atol=4e-6 * np.abs(want).max())
+        np.testing.assert_allclose(CB.winograd_weight_source(conv, m)(), CB.winograd_weight_source(dense, m)(),
+                                   rtol=1e-6, atol=1e-7)

@@ -92,42 +92,40 @@ decode_sparse_t, decode_sparse_t_parallel = both(_sparse_t)
 
 
 @jit
-def _winograd_channel(wt, c, ci, out):
+def _winograd_channel(wt, c, ci, g_mat, out):
     """:func:`_winograd_t` for input channel ``ci``, every output channel."""
     cop = out.shape[2]
+    span = g_mat.shape[0]
     g = np.empty((3, 3))
-    t = np.empty((4, 3))
+    t = np.empty((span, 3))
     for o in range(cop):
         for r in range(3):
             for s in range(3):
                 g[r, s] = wt[(r * 3 + s) * c + ci, o]
-        for s in range(3):              # t = G g
-            t[0, s] = g[0, s]
-            t[1, s] = 0.5 * (g[0, s] + g[1, s] + g[2, s])
-            t[2, s] = 0.5 * (g[0, s] - g[1, s] + g[2, s])
-            t[3, s] = g[2, s]
-        for a in range(4):              # (G g) G^T
-            out[4 * a, ci, o] = t[a, 0]
-            out[4 * a + 1, ci, o] = 0.5 * (t[a, 0] + t[a, 1] + t[a, 2])
-            out[4 * a + 2, ci, o] = 0.5 * (t[a, 0] - t[a, 1] + t[a, 2])
-            out[4 * a + 3, ci, o] = t[a, 2]
+        for a in range(span):           # t = G g
+            for s in range(3):
+                t[a, s] = g_mat[a, 0] * g[0, s] + g_mat[a, 1] * g[1, s] + g_mat[a, 2] * g[2, s]
+        for a in range(span):           # (G g) G^T
+            for b in range(span):
+                out[span * a + b, ci, o] = t[a, 0] * g_mat[b, 0] + t[a, 1] * g_mat[b, 1] + t[a, 2] * g_mat[b, 2]
 
 
-def _winograd_t(wt, c, out):
-    """The Winograd F(2x2, 3x3) weight ``G g G^T`` of a decoded weight, in float64 and rounded once,
-    as nncomp.kernels.conv_winograd.winograd_weight computes it from the dense weight.
+def _winograd_t(wt, c, g_mat, out):
+    """The Winograd F(m x m, 3x3) weight ``G g G^T`` of a decoded weight, in float64 and rounded once,
+    as nncomp.kernels.conv_winograd.winograd_weight (winograd_tiles.winograd4_weight) computes it from
+    the dense weight.
 
-    IN  wt (9 * c, cop) float32: the blocked layout (rows ordered kernel row, column, channel).
-    OUT out (16, cp, cop) float32, position ``4 * a + b`` first; input channels ``>= c`` zero.
-    G's rows are (1, 0, 0), (1/2, 1/2, 1/2), (1/2, -1/2, 1/2), (0, 0, 1).
+    IN  wt (9 * c, cop) float32: the blocked layout (rows ordered kernel row, column, channel);
+        g_mat (m + 2, 3) float64: G (conv_winograd.G, winograd_tiles.G4).
+    OUT out ((m + 2)**2, cp, cop) float32, position ``(m + 2) * a + b`` first; input channels ``>= c`` zero.
     """
-    cp, cop = out.shape[1], out.shape[2]
+    cp = out.shape[1]
     for ci in prange(cp):
         if ci >= c:
-            for xi in range(16):
+            for xi in range(out.shape[0]):
                 out[xi, ci, :] = 0.0
         else:
-            _winograd_channel(wt, c, ci, out)
+            _winograd_channel(wt, c, ci, g_mat, out)
 
 
 decode_winograd_t, decode_winograd_t_parallel = both(_winograd_t)

@@ -17,7 +17,7 @@
   A depthwise layer runs the same tiles with each channel's own input loaded as a vector (3-10x
   faster than the scalar kernel below on MobileNet shapes, development run).
 - **winograd**, **winograd4**: Winograd F(2x2, 3x3) and F(4x4, 3x3) (nncomp/kernels/conv_winograd.py,
-  winograd_tiles.py; the latter with dense weights) for 3x3 stride-1 layers of 16+ input channels: 16
+  winograd_tiles.py) for 3x3 stride-1 layers of 16+ input channels: 16
   and 36 multiplies per 4 and 16 outputs and channel pair instead of 36 and 144. F(2x2) on Zen 4:
   32-64 channels 1.1-2.4x the next best's speed (conv_algos.md); the three measured per CPU.
 - **depthwise**: a direct kernel over one input channel per group (any channel multiplier).

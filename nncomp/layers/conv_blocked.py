@@ -11,9 +11,9 @@ from ..kernels.conv_blocked import (conv_blocked_nhwc, conv_blocked_nhwc_paralle
                                     conv_blocked_pooled_nhwc_parallel, image_tiles, per_image_weight, tile_pixels)
 from ..kernels.conv_depthwise import depthwise_blocked_nhwc, depthwise_blocked_nhwc_parallel
 from ..kernels import conv_chain as K
-from ..kernels.conv_winograd import (chunk_rows, product_pixels, winograd_nhwc, winograd_nhwc_parallel, winograd_weight,
-                                     work_sizes)
-from ..kernels.winograd_tiles import winograd4_weight
+from ..kernels.conv_winograd import (G, chunk_rows, product_pixels, winograd_nhwc, winograd_nhwc_parallel,
+                                     winograd_weight, work_sizes)
+from ..kernels.winograd_tiles import G4, winograd4_weight
 from ..kernels.decode import decode_winograd_t, decode_winograd_t_parallel
 from ..kernels.isa import VECTOR_REGISTERS
 from ..matrices import DenseMatrix
@@ -92,9 +92,8 @@ def winograd_eligible(layer):
 
 
 def winograd4_eligible(layer):
-    """Whether ``layer`` can run Winograd F(4x4, 3x3) too: as F(2x2, 3x3), with a dense weight."""
-    return winograd_eligible(layer) and isinstance(layer.weight, DenseMatrix) and _winograd_bytes(layer, 4) <= (
-        WINOGRAD_MAX_WEIGHT_BYTES)
+    """Whether ``layer`` can run Winograd F(4x4, 3x3) too: as F(2x2, 3x3), its weight up to the bound."""
+    return winograd_eligible(layer) and _winograd_bytes(layer, 4) <= WINOGRAD_MAX_WEIGHT_BYTES
 
 
 def _winograd_bytes(layer, m=2):
@@ -128,19 +127,20 @@ def winograd_weights(layer, m=2):
 
 def winograd_weight_source(layer, m=2):
     """``get()`` -> the F(m x m, 3x3) kernel's ``((m + 2)**2, cp, cop)`` weight: the one the layer
-    keeps, or (m 2) its compressed weight decoded and transformed (nncomp/kernels/decode.py) into
-    work buffers, on every call."""
+    keeps, or its compressed weight decoded and transformed (nncomp/kernels/decode.py) into work
+    buffers, on every call."""
     wt = winograd_weights(layer, m)
     cp, cop = _padded_channels(layer)
     if wt is not None:
         wt3 = wt.reshape((m + 2) ** 2, cp, cop)
         return lambda: wt3
     decoded = blocked_weight_source(layer)
-    kern = _jit.pick((decode_winograd_t, decode_winograd_t_parallel), 16 * cp * cop // SERIAL_FACTOR)
+    span, g_mat = (m + 2) ** 2, G4 if m == 4 else G
+    kern = _jit.pick((decode_winograd_t, decode_winograd_t_parallel), span * cp * cop // SERIAL_FACTOR)
 
     def get():
-        out = scratch("winograd_decoded", (16, cp, cop))
-        kern(decoded(), layer.in_channels, out)
+        out = scratch(f"winograd{m}_decoded", (span, cp, cop))
+        kern(decoded(), layer.in_channels, g_mat, out)
         return out
     return get
 
