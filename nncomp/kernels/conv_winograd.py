@@ -19,7 +19,7 @@ summed over input channels: three passes over a chunk of tiles (a few tile rows 
 
 The filter transform ``G g G^T`` is done once, in float64, when the layer is prepared (:func:`winograd_weight`).
 The transforms' coefficients are 0, +-1 and +-1/2, so the result differs from the direct sum by rounding only (the
-NumPy twin is tests/reference_conv_winograd.py, which computes the same three passes; the property test checks
+NumPy twin is tests/reference_winograd.py, which computes the same three passes; the property test checks
 both against a float64 direct convolution). The transforms are LLVM IR over ``<16 x float>`` vectors, as the
 blocked tiles are: plain Numba loops over 16 input and 16 output streams did not vectorize (LLVM could not rule
 out aliasing; 4x slower than the products).
@@ -42,7 +42,7 @@ from ._jit import both
 from .isa import VECTOR_REGISTERS
 from .epilogue import activation_rows
 
-# F(2x2, 3x3): the filter transform (4x3); B^T and A^T are spelled out in the IR below.
+# F(2x2, 3x3): the filter transform (4x3); B^T and A^T are :func:`_bt` and :func:`_at` below.
 G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 # Tiles per chunk (a few tile lines of one image): U and M of a 64-channel chunk stay in L2.
 CHUNK_TILES = 64
