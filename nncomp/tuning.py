@@ -34,7 +34,9 @@ __all__ = ["ENV", "CACHE_ENV", "enabled", "cpuinfo", "cache_dir", "engine_digest
 
 ENV = "NNCOMP_TUNING"          # "off": the built-in rules, no probes
 CACHE_ENV = "NNCOMP_CACHE_DIR"  # the folder of the files (shared with the planner's latency cache)
-CALLS = 3           # timed calls per candidate (after one untimed warm-up call each)
+CALLS = 3           # timed calls per candidate at least (after one untimed warm-up call each) ...
+MAX_CALLS = 11      # ... and up to this many while a round of calls takes under ROUND_SECONDS: 3 calls
+ROUND_SECONDS = 0.5  # of VGG-16's conv3_2 at batch 1 (7-14 ms) on a noisy Zen 3 chose F(2x2, 3x3), 1.6x slower
 MARGIN = 0.95       # a candidate replaces the default only when its median is at least 5% lower
 _MEMO = {}
 _LOCK = threading.Lock()
@@ -166,11 +168,16 @@ def _alternating(candidates, default, clock):
     for name in names:
         candidates[name]()                      # compiles, fills caches: not timed
     times = {name: [] for name in names}
-    for _ in range(CALLS):                      # alternating: a slow moment hits every candidate
+    rounds, done = CALLS, 0
+    while done < rounds:                        # alternating: a slow moment hits every candidate
         for name in names:
             t0 = clock()
             candidates[name]()
             times[name].append(clock() - t0)
+        done += 1
+        if done == 1:
+            spent = sum(t[0] for t in times.values())
+            rounds = max(CALLS, min(MAX_CALLS, int(ROUND_SECONDS / max(spent, 1e-9))))
     med = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
     best = min(names, key=lambda k: med[k])
     return best if med[best] < MARGIN * med[default] else default

@@ -46,6 +46,16 @@ def test_the_fastest_candidate_is_chosen_once_and_kept_in_this_cpus_file(probing
     assert json.loads(path.read_text()) == {"demo:3,4": "b", "demo:5": "a"}
 
 
+def test_fast_candidates_get_more_timed_rounds(probing):
+    """Candidates whose round of calls takes under ROUND_SECONDS are timed in more rounds (up to
+    MAX_CALLS): three calls each of a 10 ms layer decided on a noisy host by chance."""
+    calls = {}
+    cands, clock = _timed({"a": 0.02, "b": 0.01}, calls)
+    assert tuning.choose("demo", (1,), "ab", "a", lambda: cands, clock=clock) == "b"
+    rounds = max(tuning.CALLS, min(tuning.MAX_CALLS, int(tuning.ROUND_SECONDS / 0.03)))
+    assert rounds > tuning.CALLS and calls == {"a": 1 + rounds, "b": 1 + rounds}
+
+
 def test_the_default_stays_unless_beaten_by_the_margin(probing):
     cands, clock = _timed({"a": 1.0, "b": 0.97}, {})
     assert tuning.choose("demo", (1,), "ab", "a", lambda: cands, clock=clock) == "a"
@@ -164,6 +174,30 @@ def test_convolutions_run_the_algorithm_their_probe_chose(probing, monkeypatch, 
     want = np.maximum(ref.conv2d_nhwc(x.transpose(0, 2, 3, 1), w.reshape(16, 3, 3, 16).transpose(0, 3, 1, 2), b,
                                       (1, 1), (1, 1, 1, 1), (1, 1), 1), 0).transpose(0, 3, 1, 2)
     assert np.allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_large_weight_the_rule_keeps_off_winograd_is_measured_against_it(probing, monkeypatch):
+    """Where the rule takes another algorithm for a layer that can run Winograd (a weight over
+    BLOCKED_MAX_WEIGHT_BYTES on few output pixels), the probe times that algorithm against the
+    Winograd ones, and the plan runs the winner with the same numbers."""
+    from nncomp.layers import conv_algorithms as convolution, conv_blocked
+    monkeypatch.setattr(conv_blocked, "BLOCKED_MAX_WEIGHT_BYTES", 0)
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((16, 9 * 16)).astype(np.float32)
+    layer = nc.Conv2D(w, None, in_channels=16, kernel_size=3, padding=1)
+    rule = convolution.rule(layer, (6, 6, 16), 1)
+    assert rule not in ("winograd", "winograd4", "blocked") and "winograd" in layer.algorithms
+    seen = []
+
+    def fake(decision, shape, names, default, make, **kw):
+        seen.append((default, set(names), set(make())))
+        return "winograd"
+    monkeypatch.setattr(tuning, "choose", fake)
+    assert convolution.choose(layer, (6, 6, 16), 1) == "winograd"
+    assert seen == [(rule, {"winograd4", "winograd", rule}, {"winograd4", "winograd", rule})]
+    x = rng.standard_normal((1, 6, 6, 16)).astype(np.float32)
+    np.testing.assert_array_equal(convolution.prepare(layer, (6, 6, 16), 1)(x),
+                                  convolution.prepare(layer, (6, 6, 16), 1, "winograd")(x))
 
 
 def test_a_real_convolution_probe_writes_its_choice(probing):
