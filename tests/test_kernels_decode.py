@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 import reference as ref
 from nncomp import layers as L
-from nncomp.kernels import conv_winograd as W, decode as K, winograd_tiles as WT
+from nncomp.kernels import conv_winograd as W, decode as K
 from nncomp.layers import conv_algorithms as algos
 from nncomp.matrices.codebook import CodebookMatrix
 from nncomp.matrices.csr import CSRMatrix
@@ -131,7 +131,7 @@ def test_winograd_transform_of_a_decoded_weight_matches_its_twin(c, cop, seed, p
     rng = np.random.default_rng(seed)
     wt = rng.standard_normal((9 * c, cop)).astype(np.float32)
     cp = -(-c // 16) * 16
-    g_mat = W.G if m == 2 else WT.G4
+    g_mat = W.filter_matrix(m)
     out = np.full(((m + 2) ** 2, cp, cop), np.nan, np.float32)
     (K.decode_winograd_t_parallel if parallel else K.decode_winograd_t)(wt, c, g_mat, out)
     np.testing.assert_allclose(out, ref.decode_winograd_t(wt, c, g_mat, out.shape), rtol=1e-6, atol=1e-6)

@@ -8,7 +8,7 @@ from hypothesis import assume, given, strategies as st
 import reference as ref
 import reference_winograd as refw
 from conftest import assert_close_f32
-from nncomp.kernels import conv_winograd as W, winograd_tiles as W4
+from nncomp.kernels import conv_winograd as W
 from nncomp.kernels.epilogue import ACT_HARDSWISH, ACT_LEAKYRELU, ACT_SIGMOID, activation_rows
 
 
@@ -29,13 +29,9 @@ def problem(draw, max_c=40, max_co=70):
     return xp, w, bias, (n, oh, ow, c, co), rng
 
 
-def _weight(w, m):
-    return W.winograd_weight(w) if m == 2 else W4.winograd4_weight(w)
-
-
 def _magnitude(xp, w, bias, oh, ow, co, m=2):
     """|A^T| (sum_c |B^T d B| |G g G^T|) |A| + |bias|: what rounding errors of the passes scale with."""
-    g = np.abs(W.G if m == 2 else W4.G4)
+    g = np.abs(W.filter_matrix(m))
     wt = np.abs(np.einsum("ar,ocrs,bs->abco", g, np.abs(w.astype(np.float64)), g))
     names = ("BT", "AT") if m == 2 else ("BT4", "AT4")
     saved = [getattr(refw, k) for k in names]
@@ -59,7 +55,7 @@ def test_the_twin_is_a_convolution(p):
     the direct sum."""
     xp, w, bias, (n, oh, ow, c, co), _ = p
     want = _direct(xp, w, bias)
-    for m, g in ((2, W.G), (4, W4.G4)):
+    for m, g in ((2, W.filter_matrix(2)), (4, W.filter_matrix(4))):
         wt = np.einsum("ar,ocrs,bs->abco", g, w.astype(np.float64), g).reshape((m + 2) ** 2, c, co)
         got = refw.winograd_nhwc(xp, wt, bias, oh, ow, co, m=m)
         assert np.allclose(got, want, rtol=1e-10, atol=1e-10 * max(1.0, np.abs(want).max()))
@@ -94,7 +90,7 @@ def test_winograd_nhwc_matches_reference(kernel, p, data):
     numba.get_num_threads()         # the pool is up (a cached kernel asking its thread id needs it)
     xp, w, bias, (n, oh, ow, c, co), rng = p
     m = data.draw(st.sampled_from([2, 4]), label="m")
-    wt = _weight(w, m)
+    wt = W.winograd_weight(w, m)
     cop = wt.shape[2]
     bias_p = np.zeros(cop, np.float32)
     bias_p[:co] = bias
@@ -144,7 +140,7 @@ def test_winograd_reads_the_padding_as_zeros(n, h, w, c, co, pads, epilogue, par
     rng = np.random.default_rng(seed)
     kernel = W.winograd_nhwc_parallel if parallel else W.winograd_nhwc
     x = rng.standard_normal((n, h, w, c)).astype(np.float32)
-    wt = _weight(rng.standard_normal((co, c, 3, 3)), m)
+    wt = W.winograd_weight(rng.standard_normal((co, c, 3, 3)), m)
     cop = wt.shape[2]
     bias = rng.standard_normal(cop).astype(np.float32)
     epi = None

@@ -36,7 +36,7 @@ from numba import prange, types
 from numba.extending import intrinsic
 
 from ._ir import declare, loop_latch, loop_phis
-from .winograd_tiles import at4, bt4, input_tile, output_tile
+from .winograd_tiles import G4, at4, bt4, input_tile, output_tile
 from . import aligned
 from ._jit import both
 from .isa import VECTOR_REGISTERS
@@ -48,16 +48,23 @@ G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0
 CHUNK_TILES = 64
 
 
-def winograd_weight(w):
-    """``G g G^T`` of every (output, input) channel pair of ``w`` (co, c, 3, 3), as the products
-    read it: ``(16, cp, cop)`` float32, position ``xi = 4 * r + s`` first, ``cp`` and ``cop`` the
-    channel counts rounded up to 16 (extra rows and columns zero)."""
+def filter_matrix(m=2):
+    """G of F(m x m, 3x3): :data:`G` (m 2) or winograd_tiles.G4 (m 4), (m + 2) x 3."""
+    return G if m == 2 else G4
+
+
+def winograd_weight(w, m=2):
+    """``G g G^T`` of every (output, input) channel pair of ``w`` (co, c, 3, 3) for F(m x m, 3x3), as
+    the products read it: ``((m + 2)**2, cp, cop)`` float32, position ``xi = (m + 2) * r + s`` first,
+    ``cp`` and ``cop`` the channel counts rounded up to 16 (extra rows and columns zero); in float64,
+    rounded once."""
     w = np.asarray(w, np.float64)
     co, c = w.shape[:2]
     cp, cop = -(-c // 16) * 16, -(-co // 16) * 16
-    u = np.einsum("ar,ocrs,bs->abco", G, w, G)
-    out = aligned.zeros((16, cp, cop))
-    out[:, :c, :co] = u.reshape(16, c, co)
+    g = filter_matrix(m)
+    u = np.einsum("ar,ocrs,bs->abco", g, w, g)
+    out = aligned.zeros((len(g) ** 2, cp, cop))
+    out[:, :c, :co] = u.reshape(len(g) ** 2, c, co)
     return out
 
 
@@ -169,14 +176,15 @@ def _winograd(x, pt, pb, pl, pr, wt, bias, scale, shift, affine, res, add, lo, h
     (nncomp/kernels/winograd_tiles.py), with the blocked kernel's epilogue.
 
     IN  x (n, h, w, c) float32 C-contiguous, read as zero-padded by pt, pb lines above and below and
-        pl, pr columns left and right (each >= 0; oh = h + pt + pb - 2, ow = w + pl + pr - 2); wt ((m + 2)**2, cp, cop)
-        float32 from :func:`winograd_weight` (m 2) or ``winograd4_weight`` (m 4); bias, scale, shift (cop,) float32 (scale and shift used if
-        ``affine``); res (n, oh, ow, co) float32 added if ``add`` (else any array of out's shape);
+        pl, pr columns left and right (each >= 0; oh = h + pt + pb - 2, ow = w + pl + pr - 2); wt
+        ((m + 2)**2, cp, cop) float32 from :func:`winograd_weight`; bias, scale, shift (cop,) float32
+        (scale and shift used if ``affine``); res (n, oh, ow, co) float32 added if ``add`` (else any
+        array of out's shape);
         lo, hi clip bounds; act, alpha, beta the activation (nncomp/kernels/epilogue.py); nvec (1..4)
         16-channel vectors and pmax pixels per product tile (at most PRODUCT_PIXELS[nvec]); rows tile
         lines per chunk; ubuf, mbuf (threads, :func:`work_sizes`) float32 work buffers, one slab per
-        Numba thread; pool 0, or 2 for a 2x2 max-pool with stride 2 (floor mode) of the convolution's output (then without an epilogue:
-        affine, add and act off, lo and hi infinite).
+        Numba thread; pool 0, or 2 for a 2x2 max-pool with stride 2 (floor mode) of the convolution's
+        output (then without an epilogue: affine, add and act off, lo and hi infinite).
     OUT out (n, oh, ow, co) float32 C-contiguous, overwritten; pooled (n, oh // 2, ow // 2, co).
     Call it once Numba's thread pool is up (``numba.get_num_threads()`` starts it; every step does):
     a serial build loaded from Numba's cache asks ``numba.get_thread_id()`` of a pool that was

@@ -112,11 +112,10 @@ def _winograd_channel(wt, c, ci, g_mat, out):
 
 def _winograd_t(wt, c, g_mat, out):
     """The Winograd F(m x m, 3x3) weight ``G g G^T`` of a decoded weight, in float64 and rounded once,
-    as nncomp.kernels.conv_winograd.winograd_weight (winograd_tiles.winograd4_weight) computes it from
-    the dense weight.
+    as nncomp.kernels.conv_winograd.winograd_weight computes it from the dense weight.
 
     IN  wt (9 * c, cop) float32: the blocked layout (rows ordered kernel row, column, channel);
-        g_mat (m + 2, 3) float64: G (conv_winograd.G, winograd_tiles.G4).
+        g_mat (m + 2, 3) float64: G (conv_winograd.filter_matrix).
     OUT out ((m + 2)**2, cp, cop) float32, position ``(m + 2) * a + b`` first; input channels ``>= c`` zero.
     """
     cp = out.shape[1]

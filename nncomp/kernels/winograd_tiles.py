@@ -13,14 +13,13 @@ Per output pixel and 16-channel vector of a 16 -> 16 channel layer, the products
 where F(2x2, 3x3) takes 128, and the transforms about as many operations as F(2x2, 3x3)'s (a 6x6
 tile is shared by 16 outputs, a 4x4 one by 4). The coefficients reach 8 (A) and 1/24 (G): rounding
 errors grow with them (tests/test_kernels_winograd.py bounds both by the magnitudes). The filter
-transform is done once, in float64.
+transform (conv_winograd.winograd_weight) is done once, in float64.
 """
 import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from . import aligned
 from ._ir import declare, lane_mask, masked_v16, prefetch, store_v16, vec_types
 
 BT4 = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
@@ -28,18 +27,6 @@ BT4 = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
 G4 = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
                [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64)
 AT4 = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64)
-
-
-def winograd4_weight(w):
-    """``G g G^T`` of every (output, input) channel pair of ``w`` (co, c, 3, 3): ``(36, cp, cop)``
-    float32, position ``xi = 6 * r + s`` first, channel counts rounded up to 16 (extra rows and
-    columns zero)."""
-    w = np.asarray(w, np.float64)
-    co, c = w.shape[:2]
-    cp, cop = -(-c // 16) * 16, -(-co // 16) * 16
-    out = aligned.zeros((36, cp, cop))
-    out[:, :c, :co] = np.einsum("ar,ocrs,bs->abco", G4, w, G4).reshape(36, c, co)
-    return out
 
 
 def arith(builder):
@@ -139,7 +126,7 @@ def output_tile(m, at):
             undef, zero = ir.Constant(v16, ir.Undefined), ir.Constant(v16, None)
             bcast = lambda s_: builder.shuffle_vector(builder.insert_element(undef, s_, i32(0)), undef,  # noqa: E731
                                                       ir.Constant(ir.VectorType(i32, 16), [0] * 16))
-            vload = lambda base, at_: builder.load(builder.bitcast(builder.gep(base, [at_]), vptr), align=4)  # noqa: E731
+            vload = lambda base, k: builder.load(builder.bitcast(builder.gep(base, [k]), vptr), align=4)  # noqa: E731
             fadd = builder.fadd
             cols = [at(builder, [vload(md, builder.add(moff, builder.mul(intp(span * r + s), mstride)))
                                  for r in range(span)]) for s in range(span)]          # cols[s][i]

@@ -81,6 +81,7 @@ DIRECT_MAX_OUT = 32
 DIRECT_MIN_MACS = 1 << 21   # below this (LeNet-5 conv1 at batch 1: 288k MACs) im2col + BLAS is faster
 DIRECT_SERIAL_FACTOR = 8    # the direct kernel goes parallel at 8x _jit.PARALLEL_MIN_WORK
 ALGORITHMS = ("im2col", "shifted", "direct", "depthwise", "blocked", "winograd", "winograd4")
+WINOGRAD_TILES = {"winograd": 2, "winograd4": 4}     # the m of each Winograd F(m x m, 3x3) algorithm
 
 
 def direct_eligible(layer):
@@ -156,11 +157,9 @@ def prepare_epilogue(layer, shape, n, epilogue):
     oh, ow, _ = layer.shape_of(shape)
     if algorithm == "im2col":
         return int8_step(layer, shape, n, oh, ow, epilogue)
-    if algorithm == "winograd4":
-        return winograd_step(layer, shape, n, oh, ow, epilogue, m=4)
-    if algorithm not in ("winograd", "blocked"):
-        return None
-    return (winograd_step if algorithm == "winograd" else blocked_step)(layer, shape, n, oh, ow, epilogue)
+    if algorithm in WINOGRAD_TILES:
+        return winograd_step(layer, shape, n, oh, ow, epilogue, m=WINOGRAD_TILES[algorithm])
+    return blocked_step(layer, shape, n, oh, ow, epilogue) if algorithm == "blocked" else None
 
 
 def prepare(layer, shape, n, algorithm=None):
@@ -179,8 +178,8 @@ def prepare(layer, shape, n, algorithm=None):
         return lambda x: direct(x, layer.weight_t, bias, layer, oh, ow)
     if algorithm == "blocked":
         return blocked_step(layer, shape, n, oh, ow)
-    if algorithm in ("winograd", "winograd4"):
-        return winograd_step(layer, shape, n, oh, ow, m=4 if algorithm == "winograd4" else 2)
+    if algorithm in WINOGRAD_TILES:
+        return winograd_step(layer, shape, n, oh, ow, m=WINOGRAD_TILES[algorithm])
     if algorithm == "depthwise":
         return lambda x: depthwise(x, layer.weight_t, bias, layer, oh, ow)
     step = int8_step(layer, shape, n, oh, ow) if algorithm == "im2col" else None
@@ -281,9 +280,10 @@ def prepare_pooled(layer, shape, n, pool_layer):
     step = int8_step(layer, shape, n, oh, ow, pool=p) if algorithm == "im2col" and floor_ok else None
     if step is not None:
         return step
-    if algorithm in ("winograd", "winograd4") and p == 2 and floor_ok:
-        return winograd_step(layer, shape, n, oh, ow, pool=p, m=4 if algorithm == "winograd4" else 2)
-    if algorithm in ("winograd", "winograd4", "blocked") and "blocked" in layer.algorithms and not layer.depthwise and floor_ok:
+    if algorithm in WINOGRAD_TILES and p == 2 and floor_ok:
+        return winograd_step(layer, shape, n, oh, ow, pool=p, m=WINOGRAD_TILES[algorithm])
+    if (algorithm in WINOGRAD_TILES or algorithm == "blocked") and "blocked" in layer.algorithms and not (
+            layer.depthwise) and floor_ok:
         return blocked_pooled_step(layer, shape, n, oh, ow, p)
     if not (whole and algorithm == "im2col" and _fusable(layer, shape, oh, ow)):
         return None

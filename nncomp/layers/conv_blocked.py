@@ -11,9 +11,8 @@ from ..kernels.conv_blocked import (conv_blocked_nhwc, conv_blocked_nhwc_paralle
                                     conv_blocked_pooled_nhwc_parallel, image_tiles, per_image_weight, tile_pixels)
 from ..kernels.conv_depthwise import depthwise_blocked_nhwc, depthwise_blocked_nhwc_parallel
 from ..kernels import conv_chain as K
-from ..kernels.conv_winograd import (G, chunk_rows, product_pixels, winograd_nhwc, winograd_nhwc_parallel,
+from ..kernels.conv_winograd import (chunk_rows, filter_matrix, product_pixels, winograd_nhwc, winograd_nhwc_parallel,
                                      winograd_weight, work_sizes)
-from ..kernels.winograd_tiles import G4, winograd4_weight
 from ..kernels.decode import decode_winograd_t, decode_winograd_t_parallel
 from ..kernels.isa import VECTOR_REGISTERS
 from ..matrices import DenseMatrix
@@ -113,16 +112,16 @@ def winograd_pays(layer, n, oh, ow):
 
 def winograd_weights(layer, m=2):
     """The F(m x m, 3x3) kernel's weight, ``((m + 2)**2 * cp, cop)`` (nncomp.kernels.conv_winograd.
-    winograd_weight or winograd_tiles.winograd4_weight as rows, which the compiled runs take); computed
-    on first use and kept by the layer (None for a compressed weight: :func:`winograd_weight_source`)."""
+    winograd_weight as rows, which the compiled runs take); computed on first use and kept by the
+    layer (None for a compressed weight: :func:`winograd_weight_source`)."""
     if not isinstance(layer.weight, DenseMatrix):
         return None
 
     def make():
         c, co = layer.in_channels, layer.out_channels
-        wt = (winograd4_weight if m == 4 else winograd_weight)(layer.weight.w.reshape(co, 3, 3, c).transpose(0, 3, 1, 2))
+        wt = winograd_weight(layer.weight.w.reshape(co, 3, 3, c).transpose(0, 3, 1, 2), m)
         return wt.reshape(-1, wt.shape[2])
-    return layer.memo("winograd4_weight" if m == 4 else "winograd_weight", make)
+    return layer.memo(("winograd_weight", m), make)
 
 
 def winograd_weight_source(layer, m=2):
@@ -135,7 +134,7 @@ def winograd_weight_source(layer, m=2):
         wt3 = wt.reshape((m + 2) ** 2, cp, cop)
         return lambda: wt3
     decoded = blocked_weight_source(layer)
-    span, g_mat = (m + 2) ** 2, G4 if m == 4 else G
+    span, g_mat = (m + 2) ** 2, filter_matrix(m)
     kern = _jit.pick((decode_winograd_t, decode_winograd_t_parallel), span * cp * cop // SERIAL_FACTOR)
 
     def get():
