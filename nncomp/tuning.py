@@ -36,7 +36,8 @@ ENV = "NNCOMP_TUNING"          # "off": the built-in rules, no probes
 CACHE_ENV = "NNCOMP_CACHE_DIR"  # the folder of the files (shared with the planner's latency cache)
 CALLS = 3           # timed calls per candidate at least (after one untimed warm-up call each) ...
 MAX_CALLS = 11      # ... and up to this many while a round of calls takes under ROUND_SECONDS: 3 calls
-ROUND_SECONDS = 0.5  # of VGG-16's conv3_2 at batch 1 (7-14 ms) on a noisy Zen 3 chose F(2x2, 3x3), 1.6x slower
+ROUND_SECONDS = 0.5  # of VGG-16's conv3_2 at batch 1 (7-14 ms) chose F(2x2, 3x3), 1.6x slower, in a
+#                      development conv_algos run on a noisy Zen 3 guest
 MARGIN = 0.95       # a candidate replaces the default only when its median is at least 5% lower
 _MEMO = {}
 _LOCK = threading.Lock()
