@@ -33,10 +33,10 @@ def decode_sparse_t(values, codes, indices, indptr, shape):
 
 
 def decode_winograd_t(wt, c, g_mat, shape):
-    """``shape`` ((m + 2)**2, cp, cop) in place of ``out``: G g G^T of every channel pair, float64
-    (``g_mat`` G, (m + 2) x 3)."""
-    cop = wt.shape[1]
-    g = wt.astype(np.float64).reshape(3, 3, c, cop)
+    """``shape`` (span**2, cp, cop) in place of ``out``: G g G^T of every channel pair, float64
+    (``g_mat`` G, span x r for an r x r filter)."""
+    cop, k = wt.shape[1], g_mat.shape[1]
+    g = wt.astype(np.float64).reshape(k, k, c, cop)
     u = np.einsum("ar,rsco,bs->abco", g_mat, g, g_mat).reshape(shape[0], c, cop)
     out = np.zeros(shape, np.float32)
     out[:, :c] = u

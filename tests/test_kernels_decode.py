@@ -125,14 +125,15 @@ def test_codebook_dense_layers_give_each_sample_the_same_bits_at_any_batch(bits,
 
 
 @given(c=st.integers(1, 40), cop=st.sampled_from([16, 32, 48]), seed=st.integers(0, 2 ** 31), parallel=st.booleans(),
-       m=st.sampled_from([2, 4]))
-def test_winograd_transform_of_a_decoded_weight_matches_its_twin(c, cop, seed, parallel, m):
-    """F(2x2, 3x3) and F(4x4, 3x3)."""
+       tile=st.sampled_from(sorted(W.FILTER_MATRICES)))
+def test_winograd_transform_of_a_decoded_weight_matches_its_twin(c, cop, seed, parallel, tile):
+    """F(2x2, 3x3), F(4x4, 3x3) and F(2x2, 5x5)."""
     rng = np.random.default_rng(seed)
-    wt = rng.standard_normal((9 * c, cop)).astype(np.float32)
+    m, r = tile
+    wt = rng.standard_normal((r * r * c, cop)).astype(np.float32)
     cp = -(-c // 16) * 16
-    g_mat = W.filter_matrix(m)
-    out = np.full(((m + 2) ** 2, cp, cop), np.nan, np.float32)
+    g_mat = W.filter_matrix(m, r)
+    out = np.full(((m + r - 1) ** 2, cp, cop), np.nan, np.float32)
     (K.decode_winograd_t_parallel if parallel else K.decode_winograd_t)(wt, c, g_mat, out)
     np.testing.assert_allclose(out, ref.decode_winograd_t(wt, c, g_mat, out.shape), rtol=1e-6, atol=1e-6)
 

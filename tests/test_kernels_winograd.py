@@ -1,4 +1,4 @@
-"""The Winograd F(2x2, 3x3) and F(4x4, 3x3) kernel (nncomp/kernels/conv_winograd.py, winograd_tiles.py)
+"""The Winograd F(2x2, 3x3), F(4x4, 3x3) and F(2x2, 5x5) kernel (nncomp/kernels/conv_winograd.py, winograd_tiles.py)
 against its NumPy twin (tests/reference_winograd.py), and the twin against a float64 direct convolution."""
 import numba
 import numpy as np
@@ -12,65 +12,71 @@ from nncomp.kernels import conv_winograd as W
 from nncomp.kernels.epilogue import ACT_HARDSWISH, ACT_LEAKYRELU, ACT_SIGMOID, activation_rows
 
 
+TILES = sorted(W.FILTER_MATRICES)       # (m, r): F(2x2, 3x3), F(2x2, 5x5), F(4x4, 3x3)
+
+
 @st.composite
 def problem(draw, max_c=40, max_co=70):
-    """A padded input (n, oh + 2, ow + 2, c) with zero borders of the drawn padding, a 3x3 weight,
-    bias; integer-valued data sometimes (exact in float32 through every pass but the 1/2s of G)."""
+    """A tile (m, r), a padded input (n, oh + r - 1, ow + r - 1, c) with zero borders of the drawn
+    padding, an r x r weight, bias."""
+    m, r = draw(st.sampled_from(TILES))
     n = draw(st.integers(1, 3))
     c, co = draw(st.integers(1, max_c)), draw(st.integers(1, max_co))
     oh, ow = draw(st.integers(1, 12)), draw(st.integers(1, 12))
     rng = np.random.default_rng(draw(st.integers(0, 2**31)))
-    xp = np.zeros((n, oh + 2, ow + 2, c), np.float32)
-    t, l = draw(st.integers(0, 1)), draw(st.integers(0, 1))
-    xp[:, t:oh + 2 - draw(st.integers(0, 1)), l:ow + 2 - draw(st.integers(0, 1))] = 1.0
+    xp = np.zeros((n, oh + r - 1, ow + r - 1, c), np.float32)
+    t, l = draw(st.integers(0, r // 2)), draw(st.integers(0, r // 2))
+    xp[:, t:oh + r - 1 - draw(st.integers(0, r // 2)), l:ow + r - 1 - draw(st.integers(0, r // 2))] = 1.0
     xp *= rng.standard_normal(xp.shape).astype(np.float32)
-    w = rng.standard_normal((co, c, 3, 3)).astype(np.float32)
+    w = rng.standard_normal((co, c, r, r)).astype(np.float32)
     bias = rng.standard_normal(co).astype(np.float32)
-    return xp, w, bias, (n, oh, ow, c, co), rng
+    return xp, w, bias, (n, oh, ow, c, co), rng, m
 
 
 def _magnitude(xp, w, bias, oh, ow, co, m=2):
     """|A^T| (sum_c |B^T d B| |G g G^T|) |A| + |bias|: what rounding errors of the passes scale with."""
-    g = np.abs(W.filter_matrix(m))
+    r = w.shape[2]
+    g = np.abs(W.filter_matrix(m, r))
     wt = np.abs(np.einsum("ar,ocrs,bs->abco", g, np.abs(w.astype(np.float64)), g))
-    names = ("BT", "AT") if m == 2 else ("BT4", "AT4")
-    saved = [getattr(refw, k) for k in names]
-    for k, v in zip(names, saved):
-        setattr(refw, k, np.abs(v))
+    saved = refw.TILES[m, r]
+    refw.TILES[m, r] = tuple(np.abs(a) for a in saved)
     try:
-        return refw.winograd_nhwc(np.abs(xp), wt.reshape((m + 2) ** 2, *wt.shape[2:]), np.abs(bias), oh, ow, co, m=m)
+        return refw.winograd_nhwc(np.abs(xp), wt.reshape(len(g) ** 2, *wt.shape[2:]), np.abs(bias), oh, ow, co, m=m)
     finally:
-        for k, v in zip(names, saved):
-            setattr(refw, k, v)
+        refw.TILES[m, r] = saved
 
 
 def _direct(xp, w, bias):
-    """Float64 direct 3x3 convolution of the padded input."""
+    """Float64 direct r x r convolution of the padded input."""
     return ref.conv2d_nhwc(xp.astype(np.float64), w.astype(np.float64), bias, (1, 1), (0, 0, 0, 0), (1, 1), 1)
 
 
 @given(p=problem())
 def test_the_twin_is_a_convolution(p):
-    """F(2x2, 3x3) and F(4x4, 3x3) as the twin writes them (B, G, A; odd sizes with partial tiles) are
-    the direct sum."""
-    xp, w, bias, (n, oh, ow, c, co), _ = p
+    """Every tile of the filter's size as the twin writes it (B, G, A; odd sizes with partial tiles)
+    is the direct sum."""
+    xp, w, bias, (n, oh, ow, c, co), _, m = p
+    r = w.shape[2]
     want = _direct(xp, w, bias)
-    for m, g in ((2, W.filter_matrix(2)), (4, W.filter_matrix(4))):
-        wt = np.einsum("ar,ocrs,bs->abco", g, w.astype(np.float64), g).reshape((m + 2) ** 2, c, co)
-        got = refw.winograd_nhwc(xp, wt, bias, oh, ow, co, m=m)
+    for mm in (mm for mm, rr in TILES if rr == r):
+        g = W.filter_matrix(mm, r)
+        wt = np.einsum("ar,ocrs,bs->abco", g, w.astype(np.float64), g).reshape(len(g) ** 2, c, co)
+        got = refw.winograd_nhwc(xp, wt, bias, oh, ow, co, m=mm)
         assert np.allclose(got, want, rtol=1e-10, atol=1e-10 * max(1.0, np.abs(want).max()))
     if oh < 2 or ow < 2:
         return
-    wt = np.einsum("ar,ocrs,bs->abco", W.G, w.astype(np.float64), W.G).reshape(16, c, co)
+    g = W.filter_matrix(2, r)
+    wt = np.einsum("ar,ocrs,bs->abco", g, w.astype(np.float64), g).reshape(len(g) ** 2, c, co)
     pooled = refw.winograd_nhwc(xp, wt, bias, oh, ow, co, pool=2)
     assert np.allclose(pooled, ref.maxpool_nhwc(want, 2, 2, 2, 2, 0, 0, 1, 1, oh // 2, ow // 2), rtol=1e-10,
                        atol=1e-10 * max(1.0, np.abs(want).max()))
 
 
 def _call(kernel, xp, wt, bias, out, rows, nvec, pmax, epilogue=None, pool=0, pads=(0, 0, 0, 0), m=2):
-    n, oh, ow = xp.shape[0], xp.shape[1] + pads[0] + pads[1] - 2, xp.shape[2] + pads[2] + pads[3] - 2
+    r = int(round(np.sqrt(wt.shape[0]))) - m + 1
+    n, oh, ow = xp.shape[0], xp.shape[1] + pads[0] + pads[1] - r + 1, xp.shape[2] + pads[2] + pads[3] - r + 1
     cp, cop = wt.shape[1], wt.shape[2]
-    us, ms = W.work_sizes(oh, ow, cp, cop, rows, m)
+    us, ms = W.work_sizes(oh, ow, cp, cop, rows, m, r)
     threads = numba.get_num_threads()
     ub = np.full((threads, us), np.nan, np.float32)
     mb = np.full((threads, ms), np.nan, np.float32)
@@ -83,13 +89,12 @@ def _call(kernel, xp, wt, bias, out, rows, nvec, pmax, epilogue=None, pool=0, pa
 @pytest.mark.parametrize("kernel", [W.winograd_nhwc, W.winograd_nhwc_parallel])
 @given(p=problem(), data=st.data())
 def test_winograd_nhwc_matches_reference(kernel, p, data):
-    """F(2x2, 3x3) and F(4x4, 3x3): every chunk size, vector count and product tile width, masked
+    """F(2x2, 3x3), F(4x4, 3x3) and F(2x2, 5x5): every chunk size, vector count and product tile width, masked
     channel tails (c and co not multiples of 16), output sizes not multiples of the tile; then the
     epilogue as the blocked kernel applies it, bit for bit what the epilogue kernels make of the plain
     output, and the fused 2x2 max-pool."""
     numba.get_num_threads()         # the pool is up (a cached kernel asking its thread id needs it)
-    xp, w, bias, (n, oh, ow, c, co), rng = p
-    m = data.draw(st.sampled_from([2, 4]), label="m")
+    xp, w, bias, (n, oh, ow, c, co), rng, m = p
     wt = W.winograd_weight(w, m)
     cop = wt.shape[2]
     bias_p = np.zeros(cop, np.float32)
@@ -100,7 +105,7 @@ def test_winograd_nhwc_matches_reference(kernel, p, data):
     out = np.full((n, oh, ow, co), np.nan, np.float32)
     _call(kernel, xp, wt, bias_p, out, rows, nvec, pmax, m=m)
     want = refw.winograd_nhwc(xp, wt, bias_p, oh, ow, co, m=m)
-    mag, k = _magnitude(xp, w, bias, oh, ow, co, m), (m + 2) ** 2 * c
+    mag, k = _magnitude(xp, w, bias, oh, ow, co, m), wt.shape[0] * c
     assert_close_f32(out, want, mag, k + 8)
     assert_close_f32(out, _direct(xp, w, bias), mag, k + 16)
 
@@ -128,19 +133,20 @@ def test_winograd_nhwc_matches_reference(kernel, p, data):
 
 @given(n=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9), c=st.integers(1, 20), co=st.integers(1, 20),
        pads=st.tuples(*[st.integers(0, 2)] * 4), epilogue=st.booleans(), parallel=st.booleans(),
-       seed=st.integers(0, 2**31), m=st.sampled_from([2, 4]))
-def test_winograd_reads_the_padding_as_zeros(n, h, w, c, co, pads, epilogue, parallel, seed, m):
-    """The kernel (F(2x2, 3x3) and F(4x4, 3x3)) on the unpadded input and the layer's padding (nothing
+       seed=st.integers(0, 2**31), tile=st.sampled_from(TILES))
+def test_winograd_reads_the_padding_as_zeros(n, h, w, c, co, pads, epilogue, parallel, seed, tile):
+    """The kernel (every tile) on the unpadded input and the layer's padding (nothing
     read outside the input) gives, bit for bit, what it gives on the zero-padded copy: plain, with an
     epilogue, pooled."""
     numba.get_num_threads()
+    m, k = tile
     t, b, l, r = pads
-    oh, ow = h + t + b - 2, w + l + r - 2
+    oh, ow = h + t + b - k + 1, w + l + r - k + 1
     assume(oh >= 1 and ow >= 1)
     rng = np.random.default_rng(seed)
     kernel = W.winograd_nhwc_parallel if parallel else W.winograd_nhwc
     x = rng.standard_normal((n, h, w, c)).astype(np.float32)
-    wt = W.winograd_weight(rng.standard_normal((co, c, 3, 3)), m)
+    wt = W.winograd_weight(rng.standard_normal((co, c, k, k)), m)
     cop = wt.shape[2]
     bias = rng.standard_normal(cop).astype(np.float32)
     epi = None
@@ -180,24 +186,26 @@ def test_winograd_nan_and_inf_reach_the_outputs_they_feed(kernel):
 
 
 @given(c=st.integers(16, 40), co=st.integers(1, 40), n=st.integers(1, 3), h=st.integers(3, 11), w=st.integers(3, 11),
-       pad=st.tuples(*[st.integers(0, 2)] * 4), seed=st.integers(0, 2**31))
-def test_winograd_layer_steps_match_reference(c, co, n, h, w, pad, seed):
-    """A 3x3 stride-1 Conv2D of 16+ input channels runs Winograd (any padding, odd sizes): alone,
-    with a batch-norm + ReLU epilogue in the kernel, and with a 2x2 max-pool fused into it."""
+       pad=st.tuples(*[st.integers(0, 2)] * 4), seed=st.integers(0, 2**31), k=st.sampled_from([3, 5]))
+def test_winograd_layer_steps_match_reference(c, co, n, h, w, pad, seed, k):
+    """A 3x3 or 5x5 stride-1 Conv2D of 16+ input channels runs Winograd (any padding, odd sizes):
+    alone, with a batch-norm + ReLU epilogue in the kernel, and with a 2x2 max-pool fused into it."""
     import nncomp as nc
     from nncomp.layers import conv_algorithms as convolution
 
+    assume(h + pad[0] + pad[1] >= k and w + pad[2] + pad[3] >= k)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, h, w, c)).astype(np.float32)
-    wt = rng.standard_normal((co, c, 3, 3)).astype(np.float32)
+    wt = rng.standard_normal((co, c, k, k)).astype(np.float32)
     bias = rng.standard_normal(co).astype(np.float32)
     layer = nc.Conv2D(np.ascontiguousarray(wt.transpose(0, 2, 3, 1).reshape(co, -1)), bias, in_channels=c,
-                      kernel_size=3, padding=pad)
+                      kernel_size=k, padding=pad)
     algo = convolution.choose(layer, (h, w, c), n)
-    assert convolution.rule(layer, (h, w, c), n) == "winograd4" and algo in ("winograd4", "winograd", "blocked")
+    tiles = (("winograd", 4), ("winograd4", 64)) if k == 3 else (("winograd", 64),)  # |A|, |B|, |G| magnitudes
+    assert convolution.rule(layer, (h, w, c), n) == tiles[-1][0] and algo in ("winograd4", "winograd", "blocked")
     expect = ref.conv2d_nhwc(x, wt, bias, (1, 1), pad, (1, 1), 1)
     mag = ref.conv2d_nhwc(np.abs(x), np.abs(wt), np.abs(bias), (1, 1), pad, (1, 1), 1)
-    for a, gain in (("winograd", 4), ("winograd4", 64)):   # the coefficients' magnitudes (|A|, |B|, |G|)
+    for a, gain in tiles:
         assert_close_f32(convolution.forward(layer, x, a), expect, gain * mag, 36 * c + 16)
     got = convolution.forward(layer, x, algo)
     scale, shift = rng.standard_normal(co).astype(np.float32), rng.standard_normal(co).astype(np.float32)

@@ -24,7 +24,7 @@ from .conv_blocked import (conv_blocked_nhwc, conv_blocked_nhwc_parallel, conv_b
                            conv_blocked_pooled_nhwc_parallel, per_image_weight)
 from .binary import channel_binary_nhwc, channel_binary_nhwc_parallel
 from .conv_depthwise import depthwise_blocked_nhwc, depthwise_blocked_nhwc_parallel
-from .conv_winograd import winograd_nhwc, winograd_nhwc_parallel
+from .conv_winograd import SKEW, winograd_nhwc, winograd_nhwc_parallel
 from .epilogue import activation_rows, activation_rows_parallel, epilogue_rows, epilogue_rows_parallel
 from .pool import global_mean_nhwc, global_mean_nhwc_parallel
 
@@ -118,13 +118,14 @@ def run_chain(x0, x1, ints, floats):
         bias, scale, shift, post, post_shift = (_vector(p, 0), _vector(p, 1), _vector(p, 2), _vector(p, 3),
                                                 _vector(p, 4))
         oh, ow, co, pool = p[OH], p[OW], p[CO], p[POOL]
-        if p[WINOGRAD]:         # F(m x m, 3x3) with m = p[WINOGRAD]: (m + 2)**2 positions
-            m, span = p[WINOGRAD], (p[WINOGRAD] + 2) ** 2
+        if p[WINOGRAD]:         # F(m x m, r x r) with m = p[WINOGRAD], r = p[KH]: (m + r - 1)**2 positions
+            m, span = p[WINOGRAD], (p[WINOGRAD] + p[KH] - 1) ** 2
             cp, cop = p[W_ROWS] // span, p[W_COLS]
             wt = numba.carray(_f32_pointer(p[W_ADDR]), (span, cp, cop))
-            tiles = p[CHUNK] * ((ow + m - 1) // m) * span
-            ub = _empty4(p[THREADS], 1, tiles, cp).reshape((p[THREADS], tiles * cp))
-            mb = _empty4(p[THREADS], 1, tiles, cop).reshape((p[THREADS], tiles * cop))
+            tiles = p[CHUNK] * ((ow + m - 1) // m)     # conv_winograd.work_sizes
+            us, ms = span * (tiles * cp + SKEW), span * (tiles * cop + SKEW)
+            ub = _empty4(p[THREADS], 1, 1, us).reshape((p[THREADS], us))
+            mb = _empty4(p[THREADS], 1, 1, ms).reshape((p[THREADS], ms))
             out = _empty4(n, oh // pool, ow // pool, co) if pool else _empty4(n, oh, ow, co)
             res = values[p[RES]] if p[ADD] else out
             if p[PARALLEL]:

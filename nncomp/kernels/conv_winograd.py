@@ -1,5 +1,6 @@
 """Winograd F(2x2, 3x3) convolution over NHWC float32 images (the ``winograd`` conv algorithm); the
-same kernel runs F(4x4, 3x3) (``winograd4``); the tiles of both are built in nncomp/kernels/winograd_tiles.py.
+same kernel runs F(4x4, 3x3) (``winograd4``) and, for 5x5 filters, F(2x2, 5x5) (``winograd`` of a 5x5
+layer); the tiles are built in nncomp/kernels/winograd_tiles.py.
 
 A 3x3 stride-1 convolution computes each 2x2 block of output pixels from a 4x4 block of input with 16 multiplies
 per input and output channel instead of 36 (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks",
@@ -36,7 +37,7 @@ from numba import prange, types
 from numba.extending import intrinsic
 
 from ._ir import declare, loop_latch, loop_phis
-from .winograd_tiles import G4, at4, bt4, input_tile, output_tile
+from .winograd_tiles import G4, G25, at4, at25, bt4, input_tile, output_tile
 from . import aligned
 from ._jit import both
 from .isa import VECTOR_REGISTERS
@@ -46,22 +47,33 @@ from .epilogue import activation_rows
 G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 # Tiles per chunk (a few tile lines of one image): U and M of a 64-channel chunk stay in L2.
 CHUNK_TILES = 64
+# Floats between the positions' slabs of U and M beyond their tiles x channels: a slab of 4 KB (16
+# tiles of 64 channels) put a tile's 36 positions in one set of the 8-way L1 and 16 of them in one L2
+# set; one cache line more spreads them. F(2x2, 5x5), 64 images of 12x12 20 -> 50, one thread, Zen 3:
+# ms against ms.
+SKEW = 16
 
 
-def filter_matrix(m=2):
-    """G of F(m x m, 3x3): :data:`G` (m 2) or winograd_tiles.G4 (m 4), (m + 2) x 3."""
-    return G if m == 2 else G4
+# The tiles the kernel runs, (m, r) -> G: F(2x2, 3x3), F(4x4, 3x3) and F(2x2, 5x5).
+FILTER_MATRICES = {(2, 3): G, (4, 3): G4, (2, 5): G25}
+
+
+def filter_matrix(m=2, r=3):
+    """G of F(m x m, r x r), (m + r - 1) x r: one of :data:`FILTER_MATRICES`."""
+    if (m, r) not in FILTER_MATRICES:
+        raise ValueError(f"no Winograd F({m}x{m}, {r}x{r}) tile: the kernel runs {sorted(FILTER_MATRICES)}")
+    return FILTER_MATRICES[m, r]
 
 
 def winograd_weight(w, m=2):
-    """``G g G^T`` of every (output, input) channel pair of ``w`` (co, c, 3, 3) for F(m x m, 3x3), as
-    the products read it: ``((m + 2)**2, cp, cop)`` float32, position ``xi = (m + 2) * r + s`` first,
-    ``cp`` and ``cop`` the channel counts rounded up to 16 (extra rows and columns zero); in float64,
-    rounded once."""
+    """``G g G^T`` of every (output, input) channel pair of ``w`` (co, c, r, r) for F(m x m, r x r), as
+    the products read it: ``(span**2, cp, cop)`` float32 (span = m + r - 1), position ``xi = span * a
+    + b`` first, ``cp`` and ``cop`` the channel counts rounded up to 16 (extra rows and columns zero);
+    in float64, rounded once."""
     w = np.asarray(w, np.float64)
     co, c = w.shape[:2]
     cp, cop = -(-c // 16) * 16, -(-co // 16) * 16
-    g = filter_matrix(m)
+    g = filter_matrix(m, w.shape[2])
     u = np.einsum("ar,ocrs,bs->abco", g, w, g)
     out = aligned.zeros((len(g) ** 2, cp, cop))
     out[:, :c, :co] = u.reshape(len(g) ** 2, c, co)
@@ -168,16 +180,18 @@ def _at(builder, v):
 
 _input_tile, _output_tile = input_tile(4, _bt), output_tile(2, _at)
 _input_tile4, _output_tile4 = input_tile(6, bt4), output_tile(4, at4)
+_output_tile25 = output_tile(2, at25, 6)       # F(2x2, 5x5): F(4x4, 3x3)'s input tile
 
 
 def _winograd(x, pt, pb, pl, pr, wt, bias, scale, shift, affine, res, add, lo, hi, act, alpha, beta, nvec, pmax, rows,
               ubuf, mbuf, pool, out, m=2):
-    """3x3 stride-1 convolution of an NHWC batch by Winograd F(m x m, 3x3), m 2 (module doc) or 4
-    (nncomp/kernels/winograd_tiles.py), with the blocked kernel's epilogue.
+    """r x r stride-1 convolution of an NHWC batch by Winograd F(m x m, r x r): F(2x2, 3x3) (module
+    doc), F(4x4, 3x3) or F(2x2, 5x5) (nncomp/kernels/winograd_tiles.py), with the blocked kernel's
+    epilogue; r follows from m and the weight's positions ``(m + r - 1)**2``.
 
     IN  x (n, h, w, c) float32 C-contiguous, read as zero-padded by pt, pb lines above and below and
-        pl, pr columns left and right (each >= 0; oh = h + pt + pb - 2, ow = w + pl + pr - 2); wt
-        ((m + 2)**2, cp, cop) float32 from :func:`winograd_weight`; bias, scale, shift (cop,) float32
+        pl, pr columns left and right (each >= 0; oh = h + pt + pb - r + 1, ow = w + pl + pr - r + 1);
+        wt ((m + r - 1)**2, cp, cop) float32 from :func:`winograd_weight`; bias, scale, shift (cop,) float32
         (scale and shift used if ``affine``); res (n, oh, ow, co) float32 added if ``add`` (else any
         array of out's shape);
         lo, hi clip bounds; act, alpha, beta the activation (nncomp/kernels/epilogue.py); nvec (1..4)
@@ -192,13 +206,13 @@ def _winograd(x, pt, pb, pl, pr, wt, bias, scale, shift, affine, res, add, lo, h
     """
     n, h, wd, c = x.shape
     co = out.shape[3]
-    oh, ow = h + pt + pb - 2, wd + pl + pr - 2
+    span = int(np.sqrt(wt.shape[0]) + 0.5)     # input lines and columns of a tile: m + r - 1
+    oh, ow = h + pt + pb - span + m, wd + pl + pr - span + m
     cp, cop = wt.shape[1], wt.shape[2]
     th, tw = (oh + m - 1) // m, (ow + m - 1) // m
-    span = m + 2                # input lines and columns of a tile
     groups = (th + rows - 1) // rows
     tmax = rows * tw
-    us, ms = tmax * cp, tmax * cop
+    us, ms = tmax * cp + SKEW, tmax * cop + SKEW
     lo32, hi32 = np.float32(lo), np.float32(hi)
     for job in prange(n * groups):
         b = job // groups
@@ -222,7 +236,7 @@ def _winograd(x, pt, pb, pl, pr, wt, bias, scale, shift, affine, res, add, lo, h
                         cvalid |= 1 << q
                 xo = ((b * h + r0) * wd + s0) * c
                 for c0 in range(0, cp, 16):
-                    if m == 4:
+                    if span == 6:
                         _input_tile4(x, xo + c0, wd * c, c, rvalid, cvalid, u, t * cp + c0, us, min(16, c - c0))
                     else:
                         _input_tile(x, xo + c0, wd * c, c, rvalid, cvalid, u, t * cp + c0, us, min(16, c - c0))
@@ -234,7 +248,7 @@ def _winograd(x, pt, pb, pl, pr, wt, bias, scale, shift, affine, res, add, lo, h
                 j0 = 0
                 while j0 < ntiles:
                     p = min(p0, ntiles - j0)
-                    a = (p, u, xi * us + j0 * cp, cp, cp, wt, xi * cp * cop + co0, cop, m_, xi * ms + j0 * cop + co0,
+                    a = (p, u, xi * us + j0 * cp, cp, c, wt, xi * cp * cop + co0, cop, m_, xi * ms + j0 * cop + co0,
                          cop)
                     if nv == 4:
                         _products4(*a)
@@ -263,6 +277,9 @@ def _winograd(x, pt, pb, pl, pr, wt, bias, scale, shift, affine, res, add, lo, h
                     if m == 4:
                         _output_tile4(m_, t * cop + k0, ms, bias, scale, shift, k0, affine, res, add, out, oo + k0,
                                       orow, co, sy, sx, min(16, co - k0), lo32, hi32, pool)
+                    elif span == 6:
+                        _output_tile25(m_, t * cop + k0, ms, bias, scale, shift, k0, affine, res, add, out, oo + k0,
+                                       orow, co, sy, sx, min(16, co - k0), lo32, hi32, pool)
                     else:
                         _output_tile(m_, t * cop + k0, ms, bias, scale, shift, k0, affine, res, add, out, oo + k0,
                                      orow, co, sy, sx, min(16, co - k0), lo32, hi32, pool)
@@ -275,13 +292,13 @@ def _winograd(x, pt, pb, pl, pr, wt, bias, scale, shift, affine, res, add, lo, h
 winograd_nhwc, winograd_nhwc_parallel = both(_winograd)
 
 
-def chunk_rows(oh, ow, n=1, threads=1, m=2):
-    """Tile lines per chunk of F(m x m, 3x3): about :data:`CHUNK_TILES` tiles of F(2x2, 3x3)'s work
-    buffers (16 / (m + 2)**2 as many of larger tiles), at least one line; for ``threads`` > 1
+def chunk_rows(oh, ow, n=1, threads=1, m=2, r=3):
+    """Tile lines per chunk of F(m x m, r x r): about :data:`CHUNK_TILES` tiles of F(2x2, 3x3)'s work
+    buffers (16 / (m + r - 1)**2 as many of larger tiles), at least one line; for ``threads`` > 1
     (the parallel build) small enough that ``n`` images make two chunks per thread where they can
     (a 7x7 map at batch 1 is a single chunk otherwise, and ran 1.3x slower than the blocked kernel)."""
     th, tw = (oh + m - 1) // m, (ow + m - 1) // m
-    rows = max(1, min(th, CHUNK_TILES * 16 // (m + 2) ** 2 // tw))
+    rows = max(1, min(th, CHUNK_TILES * 16 // (m + r - 1) ** 2 // tw))
     if threads < 2:
         return rows
     rows = max(1, min(rows, n * th // (2 * threads)))
@@ -296,7 +313,8 @@ def product_pixels(nvec, registers=None):
     return PRODUCT_PIXELS[nvec] if registers >= 32 else AVX2_PRODUCT_PIXELS[nvec]
 
 
-def work_sizes(oh, ow, cp, cop, rows, m=2):
-    """Floats per thread of the ``ubuf`` and ``mbuf`` work buffers of F(m x m, 3x3)."""
-    tiles = rows * ((ow + m - 1) // m) * (m + 2) ** 2
-    return tiles * cp, tiles * cop
+def work_sizes(oh, ow, cp, cop, rows, m=2, r=3):
+    """Floats per thread of the ``ubuf`` and ``mbuf`` work buffers of F(m x m, r x r)."""
+    span2 = (m + r - 1) ** 2
+    tiles = rows * ((ow + m - 1) // m)
+    return span2 * (tiles * cp + SKEW), span2 * (tiles * cop + SKEW)

@@ -95,28 +95,34 @@ decode_sparse_t, decode_sparse_t_parallel = both(_sparse_t)
 def _winograd_channel(wt, c, ci, g_mat, out):
     """:func:`_winograd_t` for input channel ``ci``, every output channel."""
     cop = out.shape[2]
-    span = g_mat.shape[0]
-    g = np.empty((3, 3))
-    t = np.empty((span, 3))
+    span, k = g_mat.shape
+    g = np.empty((k, k))
+    t = np.empty((span, k))
     for o in range(cop):
-        for r in range(3):
-            for s in range(3):
-                g[r, s] = wt[(r * 3 + s) * c + ci, o]
+        for r in range(k):
+            for s in range(k):
+                g[r, s] = wt[(r * k + s) * c + ci, o]
         for a in range(span):           # t = G g
-            for s in range(3):
-                t[a, s] = g_mat[a, 0] * g[0, s] + g_mat[a, 1] * g[1, s] + g_mat[a, 2] * g[2, s]
+            for s in range(k):
+                acc = g_mat[a, 0] * g[0, s]
+                for j in range(1, k):
+                    acc += g_mat[a, j] * g[j, s]
+                t[a, s] = acc
         for a in range(span):           # (G g) G^T
             for b in range(span):
-                out[span * a + b, ci, o] = t[a, 0] * g_mat[b, 0] + t[a, 1] * g_mat[b, 1] + t[a, 2] * g_mat[b, 2]
+                acc = t[a, 0] * g_mat[b, 0]
+                for j in range(1, k):
+                    acc += t[a, j] * g_mat[b, j]
+                out[span * a + b, ci, o] = acc
 
 
 def _winograd_t(wt, c, g_mat, out):
-    """The Winograd F(m x m, 3x3) weight ``G g G^T`` of a decoded weight, in float64 and rounded once,
+    """The Winograd F(m x m, r x r) weight ``G g G^T`` of a decoded weight, in float64 and rounded once,
     as nncomp.kernels.conv_winograd.winograd_weight computes it from the dense weight.
 
-    IN  wt (9 * c, cop) float32: the blocked layout (rows ordered kernel row, column, channel);
-        g_mat (m + 2, 3) float64: G (conv_winograd.filter_matrix).
-    OUT out ((m + 2)**2, cp, cop) float32, position ``(m + 2) * a + b`` first; input channels ``>= c`` zero.
+    IN  wt (r * r * c, cop) float32: the blocked layout (rows ordered kernel row, column, channel);
+        g_mat (span, r) float64: G (conv_winograd.filter_matrix), span = m + r - 1.
+    OUT out (span**2, cp, cop) float32, position ``span * a + b`` first; input channels ``>= c`` zero.
     """
     cp = out.shape[1]
     for ci in prange(cp):

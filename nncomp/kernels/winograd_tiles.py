@@ -1,8 +1,8 @@
-"""The input and output tiles of Winograd F(m x m, 3x3) for the kernel of nncomp/kernels/conv_winograd.py,
-and the constants of F(4x4, 3x3) (m = 4; F(2x2, 3x3)'s are in conv_winograd.py).
+"""The input and output tiles of Winograd F(m x m, r x r) for the kernel of nncomp/kernels/conv_winograd.py,
+and the constants of F(4x4, 3x3) and F(2x2, 5x5) (F(2x2, 3x3)'s are in conv_winograd.py).
 
 A tile's transforms are LLVM IR over ``<16 x float>`` vectors (16 channels), built by
-:func:`input_tile` and :func:`output_tile` from the one-dimensional transform of ``span = m + 2``
+:func:`input_tile` and :func:`output_tile` from the one-dimensional transform of ``span = m + r - 1``
 values (``B^T``) and its inverse (``A^T``, span values to m). F(4x4, 3x3) takes each 4x4 block of
 output pixels from a 6x6 block of input with 36 multiplies per input and output channel instead of
 144 (F(2x2, 3x3): 16 instead of 36), with the interpolation points 0, +-1, +-2 (Lavin and Gray 2016):
@@ -14,6 +14,12 @@ where F(2x2, 3x3) takes 128, and the transforms about as many operations as F(2x
 tile is shared by 16 outputs, a 4x4 one by 4). The coefficients reach 8 (A) and 1/24 (G): rounding
 errors grow with them (tests/test_kernels_winograd.py bounds both by the magnitudes). The filter
 transform (conv_winograd.winograd_weight) is done once, in float64.
+
+F(2x2, 5x5) takes each 2x2 block of outputs of a 5x5 filter from the same 6x6 input tile, with the same
+points: its B^T is F(4x4, 3x3)'s (B depends on the points only), its A^T the first and the highest
+power of them (2 x 6), and its G (6 x 5) the points' powers with F(4x4, 3x3)'s scales. 36 multiplies
+per input and output channel instead of 100, and a 2x2 block is one window of a fused 2x2 max-pool
+(LeNet-5's second convolution).
 """
 import numpy as np
 from llvmlite import ir
@@ -27,6 +33,11 @@ BT4 = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
 G4 = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
                [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64)
 AT4 = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64)
+# F(2x2, 5x5): row i of G is F(4x4, 3x3)'s scale of point p_i times (1, p, p^2, p^3, p^4); the point
+# at infinity takes the highest coefficient.
+G25 = np.array([[s * p ** k for k in range(5)] for p, s in zip((0, 1, -1, 2, -2), G4[:5, 0])] + [[0, 0, 0, 0, 1]],
+               np.float64)
+AT25 = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1]], np.float64)
 
 
 def arith(builder):
@@ -50,6 +61,12 @@ def at4(builder, v):
     fma, add, sub = arith(builder)
     a, b, c, d = add(v[1], v[2]), sub(v[1], v[2]), add(v[3], v[4]), sub(v[3], v[4])
     return [add(add(v[0], a), c), fma(d, 2, b), fma(c, 4, a), add(fma(d, 8, b), v[5])]
+
+
+def at25(builder, v):
+    """A^T of F(2x2, 5x5) applied to six vectors: two."""
+    fma, add, sub = arith(builder)
+    return [add(add(add(v[0], v[1]), v[2]), add(v[3], v[4])), add(fma(sub(v[3], v[4]), 2, sub(v[1], v[2])), v[5])]
 
 
 def input_tile(span, bt):
@@ -96,16 +113,16 @@ def input_tile(span, bt):
     return tile
 
 
-def output_tile(m, at):
+def output_tile(m, at, span=None):
     """Intrinsic ``tile(mv, moff, mstride, bias, scale, shift, boff, affine, res, add, out, ooff, orow,
-    opix, ny, nx, lanes, lo, hi, pool)``: the m x m outputs ``A^T M A`` of the ``(m + 2)**2`` vectors
+    opix, ny, nx, lanes, lo, hi, pool)``: the m x m outputs ``A^T M A`` of the ``span**2`` vectors
     ``mv[moff + xi * mstride:][:16]``, plus ``bias[boff:]``, then ``* scale + shift`` (if ``affine``),
     ``+ res`` at the output's own offsets (if ``add``), clipped to [lo, hi], stored at ``out[ooff +
     i * orow + j * opix:]`` for i < ny, j < nx, masked to ``lanes``: the blocked kernel's epilogue,
     in its order. ``pool``: instead, the maximum of each 2x2 window (NaN winning, in the pool
     kernel's order) stored at ``out[ooff + i * orow + j * opix:]`` for the windows i < ny, j < nx.
-    ``at(builder, values)``: A^T on ``m + 2`` vectors."""
-    span = m + 2
+    ``at(builder, values)``: A^T on ``span`` vectors (default m + 2: a 3x3 filter)."""
+    span = m + 2 if span is None else span
 
     @intrinsic
     def tile(typingctx, mv, moff, mstride, bias, scale, shift, boff, affine, res, add, out, ooff, orow, opix,
@@ -180,5 +197,5 @@ def output_tile(m, at):
 
         return sig, codegen
 
-    tile.__name__ = f"_output_tile{m}"
+    tile.__name__ = f"_output_tile{m}_{span}"
     return tile

@@ -17,9 +17,9 @@
   A depthwise layer runs the same tiles with each channel's own input loaded as a vector (3-10x
   faster than the scalar kernel below on MobileNet shapes, development run).
 - **winograd**, **winograd4**: Winograd F(2x2, 3x3) and F(4x4, 3x3) (nncomp/kernels/conv_winograd.py,
-  winograd_tiles.py) for 3x3 stride-1 layers of 16+ input channels: 16
-  and 36 multiplies per 4 and 16 outputs and channel pair instead of 36 and 144. F(2x2) on Zen 4:
-  32-64 channels 1.1-2.4x the next best's speed (conv_algos.md); the three measured per CPU.
+  winograd_tiles.py) for 3x3 stride-1 layers of 16+ input channels (16 and 36 multiplies per 4 and 16
+  outputs and channel pair instead of 36 and 144), F(2x2, 5x5) for 5x5 ones (**winograd**: 36 instead
+  of 100). F(2x2, 3x3) on Zen 4: 32-64 channels 1.1-2.4x the next best's speed; measured per CPU.
 - **depthwise**: a direct kernel over one input channel per group (any channel multiplier).
 - **compressed weights** (codebook, CSR, CSR + codebook, int8 with float activations) run the
   blocked kernel, or Winograd from WINOGRAD_DECODED_MIN_PIXELS output pixels a sample, on their weight

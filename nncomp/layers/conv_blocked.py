@@ -25,21 +25,20 @@ from .workspace import scratch
 # and 22.5 ms at batch 1; conv5_2 at batch 32: 177 against 172), so larger weights keep BLAS.
 BLOCKED_MAX_WEIGHT_BYTES = 4 << 20
 SERIAL_FACTOR = 8     # the kernels go parallel at 8x _jit.PARALLEL_MIN_WORK multiply-adds
-# ... but the blocked convolution at 2x (262k). Batch 1, one process, pool awake (a model's pass runs
-# its steps back to back), Intel Xeon, parallel over serial time: dense 0.55-0.80x at 0.45-1.4 M
-# multiply-adds (1 x 1 and 3 x 3, 7 x 7 to 28 x 28, 16-288 channels), 0.74-0.97x at 0.2-0.4 M, 1.0-1.3x
-# at 75-100k; depthwise 0.75-0.78x at 314-452k (56 x 56 x 16 3 x 3, 7 x 7 x 288 5 x 5), 0.91-0.99x at
-# 169-226k, 1.4-1.7x at 28-56k. MobileNetV3-Small at batch 1: 1.29x -> 1.11x ONNX Runtime's time.
+# ... but the blocked convolution at 2x (262k). Batch 1, pool awake, Intel Xeon, parallel over serial
+# time: dense 0.55-0.80x at 0.45-1.4 M multiply-adds, 0.74-0.97x at 0.2-0.4 M, 1.0-1.3x at 75-100k;
+# depthwise 0.75-0.78x at 314-452k, 0.91-0.99x at 169-226k, 1.4-1.7x at 28-56k (MobileNetV3-Small at
+# batch 1: 1.29x -> 1.11x ONNX Runtime's time).
 BLOCKED_SERIAL_FACTOR = 2
-# Winograd serves 3x3 stride-1 layers with at least this many input channels (fewer are padded to 16
-# in its products: 9x9x5->20 ran 0.4-0.6x the blocked kernel's speed) and a transformed weight (16/9,
-# F(4x4, 3x3) 4x, the layer's) up to WINOGRAD_MAX_WEIGHT_BYTES. F(2x2, 3x3) at 2 threads (Zen 4,
-# conv_algos): 32-64 channels at 7x7-28x28 1.1-2.4x the blocked kernel's speed at batch 1 and 32 (16->16
-# at 28x28 0.83-0.96x), VGG-16's conv3_2 2.1-2.4x, conv4_2 at batch 32 0.97-1.5x (BLAS). A weight above
-# BLOCKED_MAX_WEIGHT_BYTES streams from L3 or DRAM on every call, 16/9 as many bytes as the other
-# algorithms read: there it needs WINOGRAD_MIN_PIXELS output pixels per call to pay (at batch 1
-# conv5_2, 14x14, ran 6.5-17 ms against 6.0-8.9 for im2col, conv4_2, 28x28, 13.4-33.2 against
-# 22.3-28.7 as the host's memory bandwidth varied; at batch 32 both 1.5-1.9x faster).
+# Winograd serves 3x3 and 5x5 stride-1 layers with at least this many input channels (9x9x5->20 ran
+# 0.4-0.6x the blocked kernel's speed) and a transformed weight (F(2x2, 3x3) 16/9 the layer's, F(4x4,
+# 3x3) 4x, F(2x2, 5x5) 1.44x) up to WINOGRAD_MAX_WEIGHT_BYTES. F(2x2, 3x3) at 2 threads (Zen 4,
+# conv_algos): 32-64 channels at 7x7-28x28 1.1-2.4x the blocked kernel's speed at batch 1 and 32,
+# VGG-16's conv3_2 2.1-2.4x, conv4_2 at batch 32 0.97-1.5x (BLAS). A weight above
+# BLOCKED_MAX_WEIGHT_BYTES streams from L3 or DRAM on every call: there it needs WINOGRAD_MIN_PIXELS
+# output pixels per call to pay (at batch 1 conv5_2, 14x14, ran 6.5-17 ms against 6.0-8.9 for im2col).
+# F(2x2, 5x5) (LeNet-5's 12x12 20->50 pooled, Zen 3): 0.71-0.75x the blocked kernel's time at 8 and
+# 64 images, 1.0x at 1.
 WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MAX_WEIGHT_BYTES = 32 << 20
 WINOGRAD_MIN_PIXELS = 1024
@@ -80,25 +79,25 @@ def blocked_eligible(layer):
 
 
 def winograd_eligible(layer):
-    """Whether ``layer`` can run Winograd F(2x2, 3x3): an ungrouped 3x3 convolution, stride 1, no
+    """Whether ``layer`` can run Winograd F(2x2, r x r): an ungrouped 3x3 or 5x5 convolution, stride 1, no
     dilation, at least :data:`WINOGRAD_MIN_CHANNELS` input channels and a transformed weight up to
     :data:`WINOGRAD_MAX_WEIGHT_BYTES`, its weight dense or decodable as for the blocked kernel
     (then decoded and transformed on every call: :func:`winograd_pays`)."""
     dense = isinstance(layer.weight, DenseMatrix)
-    return (layer.groups == 1 and layer.kernel_size == (3, 3) and layer.stride == (1, 1) and layer.dilation == (1, 1)
+    return (layer.groups == 1 and layer.kernel_size in ((3, 3), (5, 5)) and layer.stride == layer.dilation == (1, 1)
             and layer.in_channels >= WINOGRAD_MIN_CHANNELS and _winograd_bytes(layer) <= WINOGRAD_MAX_WEIGHT_BYTES
             and (dense or blocked_eligible(layer)))
 
 
 def winograd4_eligible(layer):
-    """Whether ``layer`` can run Winograd F(4x4, 3x3) too: as F(2x2, 3x3), its weight up to the bound."""
-    return winograd_eligible(layer) and _winograd_bytes(layer, 4) <= WINOGRAD_MAX_WEIGHT_BYTES
+    """Whether ``layer`` can run Winograd F(4x4, 3x3) too: 3x3, its weight up to the bound."""
+    return layer.kernel_size == (3, 3) and winograd_eligible(layer) and _winograd_bytes(layer, 4) <= WINOGRAD_MAX_WEIGHT_BYTES
 
 
 def _winograd_bytes(layer, m=2):
-    """Bytes of the F(m x m, 3x3) weight: (m + 2)**2 positions x in x out channels, each rounded up to 16."""
+    """Bytes of the F(m x m, r x r) weight: (m + r - 1)**2 positions x channels in x out (rounded up)."""
     cp, cop = _padded_channels(layer)
-    return 4 * (m + 2) ** 2 * cp * cop
+    return 4 * (m + layer.kernel_size[0] - 1) ** 2 * cp * cop
 
 
 def winograd_pays(layer, n, oh, ow):
@@ -111,34 +110,35 @@ def winograd_pays(layer, n, oh, ow):
 
 
 def winograd_weights(layer, m=2):
-    """The F(m x m, 3x3) kernel's weight, ``((m + 2)**2 * cp, cop)`` (nncomp.kernels.conv_winograd.
+    """The F(m x m, r x r) kernel's weight, ``((m + r - 1)**2 * cp, cop)`` (nncomp.kernels.conv_winograd.
     winograd_weight as rows, which the compiled runs take); computed on first use and kept by the
     layer (None for a compressed weight: :func:`winograd_weight_source`)."""
     if not isinstance(layer.weight, DenseMatrix):
         return None
 
     def make():
-        c, co = layer.in_channels, layer.out_channels
-        wt = winograd_weight(layer.weight.w.reshape(co, 3, 3, c).transpose(0, 3, 1, 2), m)
+        c, co, k = layer.in_channels, layer.out_channels, layer.kernel_size[0]
+        wt = winograd_weight(layer.weight.w.reshape(co, k, k, c).transpose(0, 3, 1, 2), m)
         return wt.reshape(-1, wt.shape[2])
     return layer.memo(("winograd_weight", m), make)
 
 
 def winograd_weight_source(layer, m=2):
-    """``get()`` -> the F(m x m, 3x3) kernel's ``((m + 2)**2, cp, cop)`` weight: the one the layer
+    """``get()`` -> the F(m x m, r x r) kernel's ``(span**2, cp, cop)`` weight: the one the layer
     keeps, or its compressed weight decoded and transformed (nncomp/kernels/decode.py) into work
     buffers, on every call."""
     wt = winograd_weights(layer, m)
     cp, cop = _padded_channels(layer)
     if wt is not None:
-        wt3 = wt.reshape((m + 2) ** 2, cp, cop)
+        wt3 = wt.reshape(-1, cp, cop)
         return lambda: wt3
     decoded = blocked_weight_source(layer)
-    span, g_mat = (m + 2) ** 2, filter_matrix(m)
+    k = layer.kernel_size[0]
+    span, g_mat = (m + k - 1) ** 2, filter_matrix(m, k)
     kern = _jit.pick((decode_winograd_t, decode_winograd_t_parallel), span * cp * cop // SERIAL_FACTOR)
 
     def get():
-        out = scratch(f"winograd{m}_decoded", (span, cp, cop))
+        out = scratch(f"winograd{m}_{k}_decoded", (span, cp, cop))
         kern(decoded(), layer.in_channels, g_mat, out)
         return out
     return get
@@ -240,7 +240,7 @@ def _epilogue_vectors(epilogue, co, cop):
 
 
 def winograd_step(layer, shape, n, oh, ow, epilogue=None, pool=0, m=2):
-    """The Winograd F(m x m, 3x3) step for batches of ``n``, with an ``epilogue`` as
+    """The Winograd F(m x m, r x r) step for batches of ``n``, with an ``epilogue`` as
     :func:`blocked_step` takes, or with a ``pool`` (2) x 2 max-pool instead."""
     padded, kern, nvec, _, geo = _blocked_setup(layer, shape, n, oh, ow, (winograd_nhwc, winograd_nhwc_parallel))
     pmax = product_pixels(nvec)
@@ -251,8 +251,9 @@ def winograd_step(layer, shape, n, oh, ow, epilogue=None, pool=0, m=2):
     bias = _padded_bias(layer, cop)
     scale, shift, affine, add, lo, hi, code, alpha, beta = _epilogue_vectors(epilogue, co, cop)
     threads = numba.get_num_threads()
-    rows = chunk_rows(oh, ow, n, threads if kern is winograd_nhwc_parallel else 1, m)
-    us, ms = work_sizes(oh, ow, cp, cop, rows, m)
+    k = layer.kernel_size[0]
+    rows = chunk_rows(oh, ow, n, threads if kern is winograd_nhwc_parallel else 1, m, k)
+    us, ms = work_sizes(oh, ow, cp, cop, rows, m, k)
     shape_out = (n, oh // pool, ow // pool, co) if pool else (n, oh, ow, co)
 
     pads = layer.padding        # read as zeros by the kernel: no padded copy

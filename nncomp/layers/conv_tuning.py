@@ -1,5 +1,5 @@
-"""Winograd (F(2x2, 3x3) or F(4x4, 3x3)) or the blocked kernel for a convolution, measured on this
-CPU (nncomp/tuning.py).
+"""Winograd (F(2x2, 3x3) or F(4x4, 3x3); F(2x2, 5x5) for a 5x5 layer) or the blocked kernel for a
+convolution, measured on this CPU (nncomp/tuning.py).
 
 All three compute a 3x3 stride-1 layer of 16+ channels, and which is faster depends on the CPU and
 the shape: 16->16 channels at 28x28 and 64 images tied on a Xeon with AMX (1.04 against 1.05 ms),
