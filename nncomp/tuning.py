@@ -4,8 +4,8 @@ Where two kernels compute the same layer and which is faster depends on the CPU 
 BLAS, its vector units), a constant tuned on one machine is wrong on the next: the weight-streaming
 dense product beat OpenBLAS 1.3-2x up to 128 samples on a Xeon with AMX and lost 1.7-2x at 256,
 and where the line falls on another CPU is a guess. :func:`choose` times the candidates on the
-layer's own shape (alternating, the median of a few calls each, after a warm-up call; OpenBLAS at
-one thread, as in a model's pass), keeps the
+layer's own shape (alternating, the median of a few samples each, after a warm-up call; a sample a
+block of calls where calls are short; OpenBLAS at one thread, as in a model's pass), keeps the
 winner for the process, and writes it to a JSON file per CPU: the model name, family, model and
 flags from /proc/cpuinfo, the numpy, numba and nncomp versions and a digest of the engine's source
 name the file, so another CPU, an upgrade or a changed kernel probes again. The first plan for a
@@ -39,6 +39,9 @@ MAX_CALLS = 11      # ... and up to this many while a round of calls takes under
 ROUND_SECONDS = 0.5  # of VGG-16's conv3_2 at batch 1 (7-14 ms) chose F(2x2, 3x3), 1.6x slower, in a
 #                      development conv_algos run on a noisy Zen 3 guest
 MARGIN = 0.95       # a candidate replaces the default only when its median is at least 5% lower
+SAMPLE_SECONDS = 0.005  # a timed sample is a block of calls of about this long (at most MAX_BLOCK): single
+MAX_BLOCK = 16          # calls of 1-2 ms chose the blocked kernel for ResNet-small's 28x28 16 -> 16 layers at
+#                         64 images, 17% slower than F(4x4, 3x3) in conv_algos (Zen 3 guest, 2026-12-07)
 _MEMO = {}
 _LOCK = threading.Lock()
 
@@ -83,12 +86,12 @@ def cache_dir():
 @functools.lru_cache(maxsize=None)
 def engine_digest():
     """SHA-256 (16 hex digits) of the source of the modules a forward pass runs: kernels, layers,
-    matrices, the plan and the model (a development checkout changes kernels without changing its
-    version: what was measured on the old ones is measured again)."""
+    matrices, the plan and the model, and of this probe (a development checkout changes kernels
+    without changing its version: what was measured on the old ones is measured again)."""
     from .kernels._jit import source_digest
     root = Path(__file__).resolve().parent
     return source_digest(sorted([*root.glob("kernels/*.py"), *root.glob("layers/*.py"), *root.glob("matrices/*.py"),
-                                 root / "plan.py", root / "model.py"]))
+                                 root / "plan.py", root / "model.py", root / "tuning.py"]))
 
 
 def cache_file():
@@ -169,15 +172,17 @@ def _alternating(candidates, default, clock):
     for name in names:
         candidates[name]()                      # compiles, fills caches: not timed
     times = {name: [] for name in names}
-    rounds, done = CALLS, 0
+    rounds, done, block = CALLS, 0, 1
     while done < rounds:                        # alternating: a slow moment hits every candidate
         for name in names:
             t0 = clock()
-            candidates[name]()
-            times[name].append(clock() - t0)
+            for _ in range(block):
+                candidates[name]()
+            times[name].append((clock() - t0) / block)
         done += 1
         if done == 1:
-            spent = sum(t[0] for t in times.values())
+            block = max(1, min(MAX_BLOCK, int(SAMPLE_SECONDS / max(min(t[0] for t in times.values()), 1e-9))))
+            spent = block * sum(t[0] for t in times.values())
             rounds = max(CALLS, min(MAX_CALLS, int(ROUND_SECONDS / max(spent, 1e-9))))
     med = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
     best = min(names, key=lambda k: med[k])

@@ -282,8 +282,8 @@ def run_chain(x0, x1, ints, floats):
         geo = (p[K.KH], p[K.KW], p[K.SH], p[K.SW], p[K.DH], p[K.DW])
         oh, ow, co, pool = p[K.OH], p[K.OW], p[K.CO], p[K.POOL]
         if p[K.WINOGRAD]:
-            m = p[K.WINOGRAD]
-            conv = winograd_nhwc(xp, w.reshape((m + 2) ** 2, -1, w.shape[1]), bias, oh, ow, co, m=m)
+            m = p[K.WINOGRAD]       # F(m x m, kh x kh)
+            conv = winograd_nhwc(xp, w.reshape((m + p[K.KH] - 1) ** 2, -1, w.shape[1]), bias, oh, ow, co, m=m)
         elif p[K.KIND] == K.DEPTHWISE:
             conv = depthwise_blocked_nhwc(xp, w, bias, *geo, oh, ow, co)
         else:

@@ -153,12 +153,12 @@ def test_dense_steps_equal_the_unfused_layers_at_every_batch(order):
             assert steps.count("_image_step.<locals>.step") == 3, steps
 
 
-@pytest.mark.parametrize("name", ["vgg_small", "resnet_small"])
+@pytest.mark.parametrize("name", ["vgg_small", "resnet_small", "lenet5"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_runs_of_blocked_convolutions_compile_to_one_call_with_the_same_bits(name, threads, monkeypatch):
     """The convolution steps of the shipped CNNs (pooled ones with their epilogue after the pool,
-    residual adds reading values from inside and before the run) run as one compiled call, and
-    every output bit is the steps' own."""
+    residual adds reading values from inside and before the run; LeNet-5's 5x5 Winograd F(2x2, 5x5)
+    with its fused pool) run as one compiled call, and every output bit is the steps' own."""
     import numba
 
     import nncomp.plan as P
@@ -169,7 +169,8 @@ def test_runs_of_blocked_convolutions_compile_to_one_call_with_the_same_bits(nam
         model = nc.load(nc.data.model_path(name))
         plan = model._plan((28, 28, 1), 3, model.outputs)
         chained = plan.run(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))[0]
-        assert sum(getattr(step, "__name__", "") == "_nothing" for step, _, _ in plan.steps) >= 4
+        folded = sum(getattr(step, "__name__", "") == "_nothing" for step, _, _ in plan.steps)
+        assert folded >= (1 if name == "lenet5" else 4)
         monkeypatch.setattr(P, "CHAIN", False)
         model = nc.load(nc.data.model_path(name))
         plain = model._plan((28, 28, 1), 3, model.outputs)

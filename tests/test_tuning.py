@@ -56,6 +56,17 @@ def test_fast_candidates_get_more_timed_rounds(probing):
     assert rounds > tuning.CALLS and calls == {"a": 1 + rounds, "b": 1 + rounds}
 
 
+def test_fast_candidates_are_timed_in_blocks_of_calls(probing):
+    """A sample of a candidate whose call takes under SAMPLE_SECONDS is a block of calls (a single
+    call of 1-2 ms is one timer reading on a noisy host), the first round's single calls included."""
+    calls = {}
+    cands, clock = _timed({"a": 0.002, "b": 0.001}, calls)
+    assert tuning.choose("demo", (1,), "ab", "a", lambda: cands, clock=clock) == "b"
+    block = min(tuning.MAX_BLOCK, int(tuning.SAMPLE_SECONDS / 0.001))
+    rounds = max(tuning.CALLS, min(tuning.MAX_CALLS, int(tuning.ROUND_SECONDS / (block * 0.003))))
+    assert block > 1 and calls == {k: 1 + 1 + (rounds - 1) * block for k in "ab"}
+
+
 def test_the_default_stays_unless_beaten_by_the_margin(probing):
     cands, clock = _timed({"a": 1.0, "b": 0.97}, {})
     assert tuning.choose("demo", (1,), "ab", "a", lambda: cands, clock=clock) == "a"
