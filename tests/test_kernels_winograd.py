@@ -217,3 +217,21 @@ def test_winograd_layer_steps_match_reference(c, co, n, h, w, pad, seed, k):
         pool = nc.MaxPool2D(kernel_size=2, stride=2)
         pooled = convolution.prepare_pooled(layer, (h, w, c), n, pool.for_input((oh, ow, co)))(x)
         assert np.array_equal(pooled, ref.maxpool_nhwc(got, 2, 2, 2, 2, 0, 0, 1, 1, oh // 2, ow // 2))
+
+
+@given(n=st.integers(1, 70), th=st.integers(1, 30), rows=st.integers(1, 30), threads=st.integers(1, 4))
+def test_the_busiest_thread_counts_each_chunks_own_lines(n, th, rows, threads):
+    """chunk_rows' load model: the jobs (each image's chunks of ``rows`` tile lines, its last one
+    the lines left) split into ``threads`` equal runs; the busiest run's lines, from the job list."""
+    assume(rows <= th)
+    jobs = [min(rows, th - k) for _ in range(n) for k in range(0, th, rows)]
+    want = max(sum(jobs[t * len(jobs) // threads:(t + 1) * len(jobs) // threads]) for t in range(threads))
+    assert W._busiest(n, th, rows, threads) == want
+
+
+def test_chunks_of_small_maps_at_large_batches_are_not_cut_to_one_line():
+    """28x28 maps (7 tile lines of F(4x4, 3x3)) at 64 images: chunks of 4 lines (the bound), where
+    counting each image's last chunk as full chose 1 (1.2x the time); a 7x7 map of one image still
+    splits into single lines for two threads."""
+    assert W.chunk_rows(28, 28, 64, 2, 4) == 4 and W.chunk_rows(28, 28, 64, 2, 2) == 4
+    assert W.chunk_rows(7, 7, 1, 2, 4) == 1 and W.chunk_rows(14, 14, 1, 2, 4) == 1

@@ -303,7 +303,19 @@ def chunk_rows(oh, ow, n=1, threads=1, m=2, r=3):
         return rows
     rows = max(1, min(rows, n * th // (2 * threads)))
     # then the chunk size whose busiest thread has the fewest tile lines (the largest on ties)
-    return min(range(rows, 0, -1), key=lambda r: -(-n * -(-th // r) // threads) * r)
+    return min(range(rows, 0, -1), key=lambda k: _busiest(n, th, k, threads))
+
+
+def _busiest(n, th, rows, threads):
+    """Tile lines of the busiest thread when ``n`` images of ``th`` tile lines run in chunks of
+    ``rows`` lines (an image's last chunk the lines left), the chunks split into ``threads`` equal
+    runs as the parallel loop splits them. Counting every chunk as full made 28x28 maps at 64 images
+    (7 tile lines of F(4x4)) run chunks of one line, not four: 1.2x the time (Zen 3, 2 threads)."""
+    per = -(-th // rows)
+    lines = [min(rows, th - k * rows) for k in range(per)]
+    jobs = n * per
+    prefix = lambda j: (j // per) * th + sum(lines[:j % per])  # noqa: E731 - lines in the first j jobs
+    return max(prefix((t + 1) * jobs // threads) - prefix(t * jobs // threads) for t in range(threads))
 
 
 def product_pixels(nvec, registers=None):
