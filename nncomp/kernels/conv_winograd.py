@@ -49,8 +49,9 @@ G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0
 CHUNK_TILES = 64
 # Floats between the positions' slabs of U and M beyond their tiles x channels: a slab of 4 KB (16
 # tiles of 64 channels) put a tile's 36 positions in one set of the 8-way L1 and 16 of them in one L2
-# set; one cache line more spreads them. F(2x2, 5x5), 64 images of 12x12 20 -> 50, one thread, Zen 3:
-# ms against ms.
+# set; one cache line more spreads them. F(2x2, 5x5), 64 images of 12x12 -> 8x8, 64 output channels,
+# one thread, Zen 3 (runs before and after, not alternating): 20 input channels 2.6 -> 2.1 ms, 1 input
+# channel (the transforms and product calls alone) 1.44 -> 0.80 ms.
 SKEW = 16
 
 
