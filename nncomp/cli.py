@@ -261,7 +261,8 @@ def cmd_optimize(a):
             print(f"[{step}/{Planner.STEPS}] {message}", file=sys.stderr, flush=True)
     planner = Planner(progress=progress)
     result = planner.run(model, x, labels=None if a.agreement else y, budget=a.budget, batch=a.batch,
-                         objective=a.objective, methods=methods, n_jobs=a.jobs, seed=a.seed, metric=metric)
+                         objective=a.objective, methods=methods, n_jobs=a.jobs, seed=a.seed, metric=metric,
+                         **({} if a.confidence is None else {"confidence": a.confidence}))
     nc.save(result, a.output, huffman=True)
     print(result.plan)
     print(f"wrote {a.output} ({os.path.getsize(a.output):,} bytes, the plan included)")
@@ -306,6 +307,9 @@ def build_parser():
     _file_arguments(s)
     s.add_argument("-o", "--output", required=True, help="output .h5 file (Huffman-coded, with the plan)")
     s.add_argument("--budget", type=float, default=0.5, help="points of accuracy allowed to be lost (default 0.5)")
+    s.add_argument("--confidence", type=float, default=None,
+                   help="the held-out loss's upper bound at this one-sided level must be within the budget "
+                   "(default nc.optimize's, 0.8; 0.5: the measured loss alone)")
     s.add_argument("--batch", type=int, default=1, help="the batch size the model will serve (default 1)")
     s.add_argument("--objective", choices=("latency", "size", "energy"), default="latency",
                    help="minimise the measured time per call (default), the file's bytes, or the estimated "

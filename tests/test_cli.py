@@ -196,19 +196,20 @@ def calib_npz(tmp_path, monkeypatch):
 def test_optimize_saves_the_model_with_its_plan_and_prints_it(capsys, tmp_path, calib_npz):
     out = tmp_path / "fast.h5"
     code, stdout, err = run_main(["optimize", LENET300, "--budget", "1", "--batch", "1", "--calib", str(calib_npz),
-                                  "--methods", "quantize", "-o", str(out)], capsys)
+                                  "--methods", "quantize", "--confidence", "0.9", "-o", str(out)], capsys)
     assert code == 0, err
     assert "Optimization plan: objective latency, budget 1 points of accuracy, batch 1" in stdout
     assert "fc1" in stdout and f"wrote {out}" in stdout
     assert "[1/4] timing 9 candidates of 3 layers at batch 1" in err and "[4/4]" in err
     back = nc.load(out)
     assert back.plan is not None and back.plan.budget == 1.0 and str(back.plan) in stdout
+    assert back.plan.confidence == 0.9 and back.plan.heldout_bound <= 1.0
 
 
 @pytest.mark.parametrize("extra", [
     ["--budget", "-0.5"], ["--methods", "quantize,magic"], ["--objective", "speed"], ["--batch", "0"],
     ["--calibration", "0"], ["--calib", "WRONG"], ["--calib", "NOLABELS_SHORT"], ["--metric", "nope"],
-    ["--metric", "map-iou:x"],
+    ["--metric", "map-iou:x"], ["--confidence", "1.5"],
 ])
 def test_optimize_bad_input_exits_2_with_one_line(extra, capsys, tmp_path, calib_npz):
     x = np.load(calib_npz)["x"]

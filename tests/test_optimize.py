@@ -60,6 +60,7 @@ def test_budget_holds_on_heldout_part_lenet300(lenet300):
     plan = out.plan
     assert heldout_drop(model, out, x, y) <= 0.5 + 1e-9
     assert plan.heldout_drop == pytest.approx(heldout_drop(model, out, x, y))
+    assert plan.heldout_drop <= plan.heldout_bound <= 0.5 + 1e-9 and plan.confidence == 0.8
     assert plan.metric == "accuracy" and plan.batch == 1
     # one choice per layer of the original; the second pass (nncomp/planner/stacking.py) may add int8
     # to the two factors of a layer the first pass factorized ("fc1/v" and "fc1"), as timings decide
@@ -211,8 +212,10 @@ def test_latency_cache_is_reused(lenet300, tmp_path):
 
 def test_size_objective_makes_the_file_smaller_within_budget(lenet300):
     model, x, y = lenet300
+    # confidence 0.5, the measured drop: on 200 held-out digits the 0.8 bound of a single disagreement
+    # is 0.9 points (the bound itself: test_heldout_bound_is_the_paired_upper_confidence_bound)
     out = Planner(timer=TableTimer(), cache=False).run(model, x, labels=y, budget=0.5, objective="size",
-                                                       methods=["share", "prune_share"])
+                                                       methods=["share", "prune_share"], confidence=0.5)
     plan = out.plan
     assert plan.bytes < plan.dense_bytes / 4 and plan.predicted_ms is None
     assert heldout_drop(model, out, x, y) <= 0.5 + 1e-9
@@ -226,7 +229,7 @@ def test_size_objective_takes_a_verified_global_allocation_and_saves_its_plan(le
     the model and its plan come back from the file."""
     model, x, y = lenet300
     out = Planner(timer=TableTimer(), cache=False).run(model, x, labels=y, budget=2.0, objective="size",
-                                                       methods=["share"])
+                                                       methods=["share"], confidence=0.5)
     plan = out.plan
     assert plan.search.startswith("global allocation global90+codebook4")
     assert {c.method for c in plan.layers} == {"deep_compression"}
@@ -337,6 +340,8 @@ def test_jobs_through_joblib_give_the_same_plan(lenet300):
     ({"labels": np.zeros(5, np.int64)}, ["labels", str(N_CALIB)]),
     ({"labels": np.zeros(N_CALIB, np.float32)}, ["labels", "integer"]),
     ({"n_jobs": 0}, ["n_jobs"]),
+    ({"confidence": 1.0}, ["confidence", "0.8"]),
+    ({"confidence": 0.3}, ["confidence", "0.5"]),
 ])
 def test_bad_arguments_raise_nncomp_errors(lenet300, kw, words):
     model, x, y = lenet300
@@ -529,3 +534,69 @@ def test_big_layers_hold_at_least_half_of_the_kept_weights(lenet300):
     assert allocation.big_layers(even, names) == ("fc1", "fc2")
     a = allocation.Allocation(0.9, 4, 100, 0.1, model=None, lower=("fc1",))
     assert a.label == "global90+codebook4 (fc1 at 3)" and a.bits_of("fc1") == 3 and a.bits_of("fc2") == 4
+
+
+class Logits:
+    """A 'model' answering fixed predictions (one-hot logits) for the samples it is given, by index."""
+
+    def __init__(self, predictions):
+        self.predictions = np.asarray(predictions)
+
+    def __call__(self, x):
+        idx = np.asarray(x, np.int64).ravel()
+        return np.eye(10, dtype=np.float32)[self.predictions[idx]]
+
+
+def test_heldout_bound_is_the_paired_upper_confidence_bound():
+    """The held-out check's bound on top-1: the paired difference's mean plus z standard errors, from
+    the samples where the two models disagree; 0.5 confidence: the drop itself."""
+    from statistics import NormalDist
+
+    from nncomp.planner.jobs import HeldOut
+    n = 1000
+    y = np.arange(n) % 10
+    x = np.arange(n)
+    base = y.copy()
+    base[:20] = (y[:20] + 1) % 10               # the original misses 20
+    worse = y.copy()
+    worse[10:40] = (y[10:40] + 1) % 10          # the model misses 30, 10 of them the original's too
+    for confidence in (0.5, 0.8, 0.95):
+        judge = HeldOut(Logits(base), x, y, confidence)
+        assert judge.score == pytest.approx(0.98)
+        drop, bound = judge.drop(Logits(worse))
+        d = (base == y).astype(float) - (worse == y)       # +1 on 20..39, -1 on 0..9 (both miss 10..19)
+        assert drop == pytest.approx(100 * d.mean()) and drop == pytest.approx(1.0)
+        z = NormalDist().inv_cdf(confidence)
+        assert bound == pytest.approx(drop + 100 * z * d.std(ddof=1) / np.sqrt(n))
+        assert judge.holds(Logits(worse), bound + 1e-6) and not judge.holds(Logits(worse), bound - 1e-3)
+        assert judge.drop(Logits(base)) == (0.0, 0.0)      # no disagreement, no doubt
+    # a measured drop within 0.5 points whose bound is not: refused at 0.8, accepted at 0.5
+    close = y.copy()
+    close[20:44] = (y[20:44] + 1) % 10       # misses 24 the original got, gets the 20 it missed: 0.4 points
+    assert HeldOut(Logits(base), x, y, 0.5).holds(Logits(close), 0.5)
+    assert not HeldOut(Logits(base), x, y, 0.8).holds(Logits(close), 0.5)
+
+
+def test_heldout_bound_of_a_metric_is_a_seeded_paired_bootstrap():
+    from nncomp.planner import metrics
+    from nncomp.planner.jobs import HeldOut, Target
+    rng = np.random.default_rng(1)
+    maps = rng.random((40, 8, 8)).astype(np.float32)
+    noisy = maps + rng.normal(0, 0.2, maps.shape).astype(np.float32)
+
+    class Maps:
+        def __init__(self, values):
+            self.values = values
+
+        def __call__(self, x):
+            return self.values[np.asarray(x, np.int64)]
+
+    x = np.arange(40)
+    ref = Target(maps, metrics.map_iou(0.5))
+    judge = HeldOut(Maps(maps), x, ref, 0.8, seed=3)
+    drop, bound = judge.drop(Maps(noisy))
+    assert judge.score == 1.0 and drop == pytest.approx(100 * (1 - metrics.map_iou(0.5)(noisy, maps)))
+    assert bound > drop            # resamples with the worse maps weigh more
+    again = HeldOut(Maps(maps), x, ref, 0.8, seed=3).drop(Maps(noisy))
+    assert again == (drop, bound)
+    assert HeldOut(Maps(maps), x, ref, 0.5).drop(Maps(noisy)) == (drop, drop)

@@ -5,7 +5,7 @@ from ..checks import check_choice, check_number, check_seed
 from ..errors import CompressionParameterError
 from .candidates import METHODS
 
-__all__ = ["OBJECTIVES", "MIN_SAMPLES", "check_arguments", "metric_name"]
+__all__ = ["OBJECTIVES", "MIN_SAMPLES", "check_arguments", "check_confidence", "metric_name"]
 
 OBJECTIVES = ("latency", "size", "energy")
 MIN_SAMPLES = 12       # a quarter for the search and a quarter held out need at least 3 each
@@ -59,6 +59,12 @@ def check_arguments(model, calibration, labels, budget, batch, objective, method
                                             "score agreement with the original model")
         labels = y
     return x, labels, float(budget), int(batch), tuple(dict.fromkeys(methods))
+
+
+def check_confidence(confidence):
+    """``confidence`` as a float in [0.5, 1) (the held-out check's one-sided level)."""
+    return check_number(confidence, "confidence", low=0.5, high=1, high_open=True, method="optimize",
+                        fix="the held-out check's confidence level, e.g. 0.8 (0.5: the measured drop alone)")
 
 
 def metric_name(metric, labels):

@@ -34,11 +34,11 @@ import numpy as np
 from ..errors import CompressionParameterError
 from ..io.native import file_bytes
 from . import allocation, interactions, screen, search, sizing
-from .arguments import OBJECTIVES, check_arguments, metric_name
+from .arguments import OBJECTIVES, check_arguments, check_confidence, metric_name
 from .candidates import (candidates_for, compose, exclusive, group_candidates, layer_choice, size_delta,
                          structured, weighted_layers)
 from .energy import energy
-from .jobs import digest, evaluate, references, run_jobs, score, split
+from .jobs import CONFIDENCE, HeldOut, digest, evaluate, references, run_jobs, score, split
 from .latency import LatencyCache, Timer, cpu_name
 from .modes import run_mode
 from .report import OptimizationPlan
@@ -54,7 +54,7 @@ CONFIRM_ROUNDS = 3
 
 
 def optimize(model, calibration, *, labels=None, budget=0.5, batch=1, objective="latency", methods=None,
-             n_jobs=None, seed=0, metric=None):
+             n_jobs=None, seed=0, metric=None, confidence=CONFIDENCE):
     """The fastest (or smallest) version of ``model`` whose accuracy loss stays within ``budget``.
 
     Per Dense/Conv2D layer the planner tries dense, CSR at several sparsities, CSR + int8, int8
@@ -78,7 +78,8 @@ def optimize(model, calibration, *, labels=None, budget=0.5, batch=1, objective=
         Labels of ``calibration``: the budget is then in points of top-1 accuracy; without them, of
         top-1 agreement with ``model``.
     budget : float >= 0
-        Points allowed to be lost on the held-out quarter (0.5 = half a point).
+        Points allowed to be lost on the held-out quarter (0.5 = half a point): the loss's upper
+        bound at ``confidence`` must be within it.
     batch : int >= 1
         The batch size the model will serve; every time is measured at it.
     objective : {"latency", "size", "energy"}
@@ -98,6 +99,12 @@ def optimize(model, calibration, *, labels=None, budget=0.5, batch=1, objective=
     metric : callable ``(outputs, reference) -> float``, optional
         The score instead of top-1 (a detector's map IoU), higher is better, ``budget`` in points of 100
         x it; ``reference``: the part's ``labels`` (a row per sample) or the original model's outputs.
+    confidence : float in [0.5, 1)
+        The held-out check accepts a model when the one-sided upper confidence bound of its loss at
+        this level is within ``budget`` (:class:`~nncomp.planner.jobs.HeldOut`: paired, normal for
+        top-1, bootstrap for a metric); 0.5 accepts the measured loss itself. The default 0.8 keeps
+        a plan within the budget on data it never saw far more often than the measured loss does
+        (a thousand held-out samples measure a loss to about half a point).
 
     Returns
     -------
@@ -106,7 +113,8 @@ def optimize(model, calibration, *, labels=None, budget=0.5, batch=1, objective=
         measured and predicted, and ``nc.save`` stores it with the model.
     """
     return Planner().run(model, calibration, labels=labels, budget=budget, batch=batch, objective=objective,
-                         methods=methods, n_jobs=n_jobs, seed=seed, metric=metric)
+                         methods=methods, n_jobs=n_jobs, seed=seed, metric=metric,
+                         confidence=confidence)
 
 
 class Planner:
@@ -137,17 +145,18 @@ class Planner:
         self.built = {}        # {(id(model), data digest, seed): (model, {candidate: (patch, search score)})}
 
     def run(self, model, calibration, *, labels=None, budget=0.5, batch=1, objective="latency", methods=None,
-            n_jobs=None, seed=0, metric=None):
+            n_jobs=None, seed=0, metric=None, confidence=CONFIDENCE):
         out = self.run_once(model, calibration, labels=labels, budget=budget, batch=batch, objective=objective,
-                            methods=methods, n_jobs=n_jobs, seed=seed, metric=metric)
+                            methods=methods, n_jobs=n_jobs, seed=seed, metric=metric,
+                         confidence=confidence)
         if objective != "latency":
             return out
         x, y, budget, batch, methods = check_arguments(model, calibration, labels, budget, batch, objective, methods,
                                                        n_jobs, seed, metric)
-        return second_pass(self, model, out, x, y, budget, batch, methods, n_jobs, seed, metric)
+        return second_pass(self, model, out, x, y, budget, batch, methods, n_jobs, seed, metric, confidence)
 
     def run_once(self, model, calibration, *, labels=None, budget=0.5, batch=1, objective="latency", methods=None,
-                 n_jobs=None, seed=0, metric=None):
+                 n_jobs=None, seed=0, metric=None, confidence=CONFIDENCE):
         """One pass of the planner (:meth:`run` adds the second, :mod:`.stacking`)."""
         start = time.perf_counter()
         self.allocations = ()    # objective "size": the whole-model candidates of this run (.allocation)
@@ -161,7 +170,8 @@ class Planner:
         x_fit, x_search, x_held = x[fit], x[found], x[held]
         x_wide = x[split(x.shape[0], seed, x.shape[0])[0]]   # the whole fitting half: filter pruning's refit
         ref_search, ref_held = references(model, x, y, (found, held), metric)
-        base_search, base_held = score(model, x_search, ref_search), score(model, x_held, ref_held)
+        judge = HeldOut(model, x_held, ref_held, check_confidence(confidence), seed)
+        base_search, base_held = score(model, x_search, ref_search), judge.score
         cands = {n: candidates_for(n, methods) for n in names}
         cands.update(group_candidates(model, methods))     # filter pruning, per channel group
         xb = x[np.arange(batch) % x.shape[0]]
@@ -175,7 +185,7 @@ class Planner:
         elif objective == "size":     # the best global allocation first: it bounds what a layer's candidate can do
             dense_bytes = file_bytes(model, huffman=True)
             won = self._allocate(model, names, x, seed, (x_search, ref_search, base_search),
-                                 (x_held, ref_held, base_held), budget, n_jobs, dense_bytes, notes)
+                                 judge, budget, n_jobs, dense_bytes, notes)
             proxies, wanted = sizing.screen(model, cands, x_fit, seed, dense_bytes,
                                             won.file_bytes if won else dense_bytes, notes)
         self.progress(2, f"building {'all' if wanted is None else len(wanted)} candidates with their refits "
@@ -206,7 +216,7 @@ class Planner:
             return compose(joint[picked], patches)
 
         def holds(ch):
-            return 100.0 * (base_held - score(build(ch), x_held, ref_held)) <= budget + 1e-9
+            return judge.holds(build(ch), budget)
 
         def harm(ch):
             live = [n for n, i in ch.items() if i]
@@ -294,13 +304,14 @@ class Planner:
                        for n, i in choice.items())
         if won:
             layers = allocation.layer_choices(model, won, names, x_search, ref_search, base_search, dense_bytes)
+        lost, bound = judge.drop(result)
         result.plan = OptimizationPlan(
             objective=objective, budget=budget, metric=metric_name(metric, y), batch=batch,
             layers=layers, dense_ms=final["dense"], predicted_ms=predicted, measured_ms=final["chosen"],
             dense_bytes=int(dense_bytes), bytes=int(out_bytes), dense_energy_pj=dense_pj, energy_pj=out_pj,
             search_check=check,
-            baseline_score=base_held,
-            heldout_score=score(result, x_held, ref_held), search=used, reverted=tuple(reverted),
+            baseline_score=base_held, heldout_score=base_held - lost / 100.0, heldout_bound=bound,
+            confidence=judge.confidence, search=used, reverted=tuple(reverted),
             cpu=cpu_name(), planning_s=time.perf_counter() - start, notes=tuple(notes),
             table=tuple((n, c.label, ms(n, i), None if size_table is None else int(size_table[n][i]),
                          None if drop is None else float(drop))
@@ -315,10 +326,9 @@ class Planner:
                          f"{len(allocation.BITS)} code widths, the largest layers also one bit lower, the sparsest "
                          "first), verifying the smallest within the budget")
         x_fit = x[split(x.shape[0], seed, allocation.FIT)[0]]
-        x_held, ref_held, base_held = held
         won, built, refused = allocation.search(
             model, names, x_fit, searched, seed, n_jobs, budget,
-            lambda m: 100.0 * (base_held - score(m, x_held, ref_held)) <= budget + 1e-9, dense_bytes)
+            lambda m: held.holds(m, budget), dense_bytes)
         if refused:
             notes.append(f"global allocations over the budget on the held-out part: {', '.join(refused)}")
         self.allocations = [dataclasses.replace(a, model=None) for a in built]   # keep the figures

@@ -77,6 +77,9 @@ class OptimizationPlan:
         plan itself (its JSON adds a few kB to a file saved with it; ``model.plan = None`` drops it).
     baseline_score, heldout_score : float
         Score of the original and of the returned model on the held-out part (fraction).
+    heldout_bound, confidence : float
+        The one-sided upper bound at ``confidence`` of the points the returned model loses on the
+        held-out part (what the budget was checked against; None in plans saved before it).
     search : str
         Which search found the choice (``"milp"``, ``"greedy"``) and what the repair loop reverted.
     reverted : tuple of str
@@ -111,6 +114,8 @@ class OptimizationPlan:
     dense_energy_pj: float = None
     energy_pj: float = None
     search_check: tuple = None
+    heldout_bound: float = None
+    confidence: float = None
 
     @property
     def speedup(self):
@@ -183,12 +188,17 @@ class OptimizationPlan:
             lines.append(f"energy per inference, estimated (Horowitz 45 nm model, not measured): dense "
                          f"{format_pj(self.dense_energy_pj)}, chosen {format_pj(self.energy_pj)}")
         lines.append(f"held-out {self.metric}: original {self.baseline_score:.4f}, chosen {self.heldout_score:.4f} "
-                     f"(drop {self.heldout_drop:.2f} points, budget {self.budget:g})")
+                     f"(drop {self.heldout_drop:.2f} points{self._bound()}, budget {self.budget:g})")
         if self.reverted:
             lines.append(f"reverted to dense: {', '.join(self.reverted)}")
         lines.extend(self.notes)
         lines.append(f"planning time {self.planning_s:.1f} s")
         return "\n".join(lines)
+
+    def _bound(self):
+        if self.heldout_bound is None or self.confidence is None or self.confidence <= 0.5:
+            return ""
+        return f", at most {self.heldout_bound:.2f} with {100 * self.confidence:g}% confidence"
 
     def __str__(self):
         return self.describe()

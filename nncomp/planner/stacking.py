@@ -7,14 +7,16 @@ int8 would have made it faster again (LeNet-300-100 at batch 1: fc1 to half its 
 three layers int8). When the first pass changed a layer's structure (filters, low rank), the
 planner runs once more on the model it returned, with the int8 candidates only and what is left
 of the budget: the same steps (timed in the whole model, scored, verified on the same held-out
-quarter; never slower than its input), and a last measurement of the result against the original
-model. The plan then holds both passes' choices.
+quarter; never slower than its input), then the result's loss against the original model checked
+there too (its upper bound within the whole budget, :class:`.jobs.HeldOut`) and a last measurement
+of the result against the original model. The plan then holds both passes' choices.
 """
 import dataclasses
 
 import numpy as np
 
 from .energy import energy
+from .jobs import CONFIDENCE, HeldOut, references, split
 
 __all__ = ["STRUCTURAL", "second_pass"]
 
@@ -23,7 +25,8 @@ METHODS = ("quantize",)
 EFFORT = 3          # the final measurement of the original against the result: this many times the calls
 
 
-def second_pass(planner, model, first, x, labels, budget, batch, methods, n_jobs, seed, metric=None):
+def second_pass(planner, model, first, x, labels, budget, batch, methods, n_jobs, seed, metric=None,
+                confidence=CONFIDENCE):
     """``first`` (the first pass's model, carrying its plan) with int8 added by a second pass where
     it measures faster within the rest of the budget; ``first`` itself otherwise."""
     plan = first.plan
@@ -38,12 +41,18 @@ def second_pass(planner, model, first, x, labels, budget, batch, methods, n_jobs
     planner.progress = lambda step, message: shown(step, f"second pass, int8 on the reshaped layers: {message}")
     try:
         second = planner.run_once(first, x, labels=ref, budget=left, batch=batch, objective="latency",
-                                  methods=list(todo), n_jobs=n_jobs, seed=seed, metric=metric)
+                                  methods=list(todo), n_jobs=n_jobs, seed=seed, metric=metric,
+                                  confidence=confidence)
     finally:
         planner.progress = shown
     again = second.plan
     if not any(c.candidate != "dense" for c in again.layers):
         return first
+    held = split(x.shape[0], seed)[2]       # the held-out quarter both passes verified on
+    _, bound = HeldOut(model, x[held], references(model, x, labels, (held,), metric)[0], confidence,
+                       seed).drop(second)
+    if bound > budget + 1e-9:
+        return first        # the two passes' losses together are not surely within the budget
     ms = planner.timer.measure({"dense": model, "chosen": second}, np.ascontiguousarray(x[np.arange(batch) % len(x)]),
                                effort=EFFORT)
     if ms["chosen"] >= ms["dense"] * plan.measured_ms / plan.dense_ms:
@@ -56,6 +65,7 @@ def second_pass(planner, model, first, x, labels, budget, batch, methods, n_jobs
         predicted_ms=ms["dense"] * ratio(plan) * ratio(again), bytes=again.bytes,
         energy_pj=energy(second, batch)["total_pj"],
         heldout_score=again.heldout_score,     # the same held-out quarter, scored against the same labels
+        heldout_bound=bound,
         search=f"{plan.search}; then int8 on the result ({again.search})",
         reverted=plan.reverted + again.reverted, planning_s=plan.planning_s + again.planning_s,
         notes=plan.notes + tuple(f"second pass: {n}" for n in again.notes),
