@@ -8,6 +8,8 @@ test-only and goes to the repository's data/fixtures/.
     python tools/train_torch.py lenet5    # some of them
     python tools/train_torch.py lenet300 --seed 7 --epochs 10 --width 2 --no-shift --out /tmp/variants
                                           # a variant (written as lenet300_s7_e10_w2_noshift.h5 in --out)
+    python tools/train_torch.py lenet5 --seed 3 --epochs 12 --train-from 2000 --out /tmp/variants
+                                          # trained on digits 2000-3999 only (lenet5_s3_e12_from2000.h5)
 
 Input = x.astype(float32) / 255 (no mean/std), (N, 1, 28, 28) for CNNs, (N, 784) for lenet300.
 Adam lr 1e-3 with cosine decay to 0, batch 64, random shifts of up to +-2 px, seeded and
@@ -223,11 +225,15 @@ def _args(argv):
     ap.add_argument("--epochs", type=int, help="epochs (default: the model's own, 20 or 30)")
     ap.add_argument("--width", type=float, default=1.0, help="hidden-width factor, lenet300 only (default 1)")
     ap.add_argument("--no-shift", action="store_true", help="no random-shift augmentation")
+    ap.add_argument("--train-from", type=int, default=0, metavar="N",
+                    help="train on the training digits from N on only (the first N stay unseen: calibration "
+                    "data the model was not trained on, tools/plan_variants.py --calib N)")
     ap.add_argument("--out", type=Path, help="folder for variants (required when any option is given)")
     a = ap.parse_args(argv)
-    variant = a.seed is not None or a.epochs is not None or a.width != 1.0 or a.no_shift
+    variant = a.seed is not None or a.epochs is not None or a.width != 1.0 or a.no_shift or a.train_from
     if variant and a.out is None:
-        ap.error("a variant (--seed/--epochs/--width/--no-shift) needs --out, so the shipped models stay as they are")
+        ap.error("a variant (--seed/--epochs/--width/--no-shift/--train-from) needs --out, so the shipped models "
+                 "stay as they are")
     return a
 
 
@@ -241,6 +247,7 @@ def main(argv):
     xtr = torch.from_numpy(d["x_train"].astype(np.float32) / 255).unsqueeze(1)
     xte = torch.from_numpy(d["x_test"].astype(np.float32) / 255).unsqueeze(1)
     ytr, yte = torch.from_numpy(d["y_train"].astype(np.int64)), torch.from_numpy(d["y_test"].astype(np.int64))
+    xtr, ytr = xtr[a.train_from:], ytr[a.train_from:]
     print("torch", torch.__version__, flush=True)
     for name in names:
         if name == "torch_misc":
@@ -251,7 +258,7 @@ def main(argv):
             seed = SEED if a.seed is None else a.seed
             epochs = MODELS[name][3] if a.epochs is None else a.epochs
             tag = (f"_s{seed}_e{epochs}" + (f"_w{a.width:g}" if a.width != 1.0 and name == "lenet300" else "")
-                   + ("_noshift" if a.no_shift else ""))
+                   + ("_noshift" if a.no_shift else "") + (f"_from{a.train_from}" if a.train_from else ""))
             train(name, xtr, ytr, xte, yte, seed=seed, epochs=epochs, width=a.width, shift=not a.no_shift,
                   out=a.out, tag=tag)
 
