@@ -89,10 +89,10 @@ class HeldOut:
     def __init__(self, model, x, ref, confidence=CONFIDENCE, seed=0):
         self.x, self.ref, self.confidence = x, ref, float(confidence)
         out = model(x)
-        if isinstance(ref, Target):
-            self.base = out
+        if isinstance(ref, Target):     # the original's score on each resample, once
             n = len(x)
             self.resamples = np.random.default_rng(seed).integers(0, n, (BOOTSTRAP if confidence > 0.5 else 0, n))
+            self.base_scores = [ref.metric(out[i], ref.values[i]) for i in self.resamples]
         else:
             self.base = out.argmax(axis=1) == ref
         self.score = score_outputs(out, ref)
@@ -105,7 +105,7 @@ class HeldOut:
             return drop, drop
         if isinstance(self.ref, Target):
             metric, values = self.ref.metric, self.ref.values
-            drops = [100.0 * (metric(self.base[i], values[i]) - metric(out[i], values[i])) for i in self.resamples]
+            drops = [100.0 * (b - metric(out[i], values[i])) for b, i in zip(self.base_scores, self.resamples)]
             return drop, max(drop, float(np.quantile(drops, self.confidence)))
         d = self.base.astype(np.float64) - (out.argmax(axis=1) == self.ref)
         spread = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0
