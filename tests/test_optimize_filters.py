@@ -299,7 +299,30 @@ def test_second_pass_quantizes_the_layers_filter_pruning_reshaped(labelled, monk
     assert plan.dense_ms == pytest.approx(1.0) and plan.measured_ms == pytest.approx(0.4)
     assert plan.heldout_drop == pytest.approx(heldout_drop(model, out, x, labels))
     assert heldout_drop(model, out, x, labels) <= 2.0 + 1e-9
+    assert plan.heldout_drop <= plan.heldout_bound <= 2.0 + 1e-9      # both passes, against the original
     assert any(r[0].endswith("(2nd pass)") for r in plan.table)
+
+
+def test_second_pass_is_dropped_when_both_passes_together_may_break_the_budget(monkeypatch):
+    """The second pass verifies its int8 against the first pass's model; its result is then checked
+    against the original with the whole budget (the two losses together): where that bound is over
+    the budget, the first pass's model is returned."""
+    from nncomp.planner.jobs import HeldOut
+
+    class Doubtful(HeldOut):
+        def drop(self, model):
+            return super().drop(model)[0], 99.0
+    monkeypatch.setattr("nncomp.planner.table.in_mode", lambda model, mode, batch, threads=None: model)
+    monkeypatch.setattr("nncomp.planner.stacking.HeldOut", Doubtful)
+    model = nc.load(nc.data.model_path("lenet300"))
+    x, y = nc.data.mnist("train", layout="NC")
+    said = []
+    out = Planner(timer=ContentTimer(), cache=False, progress=lambda step, m: said.append(m)).run(
+        model, x[:800], labels=y[:800], budget=2.0, methods=["prune_filters", "quantize"])
+    assert sum(m.startswith("second pass") for m in said) == Planner.STEPS     # it ran, and was dropped
+    assert "then int8" not in out.plan.search
+    assert any(c.method == "prune_filters" for c in out.plan.layers)
+    assert not any(r[0].endswith("(2nd pass)") for r in out.plan.table)
 
 
 def test_no_second_pass_without_a_structural_choice_or_the_quantize_method(monkeypatch):
