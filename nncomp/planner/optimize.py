@@ -147,8 +147,7 @@ class Planner:
     def run(self, model, calibration, *, labels=None, budget=0.5, batch=1, objective="latency", methods=None,
             n_jobs=None, seed=0, metric=None, confidence=CONFIDENCE):
         out = self.run_once(model, calibration, labels=labels, budget=budget, batch=batch, objective=objective,
-                            methods=methods, n_jobs=n_jobs, seed=seed, metric=metric,
-                         confidence=confidence)
+                            methods=methods, n_jobs=n_jobs, seed=seed, metric=metric, confidence=confidence)
         if objective != "latency":
             return out
         x, y, budget, batch, methods = check_arguments(model, calibration, labels, budget, batch, objective, methods,
@@ -162,6 +161,7 @@ class Planner:
         self.allocations = ()    # objective "size": the whole-model candidates of this run (.allocation)
         x, y, budget, batch, methods = check_arguments(model, calibration, labels, budget, batch, objective, methods,
                                                        n_jobs, seed, metric)
+        confidence = check_confidence(confidence)       # before the first forward pass
         names = weighted_layers(model)
         if not names:
             raise CompressionParameterError("optimize(): the model has no Dense or ungrouped Conv2D layer with dense "
@@ -170,7 +170,7 @@ class Planner:
         x_fit, x_search, x_held = x[fit], x[found], x[held]
         x_wide = x[split(x.shape[0], seed, x.shape[0])[0]]   # the whole fitting half: filter pruning's refit
         ref_search, ref_held = references(model, x, y, (found, held), metric)
-        judge = HeldOut(model, x_held, ref_held, check_confidence(confidence), seed)
+        judge = HeldOut(model, x_held, ref_held, confidence, seed)
         base_search, base_held = score(model, x_search, ref_search), judge.score
         cands = {n: candidates_for(n, methods) for n in names}
         cands.update(group_candidates(model, methods))     # filter pruning, per channel group

@@ -48,9 +48,8 @@ def second_pass(planner, model, first, x, labels, budget, batch, methods, n_jobs
     again = second.plan
     if not any(c.candidate != "dense" for c in again.layers):
         return first
-    held = split(x.shape[0], seed)[2]       # the held-out quarter both passes verified on
-    _, bound = HeldOut(model, x[held], references(model, x, labels, (held,), metric)[0], confidence,
-                       seed).drop(second)
+    held = split(x.shape[0], seed)[2]       # the held-out quarter both passes verified on, against ref
+    _, bound = HeldOut(model, x[held], references(model, x, ref, (held,), metric)[0], confidence, seed).drop(second)
     if bound > budget + 1e-9:
         return first        # the two passes' losses together are not surely within the budget
     ms = planner.timer.measure({"dense": model, "chosen": second}, np.ascontiguousarray(x[np.arange(batch) % len(x)]),

@@ -147,25 +147,25 @@ def run_sizes(result, opts):
         with _one_allocation(opts.quick):
             out = Planner(cache=False).run(model, x[:n], labels=y[:n], budget=BUDGET, objective="size",
                                            methods=["share"] if opts.quick else None)
-        plan = out.plan
+        plan, wall, cpu = out.plan, time.perf_counter() - t0, time.process_time() - c0
+        part = split(min(n, len(x)), 0)[2]      # the planner's held-out quarter (seed 0)
+        before, after = ({k: f(v).argmax(1) for k, v in (("held", x[part]), ("test", xt))} for f in (model, out))
         row = {"model": name, "target": target, "chosen": {c.layer: c.candidate for c in plan.layers},
                "search": plan.search, "dense_bytes": plan.dense_bytes, "bytes": plan.bytes,
                "heldout_drop": plan.heldout_drop, "heldout_bound": plan.heldout_bound, "confidence": plan.confidence,
                "calibration": int(min(n, len(x))),
-               "test_accuracy_dense": float(np.mean(model(xt).argmax(1) == yt)),
-               "test_accuracy": float(np.mean(out(xt).argmax(1) == yt)),
-               "planning_s": time.perf_counter() - t0, "planning_cpu_s": time.process_time() - c0,
+               "test_accuracy_dense": float(np.mean(before["test"] == yt)),
+               "test_accuracy": float(np.mean(after["test"] == yt)),
+               "planning_s": wall, "planning_cpu_s": cpu,
                "plan": plan.to_json()}
         with tempfile.TemporaryDirectory() as tmp:       # the file as the user gets it: the plan included
             path = nc.save(out, f"{tmp}/m.h5", huffman=True)
             row["bytes_with_plan"] = os.path.getsize(path)
         row["ratio"], row["ratio_with_plan"] = plan.dense_bytes / plan.bytes, plan.dense_bytes / row["bytes_with_plan"]
         row["test_drop_points"] = 100 * (row["test_accuracy_dense"] - row["test_accuracy"])
-        part = split(min(n, len(x)), 0)[2]      # the planner's held-out quarter (seed 0)
-        held = x[part]
-        row["disagreements"] = [int(np.sum(model(v).argmax(1) != out(v).argmax(1))) for v in (held, xt)]
-        row["samples"] = [len(held), len(xt)]
-        row["heldout_accuracy_dense"] = float(np.mean(model(held).argmax(1) == y[part]))
+        row["disagreements"] = [int(np.sum(before[k] != after[k])) for k in ("held", "test")]
+        row["samples"] = [len(part), len(xt)]
+        row["heldout_accuracy_dense"] = float(np.mean(before["held"] == y[part]))
         row["met"] = row["ratio"] >= target and row["test_drop_points"] <= BUDGET
         rows.append(row)
         opts.say(f"{name} size: {row['ratio']:.1f}x ({plan.dense_bytes:,} -> {plan.bytes:,} bytes; with the plan "
