@@ -1,8 +1,9 @@
-"""The ONNX graph -> nncomp Model translation (structural operators here, the others in onnx_nn.py).
+"""The ONNX graph -> nncomp Model translation (structural operators here and in onnx_axes.py, the
+others in onnx_nn.py).
 
 Each value of the graph is either an activation (:class:`Act`: a Model node's output, with its ONNX
-rank) or a constant (an initializer, a ``Constant``, a folded computation, or a shape holding
-:class:`~nncomp.io.onnx_fold.Dim`). Nodes whose inputs are all constants are folded; the others
+rank; or a :class:`~nncomp.io.onnx_axes.Moved` view of one) or a constant (an initializer, a
+``Constant``, a folded computation, or a shape holding :class:`~nncomp.io.onnx_fold.Dim`). Nodes whose inputs are all constants are folded; the others
 become layers, built and shape-checked at the nominal input size as they come.
 """
 import math
@@ -14,6 +15,7 @@ from .. import layers as L
 from ..errors import NncompError, UnsafeModelFileError
 from ..layers.tensor import internal_shape
 from ..model import INPUT, Model, Node
+from .onnx_axes import AxisOps, Moved
 from .onnx_fold import DIM_CARRIERS, FOLDABLE, Attrs, Dim, fold, has_dims, resolve
 from .onnx_nn import BINARY, REDUCE, UNARY, NeuralOps
 from .onnx_patterns import internal_axis
@@ -51,7 +53,7 @@ class Act:
         self.node, self.rank, self.tensor = node, rank, tensor
 
 
-class Importer(NeuralOps):
+class Importer(NeuralOps, AxisOps):
     def __init__(self, model, path, tensors, opset, input_shape):
         self.graph, self.path, self.tensors, self.opset = model.graph, path, tensors, opset
         self.input_shape = input_shape
@@ -66,13 +68,20 @@ class Importer(NeuralOps):
 
     # ------------------------------------------------------------------ values
     def is_act(self, name):
-        return isinstance(self.values.get(name), Act)
+        return isinstance(self.values.get(name), (Act, Moved))
 
     def act(self, name):
         v = self.values.get(name)
+        if isinstance(v, Moved):
+            raise NncompError(v.refusal(name))
         if not isinstance(v, Act):
             raise NncompError(f"{name!r} is a constant where an activation was expected")
         return v
+
+    def value(self, name):
+        """Activation ``name``, or the :class:`Moved` view of one (a Transpose moved its batch axis)."""
+        v = self.values.get(name)
+        return v if isinstance(v, Moved) else self.act(name)
 
     def const(self, names, i=None):
         """The constant ``names`` (or ``names[i]``, None when absent or empty); reads initializers."""
@@ -81,7 +90,7 @@ class Importer(NeuralOps):
                 return None
             names = names[i]
         v = self.values.get(names)
-        if isinstance(v, Act):
+        if isinstance(v, (Act, Moved)):
             raise NncompError(f"{names!r} is computed from the input where a constant was expected")
         if v is None:
             raise NncompError(f"value {names!r} is not available (an unsupported optional output?)")
@@ -212,6 +221,8 @@ class Importer(NeuralOps):
         outputs = []
         for out in self.graph.output:
             v = self.values.get(out.name)
+            if isinstance(v, Moved):
+                raise NncompError(v.refusal(out.name))
             if not isinstance(v, Act) or v.node == INPUT:
                 raise NncompError(f"output {out.name!r} is a constant or the input itself, not a computed value")
             outputs.append(v.node)
@@ -280,40 +291,10 @@ class Importer(NeuralOps):
             return self.op_Flatten(node, Attrs(node), ins[:1])
         return self.add(node, L.Reshape(tuple(out)), [x])
 
-    def op_Transpose(self, node, attrs, ins):
-        x = self.act(ins[0])
-        perm = attrs.ints("perm") or list(range(x.rank))[::-1]
-        if sorted(perm) != list(range(x.rank)) or perm[0] != 0:
-            raise NncompError(f"Transpose perm {perm} moves the batch axis (or is not a permutation)")
-        p = [a - 1 for a in perm[1:]]
-        src_of = [1, 2, 0] if x.rank == 4 else list(range(len(p)))      # internal axis -> ONNX per-sample axis
-        int_of = [src_of.index(i) for i in range(len(p))]
-        q = tuple(int_of[p[src_of[j]]] for j in range(len(p)))
-        if q == tuple(range(len(q))):
-            return [x]
-        return self.add(node, L.Transpose(q), [x])
-
     def _axes(self, attrs, ins, pos=1):
         if len(ins) > pos and ins[pos]:
             return [int(a) for a in resolve(self.const(ins[pos]))[0].reshape(-1)]
         return attrs.ints("axes") or []
-
-    def op_Squeeze(self, node, attrs, ins):
-        x = self.act(ins[0])
-        axes = self._axes(attrs, ins)
-        per = tuple(sorted((a % x.rank) - 1 for a in axes))
-        if any(a < 0 for a in per):
-            raise NncompError("Squeeze of the batch axis")
-        return self.add(node, L.Squeeze(per), [x])
-
-    def op_Unsqueeze(self, node, attrs, ins):
-        x = self.act(ins[0])
-        axes = self._axes(attrs, ins)
-        rank = x.rank + len(axes)
-        per = tuple(sorted((a % rank) - 1 for a in axes))
-        if any(a < 0 for a in per):
-            raise NncompError("Unsqueeze before the batch axis")
-        return self.add(node, L.Unsqueeze(per), [x])
 
     def op_Concat(self, node, attrs, ins):
         xs = [self.act(n) for n in ins if n]
@@ -323,41 +304,6 @@ class Importer(NeuralOps):
         if len(xs) == 1:
             return xs
         return self.add(node, L.Concat(axis), xs)
-
-    def op_Slice(self, node, attrs, ins):
-        x = self.act(ins[0])
-        if self.opset >= 10 and len(ins) > 2:
-            get = lambda i: None if self.const(ins, i) is None else self._resolved(self.const(ins, i))  # noqa: E731
-            starts, ends, axes, steps = get(1), get(2), get(3), get(4)
-        else:
-            starts, ends, axes, steps = attrs.ints("starts"), attrs.ints("ends"), attrs.ints("axes"), None
-        axes = list(range(len(starts))) if axes is None else axes
-        steps = [1] * len(starts) if steps is None else steps
-        keep = [(s, e, a % x.rank, k) for s, e, a, k in zip(starts, ends, axes, steps)]
-        if any(a == 0 and (s != 0 or k != 1 or e < 1 << 30) for s, e, a, k in keep):
-            raise NncompError("Slice of the batch axis")
-        keep = [(s, e, internal_axis(a, x.rank), k) for s, e, a, k in keep if a != 0]
-        if not keep:
-            return [x]
-        s, e, a, k = zip(*keep)
-        return self.add(node, L.Slice(s, e, a, k), [x])
-
-    def _resolved(self, v):
-        arr, dims = resolve(v)
-        if dims:
-            if any(d.axis == 0 for d in dims):
-                raise NncompError("a parameter computed from the batch size")
-            self.bind_size("a parameter computed from the input size")
-        return [int(a) for a in np.asarray(arr).reshape(-1)]
-
-    def op_Gather(self, node, attrs, ins):
-        x, idx = self.act(ins[0]), self.const(ins[1])
-        if has_dims(idx) or np.ndim(idx) > 1:
-            raise NncompError("Gather with indices of rank > 1 is not supported")
-        axis = attrs.int("axis", 0) % x.rank
-        if axis == 0:
-            raise NncompError("Gather along the batch axis")
-        return self.add(node, L.Gather(axis - 1, tuple(int(i) for i in np.reshape(idx, -1)), np.ndim(idx) == 0), [x])
 
     def op_Pad(self, node, attrs, ins):
         x = self.act(ins[0])
