@@ -56,5 +56,5 @@ def test_every_shipped_file_is_declared_as_package_data():
     assert len(files) == 1 + 2 * len(nc.data.MODELS)         # mnist.npz, and each model with its logits
     assert [f for f in files if not any(fnmatch.fnmatch(f, g) for g in globs)] == []
     real = [p.relative_to(nc.data.DATA_DIR).as_posix() for p in (nc.data.DATA_DIR / "real").rglob("*") if p.is_file()]
-    assert len(real) == 6             # two models, config.yaml, the Apache licence, the font and its licence
+    assert len(real) == 3 + 4         # three models, config.yaml, the Apache licence, the font and its licence
     assert [f for f in real if not any(fnmatch.fnmatch(f, g) for g in globs)] == []

@@ -44,8 +44,8 @@ def test_shipped_files_match_their_pinned_sha256():
     assert hashlib.sha256(font.read_bytes()).hexdigest() == FONT_SHA256
     for name, file in nc.data.REAL_MODELS.items():
         assert nc.data.real_model_path(name).name == file
-    with pytest.raises(nc.NncompError, match="ppocr_cls, ppocr_det"):
-        nc.data.real_model_path("ppocr_rec")
+    with pytest.raises(nc.NncompError, match="ppocr_cls, ppocr_det, ppocr_rec"):
+        nc.data.real_model_path("ppocr_v5")
 
 
 def test_ocr_constants_are_the_config_yaml_values():
@@ -59,6 +59,7 @@ def test_ocr_constants_are_the_config_yaml_values():
     assert (det["thresh"], det["box_thresh"], det["unclip_ratio"], det["max_candidates"]) == (
         ocr.DET_THRESH, ocr.DET_BOX_THRESH, ocr.DET_UNCLIP_RATIO, ocr.DET_MAX_CANDIDATES)
     assert det["use_dilation"] is True and det["score_mode"] == "fast"
+    assert tuple(cfg["Rec"]["rec_img_shape"]) == ocr.REC_IMAGE_SHAPE and cfg["Rec"]["rec_batch_num"] == ocr.REC_BATCH
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -101,6 +102,46 @@ def test_cls_preprocessing_matches_rapidocr(goldens):
     assert diff.max() <= 1 and (diff == 0).mean() > 0.99
     for i, w in enumerate(goldens["cls_width"]):
         assert np.all(x[i, :, :, w:] == 0) and np.any(x[i, :, :, w - 1] != 0)
+
+
+def test_rec_preprocessing_is_the_classifiers_at_width_320(goldens):
+    """rapidocr's recognizer resizes and normalizes as its classifier does (the same resize_norm_img
+    steps), padding to 320: lines narrower than 192 give the classifier's pixels, then zeros."""
+    lines = [np.repeat(goldens[f"line_{i}"][:, :, None], 3, axis=2) for i in range(16)]
+    x192, x320 = ocr.cls_preprocess(lines), ocr.cls_preprocess(lines, ocr.REC_IMAGE_SHAPE)
+    assert x320.shape == (16, 3, 48, 320)
+    narrow = goldens["cls_width"] < 192
+    assert narrow.any()
+    assert np.array_equal(x320[narrow, :, :, :192], x192[narrow]) and not x320[narrow, :, :, 192:].any()
+    for i, line in enumerate(lines):                 # wider lines keep their aspect up to 320 columns
+        w = min(320, int(np.ceil(48 * line.shape[1] / line.shape[0])))
+        assert np.all(x320[i, :, :, w:] == 0) and np.any(x320[i, :, :, w - 1] != 0)
+
+
+def test_rec_lines_fit_the_input_and_are_deterministic():
+    a, ta = ocr.rec_lines(12, seed=5)
+    b, tb = ocr.rec_lines(12, seed=5)
+    assert ta == tb and all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(im.shape[1] * 48 <= 320 * im.shape[0] for im in a) and all(t and t == t.strip() for t in ta)
+    x, texts = real.recognizer_inputs(4, seed=5)
+    assert x.shape == (4, 3, 48, 320) and texts == ta[:4]
+
+
+def test_ctc_decoding_is_rapidocrs():
+    """Greedy CTC as rapidocr's CTCLabelDecode: repeats merged, blanks (0) dropped and separating
+    repeats, class k is characters[k - 1], the last class a space; confidence the kept steps' mean."""
+    chars = ["a", "b", "c"]                                   # classes: blank a b c space
+    steps = [1, 1, 0, 1, 2, 2, 4, 3, 0, 0]                    # a a _ a b b ' ' c _ _
+    probs = np.full((2, len(steps), 5), 0.01, np.float32)
+    for t, k in enumerate(steps):
+        probs[0, t, k] = 0.5 + 0.04 * t
+    probs[1, :, 0] = 0.9                                      # all blank: nothing read
+    (text, conf), (empty, zero) = ocr.rec_decode(probs, chars)
+    assert text == "aab c" and empty == "" and zero == 0.0
+    kept = [0, 3, 4, 6, 7]                                    # first of each run, blanks out
+    assert conf == pytest.approx(np.mean([0.5 + 0.04 * t for t in kept]), rel=1e-6)
+    assert ocr.edit_distance("kitten", "sitting") == 3 and ocr.edit_distance("", "abc") == 3
+    assert ocr.edit_distance("abc", "abc") == 0 and ocr.edit_distance("ab", "ba") == 2
 
 
 def test_det_preprocessing_matches_rapidocr(goldens):
@@ -168,6 +209,18 @@ def test_ort_detector_recall_on_rendered_pages():
     assert real.timing_input("ppocr_cls").shape == (1, 3, 48, 192)
 
 
+@needs_ort
+def test_ort_recognizer_reads_rendered_lines():
+    pytest.importorskip("onnx", reason="the recognizer's dictionary is in its ONNX metadata")
+    chars = real.characters()
+    assert len(chars) == 6623 and all(c in chars for c in "0123456789.Noaz")
+    x, texts = real.recognizer_inputs()
+    s = real.recognizer_scores(real.ort_runner(real.model_path("ppocr_rec"), threads=2), x, texts, chars=chars)
+    assert s["n"] == 96 and s["probs"].shape == (96, 40, 6625)
+    assert s["line_accuracy"] >= 0.88 and s["cer"] <= 0.02 and s["mean_confidence"] >= 0.95
+    assert real.timing_input("ppocr_rec").shape == (1, 3, 48, 320)
+
+
 # ----------------------------------------------------------------------------- the bench suite
 @needs_ort
 @pytest.mark.parametrize("loadable", [False, True])
@@ -187,10 +240,11 @@ def test_real_suite_reports_nncomp_or_why_not(loadable, monkeypatch, tmp_path, c
     md = (tmp_path / "real.md").read_text()
     import json
     rows = json.loads((tmp_path / "real.json").read_text())["rows"]
-    assert [r["model"] for r in rows] == ["ppocr_cls", "ppocr_det"]
+    assert [r["model"] for r in rows] == ["ppocr_cls", "ppocr_det", "ppocr_rec"]
     assert all(r["ort"]["ms"] > 0 for r in rows)
     if loadable:
         assert rows[0]["nncomp"]["max_abs_diff"] < 1e-5 and rows[1]["nncomp"]["map_iou"] > 0.99
+        assert rows[2]["nncomp"]["agreement"] == 1.0 and "lines decoded as ORT does 100.0%" in md
         assert "not loadable" not in md and "map IoU with ORT" in md
     else:
         assert "ppocr_det nncomp: not loadable: NncompError:" in out and "| nncomp | - | not loadable" in md
@@ -221,6 +275,20 @@ def test_nncomp_runs_the_real_models_as_onnx_runtime_does():
     got = real.detector_scores(ours, pages, reference=want)
     assert got["map_iou"] >= 0.995 and got["max_abs_diff"] < 1e-3
     assert got["recall"] == want["recall"]
+
+
+@needs_ort
+def test_nncomp_reads_text_lines_as_onnx_runtime_does():
+    """The PP-OCRv4 recognizer (SVTR-LCNet: its attention blocks split a (batch, n, 3, heads, d) tensor
+    after a Transpose that moves the batch axis, onnx_axes.Moved) decodes every line to ORT's text."""
+    pytest.importorskip("onnx", reason="the test extra installs onnx")
+    path = real.model_path("ppocr_rec")
+    ours = real.nncomp_runner(path, input_shape=real.INPUT_SHAPES["ppocr_rec"])
+    ort = real.ort_runner(path, threads=1)
+    x, texts = real.recognizer_inputs(24, seed=1)
+    want = real.recognizer_scores(ort, x, texts)
+    got = real.recognizer_scores(ours, x, texts, chars=real.characters(path), reference=want)
+    assert got["agreement"] == 1.0 and got["max_abs_diff"] < 5e-3 and got["line_accuracy"] >= 0.8
 
 
 def test_three_bit_sharing_of_the_classifier_keeps_its_predictions():

@@ -1,10 +1,10 @@
-"""Fetch the two real-world PP-OCR models (and their config) into nncomp/data/real/ (package data), verifying pinned SHA-256s.
+"""Fetch the three real-world PP-OCR models (and their config) into nncomp/data/real/ (package data), verifying pinned SHA-256s.
 
     python tools/fetch_real_models.py            # writes nncomp/data/real/*.onnx and config.yaml
     python tools/fetch_real_models.py --check    # only verifies the files already there
 
 Source: the PyPI package ``rapidocr-onnxruntime`` 1.4.4 (Apache-2.0), fetched with
-``pip download --no-deps`` into a temporary folder; the three files are read from the wheel (a zip)
+``pip download --no-deps`` into a temporary folder; the four files are read from the wheel (a zip)
 without installing it. Every file, and the wheel itself, must match the SHA-256 pinned below, so a
 re-published or tampered wheel is refused instead of silently changing the benchmark. Provenance,
 licence and what each model is: data/real/README.md.
@@ -29,6 +29,9 @@ FILES = {
     "ch_PP-OCRv4_det_infer.onnx": (
         "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
         "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9"),
+    "ch_PP-OCRv4_rec_infer.onnx": (
+        "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+        "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b"),
     "config.yaml": (
         "rapidocr_onnxruntime/config.yaml",
         "bf94a1da4cba828e67b1d61e27cee14d9e7da27c9f272e04048a17e41ae97332"),
@@ -53,7 +56,7 @@ def check(out=OUT):
 
 
 def fetch(out=OUT):
-    """Download the pinned wheel, verify it and extract the three files into ``out`` (write-then-rename)."""
+    """Download the pinned wheel, verify it and extract the four files into ``out`` (write-then-rename)."""
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",

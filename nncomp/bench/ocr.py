@@ -1,11 +1,12 @@
-"""Real inputs for the two PP-OCR models: text lines and pages rendered with Pillow, preprocessed as
-rapidocr-onnxruntime 1.4.4 does, and the detector's DBNet post-processing.
+"""Real inputs for the three PP-OCR models: text lines and pages rendered with Pillow, preprocessed as
+rapidocr-onnxruntime 1.4.4 does, the detector's DBNet post-processing and the recognizer's CTC decoding.
 
 Rendering is seeded (``numpy.random.default_rng(seed)``) and uses the DejaVu Sans TTF shipped in
 ``nncomp/data/real/fonts/``, so the same seed gives the same pixels on every machine with the same
 Pillow/FreeType. Images are ``(h, w, 3)`` uint8 with equal channels (rapidocr's BGR order is therefore
 moot). Preprocessing follows the package's sources (``ch_ppocr_cls/text_cls.py``
-``resize_norm_img``, ``ch_ppocr_det/utils.py`` ``DetPreProcess``) with ``cv2.resize``'s bilinear
+and ``ch_ppocr_rec/text_recognize.py`` ``resize_norm_img``, ``ch_ppocr_det/utils.py`` ``DetPreProcess``,
+``ch_ppocr_rec/utils.py`` ``CTCLabelDecode``) with ``cv2.resize``'s bilinear
 interpolation rewritten in NumPy (:func:`resize_linear`: 99.7 % of pixels equal, the rest one grey level apart).
 The DB post-processing (:func:`db_boxes`) follows ``DBPostProcess`` with scipy.ndimage connected
 components in place of ``cv2.findContours`` and axis-aligned boxes in place of ``cv2.minAreaRect``
@@ -23,6 +24,8 @@ from ..data import real_path
 CLS_IMAGE_SHAPE = (3, 48, 192)
 CLS_LABELS = ("0", "180")
 CLS_THRESH = 0.9
+REC_IMAGE_SHAPE = (3, 48, 320)
+REC_BATCH = 6
 DET_LIMIT_SIDE_LEN, DET_LIMIT_TYPE = 736, "min"
 DET_MEAN, DET_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 DET_THRESH, DET_BOX_THRESH, DET_UNCLIP_RATIO, DET_MAX_CANDIDATES = 0.3, 0.5, 1.6, 1000
@@ -158,11 +161,13 @@ def resize_linear(img, width, height):
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def cls_preprocess(images):
+def cls_preprocess(images, shape=CLS_IMAGE_SHAPE):
     """rapidocr's ``TextClassifier.resize_norm_img`` on each image: resize to height 48 keeping the
     aspect (width ``ceil(48 * w / h)``, at most 192), ``x / 255``, ``(x - 0.5) / 0.5``, zero-pad the
-    width to 192. Returns ``(n, 3, 48, 192)`` float32 (NCHW, the model's input)."""
-    c, h_out, w_out = CLS_IMAGE_SHAPE
+    width to 192. Returns ``(n, 3, 48, 192)`` float32 (NCHW, the model's input). ``shape``
+    :data:`REC_IMAGE_SHAPE`: ``TextRecognizer.resize_norm_img``, the same steps at width 320 (for lines
+    no wider than 320 / 48 of their height, the width rapidocr's batch then has)."""
+    c, h_out, w_out = shape
     batch = np.zeros((len(images), c, h_out, w_out), np.float32)
     for i, img in enumerate(images):
         h, w = img.shape[:2]
@@ -177,6 +182,53 @@ def cls_decode(probs):
     probs = np.asarray(probs)
     idx = probs.argmax(axis=1)
     return idx, probs[np.arange(len(idx)), idx]
+
+
+def rec_lines(n=64, *, seed=0, shape=REC_IMAGE_SHAPE):
+    """``n`` rendered text lines for the recognizer and their texts: 1-3 words or numbers (words
+    dropped until the line is at most ``w / h`` = 320 / 48 wide, so it fills at most the input).
+    Returns ``(images, texts)``."""
+    rng = np.random.default_rng(seed)
+    images, texts = [], []
+    while len(images) < n:
+        text, size = random_text(rng, int(rng.integers(1, 4))), int(rng.integers(12, 41))
+        while True:
+            img = render_line(text, size, rng)
+            if img.shape[1] * shape[1] <= shape[2] * img.shape[0] or " " not in text:
+                break
+            text = text.rsplit(" ", 1)[0]
+        if img.shape[1] * shape[1] <= shape[2] * img.shape[0]:
+            images.append(img)
+            texts.append(text)
+    return images, texts
+
+
+def rec_decode(probs, characters):
+    """rapidocr's ``CTCLabelDecode`` (greedy CTC): per line the argmax class of each time step,
+    repeats merged, blanks (class 0) dropped, class ``k`` read as ``characters[k - 1]`` and the last
+    class as a space; the confidence is the mean of the kept steps' probabilities (0 when none).
+    ``characters``: the model's dictionary (its ``character`` metadata, one per line). Returns a list
+    of ``(text, confidence)``."""
+    table = ["blank", *characters, " "]
+    probs = np.asarray(probs)
+    idx, best = probs.argmax(axis=2), probs.max(axis=2)
+    out = []
+    for i, p in zip(idx, best):
+        keep = np.ones(len(i), bool)
+        keep[1:] = i[1:] != i[:-1]
+        keep &= i != 0
+        out.append(("".join(table[k] for k in i[keep]), float(np.mean(p[keep])) if keep.any() else 0.0))
+    return out
+
+
+def edit_distance(a, b):
+    """Levenshtein distance between strings ``a`` and ``b`` (insertions, deletions, substitutions)."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
 
 
 def det_size(h, w, *, limit_side_len=DET_LIMIT_SIDE_LEN, limit_type=DET_LIMIT_TYPE):

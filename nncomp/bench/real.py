@@ -1,11 +1,14 @@
-"""The real-world models (PP-OCR's text-direction classifier and PP-OCRv4 text detector, shipped in
-``nncomp/data/real/``) on real inputs, under a runner: ONNX Runtime (the reference) or nncomp.
+"""The real-world models (PP-OCR's text-direction classifier, PP-OCRv4 text detector and text
+recognizer, shipped in ``nncomp/data/real/``) on real inputs, under a runner: ONNX Runtime (the
+reference) or nncomp.
 
 A *runner* is a callable ``run(x) -> y``: NCHW float32 batch in, the model's first output in ONNX's
-layout out (the classifier: ``(n, 2)`` probabilities; the detector: ``(n, 1, H, W)`` probabilities).
-:func:`ort_runner` and :func:`nncomp_runner` make one from a model path; :func:`classifier_scores`
-and :func:`detector_scores` measure a runner on the inputs of :func:`classifier_inputs` and
-:func:`detector_inputs` (rendered and preprocessed by :mod:`nncomp.bench.ocr`).
+layout out (the classifier: ``(n, 2)`` probabilities; the detector: ``(n, 1, H, W)`` probabilities;
+the recognizer: ``(n, 40, 6625)`` per time step class probabilities).
+:func:`ort_runner` and :func:`nncomp_runner` make one from a model path; :func:`classifier_scores`,
+:func:`detector_scores` and :func:`recognizer_scores` measure a runner on the inputs of
+:func:`classifier_inputs`, :func:`detector_inputs` and :func:`recognizer_inputs` (rendered and
+preprocessed by :mod:`nncomp.bench.ocr`).
 
     from nncomp.bench import real
     x, labels = real.classifier_inputs()
@@ -16,15 +19,18 @@ import numpy as np
 from ..data import real_model_path as model_path
 from . import ocr
 
-MODELS = ("ppocr_cls", "ppocr_det")
+MODELS = ("ppocr_cls", "ppocr_det", "ppocr_rec")
 CLS_LINES, CLS_SEED = 128, 0         # 128 upright lines and their 180-degree copies
 DET_PAGES, DET_SEED = 6, 0
+REC_LINES, REC_SEED = 96, 0
 TIMING_SIZE = 640                    # the detector is timed on a page at 640 x 640 (no resize)
-# the per-sample input shape each model is loaded with (ONNX order; both leave height and width free)
-INPUT_SHAPES = {"ppocr_cls": (3, 48, 192), "ppocr_det": (3, TIMING_SIZE, TIMING_SIZE)}
+# the per-sample input shape each model is loaded with (ONNX order; all leave height and width free)
+INPUT_SHAPES = {"ppocr_cls": (3, 48, 192), "ppocr_det": (3, TIMING_SIZE, TIMING_SIZE),
+                "ppocr_rec": ocr.REC_IMAGE_SHAPE}
 
 __all__ = ["MODELS", "model_path", "ort_runner", "nncomp_runner", "classifier_inputs", "detector_inputs",
-           "classifier_scores", "detector_scores", "map_iou", "timing_input"]
+           "recognizer_inputs", "classifier_scores", "detector_scores", "recognizer_scores", "characters",
+           "map_iou", "timing_input"]
 
 
 def ort_runner(path, *, threads=None, spin=False):
@@ -73,11 +79,30 @@ def detector_inputs(n=DET_PAGES, *, seed=DET_SEED, limit_side_len=ocr.DET_LIMIT_
             for page, boxes in ocr.text_pages(n, seed=seed)]
 
 
+def recognizer_inputs(n=REC_LINES, *, seed=REC_SEED):
+    """``(x, texts)``: ``n`` rendered lines (:func:`nncomp.bench.ocr.rec_lines`) preprocessed as rapidocr
+    does, ``(n, 3, 48, 320)`` float32, and the text drawn on each."""
+    lines, texts = ocr.rec_lines(n, seed=seed)
+    return ocr.cls_preprocess(lines, ocr.REC_IMAGE_SHAPE), texts
+
+
+def characters(path=None):
+    """The recognizer's dictionary: its ONNX ``character`` metadata split into lines, as rapidocr
+    reads it (``str.splitlines``). Needs the ``onnx`` package."""
+    import onnx
+    model = onnx.load(str(path or model_path("ppocr_rec")), load_external_data=False)
+    meta = {p.key: p.value for p in model.metadata_props}
+    return meta["character"].splitlines()
+
+
 def timing_input(name, *, seed=0):
-    """The batch-1 input a model is timed on: one preprocessed line ``(1, 3, 48, 192)`` for the classifier,
-    a page at ``TIMING_SIZE`` x ``TIMING_SIZE`` ``(1, 3, 640, 640)`` for the detector."""
+    """The batch-1 input a model is timed on: one preprocessed line ``(1, 3, 48, 192)`` for the classifier
+    (``(1, 3, 48, 320)`` for the recognizer), a page at ``TIMING_SIZE`` x ``TIMING_SIZE``
+    ``(1, 3, 640, 640)`` for the detector."""
     if name == "ppocr_cls":
         return classifier_inputs(1, seed=seed)[0][:1]
+    if name == "ppocr_rec":
+        return recognizer_inputs(1, seed=seed)[0][:1]
     page, _ = ocr.render_page(np.random.default_rng(seed), size=TIMING_SIZE)
     return ocr.det_preprocess(page, limit_side_len=TIMING_SIZE)
 
@@ -94,6 +119,30 @@ def classifier_scores(run, x, labels, *, batch=16):
     return {"accuracy": float(ok.mean()), "accuracy_upright": float(ok[labels == 0].mean()),
             "accuracy_rotated": float(ok[labels == 1].mean()), "mean_confidence": float(conf.mean()),
             "n": int(len(labels)), "probs": probs}
+
+
+def recognizer_scores(run, x, texts, *, chars=None, reference=None, batch=ocr.REC_BATCH):
+    """The recognizer's accuracy under ``run``: each line decoded as rapidocr does
+    (:func:`nncomp.bench.ocr.rec_decode` with the model's dictionary ``chars``, default
+    :func:`characters`), against the text drawn.
+
+    Returns a dict: ``line_accuracy`` (lines read exactly), ``cer`` (character error rate: edit
+    distance over the drawn characters, all lines pooled), ``mean_confidence``, ``n``, ``texts`` (the
+    decoded ones) and ``probs``; with ``reference`` (another call's result, e.g. ONNX Runtime's) also
+    ``agreement`` (lines decoded to the same text) and ``max_abs_diff`` of the probabilities.
+    """
+    chars = characters() if chars is None else chars
+    probs = np.concatenate([np.asarray(run(x[i:i + batch]), np.float32) for i in range(0, len(x), batch)])
+    read = ocr.rec_decode(probs, chars)
+    got = [t for t, _ in read]
+    out = {"line_accuracy": float(np.mean([a == b for a, b in zip(got, texts)])),
+           "cer": sum(ocr.edit_distance(a, b) for a, b in zip(got, texts)) / max(sum(map(len, texts)), 1),
+           "mean_confidence": float(np.mean([c for _, c in read])), "n": len(texts), "texts": got,
+           "probs": probs}
+    if reference is not None:
+        out["agreement"] = float(np.mean([a == b for a, b in zip(got, reference["texts"])]))
+        out["max_abs_diff"] = float(np.abs(probs - reference["probs"]).max())
+    return out
 
 
 def detector_scores(run, pages, *, reference=None, iou=0.5):

@@ -25,7 +25,8 @@ DATA_DIR = Path(str(resources.files(__name__)))
 LAYOUTS = ("NCHW", "NHWC", "NC")
 MODELS = ("lenet300", "lenet5", "vgg_small", "resnet_small")
 # Real-world ONNX models nobody here trained (rapidocr-onnxruntime 1.4.4; see data/real/README.md).
-REAL_MODELS = {"ppocr_cls": "ch_ppocr_mobile_v2.0_cls_infer.onnx", "ppocr_det": "ch_PP-OCRv4_det_infer.onnx"}
+REAL_MODELS = {"ppocr_cls": "ch_ppocr_mobile_v2.0_cls_infer.onnx", "ppocr_det": "ch_PP-OCRv4_det_infer.onnx",
+               "ppocr_rec": "ch_PP-OCRv4_rec_infer.onnx"}
 
 
 def _checkout():
@@ -70,8 +71,9 @@ def real_path(name):
 
 def real_model_path(name):
     """The path of a shipped real-world ONNX model: ``"ppocr_cls"`` (PP-OCR text-direction classifier,
-    ``ch_ppocr_mobile_v2.0_cls_infer.onnx``) or ``"ppocr_det"`` (PP-OCRv4 text detector,
-    ``ch_PP-OCRv4_det_infer.onnx``), from rapidocr-onnxruntime 1.4.4 (Apache-2.0). Provenance, inputs,
+    ``ch_ppocr_mobile_v2.0_cls_infer.onnx``), ``"ppocr_det"`` (PP-OCRv4 text detector,
+    ``ch_PP-OCRv4_det_infer.onnx``) or ``"ppocr_rec"`` (PP-OCRv4 text recognizer, SVTR-LCNet with an
+    attention block, ``ch_PP-OCRv4_rec_infer.onnx``), from rapidocr-onnxruntime 1.4.4 (Apache-2.0). Provenance, inputs,
     outputs and preprocessing: the repository's data/real/README.md; inputs: :mod:`nncomp.bench.ocr`.
 
     Returns

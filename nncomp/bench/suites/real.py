@@ -1,14 +1,19 @@
 """Real-world models nobody here trained: PP-OCR's text-direction classifier
-(``ch_ppocr_mobile_v2.0_cls_infer.onnx``) and the PP-OCRv4 text detector (``ch_PP-OCRv4_det_infer.onnx``),
-from rapidocr-onnxruntime 1.4.4, on text lines and pages rendered with DejaVu Sans (nncomp.bench.ocr,
+(``ch_ppocr_mobile_v2.0_cls_infer.onnx``), the PP-OCRv4 text detector (``ch_PP-OCRv4_det_infer.onnx``)
+and text recognizer (``ch_PP-OCRv4_rec_infer.onnx``, SVTR-LCNet: a convolutional backbone, two
+attention blocks, a CTC head), from rapidocr-onnxruntime 1.4.4, on text lines and pages rendered with DejaVu Sans (nncomp.bench.ocr,
 seed 0), run by ONNX Runtime float32 and by nncomp (``nc.load`` of the same file) side by side.
 
 - **metric**: the classifier's accuracy on 128 upright lines and their 180-degree copies (labels as
   rapidocr decodes them); the detector's box recall at IoU >= 0.5 against the rendered line boxes on
   6 pages (640 x 640, preprocessed as rapidocr's config.yaml says: resized to 736 x 736), after
   rapidocr's DB post-processing with its unclip; for nncomp also the IoU of its binarized map
-  (prob > 0.3) with ORT's and the largest probability difference.
-- **time**: batch 1 at a fixed size (the classifier 3 x 48 x 192, the detector 3 x 640 x 640), the
+  (prob > 0.3) with ORT's and the largest probability difference; the recognizer's exact-line
+  accuracy and character error rate on 96 lines (1-3 words or numbers, up to 320 / 48 as wide as
+  high), greedy CTC-decoded with the model's own dictionary as rapidocr does, and for nncomp the lines
+  decoded as ORT decodes them.
+- **time**: batch 1 at a fixed size (the classifier 3 x 48 x 192, the detector 3 x 640 x 640, the
+  recognizer 3 x 48 x 320), the
   runtimes alternating in blocks of BLOCK calls after a SETTLE_S (nncomp.bench.timing) untimed pause;
   medians. ORT runs with the suite's intra-op threads, sequentially, spinning off (as every peer table).
 
@@ -23,7 +28,7 @@ import numpy as np
 from ..timing import SETTLE_S, alternate, header, warm
 
 THREADS = os.cpu_count() or 1
-PARTS = ("cls", "det")
+PARTS = ("cls", "det", "rec")
 QUICK_PARTS = PARTS
 BLOCK = 4
 
@@ -35,11 +40,13 @@ def _metric(name, run, data, reference=None):
         if reference is not None:
             s["max_abs_diff"] = float(np.abs(s["probs"] - reference["probs"]).max())
         return s
+    if name == "ppocr_rec":
+        return real.recognizer_scores(run, *data, reference=reference)
     return real.detector_scores(run, data, reference=reference)
 
 
 def _public(scores):
-    return {k: v for k, v in scores.items() if k not in ("probs", "maps")}
+    return {k: v for k, v in scores.items() if k not in ("probs", "maps", "texts")}
 
 
 def _nncomp(name, data, ort_scores):
@@ -71,6 +78,8 @@ def run(result, opts):
         name = f"ppocr_{part}"
         if part == "cls":
             data = real.classifier_inputs(16 if opts.quick else real.CLS_LINES)
+        elif part == "rec":
+            data = real.recognizer_inputs(12 if opts.quick else real.REC_LINES)
         else:
             data = real.detector_inputs(1 if opts.quick else real.DET_PAGES)
         ort = real.ort_runner(real.model_path(name), threads=threads)
@@ -82,7 +91,7 @@ def run(result, opts):
             contenders["nncomp"] = lambda: nc_run(x1)
         for fn in contenders.values():     # untimed calls first, as vs_ort does
             warm(fn)
-        t = alternate(contenders, repeat=opts.repeats(12 if part == "cls" else 8, quick=2), block=BLOCK,
+        t = alternate(contenders, repeat=opts.repeats(8 if part == "det" else 12, quick=2), block=BLOCK,
                       settle=SETTLE_S)
         row = {"model": name, "file": real.model_path(name).name, "input": list(x1.shape),
                "ort": {"ms": t["ort"]["median_ms"], **_public(ort_scores)},
@@ -98,6 +107,10 @@ def _metric_text(model, cell):
     if model == "ppocr_cls":
         text = (f"accuracy {cell['accuracy']:.1%} (upright {cell['accuracy_upright']:.1%}, "
                 f"rotated {cell['accuracy_rotated']:.1%}, n {cell['n']})")
+    elif model == "ppocr_rec":
+        text = f"lines read exactly {cell['line_accuracy']:.1%}, CER {cell['cer']:.2%} (n {cell['n']})"
+        if "agreement" in cell:
+            text += f", lines decoded as ORT does {cell['agreement']:.1%}"
     else:
         text = f"box recall {cell['recall']:.1%} ({cell['n_matched']}/{cell['n_truth']}), precision {cell['precision']:.1%}"
     if "map_iou" in cell:
