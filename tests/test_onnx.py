@@ -206,6 +206,30 @@ def test_shape_arithmetic_binds_the_model_to_its_size(tmp_path):
         m(rand((1, 3, 5, 4)))
 
 
+@pytest.mark.parametrize("foreign", [1, 2])
+def test_one_size_read_from_another_value_keeps_any_size(tmp_path, foreign):
+    """A Reshape whose target takes one size from another value's Shape (attention blocks: the
+    sequence length) infers it from the element count at every input size; two such sizes bind the
+    model to its load size (refused elsewhere, never computed wrong)."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Shape", ["r"], ["s"]),
+             helper.make_node("Gather", ["s", "i1"], ["n"], axis=0),
+             helper.make_node("Gather", ["s", "i2"], ["c"], axis=0),
+             helper.make_node("Unsqueeze", ["n", "ax"], ["n1"]), helper.make_node("Unsqueeze", ["c", "ax"], ["c1"]),
+             helper.make_node("Concat", ["z", "n1", *(["c1"] if foreign == 2 else ["c0"])], ["shape"], axis=0),
+             helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("Reshape", ["t", "shape"], ["y"])]
+    inits = [init("i1", np.array(1)), init("i2", np.array(2)), init("ax", np.array([0])), init("z", np.array([0])),
+             init("c0", np.array([6]))]
+    model = graph_model(nodes, ["b", "n", 6], inits=inits)
+    m = check(model, rand((2, 5, 6)), tmp_path, input_shape=(5, 6))
+    other = rand((3, 9, 6))
+    if foreign == 1:
+        np.testing.assert_allclose(m(other), run_ort(save(model, tmp_path / "o.onnx"), other), rtol=1e-6)
+    else:
+        with pytest.raises(nc.InputError):
+            m(other)
+
+
 def test_constant_node_forms(tmp_path):
     nodes = [helper.make_node("Constant", [], ["a"], value_float=2.0),
              helper.make_node("Constant", [], ["b"], value_floats=[1.0, -1.0, 0.5]),

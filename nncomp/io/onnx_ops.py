@@ -274,7 +274,7 @@ class Importer(NeuralOps, AxisOps):
         first = target[0]
         if isinstance(first, Dim) and first.axis != 0:
             raise NncompError("Reshape moves a non-batch size to the batch axis")
-        out = []
+        out, foreign = [], []
         for d in target[1:]:
             if isinstance(d, Dim):
                 if d.node == x.node and d.axis >= 1:
@@ -282,10 +282,17 @@ class Importer(NeuralOps, AxisOps):
                     continue
                 if d.axis == 0:
                     raise NncompError("Reshape uses the batch size inside a sample's shape")
-                self.bind_size("a Reshape to a shape computed from another value's size")
+                foreign.append(len(out))
                 d = d.value
             out.append(int(d))
-        if not isinstance(first, Dim) and int(first) == -1 and -1 in out:
+        batch_inferred = not isinstance(first, Dim) and int(first) == -1
+        if len(foreign) == 1 and -1 not in out and not batch_inferred:
+            # one size read from another value (an attention block's sequence length): whatever the
+            # input size, it is the element count over the other sizes, which -1 infers
+            out[foreign[0]] = -1
+        elif foreign:
+            self.bind_size("a Reshape to a shape computed from another value's size")
+        if batch_inferred and -1 in out:
             raise NncompError(f"Reshape {target} infers two sizes (the batch axis and another)")
         if x.rank == 4 and len(out) == 1 and (out[0] == -1 or out[0] == int(np.prod(self.shape(x)))):
             return self.op_Flatten(node, Attrs(node), ins[:1])
