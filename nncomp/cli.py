@@ -322,8 +322,8 @@ def build_parser():
                    help="budget in points of agreement with the original model, even if labels are given")
     s.add_argument("--metric", default="top1", metavar="NAME",
                    help="what the budget counts: top1 (default: accuracy, or agreement without labels), "
-                   "map-iou[:THRESH] (a probability map's binarized IoU, default 0.3) or cosine (outputs' cosine "
-                   "similarity), against the original model's outputs, or y when it holds reference values (not "
+                   "map-iou[:THRESH] (a probability map's binarized IoU, default 0.3), cosine (outputs' cosine "
+                   "similarity) or ctc[:BLANK] (sequences read the same by greedy CTC decoding, blank class 0), against the original model's outputs, or y when it holds reference values (not "
                    "class labels)")
     s.add_argument("--methods", metavar="A,B", help="candidate families (default all): prune, prune_int8, "
                    "quantize, share, prune_share, factorize, prune_filters")

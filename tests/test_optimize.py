@@ -519,6 +519,8 @@ def test_a_model_that_is_not_a_classifier_plans_within_its_metric():
     assert any(c.candidate != "dense" for c in out.plan.layers)      # something was chosen, not only dense
     with pytest.raises(nc.NncompError, match="metric must be a function"):
         nc.optimize(model, x, metric="iou")
+    with pytest.raises(nc.NncompError, match=r"needs a classifier's output.*\(16, 16, 1\)"):
+        nc.optimize(model, x)                      # top-1 of a map: refused before any forward pass
     with pytest.raises(nc.NncompError, match="reference values"):
         nc.optimize(model, x, metric=map_iou, labels=np.zeros((7, 1, 16, 16), np.float32))
     with pytest.raises(nc.NncompError, match="one finite number"):

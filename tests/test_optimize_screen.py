@@ -155,3 +155,28 @@ def test_named_metrics():
     for bad in ("0.3", float("nan"), None):
         with pytest.raises(nc.CompressionParameterError):
             metrics.map_iou(bad)
+
+
+def test_ctc_metric_compares_greedy_decodings():
+    """Greedy CTC: per step the largest class, repeats merged, blanks dropped; a blank between two
+    equal classes keeps both. Labels are class sequences padded with -1."""
+    from nncomp.planner import metrics
+
+    def steps(*classes, n=5):
+        out = np.zeros((len(classes), n))
+        out[np.arange(len(classes)), classes] = 1.0
+        return out
+    a = np.stack([steps(1, 1, 0, 1, 2), steps(0, 3, 3, 3, 0), steps(0, 0, 0, 0, 0)])   # (1 1 2), (3), ()
+    b = np.stack([steps(1, 0, 1, 2, 2), steps(3, 0, 0, 0, 0), steps(0, 4, 0, 0, 0)])   # (1 1 2), (3), (4)
+    c = metrics.named("ctc")
+    assert c(a, a) == 1.0 and c(a, b) == pytest.approx(2 / 3) and c.__name__ == "ctc@0"
+    assert c(a, np.array([[1, 1, 2], [3, -1, -1], [-1, -1, -1]])) == 1.0
+    assert c(a, np.array([[1, 2, -1], [3, -1, -1], [-1, -1, -1]])) == pytest.approx(2 / 3)   # repeats are not merged in labels
+    assert metrics.named("ctc:4")(a, b) == pytest.approx(1 / 3)      # 4 the blank, 0 a class: the first lines agree
+    for bad in ("ctc:x", "ctc:-1"):
+        with pytest.raises(nc.CompressionParameterError, match="blank"):
+            metrics.named(bad)
+    with pytest.raises(nc.CompressionParameterError, match="steps, classes"):
+        c(a[:, :, 0], a)
+    with pytest.raises(nc.CompressionParameterError, match="one reference per sample"):
+        c(a, a[:2])

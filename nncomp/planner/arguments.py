@@ -40,6 +40,14 @@ def check_arguments(model, calibration, labels, budget, batch, objective, method
     if x.shape[0] < MIN_SAMPLES:
         raise CompressionParameterError(f"optimize(): calibration has {x.shape[0]} samples; expected at least "
                                         f"{MIN_SAMPLES} (half fit, a quarter searched, a quarter held out); pass more")
+    if metric is None:
+        out = model.shapes_for(model.internal_input_shape)[model.outputs[0]]
+        if len(out) != 1:
+            raise CompressionParameterError(
+                f"optimize(): top-1 scoring (metric=None) needs a classifier's output, (n, classes); this model "
+                f"returns per-sample shape {tuple(out)} (internal layout). Pass metric= one that fits it: "
+                "nncomp.planner.metrics.ctc() for (n, steps, classes) sequences, map_iou() for probability maps, "
+                "cosine for any output, or your own function (outputs, reference) -> score")
     if metric is not None and not callable(metric):
         raise CompressionParameterError(f"optimize(): metric must be a function (outputs, reference) -> score, "
                                         f"higher is better; got {type(metric).__name__}. Pass metric=None to "
