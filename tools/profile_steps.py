@@ -101,6 +101,7 @@ def main(argv=None):
     ap.add_argument("model", nargs="?", type=Path)
     ap.add_argument("--mobilenet", action="store_true", help="profile tools/mobilenet_vs_ort.py's network")
     ap.add_argument("--size", type=int, default=224, help="--mobilenet: the image size")
+    ap.add_argument("--input-shape", help="a file whose input leaves dims free: its per-sample shape, e.g. 3,640,640")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=5)
@@ -118,7 +119,8 @@ def main(argv=None):
     numba.set_num_threads(args.threads)
     tmp = tempfile.TemporaryDirectory()
     path = mobilenet_file(tmp.name, args.size) if args.mobilenet else args.model
-    m = nc.load(str(path))
+    given = tuple(int(d) for d in args.input_shape.split(",")) if args.input_shape else None
+    m = nc.load(str(path), input_shape=given)
     shape = m.input_shape
     x = np.random.default_rng(0).standard_normal((args.batch, *shape)).astype(np.float32)
     for _ in range(2):

@@ -24,6 +24,24 @@ def masked_v16(module):
                     ir.FunctionType(ir.VoidType(), [v16, vptr, i32, mask_t])))
 
 
+def masked_v(module, width):
+    """``(mload, mstore)`` of ``<width x float>`` (:func:`masked_v16` for 16 lanes)."""
+    if width == 16:
+        return masked_v16(module)
+    vt = ir.VectorType(ir.FloatType(), width)
+    vptr, i32, mask_t = vt.as_pointer(), ir.IntType(32), ir.VectorType(ir.IntType(1), width)
+    return (declare(module, f"llvm.masked.load.v{width}f32.p0v{width}f32", ir.FunctionType(vt, [vptr, i32, mask_t, vt])),
+            declare(module, f"llvm.masked.store.v{width}f32.p0v{width}f32",
+                    ir.FunctionType(ir.VoidType(), [vt, vptr, i32, mask_t])))
+
+
+def splat(builder, value, width):
+    """``<width x T>`` of the scalar ``value`` in every lane."""
+    undef = ir.Constant(ir.VectorType(value.type, width), ir.Undefined)
+    zeros = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
+    return builder.shuffle_vector(builder.insert_element(undef, value, ir.IntType(32)(0)), undef, zeros)
+
+
 def vec_types():
     """``(float, <16 x float>, its pointer, i32, <16 x i1>)`` LLVM types."""
     f32 = ir.FloatType()
@@ -55,6 +73,17 @@ def store_v16(builder, value, ptr, mask, whole, some=None):
                     _store_partial(builder, value, ptr, mask, mstore)
             else:
                 _store_partial(builder, value, ptr, mask, mstore)
+
+
+def store_v8(builder, value, ptr, mask, whole):
+    """Store ``<8 x float>`` ``value`` at ``ptr``: plainly where ``whole`` (an i1), else the lanes of
+    the ``<8 x i1>`` prefix ``mask`` (one ``vmaskmovps``)."""
+    mstore = masked_v(builder.module, 8)[1]
+    with builder.if_else(whole) as (plain, masked):
+        with plain:
+            builder.store(value, ptr, align=4)
+        with masked:
+            builder.call(mstore, [value, ptr, ir.IntType(32)(4), mask])
 
 
 def _store_partial(builder, value, ptr, mask, mstore):
@@ -137,14 +166,31 @@ def prefetch_chunk(values, indices, j):
         prefetch_at(values, j + q // values.itemsize)
 
 
+def when(builder, cond, values, fn):
+    """``fn(values)`` where the i1 ``cond`` holds, else ``values``: a branch (the flags are the same
+    for every tile of a call, so it is always predicted) instead of computing both and selecting."""
+    before = builder.block
+    with builder.if_then(cond):
+        changed = fn(values)
+        then_end = builder.block
+    out = []
+    for v, c in zip(values, changed):
+        phi = builder.phi(v.type)
+        phi.add_incoming(v, before)
+        phi.add_incoming(c, then_end)
+        out.append(phi)
+    return out
+
+
 def loop_phis(builder, intp, vty, inits, pre):
     """At the top of a loop block entered from block ``pre``: a counter phi starting at 0 and one
-    ``vty`` phi per value of ``inits``; the caller adds their incoming values from the latch."""
+    ``vty`` phi per value of ``inits`` (``vty`` None: each value's own type); the caller adds their
+    incoming values from the latch."""
     i = builder.phi(intp)
     i.add_incoming(intp(0), pre)
     phis = []
     for v in inits:
-        a = builder.phi(vty)
+        a = builder.phi(v.type if vty is None else vty)
         a.add_incoming(v, pre)
         phis.append(a)
     return i, phis

@@ -19,7 +19,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ._ir import declare, loop_latch, loop_phis, masked_v16, prefetch, store_v16
+from ._ir import declare, loop_latch, loop_phis, masked_v, masked_v16, prefetch, splat, store_v8, store_v16, when
 from .epilogue import ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_LEAKYRELU, IN_TILES, hard_ir, leaky_ir
 from .isa import VECTOR_REGISTERS
 
@@ -38,6 +38,10 @@ VECTORS = 4                 # at most 4 vectors (64 channels) per tile
 # time's inverse at 6 pixels, 2 vectors and more 1.06-1.09x at 2 pixels (16 accumulators: LLVM spills
 # a few, still faster than 1 pixel).
 AVX2_PIXELS = {1: 6, 2: 2, 3: 1, 4: 1}
+# AVX2: a 16-lane vector is two ymm, so a last vector of at most 8 channels (24, 40, 72, 120 of a
+# MobileNet; 8 alone) runs a tile whose last vector is one ymm instead of multiply-adding a dead
+# upper half (AVX-512 computes a masked zmm at a full one's cost)
+HALF_TILES = VECTOR_REGISTERS < 32
 AVX2_DEPTHWISE_PIXELS = {1: 6, 2: 2, 3: 2, 4: 2}
 
 
@@ -51,43 +55,41 @@ def tile_pixels(nvec, registers=None, depthwise=False):
     return (AVX2_DEPTHWISE_PIXELS if depthwise else AVX2_PIXELS)[nvec]
 
 
-def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=0, plain=False):
+def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=0, plain=False, half=False):
     """One tile of ``P`` pixels x ``V`` vectors; branches to ``after`` when done. ``slide`` (depthwise
     only): the runs are ``slide`` taps long and a pixel's next tap is the next pixel's first
     (``xstep == pix``, stride 1): each input vector is loaded once per row and serves every pixel
     whose window holds it (:func:`_slide_rows`). ``plain`` (depthwise, for tiles whose last vector
-    is whole): the inputs are loaded without a mask."""
+    is whole): the inputs are loaded without a mask. ``half`` (dense tiles whose last vector has at
+    most 8 channels): that vector is ``<8 x float>``, so AVX2 computes no dead upper ymm."""
     xd, wd, bd, od, scd, shd, rd = ptrs
     xoff, pix, span, rows, xrow, wrs, woff, wrow, boff, first, ooff, opix, lanes, last, affine, add, xstep = ints
     intp = xoff.type
     f32 = ir.FloatType()
-    v16 = ir.VectorType(f32, 16)
-    vptr = v16.as_pointer()
     i32 = ir.IntType(32)
-    fma = declare(builder.module, "llvm.fma.v16f32", ir.FunctionType(v16, [v16, v16, v16]))
-    mload, _ = masked_v16(builder.module)
-    undef = ir.Constant(v16, ir.Undefined)
-    zero = ir.Constant(v16, None)
-    splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
+    widths = [16] * (V - 1) + [8 if half else 16]        # lanes of each vector of the tile
+    vts = [ir.VectorType(f32, w) for w in widths]
+    fmas = {w: declare(builder.module, f"llvm.fma.v{w}f32", ir.FunctionType(t, [t, t, t])) for w, t in zip(widths, vts)}
+    lw = widths[-1]
+    mload = masked_v(builder.module, lw)[0]
+    zero_last = ir.Constant(vts[-1], None)
     # lanes of the last vector that are real output channels
-    lanes_v = builder.shuffle_vector(builder.insert_element(ir.Constant(ir.VectorType(i32, 16), ir.Undefined),
-                                                            builder.trunc(lanes, i32), i32(0)),
-                                     ir.Constant(ir.VectorType(i32, 16), ir.Undefined), splat)
-    mask = builder.icmp_signed("<", ir.Constant(ir.VectorType(i32, 16), list(range(16))), lanes_v)
-    full = builder.icmp_signed(">=", lanes, lanes.type(16))
+    mask = builder.icmp_signed("<", ir.Constant(ir.VectorType(i32, lw), list(range(lw))),
+                               splat(builder, builder.trunc(lanes, i32), lw))
+    full = builder.icmp_signed(">=", lanes, lanes.type(lw))
 
     optrs = [[builder.bitcast(builder.gep(od, [builder.add(ooff, builder.add(builder.mul(opix, intp(p)),
-                                                                            intp(16 * v)))]), vptr)
+                                                                            intp(16 * v)))]), vts[v].as_pointer())
               for v in range(V)] for p in range(P)]
-    bias = [builder.load(builder.bitcast(builder.gep(bd, [builder.add(boff, intp(16 * v))]), vptr), align=4)
-            for v in range(V)]
+    bias = [builder.load(builder.bitcast(builder.gep(bd, [builder.add(boff, intp(16 * v))]), vts[v].as_pointer()),
+                         align=4) for v in range(V)]
     # the first call of a tile starts from the bias, later ones from what the tile stored
-    init = _when(builder, builder.icmp_signed("==", first, intp(0)), [bias[v] for p in range(P) for v in range(V)],
-                 lambda _: [builder.call(mload, [optrs[p][v], i32(4), mask, zero]) if v == V - 1
+    init = when(builder, builder.icmp_signed("==", first, intp(0)), [bias[v] for p in range(P) for v in range(V)],
+                 lambda _: [builder.call(mload, [optrs[p][v], i32(4), mask, zero_last]) if v == V - 1
                             else builder.load(optrs[p][v], align=4) for p in range(P) for v in range(V)])
     if slide:
         new = _slide_rows(builder, P, V, slide, init, (xd, wd), (xoff, pix, rows, xrow, wrs, woff, wrow), mask, plain)
-        _epilogue(builder, P, V, new, (od, scd, shd, rd), (boff, ooff, opix, last, affine, add), epi,
+        _epilogue(builder, P, widths, new, (od, scd, shd, rd), (boff, ooff, opix, last, affine, add), epi,
                   mask, optrs, full, IN_TILES and not depthwise)
         builder.branch(after)
         return
@@ -101,35 +103,37 @@ def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=
     builder.branch(outer)
 
     builder.position_at_end(outer)
-    r, acc_r = loop_phis(builder, intp, v16, init, pre)
+    r, acc_r = loop_phis(builder, intp, None, init, pre)
     xrows = [builder.gep(xd, [builder.add(builder.add(xoff, builder.mul(r, xrow)), builder.mul(pix, intp(p)))])
              for p in range(P)]
     wbase = builder.gep(wd, [builder.add(woff, builder.mul(r, wrs))])
     builder.branch(inner)
 
     builder.position_at_end(inner)
-    j, accs = loop_phis(builder, intp, v16, acc_r, outer)
+    j, accs = loop_phis(builder, intp, None, acc_r, outer)
     wrow_j = builder.mul(j, wrow)
-    wv = [builder.load(builder.bitcast(builder.gep(wbase, [builder.add(wrow_j, intp(16 * v))]), vptr), align=4)
-          for v in range(V)]
+    wv = [builder.load(builder.bitcast(builder.gep(wbase, [builder.add(wrow_j, intp(16 * v))]), vts[v].as_pointer()),
+                       align=4) for v in range(V)]
     new = []
     for p in range(P):
         if depthwise:       # each channel's own input: a vector load (the last one masked)
             at = builder.mul(j, xstep)
-            xs = [builder.bitcast(builder.gep(xrows[p], [builder.add(at, intp(16 * v))]), vptr) for v in range(V)]
-            xv = [builder.call(mload, [xs[v], i32(4), mask, zero]) if v == V - 1 and not plain
+            xs = [builder.bitcast(builder.gep(xrows[p], [builder.add(at, intp(16 * v))]), vts[v].as_pointer())
+                  for v in range(V)]
+            xv = [builder.call(mload, [xs[v], i32(4), mask, zero_last]) if v == V - 1 and not plain
                   else builder.load(xs[v], align=4) for v in range(V)]
         else:               # one input value for every output channel: a broadcast
             s = builder.load(builder.gep(xrows[p], [j]), align=4)
-            xv = [builder.shuffle_vector(builder.insert_element(undef, s, i32(0)), undef, splat)] * V
-        new.extend(builder.call(fma, [xv[v], wv[v], accs[p * V + v]]) for v in range(V))
+            xb = {w: splat(builder, s, w) for w in set(widths)}
+            xv = [xb[w] for w in widths]
+        new.extend(builder.call(fmas[widths[v]], [xv[v], wv[v], accs[p * V + v]]) for v in range(V))
     loop_latch(builder, intp, j, accs, new, span, inner, latch)
 
     builder.position_at_end(latch)
     loop_latch(builder, intp, r, acc_r, new, rows, outer, done)
 
     builder.position_at_end(done)
-    _epilogue(builder, P, V, new, (od, scd, shd, rd), (boff, ooff, opix, last, affine, add), epi, mask,
+    _epilogue(builder, P, widths, new, (od, scd, shd, rd), (boff, ooff, opix, last, affine, add), epi, mask,
               optrs, full, IN_TILES and not depthwise)
     builder.branch(after)
 
@@ -174,49 +178,32 @@ def _slide_rows(builder, P, V, S, init, arrays, ints, mask, plain=False):
     return new
 
 
-def _when(builder, cond, values, fn):
-    """``fn(values)`` where the i1 ``cond`` holds, else ``values``: a branch (the flags are the same
-    for every tile of a call, so it is always predicted) instead of computing both and selecting."""
-    before = builder.block
-    with builder.if_then(cond):
-        changed = fn(values)
-        then_end = builder.block
-    out = []
-    for v, c in zip(values, changed):
-        phi = builder.phi(v.type)
-        phi.add_incoming(v, before)
-        phi.add_incoming(c, then_end)
-        out.append(phi)
-    return out
-
-
-def _epilogue(builder, P, V, new, arrays, ints, epi, mask, optrs, full, acts):
-    """Store the tile's accumulators ``new``; after the last call of the tile first the epilogue, as
-    the epilogue kernel computes it (no fused multiply-add: bit-identical to batch norm, residual add
-    and clip run one by one). ``full``: the last vector's 16 lanes are all output channels. Each
-    part runs only where its flag asks for it (at 16 input channels, computing all of them and
-    selecting cost 10-15% of the 1 x 1 tile's time). ``acts`` (dense tiles where
-    epilogue.IN_TILES): then the activation ``act`` (hard sigmoid, hard swish, leaky ReLU), one
-    branch each."""
+def _epilogue(builder, P, widths, new, arrays, ints, epi, mask, optrs, full, acts):
+    """Store the tile's accumulators ``new`` (``P`` pixels x vectors of ``widths`` lanes); after the
+    last call of the tile first the epilogue, as the epilogue kernel computes it (no fused
+    multiply-add: bit-identical to batch norm, residual add and clip run one by one). ``full``: the
+    last vector's lanes are all output channels. Each part runs only where its flag asks for it
+    (at 16 input channels, computing all of them and selecting cost 10-15% of the 1 x 1 tile's
+    time). ``acts`` (dense tiles where epilogue.IN_TILES): then the activation ``act`` (hard
+    sigmoid, hard swish, leaky ReLU), one branch each."""
     od, scd, shd, rd = arrays
     boff, ooff, opix, last, affine, add = ints
     lo, hi, act, alpha, beta = epi
+    V = len(widths)
     intp = boff.type
-    f32 = ir.FloatType()
-    v16 = ir.VectorType(f32, 16)
-    vptr, i32 = v16.as_pointer(), ir.IntType(32)
-    mload, _ = masked_v16(builder.module)
-    undef, zero = ir.Constant(v16, ir.Undefined), ir.Constant(v16, None)
-    splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
+    f32, i32 = ir.FloatType(), ir.IntType(32)
+    vptrs = [ir.VectorType(f32, w).as_pointer() for w in widths]
+    mload = masked_v(builder.module, widths[-1])[0]
+    zero_last = ir.Constant(ir.VectorType(f32, widths[-1]), None)
     is_last = builder.icmp_signed("!=", last, intp(0))
-    bcast = lambda s_: builder.shuffle_vector(builder.insert_element(undef, s_, i32(0)), undef, splat)  # noqa: E731
+    bcast = lambda s_, v_: splat(builder, s_, v_.type.count)  # noqa: E731
     at = [[builder.add(ooff, builder.add(builder.mul(opix, intp(p)), intp(16 * v))) for v in range(V)]
           for p in range(P)]
 
     def affine_map(vals):
-        scale = [builder.load(builder.bitcast(builder.gep(scd, [builder.add(boff, intp(16 * v))]), vptr), align=4)
+        scale = [builder.load(builder.bitcast(builder.gep(scd, [builder.add(boff, intp(16 * v))]), vptrs[v]), align=4)
                  for v in range(V)]
-        shift = [builder.load(builder.bitcast(builder.gep(shd, [builder.add(boff, intp(16 * v))]), vptr), align=4)
+        shift = [builder.load(builder.bitcast(builder.gep(shd, [builder.add(boff, intp(16 * v))]), vptrs[v]), align=4)
                  for v in range(V)]
         return [builder.fadd(builder.fmul(vals[k], scale[k % V]), shift[k % V]) for k in range(P * V)]
 
@@ -232,50 +219,54 @@ def _epilogue(builder, P, V, new, arrays, ints, epi, mask, optrs, full, acts):
         out = []
         for p in range(P):
             for v in range(V):
-                rptr = builder.bitcast(builder.gep(rd, [at[p][v]]), vptr)
-                res = builder.call(mload, [rptr, i32(4), mask, zero]) if v == V - 1 else builder.load(rptr, align=4)
+                rptr = builder.bitcast(builder.gep(rd, [at[p][v]]), vptrs[v])
+                res = builder.call(mload, [rptr, i32(4), mask, zero_last]) if v == V - 1 else builder.load(rptr, align=4)
                 out.append(builder.fadd(vals[p * V + v], res))
         return out
 
     def clip(vals, bound, pred):
         # NumPy's maximum / minimum: keep v if it wins strictly or is NaN
-        b = bcast(bound)
-        return [builder.select(builder.fcmp_unordered(pred, val, b), val, b) for val in vals]
+        return [builder.select(builder.fcmp_unordered(pred, val, bcast(bound, val)), val, bcast(bound, val))
+                for val in vals]
 
     def hard(vals, swish):
         # the activation kernel's vector operations (epilogue.hard_ir, leaky_ir): the same bits; one
         # branch per activation (computing all of them and selecting cost 1/3 more arithmetic)
-        va, vb = bcast(alpha), bcast(beta)
-        return [builder.fmul(v, hard_ir(builder, v, va, vb)) if swish else hard_ir(builder, v, va, vb) for v in vals]
+        out = []
+        for v in vals:
+            t = hard_ir(builder, v, bcast(alpha, v), bcast(beta, v))
+            out.append(builder.fmul(v, t) if swish else t)
+        return out
 
     def leaky(vals):
-        va = bcast(alpha)
-        return [leaky_ir(builder, v, va) for v in vals]
+        return [leaky_ir(builder, v, bcast(alpha, v)) for v in vals]
 
     def activate(vals):
-        vals = _when(builder, builder.icmp_signed("==", act, intp(ACT_HARDSWISH)), vals, lambda v: hard(v, True))
-        vals = _when(builder, builder.icmp_signed("==", act, intp(ACT_HARDSIGMOID)), vals, lambda v: hard(v, False))
-        return _when(builder, builder.icmp_signed("==", act, intp(ACT_LEAKYRELU)), vals, leaky)
+        vals = when(builder, builder.icmp_signed("==", act, intp(ACT_HARDSWISH)), vals, lambda v: hard(v, True))
+        vals = when(builder, builder.icmp_signed("==", act, intp(ACT_HARDSIGMOID)), vals, lambda v: hard(v, False))
+        return when(builder, builder.icmp_signed("==", act, intp(ACT_LEAKYRELU)), vals, leaky)
 
     def finish(vals):
-        vals = _when(builder, builder.icmp_signed("!=", affine, intp(0)), vals, affine_map)
-        vals = _when(builder, builder.icmp_signed("!=", add, intp(0)), vals, residual)
-        vals = _when(builder, builder.fcmp_ordered("!=", lo, f32(float("-inf"))), vals, lambda v: clip(v, lo, ">"))
-        vals = _when(builder, builder.fcmp_ordered("!=", hi, f32(float("inf"))), vals, lambda v: clip(v, hi, "<"))
+        vals = when(builder, builder.icmp_signed("!=", affine, intp(0)), vals, affine_map)
+        vals = when(builder, builder.icmp_signed("!=", add, intp(0)), vals, residual)
+        vals = when(builder, builder.fcmp_ordered("!=", lo, f32(float("-inf"))), vals, lambda v: clip(v, lo, ">"))
+        vals = when(builder, builder.fcmp_ordered("!=", hi, f32(float("inf"))), vals, lambda v: clip(v, hi, "<"))
         if not acts:
             return vals
-        return _when(builder, builder.icmp_signed("!=", act, intp(0)), vals, activate)
+        return when(builder, builder.icmp_signed("!=", act, intp(0)), vals, activate)
 
-    fins = _when(builder, is_last, list(new), finish)
+    fins = when(builder, is_last, list(new), finish)
     for p in range(P):
         for v in range(V):
-            if v == V - 1:      # a full last vector stores unmasked (_ir.store_v16)
+            if v == V - 1 and widths[v] == 8:
+                store_v8(builder, fins[p * V + v], optrs[p][v], mask, full)
+            elif v == V - 1:      # a full last vector stores unmasked (_ir.store_v16)
                 store_v16(builder, fins[p * V + v], optrs[p][v], mask, full)
             else:
                 builder.store(fins[p * V + v], optrs[p][v], align=4)
 
 
-def _tile_function(context, module, P, V, depthwise, ptrs, ints, epi, slide=0):
+def _tile_function(context, module, P, V, depthwise, ptrs, ints, epi, slide=0, half=False):
     """The tile of ``P`` pixels x ``V`` vectors as a function of its own (defined once per module,
     never inlined), run ``count`` times along a line: the k-th tile reads from ``xoff + k * xadv``
     and stores at ``ooff + k * oadv`` (three arguments after the tile's). Emitted inline in the
@@ -285,7 +276,8 @@ def _tile_function(context, module, P, V, depthwise, ptrs, ints, epi, slide=0):
     kernel's line loop, 40 from a loop calling the tile directly) is paid once a run (one thread, AMD
     EPYC Zen 3, 1 x 1 convolutions at batch 8, A/B: 16 -> 72 at 56 x 56 0.83-0.85x the time, 24 -> 88
     at 28 x 28 0.95x, 7 x 7 and 14 x 14 0.98-1.05x)."""
-    name = f"nncomp_conv_tile_{'dw' if depthwise else 'dense'}_{P}x{V}" + (f"_slide{slide}" if slide else "")
+    name = (f"nncomp_conv_tile_{'dw' if depthwise else 'dense'}_{P}x{V}" + (f"_slide{slide}" if slide else "")
+            + ("_half" if half else ""))
     fn = module.globals.get(name)
     if fn is not None:
         return fn
@@ -319,7 +311,7 @@ def _tile_function(context, module, P, V, depthwise, ptrs, ints, epi, slide=0):
         b.position_at_end(plain)
         _emit_tile(context, b, P, V, depthwise, tptrs, tints, tepi, latch, slide, plain=True)
         b.position_at_end(masked)
-    _emit_tile(context, b, P, V, depthwise, tptrs, tints, tepi, latch, slide)
+    _emit_tile(context, b, P, V, depthwise, tptrs, tints, tepi, latch, slide, half=half)
     b.position_at_end(latch)
     nxt = b.add(t, intp(1))
     t.add_incoming(nxt, latch)
@@ -371,7 +363,17 @@ def make_tiles(V, pmax, depthwise=False, slide=0):
                 switch.add_case(p_.type(p), block)
                 builder.position_at_end(block)
                 fn = _tile_function(context, builder.module, p, V, depthwise, ptrs, ints, epi, slide)
-                builder.call(fn, [*ptrs, *ints, *epi, *run])
+                if HALF_TILES and not depthwise:
+                    # a last vector of at most 8 channels runs a tile of its own (a branch in one
+                    # function cost the whole tiles 10-20% in LLVM's register allocation)
+                    fh = _tile_function(context, builder.module, p, V, depthwise, ptrs, ints, epi, slide, half=True)
+                    with builder.if_else(builder.icmp_signed("<=", ints[12], ints[12].type(8))) as (then, other):
+                        with then:
+                            builder.call(fh, [*ptrs, *ints, *epi, *run])
+                        with other:
+                            builder.call(fn, [*ptrs, *ints, *epi, *run])
+                else:
+                    builder.call(fn, [*ptrs, *ints, *epi, *run])
                 builder.branch(after)
             builder.position_at_end(after)
             return context.get_dummy_value()
