@@ -93,6 +93,19 @@ def test_activation_rows_matches_reference(m, c, act, alpha, beta, seed):
     _check_activation(y, act, a, b)
 
 
+@given(n=st.integers(0, 100), seed=st.integers(0, 2**31))
+def test_vector_sigmoid_is_the_scalar_rational_function_bit_for_bit(n, seed):
+    """The 16-lane sigmoid (epilogue.logistic_ir) runs _logistic's float32 operations lane by lane:
+    the same bits as the scalar code on the tail, NaN, infinities, -0.0 and the clamps included."""
+    from nncomp.kernels.epilogue import ACT_SIGMOID, _logistic, activation_rows
+    y = (np.random.default_rng(seed).standard_normal((n, 1)) * 10).astype(np.float32)
+    specials = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, 18.0, -18.0, 18.5, -17.99, 1e-30], np.float32)
+    y[:min(n, specials.size), 0] = specials[:n]
+    want = np.array([_logistic(v) for v in y[:, 0]], np.float32)
+    activation_rows(y, ACT_SIGMOID, np.float32(0), np.float32(0))
+    assert np.array_equal(y[:, 0].view(np.int32), want.view(np.int32))
+
+
 @pytest.mark.parametrize("act", [1, 2, 3, 4])
 def test_activation_rows_over_several_tasks_matches_reference(act):
     """Several ACT_CHUNK tasks and a tail that is not a whole vector (2 x 16,384 + 9,732 values),

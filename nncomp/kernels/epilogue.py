@@ -78,6 +78,57 @@ def _logistic(v):
     return r
 
 
+def _vectors16(builder, intp, ydata, off, n, name, body):
+    """Emit a loop over ``n`` vectors of 16 floats at ``ydata + off``: each replaced by ``body(v)``."""
+    vf = ir.VectorType(ir.FloatType(), 16)
+    pre = builder.block
+    loop = builder.append_basic_block(f"{name}_loop")
+    done = builder.append_basic_block(f"{name}_done")
+    builder.cbranch(builder.icmp_signed(">", n, intp(0)), loop, done)
+    builder.position_at_end(loop)
+    i, _ = loop_phis(builder, intp, vf, [], pre)
+    ptr = builder.bitcast(builder.gep(ydata, [builder.add(off, builder.mul(i, intp(16)))]), vf.as_pointer())
+    builder.store(body(builder.load(ptr, align=4)), ptr, align=4)
+    loop_latch(builder, intp, i, [], [], n, loop, done)
+    builder.position_at_end(done)
+
+
+def logistic_ir(builder, v):
+    """LLVM IR of :func:`_logistic` on float vector ``v``: the same float32 operations lane by lane
+    (clamps that keep NaN, separate multiplies and adds, one division), so the same bits; LLVM
+    vectorizes this where the scalar loop over :func:`_logistic` stayed scalar (4.4 ns a value on an
+    AMD EPYC Zen 3: a 640 x 640 probability map took 1.8 ms)."""
+    const = lambda x: ir.Constant(v.type, [float(x)] * v.type.count)  # noqa: E731
+    lo, hi, zero, one = const(-18.0), const(18.0), const(0.0), const(1.0)
+    v = builder.select(builder.fcmp_ordered("<", v, lo), lo, v)
+    v = builder.select(builder.fcmp_ordered(">", v, hi), hi, v)
+    s = builder.fmul(v, v)
+
+    def poly(coefs):
+        acc = const(coefs[0])
+        for c in coefs[1:]:
+            acc = builder.fadd(builder.fmul(acc, s), const(c))
+        return acc
+    r = builder.fadd(builder.fdiv(builder.fmul(poly(SIGMOID_P), v), poly(SIGMOID_Q)), const(0.5))
+    r = builder.select(builder.fcmp_ordered("<", r, zero), zero, r)
+    return builder.select(builder.fcmp_ordered(">", r, one), one, r)
+
+
+@intrinsic
+def _sigmoid16(typingctx, y, off, nvec):
+    """``nvec`` vectors of 16 values of flat ``y`` from ``off``, in place: :func:`logistic_ir`."""
+    sig = types.void(y, off, nvec)
+
+    def codegen(context, builder, signature, args):
+        ydata = context.make_array(signature.args[0])(context, builder, args[0]).data
+        intp = context.get_value_type(types.intp)
+        off_, n_ = (context.cast(builder, args[k], signature.args[k], types.intp) for k in (1, 2))
+        _vectors16(builder, intp, ydata, off_, n_, "sigmoid16", lambda v: logistic_ir(builder, v))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 def hard_ir(builder, v, va, vb):
     """LLVM IR of ``clip(v * a + b, 0, 1)`` on float vector ``v`` (``va``, ``vb`` splats): a multiply,
     then an add (no fused multiply-add), the clip's NumPy rules (NaN passes). Hard sigmoid is this,
@@ -119,19 +170,10 @@ def _act16(typingctx, y, off, nvec, act, alpha, beta):
         va, vb = splat(a_), splat(b_)
         leaky = builder.icmp_signed("==", act_, intp(ACT_LEAKYRELU))
         swish = builder.icmp_signed("==", act_, intp(ACT_HARDSWISH))
-        pre = builder.block
-        loop = builder.append_basic_block("act16_loop")
-        done = builder.append_basic_block("act16_done")
-        builder.cbranch(builder.icmp_signed(">", n_, intp(0)), loop, done)
-        builder.position_at_end(loop)
-        i, _ = loop_phis(builder, intp, vf, [], pre)
-        ptr = builder.bitcast(builder.gep(ydata, [builder.add(off_, builder.mul(i, intp(16)))]), vf.as_pointer())
-        v = builder.load(ptr, align=4)
-        t = hard_ir(builder, v, va, vb)
-        hard = builder.select(swish, builder.fmul(v, t), t)
-        builder.store(builder.select(leaky, leaky_ir(builder, v, va), hard), ptr, align=4)
-        loop_latch(builder, intp, i, [], [], n_, loop, done)
-        builder.position_at_end(done)
+        def body(v):
+            t = hard_ir(builder, v, va, vb)
+            return builder.select(leaky, leaky_ir(builder, v, va), builder.select(swish, builder.fmul(v, t), t))
+        _vectors16(builder, intp, ydata, off_, n_, "act16", body)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -178,7 +220,8 @@ def _activation(y, act, alpha, beta):
     A kernel of its own, not a fifth part of ``epilogue_rows``: that loop with an activation branch
     in it ran 1.6x slower without any activation (LLVM vectorized it less). The activation layers
     run this kernel on a copy of their input, so fused and unfused results agree bit for bit. The
-    values are one flat run (16 a vector in :func:`_act16` but for sigmoid), in tasks of ACT_CHUNK.
+    values are one flat run (16 a vector in :func:`_act16`, sigmoid in :func:`_sigmoid16`), in tasks
+    of ACT_CHUNK.
     IN  y (m, c) float32 C-contiguous; act one of the ACT_* codes; alpha, beta float32.
     OUT y, overwritten.
     """
@@ -189,11 +232,12 @@ def _activation(y, act, alpha, beta):
     for t in prange((total + ACT_CHUNK - 1) // ACT_CHUNK):
         lo = t * ACT_CHUNK
         hi = min(total, lo + ACT_CHUNK)
+        nv = (hi - lo) // 16
         if act == ACT_SIGMOID:
-            for k in range(lo, hi):
+            _sigmoid16(flat, lo, nv)
+            for k in range(lo + 16 * nv, hi):
                 flat[k] = _logistic(flat[k])
             continue
-        nv = (hi - lo) // 16
         _act16(flat, lo, nv, act, a, b)
         for k in range(lo + 16 * nv, hi):
             v = flat[k]
