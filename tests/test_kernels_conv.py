@@ -335,8 +335,9 @@ def _depthwise_operands(seed, shape, k, out_hw):
        add=st.booleans(), parallel=st.booleans(), seed=st.integers(0, 2**31))
 def test_depthwise_sliding_tiles_give_the_general_tiles_bits(n, h, wd, c, k, s, pad, nvec, act, add, parallel, seed):
     """Lines whose taps step as their pixels do (stride = dilation: 1 and 1, or 2 and 2) run the
-    sliding tiles (each input vector loaded once per kernel row) for 3- and 5-tap rows: the same
-    bits as one-pixel tiles of the general kernel (pmax 1), epilogue included."""
+    sliding tiles (each input vector loaded once per kernel row; with 16 registers, AVX2, tiles of 8
+    channels) for 3- and 5-tap rows: the same bits as one-pixel tiles of the general kernel (pmax 1),
+    epilogue included."""
     t = k // 2 * s if pad else 0
     oh, ow = (h + 2 * t - s * (k - 1) - 1) // s + 1, (wd + 2 * t - s * (k - 1) - 1) // s + 1
     assume(oh >= 1 and ow >= 1)

@@ -28,6 +28,14 @@ _s3_1, _s3_2, _s3_3, _s3_4 = (make_tiles(v, SLIDE_PIXELS[3][v - 1] if SLIDE else
 _s5_1, _s5_2, _s5_3 = (make_tiles(v, SLIDE_PIXELS[5][v - 1] if SLIDE else 0, depthwise=True, slide=5)
                        for v in range(1, 4))
 _SP3, _SP5 = SLIDE_PIXELS[3], SLIDE_PIXELS[5]
+# Where the CPU has 16 registers (AVX2), stride-1 3- and 5-tap lines slide over 8 channels at a time
+# instead: one ymm of 8 channels per pixel, so P accumulators, the S taps' weights and the loaded
+# input fit the 16 registers (P + S + 1 <= 16); line ends run one-pixel tiles of 8 channels.
+SLIDE8 = not SLIDE
+SLIDE8_PIXELS = {3: 12, 5: 10}
+_P8_3, _P8_5 = SLIDE8_PIXELS[3], SLIDE8_PIXELS[5]
+_l3, _l5 = (make_tiles(1, SLIDE8_PIXELS[k] if SLIDE8 else 0, depthwise=True, slide=k, lane8=True) for k in (3, 5))
+_e8 = make_tiles(1, 1 if SLIDE8 else 0, depthwise=True, lane8=True)
 
 
 def _depthwise(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, act,
@@ -55,6 +63,8 @@ def _depthwise(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, sh
     jr = min(ow - 1, (wp - 1 - (kw - 1) * dw + pl) // sw) if wp - 1 - (kw - 1) * dw + pl >= 0 else -1
     inner = max(0, jr - jl + 1)
     slide = SLIDE and sw == dw and (kw == 3 or kw == 5)
+    use8 = SLIDE8 and sw == dw and (kw == 3 or kw == 5) and inner >= 2 and pmax > 1     # pmax 1: one-pixel tiles
+    step = 8 if use8 else width
     lo32, hi32 = np.float32(lo), np.float32(hi)
     # a driver of its own: one shared with _blocked (a flag and both dispatch chains) ran 1.7-2x slower
     for t in prange(n * oh):
@@ -64,13 +74,19 @@ def _depthwise(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, sh
         r0 = 0 if y0 >= 0 else (dh - 1 - y0) // dh
         r1 = min(kh, (hp - 1 - y0) // dh + 1)
         row = (b * hp + y0 + r0 * dh) * wp
-        for c0 in range(0, cop, width):
-            nv = min(nvec, (cop - c0) // 16)
-            lanes = min(16, c - c0 - 16 * (nv - 1))
-            pm = min(pmax, _SP3[nv - 1] if kw == 3 else _SP5[nv - 1])     # a sliding tile's pixels
-            sl = slide and pm >= 2 and (kw == 3 or nv <= 2 or ow >= SLIDE_WIDE)
-            if not sl:
-                pm = pmax
+        for c0 in range(0, c if use8 else cop, step):
+            if use8:
+                nv = 1
+                lanes = min(8, c - c0)
+                pm = _P8_3 if kw == 3 else _P8_5
+                sl = True
+            else:
+                nv = min(nvec, (cop - c0) // 16)
+                lanes = min(16, c - c0 - 16 * (nv - 1))
+                pm = min(pmax, _SP3[nv - 1] if kw == 3 else _SP5[nv - 1])     # a sliding tile's pixels
+                sl = slide and pm >= 2 and (kw == 3 or nv <= 2 or ow >= SLIDE_WIDE)
+                if not sl:
+                    pm = pmax
             blocks = (inner + pm - 1) // pm
             p0 = (inner + blocks - 1) // blocks if blocks > 0 else 1
             big = inner - blocks * (p0 - 1)     # tiles of p0 pixels, the others of p0 - 1
@@ -93,7 +109,14 @@ def _depthwise(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, sh
                 a = (p, x, (row + x0 + q0 * dw) * c + c0, sw * c, q1 - q0, r1 - r0, dh * wp * c, kw * cop,
                      w, c0 + (r0 * kw + q0) * cop, cop, bias, c0, 1, out, ((b * oh + i) * ow + j) * c + c0, c, lanes, 1,
                      scale, shift, affine, res, add, lo32, hi32, dw * c, count, p * sw * c, p * c, 0, lo32, lo32)
-                if sl and p > 1 and kw == 3:
+                if use8:
+                    if p > 1 and kw == 3:
+                        _l3(*a)
+                    elif p > 1:
+                        _l5(*a)
+                    else:
+                        _e8(*a)
+                elif sl and p > 1 and kw == 3:
                     if nv == 4:
                         _s3_4(*a)
                     elif nv == 3:

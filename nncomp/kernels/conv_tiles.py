@@ -19,7 +19,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ._ir import declare, loop_latch, loop_phis, masked_v, masked_v16, prefetch, splat, store_v8, store_v16, when
+from ._ir import declare, loop_latch, loop_phis, masked_v, prefetch, splat, store_v8, store_v16, when
 from .epilogue import ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_LEAKYRELU, IN_TILES, hard_ir, leaky_ir
 from .isa import VECTOR_REGISTERS
 
@@ -55,19 +55,22 @@ def tile_pixels(nvec, registers=None, depthwise=False):
     return (AVX2_DEPTHWISE_PIXELS if depthwise else AVX2_PIXELS)[nvec]
 
 
-def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=0, plain=False, half=False):
+def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=0, plain=False, half=False,
+               lane8=False):
     """One tile of ``P`` pixels x ``V`` vectors; branches to ``after`` when done. ``slide`` (depthwise
     only): the runs are ``slide`` taps long and a pixel's next tap is the next pixel's first
     (``xstep == pix``, stride 1): each input vector is loaded once per row and serves every pixel
     whose window holds it (:func:`_slide_rows`). ``plain`` (depthwise, for tiles whose last vector
     is whole): the inputs are loaded without a mask. ``half`` (dense tiles whose last vector has at
-    most 8 channels): that vector is ``<8 x float>``, so AVX2 computes no dead upper ymm."""
+    most 8 channels): that vector is ``<8 x float>``, so AVX2 computes no dead upper ymm. ``lane8``:
+    every vector is ``<8 x float>`` (AVX2's sliding depthwise tiles: 8 channels fit its registers)."""
     xd, wd, bd, od, scd, shd, rd = ptrs
     xoff, pix, span, rows, xrow, wrs, woff, wrow, boff, first, ooff, opix, lanes, last, affine, add, xstep = ints
     intp = xoff.type
     f32 = ir.FloatType()
     i32 = ir.IntType(32)
-    widths = [16] * (V - 1) + [8 if half else 16]        # lanes of each vector of the tile
+    widths = [8] * V if lane8 else [16] * (V - 1) + [8 if half else 16]      # lanes of each vector
+    offs = [sum(widths[:v]) for v in range(V)]
     vts = [ir.VectorType(f32, w) for w in widths]
     fmas = {w: declare(builder.module, f"llvm.fma.v{w}f32", ir.FunctionType(t, [t, t, t])) for w, t in zip(widths, vts)}
     lw = widths[-1]
@@ -79,16 +82,17 @@ def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=
     full = builder.icmp_signed(">=", lanes, lanes.type(lw))
 
     optrs = [[builder.bitcast(builder.gep(od, [builder.add(ooff, builder.add(builder.mul(opix, intp(p)),
-                                                                            intp(16 * v)))]), vts[v].as_pointer())
+                                                                            intp(offs[v])))]), vts[v].as_pointer())
               for v in range(V)] for p in range(P)]
-    bias = [builder.load(builder.bitcast(builder.gep(bd, [builder.add(boff, intp(16 * v))]), vts[v].as_pointer()),
+    bias = [builder.load(builder.bitcast(builder.gep(bd, [builder.add(boff, intp(offs[v]))]), vts[v].as_pointer()),
                          align=4) for v in range(V)]
     # the first call of a tile starts from the bias, later ones from what the tile stored
     init = when(builder, builder.icmp_signed("==", first, intp(0)), [bias[v] for p in range(P) for v in range(V)],
                  lambda _: [builder.call(mload, [optrs[p][v], i32(4), mask, zero_last]) if v == V - 1
                             else builder.load(optrs[p][v], align=4) for p in range(P) for v in range(V)])
     if slide:
-        new = _slide_rows(builder, P, V, slide, init, (xd, wd), (xoff, pix, rows, xrow, wrs, woff, wrow), mask, plain)
+        new = _slide_rows(builder, P, widths, slide, init, (xd, wd), (xoff, pix, rows, xrow, wrs, woff, wrow), mask,
+                          plain)
         _epilogue(builder, P, widths, new, (od, scd, shd, rd), (boff, ooff, opix, last, affine, add), epi,
                   mask, optrs, full, IN_TILES and not depthwise)
         builder.branch(after)
@@ -112,13 +116,13 @@ def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=
     builder.position_at_end(inner)
     j, accs = loop_phis(builder, intp, None, acc_r, outer)
     wrow_j = builder.mul(j, wrow)
-    wv = [builder.load(builder.bitcast(builder.gep(wbase, [builder.add(wrow_j, intp(16 * v))]), vts[v].as_pointer()),
+    wv = [builder.load(builder.bitcast(builder.gep(wbase, [builder.add(wrow_j, intp(offs[v]))]), vts[v].as_pointer()),
                        align=4) for v in range(V)]
     new = []
     for p in range(P):
         if depthwise:       # each channel's own input: a vector load (the last one masked)
             at = builder.mul(j, xstep)
-            xs = [builder.bitcast(builder.gep(xrows[p], [builder.add(at, intp(16 * v))]), vts[v].as_pointer())
+            xs = [builder.bitcast(builder.gep(xrows[p], [builder.add(at, intp(offs[v]))]), vts[v].as_pointer())
                   for v in range(V)]
             xv = [builder.call(mload, [xs[v], i32(4), mask, zero_last]) if v == V - 1 and not plain
                   else builder.load(xs[v], align=4) for v in range(V)]
@@ -138,7 +142,7 @@ def _emit_tile(context, builder, P, V, depthwise, ptrs, ints, epi, after, slide=
     builder.branch(after)
 
 
-def _slide_rows(builder, P, V, S, init, arrays, ints, mask, plain=False):
+def _slide_rows(builder, P, widths, S, init, arrays, ints, mask, plain=False):
     """The accumulators of a depthwise tile whose runs are ``S`` taps, a tap's step equal to the
     pixels' (stride 1): per kernel row, the ``P + S - 1`` input vectors of the row are loaded once
     each and multiply-added into every pixel whose window holds them (pixel ``p``, tap ``j`` reads
@@ -147,32 +151,35 @@ def _slide_rows(builder, P, V, S, init, arrays, ints, mask, plain=False):
     xd, wd = arrays
     xoff, pix, rows, xrow, wrs, woff, wrow = ints
     intp = xoff.type
-    v16 = ir.VectorType(ir.FloatType(), 16)
-    vptr, i32 = v16.as_pointer(), ir.IntType(32)
-    fma = declare(builder.module, "llvm.fma.v16f32", ir.FunctionType(v16, [v16, v16, v16]))
-    mload, _ = masked_v16(builder.module)
-    zero = ir.Constant(v16, None)
+    V = len(widths)
+    offs = [sum(widths[:v]) for v in range(V)]
+    vts = [ir.VectorType(ir.FloatType(), w) for w in widths]
+    i32 = ir.IntType(32)
+    fmas = [declare(builder.module, f"llvm.fma.v{w}f32", ir.FunctionType(t, [t, t, t])) for w, t in zip(widths, vts)]
+    mload = masked_v(builder.module, widths[-1])[0]
+    zero = ir.Constant(vts[-1], None)
     pre = builder.block
     row = builder.append_basic_block(f"slide{P}x{V}x{S}_row")
     done = builder.append_basic_block(f"slide{P}x{V}x{S}_done")
     builder.branch(row)
     builder.position_at_end(row)
-    r, accs = loop_phis(builder, intp, v16, init, pre)
+    r, accs = loop_phis(builder, intp, None, init, pre)
     xbase = builder.gep(xd, [builder.add(xoff, builder.mul(r, xrow))])
     wbase = builder.gep(wd, [builder.add(woff, builder.mul(r, wrs))])
-    wv = [[builder.load(builder.bitcast(builder.gep(wbase, [builder.add(builder.mul(intp(j), wrow), intp(16 * v))]),
-                                        vptr), align=4) for v in range(V)] for j in range(S)]
+    wv = [[builder.load(builder.bitcast(builder.gep(wbase, [builder.add(builder.mul(intp(j), wrow), intp(offs[v]))]),
+                                        vts[v].as_pointer()), align=4) for v in range(V)] for j in range(S)]
     new = list(accs)
     for t in range(P + S - 1):
         at = builder.mul(intp(t), pix)
-        xs = [builder.bitcast(builder.gep(xbase, [builder.add(at, intp(16 * v))]), vptr) for v in range(V)]
+        xs = [builder.bitcast(builder.gep(xbase, [builder.add(at, intp(offs[v]))]), vts[v].as_pointer())
+              for v in range(V)]
         xv = [builder.call(mload, [xs[v], i32(4), mask, zero]) if v == V - 1 and not plain
               else builder.load(xs[v], align=4) for v in range(V)]
         for j in range(S):
             p = t - j
             if 0 <= p < P:
                 for v in range(V):
-                    new[p * V + v] = builder.call(fma, [xv[v], wv[j][v], new[p * V + v]])
+                    new[p * V + v] = builder.call(fmas[v], [xv[v], wv[j][v], new[p * V + v]])
     loop_latch(builder, intp, r, accs, new, rows, row, done)
     builder.position_at_end(done)
     return new
@@ -197,13 +204,14 @@ def _epilogue(builder, P, widths, new, arrays, ints, epi, mask, optrs, full, act
     zero_last = ir.Constant(ir.VectorType(f32, widths[-1]), None)
     is_last = builder.icmp_signed("!=", last, intp(0))
     bcast = lambda s_, v_: splat(builder, s_, v_.type.count)  # noqa: E731
-    at = [[builder.add(ooff, builder.add(builder.mul(opix, intp(p)), intp(16 * v))) for v in range(V)]
+    offs = [sum(widths[:v]) for v in range(V)]
+    at = [[builder.add(ooff, builder.add(builder.mul(opix, intp(p)), intp(offs[v]))) for v in range(V)]
           for p in range(P)]
 
     def affine_map(vals):
-        scale = [builder.load(builder.bitcast(builder.gep(scd, [builder.add(boff, intp(16 * v))]), vptrs[v]), align=4)
+        scale = [builder.load(builder.bitcast(builder.gep(scd, [builder.add(boff, intp(offs[v]))]), vptrs[v]), align=4)
                  for v in range(V)]
-        shift = [builder.load(builder.bitcast(builder.gep(shd, [builder.add(boff, intp(16 * v))]), vptrs[v]), align=4)
+        shift = [builder.load(builder.bitcast(builder.gep(shd, [builder.add(boff, intp(offs[v]))]), vptrs[v]), align=4)
                  for v in range(V)]
         return [builder.fadd(builder.fmul(vals[k], scale[k % V]), shift[k % V]) for k in range(P * V)]
 
@@ -266,7 +274,7 @@ def _epilogue(builder, P, widths, new, arrays, ints, epi, mask, optrs, full, act
                 builder.store(fins[p * V + v], optrs[p][v], align=4)
 
 
-def _tile_function(context, module, P, V, depthwise, ptrs, ints, epi, slide=0, half=False):
+def _tile_function(context, module, P, V, depthwise, ptrs, ints, epi, slide=0, half=False, lane8=False):
     """The tile of ``P`` pixels x ``V`` vectors as a function of its own (defined once per module,
     never inlined), run ``count`` times along a line: the k-th tile reads from ``xoff + k * xadv``
     and stores at ``ooff + k * oadv`` (three arguments after the tile's). Emitted inline in the
@@ -277,7 +285,7 @@ def _tile_function(context, module, P, V, depthwise, ptrs, ints, epi, slide=0, h
     EPYC Zen 3, 1 x 1 convolutions at batch 8, A/B: 16 -> 72 at 56 x 56 0.83-0.85x the time, 24 -> 88
     at 28 x 28 0.95x, 7 x 7 and 14 x 14 0.98-1.05x)."""
     name = (f"nncomp_conv_tile_{'dw' if depthwise else 'dense'}_{P}x{V}" + (f"_slide{slide}" if slide else "")
-            + ("_half" if half else ""))
+            + ("_half" if half else "") + ("_lane8" if lane8 else ""))
     fn = module.globals.get(name)
     if fn is not None:
         return fn
@@ -307,11 +315,11 @@ def _tile_function(context, module, P, V, depthwise, ptrs, ints, epi, slide=0, h
         # tile's time on Zen 3 (one thread, batch 8, A/B against plain loads: 3x3 and 5x5, 16-240
         # channels); a tile whose last vector is whole (lanes == 16) runs a copy that loads plainly
         plain, masked = fn.append_basic_block("plain"), fn.append_basic_block("masked")
-        b.cbranch(b.icmp_signed(">=", tints[12], tints[12].type(16)), plain, masked)
+        b.cbranch(b.icmp_signed(">=", tints[12], tints[12].type(8 if lane8 else 16)), plain, masked)
         b.position_at_end(plain)
-        _emit_tile(context, b, P, V, depthwise, tptrs, tints, tepi, latch, slide, plain=True)
+        _emit_tile(context, b, P, V, depthwise, tptrs, tints, tepi, latch, slide, plain=True, lane8=lane8)
         b.position_at_end(masked)
-    _emit_tile(context, b, P, V, depthwise, tptrs, tints, tepi, latch, slide, half=half)
+    _emit_tile(context, b, P, V, depthwise, tptrs, tints, tepi, latch, slide, half=half, lane8=lane8)
     b.position_at_end(latch)
     nxt = b.add(t, intp(1))
     t.add_incoming(nxt, latch)
@@ -321,7 +329,7 @@ def _tile_function(context, module, P, V, depthwise, ptrs, ints, epi, slide=0, h
     return fn
 
 
-def make_tiles(V, pmax, depthwise=False, slide=0):
+def make_tiles(V, pmax, depthwise=False, slide=0, lane8=False):
     """Intrinsic ``tiles(P, x, xoff, pix, span, rows, xrow, wrs, w, woff, wrow, bias, boff, first, out,
     ooff, opix, lanes, last, scale, shift, affine, res, add, lo, hi, xstep, count, xadv, oadv, act,
     alpha, beta)``.
@@ -336,7 +344,8 @@ def make_tiles(V, pmax, depthwise=False, slide=0):
     or leaky ReLU with ``alpha``, ``beta`` as epilogue._activation passes them to its vector code:
     1/6 and 1/2 for hard swish) before the store. ``slide`` (depthwise): the same for runs
     of exactly ``span == slide`` taps with ``xstep == pix`` only, each input loaded once per row.
-    All that ``count`` (>= 1) times: the k-th tile at ``xoff + k * xadv`` and ``ooff + k * oadv``.
+    ``lane8``: vectors of 8 channels (``[:8 V]``, ``lanes`` <= 8). All that ``count`` (>= 1) times:
+    the k-th tile at ``xoff + k * xadv`` and ``ooff + k * oadv``.
     """
 
     @intrinsic
@@ -362,7 +371,7 @@ def make_tiles(V, pmax, depthwise=False, slide=0):
                 block = builder.append_basic_block(f"tiles_p{p}")
                 switch.add_case(p_.type(p), block)
                 builder.position_at_end(block)
-                fn = _tile_function(context, builder.module, p, V, depthwise, ptrs, ints, epi, slide)
+                fn = _tile_function(context, builder.module, p, V, depthwise, ptrs, ints, epi, slide, lane8=lane8)
                 if HALF_TILES and not depthwise:
                     # a last vector of at most 8 channels runs a tile of its own (a branch in one
                     # function cost the whole tiles 10-20% in LLVM's register allocation)
