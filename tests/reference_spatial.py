@@ -21,6 +21,18 @@ def col2im_tiles_nhwc(cols, n, h, w, kh, kw, bias):
     return col2im_nhwc(cols, n, h, w, kh, kw, kh, kw, 0, 0, 1, 1, bias, h * kh, w * kw)
 
 
+def col2im_tiles_epilogue_nhwc(cols, n, h, w, kh, kw, bias, scale, shift, res, lo, hi):
+    """The tiling col2im in float32 (one tap per value: the bias add is exact), then the epilogue."""
+    c = cols.shape[2] // (kh * kw)
+    y = np.asarray(cols[0], np.float32).reshape(n, h, w, kh, kw, c).transpose(0, 1, 3, 2, 4, 5)
+    y = y.reshape(n, h * kh, w * kw, c) + (np.asarray(bias, np.float32) if len(bias) else np.float32(0))
+    if len(scale):
+        y = y * scale + shift
+    if len(res):
+        y = y + res
+    return np.minimum(np.maximum(y, np.float32(lo)), np.float32(hi)).astype(np.float32)
+
+
 def col2im_nhwc(cols, n, h, w, kh, kw, sh, sw, pt, pl, dh, dw, bias, oh, ow):
     """Scatter-add of every input pixel's taps into a padded canvas, then the crop (float64)."""
     groups, _, width = cols.shape

@@ -438,6 +438,34 @@ def test_col2im_of_tiling_taps_is_the_general_col2im_bit_for_bit(c, n, h, w, kh,
         np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
 
 
+@given(c=st.integers(1, 20), n=st.integers(1, 2), h=st.integers(1, 5), w=st.integers(1, 5), k=st.integers(1, 3),
+       bias=st.booleans(), affine=st.booleans(), add=st.booleans(), clip=st.sampled_from([(-np.inf, np.inf), (0.0, np.inf),
+                                                                                     (0.0, 6.0)]),
+       seed=st.integers(0, 2**31))
+def test_col2im_tiles_with_the_epilogue_is_the_two_passes_bit_for_bit(c, n, h, w, k, bias, affine, add, clip, seed):
+    """The block copy with batch norm, residual add and clip as it stores: the bits of the copy then
+    the epilogue kernel (NaN passing the clip), and its twin's numbers."""
+    from nncomp.kernels.conv_transpose import col2im_tiles_epilogue_nhwc, col2im_tiles_epilogue_nhwc_parallel
+    from nncomp.kernels.epilogue import epilogue_rows
+    rng = np.random.default_rng(seed)
+    cols = rng.standard_normal((1, n * h * w, k * k * c)).astype(np.float32)
+    cols[0, 0, 0] = np.nan
+    b = rng.standard_normal(c).astype(np.float32) if bias else np.zeros(0, np.float32)
+    scale, shift = ((rng.standard_normal(c).astype(np.float32) for _ in range(2)) if affine
+                    else (np.zeros(0, np.float32), np.zeros(0, np.float32)))
+    res = rng.standard_normal((n, h * k, w * k, c)).astype(np.float32) if add else np.zeros((0, 1, 1, c), np.float32)
+    lo, hi = np.float32(clip[0]), np.float32(clip[1])
+    want = np.empty((n, h * k, w * k, c), np.float32)
+    col2im_tiles_nhwc(cols, h, w, b, want)
+    epilogue_rows(want.reshape(-1, c), scale, shift, res.reshape(-1, c), lo, hi)
+    twin = ref.col2im_tiles_epilogue_nhwc(cols, n, h, w, k, k, b, scale, shift, res, lo, hi)
+    for kern in (col2im_tiles_epilogue_nhwc, col2im_tiles_epilogue_nhwc_parallel):
+        out = np.full_like(want, -7.0)
+        kern(cols, h, w, b, scale, shift, res, lo, hi, out)
+        assert np.array_equal(out.view(np.int32), want.view(np.int32))
+        np.testing.assert_array_equal(out, twin)
+
+
 def test_only_tiling_transposed_convolutions_take_the_block_copy():
     rng = np.random.default_rng(2)
     w = rng.standard_normal((4, 3, 2, 2)).astype(np.float32)

@@ -86,3 +86,55 @@ def _col2im_tiles(cols, h, w, bias, out):
 
 
 col2im_tiles_nhwc, col2im_tiles_nhwc_parallel = both(_col2im_tiles)
+
+
+def _col2im_tiles_epilogue(cols, h, w, bias, scale, shift, res, lo, hi, out):
+    """:func:`col2im_tiles_nhwc`, then the epilogue in the same pass as each value is stored:
+    ``clip((y * scale + shift) + res, lo, hi)`` (each part optional), the float32 operations of
+    nncomp/kernels/epilogue.py ``epilogue_rows`` in that order, so the bits of the two run one after
+    the other (DBNet's upsampling: batch norm, the FPN's residual add and ReLU; one pass over the
+    output instead of two).
+
+    IN  cols, h, w, bias as col2im_tiles_nhwc; scale, shift (c,) float32, or (0,) for no affine map;
+        res (n, h*kh, w*kw, c) float32 C-contiguous, or (0, 1, 1, c) for none; lo, hi float32.
+    OUT out (n, h*kh, w*kw, c) float32.
+    """
+    n, oh, ow, c = out.shape
+    kh, kw = oh // h, ow // w
+    span = kw * c
+    shift0 = np.zeros(span, np.float32)
+    sc, sh = np.ones(span, np.float32), np.zeros(span, np.float32)
+    affine = scale.shape[0] > 0
+    add = res.shape[0] > 0
+    for q in range(span):
+        if bias.shape[0] > 0:
+            shift0[q] = bias[q % c]
+        if affine:
+            sc[q], sh[q] = scale[q % c], shift[q % c]
+    src = cols[0]
+    for r in prange(n * oh):
+        b = r // oh
+        y = r - b * oh
+        iy = y // kh
+        i = y - iy * kh
+        line = out[b, y].reshape(ow * c)
+        rline = res[b, y].reshape(ow * c) if add else line
+        for ix in range(w):
+            s = src[(b * h + iy) * w + ix, i * span:(i + 1) * span]
+            d = line[ix * span:(ix + 1) * span]
+            e = rline[ix * span:(ix + 1) * span]
+            for q in range(span):
+                v = shift0[q] + s[q]
+                if affine:
+                    v = v * sc[q]
+                    v = v + sh[q]
+                if add:
+                    v = v + e[q]
+                if not (v > lo or v != v):
+                    v = lo
+                if not (v < hi or v != v):
+                    v = hi
+                d[q] = v
+
+
+col2im_tiles_epilogue_nhwc, col2im_tiles_epilogue_nhwc_parallel = both(_col2im_tiles_epilogue)

@@ -13,10 +13,13 @@ import numpy as np
 
 from ..errors import NncompError
 from ..kernels import _jit
-from ..kernels.conv_transpose import col2im_nhwc, col2im_nhwc_parallel, col2im_tiles_nhwc, col2im_tiles_nhwc_parallel
+from ..kernels.conv_transpose import (col2im_nhwc, col2im_nhwc_parallel, col2im_tiles_epilogue_nhwc,
+                                      col2im_tiles_epilogue_nhwc_parallel, col2im_tiles_nhwc, col2im_tiles_nhwc_parallel)
+from ..kernels.epilogue import activation_rows, activation_rows_parallel
 from ..matrices import DenseMatrix, Matrix, as_matrix
 from .base import Layer, image, pads, pair, plan_field, register, set_fields, tensor_field, vector
 from .conv import Conv2D
+from .dense import epilogue_vectors
 from .fused import absorb_epilogue
 
 _NO_BIAS = np.zeros(0, np.float32)
@@ -158,6 +161,31 @@ class ConvTranspose2D(Layer):
             cols = np.ascontiguousarray(product(np.ascontiguousarray(x)))
             out = np.empty((n, oh, ow, c_out), np.float32)
             kern(cols, *args, out)
+            return out
+        return step
+
+    def prepare_epilogue(self, n, shape, *, epilogue):
+        """Dense weights whose taps tile the output: the block copy applies the affine map, residual
+        add and clip as it stores (one pass over the output instead of two); an activation after it
+        runs the activation kernel. None otherwise (the plan runs the epilogue kernel after)."""
+        if not (self.groups == 1 and isinstance(self.weight, DenseMatrix) and self.tiles_output(shape)):
+            return None
+        h, w, c = shape
+        oh, ow, c_out = self.shape_of(shape)
+        scale, shift, lo, hi, code, alpha, beta = epilogue_vectors(epilogue, c_out)
+        inner = Conv2D(self.weight, None, in_channels=c, kernel_size=1).prepare(n, shape)
+        size = n * oh * ow * c_out
+        kern = _jit.pick((col2im_tiles_epilogue_nhwc, col2im_tiles_epilogue_nhwc_parallel), size)
+        act = _jit.pick((activation_rows, activation_rows_parallel), size) if code else None
+        bias = _NO_BIAS if self.bias is None else self.bias
+        no_res = np.zeros((0, 1, 1, c_out), np.float32)
+
+        def step(x, res=None):
+            cols = inner(np.ascontiguousarray(x)).reshape(1, n * h * w, -1)
+            out = np.empty((n, oh, ow, c_out), np.float32)
+            kern(cols, h, w, bias, scale, shift, no_res if res is None else np.ascontiguousarray(res), lo, hi, out)
+            if act is not None:
+                act(out.reshape(-1, c_out), code, alpha, beta)
             return out
         return step
 
