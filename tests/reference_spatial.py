@@ -16,11 +16,6 @@ def resize_linear_nhwc(x, y1, y2, dy1, dy2, x1, x2, dx1, dx2):
             + dx2 * dy1 * bottom[:, :, x1] + dx1 * dy1 * bottom[:, :, x2])
 
 
-def col2im_tiles_nhwc(cols, n, h, w, kh, kw, bias):
-    """The col2im of a kernel as large as its stride (no padding, dilation or groups)."""
-    return col2im_nhwc(cols, n, h, w, kh, kw, kh, kw, 0, 0, 1, 1, bias, h * kh, w * kw)
-
-
 def col2im_tiles_epilogue_nhwc(cols, n, h, w, kh, kw, bias, scale, shift, res, lo, hi):
     """The tiling col2im in float32 (one tap per value: the bias add is exact), then the epilogue."""
     c = cols.shape[2] // (kh * kw)

@@ -9,7 +9,8 @@ from hypothesis import given, strategies as st
 import nncomp as nc
 import reference as ref
 from nncomp import layers as L
-from nncomp.kernels.conv_transpose import col2im_nhwc, col2im_nhwc_parallel, col2im_tiles_nhwc, col2im_tiles_nhwc_parallel
+from nncomp.kernels.conv_transpose import (col2im_nhwc, col2im_nhwc_parallel, col2im_tiles_epilogue_nhwc,
+                                           col2im_tiles_epilogue_nhwc_parallel)
 from nncomp.kernels.resize import (resize_linear_nhwc, resize_linear_nhwc_parallel, resize_nearest_nhwc,
                                    resize_nearest_nhwc_parallel)
 
@@ -430,10 +431,11 @@ def test_col2im_of_tiling_taps_is_the_general_col2im_bit_for_bit(c, n, h, w, kh,
     b = rng.standard_normal(c).astype(np.float32) if bias else np.zeros(0, np.float32)
     general = np.empty((n, h * kh, w * kw, c), np.float32)
     col2im_nhwc(cols, n, h, w, kh, kw, kh, kw, 0, 0, 1, 1, b, general)
-    want = ref.col2im_tiles_nhwc(cols, n, h, w, kh, kw, b)
-    for kern in (col2im_tiles_nhwc, col2im_tiles_nhwc_parallel):
+    want = ref.col2im_nhwc(cols, n, h, w, kh, kw, kh, kw, 0, 0, 1, 1, b, h * kh, w * kw)
+    none = np.zeros(0, np.float32)
+    for kern in (col2im_tiles_epilogue_nhwc, col2im_tiles_epilogue_nhwc_parallel):
         out = np.full((n, h * kh, w * kw, c), np.nan, np.float32)
-        kern(cols, h, w, b, out)
+        kern(cols, h, w, b, none, none, np.zeros((0, 1, 1, c), np.float32), np.float32(-np.inf), np.float32(np.inf), out)
         assert np.array_equal(out.view(np.int32), general.view(np.int32))
         np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
 
@@ -445,7 +447,6 @@ def test_col2im_of_tiling_taps_is_the_general_col2im_bit_for_bit(c, n, h, w, kh,
 def test_col2im_tiles_with_the_epilogue_is_the_two_passes_bit_for_bit(c, n, h, w, k, bias, affine, add, clip, seed):
     """The block copy with batch norm, residual add and clip as it stores: the bits of the copy then
     the epilogue kernel (NaN passing the clip), and its twin's numbers."""
-    from nncomp.kernels.conv_transpose import col2im_tiles_epilogue_nhwc, col2im_tiles_epilogue_nhwc_parallel
     from nncomp.kernels.epilogue import epilogue_rows
     rng = np.random.default_rng(seed)
     cols = rng.standard_normal((1, n * h * w, k * k * c)).astype(np.float32)
@@ -456,7 +457,7 @@ def test_col2im_tiles_with_the_epilogue_is_the_two_passes_bit_for_bit(c, n, h, w
     res = rng.standard_normal((n, h * k, w * k, c)).astype(np.float32) if add else np.zeros((0, 1, 1, c), np.float32)
     lo, hi = np.float32(clip[0]), np.float32(clip[1])
     want = np.empty((n, h * k, w * k, c), np.float32)
-    col2im_tiles_nhwc(cols, h, w, b, want)
+    col2im_nhwc(cols, n, h, w, k, k, k, k, 0, 0, 1, 1, b, want)       # the general scatter, no epilogue
     epilogue_rows(want.reshape(-1, c), scale, shift, res.reshape(-1, c), lo, hi)
     twin = ref.col2im_tiles_epilogue_nhwc(cols, n, h, w, k, k, b, scale, shift, res, lo, hi)
     for kern in (col2im_tiles_epilogue_nhwc, col2im_tiles_epilogue_nhwc_parallel):

@@ -5,8 +5,8 @@ pixel's contribution to its ``kh x kw`` output taps, then this kernel summing th
 into the output. It gathers per output line (each line reads the input lines whose taps reach it),
 so threads never write the same value and the sum order is fixed. A kernel as large as its stride,
 with no padding or dilation and one group (the 2 x 2 / stride-2 upsampling of U-Nets and DBNet
-heads), writes every output value from exactly one tap: :func:`col2im_tiles_nhwc` copies each input
-pixel's ``kh x kw`` block into place instead.
+heads), writes every output value from exactly one tap: :func:`col2im_tiles_epilogue_nhwc` copies
+each input pixel's ``kh x kw`` block into place instead, with the layer's epilogue as it stores.
 """
 import numpy as np
 from numba import prange
@@ -54,49 +54,20 @@ def _col2im(cols, n, h, w, kh, kw, sh, sw, pt, pl, dh, dw, bias, out):
 col2im_nhwc, col2im_nhwc_parallel = both(_col2im)
 
 
-def _col2im_tiles(cols, h, w, bias, out):
-    """The col2im of taps that tile the output: kernel = stride (``kh x kw``), no padding, no
-    dilation, one group; ``out[b, iy*kh + i, ix*kw + j, o] = cols[0, (b*h + iy)*w + ix, (i*kw + j)*c + o]
-    + bias[o]`` (+ 0.0 without a bias: the sum :func:`col2im_nhwc` computes, bit for bit).
-
-    IN  cols (1, n*h*w, kh*kw*c) float32 C-contiguous; input size (h, w); bias (c,) or (0,).
-    OUT out (n, h*kh, w*kw, c) float32.
-    """
-    n, oh, ow, c = out.shape
-    kh, kw = oh // h, ow // w
-    span = kw * c                               # one input pixel's values for one output line
-    shift = np.zeros(span, np.float32)          # the bias under each of those values
-    if bias.shape[0] > 0:
-        for q in range(span):
-            shift[q] = bias[q % c]
-    src = cols[0]
-    # slices of 2-D rows, not offsets into flat views: LLVM vectorizes the copy (one thread, 160 x 160
-    # x 24 -> 320 x 320 x 24 on an AMD EPYC Zen 3: 8.4 -> 0.78 ms; the flat loop ran scalar)
-    for r in prange(n * oh):
-        b = r // oh
-        y = r - b * oh
-        iy = y // kh
-        i = y - iy * kh
-        line = out[b, y].reshape(ow * c)
-        for ix in range(w):
-            s = src[(b * h + iy) * w + ix, i * span:(i + 1) * span]
-            d = line[ix * span:(ix + 1) * span]
-            for q in range(span):
-                d[q] = shift[q] + s[q]
-
-
-col2im_tiles_nhwc, col2im_tiles_nhwc_parallel = both(_col2im_tiles)
-
-
 def _col2im_tiles_epilogue(cols, h, w, bias, scale, shift, res, lo, hi, out):
-    """:func:`col2im_tiles_nhwc`, then the epilogue in the same pass as each value is stored:
-    ``clip((y * scale + shift) + res, lo, hi)`` (each part optional), the float32 operations of
-    nncomp/kernels/epilogue.py ``epilogue_rows`` in that order, so the bits of the two run one after
-    the other (DBNet's upsampling: batch norm, the FPN's residual add and ReLU; one pass over the
-    output instead of two).
+    """The col2im of taps that tile the output: kernel = stride (``kh x kw``), no padding, no
+    dilation, one group; ``y[b, iy*kh + i, ix*kw + j, o] = cols[0, (b*h + iy)*w + ix, (i*kw + j)*c + o]
+    + bias[o]`` (+ 0.0 without a bias: the sum :func:`col2im_nhwc` computes, bit for bit); then, as
+    each value is stored, the epilogue ``clip((y * scale + shift) + res, lo, hi)`` (each part
+    optional; lo, hi = -inf, inf: none), the float32 operations of nncomp/kernels/epilogue.py
+    ``epilogue_rows`` in that order, so the bits of the two run one after the other (DBNet's
+    upsampling: batch norm, the FPN's residual add and ReLU in one pass over the output).
+    Row slices, not offsets into flat views: LLVM vectorizes the copy (one thread, 160 x 160 x 24
+    -> 320 x 320 x 24 on an AMD EPYC Zen 3: 8.4 -> 0.78 ms; the flat loop ran scalar).
 
-    IN  cols, h, w, bias as col2im_tiles_nhwc; scale, shift (c,) float32, or (0,) for no affine map;
-        res (n, h*kh, w*kw, c) float32 C-contiguous, or (0, 1, 1, c) for none; lo, hi float32.
+    IN  cols (1, n*h*w, kh*kw*c) float32 C-contiguous; input size (h, w); bias (c,) or (0,);
+        scale, shift (c,) float32, or (0,) for no affine map; res (n, h*kh, w*kw, c) float32
+        C-contiguous, or (0, 1, 1, c) for none; lo, hi float32.
     OUT out (n, h*kh, w*kw, c) float32.
     """
     n, oh, ow, c = out.shape

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import NncompError
 from ..kernels import _jit
 from ..kernels.conv_transpose import (col2im_nhwc, col2im_nhwc_parallel, col2im_tiles_epilogue_nhwc,
-                                      col2im_tiles_epilogue_nhwc_parallel, col2im_tiles_nhwc, col2im_tiles_nhwc_parallel)
+                                      col2im_tiles_epilogue_nhwc_parallel)
 from ..kernels.epilogue import activation_rows, activation_rows_parallel
 from ..matrices import DenseMatrix, Matrix, as_matrix
 from .base import Layer, image, pads, pair, plan_field, register, set_fields, tensor_field, vector
@@ -150,9 +150,10 @@ class ConvTranspose2D(Layer):
             gw = self.group_weights
             product = lambda x: np.ascontiguousarray(np.matmul(x.reshape(rows, g, -1).transpose(1, 0, 2), gw))  # noqa: E731
         bias = _NO_BIAS if self.bias is None else self.bias
-        if self.tiles_output(shape):       # each output value from one tap: a block copy
-            kern = _jit.pick((col2im_tiles_nhwc, col2im_tiles_nhwc_parallel), n * oh * ow * c_out)
-            args = (h, w, bias)
+        if self.tiles_output(shape):       # each output value from one tap: a block copy, no epilogue
+            kern = _jit.pick((col2im_tiles_epilogue_nhwc, col2im_tiles_epilogue_nhwc_parallel), n * oh * ow * c_out)
+            args = (h, w, bias, _NO_BIAS, _NO_BIAS, np.zeros((0, 1, 1, c_out), np.float32), np.float32(-np.inf),
+                    np.float32(np.inf))
         else:
             kern = _jit.pick((col2im_nhwc, col2im_nhwc_parallel), n * oh * ow * c_out)
             args = (n, h, w, *self.kernel_size, *self.stride, self.padding[0], self.padding[2], *self.dilation, bias)
