@@ -23,6 +23,7 @@ from .dense import epilogue_vectors
 from .fused import absorb_epilogue
 
 _NO_BIAS = np.zeros(0, np.float32)
+_NO_EPILOGUE = (None, None, False, -np.inf, np.inf, None)      # fused.epilogue_args' form of none
 
 
 def _extra(v):
@@ -133,30 +134,31 @@ class ConvTranspose2D(Layer):
     def macs(self, shape):
         return shape[0] * shape[1] * self.weight.macs_per_row
 
-    def prepare(self, n, shape):
+    def _product(self, n, shape):
+        """``x -> cols`` ``(groups, n*h*w, kh*kw*c_out/groups)``: the matrix product through the weight."""
         h, w, c = shape
-        oh, ow, c_out = self.shape_of(shape)
         rows, g = n * h * w, self.groups
         if g == 1 and isinstance(self.weight, DenseMatrix):
-            # the product is a 1 x 1 convolution to kh*kw*c_out channels: the convolutions' own kernels,
-            # chosen per shape by measurement (one thread, AMD EPYC Zen 3, 160 x 160 x 24 -> 96: 2.0 ms
-            # against BLAS's 3.3-4.2, whose narrow products run far from its peak)
-            inner = Conv2D(self.weight, None, in_channels=c, kernel_size=1).prepare(n, (h, w, c))
-            product = lambda x: inner(x).reshape(1, rows, -1)  # noqa: E731
-        elif g == 1:
+            # a 1 x 1 convolution to kh*kw*c_out channels: the convolutions' own kernels, chosen per
+            # shape by measurement (one thread, AMD EPYC Zen 3, 160 x 160 x 24 -> 96: 2.0 ms against
+            # BLAS's 3.3-4.2, whose narrow products run far from its peak)
+            inner = Conv2D(self.weight, None, in_channels=c, kernel_size=1).prepare(n, shape)
+            return lambda x: inner(x).reshape(1, rows, -1)
+        if g == 1:
             mul = self.weight.prepare(rows)
-            product = lambda x: mul(x.reshape(rows, c)).reshape(1, rows, -1)  # noqa: E731
-        else:
-            gw = self.group_weights
-            product = lambda x: np.ascontiguousarray(np.matmul(x.reshape(rows, g, -1).transpose(1, 0, 2), gw))  # noqa: E731
+            return lambda x: mul(x.reshape(rows, c)).reshape(1, rows, -1)
+        gw = self.group_weights
+        return lambda x: np.ascontiguousarray(np.matmul(x.reshape(rows, g, -1).transpose(1, 0, 2), gw))
+
+    def prepare(self, n, shape):
+        if self.tiles_output(shape):       # each output value from one tap: a block copy
+            return self.prepare_epilogue(n, shape, epilogue=_NO_EPILOGUE)
+        h, w, _ = shape
+        oh, ow, c_out = self.shape_of(shape)
+        product = self._product(n, shape)
         bias = _NO_BIAS if self.bias is None else self.bias
-        if self.tiles_output(shape):       # each output value from one tap: a block copy, no epilogue
-            kern = _jit.pick((col2im_tiles_epilogue_nhwc, col2im_tiles_epilogue_nhwc_parallel), n * oh * ow * c_out)
-            args = (h, w, bias, _NO_BIAS, _NO_BIAS, np.zeros((0, 1, 1, c_out), np.float32), np.float32(-np.inf),
-                    np.float32(np.inf))
-        else:
-            kern = _jit.pick((col2im_nhwc, col2im_nhwc_parallel), n * oh * ow * c_out)
-            args = (n, h, w, *self.kernel_size, *self.stride, self.padding[0], self.padding[2], *self.dilation, bias)
+        kern = _jit.pick((col2im_nhwc, col2im_nhwc_parallel), n * oh * ow * c_out)
+        args = (n, h, w, *self.kernel_size, *self.stride, self.padding[0], self.padding[2], *self.dilation, bias)
 
         def step(x):
             cols = np.ascontiguousarray(product(np.ascontiguousarray(x)))
@@ -166,15 +168,15 @@ class ConvTranspose2D(Layer):
         return step
 
     def prepare_epilogue(self, n, shape, *, epilogue):
-        """Dense weights whose taps tile the output: the block copy applies the affine map, residual
-        add and clip as it stores (one pass over the output instead of two); an activation after it
-        runs the activation kernel. None otherwise (the plan runs the epilogue kernel after)."""
-        if not (self.groups == 1 and isinstance(self.weight, DenseMatrix) and self.tiles_output(shape)):
+        """Taps that tile the output: the block copy applies the affine map, residual add and clip as
+        it stores (one pass over the output instead of two); an activation after it runs the
+        activation kernel. None otherwise (the plan runs the epilogue kernel after)."""
+        if not self.tiles_output(shape):
             return None
-        h, w, c = shape
+        h, w, _ = shape
         oh, ow, c_out = self.shape_of(shape)
         scale, shift, lo, hi, code, alpha, beta = epilogue_vectors(epilogue, c_out)
-        inner = Conv2D(self.weight, None, in_channels=c, kernel_size=1).prepare(n, shape)
+        product = self._product(n, shape)
         size = n * oh * ow * c_out
         kern = _jit.pick((col2im_tiles_epilogue_nhwc, col2im_tiles_epilogue_nhwc_parallel), size)
         act = _jit.pick((activation_rows, activation_rows_parallel), size) if code else None
@@ -182,7 +184,7 @@ class ConvTranspose2D(Layer):
         no_res = np.zeros((0, 1, 1, c_out), np.float32)
 
         def step(x, res=None):
-            cols = inner(np.ascontiguousarray(x)).reshape(1, n * h * w, -1)
+            cols = np.ascontiguousarray(product(np.ascontiguousarray(x)))
             out = np.empty((n, oh, ow, c_out), np.float32)
             kern(cols, h, w, bias, scale, shift, no_res if res is None else np.ascontiguousarray(res), lo, hi, out)
             if act is not None:
