@@ -269,3 +269,42 @@ def test_layer_zoo_against_real_keras(tmp_path):
         assert len(got) == 2
         for g, w in zip(got, want):
             assert np.abs(g - w).max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["rows_dense", "pixel_dense"])
+def test_dense_on_sequences_and_pixels_matches_keras(name):
+    """Keras applies Dense to the last axis: each of a digit's 28 rows (Input (28, 28)), or each
+    pixel's channels (a 1x1 convolution); trained models and Keras's logits from
+    tools/make_keras_sequences.py. Pruning takes the per-row layers and keeps the predictions."""
+    found = np.load(fixture("dense_ranks", "npz"))
+    x = found["x"][..., 0] if name == "rows_dense" else found["x"]
+    model = nc.load(fixture(name, "h5"))
+    want = found[name]
+    assert np.abs(model(x) - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+    if name == "rows_dense":
+        assert model.input_layout == "N*" and model["row_fc1"].layer.output_shape((28, 28)) == (28, 32)
+    else:
+        assert isinstance(model["pixel_fc"].layer, Conv2D) and model["pixel_fc"].layer.kernel_size == (1, 1)
+    pruned = nc.prune(model, 0.5, scope="layer", calibration=x[:48])
+    assert pruned["row_fc1" if name == "rows_dense" else "pixel_fc"].layer.weight.density <= 0.5
+    assert (pruned(x[48:]).argmax(1) == want[48:].argmax(1)).mean() >= 0.9
+
+
+def test_a_global_heap_tail_shorter_than_an_object_header_is_valid(tmp_path):
+    """Keras 3.15 (h5py 3.16) wrote pixel_dense.h5 with a global heap collection whose last 8 bytes
+    hold no free-space object (too short for its 16-byte header): the hostile-file scan accepts it,
+    and still refuses an object whose size runs past its collection."""
+    src = fixture("pixel_dense", "h5")
+    data = bytearray(src.read_bytes())
+    g = data.find(b"GCOL\x01\x00\x00\x00")
+    end, p = g + int.from_bytes(data[g + 8:g + 16], "little"), g + 16
+    while p + 16 <= end:
+        last, size = p, int.from_bytes(data[p + 8:p + 16], "little")
+        p += 16 + (size + 7) // 8 * 8
+    assert 0 < end - p < 16
+    nc.load(src)
+    data[last + 8:last + 16] = (end - last - 15).to_bytes(8, "little")
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(nc.CorruptModelFileError, match="global heap collection"):
+        nc.load(bad)

@@ -81,9 +81,7 @@ def rows_of(layer, x, rows=None):
     For a Conv2D these are image patches (one row per output pixel), for a ConvTranspose2D the
     input pixels; ``rows`` picks a subset.
     """
-    if isinstance(layer, Dense):
-        return x if rows is None else x[rows]
-    if isinstance(layer, ConvTranspose2D):
+    if isinstance(layer, (Dense, ConvTranspose2D)):       # samples' (sequences') feature vectors, or pixels
         x = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
         return x if rows is None else x[rows]
     n, h, w, c = x.shape
@@ -116,9 +114,7 @@ def patch_rows(x, window, oh, ow, rows):
 
 def n_rows_of(layer, x):
     """How many rows :func:`rows_of` gives for the batch ``x`` (samples, output or input pixels)."""
-    if isinstance(layer, Dense):
-        return x.shape[0]
-    if isinstance(layer, ConvTranspose2D):
+    if isinstance(layer, (Dense, ConvTranspose2D)):
         return x.shape[0] * int(np.prod(x.shape[1:-1]))
     return x.shape[0] * int(np.prod(layer.output_shape(x.shape[1:])[:2]))
 

@@ -8,6 +8,8 @@ spaces it adds into one. :func:`~nncomp.compress.pruning.prune_filters` chooses 
 per space; :func:`remove_channels` cuts the producers' rows, the followers' channels and the
 consumers' input columns (through flattening in either order).
 """
+import math
+
 import numpy as np
 
 from ..layers import (Add, AvgPool2D, BatchNorm, Clip, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D,
@@ -74,8 +76,9 @@ def channel_groups(model):
             if src in flat and not isinstance(layer, _ELEMENTWISE):
                 info[root]["frozen"] = info[root]["frozen"] or f"{node.name!r} follows a flatten"
             if isinstance(layer, Flatten) or src in flat:
+                # (positions, channels) and the order: a sequence (t, c) flattens step by step
                 shp = model.shapes[src]
-                flat[node.name] = flat.get(src) or ((1, 1) + shp if len(shp) == 1 else shp, layer.order)
+                flat[node.name] = flat.get(src) or ((math.prod(shp[:-1]), shp[-1]), layer.order if len(shp) == 3 else "hwc")
             info[root]["followers"].append(node.name)
         else:
             for other in node.inputs[1:]:      # every space a layer of another kind reads is frozen
@@ -99,9 +102,9 @@ def _columns(model, consumer, keep, flat):
         c = layer.in_channels
         return (np.arange(kh * kw)[:, None] * c + keep[None, :]).ravel()
     if src in flat:
-        (h, w, c), order = flat[src]
-        pos = np.arange(h * w)
-        cols = keep[:, None] * (h * w) + pos[None, :] if order == "chw" else pos[:, None] * c + keep[None, :]
+        (positions, c), order = flat[src]
+        pos = np.arange(positions)
+        cols = keep[:, None] * positions + pos[None, :] if order == "chw" else pos[:, None] * c + keep[None, :]
         return np.sort(cols.ravel())
     return keep
 

@@ -74,7 +74,11 @@ def _setup(model, x, y, sparsities, layers, method):
 
 
 def _scorer(model, x, y):
-    ref = y if y is not None else model(x).argmax(axis=1)
+    out = model(x)
+    if out.ndim != 2 or out.shape[1] < 2:
+        raise CompressionParameterError(f"sensitivity(): top-1 needs a classifier (outputs (n, classes)); this "
+                                        f"model gives {out.shape[1:]} per sample")
+    ref = y if y is not None else out.argmax(axis=1)
     return lambda m: float(np.mean(m(x).argmax(axis=1) == ref))
 
 

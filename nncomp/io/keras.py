@@ -277,7 +277,7 @@ class _Builder(LayerTranslator):
             outputs, shape = self._sequential(inner, entries)
         else:
             outputs, shape = self._functional(inner, entries)
-        layout = {3: "NHWC", 1: "NC"}[len(shape)]
+        layout = {3: "NHWC", 2: "N*", 1: "NC"}[len(shape)]
         try:
             model = Model(self.nodes, input_shape=shape, input_layout=layout, outputs=outputs,
                           name=str(inner.get("name", "keras")))

@@ -130,9 +130,9 @@ class LayerTranslator:
                 raise UnsupportedModelError(self.path, "model_config", f"input_shape={tuple(self.given)} does not fit "
                                             f"the model's input {shape!r}")
             shape = list(self.given)
-        if not isinstance(shape, list) or len(shape) not in (1, 3) or any(type(d) is not int or d < 1 for d in shape):
+        if not isinstance(shape, list) or len(shape) not in (1, 2, 3) or any(type(d) is not int or d < 1 for d in shape):
             raise UnsupportedModelError(self.path, "model_config", f"input shape {shape!r}: nncomp needs a fixed "
-                                        "(h, w, c) image or (features,) vector input")
+                                        "(h, w, c) image, (steps, features) sequence or (features,) vector input")
         self.shapes[INPUT] = tuple(shape)
         return tuple(shape)
 
@@ -191,13 +191,14 @@ class LayerTranslator:
 
     def _Dense(self, name, c, inputs):
         shape, units = self.shapes[inputs[0]], _int(c["units"], "units", 1)
-        if len(shape) != 1:
-            raise UnsupportedModelError(self.path, name, f"Dense {name!r} on a {shape} tensor: nncomp applies Dense "
-                                        "to flat features (add a Flatten)")
         w = self.src.get(name, ["kernel"] + (["bias"] if c.get("use_bias", True) else []))
-        kernel = expect(w["kernel"], (shape[0], units), self.path, name, "kernel")
+        kernel = expect(w["kernel"], (shape[-1], units), self.path, name, "kernel")
         bias = expect(w.get("bias"), (units,), self.path, name, "bias")
-        return self.act(name, c, self.add(name, Dense(DenseMatrix(np.ascontiguousarray(kernel.T)), bias), inputs))
+        weight = DenseMatrix(np.ascontiguousarray(kernel.T))
+        # Keras applies Dense to the last axis: features, a sequence's steps, or an image's pixels
+        # (channels last, as nncomp stores images: a 1x1 convolution)
+        layer = Conv2D(weight, bias, in_channels=shape[-1]) if len(shape) == 3 else Dense(weight, bias)
+        return self.act(name, c, self.add(name, layer, inputs))
 
     def _conv(self, name, c, inputs, kernel, bias, n_out, groups, depthwise, act=True):
         h, w, cin = self._image(inputs[0], name)

@@ -140,11 +140,13 @@ class NeuralOps(Patterns):
     def op_MatMul(self, node, attrs, ins):
         if not self.is_act(ins[1]):
             x, w = self.act(ins[0]), np.asarray(self.const(ins[1]), np.float32)
-            if x.rank == 2 and w.ndim == 2:
-                return self._dense(node, x, np.ascontiguousarray(w.T), None)
             if w.ndim != 2:
                 raise NncompError(f"MatMul with a constant of shape {w.shape}: only a 2-D constant is supported")
-            return self.add(node, L.MatMul(w), [x])
+            if x.rank == 2:
+                return self._dense(node, x, np.ascontiguousarray(w.T), None)
+            if x.rank != 4:         # sequences (n, ..., k): a dense layer over the last axis
+                return self.add(node, L.Dense(np.ascontiguousarray(w.T)), [x])
+            return self.add(node, L.MatMul(w), [x])         # an image's last ONNX axis (its width)
         return self.add(node, L.MatMul(), [self.act(ins[0]), self.act(ins[1])])
 
     def op_BatchNormalization(self, node, attrs, ins):

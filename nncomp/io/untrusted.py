@@ -70,7 +70,8 @@ def check_global_heaps(path):
     HDF5 trusts the object sizes inside a collection: one flipped size bit made it loop forever while
     holding the GIL (found by tests/test_fuzz.py). Every collection header in the file must be
     followed by objects that tile it exactly (16-byte headers, sizes padded to 8, a final free-space
-    object); that is checked here, in Python, before HDF5 reads any variable-length data.
+    object, or a tail of less than 16 bytes: Keras 3.15 through h5py 3.16 wrote one with 8 bytes
+    left); that is checked here, in Python, before HDF5 reads any variable-length data.
     """
     with guard(path, None, "cannot scan the file's global heaps"), open(path, "rb") as fh:
         if os.fstat(fh.fileno()).st_size < len(_GCOL):
@@ -115,8 +116,8 @@ def _check_collection(data, g, eof, path):
                                         f"{p} ({n} bytes) is inconsistent with the collection")
         seen.add(index)
         p += 16 + (n + 7) // 8 * 8
-    if p != end:
-        raise CorruptModelFileError(path, None, f"global heap collection at byte {g}: objects do not fill it")
+    if p > end:     # (a tail shorter than an object's header is unused: no free-space object fits there)
+        raise CorruptModelFileError(path, None, f"global heap collection at byte {g}: objects do not fit it")
 
 
 def convert(arr, dtype=np.float32, *, ndim=None, finite=True, path=None, obj=None):

@@ -1,4 +1,5 @@
 """Dense (fully connected) layers: ``y = x @ W.T + b`` with the weight in any Matrix format."""
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,7 +76,9 @@ def epilogue_vectors(epilogue, co):
 @register
 @dataclass(frozen=True, eq=False)
 class Dense(Layer):
-    """``y = x @ W.T + b`` with W a Matrix ``(n_out, n_in)`` in any format."""
+    """``y = x @ W.T + b`` with W a Matrix ``(n_out, n_in)`` in any format, over the last axis: a
+    sample is a vector ``(n_in,)`` or a sequence of them (``(t, n_in)``: a transformer's projections,
+    Keras' Dense on sequences, ONNX MatMul with a constant), whose rows run as one batch."""
 
     weight: Matrix = field(default=None, metadata={"tensor": True, "config": False})
     bias: np.ndarray = tensor_field()
@@ -86,15 +89,19 @@ class Dense(Layer):
         set_fields(self, bias=vector(self.bias, self.weight.n_out, "dense bias"))
 
     def output_shape(self, shape):
-        if len(shape) != 1 or shape[0] != self.weight.n_in:
-            raise NncompError(f"dense layer expects ({self.weight.n_in},) features per sample, "
-                              f"got {shape}")
-        return (self.weight.n_out,)
+        shape = tuple(shape)
+        if len(shape) in (0, 3) or shape[-1] != self.weight.n_in:
+            raise NncompError(f"dense layer expects ({self.weight.n_in},) features per sample, or a sequence "
+                              f"of them (..., {self.weight.n_in}) (not an image (h, w, c): a 1x1 Conv2D maps "
+                              f"its channels), got {shape}")
+        return shape[:-1] + (self.weight.n_out,)
 
     def macs(self, shape):
-        return self.weight.macs_per_row
+        return self.weight.macs_per_row * math.prod(shape[:-1])
 
     def prepare(self, n, shape):
+        if len(shape) > 1:
+            return self._over_rows(lambda rows: self.prepare(rows, shape[-1:]), n, shape)
         small = (self._single_sample(n, _NO_EPILOGUE) or self._int8(n, None) or self._blocked(n, None)
                  or self._streamed(n, _NO_EPILOGUE) or self._product(n, _NO_EPILOGUE))
         if small is not None:
@@ -110,8 +117,25 @@ class Dense(Layer):
         return step
 
     def prepare_epilogue(self, n, shape, *, epilogue):
+        if len(shape) > 1:
+            return self._over_rows(lambda rows: self.prepare_epilogue(rows, shape[-1:], epilogue=epilogue), n, shape)
         return (self._single_sample(n, epilogue) or self._int8(n, epilogue) or self._blocked(n, epilogue)
                 or self._streamed(n, epilogue) or self._product(n, epilogue))
+
+    def _over_rows(self, make, n, shape):
+        """The step for ``n`` sequences of per-sample ``shape`` (..., n_in): ``make(rows)``, the step
+        for their ``rows`` feature vectors, on the batch seen as a matrix (None where it is None)."""
+        rows, k, co = n * math.prod(shape[:-1]), shape[-1], self.weight.n_out
+        step = make(rows)
+        if step is None:
+            return None
+        out = (n, *shape[:-1], co)
+
+        def seq(x, res=None):
+            x = x.reshape(rows, k)
+            return (step(x) if res is None else step(x, res.reshape(rows, co))).reshape(out)
+        seq.blas = getattr(step, "blas", True)
+        return seq
 
     def _product(self, n, epilogue):
         """A compressed weight's step: its format's product, then the bias and ``epilogue`` in one
