@@ -56,7 +56,7 @@ def codebook_matmul4(codes, x, cb16):
 
 
 # its batch-1 AVX2 build (nncomp/kernels/codebook_avx2.py): the same contract, the same bits
-codebook_matvec4_avx2 = codebook_matmul4
+codebook_matmul4_avx2 = codebook_matmul4
 
 
 def lane_sums4(codes, o, x, cb16):

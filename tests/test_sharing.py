@@ -563,26 +563,38 @@ def test_deep_compression_pipeline(lenet300, digits, tmp_path):
 
 
 @needs_avx2
-@pytest.mark.parametrize("kernel", [A.codebook_matvec4_avx2, A.codebook_matvec4_avx2_parallel])
-@given(n_out=st.integers(1, 9), blocks=st.integers(0, 6), seed=seeds)
-def test_avx2_codebook_matvec_gives_the_portable_kernels_bits(kernel, n_out, blocks, seed):
-    """The batch-1 4-bit product with AVX2's vpermps (two 8-value halves of the codebook and a blend)
-    gives codebook_matmul4's bits (the contract's lane order), and the twin's values."""
+@pytest.mark.parametrize("kernel", [A.codebook_matmul4_avx2, A.codebook_matmul4_avx2_parallel])
+@given(n_out=st.integers(1, 19), blocks=st.integers(0, 40), n=st.sampled_from([1, 1, 2, 3, 5, 8, 67]), seed=seeds)
+def test_avx2_codebook_product_gives_the_portable_kernels_bits(kernel, n_out, blocks, n, seed):
+    """The 4-bit product with AVX2's byte-plane lookups (one sample: four rows at a time; batches:
+    a row's block decoded once for up to four samples, chunks of blocks, rows and samples) gives
+    codebook_matmul4's bits (the contract's lane order), and the twin's values."""
     rng = np.random.default_rng(seed)
     codes = rng.integers(0, 256, (n_out, 16 * blocks)).astype(np.uint8)
     cb = rng.standard_normal(16).astype(np.float32)
-    x = rng.standard_normal((1, 32 * blocks)).astype(np.float32)
-    want, got = np.full((1, n_out), np.nan, np.float32), np.full((1, n_out), np.nan, np.float32)
+    x = rng.standard_normal((n, 32 * blocks)).astype(np.float32)
+    want, got = np.full((n, n_out), np.nan, np.float32), np.full((n, n_out), np.nan, np.float32)
     K.codebook_matmul4(codes, x, cb, want)
     kernel(codes, x, cb, got)
     assert np.array_equal(got, want)
     mag = ref.codebook_matmul4(codes, np.abs(x), np.abs(cb))
-    assert_close_f32(got, ref.codebook_matvec4_avx2(codes, x, cb), mag, max(1, 32 * blocks))
+    assert_close_f32(got, ref.codebook_matmul4_avx2(codes, x, cb), mag, max(1, 32 * blocks))
+
+
+def test_a_codebook_layers_sample_has_the_same_bits_in_every_batch(lenet300):
+    """A shared layer's result for a sample does not depend on the batch it runs in (a plan may
+    split a batch over the threads): on CPUs without AVX-512 every batch of a 4-bit layer runs the
+    AVX2 product, the contract's bits (batch 1 once ran it and batches a decoded weight)."""
+    s = nc.share(lenet300, bits=4)
+    x, _ = nc.data.for_model(lenet300, "test")
+    one = np.concatenate([s(x[i:i + 1]) for i in range(5)])
+    for n in (2, 5, 64):
+        assert np.array_equal(s(x[:n])[:5], one[:min(n, 5)])
 
 
 @given(n_out=st.integers(1, 5), blocks=st.integers(0, 4), seed=seeds)
 def test_lane_sums_are_the_contracts(n_out, blocks, seed):
-    """The 16 lane sums of a 4-bit row (codebook_matmul4's batch-1 loop; codebook_matvec4_avx2 is
+    """The 16 lane sums of a 4-bit row (codebook_matmul4's batch-1 loop; codebook_matmul4_avx2 is
     checked against that kernel above) equal the twin's float32 lane sums bit for bit."""
     rng = np.random.default_rng(seed)
     codes = rng.integers(0, 256, (n_out, 16 * blocks)).astype(np.uint8)

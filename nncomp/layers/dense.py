@@ -42,14 +42,16 @@ STREAM_DEFAULT_BATCH = 128
 # for the streaming product (ONNX Runtime 1.34-1.41), at 5 and 8 1.66 and 2.05 against 2.45 and
 # 2.48; fc6 at 2-4 12.7-12.9 against 14.3-15.4, at 5 and 8 16.0 and 18.7 against 15.4 and 14.3.
 FEW_DEFAULT_BATCH = 4
-# A codebook weight without a register kernel (over 32 values, or no AVX-512: Matrix
-# single_sample_kernel None) runs the same blocked step at every batch it serves, decoded into a
+# A codebook weight without a compiled product for every batch (over 32 values; over 16 without
+# AVX-512: CodebookMatrix.batch_kernel) runs the same blocked step at every batch it serves, decoded into a
 # work buffer on every call (Matrix.decoder): LeNet-300 8-bit at batch 4-64 (Zen 4, 2 threads, one
 # process, development runs) 0.09-0.26x -> 0.30-0.72x the dense model's speed. The register kernels
 # (4-5 bits) keep their own product: decoded they were slower below 32 samples (5-bit 0.51-0.66x ->
 # 0.21-0.31x), and the choice may not depend on the batch size, which the run mode splits: a sample's
-# result would change with it. Other formats keep their kernels (CSR computes fewer multiply-adds:
-# decoded it fell from 1.15x to 0.59x).
+# result would change with it. So does AVX2's 4-bit product (nncomp/kernels/codebook_avx2.py; Zen 3,
+# one process, in the dense model's speed: LeNet-300 4-bit at 8 samples 0.57x decoded -> 0.98x, at
+# 64 samples 0.75x -> 0.52x; batch 1 ran it already). Other formats keep their kernels (CSR computes
+# fewer multiply-adds: decoded it fell from 1.15x to 0.59x).
 # samples per image line at most (a line's pixels are the tiles; lines are the parallel work items;
 # a batch that the lines do not divide is padded with zero samples)
 LINE_MAX = 16
@@ -166,7 +168,7 @@ class Dense(Layer):
         """The step for ``n`` samples as a 1x1 convolution of the blocked kernel (with ``epilogue``
         inside; its residual read as a second input), or None where it does not serve."""
         w = self.weight
-        decodes = w.format == "codebook" and w.single_sample_kernel() is None
+        decodes = w.format == "codebook" and not w.batch_kernel
         if not 2 <= n <= BLOCKED_MAX_BATCH or not (isinstance(w, DenseMatrix) or decodes):
             return None
         conv = self._as_conv()

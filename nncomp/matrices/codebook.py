@@ -166,8 +166,8 @@ class CodebookMatrix(Matrix):
         fast = (vpermps.codebook_matmul_vpermps, vpermps.codebook_matmul_vpermps_parallel)
         if self.bits <= 4 and vpermps.HAVE_AVX512:
             _jit.pick(fast, work)(self.codes, x, self._cb, False, out)
-        elif self.bits <= 4 and n == 1 and codebook_avx2.HAVE:      # AVX2's 8-value vpermps, the same bits
-            _jit.pick((codebook_avx2.codebook_matvec4_avx2, codebook_avx2.codebook_matvec4_avx2_parallel), work)(
+        elif self.bits <= 4 and codebook_avx2.HAVE:      # AVX2's byte-plane lookups, the same bits
+            _jit.pick((codebook_avx2.codebook_matmul4_avx2, codebook_avx2.codebook_matmul4_avx2_parallel), work)(
                 self.codes, x, self._cb, out)
         elif self.bits <= 4:
             _jit.pick((K.codebook_matmul4, K.codebook_matmul4_parallel), work)(self.codes, x, self._cb, out)
@@ -176,6 +176,13 @@ class CodebookMatrix(Matrix):
         else:
             _jit.pick((K.codebook_matmul8, K.codebook_matmul8_parallel), work)(self.codes, x, self.codebook, out)
         return out
+
+    @property
+    def batch_kernel(self):
+        """Whether this CPU has a compiled product of this codebook for every batch, with the
+        contract's bits (AVX-512 up to 32 values, AVX2 up to 16); otherwise layers decode it."""
+        return bool(vpermps.HAVE_AVX512 and (self.bits <= 4 or self.codebook.size <= 32)
+                    or self.bits <= 4 and codebook_avx2.HAVE)
 
     def single_sample_kernel(self):
         if not vpermps.HAVE_AVX512 or (self.bits > 4 and self.codebook.size > 32):
