@@ -7,7 +7,9 @@ process, alternating (A B C ... A B C), after a warm-up; medians and p90s of who
 fc6's codes (51 MB at 4 bits) exceed the 32 MiB L3, so every call reads them from DRAM. Contenders:
 - NumPy float32 ``(W @ x.T).T`` and ``x @ W.T`` (OpenBLAS; ratios use the faster of the two);
 - nncomp 4-bit codebook (``CodebookMatrix``, k-means on the weights, 16 values, packed codes): the
-  AVX-512 register path (``vpermps``), and the portable plain-loop fallback (same bits) for comparison;
+  AVX-512 register path (``vpermps``), and the path without AVX-512 (same bits): AVX2's byte-plane
+  lookups (nncomp/kernels/codebook_avx2.py) on a CPU without AVX-512, the portable plain loop on one
+  with it (for comparison); the targets take the path this CPU runs;
 - nncomp 5-bit codebook (one code per byte, 32 values in two registers, ``vpermi2ps``);
 - ONNX Runtime dynamic quantized MatMul and torch 2.13 dynamic int8 Linear (the int8 peers).
 Before each timed call the process sleeps SETTLE_S (nncomp.bench.timing; untimed), as the quant suite does: NumPy's OpenBLAS
@@ -25,6 +27,7 @@ against the file written by ``nc.save(..., huffman=True)`` and reloaded (nncomp.
 
     python -m nncomp.bench --suite codebook   # writes bench/out/codebook.json and .md (--parts speed,accuracy)
 """
+import math
 import time
 
 from ...data import DATA_DIR
@@ -37,7 +40,7 @@ THREADS = 2
 THREAD_COUNTS = (2, 1)
 PARTS = ("speed", "accuracy")
 QUICK_PARTS = PARTS
-COLS = ("numpy float32", "numpy float32 x @ W.T", "nncomp codebook 4-bit (vpermps)", "nncomp codebook 4-bit (portable)",
+COLS = ("numpy float32", "numpy float32 x @ W.T", "nncomp codebook 4-bit (vpermps)", "nncomp codebook 4-bit (AVX2 / portable)",
         "nncomp codebook 5-bit (vpermi2ps)", "onnxruntime dynamic int8", "torch dynamic int8")
 
 
@@ -169,21 +172,27 @@ def run(res, opts):
                seeds={"weights": 0, "inputs": 1, "k-means": 0, "calibration": "all 4,000 training digits"})
 
 
+def _four(r):
+    """NumPy's time over the 4-bit product this CPU runs (the AVX-512 path where present), or NaN."""
+    o = r["numpy_over"]
+    return o.get(COLS[2], o.get(COLS[3], float("nan")))
+
+
 def _targets(res):
     """The issue's targets against this run."""
     out = ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for r in res["speed"]:
-        if r["layer"] not in ("fc6", "fc7") or not isinstance(r[COLS[2]], dict):
+        if r["layer"] not in ("fc6", "fc7") or not math.isfinite(_four(r)):
             continue
-        o = r["numpy_over"]
+        o, four = r["numpy_over"], _four(r)
         peers = [o[k] for k in COLS[5:] if k in o]
         if r["batch"] == 1:
-            ok = o[COLS[2]] >= 4.5 and all(o[COLS[2]] > p for p in peers)
+            ok = four >= 4.5 and all(four > p for p in peers)
             out.append(f"| {r['layer']} 4-bit, batch 1, {r['threads']} thread(s): >= 4.5x NumPy and faster than the int8 "
-                       f"peers | {o[COLS[2]]:.2f}x (peers {', '.join(f'{p:.2f}x' for p in peers)}) | {ok} |")
+                       f"peers | {four:.2f}x (peers {', '.join(f'{p:.2f}x' for p in peers)}) | {ok} |")
         elif r["batch"] == 32:
             out.append(f"| {r['layer']} 4-bit, batch 32, {r['threads']} thread(s): faster than NumPy dense | "
-                       f"{o[COLS[2]]:.2f}x | {o[COLS[2]] > 1} |")
+                       f"{four:.2f}x | {four > 1} |")
     for r in res["accuracy"]:
         need = {"lenet300": 40, "lenet5": 35}[r["model"]]
         drop = r["dense"]["accuracy"] - r["huffman"]["accuracy"]
@@ -221,9 +230,9 @@ def markdown(res):
             floor = r["code_bytes"]["4-bit"] / (lim["bandwidth_GBps"] * 1e9) * 1e3
             lines.append(f"| {r['layer']} {r['shape'][0]}x{r['shape'][1]} | {r['batch']} | {r['threads']} | "
                          + " | ".join(_ms(r[c]) for c in COLS)
-                         + f" | {o.get(COLS[2], float('nan')):.2f} | {o.get(COLS[4], float('nan')):.2f} | {peer:.2f} | "
+                         + f" | {_four(r):.2f} | {o.get(COLS[4], float('nan')):.2f} | {peer:.2f} | "
                          f"{floor:.2f} |")
-        lines += ["", "Register path and portable fallback bit-identical in every row: "
+        lines += ["", "Register path and the path without AVX-512 bit-identical in every row: "
                   f"{all(r['bit_identical_fast_vs_portable'] for r in res['speed'])}; max relative error of the "
                   "4-bit product against float64 of the same shared weights: "
                   f"{max(r['max_rel_err_4bit_vs_float64'] for r in res['speed']):.1e}.", ""]

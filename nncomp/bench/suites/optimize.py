@@ -1,5 +1,7 @@
 """The planner (issue 16): ``nc.optimize`` on the shipped models at batch 1 and 64 and on the PP-OCR
-classifier (batch 1 and 64) and detector (batch 1, budget in points of its map's IoU), against ONNX Runtime.
+classifier (batch 1 and 64), detector (batch 1, budget in points of its map's IoU) and recognizer
+(batch 1, budget in points of lines CTC-decoded as the original decodes them; tested on the lines
+read exactly), against ONNX Runtime.
 
 Each row plans one model at one batch with a 0.5-point budget on labelled calibration data (the first
 CALIB training samples; a quarter of them held out by the planner), then reports what it chose, its
@@ -35,14 +37,17 @@ from ..timing import header, in_loop
 THREADS = os.cpu_count() or 1
 PARTS = ("plan", "size")
 QUICK_PARTS = PARTS
-MODELS = ("lenet300", "lenet5", "vgg_small", "resnet_small", "ppocr_cls", "ppocr_det")
+MODELS = ("lenet300", "lenet5", "vgg_small", "resnet_small", "ppocr_cls", "ppocr_det", "ppocr_rec")
 BATCHES = (1, 64)
 # The PP-OCR detector plans at batch 1 only: a batch of 64 pages at 640 x 640 is 3 s a pass and
 # several GB of activations, not a serving shape for it.
-MODEL_BATCHES = {"ppocr_det": (1,)}
+# The recognizer too: a text line at a time is how OCR pipelines call it (and its plan takes
+# minutes per batch).
+MODEL_BATCHES = {"ppocr_det": (1,), "ppocr_rec": (1,)}
 CALIB = 4000
 OCR_LINES = 1024          # PP-OCR classifier: 2 x 1024 rendered lines to plan on (512 held out), 2 x 256 to test
 DET_PAGES = 32            # PP-OCR detector: 32 rendered 640 x 640 pages to plan on (8 held out), 8 to test
+REC_LINES = 192           # PP-OCR recognizer: 192 rendered lines to plan on (48 held out), 96 to test
 BUDGET = 0.5
 INT8_OPS = ("MatMul", "Conv")
 SIZE_MODELS = {"lenet300": 40.0, "lenet5": 35.0}     # model: target, times smaller on disk
@@ -78,6 +83,13 @@ def _data(name):
             x, y = real.classifier_inputs(OCR_LINES, seed=0)
             xt, yt = real.classifier_inputs(OCR_LINES // 4, seed=1)
             return Case(model, x, y, lambda fn: float(np.mean(fn(xt).argmax(1) == yt)), serialized=serialized)
+        if name == "ppocr_rec":        # budget in points of lines decoded as the original decodes them
+            from ...planner import metrics
+            x, _ = real.recognizer_inputs(REC_LINES, seed=0)
+            xt, texts = real.recognizer_inputs(seed=1)
+            chars = real.characters(path)
+            return Case(model, x, None, lambda fn: real.recognizer_scores(fn, xt, texts, chars=chars)["line_accuracy"],
+                        "lines read", metrics.ctc(0), serialized)
         size = real.TIMING_SIZE
         x = np.concatenate([p[0] for p in real.detector_inputs(DET_PAGES, seed=0, limit_side_len=size)])
         pages = real.detector_inputs(DET_PAGES // 4, seed=1, limit_side_len=size)
