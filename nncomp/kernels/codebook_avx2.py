@@ -14,8 +14,10 @@ tree), and the result is bit-identical to ``codebook_matmul4``. ROWS rows run si
 multiply-add chains interleaved, the x vectors loaded once). One thread, Zen 3 guest, fc6: 20.1 ms
 with the previous kernel (``vpermps`` on each codebook half and a blend, one row at a time), 11.8 ms
 with this one (5.8-6.7 against 10.1-10.4 ms at 2 threads); a C version of both measured 15.5 and
-10.5 ms. Models do not call it (a codebook layer's result may not depend on the batch it runs in, and
-batches decode the weight on CPUs without AVX-512: nncomp/layers/dense.py); the matrix product does.
+10.5 ms. Batches decode a job's rows into an L1 buffer once and run tiles of 2 rows x 3 samples over
+it in the same lane order (fc7 at 32 samples, one thread: 14.8 GMAC/s decoding a row's block for
+every 4 samples, 26 through the buffer; NumPy's sgemm 22-30). Models run it at every batch of a
+4-bit dense layer (nncomp/layers/dense.py: a sample's bits may not depend on its batch).
 
 Contract (NumPy twin: tests/reference_codebook.py): ``codebook_matmul4_avx2(codes, x, cb16, out)`` is
 ``codebook_matmul4`` for one sample. Compiles only for an AVX2 target (``HAVE``).
@@ -24,6 +26,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import isa
@@ -35,11 +38,12 @@ HAVE = isa.HAVE_AVX2 and not isa.HAVE_AVX512     # AVX-512 CPUs run the register
 
 
 # One sample: ROWS rows a call, their multiply-add chains interleaved, the x vectors loaded once.
-# Batches: a row's block decoded once for SAMPLES samples (2 * SAMPLES accumulators), over chunks of
-# KCHUNK blocks (the chunk's x rows stay in L1/L2 while the row block's rows and samples pass), for
-# SAMPLE_CHUNK samples at a time (their accumulators: ROW_BLOCK x SAMPLE_CHUNK x 64 bytes).
-ROWS, SAMPLES = 4, 4
-ROW_BLOCK, KCHUNK, SAMPLE_CHUNK = 8, 32, 64
+# Batches: a job of ROW_BLOCK rows and SAMPLE_CHUNK samples decodes its rows' weights, KCHUNK blocks
+# at a time, into a buffer (ROW_BLOCK x KCHUNK x 128 bytes: 16 KB, in L1), which tiles of 2 rows x
+# 3 samples (12 accumulators) then read with the samples' x: the decode is paid once a job, not
+# once a sample.
+ROWS = 4
+ROW_BLOCK, KCHUNK, SAMPLE_CHUNK = 8, 16, 64
 
 
 def _lanes(builder, a, b, lo, width):
@@ -52,6 +56,52 @@ def _lanes(builder, a, b, lo, width):
     return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), width), mask))
 
 
+def _load(builder, ptr, at, ty):
+    """The ``ty`` vector at element ``at`` of ``ptr`` (unaligned)."""
+    return builder.load(builder.bitcast(builder.gep(ptr, [at]), ty.as_pointer()), align=1)
+
+
+def _decoder(builder, cb_arr):
+    """``weights(ptr, at)``: the 32 float32 weights of the block of 16 code bytes at ``ptr[at:]``, as
+    four <8 x float>: columns 0-7, 16-23, 8-15, 24-31 (the module doc), with ``cb_arr`` the codebook."""
+    i64, i32, i16, i8 = ir.IntType(64), ir.IntType(32), ir.IntType(16), ir.IntType(8)
+    v8f, v32b, v16s = ir.VectorType(ir.FloatType(), 8), ir.VectorType(i8, 32), ir.VectorType(i16, 16)
+    pshufb = declare(builder.module, "llvm.x86.avx2.pshuf.b", ir.FunctionType(v32b, [v32b, v32b]))
+
+    def vec(ptr, at, ty):
+        return _load(builder, ptr, at, ty)
+
+    def const32(values):
+        return ir.Constant(v32b, [i8(v) for v in values])
+    # the codebook's bytes as four 16-entry tables (byte j of each value), in both 128-bit lanes
+    cb_bytes = vec(cb_arr.data, i64(0), ir.VectorType(i8, 64))
+    planes = [builder.shuffle_vector(cb_bytes, cb_bytes, ir.Constant(ir.VectorType(i32, 32),
+                                                                   [4 * (k % 16) + j for k in range(32)]))
+              for j in range(4)]
+    # lane 0 takes bytes 0-3 and 8-11 of a block, lane 1 bytes 4-7 and 12-15, each twice: low
+    # nibbles in the first copy, high nibbles in the second, so that the assembled floats are
+    # the weights of columns 0-7 | 16-23 | 8-15 | 24-31 (the contract's lanes, in order)
+    spread = const32([0, 1, 2, 3, 0, 1, 2, 3, 8, 9, 10, 11, 8, 9, 10, 11,
+                      4, 5, 6, 7, 4, 5, 6, 7, 12, 13, 14, 15, 12, 13, 14, 15])
+    low = const32(([15] * 4 + [0] * 4) * 4)
+    high = const32(([0] * 4 + [15] * 4) * 4)
+    four = ir.Constant(v16s, [i16(4)] * 16)
+    both_lanes = ir.Constant(ir.VectorType(i32, 32), list(range(16)) * 2)
+
+    def weights(ptr, at):
+        raw = vec(ptr, at, ir.VectorType(i8, 16))
+        t = builder.call(pshufb, [builder.shuffle_vector(raw, raw, both_lanes), spread])
+        hi = builder.bitcast(builder.lshr(builder.bitcast(t, v16s), four), v32b)
+        idx = builder.or_(builder.and_(t, low), builder.and_(hi, high))
+        p = [builder.call(pshufb, [plane, idx]) for plane in planes]
+        lo01, hi01 = (_lanes(builder, p[0], p[1], lo, 32) for lo in (True, False))
+        lo23, hi23 = (_lanes(builder, p[2], p[3], lo, 32) for lo in (True, False))
+        lo01, hi01, lo23, hi23 = (builder.bitcast(v, v16s) for v in (lo01, hi01, lo23, hi23))
+        return [builder.bitcast(_lanes(builder, a, b, lo, 16), v8f)
+                for a, b in ((lo01, lo23), (hi01, hi23)) for lo in (True, False)]
+    return weights
+
+
 def _block_ir(R, C):
     """Intrinsic ``block(codes, o, x, i0, b0, nb, cb16, acc)``: the contract's lane sums of rows
     ``o .. o+R-1`` for samples ``i0 .. i0+C-1`` over column blocks ``b0 .. b0+nb-1``, continued from
@@ -62,9 +112,7 @@ def _block_ir(R, C):
         def codegen(context, builder, signature, args):
             c_arr, x_arr, cb_arr, a_arr = (context.make_array(signature.args[k])(context, builder, args[k])
                                            for k in (0, 2, 6, 7))
-            i64, i32, i16, i8, f32 = ir.IntType(64), ir.IntType(32), ir.IntType(16), ir.IntType(8), ir.FloatType()
-            v8f, v32b, v16s = ir.VectorType(f32, 8), ir.VectorType(i8, 32), ir.VectorType(i16, 16)
-            pshufb = declare(builder.module, "llvm.x86.avx2.pshuf.b", ir.FunctionType(v32b, [v32b, v32b]))
+            i64, v8f = ir.IntType(64), ir.VectorType(ir.FloatType(), 8)
             fma = declare(builder.module, "llvm.fma.v8f32", ir.FunctionType(v8f, [v8f, v8f, v8f]))
             row, s0, first, count = (context.cast(builder, args[k], signature.args[k], types.int64) for k in (1, 3, 4, 5))
             c_stride = builder.extract_value(c_arr.strides, 0)             # bytes: one per code byte
@@ -72,37 +120,7 @@ def _block_ir(R, C):
             bases = [builder.gep(c_arr.data, [builder.mul(builder.add(row, i64(r)), c_stride)]) for r in range(R)]
             xrows = [builder.gep(x_arr.data, [builder.mul(builder.add(s0, i64(c)), x_stride)]) for c in range(C)]
 
-            def const32(values):
-                return ir.Constant(v32b, [i8(v) for v in values])
-
-            def vec(ptr, at, ty):
-                return builder.load(builder.bitcast(builder.gep(ptr, [at]), ty.as_pointer()), align=1)
-            # the codebook's bytes as four 16-entry tables (byte j of each value), in both 128-bit lanes
-            cb_bytes = vec(cb_arr.data, i64(0), ir.VectorType(i8, 64))
-            planes = [builder.shuffle_vector(cb_bytes, cb_bytes, ir.Constant(ir.VectorType(i32, 32),
-                                                                           [4 * (k % 16) + j for k in range(32)]))
-                      for j in range(4)]
-            # lane 0 takes bytes 0-3 and 8-11 of a block, lane 1 bytes 4-7 and 12-15, each twice: low
-            # nibbles in the first copy, high nibbles in the second, so that the assembled floats are
-            # the weights of columns 0-7 | 16-23 | 8-15 | 24-31 (the contract's lanes, in order)
-            spread = const32([0, 1, 2, 3, 0, 1, 2, 3, 8, 9, 10, 11, 8, 9, 10, 11,
-                              4, 5, 6, 7, 4, 5, 6, 7, 12, 13, 14, 15, 12, 13, 14, 15])
-            low = const32(([15] * 4 + [0] * 4) * 4)
-            high = const32(([0] * 4 + [15] * 4) * 4)
-            four = ir.Constant(v16s, [i16(4)] * 16)
-            both_lanes = ir.Constant(ir.VectorType(i32, 32), list(range(16)) * 2)
-
-            def weights(ptr, at):
-                raw = vec(ptr, at, ir.VectorType(i8, 16))
-                t = builder.call(pshufb, [builder.shuffle_vector(raw, raw, both_lanes), spread])
-                hi = builder.bitcast(builder.lshr(builder.bitcast(t, v16s), four), v32b)
-                idx = builder.or_(builder.and_(t, low), builder.and_(hi, high))
-                p = [builder.call(pshufb, [plane, idx]) for plane in planes]
-                lo01, hi01 = (_lanes(builder, p[0], p[1], lo, 32) for lo in (True, False))
-                lo23, hi23 = (_lanes(builder, p[2], p[3], lo, 32) for lo in (True, False))
-                lo01, hi01, lo23, hi23 = (builder.bitcast(v, v16s) for v in (lo01, hi01, lo23, hi23))
-                return [builder.bitcast(_lanes(builder, a, b, lo, 16), v8f)
-                        for a, b in ((lo01, lo23), (hi01, hi23)) for lo in (True, False)]
+            weights = _decoder(builder, cb_arr)
             acc_ptr = builder.bitcast(a_arr.data, v8f.as_pointer())
             starts = [builder.load(builder.gep(acc_ptr, [i64(k)]), align=4) for k in range(2 * R * C)]
             pre = builder.block
@@ -121,7 +139,7 @@ def _block_ir(R, C):
             for r in range(R):
                 w0, w16, w8, w24 = weights(bases[r], builder.mul(b, i64(16)))
                 for c in range(C):
-                    xs = [vec(xrows[c], builder.add(xo, i64(8 * k)), v8f) for k in range(4)]
+                    xs = [_load(builder, xrows[c], builder.add(xo, i64(8 * k)), v8f) for k in range(4)]
                     k = 2 * (r * C + c)
                     new[k] = builder.call(fma, [xs[2], w16, builder.call(fma, [xs[0], w0, accs[k]])])
                     new[k + 1] = builder.call(fma, [xs[3], w24, builder.call(fma, [xs[1], w8, accs[k + 1]])])
@@ -137,6 +155,80 @@ def _block_ir(R, C):
     return block_ir
 
 
+def _decode_ir(typingctx, codes, o, b0, nb, cb16, w):
+    """Intrinsic ``decode(codes, o, b0, nb, cb16, w)``: row ``o``'s weights of column blocks
+    ``b0 .. b0+nb-1`` into ``w[:nb*32]`` (float32, in column order)."""
+    sig = types.void(codes, o, b0, nb, cb16, w)
+
+    def codegen(context, builder, signature, args):
+        c_arr, cb_arr, w_arr = (context.make_array(signature.args[k])(context, builder, args[k]) for k in (0, 4, 5))
+        i64, v8f = ir.IntType(64), ir.VectorType(ir.FloatType(), 8)
+        row, first, count = (context.cast(builder, args[k], signature.args[k], types.int64) for k in (1, 2, 3))
+        base = builder.gep(c_arr.data, [builder.mul(row, builder.extract_value(c_arr.strides, 0))])
+        weights = _decoder(builder, cb_arr)
+        with cgutils.for_range(builder, count) as loop:
+            vs = weights(base, builder.mul(builder.add(first, loop.index), i64(16)))
+            out = builder.gep(w_arr.data, [builder.mul(loop.index, i64(32))])
+            for v, at in zip(vs, (0, 16, 8, 24)):
+                builder.store(v, builder.bitcast(builder.gep(out, [i64(at)]), v8f.as_pointer()), align=4)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+def _tile_ir(R, C):
+    """Intrinsic ``tile(w, r0, x, i0, b0, nb, acc, stride)``: the contract's lane sums of decoded
+    rows ``w[r0 .. r0+R-1]`` (their column block b is x's block ``b0 + b``) for samples ``i0 ..
+    i0+C-1``, over ``nb`` blocks, continued from and stored back to ``acc[(r*stride + c)*16 :][:16]``."""
+    def tile_ir(typingctx, w, r0, x, i0, b0, nb, acc, stride):
+        sig = types.void(w, r0, x, i0, b0, nb, acc, stride)
+
+        def codegen(context, builder, signature, args):
+            w_arr, x_arr, a_arr = (context.make_array(signature.args[k])(context, builder, args[k]) for k in (0, 2, 6))
+            i64, v8f = ir.IntType(64), ir.VectorType(ir.FloatType(), 8)
+            fma = declare(builder.module, "llvm.fma.v8f32", ir.FunctionType(v8f, [v8f, v8f, v8f]))
+            row, s0, first, count = (context.cast(builder, args[k], signature.args[k], types.int64) for k in (1, 3, 4, 5))
+
+            def rows_of(arr, start, n):
+                stride = builder.sdiv(builder.extract_value(arr.strides, 0), i64(4))      # floats
+                return [builder.gep(arr.data, [builder.mul(builder.add(start, i64(k)), stride)]) for k in range(n)]
+            wrows, xrows = rows_of(w_arr, row, R), rows_of(x_arr, s0, C)
+            acc_ptr = builder.bitcast(a_arr.data, v8f.as_pointer())
+            astride = context.cast(builder, args[7], signature.args[7], types.int64)
+            at = [builder.add(builder.mul(i64(2 * r), astride), i64(2 * c + h))
+                  for r in range(R) for c in range(C) for h in range(2)]
+            pre = builder.block
+            head, body, done = (builder.append_basic_block(f"cbt.{s}") for s in ("head", "body", "done"))
+            starts = [builder.load(builder.gep(acc_ptr, [a]), align=4) for a in at]
+            builder.branch(head)
+            builder.position_at_end(head)
+            b = builder.phi(i64)
+            accs = [builder.phi(v8f) for _ in range(2 * R * C)]
+            b.add_incoming(i64(0), pre)
+            for a, v in zip(accs, starts):
+                a.add_incoming(v, pre)
+            builder.cbranch(builder.icmp_signed("<", b, count), body, done)
+            builder.position_at_end(body)
+            wo, xo = builder.mul(b, i64(32)), builder.mul(builder.add(first, b), i64(32))
+            ws = [[_load(builder, wrows[r], builder.add(wo, i64(8 * k)), v8f) for k in range(4)] for r in range(R)]
+            new = list(accs)
+            for c in range(C):
+                xs = [_load(builder, xrows[c], builder.add(xo, i64(8 * k)), v8f) for k in range(4)]
+                for r in range(R):
+                    k = 2 * (r * C + c)
+                    new[k] = builder.call(fma, [xs[2], ws[r][2], builder.call(fma, [xs[0], ws[r][0], accs[k]])])
+                    new[k + 1] = builder.call(fma, [xs[3], ws[r][3], builder.call(fma, [xs[1], ws[r][1], accs[k + 1]])])
+            b.add_incoming(builder.add(b, i64(1)), builder.block)
+            for p_, a in zip(accs, new):
+                p_.add_incoming(a, builder.block)
+            builder.branch(head)
+            builder.position_at_end(done)
+            for a, v in zip(at, accs):
+                builder.store(v, builder.gep(acc_ptr, [a]), align=4)
+            return context.get_dummy_value()
+        return sig, codegen
+    return tile_ir
+
+
 def _portable_block(R, C):
     def block(codes, o, x, i0, b0, nb, cb16, acc):
         for r in range(R):
@@ -150,24 +242,54 @@ def _portable_block(R, C):
     return block
 
 
-_SHAPES = ((1, 1), (ROWS, 1), (1, 2), (1, 3), (1, SAMPLES))
-_block = {rc: _portable_block(*rc) if numba.config.DISABLE_JIT else intrinsic(_block_ir(*rc)) for rc in _SHAPES}
-row1, rows4, s2, s3, s4 = (_block[rc] for rc in _SHAPES)
+def _portable_decode(codes, o, b0, nb, cb16, w):
+    for b in range(nb):
+        for lane in range(16):
+            code = codes[o, (b0 + b) * 16 + lane]
+            w[b * 32 + lane], w[b * 32 + 16 + lane] = cb16[code & 15], cb16[code >> 4]
+
+
+def _portable_tile(R, C):
+    def tile(w, r0, x, i0, b0, nb, acc, stride):
+        for r in range(R):
+            for c in range(C):
+                k = (r * stride + c) * 16
+                for b in range(nb):
+                    for lane in range(16):
+                        j, xj = b * 32 + lane, (b0 + b) * 32 + lane
+                        acc[k + lane] = fma32(x[i0 + c, xj + 16], w[r0 + r, j + 16],
+                                              fma32(x[i0 + c, xj], w[r0 + r, j], acc[k + lane]))
+    return tile
+
+
+_JIT = not numba.config.DISABLE_JIT
+row1, rows4 = ((intrinsic(_block_ir(*rc)) if _JIT else _portable_block(*rc)) for rc in ((1, 1), (ROWS, 1)))
+decode = intrinsic(_decode_ir) if _JIT else _portable_decode
+tile23, tile21, tile13, tile11 = ((intrinsic(_tile_ir(*rc)) if _JIT else _portable_tile(*rc))
+                                  for rc in ((2, 3), (2, 1), (1, 3), (1, 1)))
 
 
 @jit(inline="always")
-def _samples(codes, o, x, i0, m, b0, nb, cb16, acc):
-    """Row ``o``, samples ``i0 .. i0+m-1`` (acc ``[c*16:]``), blocks ``b0 .. b0+nb-1``."""
-    c = 0
-    while c + SAMPLES <= m:
-        s4(codes, o, x, i0 + c, b0, nb, cb16, acc[c * 16:])
-        c += SAMPLES
-    if m - c == 3:
-        s3(codes, o, x, i0 + c, b0, nb, cb16, acc[c * 16:])
-    elif m - c == 2:
-        s2(codes, o, x, i0 + c, b0, nb, cb16, acc[c * 16:])
-    elif m - c == 1:
-        row1(codes, o, x, i0 + c, b0, nb, cb16, acc[c * 16:])
+def _tiles(w, rows, x, i0, m, b0, nb, acc):
+    """The lane sums of decoded rows ``w[:rows]`` for samples ``i0 .. i0+m-1`` (acc ``[(r*m + i)*16:]``)
+    over x's blocks ``b0 .. b0+nb-1``: tiles of 2 rows x 3 samples, then the remainders."""
+    r = 0
+    while r < rows:
+        two = r + 2 <= rows
+        i = 0
+        while i + 3 <= m:
+            if two:
+                tile23(w, r, x, i0 + i, b0, nb, acc[(r * m + i) * 16:], m)
+            else:
+                tile13(w, r, x, i0 + i, b0, nb, acc[(r * m + i) * 16:], m)
+            i += 3
+        while i < m:
+            if two:
+                tile21(w, r, x, i0 + i, b0, nb, acc[(r * m + i) * 16:], m)
+            else:
+                tile11(w, r, x, i0 + i, b0, nb, acc[(r * m + i) * 16:], m)
+            i += 1
+        r += 2 if two else 1
 
 
 def _matmul4(codes, x, cb16, out):
@@ -192,9 +314,12 @@ def _matmul4(codes, x, cb16, out):
         o0, i0 = (job % row_blocks) * ROW_BLOCK, (job // row_blocks) * SAMPLE_CHUNK
         rows, m = min(ROW_BLOCK, n_out - o0), min(SAMPLE_CHUNK, n - i0)
         acc = np.zeros(rows * m * 16, np.float32)
+        w = np.empty((ROW_BLOCK, KCHUNK * 32), np.float32)
         for b0 in range(0, nb, KCHUNK):
+            kb = min(KCHUNK, nb - b0)
             for r in range(rows):
-                _samples(codes, o0 + r, x, i0, m, b0, min(KCHUNK, nb - b0), cb16, acc[r * m * 16:])
+                decode(codes, o0 + r, b0, kb, cb16, w[r])
+            _tiles(w, rows, x, i0, m, b0, kb, acc)
         for r in range(rows):
             for i in range(m):
                 k = (r * m + i) * 16

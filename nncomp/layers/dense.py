@@ -49,8 +49,8 @@ FEW_DEFAULT_BATCH = 4
 # (4-5 bits) keep their own product: decoded they were slower below 32 samples (5-bit 0.51-0.66x ->
 # 0.21-0.31x), and the choice may not depend on the batch size, which the run mode splits: a sample's
 # result would change with it. So does AVX2's 4-bit product (nncomp/kernels/codebook_avx2.py; Zen 3,
-# one process, in the dense model's speed: LeNet-300 4-bit at 8 samples 0.57x decoded -> 0.98x, at
-# 64 samples 0.75x -> 0.52x; batch 1 ran it already). Other formats keep their kernels (CSR computes
+# one process, in the dense model's speed: LeNet-300 4-bit at 8 samples 0.57x decoded -> 0.89x, at
+# 64 samples 0.75x -> 0.72x; batch 1 ran it already). Other formats keep their kernels (CSR computes
 # fewer multiply-adds: decoded it fell from 1.15x to 0.59x).
 # samples per image line at most (a line's pixels are the tiles; lines are the parallel work items;
 # a batch that the lines do not divide is padded with zero samples)
