@@ -1,7 +1,10 @@
 """Test configuration: hypothesis profiles and the float32 tolerance rule, in one place."""
 import os
 
+import sys
+
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, settings
 
 # Plans take the built-in kernel choices, not ones measured at first use (nncomp/tuning.py): the
@@ -15,6 +18,43 @@ settings.register_profile("ci", deadline=None, max_examples=40, derandomize=True
 settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 U = 2.0 ** -24
+
+
+def twin_builds():
+    """Pairs of builds of one nncomp kernel that differ only in a scalar's float width, an
+    array's read-only flag or an omitted argument given: each is a whole compile (20-50 s for a convolution) that a float32
+    argument, or nncomp.kernels._jit.one_build_for_read_only, would have saved."""
+    from numba import typeof
+    from numba.core import types
+    from numba.core.registry import CPUDispatcher
+
+    from nncomp.kernels._jit import _writable
+
+    def key(sig):
+        return tuple(types.float32 if t == types.float64 else typeof(t.value) if isinstance(t, types.Omitted)
+                     else _writable(t) for t in sig)
+    found, seen = [], set()
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("nncomp.") or module is None:
+            continue
+        for attr, d in list(vars(module).items()):
+            if not isinstance(d, CPUDispatcher) or id(d) in seen:
+                continue
+            seen.add(id(d))
+            builds = {}
+            for sig in list(d.overloads):
+                builds.setdefault(key(sig), []).append(sig)
+            found += [f"{name}.{attr}: {sigs}" for sigs in builds.values() if len(sigs) > 1]
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_build_per_kernel_signature():
+    """After the session: no kernel was compiled twice for float64 scalars or read-only arrays
+    (pass np.float32 scalars, as the layers do)."""
+    yield
+    twins = twin_builds()
+    assert not twins, "kernels compiled twice for float64 scalars or read-only arrays:\n" + "\n".join(twins)
 
 
 def assert_close_f32(y, y_ref, mag, k, c=2.0, atol=1e-30):

@@ -28,6 +28,9 @@ from nncomp.matrices.codebook import CodebookMatrix
 from nncomp.matrices.csr_int8 import CSRInt8Matrix
 from nncomp.matrices.int8 import Int8Matrix
 
+F = np.float32                          # the kernels' float scalars (a float64 one compiles another build)
+NO_CLIP = (F(-np.inf), F(np.inf))
+
 def inputs():
     rng = np.random.default_rng(3)
     w = rng.standard_normal((70, 1000)).astype(np.float32)
@@ -53,18 +56,18 @@ def cases():
     z = np.zeros(48, np.float32)
     y = np.empty((2, 7, 6, 40), np.float32)
     us, ms = W.work_sizes(7, 6, 32, 48, 2)
-    W.winograd_nhwc(xp, 0, 0, 0, 0, wt, z, z, z, False, y, False, -np.inf, np.inf, 0, 0.0, 0.0, 3, W.product_pixels(3), 2,
-                    np.empty((1, us), np.float32), np.empty((1, ms), np.float32), 0, y)
+    W.winograd_nhwc(xp, 0, 0, 0, 0, wt, z, z, z, False, y, False, *NO_CLIP, 0, F(0), F(0), 3, W.product_pixels(3), 2,
+                    np.empty((1, us), np.float32), np.empty((1, ms), np.float32), 0, y, 2)
     out["winograd"] = y
     # the weight-streaming dense product: one fused multiply-add per feature whatever the tile shape
     wd = rng.standard_normal((70, 1000)).astype(np.float32)
     e, xs, ys = np.zeros(0, np.float32), *dense_stream.work_shapes(20, 1000, 70)
     y = np.empty((20, 70), np.float32)
-    dense_stream.stream_gemm_parallel(wd, x, e, e, e, np.zeros((0, 70), np.float32), -np.inf, np.inf, 0, 0.0, 0.0, 300, 2,
+    dense_stream.stream_gemm_parallel(wd, x, e, e, e, np.zeros((0, 70), np.float32), *NO_CLIP, 0, F(0), F(0), 300, 2,
                                       np.empty(xs, np.float32), np.empty(ys, np.float32), y)
     out["stream"] = y
     y = np.empty((7, 70), np.float32)
-    dense_few.few_gemm_parallel(wd, x[:7], e, e, e, np.zeros((0, 70), np.float32), -np.inf, np.inf, 0, 0.0, 0.0, y)
+    dense_few.few_gemm_parallel(wd, x[:7], e, e, e, np.zeros((0, 70), np.float32), *NO_CLIP, 0, F(0), F(0), y)
     out["few"] = y
     return out
 

@@ -11,6 +11,8 @@ from nncomp.kernels.epilogue import (ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_LEAKYRE
                                      activation_rows)
 from nncomp.layers.base import window_out as _window_out
 
+F32 = np.float32     # the kernels' float scalars (a float64 one compiles another build)
+
 
 @st.composite
 def geometry(draw, max_c=6):
@@ -114,14 +116,15 @@ def test_conv_blocked_nhwc_matches_reference(kernel, g, co, nvec, data):
     assert_close_f32(out, expect, mag, w.shape[0] + 1)
     # the epilogue applied as tiles are stored equals the epilogue kernel's twin on that output
     affine, add = data.draw(st.booleans(), label="affine"), data.draw(st.booleans(), label="add")
-    lo, hi = data.draw(st.sampled_from([(-np.inf, np.inf), (0.0, np.inf), (0.0, 6.0), (-1.0, 1.0)]), label="clip")
+    lo, hi = map(F32, data.draw(st.sampled_from([(-np.inf, np.inf), (0.0, np.inf), (0.0, 6.0), (-1.0, 1.0)]),
+                                label="clip"))
     scale = np.zeros(cop, np.float32)
     shift = np.zeros(cop, np.float32)
     scale[:co], shift[:co] = rng.standard_normal(co), rng.standard_normal(co)
     res = rng.standard_normal(out.shape).astype(np.float32)
     fused = np.full_like(out, np.nan)
     act = data.draw(st.sampled_from([0, ACT_SIGMOID, ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_LEAKYRELU]), label="act")
-    alpha, beta = 0.2, 0.5      # float64, as _no_epilogue and the chain pass them: one compiled signature
+    alpha, beta = F32(0.2), F32(0.5)      # float32, as the layers pass them: one compiled signature
     kernel(xp, 0, 0, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res if add else fused,
            add, lo, hi, act, alpha, beta, fused)
     expect = ref.epilogue_rows(out.reshape(-1, co), scale[:co] if affine else np.zeros(0, np.float32),
@@ -154,7 +157,7 @@ def test_blocked_tiles_across_images_give_each_images_own_bits(n, hw, c, co, k, 
     def run(xs, r):
         out = np.full((xs.shape[0], oh, oh, co), np.nan, np.float32)
         kernel(xs, 0, 0, w, bias, k, k, s, s, 1, 1, nvec, conv_blocked.tile_pixels(nvec), scale, shift, False,
-               r if add else out, add, 0.0, np.inf, act, np.float32(0.2), np.float32(0.5), out)
+               r if add else out, add, F32(0), F32(np.inf), act, np.float32(0.2), np.float32(0.5), out)
         return out
     whole = run(xp, res)
     alone = np.concatenate([run(xp[b:b + 1], res[b:b + 1]) for b in range(n)])
@@ -201,10 +204,10 @@ def test_1x1_convolution_as_long_lines_gives_the_references_numbers(parallel, n,
     out = np.full((n, h, wd, co), np.nan, np.float32)
     zero = np.zeros(cop, np.float32)
     kernel(x, 0, 0, w, bias, 1, 1, 1, 1, 1, 1, 1, conv_blocked.tile_pixels(1), zero, zero, False, res if add else out,
-           add, -np.inf, np.inf, act, np.float32(0.2), np.float32(0.5), out)
+           add, F32(-np.inf), F32(np.inf), act, np.float32(0.2), np.float32(0.5), out)
     expect = (ref.conv_blocked_nhwc(x, w, bias, 1, 1, 1, 1, 1, 1, h, wd, co) + (res if add else 0)).astype(np.float32)
     if act:
-        activation_rows(expect.reshape(-1, co), act, 0.2, 0.5)
+        activation_rows(expect.reshape(-1, co), act, F32(0.2), F32(0.5))
     assert np.array_equal(out, expect)
 
 
@@ -233,7 +236,7 @@ def test_a_weight_per_image_gives_each_image_its_own_convolution(parallel, n, h,
     def run(xs, wb, rs):
         out = np.full(xs.shape[:1] + (h, wd, co), np.nan, np.float32)
         kernel(xs, 0, 0, wb, bias, k, k, 1, 1, 1, 1, 1, conv_blocked.tile_pixels(1), zero, zero, False,
-               rs if add else out, add, -np.inf, np.inf, 0, np.float32(0.2), np.float32(0.5), out)
+               rs if add else out, add, F32(-np.inf), F32(np.inf), 0, np.float32(0.2), np.float32(0.5), out)
         return out
     out = run(x, ws, res)
     rows = k * k * c
@@ -285,7 +288,7 @@ def test_blocked_kernel_reads_the_padding_as_zeros(n, h, wd, c, co, k, s, pads, 
     def run(xs, pt, pl, rs):
         out = np.full((xs.shape[0], oh, ow, co), np.nan, np.float32)
         kernel(xs, pt, pl, w, bias, k, k, s, s, 1, 1, nvec, conv_blocked.tile_pixels(nvec), scale, shift, True,
-               rs if add else out, add, -1.0, 6.0, act, np.float32(0.2), np.float32(0.5), out)
+               rs if add else out, add, F32(-1), F32(6), act, np.float32(0.2), np.float32(0.5), out)
         return out
     xp = np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
     assert np.array_equal(run(x, t, l, res), run(xp, 0, 0, res))
@@ -310,7 +313,7 @@ def test_depthwise_kernel_reads_the_padding_as_zeros(n, h, wd, c, k, s, pads, nv
     def run(xs, pt, pl):
         out = np.full((n, oh, ow, c), np.nan, np.float32)
         kernel(xs, pt, pl, w, bias, k, k, s, s, 1, 1, nvec, pmax, scale, shift, True, res if add else out, add,
-               -1.0, 6.0, act, np.float32(0.2), np.float32(0.5), out)
+               F32(-1), F32(6), act, np.float32(0.2), np.float32(0.5), out)
         return out
     xp = np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
     assert np.array_equal(run(x, t, l), run(xp, 0, 0))
@@ -348,7 +351,7 @@ def test_depthwise_sliding_tiles_give_the_general_tiles_bits(n, h, wd, c, k, s, 
         out = np.full((n, oh, ow, c), np.nan, np.float32)
         xs = np.pad(x, ((0, 0), (t, t), (t, t), (0, 0))) if s > 1 else x     # dilated: no padding read
         kernel(xs, 0 if s > 1 else t, 0 if s > 1 else t, w, bias, k, k, s, s, s, s, nvec, pmax, scale, shift, True,
-               res if add else out, add, -1.0, 6.0, act, np.float32(0.2), np.float32(0.5), out)
+               res if add else out, add, F32(-1), F32(6), act, np.float32(0.2), np.float32(0.5), out)
         return out
     assert np.array_equal(run(conv_blocked.TILE_PIXELS[nvec]), run(1))
 
@@ -370,8 +373,8 @@ def test_depthwise_blocked_nhwc_matches_reference(kernel, g, nvec, data):
     mag = ref.depthwise_blocked_nhwc(np.abs(xp), np.abs(w), np.abs(bias), kh, kw, sh, sw, dh, dw, oh, ow, c)
     assert_close_f32(out, expect, mag, kh * kw + 1)
     fused = np.full_like(out, np.nan)
-    kernel(xp, 0, 0, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, w[0], bias, True, out, True, 0.0, 6.0,
-           ACT_HARDSWISH, 0.0, 0.0, fused)
+    kernel(xp, 0, 0, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, w[0], bias, True, out, True, F32(0), F32(6),
+           ACT_HARDSWISH, F32(0), F32(0), fused)
     want = ref.epilogue_rows(out.reshape(-1, c), w[0, :c], bias[:c], out.reshape(-1, c), 0.0, 6.0)
     activation_rows(want, ACT_HARDSWISH, np.float32(0), np.float32(0))
     assert np.array_equal(fused.reshape(-1, c), want, equal_nan=True)
@@ -417,7 +420,7 @@ def _blocked_operands(g, k, co):
 def _no_epilogue(cop, out):
     """The blocked kernel's epilogue arguments that leave its output as it is."""
     z = np.zeros(cop, np.float32)
-    return z, z, False, out, False, -np.inf, np.inf, 0, 0.0, 0.0
+    return z, z, False, out, False, F32(-np.inf), F32(np.inf), 0, F32(0), F32(0)
 
 
 @pytest.mark.parametrize("kernel", [pool.global_mean_nhwc, pool.global_mean_nhwc_parallel])

@@ -3,6 +3,7 @@ import importlib
 import pkgutil
 
 import numba.core.registry
+import numpy as np
 
 import nncomp.kernels as K
 import reference
@@ -60,3 +61,32 @@ def test_stale_numba_caches_go_when_a_kernel_source_changes(tmp_path, monkeypatc
     monkeypatch.delenv("NUMBA_CACHE_DIR")
     _jit.drop_stale_caches(kernels)
     assert not any(f.exists() for f in files)
+
+
+def _weighted_sum(pair, w, out):
+    a, b = pair
+    for i in range(a.shape[0]):
+        out[0] += (a[i] + b[i]) * w[i]
+
+
+def test_read_only_arrays_run_the_writable_build():
+    """A Python call with read-only arrays (also inside a tuple) runs the build compiled for writable
+    ones, registered for its own types on the first such call: the same result, one build."""
+    from nncomp.kernels._jit import jit
+    kernel = jit(_weighted_sum)
+    rng = np.random.default_rng(0)
+    a, b, w = (rng.standard_normal(7).astype(np.float32) for _ in range(3))
+    frozen, results = [], []
+    for v in (a, b, w):
+        v = v.copy()
+        v.setflags(write=False)
+        frozen.append(v)
+    for pair, weights in (((a, b), w), ((frozen[0], frozen[1]), frozen[2]), ((a, frozen[1]), w),
+                          ((frozen[0], frozen[1]), frozen[2])):
+        out = np.zeros(1, np.float32)
+        kernel(pair, weights, out)
+        assert np.isclose(out[0], np.dot(a + b, w), rtol=1e-5)
+        results.append(out[0])
+    assert len(kernel.signatures) == 1 and all(t.mutable for t in kernel.signatures[0][1:])
+    assert kernel.signatures[0][0].types[0].mutable
+    assert len(set(results)) == 1

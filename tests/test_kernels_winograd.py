@@ -82,7 +82,8 @@ def _call(kernel, xp, wt, bias, out, rows, nvec, pmax, epilogue=None, pool=0, pa
     mb = np.full((threads, ms), np.nan, np.float32)
     z = np.zeros(cop, np.float32)
     scale, shift, affine, res, add, lo, hi, act = epilogue or (z, z, False, out, False, -np.inf, np.inf, 0)
-    kernel(xp, *pads, wt, bias, scale, shift, affine, res, add, lo, hi, act, np.float32(0.2), np.float32(0.5),
+    kernel(xp, *pads, wt, bias, scale, shift, affine, res, add, np.float32(lo), np.float32(hi), act, np.float32(0.2),
+           np.float32(0.5),
            nvec, pmax, rows, ub, mb, pool, out, m)
 
 

@@ -86,20 +86,64 @@ def drop_stale_caches(here=None):
 drop_stale_caches()
 
 
+def _writable(t):
+    """Numba type ``t`` with every array in it (also inside a tuple) typed writable."""
+    if isinstance(t, numba.types.Array) and not t.mutable:
+        return t.copy(readonly=False)
+    if isinstance(t, numba.types.BaseTuple) and not isinstance(t, numba.types.NamedTuple):
+        items = tuple(_writable(i) for i in t.types)
+        return numba.types.Tuple(items) if items != tuple(t.types) else t
+    return t
+
+
+def one_build_for_read_only(dispatcher):
+    """Let a Python call with read-only arrays run the build for writable ones, instead of compiling
+    its own. Numba compiles one machine code per type signature, and a read-only array (a layer's
+    frozen bias, a memory-mapped or ``np.frombuffer`` input) is another type: a convolution's
+    parallel kernel compiled 20-50 s again for it, and a process that saw both paid twice (the
+    tests compiled 30% of their kernels twice for this and for float64 scalars). The kernels
+    never write to the arrays they read, so the writable build runs them unchanged (their OUT
+    arrays must be writable, as every contract says: a read-only one is not caught): on the first
+    such call the writable build is compiled (or loaded from the cache) and registered for the
+    read-only signature too, so later calls go straight to it. Calls from other kernels are not
+    concerned (their argument types are fixed when the caller compiles). Returns ``dispatcher``."""
+    compile_for_args = dispatcher._compile_for_args
+    insert = getattr(dispatcher, "_insert", None)
+
+    def canonical_compile_for_args(*args, **kws):
+        if insert is None or kws:
+            return compile_for_args(*args, **kws)
+        try:
+            seen = tuple(dispatcher.typeof_pyval(a) for a in args)
+        except Exception:       # numba's own path reports what it cannot type
+            return compile_for_args(*args)
+        build = tuple(_writable(t) for t in seen)
+        if build == seen:
+            return compile_for_args(*args)
+        entry = dispatcher.compile(build)
+        insert([t._code for t in seen], entry)
+        return entry
+    dispatcher._compile_for_args = canonical_compile_for_args
+    return dispatcher
+
+
 def jit(fn=None, *, fastmath=False, error_model="python", inline="never"):
     """Serial kernel. ``error_model="numpy"``: a float division by zero gives inf or NaN instead of
     raising, which lets LLVM vectorize loops that divide (the zero check is a branch per value).
-    ``inline="always"``: a helper inlined into its callers at Numba's level (no call per use)."""
+    ``inline="always"``: a helper inlined into its callers at Numba's level (no call per use).
+    Read-only arrays run the writable arrays' build (:func:`one_build_for_read_only`)."""
     if fn is None:
         return lambda f: jit(f, fastmath=fastmath, error_model=error_model, inline=inline)
-    return numba.njit(fastmath=fastmath, error_model=error_model, inline=inline, **_FLAGS)(fn)
+    return one_build_for_read_only(numba.njit(fastmath=fastmath, error_model=error_model, inline=inline,
+                                              **_FLAGS)(fn))
 
 
 def pjit(fn=None, *, fastmath=False, error_model="python"):
     """Parallel kernel (``prange`` loops spread over Numba's thread pool)."""
     if fn is None:
         return lambda f: pjit(f, fastmath=fastmath, error_model=error_model)
-    return numba.njit(parallel=True, fastmath=fastmath, error_model=error_model, **_FLAGS)(fn)
+    return one_build_for_read_only(numba.njit(parallel=True, fastmath=fastmath, error_model=error_model,
+                                              **_FLAGS)(fn))
 
 
 def both(fn=None, *, fastmath=False, error_model="python"):
