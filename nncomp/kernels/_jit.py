@@ -107,8 +107,10 @@ def one_build_for_read_only(dispatcher):
     such call the writable build is compiled (or loaded from the cache) and registered for the
     read-only signature too, so later calls go straight to it. Calls from other kernels are not
     concerned (their argument types are fixed when the caller compiles). Returns ``dispatcher``."""
-    compile_for_args = dispatcher._compile_for_args
+    compile_for_args = getattr(dispatcher, "_compile_for_args", None)
     insert = getattr(dispatcher, "_insert", None)
+    if compile_for_args is None:        # NUMBA_DISABLE_JIT: the plain Python function
+        return dispatcher
 
     def canonical_compile_for_args(*args, **kws):
         if insert is None or kws:

@@ -147,7 +147,7 @@ def _image_tiles(n, ow, nvec, pmax):
     return line <= 16 and 2 * min(n, pmax) * nvec >= 3 * line
 
 
-image_tiles = _image_tiles.py_func     # the rule in Python (the layers choose tile widths by it)
+image_tiles = getattr(_image_tiles, "py_func", _image_tiles)    # the rule in Python (the layers choose tile widths by it)
 
 # A 1 x 1 convolution (stride 1, no padding) runs its batch's pixels as lines of up to FLAT_PIXELS
 # pixels whose inputs and outputs take up to FLAT_BYTES (in L2), at least FLAT_LINES lines where the
@@ -183,7 +183,7 @@ def _flat_line(m, ow, c, co):
     return ow, 1
 
 
-flat_line = _flat_line.py_func
+flat_line = getattr(_flat_line, "py_func", _flat_line)
 
 
 def _images(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, act,
