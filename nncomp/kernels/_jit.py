@@ -123,7 +123,10 @@ def one_build_for_read_only(dispatcher):
         if build == seen:
             return compile_for_args(*args)
         entry = dispatcher.compile(build)
-        insert([t._code for t in seen], entry)
+        try:
+            insert([t._code for t in seen], entry)
+        except (TypeError, ValueError, AttributeError):  # another Numba's internals: this path each call
+            pass
         return entry
     dispatcher._compile_for_args = canonical_compile_for_args
     return dispatcher
