@@ -1,6 +1,5 @@
 """Test configuration: hypothesis profiles and the float32 tolerance rule, in one place."""
 import os
-
 import sys
 
 import numpy as np
@@ -21,9 +20,10 @@ U = 2.0 ** -24
 
 
 def twin_builds():
-    """Pairs of builds of one nncomp kernel that differ only in a scalar's float width, an
-    array's read-only flag or an omitted argument given: each is a whole compile (20-50 s for a convolution) that a float32
-    argument, or nncomp.kernels._jit.one_build_for_read_only, would have saved."""
+    """Pairs of builds of one nncomp kernel that differ only in a scalar's float width, an array's
+    read-only flag or an omitted argument given: each is a whole compile (20-50 s for a convolution)
+    that a float32 argument, the argument given, or nncomp.kernels._jit.one_build_for_read_only
+    would have saved."""
     from numba import typeof
     from numba.core import types
     from numba.core.registry import CPUDispatcher
@@ -50,11 +50,12 @@ def twin_builds():
 
 @pytest.fixture(scope="session", autouse=True)
 def one_build_per_kernel_signature():
-    """After the session: no kernel was compiled twice for float64 scalars or read-only arrays
-    (pass np.float32 scalars, as the layers do)."""
+    """After the session: no kernel was compiled twice for float64 scalars, read-only arrays or an
+    omitted argument (pass np.float32 scalars and every argument, as the layers do)."""
     yield
     twins = twin_builds()
-    assert not twins, "kernels compiled twice for float64 scalars or read-only arrays:\n" + "\n".join(twins)
+    assert not twins, ("kernels compiled twice for float64 scalars, read-only arrays or an omitted argument:\n"
+                       + "\n".join(twins))
 
 
 def assert_close_f32(y, y_ref, mag, k, c=2.0, atol=1e-30):

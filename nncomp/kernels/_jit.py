@@ -109,11 +109,11 @@ def one_build_for_read_only(dispatcher):
     concerned (their argument types are fixed when the caller compiles). Returns ``dispatcher``."""
     compile_for_args = getattr(dispatcher, "_compile_for_args", None)
     insert = getattr(dispatcher, "_insert", None)
-    if compile_for_args is None:        # NUMBA_DISABLE_JIT: the plain Python function
-        return dispatcher
+    if compile_for_args is None or insert is None:     # NUMBA_DISABLE_JIT (a plain function), or
+        return dispatcher                               # a Numba without these internals
 
     def canonical_compile_for_args(*args, **kws):
-        if insert is None or kws:
+        if kws:
             return compile_for_args(*args, **kws)
         try:
             seen = tuple(dispatcher.typeof_pyval(a) for a in args)
