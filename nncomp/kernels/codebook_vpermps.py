@@ -172,9 +172,6 @@ def _block1(codes, x, cb, o0, nb, rows, wide, acc):
         _p1(codes, x, cb, o0, 0, 0, nb, acc)
 
 
-_NO_BIAS = np.zeros(0, np.float32)
-
-
 @njit(cache=True, nogil=True)
 def _row_block1(codes, x, cb, o0, nb, wide, bias, out):
     """``out[0, o0:o0 + ROWS1]`` (fewer at the end) for the one input row x[0], plus ``bias`` unless
@@ -235,8 +232,9 @@ def _matmul_vpermps(codes, x, cb, wide, out):
     n_out, width = codes.shape
     nb = width // 16
     if n == 1:   # one input row: ROWS1 weight rows per block, the whole row length in registers
+        no_bias = np.zeros(0, np.float32)   # not a global: Numba freezes those read-only (a second build)
         for ob in prange((n_out + ROWS1 - 1) // ROWS1):
-            _row_block1(codes, x, cb, ob * ROWS1, nb, wide, _NO_BIAS, out)
+            _row_block1(codes, x, cb, ob * ROWS1, nb, wide, no_bias, out)
         return
     nsb = (n_out + SUPER - 1) // SUPER
     nchunk = (n + NCHUNK - 1) // NCHUNK
