@@ -34,6 +34,8 @@ def _geometry(draw):
 @example(geo=(3, 3, 1, 1, 1, 1, 5, 28), n=2, c=16, co=16, lines=2, epilogue="all", extreme=False, pool=0, seed=0)
 @example(geo=(3, 3, 1, 1, 1, 1, 2, 13), n=1, c=32, co=70, lines=1, epilogue="none", extreme=True, pool=0, seed=1)
 @example(geo=(3, 3, 1, 1, 1, 1, 6, 28), n=2, c=16, co=32, lines=2, epilogue="clip", extreme=False, pool=2, seed=2)
+@example(geo=(3, 3, 1, 1, 1, 1, 4, 10), n=1, c=8, co=20, lines=1, epilogue="nan", extreme=False, pool=2, seed=3)
+@example(geo=(3, 3, 1, 1, 1, 1, 6, 9), n=2, c=4, co=48, lines=3, epilogue="nan", extreme=True, pool=3, seed=4)
 def test_int8_conv_kernel_matches_its_twin(parallel, geo, n, c, co, lines, epilogue, extreme, pool, seed):
     """The padded codes (borders, channel padding, NaN and infinities counted), then the product:
     rows of 12/8/4 and remainders, 1-4 panels per unit and several units, dilated taps (one segment

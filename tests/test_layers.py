@@ -214,7 +214,7 @@ def test_chain_rows_matches_reference(m, c, kinds, act, seed):
             assert np.array_equal(got.view(np.int32), want.view(np.int32))
 
 
-@given(m=st.integers(0, 9), c=st.integers(1, 20), affine=st.booleans(), add=st.booleans(),
+@given(m=st.integers(0, 40), c=st.integers(1, 40), affine=st.booleans(), add=st.booleans(),
        clip=st.sampled_from([None, (0.0, np.inf), (0.0, 6.0)]), seed=st.integers(0, 2**31))
 def test_epilogue_rows_matches_reference(m, c, affine, add, clip, seed):
     """Bit for bit the layers' own float32 sequence, NaN and -0.0 included, serial and parallel."""

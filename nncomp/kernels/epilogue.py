@@ -19,6 +19,15 @@ from .isa import VECTOR_REGISTERS
 ACT_NONE, ACT_SIGMOID, ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_LEAKYRELU = 0, 1, 2, 3, 4
 
 
+# Rows of fewer channels than this run as flat runs of several rows (at least RUN_VALUES values, the
+# affine map's vectors repeated along a run): LLVM vectorizes a loop over c values by 16 lanes times
+# an unroll that 16 or 24 channels cannot fill, so such rows ran scalar (Xeon, one thread, 803 k
+# values with a clip at 16 channels: 237 -> 124 us; 24 channels 216 -> 127; from 32 on the rows were
+# as fast as runs).
+RUN_BELOW_CHANNELS = 32
+RUN_VALUES = 128
+
+
 def _epilogue(y, scale, shift, res, lo, hi):
     """``y = clip((y * scale + shift) + res, lo, hi)`` in place, each part optional.
 
@@ -29,6 +38,36 @@ def _epilogue(y, scale, shift, res, lo, hi):
     m, c = y.shape
     affine = scale.shape[0] > 0
     add = res.shape[0] > 0
+    # The per-value steps are written out in both loops: the same steps as an inlined helper taking
+    # the arrays and an index ran 8-80x slower (LLVM vectorized neither loop).
+    if c < RUN_BELOW_CHANNELS:      # flat runs of whole rows (above), the same operations per value
+        rows = max(1, -(-RUN_VALUES // c))
+        run = rows * c
+        sc = np.empty(run if affine else 0, np.float32)
+        sh = np.empty(run if affine else 0, np.float32)
+        for r in range(rows if affine else 0):
+            sc[r * c:(r + 1) * c] = scale
+            sh[r * c:(r + 1) * c] = shift
+        flat = y.reshape(m * c)
+        rflat = res.reshape(res.shape[0] * c)
+        for t in prange((m + rows - 1) // rows):
+            base = t * run
+            n = min(run, m * c - base)
+            seg = flat[base:base + n]
+            rs = rflat[base:base + n] if add else rflat[0:0]
+            for k in range(n):
+                v = seg[k]
+                if affine:
+                    v = v * sc[k]
+                    v = v + sh[k]
+                if add:
+                    v = v + rs[k]
+                if not (v > lo or v != v):
+                    v = lo
+                if not (v < hi or v != v):
+                    v = hi
+                seg[k] = v
+        return
     for i in prange(m):
         row = y[i]
         for k in range(c):

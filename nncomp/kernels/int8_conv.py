@@ -29,6 +29,7 @@ from ._ir import loop_latch, loop_phis
 from ._jit import both, jit
 from .int8 import quantize_run, quantize_value
 from .int8_vnni import FULL_ROWS, int8_block
+from .pool import pool16
 from .sparse_small import finish_row
 
 
@@ -194,16 +195,20 @@ def _conv(x, scale, zero, top, left, xp, kh, kw, sh, sw, dh, dw, oh_n, ow_n, wp,
                       dr * ow_n * co)
             lines_q = buf.reshape(q * ow_n, co)
             finish_row(lines_q, escale, eshift, res[0:0], lo, hi, act, alpha, beta)
-            for j in range(ow_q):
-                dst = out[r * ow_q + j]
-                dst[:] = -np.inf
-                for i in range(q):
-                    for jj in range(q):
-                        src = lines_q[i * ow_n + j * q + jj]
-                        for k in range(co):
-                            v = src[k]
-                            if v > dst[k] or v != v:     # kernels/pool.maxpool_nhwc's order and NaN rule
-                                dst[k] = v
+            nv = co // 16
+            for j in range(ow_q):       # kernels/pool.maxpool_nhwc's order and NaN rule
+                at = (r * ow_q + j) * co
+                for v in range(nv):
+                    pool16(buf, j * q * co + 16 * v, co, ow_n * co, q, flat, at + 16 * v)
+                if nv * 16 < co:
+                    flat[at + 16 * nv:at + co] = -np.inf
+                    for i in range(q):
+                        for jj in range(q):
+                            src = (i * ow_n + j * q + jj) * co + 16 * nv
+                            for k in range(co - 16 * nv):
+                                val = buf[src + k]
+                                if val > flat[at + 16 * nv + k] or val != val:
+                                    flat[at + 16 * nv + k] = val
     return 0
 
 

@@ -1,8 +1,54 @@
 """Pooling kernels over NHWC float32 images, with PyTorch's window and divisor rules."""
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic
 
+from ._ir import loop_latch, loop_phis
 from ._jit import both
+
+
+@intrinsic
+def pool16(typingctx, src, soff, pix, line, q, dst, doff):
+    """16 channels of one max-pooled pixel: ``dst[doff + j]`` = the max, by :func:`max_into`'s rule
+    and from -inf, of ``src[soff + a * line + b * pix + j]`` over ``a``, ``b`` < ``q`` in that order
+    (rows, then columns), for ``j < 16``: the window's loads and comparisons in registers."""
+    sig = types.void(src, soff, pix, line, q, dst, doff)
+
+    def codegen(context, builder, signature, args):
+        sdata, ddata = (context.make_array(signature.args[k])(context, builder, args[k]).data for k in (0, 5))
+        intp = context.get_value_type(types.intp)
+        soff_, pix_, line_, q_, doff_ = (context.cast(builder, args[k], signature.args[k], types.intp)
+                                         for k in (1, 2, 3, 4, 6))
+        vf = ir.VectorType(ir.FloatType(), 16)
+        acc = ir.Constant(vf, [float("-inf")] * 16)
+        pre = builder.block
+        rows = builder.append_basic_block("pool_rows")
+        cols = builder.append_basic_block("pool_cols")
+        row_end = builder.append_basic_block("pool_row_end")
+        done = builder.append_basic_block("pool_done")
+        builder.cbranch(builder.icmp_signed(">", q_, intp(0)), rows, done)
+        builder.position_at_end(rows)
+        a, (acc_r,) = loop_phis(builder, intp, vf, [acc], pre)
+        base = builder.add(soff_, builder.mul(a, line_))
+        builder.branch(cols)
+        builder.position_at_end(cols)
+        b, (acc_c,) = loop_phis(builder, intp, vf, [acc_r], rows)
+        ptr = builder.gep(sdata, [builder.add(base, builder.mul(b, pix_))])
+        v = builder.load(builder.bitcast(ptr, vf.as_pointer()), align=4)
+        wins = builder.or_(builder.fcmp_ordered(">", v, acc_c), builder.fcmp_unordered("uno", v, v))
+        nxt = builder.select(wins, v, acc_c)
+        loop_latch(builder, intp, b, [acc_c], [nxt], q_, cols, row_end)
+        builder.position_at_end(row_end)
+        loop_latch(builder, intp, a, [acc_r], [nxt], q_, rows, done)
+        builder.position_at_end(done)
+        fin = builder.phi(vf)
+        fin.add_incoming(acc, pre)
+        fin.add_incoming(nxt, row_end)
+        builder.store(fin, builder.bitcast(builder.gep(ddata, [doff_]), vf.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 def _maxpool(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
