@@ -135,10 +135,12 @@ def int8_conv_nhwc(x, scale, zero, top, left, xp_shape, kh, kw, sh, sw, dh, dw, 
     n, _, _, cp = xp.shape
     co = mul.shape[0]
     w = unpack(wp)[:co].astype(np.int64)
+    kwb = w.shape[1] // kh          # kw * cp, or (packed rows, cp == c < 4) rounded up to 4
+    w = w.reshape(co, kh, kwb)[:, :, :kw * cp].reshape(co, kh * kw * cp)
     taps = [xp[:, i * dh:i * dh + (oh_n - 1) * sh + 1:sh, j * dw:j * dw + (ow_n - 1) * sw + 1:sw, :]
             for i in range(kh) for j in range(kw)]
     patches = np.concatenate(taps, axis=3).reshape(n * oh_n * ow_n, kh * kw * cp).astype(np.int64)
-    acc = patches @ w[:, :kh * kw * cp].T
+    acc = patches @ w.T
     assert np.abs(acc).max(initial=0) < 2 ** 31
     y = (acc - zc[:co].astype(np.int64)).astype(np.float32) * mul + bias
     y = epilogue_rows(y, escale, eshift, res, lo, hi)

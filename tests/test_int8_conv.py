@@ -36,6 +36,8 @@ def _geometry(draw):
 @example(geo=(3, 3, 1, 1, 1, 1, 6, 28), n=2, c=16, co=32, lines=2, epilogue="clip", extreme=False, pool=2, seed=2)
 @example(geo=(3, 3, 1, 1, 1, 1, 4, 10), n=1, c=8, co=20, lines=1, epilogue="nan", extreme=False, pool=2, seed=3)
 @example(geo=(3, 3, 1, 1, 1, 1, 6, 9), n=2, c=4, co=48, lines=3, epilogue="nan", extreme=True, pool=3, seed=4)
+@example(geo=(3, 3, 1, 1, 1, 1, 5, 28), n=2, c=1, co=16, lines=2, epilogue="clip", extreme=False, pool=2, seed=5)
+@example(geo=(5, 5, 1, 2, 1, 1, 4, 12), n=1, c=3, co=20, lines=1, epilogue="all", extreme=True, pool=0, seed=7)
 def test_int8_conv_kernel_matches_its_twin(parallel, geo, n, c, co, lines, epilogue, extreme, pool, seed):
     """The padded codes (borders, channel padding, NaN and infinities counted), then the product:
     rows of 12/8/4 and remainders, 1-4 panels per unit and several units, dilated taps (one segment
@@ -47,22 +49,29 @@ def test_int8_conv_kernel_matches_its_twin(parallel, geo, n, c, co, lines, epilo
         pool = 0
     if pool and epilogue in ("res", "all"):
         epilogue = "clip"
-    cp = -(-c // 4) * 4 + 4 * int(rng.integers(0, 2))
+    packed = c < 4 and dw == 1 and rng.integers(0, 2) == 1     # kernel rows of kw * c codes rounded up to 4
+    cp = c if packed else -(-c // 4) * 4 + 4 * int(rng.integers(0, 2))
+    kwb = -(-kw * c // 4) * 4 if packed else kw * cp
     hp, wp_ = (oh - 1) * sh + (kh - 1) * dh + 1 + int(rng.integers(0, 2)), (ow - 1) * sw + (kw - 1) * dw + 1
+    if packed:
+        wp_ = max(wp_, (ow - 1) * sw + -(-kwb // c))
     top, left = int(rng.integers(0, min(3, hp))), int(rng.integers(0, min(3, wp_)))
     h, w = max(1, hp - top - int(rng.integers(0, 3))), max(1, wp_ - left - int(rng.integers(0, 3)))
     h, w = min(h, hp - top), min(w, wp_ - left)
     scale, zero = F(rng.uniform(0.01, 0.1)), int(rng.integers(0, 256))
     if extreme:     # every product at its largest magnitude: codes 255 (inputs far above the range)
         x = np.full((n, h, w, c), 1e6, F)
-        q = np.full((co, kh * kw * cp), -128, np.int8)
+        q = np.full((co, kh * kwb), -128, np.int8)
         zero = 0
     else:
         x = (rng.standard_normal((n, h, w, c)) * 3).astype(F)
-        q = rng.integers(-127, 128, (co, kh * kw * cp), dtype=np.int8)
+        q = rng.integers(-127, 128, (co, kh * kwb), dtype=np.int8)
     if epilogue == "nan":
         x.flat[rng.integers(0, x.size)] = rng.choice([np.nan, np.inf, -np.inf])
-    q.reshape(co, kh * kw, cp)[:, :, c:] = 0        # the channel padding has zero weights
+    if packed:
+        q.reshape(co, kh, kwb)[:, :, kw * c:] = 0       # a kernel row's padding has zero weights
+    else:
+        q.reshape(co, kh * kw, cp)[:, :, c:] = 0        # the channel padding has zero weights
     wp = pack_panels(q, 16)
     zc = (np.int64(zero) * q.sum(1, dtype=np.int64)).astype(np.int32)
     mul = (scale * rng.random(co).astype(F)).astype(F)

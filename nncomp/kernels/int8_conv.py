@@ -14,7 +14,11 @@ kh*kw times the input's size, an int32 array and a float32 result, then runs the
 passes over arrays that outgrow the caches at batch 64.
 
 Number formats as in kernels/int8.py. Weights are packed over the patch layout ``(kh, kw, cp)``
-(channels padded to a multiple of 4 with zero weights). The float32 operations are the unfused
+(channels padded to a multiple of 4 with zero weights), or, for an undilated layer of fewer than 4
+channels, ``(kh, kwb)``: a kernel row's ``kw * c`` codes unpadded (``cp == c``), rounded up to
+``kwb``, a multiple of 4, with zero weights (a 3 x 3 layer over one channel reads one group of 4
+codes a kernel row, where padding each pixel to 4 channels read three); the padded input then holds
+enough columns of the zero point for the last pixel's ``kwb`` codes. The float32 operations are the unfused
 path's, in its order (``float32(acc - z * colsum[o]) * (sx * scale[o])``, ``+ bias``, then
 epilogue_rows and activation_rows, element by element over several lines at once, the pool
 kernel's max): bit-identical to it. Callers check
@@ -108,7 +112,8 @@ def _line(xp, b, oh, kh, kw, sh, sw, dh, dw, wp, zc, mul, bias, acc, dst, off):
     ow_n, ncols = acc.shape
     co = mul.shape[0]
     whole = dw == 1             # a kernel row's taps are kw * cp consecutive codes: one segment
-    seg_g = kw * cp // 4 if whole else cp // 4
+    kwb = 4 * n_g // kh         # a kernel row's codes in the weight: kw * cp, or rounded up to 4 (packed rows)
+    seg_g = kwb // 4 if whole else cp // 4
     acc[:] = 0
     for u in range((n_p + 3) // 4):
         nb = min(4, n_p - 4 * u)
@@ -119,7 +124,7 @@ def _line(xp, b, oh, kh, kw, sh, sw, dh, dw, wp, zc, mul, bias, acc, dst, off):
             woff = 4 * u * n_g * 64
             if whole:
                 xoff = ((b * hp + oh * sh) * wpx + p0 * sw) * cp
-                int8_block(mr, nb, xp, xoff, sw * cp, dh * wpx * cp, wp, woff, 64, n_g * 64, kw * cp * 16, seg_g,
+                int8_block(mr, nb, xp, xoff, sw * cp, dh * wpx * cp, wp, woff, 64, n_g * 64, kwb * 16, seg_g,
                            kh, acc, p0 * ncols + 64 * u, ncols)
             else:
                 for i in range(kh):
@@ -151,14 +156,17 @@ def _conv(x, scale, zero, top, left, xp, kh, kw, sh, sw, dh, dw, oh_n, ow_n, wp,
     IN  x (n, h, w, c) float32 C-contiguous; scale float32 > 0 and zero 0..255, its activation
         quantization; top, left the padding before the first row and column; kernel (kh, kw), stride
         (sh, sw), dilation (dh, dw) (output pixel (i, j) reads padded rows ``i * sh + a * dh``,
-        columns ``j * sw + b * dw``); output size (oh_n, ow_n) before pooling; wp (n_panels, kh * kw
-        * cp // 4, 64) int8 panels of 16 channels over patches laid out (kh, kw, cp), kh * kw * cp <=
-        65536; zc (>= co,) int32 ``zero * rowsum(w)`` (exact: 255 * 128 * 65536 < 2**31, as is ``acc
+        columns ``j * sw + b * dw``); output size (oh_n, ow_n) before pooling; wp (n_panels, kh * kwb
+        // 4, 64) int8 panels of 16 channels over patches laid out (kh, kwb), kwb = kw * cp (or, with
+        cp == c < 4 and dw == 1, kw * c rounded up to a multiple of 4, zero weights past kw * c),
+        kh * kwb <= 65536; zc (>= co,) int32 ``zero * rowsum(w)`` (exact: 255 * 128 * 65536 < 2**31, as is ``acc
         - zc``); mul (co,) float32 ``scale * wscale[o]``; bias (co,) float32; escale, eshift (co,) or
         (0,) (the epilogue's affine map, applied before the pool); res (n * oh_n * ow_n, co) float32 or
         (0, co) (none with a pool); lo, hi the clip; act, alpha, beta an activation code of
         kernels/epilogue.py (0: none); pool 0 or 1 (none) or >= 2; lines >= 1.
-    OUT xp (n, hp, wp, cp) uint8 C-contiguous (int16 for the AVX2 block: int8_vnni.CODE), cp % 4 == 0, cp >= c, hp >= top + h, wp >= left + w:
+    OUT xp (n, hp, wp, cp) uint8 C-contiguous (int16 for the AVX2 block: int8_vnni.CODE), cp % 4 == 0 and
+        cp >= c, or cp == c with the packed rows above; hp >= top + h, wp >= left + w and (packed rows)
+        wp * cp >= ((ow_n - 1) * sw + kw - 1) * cp + kwb:
         the codes, the zero point in the padding; out (n * oh_q * ow_q, co) float32 C-contiguous, oh_q =
         oh_n // pool and ow_q = ow_n // pool with a pool (kernels/pool.maxpool_nhwc's max), else oh_n, ow_n.
     """

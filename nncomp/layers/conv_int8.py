@@ -35,22 +35,41 @@ def fused_int8(layer, shape, n, oh, ow):
     if not (layer.groups == 1 and isinstance(w, Int8Matrix) and w.activations == "static" and vnni.HAVE_BLOCK):
         return False
     kh, kw = layer.kernel_size
-    kp = kh * kw * (-(-layer.in_channels // 4) * 4)
+    kp = kh * code_layout(layer)[1]
     amx_pays = amx.HAVE_AMX and amx.worth(n * oh * ow, w.code_width, w.n_out)
     rereads = w.packed.nbytes > REREAD_MAX_BYTES and ow < REREAD_MIN_PIXELS
     return kp <= KBLOCK and not amx_pays and not rereads
 
 
+def packed_rows(layer):
+    """Whether the implicit kernel reads ``layer``'s input unpadded, a kernel row's ``kw * c`` codes
+    rounded up to 4 (fewer than 4 channels, undilated columns: kernels/int8_conv.py)."""
+    return layer.in_channels < 4 and layer.dilation[1] == 1
+
+
+def code_layout(layer):
+    """``(cp, kwb)``: the padded input's channels and a kernel row's codes in the packed weight."""
+    kw, c = layer.kernel_size[1], layer.in_channels
+    if packed_rows(layer):
+        return c, -(-kw * c // 4) * 4
+    cp = -(-c // 4) * 4
+    return cp, kw * cp
+
+
 def implicit_weights(layer):
-    """``(wp, zc_unit)``: the weight codes packed over patches laid out (kh, kw, cp), channels padded
-    to a multiple of 4 with zero weights; and the codes' row sums (int64)."""
+    """``(wp, zc_unit)``: the weight codes packed over patches laid out (kh, kwb) (:func:`code_layout`:
+    channels padded to a multiple of 4 with zero weights, or a kernel row's codes padded to 4); and
+    the codes' row sums (int64)."""
     def make():
         w = layer.weight
         kh, kw = layer.kernel_size
         c = layer.in_channels
-        cp = -(-c // 4) * 4
-        q = np.zeros((w.n_out, kh, kw, cp), np.int8)
-        q[..., :c] = w.q.reshape(w.n_out, kh, kw, c)
+        cp, kwb = code_layout(layer)
+        q = np.zeros((w.n_out, kh, kwb), np.int8)
+        if cp == c:
+            q[:, :, :kw * c] = w.q.reshape(w.n_out, kh, kw * c)
+        else:
+            q.reshape(w.n_out, kh, kw, cp)[..., :c] = w.q.reshape(w.n_out, kh, kw, c)
         return pack_panels(q.reshape(w.n_out, -1), PANEL), w.q.sum(axis=1, dtype=np.int64)
     return layer.memo(("int8_implicit",), make)
 
@@ -73,8 +92,10 @@ def int8_step(layer, shape, n, oh, ow, epilogue=None, pool=1):
     sh, sw = layer.stride
     dh, dw = layer.dilation
     t, b, l, r = layer.padding
-    cp = -(-c // 4) * 4
+    cp, kwb = code_layout(layer)
     hp, wp_ = h + t + b, wd + l + r
+    if cp == c:     # packed rows: the last pixel reads kwb codes from its first column on
+        wp_ = max(wp_, (ow - 1) * sw + -(-kwb // c))
     wp, colsum = implicit_weights(layer)
     sx, z = np.float32(w.act_scale), int(w.act_zero)
     zc = (np.int64(z) * colsum).astype(np.int32)     # |z * colsum| <= 255 * 128 * 65536 < 2**31
