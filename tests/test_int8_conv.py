@@ -136,6 +136,10 @@ def _unfused(monkeypatch):
        co=st.integers(1, 40), kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
        stride=st.tuples(st.integers(1, 2), st.integers(1, 2)), padding=st.tuples(*[st.integers(0, 2)] * 4),
        dilation=st.sampled_from([(1, 1), (2, 1), (1, 2)]), same=st.booleans(), seed=st.integers(0, 2**31))
+@example(n=2, hw=(9, 11), c=1, co=16, kernel=(3, 3), stride=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), same=False,
+         seed=0)      # fewer than 4 channels: kernel rows read unpadded (kernels/int8_conv.py)
+@example(n=1, hw=(12, 10), c=3, co=20, kernel=(3, 2), stride=(2, 1), padding=(0, 1, 2, 0), dilation=(2, 1), same=False,
+         seed=1)
 def test_conv_layer_gives_the_bits_of_the_im2col_path(n, hw, c, co, kernel, stride, padding, dilation, same, seed):
     rng = np.random.default_rng(seed)
     conv = _int8_conv(rng, c, co, kernel, stride, padding, dilation, same)
