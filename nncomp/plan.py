@@ -180,6 +180,11 @@ CHOOSE_BELOW_MACS = 1 << 24
 # ResNet-small 0.29-0.34 against 0.31-0.44, VGG-small either); next to a busy core the measured choice
 # falls back to serial (contention 0.99-1.16x single-threaded).
 SERIAL_SINGLE = VECTOR_REGISTERS >= 32
+# ... for models of at most this many parameter bytes: a larger weight (VGG-16's fc6 pruned to 90%:
+# 62 MB, 10 M multiply-adds) streams from L3 or DRAM at one sample, and one core reads it at half the
+# rate two do: run serial, fc6 at 90% took 6.45 ms a call against 3.10 for the parallel product
+# (Xeon, caches flushed before each call); such a model runs as measured.
+SERIAL_SINGLE_MAX_BYTES = 4 << 20
 _POOL = None
 _POOL_LOCK = threading.Lock()
 

@@ -361,6 +361,10 @@ def test_run_mode_names_the_engines_choice_and_refuses_bad_arguments(lenet5, mon
     import nncomp.model as M
     monkeypatch.setattr(M, "SERIAL_SINGLE", True)          # AVX-512: one sample always serial
     assert lenet5.run_mode(1, threads=2) == "serial"
+    monkeypatch.setattr(M, "SERIAL_SINGLE_MAX_BYTES", lenet5.nbytes - 1)   # a weight that streams from L3 or DRAM
+    assert lenet5.run_mode(1, threads=2) == "measured"
+    monkeypatch.setattr(M, "SERIAL_SINGLE_MAX_BYTES", lenet5.nbytes)
+    assert lenet5.run_mode(1, threads=2) == "serial"
     assert lenet5.run_mode(64, threads=2) == "parallel"          # 5 MACs per weight: never split
     for bad in [dict(batch="x"), dict(batch=0), dict(batch=2, threads=0), dict(batch=1.5)]:
         with pytest.raises(nc.NncompError, match="run_mode"):
