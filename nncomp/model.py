@@ -8,8 +8,8 @@ from .checks import check_number
 from .errors import InputError, NncompError
 from .kernels import _jit, layout
 from .layers import Layer
-from .plan import (CHOOSE_BELOW_MACS, INPUT, SERIAL_BELOW_MACS, SERIAL_SINGLE, SERIAL_SINGLE_MAX_BYTES, MeasuredChoice, Plan, batch_parts,
-                   run_parallel, run_parts, run_serial)
+from .plan import (CHOOSE_BELOW_MACS, INPUT, SERIAL_BELOW_MACS, MeasuredChoice, Plan, batch_parts, run_parallel,
+                   run_parts, run_serial, serial_single)
 
 __all__ = ["Model", "Node", "INPUT"]
 
@@ -332,8 +332,7 @@ class Model:
         if batch_parts(n, threads, self._macs_per_weight, macs) is not None:
             return "measured"
         if n * macs < CHOOSE_BELOW_MACS:
-            single = n == 1 and SERIAL_SINGLE and self.nbytes <= SERIAL_SINGLE_MAX_BYTES
-            return "serial" if n * macs < SERIAL_BELOW_MACS or single else "measured"
+            return "serial" if n * macs < SERIAL_BELOW_MACS or serial_single(n, self.nbytes) else "measured"
         return "parallel"
 
     def _forward_parts(self, x, keep, step):

@@ -185,6 +185,12 @@ SERIAL_SINGLE = VECTOR_REGISTERS >= 32
 # rate two do: run serial, fc6 at 90% took 6.45 ms a call against 3.10 for the parallel product
 # (Xeon, caches flushed before each call); such a model runs as measured.
 SERIAL_SINGLE_MAX_BYTES = 4 << 20
+
+
+def serial_single(n, nbytes):
+    """Whether ``n`` samples of a model of ``nbytes`` parameter bytes, under CHOOSE_BELOW_MACS, always
+    run serial (above)."""
+    return n == 1 and SERIAL_SINGLE and nbytes <= SERIAL_SINGLE_MAX_BYTES
 _POOL = None
 _POOL_LOCK = threading.Lock()
 

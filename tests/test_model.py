@@ -358,12 +358,11 @@ def test_run_mode_names_the_engines_choice_and_refuses_bad_arguments(lenet5, mon
     import nncomp.plan as P
     single = "serial" if P.SERIAL_SINGLE else "measured"      # AVX2: one sample serial or parallel as measured
     assert lenet5.run_mode(1, threads=1) == "serial" and lenet5.run_mode(1, threads=2) == single
-    import nncomp.model as M
-    monkeypatch.setattr(M, "SERIAL_SINGLE", True)          # AVX-512: one sample always serial
+    monkeypatch.setattr(P, "SERIAL_SINGLE", True)          # AVX-512: one sample always serial
     assert lenet5.run_mode(1, threads=2) == "serial"
-    monkeypatch.setattr(M, "SERIAL_SINGLE_MAX_BYTES", lenet5.nbytes - 1)   # a weight that streams from L3 or DRAM
+    monkeypatch.setattr(P, "SERIAL_SINGLE_MAX_BYTES", lenet5.nbytes - 1)   # a weight that streams from L3 or DRAM
     assert lenet5.run_mode(1, threads=2) == "measured"
-    monkeypatch.setattr(M, "SERIAL_SINGLE_MAX_BYTES", lenet5.nbytes)
+    monkeypatch.setattr(P, "SERIAL_SINGLE_MAX_BYTES", lenet5.nbytes)
     assert lenet5.run_mode(1, threads=2) == "serial"
     assert lenet5.run_mode(64, threads=2) == "parallel"          # 5 MACs per weight: never split
     for bad in [dict(batch="x"), dict(batch=0), dict(batch=2, threads=0), dict(batch=1.5)]:
