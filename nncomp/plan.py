@@ -191,6 +191,8 @@ def serial_single(n, nbytes):
     """Whether ``n`` samples of a model of ``nbytes`` parameter bytes, under CHOOSE_BELOW_MACS, always
     run serial (above)."""
     return n == 1 and SERIAL_SINGLE and nbytes <= SERIAL_SINGLE_MAX_BYTES
+
+
 _POOL = None
 _POOL_LOCK = threading.Lock()
 

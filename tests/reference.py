@@ -200,6 +200,11 @@ def avgpool_nhwc(x, kh, kw, sh, sw, ph, pw, pb, pr, count_include_pad, oh_n, ow_
     return out
 
 
+def clip_value(v, lo, hi):
+    """NumPy's ``minimum(maximum(v, lo), hi)`` of one float32 value."""
+    return np.minimum(np.maximum(np.float32(v), np.float32(lo)), np.float32(hi))
+
+
 def epilogue_rows(y, scale, shift, res, lo, hi):
     """The epilogue as the layers compute it one by one, in float32 NumPy (returns a new array)."""
     y = np.array(y, np.float32)

@@ -214,6 +214,17 @@ def test_chain_rows_matches_reference(m, c, kinds, act, seed):
             assert np.array_equal(got.view(np.int32), want.view(np.int32))
 
 
+@given(v=st.floats(width=32) | st.sampled_from([np.nan, -0.0, 0.0, np.inf, -np.inf]),
+       clip=st.sampled_from([(-np.inf, np.inf), (0.0, np.inf), (0.0, 6.0), (-0.0, 0.0)]))
+def test_clip_value_is_numpys_maximum_then_minimum(v, clip):
+    """Bit for bit, NaN passing and -0.0 clipped to +0.0 at 0, as np.maximum and np.minimum give."""
+    from nncomp.kernels.epilogue import clip_value
+    lo, hi = (np.float32(b) for b in clip)
+    got = clip_value(np.float32(v), lo, hi)
+    want = ref.clip_value(v, lo, hi)
+    assert np.array_equal(np.float32(got).view(np.int32), want.view(np.int32))
+
+
 @given(m=st.integers(0, 40), c=st.integers(1, 40), affine=st.booleans(), add=st.booleans(),
        clip=st.sampled_from([None, (0.0, np.inf), (0.0, 6.0)]), seed=st.integers(0, 2**31))
 def test_epilogue_rows_matches_reference(m, c, affine, add, clip, seed):

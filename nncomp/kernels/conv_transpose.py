@@ -12,6 +12,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import both
+from .epilogue import clip_value
 
 
 def _col2im(cols, n, h, w, kh, kw, sh, sw, pt, pl, dh, dw, bias, out):
@@ -101,11 +102,7 @@ def _col2im_tiles_epilogue(cols, h, w, bias, scale, shift, res, lo, hi, out):
                     v = v + sh[q]
                 if add:
                     v = v + e[q]
-                if not (v > lo or v != v):
-                    v = lo
-                if not (v < hi or v != v):
-                    v = hi
-                d[q] = v
+                d[q] = clip_value(v, lo, hi)
 
 
 col2im_tiles_epilogue_nhwc, col2im_tiles_epilogue_nhwc_parallel = both(_col2im_tiles_epilogue)

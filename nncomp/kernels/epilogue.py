@@ -28,6 +28,17 @@ RUN_BELOW_CHANNELS = 32
 RUN_VALUES = 128
 
 
+@jit(inline="always")
+def clip_value(v, lo, hi):
+    """NumPy's ``minimum(maximum(v, lo), hi)``: the first operand only if it wins strictly or is NaN
+    (so max(-0.0, 0.0) is +0.0, as np.maximum gives)."""
+    if not (v > lo or v != v):
+        v = lo
+    if not (v < hi or v != v):
+        v = hi
+    return v
+
+
 def _epilogue(y, scale, shift, res, lo, hi):
     """``y = clip((y * scale + shift) + res, lo, hi)`` in place, each part optional.
 
@@ -38,8 +49,8 @@ def _epilogue(y, scale, shift, res, lo, hi):
     m, c = y.shape
     affine = scale.shape[0] > 0
     add = res.shape[0] > 0
-    # The per-value steps are written out in both loops: the same steps as an inlined helper taking
-    # the arrays and an index ran 8-80x slower (LLVM vectorized neither loop).
+    # The affine and residual steps are written out in both loops: as an inlined helper taking the
+    # arrays and an index they ran 8-80x slower (LLVM vectorized neither loop); the clip, on scalars, is shared.
     if c < RUN_BELOW_CHANNELS:      # flat runs of whole rows (above), the same operations per value
         rows = max(1, -(-RUN_VALUES // c))
         run = rows * c
@@ -62,11 +73,7 @@ def _epilogue(y, scale, shift, res, lo, hi):
                     v = v + sh[k]
                 if add:
                     v = v + rs[k]
-                if not (v > lo or v != v):
-                    v = lo
-                if not (v < hi or v != v):
-                    v = hi
-                seg[k] = v
+                seg[k] = clip_value(v, lo, hi)
         return
     for i in prange(m):
         row = y[i]
@@ -77,13 +84,7 @@ def _epilogue(y, scale, shift, res, lo, hi):
                 v = v + shift[k]
             if add:
                 v = v + res[i, k]
-            # NumPy's maximum and minimum: the first operand only if it wins strictly or is NaN
-            # (so max(-0.0, 0.0) is +0.0, as np.maximum gives)
-            if not (v > lo or v != v):
-                v = lo
-            if not (v < hi or v != v):
-                v = hi
-            row[k] = v
+            row[k] = clip_value(v, lo, hi)
 
 
 epilogue_rows, epilogue_rows_parallel = both(_epilogue)

@@ -10,9 +10,10 @@ from ._jit import both
 
 @intrinsic
 def pool16(typingctx, src, soff, pix, line, q, dst, doff):
-    """16 channels of one max-pooled pixel: ``dst[doff + j]`` = the max, by :func:`max_into`'s rule
-    and from -inf, of ``src[soff + a * line + b * pix + j]`` over ``a``, ``b`` < ``q`` in that order
-    (rows, then columns), for ``j < 16``: the window's loads and comparisons in registers."""
+    """16 channels of one max-pooled pixel: ``dst[doff + j]`` = the max, from -inf, of
+    ``src[soff + a * line + b * pix + j]`` over ``a``, ``b`` < ``q`` in that order (rows, then
+    columns), a value winning where it is greater or NaN (:func:`_maxpool`'s rule), for ``j < 16``:
+    the window's loads and comparisons in registers."""
     sig = types.void(src, soff, pix, line, q, dst, doff)
 
     def codegen(context, builder, signature, args):

@@ -94,7 +94,7 @@ def int8_step(layer, shape, n, oh, ow, epilogue=None, pool=1):
     t, b, l, r = layer.padding
     cp, kwb = code_layout(layer)
     hp, wp_ = h + t + b, wd + l + r
-    if cp == c:     # packed rows: the last pixel reads kwb codes from its first column on
+    if packed_rows(layer):      # the last pixel reads kwb codes from its first column on
         wp_ = max(wp_, (ow - 1) * sw + -(-kwb // c))
     wp, colsum = implicit_weights(layer)
     sx, z = np.float32(w.act_scale), int(w.act_zero)
