@@ -251,19 +251,20 @@ def chain_rows(y, kinds, params, vecs, res):
 
 
 def run_chain(x0, x1, ints, floats):
-    """A compiled run of blocked and depthwise convolutions, global means and channel ops
-    (nncomp/kernels/conv_chain.py) from its table, with the twins above and in reference_spatial
-    (float64 convolutions; returns the last value). Slots a row drops (DROP0, DROP1) become None
-    after it, so a row that reads a dropped value fails here."""
+    """A compiled run of blocked and depthwise convolutions, static-int8 convolutions, global means
+    and channel ops (nncomp/kernels/conv_chain.py) from its table, with the twins above and in
+    reference_spatial and reference_int8 (float64 convolutions, exact int8 products; returns the
+    last value). Slots a row drops (DROP0, DROP1) become None after it, so a row that reads a
+    dropped value fails here."""
     import ctypes
 
     from nncomp.kernels import conv_chain as K
 
-    def array(address, shape):
+    def array(address, shape, ctype=ctypes.c_float):
         size = int(np.prod(shape))
         if not size:
             return np.zeros(shape, np.float32)
-        return np.ctypeslib.as_array((ctypes.c_float * size).from_address(int(address))).reshape(shape)
+        return np.ctypeslib.as_array((ctype * size).from_address(int(address))).reshape(shape)
     values = [x0, x1]
     for p, f in zip(ints, floats):
         src = values[p[K.IN]]
@@ -278,12 +279,16 @@ def run_chain(x0, x1, ints, floats):
             values.append(np.asarray(y, np.float32).reshape(src.shape))
             _drop(values, p)
             continue
+        if p[K.KIND] == K.INT8:
+            values.append(_int8_row(array, p, f, src, values[p[K.RES]]))
+            _drop(values, p)
+            continue
         xp = np.pad(src, ((0, 0), (p[K.T], p[K.B]), (p[K.L], p[K.R]), (0, 0)))
         w = array(p[K.W_ADDR], (p[K.W_ROWS], p[K.W_COLS]))
         if p[K.SCALED]:
             w = per_image_weight(w, values[p[K.SCALE]].reshape(n, c))
         bias, scale, shift, post, post_shift = (array(p[K.V_ADDR + k], (p[K.V_ADDR + K.N_VECTORS + k],))
-                                                for k in range(K.N_VECTORS))
+                                                for k in range(5))
         geo = (p[K.KH], p[K.KW], p[K.SH], p[K.SW], p[K.DH], p[K.DW])
         oh, ow, co, pool = p[K.OH], p[K.OW], p[K.CO], p[K.POOL]
         if p[K.WINOGRAD]:
@@ -310,6 +315,28 @@ def run_chain(x0, x1, ints, floats):
         values.append(y.reshape(src.shape[0], oh, ow, co).astype(np.float32))
         _drop(values, p)
     return values[-1]
+
+
+def _int8_row(array, p, f, src, res_map):
+    """An INT8 row of :func:`run_chain`: reference_int8's twin of the implicit GEMM with the row's
+    parameters, then (pooled) the epilogue after the pool."""
+    import ctypes
+
+    from nncomp.kernels import conv_chain as K
+    vec = [array(p[K.V_ADDR + k], (p[K.V_ADDR + K.N_VECTORS + k],)) for k in range(6)]
+    zc = array(p[K.V_ADDR + 6], (p[K.V_ADDR + K.N_VECTORS + 6],), ctypes.c_int32)
+    wp = array(p[K.W_ADDR], (p[K.W_ROWS], p[K.W_COLS] // 64, 64), ctypes.c_int8)
+    n, co, oh, ow, q = src.shape[0], p[K.CO], p[K.OH], p[K.OW], max(1, p[K.POOL])
+    res = res_map.reshape(-1, co) if p[K.ADD] else np.zeros((0, co), np.float32)
+    bad, _, y = int8_conv_nhwc(src, f[K.SX], p[K.ZERO], p[K.T], p[K.L], (n, p[K.HPAD], p[K.WPAD], p[K.CPAD]),
+                               p[K.KH], p[K.KW], p[K.SH], p[K.SW], p[K.DH], p[K.DW], oh, ow, wp, zc, vec[5], vec[0],
+                               vec[1], vec[2], res, f[K.LO], f[K.HI], p[K.ACT], f[K.ALPHA], f[K.BETA], q, p[K.LINES])
+    assert not bad
+    if q > 1:
+        y = epilogue_rows(y, vec[3], vec[4], np.zeros((0, co), np.float32), f[K.POST_LO], f[K.POST_HI])
+        if p[K.POST_ACT]:
+            y = activation_rows(y, p[K.POST_ACT], f[K.POST_ALPHA], f[K.POST_BETA])
+    return np.asarray(y, np.float32).reshape(n, oh // q, ow // q, co)
 
 
 def _drop(values, p):

@@ -189,6 +189,52 @@ def test_runs_of_blocked_convolutions_compile_to_one_call_with_the_same_bits(nam
         numba.set_num_threads(saved)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name, n", [("vgg_small", 1), ("resnet_small", 3)])
+def test_static_int8_convolutions_join_the_compiled_run(name, n, threads, monkeypatch):
+    """A static-int8 model's implicit-GEMM convolutions (pooled ones with the epilogue after the
+    pool, residual adds in the kernel) run as rows of one compiled call: every output bit as the
+    steps one by one, the table's NumPy twin's numbers within rounding, and a NaN input refused
+    from inside the run with the int8 layer named."""
+    import numba
+
+    import nncomp.plan as P
+    from nncomp.errors import InputError
+    from nncomp.kernels import conv_chain as K
+    from nncomp.kernels import int8_vnni
+    if not int8_vnni.HAVE_BLOCK:
+        pytest.skip("no int8 block on this CPU: the implicit int8 kernel does not run")
+    model = nc.load(nc.data.model_path(name))
+    calib = nc.data.for_model(model, "train")[0][:64]
+    x = nc.data.for_model(model)[0][:n]
+    xi = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    saved = numba.get_num_threads()
+    numba.set_num_threads(min(threads, saved))
+    try:
+        q = nc.quantize(model, calibration=calib, activations="static")
+        plan = q._plan((28, 28, 1), n, q.outputs)
+        runs = [step for step, _, _ in plan.steps if hasattr(step, "specs")]
+        kinds = runs[0].ints[:, K.KIND]
+        assert len(runs) == 1 and (kinds == K.INT8).sum() >= 4
+        assert runs[0].ints[kinds == K.INT8, K.POOL].any() == (name == "vgg_small")
+        assert runs[0].ints[kinds == K.INT8, K.ADD].any() == (name == "resnet_small")
+        _assert_drops_after_last_reader(runs[0].ints)
+        chained = plan.run(xi)[0]
+        want = ref.run_chain(xi, xi, runs[0].ints, runs[0].floats)
+        got = runs[0](xi)
+        assert np.allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+        bad = xi.copy()
+        bad[0, 3, 4, 0] = np.nan
+        with pytest.raises(InputError, match=r"int8 layer \(.*NaN or Inf"):
+            plan.run(bad)
+        monkeypatch.setattr(P, "CHAIN", False)
+        plain = nc.quantize(model, calibration=calib, activations="static")._plan((28, 28, 1), n, q.outputs)
+        assert not any(hasattr(step, "specs") for step, _, _ in plain.steps)
+        assert np.array_equal(chained, plain.run(xi)[0])
+    finally:
+        numba.set_num_threads(saved)
+
+
 def _mobile_blocks(seed, proj=1):
     """Two MobileNetV3 blocks (depthwise conv, an SE block whose channel mul reads its inputs in
     either order, a ``proj`` x ``proj`` projection and a residual add) after a strided stem, then a

@@ -3,6 +3,7 @@
 The steps of a run are rows of an integer and a float parameter table; :func:`run_chain` walks
 them in order, padding each input, calling the blocked, depthwise or Winograd kernels (plain with
 their in-kernel epilogue, or pooled then the epilogue and activation kernels on the pooled output),
+the static-int8 implicit GEMM (nncomp/kernels/int8_conv.py, which quantizes its input itself),
 and the two steps a squeeze-and-excitation block adds between them (a global mean over the pixels,
 and a per-sample channel vector applied to a map), keeping every output for the steps after it.
 One Python call per run instead of one per step, and no Python between the kernels: the steps'
@@ -26,39 +27,51 @@ from .binary import channel_binary_nhwc, channel_binary_nhwc_parallel
 from .conv_depthwise import depthwise_blocked_nhwc, depthwise_blocked_nhwc_parallel
 from .conv_winograd import SKEW, winograd_nhwc, winograd_nhwc_parallel
 from .epilogue import activation_rows, activation_rows_parallel, epilogue_rows, epilogue_rows_parallel
+from .int8_conv import int8_conv_nhwc, int8_conv_nhwc_parallel
+from .int8_vnni import CODE
 from .pool import global_mean_nhwc, global_mean_nhwc_parallel
 
 # Columns of the integer table: the step's parameters, the slots whose last reader the step is
-# (DROP0, DROP1, DROP2; 0 for none), then the addresses and sizes of its weight (rows x columns) and of
-# its N_VECTORS vectors.
+# (DROP0, DROP1, DROP2; 0 for none), an int8 step's activation zero point, padded input (HPAD, WPAD,
+# CPAD: its codes' height, width and channels) and output lines per task, then the addresses and sizes
+# of its weight (rows x columns) and of its N_VECTORS vectors.
 (IN, RES, KH, KW, SH, SW, DH, DW, NVEC, PMAX, T, B, L, R, OH, OW, CO, POOL, AFFINE, ADD, ACT, POST_ACT,
  PARALLEL, PAD_PARALLEL, POST_PARALLEL, THREADS, WINOGRAD, CHUNK, W_ADDR, W_ROWS, W_COLS, UNPADDED, KIND, OP,
- REVERSE, DROP0, DROP1, SCALED, SCALE, DROP2) = range(40)
-V_ADDR = 40             # N_VECTORS addresses, then N_VECTORS lengths
-N_INTS = 40 + 2 * 5
+ REVERSE, DROP0, DROP1, SCALED, SCALE, DROP2, ZERO, HPAD, WPAD, CPAD, LINES) = range(45)
+N_VECTORS = 7
+V_ADDR = 45             # N_VECTORS addresses, then N_VECTORS lengths
+N_INTS = V_ADDR + 2 * N_VECTORS
 # Kinds of step (column KIND): a dense or Winograd convolution (as WINOGRAD says), a depthwise one,
 # the mean of each image's pixels ((n, 1, 1, c)), and slot IN's map op slot RES's (n, 1, 1, c)
 # channel vector (``vector op map`` with REVERSE; OP a code of kernels.binary.CHANNEL_OPS). A dense
 # convolution with SCALED reads its input map times slot SCALE's (n, 1, 1, c) channel vector, as a
-# weight per image (conv_blocked.per_image_weight).
-CONV, DEPTHWISE, MEAN, CHANNEL = range(4)
-# Columns of the float table.
-LO, HI, ALPHA, BETA, POST_LO, POST_HI, POST_ALPHA, POST_BETA = range(8)
-N_FLOATS = 8
-# Vectors per step in the vector list: bias, scale, shift (padded to the weight's width), and the
-# pooled output's scale and shift (length co, or 0 for none).
-N_VECTORS = 5
+# weight per image (conv_blocked.per_image_weight). INT8: the static-int8 implicit GEMM
+# (int8_conv_nhwc; its weight the int8 panels (W_ROWS panels, W_COLS = k-groups x 64 codes), its
+# epilogue in the kernel, or with POOL >= 2 the pool in the kernel and the POST_ epilogue after it).
+CONV, DEPTHWISE, MEAN, CHANNEL, INT8 = range(5)
+# Columns of the float table (SX: an int8 step's activation scale).
+LO, HI, ALPHA, BETA, POST_LO, POST_HI, POST_ALPHA, POST_BETA, SX = range(9)
+N_FLOATS = 9
+# Vectors per step in the vector list: bias, scale, shift (padded to the weight's width), the
+# pooled output's scale and shift (length co, or 0 for none), and an int8 step's dequantization
+# multipliers (float32, co) and zero-point row sums (int32, co); length 0 where unused.
+
 ARRAY4 = types.Array(types.float32, 4, "C")
 
 
-@intrinsic
-def _f32_pointer(typingctx, address):
-    """The float32 pointer at integer ``address`` (of an array the caller keeps alive)."""
-    sig = types.CPointer(types.float32)(types.int64)
+def _pointer_to(item):
+    """An intrinsic: the ``item`` pointer at integer ``address`` (of an array the caller keeps alive)."""
+    @intrinsic
+    def pointer(typingctx, address):
+        sig = types.CPointer(item)(types.int64)
 
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
-    return sig, codegen
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+        return sig, codegen
+    return pointer
+
+
+_f32_pointer, _i8_pointer, _i32_pointer = (_pointer_to(t) for t in (types.float32, types.int8, types.int32))
 
 
 @jit
@@ -78,14 +91,17 @@ def _empty4(n, h, w, c):
 
 
 @jit
-def run_chain(x0, x1, ints, floats):
-    """The output of the last step of a run.
+def run_chain(x0, x1, ints, floats, status):
+    """The output of the last step of a run (with ``status[0]`` 0), or an empty array with
+    ``status[0] = i + 1`` when int8 step ``i`` met a NaN or infinite input (the caller raises: its codes
+    would be meaningless).
 
     IN  x0, x1 (n, h, w, c) float32 C-contiguous: the run's inputs (value slots 0 and 1; x1 any
         array when unused); ints (steps, N_INTS) int64, with the addresses of each step's (k, cop)
         float32 weight and N_VECTORS float32 vectors (bias, scale, shift: cop; the pooled
         output's scale and shift: co or 0), which the caller keeps alive; floats (steps, N_FLOATS)
-        float32. Step i reads slot ints[i, IN] (and ints[i, RES] for a residual) and writes slot
+        float32; an int8 step's weight is int8 panels (W_ROWS, W_COLS // 64, 64) and its last vector
+        int32; status (1,) int64. Step i reads slot ints[i, IN] (and ints[i, RES] for a residual) and writes slot
         i + 2. (Arrays go by address: a typed List made in Python compiled for 3 s per process.) After
         step i, slots ints[i, DROP0], ints[i, DROP1] and ints[i, DROP2] (from 2; 0: none) are let go: their memory
         goes back to the allocator for the steps after, still in cache, instead of every value of
@@ -118,7 +134,12 @@ def run_chain(x0, x1, ints, floats):
         bias, scale, shift, post, post_shift = (_vector(p, 0), _vector(p, 1), _vector(p, 2), _vector(p, 3),
                                                 _vector(p, 4))
         oh, ow, co, pool = p[OH], p[OW], p[CO], p[POOL]
-        if p[WINOGRAD]:         # F(m x m, r x r) with m = p[WINOGRAD], r = p[KH]: (m + r - 1)**2 positions
+        if p[KIND] == INT8:
+            out = _int8_step(p, f, src, values[p[RES]], bias, scale, shift)
+            if out.shape[0] == 0:
+                status[0] = i + 1
+                return out
+        elif p[WINOGRAD]:         # F(m x m, r x r) with m = p[WINOGRAD], r = p[KH]: (m + r - 1)**2 positions
             m, span = p[WINOGRAD], (p[WINOGRAD] + p[KH] - 1) ** 2
             cp, cop = p[W_ROWS] // span, p[W_COLS]
             wt = numba.carray(_f32_pointer(p[W_ADDR]), (span, cp, cop))
@@ -190,6 +211,33 @@ def _drop(values, p, gone):
         values[p[DROP1]] = gone
     if p[DROP2] >= 2:
         values[p[DROP2]] = gone
+
+
+@jit
+def _int8_step(p, f, x, res_map, bias, escale, eshift):
+    """An INT8 step of :func:`run_chain`: a new (n, oh, ow, co) map (pooled: (n, oh // q, ow // q,
+    co)), or an empty one when ``x`` holds a NaN or an infinity."""
+    n = x.shape[0]
+    co, oh, ow = p[CO], p[OH], p[OW]
+    q = p[POOL] if p[POOL] > 1 else 1
+    wp = numba.carray(_i8_pointer(p[W_ADDR]), (p[W_ROWS], p[W_COLS] // 64, 64))
+    mul = _vector(p, 5)
+    zc = numba.carray(_i32_pointer(p[V_ADDR + 6]), (p[V_ADDR + N_VECTORS + 6],))
+    xp = np.empty((n, p[HPAD], p[WPAD], p[CPAD]), CODE)
+    out = _empty4(n, oh // q, ow // q, co)
+    flat = out.reshape((out.size // co, co))
+    res = res_map.reshape((n * oh * ow, co)) if p[ADD] else np.zeros((0, co), np.float32)
+    if p[PARALLEL]:
+        bad = int8_conv_nhwc_parallel(x, f[SX], p[ZERO], p[T], p[L], xp, p[KH], p[KW], p[SH], p[SW], p[DH], p[DW], oh,
+                                      ow, wp, zc, mul, bias, escale, eshift, res, f[LO], f[HI], p[ACT], f[ALPHA],
+                                      f[BETA], q, p[LINES], flat)
+    else:
+        bad = int8_conv_nhwc(x, f[SX], p[ZERO], p[T], p[L], xp, p[KH], p[KW], p[SH], p[SW], p[DH], p[DW], oh, ow, wp,
+                             zc, mul, bias, escale, eshift, res, f[LO], f[HI], p[ACT], f[ALPHA], f[BETA], q, p[LINES],
+                             flat)
+    if bad:
+        return np.empty((0, 0, 0, 0), np.float32)
+    return out
 
 
 @jit

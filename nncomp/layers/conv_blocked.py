@@ -1,7 +1,5 @@
 """The blocked convolution steps (nncomp/kernels/conv_blocked.py) and the Winograd ones (conv_winograd.py):
 which layers they serve, their weight layouts, and the steps a plan runs (plain, with an epilogue, pooled)."""
-from dataclasses import dataclass
-
 import numba
 import numpy as np
 
@@ -16,6 +14,7 @@ from ..kernels.conv_winograd import (chunk_rows, filter_matrix, product_pixels, 
 from ..kernels.decode import decode_winograd_t, decode_winograd_t_parallel
 from ..kernels.isa import VECTOR_REGISTERS
 from ..matrices import DenseMatrix
+from .conv_chain import ChainStep, chain_tables
 from .workspace import scratch
 
 # The blocked kernel streams a tile's weight columns (kh*kw*c x 64 floats) once per tile, from L2
@@ -48,16 +47,6 @@ WINOGRAD_MIN_PIXELS = 1024
 # mode splits the batch.
 WINOGRAD_DECODED_MIN_PIXELS = 400
 _NONE = np.zeros(0, np.float32)
-
-
-@dataclass(frozen=True)
-class ChainStep:
-    """A blocked step as a row of a compiled run (see nncomp/layers/conv_chain.py)."""
-
-    weight: np.ndarray
-    vectors: tuple
-    ints: np.ndarray
-    floats: np.ndarray
 
 
 def _padded_channels(layer):
@@ -212,8 +201,7 @@ def _blocked_setup(layer, shape, n, oh, ow, kernels, factor=SERIAL_FACTOR):
 def _chain_spec(layer, kern, parallel_kern, padded, w, vectors, nvec, pmax, geo, out_shape, **fields):
     """The step's row of a compiled run (nncomp/kernels/conv_chain.py): its weight, vectors and
     integer and float parameters; the run fills in the slots it reads."""
-    ints = np.zeros(K.N_INTS, np.int64)
-    floats = np.array([-np.inf, np.inf, 0, 0, -np.inf, np.inf, 0, 0], np.float32)
+    ints, floats = chain_tables()
     ints[[K.KH, K.KW, K.SH, K.SW, K.DH, K.DW]] = geo
     ints[[K.T, K.B, K.L, K.R]] = layer.padding
     ints[[K.OH, K.OW, K.CO]] = out_shape
@@ -224,7 +212,7 @@ def _chain_spec(layer, kern, parallel_kern, padded, w, vectors, nvec, pmax, geo,
             ints[getattr(K, name)] = value
         else:
             floats[getattr(K, name.upper())] = value
-    return ChainStep(w, tuple(vectors), ints, floats)
+    return ChainStep(w, tuple(vectors) + (_NONE,) * (K.N_VECTORS - len(vectors)), ints, floats)
 
 
 def _epilogue_vectors(epilogue, co, cop):

@@ -1,6 +1,7 @@
 """Runs of convolution steps compiled into one call (nncomp/kernels/conv_chain.py).
 
-A prepared blocked (dense or depthwise) step carries its row of the run
+A prepared blocked (dense or depthwise), Winograd or static-int8 implicit-GEMM step
+(nncomp/layers/conv_int8.py) carries its row of the run
 (:class:`nncomp.layers.conv_blocked.ChainStep` as ``step.chain``); a pooled one with an epilogue
 after the pool gets that epilogue added by :func:`with_post`. A global mean that keeps its (1, 1)
 pixel and a per-sample channel vector applied to a map (the squeeze-and-excitation block of
@@ -8,15 +9,35 @@ MobileNetV3 and EfficientNet between its convolutions) carry one from :func:`squ
 :func:`merge_runs` replaces each run of consecutive such steps of a plan whose inner values nothing
 after the run reads by one call of the compiled driver.
 """
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..errors import InputError
 from ..kernels import conv_chain as K
-from .conv_blocked import ChainStep
 
 # A run needs at least this many steps to pay for its Python call.
 MIN_RUN = 2
+
+
+@dataclass(frozen=True)
+class ChainStep:
+    """A step as a row of a compiled run (see nncomp/layers/conv_chain.py); ``label`` names an int8
+    step's layer in the error its NaN or infinite input raises."""
+
+    weight: np.ndarray
+    vectors: tuple
+    ints: np.ndarray
+    floats: np.ndarray
+    label: str = ""
+
+
+def chain_tables():
+    """A step's integer and float rows of a compiled run with nothing set: no clips (LO, HI,
+    POST_LO, POST_HI at -inf, inf), every other entry 0."""
+    floats = np.zeros(K.N_FLOATS, np.float32)
+    floats[[K.LO, K.POST_LO]], floats[[K.HI, K.POST_HI]] = -np.inf, np.inf
+    return np.zeros(K.N_INTS, np.int64), floats
 
 
 def with_post(spec, epilogue, parallel):
@@ -30,7 +51,8 @@ def with_post(spec, epilogue, parallel):
     code, alpha, beta = act or (0, 0.0, 0.0)
     ints[K.POST_ACT], ints[K.POST_PARALLEL] = code, parallel
     floats[[K.POST_LO, K.POST_HI, K.POST_ALPHA, K.POST_BETA]] = lo, hi, alpha, beta
-    vectors = spec.vectors[:3] + (np.ascontiguousarray(scale, np.float32), np.ascontiguousarray(shift, np.float32))
+    vectors = (spec.vectors[:3] + (np.ascontiguousarray(scale, np.float32), np.ascontiguousarray(shift, np.float32))
+               + spec.vectors[5:])
     return replace(spec, vectors=vectors, ints=ints, floats=floats)
 
 
@@ -122,6 +144,11 @@ _nothing.blas = False
 def _call(specs, ints, floats):
     """The run's step; it holds ``specs``, whose arrays the table points to."""
     def run(x0, x1=None):
-        return K.run_chain(np.ascontiguousarray(x0), x0 if x1 is None else np.ascontiguousarray(x1), ints, floats)
+        status = np.zeros(1, np.int64)
+        y = K.run_chain(np.ascontiguousarray(x0), x0 if x1 is None else np.ascontiguousarray(x1), ints, floats,
+                        status)
+        if status[0]:
+            raise InputError(f"{specs[status[0] - 1].label}: input holds NaN or Inf; quantized layers refuse them")
+        return y
     run.specs, run.ints, run.floats, run.blas = specs, ints, floats, False
     return run
