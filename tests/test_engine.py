@@ -235,6 +235,56 @@ def test_static_int8_convolutions_join_the_compiled_run(name, n, threads, monkey
         numba.set_num_threads(saved)
 
 
+@st.composite
+def int8_stacks(draw):
+    """A random stack of convolutions (kernel 1-3, stride 1-2, dilation 1-2, 1-40 channels: packed
+    rows below 4, partial vectors past 16) with ReLUs, an optional max-pool after each and a
+    residual add where shapes allow, on 1-3 images of 1-3 channels."""
+    seed = draw(st.integers(0, 2 ** 16))
+    rng = np.random.default_rng(seed)
+    c, h, w = draw(st.integers(1, 3)), draw(st.integers(9, 16)), draw(st.integers(9, 16))
+    nodes, prev, shape = [], "input", (c, h, w)
+    for i in range(draw(st.integers(2, 4))):
+        k, s, d = draw(st.integers(1, 3)), draw(st.integers(1, 2)), draw(st.integers(1, 2))
+        co, pad = draw(st.integers(1, 40)), draw(st.integers(0, 1)) * (k // 2) * d
+        cin = shape[0]
+        oh, ow = ((shape[1] + 2 * pad - d * (k - 1) - 1) // s + 1, (shape[2] + 2 * pad - d * (k - 1) - 1) // s + 1)
+        if min(oh, ow) < 2:
+            break
+        wt = rng.standard_normal((co, k * k * cin)).astype(np.float32) / np.sqrt(k * k * cin)
+        nodes.append(Node(f"c{i}", nc.Conv2D(wt, rng.standard_normal(co).astype(np.float32) * 0.1, in_channels=cin,
+                                             kernel_size=k, stride=s, padding=pad, dilation=d), (prev,)))
+        nodes.append(Node(f"r{i}", nc.ReLU(), (f"c{i}",)))
+        prev, new = f"r{i}", (co, oh, ow)
+        if new == shape and draw(st.booleans()):
+            nodes.append(Node(f"a{i}", nc.Add(), (prev, nodes[-2].inputs[0])))
+            prev = f"a{i}"
+        shape = new
+        if min(oh, ow) >= 4 and draw(st.booleans()):
+            nodes.append(Node(f"p{i}", nc.MaxPool2D(2), (prev,)))
+            prev, shape = f"p{i}", (co, oh // 2, ow // 2)
+    nodes.append(Node("gap", nc.GlobalAvgPool2D(), (prev,)))
+    nodes.append(Node("fc", nc.Dense(rng.standard_normal((3, shape[0])).astype(np.float32)), ("gap",)))
+    x = rng.standard_normal((draw(st.integers(1, 3)), c, h, w)).astype(np.float32)
+    return nc.Model(nodes, input_shape=(c, h, w), input_layout="NCHW"), x
+
+
+@given(case=int8_stacks())
+def test_static_int8_stacks_give_the_same_bits_chained(case):
+    """Any stack of static-int8 convolutions (with pools and residual adds) gives the same bits
+    whether its steps run one by one or as one compiled run."""
+    import nncomp.plan as P
+    model, x = case
+    q = nc.quantize(model, calibration=x, activations="static")
+    saved = P.CHAIN
+    try:
+        P.CHAIN = False
+        plain = nc.quantize(model, calibration=x, activations="static")(x)
+    finally:
+        P.CHAIN = saved
+    assert np.array_equal(q(x), plain)
+
+
 def _mobile_blocks(seed, proj=1):
     """Two MobileNetV3 blocks (depthwise conv, an SE block whose channel mul reads its inputs in
     either order, a ``proj`` x ``proj`` projection and a residual add) after a strided stem, then a
