@@ -152,6 +152,15 @@ def int8_conv_nhwc(x, scale, zero, top, left, xp_shape, kh, kw, sh, sw, dh, dw, 
     return bad, xp, y
 
 
+def int8_conv_amx_nhwc(x, scale, zero, top, left, xp_shape, kh, kw, sh, sw, dh, dw, oh_n, ow_n, wp, zc, mul,
+                       bias, escale, eshift, res, lo, hi, act, alpha, beta, pool=0, lines=1):
+    """Twin of kernels.int8_conv_amx.int8_conv_amx_nhwc: :func:`int8_conv_nhwc`'s, whose weight
+    layout (kernel rows of ``kwb`` codes, the first ``kw * cp`` used) covers the tiles' rows padded to
+    64 codes."""
+    return int8_conv_nhwc(x, scale, zero, top, left, xp_shape, kh, kw, sh, sw, dh, dw, oh_n, ow_n, wp, zc, mul, bias,
+                          escale, eshift, res, lo, hi, act, alpha, beta, pool, lines)
+
+
 def int8_gemv_epilogue(wp, colsum, wscale, sx, z, mode, x, perm, bias, scale, shift, res, lo, hi, act, alpha,
                        beta):
     """Twin of kernels.int8_gemv.int8_gemv_epilogue: ``(bad, out (1, co))``. The activation codes of

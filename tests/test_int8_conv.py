@@ -7,7 +7,7 @@ from hypothesis import example, given, settings, strategies as st
 
 import reference as ref
 from nncomp.errors import InputError
-from nncomp.kernels import int8_conv as kc, int8_vnni as vnni, isa
+from nncomp.kernels import int8_amx as amx, int8_conv as kc, int8_vnni as vnni, isa
 from nncomp.layers import conv_int8
 from nncomp.layers.conv import Conv2D
 from nncomp.matrices.int8 import Int8Matrix, pack_panels
@@ -94,6 +94,51 @@ def test_int8_conv_kernel_matches_its_twin(parallel, geo, n, c, co, lines, epilo
         assert np.array_equal(out, want)
 
 
+@pytest.mark.skipif(not amx.HAVE_AMX, reason="no AMX tiles on this CPU (or the OS refused the tile state)")
+@pytest.mark.parametrize("parallel", [False, True])
+@settings(max_examples=40, deadline=None)
+@given(kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3), dh=st.integers(1, 2),
+       oh=st.integers(1, 6), ow=st.integers(1, 40), n=st.integers(1, 3), c=st.integers(1, 48), co=st.integers(1, 90),
+       pool=st.sampled_from([0, 2]), epilogue=st.sampled_from(["none", "all"]), seed=st.integers(0, 2**31))
+@example(kh=3, kw=3, sh=1, sw=1, dh=1, oh=4, ow=28, n=2, c=16, co=16, pool=0, epilogue="all", seed=0)
+@example(kh=3, kw=3, sh=1, sw=2, dh=1, oh=3, ow=17, n=1, c=24, co=48, pool=2, epilogue="all", seed=1)
+def test_int8_conv_amx_kernel_matches_its_twin(parallel, kh, kw, sh, sw, dh, oh, ow, n, c, co, pool, epilogue, seed):
+    """The tiles' kernel (kernels/int8_conv_amx.py): 16-pixel tiles (partial ones at a line's end),
+    one or two 16-channel panels a block, kernel rows padded to 64 codes with zero weights (the bytes
+    read past them: anything, here 7s and the slack), the epilogue and pool of the VNNI kernel."""
+    from nncomp.kernels import int8_conv_amx as ka
+    rng = np.random.default_rng(seed)
+    if pool and (oh < 2 or ow < 2):
+        pool = 0
+    cp = -(-c // 4) * 4
+    kwb = kw * cp
+    hp, wp_ = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + kw
+    top, left = int(rng.integers(0, min(2, hp))), int(rng.integers(0, min(2, wp_)))
+    h, w = hp - top, wp_ - left
+    scale, zero = F(rng.uniform(0.01, 0.1)), int(rng.integers(0, 256))
+    x = (rng.standard_normal((n, h, w, c)) * 3).astype(F)
+    q = rng.integers(-127, 128, (co, kh, ka.kw64(kwb)), dtype=np.int8)
+    q[:, :, kwb:] = 0
+    q.reshape(co, kh, -1)[:, :, :kwb].reshape(co, kh, kw, cp)[..., c:] = 0
+    wp = pack_panels(q.reshape(co, -1), 16)
+    zc = (np.int64(zero) * q.sum(axis=(1, 2), dtype=np.int64)).astype(np.int32)
+    mul = (scale * rng.random(co).astype(F)).astype(F)
+    bias = rng.standard_normal(co).astype(F)
+    none, rows = np.zeros(0, F), n * oh * ow
+    full = epilogue == "all"
+    escale, eshift = (rng.random(co).astype(F), rng.standard_normal(co).astype(F)) if full else (none, none)
+    res = rng.standard_normal((rows, co)).astype(F) if full and not pool else np.zeros((0, co), F)
+    lo, hi = (F(0), F(6)) if full else (F(-np.inf), F(np.inf))
+    size = n * hp * wp_ * cp
+    xp = np.full(size + ka.slack(sw, cp, kwb), 7, vnni.CODE)[:size].reshape(n, hp, wp_, cp)
+    out = np.full((n * (oh // pool) * (ow // pool) if pool else rows, co), np.nan, F)
+    kern = ka.int8_conv_amx_nhwc_parallel if parallel else ka.int8_conv_amx_nhwc
+    tail = (kh, kw, sh, sw, dh, 1, oh, ow, wp, zc, mul, bias, escale, eshift, res, lo, hi, 0, F(0), F(0))
+    assert kern(x, scale, zero, top, left, xp, *tail, pool, 2, out) == 0
+    _, want_xp, want = ref.int8_conv_amx_nhwc(x, scale, zero, top, left, xp.shape, *tail, pool)
+    assert np.array_equal(xp, want_xp) and np.array_equal(out, want)
+
+
 @needs_vnni
 @pytest.mark.parametrize("parallel", [False, True])
 @pytest.mark.parametrize("lines", [9, 40])
@@ -135,12 +180,25 @@ def _unfused(monkeypatch):
 @given(n=st.integers(1, 3), hw=st.tuples(st.integers(3, 12), st.integers(3, 12)), c=st.integers(1, 20),
        co=st.integers(1, 40), kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
        stride=st.tuples(st.integers(1, 2), st.integers(1, 2)), padding=st.tuples(*[st.integers(0, 2)] * 4),
-       dilation=st.sampled_from([(1, 1), (2, 1), (1, 2)]), same=st.booleans(), seed=st.integers(0, 2**31))
+       dilation=st.sampled_from([(1, 1), (2, 1), (1, 2)]), same=st.booleans(), seed=st.integers(0, 2**31),
+       tiles=st.booleans())
 @example(n=2, hw=(9, 11), c=1, co=16, kernel=(3, 3), stride=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), same=False,
-         seed=0)      # fewer than 4 channels: kernel rows read unpadded (kernels/int8_conv.py)
+         seed=0, tiles=False)      # fewer than 4 channels: kernel rows read unpadded (kernels/int8_conv.py)
 @example(n=1, hw=(12, 10), c=3, co=20, kernel=(3, 2), stride=(2, 1), padding=(0, 1, 2, 0), dilation=(2, 1), same=False,
-         seed=1)
-def test_conv_layer_gives_the_bits_of_the_im2col_path(n, hw, c, co, kernel, stride, padding, dilation, same, seed):
+         seed=1, tiles=False)
+@example(n=3, hw=(12, 12), c=20, co=40, kernel=(3, 3), stride=(1, 2), padding=(1, 1, 1, 1), dilation=(2, 1), same=False,
+         seed=2, tiles=True)
+def test_conv_layer_gives_the_bits_of_the_im2col_path(n, hw, c, co, kernel, stride, padding, dilation, same, seed,
+                                                      tiles):
+    """The implicit kernel (on AMX tiles with ``tiles`` where the CPU has them: any image count and
+    row length) gives the bits of the im2col path."""
+    with pytest.MonkeyPatch.context() as mp:
+        if tiles:
+            mp.setattr(conv_int8, "uses_amx", lambda layer, n, oh, ow: amx.HAVE_AMX and layer.dilation[1] == 1)
+        _implicit_against_im2col(n, hw, c, co, kernel, stride, padding, dilation, same, seed)
+
+
+def _implicit_against_im2col(n, hw, c, co, kernel, stride, padding, dilation, same, seed):
     rng = np.random.default_rng(seed)
     conv = _int8_conv(rng, c, co, kernel, stride, padding, dilation, same)
     shape = (*hw, c)

@@ -79,32 +79,32 @@ TILE_CONFIG[0] = 1
 TILE_CONFIG[16:32] = np.array([64] * 8, "<u2").view(np.uint8)
 TILE_CONFIG[48:56] = 16
 
-_I8 = ir.IntType(8)
-_I32 = ir.IntType(32)
-_I64 = ir.IntType(64)
-_PTR = _I8.as_pointer()
-_VOID = ir.VoidType()
+I8 = ir.IntType(8)
+I32 = ir.IntType(32)
+I64 = ir.IntType(64)
+PTR = I8.as_pointer()
+VOID = ir.VoidType()
 
 
-def _call(builder, name, args, argtys):
-    builder.call(declare(builder.module, name, ir.FunctionType(_VOID, argtys)), args)
+def call_void(builder, name, args, argtys):
+    builder.call(declare(builder.module, name, ir.FunctionType(VOID, argtys)), args)
 
 
 @intrinsic
-def _configure(typingctx, cfg):
+def configure_tiles(typingctx, cfg):
     """``ldtilecfg`` from a 64-byte uint8 array."""
     def codegen(context, builder, signature, args):
         data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        _call(builder, "llvm.x86.ldtilecfg", [builder.bitcast(data, _PTR)], [_PTR])
+        call_void(builder, "llvm.x86.ldtilecfg", [builder.bitcast(data, PTR)], [PTR])
         return context.get_dummy_value()
     return types.void(cfg), codegen
 
 
 @intrinsic
-def _release(typingctx):
+def release_tiles(typingctx):
     """``tilerelease``: the tile state back to its initial, cheap-to-switch state."""
     def codegen(context, builder, signature, args):
-        _call(builder, "llvm.x86.tilerelease", [], [])
+        call_void(builder, "llvm.x86.tilerelease", [], [])
         return context.get_dummy_value()
     return types.void(), codegen
 
@@ -129,16 +129,16 @@ def _make_block(mt, nt, prefetch):
             intp = context.get_value_type(types.intp)
             xoff_, xs_, woff_, ws_, wn_, n_, ooff_, os_ = (
                 context.cast(builder, args[k], signature.args[k], types.intp) for k in (1, 2, 4, 5, 6, 7, 9, 10))
-            io = [_I8, _PTR, _I64]
+            io = [I8, PTR, I64]
             obytes = builder.mul(os_, intp(4))
 
             def c_ptr(m, n):
                 at = builder.add(ooff_, builder.add(builder.mul(os_, intp(16 * m)), intp(16 * n)))
-                return builder.bitcast(builder.gep(od, [at]), _PTR)
+                return builder.bitcast(builder.gep(od, [at]), PTR)
 
             for m in range(mt):
                 for n in range(nt):
-                    _call(builder, "llvm.x86.tileloadd64", [_I8(2 * m + n), c_ptr(m, n), obytes], io)
+                    call_void(builder, "llvm.x86.tileloadd64", [I8(2 * m + n), c_ptr(m, n), obytes], io)
             pre = builder.block
             loop = builder.append_basic_block("amx_loop")
             done = builder.append_basic_block("amx_done")
@@ -151,14 +151,14 @@ def _make_block(mt, nt, prefetch):
 
             def load_a(m):
                 at = builder.add(xoff_, builder.add(builder.mul(xs_, intp(m)), builder.mul(s, intp(1024))))
-                _call(builder, "llvm.x86.tileloadd64", [_I8(4 + m), builder.bitcast(builder.gep(xd, [at]), _PTR), _I64(64)], io)
+                call_void(builder, "llvm.x86.tileloadd64", [I8(4 + m), builder.bitcast(builder.gep(xd, [at]), PTR), I64(64)], io)
 
             def load_b(n):
                 at = builder.add(wstep, builder.mul(wn_, intp(n)))
-                _call(builder, "llvm.x86.tileloadd64", [_I8(6 + n), builder.bitcast(builder.gep(wd, [at]), _PTR), ws_], io)
+                call_void(builder, "llvm.x86.tileloadd64", [I8(6 + n), builder.bitcast(builder.gep(wd, [at]), PTR), ws_], io)
 
             def product(m, n):
-                _call(builder, "llvm.x86.tdpbusd", [_I8(2 * m + n), _I8(4 + m), _I8(6 + n)], [_I8, _I8, _I8])
+                call_void(builder, "llvm.x86.tdpbusd", [I8(2 * m + n), I8(4 + m), I8(6 + n)], [I8, I8, I8])
 
             if prefetch:      # prefetch never faults: past the end of the panel it is only wasted
                 ahead = builder.add(wstep, builder.mul(step_bytes, intp(PREFETCH)))
@@ -184,7 +184,7 @@ def _make_block(mt, nt, prefetch):
             builder.position_at_end(done)
             for m in range(mt):
                 for n in range(nt):
-                    _call(builder, "llvm.x86.tilestored64", [_I8(2 * m + n), c_ptr(m, n), obytes], io)
+                    call_void(builder, "llvm.x86.tilestored64", [I8(2 * m + n), c_ptr(m, n), obytes], io)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -232,7 +232,7 @@ def _matmul_amx(xa, wp, k0, out, cfg):
     col_pairs = (n_panels * nct + 1) // 2
     tile_stride = n_s * 1024          # bytes from one 16-row activation tile to the next
     for t in prange(col_pairs * row_tiles):
-        _configure(cfg)
+        configure_tiles(cfg)
         j = 2 * (t // row_tiles)      # column tiles j and j + 1 (in one panel or in two)
         r0 = (t - (j // 2) * row_tiles) * ROWS
         r1 = min(n16, r0 + ROWS)
@@ -254,7 +254,7 @@ def _matmul_amx(xa, wp, k0, out, cfg):
                     _b12(*a)
                 else:
                     _b11(*a)
-        _release()
+        release_tiles()
 
 
 int8_matmul_u8s8_amx, int8_matmul_u8s8_amx_parallel = both(_matmul_amx)

@@ -104,12 +104,12 @@ def _pad_row(x, r, s, z, top, left, out):
 
 
 @jit(inline="always")
-def _line(xp, b, oh, kh, kw, sh, sw, dh, dw, wp, zc, mul, bias, acc, dst, off):
+def _line(xp, b, oh, kh, kw, sh, sw, dh, dw, wp, zc, mul, bias, acc, ow_n, dst, off):
     """Output line ``oh`` of image ``b`` into ``dst[off:off + ow_n * co]`` (flat): the VNNI product
-    into ``acc`` (ow_n, ncols), then dequantized with the bias."""
+    into ``acc`` (>= ow_n, ncols), then dequantized with the bias."""
     _, hp, wpx, cp = xp.shape
     n_p, n_g, _ = wp.shape
-    ow_n, ncols = acc.shape
+    ncols = acc.shape[1]
     co = mul.shape[0]
     whole = dw == 1             # a kernel row's taps are kw * cp consecutive codes: one segment
     kwb = 4 * n_g // kh         # a kernel row's codes in the weight: kw * cp, or rounded up to 4 (packed rows)
@@ -185,39 +185,64 @@ def _conv(x, scale, zero, top, left, xp, kh, kw, sh, sw, dh, dw, oh_n, ow_n, wp,
     flat = out.reshape(out.size)
     add = res.shape[0] > 0
     for t in prange((total + lines - 1) // lines):
-        acc = np.empty((ow_n, 16 * wp.shape[0]), np.int32)
+        _task_start()
+        acc = np.empty((_acc_rows(ow_n), 16 * wp.shape[0]), np.int32)
         buf = np.empty(q * ow_n * co if q > 1 else 0, np.float32)
         r1 = min(total, (t + 1) * lines)
         done = t * lines            # lines before this one have had their epilogue
         for r in range(t * lines, r1):
             b = r // oh_q
             if q == 1:
-                _line(xp, b, r - b * oh_q, kh, kw, sh, sw, dh, dw, wp, zc, mul, bias, acc, flat, r * ow_n * co)
+                _line(xp, b, r - b * oh_q, kh, kw, sh, sw, dh, dw, wp, zc, mul, bias, acc, ow_n, flat, r * ow_n * co)
                 if (r + 1 - done) * ow_n * co >= FINISH_VALUES or r + 1 == r1:
                     finish_row(out[done * ow_n:(r + 1) * ow_n], escale, eshift,
                                res[done * ow_n:(r + 1) * ow_n] if add else res[0:0], lo, hi, act, alpha, beta)
                     done = r + 1
                 continue
             for dr in range(q):
-                _line(xp, b, (r - b * oh_q) * q + dr, kh, kw, sh, sw, dh, dw, wp, zc, mul, bias, acc, buf,
+                _line(xp, b, (r - b * oh_q) * q + dr, kh, kw, sh, sw, dh, dw, wp, zc, mul, bias, acc, ow_n, buf,
                       dr * ow_n * co)
-            lines_q = buf.reshape(q * ow_n, co)
-            finish_row(lines_q, escale, eshift, res[0:0], lo, hi, act, alpha, beta)
-            nv = co // 16
-            for j in range(ow_q):       # kernels/pool.maxpool_nhwc's order and NaN rule
-                at = (r * ow_q + j) * co
-                for v in range(nv):
-                    pool16(buf, j * q * co + 16 * v, co, ow_n * co, q, flat, at + 16 * v)
-                if nv * 16 < co:
-                    flat[at + 16 * nv:at + co] = -np.inf
-                    for i in range(q):
-                        for jj in range(q):
-                            src = (i * ow_n + j * q + jj) * co + 16 * nv
-                            for k in range(co - 16 * nv):
-                                val = buf[src + k]
-                                if val > flat[at + 16 * nv + k] or val != val:
-                                    flat[at + 16 * nv + k] = val
+            _pool_lines(buf, q, ow_n, co, escale, eshift, res, lo, hi, act, alpha, beta, flat, r * ow_q * co)
+        _task_end()
     return 0
+
+
+# The product's hooks, replaced in kernels/int8_conv_amx.py's build of _conv: the rows of a task's
+# int32 line buffer, and what a task does first and last (nothing here; the AMX tiles' configuration).
+@jit(inline="always")
+def _acc_rows(ow_n):
+    return ow_n
+
+
+@jit(inline="always")
+def _task_start():
+    pass
+
+
+@jit(inline="always")
+def _task_end():
+    pass
+
+
+@jit(inline="always")
+def _pool_lines(buf, q, ow_n, co, escale, eshift, res, lo, hi, act, alpha, beta, flat, at0):
+    """The epilogue of ``q`` output lines in ``buf`` (q * ow_n, co) flat, then their ``q`` x ``q``
+    max-pool (kernels/pool.maxpool_nhwc's order and NaN rule) into ``flat[at0:at0 + (ow_n // q) * co]``."""
+    finish_row(buf.reshape(q * ow_n, co), escale, eshift, res[0:0], lo, hi, act, alpha, beta)
+    nv = co // 16
+    for j in range(ow_n // q):
+        at = at0 + j * co
+        for v in range(nv):
+            pool16(buf, j * q * co + 16 * v, co, ow_n * co, q, flat, at + 16 * v)
+        if nv * 16 < co:
+            flat[at + 16 * nv:at + co] = -np.inf
+            for i in range(q):
+                for jj in range(q):
+                    src = (i * ow_n + j * q + jj) * co + 16 * nv
+                    for k in range(co - 16 * nv):
+                        val = buf[src + k]
+                        if val > flat[at + 16 * nv + k] or val != val:
+                            flat[at + 16 * nv + k] = val
 
 
 int8_conv_nhwc, int8_conv_nhwc_parallel = both(_conv, error_model="numpy")

@@ -16,6 +16,7 @@ from ..errors import InputError
 from ..kernels import _jit, conv_chain as K, int8_amx as amx, int8_vnni as vnni
 from ..kernels.int8_conv import int8_conv_nhwc, int8_conv_nhwc_parallel
 from ..matrices.int8 import KBLOCK, PANEL, Int8Matrix, pack_panels
+from ..matrices.int8_panels import unpack_panels
 from .conv_chain import ChainStep, chain_tables
 from .workspace import scratch
 
@@ -30,6 +31,11 @@ MAX_LINES = 64
 # 256->256 at 56x56 4.8 against 6.9; 64->64 at 56x56, batch 4 1.5 against 3.7.
 REREAD_MAX_BYTES = 2 << 20
 REREAD_MIN_PIXELS = 16
+# AMX tiles (kernels/int8_conv_amx.py) from this many output pixels a call of at least 2 images (a
+# single image keeps the VNNI kernel, whose steps join the compiled runs), on kernel rows of at least
+# AMX_MIN_ROW codes (a tile row reads 64: a 1-channel 3x3 layer's 4 codes ran 1.2x slower on tiles).
+AMX_MIN_PIXELS = 512
+AMX_MIN_ROW = 32
 _NONE = np.zeros(0, np.float32)
 
 
@@ -78,6 +84,28 @@ def implicit_weights(layer):
     return layer.memo(("int8_implicit",), make)
 
 
+def amx_weights(layer):
+    """The implicit weights (:func:`implicit_weights`) with each kernel row's codes padded with zeros
+    to a multiple of 64 (kernels/int8_conv_amx.py's tiles)."""
+    def make():
+        from ..kernels.int8_conv_amx import kw64
+        w = layer.weight
+        kh = layer.kernel_size[0]
+        kwb = code_layout(layer)[1]
+        wp = implicit_weights(layer)[0]
+        q = np.zeros((w.n_out, kh, kw64(kwb)), np.int8)
+        q[:, :, :kwb] = unpack_panels(wp, (w.n_out, kh * kwb)).reshape(w.n_out, kh, kwb)
+        return pack_panels(q.reshape(w.n_out, -1), PANEL)
+    return layer.memo(("int8_amx_implicit",), make)
+
+
+def uses_amx(layer, n, oh, ow):
+    """Whether the implicit convolution runs on AMX tiles (kernels/int8_conv_amx.py): where the CPU
+    and OS allow them, on undilated columns, as :data:`AMX_MIN_PIXELS` and :data:`AMX_MIN_ROW` say."""
+    return (amx.HAVE_AMX and layer.dilation[1] == 1 and n >= 2 and n * oh * ow >= AMX_MIN_PIXELS
+            and code_layout(layer)[1] >= AMX_MIN_ROW)
+
+
 def lines_per_task(total, threads):
     """Output lines per task (see :data:`TASKS_PER_THREAD`)."""
     return max(1, min(MAX_LINES, -(-total // (TASKS_PER_THREAD * max(1, threads)))))
@@ -101,6 +129,11 @@ def int8_step(layer, shape, n, oh, ow, epilogue=None, pool=1):
     if packed_rows(layer):      # the last pixel reads kwb codes from its first column on
         wp_ = max(wp_, (ow - 1) * sw + -(-kwb // c))
     wp, colsum = implicit_weights(layer)
+    tiles = uses_amx(layer, n, oh, ow)
+    extra = 0
+    if tiles:
+        from ..kernels.int8_conv_amx import int8_conv_amx_nhwc, int8_conv_amx_nhwc_parallel, slack
+        wp, extra = amx_weights(layer), slack(sw, cp, kwb)
     sx, z = np.float32(w.act_scale), int(w.act_zero)
     zc = (np.int64(z) * colsum).astype(np.int32)     # |z * colsum| <= 255 * 128 * 65536 < 2**31
     mul = np.ascontiguousarray(np.broadcast_to(sx * w.scale, (co,)), np.float32)
@@ -114,11 +147,14 @@ def int8_step(layer, shape, n, oh, ow, epilogue=None, pool=1):
     parallel = (n * oh * ow * co * kh * kw * cp >= _jit.PARALLEL_MIN_WORK and n * oh_q > 1   # lines: the tasks
                 and _jit.num_threads() > 1)
     kern = int8_conv_nhwc_parallel if parallel else int8_conv_nhwc
+    if tiles:
+        kern = int8_conv_amx_nhwc_parallel if parallel else int8_conv_amx_nhwc
     lines = lines_per_task(n * oh_q, _jit.num_threads() if parallel else 1)
 
     def run(x, res=None):
         x = np.ascontiguousarray(x)
-        xp = scratch("int8_padded", (n, hp, wp_, cp), vnni.CODE)
+        size = n * hp * wp_ * cp
+        xp = scratch("int8_padded", (size + extra,), vnni.CODE)[:size].reshape(n, hp, wp_, cp)
         out = np.empty((n * oh_q * ow_q, co), np.float32)
         if parallel:
             _jit.pool_ready()
@@ -131,6 +167,8 @@ def int8_step(layer, shape, n, oh, ow, epilogue=None, pool=1):
     run.blas = False
     if parallel:
         _jit.pool_ready()
+    if tiles:                   # the tiles' kernel is not compiled into the runs (CPUs without AMX)
+        return run
     ints, floats = chain_tables()       # the same call as a row of a compiled run (layers/conv_chain.py)
     ints[[K.KH, K.KW, K.SH, K.SW, K.DH, K.DW, K.OH, K.OW, K.CO, K.T, K.L]] = kh, kw, sh, sw, dh, dw, oh, ow, co, t, l
     ints[[K.KIND, K.UNPADDED, K.POOL, K.ADD, K.ACT, K.PARALLEL]] = K.INT8, 1, pool if pool > 1 else 0, add, code, parallel
