@@ -152,6 +152,16 @@ def int8_conv_nhwc(x, scale, zero, top, left, xp_shape, kh, kw, sh, sw, dh, dw, 
     return bad, xp, y
 
 
+def dequant_line(acc, ow_n, zc, mul, bias, dst, off):
+    """Twin of kernels.int8_conv.dequant_line: ``dst`` with ``dst[off + p * co + o] = float32(acc[p, o] -
+    zc[o]) * mul[o] + bias[o]`` for ``p < ow_n``, ``o < co`` (a copy; float32 multiply, then add)."""
+    co = mul.shape[0]
+    y = (acc[:ow_n, :co].astype(np.int64) - zc[:co]).astype(np.float32) * mul
+    out = dst.copy()
+    out[off:off + ow_n * co] = (y + bias).ravel()
+    return out
+
+
 def int8_conv_amx_nhwc(x, scale, zero, top, left, xp_shape, kh, kw, sh, sw, dh, dw, oh_n, ow_n, wp, zc, mul,
                        bias, escale, eshift, res, lo, hi, act, alpha, beta, pool=0, lines=1):
     """Twin of kernels.int8_conv_amx.int8_conv_amx_nhwc: :func:`int8_conv_nhwc`'s, whose weight

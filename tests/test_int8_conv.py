@@ -248,6 +248,22 @@ def test_lines_per_task_balances_the_threads():
 
 
 @settings(max_examples=30, deadline=None)
+@given(ow_n=st.integers(1, 20), co=st.integers(1, 70), extra_rows=st.integers(0, 3), off=st.integers(0, 9),
+       seed=st.integers(0, 2**31))
+def test_dequant_line_matches_its_twin(ow_n, co, extra_rows, off, seed):
+    """A line's dequantization (shared by the VNNI and the AMX line products): whole 16-channel vectors
+    and the rest, a line buffer with more rows and columns than the line uses, at an offset."""
+    rng = np.random.default_rng(seed)
+    ncols = -(-co // 16) * 16
+    acc = rng.integers(-2**29, 2**29, (ow_n + extra_rows, ncols), dtype=np.int32)     # |acc - zc| < 2**31
+    zc = rng.integers(-2**29, 2**29, ncols, dtype=np.int32)
+    mul, bias = rng.random(co).astype(F), rng.standard_normal(co).astype(F)
+    dst = np.full(off + ow_n * co + 5, np.nan, F)
+    want = ref.dequant_line(acc, ow_n, zc, mul, bias, dst, off)
+    kc.dequant_line(acc, ow_n, zc, mul, bias, dst, off)
+    assert np.array_equal(dst, want, equal_nan=True)
+
+
 @given(m=st.integers(0, 5), co=st.integers(1, 40), affine=st.booleans(), add=st.booleans(), clip=st.booleans(),
        act=st.sampled_from([0, 2, 3, 4]), seed=st.integers(0, 2**31))
 def test_finish_row_matches_its_twin(m, co, affine, add, clip, act, seed):

@@ -110,7 +110,6 @@ def _line(xp, b, oh, kh, kw, sh, sw, dh, dw, wp, zc, mul, bias, acc, ow_n, dst, 
     _, hp, wpx, cp = xp.shape
     n_p, n_g, _ = wp.shape
     ncols = acc.shape[1]
-    co = mul.shape[0]
     whole = dw == 1             # a kernel row's taps are kw * cp consecutive codes: one segment
     kwb = 4 * n_g // kh         # a kernel row's codes in the weight: kw * cp, or rounded up to 4 (packed rows)
     seg_g = kwb // 4 if whole else cp // 4
@@ -132,6 +131,15 @@ def _line(xp, b, oh, kh, kw, sh, sw, dh, dw, wp, zc, mul, bias, acc, ow_n, dst, 
                     int8_block(mr, nb, xp, xoff, sw * cp, dw * cp, wp, woff + i * kw * cp * 16, 64, n_g * 64,
                                cp * 16, seg_g, kw, acc, p0 * ncols + 64 * u, ncols)
             p0 += mr
+    dequant_line(acc, ow_n, zc, mul, bias, dst, off)
+
+
+@jit(inline="always")
+def dequant_line(acc, ow_n, zc, mul, bias, dst, off):
+    """``dst[off + p * co + o] = float32(acc[p, o] - zc[o]) * mul[o] + bias[o]`` for the line's ``ow_n``
+    pixels (:func:`dequant16` 16 channels at a time, the rest one by one)."""
+    ncols = acc.shape[1]
+    co = mul.shape[0]
     vec = co // 16
     for p in range(ow_n):
         dequant16(acc, p * ncols, zc, mul, bias, dst, off + p * co, vec)

@@ -21,15 +21,14 @@ Callers check ``int8_amx.HAVE_AMX`` (the tile instructions do not compile for ot
 """
 import types as pytypes
 
-import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
 from . import int8_conv
 from ._ir import loop_latch, loop_phis
 from ._jit import both, jit
-from .int8_amx import I8, I64, PTR, call_void, configure_tiles, release_tiles
-from .int8_conv import dequant16
+from .int8_amx import I8, I64, PTR, TILE_CONFIG, call_void, configure_tiles, release_tiles
+from .int8_conv import dequant_line
 
 
 def _make_block(nt):
@@ -95,7 +94,6 @@ def _line_amx(xp, b, oh, kh, kw, sh, sw, dh, dw, wp, zc, mul, bias, acc, ow_n, d
     _, hp, wpx, cp = xp.shape
     n_p, n_g, _ = wp.shape
     ncols = acc.shape[1]
-    co = mul.shape[0]
     gk = n_g // kh                  # 4-input groups per kernel row, a multiple of 16
     acc[:] = 0
     for p0 in range(0, ow_n, 16):
@@ -110,11 +108,7 @@ def _line_amx(xp, b, oh, kh, kw, sh, sw, dh, dw, wp, zc, mul, bias, acc, ow_n, d
                 _c1(xp, xoff, sw * cp, dh * wpx * cp, wp, u * n_g * 64, gk * 64, n_g * 64, kh, gk // 16, acc,
                     p0 * ncols + 16 * u, ncols)
                 u += 1
-    vec = co // 16
-    for p in range(ow_n):
-        dequant16(acc, p * ncols, zc, mul, bias, dst, off + p * co, vec)
-        for o in range(16 * vec, co):
-            dst[off + p * co + o] = np.float32(acc[p, o] - zc[o]) * mul[o] + bias[o]
+    dequant_line(acc, ow_n, zc, mul, bias, dst, off)
 
 
 @jit(inline="always")
@@ -124,14 +118,9 @@ def _acc_rows16(ow_n):
 
 @jit(inline="always")
 def _amx_start():
-    """Configure the tiles (every task: a parallel task may run on any thread): palette 1, tiles 0-7
-    of 16 rows x 64 bytes."""
-    cfg = np.zeros(64, np.uint8)
-    cfg[0] = 1
-    for k in range(8):
-        cfg[16 + 2 * k] = 64
-        cfg[48 + k] = 16
-    configure_tiles(cfg)
+    """Configure the tiles (every task: a parallel task may run on any thread): int8_amx's
+    TILE_CONFIG."""
+    configure_tiles(TILE_CONFIG)
 
 
 @jit(inline="always")

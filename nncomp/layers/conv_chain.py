@@ -2,7 +2,7 @@
 
 A prepared blocked (dense or depthwise), Winograd or static-int8 implicit-GEMM step
 (nncomp/layers/conv_int8.py) carries its row of the run
-(:class:`nncomp.layers.conv_blocked.ChainStep` as ``step.chain``); a pooled one with an epilogue
+(:class:`ChainStep` as ``step.chain``); a pooled one with an epilogue
 after the pool gets that epilogue added by :func:`with_post`. A global mean that keeps its (1, 1)
 pixel and a per-sample channel vector applied to a map (the squeeze-and-excitation block of
 MobileNetV3 and EfficientNet between its convolutions) carry one from :func:`squeeze_row`.

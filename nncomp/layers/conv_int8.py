@@ -16,7 +16,6 @@ from ..errors import InputError
 from ..kernels import _jit, conv_chain as K, int8_amx as amx, int8_vnni as vnni
 from ..kernels.int8_conv import int8_conv_nhwc, int8_conv_nhwc_parallel
 from ..matrices.int8 import KBLOCK, PANEL, Int8Matrix, pack_panels
-from ..matrices.int8_panels import unpack_panels
 from .conv_chain import ChainStep, chain_tables
 from .workspace import scratch
 
@@ -66,36 +65,39 @@ def code_layout(layer):
     return cp, kw * cp
 
 
+def _kernel_rows(layer, width):
+    """The weight codes ``(n_out, kh, width)`` laid out (kh, kwb) (:func:`code_layout`: channels padded
+    to a multiple of 4 with zero weights, or a kernel row's codes padded to 4), each kernel row
+    padded with zeros to ``width >= kwb``."""
+    w = layer.weight
+    kh, kw = layer.kernel_size
+    c = layer.in_channels
+    cp, kwb = code_layout(layer)
+    rows = np.zeros((w.n_out, kh, kwb), np.int8)
+    if cp == c:
+        rows[:, :, :kw * c] = w.q.reshape(w.n_out, kh, kw * c)
+    else:
+        rows.reshape(w.n_out, kh, kw, cp)[..., :c] = w.q.reshape(w.n_out, kh, kw, c)
+    q = np.zeros((w.n_out, kh, width), np.int8)
+    q[:, :, :kwb] = rows
+    return q.reshape(w.n_out, -1)
+
+
 def implicit_weights(layer):
-    """``(wp, zc_unit)``: the weight codes packed over patches laid out (kh, kwb) (:func:`code_layout`:
-    channels padded to a multiple of 4 with zero weights, or a kernel row's codes padded to 4); and
-    the codes' row sums (int64)."""
+    """``(wp, zc_unit)``: the weight codes (:func:`_kernel_rows`, rows of kwb codes) packed into
+    panels; and the codes' row sums (int64)."""
     def make():
-        w = layer.weight
-        kh, kw = layer.kernel_size
-        c = layer.in_channels
-        cp, kwb = code_layout(layer)
-        q = np.zeros((w.n_out, kh, kwb), np.int8)
-        if cp == c:
-            q[:, :, :kw * c] = w.q.reshape(w.n_out, kh, kw * c)
-        else:
-            q.reshape(w.n_out, kh, kw, cp)[..., :c] = w.q.reshape(w.n_out, kh, kw, c)
-        return pack_panels(q.reshape(w.n_out, -1), PANEL), w.q.sum(axis=1, dtype=np.int64)
+        return (pack_panels(_kernel_rows(layer, code_layout(layer)[1]), PANEL),
+                layer.weight.q.sum(axis=1, dtype=np.int64))
     return layer.memo(("int8_implicit",), make)
 
 
 def amx_weights(layer):
-    """The implicit weights (:func:`implicit_weights`) with each kernel row's codes padded with zeros
-    to a multiple of 64 (kernels/int8_conv_amx.py's tiles)."""
+    """The implicit weights with each kernel row's codes padded with zeros to a multiple of 64
+    (kernels/int8_conv_amx.py's tiles)."""
     def make():
         from ..kernels.int8_conv_amx import kw64
-        w = layer.weight
-        kh = layer.kernel_size[0]
-        kwb = code_layout(layer)[1]
-        wp = implicit_weights(layer)[0]
-        q = np.zeros((w.n_out, kh, kw64(kwb)), np.int8)
-        q[:, :, :kwb] = unpack_panels(wp, (w.n_out, kh * kwb)).reshape(w.n_out, kh, kwb)
-        return pack_panels(q.reshape(w.n_out, -1), PANEL)
+        return pack_panels(_kernel_rows(layer, kw64(code_layout(layer)[1])), PANEL)
     return layer.memo(("int8_amx_implicit",), make)
 
 
