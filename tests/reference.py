@@ -124,6 +124,14 @@ def to_nhwc(x, out):
     out[...] = x.transpose(0, 2, 3, 1)
 
 
+def softmax_rows(x):
+    """Each row's softmax in float64 (nncomp/kernels/softmax.py), NaN where NumPy's float32 formula gives NaN."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        x = x.astype(np.float64)
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+
 def conv_pad_nhwc(x, n0, t, l, out):
     """Images n0.. of x zero-padded at (t, l) into a copy of out (images past n keep their values)."""
     out = out.copy()

@@ -8,6 +8,7 @@ from conftest import assert_close_f32
 import nncomp as nc
 from nncomp.layers import conv_algorithms as convolution
 from nncomp import layers as L
+from nncomp.kernels import softmax
 from nncomp.matrices.int8 import Int8Matrix
 
 
@@ -172,8 +173,44 @@ def test_flatten_orders():
 def test_relu6_and_softmax():
     x = np.array([[-1.0, 3.0, 9.0]], np.float32)
     assert np.array_equal(nc.ReLU(6.0).forward(x), [[0, 3, 6]])
-    s = nc.Softmax().forward(np.array([[1e30, -1e30, 0.0]], np.float32))
-    assert np.isfinite(s).all() and np.allclose(s.sum(), 1)
+    big = np.array([[1e30, -1e30, 0.0]], np.float32)
+    for s in (nc.Softmax().forward(big), nc.Softmax().prepare(1, (3,))(big)):
+        assert np.isfinite(s).all() and np.allclose(s.sum(), 1)
+
+
+@pytest.mark.parametrize("kernel", [softmax.softmax_rows, softmax.softmax_rows_parallel])
+@given(m=st.integers(1, 5), k=st.integers(1, 40), scale=st.sampled_from([1e-3, 1.0, 30.0, 1e4]),
+       special=st.sampled_from([None, np.nan, np.inf, -np.inf]), seed=st.integers(0, 2**31))
+def test_softmax_rows_matches_reference(kernel, m, k, scale, special, seed):
+    """Within a few float32 roundings of the float64 softmax (exp's and the sum's, relative to the
+    row's largest value, which is 1 or more); a NaN, a +inf or only -infs make a row NaN, as NumPy's
+    formula does (a -inf among finite values is a zero probability)."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((m, k)) * scale).astype(np.float32)
+    if special is not None:
+        x[rng.integers(m), rng.integers(k)] = special
+    out = np.full((m, k), -1.0, np.float32)
+    kernel(x, out)
+    want = ref.softmax_rows(x)
+    nan = np.isnan(want).any(axis=1)
+    assert np.isnan(out[nan]).all() and not np.isnan(out[~nan]).any()
+    assert np.allclose(out[~nan], want[~nan], rtol=0, atol=(k + 4) * 2 ** -23)
+    assert np.array_equal(nan, (np.isnan(x) | (x == np.inf)).any(axis=1) | (x == -np.inf).all(axis=1))
+
+
+def test_softmax_steps_of_small_and_large_batches():
+    """The compiled step up to softmax.KERNEL_MAX_VALUES values a batch, NumPy's formula above, over
+    a sequence's last axis too; the same numbers within rounding."""
+    rng = np.random.default_rng(0)
+    layer = nc.Softmax()
+    for n, shape in ((1, (4,)), (8, (10,)), (2, (3, 5)), (3, (40, 60))):
+        x = rng.standard_normal((n, *shape)).astype(np.float32) * 5
+        step = layer.prepare(n, shape)
+        assert (step == layer._numpy) == (n * np.prod(shape) > softmax.KERNEL_MAX_VALUES)
+        assert np.allclose(step(x), layer._numpy(x), rtol=1e-6, atol=1e-7)
+        assert np.array_equal(step(x), layer.forward(x))
+    first = nc.Softmax(axis=0)
+    assert first.prepare(1, (3, 4)) == first._numpy
 
 
 def test_bad_layer_parameters_raise_nncomp_errors():
@@ -273,3 +310,32 @@ def test_gemv_epilogue_matches_reference(co, k, affine, add, clip, act, seed):
     got = np.zeros((1, co), np.float32)
     gemv_epilogue(w, x, perm, bias, scale, shift, res, np.float32(-np.inf), np.float32(np.inf), 0, alpha, beta, got)
     assert np.isnan(got).all()
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_1x1_convolution_of_a_1x1_map_runs_as_a_mat_vec(n):
+    """A classifier head as a 1x1 convolution after a global mean (PP-LCNet's 512 -> 1280, 2.6 MB):
+    at one sample it runs the Dense layer's mat-vec step, with the bias and the HardSwish in its
+    kernel, within float32 rounding of the float64 product; a batch, and a weight under
+    conv.GEMV_MIN_BYTES (a compiled run's row), keep the blocked tiles."""
+    from nncomp.layers.conv import GEMV_MIN_BYTES
+    from nncomp.model import Node
+    rng = np.random.default_rng(0)
+    ci, co = 512, 640                       # 1.3 MB of weight
+    w, b = rng.standard_normal((co, ci), np.float32) / 20, rng.standard_normal(co, np.float32)
+    assert w.nbytes >= GEMV_MIN_BYTES
+    conv = L.Conv2D(w, b, in_channels=ci)
+    model = nc.Model([Node("mean", L.GlobalAvgPool2D(keepdims=True)), Node("head", conv, ("mean",)),
+                      Node("act", L.HardSwish(), ("head",))], input_shape=(ci, 3, 3), input_layout="NCHW")
+    x = rng.standard_normal((n, ci, 3, 3), np.float32)
+    m = x.mean(axis=(2, 3), dtype=np.float64).astype(np.float32).astype(np.float64)
+    y = m @ w.T.astype(np.float64) + b
+    mag = np.abs(m) @ np.abs(w.T.astype(np.float64)) + np.abs(b)
+    head = conv.prepare(n, (1, 1, ci))
+    assert ("_gemv" in head.__qualname__) == (n == 1)
+    assert_close_f32(head(m.astype(np.float32).reshape(n, 1, 1, ci)).reshape(n, co), y, mag, ci + 1)
+    got = model(x).reshape(n, co)
+    want = y * np.clip(y + 3, 0, 6) / 6
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(mag).max()
+    small = L.Conv2D(w[:100], b[:100], in_channels=ci)         # 0.2 MB: the tiles
+    assert "_gemv" not in small.prepare(1, (1, 1, ci)).__qualname__

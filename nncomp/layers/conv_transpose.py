@@ -19,7 +19,7 @@ from ..kernels.epilogue import activation_rows, activation_rows_parallel
 from ..matrices import DenseMatrix, Matrix, as_matrix
 from .base import Layer, image, pads, pair, plan_field, register, set_fields, tensor_field, vector
 from .conv import Conv2D
-from .dense import epilogue_vectors
+from .gemv import epilogue_vectors
 from .fused import absorb_epilogue
 
 _NO_BIAS = np.zeros(0, np.float32)

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import tuning
-from ..errors import InputError, NncompError
+from ..errors import NncompError
 from ..kernels import _jit, aligned, dense_few, dense_stream
 from ..kernels.sparse_small import bias_epilogue_rows, bias_epilogue_rows_parallel
 from ..matrices import DenseMatrix, Matrix, as_matrix
@@ -15,6 +15,7 @@ from .conv import Conv2D
 from .conv_blocked import blocked_eligible, blocked_step
 from .conv_int8 import int8_step
 from .fused import absorb_epilogue
+from .gemv import NO_EPILOGUE, NO_PERM, epilogue_vectors, single_sample_step
 from .workspace import scratch
 
 # A single sample runs its weight format's compiled mat-vec with the bias and the epilogue inside
@@ -61,18 +62,8 @@ LINE_MIN = 4
 # int8 matrix product, which splits the weight's rows over the threads (and runs AMX tiles).
 INT8_IMAGE_MAX_BYTES = 1 << 20
 _NONE = np.zeros(0, np.float32)
-_NO_PERM = np.zeros(0, np.int64)
-_NO_EPILOGUE = (None, None, False, -np.inf, np.inf, None)
-
-
-def epilogue_vectors(epilogue, co):
-    """``(scale, shift, lo, hi, act, alpha, beta)`` as the epilogue kernels take them, for an
-    ``epilogue`` of nncomp.layers.fused.epilogue_args and ``co`` outputs (empty vectors: none)."""
-    scale, shift, _, lo, hi, act = epilogue
-    scale, shift = (_NONE, _NONE) if scale is None or not scale.shape[0] else (
-        np.ascontiguousarray(np.broadcast_to(scale, (co,))), np.ascontiguousarray(np.broadcast_to(shift, (co,))))
-    code, alpha, beta = act or (0, np.float32(0.0), np.float32(0.0))
-    return scale, shift, np.float32(lo), np.float32(hi), code, alpha, beta
+_NO_PERM = NO_PERM
+_NO_EPILOGUE = NO_EPILOGUE
 
 
 @register
@@ -241,24 +232,7 @@ class Dense(Layer):
     def _single_sample(self, n, epilogue, perm=None):
         """The compiled mat-vec step of the weight's format (with ``epilogue`` inside, its input
         gathered by ``perm``) for one sample, or None."""
-        if not self._runs_gemv(n):
-            return None
-        arrays, kernels, work = self.weight.single_sample_kernel()
-        co, perm = self.weight.n_out, _NO_PERM if perm is None else perm
-        bias = np.zeros(co, np.float32) if self.bias is None else self.bias
-        scale, shift, lo, hi, code, alpha, beta = epilogue_vectors(epilogue, co)
-        no_res = np.zeros((0, co), np.float32)
-        kern = _jit.pick(kernels, work)
-
-        def step(x, res=None):
-            out = np.empty((1, co), np.float32)
-            if kern(*arrays, x.reshape(-1), perm, bias, scale, shift, no_res if res is None else res.reshape(1, co),
-                    lo, hi, code, alpha, beta, out):      # an int8 kernel's count of NaN or Inf inputs
-                raise InputError(f"{self.weight.describe()} layer {self.weight.shape}: input holds NaN or Inf "
-                                 "values; quantized layers refuse them")
-            return out
-        step.blas = False
-        return step
+        return single_sample_step(self.weight, self.bias, epilogue, perm) if n == 1 else None
 
     def fuse(self, successor, n, shape):
         return absorb_epilogue(self, successor, n, (shape,))

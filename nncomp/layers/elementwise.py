@@ -1,9 +1,11 @@
 """Element-wise layers: activations, residual adds, softmax, and the identities of inference."""
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import NncompError
+from ..kernels import softmax
 from .base import Layer, register
 
 
@@ -78,9 +80,26 @@ class Softmax(Layer):
         return shape
 
     def forward(self, x):
+        return self.prepare(x.shape[0], x.shape[1:])(x)
+
+    def _numpy(self, x):
         axis = self.axis + 1 if self.axis >= 0 else self.axis
         e = np.exp(x - x.max(axis=axis, keepdims=True))
         return e / e.sum(axis=axis, keepdims=True)
+
+    def prepare(self, n, shape):
+        """Over the last axis, up to softmax.KERNEL_MAX_VALUES values a batch: one compiled call
+        (nncomp/kernels/softmax.py); otherwise NumPy's formula."""
+        k, size = shape[-1], n * math.prod(shape)
+        if self.axis not in (-1, len(shape) - 1) or size > softmax.KERNEL_MAX_VALUES or k < 1:
+            return self._numpy
+
+        def step(x):
+            out = np.empty(x.shape, np.float32)
+            softmax.softmax_rows(np.ascontiguousarray(x, np.float32).reshape(size // k, k), out.reshape(size // k, k))
+            return out
+        step.blas = False
+        return step
 
 
 @register
