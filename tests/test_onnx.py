@@ -358,6 +358,36 @@ def test_slice(tmp_path_factory, axes, data):
     check(graph_model(nodes, ["n", 5, 6, 7], inits=inits), x, tmp_path_factory.mktemp("sl"), atol=0)
 
 
+@pytest.mark.parametrize("opset, axis, sizes", [(11, 1, [2, 4]), (11, 2, None), (13, 1, [1, 2, 3]), (13, 2, None),
+                                               (18, 1, None), (18, 3, None), (18, -1, [3, 4])])
+def test_split_gives_each_part_as_onnx_runtime_does(tmp_path, opset, axis, sizes):
+    """Split (PP-PicoDet's detection head, paddle2onnx) into parts of the given sizes, as an input
+    from opset 13 and an attribute before, or equal parts (opset 18: the last one smaller where
+    they do not divide), along channels, height or width; then through a 1x1 convolution and a
+    flatten, as a head does."""
+    parts = len(sizes) if sizes else 3 if opset == 18 else 2
+    attrs = {"axis": axis}
+    ins = ["x"]
+    inits = []
+    if sizes and opset >= 13:
+        ins.append("sp")
+        inits.append(init("sp", np.array(sizes)))
+    elif sizes:
+        attrs["split"] = sizes
+    if opset == 18 and not sizes:
+        attrs["num_outputs"] = parts
+    names = [f"p{i}" for i in range(parts)]
+    nodes = [helper.make_node("Split", ins, names, **attrs),
+             helper.make_node("Conv", [names[0], "w"], ["c"]),
+             helper.make_node("Flatten", ["c"], ["y0"], axis=1)]
+    c0 = sizes[0] if sizes and axis == 1 else 6 // parts + (6 % parts > 0) if axis == 1 else 6
+    inits.append(init("w", rand((4, c0, 1, 1), 1)))
+    model = graph_model(nodes, ["n", 6, 8, 7], out_names=("y0", *names[1:]), inits=inits, opset=opset)
+    x = rand((2, 6, 8, 7), 2)
+    m = check(model, x, tmp_path, atol=1e-5)
+    assert len(m(x)) == parts and [n.layer.kind for n in m.nodes].count("slice") == parts
+
+
 @pytest.mark.parametrize("mode", ["constant", "reflect", "edge"])
 @pytest.mark.parametrize("pads", [[0, 0, 1, 2, 0, 0, 2, 1], [0, 1, 0, 1, 0, 2, 1, 0]])
 def test_pad(tmp_path, mode, pads):

@@ -1,5 +1,5 @@
 """The structural operators that move, drop or take axes (Transpose, Squeeze, Unsqueeze, Slice,
-Gather), and values whose batch axis a Transpose moved, followed until the batch axis is first again.
+Split, Gather), and values whose batch axis a Transpose moved, followed until the batch axis is first again.
 
 nncomp keeps the batch axis first in every activation. Attention blocks as exporters write them
 (paddle2onnx's SVTR, many torch exports) reshape the fused query/key/value projection to
@@ -17,6 +17,15 @@ from .. import layers as L
 from ..errors import NncompError
 from .onnx_fold import has_dims, resolve
 from .onnx_patterns import internal_axis
+
+
+class _Output:
+    """Node ``node`` as it names its output ``name`` (each output of a Split becomes a layer of its own)."""
+
+    __slots__ = ("name", "op_type", "output")
+
+    def __init__(self, node, name):
+        self.name, self.op_type, self.output = node.name, node.op_type, [name]
 
 
 class Moved:
@@ -111,6 +120,33 @@ class AxisOps:
             return [x]
         s, e, a, k = zip(*keep)
         return self.add(node, L.Slice(s, e, a, k), [x])
+
+    def op_Split(self, node, attrs, ins):
+        """One Slice layer per output (a detector head's class scores and box offsets, PP-PicoDet's),
+        sizes from the ``split`` input (opset 13+) or attribute, else equal parts (the last one
+        smaller where they do not divide, as opset 18's ``num_outputs`` says)."""
+        x = self.value(ins[0])
+        rank = len(x.perm) if isinstance(x, Moved) else x.rank
+        axis = attrs.int("axis", 0) % rank
+        given = self.const(ins, 1) if self.opset >= 13 else attrs.ints("split")
+        sizes = None if given is None else self._resolved(given)
+        outs = [name for name in node.output]
+        if sizes is None:
+            src, a = (x.src, x.perm[axis]) if isinstance(x, Moved) else (x, axis)
+            if a == 0:
+                raise NncompError("Split of the batch axis")
+            total = self.shape(src)[internal_axis(a, src.rank)]
+            step = -(-total // len(outs))
+            sizes = [max(0, min(step, total - i * step)) for i in range(len(outs))]
+        if len(sizes) != len(outs) or any(v < 0 for v in sizes):
+            raise NncompError(f"Split into {len(outs)} outputs with sizes {sizes}")
+        found, start = [], 0
+        for name, size in zip(outs, sizes):
+            keep = [(start, start + size, axis, 1)]
+            part = _Output(node, name)
+            found += self.moved_slice(part, x, keep) if isinstance(x, Moved) else self.slice(part, x, keep)
+            start += size
+        return found
 
     def _resolved(self, v):
         arr, dims = resolve(v)

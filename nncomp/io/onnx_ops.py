@@ -33,7 +33,7 @@ OPS = {
     "GlobalMaxPool": "GlobalMaxPool", "Softmax": "Softmax",
     "Resize": "Resize", "Upsample": "Resize",
     "Concat": "Concat", "Reshape": "Reshape", "Flatten": "Flatten", "Transpose": "Transpose",
-    "Squeeze": "Squeeze", "Unsqueeze": "Unsqueeze", "Slice": "Slice", "Gather": "Gather",
+    "Squeeze": "Squeeze", "Unsqueeze": "Unsqueeze", "Slice": "Slice", "Split": "Split", "Gather": "Gather",
     "Pad": "Pad", "Identity": "Identity", "Dropout": "Identity", "Cast": "Cast",
     "Constant": "Constant", "Shape": "Shape",
     **{op: "Unary" for op in UNARY},
