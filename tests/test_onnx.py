@@ -323,6 +323,26 @@ def test_scale_and_shift_after_conv_and_gemm_fold_into_the_weights(tmp_path, fir
     assert [n.layer.kind for n in m.nodes] == ["conv2d", "fixed_shape", "flatten", "dense"]
 
 
+def test_a_value_read_under_two_names_keeps_its_producer(tmp_path):
+    """GELU as paddle2onnx writes it (PP-OCRv6): conv -> Add(bias) -> Identity -> Identity, then
+    ``x / sqrt(2)`` and ``x * (1 + erf(...))`` both read the value under the Identity's name: the
+    Div must not fold into the convolution (it did: every PP-OCRv6 output was wrong). A single
+    reader behind an Identity still folds."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Add", ["c", "b"], ["a"]),
+             helper.make_node("Identity", ["a"], ["i1"]), helper.make_node("Identity", ["i1"], ["i2"]),
+             helper.make_node("Div", ["i2", "r2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["e1"]), helper.make_node("Mul", ["i2", "e1"], ["g"]),
+             helper.make_node("Mul", ["g", "half"], ["y"])]
+    inits = [init("w", rand((4, 3, 1, 1), 1)), init("b", rand((1, 4, 1, 1), 2)), init("r2", np.array(np.sqrt(2.0))),
+             init("one", np.array(1.0)), init("half", np.array(0.5))]
+    check(graph_model(nodes, ["n", 3, 5, 5], inits=inits), rand((2, 3, 5, 5)) * 3, tmp_path, atol=1e-5)
+    single = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Identity", ["c"], ["i"]),
+              helper.make_node("Mul", ["i", "s"], ["y"])]
+    m = check(graph_model(single, ["n", 3, 5, 5], inits=[init("w", rand((4, 3, 1, 1), 1)), init("s", np.array(3.0))]),
+              rand((2, 3, 5, 5)), tmp_path, name="single.onnx")
+    assert [n.layer.kind for n in m.nodes] == ["conv2d"]
+
+
 def test_residual_add_is_the_add_layer_and_fuses(tmp_path):
     w = rand((3, 3, 1, 1), 1)
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Add", ["c", "x"], ["y"])]

@@ -171,8 +171,17 @@ class Importer(NeuralOps, AxisOps):
             attrs = Attrs(node)
             ins = list(node.input)
             outs = self._node(node, attrs, ins)
+            passed = set()
             for out_name, value in zip(node.output, outs):
                 if out_name:
+                    if isinstance(value, Act) and value.tensor != out_name:
+                        # the same value under another name (Identity, a float Cast, a no-op Reshape):
+                        # whatever reads that name reads the value (a Div by sqrt(2) after an Identity
+                        # must not fold into the convolution that GELU's Mul also reads: PP-OCRv6)
+                        drop = 0 if value.tensor in passed else 1
+                        passed.add(value.tensor)
+                        self.readers[value.tensor] = (self.readers.get(value.tensor, 0) - drop
+                                                      + self.readers.get(out_name, 0))
                     self.values[out_name] = value
         return self._model(shape, rank)
 
