@@ -124,6 +124,12 @@ def to_nhwc(x, out):
     out[...] = x.transpose(0, 2, 3, 1)
 
 
+def erf_values(x):
+    """erf in float64 (nncomp/kernels/erf.py approximates it in float32)."""
+    from scipy import special
+    return special.erf(x.astype(np.float64))
+
+
 def softmax_rows(x):
     """Each row's softmax in float64 (nncomp/kernels/softmax.py), NaN where NumPy's float32 formula gives NaN."""
     with np.errstate(invalid="ignore", over="ignore"):

@@ -12,6 +12,7 @@ import numpy as np
 from scipy import special
 
 from ..errors import NncompError
+from ..kernels import _jit, erf
 from ..kernels.epilogue import ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_LEAKYRELU, ACT_SIGMOID
 from .base import Layer, register, set_fields
 from .fused import compiled_epilogue
@@ -170,6 +171,11 @@ class Unary(Layer):
         return self.op in _MONOTONE
 
     def forward(self, x):
+        if self.op == "erf":        # a vectorized float32 kernel (SciPy's: 12 ns a value, scalar)
+            x = np.ascontiguousarray(x, np.float32)
+            out = np.empty(x.shape, np.float32)
+            _jit.pick((erf.erf_values, erf.erf_values_parallel), x.size)(x.reshape(-1), out.reshape(-1))
+            return out
         with np.errstate(all="ignore"):
             return UNARY[self.op](x).astype(np.float32, copy=False)
 
