@@ -130,6 +130,13 @@ def erf_values(x):
     return special.erf(x.astype(np.float64))
 
 
+def gelu_values(x):
+    """GELU in float64: 0.5 x (1 + erf(x / sqrt(2)))."""
+    from scipy import special
+    x = x.astype(np.float64)
+    return 0.5 * x * (1 + special.erf(x / np.sqrt(2)))
+
+
 def softmax_rows(x):
     """Each row's softmax in float64 (nncomp/kernels/softmax.py), NaN where NumPy's float32 formula gives NaN."""
     with np.errstate(invalid="ignore", over="ignore"):

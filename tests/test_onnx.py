@@ -343,6 +343,21 @@ def test_a_value_read_under_two_names_keeps_its_producer(tmp_path):
     assert [n.layer.kind for n in m.nodes] == ["conv2d"]
 
 
+@pytest.mark.parametrize("scale", ["div", "mul"])
+def test_gelu_written_out_is_one_layer(tmp_path, scale):
+    """GELU as torch.onnx and paddle2onnx write it, x / sqrt(2) (or x * 1 / sqrt(2)), Erf, + 1, x *,
+    * 0.5: one Unary("gelu") pass, ONNX Runtime's numbers within float32 rounding."""
+    r = np.array(np.sqrt(2.0)) if scale == "div" else np.array(1 / np.sqrt(2.0))
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"]),
+             helper.make_node("Div" if scale == "div" else "Mul", ["c", "r"], ["d"]),
+             helper.make_node("Erf", ["d"], ["e"]), helper.make_node("Add", ["e", "one"], ["e1"]),
+             helper.make_node("Mul", ["c", "e1"], ["g"]), helper.make_node("Mul", ["g", "half"], ["y"])]
+    inits = [init("w", rand((6, 3, 1, 1), 1)), init("b", rand(6, 2)), init("r", r), init("one", np.array(1.0)),
+             init("half", np.array(0.5))]
+    m = check(graph_model(nodes, ["n", 3, 5, 5], inits=inits), rand((2, 3, 5, 5)) * 3, tmp_path, atol=2e-6)
+    assert [n.layer.kind for n in m.nodes] == ["conv2d", "unary"] and m.nodes[1].layer.op == "gelu"
+
+
 def test_residual_add_is_the_add_layer_and_fuses(tmp_path):
     w = rand((3, 3, 1, 1), 1)
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Add", ["c", "x"], ["y"])]

@@ -219,6 +219,9 @@ class NeuralOps(Patterns):
         out = self.add(node, L.Unary(UNARY[node.op_type]), [x])
         if node.op_type == "Sqrt":
             self.origin[out[0].node] = ("sqrt", x.node)
+        made = self.origin.get(x.node, ())
+        if node.op_type == "Erf" and made[:1] == ("x/sqrt2",):
+            self.origin[out[0].node] = ("erf(x/sqrt2)", made[1])
         return out
 
     # ------------------------------------------------------------------ element-wise and reductions

@@ -10,6 +10,8 @@ node can see that it completes
 - ``x * relu6(x + 3) / 6``, ``x * (relu6(x + 3) / 6)`` or ``x * HardSigmoid(x)`` (alpha 1/6): one HardSwish;
 - ``(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps)`` over trailing axes: one LayerNorm (a constant
   scale and shift after it fold into its parameters);
+- ``x * (erf(x / sqrt(2)) + 1) * 0.5`` (GELU as paddle2onnx and torch.onnx write it): one
+  ``Unary("gelu")``, a single pass of nncomp/kernels/erf.py instead of five (PP-OCRv6);
 - a constant scale or shift (one value or one per channel) after a convolution or dense layer that
   nothing else reads: folded into its weights.
 
@@ -49,6 +51,9 @@ def internal_constant(c, rank):
     if rank == 4:
         c = c.reshape((1,) * (3 - c.ndim) + c.shape).transpose(1, 2, 0)
     return np.ascontiguousarray(c)
+
+
+SQRT2 = float(np.sqrt(2.0))
 
 
 def _one(c):
@@ -98,6 +103,11 @@ class Patterns:
             for u, r in ((made[1], made[2]), (made[2], made[1])):
                 if self.origin.get(r.node) == ("relu6+3", u.node):
                     return self.add(node, L.HardSwish(), [u])
+        if op == "mul" and _one(c) == 0.5 and made[0] == "mul":      # GELU: 0.5 * (x * (1 + erf(x / sqrt(2))))
+            for u, r in ((made[1], made[2]), (made[2], made[1])):
+                plus = self.origin.get(r.node, ())
+                if plus[:1] == ("add",) and plus[2] == 1.0 and self.origin.get(plus[1]) == ("erf(x/sqrt2)", u.node):
+                    return self.add(node, L.Unary("gelu"), [u])
         return None
 
     @staticmethod
@@ -114,6 +124,8 @@ class Patterns:
                 self.origin[out.node] = ("sub", x[0].node, x[1].node)
             return
         v, made = _one(c), self.origin.get(x.node, (None,))
+        if v is not None and not first and (op == "div" and abs(v - SQRT2) < 1e-6 or op == "mul" and abs(v * SQRT2 - 1) < 1e-6):
+            self.origin[out.node] = ("x/sqrt2", x.node)
         if op == "add" and not first:
             self.origin[out.node] = ("add", x.node, v)
         elif op == "pow" and v == 2 and not first:

@@ -1,5 +1,6 @@
-"""The error function over float32 values in vector registers (ONNX Erf: GELU as paddle2onnx and
-torch.onnx write it, ``x / sqrt(2)``, ``erf``, ``1 +``, ``x *``, ``0.5 *``).
+"""The error function over float32 values in vector registers (ONNX Erf), and GELU, which paddle2onnx
+and torch.onnx write as five nodes (``x / sqrt(2)``, ``erf``, ``1 +``, ``x *``, ``0.5 *``) and the
+ONNX importer joins into one pass (nncomp/io/onnx_patterns.py).
 
 SciPy's ``erf`` on float32 runs a scalar double-precision routine per value: 12 ns a value here, 1.1 ms for
 one of PP-OCRv6's 184k-value maps (Intel Xeon), nine of them a third of the recognizer's pass. This
@@ -8,10 +9,10 @@ float32), ``P`` of degree 6 and ``Q`` of degree 5 fitted here by iterated weight
 the relative error against float64 ``scipy.special.erf`` (tools/fit_erf.py): at most 7 units in the
 last place of float32 from the correctly rounded value over [-6, 6], 0.8 on average, 4.1e-7 at
 most in absolute terms; NaN stays NaN, +-inf gives +-1. Branch-free, so LLVM vectorizes it: 0.05 ms
-for the 184k values on two threads. Twin: tests/reference.py ``erf_values``.
+for the 184k values on two threads. Twins: tests/reference.py ``erf_values``, ``gelu_values``.
 """
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from ._jit import both
 
@@ -21,20 +22,43 @@ Q1, Q2, Q3 = 0.4973365366458893, 0.11372123658657074, 0.015367159619927406
 Q4, Q5 = 0.0012890849029645324, 6.090732495067641e-05
 
 
+def _erf(v):
+    f = np.float32
+    c = min(max(v, f(-4.0)), f(4.0))
+    t = c * c
+    p = ((((((f(P6) * t + f(P5)) * t + f(P4)) * t + f(P3)) * t + f(P2)) * t + f(P1)) * t + f(P0))
+    q = (((((f(Q5) * t + f(Q4)) * t + f(Q3)) * t + f(Q2)) * t + f(Q1)) * t + f(1.0))
+    e = c * p / q
+    e = f(1.0) if c >= f(4.0) else f(-1.0) if c <= f(-4.0) else e     # erf(4) rounds to 1 in float32
+    return e if v == v else v
+
+
+_erf_inline = njit(inline="always")(_erf)
+
+
 def _erf_values(x, out):
     """``out[i] = erf(x[i])`` in float32 (module docstring: accuracy, NaN and infinities).
 
     IN  x (n,) float32.
     OUT out (n,) float32, overwritten (may be ``x``).
     """
-    f = np.float32
+    for i in prange(x.shape[0]):
+        out[i] = _erf_inline(x[i])
+
+
+def _gelu_values(x, out):
+    """``out[i] = 0.5 x (1 + erf(x / sqrt(2)))`` in float32, erf as :func:`_erf_values` computes it:
+    ``x * (0.5 + 0.5 erf(x * 0.70710677))`` (NaN stays NaN; +inf gives +inf, -inf NaN, as the five
+    ONNX nodes give them: -inf * 0).
+
+    IN  x (n,) float32.
+    OUT out (n,) float32, overwritten (may be ``x``).
+    """
+    half, r = np.float32(0.5), np.float32(0.70710677)
     for i in prange(x.shape[0]):
         v = x[i]
-        c = min(max(v, f(-4.0)), f(4.0))
-        t = c * c
-        p = ((((((f(P6) * t + f(P5)) * t + f(P4)) * t + f(P3)) * t + f(P2)) * t + f(P1)) * t + f(P0))
-        q = (((((f(Q5) * t + f(Q4)) * t + f(Q3)) * t + f(Q2)) * t + f(Q1)) * t + f(1.0))
-        out[i] = c * p / q if v == v else v
+        out[i] = v * (half + half * _erf_inline(v * r))
 
 
 erf_values, erf_values_parallel = both(_erf_values)
+gelu_values, gelu_values_parallel = both(_gelu_values)

@@ -148,7 +148,9 @@ class Clip(EpilogueActivation):
 
 
 UNARY = {"sqrt": np.sqrt, "exp": np.exp, "log": np.log, "neg": np.negative, "abs": np.abs,
-         "reciprocal": np.reciprocal, "tanh": np.tanh, "erf": special.erf}
+         "reciprocal": np.reciprocal, "tanh": np.tanh, "erf": special.erf,
+         "gelu": lambda x: x * (0.5 + 0.5 * special.erf(x * np.float32(0.70710677)))}
+_KERNELS = {"erf": (erf.erf_values, erf.erf_values_parallel), "gelu": (erf.gelu_values, erf.gelu_values_parallel)}
 _MONOTONE = ("sqrt", "exp", "log", "tanh", "erf")
 
 
@@ -156,7 +158,8 @@ _MONOTONE = ("sqrt", "exp", "log", "tanh", "erf")
 @dataclass(frozen=True, eq=False)
 class Unary(Layer):
     """One element-wise math function in float32: ``op`` in sqrt, exp, log, neg, abs, reciprocal,
-    tanh, erf (NaN and inf as NumPy gives them: ``sqrt(-1)`` is NaN, ``log(0)`` is -inf)."""
+    tanh, erf, gelu (``0.5 x (1 + erf(x / sqrt(2)))``; NaN and inf as NumPy gives them: ``sqrt(-1)``
+    is NaN, ``log(0)`` is -inf). erf and gelu run nncomp/kernels/erf.py's float32 kernels."""
 
     op: str = "sqrt"
     kind = "unary"
@@ -171,10 +174,10 @@ class Unary(Layer):
         return self.op in _MONOTONE
 
     def forward(self, x):
-        if self.op == "erf":        # a vectorized float32 kernel (SciPy's: 12 ns a value, scalar)
+        if self.op in _KERNELS:     # vectorized float32 kernels (SciPy's erf: 12 ns a value, scalar)
             x = np.ascontiguousarray(x, np.float32)
             out = np.empty(x.shape, np.float32)
-            _jit.pick((erf.erf_values, erf.erf_values_parallel), x.size)(x.reshape(-1), out.reshape(-1))
+            _jit.pick(_KERNELS[self.op], x.size)(x.reshape(-1), out.reshape(-1))
             return out
         with np.errstate(all="ignore"):
             return UNARY[self.op](x).astype(np.float32, copy=False)
