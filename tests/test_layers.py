@@ -238,15 +238,16 @@ def test_erf_layer_runs_the_kernel():
 
 
 def test_softmax_steps_of_small_and_large_batches():
-    """The compiled step up to softmax.KERNEL_MAX_VALUES values a batch, NumPy's formula above, over
-    a sequence's last axis too; the same numbers within rounding."""
+    """Over the last axis the compiled step at every size (a classifier's 4 values, a recognizer's
+    40 x 18,710), NumPy's formula over another axis; the same numbers within rounding, and the
+    layer's forward is the step."""
     rng = np.random.default_rng(0)
     layer = nc.Softmax()
-    for n, shape in ((1, (4,)), (8, (10,)), (2, (3, 5)), (3, (40, 60))):
+    for n, shape in ((1, (4,)), (8, (10,)), (2, (3, 5)), (1, (40, 18710))):
         x = rng.standard_normal((n, *shape)).astype(np.float32) * 5
         step = layer.prepare(n, shape)
-        assert (step == layer._numpy) == (n * np.prod(shape) > softmax.KERNEL_MAX_VALUES)
-        assert np.allclose(step(x), layer._numpy(x), rtol=1e-6, atol=1e-7)
+        assert step != layer._numpy
+        assert np.allclose(step(x), layer._numpy(x), rtol=1e-5, atol=1e-7)
         assert np.array_equal(step(x), layer.forward(x))
     first = nc.Softmax(axis=0)
     assert first.prepare(1, (3, 4)) == first._numpy

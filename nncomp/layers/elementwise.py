@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import NncompError
-from ..kernels import softmax
+from ..kernels import _jit, softmax
 from .base import Layer, register
 
 
@@ -88,15 +88,16 @@ class Softmax(Layer):
         return e / e.sum(axis=axis, keepdims=True)
 
     def prepare(self, n, shape):
-        """Over the last axis, up to softmax.KERNEL_MAX_VALUES values a batch: one compiled call
-        (nncomp/kernels/softmax.py); otherwise NumPy's formula."""
+        """Over the last axis: one compiled call (nncomp/kernels/softmax.py, parallel over rows from
+        _jit.PARALLEL_MIN_WORK values); over another axis NumPy's formula."""
         k, size = shape[-1], n * math.prod(shape)
-        if self.axis not in (-1, len(shape) - 1) or size > softmax.KERNEL_MAX_VALUES or k < 1:
+        if self.axis not in (-1, len(shape) - 1) or k < 1:
             return self._numpy
+        kern = _jit.pick((softmax.softmax_rows, softmax.softmax_rows_parallel), size)
 
         def step(x):
             out = np.empty(x.shape, np.float32)
-            softmax.softmax_rows(np.ascontiguousarray(x, np.float32).reshape(size // k, k), out.reshape(size // k, k))
+            kern(np.ascontiguousarray(x, np.float32).reshape(size // k, k), out.reshape(size // k, k))
             return out
         step.blas = False
         return step
