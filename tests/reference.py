@@ -96,7 +96,7 @@ def tile_activation(act, alpha, beta, dw=1):
     """``(act, alpha, beta)`` the register tiles apply as they store (hard sigmoid 2, hard swish 3 with
     1/6 and 1/2, leaky ReLU 4; undilated rows only), else ``(0, 0, 0)``: the activation kernel's pass."""
     from nncomp.kernels.epilogue import IN_TILES      # where the tiles carry it (16 vector registers)
-    if IN_TILES and act >= 2 and dw == 1:
+    if IN_TILES and 2 <= act <= 4 and dw == 1:
         return (3, np.float32(1 / 6), np.float32(0.5)) if act == 3 else (act, np.float32(alpha), np.float32(beta))
     return 0, np.float32(0.0), np.float32(0.0)
 
@@ -239,12 +239,13 @@ def epilogue_rows(y, scale, shift, res, lo, hi):
 
 def activation_rows(y, act, alpha, beta):
     """``act`` 1 sigmoid (exact, float64), 2 hard sigmoid, 3 hard swish, 4 leaky ReLU (float32
-    NumPy, the kernel's sequence)."""
+    NumPy, the kernel's sequence), 5 SiLU (the exact sigmoid, times y in float32)."""
     f = np.float32
     y = np.array(y, f)
     with np.errstate(all="ignore"):
-        if act == 1:
-            return (1 / (1 + np.exp(-y.astype(np.float64)))).astype(f)
+        if act in (1, 5):       # sigmoid; SiLU: y times the float32 sigmoid
+            s = (1 / (1 + np.exp(-y.astype(np.float64)))).astype(f)
+            return s if act == 1 else y * s
         if act in (2, 3):
             t = y * f(alpha) + f(beta) if act == 2 else y * f(1 / 6) + f(0.5)
             t = np.minimum(np.maximum(t, f(0)), f(1))

@@ -192,7 +192,10 @@ class NeuralOps(Patterns):
         return self.add(node, L.LeakyReLU(attrs.float("alpha", 0.01)), [self.act(ins[0])])
 
     def op_Sigmoid(self, node, attrs, ins):
-        return self.add(node, L.Sigmoid(), [self.act(ins[0])])
+        x = self.act(ins[0])
+        out = self.add(node, L.Sigmoid(), [x])
+        self.origin[out[0].node] = ("sigmoid", x.node)
+        return out
 
     def op_HardSigmoid(self, node, attrs, ins):
         alpha, beta = attrs.float("alpha", 0.2), attrs.float("beta", 0.5)

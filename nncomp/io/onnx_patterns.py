@@ -10,6 +10,7 @@ node can see that it completes
 - ``x * relu6(x + 3) / 6``, ``x * (relu6(x + 3) / 6)`` or ``x * HardSigmoid(x)`` (alpha 1/6): one HardSwish;
 - ``(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps)`` over trailing axes: one LayerNorm (a constant
   scale and shift after it fold into its parameters);
+- ``x * sigmoid(x)`` (SiLU, YOLOv8's activation): one SiLU, in its producer's epilogue;
 - ``x * (erf(x / sqrt(2)) + 1) * 0.5`` (GELU as paddle2onnx and torch.onnx write it): one
   ``Unary("gelu")``, a single pass of nncomp/kernels/erf.py instead of five (PP-OCRv6);
 - a constant scale or shift (one value or one per channel) after a convolution or dense layer that
@@ -65,11 +66,13 @@ class Patterns:
     """What the importer recognises across nodes (see the module docstring)."""
 
     def binary_of_activations(self, node, op, a, b):
-        """``[Act]`` of a HardSwish or LayerNorm that ``a op b`` completes, or None."""
+        """``[Act]`` of a HardSwish, SiLU or LayerNorm that ``a op b`` completes, or None."""
         if op == "mul":
             for x, gate in ((a, b), (b, a)):
                 if self.origin.get(gate.node) == ("hardsigmoid", x.node):
                     return self.add(node, L.HardSwish(), [x])
+                if self.origin.get(gate.node) == ("sigmoid", x.node):
+                    return self.add(node, L.SiLU(), [x])
         if op == "div":
             return self._layernorm(node, a, b)
         return None

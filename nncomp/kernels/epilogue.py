@@ -1,6 +1,7 @@
 """The epilogue a producing layer applies in place to its fresh output: batch norm's per-channel
 affine map, a residual add, a clip (ReLU, ReLU6, Clip), in that order, in one pass over the values;
-then, in a second kernel, one activation function (sigmoid, hard sigmoid, hard swish, leaky ReLU).
+then, in a second kernel, one activation function (sigmoid, hard sigmoid, hard swish, leaky ReLU,
+SiLU ``x * sigmoid(x)``).
 
 The same float32 operations as the layers run one by one (``y * scale + shift``, ``+ res``,
 ``np.maximum(y, lo)``, ``np.minimum(y, hi)``; no fused multiply-add), so results are bit-identical
@@ -16,7 +17,7 @@ from ._jit import both, jit
 from .isa import VECTOR_REGISTERS
 
 # Activation codes of activation_rows.
-ACT_NONE, ACT_SIGMOID, ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_LEAKYRELU = 0, 1, 2, 3, 4
+ACT_NONE, ACT_SIGMOID, ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_LEAKYRELU, ACT_SILU = 0, 1, 2, 3, 4, 5
 
 
 # Rows of fewer channels than this run as flat runs of several rows (at least RUN_VALUES values, the
@@ -155,15 +156,21 @@ def logistic_ir(builder, v):
 
 
 @intrinsic
-def _sigmoid16(typingctx, y, off, nvec):
-    """``nvec`` vectors of 16 values of flat ``y`` from ``off``, in place: :func:`logistic_ir`."""
-    sig = types.void(y, off, nvec)
+def _sigmoid16(typingctx, y, off, nvec, silu):
+    """``nvec`` vectors of 16 values of flat ``y`` from ``off``, in place: :func:`logistic_ir`, times
+    the value where ``silu`` (SiLU: ``v * sigmoid(v)``, one float32 multiply)."""
+    sig = types.void(y, off, nvec, silu)
 
     def codegen(context, builder, signature, args):
         ydata = context.make_array(signature.args[0])(context, builder, args[0]).data
         intp = context.get_value_type(types.intp)
-        off_, n_ = (context.cast(builder, args[k], signature.args[k], types.intp) for k in (1, 2))
-        _vectors16(builder, intp, ydata, off_, n_, "sigmoid16", lambda v: logistic_ir(builder, v))
+        off_, n_, silu_ = (context.cast(builder, args[k], signature.args[k], types.intp) for k in (1, 2, 3))
+        times = builder.icmp_signed("!=", silu_, intp(0))
+
+        def body(v):
+            r = logistic_ir(builder, v)
+            return builder.select(times, builder.fmul(v, r), r)
+        _vectors16(builder, intp, ydata, off_, n_, "sigmoid16", body)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -234,7 +241,7 @@ def tile_activation(act, alpha, beta, dw=1):
     swish and leaky ReLU with :func:`_act16`'s operations as they store an output (no pass of its
     own over the stored lines) where :data:`IN_TILES`; ``(0, 0, 0)`` for sigmoid, for dilated rows
     (``dw`` > 1: several tile calls per output) and elsewhere, which keep the activation kernel."""
-    if IN_TILES and act >= ACT_HARDSIGMOID and dw == 1:
+    if IN_TILES and ACT_HARDSIGMOID <= act <= ACT_LEAKYRELU and dw == 1:
         a, b = _act_params(act, alpha, beta)
         return act, a, b
     return 0, np.float32(0.0), np.float32(0.0)
@@ -253,7 +260,8 @@ ACT_CHUNK = 16384
 
 
 def _activation(y, act, alpha, beta):
-    """``y = act(y)`` in place: sigmoid (ONNX Runtime's rational approximation, below), hard sigmoid ``clip(alpha*y + beta,
+    """``y = act(y)`` in place: sigmoid (ONNX Runtime's rational approximation, below), SiLU ``y *
+    sigmoid(y)``, hard sigmoid ``clip(alpha*y + beta,
     0, 1)``, hard swish ``y * clip(y/6 + 1/2, 0, 1)`` or leaky ReLU (``alpha * y`` below 0), in
     float32 with the clip's NumPy semantics (NaN passes).
 
@@ -273,10 +281,10 @@ def _activation(y, act, alpha, beta):
         lo = t * ACT_CHUNK
         hi = min(total, lo + ACT_CHUNK)
         nv = (hi - lo) // 16
-        if act == ACT_SIGMOID:
-            _sigmoid16(flat, lo, nv)
+        if act == ACT_SIGMOID or act == ACT_SILU:
+            _sigmoid16(flat, lo, nv, act == ACT_SILU)
             for k in range(lo + 16 * nv, hi):
-                flat[k] = _logistic(flat[k])
+                flat[k] = _logistic(flat[k]) * flat[k] if act == ACT_SILU else _logistic(flat[k])
             continue
         _act16(flat, lo, nv, act, a, b)
         for k in range(lo + 16 * nv, hi):

@@ -13,7 +13,7 @@ from scipy import special
 
 from ..errors import NncompError
 from ..kernels import _jit, erf
-from ..kernels.epilogue import ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_LEAKYRELU, ACT_SIGMOID
+from ..kernels.epilogue import ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_LEAKYRELU, ACT_SIGMOID, ACT_SILU
 from .base import Layer, register, set_fields
 from .fused import compiled_epilogue
 
@@ -69,6 +69,19 @@ class Sigmoid(EpilogueActivation):
     kind = "sigmoid"
     monotone = False
     spec = ("act", ACT_SIGMOID, 0.0, 0.0)
+
+
+@register
+@dataclass(frozen=True, eq=False)
+class SiLU(EpilogueActivation):
+    """``x * sigmoid(x)`` in float32 (SiLU, swish: YOLOv5/v8, EfficientNet), :class:`Sigmoid`'s value
+    times x in one multiply: the bits of the two layers one after the other, in one pass (or in the
+    producing convolution's epilogue). ONNX exporters write it as Sigmoid and Mul; the importer
+    joins them."""
+
+    kind = "silu"
+    monotone = False
+    spec = ("act", ACT_SILU, 0.0, 0.0)
 
 
 @register
