@@ -130,10 +130,10 @@ def erf_values(x):
     return special.erf(x.astype(np.float64))
 
 
-def gelu_values(x):
-    """GELU in float64: 0.5 x (1 + erf(x / sqrt(2)))."""
+def gelu_value(x):
+    """GELU in float64: 0.5 x (1 + erf(x / sqrt(2))) (nncomp/kernels/erf.py's float32 one)."""
     from scipy import special
-    x = x.astype(np.float64)
+    x = np.asarray(x, np.float64)
     return 0.5 * x * (1 + special.erf(x / np.sqrt(2)))
 
 
@@ -239,10 +239,12 @@ def epilogue_rows(y, scale, shift, res, lo, hi):
 
 def activation_rows(y, act, alpha, beta):
     """``act`` 1 sigmoid (exact, float64), 2 hard sigmoid, 3 hard swish, 4 leaky ReLU (float32
-    NumPy, the kernel's sequence), 5 SiLU (the exact sigmoid, times y in float32)."""
+    NumPy, the kernel's sequence), 5 SiLU (the exact sigmoid, times y in float32), 6 GELU (float64)."""
     f = np.float32
     y = np.array(y, f)
     with np.errstate(all="ignore"):
+        if act == 6:
+            return gelu_value(y).astype(f)
         if act in (1, 5):       # sigmoid; SiLU: y times the float32 sigmoid
             s = (1 / (1 + np.exp(-y.astype(np.float64)))).astype(f)
             return s if act == 1 else y * s

@@ -346,7 +346,7 @@ def test_a_value_read_under_two_names_keeps_its_producer(tmp_path):
 @pytest.mark.parametrize("scale", ["div", "mul"])
 def test_gelu_written_out_is_one_layer(tmp_path, scale):
     """GELU as torch.onnx and paddle2onnx write it, x / sqrt(2) (or x * 1 / sqrt(2)), Erf, + 1, x *,
-    * 0.5: one Unary("gelu") pass, ONNX Runtime's numbers within float32 rounding."""
+    * 0.5: one GELU, in the convolution's epilogue; ONNX Runtime's numbers within float32 rounding."""
     r = np.array(np.sqrt(2.0)) if scale == "div" else np.array(1 / np.sqrt(2.0))
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"]),
              helper.make_node("Div" if scale == "div" else "Mul", ["c", "r"], ["d"]),
@@ -355,7 +355,8 @@ def test_gelu_written_out_is_one_layer(tmp_path, scale):
     inits = [init("w", rand((6, 3, 1, 1), 1)), init("b", rand(6, 2)), init("r", r), init("one", np.array(1.0)),
              init("half", np.array(0.5))]
     m = check(graph_model(nodes, ["n", 3, 5, 5], inits=inits), rand((2, 3, 5, 5)) * 3, tmp_path, atol=2e-6)
-    assert [n.layer.kind for n in m.nodes] == ["conv2d", "unary"] and m.nodes[1].layer.op == "gelu"
+    assert [n.layer.kind for n in m.nodes] == ["conv2d", "gelu"]
+    assert [layer.describe() for _, layer in m._plan((5, 5, 3), 2, m.outputs).layers] == ["conv2d+gelu"]
 
 
 @pytest.mark.parametrize("gate_first", [False, True])

@@ -11,8 +11,8 @@ node can see that it completes
 - ``(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps)`` over trailing axes: one LayerNorm (a constant
   scale and shift after it fold into its parameters);
 - ``x * sigmoid(x)`` (SiLU, YOLOv8's activation): one SiLU, in its producer's epilogue;
-- ``x * (erf(x / sqrt(2)) + 1) * 0.5`` (GELU as paddle2onnx and torch.onnx write it): one
-  ``Unary("gelu")``, a single pass of nncomp/kernels/erf.py instead of five (PP-OCRv6);
+- ``x * (erf(x / sqrt(2)) + 1) * 0.5`` (GELU as paddle2onnx and torch.onnx write it): one GELU, in
+  its producer's epilogue, instead of five passes (PP-OCRv6);
 - a constant scale or shift (one value or one per channel) after a convolution or dense layer that
   nothing else reads: folded into its weights.
 
@@ -110,7 +110,7 @@ class Patterns:
             for u, r in ((made[1], made[2]), (made[2], made[1])):
                 plus = self.origin.get(r.node, ())
                 if plus[:1] == ("add",) and plus[2] == 1.0 and self.origin.get(plus[1]) == ("erf(x/sqrt2)", u.node):
-                    return self.add(node, L.Unary("gelu"), [u])
+                    return self.add(node, L.GELU(), [u])
         return None
 
     @staticmethod

@@ -1,7 +1,7 @@
 """The epilogue a producing layer applies in place to its fresh output: batch norm's per-channel
 affine map, a residual add, a clip (ReLU, ReLU6, Clip), in that order, in one pass over the values;
 then, in a second kernel, one activation function (sigmoid, hard sigmoid, hard swish, leaky ReLU,
-SiLU ``x * sigmoid(x)``).
+SiLU ``x * sigmoid(x)``, GELU ``x (1 + erf(x / sqrt(2))) / 2``).
 
 The same float32 operations as the layers run one by one (``y * scale + shift``, ``+ res``,
 ``np.maximum(y, lo)``, ``np.minimum(y, hi)``; no fused multiply-add), so results are bit-identical
@@ -14,10 +14,11 @@ from numba.extending import intrinsic
 
 from ._ir import loop_latch, loop_phis
 from ._jit import both, jit
+from .erf import gelu_value
 from .isa import VECTOR_REGISTERS
 
 # Activation codes of activation_rows.
-ACT_NONE, ACT_SIGMOID, ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_LEAKYRELU, ACT_SILU = 0, 1, 2, 3, 4, 5
+ACT_NONE, ACT_SIGMOID, ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_LEAKYRELU, ACT_SILU, ACT_GELU = 0, 1, 2, 3, 4, 5, 6
 
 
 # Rows of fewer channels than this run as flat runs of several rows (at least RUN_VALUES values, the
@@ -261,7 +262,7 @@ ACT_CHUNK = 16384
 
 def _activation(y, act, alpha, beta):
     """``y = act(y)`` in place: sigmoid (ONNX Runtime's rational approximation, below), SiLU ``y *
-    sigmoid(y)``, hard sigmoid ``clip(alpha*y + beta,
+    sigmoid(y)``, GELU (nncomp/kernels/erf.py), hard sigmoid ``clip(alpha*y + beta,
     0, 1)``, hard swish ``y * clip(y/6 + 1/2, 0, 1)`` or leaky ReLU (``alpha * y`` below 0), in
     float32 with the clip's NumPy semantics (NaN passes).
 
@@ -281,6 +282,11 @@ def _activation(y, act, alpha, beta):
         lo = t * ACT_CHUNK
         hi = min(total, lo + ACT_CHUNK)
         nv = (hi - lo) // 16
+        if act == ACT_GELU:         # a loop from 0 over a slice: LLVM vectorizes it (not one from lo)
+            seg = flat[lo:hi]
+            for k in range(seg.shape[0]):
+                seg[k] = gelu_value(seg[k])
+            continue
         if act == ACT_SIGMOID or act == ACT_SILU:
             _sigmoid16(flat, lo, nv, act == ACT_SILU)
             for k in range(lo + 16 * nv, hi):

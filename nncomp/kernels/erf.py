@@ -1,6 +1,6 @@
 """The error function over float32 values in vector registers (ONNX Erf), and GELU, which paddle2onnx
 and torch.onnx write as five nodes (``x / sqrt(2)``, ``erf``, ``1 +``, ``x *``, ``0.5 *``) and the
-ONNX importer joins into one pass (nncomp/io/onnx_patterns.py).
+ONNX importer joins into one activation (nncomp/io/onnx_patterns.py; the epilogue kernels' ACT_GELU).
 
 SciPy's ``erf`` on float32 runs a scalar double-precision routine per value: 12 ns a value here, 1.1 ms for
 one of PP-OCRv6's 184k-value maps (Intel Xeon), nine of them a third of the recognizer's pass. This
@@ -9,7 +9,7 @@ float32), ``P`` of degree 6 and ``Q`` of degree 5 fitted here by iterated weight
 the relative error against float64 ``scipy.special.erf`` (tools/fit_erf.py): at most 7 units in the
 last place of float32 from the correctly rounded value over [-6, 6], 0.8 on average, 4.1e-7 at
 most in absolute terms; NaN stays NaN, +-inf gives +-1. Branch-free, so LLVM vectorizes it: 0.05 ms
-for the 184k values on two threads. Twins: tests/reference.py ``erf_values``, ``gelu_values``.
+for the 184k values on two threads. Twins: tests/reference.py ``erf_values``, ``gelu_value``.
 """
 import numpy as np
 from numba import njit, prange
@@ -46,19 +46,15 @@ def _erf_values(x, out):
         out[i] = _erf_inline(x[i])
 
 
-def _gelu_values(x, out):
-    """``out[i] = 0.5 x (1 + erf(x / sqrt(2)))`` in float32, erf as :func:`_erf_values` computes it:
-    ``x * (0.5 + 0.5 erf(x * 0.70710677))`` (NaN stays NaN; +inf gives +inf, -inf NaN, as the five
-    ONNX nodes give them: -inf * 0).
+def _gelu(v):
+    """``0.5 v (1 + erf(v / sqrt(2)))`` in float32, erf as :func:`_erf_values` computes it:
+    ``v * (0.5 + 0.5 erf(v * 0.70710677))`` (NaN stays NaN; +inf gives +inf, -inf NaN, as the five
+    ONNX nodes give them: -inf * 0). The activation kernel's ACT_GELU (nncomp/kernels/epilogue.py)."""
+    half = np.float32(0.5)
+    return v * (half + half * _erf_inline(v * np.float32(0.70710677)))
 
-    IN  x (n,) float32.
-    OUT out (n,) float32, overwritten (may be ``x``).
-    """
-    half, r = np.float32(0.5), np.float32(0.70710677)
-    for i in prange(x.shape[0]):
-        v = x[i]
-        out[i] = v * (half + half * _erf_inline(v * r))
+
+gelu_value = njit(inline="always", cache=True)(_gelu)
 
 
 erf_values, erf_values_parallel = both(_erf_values)
-gelu_values, gelu_values_parallel = both(_gelu_values)

@@ -7,7 +7,7 @@ binary operators, reductions, layer norm), ``shape``, ``tensor`` (any-rank struc
 builds when a producer absorbs its reader (epilogues, conv + max-pool). See ``base`` for the
 protocol every layer follows and docs/architecture.md for where a new kind goes.
 """
-from .activation import Clip, HardSigmoid, HardSwish, LeakyReLU, Sigmoid, SiLU, Unary
+from .activation import GELU, Clip, HardSigmoid, HardSwish, LeakyReLU, Sigmoid, SiLU, Unary
 from .arith import Binary, LayerNorm, Reduce
 from .base import LAYERS, Layer, Window
 from .conv import Conv2D
@@ -23,7 +23,7 @@ from .tensor import Cast, Concat, FixedShape, Gather, MatMul, Pad, Reshape, Slic
 
 __all__ = ["LAYERS", "Layer", "Window", "Fused", "Dense", "Conv2D", "BatchNorm", "ReLU", "Add", "Softmax",
            "Dropout", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "Flatten", "ZeroPad2D",
-           "Sigmoid", "SiLU", "HardSigmoid", "HardSwish", "LeakyReLU", "Clip", "Unary", "Binary", "Reduce", "LayerNorm",
+           "Sigmoid", "SiLU", "GELU", "HardSigmoid", "HardSwish", "LeakyReLU", "Clip", "Unary", "Binary", "Reduce", "LayerNorm",
            "Resize", "ConvTranspose2D", "GlobalMaxPool2D",
            "Cast", "Concat", "FixedShape", "Gather", "MatMul", "Pad", "Reshape", "Slice", "Squeeze", "Transpose",
            "Unsqueeze"]

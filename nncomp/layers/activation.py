@@ -13,7 +13,7 @@ from scipy import special
 
 from ..errors import NncompError
 from ..kernels import _jit, erf
-from ..kernels.epilogue import ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_LEAKYRELU, ACT_SIGMOID, ACT_SILU
+from ..kernels.epilogue import ACT_GELU, ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_LEAKYRELU, ACT_SIGMOID, ACT_SILU
 from .base import Layer, register, set_fields
 from .fused import compiled_epilogue
 
@@ -82,6 +82,18 @@ class SiLU(EpilogueActivation):
     kind = "silu"
     monotone = False
     spec = ("act", ACT_SILU, 0.0, 0.0)
+
+
+@register
+@dataclass(frozen=True, eq=False)
+class GELU(EpilogueActivation):
+    """``x (1 + erf(x / sqrt(2))) / 2`` in float32, erf as nncomp/kernels/erf.py approximates it
+    (at most 7 ulps): one pass, or the producing layer's epilogue. ONNX exporters write it as five
+    nodes (Div, Erf, Add, Mul, Mul); the importer joins them."""
+
+    kind = "gelu"
+    monotone = False
+    spec = ("act", ACT_GELU, 0.0, 0.0)
 
 
 @register
@@ -161,9 +173,8 @@ class Clip(EpilogueActivation):
 
 
 UNARY = {"sqrt": np.sqrt, "exp": np.exp, "log": np.log, "neg": np.negative, "abs": np.abs,
-         "reciprocal": np.reciprocal, "tanh": np.tanh, "erf": special.erf,
-         "gelu": lambda x: x * (0.5 + 0.5 * special.erf(x * np.float32(0.70710677)))}
-_KERNELS = {"erf": (erf.erf_values, erf.erf_values_parallel), "gelu": (erf.gelu_values, erf.gelu_values_parallel)}
+         "reciprocal": np.reciprocal, "tanh": np.tanh, "erf": special.erf}
+_KERNELS = {"erf": (erf.erf_values, erf.erf_values_parallel)}
 _MONOTONE = ("sqrt", "exp", "log", "tanh", "erf")
 
 
@@ -171,8 +182,8 @@ _MONOTONE = ("sqrt", "exp", "log", "tanh", "erf")
 @dataclass(frozen=True, eq=False)
 class Unary(Layer):
     """One element-wise math function in float32: ``op`` in sqrt, exp, log, neg, abs, reciprocal,
-    tanh, erf, gelu (``0.5 x (1 + erf(x / sqrt(2)))``; NaN and inf as NumPy gives them: ``sqrt(-1)``
-    is NaN, ``log(0)`` is -inf). erf and gelu run nncomp/kernels/erf.py's float32 kernels."""
+    tanh, erf (NaN and inf as NumPy gives them: ``sqrt(-1)`` is NaN, ``log(0)`` is -inf). erf runs
+    nncomp/kernels/erf.py's float32 kernel."""
 
     op: str = "sqrt"
     kind = "unary"
