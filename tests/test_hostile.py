@@ -579,7 +579,7 @@ def test_F24_unsupported_content_is_named_not_run(keras_file, case):
         elif case == "subclassed-model":
             cfg.update(class_name="MyModel", module="my_project.models")
         elif case == "activation":
-            layer_cfg(cfg, "conv_in")["config"]["activation"] = "swish"
+            layer_cfg(cfg, "conv_in")["config"]["activation"] = "selu"
         elif case == "activation-dict":
             layer_cfg(cfg, "conv_in")["config"]["activation"] = {"module": "my.acts", "class_name": "function",
                                                                  "config": "my_act", "registered_name": "my_act"}

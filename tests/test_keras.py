@@ -290,6 +290,21 @@ def test_dense_on_sequences_and_pixels_matches_keras(name):
     assert (pruned(x[48:]).argmax(1) == want[48:].argmax(1)).mean() >= 0.9
 
 
+def test_keras_activations_by_name_match_keras():
+    """swish, gelu (the exact erf form), hard_silu, tanh and sigmoid, as Keras names them in a
+    layer's config or an Activation layer: a model trained by Keras (tools/make_keras_activations.py)
+    gives Keras's logits; the convolutions carry SiLU and GELU in their epilogues."""
+    found = np.load(fixture("activations", "npz"))
+    model = nc.load(fixture("activations", "h5"))
+    kinds = [n.layer.kind for n in model.nodes]
+    assert kinds == ["conv2d", "silu", "conv2d", "gelu", "hardswish", "flatten", "dense", "unary", "dense",
+                     "sigmoid", "dense"]
+    want = found["logits"]
+    assert np.abs(model(found["x"]) - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+    described = [layer.describe() for _, layer in model._plan((28, 28, 1), 4, model.outputs).layers]
+    assert "conv2d+silu" in described and any(d.startswith("conv2d+gelu") for d in described)
+
+
 def test_a_global_heap_tail_shorter_than_an_object_header_is_valid(tmp_path):
     """Keras 3.15 (h5py 3.16) wrote pixel_dense.h5 with a global heap collection whose last 8 bytes
     hold no free-space object (too short for its 16-byte header): the hostile-file scan accepts it,

@@ -18,14 +18,18 @@ import numpy as np
 
 from ..errors import CorruptModelFileError, ModelFileError, NncompError, UnsupportedModelError
 from ..layers.base import same_pads
-from ..layers import (Add, AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D,
-                      MaxPool2D, ReLU, Softmax, ZeroPad2D)
+from ..layers import (GELU, Add, AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D,
+                      HardSwish, MaxPool2D, ReLU, Sigmoid, SiLU, Softmax, Unary, ZeroPad2D)
 from ..matrices import DenseMatrix
 from ..model import INPUT, Node
 
 MODEL_CLASSES = ("Sequential", "Functional", "Model")
 IDENTITY = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianNoise", "GaussianDropout")
-ACTIVATIONS = {"linear": None, "relu": ReLU, "relu6": lambda: ReLU(6.0), "softmax": Softmax}
+# Keras's activation names (Keras 3 and tf.keras 2 agree on these: "gelu" is the exact, erf form;
+# "hard_sigmoid" is not here: Keras 2's is clip(0.2 x + 0.5), Keras 3's relu6(x + 3) / 6)
+ACTIVATIONS = {"linear": None, "relu": ReLU, "relu6": lambda: ReLU(6.0), "softmax": Softmax, "sigmoid": Sigmoid,
+               "tanh": lambda: Unary("tanh"), "swish": SiLU, "silu": SiLU, "gelu": GELU, "hard_silu": HardSwish,
+               "hard_swish": HardSwish}
 FLOAT_POLICIES = ("float32", "float64", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16")
 
 
