@@ -1,4 +1,5 @@
 """Model graph, forward-pass input checks, PyTorch fixtures, native save/load."""
+import json
 import os
 import threading
 from pathlib import Path
@@ -271,6 +272,35 @@ def test_state_dict_with_separate_architecture(tmp_path):
     assert np.abs(model(x) - np.load(DATA / "lenet300.logits.npy")).max() <= 1e-3
     with pytest.raises(nc.ModelFileError):
         nc.load(plain, architecture=arch.replace('"version": 1', '"version": 7').replace('"version":1', '"version":7'))
+
+
+@pytest.mark.parametrize("acts", [("silu", "gelu"), ("sigmoid", "tanh"), ("hardswish", "relu6")])
+def test_architecture_activations_beyond_relu(acts):
+    """nncomp-arch layer types silu, gelu (approximate='none'), sigmoid, tanh, hardswish: LeNet-300's
+    state dict under an architecture with these in place of its ReLUs gives the NumPy forward pass
+    of the same weights; gelu's tanh form is refused, naming the layer."""
+    from scipy import special
+    with h5py.File(DATA / "lenet300.h5", "r") as f:
+        arch = f.attrs["architecture"]
+        arch = arch.decode() if isinstance(arch, bytes) else str(arch)
+        w = {k: f[k][()].astype(np.float64) for k in f}
+    spec = json.loads(arch)
+    for layer in spec["layers"]:
+        if layer["name"] in ("relu", "relu_1"):
+            layer["type"] = acts[0] if layer["name"] == "relu" else acts[1]
+    funcs = {"silu": lambda v: v / (1 + np.exp(-v)), "gelu": lambda v: 0.5 * v * (1 + special.erf(v / np.sqrt(2))),
+             "sigmoid": lambda v: 1 / (1 + np.exp(-v)), "tanh": np.tanh, "relu6": lambda v: np.clip(v, 0, 6),
+             "hardswish": lambda v: v * np.clip(v / 6 + 0.5, 0, 1)}
+    model = nc.load(DATA / "lenet300.h5", architecture=json.dumps(spec))
+    x, _ = nc.data.for_model(model)
+    h = funcs[acts[0]](x[:64].astype(np.float64) @ w["fc1.weight"].T + w["fc1.bias"])
+    h = funcs[acts[1]](h @ w["fc2.weight"].T + w["fc2.bias"])
+    want = h @ w["fc3.weight"].T + w["fc3.bias"]
+    assert np.abs(model(x[:64]) - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+    if "gelu" in acts:
+        next(layer for layer in spec["layers"] if layer["type"] == "gelu")["approximate"] = "tanh"
+        with pytest.raises(nc.UnsupportedModelError, match="approximate"):
+            nc.load(DATA / "lenet300.h5", architecture=json.dumps(spec))
 
 
 def test_forward_leaves_the_callers_cpu_set_alone(lenet5):

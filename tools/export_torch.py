@@ -18,7 +18,8 @@ What the file holds
 How the architecture is found
 -----------------------------
 The module is traced with ``torch.fx.symbolic_trace`` and each graph node is mapped to one layer:
-Conv2d, Linear, BatchNorm2d, ReLU / F.relu / torch.relu, ReLU6 / F.relu6 / Hardtanh(0, 6),
+Conv2d, Linear, BatchNorm2d, ReLU / F.relu / torch.relu, ReLU6 / F.relu6 / Hardtanh(0, 6), SiLU,
+GELU (the exact form; the tanh form is written and refused on import), Sigmoid, Tanh, Hardswish,
 MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1) / F.adaptive_avg_pool2d(x, 1) / x.mean((2, 3)),
 Flatten / torch.flatten / x.flatten / x.view(x.size(0), -1), and ``+`` / torch.add / ``+=``.
 Dropout and Identity are dropped (their consumers read their input; dropout is off in eval).
@@ -73,6 +74,11 @@ def _module_layer(mod, qualname, keys):
         return "relu6", {}, {}
     if isinstance(mod, nn.ReLU):
         return "relu", {}, {}
+    for cls, kind in ((nn.SiLU, "silu"), (nn.Sigmoid, "sigmoid"), (nn.Tanh, "tanh"), (nn.Hardswish, "hardswish")):
+        if isinstance(mod, cls):
+            return kind, {}, {}
+    if isinstance(mod, nn.GELU):
+        return "gelu", dict(approximate=mod.approximate), {}
     if isinstance(mod, nn.MaxPool2d):
         if mod.return_indices:
             raise ValueError(f"{qualname}: MaxPool2d(return_indices=True) is not supported")
@@ -119,6 +125,12 @@ def _function_layer(node):
         return "add", {}, list(node.args[:2])
     if t in (F.relu, torch.relu, "relu", "relu_"):
         return "relu", {}, [x]
+    for fns, kind in (((F.silu, "silu"), "silu"), ((torch.sigmoid, F.sigmoid, "sigmoid"), "sigmoid"),
+                      ((torch.tanh, F.tanh, "tanh"), "tanh"), ((F.hardswish,), "hardswish")):
+        if t in fns:
+            return kind, {}, [x]
+    if t is F.gelu:
+        return "gelu", dict(approximate=_arg(node, 1, "approximate", "none")), [x]
     if t is F.relu6 or (t is F.hardtanh and (_arg(node, 1, "min_val", -1.0), _arg(node, 2, "max_val", 1.0)) == (0, 6)):
         return "relu6", {}, [x]
     if t in (torch.flatten, "flatten"):

@@ -10,8 +10,8 @@ import json
 import numpy as np
 
 from ..errors import CorruptModelFileError, NncompError, UnsupportedModelError
-from ..layers import (Add, AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D,
-                      MaxPool2D, ReLU, Softmax)
+from ..layers import (GELU, Add, AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D,
+                      HardSwish, MaxPool2D, ReLU, Sigmoid, SiLU, Softmax, Unary)
 from ..model import INPUT, Model, Node
 from .safe import parse_json
 
@@ -107,6 +107,24 @@ class _Builder:
 
     def _relu6(self, s):
         return ReLU(6.0)
+
+    def _sigmoid(self, s):
+        return Sigmoid()
+
+    def _silu(self, s):
+        return SiLU()
+
+    def _hardswish(self, s):
+        return HardSwish()
+
+    def _tanh(self, s):
+        return Unary("tanh")
+
+    def _gelu(self, s):
+        if s.get("approximate", "none") != "none":
+            raise UnsupportedModelError(self.path, s.get("name"), f"gelu approximate={s.get('approximate')!r} is not "
+                                        "supported (the tanh form); the exact form (approximate='none') is")
+        return GELU()
 
     def _maxpool2d(self, s):
         k = _two(s["kernel_size"])
