@@ -130,7 +130,7 @@ class AxisOps:
         axis = attrs.int("axis", 0) % rank
         given = self.const(ins, 1) if self.opset >= 13 else attrs.ints("split")
         sizes = None if given is None else self._resolved(given)
-        outs = [name for name in node.output]
+        outs = list(node.output)
         if sizes is None:
             src, a = (x.src, x.perm[axis]) if isinstance(x, Moved) else (x, axis)
             if a == 0:

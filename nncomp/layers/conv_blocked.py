@@ -15,6 +15,7 @@ from ..kernels.decode import decode_winograd_t, decode_winograd_t_parallel
 from ..kernels.isa import VECTOR_REGISTERS
 from ..matrices import DenseMatrix
 from .conv_chain import ChainStep, chain_tables
+from .gemv import NO_EPILOGUE
 from .workspace import scratch
 
 # The blocked kernel streams a tile's weight columns (kh*kw*c x 64 floats) once per tile, from L2
@@ -217,7 +218,7 @@ def _chain_spec(layer, kern, parallel_kern, padded, w, vectors, nvec, pmax, geo,
 
 def _epilogue_vectors(epilogue, co, cop):
     """``(scale, shift, affine, add, lo, hi, code, alpha, beta)`` of an ``epilogue`` for the kernels."""
-    scale, shift, add, lo, hi, act = epilogue or (None, None, False, -np.inf, np.inf, None)
+    scale, shift, add, lo, hi, act = epilogue or NO_EPILOGUE
     code, alpha, beta = act or (0, np.float32(0.0), np.float32(0.0))
     affine = scale is not None and scale.shape[0] > 0
     if affine:

@@ -19,11 +19,10 @@ from ..kernels.epilogue import activation_rows, activation_rows_parallel
 from ..matrices import DenseMatrix, Matrix, as_matrix
 from .base import Layer, image, pads, pair, plan_field, register, set_fields, tensor_field, vector
 from .conv import Conv2D
-from .gemv import epilogue_vectors
+from .gemv import NO_EPILOGUE, epilogue_vectors
 from .fused import absorb_epilogue
 
 _NO_BIAS = np.zeros(0, np.float32)
-_NO_EPILOGUE = (None, None, False, -np.inf, np.inf, None)      # fused.epilogue_args' form of none
 
 
 def _extra(v):
@@ -152,7 +151,7 @@ class ConvTranspose2D(Layer):
 
     def prepare(self, n, shape):
         if self.tiles_output(shape):       # each output value from one tap: a block copy
-            return self.prepare_epilogue(n, shape, epilogue=_NO_EPILOGUE)
+            return self.prepare_epilogue(n, shape, epilogue=NO_EPILOGUE)
         h, w, _ = shape
         oh, ow, c_out = self.shape_of(shape)
         product = self._product(n, shape)

@@ -62,8 +62,6 @@ LINE_MIN = 4
 # int8 matrix product, which splits the weight's rows over the threads (and runs AMX tiles).
 INT8_IMAGE_MAX_BYTES = 1 << 20
 _NONE = np.zeros(0, np.float32)
-_NO_PERM = NO_PERM
-_NO_EPILOGUE = NO_EPILOGUE
 
 
 @register
@@ -95,8 +93,8 @@ class Dense(Layer):
     def prepare(self, n, shape):
         if len(shape) > 1:
             return self._over_rows(lambda rows: self.prepare(rows, shape[-1:]), n, shape)
-        small = (self._single_sample(n, _NO_EPILOGUE) or self._int8(n, None) or self._blocked(n, None)
-                 or self._streamed(n, _NO_EPILOGUE) or self._product(n, _NO_EPILOGUE))
+        small = (self._single_sample(n, NO_EPILOGUE) or self._int8(n, None) or self._blocked(n, None)
+                 or self._streamed(n, NO_EPILOGUE) or self._product(n, NO_EPILOGUE))
         if small is not None:
             return small
         mul, bias = self.weight.prepare(n), self.bias
@@ -246,7 +244,7 @@ class Dense(Layer):
 
         def make():
             h, wd, c = image
-            perm = _NO_PERM
+            perm = NO_PERM
             if order == "chw" and h * wd > 1 and c > 1:     # chw feature f of NHWC feature g
                 perm = np.arange(h * wd * c).reshape(h, wd, c).transpose(2, 0, 1).ravel()
             return FlatDense(weight=self.weight, bias=self.bias, image=image, perm=perm)
@@ -271,7 +269,7 @@ class FlatDense(Dense):
         return (self.weight.n_out,)
 
     def prepare(self, n, shape):
-        return self._single_sample(n, _NO_EPILOGUE, self.perm)
+        return self._single_sample(n, NO_EPILOGUE, self.perm)
 
     def prepare_epilogue(self, n, shape, *, epilogue):
         return self._single_sample(n, epilogue, self.perm)

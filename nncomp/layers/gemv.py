@@ -8,7 +8,7 @@ from ..kernels import _jit
 
 _NONE = np.zeros(0, np.float32)
 NO_PERM = np.zeros(0, np.int64)
-NO_EPILOGUE = (None, None, False, -np.inf, np.inf, None)
+NO_EPILOGUE = (None, None, False, -np.inf, np.inf, None)      # nncomp.layers.fused.epilogue_args' form of none
 
 
 def epilogue_vectors(epilogue, co):
