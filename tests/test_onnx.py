@@ -437,6 +437,13 @@ def test_split_gives_each_part_as_onnx_runtime_does(tmp_path, opset, axis, sizes
     x = rand((2, 6, 8, 7), 2)
     m = check(model, x, tmp_path, atol=1e-5)
     assert len(m(x)) == parts and [n.layer.kind for n in m.nodes].count("slice") == parts
+    if sizes and opset >= 13:       # sizes that do not add up to the axis: refused, saying so
+        bad = list(inits)
+        bad[0] = init("sp", np.array([*sizes[:-1], sizes[-1] + 1]))
+        path = save(graph_model(nodes, ["n", 6, 8, 7], out_names=("y0", *names[1:]), inits=bad, opset=opset),
+                    tmp_path / "bad.onnx")
+        with pytest.raises(nc.NncompError, match="add up"):
+            nc.load(path)
 
 
 @pytest.mark.parametrize("mode", ["constant", "reflect", "edge"])

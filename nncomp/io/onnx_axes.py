@@ -131,15 +131,16 @@ class AxisOps:
         given = self.const(ins, 1) if self.opset >= 13 else attrs.ints("split")
         sizes = None if given is None else self._resolved(given)
         outs = list(node.output)
+        src, a = (x.src, x.perm[axis]) if isinstance(x, Moved) else (x, axis)
+        if a == 0:
+            raise NncompError("Split of the batch axis")
+        total = self.shape(src)[internal_axis(a, src.rank)]
         if sizes is None:
-            src, a = (x.src, x.perm[axis]) if isinstance(x, Moved) else (x, axis)
-            if a == 0:
-                raise NncompError("Split of the batch axis")
-            total = self.shape(src)[internal_axis(a, src.rank)]
             step = -(-total // len(outs))
             sizes = [max(0, min(step, total - i * step)) for i in range(len(outs))]
-        if len(sizes) != len(outs) or any(v < 0 for v in sizes):
-            raise NncompError(f"Split into {len(outs)} outputs with sizes {sizes}")
+        if len(sizes) != len(outs) or any(v < 0 for v in sizes) or sum(sizes) != total:
+            raise NncompError(f"Split of an axis of {total} into {len(outs)} outputs with sizes {sizes}: the sizes "
+                              "must be one per output, not negative, and add up to the axis")
         found, start = [], 0
         for name, size in zip(outs, sizes):
             keep = [(start, start + size, axis, 1)]
