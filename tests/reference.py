@@ -184,6 +184,11 @@ def blas_gemm_t(sgemm, x, w, out_t, parts):
     return w.astype(np.float64) @ x.T.astype(np.float64)
 
 
+def blas_gemm_kn(sgemm, x, wt, out, parts):
+    """x @ wt in float64."""
+    return x.astype(np.float64) @ wt.astype(np.float64)
+
+
 def blas_gemv(sgemv, w, x, out, parts):
     """w @ x in float64."""
     return w.astype(np.float64) @ x.astype(np.float64)

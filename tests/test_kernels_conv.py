@@ -541,6 +541,21 @@ def test_blas_gemm_t_matches_reference(m, n, k, pads, parts, seed):
 
 
 @needs_one_pool
+@given(m=st.integers(1, 12), n=st.integers(1, 12), k=st.integers(1, 12), pads=st.tuples(*[st.integers(0, 3)] * 3),
+       parts=st.integers(1, 4), seed=st.integers(0, 2**31))
+def test_blas_gemm_kn_matches_reference(m, n, k, pads, parts, seed):
+    """The product with a weight stored (k, n), columns cut into parts, written in row order (strided
+    operands; the padding of the output's rows untouched)."""
+    rng = np.random.default_rng(seed)
+    x, wt, out_full = _strided(rng, m, k, pads[0]), _strided(rng, k, n, pads[1]), _strided(rng, m, n + pads[2], 0)
+    out = out_full[:, pads[2]:]
+    before = out_full.copy()
+    blas.blas_gemm_kn(blas.SGEMM_AT, x, wt, out, parts)
+    assert_close_f32(out, ref.blas_gemm_kn(0, x, wt, out, parts), ref.blas_gemm_kn(0, np.abs(x), np.abs(wt), out, parts), k)
+    assert np.array_equal(out_full[:, :pads[2]], before[:, :pads[2]])
+
+
+@needs_one_pool
 @given(n=st.integers(1, 12), k=st.integers(1, 12), pad=st.integers(0, 3), parts=st.integers(1, 4),
        seed=st.integers(0, 2**31))
 def test_blas_gemv_matches_reference(n, k, pad, parts, seed):

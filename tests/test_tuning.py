@@ -6,6 +6,7 @@ import pytest
 
 import nncomp as nc
 from nncomp import tuning
+from nncomp.kernels import blas
 from nncomp.model import Node
 
 
@@ -117,14 +118,18 @@ def _steps(model, n):
     return [getattr(s, "__qualname__", "") for s, _, _ in model._plan((30,), n, model.outputs).steps]
 
 
-@pytest.mark.parametrize("n, winner", [(9, "stream"), (9, "blas"), (3, "few"), (3, "stream"), (3, "blas")])
+@pytest.mark.parametrize("n, winner", [(9, "stream"), (9, "blas"), (9, "kn"), (3, "few"), (3, "stream"), (3, "blas"),
+                                      (3, "kn")])
 def test_dense_layers_run_the_product_their_probe_chose(probing, monkeypatch, n, winner):
     """A large dense weight (the blocked kernel's limit set to nothing) at a small batch: the probe
     times the streaming product (and at up to dense_few.MAX_BATCH samples the few-sample mat-vecs)
-    against BLAS on the layer's shape and the plan runs the winner, with the same numbers either way."""
+    against BLAS (the weight as stored, and transposed: "kn", where the kernels can call BLAS) on the
+    layer's shape and the plan runs the winner, with the same numbers either way."""
     monkeypatch.setattr("nncomp.layers.conv_blocked.BLOCKED_MAX_WEIGHT_BYTES", 0)
+    if winner == "kn" and not blas.direct():
+        pytest.skip("the kernels cannot call NumPy's BLAS here")
     seen = []
-    names = {"stream", "blas"} | ({"few"} if n <= 8 else set())
+    names = {"stream", "blas"} | ({"few"} if n <= 8 else set()) | ({"kn"} if blas.direct() else set())
 
     def fake(decision, shape, candidate_names, default, make, **kw):
         candidates = make()
@@ -142,6 +147,7 @@ def test_dense_layers_run_the_product_their_probe_chose(probing, monkeypatch, n,
     steps = _steps(model, n)
     assert ("Dense._streamed.<locals>.step" in steps) == (winner == "stream")
     assert ("Dense._streamed.<locals>.few_step" in steps) == (winner == "few")
+    assert ("Dense._streamed.<locals>.kn.<locals>.kn_step" in steps) == (winner == "kn")
     assert np.allclose(got, np.maximum(x.astype(np.float64) @ w.T + b, 0), rtol=1e-5, atol=1e-5)
 
 
@@ -151,7 +157,7 @@ def test_a_real_probe_writes_its_choice_and_the_model_is_right(probing, monkeypa
     x = np.random.default_rng(4).standard_normal((5, 30)).astype(np.float32)
     assert np.allclose(model(x), np.maximum(x.astype(np.float64) @ w.T + b, 0), rtol=1e-5, atol=1e-5)
     entries = json.loads(tuning.cache_file().read_text())
-    assert [k for k in entries if k.startswith("dense-stream:40,30,5,")] and set(entries.values()) <= {"few", "stream", "blas"}
+    assert [k for k in entries if k.startswith("dense-stream:40,30,5,")] and set(entries.values()) <= {"few", "stream", "blas", "kn"}
 
 
 @pytest.mark.parametrize("winner", ["winograd4", "winograd", "blocked"])

@@ -5,11 +5,12 @@ shape, multiply-adds and GFLOP/s, slowest first, and the whole pass for comparis
     python tools/profile_steps.py --mobilenet [--size 224] ...   # tools/mobilenet_vs_ort.py's network (torch)
     python tools/profile_steps.py MODEL.onnx --ort ...            # and ONNX Runtime's own per-node profile
 
-MODEL is any file ``nc.load`` reads (ONNX, Keras HDF5, nncomp). The plan is built with the compiled
-runs off (``nncomp.plan.CHAIN = False``), so each fused step is one Python call that can be timed:
-a compiled run calls the same kernels with the same arguments, without the Python between them, so
-the sum of the steps is close to (a little above) the chained pass, which is printed too. Steps of the
-same kind and shape are added up on one line (``xN``). Random inputs: this is about speed, not values.
+MODEL is any file ``nc.load`` reads (ONNX, Keras HDF5, nncomp). The plan runs as a model's pass runs
+it (OpenBLAS at one thread), its Python steps one by one, each timed around its call; a compiled run
+of convolution steps (nncomp/layers/conv_chain.py) is one call, and each of its steps is timed inside
+it by the CPU's time-stamp counter, read by the compiled code between the steps (the run's Python
+call counted with its first step; kernel "chain"). The sum of the steps is close to (a little above)
+the pass, which is printed too. Steps of the same kind and shape are added up on one line (``xN``). Random inputs: this is about speed, not values.
 Timing: ``--reps`` passes after two warm-up passes, each step's time summed over them, on one
 process, no pauses (a loop, as a server in steady state runs); the machine's noise applies (say which
 CPU it ran on when quoting). ``--ort`` (an ONNX file) also runs ONNX Runtime on the same file at
@@ -96,6 +97,41 @@ def ort_profile(path, x, threads, reps, top):
         print(f"{v:8.3f} {100 * v / total:5.1f}  {key}{n}")
 
 
+def step_shapes(m, xi, batch):
+    """``{step index: (its inputs, its output)}`` of ``m``'s plan at ``batch`` for the internal-layout
+    ``xi``, as zero-byte arrays of their shapes, from one pass of the plan with the compiled runs off
+    (the steps are the same; a compiled run only calls several of them at once)."""
+    from nncomp import plan as plan_module
+    from nncomp.kernels import blas
+    plan_module.CHAIN = False
+    m._plans.clear()
+    try:
+        plan = m._plan(xi.shape[1:], batch, tuple(m.outputs))
+    finally:
+        plan_module.CHAIN = True
+        m._plans.clear()
+    values, out = [xi], {}
+    with blas.ONE_THREAD:
+        for k, (step, ins, _) in enumerate(plan.steps):
+            inputs = [values[j] for j in ins]
+            values.append(step(*inputs))
+            out[k] = ([np.broadcast_to(np.float32(0), v.shape) for v in inputs],
+                      np.broadcast_to(np.float32(0), values[-1].shape))
+    return out
+
+
+def tsc_hz():
+    """The time-stamp counter's ticks a second, against perf_counter over 50 ms."""
+    import numba
+
+    from nncomp.kernels.conv_chain import cycles
+    clock = numba.njit(lambda: cycles())
+    c0, t0 = clock(), time.perf_counter()
+    while time.perf_counter() - t0 < 0.05:
+        pass
+    return (clock() - c0) / (time.perf_counter() - t0)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", nargs="?", type=Path)
@@ -113,9 +149,10 @@ def main(argv=None):
     import numba
 
     import nncomp as nc
-    from nncomp import plan as plan_module
     from nncomp.bench.timing import machine_info
     from nncomp.kernels import layout
+    from nncomp.kernels import blas
+    from nncomp.layers import conv_chain as chain_module
     numba.set_num_threads(args.threads)
     tmp = tempfile.TemporaryDirectory()
     path = mobilenet_file(tmp.name, args.size) if args.mobilenet else args.model
@@ -129,32 +166,45 @@ def main(argv=None):
     for _ in range(args.reps):
         m(x)
     chained = (time.perf_counter() - t) / args.reps
-    plan_module.CHAIN = False
-    m._plans.clear()            # the plan again, its steps unchained
+    xi = layout.nhwc(x) if x.ndim == 4 and m.input_layout == "NCHW" else x
+    shapes = step_shapes(m, xi, args.batch)
+    plan = m._plan(m.to_internal(x.shape[1:]), args.batch, tuple(m.outputs))
+    tsc = tsc_hz()
+    times, counts, work = defaultdict(float), defaultdict(int), defaultdict(int)
+    chain_module.PROFILE = []
     try:
-        plan = m._plan(m.to_internal(x.shape[1:]), args.batch, tuple(m.outputs))
-        xi = layout.nhwc(x) if x.ndim == 4 and m.input_layout == "NCHW" else x
-        times, counts, work = defaultdict(float), defaultdict(int), defaultdict(int)
-        for rep in range(args.reps + 2):
-            values = [xi]
-            for (step, ins, _), (_, layer) in zip(plan.steps, plan.layers):
-                inputs = [values[i] for i in ins]
-                t = time.perf_counter()
-                values.append(step(*inputs))
-                dt = time.perf_counter() - t
-                if rep >= 2:
-                    key = (describe(layer, values[-1]), getattr(step, "__qualname__", type(step).__name__))
-                    times[key] += dt / args.reps
-                    if rep == 2:
-                        counts[key] += 1
-                        work[key] += macs(layer, inputs)
+        with blas.ONE_THREAD:               # as Plan.run: OpenBLAS at one thread during the pass
+            for rep in range(args.reps + 2):
+                values = [xi]
+                for i, (step, ins, _) in enumerate(plan.steps):
+                    inputs = [values[j] for j in ins]
+                    chain_module.PROFILE.clear()
+                    t = time.perf_counter()
+                    values.append(step(*inputs))
+                    dt = time.perf_counter() - t
+                    if rep < 2 or not ins:          # a step a compiled run computes (chain_module._nothing)
+                        continue
+                    if chain_module.PROFILE:        # a compiled run: each of its steps by the time-stamp counter
+                        run, stamps = chain_module.PROFILE[0]
+                        parts = [(run.first + j, (stamps[j + 1] - stamps[j]) / tsc) for j in range(len(stamps) - 1)]
+                        parts[0] = (parts[0][0], parts[0][1] + dt - (stamps[-1] - stamps[0]) / tsc)  # its call
+                    else:
+                        parts = [(i, dt)]
+                    for k, secs in parts:
+                        layer, (ins_k, out_k) = plan.layers[k][1], shapes[k]
+                        key = (describe(layer, out_k), "chain" if chain_module.PROFILE else
+                               getattr(step, "__qualname__", type(step).__name__))
+                        times[key] += secs / args.reps
+                        if rep == 2:
+                            counts[key] += 1
+                            work[key] += macs(layer, ins_k)
     finally:
-        plan_module.CHAIN = True
+        chain_module.PROFILE = None
     total = sum(times.values())
     info = machine_info()
     print(f"# {path.name if args.model else 'MobileNetV3-Small'}: batch {args.batch}, {args.threads} thread(s), "
           f"{info['cpu']} ({info['cpu_record']['results_folder']}), {info['date']}")
-    print(f"steps alone {total * 1e3:.3f} ms, the chained pass {chained * 1e3:.3f} ms")
+    print(f"steps {total * 1e3:.3f} ms, the pass {chained * 1e3:.3f} ms")
     print(f"{'ms':>8} {'%':>5} {'GFLOP/s':>8}  step (kernel)")
     for key, v in sorted(times.items(), key=lambda kv: -kv[1])[:args.top]:
         gf = f"{2 * work[key] / v / 1e9:8.1f}" if work[key] else f"{'':8}"

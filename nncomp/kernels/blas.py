@@ -177,6 +177,25 @@ def _gemm_t(sgemm, x, w, out_t, parts):
                                 op + 4 * c0 * m, m))
 
 
+def _gemm_kn(sgemm, x, wt, out, parts):
+    """``out = x @ wt`` with the columns of ``wt`` and ``out`` cut into ``parts`` blocks: the product
+    of a weight stored transposed, (k, n), written in the samples' row order (no transposed view).
+
+    IN  sgemm address of cblas_sgemm (64-bit integers); x (m, k) float32, wt (k, n) float32 (unit
+        column stride, row strides >= their widths).
+    OUT out (m, n) float32 (unit column stride, row stride >= n).
+    """
+    m, k = x.shape
+    n = wt.shape[1]
+    ldx, ldw, ldo = max(x.strides[0] // 4, k), max(wt.strides[0] // 4, n), max(out.strides[0] // 4, n)
+    xp, wp, op = x.ctypes.data, wt.ctypes.data, out.ctypes.data
+    for t in prange(parts):
+        c0 = n * t // parts
+        c1 = n * (t + 1) // parts
+        if c1 > c0:
+            call_sgemm(sgemm, (101, 111, 111, m, c1 - c0, k, 1.0, xp, ldx, wp + 4 * c0, ldw, 0.0, op + 4 * c0, ldo))
+
+
 def _gemv(sgemv, w, x, out, parts):
     """``out = w @ x`` with the rows of ``w`` cut into ``parts`` blocks.
 
@@ -196,6 +215,7 @@ def _gemv(sgemv, w, x, out, parts):
 
 blas_gemm_rows = pjit(_gemm_rows)
 blas_gemm_t = pjit(_gemm_t)
+blas_gemm_kn = pjit(_gemm_kn)
 blas_gemv = pjit(_gemv)
 # The CBLAS functions' addresses, for kernels that call BLAS (nncomp/kernels/conv_gemm.py too).
 SGEMM_AT = ctypes.cast(_sgemm, ctypes.c_void_p).value if ONE_POOL else 0
@@ -216,6 +236,16 @@ def _leading(a, name, cols):
         raise ValueError(f"{name} must have unit column stride and a row stride of at least its width, "
                          f"got strides {a.strides} for shape {a.shape}")
     return max(1, cols, s0 // 4 if rows > 1 else cols)
+
+
+def direct():
+    """Whether the compiled kernels here can call BLAS (:data:`ONE_POOL`, and the JIT on)."""
+    return ONE_POOL and not numba.config.DISABLE_JIT
+
+
+def split_parts(work):
+    """How many parts (threads) a product of ``work`` multiply-adds is cut into by the kernels here."""
+    return _parts(work) if ONE_POOL else 1
 
 
 def _parts(work, split_min=None):

@@ -74,6 +74,18 @@ def _pointer_to(item):
 _f32_pointer, _i8_pointer, _i32_pointer = (_pointer_to(t) for t in (types.float32, types.int8, types.int32))
 
 
+@intrinsic
+def cycles(typingctx):
+    """The CPU's time-stamp counter (``llvm.readcyclecounter``: ``rdtsc`` on x86; 0 where there is none)."""
+    sig = types.int64()
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+        fn = builder.module.declare_intrinsic("llvm.readcyclecounter", fnty=ir.FunctionType(ir.IntType(64), []))
+        return builder.call(fn, [])
+    return sig, codegen
+
+
 @jit
 def _vector(p, k):
     return numba.carray(_f32_pointer(p[V_ADDR + k]), (p[V_ADDR + N_VECTORS + k],))
@@ -101,7 +113,8 @@ def run_chain(x0, x1, ints, floats, status):
         float32 weight and N_VECTORS float32 vectors (bias, scale, shift: cop; the pooled
         output's scale and shift: co or 0), which the caller keeps alive; floats (steps, N_FLOATS)
         float32; an int8 step's weight is int8 panels (W_ROWS, W_COLS // 64, 64) and its last vector
-        int32; status (1,) int64. Step i reads slot ints[i, IN] (and ints[i, RES] for a residual) and writes slot
+        int32; status (steps + 2,) int64: status[1] is set to the time-stamp counter before the first
+        step and status[i + 2] after step i (tools/profile_steps.py reads them). Step i reads slot ints[i, IN] (and ints[i, RES] for a residual) and writes slot
         i + 2. (Arrays go by address: a typed List made in Python compiled for 3 s per process.) After
         step i, slots ints[i, DROP0], ints[i, DROP1] and ints[i, DROP2] (from 2; 0: none) are let go: their memory
         goes back to the allocator for the steps after, still in cache, instead of every value of
@@ -112,6 +125,7 @@ def run_chain(x0, x1, ints, floats, status):
     values.append(x0)
     values.append(x1)
     gone = np.empty((0, 0, 0, 0), np.float32)
+    status[1] = cycles()
     for i in range(ints.shape[0]):
         p = ints[i]
         f = floats[i]
@@ -120,6 +134,7 @@ def run_chain(x0, x1, ints, floats, status):
         if p[KIND] == MEAN or p[KIND] == CHANNEL:
             values.append(_squeeze_step(p, src, values[p[RES]]))
             _drop(values, p, gone)
+            status[i + 2] = cycles()
             continue
         t, b, l, r = p[T], p[B], p[L], p[R]
         xp = src
@@ -198,6 +213,7 @@ def run_chain(x0, x1, ints, floats, status):
                     activation_rows(rows, p[POST_ACT], f[POST_ALPHA], f[POST_BETA])
         values.append(out)
         _drop(values, p, gone)
+        status[i + 2] = cycles()
     return values[len(values) - 1]
 
 

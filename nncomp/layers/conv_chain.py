@@ -128,7 +128,9 @@ def merge_runs(steps, kept):
             row[K.V_ADDR + K.N_VECTORS:K.V_ADDR + 2 * K.N_VECTORS] = [v.shape[0] for v in sp.vectors]
         floats = np.stack([sp.floats for sp in specs])
         frees = tuple(sorted({f for st in steps[first:last + 1] for f in st[2]} - set(range(first + 1, last + 1))))
-        steps[last] = (_call(specs, ints, floats), tuple(outside), frees)
+        run = _call(specs, ints, floats)
+        run.first = first                   # the plan's step (and layer) index of the run's first step
+        steps[last] = (run, tuple(outside), frees)
         for k in range(first, last):
             steps[k] = (_nothing, (), ())
     return tuple(steps)
@@ -141,14 +143,21 @@ def _nothing():
 _nothing.blas = False
 
 
+# tools/profile_steps.py sets a list here: each run appends (its specs, the time-stamp counter before
+# its first step and after each step), the time of each step inside the compiled call.
+PROFILE = None
+
+
 def _call(specs, ints, floats):
     """The run's step; it holds ``specs``, whose arrays the table points to."""
     def run(x0, x1=None):
-        status = np.zeros(1, np.int64)
+        status = np.zeros(len(specs) + 2, np.int64)
         y = K.run_chain(np.ascontiguousarray(x0), x0 if x1 is None else np.ascontiguousarray(x1), ints, floats,
                         status)
         if status[0]:
             raise InputError(f"{specs[status[0] - 1].label}: input holds NaN or Inf; quantized layers refuse them")
+        if PROFILE is not None:
+            PROFILE.append((run, status[1:]))
         return y
     run.specs, run.ints, run.floats, run.blas = specs, ints, floats, False
     return run

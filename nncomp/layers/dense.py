@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import tuning
 from ..errors import NncompError
-from ..kernels import _jit, aligned, dense_few, dense_stream
+from ..kernels import _jit, aligned, blas, dense_few, dense_stream
 from ..kernels.sparse_small import bias_epilogue_rows, bias_epilogue_rows_parallel
 from ..matrices import DenseMatrix, Matrix, as_matrix
 from ..matrices.int8 import Int8Matrix
@@ -43,6 +43,13 @@ STREAM_DEFAULT_BATCH = 128
 # for the streaming product (ONNX Runtime 1.34-1.41), at 5 and 8 1.66 and 2.05 against 2.45 and
 # 2.48; fc6 at 2-4 12.7-12.9 against 14.3-15.4, at 5 and 8 16.0 and 18.7 against 15.4 and 14.3.
 FEW_DEFAULT_BATCH = 4
+# ... and through OpenBLAS with the weight stored transposed, (n_in, n_out), a copy made once for the
+# layer when measured faster ("kn", nncomp/kernels/blas.py blas_gemm_kn): the product then comes in
+# the samples' row order, where OpenBLAS's product with the weight as stored comes as the transposed
+# view of ``W @ x.T`` (its fastest order below blas.SMALL_BATCH samples), which the next step copies
+# (nearly every step reads its input C-contiguous; the "blas" candidate is timed with that copy).
+# PP-OCRv6's recognizer head, 120 -> 18,710 classes over 40 positions (Xeon with AMX, 2 threads):
+# 0.84 ms against 0.88 for the transposed product and 0.69-0.82 more for the copy the softmax made.
 # A codebook weight without a compiled product for every batch (over 32 values; over 16 without
 # AVX-512: CodebookMatrix.batch_kernel) runs the same blocked step at every batch it serves, decoded into a
 # work buffer on every call (Matrix.decoder): LeNet-300 8-bit at batch 4-64 (Zen 4, 2 threads, one
@@ -200,11 +207,28 @@ class Dense(Layer):
         step.blas = few_step.blas = False
         steps = {"few": few_step, "stream": step} if n <= dense_few.MAX_BATCH else {"stream": step}
         default = ("few" if n <= FEW_DEFAULT_BATCH else "stream") if n <= STREAM_DEFAULT_BATCH else "blas"
+        kn_parts = blas.split_parts(n * co * k)
+        fin = _jit.pick((bias_epilogue_rows, bias_epilogue_rows_parallel), n * co)
+
+        def kn(wt):
+            def kn_step(x, res=None):
+                out = aligned.empty((n, co))
+                blas.blas_gemm_kn(blas.SGEMM_AT, np.ascontiguousarray(x.reshape(n, k)), wt, out, kn_parts)
+                fin(out, bias, scale, shift, no_res if res is None else res.reshape(n, co), lo, hi, code, alpha, beta)
+                return out
+            return kn_step
+        names = (*steps, "blas", "kn") if blas.direct() else (*steps, "blas")
 
         def make():
             x, mul = np.random.default_rng(0).standard_normal((n, k), dtype=np.float32), w.prepare(n)
-            return {**{name: (lambda s=s: s(x)) for name, s in steps.items()}, "blas": lambda: mul(x)}
-        chosen = tuning.choose("dense-stream", (co, k, n, parts), (*steps, "blas"), default, make)
+            out = {**{name: (lambda s=s: s(x)) for name, s in steps.items()},
+                   "blas": lambda: np.ascontiguousarray(mul(x))}
+            if blas.direct():
+                out["kn"] = lambda s=kn(np.ascontiguousarray(arr.T)): s(x)
+            return out
+        chosen = tuning.choose("dense-stream", (co, k, n, parts), names, default, make)
+        if chosen == "kn":
+            return kn(self.memo("weight_kn", lambda: np.ascontiguousarray(arr.T)))
         return steps.get(chosen)
 
     def _as_conv(self):
