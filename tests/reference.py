@@ -145,6 +145,31 @@ def softmax_rows(x):
         return e / e.sum(axis=1, keepdims=True)
 
 
+def softmax_mid(x, out, top):
+    """The softmax over the middle axis of (o, k, i) in float64, NaN where NumPy's float32 formula gives NaN."""
+    o, k, i = x.shape
+    return softmax_rows(x.transpose(0, 2, 1).reshape(o * i, k)).reshape(o, i, k).transpose(0, 2, 1)
+
+
+def layernorm_rows(x, scale, bias, eps, out):
+    """Each row normalized in float64 (nncomp/kernels/rows.py): (x - mean) / sqrt(var + eps) * scale + bias."""
+    x = x.astype(np.float64)
+    mean = x.mean(axis=1, keepdims=True)
+    y = (x - mean) / np.sqrt(((x - mean) ** 2).mean(axis=1, keepdims=True) + eps)
+    if scale.shape[0]:
+        y = y * scale
+    if bias.shape[0]:
+        y = y + bias
+    return y
+
+
+def concat_columns(src, out, at):
+    """A copy of out with columns at .. at + k replaced by src."""
+    out = out.copy()
+    out[:, at:at + src.shape[1]] = src
+    return out
+
+
 def conv_pad_nhwc(x, n0, t, l, out):
     """Images n0.. of x zero-padded at (t, l) into a copy of out (images past n keep their values)."""
     out = out.copy()

@@ -8,7 +8,7 @@ from conftest import assert_close_f32
 import nncomp as nc
 from nncomp.layers import conv_algorithms as convolution
 from nncomp import layers as L
-from nncomp.kernels import erf, softmax
+from nncomp.kernels import erf, rows, softmax
 from nncomp.matrices.int8 import Int8Matrix
 
 
@@ -215,6 +215,74 @@ def test_erf_values_match_reference(kernel, n, scale, seed):
     assert (np.abs(out[ok] - want[ok]) <= 8 * ulp).all()
 
 
+@pytest.mark.parametrize("kernel", [softmax.softmax_mid, softmax.softmax_mid_parallel])
+@given(o=st.integers(1, 4), k=st.integers(1, 40), i=st.integers(1, 20), scale=st.sampled_from([1e-3, 1.0, 30.0, 1e4]),
+       special=st.sampled_from([None, np.nan, -np.nan, np.inf, -np.inf]), seed=st.integers(0, 2**31))
+def test_softmax_mid_matches_reference(kernel, o, k, i, scale, special, seed):
+    """Over the middle axis of (o, k, i), within float32 roundings of the float64 softmax; the
+    NaN rules of the rows kernel for each (a, :, b) column."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((o, k, i)) * scale).astype(np.float32)
+    if special is not None:
+        x[rng.integers(o), rng.integers(k), rng.integers(i)] = special
+    out = np.full(x.shape, -1.0, np.float32)
+    kernel(x, out, np.full((o, i), 5, np.int32))
+    want = ref.softmax_mid(x, out, None)
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(out), nan)
+    assert np.allclose(out[~nan], want[~nan], rtol=0, atol=(k + 4) * 2 ** -23)
+
+
+@pytest.mark.parametrize("kernel", [rows.layernorm_rows, rows.layernorm_rows_parallel])
+@given(m=st.integers(1, 5), k=st.integers(1, 200), scale=st.sampled_from([1e-3, 1.0, 1e3]), offset=st.sampled_from([0.0, 10.0]),
+       affine=st.booleans(), eps=st.sampled_from([0.0, 1e-5, 1e-3]), seed=st.integers(0, 2**31))
+def test_layernorm_rows_match_reference(kernel, m, k, scale, offset, affine, eps, seed):
+    """Within float32 roundings of the float64 formula, relative to the normalized values' size (at
+    most sqrt(k)), over small and large values, rows far from zero (the mean subtracted first), with
+    and without scale and bias; a constant row with eps = 0 gives NaN (0 / 0) as NumPy's formula."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((m, k)) * scale + offset * scale).astype(np.float32)
+    g, b = ((rng.standard_normal(k).astype(np.float32), rng.standard_normal(k).astype(np.float32)) if affine
+            else (np.zeros(0, np.float32), np.zeros(0, np.float32)))
+    out = np.full((m, k), 7.0, np.float32)
+    kernel(x, g, b, np.float32(eps), out)
+    want = ref.layernorm_rows(x, g, b, np.float32(eps), out)
+    size = np.sqrt(k) * (1 + (np.abs(g).max() + np.abs(b).max() if affine else 0))
+    ok = np.isfinite(want)
+    assert (np.isnan(out) == ~ok).all()
+    assert np.abs(out[ok] - want[ok]).max(initial=0) <= size * (k + 8) * 2 ** -23 * (1 + 10 * offset)
+
+
+@pytest.mark.parametrize("kernel", [rows.concat_columns, rows.concat_columns_parallel])
+@given(m=st.integers(1, 6), k=st.integers(1, 40), extra=st.integers(0, 40), seed=st.integers(0, 2**31))
+def test_concat_columns_match_reference(kernel, m, k, extra, seed):
+    rng = np.random.default_rng(seed)
+    src = rng.standard_normal((m, k)).astype(np.float32)
+    out = rng.standard_normal((m, k + extra)).astype(np.float32)
+    at = int(rng.integers(0, extra + 1))
+    want = ref.concat_columns(src, out, at)
+    kernel(src, out, at)
+    assert np.array_equal(out, want)
+
+
+def test_concat_and_layernorm_steps_match_numpy():
+    """The compiled steps of Concat (channels of NHWC maps; another axis: NumPy's) and LayerNorm
+    (over the last axis or the last two, scale broadcast) against NumPy's formulas."""
+    rng = np.random.default_rng(0)
+    a, b, c = (rng.standard_normal((2, 3, 4, ch)).astype(np.float32) for ch in (5, 1, 7))
+    for axis, xs in ((-1, (a, b, c)), (0, (a, a))):
+        got = L.Concat(axis=axis).prepare(2, *(x.shape[1:] for x in xs))(*xs)
+        assert np.array_equal(got, np.concatenate(xs, axis=axis % 3 + 1))
+    x = rng.standard_normal((3, 6, 10)).astype(np.float32) + 5
+    for axis, scale in ((-1, rng.standard_normal(10)), (0, rng.standard_normal((1, 10)))):
+        layer = L.LayerNorm(axis=axis, scale=scale.astype(np.float32), bias=np.float32([0.5]), epsilon=1e-5)
+        axes = (2,) if axis == -1 else (1, 2)
+        x64 = x.astype(np.float64)
+        d = x64 - x64.mean(axis=axes, keepdims=True)
+        want = d / np.sqrt((d ** 2).mean(axis=axes, keepdims=True) + 1e-5) * scale + 0.5
+        assert np.abs(layer.forward(x) - want).max() < 1e-5
+
+
 def test_erf_layer_runs_the_kernel():
     x = np.linspace(-5, 5, 2 * 3 * 40, dtype=np.float32).reshape(2, 3, 40)
     got = L.Unary("erf").forward(x)
@@ -224,8 +292,8 @@ def test_erf_layer_runs_the_kernel():
 
 def test_softmax_steps_of_small_and_large_batches():
     """Over the last axis the compiled step at every size (a classifier's 4 values, a recognizer's
-    40 x 18,710), NumPy's formula over another axis; the same numbers within rounding, and the
-    layer's forward is the step."""
+    40 x 18,710), and over another axis the middle-axis kernel (attention scores); the same numbers
+    as NumPy's formula within rounding, and the layer's forward is the step."""
     rng = np.random.default_rng(0)
     layer = nc.Softmax()
     for n, shape in ((1, (4,)), (8, (10,)), (2, (3, 5)), (1, (40, 18710))):
@@ -234,8 +302,13 @@ def test_softmax_steps_of_small_and_large_batches():
         assert step != layer._numpy
         assert np.allclose(step(x), layer._numpy(x), rtol=1e-5, atol=1e-7)
         assert np.array_equal(step(x), layer.forward(x))
-    first = nc.Softmax(axis=0)
-    assert first.prepare(1, (3, 4)) == first._numpy
+    for axis, n, shape in ((0, 1, (3, 4)), (1, 2, (40, 40, 8)), (-3, 3, (5, 2, 7))):
+        layer = nc.Softmax(axis=axis)
+        x = rng.standard_normal((n, *shape)).astype(np.float32) * 5
+        step = layer.prepare(n, shape)
+        assert step != layer._numpy
+        assert np.allclose(step(x), layer._numpy(x), rtol=1e-5, atol=1e-7)
+        assert np.array_equal(step(x), layer.forward(x))
 
 
 def test_bad_layer_parameters_raise_nncomp_errors():

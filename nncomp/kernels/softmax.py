@@ -89,3 +89,43 @@ def _softmax_rows(x, out):
 
 
 softmax_rows, softmax_rows_parallel = both(_softmax_rows, fastmath={"reassoc"}, error_model="numpy")
+
+
+def _softmax_mid(x, out, top):
+    """Softmax over the middle axis of ``x`` (o, k, i): ``out[a, :, b]`` the softmax of ``x[a, :, b]``
+    (an axis other than the last: attention scores laid out (queries, keys, heads)), each step along
+    ``k`` a vector operation over the ``i`` contiguous values; NaNs as :func:`_softmax_rows`.
+
+    IN  x (o, k, i) float32 C-contiguous, k >= 1; top (o, i) int32, scratch.
+    OUT out (o, k, i) float32 C-contiguous, overwritten.
+    """
+    o, k, n = x.shape
+    bits = x.view(np.int32)
+    sign = np.int32(0x7fffffff)
+    for a in prange(o):
+        t = top[a]
+        for b in range(n):
+            t[b] = np.int32(-2147483648)
+        for j in range(k):
+            row = bits[a, j]
+            for b in range(n):
+                v = row[b]
+                t[b] = max(t[b], v ^ ((v >> np.int32(31)) & sign))
+        for b in range(n):
+            t[b] = t[b] ^ ((t[b] >> np.int32(31)) & sign)
+        tf = t.view(np.float32)
+        dst = out[a]
+        for j in range(k):
+            for b in range(n):
+                dst[j, b] = _exp_inline(x[a, j, b] - tf[b])
+        for b in range(n):
+            s = np.float32(0.0)
+            for j in range(k):
+                s += dst[j, b]
+            tf[b] = s
+        for j in range(k):
+            for b in range(n):
+                dst[j, b] = dst[j, b] / tf[b]
+
+
+softmax_mid, softmax_mid_parallel = both(_softmax_mid, fastmath={"reassoc"}, error_model="numpy")

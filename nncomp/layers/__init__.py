@@ -8,7 +8,7 @@ builds when a producer absorbs its reader (epilogues, conv + max-pool). See ``ba
 protocol every layer follows and docs/architecture.md for where a new kind goes.
 """
 from .activation import GELU, Clip, HardSigmoid, HardSwish, LeakyReLU, Sigmoid, SiLU, Unary
-from .arith import Binary, LayerNorm, Reduce
+from .arith import Binary, LayerNorm, MatMul, Reduce
 from .base import LAYERS, Layer, Window
 from .conv import Conv2D
 from .conv_transpose import ConvTranspose2D
@@ -19,7 +19,7 @@ from .normalization import BatchNorm
 from .pooling import AvgPool2D, GlobalAvgPool2D, GlobalMaxPool2D, MaxPool2D
 from .resize import Resize
 from .shape import Flatten, ZeroPad2D
-from .tensor import Cast, Concat, FixedShape, Gather, MatMul, Pad, Reshape, Slice, Squeeze, Transpose, Unsqueeze
+from .tensor import Cast, Concat, FixedShape, Gather, Pad, Reshape, Slice, Squeeze, Transpose, Unsqueeze
 
 __all__ = ["LAYERS", "Layer", "Window", "Fused", "Dense", "Conv2D", "BatchNorm", "ReLU", "Add", "Softmax",
            "Dropout", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "Flatten", "ZeroPad2D",

@@ -1,6 +1,6 @@
 """Arithmetic layers with ONNX semantics over per-sample tensors in the internal layout: element-wise
 binary operators with NumPy broadcasting (two inputs, or one input and a constant), reductions,
-and layer normalization.
+layer normalization, and matrix products of inputs (MatMul).
 
 Shapes are per sample (the batch axis excluded); a constant operand is already in the internal
 layout and broadcasts right-aligned against the per-sample shape, so a per-channel constant of an
@@ -12,13 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import NncompError
-from ..kernels import _jit
+from ..kernels import _jit, rows
 from ..kernels import conv_chain as K
 from ..kernels.binary import CHANNEL_OPS, channel_binary_nhwc, channel_binary_nhwc_parallel
 from .base import Layer, register, set_fields, tensor_field
 from .conv_chain import squeeze_row
 from .scaled import scaled_conv
 from .fused import absorb_epilogue
+from .tensor import from_source, internal_shape, source_shape, to_source
 
 BINARY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "pow": np.power,
           "max": np.maximum, "min": np.minimum}
@@ -265,16 +266,67 @@ class LayerNorm(Layer):
         return shape
 
     def forward(self, x):
-        axes = tuple(a + 1 for a in self._axes(x.shape[1:]))
-        mean = x.mean(axis=axes, keepdims=True, dtype=np.float32)
-        d = x - mean
-        var = np.square(d).mean(axis=axes, keepdims=True, dtype=np.float32)
-        y = d / np.sqrt(var + np.float32(self.epsilon))
-        if self.scale is not None:
-            y *= self.scale
-        if self.bias is not None:
-            y += self.bias
-        return y
+        return self.prepare(x.shape[0], x.shape[1:])(x)
+
+    def prepare(self, n, shape):
+        """One compiled call over the rows of the normalized axes (nncomp/kernels/rows.py), parallel
+        over rows from _jit.PARALLEL_MIN_WORK values; scale and bias broadcast to a row once."""
+        inner = tuple(shape[a] for a in self._axes(shape))
+        k, size = math.prod(inner), n * math.prod(shape)
+        scale, bias = (np.zeros(0, np.float32) if v is None else
+                       np.ascontiguousarray(np.broadcast_to(v, inner), np.float32).ravel()
+                       for v in (self.scale, self.bias))
+        kern = _jit.pick((rows.layernorm_rows, rows.layernorm_rows_parallel), size)
+        eps = np.float32(self.epsilon)
+
+        def step(x):
+            out = np.empty(x.shape, np.float32)
+            if size:
+                kern(np.ascontiguousarray(x, np.float32).reshape(size // k, k), scale, bias, eps,
+                     out.reshape(size // k, k))
+            return out
+        step.blas = False
+        return step
 
     def macs(self, shape):
         return 4 * math.prod(shape)
+
+
+@register
+@dataclass(frozen=True, eq=False)
+class MatMul(Layer):
+    """``np.matmul`` in the source's order: of two inputs of one rank (batch axes broadcast), or of
+    one input and a constant ``constant`` (k, m) on its last axis (a dense layer over any rank)."""
+
+    constant: np.ndarray = tensor_field()
+    kind = "matmul"
+
+    def __post_init__(self):
+        if self.constant is not None:
+            w = np.ascontiguousarray(self.constant, dtype=np.float32)
+            if w.ndim != 2:
+                raise NncompError(f"matmul constant must be 2-D (k, m), got shape {w.shape}")
+            w.setflags(write=False)
+            set_fields(self, constant=w)
+
+    @property
+    def n_inputs(self):
+        return 1 if self.constant is not None else 2
+
+    def output_shape(self, a, b=None):
+        a = source_shape(a)
+        b = self.constant.shape if b is None else source_shape(b)
+        if len(a) < (1 if self.constant is not None else 2) or a[-1] != b[-2] or (
+                self.constant is None and len(a) != len(b)):
+            raise NncompError(f"matmul needs inputs of one rank with a[-1] == b[-2], got {a} and {b}")
+        try:
+            lead = np.broadcast_shapes(a[:-2], b[:-2])
+        except ValueError:
+            raise NncompError(f"matmul batch axes {a[:-2]} and {b[:-2]} do not broadcast") from None
+        return internal_shape(tuple(lead) + a[-2:-1] + (b[-1],))
+
+    def macs(self, *shapes):
+        return math.prod(source_shape(self.output_shape(*shapes))) * source_shape(shapes[0])[-1]
+
+    def forward(self, a, b=None):
+        return from_source(np.matmul(to_source(a), self.constant if b is None else to_source(b)))

@@ -82,6 +82,22 @@ class Softmax(Layer):
     def forward(self, x):
         return self.prepare(x.shape[0], x.shape[1:])(x)
 
+    def _middle(self, n, shape):
+        """Over another axis: one compiled call on the batch seen as (outer, axis, inner)
+        (nncomp/kernels/softmax.py softmax_mid); NumPy's formula for an empty batch."""
+        a = self.axis % len(shape) if -len(shape) <= self.axis < len(shape) else None
+        if a is None or not n * math.prod(shape):
+            return self._numpy
+        o, k, i = n * math.prod(shape[:a]), shape[a], math.prod(shape[a + 1:])
+        kern = _jit.pick((softmax.softmax_mid, softmax.softmax_mid_parallel), o * k * i)
+
+        def step(x):
+            out = np.empty(x.shape, np.float32)
+            kern(np.ascontiguousarray(x, np.float32).reshape(o, k, i), out.reshape(o, k, i), np.empty((o, i), np.int32))
+            return out
+        step.blas = False
+        return step
+
     def _numpy(self, x):
         axis = self.axis + 1 if self.axis >= 0 else self.axis
         e = np.exp(x - x.max(axis=axis, keepdims=True))
@@ -89,10 +105,10 @@ class Softmax(Layer):
 
     def prepare(self, n, shape):
         """Over the last axis: one compiled call (nncomp/kernels/softmax.py, parallel over rows from
-        _jit.PARALLEL_MIN_WORK values); over another axis NumPy's formula."""
+        _jit.PARALLEL_MIN_WORK values); over another axis :meth:`_middle`."""
         k, size = shape[-1], n * math.prod(shape)
         if self.axis not in (-1, len(shape) - 1) or k < 1:
-            return self._numpy
+            return self._middle(n, shape)
         kern = _jit.pick((softmax.softmax_rows, softmax.softmax_rows_parallel), size)
 
         def step(x):

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import NncompError
-from .base import Layer, register, set_fields, tensor_field
+from ..kernels import _jit, rows
+from .base import Layer, register, set_fields
 
 
 def source_shape(shape):
@@ -83,6 +84,27 @@ class Concat(Layer):
 
     def forward(self, *xs):
         return np.concatenate(xs, axis=_axis(self.axis, xs[0].ndim - 1, "concat") + 1)
+
+    def prepare(self, n, *shapes):
+        """Along the last axis (an NHWC map's channels) one compiled copy per input into its columns
+        (nncomp/kernels/rows.py); along another axis NumPy's concatenate (blocks of rows)."""
+        out_shape = (n, *self.output_shape(*shapes))
+        if _axis(self.axis, len(shapes[0]), "concat") != len(shapes[0]) - 1 or not math.prod(out_shape):
+            return self.forward
+        width, size = out_shape[-1], math.prod(out_shape)
+        kern = _jit.pick((rows.concat_columns, rows.concat_columns_parallel), size)
+        starts = np.cumsum([0] + [s[-1] for s in shapes[:-1]])
+
+        def step(*xs):
+            if any(x.dtype != np.float32 for x in xs):
+                return self.forward(*xs)
+            out = np.empty(out_shape, np.float32)
+            flat = out.reshape(size // width, width)
+            for x, at in zip(xs, starts):
+                kern(np.ascontiguousarray(x, np.float32).reshape(size // width, x.shape[-1]), flat, int(at))
+            return out
+        step.blas = False
+        return step
 
 
 @register
@@ -323,46 +345,6 @@ class Cast(Layer):
 
     def forward(self, x):
         return np.trunc(x) if self.to == "int" else x
-
-
-@register
-@dataclass(frozen=True, eq=False)
-class MatMul(Layer):
-    """``np.matmul`` in the source's order: of two inputs of one rank (batch axes broadcast), or of
-    one input and a constant ``constant`` (k, m) on its last axis (a dense layer over any rank)."""
-
-    constant: np.ndarray = tensor_field()
-    kind = "matmul"
-
-    def __post_init__(self):
-        if self.constant is not None:
-            w = np.ascontiguousarray(self.constant, dtype=np.float32)
-            if w.ndim != 2:
-                raise NncompError(f"matmul constant must be 2-D (k, m), got shape {w.shape}")
-            w.setflags(write=False)
-            set_fields(self, constant=w)
-
-    @property
-    def n_inputs(self):
-        return 1 if self.constant is not None else 2
-
-    def output_shape(self, a, b=None):
-        a = source_shape(a)
-        b = self.constant.shape if b is None else source_shape(b)
-        if len(a) < (1 if self.constant is not None else 2) or a[-1] != b[-2] or (
-                self.constant is None and len(a) != len(b)):
-            raise NncompError(f"matmul needs inputs of one rank with a[-1] == b[-2], got {a} and {b}")
-        try:
-            lead = np.broadcast_shapes(a[:-2], b[:-2])
-        except ValueError:
-            raise NncompError(f"matmul batch axes {a[:-2]} and {b[:-2]} do not broadcast") from None
-        return internal_shape(tuple(lead) + a[-2:-1] + (b[-1],))
-
-    def macs(self, *shapes):
-        return math.prod(source_shape(self.output_shape(*shapes))) * source_shape(shapes[0])[-1]
-
-    def forward(self, a, b=None):
-        return from_source(np.matmul(to_source(a), self.constant if b is None else to_source(b)))
 
 
 @register
