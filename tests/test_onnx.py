@@ -553,3 +553,25 @@ def test_layernorm_spelled_out(tmp_path):
     inits = [init("two", np.array(2.0)), init("eps", np.array(1e-5)), init("g", rand(8, 1)), init("b", rand(8, 2))]
     m = check(graph_model(nodes, ["n", 5, 8], inits=inits), rand((2, 5, 8)), tmp_path, atol=1e-5)
     assert [n.layer.kind for n in m.nodes] == ["layernorm"]     # scale and shift folded into it
+
+
+def test_subnormal_weights_load_as_zero(tmp_path):
+    """Subnormal weights and biases (trained files hold them: PP-OCRv6's detector) load as zeros,
+    every other value unchanged, and the outputs stay ONNX Runtime's; the loader's conversion never
+    writes into the caller's array."""
+    from nncomp.io.untrusted import convert
+    tiny = np.finfo(np.float32).tiny
+    w, b = rand((5, 3, 3, 3), 1), rand(5, 2)
+    w.flat[::4] = np.float32(tiny / 8) * np.sign(w.flat[::4])       # subnormal, both signs
+    b[1] = np.float32(-tiny / 1024)
+    before = w.copy()
+    flushed = convert(w)
+    assert np.array_equal(w, before) and not np.shares_memory(flushed, w)
+    assert np.array_equal(flushed, np.where(np.abs(w) < tiny, 0, w)) and (flushed.flat[::4] == 0).all()
+    model = graph_model([helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])],
+                        (1, 3, 6, 6), inits=[init("w", w), init("b", b)])
+    m = check(model, rand((1, 3, 6, 6), 3), tmp_path)
+    conv = next(n.layer for n in m.nodes if isinstance(n.layer, nc.Conv2D))
+    dense = conv.weight.to_dense()
+    assert not ((dense != 0) & (np.abs(dense) < tiny)).any() and conv.bias[1] == 0
+    assert np.count_nonzero(dense == 0) == np.count_nonzero(np.abs(w) < tiny)
