@@ -296,7 +296,7 @@ def test_blocked_kernel_reads_the_padding_as_zeros(n, h, wd, c, co, k, s, pads, 
     assert np.array_equal(run(x[one:one + 1], t, l, res[one:one + 1]), run(xp[one:one + 1], 0, 0, res[one:one + 1]))
 
 
-@given(n=st.integers(1, 3), h=st.integers(1, 9), wd=st.integers(1, 12), c=st.integers(1, 40), k=st.integers(1, 5),
+@given(n=st.integers(1, 3), h=st.integers(1, 9), wd=st.integers(1, 12), c=st.integers(1, 40), k=st.integers(1, 7),
        s=st.integers(1, 2), pads=st.tuples(*[st.integers(0, 4)] * 4), nvec=st.integers(1, 4), pmax=st.integers(1, 14),
        act=st.sampled_from([0, ACT_HARDSWISH]), add=st.booleans(), parallel=st.booleans(), seed=st.integers(0, 2**31))
 def test_depthwise_kernel_reads_the_padding_as_zeros(n, h, wd, c, k, s, pads, nvec, pmax, act, add, parallel, seed):
@@ -333,14 +333,14 @@ def _depthwise_operands(seed, shape, k, out_hw):
 
 
 @settings(max_examples=60)
-@given(n=st.integers(1, 2), h=st.integers(1, 6), wd=st.integers(1, 70), c=st.integers(1, 64), k=st.sampled_from([3, 5]),
+@given(n=st.integers(1, 2), h=st.integers(1, 8), wd=st.integers(1, 70), c=st.integers(1, 64), k=st.sampled_from([3, 5, 7]),
        s=st.integers(1, 2), pad=st.booleans(), nvec=st.integers(1, 4), act=st.sampled_from([0, ACT_HARDSWISH]),
        add=st.booleans(), parallel=st.booleans(), seed=st.integers(0, 2**31))
 def test_depthwise_sliding_tiles_give_the_general_tiles_bits(n, h, wd, c, k, s, pad, nvec, act, add, parallel, seed):
     """Lines whose taps step as their pixels do (stride = dilation: 1 and 1, or 2 and 2) run the
     sliding tiles (each input vector loaded once per kernel row; with 16 registers, AVX2, tiles of 8
-    channels) for 3- and 5-tap rows: the same bits as one-pixel tiles of the general kernel (pmax 1),
-    epilogue included."""
+    channels) for 3-, 5- and 7-tap rows (7: at most 2 vectors a tile, with AVX-512 only): the same
+    bits as one-pixel tiles of the general kernel (pmax 1), epilogue included."""
     t = k // 2 * s if pad else 0
     oh, ow = (h + 2 * t - s * (k - 1) - 1) // s + 1, (wd + 2 * t - s * (k - 1) - 1) // s + 1
     assume(oh >= 1 and ow >= 1)
