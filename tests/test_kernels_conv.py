@@ -481,6 +481,25 @@ def test_maxpool_nhwc_matches_reference(kernel, g, nans):
     assert np.array_equal(out, ref.maxpool_nhwc(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow), equal_nan=True)
 
 
+@pytest.mark.parametrize("kernel", [pool.maxpool_nhwc, pool.maxpool_nhwc_parallel])
+@given(n=st.integers(1, 2), h=st.integers(1, 7), w=st.integers(1, 9), c=st.integers(1, 40), k=st.integers(1, 5),
+       pads=st.tuples(*[st.integers(0, 2)] * 4), nan=st.sampled_from([None, np.nan, -np.nan]), seed=st.integers(0, 2**31))
+def test_maxpool_stride_one_lines_match_reference(kernel, n, h, w, c, k, pads, nan, seed):
+    """Stride 1 runs each tap over whole output lines (contiguous runs of the input line): any
+    padding on each side (the bottom and right ones implied by the output's size, as SAME_UPPER
+    pads), NaNs of either sign winning their windows."""
+    t, b, l, r = (min(p, k - 1) for p in pads)
+    oh, ow = h + t + b - k + 1, w + l + r - k + 1
+    assume(oh >= 1 and ow >= 1 and t <= k // 2 and l <= k // 2)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    if nan is not None:
+        x.flat[rng.integers(x.size)] = nan
+    out = np.full((n, oh, ow, c), 7.0, np.float32)
+    kernel(x, k, k, 1, 1, t, l, 1, 1, out)
+    assert np.array_equal(out, ref.maxpool_nhwc(x, k, k, 1, 1, t, l, 1, 1, oh, ow), equal_nan=True)
+
+
 def test_maxpool_propagates_nan():
     x = np.zeros((1, 2, 2, 1), np.float32)
     x[0, 1, 0, 0] = np.nan

@@ -53,7 +53,11 @@ def pool16(typingctx, src, soff, pix, line, q, dst, doff):
 
 
 def _maxpool(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
-    """Max over each window; padded positions never win (they are -inf).
+    """Max over each window; padded positions never win (they are -inf). Stride 1 without dilation
+    (PP-OCRv6's 2 x 2 pool, YOLOv8's 5 x 5 SPPF pools) goes tap by tap over whole output lines: each
+    tap's valid columns are one contiguous run of the input line, a vector loop (Intel Xeon, 2
+    threads: 320 x 320 x 24, 2 x 2, 1.5 -> 0.79 ms; 5 x 5 8.3 -> 3.0 ms; pixel by pixel, 24 channels
+    are a loop of one vector and a masked one per tap).
 
     IN  x (n, h, w, c) float32; kernel, stride, top/left padding, dilation.
     OUT out (n, oh, ow, c) float32.
@@ -63,6 +67,27 @@ def _maxpool(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
     for r in prange(n * oh_n):
         b = r // oh_n
         oh = r - b * oh_n
+        if sw == 1 and dw == 1:     # each tap's valid output columns read one contiguous run of x's line
+            line = out[b, oh].reshape(ow_n * c)
+            for k in range(ow_n * c):
+                line[k] = -np.inf
+            for i in range(kh):
+                ih = oh * sh - ph + i * dh
+                if ih < 0 or ih >= h:
+                    continue
+                src = x[b, ih].reshape(w * c)
+                for j in range(kw):
+                    o0 = max(0, pw - j)             # output columns whose tap j lies inside the line
+                    o1 = min(ow_n, w + pw - j)
+                    if o1 <= o0:
+                        continue
+                    d = line[o0 * c:o1 * c]
+                    s = src[(o0 + j - pw) * c:(o1 + j - pw) * c]
+                    for k in range(d.shape[0]):
+                        v = s[k]
+                        a = d[k]
+                        d[k] = v if (v > a or v != v) else a
+            continue
         for ow in range(ow_n):
             acc = out[b, oh, ow]
             for k in range(c):
@@ -78,9 +103,10 @@ def _maxpool(x, kh, kw, sh, sw, ph, pw, dh, dw, out):
                     src = x[b, ih, iw]
                     for k in range(c):
                         v = src[k]
-                        # NaN propagates as in PyTorch: a NaN in the window wins.
-                        if v > acc[k] or v != v:
-                            acc[k] = v
+                        a = acc[k]
+                        # NaN propagates as in PyTorch: a NaN in the window wins (a select, not
+                        # a conditional store: LLVM vectorizes it)
+                        acc[k] = v if (v > a or v != v) else a
 
 
 maxpool_nhwc, maxpool_nhwc_parallel = both(_maxpool)
