@@ -170,6 +170,11 @@ def concat_columns(src, out, at):
     return out
 
 
+def take_columns(src, at, out):
+    """Columns at .. at + k of src (k: out's width)."""
+    return src[:, at:at + out.shape[1]].copy()
+
+
 def conv_pad_nhwc(x, n0, t, l, out):
     """Images n0.. of x zero-padded at (t, l) into a copy of out (images past n keep their values)."""
     out = out.copy()

@@ -265,6 +265,27 @@ def test_concat_columns_match_reference(kernel, m, k, extra, seed):
     assert np.array_equal(out, want)
 
 
+@pytest.mark.parametrize("kernel", [rows.take_columns, rows.take_columns_parallel])
+@given(m=st.integers(1, 6), k=st.integers(1, 40), extra=st.integers(0, 40), seed=st.integers(0, 2**31))
+def test_take_columns_match_reference(kernel, m, k, extra, seed):
+    rng = np.random.default_rng(seed)
+    src = rng.standard_normal((m, k + extra)).astype(np.float32)
+    at = int(rng.integers(0, extra + 1))
+    out = np.full((m, k), np.nan, np.float32)
+    kernel(src, at, out)
+    assert np.array_equal(out, ref.take_columns(src, at, out))
+
+
+def test_slice_steps_match_numpy():
+    """Channel slices (a Split's parts) run the compiled copy; other slices NumPy's indexing."""
+    x = np.random.default_rng(1).standard_normal((2, 3, 4, 10)).astype(np.float32)
+    for starts, ends, axes, steps in (((2,), (7,), (2,), (1,)), ((-4,), (100,), (-1,), (1,)), ((0,), (9,), (2,), (2,)),
+                                      ((1,), (3,), (0,), (1,)), ((0, 1), (3, 5), (0, 2), (1, 1))):
+        layer = L.Slice(starts=starts, ends=ends, axes=axes, steps=steps)
+        got = layer.prepare(2, x.shape[1:])(x)
+        assert got.flags.c_contiguous and np.array_equal(got, layer.forward(x))
+
+
 def test_concat_and_layernorm_steps_match_numpy():
     """The compiled steps of Concat (channels of NHWC maps; another axis: NumPy's) and LayerNorm
     (over the last axis or the last two, scale broadcast) against NumPy's formulas."""

@@ -298,6 +298,26 @@ class Slice(Layer):
     def forward(self, x):
         return np.ascontiguousarray(x[(slice(None),) + self.slices(x.shape[1:])])
 
+    def prepare(self, n, shape):
+        """A slice of the last axis only, step 1 (a Split's part of an NHWC map's channels): one
+        compiled copy (nncomp/kernels/rows.py take_columns); any other: NumPy's."""
+        sl = self.slices(shape)
+        last = sl[-1].indices(shape[-1])
+        if any(s != slice(None) for s in sl[:-1]) or last[2] != 1 or not n * math.prod(shape):
+            return self.forward
+        at, k = last[0], last[1] - last[0]
+        rows_n = n * math.prod(shape[:-1])
+        kern = _jit.pick((rows.take_columns, rows.take_columns_parallel), rows_n * k)
+
+        def step(x):
+            if x.dtype != np.float32:
+                return self.forward(x)
+            out = np.empty((n, *shape[:-1], k), np.float32)
+            kern(np.ascontiguousarray(x).reshape(rows_n, shape[-1]), at, out.reshape(rows_n, k))
+            return out
+        step.blas = False
+        return step
+
 
 @register
 @dataclass(frozen=True, eq=False)
