@@ -43,3 +43,32 @@ def test_ort_static_int8_is_qdq_with_per_channel_weights_and_needs_calibration(l
     assert per_channel                                                       # a scale per output channel
     with pytest.raises(ValueError, match="calibration"):
         ort_quant.quantize_graph(data, "static", ("Conv",), None)
+
+
+
+
+def test_the_ort_peer_leaves_subnormals_to_the_caller():
+    """The ORT peer runs with session.set_denormal_as_zero, which sets flush-to-zero on the caller's
+    thread when the process's first such session is made (in CI it broke hypothesis in later tests):
+    the peer restores the caller's floating-point environment after creating and running a session,
+    so NumPy (and nncomp) keep computing subnormals. The restoring itself is checked by setting
+    MXCSR's FTZ and DAZ bits inside kept_float_env (glibc on x86-64)."""
+    import ctypes
+    import platform
+
+    from nncomp.bench import fpenv
+    model = nc.load(nc.data.model_path("lenet5"))
+    tiny = np.full(8, 1e-39, np.float32)
+    run = peers.ort_model(model, threads=2)
+    run(np.zeros((1, *model.input_shape), np.float32))
+    assert (tiny * np.float32(1.0) == tiny).all()
+    if fpenv._LIBC is None or platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("no glibc fenv on x86-64 here")
+    with fpenv.kept_float_env():
+        env = ctypes.create_string_buffer(fpenv._ENV_BYTES)
+        fpenv._LIBC.fegetenv(env)
+        mxcsr = int.from_bytes(env.raw[28:32], "little") | 0x8040         # FTZ | DAZ (glibc fenv_t.__mxcsr)
+        env.raw = env.raw[:28] + mxcsr.to_bytes(4, "little") + env.raw[32:]
+        fpenv._LIBC.fesetenv(env)
+        assert (tiny * np.float32(1.0) == 0).all()
+    assert (tiny * np.float32(1.0) == tiny).all()

@@ -123,7 +123,6 @@ def main(argv=None):
         m = nc.load(str(path))
         so = ort.SessionOptions()
         so.intra_op_num_threads = 2
-        so.add_session_config_entry("session.set_denormal_as_zero", "1")   # as bench.peers.ort_session
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         rng = np.random.default_rng(0)
         for b in args.batches:

@@ -69,7 +69,6 @@ def ort_profile(path, x, threads, reps, top):
     with tempfile.TemporaryDirectory() as tmp:
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
-        so.add_session_config_entry("session.set_denormal_as_zero", "1")   # as bench.peers.ort_session
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(tmp) / "ort")
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

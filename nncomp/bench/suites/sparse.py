@@ -50,7 +50,6 @@ def ort_matmul(w, threads):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.set_denormal_as_zero", "1")   # as bench.peers.ort_session
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return lambda x: sess.run(None, {"x": x})[0]
 
