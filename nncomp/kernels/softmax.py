@@ -52,16 +52,23 @@ def _exp_nonpositive(t):
 _exp_inline = njit(inline="always")(_exp_nonpositive)
 
 
+def _key(b):
+    """The int32 that orders float32 bits ``b`` as their values (a positive NaN above +inf, a
+    negative one lowest); its own inverse: ``_key(_key(b)) == b``."""
+    return b ^ ((b >> np.int32(31)) & np.int32(0x7fffffff))
+
+
+_key_inline = njit(inline="always")(_key)
+
+
 def _row_max(bits):
     """The largest of a row's float32 values given as their int32 ``bits`` (a view), as int32
     bits: +inf if any is +inf, a NaN if any is a positive NaN (a negative NaN sorts lowest; its
     row's exps, sum and outputs are NaN all the same)."""
-    sign = np.int32(0x7fffffff)
     top = np.int32(-2147483648)
     for j in range(bits.shape[0]):
-        b = bits[j]
-        top = max(top, b ^ ((b >> np.int32(31)) & sign))
-    return top ^ ((top >> np.int32(31)) & sign)
+        top = max(top, _key_inline(bits[j]))
+    return _key_inline(top)
 
 
 _row_max_inline = njit(inline="always")(_row_max)
@@ -101,7 +108,6 @@ def _softmax_mid(x, out, top):
     """
     o, k, n = x.shape
     bits = x.view(np.int32)
-    sign = np.int32(0x7fffffff)
     for a in prange(o):
         t = top[a]
         for b in range(n):
@@ -109,10 +115,9 @@ def _softmax_mid(x, out, top):
         for j in range(k):
             row = bits[a, j]
             for b in range(n):
-                v = row[b]
-                t[b] = max(t[b], v ^ ((v >> np.int32(31)) & sign))
+                t[b] = max(t[b], _key_inline(row[b]))
         for b in range(n):
-            t[b] = t[b] ^ ((t[b] >> np.int32(31)) & sign)
+            t[b] = _key_inline(t[b])
         tf = t.view(np.float32)
         dst = out[a]
         for j in range(k):
