@@ -137,6 +137,11 @@ def gelu_value(x):
     return 0.5 * x * (1 + special.erf(x / np.sqrt(2)))
 
 
+def gelu_values(x):
+    """GELU of each value in float64 (nncomp/kernels/erf.py's gelu_values, float32)."""
+    return gelu_value(x)
+
+
 def softmax_rows(x):
     """Each row's softmax in float64 (nncomp/kernels/softmax.py), NaN where NumPy's float32 formula gives NaN."""
     with np.errstate(invalid="ignore", over="ignore"):

@@ -14,7 +14,7 @@ from numba.extending import intrinsic
 
 from ._ir import loop_latch, loop_phis
 from ._jit import both, jit
-from .erf import gelu_value
+from .erf import gelu_values
 from .isa import VECTOR_REGISTERS
 
 # Activation codes of activation_rows.
@@ -282,10 +282,9 @@ def _activation(y, act, alpha, beta):
         lo = t * ACT_CHUNK
         hi = min(total, lo + ACT_CHUNK)
         nv = (hi - lo) // 16
-        if act == ACT_GELU:         # a loop from 0 over a slice: LLVM vectorizes it (not one from lo)
+        if act == ACT_GELU:         # over a slice: a loop from 0, which LLVM vectorizes (not one from lo)
             seg = flat[lo:hi]
-            for k in range(seg.shape[0]):
-                seg[k] = gelu_value(seg[k])
+            gelu_values(seg)
             continue
         if act == ACT_SIGMOID or act == ACT_SILU:
             _sigmoid16(flat, lo, nv, act == ACT_SILU)
