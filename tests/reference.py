@@ -84,12 +84,23 @@ def conv_direct_nhwc(x, wt, bias, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n):
 def conv_blocked_nhwc(xp, w, bias, kh, kw, sh, sw, dh, dw, oh_n, ow_n, co):
     """Register-blocked direct convolution of an already padded input; w (kh*kw*c, cop), rows
     ordered (kh, kw, c), only its first co columns used (the rest is the kernel's padding); or
-    (n*kh*kw*c, cop), a weight per image."""
+    (n*kh*kw*c, cop), a weight per image; either in column panels (nncomp/kernels/conv_blocked.py)
+    where w has fewer columns than bias."""
+    if w.shape[1] < bias.shape[0]:
+        w = unpack_panels(w, bias.shape[0])
     k = kh * kw * xp.shape[3]
     if w.shape[0] > k:
         return np.concatenate([conv_blocked_nhwc(xp[b:b + 1], w[b * k:(b + 1) * k], bias, kh, kw, sh, sw, dh, dw,
                                                  oh_n, ow_n, co) for b in range(xp.shape[0])])
     return conv_direct_nhwc(xp, w[:, :co], bias[:co], kh, kw, sh, sw, 0, 0, dh, dw, oh_n, ow_n)
+
+
+def unpack_panels(w, cop):
+    """(rows, cop) from column panels (panels * rows, width) (nncomp/kernels/conv_blocked.pack_panels)."""
+    width = w.shape[1]
+    panels = -(-cop // width)
+    rows = w.shape[0] // panels
+    return w.reshape(panels, rows, width).transpose(1, 0, 2).reshape(rows, panels * width)[:, :cop]
 
 
 def tile_activation(act, alpha, beta, dw=1):

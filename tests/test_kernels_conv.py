@@ -114,6 +114,12 @@ def test_conv_blocked_nhwc_matches_reference(kernel, g, co, nvec, data):
         assert np.array_equal(out, expect)
     mag = ref.conv_blocked_nhwc(np.abs(xp), np.abs(w), np.abs(bias), kh, kw, sh, sw, dh, dw, oh, ow, co)
     assert_close_f32(out, expect, mag, w.shape[0] + 1)
+    # the weight in column panels of one or two tiles' width: the same bits
+    panels = conv_blocked.pack_panels(w, 16 * nvec * data.draw(st.integers(1, 2), label="tiles a panel"))
+    assert np.array_equal(ref.unpack_panels(panels, cop), w)
+    packed = np.full_like(out, np.nan)
+    kernel(xp, 0, 0, panels, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, *_no_epilogue(cop, packed), packed)
+    assert np.array_equal(packed, out)
     # the epilogue applied as tiles are stored equals the epilogue kernel's twin on that output
     affine, add = data.draw(st.booleans(), label="affine"), data.draw(st.booleans(), label="add")
     lo, hi = map(F32, data.draw(st.sampled_from([(-np.inf, np.inf), (0.0, np.inf), (0.0, 6.0), (-1.0, 1.0)]),
@@ -401,6 +407,9 @@ def test_conv_blocked_pooled_nhwc_matches_reference(kernel, g, co, nvec, pool, d
     conv_blocked.conv_blocked_nhwc(xp, 0, 0, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, *_no_epilogue(cop, full), full)
     pooled = ref.maxpool_nhwc(full, pool, pool, pool, pool, 0, 0, 1, 1, oh // pool, ow // pool)
     assert np.array_equal(out, pooled)
+    panels = np.full_like(out, np.nan)          # the weight in column panels: the same bits
+    kernel(xp, conv_blocked.pack_panels(w, 16 * nvec), bias, kh, kw, sh, sw, dh, dw, nvec, pmax, pool, lines, panels)
+    assert np.array_equal(panels, out)
 
 
 def _blocked_operands(g, k, co):

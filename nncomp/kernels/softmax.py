@@ -91,11 +91,16 @@ def _softmax_rows(x, out):
             e = _exp_inline(row[j] - top)
             dst[j] = e
             s += e
+        r = np.float32(1.0) / s
         for j in range(k):
-            dst[j] = dst[j] / s
+            dst[j] = dst[j] * r
 
 
-softmax_rows, softmax_rows_parallel = both(_softmax_rows, fastmath={"reassoc"}, error_model="numpy")
+# Sums reassociated (vector partial sums) and contracted (each ``a * b + c`` of exp's polynomial one
+# fused multiply-add); each row scaled by the sum's reciprocal: 40 x 18,710 values on two threads
+# 0.30-0.32 -> 0.25-0.27 ms, one thread 0.57-0.64 -> 0.46-0.50 (Intel Xeon, AVX-512).
+FAST = dict(fastmath={"reassoc", "contract"}, error_model="numpy")
+softmax_rows, softmax_rows_parallel = both(_softmax_rows, **FAST)
 
 
 def _softmax_mid(x, out, top):
@@ -127,10 +132,10 @@ def _softmax_mid(x, out, top):
             s = np.float32(0.0)
             for j in range(k):
                 s += dst[j, b]
-            tf[b] = s
+            tf[b] = np.float32(1.0) / s
         for j in range(k):
             for b in range(n):
-                dst[j, b] = dst[j, b] / tf[b]
+                dst[j, b] = dst[j, b] * tf[b]
 
 
-softmax_mid, softmax_mid_parallel = both(_softmax_mid, fastmath={"reassoc"}, error_model="numpy")
+softmax_mid, softmax_mid_parallel = both(_softmax_mid, **FAST)

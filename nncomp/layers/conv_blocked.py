@@ -6,7 +6,8 @@ import numpy as np
 from ..kernels import _jit, aligned
 from ..kernels.conv import conv_pad_nhwc, conv_pad_nhwc_parallel
 from ..kernels.conv_blocked import (conv_blocked_nhwc, conv_blocked_nhwc_parallel, conv_blocked_pooled_nhwc,
-                                    conv_blocked_pooled_nhwc_parallel, image_tiles, per_image_weight, tile_pixels)
+                                    conv_blocked_pooled_nhwc_parallel, image_tiles, pack_panels, per_image_weight,
+                                    tile_pixels)
 from ..kernels.conv_depthwise import depthwise_blocked_nhwc, depthwise_blocked_nhwc_parallel
 from ..kernels import conv_chain as K
 from ..kernels.conv_winograd import (chunk_rows, filter_matrix, product_pixels, winograd_nhwc, winograd_nhwc_parallel,
@@ -147,12 +148,21 @@ def blocked_weights(layer):
     return w, _padded_bias(layer, cop)
 
 
-def blocked_weight_source(layer):
-    """``get()`` -> the blocked kernel's ``(k, cop)`` weight: the dense one the layer keeps, or its
-    compressed weight decoded (nncomp/kernels/decode.py) into a per-thread work buffer, on every
-    call: between calls the model holds only the compressed arrays."""
+def blocked_panels(layer, nvec):
+    """The dense blocked weight in column panels of ``16 * nvec`` (nncomp/kernels/conv_blocked.py),
+    kept by the layer beside ``weight_b`` (its own where it is one panel; None if compressed)."""
+    w = layer.weight_b[0]
+    if w is None or w.shape[1] <= 16 * nvec:
+        return w
+    return layer.memo(("weight_panels", nvec), lambda: pack_panels(w, 16 * nvec))
+
+
+def blocked_weight_source(layer, nvec=None):
+    """``get()`` -> the blocked kernel's weight: the dense one the layer keeps (with ``nvec``: :func:`blocked_panels`),
+    or its compressed weight decoded (kernels/decode.py) into a work buffer on every call, ``(k, cop)``."""
     w, bias = layer.weight_b
     if w is not None:
+        w = w if nvec is None else blocked_panels(layer, nvec)
         return lambda: w
     (serial, parallel), args = layer.weight.decoder()
     shape = (layer.weight.n_in, bias.shape[0])
@@ -277,8 +287,9 @@ def blocked_step(layer, shape, n, oh, ow, epilogue=None, scaled=None):
         strided_1x1 = layer.in_channels if layer.kernel_size == (1, 1) and layer.stride != (1, 1) else 0
         nvec = tile_vectors(layer.out_channels, n, ow, strided_1x1=strided_1x1, pixels=n * oh * ow)
         pmax = tile_pixels(nvec)
-    w, bias = layer.weight_b
-    weight = blocked_weight_source(layer)
+    panels = scaled is None and not layer.depthwise     # (a weight per image is made from weight_b's columns)
+    w, bias = blocked_panels(layer, nvec) if panels else layer.weight_b[0], layer.weight_b[1]
+    weight = blocked_weight_source(layer, nvec if panels else None)
     co, cop = layer.out_channels, bias.shape[0]
     scale, shift, affine, add, lo, hi, code, alpha, beta = _epilogue_vectors(epilogue, co, cop)
 
@@ -371,8 +382,8 @@ def blocked_pooled_step(layer, shape, n, oh, ow, p):
     """The blocked kernel and its p x p max-pool in one step for batches of ``n``."""
     kernels = (conv_blocked_pooled_nhwc, conv_blocked_pooled_nhwc_parallel)
     padded, kern, nvec, pmax, geo = _blocked_setup(layer, shape, n, oh, ow, kernels)
-    w, bias = layer.weight_b
-    weight = blocked_weight_source(layer)
+    w, bias = blocked_panels(layer, nvec), layer.weight_b[1]
+    weight = blocked_weight_source(layer, nvec)
     co = layer.out_channels
     threads = numba.get_num_threads()
 
