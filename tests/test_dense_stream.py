@@ -65,6 +65,7 @@ def streamed(monkeypatch):
     """Dense layers of any size take the streaming step at 2 .. STREAM_MAX_BATCH samples (the
     blocked kernel's size limit set to nothing)."""
     monkeypatch.setattr("nncomp.layers.conv_blocked.BLOCKED_MAX_WEIGHT_BYTES", 0)
+    monkeypatch.setattr("nncomp.layers.conv_blocked.BLOCKED_WIDE_MAX_INPUTS", 0)
 
 
 def test_dense_layers_run_the_streaming_step_with_their_epilogues(streamed):

@@ -51,6 +51,7 @@ def _blocked_kernel(allowed):
 def _no_blocked():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(conv_blocked, "BLOCKED_MAX_WEIGHT_BYTES", 0)
+        mp.setattr(conv_blocked, "BLOCKED_WIDE_MAX_INPUTS", 0)
         mp.setattr(conv_blocked, "WINOGRAD_MAX_WEIGHT_BYTES", 0)
         yield
 

@@ -386,6 +386,36 @@ def test_depthwise_blocked_nhwc_matches_reference(kernel, g, nvec, data):
     assert np.array_equal(fused.reshape(-1, c), want, equal_nan=True)
 
 
+@pytest.mark.parametrize("kernel", [conv_blocked.conv_blocked_nhwc, conv_blocked.conv_blocked_nhwc_parallel])
+@settings(max_examples=15, deadline=None)
+@given(m=st.integers(1, 60), c=st.integers(16, 40), extra=st.integers(0, 40), nvec=st.integers(1, 4),
+       act=st.sampled_from([0, ACT_HARDSWISH, ACT_SIGMOID]), panels=st.booleans(), seed=st.integers(0, 2**31))
+def test_a_few_pixels_through_a_large_weight_run_as_channel_ranges(kernel, m, c, extra, nvec, act, panels, seed):
+    """A 1 x 1 convolution of up to FLAT_PIXELS pixels through a weight of SLICE_BYTES or more runs
+    as ranges of output channels (unless an activation needs its own pass over whole lines): the
+    same bits as the same pixels among more than FLAT_PIXELS (pixel ranges), and close to the twin."""
+    rng = np.random.default_rng(seed)
+    co = -(-conv_blocked.SLICE_BYTES // (4 * c)) + extra        # the weight at or just past the bound
+    cop = -(-co // 16) * 16
+    w = np.zeros((c, cop), np.float32)
+    w[:, :co] = rng.standard_normal((c, co))
+    bias = np.zeros(cop, np.float32)
+    bias[:co] = rng.standard_normal(co)
+    x = rng.standard_normal((1, 1, conv_blocked.FLAT_PIXELS + 4, c)).astype(np.float32)
+    wk = conv_blocked.pack_panels(w, 16 * nvec) if panels else w
+    pmax = conv_blocked.TILE_PIXELS[nvec]
+    args = (F32(-np.inf), F32(np.inf), act, F32(0.2), F32(0.5))
+    few = np.full((1, 1, m, co), np.nan, np.float32)
+    kernel(x[:, :, :m], 0, 0, wk, bias, 1, 1, 1, 1, 1, 1, nvec, pmax, bias, bias, False, few, False, *args, few)
+    many = np.full((1, 1, x.shape[2], co), np.nan, np.float32)
+    kernel(x, 0, 0, wk, bias, 1, 1, 1, 1, 1, 1, nvec, pmax, bias, bias, False, many, False, *args, many)
+    assert np.array_equal(few, many[:, :, :m])
+    if act == 0:
+        expect = ref.conv_blocked_nhwc(x[:, :, :m], w, bias, 1, 1, 1, 1, 1, 1, 1, m, co)
+        mag = ref.conv_blocked_nhwc(np.abs(x[:, :, :m]), np.abs(w), np.abs(bias), 1, 1, 1, 1, 1, 1, 1, m, co)
+        assert_close_f32(few, expect, mag, c + 1)
+
+
 @pytest.mark.parametrize("kernel", [conv_blocked.conv_blocked_pooled_nhwc, conv_blocked.conv_blocked_pooled_nhwc_parallel])
 @given(g=geometry(max_c=20), co=st.integers(1, 40), nvec=st.integers(1, 3), pool=st.integers(2, 3), data=st.data())
 def test_conv_blocked_pooled_nhwc_matches_reference(kernel, g, co, nvec, pool, data):

@@ -121,11 +121,12 @@ def _steps(model, n):
 @pytest.mark.parametrize("n, winner", [(9, "stream"), (9, "blas"), (9, "kn"), (3, "few"), (3, "stream"), (3, "blas"),
                                       (3, "kn")])
 def test_dense_layers_run_the_product_their_probe_chose(probing, monkeypatch, n, winner):
-    """A large dense weight (the blocked kernel's limit set to nothing) at a small batch: the probe
+    """A large dense weight (the blocked kernel's limits set to nothing) at a small batch: the probe
     times the streaming product (and at up to dense_few.MAX_BATCH samples the few-sample mat-vecs)
     against BLAS (the weight as stored, and transposed: "kn", where the kernels can call BLAS) on the
     layer's shape and the plan runs the winner, with the same numbers either way."""
     monkeypatch.setattr("nncomp.layers.conv_blocked.BLOCKED_MAX_WEIGHT_BYTES", 0)
+    monkeypatch.setattr("nncomp.layers.conv_blocked.BLOCKED_WIDE_MAX_INPUTS", 0)
     if winner == "kn" and not blas.direct():
         pytest.skip("the kernels cannot call NumPy's BLAS here")
     seen = []
@@ -153,6 +154,7 @@ def test_dense_layers_run_the_product_their_probe_chose(probing, monkeypatch, n,
 
 def test_a_real_probe_writes_its_choice_and_the_model_is_right(probing, monkeypatch):
     monkeypatch.setattr("nncomp.layers.conv_blocked.BLOCKED_MAX_WEIGHT_BYTES", 0)
+    monkeypatch.setattr("nncomp.layers.conv_blocked.BLOCKED_WIDE_MAX_INPUTS", 0)
     model, w, b = _model(np.random.default_rng(3))
     x = np.random.default_rng(4).standard_normal((5, 30)).astype(np.float32)
     assert np.allclose(model(x), np.maximum(x.astype(np.float64) @ w.T + b, 0), rtol=1e-5, atol=1e-5)

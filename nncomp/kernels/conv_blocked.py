@@ -107,15 +107,18 @@ def _pixels(p, x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, pix, b, i, j, qlo, qh
 
 
 def _row(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo, hi, act, alpha,
-         beta, b, i, out, obase, js, je):
+         beta, b, i, out, obase, span):
     """Pixels ``js <= j < je`` of output line ``i`` of image ``b`` into flat ``out[obase:]`` (ow
-    pixels x co channels; ``res`` read at the same offsets): the dense tiles of :func:`_blocked`,
+    pixels x co channels; ``res`` read at the same offsets), channels ``c_lo`` up to ``c_hi`` (tiles'
+    first channels; the activation pass only with all of them), ``span = (js, je, c_lo, c_hi)`` (one
+    argument: a call of over 30 compiles to a star call, which Numba does not inline): the dense tiles of :func:`_blocked`,
     balanced along the pixels whose windows lie inside the input's columns (undilated: a run of
     tiles of ``p0`` pixels then one of ``p0 - 1``, each run one call), one pixel a tile where a
     window reaches the padding."""
     co = out.shape[-1]
     h, wd, c = x.shape[1], x.shape[2], x.shape[3]
     cop, wid = bias.shape[0], w.shape[1]
+    js, je, c_lo, c_hi = span
     jl = max(js, min(je, (pl + sw - 1) // sw))          # pixels jl <= j < jr: every tap inside
     reach = wd - 1 + pl - (kw - 1) * dw
     jr = max(jl, min(je, reach // sw + 1 if reach >= 0 else 0))
@@ -126,7 +129,7 @@ def _row(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, a
     xrow = (b * h + i * sh - pt + rlo * dh) * wd * c
     wimg = _weight_rows(w, cop, kh, kw, c, b)           # image b's first weight row (per-image weights)
     tact, ta, tb = tile_activation(act, alpha, beta, dw)
-    for co0 in range(0, cop, 16 * nvec):
+    for co0 in range(c_lo, c_hi, 16 * nvec):
         nv = min(nvec, (cop - co0) // 16)
         lanes = min(16, co - co0 - 16 * (nv - 1))
         j0 = js
@@ -187,6 +190,10 @@ image_tiles = getattr(_image_tiles, "py_func", _image_tiles)    # the rule in Py
 FLAT_PIXELS = 512
 FLAT_BYTES = 256 << 10
 FLAT_LINES = 4
+# ... and where its weight takes SLICE_BYTES or more (and its activation, if any, is the tiles'),
+# up to FLAT_PIXELS pixels run as FLAT_LINES ranges of output channels instead of pixel ranges: each
+# task then reads a part of the weight, not all of it.
+SLICE_BYTES = 1 << 20
 
 
 @jit(inline="always")
@@ -270,11 +277,14 @@ def _blocked(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shif
     c = x.shape[3]
     pmax = min(pmax, COMPILED_PIXELS[nvec])       # the widths compiled for this CPU
     per_image = _panel_rows(w, bias.shape[0]) > kh * kw * c    # a weight per image: lines and tiles within images
-    parts = 1                                   # work items per line
+    parts, slices = 1, 1                        # work items per line: pixel ranges, channel ranges
     if kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 and x.shape[1] == oh and x.shape[2] == ow:
         images = n if per_image else 1
         m = n * oh * ow // images
         line, parts = _flat_line(m, ow, c, co)
+        if (not per_image and m <= FLAT_PIXELS and 4 * c * bias.shape[0] >= SLICE_BYTES
+                and (act == 0 or tile_activation(act, alpha, beta, 1)[0] != 0)):
+            line, parts, slices = m, 1, FLAT_LINES      # few pixels, a large weight: each task a part of it
         if line > ow:       # a 1 x 1 convolution is a product of (pixels, c) by (c, co) rows: longer lines
             lines = m // line
             x = x.reshape((images, lines, line, c))
@@ -285,10 +295,14 @@ def _blocked(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shif
     groups = (n + pmax - 1) // pmax if across else n
     # one parallel loop for both ways (each prange loop is compiled with its own copy of the tiles:
     # two loops took twice the compile time)
-    for t in prange(groups * oh * parts):
-        g = t // (oh * parts)
-        i = t // parts - g * oh
-        k = t - (g * oh + i) * parts
+    step = 16 * nvec
+    nb = (bias.shape[0] + step - 1) // step
+    for t in prange(groups * oh * parts * slices):
+        u = t // slices
+        g = u // (oh * parts)
+        i = u // parts - g * oh
+        k = u - (g * oh + i) * parts
+        sl = t - u * slices
         if across:
             b0 = g * n // groups
             _images_inline(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add,
@@ -296,7 +310,8 @@ def _blocked(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shif
         else:
             _row_inline(x, pt, pl, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, scale, shift, affine, res, add, lo32,
                         hi32, act, np.float32(alpha), np.float32(beta), g, i, out, (g * oh + i) * ow * co,
-                        k * ow // parts, (k + 1) * ow // parts)
+                        (k * ow // parts, (k + 1) * ow // parts, sl * nb // slices * step,
+                         (sl + 1) * nb // slices * step))
 
 
 def _blocked_pooled(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, pool, lines, out):
@@ -320,7 +335,7 @@ def _blocked_pooled(xp, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, pool, lines
         buf = lines[slab]
         for r in range(pool):
             _row_inline(xp, 0, 0, w, bias, kh, kw, sh, sw, dh, dw, nvec, pmax, z, z, False, lines, False, lo32, hi32,
-                        0, zero, zero, b, pi * pool + r, lines, (slab * pool + r) * ow * co, 0, ow)
+                        0, zero, zero, b, pi * pool + r, lines, (slab * pool + r) * ow * co, (0, ow, 0, bias.shape[0]))
         dst = out[b, pi]
         if pool == 2:       # the common window: four loads and one store per value, vectorizable
             for pj in range(pw):

@@ -19,27 +19,27 @@ from .conv_chain import ChainStep, chain_tables
 from .gemv import NO_EPILOGUE
 from .workspace import scratch
 
-# The blocked kernel streams a tile's weight columns (kh*kw*c x 64 floats) once per tile, from L2
-# or L3. Measured at 2 threads (Zen 4, bench/results/amd-epyc-zen4/conv_algos.md): at VGG-16's
-# conv3_2 (2.4 MB) it ran 725 ms against 732 for im2col at batch 32, and 1.05x the shifted GEMM's
-# time at batch 1; in a development run it only tied them at 9.4 MB (conv4_2: 23.2 against 24.3
-# and 22.5 ms at batch 1; conv5_2 at batch 32: 177 against 172), so larger weights keep BLAS.
+# The blocked kernel streams a tile's weight columns once per tile, from L2 or L3. 2 threads (Zen 4,
+# bench/results/amd-epyc-zen4/conv_algos.md): VGG-16's conv3_2 (2.4 MB) 725 ms against 732 for im2col
+# at batch 32, 1.05x the shifted GEMM's time at batch 1; only tied at 9.4 MB (conv4_2: 23.2 against
+# 24.3 and 22.5 ms at batch 1; conv5_2 at batch 32: 177 against 172): larger weights keep BLAS ...
 BLOCKED_MAX_WEIGHT_BYTES = 4 << 20
-SERIAL_FACTOR = 8     # the kernels go parallel at 8x _jit.PARALLEL_MIN_WORK multiply-adds
-# ... but the blocked convolution at 2x (262k). Batch 1, pool awake, Intel Xeon, parallel over serial
-# time: dense 0.55-0.80x at 0.45-1.4 M multiply-adds, 0.74-0.97x at 0.2-0.4 M, 1.0-1.3x at 75-100k;
-# depthwise 0.75-0.78x at 314-452k, 0.91-0.99x at 169-226k, 1.4-1.7x at 28-56k (MobileNetV3-Small at
-# batch 1: 1.29x -> 1.11x ONNX Runtime's time).
+# except 1 x 1 ones (and dense layers) over up to 512 inputs: 120 -> 18,710 (9 MB) at 2-256 samples
+# 0.49-0.84x the time of BLAS, 512 -> 18,710 0.57-1.01x (Intel Xeon, 2 threads; kernels' SLICE_BYTES).
+BLOCKED_WIDE_MAX_INPUTS = 512
+SERIAL_FACTOR = 8     # the kernels go parallel at 8x _jit.PARALLEL_MIN_WORK multiply-adds, but the blocked
+# convolution at 2x (262k). Batch 1, pool awake, Intel Xeon, parallel over serial time: dense 0.55-0.80x at
+# 0.45-1.4 M multiply-adds, 0.74-0.97x at 0.2-0.4 M, 1.0-1.3x at 75-100k; depthwise 0.75-0.78x at 314-452k,
+# 0.91-0.99x at 169-226k, 1.4-1.7x at 28-56k (MobileNetV3-Small at batch 1: 1.29x -> 1.11x ORT's time).
 BLOCKED_SERIAL_FACTOR = 2
-# Winograd serves 3x3 and 5x5 stride-1 layers with at least this many input channels (9x9x5->20 ran
-# 0.4-0.6x the blocked kernel's speed) and a transformed weight (F(2x2, 3x3) 16/9 the layer's, F(4x4,
-# 3x3) 4x, F(2x2, 5x5) 1.44x) up to WINOGRAD_MAX_WEIGHT_BYTES. F(2x2, 3x3) at 2 threads (Zen 4,
-# conv_algos): 32-64 channels at 7x7-28x28 1.1-2.4x the blocked kernel's speed at batch 1 and 32,
-# VGG-16's conv3_2 2.1-2.4x, conv4_2 at batch 32 0.97-1.5x (BLAS). A weight above
-# BLOCKED_MAX_WEIGHT_BYTES streams from L3 or DRAM on every call: there it needs WINOGRAD_MIN_PIXELS
-# output pixels per call to pay (at batch 1 conv5_2, 14x14, ran 6.5-17 ms against 6.0-8.9 for im2col).
-# F(2x2, 5x5) (LeNet-5's 12x12 20->50 pooled, Zen 3): 0.71-0.75x the blocked kernel's time at 8 and
-# 64 images, 1.0x at 1.
+# Winograd serves 3x3 and 5x5 stride-1 layers with at least this many input channels (9x9x5->20 ran 0.4-0.6x
+# the blocked kernel's speed) and a transformed weight (F(2x2, 3x3) 16/9 the layer's, F(4x4, 3x3) 4x, F(2x2,
+# 5x5) 1.44x) up to WINOGRAD_MAX_WEIGHT_BYTES. F(2x2, 3x3) at 2 threads (Zen 4, conv_algos): 32-64 channels at
+# 7x7-28x28 1.1-2.4x the blocked kernel's speed at batch 1 and 32, VGG-16's conv3_2 2.1-2.4x, conv4_2 at batch
+# 32 0.97-1.5x (BLAS). A weight above BLOCKED_MAX_WEIGHT_BYTES streams from L3 or DRAM on every call: there it
+# needs WINOGRAD_MIN_PIXELS output pixels per call to pay (at batch 1 conv5_2, 14x14, ran 6.5-17 ms against
+# 6.0-8.9 for im2col). F(2x2, 5x5) (LeNet-5's 12x12 20->50 pooled, Zen 3): 0.71-0.75x the blocked kernel's
+# time at 8 and 64 images, 1.0x at 1.
 WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MAX_WEIGHT_BYTES = 32 << 20
 WINOGRAD_MIN_PIXELS = 1024
@@ -66,7 +66,8 @@ def blocked_eligible(layer):
     if layer.depthwise:
         return layer.out_channels == layer.in_channels
     return (layer.groups == 1 and (isinstance(layer.weight, DenseMatrix) or layer.weight.decoder() is not None)
-            and 4 * layer.weight.n_in * cop <= BLOCKED_MAX_WEIGHT_BYTES)
+            and (4 * layer.weight.n_in * cop <= BLOCKED_MAX_WEIGHT_BYTES
+                 or layer.kernel_size == (1, 1) and layer.weight.n_in <= BLOCKED_WIDE_MAX_INPUTS))
 
 
 def winograd_eligible(layer):
@@ -152,9 +153,8 @@ def blocked_panels(layer, nvec):
     """The dense blocked weight in column panels of ``16 * nvec`` (nncomp/kernels/conv_blocked.py),
     kept by the layer beside ``weight_b`` (its own where it is one panel; None if compressed)."""
     w = layer.weight_b[0]
-    if w is None or w.shape[1] <= 16 * nvec:
-        return w
-    return layer.memo(("weight_panels", nvec), lambda: pack_panels(w, 16 * nvec))
+    one = w is None or w.shape[1] <= 16 * nvec
+    return w if one else layer.memo(("weight_panels", nvec), lambda: pack_panels(w, 16 * nvec))
 
 
 def blocked_weight_source(layer, nvec=None):
