@@ -391,7 +391,7 @@ def test_depthwise_blocked_nhwc_matches_reference(kernel, g, nvec, data):
 @given(m=st.integers(1, 60), c=st.integers(16, 40), extra=st.integers(0, 40), nvec=st.integers(1, 4),
        act=st.sampled_from([0, ACT_HARDSWISH, ACT_SIGMOID]), panels=st.booleans(), seed=st.integers(0, 2**31))
 def test_a_few_pixels_through_a_large_weight_run_as_channel_ranges(kernel, m, c, extra, nvec, act, panels, seed):
-    """A 1 x 1 convolution of up to FLAT_PIXELS pixels through a weight of SLICE_BYTES or more runs
+    """A 1 x 1 convolution of up to SLICE_PIXELS pixels through a weight of SLICE_BYTES or more runs
     as ranges of output channels (unless an activation needs its own pass over whole lines): the
     same bits as the same pixels among more than FLAT_PIXELS (pixel ranges), and close to the twin."""
     rng = np.random.default_rng(seed)
