@@ -19,10 +19,9 @@ order of the sum (fused multiply-adds over ``ci`` within a tap, taps in order) d
 The weight may also come in column panels (:func:`pack_panels`): ``(panels * rows, width)``, panel
 ``p`` holding columns ``p * width .. p * width + width - 1`` of all rows (the last one zero-padded),
 ``width`` a multiple of the tiles' ``16 * nvec`` so that a tile's vectors lie in one panel. A tile then
-reads its weights as one contiguous run instead of a ``4 * cop``-byte stride between rows. Same bits
-(the same multiply-adds in the same order). Intel Xeon, 2 threads, 1 x 1 convolutions on 3 x 80 and
-6 x 80 maps (PP-OCRv6's recognizer): a panel of 64 columns ran 768 -> 384 at 322-327 GFLOP/s against
-250-261 across all columns, 384 -> 768 255-268 against 225, 192 -> 384 273-278 against 250.
+reads its weights as one contiguous run instead of a ``4 * cop``-byte stride between rows; same bits.
+Intel Xeon, 2 threads, 1 x 1 layers on 3 x 80 and 6 x 80 maps (PP-OCRv6's recognizer): 64-column panels ran
+768 -> 384 at 322-327 GFLOP/s against 250-261, 384 -> 768 255-268 against 225, 192 -> 384 273-278 against 250.
 """
 import numba
 import numpy as np
@@ -180,21 +179,19 @@ image_tiles = getattr(_image_tiles, "py_func", _image_tiles)    # the rule in Py
 
 # A 1 x 1 convolution (stride 1, no padding) runs its batch's pixels as lines of up to FLAT_PIXELS
 # pixels whose inputs and outputs take up to FLAT_BYTES (in L2), at least FLAT_LINES lines where the
-# image lines are shorter: fewer, longer runs of full tiles than lines of the images. One thread,
-# AMD EPYC Zen 3, batch 8, A/B against image lines: 16 -> 72 at 56 x 56 0.74-0.77x the time, 24 -> 88
-# at 28 x 28 0.78x, 14 x 14 40 -> 240 and 48 -> 144 0.84-0.88x, 7 x 7 96 -> 576 0.64-0.67x, 576 -> 96 0.88x
-# (batch 1: 0.52-0.89x from 14 x 14 up; 7 x 7 keeps its lines). The bounds, same A/B over ten
-# MobileNet 1x1 layers (HardSwish where the model has it): 32 KB 1.09x the time, 96 KB 1.03x, 512 KB
-# and 1 MB / 1024 pixels 0.99x (noise): longer lines pay even where the activation's pass then
-# reads them from L2.
+# image lines are shorter: fewer, longer runs of full tiles than lines of the images. One thread, AMD EPYC
+# Zen 3, batch 8, A/B against image lines: 16 -> 72 at 56 x 56 0.74-0.77x the time, 24 -> 88 at 28 x 28
+# 0.78x, 14 x 14 40 -> 240 and 48 -> 144 0.84-0.88x, 7 x 7 96 -> 576 0.64-0.67x, 576 -> 96 0.88x (batch 1:
+# 0.52-0.89x from 14 x 14 up; 7 x 7 keeps its lines). The bounds, same A/B over ten MobileNet 1x1 layers
+# (HardSwish where the model has it): 32 KB 1.09x the time, 96 KB 1.03x, 512 KB and 1 MB / 1024 pixels
+# 0.99x (noise): longer lines pay even where the activation's pass then reads them from L2.
 FLAT_PIXELS = 512
 FLAT_BYTES = 256 << 10
 FLAT_LINES = 4
-# ... and where its weight takes SLICE_BYTES or more (and its activation, if any, is the tiles'),
-# up to SLICE_PIXELS pixels run as FLAT_LINES ranges of output channels instead of pixel ranges: each
-# task then reads a part of the weight, not all of it. Intel Xeon, 2 threads, against pixel ranges:
-# 40 x 120 -> 18,710 0.63x the time, 7 x 7 x 1024 -> 1024 0.71x, 3 x 80 x 768 -> 384 0.94x, 3 x 80 x
-# 384 -> 768 0.96-1.02x; not taken: 8 x 7 x 7 x 512 -> 512 (392 pixels) 1.06x.
+# ... and where its weight takes SLICE_BYTES or more (its activation, if any, the tiles'), up to SLICE_PIXELS
+# pixels run as FLAT_LINES ranges of output channels (each task a part of the weight). Intel Xeon, 2 threads,
+# against pixel ranges: 40 x 120 -> 18,710 0.63x the time, 7 x 7 x 1024 -> 1024 0.71x, 3 x 80 x 768 -> 384
+# 0.94x, 384 -> 768 0.96-1.02x; not taken: 8 x 7 x 7 x 512 -> 512 (392 pixels) 1.06x.
 SLICE_BYTES = 1 << 20
 SLICE_PIXELS = 256
 

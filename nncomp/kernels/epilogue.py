@@ -12,7 +12,8 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
-from ._ir import loop_latch, loop_phis
+from ._ir import declare, loop_latch, loop_phis
+from .codebook import fma32
 from ._jit import both, jit
 from .erf import gelu_values
 from .isa import VECTOR_REGISTERS
@@ -110,8 +111,9 @@ def _logistic(v):
     if v > _F(18.0):
         v = _F(18.0)
     s = v * v
-    p = (((SIGMOID_P[0] * s + SIGMOID_P[1]) * s + SIGMOID_P[2]) * s + SIGMOID_P[3]) * s + SIGMOID_P[4]
-    q = ((((SIGMOID_Q[0] * s + SIGMOID_Q[1]) * s + SIGMOID_Q[2]) * s + SIGMOID_Q[3]) * s + SIGMOID_Q[4]) * s + SIGMOID_Q[5]
+    p = fma32(fma32(fma32(fma32(SIGMOID_P[0], s, SIGMOID_P[1]), s, SIGMOID_P[2]), s, SIGMOID_P[3]), s, SIGMOID_P[4])
+    q = fma32(fma32(fma32(fma32(fma32(SIGMOID_Q[0], s, SIGMOID_Q[1]), s, SIGMOID_Q[2]), s, SIGMOID_Q[3]), s,
+                    SIGMOID_Q[4]), s, SIGMOID_Q[5])
     r = p * v / q + _F(0.5)
     if r < _F(0.0):
         r = _F(0.0)
@@ -137,19 +139,23 @@ def _vectors16(builder, intp, ydata, off, n, name, body):
 
 def logistic_ir(builder, v):
     """LLVM IR of :func:`_logistic` on float vector ``v``: the same float32 operations lane by lane
-    (clamps that keep NaN, separate multiplies and adds, one division), so the same bits; LLVM
-    vectorizes this where the scalar loop over :func:`_logistic` stayed scalar (4.4 ns a value on an
-    AMD EPYC Zen 3: a 640 x 640 probability map took 1.8 ms)."""
+    (clamps that keep NaN, the polynomials' steps as fused multiply-adds, ``llvm.fma`` in both, one
+    division), so the same bits; LLVM vectorizes this where the scalar loop over :func:`_logistic`
+    stayed scalar (4.4 ns a value on an AMD EPYC Zen 3: a 640 x 640 probability map took 1.8 ms).
+    The fused steps against separate multiplies and adds: SiLU over 205k values 66-76 -> 48-51 us
+    on one thread, 71-81 -> 35-37 on two (Intel Xeon); within 1.7e-7 of the logistic function."""
     const = lambda x: ir.Constant(v.type, [float(x)] * v.type.count)  # noqa: E731
     lo, hi, zero, one = const(-18.0), const(18.0), const(0.0), const(1.0)
     v = builder.select(builder.fcmp_ordered("<", v, lo), lo, v)
     v = builder.select(builder.fcmp_ordered(">", v, hi), hi, v)
     s = builder.fmul(v, v)
 
+    fma = declare(builder.module, f"llvm.fma.v{v.type.count}f32", ir.FunctionType(v.type, [v.type] * 3))
+
     def poly(coefs):
         acc = const(coefs[0])
         for c in coefs[1:]:
-            acc = builder.fadd(builder.fmul(acc, s), const(c))
+            acc = builder.call(fma, [acc, s, const(c)])
         return acc
     r = builder.fadd(builder.fdiv(builder.fmul(poly(SIGMOID_P), v), poly(SIGMOID_Q)), const(0.5))
     r = builder.select(builder.fcmp_ordered("<", r, zero), zero, r)
