@@ -154,6 +154,24 @@ def test_dense_steps_equal_the_unfused_layers_at_every_batch(order):
             assert steps.count("_image_step.<locals>.step") == 3, steps
 
 
+def test_a_wide_dense_head_takes_the_blocked_kernel_past_its_size_limit():
+    """A dense layer over few inputs into many outputs (a recognizer's character head) takes the
+    blocked kernel at any weight size (conv_blocked.BLOCKED_WIDE_MAX_INPUTS), its samples' outputs in
+    ranges of channels where they are few (kernels/conv_blocked.SLICE_BYTES): the float64 numbers
+    at 2-256 samples; over the wide-input bound it keeps the measured products."""
+    rng = np.random.default_rng(8)
+    for k in (64, conv_blocked.BLOCKED_WIDE_MAX_INPUTS + 1):
+        co = conv_blocked.BLOCKED_MAX_WEIGHT_BYTES // (4 * k) + 40       # just past the size limit
+        w, b = rng.standard_normal((co, k)).astype(np.float32), rng.standard_normal(co).astype(np.float32)
+        model = nc.Model([Node("head", nc.Dense(w, b))], input_shape=(k,), input_layout="NC")
+        for n in (3, 40, 256):
+            x = rng.standard_normal((n, k)).astype(np.float32)
+            want = x.astype(np.float64) @ w.T.astype(np.float64) + b
+            assert np.allclose(model(x), want, rtol=1e-4, atol=1e-4 * np.abs(want).max()), (k, n)
+            steps = [getattr(s, "__qualname__", "") for s, _, _ in model._plan((k,), n, model.outputs).steps]
+            assert ("_image_step.<locals>.step" in steps) == (k == 64), (k, steps)
+
+
 @pytest.mark.parametrize("name", ["vgg_small", "resnet_small", "lenet5"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_runs_of_blocked_convolutions_compile_to_one_call_with_the_same_bits(name, threads, monkeypatch):
