@@ -10,7 +10,7 @@ from conftest import assert_close_f32
 from nncomp.coding.index import gaps_of, positions_of
 from nncomp.compress.sharing import kmeans_codebook
 from nncomp.errors import CompressionParameterError, CorruptModelFileError
-from nncomp.kernels import codebook as K
+from nncomp.kernels import _ir, codebook as K
 from nncomp.kernels import csr as C
 from nncomp.kernels import kmeans as KM
 from nncomp.kernels import codebook_avx2 as A
@@ -120,7 +120,7 @@ def test_codebook_matmul8_matches_reference(kernel, n, n_out, nb, k, seed):
 @numba.njit
 def _fma_many(a, b, c, out):
     for i in range(a.size):
-        out[i] = K.fma32(a[i], b[i], c[i])
+        out[i] = _ir.fma32(a[i], b[i], c[i])
 
 
 def _exact_fma32(a, b, c):
@@ -157,7 +157,7 @@ def test_fma32_is_one_rounding_in_every_implementation():
     _fma_many(a, b, c, out)
     assert np.array_equal(out, want)
     assert np.array_equal(ref.fma32(a, b, c), want)
-    assert np.array_equal(np.array([K._fma32_py(*t) for t in zip(a, b, c)], np.float32), want)
+    assert np.array_equal(np.array([_ir._fma32_py(*t) for t in zip(a, b, c)], np.float32), want)
 
 
 @given(n_out=st.integers(1, 6), n_in=st.integers(1, 12), k=st.integers(1, 8), seed=seeds)

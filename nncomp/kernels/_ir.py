@@ -1,6 +1,8 @@
 """LLVM IR shared by the hand-written tiles (nncomp/kernels/csr.py, csr_int8.py, conv_blocked.py),
-and the prefetch helpers the sparse mat-vecs call from Numba code."""
+and the helpers Numba code calls: the sparse mat-vecs' prefetches, and :data:`fma32` (the codebook
+kernels' plain loops, the scalar logistic function of nncomp/kernels/epilogue.py)."""
 import numba
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
@@ -12,6 +14,36 @@ def declare(module, name, fnty):
     """The function ``name`` (an intrinsic) of the LLVM ``module``, declared on first use."""
     fn = module.globals.get(name)
     return fn if fn is not None else ir.Function(module, fnty, name)
+
+
+@intrinsic
+def _fma32_ir(typingctx, a, b, c):
+    """float32 ``a * b + c`` with one rounding (``llvm.fma.f32``) in Numba code: :data:`fma32`."""
+    if not all(t == types.float32 for t in (a, b, c)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        f32 = ir.FloatType()
+        return builder.call(declare(builder.module, "llvm.fma.f32", ir.FunctionType(f32, [f32] * 3)), list(args))
+
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
+def _fma32_py(a, b, c):
+    """float32 ``a * b + c`` with one rounding, in Python (NUMBA_DISABLE_JIT runs): the float64 sum
+    is rounded to odd (exact with TwoSum), then to float32, which is exactly the fused result."""
+    p = float(a) * float(b)             # exact: 24 + 24 bits fit a double
+    c = float(c)
+    s = p + c
+    if np.isfinite(s):
+        bp = s - p
+        err = (p - (s - bp)) + (c - bp)
+        if err != 0 and not (np.float64(s).view(np.int64) & 1):
+            s = float(np.nextafter(s, np.inf if err > 0 else -np.inf))
+    return np.float32(s)
+
+
+fma32 = _fma32_py if numba.config.DISABLE_JIT else _fma32_ir
 
 
 def masked_v16(module):

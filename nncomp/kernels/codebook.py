@@ -14,50 +14,18 @@ Arithmetic contract, shared bit for bit with the AVX-512 kernels of kernels/code
   are then summed by a fixed tree, ``(l, l+8)``, then ``(l, l+4)``, ``(l, l+2)``, ``(0, 1)``
   (:func:`reduce16`).
 
-The plain loops call :func:`fma32`, LLVM's target-independent ``llvm.fma.f32`` (a ``vfmadd`` where the
+The plain loops call :func:`fma32` (nncomp/kernels/_ir.py), LLVM's target-independent ``llvm.fma.f32`` (a ``vfmadd`` where the
 CPU has FMA, a correctly rounded ``fmaf`` call elsewhere), so they are portable and still match the
 register kernels bit for bit.
 """
-import numba
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba import njit, prange
 
 from . import _ir, isa
-from ._ir import CHUNK_NNZ
+from ._ir import CHUNK_NNZ, fma32
 from ._jit import both, jit
 
 
-@intrinsic
-def _fma32_ir(typingctx, a, b, c):
-    if not all(t == types.float32 for t in (a, b, c)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        f32 = ir.FloatType()
-        fn = builder.module.globals.get("llvm.fma.f32") or ir.Function(
-            builder.module, ir.FunctionType(f32, [f32, f32, f32]), "llvm.fma.f32")
-        return builder.call(fn, list(args))
-
-    return types.float32(types.float32, types.float32, types.float32), codegen
-
-
-def _fma32_py(a, b, c):
-    """float32 ``a * b + c`` with one rounding, in Python (NUMBA_DISABLE_JIT runs): the float64 sum
-    is rounded to odd (exact with TwoSum), then to float32, which is exactly the fused result."""
-    p = float(a) * float(b)             # exact: 24 + 24 bits fit a double
-    c = float(c)
-    s = p + c
-    if np.isfinite(s):
-        bp = s - p
-        err = (p - (s - bp)) + (c - bp)
-        if err != 0 and not (np.float64(s).view(np.int64) & 1):
-            s = float(np.nextafter(s, np.inf if err > 0 else -np.inf))
-    return np.float32(s)
-
-
-fma32 = _fma32_py if numba.config.DISABLE_JIT else _fma32_ir
 
 
 @njit(cache=True, nogil=True, inline="always")

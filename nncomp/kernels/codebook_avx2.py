@@ -30,9 +30,9 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import isa
-from ._ir import declare
+from ._ir import declare, fma32
 from ._jit import both, jit
-from .codebook import fma32, reduce16
+from .codebook import reduce16
 
 HAVE = isa.HAVE_AVX2 and not isa.HAVE_AVX512     # AVX-512 CPUs run the register path instead
 

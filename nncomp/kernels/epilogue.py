@@ -12,8 +12,7 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
-from ._ir import declare, loop_latch, loop_phis
-from .codebook import fma32
+from ._ir import declare, fma32, loop_latch, loop_phis
 from ._jit import both, jit
 from .erf import gelu_values
 from .isa import VECTOR_REGISTERS

@@ -99,8 +99,8 @@ def _softmax_rows(x, out):
 # Sums reassociated (vector partial sums) and contracted (each ``a * b + c`` of exp's polynomial one
 # fused multiply-add); each row scaled by the sum's reciprocal: 40 x 18,710 values on two threads
 # 0.30-0.32 -> 0.25-0.27 ms, one thread 0.57-0.64 -> 0.46-0.50 (Intel Xeon, AVX-512).
-FAST = dict(fastmath={"reassoc", "contract"}, error_model="numpy")
-softmax_rows, softmax_rows_parallel = both(_softmax_rows, **FAST)
+_FAST = dict(fastmath={"reassoc", "contract"}, error_model="numpy")
+softmax_rows, softmax_rows_parallel = both(_softmax_rows, **_FAST)
 
 
 def _softmax_mid(x, out, top):
@@ -138,4 +138,4 @@ def _softmax_mid(x, out, top):
                 dst[j, b] = dst[j, b] * tf[b]
 
 
-softmax_mid, softmax_mid_parallel = both(_softmax_mid, **FAST)
+softmax_mid, softmax_mid_parallel = both(_softmax_mid, **_FAST)
